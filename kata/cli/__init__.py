@@ -1,0 +1,72 @@
+"""The ``kata`` command line.
+
+Each command family lives in its own module and registers itself on the root
+group; heavy imports (grpc, rich) stay inside the commands that need them so a
+fully cached run starts fast. Every ``KataError``/``StoreError`` becomes one
+line on stderr and its exit code (2 for bad usage or config); nothing a user
+can type ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kata import __version__
+from kata.errors import KataError
+
+from . import config_cmds, image_cmds, run_cmds, store_cmds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
+              help="Pipeline config (default: .kata-ci.yaml at the repository root).")
+@click.option("--store", "store_path", type=click.Path(file_okay=False), envvar="KATA_STORE",
+              help="Store location (default: $KATA_STORE, else /var/lib/kata/store for root).")
+@click.option("--containerd", "containerd_address", envvar="KATA_CONTAINERD_ADDRESS",
+              help="containerd socket (default: the system one if it answers, else kata's own).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, store_path: str | None,
+        containerd_address: str | None) -> None:
+    """Kata CI: container-native pipelines with a content-addressed store."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+    ctx.obj["store_path"] = store_path
+    ctx.obj["containerd_address"] = containerd_address
+
+
+for _module in (config_cmds, store_cmds, image_cmds, run_cmds):
+    _module.register(cli)
+
+
+def _report(reason: str, message: str, code: int) -> int:
+    click.echo(f"error: {message}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kata`` console script."""
+    from store.errors import StoreError
+
+    try:
+        cli.main(args=argv, prog_name="kata", standalone_mode=False)
+    except KataError as err:
+        sys.exit(_report(err.reason, str(err), err.exit_code))
+    except StoreError as err:
+        sys.exit(_report(err.reason, err.message, 1))
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(0)
+
+
+__all__ = ["cli", "main", "__version__"]

@@ -1,0 +1,1 @@
+"""Runtime adapters. Only ``kata.runtimes.containerd`` imports the gRPC stubs."""

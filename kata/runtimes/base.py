@@ -1,0 +1,81 @@
+"""The narrow runtime interface the realiser is written against.
+
+A runtime does two things: resolve an image reference to a manifest digest,
+and run one step to completion. Everything a step needs is in ``StepSpec``;
+everything it says goes to an ``OutputSink``; it returns the exit status.
+The containerd adapter is the real implementation, ``FakeRuntime`` in the
+tests drives the scheduler without containers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+NetworkMode = Literal["default", "none", "host"]
+Stream = Literal["stdout", "stderr"]
+
+# Called once per complete line (without its trailing newline), in the order the
+# step wrote it on that stream, as soon as the line is complete; a final partial
+# line is delivered when the step ends. Called from a runtime thread.
+OutputSink = Callable[[Stream, bytes], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mount:
+    """A mount inside the container.
+
+    kind: "bind" (source is a host path), "overlay" (lower: host dirs, top
+    first; upper and work: host dirs on one filesystem), or "tmpfs".
+    """
+
+    kind: Literal["bind", "overlay", "tmpfs"]
+    target: str
+    source: str = ""
+    readonly: bool = False
+    lower: tuple[str, ...] = ()
+    upper: str = ""
+    work: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepSpec:
+    """One container run, fully resolved: no tag, no unresolved path."""
+
+    image: str  # a reference pinned by digest: "docker.io/library/x@sha256:…" or "sha256:…"
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    user: str = "0:0"
+    mounts: tuple[Mount, ...] = ()
+    network: NetworkMode = "none"
+    timeout: float | None = None  # seconds; SIGTERM, grace period, then SIGKILL
+    hostname: str = "kata"
+    labels: Mapping[str, str] = field(default_factory=dict)  # e.g. run id, step name
+
+
+TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
+CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
+
+
+class Runtime(Protocol):
+    """What the realiser needs from a container runtime."""
+
+    def resolve_image(self, ref: str) -> str:
+        """Resolve an image reference (tag or digest) to its manifest digest "sha256:…".
+
+        Raises KataError(reason="image.not_found") when it cannot.
+        """
+        ...
+
+    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
+        """Run the step to completion and return its exit status.
+
+        Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
+        because ``cancel`` was set; 128+signal for other signal deaths. Every
+        resource it created is released before it returns or raises.
+        """
+        ...

@@ -1,0 +1,92 @@
+"""Imports flow one way (STYLE.md habit 1), checked over the source, not by convention.
+
+    store            imports nothing of kata
+    kata (compiler)  imports neither store nor kata.runtimes nor kata.realise/kata.cli
+    kata.runtimes    imports no store, no kata.realise, no kata.cli
+    kata.realise     may import store and kata.runtimes, never kata.cli
+    kata.cli         wires everything together
+and only kata.runtimes.containerd imports grpc or protobuf.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _sources() -> dict[str, set[str]]:
+    result = {}
+    for top in ("kata", "store", "grammar"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if "_api" in path.parts:  # generated gRPC stubs
+                continue
+            result[_module_name(path)] = _imports(path)
+    return result
+
+
+def _under(name: str, *prefixes: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _violations() -> list[str]:
+    bad = []
+    for module, imports in _sources().items():
+        for imp in imports:
+            if _under(module, "store", "grammar") and _under(imp, "kata"):
+                bad.append(f"{module} imports {imp}: the store and grammars import nothing of kata")
+            if _under(module, "kata") and not _under(module, "kata.cli", "kata.realise"):
+                if _under(imp, "store"):
+                    bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use the store")
+                if _under(imp, "kata.runtimes") and not _under(module, "kata.runtimes"):
+                    bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use a runtime")
+            if not _under(module, "kata.cli", "kata.__main__") and _under(imp, "kata.cli"):
+                bad.append(f"{module} imports {imp}: nothing imports the CLI")
+            if _under(module, "kata.runtimes") and _under(imp, "kata.realise"):
+                bad.append(f"{module} imports {imp}: runtimes do not know the realiser")
+            if _under(imp, "grpc", "google.protobuf") and not _under(module, "kata.runtimes.containerd"):
+                bad.append(f"{module} imports {imp}: only the containerd adapter speaks gRPC")
+    return sorted(bad)
+
+
+def test_imports_flow_one_way() -> None:
+    assert _violations() == []
+
+
+def test_checker_sees_a_violation(tmp_path, monkeypatch) -> None:
+    # the checker itself must be able to fail: a store module importing kata is caught
+    probe = ROOT / "store" / "_probe_import_direction.py"
+    probe.write_text("from kata.errors import KataError\n", encoding="utf-8")
+    try:
+        assert any("store._probe_import_direction imports kata" in v for v in _violations())
+    finally:
+        probe.unlink()
