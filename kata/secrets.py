@@ -381,7 +381,7 @@ class MaskStream:
                 kept.extend(masks[i:])
                 break
             if a > pos:
-                out.append(bytes(buf[pos:a]))
+                out.append(buf[pos:a])
                 cont = False
             if not cont:
                 out.append(marker)
@@ -392,7 +392,7 @@ class MaskStream:
             else:
                 pos = b
         if pos < h:
-            out.append(bytes(buf[pos:h]))
+            out.append(buf[pos:h])
             cont = False
         self._continued = cont
         del buf[:h]
