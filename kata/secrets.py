@@ -197,7 +197,8 @@ def _url_forms(value: bytes) -> set[bytes]:
 
 def secret_forms(value: str | bytes) -> frozenset[bytes]:
     """Every byte string that ``Masker`` masks for ``value`` (each at least 4 bytes)."""
-    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    # surrogateescape: an environment value that is not UTF-8 is masked as the bytes it was
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
     wholes = {raw}
     lines: set[bytes] = set()
     if b"\n" in raw or b"\r" in raw:

@@ -272,6 +272,13 @@ def test_bare_repository_with_pushed_refs(remote, tmp_path):
     ctx = read_context(remote, rev=feat, branch="feature", base="0" * 40)
     assert ctx.changed == {"feature.txt"}
     assert ctx.base == new and ctx.base_ref == "merge-base with main"
+    # an annotated tag pushed: the hook sees the tag object; the context has its commit
+    git(work, "tag", "-a", "-m", "v3", "v3")
+    git(work, "push", "-q", "origin", "v3")
+    tag_object = git(remote, "rev-parse", "refs/tags/v3")
+    assert tag_object != feat
+    ctx = read_context(remote, rev=tag_object, event="tag", tag="v3")
+    assert ctx.commit == feat and ctx.tag == "v3" and "v3" in ctx.tags
     with pytest.raises(KataError) as e:
         read_context(remote, rev=feat, worktree=True)
     assert e.value.reason == "git.no_worktree"

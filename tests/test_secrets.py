@@ -79,6 +79,13 @@ def test_short_values_are_refused(value, tmp_path):
     assert e.value.reason == "secret.too_short"
 
 
+def test_environment_value_that_is_not_utf8_is_masked_as_its_bytes():
+    value = b"tok\xff\xfeen".decode("utf-8", "surrogateescape")  # how os.environ holds such bytes
+    src = SecretSource.from_args(environ={"T": value})
+    masker = Masker(src.resolve(["T"]).values())
+    assert masker.mask(b"[tok\xff\xfeen]") == b"[***]"
+
+
 def test_four_characters_are_enough():
     assert SecretSource.from_args(["T=abcd"], environ={}).resolve(["T"]) == {"T": "abcd"}
 
