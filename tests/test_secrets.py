@@ -405,3 +405,19 @@ def test_repetitive_secret_in_repetitive_output():
     whole = masker.mask(data)
     assert whole == b"a" * (5000 - 7) + b"***" + b"a" * 7
     assert _bytewise(masker, data) == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text("ab\n", min_size=4, max_size=10), min_size=1, max_size=3),
+    st.binary(max_size=0) | st.text("ab\n\r*", max_size=120).map(str.encode),
+    st.lists(st.integers(0, 120), max_size=15),
+)
+def test_self_similar_secrets_in_self_similar_output(secrets, data, cuts):
+    # overlapping, periodic forms: the hardest case for candidates and merging
+    assume(all(len(s.strip()) >= 1 for s in secrets))
+    masker = Masker(secrets)
+    whole = masker.mask(data)
+    _assert_no_form(whole, secrets)
+    assert _feed_chunked(masker, data, cuts) == whole
+    assert _bytewise(masker, data) == whole
