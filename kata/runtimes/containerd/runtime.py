@@ -56,7 +56,11 @@ class ContainerdRuntime:
         state_dir = state_dir or config.state_dir
         mount_roots: tuple[str, ...] = ()
         if address:
-            fifo_root = Path(state_dir) / "fifo" if state_dir else Path(FIFO_ROOT)
+            fifo_root = Path(FIFO_ROOT)
+            if state_dir:  # an address of kata's own daemon under state_dir
+                paths = daemon_paths(state_dir)
+                fifo_root = paths.state.parent / "fifo"
+                mount_roots = (str(paths.root), str(paths.state))
         elif state_dir is None and socket_answers(SYSTEM_SOCKET):
             address, fifo_root = SYSTEM_SOCKET, Path(FIFO_ROOT)
             mount_roots = ("/var/lib/containerd", "/run/containerd")
