@@ -28,6 +28,7 @@ from ..base import CANCEL_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
+from .network import CniNetwork
 from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
 
 log = logging.getLogger("kata.runtime")
@@ -39,7 +40,7 @@ READ_SIZE = 1 << 16
 class TaskOptions:
     fifo_root: Path  # FIFOs live under fifo_root/<owner>/<container id>/
     stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
-    netns: str | None = None  # a network namespace path for network "default" (CNI)
+    network: CniNetwork | None = None  # network "default"; None: a bare netns like "none"
 
 
 class _Reader(threading.Thread):
@@ -104,10 +105,16 @@ class StepRun:
         c, cid = self.c, self.id
         step = self.step
         workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
-        spec = build_spec(step if workdir == step.workdir else _with_workdir(step, workdir),
-                          container_id=cid, image_env=self.image.env, netns=self.options.netns)
+        step = step if workdir == step.workdir else _with_workdir(step, workdir)
+        build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
         with Cleanup() as cleanup:
             lease = self._lease(cleanup)
+            netns = None
+            network = self.options.network
+            if step.network == "default" and network is not None:
+                cleanup.push("tear down network", lambda: network.teardown(cid))
+                netns = network.setup(cid, c.owner)
+            spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns)
             mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
                 snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
                 labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
