@@ -134,8 +134,16 @@ class StepRun:
                 c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
                     container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
                     "create task", lease=lease)
-            except BaseException:
+            except ContainerdError as err:
                 self.task_gone = True  # the shim cleans up a task it failed to create
+                detail = err.message.rpartition("unable to start container process: ")[2]
+                if detail == err.message:
+                    raise
+                raise KataError("runtime.start_failed",
+                                f"the step could not start: {detail.removesuffix(' (unknown)')}"
+                                .removesuffix(": unknown"), obj=cid, exit_code=1) from None
+            except BaseException:
+                self.task_gone = True
                 raise
             for fd, stream in zip(fds, ("stdout", "stderr")):
                 os.set_blocking(fd, True)
