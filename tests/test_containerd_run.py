@@ -91,6 +91,15 @@ def test_final_partial_line_is_delivered(clean_runtime, busybox_digest):
     assert out.of("stdout") == [b"a", b"b", b"", b"last"]
 
 
+def test_a_line_without_end_comes_in_bounded_pieces(clean_runtime, busybox_digest):
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      "head -c 3000000 /dev/zero | tr '\\0' a")
+    assert status == 0
+    pieces = out.of("stdout")
+    assert b"".join(pieces) == b"a" * 3000000
+    assert len(pieces) >= 2 and max(map(len, pieces)) <= (1 << 20) + (1 << 16)
+
+
 def test_100k_lines_none_lost_in_order(clean_runtime, busybox_digest):
     status, out = run(clean_runtime, busybox_digest, "sh", "-c",
                       "seq 1 100000; seq 1 1000 >&2")

@@ -34,6 +34,7 @@ from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
 log = logging.getLogger("kata.runtime")
 RUNTIME_NAME = "io.containerd.runc.v2"
 READ_SIZE = 1 << 16
+MAX_LINE = 1 << 20  # a longer line is delivered in pieces of about this size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +75,9 @@ class _Reader(threading.Thread):
                 break
             if b"\n" not in chunk:
                 pending += chunk
+                if len(pending) >= MAX_LINE:  # no newline in sight: hand it over in pieces
+                    self._deliver(pending)
+                    pending = b""
                 continue
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
