@@ -325,3 +325,10 @@ def test_parallel_default_network_steps_get_distinct_addresses(clean_runtime, bu
     with ThreadPoolExecutor(4) as pool:
         addrs = list(pool.map(one, range(4)))
     assert len(set(addrs)) == 4
+
+
+def test_a_debian_userland_runs(clean_runtime, debian_digest):
+    status, out = run(clean_runtime, debian_digest, "bash", "-c",
+                      "source /etc/os-release; echo $ID; dpkg-query -W -f='${Package}\\n' bash")
+    assert status == 0
+    assert out.of("stdout") == [b"debian", b"bash"]
