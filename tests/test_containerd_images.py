@@ -188,6 +188,17 @@ def test_a_blob_with_the_wrong_digest_is_refused_and_nothing_stored(connect):
             assert not rt.images.has_blob(digest), digest
 
 
+def test_a_manifest_with_the_wrong_digest_is_refused(connect):
+    img, other = unique_image("a"), unique_image("b")
+    mt = "application/vnd.oci.image.manifest.v1+json"
+    with FakeRegistry(blobs=dict(img.blobs), manifests={img.digest: (mt, other.manifest)}) as fake:
+        rt = connect()
+        with pytest.raises(KataError) as err:
+            rt.pull_image(f"127.0.0.1:{fake.port}/kata/a@{img.digest}")
+        assert err.value.reason == "image.digest_mismatch"
+        assert not rt.images.has_blob(other.digest)
+
+
 def test_resolve_unknown_image_offline(connect):
     rt = connect(offline=True)
     with pytest.raises(KataError) as err:
