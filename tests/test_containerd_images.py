@@ -157,6 +157,26 @@ def test_pull_multi_arch_index_with_bearer_auth(connect):
         rt.remove_image(ref)
 
 
+def test_credentials_from_docker_config(connect, tmp_path, monkeypatch):
+    import base64
+
+    img = unique_image("c")
+    basic = "Basic " + base64.b64encode(b"kata:s3cret").decode()
+    mt = "application/vnd.oci.image.manifest.v1+json"
+    with FakeRegistry(blobs=dict(img.blobs), manifests={"1": (mt, img.manifest)}, bearer=True,
+                      token_auth=basic) as fake:
+        rt = connect()
+        ref = f"127.0.0.1:{fake.port}/kata/c:1"
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+        with pytest.raises(KataError) as err:
+            rt.pull_image(ref)
+        assert err.value.reason == "image.unauthorized"
+        (tmp_path / "config.json").write_text(json.dumps(
+            {"auths": {f"127.0.0.1:{fake.port}": {"auth": basic.removeprefix("Basic ")}}}))
+        assert rt.pull_image(ref).digest == img.digest
+        rt.remove_image(ref)
+
+
 def test_mirror_is_tried_first(connect):
     img = unique_image("m")
     with FakeRegistry(blobs=dict(img.blobs), manifests={"1": (
