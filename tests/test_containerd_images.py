@@ -227,3 +227,18 @@ def test_resolve_unknown_image_offline(connect):
     with pytest.raises(KataError) as err:
         rt.resolve_image("Not A Ref")
     assert err.value.reason == "image.bad_reference"
+
+
+def test_an_image_removed_by_another_process_is_found_again(connect, tmp_path):
+    img = unique_image(f"kata.local/gone{secrets.token_hex(3)}:1")
+    archive = write_oci_archive(img, tmp_path / "img.tar")
+    first, second = connect(), connect()
+    first.import_image(archive)
+    assert output(first, img.digest, "true")[0] == 0
+    second.remove_image(img.ref)  # first still has it cached as unpacked
+    with pytest.raises(KataError) as err:
+        output(first, img.digest, "true")
+    assert err.value.reason == "image.not_found"
+    second.import_image(archive)
+    assert output(first, img.digest, "true")[0] == 0
+    second.remove_image(img.ref)

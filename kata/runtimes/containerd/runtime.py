@@ -123,10 +123,19 @@ class ContainerdRuntime:
         return digest
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
-        image = self.images.run_image(self._ensure_image(spec.image))
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network)
-        return StepRun(self.client, options, spec, image, sink, cancel).execute()
+        digest = self._ensure_image(spec.image)
+        image = self.images.run_image(digest)
+        try:
+            return StepRun(self.client, options, spec, image, sink, cancel).execute()
+        except ContainerdError as err:
+            # the image went away under us (`kata image rm` elsewhere): look again, once
+            if err.code != grpc.StatusCode.NOT_FOUND or err.obj != "prepare snapshot":
+                raise
+            self.images.forget(digest)
+            image = self.images.run_image(self._ensure_image(spec.image))
+            return StepRun(self.client, options, spec, image, sink, cancel).execute()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""
@@ -138,7 +147,7 @@ class ContainerdRuntime:
                 raise KataError("runtime.unpinned_image",
                                 f"step image {image} is not pinned by digest", obj=image)
             digest = parsed.digest
-        if self.images.has_blob(digest):
+        if self.images.known(digest) or self.images.has_blob(digest):
             return digest
         if parsed is None or self.offline:
             raise KataError("image.not_found", f"image {image} is not in kata's image store",
