@@ -155,6 +155,13 @@ def test_cancel_stops_the_step(clean_runtime, busybox_digest):
     assert status == CANCEL_EXIT
 
 
+def test_cancelled_before_it_began(clean_runtime, busybox_digest):
+    cancel = threading.Event()
+    cancel.set()
+    status, out = run(clean_runtime, busybox_digest, "echo", "never", cancel=cancel)
+    assert status == CANCEL_EXIT and out.items == []
+
+
 def test_a_sink_error_is_raised_and_everything_released(clean_runtime, busybox_digest):
     def bad_sink(stream: str, line: bytes) -> None:
         raise ValueError("sink broke")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kata.errors import KataError
 
-from ..base import OutputSink, StepSpec
+from ..base import CANCEL_EXIT, OutputSink, StepSpec
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
@@ -123,6 +123,8 @@ class ContainerdRuntime:
         return digest
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
+        if cancel.is_set():
+            return CANCEL_EXIT  # cancelled before it began: nothing to create or release
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network)
         digest = self._ensure_image(spec.image)
