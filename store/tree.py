@@ -385,6 +385,9 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
     try:
         os.mkdir(dest, 0o755)
     except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(dest).st_mode):
+            raise StoreError("store.tree.dest_not_a_directory",
+                             f"{dest} is not a directory (or is a symlink)", obj=dest) from None
         if os.listdir(dest):
             raise StoreError("store.tree.dest_not_empty", f"{dest} is not empty", obj=dest) from None
     fmode = {"f": 0o444 if readonly else 0o644, "x": 0o555 if readonly else 0o755}
