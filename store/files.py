@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import uuid
 
-from .objects import fsync_dir, os_error
+from .objects import fsync_dir, os_error, tmp_name
 
 
 def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
@@ -16,7 +15,7 @@ def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
     """
     if os.path.exists(path):
         return False
-    tmp = os.path.join(tmp_dir, f"rec-{os.getpid()}-{uuid.uuid4().hex}")
+    tmp = os.path.join(tmp_dir, tmp_name("rec"))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import StoreError
+from .objects import tmp_owner_dead
 from .realisations import Realisation
 
 if TYPE_CHECKING:
@@ -162,7 +163,8 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
 
 
 def _clean_tmp(tmp: str, before: float) -> int:
-    """Remove ingest leftovers of writers that died (older than ``before``)."""
+    """Remove ingest leftovers of writers that died: older than ``before``, or made by a
+    process of this host that is gone (a SIGKILLed writer)."""
     removed = 0
     try:
         entries = list(os.scandir(tmp))
@@ -170,7 +172,7 @@ def _clean_tmp(tmp: str, before: float) -> int:
         return 0
     for entry in entries:
         try:
-            if entry.stat(follow_symlinks=False).st_mtime < before:
+            if entry.stat(follow_symlinks=False).st_mtime < before or tmp_owner_dead(entry.name):
                 os.unlink(entry.path)
                 removed += 1
         except OSError:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -33,6 +34,28 @@ def check_digest(digest: str) -> str:
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise StoreError("store.bad_digest", f"not a sha256 digest: {digest!r}", obj=str(digest))
     return digest[7:]
+
+
+_HOST = socket.gethostname()
+
+
+def tmp_name(kind: str) -> str:
+    """An ingest file name that says who writes it: kind.pid.random.host."""
+    return f"{kind}.{os.getpid()}.{uuid.uuid4().hex}.{_HOST}"
+
+
+def tmp_owner_dead(name: str) -> bool:
+    """True when ``name`` was made by a process of this host that no longer exists."""
+    parts = name.split(".", 3)
+    if len(parts) != 4 or parts[3] != _HOST or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def fsync_dir(path: str) -> None:
@@ -101,7 +124,7 @@ class ObjectStore:
 
     def put_chunks(self, chunks: Iterable[bytes], *, size_hint: int = -1) -> tuple[str, int]:
         """Store the concatenation of ``chunks``; returns (digest, uncompressed size)."""
-        name = os.path.join(self.tmp, f"obj-{os.getpid()}-{uuid.uuid4().hex}")
+        name = os.path.join(self.tmp, tmp_name("obj"))
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:

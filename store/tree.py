@@ -382,6 +382,9 @@ def entries(src: BinaryIO, limits: Limits = Limits()) -> Iterator[tuple[str, tup
 
 def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bool = False) -> None:
     """Extract an archive into ``dest`` (created if missing, else it must be empty)."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
     try:
         os.mkdir(dest, 0o755)
     except FileExistsError:
