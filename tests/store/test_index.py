@@ -7,13 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from store import Realisation, Store
 from store.index import LmdbIndex
 
-from .conftest import REPO, run_py
+from .conftest import REPO
 
 
 def test_map_grows_instead_of_failing(tmp_path: Path) -> None:
