@@ -158,6 +158,7 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
                 gone.append(d)
         store.index.drop_objects(gone)
         tmp_removed = _clean_tmp(store.tmp, now - max(grace, 60.0))
+        _evict_unpacked_orphans(store)
         doomed_objs = gone
     doomed_set = set(doomed_objs)
     kept = {d: s for d, (s, _) in objects.items() if d not in doomed_set}
@@ -184,3 +185,14 @@ def _clean_tmp(tmp: str, before: float) -> int:
         except OSError:
             continue
     return removed
+
+
+def _evict_unpacked_orphans(store: "Store") -> None:
+    """This host's unpacked copies of trees no longer in the store go too."""
+    try:
+        names = os.listdir(store.unpacked_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if len(name) == 64 and not store.objects.has("sha256:" + name):
+            store.evict_unpacked("sha256:" + name)
