@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=50_000)
     ap.add_argument("--mb", type=int, default=500)
     ap.add_argument("--dir", default="/tmp/kata-bench-tree")
-    ap.add_argument("--repeat", type=int, default=3, help="best of N for pack (shared box)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N (the box is shared)")
     args = ap.parse_args()
     generate(args.dir, args.files, args.mb)
     nfiles = sum(len(f) for _, _, f in os.walk(args.dir))
@@ -95,11 +95,14 @@ def main() -> None:
         print(f"pack+store  {t_pack:7.2f} s  ({obj / 1e6:.0f} MB)   tar|zstd -T0 -3  {t_tar:7.2f} s  "
               f"({os.path.getsize(tzst) / 1e6:.0f} MB)   ratio {t_pack / t_tar:.2f}x (target <= 1.5x)")
 
-        out_tar = os.path.join(work, "x-tar")
-        os.mkdir(out_tar)
-        t_untar = timed(lambda: sh(f"zstd -q -d -c {tzst} | tar -xf - -C {out_tar}"))
-        out_store = os.path.join(work, "x-store")
-        t_extract = timed(lambda: s.extract_tree(digest, out_store))
+        t_untar = t_extract = float("inf")
+        for i in range(args.repeat):
+            out_tar = os.path.join(work, f"x-tar{i}")
+            os.mkdir(out_tar)
+            t_untar = min(t_untar, timed(lambda: sh(f"zstd -q -d -c {tzst} | tar -xf - -C {out_tar}")))
+            out_store = os.path.join(work, f"x-store{i}")
+            t_extract = min(t_extract, timed(lambda: s.extract_tree(digest, out_store)))
+            subprocess.run(["rm", "-rf", out_tar, out_store])
         print(f"extract     {t_extract:7.2f} s             zstd -d | tar -x  {t_untar:7.2f} s"
               f"             ratio {t_extract / t_untar:.2f}x (target <= 1.5x)")
 

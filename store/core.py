@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -198,6 +199,9 @@ class Store:
         check_key(key)
         if not isinstance(realisation, Realisation):
             raise StoreError("store.bad_realisation", "put_realisation needs a Realisation")
+        if not realisation.host or not realisation.created:
+            realisation = dataclasses.replace(realisation, host=realisation.host or self.host,
+                                              created=realisation.created or time.time())
         objs = realisation.objects()
         for digest in objs:
             if not self.objects.has(digest):

@@ -144,8 +144,13 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
 
     tmp_removed = 0
     if not dry_run:
+        store.index.drop_realisations(doomed_reals)  # records go before their objects
         for name in doomed_reals:
-            store.delete_realisation(name if name in reals else name)
+            path = reals[name][2] if name in reals else None
+            try:
+                os.unlink(path) if path else store.delete_realisation(name)
+            except FileNotFoundError:
+                pass
         gone = []
         for d in doomed_objs:
             path = store.objects.path(d)
