@@ -1,8 +1,8 @@
 """SIGKILL a writer at random points, many times: the store stays clean.
 
 Each writer process opens the store, writes one realisation, says READY and goes
-on writing blobs, trees and realisations as fast as it can, printing ACK after each put_realisation returns.
-It is killed 5-50 ms later. Afterwards verify finds no corrupt object, no visible
+on writing blobs, trees and realisations as fast as it can, printing ACK after each
+put_realisation returns. It is killed 5-50 ms later. Afterwards verify finds no corrupt object, no visible
 partial object, and every acknowledged realisation reads back byte-identical.
 """
 
