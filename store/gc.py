@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -151,16 +152,20 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
                 os.unlink(path) if path else store.delete_realisation(name)
             except FileNotFoundError:
                 pass
-        gone = []
-        for d in doomed_objs:
+        def unlink_if_old(d: str) -> bool:
             path = store.objects.path(d)
             try:
                 if os.stat(path).st_mtime >= threshold:
-                    continue  # re-used by a writer since the scan
+                    return False  # re-used by a writer since the scan
                 os.unlink(path)
-                gone.append(d)
             except FileNotFoundError:
-                gone.append(d)
+                pass
+            return True
+
+        # unlink is metadata I/O that releases the GIL: a few threads overlap the waits.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            done = list(pool.map(unlink_if_old, doomed_objs, chunksize=256))
+        gone = [d for d, ok in zip(doomed_objs, done) if ok]
         store.index.drop_objects(gone)
         tmp_removed = _clean_tmp(store.tmp, now - max(grace, 60.0))
         _evict_unpacked_orphans(store)
