@@ -78,7 +78,7 @@ EMPTY = InputSet.of(())
 def _spec(patterns: tuple[str, ...]):
     import pathspec
 
-    return pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
 def check_globs(patterns: Sequence[str]) -> None:

@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from kata import conditions
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
+from kata.inputs import check_globs
 from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Service,
                         Settings, Step, Trigger)
 
@@ -246,10 +247,15 @@ class _Walker:
             base = Position(file=base.file, line=base.line, column=base.column + 1)
         return conditions.parse(text, base)
 
-    def globs(self, node: Node, what: str) -> tuple[str, ...]:
+    def globs(self, node: Node, what: str, gitignore: bool = False) -> tuple[str, ...]:
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty pattern in {what}")
+            if gitignore:
+                try:
+                    check_globs((s,))
+                except ValueError as err:
+                    raise self.fail("config.value", item, f"bad pattern {s!r} in {what}: {err}") from None
         return self.strings(node, what, check)
 
     # -- the document ------------------------------------------------------
@@ -309,7 +315,7 @@ class _Walker:
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
             elif key == "inputs":
-                kw[key] = self.globs(v, label)
+                kw[key] = self.globs(v, label, gitignore=True)
             elif key == "secrets":
                 def check(s: str, item: Node, label=label) -> None:
                     if not _ENV_NAME.fullmatch(s):
@@ -369,7 +375,7 @@ class _Walker:
         return CacheSpec(
             enabled=self.boolean(f["enabled"][1], f"{what}.enabled") if "enabled" in f else True,
             paths=self.globs(f["paths"][1], f"{what}.paths") if "paths" in f else (),
-            key_files=self.globs(f["key_files"][1], f"{what}.key_files") if "key_files" in f else ())
+            key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True) if "key_files" in f else ())
 
     def only(self, node: Node, what: str) -> conditions.Expr:
         f = self.fields(node, ONLY_KEYS, what)
