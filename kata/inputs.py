@@ -58,17 +58,36 @@ class InputFile:
     mode: int    # 0o644, 0o755 or 0o120000 (symlink)
 
 
+# one file as hashed: (path, digest, size, mode); plain tuples on the hot path
+Entry = tuple[str, str, int, int]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputSet:
-    files: tuple[InputFile, ...]
+    """The files a step sees, sorted by path; the digest is sha256 over the msgpack of
+    `["kata-inputs/1", [[path, digest, size, mode], ...]]`."""
+
+    entries: tuple[Entry, ...]
     digest: str
 
+    @property
+    def files(self) -> tuple[InputFile, ...]:
+        return tuple(InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(e[0] for e in self.entries)
+
     @classmethod
-    def of(cls, files: Iterable[InputFile], presorted: bool = False) -> "InputSet":
-        files = tuple(files) if presorted else tuple(sorted(files, key=lambda f: f.path))
-        body = msgpack.packb([INPUTS_FORMAT, [[f.path, f.digest, f.mode] for f in files]],
-                             use_bin_type=True)
-        return cls(files=files, digest="sha256:" + hashlib.sha256(body).hexdigest())
+    def of(cls, files: Iterable[InputFile]) -> "InputSet":
+        return cls.of_entries(sorted((f.path, f.digest, f.size, f.mode) for f in files))
+
+    @classmethod
+    def of_entries(cls, entries: Iterable[Entry]) -> "InputSet":
+        """From entries already sorted by path."""
+        entries = tuple(entries)
+        body = msgpack.packb([INPUTS_FORMAT, entries], use_bin_type=True)
+        return cls(entries=entries, digest="sha256:" + hashlib.sha256(body).hexdigest())
 
 
 EMPTY = InputSet.of(())
@@ -153,7 +172,9 @@ def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
 class Snapshot:
     """The repository's file list at one moment, hashed lazily and only once per file."""
 
-    def __init__(self, root: str | os.PathLike, stat_cache: StatCache | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, stat_cache: StatCache | None = None,
+                 exclude: Iterable[str] = ()) -> None:
+        """`exclude`: paths (relative to root) never to list, e.g. the config file itself."""
         self.root = os.path.abspath(root)
         self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
         self._stats: dict[str, os.stat_result] = {}
@@ -163,14 +184,20 @@ class Snapshot:
             files = _walk(self.root, ignore, self._stats)
         elif ignore is not None:
             files = [p for p in files if not ignore.match_file(p)]
+        if exclude:
+            skip = set(exclude)
+            files = [p for p in files if p not in skip]
         files.sort()
         self.paths: tuple[str, ...] = tuple(
             p for i, p in enumerate(files) if i == 0 or p != files[i - 1])
-        self._hashed: dict[str, InputFile | None] = {}
+        self._hashed: dict[str, Entry | None] = {}
         self._sets: dict[tuple[str, ...], InputSet] = {}
 
     def files(self, paths: Sequence[str]) -> list[InputFile]:
-        """The hashed files among `paths` (sorted), skipping vanished ones."""
+        return [InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries(paths)]
+
+    def entries(self, paths: Sequence[str]) -> list[Entry]:
+        """The hashed entries among `paths` (in their order), skipping vanished files."""
         hashed = self._hashed
         todo = [p for p in paths if p not in hashed] if hashed else list(paths)
         if todo:
@@ -189,12 +216,12 @@ class Snapshot:
         got = self._sets.get(key)
         if got is None:
             chosen = match(key, self.paths) if key else self.paths
-            got = self._sets[key] = InputSet.of(self.files(chosen), presorted=True)
+            got = self._sets[key] = InputSet.of_entries(self.entries(chosen))
         return got
 
 
 def hash_files(root: str, paths: Sequence[str], cache: StatCache,
-               stats: Sequence[os.stat_result | None] | None = None) -> list[InputFile | None]:
+               stats: Sequence[os.stat_result | None] | None = None) -> list[Entry | None]:
     """Digest every path (relative to root), in order; None for one that vanished or is
     not a regular file or symlink (a submodule, a socket). `stats`: lstat results already
     taken (aligned with `paths`), so a warm run costs one lstat per file."""
@@ -203,7 +230,7 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
     known = cache.get_many(absolute).get
     fresh: dict[str, tuple[int, int, int, str]] = {}
     racy = time.time_ns() - RACY_NS
-    out: list[InputFile | None] = []
+    out: list[Entry | None] = []
     append = out.append
     lstat, S_ISREG, S_ISLNK = os.lstat, stat.S_ISREG, stat.S_ISLNK
     for rel, a, st in zip(paths, absolute, stats or [None] * len(paths)):
@@ -217,7 +244,7 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
         c = known(a)
         if c is not None and c[1] == st.st_mtime_ns and c[0] == st.st_size and c[2] == st.st_ino \
                 and S_ISREG(m):
-            append(InputFile(path=rel, digest=c[3], size=c[0], mode=0o755 if m & 0o111 else 0o644))
+            append((rel, c[3], c[0], 0o755 if m & 0o111 else 0o644))
         elif S_ISREG(m):
             try:
                 with open(a, "rb") as f:
@@ -227,12 +254,10 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
                                 obj=rel) from None
             if st.st_mtime_ns < racy:
                 fresh[a] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
-            append(InputFile(path=rel, digest=digest, size=st.st_size,
-                             mode=0o755 if m & 0o111 else 0o644))
+            append((rel, digest, st.st_size, 0o755 if m & 0o111 else 0o644))
         elif S_ISLNK(m):
             target = os.fsencode(os.readlink(a))
-            append(InputFile(path=rel, digest="sha256:" + hashlib.sha256(target).hexdigest(),
-                             size=len(target), mode=0o120000))
+            append((rel, "sha256:" + hashlib.sha256(target).hexdigest(), len(target), 0o120000))
         else:
             append(None)
     if fresh:
