@@ -86,7 +86,9 @@ class InputSet:
     def of_entries(cls, entries: Iterable[Entry]) -> "InputSet":
         """From entries already sorted by path."""
         entries = tuple(entries)
-        body = msgpack.packb([INPUTS_FORMAT, entries], use_bin_type=True)
+        # non-UTF-8 file names arrive surrogate-escaped (as os gives them): keep them exact
+        body = msgpack.packb([INPUTS_FORMAT, entries], use_bin_type=True,
+                             unicode_errors="surrogatepass")
         return cls(entries=entries, digest="sha256:" + hashlib.sha256(body).hexdigest())
 
 
