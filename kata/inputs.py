@@ -14,12 +14,16 @@ write within the timestamp granularity would otherwise go unseen).
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
+import operator
 import os
 import stat
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Iterable, Mapping, Protocol, Sequence
 
 import msgpack
@@ -43,8 +47,8 @@ class MemoryStatCache:
         self.entries: dict[str, tuple[int, int, int, str]] = {}
 
     def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]:
-        e = self.entries
-        return {p: e[p] for p in paths if p in e}
+        # a read-only view of everything: a superset of what was asked, at no cost
+        return MappingProxyType(self.entries)
 
     def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None:
         self.entries.update(entries)
@@ -131,7 +135,20 @@ def _ignore_spec(root: str):
         raise KataError("inputs.kataignore", f"bad pattern in {KATAIGNORE}: {err}", obj=root) from None
 
 
+def _in_git_work_tree(root: str) -> bool:
+    d = root
+    while True:
+        if os.path.exists(os.path.join(d, ".git")):
+            return True
+        parent = os.path.dirname(d)
+        if parent == d:
+            return False
+        d = parent
+
+
 def _git_files(root: str) -> list[str] | None:
+    if not _in_git_work_tree(root):
+        return None  # spare the subprocess
     try:
         proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
@@ -142,9 +159,11 @@ def _git_files(root: str) -> list[str] | None:
     return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
-def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
-    out: list[str] = []
-    append = out.append
+def _walk(root: str, ignore) -> list[str]:
+    """Every non-directory below root (not descending into .git), unsorted. Only names:
+    the lstat comes later, in one C-level pass."""
+    paths: list[str] = []
+    add = paths.append
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -160,15 +179,37 @@ def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
                     if e.name == ".git" or (ignore is not None and ignore.match_file(rel + "/")):
                         continue
                     stack.append(rel)
-                    continue
-                if ignore is not None and ignore.match_file(rel):
-                    continue
-                append(rel)
-                try:
-                    stats[rel] = e.stat(follow_symlinks=False)
-                except OSError:
-                    pass
+                elif ignore is None or not ignore.match_file(rel):
+                    add(rel)
+    return paths
+
+
+def _lstat_all(paths: Sequence[str]) -> list[os.stat_result | None]:
+    """lstat of every path; None for one that vanished. `map` keeps the loop in C."""
+    try:
+        return list(map(os.lstat, paths))
+    except OSError:
+        pass
+    out: list[os.stat_result | None] = []
+    for p in paths:
+        try:
+            out.append(os.lstat(p))
+        except OSError:
+            out.append(None)
     return out
+
+
+@contextmanager
+def _gc_paused():
+    """Tens of thousands of small allocations would trigger the cyclic GC over and over
+    (none of them can form a cycle): pause it around the walk and the hashing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Snapshot:
@@ -179,19 +220,16 @@ class Snapshot:
         """`exclude`: paths (relative to root) never to list, e.g. the config file itself."""
         self.root = os.path.abspath(root)
         self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
-        self._stats: dict[str, os.stat_result] = {}
         ignore = _ignore_spec(self.root)
         files = _git_files(self.root)
-        if files is None:
-            files = _walk(self.root, ignore, self._stats)
-        elif ignore is not None:
-            files = [p for p in files if not ignore.match_file(p)]
-        if exclude:
-            skip = set(exclude)
-            files = [p for p in files if p not in skip]
-        files.sort()
-        self.paths: tuple[str, ...] = tuple(
-            p for i, p in enumerate(files) if i == 0 or p != files[i - 1])
+        with _gc_paused():
+            if files is None:
+                files = _walk(self.root, ignore)
+            elif ignore is not None:
+                files = [p for p in files if not ignore.match_file(p)]
+            files = set(files)
+            files.difference_update(exclude)
+            self.paths: tuple[str, ...] = tuple(sorted(files))
         self._hashed: dict[str, Entry | None] = {}
         self._sets: dict[tuple[str, ...], InputSet] = {}
 
@@ -201,16 +239,15 @@ class Snapshot:
     def entries(self, paths: Sequence[str]) -> list[Entry]:
         """The hashed entries among `paths` (in their order), skipping vanished files."""
         hashed = self._hashed
-        todo = [p for p in paths if p not in hashed] if hashed else list(paths)
-        if todo:
-            st = self._stats
-            got = hash_files(self.root, todo, self.stat_cache,
-                             [st.get(p) for p in todo] if st else None)
-            if len(todo) == len(paths):
-                hashed.update(zip(todo, got))
+        with _gc_paused():
+            if not hashed and paths is self.paths:  # the common case: everything, once
+                got = hash_files(self.root, paths, self.stat_cache)
+                hashed.update(zip(paths, got))
                 return [f for f in got if f is not None]
-            hashed.update(zip(todo, got))
-        return [f for f in map(hashed.__getitem__, paths) if f is not None]
+            todo = [p for p in paths if p not in hashed]
+            if todo:
+                hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
+            return [f for f in map(hashed.__getitem__, paths) if f is not None]
 
     def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
         """The files `patterns` (gitignore-style) select; () selects every file."""
@@ -222,30 +259,30 @@ class Snapshot:
         return got
 
 
-def hash_files(root: str, paths: Sequence[str], cache: StatCache,
-               stats: Sequence[os.stat_result | None] | None = None) -> list[Entry | None]:
+_STAT_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ino")
+
+
+def hash_files(root: str, paths: Sequence[str], cache: StatCache) -> list[Entry | None]:
     """Digest every path (relative to root), in order; None for one that vanished or is
-    not a regular file or symlink (a submodule, a socket). `stats`: lstat results already
-    taken (aligned with `paths`), so a warm run costs one lstat per file."""
+    not a regular file or symlink (a submodule, a socket). An unchanged file (same size,
+    mtime_ns and inode as in the stat cache) costs its lstat and is not read."""
     prefix = root + os.sep
     absolute = [prefix + p for p in paths]
+    stats = _lstat_all(absolute)
     known = cache.get_many(absolute).get
+    # the warm check in C-level passes: (size, mtime, inode) now vs as cached
+    cached = list(map(known, absolute))
     fresh: dict[str, tuple[int, int, int, str]] = {}
     racy = time.time_ns() - RACY_NS
     out: list[Entry | None] = []
     append = out.append
-    lstat, S_ISREG, S_ISLNK = os.lstat, stat.S_ISREG, stat.S_ISLNK
-    for rel, a, st in zip(paths, absolute, stats or [None] * len(paths)):
+    S_ISREG, S_ISLNK = stat.S_ISREG, stat.S_ISLNK
+    for rel, a, st, c in zip(paths, absolute, stats, cached):
         if st is None:
-            try:
-                st = lstat(a)
-            except OSError:
-                append(None)
-                continue
+            append(None)
+            continue
         m = st.st_mode
-        c = known(a)
-        if c is not None and c[1] == st.st_mtime_ns and c[0] == st.st_size and c[2] == st.st_ino \
-                and S_ISREG(m):
+        if c is not None and c[:3] == _STAT_KEY(st) and S_ISREG(m):
             append((rel, c[3], c[0], 0o755 if m & 0o111 else 0o644))
         elif S_ISREG(m):
             try:
