@@ -113,8 +113,11 @@ def graph(ctx: click.Context, fmt: str) -> None:
 
 
 def previous_lookup(ctx: click.Context):
-    """Where `kata why` finds a step's last recorded derivation. The store's realisation
-    records are wired here once the store exists; until then nothing is recorded."""
+    """Where `kata why` finds a step's last recorded derivation: a callable from step name
+    to `DerivationRecord`, its encoded bytes, or None. To wire once runs are recorded: the
+    newest run of this pipeline (`Store.list_runs`) -> the step's drv hash ->
+    `Store.get_derivation(hash)` (the bytes of `node.record().encode()`). Until then
+    nothing is recorded and `kata why` says so."""
     return lambda step: None
 
 
