@@ -241,6 +241,7 @@ class Snapshot:
                 files.difference_update(exclude)
                 self.paths = tuple(sorted(files))
         self._hashed: dict[str, Entry | None] = {}
+        self._everything: list[Entry | None] | None = None
         self._sets: dict[tuple[str, ...], InputSet] = {}
 
     def files(self, paths: Sequence[str]) -> list[InputFile]:
@@ -250,10 +251,14 @@ class Snapshot:
         """The hashed entries among `paths` (in their order), skipping vanished files."""
         hashed = self._hashed
         with _gc_paused():
-            if not hashed and paths is self.paths:  # the common case: everything, once
-                got = hash_files(self.root, paths, self.stat_cache, self._absolute)
-                hashed.update(zip(paths, got))
+            if paths is self.paths and not hashed and self._everything is None:
+                # the common case, every file once: keep the results by position and
+                # build the by-path dict only if a narrower set is asked for later
+                got = self._everything = hash_files(self.root, paths, self.stat_cache,
+                                                    self._absolute)
                 return [f for f in got if f is not None]
+            if self._everything is not None and not hashed:
+                hashed.update(zip(self.paths, self._everything))
             todo = [p for p in paths if p not in hashed]
             if todo:
                 hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
