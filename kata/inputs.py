@@ -1,0 +1,321 @@
+"""The files a step sees, and their digests.
+
+The repository's file list is `git ls-files -co --exclude-standard` in a git
+work tree, else every file below the root; `.kataignore` (gitignore syntax)
+removes files in both cases. A step's `inputs:` globs narrow it further.
+
+Hashing goes through a stat cache (absolute path -> size, mtime_ns, inode,
+digest): a file whose lstat matches is not read again, so a warm run over an
+unchanged tree costs one lstat per file. Files modified within the last
+`RACY_NS` are hashed but not cached (git's "racily clean" problem: a second
+write within the timestamp granularity would otherwise go unseen).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import operator
+import os
+import stat
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Iterable, Mapping, Protocol, Sequence
+
+import msgpack
+
+from kata.errors import KataError
+
+KATAIGNORE = ".kataignore"
+RACY_NS = 2_000_000_000
+INPUTS_FORMAT = "kata-inputs/1"
+
+
+class StatCache(Protocol):
+    def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]: ...
+    def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None: ...
+
+
+class MemoryStatCache:
+    """The in-memory StatCache (the store's LMDB index is the persistent one)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, int, int, str]] = {}
+
+    def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]:
+        # a read-only view of everything: a superset of what was asked, at no cost
+        return MappingProxyType(self.entries)
+
+    def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None:
+        self.entries.update(entries)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputFile:
+    path: str    # relative to the repository root, '/'-separated
+    digest: str  # "sha256:<hex>" of the content (of the link target text for a symlink)
+    size: int
+    mode: int    # 0o644, 0o755 or 0o120000 (symlink)
+
+
+# one file as hashed: (path, digest, size, mode); plain tuples on the hot path
+Entry = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputSet:
+    """The files a step sees, sorted by path; the digest is sha256 over the msgpack of
+    `["kata-inputs/1", [[path, digest, size, mode], ...]]`."""
+
+    entries: tuple[Entry, ...]
+    digest: str
+
+    @property
+    def files(self) -> tuple[InputFile, ...]:
+        return tuple(InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(e[0] for e in self.entries)
+
+    @classmethod
+    def of(cls, files: Iterable[InputFile]) -> "InputSet":
+        return cls.of_entries(sorted((f.path, f.digest, f.size, f.mode) for f in files))
+
+    @classmethod
+    def of_entries(cls, entries: Iterable[Entry]) -> "InputSet":
+        """From entries already sorted by path."""
+        entries = tuple(entries)
+        # non-UTF-8 file names arrive surrogate-escaped (as os gives them): keep them exact
+        body = msgpack.packb([INPUTS_FORMAT, entries], use_bin_type=True,
+                             unicode_errors="surrogatepass")
+        return cls(entries=entries, digest="sha256:" + hashlib.sha256(body).hexdigest())
+
+
+EMPTY = InputSet.of(())
+
+
+@functools.lru_cache(maxsize=256)
+def _spec(patterns: tuple[str, ...]):
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
+def check_globs(patterns: Sequence[str]) -> None:
+    """Raise ValueError for a pattern pathspec cannot compile."""
+    try:
+        _spec(tuple(patterns))
+    except Exception as err:  # pathspec raises a few different types
+        raise ValueError(str(err)) from None
+
+
+def match(patterns: Sequence[str], paths: Iterable[str]) -> list[str]:
+    spec = _spec(tuple(patterns))
+    return [p for p in paths if spec.match_file(p)]
+
+
+def _ignore_spec(root: str):
+    try:
+        with open(os.path.join(root, KATAIGNORE), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err}", obj=root) from None
+    import pathspec
+
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except Exception as err:
+        raise KataError("inputs.kataignore", f"bad pattern in {KATAIGNORE}: {err}", obj=root) from None
+
+
+def _in_git_work_tree(root: str) -> bool:
+    d = root
+    while True:
+        if os.path.exists(os.path.join(d, ".git")):
+            return True
+        parent = os.path.dirname(d)
+        if parent == d:
+            return False
+        d = parent
+
+
+def _git_files(root: str) -> list[str] | None:
+    if not _in_git_work_tree(root):
+        return None  # spare the subprocess
+    try:
+        proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
+    except (FileNotFoundError, PermissionError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+
+
+def _walk(root: str, ignore) -> list[str]:
+    """The absolute path of every non-directory below root (not descending into .git),
+    unsorted. Only names: the lstat comes later, in one C-level pass."""
+    paths: list[str] = []
+    add = paths.append
+    cut = len(os.path.join(root, ""))
+    stack = [root]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    if e.name == ".git" or (ignore is not None and
+                                            ignore.match_file(e.path[cut:] + "/")):
+                        continue
+                    stack.append(e.path)
+                elif ignore is None or not ignore.match_file(e.path[cut:]):
+                    add(e.path)
+    return paths
+
+
+def _lstat_all(paths: Sequence[str]) -> list[os.stat_result | None]:
+    """lstat of every path; None for one that vanished. `map` keeps the loop in C."""
+    try:
+        return list(map(os.lstat, paths))
+    except OSError:
+        pass
+    out: list[os.stat_result | None] = []
+    for p in paths:
+        try:
+            out.append(os.lstat(p))
+        except OSError:
+            out.append(None)
+    return out
+
+
+@contextmanager
+def _gc_paused():
+    """Tens of thousands of small allocations would trigger the cyclic GC over and over
+    (none of them can form a cycle): pause it around the walk and the hashing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class Snapshot:
+    """The repository's file list at one moment, hashed lazily and only once per file."""
+
+    def __init__(self, root: str | os.PathLike, stat_cache: StatCache | None = None,
+                 exclude: Iterable[str] = ()) -> None:
+        """`exclude`: paths (relative to root) never to list, e.g. the config file itself."""
+        self.root = os.path.abspath(root)
+        self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
+        ignore = _ignore_spec(self.root)
+        files = _git_files(self.root)
+        cut = len(os.path.join(self.root, ""))
+        self._absolute: list[str] | None = None  # aligned with self.paths when known
+        with _gc_paused():
+            if files is None:
+                absolute = _walk(self.root, ignore)  # unique already
+                absolute.sort()  # the same order as the relative paths: one common prefix
+                rel = list(map(operator.itemgetter(slice(cut, None)), absolute))
+                if exclude:
+                    skip = set(exclude)
+                    keep = [i for i, p in enumerate(rel) if p not in skip]
+                    rel, absolute = [rel[i] for i in keep], [absolute[i] for i in keep]
+                self.paths: tuple[str, ...] = tuple(rel)
+                self._absolute = absolute
+            else:
+                if ignore is not None:
+                    files = [p for p in files if not ignore.match_file(p)]
+                files = set(files)
+                files.difference_update(exclude)
+                self.paths = tuple(sorted(files))
+        self._hashed: dict[str, Entry | None] = {}
+        self._everything: list[Entry | None] | None = None
+        self._sets: dict[tuple[str, ...], InputSet] = {}
+
+    def files(self, paths: Sequence[str]) -> list[InputFile]:
+        return [InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries(paths)]
+
+    def entries(self, paths: Sequence[str]) -> list[Entry]:
+        """The hashed entries among `paths` (in their order), skipping vanished files."""
+        hashed = self._hashed
+        with _gc_paused():
+            if paths is self.paths and not hashed and self._everything is None:
+                # the common case, every file once: keep the results by position and
+                # build the by-path dict only if a narrower set is asked for later
+                got = self._everything = hash_files(self.root, paths, self.stat_cache,
+                                                    self._absolute)
+                return [f for f in got if f is not None]
+            if self._everything is not None and not hashed:
+                hashed.update(zip(self.paths, self._everything))
+            todo = [p for p in paths if p not in hashed]
+            if todo:
+                hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
+            return [f for f in map(hashed.__getitem__, paths) if f is not None]
+
+    def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
+        """The files `patterns` (gitignore-style) select; () selects every file."""
+        key = tuple(patterns)
+        got = self._sets.get(key)
+        if got is None:
+            chosen = match(key, self.paths) if key else self.paths
+            got = self._sets[key] = InputSet.of_entries(self.entries(chosen))
+        return got
+
+
+_STAT_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ino")
+
+
+def hash_files(root: str, paths: Sequence[str], cache: StatCache,
+               absolute: Sequence[str] | None = None) -> list[Entry | None]:
+    """Digest every path (relative to root), in order; None for one that vanished or is
+    not a regular file or symlink (a submodule, a socket). An unchanged file (same size,
+    mtime_ns and inode as in the stat cache) costs its lstat and is not read."""
+    if absolute is None:
+        prefix = root + os.sep
+        absolute = [prefix + p for p in paths]
+    stats = _lstat_all(absolute)
+    known = cache.get_many(absolute).get
+    # the warm check in C-level passes: (size, mtime, inode) now vs as cached
+    cached = list(map(known, absolute))
+    fresh: dict[str, tuple[int, int, int, str]] = {}
+    racy = time.time_ns() - RACY_NS
+    out: list[Entry | None] = []
+    append = out.append
+    S_ISREG, S_ISLNK = stat.S_ISREG, stat.S_ISLNK
+    for rel, a, st, c in zip(paths, absolute, stats, cached):
+        if st is None:
+            append(None)
+            continue
+        m = st.st_mode
+        if c is not None and c[:3] == _STAT_KEY(st) and S_ISREG(m):
+            append((rel, c[3], c[0], 0o755 if m & 0o111 else 0o644))
+        elif S_ISREG(m):
+            try:
+                with open(a, "rb") as f:
+                    digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError as err:
+                raise KataError("inputs.unreadable", f"cannot read input {rel}: {err.strerror}",
+                                obj=rel) from None
+            if st.st_mtime_ns < racy:
+                fresh[a] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
+            append((rel, digest, st.st_size, 0o755 if m & 0o111 else 0o644))
+        elif S_ISLNK(m):
+            target = os.fsencode(os.readlink(a))
+            append((rel, "sha256:" + hashlib.sha256(target).hexdigest(), len(target), 0o120000))
+        else:
+            append(None)
+    if fresh:
+        cache.put_many(fresh)
+    return out
