@@ -172,7 +172,7 @@ class FakeGraph:
 def _inputs(repo: Path, globs: tuple[str, ...]) -> FakeInputs:
     import pathspec
 
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", globs) if globs else None
+    spec = pathspec.PathSpec.from_lines("gitignore", globs) if globs else None
     files = []
     for path in sorted(p for p in repo.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(repo).as_posix()

@@ -151,7 +151,7 @@ class Realiser:
         self._emit_lock = threading.Lock()
         self._emit = emit
         self._lock = threading.Lock()
-        self._outputs: dict[str, str] = {}
+        self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._empty_tree = ""
@@ -275,11 +275,34 @@ class Realiser:
             raise KataError("runtime.unavailable", "no container runtime to run steps with",
                             exit_code=1)
 
-    def _set(self, result: StepResult) -> None:
+    def _set(self, result: StepResult, stack: tuple[str, ...] | None = None) -> None:
         with self._lock:
             self._results[result.name] = result
-            if result.outputs:
-                self._outputs[result.name] = result.outputs
+            if stack is not None:
+                self._stacks[result.name] = stack
+
+    def _deps_stack(self, name: str) -> tuple[str, ...]:
+        """The artifact trees a step sees, bottom first: its dependencies' stacks, merged.
+
+        Artifacts flow transitively (the overview's ``deploy`` runs the ``bin/app``
+        that ``build`` made, through ``unit-test``): a step's stack is its
+        dependencies' stacks in ``depends_on`` order, then its own output tree.
+        """
+        seen: dict[str, None] = {}
+        for dep in self.graph.nodes[name].step.depends_on:
+            for tree in self._stacks[dep]:
+                seen.setdefault(tree)
+        return tuple(seen)
+
+    def _stack_with(self, base: tuple[str, ...], tree: str) -> tuple[str, ...]:
+        if not tree or tree == self._empty() or tree in base:
+            return base
+        return base + (tree,)
+
+    @staticmethod
+    def _stack_digest(stack: tuple[str, ...]) -> str:
+        # what a dependent's resolved hash sees of a dependency: everything it passes on
+        return "sha256:" + hashlib.sha256("\0".join(("kata-stack/1",) + stack).encode()).hexdigest()
 
     def _hit(self, name: str, real: Any, key: str, source: str) -> None:
         meta = getattr(real, "meta", None) or {}
@@ -287,10 +310,12 @@ class Realiser:
         self.store.count(True)
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
                                   produced_by=produced_by))
+        stack = meta.get("stack")
+        stack = tuple(stack) if stack is not None else self._stack_with((), real.outputs)
         self._set(StepResult(name=name, status="passed", cache="HIT",
                              drv_hash=self.graph.nodes[name].drv_hash, key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",
-                             outputs=real.outputs, produced_by=produced_by))
+                             outputs=real.outputs, produced_by=produced_by), stack)
         self.emit(ev.StepPassed(step=name, duration=0.0, cached=True))
 
     def _skipped(self, name: str, reason: str) -> None:
@@ -356,8 +381,9 @@ class Realiser:
         node = self.graph.nodes[name]
         step = node.step
         resolved = ""
-        if all(d in self._outputs for d in step.depends_on):
-            resolved = node.resolved_hash({d: self._outputs[d] for d in step.depends_on})
+        if all(d in self._stacks for d in step.depends_on):
+            resolved = node.resolved_hash({d: self._stack_digest(self._stacks[d])
+                                           for d in step.depends_on})
         if self._caches(name) and resolved:
             real = self._lookup(resolved)
             if real is not None:
@@ -374,10 +400,8 @@ class Realiser:
         step = node.step
         empty = self._empty()
         layers: list[Path] = []
-        for dep in reversed(step.depends_on):  # later dependencies on top
-            tree = self._outputs[dep]
-            if tree != empty:
-                layers.append(Path(self.store.unpacked(tree)))
+        for tree in reversed(self._deps_stack(name)):  # top first
+            layers.append(Path(self.store.unpacked(tree)))
         cache_tree = self._cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(Path(self.store.unpacked(cache_tree)))
@@ -468,7 +492,9 @@ class Realiser:
             log.close()
         ok = exit_status == 0 and not reason
         if ok:
-            meta = {"run": self.run_id, "step": name, "pipeline": self.pipeline}
+            stack = self._stack_with(self._deps_stack(name), outputs)
+            meta = {"run": self.run_id, "step": name, "pipeline": self.pipeline,
+                    "stack": list(stack)}
             self._put_derivation(node)
             if self.options.record and step.cache.enabled:
                 for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
@@ -477,7 +503,7 @@ class Realiser:
             self._set(StepResult(name=name, status="passed", cache="MISS",
                                  drv_hash=node.drv_hash, key=resolved or node.drv_hash,
                                  duration=duration, exit_status=0, log=log_digest,
-                                 outputs=outputs, produced_by=self.run_id))
+                                 outputs=outputs, produced_by=self.run_id), stack)
             self.emit(ev.StepPassed(step=name, duration=duration))
             return True
         status = "cancelled" if reason == "step.cancelled" else "failed"
