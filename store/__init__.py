@@ -2,3 +2,12 @@
 
 A standalone package: it imports nothing from ``kata``.
 """
+
+from .core import Store
+from .errors import StoreError
+from .gc import GcReport
+from .realisations import Realisation
+from .tree import Limits
+from .verify import VerifyReport
+
+__all__ = ["Store", "Realisation", "StoreError", "Limits", "GcReport", "VerifyReport"]

@@ -1,6 +1,9 @@
-"""`kata` commands: config."""
+"""`kata` commands: config (validate, graph, why) and version."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import click
 
@@ -8,6 +11,9 @@ import click
 def register(cli: click.Group) -> None:
     """Add this module's commands to the root group."""
     cli.add_command(version)
+    cli.add_command(validate)
+    cli.add_command(graph)
+    cli.add_command(why_cmd)
 
 
 @click.command()
@@ -19,3 +25,117 @@ def version() -> None:
 
     machine = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     click.echo(f"kata-ci v{__version__} (python {platform.python_version()}, linux/{machine})")
+
+
+def load(ctx: click.Context):
+    """(config path, Pipeline) for -f/--file or the .kata-ci.yaml found from the cwd up."""
+    from kata.loader import find_config, load_pipeline
+
+    obj = ctx.find_root().obj or {}
+    path = find_config(os.getcwd(), obj.get("config_file"))
+    return path, load_pipeline(path)
+
+
+@click.command()
+@click.pass_context
+def validate(ctx: click.Context) -> None:
+    """Check the config (YAML, keys, types, images, dependencies, cycles) without running."""
+    from kata.compile import plan
+
+    _, pipeline = load(ctx)
+    p = plan(pipeline)
+    n = len(pipeline.steps)
+    click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}, 0 cycles, "
+               f"{len(p.levels)} parallel group{'s' if len(p.levels) != 1 else ''}")
+
+
+def overview_lines(order, deps) -> list[str]:
+    """`build -> test, lint` / `test, lint -> deploy`: steps with the same dependencies
+    share a line; a step nothing is connected to stands alone."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    used = {d for n in order for d in deps[n]}
+    lines_at: list[tuple[str, ...] | str] = []
+    for n in order:
+        ds = deps[n]
+        if ds:
+            if ds not in groups:
+                groups[ds] = []
+                lines_at.append(ds)
+            groups[ds].append(n)
+        elif n not in used:
+            lines_at.append(n)
+    return [x if isinstance(x, str) else f"{', '.join(x)} -> {', '.join(groups[x])}"
+            for x in lines_at]
+
+
+def _dot_id(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text",
+              show_default=True, help="text (the overview), dot (Graphviz) or json.")
+@click.pass_context
+def graph(ctx: click.Context, fmt: str) -> None:
+    """Print the step dependency graph."""
+    from kata.compile import plan
+
+    path, pipeline = load(ctx)
+    if fmt == "text":
+        p = plan(pipeline)
+        for line in overview_lines(p.order, p.deps):
+            click.echo(line)
+        return
+    if fmt == "dot":
+        p = plan(pipeline)
+        click.echo(f"digraph {_dot_id(pipeline.name)} {{")
+        click.echo("  rankdir=LR;")
+        for n in p.order:
+            click.echo(f"  {_dot_id(n)};")
+        for n in p.order:
+            for d in p.deps[n]:
+                click.echo(f"  {_dot_id(d)} -> {_dot_id(n)};")
+        click.echo("}")
+        return
+    from kata.compile import compile_pipeline
+
+    g = compile_pipeline(pipeline, resolver=None, repo_root=path.resolve().parent)
+    level_of = {n: i for i, lvl in enumerate(g.levels) for n in lvl}
+    doc = {
+        "pipeline": pipeline.name,
+        "steps": [{"name": n, "image": str(g.nodes[n].step.image),
+                   "depends_on": list(g.nodes[n].deps), "level": level_of[n],
+                   "drv_hash": g.nodes[n].drv_hash} for n in g.order],
+        "edges": [list(e) for e in g.edges],
+        "levels": [list(lvl) for lvl in g.levels],
+    }
+    click.echo(json.dumps(doc, indent=2))
+
+
+def previous_lookup(ctx: click.Context):
+    """Where `kata why` finds a step's last recorded derivation. The store's realisation
+    records are wired here once the store exists; until then nothing is recorded."""
+    return lambda step: None
+
+
+@click.command("why")
+@click.argument("label")
+@click.option("--against", "against", type=click.Path(dir_okay=False, exists=True),
+              help="Compare against this encoded derivation instead of the last recorded one.")
+@click.pass_context
+def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
+    """Explain what changed a step's cache key (e.g. `kata why //build`)."""
+    from pathlib import Path
+
+    from kata.compile import compile_pipeline
+    from kata.why import why
+
+    path, pipeline = load(ctx)
+    g = compile_pipeline(pipeline, resolver=None, repo_root=path.resolve().parent)
+    lookup = previous_lookup(ctx)
+    if against is not None:
+        data = Path(against).read_bytes()
+        lookup = lambda step: data  # noqa: E731
+    for result in why(g, label, lookup):
+        for line in result.lines():
+            click.echo(line)

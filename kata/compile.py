@@ -1,0 +1,141 @@
+"""Pipeline -> DerivationGraph: one Derivation per step, in topological order.
+
+The image resolver is a parameter (tag -> manifest digest); digest-pinned
+references never reach it. A resolver returning None (or no resolver, as for
+`kata validate` and `kata graph` without a runtime) leaves that step, and every
+step depending on it, unresolved: it has a Derivation with None in the unknown
+fields and no hash, and the graph is still complete.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from kata import derivation as drv
+from kata.errors import KataError
+from kata.graph import levels as graph_levels
+from kata.graph import topo_order
+from kata.inputs import InputSet, Snapshot, StatCache
+from kata.model import DIGEST_RE, ImageRef, Pipeline, Step
+
+Resolver = Callable[[ImageRef], "str | None"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    step: Step
+    derivation: drv.Derivation
+    drv_hash: str | None             # None: unresolved
+    inputs: InputSet | None          # None: inputs not hashed
+    deps: tuple[str, ...]            # dependency step names (config order, deduplicated)
+    dep_hashes: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def resolved(self) -> bool:
+        return self.drv_hash is not None
+
+    def resolved_hash(self, outputs: Mapping[str, str]) -> str:
+        """The early-cutoff key; `outputs` maps each dependency step name to its
+        realised output tree digest."""
+        missing = [d for d in self.deps if d not in outputs]
+        if missing:
+            raise KataError("derivation.outputs", f"no output digest for {', '.join(missing)}",
+                            obj=self.step.name)
+        return self.derivation.resolved_hash([outputs[d] for d in self.deps])
+
+    def record(self) -> drv.DerivationRecord:
+        """What to store beside the realisation so `kata why` can name files and deps."""
+        return drv.DerivationRecord(derivation=self.derivation, step=self.step.name,
+                                    files=self.inputs.files if self.inputs else None,
+                                    dep_names=self.dep_hashes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DerivationGraph:
+    pipeline: Pipeline
+    order: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...]
+    nodes: Mapping[str, Node]
+
+    @property
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        """(dependency, dependent) pairs in order."""
+        return tuple((d, n) for n in self.order for d in self.nodes[n].deps)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """The DAG alone (no derivations): what `kata validate` needs."""
+
+    order: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...]
+    deps: Mapping[str, tuple[str, ...]]
+
+
+def plan(pipeline: Pipeline) -> Plan:
+    deps = {s.name: tuple(dict.fromkeys(s.depends_on)) for s in pipeline.steps}
+    order, leftover = topo_order(deps)
+    assert not leftover, "the loader rejects cycles"
+    return Plan(order=order, levels=graph_levels(order, deps), deps=MappingProxyType(deps))
+
+
+def _no_resolver(ref: ImageRef) -> None:
+    return None
+
+
+def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
+                     repo_root: str | os.PathLike | None = None,
+                     stat_cache: StatCache | None = None) -> DerivationGraph:
+    """Compile every step. `repo_root` None: inputs are not hashed (every derivation is
+    unresolved; the graph's shape is still complete)."""
+    p = plan(pipeline)
+    resolve = resolver or _no_resolver
+    digests: dict[ImageRef, str | None] = {}
+
+    def image_digest(ref: ImageRef) -> str | None:
+        if ref.digest is not None:
+            return ref.digest
+        if ref not in digests:
+            got = resolve(ref)
+            if got is not None and not (isinstance(got, str) and DIGEST_RE.fullmatch(got)):
+                raise KataError("image.resolve", f"resolver gave {got!r} for {ref}, "
+                                "not a sha256 digest", obj=str(ref))
+            digests[ref] = got
+        return digests[ref]
+
+    snapshot = Snapshot(repo_root, stat_cache) if repo_root is not None else None
+    config_rel = None
+    if snapshot is not None and pipeline.file:
+        rel = os.path.relpath(os.path.abspath(pipeline.file), snapshot.root)
+        config_rel = rel.replace(os.sep, "/")
+    global_env = pipeline.env
+    nodes: dict[str, Node] = {}
+    by_name = {s.name: s for s in pipeline.steps}
+    for name in p.order:
+        step = by_name[name]
+        inputs = key_files = None
+        if snapshot is not None:
+            inputs = snapshot.input_set(step.inputs)
+            if config_rel is not None and any(f.path == config_rel for f in inputs.files):
+                # the config is already in the derivation field by field; hashing its
+                # bytes would make every edit (a step's name) change every key
+                inputs = InputSet.of(f for f in inputs.files if f.path != config_rel)
+            if step.cache.key_files:
+                key_files = snapshot.input_set(step.cache.key_files).digest
+        dep_hashes = tuple((d, nodes[d].drv_hash) for d in p.deps[name])
+        d = drv.make(
+            pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,
+            workdir=step.workdir, env=(*global_env, *step.env), secrets=step.secrets,
+            inputs=inputs.digest if inputs is not None else None, key_files=key_files,
+            artifacts=step.artifacts, cache_paths=step.cache.paths,
+            services=[drv.ServiceDrv(name=s.name, image=image_digest(s.image),
+                                     env=tuple(sorted(dict(s.env).items())), commands=s.commands)
+                      for s in step.services],
+            network=step.network, deps=[h for _, h in dep_hashes])
+        nodes[name] = Node(step=step, derivation=d, drv_hash=d.hash if d.resolved else None,
+                           inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
+    return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,
+                           nodes=MappingProxyType(nodes))

@@ -1,0 +1,275 @@
+"""Condition expressions: one tree for `when:`, `only:` and `triggers:`.
+
+`parse("branch == 'main' and changed('src/**')")` gives an `Expr`;
+`expr.evaluate(Context(...))` decides it. `only:` objects and `triggers:`
+entries are built into the same tree (`only_expr`, `triggers_expr`): trigger
+entries are OR'ed, the fields inside one entry are AND'ed.
+
+Globs (`=~`, `changed`, branches, paths): `**` matches across `/`, `*` and `?`
+do not (as GitHub's branch and path filters).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from kata.errors import KataError, Position
+
+if TYPE_CHECKING:
+    from kata.model import Trigger
+
+FIELDS = ("branch", "tag", "event", "action")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """What a condition can see. `changed` None means unknown: `changed()` is then true."""
+
+    event: str = ""
+    branch: str = ""
+    tag: str = ""
+    action: str = ""
+    changed: tuple[str, ...] | None = None
+
+
+@functools.lru_cache(maxsize=1024)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(c) or re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    return glob_regex(pattern).fullmatch(text) is not None
+
+
+class Expr:
+    __slots__ = ()
+
+    def evaluate(self, ctx: Context) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Const(Expr):
+    value: bool
+
+    def evaluate(self, ctx: Context) -> bool:
+        return self.value
+
+    def __str__(self) -> str:
+        return "true" if self.value else "false"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compare(Expr):
+    """field OP value; OP one of == != =~ !~ (glob) in, not in (value a tuple)."""
+
+    field: str
+    op: str
+    value: str | tuple[str, ...]
+
+    def evaluate(self, ctx: Context) -> bool:
+        actual = getattr(ctx, self.field)
+        if self.op == "==":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        if self.op == "=~":
+            return glob_match(self.value, actual)
+        if self.op == "!~":
+            return not glob_match(self.value, actual)
+        if self.op == "in":
+            return actual in self.value
+        assert self.op == "not in", self.op
+        return actual not in self.value
+
+    def __str__(self) -> str:
+        if isinstance(self.value, tuple):
+            return f"{self.field} {self.op} [{', '.join(_q(v) for v in self.value)}]"
+        return f"{self.field} {self.op} {_q(self.value)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Changed(Expr):
+    patterns: tuple[str, ...]
+
+    def evaluate(self, ctx: Context) -> bool:
+        if ctx.changed is None:
+            return True
+        return any(glob_match(p, path) for p in self.patterns for path in ctx.changed)
+
+    def __str__(self) -> str:
+        return f"changed({', '.join(_q(p) for p in self.patterns)})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Not(Expr):
+    item: Expr
+
+    def evaluate(self, ctx: Context) -> bool:
+        return not self.item.evaluate(ctx)
+
+    def __str__(self) -> str:
+        return f"not {_paren(self.item)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class And(Expr):
+    items: tuple[Expr, ...]
+
+    def evaluate(self, ctx: Context) -> bool:
+        return all(i.evaluate(ctx) for i in self.items)
+
+    def __str__(self) -> str:
+        return " and ".join(_paren(i) for i in self.items)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Or(Expr):
+    items: tuple[Expr, ...]
+
+    def evaluate(self, ctx: Context) -> bool:
+        return any(i.evaluate(ctx) for i in self.items)
+
+    def __str__(self) -> str:
+        return " or ".join(_paren(i) for i in self.items)
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _paren(e: Expr) -> str:
+    return f"({e})" if isinstance(e, (And, Or)) else str(e)
+
+
+def all_of(items: Iterable[Expr]) -> Expr:
+    items = tuple(items)
+    return Const(value=True) if not items else items[0] if len(items) == 1 else And(items=items)
+
+
+def any_of(items: Iterable[Expr]) -> Expr:
+    items = tuple(items)
+    return Const(value=False) if not items else items[0] if len(items) == 1 else Or(items=items)
+
+
+# ---- parsing ---------------------------------------------------------------
+
+@functools.cache
+def _parser():
+    import lark
+
+    from grammar import load
+
+    return lark.Lark(load("conditions"), parser="lalr", maybe_placeholders=False)
+
+
+def _unquote(tok) -> str:
+    import json
+
+    return json.loads(str(tok))
+
+
+def _build(tree) -> Expr:
+    import lark
+
+    if isinstance(tree, lark.Token):
+        return Const(value=str(tree) == "true")
+    kind = tree.data
+    ch = tree.children
+    if kind == "or_expr":
+        return Or(items=tuple(_build(c) for c in ch))
+    if kind == "and_expr":
+        return And(items=tuple(_build(c) for c in ch))
+    if kind == "not_":
+        return Not(item=_build(ch[0]))
+    if kind == "const":
+        return Const(value=str(ch[0]) == "true")
+    if kind == "compare":
+        return Compare(field=str(ch[0]), op=str(ch[1]), value=_unquote(ch[2]))
+    if kind in ("in_", "not_in"):
+        values = tuple(_unquote(t) for t in ch[1].children if t is not None)
+        return Compare(field=str(ch[0]), op="in" if kind == "in_" else "not in", value=values)
+    if kind == "changed":
+        return Changed(patterns=tuple(_unquote(t) for t in ch))
+    raise AssertionError(kind)
+
+
+def parse(text: str, position: Position | None = None) -> Expr:
+    """Parse a condition; a syntax error is `KataError('config.condition')` at the bad column."""
+    import lark
+
+    try:
+        return _build(_parser().parse(text))
+    except (lark.exceptions.LarkError, ValueError) as err:
+        line = getattr(err, "line", None)
+        col = getattr(err, "column", None)
+        pos = position
+        if position is not None and isinstance(line, int) and isinstance(col, int) and line > 0:
+            # a plain single-line scalar: point at the character inside it
+            pos = Position(file=position.file, line=position.line + line - 1,
+                           column=(position.column if line == 1 else 1) + max(col - 1, 0))
+        where = f" at column {col}" if isinstance(col, int) and col > 0 else ""
+        raise KataError("config.condition",
+                        f"bad condition {text!r}{where}: expected e.g. branch == \"main\", "
+                        "tag =~ \"v*\", changed(\"src/**\"), joined by and/or/not",
+                        position=pos) from None
+
+
+# ---- only: and triggers: ---------------------------------------------------
+
+def _globs(field: str, patterns: Iterable[str]) -> Expr:
+    return any_of(Compare(field=field, op="=~", value=p) for p in patterns)
+
+
+def only_expr(*, branches=(), tags=(), paths=(), events=()) -> Expr:
+    """`only:` filters: branches and tags are OR'ed together (a ref filter), AND'ed
+    with paths (`changed`) and events."""
+    parts: list[Expr] = []
+    refs = [*(Compare(field="branch", op="=~", value=b) for b in branches),
+            *(Compare(field="tag", op="=~", value=t) for t in tags)]
+    if refs:
+        parts.append(any_of(refs))
+    if paths:
+        parts.append(Changed(patterns=tuple(paths)))
+    if events:
+        parts.append(Compare(field="event", op="in", value=tuple(events)))
+    return all_of(parts)
+
+
+def trigger_expr(t: "Trigger") -> Expr:
+    parts: list[Expr] = []
+    if t.event is not None:
+        parts.append(Compare(field="event", op="==", value=t.event))
+    if t.branches:
+        parts.append(_globs("branch", t.branches))
+    if t.pattern is not None:
+        parts.append(Compare(field="tag", op="=~", value=t.pattern))
+    if t.actions:
+        parts.append(Compare(field="action", op="in", value=tuple(t.actions)))
+    if t.paths:
+        parts.append(Changed(patterns=tuple(t.paths)))
+    return all_of(parts)
+
+
+def triggers_expr(triggers: Iterable["Trigger"]) -> Expr:
+    """No triggers: always (a manual `kata run`)."""
+    triggers = tuple(triggers)
+    if not triggers:
+        return Const(value=True)
+    return any_of(trigger_expr(t) for t in triggers)

@@ -1,0 +1,245 @@
+"""Derivations: what a step computes, as a frozen value with a canonical encoding.
+
+Encoding (format tag `kata-drv/1`): msgpack of `["kata-drv/1", {field: value}]`
+with map keys sorted, env as sorted `[name, value]` pairs, secrets, artifacts,
+cache paths and dependency hashes sorted, services sorted by name. The
+derivation hash is the sha256 hex of those bytes (the input-addressed key).
+The resolved hash (`kata-drv-resolved/1`) is the same encoding with the
+dependency derivation hashes replaced by the sorted output tree digests of the
+dependencies (the early-cutoff key).
+
+Only what changes what a step computes is here. Presentational and policy
+fields (step name, description, timeout, `cache: false`, `only:`/`when:`) live
+on `kata.model.Step` and never reach the encoding. A field that is not known
+yet (an image tag nobody resolved, inputs not hashed) is None: the derivation
+is then unresolved and has no hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import msgpack
+
+from kata.errors import KataError
+from kata.inputs import InputFile
+
+FORMAT = "kata-drv/1"
+RESOLVED_FORMAT = "kata-drv-resolved/1"
+RECORD_FORMAT = "kata-drv-record/1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceDrv:
+    name: str  # hashed: it is the service's host name inside the step
+    image: str | None
+    env: tuple[tuple[str, str], ...] = ()
+    commands: tuple[str, ...] = ()
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"commands": list(self.commands), "env": [list(p) for p in self.env],
+                "image": self.image, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Derivation:
+    pipeline: str
+    image: str | None                  # manifest digest "sha256:..."; None: tag not resolved
+    commands: tuple[str, ...]
+    workdir: str
+    env: tuple[tuple[str, str], ...]   # global + step, merged, sorted by name
+    secrets: tuple[str, ...]           # names only, sorted; values never reach a derivation
+    inputs: str | None                 # InputSet digest; None: not hashed
+    key_files: str | None              # InputSet digest of cache.key_files; None: no key files
+    artifacts: tuple[str, ...]
+    cache_paths: tuple[str, ...]
+    services: tuple[ServiceDrv, ...]
+    network: str
+    deps: tuple[str | None, ...]       # dependency derivation hashes, sorted
+
+    @property
+    def resolved(self) -> bool:
+        return (self.image is not None and self.inputs is not None
+                and all(d is not None for d in self.deps)
+                and all(s.image is not None for s in self.services))
+
+    def to_obj(self, deps: Sequence[str | None] | None = None) -> dict[str, Any]:
+        return {
+            "artifacts": list(self.artifacts),
+            "cache_paths": list(self.cache_paths),
+            "commands": list(self.commands),
+            "deps": list(self.deps if deps is None else deps),
+            "env": [list(p) for p in self.env],
+            "image": self.image,
+            "inputs": self.inputs,
+            "key_files": self.key_files,
+            "network": self.network,
+            "pipeline": self.pipeline,
+            "secrets": list(self.secrets),
+            "services": [s.to_obj() for s in self.services],
+            "workdir": self.workdir,
+        }
+
+    def encode(self) -> bytes:
+        """The canonical bytes (stored with the realisation, hashed for the key)."""
+        return msgpack.packb([FORMAT, self.to_obj()], use_bin_type=True)
+
+    @property
+    def hash(self) -> str:
+        if not self.resolved:
+            raise KataError("derivation.unresolved",
+                            "derivation has unresolved parts (image tag or inputs)")
+        return hashlib.sha256(self.encode()).hexdigest()
+
+    def resolved_hash(self, dep_outputs: Sequence[str]) -> str:
+        """The early-cutoff key: dependency hashes replaced by their output tree digests."""
+        if not self.resolved:
+            raise KataError("derivation.unresolved", "derivation has unresolved parts")
+        if len(dep_outputs) != len(self.deps):
+            raise KataError("derivation.outputs", f"expected {len(self.deps)} dependency "
+                            f"outputs, got {len(dep_outputs)}")
+        body = msgpack.packb([RESOLVED_FORMAT, self.to_obj(sorted(dep_outputs))],
+                             use_bin_type=True)
+        return hashlib.sha256(body).hexdigest()
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, Any]) -> "Derivation":
+        return cls(
+            pipeline=obj["pipeline"], image=obj["image"], commands=tuple(obj["commands"]),
+            workdir=obj["workdir"], env=tuple((k, v) for k, v in obj["env"]),
+            secrets=tuple(obj["secrets"]), inputs=obj["inputs"], key_files=obj["key_files"],
+            artifacts=tuple(obj["artifacts"]), cache_paths=tuple(obj["cache_paths"]),
+            services=tuple(ServiceDrv(name=s["name"], image=s["image"],
+                                      env=tuple((k, v) for k, v in s["env"]),
+                                      commands=tuple(s["commands"])) for s in obj["services"]),
+            network=obj["network"], deps=tuple(obj["deps"]))
+
+
+def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: str,
+         env: Sequence[tuple[str, str]], secrets: Sequence[str], inputs: str | None,
+         key_files: str | None, artifacts: Sequence[str], cache_paths: Sequence[str],
+         services: Sequence[ServiceDrv], network: str, deps: Sequence[str | None]) -> Derivation:
+    """A Derivation in canonical form (sorted env, secrets, paths, services, deps)."""
+    return Derivation(
+        pipeline=pipeline, image=image, commands=tuple(commands), workdir=workdir,
+        env=tuple(sorted(dict(env).items())), secrets=tuple(sorted(set(secrets))),
+        inputs=inputs, key_files=key_files, artifacts=tuple(sorted(set(artifacts))),
+        cache_paths=tuple(sorted(set(cache_paths))),
+        services=tuple(sorted(services, key=lambda s: s.name)), network=network,
+        deps=tuple(sorted(deps, key=lambda d: (d is None, d or ""))))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DerivationRecord:
+    """A derivation plus what `kata why` needs to explain it and is never hashed: the
+    step's name, its per-file input manifest and the names of its dependencies."""
+
+    derivation: Derivation
+    step: str = ""
+    files: tuple[InputFile, ...] | None = None
+    dep_names: tuple[tuple[str, str | None], ...] = ()  # (step name, drv hash)
+
+    def encode(self) -> bytes:
+        return msgpack.packb({
+            "format": RECORD_FORMAT,
+            "drv": self.derivation.to_obj(),
+            "step": self.step,
+            "files": None if self.files is None else
+            [[f.path, f.digest, f.size, f.mode] for f in self.files],
+            "deps": [list(p) for p in self.dep_names],
+        }, use_bin_type=True)
+
+
+def decode(data: bytes) -> DerivationRecord:
+    """Either a record or bare canonical derivation bytes."""
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+        if isinstance(obj, list) and len(obj) == 2 and obj[0] == FORMAT:
+            return DerivationRecord(derivation=Derivation.from_obj(obj[1]))
+        if isinstance(obj, dict) and obj.get("format") == RECORD_FORMAT:
+            files = obj["files"]
+            return DerivationRecord(
+                derivation=Derivation.from_obj(obj["drv"]), step=obj["step"],
+                files=None if files is None else tuple(
+                    InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in files),
+                dep_names=tuple((n, h) for n, h in obj["deps"]))
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        pass
+    raise KataError("derivation.format", "not an encoded derivation of a known format")
+
+
+# ---- diff ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    field: str          # "image", "commands", "env", "input", "dependency", ...
+    kind: str           # "added" | "removed" | "changed"
+    name: str = ""      # env var, file path, dependency, command index, service
+    old: Any = None
+    new: Any = None
+
+    def __str__(self) -> str:
+        what = f"{self.field} {self.name}".strip() if self.name else self.field
+        if self.kind == "changed":
+            return f"{what}: {_short(self.old)} -> {_short(self.new)}"
+        return f"{what}: {self.kind}" + (f" ({_short(self.new if self.kind == 'added' else self.old)})"
+                                           if self.field not in ("input file",) else "")
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, str) and v.startswith("sha256:"):
+        return v[:19] + "…"
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        return v[:12] + "…"
+    return repr(v)
+
+
+def _as_record(x: Derivation | DerivationRecord) -> DerivationRecord:
+    return x if isinstance(x, DerivationRecord) else DerivationRecord(derivation=x)
+
+
+def _keyed(field: str, old: dict, new: dict) -> list[Change]:
+    out = []
+    for k in sorted(old.keys() | new.keys()):
+        if k not in new:
+            out.append(Change(field=field, kind="removed", name=str(k), old=old[k]))
+        elif k not in old:
+            out.append(Change(field=field, kind="added", name=str(k), new=new[k]))
+        elif old[k] != new[k]:
+            out.append(Change(field=field, kind="changed", name=str(k), old=old[k], new=new[k]))
+    return out
+
+
+def diff(a: Derivation | DerivationRecord, b: Derivation | DerivationRecord) -> tuple[Change, ...]:
+    """What changed from `a` (previous) to `b` (current), field by field. Empty: same key."""
+    ra, rb = _as_record(a), _as_record(b)
+    da, db = ra.derivation, rb.derivation
+    out: list[Change] = []
+    for f in ("pipeline", "image", "workdir", "network"):
+        if getattr(da, f) != getattr(db, f):
+            out.append(Change(field=f, kind="changed", old=getattr(da, f), new=getattr(db, f)))
+    out += _keyed("command", {f"#{i + 1}": c for i, c in enumerate(da.commands)},
+                  {f"#{i + 1}": c for i, c in enumerate(db.commands)})
+    out += _keyed("env", dict(da.env), dict(db.env))
+    out += _keyed("secret", {s: s for s in da.secrets}, {s: s for s in db.secrets})
+    out += _keyed("artifact", {p: p for p in da.artifacts}, {p: p for p in db.artifacts})
+    out += _keyed("cache path", {p: p for p in da.cache_paths}, {p: p for p in db.cache_paths})
+    out += _keyed("service", {s.name: s for s in da.services}, {s.name: s for s in db.services})
+    if da.inputs != db.inputs:
+        if ra.files is not None and rb.files is not None:
+            fa = {f.path: (f.digest, f.mode) for f in ra.files}
+            fb = {f.path: (f.digest, f.mode) for f in rb.files}
+            out += _keyed("input file", fa, fb)
+        else:
+            out.append(Change(field="inputs", kind="changed", old=da.inputs, new=db.inputs))
+    if da.key_files != db.key_files:
+        out.append(Change(field="key_files", kind="changed", old=da.key_files, new=db.key_files))
+    if da.deps != db.deps:
+        na, nb = dict(ra.dep_names), dict(rb.dep_names)
+        if na and nb and set(na.values()) == set(da.deps) and set(nb.values()) == set(db.deps):
+            out += _keyed("dependency", na, nb)
+        else:
+            out += _keyed("dependency", {d: d for d in da.deps if d}, {d: d for d in db.deps if d})
+    return tuple(out)

@@ -1,0 +1,80 @@
+"""Target labels: `//build`, `//...` (every step), `//test*` (steps whose name starts so).
+
+`parse_label` gives a `Label`; `select(labels, names)` picks step names in graph order;
+`with_dependencies` closes a selection over `depends_on`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from kata.errors import KataError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Label:
+    kind: str  # "exact" | "prefix" | "all"
+    name: str = ""
+
+    def matches(self, step: str) -> bool:
+        if self.kind == "all":
+            return True
+        if self.kind == "prefix":
+            return step.startswith(self.name)
+        return step == self.name
+
+    def __str__(self) -> str:
+        return {"all": "//...", "prefix": f"//{self.name}*", "exact": f"//{self.name}"}[self.kind]
+
+
+@functools.cache
+def _parser():
+    import lark
+
+    from grammar import load
+
+    return lark.Lark(load("labels"), parser="lalr")
+
+
+def parse_label(text: str) -> Label:
+    import lark
+
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.LarkError:
+        raise KataError("label.syntax", f"bad target label {text!r}: expected //step, "
+                        "//prefix* or //...", obj=text) from None
+    target = tree.children[0]
+    name = str(target.children[0]) if target.data in ("exact", "prefix") else ""
+    return Label(kind=str(target.data), name=name)
+
+
+def select(labels: Iterable[str | Label], names: Sequence[str]) -> tuple[str, ...]:
+    """The step names (in the order of `names`) any label matches; a label matching
+    nothing is `KataError('label.no_match')` with a did-you-mean."""
+    parsed = [lbl if isinstance(lbl, Label) else parse_label(lbl) for lbl in labels]
+    chosen: set[str] = set()
+    for lbl in parsed:
+        hit = {n for n in names if lbl.matches(n)}
+        if not hit:
+            near = difflib.get_close_matches(lbl.name, list(names), n=1)
+            hint = f" (did you mean //{near[0]}?)" if near else ""
+            raise KataError("label.no_match", f"{lbl} matches no step{hint}", obj=str(lbl))
+        chosen |= hit
+    return tuple(n for n in names if n in chosen)
+
+
+def with_dependencies(selected: Iterable[str], depends_on: Mapping[str, Sequence[str]],
+                      order: Sequence[str]) -> tuple[str, ...]:
+    """`selected` plus everything they depend on, transitively, in `order`."""
+    seen: set[str] = set()
+    stack = list(selected)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(depends_on.get(n, ()))
+    return tuple(n for n in order if n in seen)

@@ -1,0 +1,448 @@
+"""Load `.kata-ci.yaml` into the frozen model (`kata.model`), rejecting bad input clearly.
+
+pyyaml's C composer (`CSafeLoader`) builds the node graph, which keeps the line
+and column of every node; we walk it ourselves instead of constructing Python
+objects, so duplicate keys (which pyyaml would silently drop) and every type,
+duration, image or reference error point at file:line:column. Every failure is a
+`KataError` with a reason (`config.*`) and a `Position`; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from kata import conditions
+from kata.errors import KataError, Position
+from kata.graph import find_cycle, topo_order
+from kata.inputs import check_globs
+from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Service,
+                        Settings, Step, Trigger)
+
+CONFIG_NAME = ".kata-ci.yaml"
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
+_TEXTUAL = frozenset((_STR, _INT, _FLOAT))
+
+_STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EVENTS = ("push", "pull_request", "tag", "schedule")
+
+TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
+SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
+STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
+             "timeout", "only", "cache", "secrets", "inputs", "workdir", "network", "when",
+             "description")
+SERVICE_KEYS = ("name", "image", "env", "commands")
+CACHE_KEYS = ("paths", "key_files", "enabled")
+ONLY_KEYS = ("branches", "tags", "paths", "events")
+TRIGGER_KEYS = ("event", "branches", "paths", "actions", "pattern")
+
+
+def find_config(start_dir: str | os.PathLike | None = None,
+                explicit: str | os.PathLike | None = None) -> Path:
+    """The config to use: `explicit` if given, else `.kata-ci.yaml` in `start_dir` or the
+    nearest parent, stopping at the repository root (the directory holding `.git`)."""
+    if explicit is not None:
+        p = Path(explicit)
+        if not p.is_file():
+            raise KataError("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
+        return p
+    d = Path(start_dir if start_dir is not None else os.getcwd()).resolve()
+    for cand in (d, *d.parents):
+        if (cand / CONFIG_NAME).is_file():
+            return cand / CONFIG_NAME
+        if (cand / ".git").exists():
+            break
+    raise KataError("config.not_found",
+                    f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
+                    obj=str(d))
+
+
+def load_pipeline(path: str | os.PathLike) -> Pipeline:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise KataError("config.not_found", f"config file {str(p)!r} not found",
+                        obj=str(p)) from None
+    except OSError as err:
+        raise KataError("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
+                        obj=str(p)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise KataError("config.yaml_syntax", "the file is not valid UTF-8",
+                        position=Position(file=str(p), line=line, column=col)) from None
+    return load_text(text, file=str(p))
+
+
+def load_text(text: str, file: str = "<string>") -> Pipeline:
+    """Parse a config from text; `file` is only used in positions."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        pos = Position(file=file, line=mark.line + 1, column=mark.column + 1) if mark else \
+            Position(file=file, line=1, column=1)
+        what = " ".join(x for x in (err.context, err.problem) if x)
+        raise KataError("config.yaml_syntax", f"YAML syntax error: {what}", position=pos) from None
+    except yaml.YAMLError as err:  # ReaderError: a character YAML does not allow
+        offset = getattr(err, "position", 0) or 0
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        raise KataError("config.yaml_syntax", f"YAML syntax error: {err}",
+                        position=Position(file=file, line=line, column=col)) from None
+    except RecursionError:
+        raise KataError("config.yaml_syntax", "YAML nested too deeply",
+                        position=Position(file=file, line=1, column=1)) from None
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
+        raise KataError("config.empty", "the config file is empty",
+                        position=Position(file=file, line=1, column=1))
+    return _Walker(file).pipeline(root)
+
+
+class _Walker:
+    """Turns the node graph into model values; every check raises a positioned KataError."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    # -- helpers -----------------------------------------------------------
+    def pos(self, node: Node) -> Position:
+        m = node.start_mark
+        return Position(file=self.file, line=m.line + 1, column=m.column + 1)
+
+    def fail(self, reason: str, node: Node, message: str) -> KataError:
+        return KataError(reason, message, position=self.pos(node))
+
+    def pairs(self, node: Node, what: str, seen: frozenset[int] = frozenset()) -> list:
+        """(key text, key node, value node) of a mapping, merges (`<<`) applied,
+        duplicate keys rejected."""
+        if not isinstance(node, MappingNode):
+            raise self.fail("config.type", node, f"{what} must be a mapping, got {_kind(node)}")
+        out: list = []
+        keys: dict[str, Node] = {}
+        merged: list = []
+        for k, v in node.value:
+            if k.tag == _MERGE:
+                if id(v) in seen or len(seen) > 50:
+                    raise self.fail("config.type", v, "recursive merge (<<)")
+                for m in (v.value if isinstance(v, SequenceNode) else (v,)):
+                    merged.extend(self.pairs(m, "a merge (<<) value", seen | {id(node)}))
+                continue
+            if not isinstance(k, ScalarNode) or k.tag not in _TEXTUAL:
+                raise self.fail("config.type", k, f"keys of {what} must be strings, got {_kind(k)}")
+            key = k.value
+            first = keys.get(key)
+            if first is not None:
+                raise self.fail("config.duplicate_key", k,
+                                f"duplicate key {key!r} in {what} (first at line "
+                                f"{first.start_mark.line + 1}); YAML would keep only the last")
+            keys[key] = k
+            out.append((key, k, v))
+        for key, k, v in merged:
+            if key not in keys:
+                keys[key] = k
+                out.append((key, k, v))
+        return out
+
+    def fields(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, tuple[Node, Node]]:
+        result = {}
+        for key, k, v in self.pairs(node, what):
+            if key not in allowed:
+                near = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else \
+                    f"; expected one of {', '.join(allowed)}"
+                raise self.fail("config.unknown_key", k, f"unknown key {key!r} in {what}{hint}")
+            result[key] = (k, v)
+        return result
+
+    def require(self, f: dict, key: str, node: Node, what: str) -> Node:
+        if key not in f:
+            raise self.fail("config.missing_key", node, f"{what} needs {key!r}")
+        return f[key][1]
+
+    def string(self, node: Node, what: str) -> str:
+        if isinstance(node, ScalarNode) and node.tag in _TEXTUAL:
+            return node.value
+        raise self.fail("config.type", node, f"{what} must be a string, got {_kind(node)}")
+
+    def nonempty(self, node: Node, what: str) -> str:
+        s = self.string(node, what)
+        if not s.strip():
+            raise self.fail("config.value", node, f"{what} must not be empty")
+        return s
+
+    def boolean(self, node: Node, what: str) -> bool:
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return yaml.constructor.SafeConstructor.bool_values[node.value.lower()]
+        raise self.fail("config.type", node, f"{what} must be true or false, got {_kind(node)}")
+
+    def integer(self, node: Node, what: str) -> int:
+        if isinstance(node, ScalarNode) and node.tag == _INT:
+            try:
+                return yaml.constructor.SafeConstructor().construct_yaml_int(node)
+            except (ValueError, TypeError):
+                pass
+        raise self.fail("config.type", node, f"{what} must be an integer, got {_kind(node)}")
+
+    def strings(self, node: Node, what: str, check: Callable[[str, Node], None] | None = None
+                ) -> tuple[str, ...]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
+        out = []
+        for item in node.value:
+            s = self.string(item, f"each entry of {what}")
+            if check is not None:
+                check(s, item)
+            out.append(s)
+        return tuple(out)
+
+    def env(self, node: Node, what: str) -> tuple[tuple[str, str], ...]:
+        out = []
+        for key, k, v in self.pairs(node, what):
+            if not _ENV_NAME.fullmatch(key):
+                raise self.fail("config.value", k, f"bad variable name {key!r} in {what}")
+            if isinstance(v, ScalarNode) and v.tag in (_STR, _INT, _FLOAT, _BOOL, _NULL):
+                out.append((key, "" if v.tag == _NULL else v.value))
+            else:
+                raise self.fail("config.type", v, f"{what}.{key} must be a scalar, got {_kind(v)}")
+        return tuple(out)
+
+    def duration(self, node: Node, what: str) -> Duration:
+        if isinstance(node, ScalarNode) and node.tag == _INT:
+            return Duration(millis=self.integer(node, what) * 1000)
+        try:
+            return Duration.parse(self.string(node, what))
+        except ValueError as err:
+            raise self.fail("config.duration", node, f"{what}: {err}") from None
+
+    def image(self, node: Node, what: str) -> ImageRef:
+        try:
+            return ImageRef.parse(self.string(node, what))
+        except ValueError as err:
+            raise self.fail("config.image_ref", node, f"{what}: {err}") from None
+
+    def condition(self, node: Node, what: str) -> conditions.Expr:
+        text = self.string(node, what)
+        base = self.pos(node)
+        if node.style in ('"', "'"):
+            base = Position(file=base.file, line=base.line, column=base.column + 1)
+        return conditions.parse(text, base)
+
+    def globs(self, node: Node, what: str, gitignore: bool = False) -> tuple[str, ...]:
+        def check(s: str, item: Node) -> None:
+            if not s.strip():
+                raise self.fail("config.value", item, f"empty pattern in {what}")
+            if gitignore:
+                try:
+                    check_globs((s,))
+                except ValueError as err:
+                    raise self.fail("config.value", item, f"bad pattern {s!r} in {what}: {err}") from None
+        return self.strings(node, what, check)
+
+    # -- the document ------------------------------------------------------
+    def pipeline(self, root: Node) -> Pipeline:
+        f = self.fields(root, TOP_KEYS, "the config")
+        name = self.nonempty(f["pipeline"][1], "pipeline") if "pipeline" in f else "pipeline"
+        settings = self.settings(f["settings"][1]) if "settings" in f else Settings()
+        env = self.env(f["env"][1], "env") if "env" in f else ()
+        triggers = self.triggers(f["triggers"][1]) if "triggers" in f else ()
+        if "steps" not in f:
+            raise self.fail("config.no_steps", root, "the config has no steps")
+        steps_node = f["steps"][1]
+        if isinstance(steps_node, ScalarNode) and steps_node.tag == _NULL:
+            raise self.fail("config.no_steps", steps_node, "steps is empty")
+        if not isinstance(steps_node, SequenceNode):
+            raise self.fail("config.type", steps_node, f"steps must be a list, got {_kind(steps_node)}")
+        if not steps_node.value:
+            raise self.fail("config.no_steps", steps_node, "steps is empty")
+        steps = [self.step(n) for n in steps_node.value]
+        self.check_graph(steps)
+        return Pipeline(name=name, steps=tuple(steps), settings=settings, env=env,
+                        triggers=triggers, file=self.file)
+
+    def settings(self, node: Node) -> Settings:
+        f = self.fields(node, SETTINGS_KEYS, "settings")
+        kw: dict[str, Any] = {}
+        if "timeout" in f:
+            kw["timeout"] = self.duration(f["timeout"][1], "settings.timeout")
+        if "max_parallel" in f:
+            v = f["max_parallel"][1]
+            kw["max_parallel"] = n = self.integer(v, "settings.max_parallel")
+            if n < 1:
+                raise self.fail("config.value", v, f"settings.max_parallel must be >= 1, got {n}")
+        if "fail_fast" in f:
+            kw["fail_fast"] = self.boolean(f["fail_fast"][1], "settings.fail_fast")
+        if "cache_enabled" in f:
+            kw["cache_enabled"] = self.boolean(f["cache_enabled"][1], "settings.cache_enabled")
+        return Settings(**kw)
+
+    def step(self, node: Node) -> Step:
+        f = self.fields(node, STEP_KEYS, "a step")
+        name_node = self.require(f, "name", node, "a step")
+        name = self.string(name_node, "name")
+        if not _STEP_NAME.fullmatch(name):
+            raise self.fail("config.step_name", name_node,
+                            f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
+        what = f"step {name!r}"
+        kw: dict[str, Any] = {"name": name, "position": self.pos(name_node),
+                              "image": self.image(self.require(f, "image", node, what), f"{what}: image")}
+        for key, (_, v) in f.items():
+            if key in ("name", "image"):
+                continue
+            label = f"{what}: {key}"
+            if key in ("commands", "artifacts"):
+                kw[key] = self.strings(v, label)
+            elif key == "depends_on":
+                kw[key] = self.strings(v, label)
+                kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
+            elif key == "inputs":
+                kw[key] = self.globs(v, label, gitignore=True)
+            elif key == "secrets":
+                def check(s: str, item: Node, label=label) -> None:
+                    if not _ENV_NAME.fullmatch(s):
+                        raise self.fail("config.value", item, f"{label}: bad secret name {s!r}")
+                kw[key] = self.strings(v, label, check)
+            elif key == "env":
+                kw[key] = self.env(v, label)
+            elif key == "timeout":
+                kw[key] = self.duration(v, label)
+            elif key == "services":
+                kw[key] = self.services(v, label)
+            elif key == "cache":
+                kw[key] = self.cache(v, label)
+            elif key == "only":
+                kw[key] = self.only(v, label)
+            elif key == "when":
+                kw[key] = self.condition(v, label)
+            elif key == "workdir":
+                kw[key] = wd = self.string(v, label)
+                if not wd.startswith("/"):
+                    raise self.fail("config.value", v, f"{label} must be an absolute path, got {wd!r}")
+            elif key == "network":
+                kw[key] = mode = self.string(v, label)
+                if mode not in NETWORK_MODES:
+                    raise self.fail("config.value", v, f"{label} must be one of "
+                                    f"{', '.join(NETWORK_MODES)}, got {mode!r}")
+            elif key == "description":
+                kw[key] = self.string(v, label)
+        return Step(**kw)
+
+    def services(self, node: Node, what: str) -> tuple[Service, ...]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
+        out = []
+        names: set[str] = set()
+        for item in node.value:
+            f = self.fields(item, SERVICE_KEYS, "a service")
+            name_node = self.require(f, "name", item, "a service")
+            name = self.string(name_node, "service name")
+            if not _STEP_NAME.fullmatch(name):
+                raise self.fail("config.value", name_node, f"bad service name {name!r}")
+            if name in names:
+                raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")
+            names.add(name)
+            label = f"service {name!r}"
+            out.append(Service(
+                name=name, position=self.pos(item),
+                image=self.image(self.require(f, "image", item, label), f"{label}: image"),
+                env=self.env(f["env"][1], f"{label}: env") if "env" in f else (),
+                commands=self.strings(f["commands"][1], f"{label}: commands") if "commands" in f else ()))
+        return tuple(out)
+
+    def cache(self, node: Node, what: str) -> CacheSpec:
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return CacheSpec(enabled=self.boolean(node, what))
+        f = self.fields(node, CACHE_KEYS, what)
+        return CacheSpec(
+            enabled=self.boolean(f["enabled"][1], f"{what}.enabled") if "enabled" in f else True,
+            paths=self.globs(f["paths"][1], f"{what}.paths") if "paths" in f else (),
+            key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True) if "key_files" in f else ())
+
+    def only(self, node: Node, what: str) -> conditions.Expr:
+        f = self.fields(node, ONLY_KEYS, what)
+        kw = {k: self.globs(v, f"{what}.{k}") for k, (_, v) in f.items()}
+        for ev, item in zip(kw.get("events", ()), f.get("events", (None, None))[1].value
+                            if "events" in f else ()):
+            if ev not in EVENTS:
+                raise self.fail("config.value", item, f"{what}.events: unknown event {ev!r}; "
+                                f"expected one of {', '.join(EVENTS)}")
+        return conditions.only_expr(**kw)
+
+    def triggers(self, node: Node) -> tuple[Trigger, ...]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"triggers must be a list, got {_kind(node)}")
+        out = []
+        for item in node.value:
+            f = self.fields(item, TRIGGER_KEYS, "a trigger")
+            kw: dict[str, Any] = {"position": self.pos(item)}
+            if "event" in f:
+                v = f["event"][1]
+                kw["event"] = ev = self.string(v, "trigger event")
+                if ev not in EVENTS:
+                    raise self.fail("config.value", v, f"unknown trigger event {ev!r}; "
+                                    f"expected one of {', '.join(EVENTS)}")
+            for key in ("branches", "paths", "actions"):
+                if key in f:
+                    kw[key] = self.globs(f[key][1], f"trigger {key}")
+            if "pattern" in f:
+                kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
+            out.append(Trigger(**kw))
+        return tuple(out)
+
+    # -- the graph ---------------------------------------------------------
+    def check_graph(self, steps: list[Step]) -> None:
+        by_name: dict[str, Step] = {}
+        for s in steps:
+            if s.name in by_name:
+                first = by_name[s.name].position
+                raise KataError("config.duplicate_step",
+                                f"duplicate step name {s.name!r} (first at line {first.line})",
+                                position=s.position)
+            by_name[s.name] = s
+        for s in steps:
+            for dep, pos in zip(s.depends_on, s.dep_positions):
+                if dep not in by_name:
+                    near = difflib.get_close_matches(dep, list(by_name), n=1)
+                    hint = f"; did you mean {near[0]!r}?" if near else ""
+                    raise KataError("config.unknown_dependency",
+                                    f"step {s.name!r} depends on unknown step {dep!r}{hint}",
+                                    position=pos)
+        deps = {s.name: s.depends_on for s in steps}
+        _, leftover = topo_order(deps)
+        if leftover:
+            cycle = find_cycle(deps, leftover)
+            # point at the depends_on entry that closes the cycle
+            s = by_name[cycle[1]]
+            pos = s.dep_positions[s.depends_on.index(cycle[0])]
+            raise KataError("config.cycle", f"dependency cycle: {' -> '.join(cycle)}",
+                            position=pos, obj=" -> ".join(cycle))
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    if node.tag == _NULL:
+        return "nothing (null)"
+    return f"{tag} {node.value!r}"

@@ -1,0 +1,174 @@
+"""The gRPC channel to containerd: stubs, namespace/lease metadata, error wrapping.
+
+One ``Client`` (one channel) is shared by every thread of a kata process; grpc
+channels are thread-safe. Every call carries ``containerd-namespace: kata``
+and, inside a lease, ``containerd-lease``. gRPC errors become ``ContainerdError``
+(a KataError that keeps the status code for the adapter's own decisions).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kata.errors import KataError
+
+from .cleanup import Cleanup
+
+try:
+    import grpc
+
+    from ._api.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
+    from ._api.api.services.content.v1 import content_pb2, content_pb2_grpc
+    from ._api.api.services.diff.v1 import diff_pb2, diff_pb2_grpc
+    from ._api.api.services.images.v1 import images_pb2, images_pb2_grpc
+    from ._api.api.services.leases.v1 import leases_pb2, leases_pb2_grpc
+    from ._api.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+    from ._api.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+    from ._api.api.services.version.v1 import version_pb2_grpc
+    from ._api.api.types import descriptor_pb2, mount_pb2
+except ImportError as _err:  # pragma: no cover - depends on the install
+    raise KataError(
+        "runtime.stubs_missing",
+        "the containerd API stubs are not generated; run "
+        "`python3 -m kata.runtimes.containerd.protogen` (needs the Debian package "
+        f"golang-github-containerd-containerd-dev and grpcio-tools) ({_err})",
+        exit_code=1,
+    ) from _err
+
+NAMESPACE = "kata"
+SNAPSHOTTER = "overlayfs"
+OWNER_LABEL = "kata.owner"
+LEASE_TTL = _dt.timedelta(hours=6)  # safety net: containerd's gc drops a forgotten lease
+
+__all__ = [
+    "Client", "ContainerdError", "NAMESPACE", "SNAPSHOTTER", "OWNER_LABEL", "owner_id",
+    "owner_alive", "containers_pb2", "content_pb2", "diff_pb2", "images_pb2", "leases_pb2",
+    "snapshots_pb2", "tasks_pb2", "descriptor_pb2", "mount_pb2", "grpc",
+]
+
+
+class ContainerdError(KataError):
+    """A containerd call failed; ``code`` is the gRPC status code."""
+
+    def __init__(self, reason: str, message: str, *, code: Any = None, obj: str | None = None):
+        super().__init__(reason, message, obj=obj, exit_code=1)
+        self.code = code
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22: starttime in clock ticks
+
+
+BOOT_ID = _boot_id()
+
+
+def owner_id(pid: int | None = None) -> str:
+    """This process as an owner label: pid, its start time and the boot: never reused."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid)}@{BOOT_ID}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named by an owner label still runs."""
+    head, _, boot = owner.partition("@")
+    pid_s, _, start = head.partition(".")
+    if boot != BOOT_ID or not pid_s.isdigit():
+        return False
+    return _start_time(int(pid_s)) == start
+
+
+_CODES = {
+    "NOT_FOUND": "runtime.not_found",
+    "ALREADY_EXISTS": "runtime.already_exists",
+    "UNAVAILABLE": "runtime.unavailable",
+    "FAILED_PRECONDITION": "runtime.failed_precondition",
+    "DEADLINE_EXCEEDED": "runtime.timeout",
+}
+
+
+def wrap(err: grpc.RpcError, what: str) -> ContainerdError:
+    code = err.code() if hasattr(err, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = err.details() if hasattr(err, "details") else str(err)
+    return ContainerdError(_CODES.get(name, "runtime.error"),
+                           f"containerd: {what}: {details} ({name.lower()})", code=code, obj=what)
+
+
+class Client:
+    """Stubs for containerd's services over one channel, in kata's namespace."""
+
+    def __init__(self, address: str, namespace: str = NAMESPACE) -> None:
+        self.address = address
+        self.namespace = namespace
+        target = address if "://" in address else f"unix://{address}"
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ])
+        ch = self.channel
+        self.containers = containers_pb2_grpc.ContainersStub(ch)
+        self.content = content_pb2_grpc.ContentStub(ch)
+        self.diff = diff_pb2_grpc.DiffStub(ch)
+        self.images = images_pb2_grpc.ImagesStub(ch)
+        self.leases = leases_pb2_grpc.LeasesStub(ch)
+        self.snapshots = snapshots_pb2_grpc.SnapshotsStub(ch)
+        self.tasks = tasks_pb2_grpc.TasksStub(ch)
+        self.version = version_pb2_grpc.VersionStub(ch)
+        self.owner = owner_id()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def metadata(self, lease: str | None = None) -> tuple[tuple[str, str], ...]:
+        md = (("containerd-namespace", self.namespace),)
+        return md + ((("containerd-lease", lease),) if lease else ())
+
+    def call(self, method: Callable[..., Any], request: Any, what: str, *,
+             lease: str | None = None, timeout: float | None = 60.0) -> Any:
+        """One unary call; a gRPC error becomes a ContainerdError naming ``what``."""
+        try:
+            return method(request, metadata=self.metadata(lease), timeout=timeout)
+        except grpc.RpcError as err:
+            raise wrap(err, what) from None
+
+    def ping(self, timeout: float = 5.0) -> str:
+        from google.protobuf import empty_pb2
+
+        try:
+            return self.version.Version(empty_pb2.Empty(), timeout=timeout).version
+        except grpc.RpcError as err:
+            raise wrap(err, f"connect to {self.address}") from None
+
+    def owner_labels(self) -> dict[str, str]:
+        return {OWNER_LABEL: self.owner}
+
+    @contextmanager
+    def lease(self, purpose: str, *, sync_delete: bool = False) -> Iterator[str]:
+        """A lease around an operation: what it creates survives gc until it is deleted."""
+        lease_id = f"kata-{purpose}-{secrets.token_hex(8)}"
+        expire = (_dt.datetime.now(_dt.timezone.utc) + LEASE_TTL).strftime("%Y-%m-%dT%H:%M:%SZ")
+        labels = {"containerd.io/gc.expire": expire, **self.owner_labels()}
+        self.call(self.leases.Create, leases_pb2.CreateRequest(id=lease_id, labels=labels),
+                  "create lease")
+        with Cleanup() as cleanup:
+            cleanup.push(f"delete lease {lease_id}", lambda: self.call(
+                self.leases.Delete, leases_pb2.DeleteRequest(id=lease_id, sync=sync_delete),
+                f"delete lease {lease_id}"))
+            yield lease_id

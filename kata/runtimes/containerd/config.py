@@ -1,0 +1,103 @@
+"""The runtime's part of kata's host config: /etc/kata/config.yaml or $KATA_CONFIG.
+
+    containerd:
+      address: /run/containerd/containerd.sock   # default: system socket if it answers, else kata's own
+      state_dir: /var/lib/kata/containerd        # where kata's own containerd lives
+      stop_grace: 5                              # seconds between SIGTERM and SIGKILL
+    offline: false                               # never ask a registry
+    registries:
+      docker.io:
+        mirrors: ["http://127.0.0.1:5000"]       # tried in order before the registry itself
+      registry.local:5000:
+        plain_http: true                         # speak http, not https
+        skip_verify: false                       # TLS without certificate check
+
+Unknown keys are errors (a typo must not silently do nothing).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kata.errors import KataError
+
+DEFAULT_CONFIG = "/etc/kata/config.yaml"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryConfig:
+    mirrors: tuple[str, ...] = ()
+    plain_http: bool = False
+    skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeConfig:
+    address: str | None = None
+    state_dir: str | None = None
+    stop_grace: float = 5.0
+    offline: bool = False
+    registries: dict[str, RegistryConfig] = field(default_factory=dict)
+
+    def registry(self, host: str) -> RegistryConfig:
+        return self.registries.get(host, RegistryConfig())
+
+
+def _check_keys(obj: Any, allowed: set[str], where: str, path: str) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise KataError("config.bad_value", f"{path}: {where} must be a mapping", obj=path)
+    unknown = set(obj) - allowed
+    if unknown:
+        raise KataError("config.unknown_key",
+                        f"{path}: unknown key {sorted(unknown)[0]!r} in {where}", obj=path)
+    return obj
+
+
+def load_runtime_config(path: str | os.PathLike[str] | None = None) -> RuntimeConfig:
+    """Read the config; a missing default file means all defaults."""
+    explicit = path is not None or "KATA_CONFIG" in os.environ
+    p = Path(path if path is not None else os.environ.get("KATA_CONFIG", DEFAULT_CONFIG))
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        if explicit:
+            raise KataError("config.not_found", f"kata config {p} does not exist",
+                            obj=str(p)) from None
+        return RuntimeConfig()
+    except OSError as err:
+        raise KataError("config.unreadable", f"cannot read kata config {p}: {err}",
+                        obj=str(p)) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise KataError("config.bad_yaml", f"{p}: {err}", obj=str(p)) from None
+    top = _check_keys(doc, {"containerd", "offline", "registries"}, "the config", str(p))
+    cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace"},
+                     "containerd", str(p))
+    regs = {}
+    for host, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
+                                    "registries", str(p))).items():
+        r = _check_keys(value, {"mirrors", "plain_http", "skip_verify"}, f"registries.{host}",
+                        str(p))
+        mirrors = r.get("mirrors") or []
+        if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+            raise KataError("config.bad_value", f"{p}: registries.{host}.mirrors must be a list "
+                            "of URLs", obj=str(p))
+        regs[str(host)] = RegistryConfig(mirrors=tuple(mirrors),
+                                         plain_http=bool(r.get("plain_http", False)),
+                                         skip_verify=bool(r.get("skip_verify", False)))
+    try:
+        grace = float(cd.get("stop_grace", 5.0))
+    except (TypeError, ValueError):
+        raise KataError("config.bad_value", f"{p}: containerd.stop_grace must be a number",
+                        obj=str(p)) from None
+    return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
+                         stop_grace=grace, offline=bool(top.get("offline", False)),
+                         registries=regs)

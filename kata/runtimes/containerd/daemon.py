@@ -1,0 +1,233 @@
+"""Kata's own embedded containerd: start it detached, find it again, stop it.
+
+With no address configured and nothing answering at the system socket, kata
+runs Debian's containerd with a config, root, state and socket of its own.
+The daemon outlives the kata process that started it (new session, log to a
+file) and later kata processes reuse it: a pid file plus a socket probe say it
+is there, an flock keeps two kata processes from starting it at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata.errors import KataError
+
+SYSTEM_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_ROOT_DIR = "/var/lib/kata/containerd"
+DEFAULT_RUN_DIR = "/run/kata/containerd"
+_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1 on Linux
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonPaths:
+    """Where one embedded containerd keeps everything."""
+
+    root: Path  # containerd's persistent root (content, snapshots, metadata)
+    state: Path  # containerd's volatile state
+    config: Path
+    log: Path
+    socket: Path
+    pidfile: Path
+    lockfile: Path
+
+    @property
+    def address(self) -> str:
+        return str(self.socket)
+
+
+def daemon_paths(state_dir: str | os.PathLike[str] | None = None) -> DaemonPaths:
+    """The default layout for root, or everything under an explicit state_dir."""
+    if state_dir is None:
+        base, run = Path(DEFAULT_ROOT_DIR), Path(DEFAULT_RUN_DIR)
+    else:
+        base = run = Path(state_dir).absolute()
+    sock = run / "containerd.sock"
+    if len(str(sock).encode()) > _SUN_PATH_MAX:
+        # a unix socket path is limited to 108 bytes: keep a short one, named after the dir
+        tag = hashlib.sha256(str(base).encode()).hexdigest()[:16]
+        sock = Path("/run/kata/sock") / f"{tag}.sock"
+    return DaemonPaths(
+        root=base / "root", state=run / "state", config=base / "config.toml",
+        log=base / "containerd.log", socket=sock, pidfile=run / "containerd.pid",
+        lockfile=run / "containerd.lock",
+    )
+
+
+def socket_answers(path: str | os.PathLike[str], timeout: float = 1.0) -> bool:
+    """True when something accepts connections on the unix socket at ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(os.fspath(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _check_host() -> str:
+    if os.geteuid() != 0:
+        raise KataError("runtime.not_root",
+                        "kata's embedded containerd needs root: run kata as root, or point "
+                        "--containerd / KATA_CONTAINERD_ADDRESS at a containerd you may use")
+    binary = shutil.which("containerd")
+    if binary is None:
+        raise KataError("runtime.containerd_missing",
+                        "containerd is not installed: apt install containerd runc")
+    if shutil.which("runc") is None:
+        raise KataError("runtime.runc_missing", "runc is not installed: apt install runc")
+    return binary
+
+
+def _config_text(paths: DaemonPaths) -> str:
+    return f"""\
+# written by kata: its own containerd, separate from the system one
+version = 2
+root = "{paths.root}"
+state = "{paths.state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{paths.socket}"
+
+[ttrpc]
+  address = "{paths.socket}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{paths.root}/opt"
+"""
+
+
+def read_pid(paths: DaemonPaths) -> int | None:
+    """The pid of the embedded containerd if its pid file names a live containerd."""
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return pid if comm == "containerd" else None
+
+
+def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:
+    """Start the embedded containerd unless it is already answering; return its socket."""
+    if read_pid(paths) is not None and socket_answers(paths.socket):
+        return paths.address
+    binary = _check_host()
+    for d in (paths.root, paths.state, paths.pidfile.parent, paths.socket.parent,
+              paths.config.parent, paths.log.parent):
+        d.mkdir(parents=True, exist_ok=True, mode=0o711)
+    with open(paths.lockfile, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another kata may be starting it right now
+        if read_pid(paths) is not None and socket_answers(paths.socket):
+            return paths.address
+        paths.config.write_text(_config_text(paths))
+        try:
+            paths.socket.unlink()
+        except FileNotFoundError:
+            pass
+        with open(paths.log, "ab") as log:
+            proc = subprocess.Popen(
+                [binary, "--config", str(paths.config), "--log-level", "warn"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, close_fds=True,
+            )
+        paths.pidfile.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while not socket_answers(paths.socket, timeout=0.5):
+            if proc.poll() is not None:
+                raise KataError("runtime.daemon_failed",
+                                f"kata's containerd exited with status {proc.returncode} "
+                                f"while starting; its log: {paths.log}\n{_tail(paths.log)}",
+                                exit_code=1)
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise KataError("runtime.daemon_failed",
+                                f"kata's containerd did not answer within {timeout:.0f} s; "
+                                f"its log: {paths.log}\n{_tail(paths.log)}", exit_code=1)
+            time.sleep(0.02)
+        # the child is ours only until it is reaped; it lives on detached from us
+    return paths.address
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def daemon_status(paths: DaemonPaths) -> dict[str, object]:
+    """What `kata daemon status` shows."""
+    pid = read_pid(paths)
+    return {
+        "running": pid is not None and socket_answers(paths.socket),
+        "pid": pid,
+        "socket": str(paths.socket),
+        "root": str(paths.root),
+        "state": str(paths.state),
+        "config": str(paths.config),
+        "log": str(paths.log),
+    }
+
+
+def stop_daemon(paths: DaemonPaths, *, timeout: float = 15.0) -> bool:
+    """Stop the embedded containerd (SIGTERM, then SIGKILL). False if it was not running."""
+    pid = read_pid(paths)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            break
+        time.sleep(0.05)
+    else:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in (paths.pidfile, paths.socket):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno != errno.ESRCH
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False

@@ -1,0 +1,235 @@
+"""A small client of the OCI distribution API (pull only), with httpx.
+
+Anonymous and bearer-token auth (the WWW-Authenticate challenge), basic auth,
+credentials from ~/.docker/config.json, mirrors and plain-http registries from
+kata's config. Manifests are checked against the digest they were asked by;
+blobs are checked while they stream into containerd (images.write_blob).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kata.errors import KataError
+
+from .config import RuntimeConfig
+from .images import Descriptor
+from .reference import Reference
+
+ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+MAX_MANIFEST = 4 << 20
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+
+
+def _is_local(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] | None:
+    """Username and password for ``host`` from ~/.docker/config.json, if any."""
+    if path is None:
+        base = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+        path = Path(base) / "config.json"
+    try:
+        auths = json.loads(path.read_text()).get("auths") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
+    if host in ("docker.io", "registry-1.docker.io"):
+        keys += ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
+    for key in keys:
+        entry = auths.get(key)
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            return user, password
+        if entry.get("username"):
+            return entry["username"], entry.get("password", "")
+    return None
+
+
+class RegistryClient:
+    """Fetches manifests and blobs of one or more registries; thread-safe."""
+
+    def __init__(self, config: RuntimeConfig, *, docker_config: Path | None = None) -> None:
+        self.config = config
+        self.docker_config = docker_config
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0),
+                                  follow_redirects=True, verify=True)
+        self._insecure = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0),
+                                      follow_redirects=True, verify=False)
+
+    def close(self) -> None:
+        self._http.close()
+        self._insecure.close()
+
+    def endpoints(self, ref: Reference) -> list[str]:
+        reg = self.config.registry(ref.domain)
+        host = "registry-1.docker.io" if ref.domain == "docker.io" else ref.domain
+        scheme = "http" if reg.plain_http or _is_local(host) else "https"
+        return [m.rstrip("/") for m in reg.mirrors] + [f"{scheme}://{host}"]
+
+    # -- requests with auth -----------------------------------------------------------
+    def _request(self, base: str, ref: Reference, path: str, *, stream: bool = False,
+                 headers: dict[str, str] | None = None) -> httpx.Response:
+        host = httpx.URL(base).host
+        scope = f"repository:{ref.path}:pull"
+        url = f"{base}/v2/{ref.path}/{path}"
+        client = self._insecure if self.config.registry(ref.domain).skip_verify else self._http
+        hdrs = dict(headers or {})
+        token = self._tokens.get((host, scope))
+        if token:
+            hdrs["Authorization"] = token
+        resp = self._send(client, url, hdrs, stream)
+        if resp.status_code == 401:
+            challenge = resp.headers.get("www-authenticate", "")
+            resp.close()
+            auth = self._authorize(client, host, ref, challenge, scope)
+            if auth is None:
+                raise KataError("image.unauthorized",
+                                f"{ref.repository}: the registry wants credentials "
+                                "(add them to ~/.docker/config.json)", obj=str(ref), exit_code=1)
+            with self._lock:
+                self._tokens[(host, scope)] = auth
+            hdrs["Authorization"] = auth
+            resp = self._send(client, url, hdrs, stream)
+        return resp
+
+    @staticmethod
+    def _send(client: httpx.Client, url: str, headers: dict[str, str], stream: bool) -> httpx.Response:
+        request = client.build_request("GET", url, headers=headers)
+        return client.send(request, stream=stream)
+
+    def _authorize(self, client: httpx.Client, host: str, ref: Reference, challenge: str,
+                   scope: str) -> str | None:
+        creds = docker_credentials(ref.domain, self.docker_config) or (
+            docker_credentials(host, self.docker_config) if host != ref.domain else None)
+        scheme, _, params = challenge.partition(" ")
+        if scheme.lower() == "basic":
+            if creds is None:
+                return None
+            return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        if scheme.lower() != "bearer":
+            return None
+        fields = dict(_CHALLENGE.findall(params))
+        realm = fields.get("realm")
+        if not realm:
+            return None
+        query = {"scope": fields.get("scope", scope)}
+        if "service" in fields:
+            query["service"] = fields["service"]
+        try:
+            resp = client.get(realm, params=query, auth=creds)
+        except httpx.HTTPError as err:
+            raise KataError("image.registry_unreachable", f"token service {realm}: {err}",
+                            exit_code=1) from None
+        if resp.status_code != 200:
+            return None
+        try:
+            body = resp.json()
+        except ValueError:
+            return None
+        token = body.get("token") or body.get("access_token")
+        return f"Bearer {token}" if token else None
+
+    # -- manifests and blobs ------------------------------------------------------------
+    def fetch_manifest(self, ref: Reference, digest: str | None = None) -> tuple[str, bytes, str]:
+        """(digest, bytes, media type) of the manifest or index ``ref`` (or ``digest``) names."""
+        wanted = digest or ref.digest
+        target = wanted or ref.tag or "latest"
+        errors = []
+        for base in self.endpoints(ref):
+            try:
+                resp = self._request(base, ref, f"manifests/{target}", headers={"Accept": ACCEPT})
+            except httpx.HTTPError as err:
+                errors.append(f"{base}: {err}")
+                continue
+            if resp.status_code == 404:
+                errors.append(f"{base}: not found")
+                continue
+            if resp.status_code != 200:
+                errors.append(f"{base}: HTTP {resp.status_code}")
+                continue
+            body = resp.content
+            if len(body) > MAX_MANIFEST:
+                raise KataError("image.bad_manifest", f"{ref}: manifest too large", exit_code=1)
+            got = "sha256:" + hashlib.sha256(body).hexdigest()
+            if wanted and got != wanted:
+                raise KataError("image.digest_mismatch",
+                                f"{ref}: the registry sent manifest {got} for {wanted}: refused",
+                                obj=str(ref), exit_code=1)
+            header = resp.headers.get("docker-content-digest")
+            if not wanted and header and header.startswith("sha256:") and header != got:
+                raise KataError("image.digest_mismatch",
+                                f"{ref}: manifest digest {got} differs from the registry's "
+                                f"{header}: refused", obj=str(ref), exit_code=1)
+            media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+            try:
+                media_type = json.loads(body).get("mediaType") or media_type
+            except (ValueError, AttributeError):
+                pass
+            return got, body, media_type
+        if errors and all(e.endswith("not found") for e in errors):
+            raise KataError("image.not_found", f"image {ref} not found in the registry",
+                            obj=str(ref), exit_code=1)
+        raise KataError("image.registry_unreachable",
+                        f"cannot fetch {ref}: " + "; ".join(errors), obj=str(ref), exit_code=1)
+
+    def blob_chunks(self, ref: Reference, desc: Descriptor) -> Iterator[bytes]:
+        """The blob's bytes as they arrive (verified by the caller while writing)."""
+        errors = []
+        for base in self.endpoints(ref):
+            try:
+                resp = self._request(base, ref, f"blobs/{desc.digest}", stream=True)
+            except httpx.HTTPError as err:
+                errors.append(f"{base}: {err}")
+                continue
+            if resp.status_code != 200:
+                resp.close()
+                errors.append(f"{base}: HTTP {resp.status_code}")
+                continue
+            return self._iterate(resp, desc)
+        raise KataError("image.registry_unreachable",
+                        f"cannot fetch blob {desc.digest} of {ref}: " + "; ".join(errors),
+                        obj=desc.digest, exit_code=1)
+
+    @staticmethod
+    def _iterate(resp: httpx.Response, desc: Descriptor) -> Iterator[bytes]:
+        try:
+            yield from resp.iter_bytes(1 << 20)
+        except httpx.HTTPError as err:
+            raise KataError("image.registry_unreachable",
+                            f"blob {desc.digest}: {err}", obj=desc.digest, exit_code=1) from None
+        finally:
+            resp.close()
+
+
+__all__ = ["RegistryClient", "docker_credentials"]

@@ -1,0 +1,292 @@
+"""``ContainerdRuntime``: kata's Runtime on containerd (see kata.runtimes.base)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from kata.errors import KataError
+
+from ..base import OutputSink, StepSpec
+from .cleanup import Cleanup
+from .client import (
+    OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
+    owner_alive, snapshots_pb2, tasks_pb2,
+)
+from .config import RuntimeConfig, load_runtime_config
+from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
+from .images import ImageRecord, ImageStore
+from .reference import is_digest, parse_reference
+from .registry import RegistryClient
+from .task import StepRun, TaskOptions
+
+FIFO_ROOT = "/run/kata/fifo"
+
+
+class ContainerdRuntime:
+    """Runs steps and manages images on one containerd, in namespace ``kata``.
+
+    Thread-safe: one shared channel; ``run`` may be called from many threads.
+    """
+
+    def __init__(self, client: Client, *, config: RuntimeConfig, fifo_root: Path,
+                 offline: bool, stop_grace: float, mount_roots: tuple[str, ...] = ()) -> None:
+        self.client = client
+        self.config = config
+        self.offline = offline
+        self.stop_grace = stop_grace
+        self.fifo_root = fifo_root
+        self.mount_roots = mount_roots  # where containerd mounts things (leak checks)
+        self.images = ImageStore(client)
+        self._registry: RegistryClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connecting ---------------------------------------------------------------------
+    @classmethod
+    def connect(cls, address: str | None = None, state_dir: str | None = None, *,
+                offline: bool | None = None, config: RuntimeConfig | None = None,
+                stop_grace: float | None = None, sweep: bool = True) -> ContainerdRuntime:
+        """Connect to containerd: ``address``, else the config's, else the system socket
+        if it answers, else kata's own embedded containerd (started if needed)."""
+        config = config if config is not None else load_runtime_config()
+        address = address or config.address
+        state_dir = state_dir or config.state_dir
+        mount_roots: tuple[str, ...] = ()
+        if address:
+            fifo_root = Path(FIFO_ROOT)
+            if state_dir:  # an address of kata's own daemon under state_dir
+                paths = daemon_paths(state_dir)
+                fifo_root = paths.state.parent / "fifo"
+                mount_roots = (str(paths.root), str(paths.state))
+        elif state_dir is None and socket_answers(SYSTEM_SOCKET):
+            address, fifo_root = SYSTEM_SOCKET, Path(FIFO_ROOT)
+            mount_roots = ("/var/lib/containerd", "/run/containerd")
+        else:
+            paths = daemon_paths(state_dir)
+            address = ensure_daemon(paths)
+            fifo_root = paths.state.parent / "fifo"
+            mount_roots = (str(paths.root), str(paths.state))
+        client = Client(address)
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
+        rt = cls(client, config=config, fifo_root=fifo_root,
+                 offline=config.offline if offline is None else offline,
+                 stop_grace=config.stop_grace if stop_grace is None else stop_grace,
+                 mount_roots=mount_roots)
+        if sweep:
+            rt.sweep()
+        return rt
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+        self.client.close()
+
+    def __enter__(self) -> ContainerdRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def registry(self) -> RegistryClient:
+        with self._lock:
+            if self._registry is None:
+                self._registry = RegistryClient(self.config)
+            return self._registry
+
+    # -- the Runtime protocol -------------------------------------------------------------
+    def resolve_image(self, ref: str) -> str:
+        """Tag or digest → manifest digest: kata's image store first, then the registry."""
+        if is_digest(ref):
+            return ref
+        parsed = parse_reference(ref)
+        if parsed.digest:
+            return parsed.digest
+        local = self.images.get_image(parsed.name)
+        if local is not None:
+            return local.digest
+        if self.offline:
+            raise KataError("image.not_found",
+                            f"image {parsed.name} is not in kata's image store (offline: "
+                            "`kata image import` or `kata image pull` it first)", obj=ref,
+                            exit_code=1)
+        digest, _body, _mt = self.registry.fetch_manifest(parsed)
+        return digest
+
+    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
+        image = self.images.run_image(self._ensure_image(spec.image))
+        options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace)
+        return StepRun(self.client, options, spec, image, sink, cancel).execute()
+
+    def _ensure_image(self, image: str) -> str:
+        """The digest of a pinned image reference, pulling it if it is not stored yet."""
+        if is_digest(image):
+            digest, parsed = image, None
+        else:
+            parsed = parse_reference(image)
+            if parsed.digest is None:
+                raise KataError("runtime.unpinned_image",
+                                f"step image {image} is not pinned by digest", obj=image)
+            digest = parsed.digest
+        if self.images.has_blob(digest):
+            return digest
+        if parsed is None or self.offline:
+            raise KataError("image.not_found", f"image {image} is not in kata's image store",
+                            obj=image, exit_code=1)
+        self.pull_image(parsed.name)
+        return digest
+
+    # -- images -------------------------------------------------------------------------
+    def import_image(self, path: str | os.PathLike[str], name: str | None = None) -> list[ImageRecord]:
+        return self.images.import_archive(path, name)
+
+    def pull_image(self, ref: str) -> ImageRecord:
+        if self.offline:
+            raise KataError("image.offline", f"cannot pull {ref}: offline", obj=ref, exit_code=1)
+        parsed = parse_reference(ref)
+        reg, store = self.registry, self.images
+        digest, body, media_type = reg.fetch_manifest(parsed)
+
+        def blob(desc):  # noqa: ANN001, ANN202
+            return reg.blob_chunks(parsed, desc)
+
+        with self.client.lease("pull", sync_delete=True) as lease:
+            if b'"manifests"' in body and "manifests" in _json(body):
+                from .images import select_platform
+
+                chosen = select_platform(_json(body))
+                mdigest, mbody, mtype = reg.fetch_manifest(parsed, chosen.digest)
+                mdesc = store.store_manifest(lease, mbody, mtype or chosen.media_type, blob)
+                target = store.store_index(lease, body, media_type, {mdesc.digest: mdesc})
+            else:
+                target = store.store_manifest(lease, body, media_type, blob)
+            assert target.digest == digest
+            store.put_image(parsed.name, target)
+        return ImageRecord(name=parsed.name, digest=target.digest, media_type=target.media_type,
+                           size=store._size(target.digest))
+
+    def list_images(self) -> list[ImageRecord]:
+        return self.images.list_images()
+
+    def remove_image(self, ref: str) -> list[str]:
+        return self.images.remove_image(ref)
+
+    # -- orphans ------------------------------------------------------------------------
+    def sweep(self, *, everything: bool = False) -> dict[str, int]:
+        """Release what dead kata processes left: tasks, containers, snapshots, leases, FIFOs.
+
+        everything=True also takes what live owners hold (only for `kata daemon` tooling).
+        """
+        c = self.client
+        counts = {"tasks": 0, "containers": 0, "snapshots": 0, "leases": 0, "fifos": 0}
+
+        def dead(labels) -> bool:  # noqa: ANN001
+            owner = labels.get(OWNER_LABEL)
+            return owner is not None and (everything or not owner_alive(owner))
+
+        with Cleanup() as cleanup:
+            containers = c.call(c.containers.List, containers_pb2.ListContainersRequest(),
+                                "list containers").containers
+            tasks = {t.id for t in c.call(c.tasks.List, tasks_pb2.ListTasksRequest(),
+                                          "list tasks").tasks}
+            for ctr in containers:
+                if not dead(ctr.labels):
+                    continue
+                try:
+                    if ctr.id in tasks:
+                        self._kill_and_delete_task(ctr.id)
+                        counts["tasks"] += 1
+                    c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=ctr.id),
+                           f"delete container {ctr.id}")
+                    counts["containers"] += 1
+                except KataError as err:
+                    cleanup.push(f"sweep {ctr.id}", _raiser(err))
+            snaps = self._snapshots()
+            for info in snaps:
+                if info.kind != snapshots_pb2.COMMITTED and dead(info.labels):
+                    try:
+                        c.call(c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
+                            snapshotter=SNAPSHOTTER, key=info.name), f"remove {info.name}")
+                        counts["snapshots"] += 1
+                    except ContainerdError as err:
+                        if err.code != grpc.StatusCode.NOT_FOUND:
+                            cleanup.push(f"sweep snapshot {info.name}", _raiser(err))
+            for lease in c.call(c.leases.List, leases_pb2.ListRequest(), "list leases").leases:
+                if dead(lease.labels):
+                    c.call(c.leases.Delete, leases_pb2.DeleteRequest(id=lease.id, sync=False),
+                           f"delete lease {lease.id}")
+                    counts["leases"] += 1
+            if self.fifo_root.is_dir():
+                for d in self.fifo_root.iterdir():
+                    if everything or not owner_alive(d.name):
+                        shutil.rmtree(d, ignore_errors=True)
+                        counts["fifos"] += 1
+        return counts
+
+    def _kill_and_delete_task(self, cid: str) -> None:
+        c = self.client
+        try:
+            c.call(c.tasks.Kill, tasks_pb2.KillRequest(container_id=cid, signal=signal.SIGKILL,
+                                                       all=True), f"kill {cid}")
+            c.call(c.tasks.Wait, tasks_pb2.WaitRequest(container_id=cid), f"wait {cid}",
+                   timeout=30)
+        except ContainerdError as err:
+            if err.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+        c.call(c.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=cid), f"delete task {cid}")
+
+    def _snapshots(self) -> list:  # noqa: ANN001
+        c = self.client
+        try:
+            return [i for r in c.snapshots.List(snapshots_pb2.ListSnapshotsRequest(
+                snapshotter=SNAPSHOTTER), metadata=c.metadata(), timeout=60) for i in r.info]
+        except grpc.RpcError as err:
+            from .client import wrap
+
+            raise wrap(err, "list snapshots") from None
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What kata's namespace holds beyond images: used by tests and `kata daemon status`."""
+        c = self.client
+        mounts = []
+        if self.mount_roots:
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    point = line.split()[4]
+                    if any(point.startswith(r + "/") for r in self.mount_roots):
+                        mounts.append(point)
+        return {
+            "containers": [x.id for x in c.call(c.containers.List,
+                                                containers_pb2.ListContainersRequest(),
+                                                "list containers").containers],
+            "tasks": [t.id for t in c.call(c.tasks.List, tasks_pb2.ListTasksRequest(),
+                                           "list tasks").tasks],
+            "snapshots": [i.name for i in self._snapshots() if i.kind != snapshots_pb2.COMMITTED],
+            "leases": [x.id for x in c.call(c.leases.List, leases_pb2.ListRequest(),
+                                            "list leases").leases],
+            "mounts": mounts,
+            "fifos": sorted(str(p) for p in self.fifo_root.glob("*/*")) if self.fifo_root.is_dir() else [],
+        }
+
+
+def _raiser(err: BaseException):  # noqa: ANN202
+    def again() -> None:
+        raise err
+    return again
+
+
+def _json(body: bytes) -> dict:
+    import json
+
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,166 @@
+"""The OCI runtime spec of a step, from containerd's own defaults.
+
+containerd 1.6's ``populateDefaultUnixSpec``: /proc, /dev, /dev/pts, /dev/shm,
+/dev/mqueue, /sys (ro), /run; pid, ipc, uts, mount and network namespaces; the 14
+default capabilities; noNewPrivileges; masked and read-only paths; devices denied.
+On top: the step's process, hostname, mounts, network mode and a cgroup of our own.
+Secrets must never be put here: containerd writes the spec to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kata.errors import KataError
+
+from ..base import Mount, StepSpec
+
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CGROUP_PARENT = "/kata"
+SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    ]
+
+
+def parse_user(user: str) -> tuple[int, int]:
+    uid_s, _, gid_s = (user or "0:0").partition(":")
+    try:
+        uid = int(uid_s)
+        gid = int(gid_s) if gid_s else uid
+    except ValueError:
+        raise KataError("runtime.bad_user",
+                        f"user {user!r} must be numeric, uid or uid:gid", obj=user) from None
+    if uid < 0 or gid < 0:
+        raise KataError("runtime.bad_user", f"user {user!r} is negative", obj=user)
+    return uid, gid
+
+
+def merge_env(image_env: tuple[str, ...], step_env: Mapping[str, str]) -> list[str]:
+    env: dict[str, str] = {}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env.setdefault("PATH", DEFAULT_PATH.partition("=")[2])
+    env.update(step_env)
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def _check_path(what: str, path: str) -> None:
+    if not path.startswith("/"):
+        raise KataError("runtime.bad_mount", f"{what} {path!r} must be absolute", obj=path)
+
+
+def oci_mount(m: Mount) -> dict[str, Any]:
+    _check_path("mount target", m.target)
+    if m.kind == "bind":
+        _check_path("bind source", m.source)
+        if not os.path.exists(m.source):
+            raise KataError("runtime.bad_mount", f"bind source {m.source} does not exist",
+                            obj=m.source)
+        return {"destination": m.target, "type": "bind", "source": m.source,
+                "options": ["rbind", "ro" if m.readonly else "rw", *m.options]}
+    if m.kind == "overlay":
+        if not m.lower:
+            raise KataError("runtime.bad_mount", f"overlay at {m.target} has no lower layer",
+                            obj=m.target)
+        for p in (*m.lower, *(x for x in (m.upper, m.work) if x)):
+            _check_path("overlay layer", p)
+            if any(c in p for c in ":,"):
+                raise KataError("runtime.bad_mount", f"overlay path {p!r} contains ':' or ','",
+                                obj=p)
+        options = ["lowerdir=" + ":".join(m.lower)]
+        if m.upper or m.work:
+            if not (m.upper and m.work):
+                raise KataError("runtime.bad_mount",
+                                f"overlay at {m.target} needs both upper and work", obj=m.target)
+            options += [f"upperdir={m.upper}", f"workdir={m.work}"]
+        elif len(m.lower) < 2:  # overlayfs wants two lowers without an upper: a ro bind
+            return {"destination": m.target, "type": "bind", "source": m.lower[0],
+                    "options": ["rbind", "ro"]}
+        if m.readonly:
+            options.append("ro")
+        return {"destination": m.target, "type": "overlay", "source": "overlay",
+                "options": options + list(m.options)}
+    if m.kind == "tmpfs":
+        return {"destination": m.target, "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", *(["ro"] if m.readonly else []),
+                            *m.options]}
+    raise KataError("runtime.bad_mount", f"unknown mount kind {m.kind!r}", obj=m.target)
+
+
+def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
+               netns: str | None = None) -> dict[str, Any]:
+    """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one)."""
+    uid, gid = parse_user(step.user)
+    if not step.argv:
+        raise KataError("runtime.bad_step", "a step needs a command", obj=container_id)
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    mounts = _default_mounts()
+    if step.network == "host":
+        for f in ("/etc/resolv.conf", "/etc/hosts"):
+            if os.path.exists(f):
+                mounts.append({"destination": f, "type": "bind", "source": f,
+                               "options": ["rbind", "ro"]})
+    elif netns:
+        namespaces.append({"type": "network", "path": netns})
+    else:
+        namespaces.append({"type": "network"})  # a fresh one: loopback only
+    mounts += [oci_mount(m) for m in step.mounts]
+    caps = list(CAPABILITIES)
+    return {
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid, "additionalGids": [gid]},
+            "args": list(step.argv),
+            "env": merge_env(image_env, step.env),
+            "cwd": step.workdir or "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs"},
+        "hostname": step.hostname,
+        "mounts": mounts,
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "cgroupsPath": f"{CGROUP_PARENT}/{container_id}",
+            "namespaces": namespaces,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
+
+
+def spec_bytes(spec: dict[str, Any]) -> bytes:
+    return json.dumps(spec, separators=(",", ":")).encode()

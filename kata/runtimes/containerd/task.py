@@ -1,0 +1,261 @@
+"""Run one step as a containerd task, exactly the sequence measured in the notes.
+
+lease → snapshot (Prepare from the image's top chain ID) → container (OCI spec)
+→ FIFOs opened for reading → Tasks.Create (rootfs = the snapshot's mounts)
+→ Wait (started first) → Start → exit → Tasks.Delete (waits for the output
+copy) → Containers.Delete → Snapshots.Remove → Leases.Delete.
+Each step is released in reverse order on every path; a task that cannot be
+deleted keeps its container (deleting it would orphan the task).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import any_pb2
+
+from kata.errors import KataError
+
+from ..base import CANCEL_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
+from .cleanup import Cleanup
+from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
+from .images import RunImage
+from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
+
+log = logging.getLogger("kata.runtime")
+RUNTIME_NAME = "io.containerd.runc.v2"
+READ_SIZE = 1 << 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOptions:
+    fifo_root: Path  # FIFOs live under fifo_root/<owner>/<container id>/
+    stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+    netns: str | None = None  # a network namespace path for network "default" (CNI)
+
+
+class _Reader(threading.Thread):
+    """Reads one FIFO and hands complete lines to the sink as they arrive."""
+
+    def __init__(self, fd: int, stream: Stream, sink: OutputSink, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fd, self.stream, self.sink = fd, stream, sink
+        self.error: BaseException | None = None
+
+    def _deliver(self, line: bytes) -> None:
+        if self.error is not None:
+            return  # keep draining so the step never blocks on a full pipe
+        try:
+            self.sink(self.stream, line)
+        except BaseException as err:  # noqa: BLE001 - re-raised by the step
+            self.error = err
+
+    def run(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:  # no writer yet on a non-blocking FIFO
+                time.sleep(0.001)
+                continue
+            except OSError as err:
+                self.error = self.error or err
+                break
+            if not chunk:
+                break
+            if b"\n" not in chunk:
+                pending += chunk
+                continue
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                self._deliver(line)
+        if pending:
+            self._deliver(pending)
+
+
+class StepRun:
+    """One run of one step; ``execute`` returns its exit status."""
+
+    def __init__(self, client: Client, options: TaskOptions, step: StepSpec, image: RunImage,
+                 sink: OutputSink, cancel: threading.Event) -> None:
+        self.c = client
+        self.options = options
+        self.step = step
+        self.image = image
+        self.sink = sink
+        self.cancel = cancel
+        self.id = f"kata-{secrets.token_hex(10)}"
+        self.exited = threading.Event()
+        self.wait_future: grpc.Future | None = None
+        self.readers: list[_Reader] = []
+        self.task_gone = True  # no task, or it was deleted: the container may go
+
+    # -- the sequence -------------------------------------------------------------
+    def execute(self) -> int:
+        c, cid = self.c, self.id
+        step = self.step
+        workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
+        spec = build_spec(step if workdir == step.workdir else _with_workdir(step, workdir),
+                          container_id=cid, image_env=self.image.env, netns=self.options.netns)
+        with Cleanup() as cleanup:
+            lease = self._lease(cleanup)
+            mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+                snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
+                labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
+            cleanup.push("remove snapshot", lambda: self._remove_snapshot(lease))
+            container = containers_pb2.Container(
+                id=cid, labels={**step.labels, **c.owner_labels()}, image=step.image,
+                runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME),
+                spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)),
+                snapshotter=SNAPSHOTTER, snapshot_key=cid)
+            c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
+                   "create container", lease=lease)
+            cleanup.push("delete container", self._delete_container)
+            stdout, stderr, fds = self._fifos(cleanup)
+            self.task_gone = False
+            cleanup.push("delete task", self._teardown_task)
+            try:
+                c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
+                    container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
+                    "create task", lease=lease)
+            except BaseException:
+                self.task_gone = True  # the shim cleans up a task it failed to create
+                raise
+            for fd, stream in zip(fds, ("stdout", "stderr")):
+                os.set_blocking(fd, True)
+                reader = _Reader(fd, stream, self.sink, f"{cid}-{stream}")
+                reader.start()
+                self.readers.append(reader)
+            self.wait_future = c.tasks.Wait.future(
+                tasks_pb2.WaitRequest(container_id=cid), metadata=c.metadata())
+            self.wait_future.add_done_callback(lambda _f: self.exited.set())
+            c.call(c.tasks.Start, tasks_pb2.StartRequest(container_id=cid), "start task")
+            status = self._supervise()
+            self._teardown_task()  # output is complete once the task is deleted
+            for reader in self.readers:
+                if reader.error is not None:
+                    raise reader.error
+            return status
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lease(self, cleanup: Cleanup) -> str:
+        cm = self.c.lease("step")
+        lease = cm.__enter__()
+        cleanup.push("delete lease", lambda: cm.__exit__(None, None, None))
+        return lease
+
+    def _fifos(self, cleanup: Cleanup) -> tuple[str, str, list[int]]:
+        d = self.options.fifo_root / self.c.owner / self.id
+        d.mkdir(parents=True, mode=0o700)
+        fds: list[int] = []
+
+        def release() -> None:
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(d, ignore_errors=True)
+
+        cleanup.push("remove fifos", release)
+        paths = []
+        for name in ("stdout", "stderr"):
+            p = d / name
+            os.mkfifo(p, 0o600)
+            # read ends first, non-blocking: the shim's write-side open must not block
+            fds.append(os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            paths.append(str(p))
+        return paths[0], paths[1], fds
+
+    # -- waiting, timeout, cancellation ---------------------------------------------
+    def _supervise(self) -> int:
+        timeout = self.step.timeout
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        killed_for: int | None = None
+        while not self.exited.is_set():
+            if self.cancel.is_set():
+                killed_for = CANCEL_EXIT
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                killed_for = TIMEOUT_EXIT
+                break
+            wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+            self.exited.wait(wait)
+        if killed_for is not None:
+            self._kill(signal.SIGTERM)
+            if not self.exited.wait(self.options.stop_grace):
+                self._kill(signal.SIGKILL)
+            if not self.exited.wait(60):
+                raise KataError("runtime.kill_failed",
+                                f"step container {self.id} did not die after SIGKILL",
+                                obj=self.id, exit_code=1)
+        status = self._exit_status()
+        return killed_for if killed_for is not None else status
+
+    def _exit_status(self) -> int:
+        assert self.wait_future is not None
+        try:
+            return int(self.wait_future.result().exit_status)
+        except grpc.RpcError as err:
+            from .client import wrap
+
+            raise wrap(err, f"wait for {self.id}") from None
+
+    def _kill(self, sig: int) -> None:
+        try:
+            self.c.call(self.c.tasks.Kill, tasks_pb2.KillRequest(
+                container_id=self.id, signal=sig, all=True), f"kill {self.id}")
+        except ContainerdError as err:
+            if err.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+
+    # -- release ------------------------------------------------------------------------
+    def _teardown_task(self) -> None:
+        if self.task_gone:
+            return
+        c = self.c
+        if self.wait_future is not None and not self.exited.is_set():
+            self._kill(signal.SIGKILL)  # kata is failing or going away: the step goes too
+            self.exited.wait(30)
+        try:
+            c.call(c.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self.id),
+                   f"delete task {self.id}")
+        except ContainerdError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                if self.wait_future is None:  # created but never started: kill and retry
+                    self._kill(signal.SIGKILL)
+                    c.call(c.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=self.id),
+                           f"delete task {self.id}")
+                else:
+                    raise
+        self.task_gone = True
+        if self.wait_future is not None:
+            self.wait_future.cancel()
+        for reader in self.readers:
+            reader.join(30)
+
+    def _delete_container(self) -> None:
+        if not self.task_gone:
+            raise KataError("runtime.cleanup_failed",
+                            f"task {self.id} could not be deleted: its container is kept "
+                            "for the next sweep", obj=self.id, exit_code=1)
+        self.c.call(self.c.containers.Delete,
+                    containers_pb2.DeleteContainerRequest(id=self.id), f"delete container {self.id}")
+
+    def _remove_snapshot(self, lease: str) -> None:
+        if not self.task_gone:
+            return  # the task still has it mounted; the sweep removes it later
+        self.c.call(self.c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
+            snapshotter=SNAPSHOTTER, key=self.id), f"remove snapshot {self.id}")
+
+
+def _with_workdir(step: StepSpec, workdir: str) -> StepSpec:
+    from dataclasses import replace
+
+    return replace(step, workdir=workdir)

@@ -1,0 +1,367 @@
+"""``Store``: the handful of verbs the realiser and the CLI use."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
+
+import msgpack
+
+from . import tree as trees
+from .errors import StoreError
+from .files import force_rmtree, iter_sharded, read_file, write_immutable
+from .index import LmdbIndex, LmdbStatCache, is_network_fs
+from .objects import ObjectStore, check_digest, os_error
+from .realisations import Realisation, check_key, key_file_name
+
+VERSION = "kata-store/1"
+_RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
+_FLUSH_EVERY = 1000
+
+
+def default_state_dir(root: str) -> str:
+    """Host-local state for a store: beside a local store, else under ~/.local/state/kata."""
+    if not is_network_fs(root):
+        return os.path.join(root, "local")
+    import hashlib
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
+    return os.path.join(base, "kata", "stores", tag)
+
+
+class Store:
+    """A content-addressed store rooted at a directory (local or a network mount)."""
+
+    def __init__(self, root: str, state_dir: str, *, limits: trees.Limits, grace: float,
+                 level: int) -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self.limits = limits
+        self.grace = grace
+        self.objects = ObjectStore(root, level=level)
+        self.tmp = os.path.join(root, "tmp")
+        self.index = LmdbIndex(os.path.join(state_dir, "index"))
+        self.stat_cache = LmdbStatCache(self.index)
+        self.unpacked_dir = os.path.join(state_dir, "unpacked")
+        self._used: dict[str, int] = {}
+        self.host = socket.gethostname()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None = None, *,
+             limits: trees.Limits | None = None, grace: float = 3600.0, level: int = 3) -> "Store":
+        root = os.path.abspath(os.fspath(root))
+        try:
+            os.makedirs(root, exist_ok=True)
+            for sub in ("objects/sha256", "realisations", "derivations", "runs", "pins", "tmp"):
+                os.makedirs(os.path.join(root, sub), exist_ok=True)
+            version_file = os.path.join(root, "VERSION")
+            found = read_file(version_file)
+            if found is None:
+                write_immutable(os.path.join(root, "tmp"), version_file, (VERSION + "\n").encode())
+                found = read_file(version_file) or b""
+            if found.decode(errors="replace").strip() != VERSION:
+                raise StoreError("store.version", f"{root} holds an unknown store format "
+                                 f"{found[:40]!r}; expected {VERSION}", obj=root)
+            state = os.path.abspath(os.fspath(state_dir)) if state_dir else default_state_dir(root)
+            os.makedirs(state, exist_ok=True)
+            if is_network_fs(state):
+                raise StoreError("store.state_on_network_fs",
+                                 f"the index cannot live on a network filesystem ({state})", obj=state)
+        except OSError as err:
+            raise os_error(err, f"opening the store at {root}", root) from err
+        return cls(root, state, limits=limits or trees.Limits(), grace=grace, level=level)
+
+    def close(self) -> None:
+        self.flush()
+        self.index.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush(self) -> None:
+        """Write buffered last-use times to the index."""
+        if self._used:
+            used, self._used = self._used, {}
+            self.index.note_objects({d: -1 for d in used})
+
+    def _note_use(self, digest: str) -> None:
+        self._used[digest] = 1
+        if len(self._used) >= _FLUSH_EVERY:
+            self.flush()
+
+    # ------------------------------------------------------------ blobs
+
+    def put_blob(self, data: bytes | bytearray | memoryview | BinaryIO) -> str:
+        digest = self.objects.put(data)
+        self.index.note_objects({digest: -1})
+        return digest
+
+    def open_blob(self, digest: str):
+        reader = self.objects.open(digest)
+        self._note_use(digest)
+        return reader
+
+    def has_blob(self, digest: str) -> bool:
+        return self.objects.has(digest)
+
+    def read_blob(self, digest: str) -> bytes:
+        with self.open_blob(digest) as f:
+            return f.read()
+
+    # ------------------------------------------------------------ trees
+
+    def put_tree(self, root_dir: str | os.PathLike[str], paths: Sequence[str] | None = None) -> str:
+        entries = trees.scan(os.fspath(root_dir), paths)
+        digest, size = self.objects.put_chunks(trees.stream(entries))
+        self.index.note_objects({digest: size})
+        return digest
+
+    def extract_tree(self, digest: str, dest: str | os.PathLike[str], *,
+                     readonly: bool = False) -> None:
+        with self.open_blob(digest) as blob:
+            try:
+                trees.extract(blob, os.fspath(dest), limits=self.limits, readonly=readonly)
+            except StoreError as err:
+                if err.reason.startswith("store.archive."):
+                    # A stored blob that does not parse may simply be damaged: say so if it is.
+                    while blob.read(1 << 20):
+                        pass
+                raise
+
+    def unpacked(self, digest: str) -> str:
+        """A host-local read-only extracted copy of a tree, made once and reused."""
+        hexd = check_digest(digest)
+        final = os.path.join(self.unpacked_dir, hexd)
+        if os.path.isdir(final):
+            self._note_use(digest)
+            return final
+        os.makedirs(self.unpacked_dir, exist_ok=True)
+        work = os.path.join(self.unpacked_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+        try:
+            self.extract_tree(digest, work, readonly=True)
+            try:
+                os.rename(work, final)
+            except OSError:
+                if not os.path.isdir(final):
+                    raise
+                force_rmtree(work)  # another consumer published the same tree first
+        except BaseException:
+            if os.path.lexists(work):
+                force_rmtree(work)
+            raise
+        self.index.note_unpacked(digest)
+        return final
+
+    def evict_unpacked(self, digest: str | None = None) -> int:
+        """Remove one unpacked tree (or all); they are rebuilt on demand. Returns how many."""
+        try:
+            names = [check_digest(digest)] if digest else os.listdir(self.unpacked_dir)
+        except FileNotFoundError:
+            return 0
+        count = 0
+        for name in names:
+            path = os.path.join(self.unpacked_dir, name)
+            if not os.path.isdir(path):
+                continue
+            trash = os.path.join(self.unpacked_dir, f".trash-{uuid.uuid4().hex}")
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                continue
+            force_rmtree(trash)
+            if not name.startswith("."):
+                self.index.drop_unpacked("sha256:" + name)
+                count += 1
+        return count
+
+    # ------------------------------------------------------------ realisations
+
+    def _realisation_path(self, key: str) -> str:
+        shard, name = key_file_name(key)
+        return os.path.join(self.root, "realisations", shard, name)
+
+    def put_realisation(self, key: str, realisation: Realisation) -> None:
+        """Record what ``key`` produced. Its objects must already be in the store.
+
+        Records are immutable: a key already realised keeps its first record.
+        """
+        check_key(key)
+        if not isinstance(realisation, Realisation):
+            raise StoreError("store.bad_realisation", "put_realisation needs a Realisation")
+        objs = realisation.objects()
+        for digest in objs:
+            if not self.objects.has(digest):
+                raise StoreError("store.missing_object", f"realisation {key} points at {digest}, "
+                                 "which is not in the store", obj=digest)
+            try:
+                os.utime(self.objects.path(digest))  # young again: a concurrent gc keeps it
+            except FileNotFoundError:
+                pass
+        raw = realisation.encode()
+        path = self._realisation_path(key)
+        wrote = write_immutable(self.tmp, path, raw)
+        if wrote:
+            missing = [d for d in objs if not self.objects.has(d)]
+            if missing:  # a gc elsewhere won the race: never leave a record pointing at nothing
+                os.unlink(path)
+                raise StoreError("store.missing_object", f"{missing[0]} was collected while "
+                                 f"realisation {key} was written; store it again", obj=missing[0])
+        else:
+            raw = read_file(path) or raw
+        self.index.put_realisation(key, raw)
+
+    def get_realisation(self, key: str) -> Realisation | None:
+        """Index first, then the files (a realisation written by another host is then indexed)."""
+        raw = self.index.get_realisation(key)
+        if raw is not None:
+            return Realisation.decode(raw, what=f"realisation {key}")
+        check_key(key)
+        raw = read_file(self._realisation_path(key))
+        if raw is None:
+            return None
+        real = Realisation.decode(raw, what=f"realisation {key}")
+        self.index.put_realisation(key, raw)
+        return real
+
+    def delete_realisation(self, key: str) -> bool:
+        self.index.drop_realisations([key])
+        try:
+            os.unlink(self._realisation_path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def iter_realisations(self):
+        """(key, path, mtime) of every realisation file."""
+        yield from iter_sharded(os.path.join(self.root, "realisations"))
+
+    # ------------------------------------------------------------ derivations
+
+    def _derivation_path(self, drv_hash: str) -> str:
+        shard, name = key_file_name(drv_hash)
+        return os.path.join(self.root, "derivations", shard, name)
+
+    def put_derivation(self, drv_hash: str, encoded: bytes) -> None:
+        write_immutable(self.tmp, self._derivation_path(drv_hash), bytes(encoded))
+
+    def get_derivation(self, drv_hash: str) -> bytes | None:
+        return read_file(self._derivation_path(drv_hash))
+
+    # ------------------------------------------------------------ runs
+
+    def put_run(self, run: Mapping[str, Any]) -> str:
+        """Store a run record (immutable). ``run["id"]`` is required; returns it."""
+        run_id = run.get("id")
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            raise StoreError("store.bad_run", f"a run needs an id of letters, digits, '._-': {run_id!r}",
+                             obj=str(run_id))
+        record = dict(run)
+        record.setdefault("started", time.time())
+        try:
+            raw = msgpack.packb(record, use_bin_type=True)
+        except (TypeError, ValueError) as err:
+            raise StoreError("store.bad_run", f"run {run_id} cannot be encoded: {err}",
+                             obj=run_id) from err
+        name = f"{int(float(record['started']) * 1e9):020d}-{run_id}"
+        write_immutable(self.tmp, os.path.join(self.root, "runs", name), raw)
+        self.index.put_run(run_id, raw)
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        raw = self.index.get_run(run_id)
+        if raw is None:
+            for name in os.listdir(os.path.join(self.root, "runs")):
+                if name.endswith("-" + run_id):
+                    raw = read_file(os.path.join(self.root, "runs", name))
+                    break
+        return msgpack.unpackb(raw, raw=False) if raw is not None else None
+
+    def iter_runs(self):
+        """Every run record, newest first."""
+        runs_dir = os.path.join(self.root, "runs")
+        for name in sorted(os.listdir(runs_dir), reverse=True):
+            raw = read_file(os.path.join(runs_dir, name))
+            if raw is None:
+                continue
+            try:
+                run = msgpack.unpackb(raw, raw=False)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if isinstance(run, dict):
+                yield run
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        out = []
+        for run in self.iter_runs():
+            if pipeline is None or run.get("pipeline") == pipeline:
+                out.append(run)
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ------------------------------------------------------------ pins
+
+    def pin(self, key: str) -> None:
+        _, name = key_file_name(key)
+        write_immutable(self.tmp, os.path.join(self.root, "pins", name), key.encode())
+
+    def unpin(self, key: str) -> None:
+        _, name = key_file_name(key)
+        try:
+            os.unlink(os.path.join(self.root, "pins", name))
+        except FileNotFoundError:
+            pass
+
+    def pinned(self) -> set[str]:
+        out = set()
+        for name in os.listdir(os.path.join(self.root, "pins")):
+            raw = read_file(os.path.join(self.root, "pins", name))
+            if raw:
+                out.add(raw.decode(errors="replace"))
+        return out
+
+    # ------------------------------------------------------------ counters, gc, verify, stats
+
+    def count(self, hit: bool) -> None:
+        self.index.count("hits" if hit else "misses")
+
+    def gc(self, **kwargs: Any):
+        from .gc import collect
+        self.flush()
+        return collect(self, **kwargs)
+
+    def verify(self, **kwargs: Any):
+        from .verify import verify
+        self.flush()
+        return verify(self, **kwargs)
+
+    def stats(self) -> dict[str, Any]:
+        objects = 0
+        size = 0
+        for _, st in self.objects.iter_objects():
+            objects += 1
+            size += st.st_size
+        realisations = sum(1 for _ in self.iter_realisations())
+        counters = self.index.counters()
+        try:
+            unpacked = len([n for n in os.listdir(self.unpacked_dir) if not n.startswith(".")])
+        except FileNotFoundError:
+            unpacked = 0
+        return {
+            "root": self.root, "state_dir": self.state_dir,
+            "network_fs": is_network_fs(self.root),
+            "objects": objects, "size": size, "realisations": realisations,
+            "runs": len(os.listdir(os.path.join(self.root, "runs"))),
+            "hits": counters.get("hits", 0), "misses": counters.get("misses", 0),
+            "unpacked": unpacked,
+        }

@@ -1,0 +1,96 @@
+"""Small immutable records (realisations, derivations, runs, pins) as atomically written files."""
+
+from __future__ import annotations
+
+import os
+
+from .objects import fsync_dir, os_error, tmp_name
+
+
+def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
+    """Write ``data`` at ``path`` via tmp + fsync + rename + dir fsync.
+
+    Returns False (and writes nothing) when ``path`` already exists: records are
+    immutable, the first writer wins.
+    """
+    if os.path.exists(path):
+        return False
+    tmp = os.path.join(tmp_dir, tmp_name("rec"))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(tmp)
+            return False
+        os.rename(tmp, path)
+        fsync_dir(parent)
+        return True
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise os_error(err, f"writing {os.path.basename(path)}", path) from err
+
+
+def read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def iter_sharded(top: str):
+    """(name, path, mtime) of every file under ``top/<shard>/``."""
+    try:
+        shards = list(os.scandir(top))
+    except FileNotFoundError:
+        return
+    for shard in shards:
+        if not shard.is_dir(follow_symlinks=False):
+            continue
+        for entry in os.scandir(shard.path):
+            try:
+                yield entry.name, entry.path, entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+
+
+def force_rmtree(path: str) -> None:
+    """Remove a tree even where it was made read-only (unpacked trees)."""
+    import shutil
+    import stat
+
+    def onerror(func, p, exc_info):  # noqa: ANN001
+        parent = os.path.dirname(p)
+        try:
+            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    if os.geteuid() != 0:  # root ignores the read-only modes; others must undo them first
+        for dirpath, dirnames, _ in os.walk(path):
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                if not os.path.islink(full):
+                    try:
+                        os.chmod(full, 0o755)
+                    except OSError:
+                        pass
+    try:
+        os.chmod(path, 0o755)
+    except OSError:
+        pass
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,180 @@
+"""Garbage collection over the store's files (what every host sharing it sees).
+
+Roots: the realisations named by the last ``keep_runs`` runs of each (pipeline,
+branch), pinned realisations, and anything used within the grace period (builds
+running elsewhere on a shared store lose nothing). The rest goes oldest-last-use
+first — all of it, or only until the store is under ``max_size``. A realisation is
+deleted before the objects it points at, and an object is re-checked just before
+it is unlinked (a writer touches an object it re-uses), so a concurrent writer
+never ends up with a realisation pointing at a missing object.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import StoreError
+from .objects import tmp_owner_dead
+from .realisations import Realisation
+
+if TYPE_CHECKING:
+    from .core import Store
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GcReport:
+    dry_run: bool
+    deleted_realisations: tuple[str, ...] = ()
+    deleted_objects: tuple[str, ...] = ()
+    freed_bytes: int = 0
+    kept_objects: int = 0
+    kept_bytes: int = 0
+    kept_realisations: int = 0
+    tmp_removed: int = 0
+    roots: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _run_keys(run: dict) -> set[str]:
+    keys: set[str] = set()
+    for k in run.get("realisations") or ():
+        if isinstance(k, str):
+            keys.add(k)
+    steps = run.get("steps") or ()
+    if isinstance(steps, dict):
+        steps = list(steps.values())
+    for step in steps:
+        if isinstance(step, dict):
+            for name in ("key", "drv_hash", "resolved_hash", "realisation"):
+                if isinstance(step.get(name), str):
+                    keys.add(step[name])
+    return keys
+
+
+def _roots(store: "Store", keep_runs: int) -> set[str]:
+    roots = set(store.pinned())
+    seen: dict[tuple, int] = {}
+    for run in store.iter_runs():  # newest first
+        group = (run.get("pipeline"), run.get("branch"))
+        n = seen.get(group, 0)
+        if n < keep_runs:
+            roots |= _run_keys(run)
+            seen[group] = n + 1
+    return roots
+
+
+def collect(store: "Store", *, max_size: int | None = None, older_than: float | None = None,
+            dry_run: bool = False, keep_runs: int = 10, grace: float | None = None) -> GcReport:
+    now = time.time()
+    grace = store.grace if grace is None else grace
+    threshold = now - max(grace, older_than or 0.0)
+    used = {d: t for d, (_, t) in store.index.object_info().items()}
+
+    objects: dict[str, tuple[int, float]] = {}
+    for digest, st in store.objects.iter_objects():
+        objects[digest] = (st.st_size, max(st.st_mtime, used.get(digest, 0.0)))
+
+    roots = _roots(store, keep_runs)
+    reals: dict[str, tuple[tuple[str, ...], float, str]] = {}
+    unreadable: list[tuple[str, str, float]] = []
+    for name, path, mtime in store.iter_realisations():
+        try:
+            with open(path, "rb") as fh:
+                real = Realisation.decode(fh.read(), what=path)
+        except (StoreError, FileNotFoundError):
+            unreadable.append((name, path, mtime))
+            continue
+        objs = real.objects()
+        last = max([mtime] + [objects.get(d, (0, 0.0))[1] for d in objs])
+        reals[name] = (objs, last, path)
+
+    def is_root(name: str) -> bool:
+        return name in roots or ("sha256:" + name) in roots
+
+    refcount: dict[str, int] = {}
+    for objs, _, _ in reals.values():
+        for d in objs:
+            refcount[d] = refcount.get(d, 0) + 1
+
+    total = sum(size for size, _ in objects.values())
+    doomed_reals: list[str] = []
+    doomed_objs: list[str] = []
+    freed = 0
+
+    def over() -> bool:
+        return max_size is not None and total - freed > max_size
+
+    def free_object(d: str) -> None:
+        nonlocal freed
+        size, last = objects[d]
+        if last < threshold:
+            doomed_objs.append(d)
+            freed += size
+            objects[d] = (size, float("inf"))  # never twice
+
+    # Orphans first (referenced by no realisation), oldest first.
+    orphans = sorted((d for d in objects if refcount.get(d, 0) == 0), key=lambda d: objects[d][1])
+    for d in orphans:
+        if max_size is not None and not over():
+            break
+        free_object(d)
+
+    candidates = sorted((n for n, (_, last, _) in reals.items() if not is_root(n) and last < threshold),
+                        key=lambda n: reals[n][1])
+    for name in candidates:
+        if max_size is not None and not over():
+            break
+        doomed_reals.append(name)
+        for d in reals[name][0]:
+            refcount[d] -= 1
+            if refcount[d] == 0 and d in objects:
+                free_object(d)
+
+    for name, path, mtime in unreadable:
+        if mtime < threshold:
+            doomed_reals.append(name)
+
+    tmp_removed = 0
+    if not dry_run:
+        for name in doomed_reals:
+            store.delete_realisation(name if name in reals else name)
+        gone = []
+        for d in doomed_objs:
+            path = store.objects.path(d)
+            try:
+                if os.stat(path).st_mtime >= threshold:
+                    continue  # re-used by a writer since the scan
+                os.unlink(path)
+                gone.append(d)
+            except FileNotFoundError:
+                gone.append(d)
+        store.index.drop_objects(gone)
+        tmp_removed = _clean_tmp(store.tmp, now - max(grace, 60.0))
+        doomed_objs = gone
+    kept = {d: s for d, (s, _) in objects.items() if d not in set(doomed_objs)}
+    return GcReport(dry_run=dry_run, deleted_realisations=tuple(doomed_reals),
+                    deleted_objects=tuple(doomed_objs), freed_bytes=freed,
+                    kept_objects=len(kept), kept_bytes=sum(kept.values()),
+                    kept_realisations=len(reals) - len(doomed_reals), tmp_removed=tmp_removed,
+                    roots=len(roots))
+
+
+def _clean_tmp(tmp: str, before: float) -> int:
+    """Remove ingest leftovers of writers that died: older than ``before``, or made by a
+    process of this host that is gone (a SIGKILLed writer)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(tmp))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < before or tmp_owner_dead(entry.name):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed

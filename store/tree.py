@@ -1,0 +1,445 @@
+"""Trees: a directory packed into one canonical archive blob, and safe extraction.
+
+The canonical archive ("kata-tree/1") is a self-describing record stream::
+
+    b"kata-tree/1\\n"
+    record*   where record = u32 big-endian header length, msgpack header, [content]
+    header    [kind, path, arg]:
+                ["d", path, 0]        directory (mode 0755)
+                ["f", path, size]     regular file (0644), followed by `size` raw bytes
+                ["x", path, size]     executable file (0755), followed by `size` raw bytes
+                ["l", path, target]   symlink
+              ["e"]                   end of archive (a truncated stream is detected)
+
+``path`` and ``target`` are bytes (names need not be UTF-8), relative, '/'-separated.
+Entries are sorted by their path components (so a directory's entries follow it
+contiguously); nothing else (mtime, owner, the order the filesystem lists entries,
+compression level) enters the stream. The tree digest is the sha256 of this
+uncompressed stream. Hard links are stored as files; devices, FIFOs and sockets are
+refused.
+
+Extraction trusts nothing: every path, order, parent, link and size is checked by this
+module (no tarfile), and every write goes through a directory fd the extraction itself
+created (``O_NOFOLLOW``, ``O_EXCL``), so no symlink — whether in the archive or planted
+beside the target — is ever written through.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import msgpack
+
+from .errors import StoreError
+
+MAGIC = b"kata-tree/1\n"
+_LEN = struct.Struct(">I")
+MAX_HEADER = 64 * 1024
+MAX_NAME = 255
+MAX_PATH = 4096
+SMALL_FILE = 256 * 1024
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Bounds an extraction enforces against decompression bombs and absurd entries."""
+
+    max_bytes: int = 64 << 30        # total uncompressed file content
+    max_entries: int = 5_000_000
+    max_entry_size: int = 32 << 30   # one file
+
+
+# ---------------------------------------------------------------- packing
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: tuple[bytes, ...]
+    kind: str
+    abspath: bytes
+    size: int = 0
+    target: bytes = b""
+
+
+def _record(kind: str, path: bytes, arg: int | bytes) -> bytes:
+    head = msgpack.packb([kind, path, arg], use_bin_type=True)
+    return _LEN.pack(len(head)) + head
+
+
+END_RECORD = (lambda h: _LEN.pack(len(h)) + h)(msgpack.packb(["e"], use_bin_type=True))
+
+
+def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
+    return StoreError(reason, message, obj=os.fsdecode(path))
+
+
+def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _Entry:
+    rel = b"/".join(key)
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return _Entry(key, "d", abspath)
+    if stat.S_ISREG(mode):
+        return _Entry(key, "x" if mode & 0o100 else "f", abspath, st.st_size)
+    if stat.S_ISLNK(mode):
+        target = os.readlink(abspath)
+        if not _link_stays_inside(key, target):
+            raise _pack_error("store.tree.unsafe_symlink",
+                              f"symlink {os.fsdecode(rel)} -> {os.fsdecode(target)} points outside "
+                              "the tree; only relative links inside it can be stored", rel)
+        return _Entry(key, "l", abspath, target=target)
+    raise _pack_error("store.tree.unsupported_file",
+                      f"{os.fsdecode(rel)} is a device, FIFO or socket; trees hold only files, "
+                      "directories and symlinks", rel)
+
+
+def _walk(root: bytes, key: tuple[bytes, ...], out: list[_Entry]) -> None:
+    path = os.path.join(root, *key) if key else root
+    with os.scandir(path) as it:
+        children = list(it)
+    for child in children:
+        ckey = key + (child.name,)
+        entry = _classify(child.path, ckey, child.stat(follow_symlinks=False))
+        out.append(entry)
+        if entry.kind == "d":
+            _walk(root, ckey, out)
+
+
+def _split_subset(path: str) -> tuple[bytes, ...]:
+    raw = os.fsencode(path)
+    parts = tuple(p for p in raw.strip(b"/").split(b"/") if p not in (b"", b"."))
+    if raw.startswith(b"/") or b".." in parts or not parts:
+        raise StoreError("store.tree.bad_path",
+                         f"tree path {path!r} must be relative and inside the directory", obj=path)
+    return parts
+
+
+def scan(root: str, paths: Sequence[str] | None = None) -> list[_Entry]:
+    """The sorted entries of ``root`` (or of ``paths`` under it, with their parents)."""
+    broot = os.fsencode(os.path.abspath(root))
+    try:
+        if not stat.S_ISDIR(os.stat(broot).st_mode):
+            raise StoreError("store.tree.not_a_directory", f"{root} is not a directory", obj=root)
+        entries: dict[tuple[bytes, ...], _Entry] = {}
+        if not paths:
+            found: list[_Entry] = []
+            _walk(broot, (), found)
+            entries = {e.key: e for e in found}
+        for sub in paths or ():
+            parts = _split_subset(sub)
+            for depth in range(1, len(parts) + 1):
+                key = parts[:depth]
+                abspath = os.path.join(broot, *key)
+                try:
+                    st = os.lstat(abspath)
+                except FileNotFoundError:
+                    raise StoreError("store.tree.missing_path",
+                                     f"{sub} does not exist under {root}", obj=sub) from None
+                entry = _classify(abspath, key, st)
+                if depth < len(parts) and entry.kind != "d":
+                    raise StoreError("store.tree.bad_path",
+                                     f"{os.fsdecode(b'/'.join(key))} in {sub} is not a directory",
+                                     obj=sub)
+                entries[key] = entry
+            if entries[parts].kind == "d":
+                found = []
+                _walk(broot, parts, found)
+                entries.update((e.key, e) for e in found)
+    except FileNotFoundError as err:
+        raise StoreError("store.tree.missing_path", f"{root}: {err}", obj=root) from err
+    except PermissionError as err:
+        raise StoreError("store.permission", f"cannot read {err.filename}: {err.strerror}",
+                         obj=os.fsdecode(err.filename or root)) from err
+    return sorted(entries.values(), key=lambda e: e.key)
+
+
+def _read_small(path: bytes) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        parts = []
+        while True:
+            data = os.read(fd, CHUNK)
+            if not data:
+                break
+            parts.append(data)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def stream(entries: list[_Entry], *, workers: int = 4) -> Iterator[bytes]:
+    """The canonical archive of ``entries`` as chunks; small files are read ahead in threads."""
+    yield MAGIC
+    window = 256
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[_Entry, Future[bytes] | None]] = deque()
+        it = iter(entries)
+
+        def refill() -> None:
+            while len(pending) < window:
+                entry = next(it, None)
+                if entry is None:
+                    return
+                fut = None
+                if entry.kind in "fx" and entry.size <= SMALL_FILE:
+                    fut = pool.submit(_read_small, entry.abspath)
+                pending.append((entry, fut))
+
+        refill()
+        while pending:
+            entry, fut = pending.popleft()
+            path = b"/".join(entry.key)
+            if entry.kind == "d":
+                yield _record("d", path, 0)
+            elif entry.kind == "l":
+                yield _record("l", path, entry.target)
+            else:
+                yield from _file_record(entry, path, fut)
+            refill()
+    yield END_RECORD
+
+
+def _file_record(entry: _Entry, path: bytes, fut: Future[bytes] | None) -> Iterator[bytes]:
+    # The size recorded is the size read: a file changing while it is packed must not
+    # produce a stream whose header lies about its content.
+    try:
+        if fut is not None:
+            data = fut.result()
+            yield _record(entry.kind, path, len(data))
+            yield data
+            return
+        with open(entry.abspath, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            yield _record(entry.kind, path, size)
+            left = size
+            while left:
+                data = fh.read(min(CHUNK, left))
+                if not data:
+                    raise StoreError("store.tree.changed",
+                                     f"{os.fsdecode(path)} shrank while it was being packed",
+                                     obj=os.fsdecode(path))
+                left -= len(data)
+                yield data
+    except OSError as err:
+        raise StoreError("store.tree.unreadable", f"cannot read {os.fsdecode(path)}: {err}",
+                         obj=os.fsdecode(path)) from err
+
+
+def pack_bytes(root: str, paths: Sequence[str] | None = None) -> bytes:
+    """The whole canonical archive in memory (tests, small trees)."""
+    return b"".join(stream(scan(root, paths)))
+
+
+# ---------------------------------------------------------------- extraction
+
+def _bad(reason: str, message: str, path: bytes | str | None) -> StoreError:
+    name = os.fsdecode(path) if isinstance(path, bytes) else path
+    return StoreError(f"store.archive.{reason}", f"unsafe archive: {message}", obj=name)
+
+
+def _link_stays_inside(key: tuple[bytes, ...], target: bytes) -> bool:
+    if not target or b"\0" in target or target.startswith(b"/"):
+        return False
+    depth = len(key) - 1
+    for part in target.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        depth = depth - 1 if part == b".." else depth + 1
+        if depth < 0:
+            return False
+    return True
+
+
+def _check_path(path: object) -> tuple[bytes, ...]:
+    if not isinstance(path, bytes):
+        raise _bad("bad_header", "entry path is not a byte string", repr(path))
+    shown = path
+    if not path:
+        raise _bad("bad_name", "empty entry name", shown)
+    if b"\0" in path:
+        raise _bad("bad_name", f"entry name contains NUL: {path!r}", shown.replace(b"\0", b"\\0"))
+    if path.startswith(b"/"):
+        raise _bad("absolute_path", f"absolute path {os.fsdecode(path)}", shown)
+    if len(path) > MAX_PATH:
+        raise _bad("bad_name", "entry path too long", shown[:200])
+    parts = tuple(path.split(b"/"))
+    for part in parts:
+        if part == b"..":
+            raise _bad("path_escape", f"'..' in {os.fsdecode(path)}", shown)
+        if part in (b"", b"."):
+            raise _bad("bad_name", f"empty or '.' component in {os.fsdecode(path)}", shown)
+        if len(part) > MAX_NAME:
+            raise _bad("bad_name", "entry name component too long", shown[:200])
+    return parts
+
+
+class _Reader:
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.buf = bytearray()
+
+    def exact(self, n: int, what: bytes | str | None) -> bytes:
+        while len(self.buf) < n:
+            data = self.src.read(max(CHUNK, n - len(self.buf)))
+            if not data:
+                raise _bad("truncated", "archive ends in the middle of an entry", what)
+            self.buf += data
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def chunks(self, n: int, what: bytes) -> Iterator[bytes]:
+        left = n
+        if self.buf:
+            take = bytes(self.buf[:left])
+            del self.buf[: len(take)]
+            left -= len(take)
+            yield take
+        while left:
+            data = self.src.read(min(CHUNK, left))
+            if not data:
+                raise _bad("truncated", "archive ends in the middle of a file", what)
+            if len(data) > left:
+                self.buf += data[left:]
+                data = data[:left]
+            left -= len(data)
+            yield data
+
+    def at_eof(self) -> bool:
+        return not self.buf and not self.src.read(1)
+
+
+def entries(src: BinaryIO, limits: Limits = Limits()) -> Iterator[tuple[str, tuple[bytes, ...], object, "_Reader"]]:
+    """Parse and validate an archive: yields (kind, components, size-or-target, reader)."""
+    rd = _Reader(src)
+    if rd.exact(len(MAGIC), "archive header") != MAGIC:
+        raise _bad("bad_header", "not a kata-tree/1 archive", "archive header")
+    last: tuple[bytes, ...] | None = None
+    total = 0
+    count = 0
+    dirs: set[tuple[bytes, ...]] = {()}
+    while True:
+        (hlen,) = _LEN.unpack(rd.exact(4, f"after {os.fsdecode(b'/'.join(last or ()))}"))
+        if hlen > MAX_HEADER:
+            raise _bad("bad_header", f"entry header of {hlen} bytes", "entry header")
+        try:
+            head = msgpack.unpackb(rd.exact(hlen, "entry header"), raw=True, use_list=True,
+                                   max_bin_len=MAX_PATH + 1, max_str_len=16)
+        except (ValueError, msgpack.UnpackException, TypeError) as err:
+            raise _bad("bad_header", f"unreadable entry header ({err})", "entry header") from None
+        if not isinstance(head, list) or not head:
+            raise _bad("bad_header", "entry header is not a list", "entry header")
+        kind = head[0]
+        if kind == b"e" and len(head) == 1:
+            if not rd.at_eof():
+                raise _bad("trailing_data", "data after the end of the archive", "end of archive")
+            return
+        if len(head) != 3:
+            raise _bad("bad_header", "entry header has the wrong shape", repr(head)[:100])
+        path, arg = head[1], head[2]
+        parts = _check_path(path)
+        count += 1
+        if count > limits.max_entries:
+            raise _bad("too_many_entries", f"more than {limits.max_entries} entries", path)
+        if last is not None and parts <= last:
+            if parts == last:
+                raise _bad("duplicate", f"duplicate entry {os.fsdecode(path)}", path)
+            raise _bad("unsorted", f"entry {os.fsdecode(path)} is out of canonical order", path)
+        last = parts
+        if parts[:-1] not in dirs:
+            raise _bad("no_parent", f"the parent of {os.fsdecode(path)} is not a directory "
+                       "of this archive", path)
+        if kind == b"d":
+            if arg != 0:
+                raise _bad("bad_header", f"directory {os.fsdecode(path)} with a size", path)
+            dirs.add(parts)
+            yield "d", parts, 0, rd
+        elif kind in (b"f", b"x"):
+            if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0:
+                raise _bad("bad_header", f"bad size for {os.fsdecode(path)}", path)
+            if arg > limits.max_entry_size:
+                raise _bad("too_large", f"{os.fsdecode(path)} claims {arg} bytes", path)
+            total += arg
+            if total > limits.max_bytes:
+                raise _bad("too_large", f"archive content exceeds {limits.max_bytes} bytes "
+                           f"at {os.fsdecode(path)}", path)
+            yield kind.decode(), parts, arg, rd
+        elif kind == b"l":
+            if not isinstance(arg, bytes) or not _link_stays_inside(parts, arg):
+                raise _bad("unsafe_symlink", f"symlink {os.fsdecode(path)} -> {arg!r} points "
+                           "outside the tree", path)
+            yield "l", parts, arg, rd
+        else:
+            raise _bad("bad_entry", f"unsupported entry type {kind!r} for {os.fsdecode(path)} "
+                       "(hard links, devices and FIFOs are not allowed)", path)
+
+
+def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bool = False) -> None:
+    """Extract an archive into ``dest`` (created if missing, else it must be empty)."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(dest, 0o755)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(dest).st_mode):
+            raise StoreError("store.tree.dest_not_a_directory",
+                             f"{dest} is not a directory (or is a symlink)", obj=dest) from None
+        if os.listdir(dest):
+            raise StoreError("store.tree.dest_not_empty", f"{dest} is not empty", obj=dest) from None
+    fmode = {"f": 0o444 if readonly else 0o644, "x": 0o555 if readonly else 0o755}
+    dmode = 0o555 if readonly else 0o755
+    rootfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stack: list[tuple[tuple[bytes, ...], int]] = [((), rootfd)]
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        for kind, parts, arg, rd in entries(src, limits):
+            while stack[-1][0] != parts[:-1]:
+                _close_dir(stack.pop()[1], dmode, readonly)
+            dirfd = stack[-1][1]
+            name = parts[-1]
+            if kind == "d":
+                os.mkdir(name, 0o755, dir_fd=dirfd)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dirfd)
+                stack.append((parts, fd))
+            elif kind == "l":
+                os.symlink(arg, name, dir_fd=dirfd)
+            else:
+                mode = fmode[kind]
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, mode, dir_fd=dirfd)
+                try:
+                    for chunk in rd.chunks(arg, b"/".join(parts)):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                    if mode & umask:
+                        os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+    except OSError as err:
+        from .objects import os_error
+        raise os_error(err, f"extracting into {dest}", dest) from err
+    finally:
+        while stack:
+            _close_dir(stack.pop()[1], dmode, readonly)
+
+
+def _close_dir(fd: int, mode: int, readonly: bool) -> None:
+    try:
+        if readonly:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def iter_chunks(data: bytes) -> Iterable[bytes]:
+    return (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))

@@ -1,0 +1,97 @@
+"""Re-hash every object, check every record, optionally repair and rebuild the index."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import StoreError
+from .realisations import Realisation
+
+if TYPE_CHECKING:
+    from .core import Store
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyReport:
+    objects: int
+    realisations: int
+    corrupt: tuple[str, ...] = ()                 # objects whose content is not their digest
+    missing: tuple[tuple[str, str], ...] = ()     # (realisation key, missing object)
+    bad_records: tuple[str, ...] = ()             # unreadable realisation files
+    quarantined: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()                 # realisations removed by --repair
+    reindexed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.missing or self.bad_records)
+
+
+def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> VerifyReport:
+    corrupt: list[str] = []
+    sizes: dict[str, int] = {}
+    for digest, _ in store.objects.iter_objects():
+        try:
+            with store.objects.open(digest) as blob:
+                while blob.read(1 << 20):
+                    pass
+                sizes[digest] = blob.size
+        except StoreError as err:
+            if err.reason in ("store.corrupt_object",):
+                corrupt.append(digest)
+            elif err.reason != "store.missing_object":
+                raise
+    bad = set(corrupt)
+    missing: list[tuple[str, str]] = []
+    bad_records: list[str] = []
+    records: dict[str, bytes] = {}
+    for name, path, _ in store.iter_realisations():
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            real = Realisation.decode(raw, what=path)
+        except (StoreError, FileNotFoundError):
+            bad_records.append(name)
+            continue
+        records[name] = raw
+        for d in real.objects():
+            if d not in sizes and d not in bad:
+                missing.append((name, d))
+
+    quarantined: list[str] = []
+    dropped: list[str] = []
+    if repair:
+        qdir = os.path.join(store.root, "quarantine")
+        os.makedirs(qdir, exist_ok=True)
+        for d in corrupt:
+            try:
+                os.rename(store.objects.path(d), os.path.join(qdir, d[7:]))
+                quarantined.append(d)
+            except FileNotFoundError:
+                pass
+        store.index.drop_objects(corrupt)
+        broken = set(bad_records) | {k for k, _ in missing}
+        for name, raw in records.items():
+            if any(d in bad for d in Realisation.decode(raw).objects()):
+                broken.add(name)
+        for name in sorted(broken):
+            store.delete_realisation(name)
+            records.pop(name, None)
+            dropped.append(name)
+
+    if reindex:
+        import msgpack
+        store.index.clear("real", "objs", "runs")
+        store.index.bulk("real", ((k.encode(), v) for k, v in records.items()))
+        store.index.note_objects({d: s for d, s in sizes.items() if d not in bad})
+        runs = []
+        for run in store.iter_runs():
+            if isinstance(run.get("id"), str):
+                runs.append((run["id"].encode(), msgpack.packb(run, use_bin_type=True)))
+        store.index.bulk("runs", iter(runs))
+
+    return VerifyReport(objects=len(sizes) + len(corrupt), realisations=len(records) + len(dropped),
+                        corrupt=tuple(corrupt), missing=tuple(missing), bad_records=tuple(bad_records),
+                        quarantined=tuple(quarantined), dropped=tuple(dropped), reindexed=reindex)

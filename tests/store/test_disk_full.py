@@ -1,0 +1,63 @@
+"""A store on a small tmpfs that fills up: a clear error, no partial object, and a
+working store once space is freed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from store import Realisation, Store, StoreError
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the disk-full test needs root): {res.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_disk_full_is_clear_and_recoverable(small_fs: Path, tmp_path: Path) -> None:
+    s = Store.open(small_fs / "store", state_dir=tmp_path / "state")
+    try:
+        written: list[tuple[str, bytes]] = []
+        with pytest.raises(StoreError) as err:
+            for _ in range(100):
+                data = os.urandom(300_000)
+                written.append((s.put_blob(data), data))
+        assert err.value.reason == "store.disk_full"
+        assert os.listdir(small_fs / "store" / "tmp") == []  # the partial write is gone
+        for digest, data in written:
+            assert s.read_blob(digest) == data
+        report = s.verify()
+        assert report.ok and report.objects == len(written)
+
+        src = tmp_path / "tree"
+        src.mkdir()
+        (src / "big").write_bytes(os.urandom(1_500_000))
+        with pytest.raises(StoreError) as err:
+            s.put_tree(src)
+        assert err.value.reason == "store.disk_full"
+        assert os.listdir(small_fs / "store" / "tmp") == []
+        assert s.verify().objects == len(written)
+
+        for digest, _ in written:  # free the space
+            s.objects.delete(digest)
+        tree = s.put_tree(src)
+        log = s.put_blob(b"log")
+        s.put_realisation("f" * 64, Realisation(outputs=tree, log=log))
+        out = tmp_path / "out"
+        s.extract_tree(tree, out)
+        assert (out / "big").read_bytes() == (src / "big").read_bytes()
+        assert s.verify().ok
+    finally:
+        s.close()

@@ -1,0 +1,216 @@
+"""Hostile archives: each is rejected naming the offending entry, and nothing outside
+the target changes (a sentinel directory beside it is compared before and after)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import msgpack
+import pytest
+import zstandard
+
+from store import Limits, Store, StoreError
+from store.tree import MAGIC, extract
+
+
+def rec(*head: object) -> bytes:
+    raw = msgpack.packb(list(head), use_bin_type=True)
+    return struct.pack(">I", len(raw)) + raw
+
+
+END = rec("e")
+
+
+def archive(*parts: bytes, end: bool = True, magic: bytes = MAGIC) -> bytes:
+    return magic + b"".join(parts) + (END if end else b"")
+
+
+def f(path: bytes, content: bytes = b"x", kind: str = "f") -> bytes:
+    return rec(kind, path, len(content)) + content
+
+
+def d(path: bytes) -> bytes:
+    return rec("d", path, 0)
+
+
+def ln(path: bytes, target: bytes) -> bytes:
+    return rec("l", path, target)
+
+
+# (id, archive bytes, expected reason, expected entry named in .obj (None: not checked))
+CASES = [
+    ("dotdot", archive(f(b"../evil")), "path_escape", "../evil"),
+    ("dotdot-nested", archive(d(b"a"), f(b"a/../../evil")), "path_escape", "a/../../evil"),
+    ("dotdot-dir", archive(d(b"..")), "path_escape", ".."),
+    ("absolute", archive(f(b"/etc/evil")), "absolute_path", "/etc/evil"),
+    ("absolute-tmp", archive(d(b"/tmp")), "absolute_path", "/tmp"),
+    ("nul-name", archive(f(b"a\0b")), "bad_name", "a\\0b"),
+    ("nul-dir", archive(d(b"ok\0/../x")), "bad_name", None),
+    ("dot-component", archive(f(b"./x")), "bad_name", "./x"),
+    ("empty-component", archive(d(b"a"), f(b"a//b")), "bad_name", "a//b"),
+    ("empty-name", archive(f(b"")), "bad_name", ""),
+    ("trailing-slash", archive(d(b"a/")), "bad_name", "a/"),
+    ("long-component", archive(f(b"n" * 300)), "bad_name", None),
+    ("symlink-absolute", archive(ln(b"l", b"/etc")), "unsafe_symlink", "l"),
+    ("symlink-dotdot", archive(ln(b"l", b"../..")), "unsafe_symlink", "l"),
+    ("symlink-sneaky", archive(ln(b"l", b"a/../../sentinel")), "unsafe_symlink", "l"),
+    ("symlink-nested-out", archive(d(b"d"), ln(b"d/l", b"../../sentinel")), "unsafe_symlink", "d/l"),
+    ("symlink-empty", archive(ln(b"l", b"")), "unsafe_symlink", "l"),
+    ("symlink-nul", archive(ln(b"l", b"a\0b")), "unsafe_symlink", "l"),
+    ("symlink-not-bytes", archive(rec("l", b"l", 5)), "unsafe_symlink", "l"),
+    ("write-through-outside-link", archive(ln(b"evil", b"/tmp"), f(b"evil/x")), "unsafe_symlink", "evil"),
+    ("write-through-inside-link", archive(d(b"b"), ln(b"c", b"b"), f(b"c/x")), "no_parent", "c/x"),
+    ("link-then-dir", archive(ln(b"a", b"b"), d(b"a")), "duplicate", "a"),
+    ("dir-then-file", archive(d(b"a"), f(b"a")), "duplicate", "a"),
+    ("duplicate-file", archive(f(b"x"), f(b"x")), "duplicate", "x"),
+    ("unsorted", archive(f(b"b"), f(b"a")), "unsorted", "a"),
+    ("no-parent", archive(f(b"nodir/x")), "no_parent", "nodir/x"),
+    ("file-as-parent", archive(f(b"a"), f(b"a/x")), "no_parent", "a/x"),
+    ("hardlink-outside", archive(rec("h", b"passwd", b"/etc/passwd")), "bad_entry", "passwd"),
+    ("hardlink-inside", archive(f(b"a"), rec("h", b"b", b"a")), "bad_entry", "b"),
+    ("char-device", archive(rec("c", b"null", 0)), "bad_entry", "null"),
+    ("fifo", archive(rec("p", b"pipe", 0)), "bad_entry", "pipe"),
+    ("absurd-size", archive(rec("f", b"big", 1 << 62)), "too_large", "big"),
+    ("negative-size", archive(rec("f", b"neg", -1)), "bad_header", "neg"),
+    ("size-not-int", archive(rec("f", b"s", b"12")), "bad_header", "s"),
+    ("dir-with-size", archive(rec("d", b"dd", 5)), "bad_header", "dd"),
+    ("truncated-no-end", archive(f(b"a"), end=False), "truncated", None),
+    ("truncated-mid-file", archive(rec("f", b"half", 100) + b"abc", end=False), "truncated", "half"),
+    ("trailing-data", archive(f(b"a")) + b"more", "trailing_data", None),
+    ("bad-magic", archive(f(b"a"), magic=b"ustar\0\0\0\0\0\0\0"), "bad_header", None),
+    ("garbage-header", MAGIC + struct.pack(">I", 3) + b"\xc1\xc1\xc1" + END, "bad_header", None),
+    ("header-not-list", MAGIC + (lambda r: struct.pack(">I", len(r)) + r)(msgpack.packb({"a": 1})) + END,
+     "bad_header", None),
+    ("huge-header", MAGIC + struct.pack(">I", 1 << 30) + b"x" * 10, "bad_header", None),
+    ("path-not-bytes", archive(rec("f", 7, 1) + b"x"), "bad_header", None),
+]
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == skip or skip in Path(dirpath).parents:
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p == skip:
+                continue
+            st = os.lstat(p)
+            if p.is_symlink():
+                out[str(p)] = ("l", os.readlink(p))
+            elif p.is_file():
+                out[str(p)] = ("f", p.read_bytes(), st.st_mode)
+            else:
+                out[str(p)] = ("d", st.st_mode)
+    return out
+
+
+@pytest.fixture
+def arena(tmp_path: Path) -> tuple[Path, Path]:
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "keep").write_text("untouched")
+    (tmp_path / "evil").write_text("original")
+    work = tmp_path / "work"
+    work.mkdir()
+    return tmp_path, work / "out"
+
+
+def test_there_are_at_least_thirty_cases() -> None:
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name,raw,reason,entry", CASES, ids=[c[0] for c in CASES])
+def test_hostile_archive_rejected(arena, name, raw, reason, entry) -> None:
+    top, out = arena
+    before = _snapshot(top, out)
+    s = Store.open(top / "store", state_dir=top / "state")
+    try:
+        digest = s.put_blob(raw)
+        with pytest.raises(StoreError) as err:
+            s.extract_tree(digest, out)
+        assert err.value.reason == f"store.archive.{reason}", err.value.message
+        if entry is not None:
+            assert err.value.obj == entry
+        # The same archive through unpacked(): rejected, and no published copy.
+        with pytest.raises(StoreError) as err2:
+            s.unpacked(digest)
+        assert err2.value.reason == f"store.archive.{reason}"
+        assert not os.path.exists(os.path.join(s.unpacked_dir, digest[7:]))
+    finally:
+        s.close()
+    after = _snapshot(top, out)
+    for key in list(after):
+        if key.startswith(str(top / "store")) or key.startswith(str(top / "state")):
+            after.pop(key)
+    assert after == before
+
+
+def test_decompression_bomb_stops_at_the_limit(arena) -> None:
+    top, out = arena
+    s = Store.open(top / "store", state_dir=top / "state", limits=Limits(max_bytes=1 << 20))
+    try:
+        def chunks():
+            yield MAGIC + rec("f", b"bomb", 256 << 20)
+            zero = bytes(1 << 20)
+            for _ in range(256):
+                yield zero
+            yield END
+        digest, _ = s.objects.put_chunks(chunks())
+        assert os.path.getsize(s.objects.path(digest)) < 1 << 20  # small on disk, huge inside
+        with pytest.raises(StoreError) as err:
+            s.extract_tree(digest, out)
+        assert err.value.reason == "store.archive.too_large" and err.value.obj == "bomb"
+        assert not os.path.exists(out / "bomb")
+    finally:
+        s.close()
+
+
+def test_too_many_entries(arena) -> None:
+    top, out = arena
+    raw = archive(*(f(b"f%04d" % i) for i in range(20)))
+    with pytest.raises(StoreError) as err:
+        extract(zstandard.ZstdDecompressor().stream_reader(
+            zstandard.ZstdCompressor().compress(raw)), str(out), limits=Limits(max_entries=10))
+    assert err.value.reason == "store.archive.too_many_entries" and err.value.obj == "f0010"
+
+
+def test_destination_planted_symlink_is_refused(arena) -> None:
+    top, out = arena
+    out.symlink_to(top / "sentinel")
+    s = Store.open(top / "store", state_dir=top / "state")
+    try:
+        digest = s.put_blob(archive(f(b"keep", b"overwritten")))
+        with pytest.raises(StoreError) as err:
+            s.extract_tree(digest, out)
+        assert err.value.reason == "store.tree.dest_not_a_directory"
+        assert (top / "sentinel" / "keep").read_text() == "untouched"
+    finally:
+        s.close()
+
+
+def test_packing_refuses_devices_and_outside_links(tmp_path: Path) -> None:
+    s = Store.open(tmp_path / "store")
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        os.mkfifo(src / "fifo")
+        with pytest.raises(StoreError) as err:
+            s.put_tree(src)
+        assert err.value.reason == "store.tree.unsupported_file" and err.value.obj == "fifo"
+        os.unlink(src / "fifo")
+        (src / "abs").symlink_to("/etc/passwd")
+        with pytest.raises(StoreError) as err:
+            s.put_tree(src)
+        assert err.value.reason == "store.tree.unsafe_symlink" and err.value.obj == "abs"
+        with pytest.raises(StoreError) as err:
+            s.put_tree(src, paths=("../x",))
+        assert err.value.reason == "store.tree.bad_path"
+        with pytest.raises(StoreError) as err:
+            s.put_tree(src, paths=("missing/",))
+        assert err.value.reason == "store.tree.missing_path"
+    finally:
+        s.close()

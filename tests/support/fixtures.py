@@ -1,0 +1,55 @@
+"""pytest fixtures shared by the integration tests (imported by tests/conftest.py).
+
+    containerd_daemon  session: DaemonPaths of this worker's embedded containerd
+    runtime            session: a ContainerdRuntime on it with the busybox image imported
+    busybox_digest     session: manifest digest of kata.local/busybox:latest in it
+    clean_runtime      function: `runtime`, asserted to hold no leftovers afterwards
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .daemon import embedded_containerd
+from .images import busybox_image, write_oci_archive
+
+
+@pytest.fixture(scope="session")
+def containerd_daemon():
+    with embedded_containerd() as paths:
+        yield paths
+
+
+@pytest.fixture(scope="session")
+def runtime(containerd_daemon, tmp_path_factory) -> Iterator[object]:
+    from kata.runtimes.containerd import ContainerdRuntime
+
+    rt = ContainerdRuntime.connect(address=containerd_daemon.address,
+                                   state_dir=str(containerd_daemon.root.parent))
+    archive = write_oci_archive(busybox_image(), tmp_path_factory.mktemp("img") / "busybox.tar")
+    rt.import_image(archive)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_digest(runtime) -> str:
+    return runtime.resolve_image(busybox_image().ref)
+
+
+def assert_clean(rt) -> None:
+    """Nothing but images left in kata's namespace: no container, task, active snapshot,
+    lease, mount or FIFO."""
+    left = rt.leftovers()
+    assert left == {k: [] for k in left}, left
+
+
+@pytest.fixture
+def clean_runtime(runtime):
+    """The session runtime, checked to hold nothing but images after the test."""
+    yield runtime
+    assert_clean(runtime)

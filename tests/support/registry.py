@@ -1,0 +1,147 @@
+"""Registries for pull tests: Debian's real docker-registry, and a tiny fake one.
+
+    with docker_registry(tmp_path) as url:          # "http://127.0.0.1:PORT"
+        push_image(url, "kata/busybox", "1", img)    # the distribution API, with httpx
+    with FakeRegistry(blobs={...}, manifests={...}, bearer=True) as fake:
+        ...                                          # fake.url; serves exactly what it is given
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from .images import OciImage
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def docker_registry(workdir: Path) -> Iterator[str]:
+    """Run `docker-registry serve` on 127.0.0.1:<free port>; yield its base URL."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise RuntimeError("docker-registry is missing: apt install docker-registry")
+    port = free_port()
+    storage = workdir / "registry-storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "registry.yml"
+    cfg.write_text(f"""\
+version: 0.1
+log: {{level: error}}
+storage:
+  filesystem: {{rootdirectory: {storage}}}
+  delete: {{enabled: true}}
+http:
+  addr: 127.0.0.1:{port}
+""")
+    log = open(workdir / "registry.log", "wb")
+    proc = subprocess.Popen([binary, "serve", str(cfg)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"docker-registry did not start: {(workdir / 'registry.log').read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def push_image(url: str, repo: str, tag: str, img: OciImage) -> None:
+    """Push ``img`` with the distribution API (monolithic blob uploads, then the manifest)."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for digest, data in img.blobs.items():
+            if digest == img.digest:
+                continue
+            start = http.post(f"/v2/{repo}/blobs/uploads/")
+            start.raise_for_status()
+            location = start.headers["location"]
+            put = http.put(location, params={"digest": digest}, content=data,
+                           headers={"Content-Type": "application/octet-stream"})
+            put.raise_for_status()
+        resp = http.put(f"/v2/{repo}/manifests/{tag}", content=img.manifest,
+                        headers={"Content-Type": json.loads(img.manifest)["mediaType"]})
+        resp.raise_for_status()
+
+
+class FakeRegistry:
+    """Serves fixed manifests and blobs; can demand a bearer token; can lie about blobs."""
+
+    def __init__(self, *, blobs: dict[str, bytes], manifests: dict[str, tuple[str, bytes]],
+                 bearer: bool = False) -> None:
+        self.blobs = blobs  # digest -> bytes served for it (may be wrong on purpose)
+        self.manifests = manifests  # tag or digest -> (media type, bytes)
+        self.bearer = bearer
+        self.token = "kata-test-token"
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests.append(self.path)
+                if self.path.startswith("/token"):
+                    return self._send(200, json.dumps({"token": outer.token}).encode())
+                if outer.bearer and self.headers.get("Authorization") != f"Bearer {outer.token}":
+                    realm = f"http://127.0.0.1:{outer.port}/token"
+                    return self._send(401, b"{}", {"WWW-Authenticate":
+                                      f'Bearer realm="{realm}",service="fake",scope="x"'})
+                parts = self.path.split("/")
+                if self.path == "/v2/":
+                    return self._send(200, b"{}")
+                if len(parts) >= 4 and parts[-2] == "manifests" and parts[-1] in outer.manifests:
+                    mt, body = outer.manifests[parts[-1]]
+                    return self._send(200, body, {"Content-Type": mt})
+                if len(parts) >= 4 and parts[-2] == "blobs" and parts[-1] in outer.blobs:
+                    return self._send(200, outer.blobs[parts[-1]],
+                                      {"Content-Type": "application/octet-stream"})
+                return self._send(404, b'{"errors":[{"code":"NOT_FOUND"}]}')
+
+            do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeRegistry:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,271 @@
+"""Running steps on a real containerd: exit codes, output, kills, mounts, concurrency.
+
+Every test ends with kata's namespace holding nothing but images (clean_runtime).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kata.errors import KataError
+from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, StepSpec
+from support.fixtures import assert_clean
+
+pytestmark = pytest.mark.integration
+
+
+class Lines:
+    """A thread-safe sink that keeps (stream, line) pairs."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.seen = threading.Event()
+
+    def __call__(self, stream: str, line: bytes) -> None:
+        with self.lock:
+            self.items.append((stream, line))
+        self.seen.set()
+
+    def of(self, stream: str) -> list[bytes]:
+        return [line for s, line in self.items if s == stream]
+
+
+def run(rt, digest: str, *argv: str, cancel: threading.Event | None = None, **kw) -> tuple[int, Lines]:
+    sink = Lines()
+    status = rt.run(StepSpec(image=digest, argv=argv, **kw), sink, cancel or threading.Event())
+    return status, sink
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_status_is_returned(clean_runtime, busybox_digest, code):
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c", f"echo out; echo err >&2; exit {code}")
+    assert status == code
+    assert out.of("stdout") == [b"out"] and out.of("stderr") == [b"err"]
+
+
+def test_a_task_killed_by_a_signal_reports_137(clean_runtime, busybox_digest):
+    label = secrets.token_hex(6)
+    rt = clean_runtime
+    c = rt.client
+
+    def killer() -> None:
+        from kata.runtimes.containerd.client import containers_pb2, tasks_pb2
+
+        while True:
+            found = c.call(c.containers.List, containers_pb2.ListContainersRequest(
+                filters=[f'labels."kata.test"=={label}']), "list").containers
+            if found:
+                try:
+                    c.call(c.tasks.Kill, tasks_pb2.KillRequest(
+                        container_id=found[0].id, signal=signal.SIGKILL, all=True), "kill")
+                    return
+                except KataError:
+                    pass  # not started yet
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    status, _ = run(rt, busybox_digest, "sleep", "1000", labels={"kata.test": label})
+    t.join()
+    assert status == 137
+
+
+def test_final_partial_line_is_delivered(clean_runtime, busybox_digest):
+    status, out = run(clean_runtime, busybox_digest, "printf", "a\\nb\\n\\nlast")
+    assert status == 0
+    assert out.of("stdout") == [b"a", b"b", b"", b"last"]
+
+
+def test_100k_lines_none_lost_in_order(clean_runtime, busybox_digest):
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      "seq 1 100000; seq 1 1000 >&2")
+    assert status == 0
+    assert out.of("stdout") == [str(i).encode() for i in range(1, 100001)]
+    assert out.of("stderr") == [str(i).encode() for i in range(1, 1001)]
+
+
+def test_lines_arrive_while_the_step_runs(clean_runtime, busybox_digest):
+    gate = threading.Event()
+    sink = Lines()
+    first_seen_while_running: list[bool] = []
+
+    def watch() -> None:
+        sink.seen.wait(30)
+        first_seen_while_running.append(not gate.is_set())
+
+    t = threading.Thread(target=watch)
+    t.start()
+    status = clean_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", "echo early; sleep 2; echo late")),
+                               sink, threading.Event())
+    gate.set()
+    t.join()
+    assert status == 0 and first_seen_while_running == [True]
+    assert sink.of("stdout") == [b"early", b"late"]
+
+
+def test_timeout_kills_a_step_that_ignores_sigterm(containerd_daemon, busybox_digest, runtime):
+    from kata.runtimes.containerd import ContainerdRuntime
+
+    with ContainerdRuntime.connect(address=containerd_daemon.address, stop_grace=0.5,
+                                   sweep=False) as rt:
+        status, out = run(rt, busybox_digest, "sh", "-c",
+                          "trap '' TERM; echo ready; while true; do sleep 1; done", timeout=1.0)
+    assert status == TIMEOUT_EXIT
+    assert out.of("stdout") == [b"ready"]
+    assert_clean(runtime)
+
+
+def test_cancel_stops_the_step(clean_runtime, busybox_digest):
+    cancel = threading.Event()
+    sink = Lines()
+
+    def cancel_when_ready() -> None:
+        sink.seen.wait(30)
+        cancel.set()
+
+    t = threading.Thread(target=cancel_when_ready)
+    t.start()
+    status = clean_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", "echo ready; sleep 1000")),
+                               sink, cancel)
+    t.join()
+    assert status == CANCEL_EXIT
+
+
+def test_a_sink_error_is_raised_and_everything_released(clean_runtime, busybox_digest):
+    def bad_sink(stream: str, line: bytes) -> None:
+        raise ValueError("sink broke")
+
+    with pytest.raises(ValueError):
+        clean_runtime.run(StepSpec(image=busybox_digest, argv=("seq", "1", "1000")), bad_sink,
+                          threading.Event())
+
+
+def test_writing_into_a_bind_mount(clean_runtime, busybox_digest, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    ro_dir = tmp_path / "ro"
+    ro_dir.mkdir()
+    (ro_dir / "in.txt").write_text("input\n")
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      "cat /in/in.txt > /out/copy.txt; echo made >> /out/copy.txt; "
+                      "touch /in/nope 2>/dev/null || echo ro-refused",
+                      mounts=(Mount(kind="bind", source=str(out_dir), target="/out"),
+                              Mount(kind="bind", source=str(ro_dir), target="/in", readonly=True)))
+    assert status == 0
+    assert (out_dir / "copy.txt").read_text() == "input\nmade\n"
+    assert out.of("stdout") == [b"ro-refused"]
+    assert not (ro_dir / "nope").exists()
+
+
+def test_overlay_workspace_leaves_lower_layers_untouched(clean_runtime, busybox_digest, tmp_path):
+    lower1, lower2, upper, work = (tmp_path / n for n in ("l1", "l2", "upper", "work"))
+    for d in (lower1, lower2, upper, work):
+        d.mkdir()
+    (lower1 / "top.txt").write_text("top\n")
+    (lower2 / "base.txt").write_text("base\n")
+    (lower2 / "gone.txt").write_text("delete me\n")
+    before = {p: p.read_text() for p in (lower1 / "top.txt", lower2 / "base.txt", lower2 / "gone.txt")}
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      "cat /ws/top.txt /ws/base.txt; echo changed > /ws/base.txt; "
+                      "rm /ws/gone.txt; echo new > /ws/new.txt; ls /ws",
+                      workdir="/ws",
+                      mounts=(Mount(kind="overlay", target="/ws", lower=(str(lower1), str(lower2)),
+                                    upper=str(upper), work=str(work)),))
+    assert status == 0
+    assert out.of("stdout") == [b"top", b"base", b"base.txt", b"new.txt", b"top.txt"]
+    assert {p: p.read_text() for p in before} == before
+    assert (upper / "base.txt").read_text() == "changed\n"
+    assert (upper / "new.txt").read_text() == "new\n"
+    assert os.stat(upper / "gone.txt").st_rdev == 0  # a whiteout: char device 0/0
+
+
+def test_tmpfs_mount_env_workdir_user(clean_runtime, busybox_digest):
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      'echo "$GREETING"; pwd; id -u; id -g; grep " /scratch " /proc/mounts | cut -d" " -f3',
+                      env={"GREETING": "hello world"}, workdir="/work/sub", user="65534:65534",
+                      mounts=(Mount(kind="tmpfs", target="/scratch"),))
+    assert status == 0
+    assert out.of("stdout") == [b"hello world", b"/work/sub", b"65534", b"65534", b"tmpfs"]
+
+
+def test_network_none_has_loopback_up_only(clean_runtime, busybox_digest):
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      "ls /sys/class/net; ip link show lo | grep -c LOWER_UP", network="none")
+    assert status == 0
+    assert out.of("stdout") == [b"lo", b"1"]
+
+
+def test_network_host_sees_the_host_interfaces(clean_runtime, busybox_digest):
+    status, out = run(clean_runtime, busybox_digest, "ls", "/sys/class/net", network="host")
+    assert status == 0
+    assert sorted(out.of("stdout")) == sorted(n.encode() for n in os.listdir("/sys/class/net"))
+
+
+def test_twenty_steps_at_once(clean_runtime, busybox_digest):
+    def one(i: int) -> tuple[int, list[bytes]]:
+        status, out = run(clean_runtime, busybox_digest, "sh", "-c", f"echo step-{i}; sleep 0.3; exit {i % 3}")
+        return status, out.of("stdout")
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert results == [(i % 3, [f"step-{i}".encode()]) for i in range(20)]
+
+
+def test_bad_inputs_are_kata_errors_and_leave_nothing(clean_runtime, busybox_digest, tmp_path):
+    with pytest.raises(KataError) as err:
+        run(clean_runtime, busybox_digest, "true", user="nobody")
+    assert err.value.reason == "runtime.bad_user"
+    with pytest.raises(KataError) as err:
+        run(clean_runtime, busybox_digest, "true",
+            mounts=(Mount(kind="bind", source=str(tmp_path / "missing"), target="/x"),))
+    assert err.value.reason == "runtime.bad_mount"
+    with pytest.raises(KataError) as err:
+        run(clean_runtime, "sha256:" + "0" * 64, "true")
+    assert err.value.reason == "image.not_found"
+    # a command that does not exist: runc fails at create; still nothing left
+    with pytest.raises(KataError) as err:
+        run(clean_runtime, busybox_digest, "/no/such/binary")
+    assert err.value.reason.startswith("runtime.")
+
+
+def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_digest, runtime, tmp_path):
+    marker = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import sys, threading
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from kata.runtimes.containerd import ContainerdRuntime
+        from kata.runtimes.base import StepSpec
+        rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
+                                       state_dir={str(containerd_daemon.root.parent)!r})
+        def sink(stream, line):
+            open({str(marker)!r}, "w").write("x")
+        rt.run(StepSpec(image={busybox_digest!r}, argv=("sh", "-c", "echo up; sleep 1000")),
+               sink, threading.Event())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, "the kata process died before its step started"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    left = runtime.leftovers()
+    assert left["containers"] and left["tasks"] and left["snapshots"] and left["leases"]
+    from kata.runtimes.containerd import ContainerdRuntime
+
+    with ContainerdRuntime.connect(address=containerd_daemon.address,
+                                   state_dir=str(containerd_daemon.root.parent)) as rt:
+        assert rt.leftovers() == {k: [] for k in left}

@@ -1,0 +1,224 @@
+"""The loader: every field of the reference, and every error with its reason and position."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kata.conditions import Context
+from kata.errors import KataError
+from kata.loader import find_config, load_pipeline, load_text
+from kata.model import Duration, ImageRef
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def err(text: str) -> KataError:
+    with pytest.raises(KataError) as info:
+        load_text(textwrap.dedent(text), file="c.yaml")
+    e = info.value
+    assert e.position is not None and e.position.file == "c.yaml"
+    return e
+
+
+def where(e: KataError) -> tuple[str, int, int]:
+    return e.reason, e.position.line, e.position.column
+
+
+def test_service_fixture_loads_every_field() -> None:
+    p = load_pipeline(FIXTURES / "service.yaml")
+    assert p.name == "my-service"
+    assert p.settings.timeout == Duration(millis=15 * 60_000)
+    assert (p.settings.max_parallel, p.settings.fail_fast, p.settings.cache_enabled) == (4, True, True)
+    assert p.env == (("NODE_ENV", "ci"), ("CI", "true"))
+    assert [s.name for s in p.steps] == ["build", "unit-test", "integration-test", "deploy"]
+    build, _, integ, deploy = p.steps
+    assert build.image == ImageRef(registry="docker.io", repository="library/golang", tag="1.22-alpine")
+    assert build.env == (("CGO_ENABLED", "0"),) and build.timeout == Duration(millis=300_000)
+    assert build.inputs == ("src/**", "go.mod") and build.artifacts == ("bin/",)
+    assert build.cache.paths == ("/root/go/pkg/mod",) and build.cache.key_files == ("go.mod",)
+    assert integ.services[0].name == "postgres" and integ.services[0].env == (("POSTGRES_PASSWORD", "test"),)
+    assert str(integ.services[0].image) == "docker.io/library/postgres:16-alpine"
+    assert integ.network == "none"
+    assert deploy.secrets == ("DEPLOY_TOKEN", "AWS_ACCESS_KEY_ID")
+    assert deploy.cache.enabled is False and deploy.workdir == "/src"
+    assert deploy.depends_on == ("unit-test", "integration-test")
+    cond = deploy.condition
+    assert cond.evaluate(Context(event="push", branch="main", changed=("src/a.go",)))
+    assert not cond.evaluate(Context(event="push", branch="dev", changed=("src/a.go",)))
+    assert not cond.evaluate(Context(event="push", branch="main", changed=("docs/x.md",)))
+    assert len(p.triggers) == 3 and p.triggers[2].pattern == "v*"
+    assert (deploy.position.line, deploy.position.column) == (57, 11)
+
+
+def test_defaults() -> None:
+    p = load_text("steps: [{name: a, image: alpine}]")
+    assert p.settings.timeout == Duration(millis=30 * 60_000)
+    assert p.settings.max_parallel is None and p.settings.fail_fast and p.settings.cache_enabled
+    s = p.steps[0]
+    assert s.workdir == "/workspace" and s.network == "default" and s.cache.enabled
+    assert s.inputs == () and s.condition is None and s.timeout is None
+    assert str(s.image) == "docker.io/library/alpine:latest"
+
+
+@pytest.mark.parametrize("text,registry,repo,tag,digest", [
+    ("node:20-alpine", "docker.io", "library/node", "20-alpine", None),
+    ("library/node", "docker.io", "library/node", "latest", None),
+    ("bitnami/redis:7", "docker.io", "bitnami/redis", "7", None),
+    ("ghcr.io/o/r/x:1.0", "ghcr.io", "o/r/x", "1.0", None),
+    ("localhost:5000/app", "localhost:5000", "app", "latest", None),
+    ("localhost/app:v", "localhost", "app", "v", None),
+    ("alpine@sha256:" + "a" * 64, "docker.io", "library/alpine", None, "sha256:" + "a" * 64),
+    ("alpine:3@sha256:" + "b" * 64, "docker.io", "library/alpine", "3", "sha256:" + "b" * 64),
+])
+def test_image_refs_normalise(text, registry, repo, tag, digest) -> None:
+    ref = ImageRef.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repo, tag, digest)
+    assert ref.pinned == (digest is not None)
+    assert ImageRef.parse(str(ref)) == ref
+
+
+@pytest.mark.parametrize("bad", ["", "Node:20", "node:", "a b", "alpine@sha256:abc", "-x", "x:y:z",
+                                 "alpine@md5:" + "a" * 32])
+def test_bad_image_refs(bad) -> None:
+    e = err(f"steps:\n  - name: a\n    image: '{bad}'\n")
+    assert where(e) == ("config.image_ref", 3, 12)
+
+
+@pytest.mark.parametrize("text,ms", [("90s", 90_000), ("15m", 900_000), ("1h30m", 5_400_000),
+                                     ("1h", 3_600_000), ("250ms", 250), ("2m5s", 125_000)])
+def test_durations(text, ms) -> None:
+    assert Duration.parse(text).millis == ms
+    assert Duration.parse(str(Duration.parse(text))).millis == ms
+
+
+def test_integer_duration_is_seconds() -> None:
+    assert load_text("settings: {timeout: 90}\nsteps: [{name: a, image: x}]").settings.timeout.millis == 90_000
+
+
+@pytest.mark.parametrize("bad", ["5x", "m", "1.5h", "h1", "30 m", "''", "-5s"])
+def test_bad_durations(bad) -> None:
+    e = err(f"settings:\n  timeout: {bad}\nsteps: [{{name: a, image: x}}]\n")
+    assert where(e) == ("config.duration", 2, 12)
+
+
+CASES = {
+    "yaml_syntax": ("steps: [\n  - name: a\n", "config.yaml_syntax", 2, 3),
+    "yaml_tab": ("steps:\n\t- name: a\n", "config.yaml_syntax", 2, 1),
+    "yaml_two_docs": ("steps: []\n---\nx: 1\n", "config.yaml_syntax", 2, 1),
+    "yaml_bad_char": ("pipeline: a\x07\n", "config.yaml_syntax", 1, 12),
+    "duplicate_top": ("pipeline: a\npipeline: b\nsteps: [{name: a, image: x}]\n", "config.duplicate_key", 2, 1),
+    "duplicate_step_key": ("steps:\n  - name: a\n    image: x\n    image: y\n", "config.duplicate_key", 4, 5),
+    "duplicate_env": ("env: {A: 1, A: 2}\nsteps: [{name: a, image: x}]\n", "config.duplicate_key", 1, 13),
+    "unknown_top": ("pipline: a\nsteps: [{name: a, image: x}]\n", "config.unknown_key", 1, 1),
+    "unknown_step": ("steps:\n  - name: a\n    image: x\n    depend_on: [b]\n", "config.unknown_key", 4, 5),
+    "unknown_settings": ("settings: {max_paralel: 2}\nsteps: [{name: a, image: x}]\n", "config.unknown_key", 1, 12),
+    "type_steps": ("steps: build\n", "config.type", 1, 8),
+    "type_root": ("- a\n- b\n", "config.type", 1, 1),
+    "type_commands": ("steps:\n  - name: a\n    image: x\n    commands: npm test\n", "config.type", 4, 15),
+    "type_command_item": ("steps:\n  - name: a\n    image: x\n    commands: [{a: b}]\n", "config.type", 4, 16),
+    "type_bool": ("settings: {fail_fast: maybe}\nsteps: [{name: a, image: x}]\n", "config.type", 1, 23),
+    "type_int": ("settings: {max_parallel: two}\nsteps: [{name: a, image: x}]\n", "config.type", 1, 26),
+    "type_env_value": ("env: {A: [1]}\nsteps: [{name: a, image: x}]\n", "config.type", 1, 10),
+    "type_key": ("steps: [{name: a, image: x, [1]: 2}]\n", "config.type", 1, 29),
+    "type_name_null": ("steps:\n  - name:\n    image: x\n", "config.type", 2, 10),
+    "type_custom_tag": ("steps: [{name: !foo a, image: x}]\n", "config.type", 1, 16),
+    "value_max_parallel": ("settings: {max_parallel: 0}\nsteps: [{name: a, image: x}]\n", "config.value", 1, 26),
+    "value_network": ("steps: [{name: a, image: x, network: bridge}]\n", "config.value", 1, 38),
+    "value_workdir": ("steps: [{name: a, image: x, workdir: src}]\n", "config.value", 1, 38),
+    "value_secret": ("steps: [{name: a, image: x, secrets: ['A-B']}]\n", "config.value", 1, 39),
+    "value_event": ("triggers: [{event: commit}]\nsteps: [{name: a, image: x}]\n", "config.value", 1, 20),
+    "missing_image": ("steps:\n  - name: a\n", "config.missing_key", 2, 5),
+    "missing_name": ("steps:\n  - image: x\n", "config.missing_key", 2, 5),
+    "step_name": ("steps: [{name: 'a b', image: x}]\n", "config.step_name", 1, 16),
+    "duplicate_step": ("steps:\n  - {name: a, image: x}\n  - {name: a, image: y}\n", "config.duplicate_step", 3, 12),
+    "unknown_dependency": ("steps:\n  - {name: build, image: x}\n  - {name: t, image: x, depends_on: [biuld]}\n",
+                           "config.unknown_dependency", 3, 38),
+    "self_cycle": ("steps:\n  - {name: a, image: x, depends_on: [a]}\n", "config.cycle", 2, 38),
+    "empty": ("", "config.empty", 1, 1),
+    "only_comments": ("# nothing\n", "config.empty", 1, 1),
+    "no_steps_key": ("pipeline: a\n", "config.no_steps", 1, 1),
+    "no_steps_empty": ("pipeline: a\nsteps: []\n", "config.no_steps", 2, 8),
+    "no_steps_null": ("pipeline: a\nsteps:\n", "config.no_steps", 2, 7),
+    "condition": ("steps:\n  - name: a\n    image: x\n    when: branch = 'main'\n", "config.condition", 4, 18),
+    "condition_quoted": ("steps:\n  - name: a\n    image: x\n    when: \"tag ~ 'v'\"\n", "config.condition", 4, 16),
+    "only_unknown": ("steps: [{name: a, image: x, only: {branch: [main]}}]\n", "config.unknown_key", 1, 36),
+    "cache_type": ("steps: [{name: a, image: x, cache: 3}]\n", "config.type", 1, 36),
+    "service_dup": ("steps: [{name: a, image: x, services: [{name: db, image: p}, {name: db, image: p}]}]\n",
+                    "config.duplicate_key", 1, 69),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_errors_have_reason_and_position(case) -> None:
+    text, reason, line, col = CASES[case]
+    assert where(err(text)) == (reason, line, col)
+
+
+def test_did_you_mean() -> None:
+    assert "depends_on" in err(CASES["unknown_step"][0]).message
+    assert "'build'" in err(CASES["unknown_dependency"][0]).message
+
+
+def test_cycle_names_steps_in_order() -> None:
+    e = err("""\
+        steps:
+          - {name: a, image: x, depends_on: [c]}
+          - {name: b, image: x, depends_on: [a]}
+          - {name: c, image: x, depends_on: [b]}
+          - {name: d, image: x, depends_on: [c]}
+        """)
+    assert e.reason == "config.cycle"
+    assert e.obj in ("a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c")
+
+
+def test_merge_keys_work_and_explicit_keys_win() -> None:
+    p = load_text("steps:\n  - &b {name: a, image: alpine, commands: [make]}\n"
+                  "  - {<<: *b, name: c, commands: [test]}\n")
+    assert p.steps[1].image == p.steps[0].image and p.steps[1].commands == ("test",)
+
+
+def test_env_values_keep_their_text() -> None:
+    p = load_text("env: {A: 1.50, B: true, C: ~, D: 0x10}\nsteps: [{name: a, image: x}]")
+    assert dict(p.env) == {"A": "1.50", "B": "true", "C": "", "D": "0x10"}
+
+
+def test_missing_file_and_directory(tmp_path) -> None:
+    with pytest.raises(KataError) as info:
+        load_pipeline(tmp_path / "nope.yaml")
+    assert info.value.reason == "config.not_found"
+    with pytest.raises(KataError) as info:
+        load_pipeline(tmp_path)
+    assert info.value.reason == "config.not_found"
+
+
+def test_not_utf8(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_bytes(b"pipeline: a\nsteps: \xff\n")
+    with pytest.raises(KataError) as info:
+        load_pipeline(f)
+    assert (info.value.reason, info.value.position.line, info.value.position.column) == \
+        ("config.yaml_syntax", 2, 8)
+
+
+def test_find_config_walks_up_to_the_repo_root(tmp_path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".kata-ci.yaml").write_text("steps: [{name: a, image: x}]\n")
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    assert find_config(sub) == (tmp_path / ".kata-ci.yaml").resolve()
+    assert find_config(sub, explicit=tmp_path / ".kata-ci.yaml") == tmp_path / ".kata-ci.yaml"
+    with pytest.raises(KataError) as info:
+        find_config(sub, explicit=sub / "x.yaml")
+    assert info.value.reason == "config.not_found"
+
+
+def test_find_config_stops_at_the_repo_root(tmp_path) -> None:
+    (tmp_path / ".kata-ci.yaml").write_text("steps: [{name: a, image: x}]\n")
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    with pytest.raises(KataError) as info:
+        find_config(repo)
+    assert info.value.reason == "config.not_found"
