@@ -89,224 +89,60 @@ class FakeRuntime:
             return TIMEOUT_EXIT
 
 
-# -- a tiny compiler with the real one's two keys --------------------------------------
-
-@dataclass(frozen=True)
-class FakeImage:
-    name: str = "kata.local/fake"
-    digest: str = FAKE_DIGEST
-
-
-@dataclass(frozen=True)
-class FakeCache:
-    enabled: bool = True
-    paths: tuple[str, ...] = ()
-    key_files: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class FakeDuration:
-    seconds: float
-
-    def __str__(self) -> str:
-        return f"{self.seconds:g}s"
-
+# -- pipelines written as YAML and compiled by the real compiler ---------------------
 
 @dataclass(frozen=True)
 class FakeStep:
+    """A step, as a test writes it; rendered into .kata-ci.yaml by ``compile_steps``."""
+
     name: str
-    commands: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ("true",)
     depends_on: tuple[str, ...] = ()
     artifacts: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     secrets: tuple[str, ...] = ()
-    timeout: FakeDuration | None = None
-    cache: FakeCache = FakeCache()
-    workdir: str = "/workspace"
-    network: str = "none"
-    image: FakeImage = FakeImage()
+    timeout: str | None = None
+    cache: bool = True
+    cache_paths: tuple[str, ...] = ()
+    key_files: tuple[str, ...] = ()
+    image: str = "kata.local/busybox:latest"
+
+    def to_yaml(self) -> dict:
+        out: dict = {"name": self.name, "image": self.image, "commands": list(self.commands)}
+        for key in ("depends_on", "artifacts", "inputs", "secrets"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
+        if self.env:
+            out["env"] = dict(self.env)
+        if self.timeout:
+            out["timeout"] = self.timeout
+        if not self.cache:
+            out["cache"] = False
+        elif self.cache_paths:
+            out["cache"] = {"paths": list(self.cache_paths), "key_files": list(self.key_files)}
+        return out
 
 
-@dataclass(frozen=True)
-class FakeInputFile:
-    path: str
-    digest: str
+def write_pipeline(repo: Path, steps: list[FakeStep], *, name: str = "fake",
+                   settings: dict | None = None) -> Path:
+    import yaml
+
+    doc: dict = {"pipeline": name}
+    if settings:
+        doc["settings"] = settings
+    doc["steps"] = [s.to_yaml() for s in steps]
+    path = repo / ".kata-ci.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
-@dataclass(frozen=True)
-class FakeInputs:
-    files: tuple[FakeInputFile, ...]
-    digest: str
+def compile_steps(repo: Path, steps: list[FakeStep], *, digest: str = FAKE_DIGEST,
+                  stat_cache=None, **kw):
+    """Write the pipeline into ``repo`` and compile it with a resolver answering ``digest``."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_pipeline
 
-
-@dataclass(frozen=True)
-class FakeDerivation:
-    image_digest: str
-
-
-def _h(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-@dataclass
-class FakeNode:
-    step: FakeStep
-    inputs: FakeInputs
-    own: str  # hash of everything but the dependencies
-    drv_hash: str = ""
-    derivation: FakeDerivation = field(default_factory=lambda: FakeDerivation(FAKE_DIGEST))
-
-    def resolved_hash(self, outputs: Mapping[str, str]) -> str:
-        return _h("resolved", self.own, *(f"{d}={outputs[d]}" for d in self.step.depends_on))
-
-
-@dataclass
-class FakeGraph:
-    order: tuple[str, ...]
-    levels: tuple[tuple[str, ...], ...]
-    nodes: dict[str, FakeNode]
-    pipeline: str = "fake"
-
-
-def _inputs(repo: Path, globs: tuple[str, ...]) -> FakeInputs:
-    import pathspec
-
-    spec = pathspec.PathSpec.from_lines("gitignore", globs) if globs else None
-    files = []
-    for path in sorted(p for p in repo.rglob("*") if p.is_file() or p.is_symlink()):
-        rel = path.relative_to(repo).as_posix()
-        if rel.startswith(".") or (spec is not None and not spec.match_file(rel)):
-            continue
-        files.append(FakeInputFile(rel, _h(path.read_bytes().hex(), str(os.access(path, os.X_OK)))))
-    return FakeInputs(tuple(files), _h("inputs", *(f"{f.path}:{f.digest}" for f in files)))
-
-
-def fake_graph(steps: list[FakeStep], repo: Path, pipeline: str = "fake") -> FakeGraph:
-    by_name = {s.name: s for s in steps}
-    order: list[str] = []
-    level: dict[str, int] = {}
-    pending = list(steps)
-    while pending:
-        for s in pending:
-            if all(d in level for d in s.depends_on):
-                level[s.name] = 1 + max((level[d] for d in s.depends_on), default=-1)
-                order.append(s.name)
-                pending.remove(s)
-                break
-        else:
-            raise ValueError("cycle")
-    nodes: dict[str, FakeNode] = {}
-    for name in order:
-        s = by_name[name]
-        inputs = _inputs(repo, s.inputs)
-        own = _h(repr((s.commands, s.artifacts, s.env, s.secrets, s.cache, s.workdir,
-                       s.image)), inputs.digest)
-        node = FakeNode(step=s, inputs=inputs, own=own)
-        node.drv_hash = _h("drv", own, *(f"{d}={nodes[d].drv_hash}" for d in s.depends_on))
-        nodes[name] = node
-    levels = tuple(tuple(n for n in order if level[n] == i) for i in range(max(level.values()) + 1))
-    return FakeGraph(order=tuple(order), levels=levels, nodes=nodes, pipeline=pipeline)
-
-
-# -- a store stand-in (dir copies), until and besides the real one ---------------------
-
-@dataclass(frozen=True)
-class FakeRealisation:
-    outputs: str
-    log: str
-    exit_status: int = 0
-    duration: float = 0.0
-    host: str = ""
-    created: float = 0.0
-    meta: dict = field(default_factory=dict)
-
-
-class FakeStore:
-    """Blobs in a dict, trees as copied directories: the verbs the realiser uses."""
-
-    def __init__(self, root: Path) -> None:
-        import shutil
-
-        self._copy = shutil.copytree
-        self.root = root
-        self.blobs: dict[str, bytes] = {}
-        self.realisations: dict[str, FakeRealisation] = {}
-        self.derivations: dict[str, bytes] = {}
-        self.runs: list[dict] = []
-        self.hits = self.misses = 0
-        self._lock = threading.Lock()
-
-    def put_blob(self, data) -> str:
-        raw = data if isinstance(data, bytes) else data.read()
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        self.blobs[digest] = raw
-        return digest
-
-    def has_blob(self, digest: str) -> bool:
-        return digest in self.blobs
-
-    def open_blob(self, digest: str):
-        import io
-
-        return io.BytesIO(self.blobs[digest])
-
-    def put_tree(self, root, paths=()) -> str:
-        import shutil
-        import tarfile
-        import io
-
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for p in sorted(paths):
-                def norm(info):
-                    info.mtime = 0
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    return info
-                tar.add(os.path.join(root, p), arcname=p, filter=norm)
-        digest = self.put_blob(buf.getvalue())
-        return digest
-
-    def unpacked(self, digest: str) -> Path:
-        import io
-        import tarfile
-
-        with self._lock:
-            dest = self.root / "unpacked" / digest.split(":")[1]
-            if not dest.exists():
-                tmp = dest.with_suffix(".tmp")
-                tmp.mkdir(parents=True)
-                with tarfile.open(fileobj=io.BytesIO(self.blobs[digest])) as tar:
-                    tar.extractall(tmp, filter="tar")
-                tmp.rename(dest)
-            return dest
-
-    def put_realisation(self, key: str, real) -> None:
-        self.realisations.setdefault(key, real)
-
-    def get_realisation(self, key: str):
-        return self.realisations.get(key)
-
-    def put_derivation(self, drv_hash: str, raw: bytes) -> None:
-        self.derivations[drv_hash] = raw
-
-    def get_derivation(self, drv_hash: str):
-        return self.derivations.get(drv_hash)
-
-    def put_run(self, run: dict) -> None:
-        self.runs.append(run)
-
-    def get_run(self, run_id: str):
-        return next((r for r in self.runs if r["id"] == run_id), None)
-
-    def list_runs(self, pipeline=None, limit=20):
-        runs = [r for r in reversed(self.runs) if pipeline is None or r["pipeline"] == pipeline]
-        return runs[:limit]
-
-    def count(self, hit: bool) -> None:
-        with self._lock:
-            if hit:
-                self.hits += 1
-            else:
-                self.misses += 1
+    pipeline = load_pipeline(write_pipeline(repo, steps, **kw))
+    return compile_pipeline(pipeline, resolver=lambda ref: digest, repo_root=repo,
+                            stat_cache=stat_cache)

@@ -8,21 +8,18 @@ from pathlib import Path
 
 import pytest
 
-import store as store_pkg
-from fakes import Behaviour, FakeCache, FakeDuration, FakeRealisation, FakeRuntime, FakeStep, FakeStore, fake_graph
+from fakes import Behaviour, FakeRuntime, FakeStep, compile_steps
 from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise.realiser import Realiser, RealiseOptions
-
-if not hasattr(store_pkg, "Realisation"):  # until the store branch lands
-    store_pkg.Realisation = FakeRealisation  # type: ignore[attr-defined]
+from store import Store
 
 
 class Env:
     def __init__(self, tmp_path: Path) -> None:
         self.repo = tmp_path / "repo"
         self.repo.mkdir()
-        self.store = FakeStore(tmp_path / "store")
+        self.store = Store.open(tmp_path / "store")
         self.work = tmp_path / "work"
         self.runtime = FakeRuntime()
         self.events: list[ev.Event] = []
@@ -34,7 +31,7 @@ class Env:
 
     def realiser(self, steps, **options) -> Realiser:
         self.events = []
-        graph = fake_graph(steps, self.repo)
+        graph = compile_steps(self.repo, steps)
         opts = RealiseOptions(repo_root=self.repo, work_root=self.work, max_parallel=4, **options)
         return Realiser(graph, store=self.store, runtime=self.runtime, emit=self.events.append,
                         options=opts)
@@ -172,7 +169,7 @@ def test_workspace_is_thrown_away_and_inputs_untouched(env):
 
 def test_no_cache_forces_runs_and_cache_false_never_hits(env):
     steps = [FakeStep("a", commands=("true",), inputs=("none",)),
-             FakeStep("b", commands=("true",), inputs=("none",), cache=FakeCache(enabled=False))]
+             FakeStep("b", commands=("true",), inputs=("none",), cache=False)]
     env.run(steps)
     env.run(steps)
     assert env.runtime.started == ["b"]
@@ -184,7 +181,7 @@ def test_cache_paths_restored_and_keyed_on_key_files(env):
     env.write("lock", "v1")
     step = FakeStep("install", commands=("mkdir -p deps", "test -f deps/warm && echo WARM || true",
                                           "touch deps/warm", "echo $RANDOM > stamp"),
-                    inputs=("lock", "src"), cache=FakeCache(paths=("deps/",), key_files=("lock",)))
+                    inputs=("lock", "src"), cache_paths=("deps/",), key_files=("lock",))
     env.write("src", "1")
     env.run([step])
     env.write("src", "2")  # the step reruns, its cache key is the same
@@ -223,7 +220,7 @@ def test_dry_run_says_hit_or_miss_without_running(env):
 
 def test_step_timeout_is_reported(env):
     env.runtime.behaviours["slow"] = Behaviour(wait_for_cancel=True)
-    steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",), timeout=FakeDuration(0.2))]
+    steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",), timeout="200ms")]
     result = env.run(steps)
     (fail,) = env.of(ev.StepFailed)
     assert fail.reason == "step.timeout" and result.exit_code == 1
@@ -245,7 +242,7 @@ def test_secrets_are_masked_in_output_and_log(env):
     steps = [FakeStep("s", commands=("echo token=$TOKEN",), inputs=("none",), secrets=("TOKEN",))]
     result = env.run(steps, secrets={"TOKEN": "hunter2"})
     assert "token=***" in [e.text for e in env.of(ev.OutputLine)]
-    assert b"hunter2" not in env.store.blobs[result.steps["s"].log]
+    assert b"hunter2" not in env.store.read_blob(result.steps["s"].log)
 
 
 def test_run_is_recorded_with_step_results(env):

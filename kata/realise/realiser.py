@@ -104,19 +104,12 @@ def _shell_script(commands: Sequence[str]) -> str:
 
 
 def image_of(node: Any) -> str:
-    """The step's image pinned by digest, as the compiler resolved it for the hash."""
-    step = node.step
-    image = step.image
-    drv = node.derivation
-    for attr in ("image_digest", "image"):
-        value = getattr(drv, attr, None)
-        if isinstance(value, str) and value.startswith("sha256:"):
-            return f"{image.name}@{value}" if hasattr(image, "name") else value
-    digest = getattr(image, "digest", None)
-    if digest:
-        return f"{image.name}@{digest}"
-    raise KataError("image.unresolved", f"step {step.name}: image {image} has no resolved digest",
-                    obj=step.name)
+    """The step's image pinned by the digest the compiler hashed: ``name@sha256:…``."""
+    digest = node.derivation.image
+    if not digest:
+        raise KataError("image.unresolved", f"step {node.step.name}: image {node.step.image} "
+                        "has no resolved digest", obj=node.step.name)
+    return f"{node.step.image.name}@{digest}"
 
 
 def _empty_dir() -> Path:
@@ -146,7 +139,7 @@ class Realiser:
         self.store = store
         self.runtime = runtime
         self.options = options
-        self.pipeline = pipeline or getattr(graph, "pipeline", "") or ""
+        self.pipeline = pipeline or graph.pipeline.name
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self._emit_lock = threading.Lock()
         self._emit = emit
@@ -159,6 +152,11 @@ class Realiser:
         unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
         if unknown:
             raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
+        for name in graph.order:
+            node = graph.nodes[name]
+            if node.drv_hash is None or node.inputs is None:
+                raise KataError("image.unresolved", f"step {name}: its image {node.step.image} "
+                                "could not be resolved to a digest", obj=name)
 
     # -- events -----------------------------------------------------------------
 
@@ -200,7 +198,7 @@ class Realiser:
             if real is not None:
                 hits[name] = real
             else:
-                wanted.update(nodes[name].step.depends_on)
+                wanted.update(nodes[name].deps)
         return [n for n in order if n in needed], hits
 
     def dry_run(self) -> list[PlanEntry]:
@@ -213,7 +211,7 @@ class Realiser:
                 continue
             why = self._miss_reason(name)
             if not why:
-                rebuilt = [d for d in node.step.depends_on if d not in hits]
+                rebuilt = [d for d in node.deps if d not in hits]
                 why = ("not in the store" if not rebuilt else
                        f"not in the store; may still hit once {', '.join(rebuilt)} "
                        "rebuilt (early cutoff)")
@@ -241,7 +239,7 @@ class Realiser:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
-                deps = {n: self.graph.nodes[n].step.depends_on for n in to_run}
+                deps = {n: self.graph.nodes[n].deps for n in to_run}
                 max_parallel = self.options.max_parallel or os.cpu_count() or 1
                 sched = schedule(to_run, deps, self._work, max_parallel=max_parallel,
                                  fail_fast=self.options.fail_fast, timeout=self.options.timeout,
@@ -289,7 +287,7 @@ class Realiser:
         dependencies' stacks in ``depends_on`` order, then its own output tree.
         """
         seen: dict[str, None] = {}
-        for dep in self.graph.nodes[name].step.depends_on:
+        for dep in self.graph.nodes[name].deps:
             for tree in self._stacks[dep]:
                 seen.setdefault(tree)
         return tuple(seen)
@@ -381,9 +379,9 @@ class Realiser:
         node = self.graph.nodes[name]
         step = node.step
         resolved = ""
-        if all(d in self._stacks for d in step.depends_on):
+        if all(d in self._stacks for d in node.deps):
             resolved = node.resolved_hash({d: self._stack_digest(self._stacks[d])
-                                           for d in step.depends_on})
+                                           for d in node.deps})
         if self._caches(name) and resolved:
             real = self._lookup(resolved)
             if real is not None:
@@ -493,8 +491,9 @@ class Realiser:
         ok = exit_status == 0 and not reason
         if ok:
             stack = self._stack_with(self._deps_stack(name), outputs)
+            # "objects": gc keeps every tree a dependent will be handed, not only our own
             meta = {"run": self.run_id, "step": name, "pipeline": self.pipeline,
-                    "stack": list(stack)}
+                    "stack": list(stack), "objects": list(stack)}
             self._put_derivation(node)
             if self.options.record and step.cache.enabled:
                 for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
@@ -515,10 +514,8 @@ class Realiser:
         return False
 
     def _put_derivation(self, node: Any) -> None:
-        encode = getattr(node.derivation, "encode", None)
-        put = getattr(self.store, "put_derivation", None)
-        if callable(encode) and callable(put):
-            put(node.drv_hash, encode())
+        # the record (derivation + input file list + dependency names) is what `kata why` diffs
+        self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def _run_container(self, name: str, node: Any, workdir: Path, cancel: Cancel,
                        log: Any, log_lock: threading.Lock) -> int:
@@ -563,7 +560,7 @@ class Realiser:
             "pipeline": self.pipeline,
             "commit": self.options.git_commit,
             "branch": self.options.git_branch,
-            "created": created,
+            "started": created,
             "wall": result.wall,
             "status": status,
             "targets": list(self.options.targets or ()),
