@@ -112,10 +112,12 @@ def graph(ctx: click.Context, fmt: str) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
-def previous_lookup(ctx: click.Context):
-    """Where `kata why` finds a step's last recorded derivation. The store's realisation
-    records are wired here once the store exists; until then nothing is recorded."""
-    return lambda step: None
+def previous_lookup(ctx: click.Context, pipeline: str | None = None):
+    """Where `kata why` finds a step's last recorded derivation: the derivation record of
+    the step's last realisation (the newest run of this pipeline in which it passed)."""
+    from kata.cli.run_cmds import last_realised_derivation
+
+    return lambda step: last_realised_derivation(ctx, pipeline, step)
 
 
 @click.command("why")
@@ -132,7 +134,7 @@ def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
 
     path, pipeline = load(ctx)
     g = compile_pipeline(pipeline, resolver=None, repo_root=path.resolve().parent)
-    lookup = previous_lookup(ctx)
+    lookup = previous_lookup(ctx, pipeline.name)
     if against is not None:
         data = Path(against).read_bytes()
         lookup = lambda step: data  # noqa: E731

@@ -31,6 +31,7 @@ from kata.realise import events as ev
 from kata.realise.scheduler import Cancel, schedule
 from kata.realise.workspace import Workspace, sweep_dead_runs
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, Runtime, StepSpec
+from store import StoreError
 
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 
@@ -51,6 +52,7 @@ class RealiseOptions:
     work_root: Path = Path(tempfile.gettempdir()) / "kata-work"
     git_commit: str = ""
     git_branch: str = ""
+    skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,8 +192,9 @@ class Realiser:
         wanted = set(self.options.targets) if self.options.targets else set(order)
         hits: dict[str, Any] = {}
         needed: set[str] = set()
+        excluded = self._excluded()
         for name in reversed(order):
-            if name not in wanted:
+            if name not in wanted or name in excluded:
                 continue
             needed.add(name)
             real = self._lookup(nodes[name].drv_hash) if self._caches(name) else None
@@ -200,6 +203,18 @@ class Realiser:
             else:
                 wanted.update(nodes[name].deps)
         return [n for n in order if n in needed], hits
+
+    def _excluded(self) -> dict[str, str]:
+        """Steps skipped by a condition, and everything that depends on them."""
+        out: dict[str, str] = {}
+        for name in self.graph.order:
+            if name in self.options.skip:
+                out[name] = self.options.skip[name]
+            else:
+                off = [d for d in self.graph.nodes[name].deps if d in out]
+                if off:
+                    out[name] = f"dependency {off[0]} skipped"
+        return out
 
     def dry_run(self) -> list[PlanEntry]:
         order, hits = self.plan()
@@ -226,6 +241,10 @@ class Realiser:
         order, hits = self.plan()
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
                             groups=len(self.graph.levels), planned=tuple(order)))
+        wanted = self.options.targets
+        for name, why in self._excluded().items():
+            if wanted is None or name in wanted:
+                self._skipped(name, why)
         for name in order:  # derivation-hash hits: done before anything runs
             if name in hits:
                 self._hit(name, hits[name], self.graph.nodes[name].drv_hash, "derivation")
@@ -255,7 +274,7 @@ class Realiser:
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)
             self._record_run(result, created)
-        results = [self._results.get(n) for n in order]
+        results = [self._results.get(n) for n in self.graph.order]
         passed = [r for r in results if r and r.status == "passed"]
         self.emit(ev.Done(
             run_id=self.run_id, passed=len(passed),
@@ -387,6 +406,7 @@ class Realiser:
             if real is not None:
                 # early cutoff; remember it under the derivation hash too
                 self.store.put_realisation(node.drv_hash, real)
+                self._put_derivation(node)
                 self._hit(name, real, resolved, "resolved")
                 return True
         self.store.count(False)
@@ -456,13 +476,19 @@ class Realiser:
         try:
             try:
                 ws = Workspace(self._run_dir, self._layers(name, node))
-            except KataError as err:
+            except (KataError, StoreError) as err:
                 message, reason = err.message, err.reason
                 ws = None
             if ws is not None:
                 with ws:
-                    exit_status = self._run_container(name, node, ws.path, cancel, log, log_lock)
-                    if exit_status == 0:
+                    try:
+                        exit_status = self._run_container(name, node, ws.path, cancel, log,
+                                                          log_lock)
+                    except KataError as err:  # e.g. a missing secret, an image not found
+                        message, reason = err.message, err.reason
+                    if reason:
+                        pass
+                    elif exit_status == 0:
                         missing = [a for a in step.artifacts
                                    if not os.path.lexists(ws.path / a.rstrip("/"))]
                         if missing:
@@ -471,9 +497,13 @@ class Realiser:
                                        if len(missing) == 1 else
                                        f"declared artifacts {', '.join(missing)} were not produced")
                         else:
-                            outputs = self._put_tree(ws.path, [a.rstrip("/") for a in step.artifacts])
-                            if self.options.record:
-                                self._save_cache(node, ws.path)
+                            try:
+                                outputs = self._put_tree(ws.path,
+                                                         [a.rstrip("/") for a in step.artifacts])
+                                if self.options.record:
+                                    self._save_cache(node, ws.path)
+                            except StoreError as err:  # e.g. a FIFO among the artifacts
+                                reason, message = err.reason, f"artifacts: {err.message}"
                     elif cancel.is_set():
                         reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
                     elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
@@ -523,8 +553,10 @@ class Realiser:
         env = dict(self.options.env)
         env.update(dict(step.env))
         for secret in step.secrets:
-            if secret in self.options.secrets:
-                env[secret] = self.options.secrets[secret]
+            if secret not in self.options.secrets:
+                raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
+                                f"set ${secret} or pass --secret {secret}=...", obj=name)
+            env[secret] = self.options.secrets[secret]
         timeout = step.timeout.seconds if step.timeout is not None else None
         spec = StepSpec(
             image=image_of(node),
