@@ -132,8 +132,10 @@ def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
     from kata.compile import compile_pipeline
     from kata.why import why
 
+    from kata.cli.run_cmds import quiet_resolver
+
     path, pipeline = load(ctx)
-    g = compile_pipeline(pipeline, resolver=None, repo_root=path.resolve().parent)
+    g = compile_pipeline(pipeline, resolver=quiet_resolver(ctx), repo_root=path.resolve().parent)
     lookup = previous_lookup(ctx, pipeline.name)
     if against is not None:
         data = Path(against).read_bytes()

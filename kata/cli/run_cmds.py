@@ -326,3 +326,17 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
         return None
     finally:
         store.close()
+
+
+def quiet_resolver(ctx: click.Context):  # noqa: ANN201
+    """An image resolver for commands that only compare keys (``kata why``): the runtime's
+    answer when it can give one, else None (the image stays unresolved)."""
+    runtime = LazyRuntime((ctx.find_root().obj or {}).get("containerd_address"))
+
+    def resolve(ref) -> str | None:  # noqa: ANN001
+        try:
+            return runtime.resolve_image(str(ref))
+        except KataError:
+            return None
+
+    return resolve
