@@ -216,6 +216,8 @@ def parse(text: str, position: Position | None = None) -> Expr:
 
     try:
         return _build(_parser().parse(text))
+    except RecursionError:
+        raise KataError("config.condition", "condition nested too deeply", position=position) from None
     except (lark.exceptions.LarkError, ValueError) as err:
         line = getattr(err, "line", None)
         col = getattr(err, "column", None)

@@ -64,8 +64,8 @@ class InputSet:
     digest: str
 
     @classmethod
-    def of(cls, files: Iterable[InputFile]) -> "InputSet":
-        files = tuple(sorted(files, key=lambda f: f.path))
+    def of(cls, files: Iterable[InputFile], presorted: bool = False) -> "InputSet":
+        files = tuple(files) if presorted else tuple(sorted(files, key=lambda f: f.path))
         body = msgpack.packb([INPUTS_FORMAT, [[f.path, f.digest, f.mode] for f in files]],
                              use_bin_type=True)
         return cls(files=files, digest="sha256:" + hashlib.sha256(body).hexdigest())
@@ -123,16 +123,18 @@ def _git_files(root: str) -> list[str] | None:
 
 def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
     out: list[str] = []
+    append = out.append
     stack = [""]
     while stack:
         rel_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
         except OSError:
             continue
         with it:
             for e in it:
-                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                rel = prefix + e.name
                 if e.is_dir(follow_symlinks=False):
                     if e.name == ".git" or (ignore is not None and ignore.match_file(rel + "/")):
                         continue
@@ -140,7 +142,7 @@ def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
                     continue
                 if ignore is not None and ignore.match_file(rel):
                     continue
-                out.append(rel)
+                append(rel)
                 try:
                     stats[rel] = e.stat(follow_symlinks=False)
                 except OSError:
@@ -161,16 +163,25 @@ class Snapshot:
             files = _walk(self.root, ignore, self._stats)
         elif ignore is not None:
             files = [p for p in files if not ignore.match_file(p)]
-        self.paths: tuple[str, ...] = tuple(sorted(set(files)))
+        files.sort()
+        self.paths: tuple[str, ...] = tuple(
+            p for i, p in enumerate(files) if i == 0 or p != files[i - 1])
         self._hashed: dict[str, InputFile | None] = {}
         self._sets: dict[tuple[str, ...], InputSet] = {}
 
     def files(self, paths: Sequence[str]) -> list[InputFile]:
-        todo = [p for p in paths if p not in self._hashed]
+        """The hashed files among `paths` (sorted), skipping vanished ones."""
+        hashed = self._hashed
+        todo = [p for p in paths if p not in hashed] if hashed else list(paths)
         if todo:
-            self._hashed.update(hash_files(self.root, todo, self.stat_cache, self._stats))
-        h = self._hashed
-        return [f for f in (h[p] for p in paths) if f is not None]
+            st = self._stats
+            got = hash_files(self.root, todo, self.stat_cache,
+                             [st.get(p) for p in todo] if st else None)
+            if len(todo) == len(paths):
+                hashed.update(zip(todo, got))
+                return [f for f in got if f is not None]
+            hashed.update(zip(todo, got))
+        return [f for f in map(hashed.__getitem__, paths) if f is not None]
 
     def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
         """The files `patterns` (gitignore-style) select; () selects every file."""
@@ -178,52 +189,52 @@ class Snapshot:
         got = self._sets.get(key)
         if got is None:
             chosen = match(key, self.paths) if key else self.paths
-            got = self._sets[key] = InputSet.of(self.files(chosen))
+            got = self._sets[key] = InputSet.of(self.files(chosen), presorted=True)
         return got
 
 
 def hash_files(root: str, paths: Sequence[str], cache: StatCache,
-               stats: Mapping[str, os.stat_result] | None = None) -> dict[str, InputFile | None]:
-    """Digest every path (relative to root); None for one that vanished or is not a
-    regular file or symlink (a submodule, a socket)."""
-    stats = stats or {}
-    sep = os.sep
-    absolute = [root + sep + p for p in paths]
-    known = cache.get_many(absolute)
+               stats: Sequence[os.stat_result | None] | None = None) -> list[InputFile | None]:
+    """Digest every path (relative to root), in order; None for one that vanished or is
+    not a regular file or symlink (a submodule, a socket). `stats`: lstat results already
+    taken (aligned with `paths`), so a warm run costs one lstat per file."""
+    prefix = root + os.sep
+    absolute = [prefix + p for p in paths]
+    known = cache.get_many(absolute).get
     fresh: dict[str, tuple[int, int, int, str]] = {}
     racy = time.time_ns() - RACY_NS
-    out: dict[str, InputFile | None] = {}
+    out: list[InputFile | None] = []
+    append = out.append
     lstat, S_ISREG, S_ISLNK = os.lstat, stat.S_ISREG, stat.S_ISLNK
-    for rel, a in zip(paths, absolute):
-        st = stats.get(rel)
+    for rel, a, st in zip(paths, absolute, stats or [None] * len(paths)):
         if st is None:
             try:
                 st = lstat(a)
             except OSError:
-                out[rel] = None
+                append(None)
                 continue
         m = st.st_mode
-        if S_ISREG(m):
-            c = known.get(a)
-            if c is not None and c[0] == st.st_size and c[1] == st.st_mtime_ns and c[2] == st.st_ino:
-                digest = c[3]
-            else:
-                try:
-                    with open(a, "rb") as f:
-                        digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-                except OSError as err:
-                    raise KataError("inputs.unreadable", f"cannot read input {rel}: {err.strerror}",
-                                    obj=rel) from None
-                if st.st_mtime_ns < racy:
-                    fresh[a] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
-            out[rel] = InputFile(path=rel, digest=digest, size=st.st_size,
-                                 mode=0o755 if m & 0o111 else 0o644)
+        c = known(a)
+        if c is not None and c[1] == st.st_mtime_ns and c[0] == st.st_size and c[2] == st.st_ino \
+                and S_ISREG(m):
+            append(InputFile(path=rel, digest=c[3], size=c[0], mode=0o755 if m & 0o111 else 0o644))
+        elif S_ISREG(m):
+            try:
+                with open(a, "rb") as f:
+                    digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError as err:
+                raise KataError("inputs.unreadable", f"cannot read input {rel}: {err.strerror}",
+                                obj=rel) from None
+            if st.st_mtime_ns < racy:
+                fresh[a] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
+            append(InputFile(path=rel, digest=digest, size=st.st_size,
+                             mode=0o755 if m & 0o111 else 0o644))
         elif S_ISLNK(m):
             target = os.fsencode(os.readlink(a))
-            out[rel] = InputFile(path=rel, digest="sha256:" + hashlib.sha256(target).hexdigest(),
-                                 size=len(target), mode=0o120000)
+            append(InputFile(path=rel, digest="sha256:" + hashlib.sha256(target).hexdigest(),
+                             size=len(target), mode=0o120000))
         else:
-            out[rel] = None
+            append(None)
     if fresh:
         cache.put_many(fresh)
     return out

@@ -79,7 +79,8 @@ def push_image(url: str, repo: str, tag: str, img: OciImage) -> None:
             start = http.post(f"/v2/{repo}/blobs/uploads/")
             start.raise_for_status()
             location = start.headers["location"]
-            put = http.put(location, params={"digest": digest}, content=data,
+            sep = "&" if "?" in location else "?"  # keep the registry's own _state query
+            put = http.put(f"{location}{sep}digest={digest}", content=data,
                            headers={"Content-Type": "application/octet-stream"})
             put.raise_for_status()
         resp = http.put(f"/v2/{repo}/manifests/{tag}", content=img.manifest,

@@ -1,0 +1,187 @@
+"""Images on a real containerd: import, pull (real docker-registry and a fake one), ls, rm."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+
+import pytest
+
+from kata.errors import KataError
+from kata.runtimes.base import StepSpec
+from kata.runtimes.containerd import ContainerdRuntime
+from kata.runtimes.containerd.config import RegistryConfig, RuntimeConfig
+from support.fixtures import assert_clean
+from support.images import (
+    MT_INDEX, busybox_layer, files_layer, make_image, sha256, write_docker_archive,
+    write_oci_archive,
+)
+from support.registry import FakeRegistry, docker_registry, push_image
+
+pytestmark = pytest.mark.integration
+
+
+def unique_image(ref: str):
+    """busybox plus a layer only this test has, so tests never share blobs."""
+    tag = secrets.token_hex(4)
+    return make_image([busybox_layer(), files_layer({f"/etc/kata-test-{tag}": tag.encode()})], ref)
+
+
+def output(rt, digest: str, *argv: str) -> tuple[int, list[bytes]]:
+    lines: list[bytes] = []
+    status = rt.run(StepSpec(image=digest, argv=argv), lambda s, line: lines.append(line),
+                    threading.Event())
+    return status, lines
+
+
+@pytest.fixture
+def connect(containerd_daemon):
+    opened = []
+
+    def make(**kw):
+        rt = ContainerdRuntime.connect(address=containerd_daemon.address,
+                                       state_dir=str(containerd_daemon.root.parent), **kw)
+        opened.append(rt)
+        return rt
+
+    yield make
+    for rt in opened:
+        assert_clean(rt)
+        rt.close()
+
+
+def test_import_oci_archive_then_run_ls_rm(clean_runtime, tmp_path):
+    rt = clean_runtime
+    img = unique_image(f"kata.local/t{secrets.token_hex(3)}:v1")
+    records = rt.import_image(write_oci_archive(img, tmp_path / "img.tar"))
+    assert [(r.name, r.digest) for r in records] == [(img.ref, img.digest)]
+    assert rt.resolve_image(img.ref) == img.digest
+    assert (img.ref, img.digest) in [(r.name, r.digest) for r in rt.list_images()]
+    status, lines = output(rt, img.digest, "sh", "-c", "cat /etc/kata-test-*")
+    assert status == 0 and len(lines) == 1
+    assert rt.remove_image(img.ref) == [img.ref]
+    assert img.ref not in [r.name for r in rt.list_images()]
+    assert not rt.images.has_blob(img.layer_digests[1])  # gc took what only it used
+    with pytest.raises(KataError) as err:
+        rt.remove_image(img.ref)
+    assert err.value.reason == "image.not_found"
+
+
+def test_import_docker_save_archive(clean_runtime, tmp_path):
+    rt = clean_runtime
+    img = unique_image(f"kata.local/d{secrets.token_hex(3)}:v1")
+    records = rt.import_image(write_docker_archive(img, tmp_path / "docker.tar"))
+    assert [r.name for r in records] == [img.ref]
+    status, lines = output(rt, records[0].digest, "sh", "-c", "cat /etc/kata-test-*; echo; echo ok")
+    assert status == 0 and lines[-1] == b"ok"
+    rt.remove_image(img.ref)
+
+
+def test_import_rejects_garbage(clean_runtime, tmp_path):
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar")
+    with pytest.raises(KataError) as err:
+        clean_runtime.import_image(bad)
+    assert err.value.reason == "image.bad_archive"
+
+
+def test_import_then_pull_from_docker_registry_gives_the_same_digest(connect, tmp_path):
+    with docker_registry(tmp_path) as url:
+        host = url.removeprefix("http://")
+        ref = f"{host}/kata/busybox:1"
+        img = unique_image(ref)
+        push_image(url, "kata/busybox", "1", img)
+        rt = connect(config=RuntimeConfig(registries={host: RegistryConfig(plain_http=True)}))
+        imported = rt.import_image(write_oci_archive(img, tmp_path / "img.tar"))[0].digest
+        rt.remove_image(ref)
+        assert not rt.images.has_blob(img.digest)
+        assert rt.resolve_image(ref) == img.digest  # from the registry now
+        pulled = rt.pull_image(ref)
+        assert pulled.digest == imported == img.digest
+        assert rt.resolve_image(ref) == img.digest
+        status, lines = output(rt, pulled.digest, "sh", "-c", "cat /etc/kata-test-*")
+        assert status == 0 and len(lines) == 1
+        rt.remove_image(ref)
+
+
+def test_run_pulls_a_pinned_image_it_does_not_have(connect, tmp_path):
+    with docker_registry(tmp_path) as url:
+        host = url.removeprefix("http://")
+        img = unique_image(f"{host}/kata/lazy:1")
+        push_image(url, "kata/lazy", "1", img)
+        rt = connect()  # 127.0.0.1 registries speak plain http without config
+        status, _ = output(rt, f"{host}/kata/lazy@{img.digest}", "true")
+        assert status == 0
+        rt.remove_image(img.digest)
+        offline = connect(offline=True)
+        with pytest.raises(KataError) as err:
+            output(offline, f"{host}/kata/lazy@{img.digest}", "true")
+        assert err.value.reason == "image.not_found"
+        with pytest.raises(KataError) as err:
+            offline.resolve_image(f"{host}/kata/lazy:1")
+        assert err.value.reason == "image.not_found"
+
+
+def test_pull_multi_arch_index_with_bearer_auth(connect):
+    img = unique_image("x")
+    other = unique_image("y")
+    index = json.dumps({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other.digest,
+         "size": len(other.manifest), "platform": {"os": "linux", "architecture": "arm64"}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": img.digest,
+         "size": len(img.manifest), "platform": {"os": "linux", "architecture": "amd64"}},
+    ]}).encode()
+    manifests = {"multi": (MT_INDEX, index), img.digest: (
+        "application/vnd.oci.image.manifest.v1+json", img.manifest)}
+    with FakeRegistry(blobs=dict(img.blobs), manifests=manifests, bearer=True) as fake:
+        rt = connect()
+        ref = f"127.0.0.1:{fake.port}/kata/multi:multi"
+        rec = rt.pull_image(ref)
+        assert rec.digest == sha256(index)
+        assert any(p.startswith("/token") for p in fake.requests)
+        assert not any(other.digest in p for p in fake.requests)  # arm64 never fetched
+        status, lines = output(rt, rec.digest, "sh", "-c", "cat /etc/kata-test-*")
+        assert status == 0 and len(lines) == 1
+        rt.remove_image(ref)
+
+
+def test_mirror_is_tried_first(connect):
+    img = unique_image("m")
+    with FakeRegistry(blobs=dict(img.blobs), manifests={"1": (
+            "application/vnd.oci.image.manifest.v1+json", img.manifest)}) as mirror:
+        cfg = RuntimeConfig(registries={"registry.invalid": RegistryConfig(mirrors=(mirror.url,))})
+        rt = connect(config=cfg)
+        rec = rt.pull_image("registry.invalid/kata/m:1")
+        assert rec.digest == img.digest
+        rt.remove_image("registry.invalid/kata/m:1")
+
+
+def test_a_blob_with_the_wrong_digest_is_refused_and_nothing_stored(connect):
+    tag = secrets.token_hex(4)
+    img = make_image([files_layer({f"/a-{tag}": b"good"}), files_layer({f"/b-{tag}": b"bad"})], "bad")
+    good_layer, bad_layer = img.layer_digests
+    blobs = dict(img.blobs)
+    blobs[bad_layer] = blobs[bad_layer][:-10] + b"corrupted!"
+    with FakeRegistry(blobs=blobs, manifests={"1": (
+            "application/vnd.oci.image.manifest.v1+json", img.manifest)}) as fake:
+        rt = connect()
+        ref = f"127.0.0.1:{fake.port}/kata/bad:1"
+        with pytest.raises(KataError) as err:
+            rt.pull_image(ref)
+        assert err.value.reason == "image.digest_mismatch"
+        assert any(bad_layer in p for p in fake.requests)
+        assert ref not in [r.name for r in rt.list_images()]
+        # the good layer was written before the bad one arrived: the lease took it away
+        for digest in (img.digest, img.config_digest, good_layer, bad_layer):
+            assert not rt.images.has_blob(digest), digest
+
+
+def test_resolve_unknown_image_offline(connect):
+    rt = connect(offline=True)
+    with pytest.raises(KataError) as err:
+        rt.resolve_image("kata.local/nothing-here:1")
+    assert err.value.reason == "image.not_found"
+    with pytest.raises(KataError) as err:
+        rt.resolve_image("Not A Ref")
+    assert err.value.reason == "image.bad_reference"

@@ -1,0 +1,160 @@
+"""Pure parts of the containerd adapter: references, config, OCI spec, stubs, cleanup."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kata.errors import KataError
+from kata.runtimes.base import Mount, StepSpec
+from kata.runtimes.containerd.cleanup import Cleanup
+from kata.runtimes.containerd.client import owner_alive, owner_id
+from kata.runtimes.containerd.config import load_runtime_config
+from kata.runtimes.containerd.images import chain_ids, select_platform
+from kata.runtimes.containerd.reference import parse_reference
+from kata.runtimes.containerd.registry import docker_credentials
+from kata.runtimes.containerd.spec import build_spec
+
+D = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize("ref,name", [
+    ("busybox", "docker.io/library/busybox:latest"),
+    ("user/app:1.2", "docker.io/user/app:1.2"),
+    ("kata.local/busybox:latest", "kata.local/busybox:latest"),
+    ("127.0.0.1:5000/a/b:t", "127.0.0.1:5000/a/b:t"),
+    ("localhost/x", "localhost/x:latest"),
+    (f"node:20@{D}", f"docker.io/library/node@{D}"),
+])
+def test_references_normalise(ref, name):
+    assert parse_reference(ref).name == name
+
+
+@pytest.mark.parametrize("ref", ["", "Upper/case", "a b", "x@sha256:short", "x:", " busybox"])
+def test_bad_references(ref):
+    with pytest.raises(KataError) as err:
+        parse_reference(ref)
+    assert err.value.reason == "image.bad_reference"
+
+
+def test_config_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("offline: true\ncontainerd: {stop_grace: 1.5}\n"
+                   "registries:\n  docker.io: {mirrors: ['http://m:5000']}\n  r:5000: {plain_http: true}\n")
+    monkeypatch.setenv("KATA_CONFIG", str(cfg))
+    c = load_runtime_config()
+    assert c.offline and c.stop_grace == 1.5
+    assert c.registry("docker.io").mirrors == ("http://m:5000",)
+    assert c.registry("r:5000").plain_http and not c.registry("other").plain_http
+    cfg.write_text("registries: {x: {mirror: []}}\n")
+    with pytest.raises(KataError) as err:
+        load_runtime_config()
+    assert err.value.reason == "config.unknown_key"
+    monkeypatch.setenv("KATA_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(KataError) as err:
+        load_runtime_config()
+    assert err.value.reason == "config.not_found"
+
+
+def test_docker_credentials(tmp_path):
+    import base64
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"auths": {
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"u:p:w").decode()},
+        "reg.example:5000": {"username": "a", "password": "b"},
+    }}))
+    assert docker_credentials("docker.io", cfg) == ("u", "p:w")
+    assert docker_credentials("reg.example:5000", cfg) == ("a", "b")
+    assert docker_credentials("other", cfg) is None
+
+
+def test_spec_from_containerd_defaults():
+    step = StepSpec(image=D, argv=("sh", "-c", "true"), env={"A": "1"}, workdir="/w",
+                    user="10:20", network="none",
+                    mounts=(Mount(kind="bind", source="/tmp", target="/t", readonly=True),
+                            Mount(kind="tmpfs", target="/s")))
+    spec = build_spec(step, container_id="kata-x", image_env=("PATH=/bin", "A=0", "B=2"))
+    p = spec["process"]
+    assert p["args"] == ["sh", "-c", "true"] and p["cwd"] == "/w"
+    assert p["user"]["uid"] == 10 and p["user"]["gid"] == 20
+    assert p["env"] == ["PATH=/bin", "A=1", "B=2"]
+    assert p["noNewPrivileges"] is True and len(p["capabilities"]["bounding"]) == 14
+    assert {"type": "network"} in spec["linux"]["namespaces"]
+    assert spec["linux"]["cgroupsPath"] == "/kata/kata-x"
+    targets = [m["destination"] for m in spec["mounts"]]
+    assert targets[:7] == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/run"]
+    assert spec["mounts"][-2]["options"][:2] == ["rbind", "ro"]
+    host = build_spec(StepSpec(image=D, argv=("true",), network="host"), container_id="k",
+                      image_env=())
+    assert all(ns["type"] != "network" for ns in host["linux"]["namespaces"])
+
+
+@pytest.mark.parametrize("mount", [
+    Mount(kind="bind", source="relative", target="/x"),
+    Mount(kind="overlay", target="/x"),
+    Mount(kind="overlay", target="/x", lower=("/a:b",), upper="/u", work="/w"),
+    Mount(kind="overlay", target="/x", lower=("/a",), upper="/u"),
+    Mount(kind="tmpfs", target="relative"),
+])
+def test_bad_mounts(mount):
+    with pytest.raises(KataError) as err:
+        build_spec(StepSpec(image=D, argv=("true",), mounts=(mount,)), container_id="k", image_env=())
+    assert err.value.reason == "runtime.bad_mount"
+
+
+def test_chain_ids_and_platform():
+    a, b = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    import hashlib
+
+    assert chain_ids([a, b]) == [a, "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()]
+    index = {"manifests": [
+        {"digest": a, "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+        {"digest": b, "size": 2, "platform": {"os": "linux", "architecture": "amd64"}}]}
+    assert select_platform(index).digest == b
+    with pytest.raises(KataError) as err:
+        select_platform({"manifests": index["manifests"][:1]})
+    assert err.value.reason == "image.no_platform"
+
+
+def test_owner_labels():
+    me = owner_id()
+    assert owner_alive(me)
+    assert not owner_alive(me.replace("@", "@other-boot-"))
+    pid, _, rest = me.partition(".")
+    assert not owner_alive(f"{pid}.1@{rest.partition('@')[2]}")  # same pid, another start
+
+
+def test_cleanup_never_hides_the_first_error():
+    ran = []
+
+    def fail(msg):
+        def f():
+            ran.append(msg)
+            raise RuntimeError(msg)
+        return f
+
+    with pytest.raises(ValueError) as err:
+        with Cleanup() as c:
+            c.push("a", fail("a"))
+            c.push("b", fail("b"))
+            raise ValueError("first")
+    assert ran == ["b", "a"]
+    assert any("b" in n for n in err.value.__notes__)
+    with pytest.raises(RuntimeError, match="b"):
+        with Cleanup() as c:
+            c.push("a", fail("a2"))
+            c.push("b", fail("b"))
+
+
+def test_protogen_rewrites_imports(tmp_path):
+    from kata.runtimes.containerd import protogen
+
+    out = protogen.generate(tmp_path / "_api")
+    files = list(out.rglob("*_pb2*.py"))
+    assert len(files) >= 40
+    text = "\n".join(f.read_text() for f in files)
+    assert "from github" not in text and "import github" not in text
+    assert "from gogoproto" not in text
+    assert "from kata.runtimes.containerd._api.api.types import mount_pb2" in text
