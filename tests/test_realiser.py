@@ -254,3 +254,12 @@ def test_run_is_recorded_with_step_results(env):
     assert {s["cache"] for s in run["steps"]} == {"HIT"}
     assert run["steps"][0]["produced_by"] == first.run_id
     assert env.store.get_run(first.run_id)["commit"] == "abc"
+
+
+def test_a_hit_whose_objects_were_collected_is_a_miss(env):
+    env.write("src/a.txt", "hello\n")
+    first = env.run(DAG)
+    tree = first.steps["build"].outputs
+    os.unlink(env.store.objects.path(tree))  # what a gc on another host can leave behind
+    env.run(DAG)
+    assert "build" in env.runtime.started

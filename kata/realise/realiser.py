@@ -179,7 +179,16 @@ class Realiser:
         return ""
 
     def _lookup(self, key: str) -> Any:
-        return self.store.get_realisation(key)
+        """A realisation whose objects are all still here (gc on another host may have
+        collected them behind this host's index): else a miss."""
+        real = self.store.get_realisation(key)
+        if real is None:
+            return None
+        meta = real.meta if isinstance(real.meta, dict) else {}
+        needed = {real.outputs, *(meta.get("stack") or ())}
+        if all(self.store.has_blob(d) for d in needed):
+            return real
+        return None
 
     def plan(self) -> tuple[list[str], dict[str, Any]]:
         """The steps to realise (topological) and the derivation-hash hits among them.
