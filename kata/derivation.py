@@ -182,6 +182,8 @@ class Change:
 
     def __str__(self) -> str:
         what = f"{self.field} {self.name}".strip() if self.name else self.field
+        if self.field == "image" and self.kind == "changed" and None in (self.old, self.new):
+            return f"{what}: tag not resolved (no runtime), cannot compare image digests"
         if self.kind == "changed":
             return f"{what}: {_short(self.old)} -> {_short(self.new)}"
         return f"{what}: {self.kind}" + (f" ({_short(self.new if self.kind == 'added' else self.old)})"

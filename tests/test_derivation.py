@@ -271,15 +271,17 @@ def _shuffled(obj, rnd: random.Random):
 
 def _render(doc, rnd: random.Random) -> str:
     style = rnd.choice([None, '"', "'"])
+    width = rnd.choice([40, 80, 10**6])
     text = yaml.safe_dump(_shuffled(doc, rnd), sort_keys=False, allow_unicode=rnd.random() < 0.5,
                           default_flow_style=rnd.choice([False, True, None]), default_style=style,
-                          width=rnd.choice([40, 80, 10**6]))
+                          width=width)
     lines = text.splitlines()
     out = ["# generated"]
     for line in lines:
         out.append(line)
-        if rnd.random() < 0.2 and not line.rstrip().endswith(("\\", "'", '"', ",", "[", "{", ":")):
-            out.append("# a comment line")
+        # unwrapped output has one complete entry per line: a comment line between is safe
+        if width == 10**6 and rnd.random() < 0.3:
+            out.append(rnd.choice(["# a comment line", "   # indented comment", ""]))
     return "\n".join(out) + "\n"
 
 
