@@ -217,20 +217,22 @@ class Store:
                 raise StoreError("store.missing_object", f"{missing[0]} was collected while "
                                  f"realisation {key} was written; store it again", obj=missing[0])
         else:
-            raw = read_file(path) or raw
-        self.index.put_realisation(key, raw)
+            existing = read_file(path)
+            if existing is not None:
+                realisation = Realisation.decode(existing, what=f"realisation {key}")
+        self.index.put_realisation(key, realisation.index_encode())
 
     def get_realisation(self, key: str) -> Realisation | None:
         """Index first, then the files (a realisation written by another host is then indexed)."""
         raw = self.index.get_realisation(key)
         if raw is not None:
-            return Realisation.decode(raw, what=f"realisation {key}")
+            return Realisation.index_decode(raw)
         check_key(key)
         raw = read_file(self._realisation_path(key))
         if raw is None:
             return None
         real = Realisation.decode(raw, what=f"realisation {key}")
-        self.index.put_realisation(key, raw)
+        self.index.put_realisation(key, real.index_encode())
         return real
 
     def delete_realisation(self, key: str) -> bool:

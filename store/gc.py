@@ -80,10 +80,15 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
     roots = _roots(store, keep_runs)
     reals: dict[str, tuple[tuple[str, ...], float, str]] = {}
     unreadable: list[tuple[str, str, float]] = []
+    known = store.index.all_realisations()  # records are immutable: an indexed one need not be read
     for name, path, mtime in store.iter_realisations():
         try:
-            with open(path, "rb") as fh:
-                real = Realisation.decode(fh.read(), what=path)
+            raw = known.get(name)
+            if raw is not None:
+                real = Realisation.index_decode(raw)
+            else:
+                with open(path, "rb") as fh:
+                    real = Realisation.decode(fh.read(), what=path)
         except (StoreError, FileNotFoundError):
             unreadable.append((name, path, mtime))
             continue
@@ -154,7 +159,8 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
         store.index.drop_objects(gone)
         tmp_removed = _clean_tmp(store.tmp, now - max(grace, 60.0))
         doomed_objs = gone
-    kept = {d: s for d, (s, _) in objects.items() if d not in set(doomed_objs)}
+    doomed_set = set(doomed_objs)
+    kept = {d: s for d, (s, _) in objects.items() if d not in doomed_set}
     return GcReport(dry_run=dry_run, deleted_realisations=tuple(doomed_reals),
                     deleted_objects=tuple(doomed_objs), freed_bytes=freed,
                     kept_objects=len(kept), kept_bytes=sum(kept.values()),

@@ -89,6 +89,15 @@ class LmdbIndex:
                 self.env.set_mapsize(0)
         raise StoreError("store.index_full", "the index could not grow", obj=self.path)
 
+    def get(self, db: str, key: bytes) -> bytes | None:
+        """One lookup (the hot path: no closure, no retry loop unless the map moved)."""
+        try:
+            with self.env.begin(db=self.db[db]) as txn:
+                return txn.get(key)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.read(lambda t: t.get(key, db=self.db[db]))
+
     def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         for _ in range(4):
             try:
@@ -101,7 +110,7 @@ class LmdbIndex:
     # ------------------------------------------------------------ realisations
 
     def get_realisation(self, key: str) -> bytes | None:
-        return self.read(lambda t: t.get(key.encode(), db=self.db["real"]))
+        return self.get("real", key.encode())
 
     def put_realisation(self, key: str, raw: bytes) -> None:
         self.write(lambda t: t.put(key.encode(), raw, db=self.db["real"]))
@@ -111,6 +120,9 @@ class LmdbIndex:
             for key in keys:
                 t.delete(key.encode(), db=self.db["real"])
         self.write(fn)
+
+    def all_realisations(self) -> dict[str, bytes]:
+        return self.read(lambda t: {k.decode(): bytes(v) for k, v in t.cursor(db=self.db["real"])})
 
     def realisation_keys(self) -> list[str]:
         return self.read(lambda t: [k.decode() for k in t.cursor(db=self.db["real"]).iternext(values=False)])

@@ -65,6 +65,19 @@ class Realisation:
         data["format"] = FORMAT
         return msgpack.packb(data, use_bin_type=True)
 
+    def index_encode(self) -> bytes:
+        """The compact positional form the host-local index keeps (not a file format)."""
+        return msgpack.packb([getattr(self, f) for f in _FIELDS], use_bin_type=True)
+
+    @classmethod
+    def index_decode(cls, raw: bytes) -> "Realisation":
+        """Decode the index's form. It was validated before it was indexed, so it is not
+        re-validated: this is the hot path of a fully cached run."""
+        obj = _new(cls)
+        for setter, value in zip(_SETTERS, msgpack.unpackb(raw, raw=False)):
+            setter(obj, value)
+        return obj
+
     @classmethod
     def decode(cls, raw: bytes, *, what: str = "realisation") -> "Realisation":
         try:
@@ -75,3 +88,8 @@ class Realisation:
         except (ValueError, TypeError, msgpack.UnpackException, StoreError) as err:
             raise StoreError("store.corrupt_record", f"{what} is unreadable ({err})",
                              obj=what) from err
+
+
+_FIELDS = ("outputs", "log", "exit_status", "duration", "host", "created", "meta")
+_SETTERS = tuple(getattr(Realisation, f).__set__ for f in _FIELDS)
+_new = object.__new__

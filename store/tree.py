@@ -173,34 +173,69 @@ def _read_small(path: bytes) -> bytes:
         os.close(fd)
 
 
+def _read_batch(batch: list[_Entry]) -> bytes:
+    """Records (headers and contents) of consecutive small entries, as one buffer."""
+    parts: list[bytes] = []
+    for entry in batch:
+        path = b"/".join(entry.key)
+        if entry.kind == "d":
+            parts.append(_record("d", path, 0))
+        elif entry.kind == "l":
+            parts.append(_record("l", path, entry.target))
+        else:
+            try:
+                data = _read_small(entry.abspath)
+            except OSError as err:
+                raise StoreError("store.tree.unreadable", f"cannot read {os.fsdecode(path)}: {err}",
+                                 obj=os.fsdecode(path)) from err
+            parts.append(_record(entry.kind, path, len(data)))
+            parts.append(data)
+    return b"".join(parts)
+
+
+def _batches(entries: list[_Entry]) -> Iterator[list[_Entry] | _Entry]:
+    """Group small entries into ~1 MiB batches; a big file is its own item."""
+    batch: list[_Entry] = []
+    size = 0
+    for entry in entries:
+        if entry.kind in "fx" and entry.size > SMALL_FILE:
+            if batch:
+                yield batch
+                batch, size = [], 0
+            yield entry
+            continue
+        batch.append(entry)
+        size += entry.size + 64
+        if size >= CHUNK or len(batch) >= 512:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def stream(entries: list[_Entry], *, workers: int = 4) -> Iterator[bytes]:
-    """The canonical archive of ``entries`` as chunks; small files are read ahead in threads."""
+    """The canonical archive of ``entries`` as chunks; small files are read ahead in threads
+    (a bounded window of ~1 MiB batches, so memory stays bounded)."""
     yield MAGIC
-    window = 256
+    window = 16
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[tuple[_Entry, Future[bytes] | None]] = deque()
-        it = iter(entries)
+        pending: deque[Future[bytes] | _Entry] = deque()
+        it = _batches(entries)
 
         def refill() -> None:
             while len(pending) < window:
-                entry = next(it, None)
-                if entry is None:
+                item = next(it, None)
+                if item is None:
                     return
-                fut = None
-                if entry.kind in "fx" and entry.size <= SMALL_FILE:
-                    fut = pool.submit(_read_small, entry.abspath)
-                pending.append((entry, fut))
+                pending.append(pool.submit(_read_batch, item) if isinstance(item, list) else item)
 
         refill()
         while pending:
-            entry, fut = pending.popleft()
-            path = b"/".join(entry.key)
-            if entry.kind == "d":
-                yield _record("d", path, 0)
-            elif entry.kind == "l":
-                yield _record("l", path, entry.target)
+            item = pending.popleft()
+            if isinstance(item, _Entry):
+                yield from _file_record(item, b"/".join(item.key), None)
             else:
-                yield from _file_record(entry, path, fut)
+                yield item.result()
             refill()
     yield END_RECORD
 

@@ -84,8 +84,10 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
     if reindex:
         import msgpack
         store.index.clear("real", "objs", "runs")
-        store.index.bulk("real", ((k.encode(), v) for k, v in records.items()))
-        store.index.note_objects({d: s for d, s in sizes.items() if d not in bad})
+        store.index.bulk("real", ((k.encode(), Realisation.decode(v).index_encode())
+                                   for k, v in records.items()))
+        store.index.note_objects({d: s for d, s in sizes.items() if d not in bad}, when=0.0)
+        # (last use unknown: 0, so gc goes by the files' mtimes)
         runs = []
         for run in store.iter_runs():
             if isinstance(run.get("id"), str):
