@@ -79,8 +79,19 @@ def test_import_docker_save_archive(clean_runtime, tmp_path):
 
 
 def test_import_rejects_garbage(clean_runtime, tmp_path):
+    import io
+    import tarfile
+
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"not a tar")
+    with pytest.raises(KataError) as err:
+        clean_runtime.import_image(bad)
+    assert err.value.reason == "image.bad_archive"
+    with tarfile.open(bad, "w") as tar:
+        data = b'[{"Config": "missing.json", "Layers": []}]'
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
     with pytest.raises(KataError) as err:
         clean_runtime.import_image(bad)
     assert err.value.reason == "image.bad_archive"

@@ -4,6 +4,7 @@
     runtime            session: a ContainerdRuntime on it with the busybox image imported
     busybox_digest     session: manifest digest of kata.local/busybox:latest in it
     clean_runtime      function: `runtime`, asserted to hold no leftovers afterwards
+    debian_digest      session: a Debian minbase image (slow the first time: mmdebstrap)
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from .daemon import embedded_containerd
 from .images import busybox_image, write_oci_archive
 
 
 @pytest.fixture(scope="session")
 def containerd_daemon():
+    from .daemon import embedded_containerd  # grpc only for tests that use a daemon
+
     with embedded_containerd() as paths:
         yield paths
 
@@ -53,3 +55,12 @@ def clean_runtime(runtime):
     """The session runtime, checked to hold nothing but images after the test."""
     yield runtime
     assert_clean(runtime)
+
+
+@pytest.fixture(scope="session")
+def debian_digest(runtime) -> str:
+    """A Debian bookworm minbase image (mmdebstrap, cached under /var/cache/kata-test)."""
+    from .images import DEBIAN_REF, debian_image_archive
+
+    runtime.import_image(debian_image_archive())
+    return runtime.resolve_image(DEBIAN_REF)

@@ -206,13 +206,21 @@ def write_docker_archive(img: OciImage, dest: Path) -> Path:
 
 def debian_image_archive(suite: str = "bookworm") -> Path:
     """A Debian minbase rootfs (mmdebstrap) as an OCI archive, cached: it is slow to make."""
+    import fcntl
+
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     archive = CACHE_DIR / f"debian-{suite}.oci.tar"
-    if archive.exists():
-        return archive
+    with open(CACHE_DIR / f"debian-{suite}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one maker at a time (xdist workers)
+        if not archive.exists():
+            _make_debian_archive(suite, archive)
+    return archive
+
+
+def _make_debian_archive(suite: str, archive: Path) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RuntimeError("mmdebstrap is missing: apt install mmdebstrap")
-    rootfs_tar = CACHE_DIR / f"debian-{suite}.rootfs.tar.partial"
+    rootfs_tar = archive.parent / f"debian-{suite}.rootfs.partial.tar"  # mmdebstrap: .tar = a tarball
     subprocess.run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", suite,
                     str(rootfs_tar)], check=True)
     img = make_image([rootfs_tar.read_bytes()], DEBIAN_REF)
@@ -220,4 +228,3 @@ def debian_image_archive(suite: str = "bookworm") -> Path:
     tmp = archive.with_suffix(".partial")
     write_oci_archive(img, tmp)
     tmp.rename(archive)
-    return archive

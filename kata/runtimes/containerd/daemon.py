@@ -134,15 +134,15 @@ def read_pid(paths: DaemonPaths) -> int | None:
 
 def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:
     """Start the embedded containerd unless it is already answering; return its socket."""
-    if read_pid(paths) is not None and socket_answers(paths.socket):
-        return paths.address
+    if socket_answers(paths.socket):
+        return paths.address  # running (even if its pid file went missing)
     binary = _check_host()
     for d in (paths.root, paths.state, paths.pidfile.parent, paths.socket.parent,
               paths.config.parent, paths.log.parent):
         d.mkdir(parents=True, exist_ok=True, mode=0o711)
     with open(paths.lockfile, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another kata may be starting it right now
-        if read_pid(paths) is not None and socket_answers(paths.socket):
+        if socket_answers(paths.socket):
             return paths.address
         paths.config.write_text(_config_text(paths))
         try:

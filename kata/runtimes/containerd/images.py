@@ -453,16 +453,25 @@ class ImageStore:
             raise KataError("image.bad_archive", f"cannot read image archive {path}: {err}",
                             obj=str(path), exit_code=1) from None
         with tar:
-            members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
-            with self.client.lease("import", sync_delete=False) as lease:
-                if "index.json" in members:
-                    stored = self._import_oci(tar, members, lease, name)
-                elif "manifest.json" in members:
-                    stored = self._import_docker(tar, members, lease, name)
-                else:
-                    raise KataError("image.bad_archive",
-                                    f"{path} is neither an OCI layout nor a docker-save archive",
-                                    obj=str(path), exit_code=1)
+            try:
+                members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+            except (OSError, tarfile.TarError) as err:
+                raise KataError("image.bad_archive", f"cannot read image archive {path}: {err}",
+                                obj=str(path), exit_code=1) from None
+            # a failed import leaves nothing: the lease's content goes with it
+            with self.client.lease("import", sync_delete=True) as lease:
+                try:
+                    if "index.json" in members:
+                        stored = self._import_oci(tar, members, lease, name)
+                    elif "manifest.json" in members:
+                        stored = self._import_docker(tar, members, lease, name)
+                    else:
+                        raise KataError("image.bad_archive", f"{path} is neither an OCI layout "
+                                        "nor a docker-save archive", obj=str(path), exit_code=1)
+                except (KeyError, TypeError, ValueError, AttributeError, tarfile.TarError) as err:
+                    raise KataError("image.bad_archive", f"{path}: malformed image archive "
+                                    f"({type(err).__name__}: {err})", obj=str(path),
+                                    exit_code=1) from None
         if not stored:
             raise KataError("image.bad_archive", f"{path} names no image", obj=str(path),
                             exit_code=1)

@@ -20,6 +20,7 @@ from .client import (
 from .config import RuntimeConfig, load_runtime_config
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore
+from .network import CniNetwork
 from .reference import is_digest, parse_reference
 from .task import StepRun, TaskOptions
 
@@ -44,6 +45,7 @@ class ContainerdRuntime:
         self.fifo_root = fifo_root
         self.mount_roots = mount_roots  # where containerd mounts things (leak checks)
         self.images = ImageStore(client)
+        self.network = CniNetwork(state_dir=fifo_root.parent / "cni")
         self._registry: RegistryClient | None = None
         self._lock = threading.Lock()
 
@@ -127,7 +129,8 @@ class ContainerdRuntime:
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
         image = self.images.run_image(self._ensure_image(spec.image))
-        options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace)
+        options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
+                              network=self.network)
         return StepRun(self.client, options, spec, image, sink, cancel).execute()
 
     def _ensure_image(self, image: str) -> str:
@@ -190,7 +193,8 @@ class ContainerdRuntime:
         everything=True also takes what live owners hold (only for `kata daemon` tooling).
         """
         c = self.client
-        counts = {"tasks": 0, "containers": 0, "snapshots": 0, "leases": 0, "fifos": 0}
+        counts = {"tasks": 0, "containers": 0, "snapshots": 0, "leases": 0, "fifos": 0,
+                  "netns": 0}
 
         def dead(labels) -> bool:  # noqa: ANN001
             owner = labels.get(OWNER_LABEL)
@@ -228,6 +232,10 @@ class ContainerdRuntime:
                     c.call(c.leases.Delete, leases_pb2.DeleteRequest(id=lease.id, sync=False),
                            f"delete lease {lease.id}")
                     counts["leases"] += 1
+            try:  # after the tasks: a netns is torn down once nothing runs in it
+                counts["netns"] = self.network.sweep(everything)
+            except KataError as err:
+                cleanup.push("sweep networks", _raiser(err))
             if self.fifo_root.is_dir():
                 for d in self.fifo_root.iterdir():
                     if everything or not owner_alive(d.name):
@@ -277,6 +285,7 @@ class ContainerdRuntime:
             "leases": [x.id for x in c.call(c.leases.List, leases_pb2.ListRequest(),
                                             "list leases").leases],
             "mounts": mounts,
+            "netns": self.network.leftovers(),
             "fifos": sorted(str(p) for p in self.fifo_root.glob("*/*")) if self.fifo_root.is_dir() else [],
         }
 

@@ -133,6 +133,9 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                                "options": ["rbind", "ro"]})
     elif netns:
         namespaces.append({"type": "network", "path": netns})
+        if os.path.exists("/etc/resolv.conf"):  # the host's resolvers, reached through NAT
+            mounts.append({"destination": "/etc/resolv.conf", "type": "bind",
+                           "source": "/etc/resolv.conf", "options": ["rbind", "ro"]})
     else:
         namespaces.append({"type": "network"})  # a fresh one: loopback only
     mounts += [oci_mount(m) for m in step.mounts]

@@ -28,18 +28,20 @@ from ..base import CANCEL_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
+from .network import CniNetwork
 from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
 
 log = logging.getLogger("kata.runtime")
 RUNTIME_NAME = "io.containerd.runc.v2"
 READ_SIZE = 1 << 16
+MAX_LINE = 1 << 20  # a longer line is delivered in pieces of about this size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskOptions:
     fifo_root: Path  # FIFOs live under fifo_root/<owner>/<container id>/
     stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
-    netns: str | None = None  # a network namespace path for network "default" (CNI)
+    network: CniNetwork | None = None  # network "default"; None: a bare netns like "none"
 
 
 class _Reader(threading.Thread):
@@ -73,6 +75,9 @@ class _Reader(threading.Thread):
                 break
             if b"\n" not in chunk:
                 pending += chunk
+                if len(pending) >= MAX_LINE:  # no newline in sight: hand it over in pieces
+                    self._deliver(pending)
+                    pending = b""
                 continue
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
@@ -104,10 +109,16 @@ class StepRun:
         c, cid = self.c, self.id
         step = self.step
         workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
-        spec = build_spec(step if workdir == step.workdir else _with_workdir(step, workdir),
-                          container_id=cid, image_env=self.image.env, netns=self.options.netns)
+        step = step if workdir == step.workdir else _with_workdir(step, workdir)
+        build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
         with Cleanup() as cleanup:
             lease = self._lease(cleanup)
+            netns = None
+            network = self.options.network
+            if step.network == "default" and network is not None:
+                cleanup.push("tear down network", lambda: network.teardown(cid))
+                netns = network.setup(cid, c.owner)
+            spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns)
             mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
                 snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
                 labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
@@ -127,8 +138,16 @@ class StepRun:
                 c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
                     container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
                     "create task", lease=lease)
-            except BaseException:
+            except ContainerdError as err:
                 self.task_gone = True  # the shim cleans up a task it failed to create
+                detail = err.message.rpartition("unable to start container process: ")[2]
+                if detail == err.message:
+                    raise
+                raise KataError("runtime.start_failed",
+                                f"the step could not start: {detail.removesuffix(' (unknown)')}"
+                                .removesuffix(": unknown"), obj=cid, exit_code=1) from None
+            except BaseException:
+                self.task_gone = True
                 raise
             for fd, stream in zip(fds, ("stdout", "stderr")):
                 os.set_blocking(fd, True)

@@ -1,0 +1,122 @@
+"""Network mode "default": a fresh network namespace on a CNI bridge with NAT.
+
+Debian's containernetworking-plugins (/usr/lib/cni): ``bridge`` (kata0, gateway,
+ipMasq) with ``host-local`` IPAM, run on a named netns (/run/netns/kata-…) that
+the step's container joins. Each netns has an owner record so a sweep can tear
+down (CNI DEL, netns delete) what a killed kata left.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata.errors import KataError
+
+from .client import owner_alive
+
+CNI_PATH = "/usr/lib/cni"
+NETNS_DIR = Path("/run/netns")
+BRIDGE = "kata0"
+SUBNET = "10.89.0.0/16"
+# one bridge and one address pool per host, whichever containerd runs the step
+HOST_DIR = Path("/run/kata/cni")
+_LOCK = threading.Lock()  # the bridge plugin races with itself creating kata0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CniNetwork:
+    state_dir: Path  # owner records of this runtime's namespaces
+    subnet: str = SUBNET
+    bridge: str = BRIDGE
+
+    @property
+    def records(self) -> Path:
+        return self.state_dir / "netns"
+
+    def _config(self) -> bytes:
+        return json.dumps({
+            "cniVersion": "1.0.0", "name": "kata", "type": "bridge", "bridge": self.bridge,
+            "isGateway": True, "ipMasq": True, "hairpinMode": True,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(HOST_DIR / "ipam")},
+        }).encode()
+
+    def _plugin(self, command: str, name: str) -> dict:
+        plugin = Path(CNI_PATH) / "bridge"
+        if not plugin.exists():
+            raise KataError("runtime.cni_missing", "network 'default' needs the CNI plugins: "
+                            "apt install containernetworking-plugins", exit_code=1)
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": name, "CNI_NETNS": str(NETNS_DIR / name),
+               "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH, "PATH": os.environ.get("PATH", "")}
+        HOST_DIR.mkdir(parents=True, exist_ok=True)
+        with _LOCK, open(HOST_DIR / "cni.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            proc = subprocess.run([str(plugin)], input=self._config(), env=env,
+                                  capture_output=True, timeout=60)
+        if proc.returncode != 0:
+            raise KataError("runtime.network_failed",
+                            f"CNI {command} for {name} failed: "
+                            f"{(proc.stdout or proc.stderr).decode(errors='replace').strip()}",
+                            obj=name, exit_code=1)
+        return json.loads(proc.stdout or b"{}")
+
+    def setup(self, name: str, owner: str) -> str:
+        """Create netns ``name`` on the bridge; return its path. Call teardown after."""
+        if shutil.which("ip") is None:
+            raise KataError("runtime.network_failed", "network 'default' needs iproute2: "
+                            "apt install iproute2", exit_code=1)
+        self.records.mkdir(parents=True, exist_ok=True)
+        (self.records / name).write_text(owner)
+        _ip("netns", "add", name)
+        self._plugin("ADD", name)
+        return str(NETNS_DIR / name)
+
+    def teardown(self, name: str) -> None:
+        """Release the address and the veth, delete the netns and its record; idempotent."""
+        first: KataError | None = None
+        if (NETNS_DIR / name).exists():
+            try:
+                self._plugin("DEL", name)
+            except KataError as err:
+                first = err
+            try:
+                _ip("netns", "delete", name)
+            except KataError as err:
+                first = first or err
+        if first is not None:
+            raise first
+        try:
+            (self.records / name).unlink()
+        except FileNotFoundError:
+            pass
+
+    def sweep(self, everything: bool = False) -> int:
+        if not self.records.is_dir():
+            return 0
+        n = 0
+        for record in self.records.iterdir():
+            try:
+                owner = record.read_text().strip()
+            except OSError:
+                continue
+            if everything or not owner_alive(owner):
+                self.teardown(record.name)
+                n += 1
+        return n
+
+    def leftovers(self) -> list[str]:
+        return sorted(p.name for p in self.records.iterdir()) if self.records.is_dir() else []
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise KataError("runtime.network_failed", f"ip {' '.join(args)}: {proc.stderr.strip()}",
+                        exit_code=1)
