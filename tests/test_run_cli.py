@@ -100,3 +100,27 @@ def test_logs_and_why(kata):
     (kata.repo / "src/a.txt").write_text("hello again\n")
     why = kata("why", "//build")
     assert "src/a.txt" in why.stdout
+
+
+def test_ctrl_c_cancels_cleanly(kata, containerd_daemon, runtime, tmp_path):
+    import signal
+    import time
+
+    write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60"))],
+                   name="cli")
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd",
+                             containerd_daemon.address, "run"], cwd=kata.repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("nap | napping"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "[FAIL] nap (cancelled (interrupted)" in out
+    assert "Traceback" not in err
+    left = runtime.leftovers()
+    assert left == {k: [] for k in left}, left
+    assert kata("run", "--dry-run").returncode == 0
