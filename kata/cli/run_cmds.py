@@ -58,6 +58,43 @@ class LazyRuntime:
             self._rt.close()
 
 
+def git_head(root: Path) -> tuple[str, str]:
+    """(commit, branch) of the repository holding ``root``, read from .git without forking
+    git (a cached run should not pay for two processes); git itself when the layout is
+    unusual; ("", "") outside a repository."""
+    try:
+        for top in (root, *root.parents):
+            dotgit = top / ".git"
+            if dotgit.is_file():  # a worktree or submodule: "gitdir: <path>"
+                gitdir = Path(dotgit.read_text().split(":", 1)[1].strip())
+                gitdir = gitdir if gitdir.is_absolute() else top / gitdir
+                common = gitdir / "commondir"
+                refs = (gitdir / common.read_text().strip()) if common.exists() else gitdir
+                break
+            if dotgit.is_dir():
+                gitdir = refs = dotgit
+                break
+        else:
+            return "", ""
+        head = (gitdir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head, "HEAD"
+        ref = head[5:]
+        branch = ref.removeprefix("refs/heads/")
+        loose = refs / ref
+        if loose.exists():
+            return loose.read_text().strip(), branch
+        packed = refs / "packed-refs"
+        if packed.exists():
+            for line in packed.read_text().splitlines():
+                sha, _, name = line.partition(" ")
+                if name == ref:
+                    return sha, branch
+        return "", branch  # a branch with no commit yet
+    except (OSError, IndexError, UnicodeDecodeError):
+        return _git(root, "rev-parse", "HEAD"), _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+
+
 def _git(root: Path, *args: str) -> str:
     try:
         proc = subprocess.run(["git", *args], cwd=root, stdout=subprocess.PIPE,
@@ -140,7 +177,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
                                 obj=unknown[0])
             targets = steps
         settings = pipeline.settings
-        branch = _git(repo_root, "rev-parse", "--abbrev-ref", "HEAD")
+        commit, branch = git_head(repo_root)
         options = RealiseOptions(
             targets=targets,
             use_cache=settings.cache_enabled and not no_cache,
@@ -152,7 +189,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             secrets=_secrets(pipeline, secrets),
             repo_root=repo_root,
             work_root=Path(store.state_dir) / "work",
-            git_commit=_git(repo_root, "rev-parse", "HEAD"),
+            git_commit=commit,
             git_branch=branch,
             skip=_skips(pipeline, branch),
         )
