@@ -5,8 +5,8 @@
 Starts a private embedded containerd under /tmp with the busybox image, then:
 1. a fully cached re-run (`kata run`, a real process) of a generated 1,000-step pipeline
    (10 levels) vs `kata validate` of the same file (target <= 2x), and 10,000 vs 1,000
-   steps (target <= 12x). The cache is filled beforehand in-process with a no-op runtime
-   (running 11,000 containers is not what this measures);
+   steps (target <= 12x). The realisations are written beforehand (running 11,000
+   containers is not what this measures). Both commands run with bytecode caching on.
 2. 8 independent `sleep 1` steps with max_parallel 8 vs the ideal 1 s (target <= 1.5x);
 3. a 20-step chain of `true` with --no-cache vs 20 x `ctr run --rm` (target <= 1.0x);
 4. passing a many-file artifact to 5 dependents (real containers) vs 5 x `cp -a` of the
@@ -35,21 +35,12 @@ import yaml  # noqa: E402
 
 from kata.compile import compile_pipeline  # noqa: E402
 from kata.loader import load_pipeline  # noqa: E402
-from kata.realise.realiser import Realiser, RealiseOptions  # noqa: E402
 from kata.runtimes.containerd import ContainerdRuntime  # noqa: E402
 from store import Realisation, Store  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
 from support.images import BUSYBOX_REF, busybox_image, write_oci_archive  # noqa: E402
 
 QUICK = "--quick" in sys.argv
-
-
-class NoopRuntime:
-    def resolve_image(self, ref: str) -> str:
-        raise AssertionError("not used")
-
-    def run(self, spec, sink, cancel) -> int:  # noqa: ANN001
-        return 0
 
 
 def write(repo: Path, steps: list[dict], settings: dict | None = None, name: str = "bench") -> Path:
@@ -79,7 +70,9 @@ def layered(n: int, levels: int = 10) -> list[dict]:
 class Kata:
     def __init__(self, address: str, store: Path) -> None:
         self.address = address
-        self.env = {**os.environ, "KATA_STORE": str(store), "PYTHONPATH": str(ROOT)}
+        self.env = {**os.environ, "KATA_STORE": str(store), "PYTHONPATH": str(ROOT),
+                    "PYTHONPYCACHEPREFIX": str(store.parent / "pycache")}
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed kata has its .pyc files
 
     def __call__(self, repo: Path, *args: str, check: bool = True) -> tuple[float, str]:
         t = time.perf_counter()
@@ -97,15 +90,21 @@ def best(fn, n: int = 3) -> float:
 
 
 def fill_cache(repo: Path, store_dir: Path, digest: str) -> None:
+    """Record every step as realised (empty output), as the realiser would after a run.
+
+    Written directly rather than by running the steps: what is measured is the re-run.
+    """
     pipeline = load_pipeline(repo / ".kata-ci.yaml")
     with Store.open(store_dir) as store:
         graph = compile_pipeline(pipeline, resolver=lambda ref: digest, repo_root=repo,
                                  stat_cache=store.stat_cache)
-        opts = RealiseOptions(repo_root=repo, work_root=Path(store.state_dir) / "work",
-                              max_parallel=2)
-        result = Realiser(graph, store=store, runtime=NoopRuntime(), emit=lambda e: None,
-                          options=opts).run()
-        assert result.ok
+        empty = Path(tempfile.mkdtemp())
+        tree = store.put_tree(empty)
+        empty.rmdir()
+        log = store.put_blob(b"")
+        real = Realisation(outputs=tree, log=log, meta={"stack": [], "objects": []})
+        for name in graph.order:
+            store.put_realisation(graph.nodes[name].drv_hash, real)
 
 
 def bench_cached(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
@@ -115,7 +114,7 @@ def bench_cached(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
         repo = write(tmp / f"gen{n}", layered(n))
         t = time.perf_counter()
         fill_cache(repo, store_dir, digest)
-        print(f"   {n:>6} steps: cache filled in {time.perf_counter() - t:.1f}s (no-op runtime)")
+        print(f"   {n:>6} steps: realisations written in {time.perf_counter() - t:.1f}s")
         kata(repo, "run")  # warm: stat cache, page cache
         validate = best(lambda: kata(repo, "validate")[0])
         cached = best(lambda: kata(repo, "run")[0])

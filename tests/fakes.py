@@ -76,7 +76,11 @@ class FakeRuntime:
             return behaviour.exit_status
         (mount,) = [m for m in spec.mounts if m.target == spec.workdir]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.env}
-        proc = subprocess.Popen(list(spec.argv), cwd=mount.source, env=env,
+        argv = list(spec.argv)
+        for other in spec.mounts:  # other bind mounts: point the script at their host paths
+            if other is not mount and other.kind == "bind":
+                argv = [a.replace(other.target, other.source) for a in argv]
+        proc = subprocess.Popen(argv, cwd=mount.source, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         for raw in proc.stdout:

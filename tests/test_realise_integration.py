@@ -197,3 +197,11 @@ def test_sigkill_mid_run_then_next_run_succeeds_and_store_verifies(tmp_path, con
         assert not work.exists() or list(work.iterdir()) == []
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
+
+
+def test_secrets_reach_the_step_as_env_and_are_masked(env):
+    steps = [FakeStep("deploy", commands=('test "$TOKEN" = "s3cr3t value"', "echo using $TOKEN"),
+                      inputs=("none",), secrets=("TOKEN",))]
+    result = env.run(steps, secrets={"TOKEN": "s3cr3t value"})
+    assert result.ok, env.events
+    assert env.output("deploy") == ["using ***"]

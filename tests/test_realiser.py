@@ -241,8 +241,14 @@ def test_fail_fast_cancels_a_running_sibling(env):
 def test_secrets_are_masked_in_output_and_log(env):
     steps = [FakeStep("s", commands=("echo token=$TOKEN",), inputs=("none",), secrets=("TOKEN",))]
     result = env.run(steps, secrets={"TOKEN": "hunter2"})
+    assert result.ok, env.events
     assert "token=***" in [e.text for e in env.of(ev.OutputLine)]
     assert b"hunter2" not in env.store.read_blob(result.steps["s"].log)
+    spec = env.runtime.specs["s"]
+    assert "hunter2" not in repr(spec)  # containerd writes the spec to disk: never a value
+    missing = env.run([FakeStep("m", commands=("true",), inputs=("none",), secrets=("NOPE",))])
+    assert [e.reason for e in env.of(ev.StepFailed)] == ["secret.missing"]
+    assert missing.exit_code == 1
 
 
 def test_run_is_recorded_with_step_results(env):

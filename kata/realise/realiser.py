@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import time
@@ -29,10 +30,13 @@ from typing import Any
 from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise.scheduler import Cancel, schedule
-from kata.realise.workspace import Workspace, sweep_dead_runs
+from kata.realise.workspace import (
+    SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
+)
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, Runtime, StepSpec
 from store import StoreError
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 
 
@@ -559,20 +563,39 @@ class Realiser:
     def _run_container(self, name: str, node: Any, workdir: Path, cancel: Cancel,
                        log: Any, log_lock: threading.Lock) -> int:
         step = node.step
-        env = dict(self.options.env)
-        env.update(dict(step.env))
+        values: dict[str, str] = {}
         for secret in step.secrets:
             if secret not in self.options.secrets:
                 raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
                                 f"set ${secret} or pass --secret {secret}=...", obj=name)
-            env[secret] = self.options.secrets[secret]
+            if not _ENV_NAME.fullmatch(secret):
+                raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
+                                "environment variable name", obj=name)
+            values[secret] = self.options.secrets[secret]
+        if not values:
+            return self._start(name, node, workdir, None, cancel, log, log_lock)
+        with SecretsDir(self._run_dir, values) as secrets_dir:
+            return self._start(name, node, workdir, secrets_dir.path, cancel, log, log_lock)
+
+    def _start(self, name: str, node: Any, workdir: Path, secrets_dir: Path | None,
+               cancel: Cancel, log: Any, log_lock: threading.Lock) -> int:
+        step = node.step
+        env = dict(self.options.env)
+        env.update(dict(step.env))
+        mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
+        script = _shell_script(step.commands)
+        if secrets_dir is not None:
+            # values reach the step through files, never through the spec containerd stores
+            mounts.append(Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
+                                readonly=True))
+            script = SECRETS_PRELUDE + script
         timeout = step.timeout.seconds if step.timeout is not None else None
         spec = StepSpec(
             image=image_of(node),
-            argv=("/bin/sh", "-c", _shell_script(step.commands)),
+            argv=("/bin/sh", "-c", script),
             env=env,
             workdir=step.workdir,
-            mounts=(Mount(kind="bind", target=step.workdir, source=str(workdir)),),
+            mounts=tuple(mounts),
             network=step.network,  # type: ignore[arg-type]
             timeout=timeout,
             labels={"kata.run": self.run_id, "kata.step": name},

@@ -142,3 +142,53 @@ def sweep_dead_runs(work_root: Path) -> None:
             if merged.is_dir():
                 _umount(str(merged))
         remove_tree(run)
+
+
+class SecretsDir:
+    """Secret values as files on a private tmpfs, bind-mounted read-only into the step.
+
+    containerd writes a container's spec (env included) to disk, so values never go in
+    the spec: the step's shell exports them from these files (``SECRETS_PRELUDE``).
+    """
+
+    def __init__(self, parent: Path, values: dict[str, str]) -> None:
+        self.path = parent / f"secrets-{uuid.uuid4().hex[:12]}"
+        self.path.mkdir(mode=0o700)
+        self._mounted = False
+        try:
+            rc = _libc.mount(b"tmpfs", str(self.path).encode(), b"tmpfs", 0,
+                             b"mode=0700,size=4m")
+            if rc != 0:
+                err = ctypes.get_errno()
+                raise KataError("workspace.mount_failed",
+                                f"cannot mount a tmpfs for secrets: {os.strerror(err)}",
+                                exit_code=1)
+            self._mounted = True
+            for name, value in values.items():
+                fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+                with os.fdopen(fd, "w") as f:
+                    f.write(value)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._mounted:
+            _umount(str(self.path))
+            self._mounted = False
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "SecretsDir":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+SECRETS_TARGET = "/run/kata/secrets"
+SECRETS_PRELUDE = (
+    f'for f in {SECRETS_TARGET}/*; do [ -f "$f" ] && export "${{f##*/}}=$(cat "$f")"; done\n'
+)
