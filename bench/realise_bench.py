@@ -129,7 +129,8 @@ def bench_cached(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
 
 def bench_parallel(kata: Kata, tmp: Path) -> None:
     print("2. 8 independent `sleep 1` steps, max_parallel 8")
-    steps = [{"name": f"sleep{i}", "image": BUSYBOX_REF, "commands": ["sleep 1"]} for i in range(8)]
+    steps = [{"name": f"sleep{i}", "image": BUSYBOX_REF, "commands": ["sleep 1"], "network": "none"}
+             for i in range(8)]
     repo = write(tmp / "sleep", steps, settings={"max_parallel": 8})
     total, out = kata(repo, "run", "--no-cache", "--json")
     done = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
@@ -139,7 +140,8 @@ def bench_parallel(kata: Kata, tmp: Path) -> None:
 
 def bench_chain(kata: Kata, tmp: Path, address: str) -> None:
     print("3. 20-step chain of `true`, --no-cache, vs 20 x ctr run --rm")
-    steps = [{"name": f"c{i}", "image": BUSYBOX_REF, "commands": ["true"],
+    # network none: `ctr run` gives its container no network either (no CNI setup)
+    steps = [{"name": f"c{i}", "image": BUSYBOX_REF, "commands": ["true"], "network": "none",
               **({"depends_on": [f"c{i - 1}"]} if i else {})} for i in range(20)]
     repo = write(tmp / "chain", steps)
     kata(repo, "run", "--no-cache")  # warm
@@ -178,7 +180,8 @@ def bench_artifact(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
     steps = [{"name": "make", "image": BUSYBOX_REF, "commands": ["true"], "inputs": ["none"],
               "artifacts": ["tree/"]}]
     steps += [{"name": f"use{i}", "image": BUSYBOX_REF, "depends_on": ["make"],
-               "inputs": ["none"], "commands": [f"test -f tree/d0/f0", f"echo {i}"]}
+               "inputs": ["none"], "network": "none",
+               "commands": ["test -f tree/d0/f0", f"echo {i}"]}
               for i in range(5)]
     repo = write(tmp / "artifact", steps)
     pipeline = load_pipeline(repo / ".kata-ci.yaml")

@@ -155,6 +155,7 @@ class Realiser:
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._empty_tree = ""
         self._mask = _Masker(options.secrets)
+        self._unpack_locks: dict[str, threading.Lock] = {}
         unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
         if unknown:
             raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
@@ -427,18 +428,26 @@ class Realiser:
                                   reason=self._miss_reason(name) or "not in the store"))
         return self._execute(name, node, resolved, cancel)
 
+    def _unpacked(self, tree: str) -> Path:
+        """The store's unpacked copy; dependents starting together wait for one extraction
+        instead of each extracting the same tree."""
+        with self._lock:
+            lock = self._unpack_locks.setdefault(tree, threading.Lock())
+        with lock:
+            return Path(self.store.unpacked(tree))
+
     def _layers(self, name: str, node: Any) -> list[Path]:
         step = node.step
         empty = self._empty()
         layers: list[Path] = []
         for tree in reversed(self._deps_stack(name)):  # top first
-            layers.append(Path(self.store.unpacked(tree)))
+            layers.append(self._unpacked(tree))
         cache_tree = self._cache_tree(node)
         if cache_tree and cache_tree != empty:
-            layers.append(Path(self.store.unpacked(cache_tree)))
+            layers.append(self._unpacked(cache_tree))
         snapshot = self._snapshots[name]
         if snapshot != empty:
-            layers.append(Path(self.store.unpacked(snapshot)))
+            layers.append(self._unpacked(snapshot))
         return layers
 
     # cache.paths ----------------------------------------------------------------
