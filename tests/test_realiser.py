@@ -32,7 +32,8 @@ class Env:
     def realiser(self, steps, **options) -> Realiser:
         self.events = []
         graph = compile_steps(self.repo, steps)
-        opts = RealiseOptions(repo_root=self.repo, work_root=self.work, max_parallel=4, **options)
+        options.setdefault("max_parallel", 4)
+        opts = RealiseOptions(repo_root=self.repo, work_root=self.work, **options)
         return Realiser(graph, store=self.store, runtime=self.runtime, emit=self.events.append,
                         options=opts)
 
@@ -269,3 +270,35 @@ def test_a_hit_whose_objects_were_collected_is_a_miss(env):
     os.unlink(env.store.objects.path(tree))  # what a gc on another host can leave behind
     env.run(DAG)
     assert "build" in env.runtime.started
+
+
+def test_pipeline_timeout_cancels_and_skips(env):
+    env.runtime.behaviours["slow"] = Behaviour(wait_for_cancel=True)
+    steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",)),
+             FakeStep("after", depends_on=("slow",), inputs=("none",))]
+    result = env.run(steps, timeout=0.3)
+    assert result.stop_reason == "pipeline timeout"
+    assert result.steps["slow"].status == "cancelled"
+    assert result.steps["after"].status == "skipped"
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason == "step.cancelled" and "pipeline timeout" in fail.message
+
+
+def test_condition_skips_a_step_and_its_dependents(env):
+    steps = [FakeStep("build", inputs=("none",)),
+             FakeStep("deploy", depends_on=("build",), inputs=("none",)),
+             FakeStep("notify", depends_on=("deploy",), inputs=("none",))]
+    result = env.run(steps, skip={"deploy": "condition false: branch == \"main\""})
+    assert env.runtime.started == ["build"]
+    assert result.steps["deploy"].status == "skipped"
+    assert result.steps["notify"].message == "dependency deploy skipped"
+    assert result.exit_code == 1  # not everything passed
+
+
+def test_cancelled_before_start_never_runs_a_container(env):
+    steps = [FakeStep("bad", commands=("exit 1",), inputs=("none",)),
+             FakeStep("other", inputs=("none",))]
+    result = env.run(steps, max_parallel=1)
+    assert result.steps["bad"].status == "failed"
+    assert result.steps["other"].status == "skipped"
+    assert env.runtime.started == ["bad"]
