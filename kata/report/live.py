@@ -38,7 +38,7 @@ class LiveReporter:
 
         table = Table.grid(padding=(0, 1))
         now = time.monotonic()
-        for name, started in self.running.items():
+        for name, started in list(self.running.items()):
             table.add_row(Text("⠿", style="cyan"), Text(name, style="bold"),
                           Text(f"{now - started:5.1f}s", style="dim"),
                           Text(self.last.get(name, "")[:100], style="dim", no_wrap=True))
@@ -46,6 +46,8 @@ class LiveReporter:
         return table
 
     def __call__(self, event: ev.Event) -> None:
+        from rich.text import Text
+
         if isinstance(event, ev.Parsed):
             self.total = len(event.planned)
         elif isinstance(event, ev.StepStarted):
@@ -62,11 +64,10 @@ class LiveReporter:
         if text is not None:
             style = {"[PASS]": "green", "[FAIL]": "red", "[SKIP]": "yellow",
                      "[CACHE]": "blue"}.get(text.split(" ", 1)[0], "")
-            self.console.print(text, style=style, markup=False, highlight=False)
+            self.console.print(Text(text, style=style), highlight=False)
         if isinstance(event, ev.StepFailed):
             for out in self.tails.get(event.step, ()):
-                self.console.print(f"{event.step} | {out}", style="dim", markup=False,
-                                   highlight=False)
+                self.console.print(Text(f"{event.step} | {out}", style="dim"), highlight=False)
         self.live.refresh()
 
     def close(self) -> None:
