@@ -205,3 +205,20 @@ def test_secrets_reach_the_step_as_env_and_are_masked(env):
     result = env.run(steps, secrets={"TOKEN": "s3cr3t value"})
     assert result.ok, env.events
     assert env.output("deploy") == ["using ***"]
+
+
+def test_cache_paths_survive_between_runs_keyed_on_key_files(env):
+    step = FakeStep("install", inputs=("lock", "src"), cache_paths=("deps/",),
+                    key_files=("lock",), commands=(
+                        "mkdir -p deps", "if [ -f deps/warm ]; then echo WARM; fi",
+                        "touch deps/warm"))
+    env.write("lock", "v1")
+    env.write("src", "1")
+    assert env.run([step]).ok
+    assert env.output("install") == []
+    env.write("src", "2")  # reruns; same key files
+    assert env.run([step]).ok
+    assert env.output("install") == ["WARM"]
+    env.write("lock", "v2")  # a new key: a cold cache
+    assert env.run([step]).ok
+    assert env.output("install") == []

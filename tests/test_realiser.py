@@ -302,3 +302,22 @@ def test_cancelled_before_start_never_runs_a_container(env):
     assert result.steps["bad"].status == "failed"
     assert result.steps["other"].status == "skipped"
     assert env.runtime.started == ["bad"]
+
+
+def test_edits_during_a_run_change_nothing(env):
+    env.write("src/a.txt", "before\n")
+    steps = [FakeStep("first", commands=("cat src/a.txt",), inputs=("src/**",)),
+             FakeStep("second", commands=("cat src/a.txt",), inputs=("src/**",),
+                      depends_on=("first",))]
+
+    def edit_when_started(event):
+        env.events.append(event)
+        if isinstance(event, ev.StepStarted) and event.step == "first":
+            env.write("src/a.txt", "after\n")  # the user edits while the pipeline runs
+
+    graph = compile_steps(env.repo, steps)
+    opts = RealiseOptions(repo_root=env.repo, work_root=env.work, max_parallel=1)
+    result = Realiser(graph, store=env.store, runtime=env.runtime, emit=edit_when_started,
+                      options=opts).run()
+    assert result.ok
+    assert env.of(ev.OutputLine) and {e.text for e in env.of(ev.OutputLine)} == {"before"}
