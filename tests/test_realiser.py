@@ -321,3 +321,15 @@ def test_edits_during_a_run_change_nothing(env):
                       options=opts).run()
     assert result.ok
     assert env.of(ev.OutputLine) and {e.text for e in env.of(ev.OutputLine)} == {"before"}
+
+
+def test_an_unstorable_artifact_fails_the_step_clearly(env):
+    steps = [FakeStep("s", commands=("mkdir -p out", "ln -s /etc/passwd out/escape"),
+                      inputs=("none",), artifacts=("out/",))]
+    result = env.run(steps)
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason.startswith("store.")  # the store names why it refuses the tree
+    assert "out/escape" in fail.message or "escape" in fail.message
+    assert result.exit_code == 1
+    env.run(steps)
+    assert env.runtime.started == ["s"]  # never cached
