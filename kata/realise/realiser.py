@@ -23,12 +23,12 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kata.errors import KataError
 from kata.realise import events as ev
+from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import Cancel, schedule
 from kata.realise.workspace import (
     SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
@@ -38,70 +38,6 @@ from store import StoreError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RealiseOptions:
-    """How to realise: what the CLI flags and the pipeline's settings say."""
-
-    targets: tuple[str, ...] | None = None  # None: every step of the pipeline
-    use_cache: bool = True  # look results up; False: --no-cache, settings.cache_enabled: false
-    record: bool = True  # record realisations; False: settings.cache_enabled: false
-    max_parallel: int = 0  # 0: CPU count
-    fail_fast: bool = True
-    timeout: float | None = None  # the pipeline's, in seconds
-    env: Mapping[str, str] = field(default_factory=dict)  # the pipeline's global env
-    secrets: Mapping[str, str] = field(default_factory=dict)  # name -> value
-    repo_root: Path = Path(".")
-    work_root: Path = Path(tempfile.gettempdir()) / "kata-work"
-    git_commit: str = ""
-    git_branch: str = ""
-    skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlanEntry:
-    """What a dry run says about one step."""
-
-    step: str
-    hit: bool
-    key: str
-    why: str  # for a miss: why it will run
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepResult:
-    name: str
-    status: str  # passed | failed | cancelled | skipped
-    cache: str = ""  # HIT | MISS | "" (never looked at)
-    drv_hash: str = ""
-    key: str = ""  # the key that hit, or the resolved key it was recorded under
-    duration: float = 0.0
-    exit_status: int | None = None
-    log: str = ""  # log blob digest
-    outputs: str = ""  # output tree digest
-    produced_by: str = ""  # run id that produced a cached result
-    message: str = ""
-
-    def record(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunResult:
-    run_id: str
-    steps: Mapping[str, StepResult]
-    wall: float
-    stop_reason: str = ""
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status == "passed" for r in self.steps.values())
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
 
 
 def _shell_script(commands: Sequence[str]) -> str:
