@@ -106,11 +106,15 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
             digests[ref] = got
         return digests[ref]
 
-    snapshot = Snapshot(repo_root, stat_cache) if repo_root is not None else None
-    config_rel = None
-    if snapshot is not None and pipeline.file:
-        rel = os.path.relpath(os.path.abspath(pipeline.file), snapshot.root)
-        config_rel = rel.replace(os.sep, "/")
+    snapshot = None
+    if repo_root is not None:
+        # the config is already in each derivation field by field; hashing its bytes
+        # too would make every edit (a step's name) change every key
+        exclude = ()
+        if pipeline.file:
+            rel = os.path.relpath(os.path.abspath(pipeline.file), os.path.abspath(repo_root))
+            exclude = (rel.replace(os.sep, "/"),)
+        snapshot = Snapshot(repo_root, stat_cache, exclude=exclude)
     global_env = pipeline.env
     nodes: dict[str, Node] = {}
     by_name = {s.name: s for s in pipeline.steps}
@@ -119,10 +123,6 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
         inputs = key_files = None
         if snapshot is not None:
             inputs = snapshot.input_set(step.inputs)
-            if config_rel is not None and any(f.path == config_rel for f in inputs.files):
-                # the config is already in the derivation field by field; hashing its
-                # bytes would make every edit (a step's name) change every key
-                inputs = InputSet.of(f for f in inputs.files if f.path != config_rel)
             if step.cache.key_files:
                 key_files = snapshot.input_set(step.cache.key_files).digest
         dep_hashes = tuple((d, nodes[d].drv_hash) for d in p.deps[name])

@@ -29,6 +29,8 @@ from kata.inputs import InputFile
 FORMAT = "kata-drv/1"
 RESOLVED_FORMAT = "kata-drv-resolved/1"
 RECORD_FORMAT = "kata-drv-record/1"
+# YAML "\ud800" escapes and non-UTF-8 file names give lone surrogates: encode them exactly
+_U = "surrogatepass"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,7 +86,7 @@ class Derivation:
 
     def encode(self) -> bytes:
         """The canonical bytes (stored with the realisation, hashed for the key)."""
-        return msgpack.packb([FORMAT, self.to_obj()], use_bin_type=True)
+        return msgpack.packb([FORMAT, self.to_obj()], use_bin_type=True, unicode_errors=_U)
 
     @property
     def hash(self) -> str:
@@ -101,7 +103,7 @@ class Derivation:
             raise KataError("derivation.outputs", f"expected {len(self.deps)} dependency "
                             f"outputs, got {len(dep_outputs)}")
         body = msgpack.packb([RESOLVED_FORMAT, self.to_obj(sorted(dep_outputs))],
-                             use_bin_type=True)
+                             use_bin_type=True, unicode_errors=_U)
         return hashlib.sha256(body).hexdigest()
 
     @classmethod
@@ -149,13 +151,13 @@ class DerivationRecord:
             "files": None if self.files is None else
             [[f.path, f.digest, f.size, f.mode] for f in self.files],
             "deps": [list(p) for p in self.dep_names],
-        }, use_bin_type=True)
+        }, use_bin_type=True, unicode_errors=_U)
 
 
 def decode(data: bytes) -> DerivationRecord:
     """Either a record or bare canonical derivation bytes."""
     try:
-        obj = msgpack.unpackb(data, raw=False)
+        obj = msgpack.unpackb(data, raw=False, unicode_errors=_U)
         if isinstance(obj, list) and len(obj) == 2 and obj[0] == FORMAT:
             return DerivationRecord(derivation=Derivation.from_obj(obj[1]))
         if isinstance(obj, dict) and obj.get("format") == RECORD_FORMAT:

@@ -14,12 +14,16 @@ write within the timestamp granularity would otherwise go unseen).
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
+import operator
 import os
 import stat
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Iterable, Mapping, Protocol, Sequence
 
 import msgpack
@@ -43,8 +47,8 @@ class MemoryStatCache:
         self.entries: dict[str, tuple[int, int, int, str]] = {}
 
     def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]:
-        e = self.entries
-        return {p: e[p] for p in paths if p in e}
+        # a read-only view of everything: a superset of what was asked, at no cost
+        return MappingProxyType(self.entries)
 
     def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None:
         self.entries.update(entries)
@@ -58,17 +62,38 @@ class InputFile:
     mode: int    # 0o644, 0o755 or 0o120000 (symlink)
 
 
+# one file as hashed: (path, digest, size, mode); plain tuples on the hot path
+Entry = tuple[str, str, int, int]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputSet:
-    files: tuple[InputFile, ...]
+    """The files a step sees, sorted by path; the digest is sha256 over the msgpack of
+    `["kata-inputs/1", [[path, digest, size, mode], ...]]`."""
+
+    entries: tuple[Entry, ...]
     digest: str
 
+    @property
+    def files(self) -> tuple[InputFile, ...]:
+        return tuple(InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(e[0] for e in self.entries)
+
     @classmethod
-    def of(cls, files: Iterable[InputFile], presorted: bool = False) -> "InputSet":
-        files = tuple(files) if presorted else tuple(sorted(files, key=lambda f: f.path))
-        body = msgpack.packb([INPUTS_FORMAT, [[f.path, f.digest, f.mode] for f in files]],
-                             use_bin_type=True)
-        return cls(files=files, digest="sha256:" + hashlib.sha256(body).hexdigest())
+    def of(cls, files: Iterable[InputFile]) -> "InputSet":
+        return cls.of_entries(sorted((f.path, f.digest, f.size, f.mode) for f in files))
+
+    @classmethod
+    def of_entries(cls, entries: Iterable[Entry]) -> "InputSet":
+        """From entries already sorted by path."""
+        entries = tuple(entries)
+        # non-UTF-8 file names arrive surrogate-escaped (as os gives them): keep them exact
+        body = msgpack.packb([INPUTS_FORMAT, entries], use_bin_type=True,
+                             unicode_errors="surrogatepass")
+        return cls(entries=entries, digest="sha256:" + hashlib.sha256(body).hexdigest())
 
 
 EMPTY = InputSet.of(())
@@ -110,7 +135,20 @@ def _ignore_spec(root: str):
         raise KataError("inputs.kataignore", f"bad pattern in {KATAIGNORE}: {err}", obj=root) from None
 
 
+def _in_git_work_tree(root: str) -> bool:
+    d = root
+    while True:
+        if os.path.exists(os.path.join(d, ".git")):
+            return True
+        parent = os.path.dirname(d)
+        if parent == d:
+            return False
+        d = parent
+
+
 def _git_files(root: str) -> list[str] | None:
+    if not _in_git_work_tree(root):
+        return None  # spare the subprocess
     try:
         proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
@@ -121,9 +159,11 @@ def _git_files(root: str) -> list[str] | None:
     return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
-def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
-    out: list[str] = []
-    append = out.append
+def _walk(root: str, ignore) -> list[str]:
+    """Every non-directory below root (not descending into .git), unsorted. Only names:
+    the lstat comes later, in one C-level pass."""
+    paths: list[str] = []
+    add = paths.append
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -139,49 +179,75 @@ def _walk(root: str, ignore, stats: dict[str, os.stat_result]) -> list[str]:
                     if e.name == ".git" or (ignore is not None and ignore.match_file(rel + "/")):
                         continue
                     stack.append(rel)
-                    continue
-                if ignore is not None and ignore.match_file(rel):
-                    continue
-                append(rel)
-                try:
-                    stats[rel] = e.stat(follow_symlinks=False)
-                except OSError:
-                    pass
+                elif ignore is None or not ignore.match_file(rel):
+                    add(rel)
+    return paths
+
+
+def _lstat_all(paths: Sequence[str]) -> list[os.stat_result | None]:
+    """lstat of every path; None for one that vanished. `map` keeps the loop in C."""
+    try:
+        return list(map(os.lstat, paths))
+    except OSError:
+        pass
+    out: list[os.stat_result | None] = []
+    for p in paths:
+        try:
+            out.append(os.lstat(p))
+        except OSError:
+            out.append(None)
     return out
+
+
+@contextmanager
+def _gc_paused():
+    """Tens of thousands of small allocations would trigger the cyclic GC over and over
+    (none of them can form a cycle): pause it around the walk and the hashing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Snapshot:
     """The repository's file list at one moment, hashed lazily and only once per file."""
 
-    def __init__(self, root: str | os.PathLike, stat_cache: StatCache | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, stat_cache: StatCache | None = None,
+                 exclude: Iterable[str] = ()) -> None:
+        """`exclude`: paths (relative to root) never to list, e.g. the config file itself."""
         self.root = os.path.abspath(root)
         self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
-        self._stats: dict[str, os.stat_result] = {}
         ignore = _ignore_spec(self.root)
         files = _git_files(self.root)
-        if files is None:
-            files = _walk(self.root, ignore, self._stats)
-        elif ignore is not None:
-            files = [p for p in files if not ignore.match_file(p)]
-        files.sort()
-        self.paths: tuple[str, ...] = tuple(
-            p for i, p in enumerate(files) if i == 0 or p != files[i - 1])
-        self._hashed: dict[str, InputFile | None] = {}
+        with _gc_paused():
+            if files is None:
+                files = _walk(self.root, ignore)
+            elif ignore is not None:
+                files = [p for p in files if not ignore.match_file(p)]
+            files = set(files)
+            files.difference_update(exclude)
+            self.paths: tuple[str, ...] = tuple(sorted(files))
+        self._hashed: dict[str, Entry | None] = {}
         self._sets: dict[tuple[str, ...], InputSet] = {}
 
     def files(self, paths: Sequence[str]) -> list[InputFile]:
-        """The hashed files among `paths` (sorted), skipping vanished ones."""
+        return [InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries(paths)]
+
+    def entries(self, paths: Sequence[str]) -> list[Entry]:
+        """The hashed entries among `paths` (in their order), skipping vanished files."""
         hashed = self._hashed
-        todo = [p for p in paths if p not in hashed] if hashed else list(paths)
-        if todo:
-            st = self._stats
-            got = hash_files(self.root, todo, self.stat_cache,
-                             [st.get(p) for p in todo] if st else None)
-            if len(todo) == len(paths):
-                hashed.update(zip(todo, got))
+        with _gc_paused():
+            if not hashed and paths is self.paths:  # the common case: everything, once
+                got = hash_files(self.root, paths, self.stat_cache)
+                hashed.update(zip(paths, got))
                 return [f for f in got if f is not None]
-            hashed.update(zip(todo, got))
-        return [f for f in map(hashed.__getitem__, paths) if f is not None]
+            todo = [p for p in paths if p not in hashed]
+            if todo:
+                hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
+            return [f for f in map(hashed.__getitem__, paths) if f is not None]
 
     def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
         """The files `patterns` (gitignore-style) select; () selects every file."""
@@ -189,35 +255,35 @@ class Snapshot:
         got = self._sets.get(key)
         if got is None:
             chosen = match(key, self.paths) if key else self.paths
-            got = self._sets[key] = InputSet.of(self.files(chosen), presorted=True)
+            got = self._sets[key] = InputSet.of_entries(self.entries(chosen))
         return got
 
 
-def hash_files(root: str, paths: Sequence[str], cache: StatCache,
-               stats: Sequence[os.stat_result | None] | None = None) -> list[InputFile | None]:
+_STAT_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ino")
+
+
+def hash_files(root: str, paths: Sequence[str], cache: StatCache) -> list[Entry | None]:
     """Digest every path (relative to root), in order; None for one that vanished or is
-    not a regular file or symlink (a submodule, a socket). `stats`: lstat results already
-    taken (aligned with `paths`), so a warm run costs one lstat per file."""
+    not a regular file or symlink (a submodule, a socket). An unchanged file (same size,
+    mtime_ns and inode as in the stat cache) costs its lstat and is not read."""
     prefix = root + os.sep
     absolute = [prefix + p for p in paths]
+    stats = _lstat_all(absolute)
     known = cache.get_many(absolute).get
+    # the warm check in C-level passes: (size, mtime, inode) now vs as cached
+    cached = list(map(known, absolute))
     fresh: dict[str, tuple[int, int, int, str]] = {}
     racy = time.time_ns() - RACY_NS
-    out: list[InputFile | None] = []
+    out: list[Entry | None] = []
     append = out.append
-    lstat, S_ISREG, S_ISLNK = os.lstat, stat.S_ISREG, stat.S_ISLNK
-    for rel, a, st in zip(paths, absolute, stats or [None] * len(paths)):
+    S_ISREG, S_ISLNK = stat.S_ISREG, stat.S_ISLNK
+    for rel, a, st, c in zip(paths, absolute, stats, cached):
         if st is None:
-            try:
-                st = lstat(a)
-            except OSError:
-                append(None)
-                continue
+            append(None)
+            continue
         m = st.st_mode
-        c = known(a)
-        if c is not None and c[1] == st.st_mtime_ns and c[0] == st.st_size and c[2] == st.st_ino \
-                and S_ISREG(m):
-            append(InputFile(path=rel, digest=c[3], size=c[0], mode=0o755 if m & 0o111 else 0o644))
+        if c is not None and c[:3] == _STAT_KEY(st) and S_ISREG(m):
+            append((rel, c[3], c[0], 0o755 if m & 0o111 else 0o644))
         elif S_ISREG(m):
             try:
                 with open(a, "rb") as f:
@@ -227,12 +293,10 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
                                 obj=rel) from None
             if st.st_mtime_ns < racy:
                 fresh[a] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
-            append(InputFile(path=rel, digest=digest, size=st.st_size,
-                             mode=0o755 if m & 0o111 else 0o644))
+            append((rel, digest, st.st_size, 0o755 if m & 0o111 else 0o644))
         elif S_ISLNK(m):
             target = os.fsencode(os.readlink(a))
-            append(InputFile(path=rel, digest="sha256:" + hashlib.sha256(target).hexdigest(),
-                             size=len(target), mode=0o120000))
+            append((rel, "sha256:" + hashlib.sha256(target).hexdigest(), len(target), 0o120000))
         else:
             append(None)
     if fresh:

@@ -378,13 +378,14 @@ class _Walker:
             key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True) if "key_files" in f else ())
 
     def only(self, node: Node, what: str) -> conditions.Expr:
-        f = self.fields(node, ONLY_KEYS, what)
-        kw = {k: self.globs(v, f"{what}.{k}") for k, (_, v) in f.items()}
-        for ev, item in zip(kw.get("events", ()), f.get("events", (None, None))[1].value
-                            if "events" in f else ()):
-            if ev not in EVENTS:
-                raise self.fail("config.value", item, f"{what}.events: unknown event {ev!r}; "
-                                f"expected one of {', '.join(EVENTS)}")
+        kw = {}
+        for key, (_, v) in self.fields(node, ONLY_KEYS, what).items():
+            kw[key] = self.globs(v, f"{what}.{key}")
+            if key == "events":
+                for ev, item in zip(kw[key], v.value):
+                    if ev not in EVENTS:
+                        raise self.fail("config.value", item, f"{what}.events: unknown event "
+                                        f"{ev!r}; expected one of {', '.join(EVENTS)}")
         return conditions.only_expr(**kw)
 
     def triggers(self, node: Node) -> tuple[Trigger, ...]:

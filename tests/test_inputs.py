@@ -132,3 +132,11 @@ def test_stat_cache_entries_have_the_protocol_shape(tmp_path, monkeypatch) -> No
     assert cache.get_many([str(tmp_path / "f"), "/nope"]) == {
         str(tmp_path / "f"): (st.st_size, st.st_mtime_ns, st.st_ino,
                               "sha256:" + hashlib.sha256(b"data").hexdigest())}
+
+
+def test_non_utf8_file_names_hash(tmp_path) -> None:
+    (tmp_path / "ok").write_text("x")
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9"), "wb") as f:
+        f.write(b"y")
+    s = Snapshot(tmp_path).input_set()
+    assert len(s.entries) == 2 and s.digest.startswith("sha256:")

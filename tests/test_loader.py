@@ -144,6 +144,8 @@ CASES = {
     "no_steps_null": ("pipeline: a\nsteps:\n", "config.no_steps", 2, 7),
     "condition": ("steps:\n  - name: a\n    image: x\n    when: branch = 'main'\n", "config.condition", 4, 18),
     "condition_quoted": ("steps:\n  - name: a\n    image: x\n    when: \"tag ~ 'v'\"\n", "config.condition", 4, 16),
+    "only_event": ("steps: [{name: a, image: x, only: {events: [push, pr]}}]\n", "config.value", 1, 51),
+    "inputs_glob": ("steps: [{name: a, image: x, inputs: ['!']}]\n", "config.value", 1, 38),
     "only_unknown": ("steps: [{name: a, image: x, only: {branch: [main]}}]\n", "config.unknown_key", 1, 36),
     "cache_type": ("steps: [{name: a, image: x, cache: 3}]\n", "config.type", 1, 36),
     "service_dup": ("steps: [{name: a, image: x, services: [{name: db, image: p}, {name: db, image: p}]}]\n",
