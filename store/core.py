@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -14,10 +14,11 @@ import msgpack
 
 from . import tree as trees
 from .errors import StoreError
-from .files import force_rmtree, iter_sharded, read_file, write_immutable
+from .files import iter_sharded, read_file, write_immutable
 from .index import LmdbIndex, LmdbStatCache, is_network_fs
 from .objects import ObjectStore, check_digest, os_error
 from .realisations import Realisation, check_key, key_file_name
+from .unpacked import UnpackedTrees
 
 VERSION = "kata-store/1"
 _RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
@@ -48,6 +49,7 @@ class Store:
         self.index = LmdbIndex(os.path.join(state_dir, "index"))
         self.stat_cache = LmdbStatCache(self.index)
         self.unpacked_dir = os.path.join(state_dir, "unpacked")
+        self._unpacked = UnpackedTrees(self.unpacked_dir, self.extract_tree, self.index)
         self._used: dict[str, int] = {}
         self.host = socket.gethostname()
 
@@ -140,49 +142,14 @@ class Store:
 
     def unpacked(self, digest: str) -> str:
         """A host-local read-only extracted copy of a tree, made once and reused."""
-        hexd = check_digest(digest)
-        final = os.path.join(self.unpacked_dir, hexd)
-        if os.path.isdir(final):
+        path, fresh = self._unpacked.get(digest)
+        if not fresh:
             self._note_use(digest)
-            return final
-        os.makedirs(self.unpacked_dir, exist_ok=True)
-        work = os.path.join(self.unpacked_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
-        try:
-            self.extract_tree(digest, work, readonly=True)
-            try:
-                os.rename(work, final)
-            except OSError:
-                if not os.path.isdir(final):
-                    raise
-                force_rmtree(work)  # another consumer published the same tree first
-        except BaseException:
-            if os.path.lexists(work):
-                force_rmtree(work)
-            raise
-        self.index.note_unpacked(digest)
-        return final
+        return path
 
     def evict_unpacked(self, digest: str | None = None) -> int:
         """Remove one unpacked tree (or all); they are rebuilt on demand. Returns how many."""
-        try:
-            names = [check_digest(digest)] if digest else os.listdir(self.unpacked_dir)
-        except FileNotFoundError:
-            return 0
-        count = 0
-        for name in names:
-            path = os.path.join(self.unpacked_dir, name)
-            if not os.path.isdir(path):
-                continue
-            trash = os.path.join(self.unpacked_dir, f".trash-{uuid.uuid4().hex}")
-            try:
-                os.rename(path, trash)
-            except FileNotFoundError:
-                continue
-            force_rmtree(trash)
-            if not name.startswith("."):
-                self.index.drop_unpacked("sha256:" + name)
-                count += 1
-        return count
+        return self._unpacked.evict(digest)
 
     # ------------------------------------------------------------ realisations
 
@@ -198,6 +165,9 @@ class Store:
         check_key(key)
         if not isinstance(realisation, Realisation):
             raise StoreError("store.bad_realisation", "put_realisation needs a Realisation")
+        if not realisation.host or not realisation.created:
+            realisation = dataclasses.replace(realisation, host=realisation.host or self.host,
+                                              created=realisation.created or time.time())
         objs = realisation.objects()
         for digest in objs:
             if not self.objects.has(digest):

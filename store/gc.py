@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -144,20 +145,30 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
 
     tmp_removed = 0
     if not dry_run:
+        store.index.drop_realisations(doomed_reals)  # records go before their objects
         for name in doomed_reals:
-            store.delete_realisation(name if name in reals else name)
-        gone = []
-        for d in doomed_objs:
+            path = reals[name][2] if name in reals else None
+            try:
+                os.unlink(path) if path else store.delete_realisation(name)
+            except FileNotFoundError:
+                pass
+        def unlink_if_old(d: str) -> bool:
             path = store.objects.path(d)
             try:
                 if os.stat(path).st_mtime >= threshold:
-                    continue  # re-used by a writer since the scan
+                    return False  # re-used by a writer since the scan
                 os.unlink(path)
-                gone.append(d)
             except FileNotFoundError:
-                gone.append(d)
+                pass
+            return True
+
+        # unlink is metadata I/O that releases the GIL: a few threads overlap the waits.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            done = list(pool.map(unlink_if_old, doomed_objs, chunksize=256))
+        gone = [d for d, ok in zip(doomed_objs, done) if ok]
         store.index.drop_objects(gone)
         tmp_removed = _clean_tmp(store.tmp, now - max(grace, 60.0))
+        _evict_unpacked_orphans(store)
         doomed_objs = gone
     doomed_set = set(doomed_objs)
     kept = {d: s for d, (s, _) in objects.items() if d not in doomed_set}
@@ -184,3 +195,14 @@ def _clean_tmp(tmp: str, before: float) -> int:
         except OSError:
             continue
     return removed
+
+
+def _evict_unpacked_orphans(store: "Store") -> None:
+    """This host's unpacked copies of trees no longer in the store go too."""
+    try:
+        names = os.listdir(store.unpacked_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if len(name) == 64 and not store.objects.has("sha256:" + name):
+            store.evict_unpacked("sha256:" + name)

@@ -53,15 +53,19 @@ class LmdbIndex:
 
     def __init__(self, path: str, *, map_size: int = 32 << 20) -> None:
         self.path = path
-        os.makedirs(path, exist_ok=True)
         try:
-            self._open(map_size)
-        except lmdb.Error:
-            # An unreadable index is rebuilt from the files, never trusted.
-            shutil.rmtree(path, ignore_errors=True)
             os.makedirs(path, exist_ok=True)
-            self._open(map_size)
-        self.reader_check()
+            try:
+                self._open(map_size)
+            except lmdb.Error:
+                # An unreadable index is rebuilt from the files, never trusted.
+                shutil.rmtree(path, ignore_errors=True)
+                os.makedirs(path, exist_ok=True)
+                self._open(map_size)
+            self.reader_check()
+        except (OSError, lmdb.Error) as err:
+            raise StoreError("store.index", f"cannot open the store's index at {path}: {err}",
+                             obj=path) from err
 
     def _open(self, map_size: int) -> None:
         self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(_DBS) + 2,

@@ -142,8 +142,7 @@ class ObjectStore:
                 for chunk in chunks:
                     if chunk:
                         sink.write(chunk)
-                writer.flush(zstandard.FLUSH_FRAME)
-                writer.close()
+                writer.close()  # ends the one frame (an extra FLUSH_FRAME would add an empty one)
                 out.flush()
                 os.fsync(raw.fileno())
             digest = "sha256:" + sink.sha.hexdigest()
@@ -247,8 +246,10 @@ class BlobReader(io.RawIOBase):
         super().__init__()
         self._fh = fh
         self.digest = digest
-        self._reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK,
-                                                                  closefd=False)
+        # Across frames: bytes after the first frame are decoded (and so hashed) or fail,
+        # never silently ignored.
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            fh, read_size=CHUNK, closefd=False, read_across_frames=True)
         self._sha = hashlib.sha256()
         self._done = False
         self.size = 0

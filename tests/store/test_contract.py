@@ -46,13 +46,16 @@ def test_missing_blob_is_an_error(shared: Shared) -> None:
         assert err.value.reason == "store.bad_digest"
 
 
-def test_index_never_on_network_fs(shared: Shared) -> None:
+def test_index_never_on_network_fs(shared: Shared, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     s = Store.open(shared.path_a)
     try:
         assert is_network_fs(str(shared.path_a)) == (shared.kind == "sshfs")
         assert not is_network_fs(s.state_dir)
         inside = os.path.commonpath([s.state_dir, str(shared.path_a)]) == str(shared.path_a)
         assert inside == (shared.kind == "local")
+        if shared.kind == "sshfs":
+            assert s.state_dir.startswith(str(tmp_path / "xdg-state" / "kata" / "stores"))
     finally:
         s.close()
 

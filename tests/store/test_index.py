@@ -127,3 +127,41 @@ print(n)
     with Store.open(root, state_dir=tmp_path / "check") as s:
         report = s.verify()
         assert report.missing == () and report.corrupt == ()
+
+
+def test_map_grown_by_another_process_is_followed(tmp_path: Path) -> None:
+    path = tmp_path / "idx"
+    index = LmdbIndex(str(path), map_size=64 * 1024)
+    try:
+        index.put_realisation("a" * 64, b"first")
+        grow = """
+import os, sys
+from store.index import LmdbIndex
+i = LmdbIndex(sys.argv[1], map_size=64 * 1024)
+for n in range(300):
+    i.put_realisation("%064d" % n, os.urandom(2000))
+print(i.env.info()["map_size"])
+"""
+        res = subprocess.run([sys.executable, "-c", grow, str(path)], cwd=REPO, capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert int(res.stdout) > 64 * 1024
+        assert index.get_realisation("%064d" % 299) is not None
+        index.put_realisation("b" * 64, os.urandom(5000))
+        assert len(index.realisation_keys()) == 302
+    finally:
+        index.close()
+
+
+def test_gc_older_than_protects_recent_use(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "store") as s:
+        now = __import__("time").time()
+        ages = {"day": 86400 * 2, "hour": 7200}
+        digests = {}
+        for name, age in ages.items():
+            digests[name] = s.put_blob(name.encode())
+            os.utime(s.objects.path(digests[name]), (now - age, now - age))
+        s.index.clear("objs")
+        report = s.gc(older_than=86400)
+        assert report.deleted_objects == (digests["day"],)
+        assert s.has_blob(digests["hour"])

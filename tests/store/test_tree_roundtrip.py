@@ -133,3 +133,27 @@ def test_subset_hard_links_and_exec_bits(tmp_path: Path) -> None:
             "dist/deep/f": ("f", b"f", False), "dist/hard": ("f", b"f", False),
         }
         assert os.lstat(out / "dist" / "hard").st_nlink == 1
+
+
+def test_golden_archive_bytes(tmp_path: Path) -> None:
+    """The on-disk format is a contract: a change to it must show up here as a diff."""
+    src = tmp_path / "g"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "run").write_bytes(b"#!/bin/sh\n")
+    (src / "bin" / "run").chmod(0o755)
+    (src / "empty").mkdir()
+    (src / "a.txt").write_bytes(b"hello")
+    (src / "link").symlink_to("a.txt")
+    raw = pack_bytes(str(src))
+    assert raw == (
+        b"kata-tree/1\n"
+        b"\x00\x00\x00\x0b\x93\xa1f\xc4\x05a.txt\x05hello"
+        b"\x00\x00\x00\x09\x93\xa1d\xc4\x03bin\x00"
+        b"\x00\x00\x00\x0d\x93\xa1x\xc4\x07bin/run\x0a#!/bin/sh\n"
+        b"\x00\x00\x00\x0b\x93\xa1d\xc4\x05empty\x00"
+        b"\x00\x00\x00\x10\x93\xa1l\xc4\x04link\xc4\x05a.txt"
+        b"\x00\x00\x00\x03\x91\xa1e"
+    )
+    with Store.open(tmp_path / "store") as s:
+        import hashlib
+        assert s.put_tree(src) == "sha256:" + hashlib.sha256(raw).hexdigest()
