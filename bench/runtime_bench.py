@@ -82,9 +82,12 @@ def main() -> None:
 
         for fn in (kata_step, ctr_step, runc_step):  # warm up
             fn()
-        kata_t = timed(kata_step, n)
-        ctr_t = timed(ctr_step, n)
-        runc_t = timed(runc_step, n)
+        # interleaved, so that load from elsewhere on the machine hits all three alike
+        kata_t, ctr_t, runc_t = [], [], []
+        for _ in range(n):
+            kata_t += timed(kata_step, 1)
+            ctr_t += timed(ctr_step, 1)
+            runc_t += timed(runc_step, 1)
         print(f"{n} sequential `true` steps on one daemon and image:")
         print(f"  kata runtime : {ms(kata_t)}")
         print(f"  ctr run --rm : {ms(ctr_t)}")

@@ -157,6 +157,26 @@ def test_pull_multi_arch_index_with_bearer_auth(connect):
         rt.remove_image(ref)
 
 
+def test_credentials_from_docker_config(connect, tmp_path, monkeypatch):
+    import base64
+
+    img = unique_image("c")
+    basic = "Basic " + base64.b64encode(b"kata:s3cret").decode()
+    mt = "application/vnd.oci.image.manifest.v1+json"
+    with FakeRegistry(blobs=dict(img.blobs), manifests={"1": (mt, img.manifest)}, bearer=True,
+                      token_auth=basic) as fake:
+        rt = connect()
+        ref = f"127.0.0.1:{fake.port}/kata/c:1"
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+        with pytest.raises(KataError) as err:
+            rt.pull_image(ref)
+        assert err.value.reason == "image.unauthorized"
+        (tmp_path / "config.json").write_text(json.dumps(
+            {"auths": {f"127.0.0.1:{fake.port}": {"auth": basic.removeprefix("Basic ")}}}))
+        assert rt.pull_image(ref).digest == img.digest
+        rt.remove_image(ref)
+
+
 def test_mirror_is_tried_first(connect):
     img = unique_image("m")
     with FakeRegistry(blobs=dict(img.blobs), manifests={"1": (
@@ -188,6 +208,17 @@ def test_a_blob_with_the_wrong_digest_is_refused_and_nothing_stored(connect):
             assert not rt.images.has_blob(digest), digest
 
 
+def test_a_manifest_with_the_wrong_digest_is_refused(connect):
+    img, other = unique_image("a"), unique_image("b")
+    mt = "application/vnd.oci.image.manifest.v1+json"
+    with FakeRegistry(blobs=dict(img.blobs), manifests={img.digest: (mt, other.manifest)}) as fake:
+        rt = connect()
+        with pytest.raises(KataError) as err:
+            rt.pull_image(f"127.0.0.1:{fake.port}/kata/a@{img.digest}")
+        assert err.value.reason == "image.digest_mismatch"
+        assert not rt.images.has_blob(other.digest)
+
+
 def test_resolve_unknown_image_offline(connect):
     rt = connect(offline=True)
     with pytest.raises(KataError) as err:
@@ -196,3 +227,18 @@ def test_resolve_unknown_image_offline(connect):
     with pytest.raises(KataError) as err:
         rt.resolve_image("Not A Ref")
     assert err.value.reason == "image.bad_reference"
+
+
+def test_an_image_removed_by_another_process_is_found_again(connect, tmp_path):
+    img = unique_image(f"kata.local/gone{secrets.token_hex(3)}:1")
+    archive = write_oci_archive(img, tmp_path / "img.tar")
+    first, second = connect(), connect()
+    first.import_image(archive)
+    assert output(first, img.digest, "true")[0] == 0
+    second.remove_image(img.ref)  # first still has it cached as unpacked
+    with pytest.raises(KataError) as err:
+        output(first, img.digest, "true")
+    assert err.value.reason == "image.not_found"
+    second.import_image(archive)
+    assert output(first, img.digest, "true")[0] == 0
+    second.remove_image(img.ref)

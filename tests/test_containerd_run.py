@@ -149,10 +149,19 @@ def test_cancel_stops_the_step(clean_runtime, busybox_digest):
 
     t = threading.Thread(target=cancel_when_ready)
     t.start()
-    status = clean_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", "echo ready; sleep 1000")),
+    script = "trap 'echo got-term; exit 0' TERM; echo ready; sleep 1000 & wait"
+    status = clean_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", script)),
                                sink, cancel)
     t.join()
     assert status == CANCEL_EXIT
+    assert sink.of("stdout") == [b"ready", b"got-term"]  # SIGTERM first: a chance to stop
+
+
+def test_cancelled_before_it_began(clean_runtime, busybox_digest):
+    cancel = threading.Event()
+    cancel.set()
+    status, out = run(clean_runtime, busybox_digest, "echo", "never", cancel=cancel)
+    assert status == CANCEL_EXIT and out.items == []
 
 
 def test_a_sink_error_is_raised_and_everything_released(clean_runtime, busybox_digest):

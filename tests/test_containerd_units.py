@@ -51,6 +51,10 @@ def test_config_file(tmp_path, monkeypatch):
     with pytest.raises(KataError) as err:
         load_runtime_config()
     assert err.value.reason == "config.unknown_key"
+    cfg.write_text("registries: {x: {mirrors: ['m:5000']}}\n")
+    with pytest.raises(KataError) as err:
+        load_runtime_config()
+    assert err.value.reason == "config.bad_value"
     monkeypatch.setenv("KATA_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(KataError) as err:
         load_runtime_config()

@@ -92,10 +92,11 @@ class FakeRegistry:
     """Serves fixed manifests and blobs; can demand a bearer token; can lie about blobs."""
 
     def __init__(self, *, blobs: dict[str, bytes], manifests: dict[str, tuple[str, bytes]],
-                 bearer: bool = False) -> None:
+                 bearer: bool = False, token_auth: str | None = None) -> None:
         self.blobs = blobs  # digest -> bytes served for it (may be wrong on purpose)
         self.manifests = manifests  # tag or digest -> (media type, bytes)
         self.bearer = bearer
+        self.token_auth = token_auth  # "Basic …" the token endpoint demands, if any
         self.token = "kata-test-token"
         self.requests: list[str] = []
         outer = self
@@ -116,6 +117,8 @@ class FakeRegistry:
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests.append(self.path)
                 if self.path.startswith("/token"):
+                    if outer.token_auth and self.headers.get("Authorization") != outer.token_auth:
+                        return self._send(401, b"{}")
                     return self._send(200, json.dumps({"token": outer.token}).encode())
                 if outer.bearer and self.headers.get("Authorization") != f"Bearer {outer.token}":
                     realm = f"http://127.0.0.1:{outer.port}/token"

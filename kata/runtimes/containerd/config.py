@@ -87,7 +87,8 @@ def load_runtime_config(path: str | os.PathLike[str] | None = None) -> RuntimeCo
         r = _check_keys(value, {"mirrors", "plain_http", "skip_verify"}, f"registries.{host}",
                         str(p))
         mirrors = r.get("mirrors") or []
-        if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+        if not isinstance(mirrors, list) or not all(
+                isinstance(m, str) and m.startswith(("http://", "https://")) for m in mirrors):
             raise KataError("config.bad_value", f"{p}: registries.{host}.mirrors must be a list "
                             "of URLs", obj=str(p))
         regs[str(host)] = RegistryConfig(mirrors=tuple(mirrors),

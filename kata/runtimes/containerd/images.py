@@ -320,6 +320,14 @@ class ImageStore:
                             obj=digest, exit_code=1)
         return digest, doc
 
+    def known(self, digest: str) -> bool:
+        """Whether this process has unpacked ``digest`` already (no call to containerd)."""
+        return digest in self._run_cache
+
+    def forget(self, digest: str) -> None:
+        with self._unpack_lock:
+            self._run_cache.pop(digest, None)
+
     def run_image(self, digest: str) -> RunImage:
         """Manifest, top chain ID and defaults of a stored image (unpacking it if needed)."""
         cached = self._run_cache.get(digest)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from kata.errors import KataError
 
-from ..base import OutputSink, StepSpec
+from ..base import CANCEL_EXIT, OutputSink, StepSpec
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
@@ -128,10 +128,21 @@ class ContainerdRuntime:
         return digest
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
-        image = self.images.run_image(self._ensure_image(spec.image))
+        if cancel.is_set():
+            return CANCEL_EXIT  # cancelled before it began: nothing to create or release
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network)
-        return StepRun(self.client, options, spec, image, sink, cancel).execute()
+        digest = self._ensure_image(spec.image)
+        image = self.images.run_image(digest)
+        try:
+            return StepRun(self.client, options, spec, image, sink, cancel).execute()
+        except ContainerdError as err:
+            # the image went away under us (`kata image rm` elsewhere): look again, once
+            if err.code != grpc.StatusCode.NOT_FOUND or err.obj != "prepare snapshot":
+                raise
+            self.images.forget(digest)
+            image = self.images.run_image(self._ensure_image(spec.image))
+            return StepRun(self.client, options, spec, image, sink, cancel).execute()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""
@@ -143,7 +154,7 @@ class ContainerdRuntime:
                 raise KataError("runtime.unpinned_image",
                                 f"step image {image} is not pinned by digest", obj=image)
             digest = parsed.digest
-        if self.images.has_blob(digest):
+        if self.images.known(digest) or self.images.has_blob(digest):
             return digest
         if parsed is None or self.offline:
             raise KataError("image.not_found", f"image {image} is not in kata's image store",
