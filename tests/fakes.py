@@ -111,6 +111,7 @@ class FakeStep:
     cache_paths: tuple[str, ...] = ()
     key_files: tuple[str, ...] = ()
     image: str = "kata.local/busybox:latest"
+    services: tuple[dict, ...] = ()
 
     def to_yaml(self) -> dict:
         out: dict = {"name": self.name, "image": self.image, "commands": list(self.commands)}
@@ -121,6 +122,8 @@ class FakeStep:
             out["env"] = dict(self.env)
         if self.timeout:
             out["timeout"] = self.timeout
+        if self.services:
+            out["services"] = [dict(s) for s in self.services]
         if not self.cache:
             out["cache"] = False
         elif self.cache_paths:

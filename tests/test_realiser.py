@@ -333,3 +333,12 @@ def test_an_unstorable_artifact_fails_the_step_clearly(env):
     assert result.exit_code == 1
     env.run(steps)
     assert env.runtime.started == ["s"]  # never cached
+
+
+def test_services_fail_clearly_until_the_runtime_has_pods(env):
+    steps = [FakeStep("it", inputs=("none",),
+                      services=({"name": "db", "image": "kata.local/busybox:latest"},))]
+    result = env.run(steps)
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason == "step.services_unsupported" and result.exit_code == 1
+    assert env.runtime.started == []

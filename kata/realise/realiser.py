@@ -433,6 +433,10 @@ class Realiser:
         outputs = ""
         try:
             try:
+                if step.services:  # the runtime has no pod (shared netns) for sidecars yet
+                    raise KataError("step.services_unsupported",
+                                    f"step {name} declares services, which this version "
+                                    "cannot run yet", obj=name)
                 ws = Workspace(self._run_dir, self._layers(name, node))
             except (KataError, StoreError) as err:
                 message, reason = err.message, err.reason
