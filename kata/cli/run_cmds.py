@@ -231,8 +231,10 @@ def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
             click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
         else:
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
-    for name, why in realiser._excluded().items():
-        if not json_out:
+    for name, why in realiser.excluded().items():
+        if json_out:
+            click.echo(json.dumps({"event": "plan", "step": name, "skip": True, "why": why}))
+        else:
             click.echo(f"[PLAN] {name}: SKIP ({why})")
 
 

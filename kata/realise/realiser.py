@@ -142,7 +142,7 @@ class Realiser:
         wanted = set(self.options.targets) if self.options.targets else set(order)
         hits: dict[str, Any] = {}
         needed: set[str] = set()
-        excluded = self._excluded()
+        excluded = self.excluded()
         for name in reversed(order):
             if name not in wanted or name in excluded:
                 continue
@@ -154,7 +154,7 @@ class Realiser:
                 wanted.update(nodes[name].deps)
         return [n for n in order if n in needed], hits
 
-    def _excluded(self) -> dict[str, str]:
+    def excluded(self) -> dict[str, str]:
         """Steps skipped by a condition, and everything that depends on them."""
         out: dict[str, str] = {}
         for name in self.graph.order:
@@ -192,7 +192,7 @@ class Realiser:
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
                             groups=len(self.graph.levels), planned=tuple(order)))
         wanted = self.options.targets
-        for name, why in self._excluded().items():
+        for name, why in self.excluded().items():
             if wanted is None or name in wanted:
                 self._skipped(name, why)
         for name in order:  # derivation-hash hits: done before anything runs
