@@ -112,13 +112,12 @@ def graph(ctx: click.Context, fmt: str) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
-def previous_lookup(ctx: click.Context):
-    """Where `kata why` finds a step's last recorded derivation: a callable from step name
-    to `DerivationRecord`, its encoded bytes, or None. To wire once runs are recorded: the
-    newest run of this pipeline (`Store.list_runs`) -> the step's drv hash ->
-    `Store.get_derivation(hash)` (the bytes of `node.record().encode()`). Until then
-    nothing is recorded and `kata why` says so."""
-    return lambda step: None
+def previous_lookup(ctx: click.Context, pipeline: str | None = None):
+    """Where `kata why` finds a step's last recorded derivation: the derivation record of
+    the step's last realisation (the newest run of this pipeline in which it passed)."""
+    from kata.cli.run_cmds import last_realised_derivation
+
+    return lambda step: last_realised_derivation(ctx, pipeline, step)
 
 
 @click.command("why")
@@ -133,9 +132,11 @@ def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
     from kata.compile import compile_pipeline
     from kata.why import why
 
+    from kata.cli.run_cmds import quiet_resolver
+
     path, pipeline = load(ctx)
-    g = compile_pipeline(pipeline, resolver=None, repo_root=path.resolve().parent)
-    lookup = previous_lookup(ctx)
+    g = compile_pipeline(pipeline, resolver=quiet_resolver(ctx), repo_root=path.resolve().parent)
+    lookup = previous_lookup(ctx, pipeline.name)
     if against is not None:
         data = Path(against).read_bytes()
         lookup = lambda step: data  # noqa: E731

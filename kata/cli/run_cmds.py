@@ -1,9 +1,381 @@
-"""`kata` commands: run."""
+"""`kata run`, `kata build //label`, `kata logs`: the realiser on the command line.
+
+The command wires the pieces: load and compile the config (images resolved by
+the runtime, input hashing with the store's stat cache), open the store,
+pick a reporter, realise, and exit 0 (all passed), 1 (a step failed) or 2
+(bad usage or config, raised as KataError). The runtime is connected lazily:
+a fully cached run with digest-pinned images never imports gRPC.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import click
+
+from kata.errors import KataError
 
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the root group."""
+    cli.add_command(run)
+    cli.add_command(build)
+    cli.add_command(logs)
+
+
+class LazyRuntime:
+    """Connects to containerd on first use (resolve or run); sweeps orphans before a run."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self._rt = None
+        self._swept = False
+        self._lock = threading.Lock()
+
+    def _get(self, sweep: bool):  # noqa: ANN202
+        with self._lock:
+            if self._rt is None:
+                from kata.runtimes.containerd import ContainerdRuntime
+
+                self._rt = ContainerdRuntime.connect(address=self.address, sweep=False)
+            if sweep and not self._swept:
+                self._rt.sweep()
+                self._swept = True
+            return self._rt
+
+    def resolve_image(self, ref: str) -> str:
+        return self._get(False).resolve_image(ref)
+
+    def run(self, spec, sink, cancel):  # noqa: ANN001, ANN201
+        return self._get(True).run(spec, sink, cancel)
+
+    def close(self) -> None:
+        if self._rt is not None:
+            self._rt.close()
+
+
+def git_head(root: Path) -> tuple[str, str]:
+    """(commit, branch) of the repository holding ``root``, read from .git without forking
+    git (a cached run should not pay for two processes); git itself when the layout is
+    unusual; ("", "") outside a repository."""
+    try:
+        for top in (root, *root.parents):
+            dotgit = top / ".git"
+            if dotgit.is_file():  # a worktree or submodule: "gitdir: <path>"
+                gitdir = Path(dotgit.read_text().split(":", 1)[1].strip())
+                gitdir = gitdir if gitdir.is_absolute() else top / gitdir
+                common = gitdir / "commondir"
+                refs = (gitdir / common.read_text().strip()) if common.exists() else gitdir
+                break
+            if dotgit.is_dir():
+                gitdir = refs = dotgit
+                break
+        else:
+            return "", ""
+        head = (gitdir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head, "HEAD"
+        ref = head[5:]
+        branch = ref.removeprefix("refs/heads/")
+        loose = refs / ref
+        if loose.exists():
+            return loose.read_text().strip(), branch
+        packed = refs / "packed-refs"
+        if packed.exists():
+            for line in packed.read_text().splitlines():
+                sha, _, name = line.partition(" ")
+                if name == ref:
+                    return sha, branch
+        return "", branch  # a branch with no commit yet
+    except (OSError, IndexError, UnicodeDecodeError):
+        return _git(root, "rev-parse", "HEAD"), _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", *args], cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, check=False)
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _secrets(pipeline, given: tuple[str, ...]) -> dict[str, str]:  # noqa: ANN001
+    out: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise KataError("cli.bad_secret", f"--secret wants NAME=VALUE, got {item!r}", obj=item)
+        out[name] = value
+    for step in pipeline.steps:
+        for name in step.secrets:
+            if name not in out and name in os.environ:
+                out[name] = os.environ[name]
+    return out
+
+
+def _skips(pipeline, branch: str) -> dict[str, str]:  # noqa: ANN001
+    """Steps whose only:/when: is false here (a local run: event push, the current branch)."""
+    from kata.conditions import Context
+
+    ctx = Context(event="push", branch=branch)
+    out = {}
+    for step in pipeline.steps:
+        cond = step.condition
+        if cond is not None and not cond.evaluate(ctx):
+            out[step.name] = f"condition false: {cond}"
+    return out
+
+
+def _reporter(json_out: bool):  # noqa: ANN202
+    if json_out:
+        from kata.report.jsonl import JsonReporter
+
+        return JsonReporter(sys.stdout)
+    if sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
+        from kata.report.live import LiveReporter
+
+        return LiveReporter(sys.stdout)
+    from kata.report.plain import PlainReporter
+
+    return PlainReporter(sys.stdout)
+
+
+def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[str, ...] = (),
+             dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...]) -> None:
+    from kata.cli.config_cmds import load
+    from kata.cli.store_cmds import open_store
+    from kata.compile import compile_pipeline
+    from kata.realise.realiser import Realiser, RealiseOptions
+    from kata.realise.scheduler import ForcedInterrupt
+
+    path, pipeline = load(ctx)
+    repo_root = path.resolve().parent
+    obj = ctx.find_root().obj or {}
+    runtime = LazyRuntime(obj.get("containerd_address"))
+    store = open_store(ctx)
+    try:
+        graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
+                                 repo_root=repo_root, stat_cache=store.stat_cache)
+        targets: tuple[str, ...] | None = None
+        if labels:
+            from kata.labels import select
+
+            targets = select(labels, graph.order)
+        elif steps:
+            unknown = [s for s in steps if s not in graph.nodes]
+            if unknown:
+                import difflib
+
+                near = difflib.get_close_matches(unknown[0], list(graph.order), n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise KataError("cli.unknown_step", f"no step named {unknown[0]!r}{hint}",
+                                obj=unknown[0])
+            targets = steps
+        settings = pipeline.settings
+        commit, branch = git_head(repo_root)
+        options = RealiseOptions(
+            targets=targets,
+            use_cache=settings.cache_enabled and not no_cache,
+            record=settings.cache_enabled,
+            max_parallel=settings.max_parallel or os.cpu_count() or 1,
+            fail_fast=settings.fail_fast,
+            timeout=settings.timeout.seconds if settings.timeout else None,
+            env=dict(pipeline.env),
+            secrets=_secrets(pipeline, secrets),
+            repo_root=repo_root,
+            work_root=Path(store.state_dir) / "work",
+            git_commit=commit,
+            git_branch=branch,
+            skip=_skips(pipeline, branch),
+        )
+        if dry_run:
+            _print_plan(Realiser(graph, store=store, runtime=None, emit=lambda e: None,
+                                 options=options), json_out)
+            return
+        reporter = _reporter(json_out)
+        try:
+            realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
+                                options=options)
+            result = realiser.run()
+        except ForcedInterrupt:
+            reporter.close()
+            click.echo("interrupted twice: not waiting for running steps", err=True)
+            sys.stdout.flush()
+            os._exit(130)
+        finally:
+            reporter.close()
+    finally:
+        runtime.close()
+        store.close()
+    if result.interrupted:
+        raise SystemExit(130)
+    if result.exit_code:
+        raise SystemExit(result.exit_code)
+
+
+def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
+    import json
+
+    from kata.report.plain import short_key
+
+    for entry in realiser.dry_run():
+        if json_out:
+            click.echo(json.dumps({"event": "plan", "step": entry.step, "hit": entry.hit,
+                                   "key": entry.key, "why": entry.why}))
+        elif entry.hit:
+            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
+        else:
+            click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
+    for name, why in realiser.excluded().items():
+        if json_out:
+            click.echo(json.dumps({"event": "plan", "step": name, "skip": True, "why": why}))
+        else:
+            click.echo(f"[PLAN] {name}: SKIP ({why})")
+
+
+_common = [
+    click.option("--dry-run", is_flag=True, help="Print each step's HIT or MISS (and why) "
+                 "without running anything."),
+    click.option("--no-cache", is_flag=True, help="Run every step, ignoring cached results."),
+    click.option("--json", "json_out", is_flag=True, help="One JSON event per line."),
+    click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE",
+                 help="A secret for steps that declare it (default: from the environment)."),
+]
+
+
+def _with_common(fn):  # noqa: ANN001, ANN202
+    for option in reversed(_common):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.option("--step", "steps", multiple=True, metavar="NAME",
+              help="Run this step (and what it needs) only; repeatable.")
+@_with_common
+@click.pass_context
+def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
+        json_out: bool, secrets: tuple[str, ...]) -> None:
+    """Run the pipeline in .kata-ci.yaml."""
+    _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
+             secrets=secrets)
+
+
+@click.command()
+@click.argument("labels", nargs=-1, required=True)
+@_with_common
+@click.pass_context
+def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
+          json_out: bool, secrets: tuple[str, ...]) -> None:
+    """Realise targets and what they need: //step, //prefix*, //... ."""
+    _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
+             secrets=secrets)
+
+
+@click.command()
+@click.option("--step", "steps", multiple=True, metavar="NAME", help="Only this step's log.")
+@click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
+@click.pass_context
+def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None) -> None:
+    """Show the output of the last run (or of --run ID).
+
+    A cached step shows the output of the run that produced its result, marked so.
+    """
+    from kata.cli.store_cmds import open_store
+
+    store = open_store(ctx)
+    try:
+        if run_id:
+            record = store.get_run(run_id)
+            if record is None:
+                raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
+                                exit_code=1)
+        else:
+            pipeline = _pipeline_name(ctx)
+            found = store.list_runs(pipeline=pipeline, limit=1)
+            if not found:
+                raise KataError("logs.no_run", "no run recorded yet" +
+                                (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
+            record = found[0]
+        entries = record.get("steps") or []
+        known = [e.get("name") for e in entries]
+        for name in steps:
+            if name not in known:
+                raise KataError("logs.no_step", f"run {record.get('id')} has no step {name!r}",
+                                obj=name, exit_code=1)
+        for entry in entries:
+            if steps and entry.get("name") not in steps:
+                continue
+            _print_log(store, record, entry)
+    finally:
+        store.close()
+
+
+def _pipeline_name(ctx: click.Context) -> str | None:
+    from kata.cli.config_cmds import load
+
+    try:
+        _, pipeline = load(ctx)
+    except KataError:
+        return None  # no config here: the last run of any pipeline
+    return pipeline.name
+
+
+def _print_log(store, record: dict, entry: dict) -> None:  # noqa: ANN001
+    name = entry.get("name", "?")
+    status = entry.get("status", "?")
+    if entry.get("cache") == "HIT":
+        by = entry.get("produced_by") or "an earlier run"
+        head = f"== {name}: cached — output of run {by} =="
+    elif status == "skipped":
+        head = f"== {name}: skipped ({entry.get('message', '')}) =="
+    else:
+        exit_status = entry.get("exit_status")
+        extra = f", exit {exit_status}" if exit_status not in (None, 0) else ""
+        head = f"== {name}: {status}{extra}, {float(entry.get('duration') or 0):.1f}s =="
+    click.echo(head)
+    digest = entry.get("log")
+    if not digest:
+        return
+    with store.open_blob(digest) as f:
+        data = f.read()
+    text = data.decode("utf-8", errors="replace")
+    if text:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str) -> bytes | None:
+    """The encoded derivation record of ``step``'s last realisation, for ``kata why``."""
+    from kata.cli.store_cmds import open_store
+
+    store = open_store(ctx)
+    try:
+        for record in store.list_runs(pipeline=pipeline, limit=200):
+            for entry in record.get("steps") or ():
+                if entry.get("name") == step and entry.get("status") == "passed":
+                    drv_hash = entry.get("drv_hash")
+                    found = store.get_derivation(drv_hash) if drv_hash else None
+                    if found is not None:
+                        return found
+        return None
+    finally:
+        store.close()
+
+
+def quiet_resolver(ctx: click.Context):  # noqa: ANN201
+    """An image resolver for commands that only compare keys (``kata why``): the runtime's
+    answer when it can give one, else None (the image stays unresolved)."""
+    runtime = LazyRuntime((ctx.find_root().obj or {}).get("containerd_address"))
+
+    def resolve(ref) -> str | None:  # noqa: ANN001
+        try:
+            return runtime.resolve_image(str(ref))
+        except KataError:
+            return None
+
+    return resolve

@@ -7,6 +7,7 @@ import shutil
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kata.errors import KataError
 
@@ -21,8 +22,10 @@ from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore
 from .network import CniNetwork
 from .reference import is_digest, parse_reference
-from .registry import RegistryClient
 from .task import StepRun, TaskOptions
+
+if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every run
+    from .registry import RegistryClient
 
 FIFO_ROOT = "/run/kata/fifo"
 
@@ -100,6 +103,8 @@ class ContainerdRuntime:
     def registry(self) -> RegistryClient:
         with self._lock:
             if self._registry is None:
+                from .registry import RegistryClient
+
                 self._registry = RegistryClient(self.config)
             return self._registry
 

@@ -1,0 +1,125 @@
+"""What the realiser says while it works: a stream of small frozen values.
+
+The realiser never prints; it hands each event to a callable (``Emit``). The
+reporters in ``kata.report`` turn the stream into the plain lines of the
+overview, a live view on a terminal, or one JSON object per line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Literal
+
+CacheSource = Literal["derivation", "resolved"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parsed:
+    """The pipeline was loaded and compiled."""
+
+    pipeline: str
+    steps: int
+    groups: int
+    planned: tuple[str, ...]  # the steps this run will realise, in topological order
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheChecked:
+    """The cache was consulted for a step: a hit (with the key that hit) or a miss."""
+
+    step: str
+    hit: bool
+    key: str  # the key looked up last (derivation hash, or resolved hash on early cutoff)
+    source: CacheSource = "derivation"
+    reason: str = ""  # why a miss: "not in store", "--no-cache", "cache: false", ...
+    produced_by: str = ""  # on a hit: the run that produced the result, when known
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepStarted:
+    """A step's container is being started."""
+
+    step: str
+    command: str  # the step's commands joined by " && ", as the overview shows them
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputLine:
+    """One line the step wrote (secrets already masked)."""
+
+    step: str
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepPassed:
+    step: str
+    duration: float
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepFailed:
+    step: str
+    exit_status: int | None  # None when it failed before or after its container ran
+    duration: float
+    message: str = ""  # "timed out after 5s", "artifact dist/ was not produced", ...
+    reason: str = "step.failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepSkipped:
+    step: str
+    reason: str  # "dependency test failed", "cancelled (fail_fast)", ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    """The run is over."""
+
+    run_id: str
+    passed: int
+    failed: int
+    skipped: int
+    cached: int  # of the passed ones, how many came from the cache
+    ran: int  # how many containers ran
+    total: float  # sum of the durations of the steps that ran
+    wall: float  # wall-clock time of the realisation
+    cancelled: bool = False  # Ctrl-C or pipeline timeout
+
+
+Event = Parsed | CacheChecked | StepStarted | OutputLine | StepPassed | StepFailed | StepSkipped | Done
+Emit = Callable[[Event], None]
+
+_KIND = {
+    Parsed: "parse",
+    CacheChecked: "cache",
+    StepStarted: "run",
+    OutputLine: "output",
+    StepPassed: "pass",
+    StepFailed: "fail",
+    StepSkipped: "skip",
+    Done: "done",
+}
+
+
+def kind(event: Event) -> str:
+    """The event's short name, as ``--json`` writes it in its ``event`` field."""
+    return _KIND[type(event)]
+
+
+def to_dict(event: Event) -> dict[str, object]:
+    """A JSON-ready dict of the event: ``{"event": kind, ...fields}``."""
+    data: dict[str, object] = {"event": kind(event)}
+    for f in fields(event):
+        value = getattr(event, f.name)
+        data[f.name] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+__all__ = [
+    "CacheChecked", "Done", "Emit", "Event", "OutputLine", "Parsed", "StepFailed",
+    "StepPassed", "StepSkipped", "StepStarted", "kind", "to_dict",
+]

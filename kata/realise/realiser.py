@@ -1,0 +1,582 @@
+"""The one loop that runs things and writes the store.
+
+Per step (DESIGN.md, "Derivations" and "Realiser and reporting"):
+1. look up the derivation hash (input-addressed; known before anything runs);
+2. once its dependencies are realised, look up the resolved hash (their output
+   tree digests in place of their derivation hashes: early cutoff);
+3. a hit restores nothing: its output tree digest is simply what dependents get;
+4. a miss assembles the workspace (``workspace.py``), runs the container,
+   collects the declared artifacts as one tree, stores the log as a blob and
+   records the realisation under both keys, only when the step exited 0 and
+   produced every declared artifact.
+The run (per step: status, HIT/MISS, derivation hash, duration, log digest) is
+recorded in the store at the end, also for failed and interrupted runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kata.errors import KataError
+from kata.realise import events as ev
+from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
+from kata.realise.scheduler import Cancel, schedule
+from kata.realise.workspace import (
+    SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
+)
+from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, Runtime, StepSpec
+from store import StoreError
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
+
+
+def _shell_script(commands: Sequence[str]) -> str:
+    # one shell, commands in order, stop at the first failure (a CI step's contract)
+    return "set -e\n" + "\n".join(commands) + "\n"
+
+
+def image_of(node: Any) -> str:
+    """The step's image pinned by the digest the compiler hashed: ``name@sha256:…``."""
+    digest = node.derivation.image
+    if not digest:
+        raise KataError("image.unresolved", f"step {node.step.name}: image {node.step.image} "
+                        "has no resolved digest", obj=node.step.name)
+    return f"{node.step.image.name}@{digest}"
+
+
+def _empty_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="kata-empty-"))
+    return path
+
+
+class _Masker:
+    """Replaces every secret value in output with ***."""
+
+    def __init__(self, secrets: Mapping[str, str]) -> None:
+        self._values = sorted({v for v in secrets.values() if v}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
+
+
+class Realiser:
+    """Realises the steps of one compiled graph against a store and a runtime."""
+
+    def __init__(self, graph: Any, *, store: Any, runtime: Runtime | None, emit: ev.Emit,
+                 options: RealiseOptions, pipeline: str = "") -> None:
+        self.graph = graph
+        self.store = store
+        self.runtime = runtime
+        self.options = options
+        self.pipeline = pipeline or graph.pipeline.name
+        self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self._emit_lock = threading.Lock()
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
+        self._results: dict[str, StepResult] = {}
+        self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
+        self._empty_tree = ""
+        self._mask = _Masker(options.secrets)
+        self._unpack_locks: dict[str, threading.Lock] = {}
+        unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
+        if unknown:
+            raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
+        for name in graph.order:
+            node = graph.nodes[name]
+            if node.drv_hash is None or node.inputs is None:
+                raise KataError("image.unresolved", f"step {name}: its image {node.step.image} "
+                                "could not be resolved to a digest", obj=name)
+
+    # -- events -----------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        with self._emit_lock:
+            self._emit(event)
+
+    # -- planning ---------------------------------------------------------------
+
+    def _caches(self, name: str) -> bool:
+        return self.options.use_cache and self.graph.nodes[name].step.cache.enabled
+
+    def _miss_reason(self, name: str) -> str:
+        if not self.options.use_cache:
+            return "--no-cache"
+        if not self.graph.nodes[name].step.cache.enabled:
+            return "cache: false"
+        return ""
+
+    def _lookup(self, key: str) -> Any:
+        """A realisation whose objects are all still here (gc on another host may have
+        collected them behind this host's index): else a miss."""
+        real = self.store.get_realisation(key)
+        if real is None:
+            return None
+        meta = real.meta if isinstance(real.meta, dict) else {}
+        needed = {real.outputs, *(meta.get("stack") or ())}
+        if all(self.store.has_blob(d) for d in needed):
+            return real
+        return None
+
+    def plan(self) -> tuple[list[str], dict[str, Any]]:
+        """The steps to realise (topological) and the derivation-hash hits among them.
+
+        A step hit by its derivation hash needs none of its dependencies, so
+        only the dependencies of steps that miss are pulled into the plan.
+        """
+        nodes = self.graph.nodes
+        order = list(self.graph.order)
+        wanted = set(self.options.targets) if self.options.targets else set(order)
+        hits: dict[str, Any] = {}
+        needed: set[str] = set()
+        excluded = self.excluded()
+        for name in reversed(order):
+            if name not in wanted or name in excluded:
+                continue
+            needed.add(name)
+            real = self._lookup(nodes[name].drv_hash) if self._caches(name) else None
+            if real is not None:
+                hits[name] = real
+            else:
+                wanted.update(nodes[name].deps)
+        return [n for n in order if n in needed], hits
+
+    def excluded(self) -> dict[str, str]:
+        """Steps skipped by a condition, and everything that depends on them."""
+        out: dict[str, str] = {}
+        for name in self.graph.order:
+            if name in self.options.skip:
+                out[name] = self.options.skip[name]
+            else:
+                off = [d for d in self.graph.nodes[name].deps if d in out]
+                if off:
+                    out[name] = f"dependency {off[0]} skipped"
+        return out
+
+    def dry_run(self) -> list[PlanEntry]:
+        order, hits = self.plan()
+        entries = []
+        for name in order:
+            node = self.graph.nodes[name]
+            if name in hits:
+                entries.append(PlanEntry(step=name, hit=True, key=node.drv_hash, why=""))
+                continue
+            why = self._miss_reason(name)
+            if not why:
+                rebuilt = [d for d in node.deps if d not in hits]
+                why = ("not in the store" if not rebuilt else
+                       f"not in the store; may still hit once {', '.join(rebuilt)} "
+                       "rebuilt (early cutoff)")
+            entries.append(PlanEntry(step=name, hit=False, key=node.drv_hash, why=why))
+        return entries
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        created = time.time()
+        order, hits = self.plan()
+        self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
+                            groups=len(self.graph.levels), planned=tuple(order)))
+        wanted = self.options.targets
+        for name, why in self.excluded().items():
+            if wanted is None or name in wanted:
+                self._skipped(name, why)
+        for name in order:  # derivation-hash hits: done before anything runs
+            if name in hits:
+                self._hit(name, hits[name], self.graph.nodes[name].drv_hash, "derivation")
+        to_run = [n for n in order if n not in hits]
+        sched = None
+        run_dir = self.options.work_root / f"run-{os.getpid()}-{self.run_id}"
+        try:
+            if to_run:
+                self._need_runtime()
+                sweep_dead_runs(self.options.work_root)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self._run_dir = run_dir
+                self._snapshot_inputs(to_run)
+                deps = {n: self.graph.nodes[n].deps for n in to_run}
+                max_parallel = self.options.max_parallel or os.cpu_count() or 1
+                sched = schedule(to_run, deps, self._work, max_parallel=max_parallel,
+                                 fail_fast=self.options.fail_fast, timeout=self.options.timeout,
+                                 on_skip=self._skipped)
+        finally:
+            if run_dir.exists():
+                try:
+                    run_dir.rmdir()
+                except OSError:
+                    pass
+            wall = time.monotonic() - started
+            result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
+                               stop_reason=sched.stop_reason if sched else "",
+                               interrupted=sched.interrupted if sched else False)
+            self._record_run(result, created)
+        results = [self._results.get(n) for n in self.graph.order]
+        passed = [r for r in results if r and r.status == "passed"]
+        self.emit(ev.Done(
+            run_id=self.run_id, passed=len(passed),
+            failed=sum(1 for r in results if r and r.status in ("failed", "cancelled")),
+            skipped=sum(1 for r in results if r and r.status == "skipped"),
+            cached=sum(1 for r in passed if r.cache == "HIT"),
+            ran=sum(1 for r in results if r and r.cache == "MISS" and r.exit_status is not None),
+            total=sum(r.duration for r in results if r and r.cache == "MISS"),
+            wall=wall, cancelled=bool(result.stop_reason and not result.ok and
+                                      result.stop_reason in ("interrupted", "pipeline timeout"))))
+        return result
+
+    def _need_runtime(self) -> None:
+        if self.runtime is None:
+            raise KataError("runtime.unavailable", "no container runtime to run steps with",
+                            exit_code=1)
+
+    def _set(self, result: StepResult, stack: tuple[str, ...] | None = None) -> None:
+        with self._lock:
+            self._results[result.name] = result
+            if stack is not None:
+                self._stacks[result.name] = stack
+
+    def _deps_stack(self, name: str) -> tuple[str, ...]:
+        """The artifact trees a step sees, bottom first: its dependencies' stacks, merged.
+
+        Artifacts flow transitively (the overview's ``deploy`` runs the ``bin/app``
+        that ``build`` made, through ``unit-test``): a step's stack is its
+        dependencies' stacks in ``depends_on`` order, then its own output tree.
+        """
+        seen: dict[str, None] = {}
+        for dep in self.graph.nodes[name].deps:
+            for tree in self._stacks[dep]:
+                seen.setdefault(tree)
+        return tuple(seen)
+
+    def _stack_with(self, base: tuple[str, ...], tree: str) -> tuple[str, ...]:
+        if not tree or tree == self._empty() or tree in base:
+            return base
+        return base + (tree,)
+
+    @staticmethod
+    def _stack_digest(stack: tuple[str, ...]) -> str:
+        # what a dependent's resolved hash sees of a dependency: everything it passes on
+        return "sha256:" + hashlib.sha256("\0".join(("kata-stack/1",) + stack).encode()).hexdigest()
+
+    def _hit(self, name: str, real: Any, key: str, source: str) -> None:
+        meta = getattr(real, "meta", None) or {}
+        produced_by = str(meta.get("run", ""))
+        self.store.count(True)
+        self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
+                                  produced_by=produced_by))
+        stack = meta.get("stack")
+        stack = tuple(stack) if stack is not None else self._stack_with((), real.outputs)
+        self._set(StepResult(name=name, status="passed", cache="HIT",
+                             drv_hash=self.graph.nodes[name].drv_hash, key=key,
+                             duration=0.0, exit_status=real.exit_status, log=real.log or "",
+                             outputs=real.outputs, produced_by=produced_by), stack)
+        self.emit(ev.StepPassed(step=name, duration=0.0, cached=True))
+
+    def _skipped(self, name: str, reason: str) -> None:
+        self._set(StepResult(name=name, status="skipped",
+                             drv_hash=self.graph.nodes[name].drv_hash, message=reason))
+        self.emit(ev.StepSkipped(step=name, reason=reason))
+
+    # -- inputs -------------------------------------------------------------------
+
+    def _snapshot_inputs(self, names: Sequence[str]) -> None:
+        """Store each running step's input files as a tree, now, before anything runs.
+
+        Snapshots are remembered in the store by the input set's digest, so
+        unchanged inputs are not read again on the next run.
+        """
+        by_digest: dict[str, str] = {}
+        for name in names:
+            inputs = self.graph.nodes[name].inputs
+            digest = inputs.digest
+            if digest not in by_digest:
+                by_digest[digest] = self._input_tree(inputs)
+            self._snapshots[name] = by_digest[digest]
+
+    def _input_tree(self, inputs: Any) -> str:
+        key = hashlib.sha256(f"kata-inputs/1\0{inputs.digest}".encode()).hexdigest()
+        known = self._lookup(key)
+        if known is not None and self.store.has_blob(known.outputs):
+            return known.outputs
+        paths = tuple(f.path for f in inputs.files)
+        tree = self._put_tree(self.options.repo_root, paths)
+        self._put_realisation(key, tree, log=self._empty_log(), exit_status=0, duration=0.0)
+        return tree
+
+    def _put_tree(self, root: Path, paths: Sequence[str]) -> str:
+        if not paths:
+            return self._empty()
+        return self.store.put_tree(root, paths=tuple(paths))
+
+    def _empty(self) -> str:
+        if not self._empty_tree:
+            empty = _empty_dir()
+            try:
+                self._empty_tree = self.store.put_tree(empty, paths=())
+            finally:
+                empty.rmdir()
+        return self._empty_tree
+
+    def _empty_log(self) -> str:
+        return self.store.put_blob(b"")
+
+    def _put_realisation(self, key: str, outputs: str, *, log: str, exit_status: int,
+                         duration: float, meta: Mapping[str, Any] | None = None) -> Any:
+        from store import Realisation
+
+        real = Realisation(outputs=outputs, log=log, exit_status=exit_status, duration=duration,
+                           host=os.uname().nodename, created=time.time(), meta=dict(meta or {}))
+        self.store.put_realisation(key, real)
+        return real
+
+    # -- one step -------------------------------------------------------------------
+
+    def _work(self, name: str, cancel: Cancel) -> bool:
+        node = self.graph.nodes[name]
+        step = node.step
+        resolved = ""
+        if all(d in self._stacks for d in node.deps):
+            resolved = node.resolved_hash({d: self._stack_digest(self._stacks[d])
+                                           for d in node.deps})
+        if self._caches(name) and resolved:
+            real = self._lookup(resolved)
+            if real is not None:
+                # early cutoff; remember it under the derivation hash too
+                self.store.put_realisation(node.drv_hash, real)
+                self._put_derivation(node)
+                self._hit(name, real, resolved, "resolved")
+                return True
+        self.store.count(False)
+        self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash,
+                                  reason=self._miss_reason(name) or "not in the store"))
+        return self._execute(name, node, resolved, cancel)
+
+    def _unpacked(self, tree: str) -> Path:
+        """The store's unpacked copy; dependents starting together wait for one extraction
+        instead of each extracting the same tree."""
+        with self._lock:
+            lock = self._unpack_locks.setdefault(tree, threading.Lock())
+        with lock:
+            return Path(self.store.unpacked(tree))
+
+    def _layers(self, name: str, node: Any) -> list[Path]:
+        step = node.step
+        empty = self._empty()
+        layers: list[Path] = []
+        for tree in reversed(self._deps_stack(name)):  # top first
+            layers.append(self._unpacked(tree))
+        cache_tree = self._cache_tree(node)
+        if cache_tree and cache_tree != empty:
+            layers.append(self._unpacked(cache_tree))
+        snapshot = self._snapshots[name]
+        if snapshot != empty:
+            layers.append(self._unpacked(snapshot))
+        return layers
+
+    # cache.paths ----------------------------------------------------------------
+
+    def _cache_key(self, node: Any) -> str:
+        step = node.step
+        if not step.cache.paths:
+            return ""
+        h = hashlib.sha256(b"kata-cache-paths/1\0")
+        h.update(image_of(node).encode() + b"\0")
+        for p in step.cache.paths:
+            h.update(b"p\0" + p.encode() + b"\0")
+        root = self.options.repo_root
+        for kf in step.cache.key_files:
+            h.update(b"k\0" + kf.encode() + b"\0")
+            try:
+                h.update(hashlib.sha256((root / kf).read_bytes()).digest())
+            except FileNotFoundError:
+                h.update(b"missing")
+        return h.hexdigest()
+
+    def _cache_tree(self, node: Any) -> str:
+        key = self._cache_key(node)
+        if not key or not self.options.use_cache:
+            return ""
+        real = self._lookup(key)
+        return real.outputs if real is not None else ""
+
+    def _save_cache(self, node: Any, workdir: Path) -> None:
+        key = self._cache_key(node)
+        if not key or self._lookup(key) is not None:
+            return  # saved once per key, like the key it is named by
+        paths = [p for p in node.step.cache.paths if os.path.lexists(workdir / p.rstrip("/"))]
+        tree = self._put_tree(workdir, [p.rstrip("/") for p in paths])
+        self._put_realisation(key, tree, log=self._empty_log(), exit_status=0, duration=0.0)
+
+    # running ---------------------------------------------------------------------
+
+    def _execute(self, name: str, node: Any, resolved: str, cancel: Cancel) -> bool:
+        step = node.step
+        started = time.monotonic()
+        log = tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
+        log_lock = threading.Lock()
+        exit_status: int | None = None
+        message = ""
+        reason = ""
+        outputs = ""
+        try:
+            try:
+                if step.services:  # the runtime has no pod (shared netns) for sidecars yet
+                    raise KataError("step.services_unsupported",
+                                    f"step {name} declares services, which this version "
+                                    "cannot run yet", obj=name)
+                ws = Workspace(self._run_dir, self._layers(name, node))
+            except (KataError, StoreError) as err:
+                message, reason = err.message, err.reason
+                ws = None
+            if ws is not None:
+                with ws:
+                    try:
+                        exit_status = self._run_container(name, node, ws.path, cancel, log,
+                                                          log_lock)
+                    except KataError as err:  # e.g. a missing secret, an image not found
+                        message, reason = err.message, err.reason
+                    if reason:
+                        pass
+                    elif exit_status == 0:
+                        missing = [a for a in step.artifacts
+                                   if not os.path.lexists(ws.path / a.rstrip("/"))]
+                        if missing:
+                            reason = "artifact.missing"
+                            message = (f"declared artifact {missing[0]} was not produced"
+                                       if len(missing) == 1 else
+                                       f"declared artifacts {', '.join(missing)} were not produced")
+                        else:
+                            try:
+                                outputs = self._put_tree(ws.path,
+                                                         [a.rstrip("/") for a in step.artifacts])
+                                if self.options.record:
+                                    self._save_cache(node, ws.path)
+                            except StoreError as err:  # e.g. a FIFO among the artifacts
+                                reason, message = err.reason, f"artifacts: {err.message}"
+                    elif cancel.is_set():
+                        reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
+                    elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
+                        reason, message = "step.timeout", f"timed out after {step.timeout}"
+                    else:
+                        reason = "step.failed"
+            if message and reason != "step.failed":
+                line = f"kata: {message}"
+                log.write(line.encode() + b"\n")
+            duration = time.monotonic() - started
+            log.seek(0)
+            log_digest = self.store.put_blob(log)
+        finally:
+            log.close()
+        ok = exit_status == 0 and not reason
+        if ok:
+            stack = self._stack_with(self._deps_stack(name), outputs)
+            # "objects": gc keeps every tree a dependent will be handed, not only our own
+            meta = {"run": self.run_id, "step": name, "pipeline": self.pipeline,
+                    "stack": list(stack), "objects": list(stack)}
+            self._put_derivation(node)
+            if self.options.record and step.cache.enabled:
+                for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
+                    self._put_realisation(key, outputs, log=log_digest, exit_status=0,
+                                          duration=duration, meta=meta)
+            self._set(StepResult(name=name, status="passed", cache="MISS",
+                                 drv_hash=node.drv_hash, key=resolved or node.drv_hash,
+                                 duration=duration, exit_status=0, log=log_digest,
+                                 outputs=outputs, produced_by=self.run_id), stack)
+            self.emit(ev.StepPassed(step=name, duration=duration))
+            return True
+        status = "cancelled" if reason == "step.cancelled" else "failed"
+        self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash,
+                             key=resolved or node.drv_hash, duration=duration,
+                             exit_status=exit_status, log=log_digest, message=message))
+        self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
+                                message=message, reason=reason or "step.failed"))
+        return False
+
+    def _put_derivation(self, node: Any) -> None:
+        # the record (derivation + input file list + dependency names) is what `kata why` diffs
+        self.store.put_derivation(node.drv_hash, node.record().encode())
+
+    def _run_container(self, name: str, node: Any, workdir: Path, cancel: Cancel,
+                       log: Any, log_lock: threading.Lock) -> int:
+        step = node.step
+        values: dict[str, str] = {}
+        for secret in step.secrets:
+            if secret not in self.options.secrets:
+                raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
+                                f"set ${secret} or pass --secret {secret}=...", obj=name)
+            if not _ENV_NAME.fullmatch(secret):
+                raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
+                                "environment variable name", obj=name)
+            values[secret] = self.options.secrets[secret]
+        if not values:
+            return self._start(name, node, workdir, None, cancel, log, log_lock)
+        with SecretsDir(self._run_dir, values) as secrets_dir:
+            return self._start(name, node, workdir, secrets_dir.path, cancel, log, log_lock)
+
+    def _start(self, name: str, node: Any, workdir: Path, secrets_dir: Path | None,
+               cancel: Cancel, log: Any, log_lock: threading.Lock) -> int:
+        step = node.step
+        env = dict(self.options.env)
+        env.update(dict(step.env))
+        mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
+        script = _shell_script(step.commands)
+        if secrets_dir is not None:
+            # values reach the step through files, never through the spec containerd stores
+            mounts.append(Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
+                                readonly=True))
+            script = SECRETS_PRELUDE + script
+        timeout = step.timeout.seconds if step.timeout is not None else None
+        spec = StepSpec(
+            image=image_of(node),
+            argv=("/bin/sh", "-c", script),
+            env=env,
+            workdir=step.workdir,
+            mounts=tuple(mounts),
+            network=step.network,  # type: ignore[arg-type]
+            timeout=timeout,
+            labels={"kata.run": self.run_id, "kata.step": name},
+        )
+        mask = self._mask
+
+        def sink(stream: str, data: bytes) -> None:
+            text = mask(data.decode("utf-8", errors="replace"))
+            with log_lock:
+                log.write(text.encode() + b"\n")
+            self.emit(ev.OutputLine(step=name, stream=stream, text=text))  # type: ignore[arg-type]
+
+        self.emit(ev.StepStarted(step=name, command=" && ".join(step.commands)))
+        assert self.runtime is not None
+        if cancel.is_set():
+            return CANCEL_EXIT
+        return self.runtime.run(spec, sink, cancel)
+
+    # -- history ----------------------------------------------------------------------
+
+    def _record_run(self, result: RunResult, created: float) -> None:
+        status = ("passed" if result.ok else
+                  "interrupted" if result.interrupted else "failed")
+        self.store.put_run({
+            "id": self.run_id,
+            "pipeline": self.pipeline,
+            "commit": self.options.git_commit,
+            "branch": self.options.git_branch,
+            "started": created,
+            "wall": result.wall,
+            "status": status,
+            "targets": list(self.options.targets or ()),
+            "steps": [r.record() for n in self.graph.order
+                      if (r := result.steps.get(n)) is not None],
+        })

@@ -1,0 +1,73 @@
+"""The realiser's values: how to realise (options) and what came of it (results)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealiseOptions:
+    """How to realise: what the CLI flags and the pipeline's settings say."""
+
+    targets: tuple[str, ...] | None = None  # None: every step of the pipeline
+    use_cache: bool = True  # look results up; False: --no-cache, settings.cache_enabled: false
+    record: bool = True  # record realisations; False: settings.cache_enabled: false
+    max_parallel: int = 0  # 0: CPU count
+    fail_fast: bool = True
+    timeout: float | None = None  # the pipeline's, in seconds
+    env: Mapping[str, str] = field(default_factory=dict)  # the pipeline's global env
+    secrets: Mapping[str, str] = field(default_factory=dict)  # name -> value
+    repo_root: Path = Path(".")
+    work_root: Path = Path(tempfile.gettempdir()) / "kata-work"
+    git_commit: str = ""
+    git_branch: str = ""
+    skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanEntry:
+    """What a dry run says about one step."""
+
+    step: str
+    hit: bool
+    key: str
+    why: str  # for a miss: why it will run
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepResult:
+    name: str
+    status: str  # passed | failed | cancelled | skipped
+    cache: str = ""  # HIT | MISS | "" (never looked at)
+    drv_hash: str = ""
+    key: str = ""  # the key that hit, or the resolved key it was recorded under
+    duration: float = 0.0
+    exit_status: int | None = None
+    log: str = ""  # log blob digest
+    outputs: str = ""  # output tree digest
+    produced_by: str = ""  # run id that produced a cached result
+    message: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    run_id: str
+    steps: Mapping[str, StepResult]
+    wall: float
+    stop_reason: str = ""
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "passed" for r in self.steps.values())
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1

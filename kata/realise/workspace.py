@@ -1,0 +1,194 @@
+"""A step's working directory: an overlay of read-only trees with a throwaway upper.
+
+Lower layers (top first): the unpacked output trees of the step's dependencies,
+its restored ``cache.paths`` tree, and the snapshot of its input files; all of
+them are the store's host-local unpacked trees, so passing a 50k-file artifact
+to a dependent costs a mount, not a copy. The upper layer is fresh, and is
+thrown away (with the mount) once the declared artifacts have been collected.
+
+The overlay is mounted on the host and handed to the container as a bind
+mount, so the realiser reads the merged view (artifacts may come from a lower
+layer, e.g. a dependency's tree passed on) exactly as the step left it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from kata.errors import KataError
+
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_MAX_OPTIONS = 4000  # the kernel copies at most one page of mount options
+
+
+def _mount_overlay(lower: list[str], upper: str, work: str, target: str) -> None:
+    options = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+    if len(options) > _MAX_OPTIONS:
+        raise KataError("workspace.too_many_layers",
+                        f"{len(lower)} layers do not fit in one overlay mount", exit_code=1)
+    rc = _libc.mount(b"overlay", target.encode(), b"overlay", 0, options.encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise KataError("workspace.mount_failed",
+                        f"cannot mount the step's overlay workspace: {os.strerror(err)} "
+                        f"({options})", exit_code=1)
+
+
+def _umount(target: str) -> None:
+    if _libc.umount2(target.encode(), 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EINVAL:  # not mounted
+        return
+    _libc.umount2(target.encode(), _MNT_DETACH)  # busy: detach, the kernel finishes later
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a scratch tree; read-only directories (copied up from the store) included."""
+    if not path.exists():
+        return
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        subprocess.run(["chmod", "-R", "u+rwx", str(path)], check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Workspace:
+    """A mounted overlay at ``self.path``; ``close()`` unmounts and deletes it.
+
+    ``layers``: host directories, top first (later ones are hidden by earlier
+    ones where paths collide). Duplicates are dropped, keeping the topmost.
+    """
+
+    def __init__(self, work_root: Path, layers: list[Path]) -> None:
+        self.root = work_root / uuid.uuid4().hex[:12]
+        self.path = self.root / "m"
+        self._mounted = False
+        self.root.mkdir(parents=True)
+        try:
+            links = self.root / "l"
+            links.mkdir()
+            lower: list[str] = []
+            seen: set[str] = set()
+            for layer in layers:
+                real = os.path.realpath(layer)
+                if real in seen:
+                    continue
+                seen.add(real)
+                # short names keep the option string within one page
+                link = links / str(len(lower))
+                link.symlink_to(real)
+                lower.append(str(link))
+            if not lower:
+                empty = self.root / "e"
+                empty.mkdir()
+                lower.append(str(empty))
+            for name in ("u", "w", "m"):
+                (self.root / name).mkdir()
+            _mount_overlay(lower, str(self.root / "u"), str(self.root / "w"), str(self.path))
+            self._mounted = True
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._mounted:
+            _umount(str(self.path))
+            self._mounted = False
+        remove_tree(self.root)
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_runs(work_root: Path) -> None:
+    """Remove what a killed kata left under ``work_root``: mounts first, then files.
+
+    Each run works in ``run-<pid>-<run id>/``; only runs whose process is gone
+    are swept, so two kata runs side by side leave each other alone.
+    """
+    if not work_root.is_dir():
+        return
+    for run in work_root.iterdir():
+        parts = run.name.split("-")
+        if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
+            continue
+        if _alive(int(parts[1])):
+            continue
+        for entry in run.iterdir() if run.is_dir() else ():
+            merged = entry / "m"
+            if merged.is_dir():
+                _umount(str(merged))
+        remove_tree(run)
+
+
+class SecretsDir:
+    """Secret values as files on a private tmpfs, bind-mounted read-only into the step.
+
+    containerd writes a container's spec (env included) to disk, so values never go in
+    the spec: the step's shell exports them from these files (``SECRETS_PRELUDE``).
+    """
+
+    def __init__(self, parent: Path, values: dict[str, str]) -> None:
+        self.path = parent / f"secrets-{uuid.uuid4().hex[:12]}"
+        self.path.mkdir(mode=0o700)
+        self._mounted = False
+        try:
+            rc = _libc.mount(b"tmpfs", str(self.path).encode(), b"tmpfs", 0,
+                             b"mode=0700,size=4m")
+            if rc != 0:
+                err = ctypes.get_errno()
+                raise KataError("workspace.mount_failed",
+                                f"cannot mount a tmpfs for secrets: {os.strerror(err)}",
+                                exit_code=1)
+            self._mounted = True
+            for name, value in values.items():
+                fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+                with os.fdopen(fd, "w") as f:
+                    f.write(value)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._mounted:
+            _umount(str(self.path))
+            self._mounted = False
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "SecretsDir":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+SECRETS_TARGET = "/run/kata/secrets"
+SECRETS_PRELUDE = (
+    f'for f in {SECRETS_TARGET}/*; do [ -f "$f" ] && export "${{f##*/}}=$(cat "$f")"; done\n'
+)

@@ -1,0 +1,344 @@
+"""The realiser over the FakeRuntime (host shell in a real overlay workspace) and a store."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from fakes import Behaviour, FakeRuntime, FakeStep, compile_steps
+from kata.errors import KataError
+from kata.realise import events as ev
+from kata.realise.realiser import Realiser, RealiseOptions
+from store import Store
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.repo = tmp_path / "repo"
+        self.repo.mkdir()
+        self.store = Store.open(tmp_path / "store")
+        self.work = tmp_path / "work"
+        self.runtime = FakeRuntime()
+        self.events: list[ev.Event] = []
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def realiser(self, steps, **options) -> Realiser:
+        self.events = []
+        graph = compile_steps(self.repo, steps)
+        options.setdefault("max_parallel", 4)
+        opts = RealiseOptions(repo_root=self.repo, work_root=self.work, **options)
+        return Realiser(graph, store=self.store, runtime=self.runtime, emit=self.events.append,
+                        options=opts)
+
+    def run(self, steps, **options):
+        self.runtime.started.clear()
+        return self.realiser(steps, **options).run()
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(tmp_path)
+
+
+DAG = [
+    FakeStep("build", commands=("mkdir -p dist", "cat src/a.txt > dist/out.txt"),
+             inputs=("src/**",), artifacts=("dist/",)),
+    FakeStep("test", commands=("grep -q hello dist/out.txt",), depends_on=("build",)),
+    FakeStep("lint", commands=("test -s dist/out.txt",), depends_on=("build",)),
+    FakeStep("package", commands=("tar -cf pkg.tar dist",), depends_on=("test", "lint"),
+             artifacts=("pkg.tar",)),
+]
+
+
+def test_first_run_misses_second_run_hits(env):
+    env.write("src/a.txt", "hello\n")
+    first = env.run(DAG)
+    assert first.ok and first.exit_code == 0
+    assert {r.cache for r in first.steps.values()} == {"MISS"}
+    assert sorted(env.runtime.started) == ["build", "lint", "package", "test"]
+    second = env.run(DAG)
+    assert second.ok
+    assert {r.cache for r in second.steps.values()} == {"HIT"}
+    assert env.runtime.started == []
+    done = env.of(ev.Done)[0]
+    assert (done.cached, done.ran) == (4, 0)
+
+
+def test_editing_an_input_reruns_that_step_and_early_cutoff_keeps_dependents(env):
+    env.write("src/a.txt", "hello\n")
+    env.write("README", "x")
+    assert env.run(DAG).ok
+    env.write("README", "y")  # outside build's inputs; the others read the whole repo
+    env.run(DAG)
+    assert sorted(env.runtime.started) == ["lint", "package", "test"]
+    env.write("src/a.txt", "hello\n")  # same content: nothing changes
+    env.run(DAG)
+    assert env.runtime.started == []
+    env.write("src/a.txt", "hello world\n")
+    env.run(DAG)
+    assert sorted(env.runtime.started) == ["build", "lint", "package", "test"]
+
+
+def test_early_cutoff_identical_output_leaves_dependents_cached(env):
+    steps = [
+        FakeStep("build", commands=("mkdir -p dist", "tr -d ' ' < src/a.txt > dist/out.txt"),
+                 inputs=("src/**",), artifacts=("dist/",)),
+        FakeStep("test", commands=("grep -q hello dist/out.txt",), depends_on=("build",),
+                 inputs=("nothing",)),
+    ]
+    env.write("src/a.txt", "hello\n")
+    assert env.run(steps).ok
+    env.write("src/a.txt", "hel lo\n")  # whitespace only; build's output is identical
+    result = env.run(steps)
+    assert env.runtime.started == ["build"]
+    assert result.steps["test"].cache == "HIT"
+    assert [e.source for e in env.of(ev.CacheChecked) if e.step == "test"] == ["resolved"]
+    env.run(steps)  # the cutoff was recorded under test's new derivation hash
+    assert env.runtime.started == []
+
+
+def test_artifacts_keep_symlinks_empty_dirs_and_exec_bits(env):
+    steps = [
+        FakeStep("make", commands=("mkdir -p out/empty out/bin",
+                                   "printf '#!/bin/sh\\necho ran\\n' > out/bin/tool",
+                                   "chmod +x out/bin/tool", "ln -s bin/tool out/link"),
+                 artifacts=("out/",), inputs=("none",)),
+        FakeStep("use", commands=("test -d out/empty", "test -x out/bin/tool", "test -L out/link",
+                                  "./out/link"),
+                 depends_on=("make",), inputs=("none",)),
+    ]
+    result = env.run(steps)
+    assert result.ok, env.events
+    assert "ran" in [e.text for e in env.of(ev.OutputLine) if e.step == "use"]
+
+
+def test_a_dependent_cannot_see_non_artifact_files(env):
+    steps = [
+        FakeStep("a", commands=("mkdir -p dist", "echo x > dist/x", "echo secret > scratch"),
+                 artifacts=("dist/",), inputs=("none",)),
+        FakeStep("b", commands=("test -f dist/x", "test ! -e scratch"), depends_on=("a",),
+                 inputs=("none",)),
+    ]
+    assert env.run(steps).ok, env.events
+
+
+def test_a_step_sees_only_its_inputs(env):
+    env.write("src/a.txt", "a")
+    env.write("other/b.txt", "b")
+    steps = [FakeStep("s", commands=("test -f src/a.txt", "test ! -e other"), inputs=("src/**",))]
+    assert env.run(steps).ok, env.events
+
+
+def test_missing_artifact_is_a_failure_and_not_cached(env):
+    steps = [FakeStep("s", commands=("true",), artifacts=("dist/",), inputs=("none",))]
+    result = env.run(steps)
+    assert not result.ok and result.exit_code == 1
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason == "artifact.missing"
+    env.run(steps)
+    assert env.runtime.started == ["s"]
+
+
+def test_failure_is_not_cached_and_skips_dependents(env):
+    steps = [FakeStep("a", commands=("exit 3",), inputs=("none",)),
+             FakeStep("b", commands=("true",), depends_on=("a",), inputs=("none",))]
+    result = env.run(steps)
+    assert result.steps["a"].status == "failed" and result.steps["a"].exit_status == 3
+    assert result.steps["b"].status == "skipped"
+    env.run(steps)
+    assert env.runtime.started == ["a"]
+
+
+def test_workspace_is_thrown_away_and_inputs_untouched(env):
+    env.write("src/a.txt", "a")
+    steps = [FakeStep("s", commands=("echo changed > src/a.txt", "rm -f src/a.txt"),
+                      inputs=("src/**",))]
+    assert env.run(steps).ok
+    assert (env.repo / "src/a.txt").read_text() == "a"
+    assert not any(env.work.iterdir()) if env.work.exists() else True
+
+
+def test_no_cache_forces_runs_and_cache_false_never_hits(env):
+    steps = [FakeStep("a", commands=("true",), inputs=("none",)),
+             FakeStep("b", commands=("true",), inputs=("none",), cache=False)]
+    env.run(steps)
+    env.run(steps)
+    assert env.runtime.started == ["b"]
+    env.run(steps, use_cache=False)
+    assert sorted(env.runtime.started) == ["a", "b"]
+
+
+def test_cache_paths_restored_and_keyed_on_key_files(env):
+    env.write("lock", "v1")
+    step = FakeStep("install", commands=("mkdir -p deps", "test -f deps/warm && echo WARM || true",
+                                          "touch deps/warm", "echo $RANDOM > stamp"),
+                    inputs=("lock", "src"), cache_paths=("deps/",), key_files=("lock",))
+    env.write("src", "1")
+    env.run([step])
+    env.write("src", "2")  # the step reruns, its cache key is the same
+    env.run([step])
+    assert env.runtime.started == ["install"]
+    assert "WARM" in [e.text for e in env.of(ev.OutputLine)]
+    env.run([step], use_cache=False)  # --no-cache restores no cache.paths either
+    assert "WARM" not in [e.text for e in env.of(ev.OutputLine)]
+    env.write("lock", "v2")
+    env.run([step])
+    assert "WARM" not in [e.text for e in env.of(ev.OutputLine)]
+
+
+def test_targets_realise_only_what_they_need(env):
+    env.write("src/a.txt", "hello\n")
+    r = env.run(DAG, targets=("test",))
+    assert sorted(r.steps) == ["build", "test"]
+    r = env.run(DAG, targets=("lint",))
+    assert env.runtime.started == ["lint"]  # build is a hit
+    with pytest.raises(KataError) as err:
+        env.realiser(DAG, targets=("nope",))
+    assert err.value.reason == "target.unknown"
+
+
+def test_dry_run_says_hit_or_miss_without_running(env):
+    env.write("src/a.txt", "hello\n")
+    plan = env.realiser(DAG).dry_run()
+    assert [p.hit for p in plan] == [False] * 4
+    env.run(DAG)
+    env.write("src/a.txt", "changed hello\n")
+    plan = {p.step: p for p in env.realiser(DAG).dry_run()}
+    assert not plan["build"].hit and not plan["test"].hit
+    assert "early cutoff" in plan["test"].why
+    assert env.runtime.started == list(env.runtime.started)
+
+
+def test_step_timeout_is_reported(env):
+    env.runtime.behaviours["slow"] = Behaviour(wait_for_cancel=True)
+    steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",), timeout="200ms")]
+    result = env.run(steps)
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason == "step.timeout" and result.exit_code == 1
+
+
+def test_fail_fast_cancels_a_running_sibling(env):
+    env.runtime.behaviours["slow"] = Behaviour(wait_for_cancel=True)
+    steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",)),
+             FakeStep("bad", commands=("exit 1",), inputs=("none",)),
+             FakeStep("after", commands=("true",), depends_on=("slow",), inputs=("none",))]
+    result = env.run(steps, fail_fast=True)
+    assert result.steps["slow"].status == "cancelled"
+    assert result.steps["bad"].status == "failed"
+    assert result.steps["after"].status == "skipped"
+    assert env.runtime.cancelled == ["slow"]
+
+
+def test_secrets_are_masked_in_output_and_log(env):
+    steps = [FakeStep("s", commands=("echo token=$TOKEN",), inputs=("none",), secrets=("TOKEN",))]
+    result = env.run(steps, secrets={"TOKEN": "hunter2"})
+    assert result.ok, env.events
+    assert "token=***" in [e.text for e in env.of(ev.OutputLine)]
+    assert b"hunter2" not in env.store.read_blob(result.steps["s"].log)
+    spec = env.runtime.specs["s"]
+    assert "hunter2" not in repr(spec)  # containerd writes the spec to disk: never a value
+    missing = env.run([FakeStep("m", commands=("true",), inputs=("none",), secrets=("NOPE",))])
+    assert [e.reason for e in env.of(ev.StepFailed)] == ["secret.missing"]
+    assert missing.exit_code == 1
+
+
+def test_run_is_recorded_with_step_results(env):
+    env.write("src/a.txt", "hello\n")
+    first = env.run(DAG, git_commit="abc", git_branch="main")
+    env.run(DAG)
+    run = env.store.list_runs()[0]
+    assert [s["name"] for s in run["steps"]] == ["build", "test", "lint", "package"]
+    assert {s["cache"] for s in run["steps"]} == {"HIT"}
+    assert run["steps"][0]["produced_by"] == first.run_id
+    assert env.store.get_run(first.run_id)["commit"] == "abc"
+
+
+def test_a_hit_whose_objects_were_collected_is_a_miss(env):
+    env.write("src/a.txt", "hello\n")
+    first = env.run(DAG)
+    tree = first.steps["build"].outputs
+    os.unlink(env.store.objects.path(tree))  # what a gc on another host can leave behind
+    env.run(DAG)
+    assert "build" in env.runtime.started
+
+
+def test_pipeline_timeout_cancels_and_skips(env):
+    env.runtime.behaviours["slow"] = Behaviour(wait_for_cancel=True)
+    steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",)),
+             FakeStep("after", depends_on=("slow",), inputs=("none",))]
+    result = env.run(steps, timeout=0.3)
+    assert result.stop_reason == "pipeline timeout"
+    assert result.steps["slow"].status == "cancelled"
+    assert result.steps["after"].status == "skipped"
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason == "step.cancelled" and "pipeline timeout" in fail.message
+
+
+def test_condition_skips_a_step_and_its_dependents(env):
+    steps = [FakeStep("build", inputs=("none",)),
+             FakeStep("deploy", depends_on=("build",), inputs=("none",)),
+             FakeStep("notify", depends_on=("deploy",), inputs=("none",))]
+    result = env.run(steps, skip={"deploy": "condition false: branch == \"main\""})
+    assert env.runtime.started == ["build"]
+    assert result.steps["deploy"].status == "skipped"
+    assert result.steps["notify"].message == "dependency deploy skipped"
+    assert result.exit_code == 1  # not everything passed
+
+
+def test_cancelled_before_start_never_runs_a_container(env):
+    steps = [FakeStep("bad", commands=("exit 1",), inputs=("none",)),
+             FakeStep("other", inputs=("none",))]
+    result = env.run(steps, max_parallel=1)
+    assert result.steps["bad"].status == "failed"
+    assert result.steps["other"].status == "skipped"
+    assert env.runtime.started == ["bad"]
+
+
+def test_edits_during_a_run_change_nothing(env):
+    env.write("src/a.txt", "before\n")
+    steps = [FakeStep("first", commands=("cat src/a.txt",), inputs=("src/**",)),
+             FakeStep("second", commands=("cat src/a.txt",), inputs=("src/**",),
+                      depends_on=("first",))]
+
+    def edit_when_started(event):
+        env.events.append(event)
+        if isinstance(event, ev.StepStarted) and event.step == "first":
+            env.write("src/a.txt", "after\n")  # the user edits while the pipeline runs
+
+    graph = compile_steps(env.repo, steps)
+    opts = RealiseOptions(repo_root=env.repo, work_root=env.work, max_parallel=1)
+    result = Realiser(graph, store=env.store, runtime=env.runtime, emit=edit_when_started,
+                      options=opts).run()
+    assert result.ok
+    assert env.of(ev.OutputLine) and {e.text for e in env.of(ev.OutputLine)} == {"before"}
+
+
+def test_an_unstorable_artifact_fails_the_step_clearly(env):
+    steps = [FakeStep("s", commands=("mkdir -p out", "ln -s /etc/passwd out/escape"),
+                      inputs=("none",), artifacts=("out/",))]
+    result = env.run(steps)
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason.startswith("store.")  # the store names why it refuses the tree
+    assert "out/escape" in fail.message or "escape" in fail.message
+    assert result.exit_code == 1
+    env.run(steps)
+    assert env.runtime.started == ["s"]  # never cached
+
+
+def test_services_fail_clearly_until_the_runtime_has_pods(env):
+    steps = [FakeStep("it", inputs=("none",),
+                      services=({"name": "db", "image": "kata.local/busybox:latest"},))]
+    result = env.run(steps)
+    (fail,) = env.of(ev.StepFailed)
+    assert fail.reason == "step.services_unsupported" and result.exit_code == 1
+    assert env.runtime.started == []

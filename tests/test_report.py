@@ -1,0 +1,80 @@
+"""The overview's plain lines, exactly; JSON lines; the live view survives a run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from kata.realise import events as ev
+from kata.report.jsonl import JsonReporter
+from kata.report.live import LiveReporter
+from kata.report.plain import PlainReporter, line
+
+KEY = "a3f8c2d" + "0" * 57
+
+
+def test_plain_lines_match_the_overview():
+    assert line(ev.Parsed(pipeline="my-app", steps=3, groups=2, planned=())) == \
+        '[PARSE] Pipeline "my-app": 3 steps, 2 parallel groups'
+    assert line(ev.CacheChecked(step="build", hit=False, key=KEY)) == "[CACHE] build: MISS"
+    assert line(ev.CacheChecked(step="build", hit=True, key=KEY)) == \
+        "[CACHE] build: HIT (key: a3f8c2d...)"
+    assert line(ev.StepStarted(step="build", command="npm ci && npm run build")) == \
+        "[RUN] build: npm ci && npm run build"
+    assert line(ev.OutputLine(step="build", stream="stdout", text="ok")) == "build | ok"
+    assert line(ev.StepPassed(step="build", duration=2.1)) == "[PASS] build (2.1s)"
+    assert line(ev.StepPassed(step="build", duration=0, cached=True)) is None
+    assert line(ev.StepFailed(step="test", exit_status=1, duration=0.4)) == \
+        "[FAIL] test (exit 1, 0.4s)"
+    assert line(ev.StepSkipped(step="deploy", reason="dependency test did not pass")) == \
+        "[SKIP] deploy (dependency test did not pass)"
+    assert line(ev.Done(run_id="r", passed=3, failed=0, skipped=0, cached=0, ran=3,
+                        total=3.3, wall=2.1)) == \
+        "[DONE] All 3 steps passed (3.3s total, 2.1s wall)"
+    assert line(ev.Done(run_id="r", passed=4, failed=0, skipped=0, cached=3, ran=1,
+                        total=1.1, wall=1.1)) == "[DONE] 4 steps (3 cached, 1 ran) — 1.1s wall time"
+
+
+def test_failure_lines_say_why():
+    failed = ev.StepFailed(step="b", exit_status=0, duration=0.2, reason="artifact.missing",
+                           message="declared artifact dist/ was not produced")
+    assert line(failed) == "[FAIL] b (declared artifact dist/ was not produced, 0.2s)"
+    done = line(ev.Done(run_id="r", passed=1, failed=1, skipped=2, cached=0, ran=2, total=1,
+                        wall=1))
+    assert done.startswith("[DONE] 4 steps: 1 failed, 2 skipped, 1 passed")
+
+
+EVENTS = [
+    ev.Parsed(pipeline="p", steps=2, groups=2, planned=("a", "b")),
+    ev.CacheChecked(step="a", hit=False, key=KEY),
+    ev.StepStarted(step="a", command="true"),
+    ev.OutputLine(step="a", stream="stdout", text="hello"),
+    ev.StepFailed(step="a", exit_status=1, duration=0.1),
+    ev.StepSkipped(step="b", reason="dependency a did not pass"),
+    ev.Done(run_id="r", passed=0, failed=1, skipped=1, cached=0, ran=1, total=0.1, wall=0.1),
+]
+
+
+def test_json_is_one_event_per_line():
+    out = io.StringIO()
+    reporter = JsonReporter(out)
+    for e in EVENTS:
+        reporter(e)
+    rows = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [r["event"] for r in rows] == ["parse", "cache", "run", "output", "fail", "skip", "done"]
+    assert rows[0]["planned"] == ["a", "b"] and rows[4]["exit_status"] == 1
+
+
+def test_plain_and_live_reporters_render_a_run():
+    out = io.StringIO()
+    plain = PlainReporter(out)
+    for e in EVENTS:
+        plain(e)
+    assert out.getvalue().splitlines()[-1].startswith("[DONE]")
+    live_out = io.StringIO()
+    live = LiveReporter(live_out)
+    for e in EVENTS:
+        live(e)
+    live.close()
+    text = live_out.getvalue()
+    assert "[FAIL] a (exit 1, 0.1s)" in text and "a | hello" in text

@@ -1,0 +1,126 @@
+"""`kata run`, `kata build`, `kata logs`, `kata why` as a user types them (real processes,
+real containerd, a store of their own): output lines, exit codes 0/1/2, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeStep, write_pipeline
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STEPS = [
+    FakeStep("build", commands=("mkdir -p dist", "cat src/a.txt > dist/a", "echo built it"),
+             inputs=("src/**",), artifacts=("dist/",)),
+    FakeStep("test", commands=("grep -q hello dist/a",), depends_on=("build",), inputs=("x",)),
+    FakeStep("lint", commands=("test -s dist/a",), depends_on=("build",), inputs=("x",)),
+]
+
+
+@pytest.fixture
+def kata(tmp_path, containerd_daemon, runtime):
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src/a.txt").write_text("hello\n")
+    write_pipeline(repo, STEPS, name="cli")
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
+                               containerd_daemon.address, *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    call.repo = repo  # type: ignore[attr-defined]
+    return call
+
+
+def test_run_then_cached_run(kata):
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == '[PARSE] Pipeline "cli": 3 steps, 2 parallel groups'
+    assert "[CACHE] build: MISS" in lines
+    assert "[RUN] build: mkdir -p dist && cat src/a.txt > dist/a && echo built it" in lines
+    assert "build | built it" in lines
+    assert lines[-1].startswith("[DONE] All 3 steps passed (")
+    second = kata("run")
+    assert second.returncode == 0
+    assert second.stdout.splitlines()[-1].startswith("[DONE] 3 steps (3 cached, 0 ran) — ")
+    assert any(x.startswith("[CACHE] build: HIT (key: ") for x in second.stdout.splitlines())
+
+
+def test_dry_run_json_and_targets(kata):
+    plan = kata("run", "--dry-run")
+    assert plan.returncode == 0
+    assert "[PLAN] build: MISS (not in the store)" in plan.stdout.splitlines()
+    assert "[RUN]" not in plan.stdout
+    out = kata("build", "//test", "--json")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(x) for x in out.stdout.splitlines()]
+    assert events[0]["event"] == "parse" and events[-1]["event"] == "done"
+    assert {e["step"] for e in events if e["event"] == "run"} == {"build", "test"}
+    again = kata("run", "--step", "lint")
+    assert "[CACHE] build: HIT" in again.stdout and "[RUN] lint" in again.stdout
+
+
+def test_exit_codes(kata):
+    assert kata("run", "--step", "nope").returncode == 2
+    assert kata("build", "//nope").returncode == 2
+    write_pipeline(kata.repo, [FakeStep("bad", commands=("echo oops", "exit 4"))], name="cli")
+    failed = kata("run")
+    assert failed.returncode == 1
+    assert "[FAIL] bad (exit 4, " in failed.stdout
+    (kata.repo / ".kata-ci.yaml").write_text("pipeline: x\nsteps: [{name: a, imag: b}]\n")
+    broken = kata("run")
+    assert broken.returncode == 2 and "error:" in broken.stderr
+
+
+def test_logs_and_why(kata):
+    first = kata("run", "--json")
+    run_id = json.loads(first.stdout.splitlines()[-1])["run_id"]
+    kata("run")
+    logs = kata("logs", "--step", "build")
+    assert logs.returncode == 0
+    assert logs.stdout.splitlines()[0] == f"== build: cached — output of run {run_id} =="
+    assert "built it" in logs.stdout
+    assert "built it" in kata("logs", "--run", run_id, "--step", "build").stdout
+    assert kata("logs", "--step", "nope").returncode == 1
+    assert kata("logs", "--run", "nope").returncode == 1
+    assert "unchanged" in kata("why", "//build").stdout
+    (kata.repo / "src/a.txt").write_text("hello again\n")
+    why = kata("why", "//build")
+    assert "src/a.txt" in why.stdout
+
+
+def test_ctrl_c_cancels_cleanly(kata, containerd_daemon, runtime, tmp_path):
+    import signal
+    import time
+
+    write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60"))],
+                   name="cli")
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd",
+                             containerd_daemon.address, "run"], cwd=kata.repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("nap | napping"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "[FAIL] nap (cancelled (interrupted)" in out
+    assert "Traceback" not in err
+    left = runtime.leftovers()
+    assert left == {k: [] for k in left}, left
+    assert kata("run", "--dry-run").returncode == 0
