@@ -51,6 +51,7 @@ _REF = re.compile(
     rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
 )
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -73,6 +74,8 @@ class ImageRef:
         # the first component is a registry only if it looks like a host (Docker's rule)
         if domain is not None and not ("." in domain or ":" in domain or domain == "localhost"):
             path, domain = f"{domain}/{path}", None
+            if not _PATH.fullmatch(path):  # the "domain" was a path component after all
+                raise ValueError(f"bad image reference {text!r}: repository names are lowercase")
         if domain is None or domain in ("index.docker.io", "registry-1.docker.io"):
             domain = "docker.io"
         if domain == "docker.io" and "/" not in path:
