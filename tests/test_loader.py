@@ -81,7 +81,7 @@ def test_image_refs_normalise(text, registry, repo, tag, digest) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", "Node:20", "node:", "a b", "alpine@sha256:abc", "-x", "x:y:z",
-                                 "alpine@md5:" + "a" * 32])
+                                 "alpine@md5:" + "a" * 32, "Upper/case", "Team/app:1"])
 def test_bad_image_refs(bad) -> None:
     e = err(f"steps:\n  - name: a\n    image: '{bad}'\n")
     assert where(e) == ("config.image_ref", 3, 12)
