@@ -2,8 +2,8 @@
 
 ``context(git)`` turns a ``kata.gitctx.GitContext`` into the ``kata.conditions.Context``
 conditions evaluate; ``match(pipeline, ctx)`` says whether the pipeline's ``triggers:``
-let it run and, when none matches, which trigger came closest (fewest failing fields,
-then the first) and why; ``explain(expr, ctx)`` says in words why a condition is false
+let it run and, when none matches, which trigger came closest (one for this event
+first, then the fewest failing fields, then the first) and why; ``explain(expr, ctx)`` says in words why a condition is false
 (the ``[SKIP] step (why)`` text).
 """
 
@@ -35,15 +35,17 @@ def match(pipeline: "Pipeline", ctx: Context) -> TriggerMatch:
     triggers = pipeline.triggers
     if not triggers:
         return TriggerMatch(runs=True)
-    best: tuple[int, int, list[str]] | None = None
+    best: tuple[int, tuple[bool, int], list[str]] | None = None
     for i, trig in enumerate(triggers, 1):
         expr = trigger_expr(trig)
         parts = expr.items if isinstance(expr, And) else (expr,)
         failing = [p for p in parts if not p.evaluate(ctx)]
         if not failing:
             return TriggerMatch(runs=True, index=i)
-        if best is None or len(failing) < best[1]:
-            best = (i, len(failing), [explain(p, ctx) for p in failing])
+        # closest: a trigger for this event first, then the fewest failing fields
+        rank = (trig.event is not None and trig.event != ctx.event, len(failing))
+        if best is None or rank < best[1]:
+            best = (i, rank, [explain(p, ctx) for p in failing])
     assert best is not None
     i, _, whys = best
     event = triggers[i - 1].event or "any event"

@@ -66,7 +66,10 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "passed" for r in self.steps.values())
+        # a step skipped by only:/when: is no failure; one skipped because a dependency
+        # failed comes with that failure
+        return not self.interrupted and all(r.status in ("passed", "skipped")
+                                            for r in self.steps.values())
 
     @property
     def exit_code(self) -> int:
