@@ -88,11 +88,15 @@ class _MaskedOutput:
             lines.append(rest)
             rest = b""
         self._pending[stream] = rest
-        for line in lines:
-            with self._log_lock:
-                self._log.write(line + b"\n")
-            self._r.emit(ev.OutputLine(step=self._name, stream=stream,  # type: ignore[arg-type]
-                                       text=line.decode("utf-8", errors="replace")))
+        if not lines:
+            return
+        lines.append(b"")  # one write per chunk, each line ending in a newline
+        with self._log_lock:
+            self._log.write(b"\n".join(lines))
+        emit, name = self._r.emit, self._name
+        for line in lines[:-1]:
+            emit(ev.OutputLine(step=name, stream=stream,  # type: ignore[arg-type]
+                               text=line.decode("utf-8", errors="replace")))
 
 
 class Realiser:
