@@ -78,7 +78,11 @@ def _pipeline(names: list[str]) -> dict:
              "commands": [PRINT_FORMS + "\n".join(f"show {n}" for n in first),
                           # delivered through the environment too, whole (64 KiB included)
                           *[f'[ "${n}" = "$(cat /run/kata/secrets/{n})" ]' for n in first],
-                          'echo "$S_BIG" | dd bs=1 2>/dev/null']},
+                          'echo "$S_BIG" | dd bs=1 2>/dev/null',
+                          # files 0400 on a tmpfs mounted read-only
+                          '[ "$(stat -c %a /run/kata/secrets/S_PLAIN)" = 400 ]',
+                          "grep -q ' /run/kata/secrets tmpfs ro' /proc/mounts",
+                          '! touch /run/kata/secrets/new 2>/dev/null']},
             {"name": "leak-err", "image": IMAGE, "secrets": second,
              "commands": [PRINT_FORMS + "\n".join(f"show {n} >&2" for n in second),
                           # only what it declares

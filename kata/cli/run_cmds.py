@@ -193,8 +193,17 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
 
     path, pipeline = load(ctx)
     repo_root = path.resolve().parent
-    cond_ctx, commit, git_branch = git_context(repo_root, event=event, branch=branch, tag=tag,
-                                               action=action, base=base)
+    if event is None and base is None and not any(
+            s.only is not None or s.when is not None for s in pipeline.steps):
+        # nothing asks about the git context: two file reads, not a handful of git processes
+        from kata.conditions import Context
+
+        commit, git_branch = git_head(repo_root)
+        git_branch = branch or git_branch
+        cond_ctx = Context(event="push", branch=git_branch, tag=tag or "", action=action or "")
+    else:
+        cond_ctx, commit, git_branch = git_context(repo_root, event=event, branch=branch,
+                                                   tag=tag, action=action, base=base)
     if event is not None and not _triggered(pipeline, cond_ctx, json_out):
         return
     obj = ctx.find_root().obj or {}
