@@ -167,6 +167,7 @@ def test_post_receive_is_a_git_native_ci_server(setup):
     assert [(r["branch"], r["status"]) for r in runs] == [
         ("feature/broken", "failed"), ("", "passed"), ("main", "passed"), ("main", "passed")]
     assert _status(runs[1])["release"] == "passed"
+    assert (runs[1]["event"], runs[1]["tag"]) == ("tag", "v2.0") and runs[2]["event"] == "push"
     assert _status(runs[2])["docs"] == "skipped" and _status(runs[3])["docs"] == "passed"
     assert _status(runs[0])["check"] == "failed"
     assert not list((remote / "worktrees").glob("*")) if (remote / "worktrees").exists() else True

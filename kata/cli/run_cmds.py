@@ -244,6 +244,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             work_root=Path(store.state_dir) / "work",
             git_commit=commit,
             git_branch=git_branch,
+            git_event=event or "",
+            git_tag=cond_ctx.tag if event else "",
             skip=skip,
         )
         if dry_run:

@@ -602,6 +602,8 @@ class Realiser:
             "pipeline": self.pipeline,
             "commit": self.options.git_commit,
             "branch": self.options.git_branch,
+            "event": self.options.git_event,
+            "tag": self.options.git_tag,
             "started": created,
             "wall": result.wall,
             "status": status,

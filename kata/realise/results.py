@@ -25,6 +25,8 @@ class RealiseOptions:
     work_root: Path = Path(tempfile.gettempdir()) / "kata-work"
     git_commit: str = ""
     git_branch: str = ""
+    git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
+    git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
 
 
