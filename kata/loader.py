@@ -372,10 +372,12 @@ class _Walker:
 
     def cache(self, node: Node, what: str) -> CacheSpec:
         if isinstance(node, ScalarNode) and node.tag == _BOOL:
-            return CacheSpec(enabled=self.boolean(node, what))
+            enabled = self.boolean(node, what)
+            return CacheSpec(enabled=enabled, explicit=enabled)
         f = self.fields(node, CACHE_KEYS, what)
+        enabled = self.boolean(f["enabled"][1], f"{what}.enabled") if "enabled" in f else True
         return CacheSpec(
-            enabled=self.boolean(f["enabled"][1], f"{what}.enabled") if "enabled" in f else True,
+            enabled=enabled, explicit=enabled and "enabled" in f,
             paths=self.globs(f["paths"][1], f"{what}.paths") if "paths" in f else (),
             key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True) if "key_files" in f else ())
 

@@ -107,6 +107,7 @@ class CacheSpec:
     enabled: bool = True
     paths: tuple[str, ...] = ()
     key_files: tuple[str, ...] = ()
+    explicit: bool = False  # the step said `cache: true` / `enabled: true` (opts a secret step in)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +172,12 @@ class Step:
     @property
     def key_files(self) -> tuple[str, ...]:
         return self.cache.key_files
+
+    @property
+    def cacheable(self) -> bool:
+        """Served from and recorded in the cache: `cache:` not false, and a step that
+        declares secrets only when it says `cache: true` (its output may depend on them)."""
+        return self.cache.enabled and (not self.secrets or self.cache.explicit)
 
     @property
     def condition(self) -> "Expr | None":

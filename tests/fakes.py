@@ -63,8 +63,9 @@ class FakeRuntime:
     def _run(self, name: str, spec: StepSpec, sink, cancel: threading.Event) -> int:
         behaviour = self.behaviours.get(name)
         if behaviour is not None:
+            raw = getattr(sink, "raw", False)
             for line in behaviour.lines:
-                sink("stdout", line.encode())
+                sink("stdout", line.encode() + b"\n" if raw else line.encode())
             deadline = time.monotonic() + (spec.timeout or 1e9)
             end = time.monotonic() + behaviour.sleep
             while behaviour.wait_for_cancel or time.monotonic() < end:
@@ -83,8 +84,9 @@ class FakeRuntime:
         proc = subprocess.Popen(argv, cwd=mount.source, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
+        keep = getattr(sink, "raw", False)
         for raw in proc.stdout:
-            sink("stdout", raw.rstrip(b"\n"))
+            sink("stdout", raw if keep else raw.rstrip(b"\n"))
         try:
             return proc.wait(timeout=spec.timeout)
         except subprocess.TimeoutExpired:

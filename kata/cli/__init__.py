@@ -39,6 +39,10 @@ def cli(ctx: click.Context, config_file: str | None, store_path: str | None,
 for _module in (config_cmds, store_cmds, image_cmds, run_cmds):
     _module.register(cli)
 
+from . import hooks_cmds  # noqa: E402
+
+hooks_cmds.register(cli)
+
 
 def _report(reason: str, message: str, code: int) -> int:
     click.echo(f"error: {message}", err=True)

@@ -104,30 +104,65 @@ def _git(root: Path, *args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def _secrets(pipeline, given: tuple[str, ...]) -> dict[str, str]:  # noqa: ANN001
-    out: dict[str, str] = {}
-    for item in given:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise KataError("cli.bad_secret", f"--secret wants NAME=VALUE, got {item!r}", obj=item)
-        out[name] = value
-    for step in pipeline.steps:
-        for name in step.secrets:
-            if name not in out and name in os.environ:
-                out[name] = os.environ[name]
-    return out
+def _needed(graph, targets, skip: dict[str, str]) -> list[str]:  # noqa: ANN001
+    """The steps this run may execute: the targets and what they need, minus steps skipped
+    by a condition (and their dependents)."""
+    wanted = set(targets) if targets else set(graph.order)
+    for name in reversed(graph.order):
+        if name in wanted:
+            wanted.update(graph.nodes[name].deps)
+    off: set[str] = set()
+    for name in graph.order:
+        if name in skip or any(d in off for d in graph.nodes[name].deps):
+            off.add(name)
+    return [n for n in graph.order if n in wanted and n not in off]
 
 
-def _skips(pipeline, branch: str) -> dict[str, str]:  # noqa: ANN001
-    """Steps whose only:/when: is false here (a local run: event push, the current branch)."""
+def _secrets(graph, steps: list[str], given: tuple[str, ...],  # noqa: ANN001
+             files: tuple[str, ...]) -> dict[str, str]:
+    """Every secret the steps about to run declare, resolved before anything runs:
+    --secret > --secret-file > the environment; missing or too short → exit 2."""
+    from kata.secrets import SecretSource
+
+    source = SecretSource.from_args(list(given), list(files))
+    names = [s for n in steps for s in graph.nodes[n].step.secrets]
+    return source.resolve(names)
+
+
+def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
+                action: str | None, base: str | None):  # noqa: ANN201
+    """(conditions Context, commit, branch) of this run.
+
+    With ``--event`` the context is the repository's at HEAD as that event (an error outside
+    a git repository). Without it a local run is a push of the current branch, uncommitted
+    and untracked files counted as changed; outside a repository the changed paths are
+    unknown (``changed()`` is then true).
+    """
     from kata.conditions import Context
+    from kata.gitctx import read_context
+    from kata.triggers import context
 
-    ctx = Context(event="push", branch=branch)
+    try:
+        git = read_context(repo_root, event=event or "push", branch=branch, tag=tag,
+                           action=action, base=base)
+    except KataError as err:
+        if event is not None or base is not None or err.reason != "git.not_a_repository":
+            raise
+        return Context(event="push", branch=branch or "", tag=tag or "", action=action or ""), \
+            "", branch or ""
+    return context(git), git.commit or "", git.branch or ""
+
+
+def _skips(pipeline, ctx) -> dict[str, str]:  # noqa: ANN001
+    """Steps whose only: or when: is false in this run's git context, with why."""
+    from kata.triggers import explain
+
     out = {}
     for step in pipeline.steps:
-        cond = step.condition
-        if cond is not None and not cond.evaluate(ctx):
-            out[step.name] = f"condition false: {cond}"
+        for what, cond in (("only", step.only), ("when", step.when)):
+            if cond is not None and not cond.evaluate(ctx):
+                out[step.name] = f"{what}: {explain(cond, ctx)}"
+                break
     return out
 
 
@@ -146,7 +181,10 @@ def _reporter(json_out: bool):  # noqa: ANN202
 
 
 def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[str, ...] = (),
-             dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...]) -> None:
+             dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...],
+             secret_files: tuple[str, ...] = (), event: str | None = None,
+             branch: str | None = None, tag: str | None = None, action: str | None = None,
+             base: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -155,6 +193,19 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
 
     path, pipeline = load(ctx)
     repo_root = path.resolve().parent
+    if event is None and base is None and not any(
+            s.only is not None or s.when is not None for s in pipeline.steps):
+        # nothing asks about the git context: two file reads, not a handful of git processes
+        from kata.conditions import Context
+
+        commit, git_branch = git_head(repo_root)
+        git_branch = branch or git_branch
+        cond_ctx = Context(event="push", branch=git_branch, tag=tag or "", action=action or "")
+    else:
+        cond_ctx, commit, git_branch = git_context(repo_root, event=event, branch=branch,
+                                                   tag=tag, action=action, base=base)
+    if event is not None and not _triggered(pipeline, cond_ctx, json_out):
+        return
     obj = ctx.find_root().obj or {}
     runtime = LazyRuntime(obj.get("containerd_address"))
     store = open_store(ctx)
@@ -177,7 +228,9 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
                                 obj=unknown[0])
             targets = steps
         settings = pipeline.settings
-        commit, branch = git_head(repo_root)
+        skip = _skips(pipeline, cond_ctx)
+        run_secrets = ({} if dry_run else  # a plan runs nothing: it needs no value
+                       _secrets(graph, _needed(graph, targets, skip), secrets, secret_files))
         options = RealiseOptions(
             targets=targets,
             use_cache=settings.cache_enabled and not no_cache,
@@ -186,12 +239,14 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             fail_fast=settings.fail_fast,
             timeout=settings.timeout.seconds if settings.timeout else None,
             env=dict(pipeline.env),
-            secrets=_secrets(pipeline, secrets),
+            secrets=run_secrets,
             repo_root=repo_root,
             work_root=Path(store.state_dir) / "work",
             git_commit=commit,
-            git_branch=branch,
-            skip=_skips(pipeline, branch),
+            git_branch=git_branch,
+            git_event=event or "",
+            git_tag=cond_ctx.tag if event else "",
+            skip=skip,
         )
         if dry_run:
             _print_plan(Realiser(graph, store=store, runtime=None, emit=lambda e: None,
@@ -216,6 +271,24 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
+    """Whether the pipeline's triggers: let this event run it; if not, say so and why."""
+    import json
+
+    from kata.triggers import describe, match
+
+    found = match(pipeline, cond_ctx)
+    if found.runs:
+        return True
+    if json_out:
+        click.echo(json.dumps({"event": "skip", "pipeline": pipeline.name,
+                               "context": describe(cond_ctx), "closest": found.why}))
+    else:
+        click.echo(f'[SKIP] pipeline "{pipeline.name}": no trigger matches '
+                   f"({describe(cond_ctx)}); closest: {found.why}")
+    return False
 
 
 def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
@@ -245,6 +318,8 @@ _common = [
     click.option("--json", "json_out", is_flag=True, help="One JSON event per line."),
     click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE",
                  help="A secret for steps that declare it (default: from the environment)."),
+    click.option("--secret-file", "secret_files", multiple=True, metavar="NAME=PATH",
+                 help="A secret read from a file."),
 ]
 
 
@@ -258,12 +333,23 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="Run this step (and what it needs) only; repeatable.")
 @_with_common
+@click.option("--event", type=click.Choice(["push", "pull_request", "tag", "schedule"]),
+              help="Run as this event: the pipeline runs only if a trigger matches. "
+              "Without it a local run ignores triggers (only:/when: see a push).")
+@click.option("--branch", metavar="B", help="The branch (default: the current one).")
+@click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
+@click.option("--action", type=click.Choice(["opened", "synchronize", "closed"]),
+              help="The pull request action.")
+@click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
-        json_out: bool, secrets: tuple[str, ...]) -> None:
+        json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
+        event: str | None, branch: str | None, tag: str | None, action: str | None,
+        base: str | None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets)
+             secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
+             action=action, base=base)
 
 
 @click.command()
@@ -271,10 +357,10 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @_with_common
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
-          json_out: bool, secrets: tuple[str, ...]) -> None:
+          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...]) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets)
+             secrets=secrets, secret_files=secret_files)
 
 
 @click.command()

@@ -33,6 +33,7 @@ from kata.realise.scheduler import Cancel, schedule
 from kata.realise.workspace import (
     SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
 )
+from kata.secrets import Masker
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, Runtime, StepSpec
 from store import StoreError
 
@@ -59,17 +60,43 @@ def _empty_dir() -> Path:
     return path
 
 
-class _Masker:
-    """Replaces every secret value in output with ***."""
+class _MaskedOutput:
+    """The step's output sink: raw bytes per stream, masked by a streaming ``MaskStream``
+    (one per stream, fed in order, so a value split across writes or lines is still
+    found), then cut into lines for the log and the events. Nothing unmasked leaves."""
 
-    def __init__(self, secrets: Mapping[str, str]) -> None:
-        self._values = sorted({v for v in secrets.values() if v}, key=len, reverse=True)
+    raw = True  # the runtime hands over chunks as read (kata.runtimes.base.OutputSink)
+    _MAX_PENDING = 1 << 20  # a longer line without a newline is passed on in pieces
 
-    def __call__(self, text: str) -> str:
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+    def __init__(self, realiser: "Realiser", name: str, log: Any, log_lock: threading.Lock) -> None:
+        self._r, self._name, self._log, self._log_lock = realiser, name, log, log_lock
+        self._streams = {s: realiser._masker.stream() for s in ("stdout", "stderr")}
+        self._pending = {s: b"" for s in ("stdout", "stderr")}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        self._lines(stream, self._streams[stream].feed(data), final=False)
+
+    def close(self) -> None:
+        for stream, masking in self._streams.items():
+            self._lines(stream, masking.close(), final=True)
+
+    def _lines(self, stream: str, data: bytes, *, final: bool) -> None:
+        buf = self._pending[stream] + data
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        if rest and (final or len(rest) >= self._MAX_PENDING):
+            lines.append(rest)
+            rest = b""
+        self._pending[stream] = rest
+        if not lines:
+            return
+        lines.append(b"")  # one write per chunk, each line ending in a newline
+        with self._log_lock:
+            self._log.write(b"\n".join(lines))
+        emit, name = self._r.emit, self._name
+        for line in lines[:-1]:
+            emit(ev.OutputLine(step=name, stream=stream,  # type: ignore[arg-type]
+                               text=line.decode("utf-8", errors="replace")))
 
 
 class Realiser:
@@ -90,7 +117,8 @@ class Realiser:
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._empty_tree = ""
-        self._mask = _Masker(options.secrets)
+        # every value given to this run, in every encoded form, masked in every step's output
+        self._masker = Masker(v for v in options.secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
         unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
         if unknown:
@@ -110,13 +138,16 @@ class Realiser:
     # -- planning ---------------------------------------------------------------
 
     def _caches(self, name: str) -> bool:
-        return self.options.use_cache and self.graph.nodes[name].step.cache.enabled
+        return self.options.use_cache and self.graph.nodes[name].step.cacheable
 
     def _miss_reason(self, name: str) -> str:
         if not self.options.use_cache:
             return "--no-cache"
-        if not self.graph.nodes[name].step.cache.enabled:
+        step = self.graph.nodes[name].step
+        if not step.cache.enabled:
             return "cache: false"
+        if not step.cacheable:
+            return "declares secrets (cache: true caches it)"
         return ""
 
     def _lookup(self, key: str) -> Any:
@@ -472,6 +503,7 @@ class Realiser:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
                     else:
                         reason = "step.failed"
+            message = self._masker.mask(message.encode()).decode("utf-8", "replace")
             if message and reason != "step.failed":
                 line = f"kata: {message}"
                 log.write(line.encode() + b"\n")
@@ -487,7 +519,7 @@ class Realiser:
             meta = {"run": self.run_id, "step": name, "pipeline": self.pipeline,
                     "stack": list(stack), "objects": list(stack)}
             self._put_derivation(node)
-            if self.options.record and step.cache.enabled:
+            if self.options.record and step.cacheable:
                 for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
                     self._put_realisation(key, outputs, log=log_digest, exit_status=0,
                                           duration=duration, meta=meta)
@@ -549,19 +581,16 @@ class Realiser:
             timeout=timeout,
             labels={"kata.run": self.run_id, "kata.step": name},
         )
-        mask = self._mask
-
-        def sink(stream: str, data: bytes) -> None:
-            text = mask(data.decode("utf-8", errors="replace"))
-            with log_lock:
-                log.write(text.encode() + b"\n")
-            self.emit(ev.OutputLine(step=name, stream=stream, text=text))  # type: ignore[arg-type]
-
-        self.emit(ev.StepStarted(step=name, command=" && ".join(step.commands)))
+        command = self._masker.mask(" && ".join(step.commands).encode()).decode("utf-8", "replace")
+        self.emit(ev.StepStarted(step=name, command=command))
         assert self.runtime is not None
         if cancel.is_set():
             return CANCEL_EXIT
-        return self.runtime.run(spec, sink, cancel)
+        sink = _MaskedOutput(self, name, log, log_lock)
+        try:
+            return self.runtime.run(spec, sink, cancel)
+        finally:
+            sink.close()  # what each stream's masker held back (never a partial value)
 
     # -- history ----------------------------------------------------------------------
 
@@ -573,6 +602,8 @@ class Realiser:
             "pipeline": self.pipeline,
             "commit": self.options.git_commit,
             "branch": self.options.git_branch,
+            "event": self.options.git_event,
+            "tag": self.options.git_tag,
             "started": created,
             "wall": result.wall,
             "status": status,

@@ -25,6 +25,8 @@ class RealiseOptions:
     work_root: Path = Path(tempfile.gettempdir()) / "kata-work"
     git_commit: str = ""
     git_branch: str = ""
+    git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
+    git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
 
 
@@ -66,7 +68,10 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "passed" for r in self.steps.values())
+        # a step skipped by only:/when: is no failure; one skipped because a dependency
+        # failed comes with that failure
+        return not self.interrupted and all(r.status in ("passed", "skipped")
+                                            for r in self.steps.values())
 
     @property
     def exit_code(self) -> int:

@@ -20,6 +20,9 @@ Stream = Literal["stdout", "stderr"]
 # Called once per complete line (without its trailing newline), in the order the
 # step wrote it on that stream, as soon as the line is complete; a final partial
 # line is delivered when the step ends. Called from a runtime thread.
+# A sink with a true attribute ``raw`` gets the bytes exactly as read instead (chunks of
+# any size, newlines included, in order per stream): what a streaming secret masker
+# needs, since a line split at MAX_LINE or a dropped final newline would hide a value.
 OutputSink = Callable[[Stream, bytes], None]
 
 

@@ -50,6 +50,7 @@ class _Reader(threading.Thread):
     def __init__(self, fd: int, stream: Stream, sink: OutputSink, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.fd, self.stream, self.sink = fd, stream, sink
+        self.raw = bool(getattr(sink, "raw", False))  # chunks as read, not lines
         self.error: BaseException | None = None
 
     def _deliver(self, line: bytes) -> None:
@@ -73,6 +74,9 @@ class _Reader(threading.Thread):
                 break
             if not chunk:
                 break
+            if self.raw:
+                self._deliver(chunk)
+                continue
             if b"\n" not in chunk:
                 pending += chunk
                 if len(pending) >= MAX_LINE:  # no newline in sight: hand it over in pieces

@@ -1,0 +1,199 @@
+"""Git hooks that run the pipeline: ``pre-push`` (working repository) and ``post-receive``
+(bare repository: a git-native CI server).
+
+``install(repo, kata_args, force=)`` writes the hook for the repository's kind; the hook
+script execs ``<this python> -m kata [baked options] hooks run <hook>`` with this kata's
+package directory first on PYTHONPATH, so it runs the same kata that installed it.
+
+``run_hook(hook, lines, kata_args)`` is what the hook runs: for every pushed ref (deletions
+aside) it checks the pushed commit out into a clean temporary worktree (``git worktree add
+--detach``), runs ``kata run --event push|tag --branch B|--tag T --base OLD`` there (the
+changed paths are old..new; a new branch compares against the default branch), and
+removes the worktree. ``pre-push`` returns 1 when a pipeline failed (git then refuses the
+push); ``post-receive`` cannot refuse anything and reports. Each run is recorded in the
+store by ``kata run`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kata.errors import KataError
+
+MARK = "# installed by kata hooks install"
+ZERO = "0" * 40
+HOOKS = ("pre-push", "post-receive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushedRef:
+    ref: str  # refs/heads/main, refs/tags/v1
+    old: str  # what the remote had (all zeros: nothing)
+    new: str  # what is pushed (all zeros: a deletion)
+
+    @property
+    def event(self) -> str:
+        return "tag" if self.ref.startswith("refs/tags/") else "push"
+
+    @property
+    def name(self) -> str:
+        for prefix in ("refs/heads/", "refs/tags/"):
+            if self.ref.startswith(prefix):
+                return self.ref[len(prefix):]
+        return self.ref
+
+
+def _clean_env() -> dict[str, str]:
+    # a hook runs with GIT_DIR (and in post-receive a quarantine) set for *this* repository:
+    # the worktree and kata's own git calls must find theirs
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+
+def _git(args: Sequence[str], *, cwd: str | Path | None = None, env: dict | None = None,
+         check: bool = True) -> str:
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, check=False)
+    except FileNotFoundError:
+        raise KataError("git.not_installed", "git is not installed") from None
+    if check and proc.returncode != 0:
+        raise KataError("git.failed", f"git {' '.join(args)}: {proc.stderr.strip()}",
+                        obj=" ".join(args))
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _repo_paths(repo: str | Path) -> tuple[Path, bool]:
+    """(absolute git dir, bare?) of the repository at ``repo``."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise KataError("git.not_a_repository", f"{repo} is not a directory", obj=str(repo))
+    proc = subprocess.run(["git", "rev-parse", "--absolute-git-dir", "--is-bare-repository"],
+                          cwd=repo, env=_clean_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        raise KataError("git.not_a_repository", f"{repo} is not a git repository",
+                        obj=str(repo))
+    gitdir, bare = proc.stdout.split()
+    return Path(gitdir), bare == "true"
+
+
+def hook_script(hook: str, kata_args: Sequence[str]) -> str:
+    package_root = str(Path(__file__).resolve().parent.parent)
+    argv = [sys.executable, "-m", "kata", *kata_args, "hooks", "run", hook]
+    return (
+        "#!/bin/sh\n"
+        f"{MARK} (runs the pipeline on {'every push received' if hook == 'post-receive' else 'git push; a failure blocks it'})\n"
+        f"PYTHONPATH={shlex.quote(package_root)}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        "export PYTHONPATH\n"
+        f'exec {" ".join(shlex.quote(a) for a in argv)} "$@"\n'
+    )
+
+
+def install(repo: str | Path, kata_args: Sequence[str] = (), *, force: bool = False) -> Path:
+    """Install ``pre-push`` (working repository) or ``post-receive`` (bare); returns its path.
+
+    KataError hooks.exists: a hook not written by kata is there (``force`` replaces it).
+    """
+    gitdir, bare = _repo_paths(repo)
+    hook = "post-receive" if bare else "pre-push"
+    hooks_dir = Path(_git(["rev-parse", "--git-path", "hooks"], cwd=repo, env=_clean_env()))
+    if not hooks_dir.is_absolute():
+        hooks_dir = (Path(repo) / hooks_dir).resolve()
+    hooks_dir.mkdir(parents=True, exist_ok=True)
+    path = hooks_dir / hook
+    if path.exists() and not force:
+        try:
+            ours = MARK in path.read_text(errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            raise KataError("hooks.exists", f"{path} exists and was not installed by kata "
+                            "(--force replaces it)", obj=str(path))
+    tmp = path.with_name(f".{hook}.kata-{os.getpid()}")
+    tmp.write_text(hook_script(hook, kata_args))
+    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    os.replace(tmp, path)
+    return path
+
+
+def parse_refs(hook: str, lines: Iterable[str]) -> list[PushedRef]:
+    """The refs a hook's stdin names: pre-push ``<local ref> <local sha> <remote ref>
+    <remote sha>``, post-receive ``<old> <new> <ref>``."""
+    out = []
+    for line in lines:
+        parts = line.split()
+        if not parts:
+            continue
+        if hook == "pre-push" and len(parts) == 4:
+            out.append(PushedRef(ref=parts[2], old=parts[3], new=parts[1]))
+        elif hook == "post-receive" and len(parts) == 3:
+            out.append(PushedRef(ref=parts[2], old=parts[0], new=parts[1]))
+        else:
+            raise KataError("hooks.bad_input", f"{hook}: unexpected line {line.strip()!r}",
+                            obj=line.strip())
+    return out
+
+
+def run_hook(hook: str, lines: Iterable[str], kata_args: Sequence[str] = (), *,
+             repo: str | Path = ".", out=None) -> int:  # noqa: ANN001
+    """Run the pipeline for every pushed ref; the hook's exit status (pre-push: 1 blocks)."""
+    if hook not in HOOKS:
+        raise KataError("hooks.unknown", f"unknown hook {hook!r} (expected one of "
+                        f"{', '.join(HOOKS)})", obj=hook)
+    out = out or sys.stderr
+    gitdir, _ = _repo_paths(repo)
+    failed: list[str] = []
+    for pushed in parse_refs(hook, lines):
+        if pushed.new == ZERO:
+            continue  # a deletion: nothing to build
+        if not pushed.ref.startswith(("refs/heads/", "refs/tags/")):
+            continue
+        status = _run_ref(gitdir, pushed, kata_args, out)
+        if status != 0:
+            failed.append(f"{pushed.name} (exit {status})")
+    if failed:
+        verb = "push refused" if hook == "pre-push" else "failed"
+        print(f"kata: {verb}: the pipeline failed for {', '.join(failed)}", file=out, flush=True)
+        return 1 if hook == "pre-push" else 0
+    return 0
+
+
+def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out) -> int:  # noqa: ANN001
+    env = _clean_env()
+    git = ["--git-dir", str(gitdir)]
+    commit = _git([*git, "rev-parse", "--verify", "--quiet", f"{pushed.new}^{{commit}}"], env=env,
+                  check=False)
+    if not commit:
+        print(f"kata: {pushed.name}: {pushed.new[:12]} is not a commit, nothing to run",
+              file=out, flush=True)
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="kata-hook-"))
+    tree = work / "checkout"
+    try:
+        _git([*git, "worktree", "add", "--detach", "--quiet", str(tree), commit], env=env)
+        if not (tree / ".kata-ci.yaml").exists():
+            print(f"kata: {pushed.name}: no .kata-ci.yaml at {commit[:12]}, nothing to run",
+                  file=out, flush=True)
+            return 0
+        args = [sys.executable, "-m", "kata", *kata_args, "run", "--event", pushed.event]
+        args += ["--tag", pushed.name] if pushed.event == "tag" else ["--branch", pushed.name]
+        if pushed.old != ZERO and pushed.event == "push" and _git(
+                [*git, "rev-parse", "--verify", "--quiet", f"{pushed.old}^{{commit}}"], env=env,
+                check=False):
+            args += ["--base", pushed.old]  # changed paths old..new
+        print(f"kata: {pushed.event} {pushed.name} at {commit[:12]}", file=out, flush=True)
+        out.flush()
+        proc = subprocess.run(args, cwd=tree, env=env, stdout=out, stderr=out, check=False)
+        return proc.returncode
+    finally:
+        _git([*git, "worktree", "remove", "--force", str(tree)], env=env, check=False)
+        _git([*git, "worktree", "prune"], env=env, check=False)
+        subprocess.run(["rm", "-rf", str(work)], check=False)

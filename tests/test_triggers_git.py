@@ -1,0 +1,222 @@
+"""Triggers, only:/when: and git hooks against real git repositories and real containerd:
+`kata run --event`, a bare remote with a post-receive hook (a git-native CI server),
+a clone with a pre-push hook that blocks a failing push."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "kata.local/busybox:latest"
+
+PIPELINE = {
+    "pipeline": "gitci",
+    "triggers": [
+        {"event": "push", "branches": ["main", "release/*", "feature/*"]},
+        {"event": "tag", "pattern": "v*"},
+    ],
+    "steps": [
+        {"name": "build", "image": IMAGE, "commands": ["cat src/app.txt"]},
+        {"name": "docs", "image": IMAGE, "only": {"paths": ["docs/**"]},
+         "commands": ["echo docs built"]},
+        {"name": "docs-publish", "image": IMAGE, "depends_on": ["docs"],
+         "commands": ["echo published"]},
+        {"name": "release", "image": IMAGE, "depends_on": ["build"],
+         "when": 'event == "tag" and tag =~ "v*"', "commands": ["echo releasing"]},
+        {"name": "check", "image": IMAGE, "commands": ["test ! -e FAIL"]},
+    ],
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          env=_git_env())
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def _git_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com", HOME=os.environ.get("HOME", "/root"))
+    return env
+
+
+def commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for name, text in files.items():
+        path = repo / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def setup(tmp_path, containerd_daemon, runtime):
+    """A bare remote and a clone holding the pipeline (pushed to main), and kata."""
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", str(remote), str(work))
+    git(work, "checkout", "-q", "-b", "main")
+    store = tmp_path / "store"
+    env = {**_git_env(), "PYTHONPATH": str(ROOT)}
+    env.pop("KATA_STORE", None)
+    base = [sys.executable, "-m", "kata", "--store", str(store), "--containerd",
+            containerd_daemon.address]
+
+    def kata(*args: str, cwd: Path = work) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*base, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    def push(*args: str, cwd: Path = work) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["git", "push", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+        return proc
+
+    return {"remote": remote, "work": work, "store": store, "kata": kata, "push": push}
+
+
+def _initial(work: Path) -> str:
+    (work / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    return commit(work, {"src/app.txt": "app v1\n", "docs/index.md": "# docs\n"}, "initial")
+
+
+def _runs(store: Path) -> list[dict]:
+    sys.path.insert(0, str(ROOT))
+    from store import Store
+
+    with Store.open(store) as s:
+        return s.list_runs(pipeline="gitci", limit=50)
+
+
+def _status(run: dict) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in run["steps"]}
+
+
+def test_run_event_triggers_and_conditions(setup):
+    kata, work = setup["kata"], setup["work"]
+    _initial(work)
+    commit(work, {"src/app.txt": "app v2\n"}, "src only")
+    skipped = kata("run", "--event", "push", "--branch", "wip/x")
+    assert skipped.returncode == 0, skipped.stderr
+    assert skipped.stdout.splitlines() == [
+        '[SKIP] pipeline "gitci": no trigger matches (event push, branch \'wip/x\'); closest: '
+        "trigger 1 (push): branch 'wip/x' does not match main, release/*, feature/*"]
+    ran = kata("run", "--event", "push")  # the current branch, main, changed against its parent
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    lines = ran.stdout.splitlines()
+    assert "build | app v2" in lines
+    assert "[SKIP] docs (only: no changed path matches docs/** (changed: src/app.txt))" in lines
+    assert "[SKIP] docs-publish (dependency docs skipped)" in lines
+    assert any(x.startswith("[SKIP] release (when: ") for x in lines)
+    git(work, "tag", "v1.0")
+    tag = kata("run", "--event", "tag", "--base", "HEAD~1")
+    assert tag.returncode == 0, tag.stdout + tag.stderr
+    assert "release | releasing" in tag.stdout.splitlines()
+    assert "[SKIP] docs (only: " in tag.stdout
+    # without --event: a local run ignores triggers; changed paths include the work tree
+    (work / "docs/new.md").write_text("new\n")
+    git(work, "checkout", "-q", "-b", "wip/y")
+    local = kata("run")
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert "docs | docs built" in local.stdout.splitlines()
+    assert "[SKIP] pipeline" not in local.stdout
+    bad = kata("run", "--event", "push", "--base", "no-such-ref")
+    assert bad.returncode == 2 and "no-such-ref" in bad.stderr
+
+
+def test_post_receive_is_a_git_native_ci_server(setup):
+    kata, work, remote, push = setup["kata"], setup["work"], setup["remote"], setup["push"]
+    installed = kata("hooks", "install", cwd=remote)
+    assert installed.returncode == 0, installed.stderr
+    assert (remote / "hooks/post-receive").exists()
+    _initial(work)
+    first = push("-q", "origin", "main")
+    assert first.returncode == 0, first.stderr
+    assert "build | app v1" in first.stderr and "docs | docs built" in first.stderr
+    commit(work, {"src/app.txt": "app v2\n"}, "src only")
+    second = push("-q", "origin", "main")
+    assert "[SKIP] docs (only: no changed path matches docs/**" in second.stderr
+    assert "[SKIP] docs-publish (dependency docs skipped)" in second.stderr
+    git(work, "tag", "v2.0")
+    tagged = push("-q", "origin", "v2.0")
+    assert "release | releasing" in tagged.stderr
+    git(work, "checkout", "-q", "-b", "wip/z")
+    other = push("-q", "origin", "wip/z")
+    assert other.returncode == 0
+    assert "[SKIP] pipeline \"gitci\": no trigger matches" in other.stderr
+    commit(work, {"FAIL": "x\n"}, "breaks check")
+    git(work, "checkout", "-q", "-b", "feature/broken")
+    broken = push("-q", "origin", "feature/broken")
+    assert broken.returncode == 0  # post-receive cannot refuse: it records and reports
+    assert "kata: failed: the pipeline failed for feature/broken" in broken.stderr
+    runs = _runs(setup["store"])  # newest first; the wip/z push ran nothing
+    assert [(r["branch"], r["status"]) for r in runs] == [
+        ("feature/broken", "failed"), ("", "passed"), ("main", "passed"), ("main", "passed")]
+    assert _status(runs[1])["release"] == "passed"
+    assert (runs[1]["event"], runs[1]["tag"]) == ("tag", "v2.0") and runs[2]["event"] == "push"
+    assert _status(runs[2])["docs"] == "skipped" and _status(runs[3])["docs"] == "passed"
+    assert _status(runs[0])["check"] == "failed"
+    assert not list((remote / "worktrees").glob("*")) if (remote / "worktrees").exists() else True
+
+
+def test_pre_push_blocks_a_failing_push(setup):
+    kata, work, remote, push = setup["kata"], setup["work"], setup["remote"], setup["push"]
+    _initial(work)
+    assert push("-q", "origin", "main").returncode == 0  # no hook yet
+    installed = kata("hooks", "install")
+    assert installed.returncode == 0, installed.stderr
+    hook = work / ".git/hooks/pre-push"
+    assert hook.exists()
+    git(work, "checkout", "-q", "-b", "feature/bad")
+    commit(work, {"FAIL": "x\n"}, "breaks check")
+    blocked = push("origin", "feature/bad")
+    assert blocked.returncode != 0
+    assert "[FAIL] check" in blocked.stderr
+    assert "kata: push refused: the pipeline failed for feature/bad" in blocked.stderr
+    assert git(remote, "branch", "--list", "feature/bad") == ""
+    git(work, "checkout", "-q", "main")
+    git(work, "checkout", "-q", "-b", "feature/good")
+    commit(work, {"src/app.txt": "app v3\n"}, "good change")
+    good = push("origin", "feature/good")
+    assert good.returncode == 0, good.stderr
+    assert "build | app v3" in good.stderr
+    assert git(remote, "branch", "--list", "feature/good") != ""
+    runs = _runs(setup["store"])
+    assert [(r["branch"], r["status"]) for r in runs] == [
+        ("feature/good", "passed"), ("feature/bad", "failed")]
+
+
+def test_install_does_not_clobber_a_foreign_hook(tmp_path):
+    repo = tmp_path / "r"
+    git(tmp_path, "init", "-q", str(repo))
+    hook = repo / ".git/hooks/pre-push"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    env = {**_git_env(), "PYTHONPATH": str(ROOT)}
+
+    def kata(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "kata", *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    refused = kata("hooks", "install")
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert hook.read_text() == "#!/bin/sh\nexit 0\n"
+    assert kata("hooks", "install", "--force").returncode == 0
+    assert "kata hooks install" in hook.read_text() and os.access(hook, os.X_OK)
+    assert kata("hooks", "install").returncode == 0  # ours: replaced without --force
+    assert kata("hooks", "install", "--repo", str(tmp_path / "nope")).returncode == 2
