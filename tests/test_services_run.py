@@ -1,0 +1,201 @@
+"""Services on a real containerd: a pod per step, readiness, failures, logs, cleanup.
+
+The servers are busybox's ``nc`` and ``httpd`` (the Debian minbase image made with
+mmdebstrap has no python3, and adding packages to it needs a Debian mirror: offline
+here). Ports inside a pod's own network namespace may be fixed: no two pods share one.
+Every test ends with kata's namespace holding nothing but images (clean_runtime).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from kata.errors import KataError
+from kata.runtimes.base import CANCEL_EXIT, Readiness, ServiceSpec, StepSpec
+from support.images import busybox_layer, make_image, write_oci_archive
+
+pytestmark = pytest.mark.integration
+
+# a shell as PID 1 with a TERM trap stops at once (a bare PID 1 ignores SIGTERM)
+SERVE = "trap 'exit 0' TERM; {} & wait"
+
+
+class Out:
+    """Step and service output, thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.step: list[bytes] = []
+        self.services: dict[str, list[bytes]] = {}
+
+    def sink(self, stream: str, line: bytes) -> None:
+        with self.lock:
+            self.step.append(line)
+
+    def service_sink(self, name: str, stream: str, line: bytes) -> None:
+        with self.lock:
+            self.services.setdefault(name, []).append(line)
+
+
+def run(rt, digest: str, script: str, services: tuple[ServiceSpec, ...], *,
+        network: str = "default", cancel: threading.Event | None = None) -> tuple[int, Out]:
+    out = Out()
+    status = rt.run(StepSpec(image=digest, argv=("sh", "-c", script), network=network,  # type: ignore[arg-type]
+                             services=services),
+                    out.sink, cancel or threading.Event(), out.service_sink)
+    return status, out
+
+
+def nc_service(digest: str, name: str, port: int, reply: str, *, delay: float = 0.5,
+               ready: Readiness | None = None) -> ServiceSpec:
+    cmd = f"echo {name} starting; sleep {delay}; " + SERVE.format(
+        f"nc -ll -p {port} -e echo {reply}")
+    return ServiceSpec(name=name, image=digest, argv=("sh", "-c", cmd),
+                       ready=ready or Readiness(kind="tcp", target=str(port), timeout=20))
+
+
+def test_tcp_readiness_then_reachable_on_localhost_and_by_name(clean_runtime, busybox_digest):
+    token = secrets.token_hex(4)
+    svc = nc_service(busybox_digest, "db", 5432, token)
+    # no retry in the step: the service must already be listening when the step starts
+    status, out = run(clean_runtime, busybox_digest,
+                      "nc 127.0.0.1 5432 </dev/null; nc db 5432 </dev/null; cat /etc/hosts",
+                      (svc,))
+    assert status == 0, out.step
+    assert out.step[:2] == [token.encode()] * 2
+    assert any(b"db" in line.split() and line.startswith(b"127.0.0.1") for line in out.step)
+    assert out.services["db"][0] == b"db starting"  # its own sink, not the step's
+    assert b"db starting" not in out.step
+
+
+def test_http_readiness(clean_runtime, busybox_digest):
+    serve = ("mkdir -p /www; sleep 0.7; echo healthy > /www/health; "
+             + SERVE.format("httpd -f -p 8080 -h /www"))
+    svc = ServiceSpec(name="web", image=busybox_digest, argv=("sh", "-c", serve),
+                      ready=Readiness(kind="http", target="http://web:8080/health", timeout=20))
+    status, out = run(clean_runtime, busybox_digest,
+                      "printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | nc localhost 8080", (svc,))
+    assert status == 0, out.step
+    assert out.step[0].startswith(b"HTTP/1.") and b" 200" in out.step[0]
+    assert out.step[-1] == b"healthy"
+
+
+def test_command_readiness_runs_inside_the_service(clean_runtime, busybox_digest):
+    # ready only once /tmp/ready exists in the *service's* filesystem
+    serve = ("nc -ll -p 7000 -e cat /tmp/ready & sleep 1; echo ready-now > /tmp/ready; "
+             "trap 'exit 0' TERM; wait")
+    svc = ServiceSpec(name="q", image=busybox_digest, argv=("sh", "-c", serve),
+                      ready=Readiness(kind="command", target="test -s /tmp/ready", timeout=20))
+    status, out = run(clean_runtime, busybox_digest, "nc q 7000 </dev/null", (svc,))
+    assert status == 0, out.step
+    assert out.step == [b"ready-now"]  # the file existed when the step asked
+
+
+def test_default_readiness_is_the_first_exposed_port(clean_runtime, tmp_path):
+    token = secrets.token_hex(4)
+    cmd = ("sh", "-c", "sleep 0.7; " + SERVE.format(f"nc -ll -p 6379 -e echo {token}"))
+    img = make_image([busybox_layer()], f"kata.local/exposed-{token}:1", cmd=cmd,
+                     exposed_ports=("6379/tcp", "9999/tcp"))
+    clean_runtime.import_image(write_oci_archive(img, tmp_path / "img.tar"))
+    digest = clean_runtime.resolve_image(img.ref)
+    try:
+        svc = ServiceSpec(name="cache", image=digest)  # the image's Cmd, no ready:
+        status, out = run(clean_runtime, digest, "nc cache 6379 </dev/null", (svc,))
+        assert status == 0, out.step
+        assert out.step == [token.encode()]
+    finally:
+        clean_runtime.remove_image(img.ref)
+
+
+def test_without_exposed_ports_started_is_ready(clean_runtime, busybox_digest):
+    svc = ServiceSpec(name="idle", image=busybox_digest,
+                      argv=("sh", "-c", "echo idle up; " + SERVE.format("sleep 600")))
+    status, out = run(clean_runtime, busybox_digest, "echo step ran", (svc,))
+    assert status == 0 and out.step == [b"step ran"]
+
+
+def test_a_service_that_exits_fails_the_step_with_its_last_lines(clean_runtime, busybox_digest):
+    crash = ServiceSpec(name="postgres", image=busybox_digest,
+                        argv=("sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 "
+                              "19 20 21 22 23 24 25; do echo line $i; done; "
+                              "echo 'FATAL: bad config' >&2; exit 3"),
+                        ready=Readiness(kind="tcp", target="5432", timeout=30))
+    with pytest.raises(KataError) as info:
+        run(clean_runtime, busybox_digest, "echo must not run", (crash,))
+    err = info.value
+    assert err.reason == "service.exited" and err.obj == "postgres"
+    assert "postgres" in err.message and "FATAL: bad config" in err.message
+    assert "line 25" in err.message and "line 2\n" not in err.message  # the *last* lines
+
+
+def test_a_service_never_ready_fails_after_its_timeout(clean_runtime, busybox_digest):
+    stuck = ServiceSpec(name="broker", image=busybox_digest,
+                        argv=("sh", "-c", "echo waiting for nothing; " + SERVE.format("sleep 600")),
+                        ready=Readiness(kind="tcp", target="5672", timeout=1.0))
+    with pytest.raises(KataError) as info:
+        run(clean_runtime, busybox_digest, "echo must not run", (stuck,))
+    assert info.value.reason == "service.not_ready" and info.value.obj == "broker"
+    assert "broker" in info.value.message and "waiting for nothing" in info.value.message
+
+
+def test_a_failed_command_probe_is_not_ready(clean_runtime, busybox_digest):
+    svc = ServiceSpec(name="never", image=busybox_digest, argv=("sh", "-c", SERVE.format("sleep 600")),
+                      ready=Readiness(kind="command", target="exit 1", timeout=1.0))
+    with pytest.raises(KataError) as info:
+        run(clean_runtime, busybox_digest, "true", (svc,))
+    assert info.value.reason == "service.not_ready"
+
+
+def test_cancel_while_waiting_for_readiness(clean_runtime, busybox_digest):
+    svc = ServiceSpec(name="slow", image=busybox_digest, argv=("sh", "-c", SERVE.format("sleep 600")),
+                      ready=Readiness(kind="tcp", target="1234", timeout=600))
+    cancel = threading.Event()
+    timer = threading.Timer(1.0, cancel.set)
+    timer.start()
+    try:
+        status, out = run(clean_runtime, busybox_digest, "echo no", (svc,), cancel=cancel)
+    finally:
+        timer.cancel()
+    assert status == CANCEL_EXIT and out.step == []
+
+
+def test_the_step_status_is_returned_and_services_stop_after_it(clean_runtime, busybox_digest):
+    svc = nc_service(busybox_digest, "s", 4000, "x", delay=0)
+    status, _ = run(clean_runtime, busybox_digest, "exit 7", (svc,))
+    assert status == 7
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+def test_pods_in_other_network_modes(clean_runtime, busybox_digest, network):
+    token = secrets.token_hex(4)
+    port = 80  # the pod's own netns
+    if network == "host":
+        import socket
+
+        with socket.socket() as s:  # a free port of the host
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    svc = nc_service(busybox_digest, "svc", port, token, delay=0.2)
+    status, out = run(clean_runtime, busybox_digest, f"nc svc {port} </dev/null", (svc,),
+                      network=network)
+    assert status == 0, out.step
+    assert out.step == [token.encode()]
+
+
+def test_two_pods_with_the_same_port_in_parallel(clean_runtime, busybox_digest):
+    tokens = [secrets.token_hex(4) for _ in range(2)]
+
+    def one(token: str) -> tuple[int, Out]:
+        svc = nc_service(busybox_digest, "web", 8080, token, delay=0.3)
+        # both services listen while both steps run: the step waits so they overlap
+        return run(clean_runtime, busybox_digest, "sleep 1; nc web 8080 </dev/null", (svc,))
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, tokens))
+    for token, (status, out) in zip(tokens, results):
+        assert status == 0, out.step
+        assert out.step == [token.encode()]
