@@ -50,7 +50,9 @@ class LazyRuntime:
     def resolve_image(self, ref: str) -> str:
         return self._get(False).resolve_image(ref)
 
-    def run(self, spec, sink, cancel):  # noqa: ANN001, ANN201
+    def run(self, spec, sink, cancel, service_sink=None):  # noqa: ANN001, ANN201
+        if service_sink is not None:
+            return self._get(True).run(spec, sink, cancel, service_sink=service_sink)
         return self._get(True).run(spec, sink, cancel)
 
     def close(self) -> None:
