@@ -53,15 +53,21 @@ def in_netns(netns: str | None, fn: Callable[[], bool]) -> bool:
     result: list[object] = []
 
     def body() -> None:
-        try:
-            if netns is not None:
+        if netns is not None:
+            try:
                 fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     if _libc.setns(fd, CLONE_NEWNET) != 0:
                         err = ctypes.get_errno()
-                        raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+                        raise OSError(err, os.strerror(err))
                 finally:
                     os.close(fd)
+            except OSError as err:
+                result.append(KataError("runtime.network_failed",
+                                        f"cannot join network namespace {netns}: {err}",
+                                        obj=netns, exit_code=1))
+                return
+        try:
             result.append(fn())
         except BaseException as err:  # noqa: BLE001 - handed to the caller
             result.append(err)
@@ -69,8 +75,8 @@ def in_netns(netns: str | None, fn: Callable[[], bool]) -> bool:
     t = threading.Thread(target=body, name="kata-probe", daemon=True)
     t.start()
     t.join()
-    if isinstance(result[0], OSError) and "setns" in str(result[0]):
-        raise KataError("runtime.network_failed", str(result[0]), exit_code=1)
+    if isinstance(result[0], BaseException):
+        raise result[0]
     return result[0] is True
 
 
