@@ -399,7 +399,14 @@ class _Walker:
             target = str(port)
         elif kind == "http":
             target = self.nonempty(v, f"{what}.http")
-            if not re.match(r"https?://[^/]", target):
+            import urllib.parse
+
+            try:
+                ok = bool(re.match(r"https?://[^/]", target))
+                urllib.parse.urlsplit(target).port  # noqa: B018 - raises when out of range
+            except ValueError:
+                ok = False
+            if not ok:
                 raise self.fail("config.value", v, f"{what}.http must be an http:// or "
                                 f"https:// URL, got {target!r}")
         else:

@@ -70,6 +70,7 @@ def test_defaults_and_other_fields() -> None:
     ("ready: {tcp: 70000}", "config.value"),
     ("ready: {tcp: db}", "config.type"),
     ("ready: {http: 'localhost:80/'}", "config.value"),
+    ("ready: {http: 'http://localhost:99999/'}", "config.value"),
     ("ready: {command: ''}", "config.value"),
     ("ready: {tcp: 1, timeout: 0s}", "config.value"),
     ("ready: {udp: 53}", "config.unknown_key"),
@@ -154,6 +155,7 @@ def test_tcp_and_http_probes_in_the_current_netns() -> None:
         assert in_netns(None, lambda: tcp_probe(port))
         assert in_netns(None, lambda: http_probe(f"http://db:{port}/health"))
         assert not in_netns(None, lambda: http_probe(f"http://db:{port}/other"))
+        assert not http_probe("http://db:99999/")
     finally:
         server.shutdown()
         server.server_close()

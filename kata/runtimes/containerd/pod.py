@@ -90,8 +90,11 @@ def tcp_probe(port: int) -> bool:
 
 def http_probe(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
-    # every name in the pod is 127.0.0.1 (localhost, the services, the step's hostname)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        # every name in the pod is 127.0.0.1 (localhost, the services, the step's hostname)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port out of range: never ready
+        return False
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     kw = {}
     if parts.scheme == "https":
@@ -166,6 +169,7 @@ class ServiceRun(StepRun):
                 self._failed("service.exited", "exited before the step started")
             return None
         deadline = self.started_at + r.timeout
+        delay = 0.01  # most servers listen within milliseconds: back off up to r.interval
         while True:
             if self.cancel.is_set():
                 return CANCEL_EXIT
@@ -178,7 +182,8 @@ class ServiceRun(StepRun):
             if time.monotonic() >= deadline:
                 self._failed("service.not_ready",
                              f"was not ready after {r.timeout:g}s ({r.kind} {r.target})")
-            self.exited.wait(min(r.interval, max(0.0, deadline - time.monotonic())))
+            self.exited.wait(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, r.interval)
 
     def _probe(self, r: Readiness) -> bool:
         assert self.pod is not None
