@@ -53,6 +53,7 @@ def test_a_step_with_a_service_and_its_log(kata):
     assert again.returncode == 0 and "db-hello" in again.stdout.splitlines()
     missing = kata("logs", "--step", "it", "--service", "nope")
     assert missing.returncode == 1 and "nope" in missing.stderr
+    assert kata("logs", "--service", "db").returncode == 2  # which step's?
 
 
 def test_a_crashing_service_fails_the_step_naming_it(kata):

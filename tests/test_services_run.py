@@ -1,8 +1,8 @@
 """Services on a real containerd: a pod per step, readiness, failures, logs, cleanup.
 
-The servers are busybox's ``nc`` and ``httpd`` (the Debian minbase image made with
-mmdebstrap has no python3, and adding packages to it needs a Debian mirror: offline
-here). Ports inside a pod's own network namespace may be fixed: no two pods share one.
+The servers are busybox's ``nc`` and ``httpd``, and a perl TCP server in the Debian minbase
+image made with mmdebstrap (minbase has no python3 for ``http.server``; adding it needs
+a Debian mirror, and the tests run offline). Ports inside a pod's own network namespace may be fixed: no two pods share one.
 Every test ends with kata's namespace holding nothing but images (clean_runtime).
 """
 
@@ -199,3 +199,29 @@ def test_two_pods_with_the_same_port_in_parallel(clean_runtime, busybox_digest):
     for token, (status, out) in zip(tokens, results):
         assert status == 0, out.step
         assert out.step == [token.encode()]
+
+
+PERL_SERVER = r"""
+use IO::Socket::INET;
+$| = 1;
+$SIG{TERM} = sub { exit 0 };
+my $s = IO::Socket::INET->new(LocalAddr => "0.0.0.0", LocalPort => 5000, Listen => 5,
+                              ReuseAddr => 1) or die "listen: $!";
+print "perl server up\n";
+while (my $c = $s->accept) { print $c "debian says hi\n"; close $c; }
+"""
+
+
+def test_a_real_server_from_a_debian_image(clean_runtime, busybox_digest, debian_digest):
+    # Debian minbase (mmdebstrap) has no python3, but perl-base: a TCP server in perl,
+    # probed with the declared tcp readiness, used from a bash step by name over /dev/tcp
+    svc = ServiceSpec(name="api", image=debian_digest, argv=("perl", "-e", PERL_SERVER),
+                      ready=Readiness(kind="tcp", target="5000"))
+    out = Out()
+    status = clean_runtime.run(
+        StepSpec(image=debian_digest, argv=("bash", "-c", "exec 3<>/dev/tcp/api/5000; cat <&3"),
+                 network="default", services=(svc,)),
+        out.sink, threading.Event(), out.service_sink)
+    assert status == 0, out.step
+    assert out.step == [b"debian says hi"]
+    assert out.services["api"] == [b"perl server up"]
