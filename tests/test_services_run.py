@@ -225,3 +225,55 @@ def test_a_real_server_from_a_debian_image(clean_runtime, busybox_digest, debian
     assert status == 0, out.step
     assert out.step == [b"debian says hi"]
     assert out.services["api"] == [b"perl server up"]
+
+
+def test_a_sigkilled_kata_leaves_a_pod_that_the_next_connect_sweeps(
+        containerd_daemon, busybox_digest, runtime, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    import time
+    from pathlib import Path
+
+    marker = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import sys, threading
+        from kata.runtimes.containerd import ContainerdRuntime
+        from kata.runtimes.base import ServiceSpec, StepSpec
+        rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
+                                       state_dir={str(containerd_daemon.root.parent)!r})
+        def sink(stream, line):
+            open({str(marker)!r}, "w").write("x")
+        svc = ServiceSpec(name="s", image={busybox_digest!r}, argv=("sleep", "1000"))
+        rt.run(StepSpec(image={busybox_digest!r}, argv=("sh", "-c", "echo up; sleep 1000"),
+                        network="none", services=(svc,)),
+               sink, threading.Event(), lambda *a: None)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, "the kata process died before its step started"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    left = runtime.leftovers()
+    assert len(left["containers"]) == 2 and len(left["tasks"]) == 2 and left["netns"]
+    from kata.runtimes.containerd import ContainerdRuntime
+
+    with ContainerdRuntime.connect(address=containerd_daemon.address,
+                                   state_dir=str(containerd_daemon.root.parent)) as rt:
+        assert rt.leftovers() == {k: [] for k in left}
+    assert not any(Path("/run/netns").glob(left["netns"][0]))
+
+
+def test_a_service_that_dies_during_the_step_says_so_in_its_log(clean_runtime, busybox_digest):
+    # one connection, then it exits: the step kills it by using it
+    svc = ServiceSpec(name="flaky", image=busybox_digest,
+                      argv=("sh", "-c", "nc -l -p 7000 -e echo hi; echo bye; exit 4"))
+    script = ("until nc flaky 7000 </dev/null 2>/dev/null; do sleep 0.05; done; "
+              "sleep 1; echo step done")
+    status, out = run(clean_runtime, busybox_digest, script, (svc,))
+    assert status == 0 and out.step == [b"hi", b"step done"]  # the step decides
+    assert out.services["flaky"][-2:] == [
+        b"bye", b"kata: service flaky exited while the step ran (exit status 4)"]

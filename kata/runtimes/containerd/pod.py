@@ -304,7 +304,11 @@ def run_pod(client: Client, options: TaskOptions, step: StepSpec, image: RunImag
             if run.wait_ready() is not None:
                 return CANCEL_EXIT
         status = StepRun(client, options, step, image, sink, cancel, pod=pod).execute()
+        gone = [r for r in runs if r.exited.is_set()]  # died while the step ran
         _stop_all(runs, options.stop_grace)  # SIGTERM all at once, one grace, SIGKILL
+        for run in gone:  # said at the end of its log, after all it wrote
+            run.sink("stderr", f"kata: service {run.service.name} exited while the step ran "
+                     f"(exit status {run._exit_status()})".encode())
         # a service's sink error (a full disk) fails the step like the step's own would
         for run in runs:
             for reader in run.readers:
