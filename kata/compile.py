@@ -132,7 +132,11 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
             inputs=inputs.digest if inputs is not None else None, key_files=key_files,
             artifacts=step.artifacts, cache_paths=step.cache.paths,
             services=[drv.ServiceDrv(name=s.name, image=image_digest(s.image),
-                                     env=tuple(sorted(dict(s.env).items())), commands=s.commands)
+                                     env=tuple(sorted(dict(s.env).items())), commands=s.commands,
+                                     entrypoint=s.entrypoint,
+                                     ready=(s.ready.kind, s.ready.target, s.ready.timeout.millis)
+                                     if s.ready is not None else None,
+                                     secrets=tuple(sorted(set(s.secrets))))
                       for s in step.services],
             network=step.network, deps=[h for _, h in dep_hashes])
         nodes[name] = Node(step=step, derivation=d, drv_hash=d.hash if d.resolved else None,

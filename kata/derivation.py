@@ -39,10 +39,25 @@ class ServiceDrv:
     image: str | None
     env: tuple[tuple[str, str], ...] = ()
     commands: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    # (kind, target, timeout in ms): a readiness check decides when the step starts,
+    # i.e. what state the service is in when the step sees it
+    ready: tuple[str, str, int] | None = None
+    secrets: tuple[str, ...] = ()  # names only, sorted
 
     def to_obj(self) -> dict[str, Any]:
-        return {"commands": list(self.commands), "env": [list(p) for p in self.env],
-                "image": self.image, "name": self.name}
+        return {"commands": list(self.commands), "entrypoint": list(self.entrypoint),
+                "env": [list(p) for p in self.env], "image": self.image, "name": self.name,
+                "ready": list(self.ready) if self.ready is not None else None,
+                "secrets": list(self.secrets)}
+
+    @classmethod
+    def from_obj(cls, s: dict[str, Any]) -> "ServiceDrv":
+        ready = s.get("ready")
+        return cls(name=s["name"], image=s["image"], env=tuple((k, v) for k, v in s["env"]),
+                   commands=tuple(s["commands"]), entrypoint=tuple(s.get("entrypoint") or ()),
+                   ready=(ready[0], ready[1], int(ready[2])) if ready else None,
+                   secrets=tuple(s.get("secrets") or ()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,9 +130,7 @@ class Derivation:
             workdir=obj["workdir"], user=obj["user"], env=tuple((k, v) for k, v in obj["env"]),
             secrets=tuple(obj["secrets"]), inputs=obj["inputs"], key_files=obj["key_files"],
             artifacts=tuple(obj["artifacts"]), cache_paths=tuple(obj["cache_paths"]),
-            services=tuple(ServiceDrv(name=s["name"], image=s["image"],
-                                      env=tuple((k, v) for k, v in s["env"]),
-                                      commands=tuple(s["commands"])) for s in obj["services"]),
+            services=tuple(ServiceDrv.from_obj(s) for s in obj["services"]),
             network=obj["network"], deps=tuple(obj["deps"]))
 
 

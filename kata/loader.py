@@ -22,7 +22,7 @@ from kata import conditions
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
-from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Service,
+from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
                         Settings, Step, Trigger)
 
 CONFIG_NAME = ".kata-ci.yaml"
@@ -45,7 +45,8 @@ SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
              "when", "description")
-SERVICE_KEYS = ("name", "image", "env", "commands")
+SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
+READY_KEYS = ("tcp", "http", "command", "timeout")
 CACHE_KEYS = ("paths", "key_files", "enabled")
 ONLY_KEYS = ("branches", "tags", "paths", "events")
 TRIGGER_KEYS = ("event", "branches", "paths", "actions", "pattern")
@@ -363,12 +364,59 @@ class _Walker:
                 raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")
             names.add(name)
             label = f"service {name!r}"
+            if "commands" in f and "entrypoint" in f:
+                raise self.fail("config.value", f["entrypoint"][0],
+                                f"{label}: give commands or entrypoint, not both")
+            secrets: tuple[str, ...] = ()
+            if "secrets" in f:
+                def check(s: str, node: Node, label=label) -> None:
+                    if not _ENV_NAME.fullmatch(s):
+                        raise self.fail("config.value", node, f"{label}: bad secret name {s!r}")
+                secrets = self.strings(f["secrets"][1], f"{label}: secrets", check)
             out.append(Service(
                 name=name, position=self.pos(item),
                 image=self.image(self.require(f, "image", item, label), f"{label}: image"),
                 env=self.env(f["env"][1], f"{label}: env") if "env" in f else (),
-                commands=self.strings(f["commands"][1], f"{label}: commands") if "commands" in f else ()))
+                commands=self.strings(f["commands"][1], f"{label}: commands") if "commands" in f else (),
+                entrypoint=self.strings(f["entrypoint"][1], f"{label}: entrypoint")
+                if "entrypoint" in f else (),
+                ready=self.ready(f["ready"][1], f"{label}: ready") if "ready" in f else None,
+                secrets=secrets))
         return tuple(out)
+
+    def ready(self, node: Node, what: str) -> Ready:
+        f = self.fields(node, READY_KEYS, what)
+        kinds = [k for k in ("tcp", "http", "command") if k in f]
+        if len(kinds) != 1:
+            raise self.fail("config.value", node,
+                            f"{what} needs exactly one of tcp, http, command")
+        kind = kinds[0]
+        v = f[kind][1]
+        if kind == "tcp":
+            port = self.integer(v, f"{what}.tcp")
+            if not 0 < port < 65536:
+                raise self.fail("config.value", v, f"{what}.tcp: port {port} out of range")
+            target = str(port)
+        elif kind == "http":
+            target = self.nonempty(v, f"{what}.http")
+            import urllib.parse
+
+            try:
+                ok = bool(re.match(r"https?://[^/]", target))
+                urllib.parse.urlsplit(target).port  # noqa: B018 - raises when out of range
+            except ValueError:
+                ok = False
+            if not ok:
+                raise self.fail("config.value", v, f"{what}.http must be an http:// or "
+                                f"https:// URL, got {target!r}")
+        else:
+            target = self.nonempty(v, f"{what}.command")
+        kw: dict[str, Any] = {"kind": kind, "target": target}
+        if "timeout" in f:
+            kw["timeout"] = self.duration(f["timeout"][1], f"{what}.timeout")
+            if kw["timeout"].millis <= 0:
+                raise self.fail("config.value", f["timeout"][1], f"{what}.timeout must be > 0")
+        return Ready(**kw)
 
     def cache(self, node: Node, what: str) -> CacheSpec:
         if isinstance(node, ScalarNode) and node.tag == _BOOL:

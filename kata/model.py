@@ -110,12 +110,30 @@ class CacheSpec:
     explicit: bool = False  # the step said `cache: true` / `enabled: true` (opts a secret step in)
 
 
+READY_KINDS = ("tcp", "http", "command")
+DEFAULT_READY_TIMEOUT = Duration(millis=60_000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    """`ready:` of a service: `{tcp: 5432}`, `{http: URL}` or `{command: CMD}`, + timeout."""
+
+    kind: str  # one of READY_KINDS
+    target: str  # the port (as text), the URL or the shell command
+    timeout: Duration = DEFAULT_READY_TIMEOUT
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     name: str
     image: ImageRef
     env: tuple[tuple[str, str], ...] = ()
+    # `commands:` run as the step's do (`/bin/sh -c`, stop at the first failure) instead
+    # of the image's Entrypoint/Cmd; `entrypoint:` (an argv list) replaces both instead
     commands: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    ready: Ready | None = None  # None: the image's first exposed port, else "started"
+    secrets: tuple[str, ...] = ()  # names only: services get the secrets they declare
     position: Position | None = field(default=None, compare=False)
 
 

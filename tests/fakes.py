@@ -47,8 +47,11 @@ class FakeRuntime:
     def resolve_image(self, ref: str) -> str:
         return FAKE_DIGEST
 
-    def run(self, spec: StepSpec, sink, cancel: threading.Event) -> int:
+    def run(self, spec: StepSpec, sink, cancel: threading.Event, service_sink=None) -> int:
         name = spec.labels.get("kata.step", "?")
+        for service in spec.services:  # a fake service says hello on its own log
+            assert service_sink is not None
+            service_sink(service.name, "stdout", f"{service.name} up".encode())
         with self._lock:
             self.started.append(name)
             self.specs[name] = spec

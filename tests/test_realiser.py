@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fakes import Behaviour, FakeRuntime, FakeStep, compile_steps
+from fakes import FAKE_DIGEST, Behaviour, FakeRuntime, FakeStep, compile_steps
 from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise.realiser import Realiser, RealiseOptions
+from kata.runtimes.base import Readiness
 from store import Store
 
 
@@ -337,10 +338,31 @@ def test_an_unstorable_artifact_fails_the_step_clearly(env):
     assert env.runtime.started == ["s"]  # never cached
 
 
-def test_services_fail_clearly_until_the_runtime_has_pods(env):
+def test_services_reach_the_runtime_and_their_logs_are_recorded(env):
     steps = [FakeStep("it", inputs=("none",),
-                      services=({"name": "db", "image": "kata.local/busybox:latest"},))]
+                      services=({"name": "db", "image": "kata.local/busybox:latest",
+                                 "env": {"A": "1"}, "ready": {"tcp": 5432, "timeout": "7s"}},
+                                {"name": "web", "image": "kata.local/busybox:latest",
+                                 "commands": ["httpd -f"]}))]
+    result = env.run(steps)
+    assert result.exit_code == 0
+    spec = env.runtime.specs["it"]
+    db, web = spec.services
+    assert db.name == "db" and db.image.endswith("@" + FAKE_DIGEST) and db.env == {"A": "1"}
+    assert db.ready == Readiness(kind="tcp", target="5432", timeout=7.0) and db.argv == ()
+    assert web.ready is None and web.argv == ("/bin/sh", "-c", "set -e\nhttpd -f\n")
+    logs = dict(result.steps["it"].service_logs)
+    assert set(logs) == {"db", "web"}
+    assert env.store.read_blob(logs["db"]) == b"db up\n"
+    (run,) = env.store.list_runs(limit=1)
+    assert run["steps"][0]["service_logs"] == logs
+
+
+def test_a_service_secret_must_be_given(env):
+    steps = [FakeStep("it", inputs=("none",),
+                      services=({"name": "db", "image": "kata.local/busybox:latest",
+                                 "secrets": ["DB_PASSWORD"]},))]
     result = env.run(steps)
     (fail,) = env.of(ev.StepFailed)
-    assert fail.reason == "step.services_unsupported" and result.exit_code == 1
+    assert fail.reason == "secret.missing" and result.exit_code == 1
     assert env.runtime.started == []

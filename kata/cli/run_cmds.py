@@ -50,7 +50,9 @@ class LazyRuntime:
     def resolve_image(self, ref: str) -> str:
         return self._get(False).resolve_image(ref)
 
-    def run(self, spec, sink, cancel):  # noqa: ANN001, ANN201
+    def run(self, spec, sink, cancel, service_sink=None):  # noqa: ANN001, ANN201
+        if service_sink is not None:
+            return self._get(True).run(spec, sink, cancel, service_sink=service_sink)
         return self._get(True).run(spec, sink, cancel)
 
     def close(self) -> None:
@@ -366,8 +368,11 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
 @click.command()
 @click.option("--step", "steps", multiple=True, metavar="NAME", help="Only this step's log.")
 @click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
+@click.option("--service", "service", metavar="NAME",
+              help="The log of the step's service NAME instead (with --step).")
 @click.pass_context
-def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None) -> None:
+def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
+         service: str | None = None) -> None:
     """Show the output of the last run (or of --run ID).
 
     A cached step shows the output of the run that produced its result, marked so.
@@ -394,12 +399,39 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None) -> None
             if name not in known:
                 raise KataError("logs.no_step", f"run {record.get('id')} has no step {name!r}",
                                 obj=name, exit_code=1)
+        if service is not None:
+            if len(steps) != 1:
+                raise KataError("logs.usage", "--service needs exactly one --step NAME",
+                                exit_code=2)
+            entry = next(e for e in entries if e.get("name") == steps[0])
+            _print_service_log(store, record, entry, service)
+            return
         for entry in entries:
             if steps and entry.get("name") not in steps:
                 continue
             _print_log(store, record, entry)
     finally:
         store.close()
+
+
+def _print_service_log(store, record: dict, entry: dict, service: str) -> None:  # noqa: ANN001
+    name = entry.get("name", "?")
+    by = ""
+    if entry.get("cache") == "HIT" and entry.get("produced_by"):
+        by = entry["produced_by"]  # the run that ran the step (and its services)
+        produced = store.get_run(by)
+        entry = next((e for e in (produced or {}).get("steps") or ()
+                      if e.get("name") == name), {})
+    digest = (entry.get("service_logs") or {}).get(service)
+    if not digest:
+        raise KataError("logs.no_service", f"step {name} of run {record.get('id')} has no "
+                        f"service log {service!r}" + (f" (run {by} ran it)" if by else ""),
+                        obj=service, exit_code=1)
+    click.echo(f"== {name} / service {service}" + (f": cached — run {by}" if by else "") + " ==")
+    with store.open_blob(digest) as f:
+        text = f.read().decode("utf-8", errors="replace")
+    if text:
+        click.echo(text, nl=not text.endswith("\n"))
 
 
 def _pipeline_name(ctx: click.Context) -> str | None:

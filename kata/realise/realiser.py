@@ -15,6 +15,7 @@ recorded in the store at the end, also for failed and interrupted runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -33,8 +34,10 @@ from kata.realise.scheduler import Cancel, schedule
 from kata.realise.workspace import (
     SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
 )
+from kata.runtimes.base import (
+    CANCEL_EXIT, TIMEOUT_EXIT, Mount, Readiness, Runtime, ServiceSpec, StepSpec,
+)
 from kata.secrets import Masker
-from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, Runtime, StepSpec
 from store import StoreError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -458,16 +461,16 @@ class Realiser:
         started = time.monotonic()
         log = tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
         log_lock = threading.Lock()
+        # each service's output: its own log, stored as a blob (`kata logs --service`)
+        service_logs = {s.name: tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
+                        for s in step.services}
+        service_digests: tuple[tuple[str, str], ...] = ()
         exit_status: int | None = None
         message = ""
         reason = ""
         outputs = ""
         try:
             try:
-                if step.services:  # the runtime has no pod (shared netns) for sidecars yet
-                    raise KataError("step.services_unsupported",
-                                    f"step {name} declares services, which this version "
-                                    "cannot run yet", obj=name)
                 ws = Workspace(self._run_dir, self._layers(name, node))
             except (KataError, StoreError) as err:
                 message, reason = err.message, err.reason
@@ -476,7 +479,7 @@ class Realiser:
                 with ws:
                     try:
                         exit_status = self._run_container(name, node, ws.path, cancel, log,
-                                                          log_lock)
+                                                          log_lock, service_logs)
                     except KataError as err:  # e.g. a missing secret, an image not found
                         message, reason = err.message, err.reason
                     if reason:
@@ -510,8 +513,15 @@ class Realiser:
             duration = time.monotonic() - started
             log.seek(0)
             log_digest = self.store.put_blob(log)
+            digests = []
+            for sname, slog in service_logs.items():
+                slog.seek(0)
+                digests.append((sname, self.store.put_blob(slog)))
+            service_digests = tuple(digests)
         finally:
             log.close()
+            for slog in service_logs.values():
+                slog.close()
         ok = exit_status == 0 and not reason
         if ok:
             stack = self._stack_with(self._deps_stack(name), outputs)
@@ -526,13 +536,15 @@ class Realiser:
             self._set(StepResult(name=name, status="passed", cache="MISS",
                                  drv_hash=node.drv_hash, key=resolved or node.drv_hash,
                                  duration=duration, exit_status=0, log=log_digest,
-                                 outputs=outputs, produced_by=self.run_id), stack)
+                                 outputs=outputs, produced_by=self.run_id,
+                                 service_logs=service_digests), stack)
             self.emit(ev.StepPassed(step=name, duration=duration))
             return True
         status = "cancelled" if reason == "step.cancelled" else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash,
                              key=resolved or node.drv_hash, duration=duration,
-                             exit_status=exit_status, log=log_digest, message=message))
+                             exit_status=exit_status, log=log_digest, message=message,
+                             service_logs=service_digests))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
                                 message=message, reason=reason or "step.failed"))
         return False
@@ -542,10 +554,12 @@ class Realiser:
         self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def _run_container(self, name: str, node: Any, workdir: Path, cancel: Cancel,
-                       log: Any, log_lock: threading.Lock) -> int:
+                       log: Any, log_lock: threading.Lock,
+                       service_logs: dict[str, Any] | None = None) -> int:
         step = node.step
         values: dict[str, str] = {}
-        for secret in step.secrets:
+        for secret in dict.fromkeys([*step.secrets, *(x for s in step.services
+                                                        for x in s.secrets)]):
             if secret not in self.options.secrets:
                 raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
                                 f"set ${secret} or pass --secret {secret}=...", obj=name)
@@ -553,13 +567,50 @@ class Realiser:
                 raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
                                 "environment variable name", obj=name)
             values[secret] = self.options.secrets[secret]
-        if not values:
-            return self._start(name, node, workdir, None, cancel, log, log_lock)
-        with SecretsDir(self._run_dir, values) as secrets_dir:
-            return self._start(name, node, workdir, secrets_dir.path, cancel, log, log_lock)
+        with contextlib.ExitStack() as stack:
+            dirs: dict[str, Path] = {}  # "" = the step's; else a service's own
+            for owner, names in (("", step.secrets),
+                                 *((s.name, s.secrets) for s in step.services)):
+                if owner and not names:
+                    continue
+                chosen = {n: values[n] for n in names}
+                if chosen:
+                    dirs[owner] = stack.enter_context(SecretsDir(self._run_dir, chosen)).path
+            services = tuple(self._service_spec(node, s, dirs.get(s.name))
+                             for s in step.services)
+            return self._start(name, node, workdir, dirs.get(""), cancel, log, log_lock,
+                               services, service_logs or {})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _service_spec(self, node: Any, service: Any, secrets_dir: Path | None) -> ServiceSpec:
+        """A service as the runtime runs it: the image the compiler hashed, its command."""
+        digest = next((s.image for s in node.derivation.services if s.name == service.name),
+                      None)
+        if not digest:
+            raise KataError("image.unresolved", f"step {node.step.name}: service "
+                            f"{service.name}'s image {service.image} has no resolved digest",
+                            obj=node.step.name)
+        mounts: tuple[Mount, ...] = ()
+        argv: tuple[str, ...] = service.entrypoint
+        if service.commands:
+            script = _shell_script(service.commands)
+            if secrets_dir is not None:
+                script = SECRETS_PRELUDE + script
+            argv = ("/bin/sh", "-c", script)
+        if secrets_dir is not None:  # files only, for a service without commands
+            mounts = (Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
+                            readonly=True),)
+        ready = None
+        if service.ready is not None:
+            ready = Readiness(kind=service.ready.kind, target=service.ready.target,
+                              timeout=service.ready.timeout.seconds)
+        return ServiceSpec(name=service.name, image=f"{service.image.name}@{digest}", argv=argv,
+                           env=dict(service.env), mounts=mounts, ready=ready)
 
     def _start(self, name: str, node: Any, workdir: Path, secrets_dir: Path | None,
-               cancel: Cancel, log: Any, log_lock: threading.Lock) -> int:
+               cancel: Cancel, log: Any, log_lock: threading.Lock,
+               services: tuple[ServiceSpec, ...] = (),
+               service_logs: dict[str, Any] | None = None) -> int:
         step = node.step
         env = dict(self.options.env)
         env.update(dict(step.env))
@@ -580,14 +631,26 @@ class Realiser:
             network=step.network,  # type: ignore[arg-type]
             timeout=timeout,
             labels={"kata.run": self.run_id, "kata.step": name},
+            services=services,
         )
-        command = self._masker.mask(" && ".join(step.commands).encode()).decode("utf-8", "replace")
+        masker = self._masker
+        service_logs = service_logs or {}
+
+        def service_sink(service: str, stream: str, data: bytes) -> None:
+            # service output arrives line by line; every form of every value is masked
+            text = masker.mask(data).decode("utf-8", errors="replace")
+            with log_lock:
+                service_logs[service].write(text.encode() + b"\n")
+
+        command = masker.mask(" && ".join(step.commands).encode()).decode("utf-8", "replace")
         self.emit(ev.StepStarted(step=name, command=command))
         assert self.runtime is not None
         if cancel.is_set():
             return CANCEL_EXIT
         sink = _MaskedOutput(self, name, log, log_lock)
         try:
+            if services:
+                return self.runtime.run(spec, sink, cancel, service_sink=service_sink)
             return self.runtime.run(spec, sink, cancel)
         finally:
             sink.close()  # what each stream's masker held back (never a partial value)

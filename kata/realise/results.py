@@ -53,9 +53,12 @@ class StepResult:
     outputs: str = ""  # output tree digest
     produced_by: str = ""  # run id that produced a cached result
     message: str = ""
+    service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
 
     def record(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out["service_logs"] = dict(self.service_logs)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

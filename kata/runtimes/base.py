@@ -24,6 +24,8 @@ Stream = Literal["stdout", "stderr"]
 # any size, newlines included, in order per stream): what a streaming secret masker
 # needs, since a line split at MAX_LINE or a dropped final newline would hide a value.
 OutputSink = Callable[[Stream, bytes], None]
+# The same for a service's output: (service name, stream, line).
+ServiceSink = Callable[[str, Stream, bytes], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +47,39 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness:
+    """When a service counts as ready.
+
+    kind "tcp": ``target`` is a port that must accept a connection on the pod's
+    localhost; "http": ``target`` is a URL (its host is the pod's 127.0.0.1) that must
+    answer 2xx/3xx; "command": ``target`` is a shell command run inside the service
+    container (``/bin/sh -c``) that must exit 0. Probed every ``interval`` seconds
+    until ``timeout`` seconds have passed since the service started.
+    """
+
+    kind: Literal["tcp", "http", "command"]
+    target: str
+    timeout: float = 60.0
+    interval: float = 0.2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSpec:
+    """A sidecar container of a step: started before it, in its network namespace."""
+
+    name: str  # also its host name: /etc/hosts maps it to 127.0.0.1 in the pod
+    image: str  # pinned by digest, like StepSpec.image
+    argv: tuple[str, ...] = ()  # () = the image's Entrypoint + Cmd
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = "/"  # "/" = the image's WorkingDir
+    user: str = ""  # "" = the image's user if numeric, else 0:0
+    mounts: tuple[Mount, ...] = ()
+    # None: the first ExposedPorts entry of the image config must accept a TCP
+    # connection; an image that exposes none is ready once started
+    ready: Readiness | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepSpec:
     """One container run, fully resolved: no tag, no unresolved path."""
 
@@ -58,6 +93,8 @@ class StepSpec:
     timeout: float | None = None  # seconds; SIGTERM, grace period, then SIGKILL
     hostname: str = "kata"
     labels: Mapping[str, str] = field(default_factory=dict)  # e.g. run id, step name
+    # started first, in the step's network namespace (a pod), stopped after it
+    services: tuple[ServiceSpec, ...] = ()
 
 
 TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
@@ -74,8 +111,13 @@ class Runtime(Protocol):
         """
         ...
 
-    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
+    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+            service_sink: ServiceSink | None = None) -> int:
         """Run the step to completion and return its exit status.
+
+        ``spec.services`` are started first and must become ready (else
+        KataError ``service.exited`` / ``service.not_ready`` naming the service, with
+        the last lines of its log); their output goes to ``service_sink``.
 
         Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
         because ``cancel`` was set; 128+signal for other signal deaths. Every

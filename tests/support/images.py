@@ -135,13 +135,19 @@ def files_layer(files: dict[str, bytes]) -> bytes:
 
 def make_image(layer_tars: list[bytes], ref: str = BUSYBOX_REF, *,
                env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",),
-               cmd: tuple[str, ...] = ("/bin/sh",)) -> OciImage:
+               cmd: tuple[str, ...] = ("/bin/sh",), entrypoint: tuple[str, ...] = (),
+               exposed_ports: tuple[str, ...] = ()) -> OciImage:
     """An image from uncompressed layer tars (bottom first)."""
+    extra: dict = {}
+    if entrypoint:
+        extra["Entrypoint"] = list(entrypoint)
+    if exposed_ports:
+        extra["ExposedPorts"] = {p: {} for p in exposed_ports}
     layers = tuple(gzip.compress(t, compresslevel=6, mtime=0) for t in layer_tars)
     diff_ids = tuple(sha256(t) for t in layer_tars)
     config = _canon({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": list(env), "Cmd": list(cmd), "WorkingDir": "/"},
+        "config": {"Env": list(env), "Cmd": list(cmd), "WorkingDir": "/", **extra},
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         "history": [{"created_by": "kata tests"} for _ in layers],
     })

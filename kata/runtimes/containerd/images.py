@@ -84,6 +84,9 @@ class RunImage:
     env: tuple[str, ...]
     workdir: str
     user: str
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    exposed_ports: tuple[str, ...] = ()  # "5432/tcp", in the config's order
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -345,7 +348,10 @@ class ImageStore:
             cfg = config.get("config") or {}
             info = RunImage(manifest=manifest_digest, chain_id=chain,
                             env=tuple(cfg.get("Env") or ()),
-                            workdir=cfg.get("WorkingDir") or "/", user=cfg.get("User") or "")
+                            workdir=cfg.get("WorkingDir") or "/", user=cfg.get("User") or "",
+                            entrypoint=tuple(cfg.get("Entrypoint") or ()),
+                            cmd=tuple(cfg.get("Cmd") or ()),
+                            exposed_ports=tuple(cfg.get("ExposedPorts") or {}))
             self._run_cache[digest] = info
             return info
 

@@ -75,17 +75,34 @@ class CniNetwork:
         self.records.mkdir(parents=True, exist_ok=True)
         (self.records / name).write_text(owner)
         _ip("netns", "add", name)
+        _ip("-n", name, "link", "set", "lo", "up")  # `ip netns add` leaves it down
         self._plugin("ADD", name)
+        return str(NETNS_DIR / name)
+
+    def setup_loopback(self, name: str, owner: str) -> str:
+        """Create netns ``name`` with loopback only (a pod of network "none"); its path."""
+        if shutil.which("ip") is None:
+            raise KataError("runtime.network_failed", "a pod needs iproute2: "
+                            "apt install iproute2", exit_code=1)
+        self.records.mkdir(parents=True, exist_ok=True)
+        (self.records / name).write_text(f"{owner}\nloopback\n")
+        _ip("netns", "add", name)
+        _ip("-n", name, "link", "set", "lo", "up")
         return str(NETNS_DIR / name)
 
     def teardown(self, name: str) -> None:
         """Release the address and the veth, delete the netns and its record; idempotent."""
         first: KataError | None = None
+        try:
+            loopback = "loopback" in (self.records / name).read_text().split()[1:]
+        except (OSError, IndexError):
+            loopback = False
         if (NETNS_DIR / name).exists():
-            try:
-                self._plugin("DEL", name)
-            except KataError as err:
-                first = err
+            if not loopback:
+                try:
+                    self._plugin("DEL", name)
+                except KataError as err:
+                    first = err
             try:
                 _ip("netns", "delete", name)
             except KataError as err:
@@ -103,7 +120,7 @@ class CniNetwork:
         n = 0
         for record in self.records.iterdir():
             try:
-                owner = record.read_text().strip()
+                owner = (record.read_text().split() or [""])[0]
             except OSError:
                 continue
             if everything or not owner_alive(owner):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from kata.errors import KataError
 
-from ..base import CANCEL_EXIT, OutputSink, StepSpec
+from ..base import CANCEL_EXIT, OutputSink, ServiceSink, StepSpec
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
@@ -127,13 +127,19 @@ class ContainerdRuntime:
         digest, _body, _mt = self.registry.fetch_manifest(parsed)
         return digest
 
-    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event) -> int:
+    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+            service_sink: ServiceSink | None = None) -> int:
         if cancel.is_set():
             return CANCEL_EXIT  # cancelled before it began: nothing to create or release
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
+        if spec.services:
+            from .pod import run_pod
+
+            simages = [self.images.run_image(self._ensure_image(s.image)) for s in spec.services]
+            return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
         try:
             return StepRun(self.client, options, spec, image, sink, cancel).execute()
         except ContainerdError as err:

@@ -119,8 +119,13 @@ def oci_mount(m: Mount) -> dict[str, Any]:
 
 
 def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
-               netns: str | None = None) -> dict[str, Any]:
-    """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one)."""
+               netns: str | None = None, hosts_file: str | None = None,
+               resolv: bool = True) -> dict[str, Any]:
+    """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one).
+
+    hosts_file: bound read-only at /etc/hosts (a pod's: its services' names);
+    resolv: with ``netns``, bind the host's resolv.conf (not for a loopback-only pod).
+    """
     uid, gid = parse_user(step.user)
     if not step.argv:
         raise KataError("runtime.bad_step", "a step needs a command", obj=container_id)
@@ -128,16 +133,21 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
     mounts = _default_mounts()
     if step.network == "host":
         for f in ("/etc/resolv.conf", "/etc/hosts"):
+            if f == "/etc/hosts" and hosts_file:
+                continue
             if os.path.exists(f):
                 mounts.append({"destination": f, "type": "bind", "source": f,
                                "options": ["rbind", "ro"]})
     elif netns:
         namespaces.append({"type": "network", "path": netns})
-        if os.path.exists("/etc/resolv.conf"):  # the host's resolvers, reached through NAT
+        if resolv and os.path.exists("/etc/resolv.conf"):  # the host's resolvers, via NAT
             mounts.append({"destination": "/etc/resolv.conf", "type": "bind",
                            "source": "/etc/resolv.conf", "options": ["rbind", "ro"]})
     else:
         namespaces.append({"type": "network"})  # a fresh one: loopback only
+    if hosts_file:
+        mounts.append({"destination": "/etc/hosts", "type": "bind", "source": hosts_file,
+                       "options": ["rbind", "ro"]})
     mounts += [oci_mount(m) for m in step.mounts]
     caps = list(CAPABILITIES)
     return {

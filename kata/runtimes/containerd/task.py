@@ -38,6 +38,15 @@ MAX_LINE = 1 << 20  # a longer line is delivered in pieces of about this size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PodNet:
+    """What the containers of one pod share: a network namespace and an /etc/hosts."""
+
+    netns: str | None  # a path to join; None: the host's network (mode "host")
+    hosts_file: str
+    resolv: bool = True  # bind the host's resolv.conf (not for a loopback-only pod)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskOptions:
     fifo_root: Path  # FIFOs live under fifo_root/<owner>/<container id>/
     stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
@@ -95,73 +104,27 @@ class StepRun:
     """One run of one step; ``execute`` returns its exit status."""
 
     def __init__(self, client: Client, options: TaskOptions, step: StepSpec, image: RunImage,
-                 sink: OutputSink, cancel: threading.Event) -> None:
+                 sink: OutputSink, cancel: threading.Event, *, pod: PodNet | None = None,
+                 prefix: str = "kata") -> None:
         self.c = client
         self.options = options
         self.step = step
         self.image = image
         self.sink = sink
         self.cancel = cancel
-        self.id = f"kata-{secrets.token_hex(10)}"
+        self.pod = pod  # the network namespace and /etc/hosts of a pod; None: the step's own
+        self.id = f"{prefix}-{secrets.token_hex(10)}"
         self.exited = threading.Event()
         self.wait_future: grpc.Future | None = None
         self.readers: list[_Reader] = []
         self.task_gone = True  # no task, or it was deleted: the container may go
+        self.spec: dict | None = None
+        self.what = "step"
 
     # -- the sequence -------------------------------------------------------------
     def execute(self) -> int:
-        c, cid = self.c, self.id
-        step = self.step
-        workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
-        step = step if workdir == step.workdir else _with_workdir(step, workdir)
-        build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
         with Cleanup() as cleanup:
-            lease = self._lease(cleanup)
-            netns = None
-            network = self.options.network
-            if step.network == "default" and network is not None:
-                cleanup.push("tear down network", lambda: network.teardown(cid))
-                netns = network.setup(cid, c.owner)
-            spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns)
-            mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
-                snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
-                labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
-            cleanup.push("remove snapshot", lambda: self._remove_snapshot(lease))
-            container = containers_pb2.Container(
-                id=cid, labels={**step.labels, **c.owner_labels()}, image=step.image,
-                runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME),
-                spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)),
-                snapshotter=SNAPSHOTTER, snapshot_key=cid)
-            c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
-                   "create container", lease=lease)
-            cleanup.push("delete container", self._delete_container)
-            stdout, stderr, fds = self._fifos(cleanup)
-            self.task_gone = False
-            cleanup.push("delete task", self._teardown_task)
-            try:
-                c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
-                    container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
-                    "create task", lease=lease)
-            except ContainerdError as err:
-                self.task_gone = True  # the shim cleans up a task it failed to create
-                detail = err.message.rpartition("unable to start container process: ")[2]
-                if detail == err.message:
-                    raise
-                raise KataError("runtime.start_failed",
-                                f"the step could not start: {detail.removesuffix(' (unknown)')}"
-                                .removesuffix(": unknown"), obj=cid, exit_code=1) from None
-            except BaseException:
-                self.task_gone = True
-                raise
-            for fd, stream in zip(fds, ("stdout", "stderr")):
-                os.set_blocking(fd, True)
-                reader = _Reader(fd, stream, self.sink, f"{cid}-{stream}")
-                reader.start()
-                self.readers.append(reader)
-            self.wait_future = c.tasks.Wait.future(
-                tasks_pb2.WaitRequest(container_id=cid), metadata=c.metadata())
-            self.wait_future.add_done_callback(lambda _f: self.exited.set())
-            c.call(c.tasks.Start, tasks_pb2.StartRequest(container_id=cid), "start task")
+            self.launch(cleanup)
             status = self._supervise()
             self._teardown_task()  # output is complete once the task is deleted
             for reader in self.readers:
@@ -169,6 +132,64 @@ class StepRun:
                     raise reader.error
             return status
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def launch(self, cleanup: Cleanup) -> None:
+        """Create and start the task; every release is pushed on ``cleanup``."""
+        c, cid = self.c, self.id
+        step = self.step
+        workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
+        step = step if workdir == step.workdir else _with_workdir(step, workdir)
+        build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
+        lease = self._lease(cleanup)
+        netns, hosts, resolv = None, None, True
+        network = self.options.network
+        if self.pod is not None:
+            netns, hosts, resolv = self.pod.netns, self.pod.hosts_file, self.pod.resolv
+        elif step.network == "default" and network is not None:
+            cleanup.push("tear down network", lambda: network.teardown(cid))
+            netns = network.setup(cid, c.owner)
+        spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns,
+                          hosts_file=hosts, resolv=resolv)
+        self.spec = spec
+        mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
+            labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
+        cleanup.push("remove snapshot", lambda: self._remove_snapshot(lease))
+        container = containers_pb2.Container(
+            id=cid, labels={**step.labels, **c.owner_labels()}, image=step.image,
+            runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME),
+            spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)),
+            snapshotter=SNAPSHOTTER, snapshot_key=cid)
+        c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
+               "create container", lease=lease)
+        cleanup.push("delete container", self._delete_container)
+        stdout, stderr, fds = self._fifos(cleanup)
+        self.task_gone = False
+        cleanup.push("delete task", self._teardown_task)
+        try:
+            c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
+                container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
+                "create task", lease=lease)
+        except ContainerdError as err:
+            self.task_gone = True  # the shim cleans up a task it failed to create
+            detail = err.message.rpartition("unable to start container process: ")[2]
+            if detail == err.message:
+                raise
+            raise KataError("runtime.start_failed",
+                            f"the {self.what} could not start: {detail.removesuffix(' (unknown)')}"
+                            .removesuffix(": unknown"), obj=cid, exit_code=1) from None
+        except BaseException:
+            self.task_gone = True
+            raise
+        for fd, stream in zip(fds, ("stdout", "stderr")):
+            os.set_blocking(fd, True)
+            reader = _Reader(fd, stream, self.sink, f"{cid}-{stream}")
+            reader.start()
+            self.readers.append(reader)
+        self.wait_future = c.tasks.Wait.future(
+            tasks_pb2.WaitRequest(container_id=cid), metadata=c.metadata())
+        self.wait_future.add_done_callback(lambda _f: self.exited.set())
+        c.call(c.tasks.Start, tasks_pb2.StartRequest(container_id=cid), "start task")
 
     def _lease(self, cleanup: Cleanup) -> str:
         cm = self.c.lease("step")

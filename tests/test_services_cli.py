@@ -1,0 +1,73 @@
+"""`kata run` with services on real containerd, and `kata logs --step S --service NAME`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeStep, write_pipeline
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "kata.local/busybox:latest"
+SERVE = "trap 'exit 0' TERM; nc -ll -p 5432 -e echo pong & wait"
+
+
+@pytest.fixture
+def kata(tmp_path, containerd_daemon, runtime):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
+                               containerd_daemon.address, *args], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    call.repo = repo  # type: ignore[attr-defined]
+    return call
+
+
+def test_a_step_with_a_service_and_its_log(kata):
+    db = {"name": "db", "image": IMAGE, "env": {"GREETING": "db-hello"},
+          "commands": ["echo $GREETING", SERVE], "ready": {"tcp": 5432, "timeout": "20s"}}
+    write_pipeline(kata.repo, [FakeStep("it", commands=("nc db 5432 </dev/null",),
+                                        inputs=("x",), services=(db,))], name="svc")
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "it | pong" in first.stdout.splitlines()
+    assert "db-hello" not in first.stdout  # a service's output is its own log
+    logs = kata("logs", "--step", "it", "--service", "db")
+    assert logs.returncode == 0, logs.stderr
+    assert "db-hello" in logs.stdout.splitlines()
+    second = kata("run")  # cached: the log is the one of the run that ran the service
+    assert second.returncode == 0 and "[CACHE] it: HIT" in second.stdout
+    again = kata("logs", "--step", "it", "--service", "db")
+    assert again.returncode == 0 and "db-hello" in again.stdout.splitlines()
+    missing = kata("logs", "--step", "it", "--service", "nope")
+    assert missing.returncode == 1 and "nope" in missing.stderr
+    assert kata("logs", "--service", "db").returncode == 2  # which step's?
+
+
+def test_a_crashing_service_fails_the_step_naming_it(kata):
+    db = {"name": "postgres", "image": IMAGE,
+          "commands": ["echo initdb", "echo 'FATAL: role missing' >&2", "exit 1"],
+          "ready": {"tcp": 5432}}
+    write_pipeline(kata.repo, [FakeStep("it", commands=("echo step ran",), inputs=("x",),
+                                        services=(db,))], name="svc")
+    proc = kata("run")
+    assert proc.returncode == 1
+    assert "it | step ran" not in proc.stdout.splitlines()  # the step never started
+    out = proc.stdout + proc.stderr
+    assert "service postgres exited" in out and "FATAL: role missing" in out
+    logs = kata("logs", "--step", "it")
+    assert "service postgres exited" in logs.stdout
+    svc = kata("logs", "--step", "it", "--service", "postgres")
+    assert svc.returncode == 0 and "FATAL: role missing" in svc.stdout
