@@ -71,3 +71,19 @@ def test_a_crashing_service_fails_the_step_naming_it(kata):
     assert "service postgres exited" in logs.stdout
     svc = kata("logs", "--step", "it", "--service", "postgres")
     assert svc.returncode == 0 and "FATAL: role missing" in svc.stdout
+
+
+def test_a_service_log_masks_the_secrets_of_the_run(kata):
+    token = "s3rvice-t0ken-value"
+    db = {"name": "db", "image": IMAGE, "secrets": ["DB_TOKEN"],
+          "commands": ['echo "token=$(cat /run/kata/secrets/DB_TOKEN)"', SERVE],
+          "ready": {"tcp": 5432, "timeout": "20s"}}
+    write_pipeline(kata.repo, [FakeStep("it", commands=("nc db 5432 </dev/null",),
+                                        inputs=("x",), secrets=("DB_TOKEN",),
+                                        services=(db,))], name="svc")
+    proc = kata("run", "--secret", f"DB_TOKEN={token}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logs = kata("logs", "--step", "it", "--service", "db")
+    assert logs.returncode == 0, logs.stderr
+    assert "token=***" in logs.stdout.splitlines()
+    assert token not in logs.stdout + proc.stdout + proc.stderr
