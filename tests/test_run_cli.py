@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeStep, write_pipeline
+from support.cli import KataProcess
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +32,7 @@ def kata(tmp_path, containerd_daemon, runtime):
     (repo / "src").mkdir(parents=True)
     (repo / "src/a.txt").write_text("hello\n")
     write_pipeline(repo, STEPS, name="cli")
-    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
-                               containerd_daemon.address, *args], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    call.repo = repo  # type: ignore[attr-defined]
-    return call
+    return KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
 
 
 def test_run_then_cached_run(kata):

@@ -22,6 +22,7 @@ import yaml
 import zstandard
 
 from kata.secrets import Masker, secret_forms
+from support.cli import KataProcess
 
 pytestmark = pytest.mark.integration
 
@@ -186,18 +187,8 @@ def _secret_pipeline(repo: Path, cache: object | None = None) -> None:
 def kata2(tmp_path, containerd_daemon, runtime):
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "DEPLOY_TOKEN"}
-    env.update(KATA_STORE=str(tmp_path / "store"), PYTHONPATH=str(ROOT))
-
-    def call(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
-                               containerd_daemon.address, *args], cwd=repo,
-                              env={**env, **extra}, capture_output=True, text=True, timeout=120)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    call.repo = repo  # type: ignore[attr-defined]
-    return call
+    return KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
+                       drop=("DEPLOY_TOKEN",))
 
 
 def test_missing_or_short_secret_fails_before_anything_runs(kata2):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fakes import FakeStep, write_pipeline
+from support.cli import KataProcess
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "kata.local/busybox:latest"
 SERVE = "trap 'exit 0' TERM; nc -ll -p 5432 -e echo pong & wait"
 
@@ -22,17 +18,7 @@ SERVE = "trap 'exit 0' TERM; nc -ll -p 5432 -e echo pong & wait"
 def kata(tmp_path, containerd_daemon, runtime):
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
-                               containerd_daemon.address, *args], cwd=repo, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
-
-    call.repo = repo  # type: ignore[attr-defined]
-    return call
+    return KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
 
 
 def test_a_step_with_a_service_and_its_log(kata):
