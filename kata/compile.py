@@ -128,7 +128,7 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
         dep_hashes = tuple((d, nodes[d].drv_hash) for d in p.deps[name])
         d = drv.make(
             pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,
-            workdir=step.workdir, env=(*global_env, *step.env), secrets=step.secrets,
+            workdir=step.workdir, user=step.user, env=(*global_env, *step.env), secrets=step.secrets,
             inputs=inputs.digest if inputs is not None else None, key_files=key_files,
             artifacts=step.artifacts, cache_paths=step.cache.paths,
             services=[drv.ServiceDrv(name=s.name, image=image_digest(s.image),

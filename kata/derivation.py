@@ -51,6 +51,7 @@ class Derivation:
     image: str | None                  # manifest digest "sha256:..."; None: tag not resolved
     commands: tuple[str, ...]
     workdir: str
+    user: str | None                   # None: the image's default user
     env: tuple[tuple[str, str], ...]   # global + step, merged, sorted by name
     secrets: tuple[str, ...]           # names only, sorted; values never reach a derivation
     inputs: str | None                 # InputSet digest; None: not hashed
@@ -81,6 +82,7 @@ class Derivation:
             "pipeline": self.pipeline,
             "secrets": list(self.secrets),
             "services": [s.to_obj() for s in self.services],
+            "user": self.user,
             "workdir": self.workdir,
         }
 
@@ -110,7 +112,7 @@ class Derivation:
     def from_obj(cls, obj: dict[str, Any]) -> "Derivation":
         return cls(
             pipeline=obj["pipeline"], image=obj["image"], commands=tuple(obj["commands"]),
-            workdir=obj["workdir"], env=tuple((k, v) for k, v in obj["env"]),
+            workdir=obj["workdir"], user=obj["user"], env=tuple((k, v) for k, v in obj["env"]),
             secrets=tuple(obj["secrets"]), inputs=obj["inputs"], key_files=obj["key_files"],
             artifacts=tuple(obj["artifacts"]), cache_paths=tuple(obj["cache_paths"]),
             services=tuple(ServiceDrv(name=s["name"], image=s["image"],
@@ -120,12 +122,12 @@ class Derivation:
 
 
 def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: str,
-         env: Sequence[tuple[str, str]], secrets: Sequence[str], inputs: str | None,
+         user: str | None = None, env: Sequence[tuple[str, str]], secrets: Sequence[str], inputs: str | None,
          key_files: str | None, artifacts: Sequence[str], cache_paths: Sequence[str],
          services: Sequence[ServiceDrv], network: str, deps: Sequence[str | None]) -> Derivation:
     """A Derivation in canonical form (sorted env, secrets, paths, services, deps)."""
     return Derivation(
-        pipeline=pipeline, image=image, commands=tuple(commands), workdir=workdir,
+        pipeline=pipeline, image=image, commands=tuple(commands), workdir=workdir, user=user,
         env=tuple(sorted(dict(env).items())), secrets=tuple(sorted(set(secrets))),
         inputs=inputs, key_files=key_files, artifacts=tuple(sorted(set(artifacts))),
         cache_paths=tuple(sorted(set(cache_paths))),
@@ -221,7 +223,7 @@ def diff(a: Derivation | DerivationRecord, b: Derivation | DerivationRecord) -> 
     ra, rb = _as_record(a), _as_record(b)
     da, db = ra.derivation, rb.derivation
     out: list[Change] = []
-    for f in ("pipeline", "image", "workdir", "network"):
+    for f in ("pipeline", "image", "workdir", "user", "network"):
         if getattr(da, f) != getattr(db, f):
             out.append(Change(field=f, kind="changed", old=getattr(da, f), new=getattr(db, f)))
     out += _keyed("command", {f"#{i + 1}": c for i, c in enumerate(da.commands)},

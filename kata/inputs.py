@@ -160,27 +160,26 @@ def _git_files(root: str) -> list[str] | None:
 
 
 def _walk(root: str, ignore) -> list[str]:
-    """Every non-directory below root (not descending into .git), unsorted. Only names:
-    the lstat comes later, in one C-level pass."""
+    """The absolute path of every non-directory below root (not descending into .git),
+    unsorted. Only names: the lstat comes later, in one C-level pass."""
     paths: list[str] = []
     add = paths.append
-    stack = [""]
+    cut = len(os.path.join(root, ""))
+    stack = [root]
     while stack:
-        rel_dir = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
         try:
-            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
+            it = os.scandir(stack.pop())
         except OSError:
             continue
         with it:
             for e in it:
-                rel = prefix + e.name
                 if e.is_dir(follow_symlinks=False):
-                    if e.name == ".git" or (ignore is not None and ignore.match_file(rel + "/")):
+                    if e.name == ".git" or (ignore is not None and
+                                            ignore.match_file(e.path[cut:] + "/")):
                         continue
-                    stack.append(rel)
-                elif ignore is None or not ignore.match_file(rel):
-                    add(rel)
+                    stack.append(e.path)
+                elif ignore is None or not ignore.match_file(e.path[cut:]):
+                    add(e.path)
     return paths
 
 
@@ -222,15 +221,27 @@ class Snapshot:
         self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
         ignore = _ignore_spec(self.root)
         files = _git_files(self.root)
+        cut = len(os.path.join(self.root, ""))
+        self._absolute: list[str] | None = None  # aligned with self.paths when known
         with _gc_paused():
             if files is None:
-                files = _walk(self.root, ignore)
-            elif ignore is not None:
-                files = [p for p in files if not ignore.match_file(p)]
-            files = set(files)
-            files.difference_update(exclude)
-            self.paths: tuple[str, ...] = tuple(sorted(files))
+                absolute = _walk(self.root, ignore)  # unique already
+                absolute.sort()  # the same order as the relative paths: one common prefix
+                rel = list(map(operator.itemgetter(slice(cut, None)), absolute))
+                if exclude:
+                    skip = set(exclude)
+                    keep = [i for i, p in enumerate(rel) if p not in skip]
+                    rel, absolute = [rel[i] for i in keep], [absolute[i] for i in keep]
+                self.paths: tuple[str, ...] = tuple(rel)
+                self._absolute = absolute
+            else:
+                if ignore is not None:
+                    files = [p for p in files if not ignore.match_file(p)]
+                files = set(files)
+                files.difference_update(exclude)
+                self.paths = tuple(sorted(files))
         self._hashed: dict[str, Entry | None] = {}
+        self._everything: list[Entry | None] | None = None
         self._sets: dict[tuple[str, ...], InputSet] = {}
 
     def files(self, paths: Sequence[str]) -> list[InputFile]:
@@ -240,10 +251,14 @@ class Snapshot:
         """The hashed entries among `paths` (in their order), skipping vanished files."""
         hashed = self._hashed
         with _gc_paused():
-            if not hashed and paths is self.paths:  # the common case: everything, once
-                got = hash_files(self.root, paths, self.stat_cache)
-                hashed.update(zip(paths, got))
+            if paths is self.paths and not hashed and self._everything is None:
+                # the common case, every file once: keep the results by position and
+                # build the by-path dict only if a narrower set is asked for later
+                got = self._everything = hash_files(self.root, paths, self.stat_cache,
+                                                    self._absolute)
                 return [f for f in got if f is not None]
+            if self._everything is not None and not hashed:
+                hashed.update(zip(self.paths, self._everything))
             todo = [p for p in paths if p not in hashed]
             if todo:
                 hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
@@ -262,12 +277,14 @@ class Snapshot:
 _STAT_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ino")
 
 
-def hash_files(root: str, paths: Sequence[str], cache: StatCache) -> list[Entry | None]:
+def hash_files(root: str, paths: Sequence[str], cache: StatCache,
+               absolute: Sequence[str] | None = None) -> list[Entry | None]:
     """Digest every path (relative to root), in order; None for one that vanished or is
     not a regular file or symlink (a submodule, a socket). An unchanged file (same size,
     mtime_ns and inode as in the stat cache) costs its lstat and is not read."""
-    prefix = root + os.sep
-    absolute = [prefix + p for p in paths]
+    if absolute is None:
+        prefix = root + os.sep
+        absolute = [prefix + p for p in paths]
     stats = _lstat_all(absolute)
     known = cache.get_many(absolute).get
     # the warm check in C-level passes: (size, mtime, inode) now vs as cached

@@ -43,8 +43,8 @@ EVENTS = ("push", "pull_request", "tag", "schedule")
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
-             "timeout", "only", "cache", "secrets", "inputs", "workdir", "network", "when",
-             "description")
+             "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
+             "when", "description")
 SERVICE_KEYS = ("name", "image", "env", "commands")
 CACHE_KEYS = ("paths", "key_files", "enabled")
 ONLY_KEYS = ("branches", "tags", "paths", "events")
@@ -342,6 +342,8 @@ class _Walker:
                 if mode not in NETWORK_MODES:
                     raise self.fail("config.value", v, f"{label} must be one of "
                                     f"{', '.join(NETWORK_MODES)}, got {mode!r}")
+            elif key == "user":
+                kw[key] = self.nonempty(v, label)
             elif key == "description":
                 kw[key] = self.string(v, label)
         return Step(**kw)

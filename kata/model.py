@@ -152,6 +152,7 @@ class Step:
     cache: CacheSpec = CacheSpec()
     inputs: tuple[str, ...] = ()  # gitignore-style globs; () = the whole repository
     workdir: str = "/workspace"
+    user: str | None = None  # None: the image's user
     network: str = "default"
     description: str = ""
     only: "Expr | None" = None

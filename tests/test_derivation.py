@@ -164,6 +164,7 @@ HASHED_EDITS = {
     "service name": ("name: db", "name: db2"),
     "workdir": ("secrets: [TOKEN]", "secrets: [TOKEN]\n    workdir: /src"),
     "network": ("secrets: [TOKEN]", "secrets: [TOKEN]\n    network: none"),
+    "user": ("secrets: [TOKEN]", "secrets: [TOKEN]\n    user: '1000:1000'"),
 }
 
 UNHASHED_EDITS = {

@@ -140,3 +140,21 @@ def test_non_utf8_file_names_hash(tmp_path) -> None:
         f.write(b"y")
     s = Snapshot(tmp_path).input_set()
     assert len(s.entries) == 2 and s.digest.startswith("sha256:")
+
+
+def test_narrow_sets_after_the_full_set_reuse_its_digests(tmp_path, count_reads) -> None:
+    _tree(tmp_path, FILES)
+    snap = Snapshot(tmp_path)
+    everything = snap.input_set()
+    n = len(count_reads)
+    narrow = snap.input_set(["src/*.c"])
+    again = snap.input_set(["src/**", "!*.o"])
+    assert len(count_reads) == n  # nothing read twice
+    assert narrow == again and [e[0] for e in narrow.entries] == ["src/a.c", "src/b.c"]
+    assert set(narrow.entries) <= set(everything.entries)
+    # narrow first, then everything: the rest is hashed, the narrow part not again
+    snap = Snapshot(tmp_path)
+    count_reads.clear()
+    snap.input_set(["src/*.c"])
+    snap.input_set()
+    assert sorted(count_reads) == sorted(str(tmp_path / p) for p in FILES)

@@ -43,7 +43,7 @@ def test_service_fixture_loads_every_field() -> None:
     assert str(integ.services[0].image) == "docker.io/library/postgres:16-alpine"
     assert integ.network == "none"
     assert deploy.secrets == ("DEPLOY_TOKEN", "AWS_ACCESS_KEY_ID")
-    assert deploy.cache.enabled is False and deploy.workdir == "/src"
+    assert deploy.cache.enabled is False and deploy.workdir == "/src" and deploy.user == "1000"
     assert deploy.depends_on == ("unit-test", "integration-test")
     cond = deploy.condition
     assert cond.evaluate(Context(event="push", branch="main", changed=("src/a.go",)))
