@@ -117,6 +117,7 @@ class FakeStep:
     key_files: tuple[str, ...] = ()
     image: str = "kata.local/busybox:latest"
     services: tuple[dict, ...] = ()
+    user: str | None = None
 
     def to_yaml(self) -> dict:
         out: dict = {"name": self.name, "image": self.image, "commands": list(self.commands)}
@@ -127,6 +128,8 @@ class FakeStep:
             out["env"] = dict(self.env)
         if self.timeout:
             out["timeout"] = self.timeout
+        if self.user:
+            out["user"] = self.user
         if self.services:
             out["services"] = [dict(s) for s in self.services]
         if not self.cache:

@@ -366,3 +366,9 @@ def test_a_service_secret_must_be_given(env):
     (fail,) = env.of(ev.StepFailed)
     assert fail.reason == "secret.missing" and result.exit_code == 1
     assert env.runtime.started == []
+
+
+def test_step_user_reaches_the_runtime(env):
+    env.run([FakeStep("a", inputs=("none",), user="1000:1000"), FakeStep("b", inputs=("none",))])
+    assert env.runtime.specs["a"].user == "1000:1000"
+    assert env.runtime.specs["b"].user == "0:0"

@@ -627,6 +627,7 @@ class Realiser:
             argv=("/bin/sh", "-c", script),
             env=env,
             workdir=step.workdir,
+            user=step.user or "0:0",  # the runtime takes uid[:gid]; no user: root
             mounts=tuple(mounts),
             network=step.network,  # type: ignore[arg-type]
             timeout=timeout,
