@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 CLONE_NEWNET = 0x40000000
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 TAIL_LINES = 20  # how much of a failed service's log its error message quotes
+ERR_TAIL_LINES = 10  # stderr's last lines are always shown with a failure
 PROBE_TIMEOUT = 1.0  # seconds, one TCP/HTTP attempt
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -132,7 +133,13 @@ class ServiceRun(StepRun):
                  image: RunImage, sink: ServiceSink | None, cancel: threading.Event,
                  pod: PodNet, labels: dict[str, str], network: str) -> None:
         self.service = service
-        self.tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
+        # The last lines of the log, and apart from them the last lines of stderr: the two
+        # streams are copied independently, so an error written to stderr just before the
+        # exit can arrive before stdout's last lines and would fall out of a single tail.
+        self.tail: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=TAIL_LINES)
+        self.err_tail: collections.deque[tuple[int, bytes]] = collections.deque(
+            maxlen=ERR_TAIL_LINES)
+        self._seq = 0
         self._tail_lock = threading.Lock()
         user = service.user or (image.user if _numeric(image.user) else "0:0")
         argv = service.argv or (*image.entrypoint, *image.cmd)
@@ -147,7 +154,10 @@ class ServiceRun(StepRun):
 
         def out(stream: Stream, line: bytes) -> None:
             with self._tail_lock:
-                self.tail.append(line)
+                self._seq += 1
+                self.tail.append((self._seq, line))
+                if stream == "stderr":
+                    self.err_tail.append((self._seq, line))
             if sink is not None:
                 sink(service.name, stream, line)
 
@@ -252,7 +262,8 @@ class ServiceRun(StepRun):
                 status = ""
         self._teardown_task()  # its output is complete once its task is deleted
         with self._tail_lock:
-            tail = [line.decode(errors="replace") for line in self.tail]
+            tail = [line.decode(errors="replace")
+                    for _, line in sorted(set(self.tail) | set(self.err_tail))]
         log = ("; its last log lines:\n" + "\n".join(f"  {x}" for x in tail)) if tail else \
             "; it wrote no log"
         raise KataError(reason, f"service {self.service.name} {what}{status}{log}",
