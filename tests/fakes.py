@@ -10,13 +10,12 @@ tested before, and independently of, the real compiler.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, StepSpec

@@ -161,8 +161,6 @@ def _kata(args, *, cwd, store, address, **kw):
 
 def test_sigkill_mid_run_then_next_run_succeeds_and_store_verifies(tmp_path, containerd_daemon,
                                                                   runtime):
-    from support.images import write_oci_archive, busybox_image  # noqa: F401
-
     repo = tmp_path / "repo"
     repo.mkdir()
     store_dir = tmp_path / "store"

@@ -95,7 +95,6 @@ def test_logs_and_why(kata):
 
 def test_ctrl_c_cancels_cleanly(kata, containerd_daemon, runtime, tmp_path):
     import signal
-    import time
 
     write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60"))],
                    name="cli")

@@ -380,7 +380,6 @@ class Realiser:
 
     def _work(self, name: str, cancel: Cancel) -> bool:
         node = self.graph.nodes[name]
-        step = node.step
         resolved = ""
         if all(d in self._stacks for d in node.deps):
             resolved = node.resolved_hash({d: self._stack_digest(self._stacks[d])
@@ -407,7 +406,6 @@ class Realiser:
             return Path(self.store.unpacked(tree))
 
     def _layers(self, name: str, node: Any) -> list[Path]:
-        step = node.step
         empty = self._empty()
         layers: list[Path] = []
         for tree in reversed(self._deps_stack(name)):  # top first
