@@ -130,3 +130,21 @@ def test_disk_error_mid_extraction_stops_the_reader(tmp_path: Path, monkeypatch)
         assert sorted(os.listdir(tmp_path / "out")) == ["f0", "f1"]
         assert s.read_blob(digest)  # the blob reads back whole afterwards
     assert _readers() == []
+
+
+def test_corruption_stays_reported_to_later_reads(tmp_path: Path) -> None:
+    """The read-ahead thread may meet a damaged blob's mismatch first; the store's check
+    for damage after a parse error reads the same blob afterwards and must see it too."""
+    with Store.open(tmp_path / "store") as s:
+        digest = s.put_blob(os.urandom(3 * CHUNK))
+        path = s.objects.path(digest)
+        raw = bytearray(open(path, "rb").read())
+        raw[len(raw) // 2] ^= 0x01
+        open(path, "wb").write(raw)
+        with s.open_blob(digest) as blob:
+            with pytest.raises(StoreError) as first:
+                while blob.read(CHUNK):
+                    pass
+            with pytest.raises(StoreError) as again:
+                blob.read(CHUNK)
+        assert first.value.reason == again.value.reason == "store.corrupt_object"
