@@ -176,6 +176,19 @@ def make_tree(root: Path, files: int, size: int) -> None:
         (d / f"f{i}").write_bytes(blob[: size - (i % 7)] + str(i).encode())
 
 
+def create_probe(where: Path, n: int = 2000) -> float:
+    """Microseconds per small-file create here, now. ext4 without a journal skips inodes
+    freed in the last 1-6 minutes one by one, so creating files after big deletions (this
+    box's other work, or a previous run's cleanup) can cost 10-20x more, on both sides."""
+    where.mkdir(parents=True)
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    t = time.perf_counter()
+    for i in range(n):
+        os.close(os.open(f"p{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd))
+    os.close(fd)
+    return (time.perf_counter() - t) / n * 1e6
+
+
 def bench_artifact(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
     files = 5000 if QUICK else 50000
     size = 2048
@@ -201,6 +214,7 @@ def bench_artifact(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
         store.evict_unpacked(tree)
     kata(repo, "run", "--dry-run")  # bytecode cache warm, as for an installed kata (--only 4)
     subprocess.run(["sync"], check=True)
+    probe = create_probe(tmp / "probe1")
     total, out = kata(repo, "run")
     assert "[CACHE] make: HIT" in out and out.count("[PASS] use") == 5, out
 
@@ -217,6 +231,8 @@ def bench_artifact(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
     cp = cp5()
     print(f"   kata run (5 dependent containers, first unpack included) {total:.2f}s | "
           f"5 x cp -a {cp:.2f}s | ratio {total / cp:.2f}x (target <= 0.3x)")
+    print(f"   file create probe: {probe:.0f} us/file before, {create_probe(tmp / 'probe2'):.0f} "
+          "after (~10-15 on a quiet disk; far more after recent mass deletions)")
 
 
 def main() -> None:
