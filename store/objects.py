@@ -252,14 +252,18 @@ class BlobReader(io.RawIOBase):
             fh, read_size=CHUNK, closefd=False, read_across_frames=True)
         self._sha = hashlib.sha256()
         self._done = False
+        self._error: StoreError | None = None
         self.size = 0
 
     def readable(self) -> bool:
         return True
 
     def _corrupt(self, why: str) -> StoreError:
-        return StoreError("store.corrupt_object", f"object {self.digest} is corrupt ({why})",
-                          obj=self.digest)
+        # Sticky: a reader that read ahead in another thread may meet the damage first,
+        # and whoever reads next must still learn of it.
+        self._error = StoreError("store.corrupt_object",
+                                 f"object {self.digest} is corrupt ({why})", obj=self.digest)
+        return self._error
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -267,6 +271,8 @@ class BlobReader(io.RawIOBase):
             while chunk := self.read(CHUNK):
                 parts.append(chunk)
             return b"".join(parts)
+        if self._error is not None:
+            raise self._error
         if self._done or size == 0:
             return b""
         try:

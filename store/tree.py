@@ -27,8 +27,10 @@ beside the target — is ever written through.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -292,6 +294,16 @@ def _link_stays_inside(key: tuple[bytes, ...], target: bytes) -> bool:
 
 
 def _check_path(path: object) -> tuple[bytes, ...]:
+    if isinstance(path, bytes) and 0 < len(path) <= MAX_PATH and b"\0" not in path \
+            and not path.startswith(b"/"):
+        parts = path.split(b"/")
+        if b"" not in parts and b"." not in parts and b".." not in parts \
+                and max(map(len, parts)) <= MAX_NAME:
+            return tuple(parts)  # the common case; any failure is diagnosed below
+    return _check_path_slow(path)
+
+
+def _check_path_slow(path: object) -> tuple[bytes, ...]:
     if not isinstance(path, bytes):
         raise _bad("bad_header", "entry path is not a byte string", repr(path))
     shown = path
@@ -314,45 +326,133 @@ def _check_path(path: object) -> tuple[bytes, ...]:
     return parts
 
 
+def _name(what: object) -> bytes | str | None:
+    """An entry name for an error, computed only when there is an error."""
+    if callable(what):
+        what = what()
+    if isinstance(what, tuple):
+        return b"/".join(what)
+    return what  # type: ignore[return-value]
+
+
+PREFETCH = 4  # decompressed chunks read ahead
+
+
 class _Reader:
+    """The decompressed archive, read in CHUNK pieces. Once an archive proves bigger than
+    one chunk, a thread reads ahead (decompression and sha256 release the GIL), so they
+    overlap the parsing and file creation; ``close()`` stops it."""
+
     def __init__(self, src: BinaryIO) -> None:
         self.src = src
-        self.buf = bytearray()
+        self.data = b""
+        self.pos = 0
+        self._queue: queue.Queue[tuple[bytes, BaseException | None]] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._eof = False
 
-    def exact(self, n: int, what: bytes | str | None) -> bytes:
-        while len(self.buf) < n:
-            data = self.src.read(max(CHUNK, n - len(self.buf)))
+    def _ahead(self) -> None:
+        assert self._queue is not None
+        try:
+            while not self._stop:
+                data = self.src.read(CHUNK)
+                self._queue.put((data, None))
+                if not data:
+                    return
+        except BaseException as err:  # handed to the parsing thread, raised in order
+            self._queue.put((b"", err))
+
+    def _read(self) -> bytes:
+        if self._eof:
+            return b""
+        if self._queue is None:
+            data = self.src.read(CHUNK)
+            if len(data) >= CHUNK:
+                self._queue = queue.Queue(maxsize=PREFETCH)
+                self._thread = threading.Thread(target=self._ahead, name="kata-extract-read",
+                                                daemon=True)
+                self._thread.start()
+            err = None
+        else:
+            data, err = self._queue.get()
+        if err is not None:
+            self._eof = True
+            raise err
+        if not data:
+            self._eof = True
+        return data
+
+    def close(self) -> None:
+        """Stop reading ahead; ``src`` is left where the read-ahead thread stopped."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop = True
+        assert self._queue is not None
+        while thread.is_alive():
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.01)
+        self._thread = None
+
+    def exact(self, n: int, what: object) -> bytes:
+        pos = self.pos
+        end = pos + n
+        if end <= len(self.data):
+            self.pos = end
+            return self.data[pos:end]
+        pieces = [self.data[pos:]]
+        need = n - len(pieces[0])
+        while True:
+            data = self._read()
             if not data:
-                raise _bad("truncated", "archive ends in the middle of an entry", what)
-            self.buf += data
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
+                self.data, self.pos = b"", 0
+                raise _bad("truncated", "archive ends in the middle of an entry", _name(what))
+            if len(data) >= need:
+                pieces.append(data[:need])
+                self.data, self.pos = data, need
+                return b"".join(pieces)
+            pieces.append(data)
+            need -= len(data)
 
-    def chunks(self, n: int, what: bytes) -> Iterator[bytes]:
+    def chunks(self, n: int, what: object) -> Iterator[bytes]:
         left = n
-        if self.buf:
-            take = bytes(self.buf[:left])
-            del self.buf[: len(take)]
-            left -= len(take)
-            yield take
+        if self.pos < len(self.data):
+            take = min(len(self.data) - self.pos, left)
+            out = self.data[self.pos:self.pos + take]
+            self.pos += take
+            left -= take
+            yield out
         while left:
-            data = self.src.read(min(CHUNK, left))
+            data = self._read()
             if not data:
-                raise _bad("truncated", "archive ends in the middle of a file", what)
+                raise _bad("truncated", "archive ends in the middle of a file", _name(what))
             if len(data) > left:
-                self.buf += data[left:]
+                self.data, self.pos = data, left
                 data = data[:left]
+            else:
+                self.data, self.pos = b"", 0
             left -= len(data)
             yield data
 
     def at_eof(self) -> bool:
-        return not self.buf and not self.src.read(1)
+        return self.pos >= len(self.data) and not self._read()
 
 
 def entries(src: BinaryIO, limits: Limits = Limits()) -> Iterator[tuple[str, tuple[bytes, ...], object, "_Reader"]]:
     """Parse and validate an archive: yields (kind, components, size-or-target, reader)."""
     rd = _Reader(src)
+    try:
+        yield from _entries(rd, limits)
+    finally:
+        rd.close()
+
+
+def _entries(rd: _Reader, limits: Limits) -> Iterator[tuple[str, tuple[bytes, ...], object, _Reader]]:
     if rd.exact(len(MAGIC), "archive header") != MAGIC:
         raise _bad("bad_header", "not a kata-tree/1 archive", "archive header")
     last: tuple[bytes, ...] | None = None
@@ -360,7 +460,7 @@ def entries(src: BinaryIO, limits: Limits = Limits()) -> Iterator[tuple[str, tup
     count = 0
     dirs: set[tuple[bytes, ...]] = {()}
     while True:
-        (hlen,) = _LEN.unpack(rd.exact(4, f"after {os.fsdecode(b'/'.join(last or ()))}"))
+        (hlen,) = _LEN.unpack(rd.exact(4, lambda: f"after {os.fsdecode(b'/'.join(last or ()))}"))
         if hlen > MAX_HEADER:
             raise _bad("bad_header", f"entry header of {hlen} bytes", "entry header")
         try:
@@ -415,6 +515,9 @@ def entries(src: BinaryIO, limits: Limits = Limits()) -> Iterator[tuple[str, tup
                        "(hard links, devices and FIFOs are not allowed)", path)
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bool = False) -> None:
     """Extract an archive into ``dest`` (created if missing, else it must be empty)."""
     parent = os.path.dirname(os.path.abspath(dest))
@@ -434,8 +537,9 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
     stack: list[tuple[tuple[bytes, ...], int]] = [((), rootfd)]
     umask = os.umask(0)
     os.umask(umask)
+    items = entries(src, limits)
     try:
-        for kind, parts, arg, rd in entries(src, limits):
+        for kind, parts, arg, rd in items:
             while stack[-1][0] != parts[:-1]:
                 _close_dir(stack.pop()[1], dmode, readonly)
             dirfd = stack[-1][1]
@@ -449,14 +553,18 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
                 os.symlink(arg, name, dir_fd=dirfd)
             else:
                 mode = fmode[kind]
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, mode, dir_fd=dirfd)
+                # the content is read before the file is created: a truncated archive
+                # leaves no file behind, and a small file costs one write
+                data = rd.exact(arg, parts) if arg <= SMALL_FILE else None
+                fd = os.open(name, _CREATE, mode, dir_fd=dirfd)
                 try:
-                    for chunk in rd.chunks(arg, b"/".join(parts)):
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view):]
-                    if mode & umask:
+                    for chunk in (data,) if data is not None else rd.chunks(arg, parts):
+                        done = os.write(fd, chunk) if chunk else 0
+                        if done < len(chunk):
+                            view = memoryview(chunk)[done:]
+                            while view:
+                                view = view[os.write(fd, view):]
+                    if mode & umask:  # the mode is set at O_CREAT unless the umask masks it
                         os.fchmod(fd, mode)
                 finally:
                     os.close(fd)
@@ -464,6 +572,7 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
         from .objects import os_error
         raise os_error(err, f"extracting into {dest}", dest) from err
     finally:
+        items.close()  # stops the read-ahead now, not when the traceback is freed
         while stack:
             _close_dir(stack.pop()[1], dmode, readonly)
 
