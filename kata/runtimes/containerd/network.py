@@ -106,7 +106,8 @@ class CniNetwork:
             try:
                 _ip("netns", "delete", name)
             except KataError as err:
-                first = first or err
+                if (NETNS_DIR / name).exists():  # else another sweeper deleted it first
+                    first = first or err
         if first is not None:
             raise first
         try:
