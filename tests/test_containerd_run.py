@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -21,6 +19,7 @@ import pytest
 from kata.errors import KataError
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, StepSpec
 from support.fixtures import assert_clean
+from support.procs import kill_once_started
 
 pytestmark = pytest.mark.integration
 
@@ -276,14 +275,7 @@ def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_
                         network="default"),
                sink, threading.Event())
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, "the kata process died before its step started"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    kill_once_started(script, marker)
     left = runtime.leftovers()
     assert left["containers"] and left["tasks"] and left["snapshots"] and left["leases"]
     assert left["netns"] and left["fifos"] and left["mounts"]

@@ -17,6 +17,7 @@ import pytest
 from kata.errors import KataError
 from kata.runtimes.base import CANCEL_EXIT, Readiness, ServiceSpec, StepSpec
 from support.images import busybox_layer, make_image, write_oci_archive
+from support.procs import kill_once_started
 
 pytestmark = pytest.mark.integration
 
@@ -229,10 +230,7 @@ def test_a_real_server_from_a_debian_image(clean_runtime, busybox_digest, debian
 
 def test_a_sigkilled_kata_leaves_a_pod_that_the_next_connect_sweeps(
         containerd_daemon, busybox_digest, runtime, tmp_path):
-    import subprocess
-    import sys
     import textwrap
-    import time
     from pathlib import Path
 
     marker = tmp_path / "started"
@@ -249,14 +247,7 @@ def test_a_sigkilled_kata_leaves_a_pod_that_the_next_connect_sweeps(
                         network="none", services=(svc,)),
                sink, threading.Event(), lambda *a: None)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, "the kata process died before its step started"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    kill_once_started(script, marker)
     left = runtime.leftovers()
     assert len(left["containers"]) == 2 and len(left["tasks"]) == 2 and left["netns"]
     from kata.runtimes.containerd import ContainerdRuntime
