@@ -235,6 +235,7 @@ def test_an_image_removed_by_another_process_is_found_again(connect, tmp_path):
     first, second = connect(), connect()
     first.import_image(archive)
     assert output(first, img.digest, "true")[0] == 0
+    first.drain()  # the step's release (its lease on the image) is done
     second.remove_image(img.ref)  # first still has it cached as unpacked
     with pytest.raises(KataError) as err:
         output(first, img.digest, "true")

@@ -333,3 +333,14 @@ def test_a_debian_userland_runs(clean_runtime, debian_digest):
                       "source /etc/os-release; echo $ID; dpkg-query -W -f='${Package}\\n' bash")
     assert status == 0
     assert out.of("stdout") == [b"debian", b"bash"]
+
+
+def test_release_after_the_exit_is_deferred_but_complete(clean_runtime, busybox_digest):
+    # the status and every line come back before the task, container, snapshot and lease
+    # are deleted; a background child holding stdout does not make the output incomplete
+    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                      "sleep 30 & for i in 1 2 3; do echo line $i; done; echo bye >&2; exit 4")
+    assert status == 4
+    assert out.of("stdout") == [b"line 1", b"line 2", b"line 3"] and out.of("stderr") == [b"bye"]
+    clean_runtime.drain()
+    assert_clean(clean_runtime)

@@ -48,6 +48,7 @@ class ContainerdRuntime:
         self.network = CniNetwork(state_dir=fifo_root.parent / "cni")
         self._registry: RegistryClient | None = None
         self._lock = threading.Lock()
+        self._releasing: set[threading.Thread] = set()  # deferred releases of finished steps
 
     # -- connecting ---------------------------------------------------------------------
     @classmethod
@@ -89,6 +90,7 @@ class ContainerdRuntime:
         return rt
 
     def close(self) -> None:
+        self.drain()
         if self._registry is not None:
             self._registry.close()
         self.client.close()
@@ -141,14 +143,43 @@ class ContainerdRuntime:
             simages = [self.images.run_image(self._ensure_image(s.image)) for s in spec.services]
             return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
         try:
-            return StepRun(self.client, options, spec, image, sink, cancel).execute()
+            return StepRun(self.client, options, spec, image, sink, cancel).execute(self._defer)
         except ContainerdError as err:
             # the image went away under us (`kata image rm` elsewhere): look again, once
             if err.code != grpc.StatusCode.NOT_FOUND or err.obj != "prepare snapshot":
                 raise
             self.images.forget(digest)
             image = self.images.run_image(self._ensure_image(spec.image))
-            return StepRun(self.client, options, spec, image, sink, cancel).execute()
+            return StepRun(self.client, options, spec, image, sink, cancel).execute(self._defer)
+
+    # -- deferred release ---------------------------------------------------------------
+    def _defer(self, cleanup: Cleanup) -> None:
+        """Release a finished step's resources in the background (see StepRun.execute).
+
+        A failure is logged by Cleanup; what it leaves carries this process's owner
+        label, so the next connect after this process ends sweeps it.
+        """
+        def release() -> None:
+            try:
+                cleanup.close()
+            finally:
+                with self._lock:
+                    self._releasing.discard(thread)
+
+        thread = threading.Thread(target=release, name="kata-release", daemon=False)
+        with self._lock:
+            self._releasing.add(thread)
+        thread.start()
+
+    def drain(self) -> None:
+        """Wait until every deferred release has finished."""
+        while True:
+            with self._lock:
+                pending = list(self._releasing)
+            if not pending:
+                return
+            for thread in pending:
+                thread.join()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""
@@ -209,6 +240,7 @@ class ContainerdRuntime:
 
         everything=True also takes what live owners hold (only for `kata daemon` tooling).
         """
+        self.drain()
         c = self.client
         counts = {"tasks": 0, "containers": 0, "snapshots": 0, "leases": 0, "fifos": 0,
                   "netns": 0}
@@ -284,6 +316,7 @@ class ContainerdRuntime:
 
     def leftovers(self) -> dict[str, list[str]]:
         """What kata's namespace holds beyond images: used by tests and `kata daemon status`."""
+        self.drain()
         c = self.client
         mounts = []
         if self.mount_roots:
