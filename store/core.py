@@ -16,7 +16,7 @@ from . import tree as trees
 from .errors import StoreError
 from .files import iter_sharded, read_file, write_immutable
 from .index import LmdbIndex, LmdbStatCache, is_network_fs
-from .objects import ObjectStore, check_digest, os_error
+from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
 from .unpacked import UnpackedTrees
 

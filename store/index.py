@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import lmdb
 import msgpack
@@ -191,9 +191,6 @@ class LmdbIndex:
     def drop_unpacked(self, digest: str) -> None:
         self.write(lambda t: t.delete(digest.encode(), db=self.db["unp"]))
 
-    def unpacked_info(self) -> dict[str, float]:
-        return self.read(lambda t: {k.decode(): msgpack.unpackb(v) for k, v in t.cursor(db=self.db["unp"])})
-
     # ------------------------------------------------------------ rebuild
 
     def clear(self, *names: str) -> None:
@@ -237,6 +234,3 @@ class LmdbStatCache:
                 t.put(os.fsencode(p), msgpack.packb(list(value)), db=db)
         self._index.write(fn)
 
-
-def decode_any(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False)

@@ -216,9 +216,6 @@ class ObjectStore:
         except FileNotFoundError:
             return False
 
-    def compressed_size(self, digest: str) -> int:
-        return os.stat(self.path(digest)).st_size
-
     def iter_objects(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every object present: (digest, stat of its file)."""
         try:

@@ -30,10 +30,6 @@ class Reference:
             return f"{self.repository}@{self.digest}"
         return f"{self.repository}:{self.tag or 'latest'}"
 
-    @property
-    def tagged_name(self) -> str:
-        return f"{self.repository}:{self.tag or 'latest'}"
-
     def __str__(self) -> str:
         return self.name
 

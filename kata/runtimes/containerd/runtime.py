@@ -218,7 +218,7 @@ class ContainerdRuntime:
                 from .images import select_platform
 
                 chosen = select_platform(_json(body))
-                mdigest, mbody, mtype = reg.fetch_manifest(parsed, chosen.digest)
+                _, mbody, mtype = reg.fetch_manifest(parsed, chosen.digest)
                 mdesc = store.store_manifest(lease, mbody, mtype or chosen.media_type, blob)
                 target = store.store_index(lease, body, media_type, {mdesc.digest: mdesc})
             else:
