@@ -34,12 +34,15 @@ def _mount_overlay(lower: list[str], upper: str, work: str, target: str) -> None
     if len(options) > _MAX_OPTIONS:
         raise KataError("workspace.too_many_layers",
                         f"{len(lower)} layers do not fit in one overlay mount", exit_code=1)
-    rc = _libc.mount(b"overlay", target.encode(), b"overlay", 0, options.encode())
-    if rc != 0:
+    _mount("overlay", target, options, "the step's overlay workspace")
+
+
+def _mount(fstype: str, target: str, options: str, what: str) -> None:
+    """mount(2) of a filesystem without a device; KataError naming ``what`` on failure."""
+    if _libc.mount(fstype.encode(), target.encode(), fstype.encode(), 0, options.encode()) != 0:
         err = ctypes.get_errno()
         raise KataError("workspace.mount_failed",
-                        f"cannot mount the step's overlay workspace: {os.strerror(err)} "
-                        f"({options})", exit_code=1)
+                        f"cannot mount {what}: {os.strerror(err)} ({options})", exit_code=1)
 
 
 def _umount(target: str) -> None:
@@ -156,13 +159,7 @@ class SecretsDir:
         self.path.mkdir(mode=0o700)
         self._mounted = False
         try:
-            rc = _libc.mount(b"tmpfs", str(self.path).encode(), b"tmpfs", 0,
-                             b"mode=0700,size=4m")
-            if rc != 0:
-                err = ctypes.get_errno()
-                raise KataError("workspace.mount_failed",
-                                f"cannot mount a tmpfs for secrets: {os.strerror(err)}",
-                                exit_code=1)
+            _mount("tmpfs", str(self.path), "mode=0700,size=4m", "a tmpfs for secrets")
             self._mounted = True
             for name, value in values.items():
                 fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
