@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from kata.cli.run_cmds import _git, git_head
+from kata.gitctx import _git
+from kata.gitctx import head as git_head
 
 
 def _sh(cwd, *args):

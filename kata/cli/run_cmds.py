@@ -10,13 +10,13 @@ a fully cached run with digest-pinned images never imports gRPC.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import click
 
+from kata import gitctx
 from kata.errors import KataError
 
 
@@ -58,52 +58,6 @@ class LazyRuntime:
     def close(self) -> None:
         if self._rt is not None:
             self._rt.close()
-
-
-def git_head(root: Path) -> tuple[str, str]:
-    """(commit, branch) of the repository holding ``root``, read from .git without forking
-    git (a cached run should not pay for two processes); git itself when the layout is
-    unusual; ("", "") outside a repository."""
-    try:
-        for top in (root, *root.parents):
-            dotgit = top / ".git"
-            if dotgit.is_file():  # a worktree or submodule: "gitdir: <path>"
-                gitdir = Path(dotgit.read_text().split(":", 1)[1].strip())
-                gitdir = gitdir if gitdir.is_absolute() else top / gitdir
-                common = gitdir / "commondir"
-                refs = (gitdir / common.read_text().strip()) if common.exists() else gitdir
-                break
-            if dotgit.is_dir():
-                gitdir = refs = dotgit
-                break
-        else:
-            return "", ""
-        head = (gitdir / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head, "HEAD"
-        ref = head[5:]
-        branch = ref.removeprefix("refs/heads/")
-        loose = refs / ref
-        if loose.exists():
-            return loose.read_text().strip(), branch
-        packed = refs / "packed-refs"
-        if packed.exists():
-            for line in packed.read_text().splitlines():
-                sha, _, name = line.partition(" ")
-                if name == ref:
-                    return sha, branch
-        return "", branch  # a branch with no commit yet
-    except (OSError, IndexError, UnicodeDecodeError):
-        return _git(root, "rev-parse", "HEAD"), _git(root, "rev-parse", "--abbrev-ref", "HEAD")
-
-
-def _git(root: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", *args], cwd=root, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, check=False)
-    except OSError:
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def _needed(graph, targets, skip: dict[str, str]) -> list[str]:  # noqa: ANN001
@@ -200,7 +154,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
         # nothing asks about the git context: two file reads, not a handful of git processes
         from kata.conditions import Context
 
-        commit, git_branch = git_head(repo_root)
+        commit, git_branch = gitctx.head(repo_root)
         git_branch = branch or git_branch
         cond_ctx = Context(event="push", branch=git_branch, tag=tag or "", action=action or "")
     else:
