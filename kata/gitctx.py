@@ -30,10 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
 
-EVENTS = ("push", "pull_request", "tag", "schedule")
-PR_ACTIONS = ("opened", "synchronize", "closed")
 _NULL_SHA = "0" * 40
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # sha1 of the empty tree
 

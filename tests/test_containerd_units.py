@@ -28,7 +28,7 @@ D = "sha256:" + "a" * 64
     (f"node:20@{D}", f"docker.io/library/node@{D}"),
 ])
 def test_references_normalise(ref, name):
-    assert parse_reference(ref).name == name
+    assert parse_reference(ref).stored_name == name
 
 
 @pytest.mark.parametrize("ref", ["", "Upper/case", "a b", "x@sha256:short", "x:", " busybox"])
