@@ -2,8 +2,8 @@
 inputs, and every former call site checked to accept and refuse exactly what the home does.
 
 Durations (``kata.model.Duration``), image references (``kata.model.ImageRef``), the event
-and pull-request action lists (``kata.conditions.EVENTS``/``PR_ACTIONS``) and environment /
-secret names (``kata.model.is_env_name``).
+and pull-request action lists (``kata.conditions.EVENTS``/``PR_ACTIONS``), environment /
+secret names (``kata.model.is_env_name``) and running git (``kata.git``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from kata.cli.run_cmds import run as run_command
 from kata.cli.store_cmds import DurationType
 from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
+from kata.git import LOCAL_ENV_VARS, Git, repo_environ
 from kata.gitctx import GitContext
 from kata.loader import load_text
 from kata.model import MAX_DURATION_MS, Duration, ImageRef, is_env_name
@@ -347,3 +348,67 @@ def test_every_name_call_site_refuses_the_same(name: str) -> None:
     with pytest.raises(KataError) as err:
         SecretSource.from_args([], [], environ={}).resolve([name])
     assert err.value.reason == "secret.bad_name"
+
+
+# ---------------------------------------------------------------- running git
+
+def _repo(path: Path, files: dict[str, str]) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    for k in LOCAL_ENV_VARS:
+        env.pop(k, None)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, env=env)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    subprocess.run(["git", "-C", str(path), "add", "-A"], check=True, env=env)
+    subprocess.run(["git", "-C", str(path), "commit", "-qm", "init"], check=True, env=env)
+    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True, env=env,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_repo_environ_drops_what_points_at_another_repository() -> None:
+    env = repo_environ({"GIT_DIR": "/x/.git", "GIT_WORK_TREE": "/x", "GIT_INDEX_FILE": "/x/i",
+                        "GIT_COMMON_DIR": "/x", "GIT_OBJECT_DIRECTORY": "/x/o",
+                        "GIT_QUARANTINE_PATH": "/x/q", "GIT_CONFIG_COUNT": "1",
+                        "GIT_CONFIG_KEY_0": "a.b", "GIT_CONFIG_VALUE_0": "c",
+                        "GIT_CONFIG_GLOBAL": "/home/u/.gitconfig", "GIT_SSH_COMMAND": "ssh -i k",
+                        "PATH": "/usr/bin", "HOME": "/home/u"})
+    assert env == {"GIT_CONFIG_GLOBAL": "/home/u/.gitconfig", "GIT_SSH_COMMAND": "ssh -i k",
+                   "PATH": "/usr/bin", "HOME": "/home/u"}
+    assert "GIT_DIR" in LOCAL_ENV_VARS
+
+
+def test_git_runner_results_and_errors(tmp_path: Path) -> None:
+    head = _repo(tmp_path / "r", {"a.txt": "a", "b c.txt": "b"})
+    git = Git.at(tmp_path / "r")
+    assert git.out("rev-parse", "HEAD") == head
+    assert git.env["LC_ALL"] == "C" and git.env["GIT_TERMINAL_PROMPT"] == "0"
+    assert git.paths("ls-files", "-z") == ["a.txt", "b c.txt"]
+    assert git.maybe("rev-parse", "--verify", "--quiet", "nope^{commit}") is None
+    with pytest.raises(KataError) as err:
+        git.run("rev-parse", "--verify", "nope^{commit}")
+    assert err.value.reason == "git.failed" and str(tmp_path / "r") in err.value.message
+    nogit = Git.at(tmp_path / "r", base_env={"PATH": str(tmp_path / "empty")})
+    for call in (nogit.run, nogit.out, nogit.maybe, nogit.paths):
+        with pytest.raises(KataError) as err:
+            call("status")
+        assert err.value.reason == "git.not_installed"
+
+
+def test_every_git_call_site_uses_the_repository_it_is_given(tmp_path: Path, monkeypatch) -> None:
+    """A hook runs with GIT_DIR/GIT_WORK_TREE set for the repository receiving the push:
+    the git context, the input listing and the hook helpers must each see the repository
+    at the path they are given, not the one the environment points at."""
+    from kata import gitctx, hooks
+    from kata.inputs import Snapshot
+
+    mine = _repo(tmp_path / "mine", {"mine.txt": "m", "ignored.log": "x", ".gitignore": "*.log\n"})
+    _repo(tmp_path / "other", {"other.txt": "o"})
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "other" / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(tmp_path / "other"))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "other" / ".git" / "index"))
+    ctx = gitctx.read_context(tmp_path / "mine", event="push")
+    assert ctx.commit == mine and ctx.branch == "main"
+    assert Snapshot(tmp_path / "mine").paths == (".gitignore", "mine.txt")  # git ls-files ran
+    assert hooks._repo_paths(tmp_path / "mine") == (tmp_path / "mine" / ".git", False)
+    assert gitctx.head(tmp_path / "mine") == (mine, "main")
