@@ -3,7 +3,8 @@ inputs, and every former call site checked to accept and refuse exactly what the
 
 Durations (``kata.model.Duration``), image references (``kata.model.ImageRef``), the event
 and pull-request action lists (``kata.conditions.EVENTS``/``PR_ACTIONS``), environment /
-secret names (``kata.model.is_env_name``) and running git (``kata.git``).
+secret names (``kata.model.is_env_name``), running git (``kata.git``) and process
+liveness (``procs``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import click
 import pytest
+
+import procs
 
 from kata.cli.run_cmds import run as run_command
 from kata.cli.store_cmds import DurationType
@@ -412,3 +415,71 @@ def test_every_git_call_site_uses_the_repository_it_is_given(tmp_path: Path, mon
     assert Snapshot(tmp_path / "mine").paths == (".gitignore", "mine.txt")  # git ls-files ran
     assert hooks._repo_paths(tmp_path / "mine") == (tmp_path / "mine" / ".git", False)
     assert gitctx.head(tmp_path / "mine") == (mine, "main")
+
+
+# ---------------------------------------------------------------- process liveness
+
+def _finished_child() -> tuple[int, str]:
+    """(pid, owner label) of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "import procs; print(procs.owner_id())"],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    owner = proc.communicate(timeout=60)[0].strip()
+    return proc.pid, owner
+
+
+@pytest.mark.parametrize("text,parsed", [
+    ("12.345@b-o-o-t", (12, "345", "b-o-o-t")),
+    ("1.0@x", (1, "0", "x")),
+    ("", None), ("12@boot", None), ("12.345", None), ("x.1@b", None), (".1@b", None),
+    ("12.@b", None), ("12.3@", None), ("-1.2@b", None), ("١.2@b", None),
+])
+def test_owner_labels_parse(text: str, parsed) -> None:
+    assert procs.parse_owner(text) == parsed
+
+
+def test_liveness_of_pids_and_owners() -> None:
+    me = procs.owner_id()
+    assert procs.parse_owner(me) == (os.getpid(), procs.start_ticks(os.getpid()), procs.BOOT_ID)
+    assert procs.pid_alive(os.getpid()) and procs.owner_alive(me) and not procs.owner_dead(me)
+    assert procs.pid_alive(1)  # another user's process (EPERM) or init: alive either way
+    assert not procs.pid_alive(0) and not procs.pid_alive(-1)
+    pid, owner = _finished_child()
+    assert not procs.pid_alive(pid) or procs.start_ticks(pid) != procs.parse_owner(owner)[1]
+    assert not procs.owner_alive(owner) and procs.owner_dead(owner)
+    # the same pid with another start time: a reused pid is not the owner
+    other_start = f"{os.getpid()}.1@{procs.BOOT_ID}"
+    assert not procs.owner_alive(other_start) and procs.owner_dead(other_start)
+    # another boot (or host): not alive here, but not known to be dead either
+    elsewhere = me.replace(procs.BOOT_ID, "another-boot")
+    assert not procs.owner_alive(elsewhere) and not procs.owner_dead(elsewhere)
+    assert not procs.owner_alive("junk") and not procs.owner_dead("junk")
+
+
+def test_zombie_is_not_alive() -> None:
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 30
+    while procs.pid_alive(proc.pid):  # exits, stays a zombie until waited for
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert os.path.exists(f"/proc/{proc.pid}")  # still in the process table
+    proc.wait()
+
+
+def test_every_liveness_call_site_agrees(tmp_path: Path) -> None:
+    from kata.realise.workspace import sweep_dead_runs
+    from store.objects import tmp_name, tmp_owner_dead
+
+    dead_pid, dead_owner = _finished_child()
+    # the store's ingest files
+    mine = tmp_name("obj")
+    assert mine.startswith("obj.") and mine.endswith("." + procs.owner_id())
+    assert not tmp_owner_dead(mine)
+    assert tmp_owner_dead(f"obj.{'0' * 32}.{dead_owner}")
+    assert not tmp_owner_dead(f"obj.{'0' * 32}.{dead_owner.replace(procs.BOOT_ID, 'other')}")
+    assert not tmp_owner_dead("obj.123.random.otherhost")  # the old shape: unknown, not dead
+    # the realiser's run directories
+    for name in (f"run-{os.getpid()}-live", f"run-{dead_pid}-dead"):
+        (tmp_path / name / "ws").mkdir(parents=True)
+    if not procs.pid_alive(dead_pid):  # (pid not reused since)
+        sweep_dead_runs(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"run-{os.getpid()}-live"]

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from kata.errors import KataError
+from procs import pid_alive
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -116,16 +117,6 @@ class Workspace:
         self.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_dead_runs(work_root: Path) -> None:
     """Remove what a killed kata left under ``work_root``: mounts first, then files.
 
@@ -138,7 +129,7 @@ def sweep_dead_runs(work_root: Path) -> None:
         parts = run.name.split("-")
         if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
             continue
-        if _alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         for entry in run.iterdir() if run.is_dir() else ():
             merged = entry / "m"

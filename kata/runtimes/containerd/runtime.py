@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata.errors import KataError
+from procs import owner_alive
 
 from ..base import CANCEL_EXIT, OutputSink, ServiceSink, StepSpec
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
-    owner_alive, snapshots_pb2, tasks_pb2,
+    snapshots_pb2, tasks_pb2,
 )
 from .config import RuntimeConfig, load_runtime_config
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
