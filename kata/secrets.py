@@ -270,6 +270,23 @@ class Masker:
         return s.feed(data) + s.close()
 
 
+
+def _extend(buf: bytearray, start: int, done: int, avail: int, forms: list[bytes],
+            masks: list[tuple[int, int]]) -> list[bytes]:
+    """One candidate match at ``buf[start:]`` whose first ``done`` bytes already equal every
+    form in ``forms``, with ``avail`` bytes now buffered: each form seen whole is appended to
+    ``masks`` as ``(start, end)``; returns the forms still matching so far but longer than
+    what is buffered (the candidate stays open for them)."""
+    still = []
+    for form in forms:
+        n = min(len(form), avail)
+        if buf[start + done : start + n] == form[done:n]:
+            if n == len(form):
+                masks.append((start, start + n))
+            else:
+                still.append(form)
+    return still
+
 class MaskStream:
     """Masks one stream fed in chunks of any size; see the module doc for the semantics."""
 
@@ -317,14 +334,7 @@ class MaskStream:
         for cand in self._cands:
             start, done, forms = cand
             avail = end - start
-            still = []
-            for form in forms:
-                n = min(len(form), avail)
-                if buf[start + done : start + n] == form[done:n]:
-                    if n == len(form):
-                        masks.append((start, start + n))
-                    else:
-                        still.append(form)
+            still = _extend(buf, start, done, avail, forms, masks)
             if still:
                 cand[1], cand[2] = avail, still
                 alive.append(cand)
@@ -346,14 +356,7 @@ class MaskStream:
             start = lo + s
             forms = by_prefix[bytes(buf[start : start + _PREFIX])]
             avail = end - start
-            still = []
-            for form in forms:
-                n = min(len(form), avail)
-                if buf[start + _PREFIX : start + n] == form[_PREFIX:n]:
-                    if n == len(form):
-                        masks.append((start, start + n))
-                    else:
-                        still.append(form)
+            still = _extend(buf, start, _PREFIX, avail, forms, masks)
             if still:
                 cands.append([start, avail, still])
 
