@@ -22,6 +22,7 @@ from kata import conditions
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
+from kata.labels import is_step_name
 from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
                         Settings, Step, Trigger, is_env_name)
 
@@ -36,7 +37,6 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 
-_STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
@@ -314,7 +314,7 @@ class _Walker:
         f = self.fields(node, STEP_KEYS, "a step")
         name_node = self.require(f, "name", node, "a step")
         name = self.string(name_node, "name")
-        if not _STEP_NAME.fullmatch(name):
+        if not is_step_name(name):
             raise self.fail("config.step_name", name_node,
                             f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
         what = f"step {name!r}"
@@ -372,7 +372,7 @@ class _Walker:
             f = self.fields(item, SERVICE_KEYS, "a service")
             name_node = self.require(f, "name", item, "a service")
             name = self.string(name_node, "service name")
-            if not _STEP_NAME.fullmatch(name):
+            if not is_step_name(name):
                 raise self.fail("config.value", name_node, f"bad service name {name!r}")
             if name in names:
                 raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")

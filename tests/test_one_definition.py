@@ -483,3 +483,39 @@ def test_every_liveness_call_site_agrees(tmp_path: Path) -> None:
     if not procs.pid_alive(dead_pid):  # (pid not reused since)
         sweep_dead_runs(tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == [f"run-{os.getpid()}-live"]
+
+
+# ---------------------------------------------------------------- step names
+
+GOOD_STEP_NAMES = ["a", "build", "unit-test", "v1.2", "_x", "0", "A_b.c-d"]
+BAD_STEP_NAMES = ["", "-a", ".a", "a b", "a/b", "a*", "é", "a:b", "//a"]
+
+
+@pytest.mark.parametrize("name", GOOD_STEP_NAMES)
+def test_every_step_name_call_site_accepts_the_same(name: str) -> None:
+    from kata.labels import is_step_name, parse_label
+
+    assert is_step_name(name)
+    p = load_text(f"steps: [{{name: '{name}', image: x, services: [{{name: '{name}', image: y}}]}}]")
+    assert p.steps[0].name == name and p.steps[0].services[0].name == name
+    label = parse_label(f"//{name}")
+    assert (label.kind, label.name) == ("exact", name)
+
+
+@pytest.mark.parametrize("name", BAD_STEP_NAMES)
+def test_every_step_name_call_site_refuses_the_same(name: str) -> None:
+    from kata.labels import is_step_name, parse_label
+
+    assert not is_step_name(name)
+    with pytest.raises(KataError) as err:
+        load_text(f"steps: [{{name: '{name}', image: x}}]")
+    assert err.value.reason == "config.step_name"
+    with pytest.raises(KataError) as err:
+        load_text(f"steps: [{{name: a, image: x, services: [{{name: '{name}', image: y}}]}}]")
+    assert err.value.reason == "config.value"
+    try:  # a label never addresses it as one step (`//a*` is a valid prefix label)
+        label = parse_label(f"//{name}")
+    except KataError as err:
+        assert err.reason == "label.syntax"
+    else:
+        assert (label.kind, label.name) != ("exact", name)
