@@ -32,6 +32,7 @@ from kata.model import MAX_DURATION_MS, Duration, ImageRef, is_env_name
 from kata.runtimes.containerd.config import load_runtime_config
 from kata.runtimes.containerd.reference import parse_reference
 from kata.secrets import SecretSource
+from support.git import git
 
 REPO = Path(__file__).resolve().parent.parent
 D = "sha256:" + "a" * 64
@@ -356,17 +357,12 @@ def test_every_name_call_site_refuses_the_same(name: str) -> None:
 # ---------------------------------------------------------------- running git
 
 def _repo(path: Path, files: dict[str, str]) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
-    for k in LOCAL_ENV_VARS:
-        env.pop(k, None)
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, env=env)
+    git(path.parent, "init", "-q", "-b", "main", str(path))
     for name, text in files.items():
         (path / name).write_text(text)
-    subprocess.run(["git", "-C", str(path), "add", "-A"], check=True, env=env)
-    subprocess.run(["git", "-C", str(path), "commit", "-qm", "init"], check=True, env=env)
-    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], check=True, env=env,
-                          capture_output=True, text=True).stdout.strip()
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "init")
+    return git(path, "rev-parse", "HEAD")
 
 
 def test_repo_environ_drops_what_points_at_another_repository() -> None:
