@@ -63,7 +63,9 @@ def parse_size(text: str) -> int:
 
 
 def human_size(n: int) -> str:
-    """48MB style: decimal units, whole numbers (one decimal below 10)."""
+    """Bytes for people, the one size format of the CLI (``cache stats``, ``store gc``,
+    ``image ls``): ``48MB`` style, decimal units (B, KB, MB, GB, TB), whole numbers, one
+    decimal below 10 (``1.5KB``)."""
     value = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if value < 1000 or unit == "TB":
