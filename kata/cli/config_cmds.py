@@ -14,6 +14,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(validate)
     cli.add_command(graph)
     cli.add_command(why_cmd)
+    cli.add_command(schema)
 
 
 @click.command()
@@ -34,6 +35,14 @@ def load(ctx: click.Context):
     obj = ctx.find_root().obj or {}
     path = find_config(os.getcwd(), obj.get("config_file"))
     return path, load_pipeline(path)
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of .kata-ci.yaml (for editors: yaml-language-server)."""
+    from kata.schema import shipped_text
+
+    click.echo(shipped_text(), nl=False)
 
 
 @click.command()
