@@ -181,7 +181,7 @@ def _step() -> dict[str, Any]:
                     "description": "default (its own network with egress), none "
                                    "(loopback only) or host."},
         "when": {**_TEXT, "description": "A condition expression, e.g. "
-                                         "branch == \"main\" && changed(\"src/**\")."},
+                                         "branch == \"main\" and changed(\"src/**\")."},
         "description": {**_TEXT, "description": "Free text; not part of the cache key."},
     }, "step", required=("name", "image"), description="One unit of work in a container.")
 

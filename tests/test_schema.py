@@ -262,3 +262,28 @@ def test_schema_and_loader_agree_on_generated_configs(doc: dict) -> None:
     if reason in ("config.unknown_key", "config.type", "config.missing_key",
                   "config.no_steps", "config.step_name", "config.duration"):
         assert errors, f"kata refuses ({reason}) what the schema accepts:\n{text}"
+
+
+def _yaml_blocks(path: Path) -> list[str]:
+    text = path.read_text()
+    return [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+
+
+def test_the_readme_shows_a_complete_pipeline_that_passes_both() -> None:
+    (block,) = [b for b in _yaml_blocks(ROOT / "README.md") if "steps:" in b]
+    assert schema_errors(block) == []
+    assert loader_reason(block) == ""
+    pipeline = load_text(block)
+    used = {k for s in pipeline.steps for k in ("services", "cache", "secrets", "only",
+                                                 "inputs", "network", "artifacts")
+            if getattr(s, k)}
+    assert used == {"services", "cache", "secrets", "only", "inputs", "network", "artifacts"}
+    assert pipeline.triggers and pipeline.settings.max_parallel == 4
+
+
+def test_docs_config_names_every_key_the_loader_knows() -> None:
+    text = (ROOT / "docs" / "config.md").read_text()
+    tables = (loader.TOP_KEYS, loader.SETTINGS_KEYS, loader.STEP_KEYS, loader.SERVICE_KEYS,
+              loader.READY_KEYS, loader.CACHE_KEYS, loader.ONLY_KEYS, loader.TRIGGER_KEYS)
+    missing = [k for table in tables for k in table if f"`{k}`" not in text]
+    assert missing == []
