@@ -46,14 +46,33 @@ def schema() -> None:
 
 
 @click.command()
+@click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
 @click.pass_context
-def validate(ctx: click.Context) -> None:
+def validate(ctx: click.Context, json_out: bool) -> None:
     """Check the config (YAML, keys, types, images, dependencies, cycles) without running."""
     from kata.compile import plan
+    from kata.errors import KataError
 
-    _, pipeline = load(ctx)
-    p = plan(pipeline)
+    try:
+        path, pipeline = load(ctx)
+        p = plan(pipeline)
+    except KataError as err:
+        if json_out:
+            from kata.cli.history_cmds import echo_json
+            from kata.cli.run_cmds import error_event
+
+            error = error_event(err)
+            del error["event"]
+            echo_json({"valid": False, "error": error})
+        raise
     n = len(pipeline.steps)
+    if json_out:
+        from kata.cli.history_cmds import echo_json
+
+        echo_json({"valid": True, "file": str(path), "pipeline": pipeline.name, "steps": n,
+                   "cycles": 0, "groups": len(p.levels),
+                   "levels": [list(level) for level in p.levels]})
+        return
     click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}, 0 cycles, "
                f"{len(p.levels)} parallel group{'s' if len(p.levels) != 1 else ''}")
 

@@ -137,7 +137,35 @@ def _reporter(json_out: bool):  # noqa: ANN202
     return PlainReporter(sys.stdout)
 
 
-def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[str, ...] = (),
+def _realise(ctx: click.Context, *, json_out: bool, **kw) -> None:  # noqa: ANN003
+    """Realise; with ``--json`` an error that ends the command (bad config, an image or a
+    secret missing, before or after the first step) is also an ``error`` event on stdout."""
+    from store.errors import StoreError
+
+    try:
+        _realise_steps(ctx, json_out=json_out, **kw)
+    except (KataError, StoreError) as err:
+        if json_out:
+            from kata.report.jsonl import event_line
+
+            click.echo(event_line(error_event(err)))
+        raise
+
+
+def error_event(err) -> dict[str, object]:  # noqa: ANN001
+    """The ``error`` event of a KataError or StoreError: reason, message, exit code, and
+    its file position or object when it has one."""
+    data: dict[str, object] = {"event": "error", "reason": err.reason, "message": err.message,
+                               "exit_code": getattr(err, "exit_code", 1)}
+    position = getattr(err, "position", None)
+    if position is not None:
+        data.update(file=position.file, line=position.line, column=position.column)
+    if getattr(err, "obj", None):
+        data["object"] = err.obj
+    return data
+
+
+def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[str, ...] = (),
              dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...],
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
@@ -232,15 +260,15 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
 
 def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
     """Whether the pipeline's triggers: let this event run it; if not, say so and why."""
-    import json
-
     from kata.triggers import describe, match
 
     found = match(pipeline, cond_ctx)
     if found.runs:
         return True
     if json_out:
-        click.echo(json.dumps({"event": "skip", "pipeline": pipeline.name,
+        from kata.report.jsonl import event_line
+
+        click.echo(event_line({"event": "skip", "pipeline": pipeline.name,
                                "context": describe(cond_ctx), "closest": found.why}))
     else:
         click.echo(f'[SKIP] pipeline "{pipeline.name}": no trigger matches '
@@ -249,13 +277,12 @@ def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
 
 
 def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
-    import json
-
+    from kata.report.jsonl import event_line
     from kata.report.plain import short_key
 
     for entry in realiser.dry_run():
         if json_out:
-            click.echo(json.dumps({"event": "plan", "step": entry.step, "hit": entry.hit,
+            click.echo(event_line({"event": "plan", "step": entry.step, "hit": entry.hit,
                                    "key": entry.key, "why": entry.why}))
         elif entry.hit:
             click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
@@ -263,7 +290,7 @@ def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
     for name, why in realiser.excluded().items():
         if json_out:
-            click.echo(json.dumps({"event": "plan", "step": name, "skip": True, "why": why}))
+            click.echo(event_line({"event": "plan", "step": name, "skip": True, "why": why}))
         else:
             click.echo(f"[PLAN] {name}: SKIP ({why})")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import click
 
@@ -155,11 +154,24 @@ def verify(ctx: click.Context, repair: bool, reindex: bool) -> None:
 
 
 @store.command()
+@click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
 @click.pass_context
-def stats(ctx: click.Context) -> None:
+def stats(ctx: click.Context, json_out: bool) -> None:
     """Objects, size, realisations, runs and hit rate."""
+    from kata.realise.history import cache_entries
+
     with open_store(ctx) as s:
         st = s.stats()
+        st["entries"] = len(cache_entries(s).entries)
+    if json_out:
+        from kata.cli.history_cmds import echo_json
+
+        echo_json({"store": st["root"], "index": st["state_dir"],
+                   "network_fs": st["network_fs"], "objects": st["objects"],
+                   "size": st["size"], "realisations": st["realisations"],
+                   "entries": st["entries"], "runs": st["runs"], "unpacked": st["unpacked"],
+                   "hits": st["hits"], "misses": st["misses"], "hit_rate": _hit_rate(st)})
+        return
     click.echo(f"Store: {st['root']}{' (network filesystem)' if st['network_fs'] else ''}")
     click.echo(f"Index: {st['state_dir']}")
     click.echo(f"Objects: {st['objects']} | Size: {human_size(st['size'])} | "
@@ -178,10 +190,18 @@ def path(ctx: click.Context) -> None:
 
 # ---------------------------------------------------------------- kata cache
 
-def _cache_line(st: dict) -> str:
+def _hit_rate(st: dict) -> float | None:
+    """Hits over lookups, 0..1 (None before the first lookup)."""
     hits, misses = st["hits"], st["misses"]
-    rate = f"{round(100 * hits / (hits + misses))}%" if hits + misses else "n/a"
-    return f"Entries: {st['realisations']} | Size: {human_size(st['size'])} | Hit rate: {rate}"
+    return round(hits / (hits + misses), 4) if hits + misses else None
+
+
+def _cache_line(st: dict) -> str:
+    """The overview's line: ``Entries: 12 | Size: 48MB | Hit rate: 94%``; entries are
+    cached results, each counted once (``st["entries"]``)."""
+    rate = _hit_rate(st)
+    shown = "n/a" if rate is None else f"{round(100 * rate)}%"
+    return f"Entries: {st['entries']} | Size: {human_size(st['size'])} | Hit rate: {shown}"
 
 
 @click.group()
@@ -190,47 +210,67 @@ def cache() -> None:
 
 
 @cache.command("list")
+@click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
 @click.pass_context
-def cache_list(ctx: click.Context) -> None:
-    """List cached step results, newest first."""
-    from store import StoreError
-    from store.realisations import Realisation
+def cache_list(ctx: click.Context, json_out: bool) -> None:
+    """List cached results, newest first, each once: the step (or cache directory), its
+    pipeline, when, how long it ran, its output tree and the run that produced it."""
+    from kata.cli.history_cmds import echo_json, table
+    from kata.realise.history import cache_entries, local_time
 
     with open_store(ctx) as s:
-        rows = []
-        for name, file_path, mtime in s.iter_realisations():
-            try:
-                with open(file_path, "rb") as fh:
-                    real = Realisation.decode(fh.read(), what=name)
-            except (StoreError, OSError):
-                continue
-            rows.append((real.created or mtime, name, real))
-    if not rows:
+        listing = cache_entries(s)
+    if json_out:
+        echo_json({"entries": [e.to_json() for e in listing.entries],
+                   "records": listing.records, "internal": listing.internal,
+                   "unreadable": listing.unreadable})
+        return
+    if not listing.entries:
         click.echo("No cache entries.")
         return
-    for created, name, real in sorted(rows, key=lambda r: r[0], reverse=True):
-        step = real.meta.get("step", "") if isinstance(real.meta, dict) else ""
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
-        click.echo(f"{name[:12]}  {when}  exit {real.exit_status}  {real.duration:.1f}s  "
-                   f"{real.outputs[7:19]}  {step}".rstrip())
+    rows = [(e.key.removeprefix("sha256:")[:12], local_time(e.created), e.pipeline or "-",
+             e.step or "-", e.kind, f"exit {e.exit_status}", f"{e.duration:.1f}s",
+             e.outputs.removeprefix("sha256:")[:12], e.run or "-", e.scope or "shared")
+            for e in listing.entries]
+    for line in table(("KEY", "CREATED", "PIPELINE", "STEP", "KIND", "EXIT", "RAN",
+                       "OUTPUTS", "RUN", "SCOPE"), rows):
+        click.echo(line)
+    n = len(listing.entries)
+    click.echo(f"{n} entr{'y' if n == 1 else 'ies'} ({listing.records} records; "
+               f"{listing.internal} internal" +
+               (f", {listing.unreadable} unreadable" if listing.unreadable else "") + ")")
 
 
 @cache.command("clear")
 @click.pass_context
 def cache_clear(ctx: click.Context) -> None:
     """Forget every cached step result and free what only they used."""
+    from kata.realise.history import cache_entries
+
     with open_store(ctx) as s:
+        entries = len(cache_entries(s).entries)
         names = [name for name, _, _ in s.iter_realisations()]
         for name in names:
             s.delete_realisation(name)
         report = s.gc(grace=0, keep_runs=0)
         s.index.reset_counters()
-    click.echo(f"Cleared {len(names)} entries ({human_size(report.freed_bytes)}).")
+    click.echo(f"Cleared {entries} entries ({human_size(report.freed_bytes)}).")
 
 
 @cache.command("stats")
+@click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
 @click.pass_context
-def cache_stats(ctx: click.Context) -> None:
-    """Entries, size and hit rate."""
+def cache_stats(ctx: click.Context, json_out: bool) -> None:
+    """Entries (cached results, each once), size and hit rate."""
+    from kata.realise.history import cache_entries
+
     with open_store(ctx) as s:
-        click.echo(_cache_line(s.stats()))
+        st = s.stats()
+        st["entries"] = len(cache_entries(s).entries)
+    if json_out:
+        from kata.cli.history_cmds import echo_json
+
+        echo_json({"entries": st["entries"], "size": st["size"], "hits": st["hits"],
+                   "misses": st["misses"], "hit_rate": _hit_rate(st)})
+        return
+    click.echo(_cache_line(st))

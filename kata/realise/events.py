@@ -7,9 +7,14 @@ overview, a live view on a terminal, or one JSON object per line.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
+
+# the version of every --json document and event line kata writes (docs/json.md); bumped
+# when a field changes meaning or goes away, not when one is added
+JSON_VERSION = 1
 
 CacheSource = Literal["derivation", "resolved"]
 
@@ -119,7 +124,25 @@ def to_dict(event: Event) -> dict[str, object]:
     return data
 
 
+def iso_time(unix: float) -> str:
+    """``2026-11-30T06:57:01.123Z``: UTC with milliseconds (RFC 3339), as --json writes
+    every time."""
+    whole = int(unix)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + \
+        f".{int((unix - whole) * 1000):03d}Z"
+
+
+def stamped(data: dict[str, object], at: float | None = None) -> dict[str, object]:
+    """``data`` (with its ``event`` first) plus ``version`` and ``time`` (``at``, unix
+    seconds; default now): one line of the ``--json`` stream."""
+    out: dict[str, object] = {"event": data["event"], "version": JSON_VERSION,
+                              "time": iso_time(time.time() if at is None else at)}
+    out.update((k, v) for k, v in data.items() if k != "event")
+    return out
+
+
 __all__ = [
     "CacheChecked", "Done", "Emit", "Event", "OutputLine", "Parsed", "StepFailed",
-    "StepPassed", "StepSkipped", "StepStarted", "kind", "to_dict",
+    "StepPassed", "StepSkipped", "StepStarted", "JSON_VERSION", "iso_time", "kind", "stamped",
+    "to_dict",
 ]

@@ -51,7 +51,10 @@ def test_cache_list_and_clear(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _fill(root)
     res = kata("cache", "list", store=root)
-    assert res.returncode == 0 and len(res.stdout.splitlines()) == 3 and "step2" in res.stdout
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and lines[0].split()[:4] == ["KEY", "CREATED", "PIPELINE", "STEP"]
+    assert [line.split()[4] for line in lines[1:4]] == ["step2", "step1", "step0"]
+    assert lines[4] == "3 entries (3 records; 0 internal)"
     res = kata("cache", "clear", store=root)
     assert res.returncode == 0 and res.stdout.startswith("Cleared 3 entries")
     assert kata("cache", "stats", store=root).stdout == "Entries: 0 | Size: 0B | Hit rate: n/a\n"

@@ -1,0 +1,113 @@
+"""History: `kata runs`, `kata cache list` (each result once), the --json documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kata.realise.events import iso_time
+from kata.realise.history import cache_entries, summarise_run
+from store import Realisation, Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kata(*args: str, store: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(store)}
+    proc = subprocess.run([sys.executable, "-m", "kata", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def _result(s: Store, run: str, step: str, keys: list[str], created: float) -> str:
+    out = s.put_blob(f"{run}/{step}".encode())
+    real = Realisation(outputs=out, created=created,
+                       meta={"run": run, "step": step, "pipeline": "p", "stack": [out],
+                             "objects": [out]})
+    for key in keys:
+        s.put_realisation(key, real)
+    return out
+
+
+def test_a_result_under_two_keys_is_one_entry(tmp_path) -> None:
+    with Store.open(tmp_path / "store") as s:
+        _result(s, "r1", "build", ["a" * 64, "b" * 64], 1000.0)  # derivation + resolved hash
+        _result(s, "r1", "test", ["c" * 64], 1001.0)
+        snap = s.put_blob(b"inputs")
+        s.put_realisation("d" * 64, Realisation(outputs=snap, created=999.0))  # a snapshot
+        s.put_run({"id": "r1", "pipeline": "p", "started": 1000.0,
+                   "steps": [{"name": "build", "drv_hash": "b" * 64, "cache": "MISS"}]})
+        listing = cache_entries(s)
+    assert [(e.step, e.keys, e.key) for e in listing.entries] == [
+        ("test", ("c" * 64,), "c" * 64),
+        ("build", ("a" * 64, "b" * 64), "b" * 64),  # the run record names its derivation hash
+    ]
+    assert (listing.records, listing.internal, listing.unreadable) == (4, 1, 0)
+    assert listing.entries[1].to_json()["created"] == "1970-01-01T00:16:40.000Z"
+
+
+def test_cache_list_and_stats_json_count_results_once(tmp_path) -> None:
+    root = tmp_path / "store"
+    with Store.open(root) as s:
+        _result(s, "r1", "build", ["a" * 64, "b" * 64], time.time())
+        s.count(True)
+        s.count(False)
+    listed = kata("cache", "list", "--json", store=root, cwd=tmp_path)
+    doc = json.loads(listed.stdout)
+    assert doc["version"] == 1 and len(doc["entries"]) == 1
+    assert doc["entries"][0]["step"] == "build" and doc["entries"][0]["pipeline"] == "p"
+    assert doc["records"] == 2
+    stats = json.loads(kata("cache", "stats", "--json", store=root, cwd=tmp_path).stdout)
+    assert stats == {"version": 1, "entries": 1, "size": stats["size"], "hits": 1,
+                     "misses": 1, "hit_rate": 0.5}
+    assert kata("cache", "stats", store=root, cwd=tmp_path).stdout.startswith("Entries: 1 |")
+    store_stats = json.loads(kata("store", "stats", "--json", store=root, cwd=tmp_path).stdout)
+    assert (store_stats["realisations"], store_stats["entries"], store_stats["runs"]) == (2, 1, 0)
+
+
+def test_run_summary_fields() -> None:
+    record = {"id": "r9", "pipeline": "p", "branch": "main", "tag": "", "event": "",
+              "commit": "abc", "status": "failed", "started": 86400.5, "wall": 2.25,
+              "steps": [{"name": "a", "status": "passed", "cache": "HIT", "exit_status": 0},
+                        {"name": "b", "status": "passed", "cache": "MISS", "exit_status": 0},
+                        {"name": "c", "status": "failed", "cache": "MISS", "exit_status": 1},
+                        {"name": "d", "status": "skipped"}]}
+    assert summarise_run(record).to_json() == {
+        "id": "r9", "pipeline": "p", "ref": "refs/heads/main", "commit": "abc",
+        "event": "local", "status": "failed",
+        "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1},
+        "started": "1970-01-02T00:00:00.500Z", "duration": 2.25}
+    tagged = summarise_run({**record, "event": "tag", "tag": "v1"})
+    assert (tagged.ref, tagged.event) == ("refs/tags/v1", "tag")
+
+
+def test_iso_time() -> None:
+    assert iso_time(0.25) == "1970-01-01T00:00:00.250Z"
+
+
+def test_kata_runs_table_and_json(tmp_path) -> None:
+    root = tmp_path / "store"
+    with Store.open(root) as s:
+        for i, pipeline in enumerate(["p", "q", "p"]):
+            s.put_run({"id": f"run{i}", "pipeline": pipeline, "branch": "main",
+                       "started": 1000.0 + i, "wall": 1.5, "status": "passed",
+                       "steps": [{"name": "a", "status": "passed", "cache": "MISS",
+                                  "exit_status": 0}]})
+    out = kata("runs", "--all", store=root, cwd=tmp_path)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and lines[0].split() == [
+        "RUN", "PIPELINE", "REF", "EVENT", "STATUS", "RAN/CACHED/FAILED", "STARTED", "DURATION"]
+    assert [line.split()[:6] for line in lines[1:]] == [
+        ["run2", "p", "main", "local", "passed", "1/0/0"],
+        ["run1", "q", "main", "local", "passed", "1/0/0"],
+        ["run0", "p", "main", "local", "passed", "1/0/0"]]
+    doc = json.loads(kata("runs", "--pipeline", "p", "--json", store=root, cwd=tmp_path).stdout)
+    assert [r["id"] for r in doc["runs"]] == ["run2", "run0"] and doc["pipeline"] == "p"
+    assert doc["runs"][0]["duration"] == 1.5
+    empty = kata("runs", "--pipeline", "zzz", store=root, cwd=tmp_path)
+    assert empty.stdout == "No runs recorded for pipeline 'zzz'.\n"
