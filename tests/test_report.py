@@ -78,3 +78,63 @@ def test_plain_and_live_reporters_render_a_run():
     live.close()
     text = live_out.getvalue()
     assert "[FAIL] a (exit 1, 0.1s)" in text and "a | hello" in text
+
+
+def _plain(events) -> list[str]:
+    out = io.StringIO()
+    reporter = PlainReporter(out)
+    for e in events:
+        reporter(e)
+    reporter.close()
+    return out.getvalue().splitlines()
+
+
+def test_steps_started_together_are_one_run_line_before_their_output():
+    # the overview's transcript: [RUN] test, lint (parallel), then their verdicts
+    lines = _plain([
+        ev.Parsed(pipeline="my-app", steps=3, groups=2, planned=("build", "test", "lint")),
+        ev.StepStarted(step="build", command="npm ci && npm run build"),
+        ev.StepPassed(step="build", duration=2.1),
+        ev.ParallelStarted(steps=("test", "lint")),
+        ev.CacheChecked(step="test", hit=False, key=KEY),
+        ev.StepStarted(step="test", command="npm test"),
+        ev.OutputLine(step="test", stream="stdout", text="ok 1"),  # before lint started
+        ev.CacheChecked(step="lint", hit=False, key=KEY),
+        ev.StepStarted(step="lint", command="npm run lint"),
+        ev.StepPassed(step="lint", duration=0.4),
+        ev.StepPassed(step="test", duration=1.2),
+        ev.Done(run_id="r", passed=3, failed=0, skipped=0, cached=0, ran=3, total=3.3,
+                wall=2.1),
+    ])
+    assert lines == [
+        '[PARSE] Pipeline "my-app": 3 steps, 2 parallel groups',
+        "[RUN] build: npm ci && npm run build",
+        "[PASS] build (2.1s)",
+        "[CACHE] test: MISS",
+        "[CACHE] lint: MISS",
+        "[RUN] test, lint (parallel)",
+        "test | ok 1",
+        "[PASS] lint (0.4s)",
+        "[PASS] test (1.2s)",
+        "[DONE] All 3 steps passed (3.3s total, 2.1s wall)",
+    ]
+
+
+def test_a_group_where_only_one_step_runs_prints_its_own_run_line():
+    lines = _plain([
+        ev.ParallelStarted(steps=("test", "lint")),
+        ev.StepStarted(step="test", command="npm test"),
+        ev.OutputLine(step="test", stream="stdout", text="ok"),
+        ev.CacheChecked(step="lint", hit=True, key=KEY, source="resolved"),
+        ev.StepPassed(step="lint", duration=0.0, cached=True),
+        ev.StepPassed(step="test", duration=1.0),
+    ])
+    assert lines == ["[CACHE] lint: HIT (key: a3f8c2d...)", "[RUN] test: npm test",
+                     "test | ok", "[PASS] test (1.0s)"]
+
+
+def test_the_parallel_event_in_json():
+    out = io.StringIO()
+    JsonReporter(out)(ev.ParallelStarted(steps=("test", "lint")))
+    row = json.loads(out.getvalue())
+    assert (row["event"], row["steps"], row["version"]) == ("parallel", ["test", "lint"], 1)

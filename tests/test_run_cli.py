@@ -43,6 +43,11 @@ def test_run_then_cached_run(kata):
     assert "[CACHE] build: MISS" in lines
     assert "[RUN] build: mkdir -p dist && cat src/a.txt > dist/a && echo built it" in lines
     assert "build | built it" in lines
+    # test and lint start together: one line, as the overview shows, before their verdicts
+    assert "[RUN] test, lint (parallel)" in lines
+    assert not any(x.startswith(("[RUN] test:", "[RUN] lint:")) for x in lines)
+    assert lines.index("[RUN] test, lint (parallel)") < min(
+        lines.index(x) for x in lines if x.startswith(("[PASS] test", "[PASS] lint")))
     assert lines[-1].startswith("[DONE] All 3 steps passed (")
     second = kata("run")
     assert second.returncode == 0

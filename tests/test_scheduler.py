@@ -154,3 +154,13 @@ def test_dependencies_outside_the_walk_count_as_done():
     work = Recorder()
     result = schedule(("test",), {"test": ("build",)}, work, max_parallel=1, fail_fast=True)
     assert result.status == {"test": "passed"}
+
+
+def test_on_start_names_the_steps_started_in_one_go():
+    deps = {"a": (), "b": (), "c": ("a", "b"), "d": ("c",), "e": ("c",)}
+    for max_parallel, expected in ((4, [("a", "b"), ("c",), ("d", "e")]),
+                                   (1, [("a",), ("b",), ("c",), ("d",), ("e",)])):
+        batches: list[tuple[str, ...]] = []
+        result = schedule(list(deps), deps, lambda name, cancel: True,
+                          max_parallel=max_parallel, fail_fast=True, on_start=batches.append)
+        assert result.ok and batches == expected

@@ -42,6 +42,13 @@ class CacheChecked:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ParallelStarted:
+    """Several steps are being started together (before their own ``StepStarted``)."""
+
+    steps: tuple[str, ...]  # in pipeline order
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepStarted:
     """A step's container is being started."""
 
@@ -95,12 +102,13 @@ class Done:
     cancelled: bool = False  # Ctrl-C or pipeline timeout
 
 
-Event = Parsed | CacheChecked | StepStarted | OutputLine | StepPassed | StepFailed | StepSkipped | Done
+Event = Parsed | CacheChecked | ParallelStarted | StepStarted | OutputLine | StepPassed | StepFailed | StepSkipped | Done
 Emit = Callable[[Event], None]
 
 _KIND = {
     Parsed: "parse",
     CacheChecked: "cache",
+    ParallelStarted: "parallel",
     StepStarted: "run",
     OutputLine: "output",
     StepPassed: "pass",
@@ -142,7 +150,8 @@ def stamped(data: dict[str, object], at: float | None = None) -> dict[str, objec
 
 
 __all__ = [
-    "CacheChecked", "Done", "Emit", "Event", "OutputLine", "Parsed", "StepFailed",
+    "CacheChecked", "Done", "Emit", "Event", "OutputLine", "ParallelStarted", "Parsed",
+    "StepFailed",
     "StepPassed", "StepSkipped", "StepStarted", "JSON_VERSION", "iso_time", "kind", "stamped",
     "to_dict",
 ]

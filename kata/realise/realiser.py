@@ -245,7 +245,7 @@ class Realiser:
                 max_parallel = self.options.max_parallel or os.cpu_count() or 1
                 sched = schedule(to_run, deps, self._work, max_parallel=max_parallel,
                                  fail_fast=self.options.fail_fast, timeout=self.options.timeout,
-                                 on_skip=self._skipped)
+                                 on_skip=self._skipped, on_start=self._started_together)
         finally:
             if run_dir.exists():
                 try:
@@ -269,6 +269,10 @@ class Realiser:
             wall=wall, cancelled=bool(result.stop_reason and not result.ok and
                                       result.stop_reason in ("interrupted", "pipeline timeout"))))
         return result
+
+    def _started_together(self, names: tuple[str, ...]) -> None:
+        if len(names) > 1:
+            self.emit(ev.ParallelStarted(steps=names))
 
     def _need_runtime(self) -> None:
         if self.runtime is None:

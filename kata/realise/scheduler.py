@@ -14,7 +14,9 @@ Rules:
   while independent branches go on;
 - past the pipeline ``timeout`` everything running is cancelled, the rest skipped;
 - Ctrl-C (SIGINT, when called from the main thread) does the same; a second one
-  raises ``ForcedInterrupt`` at once, without waiting for the running steps.
+  raises ``ForcedInterrupt`` at once, without waiting for the running steps;
+- ``on_start(names)`` is told, before they are handed to ``work``, the steps started
+  in one go (the reporters print ``[RUN] test, lint (parallel)`` for two or more).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class ScheduleResult:
 
 Work = Callable[[str, Cancel], bool]
 OnSkip = Callable[[str, str], None]
+OnStart = Callable[[tuple[str, ...]], None]
 
 
 def schedule(
@@ -73,6 +76,7 @@ def schedule(
     fail_fast: bool,
     timeout: float | None = None,
     on_skip: OnSkip = lambda name, reason: None,
+    on_start: OnStart = lambda names: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ScheduleResult:
     """Run ``work`` over the DAG; dependencies outside ``order`` count as done."""
@@ -130,8 +134,12 @@ def schedule(
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="kata-step")
     try:
         while True:
-            while ready and len(running) < max_parallel and not stop_reason:
-                name = ready.pop(0)
+            batch = []
+            while ready and len(running) + len(batch) < max_parallel and not stop_reason:
+                batch.append(ready.pop(0))
+            if batch:
+                on_start(tuple(batch))
+            for name in batch:
                 cancel = Cancel()
                 running[pool.submit(work, name, cancel)] = (name, cancel)
             if not running:

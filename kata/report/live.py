@@ -12,7 +12,7 @@ from collections import deque
 from typing import TextIO
 
 from kata.realise import events as ev
-from kata.report.plain import line
+from kata.report.plain import RunLines
 
 _TAIL = 20
 
@@ -28,6 +28,7 @@ class LiveReporter:
         self.running: dict[str, float] = {}
         self.last: dict[str, str] = {}
         self.tails: dict[str, deque[str]] = {}
+        self.lines = RunLines()
         self.live = Live(console=self.console, refresh_per_second=8, transient=True,
                          get_renderable=self._render)
         self.live.start()
@@ -46,8 +47,6 @@ class LiveReporter:
         return table
 
     def __call__(self, event: ev.Event) -> None:
-        from rich.text import Text
-
         if isinstance(event, ev.Parsed):
             self.total = len(event.planned)
         elif isinstance(event, ev.StepStarted):
@@ -60,15 +59,22 @@ class LiveReporter:
         elif isinstance(event, (ev.StepPassed, ev.StepFailed, ev.StepSkipped)):
             self.running.pop(event.step, None)
             self.finished += 1
-        text = line(event)
-        if text is not None:
-            style = {"[PASS]": "green", "[FAIL]": "red", "[SKIP]": "yellow",
-                     "[CACHE]": "blue"}.get(text.split(" ", 1)[0], "")
-            self.console.print(Text(text, style=style), highlight=False)
-        if isinstance(event, ev.StepFailed):
-            for out in self.tails.get(event.step, ()):
-                self.console.print(Text(f"{event.step} | {out}", style="dim"), highlight=False)
+        for text in self.lines.feed(event):
+            self._print(text)
         self.live.refresh()
 
+    def _print(self, text: str) -> None:
+        from rich.text import Text
+
+        style = {"[PASS]": "green", "[FAIL]": "red", "[SKIP]": "yellow",
+                 "[CACHE]": "blue"}.get(text.split(" ", 1)[0], "")
+        self.console.print(Text(text, style=style), highlight=False)
+        if text.startswith("[FAIL] "):  # the failed step's last lines after its verdict
+            step = text.split(" ", 2)[1]
+            for out in self.tails.get(step, ()):
+                self.console.print(Text(f"{step} | {out}", style="dim"), highlight=False)
+
     def close(self) -> None:
+        for text in self.lines.flush():
+            self._print(text)
         self.live.stop()

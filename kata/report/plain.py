@@ -60,17 +60,80 @@ def done_line(event: ev.Done) -> str:
     return f"{prefix}{count} {steps}: {', '.join(parts)} — {wall} wall time"
 
 
+class RunLines:
+    """The plain lines of an event stream, steps started together announced as one.
+
+    After ``ParallelStarted(steps)`` the ``[RUN]`` lines of those steps, and everything a
+    started one says next, are held until each of them has started or ended without a
+    container (a cache hit by resolved hash, a failure before its start); then one
+    ``[RUN] test, lint (parallel)`` line (the overview's transcript) is written for the
+    ones that started — or the usual ``[RUN] step: command`` if only one did — followed by
+    what was held, in order. ``feed`` returns the lines to write now.
+    """
+
+    def __init__(self) -> None:
+        self.group: tuple[str, ...] = ()
+        self.pending: set[str] = set()
+        self.started: dict[str, ev.StepStarted] = {}
+        self.held: list[ev.Event] = []
+
+    def feed(self, event: ev.Event) -> list[str]:
+        if isinstance(event, ev.ParallelStarted):
+            out = self.flush()
+            self.group, self.pending = event.steps, set(event.steps)
+            return out
+        step = getattr(event, "step", None)
+        if not self.group or step not in self.group:
+            return self.flush() + _some(line(event)) if isinstance(event, ev.Done) else \
+                _some(line(event))
+        if isinstance(event, ev.StepStarted):
+            self.started[event.step] = event
+            self.pending.discard(event.step)
+        elif step in self.started:
+            self.held.append(event)
+        else:
+            if isinstance(event, (ev.StepPassed, ev.StepFailed, ev.StepSkipped)):
+                self.pending.discard(step)
+            out = _some(line(event))
+            return out + (self.flush() if not self.pending else [])
+        return self.flush() if not self.pending else []
+
+    def flush(self) -> list[str]:
+        """The group's lines now, started or not (the stream ends, a new group starts)."""
+        if not self.group:
+            return []
+        started = [self.started[n] for n in self.group if n in self.started]
+        out: list[str] = []
+        if len(started) > 1:
+            out.append(f"[RUN] {', '.join(e.step for e in started)} (parallel)")
+        elif started:
+            out += _some(line(started[0]))
+        for held in self.held:
+            out += _some(line(held))
+        self.group, self.pending, self.started, self.held = (), set(), {}, []
+        return out
+
+
+def _some(text: str | None) -> list[str]:
+    return [] if text is None else [text]
+
+
 class PlainReporter:
-    """Writes each event's line to ``stream`` as it happens."""
+    """Writes each event's line to ``stream`` as it happens (steps started together as
+    one ``[RUN] a, b (parallel)`` line, see :class:`RunLines`)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.lines = RunLines()
 
     def __call__(self, event: ev.Event) -> None:
-        text = line(event)
-        if text is not None:
-            self.stream.write(text + "\n")
+        texts = self.lines.feed(event)
+        if texts:
+            self.stream.write("".join(t + "\n" for t in texts))
             self.stream.flush()
 
     def close(self) -> None:
-        pass
+        texts = self.lines.flush()
+        if texts:
+            self.stream.write("".join(t + "\n" for t in texts))
+            self.stream.flush()
