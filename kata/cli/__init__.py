@@ -16,7 +16,7 @@ import click
 from kata import __version__
 from kata.errors import KataError
 
-from . import config_cmds, history_cmds, image_cmds, run_cmds, store_cmds
+from . import config_cmds, doctor_cmds, history_cmds, image_cmds, run_cmds, store_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,7 +36,7 @@ def cli(ctx: click.Context, config_file: str | None, store_path: str | None,
     ctx.obj["containerd_address"] = containerd_address
 
 
-for _module in (config_cmds, store_cmds, image_cmds, run_cmds, history_cmds):
+for _module in (config_cmds, store_cmds, image_cmds, run_cmds, history_cmds, doctor_cmds):
     _module.register(cli)
 
 from . import hooks_cmds  # noqa: E402

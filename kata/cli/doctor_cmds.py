@@ -1,0 +1,52 @@
+"""`kata doctor`: check this host's prerequisites and say what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    """Add this module's commands to the root group."""
+    cli.add_command(doctor)
+
+
+@click.command()
+@click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
+@click.pass_context
+def doctor(ctx: click.Context, json_out: bool) -> None:
+    """Check the kernel (overlay, cgroups), containerd, runc, CNI, the store location and
+    free space; exit 1 when kata cannot run steps here, saying what to fix."""
+    from kata.cli.store_cmds import store_location
+    from kata.doctor import Host, diagnose
+    from kata.errors import KataError
+    from kata.runtimes.containerd.daemon import SYSTEM_SOCKET, socket_answers
+    from kata.runtimes.containerd.network import CNI_PATH
+
+    obj = ctx.find_root().obj or {}
+    address = obj.get("containerd_address")
+    host = Host(cni_path=Path(CNI_PATH), store=Path(store_location(obj.get("store_path"))),
+                containerd_address=address.removeprefix("unix://") if address else None,
+                system_socket=SYSTEM_SOCKET, answers=socket_answers)
+    checks = diagnose(host)
+    failed = [c for c in checks if c.status == "fail"]
+    if json_out:
+        from kata.cli.history_cmds import echo_json
+
+        echo_json({"ok": not failed, "checks": [c.to_json() for c in checks]})
+    else:
+        for c in checks:
+            click.echo(f"[{c.status.upper()}]".ljust(7) + f"{c.name}: {c.detail}")
+            if c.fix:
+                click.echo(" " * 7 + f"fix: {c.fix}")
+        warned = sum(1 for c in checks if c.status == "warn")
+        if not failed:
+            click.echo(f"kata can run pipelines here ({len(checks)} checks"
+                       + (f", {warned} warning{'s' if warned != 1 else ''}" if warned else "")
+                       + ").")
+    if failed:
+        raise KataError("doctor.failed", f"{len(failed)} prerequisite"
+                        f"{'s' if len(failed) != 1 else ''} missing: "
+                        f"{', '.join(c.name for c in failed)} (see the fixes above)",
+                        exit_code=1)

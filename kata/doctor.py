@@ -1,0 +1,235 @@
+"""`kata doctor`: are this host's prerequisites in place, and if not, what to do.
+
+Each check is a function of a :class:`Host` (where to look: /proc, /sys, PATH, the CNI
+plugin directory, the store location, a socket probe) returning a :class:`Check`; tests
+hand it a fake host made of a temporary directory. The checks read files and run
+``--version`` of binaries; they start nothing.
+
+Statuses: ``ok``; ``warn`` (kata runs, something is degraded: no cgroup controller for
+limits, little free space, no git); ``fail`` (kata cannot run a step until it is fixed).
+The store check creates and removes an empty directory where the store would be.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["ok", "warn", "fail"]
+
+GB = 1000 ** 3
+MIN_FREE = 1 * GB  # below: fail (a base image and a few artifacts do not fit)
+LOW_FREE = 5 * GB  # below: warn
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Check:
+    """One prerequisite: ``name`` (``overlay``, ``cgroups``, ...), ``status``, ``detail``
+    (what was found) and ``fix`` (what to do; "" when nothing)."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail,
+                "fix": self.fix}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Host:
+    """Where the checks look. ``proc``/``sys``: the roots of /proc and /sys; ``which``:
+    finds an executable on PATH (``shutil.which``); ``cni_path``: the CNI plugin directory
+    kata uses; ``store``: the store location kata would use; ``containerd_address``: an
+    explicit ``--containerd`` (None: kata's own or the system's); ``system_socket``: the
+    system containerd's socket; ``answers``: whether a unix socket accepts connections;
+    ``euid``: the effective uid."""
+
+    proc: Path = Path("/proc")
+    sys: Path = Path("/sys")
+    which: Callable[[str], str | None] = shutil.which
+    cni_path: Path = Path("/usr/lib/cni")
+    store: Path = Path("/var/lib/kata/store")
+    containerd_address: str | None = None
+    system_socket: str = "/run/containerd/containerd.sock"
+    answers: Callable[[str], bool] = field(default=lambda path: False)
+    euid: int = field(default_factory=os.geteuid)
+
+
+def _version(binary: str) -> str:
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (proc.stdout or proc.stderr).strip().splitlines()[0] if proc.returncode == 0 and \
+        (proc.stdout or proc.stderr).strip() else ""
+
+
+def check_root(host: Host) -> Check:
+    if host.euid == 0:
+        return Check(name="root", status="ok", detail="running as root")
+    return Check(name="root", status="fail", detail=f"running as uid {host.euid}",
+                 fix="kata mounts each step's workspace (overlayfs) and drives containerd: "
+                     "run it as root (sudo kata ...)")
+
+
+def check_overlay(host: Host) -> Check:
+    try:
+        filesystems = (host.proc / "filesystems").read_text()
+    except OSError as err:
+        return Check(name="overlay", status="fail", detail=f"cannot read /proc/filesystems "
+                     f"({err.strerror})", fix="mount /proc")
+    if any(line.split()[-1:] == ["overlay"] for line in filesystems.splitlines()):
+        return Check(name="overlay", status="ok", detail="the kernel has overlayfs")
+    return Check(name="overlay", status="fail", detail="the kernel has no overlay filesystem "
+                 "loaded", fix="modprobe overlay (and add it to /etc/modules); the kernel "
+                 "needs CONFIG_OVERLAY_FS")
+
+
+def _mounts(host: Host) -> list[tuple[str, str, str]]:
+    out = []
+    try:
+        text = (host.proc / "self" / "mounts").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            out.append((parts[1], parts[2], parts[3]))  # mount point, type, options
+    return out
+
+
+def check_cgroups(host: Host) -> Check:
+    mounts = _mounts(host)
+    wanted = ("cpu", "memory", "pids")
+    if any(point == "/sys/fs/cgroup" and kind == "cgroup2" for point, kind, _ in mounts):
+        try:
+            found = (host.sys / "fs" / "cgroup" / "cgroup.controllers").read_text().split()
+        except OSError:
+            found = []
+        version = "v2 (unified)"
+    else:
+        found = [opt for _, kind, opts in mounts if kind == "cgroup"
+                 for opt in opts.split(",") if opt in wanted]
+        version = "v1 (hybrid)" if any(kind == "cgroup2" for _, kind, _ in mounts) else "v1"
+        if not any(kind == "cgroup" for _, kind, _ in mounts):
+            return Check(name="cgroups", status="fail", detail="no cgroup filesystem mounted",
+                         fix="mount cgroup2 on /sys/fs/cgroup (systemd does this at boot); "
+                             "runc needs cgroups to start a container")
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        return Check(name="cgroups", status="warn", detail=f"cgroups {version}; controllers "
+                     f"{', '.join(missing)} missing", fix="enable them (kernel command line "
+                     "cgroup_enable=memory, or systemd's Delegate=) for step limits")
+    return Check(name="cgroups", status="ok", detail=f"cgroups {version}, controllers "
+                 f"{', '.join(wanted)}")
+
+
+def check_containerd(host: Host) -> Check:
+    if host.containerd_address:
+        if host.answers(host.containerd_address):
+            return Check(name="containerd", status="ok",
+                         detail=f"answers at {host.containerd_address}")
+        return Check(name="containerd", status="fail",
+                     detail=f"nothing answers at {host.containerd_address}",
+                     fix="start that containerd, or drop --containerd / "
+                         "KATA_CONTAINERD_ADDRESS to let kata start its own")
+    binary = host.which("containerd")
+    if binary is None:
+        if host.answers(host.system_socket):
+            return Check(name="containerd", status="ok",
+                         detail=f"the system's answers at {host.system_socket}")
+        return Check(name="containerd", status="fail", detail="containerd is not installed",
+                     fix="apt-get install containerd (kata starts its own daemon from it)")
+    version = _version(binary) or binary
+    where = (f"; the system's answers at {host.system_socket}"
+             if host.answers(host.system_socket) else "; kata starts its own on first use")
+    return Check(name="containerd", status="ok", detail=version + where)
+
+
+def check_runc(host: Host) -> Check:
+    binary = host.which("runc")
+    if binary is None:
+        return Check(name="runc", status="fail", detail="runc is not installed",
+                     fix="apt-get install runc")
+    return Check(name="runc", status="ok", detail=_version(binary) or binary)
+
+
+def check_cni(host: Host) -> Check:
+    missing = [p for p in ("bridge", "host-local") if not os.access(host.cni_path / p, os.X_OK)]
+    tools = [t for t in ("ip", "iptables") if host.which(t) is None]
+    if missing:
+        return Check(name="cni", status="fail",
+                     detail=f"CNI plugins {', '.join(missing)} missing in {host.cni_path}",
+                     fix="apt-get install containernetworking-plugins (steps with the "
+                         "default network need them)")
+    if tools:
+        return Check(name="cni", status="fail", detail=f"{', '.join(tools)} not on PATH",
+                     fix="apt-get install iproute2 iptables")
+    return Check(name="cni", status="ok", detail=f"bridge, host-local in {host.cni_path}")
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent."""
+    for cand in (path, *path.parents):
+        if cand.exists():
+            return cand
+    return Path("/")
+
+
+def check_store(host: Host) -> Check:
+    base = _existing(host.store)
+    if base != host.store and not base.is_dir():
+        return Check(name="store", status="fail", detail=f"{host.store}: {base} is not a "
+                     "directory", fix="choose another store: --store DIR or KATA_STORE=DIR")
+    try:  # access(2) says yes to root on /proc: try it, as the store will
+        os.rmdir(tempfile.mkdtemp(prefix=".kata-doctor-", dir=base))
+    except OSError as err:
+        return Check(name="store", status="fail", detail=f"{host.store}: cannot write in "
+                     f"{base} ({err.strerror})",
+                     fix="choose a writable store: --store DIR or KATA_STORE=DIR")
+    made = "" if base == host.store else " (created on first use)"
+    return Check(name="store", status="ok", detail=f"{host.store}{made}")
+
+
+def check_space(host: Host) -> Check:
+    base = _existing(host.store)
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError as err:
+        return Check(name="space", status="fail", detail=f"cannot stat {base} ({err.strerror})",
+                     fix="choose another store: --store DIR or KATA_STORE=DIR")
+    shown = f"{free / GB:.1f}GB free at {base}"
+    if free < MIN_FREE:
+        return Check(name="space", status="fail", detail=shown,
+                     fix="free space (kata store gc --max-size SIZE) or move the store "
+                         "(--store DIR)")
+    if free < LOW_FREE:
+        return Check(name="space", status="warn", detail=shown,
+                     fix="images and artifacts need room: kata store gc --max-size SIZE")
+    return Check(name="space", status="ok", detail=shown)
+
+
+def check_git(host: Host) -> Check:
+    if host.which("git") is None:
+        return Check(name="git", status="warn", detail="git is not installed",
+                     fix="apt-get install git (only:, when:, triggers and hooks need it)")
+    return Check(name="git", status="ok", detail=_version("git") or "git")
+
+
+CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc, check_cni,
+          check_store, check_space, check_git)
+
+
+def diagnose(host: Host) -> list[Check]:
+    """Every check, in a fixed order: root, overlay, cgroups, containerd, runc, cni,
+    store, space, git."""
+    return [check(host) for check in CHECKS]

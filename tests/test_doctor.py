@@ -1,0 +1,142 @@
+"""`kata doctor`: each prerequisite found or named with its fix, on fake hosts and on
+this machine (which has them all)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+from kata.doctor import Host, diagnose
+
+ROOT = Path(__file__).resolve().parent.parent
+V2_MOUNTS = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n"
+V1_MOUNTS = ("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+             "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n"
+             "cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n"
+             "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+
+
+def fake_host(tmp_path: Path, *, filesystems: str = "nodev\tproc\nnodev\toverlay\n",
+              mounts: str = V2_MOUNTS, controllers: str = "cpuset cpu io memory pids\n",
+              binaries: tuple[str, ...] = ("containerd", "runc", "ip", "iptables", "git"),
+              plugins: tuple[str, ...] = ("bridge", "host-local"), **kw) -> Host:
+    proc, sysfs, cni, bin_dir = (tmp_path / d for d in ("proc", "sys", "cni", "bin"))
+    for d in (proc / "self", sysfs / "fs" / "cgroup", cni, bin_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    (proc / "filesystems").write_text(filesystems)
+    (proc / "self" / "mounts").write_text(mounts)
+    (sysfs / "fs" / "cgroup" / "cgroup.controllers").write_text(controllers)
+    for name in plugins:
+        (cni / name).write_text("#!/bin/sh\n")
+        (cni / name).chmod(0o755)
+    for name in binaries:  # answers --version like the real ones
+        (bin_dir / name).write_text(f"#!/bin/sh\necho '{name} version 9.9'\n")
+        (bin_dir / name).chmod(0o755)
+    found = {name: str(bin_dir / name) for name in binaries}
+    kw.setdefault("store", tmp_path / "store")
+    kw.setdefault("euid", 0)
+    return Host(proc=proc, sys=sysfs, cni_path=cni, which=found.get, **kw)
+
+
+def by_name(host: Host) -> dict[str, tuple[str, str, str]]:
+    return {c.name: (c.status, c.detail, c.fix) for c in diagnose(host)}
+
+
+def test_a_host_with_everything(tmp_path) -> None:
+    checks = by_name(fake_host(tmp_path))
+    assert list(checks) == ["root", "overlay", "cgroups", "containerd", "runc", "cni",
+                            "store", "space", "git"]
+    assert {n: s for n, (s, _, _) in checks.items()} == dict.fromkeys(checks, "ok")
+    assert checks["runc"][1] == "runc version 9.9"
+    assert checks["cgroups"][1] == "cgroups v2 (unified), controllers cpu, memory, pids"
+    assert checks["store"][1] == f"{tmp_path / 'store'} (created on first use)"
+    assert checks["containerd"][1] == ("containerd version 9.9; kata starts its own on "
+                                       "first use")
+
+
+def test_each_missing_prerequisite_says_what_to_fix(tmp_path) -> None:
+    host = fake_host(tmp_path, filesystems="nodev\tproc\n", mounts="", binaries=("ip",),
+                     plugins=("bridge",), euid=1000)
+    checks = by_name(host)
+    assert checks["root"][0] == "fail" and "run it as root" in checks["root"][2]
+    assert checks["overlay"] == ("fail", "the kernel has no overlay filesystem loaded",
+                                 "modprobe overlay (and add it to /etc/modules); the kernel "
+                                 "needs CONFIG_OVERLAY_FS")
+    assert checks["cgroups"][:2] == ("fail", "no cgroup filesystem mounted")
+    assert checks["containerd"] == ("fail", "containerd is not installed",
+                                    "apt-get install containerd (kata starts its own daemon "
+                                    "from it)")
+    assert checks["runc"] == ("fail", "runc is not installed", "apt-get install runc")
+    assert checks["cni"][0] == "fail" and "host-local" in checks["cni"][1]
+    assert checks["cni"][2].startswith("apt-get install containernetworking-plugins")
+    assert checks["git"][0] == "warn"
+
+
+def test_cgroup_v1_and_missing_controllers(tmp_path) -> None:
+    assert by_name(fake_host(tmp_path, mounts=V1_MOUNTS))["cgroups"] == (
+        "ok", "cgroups v1 (hybrid), controllers cpu, memory, pids", "")
+    status, detail, fix = by_name(fake_host(tmp_path, controllers="cpu io\n"))["cgroups"]
+    assert (status, detail) == ("warn", "cgroups v2 (unified); controllers memory, pids missing")
+
+
+def test_an_explicit_containerd_that_does_not_answer(tmp_path) -> None:
+    host = fake_host(tmp_path, containerd_address="/run/x.sock", answers=lambda p: False)
+    assert by_name(host)["containerd"][:2] == ("fail", "nothing answers at /run/x.sock")
+    host = fake_host(tmp_path, containerd_address="/run/x.sock", answers=lambda p: True)
+    assert by_name(host)["containerd"][:2] == ("ok", "answers at /run/x.sock")
+
+
+def test_an_unwritable_store(tmp_path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    status, detail, fix = by_name(fake_host(tmp_path, store=blocked / "store"))["store"]
+    assert status == "fail" and "is not a directory" in detail and "--store" in fix
+    status, detail, _ = by_name(fake_host(tmp_path, store=Path("/proc/kata-store")))["store"]
+    assert status == "fail" and detail.startswith("/proc/kata-store: cannot write in /proc")
+
+
+def test_kata_doctor_on_this_machine(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store")}
+    env.pop("KATA_CONTAINERD_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    statuses = {c["name"]: c["status"] for c in doc["checks"]}
+    assert doc["ok"] is True and doc["version"] == 1
+    assert {n: s for n, s in statuses.items() if n != "space"} == {
+        "root": "ok", "overlay": "ok", "cgroups": "ok", "containerd": "ok", "runc": "ok",
+        "cni": "ok", "store": "ok", "git": "ok"}
+    assert statuses["space"] in ("ok", "warn")
+    assert not (tmp_path / "store").exists()  # the check left nothing behind
+    broken = subprocess.run([sys.executable, "-m", "kata", "--store", "/proc/kata-store",
+                             "doctor"], env=env, capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    assert "[FAIL] store: /proc/kata-store: cannot write in /proc" in broken.stdout
+    assert "fix: choose a writable store" in broken.stdout
+
+
+TEST_ONLY = ("sshfs", "openssh-server", "docker-registry", "mmdebstrap")
+
+
+def test_the_readmes_first_command_installs_only_what_kata_needs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```sh\n", 1)[1].splitlines()[0]
+    assert first.startswith("bash examples/quickstart.sh")
+    quickstart = (ROOT / "examples" / "quickstart.sh").read_text()
+    assert "bash .ci/install-kata busybox-static" in quickstart
+    assert ".ci/install\n" not in quickstart and '"${kata[@]}" doctor' in quickstart
+    runtime = (ROOT / ".ci" / "install-kata").read_text()
+    for package in ("containerd", "runc", "containernetworking-plugins"):
+        assert package in runtime
+    assert not [p for p in TEST_ONLY if p in runtime]
+    assert "-e .\n" in runtime and "[test]" not in runtime
+    ci = (ROOT / ".ci" / "install").read_text()  # CI still installs everything
+    assert "bash .ci/install-kata" in ci and all(p in ci for p in TEST_ONLY)
+    assert "'.[test]'" in ci and "bash .ci/install" in (ROOT / ".ci" / "run").read_text()
+    for script in (".ci/install", ".ci/install-kata", "examples/quickstart.sh"):
+        assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
