@@ -85,9 +85,9 @@ class Lookup:
         return self._read(key)
 
     def intact(self, digest: str) -> bool:
-        """Whether one object is present and matches its digest (checked once per run)."""
-        if digest in self._intact:
-            return True
+        """Whether one object is present and matches its digest, checked now (a read of
+        it failed: what was true at planning time may not be any more)."""
+        self._intact.discard(digest)
         if self.store.damaged([digest], repair=self.heal):
             return False
         self._intact.add(digest)

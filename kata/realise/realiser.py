@@ -355,6 +355,8 @@ class Realiser:
         cache_tree = self._cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))
+        if name not in self._snapshots:  # a hit re-queued to be rebuilt
+            self._snapshot_inputs([name])
         snapshot = self._snapshots[name]
         if snapshot != empty:
             layers.append(self._unpacked(snapshot))
