@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
-import msgpack
 
 from . import tree as trees
 from .errors import StoreError
@@ -18,10 +16,10 @@ from .files import iter_sharded, read_file, write_immutable
 from .index import LmdbIndex, LmdbStatCache, is_network_fs
 from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
+from .runs import Run
 from .unpacked import UnpackedTrees
 
 VERSION = "kata-store/1"
-_RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
 _FLUSH_EVERY = 1000
 
 
@@ -269,51 +267,43 @@ class Store:
 
     # ------------------------------------------------------------ runs
 
-    def put_run(self, run: Mapping[str, Any]) -> str:
-        """Store a run record (immutable). ``run["id"]`` is required; returns it."""
-        run_id = run.get("id")
-        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-            raise StoreError("store.bad_run", f"a run needs an id of letters, digits, '._-': {run_id!r}",
-                             obj=str(run_id))
-        record = dict(run)
-        record.setdefault("started", time.time())
-        try:
-            raw = msgpack.packb(record, use_bin_type=True)
-        except (TypeError, ValueError) as err:
-            raise StoreError("store.bad_run", f"run {run_id} cannot be encoded: {err}",
-                             obj=run_id) from err
-        name = f"{int(float(record['started']) * 1e9):020d}-{run_id}"
+    def put_run(self, run: Run) -> str:
+        """Store a run record (immutable; ``started`` 0 means now); returns its id."""
+        if not isinstance(run, Run):
+            raise StoreError("store.bad_run", "put_run needs a Run")
+        if not run.started:
+            run = dataclasses.replace(run, started=time.time())
+        raw = run.encode()
+        name = f"{int(float(run.started) * 1e9):020d}-{run.id}"
         write_immutable(self.tmp, os.path.join(self.root, "runs", name), raw)
-        self.index.put_run(run_id, raw)
-        return run_id
+        self.index.put_run(run.id, raw)
+        return run.id
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str) -> Run | None:
         raw = self.index.get_run(run_id)
         if raw is None:
             for name in os.listdir(os.path.join(self.root, "runs")):
                 if name.endswith("-" + run_id):
                     raw = read_file(os.path.join(self.root, "runs", name))
                     break
-        return msgpack.unpackb(raw, raw=False) if raw is not None else None
+        return Run.decode(raw, what=f"run {run_id}") if raw is not None else None
 
-    def iter_runs(self):
-        """Every run record, newest first."""
+    def iter_runs(self) -> Iterator[Run]:
+        """Every readable run record, newest first (an unreadable one is passed over)."""
         runs_dir = os.path.join(self.root, "runs")
         for name in sorted(os.listdir(runs_dir), reverse=True):
             raw = read_file(os.path.join(runs_dir, name))
             if raw is None:
                 continue
             try:
-                run = msgpack.unpackb(raw, raw=False)
-            except (ValueError, msgpack.UnpackException):
+                yield Run.decode(raw, what=name)
+            except StoreError:
                 continue
-            if isinstance(run, dict):
-                yield run
 
-    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[Run]:
         out = []
         for run in self.iter_runs():
-            if pipeline is None or run.get("pipeline") == pipeline:
+            if pipeline is None or run.pipeline == pipeline:
                 out.append(run)
                 if len(out) >= limit:
                     break

@@ -43,7 +43,7 @@ from kata.realise.workspace import (
 )
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
 from kata.secrets import Masker
-from store import Realisation, Store, StoreError
+from store import Realisation, Run, Store, StoreError
 
 if TYPE_CHECKING:
     from kata.compile import DerivationGraph, Node
@@ -577,17 +577,10 @@ class Realiser:
     def _record_run(self, result: RunResult, created: float) -> None:
         status = ("passed" if result.ok else
                   "interrupted" if result.interrupted else "failed")
-        self.store.put_run({
-            "id": self.run_id,
-            "pipeline": self.pipeline,
-            "commit": self.options.git_commit,
-            "branch": self.options.git_branch,
-            "event": self.options.git_event,
-            "tag": self.options.git_tag,
-            "started": created,
-            "wall": result.wall,
-            "status": status,
-            "targets": list(self.options.targets or ()),
-            "steps": [r.record() for n in self.graph.order
-                      if (r := result.steps.get(n)) is not None],
-        })
+        self.store.put_run(Run(
+            id=self.run_id, pipeline=self.pipeline, commit=self.options.git_commit,
+            branch=self.options.git_branch, event=self.options.git_event,
+            tag=self.options.git_tag, scope=self.options.scope.label(), started=created,
+            wall=result.wall, status=status, targets=tuple(self.options.targets or ()),
+            steps=tuple(r.record() for n in self.graph.order
+                        if (r := result.steps.get(n)) is not None)))
