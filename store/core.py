@@ -21,6 +21,7 @@ from .unpacked import UnpackedTrees
 
 VERSION = "kata-store/1"
 _FLUSH_EVERY = 1000
+_RACY_NS = 2_000_000_000  # a verified stat younger than this is not trusted later
 
 
 def default_state_dir(root: str) -> str:
@@ -122,7 +123,8 @@ class Store:
         Cheap when nothing changed: an object is re-hashed only when the stat of its file
         (dev, ino, size, mtime_ns, ctime_ns) differs from the one recorded when its
         content was last verified (a rewrite in place changes ctime whatever it does to
-        mtime), so a fully cached run costs a stat and an index read per object.
+        mtime), so a fully cached run costs a stat and an index read per object. A file whose
+        ctime is within 2 s of the hash is not remembered (git's racily-clean rule).
         """
         bad: list[str] = []
         corrupt: list[str] = []
@@ -135,6 +137,7 @@ class Store:
             signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             if self.index.verified(digest) == signature:
                 continue
+            hashed_at = time.time_ns()
             try:
                 with self.objects.open(digest) as blob:
                     while blob.read(1 << 20):
@@ -146,7 +149,11 @@ class Store:
                 if err.reason == "store.corrupt_object":
                     corrupt.append(digest)
                 continue
-            self.index.note_verified(digest, signature)  # the stat taken before the read
+            if hashed_at - st.st_ctime_ns > _RACY_NS:
+                # the stat taken before the read; a file changed within the clock's
+                # granularity of that stat could change again unseen ("racily clean", as
+                # git says): such a one is simply hashed again next time
+                self.index.note_verified(digest, signature)
         if repair and corrupt:
             from .verify import quarantine
             quarantine(self, corrupt)

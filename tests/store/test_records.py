@@ -78,3 +78,41 @@ def test_a_realisation_cannot_hold_a_bad_value() -> None:
         with pytest.raises(StoreError) as err:
             Realisation(outputs=D0, **bad)
         assert err.value.reason in ("store.bad_realisation", "store.bad_digest")
+
+
+def test_damaged_rehashes_only_when_the_stat_changed(tmp_path, monkeypatch) -> None:
+    import time as _time
+
+    from store import Store
+    from store.objects import ObjectStore
+
+    with Store.open(tmp_path / "s") as s:
+        d = s.put_blob(b"payload " * 100)
+        path = s.objects.path(d)
+        old = _time.time() - 10
+        os.utime(path, (old, old))
+        monkeypatch.setattr("store.core._RACY_NS", -1)  # the test's file is seconds old
+        opened = []
+        real_open = ObjectStore.open
+        monkeypatch.setattr(ObjectStore, "open",
+                            lambda self, digest: opened.append(digest) or real_open(self, digest))
+        assert s.damaged([d]) == () and opened == [d]
+        assert s.damaged([d]) == () and opened == [d]  # same stat: not read again
+        data = bytearray(Path(path).read_bytes())
+        data[len(data) // 2] ^= 1
+        st = os.stat(path)
+        Path(path).write_bytes(bytes(data))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime; ctime moves
+        assert s.damaged([d]) == (d,) and opened == [d, d]
+        assert not os.path.exists(path)
+        assert os.path.exists(tmp_path / "s" / "quarantine" / d[7:])
+        assert s.damaged([d]) == (d,)  # now missing
+
+
+def test_a_just_written_object_is_not_remembered_as_verified(tmp_path) -> None:
+    from store import Store
+
+    with Store.open(tmp_path / "s") as s:
+        d = s.put_blob(b"fresh")
+        assert s.damaged([d]) == ()
+        assert s.index.verified(d) is None  # racily clean: hashed again next time
