@@ -50,6 +50,7 @@ class Store:
         self.unpacked_dir = os.path.join(state_dir, "unpacked")
         self._unpacked = UnpackedTrees(self.unpacked_dir, self.extract_tree, self.index)
         self._used: dict[str, int] = {}
+        self._verified: dict[str, tuple[int, ...]] = {}  # stat signatures not yet indexed
         self.host = socket.gethostname()
 
     # ------------------------------------------------------------ lifecycle
@@ -90,7 +91,10 @@ class Store:
         self.close()
 
     def flush(self) -> None:
-        """Write buffered last-use times to the index."""
+        """Write buffered last-use times and verified stat signatures to the index."""
+        if self._verified:
+            verified, self._verified = self._verified, {}
+            self.index.note_verified(verified)
         if self._used:
             used, self._used = self._used, {}
             self.index.note_objects({d: -1 for d in used})
@@ -135,7 +139,7 @@ class Store:
                 bad.append(digest)
                 continue
             signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if self.index.verified(digest) == signature:
+            if self._verified.get(digest) == signature or self.index.verified(digest) == signature:
                 continue
             hashed_at = time.time_ns()
             try:
@@ -153,7 +157,9 @@ class Store:
                 # the stat taken before the read; a file changed within the clock's
                 # granularity of that stat could change again unseen ("racily clean", as
                 # git says): such a one is simply hashed again next time
-                self.index.note_verified(digest, signature)
+                self._verified[digest] = signature
+                if len(self._verified) >= _FLUSH_EVERY:
+                    self.flush()
         if repair and corrupt:
             from .verify import quarantine
             quarantine(self, corrupt)
