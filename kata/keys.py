@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 STACK_FORMAT = "kata-stack/1"
 INPUTS_FORMAT = "kata-inputs/1"
-CACHE_DIR_FORMAT = "kata-cache-dir/2"  # /1 covered image, paths and key files read as paths
+CACHE_DIR_FORMAT = "kata-cache-dir/2"  # replaces kata-cache-paths/1 (image, paths, key files read as literal paths)
 SCOPED_FORMAT = "kata-scoped/1"
 
 
