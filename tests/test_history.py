@@ -12,6 +12,7 @@ from pathlib import Path
 from kata.realise.events import iso_time
 from kata.realise.history import cache_entries, summarise_run
 from store import Realisation, Store
+from store.runs import Run, StepRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,9 +27,8 @@ def kata(*args: str, store: Path, cwd: Path) -> subprocess.CompletedProcess:
 
 def _result(s: Store, run: str, step: str, keys: list[str], created: float) -> str:
     out = s.put_blob(f"{run}/{step}".encode())
-    real = Realisation(outputs=out, created=created,
-                       meta={"run": run, "step": step, "pipeline": "p", "stack": [out],
-                             "objects": [out]})
+    real = Realisation(outputs=out, created=created, kind="step", run=run, step=step,
+                       pipeline="p", stack=(out,))
     for key in keys:
         s.put_realisation(key, real)
     return out
@@ -39,9 +39,9 @@ def test_a_result_under_two_keys_is_one_entry(tmp_path) -> None:
         _result(s, "r1", "build", ["a" * 64, "b" * 64], 1000.0)  # derivation + resolved hash
         _result(s, "r1", "test", ["c" * 64], 1001.0)
         snap = s.put_blob(b"inputs")
-        s.put_realisation("d" * 64, Realisation(outputs=snap, created=999.0))  # a snapshot
-        s.put_run({"id": "r1", "pipeline": "p", "started": 1000.0,
-                   "steps": [{"name": "build", "drv_hash": "b" * 64, "cache": "MISS"}]})
+        s.put_realisation("d" * 64, Realisation(outputs=snap, created=999.0, kind="inputs"))
+        s.put_run(Run(id="r1", pipeline="p", started=1000.0, steps=(
+            StepRecord(name="build", status="passed", drv_hash="b" * 64, cache="MISS"),)))
         listing = cache_entries(s)
     assert [(e.step, e.keys, e.key) for e in listing.entries] == [
         ("test", ("c" * 64,), "c" * 64),
@@ -70,6 +70,16 @@ def test_cache_list_and_stats_json_count_results_once(tmp_path) -> None:
     assert (store_stats["realisations"], store_stats["entries"], store_stats["runs"]) == (2, 1, 0)
 
 
+def test_run_summary_of_a_typed_record() -> None:
+    run = Run(id="r1", pipeline="p", branch="dev", event="push", status="passed",
+              started=1.0, wall=0.5, steps=(
+                  StepRecord(name="a", status="passed", cache="HIT", exit_status=0),
+                  StepRecord(name="b", status="cancelled", cache="MISS", exit_status=137)))
+    summary = summarise_run(run)
+    assert (summary.ref, summary.event, summary.ran, summary.cached, summary.failed) == (
+        "refs/heads/dev", "push", 1, 1, 1)
+
+
 def test_run_summary_fields() -> None:
     record = {"id": "r9", "pipeline": "p", "branch": "main", "tag": "", "event": "",
               "commit": "abc", "status": "failed", "started": 86400.5, "wall": 2.25,
@@ -94,10 +104,9 @@ def test_kata_runs_table_and_json(tmp_path) -> None:
     root = tmp_path / "store"
     with Store.open(root) as s:
         for i, pipeline in enumerate(["p", "q", "p"]):
-            s.put_run({"id": f"run{i}", "pipeline": pipeline, "branch": "main",
-                       "started": 1000.0 + i, "wall": 1.5, "status": "passed",
-                       "steps": [{"name": "a", "status": "passed", "cache": "MISS",
-                                  "exit_status": 0}]})
+            s.put_run(Run(id=f"run{i}", pipeline=pipeline, branch="main", started=1000.0 + i,
+                          wall=1.5, status="passed", steps=(StepRecord(
+                              name="a", status="passed", cache="MISS", exit_status=0),)))
     out = kata("runs", "--all", store=root, cwd=tmp_path)
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and lines[0].split() == [

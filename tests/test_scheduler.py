@@ -164,3 +164,23 @@ def test_on_start_names_the_steps_started_in_one_go():
         result = schedule(list(deps), deps, lambda name, cancel: True,
                           max_parallel=max_parallel, fail_fast=True, on_start=batches.append)
         assert result.ok and batches == expected
+
+
+def test_requeue_reruns_a_dependency_then_the_step_and_keeps_the_others_waiting():
+    from kata.realise.scheduler import Requeue
+
+    started: list[str] = []
+    asked = set()
+
+    def work(name: str, cancel: Cancel) -> bool:
+        started.append(name)
+        if name == "package" and "package" not in asked:
+            asked.add("package")
+            raise Requeue(("lint", "outside"))  # one in the walk, one a hit outside it
+        return True
+
+    deps = {**DIAMOND, "outside": ()}
+    result = schedule(ORDER, deps, work, max_parallel=1, fail_fast=True)
+    assert result.ok and result.status["package"] == "passed"
+    assert started == ["build", "test", "lint", "package", "lint", "outside", "package"]
+    assert result.status["outside"] == "passed"
