@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -81,18 +82,18 @@ def test_run_summary_of_a_typed_record() -> None:
 
 
 def test_run_summary_fields() -> None:
-    record = {"id": "r9", "pipeline": "p", "branch": "main", "tag": "", "event": "",
-              "commit": "abc", "status": "failed", "started": 86400.5, "wall": 2.25,
-              "steps": [{"name": "a", "status": "passed", "cache": "HIT", "exit_status": 0},
-                        {"name": "b", "status": "passed", "cache": "MISS", "exit_status": 0},
-                        {"name": "c", "status": "failed", "cache": "MISS", "exit_status": 1},
-                        {"name": "d", "status": "skipped"}]}
+    record = Run(id="r9", pipeline="p", branch="main", commit="abc", status="failed",
+                 started=86400.5, wall=2.25, steps=(
+                     StepRecord(name="a", status="passed", cache="HIT", exit_status=0),
+                     StepRecord(name="b", status="passed", cache="MISS", exit_status=0),
+                     StepRecord(name="c", status="failed", cache="MISS", exit_status=1),
+                     StepRecord(name="d", status="skipped")))
     assert summarise_run(record).to_json() == {
         "id": "r9", "pipeline": "p", "ref": "refs/heads/main", "commit": "abc",
         "event": "local", "status": "failed",
         "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1},
         "started": "1970-01-02T00:00:00.500Z", "duration": 2.25}
-    tagged = summarise_run({**record, "event": "tag", "tag": "v1"})
+    tagged = summarise_run(dataclasses.replace(record, event="tag", tag="v1"))
     assert (tagged.ref, tagged.event) == ("refs/tags/v1", "tag")
 
 

@@ -7,8 +7,7 @@ dependencies, its resolved hash too; an early-cutoff hit records it once more). 
 read through the store's API only (``list_runs``, ``iter_realisations``, ``get_run``);
 nothing here writes.
 
-Run and realisation records are read by field name through :func:`_field`, so a record
-may be a mapping (older records) or a typed value with attributes.
+Records are the store's typed values (``store.runs.Run``, ``store.Realisation``).
 """
 
 from __future__ import annotations
@@ -20,12 +19,8 @@ from typing import Any
 
 from kata.realise.events import iso_time
 from store.errors import StoreError
-
-
-def _field(record: Any, name: str, default: Any = None) -> Any:
-    if isinstance(record, dict):
-        return record.get(name, default)
-    return getattr(record, name, default)
+from store.realisations import Realisation
+from store.runs import Run
 
 
 def local_time(unix: float) -> str:
@@ -63,24 +58,20 @@ class RunSummary:
                 "started": iso_time(self.started), "duration": round(self.duration, 3)}
 
 
-def summarise_run(record: Any) -> RunSummary:
+def summarise_run(record: Run) -> RunSummary:
     """A run record (as ``Store.list_runs`` returns it) as a :class:`RunSummary`."""
-    steps = list(_field(record, "steps") or ())
-    branch, tag = _field(record, "branch") or "", _field(record, "tag") or ""
-    event = _field(record, "event") or ""
-    ref = f"refs/tags/{tag}" if tag and (event == "tag" or not branch) else \
-        f"refs/heads/{branch}" if branch else ""
+    steps = record.steps
+    tag_ref = record.tag and (record.event == "tag" or not record.branch)
+    ref = f"refs/tags/{record.tag}" if tag_ref else \
+        f"refs/heads/{record.branch}" if record.branch else ""
     return RunSummary(
-        id=str(_field(record, "id", "")), pipeline=_field(record, "pipeline") or "", ref=ref,
-        commit=_field(record, "commit") or "", event=event or "local",
-        status=_field(record, "status") or "unknown", steps=len(steps),
-        ran=sum(1 for s in steps if _field(s, "cache") == "MISS"
-                and _field(s, "exit_status") is not None),
-        cached=sum(1 for s in steps if _field(s, "cache") == "HIT"),
-        failed=sum(1 for s in steps if _field(s, "status") in ("failed", "cancelled")),
-        skipped=sum(1 for s in steps if _field(s, "status") == "skipped"),
-        started=float(_field(record, "started") or 0.0),
-        duration=float(_field(record, "wall") or 0.0))
+        id=record.id, pipeline=record.pipeline, ref=ref, commit=record.commit,
+        event=record.event or "local", status=record.status or "unknown", steps=len(steps),
+        ran=sum(1 for s in steps if s.cache == "MISS" and s.exit_status is not None),
+        cached=sum(1 for s in steps if s.cache == "HIT"),
+        failed=sum(1 for s in steps if s.status in ("failed", "cancelled")),
+        skipped=sum(1 for s in steps if s.status == "skipped"),
+        started=float(record.started), duration=float(record.wall))
 
 
 def runs(store: Any, *, pipeline: str | None = None, limit: int = 20) -> list[RunSummary]:
@@ -116,22 +107,6 @@ class CacheEntry:
                 "scope": self.scope}
 
 
-def _kind(real: Any) -> str:
-    kind = _field(real, "kind")
-    if kind is not None:
-        return kind
-    meta = _field(real, "meta") or {}
-    return "step" if isinstance(meta, dict) and meta.get("step") else ""
-
-
-def _meta(real: Any, name: str) -> str:
-    value = _field(real, name)
-    if value is None:
-        meta = _field(real, "meta") or {}
-        value = meta.get(name, "") if isinstance(meta, dict) else ""
-    return str(value or "")
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheListing:
     """What ``kata cache list`` shows: the entries newest first, and how many records
@@ -143,14 +118,15 @@ class CacheListing:
     unreadable: int
 
 
-def cache_entries(store: Any, records: Iterable[tuple[str, Any]] | None = None) -> CacheListing:
+def cache_entries(store: Any,
+                  records: Iterable[tuple[str, Realisation]] | None = None) -> CacheListing:
     """Every cached result of ``store``, each once (see :class:`CacheEntry`).
 
-    ``records``: (key, realisation) pairs to use instead of reading the store's files.
+    ``records``: (key, realisation) pairs to use instead of reading the store's.
     """
     unreadable = 0
     if records is None:
-        pairs: list[tuple[str, Any]] = []
+        pairs: list[tuple[str, Realisation]] = []
         for key, _path, _mtime in store.iter_realisations():
             try:
                 real = store.get_realisation(key)
@@ -162,16 +138,14 @@ def cache_entries(store: Any, records: Iterable[tuple[str, Any]] | None = None) 
             pairs.append((key, real))
     else:
         pairs = list(records)
-    groups: dict[tuple, list[tuple[str, Any]]] = {}
+    groups: dict[tuple, list[tuple[str, Realisation]]] = {}
     internal = 0
     for key, real in pairs:
-        kind = _kind(real)
-        if kind not in ("step", "cache-dir"):
-            internal += 1
+        if real.kind not in ("step", "cache-dir"):
+            internal += 1  # input snapshots, and records of the old format's unknown kind
             continue
-        ident = (kind, _meta(real, "pipeline"), _meta(real, "step"), _meta(real, "run"),
-                 _field(real, "outputs"), _meta(real, "scope"),
-                 key if kind == "cache-dir" else "")
+        ident = (real.kind, real.pipeline, real.step, real.run, real.outputs, real.scope,
+                 key if real.kind == "cache-dir" else "")
         groups.setdefault(ident, []).append((key, real))
     entries = []
     drv_by_run: dict[tuple[str, str], str] = {}
@@ -186,21 +160,18 @@ def cache_entries(store: Any, records: Iterable[tuple[str, Any]] | None = None) 
         real = found[0][1]
         entries.append(CacheEntry(
             key=key, keys=keys, kind=kind, pipeline=pipeline, step=step, run=run,
-            created=float(min(_field(r, "created") or 0.0 for _, r in found)),
-            exit_status=int(_field(real, "exit_status") or 0),
-            duration=float(_field(real, "duration") or 0.0), outputs=outputs or "",
-            scope=scope))
+            created=min(r.created for _, r in found), exit_status=real.exit_status,
+            duration=real.duration, outputs=outputs, scope=scope))
     entries.sort(key=lambda e: (-e.created, e.pipeline, e.step, e.key))
     return CacheListing(entries=tuple(entries), records=len(pairs) + unreadable,
                         internal=internal, unreadable=unreadable)
 
 
 def _drv_hash(store: Any, run_id: str, step: str) -> str:
+    """The derivation hash ``run_id``'s record gives ``step`` ("" when unknown)."""
     try:
         record = store.get_run(run_id)
-    except StoreError:  # an unreadable run record: fall back to the first key
+    except StoreError:  # an unreadable run record: the caller shows the first key
         return ""
-    for s in _field(record, "steps") or () if record is not None else ():
-        if _field(s, "name") == step:
-            return _field(s, "drv_hash") or ""
-    return ""
+    found = record.step(step) if record is not None else None
+    return found.drv_hash if found is not None else ""
