@@ -90,7 +90,7 @@ def test_run_summary_fields() -> None:
                      StepRecord(name="d", status="skipped")))
     assert summarise_run(record).to_json() == {
         "id": "r9", "pipeline": "p", "ref": "refs/heads/main", "commit": "abc",
-        "event": "local", "status": "failed",
+        "event": "local", "scope": "", "status": "failed",
         "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1},
         "started": "1970-01-02T00:00:00.500Z", "duration": 2.25}
     tagged = summarise_run(dataclasses.replace(record, event="tag", tag="v1"))

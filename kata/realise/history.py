@@ -34,7 +34,8 @@ class RunSummary:
     ``refs/tags/v1``, "" outside git); ``event``: ``push`` | ``pull_request`` | ``tag`` |
     ``schedule`` with ``--event``, ``local`` without; ``ran``: steps whose container ran,
     ``cached``: steps resolved from the store, ``failed``: failed or cancelled steps;
-    ``started``: unix time; ``duration``: wall-clock seconds."""
+    ``started``: unix time; ``duration``: wall-clock seconds; ``scope``: the scope its
+    records were written in (kata.keys.Scope), "" when shared."""
 
     id: str
     pipeline: str
@@ -49,10 +50,12 @@ class RunSummary:
     skipped: int
     started: float
     duration: float
+    scope: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "pipeline": self.pipeline, "ref": self.ref,
-                "commit": self.commit, "event": self.event, "status": self.status,
+                "commit": self.commit, "event": self.event, "scope": self.scope,
+                "status": self.status,
                 "steps": {"total": self.steps, "ran": self.ran, "cached": self.cached,
                           "failed": self.failed, "skipped": self.skipped},
                 "started": iso_time(self.started), "duration": round(self.duration, 3)}
@@ -71,7 +74,7 @@ def summarise_run(record: Run) -> RunSummary:
         cached=sum(1 for s in steps if s.cache == "HIT"),
         failed=sum(1 for s in steps if s.status in ("failed", "cancelled")),
         skipped=sum(1 for s in steps if s.status == "skipped"),
-        started=float(record.started), duration=float(record.wall))
+        started=float(record.started), duration=float(record.wall), scope=record.scope)
 
 
 def runs(store: Any, *, pipeline: str | None = None, limit: int = 20) -> list[RunSummary]:
