@@ -59,7 +59,7 @@ def validate(ctx: click.Context, json_out: bool) -> None:
     except KataError as err:
         if json_out:
             from kata.cli.history_cmds import echo_json
-            from kata.cli.run_cmds import error_event
+            from kata.report.jsonl import error_event
 
             error = error_event(err)
             del error["event"]

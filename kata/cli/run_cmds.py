@@ -109,23 +109,10 @@ def _realise(ctx: click.Context, *, json_out: bool, **kw) -> None:  # noqa: ANN0
         _realise_steps(ctx, json_out=json_out, **kw)
     except (KataError, StoreError) as err:
         if json_out:
-            from kata.report.jsonl import event_line
+            from kata.report.jsonl import error_event, event_line
 
             click.echo(event_line(error_event(err)))
         raise
-
-
-def error_event(err) -> dict[str, object]:  # noqa: ANN001
-    """The ``error`` event of a KataError or StoreError: reason, message, exit code, and
-    its file position or object when it has one."""
-    data: dict[str, object] = {"event": "error", "reason": err.reason, "message": err.message,
-                               "exit_code": getattr(err, "exit_code", 1)}
-    position = getattr(err, "position", None)
-    if position is not None:
-        data.update(file=position.file, line=position.line, column=position.column)
-    if getattr(err, "obj", None):
-        data["object"] = err.obj
-    return data
 
 
 def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[str, ...] = (),

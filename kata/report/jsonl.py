@@ -27,3 +27,16 @@ def event_line(data: dict[str, object]) -> str:
     """A JSON line for an event the CLI writes itself (``plan``, ``skip``, ``error``),
     stamped like the realiser's."""
     return json.dumps(ev.stamped(data), ensure_ascii=False)
+
+
+def error_event(err) -> dict[str, object]:  # noqa: ANN001
+    """The ``error`` event of a KataError or StoreError: ``reason``, ``message``,
+    ``exit_code``, and ``file``/``line``/``column`` or ``object`` when it has them."""
+    data: dict[str, object] = {"event": "error", "reason": err.reason, "message": err.message,
+                               "exit_code": getattr(err, "exit_code", 1)}
+    position = getattr(err, "position", None)
+    if position is not None:
+        data.update(file=position.file, line=position.line, column=position.column)
+    if getattr(err, "obj", None):
+        data["object"] = err.obj
+    return data
