@@ -138,3 +138,16 @@ def test_the_parallel_event_in_json():
     JsonReporter(out)(ev.ParallelStarted(steps=("test", "lint")))
     row = json.loads(out.getvalue())
     assert (row["event"], row["steps"], row["version"]) == ("parallel", ["test", "lint"], 1)
+
+
+def test_docs_json_describes_every_event_and_field():
+    from dataclasses import fields
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "json.md").read_text()
+    for cls, kind in ev._KIND.items():
+        assert f"| `{kind}` |" in text, kind
+        for f in fields(cls):
+            assert f"`{f.name}`" in text, (kind, f.name)
+    for extra in ("error", "plan", "version", "time"):
+        assert f"`{extra}`" in text
