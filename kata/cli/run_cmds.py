@@ -140,7 +140,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
              dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...],
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
-             base: str | None = None) -> None:
+             base: str | None = None, untrusted: bool = False, hook: str = "",
+             default_branch: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -162,6 +163,11 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
                                                    tag=tag, action=action, base=base)
     if event is not None and not _triggered(pipeline, cond_ctx, json_out):
         return
+    from kata.trust import scope_for
+
+    scope = scope_for(repo_root, branch=git_branch, tag=cond_ctx.tag if event else "",
+                      event=event or "", hook=hook, default_branch=default_branch,
+                      untrusted=untrusted)
     obj = ctx.find_root().obj or {}
     runtime = LazyRuntime(obj.get("containerd_address"))
     store = open_store(ctx)
@@ -185,7 +191,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             targets = steps
         settings = pipeline.settings
         skip = _skips(pipeline, cond_ctx)
-        run_secrets = ({} if dry_run else  # a plan runs nothing: it needs no value
+        # a plan runs nothing, an untrusted run gets nothing: neither needs a value
+        run_secrets = ({} if dry_run or not scope.trusted else
                        _secrets(graph, _needed(graph, targets, skip), secrets, secret_files))
         options = RealiseOptions(
             targets=targets,
@@ -203,6 +210,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             git_event=event or "",
             git_tag=cond_ctx.tag if event else "",
             skip=skip,
+            scope=scope,
         )
         if dry_run:
             _print_plan(Realiser(graph, store=store, runtime=None, emit=lambda e: None,
@@ -276,6 +284,8 @@ _common = [
                  help="A secret for steps that declare it (default: from the environment)."),
     click.option("--secret-file", "secret_files", multiple=True, metavar="NAME=PATH",
                  help="A secret read from a file."),
+    click.option("--untrusted", is_flag=True, help="Run as untrusted code: no secrets (steps "
+                 "declaring one are skipped), no network: host, results kept in quarantine."),
 ]
 
 
@@ -297,15 +307,22 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @click.option("--action", type=click.Choice(["opened", "synchronize", "closed"]),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
+@click.option("--hook", type=click.Choice(["pre-push", "post-receive"]),
+              help="Set by kata's installed git hooks: a post-receive run of a ref that is "
+              "not protected is untrusted (see SECURITY.md).")
+@click.option("--default-branch", metavar="B", help="The repository's default branch "
+              "(protected when the host config names none; default: read from git).")
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-        event: str | None, branch: str | None, tag: str | None, action: str | None,
-        base: str | None) -> None:
+        untrusted: bool, event: str | None, branch: str | None, tag: str | None,
+        action: str | None, base: str | None, hook: str | None,
+        default_branch: str | None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
-             action=action, base=base)
+             action=action, base=base, untrusted=untrusted, hook=hook or "",
+             default_branch=default_branch)
 
 
 @click.command()
@@ -313,10 +330,11 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @_with_common
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
-          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...]) -> None:
+          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
+          untrusted: bool) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted)
 
 
 @click.command()

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kata import trust
 from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
@@ -120,8 +121,11 @@ class Realiser:
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._empty_tree = ""
+        # an untrusted run holds no value at all: not for a step, not even for the masker
+        # (masking a value in output an attacker controls would confirm their guesses)
+        self._secrets = dict(options.secrets) if options.scope.trusted else {}
         # every value given to this run, in every encoded form, masked in every step's output
-        self._masker = Masker(v for v in options.secrets.values() if v)
+        self._masker = Masker(v for v in self._secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
         unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
         if unknown:
@@ -189,11 +193,15 @@ class Realiser:
         return [n for n in order if n in needed], hits
 
     def excluded(self) -> dict[str, str]:
-        """Steps skipped by a condition, and everything that depends on them."""
+        """Steps skipped by a condition or withheld from an untrusted run (they declare a
+        secret: ``kata.trust.withheld``), and everything that depends on them."""
         out: dict[str, str] = {}
+        scope = self.options.scope
         for name in self.graph.order:
-            if name in self.options.skip:
-                out[name] = self.options.skip[name]
+            why = self.options.skip.get(name) or trust.withheld(self.graph.nodes[name].step,
+                                                                scope)
+            if why:
+                out[name] = why
             else:
                 off = [d for d in self.graph.nodes[name].deps if d in out]
                 if off:
@@ -555,16 +563,20 @@ class Realiser:
                        log: Any, log_lock: threading.Lock,
                        service_logs: dict[str, Any] | None = None) -> int:
         step = node.step
+        scope = self.options.scope
+        why = trust.refused(step, scope) or trust.withheld(step, scope)
+        if why:  # withheld steps never get here (excluded); refused ones fail here
+            raise KataError("trust.refused", why, obj=name)
         values: dict[str, str] = {}
         for secret in dict.fromkeys([*step.secrets, *(x for s in step.services
                                                         for x in s.secrets)]):
-            if secret not in self.options.secrets:
+            if secret not in self._secrets:
                 raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
                                 f"set ${secret} or pass --secret {secret}=...", obj=name)
             if not _ENV_NAME.fullmatch(secret):
                 raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
                                 "environment variable name", obj=name)
-            values[secret] = self.options.secrets[secret]
+            values[secret] = self._secrets[secret]
         with contextlib.ExitStack() as stack:
             dirs: dict[str, Path] = {}  # "" = the step's; else a service's own
             for owner, names in (("", step.secrets),
