@@ -61,12 +61,6 @@ def _deploy(token: str) -> dict:
                          f'"{digest}" ]', "echo deployed with the right token"]}
 
 
-# core9's scope mechanics (kata.keys.Scope in the realiser and store: per-ref cache
-# entries, an untrusted run's quarantine) are not on this branch yet: these tests show the
-# attack still works without them; strict, so they fail loudly once the mechanics land
-AWAITS_SCOPES = pytest.mark.xfail(strict=True, reason="awaits core9's scoped cache entries "
-                                  "and quarantine (RealiseOptions.scope in the realiser)")
-
 BUILD = {"name": "build", "image": IMAGE, "commands": ["cat src/app.txt > out.txt"],
          "artifacts": ["out.txt"]}
 
@@ -237,7 +231,6 @@ def test_a_branch_cannot_read_the_servers_secret(server, containerd_daemon):
     assert _leaks(forms, [server.store, containerd_daemon.root.parent]) == []
 
 
-@AWAITS_SCOPES
 def test_a_branch_cannot_poison_mains_cache(server):
     """The branch writes a script into the cached directory main restores and runs."""
     def pipeline(tool_cmds: list[str]) -> dict:
@@ -389,7 +382,6 @@ def test_pull_requests_and_untrusted_runs_get_no_secrets(server):
             in _remote(out)), out  # the server's post-receive: not a protected ref
 
 
-@AWAITS_SCOPES
 def test_an_untrusted_run_writes_only_its_quarantine(server):
     """An untrusted run's realisations and cache directories stay in its quarantine: the
     trusted run that follows hits nothing it wrote; the untrusted run reads what trusted

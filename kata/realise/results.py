@@ -30,7 +30,7 @@ class RealiseOptions:
     git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
     git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
-    scope: Scope = field(default_factory=Scope)  # the run's ref and trust (kata.trust)
+    scope: Scope = Scope()  # where scoped entries are read and written (kata.keys.Scope)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
