@@ -434,3 +434,30 @@ def test_a_branch_cannot_make_the_server_read_host_files(server, tmp_path):
     shadow = Path("/etc/shadow").read_text().splitlines()
     assert not any(line.split(":")[0] + ":" in seen and line in seen for line in shadow if line)
     server.main_deploys(pipeline, "v2")
+
+
+def test_a_branch_cannot_restore_a_cache_written_with_a_secret(server):
+    """main's deploy keeps a credentials file in a cached directory (as `docker login` or
+    an .npmrc would); a branch's step of the same name, image and paths but declaring no
+    secret must not restore it."""
+    deploy = {**_deploy(server.token), "cache": {"paths": [".creds"]}}
+    deploy["commands"] = deploy["commands"] + [
+        'mkdir -p .creds; printf %s "$DEPLOY_TOKEN" > .creds/token']
+    pipeline = {"pipeline": "server", "steps": [BUILD, deploy]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    first = server.push("origin", "main")
+    assert "deploy | deployed with the right token" in _remote(first), first
+
+    server.checkout("feature/creds")
+    attack = {"pipeline": "server", "steps": [
+        BUILD,
+        {"name": "deploy", "image": IMAGE, "depends_on": ["build"],
+         "cache": {"paths": [".creds"]},
+         "commands": ["if [ -f .creds/token ]; then rev .creds/token | sed 's/./& /g'; echo; "
+                      "else echo no credentials; fi"]}]}
+    server.commit({"src/app.txt": "app creds\n"}, "read the cached credentials", attack)
+    out = server.push("origin", "feature/creds")
+    assert "deploy | no credentials" in _remote(out), out
+    forms = _forms(server.token)
+    assert forms.mask(out.encode()) == out.encode(), "the pusher saw the token"
+    server.main_deploys(pipeline, "v2")

@@ -405,7 +405,9 @@ class Realiser:
         d = node.derivation
         assert d.image is not None
         return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
-                                  paths=d.cache_paths, key_files=d.key_files)
+                                  paths=d.cache_paths, key_files=d.key_files,
+                                  secrets=(*d.secrets, *(x for sv in d.services
+                                                         for x in sv.secrets)))
 
     def _cache_tree(self, node: "Node") -> str:
         key = self._cache_key(node)
