@@ -29,7 +29,6 @@ from typing import Iterable, Mapping, Protocol, Sequence
 import msgpack
 
 from kata.errors import KataError
-from kata.repofiles import read_repo_file
 
 KATAIGNORE = ".kataignore"
 RACY_NS = 2_000_000_000
@@ -121,13 +120,12 @@ def match(patterns: Sequence[str], paths: Iterable[str]) -> list[str]:
 
 
 def _ignore_spec(root: str):
-    # the repository's file, read on the host: inside the repository, regular, bounded
-    data = read_repo_file(root, KATAIGNORE, limit=1 << 20, reason="inputs.kataignore")
-    if data is None:
-        return None
     try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
+        with open(os.path.join(root, KATAIGNORE), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
         raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err}", obj=root) from None
     import pathspec
 
