@@ -68,7 +68,8 @@ BUILD = {"name": "build", "image": IMAGE, "commands": ["cat src/app.txt > out.tx
 class Server:
     """The bare repository (post-receive installed), a clone, the store, the token."""
 
-    def __init__(self, tmp: Path, address: str) -> None:
+    def __init__(self, tmp: Path, address: str, *, host_config: str = HOST_CONFIG,
+                 default: str = "main") -> None:
         self.tmp = tmp
         self.token = "".join(random.Random().choice(string.ascii_letters + string.digits)
                              for _ in range(32))
@@ -76,10 +77,10 @@ class Server:
         self.work = tmp / "work"
         self.store = tmp / "store"
         config = tmp / "kata-config.yaml"
-        config.write_text(HOST_CONFIG)
-        git(tmp, "init", "-q", "--bare", "-b", "main", str(self.remote))
+        config.write_text(host_config)
+        git(tmp, "init", "-q", "--bare", "-b", default, str(self.remote))
         git(tmp, "clone", "-q", str(self.remote), str(self.work))
-        git(self.work, "checkout", "-q", "-b", "main")
+        git(self.work, "checkout", "-q", "-b", default)
         # the server's environment: the token, the host config, kata
         self.env = {**_git_env(), "PYTHONPATH": str(ROOT), "KATA_CONFIG": str(config),
                     "DEPLOY_TOKEN": self.token}
@@ -461,3 +462,59 @@ def test_a_branch_cannot_restore_a_cache_written_with_a_secret(server):
     forms = _forms(server.token)
     assert forms.mask(out.encode()) == out.encode(), "the pusher saw the token"
     server.main_deploys(pipeline, "v2")
+
+
+def _guarded_deploy(token: str, only: dict) -> dict:
+    return {**_deploy(token), "only": only}
+
+
+def test_protected_tags_and_release_branches_are_trusted(server):
+    """The host config's patterns, through the real hook: release/* and v* tags get the
+    secret; a tag or branch outside them does not."""
+    pipeline = {"pipeline": "server", "steps": [
+        BUILD, _guarded_deploy(server.token, {"branches": ["main", "release/*", "hotfix/*"],
+                                              "tags": ["*"]})]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    trusted_line = "deploy | deployed with the right token"
+    server.checkout("release/1.2")
+    assert trusted_line in _remote(server.push("origin", "release/1.2"))
+    git(server.work, "tag", "v1.2.0")
+    assert trusted_line in _remote(server.push("origin", "v1.2.0"))
+    git(server.work, "tag", "nightly")
+    tag = _remote(server.push("origin", "nightly"))
+    assert ("[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of refs/tags/nightly)"
+            in tag), tag
+    server.checkout("hotfix/x")  # matched by the pipeline's only:, not by the host config
+    hotfix = _remote(server.push("origin", "hotfix/x"))
+    assert ("[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of "
+            "refs/heads/hotfix/x)") in hotfix, hotfix
+    server.main_deploys(pipeline, "v2")
+
+
+@pytest.fixture
+def trunk_server(tmp_path, containerd_daemon, runtime) -> Server:
+    return Server(tmp_path, containerd_daemon.address, host_config="offline: false\n",
+                  default="trunk")
+
+
+def test_without_protected_refs_only_the_bare_repositorys_head_is_trusted(trunk_server):
+    """No protected: in the host config: the default branch is protected, and it is the
+    bare repository's HEAD (trunk) as the hook reads it, never a guess: a pushed branch
+    called master or main stays untrusted."""
+    server = trunk_server
+    pipeline = {"pipeline": "server", "steps": [
+        BUILD, _guarded_deploy(server.token, {"branches": ["trunk", "main", "master"]})]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    first = _remote(server.push("origin", "trunk"))
+    assert "deploy | deployed with the right token" in first, "\n".join(first)
+    for name in ("master", "main"):
+        server.checkout("trunk", new=False)
+        server.checkout(name)
+        out = _remote(server.push("origin", name))
+        assert (f"[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of "
+                f"refs/heads/{name})") in out, "\n".join(out)
+    server.checkout("trunk", new=False)
+    server.commit({"src/app.txt": "app v2\n"}, "trunk: v2")
+    again = _remote(server.push("origin", "trunk"))
+    assert "deploy | deployed with the right token" in again, "\n".join(again)
