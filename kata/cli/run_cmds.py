@@ -252,7 +252,8 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @_with_common
 @click.option("--event", type=click.Choice(["push", "pull_request", "tag", "schedule"]),
               help="Run as this event: the pipeline runs only if a trigger matches. "
-              "Without it a local run ignores triggers (only:/when: see a push).")
+              "Without it a local run ignores triggers (only:/when: see a push). "
+              "pull_request runs untrusted.")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
 @click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
 @click.option("--action", type=click.Choice(["opened", "synchronize", "closed"]),
