@@ -33,6 +33,7 @@ from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise import spec as specs
 from kata.realise.lookup import Lookup
+from kata.realise.records import Records
 from kata.realise.plan import (
     DAMAGED, NOT_STORED, Plan, caches, check, dry_run, make_plan, miss_reason, plan_run,
 )
@@ -125,8 +126,9 @@ class Realiser:
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._producer: dict[str, str] = {}  # tree digest -> the step whose stack has it
-        self._empty_tree = ""
         self._lookup = Lookup(store, options.scope)
+        self.records = Records(store, self._lookup, options, run_id=self.run_id,
+                               pipeline=self.pipeline)
         # an untrusted run holds no value at all: not for a step, not even for the masker
         # (masking a value in output an attacker controls would confirm their guesses)
         self._secrets = dict(options.secrets) if options.scope.trusted else {}
@@ -193,7 +195,7 @@ class Realiser:
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)
-            self._record_run(result, created)
+            self.records.run(result, self.graph.order, started=created)
         self._done(result)
         return result
 
@@ -237,7 +239,7 @@ class Realiser:
         return tuple(seen)
 
     def _stack_with(self, base: tuple[str, ...], tree: str) -> tuple[str, ...]:
-        if not tree or tree == self._empty() or tree in base:
+        if not tree or tree == self.records.empty_tree() or tree in base:
             return base
         return base + (tree,)
 
@@ -270,42 +272,8 @@ class Realiser:
             inputs = self.graph.nodes[name].inputs
             assert inputs is not None
             if inputs.digest not in by_digest:
-                by_digest[inputs.digest] = self._input_tree(inputs.digest,
-                                                            tuple(f.path for f in inputs.files))
+                by_digest[inputs.digest] = self.records.input_tree(inputs)
             self._snapshots[name] = by_digest[inputs.digest]
-
-    def _input_tree(self, digest: str, paths: tuple[str, ...]) -> str:
-        key = keys.input_snapshot_key(digest)
-        known = self._lookup.shared(key)
-        if known.record is not None:
-            return known.record.outputs
-        tree = self._put_tree(self.options.repo_root, paths)
-        self._put_realisation(key, self._record(tree, kind="inputs"))
-        return tree
-
-    def _put_tree(self, root: Path, paths: Sequence[str]) -> str:
-        if not paths:
-            return self._empty()
-        return self.store.put_tree(root, paths=tuple(paths))
-
-    def _empty(self) -> str:
-        if not self._empty_tree:
-            empty = Path(tempfile.mkdtemp(prefix="kata-empty-"))
-            try:
-                self._empty_tree = self.store.put_tree(empty, paths=())
-            finally:
-                empty.rmdir()
-        return self._empty_tree
-
-    def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
-                duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:
-        return Realisation(outputs=outputs, log=log or self.store.put_blob(b""), exit_status=0,
-                           duration=duration, host=os.uname().nodename, created=time.time(),
-                           kind=kind, run=self.run_id, pipeline=self.pipeline, step=step,
-                           stack=stack, scope=scope)
-
-    def _put_realisation(self, key: str, real: Realisation) -> None:
-        self.store.put_realisation(key, real)
 
     # -- one step -------------------------------------------------------------------
 
@@ -322,10 +290,7 @@ class Realiser:
             found = self._lookup.step(resolved)
             if found.record is not None:
                 # early cutoff; remember it under the derivation hash too
-                assert node.drv_hash is not None
-                self._put_realisation(self.options.scope.realisation_key(node.drv_hash),
-                                      found.record)
-                self._put_derivation(node)
+                self.records.early_cutoff(node, found.record)
                 self._hit(name, found.record, resolved, "resolved")
                 return True
             damaged = found.damaged
@@ -352,11 +317,11 @@ class Realiser:
     def _layers(self, name: str, node: "Node") -> list[Path]:
         """The workspace's lower layers, top first: the dependencies' artifact trees, the
         restored cache directory, the input snapshot."""
-        empty = self._empty()
+        empty = self.records.empty_tree()
         layers: list[Path] = []
         for tree in reversed(self._deps_stack(name)):  # top first
             layers.append(self._unpacked(tree))
-        cache_tree = self._cache_tree(node)
+        cache_tree = self.records.cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))
         if name not in self._snapshots:  # a hit re-queued to be rebuilt
@@ -374,8 +339,8 @@ class Realiser:
             return
         if tree == self._snapshots.get(name):
             assert node.inputs is not None
-            self.store.delete_realisation(keys.input_snapshot_key(node.inputs.digest))
-            fresh = self._input_tree(node.inputs.digest, tuple(f.path for f in node.inputs.files))
+            self.records.forget_input_tree(node.inputs)
+            fresh = self.records.input_tree(node.inputs)
             with self._lock:
                 for other, snap in self._snapshots.items():
                     if snap == tree:
@@ -384,10 +349,8 @@ class Realiser:
         producer = self._producer.get(tree)
         if producer is None:  # the cache directory: restored from nowhere next time
             return
-        for key in {self._results[producer].key, self.graph.nodes[producer].drv_hash or ""}:
-            if key:
-                for scoped in self.options.scope.realisation_keys(key):
-                    self.store.delete_realisation(scoped)
+        self.records.drop_step(self._results[producer].key,
+                               self.graph.nodes[producer].drv_hash or "")
         with self._lock:
             for step, stack in list(self._stacks.items()):
                 if tree in stack:
@@ -396,37 +359,6 @@ class Realiser:
         self.emit(ev.CacheChecked(step=producer, hit=False, key=self._results[producer].key,
                                   reason=DAMAGED, damaged=True))
         raise Requeue((producer,))
-
-    # cache.paths ----------------------------------------------------------------
-
-    def _cache_key(self, node: "Node") -> str:
-        if not node.step.cache.paths:
-            return ""
-        d = node.derivation
-        assert d.image is not None
-        return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
-                                  paths=d.cache_paths, key_files=d.key_files,
-                                  secrets=(*d.secrets, *(x for sv in d.services
-                                                         for x in sv.secrets)))
-
-    def _cache_tree(self, node: "Node") -> str:
-        key = self._cache_key(node)
-        if not key or not self.options.use_cache:
-            return ""
-        found = self._lookup.cache_dir(key)
-        return found.record.outputs if found.record is not None else ""
-
-    def _save_cache(self, node: "Node", workdir: Path) -> None:
-        key = self._cache_key(node)
-        scope = self.options.scope
-        record_key = keys.scoped_key(scope.label(), key) if key else ""
-        if not key or self._lookup.shared(record_key).record is not None:
-            return  # saved once per key and scope, like the key it is named by
-        paths = [p for p in node.step.cache.paths if os.path.lexists(workdir / p.rstrip("/"))]
-        tree = self._put_tree(workdir, [p.rstrip("/") for p in paths])
-        self._put_realisation(record_key, self._record(tree, kind="cache-dir",
-                                                        step=node.step.name,
-                                                        scope=scope.label()))
 
     # running ---------------------------------------------------------------------
 
@@ -506,9 +438,9 @@ class Realiser:
                     if len(missing) == 1 else
                     f"declared artifacts {', '.join(missing)} were not produced", "")
         try:
-            outputs = self._put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
+            outputs = self.records.put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
             if self.options.record:
-                self._save_cache(node, workdir)
+                self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts
             return err.reason, f"artifacts: {err.message}", ""
         return "", "", outputs
@@ -516,23 +448,13 @@ class Realiser:
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
                 duration: float, service_logs: tuple[tuple[str, str], ...]) -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
-        self._put_derivation(node)
-        if self.options.record and node.step.cacheable:
-            scope = self.options.scope
-            real = self._record(outputs, kind="step", step=name, log=log, duration=duration,
-                                stack=stack, scope="" if scope.trusted else scope.label())
-            for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
-                self._put_realisation(scope.realisation_key(key), real)
+        self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
+                                 duration=duration, stack=stack)
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,
                              produced_by=self.run_id, service_logs=service_logs), stack)
         self.emit(ev.StepPassed(step=name, duration=duration))
-
-    def _put_derivation(self, node: "Node") -> None:
-        # the record (derivation + input file list + dependency names) is what `kata why` diffs
-        assert node.drv_hash is not None
-        self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,
                        log: IO[bytes], log_lock: threading.Lock,
@@ -581,23 +503,3 @@ class Realiser:
             return self.runtime.run(spec, sink, cancel)
         finally:
             sink.close()  # what each stream's masker held back (never a partial value)
-
-    # -- history ----------------------------------------------------------------------
-
-    def _record_run(self, result: RunResult, created: float) -> None:
-        status = ("passed" if result.ok else
-                  "interrupted" if result.interrupted else "failed")
-        self.store.put_run({
-            "id": self.run_id,
-            "pipeline": self.pipeline,
-            "commit": self.options.git_commit,
-            "branch": self.options.git_branch,
-            "event": self.options.git_event,
-            "tag": self.options.git_tag,
-            "started": created,
-            "wall": result.wall,
-            "status": status,
-            "targets": list(self.options.targets or ()),
-            "steps": [r.record() for n in self.graph.order
-                      if (r := result.steps.get(n)) is not None],
-        })

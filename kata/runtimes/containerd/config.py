@@ -4,7 +4,7 @@
     containerd:
       address: /run/containerd/containerd.sock   # default: system socket if it answers, else kata's own
       state_dir: /var/lib/kata/containerd        # where kata's own containerd lives
-      stop_grace: 5                              # seconds between SIGTERM and SIGKILL
+      stop_grace: 5s                             # between SIGTERM and SIGKILL (a duration, or seconds)
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -18,12 +18,15 @@ Unknown keys are errors (a typo must not silently do nothing).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from kata.errors import KataError
 from kata.hostconfig import DEFAULT_CONFIG, HostConfig, load_host_config  # noqa: F401
 from kata.hostconfig import check_keys as _check_keys
+from kata.model import Duration
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +46,20 @@ class RuntimeConfig:
 
     def registry(self, host: str) -> RegistryConfig:
         return self.registries.get(host, RegistryConfig())
+
+
+def _seconds(value: Any, where: str, path: str) -> float:
+    """A duration in the config: a number of seconds (``5``, ``2.5``) or
+    ``kata.model.Duration``'s grammar (``5s``, ``1m``, ``0``)."""
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(value)
+            return Duration(millis=round(value * 1000)).seconds
+        return Duration.parse(value).seconds
+    except ValueError:
+        raise KataError("config.bad_value", f"{path}: {where} must be a duration (5s, 1m) or a "
+                        f"number of seconds, got {value!r}", obj=str(path)) from None
 
 
 def load_runtime_config(path: str | os.PathLike[str] | None = None) -> RuntimeConfig:
@@ -72,11 +89,7 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
         regs[str(name)] = RegistryConfig(mirrors=tuple(mirrors),
                                          plain_http=bool(r.get("plain_http", False)),
                                          skip_verify=bool(r.get("skip_verify", False)))
-    try:
-        grace = float(cd.get("stop_grace", 5.0))
-    except (TypeError, ValueError):
-        raise KataError("config.bad_value", f"{p}: containerd.stop_grace must be a number",
-                        obj=p) from None
+    grace = _seconds(cd.get("stop_grace", 5), "containerd.stop_grace", p)
     return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
                          stop_grace=grace, offline=bool(top.get("offline", False)),
                          registries=regs)
