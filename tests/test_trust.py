@@ -3,7 +3,6 @@ untrusted run may not do (the attacks themselves run end to end in test_trust_e2
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from kata.trust import (
     Protection, decide, full_ref, load_protection, protection, refused, scope_for, skips,
     withheld,
 )
+from support.git import git
 
 MAIN = "refs/heads/main"
 
@@ -143,21 +143,15 @@ def test_bad_hook_is_an_error():
     assert err.value.reason == "trust.bad_hook"
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@x", "HOME": str(cwd), "PATH": "/usr/bin:/bin"})
-
-
 def test_a_hook_run_never_guesses_the_default_branch(tmp_path, monkeypatch):
     """A pusher can create a branch called master or main; on the server only the bare
     repository's HEAD (which the hook passes) names the default branch."""
     monkeypatch.setenv("KATA_CONFIG", str(_config(tmp_path, "{}\n")))
     repo = tmp_path / "r"
     repo.mkdir()
-    _git(repo, "init", "-q", "-b", "trunk")
-    _git(repo, "commit", "-q", "--allow-empty", "-m", "x")
-    _git(repo, "branch", "master")  # the attacker's branch
+    git(repo, "init", "-q", "-b", "trunk")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "x")
+    git(repo, "branch", "master")  # the attacker's branch
     hook = scope_for(repo, branch="master", event="push", hook="post-receive")
     assert hook == Scope(ref="refs/heads/master", default_ref="", protected=False,
                          trusted=False)

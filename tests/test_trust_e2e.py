@@ -25,6 +25,7 @@ import yaml
 import zstandard
 
 from kata.secrets import Masker
+from support.git import git, git_env
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +39,8 @@ protected:
 """
 
 
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                          env=_git_env())
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
 def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "KATA_"))}
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com", HOME=os.environ.get("HOME", "/root"))
-    return env
+    return {k: v for k, v in git_env().items() if not k.startswith("KATA_")}
 
 
 def _deploy(token: str) -> dict:
@@ -118,15 +109,19 @@ class Server:
     def checkout(self, branch: str, new: bool = True) -> None:
         git(self.work, "checkout", "-q", *(["-b"] if new else []), branch)
 
-    def runs(self) -> list[dict]:
+    def runs(self) -> list:
         from store import Store
 
         with Store.open(self.store) as s:
             return s.list_runs(limit=50)
 
     def last(self, branch: str) -> dict:
-        run = next(r for r in self.runs() if r["branch"] == branch)
-        return {s["name"]: s for s in run["steps"]}
+        """The steps (as dicts) of the newest run of ``branch``; asserts the run's scope:
+        trusted runs record ``ref:``, untrusted ones their quarantine."""
+        run = next(r for r in self.runs() if r.branch == branch)
+        protected = branch in ("main", "trunk") or branch.startswith("release/")
+        assert run.scope == ("ref:" if protected else "quarantine:") + f"refs/heads/{branch}"
+        return {s.name: s.to_obj() for s in run.steps}
 
     def main_deploys(self, pipeline: dict, change: str) -> str:
         """The legitimate run: a commit on main, pushed; deploy passes with its secret."""
