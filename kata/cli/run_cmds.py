@@ -109,7 +109,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
-    from kata.realise.plan import condition_skips, plan_run, select_targets
+    from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
     from kata.secrets import SecretSource
@@ -160,9 +160,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             scope=scope,
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
-            planner = Realiser(graph, store=store, runtime=None, emit=lambda e: None,
-                               options=options)
-            _print_plan(planner.dry_run(), planner.excluded(), json_out)
+            plan = plan_run(graph, store, options, heal=False)
+            _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
         plan = plan_run(graph, store, options)
         # an untrusted run reads no value at all (its plan skips every step declaring one)

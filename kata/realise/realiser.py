@@ -35,7 +35,7 @@ from kata.realise import spec as specs
 from kata.realise.lookup import Lookup
 from kata.realise.records import Records
 from kata.realise.plan import (
-    DAMAGED, NOT_STORED, Plan, caches, check, dry_run, make_plan, miss_reason, plan_run,
+    DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import Cancel, Requeue, schedule
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 _DAMAGE = ("store.corrupt_object", "store.missing_object")
+_HEAL_ROUNDS = 8  # damaged trees healed while one step is set up, before giving up
 
 
 class _Damaged(Exception):
@@ -152,7 +153,7 @@ class Realiser:
                          scope=self.options.scope)
 
     def dry_run(self) -> list[PlanEntry]:
-        return dry_run(self.graph, self.plan(heal=False))
+        return plan_entries(self.graph, self.plan(heal=False))
 
     def excluded(self) -> dict[str, str]:
         return self.plan(heal=False).skipped
@@ -331,6 +332,16 @@ class Realiser:
             layers.append(self._unpacked(snapshot))
         return layers
 
+    def _healed_layers(self, name: str, node: "Node") -> list[Path]:
+        """``_layers``, healing each damaged tree met on the way (``_heal`` may re-queue)."""
+        for _ in range(_HEAL_ROUNDS):
+            try:
+                return self._layers(name, node)
+            except _Damaged as damage:
+                self._heal(name, node, damage.digest)
+        raise KataError("store.damaged", f"step {name}: the trees it needs keep turning out "
+                        "damaged; check the store's disk (kata store verify)", obj=name)
+
     def _heal(self, name: str, node: "Node", tree: str) -> None:
         """A tree ``name`` needs is damaged: quarantine it, drop what points at it, and
         re-queue whoever produced it (``Requeue``), or re-take the input snapshot."""
@@ -365,24 +376,16 @@ class Realiser:
     def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> bool:
         step = node.step
         started = time.monotonic()
-        log = tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
-        log_lock = threading.Lock()
-        # each service's output: its own log, stored as a blob (`kata logs --service`)
-        service_logs = {s.name: tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
-                        for s in step.services}
-        service_digests: tuple[tuple[str, str], ...] = ()
         exit_status: int | None = None
-        message = ""
-        reason = ""
-        outputs = ""
-        try:
+        message = reason = outputs = ""
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY))
+            log_lock = threading.Lock()
+            # each service's output: its own log, stored as a blob (`kata logs --service`)
+            service_logs = {s.name: files.enter_context(
+                tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)) for s in step.services}
             try:
-                ws = self._workspace(self._run_dir, self._layers(name, node))
-            except _Damaged as damage:
-                self._heal(name, node, damage.digest)
-                ws = self._workspace(self._run_dir, self._layers(name, node))
-            if ws is not None:
-                with ws:
+                with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
                     try:
                         exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                           log_lock, service_logs)
@@ -398,9 +401,8 @@ class Realiser:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
                     else:
                         reason = "step.failed"
-        except (KataError, StoreError) as err:
-            message, reason = err.message, err.reason
-        try:
+            except (KataError, StoreError) as err:
+                message, reason = err.message, err.reason
             message = self._masker.mask(message.encode()).decode("utf-8", "replace")
             if message and reason != "step.failed":
                 log.write(f"kata: {message}".encode() + b"\n")
@@ -411,19 +413,14 @@ class Realiser:
             for sname, slog in service_logs.items():
                 slog.seek(0)
                 digests.append((sname, self.store.put_blob(slog)))
-            service_digests = tuple(digests)
-        finally:
-            log.close()
-            for slog in service_logs.values():
-                slog.close()
         if exit_status == 0 and not reason:
-            self._passed(name, node, resolved, outputs, log_digest, duration, service_digests)
+            self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests))
             return True
         status = "cancelled" if reason == "step.cancelled" else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
                              key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
-                             service_logs=service_digests))
+                             service_logs=tuple(digests)))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
                                 message=message, reason=reason or "step.failed"))
         return False
