@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 STACK_FORMAT = "kata-stack/1"
 INPUTS_FORMAT = "kata-inputs/1"
-# /1 covered image, paths and key files read as paths; /2 missed the secret names, so a
-# step without secrets (an untrusted branch's) restored what a secret-holding one cached
+# /2 replaced kata-cache-paths/1 (image, paths, key files read as literal paths) and
+# missed the secret names, so a step without secrets (an untrusted branch's) restored
+# what a secret-holding one cached; /3 covers them
 CACHE_DIR_FORMAT = "kata-cache-dir/3"
 SCOPED_FORMAT = "kata-scoped/1"
 
