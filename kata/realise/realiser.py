@@ -34,8 +34,9 @@ from kata.realise.scheduler import Cancel, schedule
 from kata.realise.workspace import (
     SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
 )
+from kata.resources import effective, format_size
 from kata.runtimes.base import (
-    CANCEL_EXIT, TIMEOUT_EXIT, Mount, Readiness, Runtime, ServiceSpec, StepSpec,
+    CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Mount, Readiness, Runtime, ServiceSpec, StepSpec,
 )
 from kata.secrets import Masker
 from store import StoreError
@@ -502,6 +503,10 @@ class Realiser:
                         reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
                     elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
+                    elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
+                        exit_status, reason = 137, "step.oom"
+                        limit = format_size(effective(step.resources).memory or 0)
+                        message = f"out of memory: limit {limit}"
                     else:
                         reason = "step.failed"
             message = self._masker.mask(message.encode()).decode("utf-8", "replace")
@@ -603,7 +608,8 @@ class Realiser:
             ready = Readiness(kind=service.ready.kind, target=service.ready.target,
                               timeout=service.ready.timeout.seconds)
         return ServiceSpec(name=service.name, image=f"{service.image.name}@{digest}", argv=argv,
-                           env=dict(service.env), mounts=mounts, ready=ready)
+                           env=dict(service.env), mounts=mounts, ready=ready,
+                           resources=service.resources)
 
     def _start(self, name: str, node: Any, workdir: Path, secrets_dir: Path | None,
                cancel: Cancel, log: Any, log_lock: threading.Lock,
@@ -631,6 +637,7 @@ class Realiser:
             timeout=timeout,
             labels={"kata.run": self.run_id, "kata.step": name},
             services=services,
+            resources=step.resources,
         )
         masker = self._masker
         service_logs = service_logs or {}

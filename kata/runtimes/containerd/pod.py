@@ -149,7 +149,7 @@ class ServiceRun(StepRun):
                             obj=service.name)
         step = StepSpec(image=service.image, argv=tuple(argv), env=service.env,
                         workdir=service.workdir, user=user, mounts=service.mounts,
-                        network=network, hostname=service.name,
+                        network=network, hostname=service.name, resources=service.resources,
                         labels={**labels, "kata.service": service.name})
 
         def out(stream: Stream, line: bytes) -> None:

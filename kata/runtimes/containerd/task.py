@@ -25,12 +25,13 @@ from google.protobuf import any_pb2
 
 from kata.errors import KataError
 
-from ..base import CANCEL_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
+from ..base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
 from .network import CniNetwork
-from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
+from .sandbox import oom_killed
+from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
 
 log = logging.getLogger("kata.runtime")
 RUNTIME_NAME = "io.containerd.runc.v2"
@@ -269,7 +270,12 @@ class StepRun:
                                 f"step container {self.id} did not die after SIGKILL",
                                 obj=self.id, exit_code=1)
         status = self._exit_status()
-        return killed_for if killed_for is not None else status
+        if killed_for is not None:
+            return killed_for
+        # the cgroup lives until the task is deleted: did the OOM killer end it?
+        if status != 0 and oom_killed(cgroup_path(self.id)):
+            return OOM_EXIT
+        return status
 
     def _exit_status(self) -> int:
         assert self.wait_future is not None
