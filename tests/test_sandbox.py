@@ -66,7 +66,9 @@ def test_generator_reads_the_rules_containerd_builds():
 def test_profile_for_the_default_caps_refuses_every_escape():
     profile = sandbox.seccomp_profile(CAPABILITIES, kernel=(6, 1), machine="x86_64")
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
-    assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert profile["architectures"] == ["SCMP_ARCH_X86_64"]  # no 32-bit compat ABIs
+    arm = sandbox.seccomp_profile(CAPABILITIES, kernel=(6, 1), machine="aarch64")
+    assert arm["architectures"] == ["SCMP_ARCH_AARCH64"]
     allowed = _allowed(profile)
     assert not allowed & set(ESCAPES), allowed & set(ESCAPES)
     assert {"chroot", "arch_prctl", "execve", "fork", "vfork"} <= allowed  # CAP_SYS_CHROOT
@@ -74,8 +76,9 @@ def test_profile_for_the_default_caps_refuses_every_escape():
     assert masked and masked[0]["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"
 
 
-def test_profile_equals_containerds_except_ptrace():
-    # containerd adds ptrace on kernels >= 4.8; kata denies it, and nothing else differs
+def test_profile_equals_containerds_except_ptrace_and_compat_abis():
+    # containerd adds ptrace on kernels >= 4.8 and lists i386/x32; kata does neither,
+    # and nothing else differs
     ours = sandbox.seccomp_profile(CAPABILITIES, kernel=(6, 1), machine="x86_64")
     parts = seccompgen.generate()
     theirs = [*parts["syscalls"], {"names": ["ptrace"], "action": "SCMP_ACT_ALLOW"},
@@ -239,3 +242,24 @@ def test_a_service_container_gets_the_same_sandbox(clean_runtime, probe_digest):
     assert got.is_set()
     assert lines == ["NoNewPrivs:\t1", "Seccomp:\t2", "userns blocked: EPERM",
                      "mount blocked: EPERM"]
+
+
+@pytest.mark.integration
+def test_a_syscall_through_the_32bit_abi_is_killed(clean_runtime, probe_digest, tmp_path):
+    # on the host the same probe works: the compat ABI exists, only the filter stops it
+    import platform
+    import subprocess
+
+    from support.images import probe_binary
+
+    assert platform.machine() == "x86_64"
+    exe = tmp_path / "probe"
+    exe.write_bytes(probe_binary())
+    exe.chmod(0o755)
+    host = subprocess.run([str(exe), "compat"], capture_output=True, text=True)
+    assert (host.returncode, host.stdout) == (1, "compat ALLOWED\n")
+    status, lines = run(clean_runtime, probe_digest, "probe compat; echo status=$?",
+                        stream="stdout")
+    assert status == 0
+    assert lines == [f"status={128 + 31}"]  # SIGSYS: libseccomp's bad-arch action
+

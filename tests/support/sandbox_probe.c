@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: probe userns|clone_userns|mount|keyctl|add_key|bpf|"
                         "init_module|finit_module|delete_module|ptrace|ptrace_child|"
-                        "process_vm_readv|setns|pivot|reboot|swapon\n");
+                        "process_vm_readv|setns|compat|reboot|swapon\n");
         return 2;
     }
     const char *op = argv[1];
@@ -96,6 +96,11 @@ int main(int argc, char **argv) {
     if (!strcmp(op, "setns")) {
         int fd = open("/proc/1/ns/mnt", O_RDONLY);
         return report(op, setns(fd, 0));
+    }
+    if (!strcmp(op, "compat")) {  /* getpid through the i386 ABI (int 0x80, eax = 20) */
+        long rc;
+        __asm__ volatile("int $0x80" : "=a"(rc) : "a"(20) : "memory");
+        return report(op, rc < 0 ? (errno = (int)-rc, -1) : 0);
     }
     if (!strcmp(op, "reboot")) return report(op, syscall(SYS_reboot, 0xfee1dead, 672274793, 0, 0));
     if (!strcmp(op, "swapon")) return report(op, syscall(SYS_swapon, "/nonexistent", 0));

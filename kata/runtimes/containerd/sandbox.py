@@ -3,10 +3,15 @@
 Seccomp: containerd's default profile (``contrib/seccomp/seccomp_default.go``,
 ``DefaultProfile``), shipped as data in ``seccomp_default.json`` (generated from the Go
 source by ``seccompgen.py``) and assembled here exactly as containerd assembles it for a
-spec's bounding capabilities, kernel and architecture. One deliberate difference:
-containerd allows ``ptrace`` on kernels >= 4.8; kata does not (``DENIED``), so no process
-of a step can attach to, read or write another process, as the threat model asks
-(SECURITY.md). Without CAP_SYS_ADMIN the profile refuses mount, unshare, setns, bpf,
+spec's bounding capabilities, kernel and architecture. Two deliberate restrictions:
+- containerd allows ``ptrace`` on kernels >= 4.8; kata does not (``DENIED``), so no
+  process of a step can attach to, read or write another process, as the threat model
+  asks (SECURITY.md);
+- containerd also lists the compat ABIs (x86_64: i386 and x32; arm64: arm); kata lists
+  the native one only (``COMPAT_ARCHES``), so a syscall through a 32-bit ABI kills the
+  thread (libseccomp's bad-arch action). It removes the compat syscall layer from what a
+  step can reach, and it is most of the profile's cost: runc compiles the filter once per
+  container and per listed ABI (~4 ms of CPU each here; bench/sandbox_bench.py). Without CAP_SYS_ADMIN the profile refuses mount, unshare, setns, bpf,
 keyctl, add_key, the module calls, and ``clone`` with any ``CLONE_NEW*`` flag: a step
 cannot create a user namespace, the escape Docker's default also blocks.
 
@@ -37,6 +42,7 @@ from kata.resources import CPU_PERIOD, Resources
 
 PROFILE_FILE = "seccomp_default.json"
 DENIED = frozenset({"ptrace"})  # allowed by containerd on kernels >= 4.8; not by kata
+COMPAT_ARCHES = frozenset({"SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_ARM"})
 _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
            "s390x": "s390x", "ppc64le": "ppc64le", "riscv64": "riscv64"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -79,7 +85,8 @@ def _profile(caps: frozenset[str], kernel: tuple[int, int], goarch: str) -> str:
                 rule["names"] = [n for n in rule["names"] if n not in DENIED]
         rules = [r for r in rules if r["names"]]
     profile = {"defaultAction": parts["defaultAction"],
-               "architectures": list(parts["architectures"].get(goarch, [])),
+               "architectures": [a for a in parts["architectures"].get(goarch, [])
+                                 if a not in COMPAT_ARCHES],
                "syscalls": rules}
     return json.dumps(profile, separators=(",", ":"))
 
@@ -92,7 +99,8 @@ def seccomp_profile(capabilities: list[str] | tuple[str, ...], *,
     Built like containerd's ``DefaultProfile(spec)``: the base allow list, the rules of
     the running kernel version and architecture (``platform.machine()``), the names each
     held capability unlocks, and (without CAP_SYS_ADMIN) the masked ``clone`` rule and
-    ``clone3`` → ENOSYS; minus ``DENIED``. A fresh dict each call (callers may edit it).
+    ``clone3`` → ENOSYS; minus ``DENIED`` and the ``COMPAT_ARCHES``. A fresh dict each
+    call (callers may edit it).
     """
     goarch = _GOARCH.get(machine or platform.machine(), machine or platform.machine())
     return json.loads(_profile(frozenset(capabilities), kernel or _kernel(), goarch))
