@@ -18,8 +18,14 @@ through the filter). Prints medians and the ratio against the target <= 1.05x.
 
 from __future__ import annotations
 
+import io
+import json
+import resource
+import secrets
 import statistics
+import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -31,7 +37,8 @@ from kata.runtimes.base import StepSpec  # noqa: E402
 from kata.runtimes.containerd import ContainerdRuntime  # noqa: E402
 from kata.runtimes.containerd import spec as spec_module  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
-from support.images import BUSYBOX_REF, busybox_image, write_oci_archive  # noqa: E402
+from support.images import (BUSYBOX_REF, busybox_image, busybox_layer,  # noqa: E402
+                            write_oci_archive)
 
 TARGET = 1.05
 WORKLOADS = {  # name -> (argv, held to the target)
@@ -54,6 +61,38 @@ class Bare:
 
     def __exit__(self, *exc: object) -> None:
         spec_module.seccomp_profile, spec_module.linux_resources = self.saved
+
+
+def runc_cpu(base: Path, n: int) -> tuple[float, float]:
+    """Median CPU seconds of `runc run` of `true` with kata's spec and with the bare one."""
+    bundle = base / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(busybox_layer())) as tar:
+        tar.extractall(bundle / "rootfs")
+    step = StepSpec(image="sha256:" + "0" * 64, argv=("true",))
+    configs = []
+    for bare in (False, True):
+        if bare:
+            with Bare():
+                cfg = spec_module.build_spec(step, container_id="bench", image_env=())
+        else:
+            cfg = spec_module.build_spec(step, container_id="bench", image_env=())
+        cfg["root"] = {"path": str(bundle / "rootfs")}
+        cfg["linux"]["cgroupsPath"] = f"/kata/bench-{secrets.token_hex(4)}"
+        configs.append(json.dumps(cfg))
+    times: list[list[float]] = [[], []]
+    for i in range(n + 2):
+        for which, cfg in enumerate(configs):
+            (bundle / "config.json").write_text(cfg)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(["runc", "--root", str(base / "runc"), "run", "--bundle",
+                            str(bundle), f"b-{secrets.token_hex(6)}"], check=True,
+                           stdin=subprocess.DEVNULL)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if i >= 2:  # the first two are warm-up
+                times[which].append(after.ru_utime + after.ru_stime
+                                    - before.ru_utime - before.ru_stime)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -111,6 +150,9 @@ def main() -> None:
                       f"ratio {w / b:.3f}x ({verdict})")
             print(f"per-step ratio {worst:.3f}x against the target {TARGET:.2f}x: "
                   f"{'met' if worst <= TARGET else 'NOT met'}")
+            w, b = runc_cpu(base, n)
+            print(f"CPU of `runc run` per container: sandbox {w * 1e3:.1f} ms, bare "
+                  f"{b * 1e3:.1f} ms: +{(w - b) * 1e3:.1f} ms ({w / b:.3f}x)")
             left = rt.leftovers()
             print("leftovers after the run:", "none" if not any(left.values()) else left)
         finally:

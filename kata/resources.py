@@ -16,6 +16,7 @@ under 4 GiB), and a step that runs out of memory fails and is never recorded.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -139,6 +140,12 @@ def host_defaults(meminfo: str = "/proc/meminfo") -> Resources:
     return Resources(memory=memory, cpus=cpus, pids=DEFAULT_PIDS)
 
 
+@functools.cache
+def _host() -> Resources:
+    return host_defaults()
+
+
 def effective(resources: Resources | None) -> Resources:
-    """``resources`` with every field still ``None`` taken from ``host_defaults()``."""
-    return (resources or Resources()).over(host_defaults())
+    """``resources`` with every field still ``None`` taken from ``host_defaults()`` (read
+    once per process)."""
+    return (resources or Resources()).over(_host())

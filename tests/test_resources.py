@@ -125,6 +125,14 @@ def test_bad_resources_on_settings_and_services():
     assert "service 'db': resources.pids must be an integer" in err.value.message
 
 
+def test_userns_is_refused_with_the_reason():
+    with pytest.raises(KataError) as err:
+        load_text("settings:\n  userns: true\nsteps: [{name: a, image: b}]\n", file="ci.yaml")
+    assert err.value.reason == "config.unsupported"
+    assert (err.value.position.line, err.value.position.column) == (2, 3)
+    assert "SECURITY.md" in err.value.message
+
+
 def test_resources_do_not_enter_the_derivation_hash(tmp_path):
     # like timeout: how a step may run, not what it computes
     from kata.compile import compile_pipeline
