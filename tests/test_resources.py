@@ -286,6 +286,21 @@ def test_a_service_gets_its_own_limits(clean_runtime, busybox_digest):
     assert b"dd=137" in lines  # killed by the OOM killer inside the 64 MiB service
 
 
+@pytest.mark.integration
+def test_a_service_out_of_memory_says_so(clean_runtime, busybox_digest):
+    from kata.runtimes.base import Readiness
+
+    svc = ServiceSpec(name="hog", image=busybox_digest, resources=Resources(memory=32 * MIB),
+                      argv=("sh", "-c", "dd if=/dev/zero of=/dev/null bs=100M count=1"),
+                      ready=Readiness(kind="tcp", target="5432", timeout=30))
+    step = StepSpec(image=busybox_digest, argv=("true",), services=(svc,), timeout=60)
+    with pytest.raises(KataError) as err:
+        clean_runtime.run(step, Lines(), threading.Event(), service_sink=lambda *a: None)
+    assert err.value.reason == "service.exited"
+    assert "service hog exited before it was ready (out of memory: limit 32 MiB)" in \
+        err.value.message
+
+
 # -- end to end -------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_kata_run_reports_out_of_memory(tmp_path, containerd_daemon, runtime):
