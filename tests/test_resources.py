@@ -270,6 +270,9 @@ def test_a_fork_bomb_is_held_by_the_pids_limit(clean_runtime, busybox_digest):
     assert all(n <= 64 for n in counts), counts
     assert forks_during == [True]  # the host forked while the bomb was at its limit
     assert _host_can_fork()
+    if status != 0:  # said after the step's own output
+        assert out.items[-1] == (b"kata: the step reached its process limit (64 processes "
+                                 b"and threads): forks failed")
 
 
 @pytest.mark.integration
@@ -303,7 +306,7 @@ def test_a_service_out_of_memory_says_so(clean_runtime, busybox_digest):
 
 # -- end to end -------------------------------------------------------------------------------
 @pytest.mark.integration
-def test_kata_run_reports_out_of_memory(tmp_path, containerd_daemon, runtime):
+def test_kata_run_reports_out_of_memory(tmp_path, containerd_daemon, clean_runtime):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / ".kata-ci.yaml").write_text(textwrap.dedent("""\
@@ -320,6 +323,11 @@ def test_kata_run_reports_out_of_memory(tmp_path, containerd_daemon, runtime):
             image: kata.local/busybox:latest
             resources: {memory: 64MiB, cpus: 0.5}
             commands: ["dd if=/dev/zero of=/dev/null bs=8M count=1", "echo fine"]
+          - name: bomb
+            image: kata.local/busybox:latest
+            timeout: 60s
+            resources: {pids: 32}
+            commands: ["bomb() { bomb | bomb & }", "bomb", "sleep 2", "exit 3"]
         """))
     kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
     plain = kata("run")
@@ -329,11 +337,19 @@ def test_kata_run_reports_out_of_memory(tmp_path, containerd_daemon, runtime):
     assert len(fail) == 1 and fail[0].startswith("[FAIL] hog (out of memory: limit 64 MiB, ")
     assert "small | fine" in lines
     assert any(x.startswith("[PASS] small (") for x in lines)
+    # the bomb is held at 32 tasks; the step ends (its shell cannot fork `sleep`, or exits 3)
+    assert any(x.startswith("bomb | ") and x.endswith("can't fork: Resource temporarily "
+                                                      "unavailable") for x in lines)
+    assert ("bomb | kata: the step reached its process limit (32 processes and threads): "
+            "forks failed") in lines
+    assert [x.split(",")[0] for x in lines if x.startswith("[FAIL] bomb")] in \
+        (["[FAIL] bomb (exit 2"], ["[FAIL] bomb (exit 3"])
+    assert lines[-1].startswith("[DONE] ")
     proc = kata("run", "--json")  # hog runs again (a failure is never cached)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     import json
 
     failed = [e for e in map(json.loads, proc.stdout.splitlines())
               if e["event"] == "fail"]
-    assert [(e["step"], e["reason"], e["exit_status"], e["message"]) for e in failed] == \
-        [("hog", "step.oom", 137, "out of memory: limit 64 MiB")]
+    assert [(e["step"], e["reason"], e["exit_status"], e["message"]) for e in failed
+            if e["step"] == "hog"] == [("hog", "step.oom", 137, "out of memory: limit 64 MiB")]
