@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +38,7 @@ from kata.runtimes.containerd import spec as spec_module  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
 from support.images import (BUSYBOX_REF, busybox_image, busybox_layer,  # noqa: E402
                             write_oci_archive)
+from timing import timed_call  # noqa: E402
 
 TARGET = 1.05
 WORKLOADS = {  # name -> (argv, held to the target)
@@ -109,9 +109,10 @@ def main() -> None:
                 pass
 
             def step(argv: tuple[str, ...]) -> float:
-                t = time.perf_counter()
-                assert rt.run(StepSpec(image=digest, argv=argv), sink, never) == 0
-                return time.perf_counter() - t
+                seconds, status = timed_call(
+                    lambda: rt.run(StepSpec(image=digest, argv=argv), sink, never))
+                assert status == 0
+                return seconds
 
             def bare(argv: tuple[str, ...]) -> float:
                 with Bare():

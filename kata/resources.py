@@ -29,33 +29,34 @@ MIN_CPUS = 0.01  # one CFS quota tick of 1 ms per 100 ms period
 MAX_PIDS = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit
 CPU_PERIOD = 100_000  # µs, CFS period (Docker's and containerd's default)
 
-_UNITS = {
-    "": 1, "b": 1,
-    "k": KIB, "kb": 1000, "kib": KIB,
-    "m": MIB, "mb": 1000**2, "mib": MIB,
-    "g": GIB, "gb": 1000**3, "gib": GIB,
-    "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40,
-}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"2GiB"``, ``"512MiB"``, ``"1.5G"``, ``"500MB"``, ``"1024"`` or an int.
+
+    The one size grammar of kata (config ``resources.memory``, ``kata store gc
+    --max-size``): a number, then optionally K, M, G, T or P, ``i`` for binary (powers of
+    1024) and ``B``; without ``i`` the unit is decimal (powers of 1000). Case does not
+    matter. Raises ValueError naming the text and what is expected.
+    """
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"bad size {text!r}: expected e.g. 500MB or 2GiB")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"bad size {text!r}: a size cannot be negative")
+        return text
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"bad size {text!r}: expected e.g. 500MB or 2GiB")
+    number, unit, binary = m.groups()
+    power = "KMGTP".find(unit.upper()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 def parse_memory(text: str | int) -> int:
-    """Bytes from ``"2GiB"``, ``"512MiB"``, ``"1.5G"``, ``"500MB"`` or an integer (bytes).
-
-    IEC units (KiB, MiB, GiB, TiB) and the single letters k/m/g/t (as Docker reads them)
-    are powers of 1024; KB, MB, GB, TB are powers of 1000. Case does not matter.
-    Raises ValueError naming the text and what is expected.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"bad size {text!r}: expected e.g. 512MiB or 2GiB")
-    if isinstance(text, int):
-        value, unit = float(text), ""
-    else:
-        m = _SIZE.fullmatch(text) if isinstance(text, str) else None
-        if m is None or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"bad size {text!r}: expected e.g. 512MiB or 2GiB")
-        value, unit = float(m.group(1)), m.group(2).lower()
-    size = int(value * _UNITS[unit])
+    """A memory limit: ``parse_size`` and at least ``MIN_MEMORY``; ValueError otherwise."""
+    size = parse_size(text)
     if size < MIN_MEMORY:
         raise ValueError(f"size {text!r} is below the minimum of {format_size(MIN_MEMORY)}")
     return size

@@ -43,17 +43,31 @@ steps:
 
 # -- values ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,size", [
-    ("2GiB", 2 * GIB), ("512MiB", 512 * MIB), ("1.5G", 3 * GIB // 2), ("64m", 64 * MIB),
+    ("2GiB", 2 * GIB), ("512MiB", 512 * MIB), ("1.5G", 1_500_000_000), ("64m", 64_000_000),
     ("500MB", 500_000_000), ("1 GiB", GIB), (67108864, 64 * MIB), ("1TiB", 1 << 40),
+    ("8Mi", 8 * MIB), ("1024000000", 1_024_000_000),
 ])
 def test_memory_sizes(text, size):
     assert parse_memory(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "GiB", "2 GiBs", "-1GiB", "1e3", "1k", True, "0"])
+@pytest.mark.parametrize("text", ["", "GiB", "2 GiBs", "-1GiB", "1e3", "1k", True, "0", -5,
+                                  "2XB", "1.5.5G"])
 def test_bad_memory_sizes(text):
     with pytest.raises(ValueError):
         parse_memory(text)
+
+
+def test_one_size_grammar_for_config_and_cli():
+    # `kata store gc --max-size` and `resources.memory` read sizes the same way
+    from kata.cli.store_cmds import parse_size as cli_size
+
+    from kata.resources import parse_size
+
+    cases = {"2GiB": 2 * GIB, "1.5G": 1_500_000_000, "500MB": 500_000_000, "64m": 64_000_000,
+             "1024": 1024, "8Ki": 8192, "3pb": 3 * 10**15}
+    assert {t: cli_size(t) for t in cases} == cases
+    assert {t: parse_size(t) for t in cases} == cases
 
 
 def test_format_size():
