@@ -23,7 +23,7 @@ from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
 from kata.labels import is_step_name
-from kata.resources import Resources, parse_memory
+from kata.resources import MAX_CPUS, MAX_PIDS, MIN_CPUS, Resources, parse_memory
 from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
                         Settings, Step, Trigger, is_env_name)
 
@@ -470,16 +470,16 @@ class _Walker:
             except ValueError:
                 raise self.fail("config.type", v, f"{what}.cpus must be a number of CPUs "
                                 f"such as 1 or 1.5, got {_kind(v)}") from None
-            if not 0.01 <= cpus <= 1024:
-                raise self.fail("config.value", v, f"{what}.cpus must be between 0.01 and "
-                                f"1024, got {v.value}")
+            if not MIN_CPUS <= cpus <= MAX_CPUS:
+                raise self.fail("config.value", v, f"{what}.cpus must be between {MIN_CPUS:g} "
+                                f"and {MAX_CPUS}, got {v.value}")
             kw["cpus"] = cpus
         if "pids" in f:
             v = f["pids"][1]
             kw["pids"] = n = self.integer(v, f"{what}.pids")
-            if not 1 <= n <= 4_194_304:
+            if not 1 <= n <= MAX_PIDS:
                 raise self.fail("config.value", v, f"{what}.pids must be between 1 and "
-                                f"4194304, got {n}")
+                                f"{MAX_PIDS}, got {n}")
         return Resources(**kw)
 
     def cache(self, node: Node, what: str) -> CacheSpec:

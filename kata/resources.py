@@ -26,6 +26,7 @@ MIB = 1 << 20
 GIB = 1 << 30
 MIN_MEMORY = 6 * MIB  # runc/Docker refuse less: the container's init alone needs about that
 MIN_CPUS = 0.01  # one CFS quota tick of 1 ms per 100 ms period
+MAX_CPUS = 1024
 MAX_PIDS = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit
 CPU_PERIOD = 100_000  # µs, CFS period (Docker's and containerd's default)
 
@@ -87,8 +88,9 @@ class Resources:
     def __post_init__(self) -> None:
         if self.memory is not None and self.memory < MIN_MEMORY:
             raise ValueError(f"memory {self.memory} is below {format_size(MIN_MEMORY)}")
-        if self.cpus is not None and not MIN_CPUS <= self.cpus <= 1024:
-            raise ValueError(f"cpus must be between {MIN_CPUS} and 1024, got {self.cpus:g}")
+        if self.cpus is not None and not MIN_CPUS <= self.cpus <= MAX_CPUS:
+            raise ValueError(f"cpus must be between {MIN_CPUS} and {MAX_CPUS}, "
+                             f"got {self.cpus:g}")
         if self.pids is not None and not 1 <= self.pids <= MAX_PIDS:
             raise ValueError(f"pids must be between 1 and {MAX_PIDS}, got {self.pids}")
 
