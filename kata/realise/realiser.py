@@ -16,7 +16,6 @@ recorded in the store at the end, also for failed and interrupted runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -27,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kata import keys
 from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
@@ -300,11 +300,6 @@ class Realiser:
             return base
         return base + (tree,)
 
-    @staticmethod
-    def _stack_digest(stack: tuple[str, ...]) -> str:
-        # what a dependent's resolved hash sees of a dependency: everything it passes on
-        return "sha256:" + hashlib.sha256("\0".join(("kata-stack/1",) + stack).encode()).hexdigest()
-
     def _hit(self, name: str, real: Any, key: str, source: str) -> None:
         meta = getattr(real, "meta", None) or {}
         produced_by = str(meta.get("run", ""))
@@ -341,7 +336,7 @@ class Realiser:
             self._snapshots[name] = by_digest[digest]
 
     def _input_tree(self, inputs: Any) -> str:
-        key = hashlib.sha256(f"kata-inputs/1\0{inputs.digest}".encode()).hexdigest()
+        key = keys.input_snapshot_key(inputs.digest)
         known = self._lookup(key)
         if known is not None and self.store.has_blob(known.outputs):
             return known.outputs
@@ -382,7 +377,7 @@ class Realiser:
         node = self.graph.nodes[name]
         resolved = ""
         if all(d in self._stacks for d in node.deps):
-            resolved = node.resolved_hash({d: self._stack_digest(self._stacks[d])
+            resolved = node.resolved_hash({d: keys.stack_digest(self._stacks[d])
                                            for d in node.deps})
         if self._caches(name) and resolved:
             real = self._lookup(resolved)
@@ -421,21 +416,11 @@ class Realiser:
     # cache.paths ----------------------------------------------------------------
 
     def _cache_key(self, node: Any) -> str:
-        step = node.step
-        if not step.cache.paths:
+        if not node.step.cache.paths:
             return ""
-        h = hashlib.sha256(b"kata-cache-paths/1\0")
-        h.update(image_of(node).encode() + b"\0")
-        for p in step.cache.paths:
-            h.update(b"p\0" + p.encode() + b"\0")
-        root = self.options.repo_root
-        for kf in step.cache.key_files:
-            h.update(b"k\0" + kf.encode() + b"\0")
-            try:
-                h.update(hashlib.sha256((root / kf).read_bytes()).digest())
-            except FileNotFoundError:
-                h.update(b"missing")
-        return h.hexdigest()
+        d = node.derivation
+        return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
+                                  paths=d.cache_paths, key_files=d.key_files)
 
     def _cache_tree(self, node: Any) -> str:
         key = self._cache_key(node)
