@@ -28,6 +28,7 @@ from typing import Any
 
 from kata import keys
 from kata.errors import KataError
+from kata.inputs import mismatch
 from kata.realise import events as ev
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import Cancel, schedule
@@ -336,12 +337,32 @@ class Realiser:
             self._snapshots[name] = by_digest[digest]
 
     def _input_tree(self, inputs: Any) -> str:
+        """The stored tree of `inputs`: a recorded snapshot of the same input set (not
+        with ``--no-cache``), else packed now. The packed bytes are checked against the
+        digests the compiler hashed (a file edited in between would otherwise hand the
+        step bytes its key does not cover): a mismatch fails the run (``inputs.changed``)
+        and records nothing."""
         key = keys.input_snapshot_key(inputs.digest)
-        known = self._lookup(key)
-        if known is not None and self.store.has_blob(known.outputs):
-            return known.outputs
-        paths = tuple(f.path for f in inputs.files)
-        tree = self._put_tree(self.options.repo_root, paths)
+        if self.options.use_cache:
+            known = self._lookup(key)
+            if known is not None and self.store.has_blob(known.outputs):
+                return known.outputs
+        paths = inputs.paths
+        if not paths:
+            return self._empty()
+        stored: dict[str, tuple[str, str]] = {}
+        try:
+            tree = self.store.put_tree(self.options.repo_root, paths, manifest=stored)
+            changed = mismatch(inputs, stored)
+        except StoreError as err:  # a file gone, shrunk or turned into a directory's parent
+            if err.reason not in ("store.tree.missing_path", "store.tree.changed",
+                                  "store.tree.bad_path"):
+                raise
+            changed = err.obj or paths[0]
+        if changed is not None:
+            raise KataError("inputs.changed", f"input {changed} changed after it was hashed "
+                            "(a step must see exactly the bytes its key covers): run again",
+                            obj=changed, exit_code=1)
         self._put_realisation(key, tree, log=self._empty_log(), exit_status=0, duration=0.0)
         return tree
 
