@@ -116,9 +116,8 @@ def test_warm_run_reads_nothing(tmp_path, monkeypatch, count_reads) -> None:
 
 def _later(monkeypatch, seconds: float) -> None:
     """Hash as if `seconds` had passed since the files were written (ctime cannot be set
-    back, so a settled file is simulated by moving the hasher's clock forward)."""
-    real = inputs.time.time_ns
-    monkeypatch.setattr(inputs.time, "time_ns", lambda: real() + int(seconds * 1e9))
+    back, so a settled file is simulated by moving the racy threshold forward)."""
+    monkeypatch.setattr(inputs, "RACY_NS", inputs.RACY_NS - int(seconds * 1e9))
 
 
 def test_racily_fresh_files_are_not_cached(tmp_path, monkeypatch) -> None:
