@@ -107,7 +107,7 @@ def fill_cache(repo: Path, store_dir: Path, digest: str) -> None:
         tree = store.put_tree(empty)
         empty.rmdir()
         log = store.put_blob(b"")
-        real = Realisation(outputs=tree, log=log, meta={"stack": [], "objects": []})
+        real = Realisation(outputs=tree, log=log, step="bench")
         for name in graph.order:
             store.put_realisation(graph.nodes[name].drv_hash, real)
 
@@ -210,7 +210,7 @@ def bench_artifact(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
         graph = compile_pipeline(pipeline, resolver=lambda ref: digest, repo_root=repo)
         log = store.put_blob(b"")
         store.put_realisation(graph.nodes["make"].drv_hash, Realisation(
-            outputs=tree, log=log, meta={"stack": [tree], "objects": [tree]}))
+            outputs=tree, log=log, step="make", stack=(tree,)))
         store.evict_unpacked(tree)
     kata(repo, "run", "--dry-run")  # bytecode cache warm, as for an installed kata (--only 4)
 

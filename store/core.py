@@ -7,7 +7,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import msgpack
@@ -115,6 +115,44 @@ class Store:
 
     def has_blob(self, digest: str) -> bool:
         return self.objects.has(digest)
+
+    def damaged(self, digests: Iterable[str], *, repair: bool = True) -> tuple[str, ...]:
+        """The objects among ``digests`` that are missing or whose content does not match
+        their digest; with ``repair`` the corrupt ones are quarantined (as ``verify
+        --repair`` does).
+
+        Cheap when nothing changed: an object is re-hashed only when the stat of its file
+        (dev, ino, size, mtime_ns, ctime_ns) differs from the one recorded when its
+        content was last verified (a rewrite in place changes ctime whatever it does to
+        mtime), so a fully cached run costs a stat and an index read per object.
+        """
+        bad: list[str] = []
+        corrupt: list[str] = []
+        for digest in digests:
+            try:
+                st = os.stat(self.objects.path(digest))
+            except FileNotFoundError:
+                bad.append(digest)
+                continue
+            signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if self.index.verified(digest) == signature:
+                continue
+            try:
+                with self.objects.open(digest) as blob:
+                    while blob.read(1 << 20):
+                        pass
+            except StoreError as err:
+                if err.reason not in ("store.corrupt_object", "store.missing_object"):
+                    raise
+                bad.append(digest)
+                if err.reason == "store.corrupt_object":
+                    corrupt.append(digest)
+                continue
+            self.index.note_verified(digest, signature)  # the stat taken before the read
+        if repair and corrupt:
+            from .verify import quarantine
+            quarantine(self, corrupt)
+        return tuple(bad)
 
     def read_blob(self, digest: str) -> bytes:
         with self.open_blob(digest) as f:

@@ -29,6 +29,22 @@ class VerifyReport:
         return not (self.corrupt or self.missing or self.bad_records)
 
 
+def quarantine(store: "Store", digests: list[str]) -> list[str]:
+    """Move damaged objects to ``<store>/quarantine/<hex>`` (kept for inspection, out of
+    every lookup) and forget them in the index; returns the ones moved."""
+    qdir = os.path.join(store.root, "quarantine")
+    os.makedirs(qdir, exist_ok=True)
+    moved = []
+    for d in digests:
+        try:
+            os.replace(store.objects.path(d), os.path.join(qdir, d[7:]))
+            moved.append(d)
+        except FileNotFoundError:
+            pass
+    store.index.drop_objects(digests)
+    return moved
+
+
 def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> VerifyReport:
     corrupt: list[str] = []
     sizes: dict[str, int] = {}
@@ -63,15 +79,7 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
     quarantined: list[str] = []
     dropped: list[str] = []
     if repair:
-        qdir = os.path.join(store.root, "quarantine")
-        os.makedirs(qdir, exist_ok=True)
-        for d in corrupt:
-            try:
-                os.rename(store.objects.path(d), os.path.join(qdir, d[7:]))
-                quarantined.append(d)
-            except FileNotFoundError:
-                pass
-        store.index.drop_objects(corrupt)
+        quarantined = quarantine(store, corrupt)
         broken = set(bad_records) | {k for k, _ in missing}
         for name, raw in records.items():
             if any(d in bad for d in Realisation.decode(raw).objects()):

@@ -9,6 +9,7 @@ a fully cached run with digest-pinned images never imports gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -60,31 +61,6 @@ class LazyRuntime:
             self._rt.close()
 
 
-def _needed(graph, targets, skip: dict[str, str]) -> list[str]:  # noqa: ANN001
-    """The steps this run may execute: the targets and what they need, minus steps skipped
-    by a condition (and their dependents)."""
-    wanted = set(targets) if targets else set(graph.order)
-    for name in reversed(graph.order):
-        if name in wanted:
-            wanted.update(graph.nodes[name].deps)
-    off: set[str] = set()
-    for name in graph.order:
-        if name in skip or any(d in off for d in graph.nodes[name].deps):
-            off.add(name)
-    return [n for n in graph.order if n in wanted and n not in off]
-
-
-def _secrets(graph, steps: list[str], given: tuple[str, ...],  # noqa: ANN001
-             files: tuple[str, ...]) -> dict[str, str]:
-    """Every secret the steps about to run declare, resolved before anything runs:
-    --secret > --secret-file > the environment; missing or too short → exit 2."""
-    from kata.secrets import SecretSource
-
-    source = SecretSource.from_args(list(given), list(files))
-    names = [s for n in steps for s in graph.nodes[n].step.secrets]
-    return source.resolve(names)
-
-
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
                 action: str | None, base: str | None):  # noqa: ANN201
     """(conditions Context, commit, branch) of this run.
@@ -107,19 +83,6 @@ def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: 
         return Context(event="push", branch=branch or "", tag=tag or "", action=action or ""), \
             "", branch or ""
     return context(git), git.commit or "", git.branch or ""
-
-
-def _skips(pipeline, ctx) -> dict[str, str]:  # noqa: ANN001
-    """Steps whose only: or when: is false in this run's git context, with why."""
-    from kata.triggers import explain
-
-    out = {}
-    for step in pipeline.steps:
-        for what, cond in (("only", step.only), ("when", step.when)):
-            if cond is not None and not cond.evaluate(ctx):
-                out[step.name] = f"{what}: {explain(cond, ctx)}"
-                break
-    return out
 
 
 def _reporter(json_out: bool):  # noqa: ANN202
@@ -145,8 +108,10 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
     from kata.inputs import RehashStatCache
+    from kata.realise.plan import condition_skips, plan_run, select_targets
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
+    from kata.secrets import SecretSource
 
     path, pipeline = load(ctx)
     repo_root = path.resolve().parent
@@ -171,25 +136,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
         graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
                                  repo_root=repo_root, stat_cache=stat_cache)
-        targets: tuple[str, ...] | None = None
-        if labels:
-            from kata.labels import select
-
-            targets = select(labels, graph.order)
-        elif steps:
-            unknown = [s for s in steps if s not in graph.nodes]
-            if unknown:
-                import difflib
-
-                near = difflib.get_close_matches(unknown[0], list(graph.order), n=1)
-                hint = f" (did you mean {near[0]}?)" if near else ""
-                raise KataError("cli.unknown_step", f"no step named {unknown[0]!r}{hint}",
-                                obj=unknown[0])
-            targets = steps
+        targets = select_targets(graph, steps=steps, labels=labels)
         settings = pipeline.settings
-        skip = _skips(pipeline, cond_ctx)
-        run_secrets = ({} if dry_run else  # a plan runs nothing: it needs no value
-                       _secrets(graph, _needed(graph, targets, skip), secrets, secret_files))
         options = RealiseOptions(
             targets=targets,
             use_cache=settings.cache_enabled and not no_cache,
@@ -198,24 +146,28 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             fail_fast=settings.fail_fast,
             timeout=settings.timeout.seconds if settings.timeout else None,
             env=dict(pipeline.env),
-            secrets=run_secrets,
             repo_root=repo_root,
             work_root=Path(store.state_dir) / "work",
             git_commit=commit,
             git_branch=git_branch,
             git_event=event or "",
             git_tag=cond_ctx.tag if event else "",
-            skip=skip,
+            skip=condition_skips(pipeline, cond_ctx),
+            scope=_scope(repo_root, graph, branch=git_branch, tag=cond_ctx.tag if event else ""),
         )
-        if dry_run:
-            _print_plan(Realiser(graph, store=store, runtime=None, emit=lambda e: None,
-                                 options=options), json_out)
+        if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
+            planner = Realiser(graph, store=store, runtime=None, emit=lambda e: None,
+                               options=options)
+            _print_plan(planner.dry_run(), planner.excluded(), json_out)
             return
+        plan = plan_run(graph, store, options)
+        options = dataclasses.replace(options, secrets=SecretSource.from_args(
+            list(secrets), list(secret_files)).resolve(plan.secrets))
         reporter = _reporter(json_out)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
                                 options=options)
-            result = realiser.run()
+            result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
             click.echo("interrupted twice: not waiting for running steps", err=True)
@@ -250,12 +202,12 @@ def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
     return False
 
 
-def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
+def _print_plan(entries, skipped: dict[str, str], json_out: bool) -> None:  # noqa: ANN001
     import json
 
     from kata.report.plain import short_key
 
-    for entry in realiser.dry_run():
+    for entry in entries:
         if json_out:
             click.echo(json.dumps({"event": "plan", "step": entry.step, "hit": entry.hit,
                                    "key": entry.key, "why": entry.why}))
@@ -263,11 +215,28 @@ def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
             click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
         else:
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
-    for name, why in realiser.excluded().items():
+    for name, why in skipped.items():
         if json_out:
             click.echo(json.dumps({"event": "plan", "step": name, "skip": True, "why": why}))
         else:
             click.echo(f"[PLAN] {name}: SKIP ({why})")
+
+
+def _scope(repo_root: Path, graph, *, branch: str, tag: str):  # noqa: ANN001, ANN202
+    """The run's scope from the git context (one call, to be replaced by kata.trust):
+    its ref; the default branch, read only when a step has cache directories (it costs
+    git processes); the default branch is the protected ref; every local run trusted."""
+    from kata.keys import Scope
+
+    ref = f"refs/tags/{tag}" if tag else f"refs/heads/{branch}" if branch and branch != "HEAD" else ""
+    default_ref = ""
+    if ref and any(graph.nodes[n].step.cache.paths for n in graph.order):
+        try:
+            found = gitctx.default_branch(repo_root)
+        except KataError:  # --branch given outside a repository
+            found = None
+        default_ref = f"refs/heads/{found[0]}" if found else ""
+    return Scope(ref=ref, default_ref=default_ref, protected=not ref or ref == default_ref)
 
 
 _common = [

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kata.keys import Scope
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RealiseOptions:
@@ -28,6 +30,7 @@ class RealiseOptions:
     git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
     git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
+    scope: Scope = Scope()  # where scoped entries are read and written (kata.keys.Scope)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -72,7 +72,7 @@ s = Store.open({str(shared.path_a)!r}, state_dir={str(shared.state_a)!r})
 t = s.put_tree({str(src)!r}, paths=("dist/",))
 log = s.put_blob(b"build log")
 s.put_realisation("k" * 64, Realisation(outputs=t, log=log, exit_status=0, duration=1.5,
-                  host="a", created=time.time(), meta={{"step": "build"}}))
+                  host="a", created=time.time(), step="build", scope="ref:refs/heads/main"))
 print(t)
 s.close()
 """
@@ -82,7 +82,7 @@ s.close()
     with _open(shared, "b") as s:
         real = s.get_realisation("k" * 64)
         assert real is not None and real.outputs == tree_digest and real.host == "a"
-        assert real.meta == {"step": "build"}
+        assert (real.step, real.scope) == ("build", "ref:refs/heads/main")
         assert s.read_blob(real.log) == b"build log"
         out = s.unpacked(real.outputs)
         assert open(os.path.join(out, "dist", "app"), "rb").read() == b"binary"
