@@ -103,7 +103,7 @@ class InputFile:
     path: str    # relative to the repository root, '/'-separated
     digest: str  # "sha256:<hex>" of the content (of the link target text for a symlink)
     size: int
-    mode: int    # 0o644, 0o755 or 0o120000 (symlink)
+    mode: int    # 0o644, 0o755 (owner-executable, git's rule and the tree's) or 0o120000
 
 
 # one file as hashed: (path, digest, size, mode); plain tuples on the hot path
@@ -340,19 +340,19 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
     out: list[Entry | None] = []
     append = out.append
     key_of = stat_key
-    S_ISREG, S_ISLNK = stat.S_ISREG, stat.S_ISLNK
+    S_ISREG, S_ISLNK, S_IXUSR = stat.S_ISREG, stat.S_ISLNK, stat.S_IXUSR
     for rel, a, st, c in zip(paths, absolute, stats, cached):
         if st is None:
             append(None)
             continue
         m = st.st_mode
         if c is not None and c[:6] == key_of(st) and S_ISREG(m):
-            append((rel, c[6], c[3], 0o755 if m & 0o111 else 0o644))
+            append((rel, c[6], c[3], 0o755 if m & S_IXUSR else 0o644))
         elif S_ISREG(m):
             digest, seen, stable = _read_digest(a, rel)
             if stable and seen.st_ctime_ns < racy:
                 fresh[a] = (*key_of(seen), digest)
-            append((rel, digest, seen.st_size, 0o755 if seen.st_mode & 0o111 else 0o644))
+            append((rel, digest, seen.st_size, 0o755 if seen.st_mode & S_IXUSR else 0o644))
         elif S_ISLNK(m):
             target = os.fsencode(os.readlink(a))
             append((rel, "sha256:" + hashlib.sha256(target).hexdigest(), len(target), 0o120000))
@@ -364,7 +364,8 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
 
 
 def _open_nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO put in a regular file's place since its lstat must not block
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
 
 
 def _read_digest(path: str, rel: str) -> tuple[str, os.stat_result, bool]:

@@ -328,3 +328,17 @@ def test_narrow_sets_after_the_full_set_reuse_its_digests(tmp_path, count_reads)
     snap.input_set(["src/*.c"])
     snap.input_set()
     assert sorted(count_reads) == sorted(str(tmp_path / p) for p in FILES)
+
+
+def test_executable_means_owner_executable_as_in_git_and_the_tree(tmp_path) -> None:
+    """git (and the store's tree format) call a file executable when its owner may run it;
+    a group- or other-only x bit is 0644 in both, so the key covers what the step gets."""
+    _tree(tmp_path, {"g": "1", "u": "2"})
+    (tmp_path / "g").chmod(0o654)
+    (tmp_path / "u").chmod(0o744)
+    modes = {f.path: f.mode for f in Snapshot(tmp_path).input_set().files}
+    assert modes == {"g": 0o644, "u": 0o755}
+    from store.tree import pack_bytes
+
+    raw = pack_bytes(str(tmp_path))
+    assert b"\x93\xa1f\xc4\x01g" in raw and b"\x93\xa1x\xc4\x01u" in raw

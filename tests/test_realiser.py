@@ -449,3 +449,12 @@ def test_no_cache_never_reuses_a_stored_snapshot(env):
 
     assert seen(use_cache=True) == ["stale"]  # the control: the record is what a run uses
     assert seen(use_cache=False) == ["real"]
+
+
+def test_group_executable_inputs_pass_the_snapshot_check(env):
+    """The compiler and the tree agree on what executable means (owner x bit): a file
+    with only a group x bit is no 'changed' input."""
+    env.write("src/a.txt", "x\n")
+    (env.repo / "src/a.txt").chmod(0o654)
+    result = env.run([FakeStep("s", commands=("test -f src/a.txt",), inputs=("src/**",))])
+    assert result.ok and env.runtime.started == ["s"]
