@@ -285,6 +285,7 @@ class _ManifestTap:
     def feed(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         i, n = 0, len(view)
+        head = self.head
         while i < n:
             if self.magic:
                 take = min(self.magic, n - i)
@@ -295,8 +296,12 @@ class _ManifestTap:
                 self.left -= take
                 if not self.left:
                     self._file_done()
-            else:
-                head = self.head
+            elif not head and i + 4 <= n and i + 4 + _LEN.unpack_from(view, i)[0] <= n:
+                # the common case: the whole header inside this chunk
+                end = i + 4 + _LEN.unpack_from(view, i)[0]
+                self._header(msgpack.unpackb(view[i + 4:end]))
+                take = end - i
+            else:  # a header split across chunks
                 want = 4 - len(head) if len(head) < 4 else 4 + _LEN.unpack_from(head)[0] - len(head)
                 take = min(want, n - i)
                 head += view[i:i + take]
