@@ -163,11 +163,13 @@ def _same_size(old: str, rnd: random.Random) -> str:
 
 
 def apply_edit(repo: Path, store_root: Path, shapes: tuple[StepShape, ...], kind: str,
-               where: int, seed: int, named: frozenset[str] = frozenset()) -> dict:
+               where: int, seed: int, named: tuple[str, ...] = ()) -> dict:
     """Apply one edit; returns what the run must know: {"ref": R} or {"object": digest}.
 
-    `named`: the objects the steps' last records name (outputs, logs, stacks); a damage
-    or deletion picks among them for an odd `where`, among every object otherwise."""
+    `named`: the objects the steps' last records name, in step order (output, log, stack);
+    a damage or deletion picks among them for an odd `where` (by position, so a replayed
+    example picks the same role even where a log's digest differs), among every object
+    in the store otherwise."""
     rnd = random.Random(seed)
     n = len(shapes)
     d = repo / "shared" if where == n else repo / "src" / str(where)
@@ -205,8 +207,9 @@ def apply_edit(repo: Path, store_root: Path, shapes: tuple[StepShape, ...], kind
     elif kind in ("damage", "delete"):
         objects = sorted((store_root / "objects").rglob("*"))
         objects = [p for p in objects if p.is_file()]
-        if where % 2:
-            objects = [p for p in objects if "sha256:" + p.name in named] or objects
+        by_digest = {"sha256:" + p.name: p for p in objects}
+        if where % 2 and any(d in by_digest for d in named):
+            objects = [by_digest[d] for d in named if d in by_digest]
         if not objects:
             return {}
         p = objects[seed % len(objects)]
@@ -326,7 +329,7 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
     realised: dict[tuple, set[str]] = {}  # model key -> the objects its realisation names
     tokens: dict[str, tuple[int, tuple[str, ...], str]] = {}  # cache token -> (step, key files, ref)
     damaged: set[str] = set()
-    named: frozenset[str] = frozenset()  # the objects the last run's step records name
+    named: tuple[str, ...] = ()  # the objects the last run's step records name
     for number, edits in enumerate([[]] + rounds):
         ref = MAIN
         hit_objects: set[str] = set()
@@ -361,9 +364,11 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
                 assert ran == changed, (where, ran, changed)
             lines: dict[str, list[str]] = {n: [] for n in names}
             for e in events:
-                if isinstance(e, ev.OutputLine):
+                if isinstance(e, ev.StepStarted):  # a rebuild in the same run (heal) starts over
+                    lines[e.step] = []
+                elif isinstance(e, ev.OutputLine):
                     lines[e.step].append(e.text)
-            current: set[str] = set()
+            current: list[str] = []
             for i, name in enumerate(names):
                 r = result.steps[name]
                 assert r.outputs == model.tree(i), (where, name, "made other bytes")
@@ -383,8 +388,8 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
                     except StoreError as err:
                         raise AssertionError((where, name, f"reported {digest}: {err}")) from None
                 realised.setdefault(keys[i], set()).update(real.objects())
-                current.update(real.objects())
-            named = frozenset(current)
+                current.extend(real.objects())
+            named = tuple(dict.fromkeys(current))
             _check_cache_dirs(model, names, ran, lines, tokens, ref, bool(damaged), where)
         finally:
             store.close()
