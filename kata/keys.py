@@ -39,7 +39,7 @@ STACK_FORMAT = "kata-stack/1"
 # /1 (``kata-inputs/1``) records were written before a snapshot's bytes were checked
 # against the digests the compiler hashed: one edited in between could name other bytes
 SNAPSHOT_FORMAT = "kata-input-snapshot/2"
-CACHE_DIR_FORMAT = "kata-cache-dir/2"  # /1 covered image, paths and key files read as paths
+CACHE_DIR_FORMAT = "kata-cache-dir/2"  # replaces kata-cache-paths/1 (image, paths, key files read as literal paths)
 SCOPED_FORMAT = "kata-scoped/1"
 
 

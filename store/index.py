@@ -169,9 +169,12 @@ class LmdbIndex:
         raw = self.get("ver", digest.encode())
         return tuple(msgpack.unpackb(raw)) if raw is not None else None
 
-    def note_verified(self, digest: str, signature: tuple[int, ...]) -> None:
-        self.write(lambda t: t.put(digest.encode(), msgpack.packb(list(signature)),
-                                   db=self.db["ver"]))
+    def note_verified(self, signatures: Mapping[str, tuple[int, ...]]) -> None:
+        """Record objects' stat signatures (digest -> signature) in one transaction."""
+        def fn(t: lmdb.Transaction) -> None:
+            for digest, signature in signatures.items():
+                t.put(digest.encode(), msgpack.packb(list(signature)), db=self.db["ver"])
+        self.write(fn)
 
     # ------------------------------------------------------------ runs
 

@@ -90,17 +90,12 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
             dropped.append(name)
 
     if reindex:
-        import msgpack
         store.index.clear("real", "objs", "runs")
         store.index.bulk("real", ((k.encode(), Realisation.decode(v).index_encode())
                                    for k, v in records.items()))
         store.index.note_objects({d: s for d, s in sizes.items() if d not in bad}, when=0.0)
         # (last use unknown: 0, so gc goes by the files' mtimes)
-        runs = []
-        for run in store.iter_runs():
-            if isinstance(run.get("id"), str):
-                runs.append((run["id"].encode(), msgpack.packb(run, use_bin_type=True)))
-        store.index.bulk("runs", iter(runs))
+        store.index.bulk("runs", ((run.id.encode(), run.encode()) for run in store.iter_runs()))
 
     return VerifyReport(objects=len(sizes) + len(corrupt), realisations=len(records) + len(dropped),
                         corrupt=tuple(corrupt), missing=tuple(missing), bad_records=tuple(bad_records),

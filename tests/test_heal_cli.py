@@ -47,7 +47,7 @@ def _flip(path: str) -> None:
 
 def _last_run(store_dir: Path) -> dict:
     with Store.open(store_dir) as s:
-        return {e["name"]: e for e in s.list_runs(limit=1)[0]["steps"]}
+        return {e.name: e for e in s.list_runs(limit=1)[0].steps}
 
 
 @pytest.mark.parametrize("what", ["outputs", "log", "dependency tree"])
@@ -57,7 +57,7 @@ def test_a_damaged_store_heals_in_one_run(kata, repo, tmp_path, what, how):
     first = kata("run")
     assert first.returncode == 0, first.stdout + first.stderr
     steps = _last_run(tmp_path / "store")
-    digest = steps["build"]["log" if what == "log" else "outputs"]
+    digest = getattr(steps["build"], "log" if what == "log" else "outputs")
     store_dir = tmp_path / "store"
     if what == "dependency tree":
         (repo / "x").write_text("2\n")  # test reruns and needs build's tree, unpacked afresh

@@ -7,7 +7,7 @@ import pytest
 from fakes import FakeStep, compile_steps
 from kata.errors import KataError
 from kata.realise.lookup import Looked
-from kata.realise.plan import DAMAGED, NOT_STORED, dry_run, make_plan, select_targets
+from kata.realise.plan import DAMAGED, NOT_STORED, make_plan, plan_entries, select_targets
 from store import Realisation
 
 REC = Realisation(outputs="sha256:" + "0" * 64)
@@ -48,7 +48,7 @@ def test_misses_pull_in_dependencies_and_their_secrets(graph):
     assert plan.secrets == ("BUILD_TOKEN", "DEPLOY_KEY")
     assert plan.steps["test"].why == DAMAGED
     assert plan.steps["build"].why == "declares secrets (cache: true caches it)"
-    entries = {e.step: e for e in dry_run(graph, plan)}
+    entries = {e.step: e for e in plan_entries(graph, plan)}
     assert entries["docs"].hit and not entries["test"].hit
 
 
@@ -69,7 +69,7 @@ def test_no_cache_looks_nothing_up(graph):
 
 def test_early_cutoff_note_in_the_dry_run(graph):
     plan = make_plan(graph, targets=("test",), skip={}, use_cache=True, lookup=lookup_of(graph))
-    entries = {e.step: e for e in dry_run(graph, plan)}
+    entries = {e.step: e for e in plan_entries(graph, plan)}
     assert entries["test"].why == NOT_STORED + "; may still hit once build rebuilt (early cutoff)"
 
 

@@ -257,10 +257,10 @@ def test_run_is_recorded_with_step_results(env):
     first = env.run(DAG, git_commit="abc", git_branch="main")
     env.run(DAG)
     run = env.store.list_runs()[0]
-    assert [s["name"] for s in run["steps"]] == ["build", "test", "lint", "package"]
-    assert {s["cache"] for s in run["steps"]} == {"HIT"}
-    assert run["steps"][0]["produced_by"] == first.run_id
-    assert env.store.get_run(first.run_id)["commit"] == "abc"
+    assert [s.name for s in run.steps] == ["build", "test", "lint", "package"]
+    assert {s.cache for s in run.steps} == {"HIT"}
+    assert run.steps[0].produced_by == first.run_id
+    assert env.store.get_run(first.run_id).commit == "abc"
 
 
 def test_a_hit_whose_objects_were_collected_is_a_miss(env):
@@ -354,7 +354,7 @@ def test_services_reach_the_runtime_and_their_logs_are_recorded(env):
     assert set(logs) == {"db", "web"}
     assert env.store.read_blob(logs["db"]) == b"db up\n"
     (run,) = env.store.list_runs(limit=1)
-    assert run["steps"][0]["service_logs"] == logs
+    assert dict(run.steps[0].service_logs) == logs
 
 
 def test_a_service_secret_must_be_given(env):

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from kata import gitctx
+from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
 
 
@@ -108,7 +109,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
     from kata.inputs import RehashStatCache
-    from kata.realise.plan import condition_skips, plan_run, select_targets
+    from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
     from kata.secrets import SecretSource
@@ -156,9 +157,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             scope=_scope(repo_root, graph, branch=git_branch, tag=cond_ctx.tag if event else ""),
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
-            planner = Realiser(graph, store=store, runtime=None, emit=lambda e: None,
-                               options=options)
-            _print_plan(planner.dry_run(), planner.excluded(), json_out)
+            plan = plan_run(graph, store, options, heal=False)
+            _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
         plan = plan_run(graph, store, options)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
@@ -261,12 +261,12 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="Run this step (and what it needs) only; repeatable.")
 @_with_common
-@click.option("--event", type=click.Choice(["push", "pull_request", "tag", "schedule"]),
+@click.option("--event", type=click.Choice(EVENTS),
               help="Run as this event: the pipeline runs only if a trigger matches. "
               "Without it a local run ignores triggers (only:/when: see a push).")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
 @click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
-@click.option("--action", type=click.Choice(["opened", "synchronize", "closed"]),
+@click.option("--action", type=click.Choice(PR_ACTIONS),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
 @click.pass_context
@@ -319,38 +319,39 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
                 raise KataError("logs.no_run", "no run recorded yet" +
                                 (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
             record = found[0]
-        entries = record.get("steps") or []
-        known = [e.get("name") for e in entries]
+        known = [e.name for e in record.steps]
         for name in steps:
             if name not in known:
-                raise KataError("logs.no_step", f"run {record.get('id')} has no step {name!r}",
+                raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
                                 obj=name, exit_code=1)
         if service is not None:
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
                                 exit_code=2)
-            entry = next(e for e in entries if e.get("name") == steps[0])
+            entry = record.step(steps[0])
+            assert entry is not None
             _print_service_log(store, record, entry, service)
             return
-        for entry in entries:
-            if steps and entry.get("name") not in steps:
+        for entry in record.steps:
+            if steps and entry.name not in steps:
                 continue
             _print_log(store, record, entry)
     finally:
         store.close()
 
 
-def _print_service_log(store, record: dict, entry: dict, service: str) -> None:  # noqa: ANN001
-    name = entry.get("name", "?")
+def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001
+    name = entry.name
     by = ""
-    if entry.get("cache") == "HIT" and entry.get("produced_by"):
-        by = entry["produced_by"]  # the run that ran the step (and its services)
+    logs = dict(entry.service_logs)
+    if entry.cache == "HIT" and entry.produced_by:
+        by = entry.produced_by  # the run that ran the step (and its services)
         produced = store.get_run(by)
-        entry = next((e for e in (produced or {}).get("steps") or ()
-                      if e.get("name") == name), {})
-    digest = (entry.get("service_logs") or {}).get(service)
+        ran = produced.step(name) if produced is not None else None
+        logs = dict(ran.service_logs) if ran is not None else {}
+    digest = logs.get(service)
     if not digest:
-        raise KataError("logs.no_service", f"step {name} of run {record.get('id')} has no "
+        raise KataError("logs.no_service", f"step {name} of run {record.id} has no "
                         f"service log {service!r}" + (f" (run {by} ran it)" if by else ""),
                         obj=service, exit_code=1)
     click.echo(f"== {name} / service {service}" + (f": cached — run {by}" if by else "") + " ==")
@@ -370,20 +371,19 @@ def _pipeline_name(ctx: click.Context) -> str | None:
     return pipeline.name
 
 
-def _print_log(store, record: dict, entry: dict) -> None:  # noqa: ANN001
-    name = entry.get("name", "?")
-    status = entry.get("status", "?")
-    if entry.get("cache") == "HIT":
-        by = entry.get("produced_by") or "an earlier run"
+def _print_log(store, record, entry) -> None:  # noqa: ANN001
+    name, status = entry.name, entry.status
+    if entry.cache == "HIT":
+        by = entry.produced_by or "an earlier run"
         head = f"== {name}: cached — output of run {by} =="
     elif status == "skipped":
-        head = f"== {name}: skipped ({entry.get('message', '')}) =="
+        head = f"== {name}: skipped ({entry.message}) =="
     else:
-        exit_status = entry.get("exit_status")
+        exit_status = entry.exit_status
         extra = f", exit {exit_status}" if exit_status not in (None, 0) else ""
-        head = f"== {name}: {status}{extra}, {float(entry.get('duration') or 0):.1f}s =="
+        head = f"== {name}: {status}{extra}, {float(entry.duration or 0):.1f}s =="
     click.echo(head)
-    digest = entry.get("log")
+    digest = entry.log
     if not digest:
         return
     with store.open_blob(digest) as f:
@@ -400,9 +400,9 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     store = open_store(ctx)
     try:
         for record in store.list_runs(pipeline=pipeline, limit=200):
-            for entry in record.get("steps") or ():
-                if entry.get("name") == step and entry.get("status") == "passed":
-                    drv_hash = entry.get("drv_hash")
+            for entry in record.steps:
+                if entry.name == step and entry.status == "passed":
+                    drv_hash = entry.drv_hash
                     found = store.get_derivation(drv_hash) if drv_hash else None
                     if found is not None:
                         return found

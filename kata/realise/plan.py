@@ -198,7 +198,7 @@ def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
     return Plan(order=order, steps=ordered, secrets=tuple(secrets))
 
 
-def dry_run(graph: "DerivationGraph", plan: Plan) -> list[PlanEntry]:
+def plan_entries(graph: "DerivationGraph", plan: Plan) -> list[PlanEntry]:
     """What ``--dry-run`` says per planned step (skipped steps: ``Plan.skipped``)."""
     entries = []
     for name in plan.order:

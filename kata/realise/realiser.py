@@ -30,12 +30,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 from kata import keys
 from kata.errors import KataError
-from kata.inputs import InputSet, mismatch
 from kata.realise import events as ev
 from kata.realise import spec as specs
 from kata.realise.lookup import Lookup
+from kata.realise.records import Records
 from kata.realise.plan import (
-    DAMAGED, NOT_STORED, Plan, caches, check, dry_run, make_plan, miss_reason, plan_run,
+    DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import Cancel, Requeue, schedule
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 _DAMAGE = ("store.corrupt_object", "store.missing_object")
+_HEAL_ROUNDS = 8  # damaged trees healed while one step is set up, before giving up
 
 
 class _Damaged(Exception):
@@ -126,8 +127,9 @@ class Realiser:
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._producer: dict[str, str] = {}  # tree digest -> the step whose stack has it
-        self._empty_tree = ""
         self._lookup = Lookup(store, options.scope)
+        self.records = Records(store, self._lookup, options, run_id=self.run_id,
+                               pipeline=self.pipeline)
         # every value given to this run, in every encoded form, masked in every step's output
         self._masker = Masker(v for v in options.secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
@@ -147,7 +149,7 @@ class Realiser:
                          use_cache=self.options.use_cache, lookup=self._lookup.step)
 
     def dry_run(self) -> list[PlanEntry]:
-        return dry_run(self.graph, self.plan(heal=False))
+        return plan_entries(self.graph, self.plan(heal=False))
 
     def excluded(self) -> dict[str, str]:
         return self.plan(heal=False).skipped
@@ -190,7 +192,7 @@ class Realiser:
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)
-            self._record_run(result, created)
+            self.records.run(result, self.graph.order, started=created)
         self._done(result)
         return result
 
@@ -234,7 +236,7 @@ class Realiser:
         return tuple(seen)
 
     def _stack_with(self, base: tuple[str, ...], tree: str) -> tuple[str, ...]:
-        if not tree or tree == self._empty() or tree in base:
+        if not tree or tree == self.records.empty_tree() or tree in base:
             return base
         return base + (tree,)
 
@@ -267,62 +269,8 @@ class Realiser:
             inputs = self.graph.nodes[name].inputs
             assert inputs is not None
             if inputs.digest not in by_digest:
-                by_digest[inputs.digest] = self._input_tree(inputs)
+                by_digest[inputs.digest] = self.records.input_tree(inputs)
             self._snapshots[name] = by_digest[inputs.digest]
-
-    def _input_tree(self, inputs: InputSet) -> str:
-        """The stored tree of `inputs`: a recorded snapshot of the same input set (not
-        with ``--no-cache``), else packed now. The packed bytes are checked against the
-        digests the compiler hashed (a file edited in between would otherwise hand the
-        step bytes its key does not cover): a mismatch fails the run (``inputs.changed``)
-        and records nothing."""
-        key = keys.input_snapshot_key(inputs.digest)
-        if self.options.use_cache:
-            known = self._lookup.shared(key)
-            if known.record is not None:
-                return known.record.outputs
-        paths = inputs.paths
-        if not paths:
-            return self._empty()
-        stored: dict[str, tuple[str, str]] = {}
-        try:
-            tree = self.store.put_tree(self.options.repo_root, paths, manifest=stored)
-            changed = mismatch(inputs, stored)
-        except StoreError as err:  # a file gone, shrunk or turned into a directory's parent
-            if err.reason not in ("store.tree.missing_path", "store.tree.changed",
-                                  "store.tree.bad_path"):
-                raise
-            changed = err.obj or paths[0]
-        if changed is not None:
-            raise KataError("inputs.changed", f"input {changed} changed after it was hashed "
-                            "(a step must see exactly the bytes its key covers): run again",
-                            obj=changed, exit_code=1)
-        self._put_realisation(key, self._record(tree, kind="inputs"))
-        return tree
-
-    def _put_tree(self, root: Path, paths: Sequence[str]) -> str:
-        if not paths:
-            return self._empty()
-        return self.store.put_tree(root, paths=tuple(paths))
-
-    def _empty(self) -> str:
-        if not self._empty_tree:
-            empty = Path(tempfile.mkdtemp(prefix="kata-empty-"))
-            try:
-                self._empty_tree = self.store.put_tree(empty, paths=())
-            finally:
-                empty.rmdir()
-        return self._empty_tree
-
-    def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
-                duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:
-        return Realisation(outputs=outputs, log=log or self.store.put_blob(b""), exit_status=0,
-                           duration=duration, host=os.uname().nodename, created=time.time(),
-                           kind=kind, run=self.run_id, pipeline=self.pipeline, step=step,
-                           stack=stack, scope=scope)
-
-    def _put_realisation(self, key: str, real: Realisation) -> None:
-        self.store.put_realisation(key, real)
 
     # -- one step -------------------------------------------------------------------
 
@@ -339,10 +287,7 @@ class Realiser:
             found = self._lookup.step(resolved)
             if found.record is not None:
                 # early cutoff; remember it under the derivation hash too
-                assert node.drv_hash is not None
-                self._put_realisation(self.options.scope.realisation_key(node.drv_hash),
-                                      found.record)
-                self._put_derivation(node)
+                self.records.early_cutoff(node, found.record)
                 self._hit(name, found.record, resolved, "resolved")
                 return True
             damaged = found.damaged
@@ -369,11 +314,11 @@ class Realiser:
     def _layers(self, name: str, node: "Node") -> list[Path]:
         """The workspace's lower layers, top first: the dependencies' artifact trees, the
         restored cache directory, the input snapshot."""
-        empty = self._empty()
+        empty = self.records.empty_tree()
         layers: list[Path] = []
         for tree in reversed(self._deps_stack(name)):  # top first
             layers.append(self._unpacked(tree))
-        cache_tree = self._cache_tree(node)
+        cache_tree = self.records.cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))
         if name not in self._snapshots:  # a hit re-queued to be rebuilt
@@ -383,6 +328,16 @@ class Realiser:
             layers.append(self._unpacked(snapshot))
         return layers
 
+    def _healed_layers(self, name: str, node: "Node") -> list[Path]:
+        """``_layers``, healing each damaged tree met on the way (``_heal`` may re-queue)."""
+        for _ in range(_HEAL_ROUNDS):
+            try:
+                return self._layers(name, node)
+            except _Damaged as damage:
+                self._heal(name, node, damage.digest)
+        raise KataError("store.damaged", f"step {name}: the trees it needs keep turning out "
+                        "damaged; check the store's disk (kata store verify)", obj=name)
+
     def _heal(self, name: str, node: "Node", tree: str) -> None:
         """A tree ``name`` needs is damaged: quarantine it, drop what points at it, and
         re-queue whoever produced it (``Requeue``), or re-take the input snapshot."""
@@ -391,8 +346,8 @@ class Realiser:
             return
         if tree == self._snapshots.get(name):
             assert node.inputs is not None
-            self.store.delete_realisation(keys.input_snapshot_key(node.inputs.digest))
-            fresh = self._input_tree(node.inputs)
+            self.records.forget_input_tree(node.inputs)
+            fresh = self.records.input_tree(node.inputs)
             with self._lock:
                 for other, snap in self._snapshots.items():
                     if snap == tree:
@@ -401,10 +356,8 @@ class Realiser:
         producer = self._producer.get(tree)
         if producer is None:  # the cache directory: restored from nowhere next time
             return
-        for key in {self._results[producer].key, self.graph.nodes[producer].drv_hash or ""}:
-            if key:
-                for scoped in self.options.scope.realisation_keys(key):
-                    self.store.delete_realisation(scoped)
+        self.records.drop_step(self._results[producer].key,
+                               self.graph.nodes[producer].drv_hash or "")
         with self._lock:
             for step, stack in list(self._stacks.items()):
                 if tree in stack:
@@ -414,58 +367,21 @@ class Realiser:
                                   reason=DAMAGED, damaged=True))
         raise Requeue((producer,))
 
-    # cache.paths ----------------------------------------------------------------
-
-    def _cache_key(self, node: "Node") -> str:
-        if not node.step.cache.paths:
-            return ""
-        d = node.derivation
-        assert d.image is not None
-        return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
-                                  paths=d.cache_paths, key_files=d.key_files)
-
-    def _cache_tree(self, node: "Node") -> str:
-        key = self._cache_key(node)
-        if not key or not self.options.use_cache:
-            return ""
-        found = self._lookup.cache_dir(key)
-        return found.record.outputs if found.record is not None else ""
-
-    def _save_cache(self, node: "Node", workdir: Path) -> None:
-        key = self._cache_key(node)
-        scope = self.options.scope
-        record_key = keys.scoped_key(scope.label(), key) if key else ""
-        if not key or self._lookup.shared(record_key).record is not None:
-            return  # saved once per key and scope, like the key it is named by
-        paths = [p for p in node.step.cache.paths if os.path.lexists(workdir / p.rstrip("/"))]
-        tree = self._put_tree(workdir, [p.rstrip("/") for p in paths])
-        self._put_realisation(record_key, self._record(tree, kind="cache-dir",
-                                                        step=node.step.name,
-                                                        scope=scope.label()))
-
     # running ---------------------------------------------------------------------
 
     def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> bool:
         step = node.step
         started = time.monotonic()
-        log = tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
-        log_lock = threading.Lock()
-        # each service's output: its own log, stored as a blob (`kata logs --service`)
-        service_logs = {s.name: tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
-                        for s in step.services}
-        service_digests: tuple[tuple[str, str], ...] = ()
         exit_status: int | None = None
-        message = ""
-        reason = ""
-        outputs = ""
-        try:
+        message = reason = outputs = ""
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY))
+            log_lock = threading.Lock()
+            # each service's output: its own log, stored as a blob (`kata logs --service`)
+            service_logs = {s.name: files.enter_context(
+                tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)) for s in step.services}
             try:
-                ws = self._workspace(self._run_dir, self._layers(name, node))
-            except _Damaged as damage:
-                self._heal(name, node, damage.digest)
-                ws = self._workspace(self._run_dir, self._layers(name, node))
-            if ws is not None:
-                with ws:
+                with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
                     try:
                         exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                           log_lock, service_logs)
@@ -481,9 +397,8 @@ class Realiser:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
                     else:
                         reason = "step.failed"
-        except (KataError, StoreError) as err:
-            message, reason = err.message, err.reason
-        try:
+            except (KataError, StoreError) as err:
+                message, reason = err.message, err.reason
             message = self._masker.mask(message.encode()).decode("utf-8", "replace")
             if message and reason != "step.failed":
                 log.write(f"kata: {message}".encode() + b"\n")
@@ -494,19 +409,14 @@ class Realiser:
             for sname, slog in service_logs.items():
                 slog.seek(0)
                 digests.append((sname, self.store.put_blob(slog)))
-            service_digests = tuple(digests)
-        finally:
-            log.close()
-            for slog in service_logs.values():
-                slog.close()
         if exit_status == 0 and not reason:
-            self._passed(name, node, resolved, outputs, log_digest, duration, service_digests)
+            self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests))
             return True
         status = "cancelled" if reason == "step.cancelled" else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
                              key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
-                             service_logs=service_digests))
+                             service_logs=tuple(digests)))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
                                 message=message, reason=reason or "step.failed"))
         return False
@@ -521,9 +431,9 @@ class Realiser:
                     if len(missing) == 1 else
                     f"declared artifacts {', '.join(missing)} were not produced", "")
         try:
-            outputs = self._put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
+            outputs = self.records.put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
             if self.options.record:
-                self._save_cache(node, workdir)
+                self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts
             return err.reason, f"artifacts: {err.message}", ""
         return "", "", outputs
@@ -531,23 +441,13 @@ class Realiser:
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
                 duration: float, service_logs: tuple[tuple[str, str], ...]) -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
-        self._put_derivation(node)
-        if self.options.record and node.step.cacheable:
-            scope = self.options.scope
-            real = self._record(outputs, kind="step", step=name, log=log, duration=duration,
-                                stack=stack, scope="" if scope.trusted else scope.label())
-            for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
-                self._put_realisation(scope.realisation_key(key), real)
+        self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
+                                 duration=duration, stack=stack)
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,
                              produced_by=self.run_id, service_logs=service_logs), stack)
         self.emit(ev.StepPassed(step=name, duration=duration))
-
-    def _put_derivation(self, node: "Node") -> None:
-        # the record (derivation + input file list + dependency names) is what `kata why` diffs
-        assert node.drv_hash is not None
-        self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,
                        log: IO[bytes], log_lock: threading.Lock,
@@ -592,23 +492,3 @@ class Realiser:
             return self.runtime.run(spec, sink, cancel)
         finally:
             sink.close()  # what each stream's masker held back (never a partial value)
-
-    # -- history ----------------------------------------------------------------------
-
-    def _record_run(self, result: RunResult, created: float) -> None:
-        status = ("passed" if result.ok else
-                  "interrupted" if result.interrupted else "failed")
-        self.store.put_run({
-            "id": self.run_id,
-            "pipeline": self.pipeline,
-            "commit": self.options.git_commit,
-            "branch": self.options.git_branch,
-            "event": self.options.git_event,
-            "tag": self.options.git_tag,
-            "started": created,
-            "wall": result.wall,
-            "status": status,
-            "targets": list(self.options.targets or ()),
-            "steps": [r.record() for n in self.graph.order
-                      if (r := result.steps.get(n)) is not None],
-        })

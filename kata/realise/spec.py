@@ -7,21 +7,18 @@ through files on a tmpfs bind-mounted at ``SECRETS_TARGET`` and exported by a pr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata.errors import KataError
+from kata.model import is_env_name
 from kata.realise.workspace import SECRETS_PRELUDE, SECRETS_TARGET
 from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
 
 if TYPE_CHECKING:
     from kata.compile import Node
     from kata.model import Service
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
 
 def shell_script(commands: Sequence[str]) -> str:
     """One shell, commands in order, stop at the first failure (a CI step's contract)."""
@@ -34,7 +31,7 @@ def image_of(node: "Node") -> str:
     if not digest:
         raise KataError("image.unresolved", f"step {node.step.name}: image {node.step.image} "
                         "has no resolved digest", obj=node.step.name)
-    return f"{node.step.image.name}@{digest}"
+    return str(node.step.image.pin(digest))
 
 
 def secret_values(node: "Node", given: Mapping[str, str]) -> dict[str, str]:
@@ -47,7 +44,7 @@ def secret_values(node: "Node", given: Mapping[str, str]) -> dict[str, str]:
         if secret not in given:
             raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
                             f"set ${secret} or pass --secret {secret}=...", obj=name)
-        if not _ENV_NAME.fullmatch(secret):
+        if not is_env_name(secret):
             raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
                             "environment variable name", obj=name)
         values[secret] = given[secret]
@@ -75,7 +72,7 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
     if service.ready is not None:
         ready = Readiness(kind=service.ready.kind, target=service.ready.target,
                           timeout=service.ready.timeout.seconds)
-    return ServiceSpec(name=service.name, image=f"{service.image.name}@{digest}", argv=argv,
+    return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
                        env=dict(service.env), mounts=mounts, ready=ready)
 
 

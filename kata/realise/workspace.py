@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 from kata.errors import KataError
+from procs import pid_alive
+from store.files import force_rmtree
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -54,17 +56,6 @@ def _umount(target: str) -> None:
     if err == errno.EINVAL:  # not mounted
         return
     _libc.umount2(target.encode(), _MNT_DETACH)  # busy: detach, the kernel finishes later
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a scratch tree; read-only directories (copied up from the store) included."""
-    if not path.exists():
-        return
-    try:
-        shutil.rmtree(path)
-    except OSError:
-        subprocess.run(["chmod", "-R", "u+rwx", str(path)], check=False)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class WorkspaceLike(Protocol):
@@ -125,7 +116,7 @@ class OverlayWorkspace:
         if self._mounted:
             _umount(str(self.path))
             self._mounted = False
-        remove_tree(self.root)
+        force_rmtree(str(self.root))
 
     def __enter__(self) -> "OverlayWorkspace":
         return self
@@ -156,23 +147,13 @@ class CopyWorkspace:
             raise
 
     def close(self) -> None:
-        remove_tree(self.root)
+        force_rmtree(str(self.root))
 
     def __enter__(self) -> "CopyWorkspace":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_dead_runs(work_root: Path) -> None:
@@ -187,13 +168,13 @@ def sweep_dead_runs(work_root: Path) -> None:
         parts = run.name.split("-")
         if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
             continue
-        if _alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         for entry in run.iterdir() if run.is_dir() else ():
             merged = entry / "m"
             if merged.is_dir():
                 _umount(str(merged))
-        remove_tree(run)
+        force_rmtree(str(run))
 
 
 class SecretsDir:
