@@ -13,6 +13,7 @@ import time
 import pytest
 
 from support.cli import KataProcess
+from support.git import git_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +27,9 @@ steps:
 
 
 def _sh(cwd, script: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com", GIT_CONFIG_NOSYSTEM="1")
-    subprocess.run(["sh", "-ec", script], cwd=cwd, env=env, check=True, capture_output=True)
+    """The issue's shell lines as typed, with the tests' git identity (support/git.py)."""
+    subprocess.run(["sh", "-ec", script], cwd=cwd, env=git_env(), check=True,
+                   capture_output=True)
 
 
 def _run(kata: KataProcess, *args: str) -> tuple[dict, list[str]]:
