@@ -13,6 +13,9 @@ write, chmod, chown or rename and no system call can set it back, so a file
 rewritten with the same size and mtime (``cp -p``, ``touch -d``, an unpacked
 reproducible archive, a checkout with fixed times) is read again.
 
+On a filesystem that does not keep ctime (FUSE: sshfs reports mtime as ctime) the
+stat cache is not trusted at all (`ctime_is_kept`): every input is read every run.
+
 Racily clean (git's rule, ``racy-git.txt``): timestamps have a granularity (a
 kernel tick on ext4, 1 s on some network filesystems, 2 s on FAT), so a write
 in the same tick as the one a hash saw leaves every stat field unchanged. A
@@ -259,6 +262,8 @@ class Snapshot:
         """`exclude`: paths (relative to root) never to list, e.g. the config file itself."""
         self.root = os.path.abspath(root)
         self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
+        if not ctime_is_kept(self.root):  # no stat field tells a same-size, same-mtime edit
+            self.stat_cache = RehashStatCache(self.stat_cache)
         ignore = _ignore_spec(self.root)
         files = _git_files(self.root)
         cut = len(os.path.join(self.root, ""))
@@ -357,6 +362,28 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
     if fresh:
         cache.put_many(fresh)
     return out
+
+
+def ctime_is_kept(path: str) -> bool:
+    """Whether the filesystem holding `path` keeps ctime as the kernel does (set on every
+    change, never settable), the premise of the stat cache.
+
+    FUSE filesystems (``fuse``, ``fuse.*`` in /proc/self/mountinfo) answer with what
+    their daemon says: sshfs, for one, reports mtime as ctime (SFTP v3 has no ctime), so a
+    same-size rewrite that restores the mtime changes no stat field. On those every input
+    is read on every run. Found by the mount's device number (mountinfo field 3)."""
+    try:
+        st = os.stat(path)
+        dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == dev and "-" in fields:
+                    fstype = fields[fields.index("-") + 1]
+                    return not (fstype == "fuse" or fstype.startswith("fuse."))
+    except (OSError, IndexError):
+        pass
+    return True
 
 
 def _open_nofollow(path: str, flags: int) -> int:

@@ -343,3 +343,28 @@ def test_executable_means_owner_executable_as_in_git_and_the_tree(tmp_path) -> N
 
     raw = pack_bytes(str(tmp_path))
     assert b"\x93\xa1f\xc4\x01g" in raw and b"\x93\xa1x\xc4\x01u" in raw
+
+
+@pytest.mark.integration
+def test_a_repository_on_sshfs_is_read_every_run(sshd, tmp_path, monkeypatch) -> None:
+    """sshfs reports mtime as ctime: a same-size rewrite that restores the mtime changes
+    no stat field there, so on FUSE the stat cache is not trusted (every file is read)."""
+    from support.sshfs import umount
+
+    remote, mnt = tmp_path / "remote", tmp_path / "mnt"
+    remote.mkdir()
+    sshd.mount(remote, mnt)
+    try:
+        assert not inputs.ctime_is_kept(str(mnt)) and inputs.ctime_is_kept(str(tmp_path))
+        cache = _settled(monkeypatch, mnt, {"lib.txt": "lib v1.0\n"})
+        p = mnt / "lib.txt"
+        before = p.stat()
+        p.write_text("lib v2.0\n")
+        os.utime(p, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = p.stat()
+        # what makes this filesystem different: not one stat field moved
+        assert inputs.stat_key(after) == inputs.stat_key(before)
+        assert _digest_of(mnt, cache, "lib.txt").digest == \
+            "sha256:" + hashlib.sha256(b"lib v2.0\n").hexdigest()
+    finally:
+        umount(mnt)
