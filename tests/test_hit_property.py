@@ -441,6 +441,10 @@ REGRESSIONS = [
     # record names), a consumer reading a tree afresh
     (_CHAIN, [[("damage", 1, 7), ("content", 2, 8)], [("delete", 1, 9), ("cutoff", 0, 10)],
               [("damage", 1, 11)], [("damage", 0, 12), ("delete", 1, 13)]]),
+    # found on sshfs: a step rerun for its own reasons re-creates an output whose stored
+    # copy is damaged; the store kept the damaged copy and the new record named it
+    ((_CHAIN[0], StepShape(deps=(0,), shared=True, cache=True)),
+     [[("same_size", 2, 8018)], [("mode", 2, 536870913), ("damage", 1, 237778062)]]),
 ]
 
 
@@ -468,6 +472,7 @@ def test_a_hit_is_always_right_local_store(runtime, busybox_digest, case):
 @settings(max_examples=SSHFS_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
+@example(REGRESSIONS[-1])
 def test_a_hit_is_always_right_sshfs_store_two_hosts(runtime, busybox_digest, sshd, case):
     from support.sshfs import umount
 
