@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kata import conditions, loader
+from kata import conditions, loader, resources
 from kata.model import NETWORK_MODES
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "kata-ci.schema.json"
@@ -88,28 +88,24 @@ def _object(table: tuple[str, ...], props: dict[str, dict[str, Any]], what: str,
 
 
 def _resources(what: str) -> dict[str, Any]:
-    """``resources:`` (memory, cpus, pids), when the loader has it (kata.resources)."""
-    return _object(getattr(loader, "RESOURCES_KEYS", ()), {
-        "memory": {"type": ["string", "integer"], "minimum": 6 * 1024 * 1024,
-                   "pattern": r"^\s*\d+(\.\d+)?\s*([bB]|[kKmMgGtT]([iI]?[bB])?)?\s*$",
+    """``resources:`` (memory, cpus, pids), bounded as :mod:`kata.resources` bounds them."""
+    return _object(loader.RESOURCES_KEYS, {
+        "memory": {"type": ["string", "integer"], "minimum": resources.MIN_MEMORY,
+                   # kata.resources' size grammar (_SIZE), anchored
+                   "pattern": r"^\s*\d+(\.\d+)?\s*[kKmMgGtTpP]?[iI]?[bB]?\s*$",
                    "description": "Memory limit: 512MiB, 2GiB, 1.5G, 500MB or bytes "
                                   "(at least 6MiB)."},
-        "cpus": {"type": "number", "minimum": 0.01, "maximum": 1024,
+        "cpus": {"type": "number", "minimum": resources.MIN_CPUS,
+                 "maximum": resources.MAX_CPUS,
                  "description": "CPU time as a number of CPUs (1.5)."},
-        "pids": {"type": "integer", "minimum": 1, "maximum": 4_194_304,
+        "pids": {"type": "integer", "minimum": 1, "maximum": resources.MAX_PIDS,
                  "description": "Processes and threads at once."},
     }, "resources", description=f"Resource limits of {what}; a field left out comes from "
                                 "the level above (settings, then the host's default).")
 
 
-def _optional(table: tuple[str, ...], props: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``props`` plus the entries of keys that only some versions of the loader have."""
-    later = {"resources": lambda: _resources("the container")}
-    return {**props, **{k: make() for k, make in later.items() if k in table}}
-
-
 def _settings() -> dict[str, Any]:
-    return _object(loader.SETTINGS_KEYS, _optional(loader.SETTINGS_KEYS, {
+    return _object(loader.SETTINGS_KEYS, {
         "timeout": _duration("Max total pipeline duration.", "30m"),
         "max_parallel": {"type": "integer", "minimum": 1,
                          "description": "Max steps to run concurrently. Default: CPU count."},
@@ -117,7 +113,8 @@ def _settings() -> dict[str, Any]:
                       "description": "Cancel remaining steps on the first failure."},
         "cache_enabled": {"type": "boolean", "default": True,
                           "description": "Use and record the content-addressed cache."},
-    }), "settings", description="Pipeline-wide settings.")
+        "resources": _resources("every step and service (their default)"),
+    }, "settings", description="Pipeline-wide settings.")
 
 
 def _ready() -> dict[str, Any]:
@@ -136,7 +133,7 @@ def _ready() -> dict[str, Any]:
 
 
 def _service() -> dict[str, Any]:
-    obj = _object(loader.SERVICE_KEYS, _optional(loader.SERVICE_KEYS, {
+    obj = _object(loader.SERVICE_KEYS, {
         "name": {"type": ["string", "number"], "pattern": _NAME,
                  "description": "Unique within the step; the service's host name."},
         "image": {**_NONEMPTY, "description": "Container image of the service."},
@@ -147,7 +144,8 @@ def _service() -> dict[str, Any]:
                              "commands)."),
         "ready": _ready(),
         "secrets": _secret_names("Secrets the service receives (by name)."),
-    }), "service", required=("name", "image"), description="A sidecar container.")
+        "resources": _resources("the service's container"),
+    }, "service", required=("name", "image"), description="A sidecar container.")
     obj["not"] = {"required": ["commands", "entrypoint"]}
     return obj
 
@@ -176,7 +174,7 @@ def _only() -> dict[str, Any]:
 
 
 def _step() -> dict[str, Any]:
-    return _object(loader.STEP_KEYS, _optional(loader.STEP_KEYS, {
+    return _object(loader.STEP_KEYS, {
         "name": {"type": ["string", "number"], "pattern": _NAME,
                  "description": "Unique step name (letters, digits, _ - .); referenced in "
                                 "depends_on and labels (//name)."},
@@ -204,7 +202,8 @@ def _step() -> dict[str, Any]:
         "when": {**_TEXT, "description": "A condition expression, e.g. "
                                          "branch == \"main\" and changed(\"src/**\")."},
         "description": {**_TEXT, "description": "Free text; not part of the cache key."},
-    }), "step", required=("name", "image"), description="One unit of work in a container.")
+        "resources": _resources("the step's container"),
+    }, "step", required=("name", "image"), description="One unit of work in a container.")
 
 
 def _trigger() -> dict[str, Any]:

@@ -125,6 +125,9 @@ GOOD = [
     "- {event: pull_request, actions: [opened, closed]}\n- {event: tag, pattern: 'v*'}\n"
     "steps: [{name: a, image: i}]",
     "steps: [{name: a, image: i, cache: {enabled: false}}]",
+    "settings: {resources: {memory: 2GiB, cpus: 1.5, pids: 100}}\nsteps: [{name: a, image: i,"
+    " resources: {memory: 512Mi}, services: [{name: s, image: j, resources: {cpus: 1}}]}]",
+    "steps: [{name: a, image: i, resources: {memory: 7000000}}]",
     "steps:\n- &a {name: a, image: i, commands: [x]}\n- {<<: *a, name: b}",
 ]
 
@@ -174,6 +177,13 @@ BAD = [  # (config, the loader's reason): the schema must refuse each too
     ("triggers: {event: push}\nsteps: [{name: a, image: i}]", "config.type"),
     ("pipeline: ''\nsteps: [{name: a, image: i}]", "config.value"),
     ("env: [A]\nsteps: [{name: a, image: i}]", "config.type"),
+    ("steps: [{name: a, image: i, resources: {memory: 2 gigs}}]", "config.value"),
+    ("steps: [{name: a, image: i, resources: {memory: 1000}}]", "config.value"),
+    ("steps: [{name: a, image: i, resources: {cpus: 0}}]", "config.value"),
+    ("steps: [{name: a, image: i, resources: {cpus: many}}]", "config.type"),
+    ("steps: [{name: a, image: i, resources: {pids: 0}}]", "config.value"),
+    ("steps: [{name: a, image: i, resources: {disk: 1G}}]", "config.unknown_key"),
+    ("settings: {resources: [1]}\nsteps: [{name: a, image: i}]", "config.type"),
 ]
 
 
@@ -206,6 +216,10 @@ _STEP_VALUE = {
     "env": st.dictionaries(st.sampled_from(["A", "B_1", "1x", "-"]), _SCALARS, max_size=2),
     "timeout": _SCALARS, "workdir": _SCALARS, "user": _SCALARS, "network": _SCALARS,
     "description": _SCALARS,
+    "resources": st.fixed_dictionaries({}, optional={
+        "memory": st.one_of(_SCALARS, st.sampled_from(["2GiB", "512Mi", "1.5G", "5MB"])),
+        "cpus": st.one_of(_SCALARS, st.floats(0, 2000, allow_nan=False)),
+        "pids": _SCALARS}),
     "cache": st.one_of(st.booleans(), st.fixed_dictionaries({}, optional={
         "paths": st.lists(_SCALARS, max_size=2), "key_files": st.lists(_SCALARS, max_size=2),
         "enabled": _SCALARS})),
@@ -283,7 +297,7 @@ def test_the_readme_shows_a_complete_pipeline_that_passes_both() -> None:
 
 def test_docs_config_names_every_key_the_loader_knows() -> None:
     text = (ROOT / "docs" / "config.md").read_text()
-    tables = (loader.TOP_KEYS, loader.SETTINGS_KEYS, loader.STEP_KEYS, loader.SERVICE_KEYS,
-              loader.READY_KEYS, loader.CACHE_KEYS, loader.ONLY_KEYS, loader.TRIGGER_KEYS)
+    tables = [value for name, value in vars(loader).items() if name.endswith("_KEYS")]
+    assert loader.RESOURCES_KEYS in tables and loader.STEP_KEYS in tables
     missing = [k for table in tables for k in table if f"`{k}`" not in text]
     assert missing == []
