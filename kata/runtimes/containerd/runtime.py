@@ -193,10 +193,13 @@ class ContainerdRuntime:
             digest = parsed.digest
         if self.images.known(digest) or self.images.has_blob(digest):
             return digest
-        if parsed is None or self.offline:
-            raise KataError("image.not_found", f"image {image} is not in kata's image store",
-                            obj=image, exit_code=1)
-        self.pull_image(parsed.name)
+        with self.images.lock(digest):  # steps starting at once on it: one pull
+            if self.images.has_blob(digest):
+                return digest
+            if parsed is None or self.offline:
+                raise KataError("image.not_found", f"image {image} is not in kata's image "
+                                "store", obj=image, exit_code=1)
+            self.pull_image(parsed.name)
         return digest
 
     # -- images -------------------------------------------------------------------------
