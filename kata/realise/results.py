@@ -28,6 +28,8 @@ class RealiseOptions:
     git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
     git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
+    started: float | None = None  # time.monotonic() the user's wait began (the kata process's
+    #   start, kata.realise.events.process_started()); None: when run() is called
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -39,9 +39,24 @@ def line(event: ev.Event) -> str | None:
             return f"[FAIL] {event.step} ({event.message}, {seconds(event.duration)})"
         case ev.StepSkipped():
             return f"[SKIP] {event.step} ({event.reason})"
+        case ev.ImagePull():
+            if not event.done:
+                return None
+            layers = "layer" if event.layers_total == 1 else "layers"
+            return (f"[PULL] {event.image}: {event.layers_total} {layers}, "
+                    f"{size(event.bytes_done)}")
         case ev.Done():
             return done_line(event)
     return None
+
+
+def size(n: float) -> str:
+    """Bytes for people: ``512 B``, ``1.5 KiB``, ``2.0 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def done_line(event: ev.Done) -> str:
