@@ -56,7 +56,7 @@ class LiveReporter:
         self.interval = 1.0 / fps
         self.frames = 0
         self.events = 0
-        self.started = time.monotonic()
+        self.started = ev.process_started()  # "elapsed" is what the user waited
         self.planned = 0
         self.finished = 0
         self.running: dict[str, float] = {}  # step -> monotonic start
@@ -116,9 +116,9 @@ class LiveReporter:
         if len(self.running) > _SHOWN:
             rows.append(f"  … and {len(self.running) - _SHOWN} more running")
         for pull in list(self.pulls.values()):
-            rows.append(f"↓ {pull.image[:max(10, width - 60)]} {_bar(pull.bytes_done, pull.bytes_total)}"
-                        f" {pull.layers_done}/{pull.layers_total} layers "
-                        f"{size(pull.bytes_done)}/{size(pull.bytes_total)}")
+            rows.append(f"↓ {_bar(pull.bytes_done, pull.bytes_total)} {pull.layers_done}/"
+                        f"{pull.layers_total} layers {size(pull.bytes_done)}/"
+                        f"{size(pull.bytes_total)} {pull.image}")  # a long name is clipped
         queued = max(0, self.planned - self.finished - len(self.running))
         rows.append(f"\x1b[2m{queued} queued · {len(self.running)} running · "
                     f"{self.finished}/{self.planned} done · {now - self.started:.1f}s elapsed"
