@@ -133,12 +133,12 @@ def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: 
 
 def _skips(pipeline, ctx) -> dict[str, str]:  # noqa: ANN001
     """Steps whose only: or when: is false in this run's git context, with why."""
-    from kata.triggers import explain
-
     out = {}
     for step in pipeline.steps:
         for what, cond in (("only", step.only), ("when", step.when)):
             if cond is not None and not cond.evaluate(ctx):
+                from kata.triggers import explain
+
                 out[step.name] = f"{what}: {explain(cond, ctx)}"
                 break
     return out
