@@ -121,3 +121,27 @@ def test_five_steps_at_once_on_a_fresh_image_through_kata_run(tmp_path, containe
     assert pulls == [f"[PULL] {ref.rsplit(':', 1)[0]}@{img.digest}: 1 layer, "
                      f"{size(len(img.layers[1]))}"], out.stdout
     runtime.remove_image(img.digest)
+
+
+def test_image_import_and_rm_keep_the_tag_record(tmp_path, containerd_daemon, runtime):
+    from support.images import write_oci_archive
+
+    repo = tmp_path / "repo"
+    store = tmp_path / "store"
+    kata = KataProcess(repo, store=store, address=containerd_daemon.address)
+    ref = f"kata.local/imported{secrets.token_hex(3)}:3"
+    img, mark = tagged_image(ref)
+    write_repo(repo, ref, steps=1)
+    out = kata("image", "import", str(write_oci_archive(img, tmp_path / "img.tar")))
+    assert out.returncode == 0, out.stderr
+    record = store / "local/image-tags.json"
+    assert json.loads(record.read_text())["tags"] == {ref: img.digest}
+    # the plan resolves the tag from the record: containerd is not asked
+    nothing = str(tmp_path / "nothing.sock")
+    plan = KataProcess(repo, store=store, address=nothing)("run", "--dry-run")
+    assert plan.returncode == 0 and "[PLAN] s0: MISS (not in the store)" in plan.stdout, \
+        plan.stdout + plan.stderr
+    assert kata("image", "rm", ref).returncode == 0
+    assert json.loads(record.read_text())["tags"] == {}
+    gone = KataProcess(repo, store=store, address=nothing)("run", "--dry-run")
+    assert gone.returncode == 1 and "error: " in gone.stderr  # now it must ask containerd

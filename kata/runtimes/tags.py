@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class ImageTags:
             fcntl.flock(lock, fcntl.LOCK_EX)
             tags = self._read()
             change(tags)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_text(json.dumps({"format": FORMAT, "tags": dict(sorted(tags.items()))},
                                       indent=1) + "\n")
             os.replace(tmp, self.path)
