@@ -58,7 +58,9 @@ class LiveReporter:
         self.events = 0
         self.started = ev.process_started()  # "elapsed" is what the user waited
         self.planned = 0
+        self.order: tuple[str, ...] = ()  # the planned steps, in order
         self.finished = 0
+        self.done_steps: set[str] = set()
         self.running: dict[str, float] = {}  # step -> monotonic start
         self.last: dict[str, str] = {}  # step -> its last output line
         self.tails: dict[str, deque[str]] = {}
@@ -76,6 +78,7 @@ class LiveReporter:
             self.events += 1
             if isinstance(event, ev.Parsed):
                 self.planned = len(event.planned)
+                self.order = event.planned
             elif isinstance(event, ev.StepStarted):
                 self.running[event.step] = time.monotonic()
                 self.tails[event.step] = deque(maxlen=_TAIL)
@@ -86,7 +89,9 @@ class LiveReporter:
             elif isinstance(event, (ev.StepPassed, ev.StepFailed, ev.StepSkipped)):
                 self.running.pop(event.step, None)
                 self.last.pop(event.step, None)
-                self.finished += 1
+                if event.step not in self.done_steps:
+                    self.done_steps.add(event.step)
+                    self.finished += 1
             elif isinstance(event, ev.ImagePull):
                 if event.done:
                     self.pulls.pop(event.image, None)
@@ -120,7 +125,14 @@ class LiveReporter:
                         f"{pull.layers_total} layers {size(pull.bytes_done)}/"
                         f"{size(pull.bytes_total)} {pull.image}")  # a long name is clipped
         queued = max(0, self.planned - self.finished - len(self.running))
-        rows.append(f"\x1b[2m{queued} queued · {len(self.running)} running · "
+        nxt = []
+        for name in self.order if queued else ():
+            if name not in self.done_steps and name not in self.running:
+                nxt.append(name)
+                if len(nxt) == 3:
+                    break
+        names = f" (next: {', '.join(nxt)}{', …' if queued > len(nxt) else ''})" if nxt else ""
+        rows.append(f"\x1b[2m{queued} queued{names} · {len(self.running)} running · "
                     f"{self.finished}/{self.planned} done · {now - self.started:.1f}s elapsed"
                     "\x1b[0m")
         return rows
