@@ -123,6 +123,7 @@ class Realiser:
         # every value given to this run, in every encoded form, masked in every step's output
         self._masker = Masker(v for v in options.secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
+        self._present: set[str] = set()  # objects _lookup found in the store (stacks overlap)
         unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
         if unknown:
             raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
@@ -160,8 +161,9 @@ class Realiser:
         if real is None:
             return None
         meta = real.meta if isinstance(real.meta, dict) else {}
-        needed = {real.outputs, *(meta.get("stack") or ())}
+        needed = {real.outputs, *(meta.get("stack") or ())} - self._present
         if all(self.store.has_blob(d) for d in needed):
+            self._present.update(needed)
             return real
         return None
 
