@@ -152,11 +152,13 @@ class LiveReporter:
             self._drawn = len(status)
             if final:
                 out.append("\x1b[?25h")
-            try:
-                self.stream.write("".join(out))
-                self.stream.flush()
-            except (OSError, ValueError):
-                self._stop.set()  # the terminal went away: stop drawing, keep running
+        # written outside the lock: a slow terminal holds up the next frame, never the run
+        # (frames are drawn by one thread, then by close() after it ended: never at once)
+        try:
+            self.stream.write("".join(out))
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._stop.set()  # the terminal went away: stop drawing, keep running
 
     def close(self) -> None:
         """Stop the frame thread and draw the last lines (no status block, cursor shown)."""
