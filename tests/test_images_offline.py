@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from kata.report.plain import size
+from kata.report import human_size
 from support.cli import KataProcess
 from support.images import busybox_layer, files_layer, make_image
 from support.registry import docker_registry, push_image
@@ -119,7 +119,7 @@ def test_five_steps_at_once_on_a_fresh_image_through_kata_run(tmp_path, containe
     # the busybox layer is stored already (the session's image): one layer is fetched, once
     pulls = [x for x in out.stdout.splitlines() if x.startswith("[PULL] ")]
     assert pulls == [f"[PULL] {ref.rsplit(':', 1)[0]}@{img.digest}: 1 layer, "
-                     f"{size(len(img.layers[1]))}"], out.stdout
+                     f"{human_size(len(img.layers[1]))}"], out.stdout
     runtime.remove_image(img.digest)
 
 

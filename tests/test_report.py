@@ -111,12 +111,12 @@ def test_live_view_shows_running_steps_queue_and_a_pull_bar():
     live._frame(final=False)
     frame = out.getvalue().rsplit(FRAME_MARK, 1)[1]
     assert re.search(r"a +\d+\.\ds\x1b\[0m \x1b\[2mcompiling x\.c", frame), frame
-    assert "█████░░░░░░░░░░░░░░░ 1/4 layers 3.0 MiB/12.0 MiB docker.io/library/debian:12" in frame
+    assert "█████░░░░░░░░░░░░░░░ 1/4 layers 3.1MB/13MB docker.io/library/debian:12" in frame
     assert "2 queued (next: b, c) · 1 running · 0/3 done · " in frame and "s elapsed" in frame
     live(ev.ImagePull(image="docker.io/library/debian:12", layers_done=4, layers_total=4,
                       bytes_done=12 << 20, bytes_total=12 << 20, done=True))
     live(ev.StepPassed(step="a", duration=1.0))
     live.close()
     last = out.getvalue().rsplit(FRAME_MARK, 1)[1]
-    assert "[PULL] docker.io/library/debian:12: 4 layers, 12.0 MiB" in last
+    assert "[PULL] docker.io/library/debian:12: 4 layers, 13MB" in last
     assert "[PASS] a (1.0s)" in last and "queued" not in last  # no status block at the end

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from kata.cli.store_cmds import human_size
+
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the root group."""
@@ -25,14 +27,6 @@ def _tags(ctx: click.Context):  # noqa: ANN202
 
     with open_store(ctx) as store:
         return image_tags(store.state_dir)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @click.group()
@@ -78,7 +72,7 @@ def image_ls(ctx: click.Context, quiet: bool) -> None:
     width = max([len(r.name) for r in records] + [4])
     click.echo(f"{'NAME':<{width}}  {'DIGEST':<19}  SIZE")
     for rec in records:
-        click.echo(f"{rec.name:<{width}}  {rec.digest[:19]:<19}  {_size(rec.size)}")
+        click.echo(f"{rec.name:<{width}}  {rec.digest[:19]:<19}  {human_size(rec.size)}")
 
 
 @image.command("rm")

@@ -22,7 +22,8 @@ from collections import deque
 from typing import TextIO
 
 from kata.realise import events as ev
-from kata.report.plain import line, size
+from kata.report import human_size
+from kata.report.plain import line
 
 FPS = 10  # frames a second
 _TAIL = 20  # output lines kept per step, shown if it fails
@@ -122,8 +123,8 @@ class LiveReporter:
             rows.append(f"  … and {len(self.running) - _SHOWN} more running")
         for pull in list(self.pulls.values()):
             rows.append(f"↓ {_bar(pull.bytes_done, pull.bytes_total)} {pull.layers_done}/"
-                        f"{pull.layers_total} layers {size(pull.bytes_done)}/"
-                        f"{size(pull.bytes_total)} {pull.image}")  # a long name is clipped
+                        f"{pull.layers_total} layers {human_size(pull.bytes_done)}/"
+                        f"{human_size(pull.bytes_total)} {pull.image}")  # a long name is clipped
         queued = max(0, self.planned - self.finished - len(self.running))
         nxt = []
         for name in self.order if queued else ():

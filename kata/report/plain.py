@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from kata.realise import events as ev
+from kata.report import human_size
 
 
 def short_key(key: str) -> str:
@@ -44,19 +45,11 @@ def line(event: ev.Event) -> str | None:
                 return None
             layers = "layer" if event.layers_total == 1 else "layers"
             return (f"[PULL] {event.image}: {event.layers_total} {layers}, "
-                    f"{size(event.bytes_done)}")
+                    f"{human_size(event.bytes_done)}")
         case ev.Done():
             return done_line(event)
     return None
 
-
-def size(n: float) -> str:
-    """Bytes for people: ``512 B``, ``1.5 KiB``, ``2.0 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def done_line(event: ev.Done) -> str:

@@ -38,7 +38,7 @@ def tag_name(ref: str) -> str | None:
         return None
     if parsed.digest is not None:
         return None
-    return f"{parsed.name}:{parsed.tag or 'latest'}"
+    return parsed.stored_name
 
 
 class ImageTags:

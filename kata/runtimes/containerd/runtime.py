@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata.errors import KataError
+from procs import owner_alive
 
 from ..base import (
     CANCEL_EXIT, OutputSink, PullCallback, PullProgress, ServiceSink, StepSpec,
@@ -17,7 +18,7 @@ from ..base import (
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
-    owner_alive, snapshots_pb2, tasks_pb2,
+    snapshots_pb2, tasks_pb2,
 )
 from .config import RuntimeConfig, load_runtime_config
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
@@ -122,12 +123,12 @@ class ContainerdRuntime:
         parsed = parse_reference(ref)
         if parsed.digest:
             return parsed.digest
-        local = self.images.get_image(parsed.name)
+        local = self.images.get_image(parsed.stored_name)
         if local is not None:
             return local.digest
         if self.offline:
             raise KataError("image.not_found",
-                            f"image {parsed.name} is not in kata's image store (offline: "
+                            f"image {parsed.stored_name} is not in kata's image store (offline: "
                             "`kata image import` or `kata image pull` it first)", obj=ref,
                             exit_code=1)
         digest, _body, _mt = self.registry.fetch_manifest(parsed)
@@ -141,7 +142,7 @@ class ContainerdRuntime:
             for ref, digest in resolved.items():
                 parsed = parse_reference(ref)
                 if parsed.digest is None:
-                    self._tags.setdefault(digest, set()).add(parsed.name)
+                    self._tags.setdefault(digest, set()).add(parsed.stored_name)
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
@@ -213,7 +214,7 @@ class ContainerdRuntime:
             if parsed is None or self.offline:
                 raise KataError("image.not_found", f"image {image} is not in kata's image "
                                 "store", obj=image, exit_code=1)
-            record = self.pull_image(parsed.name)
+            record = self.pull_image(parsed.stored_name)
             with self._lock:
                 names = sorted(self._tags.get(digest, ()))
             target = self.images.get_image(record.name) if names else None
@@ -250,9 +251,9 @@ class ContainerdRuntime:
                 meter.plan(body, store)
                 target = store.store_manifest(lease, body, media_type, blob)
             assert target.digest == digest
-            store.put_image(parsed.name, target)
+            store.put_image(parsed.stored_name, target)
         meter.finish()
-        return ImageRecord(name=parsed.name, digest=target.digest, media_type=target.media_type,
+        return ImageRecord(name=parsed.stored_name, digest=target.digest, media_type=target.media_type,
                            size=store._size(target.digest))
 
     def list_images(self) -> list[ImageRecord]:
