@@ -175,11 +175,11 @@ def record_cached(repo: Path, store_dir: Path, digest: str) -> None:
                                  resolver=lambda ref: digest, repo_root=repo,
                                  stat_cache=store.stat_cache)
         empty = Path(tempfile.mkdtemp())
-        real = Realisation(outputs=store.put_tree(empty), log=store.put_blob(b""),
-                           meta={"stack": [], "objects": []})
+        tree, log = store.put_tree(empty), store.put_blob(b"")
         empty.rmdir()
         for name in graph.order:
-            store.put_realisation(graph.nodes[name].drv_hash, real)
+            store.put_realisation(graph.nodes[name].drv_hash,
+                                  Realisation(outputs=tree, log=log, step=name))
 
 
 def main() -> None:

@@ -47,11 +47,11 @@ def cached_repo(tmp_path: Path, digest: str, steps: int) -> tuple[Path, Path]:
                                  resolver=lambda ref: digest, repo_root=repo,
                                  stat_cache=store.stat_cache)
         empty = Path(tempfile.mkdtemp())
-        real = Realisation(outputs=store.put_tree(empty), log=store.put_blob(b""),
-                           meta={"stack": [], "objects": []})
+        tree, log = store.put_tree(empty), store.put_blob(b"")
         empty.rmdir()
         for name in graph.order:
-            store.put_realisation(graph.nodes[name].drv_hash, real)
+            store.put_realisation(graph.nodes[name].drv_hash,
+                                  Realisation(outputs=tree, log=log, step=name))
     return repo, store_dir
 
 
@@ -102,9 +102,9 @@ def test_a_cached_run_on_a_terminal_draws_frames_at_a_fixed_rate(tmp_path, conta
     # one frame per 1/FPS second of the run (plus the first and the last), never per event
     assert 1 <= frames <= FPS * (wall + 0.1) + 2, (frames, wall)
     assert frames * 20 < events, frames
-    # the status block was on screen and is gone at the end (the cursor is shown again)
-    assert "elapsed" in plain and text.rstrip().endswith("\x1b[?25h")
-    assert "elapsed" not in lines[-1]
+    # no status block is left at the end (the cursor is shown again); whether one was on
+    # screen meanwhile depends on the run outlasting a frame (the unit tests draw one)
+    assert text.rstrip().endswith("\x1b[?25h") and "elapsed" not in lines[-1]
 
 
 def test_done_wall_time_is_the_process_wall_time(tmp_path, containerd_daemon, busybox_digest):
