@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-import ahocorasick_rs
-
 from kata.errors import KataError
 from kata.model import is_env_name
 
@@ -250,11 +248,12 @@ class Masker:
         self._by_prefix = {k: tuple(v) for k, v in by_prefix.items()}
         prefixes = list(self._by_prefix)
         self._short_prefixes = frozenset(p[:k] for p in prefixes for k in range(1, _PREFIX))
-        self._automaton = (
-            ahocorasick_rs.BytesAhoCorasick(prefixes, implementation=ahocorasick_rs.Implementation.DFA)
-            if prefixes
-            else None
-        )
+        self._automaton = None
+        if prefixes:  # imported only when there is something to mask (not on cached runs)
+            import ahocorasick_rs
+
+            self._automaton = ahocorasick_rs.BytesAhoCorasick(
+                prefixes, implementation=ahocorasick_rs.Implementation.DFA)
 
     @property
     def forms(self) -> frozenset[bytes]:

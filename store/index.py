@@ -9,7 +9,6 @@ The map grows on demand; a dead reader's slot is reclaimed on open.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import shutil
 import time
@@ -29,7 +28,9 @@ NETWORK_FS = {
     0x65735546: "fuse", 0x00C36400: "ceph", 0x5346414F: "afs", 0x01021997: "9p",
     0x47504653: "gpfs", 0x0BD00BD0: "lustre",
 }
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the process's own symbols (libc among them): find_library("c") runs `ldconfig -p`
+# twice, ~40 ms of a fully cached run
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def fs_type(path: str) -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 
 from kata.realise import events as ev
 from kata.report.jsonl import JsonReporter
-from kata.report.live import LiveReporter
+from kata.report.live import FPS, FRAME_MARK, LiveReporter
 from kata.report.plain import PlainReporter, line
 
 KEY = "a3f8c2d" + "0" * 57
@@ -151,3 +153,43 @@ def test_docs_json_describes_every_event_and_field():
             assert f"`{f.name}`" in text, (kind, f.name)
     for extra in ("error", "plan", "version", "time"):
         assert f"`{extra}`" in text
+
+
+def test_live_view_draws_frames_not_events():
+    out = io.StringIO()
+    live = LiveReporter(out)
+    started = time.monotonic()
+    live(ev.Parsed(pipeline="p", steps=20000, groups=1, planned=tuple(f"s{i}" for i in range(20000))))
+    for i in range(20000):
+        live(ev.CacheChecked(step=f"s{i}", hit=True, key=KEY))
+        live(ev.StepPassed(step=f"s{i}", duration=0, cached=True))
+    live(ev.Done(run_id="r", passed=20000, failed=0, skipped=0, cached=20000, ran=0, total=0,
+                 wall=1.0))
+    live.close()
+    elapsed = time.monotonic() - started
+    text = out.getvalue()
+    assert live.events == 40002
+    assert live.frames == text.count(FRAME_MARK) <= FPS * elapsed + 2
+    assert text.count("[CACHE] s") == 20000 and "[DONE] 20000 steps" in text
+
+
+def test_live_view_shows_running_steps_queue_and_a_pull_bar():
+    out = io.StringIO()
+    live = LiveReporter(out, fps=0.001)  # frames only when the test draws them
+    live(ev.Parsed(pipeline="p", steps=3, groups=1, planned=("a", "b", "c")))
+    live(ev.StepStarted(step="a", command="make"))
+    live(ev.OutputLine(step="a", stream="stdout", text="compiling x.c"))
+    live(ev.ImagePull(image="docker.io/library/debian:12", layers_done=1, layers_total=4,
+                      bytes_done=3 << 20, bytes_total=12 << 20))
+    live._frame(final=False)
+    frame = out.getvalue().rsplit(FRAME_MARK, 1)[1]
+    assert re.search(r"a +\d+\.\ds\x1b\[0m \x1b\[2mcompiling x\.c", frame), frame
+    assert "█████░░░░░░░░░░░░░░░ 1/4 layers 3.1MB/13MB docker.io/library/debian:12" in frame
+    assert "2 queued (next: b, c) · 1 running · 0/3 done · " in frame and "s elapsed" in frame
+    live(ev.ImagePull(image="docker.io/library/debian:12", layers_done=4, layers_total=4,
+                      bytes_done=12 << 20, bytes_total=12 << 20, done=True))
+    live(ev.StepPassed(step="a", duration=1.0))
+    live.close()
+    last = out.getvalue().rsplit(FRAME_MARK, 1)[1]
+    assert "[PULL] docker.io/library/debian:12: 4 layers, 13MB" in last
+    assert "[PASS] a (1.0s)" in last and "queued" not in last  # no status block at the end

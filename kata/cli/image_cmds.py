@@ -20,6 +20,15 @@ def _runtime(ctx: click.Context, offline: bool | None = None):  # noqa: ANN202
     return ContainerdRuntime.connect(address=address, offline=offline)
 
 
+def _tags(ctx: click.Context):  # noqa: ANN202
+    """The tag record `kata run` resolves from (see kata.runtimes.tags)."""
+    from kata.cli.run_cmds import image_tags
+    from kata.cli.store_cmds import open_store
+
+    with open_store(ctx) as store:
+        return image_tags(store.state_dir)
+
+
 @click.group()
 def image() -> None:
     """Manage kata's local image store (containerd namespace `kata`)."""
@@ -32,8 +41,10 @@ def image() -> None:
 def image_import(ctx: click.Context, archive: str, name: str | None) -> None:
     """Import an OCI image-layout or `docker save` archive."""
     with _runtime(ctx) as rt:
-        for rec in rt.import_image(archive, name):
-            click.echo(f"imported {rec.name} {rec.digest}")
+        records = rt.import_image(archive, name)
+    _tags(ctx).record({rec.name: rec.digest for rec in records})
+    for rec in records:
+        click.echo(f"imported {rec.name} {rec.digest}")
 
 
 @image.command("pull")
@@ -43,7 +54,8 @@ def image_pull(ctx: click.Context, ref: str) -> None:
     """Pull an image (linux/amd64) from its registry or a configured mirror."""
     with _runtime(ctx, offline=False) as rt:
         rec = rt.pull_image(ref)
-        click.echo(f"pulled {rec.name} {rec.digest}")
+    _tags(ctx).record({ref: rec.digest})  # refreshes what `kata run` resolves the tag to
+    click.echo(f"pulled {rec.name} {rec.digest}")
 
 
 @image.command("ls")
@@ -68,9 +80,14 @@ def image_ls(ctx: click.Context, quiet: bool) -> None:
 @click.pass_context
 def image_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Remove images (by name, or by digest: every name on it)."""
+    from kata.runtimes.containerd.reference import is_digest
+
+    tags = _tags(ctx)
     with _runtime(ctx) as rt:
         for ref in refs:
-            for name in rt.remove_image(ref):
+            removed = rt.remove_image(ref)
+            tags.forget(refs=removed, digests=[ref] if is_digest(ref) else ())
+            for name in removed:
                 click.echo(f"removed {name}")
 
 

@@ -30,13 +30,22 @@ def register(cli: click.Group) -> None:
 
 
 class LazyRuntime:
-    """Connects to containerd on first use (resolve or run); sweeps orphans before a run."""
+    """Connects to containerd on first use (resolve or run); sweeps orphans before a run.
 
-    def __init__(self, address: str | None) -> None:
+    Tags resolve from ``tags`` (kata's record of what each tag it pulled, imported or
+    resolved stands for) without connecting; what the runtime resolves is recorded there.
+    ``pull=True`` (``kata run --pull``) asks the registry again and pulls every image.
+    """
+
+    def __init__(self, address: str | None, tags=None, *, pull: bool = False) -> None:  # noqa: ANN001
         self.address = address
+        self.tags = tags  # kata.runtimes.tags.ImageTags or None
+        self.pull = pull
         self._rt = None
         self._swept = False
         self._lock = threading.Lock()
+        self._resolved: dict[str, str] = {}  # this run's tag -> digest
+        self.progress = None  # kata.runtimes.base.PullCallback: told how far pulls are
 
     def _get(self, sweep: bool):  # noqa: ANN202
         with self._lock:
@@ -44,13 +53,26 @@ class LazyRuntime:
                 from kata.runtimes.containerd import ContainerdRuntime
 
                 self._rt = ContainerdRuntime.connect(address=self.address, sweep=False)
+                self._rt.name_tags(self._resolved)
+            self._rt.progress = self.progress
             if sweep and not self._swept:
                 self._rt.sweep()
                 self._swept = True
             return self._rt
 
     def resolve_image(self, ref: str) -> str:
-        return self._get(False).resolve_image(ref)
+        if ref in self._resolved:
+            return self._resolved[ref]
+        found = None if self.pull or self.tags is None else self.tags.get(ref)
+        if found is None:
+            rt = self._get(False)
+            found = rt.pull_image(ref).digest if self.pull else rt.resolve_image(ref)
+            if self.tags is not None:
+                self.tags.record({ref: found})
+        self._resolved[ref] = found
+        if self._rt is not None:
+            self._rt.name_tags({ref: found})
+        return found
 
     def run(self, spec, sink, cancel, service_sink=None):  # noqa: ANN001, ANN201
         if service_sink is not None:
@@ -120,11 +142,12 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
              base: str | None = None, untrusted: bool = False, hook: str = "",
-             default_branch: str | None = None) -> None:
+             default_branch: str | None = None, pull: bool = False) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
     from kata.inputs import RehashStatCache
+    from kata.realise.events import process_started
     from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
@@ -151,8 +174,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       event=event or "", hook=hook, default_branch=default_branch,
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
-    runtime = LazyRuntime(obj.get("containerd_address"))
     store = open_store(ctx)
+    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull)
     try:
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
@@ -176,6 +199,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             git_tag=cond_ctx.tag if event else "",
             skip=condition_skips(pipeline, cond_ctx),
             scope=scope,
+            started=process_started(),  # [DONE]'s wall time is what the user waited
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
             plan = plan_run(graph, store, options, heal=False)
@@ -186,6 +210,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
         reporter = _reporter(json_out)
+        runtime.progress = _pull_events(reporter)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
                                 options=options)
@@ -204,6 +229,25 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _pull_events(reporter):  # noqa: ANN001, ANN202
+    """The runtime's pull progress as ImagePull events for ``reporter``."""
+    from kata.realise.events import ImagePull
+
+    def forward(p) -> None:  # noqa: ANN001 - kata.runtimes.base.PullProgress
+        reporter(ImagePull(image=p.image, layers_done=p.layers_done,
+                           layers_total=p.layers_total, bytes_done=p.bytes_done,
+                           bytes_total=p.bytes_total, done=p.done))
+
+    return forward
+
+
+def image_tags(state_dir: str):  # noqa: ANN201
+    """The host's image tag record beside the store's local state (kata.runtimes.tags)."""
+    from kata.runtimes.tags import FILE_NAME, ImageTags
+
+    return ImageTags(Path(state_dir) / FILE_NAME)
 
 
 def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
@@ -281,17 +325,20 @@ def _with_common(fn):  # noqa: ANN001, ANN202
               "not protected is untrusted (see SECURITY.md).")
 @click.option("--default-branch", metavar="B", help="The repository's default branch "
               "(protected when the host config names none; default: read from git).")
+@click.option("--pull", is_flag=True, help="Ask the registry what each image tag stands for "
+              "now and pull it (default: the digest kata recorded when it last pulled, "
+              "imported or resolved the tag).")
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
         untrusted: bool, event: str | None, branch: str | None, tag: str | None,
         action: str | None, base: str | None, hook: str | None,
-        default_branch: str | None) -> None:
+        default_branch: str | None, pull: bool) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
              action=action, base=base, untrusted=untrusted, hook=hook or "",
-             default_branch=default_branch)
+             default_branch=default_branch, pull=pull)
 
 
 @click.command()
@@ -429,7 +476,11 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
 def quiet_resolver(ctx: click.Context):  # noqa: ANN201
     """An image resolver for commands that only compare keys (``kata why``): the runtime's
     answer when it can give one, else None (the image stays unresolved)."""
-    runtime = LazyRuntime((ctx.find_root().obj or {}).get("containerd_address"))
+    from kata.cli.store_cmds import open_store
+
+    with open_store(ctx) as store:
+        tags = image_tags(store.state_dir)
+    runtime = LazyRuntime((ctx.find_root().obj or {}).get("containerd_address"), tags)
 
     def resolve(ref) -> str | None:  # noqa: ANN001
         try:

@@ -13,6 +13,7 @@ import click
 
 from kata import resources
 from kata.errors import KataError
+from kata.report import human_size  # noqa: F401 - the one size format, used here and by image ls
 from kata.model import Duration
 
 
@@ -57,20 +58,6 @@ def parse_size(text: str) -> int:
     except ValueError:
         raise KataError("cli.bad_size", f"not a size: {text!r} (try 500MB or 2GiB)",
                         obj=text) from None
-
-
-def human_size(n: int) -> str:
-    """Bytes for people, the one size format of the CLI (``cache stats``, ``store gc``,
-    ``image ls``): ``48MB`` style, decimal units (B, KB, MB, GB, TB), whole numbers, one
-    decimal below 10 (``1.5KB``)."""
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)}B"
-            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
-        value /= 1000
-    return f"{n}B"
 
 
 class _SizeType(click.ParamType):

@@ -89,6 +89,18 @@ class StepSkipped:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ImagePull:
+    """An image pull's progress (the runtime's ``PullProgress``, handed on by the CLI)."""
+
+    image: str
+    layers_done: int
+    layers_total: int
+    bytes_done: int
+    bytes_total: int
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Done:
     """The run is over."""
 
@@ -99,11 +111,32 @@ class Done:
     cached: int  # of the passed ones, how many came from the cache
     ran: int  # how many containers ran
     total: float  # sum of the durations of the steps that ran
-    wall: float  # wall-clock time of the realisation
+    wall: float  # wall-clock seconds the user waited: since RealiseOptions.started (for
+    #   `kata run`, the process's start: loading, compiling and hashing count)
     cancelled: bool = False  # Ctrl-C or pipeline timeout
 
 
-Event = Parsed | CacheChecked | ParallelStarted | StepStarted | OutputLine | StepPassed | StepFailed | StepSkipped | Done
+def process_started() -> float:
+    """The ``time.monotonic()`` value at which this process started (the kernel's record).
+
+    /proc/self/stat field 22 is the start time in clock ticks since boot; CLOCK_BOOTTIME
+    counts from boot as well (both include suspend). Resolution: one clock tick (10 ms).
+    Falls back to "now" where /proc is not readable.
+    """
+    import os
+
+    now_mono, now_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 (1-based, after comm)
+    except (OSError, ValueError, IndexError):
+        return now_mono
+    return now_mono - max(0.0, now_boot - start)
+
+
+Event = (Parsed | CacheChecked | ParallelStarted | StepStarted | OutputLine | StepPassed
+         | StepFailed | StepSkipped | ImagePull | Done)
 Emit = Callable[[Event], None]
 
 _KIND = {
@@ -115,6 +148,7 @@ _KIND = {
     StepPassed: "pass",
     StepFailed: "fail",
     StepSkipped: "skip",
+    ImagePull: "pull",
     Done: "done",
 }
 
@@ -151,8 +185,7 @@ def stamped(data: dict[str, object], at: float | None = None) -> dict[str, objec
 
 
 __all__ = [
-    "CacheChecked", "Done", "Emit", "Event", "OutputLine", "ParallelStarted", "Parsed",
-    "StepFailed",
-    "StepPassed", "StepSkipped", "StepStarted", "JSON_VERSION", "iso_time", "kind", "stamped",
-    "to_dict",
+    "CacheChecked", "Done", "Emit", "Event", "ImagePull", "OutputLine", "ParallelStarted",
+    "Parsed", "StepFailed", "StepPassed", "StepSkipped", "StepStarted", "JSON_VERSION",
+    "iso_time", "kind", "process_started", "stamped", "to_dict",
 ]

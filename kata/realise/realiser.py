@@ -193,7 +193,7 @@ class Realiser:
                     run_dir.rmdir()
                 except OSError:
                     pass
-            wall = time.monotonic() - started
+            wall = time.monotonic() - (self.options.started or started)
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)

@@ -30,6 +30,8 @@ class RealiseOptions:
     git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
     scope: Scope = Scope()  # where scoped entries are read and written (kata.keys.Scope)
+    started: float | None = None  # time.monotonic() the user's wait began (the kata process's
+    #   start, kata.realise.events.process_started()); None: when run() is called
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,80 +1,196 @@
-"""A live view on a terminal: the plain lines scroll, running steps stay at the bottom.
+"""A live view on a terminal: the plain lines scroll, a status block stays at the bottom.
 
-One line per running step with its elapsed time and its last output line, and
-a progress count. Output is not scrolled (it is in ``kata logs``), except the
-tail of a step that failed.
+The status block shows each running step with its elapsed time and last output line,
+image pulls with a progress bar (layers, bytes), and a summary line: queued, running
+and finished steps and the total elapsed time. Step output is not scrolled (it is in
+``kata logs``), except the tail of a step that failed.
+
+Cost: an event only updates counters and queues its line, under a lock. A frame
+thread draws at a fixed rate (``FPS``): it erases the previous status block, writes the
+lines queued since the last frame and the new block, all in one write. So the terminal
+costs the same whether a run emits ten events or ten thousand; a cached 5,000-step run
+writes its 5,000 ``[CACHE]`` lines in a few dozen writes. No rich, no curses: a handful
+of ANSI sequences every terminal since the VT100 understands.
 """
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 from collections import deque
 from typing import TextIO
 
 from kata.realise import events as ev
+from kata.report import human_size
 from kata.report.plain import RunLines
 
-_TAIL = 20
+FPS = 10  # frames a second
+_TAIL = 20  # output lines kept per step, shown if it fails
+_SHOWN = 8  # running steps listed by name; more are counted
+_STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[CACHE]": "34", "[PULL]": "36",
+          "[DONE]": "1"}
+_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+FRAME_MARK = "\x1b[?25l"  # each frame starts by hiding the cursor (tests count frames by it)
+
+
+def _styled(text: str) -> str:
+    code = _STYLE.get(text.split(" ", 1)[0])
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = width if total <= 0 else min(width, done * width // total)
+    return "█" * filled + "░" * (width - filled)
 
 
 class LiveReporter:
-    def __init__(self, stream: TextIO) -> None:
-        from rich.console import Console
-        from rich.live import Live
+    """Renders the event stream on a terminal ``stream`` at ``fps`` frames a second.
 
-        self.console = Console(file=stream)
-        self.total = 0
+    ``frames`` counts the frames drawn (what the bounded-redraw test checks against the
+    number of events). ``close()`` draws the last frame without a status block.
+    Thread-safe: events may come from any thread.
+    """
+
+    def __init__(self, stream: TextIO, *, fps: float = FPS) -> None:
+        self.stream = stream
+        self.interval = 1.0 / fps
+        self.frames = 0
+        self.events = 0
+        self.started = ev.process_started()  # "elapsed" is what the user waited
+        self.planned = 0
+        self.order: tuple[str, ...] = ()  # the planned steps, in order
         self.finished = 0
-        self.running: dict[str, float] = {}
-        self.last: dict[str, str] = {}
+        self.done_steps: set[str] = set()
+        self.running: dict[str, float] = {}  # step -> monotonic start
+        self.last: dict[str, str] = {}  # step -> its last output line
         self.tails: dict[str, deque[str]] = {}
-        self.lines = RunLines()
-        self.live = Live(console=self.console, refresh_per_second=8, transient=True,
-                         get_renderable=self._render)
-        self.live.start()
+        self.pulls: dict[str, ev.ImagePull] = {}
+        self.lines = RunLines()  # steps started together announced as one [RUN] line
+        self._pending: list[str] = []  # lines to scroll on the next frame
+        self._drawn = 0  # lines of status block on screen
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kata-live", daemon=True)
+        self._thread.start()
 
-    def _render(self):  # noqa: ANN202
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table.grid(padding=(0, 1))
-        now = time.monotonic()
-        for name, started in list(self.running.items()):
-            table.add_row(Text("⠿", style="cyan"), Text(name, style="bold"),
-                          Text(f"{now - started:5.1f}s", style="dim"),
-                          Text(self.last.get(name, "")[:100], style="dim", no_wrap=True))
-        table.add_row("", Text(f"{self.finished}/{self.total} steps", style="dim"), "", "")
-        return table
-
+    # -- events (cheap: no terminal I/O here) -----------------------------------------
     def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Parsed):
-            self.total = len(event.planned)
-        elif isinstance(event, ev.StepStarted):
-            self.running[event.step] = time.monotonic()
-            self.tails[event.step] = deque(maxlen=_TAIL)
-        elif isinstance(event, ev.OutputLine):
-            self.last[event.step] = event.text
-            self.tails.setdefault(event.step, deque(maxlen=_TAIL)).append(event.text)
-            return
-        elif isinstance(event, (ev.StepPassed, ev.StepFailed, ev.StepSkipped)):
-            self.running.pop(event.step, None)
-            self.finished += 1
-        for text in self.lines.feed(event):
-            self._print(text)
-        self.live.refresh()
+        with self._lock:
+            self.events += 1
+            if isinstance(event, ev.Parsed):
+                self.planned = len(event.planned)
+                self.order = event.planned
+            elif isinstance(event, ev.StepStarted):
+                self.running[event.step] = time.monotonic()
+                self.tails[event.step] = deque(maxlen=_TAIL)
+            elif isinstance(event, ev.OutputLine):
+                self.last[event.step] = event.text
+                self.tails.setdefault(event.step, deque(maxlen=_TAIL)).append(event.text)
+                return
+            elif isinstance(event, (ev.StepPassed, ev.StepFailed, ev.StepSkipped)):
+                self.running.pop(event.step, None)
+                self.last.pop(event.step, None)
+                if event.step not in self.done_steps:
+                    self.done_steps.add(event.step)
+                    self.finished += 1
+            elif isinstance(event, ev.ImagePull):
+                if event.done:
+                    self.pulls.pop(event.image, None)
+                else:
+                    self.pulls[event.image] = event
+            self._scroll(self.lines.feed(event))
 
-    def _print(self, text: str) -> None:
-        from rich.text import Text
+    def _scroll(self, texts: list[str]) -> None:
+        # the lines for the next frame; a failed step's last lines follow its verdict
+        for text in texts:
+            self._pending.append(_styled(text))
+            if text.startswith("[FAIL] "):
+                step = text.split(" ", 2)[1]
+                self._pending.extend(f"\x1b[2m{step} | {out}\x1b[0m"
+                                     for out in self.tails.pop(step, ()))
 
-        style = {"[PASS]": "green", "[FAIL]": "red", "[SKIP]": "yellow",
-                 "[CACHE]": "blue"}.get(text.split(" ", 1)[0], "")
-        self.console.print(Text(text, style=style), highlight=False)
-        if text.startswith("[FAIL] "):  # the failed step's last lines after its verdict
-            step = text.split(" ", 2)[1]
-            for out in self.tails.get(step, ()):
-                self.console.print(Text(f"{step} | {out}", style="dim"), highlight=False)
+    # -- frames ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._frame(final=False)
+
+    def _status(self, width: int) -> list[str]:
+        now = time.monotonic()
+        rows = []
+        spin = _SPINNER[self.frames % len(_SPINNER)]
+        for name, started in list(self.running.items())[:_SHOWN]:
+            head = f"{spin} {name} {now - started:5.1f}s"
+            tail = self.last.get(name, "")
+            rows.append(f"\x1b[36m{head}\x1b[0m \x1b[2m{tail[:max(0, width - len(head) - 2)]}"
+                        "\x1b[0m" if tail else f"\x1b[36m{head}\x1b[0m")
+        if len(self.running) > _SHOWN:
+            rows.append(f"  … and {len(self.running) - _SHOWN} more running")
+        for pull in list(self.pulls.values()):
+            rows.append(f"↓ {_bar(pull.bytes_done, pull.bytes_total)} {pull.layers_done}/"
+                        f"{pull.layers_total} layers {human_size(pull.bytes_done)}/"
+                        f"{human_size(pull.bytes_total)} {pull.image}")  # a long name is clipped
+        queued = max(0, self.planned - self.finished - len(self.running))
+        nxt = []
+        for name in self.order if queued else ():
+            if name not in self.done_steps and name not in self.running:
+                nxt.append(name)
+                if len(nxt) == 3:
+                    break
+        names = f" (next: {', '.join(nxt)}{', …' if queued > len(nxt) else ''})" if nxt else ""
+        rows.append(f"\x1b[2m{queued} queued{names} · {len(self.running)} running · "
+                    f"{self.finished}/{self.planned} done · {now - self.started:.1f}s elapsed"
+                    "\x1b[0m")
+        return rows
+
+    def _frame(self, final: bool) -> None:
+        width = max(20, shutil.get_terminal_size((80, 24)).columns)
+        with self._lock:
+            pending, self._pending = self._pending, []
+            status = [] if final else self._status(width)
+            self.frames += 1
+            out = [FRAME_MARK]
+            if self._drawn:  # back to the top of the old block, erase it
+                out.append(f"\r\x1b[{self._drawn}A\x1b[J")
+            out.extend(text + "\n" for text in pending)
+            # a status row must not wrap: the erase above counts rows
+            out.extend(_clip(row, width) + "\n" for row in status)
+            self._drawn = len(status)
+            if final:
+                out.append("\x1b[?25h")
+        # written outside the lock: a slow terminal holds up the next frame, never the run
+        # (frames are drawn by one thread, then by close() after it ended: never at once)
+        try:
+            self.stream.write("".join(out))
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._stop.set()  # the terminal went away: stop drawing, keep running
 
     def close(self) -> None:
-        for text in self.lines.flush():
-            self._print(text)
-        self.live.stop()
+        """Stop the frame thread and draw the last lines (no status block, cursor shown)."""
+        if self._stop.is_set() and not self._thread.is_alive():
+            return
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            self._scroll(self.lines.flush())
+        self._frame(final=True)
+
+
+def _clip(row: str, width: int) -> str:
+    """``row`` cut to ``width`` visible columns (escape sequences do not count)."""
+    out, seen, i = [], 0, 0
+    while i < len(row):
+        if row[i] == "\x1b":
+            end = row.find("m", i)
+            if end < 0:
+                break
+            out.append(row[i:end + 1])
+            i = end + 1
+            continue
+        if seen >= width - 1:
+            break
+        out.append(row[i])
+        seen += 1
+        i += 1
+    return "".join(out) + "\x1b[0m"

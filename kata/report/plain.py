@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from kata.realise import events as ev
+from kata.report import human_size
 
 
 def short_key(key: str) -> str:
@@ -41,9 +42,16 @@ def line(event: ev.Event) -> str | None:
             return f"[FAIL] {event.step} ({event.message}, {seconds(event.duration)})"
         case ev.StepSkipped():
             return f"[SKIP] {event.step} ({event.reason})"
+        case ev.ImagePull():
+            if not event.done:
+                return None
+            layers = "layer" if event.layers_total == 1 else "layers"
+            return (f"[PULL] {event.image}: {event.layers_total} {layers}, "
+                    f"{human_size(event.bytes_done)}")
         case ev.Done():
             return done_line(event)
     return None
+
 
 
 def done_line(event: ev.Done) -> str:

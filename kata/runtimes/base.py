@@ -31,6 +31,26 @@ ServiceSink = Callable[[str, Stream, bytes], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PullProgress:
+    """How far an image pull is: layers and compressed bytes fetched of the total.
+
+    A runtime that pulls calls its ``progress`` callable (if set) with one of these when a
+    pull starts, at most every 0.1 s while bytes arrive, after each layer, and once with
+    ``done=True``. Called from the pulling thread.
+    """
+
+    image: str  # the reference being pulled
+    layers_done: int
+    layers_total: int
+    bytes_done: int
+    bytes_total: int
+    done: bool = False
+
+
+PullCallback = Callable[[PullProgress], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Mount:
     """A mount inside the container.
 

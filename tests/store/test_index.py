@@ -188,3 +188,15 @@ def test_gc_older_than_protects_recent_use(tmp_path: Path) -> None:
         report = s.gc(older_than=86400)
         assert report.deleted_objects == (digests["day"],)
         assert s.has_blob(digests["hour"])
+
+
+def test_hit_and_miss_counts_are_buffered_and_kept(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "store", state_dir=tmp_path / "state") as s:
+        for _ in range(1000):
+            s.count(True)
+        s.count(False)
+        assert (s.stats()["hits"], s.stats()["misses"]) == (1000, 1)
+        assert s.index.counters() == {"hits": 1000, "misses": 1}  # stats() flushed them
+        s.count(True)
+    with Store.open(tmp_path / "store", state_dir=tmp_path / "state") as s:
+        assert s.index.counters() == {"hits": 1001, "misses": 1}  # close() flushed the rest

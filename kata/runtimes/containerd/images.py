@@ -119,8 +119,21 @@ class ImageStore:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._unpack_lock = threading.Lock()
+        self._guard = threading.Lock()  # guards the two dicts below
+        self._locks: dict[str, threading.Lock] = {}  # one per image digest / chain ID
         self._run_cache: dict[str, RunImage] = {}
+
+    def lock(self, key: str) -> threading.Lock:
+        """The in-process lock of one image (by digest) or one snapshot chain (by chain ID).
+
+        Steps starting at once on the same image wait on it, so this process unpacks or
+        pulls an image once; other processes are met by ALREADY_EXISTS (see ``_apply``).
+        """
+        with self._guard:
+            found = self._locks.get(key)
+            if found is None:
+                found = self._locks[key] = threading.Lock()
+            return found
 
     # -- content ------------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
@@ -305,7 +318,7 @@ class ImageStore:
         if not removed:
             raise KataError("image.not_found", f"no image {ref} in kata's image store",
                             obj=ref, exit_code=1)
-        with self._unpack_lock:
+        with self._guard:
             self._run_cache.clear()
         return removed
 
@@ -326,7 +339,7 @@ class ImageStore:
         return digest in self._run_cache
 
     def forget(self, digest: str) -> None:
-        with self._unpack_lock:
+        with self._guard:
             self._run_cache.pop(digest, None)
 
     def run_image(self, digest: str) -> RunImage:
@@ -334,7 +347,7 @@ class ImageStore:
         cached = self._run_cache.get(digest)
         if cached is not None:
             return cached
-        with self._unpack_lock:
+        with self.lock(digest):
             cached = self._run_cache.get(digest)
             if cached is not None:
                 return cached
@@ -350,7 +363,8 @@ class ImageStore:
                             entrypoint=tuple(cfg.get("Entrypoint") or ()),
                             cmd=tuple(cfg.get("Cmd") or ()),
                             exposed_ports=tuple(cfg.get("ExposedPorts") or {}))
-            self._run_cache[digest] = info
+            with self._guard:
+                self._run_cache[digest] = info
             return info
 
     def snapshot_exists(self, key: str) -> bool:
@@ -365,7 +379,11 @@ class ImageStore:
             raise
 
     def unpack(self, manifest: dict[str, Any], diff_ids: list[str]) -> str:
-        """Unpack the manifest's layers into committed snapshots; return the top chain ID."""
+        """Unpack the manifest's layers into committed snapshots; return the top chain ID.
+
+        Safe to call at once from many threads (they wait on the chain's lock) and from
+        many processes (a layer another process committed first counts as done).
+        """
         layers = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
         if len(layers) != len(diff_ids) or not layers:
             raise KataError("image.bad_manifest",
@@ -374,7 +392,7 @@ class ImageStore:
         if self.snapshot_exists(chain[-1]):
             return chain[-1]
         c = self.client
-        with c.lease("unpack") as lease:
+        with self.lock(chain[-1]), c.lease("unpack") as lease:
             parent = ""
             for layer, diff_id, chain_id in zip(layers, diff_ids, chain):
                 if not self.snapshot_exists(chain_id):
@@ -397,16 +415,27 @@ class ImageStore:
                 raise KataError("image.digest_mismatch",
                                 f"layer {layer.digest} unpacked to {applied.digest}, but the "
                                 f"image config says {diff_id}", obj=layer.digest, exit_code=1)
-            c.call(c.snapshots.Commit, snapshots_pb2.CommitSnapshotRequest(
-                snapshotter=SNAPSHOTTER, name=chain_id, key=key), f"commit {chain_id}",
-                lease=lease)
-        except BaseException:
             try:
-                c.call(c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
-                    snapshotter=SNAPSHOTTER, key=key), f"remove {key}")
-            except ContainerdError:
-                pass
+                c.call(c.snapshots.Commit, snapshots_pb2.CommitSnapshotRequest(
+                    snapshotter=SNAPSHOTTER, name=chain_id, key=key), f"commit {chain_id}",
+                    lease=lease)
+            except ContainerdError as err:
+                if err.code != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+                # another process unpacked the same layer first: its snapshot is the same
+                # content (named by chain ID), so ours is dropped and the layer is done
+                self._remove_snapshot(key)
+        except BaseException:
+            self._remove_snapshot(key)
             raise
+
+    def _remove_snapshot(self, key: str) -> None:
+        c = self.client
+        try:
+            c.call(c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
+                snapshotter=SNAPSHOTTER, key=key), f"remove {key}")
+        except ContainerdError:
+            pass  # gone already; a leftover carries our owner label and is swept
 
     # -- storing a whole image ----------------------------------------------------
     def store_manifest(self, lease: str, manifest_bytes: bytes, media_type: str,

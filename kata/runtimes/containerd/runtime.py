@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from kata.errors import KataError
 from procs import owner_alive
 
-from ..base import CANCEL_EXIT, OutputSink, ServiceSink, StepSpec
+from ..base import (
+    CANCEL_EXIT, OutputSink, PullCallback, PullProgress, ServiceSink, StepSpec,
+)
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
@@ -50,6 +52,8 @@ class ContainerdRuntime:
         self._registry: RegistryClient | None = None
         self._lock = threading.Lock()
         self._releasing: set[threading.Thread] = set()  # deferred releases of finished steps
+        self._tags: dict[str, set[str]] = {}  # digest -> tags this run resolved to it
+        self.progress: PullCallback | None = None  # told how far each pull is
 
     # -- connecting ---------------------------------------------------------------------
     @classmethod
@@ -130,6 +134,16 @@ class ContainerdRuntime:
         digest, _body, _mt = self.registry.fetch_manifest(parsed)
         return digest
 
+    def name_tags(self, resolved: dict[str, str]) -> None:
+        """Remember that each tag in ``resolved`` (tag -> digest) stands for its digest in
+        this run: an image pulled by digest for a step is then also stored under its tags
+        (so `kata image ls` and an offline run find it by tag)."""
+        with self._lock:
+            for ref, digest in resolved.items():
+                parsed = parse_reference(ref)
+                if parsed.digest is None:
+                    self._tags.setdefault(digest, set()).add(parsed.stored_name)
+
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
         if cancel.is_set():
@@ -194,10 +208,18 @@ class ContainerdRuntime:
             digest = parsed.digest
         if self.images.known(digest) or self.images.has_blob(digest):
             return digest
-        if parsed is None or self.offline:
-            raise KataError("image.not_found", f"image {image} is not in kata's image store",
-                            obj=image, exit_code=1)
-        self.pull_image(parsed.stored_name)
+        with self.images.lock(digest):  # steps starting at once on it: one pull
+            if self.images.has_blob(digest):
+                return digest
+            if parsed is None or self.offline:
+                raise KataError("image.not_found", f"image {image} is not in kata's image "
+                                "store", obj=image, exit_code=1)
+            record = self.pull_image(parsed.stored_name)
+            with self._lock:
+                names = sorted(self._tags.get(digest, ()))
+            target = self.images.get_image(record.name) if names else None
+            for name in names if target is not None else ():
+                self.images.put_image(name, target)
         return digest
 
     # -- images -------------------------------------------------------------------------
@@ -205,14 +227,16 @@ class ContainerdRuntime:
         return self.images.import_archive(path, name)
 
     def pull_image(self, ref: str) -> ImageRecord:
+        """Pull ``ref`` (linux/amd64) into kata's image store, reporting to ``self.progress``."""
         if self.offline:
             raise KataError("image.offline", f"cannot pull {ref}: offline", obj=ref, exit_code=1)
         parsed = parse_reference(ref)
         reg, store = self.registry, self.images
         digest, body, media_type = reg.fetch_manifest(parsed)
+        meter = _PullMeter(ref, self.progress)
 
         def blob(desc):  # noqa: ANN001, ANN202
-            return reg.blob_chunks(parsed, desc)
+            return meter.count(desc, reg.blob_chunks(parsed, desc))
 
         with self.client.lease("pull", sync_delete=True) as lease:
             if b'"manifests"' in body and "manifests" in _json(body):
@@ -220,12 +244,15 @@ class ContainerdRuntime:
 
                 chosen = select_platform(_json(body))
                 _, mbody, mtype = reg.fetch_manifest(parsed, chosen.digest)
+                meter.plan(mbody, store)
                 mdesc = store.store_manifest(lease, mbody, mtype or chosen.media_type, blob)
                 target = store.store_index(lease, body, media_type, {mdesc.digest: mdesc})
             else:
+                meter.plan(body, store)
                 target = store.store_manifest(lease, body, media_type, blob)
             assert target.digest == digest
             store.put_image(parsed.stored_name, target)
+        meter.finish()
         return ImageRecord(name=parsed.stored_name, digest=target.digest, media_type=target.media_type,
                            size=store._size(target.digest))
 
@@ -339,6 +366,57 @@ class ContainerdRuntime:
             "netns": self.network.leftovers(),
             "fifos": sorted(str(p) for p in self.fifo_root.glob("*/*")) if self.fifo_root.is_dir() else [],
         }
+
+
+class _PullMeter:
+    """Counts a pull's layers and bytes for a ``PullCallback`` (at most 10 reports a second)."""
+
+    def __init__(self, ref: str, report: PullCallback | None) -> None:
+        self.ref, self.report = ref, report
+        self.layers: dict[str, int] = {}  # layer digest -> size, of those still to fetch
+        self.layers_done = self.bytes_done = 0
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def plan(self, manifest: bytes, store: ImageStore) -> None:
+        """Count the platform manifest's layers that are not stored yet."""
+        layers = _json(manifest).get("layers") or []
+        for layer in layers:
+            digest, size = layer.get("digest"), layer.get("size")
+            if isinstance(digest, str) and isinstance(size, int) and not store.has_blob(digest):
+                self.layers[digest] = size
+        self._send(force=True)
+
+    def count(self, desc, chunks):  # noqa: ANN001, ANN201 - (Descriptor, Iterable[bytes])
+        if desc.digest not in self.layers:  # the config: not a layer, not counted
+            yield from chunks
+            return
+        for chunk in chunks:
+            with self._lock:
+                self.bytes_done += len(chunk)
+            self._send()
+            yield chunk
+        with self._lock:
+            self.layers_done += 1
+        self._send(force=True)
+
+    def finish(self) -> None:
+        self._send(force=True, done=True)
+
+    def _send(self, force: bool = False, done: bool = False) -> None:
+        if self.report is None:
+            return
+        import time
+
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last < 0.1:
+                return
+            self._last = now
+            event = PullProgress(image=self.ref, layers_done=self.layers_done,
+                                 layers_total=len(self.layers), bytes_done=self.bytes_done,
+                                 bytes_total=sum(self.layers.values()), done=done)
+        self.report(event)
 
 
 def _raiser(err: BaseException):  # noqa: ANN202
