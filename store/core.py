@@ -47,6 +47,14 @@ class Store:
         self.objects = ObjectStore(root, level=level)
         self.tmp = os.path.join(root, "tmp")
         self.index = LmdbIndex(os.path.join(state_dir, "index"))
+        # what opening had to repair, for the caller to tell the user (store/ never prints)
+        self.notices: list[str] = []
+        if self.index.discarded:
+            from .verify import rebuild_index
+
+            count = rebuild_index(self)
+            self.notices.append(f"the store's index was damaged ({self.index.discarded}); "
+                                f"rebuilt it from the store's files ({count} realisations)")
         self.stat_cache = LmdbStatCache(self.index)
         self.unpacked_dir = os.path.join(state_dir, "unpacked")
         self._unpacked = UnpackedTrees(self.unpacked_dir, self.extract_tree, self.index)
