@@ -13,6 +13,7 @@ write within the timestamp granularity would otherwise go unseen).
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import hashlib
@@ -31,6 +32,9 @@ import msgpack
 from kata.errors import KataError
 
 KATAIGNORE = ".kataignore"
+# A cache key file names a cache (a lock file, go.sum): 64 MiB is far beyond any real one
+# and keeps a hostile pattern from making every run hash gigabytes.
+MAX_KEY_FILE = 64 << 20
 RACY_NS = 2_000_000_000
 INPUTS_FORMAT = "kata-inputs/1"
 
@@ -264,6 +268,23 @@ class Snapshot:
                 hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
             return [f for f in map(hashed.__getitem__, paths) if f is not None]
 
+    def key_set(self, patterns: Sequence[str], *, what: str,
+                max_size: int = MAX_KEY_FILE) -> InputSet:
+        """``input_set(patterns)`` for ``cache.key_files``: files of the repository listing
+        only (symlinks hashed as links, never followed; devices and FIFOs are not listed
+        files), each at most ``max_size`` bytes, checked before anything is read.
+
+        Raises KataError ``inputs.key_file_too_large`` naming ``what`` and the file.
+        """
+        chosen = match(tuple(patterns), self.paths)
+        for rel, st in zip(chosen, _lstat_all([os.path.join(self.root, p) for p in chosen])):
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size > max_size:
+                raise KataError("inputs.key_file_too_large",
+                                f"{what}: {rel} is {st.st_size / (1 << 20):.1f} MiB; key files "
+                                f"are limited to {max_size >> 20} MiB (a lock file names a "
+                                "cache): narrow the pattern", obj=rel)
+        return self.input_set(patterns)
+
     def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
         """The files `patterns` (gitignore-style) select; () selects every file."""
         key = tuple(patterns)
@@ -272,6 +293,33 @@ class Snapshot:
             chosen = match(key, self.paths) if key else self.paths
             got = self._sets[key] = InputSet.of_entries(self.entries(chosen))
         return got
+
+
+def _open_inside(root: str, rel: str, path: str, checked: dict[str, bool]):
+    """The regular file ``path`` (``rel`` below ``root``) opened for reading, only if it is
+    still a regular file inside the repository: no directory on the way is a symlink
+    leading out (``git ls-files`` lists index entries, which a symlinked directory in the
+    work tree could redirect), the file itself is not a symlink (``O_NOFOLLOW``) nor a
+    FIFO or device swapped in after the lstat (``O_NONBLOCK``, then fstat)."""
+    parent = os.path.dirname(rel)
+    if parent and parent not in checked:
+        checked[parent] = _inside(root, os.path.join(root, parent))
+    if parent and not checked[parent]:
+        raise OSError(errno.EXDEV, "a directory on its path leads outside the repository")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file any more")
+    os.set_blocking(fd, True)
+    f = open(fd, "rb")
+    f.raw.name = path  # as open(path) would name it
+    return f
+
+
+def _inside(root: str, directory: str) -> bool:
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(directory)
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
 
 
 _STAT_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ino")
@@ -291,6 +339,7 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
     cached = list(map(known, absolute))
     fresh: dict[str, tuple[int, int, int, str]] = {}
     racy = time.time_ns() - RACY_NS
+    checked: dict[str, bool] = {}  # directory (relative) -> inside the repository
     out: list[Entry | None] = []
     append = out.append
     S_ISREG, S_ISLNK = stat.S_ISREG, stat.S_ISLNK
@@ -303,7 +352,7 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
             append((rel, c[3], c[0], 0o755 if m & 0o111 else 0o644))
         elif S_ISREG(m):
             try:
-                with open(a, "rb") as f:
+                with _open_inside(root, rel, a, checked) as f:
                     digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
             except OSError as err:
                 raise KataError("inputs.unreadable", f"cannot read input {rel}: {err.strerror}",

@@ -428,13 +428,9 @@ class Realiser:
         h.update(image_of(node).encode() + b"\0")
         for p in step.cache.paths:
             h.update(b"p\0" + p.encode() + b"\0")
-        root = self.options.repo_root
-        for kf in step.cache.key_files:
-            h.update(b"k\0" + kf.encode() + b"\0")
-            try:
-                h.update(hashlib.sha256((root / kf).read_bytes()).digest())
-            except FileNotFoundError:
-                h.update(b"missing")
+        # the key files as the compiler hashed them from the repository listing (globs
+        # expanded, regular files of the repository, bounded): nothing is read here
+        h.update(b"k\0" + (node.derivation.key_files or "").encode() + b"\0")
         return h.hexdigest()
 
     def _cache_tree(self, node: Any) -> str:
