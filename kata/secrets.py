@@ -159,8 +159,9 @@ def _read_secret_file(name: str, path: str) -> str:
         os.set_blocking(fd, True)
         chunks: list[bytes] = []
         size = 0
-        while size <= MAX_SECRET_FILE:
-            chunk = os.read(fd, MAX_SECRET_FILE + 1 - size)
+        limit = MAX_SECRET_FILE + 2  # the value, and a trailing newline that is not part of it
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -171,10 +172,11 @@ def _read_secret_file(name: str, path: str) -> str:
         ) from exc
     finally:
         os.close(fd)
-    if size > MAX_SECRET_FILE:
+    data = b"".join(chunks)
+    value_size = len(data) - (2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\n") else 0)
+    if value_size > MAX_SECRET_FILE:
         raise KataError("secret.too_large", f"--secret-file {name}: {path} holds more than "
                         f"{MAX_SECRET_FILE >> 10} KiB; secrets are limited to that size", obj=name)
-    data = b"".join(chunks)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

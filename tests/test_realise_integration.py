@@ -220,3 +220,22 @@ def test_cache_paths_survive_between_runs_keyed_on_key_files(env):
     env.write("lock", "v2")  # a new key: a cold cache
     assert env.run([step]).ok
     assert env.output("install") == []
+
+
+def test_output_keeps_the_terminals_order_and_masks_across_streams(env):
+    """stdout and stderr interleaved 300 times come back in the order they were written,
+    identically on every run; a value written half to each stream is masked; a progress
+    line keeps its final state; the stored log is what the events carried."""
+    interleave = ("i=0; while [ $i -lt 300 ]; do echo a$i; echo b$i >&2; echo c$i; "
+                  "i=$((i+1)); done")
+    steps = [FakeStep("order", inputs=("none",), secrets=("TOKEN",), commands=(
+        interleave, "printf 'key tok-'; printf 'abcdef end\\n' >&2",
+        "printf 'fetch  10%%\\r'; printf 'fetch  60%%\\r' >&2; printf 'fetch 100%%\\n'"))]
+    expected = ([f"{x}{i}" for i in range(300) for x in "abc"]
+                + ["key *** end", "fetch 100%"])
+    for _ in range(3):  # a secret step is never cached: it runs every time
+        result = env.run(steps, secrets={"TOKEN": "tok-abcdef"})
+        assert result.ok, env.events
+        assert env.output("order") == expected
+        log = env.store.read_blob(result.steps["order"].log)
+        assert log == ("\n".join(expected) + "\n").encode()

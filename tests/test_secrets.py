@@ -442,7 +442,7 @@ def test_secret_file_is_bounded(tmp_path):
 
     assert MAX_SECRET_FILE == 64 * 1024
     ok = tmp_path / "ok"
-    ok.write_text("k" * MAX_SECRET_FILE)
+    ok.write_text("k" * MAX_SECRET_FILE + "\n")
     got = SecretSource.from_args(secret_files=[f"A={ok}"], environ={}).resolve(["A"])
     assert got == {"A": "k" * MAX_SECRET_FILE}
     big = tmp_path / "big"

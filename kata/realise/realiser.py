@@ -29,6 +29,7 @@ from typing import Any
 
 from kata.errors import KataError
 from kata.realise import events as ev
+from kata.realise.output import MERGE_STDERR, MaskedOutput
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import Cancel, schedule
 from kata.realise.workspace import (
@@ -45,8 +46,9 @@ _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 
 
 def _shell_script(commands: Sequence[str]) -> str:
-    # one shell, commands in order, stop at the first failure (a CI step's contract)
-    return "set -e\n" + "\n".join(commands) + "\n"
+    # one shell, commands in order, stop at the first failure (a CI step's contract);
+    # stderr joins stdout so the order is the terminal's (kata.realise.output)
+    return MERGE_STDERR + "set -e\n" + "\n".join(commands) + "\n"
 
 
 def image_of(node: Any) -> str:
@@ -61,45 +63,6 @@ def image_of(node: Any) -> str:
 def _empty_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="kata-empty-"))
     return path
-
-
-class _MaskedOutput:
-    """The step's output sink: raw bytes per stream, masked by a streaming ``MaskStream``
-    (one per stream, fed in order, so a value split across writes or lines is still
-    found), then cut into lines for the log and the events. Nothing unmasked leaves."""
-
-    raw = True  # the runtime hands over chunks as read (kata.runtimes.base.OutputSink)
-    _MAX_PENDING = 1 << 20  # a longer line without a newline is passed on in pieces
-
-    def __init__(self, realiser: "Realiser", name: str, log: Any, log_lock: threading.Lock) -> None:
-        self._r, self._name, self._log, self._log_lock = realiser, name, log, log_lock
-        self._streams = {s: realiser._masker.stream() for s in ("stdout", "stderr")}
-        self._pending = {s: b"" for s in ("stdout", "stderr")}
-
-    def __call__(self, stream: str, data: bytes) -> None:
-        self._lines(stream, self._streams[stream].feed(data), final=False)
-
-    def close(self) -> None:
-        for stream, masking in self._streams.items():
-            self._lines(stream, masking.close(), final=True)
-
-    def _lines(self, stream: str, data: bytes, *, final: bool) -> None:
-        buf = self._pending[stream] + data
-        lines = buf.split(b"\n")
-        rest = lines.pop()
-        if rest and (final or len(rest) >= self._MAX_PENDING):
-            lines.append(rest)
-            rest = b""
-        self._pending[stream] = rest
-        if not lines:
-            return
-        lines.append(b"")  # one write per chunk, each line ending in a newline
-        with self._log_lock:
-            self._log.write(b"\n".join(lines))
-        emit, name = self._r.emit, self._name
-        for line in lines[:-1]:
-            emit(ev.OutputLine(step=name, stream=stream,  # type: ignore[arg-type]
-                               text=line.decode("utf-8", errors="replace")))
 
 
 class Realiser:
@@ -629,26 +592,28 @@ class Realiser:
             services=services,
         )
         masker = self._masker
-        service_logs = service_logs or {}
+        # service output arrives line by line: one streaming masker per service, so a
+        # value split across lines or streams is masked as in the step's own output
+        service_outs = {sname: MaskedOutput(masker, sname, lambda _e: None, slog, log_lock)
+                        for sname, slog in (service_logs or {}).items()}
 
         def service_sink(service: str, stream: str, data: bytes) -> None:
-            # service output arrives line by line; every form of every value is masked
-            text = masker.mask(data).decode("utf-8", errors="replace")
-            with log_lock:
-                service_logs[service].write(text.encode() + b"\n")
+            service_outs[service](stream, data + b"\n")
 
         command = masker.mask(" && ".join(step.commands).encode()).decode("utf-8", "replace")
         self.emit(ev.StepStarted(step=name, command=command))
         assert self.runtime is not None
         if cancel.is_set():
             return CANCEL_EXIT
-        sink = _MaskedOutput(self, name, log, log_lock)
+        sink = MaskedOutput(masker, name, self.emit, log, log_lock)
         try:
             if services:
                 return self.runtime.run(spec, sink, cancel, service_sink=service_sink)
             return self.runtime.run(spec, sink, cancel)
         finally:
-            sink.close()  # what each stream's masker held back (never a partial value)
+            sink.close()  # what the masker held back (never a partial value)
+            for out in service_outs.values():
+                out.close()
 
     # -- history ----------------------------------------------------------------------
 
