@@ -160,10 +160,25 @@ class LmdbIndex:
                 with self.env.begin(write=True) as txn:
                     return fn(txn)
             except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                try:
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                except lmdb.Error as err:
+                    raise self._error(err, "growing") from err
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
+            except lmdb.Error as err:
+                raise self._error(err, "writing") from err
         raise StoreError("store.index_full", "the index could not grow", obj=self.path)
+
+    def _error(self, err: lmdb.Error, doing: str) -> StoreError:
+        """An LMDB failure as a StoreError: a full disk says so (LMDB reports the errno
+        in its message, e.g. ``mdb_txn_commit: No space left on device``)."""
+        text = str(err)
+        if "No space left" in text or "Disk quota" in text:
+            return StoreError("store.disk_full", f"no space left on the index's filesystem "
+                              f"while {doing} the index at {self.path}", obj=self.path)
+        return StoreError("store.index", f"the index at {self.path} failed while {doing}: {text}",
+                          obj=self.path)
 
     def get(self, db: str, key: bytes) -> bytes | None:
         """One lookup (the hot path: no closure, no retry loop unless the map moved)."""

@@ -16,7 +16,9 @@ recorded in the store at the end, also for failed and interrupted runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -82,10 +84,12 @@ class Realiser:
         self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
+        self._snapshot_faults: dict[str, Exception] = {}  # step -> why its snapshot failed
         self._empty_tree = ""
         # every value given to this run, in every encoded form, masked in every step's output
         self._masker = Masker(v for v in options.secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
+        self.record_error = ""  # why the run could not be recorded ("" when it was)
         unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
         if unknown:
             raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
@@ -299,8 +303,12 @@ class Realiser:
         for name in names:
             inputs = self.graph.nodes[name].inputs
             digest = inputs.digest
-            if digest not in by_digest:
-                by_digest[digest] = self._input_tree(inputs)
+            try:
+                if digest not in by_digest:
+                    by_digest[digest] = self._input_tree(inputs)
+            except (StoreError, OSError) as err:  # e.g. a full disk: that step fails
+                self._snapshot_faults[name] = err
+                continue
             self._snapshots[name] = by_digest[digest]
 
     def _input_tree(self, inputs: Any) -> str:
@@ -342,6 +350,33 @@ class Realiser:
     # -- one step -------------------------------------------------------------------
 
     def _work(self, name: str, cancel: Cancel) -> bool:
+        """Realise one step; a fault of the machine rather than of the step (a full disk,
+        an object collected by a concurrent gc, an I/O error) fails that step with its
+        reason instead of stopping the run as an internal error."""
+        started = time.monotonic()
+        try:
+            if name in self._snapshot_faults:
+                raise self._snapshot_faults[name]
+            return self._realise_step(name, cancel)
+        except (KataError, StoreError, OSError) as err:
+            return self._faulted(name, err, time.monotonic() - started)
+
+    def _faulted(self, name: str, err: Exception, duration: float) -> bool:
+        if isinstance(err, (KataError, StoreError)):
+            reason, message = err.reason, err.message
+        else:
+            code = errno.errorcode.get(err.errno or 0, "EIO")
+            reason = "store.disk_full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "os.error"
+            message = f"{err.strerror or err} ({code})" + (f": {err.filename}" if err.filename else "")
+        message = self._masker.mask(message.encode()).decode("utf-8", "replace")
+        node = self.graph.nodes[name]
+        self._set(StepResult(name=name, status="failed", cache="MISS", drv_hash=node.drv_hash,
+                             key=node.drv_hash, duration=duration, message=message))
+        self.emit(ev.StepFailed(step=name, exit_status=None, duration=duration, message=message,
+                                reason=reason))
+        return False
+
+    def _realise_step(self, name: str, cancel: Cancel) -> bool:
         node = self.graph.nodes[name]
         resolved = ""
         if all(d in self._stacks for d in node.deps):
@@ -618,6 +653,14 @@ class Realiser:
     # -- history ----------------------------------------------------------------------
 
     def _record_run(self, result: RunResult, created: float) -> None:
+        try:
+            self._put_run(result, created)
+        except (StoreError, OSError) as err:  # a full disk must not hide the run's outcome
+            self.record_error = getattr(err, "message", None) or str(err)
+            logging.getLogger("kata.realise").warning("run %s not recorded: %s", self.run_id,
+                                                      self.record_error)
+
+    def _put_run(self, result: RunResult, created: float) -> None:
         status = ("passed" if result.ok else
                   "interrupted" if result.interrupted else "failed")
         self.store.put_run({
