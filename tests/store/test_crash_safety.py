@@ -105,3 +105,25 @@ def test_sigkill_writers_leave_a_clean_store(tmp_path: Path) -> None:
         # Leftovers of killed writers are only ever under tmp/, and gc clears them.
         s.gc(grace=0, keep_runs=0, max_size=1 << 40)
         assert os.listdir(root / "tmp") == []
+
+
+def test_partial_ingest_files_of_a_dead_writer_are_removed_on_open(tmp_path) -> None:
+    """A SIGKILLed kata leaves ``tmp/obj.<pid>.<random>.<host>``: the next open removes
+    it; a live writer's file and a foreign host's stay (gc's grace period decides)."""
+    import socket
+    import subprocess as sp
+
+    from store import Store
+
+    root = tmp_path / "store"
+    Store.open(root).close()
+    dead = sp.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {"dead": f"obj.{dead.pid}.abc.{host}", "live": f"obj.{os.getpid()}.abc.{host}",
+             "foreign": f"obj.{dead.pid}.abc.elsewhere"}
+    for name in names.values():
+        (root / "tmp" / name).write_bytes(b"partial")
+    with Store.open(root):
+        pass
+    assert sorted(os.listdir(root / "tmp")) == sorted([names["live"], names["foreign"]])
