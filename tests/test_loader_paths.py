@@ -5,6 +5,7 @@ line, column and key (issue 10, item 4)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,44 @@ def test_validate_names_file_line_column(tmp_path: Path) -> None:
     assert res.stderr.strip() == (f"error: {cfg}:8:19: step 'a': cache.key_files: '/etc/shadow' "
                                   "is absolute: paths are relative to the repository (a pattern "
                                   "containing '/' is already anchored at the repository root)")
+
+
+def test_config_symlinked_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
+    """``.kata-ci.yaml -> /etc/shadow`` pushed to a hook server: nothing of the file
+    reaches the message (it used to quote its first line as an unknown key)."""
+    from kata.loader import find_config, load_pipeline
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "sub").mkdir()
+    (repo / ".kata-ci.yaml").symlink_to("/etc/shadow")
+    with pytest.raises(KataError) as err:
+        find_config(repo / "sub")
+    assert err.value.reason == "config.outside" and err.value.exit_code == 2
+    assert err.value.message == (f"{repo}/.kata-ci.yaml is a symlink to a file outside the "
+                                 f"repository ({repo}); kata reads nothing outside it")
+    (repo / ".kata-ci.yaml").unlink()
+    (repo / "ci.yaml").write_text(STEP)
+    (repo / ".kata-ci.yaml").symlink_to("ci.yaml")  # inside: fine
+    assert load_pipeline(find_config(repo / "sub")).steps[0].name == "a"
+
+
+def test_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    from kata.loader import load_pipeline
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(KataError) as err:
+        load_pipeline(fifo)  # would block forever on a plain open
+    assert err.value.reason == "config.not_found" and "not a regular file" in err.value.message
+
+
+def test_kataignore_must_be_a_regular_file(tmp_path: Path) -> None:
+    from kata.inputs import Snapshot
+
+    (tmp_path / "a").write_text("x")
+    (tmp_path / ".kataignore").symlink_to("/etc/shadow")
+    with pytest.raises(KataError) as err:
+        Snapshot(tmp_path)
+    assert err.value.reason == "inputs.kataignore"
+    assert err.value.message == ".kataignore is a symlink; it must be a regular file"
