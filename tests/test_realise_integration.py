@@ -239,3 +239,40 @@ def test_output_keeps_the_terminals_order_and_masks_across_streams(env):
         assert env.output("order") == expected
         log = env.store.read_blob(result.steps["order"].log)
         assert log == ("\n".join(expected) + "\n").encode()
+
+
+def test_sigkill_during_a_secret_step_leaves_no_secret_mount(tmp_path, containerd_daemon,
+                                                             runtime):
+    """The secrets tmpfs of a killed run is unmounted by the next run's sweep (it used to
+    stay mounted, emptied, for ever)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    store_dir = tmp_path / "store"
+    write_pipeline(repo, [FakeStep("deploy", commands=("echo started", "sleep 30"),
+                                   inputs=("none",), secrets=("TOKEN",))], name="killsecret")
+    proc = _kata(["run", "--secret", "TOKEN=s3cr3t-value"], cwd=repo, store=store_dir,
+                 address=containerd_daemon.address)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("deploy | started"):
+            break
+    else:
+        pytest.fail(f"kata ended before the step started (exit {proc.wait()})")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = str((store_dir / "local").resolve())
+
+    def mounts_below() -> list[str]:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            return [line.split()[4] for line in fh if line.split()[4].startswith(state)]
+
+    assert any("/secrets-" in m for m in mounts_below())
+    write_pipeline(repo, [FakeStep("other", commands=("true",), inputs=("none",))],
+                   name="killsecret")
+    again = _kata(["run"], cwd=repo, store=store_dir, address=containerd_daemon.address)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, out
+    assert mounts_below() == []
+    assert list((store_dir / "local" / "work").iterdir()) == []
+    left = runtime.leftovers()
+    assert left == {k: [] for k in left}, left
