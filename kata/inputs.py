@@ -20,7 +20,6 @@ import hashlib
 import operator
 import os
 import stat
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Iterable, Mapping, Protocol, Sequence
 import msgpack
 
 from kata.errors import KataError
+from kata.git import Git
 
 KATAIGNORE = ".kataignore"
 # A cache key file names a cache (a lock file, go.sum): 64 MiB is far beyond any real one
@@ -174,13 +174,9 @@ def _git_files(root: str) -> list[str] | None:
     if not _in_git_work_tree(root):
         return None  # spare the subprocess
     try:
-        proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
-    except (FileNotFoundError, PermissionError):
+        return Git.at(root).paths("ls-files", "-co", "--exclude-standard", "-z")
+    except KataError:  # no git, or not a work tree after all: walk the directory instead
         return None
-    if proc.returncode != 0:
-        return None
-    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def _walk(root: str, ignore) -> list[str]:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from procs import pid_alive
+
 log = logging.getLogger("kata.runtime")
 
 SHIM_BINARY = "containerd-shim-runc-v2"
@@ -146,14 +148,10 @@ def _shim_socket(bundle: str) -> str:
 
 
 def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    # dead (a zombie counts: reaping it is its parent's business) or still there after timeout
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            return
-        if state == b"Z":  # dead; reaping it is its parent's business
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            log.warning("shim %d did not exit after SIGKILL", pid)
             return
         time.sleep(0.01)
-    log.warning("shim %d did not exit after SIGKILL", pid)
