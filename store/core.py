@@ -91,8 +91,8 @@ class Store:
 
     def _sweep_dead_writers(self) -> int:
         """Remove the partial ingest files of writers of this host that died (a SIGKILLed
-        kata): their names carry the writer's pid and host (``kind.pid.random.host``).
-        Files of live or foreign writers wait for gc's grace period."""
+        kata): their names carry the writer's owner label (``objects.tmp_name``).
+        Files of live writers, or of another boot or host, wait for gc's grace period."""
         from .objects import tmp_owner_dead
 
         removed = 0
