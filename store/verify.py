@@ -110,8 +110,6 @@ def rebuild_index(store: "Store") -> int:
     last use come back as the objects are used; gc falls back to the files' mtimes).
     Unreadable records are skipped, as a lookup that misses the index would skip them.
     """
-    import msgpack
-
     entries = []
     for name, path, _ in store.iter_realisations():
         try:
@@ -121,7 +119,5 @@ def rebuild_index(store: "Store") -> int:
         except (StoreError, OSError):
             continue
     store.index.bulk("real", iter(entries))
-    runs = [(run["id"].encode(), msgpack.packb(run, use_bin_type=True))
-            for run in store.iter_runs() if isinstance(run.get("id"), str)]
-    store.index.bulk("runs", iter(runs))
+    store.index.bulk("runs", ((run.id.encode(), run.encode()) for run in store.iter_runs()))
     return len(entries)

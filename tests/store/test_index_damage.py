@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from store import Realisation, Store
+from store import Realisation, Run, Store
 from store.index import data_file_damage
 
 from .test_cli_store import kata
@@ -20,9 +20,9 @@ def _filled(root: Path, n: int = 400) -> list[str]:
             d = s.put_blob(os.urandom(64) + str(i).encode())
             key = f"{i:064x}"
             s.put_realisation(key, Realisation(outputs=d, created=time.time(),
-                                               meta={"step": f"step{i}"}))
+                                               step=f"step{i}"))
             keys.append(key)
-        s.put_run({"id": "run-1", "pipeline": "p", "steps": []})
+        s.put_run(Run(id="run-1", pipeline="p"))
     return keys
 
 
@@ -67,4 +67,4 @@ def test_truncated_index_is_rebuilt_by_every_command(tmp_path: Path) -> None:
     with Store.open(root) as s:
         assert s.notices == []
         assert s.index.get_realisation(keys[123]) is not None  # from the index itself
-        assert s.get_run("run-1")["pipeline"] == "p"
+        assert s.index.get_run("run-1") is not None and s.get_run("run-1").pipeline == "p"
