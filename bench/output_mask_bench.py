@@ -1,5 +1,6 @@
-"""Throughput of a step's output path in the realiser (kata.realise.realiser._MaskedOutput):
-raw chunks from the runtime → per-stream streaming masker → lines → log + events.
+"""Throughput of a step's output path (kata.realise.output.MaskedOutput): raw chunks from
+the runtime → one streaming masker over both streams → lines (carriage-return rewrites
+collapsed) → log + events.
 
 Feeds 32 MiB of log-like output (10 secrets occurring raw and encoded, one a 64 KiB
 multi-line value) in 64 KiB chunks (what the FIFO reader gets from a chatty step), and
@@ -25,14 +26,14 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kata.realise.realiser import _MaskedOutput  # noqa: E402
+from kata.realise.output import MaskedOutput  # noqa: E402
 from kata.secrets import Masker  # noqa: E402
 
 MIB = 1 << 20
 
 
 class _Sink:
-    """Just enough of a Realiser for _MaskedOutput: a masker and an emit that counts."""
+    """A masker and an emit that counts: what MaskedOutput is given by the realiser."""
 
     def __init__(self, values: list[str]) -> None:
         self._masker = Masker(values)
@@ -67,7 +68,7 @@ def output(size: int, values: list[str], rng: random.Random) -> bytes:
 def run_sink(values: list[str], data: bytes, chunk: int) -> tuple[float, int]:
     realiser = _Sink(values)
     log = io.BytesIO()
-    sink = _MaskedOutput(realiser, "step", log, threading.Lock())  # type: ignore[arg-type]
+    sink = MaskedOutput(realiser._masker, "step", realiser.emit, log, threading.Lock())
     view = memoryview(data)
     t = time.perf_counter()
     for i in range(0, len(data), chunk):

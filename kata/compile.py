@@ -125,7 +125,8 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
         if snapshot is not None:
             inputs = snapshot.input_set(step.inputs)
             if step.cache.key_files:
-                key_files = snapshot.input_set(step.cache.key_files).digest
+                key_files = snapshot.key_set(step.cache.key_files,
+                                             what=f"step {name}: cache.key_files").digest
         dep_hashes = tuple((d, nodes[d].drv_hash) for d in p.deps[name])
         d = drv.make(
             pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,

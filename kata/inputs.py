@@ -46,6 +46,9 @@ from kata.errors import KataError
 from kata.git import Git
 
 KATAIGNORE = ".kataignore"
+# A cache key file names a cache (a lock file, go.sum): 64 MiB is far beyond any real one
+# and keeps a hostile pattern from making every run hash gigabytes.
+MAX_KEY_FILE = 64 << 20
 RACY_NS = 2_000_000_000
 INPUTS_FORMAT = "kata-inputs/1"
 
@@ -329,6 +332,23 @@ class Snapshot:
                 hashed.update(zip(todo, hash_files(self.root, todo, self.stat_cache)))
             return [f for f in map(hashed.__getitem__, paths) if f is not None]
 
+    def key_set(self, patterns: Sequence[str], *, what: str,
+                max_size: int = MAX_KEY_FILE) -> InputSet:
+        """``input_set(patterns)`` for ``cache.key_files``: files of the repository listing
+        only (symlinks hashed as links, never followed; devices and FIFOs are not listed
+        files), each at most ``max_size`` bytes, checked before anything is read.
+
+        Raises KataError ``inputs.key_file_too_large`` naming ``what`` and the file.
+        """
+        chosen = match(tuple(patterns), self.paths)
+        for rel, st in zip(chosen, _lstat_all([os.path.join(self.root, p) for p in chosen])):
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size > max_size:
+                raise KataError("inputs.key_file_too_large",
+                                f"{what}: {rel} is {st.st_size / (1 << 20):.1f} MiB; key files "
+                                f"are limited to {max_size >> 20} MiB (a lock file names a "
+                                "cache): narrow the pattern", obj=rel)
+        return self.input_set(patterns)
+
     def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
         """The files `patterns` (gitignore-style) select; () selects every file."""
         key = tuple(patterns)
@@ -337,6 +357,20 @@ class Snapshot:
             chosen = match(key, self.paths) if key else self.paths
             got = self._sets[key] = InputSet.of_entries(self.entries(chosen))
         return got
+
+
+def _leads_out(root: str, rel: str, checked: dict[str, bool]) -> bool:
+    """Whether a directory on ``rel``'s path is a symlink leading out of ``root``
+    (``git ls-files`` lists index entries, which a symlinked directory in the work tree
+    could redirect); ``checked`` caches the answer per directory for one walk."""
+    parent = os.path.dirname(rel)
+    if not parent:
+        return False
+    if parent not in checked:
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(os.path.join(root, parent))
+        checked[parent] = not (real == real_root or real.startswith(real_root.rstrip("/") + "/"))
+    return checked[parent]
 
 
 def hash_files(root: str, paths: Sequence[str], cache: StatCache,
@@ -358,6 +392,7 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
     # the warm check in C-level passes: the stat key now vs as cached
     cached = list(map(known, absolute))
     fresh: dict[str, StatEntry] = {}
+    checked: dict[str, bool] = {}  # directory (relative) -> leads out of the repository
     out: list[Entry | None] = []
     append = out.append
     key_of = stat_key
@@ -370,6 +405,9 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
         if c is not None and c[:6] == key_of(st) and S_ISREG(m):
             append((rel, c[6], c[3], 0o755 if m & S_IXUSR else 0o644))
         elif S_ISREG(m):
+            if _leads_out(root, rel, checked):
+                raise KataError("inputs.unreadable", f"cannot read input {rel}: a directory on "
+                                "its path leads outside the repository", obj=rel)
             digest, seen, stable = _read_digest(a, rel)
             if stable and seen.st_ctime_ns < racy:
                 fresh[a] = (*key_of(seen), digest)

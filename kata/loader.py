@@ -40,6 +40,55 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 
+# container paths a step's workdir must not be, or be under: the kernel's views
+# (writable /proc or /sys entries, devices) and kata's own mounts
+FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev", "/run/kata")
+
+
+def repository_path_problem(text: str, *, glob: bool) -> str:
+    """Why ``text`` (an ``artifacts`` / ``cache.paths`` entry, or with ``glob`` an
+    ``inputs`` / ``cache.key_files`` gitignore pattern) may reach outside the
+    repository or workspace, or "" when it stays inside.
+
+    The rule: relative, and no ``..`` component anywhere (before normalising, so
+    ``a/../../x`` is refused even where it would fold back inside). A leading ``!``
+    (gitignore negation) is not part of the path.
+    """
+    path = text[1:] if glob and text.startswith("!") else text
+    if "\0" in path:
+        return "contains a NUL byte"
+    if path.startswith("/"):
+        hint = (" (a pattern containing '/' is already anchored at the repository root)"
+                if glob else "")
+        return f"is absolute: paths are relative to the repository{hint}"
+    if ".." in path.split("/"):
+        return "contains '..': paths must stay inside the repository"
+    return ""
+
+
+def workdir_problem(text: str) -> str:
+    """Why ``text`` is not an acceptable container working directory ("" if it is).
+
+    The rule: absolute; no ``.`` or ``..`` component (``/workspace/../../proc`` is
+    refused as written, not resolved); not ``/`` (the workspace is bind-mounted there,
+    it would hide the image's root); not ``/proc``, ``/sys``, ``/dev``, ``/run/kata``
+    nor anything under them (FORBIDDEN_WORKDIRS).
+    """
+    if "\0" in text:
+        return "contains a NUL byte"
+    if not text.startswith("/"):
+        return f"must be an absolute path, got {text!r}"
+    parts = [p for p in text.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return f"must not contain '.' or '..' components, got {text!r}"
+    norm = "/" + "/".join(parts)
+    if norm == "/":
+        return "must not be '/': the workspace is mounted there and would hide the image's files"
+    for bad in FORBIDDEN_WORKDIRS:
+        if norm == bad or norm.startswith(bad + "/"):
+            return f"must not be {bad} or under it (kernel or kata mount), got {text!r}"
+    return ""
+
 
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled", "resources")
@@ -328,11 +377,24 @@ class _Walker:
                             f"expected one of {', '.join(allowed)}")
         return expr
 
+    def inside(self, what: str, *, glob: bool) -> Callable[[str, Node], None]:
+        """A check for ``strings``: the entry stays inside the repository."""
+        def check(s: str, item: Node) -> None:
+            if not s.strip():
+                raise self.fail("config.value", item, f"empty path in {what}")
+            problem = repository_path_problem(s, glob=glob)
+            if problem:
+                raise self.fail("config.value", item, f"{what}: {s!r} {problem}")
+        return check
+
     def globs(self, node: Node, what: str, gitignore: bool = False) -> tuple[str, ...]:
+        inside = self.inside(what, glob=True)
+
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty pattern in {what}")
             if gitignore:
+                inside(s, item)
                 try:
                     check_globs((s,))
                 except ValueError as err:
@@ -399,8 +461,10 @@ class _Walker:
             if key in ("name", "image"):
                 continue
             label = f"{what}: {key}"
-            if key in ("commands", "artifacts"):
+            if key == "commands":
                 kw[key] = self.strings(v, label)
+            elif key == "artifacts":
+                kw[key] = self.strings(v, label, self.inside(label, glob=False))
             elif key == "depends_on":
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
@@ -425,8 +489,9 @@ class _Walker:
                 kw[key] = self.condition(v, label)
             elif key == "workdir":
                 kw[key] = wd = self.string(v, label)
-                if not wd.startswith("/"):
-                    raise self.fail("config.value", v, f"{label} must be an absolute path, got {wd!r}")
+                problem = workdir_problem(wd)
+                if problem:
+                    raise self.fail("config.value", v, f"{label} {problem}")
             elif key == "network":
                 kw[key] = mode = self.string(v, label)
                 if mode not in NETWORK_MODES:
@@ -552,7 +617,8 @@ class _Walker:
         enabled = self.boolean(f["enabled"][1], f"{what}.enabled") if "enabled" in f else True
         return CacheSpec(
             enabled=enabled, explicit=enabled and "enabled" in f,
-            paths=self.globs(f["paths"][1], f"{what}.paths") if "paths" in f else (),
+            paths=self.strings(f["paths"][1], f"{what}.paths",
+                               self.inside(f"{what}.paths", glob=False)) if "paths" in f else (),
             key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True) if "key_files" in f else ())
 
     def only(self, node: Node, what: str) -> conditions.Expr:

@@ -32,9 +32,9 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from kata.errors import KataError
@@ -130,13 +130,51 @@ class SecretSource:
         return resolved
 
 
+# The largest secret file read (GitHub Actions stops at 48 KB per secret): enough for a
+# certificate chain, a kubeconfig or a service-account key; a device such as /dev/zero or
+# a wrong path to a large file is refused instead of read until memory runs out.
+MAX_SECRET_FILE = 64 << 10
+
+
 def _read_secret_file(name: str, path: str) -> str:
+    """The value in ``path``: a regular file, or a pipe (``<(pass show x)``, /dev/stdin
+    fed by a pipe), at most MAX_SECRET_FILE bytes. Devices, directories and sockets are
+    refused without reading (``secret.unreadable``); a longer content is
+    ``secret.too_large``."""
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise KataError(
             "secret.unreadable", f"--secret-file {name}: cannot read {path}: {exc.strerror}", obj=name
         ) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a device" if
+                    stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+            raise KataError("secret.unreadable", f"--secret-file {name}: {path} is {kind}; "
+                            "give a regular file (or a pipe) holding the value", obj=name)
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        limit = MAX_SECRET_FILE + 2  # the value, and a trailing newline that is not part of it
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise KataError(
+            "secret.unreadable", f"--secret-file {name}: cannot read {path}: {exc.strerror}", obj=name
+        ) from exc
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    value_size = len(data) - (2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\n") else 0)
+    if value_size > MAX_SECRET_FILE:
+        raise KataError("secret.too_large", f"--secret-file {name}: {path} holds more than "
+                        f"{MAX_SECRET_FILE >> 10} KiB; secrets are limited to that size", obj=name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

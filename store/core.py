@@ -46,6 +46,15 @@ class Store:
         self.objects = ObjectStore(root, level=level)
         self.tmp = os.path.join(root, "tmp")
         self.index = LmdbIndex(os.path.join(state_dir, "index"))
+        # what opening had to repair, for the caller to tell the user (store/ never prints)
+        self.notices: list[str] = []
+        self._sweep_dead_writers()
+        if self.index.discarded:
+            from .verify import rebuild_index
+
+            count = rebuild_index(self)
+            self.notices.append(f"the store's index was damaged ({self.index.discarded}); "
+                                f"rebuilt it from the store's files ({count} realisations)")
         self.stat_cache = LmdbStatCache(self.index)
         self.unpacked_dir = os.path.join(state_dir, "unpacked")
         self._unpacked = UnpackedTrees(self.unpacked_dir, self.extract_tree, self.index)
@@ -80,6 +89,26 @@ class Store:
         except OSError as err:
             raise os_error(err, f"opening the store at {root}", root) from err
         return cls(root, state, limits=limits or trees.Limits(), grace=grace, level=level)
+
+    def _sweep_dead_writers(self) -> int:
+        """Remove the partial ingest files of writers of this host that died (a SIGKILLed
+        kata): their names carry the writer's owner label (``objects.tmp_name``).
+        Files of live writers, or of another boot or host, wait for gc's grace period."""
+        from .objects import tmp_owner_dead
+
+        removed = 0
+        try:
+            names = os.listdir(self.tmp)
+        except OSError:
+            return 0
+        for name in names:
+            if tmp_owner_dead(name):
+                try:
+                    os.unlink(os.path.join(self.tmp, name))
+                    removed += 1
+                except OSError:
+                    continue
+        return removed
 
     def close(self) -> None:
         self.flush()

@@ -38,7 +38,11 @@ def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
             os.unlink(tmp)
         except OSError:
             pass
-        raise os_error(err, f"writing {os.path.basename(path)}", path) from err
+        kinds = {"realisations": "a realisation record", "derivations": "a derivation record",
+                 "runs": "a run record", "pins": "a pin"}
+        dirs = path.split(os.sep)[-3:-1]  # <kind>/<name> or <kind>/<shard>/<name>
+        what = next((kinds[d] for d in reversed(dirs) if d in kinds), os.path.basename(path))
+        raise os_error(err, f"writing {what}", path) from err
 
 
 def read_file(path: str) -> bytes | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
@@ -48,6 +49,67 @@ def is_network_fs(path: str) -> bool:
 
 _DBS = (b"real", b"objs", b"runs", b"cnt", b"stat", b"unp", b"ver")
 
+# LMDB 0.9 on-disk layout (lmdb's mdb.c, MDB_page/MDB_meta; py-lmdb bundles 0.9.x):
+# pages 0 and 1 are meta pages; each starts with a 16-byte page header, then
+# mm_magic u32, mm_version u32, mm_address ptr, mm_mapsize size_t, mm_dbs[2] (48 bytes
+# each; the free DB's md_pad holds the page size), mm_last_pg, mm_txnid.
+_MDB_MAGIC = 0xBEEFC0DE
+_MDB_VERSION = 1
+_META = struct.Struct("<II8xQ I44x 48x QQ")  # from the end of the page header
+_PAGE_HEADER = 16
+_MIN_PAGE, _MAX_PAGE = 512, 1 << 16
+
+
+def data_file_damage(path: str) -> str:
+    """Why the LMDB data file ``path`` must not be mapped ("" when it may be).
+
+    LMDB maps the whole file and reads any page its meta says is in use: a file
+    shorter than ``(last used page + 1) * page size`` (truncated by a full disk, a
+    bad copy, a crash of the filesystem) makes the first read of a missing page a
+    SIGBUS that kills the process, so the meta pages are read with plain ``read``
+    first. The newer valid meta page (higher txnid) wins, as in ``mdb_env_read_header``.
+    A missing or empty file is fine (LMDB initialises it).
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(2 * _MAX_PAGE)
+    except FileNotFoundError:
+        return ""
+    if size == 0:
+        return ""
+    metas = []
+    for offset in _meta_offsets(head):
+        raw = head[offset + _PAGE_HEADER: offset + _PAGE_HEADER + _META.size]
+        if len(raw) < _META.size:
+            continue
+        magic, version, _mapsize, psize, last_pg, txnid = _META.unpack(raw)
+        if magic == _MDB_MAGIC and version == _MDB_VERSION and _MIN_PAGE <= psize <= _MAX_PAGE:
+            metas.append((txnid, last_pg, psize))
+    if not metas:
+        return f"{path} has no valid LMDB meta page ({size} bytes)"
+    _txnid, last_pg, psize = max(metas)
+    needed = (last_pg + 1) * psize
+    if size < needed:
+        return (f"{path} is truncated: {size} bytes, but its meta page uses "
+                f"{last_pg + 1} pages of {psize} bytes ({needed} bytes)")
+    return ""
+
+
+def _meta_offsets(head: bytes) -> list[int]:
+    # meta page 0 is at 0; page 1 at the page size, which page 0 records (or, if page 0
+    # is damaged, at the common page sizes)
+    offsets = [0]
+    raw = head[_PAGE_HEADER: _PAGE_HEADER + _META.size]
+    if len(raw) == _META.size:
+        psize = _META.unpack(raw)[3]
+        if _MIN_PAGE <= psize <= _MAX_PAGE:
+            offsets.append(psize)
+    for psize in (4096, 8192, 16384, 65536):
+        if psize not in offsets:
+            offsets.append(psize)
+    return offsets
+
 
 class LmdbIndex:
     """Realisations, object sizes and last use, when each object was last verified, runs,
@@ -55,19 +117,29 @@ class LmdbIndex:
 
     def __init__(self, path: str, *, map_size: int = 32 << 20) -> None:
         self.path = path
+        # why the index was discarded on open ("" when it was not): the store rebuilds
+        # it from the files and the CLI says so
+        self.discarded = ""
         try:
             os.makedirs(path, exist_ok=True)
+            damage = data_file_damage(os.path.join(path, "data.mdb"))
+            if damage:  # checked before mapping: a short file would be a SIGBUS
+                self._discard(damage)
             try:
                 self._open(map_size)
-            except lmdb.Error:
+            except lmdb.Error as err:
                 # An unreadable index is rebuilt from the files, never trusted.
-                shutil.rmtree(path, ignore_errors=True)
-                os.makedirs(path, exist_ok=True)
+                self._discard(f"{path}: {err}")
                 self._open(map_size)
             self.reader_check()
         except (OSError, lmdb.Error) as err:
             raise StoreError("store.index", f"cannot open the store's index at {path}: {err}",
                              obj=path) from err
+
+    def _discard(self, why: str) -> None:
+        self.discarded = why
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.makedirs(self.path, exist_ok=True)
 
     def _open(self, map_size: int) -> None:
         self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(_DBS) + 2,
@@ -90,10 +162,25 @@ class LmdbIndex:
                 with self.env.begin(write=True) as txn:
                     return fn(txn)
             except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                try:
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                except lmdb.Error as err:
+                    raise self._error(err, "growing") from err
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
+            except lmdb.Error as err:
+                raise self._error(err, "writing") from err
         raise StoreError("store.index_full", "the index could not grow", obj=self.path)
+
+    def _error(self, err: lmdb.Error, doing: str) -> StoreError:
+        """An LMDB failure as a StoreError: a full disk says so (LMDB reports the errno
+        in its message, e.g. ``mdb_txn_commit: No space left on device``)."""
+        text = str(err)
+        if "No space left" in text or "Disk quota" in text:
+            return StoreError("store.disk_full", f"no space left on the index's filesystem "
+                              f"while {doing} the index at {self.path}", obj=self.path)
+        return StoreError("store.index", f"the index at {self.path} failed while {doing}: {text}",
+                          obj=self.path)
 
     def get(self, db: str, key: bytes) -> bytes | None:
         """One lookup (the hot path: no closure, no retry loop unless the map moved)."""

@@ -26,6 +26,7 @@ beside the target — is ever written through.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -162,8 +163,20 @@ def scan(root: str, paths: Sequence[str] | None = None) -> list[_Entry]:
     return sorted(entries.values(), key=lambda e: e.key)
 
 
+def _open_regular(path: bytes) -> int:
+    """An fd of the regular file ``path``, never of what replaced it since it was listed:
+    a symlink fails (``O_NOFOLLOW``), a FIFO or device is opened without blocking
+    (``O_NONBLOCK``) and refused by its fstat."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file any more", os.fsdecode(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _read_small(path: bytes) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = _open_regular(path)
     try:
         parts = []
         while True:
@@ -252,7 +265,7 @@ def _file_record(entry: _Entry, path: bytes, fut: Future[bytes] | None) -> Itera
             yield _record(entry.kind, path, len(data))
             yield data
             return
-        with open(entry.abspath, "rb", buffering=0) as fh:
+        with open(_open_regular(entry.abspath), "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             yield _record(entry.kind, path, size)
             left = size

@@ -100,3 +100,24 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
     return VerifyReport(objects=len(sizes) + len(corrupt), realisations=len(records) + len(dropped),
                         corrupt=tuple(corrupt), missing=tuple(missing), bad_records=tuple(bad_records),
                         quarantined=tuple(quarantined), dropped=tuple(dropped), reindexed=reindex)
+
+
+def rebuild_index(store: "Store") -> int:
+    """Refill an empty index from the record files (realisations, runs); returns how
+    many realisations it indexed.
+
+    The cheap half of ``verify(reindex=True)``: nothing is re-hashed (object sizes and
+    last use come back as the objects are used; gc falls back to the files' mtimes).
+    Unreadable records are skipped, as a lookup that misses the index would skip them.
+    """
+    entries = []
+    for name, path, _ in store.iter_realisations():
+        try:
+            with open(path, "rb") as fh:
+                entries.append((name.encode(), Realisation.decode(fh.read(), what=path)
+                                .index_encode()))
+        except (StoreError, OSError):
+            continue
+    store.index.bulk("real", iter(entries))
+    store.index.bulk("runs", ((run.id.encode(), run.encode()) for run in store.iter_runs()))
+    return len(entries)

@@ -344,3 +344,59 @@ def test_release_after_the_exit_is_deferred_but_complete(clean_runtime, busybox_
     assert out.of("stdout") == [b"line 1", b"line 2", b"line 3"] and out.of("stderr") == [b"bye"]
     clean_runtime.drain()
     assert_clean(clean_runtime)
+
+
+def test_orphaned_shims_of_a_killed_kata_are_reaped_by_the_next_connect(
+        containerd_daemon, busybox_digest, runtime, tmp_path):
+    """A kata killed inside Tasks.Create leaves a shim containerd has no container for
+    (the sweep deleted the record; nothing in the API reaches it). Made deterministic
+    here: three tasks are started, their container records deleted (which containerd
+    allows, orphaning the task), then the process is SIGKILLed. The next connect ends
+    the shims and the containers' processes, unmounts their rootfs and frees the rest."""
+    from kata.runtimes.containerd import orphans
+
+    marker = tmp_path / "started"
+    script = textwrap.dedent(f"""
+        import sys, threading
+        from kata.runtimes.containerd import ContainerdRuntime
+        from kata.runtimes.containerd.cleanup import Cleanup
+        from kata.runtimes.containerd.client import containers_pb2
+        from kata.runtimes.containerd.task import StepRun, TaskOptions
+        from kata.runtimes.base import StepSpec
+        rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
+                                       state_dir={str(containerd_daemon.root.parent)!r})
+        image = rt.images.run_image({busybox_digest!r})
+        for i in range(3):
+            spec = StepSpec(image={busybox_digest!r}, argv=("sleep", "1000"),
+                            network="none")
+            run = StepRun(rt.client, TaskOptions(fifo_root=rt.fifo_root), spec, image,
+                          lambda s, d: None,
+                          threading.Event())
+            run.launch(Cleanup())
+            c = rt.client
+            c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=run.id), "x")
+        import time
+        time.sleep(0.5)
+        open({str(marker)!r}, "w").write("x")
+        time.sleep(1000)
+    """)
+    kill_once_started(script, marker)
+    address = containerd_daemon.address
+    left = orphans.shims(address, "kata")
+    assert len(left) == 3
+    shim_pids = [s.pid for s in left]
+    inits = [int((Path(s.bundle) / "init.pid").read_text()) for s in left]
+    assert all(b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in inits)
+    assert len(runtime.leftovers()["shims"]) == 3 and len(runtime.leftovers()["mounts"]) == 3
+    from kata.runtimes.containerd import ContainerdRuntime
+
+    with ContainerdRuntime.connect(address=address,
+                                   state_dir=str(containerd_daemon.root.parent)) as rt:
+        assert rt.leftovers() == {k: [] for k in rt.leftovers()}
+    assert orphans.shims(address, "kata") == []
+    for pid in shim_pids:
+        assert not Path(f"/proc/{pid}/cmdline").exists() or \
+            Path(f"/proc/{pid}/cmdline").read_bytes() == b""  # gone, or a zombie
+    for pid in inits:  # the containers' processes ended with their shims
+        assert not Path(f"/proc/{pid}/cmdline").exists() or \
+            b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -38,7 +38,7 @@ def test_service_fixture_loads_every_field() -> None:
     assert build.image == ImageRef(registry="docker.io", repository="library/golang", tag="1.22-alpine")
     assert build.env == (("CGO_ENABLED", "0"),) and build.timeout == Duration(millis=300_000)
     assert build.inputs == ("src/**", "go.mod") and build.artifacts == ("bin/",)
-    assert build.cache.paths == ("/root/go/pkg/mod",) and build.cache.key_files == ("go.mod",)
+    assert build.cache.paths == (".gomodcache/",) and build.cache.key_files == ("go.mod",)
     assert integ.services[0].name == "postgres" and integ.services[0].env == (("POSTGRES_PASSWORD", "test"),)
     assert str(integ.services[0].image) == "docker.io/library/postgres:16-alpine"
     assert integ.network == "none"

@@ -220,3 +220,59 @@ def test_cache_paths_survive_between_runs_keyed_on_key_files(env):
     env.write("lock", "v2")  # a new key: a cold cache
     assert env.run([step]).ok
     assert env.output("install") == []
+
+
+def test_output_keeps_the_terminals_order_and_masks_across_streams(env):
+    """stdout and stderr interleaved 300 times come back in the order they were written,
+    identically on every run; a value written half to each stream is masked; a progress
+    line keeps its final state; the stored log is what the events carried."""
+    interleave = ("i=0; while [ $i -lt 300 ]; do echo a$i; echo b$i >&2; echo c$i; "
+                  "i=$((i+1)); done")
+    steps = [FakeStep("order", inputs=("none",), secrets=("TOKEN",), commands=(
+        interleave, "printf 'key tok-'; printf 'abcdef end\\n' >&2",
+        "printf 'fetch  10%%\\r'; printf 'fetch  60%%\\r' >&2; printf 'fetch 100%%\\n'"))]
+    expected = ([f"{x}{i}" for i in range(300) for x in "abc"]
+                + ["key *** end", "fetch 100%"])
+    for _ in range(3):  # a secret step is never cached: it runs every time
+        result = env.run(steps, secrets={"TOKEN": "tok-abcdef"})
+        assert result.ok, env.events
+        assert env.output("order") == expected
+        log = env.store.read_blob(result.steps["order"].log)
+        assert log == ("\n".join(expected) + "\n").encode()
+
+
+def test_sigkill_during_a_secret_step_leaves_no_secret_mount(tmp_path, containerd_daemon,
+                                                             runtime):
+    """The secrets tmpfs of a killed run is unmounted by the next run's sweep (it used to
+    stay mounted, emptied, for ever)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    store_dir = tmp_path / "store"
+    write_pipeline(repo, [FakeStep("deploy", commands=("echo started", "sleep 30"),
+                                   inputs=("none",), secrets=("TOKEN",))], name="killsecret")
+    proc = _kata(["run", "--secret", "TOKEN=s3cr3t-value"], cwd=repo, store=store_dir,
+                 address=containerd_daemon.address)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("deploy | started"):
+            break
+    else:
+        pytest.fail(f"kata ended before the step started (exit {proc.wait()})")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = str((store_dir / "local").resolve())
+
+    def mounts_below() -> list[str]:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            return [line.split()[4] for line in fh if line.split()[4].startswith(state)]
+
+    assert any("/secrets-" in m for m in mounts_below())
+    write_pipeline(repo, [FakeStep("other", commands=("true",), inputs=("none",))],
+                   name="killsecret")
+    again = _kata(["run"], cwd=repo, store=store_dir, address=containerd_daemon.address)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, out
+    assert mounts_below() == []
+    assert list((store_dir / "local" / "work").iterdir()) == []
+    left = runtime.leftovers()
+    assert left == {k: [] for k in left}, left

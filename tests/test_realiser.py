@@ -349,7 +349,7 @@ def test_services_reach_the_runtime_and_their_logs_are_recorded(env):
     db, web = spec.services
     assert db.name == "db" and db.image.endswith("@" + FAKE_DIGEST) and db.env == {"A": "1"}
     assert db.ready == Readiness(kind="tcp", target="5432", timeout=7.0) and db.argv == ()
-    assert web.ready is None and web.argv == ("/bin/sh", "-c", "set -e\nhttpd -f\n")
+    assert web.ready is None and web.argv == ("/bin/sh", "-c", "exec 2>&1\nset -e\nhttpd -f\n")
     logs = dict(result.steps["it"].service_logs)
     assert set(logs) == {"db", "web"}
     assert env.store.read_blob(logs["db"]) == b"db up\n"

@@ -421,3 +421,44 @@ def test_self_similar_secrets_in_self_similar_output(secrets, data, cuts):
     _assert_no_form(whole, secrets)
     assert _feed_chunked(masker, data, cuts) == whole
     assert _bytewise(masker, data) == whole
+
+
+def test_secret_file_dev_zero_is_refused_without_reading():
+    with pytest.raises(KataError) as err:
+        SecretSource.from_args(secret_files=["A=/dev/zero"], environ={}).resolve(["A"])
+    assert err.value.reason == "secret.unreadable"
+    assert err.value.message == ("--secret-file A: /dev/zero is a device; give a regular file "
+                                 "(or a pipe) holding the value")
+
+
+def test_secret_file_directory_is_refused(tmp_path):
+    with pytest.raises(KataError) as err:
+        SecretSource.from_args(secret_files=[f"A={tmp_path}"], environ={}).resolve(["A"])
+    assert err.value.reason == "secret.unreadable" and "is a directory" in err.value.message
+
+
+def test_secret_file_is_bounded(tmp_path):
+    from kata.secrets import MAX_SECRET_FILE
+
+    assert MAX_SECRET_FILE == 64 * 1024
+    ok = tmp_path / "ok"
+    ok.write_text("k" * MAX_SECRET_FILE + "\n")
+    got = SecretSource.from_args(secret_files=[f"A={ok}"], environ={}).resolve(["A"])
+    assert got == {"A": "k" * MAX_SECRET_FILE}
+    big = tmp_path / "big"
+    big.write_bytes(b"k" * (MAX_SECRET_FILE + 1))
+    with pytest.raises(KataError) as err:
+        SecretSource.from_args(secret_files=[f"A={big}"], environ={}).resolve(["A"])
+    assert err.value.reason == "secret.too_large"
+    assert err.value.message == f"--secret-file A: {big} holds more than 64 KiB; secrets are limited to that size"
+
+
+def test_secret_file_from_a_pipe(tmp_path):
+    r, w = os.pipe()
+    os.write(w, b"from-a-pipe\n")
+    os.close(w)
+    try:
+        got = SecretSource.from_args(secret_files=[f"A=/dev/fd/{r}"], environ={}).resolve(["A"])
+    finally:
+        os.close(r)
+    assert got == {"A": "from-a-pipe"}

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as err:  # a full disk, a vanished directory: said, never a traceback
+        where = f" ({err.filename})" if err.filename else ""
+        sys.exit(_report("os.error", f"{err.strerror or err}{where}", 1))
     sys.exit(0)
 
 

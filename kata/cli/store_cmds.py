@@ -45,7 +45,10 @@ def open_store(ctx: click.Context | None = None):
     explicit = None
     if ctx is not None and isinstance(ctx.find_root().obj, dict):
         explicit = ctx.find_root().obj.get("store_path")
-    return Store.open(store_location(explicit))
+    store = Store.open(store_location(explicit))
+    for notice in store.notices:
+        click.echo(f"kata: {notice}", err=True)
+    return store
 
 
 # ---------------------------------------------------------------- small parsers

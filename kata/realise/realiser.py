@@ -19,6 +19,8 @@ also for failed and interrupted runs.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import tempfile
 import threading
@@ -33,6 +35,7 @@ from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise import spec as specs
 from kata.realise.lookup import Lookup
+from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
     DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
@@ -64,45 +67,6 @@ class _Damaged(Exception):
         self.digest = digest
 
 
-class _MaskedOutput:
-    """The step's output sink: raw bytes per stream, masked by a streaming ``MaskStream``
-    (one per stream, fed in order, so a value split across writes or lines is still
-    found), then cut into lines for the log and the events. Nothing unmasked leaves."""
-
-    raw = True  # the runtime hands over chunks as read (kata.runtimes.base.OutputSink)
-    _MAX_PENDING = 1 << 20  # a longer line without a newline is passed on in pieces
-
-    def __init__(self, realiser: "Realiser", name: str, log: Any, log_lock: threading.Lock) -> None:
-        self._r, self._name, self._log, self._log_lock = realiser, name, log, log_lock
-        self._streams = {s: realiser._masker.stream() for s in ("stdout", "stderr")}
-        self._pending = {s: b"" for s in ("stdout", "stderr")}
-
-    def __call__(self, stream: str, data: bytes) -> None:
-        self._lines(stream, self._streams[stream].feed(data), final=False)
-
-    def close(self) -> None:
-        for stream, masking in self._streams.items():
-            self._lines(stream, masking.close(), final=True)
-
-    def _lines(self, stream: str, data: bytes, *, final: bool) -> None:
-        buf = self._pending[stream] + data
-        lines = buf.split(b"\n")
-        rest = lines.pop()
-        if rest and (final or len(rest) >= self._MAX_PENDING):
-            lines.append(rest)
-            rest = b""
-        self._pending[stream] = rest
-        if not lines:
-            return
-        lines.append(b"")  # one write per chunk, each line ending in a newline
-        with self._log_lock:
-            self._log.write(b"\n".join(lines))
-        emit, name = self._r.emit, self._name
-        for line in lines[:-1]:
-            emit(ev.OutputLine(step=name, stream=stream,  # type: ignore[arg-type]
-                               text=line.decode("utf-8", errors="replace")))
-
-
 class Realiser:
     """Realises the steps of one compiled graph against a store and a runtime.
 
@@ -127,8 +91,10 @@ class Realiser:
         self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
+        self._snapshot_faults: dict[str, Exception] = {}  # step -> why its snapshot failed
         self._producer: dict[str, str] = {}  # tree digest -> the step whose stack has it
         self._lookup = Lookup(store, options.scope)
+        self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
                                pipeline=self.pipeline)
         # an untrusted run holds no value at all: not for a step, not even for the masker
@@ -197,7 +163,12 @@ class Realiser:
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)
-            self.records.run(result, self.graph.order, started=created)
+            try:
+                self.records.run(result, self.graph.order, started=created)
+            except (StoreError, OSError) as err:  # a full disk must not hide the outcome
+                self.record_error = getattr(err, "message", None) or str(err)
+                logging.getLogger("kata.realise").warning(
+                    "run %s not recorded: %s", self.run_id, self.record_error)
         self._done(result)
         return result
 
@@ -277,13 +248,46 @@ class Realiser:
         for name in names:
             inputs = self.graph.nodes[name].inputs
             assert inputs is not None
-            if inputs.digest not in by_digest:
-                by_digest[inputs.digest] = self.records.input_tree(inputs)
+            try:
+                if inputs.digest not in by_digest:
+                    by_digest[inputs.digest] = self.records.input_tree(inputs)
+            except (StoreError, OSError) as err:  # e.g. a full disk: that step fails
+                self._snapshot_faults[name] = err
+                continue
             self._snapshots[name] = by_digest[inputs.digest]
 
     # -- one step -------------------------------------------------------------------
 
     def _work(self, name: str, cancel: Cancel) -> bool:
+        """Realise one step; a fault of the machine rather than of the step (a full disk,
+        an object collected by a concurrent gc, an I/O error) fails that step with its
+        reason instead of stopping the run as an internal error."""
+        started = time.monotonic()
+        try:
+            if name in self._snapshot_faults:
+                raise self._snapshot_faults.pop(name)
+            return self._realise_step(name, cancel)
+        except (KataError, StoreError, OSError) as err:
+            return self._faulted(name, err, time.monotonic() - started)
+
+    def _faulted(self, name: str, err: Exception, duration: float) -> bool:
+        if isinstance(err, (KataError, StoreError)):
+            reason, message = err.reason, err.message
+        else:
+            assert isinstance(err, OSError)
+            code = errno.errorcode.get(err.errno or 0, "EIO")
+            reason = "store.disk_full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "os.error"
+            message = f"{err.strerror or err} ({code})" + (f": {err.filename}" if err.filename else "")
+        message = self._masker.mask(message.encode()).decode("utf-8", "replace")
+        node = self.graph.nodes[name]
+        self._set(StepResult(name=name, status="failed", cache="MISS",
+                             drv_hash=node.drv_hash or "", key=node.drv_hash or "",
+                             duration=duration, message=message))
+        self.emit(ev.StepFailed(step=name, exit_status=None, duration=duration, message=message,
+                                reason=reason))
+        return False
+
+    def _realise_step(self, name: str, cancel: Cancel) -> bool:
         node = self.graph.nodes[name]
         step = node.step
         resolved = ""
@@ -332,6 +336,8 @@ class Realiser:
             layers.append(self._unpacked(cache_tree))
         if name not in self._snapshots:  # a hit re-queued to be rebuilt
             self._snapshot_inputs([name])
+            if name in self._snapshot_faults:
+                raise self._snapshot_faults.pop(name)
         snapshot = self._snapshots[name]
         if snapshot != empty:
             layers.append(self._unpacked(snapshot))
@@ -489,12 +495,13 @@ class Realiser:
                log_lock: threading.Lock, services: tuple[ServiceSpec, ...],
                service_logs: dict[str, IO[bytes]]) -> int:
         masker = self._masker
+        # service output arrives line by line: one streaming masker per service, so a
+        # value split across lines or streams is masked as in the step's own output
+        service_outs = {sname: MaskedOutput(masker, sname, lambda _e: None, slog, log_lock)
+                        for sname, slog in service_logs.items()}
 
         def service_sink(service: str, stream: str, data: bytes) -> None:
-            # service output arrives line by line; every form of every value is masked
-            text = masker.mask(data).decode("utf-8", errors="replace")
-            with log_lock:
-                service_logs[service].write(text.encode() + b"\n")
+            service_outs[service](stream, data + b"\n")
 
         commands = self.graph.nodes[name].step.commands
         command = masker.mask(" && ".join(commands).encode()).decode("utf-8", "replace")
@@ -502,10 +509,12 @@ class Realiser:
         assert self.runtime is not None
         if cancel.is_set():
             return CANCEL_EXIT
-        sink = _MaskedOutput(self, name, log, log_lock)
+        sink = MaskedOutput(masker, name, self.emit, log, log_lock)
         try:
             if services:
                 return self.runtime.run(spec, sink, cancel, service_sink=service_sink)
             return self.runtime.run(spec, sink, cancel)
         finally:
-            sink.close()  # what each stream's masker held back (never a partial value)
+            sink.close()  # what the masker held back (never a partial value)
+            for out in service_outs.values():
+                out.close()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from kata.errors import KataError
 from kata.model import is_env_name
+from kata.realise.output import MERGE_STDERR
 from kata.realise.workspace import SECRETS_PRELUDE, SECRETS_TARGET
 from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
 
@@ -20,9 +21,11 @@ if TYPE_CHECKING:
     from kata.compile import Node
     from kata.model import Service
 
+
 def shell_script(commands: Sequence[str]) -> str:
-    """One shell, commands in order, stop at the first failure (a CI step's contract)."""
-    return "set -e\n" + "\n".join(commands) + "\n"
+    """One shell, commands in order, stop at the first failure (a CI step's contract);
+    stderr joins stdout first, so their order is the terminal's (kata.realise.output)."""
+    return MERGE_STDERR + "set -e\n" + "\n".join(commands) + "\n"
 
 
 def image_of(node: "Node") -> str:

@@ -175,6 +175,8 @@ def sweep_dead_runs(work_root: Path) -> None:
             merged = entry / "m"
             if merged.is_dir():
                 _umount(str(merged))
+            elif entry.name.startswith("secrets-") and os.path.ismount(entry):
+                _umount(str(entry))  # a SecretsDir's tmpfs (its files go with it)
         force_rmtree(str(run))
 
 

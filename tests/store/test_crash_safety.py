@@ -105,3 +105,25 @@ def test_sigkill_writers_leave_a_clean_store(tmp_path: Path) -> None:
         # Leftovers of killed writers are only ever under tmp/, and gc clears them.
         s.gc(grace=0, keep_runs=0, max_size=1 << 40)
         assert os.listdir(root / "tmp") == []
+
+
+def test_partial_ingest_files_of_a_dead_writer_are_removed_on_open(tmp_path) -> None:
+    """A SIGKILLed kata leaves ``tmp/obj.<random>.<owner>``: the next open removes it; a
+    live writer's file and another boot's (or host's) stay (gc's grace period decides)."""
+    import subprocess as sp
+
+    import procs
+    from store import Store
+
+    root = tmp_path / "store"
+    Store.open(root).close()
+    dead = sp.Popen(["sleep", "0.3"])
+    dead_owner = procs.owner_id(dead.pid)  # while it runs: its start time is readable
+    dead.wait()
+    names = {"dead": f"obj.abc.{dead_owner}", "live": f"obj.abc.{procs.owner_id()}",
+             "foreign": f"obj.abc.{dead.pid}.123@another-boot"}
+    for name in names.values():
+        (root / "tmp" / name).write_bytes(b"partial")
+    with Store.open(root):
+        pass
+    assert sorted(os.listdir(root / "tmp")) == sorted([names["live"], names["foreign"]])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ from procs import owner_alive
 from ..base import (
     CANCEL_EXIT, OutputSink, PullCallback, PullProgress, ServiceSink, StepSpec,
 )
+from . import orphans
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
@@ -271,7 +274,7 @@ class ContainerdRuntime:
         self.drain()
         c = self.client
         counts = {"tasks": 0, "containers": 0, "snapshots": 0, "leases": 0, "fifos": 0,
-                  "netns": 0}
+                  "netns": 0, "shims": 0}
 
         def dead(labels) -> bool:  # noqa: ANN001
             owner = labels.get(OWNER_LABEL)
@@ -294,6 +297,16 @@ class ContainerdRuntime:
                     counts["containers"] += 1
                 except KataError as err:
                     cleanup.push(f"sweep {ctr.id}", _raiser(err))
+            # shims whose task was never registered (kata killed inside Tasks.Create):
+            # no API call reaches them; before the snapshots, whose mounts they hold
+            known = {x.id for x in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
+                                          "list containers").containers}
+            for shim in orphans.orphans(c.address, c.namespace, known):
+                try:
+                    orphans.reap(shim, c.namespace)
+                    counts["shims"] += 1
+                except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                    cleanup.push(f"reap shim {shim.pid} ({shim.id})", _raiser(err))
             snaps = self._snapshots()
             for info in snaps:
                 if info.kind != snapshots_pb2.COMMITTED and dead(info.labels):
@@ -342,6 +355,21 @@ class ContainerdRuntime:
 
             raise wrap(err, "list snapshots") from None
 
+    def _orphan_shims(self) -> list[str]:
+        """Shims of this containerd and namespace serving no container it has; a shim
+        whose task was just deleted may take a moment to exit, so look again for up to
+        a second before calling it left over."""
+        c = self.client
+        deadline = time.monotonic() + 1.0
+        while True:
+            known = {x.id for x in c.call(c.containers.List,
+                                          containers_pb2.ListContainersRequest(),
+                                          "list containers").containers}
+            found = [f"{s.pid} {s.id}" for s in orphans.orphans(c.address, c.namespace, known)]
+            if not found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
     def leftovers(self) -> dict[str, list[str]]:
         """What kata's namespace holds beyond images: used by tests and `kata daemon status`."""
         self.drain()
@@ -363,6 +391,7 @@ class ContainerdRuntime:
             "leases": [x.id for x in c.call(c.leases.List, leases_pb2.ListRequest(),
                                             "list leases").leases],
             "mounts": mounts,
+            "shims": self._orphan_shims(),
             "netns": self.network.leftovers(),
             "fifos": sorted(str(p) for p in self.fifo_root.glob("*/*")) if self.fifo_root.is_dir() else [],
         }

@@ -1,0 +1,112 @@
+"""Faults of the machine end a step cleanly (issue 10, item 5): a full disk or an object
+collected under a running step fails that step with its reason, the run still ends
+with its [DONE] line and exit 1, never "internal error in X" or a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fakes import FakeStep, compile_steps
+from kata.realise import events as ev
+from kata.realise.realiser import Realiser, RealiseOptions
+from store import Store
+from support.cli import KataProcess
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "kata.local/busybox:latest"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the disk-full test needs root): {res.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_disk_fails_the_step_and_the_run_ends(tmp_path, small_fs, containerd_daemon,
+                                                   runtime):
+    """The store on a 3 MiB filesystem; a step whose log (4 MiB of base64) cannot be
+    stored fails with the store's reason; the independent step still passes."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
+        "pipeline": "full", "settings": {"fail_fast": False},
+        "steps": [
+            {"name": "noisy", "image": IMAGE, "inputs": ["none"],
+             "commands": ["head -c 5000000 /dev/urandom | base64"]},
+            {"name": "quiet", "image": IMAGE, "inputs": ["none"], "commands": ["echo fine"]},
+        ]}, sort_keys=False))
+    kata = KataProcess(repo, store=small_fs / "store", address=containerd_daemon.address)
+    res = kata("run")
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    fail = [line for line in lines if line.startswith("[FAIL] noisy")]
+    assert len(fail) == 1 and re.fullmatch(
+        r"\[FAIL\] noisy \(no space left on the store's filesystem while writing an object, "
+        r"[\d.]+s\)", fail[0]), fail
+    assert "[PASS] quiet" in res.stdout
+    assert re.match(r"\[DONE\] 2 steps: 1 failed, 1 passed", lines[-1]), lines[-1]
+    assert "internal error" not in res.stdout + res.stderr
+    assert [p.name for p in (small_fs / "store" / "tmp").iterdir()] == []  # no partial object
+    assert runtime.leftovers() == {k: [] for k in runtime.leftovers()}
+
+
+class _CollectingEmit:
+    """Collects events; while ``victim`` runs, deletes ``doomed()``'s objects, as a gc on
+    another host sharing the store would."""
+
+    def __init__(self, store: Store, victim: str, doomed) -> None:
+        self.events: list[ev.Event] = []
+        self.store, self.victim, self.doomed = store, victim, doomed
+        self.done = False
+
+    def __call__(self, event: ev.Event) -> None:
+        self.events.append(event)
+        if isinstance(event, ev.OutputLine) and event.step == self.victim and not self.done:
+            self.done = True
+            for digest in self.doomed():
+                self.store.objects.delete(digest)
+
+
+def test_object_collected_under_a_running_step(tmp_path, clean_runtime, busybox_digest):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "src.txt").write_text("hello\n")
+    store = Store.open(tmp_path / "store", state_dir=tmp_path / "state")
+    steps = [FakeStep("make", commands=("mkdir -p out", "cp src.txt out/"), inputs=("src.txt",),
+                      artifacts=("out/",)),
+             FakeStep("use", commands=("echo using", "cat out/src.txt"), depends_on=("make",),
+                      inputs=("none",))]
+    graph = compile_steps(repo, steps, digest=busybox_digest)
+    realiser_box: list[Realiser] = []
+    emit = _CollectingEmit(store, "use",
+                           lambda: [realiser_box[0]._stacks["make"][0]])  # make's output tree
+    opts = RealiseOptions(repo_root=repo, work_root=tmp_path / "state" / "work", max_parallel=2)
+    realiser = Realiser(graph, store=store, runtime=clean_runtime, emit=emit, options=opts)
+    realiser_box.append(realiser)
+    result = realiser.run()
+    try:
+        assert not result.ok and result.exit_code == 1
+        (fail,) = [e for e in emit.events if isinstance(e, ev.StepFailed)]
+        assert fail.step == "use" and fail.reason == "store.missing_object"
+        assert "not in the store" in fail.message
+        assert isinstance(emit.events[-1], ev.Done) and emit.events[-1].failed == 1
+        assert result.steps["use"].status == "failed"
+        assert store.get_realisation(graph.nodes["use"].drv_hash) is None  # nothing recorded
+        assert [o for o in ("using", "hello") if o in
+                [e.text for e in emit.events if isinstance(e, ev.OutputLine)]] == ["using", "hello"]
+    finally:
+        store.close()

@@ -1,0 +1,137 @@
+"""Paths stay inside: ``artifacts``, ``cache.paths``, ``inputs``, ``cache.key_files`` are
+relative to the repository and never escape it; ``workdir`` is a container path that is
+absolute, unnormalised-clean and not a kernel or kata mount. Each refusal names the file,
+line, column and key (issue 10, item 4)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kata.errors import KataError
+from kata.loader import load_text, repository_path_problem, workdir_problem
+
+REPO = Path(__file__).resolve().parent.parent
+
+STEP = "steps:\n  - name: a\n    image: x\n"
+
+BAD = {
+    # name: (yaml lines under the step, line, column, words in the message)
+    "key_files_absolute": ("    cache:\n      paths: [c]\n      key_files: [/etc/shadow]\n",
+                           6, 19, "cache.key_files: '/etc/shadow' is absolute"),
+    "key_files_dotdot": ("    cache:\n      paths: [c]\n      key_files: [src, ../../x]\n",
+                         6, 24, "cache.key_files: '../../x' contains '..'"),
+    "key_files_negated": ("    cache:\n      paths: [c]\n      key_files: ['!../x']\n",
+                          6, 19, "cache.key_files: '!../x' contains '..'"),
+    "key_files_inner": ("    cache:\n      paths: [c]\n      key_files: ['a/**/../../../x']\n",
+                        6, 19, "contains '..'"),
+    "cache_paths_absolute": ("    cache:\n      paths: [/root/.cache]\n", 5, 15,
+                             "cache.paths: '/root/.cache' is absolute"),
+    "cache_paths_dotdot": ("    cache:\n      paths: [node_modules/../../..]\n", 5, 15,
+                           "cache.paths: 'node_modules/../../..' contains '..'"),
+    "artifacts_absolute": ("    artifacts: [dist, /etc/passwd]\n", 4, 23,
+                           "artifacts: '/etc/passwd' is absolute"),
+    "artifacts_dotdot": ("    artifacts: [../out]\n", 4, 17, "artifacts: '../out' contains '..'"),
+    "inputs_absolute": ("    inputs: [/proc/self/environ]\n", 4, 14,
+                        "inputs: '/proc/self/environ' is absolute"),
+    "inputs_dotdot": ("    inputs: ['src/**', '../sibling/**']\n", 4, 24,
+                      "inputs: '../sibling/**' contains '..'"),
+    "workdir_escape": ("    workdir: /workspace/../../proc\n", 4, 14,
+                       "workdir must not contain '.' or '..'"),
+    "workdir_proc": ("    workdir: /proc/self\n", 4, 14, "workdir must not be /proc or under it"),
+    "workdir_sys": ("    workdir: /sys\n", 4, 14, "workdir must not be /sys"),
+    "workdir_dev": ("    workdir: //dev/shm\n", 4, 14, "workdir must not be /dev"),
+    "workdir_root": ("    workdir: /\n", 4, 14, "workdir must not be '/'"),
+    "workdir_secrets": ("    workdir: /run/kata/secrets\n", 4, 14, "must not be /run/kata"),
+    "workdir_relative": ("    workdir: src\n", 4, 14, "workdir must be an absolute path"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_escaping_paths_are_refused_with_position(case: str) -> None:
+    body, line, column, words = BAD[case]
+    with pytest.raises(KataError) as err:
+        load_text(STEP + body, file="k.yaml")
+    e = err.value
+    assert (e.reason, e.position.file, e.position.line, e.position.column) == \
+        ("config.value", "k.yaml", line, column)
+    assert words in e.message and "step 'a'" in e.message
+
+
+def test_paths_inside_are_accepted() -> None:
+    p = load_text(STEP + "    workdir: /src/app/\n    artifacts: [dist/, ./bin/app, 'a..b']\n"
+                  "    inputs: ['src/**', '!src/gen/**', '/go.mod']\n".replace("'/go.mod'", "go.mod")
+                  + "    cache:\n      paths: [node_modules/, .cache]\n"
+                  "      key_files: [package-lock.json, '**/go.sum', '!vendor/**']\n")
+    step = p.steps[0]
+    assert step.workdir == "/src/app/"
+    assert step.artifacts == ("dist/", "./bin/app", "a..b")
+    assert step.cache.key_files == ("package-lock.json", "**/go.sum", "!vendor/**")
+
+
+def test_rules_as_values() -> None:
+    assert repository_path_problem("a/b", glob=False) == ""
+    assert repository_path_problem("..", glob=False).startswith("contains '..'")
+    assert repository_path_problem("!/x", glob=True).startswith("is absolute")
+    assert repository_path_problem("a\0b", glob=False) == "contains a NUL byte"
+    assert workdir_problem("/workspace") == ""
+    assert workdir_problem("/devices") == ""  # only /dev itself and below
+    assert workdir_problem("/workspace/./x").startswith("must not contain")
+
+
+def test_validate_names_file_line_column(tmp_path: Path) -> None:
+    cfg = tmp_path / ".kata-ci.yaml"
+    cfg.write_text("pipeline: p\n" + STEP + "    commands: ['true']\n    cache:\n"
+                   "      paths: [c]\n      key_files: ['/etc/shadow', '../../x']\n")
+    res = subprocess.run([sys.executable, "-m", "kata", "-f", str(cfg), "validate"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"error: {cfg}:8:19: step 'a': cache.key_files: '/etc/shadow' "
+                                  "is absolute: paths are relative to the repository (a pattern "
+                                  "containing '/' is already anchored at the repository root)")
+
+
+def test_config_symlinked_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
+    """``.kata-ci.yaml -> /etc/shadow`` pushed to a hook server: nothing of the file
+    reaches the message (it used to quote its first line as an unknown key)."""
+    from kata.loader import find_config, load_pipeline
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "sub").mkdir()
+    (repo / ".kata-ci.yaml").symlink_to("/etc/shadow")
+    with pytest.raises(KataError) as err:
+        find_config(repo / "sub")
+    assert err.value.reason == "config.outside" and err.value.exit_code == 2
+    assert err.value.message == (f"{repo}/.kata-ci.yaml is a symlink to a file outside the "
+                                 f"repository ({repo}); kata reads nothing outside it")
+    (repo / ".kata-ci.yaml").unlink()
+    (repo / "ci.yaml").write_text(STEP)
+    (repo / ".kata-ci.yaml").symlink_to("ci.yaml")  # inside: fine
+    assert load_pipeline(find_config(repo / "sub")).steps[0].name == "a"
+
+
+def test_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    from kata.loader import load_pipeline
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(KataError) as err:
+        load_pipeline(fifo)  # would block forever on a plain open
+    assert err.value.reason == "config.not_found" and "not a regular file" in err.value.message
+
+
+def test_kataignore_must_be_a_regular_file(tmp_path: Path) -> None:
+    from kata.inputs import Snapshot
+
+    (tmp_path / "a").write_text("x")
+    (tmp_path / ".kataignore").symlink_to("/etc/shadow")
+    with pytest.raises(KataError) as err:
+        Snapshot(tmp_path)
+    assert err.value.reason == "inputs.kataignore"
+    assert err.value.message == ".kataignore is a symlink; it must be a regular file"
