@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -61,7 +61,8 @@ class Realisation:
         return tuple(found)
 
     def encode(self) -> bytes:
-        data = asdict(self)
+        # a shallow map: asdict() deep-copies meta (a deep artifact stack) for nothing
+        data: dict[str, Any] = {f: getattr(self, f) for f in _FIELDS}
         data["format"] = FORMAT
         return msgpack.packb(data, use_bin_type=True)
 

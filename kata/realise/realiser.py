@@ -42,6 +42,11 @@ from store import StoreError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
+# A dependency stack deeper than _DIRECT_LAYERS is mounted as one merged lower (the store's
+# merged stacks) for its bottom, cut at a multiple of _MERGE_CHUNK trees so the consumers
+# of a chain or of a common dependency share it, plus its last few trees one by one.
+_DIRECT_LAYERS = 24
+_MERGE_CHUNK = 16
 
 
 def _shell_script(commands: Sequence[str]) -> str:
@@ -405,11 +410,25 @@ class Realiser:
         with lock:
             return Path(self.store.unpacked(tree))
 
+    def _merged(self, trees: tuple[str, ...]) -> Path:
+        """The store's merged directory of a stack's bottom; built once per stack."""
+        key = "\0".join(trees)
+        with self._lock:
+            lock = self._unpack_locks.setdefault(key, threading.Lock())
+        with lock:
+            for tree in trees:  # dependents starting together extract each tree once
+                self._unpacked(tree)
+            return Path(self.store.merged(trees))
+
     def _layers(self, name: str, node: Any) -> list[Path]:
         empty = self._empty()
         layers: list[Path] = []
-        for tree in reversed(self._deps_stack(name)):  # top first
+        stack = self._deps_stack(name)
+        cut = len(stack) // _MERGE_CHUNK * _MERGE_CHUNK if len(stack) > _DIRECT_LAYERS else 0
+        for tree in reversed(stack[cut:]):  # top first
             layers.append(self._unpacked(tree))
+        if cut:
+            layers.append(self._merged(stack[:cut]))
         cache_tree = self._cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))

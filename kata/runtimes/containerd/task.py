@@ -29,7 +29,7 @@ from ..base import CANCEL_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
-from .network import CniNetwork
+from .network import CniNetwork, NetnsPool
 from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
 
 log = logging.getLogger("kata.runtime")
@@ -53,6 +53,7 @@ class TaskOptions:
     fifo_root: Path  # FIFOs live under fifo_root/<owner>/<container id>/
     stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     network: CniNetwork | None = None  # network "default"; None: a bare netns like "none"
+    netns_pool: NetnsPool | None = None  # a step's own "default" namespace comes from here
 
 
 class _Reader(threading.Thread):
@@ -174,6 +175,11 @@ class StepRun:
         network = self.options.network
         if self.pod is not None:
             netns, hosts, resolv = self.pod.netns, self.pod.hosts_file, self.pod.resolv
+        elif step.network == "default" and self.options.netns_pool is not None:
+            pool = self.options.netns_pool
+            name, netns = pool.acquire(c.owner)
+            # runs after the task's deletion (LIFO): reused only if no process is left in it
+            cleanup.push("release network", lambda: pool.release(name, reusable=self.task_gone))
         elif step.network == "default" and network is not None:
             cleanup.push("tear down network", lambda: network.teardown(cid))
             netns = network.setup(cid, c.owner)
