@@ -194,6 +194,12 @@ class ObjectStore:
     def put(self, data: bytes | bytearray | memoryview | BinaryIO) -> str:
         if isinstance(data, (bytes, bytearray, memoryview)):
             view = memoryview(data)
+            if len(view) <= CHUNK:  # small and in memory: hash first, write only if new
+                digest = "sha256:" + hashlib.sha256(view).hexdigest()
+                final = self.path(digest)
+                if os.path.exists(final):
+                    _touch(final)
+                    return digest
             chunks: Iterable[bytes] = (view[i:i + CHUNK] for i in range(0, len(view), CHUNK))
             return self.put_chunks(chunks, size_hint=len(view))[0]
         return self.put_chunks(_read_chunks(data))[0]

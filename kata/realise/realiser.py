@@ -125,6 +125,7 @@ class Realiser:
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._empty_tree = ""
+        self._empty_log_digest = ""
         # every value given to this run, in every encoded form, masked in every step's output
         self._masker = Masker(v for v in options.secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
@@ -370,7 +371,9 @@ class Realiser:
         return self._empty_tree
 
     def _empty_log(self) -> str:
-        return self.store.put_blob(b"")
+        if not self._empty_log_digest:
+            self._empty_log_digest = self.store.put_blob(b"")
+        return self._empty_log_digest
 
     def _put_realisation(self, key: str, outputs: str, *, log: str, exit_status: int,
                          duration: float, meta: Mapping[str, Any] | None = None) -> Any:
@@ -528,8 +531,11 @@ class Realiser:
                 line = f"kata: {message}"
                 log.write(line.encode() + b"\n")
             duration = time.monotonic() - started
-            log.seek(0)
-            log_digest = self.store.put_blob(log)
+            if log.tell() == 0:  # nothing written (a quiet step): the run's one empty log
+                log_digest = self._empty_log()
+            else:
+                log.seek(0)
+                log_digest = self.store.put_blob(log)
             digests = []
             for sname, slog in service_logs.items():
                 slog.seek(0)

@@ -156,6 +156,12 @@ class NetnsPool:
         self._idle: list[str] = []
         self._lock = threading.Lock()
 
+    @property
+    def idle(self) -> int:
+        """How many namespaces wait for their next step."""
+        with self._lock:
+            return len(self._idle)
+
     def acquire(self, owner: str) -> tuple[str, str]:
         """(name, path) of a ready namespace: an idle one, else a new one."""
         with self._lock:
