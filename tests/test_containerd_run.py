@@ -277,7 +277,8 @@ def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_
     """)
     kill_once_started(script, marker)
     left = runtime.leftovers()
-    assert left["containers"] and left["tasks"] and left["snapshots"] and left["leases"]
+    assert left["containers"] and left["tasks"] and left["snapshots"]
+    assert left["leases"] == []  # a step takes none (its container references its snapshot)
     assert left["netns"] and left["fifos"] and left["mounts"]
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -344,3 +345,34 @@ def test_release_after_the_exit_is_deferred_but_complete(clean_runtime, busybox_
     assert out.of("stdout") == [b"line 1", b"line 2", b"line 3"] and out.of("stderr") == [b"bye"]
     clean_runtime.drain()
     assert_clean(clean_runtime)
+
+
+def test_a_steps_snapshot_survives_containerd_gc_without_a_lease(clean_runtime, busybox_digest):
+    """Steps take no lease (two calls fewer): the container is created first and names its
+    snapshot, which containerd's gc then counts as referenced. A synchronous gc run
+    (deleting a lease with sync) while steps start and run leaves their root filesystems."""
+    from kata.runtimes.containerd.client import leases_pb2
+
+    c = clean_runtime.client
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            with c.lease("gc-trigger", sync_delete=True):
+                pass
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        def one(i: int) -> tuple[int, list[bytes]]:
+            status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                              f"sleep 0.2; test -x /bin/sh && echo rootfs-{i}")
+            return status, out.of("stdout")
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, range(8)))
+    finally:
+        stop.set()
+        collector.join()
+    assert results == [(0, [f"rootfs-{i}".encode()]) for i in range(8)]
+    assert c.call(c.leases.List, leases_pb2.ListRequest(), "list leases").leases == []

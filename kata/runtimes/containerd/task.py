@@ -1,9 +1,10 @@
 """Run one step as a containerd task, exactly the sequence measured in the notes.
 
-lease → snapshot (Prepare from the image's top chain ID) → container (OCI spec)
-→ FIFOs opened for reading → Tasks.Create (rootfs = the snapshot's mounts)
-→ Wait (started first) → Start → exit → Tasks.Delete (waits for the output
-copy) → Containers.Delete → Snapshots.Remove → Leases.Delete.
+container (OCI spec, naming its snapshot: containerd's gc counts it as referenced, so
+no lease is needed) → snapshot (Prepare from the image's top chain ID) → FIFOs opened
+for reading → Tasks.Create (rootfs = the snapshot's mounts) → Wait (started first) →
+Start → exit → Tasks.Delete (waits for the output copy) → Snapshots.Remove →
+Containers.Delete.
 Each step is released in reverse order on every path; a task that cannot be
 deleted keeps its container (deleting it would orphan the task).
 """
@@ -129,7 +130,7 @@ class StepRun:
         """Run the step; return its exit status once its output is complete.
 
         With ``defer``, when every output stream has reached its end right after the
-        exit, the release work (deleting the task, container, snapshot, lease, FIFOs:
+        exit, the release work (deleting the task, snapshot, container, FIFOs:
         ~20 ms of containerd calls) is handed to ``defer`` instead of being waited
         for; the runtime finishes it in the background and drains it before it
         reports leftovers, sweeps or closes.
@@ -170,7 +171,6 @@ class StepRun:
         workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
         step = step if workdir == step.workdir else _with_workdir(step, workdir)
         build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
-        lease = self._lease(cleanup)
         netns, hosts, resolv = None, None, True
         network = self.options.network
         if self.pod is not None:
@@ -186,25 +186,28 @@ class StepRun:
         spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns,
                           hosts_file=hosts, resolv=resolv)
         self.spec = spec
-        mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
-            snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
-            labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
-        cleanup.push("remove snapshot", lambda: self._remove_snapshot(lease))
+        # No lease: the container is created first and names its snapshot, and containerd's
+        # gc counts a container's snapshot as referenced, so the snapshot is protected from
+        # the moment Prepare makes it (a lease cost two more calls per step).
         container = containers_pb2.Container(
             id=cid, labels={**step.labels, **c.owner_labels()}, image=step.image,
             runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)),
             snapshotter=SNAPSHOTTER, snapshot_key=cid)
         c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
-               "create container", lease=lease)
+               "create container")
         cleanup.push("delete container", self._delete_container)
+        mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
+            labels=c.owner_labels()), "prepare snapshot").mounts
+        cleanup.push("remove snapshot", self._remove_snapshot)
         stdout, stderr, fds = self._fifos(cleanup)
         self.task_gone = False
         cleanup.push("delete task", self._teardown_task)
         try:
             c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
                 container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
-                "create task", lease=lease)
+                "create task")
         except ContainerdError as err:
             self.task_gone = True  # the shim cleans up a task it failed to create
             detail = err.message.rpartition("unable to start container process: ")[2]
@@ -225,12 +228,6 @@ class StepRun:
             tasks_pb2.WaitRequest(container_id=cid), metadata=c.metadata())
         self.wait_future.add_done_callback(lambda _f: self.exited.set())
         c.call(c.tasks.Start, tasks_pb2.StartRequest(container_id=cid), "start task")
-
-    def _lease(self, cleanup: Cleanup) -> str:
-        cm = self.c.lease("step")
-        lease = cm.__enter__()
-        cleanup.push("delete lease", lambda: cm.__exit__(None, None, None))
-        return lease
 
     def _fifos(self, cleanup: Cleanup) -> tuple[str, str, list[int]]:
         d = self.options.fifo_root / self.c.owner / self.id
@@ -327,7 +324,7 @@ class StepRun:
         self.c.call(self.c.containers.Delete,
                     containers_pb2.DeleteContainerRequest(id=self.id), f"delete container {self.id}")
 
-    def _remove_snapshot(self, lease: str) -> None:
+    def _remove_snapshot(self) -> None:
         if not self.task_gone:
             return  # the task still has it mounted; the sweep removes it later
         self.c.call(self.c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
