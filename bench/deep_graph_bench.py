@@ -199,8 +199,8 @@ def main() -> None:
                 store.close()
         finally:
             rt.close()
-    print(f"(realiser: stacks deeper than {realiser_mod._DIRECT_LAYERS} trees mount a merged "
-          f"bottom cut at a multiple of {realiser_mod._MERGE_CHUNK})")
+    print(f"(realiser: stacks deeper than {realiser_mod._DIRECT_LAYERS} trees mount aligned "
+          f"merged blocks of {realiser_mod._MERGE_BLOCKS} trees and the rest one by one)")
 
 
 if __name__ == "__main__":

@@ -42,11 +42,13 @@ from store import StoreError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
-# A dependency stack deeper than _DIRECT_LAYERS is mounted as one merged lower (the store's
-# merged stacks) for its bottom, cut at a multiple of _MERGE_CHUNK trees so the consumers
-# of a chain or of a common dependency share it, plus its last few trees one by one.
+# A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
+# (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
+# each cut at a multiple of its size, then the last (< 16) trees one by one. A block is keyed
+# by its trees, so the consumers of a chain or of a common first dependency share them, and
+# each tree is laid into a given block once; at most 15 layers per block size.
 _DIRECT_LAYERS = 24
-_MERGE_CHUNK = 16
+_MERGE_BLOCKS = (4096, 256, 16)
 
 
 def _shell_script(commands: Sequence[str]) -> str:
@@ -414,24 +416,29 @@ class Realiser:
             return Path(self.store.unpacked(tree))
 
     def _merged(self, trees: tuple[str, ...]) -> Path:
-        """The store's merged directory of a stack's bottom; built once per stack."""
+        """The store's merged directory of a block of a stack; dependents starting
+        together wait for one build (the store unpacks the trees it needs)."""
         key = "\0".join(trees)
         with self._lock:
             lock = self._unpack_locks.setdefault(key, threading.Lock())
         with lock:
-            for tree in trees:  # dependents starting together extract each tree once
-                self._unpacked(tree)
             return Path(self.store.merged(trees))
 
     def _layers(self, name: str, node: Any) -> list[Path]:
         empty = self._empty()
         layers: list[Path] = []
         stack = self._deps_stack(name)
-        cut = len(stack) // _MERGE_CHUNK * _MERGE_CHUNK if len(stack) > _DIRECT_LAYERS else 0
-        for tree in reversed(stack[cut:]):  # top first
+        blocks: list[tuple[str, ...]] = []
+        start = 0
+        if len(stack) > _DIRECT_LAYERS:
+            for size in _MERGE_BLOCKS:
+                while len(stack) - start >= size:
+                    blocks.append(stack[start:start + size])
+                    start += size
+        for tree in reversed(stack[start:]):  # top first
             layers.append(self._unpacked(tree))
-        if cut:
-            layers.append(self._merged(stack[:cut]))
+        for block in reversed(blocks):
+            layers.append(self._merged(block))
         cache_tree = self._cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))
