@@ -24,6 +24,7 @@ import yaml  # noqa: E402
 
 from kata.compile import compile_pipeline, plan  # noqa: E402
 from kata.loader import load_pipeline  # noqa: E402
+from timing import median_time  # noqa: E402
 
 
 def generate(path: Path, steps: int, seed: int = 1) -> None:
@@ -53,15 +54,6 @@ def generate(path: Path, steps: int, seed: int = 1) -> None:
             out.append('    inputs: ["src/**"]')
             out.append('    timeout: "5m"')
     path.write_text("\n".join(out) + "\n")
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kata.inputs import MemoryStatCache, Snapshot  # noqa: E402
+from timing import timed_call as timed  # noqa: E402
 
 
 def generate(root: Path, files: int, seed: int = 7) -> int:
@@ -50,12 +51,6 @@ def walk_lstat(root: str) -> int:
                     e.stat(follow_symlinks=False)
                     n += 1
     return n
-
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def main() -> None:

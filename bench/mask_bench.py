@@ -25,6 +25,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kata.secrets import Masker  # noqa: E402
+from timing import best_time as best  # noqa: E402
 
 MIB = 1 << 20
 
@@ -44,15 +45,6 @@ def log_text(size: int, secrets: list[str], rng: random.Random) -> bytes:
         parts.append(b"token: " + rng.choice(forms) + b"\n")
         total += len(block) + 1
     return b"".join(parts)[:size]
-
-
-def best(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

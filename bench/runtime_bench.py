@@ -30,15 +30,7 @@ from kata.runtimes.containerd import ContainerdRuntime  # noqa: E402
 from kata.runtimes.containerd.spec import build_spec  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
 from support.images import BUSYBOX_REF, busybox_image, busybox_layer, write_oci_archive  # noqa: E402
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+from timing import timed  # noqa: E402
 
 
 def ms(xs: list[float]) -> str:

@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,17 +28,9 @@ from kata.runtimes.containerd import ContainerdRuntime  # noqa: E402
 from kata.runtimes.containerd.pod import in_netns, tcp_probe  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
 from support.images import busybox_image, write_oci_archive  # noqa: E402
+from timing import timed  # noqa: E402
 
 SERVE = "trap 'exit 0' TERM; nc -ll -p 5432 -e echo hi & wait"
-
-
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def med(xs: list[float]) -> float:

@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 
 FIELDS = ("branch", "tag", "event", "action")
 
+#: What started a run: ``push`` (a branch), ``pull_request``, ``tag`` (a tag pushed),
+#: ``schedule``. The one list: ``--event``, ``triggers[].event``, ``only.events``,
+#: ``when: event == ...`` and ``kata.gitctx.GitContext`` all check against it.
+EVENTS = ("push", "pull_request", "tag", "schedule")
+#: The pull-request actions (GitHub's names): ``--action``, ``triggers[].actions``,
+#: ``when: action == ...`` and ``GitContext.action``.
+PR_ACTIONS = ("opened", "synchronize", "closed")
+#: The closed vocabularies of the context's fields (branch and tag are free text).
+VOCABULARY = {"event": EVENTS, "action": PR_ACTIONS}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Context:
@@ -166,6 +176,22 @@ def all_of(items: Iterable[Expr]) -> Expr:
 def any_of(items: Iterable[Expr]) -> Expr:
     items = tuple(items)
     return Const(value=False) if not items else items[0] if len(items) == 1 else Or(items=items)
+
+
+def unknown_values(expr: Expr) -> list[tuple[str, str]]:
+    """``(field, value)`` for every exact comparison (``==``, ``!=``, ``in``, ``not in``)
+    of ``event`` or ``action`` with a value outside ``EVENTS`` / ``PR_ACTIONS``: such a
+    condition can never be decided by its value (a typo). Globs (``=~``) are not checked."""
+    out: list[tuple[str, str]] = []
+    if isinstance(expr, Compare) and expr.field in VOCABULARY and expr.op in ("==", "!=", "in", "not in"):
+        values = expr.value if isinstance(expr.value, tuple) else (expr.value,)
+        out += [(expr.field, v) for v in values if v not in VOCABULARY[expr.field]]
+    elif isinstance(expr, Not):
+        out += unknown_values(expr.item)
+    elif isinstance(expr, (And, Or)):
+        for item in expr.items:
+            out += unknown_values(item)
+    return out
 
 
 # ---- parsing ---------------------------------------------------------------

@@ -25,15 +25,13 @@ non-ignored files count as changed too: a local run builds the working tree.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
+from kata.git import Git
 
-EVENTS = ("push", "pull_request", "tag", "schedule")
-PR_ACTIONS = ("opened", "synchronize", "closed")
 _NULL_SHA = "0" * 40
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # sha1 of the empty tree
 
@@ -86,73 +84,28 @@ class GitContext:
             object.__setattr__(self, "tags", (self.tag, *self.tags))
 
 
-@dataclass(frozen=True, slots=True)
-class _Git:
-    """Runs git in one repository; every failure becomes a KataError."""
-
-    cwd: str
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def at(cls, path: str | os.PathLike[str]) -> _Git:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX", "GIT_COMMON_DIR")}
-        env.update(LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
-        return cls(str(path), env)
-
-    def run(self, *args: str, ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", self.cwd, *args], capture_output=True, env=self.env, stdin=subprocess.DEVNULL
-            )
-        except FileNotFoundError as exc:
-            raise KataError("git.not_installed", "git is not installed (it is needed for the git context)") from exc
-        if proc.returncode not in ok:
-            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise KataError(
-                "git.failed",
-                f"git {' '.join(args[:2])} failed in {self.cwd}: {err[-1] if err else proc.returncode}",
-                obj=self.cwd,
-            )
-        return proc
-
-    def out(self, *args: str) -> str:
-        return self.run(*args).stdout.decode("utf-8", "surrogateescape").strip()
-
-    def maybe(self, *args: str) -> str | None:
-        """Output of a query that may legitimately fail (an unknown ref): None then."""
-        proc = self.run(*args, ok=range(0, 256))
-        if proc.returncode != 0:
-            return None
-        return proc.stdout.decode("utf-8", "surrogateescape").strip() or None
-
-    def paths(self, *args: str) -> set[str]:
-        data = self.run(*args).stdout.decode("utf-8", "surrogateescape")
-        return {p for p in data.split("\0") if p}
-
-
-def _open(repo: str | os.PathLike[str]) -> tuple[_Git, bool]:
+def _open(repo: str | os.PathLike[str]) -> tuple[Git, bool]:
     """The git runner at the top of the repository (or the bare repository) and whether it is bare."""
     path = Path(repo)
     if not path.is_dir():
         raise KataError("git.not_a_repository", f"{repo} is not a directory", obj=str(repo))
-    probe = _Git.at(path)
+    probe = Git.at(path)
     bare = probe.maybe("rev-parse", "--is-bare-repository")
     if bare is None:
         raise KataError("git.not_a_repository", f"{repo} is not inside a git repository", obj=str(repo))
     if bare == "true":
-        return _Git.at(probe.out("rev-parse", "--absolute-git-dir")), True
+        return Git.at(probe.out("rev-parse", "--absolute-git-dir")), True
     top = probe.maybe("rev-parse", "--show-toplevel")
     if top is None:  # inside .git of a working repository
         raise KataError("git.not_a_repository", f"{repo} is not in a git work tree", obj=str(repo))
-    return _Git.at(top), False
+    return Git.at(top), False
 
 
-def _commit(git: _Git, rev: str) -> str | None:
+def _commit(git: Git, rev: str) -> str | None:
     return git.maybe("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
 
 
-def _remotes(git: _Git) -> list[str]:
+def _remotes(git: Git) -> list[str]:
     names = (git.maybe("remote") or "").split()
     return sorted(names, key=lambda r: (r != "origin", r))
 
@@ -167,7 +120,7 @@ def default_branch(repo: str | os.PathLike[str]) -> tuple[str, str] | None:
     return _default_branch(git, bare)
 
 
-def _default_branch(git: _Git, bare: bool) -> tuple[str, str] | None:
+def _default_branch(git: Git, bare: bool) -> tuple[str, str] | None:
     for remote in _remotes(git):
         head = git.maybe("symbolic-ref", "--quiet", f"refs/remotes/{remote}/HEAD")
         if head and _commit(git, head):
@@ -186,7 +139,7 @@ def _default_branch(git: _Git, bare: bool) -> tuple[str, str] | None:
     return None
 
 
-def _upstream(git: _Git, branch: str) -> str | None:
+def _upstream(git: Git, branch: str) -> str | None:
     # for-each-ref, not `B@{upstream}`: a tag or a path named like the branch cannot confuse it
     ref = f"refs/heads/{branch}"
     listed = git.maybe("for-each-ref", "--format=%(refname)%00%(upstream)", ref) or ""
@@ -204,7 +157,7 @@ def _short(ref: str) -> str:
     return ref
 
 
-def _merge_base(git: _Git, a: str, b: str) -> str | None:
+def _merge_base(git: Git, a: str, b: str) -> str | None:
     return git.maybe("merge-base", a, b)
 
 
@@ -262,12 +215,12 @@ def read_context(
     if commit is not None:
         target = base_commit or _EMPTY_TREE
         if worktree:
-            changed = git.paths("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", target, "--")
-            changed |= git.paths("ls-files", "-z", "--others", "--exclude-standard")
+            changed = set(git.paths("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", target, "--"))
+            changed |= set(git.paths("ls-files", "-z", "--others", "--exclude-standard"))
         else:
-            changed = git.paths("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", target, commit, "--")
+            changed = set(git.paths("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", target, commit, "--"))
     elif worktree:  # no commit yet: everything in the work tree is new
-        changed = git.paths("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        changed = set(git.paths("ls-files", "-z", "--cached", "--others", "--exclude-standard"))
     return GitContext(
         event=event,
         branch=branch,
@@ -283,7 +236,7 @@ def read_context(
 
 
 def _choose_base(
-    git: _Git, commit: str, branch: str | None, base: str | None, found_default: tuple[str, str] | None
+    git: Git, commit: str, branch: str | None, base: str | None, found_default: tuple[str, str] | None
 ) -> tuple[str | None, str]:
     if base is not None and base.strip("0") == "" and len(base) >= 40:
         base = None
@@ -352,9 +305,8 @@ def head(root: Path) -> tuple[str, str]:
 
 
 def _git(root: Path, *args: str) -> str:
+    """Output of a query, "" when git is missing or the query fails (``head`` never fails)."""
     try:
-        proc = subprocess.run(["git", *args], cwd=root, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, check=False)
-    except OSError:
+        return Git.at(root).maybe(*args) or ""
+    except KataError:
         return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""

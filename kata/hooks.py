@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata.errors import KataError
+from kata.git import Git, repo_environ
 
 MARK = "# installed by kata hooks install"
 ZERO = "0" * 40
@@ -51,37 +52,16 @@ class PushedRef:
         return self.ref
 
 
-def _clean_env() -> dict[str, str]:
-    # a hook runs with GIT_DIR (and in post-receive a quarantine) set for *this* repository:
-    # the worktree and kata's own git calls must find theirs
-    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-
-
-def _git(args: Sequence[str], *, cwd: str | Path | None = None, env: dict | None = None,
-         check: bool = True) -> str:
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, check=False)
-    except FileNotFoundError:
-        raise KataError("git.not_installed", "git is not installed") from None
-    if check and proc.returncode != 0:
-        raise KataError("git.failed", f"git {' '.join(args)}: {proc.stderr.strip()}",
-                        obj=" ".join(args))
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
 def _repo_paths(repo: str | Path) -> tuple[Path, bool]:
     """(absolute git dir, bare?) of the repository at ``repo``."""
     repo = Path(repo)
     if not repo.is_dir():
         raise KataError("git.not_a_repository", f"{repo} is not a directory", obj=str(repo))
-    proc = subprocess.run(["git", "rev-parse", "--absolute-git-dir", "--is-bare-repository"],
-                          cwd=repo, env=_clean_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
+    out = Git.at(repo).maybe("rev-parse", "--absolute-git-dir", "--is-bare-repository")
+    if out is None:
         raise KataError("git.not_a_repository", f"{repo} is not a git repository",
                         obj=str(repo))
-    gitdir, bare = proc.stdout.split()
+    gitdir, _, bare = out.rpartition("\n")
     return Path(gitdir), bare == "true"
 
 
@@ -104,7 +84,7 @@ def install(repo: str | Path, kata_args: Sequence[str] = (), *, force: bool = Fa
     """
     gitdir, bare = _repo_paths(repo)
     hook = "post-receive" if bare else "pre-push"
-    hooks_dir = Path(_git(["rev-parse", "--git-path", "hooks"], cwd=repo, env=_clean_env()))
+    hooks_dir = Path(Git.at(repo).out("rev-parse", "--git-path", "hooks"))
     if not hooks_dir.is_absolute():
         hooks_dir = (Path(repo) / hooks_dir).resolve()
     hooks_dir.mkdir(parents=True, exist_ok=True)
@@ -167,10 +147,9 @@ def run_hook(hook: str, lines: Iterable[str], kata_args: Sequence[str] = (), *,
 
 
 def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out) -> int:  # noqa: ANN001
-    env = _clean_env()
-    git = ["--git-dir", str(gitdir)]
-    commit = _git([*git, "rev-parse", "--verify", "--quiet", f"{pushed.new}^{{commit}}"], env=env,
-                  check=False)
+    env = repo_environ()  # the hook's GIT_DIR & co. belong to the repository receiving the push
+    git = Git.at(gitdir)
+    commit = git.maybe("rev-parse", "--verify", "--quiet", f"{pushed.new}^{{commit}}")
     if not commit:
         print(f"kata: {pushed.name}: {pushed.new[:12]} is not a commit, nothing to run",
               file=out, flush=True)
@@ -178,22 +157,21 @@ def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out) -> 
     work = Path(tempfile.mkdtemp(prefix="kata-hook-"))
     tree = work / "checkout"
     try:
-        _git([*git, "worktree", "add", "--detach", "--quiet", str(tree), commit], env=env)
+        git.run("worktree", "add", "--detach", "--quiet", str(tree), commit)
         if not (tree / ".kata-ci.yaml").exists():
             print(f"kata: {pushed.name}: no .kata-ci.yaml at {commit[:12]}, nothing to run",
                   file=out, flush=True)
             return 0
         args = [sys.executable, "-m", "kata", *kata_args, "run", "--event", pushed.event]
         args += ["--tag", pushed.name] if pushed.event == "tag" else ["--branch", pushed.name]
-        if pushed.old != ZERO and pushed.event == "push" and _git(
-                [*git, "rev-parse", "--verify", "--quiet", f"{pushed.old}^{{commit}}"], env=env,
-                check=False):
+        if pushed.old != ZERO and pushed.event == "push" and git.maybe(
+                "rev-parse", "--verify", "--quiet", f"{pushed.old}^{{commit}}"):
             args += ["--base", pushed.old]  # changed paths old..new
         print(f"kata: {pushed.event} {pushed.name} at {commit[:12]}", file=out, flush=True)
         out.flush()
         proc = subprocess.run(args, cwd=tree, env=env, stdout=out, stderr=out, check=False)
         return proc.returncode
     finally:
-        _git([*git, "worktree", "remove", "--force", str(tree)], env=env, check=False)
-        _git([*git, "worktree", "prune"], env=env, check=False)
+        git.maybe("worktree", "remove", "--force", str(tree))
+        git.maybe("worktree", "prune")
         subprocess.run(["rm", "-rf", str(work)], check=False)

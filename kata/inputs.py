@@ -19,7 +19,6 @@ import hashlib
 import operator
 import os
 import stat
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Iterable, Mapping, Protocol, Sequence
 import msgpack
 
 from kata.errors import KataError
+from kata.git import Git
 
 KATAIGNORE = ".kataignore"
 RACY_NS = 2_000_000_000
@@ -150,13 +150,9 @@ def _git_files(root: str) -> list[str] | None:
     if not _in_git_work_tree(root):
         return None  # spare the subprocess
     try:
-        proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
-    except (FileNotFoundError, PermissionError):
+        return Git.at(root).paths("ls-files", "-co", "--exclude-standard", "-z")
+    except KataError:  # no git, or not a work tree after all: walk the directory instead
         return None
-    if proc.returncode != 0:
-        return None
-    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def _walk(root: str, ignore) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -28,6 +29,22 @@ class Label:
 
     def __str__(self) -> str:
         return {"all": "//...", "prefix": f"//{self.name}*", "exact": f"//{self.name}"}[self.kind]
+
+
+@functools.cache
+def _step_name_re() -> re.Pattern[str]:
+    from grammar import load
+
+    m = re.search(r"^NAME: /(.+)/$", load("labels"), re.MULTILINE)
+    assert m is not None, "grammar/labels.lark defines NAME"
+    return re.compile(m.group(1), re.ASCII)
+
+
+def is_step_name(name: str) -> bool:
+    """Whether ``name`` may name a step (and a service): what a label can address, the
+    ``NAME`` terminal of ``grammar/labels.lark`` (``[A-Za-z0-9_][A-Za-z0-9_.-]*``), the one
+    definition the config loader checks names against."""
+    return isinstance(name, str) and _step_name_re().fullmatch(name) is not None
 
 
 @functools.cache

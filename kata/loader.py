@@ -22,8 +22,9 @@ from kata import conditions
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
+from kata.labels import is_step_name
 from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
-                        Settings, Step, Trigger)
+                        Settings, Step, Trigger, is_env_name)
 
 CONFIG_NAME = ".kata-ci.yaml"
 
@@ -36,9 +37,6 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 
-_STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-EVENTS = ("push", "pull_request", "tag", "schedule")
 
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
@@ -219,7 +217,7 @@ class _Walker:
     def env(self, node: Node, what: str) -> tuple[tuple[str, str], ...]:
         out = []
         for key, k, v in self.pairs(node, what):
-            if not _ENV_NAME.fullmatch(key):
+            if not is_env_name(key):
                 raise self.fail("config.value", k, f"bad variable name {key!r} in {what}")
             if isinstance(v, ScalarNode) and v.tag in (_STR, _INT, _FLOAT, _BOOL, _NULL):
                 out.append((key, "" if v.tag == _NULL else v.value))
@@ -227,13 +225,24 @@ class _Walker:
                 raise self.fail("config.type", v, f"{what}.{key} must be a scalar, got {_kind(v)}")
         return tuple(out)
 
-    def duration(self, node: Node, what: str) -> Duration:
-        if isinstance(node, ScalarNode) and node.tag == _INT:
-            return Duration(millis=self.integer(node, what) * 1000)
+    def one_of(self, value: str, allowed: tuple[str, ...], node: Node, what: str) -> None:
+        """config.value at ``node`` unless ``value`` is in ``allowed``."""
+        if value not in allowed:
+            raise self.fail("config.value", node, f"{what} {value!r}; expected one of "
+                            f"{', '.join(allowed)}")
+
+    def duration(self, node: Node, what: str, *, positive: bool = False) -> Duration:
+        """A ``kata.model.Duration`` (a YAML integer counts seconds); ``positive``: not 0."""
         try:
-            return Duration.parse(self.string(node, what))
+            if isinstance(node, ScalarNode) and node.tag == _INT:
+                value = Duration(millis=self.integer(node, what) * 1000)
+            else:
+                value = Duration.parse(self.string(node, what))
         except ValueError as err:
             raise self.fail("config.duration", node, f"{what}: {err}") from None
+        if positive and value.millis == 0:
+            raise self.fail("config.value", node, f"{what} must be > 0")
+        return value
 
     def image(self, node: Node, what: str) -> ImageRef:
         try:
@@ -246,7 +255,12 @@ class _Walker:
         base = self.pos(node)
         if node.style in ('"', "'"):
             base = Position(file=base.file, line=base.line, column=base.column + 1)
-        return conditions.parse(text, base)
+        expr = conditions.parse(text, base)
+        for field, value in conditions.unknown_values(expr):
+            allowed = conditions.VOCABULARY[field]
+            raise self.fail("config.value", node, f"{what}: unknown {field} {value!r}; "
+                            f"expected one of {', '.join(allowed)}")
+        return expr
 
     def globs(self, node: Node, what: str, gitignore: bool = False) -> tuple[str, ...]:
         def check(s: str, item: Node) -> None:
@@ -284,7 +298,7 @@ class _Walker:
         f = self.fields(node, SETTINGS_KEYS, "settings")
         kw: dict[str, Any] = {}
         if "timeout" in f:
-            kw["timeout"] = self.duration(f["timeout"][1], "settings.timeout")
+            kw["timeout"] = self.duration(f["timeout"][1], "settings.timeout", positive=True)
         if "max_parallel" in f:
             v = f["max_parallel"][1]
             kw["max_parallel"] = n = self.integer(v, "settings.max_parallel")
@@ -300,7 +314,7 @@ class _Walker:
         f = self.fields(node, STEP_KEYS, "a step")
         name_node = self.require(f, "name", node, "a step")
         name = self.string(name_node, "name")
-        if not _STEP_NAME.fullmatch(name):
+        if not is_step_name(name):
             raise self.fail("config.step_name", name_node,
                             f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
         what = f"step {name!r}"
@@ -319,13 +333,13 @@ class _Walker:
                 kw[key] = self.globs(v, label, gitignore=True)
             elif key == "secrets":
                 def check(s: str, item: Node, label=label) -> None:
-                    if not _ENV_NAME.fullmatch(s):
+                    if not is_env_name(s):
                         raise self.fail("config.value", item, f"{label}: bad secret name {s!r}")
                 kw[key] = self.strings(v, label, check)
             elif key == "env":
                 kw[key] = self.env(v, label)
             elif key == "timeout":
-                kw[key] = self.duration(v, label)
+                kw[key] = self.duration(v, label, positive=True)
             elif key == "services":
                 kw[key] = self.services(v, label)
             elif key == "cache":
@@ -358,7 +372,7 @@ class _Walker:
             f = self.fields(item, SERVICE_KEYS, "a service")
             name_node = self.require(f, "name", item, "a service")
             name = self.string(name_node, "service name")
-            if not _STEP_NAME.fullmatch(name):
+            if not is_step_name(name):
                 raise self.fail("config.value", name_node, f"bad service name {name!r}")
             if name in names:
                 raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")
@@ -370,7 +384,7 @@ class _Walker:
             secrets: tuple[str, ...] = ()
             if "secrets" in f:
                 def check(s: str, node: Node, label=label) -> None:
-                    if not _ENV_NAME.fullmatch(s):
+                    if not is_env_name(s):
                         raise self.fail("config.value", node, f"{label}: bad secret name {s!r}")
                 secrets = self.strings(f["secrets"][1], f"{label}: secrets", check)
             out.append(Service(
@@ -413,9 +427,7 @@ class _Walker:
             target = self.nonempty(v, f"{what}.command")
         kw: dict[str, Any] = {"kind": kind, "target": target}
         if "timeout" in f:
-            kw["timeout"] = self.duration(f["timeout"][1], f"{what}.timeout")
-            if kw["timeout"].millis <= 0:
-                raise self.fail("config.value", f["timeout"][1], f"{what}.timeout must be > 0")
+            kw["timeout"] = self.duration(f["timeout"][1], f"{what}.timeout", positive=True)
         return Ready(**kw)
 
     def cache(self, node: Node, what: str) -> CacheSpec:
@@ -435,9 +447,7 @@ class _Walker:
             kw[key] = self.globs(v, f"{what}.{key}")
             if key == "events":
                 for ev, item in zip(kw[key], v.value):
-                    if ev not in EVENTS:
-                        raise self.fail("config.value", item, f"{what}.events: unknown event "
-                                        f"{ev!r}; expected one of {', '.join(EVENTS)}")
+                    self.one_of(ev, conditions.EVENTS, item, f"{what}.events: unknown event")
         return conditions.only_expr(**kw)
 
     def triggers(self, node: Node) -> tuple[Trigger, ...]:
@@ -450,12 +460,13 @@ class _Walker:
             if "event" in f:
                 v = f["event"][1]
                 kw["event"] = ev = self.string(v, "trigger event")
-                if ev not in EVENTS:
-                    raise self.fail("config.value", v, f"unknown trigger event {ev!r}; "
-                                    f"expected one of {', '.join(EVENTS)}")
+                self.one_of(ev, conditions.EVENTS, v, "unknown trigger event")
             for key in ("branches", "paths", "actions"):
                 if key in f:
                     kw[key] = self.globs(f[key][1], f"trigger {key}")
+            if "actions" in f:
+                for action, item in zip(kw["actions"], f["actions"][1].value):
+                    self.one_of(action, conditions.PR_ACTIONS, item, "unknown pull request action")
             if "pattern" in f:
                 kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
             out.append(Trigger(**kw))

@@ -17,39 +17,87 @@ from kata.errors import Position
 if TYPE_CHECKING:
     from kata.conditions import Expr
 
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
+# one grammar for every duration Kata reads (the config and the command line)
+_DURATION = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?", re.ASCII)
+_UNIT_MS = (7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)  # w d h m s ms
+MAX_DURATION_MS = 3650 * 86_400_000  # ten years: below every OS timeout limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Duration:
-    """A length of time, parsed from `90s`, `15m`, `1h30m`, `250ms`."""
+    """A length of time in whole milliseconds, ``0 <= millis <= MAX_DURATION_MS``.
+
+    The one duration grammar of Kata (``.kata-ci.yaml`` timeouts, ``kata store gc
+    --older-than/--grace``): Prometheus' duration syntax without years —
+    one or more ``<digits><unit>``, units ``w`` (7 days), ``d`` (24 hours), ``h``, ``m``,
+    ``s``, ``ms``, largest first, each at most once (``1h30m``, ``2d``, ``250ms``,
+    ``0s``) — or a bare non-negative integer, which counts seconds (``90``, ``0``).
+    No sign, no fraction (``1.5h``: write ``1h30m``), no spaces inside, lowercase units.
+    Whether zero is allowed is the caller's decision (a timeout refuses it,
+    ``--grace 0`` means "no grace").
+
+    Errors: ``parse`` raises ValueError (the loader positions it as
+    ``config.duration``; the CLI makes it a usage error, exit 2).
+    """
 
     millis: int
 
+    def __post_init__(self) -> None:
+        if isinstance(self.millis, bool) or not isinstance(self.millis, int):
+            raise ValueError(f"duration millis must be an int, got {self.millis!r}")
+        if not 0 <= self.millis <= MAX_DURATION_MS:
+            raise ValueError(f"duration out of range: {self.millis} ms (0 to 3650d)")
+
     @classmethod
     def parse(cls, text: str) -> "Duration":
-        m = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
-        if not text or m is None or not any(m.groups()):
-            raise ValueError(f"bad duration {text!r}: expected e.g. 90s, 15m, 1h30m")
-        h, mi, s, ms = (int(g or 0) for g in m.groups())
-        return cls(millis=((h * 60 + mi) * 60 + s) * 1000 + ms)
+        """``"1h30m"`` -> ``Duration(millis=5_400_000)``; ``"90"`` -> 90 seconds."""
+        if not isinstance(text, str):
+            raise ValueError(f"bad duration {text!r}: expected text such as 90s, 15m, 1h30m, 2d")
+        stripped = text.strip()
+        if len(stripped) > 40:
+            raise ValueError(f"bad duration {text[:40]!r}...: too long")
+        if stripped.isascii() and stripped.isdigit():
+            millis = int(stripped) * 1000
+        else:
+            m = _DURATION.fullmatch(stripped)
+            if not stripped or m is None or not any(m.groups()):
+                raise ValueError(f"bad duration {text!r}: expected e.g. 90s, 15m, 1h30m, 2d "
+                                 "(units w d h m s ms, largest first) or whole seconds")
+            millis = sum(int(g) * unit for g, unit in zip(m.groups(), _UNIT_MS) if g)
+        if millis > MAX_DURATION_MS:
+            raise ValueError(f"bad duration {text!r}: longer than 3650d")
+        return cls(millis=millis)
 
     @property
     def seconds(self) -> float:
         return self.millis / 1000
 
     def __str__(self) -> str:
-        ms, rest = self.millis % 1000, self.millis // 1000
-        h, m, s = rest // 3600, rest // 60 % 60, rest % 60
-        out = "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v)
-        return out + (f"{ms}ms" if ms else "") or "0s"
+        out, rest = [], self.millis
+        for unit, size in zip(("w", "d", "h", "m", "s", "ms"), _UNIT_MS):
+            if rest >= size:
+                out.append(f"{rest // size}{unit}")
+                rest %= size
+        return "".join(out) or "0s"
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def is_env_name(name: str) -> bool:
+    """Whether ``name`` may name an environment variable, and so a secret (a secret is
+    exported into the step's environment under its name): ``[A-Za-z_][A-Za-z0-9_]*``,
+    POSIX.1-2017 §8.1's portable names plus lowercase (as shells accept). The one rule
+    for ``env:`` keys, ``secrets:`` names, ``--secret``/``--secret-file`` and the realiser."""
+    return isinstance(name, str) and _ENV_NAME.fullmatch(name) is not None
 
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
 _REF = re.compile(
     rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?",
+    re.ASCII,  # the reference grammar's \w is [A-Za-z0-9_]
 )
 _PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -57,7 +105,26 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageRef:
-    """A normalised image reference: `node:20-alpine` is `docker.io/library/node:20-alpine`."""
+    """An image reference, parsed once by the OCI distribution reference grammar
+    (``distribution/reference``: ``[domain/]path[:tag][@digest]``) and normalised as
+    docker and containerd do: ``node:20-alpine`` is ``docker.io/library/node:20-alpine``.
+
+    The one image-reference type of Kata: the config loader, the compiler and the
+    containerd adapter all use it.
+
+    - ``registry``: the domain (``docker.io``, ``ghcr.io``, ``localhost:5000``); the first
+      path component is a domain only when it has a ``.`` or ``:`` or is ``localhost``.
+    - ``repository``: the path inside the registry (``library/node``), lowercase.
+    - ``tag``: ``latest`` when neither tag nor digest is given; None for a bare digest.
+    - ``digest``: ``sha256:<64 hex>`` or None.
+    - ``name``: ``registry/repository``, no tag, no digest (the reference grammar's
+      ``Name()``: what identifies a repository, e.g. for auth scopes and mirrors).
+    - ``stored_name``: what containerd's image store keeps it under.
+    - ``str()``: the full normalised reference (round-trips through ``parse``).
+
+    Errors: ``parse`` raises ValueError (the loader positions it as ``config.image_ref``,
+    the runtime raises ``image.bad_reference``).
+    """
 
     registry: str
     repository: str
@@ -83,13 +150,31 @@ class ImageRef:
         tag = m["tag"] or (None if m["digest"] else "latest")
         return cls(registry=domain, repository=path, tag=tag, digest=m["digest"])
 
+    def __post_init__(self) -> None:
+        if self.digest is not None and not DIGEST_RE.fullmatch(self.digest):
+            raise ValueError(f"bad image digest {self.digest!r}: expected sha256:<64 hex>")
+
     @property
     def pinned(self) -> bool:
         return self.digest is not None
 
+    def pin(self, digest: str) -> "ImageRef":
+        """This repository at ``digest`` (the tag dropped): ``str()`` is ``name@digest``,
+        what a step spec gives the runtime once the compiler resolved the tag."""
+        return ImageRef(registry=self.registry, repository=self.repository, digest=digest)
+
     @property
     def name(self) -> str:
+        """``docker.io/library/node``: the repository's full name, no tag or digest."""
         return f"{self.registry}/{self.repository}"
+
+    @property
+    def stored_name(self) -> str:
+        """The image-store name (containerd's ``ParseDockerRef``): ``name@digest`` when
+        pinned (a tag beside a digest is dropped: the digest decides), else ``name:tag``."""
+        if self.digest:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag or 'latest'}"
 
     def __str__(self) -> str:
         out = self.name

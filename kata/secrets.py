@@ -40,12 +40,12 @@ from urllib.parse import quote, quote_plus
 import ahocorasick_rs
 
 from kata.errors import KataError
+from kata.model import is_env_name
 
 MIN_SECRET_LENGTH = 4
 MARKER = b"***"
 _PREFIX = 4  # every form is at least this long (MIN_SECRET_LENGTH bytes encode to >= 4)
 _WRAP_WIDTHS = (64, 76)  # openssl base64 / coreutils base64 and MIME
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PERCENT = re.compile(rb"%[0-9A-F]{2}")
 
 
@@ -56,7 +56,7 @@ def _split_assignment(arg: str, flag: str) -> tuple[str, str]:
     name, sep, value = arg.partition("=")
     if not sep:
         raise KataError("secret.bad_argument", f"{flag} expects NAME=..., got {name!r}", obj=name)
-    if not _NAME.match(name):
+    if not is_env_name(name):
         raise KataError(
             "secret.bad_name",
             f"{flag}: {name!r} is not a valid secret name (letters, digits, _; not starting with a digit)",
@@ -109,7 +109,7 @@ class SecretSource:
         """Values of the declared ``names``; KataError secret.missing / secret.too_short."""
         wanted = list(dict.fromkeys(names))
         for name in wanted:
-            if not _NAME.match(name):
+            if not is_env_name(name):
                 raise KataError("secret.bad_name", f"{name!r} is not a valid secret name", obj=name)
         missing = [n for n in wanted if n not in self.values and n not in self.files and n not in self.environ]
         if missing:
@@ -270,6 +270,23 @@ class Masker:
         return s.feed(data) + s.close()
 
 
+
+def _extend(buf: bytearray, start: int, done: int, avail: int, forms: list[bytes],
+            masks: list[tuple[int, int]]) -> list[bytes]:
+    """One candidate match at ``buf[start:]`` whose first ``done`` bytes already equal every
+    form in ``forms``, with ``avail`` bytes now buffered: each form seen whole is appended to
+    ``masks`` as ``(start, end)``; returns the forms still matching so far but longer than
+    what is buffered (the candidate stays open for them)."""
+    still = []
+    for form in forms:
+        n = min(len(form), avail)
+        if buf[start + done : start + n] == form[done:n]:
+            if n == len(form):
+                masks.append((start, start + n))
+            else:
+                still.append(form)
+    return still
+
 class MaskStream:
     """Masks one stream fed in chunks of any size; see the module doc for the semantics."""
 
@@ -317,14 +334,7 @@ class MaskStream:
         for cand in self._cands:
             start, done, forms = cand
             avail = end - start
-            still = []
-            for form in forms:
-                n = min(len(form), avail)
-                if buf[start + done : start + n] == form[done:n]:
-                    if n == len(form):
-                        masks.append((start, start + n))
-                    else:
-                        still.append(form)
+            still = _extend(buf, start, done, avail, forms, masks)
             if still:
                 cand[1], cand[2] = avail, still
                 alive.append(cand)
@@ -346,14 +356,7 @@ class MaskStream:
             start = lo + s
             forms = by_prefix[bytes(buf[start : start + _PREFIX])]
             avail = end - start
-            still = []
-            for form in forms:
-                n = min(len(form), avail)
-                if buf[start + _PREFIX : start + n] == form[_PREFIX:n]:
-                    if n == len(form):
-                        masks.append((start, start + n))
-                    else:
-                        still.append(form)
+            still = _extend(buf, start, _PREFIX, avail, forms, masks)
             if still:
                 cands.append([start, avail, still])
 

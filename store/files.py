@@ -66,7 +66,9 @@ def iter_sharded(top: str):
 
 
 def force_rmtree(path: str) -> None:
-    """Remove a tree even where it was made read-only (unpacked trees)."""
+    """Remove a tree even where it was made read-only (unpacked trees, a step's overlay
+    layers); symlinks are removed, never followed; a missing ``path`` is no error. What
+    cannot be removed (a busy mount point) is left, silently: callers remove scratch."""
     import shutil
     import stat
 

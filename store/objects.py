@@ -15,12 +15,13 @@ import hashlib
 import io
 import os
 import re
-import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import zstandard
+
+import procs
 
 from .errors import StoreError
 
@@ -36,26 +37,30 @@ def check_digest(digest: str) -> str:
     return digest[7:]
 
 
-_HOST = socket.gethostname()
+_OWNER: tuple[int, str] = (-1, "")
+
+
+def _owner() -> str:
+    """This process's owner label, computed once per pid (a forked child has its own)."""
+    global _OWNER
+    pid = os.getpid()
+    if _OWNER[0] != pid:
+        _OWNER = (pid, procs.owner_id(pid))
+    return _OWNER[1]
 
 
 def tmp_name(kind: str) -> str:
-    """An ingest file name that says who writes it: kind.pid.random.host."""
-    return f"{kind}.{os.getpid()}.{uuid.uuid4().hex}.{_HOST}"
+    """An ingest file name that says who writes it: ``kind.<random>.<owner>``, the owner
+    being ``procs.owner_id()`` (pid, start time, boot id)."""
+    return f"{kind}.{uuid.uuid4().hex}.{_owner()}"
 
 
 def tmp_owner_dead(name: str) -> bool:
-    """True when ``name`` was made by a process of this host that no longer exists."""
-    parts = name.split(".", 3)
-    if len(parts) != 4 or parts[3] != _HOST or not parts[1].isdigit():
-        return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    """True when ``name`` (a ``tmp_name``) was made by a process that provably ended
+    (``procs.owner_dead``: this boot of this host, and gone). Another host's file, or a
+    name of another shape, is not known to be dead: gc leaves it to the grace period."""
+    parts = name.split(".", 2)
+    return len(parts) == 3 and procs.owner_dead(parts[2])
 
 
 def fsync_dir(path: str) -> None:

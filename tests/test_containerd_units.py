@@ -9,12 +9,12 @@ import pytest
 from kata.errors import KataError
 from kata.runtimes.base import Mount, StepSpec
 from kata.runtimes.containerd.cleanup import Cleanup
-from kata.runtimes.containerd.client import owner_alive, owner_id
 from kata.runtimes.containerd.config import load_runtime_config
 from kata.runtimes.containerd.images import chain_ids, select_platform
 from kata.runtimes.containerd.reference import parse_reference
 from kata.runtimes.containerd.registry import docker_credentials
 from kata.runtimes.containerd.spec import build_spec
+from procs import owner_alive, owner_id
 
 D = "sha256:" + "a" * 64
 
@@ -28,7 +28,7 @@ D = "sha256:" + "a" * 64
     (f"node:20@{D}", f"docker.io/library/node@{D}"),
 ])
 def test_references_normalise(ref, name):
-    assert parse_reference(ref).name == name
+    assert parse_reference(ref).stored_name == name
 
 
 @pytest.mark.parametrize("ref", ["", "Upper/case", "a b", "x@sha256:short", "x:", " busybox"])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from kata.errors import KataError
 from kata.gitctx import GitContext, default_branch, read_context
+from support.git import git
 
 if shutil.which("git") is None:  # a missing system dependency fails loudly, never skips
     raise RuntimeError("git is required by tests/test_gitctx.py")
@@ -23,12 +23,6 @@ def _git_identity(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         monkeypatch.delenv(var, raising=False)
-
-
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 def commit(repo: Path, files: dict[str, str | None], message: str = "change") -> str:
@@ -48,16 +42,16 @@ def commit(repo: Path, files: dict[str, str | None], message: str = "change") ->
 def remote(tmp_path) -> Path:
     """A bare remote with main: README.md, src/app.py, docs/guide.md."""
     bare = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
     seed = tmp_path / "seed"
-    subprocess.run(["git", "clone", "-q", str(bare), str(seed)], check=True, capture_output=True)
+    git(tmp_path, "clone", "-q", str(bare), str(seed))
     commit(seed, {"README.md": "hi\n", "src/app.py": "print(1)\n", "docs/guide.md": "guide\n"}, "initial")
     git(seed, "push", "-q", "origin", "main")
     return bare
 
 
 def clone(remote: Path, dest: Path) -> Path:
-    subprocess.run(["git", "clone", "-q", str(remote), str(dest)], check=True, capture_output=True)
+    git(dest.parent, "clone", "-q", str(remote), str(dest))
     return dest
 
 
@@ -150,7 +144,7 @@ def test_renames_count_both_paths(remote, tmp_path):
 
 def test_default_branch_follows_origin_head(tmp_path):
     bare = tmp_path / "trunk.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "trunk", str(bare)], check=True)
+    git(tmp_path, "init", "-q", "--bare", "-b", "trunk", str(bare))
     seed = clone(bare, tmp_path / "seed")
     git(seed, "switch", "-q", "-c", "trunk")
     commit(seed, {"a.txt": "a\n"})
@@ -228,7 +222,7 @@ def test_subdirectory_paths_are_repository_relative(remote, tmp_path):
 
 def test_repository_without_remote_compares_with_the_parent(tmp_path):
     repo = tmp_path / "solo"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
     commit(repo, {"a.txt": "a\n", "b/c.txt": "c\n"})
     ctx = read_context(repo)
     assert ctx.base is None and ctx.base_ref == "empty tree"
@@ -286,7 +280,7 @@ def test_bare_repository_with_pushed_refs(remote, tmp_path):
 
 def test_repository_without_commits(tmp_path):
     repo = tmp_path / "empty"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
     (repo / "new.txt").write_text("n\n")
     ctx = read_context(repo)
     assert ctx.commit is None and ctx.branch == "main"

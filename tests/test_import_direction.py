@@ -1,5 +1,6 @@
 """Imports flow one way (STYLE.md habit 1), checked over the source, not by convention.
 
+    procs            imports nothing of kata or store (process identity, shared by both)
     store            imports nothing of kata
     kata (compiler)  imports neither store nor kata.runtimes nor kata.realise/kata.cli
     kata.runtimes    imports no store, no kata.realise, no kata.cli
@@ -46,7 +47,7 @@ def _imports(path: Path, root: Path) -> set[str]:
 
 def _sources(root: Path) -> dict[str, set[str]]:
     result = {}
-    for top in ("kata", "store", "grammar"):
+    for top in ("kata", "store", "grammar", "procs"):
         for path in sorted((root / top).rglob("*.py")):
             if "_api" in path.parts:  # generated gRPC stubs
                 continue
@@ -64,6 +65,8 @@ def _violations(root: Path = ROOT) -> list[str]:
         for imp in imports:
             if _under(module, "store", "grammar") and _under(imp, "kata"):
                 bad.append(f"{module} imports {imp}: the store and grammars import nothing of kata")
+            if _under(module, "procs") and _under(imp, "kata", "store"):
+                bad.append(f"{module} imports {imp}: procs imports nothing of kata or the store")
             if _under(module, "kata") and not _under(module, "kata.cli", "kata.realise"):
                 if _under(imp, "store"):
                     bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use the store")
@@ -88,9 +91,12 @@ def test_checker_sees_a_violation(tmp_path: Path) -> None:
     (tmp_path / "store" / "probe.py").write_text("from kata.errors import KataError\n", encoding="utf-8")
     (tmp_path / "kata").mkdir()
     (tmp_path / "kata" / "model.py").write_text("import store.index\nimport grpc\n", encoding="utf-8")
+    (tmp_path / "procs").mkdir()
+    (tmp_path / "procs" / "__init__.py").write_text("import store.objects\n", encoding="utf-8")
     assert set(_violations(tmp_path)) == {
         "kata.model imports grpc: only the containerd adapter speaks gRPC",
         "kata.model imports store.index: only kata.realise and kata.cli use the store",
         "store.probe imports kata.errors: the store and grammars import nothing of kata",
         "store.probe imports kata.errors.KataError: the store and grammars import nothing of kata",
+        "procs imports store.objects: procs imports nothing of kata or the store",
     }

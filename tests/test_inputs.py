@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 
 import pytest
 
 from kata import inputs
 from kata.inputs import InputSet, MemoryStatCache, Snapshot
+from support.git import git
 
 
 def _tree(root, files: dict[str, str]) -> None:
@@ -23,7 +23,7 @@ def _tree(root, files: dict[str, str]) -> None:
 
 def _git(root, *args) -> None:
     assert shutil.which("git"), "git is required (apt-get install git)"
-    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+    git(root, *args)
 
 
 FILES = {"src/a.c": "int a;", "src/b.c": "int b;", "src/gen/x.o": "obj", "README.md": "hi",

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.git import git, git_env
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,20 +38,6 @@ PIPELINE = {
 }
 
 
-def git(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                          env=_git_env())
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
-def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com", HOME=os.environ.get("HOME", "/root"))
-    return env
-
-
 def commit(repo: Path, files: dict[str, str], message: str) -> str:
     for name, text in files.items():
         path = repo / name
@@ -69,7 +57,7 @@ def setup(tmp_path, containerd_daemon, runtime):
     git(tmp_path, "clone", "-q", str(remote), str(work))
     git(work, "checkout", "-q", "-b", "main")
     store = tmp_path / "store"
-    env = {**_git_env(), "PYTHONPATH": str(ROOT)}
+    env = {**git_env(), "PYTHONPATH": str(ROOT)}
     env.pop("KATA_STORE", None)
     base = [sys.executable, "-m", "kata", "--store", str(store), "--containerd",
             containerd_daemon.address]
@@ -205,7 +193,7 @@ def test_install_does_not_clobber_a_foreign_hook(tmp_path):
     git(tmp_path, "init", "-q", str(repo))
     hook = repo / ".git/hooks/pre-push"
     hook.write_text("#!/bin/sh\nexit 0\n")
-    env = {**_git_env(), "PYTHONPATH": str(ROOT)}
+    env = {**git_env(), "PYTHONPATH": str(ROOT)}
 
     def kata(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "kata", *args], cwd=repo, env=env,

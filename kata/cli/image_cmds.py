@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from kata.cli.store_cmds import human_size
+
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the root group."""
@@ -16,14 +18,6 @@ def _runtime(ctx: click.Context, offline: bool | None = None):  # noqa: ANN202
 
     address = (ctx.find_root().obj or {}).get("containerd_address")
     return ContainerdRuntime.connect(address=address, offline=offline)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @click.group()
@@ -66,7 +60,7 @@ def image_ls(ctx: click.Context, quiet: bool) -> None:
     width = max([len(r.name) for r in records] + [4])
     click.echo(f"{'NAME':<{width}}  {'DIGEST':<19}  SIZE")
     for rec in records:
-        click.echo(f"{rec.name:<{width}}  {rec.digest[:19]:<19}  {_size(rec.size)}")
+        click.echo(f"{rec.name:<{width}}  {rec.digest[:19]:<19}  {human_size(rec.size)}")
 
 
 @image.command("rm")

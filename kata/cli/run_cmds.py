@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from kata import gitctx
+from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
 
 
@@ -289,12 +290,12 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="Run this step (and what it needs) only; repeatable.")
 @_with_common
-@click.option("--event", type=click.Choice(["push", "pull_request", "tag", "schedule"]),
+@click.option("--event", type=click.Choice(EVENTS),
               help="Run as this event: the pipeline runs only if a trigger matches. "
               "Without it a local run ignores triggers (only:/when: see a push).")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
 @click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
-@click.option("--action", type=click.Choice(["opened", "synchronize", "closed"]),
+@click.option("--action", type=click.Choice(PR_ACTIONS),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
 @click.pass_context

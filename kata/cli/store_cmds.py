@@ -14,10 +14,9 @@ import time
 import click
 
 from kata.errors import KataError
+from kata.model import Duration
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def register(cli: click.Group) -> None:
@@ -63,24 +62,10 @@ def parse_size(text: str) -> int:
     return int(float(number) * (1024 if binary else 1000) ** power)
 
 
-def parse_duration(text: str) -> float:
-    """``1h``, ``30m``, ``1h30m``, ``90s``, ``7d`` -> seconds."""
-    stripped = text.strip()
-    pos = 0
-    total = 0.0
-    for match in _DURATION.finditer(stripped):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
-        pos = match.end()
-    if not stripped or pos != len(stripped):
-        raise KataError("cli.bad_duration", f"not a duration: {text!r} (try 1h, 30m or 7d)",
-                        obj=text)
-    return total
-
-
 def human_size(n: int) -> str:
-    """48MB style: decimal units, whole numbers (one decimal below 10)."""
+    """Bytes for people, the one size format of the CLI (``cache stats``, ``store gc``,
+    ``image ls``): ``48MB`` style, decimal units (B, KB, MB, GB, TB), whole numbers, one
+    decimal below 10 (``1.5KB``)."""
     value = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if value < 1000 or unit == "TB":
@@ -101,14 +86,19 @@ class _SizeType(click.ParamType):
             self.fail(err.message, param, ctx)
 
 
-class _DurationType(click.ParamType):
+class DurationType(click.ParamType):
+    """A click parameter in ``kata.model.Duration``'s grammar (``2d``, ``1h30m``, ``0``),
+    converted to seconds (float); a bad value is a usage error (exit 2)."""
+
     name = "DURATION"
 
     def convert(self, value, param, ctx):  # noqa: ANN001
+        if not isinstance(value, str):
+            return value
         try:
-            return parse_duration(value) if isinstance(value, str) else value
-        except KataError as err:
-            self.fail(err.message, param, ctx)
+            return Duration.parse(value).seconds
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
 # ---------------------------------------------------------------- kata store
@@ -120,8 +110,8 @@ def store() -> None:
 
 @store.command()
 @click.option("--max-size", type=_SizeType(), help="Delete oldest-used entries until under SIZE.")
-@click.option("--older-than", type=_DurationType(), help="Only delete what was last used before DURATION ago.")
-@click.option("--grace", type=_DurationType(), default="1h", show_default=True,
+@click.option("--older-than", type=DurationType(), help="Only delete what was last used before DURATION ago.")
+@click.option("--grace", type=DurationType(), default="1h", show_default=True,
               help="Never delete anything used this recently (builds running elsewhere).")
 @click.option("--keep-runs", type=click.IntRange(0), default=10, show_default=True,
               help="Keep the realisations of the last N runs of each pipeline and branch.")

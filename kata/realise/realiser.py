@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kata.errors import KataError
+from kata.model import is_env_name
 from kata.realise import events as ev
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import Cancel, schedule
@@ -40,7 +40,6 @@ from kata.runtimes.base import (
 from kata.secrets import Masker
 from store import StoreError
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 # A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
 # (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
@@ -62,7 +61,7 @@ def image_of(node: Any) -> str:
     if not digest:
         raise KataError("image.unresolved", f"step {node.step.name}: image {node.step.image} "
                         "has no resolved digest", obj=node.step.name)
-    return f"{node.step.image.name}@{digest}"
+    return str(node.step.image.pin(digest))
 
 
 def _empty_dir() -> Path:
@@ -593,7 +592,7 @@ class Realiser:
             if secret not in self.options.secrets:
                 raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
                                 f"set ${secret} or pass --secret {secret}=...", obj=name)
-            if not _ENV_NAME.fullmatch(secret):
+            if not is_env_name(secret):
                 raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
                                 "environment variable name", obj=name)
             values[secret] = self.options.secrets[secret]
@@ -634,7 +633,7 @@ class Realiser:
         if service.ready is not None:
             ready = Readiness(kind=service.ready.kind, target=service.ready.target,
                               timeout=service.ready.timeout.seconds)
-        return ServiceSpec(name=service.name, image=f"{service.image.name}@{digest}", argv=argv,
+        return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
                            env=dict(service.env), mounts=mounts, ready=ready)
 
     def _start(self, name: str, node: Any, workdir: Path, secrets_dir: Path | None,

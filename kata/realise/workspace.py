@@ -17,12 +17,12 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
 from kata.errors import KataError
+from procs import pid_alive
+from store.files import force_rmtree
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -125,17 +125,6 @@ def _umount(target: str) -> None:
     _libc.umount2(target.encode(), _MNT_DETACH)  # busy: detach, the kernel finishes later
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a scratch tree; read-only directories (copied up from the store) included."""
-    if not path.exists():
-        return
-    try:
-        shutil.rmtree(path)
-    except OSError:
-        subprocess.run(["chmod", "-R", "u+rwx", str(path)], check=False)
-        shutil.rmtree(path, ignore_errors=True)
-
-
 class Workspace:
     """A mounted overlay at ``self.path``; ``close()`` unmounts and deletes it.
 
@@ -166,23 +155,13 @@ class Workspace:
         if self._mounted:
             _umount(str(self.path))
             self._mounted = False
-        remove_tree(self.root)
+        force_rmtree(str(self.root))
 
     def __enter__(self) -> "Workspace":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_dead_runs(work_root: Path) -> None:
@@ -197,13 +176,13 @@ def sweep_dead_runs(work_root: Path) -> None:
         parts = run.name.split("-")
         if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
             continue
-        if _alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         for entry in run.iterdir() if run.is_dir() else ():
             merged = entry / "m"
             if merged.is_dir():
                 _umount(str(merged))
-        remove_tree(run)
+        force_rmtree(str(run))
 
 
 class SecretsDir:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kata.cli.store_cmds import human_size, parse_duration, parse_size, store_location
+from kata.cli.store_cmds import human_size, parse_size, store_location
 from kata.errors import KataError
 from store import Realisation, Store
 
@@ -116,14 +116,6 @@ def test_parsers() -> None:
     assert parse_size("2GiB") == 2 * 1024 ** 3
     assert parse_size("1024") == 1024
     assert parse_size("1.5k") == 1500
-    assert parse_duration("1h") == 3600
-    assert parse_duration("30m") == 1800
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("7d") == 7 * 86400
-    for bad in ("", "1x", "h", "-1h"):
-        with pytest.raises(KataError) as err:
-            parse_duration(bad)
-        assert err.value.reason == "cli.bad_duration"
     with pytest.raises(KataError) as err:
         parse_size("1.2.3MB")
     assert err.value.reason == "cli.bad_size"

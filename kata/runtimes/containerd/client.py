@@ -9,14 +9,13 @@ and, inside a lease, ``containerd-lease``. gRPC errors become ``ContainerdError`
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from kata.errors import KataError
+from procs import owner_id
 
 from .cleanup import Cleanup
 
@@ -47,8 +46,7 @@ OWNER_LABEL = "kata.owner"
 LEASE_TTL = _dt.timedelta(hours=6)  # safety net: containerd's gc drops a forgotten lease
 
 __all__ = [
-    "Client", "ContainerdError", "NAMESPACE", "SNAPSHOTTER", "OWNER_LABEL", "owner_id",
-    "owner_alive", "containers_pb2", "content_pb2", "diff_pb2", "images_pb2", "leases_pb2",
+    "Client", "ContainerdError", "NAMESPACE", "SNAPSHOTTER", "OWNER_LABEL", "containers_pb2", "content_pb2", "diff_pb2", "images_pb2", "leases_pb2",
     "snapshots_pb2", "tasks_pb2", "descriptor_pb2", "mount_pb2", "grpc",
 ]
 
@@ -59,39 +57,6 @@ class ContainerdError(KataError):
     def __init__(self, reason: str, message: str, *, code: Any = None, obj: str | None = None):
         super().__init__(reason, message, obj=obj, exit_code=1)
         self.code = code
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[19]  # field 22: starttime in clock ticks
-
-
-BOOT_ID = _boot_id()
-
-
-def owner_id(pid: int | None = None) -> str:
-    """This process as an owner label: pid, its start time and the boot: never reused."""
-    pid = os.getpid() if pid is None else pid
-    return f"{pid}.{_start_time(pid)}@{BOOT_ID}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Whether the process named by an owner label still runs."""
-    head, _, boot = owner.partition("@")
-    pid_s, _, start = head.partition(".")
-    if boot != BOOT_ID or not pid_s.isdigit():
-        return False
-    return _start_time(int(pid_s)) == start
 
 
 _CODES = {

@@ -3,7 +3,7 @@
     containerd:
       address: /run/containerd/containerd.sock   # default: system socket if it answers, else kata's own
       state_dir: /var/lib/kata/containerd        # where kata's own containerd lives
-      stop_grace: 5                              # seconds between SIGTERM and SIGKILL
+      stop_grace: 5s                             # between SIGTERM and SIGKILL (a duration, or seconds)
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -17,6 +17,7 @@ Unknown keys are errors (a typo must not silently do nothing).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from kata.errors import KataError
+from kata.model import Duration
 
 DEFAULT_CONFIG = "/etc/kata/config.yaml"
 
@@ -58,6 +60,20 @@ def _check_keys(obj: Any, allowed: set[str], where: str, path: str) -> dict[str,
         raise KataError("config.unknown_key",
                         f"{path}: unknown key {sorted(unknown)[0]!r} in {where}", obj=path)
     return obj
+
+
+def _seconds(value: Any, where: str, path: Path) -> float:
+    """A duration in the config: a number of seconds (``5``, ``2.5``) or
+    ``kata.model.Duration``'s grammar (``5s``, ``1m``, ``0``)."""
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(value)
+            return Duration(millis=round(value * 1000)).seconds
+        return Duration.parse(value).seconds
+    except ValueError:
+        raise KataError("config.bad_value", f"{path}: {where} must be a duration (5s, 1m) or a "
+                        f"number of seconds, got {value!r}", obj=str(path)) from None
 
 
 def load_runtime_config(path: str | os.PathLike[str] | None = None) -> RuntimeConfig:
@@ -94,11 +110,7 @@ def load_runtime_config(path: str | os.PathLike[str] | None = None) -> RuntimeCo
         regs[str(host)] = RegistryConfig(mirrors=tuple(mirrors),
                                          plain_http=bool(r.get("plain_http", False)),
                                          skip_verify=bool(r.get("skip_verify", False)))
-    try:
-        grace = float(cd.get("stop_grace", 5.0))
-    except (TypeError, ValueError):
-        raise KataError("config.bad_value", f"{p}: containerd.stop_grace must be a number",
-                        obj=str(p)) from None
+    grace = _seconds(cd.get("stop_grace", 5), "containerd.stop_grace", p)
     return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
                          stop_grace=grace, offline=bool(top.get("offline", False)),
                          registries=regs)

@@ -9,7 +9,6 @@ is there, an flock keeps two kata processes from starting it at once.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import os
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata.errors import KataError
+from procs import pid_alive
 
 SYSTEM_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_ROOT_DIR = "/var/lib/kata/containerd"
@@ -202,7 +202,8 @@ def stop_daemon(paths: DaemonPaths, *, timeout: float = 15.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        _reap(pid)
+        if not pid_alive(pid):
             break
         time.sleep(0.05)
     else:
@@ -218,16 +219,9 @@ def stop_daemon(paths: DaemonPaths, *, timeout: float = 15.0) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
+def _reap(pid: int) -> None:
+    """Collect the exit status if the daemon is our child (it was started by this process)."""
     try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except OSError as err:
-        return err.errno != errno.ESRCH
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False

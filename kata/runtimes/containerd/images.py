@@ -292,7 +292,7 @@ class ImageStore:
         if is_digest(ref):
             names = [i.name for i in self.list_images() if i.digest == ref]
         else:
-            names = [parse_reference(ref).name]
+            names = [parse_reference(ref).stored_name]
         removed = []
         for name in names:
             try:
@@ -524,7 +524,7 @@ class ImageStore:
                                 f"manifest {desc.digest} in the archive has no name: "
                                 "pass one with --name", exit_code=2)
             target = self._store_target(lease, desc, read, blob)
-            image_name = parse_reference(ref_name).name
+            image_name = parse_reference(ref_name).stored_name
             self.put_image(image_name, target)
             stored.append((image_name, target))
         return stored
@@ -578,7 +578,7 @@ class ImageStore:
                 raise KataError("image.bad_archive", "the archive's image has no tag: "
                                 "pass one with --name", exit_code=2)
             for tag in tags:
-                image_name = parse_reference(tag).name
+                image_name = parse_reference(tag).stored_name
                 self.put_image(image_name, target)
                 stored.append((image_name, target))
         return stored

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata.errors import KataError
-
-from .client import owner_alive
+from procs import owner_alive
 
 CNI_PATH = "/usr/lib/cni"
 NETNS_DIR = Path("/run/netns")

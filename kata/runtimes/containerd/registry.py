@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 
 from kata.errors import KataError
+from kata.model import ImageRef
 
 from .config import RuntimeConfig
 from .images import Descriptor
-from .reference import Reference
 
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -90,19 +90,19 @@ class RegistryClient:
         self._http.close()
         self._insecure.close()
 
-    def endpoints(self, ref: Reference) -> list[str]:
-        reg = self.config.registry(ref.domain)
-        host = "registry-1.docker.io" if ref.domain == "docker.io" else ref.domain
+    def endpoints(self, ref: ImageRef) -> list[str]:
+        reg = self.config.registry(ref.registry)
+        host = "registry-1.docker.io" if ref.registry == "docker.io" else ref.registry
         scheme = "http" if reg.plain_http or _is_local(host) else "https"
         return [m.rstrip("/") for m in reg.mirrors] + [f"{scheme}://{host}"]
 
     # -- requests with auth -----------------------------------------------------------
-    def _request(self, base: str, ref: Reference, path: str, *, stream: bool = False,
+    def _request(self, base: str, ref: ImageRef, path: str, *, stream: bool = False,
                  headers: dict[str, str] | None = None) -> httpx.Response:
         host = httpx.URL(base).host
-        scope = f"repository:{ref.path}:pull"
-        url = f"{base}/v2/{ref.path}/{path}"
-        client = self._insecure if self.config.registry(ref.domain).skip_verify else self._http
+        scope = f"repository:{ref.repository}:pull"
+        url = f"{base}/v2/{ref.repository}/{path}"
+        client = self._insecure if self.config.registry(ref.registry).skip_verify else self._http
         hdrs = dict(headers or {})
         token = self._tokens.get((host, scope))
         if token:
@@ -114,7 +114,7 @@ class RegistryClient:
             auth = self._authorize(client, host, ref, challenge, scope)
             if auth is None:
                 raise KataError("image.unauthorized",
-                                f"{ref.repository}: the registry wants credentials "
+                                f"{ref.name}: the registry wants credentials "
                                 "(add them to ~/.docker/config.json)", obj=str(ref), exit_code=1)
             with self._lock:
                 self._tokens[(host, scope)] = auth
@@ -127,10 +127,10 @@ class RegistryClient:
         request = client.build_request("GET", url, headers=headers)
         return client.send(request, stream=stream)
 
-    def _authorize(self, client: httpx.Client, host: str, ref: Reference, challenge: str,
+    def _authorize(self, client: httpx.Client, host: str, ref: ImageRef, challenge: str,
                    scope: str) -> str | None:
-        creds = docker_credentials(ref.domain, self.docker_config) or (
-            docker_credentials(host, self.docker_config) if host != ref.domain else None)
+        creds = docker_credentials(ref.registry, self.docker_config) or (
+            docker_credentials(host, self.docker_config) if host != ref.registry else None)
         scheme, _, params = challenge.partition(" ")
         if scheme.lower() == "basic":
             if creds is None:
@@ -160,7 +160,7 @@ class RegistryClient:
         return f"Bearer {token}" if token else None
 
     # -- manifests and blobs ------------------------------------------------------------
-    def fetch_manifest(self, ref: Reference, digest: str | None = None) -> tuple[str, bytes, str]:
+    def fetch_manifest(self, ref: ImageRef, digest: str | None = None) -> tuple[str, bytes, str]:
         """(digest, bytes, media type) of the manifest or index ``ref`` (or ``digest``) names."""
         wanted = digest or ref.digest
         target = wanted or ref.tag or "latest"
@@ -202,7 +202,7 @@ class RegistryClient:
         raise KataError("image.registry_unreachable",
                         f"cannot fetch {ref}: " + "; ".join(errors), obj=str(ref), exit_code=1)
 
-    def blob_chunks(self, ref: Reference, desc: Descriptor) -> Iterator[bytes]:
+    def blob_chunks(self, ref: ImageRef, desc: Descriptor) -> Iterator[bytes]:
         """The blob's bytes as they arrive (verified by the caller while writing)."""
         errors = []
         for base in self.endpoints(ref):

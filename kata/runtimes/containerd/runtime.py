@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata.errors import KataError
+from procs import owner_alive
 
 from ..base import CANCEL_EXIT, OutputSink, ServiceSink, StepSpec
 from .cleanup import Cleanup
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
-    owner_alive, snapshots_pb2, tasks_pb2,
+    snapshots_pb2, tasks_pb2,
 )
 from .config import RuntimeConfig, load_runtime_config
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
@@ -119,12 +120,12 @@ class ContainerdRuntime:
         parsed = parse_reference(ref)
         if parsed.digest:
             return parsed.digest
-        local = self.images.get_image(parsed.name)
+        local = self.images.get_image(parsed.stored_name)
         if local is not None:
             return local.digest
         if self.offline:
             raise KataError("image.not_found",
-                            f"image {parsed.name} is not in kata's image store (offline: "
+                            f"image {parsed.stored_name} is not in kata's image store (offline: "
                             "`kata image import` or `kata image pull` it first)", obj=ref,
                             exit_code=1)
         digest, _body, _mt = self.registry.fetch_manifest(parsed)
@@ -199,7 +200,7 @@ class ContainerdRuntime:
         if parsed is None or self.offline:
             raise KataError("image.not_found", f"image {image} is not in kata's image store",
                             obj=image, exit_code=1)
-        self.pull_image(parsed.name)
+        self.pull_image(parsed.stored_name)
         return digest
 
     # -- images -------------------------------------------------------------------------
@@ -227,8 +228,8 @@ class ContainerdRuntime:
             else:
                 target = store.store_manifest(lease, body, media_type, blob)
             assert target.digest == digest
-            store.put_image(parsed.name, target)
-        return ImageRecord(name=parsed.name, digest=target.digest, media_type=target.media_type,
+            store.put_image(parsed.stored_name, target)
+        return ImageRecord(name=parsed.stored_name, digest=target.digest, media_type=target.media_type,
                            size=store._size(target.digest))
 
     def list_images(self) -> list[ImageRecord]:
