@@ -40,6 +40,7 @@ from kata.runtimes.containerd import ContainerdRuntime  # noqa: E402
 from store import Store  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
 from support.images import BUSYBOX_REF, busybox_image, write_oci_archive  # noqa: E402
+from timing import median_time, timed_call  # noqa: E402
 
 _costs: dict[str, float] = defaultdict(float)  # step -> workspace seconds
 _depth: dict[str, int] = {}
@@ -89,14 +90,9 @@ def one_layer_anchor(base: Path, n: int = 30) -> float:
     layer = Path(store.unpacked(store.put_tree(src)))
     work = base / "anchor-work"
     work.mkdir()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        ws = workspace_mod.Workspace.__wrapped_init__(work, [layer])  # type: ignore[attr-defined]
-        ws.close()
-        times.append(time.perf_counter() - t)
+    anchor = median_time(lambda: workspace_mod.Workspace(work, [layer]).close(), n)
     store.close()
-    return statistics.median(times)
+    return anchor
 
 
 def realise(base: Path, rt, digest: str, tag: str, steps: list[FakeStep]) -> tuple[float, Store]:
@@ -107,9 +103,8 @@ def realise(base: Path, rt, digest: str, tag: str, steps: list[FakeStep]) -> tup
     store = Store.open(base / f"store-{tag}")
     opts = RealiseOptions(repo_root=repo, work_root=Path(store.state_dir) / "work",
                           max_parallel=2)
-    t = time.perf_counter()
-    result = Realiser(graph, store=store, runtime=rt, emit=lambda e: None, options=opts).run()
-    wall = time.perf_counter() - t
+    wall, result = timed_call(
+        Realiser(graph, store=store, runtime=rt, emit=lambda e: None, options=opts).run)
     failed = [(s.name, s.message) for s in result.steps.values() if s.status != "passed"]
     assert result.ok and not failed, failed[:3]
     return wall, store
@@ -178,7 +173,6 @@ def main() -> None:
     with_grid = "--no-grid" not in args
     args = [a for a in args if a != "--no-grid"]
     n = int(args[0]) if args else 1000
-    workspace_mod.Workspace.__wrapped_init__ = workspace_mod.Workspace  # type: ignore[attr-defined]
     with embedded_containerd("kd") as paths, tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         anchor = one_layer_anchor(base)

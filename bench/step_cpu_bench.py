@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +34,7 @@ from kata.runtimes.containerd import ContainerdRuntime  # noqa: E402
 from kata.runtimes.containerd.spec import build_spec  # noqa: E402
 from support.daemon import embedded_containerd  # noqa: E402
 from support.images import BUSYBOX_REF, busybox_image, busybox_layer, write_oci_archive  # noqa: E402
+from timing import median_time, timed_call  # noqa: E402
 
 TARGET_MS = 20.0
 
@@ -51,10 +50,9 @@ def kata(base: Path, address: str, repo: Path, tag: str, *args: str) -> tuple[fl
     env.update(KATA_STORE=str(base / f"store-{tag}"), PYTHONPATH=str(ROOT),
                PYTHONPYCACHEPREFIX=str(base / "pycache"))
     u0, s0 = children_cpu()
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kata", "--containerd", address, *args],
-                          cwd=repo, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    wall, proc = timed_call(lambda: subprocess.run(
+        [sys.executable, "-m", "kata", "--containerd", address, *args],
+        cwd=repo, env=env, capture_output=True, text=True))
     u1, s1 = children_cpu()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     return u1 - u0, s1 - s0, wall, proc.stdout
@@ -84,13 +82,10 @@ def runc_floor(base: Path, digest: str, n: int = 20) -> float:
     cfg["root"] = {"path": str(bundle / "rootfs")}
     del cfg["linux"]["cgroupsPath"]
     (bundle / "config.json").write_text(json.dumps(cfg))
-    times = []
-    for i in range(n):
-        t = time.perf_counter()
-        subprocess.run(["runc", "--root", str(base / "runc"), "run", "--bundle", str(bundle),
-                        f"floor-{i}"], check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    ids = iter(range(n))
+    return median_time(lambda: subprocess.run(
+        ["runc", "--root", str(base / "runc"), "run", "--bundle", str(bundle),
+         f"floor-{next(ids)}"], check=True, stdout=subprocess.DEVNULL), n)
 
 
 def main() -> None:
