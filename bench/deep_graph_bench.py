@@ -6,6 +6,7 @@ Starts a private embedded containerd under /tmp, imports the busybox test image 
 each into a fresh store, with every step publishing an artifact:
 1. a fan-in of N (default 1,000) producers and one consumer of them all;
 2. a chain of N steps, each adding a file and overwriting a shared one;
+   (and a second consumer of the same producers, which finds the merged blocks built);
 3. the 10 x 100 graph (each step depends on two of the level below, Bazel genrule style),
    unless --no-grid.
 Every consumer checks inside its container that it sees what it must (every producer's
@@ -116,8 +117,12 @@ def fan_in(n: int) -> list[FakeStep]:
                           artifacts=("out/", "who"), inputs=("README",)) for i in range(n)]
     check = (f"for i in $(seq 0 {n - 1}); do test \"$(cat out/p$i/file)\" = $i || exit 1; done",
              f"test \"$(cat who)\" = {n - 1}")
-    return [*producers, FakeStep("sink", depends_on=tuple(p.name for p in producers),
-                                 commands=check, inputs=("README",))]
+    # sink2 sees the same stack after sink (which publishes nothing): the warm consumer
+    return [*producers,
+            FakeStep("sink", depends_on=tuple(p.name for p in producers), commands=check,
+                     inputs=("README",)),
+            FakeStep("sink2", depends_on=(*(p.name for p in producers), "sink"), commands=check,
+                     inputs=("README",))]
 
 
 def chain(n: int) -> list[FakeStep]:
@@ -166,6 +171,9 @@ def report(what: str, names: list[str], anchor: float, wall: float, n_steps: int
           f"max {costs[-1] * 1e3:.1f} ms = {costs[-1] / anchor:.1f}x")
     print(f"   deepest consumer {deepest} ({_depth.get(deepest, 0)} trees): "
           f"{_costs[deepest] * 1e3:.1f} ms = {_costs[deepest] / anchor:.1f}x one layer")
+    if "sink2" in names:
+        print(f"   the next consumer of the same {_depth.get('sink2', 0)} trees (merged blocks "
+              f"built): {_costs['sink2'] * 1e3:.1f} ms = {_costs['sink2'] / anchor:.1f}x one layer")
 
 
 def main() -> None:
@@ -183,7 +191,7 @@ def main() -> None:
         try:
             rt.import_image(write_oci_archive(busybox_image(), base / "bb.tar"))
             digest = rt.resolve_image(BUSYBOX_REF)
-            cases = [("fan-in", fan_in(n), ["sink"]), ("chain", chain(n), [f"c{i}" for i in range(1, n)])]
+            cases = [("fan-in", fan_in(n), ["sink", "sink2"]), ("chain", chain(n), [f"c{i}" for i in range(1, n)])]
             if with_grid:
                 g = grid()
                 cases.append(("10x100 grid", g, [s.name for s in g if s.depends_on]))

@@ -31,6 +31,7 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -151,10 +152,13 @@ class MergedTrees:
                 pass
             force_rmtree(trash)
             count += 1
+        stale = time.time() - 3600  # a younger listing may belong to a build in progress
         for name in entries:  # listings whose directory is gone
-            if name.endswith(".trees") and not os.path.isdir(os.path.join(self.root, name[:-6])):
+            path = os.path.join(self.root, name)
+            if name.endswith(".trees") and not os.path.isdir(path[:-6]):
                 try:
-                    os.unlink(os.path.join(self.root, name))
+                    if os.stat(path).st_mtime < stale:
+                        os.unlink(path)
                 except FileNotFoundError:
                     pass
         return count
