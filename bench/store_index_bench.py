@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zstandard  # noqa: E402
 
-from store import Realisation, Store  # noqa: E402
+from store import Realisation, Run, Store  # noqa: E402
 
 
 def populate(s: Store, n_objects: int, n_reals: int) -> tuple[list[str], list[str]]:
@@ -108,9 +108,9 @@ def main() -> None:
     t_plan = time.perf_counter() - t
     keep = len(keys) // 2
     for i in range(0, 100):  # runs naming half the realisations as roots
-        s.put_run({"id": f"run{i}", "pipeline": "ci", "branch": f"b{i % 10}",
-                   "started": time.time() - 3600 + i,
-                   "realisations": keys[i * keep // 100:(i + 1) * keep // 100]})
+        s.put_run(Run(id=f"run{i}", pipeline="ci", branch=f"b{i % 10}",
+                      started=time.time() - 3600 + i,
+                      realisations=tuple(keys[i * keep // 100:(i + 1) * keep // 100])))
     t = time.perf_counter()
     report = s.gc()
     t_gc = time.perf_counter() - t

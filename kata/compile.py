@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from kata import derivation as drv
+from kata import keys
 from kata.errors import KataError
 from kata.graph import levels as graph_levels
 from kata.graph import topo_order
@@ -44,7 +45,7 @@ class Node:
         if missing:
             raise KataError("derivation.outputs", f"no output digest for {', '.join(missing)}",
                             obj=self.step.name)
-        return self.derivation.resolved_hash([outputs[d] for d in self.deps])
+        return keys.resolved_hash(self.derivation, [outputs[d] for d in self.deps])
 
     def record(self) -> drv.DerivationRecord:
         """What to store beside the realisation so `kata why` can name files and deps."""
@@ -139,7 +140,7 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                                      secrets=tuple(sorted(set(s.secrets))))
                       for s in step.services],
             network=step.network, deps=[h for _, h in dep_hashes])
-        nodes[name] = Node(step=step, derivation=d, drv_hash=d.hash if d.resolved else None,
+        nodes[name] = Node(step=step, derivation=d, drv_hash=keys.derivation_hash(d) if d.resolved else None,
                            inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
     return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,
                            nodes=MappingProxyType(nodes))

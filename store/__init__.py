@@ -7,7 +7,8 @@ from .core import Store
 from .errors import StoreError
 from .gc import GcReport
 from .realisations import Realisation
+from .runs import Run, StepRecord
 from .tree import Limits
 from .verify import VerifyReport
 
-__all__ = ["Store", "Realisation", "StoreError", "Limits", "GcReport", "VerifyReport"]
+__all__ = ["Store", "Realisation", "Run", "StepRecord", "StoreError", "Limits", "GcReport", "VerifyReport"]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
-import msgpack
 
 from . import tree as trees
 from .errors import StoreError
@@ -19,11 +17,12 @@ from .index import LmdbIndex, LmdbStatCache, is_network_fs
 from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
 from .merged import MergedTrees
+from .runs import Run
 from .unpacked import UnpackedTrees
 
 VERSION = "kata-store/1"
-_RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
 _FLUSH_EVERY = 1000
+_RACY_NS = 2_000_000_000  # a verified stat younger than this is not trusted later
 
 
 def default_state_dir(root: str) -> str:
@@ -54,6 +53,7 @@ class Store:
         self.merged_dir = os.path.join(state_dir, "merged")
         self._merged = MergedTrees(self.merged_dir, self.unpacked)
         self._used: dict[str, int] = {}
+        self._verified: dict[str, tuple[int, ...]] = {}  # stat signatures not yet indexed
         self.host = socket.gethostname()
 
     # ------------------------------------------------------------ lifecycle
@@ -94,7 +94,10 @@ class Store:
         self.close()
 
     def flush(self) -> None:
-        """Write buffered last-use times to the index."""
+        """Write buffered last-use times and verified stat signatures to the index."""
+        if self._verified:
+            verified, self._verified = self._verified, {}
+            self.index.note_verified(verified)
         if self._used:
             used, self._used = self._used, {}
             self.index.note_objects({d: -1 for d in used})
@@ -118,6 +121,52 @@ class Store:
 
     def has_blob(self, digest: str) -> bool:
         return self.objects.has(digest)
+
+    def damaged(self, digests: Iterable[str], *, repair: bool = True) -> tuple[str, ...]:
+        """The objects among ``digests`` that are missing or whose content does not match
+        their digest; with ``repair`` the corrupt ones are quarantined (as ``verify
+        --repair`` does).
+
+        Cheap when nothing changed: an object is re-hashed only when the stat of its file
+        (dev, ino, size, mtime_ns, ctime_ns) differs from the one recorded when its
+        content was last verified (a rewrite in place changes ctime whatever it does to
+        mtime), so a fully cached run costs a stat and an index read per object. A file whose
+        ctime is within 2 s of the hash is not remembered (git's racily-clean rule).
+        """
+        bad: list[str] = []
+        corrupt: list[str] = []
+        for digest in digests:
+            try:
+                st = os.stat(self.objects.path(digest))
+            except FileNotFoundError:
+                bad.append(digest)
+                continue
+            signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if self._verified.get(digest) == signature or self.index.verified(digest) == signature:
+                continue
+            hashed_at = time.time_ns()
+            try:
+                with self.objects.open(digest) as blob:
+                    while blob.read(1 << 20):
+                        pass
+            except StoreError as err:
+                if err.reason not in ("store.corrupt_object", "store.missing_object"):
+                    raise
+                bad.append(digest)
+                if err.reason == "store.corrupt_object":
+                    corrupt.append(digest)
+                continue
+            if hashed_at - st.st_ctime_ns > _RACY_NS:
+                # the stat taken before the read; a file changed within the clock's
+                # granularity of that stat could change again unseen ("racily clean", as
+                # git says): such a one is simply hashed again next time
+                self._verified[digest] = signature
+                if len(self._verified) >= _FLUSH_EVERY:
+                    self.flush()
+        if repair and corrupt:
+            from .verify import quarantine
+            quarantine(self, corrupt)
+        return tuple(bad)
 
     def read_blob(self, digest: str) -> bytes:
         with self.open_blob(digest) as f:
@@ -256,51 +305,43 @@ class Store:
 
     # ------------------------------------------------------------ runs
 
-    def put_run(self, run: Mapping[str, Any]) -> str:
-        """Store a run record (immutable). ``run["id"]`` is required; returns it."""
-        run_id = run.get("id")
-        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-            raise StoreError("store.bad_run", f"a run needs an id of letters, digits, '._-': {run_id!r}",
-                             obj=str(run_id))
-        record = dict(run)
-        record.setdefault("started", time.time())
-        try:
-            raw = msgpack.packb(record, use_bin_type=True)
-        except (TypeError, ValueError) as err:
-            raise StoreError("store.bad_run", f"run {run_id} cannot be encoded: {err}",
-                             obj=run_id) from err
-        name = f"{int(float(record['started']) * 1e9):020d}-{run_id}"
+    def put_run(self, run: Run) -> str:
+        """Store a run record (immutable; ``started`` 0 means now); returns its id."""
+        if not isinstance(run, Run):
+            raise StoreError("store.bad_run", "put_run needs a Run")
+        if not run.started:
+            run = dataclasses.replace(run, started=time.time())
+        raw = run.encode()
+        name = f"{int(float(run.started) * 1e9):020d}-{run.id}"
         write_immutable(self.tmp, os.path.join(self.root, "runs", name), raw)
-        self.index.put_run(run_id, raw)
-        return run_id
+        self.index.put_run(run.id, raw)
+        return run.id
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str) -> Run | None:
         raw = self.index.get_run(run_id)
         if raw is None:
             for name in os.listdir(os.path.join(self.root, "runs")):
                 if name.endswith("-" + run_id):
                     raw = read_file(os.path.join(self.root, "runs", name))
                     break
-        return msgpack.unpackb(raw, raw=False) if raw is not None else None
+        return Run.decode(raw, what=f"run {run_id}") if raw is not None else None
 
-    def iter_runs(self):
-        """Every run record, newest first."""
+    def iter_runs(self) -> Iterator[Run]:
+        """Every readable run record, newest first (an unreadable one is passed over)."""
         runs_dir = os.path.join(self.root, "runs")
         for name in sorted(os.listdir(runs_dir), reverse=True):
             raw = read_file(os.path.join(runs_dir, name))
             if raw is None:
                 continue
             try:
-                run = msgpack.unpackb(raw, raw=False)
-            except (ValueError, msgpack.UnpackException):
+                yield Run.decode(raw, what=name)
+            except StoreError:
                 continue
-            if isinstance(run, dict):
-                yield run
 
-    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[Run]:
         out = []
         for run in self.iter_runs():
-            if pipeline is None or run.get("pipeline") == pipeline:
+            if pipeline is None or run.pipeline == pipeline:
                 out.append(run)
                 if len(out) >= limit:
                     break

@@ -39,30 +39,14 @@ class GcReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _run_keys(run: dict) -> set[str]:
-    keys: set[str] = set()
-    for k in run.get("realisations") or ():
-        if isinstance(k, str):
-            keys.add(k)
-    steps = run.get("steps") or ()
-    if isinstance(steps, dict):
-        steps = list(steps.values())
-    for step in steps:
-        if isinstance(step, dict):
-            for name in ("key", "drv_hash", "resolved_hash", "realisation"):
-                if isinstance(step.get(name), str):
-                    keys.add(step[name])
-    return keys
-
-
 def _roots(store: "Store", keep_runs: int) -> set[str]:
     roots = set(store.pinned())
     seen: dict[tuple, int] = {}
     for run in store.iter_runs():  # newest first
-        group = (run.get("pipeline"), run.get("branch"))
+        group = (run.pipeline, run.branch)
         n = seen.get(group, 0)
         if n < keep_runs:
-            roots |= _run_keys(run)
+            roots |= run.keys()
             seen[group] = n + 1
     return roots
 

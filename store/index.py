@@ -45,11 +45,12 @@ def is_network_fs(path: str) -> bool:
     return fs_type(path) in NETWORK_FS
 
 
-_DBS = (b"real", b"objs", b"runs", b"cnt", b"stat", b"unp")
+_DBS = (b"real", b"objs", b"runs", b"cnt", b"stat", b"unp", b"ver")
 
 
 class LmdbIndex:
-    """Realisations, object sizes and last use, runs, counters and the stat cache."""
+    """Realisations, object sizes and last use, when each object was last verified, runs,
+    counters and the stat cache."""
 
     def __init__(self, path: str, *, map_size: int = 32 << 20) -> None:
         self.path = path
@@ -159,6 +160,20 @@ class LmdbIndex:
         def fn(t: lmdb.Transaction) -> None:
             for d in digests:
                 t.delete(d.encode(), db=self.db["objs"])
+                t.delete(d.encode(), db=self.db["ver"])
+        self.write(fn)
+
+    def verified(self, digest: str) -> tuple[int, ...] | None:
+        """The stat signature (dev, ino, size, mtime_ns, ctime_ns) of the object's file when
+        its content was last hashed and found to match its digest; None: never."""
+        raw = self.get("ver", digest.encode())
+        return tuple(msgpack.unpackb(raw)) if raw is not None else None
+
+    def note_verified(self, signatures: Mapping[str, tuple[int, ...]]) -> None:
+        """Record objects' stat signatures (digest -> signature) in one transaction."""
+        def fn(t: lmdb.Transaction) -> None:
+            for digest, signature in signatures.items():
+                t.put(digest.encode(), msgpack.packb(list(signature)), db=self.db["ver"])
         self.write(fn)
 
     # ------------------------------------------------------------ runs

@@ -29,6 +29,22 @@ class VerifyReport:
         return not (self.corrupt or self.missing or self.bad_records)
 
 
+def quarantine(store: "Store", digests: list[str]) -> list[str]:
+    """Move damaged objects to ``<store>/quarantine/<hex>`` (kept for inspection, out of
+    every lookup) and forget them in the index; returns the ones moved."""
+    qdir = os.path.join(store.root, "quarantine")
+    os.makedirs(qdir, exist_ok=True)
+    moved = []
+    for d in digests:
+        try:
+            os.replace(store.objects.path(d), os.path.join(qdir, d[7:]))
+            moved.append(d)
+        except FileNotFoundError:
+            pass
+    store.index.drop_objects(digests)
+    return moved
+
+
 def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> VerifyReport:
     corrupt: list[str] = []
     sizes: dict[str, int] = {}
@@ -63,15 +79,7 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
     quarantined: list[str] = []
     dropped: list[str] = []
     if repair:
-        qdir = os.path.join(store.root, "quarantine")
-        os.makedirs(qdir, exist_ok=True)
-        for d in corrupt:
-            try:
-                os.rename(store.objects.path(d), os.path.join(qdir, d[7:]))
-                quarantined.append(d)
-            except FileNotFoundError:
-                pass
-        store.index.drop_objects(corrupt)
+        quarantined = quarantine(store, corrupt)
         broken = set(bad_records) | {k for k, _ in missing}
         for name, raw in records.items():
             if any(d in bad for d in Realisation.decode(raw).objects()):
@@ -82,17 +90,12 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
             dropped.append(name)
 
     if reindex:
-        import msgpack
         store.index.clear("real", "objs", "runs")
         store.index.bulk("real", ((k.encode(), Realisation.decode(v).index_encode())
                                    for k, v in records.items()))
         store.index.note_objects({d: s for d, s in sizes.items() if d not in bad}, when=0.0)
         # (last use unknown: 0, so gc goes by the files' mtimes)
-        runs = []
-        for run in store.iter_runs():
-            if isinstance(run.get("id"), str):
-                runs.append((run["id"].encode(), msgpack.packb(run, use_bin_type=True)))
-        store.index.bulk("runs", iter(runs))
+        store.index.bulk("runs", ((run.id.encode(), run.encode()) for run in store.iter_runs()))
 
     return VerifyReport(objects=len(sizes) + len(corrupt), realisations=len(records) + len(dropped),
                         corrupt=tuple(corrupt), missing=tuple(missing), bad_records=tuple(bad_records),

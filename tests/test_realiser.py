@@ -257,10 +257,10 @@ def test_run_is_recorded_with_step_results(env):
     first = env.run(DAG, git_commit="abc", git_branch="main")
     env.run(DAG)
     run = env.store.list_runs()[0]
-    assert [s["name"] for s in run["steps"]] == ["build", "test", "lint", "package"]
-    assert {s["cache"] for s in run["steps"]} == {"HIT"}
-    assert run["steps"][0]["produced_by"] == first.run_id
-    assert env.store.get_run(first.run_id)["commit"] == "abc"
+    assert [s.name for s in run.steps] == ["build", "test", "lint", "package"]
+    assert {s.cache for s in run.steps} == {"HIT"}
+    assert run.steps[0].produced_by == first.run_id
+    assert env.store.get_run(first.run_id).commit == "abc"
 
 
 def test_a_hit_whose_objects_were_collected_is_a_miss(env):
@@ -354,7 +354,7 @@ def test_services_reach_the_runtime_and_their_logs_are_recorded(env):
     assert set(logs) == {"db", "web"}
     assert env.store.read_blob(logs["db"]) == b"db up\n"
     (run,) = env.store.list_runs(limit=1)
-    assert run["steps"][0]["service_logs"] == logs
+    assert dict(run.steps[0].service_logs) == logs
 
 
 def test_a_service_secret_must_be_given(env):
@@ -367,7 +367,62 @@ def test_a_service_secret_must_be_given(env):
     assert env.runtime.started == []
 
 
+def test_an_untrusted_scope_withholds_secrets_and_refuses_the_host_network(env):
+    from kata.keys import Scope
+
+    ref = "refs/heads/feature/x"
+    steps = [FakeStep("build", inputs=("none",)),
+             FakeStep("deploy", commands=("echo $TOKEN",), depends_on=("build",),
+                      inputs=("none",), secrets=("TOKEN",)),
+             FakeStep("notify", depends_on=("deploy",), inputs=("none",)),
+             FakeStep("it", inputs=("none",),
+                      services=({"name": "db", "image": "kata.local/busybox:latest",
+                                 "secrets": ["DB_PASSWORD"]},)),
+             FakeStep("probe", inputs=("none",), network="host")]
+    untrusted = Scope(ref=ref, default_ref="refs/heads/main", protected=False, trusted=False)
+    # even if a value were handed over, an untrusted run passes none to a container
+    result = env.run(steps, secrets={"TOKEN": "hunter2", "DB_PASSWORD": "pw-1234"}, scope=untrusted,
+                     fail_fast=False)
+    assert env.runtime.started == ["build"]
+    assert result.steps["deploy"].status == "skipped"
+    assert result.steps["deploy"].message == f"secret TOKEN withheld: untrusted run of {ref}"
+    assert result.steps["it"].message == (
+        f"secret DB_PASSWORD (service db) withheld: untrusted run of {ref}")
+    assert result.steps["notify"].message == "dependency deploy skipped"
+    (fail,) = env.of(ev.StepFailed)
+    assert (fail.step, fail.reason) == ("probe", "trust.refused")
+    assert fail.message == f"step probe: network: host refused: untrusted run of {ref}"
+    assert result.exit_code == 1
+    plan = env.realiser(steps, scope=untrusted).excluded()
+    assert set(plan) == {"deploy", "notify", "it"}
+    trusted = env.run(steps, secrets={"TOKEN": "hunter2", "DB_PASSWORD": "pw-1234"},
+                      scope=Scope(ref="refs/heads/main", default_ref="refs/heads/main"))
+    # build ran again: what the untrusted run realised is in its quarantine, never read here
+    assert trusted.ok and sorted(env.runtime.started) == ["build", "deploy", "it", "notify",
+                                                          "probe"]
+
+
 def test_step_user_reaches_the_runtime(env):
     env.run([FakeStep("a", inputs=("none",), user="1000:1000"), FakeStep("b", inputs=("none",))])
     assert env.runtime.specs["a"].user == "1000:1000"
     assert env.runtime.specs["b"].user == "0:0"
+
+
+def test_a_key_files_glob_edit_restores_no_stale_cache_directory(env):
+    """Issue 9, case 2: `key_files: [req/*.txt]` is the compiler's glob digest; an edit of
+    a file it matches changes the cache-directory key (it was read as a literal path)."""
+    step = FakeStep("install", commands=(
+        'echo "restored-cache: $(cat cachedir/stamp 2>/dev/null || echo none)"',
+        "mkdir -p cachedir && cp req/deps.txt cachedir/stamp"),
+        inputs=("req/**", "src"), cache_paths=("cachedir/",), key_files=("req/*.txt",))
+    env.write("src", "1")
+    env.write("req/deps.txt", "v1")
+    env.run([step])
+    assert "restored-cache: none" in [e.text for e in env.of(ev.OutputLine)]
+    env.write("req/deps.txt", "v3")
+    env.run([step])
+    assert env.runtime.started == ["install"]
+    assert "restored-cache: none" in [e.text for e in env.of(ev.OutputLine)]
+    env.write("src", "2")  # an input edit outside the key files: the step reruns, restored
+    env.run([step])
+    assert "restored-cache: v3" in [e.text for e in env.of(ev.OutputLine)]

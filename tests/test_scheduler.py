@@ -154,3 +154,23 @@ def test_dependencies_outside_the_walk_count_as_done():
     work = Recorder()
     result = schedule(("test",), {"test": ("build",)}, work, max_parallel=1, fail_fast=True)
     assert result.status == {"test": "passed"}
+
+
+def test_requeue_reruns_a_dependency_then_the_step_and_keeps_the_others_waiting():
+    from kata.realise.scheduler import Requeue
+
+    started: list[str] = []
+    asked = set()
+
+    def work(name: str, cancel: Cancel) -> bool:
+        started.append(name)
+        if name == "package" and "package" not in asked:
+            asked.add("package")
+            raise Requeue(("lint", "outside"))  # one in the walk, one a hit outside it
+        return True
+
+    deps = {**DIAMOND, "outside": ()}
+    result = schedule(ORDER, deps, work, max_parallel=1, fail_fast=True)
+    assert result.ok and result.status["package"] == "passed"
+    assert started == ["build", "test", "lint", "package", "lint", "outside", "package"]
+    assert result.status["outside"] == "passed"

@@ -90,8 +90,8 @@ def _runs(store: Path) -> list[dict]:
         return s.list_runs(pipeline="gitci", limit=50)
 
 
-def _status(run: dict) -> dict[str, str]:
-    return {s["name"]: s["status"] for s in run["steps"]}
+def _status(run) -> dict[str, str]:
+    return {s.name: s.status for s in run.steps}
 
 
 def test_run_event_triggers_and_conditions(setup):
@@ -152,10 +152,10 @@ def test_post_receive_is_a_git_native_ci_server(setup):
     assert broken.returncode == 0  # post-receive cannot refuse: it records and reports
     assert "kata: failed: the pipeline failed for feature/broken" in broken.stderr
     runs = _runs(setup["store"])  # newest first; the wip/z push ran nothing
-    assert [(r["branch"], r["status"]) for r in runs] == [
+    assert [(r.branch, r.status) for r in runs] == [
         ("feature/broken", "failed"), ("", "passed"), ("main", "passed"), ("main", "passed")]
     assert _status(runs[1])["release"] == "passed"
-    assert (runs[1]["event"], runs[1]["tag"]) == ("tag", "v2.0") and runs[2]["event"] == "push"
+    assert (runs[1].event, runs[1].tag) == ("tag", "v2.0") and runs[2].event == "push"
     assert _status(runs[2])["docs"] == "skipped" and _status(runs[3])["docs"] == "passed"
     assert _status(runs[0])["check"] == "failed"
     assert not list((remote / "worktrees").glob("*")) if (remote / "worktrees").exists() else True
@@ -184,7 +184,7 @@ def test_pre_push_blocks_a_failing_push(setup):
     assert "build | app v3" in good.stderr
     assert git(remote, "branch", "--list", "feature/good") != ""
     runs = _runs(setup["store"])
-    assert [(r["branch"], r["status"]) for r in runs] == [
+    assert [(r.branch, r.status) for r in runs] == [
         ("feature/good", "passed"), ("feature/bad", "failed")]
 
 

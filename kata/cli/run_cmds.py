@@ -9,6 +9,7 @@ a fully cached run with digest-pinned images never imports gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -61,31 +62,6 @@ class LazyRuntime:
             self._rt.close()
 
 
-def _needed(graph, targets, skip: dict[str, str]) -> list[str]:  # noqa: ANN001
-    """The steps this run may execute: the targets and what they need, minus steps skipped
-    by a condition (and their dependents)."""
-    wanted = set(targets) if targets else set(graph.order)
-    for name in reversed(graph.order):
-        if name in wanted:
-            wanted.update(graph.nodes[name].deps)
-    off: set[str] = set()
-    for name in graph.order:
-        if name in skip or any(d in off for d in graph.nodes[name].deps):
-            off.add(name)
-    return [n for n in graph.order if n in wanted and n not in off]
-
-
-def _secrets(graph, steps: list[str], given: tuple[str, ...],  # noqa: ANN001
-             files: tuple[str, ...]) -> dict[str, str]:
-    """Every secret the steps about to run declare, resolved before anything runs:
-    --secret > --secret-file > the environment; missing or too short → exit 2."""
-    from kata.secrets import SecretSource
-
-    source = SecretSource.from_args(list(given), list(files))
-    names = [s for n in steps for s in graph.nodes[n].step.secrets]
-    return source.resolve(names)
-
-
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
                 action: str | None, base: str | None):  # noqa: ANN201
     """(conditions Context, commit, branch) of this run.
@@ -110,19 +86,6 @@ def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: 
     return context(git), git.commit or "", git.branch or ""
 
 
-def _skips(pipeline, ctx) -> dict[str, str]:  # noqa: ANN001
-    """Steps whose only: or when: is false in this run's git context, with why."""
-    from kata.triggers import explain
-
-    out = {}
-    for step in pipeline.steps:
-        for what, cond in (("only", step.only), ("when", step.when)):
-            if cond is not None and not cond.evaluate(ctx):
-                out[step.name] = f"{what}: {explain(cond, ctx)}"
-                break
-    return out
-
-
 def _reporter(json_out: bool):  # noqa: ANN202
     if json_out:
         from kata.report.jsonl import JsonReporter
@@ -141,12 +104,15 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
              dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...],
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
-             base: str | None = None) -> None:
+             base: str | None = None, untrusted: bool = False, hook: str = "",
+             default_branch: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
+    from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
+    from kata.secrets import SecretSource
 
     path, pipeline = load(ctx)
     repo_root = path.resolve().parent
@@ -163,31 +129,19 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
                                                    tag=tag, action=action, base=base)
     if event is not None and not _triggered(pipeline, cond_ctx, json_out):
         return
+    from kata.trust import scope_for
+
+    scope = scope_for(repo_root, branch=git_branch, tag=cond_ctx.tag if event else "",
+                      event=event or "", hook=hook, default_branch=default_branch,
+                      untrusted=untrusted)
     obj = ctx.find_root().obj or {}
     runtime = LazyRuntime(obj.get("containerd_address"))
     store = open_store(ctx)
     try:
         graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
                                  repo_root=repo_root, stat_cache=store.stat_cache)
-        targets: tuple[str, ...] | None = None
-        if labels:
-            from kata.labels import select
-
-            targets = select(labels, graph.order)
-        elif steps:
-            unknown = [s for s in steps if s not in graph.nodes]
-            if unknown:
-                import difflib
-
-                near = difflib.get_close_matches(unknown[0], list(graph.order), n=1)
-                hint = f" (did you mean {near[0]}?)" if near else ""
-                raise KataError("cli.unknown_step", f"no step named {unknown[0]!r}{hint}",
-                                obj=unknown[0])
-            targets = steps
+        targets = select_targets(graph, steps=steps, labels=labels)
         settings = pipeline.settings
-        skip = _skips(pipeline, cond_ctx)
-        run_secrets = ({} if dry_run else  # a plan runs nothing: it needs no value
-                       _secrets(graph, _needed(graph, targets, skip), secrets, secret_files))
         options = RealiseOptions(
             targets=targets,
             use_cache=settings.cache_enabled and not no_cache,
@@ -196,24 +150,28 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             fail_fast=settings.fail_fast,
             timeout=settings.timeout.seconds if settings.timeout else None,
             env=dict(pipeline.env),
-            secrets=run_secrets,
             repo_root=repo_root,
             work_root=Path(store.state_dir) / "work",
             git_commit=commit,
             git_branch=git_branch,
             git_event=event or "",
             git_tag=cond_ctx.tag if event else "",
-            skip=skip,
+            skip=condition_skips(pipeline, cond_ctx),
+            scope=scope,
         )
-        if dry_run:
-            _print_plan(Realiser(graph, store=store, runtime=None, emit=lambda e: None,
-                                 options=options), json_out)
+        if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
+            plan = plan_run(graph, store, options, heal=False)
+            _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
+        plan = plan_run(graph, store, options)
+        # an untrusted run reads no value at all (its plan skips every step declaring one)
+        options = dataclasses.replace(options, secrets=SecretSource.from_args(
+            list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
         reporter = _reporter(json_out)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
                                 options=options)
-            result = realiser.run()
+            result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
             click.echo("interrupted twice: not waiting for running steps", err=True)
@@ -248,12 +206,12 @@ def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
     return False
 
 
-def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
+def _print_plan(entries, skipped: dict[str, str], json_out: bool) -> None:  # noqa: ANN001
     import json
 
     from kata.report.plain import short_key
 
-    for entry in realiser.dry_run():
+    for entry in entries:
         if json_out:
             click.echo(json.dumps({"event": "plan", "step": entry.step, "hit": entry.hit,
                                    "key": entry.key, "why": entry.why}))
@@ -261,7 +219,7 @@ def _print_plan(realiser, json_out: bool) -> None:  # noqa: ANN001
             click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
         else:
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
-    for name, why in realiser.excluded().items():
+    for name, why in skipped.items():
         if json_out:
             click.echo(json.dumps({"event": "plan", "step": name, "skip": True, "why": why}))
         else:
@@ -277,6 +235,8 @@ _common = [
                  help="A secret for steps that declare it (default: from the environment)."),
     click.option("--secret-file", "secret_files", multiple=True, metavar="NAME=PATH",
                  help="A secret read from a file."),
+    click.option("--untrusted", is_flag=True, help="Run as untrusted code: no secrets (steps "
+                 "declaring one are skipped), no network: host, results kept in quarantine."),
 ]
 
 
@@ -292,21 +252,29 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @_with_common
 @click.option("--event", type=click.Choice(EVENTS),
               help="Run as this event: the pipeline runs only if a trigger matches. "
-              "Without it a local run ignores triggers (only:/when: see a push).")
+              "Without it a local run ignores triggers (only:/when: see a push). "
+              "pull_request runs untrusted.")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
 @click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
 @click.option("--action", type=click.Choice(PR_ACTIONS),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
+@click.option("--hook", type=click.Choice(["pre-push", "post-receive"]),
+              help="Set by kata's installed git hooks: a post-receive run of a ref that is "
+              "not protected is untrusted (see SECURITY.md).")
+@click.option("--default-branch", metavar="B", help="The repository's default branch "
+              "(protected when the host config names none; default: read from git).")
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-        event: str | None, branch: str | None, tag: str | None, action: str | None,
-        base: str | None) -> None:
+        untrusted: bool, event: str | None, branch: str | None, tag: str | None,
+        action: str | None, base: str | None, hook: str | None,
+        default_branch: str | None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
-             action=action, base=base)
+             action=action, base=base, untrusted=untrusted, hook=hook or "",
+             default_branch=default_branch)
 
 
 @click.command()
@@ -314,10 +282,11 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @_with_common
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
-          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...]) -> None:
+          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
+          untrusted: bool) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted)
 
 
 @click.command()
@@ -348,38 +317,39 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
                 raise KataError("logs.no_run", "no run recorded yet" +
                                 (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
             record = found[0]
-        entries = record.get("steps") or []
-        known = [e.get("name") for e in entries]
+        known = [e.name for e in record.steps]
         for name in steps:
             if name not in known:
-                raise KataError("logs.no_step", f"run {record.get('id')} has no step {name!r}",
+                raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
                                 obj=name, exit_code=1)
         if service is not None:
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
                                 exit_code=2)
-            entry = next(e for e in entries if e.get("name") == steps[0])
+            entry = record.step(steps[0])
+            assert entry is not None
             _print_service_log(store, record, entry, service)
             return
-        for entry in entries:
-            if steps and entry.get("name") not in steps:
+        for entry in record.steps:
+            if steps and entry.name not in steps:
                 continue
             _print_log(store, record, entry)
     finally:
         store.close()
 
 
-def _print_service_log(store, record: dict, entry: dict, service: str) -> None:  # noqa: ANN001
-    name = entry.get("name", "?")
+def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001
+    name = entry.name
     by = ""
-    if entry.get("cache") == "HIT" and entry.get("produced_by"):
-        by = entry["produced_by"]  # the run that ran the step (and its services)
+    logs = dict(entry.service_logs)
+    if entry.cache == "HIT" and entry.produced_by:
+        by = entry.produced_by  # the run that ran the step (and its services)
         produced = store.get_run(by)
-        entry = next((e for e in (produced or {}).get("steps") or ()
-                      if e.get("name") == name), {})
-    digest = (entry.get("service_logs") or {}).get(service)
+        ran = produced.step(name) if produced is not None else None
+        logs = dict(ran.service_logs) if ran is not None else {}
+    digest = logs.get(service)
     if not digest:
-        raise KataError("logs.no_service", f"step {name} of run {record.get('id')} has no "
+        raise KataError("logs.no_service", f"step {name} of run {record.id} has no "
                         f"service log {service!r}" + (f" (run {by} ran it)" if by else ""),
                         obj=service, exit_code=1)
     click.echo(f"== {name} / service {service}" + (f": cached — run {by}" if by else "") + " ==")
@@ -399,20 +369,19 @@ def _pipeline_name(ctx: click.Context) -> str | None:
     return pipeline.name
 
 
-def _print_log(store, record: dict, entry: dict) -> None:  # noqa: ANN001
-    name = entry.get("name", "?")
-    status = entry.get("status", "?")
-    if entry.get("cache") == "HIT":
-        by = entry.get("produced_by") or "an earlier run"
+def _print_log(store, record, entry) -> None:  # noqa: ANN001
+    name, status = entry.name, entry.status
+    if entry.cache == "HIT":
+        by = entry.produced_by or "an earlier run"
         head = f"== {name}: cached — output of run {by} =="
     elif status == "skipped":
-        head = f"== {name}: skipped ({entry.get('message', '')}) =="
+        head = f"== {name}: skipped ({entry.message}) =="
     else:
-        exit_status = entry.get("exit_status")
+        exit_status = entry.exit_status
         extra = f", exit {exit_status}" if exit_status not in (None, 0) else ""
-        head = f"== {name}: {status}{extra}, {float(entry.get('duration') or 0):.1f}s =="
+        head = f"== {name}: {status}{extra}, {float(entry.duration or 0):.1f}s =="
     click.echo(head)
-    digest = entry.get("log")
+    digest = entry.log
     if not digest:
         return
     with store.open_blob(digest) as f:
@@ -429,9 +398,9 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     store = open_store(ctx)
     try:
         for record in store.list_runs(pipeline=pipeline, limit=200):
-            for entry in record.get("steps") or ():
-                if entry.get("name") == step and entry.get("status") == "passed":
-                    drv_hash = entry.get("drv_hash")
+            for entry in record.steps:
+                if entry.name == step and entry.status == "passed":
+                    drv_hash = entry.drv_hash
                     found = store.get_derivation(drv_hash) if drv_hash else None
                     if found is not None:
                         return found

@@ -192,7 +192,8 @@ def cache() -> None:
 @cache.command("list")
 @click.pass_context
 def cache_list(ctx: click.Context) -> None:
-    """List cached step results, newest first."""
+    """List cached step results and cache directories, newest first, with the pipeline,
+    the step and the scope each was written in."""
     from store import StoreError
     from store.realisations import Realisation
 
@@ -209,10 +210,11 @@ def cache_list(ctx: click.Context) -> None:
         click.echo("No cache entries.")
         return
     for created, name, real in sorted(rows, key=lambda r: r[0], reverse=True):
-        step = real.meta.get("step", "") if isinstance(real.meta, dict) else ""
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(created))
+        what = "/".join(p for p in (real.pipeline, real.step) if p) or "-"
         click.echo(f"{name[:12]}  {when}  exit {real.exit_status}  {real.duration:.1f}s  "
-                   f"{real.outputs[7:19]}  {step}".rstrip())
+                   f"{real.outputs[7:19]}  {real.kind or '-'}  {what}  "
+                   f"scope {real.scope or 'shared'}")
 
 
 @cache.command("clear")

@@ -34,6 +34,7 @@ class CacheChecked:
     source: CacheSource = "derivation"
     reason: str = ""  # why a miss: "not in store", "--no-cache", "cache: false", ...
     produced_by: str = ""  # on a hit: the run that produced the result, when known
+    damaged: bool = False  # a miss because what was cached is missing or corrupt (healed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

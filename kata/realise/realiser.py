@@ -1,46 +1,58 @@
 """The one loop that runs things and writes the store.
 
-Per step (DESIGN.md, "Derivations" and "Realiser and reporting"):
-1. look up the derivation hash (input-addressed; known before anything runs);
-2. once its dependencies are realised, look up the resolved hash (their output
-   tree digests in place of their derivation hashes: early cutoff);
-3. a hit restores nothing: its output tree digest is simply what dependents get;
-4. a miss assembles the workspace (``workspace.py``), runs the container,
-   collects the declared artifacts as one tree, stores the log as a blob and
-   records the realisation under both keys, only when the step exited 0 and
-   produced every declared artifact.
-The run (per step: status, HIT/MISS, derivation hash, duration, log digest) is
-recorded in the store at the end, also for failed and interrupted runs.
+The plan (``plan.py``) decides what runs, what hits and what is skipped; the keys come
+from ``kata.keys``; records are read through ``lookup.py`` (scoped, self-healing); the
+container spec is built by ``spec.py``; a step's working directory is a workspace
+(``workspace.py``). What is left here, per step (docs/architecture.md, "Realiser"):
+1. derivation-hash hits are reported before anything runs;
+2. once a step's dependencies are realised, its resolved hash (their artifact-stack
+   digests in place of their derivation hashes) is looked up: early cutoff;
+3. a miss assembles the workspace, runs the container, collects the declared artifacts
+   as one tree, stores the log as a blob and records the realisation under both keys
+   (in the run's scope), only when the step exited 0 and produced every artifact;
+4. a dependency whose tree turns out damaged while a dependent needs it is dropped and
+   rebuilt in this run (the scheduler re-queues it), then the dependent goes on.
+The run (per step: status, HIT/MISS, keys, duration, log digest) is recorded at the end,
+also for failed and interrupted runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
+from kata import keys, trust
 from kata.errors import KataError
-from kata.model import is_env_name
 from kata.realise import events as ev
+from kata.realise import spec as specs
+from kata.realise.lookup import Lookup
+from kata.realise.records import Records
+from kata.realise.plan import (
+    DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
+)
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
-from kata.realise.scheduler import Cancel, schedule
+from kata.realise.scheduler import Cancel, Requeue, schedule
 from kata.realise.workspace import (
-    SECRETS_PRELUDE, SECRETS_TARGET, SecretsDir, Workspace, sweep_dead_runs,
+    OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
-from kata.runtimes.base import (
-    CANCEL_EXIT, TIMEOUT_EXIT, Mount, Readiness, Runtime, ServiceSpec, StepSpec,
-)
+from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
 from kata.secrets import Masker
-from store import StoreError
+from store import Realisation, Store, StoreError
 
+if TYPE_CHECKING:
+    from kata.compile import DerivationGraph, Node
+
+image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
+_DAMAGE = ("store.corrupt_object", "store.missing_object")
+_HEAL_ROUNDS = 8  # damaged trees healed while one step is set up, before giving up
 # A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
 # (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
 # each cut at a multiple of its size, then the last (< 16) trees one by one. A block is keyed
@@ -50,23 +62,12 @@ _DIRECT_LAYERS = 24
 _MERGE_BLOCKS = (4096, 256, 16)
 
 
-def _shell_script(commands: Sequence[str]) -> str:
-    # one shell, commands in order, stop at the first failure (a CI step's contract)
-    return "set -e\n" + "\n".join(commands) + "\n"
+class _Damaged(Exception):
+    """A tree a step needs turned out missing or corrupt while the step was set up."""
 
-
-def image_of(node: Any) -> str:
-    """The step's image pinned by the digest the compiler hashed: ``name@sha256:…``."""
-    digest = node.derivation.image
-    if not digest:
-        raise KataError("image.unresolved", f"step {node.step.name}: image {node.step.image} "
-                        "has no resolved digest", obj=node.step.name)
-    return str(node.step.image.pin(digest))
-
-
-def _empty_dir() -> Path:
-    path = Path(tempfile.mkdtemp(prefix="kata-empty-"))
-    return path
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
 
 
 class _MaskedOutput:
@@ -109,37 +110,40 @@ class _MaskedOutput:
 
 
 class Realiser:
-    """Realises the steps of one compiled graph against a store and a runtime."""
+    """Realises the steps of one compiled graph against a store and a runtime.
 
-    def __init__(self, graph: Any, *, store: Any, runtime: Runtime | None, emit: ev.Emit,
-                 options: RealiseOptions, pipeline: str = "") -> None:
+    ``workspace`` makes a step's working directory from its layers (top first): the
+    overlay for real runs, ``CopyWorkspace`` where no mount is possible.
+    """
+
+    def __init__(self, graph: "DerivationGraph", *, store: Store, runtime: Runtime | None,
+                 emit: ev.Emit, options: RealiseOptions, pipeline: str = "",
+                 workspace: WorkspaceFactory = OverlayWorkspace) -> None:
+        check(graph, options.targets)
         self.graph = graph
         self.store = store
         self.runtime = runtime
         self.options = options
         self.pipeline = pipeline or graph.pipeline.name
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self._workspace = workspace
         self._emit_lock = threading.Lock()
         self._emit = emit
         self._lock = threading.Lock()
         self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
         self._results: dict[str, StepResult] = {}
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
-        self._empty_tree = ""
-        self._empty_log_digest = ""
+        self._producer: dict[str, str] = {}  # tree digest -> the step whose stack has it
+        self._lookup = Lookup(store, options.scope)
+        self.records = Records(store, self._lookup, options, run_id=self.run_id,
+                               pipeline=self.pipeline)
+        # an untrusted run holds no value at all: not for a step, not even for the masker
+        # (masking a value in output an attacker controls would confirm their guesses)
+        self._secrets = dict(options.secrets) if options.scope.trusted else {}
         # every value given to this run, in every encoded form, masked in every step's output
-        self._masker = Masker(v for v in options.secrets.values() if v)
+        self._masker = Masker(v for v in self._secrets.values() if v)
         self._unpack_locks: dict[str, threading.Lock] = {}
-        unknown = [t for t in (options.targets or ()) if t not in graph.nodes]
-        if unknown:
-            raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
-        for name in graph.order:
-            node = graph.nodes[name]
-            if node.drv_hash is None or node.inputs is None:
-                raise KataError("image.unresolved", f"step {name}: its image {node.step.image} "
-                                "could not be resolved to a digest", obj=name)
-
-    # -- events -----------------------------------------------------------------
+        self._run_dir = options.work_root
 
     def emit(self, event: ev.Event) -> None:
         with self._emit_lock:
@@ -147,99 +151,34 @@ class Realiser:
 
     # -- planning ---------------------------------------------------------------
 
-    def _caches(self, name: str) -> bool:
-        return self.options.use_cache and self.graph.nodes[name].step.cacheable
-
-    def _miss_reason(self, name: str) -> str:
-        if not self.options.use_cache:
-            return "--no-cache"
-        step = self.graph.nodes[name].step
-        if not step.cache.enabled:
-            return "cache: false"
-        if not step.cacheable:
-            return "declares secrets (cache: true caches it)"
-        return ""
-
-    def _lookup(self, key: str) -> Any:
-        """A realisation whose objects are all still here (gc on another host may have
-        collected them behind this host's index): else a miss."""
-        real = self.store.get_realisation(key)
-        if real is None:
-            return None
-        meta = real.meta if isinstance(real.meta, dict) else {}
-        needed = {real.outputs, *(meta.get("stack") or ())}
-        if all(self.store.has_blob(d) for d in needed):
-            return real
-        return None
-
-    def plan(self) -> tuple[list[str], dict[str, Any]]:
-        """The steps to realise (topological) and the derivation-hash hits among them.
-
-        A step hit by its derivation hash needs none of its dependencies, so
-        only the dependencies of steps that miss are pulled into the plan.
-        """
-        nodes = self.graph.nodes
-        order = list(self.graph.order)
-        wanted = set(self.options.targets) if self.options.targets else set(order)
-        hits: dict[str, Any] = {}
-        needed: set[str] = set()
-        excluded = self.excluded()
-        for name in reversed(order):
-            if name not in wanted or name in excluded:
-                continue
-            needed.add(name)
-            real = self._lookup(nodes[name].drv_hash) if self._caches(name) else None
-            if real is not None:
-                hits[name] = real
-            else:
-                wanted.update(nodes[name].deps)
-        return [n for n in order if n in needed], hits
-
-    def excluded(self) -> dict[str, str]:
-        """Steps skipped by a condition, and everything that depends on them."""
-        out: dict[str, str] = {}
-        for name in self.graph.order:
-            if name in self.options.skip:
-                out[name] = self.options.skip[name]
-            else:
-                off = [d for d in self.graph.nodes[name].deps if d in out]
-                if off:
-                    out[name] = f"dependency {off[0]} skipped"
-        return out
+    def plan(self, *, heal: bool = True) -> Plan:
+        """The run's plan over this store and scope (``heal=False``: change nothing)."""
+        if not heal:
+            return plan_run(self.graph, self.store, self.options, heal=False)
+        return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
+                         use_cache=self.options.use_cache, lookup=self._lookup.step,
+                         scope=self.options.scope)
 
     def dry_run(self) -> list[PlanEntry]:
-        order, hits = self.plan()
-        entries = []
-        for name in order:
-            node = self.graph.nodes[name]
-            if name in hits:
-                entries.append(PlanEntry(step=name, hit=True, key=node.drv_hash, why=""))
-                continue
-            why = self._miss_reason(name)
-            if not why:
-                rebuilt = [d for d in node.deps if d not in hits]
-                why = ("not in the store" if not rebuilt else
-                       f"not in the store; may still hit once {', '.join(rebuilt)} "
-                       "rebuilt (early cutoff)")
-            entries.append(PlanEntry(step=name, hit=False, key=node.drv_hash, why=why))
-        return entries
+        return plan_entries(self.graph, self.plan(heal=False))
+
+    def excluded(self) -> dict[str, str]:
+        return self.plan(heal=False).skipped
 
     # -- the run ----------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def run(self, plan: Plan | None = None) -> RunResult:
         started = time.monotonic()
         created = time.time()
-        order, hits = self.plan()
+        plan = plan or self.plan()
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
-                            groups=len(self.graph.levels), planned=tuple(order)))
-        wanted = self.options.targets
-        for name, why in self.excluded().items():
-            if wanted is None or name in wanted:
-                self._skipped(name, why)
-        for name in order:  # derivation-hash hits: done before anything runs
-            if name in hits:
-                self._hit(name, hits[name], self.graph.nodes[name].drv_hash, "derivation")
-        to_run = [n for n in order if n not in hits]
+                            groups=len(self.graph.levels), planned=plan.order))
+        for name, why in plan.skipped.items():
+            self._skipped(name, why)
+        for name, hit in plan.hits.items():  # derivation-hash hits: done before anything runs
+            assert hit.found is not None and hit.found.record is not None
+            self._hit(name, hit.found.record, hit.key, "derivation")
+        to_run = list(plan.to_run)
         sched = None
         run_dir = self.options.work_root / f"run-{os.getpid()}-{self.run_id}"
         try:
@@ -249,7 +188,7 @@ class Realiser:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
-                deps = {n: self.graph.nodes[n].deps for n in to_run}
+                deps = {n: self.graph.nodes[n].deps for n in self.graph.order}
                 max_parallel = self.options.max_parallel or os.cpu_count() or 1
                 sched = schedule(to_run, deps, self._work, max_parallel=max_parallel,
                                  fail_fast=self.options.fail_fast, timeout=self.options.timeout,
@@ -264,7 +203,11 @@ class Realiser:
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)
-            self._record_run(result, created)
+            self.records.run(result, self.graph.order, started=created)
+        self._done(result)
+        return result
+
+    def _done(self, result: RunResult) -> None:
         results = [self._results.get(n) for n in self.graph.order]
         passed = [r for r in results if r and r.status == "passed"]
         self.emit(ev.Done(
@@ -274,9 +217,8 @@ class Realiser:
             cached=sum(1 for r in passed if r.cache == "HIT"),
             ran=sum(1 for r in results if r and r.cache == "MISS" and r.exit_status is not None),
             total=sum(r.duration for r in results if r and r.cache == "MISS"),
-            wall=wall, cancelled=bool(result.stop_reason and not result.ok and
-                                      result.stop_reason in ("interrupted", "pipeline timeout"))))
-        return result
+            wall=result.wall, cancelled=bool(result.stop_reason and not result.ok and result.stop_reason
+                                             in ("interrupted", "pipeline timeout"))))
 
     def _need_runtime(self) -> None:
         if self.runtime is None:
@@ -288,6 +230,8 @@ class Realiser:
             self._results[result.name] = result
             if stack is not None:
                 self._stacks[result.name] = stack
+                for tree in stack:
+                    self._producer.setdefault(tree, result.name)
 
     def _deps_stack(self, name: str) -> tuple[str, ...]:
         """The artifact trees a step sees, bottom first: its dependencies' stacks, merged.
@@ -303,32 +247,24 @@ class Realiser:
         return tuple(seen)
 
     def _stack_with(self, base: tuple[str, ...], tree: str) -> tuple[str, ...]:
-        if not tree or tree == self._empty() or tree in base:
+        if not tree or tree == self.records.empty_tree() or tree in base:
             return base
         return base + (tree,)
 
-    @staticmethod
-    def _stack_digest(stack: tuple[str, ...]) -> str:
-        # what a dependent's resolved hash sees of a dependency: everything it passes on
-        return "sha256:" + hashlib.sha256("\0".join(("kata-stack/1",) + stack).encode()).hexdigest()
-
-    def _hit(self, name: str, real: Any, key: str, source: str) -> None:
-        meta = getattr(real, "meta", None) or {}
-        produced_by = str(meta.get("run", ""))
+    def _hit(self, name: str, real: Realisation, key: str, source: str) -> None:
         self.store.count(True)
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
-                                  produced_by=produced_by))
-        stack = meta.get("stack")
-        stack = tuple(stack) if stack is not None else self._stack_with((), real.outputs)
+                                  produced_by=real.run))
+        stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
         self._set(StepResult(name=name, status="passed", cache="HIT",
-                             drv_hash=self.graph.nodes[name].drv_hash, key=key,
+                             drv_hash=self.graph.nodes[name].drv_hash or "", key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",
-                             outputs=real.outputs, produced_by=produced_by), stack)
+                             outputs=real.outputs, produced_by=real.run), stack)
         self.emit(ev.StepPassed(step=name, duration=0.0, cached=True))
 
     def _skipped(self, name: str, reason: str) -> None:
         self._set(StepResult(name=name, status="skipped",
-                             drv_hash=self.graph.nodes[name].drv_hash, message=reason))
+                             drv_hash=self.graph.nodes[name].drv_hash or "", message=reason))
         self.emit(ev.StepSkipped(step=name, reason=reason))
 
     # -- inputs -------------------------------------------------------------------
@@ -342,68 +278,35 @@ class Realiser:
         by_digest: dict[str, str] = {}
         for name in names:
             inputs = self.graph.nodes[name].inputs
-            digest = inputs.digest
-            if digest not in by_digest:
-                by_digest[digest] = self._input_tree(inputs)
-            self._snapshots[name] = by_digest[digest]
-
-    def _input_tree(self, inputs: Any) -> str:
-        key = hashlib.sha256(f"kata-inputs/1\0{inputs.digest}".encode()).hexdigest()
-        known = self._lookup(key)
-        if known is not None and self.store.has_blob(known.outputs):
-            return known.outputs
-        paths = tuple(f.path for f in inputs.files)
-        tree = self._put_tree(self.options.repo_root, paths)
-        self._put_realisation(key, tree, log=self._empty_log(), exit_status=0, duration=0.0)
-        return tree
-
-    def _put_tree(self, root: Path, paths: Sequence[str]) -> str:
-        if not paths:
-            return self._empty()
-        return self.store.put_tree(root, paths=tuple(paths))
-
-    def _empty(self) -> str:
-        if not self._empty_tree:
-            empty = _empty_dir()
-            try:
-                self._empty_tree = self.store.put_tree(empty, paths=())
-            finally:
-                empty.rmdir()
-        return self._empty_tree
-
-    def _empty_log(self) -> str:
-        if not self._empty_log_digest:
-            self._empty_log_digest = self.store.put_blob(b"")
-        return self._empty_log_digest
-
-    def _put_realisation(self, key: str, outputs: str, *, log: str, exit_status: int,
-                         duration: float, meta: Mapping[str, Any] | None = None) -> Any:
-        from store import Realisation
-
-        real = Realisation(outputs=outputs, log=log, exit_status=exit_status, duration=duration,
-                           host=os.uname().nodename, created=time.time(), meta=dict(meta or {}))
-        self.store.put_realisation(key, real)
-        return real
+            assert inputs is not None
+            if inputs.digest not in by_digest:
+                by_digest[inputs.digest] = self.records.input_tree(inputs)
+            self._snapshots[name] = by_digest[inputs.digest]
 
     # -- one step -------------------------------------------------------------------
 
     def _work(self, name: str, cancel: Cancel) -> bool:
         node = self.graph.nodes[name]
+        step = node.step
         resolved = ""
         if all(d in self._stacks for d in node.deps):
-            resolved = node.resolved_hash({d: self._stack_digest(self._stacks[d])
+            resolved = node.resolved_hash({d: keys.stack_digest(self._stacks[d])
                                            for d in node.deps})
-        if self._caches(name) and resolved:
-            real = self._lookup(resolved)
-            if real is not None:
+        use_cache = self.options.use_cache
+        damaged = False
+        if caches(step, use_cache) and resolved:
+            found = self._lookup.step(resolved)
+            if found.record is not None:
                 # early cutoff; remember it under the derivation hash too
-                self.store.put_realisation(node.drv_hash, real)
-                self._put_derivation(node)
-                self._hit(name, real, resolved, "resolved")
+                self.records.early_cutoff(node, found.record)
+                self._hit(name, found.record, resolved, "resolved")
                 return True
-        self.store.count(False)
-        self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash,
-                                  reason=self._miss_reason(name) or "not in the store"))
+            damaged = found.damaged
+        if name not in self._results:  # a re-queued step said so the first time
+            self.store.count(False)
+            why = miss_reason(step, use_cache) or (DAMAGED if damaged else NOT_STORED)
+            self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash or "",
+                                      reason=why, damaged=damaged))
         return self._execute(name, node, resolved, cancel)
 
     def _unpacked(self, tree: str) -> Path:
@@ -412,7 +315,12 @@ class Realiser:
         with self._lock:
             lock = self._unpack_locks.setdefault(tree, threading.Lock())
         with lock:
-            return Path(self.store.unpacked(tree))
+            try:
+                return Path(self.store.unpacked(tree))
+            except StoreError as err:
+                if err.reason in _DAMAGE:
+                    raise _Damaged(tree) from err
+                raise
 
     def _merged(self, trees: tuple[str, ...]) -> Path:
         """The store's merged directory of a block of a stack; dependents starting
@@ -421,10 +329,20 @@ class Realiser:
         with self._lock:
             lock = self._unpack_locks.setdefault(key, threading.Lock())
         with lock:
-            return Path(self.store.merged(trees))
+            try:
+                return Path(self.store.merged(trees))
+            except StoreError as err:
+                if err.reason not in _DAMAGE:
+                    raise
+                for tree in trees:  # name the damaged tree, so that it is healed
+                    self._unpacked(tree)
+                raise
 
-    def _layers(self, name: str, node: Any) -> list[Path]:
-        empty = self._empty()
+    def _layers(self, name: str, node: "Node") -> list[Path]:
+        """The workspace's lower layers, top first: the dependencies' artifact trees (a deep
+        stack as merged blocks, see _MERGE_BLOCKS), the restored cache directory, the input
+        snapshot."""
+        empty = self.records.empty_tree()
         layers: list[Path] = []
         stack = self._deps_stack(name)
         blocks: list[tuple[str, ...]] = []
@@ -438,71 +356,70 @@ class Realiser:
             layers.append(self._unpacked(tree))
         for block in reversed(blocks):
             layers.append(self._merged(block))
-        cache_tree = self._cache_tree(node)
+        cache_tree = self.records.cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))
+        if name not in self._snapshots:  # a hit re-queued to be rebuilt
+            self._snapshot_inputs([name])
         snapshot = self._snapshots[name]
         if snapshot != empty:
             layers.append(self._unpacked(snapshot))
         return layers
 
-    # cache.paths ----------------------------------------------------------------
-
-    def _cache_key(self, node: Any) -> str:
-        step = node.step
-        if not step.cache.paths:
-            return ""
-        h = hashlib.sha256(b"kata-cache-paths/1\0")
-        h.update(image_of(node).encode() + b"\0")
-        for p in step.cache.paths:
-            h.update(b"p\0" + p.encode() + b"\0")
-        root = self.options.repo_root
-        for kf in step.cache.key_files:
-            h.update(b"k\0" + kf.encode() + b"\0")
+    def _healed_layers(self, name: str, node: "Node") -> list[Path]:
+        """``_layers``, healing each damaged tree met on the way (``_heal`` may re-queue)."""
+        for _ in range(_HEAL_ROUNDS):
             try:
-                h.update(hashlib.sha256((root / kf).read_bytes()).digest())
-            except FileNotFoundError:
-                h.update(b"missing")
-        return h.hexdigest()
+                return self._layers(name, node)
+            except _Damaged as damage:
+                self._heal(name, node, damage.digest)
+        raise KataError("store.damaged", f"step {name}: the trees it needs keep turning out "
+                        "damaged; check the store's disk (kata store verify)", obj=name)
 
-    def _cache_tree(self, node: Any) -> str:
-        key = self._cache_key(node)
-        if not key or not self.options.use_cache:
-            return ""
-        real = self._lookup(key)
-        return real.outputs if real is not None else ""
-
-    def _save_cache(self, node: Any, workdir: Path) -> None:
-        key = self._cache_key(node)
-        if not key or self._lookup(key) is not None:
-            return  # saved once per key, like the key it is named by
-        paths = [p for p in node.step.cache.paths if os.path.lexists(workdir / p.rstrip("/"))]
-        tree = self._put_tree(workdir, [p.rstrip("/") for p in paths])
-        self._put_realisation(key, tree, log=self._empty_log(), exit_status=0, duration=0.0)
+    def _heal(self, name: str, node: "Node", tree: str) -> None:
+        """A tree ``name`` needs is damaged: quarantine it, drop what points at it, and
+        re-queue whoever produced it (``Requeue``), or re-take the input snapshot."""
+        if self._lookup.intact(tree):  # the damage was elsewhere (the unpacked copy)
+            self.store.evict_unpacked(tree)
+            return
+        if tree == self._snapshots.get(name):
+            assert node.inputs is not None
+            self.records.forget_input_tree(node.inputs)
+            fresh = self.records.input_tree(node.inputs)
+            with self._lock:
+                for other, snap in self._snapshots.items():
+                    if snap == tree:
+                        self._snapshots[other] = fresh
+            return
+        producer = self._producer.get(tree)
+        if producer is None:  # the cache directory: restored from nowhere next time
+            return
+        self.records.drop_step(self._results[producer].key,
+                               self.graph.nodes[producer].drv_hash or "")
+        with self._lock:
+            for step, stack in list(self._stacks.items()):
+                if tree in stack:
+                    del self._stacks[step]
+            self._producer = {t: s for t, s in self._producer.items() if t != tree}
+        self.emit(ev.CacheChecked(step=producer, hit=False, key=self._results[producer].key,
+                                  reason=DAMAGED, damaged=True))
+        raise Requeue((producer,))
 
     # running ---------------------------------------------------------------------
 
-    def _execute(self, name: str, node: Any, resolved: str, cancel: Cancel) -> bool:
+    def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> bool:
         step = node.step
         started = time.monotonic()
-        log = tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
-        log_lock = threading.Lock()
-        # each service's output: its own log, stored as a blob (`kata logs --service`)
-        service_logs = {s.name: tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)
-                        for s in step.services}
-        service_digests: tuple[tuple[str, str], ...] = ()
         exit_status: int | None = None
-        message = ""
-        reason = ""
-        outputs = ""
-        try:
+        message = reason = outputs = ""
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY))
+            log_lock = threading.Lock()
+            # each service's output: its own log, stored as a blob (`kata logs --service`)
+            service_logs = {s.name: files.enter_context(
+                tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)) for s in step.services}
             try:
-                ws = Workspace(self._run_dir, self._layers(name, node))
-            except (KataError, StoreError) as err:
-                message, reason = err.message, err.reason
-                ws = None
-            if ws is not None:
-                with ws:
+                with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
                     try:
                         exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                           log_lock, service_logs)
@@ -511,34 +428,21 @@ class Realiser:
                     if reason:
                         pass
                     elif exit_status == 0:
-                        missing = [a for a in step.artifacts
-                                   if not os.path.lexists(ws.path / a.rstrip("/"))]
-                        if missing:
-                            reason = "artifact.missing"
-                            message = (f"declared artifact {missing[0]} was not produced"
-                                       if len(missing) == 1 else
-                                       f"declared artifacts {', '.join(missing)} were not produced")
-                        else:
-                            try:
-                                outputs = self._put_tree(ws.path,
-                                                         [a.rstrip("/") for a in step.artifacts])
-                                if self.options.record:
-                                    self._save_cache(node, ws.path)
-                            except StoreError as err:  # e.g. a FIFO among the artifacts
-                                reason, message = err.reason, f"artifacts: {err.message}"
+                        reason, message, outputs = self._collect(node, ws.path)
                     elif cancel.is_set():
                         reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
                     elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
                     else:
                         reason = "step.failed"
+            except (KataError, StoreError) as err:
+                message, reason = err.message, err.reason
             message = self._masker.mask(message.encode()).decode("utf-8", "replace")
             if message and reason != "step.failed":
-                line = f"kata: {message}"
-                log.write(line.encode() + b"\n")
+                log.write(f"kata: {message}".encode() + b"\n")
             duration = time.monotonic() - started
             if log.tell() == 0:  # nothing written (a quiet step): the run's one empty log
-                log_digest = self._empty_log()
+                log_digest = self.records.empty_log()
             else:
                 log.seek(0)
                 log_digest = self.store.put_blob(log)
@@ -546,125 +450,73 @@ class Realiser:
             for sname, slog in service_logs.items():
                 slog.seek(0)
                 digests.append((sname, self.store.put_blob(slog)))
-            service_digests = tuple(digests)
-        finally:
-            log.close()
-            for slog in service_logs.values():
-                slog.close()
-        ok = exit_status == 0 and not reason
-        if ok:
-            stack = self._stack_with(self._deps_stack(name), outputs)
-            # "objects": gc keeps every tree a dependent will be handed, not only our own
-            meta = {"run": self.run_id, "step": name, "pipeline": self.pipeline,
-                    "stack": list(stack), "objects": list(stack)}
-            self._put_derivation(node)
-            if self.options.record and step.cacheable:
-                for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
-                    self._put_realisation(key, outputs, log=log_digest, exit_status=0,
-                                          duration=duration, meta=meta)
-            self._set(StepResult(name=name, status="passed", cache="MISS",
-                                 drv_hash=node.drv_hash, key=resolved or node.drv_hash,
-                                 duration=duration, exit_status=0, log=log_digest,
-                                 outputs=outputs, produced_by=self.run_id,
-                                 service_logs=service_digests), stack)
-            self.emit(ev.StepPassed(step=name, duration=duration))
+        if exit_status == 0 and not reason:
+            self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests))
             return True
         status = "cancelled" if reason == "step.cancelled" else "failed"
-        self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash,
-                             key=resolved or node.drv_hash, duration=duration,
+        self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
+                             key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
-                             service_logs=service_digests))
+                             service_logs=tuple(digests)))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
                                 message=message, reason=reason or "step.failed"))
         return False
 
-    def _put_derivation(self, node: Any) -> None:
-        # the record (derivation + input file list + dependency names) is what `kata why` diffs
-        self.store.put_derivation(node.drv_hash, node.record().encode())
-
-    def _run_container(self, name: str, node: Any, workdir: Path, cancel: Cancel,
-                       log: Any, log_lock: threading.Lock,
-                       service_logs: dict[str, Any] | None = None) -> int:
+    def _collect(self, node: "Node", workdir: Path) -> tuple[str, str, str]:
+        """(reason, message, output tree) of a step that exited 0: its declared artifacts
+        stored as one tree (and its cache directory saved), or why not."""
         step = node.step
-        values: dict[str, str] = {}
-        for secret in dict.fromkeys([*step.secrets, *(x for s in step.services
-                                                        for x in s.secrets)]):
-            if secret not in self.options.secrets:
-                raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
-                                f"set ${secret} or pass --secret {secret}=...", obj=name)
-            if not is_env_name(secret):
-                raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
-                                "environment variable name", obj=name)
-            values[secret] = self.options.secrets[secret]
+        missing = [a for a in step.artifacts if not os.path.lexists(workdir / a.rstrip("/"))]
+        if missing:
+            return ("artifact.missing", f"declared artifact {missing[0]} was not produced"
+                    if len(missing) == 1 else
+                    f"declared artifacts {', '.join(missing)} were not produced", "")
+        try:
+            outputs = self.records.put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
+            if self.options.record:
+                self.records.save_cache(node, workdir)
+        except StoreError as err:  # e.g. a FIFO among the artifacts
+            return err.reason, f"artifacts: {err.message}", ""
+        return "", "", outputs
+
+    def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
+                duration: float, service_logs: tuple[tuple[str, str], ...]) -> None:
+        stack = self._stack_with(self._deps_stack(name), outputs)
+        self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
+                                 duration=duration, stack=stack)
+        self._set(StepResult(name=name, status="passed", cache="MISS",
+                             drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
+                             duration=duration, exit_status=0, log=log, outputs=outputs,
+                             produced_by=self.run_id, service_logs=service_logs), stack)
+        self.emit(ev.StepPassed(step=name, duration=duration))
+
+    def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,
+                       log: IO[bytes], log_lock: threading.Lock,
+                       service_logs: dict[str, IO[bytes]]) -> int:
+        step = node.step
+        scope = self.options.scope
+        why = trust.refused(step, scope) or trust.withheld(step, scope)
+        if why:  # withheld steps never get here (the plan skips them); refused ones fail here
+            raise KataError("trust.refused", why, obj=name)
+        values = specs.secret_values(node, self._secrets)
         with contextlib.ExitStack() as stack:
             dirs: dict[str, Path] = {}  # "" = the step's; else a service's own
             for owner, names in (("", step.secrets),
                                  *((s.name, s.secrets) for s in step.services)):
-                if owner and not names:
-                    continue
                 chosen = {n: values[n] for n in names}
                 if chosen:
                     dirs[owner] = stack.enter_context(SecretsDir(self._run_dir, chosen)).path
-            services = tuple(self._service_spec(node, s, dirs.get(s.name))
+            services = tuple(specs.service_spec(node, s, dirs.get(s.name))
                              for s in step.services)
-            return self._start(name, node, workdir, dirs.get(""), cancel, log, log_lock,
-                               services, service_logs or {})
+            spec = specs.step_spec(node, workdir=workdir, secrets_dir=dirs.get(""),
+                                   env=self.options.env, run_id=self.run_id, services=services)
+            return self._start(name, spec, cancel, log, log_lock, services, service_logs)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _service_spec(self, node: Any, service: Any, secrets_dir: Path | None) -> ServiceSpec:
-        """A service as the runtime runs it: the image the compiler hashed, its command."""
-        digest = next((s.image for s in node.derivation.services if s.name == service.name),
-                      None)
-        if not digest:
-            raise KataError("image.unresolved", f"step {node.step.name}: service "
-                            f"{service.name}'s image {service.image} has no resolved digest",
-                            obj=node.step.name)
-        mounts: tuple[Mount, ...] = ()
-        argv: tuple[str, ...] = service.entrypoint
-        if service.commands:
-            script = _shell_script(service.commands)
-            if secrets_dir is not None:
-                script = SECRETS_PRELUDE + script
-            argv = ("/bin/sh", "-c", script)
-        if secrets_dir is not None:  # files only, for a service without commands
-            mounts = (Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
-                            readonly=True),)
-        ready = None
-        if service.ready is not None:
-            ready = Readiness(kind=service.ready.kind, target=service.ready.target,
-                              timeout=service.ready.timeout.seconds)
-        return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
-                           env=dict(service.env), mounts=mounts, ready=ready)
-
-    def _start(self, name: str, node: Any, workdir: Path, secrets_dir: Path | None,
-               cancel: Cancel, log: Any, log_lock: threading.Lock,
-               services: tuple[ServiceSpec, ...] = (),
-               service_logs: dict[str, Any] | None = None) -> int:
-        step = node.step
-        env = dict(self.options.env)
-        env.update(dict(step.env))
-        mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
-        script = _shell_script(step.commands)
-        if secrets_dir is not None:
-            # values reach the step through files, never through the spec containerd stores
-            mounts.append(Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
-                                readonly=True))
-            script = SECRETS_PRELUDE + script
-        timeout = step.timeout.seconds if step.timeout is not None else None
-        spec = StepSpec(
-            image=image_of(node),
-            argv=("/bin/sh", "-c", script),
-            env=env,
-            workdir=step.workdir,
-            user=step.user or "0:0",  # the runtime takes uid[:gid]; no user: root
-            mounts=tuple(mounts),
-            network=step.network,  # type: ignore[arg-type]
-            timeout=timeout,
-            labels={"kata.run": self.run_id, "kata.step": name},
-            services=services,
-        )
+    def _start(self, name: str, spec: "specs.StepSpec", cancel: Cancel, log: IO[bytes],
+               log_lock: threading.Lock, services: tuple[ServiceSpec, ...],
+               service_logs: dict[str, IO[bytes]]) -> int:
         masker = self._masker
-        service_logs = service_logs or {}
 
         def service_sink(service: str, stream: str, data: bytes) -> None:
             # service output arrives line by line; every form of every value is masked
@@ -672,7 +524,8 @@ class Realiser:
             with log_lock:
                 service_logs[service].write(text.encode() + b"\n")
 
-        command = masker.mask(" && ".join(step.commands).encode()).decode("utf-8", "replace")
+        commands = self.graph.nodes[name].step.commands
+        command = masker.mask(" && ".join(commands).encode()).decode("utf-8", "replace")
         self.emit(ev.StepStarted(step=name, command=command))
         assert self.runtime is not None
         if cancel.is_set():
@@ -684,23 +537,3 @@ class Realiser:
             return self.runtime.run(spec, sink, cancel)
         finally:
             sink.close()  # what each stream's masker held back (never a partial value)
-
-    # -- history ----------------------------------------------------------------------
-
-    def _record_run(self, result: RunResult, created: float) -> None:
-        status = ("passed" if result.ok else
-                  "interrupted" if result.interrupted else "failed")
-        self.store.put_run({
-            "id": self.run_id,
-            "pipeline": self.pipeline,
-            "commit": self.options.git_commit,
-            "branch": self.options.git_branch,
-            "event": self.options.git_event,
-            "tag": self.options.git_tag,
-            "started": created,
-            "wall": result.wall,
-            "status": status,
-            "targets": list(self.options.targets or ()),
-            "steps": [r.record() for n in self.graph.order
-                      if (r := result.steps.get(n)) is not None],
-        })

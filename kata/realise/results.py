@@ -6,7 +6,8 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from kata.keys import Scope
+from store.runs import StepRecord
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +29,7 @@ class RealiseOptions:
     git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
     git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
+    scope: Scope = Scope()  # where scoped entries are read and written (kata.keys.Scope)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,10 +57,9 @@ class StepResult:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
 
-    def record(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
-        out["service_logs"] = dict(self.service_logs)
-        return out
+    def record(self) -> StepRecord:
+        """This result as the store's run record keeps it."""
+        return StepRecord(**{k: getattr(self, k) for k in self.__slots__})  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,9 @@ Rules:
   while independent branches go on;
 - past the pipeline ``timeout`` everything running is cancelled, the rest skipped;
 - Ctrl-C (SIGINT, when called from the main thread) does the same; a second one
-  raises ``ForcedInterrupt`` at once, without waiting for the running steps.
+  raises ``ForcedInterrupt`` at once, without waiting for the running steps;
+- ``work`` raising :class:`Requeue` re-runs the steps it names (even ones outside
+  ``order``, given in ``deps``), then the step that raised it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ class Cancel(threading.Event):
         if not self.is_set():
             self.reason = reason
             self.set()
+
+
+class Requeue(Exception):
+    """Raised by ``work(name)``: ``steps`` (passed earlier, or outside the walk) must run
+    again before ``name`` can (a tree they produced turned out damaged). They are
+    queued at once, ``name`` waits for them, and is then started again."""
+
+    def __init__(self, steps: Sequence[str]) -> None:
+        super().__init__(", ".join(steps))
+        self.steps = tuple(steps)
 
 
 class ForcedInterrupt(KeyboardInterrupt):
@@ -77,6 +89,7 @@ def schedule(
 ) -> ScheduleResult:
     """Run ``work`` over the DAG; dependencies outside ``order`` count as done."""
     assert max_parallel >= 1
+    order = list(order)
     index = {name: i for i, name in enumerate(order)}
     waiting = {name: sum(1 for d in deps.get(name, ()) if d in index) for name in order}
     dependents: dict[str, list[str]] = {name: [] for name in order}
@@ -104,6 +117,27 @@ def schedule(
             if dep not in status:
                 skip(dep, f"dependency {name} did not pass")
                 stack.extend(dependents[dep])
+
+    def requeue(name: str, again: Sequence[str]) -> None:
+        pending = {n for n, _ in running.values()} | set(ready)
+        waiting[name] = 0
+        for step in again:
+            if step not in index:
+                index[step] = len(order)
+                order.append(step)
+                dependents[step] = []
+            if name not in dependents[step]:
+                dependents[step].append(name)
+            waiting[name] += 1
+            if step in pending:
+                continue  # already coming again: wait for it like everyone else
+            status.pop(step, None)
+            waiting[step] = 0
+            ready.append(step)
+            for child in dependents[step]:  # they will be told of it once more
+                if child != name and child not in status and child not in pending:
+                    waiting[child] += 1
+        ready.sort(key=index.__getitem__)
 
     def stop(reason: str) -> None:
         nonlocal stop_reason
@@ -144,6 +178,9 @@ def schedule(
             for future in sorted(done, key=lambda f: index[running[f][0]]):
                 name, cancel = running.pop(future)
                 exc = future.exception()
+                if isinstance(exc, Requeue) and not stop_reason:
+                    requeue(name, exc.steps)
+                    continue
                 if exc is not None and error is None:
                     error = exc
                 passed = exc is None and future.result()

@@ -17,8 +17,12 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shutil
+import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from kata.errors import KataError
 from procs import pid_alive
@@ -125,7 +129,23 @@ def _umount(target: str) -> None:
     _libc.umount2(target.encode(), _MNT_DETACH)  # busy: detach, the kernel finishes later
 
 
-class Workspace:
+class WorkspaceLike(Protocol):
+    """A step's working directory at ``path``, released by ``close()`` (or ``with``)."""
+
+    path: Path
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "WorkspaceLike": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+# (work_root, layers top first) -> a workspace; the realiser is handed one
+WorkspaceFactory = Callable[[Path, list[Path]], WorkspaceLike]
+
+
+class OverlayWorkspace:
     """A mounted overlay at ``self.path``; ``close()`` unmounts and deletes it.
 
     ``layers``: host directories, top first (later ones are hidden by earlier
@@ -157,7 +177,38 @@ class Workspace:
             self._mounted = False
         force_rmtree(str(self.root))
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> "OverlayWorkspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+Workspace = OverlayWorkspace  # the real implementation, under its historical name
+
+
+class CopyWorkspace:
+    """The copying fake: the layers copied bottom first into a plain directory (later,
+    higher layers win), writable, no mount and no root. Same contract as the overlay
+    for what a step sees; for realiser tests, not for real runs (a copy costs what the
+    overlay saves)."""
+
+    def __init__(self, work_root: Path, layers: list[Path]) -> None:
+        self.root = work_root / uuid.uuid4().hex[:12]
+        self.path = self.root / "m"
+        self.path.mkdir(parents=True)
+        try:
+            for layer in reversed(layers):  # bottom first; each made writable for the next
+                shutil.copytree(layer, self.path, symlinks=True, dirs_exist_ok=True)
+                subprocess.run(["chmod", "-R", "u+rwX", str(self.path)], check=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        force_rmtree(str(self.root))
+
+    def __enter__(self) -> "CopyWorkspace":
         return self
 
     def __exit__(self, *exc: object) -> None:

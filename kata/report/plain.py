@@ -26,6 +26,8 @@ def line(event: ev.Event) -> str | None:
         case ev.CacheChecked():
             if event.hit:
                 return f"[CACHE] {event.step}: HIT (key: {short_key(event.key)})"
+            if event.damaged:
+                return f"[CACHE] {event.step}: MISS ({event.reason})"
             return f"[CACHE] {event.step}: MISS"
         case ev.StepStarted():
             return f"[RUN] {event.step}: {event.command}"

@@ -33,7 +33,7 @@ def _fill(root: Path) -> str:
             d = s.put_blob(os.urandom(1000 * (i + 1)))
             digests.append(d)
             s.put_realisation(f"{i}" * 64, Realisation(outputs=d, created=time.time(),
-                                                       meta={"step": f"step{i}"}))
+                                                       step=f"step{i}"))
         for hit in [True] * 17 + [False] * 3:
             s.count(hit)
         return digests[0]

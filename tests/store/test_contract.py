@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from store import Realisation, Store, StoreError
+from store import Realisation, Run, Store, StoreError
 from store.index import is_network_fs
 
 from .conftest import Shared, run_py
@@ -72,7 +72,7 @@ s = Store.open({str(shared.path_a)!r}, state_dir={str(shared.state_a)!r})
 t = s.put_tree({str(src)!r}, paths=("dist/",))
 log = s.put_blob(b"build log")
 s.put_realisation("k" * 64, Realisation(outputs=t, log=log, exit_status=0, duration=1.5,
-                  host="a", created=time.time(), meta={{"step": "build"}}))
+                  host="a", created=time.time(), step="build", scope="ref:refs/heads/main"))
 print(t)
 s.close()
 """
@@ -82,7 +82,7 @@ s.close()
     with _open(shared, "b") as s:
         real = s.get_realisation("k" * 64)
         assert real is not None and real.outputs == tree_digest and real.host == "a"
-        assert real.meta == {"step": "build"}
+        assert (real.step, real.scope) == ("build", "ref:refs/heads/main")
         assert s.read_blob(real.log) == b"build log"
         out = s.unpacked(real.outputs)
         assert open(os.path.join(out, "dist", "app"), "rb").read() == b"binary"
@@ -169,7 +169,7 @@ def test_gc_keeps_roots_and_young_and_deletes_records_first(shared: Shared) -> N
         now = time.time()
         for key, d in (("o" * 64, old), ("r" * 64, kept), ("p" * 64, pinned)):
             s.put_realisation(key, Realisation(outputs=d, created=now))
-        s.put_run({"id": "run1", "pipeline": "ci", "branch": "main", "realisations": ["r" * 64]})
+        s.put_run(Run(id="run1", pipeline="ci", branch="main", realisations=("r" * 64,)))
         s.pin("p" * 64)
         past = now - 7200
         for d in (old, kept, pinned, orphan):
@@ -222,14 +222,14 @@ def test_realisation_needs_its_objects(shared: Shared) -> None:
 
 def test_runs_and_derivations(shared: Shared) -> None:
     with _open(shared) as s:
-        s.put_run({"id": "r1", "pipeline": "ci", "started": 100.0, "steps": []})
-        s.put_run({"id": "r2", "pipeline": "other", "started": 200.0})
-        s.put_run({"id": "r3", "pipeline": "ci", "started": 300.0})
-        assert [r["id"] for r in s.list_runs()] == ["r3", "r2", "r1"]
-        assert [r["id"] for r in s.list_runs(pipeline="ci", limit=1)] == ["r3"]
-        assert s.get_run("r2")["pipeline"] == "other"
+        s.put_run(Run(id="r1", pipeline="ci", started=100.0, steps=()))
+        s.put_run(Run(id="r2", pipeline="other", started=200.0))
+        s.put_run(Run(id="r3", pipeline="ci", started=300.0))
+        assert [r.id for r in s.list_runs()] == ["r3", "r2", "r1"]
+        assert [r.id for r in s.list_runs(pipeline="ci", limit=1)] == ["r3"]
+        assert s.get_run("r2").pipeline == "other"
         s.put_derivation("d" * 64, b"\x81\xa1a\x01")
         assert s.get_derivation("d" * 64) == b"\x81\xa1a\x01"
         assert s.get_derivation("e" * 64) is None
     with _open(shared, "b") as other:
-        assert other.get_run("r1")["started"] == 100.0
+        assert other.get_run("r1").started == 100.0

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from store import Realisation, Store
+from store import Realisation, Run, Store
 from store.index import LmdbIndex
 
 from .conftest import REPO
@@ -62,7 +62,7 @@ def test_index_deleted_loses_nothing_and_reindex_rebuilds(tmp_path: Path) -> Non
     with Store.open(tmp_path / "store", state_dir=tmp_path / "state") as s:
         d = s.put_blob(b"out")
         s.put_realisation("a" * 64, Realisation(outputs=d, exit_status=3))
-        s.put_run({"id": "r1", "pipeline": "p"})
+        s.put_run(Run(id="r1", pipeline="p"))
         s.count(True)
     shutil.rmtree(tmp_path / "state")
     with Store.open(tmp_path / "store", state_dir=tmp_path / "state") as s:

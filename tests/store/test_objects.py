@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from store import Store, StoreError
+from store import Run, Store, StoreError
 
 from .conftest import run_py
 
@@ -98,7 +98,7 @@ def test_bad_inputs_are_store_errors(tmp_path: Path) -> None:
     with Store.open(tmp_path / "store") as s:
         for call in (lambda: s.put_tree(tmp_path / "nope"),
                      lambda: s.get_realisation("../../etc/passwd"),
-                     lambda: s.put_run({"id": "../x"}),
+                     lambda: s.put_run(Run(id="../x")),
                      lambda: s.unpacked("sha256:xyz")):
             with pytest.raises(StoreError) as err:
                 call()

@@ -1,0 +1,94 @@
+"""Scoped, self-healing reads of the store's records, for one run.
+
+A record is a hit only when every object it points at (output tree, log, the artifact
+stack it hands on) is present and matches its digest. A record that fails this is
+dropped and its corrupt objects quarantined (``Store.damaged``, as ``kata store verify
+--repair`` does), so the step is rebuilt in this run and the next run does not meet
+the damage again (Bazel's remote cache and Nix's substituters behave the same way).
+With ``heal=False`` (a dry run) damage is reported and nothing is changed.
+
+Scopes (:class:`kata.keys.Scope`): step results are read under the run's
+``realisation_keys`` (a trusted run: the shared key only; an untrusted run: its
+quarantine first), cache directories under ``cache_dir_keys``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kata import keys
+from kata.keys import Scope
+from store import Realisation, Store, StoreError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Looked:
+    """What one lookup found: the record (None: a miss) and the key it was found under.
+    ``damaged``: a record was there but an object behind it was missing or corrupt."""
+
+    key: str
+    record: Realisation | None = None
+    damaged: bool = False
+
+
+class Lookup:
+    """Record reads for one run over ``store`` in ``scope``. Thread-safe (a set of
+    objects already checked this run, so each object is looked at once per run)."""
+
+    def __init__(self, store: Store, scope: Scope, *, heal: bool = True) -> None:
+        self.store = store
+        self.scope = scope
+        self.heal = heal
+        self._intact: set[str] = set()
+
+    def _read(self, key: str) -> Looked:
+        try:
+            real = self.store.get_realisation(key)
+        except StoreError as err:
+            if err.reason != "store.corrupt_record":
+                raise
+            if self.heal:
+                self.store.delete_realisation(key)
+            return Looked(key=key, damaged=True)
+        if real is None:
+            return Looked(key=key)
+        need = [d for d in real.objects() if d not in self._intact]
+        if need:
+            bad = self.store.damaged(need, repair=self.heal)
+            self._intact.update(d for d in need if d not in bad)
+            if bad:
+                if self.heal:  # records are immutable: a rebuild can only land on a free key
+                    self.store.delete_realisation(key)
+                return Looked(key=key, damaged=True)
+        return Looked(key=key, record=real)
+
+    def _first(self, candidates: tuple[str, ...]) -> Looked:
+        damaged = False
+        for key in candidates:
+            found = self._read(key)
+            if found.record is not None:
+                return found
+            damaged = damaged or found.damaged
+        return Looked(key=candidates[-1], damaged=damaged)
+
+    def step(self, key: str) -> Looked:
+        """A step result recorded under ``key`` (a derivation or resolved hash)."""
+        return self._first(self.scope.realisation_keys(key))
+
+    def cache_dir(self, key: str) -> Looked:
+        """A cache directory (``keys.cache_dir_key``) from the scopes this run may read."""
+        return self._first(tuple(k for _, k in keys.cache_dir_keys(self.scope, key)))
+
+    def shared(self, key: str) -> Looked:
+        """A record outside every scope (an input snapshot: content-addressed by kata
+        itself before any step runs, so any run may share it)."""
+        return self._read(key)
+
+    def intact(self, digest: str) -> bool:
+        """Whether one object is present and matches its digest, checked now (a read of
+        it failed: what was true at planning time may not be any more)."""
+        self._intact.discard(digest)
+        if self.store.damaged([digest], repair=self.heal):
+            return False
+        self._intact.add(digest)
+        return True

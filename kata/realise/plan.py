@@ -1,0 +1,233 @@
+"""The planner: what a run will do, decided once, before anything runs (ninja's ``Plan``).
+
+:func:`make_plan` is a pure function of the compiled graph, the targets, the steps a
+condition skips, whether the cache is used, and a lookup (``kata.realise.lookup``:
+the store and the run's scope behind one callable). Its :class:`Plan` says, per step,
+whether it is a hit (and by which key), runs (and why), or is skipped (and why), and
+which secrets the steps that run need. ``kata run --dry-run`` renders it, the CLI
+resolves exactly its secrets, and the realiser executes it.
+
+Rules:
+- the steps considered are the targets (None: every step) and, transitively, the
+  dependencies of those that miss: a step hit by its derivation hash needs none;
+- a step whose ``only:``/``when:`` is false is skipped, and so is everything
+  depending on it (a skipped step's dependents cannot run);
+- in an untrusted scope a step that declares a secret (itself or in a service) is
+  skipped, and its dependents with it (``kata.trust.withheld``): the run resolves no value;
+- a step is looked up only when it caches: the cache is on (not ``--no-cache``, not
+  ``settings.cache_enabled: false``), its ``cache:`` is not false, and it declares no
+  secret unless ``cache: true`` says so (``Step.cacheable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from kata import trust
+from kata.errors import KataError
+from kata.keys import Scope
+from kata.realise.lookup import Looked
+from kata.realise.results import PlanEntry
+
+if TYPE_CHECKING:
+    from kata.compile import DerivationGraph
+    from kata.conditions import Context
+    from kata.model import Pipeline, Step
+    from kata.realise.results import RealiseOptions
+    from store import Store
+
+Action = Literal["hit", "run", "skip"]
+DAMAGED = "cached output damaged, rebuilding"
+NOT_STORED = "not in the store"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepPlan:
+    """One step's part in the run.
+
+    ``key``: for a hit the key that hit; else the derivation hash looked up.
+    ``why``: for a step that runs, why it misses; for a skipped step, why it is skipped.
+    ``found``: for a hit, the record (``Looked``) it hit with.
+    """
+
+    step: str
+    action: Action
+    key: str = ""
+    why: str = ""
+    found: Looked | None = None
+
+    @property
+    def damaged(self) -> bool:
+        return self.why == DAMAGED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """The steps to realise (``order``: hits and runs, topological), the skipped ones,
+    and the secrets needed (names, in first-use order)."""
+
+    order: tuple[str, ...]
+    steps: Mapping[str, StepPlan]  # every planned and every skipped step
+    secrets: tuple[str, ...]
+
+    @property
+    def hits(self) -> dict[str, StepPlan]:
+        return {n: self.steps[n] for n in self.order if self.steps[n].action == "hit"}
+
+    @property
+    def to_run(self) -> tuple[str, ...]:
+        return tuple(n for n in self.order if self.steps[n].action == "run")
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {n: p.why for n, p in self.steps.items() if p.action == "skip"}
+
+
+def caches(step: "Step", use_cache: bool) -> bool:
+    """Whether a step's result is looked up at all."""
+    return use_cache and step.cacheable
+
+
+def miss_reason(step: "Step", use_cache: bool) -> str:
+    """Why a step is not looked up ("" when it is)."""
+    if not use_cache:
+        return "--no-cache"
+    if not step.cache.enabled:
+        return "cache: false"
+    if not step.cacheable:
+        return "declares secrets (cache: true caches it)"
+    return ""
+
+
+def excluded(graph: "DerivationGraph", skip: Mapping[str, str]) -> dict[str, str]:
+    """Steps skipped by a condition (``skip``: step -> why), and everything depending
+    on them, in topological order."""
+    out: dict[str, str] = {}
+    for name in graph.order:
+        if name in skip:
+            out[name] = skip[name]
+        else:
+            off = [d for d in graph.nodes[name].deps if d in out]
+            if off:
+                out[name] = f"dependency {off[0]} skipped"
+    return out
+
+
+def select_targets(graph: "DerivationGraph", *, steps: Sequence[str] = (),
+                   labels: Sequence[str] = ()) -> tuple[str, ...] | None:
+    """The run's targets: the steps ``//labels`` select, else the named ``steps``
+    (``cli.unknown_step`` with the closest name for one that is no step); None: all."""
+    if labels:
+        from kata.labels import select
+
+        return tuple(select(labels, graph.order))
+    if not steps:
+        return None
+    unknown = [s for s in steps if s not in graph.nodes]
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], list(graph.order), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise KataError("cli.unknown_step", f"no step named {unknown[0]!r}{hint}", obj=unknown[0])
+    return tuple(steps)
+
+
+def condition_skips(pipeline: "Pipeline", ctx: "Context") -> dict[str, str]:
+    """Steps whose ``only:`` or ``when:`` is false in this run's git context, with why."""
+    from kata.triggers import explain
+
+    out = {}
+    for step in pipeline.steps:
+        for what, cond in (("only", step.only), ("when", step.when)):
+            if cond is not None and not cond.evaluate(ctx):
+                out[step.name] = f"{what}: {explain(cond, ctx)}"
+                break
+    return out
+
+
+def check(graph: "DerivationGraph", targets: Sequence[str] | None) -> None:
+    """A graph the realiser can run: every target is a step (``target.unknown``) and every
+    step has a derivation hash and hashed inputs (``image.unresolved``)."""
+    unknown = [t for t in (targets or ()) if t not in graph.nodes]
+    if unknown:
+        raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
+    for name in graph.order:
+        node = graph.nodes[name]
+        if node.drv_hash is None or node.inputs is None:
+            raise KataError("image.unresolved", f"step {name}: its image {node.step.image} "
+                            "could not be resolved to a digest", obj=name)
+
+
+def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
+              skip: Mapping[str, str], use_cache: bool,
+              lookup: Callable[[str], Looked], scope: Scope = Scope()) -> Plan:
+    """Decide the run. ``lookup(derivation hash)`` reads the store in the run's scope;
+    ``scope.trusted`` False withholds secrets (``kata.trust.skips``; a condition's reason
+    wins). Raises ``target.unknown`` for a target that is no step, ``image.unresolved``
+    for a step whose derivation has no hash."""
+    nodes = graph.nodes
+    check(graph, targets)
+    withheld = trust.skips((nodes[n].step for n in graph.order), scope)
+    off = excluded(graph, {**withheld, **skip})
+    wanted = set(targets) if targets else set(graph.order)
+    plans: dict[str, StepPlan] = {}
+    for name in reversed(graph.order):
+        if name not in wanted:
+            continue
+        node = nodes[name]
+        drv_hash = node.drv_hash
+        assert drv_hash is not None
+        if name in off:
+            plans[name] = StepPlan(step=name, action="skip", why=off[name])
+            continue
+        why = miss_reason(node.step, use_cache)
+        if not why:
+            found = lookup(drv_hash)
+            if found.record is not None:
+                plans[name] = StepPlan(step=name, action="hit", key=drv_hash, found=found)
+                continue
+            why = DAMAGED if found.damaged else NOT_STORED
+        plans[name] = StepPlan(step=name, action="run", key=drv_hash, why=why)
+        wanted.update(node.deps)
+    ordered = {n: plans[n] for n in graph.order if n in plans}
+    order = tuple(n for n, p in ordered.items() if p.action != "skip")
+    secrets: dict[str, None] = {}
+    for name in order:
+        if ordered[name].action == "run":
+            step = nodes[name].step
+            secrets.update(dict.fromkeys(step.secrets))
+            for service in step.services:
+                secrets.update(dict.fromkeys(service.secrets))
+    return Plan(order=order, steps=ordered, secrets=tuple(secrets))
+
+
+def plan_entries(graph: "DerivationGraph", plan: Plan) -> list[PlanEntry]:
+    """What ``--dry-run`` says per planned step (skipped steps: ``Plan.skipped``)."""
+    entries = []
+    for name in plan.order:
+        p = plan.steps[name]
+        if p.action == "hit":
+            entries.append(PlanEntry(step=name, hit=True, key=p.key, why=""))
+            continue
+        why = p.why
+        if why == NOT_STORED:
+            rebuilt = [d for d in graph.nodes[name].deps
+                       if d in plan.steps and plan.steps[d].action != "hit"]
+            if rebuilt:
+                why += (f"; may still hit once {', '.join(rebuilt)} rebuilt (early cutoff)")
+        entries.append(PlanEntry(step=name, hit=False, key=p.key, why=why))
+    return entries
+
+
+def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions", *,
+             heal: bool = True) -> Plan:
+    """:func:`make_plan` over ``store`` in ``options.scope`` (what the CLI and the
+    realiser call); ``heal=False`` reports damage without repairing it (a dry run)."""
+    from kata.realise.lookup import Lookup
+
+    return make_plan(graph, targets=options.targets, skip=options.skip,
+                     use_cache=options.use_cache,
+                     lookup=Lookup(store, options.scope, heal=heal).step, scope=options.scope)

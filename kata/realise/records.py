@@ -1,0 +1,164 @@
+"""What a run writes to the store, and the records it reads besides the plan's hits:
+input snapshots, cache directories (per scope), step realisations (under both keys, in
+the run's scope), derivation records for ``kata why``, and the run record.
+
+Keys come from ``kata.keys``; reads go through the run's ``Lookup`` (scoped, healing).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kata import keys
+from kata.realise.lookup import Lookup
+from kata.realise.results import RealiseOptions, RunResult
+from store import Realisation, Run, Store
+
+if TYPE_CHECKING:
+    from kata.compile import Node
+    from kata.inputs import InputSet
+
+
+class Records:
+    """The run's writes (and snapshot/cache reads) for ``run_id`` of ``pipeline``."""
+
+    def __init__(self, store: Store, lookup: Lookup, options: RealiseOptions, *, run_id: str,
+                 pipeline: str) -> None:
+        self.store, self.lookup, self.options = store, lookup, options
+        self.run_id, self.pipeline = run_id, pipeline
+        self._empty_tree = ""
+        self._empty_log = ""
+        self._host = os.uname().nodename
+
+    # -- trees --------------------------------------------------------------------
+
+    def empty_tree(self) -> str:
+        if not self._empty_tree:
+            empty = Path(tempfile.mkdtemp(prefix="kata-empty-"))
+            try:
+                self._empty_tree = self.store.put_tree(empty, paths=())
+            finally:
+                empty.rmdir()
+        return self._empty_tree
+
+    def empty_log(self) -> str:
+        """The digest of the empty log (a quiet step's, a record's without one), stored once."""
+        if not self._empty_log:
+            self._empty_log = self.store.put_blob(b"")
+        return self._empty_log
+
+    def put_tree(self, root: Path, paths: Sequence[str]) -> str:
+        """``paths`` under ``root`` as one tree (the empty tree for none)."""
+        if not paths:
+            return self.empty_tree()
+        return self.store.put_tree(root, paths=tuple(paths))
+
+    def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
+                duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:
+        return Realisation(outputs=outputs, log=log or self.empty_log(), exit_status=0,
+                           duration=duration, host=self._host, created=time.time(), kind=kind,
+                           run=self.run_id, pipeline=self.pipeline, step=step, stack=stack,
+                           scope=scope)
+
+    # -- input snapshots ----------------------------------------------------------
+
+    def input_tree(self, inputs: "InputSet") -> str:
+        """The stored tree of an input set: the recorded snapshot when intact, else taken
+        now from the repository (``keys.input_snapshot_key``)."""
+        key = keys.input_snapshot_key(inputs.digest)
+        known = self.lookup.shared(key)
+        if known.record is not None:
+            return known.record.outputs
+        tree = self.put_tree(self.options.repo_root, tuple(f.path for f in inputs.files))
+        self.store.put_realisation(key, self._record(tree, kind="inputs"))
+        return tree
+
+    def forget_input_tree(self, inputs: "InputSet") -> None:
+        self.store.delete_realisation(keys.input_snapshot_key(inputs.digest))
+
+    # -- cache directories --------------------------------------------------------
+
+    def cache_key(self, node: "Node") -> str:
+        """The step's cache-directory key before scoping ("" without ``cache.paths``)."""
+        if not node.step.cache.paths:
+            return ""
+        d = node.derivation
+        assert d.image is not None
+        return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
+                                  paths=d.cache_paths, key_files=d.key_files,
+                                  secrets=(*d.secrets, *(x for sv in d.services
+                                                         for x in sv.secrets)))
+
+    def cache_tree(self, node: "Node") -> str:
+        """The tree to restore ``cache.paths`` from ("" for none, or under --no-cache)."""
+        key = self.cache_key(node)
+        if not key or not self.options.use_cache:
+            return ""
+        found = self.lookup.cache_dir(key)
+        return found.record.outputs if found.record is not None else ""
+
+    def save_cache(self, node: "Node", workdir: Path) -> None:
+        """Record the step's ``cache.paths`` in the run's scope, once per key and scope."""
+        key = self.cache_key(node)
+        if not key:
+            return
+        label = self.options.scope.label()
+        record_key = keys.scoped_key(label, key)
+        if self.lookup.shared(record_key).record is not None:
+            return
+        paths = [p.rstrip("/") for p in node.step.cache.paths
+                 if os.path.lexists(workdir / p.rstrip("/"))]
+        tree = self.put_tree(workdir, paths)
+        self.store.put_realisation(record_key, self._record(tree, kind="cache-dir",
+                                                            step=node.step.name, scope=label))
+
+    # -- step results -------------------------------------------------------------
+
+    def derivation(self, node: "Node") -> None:
+        """The derivation record (derivation, input files, dependency names) `kata why`
+        diffs against."""
+        assert node.drv_hash is not None
+        self.store.put_derivation(node.drv_hash, node.record().encode())
+
+    def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
+                    duration: float, stack: tuple[str, ...]) -> None:
+        """Record a step that passed under its derivation and resolved hashes, in scope."""
+        self.derivation(node)
+        if not (self.options.record and node.step.cacheable):
+            return
+        scope = self.options.scope
+        real = self._record(outputs, kind="step", step=node.step.name, log=log,
+                            duration=duration, stack=stack,
+                            scope="" if scope.trusted else scope.label())
+        for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
+            self.store.put_realisation(scope.realisation_key(key), real)
+
+    def early_cutoff(self, node: "Node", real: Realisation) -> None:
+        """A resolved-hash hit: remember it under the derivation hash too."""
+        assert node.drv_hash is not None
+        self.store.put_realisation(self.options.scope.realisation_key(node.drv_hash), real)
+        self.derivation(node)
+
+    def drop_step(self, *step_keys: str) -> None:
+        """Forget a step's results (a damaged tree behind them) under every key read."""
+        for key in step_keys:
+            if key:
+                for scoped in self.options.scope.realisation_keys(key):
+                    self.store.delete_realisation(scoped)
+
+    def run(self, result: RunResult, order: Sequence[str], *, started: float) -> None:
+        """The run record: per step in pipeline order, also for failed and interrupted
+        runs."""
+        status = ("passed" if result.ok else
+                  "interrupted" if result.interrupted else "failed")
+        o = self.options
+        self.store.put_run(Run(
+            id=self.run_id, pipeline=self.pipeline, commit=o.git_commit, branch=o.git_branch,
+            event=o.git_event, tag=o.git_tag, scope=o.scope.label(), started=started,
+            wall=result.wall, status=status, targets=tuple(o.targets or ()),
+            steps=tuple(r.record() for n in order if (r := result.steps.get(n)) is not None)))

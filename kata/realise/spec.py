@@ -1,0 +1,104 @@
+"""What the runtime is handed for one step: the container spec, built from the compiled
+node (images pinned by the digests the compiler hashed), never from the raw config.
+
+Secret values never enter a spec (containerd writes specs to disk): they reach the step
+through files on a tmpfs bind-mounted at ``SECRETS_TARGET`` and exported by a prelude.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kata.errors import KataError
+from kata.model import is_env_name
+from kata.realise.workspace import SECRETS_PRELUDE, SECRETS_TARGET
+from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
+
+if TYPE_CHECKING:
+    from kata.compile import Node
+    from kata.model import Service
+
+def shell_script(commands: Sequence[str]) -> str:
+    """One shell, commands in order, stop at the first failure (a CI step's contract)."""
+    return "set -e\n" + "\n".join(commands) + "\n"
+
+
+def image_of(node: "Node") -> str:
+    """The step's image pinned by the digest the compiler hashed: ``name@sha256:…``."""
+    digest = node.derivation.image
+    if not digest:
+        raise KataError("image.unresolved", f"step {node.step.name}: image {node.step.image} "
+                        "has no resolved digest", obj=node.step.name)
+    return str(node.step.image.pin(digest))
+
+
+def secret_values(node: "Node", given: Mapping[str, str]) -> dict[str, str]:
+    """The values of every secret the step and its services declare, from ``given``;
+    ``secret.missing`` / ``secret.bad_name`` naming the step otherwise."""
+    name = node.step.name
+    values: dict[str, str] = {}
+    step = node.step
+    for secret in dict.fromkeys([*step.secrets, *(x for s in step.services for x in s.secrets)]):
+        if secret not in given:
+            raise KataError("secret.missing", f"step {name} needs the secret {secret}: "
+                            f"set ${secret} or pass --secret {secret}=...", obj=name)
+        if not is_env_name(secret):
+            raise KataError("secret.bad_name", f"step {name}: {secret!r} is not a valid "
+                            "environment variable name", obj=name)
+        values[secret] = given[secret]
+    return values
+
+
+def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> ServiceSpec:
+    """A service as the runtime runs it: the image the compiler hashed, its command."""
+    digest = next((s.image for s in node.derivation.services if s.name == service.name), None)
+    if not digest:
+        raise KataError("image.unresolved", f"step {node.step.name}: service "
+                        f"{service.name}'s image {service.image} has no resolved digest",
+                        obj=node.step.name)
+    mounts: tuple[Mount, ...] = ()
+    argv: tuple[str, ...] = service.entrypoint
+    if service.commands:
+        script = shell_script(service.commands)
+        if secrets_dir is not None:
+            script = SECRETS_PRELUDE + script
+        argv = ("/bin/sh", "-c", script)
+    if secrets_dir is not None:  # files only, for a service without commands
+        mounts = (Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
+                        readonly=True),)
+    ready = None
+    if service.ready is not None:
+        ready = Readiness(kind=service.ready.kind, target=service.ready.target,
+                          timeout=service.ready.timeout.seconds)
+    return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
+                       env=dict(service.env), mounts=mounts, ready=ready)
+
+
+def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
+              env: Mapping[str, str], run_id: str,
+              services: tuple[ServiceSpec, ...] = ()) -> StepSpec:
+    """The step's container: its workspace bind-mounted at ``step.workdir``, the
+    pipeline's env under the step's, labels naming the run and the step."""
+    step = node.step
+    merged = dict(env)
+    merged.update(dict(step.env))
+    mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
+    script = shell_script(step.commands)
+    if secrets_dir is not None:
+        mounts.append(Mount(kind="bind", target=SECRETS_TARGET, source=str(secrets_dir),
+                            readonly=True))
+        script = SECRETS_PRELUDE + script
+    return StepSpec(
+        image=image_of(node),
+        argv=("/bin/sh", "-c", script),
+        env=merged,
+        workdir=step.workdir,
+        user=step.user or "0:0",  # the runtime takes uid[:gid]; no user: root
+        mounts=tuple(mounts),
+        network=step.network,  # type: ignore[arg-type]
+        timeout=step.timeout.seconds if step.timeout is not None else None,
+        labels={"kata.run": run_id, "kata.step": step.name},
+        services=services,
+    )
