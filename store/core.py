@@ -6,7 +6,7 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 
@@ -16,6 +16,7 @@ from .files import iter_sharded, read_file, write_immutable
 from .index import LmdbIndex, LmdbStatCache, is_network_fs
 from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
+from .merged import MergedTrees
 from .runs import Run
 from .unpacked import UnpackedTrees
 
@@ -58,6 +59,8 @@ class Store:
         self.stat_cache = LmdbStatCache(self.index)
         self.unpacked_dir = os.path.join(state_dir, "unpacked")
         self._unpacked = UnpackedTrees(self.unpacked_dir, self.extract_tree, self.index)
+        self.merged_dir = os.path.join(state_dir, "merged")
+        self._merged = MergedTrees(self.merged_dir, self.unpacked)
         self._used: dict[str, int] = {}
         self._counts: dict[str, int] = {}  # hit/miss counters not yet in the index
         self._verified: dict[str, tuple[int, ...]] = {}  # stat signatures not yet indexed
@@ -241,8 +244,30 @@ class Store:
         return path
 
     def evict_unpacked(self, digest: str | None = None) -> int:
-        """Remove one unpacked tree (or all); they are rebuilt on demand. Returns how many."""
+        """Remove one unpacked tree (or all, and every merged stack); they are rebuilt on
+        demand. Returns how many unpacked trees went."""
+        if digest is None:
+            self._merged.evict()
         return self._unpacked.evict(digest)
+
+    def merged(self, trees: Sequence[str]) -> str:
+        """A host-local read-only directory holding ``trees`` (two or more tree digests,
+        bottom first, no duplicates) laid over each other with overlayfs' rules: a later
+        tree's path hides an earlier one's, directories merge. Made once per stack from
+        hard links to the unpacked trees, reused, evictable (see ``store.merged``)."""
+        path, _fresh = self._merged.get(trees)
+        return path
+
+    def evict_merged(self, keep_trees: Callable[[str], bool] | None = None) -> int:
+        """Remove merged stacks: all, or those holding a tree ``keep_trees`` refuses."""
+        if keep_trees is None:
+            return self._merged.evict()
+
+        def keep(name: str) -> bool:
+            trees = self._merged.trees_of(name)
+            return trees is not None and all(keep_trees(t) for t in trees)
+
+        return self._merged.evict(keep)
 
     # ------------------------------------------------------------ realisations
 

@@ -182,7 +182,9 @@ def _clean_tmp(tmp: str, before: float) -> int:
 
 
 def _evict_unpacked_orphans(store: "Store") -> None:
-    """This host's unpacked copies of trees no longer in the store go too."""
+    """This host's unpacked copies of trees no longer in the store go too, and so do
+    merged stacks holding any such tree."""
+    store.evict_merged(lambda tree: store.objects.has(tree))
     try:
         names = os.listdir(store.unpacked_dir)
     except FileNotFoundError:

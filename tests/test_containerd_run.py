@@ -277,7 +277,8 @@ def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_
     """)
     kill_once_started(script, marker)
     left = runtime.leftovers()
-    assert left["containers"] and left["tasks"] and left["snapshots"] and left["leases"]
+    assert left["containers"] and left["tasks"] and left["snapshots"]
+    assert left["leases"] == []  # a step takes none (its container references its snapshot)
     assert left["netns"] and left["fifos"] and left["mounts"]
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -400,3 +401,33 @@ def test_orphaned_shims_of_a_killed_kata_are_reaped_by_the_next_connect(
     for pid in inits:  # the containers' processes ended with their shims
         assert not Path(f"/proc/{pid}/cmdline").exists() or \
             b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+def test_a_steps_snapshot_survives_containerd_gc_without_a_lease(clean_runtime, busybox_digest):
+    """Steps take no lease (two calls fewer): the container is created first and names its
+    snapshot, which containerd's gc then counts as referenced. A synchronous gc run
+    (deleting a lease with sync) while steps start and run leaves their root filesystems."""
+    from kata.runtimes.containerd.client import leases_pb2
+
+    c = clean_runtime.client
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            with c.lease("gc-trigger", sync_delete=True):
+                pass
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        def one(i: int) -> tuple[int, list[bytes]]:
+            status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+                              f"sleep 0.2; test -x /bin/sh && echo rootfs-{i}")
+            return status, out.of("stdout")
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, range(8)))
+    finally:
+        stop.set()
+        collector.join()
+    assert results == [(0, [f"rootfs-{i}".encode()]) for i in range(8)]
+    assert c.call(c.leases.List, leases_pb2.ListRequest(), "list leases").leases == []

@@ -11,6 +11,7 @@ import secrets
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,3 +121,26 @@ def test_parallel_default_steps_listen_on_the_same_port(clean_runtime, busybox_d
         results = list(pool.map(one, tokens))
     for token, (status, lines) in zip(tokens, results):
         assert status == 0 and lines == [token.encode()]
+
+
+def test_a_finished_steps_namespace_is_reused_clean_and_released_on_drain(clean_runtime,
+                                                                           busybox_digest):
+    """The next "default" step of the runtime gets the namespace a finished step had (a CNI
+    setup saved), with nothing of that step left in it: its listener died with it, and it
+    could not change the namespace (no CAP_NET_ADMIN). Draining tears the idle ones down."""
+    first = ("readlink /proc/self/ns/net; nc -ll -p 9000 -e echo left-over & sleep 0.2; "
+             "ip link set lo down 2>/dev/null && echo lo-down; ip route del default 2>/dev/null "
+             "&& echo route-deleted; true")
+    status, lines = run(clean_runtime, busybox_digest, first, "default")
+    assert status == 0 and len(lines) == 1, lines  # neither change was allowed
+    ns = lines[0]
+    deadline = time.monotonic() + 10  # the step's release runs in the background
+    while clean_runtime.netns_pool.idle == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert clean_runtime.netns_pool.idle == 1
+    second = ("readlink /proc/self/ns/net; nc -w 1 127.0.0.1 9000 </dev/null 2>/dev/null || echo nobody; "
+              "ip route | grep -c ^default")
+    status, lines = run(clean_runtime, busybox_digest, second, "default")
+    assert status == 0 and lines == [ns, b"nobody", b"1"], lines
+    clean_runtime.drain()
+    assert clean_runtime.netns_pool.idle == 0 and clean_runtime.network.leftovers() == []

@@ -57,6 +57,13 @@ image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 _DAMAGE = ("store.corrupt_object", "store.missing_object")
 _HEAL_ROUNDS = 8  # damaged trees healed while one step is set up, before giving up
+# A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
+# (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
+# each cut at a multiple of its size, then the last (< 16) trees one by one. A block is keyed
+# by its trees, so the consumers of a chain or of a common first dependency share them, and
+# each tree is laid into a given block once; at most 15 layers per block size.
+_DIRECT_LAYERS = 24
+_MERGE_BLOCKS = (4096, 256, 16)
 
 
 class _Damaged(Exception):
@@ -324,13 +331,40 @@ class Realiser:
                     raise _Damaged(tree) from err
                 raise
 
+    def _merged(self, trees: tuple[str, ...]) -> Path:
+        """The store's merged directory of a block of a stack; dependents starting
+        together wait for one build (the store unpacks the trees it needs)."""
+        key = "\0".join(trees)
+        with self._lock:
+            lock = self._unpack_locks.setdefault(key, threading.Lock())
+        with lock:
+            try:
+                return Path(self.store.merged(trees))
+            except StoreError as err:
+                if err.reason not in _DAMAGE:
+                    raise
+                for tree in trees:  # name the damaged tree, so that it is healed
+                    self._unpacked(tree)
+                raise
+
     def _layers(self, name: str, node: "Node") -> list[Path]:
-        """The workspace's lower layers, top first: the dependencies' artifact trees, the
-        restored cache directory, the input snapshot."""
+        """The workspace's lower layers, top first: the dependencies' artifact trees (a deep
+        stack as merged blocks, see _MERGE_BLOCKS), the restored cache directory, the input
+        snapshot."""
         empty = self.records.empty_tree()
         layers: list[Path] = []
-        for tree in reversed(self._deps_stack(name)):  # top first
+        stack = self._deps_stack(name)
+        blocks: list[tuple[str, ...]] = []
+        start = 0
+        if len(stack) > _DIRECT_LAYERS:
+            for size in _MERGE_BLOCKS:
+                while len(stack) - start >= size:
+                    blocks.append(stack[start:start + size])
+                    start += size
+        for tree in reversed(stack[start:]):  # top first
             layers.append(self._unpacked(tree))
+        for block in reversed(blocks):
+            layers.append(self._merged(block))
         cache_tree = self.records.cache_tree(node)
         if cache_tree and cache_tree != empty:
             layers.append(self._unpacked(cache_tree))
@@ -422,8 +456,11 @@ class Realiser:
             if message and reason != "step.failed":
                 log.write(f"kata: {message}".encode() + b"\n")
             duration = time.monotonic() - started
-            log.seek(0)
-            log_digest = self.store.put_blob(log)
+            if log.tell() == 0:  # nothing written (a quiet step): the run's one empty log
+                log_digest = self.records.empty_log()
+            else:
+                log.seek(0)
+                log_digest = self.store.put_blob(log)
             digests = []
             for sname, slog in service_logs.items():
                 slog.seek(0)

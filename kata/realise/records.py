@@ -34,6 +34,7 @@ class Records:
         self.store, self.lookup, self.options = store, lookup, options
         self.run_id, self.pipeline = run_id, pipeline
         self._empty_tree = ""
+        self._empty_log = ""
         self._host = os.uname().nodename
 
     # -- trees --------------------------------------------------------------------
@@ -47,6 +48,12 @@ class Records:
                 empty.rmdir()
         return self._empty_tree
 
+    def empty_log(self) -> str:
+        """The digest of the empty log (a quiet step's, a record's without one), stored once."""
+        if not self._empty_log:
+            self._empty_log = self.store.put_blob(b"")
+        return self._empty_log
+
     def put_tree(self, root: Path, paths: Sequence[str]) -> str:
         """``paths`` under ``root`` as one tree (the empty tree for none)."""
         if not paths:
@@ -55,7 +62,7 @@ class Records:
 
     def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
                 duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:
-        return Realisation(outputs=outputs, log=log or self.store.put_blob(b""), exit_status=0,
+        return Realisation(outputs=outputs, log=log or self.empty_log(), exit_status=0,
                            duration=duration, host=self._host, created=time.time(), kind=kind,
                            run=self.run_id, pipeline=self.pipeline, step=step, stack=stack,
                            scope=scope)

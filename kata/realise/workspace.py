@@ -34,12 +34,83 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _MAX_OPTIONS = 4000  # the kernel copies at most one page of mount options
 
 
-def _mount_overlay(lower: list[str], upper: str, work: str, target: str) -> None:
-    options = f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}"
+# the new mount API (Linux >= 5.2; overlayfs' "lowerdir+" since 6.8): one call per layer,
+# no page limit on the option string. Syscall numbers are the same on every architecture.
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
+_FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 1, 6
+_CLOEXEC, _MOVE_MOUNT_F_EMPTY_PATH = 1, 4
+_new_api = True  # cleared once the kernel says it has no "lowerdir+"
+
+
+def _mount_overlay(lower: list[str], upper: str, work: str, target: str, links: Path) -> None:
+    """Mount an overlay of ``lower`` (top first) with ``upper``/``work`` at ``target``.
+
+    Layers are given one by one (``lowerdir+``) where the kernel takes that, so any
+    number up to overlayfs' own limit (500) fits; else as one ``lowerdir=`` option,
+    which must fit in one page: each layer is then linked under a short name in
+    ``links`` (made here). KataError workspace.mount_failed / too_many_layers.
+    """
+    global _new_api
+    if _new_api:
+        try:
+            _mount_overlay_fsconfig(lower, upper, work, target)
+            return
+        except _NoLowerdirPlus:
+            _new_api = False
+    links.mkdir()
+    short = []
+    for i, layer in enumerate(lower):  # short names keep the option string within one page
+        (links / str(i)).symlink_to(layer)
+        short.append(str(links / str(i)))
+    options = f"lowerdir={':'.join(short)},upperdir={upper},workdir={work}"
     if len(options) > _MAX_OPTIONS:
         raise KataError("workspace.too_many_layers",
                         f"{len(lower)} layers do not fit in one overlay mount", exit_code=1)
     _mount("overlay", target, options, "the step's overlay workspace")
+
+
+class _NoLowerdirPlus(Exception):
+    pass
+
+
+def _mount_overlay_fsconfig(lower: list[str], upper: str, work: str, target: str) -> None:
+    syscall = _libc.syscall
+    fs = syscall(_SYS_FSOPEN, b"overlay", _CLOEXEC)
+    if fs < 0:
+        raise _NoLowerdirPlus()
+    try:
+        def config(key: str, value: str) -> None:
+            if syscall(_SYS_FSCONFIG, fs, _FSCONFIG_SET_STRING, key.encode(), value.encode(), 0) < 0:
+                err = ctypes.get_errno()
+                if key == "lowerdir+" and err == errno.EINVAL and value == lower[0]:
+                    raise _NoLowerdirPlus()
+                raise KataError("workspace.mount_failed", f"cannot mount the step's overlay "
+                                f"workspace: {key}={value}: {os.strerror(err)}", exit_code=1)
+
+        for layer in lower:
+            config("lowerdir+", layer)
+        config("upperdir", upper)
+        config("workdir", work)
+        if syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
+            err = ctypes.get_errno()
+            raise KataError("workspace.mount_failed", f"cannot mount the step's overlay workspace "
+                            f"({len(lower)} layers): {os.strerror(err)}", exit_code=1)
+        mnt = syscall(_SYS_FSMOUNT, fs, _CLOEXEC, 0)
+        if mnt < 0:
+            err = ctypes.get_errno()
+            raise KataError("workspace.mount_failed",
+                            f"cannot mount the step's overlay workspace: {os.strerror(err)}",
+                            exit_code=1)
+        try:
+            if syscall(_SYS_MOVE_MOUNT, mnt, b"", -100, target.encode(),
+                       _MOVE_MOUNT_F_EMPTY_PATH) < 0:
+                err = ctypes.get_errno()
+                raise KataError("workspace.mount_failed", f"cannot attach the step's overlay "
+                                f"workspace at {target}: {os.strerror(err)}", exit_code=1)
+        finally:
+            os.close(mnt)
+    finally:
+        os.close(fs)
 
 
 def _mount(fstype: str, target: str, options: str, what: str) -> None:
@@ -88,26 +159,14 @@ class OverlayWorkspace:
         self._mounted = False
         self.root.mkdir(parents=True)
         try:
-            links = self.root / "l"
-            links.mkdir()
-            lower: list[str] = []
-            seen: set[str] = set()
-            for layer in layers:
-                real = os.path.realpath(layer)
-                if real in seen:
-                    continue
-                seen.add(real)
-                # short names keep the option string within one page
-                link = links / str(len(lower))
-                link.symlink_to(real)
-                lower.append(str(link))
+            lower = list(dict.fromkeys(os.path.realpath(layer) for layer in layers))
+            root = str(self.root)
             if not lower:
-                empty = self.root / "e"
-                empty.mkdir()
-                lower.append(str(empty))
+                os.mkdir(root + "/e")
+                lower.append(root + "/e")
             for name in ("u", "w", "m"):
-                (self.root / name).mkdir()
-            _mount_overlay(lower, str(self.root / "u"), str(self.root / "w"), str(self.path))
+                os.mkdir(f"{root}/{name}")
+            _mount_overlay(lower, root + "/u", root + "/w", str(self.path), self.root / "l")
             self._mounted = True
         except BaseException:
             self.close()

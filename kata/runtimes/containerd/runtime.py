@@ -26,7 +26,7 @@ from .client import (
 from .config import RuntimeConfig, load_runtime_config
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore
-from .network import CniNetwork
+from .network import CniNetwork, NetnsPool
 from .reference import is_digest, parse_reference
 from .task import StepRun, TaskOptions
 
@@ -52,6 +52,7 @@ class ContainerdRuntime:
         self.mount_roots = mount_roots  # where containerd mounts things (leak checks)
         self.images = ImageStore(client)
         self.network = CniNetwork(state_dir=fifo_root.parent / "cni")
+        self.netns_pool = NetnsPool(self.network)
         self._registry: RegistryClient | None = None
         self._lock = threading.Lock()
         self._releasing: set[threading.Thread] = set()  # deferred releases of finished steps
@@ -152,7 +153,7 @@ class ContainerdRuntime:
         if cancel.is_set():
             return CANCEL_EXIT  # cancelled before it began: nothing to create or release
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
-                              network=self.network)
+                              network=self.network, netns_pool=self.netns_pool)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
         if spec.services:
@@ -190,14 +191,16 @@ class ContainerdRuntime:
         thread.start()
 
     def drain(self) -> None:
-        """Wait until every deferred release has finished."""
+        """Wait until every deferred release has finished, then tear down the idle
+        network namespaces kept for reuse."""
         while True:
             with self._lock:
                 pending = list(self._releasing)
             if not pending:
-                return
+                break
             for thread in pending:
                 thread.join()
+        self.netns_pool.drain()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""

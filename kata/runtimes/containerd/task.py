@@ -1,9 +1,10 @@
 """Run one step as a containerd task, exactly the sequence measured in the notes.
 
-lease → snapshot (Prepare from the image's top chain ID) → container (OCI spec)
-→ FIFOs opened for reading → Tasks.Create (rootfs = the snapshot's mounts)
-→ Wait (started first) → Start → exit → Tasks.Delete (waits for the output
-copy) → Containers.Delete → Snapshots.Remove → Leases.Delete.
+container (OCI spec, naming its snapshot: containerd's gc counts it as referenced, so
+no lease is needed) → snapshot (Prepare from the image's top chain ID) → FIFOs opened
+for reading → Tasks.Create (rootfs = the snapshot's mounts) → Wait (started first) →
+Start → exit → Tasks.Delete (waits for the output copy) → Snapshots.Remove →
+Containers.Delete.
 Each step is released in reverse order on every path; a task that cannot be
 deleted keeps its container (deleting it would orphan the task).
 """
@@ -30,7 +31,7 @@ from ..base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, St
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
-from .network import CniNetwork
+from .network import CniNetwork, NetnsPool
 from .sandbox import oom_killed, pids_exhausted
 from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
 
@@ -55,6 +56,7 @@ class TaskOptions:
     fifo_root: Path  # FIFOs live under fifo_root/<owner>/<container id>/
     stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     network: CniNetwork | None = None  # network "default"; None: a bare netns like "none"
+    netns_pool: NetnsPool | None = None  # a step's own "default" namespace comes from here
 
 
 class _Reader(threading.Thread):
@@ -131,7 +133,7 @@ class StepRun:
         """Run the step; return its exit status once its output is complete.
 
         With ``defer``, when every output stream has reached its end right after the
-        exit, the release work (deleting the task, container, snapshot, lease, FIFOs:
+        exit, the release work (deleting the task, snapshot, container, FIFOs:
         ~20 ms of containerd calls) is handed to ``defer`` instead of being waited
         for; the runtime finishes it in the background and drains it before it
         reports leftovers, sweeps or closes.
@@ -175,36 +177,43 @@ class StepRun:
         workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
         step = step if workdir == step.workdir else _with_workdir(step, workdir)
         build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
-        lease = self._lease(cleanup)
         netns, hosts, resolv = None, None, True
         network = self.options.network
         if self.pod is not None:
             netns, hosts, resolv = self.pod.netns, self.pod.hosts_file, self.pod.resolv
+        elif step.network == "default" and self.options.netns_pool is not None:
+            pool = self.options.netns_pool
+            name, netns = pool.acquire(c.owner)
+            # runs after the task's deletion (LIFO): reused only if no process is left in it
+            cleanup.push("release network", lambda: pool.release(name, reusable=self.task_gone))
         elif step.network == "default" and network is not None:
             cleanup.push("tear down network", lambda: network.teardown(cid))
             netns = network.setup(cid, c.owner)
         spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns,
                           hosts_file=hosts, resolv=resolv)
         self.spec = spec
-        mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
-            snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
-            labels=c.owner_labels()), "prepare snapshot", lease=lease).mounts
-        cleanup.push("remove snapshot", lambda: self._remove_snapshot(lease))
+        # No lease: the container is created first and names its snapshot, and containerd's
+        # gc counts a container's snapshot as referenced, so the snapshot is protected from
+        # the moment Prepare makes it (a lease cost two more calls per step).
         container = containers_pb2.Container(
             id=cid, labels={**step.labels, **c.owner_labels()}, image=step.image,
             runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)),
             snapshotter=SNAPSHOTTER, snapshot_key=cid)
         c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
-               "create container", lease=lease)
+               "create container")
         cleanup.push("delete container", self._delete_container)
+        mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
+            labels=c.owner_labels()), "prepare snapshot").mounts
+        cleanup.push("remove snapshot", self._remove_snapshot)
         stdout, stderr, fds = self._fifos(cleanup)
         self.task_gone = False
         cleanup.push("delete task", self._teardown_task)
         try:
             c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
                 container_id=cid, rootfs=list(mounts), stdout=stdout, stderr=stderr),
-                "create task", lease=lease)
+                "create task")
         except ContainerdError as err:
             self.task_gone = True  # the shim cleans up a task it failed to create
             detail = err.message.rpartition("unable to start container process: ")[2]
@@ -225,12 +234,6 @@ class StepRun:
             tasks_pb2.WaitRequest(container_id=cid), metadata=c.metadata())
         self.wait_future.add_done_callback(lambda _f: self.exited.set())
         c.call(c.tasks.Start, tasks_pb2.StartRequest(container_id=cid), "start task")
-
-    def _lease(self, cleanup: Cleanup) -> str:
-        cm = self.c.lease("step")
-        lease = cm.__enter__()
-        cleanup.push("delete lease", lambda: cm.__exit__(None, None, None))
-        return lease
 
     def _fifos(self, cleanup: Cleanup) -> tuple[str, str, list[int]]:
         d = self.options.fifo_root / self.c.owner / self.id
@@ -336,7 +339,7 @@ class StepRun:
         self.c.call(self.c.containers.Delete,
                     containers_pb2.DeleteContainerRequest(id=self.id), f"delete container {self.id}")
 
-    def _remove_snapshot(self, lease: str) -> None:
+    def _remove_snapshot(self) -> None:
         if not self.task_gone:
             return  # the task still has it mounted; the sweep removes it later
         self.c.call(self.c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
