@@ -56,8 +56,15 @@ class LazyRuntime:
                 self._rt.name_tags(self._resolved)
             self._rt.progress = self.progress
             if sweep and not self._swept:
-                self._rt.sweep()
                 self._swept = True
+                try:
+                    self._rt.sweep()
+                except KataError as err:
+                    # what dead processes left is theirs: failing to clear it (another kata
+                    # sweeping the same netns, a CNI plugin error) must not fail this run;
+                    # the next connect tries again
+                    click.echo(f"kata: warning: could not clear what an earlier kata left: "
+                               f"{err.message}", err=True)
             return self._rt
 
     def resolve_image(self, ref: str) -> str:
