@@ -104,6 +104,21 @@ class RehashStatCache:
         self._inner.put_many(entries)
 
 
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes from ``fd`` (blocking reads until EOF or the bound), so a
+    caller tells "at most ``limit``" from "larger" by the length alone, without reading
+    an endless file (``/dev/zero``, a pipe that never closes) further than that."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputFile:
     path: str    # relative to the repository root, '/'-separated

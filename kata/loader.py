@@ -23,7 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from kata import conditions
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
-from kata.inputs import check_globs
+from kata.inputs import check_globs, read_at_most
 from kata.labels import is_step_name
 from kata.resources import MAX_CPUS, MAX_PIDS, MIN_CPUS, Resources, parse_memory
 from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
@@ -153,19 +153,13 @@ def _read_config(p: Path) -> bytes:
             raise KataError("config.not_found", f"config file {str(p)!r} is not a regular file",
                             obj=str(p))
         os.set_blocking(fd, True)
-        chunks, size = [], 0
-        while size <= MAX_CONFIG:
-            chunk = os.read(fd, MAX_CONFIG + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_at_most(fd, MAX_CONFIG)
     finally:
         os.close(fd)
-    if size > MAX_CONFIG:
+    if len(data) > MAX_CONFIG:
         raise KataError("config.too_large", f"config file {str(p)!r} is larger than "
                         f"{MAX_CONFIG >> 20} MiB", obj=str(p))
-    return b"".join(chunks)
+    return data
 
 
 def load_pipeline(path: str | os.PathLike) -> Pipeline:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus
 
 from kata.errors import KataError
+from kata.inputs import read_at_most
 from kata.model import is_env_name
 
 MIN_SECRET_LENGTH = 4
@@ -155,22 +156,14 @@ def _read_secret_file(name: str, path: str) -> str:
             raise KataError("secret.unreadable", f"--secret-file {name}: {path} is {kind}; "
                             "give a regular file (or a pipe) holding the value", obj=name)
         os.set_blocking(fd, True)
-        chunks: list[bytes] = []
-        size = 0
-        limit = MAX_SECRET_FILE + 2  # the value, and a trailing newline that is not part of it
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        # the value, and a trailing newline that is not part of it
+        data = read_at_most(fd, MAX_SECRET_FILE + 2)
     except OSError as exc:
         raise KataError(
             "secret.unreadable", f"--secret-file {name}: cannot read {path}: {exc.strerror}", obj=name
         ) from exc
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     value_size = len(data) - (2 if data.endswith(b"\r\n") else 1 if data.endswith(b"\n") else 0)
     if value_size > MAX_SECRET_FILE:
         raise KataError("secret.too_large", f"--secret-file {name}: {path} holds more than "

@@ -100,3 +100,24 @@ def force_rmtree(path: str) -> None:
     except OSError:
         pass
     shutil.rmtree(path, onerror=onerror)
+
+
+def publish_dir(build, work: str, final: str) -> None:
+    """Build a directory at ``work`` (``build(work)``) and rename it to ``final``; a
+    concurrent builder that published ``final`` first wins (same content by name), and
+    ours is removed. On any failure nothing is left at ``work``.
+
+    Raises whatever ``build`` raises, or ``OSError`` when the rename fails and no
+    ``final`` exists."""
+    try:
+        build(work)
+        try:
+            os.rename(work, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            force_rmtree(work)  # another consumer published the same content first
+    except BaseException:
+        if os.path.lexists(work):
+            force_rmtree(work)
+        raise

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from .files import force_rmtree
+from .files import force_rmtree, publish_dir
 from .objects import check_digest, tmp_name, tmp_owner_dead
 
 FORMAT = b"kata-merged/1"
@@ -85,7 +85,7 @@ class MergedTrees:
                 break
         os.makedirs(self.root, exist_ok=True)
         work = os.path.join(self.root, "." + tmp_name("tmp"))
-        try:
+        def build(work: str) -> None:
             if base:
                 _copy_links(os.path.join(self.root, names[base - 1]), work)
             else:
@@ -99,16 +99,8 @@ class MergedTrees:
             listing = "".join(t + "\n" for t in trees).encode()
             with open(final + ".trees", "wb") as f:  # before the directory: gc reads it
                 f.write(listing)
-            try:
-                os.rename(work, final)
-            except OSError:
-                if not os.path.isdir(final):
-                    raise
-                force_rmtree(work)  # another consumer published the same stack first
-        except BaseException:
-            if os.path.lexists(work):
-                force_rmtree(work)
-            raise
+
+        publish_dir(build, work, final)
         return final, True
 
     def trees_of(self, name: str) -> list[str] | None:

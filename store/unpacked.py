@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Callable
 
-from .files import force_rmtree
+from .files import force_rmtree, publish_dir
 from .index import LmdbIndex
 from .objects import check_digest, tmp_name, tmp_owner_dead
 
@@ -31,18 +31,7 @@ class UnpackedTrees:
             return final, False
         os.makedirs(self.root, exist_ok=True)
         work = os.path.join(self.root, "." + tmp_name("tmp"))
-        try:
-            self._extract(digest, work, readonly=True)
-            try:
-                os.rename(work, final)
-            except OSError:
-                if not os.path.isdir(final):
-                    raise
-                force_rmtree(work)  # another consumer published the same tree first
-        except BaseException:
-            if os.path.lexists(work):
-                force_rmtree(work)
-            raise
+        publish_dir(lambda w: self._extract(digest, w, readonly=True), work, final)
         self._index.note_unpacked(digest)
         return final, True
 
