@@ -323,6 +323,18 @@ class Store:
         self.index.put_realisation(key, real.index_encode())
         return real
 
+    def reread_realisation(self, key: str) -> Realisation | None:
+        """The record in the files, past this host's index (which may hold an older record
+        another host has since replaced after healing it); re-indexed when found."""
+        check_key(key)
+        self.index.drop_realisations([key])
+        raw = read_file(self._realisation_path(key))
+        if raw is None:
+            return None
+        real = Realisation.decode(raw, what=f"realisation {key}")
+        self.index.put_realisation(key, real.index_encode())
+        return real
+
     def delete_realisation(self, key: str) -> bool:
         self.index.drop_realisations([key])
         try:

@@ -473,6 +473,14 @@ def test_a_hit_is_always_right_local_store(runtime, busybox_digest, case):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 @example(REGRESSIONS[-1])
+# found on sshfs: host A's index still held a record host B had healed and replaced;
+# A deleted B's good record file and rebuilt a step whose key had not changed
+@example(((StepShape(deps=(), shared=False, cache=False), StepShape(deps=(), shared=False, cache=True),
+           StepShape(deps=(0,), shared=False, cache=True), StepShape(deps=(), shared=True, cache=True)),
+          [[("damage", 1, 1575), ("other_ref", 0, 0)],
+           [("same_size", 0, 4178511), ("same_size", 0, 524288), ("other_ref", 0, 1)],
+           [("same_size", 0, 2576), ("key_files", 2, 425)],
+           [("same_size", 3, 2576), ("key_files", 2, 425)]]))
 def test_a_hit_is_always_right_sshfs_store_two_hosts(runtime, busybox_digest, sshd, case):
     from support.sshfs import umount
 

@@ -52,15 +52,29 @@ class Lookup:
             return Looked(key=key, damaged=True)
         if real is None:
             return Looked(key=key)
+        if self._whole(real):
+            return Looked(key=key, record=real)
+        # this host's index may hold a record another host healed and replaced since:
+        # the files decide before anything is deleted (deleting theirs would lose a result)
+        try:
+            fresh = self.store.reread_realisation(key)
+        except StoreError as err:
+            if err.reason != "store.corrupt_record":
+                raise
+            fresh = None
+        if fresh is not None and fresh != real and self._whole(fresh):
+            return Looked(key=key, record=fresh)
+        if self.heal:  # records are immutable: a rebuild can only land on a free key
+            self.store.delete_realisation(key)
+        return Looked(key=key, damaged=True)
+
+    def _whole(self, real: Realisation) -> bool:
         need = [d for d in real.objects() if d not in self._intact]
-        if need:
-            bad = self.store.damaged(need, repair=self.heal)
-            self._intact.update(d for d in need if d not in bad)
-            if bad:
-                if self.heal:  # records are immutable: a rebuild can only land on a free key
-                    self.store.delete_realisation(key)
-                return Looked(key=key, damaged=True)
-        return Looked(key=key, record=real)
+        if not need:
+            return True
+        bad = self.store.damaged(need, repair=self.heal)
+        self._intact.update(d for d in need if d not in bad)
+        return not bad
 
     def _first(self, candidates: tuple[str, ...]) -> Looked:
         damaged = False
