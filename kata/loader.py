@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kata import conditions
+from kata import matrix as mx
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
@@ -43,7 +45,8 @@ TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description")
+             "when", "description", "matrix")
+MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
 READY_KEYS = ("tcp", "http", "command", "timeout")
 CACHE_KEYS = ("paths", "key_files", "enabled")
@@ -334,7 +337,7 @@ class _Walker:
             raise self.fail("config.type", steps_node, f"steps must be a list, got {_kind(steps_node)}")
         if not steps_node.value:
             raise self.fail("config.no_steps", steps_node, "steps is empty")
-        steps = [self.step(n) for n in steps_node.value]
+        steps = self.expand_matrix_deps([s for n in steps_node.value for s in self.step_or_matrix(n)])
         self.check_graph(steps)
         return Pipeline(name=name, steps=tuple(steps), settings=settings, env=env,
                         triggers=triggers, file=self.file)
@@ -355,18 +358,20 @@ class _Walker:
             kw["cache_enabled"] = self.boolean(f["cache_enabled"][1], "settings.cache_enabled")
         return Settings(**kw)
 
-    def step(self, node: Node) -> Step:
-        f = self.fields(node, STEP_KEYS, "a step")
+    def step(self, node: Node, f: dict | None = None) -> Step:
+        f = f if f is not None else self.fields(node, STEP_KEYS, "a step")
         name_node = self.require(f, "name", node, "a step")
         name = self.string(name_node, "name")
         if not is_step_name(name):
             raise self.fail("config.step_name", name_node,
                             f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
         what = f"step {name!r}"
+        image_node = self.require(f, "image", node, what)
         kw: dict[str, Any] = {"name": name, "position": self.pos(name_node),
-                              "image": self.image(self.require(f, "image", node, what), f"{what}: image")}
+                              "image": self.image(image_node, f"{what}: image")
+                              if "matrix" not in f else ImageRef.parse("scratch")}
         for key, (_, v) in f.items():
-            if key in ("name", "image"):
+            if key in ("name", "image", "matrix"):
                 continue
             label = f"{what}: {key}"
             if key in ("commands", "artifacts"):
@@ -407,6 +412,106 @@ class _Walker:
             elif key == "description":
                 kw[key] = self.string(v, label)
         return Step(**kw)
+
+    # -- matrix steps (kata.matrix) -------------------------------------
+    def step_or_matrix(self, node: Node) -> tuple[Step, ...]:
+        """A step, or a matrix step's instances in combination order."""
+        f = self.fields(node, STEP_KEYS, "a step")
+        base = self.step(node, f)
+        if "matrix" not in f:
+            return (base,)
+        what = f"step {base.name!r}"
+        m_node = f["matrix"][1]
+        matrix = self.matrix(m_node, f"{what}: matrix")
+        image_node = f["image"][1]
+        image_text = self.string(image_node, f"{what}: image")
+        own_env = dict(base.env)
+        out = []
+        for values in matrix.combinations():
+            clash = next((k for k, _ in values if k in own_env), None)
+            if clash is not None:
+                raise self.fail("config.value", m_node, f"{what}: matrix variable {clash} is "
+                                "also in the step's env; give it in one place")
+            try:
+                image = ImageRef.parse(mx.substitute(image_text, values))
+            except ValueError as err:
+                raise self.fail("config.image_ref", image_node, f"{what}: image "
+                                f"({mx.instance_name(base.name, values)}): {err}") from None
+            out.append(replace(base, name=mx.instance_name(base.name, values), image=image,
+                               env=(*base.env, *values), matrix_of=base.name, matrix=values))
+        return tuple(out)
+
+    def matrix(self, node: Node, what: str) -> mx.Matrix:
+        """``{VAR: [values], exclude: [{VAR: v}], include: [{VAR: v}]}`` -> ``mx.Matrix``."""
+        axes, exclude, include = [], (), ()
+        for key, k, v in self.pairs(node, what):
+            if key in MATRIX_KEYS:
+                entries = self.matrix_entries(v, f"{what}.{key}")
+                exclude, include = (entries, include) if key == "exclude" else (exclude, entries)
+                continue
+            if not is_env_name(key):
+                raise self.fail("config.value", k, f"{what}: bad variable name {key!r}")
+            if not isinstance(v, SequenceNode):
+                raise self.fail("config.type", v, f"{what}.{key} must be a list, got {_kind(v)}")
+            values = tuple(self.matrix_value(i, f"{what}.{key}") for i in v.value)
+            if not values:
+                raise self.fail("config.value", v, f"{what}.{key} has no values")
+            if len(set(values)) != len(values):
+                raise self.fail("config.value", v, f"{what}.{key} lists a value twice")
+            axes.append((key, values))
+        try:
+            return mx.Matrix(axes=tuple(axes), exclude=exclude, include=include)
+        except ValueError as err:
+            raise self.fail("config.value", node, f"{what}: {err}") from None
+
+    def matrix_entries(self, node: Node, what: str) -> tuple[mx.Values, ...]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
+        out = []
+        for item in node.value:
+            pairs = []
+            for key, k, v in self.pairs(item, f"an entry of {what}"):
+                if not is_env_name(key):
+                    raise self.fail("config.value", k, f"{what}: bad variable name {key!r}")
+                pairs.append((key, self.matrix_value(v, f"{what}.{key}")))
+            if not pairs:
+                raise self.fail("config.value", item, f"an entry of {what} is empty")
+            out.append(tuple(pairs))
+        return tuple(out)
+
+    def matrix_value(self, node: Node, what: str) -> str:
+        if not (isinstance(node, ScalarNode) and node.tag in (*_TEXTUAL, _BOOL)):
+            raise self.fail("config.type", node, f"{what}: a value must be a scalar, got {_kind(node)}")
+        try:
+            mx.check_value(node.value)
+        except ValueError as err:
+            raise self.fail("config.value", node, f"{what}: {err}") from None
+        return node.value
+
+    def expand_matrix_deps(self, steps: list[Step]) -> list[Step]:
+        """``depends_on: [test]`` naming a matrix step means every instance of it; a
+        matrix step's name may not also be a plain step's (``config.duplicate_step``)."""
+        instances: dict[str, list[str]] = {}
+        for s in steps:
+            if s.matrix_of:
+                instances.setdefault(s.matrix_of, []).append(s.name)
+        if not instances:
+            return steps
+        for s in steps:
+            if not s.matrix_of and s.name in instances:
+                raise KataError("config.duplicate_step", f"duplicate step name {s.name!r} "
+                                "(a matrix step has that name)", position=s.position)
+        out = []
+        for s in steps:
+            if any(d in instances for d in s.depends_on):
+                deps, poss = [], []
+                for d, p in zip(s.depends_on, s.dep_positions):
+                    names = instances.get(d, [d])
+                    deps.extend(names)
+                    poss.extend([p] * len(names))
+                s = replace(s, depends_on=tuple(deps), dep_positions=tuple(poss))
+            out.append(s)
+        return out
 
     def services(self, node: Node, what: str) -> tuple[Service, ...]:
         if not isinstance(node, SequenceNode):

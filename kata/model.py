@@ -264,6 +264,10 @@ class Step:
     description: str = ""
     only: "Expr | None" = None
     when: "Expr | None" = None
+    # a matrix instance (kata.matrix): the config's step name and this instance's values,
+    # which are also in ``env``; not hashed themselves (the env and the image are)
+    matrix_of: str = ""
+    matrix: tuple[tuple[str, str], ...] = ()
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
 

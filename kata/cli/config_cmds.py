@@ -45,7 +45,13 @@ def validate(ctx: click.Context) -> None:
     _, pipeline = load(ctx)
     p = plan(pipeline)
     n = len(pipeline.steps)
-    click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}, 0 cycles, "
+    bases = {s.matrix_of for s in pipeline.steps if s.matrix_of}
+    expanded = ""
+    if bases:
+        k = sum(1 for s in pipeline.steps if s.matrix_of)
+        expanded = (f" ({len(bases)} matrix step{'s' if len(bases) != 1 else ''} "
+                    f"expanded to {k} instance{'s' if k != 1 else ''})")
+    click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}{expanded}, 0 cycles, "
                f"{len(p.levels)} parallel group{'s' if len(p.levels) != 1 else ''}")
 
 
@@ -105,7 +111,10 @@ def graph(ctx: click.Context, fmt: str) -> None:
         "pipeline": pipeline.name,
         "steps": [{"name": n, "image": str(g.nodes[n].step.image),
                    "depends_on": list(g.nodes[n].deps), "level": level_of[n],
-                   "drv_hash": g.nodes[n].drv_hash} for n in g.order],
+                   "drv_hash": g.nodes[n].drv_hash,
+                   **({"matrix_of": g.nodes[n].step.matrix_of,
+                       "matrix": dict(g.nodes[n].step.matrix)}
+                      if g.nodes[n].step.matrix_of else {})} for n in g.order],
         "edges": [list(e) for e in g.edges],
         "levels": [list(lvl) for lvl in g.levels],
     }

@@ -248,7 +248,8 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 
 @click.command()
 @click.option("--step", "steps", multiple=True, metavar="NAME",
-              help="Run this step (and what it needs) only; repeatable.")
+              help="Run this step (and what it needs) only; repeatable. A matrix step's "
+              "name runs every instance of it.")
 @_with_common
 @click.option("--event", type=click.Choice(EVENTS),
               help="Run as this event: the pipeline runs only if a trigger matches. "
