@@ -475,7 +475,7 @@ class _Walker:
                     raise self.fail("config.value", k, f"{what}: bad variable name {key!r}")
                 pairs.append((key, self.matrix_value(v, f"{what}.{key}")))
             if not pairs:
-                raise self.fail("config.value", item, f"an entry of {what} is empty")
+                raise self.fail("config.value", item, f"{what} has an empty entry")
             out.append(tuple(pairs))
         return tuple(out)
 
