@@ -45,7 +45,7 @@ TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description", "matrix")
+             "when", "description", "matrix", "allow_failure")
 MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
 READY_KEYS = ("tcp", "http", "command", "timeout")
@@ -411,7 +411,27 @@ class _Walker:
                 kw[key] = self.nonempty(v, label)
             elif key == "description":
                 kw[key] = self.string(v, label)
+            elif key == "allow_failure":
+                kw[key] = self.allow_failure(v, label)
         return Step(**kw)
+
+    def allow_failure(self, node: Node, what: str) -> bool | tuple[int, ...]:
+        """``true``/``false``, or a non-empty list of exit codes 1..255."""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return self.boolean(node, what)
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"{what} must be true, false or a list of "
+                            f"exit codes, got {_kind(node)}")
+        codes = []
+        for item in node.value:
+            code = self.integer(item, f"each entry of {what}")
+            if not 0 < code < 256:
+                raise self.fail("config.value", item, f"{what}: exit code {code} out of "
+                                "range (1 to 255)")
+            codes.append(code)
+        if not codes:
+            raise self.fail("config.value", node, f"{what} lists no exit code")
+        return tuple(sorted(set(codes)))
 
     # -- matrix steps (kata.matrix) -------------------------------------
     def step_or_matrix(self, node: Node) -> tuple[Step, ...]:

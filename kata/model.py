@@ -268,6 +268,9 @@ class Step:
     # which are also in ``env``; not hashed themselves (the env and the image are)
     matrix_of: str = ""
     matrix: tuple[tuple[str, str], ...] = ()
+    # `allow_failure:` (not hashed: it decides how a failure counts, not what runs):
+    # True allows any failure but a cancellation; exit codes allow only those exits
+    allow_failure: bool | tuple[int, ...] = False
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
 
@@ -285,6 +288,16 @@ class Step:
         """Served from and recorded in the cache: `cache:` not false, and a step that
         declares secrets only when it says `cache: true` (its output may depend on them)."""
         return self.cache.enabled and (not self.secrets or self.cache.explicit)
+
+    def allows(self, reason: str, exit_status: int | None) -> bool:
+        """Whether a failure (``reason``: ``step.failed``, ``step.timeout``,
+        ``artifact.missing``...; ``exit_status`` or None) is allowed by ``allow_failure``.
+        A cancellation (``step.cancelled``) never is: it is no verdict on the step."""
+        if reason == "step.cancelled" or not self.allow_failure:
+            return False
+        if self.allow_failure is True:
+            return True
+        return reason == "step.failed" and exit_status in self.allow_failure
 
     @property
     def condition(self) -> "Expr | None":

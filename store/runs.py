@@ -29,7 +29,7 @@ class StepRecord:
     ran it."""
 
     name: str
-    status: str  # passed | failed | cancelled | skipped
+    status: str  # passed | failed | allowed (failed, allow_failure) | cancelled | skipped
     cache: str = ""
     drv_hash: str = ""
     key: str = ""

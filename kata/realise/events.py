@@ -68,6 +68,7 @@ class StepFailed:
     duration: float
     message: str = ""  # "timed out after 5s", "artifact dist/ was not produced", ...
     reason: str = "step.failed"
+    allowed: bool = False  # `allow_failure:` covers it: a warning, the run goes on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +90,7 @@ class Done:
     total: float  # sum of the durations of the steps that ran
     wall: float  # wall-clock time of the realisation
     cancelled: bool = False  # Ctrl-C or pipeline timeout
+    allowed: int = 0  # failed but allowed to (`allow_failure:`); not among `failed`
 
 
 Event = Parsed | CacheChecked | StepStarted | OutputLine | StepPassed | StepFailed | StepSkipped | Done

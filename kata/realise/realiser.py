@@ -38,7 +38,7 @@ from kata.realise.plan import (
     DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
-from kata.realise.scheduler import Cancel, Requeue, schedule
+from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
     OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
@@ -206,6 +206,7 @@ class Realiser:
         self.emit(ev.Done(
             run_id=self.run_id, passed=len(passed),
             failed=sum(1 for r in results if r and r.status in ("failed", "cancelled")),
+            allowed=sum(1 for r in results if r and r.status == "allowed"),
             skipped=sum(1 for r in results if r and r.status == "skipped"),
             cached=sum(1 for r in passed if r.cache == "HIT"),
             ran=sum(1 for r in results if r and r.cache == "MISS" and r.exit_status is not None),
@@ -278,7 +279,7 @@ class Realiser:
 
     # -- one step -------------------------------------------------------------------
 
-    def _work(self, name: str, cancel: Cancel) -> bool:
+    def _work(self, name: str, cancel: Cancel) -> "bool | str":
         node = self.graph.nodes[name]
         step = node.step
         resolved = ""
@@ -373,7 +374,9 @@ class Realiser:
 
     # running ---------------------------------------------------------------------
 
-    def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> bool:
+    def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> "bool | str":
+        """Run the step; True when it passed (and is recorded), ``ALLOWED`` when it failed
+        as its ``allow_failure`` allows (never recorded as a realisation), else False."""
         step = node.step
         started = time.monotonic()
         exit_status: int | None = None
@@ -416,14 +419,15 @@ class Realiser:
         if exit_status == 0 and not reason:
             self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests))
             return True
-        status = "cancelled" if reason == "step.cancelled" else "failed"
+        allowed = step.allows(reason or "step.failed", exit_status)
+        status = "cancelled" if reason == "step.cancelled" else "allowed" if allowed else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
                              key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
                              service_logs=tuple(digests)))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
-                                message=message, reason=reason or "step.failed"))
-        return False
+                                message=message, reason=reason or "step.failed", allowed=allowed))
+        return ALLOWED if allowed else False
 
     def _collect(self, node: "Node", workdir: Path) -> tuple[str, str, str]:
         """(reason, message, output tree) of a step that exited 0: its declared artifacts

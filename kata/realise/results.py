@@ -45,7 +45,7 @@ class PlanEntry:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepResult:
     name: str
-    status: str  # passed | failed | cancelled | skipped
+    status: str  # passed | failed | allowed (failed, allow_failure) | cancelled | skipped
     cache: str = ""  # HIT | MISS | "" (never looked at)
     drv_hash: str = ""
     key: str = ""  # the key that hit, or the resolved key it was recorded under
@@ -74,7 +74,7 @@ class RunResult:
     def ok(self) -> bool:
         # a step skipped by only:/when: is no failure; one skipped because a dependency
         # failed comes with that failure
-        return not self.interrupted and all(r.status in ("passed", "skipped")
+        return not self.interrupted and all(r.status in ("passed", "skipped", "allowed")
                                             for r in self.steps.values())
 
     @property
