@@ -26,8 +26,8 @@ from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
 from kata.labels import is_step_name
-from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
-                        Settings, Step, Trigger, is_env_name)
+from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Retry,
+                        Service, Settings, Step, Trigger, is_env_name)
 
 CONFIG_NAME = ".kata-ci.yaml"
 
@@ -45,7 +45,8 @@ TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description", "matrix", "allow_failure")
+             "when", "description", "matrix", "allow_failure", "retry")
+RETRY_KEYS = ("max", "on")
 MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
 READY_KEYS = ("tcp", "http", "command", "timeout")
@@ -413,6 +414,8 @@ class _Walker:
                 kw[key] = self.string(v, label)
             elif key == "allow_failure":
                 kw[key] = self.allow_failure(v, label)
+            elif key == "retry":
+                kw[key] = self.retry(v, label)
         return Step(**kw)
 
     def allow_failure(self, node: Node, what: str) -> bool | tuple[int, ...]:
@@ -432,6 +435,45 @@ class _Walker:
         if not codes:
             raise self.fail("config.value", node, f"{what} lists no exit code")
         return tuple(sorted(set(codes)))
+
+    def retry(self, node: Node, what: str) -> Retry:
+        """``retry: 2`` or ``retry: {max: 2, on: [exit_code: 137, timeout]}``."""
+        if isinstance(node, ScalarNode) and node.tag == _INT:
+            return self.retry_value(node, what, max=self.integer(node, what))
+        if isinstance(node, MappingNode):  # YAML 1.1 reads an unquoted `on:` as true
+            node = MappingNode(node.tag, [
+                (ScalarNode(_STR, k.value, k.start_mark, k.end_mark)
+                 if isinstance(k, ScalarNode) and k.tag == _BOOL else k, v)
+                for k, v in node.value], node.start_mark, node.end_mark, node.flow_style)
+        f = self.fields(node, RETRY_KEYS, what)
+        max_node = self.require(f, "max", node, what)
+        codes: list[int] = []
+        timeout = False
+        if "on" in f:
+            on = f["on"][1]
+            if not isinstance(on, SequenceNode) or not on.value:
+                raise self.fail("config.type" if not isinstance(on, SequenceNode) else
+                                "config.value", on, f"{what}.on must be a non-empty list of "
+                                "'exit_code: N' and 'timeout'")
+            for item in on.value:
+                if isinstance(item, ScalarNode) and item.tag in _TEXTUAL:
+                    self.one_of(item.value, ("timeout",), item, f"{what}.on: unknown condition")
+                    timeout = True
+                    continue
+                entry = self.fields(item, ("exit_code",), f"an entry of {what}.on")
+                code = self.require(entry, "exit_code", item, f"an entry of {what}.on")
+                codes.append(self.integer(code, f"{what}.on.exit_code"))
+                if not 0 < codes[-1] < 256:
+                    raise self.fail("config.value", code, f"{what}.on: exit code {codes[-1]} "
+                                    "out of range (1 to 255)")
+        return self.retry_value(max_node, what, max=self.integer(max_node, f"{what}.max"),
+                                exit_codes=tuple(sorted(set(codes))), timeout=timeout)
+
+    def retry_value(self, node: Node, what: str, **kw: Any) -> Retry:
+        try:
+            return Retry(**kw)
+        except ValueError as err:
+            raise self.fail("config.value", node, f"{what}: {err}") from None
 
     # -- matrix steps (kata.matrix) -------------------------------------
     def step_or_matrix(self, node: Node) -> tuple[Step, ...]:

@@ -243,6 +243,36 @@ class Settings:
 
 
 NETWORK_MODES = ("default", "none", "host")
+MAX_RETRIES = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """``retry:`` of a step: rerun a failed attempt up to ``max`` more times (1..10).
+    ``exit_codes``/``timeout`` narrow which failures are retried; neither given: any
+    failure but a cancellation. Not hashed: it decides how often a step runs, not what it
+    computes. ValueError on construction for a bad ``max`` or exit code."""
+
+    max: int
+    exit_codes: tuple[int, ...] = ()
+    timeout: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max, bool) or not 1 <= self.max <= MAX_RETRIES:
+            raise ValueError(f"retry max must be 1 to {MAX_RETRIES}, got {self.max!r}")
+        for code in self.exit_codes:
+            if not 0 < code < 256:
+                raise ValueError(f"exit code {code} out of range (1 to 255)")
+
+    def covers(self, reason: str, exit_status: int | None) -> bool:
+        """Whether a failed attempt (``reason`` as ``StepFailed.reason``) is retried."""
+        if reason == "step.cancelled":
+            return False
+        if not self.exit_codes and not self.timeout:
+            return True
+        if reason == "step.timeout":
+            return self.timeout
+        return reason == "step.failed" and exit_status in self.exit_codes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,6 +301,7 @@ class Step:
     # `allow_failure:` (not hashed: it decides how a failure counts, not what runs):
     # True allows any failure but a cancellation; exit codes allow only those exits
     allow_failure: bool | tuple[int, ...] = False
+    retry: Retry | None = None  # `retry:`; None: one attempt
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
 

@@ -380,6 +380,8 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
     else:
         exit_status = entry.exit_status
         extra = f", exit {exit_status}" if exit_status not in (None, 0) else ""
+        if getattr(entry, "attempts", 1) > 1:
+            extra += f", attempt {entry.attempts}"
         head = f"== {name}: {status}{extra}, {float(entry.duration or 0):.1f}s =="
     click.echo(head)
     digest = entry.log

@@ -72,6 +72,18 @@ class StepFailed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StepRetrying:
+    """A failed attempt is retried (``retry:``): ``attempt`` of ``attempts`` starts next."""
+
+    step: str
+    attempt: int  # the attempt about to start, from 2
+    attempts: int  # 1 + retry.max
+    exit_status: int | None  # the failed attempt's
+    reason: str = "step.failed"
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepSkipped:
     step: str
     reason: str  # "dependency test failed", "cancelled (fail_fast)", ...
@@ -93,7 +105,8 @@ class Done:
     allowed: int = 0  # failed but allowed to (`allow_failure:`); not among `failed`
 
 
-Event = Parsed | CacheChecked | StepStarted | OutputLine | StepPassed | StepFailed | StepSkipped | Done
+Event = (Parsed | CacheChecked | StepStarted | OutputLine | StepPassed | StepFailed | StepRetrying
+         | StepSkipped | Done)
 Emit = Callable[[Event], None]
 
 _KIND = {
@@ -103,6 +116,7 @@ _KIND = {
     OutputLine: "output",
     StepPassed: "pass",
     StepFailed: "fail",
+    StepRetrying: "retry",
     StepSkipped: "skip",
     Done: "done",
 }
@@ -123,6 +137,6 @@ def to_dict(event: Event) -> dict[str, object]:
 
 
 __all__ = [
-    "CacheChecked", "Done", "Emit", "Event", "OutputLine", "Parsed", "StepFailed",
+    "CacheChecked", "Done", "Emit", "Event", "OutputLine", "Parsed", "StepFailed", "StepRetrying",
     "StepPassed", "StepSkipped", "StepStarted", "kind", "to_dict",
 ]

@@ -56,6 +56,7 @@ class StepResult:
     produced_by: str = ""  # run id that produced a cached result
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
+    attempts: int = 1  # `retry:`: attempts made; the fields above are the last one's
 
     def record(self) -> StepRecord:
         """This result as the store's run record keeps it."""

@@ -62,7 +62,7 @@ class LiveReporter:
             self.finished += 1
         text = line(event)
         if text is not None:
-            style = {"[PASS]": "green", "[FAIL]": "red", "[SKIP]": "yellow", "[WARN]": "yellow",
+            style = {"[PASS]": "green", "[FAIL]": "red", "[SKIP]": "yellow", "[WARN]": "yellow", "[RETRY]": "yellow",
                      "[CACHE]": "blue"}.get(text.split(" ", 1)[0], "")
             self.console.print(Text(text, style=style), highlight=False)
         if isinstance(event, ev.StepFailed):

@@ -43,6 +43,10 @@ def line(event: ev.Event) -> str | None:
             if event.reason == "step.failed" and event.exit_status is not None:
                 return f"[FAIL] {event.step} (exit {event.exit_status}, {seconds(event.duration)})"
             return f"[FAIL] {event.step} ({event.message}, {seconds(event.duration)})"
+        case ev.StepRetrying():
+            what = (f"exit {event.exit_status}" if event.reason == "step.failed"
+                    and event.exit_status is not None else event.message)
+            return f"[RETRY] {event.step} (attempt {event.attempt}/{event.attempts}: {what})"
         case ev.StepSkipped():
             return f"[SKIP] {event.step} ({event.reason})"
         case ev.Done():
