@@ -48,7 +48,7 @@ STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services",
              "when", "description", "matrix", "allow_failure", "retry")
 RETRY_KEYS = ("max", "on")
 MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
-SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
+SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets", "user")
 READY_KEYS = ("tcp", "http", "command", "timeout")
 CACHE_KEYS = ("paths", "key_files", "enabled")
 ONLY_KEYS = ("branches", "tags", "paths", "events")
@@ -607,7 +607,8 @@ class _Walker:
                 entrypoint=self.strings(f["entrypoint"][1], f"{label}: entrypoint")
                 if "entrypoint" in f else (),
                 ready=self.ready(f["ready"][1], f"{label}: ready") if "ready" in f else None,
-                secrets=secrets))
+                secrets=secrets,
+                user=self.nonempty(f["user"][1], f"{label}: user") if "user" in f else None))
         return tuple(out)
 
     def ready(self, node: Node, what: str) -> Ready:

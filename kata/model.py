@@ -219,6 +219,7 @@ class Service:
     entrypoint: tuple[str, ...] = ()
     ready: Ready | None = None  # None: the image's first exposed port, else "started"
     secrets: tuple[str, ...] = ()  # names only: services get the secrets they declare
+    user: str | None = None  # `user:` uid[:gid]; None: the image's user if numeric, else root
     position: Position | None = field(default=None, compare=False)
 
 

@@ -45,9 +45,10 @@ def test_bad_values_name_the_place(value, reason, column):
     assert (info.value.position.line, info.value.position.column) == (4, column)
 
 
-def test_not_in_the_key():
+def test_not_in_the_key(tmp_path):
     a = compile_pipeline(load_text("steps:\n  - name: t\n    image: alpine\n"),
-                         resolver=lambda r: DIGEST)
+                         resolver=lambda r: DIGEST, repo_root=tmp_path)
     b = compile_pipeline(load_text("steps:\n  - name: t\n    image: alpine\n"
-                                   "    allow_failure: true\n"), resolver=lambda r: DIGEST)
+                                   "    allow_failure: true\n"), resolver=lambda r: DIGEST, repo_root=tmp_path)
+    assert a.nodes["t"].drv_hash is not None
     assert a.nodes["t"].drv_hash == b.nodes["t"].drv_hash

@@ -42,11 +42,11 @@ def test_product_minus_exclude_plus_include():
     assert p.steps[-1].depends_on == tuple(NAMES)
 
 
-def test_each_instance_has_its_own_derivation():
-    g = compile_pipeline(load_text(BASE), resolver=lambda ref: DIGEST)
+def test_each_instance_has_its_own_derivation(tmp_path):
+    g = compile_pipeline(load_text(BASE), resolver=lambda ref: DIGEST, repo_root=tmp_path)
     assert g.order == (*NAMES, "report")
-    hashes = [g.nodes[n].derivation for n in NAMES]
-    assert len(set(hashes)) == 4
+    hashes = [g.nodes[n].drv_hash for n in NAMES]
+    assert None not in hashes and len(set(hashes)) == 4
     assert g.nodes["report"].deps == tuple(NAMES)
 
 

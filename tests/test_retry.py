@@ -50,11 +50,12 @@ def test_bad_values_name_the_place(text, reason, column):
     assert (info.value.position.line, info.value.position.column) == (4, column), str(info.value)
 
 
-def test_not_in_the_key():
+def test_not_in_the_key(tmp_path):
     plain = compile_pipeline(load_text("steps:\n  - name: t\n    image: alpine\n"),
-                             resolver=lambda r: DIGEST)
+                             resolver=lambda r: DIGEST, repo_root=tmp_path)
     retried = compile_pipeline(load_text("steps:\n  - name: t\n    image: alpine\n"
-                                         "    retry: 3\n"), resolver=lambda r: DIGEST)
+                                         "    retry: 3\n"), resolver=lambda r: DIGEST, repo_root=tmp_path)
+    assert plain.nodes["t"].drv_hash is not None
     assert plain.nodes["t"].drv_hash == retried.nodes["t"].drv_hash
 
 
