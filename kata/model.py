@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kata.errors import Position
+from kata.resources import Resources
 
 if TYPE_CHECKING:
     from kata.conditions import Expr
@@ -219,6 +220,8 @@ class Service:
     entrypoint: tuple[str, ...] = ()
     ready: Ready | None = None  # None: the image's first exposed port, else "started"
     secrets: tuple[str, ...] = ()  # names only: services get the secrets they declare
+    # its own `resources:` over settings' (not the step's); None fields: host defaults
+    resources: Resources = Resources()
     user: str | None = None  # `user:` uid[:gid]; None: the image's user if numeric, else root
     position: Position | None = field(default=None, compare=False)
 
@@ -241,6 +244,7 @@ class Settings:
     max_parallel: int | None = None  # None: CPU count, decided by the realiser
     fail_fast: bool = True
     cache_enabled: bool = True
+    resources: Resources = Resources()  # the default of every step and service
 
 
 NETWORK_MODES = ("default", "none", "host")
@@ -273,7 +277,8 @@ class Retry:
             return True
         if reason == "step.timeout":
             return self.timeout
-        return reason == "step.failed" and exit_status in self.exit_codes
+        # an OOM kill is exit 137 (SIGKILL), the usual reason to retry on 137
+        return reason in ("step.failed", "step.oom") and exit_status in self.exit_codes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,6 +297,8 @@ class Step:
     workdir: str = "/workspace"
     user: str | None = None  # None: the image's user
     network: str = "default"
+    # its own `resources:` over settings'; None fields: host defaults (never hashed)
+    resources: Resources = Resources()
     description: str = ""
     only: "Expr | None" = None
     when: "Expr | None" = None
@@ -329,7 +336,7 @@ class Step:
             return False
         if self.allow_failure is True:
             return True
-        return reason == "step.failed" and exit_status in self.allow_failure
+        return reason in ("step.failed", "step.oom") and exit_status in self.allow_failure
 
     @property
     def condition(self) -> "Expr | None":

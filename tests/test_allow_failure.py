@@ -32,6 +32,7 @@ def test_exit_codes_allow_only_those_exits():
     assert s.allows("step.failed", 3) and s.allows("step.failed", 137)
     assert not s.allows("step.failed", 1)
     assert not s.allows("step.timeout", 137)  # a timeout is no exit the step chose
+    assert s.allows("step.oom", 137)
 
 
 @pytest.mark.parametrize("value, reason, column", [

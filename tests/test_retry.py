@@ -34,6 +34,7 @@ def test_which_failures_are_retried():
     narrow = Retry(max=1, exit_codes=(137,))
     assert narrow.covers("step.failed", 137) and not narrow.covers("step.failed", 1)
     assert not narrow.covers("step.timeout", 137)
+    assert narrow.covers("step.oom", 137)  # an out-of-memory kill is exit 137
     assert Retry(max=1, timeout=True).covers("step.timeout", 137)
 
 

@@ -42,7 +42,8 @@ from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
     OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
-from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
+from kata.resources import effective, format_size
+from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
 from kata.secrets import Masker
 from store import Realisation, Store, StoreError
 
@@ -445,6 +446,10 @@ class Realiser:
                     reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
                 elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
                     reason, message = "step.timeout", f"timed out after {step.timeout}"
+                elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
+                    exit_status, reason = 137, "step.oom"
+                    limit = format_size(effective(step.resources).memory or 0)
+                    message = f"out of memory: limit {limit}"
                 else:
                     reason = "step.failed"
         except (KataError, StoreError) as err:
