@@ -138,7 +138,7 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                                      entrypoint=s.entrypoint,
                                      ready=(s.ready.kind, s.ready.target, s.ready.timeout.millis)
                                      if s.ready is not None else None,
-                                     secrets=tuple(sorted(set(s.secrets))))
+                                     secrets=tuple(sorted(set(s.secrets))), user=s.user)
                       for s in step.services],
             network=step.network, deps=[h for _, h in dep_hashes])
         nodes[name] = Node(step=step, derivation=d, drv_hash=keys.derivation_hash(d) if d.resolved else None,

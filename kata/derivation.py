@@ -44,12 +44,17 @@ class ServiceDrv:
     # i.e. what state the service is in when the step sees it
     ready: tuple[str, str, int] | None = None
     secrets: tuple[str, ...] = ()  # names only, sorted
+    # `user:` (issue 14); encoded only when given, so a service without one keeps its hash
+    user: str | None = None
 
     def to_obj(self) -> dict[str, Any]:
-        return {"commands": list(self.commands), "entrypoint": list(self.entrypoint),
-                "env": [list(p) for p in self.env], "image": self.image, "name": self.name,
-                "ready": list(self.ready) if self.ready is not None else None,
-                "secrets": list(self.secrets)}
+        out = {"commands": list(self.commands), "entrypoint": list(self.entrypoint),
+               "env": [list(p) for p in self.env], "image": self.image, "name": self.name,
+               "ready": list(self.ready) if self.ready is not None else None,
+               "secrets": list(self.secrets)}
+        if self.user is not None:
+            out["user"] = self.user
+        return out
 
     @classmethod
     def from_obj(cls, s: dict[str, Any]) -> "ServiceDrv":
@@ -57,7 +62,7 @@ class ServiceDrv:
         return cls(name=s["name"], image=s["image"], env=tuple((k, v) for k, v in s["env"]),
                    commands=tuple(s["commands"]), entrypoint=tuple(s.get("entrypoint") or ()),
                    ready=(ready[0], ready[1], int(ready[2])) if ready else None,
-                   secrets=tuple(s.get("secrets") or ()))
+                   secrets=tuple(s.get("secrets") or ()), user=s.get("user"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

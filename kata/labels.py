@@ -1,4 +1,6 @@
-"""Target labels: `//build`, `//...` (every step), `//test*` (steps whose name starts so).
+"""Target labels: `//build`, `//...` (every step), `//test*` (steps whose name starts so),
+`//test(PYTHON=3.11)` (the instances of matrix step `test` with those values; `//test`
+alone is every instance, see `kata.matrix`).
 
 `parse_label` gives a `Label`; `select(labels, names)` picks step names in graph order;
 `with_dependencies` closes a selection over `depends_on`.
@@ -17,17 +19,29 @@ from kata.errors import KataError
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Label:
-    kind: str  # "exact" | "prefix" | "all"
+    kind: str  # "exact" | "prefix" | "all" | "instance"
     name: str = ""
+    values: tuple[tuple[str, str], ...] = ()  # "instance": the matrix values to match
 
     def matches(self, step: str) -> bool:
+        """``exact`` matches the step so named or every instance of the matrix step so
+        named; ``instance`` the instances whose values include all of ``values``."""
         if self.kind == "all":
             return True
         if self.kind == "prefix":
             return step.startswith(self.name)
-        return step == self.name
+        if step == self.name:
+            return self.kind == "exact"
+        from kata.matrix import split_name
+
+        split = split_name(step)
+        if split is None or split[0] != self.name:
+            return False
+        return set(self.values) <= set(split[1])
 
     def __str__(self) -> str:
+        if self.kind == "instance":
+            return f"//{self.name}({', '.join(f'{k}={v}' for k, v in self.values)})"
         return {"all": "//...", "prefix": f"//{self.name}*", "exact": f"//{self.name}"}[self.kind]
 
 
@@ -63,10 +77,14 @@ def parse_label(text: str) -> Label:
         tree = _parser().parse(text)
     except lark.exceptions.LarkError:
         raise KataError("label.syntax", f"bad target label {text!r}: expected //step, "
-                        "//prefix* or //...", obj=text) from None
+                        "//prefix*, //step(VAR=value) or //...", obj=text) from None
     target = tree.children[0]
-    name = str(target.children[0]) if target.data in ("exact", "prefix") else ""
-    return Label(kind=str(target.data), name=name)
+    name = str(target.children[0]) if target.data in ("exact", "prefix", "instance") else ""
+    values: tuple[tuple[str, str], ...] = ()
+    if target.data == "instance":
+        pairs = (p.strip().partition("=") for p in str(target.children[1]).strip().strip("()").split(","))
+        values = tuple((k.strip(), v.strip()) for k, _, v in pairs)
+    return Label(kind=str(target.data), name=name, values=values)
 
 
 def select(labels: Iterable[str | Label], names: Sequence[str]) -> tuple[str, ...]:

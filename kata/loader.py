@@ -14,6 +14,7 @@ import gc
 import os
 import re
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,13 +22,14 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kata import conditions
+from kata import matrix as mx
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs, read_at_most
 from kata.labels import is_step_name
 from kata.resources import MAX_CPUS, MAX_PIDS, MIN_CPUS, Resources, parse_memory
-from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
-                        Settings, Step, Trigger, is_env_name)
+from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Retry,
+                        Service, Settings, Step, Trigger, is_env_name)
 
 CONFIG_NAME = ".kata-ci.yaml"
 
@@ -94,9 +96,11 @@ TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled", "resources")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description", "resources")
+             "when", "description", "resources", "matrix", "allow_failure", "retry")
+RETRY_KEYS = ("max", "on")
+MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets",
-                "resources")
+                "resources", "user")
 RESOURCES_KEYS = ("memory", "cpus", "pids")
 READY_KEYS = ("tcp", "http", "command", "timeout")
 CACHE_KEYS = ("paths", "key_files", "enabled")
@@ -412,7 +416,7 @@ class _Walker:
             raise self.fail("config.type", steps_node, f"steps must be a list, got {_kind(steps_node)}")
         if not steps_node.value:
             raise self.fail("config.no_steps", steps_node, "steps is empty")
-        steps = [self.step(n) for n in steps_node.value]
+        steps = self.expand_matrix_deps([s for n in steps_node.value for s in self.step_or_matrix(n)])
         self.check_graph(steps)
         return Pipeline(name=name, steps=tuple(steps), settings=settings, env=env,
                         triggers=triggers, file=self.file)
@@ -440,19 +444,21 @@ class _Walker:
             kw["resources"] = self.resources(f["resources"][1], "settings.resources")
         return Settings(**kw)
 
-    def step(self, node: Node) -> Step:
-        f = self.fields(node, STEP_KEYS, "a step")
+    def step(self, node: Node, f: dict | None = None) -> Step:
+        f = f if f is not None else self.fields(node, STEP_KEYS, "a step")
         name_node = self.require(f, "name", node, "a step")
         name = self.string(name_node, "name")
         if not is_step_name(name):
             raise self.fail("config.step_name", name_node,
                             f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
         what = f"step {name!r}"
+        image_node = self.require(f, "image", node, what)
         kw: dict[str, Any] = {"name": name, "position": self.pos(name_node),
-                              "image": self.image(self.require(f, "image", node, what), f"{what}: image"),
+                              "image": self.image(image_node, f"{what}: image")
+                              if "matrix" not in f else ImageRef.parse("scratch"),
                               "resources": self.default_resources}
         for key, (_, v) in f.items():
-            if key in ("name", "image"):
+            if key in ("name", "image", "matrix"):
                 continue
             label = f"{what}: {key}"
             if key == "commands":
@@ -497,7 +503,168 @@ class _Walker:
                 kw[key] = self.string(v, label)
             elif key == "resources":
                 kw[key] = self.resources(v, label).over(self.default_resources)
+            elif key == "allow_failure":
+                kw[key] = self.allow_failure(v, label)
+            elif key == "retry":
+                kw[key] = self.retry(v, label)
         return Step(**kw)
+
+    def allow_failure(self, node: Node, what: str) -> bool | tuple[int, ...]:
+        """``true``/``false``, or a non-empty list of exit codes 1..255."""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            return self.boolean(node, what)
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"{what} must be true, false or a list of "
+                            f"exit codes, got {_kind(node)}")
+        codes = []
+        for item in node.value:
+            code = self.integer(item, f"each entry of {what}")
+            if not 0 < code < 256:
+                raise self.fail("config.value", item, f"{what}: exit code {code} out of "
+                                "range (1 to 255)")
+            codes.append(code)
+        if not codes:
+            raise self.fail("config.value", node, f"{what} lists no exit code")
+        return tuple(sorted(set(codes)))
+
+    def retry(self, node: Node, what: str) -> Retry:
+        """``retry: 2`` or ``retry: {max: 2, on: [exit_code: 137, timeout]}``."""
+        if isinstance(node, ScalarNode) and node.tag == _INT:
+            return self.retry_value(node, what, max=self.integer(node, what))
+        if isinstance(node, MappingNode):  # YAML 1.1 reads an unquoted `on:` as true
+            node = MappingNode(node.tag, [
+                (ScalarNode(_STR, k.value, k.start_mark, k.end_mark)
+                 if isinstance(k, ScalarNode) and k.tag == _BOOL else k, v)
+                for k, v in node.value], node.start_mark, node.end_mark, node.flow_style)
+        f = self.fields(node, RETRY_KEYS, what)
+        max_node = self.require(f, "max", node, what)
+        codes: list[int] = []
+        timeout = False
+        if "on" in f:
+            on = f["on"][1]
+            if not isinstance(on, SequenceNode) or not on.value:
+                raise self.fail("config.type" if not isinstance(on, SequenceNode) else
+                                "config.value", on, f"{what}.on must be a non-empty list of "
+                                "'exit_code: N' and 'timeout'")
+            for item in on.value:
+                if isinstance(item, ScalarNode) and item.tag in _TEXTUAL:
+                    self.one_of(item.value, ("timeout",), item, f"{what}.on: unknown condition")
+                    timeout = True
+                    continue
+                entry = self.fields(item, ("exit_code",), f"an entry of {what}.on")
+                code = self.require(entry, "exit_code", item, f"an entry of {what}.on")
+                codes.append(self.integer(code, f"{what}.on.exit_code"))
+                if not 0 < codes[-1] < 256:
+                    raise self.fail("config.value", code, f"{what}.on: exit code {codes[-1]} "
+                                    "out of range (1 to 255)")
+        return self.retry_value(max_node, what, max=self.integer(max_node, f"{what}.max"),
+                                exit_codes=tuple(sorted(set(codes))), timeout=timeout)
+
+    def retry_value(self, node: Node, what: str, **kw: Any) -> Retry:
+        try:
+            return Retry(**kw)
+        except ValueError as err:
+            raise self.fail("config.value", node, f"{what}: {err}") from None
+
+    # -- matrix steps (kata.matrix) -------------------------------------
+    def step_or_matrix(self, node: Node) -> tuple[Step, ...]:
+        """A step, or a matrix step's instances in combination order."""
+        f = self.fields(node, STEP_KEYS, "a step")
+        base = self.step(node, f)
+        if "matrix" not in f:
+            return (base,)
+        what = f"step {base.name!r}"
+        m_node = f["matrix"][1]
+        matrix = self.matrix(m_node, f"{what}: matrix")
+        image_node = f["image"][1]
+        image_text = self.string(image_node, f"{what}: image")
+        own_env = dict(base.env)
+        out = []
+        for values in matrix.combinations():
+            clash = next((k for k, _ in values if k in own_env), None)
+            if clash is not None:
+                raise self.fail("config.value", m_node, f"{what}: matrix variable {clash} is "
+                                "also in the step's env; give it in one place")
+            try:
+                image = ImageRef.parse(mx.substitute(image_text, values))
+            except ValueError as err:
+                raise self.fail("config.image_ref", image_node, f"{what}: image "
+                                f"({mx.instance_name(base.name, values)}): {err}") from None
+            out.append(replace(base, name=mx.instance_name(base.name, values), image=image,
+                               env=(*base.env, *values), matrix_of=base.name, matrix=values))
+        return tuple(out)
+
+    def matrix(self, node: Node, what: str) -> mx.Matrix:
+        """``{VAR: [values], exclude: [{VAR: v}], include: [{VAR: v}]}`` -> ``mx.Matrix``."""
+        axes, exclude, include = [], (), ()
+        for key, k, v in self.pairs(node, what):
+            if key in MATRIX_KEYS:
+                entries = self.matrix_entries(v, f"{what}.{key}")
+                exclude, include = (entries, include) if key == "exclude" else (exclude, entries)
+                continue
+            if not is_env_name(key):
+                raise self.fail("config.value", k, f"{what}: bad variable name {key!r}")
+            if not isinstance(v, SequenceNode):
+                raise self.fail("config.type", v, f"{what}.{key} must be a list, got {_kind(v)}")
+            values = tuple(self.matrix_value(i, f"{what}.{key}") for i in v.value)
+            if not values:
+                raise self.fail("config.value", v, f"{what}.{key} has no values")
+            if len(set(values)) != len(values):
+                raise self.fail("config.value", v, f"{what}.{key} lists a value twice")
+            axes.append((key, values))
+        try:
+            return mx.Matrix(axes=tuple(axes), exclude=exclude, include=include)
+        except ValueError as err:
+            raise self.fail("config.value", node, f"{what}: {err}") from None
+
+    def matrix_entries(self, node: Node, what: str) -> tuple[mx.Values, ...]:
+        if not isinstance(node, SequenceNode):
+            raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
+        out = []
+        for item in node.value:
+            pairs = []
+            for key, k, v in self.pairs(item, f"an entry of {what}"):
+                if not is_env_name(key):
+                    raise self.fail("config.value", k, f"{what}: bad variable name {key!r}")
+                pairs.append((key, self.matrix_value(v, f"{what}.{key}")))
+            if not pairs:
+                raise self.fail("config.value", item, f"{what} has an empty entry")
+            out.append(tuple(pairs))
+        return tuple(out)
+
+    def matrix_value(self, node: Node, what: str) -> str:
+        if not (isinstance(node, ScalarNode) and node.tag in (*_TEXTUAL, _BOOL)):
+            raise self.fail("config.type", node, f"{what}: a value must be a scalar, got {_kind(node)}")
+        try:
+            mx.check_value(node.value)
+        except ValueError as err:
+            raise self.fail("config.value", node, f"{what}: {err}") from None
+        return node.value
+
+    def expand_matrix_deps(self, steps: list[Step]) -> list[Step]:
+        """``depends_on: [test]`` naming a matrix step means every instance of it; a
+        matrix step's name may not also be a plain step's (``config.duplicate_step``)."""
+        instances: dict[str, list[str]] = {}
+        for s in steps:
+            if s.matrix_of:
+                instances.setdefault(s.matrix_of, []).append(s.name)
+        if not instances:
+            return steps
+        for s in steps:
+            if not s.matrix_of and s.name in instances:
+                raise KataError("config.duplicate_step", f"duplicate step name {s.name!r} "
+                                "(a matrix step has that name)", position=s.position)
+        out = []
+        for s in steps:
+            if any(d in instances for d in s.depends_on):
+                deps, poss = [], []
+                for d, p in zip(s.depends_on, s.dep_positions):
+                    names = instances.get(d, [d])
+                    deps.extend(names)
+                    poss.extend([p] * len(names))
+                s = replace(s, depends_on=tuple(deps), dep_positions=tuple(poss))
+            out.append(s)
+        return out
 
     def services(self, node: Node, what: str) -> tuple[Service, ...]:
         if not isinstance(node, SequenceNode):
@@ -533,7 +700,8 @@ class _Walker:
                 ready=self.ready(f["ready"][1], f"{label}: ready") if "ready" in f else None,
                 resources=(self.resources(f["resources"][1], f"{label}: resources")
                            if "resources" in f else Resources()).over(self.default_resources),
-                secrets=secrets))
+                secrets=secrets,
+                user=self.nonempty(f["user"][1], f"{label}: user") if "user" in f else None))
         return tuple(out)
 
     def ready(self, node: Node, what: str) -> Ready:

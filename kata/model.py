@@ -222,6 +222,7 @@ class Service:
     secrets: tuple[str, ...] = ()  # names only: services get the secrets they declare
     # its own `resources:` over settings' (not the step's); None fields: host defaults
     resources: Resources = Resources()
+    user: str | None = None  # `user:` uid[:gid]; None: the image's user if numeric, else root
     position: Position | None = field(default=None, compare=False)
 
 
@@ -247,6 +248,37 @@ class Settings:
 
 
 NETWORK_MODES = ("default", "none", "host")
+MAX_RETRIES = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """``retry:`` of a step: rerun a failed attempt up to ``max`` more times (1..10).
+    ``exit_codes``/``timeout`` narrow which failures are retried; neither given: any
+    failure but a cancellation. Not hashed: it decides how often a step runs, not what it
+    computes. ValueError on construction for a bad ``max`` or exit code."""
+
+    max: int
+    exit_codes: tuple[int, ...] = ()
+    timeout: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max, bool) or not 1 <= self.max <= MAX_RETRIES:
+            raise ValueError(f"retry max must be 1 to {MAX_RETRIES}, got {self.max!r}")
+        for code in self.exit_codes:
+            if not 0 < code < 256:
+                raise ValueError(f"exit code {code} out of range (1 to 255)")
+
+    def covers(self, reason: str, exit_status: int | None) -> bool:
+        """Whether a failed attempt (``reason`` as ``StepFailed.reason``) is retried."""
+        if reason == "step.cancelled":
+            return False
+        if not self.exit_codes and not self.timeout:
+            return True
+        if reason == "step.timeout":
+            return self.timeout
+        # an OOM kill is exit 137 (SIGKILL), the usual reason to retry on 137
+        return reason in ("step.failed", "step.oom") and exit_status in self.exit_codes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,6 +302,14 @@ class Step:
     description: str = ""
     only: "Expr | None" = None
     when: "Expr | None" = None
+    # a matrix instance (kata.matrix): the config's step name and this instance's values,
+    # which are also in ``env``; not hashed themselves (the env and the image are)
+    matrix_of: str = ""
+    matrix: tuple[tuple[str, str], ...] = ()
+    # `allow_failure:` (not hashed: it decides how a failure counts, not what runs):
+    # True allows any failure but a cancellation; exit codes allow only those exits
+    allow_failure: bool | tuple[int, ...] = False
+    retry: Retry | None = None  # `retry:`; None: one attempt
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
 
@@ -287,6 +327,16 @@ class Step:
         """Served from and recorded in the cache: `cache:` not false, and a step that
         declares secrets only when it says `cache: true` (its output may depend on them)."""
         return self.cache.enabled and (not self.secrets or self.cache.explicit)
+
+    def allows(self, reason: str, exit_status: int | None) -> bool:
+        """Whether a failure (``reason``: ``step.failed``, ``step.timeout``,
+        ``artifact.missing``...; ``exit_status`` or None) is allowed by ``allow_failure``.
+        A cancellation (``step.cancelled``) never is: it is no verdict on the step."""
+        if reason == "step.cancelled" or not self.allow_failure:
+            return False
+        if self.allow_failure is True:
+            return True
+        return reason in ("step.failed", "step.oom") and exit_status in self.allow_failure
 
     @property
     def condition(self) -> "Expr | None":

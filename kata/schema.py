@@ -145,6 +145,8 @@ def _service() -> dict[str, Any]:
         "ready": _ready(),
         "secrets": _secret_names("Secrets the service receives (by name)."),
         "resources": _resources("the service's container"),
+        "user": {**_NONEMPTY, "description": "User the service runs as (uid[:gid]). "
+                                             "Default: the image's when numeric, else root."},
     }, "service", required=("name", "image"), description="A sidecar container.")
     obj["not"] = {"required": ["commands", "entrypoint"]}
     return obj
@@ -203,7 +205,49 @@ def _step() -> dict[str, Any]:
                                          "branch == \"main\" and changed(\"src/**\")."},
         "description": {**_TEXT, "description": "Free text; not part of the cache key."},
         "resources": _resources("the step's container"),
+        "matrix": _matrix(),
+        "allow_failure": {
+            "description": "true: a failure is a warning and the run still passes; or the "
+                           "exit codes allowed to fail. Never cached.",
+            "anyOf": [{"type": "boolean"},
+                      _list({"type": "integer", "minimum": 1, "maximum": 255},
+                            "Exit codes that may fail.")]},
+        "retry": _retry(),
     }, "step", required=("name", "image"), description="One unit of work in a container.")
+
+
+_MATRIX_VALUE = {"type": ["string", "number"], "pattern": r"^[A-Za-z0-9_.:/+@-]+$"}
+
+
+def _matrix() -> dict[str, Any]:
+    """``matrix:``: variables (env names) to lists of values, plus exclude/include
+    (``loader.MATRIX_KEYS``) lists of ``{VAR: value}`` mappings."""
+    combination = {"type": "object", "propertyNames": {"pattern": _ENV_NAME},
+                   "additionalProperties": _MATRIX_VALUE}
+    props = {"exclude": _list(combination, "Combinations to drop (every pair must match)."),
+             "include": _list(combination, "Extra combinations to add.")}
+    assert set(props) == set(loader.MATRIX_KEYS), "kata/schema.py: matrix keys"
+    return {"type": "object", "description": "Run the step once per combination of its "
+                                             "variables (the cartesian product).",
+            "properties": props, "propertyNames": {"pattern": _ENV_NAME},
+            "additionalProperties": {**_list(_MATRIX_VALUE, "A variable's values."),
+                                     "minItems": 1}}
+
+
+def _retry() -> dict[str, Any]:
+    on = _list({"anyOf": [{"const": "timeout"},
+                          _object(("exit_code",), {"exit_code": {"type": "integer",
+                                                                 "minimum": 1,
+                                                                 "maximum": 255}},
+                                  "retry.on entry")]},
+               "Retry only these failures (default: any failure).")
+    return {"description": "Rerun a failed step up to this many more times (each attempt "
+                           "in a fresh container).",
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 10},
+                      _object(loader.RETRY_KEYS, {
+                          "max": {"type": "integer", "minimum": 1, "maximum": 10,
+                                  "description": "The most extra attempts."},
+                          "on": on}, "retry", required=("max",))]}
 
 
 def _trigger() -> dict[str, Any]:

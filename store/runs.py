@@ -29,7 +29,7 @@ class StepRecord:
     ran it."""
 
     name: str
-    status: str  # passed | failed | cancelled | skipped
+    status: str  # passed | failed | allowed (failed, allow_failure) | cancelled | skipped
     cache: str = ""
     drv_hash: str = ""
     key: str = ""
@@ -40,10 +40,13 @@ class StepRecord:
     produced_by: str = ""
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service, log digest)
+    attempts: int = 1  # attempts made (`retry:`); only the last one's result is recorded
 
     def to_obj(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["service_logs"] = dict(self.service_logs)
+        if self.attempts == 1:  # the default is left out: older records read the same
+            del out["attempts"]
         return dict(sorted(out.items()))
 
     @classmethod

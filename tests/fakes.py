@@ -118,6 +118,7 @@ class FakeStep:
     services: tuple[dict, ...] = ()
     user: str | None = None
     network: str | None = None
+    matrix: dict | None = None  # e.g. {"V": ["p", "q"]}
 
     def to_yaml(self) -> dict:
         out: dict = {"name": self.name, "image": self.image, "commands": list(self.commands)}
@@ -134,6 +135,8 @@ class FakeStep:
             out["network"] = self.network
         if self.services:
             out["services"] = [dict(s) for s in self.services]
+        if self.matrix:
+            out["matrix"] = dict(self.matrix)
         if not self.cache:
             out["cache"] = False
         elif self.cache_paths:

@@ -129,8 +129,8 @@ def test_validate_json(tmp_path) -> None:
     ok = kata("validate", "--json", store=tmp_path / "store", cwd=tmp_path)
     assert ok.returncode == 0 and json.loads(ok.stdout) == {
         "version": 1, "valid": True, "file": str(tmp_path / ".kata-ci.yaml"),
-        "pipeline": "my-app", "steps": 3, "cycles": 0, "groups": 2,
-        "levels": [["build"], ["test", "lint"]]}
+        "pipeline": "my-app", "steps": 3, "matrix_steps": 0, "matrix_instances": 0,
+        "cycles": 0, "groups": 2, "levels": [["build"], ["test", "lint"]]}
     (tmp_path / ".kata-ci.yaml").write_text("steps:\n  - {name: a, image: b, depends_on: [a]}\n")
     bad = kata("validate", "--json", store=tmp_path / "store", cwd=tmp_path)
     doc = json.loads(bad.stdout)

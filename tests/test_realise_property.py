@@ -8,6 +8,11 @@ Step i reads ``in/i``, strips its spaces (so a whitespace edit is a no-op for it
 output: early cutoff), and appends every direct dependency's output. The model: a
 step runs iff the pair (raw bytes of in/i, outputs of its direct dependencies) was
 never realised before — content addressing, with earlier results kept in the store.
+
+Some steps are matrix steps (``matrix: {V: [...]}``, issue 14): each instance writes
+``o<i>/<V>`` with its value appended, a dependent reads every instance's file (so it
+depends on all of them), and each instance is its own cache entry: the model keys an
+instance by (i, value, in/i, what its dependencies hand it).
 """
 
 from __future__ import annotations
@@ -33,39 +38,50 @@ def dags(draw):
     deps = [tuple(sorted(draw(st.sets(st.integers(0, i - 1), max_size=2)))) if i else ()
             for i in range(n)]
     first = [draw(CONTENTS) for _ in range(n)]
+    # per step: () a plain step, else its matrix values
+    values = [draw(st.sampled_from([(), (), ("p",), ("p", "q")])) for _ in range(n)]
     edits = draw(st.lists(st.lists(st.tuples(st.integers(0, n - 1), CONTENTS), max_size=3),
                           min_size=1, max_size=3))
-    return deps, first, edits
+    return deps, first, edits, values
 
 
-def _steps(deps):
+def _steps(deps, values):
     steps = []
     for i, ds in enumerate(deps):
-        cmds = [f"mkdir -p o{i}", f"tr -d ' ' < in/{i} > o{i}/v"]
-        cmds += [f"cat o{d}/v >> o{i}/v" for d in ds]
+        f = f"o{i}/$V" if values[i] else f"o{i}/x"
+        cmds = [f"mkdir -p o{i}", f"tr -d ' ' < in/{i} > {f}", f"printf %s \"$V\" >> {f}"]
+        cmds += [f"cat o{d}/* >> {f}" for d in ds]
         steps.append(FakeStep(f"s{i}", commands=tuple(cmds), depends_on=tuple(f"s{d}" for d in ds),
-                              inputs=(f"in/{i}",), artifacts=(f"o{i}/",)))
+                              inputs=(f"in/{i}",), artifacts=(f"o{i}/",),
+                              matrix={"V": list(values[i])} if values[i] else None))
     return steps
 
 
-def _model_outputs(deps, files):
+def _instances(i, values):
+    """(step name, value) of step i's instances, in value order."""
+    return [(f"s{i} (V={v})", v) for v in values[i]] or [(f"s{i}", "")]
+
+
+def _model_outputs(deps, files, values):
+    """Per step, what its dependents read of it: every instance's output, in file-name order."""
     out: list[str] = []
     for i, ds in enumerate(deps):
-        out.append(files[i].replace(" ", "") + "".join(out[d] for d in ds))
+        handed = "".join(out[d] for d in ds)
+        out.append("".join(files[i].replace(" ", "") + v + handed for _, v in _instances(i, values)))
     return out
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags())
 def test_reruns_are_exactly_the_changed_steps(case):
-    deps, files, edits = case
+    deps, files, edits, values = case
     tmp = Path(tempfile.mkdtemp(prefix="kata-prop-"))
     try:
         repo = tmp / "repo"
         (repo / "in").mkdir(parents=True)
         store = Store.open(tmp / "store")
         runtime = FakeRuntime()
-        steps = _steps(deps)
+        steps = _steps(deps, values)
         seen: set[tuple] = set()
         rounds = [[]] + edits
         files = list(files)
@@ -74,13 +90,14 @@ def test_reruns_are_exactly_the_changed_steps(case):
                 files[i] = text
             for i, text in enumerate(files):
                 (repo / "in" / str(i)).write_text(text)
-            outs = _model_outputs(deps, files)
+            outs = _model_outputs(deps, files, values)
             expected = set()
             for i, ds in enumerate(deps):
-                key = (i, files[i], tuple(outs[d] for d in ds))
-                if key not in seen:
-                    expected.add(f"s{i}")
-                    seen.add(key)
+                for name, v in _instances(i, values):
+                    key = (i, v, files[i], tuple(outs[d] for d in ds))
+                    if key not in seen:
+                        expected.add(name)
+                        seen.add(key)
             events: list[ev.Event] = []
             graph = compile_steps(repo, steps)
             opts = RealiseOptions(repo_root=repo, work_root=tmp / "work", max_parallel=2)

@@ -184,3 +184,26 @@ def test_requeue_reruns_a_dependency_then_the_step_and_keeps_the_others_waiting(
     assert result.ok and result.status["package"] == "passed"
     assert started == ["build", "test", "lint", "package", "lint", "outside", "package"]
     assert result.status["outside"] == "passed"
+
+
+def test_an_allowed_failure_skips_its_dependents_and_cancels_nothing():
+    from kata.realise.scheduler import ALLOWED
+
+    skipped: dict[str, str] = {}
+    release = threading.Event()
+
+    def work(name: str, cancel: Cancel):
+        if name == "test":
+            release.set()
+            return ALLOWED
+        if name == "lint":
+            release.wait(5)  # still running when test fails
+            return not cancel.is_set()
+        return True
+
+    result = schedule(ORDER, DIAMOND, work, max_parallel=4, fail_fast=True,
+                      on_skip=lambda n, why: skipped.__setitem__(n, why))
+    assert result.status == {"build": "passed", "test": "allowed", "lint": "passed",
+                             "package": "skipped"}
+    assert skipped == {"package": "dependency test failed (allowed to fail)"}
+    assert result.stop_reason == ""

@@ -73,3 +73,23 @@ def test_a_service_log_masks_the_secrets_of_the_run(kata):
     assert logs.returncode == 0, logs.stderr
     assert "token=***" in logs.stdout.splitlines()
     assert token not in logs.stdout + proc.stdout + proc.stderr
+
+
+def test_a_service_runs_as_its_user(kata):
+    """Issue 14: `user:` on a service (Postgres refuses to run as root)."""
+    def db(name, **extra):
+        return {"name": name, "image": IMAGE, "ready": {"tcp": 5432, "timeout": "20s"},
+                "commands": ["echo uid=$(id -u) gid=$(id -g)", SERVE], **extra}
+
+    write_pipeline(kata.repo, [
+        FakeStep("as-user", commands=("nc db 5432 </dev/null",), inputs=("x",),
+                 services=(db("db", user="1000:1001"),)),
+        FakeStep("as-root", commands=("nc db 5432 </dev/null",), inputs=("x",),
+                 services=(db("db"),)),
+    ], name="svc")
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    mine = kata("logs", "--step", "as-user", "--service", "db")
+    assert mine.stdout.splitlines()[1:] == ["uid=1000 gid=1001"], mine.stdout
+    root = kata("logs", "--step", "as-root", "--service", "db")
+    assert root.stdout.splitlines()[1:] == ["uid=0 gid=0"], root.stdout

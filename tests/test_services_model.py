@@ -171,3 +171,23 @@ def test_joining_a_missing_netns_is_an_error() -> None:
     with pytest.raises(KataError) as info:
         in_netns("/nonexistent/netns", lambda: True)
     assert info.value.reason == "runtime.network_failed"
+
+
+def test_a_service_user_is_loaded_and_hashed_only_when_given(tmp_path):
+    """Issue 14: `user:` on a service enters the key; a service without one keeps its hash."""
+    from kata.compile import compile_pipeline
+    from kata.derivation import ServiceDrv
+    from kata.loader import load_text
+
+    base = ("steps:\n  - name: t\n    image: alpine\n    services:\n"
+            "      - name: db\n        image: postgres:16\n")
+    digest = "sha256:" + "d" * 64
+    plain = compile_pipeline(load_text(base), resolver=lambda r: digest, repo_root=tmp_path)
+    mine = compile_pipeline(load_text(base + "        user: '999:999'\n"),
+                            resolver=lambda r: digest, repo_root=tmp_path)
+    assert mine.pipeline.steps[0].services[0].user == "999:999"
+    assert None not in (plain.nodes["t"].drv_hash, mine.nodes["t"].drv_hash)
+    assert plain.nodes["t"].drv_hash != mine.nodes["t"].drv_hash
+    assert "user" not in ServiceDrv(name="db", image=digest).to_obj()
+    svc = mine.nodes["t"].derivation.services[0]
+    assert ServiceDrv.from_obj(svc.to_obj()) == svc

@@ -66,14 +66,21 @@ def validate(ctx: click.Context, json_out: bool) -> None:
             echo_json({"valid": False, "error": error})
         raise
     n = len(pipeline.steps)
+    bases = {s.matrix_of for s in pipeline.steps if s.matrix_of}
+    instances = sum(1 for s in pipeline.steps if s.matrix_of)
     if json_out:
         from kata.cli.history_cmds import echo_json
 
         echo_json({"valid": True, "file": str(path), "pipeline": pipeline.name, "steps": n,
+                   "matrix_steps": len(bases), "matrix_instances": instances,
                    "cycles": 0, "groups": len(p.levels),
                    "levels": [list(level) for level in p.levels]})
         return
-    click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}, 0 cycles, "
+    expanded = ""
+    if bases:
+        expanded = (f" ({len(bases)} matrix step{'s' if len(bases) != 1 else ''} "
+                    f"expanded to {instances} instance{'s' if instances != 1 else ''})")
+    click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}{expanded}, 0 cycles, "
                f"{len(p.levels)} parallel group{'s' if len(p.levels) != 1 else ''}")
 
 
@@ -133,7 +140,10 @@ def graph(ctx: click.Context, fmt: str) -> None:
         "pipeline": pipeline.name,
         "steps": [{"name": n, "image": str(g.nodes[n].step.image),
                    "depends_on": list(g.nodes[n].deps), "level": level_of[n],
-                   "drv_hash": g.nodes[n].drv_hash} for n in g.order],
+                   "drv_hash": g.nodes[n].drv_hash,
+                   **({"matrix_of": g.nodes[n].step.matrix_of,
+                       "matrix": dict(g.nodes[n].step.matrix)}
+                      if g.nodes[n].step.matrix_of else {})} for n in g.order],
         "edges": [list(e) for e in g.edges],
         "levels": [list(lvl) for lvl in g.levels],
     }

@@ -316,7 +316,8 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 
 @click.command()
 @click.option("--step", "steps", multiple=True, metavar="NAME",
-              help="Run this step (and what it needs) only; repeatable.")
+              help="Run this step (and what it needs) only; repeatable. A matrix step's "
+              "name runs every instance of it.")
 @_with_common
 @click.option("--event", type=click.Choice(EVENTS),
               help="Run as this event: the pipeline runs only if a trigger matches. "
@@ -450,6 +451,8 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
     else:
         exit_status = entry.exit_status
         extra = f", exit {exit_status}" if exit_status not in (None, 0) else ""
+        if getattr(entry, "attempts", 1) > 1:
+            extra += f", attempt {entry.attempts}"
         head = f"== {name}: {status}{extra}, {float(entry.duration or 0):.1f}s =="
     click.echo(head)
     digest = entry.log

@@ -80,6 +80,19 @@ class StepFailed:
     duration: float
     message: str = ""  # "timed out after 5s", "artifact dist/ was not produced", ...
     reason: str = "step.failed"
+    allowed: bool = False  # `allow_failure:` covers it: a warning, the run goes on
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRetrying:
+    """A failed attempt is retried (``retry:``): ``attempt`` of ``attempts`` starts next."""
+
+    step: str
+    attempt: int  # the attempt about to start, from 2
+    attempts: int  # 1 + retry.max
+    exit_status: int | None  # the failed attempt's
+    reason: str = "step.failed"
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +127,7 @@ class Done:
     wall: float  # wall-clock seconds the user waited: since RealiseOptions.started (for
     #   `kata run`, the process's start: loading, compiling and hashing count)
     cancelled: bool = False  # Ctrl-C or pipeline timeout
+    allowed: int = 0  # failed but allowed to (`allow_failure:`); not among `failed`
 
 
 def process_started() -> float:
@@ -136,7 +150,7 @@ def process_started() -> float:
 
 
 Event = (Parsed | CacheChecked | ParallelStarted | StepStarted | OutputLine | StepPassed
-         | StepFailed | StepSkipped | ImagePull | Done)
+         | StepFailed | StepRetrying | StepSkipped | ImagePull | Done)
 Emit = Callable[[Event], None]
 
 _KIND = {
@@ -147,6 +161,7 @@ _KIND = {
     OutputLine: "output",
     StepPassed: "pass",
     StepFailed: "fail",
+    StepRetrying: "retry",
     StepSkipped: "skip",
     ImagePull: "pull",
     Done: "done",
@@ -186,6 +201,6 @@ def stamped(data: dict[str, object], at: float | None = None) -> dict[str, objec
 
 __all__ = [
     "CacheChecked", "Done", "Emit", "Event", "ImagePull", "OutputLine", "ParallelStarted",
-    "Parsed", "StepFailed", "StepPassed", "StepSkipped", "StepStarted", "JSON_VERSION",
-    "iso_time", "kind", "process_started", "stamped", "to_dict",
+    "Parsed", "StepFailed", "StepPassed", "StepRetrying", "StepSkipped", "StepStarted",
+    "JSON_VERSION", "iso_time", "kind", "process_started", "stamped", "to_dict",
 ]

@@ -125,6 +125,12 @@ def select_targets(graph: "DerivationGraph", *, steps: Sequence[str] = (),
         return tuple(select(labels, graph.order))
     if not steps:
         return None
+    # a matrix step's config name runs every instance of it
+    instances: dict[str, list[str]] = {}
+    for n in graph.order:
+        if graph.nodes[n].step.matrix_of:
+            instances.setdefault(graph.nodes[n].step.matrix_of, []).append(n)
+    steps = tuple(x for s in steps for x in (instances.get(s) or (s,)))
     unknown = [s for s in steps if s not in graph.nodes]
     if unknown:
         import difflib

@@ -41,7 +41,7 @@ from kata.realise.plan import (
     DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
-from kata.realise.scheduler import Cancel, Requeue, schedule
+from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
     OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
@@ -185,6 +185,7 @@ class Realiser:
         self.emit(ev.Done(
             run_id=self.run_id, passed=len(passed),
             failed=sum(1 for r in results if r and r.status in ("failed", "cancelled")),
+            allowed=sum(1 for r in results if r and r.status == "allowed"),
             skipped=sum(1 for r in results if r and r.status == "skipped"),
             cached=sum(1 for r in passed if r.cache == "HIT"),
             ran=sum(1 for r in results if r and r.cache == "MISS" and r.exit_status is not None),
@@ -265,7 +266,7 @@ class Realiser:
 
     # -- one step -------------------------------------------------------------------
 
-    def _work(self, name: str, cancel: Cancel) -> bool:
+    def _work(self, name: str, cancel: Cancel) -> "bool | str":
         """Realise one step; a fault of the machine rather than of the step (a full disk,
         an object collected by a concurrent gc, an I/O error) fails that step with its
         reason instead of stopping the run as an internal error."""
@@ -294,7 +295,7 @@ class Realiser:
                                 reason=reason))
         return False
 
-    def _realise_step(self, name: str, cancel: Cancel) -> bool:
+    def _realise_step(self, name: str, cancel: Cancel) -> "bool | str":
         node = self.graph.nodes[name]
         step = node.step
         resolved = ""
@@ -418,44 +419,34 @@ class Realiser:
 
     # running ---------------------------------------------------------------------
 
-    def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> bool:
+    def _execute(self, name: str, node: "Node", resolved: str, cancel: Cancel) -> "bool | str":
+        """Run the step; True when it passed (and is recorded), ``ALLOWED`` when it failed
+        as its ``allow_failure`` allows (never recorded as a realisation), else False."""
         step = node.step
-        started = time.monotonic()
-        exit_status: int | None = None
-        message = reason = outputs = ""
+        attempts = 1 + (step.retry.max if step.retry is not None else 0)
         with contextlib.ExitStack() as files:
             log = files.enter_context(tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY))
             log_lock = threading.Lock()
             # each service's output: its own log, stored as a blob (`kata logs --service`)
             service_logs = {s.name: files.enter_context(
                 tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)) for s in step.services}
-            try:
-                with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
-                    try:
-                        exit_status = self._run_container(name, node, ws.path, cancel, log,
-                                                          log_lock, service_logs)
-                    except KataError as err:  # e.g. a missing secret, an image not found
-                        message, reason = err.message, err.reason
-                    if reason:
-                        pass
-                    elif exit_status == 0:
-                        reason, message, outputs = self._collect(node, ws.path)
-                    elif cancel.is_set():
-                        reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
-                    elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
-                        reason, message = "step.timeout", f"timed out after {step.timeout}"
-                    elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
-                        exit_status, reason = 137, "step.oom"
-                        limit = format_size(effective(step.resources).memory or 0)
-                        message = f"out of memory: limit {limit}"
-                    else:
-                        reason = "step.failed"
-            except (KataError, StoreError) as err:
-                message, reason = err.message, err.reason
-            message = self._masker.mask(message.encode()).decode("utf-8", "replace")
-            if message and reason != "step.failed":
-                log.write(f"kata: {message}".encode() + b"\n")
-            duration = time.monotonic() - started
+            attempt = 1
+            while True:  # every attempt in a fresh workspace, all of them in the one log
+                started = time.monotonic()
+                exit_status, reason, message, outputs = self._attempt(
+                    name, node, cancel, log, log_lock, service_logs)
+                duration = time.monotonic() - started  # the final attempt's, as recorded
+                if not reason or attempt >= attempts or cancel.is_set() \
+                        or not step.retry.covers(reason, exit_status):  # type: ignore[union-attr]
+                    break
+                attempt += 1
+                what = f"exit {exit_status}" if reason == "step.failed" else message
+                with log_lock:
+                    log.write(f"kata: attempt {attempt - 1}/{attempts} failed ({what}); "
+                              f"attempt {attempt}/{attempts}\n".encode())
+                self.emit(ev.StepRetrying(step=name, attempt=attempt, attempts=attempts,
+                                          exit_status=exit_status, reason=reason,
+                                          message=message))
             if log.tell() == 0:  # nothing written (a quiet step): the run's one empty log
                 log_digest = self.records.empty_log()
             else:
@@ -466,16 +457,55 @@ class Realiser:
                 slog.seek(0)
                 digests.append((sname, self.store.put_blob(slog)))
         if exit_status == 0 and not reason:
-            self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests))
+            self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests),
+                         attempts=attempt)
             return True
-        status = "cancelled" if reason == "step.cancelled" else "failed"
+        allowed = step.allows(reason or "step.failed", exit_status)
+        status = "cancelled" if reason == "step.cancelled" else "allowed" if allowed else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
                              key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
-                             service_logs=tuple(digests)))
+                             service_logs=tuple(digests), attempts=attempt))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
-                                message=message, reason=reason or "step.failed"))
-        return False
+                                message=message, reason=reason or "step.failed", allowed=allowed))
+        return ALLOWED if allowed else False
+
+    def _attempt(self, name: str, node: "Node", cancel: Cancel, log: IO[bytes],
+                 log_lock: threading.Lock, service_logs: dict[str, IO[bytes]],
+                 ) -> tuple[int | None, str, str, str]:
+        """One attempt in a fresh workspace: (exit status, reason, masked message, output
+        tree); reason "" when it passed. Its output goes to ``log`` as it comes."""
+        step = node.step
+        exit_status: int | None = None
+        message = reason = outputs = ""
+        try:
+            with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
+                try:
+                    exit_status = self._run_container(name, node, ws.path, cancel, log,
+                                                      log_lock, service_logs)
+                except KataError as err:  # e.g. a missing secret, an image not found
+                    message, reason = err.message, err.reason
+                if reason:
+                    pass
+                elif exit_status == 0:
+                    reason, message, outputs = self._collect(node, ws.path)
+                elif cancel.is_set():
+                    reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
+                elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
+                    reason, message = "step.timeout", f"timed out after {step.timeout}"
+                elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
+                    exit_status, reason = 137, "step.oom"
+                    limit = format_size(effective(step.resources).memory or 0)
+                    message = f"out of memory: limit {limit}"
+                else:
+                    reason = "step.failed"
+        except (KataError, StoreError) as err:
+            message, reason = err.message, err.reason
+        message = self._masker.mask(message.encode()).decode("utf-8", "replace")
+        if message and reason != "step.failed":
+            with log_lock:
+                log.write(f"kata: {message}".encode() + b"\n")
+        return exit_status, reason, message, outputs
 
     def _collect(self, node: "Node", workdir: Path) -> tuple[str, str, str]:
         """(reason, message, output tree) of a step that exited 0: its declared artifacts
@@ -495,14 +525,16 @@ class Realiser:
         return "", "", outputs
 
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
-                duration: float, service_logs: tuple[tuple[str, str], ...]) -> None:
+                duration: float, service_logs: tuple[tuple[str, str], ...],
+                attempts: int = 1) -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
         self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
                                  duration=duration, stack=stack)
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,
-                             produced_by=self.run_id, service_logs=service_logs), stack)
+                             produced_by=self.run_id, service_logs=service_logs,
+                             attempts=attempts), stack)
         self.emit(ev.StepPassed(step=name, duration=duration))
 
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,

@@ -47,7 +47,7 @@ class PlanEntry:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepResult:
     name: str
-    status: str  # passed | failed | cancelled | skipped
+    status: str  # passed | failed | allowed (failed, allow_failure) | cancelled | skipped
     cache: str = ""  # HIT | MISS | "" (never looked at)
     drv_hash: str = ""
     key: str = ""  # the key that hit, or the resolved key it was recorded under
@@ -58,6 +58,7 @@ class StepResult:
     produced_by: str = ""  # run id that produced a cached result
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
+    attempts: int = 1  # `retry:`: attempts made; the fields above are the last one's
 
     def record(self) -> StepRecord:
         """This result as the store's run record keeps it."""
@@ -76,7 +77,7 @@ class RunResult:
     def ok(self) -> bool:
         # a step skipped by only:/when: is no failure; one skipped because a dependency
         # failed comes with that failure
-        return not self.interrupted and all(r.status in ("passed", "skipped")
+        return not self.interrupted and all(r.status in ("passed", "skipped", "allowed")
                                             for r in self.steps.values())
 
     @property

@@ -12,6 +12,8 @@ Rules:
   set, with a reason) and skips every step not yet started;
 - a failure without ``fail_fast`` skips the failure's dependents, transitively,
   while independent branches go on;
+- an allowed failure (``work`` returns ``ALLOWED``) skips its dependents the same way
+  and never cancels anything, ``fail_fast`` or not;
 - past the pipeline ``timeout`` everything running is cancelled, the rest skipped;
 - Ctrl-C (SIGINT, when called from the main thread) does the same; a second one
   raises ``ForcedInterrupt`` at once, without waiting for the running steps;
@@ -31,7 +33,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["passed", "failed", "cancelled", "skipped"]
+Status = Literal["passed", "failed", "allowed", "cancelled", "skipped"]
+ALLOWED = "allowed"  # what ``work`` returns for a failure the step allows (allow_failure)
 
 _POLL = 0.2  # seconds between looks at the deadline and at Ctrl-C
 
@@ -71,10 +74,10 @@ class ScheduleResult:
 
     @property
     def ok(self) -> bool:
-        return all(s == "passed" for s in self.status.values())
+        return all(s in ("passed", "allowed") for s in self.status.values())
 
 
-Work = Callable[[str, Cancel], bool]
+Work = Callable[[str, Cancel], "bool | Literal['allowed']"]
 OnSkip = Callable[[str, str], None]
 OnStart = Callable[[tuple[str, ...]], None]
 
@@ -114,12 +117,12 @@ def schedule(
             status[name] = "skipped"
             on_skip(name, reason)
 
-    def skip_dependents(name: str) -> None:
+    def skip_dependents(name: str, why: str = "did not pass") -> None:
         stack = list(dependents[name])
         while stack:
             dep = stack.pop()
             if dep not in status:
-                skip(dep, f"dependency {name} did not pass")
+                skip(dep, f"dependency {name} {why}")
                 stack.extend(dependents[dep])
 
     def requeue(name: str, again: Sequence[str]) -> None:
@@ -191,7 +194,12 @@ def schedule(
                     continue
                 if exc is not None and error is None:
                     error = exc
-                passed = exc is None and future.result()
+                outcome = future.result() if exc is None else False
+                if outcome == ALLOWED:
+                    status[name] = "allowed"
+                    skip_dependents(name, "failed (allowed to fail)")
+                    continue
+                passed = outcome is True
                 if passed:
                     status[name] = "passed"
                     for child in dependents[name]:

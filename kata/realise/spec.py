@@ -77,7 +77,7 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
                           timeout=service.ready.timeout.seconds)
     return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
                        env=dict(service.env), mounts=mounts, ready=ready,
-                       resources=service.resources)
+                       resources=service.resources, user=service.user or "")
 
 
 def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,

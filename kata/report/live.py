@@ -28,8 +28,8 @@ from kata.report.plain import RunLines
 FPS = 10  # frames a second
 _TAIL = 20  # output lines kept per step, shown if it fails
 _SHOWN = 8  # running steps listed by name; more are counted
-_STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[CACHE]": "34", "[PULL]": "36",
-          "[DONE]": "1"}
+_STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[WARN]": "33", "[RETRY]": "33",
+          "[CACHE]": "34", "[PULL]": "36", "[DONE]": "1"}
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 FRAME_MARK = "\x1b[?25l"  # each frame starts by hiding the cursor (tests count frames by it)
 
@@ -105,7 +105,7 @@ class LiveReporter:
         # the lines for the next frame; a failed step's last lines follow its verdict
         for text in texts:
             self._pending.append(_styled(text))
-            if text.startswith("[FAIL] "):
+            if text.startswith(("[FAIL] ", "[WARN] ")):
                 step = text.split(" ", 2)[1]
                 self._pending.extend(f"\x1b[2m{step} | {out}\x1b[0m"
                                      for out in self.tails.pop(step, ()))

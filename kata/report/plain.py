@@ -36,10 +36,18 @@ def line(event: ev.Event) -> str | None:
             return f"{event.step} | {event.text}"
         case ev.StepPassed():
             return None if event.cached else f"[PASS] {event.step} ({seconds(event.duration)})"
+        case ev.StepFailed() if event.allowed:
+            what = (f"exit {event.exit_status}" if event.reason == "step.failed"
+                    and event.exit_status is not None else event.message)
+            return f"[WARN] {event.step} ({what}, allowed to fail, {seconds(event.duration)})"
         case ev.StepFailed():
             if event.reason == "step.failed" and event.exit_status is not None:
                 return f"[FAIL] {event.step} (exit {event.exit_status}, {seconds(event.duration)})"
             return f"[FAIL] {event.step} ({event.message}, {seconds(event.duration)})"
+        case ev.StepRetrying():
+            what = (f"exit {event.exit_status}" if event.reason == "step.failed"
+                    and event.exit_status is not None else event.message)
+            return f"[RETRY] {event.step} (attempt {event.attempt}/{event.attempts}: {what})"
         case ev.StepSkipped():
             return f"[SKIP] {event.step} ({event.reason})"
         case ev.ImagePull():
@@ -55,14 +63,16 @@ def line(event: ev.Event) -> str | None:
 
 
 def done_line(event: ev.Done) -> str:
-    count = event.passed + event.failed + event.skipped
+    count = event.passed + event.failed + event.skipped + event.allowed
     steps = "step" if count == 1 else "steps"
     wall = seconds(event.wall)
-    if event.failed == 0 and event.skipped == 0:
+    if event.failed == 0 and event.skipped == 0 and event.allowed == 0:
         if event.cached == 0:
             return f"[DONE] All {count} {steps} passed ({seconds(event.total)} total, {wall} wall)"
         return f"[DONE] {count} {steps} ({event.cached} cached, {event.ran} ran) — {wall} wall time"
-    parts = [f"{n} {what}" for n, what in ((event.failed, "failed"), (event.skipped, "skipped"),
+    parts = [f"{n} {what}" for n, what in ((event.failed, "failed"),
+                                           (event.allowed, "allowed to fail"),
+                                           (event.skipped, "skipped"),
                                            (event.passed, "passed")) if n]
     if event.cached:
         parts.append(f"{event.cached} cached")

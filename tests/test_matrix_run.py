@@ -1,0 +1,106 @@
+"""Matrix steps end to end (issue 14): a 2×2 matrix with one exclude and one include,
+`${OS}` in the image choosing between the Debian image the suite builds and busybox, run
+by a real `kata` process on real containerd. Each instance is its own derivation and cache
+entry, addressable alone; a dependent sees every instance's artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support.cli import KataProcess
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """\
+pipeline: matrix
+steps:
+  - name: test
+    image: "kata.local/${OS}"
+    matrix:
+      OS: ["debian:bookworm", "busybox:latest"]
+      MODE: [fast, slow]
+      exclude: [{OS: "busybox:latest", MODE: slow}]
+      include: [{OS: "debian:bookworm", MODE: extra}]
+    commands:
+      - "if test -f /etc/debian_version; then d=debian; else d=other; fi; echo os=$OS mode=$MODE on $d"
+      - "mkdir -p out && echo $d > out/$MODE-${OS%%:*}"
+    artifacts: [out/]
+  - name: report
+    image: kata.local/busybox:latest
+    depends_on: [test]
+    commands: ["for f in $(ls out | sort); do echo $f=$(cat out/$f); done"]
+"""
+
+INSTANCES = ["test (OS=debian:bookworm, MODE=fast)", "test (OS=debian:bookworm, MODE=slow)",
+             "test (OS=busybox:latest, MODE=fast)", "test (OS=debian:bookworm, MODE=extra)"]
+
+
+@pytest.fixture
+def kata(tmp_path, containerd_daemon, runtime, debian_digest):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(CONFIG)
+    return KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+
+
+def test_validate_and_graph_show_the_instances(kata):
+    out = kata("validate")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("Config valid. 5 steps (1 matrix step expanded to 4 "
+                                  "instances), 0 cycles, 2 parallel groups")
+    text = kata("graph")
+    assert text.stdout.splitlines() == [", ".join(INSTANCES) + " -> report"]
+    doc = json.loads(kata("graph", "--format", "json").stdout)
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert list(steps) == [*INSTANCES, "report"]
+    assert steps[INSTANCES[2]]["image"] == "kata.local/busybox:latest"
+    assert steps[INSTANCES[3]]["image"] == "kata.local/debian:bookworm"
+    assert steps[INSTANCES[3]]["matrix"] == {"OS": "debian:bookworm", "MODE": "extra"}
+    assert steps["report"]["depends_on"] == INSTANCES
+
+
+def test_run_every_instance_then_each_cached_and_one_alone(kata):
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == '[PARSE] Pipeline "matrix": 5 steps, 2 parallel groups'
+    for name in INSTANCES:
+        assert f"[CACHE] {name}: MISS" in lines
+    assert "test (OS=debian:bookworm, MODE=fast) | os=debian:bookworm mode=fast on debian" in lines
+    assert "test (OS=busybox:latest, MODE=fast) | os=busybox:latest mode=fast on other" in lines
+    assert "test (OS=debian:bookworm, MODE=extra) | os=debian:bookworm mode=extra on debian" in lines
+    # the dependent sees every instance's artifacts, so depends on all of them
+    assert [x for x in lines if x.startswith("report | ")] == [
+        "report | extra-debian=debian", "report | fast-busybox=other",
+        "report | fast-debian=debian", "report | slow-debian=debian"]
+    assert lines[-1].startswith("[DONE] All 5 steps passed (")
+
+    # each instance has its own derivation and cache entry
+    second = kata("run")
+    assert second.returncode == 0
+    hits = dict(x[len("[CACHE] "):].split(": HIT (key: ") for x in second.stdout.splitlines()
+                if ": HIT (key: " in x)
+    assert sorted(hits) == sorted([*INSTANCES, "report"])
+    assert len(set(hits.values())) == 5
+    assert second.stdout.splitlines()[-1].startswith("[DONE] 5 steps (5 cached, 0 ran) — ")
+
+    # //test addresses every instance, //test(MODE=fast) some, the full name one
+    every = kata("build", "//test", "--no-cache")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert sorted(x[6:].split("): ")[0] + ")" for x in every.stdout.splitlines()
+                  if x.startswith("[RUN] ")) == sorted(INSTANCES)
+    some = kata("build", "//test(MODE=fast)", "--no-cache")
+    assert sorted(x[6:].split("): ")[0] + ")" for x in some.stdout.splitlines()
+                  if x.startswith("[RUN] ")) == sorted(INSTANCES[0:3:2])
+    alone = kata("run", "--step", "test (OS=busybox:latest, MODE=fast)", "--no-cache")
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    ran = [x for x in alone.stdout.splitlines() if x.startswith("[RUN] ")]
+    assert ran == ["[RUN] test (OS=busybox:latest, MODE=fast): "
+                   "if test -f /etc/debian_version; then d=debian; else d=other; fi; echo "
+                   "os=$OS mode=$MODE on $d && mkdir -p out && echo $d > out/$MODE-${OS%%:*}"]
+    by_name = kata("run", "--step", "test", "--dry-run")
+    assert by_name.returncode == 0, by_name.stdout + by_name.stderr
+    assert [x.split(": HIT")[0] for x in by_name.stdout.splitlines()
+            if x.startswith("[PLAN] ")] == [f"[PLAN] {n}" for n in INSTANCES]
