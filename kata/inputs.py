@@ -13,7 +13,6 @@ write within the timestamp granularity would otherwise go unseen).
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import operator
@@ -29,6 +28,8 @@ import msgpack
 
 from kata.errors import KataError
 from kata.git import Git
+from kata.globs import check_path_globs as check_globs  # noqa: F401 - the loader's check
+from kata.globs import path_match as match
 
 KATAIGNORE = ".kataignore"
 RACY_NS = 2_000_000_000
@@ -99,24 +100,6 @@ class InputSet:
 EMPTY = InputSet.of(())
 
 
-@functools.lru_cache(maxsize=256)
-def _spec(patterns: tuple[str, ...]):
-    import pathspec
-
-    return pathspec.GitIgnoreSpec.from_lines(patterns)
-
-
-def check_globs(patterns: Sequence[str]) -> None:
-    """Raise ValueError for a pattern pathspec cannot compile."""
-    try:
-        _spec(tuple(patterns))
-    except Exception as err:  # pathspec raises a few different types
-        raise ValueError(str(err)) from None
-
-
-def match(patterns: Sequence[str], paths: Iterable[str]) -> list[str]:
-    spec = _spec(tuple(patterns))
-    return [p for p in paths if spec.match_file(p)]
 
 
 def _ignore_spec(root: str):

@@ -256,6 +256,12 @@ class _Walker:
         if node.style in ('"', "'"):
             base = Position(file=base.file, line=base.line, column=base.column + 1)
         expr = conditions.parse(text, base)
+        for patterns in conditions.changed_patterns(expr):
+            try:
+                check_globs(patterns)
+            except ValueError as err:
+                raise self.fail("config.value", node, f"{what}: bad path pattern in "
+                                f"changed({', '.join(map(repr, patterns))}): {err}") from None
         for field, value in conditions.unknown_values(expr):
             allowed = conditions.VOCABULARY[field]
             raise self.fail("config.value", node, f"{what}: unknown {field} {value!r}; "
@@ -444,7 +450,7 @@ class _Walker:
     def only(self, node: Node, what: str) -> conditions.Expr:
         kw = {}
         for key, (_, v) in self.fields(node, ONLY_KEYS, what).items():
-            kw[key] = self.globs(v, f"{what}.{key}")
+            kw[key] = self.globs(v, f"{what}.{key}", gitignore=key == "paths")
             if key == "events":
                 for ev, item in zip(kw[key], v.value):
                     self.one_of(ev, conditions.EVENTS, item, f"{what}.events: unknown event")
@@ -463,7 +469,7 @@ class _Walker:
                 self.one_of(ev, conditions.EVENTS, v, "unknown trigger event")
             for key in ("branches", "paths", "actions"):
                 if key in f:
-                    kw[key] = self.globs(f[key][1], f"trigger {key}")
+                    kw[key] = self.globs(f[key][1], f"trigger {key}", gitignore=key == "paths")
             if "actions" in f:
                 for action, item in zip(kw["actions"], f["actions"][1].value):
                     self.one_of(action, conditions.PR_ACTIONS, item, "unknown pull request action")

@@ -262,7 +262,8 @@ def _with_common(fn):  # noqa: ANN001, ANN202
               help="Run as this event: the pipeline runs only if a trigger matches. "
               "Without it a local run ignores triggers (only:/when: see a push).")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
-@click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
+@click.option("--tag", metavar="T", help="The tag of a tag event (default: the newest at HEAD); "
+              "implies --event tag.")
 @click.option("--action", type=click.Choice(PR_ACTIONS),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
@@ -272,6 +273,12 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
         event: str | None, branch: str | None, tag: str | None, action: str | None,
         base: str | None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
+    if tag is not None and event is None:
+        event = "tag"  # --tag T alone: run as that tag's event (a push has no tag)
+    if tag is not None and event != "tag":
+        raise click.UsageError(f"--tag is for --event tag; a {event} has no tag")
+    if branch is not None and event == "tag":
+        raise click.UsageError("--branch is not for --event tag; a tag event has no branch")
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
              action=action, base=base)
