@@ -38,6 +38,8 @@ _MERGE = "tag:yaml.org,2002:merge"
 _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 
 
+#: Top-level keys starting with this are ignored (as Compose does): `x-base: &base {...}`.
+EXTENSION_PREFIX = "x-"
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
@@ -131,9 +133,11 @@ class _Walker:
     def fail(self, reason: str, node: Node, message: str) -> KataError:
         return KataError(reason, message, position=self.pos(node))
 
-    def pairs(self, node: Node, what: str, seen: frozenset[int] = frozenset()) -> list:
+    def pairs(self, node: Node, what: str, seen: frozenset[int] = frozenset(),
+              text_keys: bool = False) -> list:
         """(key text, key node, value node) of a mapping, merges (`<<`) applied,
-        duplicate keys rejected."""
+        duplicate keys rejected. ``text_keys``: any scalar key counts by its source text
+        (an env variable may be named ``ON`` or ``Y``, which YAML 1.1 reads as booleans)."""
         if not isinstance(node, MappingNode):
             raise self.fail("config.type", node, f"{what} must be a mapping, got {_kind(node)}")
         out: list = []
@@ -144,9 +148,10 @@ class _Walker:
                 if id(v) in seen or len(seen) > 50:
                     raise self.fail("config.type", v, "recursive merge (<<)")
                 for m in (v.value if isinstance(v, SequenceNode) else (v,)):
-                    merged.extend(self.pairs(m, "a merge (<<) value", seen | {id(node)}))
+                    merged.extend(self.pairs(m, "a merge (<<) value", seen | {id(node)},
+                                             text_keys))
                 continue
-            if not isinstance(k, ScalarNode) or k.tag not in _TEXTUAL:
+            if not isinstance(k, ScalarNode) or (k.tag not in _TEXTUAL and not text_keys):
                 raise self.fail("config.type", k, f"keys of {what} must be strings, got {_kind(k)}")
             key = k.value
             first = keys.get(key)
@@ -162,9 +167,14 @@ class _Walker:
                 out.append((key, k, v))
         return out
 
-    def fields(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, tuple[Node, Node]]:
+    def fields(self, node: Node, allowed: tuple[str, ...], what: str,
+               extensions: bool = False) -> dict[str, tuple[Node, Node]]:
+        """The known keys of a mapping; an unknown one is config.unknown_key. ``extensions``:
+        keys starting with ``x-`` are ignored (Compose's extension fields: where anchors live)."""
         result = {}
         for key, k, v in self.pairs(node, what):
+            if extensions and key.startswith(EXTENSION_PREFIX):
+                continue
             if key not in allowed:
                 near = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else \
@@ -216,10 +226,12 @@ class _Walker:
 
     def env(self, node: Node, what: str) -> tuple[tuple[str, str], ...]:
         out = []
-        for key, k, v in self.pairs(node, what):
+        for key, k, v in self.pairs(node, what, text_keys=True):
             if not is_env_name(key):
                 raise self.fail("config.value", k, f"bad variable name {key!r} in {what}")
-            if isinstance(v, ScalarNode) and v.tag in (_STR, _INT, _FLOAT, _BOOL, _NULL):
+            if isinstance(v, ScalarNode):
+                # its source text, whatever YAML 1.1 would type it as: `DATE: 2024-01-02`,
+                # `V: 1.10`, `ON: yes`, `N: 0x1F` stay as written; null (empty, ~) is ""
                 out.append((key, "" if v.tag == _NULL else v.value))
             else:
                 raise self.fail("config.type", v, f"{what}.{key} must be a scalar, got {_kind(v)}")
@@ -281,7 +293,7 @@ class _Walker:
 
     # -- the document ------------------------------------------------------
     def pipeline(self, root: Node) -> Pipeline:
-        f = self.fields(root, TOP_KEYS, "the config")
+        f = self.fields(root, TOP_KEYS, "the config", extensions=True)
         name = self.nonempty(f["pipeline"][1], "pipeline") if "pipeline" in f else "pipeline"
         settings = self.settings(f["settings"][1]) if "settings" in f else Settings()
         env = self.env(f["env"][1], "env") if "env" in f else ()
@@ -330,8 +342,10 @@ class _Walker:
             if key in ("name", "image"):
                 continue
             label = f"{what}: {key}"
-            if key in ("commands", "artifacts"):
+            if key == "commands":
                 kw[key] = self.strings(v, label)
+            elif key == "artifacts":
+                kw[key] = self.globs(v, label, gitignore=True)
             elif key == "depends_on":
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)

@@ -114,3 +114,23 @@ def test_ctrl_c_cancels_cleanly(kata, containerd_daemon, runtime, tmp_path):
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
     assert kata("run", "--dry-run").returncode == 0
+
+
+def test_yaml_as_users_write_it(tmp_path, containerd_daemon, runtime):
+    """A date-like env value reaches the step as written; x- keys hold the anchors."""
+    repo = tmp_path / "yamlrepo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: yaml\n"
+        "x-base: &base\n"
+        "  image: kata.local/busybox:latest\n"
+        "  inputs: [none]\n"
+        "env: {DATE: 2024-01-02, VERSION: 1.10, DEBUG: yes}\n"
+        "steps:\n"
+        "  - <<: *base\n"
+        "    name: show\n"
+        "    commands: ['echo \"$DATE $VERSION $DEBUG\"']\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    ran = kata("run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "show | 2024-01-02 1.10 yes" in ran.stdout.splitlines()

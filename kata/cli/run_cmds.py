@@ -111,7 +111,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
-    from kata.secrets import SecretSource
+    from kata.secrets import MIN_SECRET_LENGTH, SecretSource, unmaskable
 
     path, pipeline = load(ctx)
     repo_root = path.resolve().parent
@@ -160,6 +160,10 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
         plan = plan_run(graph, store, options)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets))
+        for name in unmaskable(options.secrets):
+            click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
+                       f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
+                       "it will appear unmasked in output and logs", err=True)
         reporter = _reporter(json_out)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,

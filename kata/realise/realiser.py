@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from kata import keys
 from kata.errors import KataError
+from kata.realise import artifacts
 from kata.realise import events as ev
 from kata.realise import spec as specs
 from kata.realise.lookup import Lookup
@@ -43,7 +44,7 @@ from kata.realise.workspace import (
     OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
-from kata.secrets import Masker
+from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
 
 if TYPE_CHECKING:
@@ -131,7 +132,8 @@ class Realiser:
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
                                pipeline=self.pipeline)
         # every value given to this run, in every encoded form, masked in every step's output
-        self._masker = Masker(v for v in options.secrets.values() if v)
+        # (a value too short to mask is not: the CLI warned about it)
+        self._masker = Masker(maskable(options.secrets.values()))
         self._unpack_locks: dict[str, threading.Lock] = {}
         self._run_dir = options.work_root
 
@@ -425,13 +427,11 @@ class Realiser:
         """(reason, message, output tree) of a step that exited 0: its declared artifacts
         stored as one tree (and its cache directory saved), or why not."""
         step = node.step
-        missing = [a for a in step.artifacts if not os.path.lexists(workdir / a.rstrip("/"))]
+        paths, missing = artifacts.select(workdir, step.artifacts)
         if missing:
-            return ("artifact.missing", f"declared artifact {missing[0]} was not produced"
-                    if len(missing) == 1 else
-                    f"declared artifacts {', '.join(missing)} were not produced", "")
+            return ("artifact.missing", artifacts.missing_message(missing), "")
         try:
-            outputs = self.records.put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
+            outputs = self.records.put_tree(workdir, paths)
             if self.options.record:
                 self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts
