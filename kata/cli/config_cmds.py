@@ -27,6 +27,20 @@ def version() -> None:
     click.echo(f"kata-ci v{__version__} (python {platform.python_version()}, linux/{machine})")
 
 
+def _set_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["config_file"] = value
+
+
+#: ``-f/--file`` after the subcommand (``kata run -f ci.yaml``), as before it; the later wins.
+config_file_option = click.option(
+    "-f", "--file", "config_file", type=click.Path(dir_okay=False), expose_value=False,
+    callback=_set_config_file,
+    help="Pipeline config (default: .kata-ci.yaml at the repository root).")
+
+
 def load(ctx: click.Context):
     """(config path, Pipeline) for -f/--file or the .kata-ci.yaml found from the cwd up."""
     from kata.loader import find_config, load_pipeline
@@ -37,6 +51,7 @@ def load(ctx: click.Context):
 
 
 @click.command()
+@config_file_option
 @click.pass_context
 def validate(ctx: click.Context) -> None:
     """Check the config (YAML, keys, types, images, dependencies, cycles) without running."""
@@ -75,6 +90,7 @@ def _dot_id(s: str) -> str:
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text",
               show_default=True, help="text (the overview), dot (Graphviz) or json.")
+@config_file_option
 @click.pass_context
 def graph(ctx: click.Context, fmt: str) -> None:
     """Print the step dependency graph."""
@@ -124,6 +140,7 @@ def previous_lookup(ctx: click.Context, pipeline: str | None = None):
 @click.argument("label")
 @click.option("--against", "against", type=click.Path(dir_okay=False, exists=True),
               help="Compare against this encoded derivation instead of the last recorded one.")
+@config_file_option
 @click.pass_context
 def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
     """Explain what changed a step's cache key (e.g. `kata why //build`)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from kata import gitctx
+from kata.cli.config_cmds import config_file_option
 from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
 
@@ -255,7 +256,7 @@ _common = [
 def _with_common(fn):  # noqa: ANN001, ANN202
     for option in reversed(_common):
         fn = option(fn)
-    return fn
+    return config_file_option(fn)
 
 
 @click.command()
@@ -304,6 +305,7 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
 @click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
 @click.option("--service", "service", metavar="NAME",
               help="The log of the step's service NAME instead (with --step).")
+@config_file_option
 @click.pass_context
 def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
          service: str | None = None) -> None:
