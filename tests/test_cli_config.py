@@ -34,7 +34,7 @@ def repo(tmp_path) -> Path:
 
 
 def test_validate_from_a_subdirectory(repo) -> None:
-    r = kata("validate", cwd=repo / "src" / "deep")
+    r = kata("validate", "--offline", cwd=repo / "src" / "deep")
     assert (r.returncode, r.stdout, r.stderr) == (0, "Config valid. 3 steps, 0 cycles, 2 parallel groups\n", "")
 
 
@@ -117,7 +117,7 @@ def test_file_option_after_the_subcommand(repo) -> None:
     want = "build -> unit-test, integration-test\nunit-test, integration-test -> deploy\n"
     assert kata("graph", "-f", service, cwd=repo).stdout == want
     assert kata("-f", "nowhere.yaml", "graph", "--file", service, cwd=repo).stdout == want
-    r = kata("validate", "-f", service, cwd=repo)
+    r = kata("validate", "--offline", "-f", service, cwd=repo)
     assert (r.returncode, r.stdout) == (0, "Config valid. 4 steps, 0 cycles, 3 parallel groups\n")
     r = kata("run", "--dry-run", "-f", str(repo / "none.yaml"), cwd=repo)
     assert r.returncode == 2 and "none.yaml" in r.stderr

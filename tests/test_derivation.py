@@ -373,3 +373,34 @@ def test_derivation_is_frozen(repo) -> None:
     d = _graph(BASE, repo).nodes["build"].derivation
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.image = "sha256:" + "0" * 64  # type: ignore[misc]
+
+
+def test_resolve_images_reports_every_unavailable_image_with_its_users() -> None:
+    from kata.compile import resolve_images
+    from kata.errors import KataError
+    from kata.loader import load_text
+
+    p = load_text(
+        "steps:\n"
+        "  - {name: a, image: 'node:20-alpine', commands: [x],\n"
+        "     services: [{name: db, image: 'postgres:16'}]}\n"
+        "  - {name: b, image: 'node:20-alpine', commands: [x]}\n"
+        "  - {name: c, image: 'alpine@sha256:" + "a" * 64 + "', commands: [x]}\n"
+        "  - {name: d, image: 'busybox', commands: [x]}\n")
+    asked = []
+
+    def resolver(ref):
+        asked.append(str(ref))
+        if "busybox" in str(ref):
+            return "sha256:" + "b" * 64
+        raise KataError("image.registry_unreachable", f"cannot fetch {ref}: offline", exit_code=1)
+
+    with pytest.raises(KataError) as e:
+        resolve_images(p, resolver)
+    assert e.value.reason == "image.unavailable" and e.value.exit_code == 2
+    lines = e.value.message.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("image docker.io/library/node:20-alpine (used by a, b) is neither")
+    assert lines[1].startswith("image docker.io/library/postgres:16 (used by a (service db))")
+    assert "fix: `kata image pull docker.io/library/postgres:16`" in lines[1]
+    assert len(asked) == 3  # each tag once; the pinned image is never asked

@@ -134,3 +134,45 @@ def test_yaml_as_users_write_it(tmp_path, containerd_daemon, runtime):
     ran = kata("run")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "show | 2024-01-02 1.10 yes" in ran.stdout.splitlines()
+
+
+def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, containerd_daemon, runtime):
+    """An image neither local nor fetchable: validate and run name the image, the steps
+    that use it and the fix, exit 2, nothing runs; a dead containerd socket says so in
+    words; exit 127 says the command is not in the image."""
+    from support.registry import free_port
+
+    repo = tmp_path / "imgrepo"
+    repo.mkdir()
+    missing = f"127.0.0.1:{free_port()}/team/node:20-alpine"  # nothing listens there
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: img\n"
+        "steps:\n"
+        f"  - {{name: test, image: '{missing}', commands: [npm test], inputs: [none]}}\n"
+        f"  - {{name: lint, image: '{missing}', commands: [npm run lint], inputs: [none]}}\n"
+        "  - {name: ok, image: kata.local/busybox:latest, commands: [echo hi], inputs: [none]}\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    for args in (("validate",), ("run",)):
+        r = kata(*args)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"image {missing} (used by test, lint) is neither in kata's image store nor " \
+            "fetchable" in r.stderr
+        assert f"fix: `kata image pull {missing}`" in r.stderr
+        assert "`kata image import FILE`" in r.stderr
+        assert "[RUN]" not in r.stdout
+    offline = kata("validate", "--offline")
+    assert (offline.returncode, offline.stdout) == (
+        0, "Config valid. 3 steps, 0 cycles, 1 parallel group\n")
+    dead = KataProcess(repo, store=tmp_path / "store", address=str(tmp_path / "no.sock"))("run")
+    assert dead.returncode == 2
+    assert dead.stderr.startswith(f"error: cannot reach containerd at {tmp_path / 'no.sock'}: "
+                                  "no such socket (containerd is not running there). Start ")
+    assert "FAILED_PRECONDITION" not in dead.stderr and "unix:" not in dead.stderr
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: img\n"
+        "steps:\n"
+        "  - {name: s, image: kata.local/busybox:latest, commands: [nosuchtool --x], inputs: [none]}\n")
+    r = kata("run")
+    assert r.returncode == 1
+    assert "[FAIL] s (exit 127: a command was not found in the image " \
+        "kata.local/busybox:latest (install it there, or use an image that has it)" in r.stdout

@@ -52,13 +52,30 @@ def load(ctx: click.Context):
 
 @click.command()
 @config_file_option
+@click.option("--offline", is_flag=True,
+              help="Do not check that every image is in kata's image store or fetchable.")
 @click.pass_context
-def validate(ctx: click.Context) -> None:
-    """Check the config (YAML, keys, types, images, dependencies, cycles) without running."""
-    from kata.compile import plan
+def validate(ctx: click.Context, offline: bool) -> None:
+    """Check the config (YAML, keys, types, images, dependencies, cycles) without running.
+
+    Images are checked (local, else fetchable) when containerd is running; --offline skips it.
+    """
+    from kata.compile import plan, resolve_images
 
     _, pipeline = load(ctx)
     p = plan(pipeline)
+    if not offline:
+        from kata.runtimes.containerd import ContainerdRuntime
+
+        runtime = ContainerdRuntime.connect_running((ctx.find_root().obj or {}).get(
+            "containerd_address"))
+        if runtime is None:
+            click.echo("note: images not checked (containerd is not running)", err=True)
+        else:
+            try:
+                resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)))
+            finally:
+                runtime.close()
     n = len(pipeline.steps)
     click.echo(f"Config valid. {n} step{'s' if n != 1 else ''}, 0 cycles, "
                f"{len(p.levels)} parallel group{'s' if len(p.levels) != 1 else ''}")

@@ -103,6 +103,11 @@ class _MaskedOutput:
                                text=line.decode("utf-8", errors="replace")))
 
 
+#: The shell's "command not found" (POSIX sh, bash, busybox ash); also what runc gives
+#: for an argv[0] the image does not have.
+COMMAND_NOT_FOUND_EXIT = 127
+
+
 class Realiser:
     """Realises the steps of one compiled graph against a store and a runtime.
 
@@ -397,6 +402,10 @@ class Realiser:
                         reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
                     elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
+                    elif exit_status == COMMAND_NOT_FOUND_EXIT:
+                        reason = "step.command_not_found"
+                        message = (f"exit {exit_status}: a command was not found in the image "
+                                   f"{step.image} (install it there, or use an image that has it)")
                     else:
                         reason = "step.failed"
             except (KataError, StoreError) as err:
