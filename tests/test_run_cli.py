@@ -176,3 +176,66 @@ def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, container
     assert r.returncode == 1
     assert "[FAIL] s (exit 127: a command was not found in the image " \
         "kata.local/busybox:latest (install it there, or use an image that has it)" in r.stdout
+
+
+def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
+    """build --out (one target: directly in DIR), run --out (DIR/<step>/), export --run ID:
+    the artifacts with their exec bits and symlinks; exporting twice gives the same DIR."""
+    repo = tmp_path / "outrepo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: out\n"
+        "steps:\n"
+        "  - name: package\n"
+        "    image: kata.local/busybox:latest\n"
+        "    inputs: [none]\n"
+        "    artifacts: ['dist/*.whl', bin/]\n"
+        "    commands:\n"
+        "      - mkdir -p dist bin\n"
+        "      - echo wheel > dist/app-1.0-py3-none-any.whl\n"
+        "      - echo sdist > dist/app-1.0.tar.gz\n"
+        "      - printf '#!/bin/sh\\necho tool\\n' > bin/tool && chmod 755 bin/tool\n"
+        "      - ln -s tool bin/link\n"
+        "  - {name: docs, image: kata.local/busybox:latest, inputs: [none],\n"
+        "     artifacts: [site/], commands: ['mkdir site', 'echo hi > site/index.html']}\n"
+        "  - {name: check, image: kata.local/busybox:latest, inputs: [none], commands: ['true']}\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+
+    def files(root: Path) -> dict[str, str]:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[rel] = oct(p.stat().st_mode & 0o777) + " " + p.read_text()
+        return out
+
+    single = tmp_path / "single"
+    built = kata("build", "//package", "--out", str(single))
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert f"[OUT] package -> {single}" in built.stdout.splitlines()
+    want = {"bin/link": "-> tool", "bin/tool": "0o755 #!/bin/sh\necho tool\n",
+            "dist/app-1.0-py3-none-any.whl": "0o644 wheel\n"}
+    assert files(single) == want
+    again = kata("build", "//package", "--out", str(single))  # a cache hit, same files
+    assert again.returncode == 0 and "[CACHE] package: HIT" in again.stdout
+    assert files(single) == want
+
+    every = tmp_path / "every"
+    ran = kata("run", "--out", str(every))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert sorted(p.name for p in every.iterdir()) == ["docs", "package"]  # check declares none
+    assert files(every / "package") == want
+    assert files(every / "docs") == {"site/index.html": "0o644 hi\n"}
+
+    from store import Store
+
+    with Store.open(tmp_path / "store") as s:
+        run_id = s.list_runs(pipeline="out", limit=1)[0].id
+    later = tmp_path / "later"
+    exp = kata("export", "--run", run_id, "--step", "docs", "--out", str(later))
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    assert files(later) == {"site/index.html": "0o644 hi\n"}
+    bad = kata("export", "--run", run_id, "--step", "nope", "--out", str(later))
+    assert bad.returncode == 1 and "has no step 'nope'" in bad.stderr

@@ -28,6 +28,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(run)
     cli.add_command(build)
     cli.add_command(logs)
+    cli.add_command(export_cmd)
 
 
 class LazyRuntime:
@@ -105,7 +106,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
              dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...],
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
-             base: str | None = None) -> None:
+             base: str | None = None, out_dir: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -177,6 +178,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             os._exit(130)
         finally:
             reporter.close()
+        if out_dir is not None and not result.interrupted:
+            _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         runtime.close()
         store.close()
@@ -184,6 +187,28 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _export(store, graph, targets, result, out_dir: Path, json_out: bool) -> None:  # noqa: ANN001
+    """--out: the artifacts of the targets (every step without targets) that passed."""
+    from kata.realise.export import export, exported
+
+    names = targets if targets is not None else graph.order
+    rows = [(n, result.steps[n].status, result.steps[n].outputs, bool(graph.nodes[n].step.artifacts))
+            for n in names if n in result.steps]
+    _print_exports(export(store, exported(rows), out_dir,
+                          flat=targets is not None and len(targets) == 1), json_out)
+
+
+def _print_exports(done, json_out: bool) -> None:  # noqa: ANN001
+    import json
+
+    for e in done:
+        if json_out:
+            click.echo(json.dumps({"event": "export", "step": e.step, "tree": e.tree,
+                                   "path": str(e.path)}))
+        else:
+            click.echo(f"[OUT] {e.step} -> {e.path}")
 
 
 def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
@@ -250,6 +275,9 @@ _common = [
                  help="A secret for steps that declare it (default: from the environment)."),
     click.option("--secret-file", "secret_files", multiple=True, metavar="NAME=PATH",
                  help="A secret read from a file."),
+    click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+                 help="Copy the artifacts of the steps that passed to DIR/<step>/ "
+                 "(directly into DIR for a single target)."),
 ]
 
 
@@ -275,7 +303,7 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-        event: str | None, branch: str | None, tag: str | None, action: str | None,
+        out_dir: str | None, event: str | None, branch: str | None, tag: str | None, action: str | None,
         base: str | None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     if tag is not None and event is None:
@@ -286,7 +314,7 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
         raise click.UsageError("--branch is not for --event tag; a tag event has no branch")
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
-             action=action, base=base)
+             action=action, base=base, out_dir=out_dir)
 
 
 @click.command()
@@ -294,10 +322,11 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @_with_common
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
-          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...]) -> None:
+          json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
+          out_dir: str | None) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files)
+             secrets=secrets, secret_files=secret_files, out_dir=out_dir)
 
 
 @click.command()
@@ -317,18 +346,7 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
     store = open_store(ctx)
     try:
-        if run_id:
-            record = store.get_run(run_id)
-            if record is None:
-                raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
-                                exit_code=1)
-        else:
-            pipeline = _pipeline_name(ctx)
-            found = store.list_runs(pipeline=pipeline, limit=1)
-            if not found:
-                raise KataError("logs.no_run", "no run recorded yet" +
-                                (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
-            record = found[0]
+        record = _run_record(store, ctx, run_id)
         known = [e.name for e in record.steps]
         for name in steps:
             if name not in known:
@@ -348,6 +366,57 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
             _print_log(store, record, entry)
     finally:
         store.close()
+
+
+@click.command("export")
+@click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
+@click.option("--step", "steps", multiple=True, metavar="NAME",
+              help="This step's artifacts only (one: directly into DIR); repeatable.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              metavar="DIR", help="Where the artifacts go: DIR/<step>/, or DIR for one --step.")
+@click.option("--json", "json_out", is_flag=True, help="One JSON event per exported step.")
+@config_file_option
+@click.pass_context
+def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], out_dir: str,
+               json_out: bool) -> None:
+    """Copy the artifacts of an earlier run's steps out of the store (modes and symlinks kept)."""
+    import tempfile
+
+    from kata.cli.store_cmds import open_store
+    from kata.realise.export import export, exported
+
+    store = open_store(ctx)
+    try:
+        record = _run_record(store, ctx, run_id)
+        known = [e.name for e in record.steps]
+        for name in steps:
+            if name not in known:
+                raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
+                                obj=name, exit_code=1)
+        with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
+            empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
+        rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
+                for e in record.steps if not steps or e.name in steps]
+        _print_exports(export(store, exported(rows, named=steps), Path(out_dir),
+                              flat=len(steps) == 1), json_out)
+    finally:
+        store.close()
+
+
+def _run_record(store, ctx: click.Context, run_id: str | None):  # noqa: ANN001, ANN202
+    """The run ``--run ID`` names, else the last run of this pipeline (KataError logs.no_run)."""
+    if run_id:
+        record = store.get_run(run_id)
+        if record is None:
+            raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
+                            exit_code=1)
+        return record
+    pipeline = _pipeline_name(ctx)
+    found = store.list_runs(pipeline=pipeline, limit=1)
+    if not found:
+        raise KataError("logs.no_run", "no run recorded yet" +
+                        (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
+    return found[0]
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001
