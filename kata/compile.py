@@ -125,9 +125,12 @@ def resolve_images(pipeline: Pipeline, resolver: Resolver) -> dict[ImageRef, str
 
 def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                      repo_root: str | os.PathLike | None = None,
-                     stat_cache: StatCache | None = None) -> DerivationGraph:
+                     stat_cache: StatCache | None = None,
+                     context: Mapping[str, str] | None = None) -> DerivationGraph:
     """Compile every step. `repo_root` None: inputs are not hashed (every derivation is
-    unresolved; the graph's shape is still complete)."""
+    unresolved; the graph's shape is still complete). `context`: the run's values of
+    ``kata.model.CONTEXT_VARS`` (missing ones are ""); a step gets, in its env and so in
+    its key, only the names its ``context:`` lists."""
     p = plan(pipeline)
     # every image up front: an unavailable one is reported with all its users at once
     digests: dict[ImageRef, str | None] = resolve_images(pipeline, resolver) if resolver else {}
@@ -159,9 +162,11 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
             if step.cache.key_files:
                 key_files = snapshot.input_set(step.cache.key_files).digest
         dep_hashes = tuple((d, nodes[d].drv_hash) for d in p.deps[name])
+        asked = tuple((n, "true" if n == "CI" else (context or {}).get(n, "")) for n in step.context)
         d = drv.make(
             pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,
-            workdir=step.workdir, user=step.user, env=(*global_env, *step.env), secrets=step.secrets,
+            workdir=step.workdir, user=step.user, env=(*global_env, *step.env, *asked),
+            secrets=step.secrets,
             inputs=inputs.digest if inputs is not None else None, key_files=key_files,
             artifacts=step.artifacts, cache_paths=step.cache.paths,
             services=[drv.ServiceDrv(name=s.name, image=image_digest(s.image),

@@ -23,7 +23,7 @@ from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
 from kata.labels import is_step_name
-from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
+from kata.model import (CONTEXT_VARS, NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
                         Settings, Step, Trigger, is_env_name)
 
 CONFIG_NAME = ".kata-ci.yaml"
@@ -40,11 +40,12 @@ _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 
 #: Top-level keys starting with this are ignored (as Compose does): `x-base: &base {...}`.
 EXTENSION_PREFIX = "x-"
+_EXPAND = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description")
+             "when", "description", "context")
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
 READY_KEYS = ("tcp", "http", "command", "timeout")
 CACHE_KEYS = ("paths", "key_files", "enabled")
@@ -124,6 +125,7 @@ class _Walker:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        self.global_env: tuple[tuple[str, str], ...] = ()
 
     # -- helpers -----------------------------------------------------------
     def pos(self, node: Node) -> Position:
@@ -237,6 +239,35 @@ class _Walker:
                 raise self.fail("config.type", v, f"{what}.{key} must be a scalar, got {_kind(v)}")
         return tuple(out)
 
+    def expand(self, env: tuple[tuple[str, str], ...], outer: tuple[tuple[str, str], ...],
+               node: Node, what: str) -> tuple[tuple[str, str], ...]:
+        """``${NAME}`` in env values from this env, else ``outer`` (the global env, already
+        expanded), as GitLab and Woodpecker do; ``$$`` is a literal ``$``; a name defined in
+        neither stays as written (the container's shell may know it). A cycle is config.value."""
+        own, base = dict(env), dict(outer)
+        done: dict[str, str] = {}
+
+        def value(name: str, trail: tuple[str, ...]) -> str:
+            if name in done:
+                return done[name]
+            if name in trail:
+                raise self.fail("config.value", node, f"{what}: variables refer to each other in "
+                                f"a cycle: {' -> '.join((*trail[trail.index(name):], name))}")
+
+            def sub(m: re.Match[str]) -> str:
+                if m.group(0) == "$$":
+                    return "$"
+                ref = m.group(1)
+                if ref in own and ref != name:
+                    return value(ref, (*trail, name))
+                if ref in base:
+                    return base[ref]
+                return m.group(0)
+            done[name] = _EXPAND.sub(sub, own[name])
+            return done[name]
+
+        return tuple((k, value(k, ())) for k, _ in env)
+
     def one_of(self, value: str, allowed: tuple[str, ...], node: Node, what: str) -> None:
         """config.value at ``node`` unless ``value`` is in ``allowed``."""
         if value not in allowed:
@@ -297,6 +328,9 @@ class _Walker:
         name = self.nonempty(f["pipeline"][1], "pipeline") if "pipeline" in f else "pipeline"
         settings = self.settings(f["settings"][1]) if "settings" in f else Settings()
         env = self.env(f["env"][1], "env") if "env" in f else ()
+        if env:
+            env = self.expand(env, (), f["env"][1], "the global env")
+        self.global_env = env
         triggers = self.triggers(f["triggers"][1]) if "triggers" in f else ()
         if "steps" not in f:
             raise self.fail("config.no_steps", root, "the config has no steps")
@@ -381,6 +415,12 @@ class _Walker:
                 kw[key] = self.nonempty(v, label)
             elif key == "description":
                 kw[key] = self.string(v, label)
+            elif key == "context":
+                def check(s: str, item: Node, label=label) -> None:
+                    self.one_of(s, CONTEXT_VARS, item, f"{label}: unknown context variable")
+                kw[key] = tuple(dict.fromkeys(self.strings(v, label, check)))
+        if "env" in kw:
+            kw["env"] = self.expand(kw["env"], self.global_env, f["env"][1], what)
         return Step(**kw)
 
     def services(self, node: Node, what: str) -> tuple[Service, ...]:

@@ -244,6 +244,11 @@ class Settings:
 
 NETWORK_MODES = ("default", "none", "host")
 
+#: The run's context a step may ask for with ``context: [...]``; only the names a step
+#: lists are set in its container and enter its key (a step that does not ask for the
+#: commit is not a cache miss on every commit). ``CI`` is always "true".
+CONTEXT_VARS = ("KATA_COMMIT_SHA", "KATA_BRANCH", "KATA_TAG", "KATA_EVENT", "KATA_PIPELINE", "CI")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
@@ -262,6 +267,7 @@ class Step:
     user: str | None = None  # None: the image's user
     network: str = "default"
     description: str = ""
+    context: tuple[str, ...] = ()  # names from CONTEXT_VARS the step's container gets
     only: "Expr | None" = None
     when: "Expr | None" = None
     position: Position | None = field(default=None, compare=False)

@@ -404,3 +404,19 @@ def test_resolve_images_reports_every_unavailable_image_with_its_users() -> None
     assert lines[1].startswith("image docker.io/library/postgres:16 (used by a (service db))")
     assert "fix: `kata image pull docker.io/library/postgres:16`" in lines[1]
     assert len(asked) == 3  # each tag once; the pinned image is never asked
+
+
+def test_context_enters_only_the_keys_of_steps_that_ask_for_it(tmp_path) -> None:
+    from kata.compile import compile_pipeline
+    from kata.loader import load_text
+
+    p = load_text("steps:\n"
+                  "  - {name: plain, image: 'alpine@sha256:" + "a" * 64 + "', commands: [x]}\n"
+                  "  - {name: stamp, image: 'alpine@sha256:" + "a" * 64 + "', commands: [x],\n"
+                  "     context: [KATA_COMMIT_SHA, CI]}\n")
+    one = compile_pipeline(p, repo_root=tmp_path, context={"KATA_COMMIT_SHA": "1" * 40})
+    two = compile_pipeline(p, repo_root=tmp_path, context={"KATA_COMMIT_SHA": "2" * 40})
+    assert one.nodes["plain"].drv_hash == two.nodes["plain"].drv_hash
+    assert one.nodes["stamp"].drv_hash != two.nodes["stamp"].drv_hash
+    assert dict(one.nodes["stamp"].derivation.env) == {"CI": "true", "KATA_COMMIT_SHA": "1" * 40}
+    assert dict(one.nodes["plain"].derivation.env) == {}

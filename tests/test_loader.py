@@ -253,3 +253,22 @@ def test_yaml_as_users_write_it():
     with pytest.raises(KataError) as e:
         load_text("steps:\n  - {name: a, image: alpine, commands: [x], env: {A: [1]}}\n")
     assert e.value.reason == "config.type"
+
+
+def test_env_expands_other_variables():
+    p = load_text(
+        "env: {REGISTRY: reg.example, IMAGE: '${REGISTRY}/app', PRICE: '$$5 ${NOPE} $HOME'}\n"
+        "steps:\n"
+        "  - {name: a, image: alpine, commands: [x],\n"
+        "     env: {TAG: '${IMAGE}:${VERSION}', VERSION: '1.${MINOR}', MINOR: '2',\n"
+        "           PATH: '/opt/bin:${PATH}', LIT: '$${IMAGE}'}}\n")
+    assert dict(p.env) == {"REGISTRY": "reg.example", "IMAGE": "reg.example/app",
+                           "PRICE": "$5 ${NOPE} $HOME"}
+    assert dict(p.steps[0].env) == {"TAG": "reg.example/app:1.2", "VERSION": "1.2", "MINOR": "2",
+                                    "PATH": "/opt/bin:${PATH}", "LIT": "${IMAGE}"}
+    with pytest.raises(KataError) as e:
+        load_text("env: {A: '${B}', B: '${A}'}\nsteps: [{name: a, image: alpine}]\n")
+    assert e.value.reason == "config.value" and "A -> B -> A" in e.value.message
+    with pytest.raises(KataError) as e:
+        load_text("steps: [{name: a, image: alpine, context: [KATA_SHA]}]\n")
+    assert e.value.reason == "config.value" and "KATA_COMMIT_SHA" in e.value.message

@@ -263,3 +263,29 @@ def test_only_paths_match_like_inputs(setup):
     lines = ran.stdout.splitlines()
     assert "docs | guide v2" in lines
     assert "[SKIP] rootdocs (only: no changed path matches /*.md (changed: docs/guide.md))" in lines
+
+
+def test_steps_see_the_context_they_ask_for(setup):
+    """context: sets only the listed variables, and only they enter the key: a new commit
+    is a miss for the step that reads the commit and a hit for the one that does not."""
+    kata, work = setup["kata"], setup["work"]
+    pipeline = {"pipeline": "gitci", "env": {"NAME": "app", "FULL": "${NAME}-$${x}"}, "steps": [
+        {"name": "stamp", "image": IMAGE, "inputs": ["none"],
+         "context": ["KATA_COMMIT_SHA", "KATA_BRANCH", "KATA_EVENT", "KATA_PIPELINE", "CI"],
+         "commands": ['echo "$KATA_COMMIT_SHA $KATA_BRANCH $KATA_EVENT $KATA_PIPELINE $CI"',
+                      'echo "tag=${KATA_TAG:-unset} full=$FULL"']},
+        {"name": "plain", "image": IMAGE, "inputs": ["none"],
+         "commands": ['echo "sha=${KATA_COMMIT_SHA:-unset} ci=${CI:-unset}"']}]}
+    (work / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    sha = commit(work, {"a.txt": "1\n"}, "one")
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert f"stamp | {sha} main push gitci true" in lines
+    assert "stamp | tag=unset full=app-${x}" in lines
+    assert "plain | sha=unset ci=unset" in lines
+    sha2 = commit(work, {"a.txt": "2\n"}, "two")
+    second = kata("run")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"stamp | {sha2} main push gitci true" in second.stdout.splitlines()
+    assert "[CACHE] plain: HIT" in second.stdout

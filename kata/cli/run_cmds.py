@@ -110,7 +110,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
-    from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
+    from kata.realise.plan import (condition_skips, context_values, plan_entries, plan_run,
+                                   select_targets)
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
     from kata.secrets import MIN_SECRET_LENGTH, SecretSource, unmaskable
@@ -135,7 +136,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     store = open_store(ctx)
     try:
         graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
-                                 repo_root=repo_root, stat_cache=store.stat_cache)
+                                 repo_root=repo_root, stat_cache=store.stat_cache,
+                                 context=context_values(pipeline, cond_ctx, commit))
         targets = select_targets(graph, steps=steps, labels=labels)
         settings = pipeline.settings
         options = RealiseOptions(
