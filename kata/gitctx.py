@@ -267,41 +267,81 @@ def _choose_base(
 
 # -- the cheap path: commit and branch for a run record, without forking git --------------
 
+def _dirs(root: Path) -> tuple[Path, Path] | None:
+    """(git dir, common dir holding the refs) of the work tree holding ``root``, found by
+    reading ``.git`` (a directory, or a file ``gitdir: <path>`` in a linked worktree or a
+    submodule); None outside a repository. OSError/IndexError on an unusual layout."""
+    for top in (root, *root.parents):
+        dotgit = top / ".git"
+        if dotgit.is_file():  # a worktree or submodule: "gitdir: <path>"
+            gitdir = Path(dotgit.read_text().split(":", 1)[1].strip())
+            gitdir = gitdir if gitdir.is_absolute() else top / gitdir
+            common = gitdir / "commondir"
+            return gitdir, ((gitdir / common.read_text().strip()) if common.exists() else gitdir)
+        if dotgit.is_dir():
+            return dotgit, dotgit
+    return None
+
+
+def _read_ref(refs: Path, ref: str) -> str | None:
+    """The commit a ref names, from its loose file or packed-refs; None when absent."""
+    loose = refs / ref
+    if loose.is_file():
+        return loose.read_text().strip()
+    packed = refs / "packed-refs"
+    if packed.exists():
+        for line in packed.read_text().splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref:
+                return sha
+    return None
+
+
 def head(root: Path) -> tuple[str, str]:
     """(commit, branch) of the repository holding ``root``, read from .git without forking
     git (a cached run should not pay for two processes); git itself when the layout is
     unusual; ("", "") outside a repository."""
     try:
-        for top in (root, *root.parents):
-            dotgit = top / ".git"
-            if dotgit.is_file():  # a worktree or submodule: "gitdir: <path>"
-                gitdir = Path(dotgit.read_text().split(":", 1)[1].strip())
-                gitdir = gitdir if gitdir.is_absolute() else top / gitdir
-                common = gitdir / "commondir"
-                refs = (gitdir / common.read_text().strip()) if common.exists() else gitdir
-                break
-            if dotgit.is_dir():
-                gitdir = refs = dotgit
-                break
-        else:
+        found = _dirs(root)
+        if found is None:
             return "", ""
+        gitdir, refs = found
         head = (gitdir / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head, "HEAD"
         ref = head[5:]
         branch = ref.removeprefix("refs/heads/")
-        loose = refs / ref
-        if loose.exists():
-            return loose.read_text().strip(), branch
-        packed = refs / "packed-refs"
-        if packed.exists():
-            for line in packed.read_text().splitlines():
-                sha, _, name = line.partition(" ")
-                if name == ref:
-                    return sha, branch
-        return "", branch  # a branch with no commit yet
+        return _read_ref(refs, ref) or "", branch  # "": a branch with no commit yet
     except (OSError, IndexError, UnicodeDecodeError):
         return _git(root, "rev-parse", "HEAD"), _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+
+
+def default_ref(root: Path) -> str:
+    """The default branch's ref (``refs/heads/main``) of the work tree holding ``root``, read
+    from .git without forking git, as ``default_branch`` decides it for a clone of
+    ``origin``: ``origin/HEAD``, else ``origin/main``/``origin/master`` (any of them names
+    the local branch ``refs/heads/<name>``), else a local ``main``/``master``. "" when none
+    is known or outside a repository. Reads the repository's own files only: a CI server
+    passes the default branch it knows instead (``kata.trust``)."""
+    try:
+        found = _dirs(root)
+        if found is None:
+            return ""
+        _, refs = found
+        symref = refs / "refs/remotes/origin/HEAD"
+        if symref.is_file():
+            target = symref.read_text().strip()
+            if target.startswith("ref: refs/remotes/origin/"):
+                return "refs/heads/" + target.removeprefix("ref: refs/remotes/origin/")
+        for name in ("main", "master"):
+            if _read_ref(refs, f"refs/remotes/origin/{name}"):
+                return f"refs/heads/{name}"
+        for name in ("main", "master"):
+            if _read_ref(refs, f"refs/heads/{name}"):
+                return f"refs/heads/{name}"
+        return ""
+    except (OSError, IndexError, UnicodeDecodeError):
+        return ""
 
 
 def _git(root: Path, *args: str) -> str:

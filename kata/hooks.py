@@ -12,6 +12,11 @@ changed paths are old..new; a new branch compares against the default branch), a
 removes the worktree. ``pre-push`` returns 1 when a pipeline failed (git then refuses the
 push); ``post-receive`` cannot refuse anything and reports. Each run is recorded in the
 store by ``kata run`` itself.
+
+Trust (``kata.trust``): every run gets ``--hook <hook>``; a ``post-receive`` run also gets
+``--default-branch`` from the bare repository's HEAD (server state no push can change), so
+a pushed ref that is not protected runs untrusted. ``pre-push`` runs on the developer's own
+machine, on code they are pushing themselves: trusted, like a local ``kata run``.
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ def run_hook(hook: str, lines: Iterable[str], kata_args: Sequence[str] = (), *,
             continue  # a deletion: nothing to build
         if not pushed.ref.startswith(("refs/heads/", "refs/tags/")):
             continue
-        status = _run_ref(gitdir, pushed, kata_args, out)
+        status = _run_ref(gitdir, pushed, kata_args, out, hook=hook)
         if status != 0:
             failed.append(f"{pushed.name} (exit {status})")
     if failed:
@@ -146,9 +151,16 @@ def run_hook(hook: str, lines: Iterable[str], kata_args: Sequence[str] = (), *,
     return 0
 
 
-def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out) -> int:  # noqa: ANN001
+def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out,  # noqa: ANN001
+             *, hook: str) -> int:
     env = repo_environ()  # the hook's GIT_DIR & co. belong to the repository receiving the push
     git = Git.at(gitdir)
+    trust = ["--hook", hook]
+    if hook == "post-receive":
+        # the repository's HEAD, not a guess from branch names a pusher can create
+        head = git.maybe("symbolic-ref", "--quiet", "HEAD") or ""
+        trust += ["--default-branch", head.removeprefix("refs/heads/")
+                  if head.startswith("refs/heads/") else ""]
     commit = git.maybe("rev-parse", "--verify", "--quiet", f"{pushed.new}^{{commit}}")
     if not commit:
         print(f"kata: {pushed.name}: {pushed.new[:12]} is not a commit, nothing to run",
@@ -162,7 +174,7 @@ def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out) -> 
             print(f"kata: {pushed.name}: no .kata-ci.yaml at {commit[:12]}, nothing to run",
                   file=out, flush=True)
             return 0
-        args = [sys.executable, "-m", "kata", *kata_args, "run", "--event", pushed.event]
+        args = [sys.executable, "-m", "kata", *kata_args, "run", *trust, "--event", pushed.event]
         args += ["--tag", pushed.name] if pushed.event == "tag" else ["--branch", pushed.name]
         if pushed.old != ZERO and pushed.event == "push" and git.maybe(
                 "rev-parse", "--verify", "--quiet", f"{pushed.old}^{{commit}}"):

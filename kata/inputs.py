@@ -13,6 +13,7 @@ write within the timestamp granularity would otherwise go unseen).
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import operator
@@ -100,14 +101,32 @@ class InputSet:
 EMPTY = InputSet.of(())
 
 
+MAX_KATAIGNORE = 1 << 20
 
 
 def _ignore_spec(root: str):
+    # a regular file of the repository only: a link (to /etc/shadow, whose lines a
+    # pattern error would quote) or a device (/dev/zero) is refused, its size bounded
     try:
-        with open(os.path.join(root, KATAIGNORE), encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        fd = os.open(os.path.join(root, KATAIGNORE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise KataError("inputs.kataignore", f"{KATAIGNORE} is a symlink; it must be a "
+                            "regular file", obj=root) from None
+        raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err}", obj=root) from None
+    try:
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise KataError("inputs.kataignore", f"{KATAIGNORE} is not a regular file",
+                                obj=root)
+            os.set_blocking(f.fileno(), True)
+            data = f.read(MAX_KATAIGNORE + 1)
+        if len(data) > MAX_KATAIGNORE:
+            raise KataError("inputs.kataignore", f"{KATAIGNORE} is larger than 1 MiB", obj=root)
+        lines = data.decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err}", obj=root) from None
     import pathspec

@@ -117,6 +117,7 @@ class FakeStep:
     image: str = "kata.local/busybox:latest"
     services: tuple[dict, ...] = ()
     user: str | None = None
+    network: str | None = None
 
     def to_yaml(self) -> dict:
         out: dict = {"name": self.name, "image": self.image, "commands": list(self.commands)}
@@ -129,6 +130,8 @@ class FakeStep:
             out["timeout"] = self.timeout
         if self.user:
             out["user"] = self.user
+        if self.network:
+            out["network"] = self.network
         if self.services:
             out["services"] = [dict(s) for s in self.services]
         if not self.cache:

@@ -34,6 +34,9 @@ def computed() -> dict[str, str]:
                                             paths=["node_modules/", ".npm/"], key_files=D1),
         "cache_dir_key_no_key_files": keys.cache_dir_key(
             pipeline="ci", step="install", image=D0, paths=["node_modules/"], key_files=None),
+        "cache_dir_key_secrets": keys.cache_dir_key(
+            pipeline="ci", step="deploy", image=D0, paths=[".docker/"], key_files=None,
+            secrets=["TOKEN", "REGISTRY", "TOKEN"]),
         "scoped_key_ref": keys.scoped_key("ref:refs/heads/main", "b" * 64),
         "scoped_key_quarantine": keys.scoped_key("quarantine:refs/pull/1/head", "b" * 64),
     }
@@ -52,8 +55,11 @@ def test_cache_dir_key_covers_each_part_and_sorts_paths() -> None:
     base = dict(pipeline="ci", step="install", image=D0, paths=["a/", "b/"], key_files=D1)
     k = keys.cache_dir_key(**base)
     assert keys.cache_dir_key(**{**base, "paths": ["b/", "a/"]}) == k
+    with_secrets = keys.cache_dir_key(**{**base, "secrets": ["B", "A"]})
+    assert keys.cache_dir_key(**{**base, "secrets": ["A", "B", "A"]}) == with_secrets
     for field, other in (("pipeline", "other"), ("step", "build"), ("image", D1),
-                         ("paths", ["a/"]), ("key_files", D0), ("key_files", None)):
+                         ("paths", ["a/"]), ("key_files", D0), ("key_files", None),
+                         ("secrets", ["TOKEN"])):
         assert keys.cache_dir_key(**{**base, field: other}) != k, field
 
 

@@ -367,6 +367,41 @@ def test_a_service_secret_must_be_given(env):
     assert env.runtime.started == []
 
 
+def test_an_untrusted_scope_withholds_secrets_and_refuses_the_host_network(env):
+    from kata.keys import Scope
+
+    ref = "refs/heads/feature/x"
+    steps = [FakeStep("build", inputs=("none",)),
+             FakeStep("deploy", commands=("echo $TOKEN",), depends_on=("build",),
+                      inputs=("none",), secrets=("TOKEN",)),
+             FakeStep("notify", depends_on=("deploy",), inputs=("none",)),
+             FakeStep("it", inputs=("none",),
+                      services=({"name": "db", "image": "kata.local/busybox:latest",
+                                 "secrets": ["DB_PASSWORD"]},)),
+             FakeStep("probe", inputs=("none",), network="host")]
+    untrusted = Scope(ref=ref, default_ref="refs/heads/main", protected=False, trusted=False)
+    # even if a value were handed over, an untrusted run passes none to a container
+    result = env.run(steps, secrets={"TOKEN": "hunter2", "DB_PASSWORD": "pw-1234"}, scope=untrusted,
+                     fail_fast=False)
+    assert env.runtime.started == ["build"]
+    assert result.steps["deploy"].status == "skipped"
+    assert result.steps["deploy"].message == f"secret TOKEN withheld: untrusted run of {ref}"
+    assert result.steps["it"].message == (
+        f"secret DB_PASSWORD (service db) withheld: untrusted run of {ref}")
+    assert result.steps["notify"].message == "dependency deploy skipped"
+    (fail,) = env.of(ev.StepFailed)
+    assert (fail.step, fail.reason) == ("probe", "trust.refused")
+    assert fail.message == f"step probe: network: host refused: untrusted run of {ref}"
+    assert result.exit_code == 1
+    plan = env.realiser(steps, scope=untrusted).excluded()
+    assert set(plan) == {"deploy", "notify", "it"}
+    trusted = env.run(steps, secrets={"TOKEN": "hunter2", "DB_PASSWORD": "pw-1234"},
+                      scope=Scope(ref="refs/heads/main", default_ref="refs/heads/main"))
+    # build ran again: what the untrusted run realised is in its quarantine, never read here
+    assert trusted.ok and sorted(env.runtime.started) == ["build", "deploy", "it", "notify",
+                                                          "probe"]
+
+
 def test_step_user_reaches_the_runtime(env):
     env.run([FakeStep("a", inputs=("none",), user="1000:1000"), FakeStep("b", inputs=("none",))])
     assert env.runtime.specs["a"].user == "1000:1000"

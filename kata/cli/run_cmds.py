@@ -106,7 +106,8 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
              dry_run: bool, no_cache: bool, json_out: bool, secrets: tuple[str, ...],
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
-             base: str | None = None, out_dir: str | None = None) -> None:
+             base: str | None = None, untrusted: bool = False, hook: str = "",
+             default_branch: str | None = None, out_dir: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -131,6 +132,11 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
                                                    tag=tag, action=action, base=base)
     if event is not None and not _triggered(pipeline, cond_ctx, json_out):
         return
+    from kata.trust import scope_for
+
+    scope = scope_for(repo_root, branch=git_branch, tag=cond_ctx.tag if event else "",
+                      event=event or "", hook=hook, default_branch=default_branch,
+                      untrusted=untrusted)
     obj = ctx.find_root().obj or {}
     runtime = LazyRuntime(obj.get("containerd_address"))
     store = open_store(ctx)
@@ -155,15 +161,16 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
             git_event=event or "",
             git_tag=cond_ctx.tag if event else "",
             skip=condition_skips(pipeline, cond_ctx),
-            scope=_scope(repo_root, graph, branch=git_branch, tag=cond_ctx.tag if event else ""),
+            scope=scope,
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
             plan = plan_run(graph, store, options, heal=False)
             _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
         plan = plan_run(graph, store, options)
+        # an untrusted run reads no value at all (its plan skips every step declaring one)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
-            list(secrets), list(secret_files)).resolve(plan.secrets))
+            list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
         for name in unmaskable(options.secrets):
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
@@ -251,23 +258,6 @@ def _print_plan(entries, skipped: dict[str, str], json_out: bool) -> None:  # no
             click.echo(f"[PLAN] {name}: SKIP ({why})")
 
 
-def _scope(repo_root: Path, graph, *, branch: str, tag: str):  # noqa: ANN001, ANN202
-    """The run's scope from the git context (one call, to be replaced by kata.trust):
-    its ref; the default branch, read only when a step has cache directories (it costs
-    git processes); the default branch is the protected ref; every local run trusted."""
-    from kata.keys import Scope
-
-    ref = f"refs/tags/{tag}" if tag else f"refs/heads/{branch}" if branch and branch != "HEAD" else ""
-    default_ref = ""
-    if ref and any(graph.nodes[n].step.cache.paths for n in graph.order):
-        try:
-            found = gitctx.default_branch(repo_root)
-        except KataError:  # --branch given outside a repository
-            found = None
-        default_ref = f"refs/heads/{found[0]}" if found else ""
-    return Scope(ref=ref, default_ref=default_ref, protected=not ref or ref == default_ref)
-
-
 _common = [
     click.option("--dry-run", is_flag=True, help="Print each step's HIT or MISS (and why) "
                  "without running anything."),
@@ -277,6 +267,8 @@ _common = [
                  help="A secret for steps that declare it (default: from the environment)."),
     click.option("--secret-file", "secret_files", multiple=True, metavar="NAME=PATH",
                  help="A secret read from a file."),
+    click.option("--untrusted", is_flag=True, help="Run as untrusted code: no secrets (steps "
+                 "declaring one are skipped), no network: host, results kept in quarantine."),
     click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                  help="Copy the artifacts of the steps that passed to DIR/<step>/ "
                  "(directly into DIR for a single target)."),
@@ -295,18 +287,25 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @_with_common
 @click.option("--event", type=click.Choice(EVENTS),
               help="Run as this event: the pipeline runs only if a trigger matches. "
-              "Without it a local run ignores triggers (only:/when: see a push).")
+              "Without it a local run ignores triggers (only:/when: see a push). "
+              "pull_request runs untrusted.")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
 @click.option("--tag", metavar="T", help="The tag of a tag event (default: the newest at HEAD); "
               "implies --event tag.")
 @click.option("--action", type=click.Choice(PR_ACTIONS),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
+@click.option("--hook", type=click.Choice(["pre-push", "post-receive"]),
+              help="Set by kata's installed git hooks: a post-receive run of a ref that is "
+              "not protected is untrusted (see SECURITY.md).")
+@click.option("--default-branch", metavar="B", help="The repository's default branch "
+              "(protected when the host config names none; default: read from git).")
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-        out_dir: str | None, event: str | None, branch: str | None, tag: str | None, action: str | None,
-        base: str | None) -> None:
+        out_dir: str | None, untrusted: bool, event: str | None, branch: str | None,
+        tag: str | None, action: str | None, base: str | None, hook: str | None,
+        default_branch: str | None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     if tag is not None and event is None:
         event = "tag"  # --tag T alone: run as that tag's event (a push has no tag)
@@ -316,7 +315,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
         raise click.UsageError("--branch is not for --event tag; a tag event has no branch")
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
-             action=action, base=base, out_dir=out_dir)
+             action=action, base=base, untrusted=untrusted, hook=hook or "",
+             default_branch=default_branch, out_dir=out_dir)
 
 
 @click.command()
@@ -325,10 +325,10 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
           json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-          out_dir: str | None) -> None:
+          out_dir: str | None, untrusted: bool) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files, out_dir=out_dir)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir)
 
 
 @click.command()

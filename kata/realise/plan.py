@@ -12,6 +12,8 @@ Rules:
   dependencies of those that miss: a step hit by its derivation hash needs none;
 - a step whose ``only:``/``when:`` is false is skipped, and so is everything
   depending on it (a skipped step's dependents cannot run);
+- in an untrusted scope a step that declares a secret (itself or in a service) is
+  skipped, and its dependents with it (``kata.trust.withheld``): the run resolves no value;
 - a step is looked up only when it caches: the cache is on (not ``--no-cache``, not
   ``settings.cache_enabled: false``), its ``cache:`` is not false, and it declares no
   secret unless ``cache: true`` says so (``Step.cacheable``).
@@ -23,7 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from kata import trust
 from kata.errors import KataError
+from kata.keys import Scope
 from kata.realise.lookup import Looked
 from kata.realise.results import PlanEntry
 
@@ -167,13 +171,15 @@ def check(graph: "DerivationGraph", targets: Sequence[str] | None) -> None:
 
 def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
               skip: Mapping[str, str], use_cache: bool,
-              lookup: Callable[[str], Looked]) -> Plan:
-    """Decide the run. ``lookup(derivation hash)`` reads the store in the run's scope.
-    Raises ``target.unknown`` for a target that is no step, ``image.unresolved`` for a
-    step whose derivation has no hash."""
+              lookup: Callable[[str], Looked], scope: Scope = Scope()) -> Plan:
+    """Decide the run. ``lookup(derivation hash)`` reads the store in the run's scope;
+    ``scope.trusted`` False withholds secrets (``kata.trust.skips``; a condition's reason
+    wins). Raises ``target.unknown`` for a target that is no step, ``image.unresolved``
+    for a step whose derivation has no hash."""
     nodes = graph.nodes
     check(graph, targets)
-    off = excluded(graph, skip)
+    withheld = trust.skips((nodes[n].step for n in graph.order), scope)
+    off = excluded(graph, {**withheld, **skip})
     wanted = set(targets) if targets else set(graph.order)
     plans: dict[str, StepPlan] = {}
     for name in reversed(graph.order):
@@ -232,4 +238,4 @@ def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions"
 
     return make_plan(graph, targets=options.targets, skip=options.skip,
                      use_cache=options.use_cache,
-                     lookup=Lookup(store, options.scope, heal=heal).step)
+                     lookup=Lookup(store, options.scope, heal=heal).step, scope=options.scope)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from kata import keys
+from kata import keys, trust
 from kata.errors import KataError
 from kata.realise import artifacts
 from kata.realise import events as ev
@@ -136,9 +136,12 @@ class Realiser:
         self._lookup = Lookup(store, options.scope)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
                                pipeline=self.pipeline)
+        # an untrusted run holds no value at all: not for a step, not even for the masker
+        # (masking a value in output an attacker controls would confirm their guesses)
+        self._secrets = dict(options.secrets) if options.scope.trusted else {}
         # every value given to this run, in every encoded form, masked in every step's output
         # (a value too short to mask is not: the CLI warned about it)
-        self._masker = Masker(maskable(options.secrets.values()))
+        self._masker = Masker(maskable(self._secrets.values()))
         self._unpack_locks: dict[str, threading.Lock] = {}
         self._run_dir = options.work_root
 
@@ -153,7 +156,8 @@ class Realiser:
         if not heal:
             return plan_run(self.graph, self.store, self.options, heal=False)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
-                         use_cache=self.options.use_cache, lookup=self._lookup.step)
+                         use_cache=self.options.use_cache, lookup=self._lookup.step,
+                         scope=self.options.scope)
 
     def dry_run(self) -> list[PlanEntry]:
         return plan_entries(self.graph, self.plan(heal=False))
@@ -462,7 +466,11 @@ class Realiser:
                        log: IO[bytes], log_lock: threading.Lock,
                        service_logs: dict[str, IO[bytes]]) -> int:
         step = node.step
-        values = specs.secret_values(node, self.options.secrets)
+        scope = self.options.scope
+        why = trust.refused(step, scope) or trust.withheld(step, scope)
+        if why:  # withheld steps never get here (the plan skips them); refused ones fail here
+            raise KataError("trust.refused", why, obj=name)
+        values = specs.secret_values(node, self._secrets)
         with contextlib.ExitStack() as stack:
             dirs: dict[str, Path] = {}  # "" = the step's; else a service's own
             for owner, names in (("", step.secrets),

@@ -83,7 +83,9 @@ class Records:
         d = node.derivation
         assert d.image is not None
         return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
-                                  paths=d.cache_paths, key_files=d.key_files)
+                                  paths=d.cache_paths, key_files=d.key_files,
+                                  secrets=(*d.secrets, *(x for sv in d.services
+                                                         for x in sv.secrets)))
 
     def cache_tree(self, node: "Node") -> str:
         """The tree to restore ``cache.paths`` from ("" for none, or under --no-cache)."""

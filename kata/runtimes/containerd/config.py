@@ -1,4 +1,5 @@
-"""The runtime's part of kata's host config: /etc/kata/config.yaml or $KATA_CONFIG.
+"""The runtime's part of kata's host config (/etc/kata/config.yaml or $KATA_CONFIG, read by
+``kata.hostconfig``, the one loader; ``protected:`` belongs to ``kata.trust``).
 
     containerd:
       address: /run/containerd/containerd.sock   # default: system socket if it answers, else kata's own
@@ -20,15 +21,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kata.errors import KataError
+from kata.hostconfig import DEFAULT_CONFIG, HostConfig, load_host_config  # noqa: F401
+from kata.hostconfig import check_keys as _check_keys
 from kata.model import Duration
-
-DEFAULT_CONFIG = "/etc/kata/config.yaml"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,19 +48,7 @@ class RuntimeConfig:
         return self.registries.get(host, RegistryConfig())
 
 
-def _check_keys(obj: Any, allowed: set[str], where: str, path: str) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise KataError("config.bad_value", f"{path}: {where} must be a mapping", obj=path)
-    unknown = set(obj) - allowed
-    if unknown:
-        raise KataError("config.unknown_key",
-                        f"{path}: unknown key {sorted(unknown)[0]!r} in {where}", obj=path)
-    return obj
-
-
-def _seconds(value: Any, where: str, path: Path) -> float:
+def _seconds(value: Any, where: str, path: str) -> float:
     """A duration in the config: a number of seconds (``5``, ``2.5``) or
     ``kata.model.Duration``'s grammar (``5s``, ``1m``, ``0``)."""
     try:
@@ -78,36 +64,29 @@ def _seconds(value: Any, where: str, path: Path) -> float:
 
 def load_runtime_config(path: str | os.PathLike[str] | None = None) -> RuntimeConfig:
     """Read the config; a missing default file means all defaults."""
-    explicit = path is not None or "KATA_CONFIG" in os.environ
-    p = Path(path if path is not None else os.environ.get("KATA_CONFIG", DEFAULT_CONFIG))
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        if explicit:
-            raise KataError("config.not_found", f"kata config {p} does not exist",
-                            obj=str(p)) from None
-        return RuntimeConfig()
-    except OSError as err:
-        raise KataError("config.unreadable", f"cannot read kata config {p}: {err}",
-                        obj=str(p)) from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise KataError("config.bad_yaml", f"{p}: {err}", obj=str(p)) from None
-    top = _check_keys(doc, {"containerd", "offline", "registries"}, "the config", str(p))
+    return runtime_config(load_host_config(path))
+
+
+def runtime_config(host: HostConfig) -> RuntimeConfig:
+    """The runtime's sections of a host config read by ``kata.hostconfig``.
+
+    KataError config.unknown_key, config.bad_value (exit 2), naming the file.
+    """
+    p = host.path
+    top = host.doc
     cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace"},
-                     "containerd", str(p))
+                     "containerd", p)
     regs = {}
-    for host, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
-                                    "registries", str(p))).items():
-        r = _check_keys(value, {"mirrors", "plain_http", "skip_verify"}, f"registries.{host}",
-                        str(p))
+    for name, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
+                                    "registries", p)).items():
+        r = _check_keys(value, {"mirrors", "plain_http", "skip_verify"}, f"registries.{name}",
+                        p)
         mirrors = r.get("mirrors") or []
         if not isinstance(mirrors, list) or not all(
                 isinstance(m, str) and m.startswith(("http://", "https://")) for m in mirrors):
-            raise KataError("config.bad_value", f"{p}: registries.{host}.mirrors must be a list "
-                            "of URLs", obj=str(p))
-        regs[str(host)] = RegistryConfig(mirrors=tuple(mirrors),
+            raise KataError("config.bad_value", f"{p}: registries.{name}.mirrors must be a list "
+                            "of URLs", obj=p)
+        regs[str(name)] = RegistryConfig(mirrors=tuple(mirrors),
                                          plain_http=bool(r.get("plain_http", False)),
                                          skip_verify=bool(r.get("skip_verify", False)))
     grace = _seconds(cd.get("stop_grace", 5), "containerd.stop_grace", p)
