@@ -4,11 +4,25 @@ The repository's file list is `git ls-files -co --exclude-standard` in a git
 work tree, else every file below the root; `.kataignore` (gitignore syntax)
 removes files in both cases. A step's `inputs:` globs narrow it further.
 
-Hashing goes through a stat cache (absolute path -> size, mtime_ns, inode,
-digest): a file whose lstat matches is not read again, so a warm run over an
-unchanged tree costs one lstat per file. Files modified within the last
-`RACY_NS` are hashed but not cached (git's "racily clean" problem: a second
-write within the timestamp granularity would otherwise go unseen).
+Hashing goes through a stat cache (absolute path -> the file's stat key and
+digest): a file whose lstat still shows the same key is not read again, so a
+warm run over an unchanged tree costs one lstat per file. The key is what git's
+index compares (``ie_match_stat``): device, inode, mode, size, mtime_ns and
+ctime_ns. ctime is the field that makes it sound: the kernel sets it on every
+write, chmod, chown or rename and no system call can set it back, so a file
+rewritten with the same size and mtime (``cp -p``, ``touch -d``, an unpacked
+reproducible archive, a checkout with fixed times) is read again.
+
+On a filesystem that does not keep ctime (FUSE: sshfs reports mtime as ctime) the
+stat cache is not trusted at all (`ctime_is_kept`): every input is read every run.
+
+Racily clean (git's rule, ``racy-git.txt``): timestamps have a granularity (a
+kernel tick on ext4, 1 s on some network filesystems, 2 s on FAT), so a write
+in the same tick as the one a hash saw leaves every stat field unchanged. A
+file is therefore put in the stat cache only when its ctime is older than
+`RACY_NS` before the hashing began; a fresher one is hashed, used, and hashed
+again next time. A file whose fstat changes while it is read is not cached
+either.
 """
 
 from __future__ import annotations
@@ -36,24 +50,56 @@ KATAIGNORE = ".kataignore"
 RACY_NS = 2_000_000_000
 INPUTS_FORMAT = "kata-inputs/1"
 
+# What a file's lstat must still say for its cached digest to be trusted, in this order:
+# (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns).
+StatKey = tuple[int, int, int, int, int, int]
+# One stat cache entry: the StatKey's six fields, then the digest "sha256:<hex>".
+StatEntry = tuple[int, int, int, int, int, int, str]
+# the StatKey of an os.stat_result (a C-level getter: the warm path calls it per file)
+stat_key = operator.attrgetter("st_dev", "st_ino", "st_mode", "st_size", "st_mtime_ns",
+                               "st_ctime_ns")
+
 
 class StatCache(Protocol):
-    def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]: ...
-    def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None: ...
+    """Absolute path -> StatEntry. The store's LMDB index implements it persistently
+    (versioned encoding: entries of another format read as absent)."""
+
+    def get_many(self, paths: Sequence[str]) -> Mapping[str, StatEntry]:
+        """The entries known for `paths` (a superset is allowed); absent paths are left out."""
+        ...
+
+    def put_many(self, entries: Mapping[str, StatEntry]) -> None:
+        """Record entries, replacing what each path had."""
+        ...
 
 
 class MemoryStatCache:
     """The in-memory StatCache (the store's LMDB index is the persistent one)."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[int, int, int, str]] = {}
+        self.entries: dict[str, StatEntry] = {}
 
-    def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]:
+    def get_many(self, paths: Sequence[str]) -> Mapping[str, StatEntry]:
         # a read-only view of everything: a superset of what was asked, at no cost
         return MappingProxyType(self.entries)
 
-    def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None:
+    def put_many(self, entries: Mapping[str, StatEntry]) -> None:
         self.entries.update(entries)
+
+
+class RehashStatCache:
+    """A StatCache that trusts nothing it holds: every file is read again (`--no-cache`),
+    and what is hashed is still recorded in `inner`, so the next cached run starts from
+    entries just checked."""
+
+    def __init__(self, inner: StatCache) -> None:
+        self._inner = inner
+
+    def get_many(self, paths: Sequence[str]) -> Mapping[str, StatEntry]:
+        return {}
+
+    def put_many(self, entries: Mapping[str, StatEntry]) -> None:
+        self._inner.put_many(entries)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +107,7 @@ class InputFile:
     path: str    # relative to the repository root, '/'-separated
     digest: str  # "sha256:<hex>" of the content (of the link target text for a symlink)
     size: int
-    mode: int    # 0o644, 0o755 or 0o120000 (symlink)
+    mode: int    # 0o644, 0o755 (owner-executable, git's rule and the tree's) or 0o120000
 
 
 # one file as hashed: (path, digest, size, mode); plain tuples on the hot path
@@ -217,6 +263,8 @@ class Snapshot:
         """`exclude`: paths (relative to root) never to list, e.g. the config file itself."""
         self.root = os.path.abspath(root)
         self.stat_cache = stat_cache if stat_cache is not None else MemoryStatCache()
+        if not ctime_is_kept(self.root):  # no stat field tells a same-size, same-mtime edit
+            self.stat_cache = RehashStatCache(self.stat_cache)
         ignore = _ignore_spec(self.root)
         files = _git_files(self.root)
         cut = len(os.path.join(self.root, ""))
@@ -272,43 +320,41 @@ class Snapshot:
         return got
 
 
-_STAT_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ino")
-
-
 def hash_files(root: str, paths: Sequence[str], cache: StatCache,
                absolute: Sequence[str] | None = None) -> list[Entry | None]:
     """Digest every path (relative to root), in order; None for one that vanished or is
-    not a regular file or symlink (a submodule, a socket). An unchanged file (same size,
-    mtime_ns and inode as in the stat cache) costs its lstat and is not read."""
+    not a regular file or symlink (a submodule, a socket). A file whose lstat still
+    shows the StatKey its cache entry was recorded with costs that lstat and is not read;
+    any other is read, and cached when its ctime is older than `RACY_NS` before this call
+    began (the racily-clean rule, module docstring).
+
+    Raises KataError ``inputs.unreadable`` for a file that cannot be read and
+    ``inputs.changed`` for one replaced by another kind of file while it was read."""
+    racy = time.time_ns() - RACY_NS  # before any lstat: a write after it is never trusted
     if absolute is None:
         prefix = root + os.sep
         absolute = [prefix + p for p in paths]
     stats = _lstat_all(absolute)
     known = cache.get_many(absolute).get
-    # the warm check in C-level passes: (size, mtime, inode) now vs as cached
+    # the warm check in C-level passes: the stat key now vs as cached
     cached = list(map(known, absolute))
-    fresh: dict[str, tuple[int, int, int, str]] = {}
-    racy = time.time_ns() - RACY_NS
+    fresh: dict[str, StatEntry] = {}
     out: list[Entry | None] = []
     append = out.append
-    S_ISREG, S_ISLNK = stat.S_ISREG, stat.S_ISLNK
+    key_of = stat_key
+    S_ISREG, S_ISLNK, S_IXUSR = stat.S_ISREG, stat.S_ISLNK, stat.S_IXUSR
     for rel, a, st, c in zip(paths, absolute, stats, cached):
         if st is None:
             append(None)
             continue
         m = st.st_mode
-        if c is not None and c[:3] == _STAT_KEY(st) and S_ISREG(m):
-            append((rel, c[3], c[0], 0o755 if m & 0o111 else 0o644))
+        if c is not None and c[:6] == key_of(st) and S_ISREG(m):
+            append((rel, c[6], c[3], 0o755 if m & S_IXUSR else 0o644))
         elif S_ISREG(m):
-            try:
-                with open(a, "rb") as f:
-                    digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-            except OSError as err:
-                raise KataError("inputs.unreadable", f"cannot read input {rel}: {err.strerror}",
-                                obj=rel) from None
-            if st.st_mtime_ns < racy:
-                fresh[a] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
-            append((rel, digest, st.st_size, 0o755 if m & 0o111 else 0o644))
+            digest, seen, stable = _read_digest(a, rel)
+            if stable and seen.st_ctime_ns < racy:
+                fresh[a] = (*key_of(seen), digest)
+            append((rel, digest, seen.st_size, 0o755 if seen.st_mode & S_IXUSR else 0o644))
         elif S_ISLNK(m):
             target = os.fsencode(os.readlink(a))
             append((rel, "sha256:" + hashlib.sha256(target).hexdigest(), len(target), 0o120000))
@@ -317,3 +363,70 @@ def hash_files(root: str, paths: Sequence[str], cache: StatCache,
     if fresh:
         cache.put_many(fresh)
     return out
+
+
+def ctime_is_kept(path: str) -> bool:
+    """Whether the filesystem holding `path` keeps ctime as the kernel does (set on every
+    change, never settable), the premise of the stat cache.
+
+    FUSE filesystems (``fuse``, ``fuse.*`` in /proc/self/mountinfo) answer with what
+    their daemon says: sshfs, for one, reports mtime as ctime (SFTP v3 has no ctime), so a
+    same-size rewrite that restores the mtime changes no stat field. On those every input
+    is read on every run. Found by the mount's device number (mountinfo field 3)."""
+    try:
+        st = os.stat(path)
+        dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == dev and "-" in fields:
+                    fstype = fields[fields.index("-") + 1]
+                    return not (fstype == "fuse" or fstype.startswith("fuse."))
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    # O_NONBLOCK: a FIFO put in a regular file's place since its lstat must not block
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+
+
+def _read_digest(path: str, rel: str) -> tuple[str, os.stat_result, bool]:
+    """(digest, fstat before reading, whether the fstat was the same after reading).
+
+    The stat that goes into the cache is the open file's own, taken before its
+    bytes are read: a file replaced or rewritten during the read then shows a
+    different key next time, and one changing while it is read is not cached."""
+    try:
+        with open(path, "rb", opener=_open_nofollow) as f:
+            before = os.fstat(f.fileno())
+            digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            stable = stat_key(os.fstat(f.fileno())) == stat_key(before)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # became a symlink since its lstat
+            raise KataError("inputs.changed", f"input {rel} changed while it was hashed "
+                            "(a file became a symlink): run again", obj=rel) from None
+        raise KataError("inputs.unreadable", f"cannot read input {rel}: {err.strerror}",
+                        obj=rel) from None
+    if not stat.S_ISREG(before.st_mode):
+        raise KataError("inputs.changed", f"input {rel} changed while it was hashed "
+                        "(no longer a regular file): run again", obj=rel)
+    return digest, before, stable
+
+
+def mismatch(inputs: InputSet, manifest: Mapping[str, tuple[str, str]]) -> str | None:
+    """The first path whose stored form differs from what `inputs` hashed, else None.
+
+    `manifest`: path -> (kind, digest) of a stored tree as the store read it while
+    packing (`store.Store.put_tree(..., manifest=)`): kind "f" (0644), "x" (0755) or
+    "l" (symlink, digest of the target text); directories are not listed."""
+    kinds = {0o644: "f", 0o755: "x", 0o120000: "l"}
+    if len(manifest) != len(inputs.entries):
+        extra = sorted(set(manifest) - set(inputs.paths))
+        missing = sorted(set(inputs.paths) - set(manifest))
+        return (extra or missing)[0]
+    for path, digest, _size, mode in inputs.entries:
+        if manifest.get(path) != (kinds[mode], digest):
+            return path
+    return None

@@ -13,8 +13,8 @@ Keys (format tag, what it covers):
 - resolved hash (``kata-drv-resolved/1``): the same with the dependencies' artifact-stack
   digests in place of their derivation hashes (early cutoff);
 - artifact-stack digest (``kata-stack/1``): the ordered artifact trees a step passes on;
-- input-snapshot key (``kata-inputs/1``): the stored tree of a step's input files, by
-  the digest of the input set;
+- input-snapshot key (``kata-input-snapshot/2``): the stored tree of a step's input
+  files, by the digest of the input set;
 - cache-directory key (``kata-cache-dir/3``): a step's ``cache.paths`` contents, by
   pipeline, step, image digest, paths, the compiler's ``key_files`` digest and the
   secret names the step and its services declare;
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from kata.derivation import Derivation
 
 STACK_FORMAT = "kata-stack/1"
-INPUTS_FORMAT = "kata-inputs/1"
+# /1 (``kata-inputs/1``) records were written before a snapshot's bytes were checked
+# against the digests the compiler hashed: one edited in between could name other bytes
+SNAPSHOT_FORMAT = "kata-input-snapshot/2"
 # /2 replaced kata-cache-paths/1 (image, paths, key files read as literal paths) and
 # missed the secret names, so a step without secrets (an untrusted branch's) restored
 # what a secret-holding one cached; /3 covers them
@@ -126,9 +128,10 @@ def stack_digest(stack: Sequence[str]) -> str:
 
 def input_snapshot_key(inputs_digest: str) -> str:
     """The record naming the stored tree of an input set: sha256 hex of
-    ``"kata-inputs/1" NUL <input set digest>``. The input set digest covers every file's
-    path, mode and content digest, so equal keys mean equal trees."""
-    return hashlib.sha256(f"{INPUTS_FORMAT}\0{inputs_digest}".encode()).hexdigest()
+    ``"kata-input-snapshot/2" NUL <input set digest>``. The input set digest covers every
+    file's path, mode and content digest, so equal keys mean equal trees; a record is
+    written only after the stored bytes were checked against those digests."""
+    return hashlib.sha256(f"{SNAPSHOT_FORMAT}\0{inputs_digest}".encode()).hexdigest()
 
 
 def cache_dir_key(*, pipeline: str, step: str, image: str, paths: Sequence[str],

@@ -24,6 +24,7 @@ from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs
 from kata.labels import is_step_name
+from kata.resources import MAX_CPUS, MAX_PIDS, MIN_CPUS, Resources, parse_memory
 from kata.model import (CONTEXT_VARS, NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Service,
                         Settings, Step, Trigger, is_env_name)
 
@@ -43,11 +44,13 @@ _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 EXTENSION_PREFIX = "x-"
 _EXPAND = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
-SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled")
+SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled", "resources")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description", "context")
-SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets")
+             "when", "description", "resources", "context")
+SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets",
+                "resources")
+RESOURCES_KEYS = ("memory", "cpus", "pids")
 READY_KEYS = ("tcp", "http", "command", "timeout")
 CACHE_KEYS = ("paths", "key_files", "enabled")
 ONLY_KEYS = ("branches", "tags", "paths", "events")
@@ -171,6 +174,7 @@ class _Walker:
     def __init__(self, file: str) -> None:
         self.file = file
         self.global_env: tuple[tuple[str, str], ...] = ()
+        self.default_resources = Resources()  # settings.resources, once read
 
     # -- helpers -----------------------------------------------------------
     def pos(self, node: Node) -> Position:
@@ -372,6 +376,7 @@ class _Walker:
         f = self.fields(root, TOP_KEYS, "the config", extensions=True)
         name = self.nonempty(f["pipeline"][1], "pipeline") if "pipeline" in f else "pipeline"
         settings = self.settings(f["settings"][1]) if "settings" in f else Settings()
+        self.default_resources = settings.resources
         env = self.env(f["env"][1], "env") if "env" in f else ()
         if env:
             env = self.expand(env, (), f["env"][1], "the global env")
@@ -392,7 +397,12 @@ class _Walker:
                         triggers=triggers, file=self.file)
 
     def settings(self, node: Node) -> Settings:
-        f = self.fields(node, SETTINGS_KEYS, "settings")
+        f = self.fields(node, (*SETTINGS_KEYS, "userns"), "settings")
+        if "userns" in f:  # asked for by users of Docker's userns-remap; not possible yet
+            raise self.fail("config.unsupported", f["userns"][0],
+                            "settings.userns: remapping container root needs idmapped mounts, "
+                            "which containerd 1.6 and runc 1.1 cannot request (SECURITY.md, "
+                            "'User namespaces'); remove the key")
         kw: dict[str, Any] = {}
         if "timeout" in f:
             kw["timeout"] = self.duration(f["timeout"][1], "settings.timeout", positive=True)
@@ -405,6 +415,8 @@ class _Walker:
             kw["fail_fast"] = self.boolean(f["fail_fast"][1], "settings.fail_fast")
         if "cache_enabled" in f:
             kw["cache_enabled"] = self.boolean(f["cache_enabled"][1], "settings.cache_enabled")
+        if "resources" in f:
+            kw["resources"] = self.resources(f["resources"][1], "settings.resources")
         return Settings(**kw)
 
     def step(self, node: Node) -> Step:
@@ -416,7 +428,8 @@ class _Walker:
                             f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
         what = f"step {name!r}"
         kw: dict[str, Any] = {"name": name, "position": self.pos(name_node),
-                              "image": self.image(self.require(f, "image", node, what), f"{what}: image")}
+                              "image": self.image(self.require(f, "image", node, what), f"{what}: image"),
+                              "resources": self.default_resources}
         for key, (_, v) in f.items():
             if key in ("name", "image"):
                 continue
@@ -460,6 +473,8 @@ class _Walker:
                 kw[key] = self.nonempty(v, label)
             elif key == "description":
                 kw[key] = self.string(v, label)
+            elif key == "resources":
+                kw[key] = self.resources(v, label).over(self.default_resources)
             elif key == "context":
                 def check(s: str, item: Node, label=label) -> None:
                     self.one_of(s, CONTEXT_VARS, item, f"{label}: unknown context variable")
@@ -500,6 +515,8 @@ class _Walker:
                 entrypoint=self.strings(f["entrypoint"][1], f"{label}: entrypoint")
                 if "entrypoint" in f else (),
                 ready=self.ready(f["ready"][1], f"{label}: ready") if "ready" in f else None,
+                resources=(self.resources(f["resources"][1], f"{label}: resources")
+                           if "resources" in f else Resources()).over(self.default_resources),
                 secrets=secrets))
         return tuple(out)
 
@@ -534,6 +551,41 @@ class _Walker:
         if "timeout" in f:
             kw["timeout"] = self.duration(f["timeout"][1], f"{what}.timeout", positive=True)
         return Ready(**kw)
+
+    def resources(self, node: Node, what: str) -> Resources:
+        """`{memory: "2GiB", cpus: 1.5, pids: 1024}`; each field optional."""
+        f = self.fields(node, RESOURCES_KEYS, what)
+        kw: dict[str, Any] = {}
+        if "memory" in f:
+            v = f["memory"][1]
+            if not (isinstance(v, ScalarNode) and v.tag in (_STR, _INT)):
+                raise self.fail("config.type", v, f"{what}.memory must be a size such as "
+                                f"512MiB or 2GiB, got {_kind(v)}")
+            try:
+                kw["memory"] = parse_memory(self.integer(v, f"{what}.memory") if v.tag == _INT
+                                            else v.value)
+            except ValueError as err:
+                raise self.fail("config.value", v, f"{what}.memory: {err}") from None
+        if "cpus" in f:
+            v = f["cpus"][1]
+            try:
+                if not (isinstance(v, ScalarNode) and v.tag in (_INT, _FLOAT)):
+                    raise ValueError
+                cpus = float(v.value)
+            except ValueError:
+                raise self.fail("config.type", v, f"{what}.cpus must be a number of CPUs "
+                                f"such as 1 or 1.5, got {_kind(v)}") from None
+            if not MIN_CPUS <= cpus <= MAX_CPUS:
+                raise self.fail("config.value", v, f"{what}.cpus must be between {MIN_CPUS:g} "
+                                f"and {MAX_CPUS}, got {v.value}")
+            kw["cpus"] = cpus
+        if "pids" in f:
+            v = f["pids"][1]
+            kw["pids"] = n = self.integer(v, f"{what}.pids")
+            if not 1 <= n <= MAX_PIDS:
+                raise self.fail("config.value", v, f"{what}.pids must be between 1 and "
+                                f"{MAX_PIDS}, got {n}")
+        return Resources(**kw)
 
     def cache(self, node: Node, what: str) -> CacheSpec:
         if isinstance(node, ScalarNode) and node.tag == _BOOL:

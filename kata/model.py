@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kata.errors import Position
+from kata.resources import Resources
 
 if TYPE_CHECKING:
     from kata.conditions import Expr
@@ -219,6 +220,8 @@ class Service:
     entrypoint: tuple[str, ...] = ()
     ready: Ready | None = None  # None: the image's first exposed port, else "started"
     secrets: tuple[str, ...] = ()  # names only: services get the secrets they declare
+    # its own `resources:` over settings' (not the step's); None fields: host defaults
+    resources: Resources = Resources()
     position: Position | None = field(default=None, compare=False)
 
 
@@ -240,6 +243,7 @@ class Settings:
     max_parallel: int | None = None  # None: CPU count, decided by the realiser
     fail_fast: bool = True
     cache_enabled: bool = True
+    resources: Resources = Resources()  # the default of every step and service
 
 
 NETWORK_MODES = ("default", "none", "host")
@@ -266,6 +270,8 @@ class Step:
     workdir: str = "/workspace"
     user: str | None = None  # None: the image's user
     network: str = "default"
+    # its own `resources:` over settings'; None fields: host defaults (never hashed)
+    resources: Resources = Resources()
     description: str = ""
     context: tuple[str, ...] = ()  # names from CONTEXT_VARS the step's container gets
     only: "Expr | None" = None

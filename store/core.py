@@ -171,9 +171,18 @@ class Store:
 
     # ------------------------------------------------------------ trees
 
-    def put_tree(self, root_dir: str | os.PathLike[str], paths: Sequence[str] | None = None) -> str:
+    def put_tree(self, root_dir: str | os.PathLike[str], paths: Sequence[str] | None = None, *,
+                 manifest: dict[str, tuple[str, str]] | None = None) -> str:
+        """Pack ``paths`` under ``root_dir`` (all of it: None) as one canonical tree blob;
+        returns its digest. ``manifest``, when given, is filled with what the stored
+        bytes hold per file and link: path -> (kind "f"|"x"|"l", "sha256:<hex>" of the
+        content or link target), read from the very stream that was stored, so a caller
+        can check it against digests it computed earlier (a file edited in between)."""
         entries = trees.scan(os.fspath(root_dir), paths)
-        digest, size = self.objects.put_chunks(trees.stream(entries))
+        chunks = trees.stream(entries)
+        if manifest is not None:
+            chunks = trees.tap_manifest(chunks, manifest)
+        digest, size = self.objects.put_chunks(chunks)
         self.index.note_objects({digest: size})
         return digest
 

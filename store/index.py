@@ -222,30 +222,43 @@ class LmdbIndex:
         self.write(fn)
 
 
+# Version tag of a stat cache value. Values are msgpack arrays
+# [STAT_FORMAT, dev, ino, mode, size, mtime_ns, ctime_ns, digest]; anything else (the
+# version 1 form [size, mtime_ns, ino, digest] among them) reads as absent, never as a key.
+STAT_FORMAT = 2
+
+
 class LmdbStatCache:
-    """The compiler's source stat cache: path -> (size, mtime_ns, inode, digest)."""
+    """The compiler's source stat cache (``kata.inputs.StatCache``): absolute path ->
+    (dev, ino, mode, size, mtime_ns, ctime_ns, digest), the digest a "sha256:<hex>"."""
 
     def __init__(self, index: LmdbIndex) -> None:
         self._index = index
 
-    def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, str]]:
+    def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, int, int, int, str]]:
         db = self._index.db["stat"]
 
-        def fn(t: lmdb.Transaction) -> dict[str, tuple[int, int, int, str]]:
+        def fn(t: lmdb.Transaction) -> dict[str, tuple[int, int, int, int, int, int, str]]:
             out = {}
             for p in paths:
                 raw = t.get(os.fsencode(p), db=db)
-                if raw is not None:
-                    size, mtime, ino, digest = msgpack.unpackb(raw)
-                    out[p] = (size, mtime, ino, digest)
+                if raw is None:
+                    continue
+                try:
+                    value = msgpack.unpackb(raw)
+                except (ValueError, msgpack.UnpackException):
+                    continue
+                if (type(value) is list and len(value) == 8 and value[0] == STAT_FORMAT
+                        and type(value[7]) is str):
+                    out[p] = tuple(value[1:])
             return out
         return self._index.read(fn)
 
-    def put_many(self, entries: Mapping[str, tuple[int, int, int, str]]) -> None:
+    def put_many(self, entries: Mapping[str, tuple[int, int, int, int, int, int, str]]) -> None:
         db = self._index.db["stat"]
 
         def fn(t: lmdb.Transaction) -> None:
             for p, value in entries.items():
-                t.put(os.fsencode(p), msgpack.packb(list(value)), db=db)
+                assert len(value) == 7, value
+                t.put(os.fsencode(p), msgpack.packb([STAT_FORMAT, *value]), db=db)
         self._index.write(fn)
-

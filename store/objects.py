@@ -3,8 +3,10 @@
 Layout: ``<store>/objects/sha256/<ab>/<hex>`` holds a zstd frame (content checksum
 on) of the blob. A write streams into ``<store>/tmp/`` on the same filesystem,
 hashing the uncompressed bytes as they pass, is fsynced, renamed into place and
-the directory fsynced. An object already present is never rewritten (its mtime is
-refreshed so a concurrent gc sees it as young). Reads verify the sha256 while
+the directory fsynced. An object already present and intact is never rewritten (its
+mtime is refreshed so a concurrent gc sees it as young); one that is damaged (it does
+not read back to its digest) is replaced by the copy just written, so rebuilding what
+it held heals it. Reads verify the sha256 while
 streaming: the frame checksum is a second line of defence, never the only one.
 """
 
@@ -171,11 +173,21 @@ class ObjectStore:
 
     def _publish(self, tmp_name: str, digest: str) -> None:
         final = self.path(digest)
-        if os.path.exists(final):
-            _unlink_quietly(tmp_name)
-            _touch(final)
-            return
         parent = os.path.dirname(final)
+        if os.path.exists(final):
+            if self._intact(final, tmp_name, digest):
+                _unlink_quietly(tmp_name)
+                _touch(final)
+                return
+            # The stored copy is damaged; the one just written was hashed as it was
+            # written: it takes the place (a rebuild heals the object it re-creates).
+            try:
+                os.replace(tmp_name, final)
+            except OSError as err:
+                _unlink_quietly(tmp_name)
+                raise os_error(err, f"replacing damaged object {digest}", digest) from err
+            fsync_dir(parent)
+            return
         try:
             os.rename(tmp_name, final)
         except FileNotFoundError:
@@ -195,6 +207,30 @@ class ObjectStore:
             _unlink_quietly(tmp_name)
             return
         fsync_dir(parent)
+
+    def _intact(self, final: str, fresh: str, digest: str) -> bool:
+        """Whether the stored ``final`` holds ``digest``'s content: byte-equal to the copy
+        just written (the common case: same content, same level), else read back and
+        checked against its digest."""
+        try:
+            if os.path.getsize(final) == os.path.getsize(fresh):
+                with open(final, "rb") as a, open(fresh, "rb") as b:
+                    while True:
+                        x, y = a.read(CHUNK), b.read(CHUNK)
+                        if x != y:
+                            break
+                        if not x:
+                            return True
+            with self.open(digest) as reader:
+                while reader.read(CHUNK):
+                    pass
+            return True
+        except StoreError as err:
+            if err.reason in ("store.corrupt_object", "store.missing_object"):
+                return False
+            raise
+        except FileNotFoundError:
+            return False
 
     def put(self, data: bytes | bytearray | memoryview | BinaryIO) -> str:
         if isinstance(data, (bytes, bytearray, memoryview)):

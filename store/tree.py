@@ -26,6 +26,7 @@ beside the target — is ever written through.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import stat
@@ -266,6 +267,72 @@ def _file_record(entry: _Entry, path: bytes, fut: Future[bytes] | None) -> Itera
     except OSError as err:
         raise StoreError("store.tree.unreadable", f"cannot read {os.fsdecode(path)}: {err}",
                          obj=os.fsdecode(path)) from err
+
+
+class _ManifestTap:
+    """Parses a canonical archive as it streams past (chunks split anywhere) and records
+    what each file and link entry holds: ``out[path] = (kind, "sha256:<hex>")``, the
+    digest of a file's content or of a link's target; directories are not recorded."""
+
+    def __init__(self, out: dict[str, tuple[str, str]]) -> None:
+        self.out = out
+        self.magic = len(MAGIC)
+        self.head = bytearray()
+        self.left = 0  # content bytes of the current file still to come
+        self.sha = hashlib.sha256()
+        self.entry: tuple[str, str] = ("", "")
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        i, n = 0, len(view)
+        head = self.head
+        while i < n:
+            if self.magic:
+                take = min(self.magic, n - i)
+                self.magic -= take
+            elif self.left:
+                take = min(self.left, n - i)
+                self.sha.update(view[i:i + take])
+                self.left -= take
+                if not self.left:
+                    self._file_done()
+            elif not head and i + 4 <= n and i + 4 + _LEN.unpack_from(view, i)[0] <= n:
+                # the common case: the whole header inside this chunk
+                end = i + 4 + _LEN.unpack_from(view, i)[0]
+                self._header(msgpack.unpackb(view[i + 4:end]))
+                take = end - i
+            else:  # a header split across chunks
+                want = 4 - len(head) if len(head) < 4 else 4 + _LEN.unpack_from(head)[0] - len(head)
+                take = min(want, n - i)
+                head += view[i:i + take]
+                if len(head) > 4 and len(head) == 4 + _LEN.unpack_from(head)[0]:
+                    self._header(msgpack.unpackb(bytes(head[4:])))
+                    head.clear()
+            i += take
+
+    def _header(self, header: list) -> None:
+        kind = header[0]
+        if kind in ("f", "x"):
+            self.entry = (kind, os.fsdecode(header[1]))
+            self.sha = hashlib.sha256()
+            self.left = header[2]
+            if not self.left:
+                self._file_done()
+        elif kind == "l":
+            self.out[os.fsdecode(header[1])] = ("l", "sha256:" + hashlib.sha256(header[2]).hexdigest())
+
+    def _file_done(self) -> None:
+        kind, path = self.entry
+        self.out[path] = (kind, "sha256:" + self.sha.hexdigest())
+
+
+def tap_manifest(chunks: Iterable[bytes], out: dict[str, tuple[str, str]]) -> Iterator[bytes]:
+    """Pass the chunks of a canonical archive through unchanged, filling ``out`` with each
+    file's and link's (kind, digest) as those very bytes go by (see ``_ManifestTap``)."""
+    tap = _ManifestTap(out)
+    for chunk in chunks:
+        tap.feed(chunk)
+        yield chunk
 
 
 def pack_bytes(root: str, paths: Sequence[str] | None = None) -> bytes:

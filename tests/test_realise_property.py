@@ -1,6 +1,8 @@
 """Property: over random small DAGs and random edits, the steps that rerun are exactly
 those whose inputs changed — their own files, or what a dependency hands them (no false
-hits, no false misses). FakeRuntime (host shell in the real overlay) + the real store.
+hits, no false misses). This module's quick form: FakeRuntime (host shell in the real
+overlay) + the real store. The full form, on real containerd, with every kind of edit
+the issue names and a store on sshfs too, is tests/test_hit_property.py.
 
 Step i reads ``in/i``, strips its spaces (so a whitespace edit is a no-op for its
 output: early cutoff), and appends every direct dependency's output. The model: a

@@ -426,3 +426,70 @@ def test_a_key_files_glob_edit_restores_no_stale_cache_directory(env):
     env.write("src", "2")  # an input edit outside the key files: the step reruns, restored
     env.run([step])
     assert "restored-cache: v3" in [e.text for e in env.of(ev.OutputLine)]
+
+
+def _snapshot_key(graph, step):
+    from kata import keys
+
+    return keys.input_snapshot_key(graph.nodes[step].inputs.digest)
+
+
+def test_an_edit_between_hashing_and_the_snapshot_fails_and_records_nothing(env):
+    """The snapshot must hold the bytes the key covers: an edit after the compiler hashed a
+    file but before the realiser packed it (same size, same mtime: nothing else tells)
+    fails the run with inputs.changed naming the file; no snapshot record is written."""
+    env.write("src/a.txt", "v1\n")
+    env.write("src/b.txt", "same\n")
+    steps = [FakeStep("s", commands=("cat src/a.txt",), inputs=("src/**",))]
+    graph = compile_steps(env.repo, steps)
+    p = env.repo / "src/a.txt"
+    st = p.stat()
+    p.write_text("v2\n")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    opts = RealiseOptions(repo_root=env.repo, work_root=env.work)
+    with pytest.raises(KataError) as err:
+        Realiser(graph, store=env.store, runtime=env.runtime, emit=env.events.append,
+                 options=opts).run()
+    assert (err.value.reason, err.value.obj, err.value.exit_code) == ("inputs.changed",
+                                                                      "src/a.txt", 1)
+    assert env.store.get_realisation(_snapshot_key(graph, "s")) is None
+    assert env.runtime.started == []
+    # a file deleted in between: the same error, naming it
+    graph = compile_steps(env.repo, steps)
+    (env.repo / "src/b.txt").unlink()
+    with pytest.raises(KataError) as err:
+        Realiser(graph, store=env.store, runtime=env.runtime, emit=env.events.append,
+                 options=opts).run()
+    assert (err.value.reason, err.value.obj) == ("inputs.changed", "src/b.txt")
+
+
+def test_no_cache_never_reuses_a_stored_snapshot(env):
+    """A snapshot record naming other bytes (written by an older kata, or poisoned) is
+    what a cached run trusts; `use_cache=False` packs the inputs anew."""
+    env.write("src/a.txt", "real\n")
+    steps = [FakeStep("s", commands=("cat src/a.txt",), inputs=("src/**",))]
+    graph = compile_steps(env.repo, steps)
+    other = env.repo.parent / "other"
+    (other / "src").mkdir(parents=True)
+    (other / "src/a.txt").write_text("stale\n")
+    from store import Realisation
+
+    tree = env.store.put_tree(other, ["src/a.txt"])
+    env.store.put_realisation(_snapshot_key(graph, "s"),
+                              Realisation(outputs=tree, log=env.store.put_blob(b"")))
+
+    def seen(**options):
+        env.run(steps, **options)
+        return [e.text for e in env.of(ev.OutputLine)]
+
+    assert seen(use_cache=True) == ["stale"]  # the control: the record is what a run uses
+    assert seen(use_cache=False) == ["real"]
+
+
+def test_group_executable_inputs_pass_the_snapshot_check(env):
+    """The compiler and the tree agree on what executable means (owner x bit): a file
+    with only a group x bit is no 'changed' input."""
+    env.write("src/a.txt", "x\n")
+    (env.repo / "src/a.txt").chmod(0o654)
+    result = env.run([FakeStep("s", commands=("test -f src/a.txt",), inputs=("src/**",))])
+    assert result.ok and env.runtime.started == ["s"]

@@ -1,4 +1,4 @@
-"""A plain (non-editable) wheel ships the lark grammars."""
+"""A plain (non-editable) wheel ships the lark grammars and the seccomp profile."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_wheel_contains_grammars(tmp_path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"grammar/labels.lark", "grammar/conditions.lark", "grammar/__init__.py"} <= names
     assert "kata/loader.py" in names and "kata/compile.py" in names
+    assert "kata/runtimes/containerd/seccomp_default.json" in names  # the sandbox's profile
     # and the grammars load from the unpacked wheel, not from this checkout
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -111,6 +111,7 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
+    from kata.inputs import RehashStatCache
     from kata.realise.plan import (condition_skips, context_values, plan_entries, plan_run,
                                    select_targets)
     from kata.realise.realiser import Realiser, RealiseOptions
@@ -141,8 +142,10 @@ def _realise(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: tuple[s
     runtime = LazyRuntime(obj.get("containerd_address"))
     store = open_store(ctx)
     try:
+        # --no-cache trusts no stored digest: every input file is read again
+        stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
         graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
-                                 repo_root=repo_root, stat_cache=store.stat_cache,
+                                 repo_root=repo_root, stat_cache=stat_cache,
                                  context=context_values(pipeline, cond_ctx, commit))
         targets = select_targets(graph, steps=steps, labels=labels)
         settings = pipeline.settings

@@ -8,15 +8,13 @@ realiser opens the same store the CLI shows.
 from __future__ import annotations
 
 import os
-import re
 import time
 
 import click
 
+from kata import resources
 from kata.errors import KataError
 from kata.model import Duration
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.IGNORECASE)
 
 
 def register(cli: click.Group) -> None:
@@ -53,13 +51,13 @@ def open_store(ctx: click.Context | None = None):
 # ---------------------------------------------------------------- small parsers
 
 def parse_size(text: str) -> int:
-    """``500MB``, ``2GiB``, ``1.5G``, ``1024`` -> bytes (K/M/G decimal, Ki/Mi/Gi binary)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise KataError("cli.bad_size", f"not a size: {text!r} (try 500MB or 2GiB)", obj=text)
-    number, unit, binary = match.groups()
-    power = "KMGTP".find(unit.upper()) + 1 if unit else 0
-    return int(float(number) * (1024 if binary else 1000) ** power)
+    """``500MB``, ``2GiB``, ``1.5G``, ``1024`` -> bytes (``kata.resources.parse_size``:
+    K/M/G decimal, Ki/Mi/Gi binary)."""
+    try:
+        return resources.parse_size(text)
+    except ValueError:
+        raise KataError("cli.bad_size", f"not a size: {text!r} (try 500MB or 2GiB)",
+                        obj=text) from None
 
 
 def human_size(n: int) -> str:

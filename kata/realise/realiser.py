@@ -43,7 +43,8 @@ from kata.realise.scheduler import Cancel, Requeue, schedule
 from kata.realise.workspace import (
     OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
-from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
+from kata.resources import effective, format_size
+from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
 from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
 
@@ -406,6 +407,10 @@ class Realiser:
                         reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
                     elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
                         reason, message = "step.timeout", f"timed out after {step.timeout}"
+                    elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
+                        exit_status, reason = 137, "step.oom"
+                        limit = format_size(effective(step.resources).memory or 0)
+                        message = f"out of memory: limit {limit}"
                     elif exit_status == COMMAND_NOT_FOUND_EXIT:
                         reason = "step.command_not_found"
                         message = (f"exit {exit_status}: a command was not found in the image "

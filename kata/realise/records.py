@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata import keys
+from kata.errors import KataError
+from kata.inputs import mismatch
 from kata.realise.lookup import Lookup
 from kata.realise.results import RealiseOptions, RunResult
-from store import Realisation, Run, Store
+from store import Realisation, Run, Store, StoreError
 
 if TYPE_CHECKING:
     from kata.compile import Node
@@ -61,13 +63,34 @@ class Records:
     # -- input snapshots ----------------------------------------------------------
 
     def input_tree(self, inputs: "InputSet") -> str:
-        """The stored tree of an input set: the recorded snapshot when intact, else taken
-        now from the repository (``keys.input_snapshot_key``)."""
+        """The stored tree of an input set: the recorded snapshot when intact (not under
+        ``--no-cache``), else taken now from the repository (``keys.input_snapshot_key``).
+
+        A snapshot taken now is checked against the digests the compiler hashed, as the
+        store packs it (``put_tree(manifest=)``): a file edited in between would hand the
+        step bytes its key does not cover. A mismatch raises ``inputs.changed`` (exit 1,
+        naming the file) and records nothing."""
         key = keys.input_snapshot_key(inputs.digest)
-        known = self.lookup.shared(key)
-        if known.record is not None:
-            return known.record.outputs
-        tree = self.put_tree(self.options.repo_root, tuple(f.path for f in inputs.files))
+        if self.options.use_cache:
+            known = self.lookup.shared(key)
+            if known.record is not None:
+                return known.record.outputs
+        paths = inputs.paths
+        if not paths:
+            return self.empty_tree()
+        stored: dict[str, tuple[str, str]] = {}
+        try:
+            tree = self.store.put_tree(self.options.repo_root, paths, manifest=stored)
+            changed = mismatch(inputs, stored)
+        except StoreError as err:  # a file gone, shrunk or turned into a directory's parent
+            if err.reason not in ("store.tree.missing_path", "store.tree.changed",
+                                  "store.tree.bad_path"):
+                raise
+            changed = err.obj or paths[0]
+        if changed is not None:
+            raise KataError("inputs.changed", f"input {changed} changed after it was hashed "
+                            "(a step must see exactly the bytes its key covers): run again",
+                            obj=changed, exit_code=1)
         self.store.put_realisation(key, self._record(tree, kind="inputs"))
         return tree
 

@@ -73,7 +73,8 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
         ready = Readiness(kind=service.ready.kind, target=service.ready.target,
                           timeout=service.ready.timeout.seconds)
     return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
-                       env=dict(service.env), mounts=mounts, ready=ready)
+                       env=dict(service.env), mounts=mounts, ready=ready,
+                       resources=service.resources)
 
 
 def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
@@ -104,4 +105,5 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
         timeout=step.timeout.seconds if step.timeout is not None else None,
         labels={"kata.run": run_id, "kata.step": step.name},
         services=services,
+        resources=step.resources,  # unset fields: the runtime's host defaults
     )

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from kata.resources import Resources
+
 NetworkMode = Literal["default", "none", "host"]
 Stream = Literal["stdout", "stderr"]
 
@@ -77,6 +79,7 @@ class ServiceSpec:
     # None: the first ExposedPorts entry of the image config must accept a TCP
     # connection; an image that exposes none is ready once started
     ready: Readiness | None = None
+    resources: Resources = Resources()  # None fields: kata.resources.host_defaults()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,10 +98,16 @@ class StepSpec:
     labels: Mapping[str, str] = field(default_factory=dict)  # e.g. run id, step name
     # started first, in the step's network namespace (a pod), stopped after it
     services: tuple[ServiceSpec, ...] = ()
+    # memory, CPU and process limits; None fields: kata.resources.host_defaults()
+    resources: Resources = Resources()
 
 
 TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
 CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
+# what a runtime returns for a step that failed after the kernel's OOM killer killed a
+# process of it (its memory limit was reached); out of the 0-255 range of real exit
+# statuses, so no step can exit with it. The real status was 137 (SIGKILL).
+OOM_EXIT = 256 + 137
 
 
 class Runtime(Protocol):
@@ -120,7 +129,8 @@ class Runtime(Protocol):
         the last lines of its log); their output goes to ``service_sink``.
 
         Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
-        because ``cancel`` was set; 128+signal for other signal deaths. Every
+        because ``cancel`` was set, OOM_EXIT when it failed after running out of memory
+        (``spec.resources.memory``); 128+signal for other signal deaths. Every
         resource it created is released before it returns or raises.
         """
         ...

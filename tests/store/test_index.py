@@ -53,9 +53,32 @@ def test_stat_cache_protocol(tmp_path: Path) -> None:
     with Store.open(tmp_path / "store") as s:
         cache = s.stat_cache
         assert cache.get_many(["/a", "/b"]) == {}
-        cache.put_many({"/a": (1, 2, 3, "sha256:" + "a" * 64), "/ü": (4, 5, 6, "sha256:" + "b" * 64)})
-        assert cache.get_many(["/a", "/b", "/ü"]) == {
-            "/a": (1, 2, 3, "sha256:" + "a" * 64), "/ü": (4, 5, 6, "sha256:" + "b" * 64)}
+        a = (1, 2, 0o100644, 4, 5, 6, "sha256:" + "a" * 64)
+        u = (7, 8, 0o100755, 10, 11, 12, "sha256:" + "b" * 64)
+        cache.put_many({"/a": a, "/ü": u})
+        assert cache.get_many(["/a", "/b", "/ü"]) == {"/a": a, "/ü": u}
+    with Store.open(tmp_path / "store") as s:  # persistent
+        assert s.stat_cache.get_many(["/a"]) == {"/a": a}
+
+
+def test_stat_cache_ignores_entries_of_another_format(tmp_path: Path) -> None:
+    """A version-1 entry ([size, mtime_ns, inode, digest], what an older kata wrote) must
+    read as absent, not as a key whose fields mean something else."""
+    import msgpack
+
+    from store.index import STAT_FORMAT
+
+    with Store.open(tmp_path / "store") as s:
+        db = s.index.db["stat"]
+        old = {b"/v1": msgpack.packb([2, 5, 7, "sha256:" + "c" * 64]),
+               b"/short": msgpack.packb([STAT_FORMAT, 1, 2]),
+               b"/junk": b"\xc1not msgpack",
+               b"/v3": msgpack.packb([STAT_FORMAT + 1, 1, 2, 3, 4, 5, 6, "sha256:" + "d" * 64])}
+        s.index.write(lambda t: [t.put(k, v, db=db) for k, v in old.items()])
+        assert s.stat_cache.get_many(["/v1", "/short", "/junk", "/v3"]) == {}
+        # and the current form round-trips through the same db
+        s.stat_cache.put_many({"/v1": (1, 2, 3, 4, 5, 6, "sha256:" + "e" * 64)})
+        assert s.stat_cache.get_many(["/v1"]) == {"/v1": (1, 2, 3, 4, 5, 6, "sha256:" + "e" * 64)}
 
 
 def test_index_deleted_loses_nothing_and_reindex_rebuilds(tmp_path: Path) -> None:

@@ -109,3 +109,27 @@ def test_bad_inputs_are_store_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as err:
         Store.open(tmp_path / "other")
     assert err.value.reason == "store.version"
+
+
+def test_putting_an_object_again_heals_a_damaged_copy(tmp_path: Path) -> None:
+    """An intact object is never rewritten; a damaged one (a flipped byte, a truncation)
+    is replaced by the copy a later put writes, so a rebuild heals what it re-creates."""
+    data = os.urandom(300_000)
+    with Store.open(tmp_path / "store") as s:
+        d = s.put_blob(data)
+        path = s.objects.path(d)
+        ino = os.stat(path).st_ino
+        assert s.put_blob(data) == d and os.stat(path).st_ino == ino  # intact: kept
+        for damage in ("flip", "truncate"):
+            raw = bytearray(Path(path).read_bytes())
+            if damage == "flip":
+                raw[len(raw) // 2] ^= 0xFF
+            else:
+                del raw[len(raw) // 2:]
+            os.chmod(path, 0o644)
+            Path(path).write_bytes(bytes(raw))
+            with pytest.raises(StoreError) as err:
+                s.read_blob(d)
+            assert err.value.reason == "store.corrupt_object"
+            assert s.put_blob(data) == d
+            assert s.read_blob(d) == data, damage

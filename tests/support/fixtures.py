@@ -5,6 +5,7 @@
     busybox_digest     session: manifest digest of kata.local/busybox:latest in it
     clean_runtime      function: `runtime`, asserted to hold no leftovers afterwards
     debian_digest      session: a Debian minbase image (slow the first time: mmdebstrap)
+    probe_digest       session: busybox + /bin/probe (sandbox_probe.c, built with gcc)
 """
 
 from __future__ import annotations
@@ -64,3 +65,13 @@ def debian_digest(runtime) -> str:
 
     runtime.import_image(debian_image_archive())
     return runtime.resolve_image(DEBIAN_REF)
+
+
+@pytest.fixture(scope="session")
+def probe_digest(runtime, tmp_path_factory) -> str:
+    """busybox plus /bin/probe, the static sandbox probe (tests/support/sandbox_probe.c)."""
+    from .images import PROBE_REF, probe_image
+
+    archive = write_oci_archive(probe_image(), tmp_path_factory.mktemp("probe") / "probe.tar")
+    runtime.import_image(archive)
+    return runtime.resolve_image(PROBE_REF)

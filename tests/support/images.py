@@ -234,3 +234,26 @@ def _make_debian_archive(suite: str, archive: Path) -> None:
     tmp = archive.with_suffix(".partial")
     write_oci_archive(img, tmp)
     tmp.rename(archive)
+
+
+PROBE_REF = "kata.local/probe:latest"
+PROBE_SOURCE = Path(__file__).with_name("sandbox_probe.c")
+
+
+def probe_binary() -> bytes:
+    """``sandbox_probe.c`` built static with the host's gcc (cached by source digest)."""
+    source = PROBE_SOURCE.read_bytes()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    out = CACHE_DIR / f"sandbox-probe-{hashlib.sha256(source).hexdigest()[:16]}"
+    if not out.exists():
+        if shutil.which("gcc") is None:
+            raise RuntimeError("gcc is missing: apt install gcc libc6-dev")
+        tmp = out.with_suffix(f".partial{os.getpid()}")
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(PROBE_SOURCE)], check=True)
+        tmp.rename(out)
+    return out.read_bytes()
+
+
+def probe_image(ref: str = PROBE_REF) -> OciImage:
+    """busybox plus /bin/probe (tests/support/sandbox_probe.c): what a hostile step tries."""
+    return make_image([busybox_layer(), files_layer({"bin/probe": probe_binary()})], ref)

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 from google.protobuf import any_pb2
 
 from kata.errors import KataError
+from kata.resources import effective, format_size
 
 from ..base import CANCEL_EXIT, Readiness, ServiceSink, ServiceSpec, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import ContainerdError, grpc, tasks_pb2
-from .spec import parse_user
+from .sandbox import oom_killed
+from .spec import cgroup_path, parse_user
 from .task import PodNet, StepRun, TaskOptions
 
 if TYPE_CHECKING:
@@ -149,7 +151,7 @@ class ServiceRun(StepRun):
                             obj=service.name)
         step = StepSpec(image=service.image, argv=tuple(argv), env=service.env,
                         workdir=service.workdir, user=user, mounts=service.mounts,
-                        network=network, hostname=service.name,
+                        network=network, hostname=service.name, resources=service.resources,
                         labels={**labels, "kata.service": service.name})
 
         def out(stream: Stream, line: bytes) -> None:
@@ -257,7 +259,11 @@ class ServiceRun(StepRun):
         status = ""
         if self.exited.is_set():
             try:
-                status = f" (exit status {self._exit_status()})"
+                code = self._exit_status()
+                status = f" (exit status {code})"
+                if code != 0 and oom_killed(cgroup_path(self.id)):  # before the task goes
+                    limit = format_size(effective(self.service.resources).memory or 0)
+                    status = f" (out of memory: limit {limit})"
             except KataError:
                 status = ""
         self._teardown_task()  # its output is complete once its task is deleted

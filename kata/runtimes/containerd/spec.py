@@ -2,8 +2,10 @@
 
 containerd 1.6's ``populateDefaultUnixSpec``: /proc, /dev, /dev/pts, /dev/shm,
 /dev/mqueue, /sys (ro), /run; pid, ipc, uts, mount and network namespaces; the 14
-default capabilities; noNewPrivileges; masked and read-only paths; devices denied.
-On top: the step's process, hostname, mounts, network mode and a cgroup of our own.
+default capabilities; noNewPrivileges; masked and read-only paths (Docker's lists);
+devices denied; containerd's default seccomp profile and, where the kernel has it, its
+AppArmor profile (``sandbox.py``). On top: the step's process, hostname, mounts,
+network mode, memory/CPU/pids limits and a cgroup of our own.
 Secrets must never be put here: containerd writes the spec to disk.
 """
 
@@ -15,17 +17,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from kata.errors import KataError
+from kata.resources import effective
 
 from ..base import Mount, StepSpec
+from .sandbox import apparmor_profile, linux_resources, seccomp_profile
 
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ]
+# Docker's (moby oci/defaults.go) lists, a superset of containerd 1.6's
 MASKED_PATHS = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -150,29 +156,39 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                        "options": ["rbind", "ro"]})
     mounts += [oci_mount(m) for m in step.mounts]
     caps = list(CAPABILITIES)
+    process: dict[str, Any] = {
+        "terminal": False,
+        "user": {"uid": uid, "gid": gid, "additionalGids": [gid]},
+        "args": list(step.argv),
+        "env": merge_env(image_env, step.env),
+        "cwd": step.workdir or "/",
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": True,
+    }
+    armor = apparmor_profile()
+    if armor is not None:
+        process["apparmorProfile"] = armor
     return {
         "ociVersion": "1.0.2-dev",
-        "process": {
-            "terminal": False,
-            "user": {"uid": uid, "gid": gid, "additionalGids": [gid]},
-            "args": list(step.argv),
-            "env": merge_env(image_env, step.env),
-            "cwd": step.workdir or "/",
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
-        },
+        "process": process,
         "root": {"path": "rootfs"},
         "hostname": step.hostname,
         "mounts": mounts,
         "linux": {
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "cgroupsPath": f"{CGROUP_PARENT}/{container_id}",
+            "resources": linux_resources(effective(step.resources)),
+            "cgroupsPath": cgroup_path(container_id),
             "namespaces": namespaces,
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": seccomp_profile(caps),
         },
     }
+
+
+def cgroup_path(container_id: str) -> str:
+    """The container's cgroupsPath: under kata's own parent, never the daemon's."""
+    return f"{CGROUP_PARENT}/{container_id}"
 
 
 def spec_bytes(spec: dict[str, Any]) -> bytes:

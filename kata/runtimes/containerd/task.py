@@ -24,13 +24,15 @@ from pathlib import Path
 from google.protobuf import any_pb2
 
 from kata.errors import KataError
+from kata.resources import effective
 
-from ..base import CANCEL_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
+from ..base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
 from .network import CniNetwork
-from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
+from .sandbox import oom_killed, pids_exhausted
+from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
 
 log = logging.getLogger("kata.runtime")
 RUNTIME_NAME = "io.containerd.runc.v2"
@@ -122,6 +124,7 @@ class StepRun:
         self.task_gone = True  # no task, or it was deleted: the container may go
         self.spec: dict | None = None
         self.what = "step"
+        self.note = b""  # said on stderr after the step's own output (a limit it hit)
 
     # -- the sequence -------------------------------------------------------------
     def execute(self, defer: Callable[[Cleanup], None] | None = None) -> int:
@@ -142,6 +145,9 @@ class StepRun:
             for reader in self.readers:
                 if reader.error is not None:
                     raise reader.error
+            if self.note:  # every reader is done: this comes last
+                raw = bool(getattr(self.sink, "raw", False))
+                self.sink("stderr", self.note + (b"\n" if raw else b""))
         except BaseException as err:
             cleanup.close(err)
             raise
@@ -269,7 +275,16 @@ class StepRun:
                                 f"step container {self.id} did not die after SIGKILL",
                                 obj=self.id, exit_code=1)
         status = self._exit_status()
-        return killed_for if killed_for is not None else status
+        if killed_for is not None:
+            return killed_for
+        # the cgroup lives until the task is deleted: did the OOM killer end it?
+        if status != 0 and oom_killed(cgroup_path(self.id)):
+            return OOM_EXIT
+        if status != 0 and pids_exhausted(cgroup_path(self.id)):
+            limit = effective(self.step.resources).pids
+            self.note = f"kata: the {self.what} reached its process limit ({limit} " \
+                        "processes and threads): forks failed".encode()
+        return status
 
     def _exit_status(self) -> int:
         assert self.wait_future is not None
