@@ -83,28 +83,63 @@ def plan(pipeline: Pipeline) -> Plan:
     return Plan(order=order, levels=graph_levels(order, deps), deps=MappingProxyType(deps))
 
 
-def _no_resolver(ref: ImageRef) -> None:
-    return None
+def resolve_images(pipeline: Pipeline, resolver: Resolver) -> dict[ImageRef, str | None]:
+    """Every tag the pipeline names (steps' and services' images) -> its manifest digest
+    (or None from a resolver that cannot tell); digest-pinned references are not asked.
+
+    An image the resolver cannot find (a ``KataError`` ``image.*``: not in kata's image
+    store and not fetchable — offline, unknown, unauthorized) is collected, and all of
+    them are reported together as ``image.unavailable`` (exit 2, before any step runs),
+    naming for each image the steps (and services) that use it, the cause, and the fix:
+    ``kata image import FILE`` or ``kata image pull REF``. Other errors (containerd
+    unreachable) pass through.
+    """
+    users: dict[ImageRef, list[str]] = {}
+    for step in pipeline.steps:
+        users.setdefault(step.image, []).append(step.name)
+        for service in step.services:
+            users.setdefault(service.image, []).append(f"{step.name} (service {service.name})")
+    found: dict[ImageRef, str | None] = {}
+    failed: list[str] = []
+    for ref, names in users.items():
+        if ref.digest is not None:
+            continue
+        try:
+            got = resolver(ref)
+        except KataError as err:
+            if not err.reason.startswith("image.") or err.reason == "image.resolve":
+                raise
+            failed.append(f"image {ref} (used by {', '.join(names)}) is neither in kata's "
+                          f"image store nor fetchable: {err.message}; fix: `kata image pull "
+                          f"{ref}` where the registry is reachable, or `kata image import FILE` "
+                          "(an archive from `docker save` or `skopeo copy ... oci-archive:`)")
+            continue
+        if got is not None and not (isinstance(got, str) and DIGEST_RE.fullmatch(got)):
+            raise KataError("image.resolve", f"resolver gave {got!r} for {ref}, "
+                            "not a sha256 digest", obj=str(ref))
+        found[ref] = got
+    if failed:
+        raise KataError("image.unavailable", "\n".join(failed), obj=str(next(iter(users))))
+    return found
 
 
 def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                      repo_root: str | os.PathLike | None = None,
-                     stat_cache: StatCache | None = None) -> DerivationGraph:
+                     stat_cache: StatCache | None = None,
+                     context: Mapping[str, str] | None = None) -> DerivationGraph:
     """Compile every step. `repo_root` None: inputs are not hashed (every derivation is
-    unresolved; the graph's shape is still complete)."""
+    unresolved; the graph's shape is still complete). `context`: the run's values of
+    ``kata.model.CONTEXT_VARS`` (missing ones are ""); a step gets, in its env and so in
+    its key, only the names its ``context:`` lists."""
     p = plan(pipeline)
-    resolve = resolver or _no_resolver
-    digests: dict[ImageRef, str | None] = {}
+    # every image up front: an unavailable one is reported with all its users at once
+    digests: dict[ImageRef, str | None] = resolve_images(pipeline, resolver) if resolver else {}
 
     def image_digest(ref: ImageRef) -> str | None:
         if ref.digest is not None:
             return ref.digest
-        if ref not in digests:
-            got = resolve(ref)
-            if got is not None and not (isinstance(got, str) and DIGEST_RE.fullmatch(got)):
-                raise KataError("image.resolve", f"resolver gave {got!r} for {ref}, "
-                                "not a sha256 digest", obj=str(ref))
-            digests[ref] = got
+        if ref not in digests:  # every image was resolved up front
+            digests[ref] = None
         return digests[ref]
 
     snapshot = None
@@ -128,9 +163,11 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                 key_files = snapshot.key_set(step.cache.key_files,
                                              what=f"step {name}: cache.key_files").digest
         dep_hashes = tuple((d, nodes[d].drv_hash) for d in p.deps[name])
+        asked = tuple((n, "true" if n == "CI" else (context or {}).get(n, "")) for n in step.context)
         d = drv.make(
             pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,
-            workdir=step.workdir, user=step.user, env=(*global_env, *step.env), secrets=step.secrets,
+            workdir=step.workdir, user=step.user, env=(*global_env, *step.env, *asked),
+            secrets=step.secrets,
             inputs=inputs.digest if inputs is not None else None, key_files=key_files,
             artifacts=step.artifacts, cache_paths=step.cache.paths,
             services=[drv.ServiceDrv(name=s.name, image=image_digest(s.image),

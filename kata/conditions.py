@@ -5,18 +5,18 @@
 entries are built into the same tree (`only_expr`, `triggers_expr`): trigger
 entries are OR'ed, the fields inside one entry are AND'ed.
 
-Globs (`=~`, `changed`, branches, paths): `**` matches across `/`, `*` and `?`
-do not (as GitHub's branch and path filters).
+Globs: ``changed()`` and ``paths`` are path globs (gitignore), branches, tags and
+``=~`` are ref globs (``*`` does not cross ``/``, ``**`` does); ``kata.globs`` defines both.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from kata.errors import KataError, Position
+from kata.globs import path_match, ref_match, ref_regex
 
 if TYPE_CHECKING:
     from kata.model import Trigger
@@ -36,7 +36,15 @@ VOCABULARY = {"event": EVENTS, "action": PR_ACTIONS}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Context:
-    """What a condition can see. `changed` None means unknown: `changed()` is then true."""
+    """What a condition can see. `changed` None means unknown: `changed()` is then true.
+
+    Tags are not branches (as Woodpecker and GitHub Actions see a run): a ``tag`` event
+    has no branch, and every other event (``push``, ``pull_request``, ``schedule``) has
+    no tag, even when a tag points at the commit. The constructor enforces it by
+    dropping the field the event does not have, so ``only: {tags: [v*]}`` never runs on
+    a push and ``only: {branches: [main]}`` never on a tag. An empty ``event`` (no run
+    context, e.g. a unit test) keeps both.
+    """
 
     event: str = ""
     branch: str = ""
@@ -44,27 +52,16 @@ class Context:
     action: str = ""
     changed: tuple[str, ...] | None = None
 
-
-@functools.lru_cache(maxsize=1024)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        out.append({"*": "[^/]*", "?": "[^/]"}.get(c) or re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
+    def __post_init__(self) -> None:
+        if self.event == "tag" and self.branch:
+            object.__setattr__(self, "branch", "")
+        elif self.event and self.event != "tag" and self.tag:
+            object.__setattr__(self, "tag", "")
 
 
-def glob_match(pattern: str, text: str) -> bool:
-    return glob_regex(pattern).fullmatch(text) is not None
+#: Ref globs (branches, tags, ``=~``); ``kata.globs`` defines both dialects.
+glob_regex = ref_regex
+glob_match = ref_match
 
 
 class Expr:
@@ -121,7 +118,7 @@ class Changed(Expr):
     def evaluate(self, ctx: Context) -> bool:
         if ctx.changed is None:
             return True
-        return any(glob_match(p, path) for p in self.patterns for path in ctx.changed)
+        return bool(path_match(self.patterns, ctx.changed))
 
     def __str__(self) -> str:
         return f"changed({', '.join(_q(p) for p in self.patterns)})"
@@ -192,6 +189,17 @@ def unknown_values(expr: Expr) -> list[tuple[str, str]]:
         for item in expr.items:
             out += unknown_values(item)
     return out
+
+
+def changed_patterns(expr: Expr) -> list[tuple[str, ...]]:
+    """The path globs of every ``changed(...)`` in ``expr`` (for the loader to check)."""
+    if isinstance(expr, Changed):
+        return [expr.patterns]
+    if isinstance(expr, Not):
+        return changed_patterns(expr.item)
+    if isinstance(expr, (And, Or)):
+        return [p for item in expr.items for p in changed_patterns(item)]
+    return []
 
 
 # ---- parsing ---------------------------------------------------------------

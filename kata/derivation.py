@@ -17,7 +17,9 @@ is then unresolved and has no hash.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -206,18 +208,47 @@ class Change:
         what = f"{self.field} {self.name}".strip() if self.name else self.field
         if self.field == "image" and self.kind == "changed" and None in (self.old, self.new):
             return f"{what}: tag not resolved (no runtime), cannot compare image digests"
+        if self.kind == "changed" and self.field == "input file":
+            return f"{what}: " + "; ".join(_file_change(self.old, self.new))
+        if self.kind == "changed" and self.field == "service":
+            changed = [f.name for f in dataclasses.fields(self.old)
+                       if getattr(self.old, f.name) != getattr(self.new, f.name)]
+            return f"{what}: {', '.join(changed)} changed"
         if self.kind == "changed":
             return f"{what}: {_short(self.old)} -> {_short(self.new)}"
-        return f"{what}: {self.kind}" + (f" ({_short(self.new if self.kind == 'added' else self.old)})"
-                                           if self.field not in ("input file",) else "")
+        if self.field in ("input file", "service"):
+            return f"{what}: {self.kind}"
+        return f"{what}: {self.kind} ({_short(self.new if self.kind == 'added' else self.old)})"
+
+
+def _file_change(old: tuple[str, int], new: tuple[str, int]) -> list[str]:
+    """An input file's (digest, mode) change in words: content and/or an octal mode."""
+    out = []
+    if old[0] != new[0]:
+        out.append(f"content {_short(old[0])} -> {_short(new[0])}")
+    if old[1] != new[1]:
+        out.append(f"mode {_mode(old[1])} -> {_mode(new[1])}")
+    return out
+
+
+def _mode(mode: int) -> str:
+    """A file mode as ls and git print it: ``0644``, ``0755``, ``0120000`` (a symlink)."""
+    return f"0{mode:o}"
 
 
 def _short(v: Any) -> str:
+    """A value for a person: digests shortened, strings quoted, lists without Python syntax."""
+    if v is None:
+        return "none"
     if isinstance(v, str) and v.startswith("sha256:"):
         return v[:19] + "…"
     if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
         return v[:12] + "…"
-    return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    return str(v)
 
 
 def _as_record(x: Derivation | DerivationRecord) -> DerivationRecord:

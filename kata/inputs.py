@@ -28,7 +28,6 @@ either.
 from __future__ import annotations
 
 import errno
-import functools
 import gc
 import hashlib
 import operator
@@ -44,6 +43,8 @@ import msgpack
 
 from kata.errors import KataError
 from kata.git import Git
+from kata.globs import check_path_globs as check_globs  # noqa: F401 - the loader's check
+from kata.globs import path_match as match
 
 KATAIGNORE = ".kataignore"
 # A cache key file names a cache (a lock file, go.sum): 64 MiB is far beyond any real one
@@ -162,26 +163,6 @@ class InputSet:
 
 
 EMPTY = InputSet.of(())
-
-
-@functools.lru_cache(maxsize=256)
-def _spec(patterns: tuple[str, ...]):
-    import pathspec
-
-    return pathspec.GitIgnoreSpec.from_lines(patterns)
-
-
-def check_globs(patterns: Sequence[str]) -> None:
-    """Raise ValueError for a pattern pathspec cannot compile."""
-    try:
-        _spec(tuple(patterns))
-    except Exception as err:  # pathspec raises a few different types
-        raise ValueError(str(err)) from None
-
-
-def match(patterns: Sequence[str], paths: Iterable[str]) -> list[str]:
-    spec = _spec(tuple(patterns))
-    return [p for p in paths if spec.match_file(p)]
 
 
 MAX_KATAIGNORE = 1 << 20

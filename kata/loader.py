@@ -28,8 +28,8 @@ from kata.graph import find_cycle, topo_order
 from kata.inputs import check_globs, read_at_most
 from kata.labels import is_step_name
 from kata.resources import MAX_CPUS, MAX_PIDS, MIN_CPUS, Resources, parse_memory
-from kata.model import (NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline, Ready, Retry,
-                        Service, Settings, Step, Trigger, is_env_name)
+from kata.model import (CONTEXT_VARS, NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline,
+                        Ready, Retry, Service, Settings, Step, Trigger, is_env_name)
 
 CONFIG_NAME = ".kata-ci.yaml"
 
@@ -92,11 +92,15 @@ def workdir_problem(text: str) -> str:
     return ""
 
 
+#: Top-level keys starting with this are ignored (as Compose does): `x-base: &base {...}`.
+EXTENSION_PREFIX = "x-"
+_EXPAND = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TOP_KEYS = ("pipeline", "settings", "env", "steps", "triggers")
 SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled", "resources")
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
-             "when", "description", "resources", "matrix", "allow_failure", "retry")
+             "when", "description", "resources", "matrix", "allow_failure", "retry",
+             "context")
 RETRY_KEYS = ("max", "on")
 MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets",
@@ -234,6 +238,7 @@ class _Walker:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        self.global_env: tuple[tuple[str, str], ...] = ()
         self.default_resources = Resources()  # settings.resources, once read
 
     # -- helpers -----------------------------------------------------------
@@ -244,9 +249,11 @@ class _Walker:
     def fail(self, reason: str, node: Node, message: str) -> KataError:
         return KataError(reason, message, position=self.pos(node))
 
-    def pairs(self, node: Node, what: str, seen: frozenset[int] = frozenset()) -> list:
+    def pairs(self, node: Node, what: str, seen: frozenset[int] = frozenset(),
+              text_keys: bool = False) -> list:
         """(key text, key node, value node) of a mapping, merges (`<<`) applied,
-        duplicate keys rejected."""
+        duplicate keys rejected. ``text_keys``: any scalar key counts by its source text
+        (an env variable may be named ``ON`` or ``Y``, which YAML 1.1 reads as booleans)."""
         if not isinstance(node, MappingNode):
             raise self.fail("config.type", node, f"{what} must be a mapping, got {_kind(node)}")
         out: list = []
@@ -257,9 +264,10 @@ class _Walker:
                 if id(v) in seen or len(seen) > 50:
                     raise self.fail("config.type", v, "recursive merge (<<)")
                 for m in (v.value if isinstance(v, SequenceNode) else (v,)):
-                    merged.extend(self.pairs(m, "a merge (<<) value", seen | {id(node)}))
+                    merged.extend(self.pairs(m, "a merge (<<) value", seen | {id(node)},
+                                             text_keys))
                 continue
-            if not isinstance(k, ScalarNode) or k.tag not in _TEXTUAL:
+            if not isinstance(k, ScalarNode) or (k.tag not in _TEXTUAL and not text_keys):
                 raise self.fail("config.type", k, f"keys of {what} must be strings, got {_kind(k)}")
             key = k.value
             first = keys.get(key)
@@ -275,9 +283,14 @@ class _Walker:
                 out.append((key, k, v))
         return out
 
-    def fields(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, tuple[Node, Node]]:
+    def fields(self, node: Node, allowed: tuple[str, ...], what: str,
+               extensions: bool = False) -> dict[str, tuple[Node, Node]]:
+        """The known keys of a mapping; an unknown one is config.unknown_key. ``extensions``:
+        keys starting with ``x-`` are ignored (Compose's extension fields: where anchors live)."""
         result = {}
         for key, k, v in self.pairs(node, what):
+            if extensions and key.startswith(EXTENSION_PREFIX):
+                continue
             if key not in allowed:
                 near = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else \
@@ -329,14 +342,45 @@ class _Walker:
 
     def env(self, node: Node, what: str) -> tuple[tuple[str, str], ...]:
         out = []
-        for key, k, v in self.pairs(node, what):
+        for key, k, v in self.pairs(node, what, text_keys=True):
             if not is_env_name(key):
                 raise self.fail("config.value", k, f"bad variable name {key!r} in {what}")
-            if isinstance(v, ScalarNode) and v.tag in (_STR, _INT, _FLOAT, _BOOL, _NULL):
+            if isinstance(v, ScalarNode):
+                # its source text, whatever YAML 1.1 would type it as: `DATE: 2024-01-02`,
+                # `V: 1.10`, `ON: yes`, `N: 0x1F` stay as written; null (empty, ~) is ""
                 out.append((key, "" if v.tag == _NULL else v.value))
             else:
                 raise self.fail("config.type", v, f"{what}.{key} must be a scalar, got {_kind(v)}")
         return tuple(out)
+
+    def expand(self, env: tuple[tuple[str, str], ...], outer: tuple[tuple[str, str], ...],
+               node: Node, what: str) -> tuple[tuple[str, str], ...]:
+        """``${NAME}`` in env values from this env, else ``outer`` (the global env, already
+        expanded), as GitLab and Woodpecker do; ``$$`` is a literal ``$``; a name defined in
+        neither stays as written (the container's shell may know it). A cycle is config.value."""
+        own, base = dict(env), dict(outer)
+        done: dict[str, str] = {}
+
+        def value(name: str, trail: tuple[str, ...]) -> str:
+            if name in done:
+                return done[name]
+            if name in trail:
+                raise self.fail("config.value", node, f"{what}: variables refer to each other in "
+                                f"a cycle: {' -> '.join((*trail[trail.index(name):], name))}")
+
+            def sub(m: re.Match[str]) -> str:
+                if m.group(0) == "$$":
+                    return "$"
+                ref = m.group(1)
+                if ref in own and ref != name:
+                    return value(ref, (*trail, name))
+                if ref in base:
+                    return base[ref]
+                return m.group(0)
+            done[name] = _EXPAND.sub(sub, own[name])
+            return done[name]
+
+        return tuple((k, value(k, ())) for k, _ in env)
 
     def one_of(self, value: str, allowed: tuple[str, ...], node: Node, what: str) -> None:
         """config.value at ``node`` unless ``value`` is in ``allowed``."""
@@ -369,6 +413,12 @@ class _Walker:
         if node.style in ('"', "'"):
             base = Position(file=base.file, line=base.line, column=base.column + 1)
         expr = conditions.parse(text, base)
+        for patterns in conditions.changed_patterns(expr):
+            try:
+                check_globs(patterns)
+            except ValueError as err:
+                raise self.fail("config.value", node, f"{what}: bad path pattern in "
+                                f"changed({', '.join(map(repr, patterns))}): {err}") from None
         for field, value in conditions.unknown_values(expr):
             allowed = conditions.VOCABULARY[field]
             raise self.fail("config.value", node, f"{what}: unknown {field} {value!r}; "
@@ -401,11 +451,14 @@ class _Walker:
 
     # -- the document ------------------------------------------------------
     def pipeline(self, root: Node) -> Pipeline:
-        f = self.fields(root, TOP_KEYS, "the config")
+        f = self.fields(root, TOP_KEYS, "the config", extensions=True)
         name = self.nonempty(f["pipeline"][1], "pipeline") if "pipeline" in f else "pipeline"
         settings = self.settings(f["settings"][1]) if "settings" in f else Settings()
         self.default_resources = settings.resources
         env = self.env(f["env"][1], "env") if "env" in f else ()
+        if env:
+            env = self.expand(env, (), f["env"][1], "the global env")
+        self.global_env = env
         triggers = self.triggers(f["triggers"][1]) if "triggers" in f else ()
         if "steps" not in f:
             raise self.fail("config.no_steps", root, "the config has no steps")
@@ -464,7 +517,7 @@ class _Walker:
             if key == "commands":
                 kw[key] = self.strings(v, label)
             elif key == "artifacts":
-                kw[key] = self.strings(v, label, self.inside(label, glob=False))
+                kw[key] = self.globs(v, label, gitignore=True)
             elif key == "depends_on":
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
@@ -507,6 +560,12 @@ class _Walker:
                 kw[key] = self.allow_failure(v, label)
             elif key == "retry":
                 kw[key] = self.retry(v, label)
+            elif key == "context":
+                def check(s: str, item: Node, label=label) -> None:
+                    self.one_of(s, CONTEXT_VARS, item, f"{label}: unknown context variable")
+                kw[key] = tuple(dict.fromkeys(self.strings(v, label, check)))
+        if "env" in kw:
+            kw["env"] = self.expand(kw["env"], self.global_env, f["env"][1], what)
         return Step(**kw)
 
     def allow_failure(self, node: Node, what: str) -> bool | tuple[int, ...]:
@@ -786,7 +845,7 @@ class _Walker:
     def only(self, node: Node, what: str) -> conditions.Expr:
         kw = {}
         for key, (_, v) in self.fields(node, ONLY_KEYS, what).items():
-            kw[key] = self.globs(v, f"{what}.{key}")
+            kw[key] = self.globs(v, f"{what}.{key}", gitignore=key == "paths")
             if key == "events":
                 for ev, item in zip(kw[key], v.value):
                     self.one_of(ev, conditions.EVENTS, item, f"{what}.events: unknown event")
@@ -805,7 +864,7 @@ class _Walker:
                 self.one_of(ev, conditions.EVENTS, v, "unknown trigger event")
             for key in ("branches", "paths", "actions"):
                 if key in f:
-                    kw[key] = self.globs(f[key][1], f"trigger {key}")
+                    kw[key] = self.globs(f[key][1], f"trigger {key}", gitignore=key == "paths")
             if "actions" in f:
                 for action, item in zip(kw["actions"], f["actions"][1].value):
                     self.one_of(action, conditions.PR_ACTIONS, item, "unknown pull request action")

@@ -251,6 +251,11 @@ NETWORK_MODES = ("default", "none", "host")
 MAX_RETRIES = 10
 
 
+#: Failures that end with the step's own non-zero exit status (what exit-code lists in
+#: ``retry.on`` and ``allow_failure`` match): a plain failure, an out-of-memory kill (137),
+#: a command the image does not have (127).
+_EXIT_REASONS = ("step.failed", "step.oom", "step.command_not_found")
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
     """``retry:`` of a step: rerun a failed attempt up to ``max`` more times (1..10).
@@ -278,7 +283,12 @@ class Retry:
         if reason == "step.timeout":
             return self.timeout
         # an OOM kill is exit 137 (SIGKILL), the usual reason to retry on 137
-        return reason in ("step.failed", "step.oom") and exit_status in self.exit_codes
+        return reason in _EXIT_REASONS and exit_status in self.exit_codes
+
+#: The run's context a step may ask for with ``context: [...]``; only the names a step
+#: lists are set in its container and enter its key (a step that does not ask for the
+#: commit is not a cache miss on every commit). ``CI`` is always "true".
+CONTEXT_VARS = ("KATA_COMMIT_SHA", "KATA_BRANCH", "KATA_TAG", "KATA_EVENT", "KATA_PIPELINE", "CI")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,6 +310,7 @@ class Step:
     # its own `resources:` over settings'; None fields: host defaults (never hashed)
     resources: Resources = Resources()
     description: str = ""
+    context: tuple[str, ...] = ()  # names from CONTEXT_VARS the step's container gets
     only: "Expr | None" = None
     when: "Expr | None" = None
     # a matrix instance (kata.matrix): the config's step name and this instance's values,
@@ -336,7 +347,7 @@ class Step:
             return False
         if self.allow_failure is True:
             return True
-        return reason in ("step.failed", "step.oom") and exit_status in self.allow_failure
+        return reason in _EXIT_REASONS and exit_status in self.allow_failure
 
     @property
     def condition(self) -> "Expr | None":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kata import conditions, loader, resources
-from kata.model import NETWORK_MODES
+from kata.model import CONTEXT_VARS, NETWORK_MODES
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "kata-ci.schema.json"
 
@@ -213,6 +213,9 @@ def _step() -> dict[str, Any]:
                       _list({"type": "integer", "minimum": 1, "maximum": 255},
                             "Exit codes that may fail.")]},
         "retry": _retry(),
+        "context": _list({"enum": list(CONTEXT_VARS)},
+                         "Run context the step's container gets as variables (only these "
+                         "enter its cache key)."),
     }, "step", required=("name", "image"), description="One unit of work in a container.")
 
 

@@ -105,7 +105,10 @@ class SecretSource:
         return cls(values=values, files=files, environ=env)
 
     def resolve(self, names: Iterable[str]) -> dict[str, str]:
-        """Values of the declared ``names``; KataError secret.missing / secret.too_short."""
+        """Values of the declared ``names``; KataError secret.missing. A value shorter than
+        MIN_SECRET_LENGTH is returned too (the product page's ``DEPLOY_TOKEN=xxx kata run``
+        runs); ``unmaskable`` names those for a warning, ``maskable`` leaves them out of the
+        ``Masker``."""
         wanted = list(dict.fromkeys(names))
         for name in wanted:
             if not is_env_name(name):
@@ -121,12 +124,11 @@ class SecretSource:
         resolved: dict[str, str] = {}
         for name in wanted:
             if name in self.values:
-                value, origin = self.values[name], "--secret"
+                value = self.values[name]
             elif name in self.files:
-                value, origin = _read_secret_file(name, self.files[name]), "--secret-file"
+                value = _read_secret_file(name, self.files[name])
             else:
-                value, origin = self.environ[name], "the environment"
-            check_value(name, value, origin)
+                value = self.environ[name]
             resolved[name] = value
         return resolved
 
@@ -180,16 +182,16 @@ def _read_secret_file(name: str, path: str) -> str:
     return text
 
 
-def check_value(name: str, value: str, origin: str = "") -> None:
-    """Refuse values shorter than MIN_SECRET_LENGTH characters: they would mask everything."""
-    if len(value) < MIN_SECRET_LENGTH:
-        where = f" (from {origin})" if origin else ""
-        raise KataError(
-            "secret.too_short",
-            f"secret {name}{where} is {len(value)} character(s) long; secrets must have at least "
-            f"{MIN_SECRET_LENGTH} characters, or masking would hide ordinary output",
-            obj=name,
-        )
+def unmaskable(values: Mapping[str, str]) -> list[str]:
+    """Names of the ``values`` too short to be masked (fewer than MIN_SECRET_LENGTH
+    characters: masking ``a`` would hide every ``a`` in the output). They are given to the
+    steps that declare them but appear unmasked; the caller warns."""
+    return [name for name, value in values.items() if len(value) < MIN_SECRET_LENGTH]
+
+
+def maskable(values: Iterable[str]) -> list[str]:
+    """The values long enough for ``Masker`` (see ``unmaskable``)."""
+    return [v for v in values if len(v) >= MIN_SECRET_LENGTH]
 
 
 # --------------------------------------------------------------------------- forms

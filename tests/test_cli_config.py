@@ -34,7 +34,7 @@ def repo(tmp_path) -> Path:
 
 
 def test_validate_from_a_subdirectory(repo) -> None:
-    r = kata("validate", cwd=repo / "src" / "deep")
+    r = kata("validate", "--offline", cwd=repo / "src" / "deep")
     assert (r.returncode, r.stdout, r.stderr) == (0, "Config valid. 3 steps, 0 cycles, 2 parallel groups\n", "")
 
 
@@ -109,3 +109,17 @@ def test_missing_config_and_bad_labels(tmp_path) -> None:
 def test_version(tmp_path) -> None:
     r = kata("version", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("kata-ci v0.1.0 (python 3.") and "linux/" in r.stdout
+
+
+def test_file_option_after_the_subcommand(repo) -> None:
+    """`kata graph -f x.yaml` reads x.yaml as `kata -f x.yaml graph` does; the later wins."""
+    service = str(FIXTURES / "service.yaml")
+    want = "build -> unit-test, integration-test\nunit-test, integration-test -> deploy\n"
+    assert kata("graph", "-f", service, cwd=repo).stdout == want
+    assert kata("-f", "nowhere.yaml", "graph", "--file", service, cwd=repo).stdout == want
+    r = kata("validate", "--offline", "-f", service, cwd=repo)
+    assert (r.returncode, r.stdout) == (0, "Config valid. 4 steps, 0 cycles, 3 parallel groups\n")
+    r = kata("run", "--dry-run", "-f", str(repo / "none.yaml"), cwd=repo)
+    assert r.returncode == 2 and "none.yaml" in r.stderr
+    for command in ("run", "build", "why", "logs", "validate", "graph"):
+        assert "-f, --file" in kata(command, "--help", cwd=repo).stdout, command

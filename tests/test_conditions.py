@@ -118,3 +118,42 @@ def test_only_and_when_are_anded() -> None:
     c = p.steps[0].condition
     assert c.evaluate(PUSH_MAIN)
     assert not c.evaluate(Context(event="tag", branch="main"))
+
+
+def test_tags_are_not_branches():
+    """A push has no tag and a tag event no branch, whatever the caller passes."""
+    tags = only_expr(tags=("v*",))
+    branches = only_expr(branches=("main",))
+    assert not tags.evaluate(Context(event="push", branch="main", tag="v9.9.9"))
+    assert not tags.evaluate(Context(event="schedule", branch="main", tag="v9.9.9"))
+    assert tags.evaluate(Context(event="tag", branch="main", tag="v9.9.9"))
+    assert not branches.evaluate(Context(event="tag", branch="main", tag="v9.9.9"))
+    assert branches.evaluate(Context(event="push", branch="main", tag="v9.9.9"))
+    assert Context(event="tag", branch="main", tag="v1").branch == ""
+    assert Context(event="pull_request", branch="f", tag="v1").tag == ""
+
+
+def test_one_path_glob_dialect():
+    """only.paths, triggers' paths and changed() match as inputs: do (gitignore)."""
+    from kata.inputs import match
+
+    docs = Context(event="push", branch="main", changed=("docs/guide.md",))
+    assert match(["*.md"], ["docs/guide.md"]) == ["docs/guide.md"]
+    assert only_expr(paths=("*.md",)).evaluate(docs)
+    assert not only_expr(paths=("/*.md",)).evaluate(docs)  # anchored at the root
+    assert not only_expr(paths=("src/*.md",)).evaluate(docs)
+    assert only_expr(paths=("docs/",)).evaluate(docs)
+    assert not only_expr(paths=("*.md", "!docs/**")).evaluate(docs)
+    p = load_text(
+        "triggers: [{event: push, paths: ['*.md']}]\n"
+        "steps:\n"
+        "  - {name: a, image: alpine, commands: [x], when: 'changed(\"*.md\")'}\n")
+    from kata.triggers import match as trigger_match
+
+    assert trigger_match(p, docs).runs
+    assert not trigger_match(p, Context(event="push", changed=("src/a.py",))).runs
+    assert p.steps[0].when.evaluate(docs)
+    # ref globs keep their rule: * stays within one path segment
+    assert only_expr(branches=("release/*",)).evaluate(Context(event="push", branch="release/1.2"))
+    assert not only_expr(branches=("release/*",)).evaluate(Context(event="push", branch="release/1/2"))
+    assert only_expr(branches=("release/**",)).evaluate(Context(event="push", branch="release/1/2"))

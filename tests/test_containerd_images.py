@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 
@@ -243,3 +244,50 @@ def test_an_image_removed_by_another_process_is_found_again(connect, tmp_path):
     second.import_image(archive)
     assert output(first, img.digest, "true")[0] == 0
     second.remove_image(img.ref)
+
+
+def _helper(bin_dir, name: str, body: str) -> None:
+    """A docker credential helper script ``docker-credential-<name>`` in ``bin_dir``."""
+    path = bin_dir / f"docker-credential-{name}"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+def test_credential_helpers_from_docker_config(connect, tmp_path, monkeypatch):
+    """credsStore and credHelpers are asked as docker asks them, against a real registry
+    that demands htpasswd basic auth; without them the pull is refused."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    asked = tmp_path / "asked"
+    _helper(bin_dir, "kstore", f'read server; echo "$1 $server" >> {asked}\n'
+            'echo \'{"ServerURL": "\'"$server"\'", "Username": "kata", "Secret": "s3cret-pw"}\'\n')
+    _helper(bin_dir, "knone", 'echo "credentials not found in native keychain"; exit 1\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    config = tmp_path / "config.json"
+    with docker_registry(tmp_path / "reg", users={"kata": "s3cret-pw"}) as url:
+        host = url.removeprefix("http://")
+        ref = f"{host}/kata/private:1"
+        img = unique_image(ref)
+        push_image(url, "kata/private", "1", img, auth=("kata", "s3cret-pw"))
+        rt = connect(config=RuntimeConfig(registries={host: RegistryConfig(plain_http=True)}))
+        config.write_text(json.dumps({"credsStore": "knone"}))  # the helper has nothing
+        with pytest.raises(KataError) as err:
+            rt.pull_image(ref)
+        assert err.value.reason == "image.unauthorized"
+        config.write_text(json.dumps({"credsStore": "knone", "credHelpers": {host: "kstore"}}))
+        assert rt.pull_image(ref).digest == img.digest
+        assert asked.read_text().splitlines() == [f"get {host}"]
+        rt.remove_image(ref)
+        # a new client (credentials are kept per client): credsStore alone
+        config.write_text(json.dumps({"credsStore": "kstore"}))
+        rt = connect(config=RuntimeConfig(registries={host: RegistryConfig(plain_http=True)}))
+        assert rt.pull_image(ref).digest == img.digest
+        assert asked.read_text().splitlines() == [f"get {host}"] * 2
+        rt.remove_image(ref)
+        config.write_text(json.dumps({"credsStore": "missing"}))
+        rt = connect(config=RuntimeConfig(registries={host: RegistryConfig(plain_http=True)}))
+        with pytest.raises(KataError) as err:
+            rt.pull_image(ref)
+        assert err.value.reason == "image.credential_helper"
+        assert "docker-credential-missing is not on PATH" in err.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -162,3 +163,29 @@ def test_protogen_rewrites_imports(tmp_path):
     assert "from github" not in text and "import github" not in text
     assert "from gogoproto" not in text
     assert "from kata.runtimes.containerd._api.api.types import mount_pb2" in text
+
+
+def test_docker_credential_helpers(tmp_path, monkeypatch):
+    """credHelpers[host] first, then credsStore, then auths; Docker Hub is asked by its
+    index URL; "credentials not found" falls through to auths."""
+    import base64
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("echo", 'read s; printf \'{"Username": "u-%s", "Secret": "pw"}\' "$s"\n'),
+                       ("none", "echo 'credentials not found in native keychain' >&2; exit 1\n"),
+                       ("broken", "echo boom >&2; exit 3\n")):
+        helper = bin_dir / f"docker-credential-{name}"
+        helper.write_text("#!/bin/sh\n" + body)
+        helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"credsStore": "echo", "credHelpers": {"reg.b": "none"},
+                               "auths": {"reg.b": {"auth": base64.b64encode(b"a:b").decode()}}}))
+    assert docker_credentials("reg.a:5000", cfg) == ("u-reg.a:5000", "pw")
+    assert docker_credentials("docker.io", cfg) == ("u-https://index.docker.io/v1/", "pw")
+    assert docker_credentials("reg.b", cfg) == ("a", "b")  # helper has none: auths
+    cfg.write_text(json.dumps({"credsStore": "broken"}))
+    with pytest.raises(KataError) as err:
+        docker_credentials("reg.a", cfg)
+    assert err.value.reason == "image.credential_helper" and "boom" in err.value.message

@@ -373,3 +373,50 @@ def test_derivation_is_frozen(repo) -> None:
     d = _graph(BASE, repo).nodes["build"].derivation
     with pytest.raises(dataclasses.FrozenInstanceError):
         d.image = "sha256:" + "0" * 64  # type: ignore[misc]
+
+
+def test_resolve_images_reports_every_unavailable_image_with_its_users() -> None:
+    from kata.compile import resolve_images
+    from kata.errors import KataError
+    from kata.loader import load_text
+
+    p = load_text(
+        "steps:\n"
+        "  - {name: a, image: 'node:20-alpine', commands: [x],\n"
+        "     services: [{name: db, image: 'postgres:16'}]}\n"
+        "  - {name: b, image: 'node:20-alpine', commands: [x]}\n"
+        "  - {name: c, image: 'alpine@sha256:" + "a" * 64 + "', commands: [x]}\n"
+        "  - {name: d, image: 'busybox', commands: [x]}\n")
+    asked = []
+
+    def resolver(ref):
+        asked.append(str(ref))
+        if "busybox" in str(ref):
+            return "sha256:" + "b" * 64
+        raise KataError("image.registry_unreachable", f"cannot fetch {ref}: offline", exit_code=1)
+
+    with pytest.raises(KataError) as e:
+        resolve_images(p, resolver)
+    assert e.value.reason == "image.unavailable" and e.value.exit_code == 2
+    lines = e.value.message.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("image docker.io/library/node:20-alpine (used by a, b) is neither")
+    assert lines[1].startswith("image docker.io/library/postgres:16 (used by a (service db))")
+    assert "fix: `kata image pull docker.io/library/postgres:16`" in lines[1]
+    assert len(asked) == 3  # each tag once; the pinned image is never asked
+
+
+def test_context_enters_only_the_keys_of_steps_that_ask_for_it(tmp_path) -> None:
+    from kata.compile import compile_pipeline
+    from kata.loader import load_text
+
+    p = load_text("steps:\n"
+                  "  - {name: plain, image: 'alpine@sha256:" + "a" * 64 + "', commands: [x]}\n"
+                  "  - {name: stamp, image: 'alpine@sha256:" + "a" * 64 + "', commands: [x],\n"
+                  "     context: [KATA_COMMIT_SHA, CI]}\n")
+    one = compile_pipeline(p, repo_root=tmp_path, context={"KATA_COMMIT_SHA": "1" * 40})
+    two = compile_pipeline(p, repo_root=tmp_path, context={"KATA_COMMIT_SHA": "2" * 40})
+    assert one.nodes["plain"].drv_hash == two.nodes["plain"].drv_hash
+    assert one.nodes["stamp"].drv_hash != two.nodes["stamp"].drv_hash
+    assert dict(one.nodes["stamp"].derivation.env) == {"CI": "true", "KATA_COMMIT_SHA": "1" * 40}
+    assert dict(one.nodes["plain"].derivation.env) == {}

@@ -126,13 +126,13 @@ def test_kata_runs_table_and_json(tmp_path) -> None:
 def test_validate_json(tmp_path) -> None:
     (tmp_path / ".git").mkdir()
     (tmp_path / ".kata-ci.yaml").write_text((ROOT / "tests/fixtures/quickstart.yaml").read_text())
-    ok = kata("validate", "--json", store=tmp_path / "store", cwd=tmp_path)
+    ok = kata("validate", "--json", "--offline", store=tmp_path / "store", cwd=tmp_path)
     assert ok.returncode == 0 and json.loads(ok.stdout) == {
         "version": 1, "valid": True, "file": str(tmp_path / ".kata-ci.yaml"),
         "pipeline": "my-app", "steps": 3, "matrix_steps": 0, "matrix_instances": 0,
         "cycles": 0, "groups": 2, "levels": [["build"], ["test", "lint"]]}
     (tmp_path / ".kata-ci.yaml").write_text("steps:\n  - {name: a, image: b, depends_on: [a]}\n")
-    bad = kata("validate", "--json", store=tmp_path / "store", cwd=tmp_path)
+    bad = kata("validate", "--json", "--offline", store=tmp_path / "store", cwd=tmp_path)
     doc = json.loads(bad.stdout)
     assert bad.returncode == 2 and doc["valid"] is False
     assert (doc["error"]["reason"], doc["error"]["line"]) == ("config.cycle", 2)

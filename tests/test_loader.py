@@ -224,3 +224,51 @@ def test_find_config_stops_at_the_repo_root(tmp_path) -> None:
     with pytest.raises(KataError) as info:
         find_config(repo)
     assert info.value.reason == "config.not_found"
+
+
+def test_yaml_as_users_write_it():
+    """env values (and names) are their source text; top-level x- keys hold anchors."""
+    p = load_text(
+        "x-base: &base\n"
+        "  image: alpine\n"
+        "  env: {RELEASED: 2024-01-02}\n"
+        "x-commands: &cmds [echo hi]\n"
+        "env: {DATE: 2024-01-02, VERSION: 1.10, DEBUG: yes, ON: off, HEX: 0x1F, EMPTY: ,\n"
+        "      WHEN: 2024-01-02T10:00:00Z, NONE: null}\n"
+        "steps:\n"
+        "  - <<: *base\n"
+        "    name: a\n"
+        "    commands: *cmds\n"
+        "    artifacts: ['dist/*.whl', 'dist/']\n")
+    assert dict(p.env) == {"DATE": "2024-01-02", "VERSION": "1.10", "DEBUG": "yes", "ON": "off",
+                           "HEX": "0x1F", "EMPTY": "", "WHEN": "2024-01-02T10:00:00Z",
+                           "NONE": ""}
+    (step,) = p.steps
+    assert dict(step.env) == {"RELEASED": "2024-01-02"} and step.commands == ("echo hi",)
+    assert step.artifacts == ("dist/*.whl", "dist/")
+    # x- is for the top level only; elsewhere an unknown key stays an error
+    with pytest.raises(KataError) as e:
+        load_text("steps:\n  - {name: a, image: alpine, commands: [x], x-note: 1}\n")
+    assert e.value.reason == "config.unknown_key"
+    with pytest.raises(KataError) as e:
+        load_text("steps:\n  - {name: a, image: alpine, commands: [x], env: {A: [1]}}\n")
+    assert e.value.reason == "config.type"
+
+
+def test_env_expands_other_variables():
+    p = load_text(
+        "env: {REGISTRY: reg.example, IMAGE: '${REGISTRY}/app', PRICE: '$$5 ${NOPE} $HOME'}\n"
+        "steps:\n"
+        "  - {name: a, image: alpine, commands: [x],\n"
+        "     env: {TAG: '${IMAGE}:${VERSION}', VERSION: '1.${MINOR}', MINOR: '2',\n"
+        "           PATH: '/opt/bin:${PATH}', LIT: '$${IMAGE}'}}\n")
+    assert dict(p.env) == {"REGISTRY": "reg.example", "IMAGE": "reg.example/app",
+                           "PRICE": "$5 ${NOPE} $HOME"}
+    assert dict(p.steps[0].env) == {"TAG": "reg.example/app:1.2", "VERSION": "1.2", "MINOR": "2",
+                                    "PATH": "/opt/bin:${PATH}", "LIT": "${IMAGE}"}
+    with pytest.raises(KataError) as e:
+        load_text("env: {A: '${B}', B: '${A}'}\nsteps: [{name: a, image: alpine}]\n")
+    assert e.value.reason == "config.value" and "A -> B -> A" in e.value.message
+    with pytest.raises(KataError) as e:
+        load_text("steps: [{name: a, image: alpine, context: [KATA_SHA]}]\n")
+    assert e.value.reason == "config.value" and "KATA_COMMIT_SHA" in e.value.message

@@ -147,7 +147,7 @@ def test_validate_json_counts_matrix_instances(tmp_path):
         "  - name: test\n    image: busybox\n    commands: ['true']\n"
         "    matrix: {PY: ['3.11', '3.12'], DB: [pg, lite], exclude: [{PY: '3.11', DB: lite}]}\n"
         "  - {name: report, image: busybox, depends_on: [test]}\n")
-    proc = subprocess.run([sys.executable, "-m", "kata", "validate", "--json"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "kata", "validate", "--json", "--offline"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     doc = json.loads(proc.stdout)
     assert (doc["steps"], doc["matrix_steps"], doc["matrix_instances"]) == (4, 1, 3)

@@ -276,3 +276,21 @@ def test_sigkill_during_a_secret_step_leaves_no_secret_mount(tmp_path, container
     assert list((store_dir / "local" / "work").iterdir()) == []
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
+
+
+def test_artifact_globs_match_and_an_empty_glob_is_not_produced(env):
+    steps = [
+        FakeStep("wheel", inputs=("none",), artifacts=("dist/*.whl",), commands=(
+            "mkdir -p dist", "echo w1 > dist/a-1.0-py3-none-any.whl",
+            "echo w2 > dist/b-2.0-py3-none-any.whl", "echo src > dist/a-1.0.tar.gz")),
+        FakeStep("use", depends_on=("wheel",), inputs=("none",), commands=("ls dist",)),
+        FakeStep("nothing", inputs=("none",), artifacts=("dist/*.whl",),
+                 commands=("mkdir -p dist", "echo x > dist/a.tar.gz")),
+    ]
+    result = env.run(steps, fail_fast=False)
+    assert result.steps["wheel"].status == "passed", env.events
+    assert env.output("use") == ["a-1.0-py3-none-any.whl", "b-2.0-py3-none-any.whl"]
+    fails = [e for e in env.events if isinstance(e, ev.StepFailed)]
+    (fail,) = [e for e in fails if e.step == "nothing"]
+    assert fail.reason == "artifact.missing", fails
+    assert fail.message == "declared artifact dist/*.whl was not produced (no path matches it)"

@@ -119,3 +119,128 @@ def test_ctrl_c_cancels_cleanly(kata, containerd_daemon, runtime, tmp_path):
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
     assert kata("run", "--dry-run").returncode == 0
+
+
+def test_yaml_as_users_write_it(tmp_path, containerd_daemon, runtime):
+    """A date-like env value reaches the step as written; x- keys hold the anchors."""
+    repo = tmp_path / "yamlrepo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: yaml\n"
+        "x-base: &base\n"
+        "  image: kata.local/busybox:latest\n"
+        "  inputs: [none]\n"
+        "env: {DATE: 2024-01-02, VERSION: 1.10, DEBUG: yes}\n"
+        "steps:\n"
+        "  - <<: *base\n"
+        "    name: show\n"
+        "    commands: ['echo \"$DATE $VERSION $DEBUG\"']\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    ran = kata("run")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "show | 2024-01-02 1.10 yes" in ran.stdout.splitlines()
+
+
+def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, containerd_daemon, runtime):
+    """An image neither local nor fetchable: validate and run name the image, the steps
+    that use it and the fix, exit 2, nothing runs; a dead containerd socket says so in
+    words; exit 127 says the command is not in the image."""
+    from support.registry import free_port
+
+    repo = tmp_path / "imgrepo"
+    repo.mkdir()
+    missing = f"127.0.0.1:{free_port()}/team/node:20-alpine"  # nothing listens there
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: img\n"
+        "steps:\n"
+        f"  - {{name: test, image: '{missing}', commands: [npm test], inputs: [none]}}\n"
+        f"  - {{name: lint, image: '{missing}', commands: [npm run lint], inputs: [none]}}\n"
+        "  - {name: ok, image: kata.local/busybox:latest, commands: [echo hi], inputs: [none]}\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    for args in (("validate",), ("run",)):
+        r = kata(*args)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"image {missing} (used by test, lint) is neither in kata's image store nor " \
+            "fetchable" in r.stderr
+        assert f"fix: `kata image pull {missing}`" in r.stderr
+        assert "`kata image import FILE`" in r.stderr
+        assert "[RUN]" not in r.stdout
+    offline = kata("validate", "--offline")
+    assert (offline.returncode, offline.stdout) == (
+        0, "Config valid. 3 steps, 0 cycles, 1 parallel group\n")
+    dead = KataProcess(repo, store=tmp_path / "store", address=str(tmp_path / "no.sock"))("run")
+    assert dead.returncode == 2
+    assert dead.stderr.startswith(f"error: cannot reach containerd at {tmp_path / 'no.sock'}: "
+                                  "no such socket (containerd is not running there). Start ")
+    assert "FAILED_PRECONDITION" not in dead.stderr and "unix:" not in dead.stderr
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: img\n"
+        "steps:\n"
+        "  - {name: s, image: kata.local/busybox:latest, commands: [nosuchtool --x], inputs: [none]}\n")
+    r = kata("run")
+    assert r.returncode == 1
+    assert "[FAIL] s (exit 127: a command was not found in the image " \
+        "kata.local/busybox:latest (install it there, or use an image that has it)" in r.stdout
+
+
+def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
+    """build --out (one target: directly in DIR), run --out (DIR/<step>/), export --run ID:
+    the artifacts with their exec bits and symlinks; exporting twice gives the same DIR."""
+    repo = tmp_path / "outrepo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: out\n"
+        "steps:\n"
+        "  - name: package\n"
+        "    image: kata.local/busybox:latest\n"
+        "    inputs: [none]\n"
+        "    artifacts: ['dist/*.whl', bin/]\n"
+        "    commands:\n"
+        "      - mkdir -p dist bin\n"
+        "      - echo wheel > dist/app-1.0-py3-none-any.whl\n"
+        "      - echo sdist > dist/app-1.0.tar.gz\n"
+        "      - printf '#!/bin/sh\\necho tool\\n' > bin/tool && chmod 755 bin/tool\n"
+        "      - ln -s tool bin/link\n"
+        "  - {name: docs, image: kata.local/busybox:latest, inputs: [none],\n"
+        "     artifacts: [site/], commands: ['mkdir site', 'echo hi > site/index.html']}\n"
+        "  - {name: check, image: kata.local/busybox:latest, inputs: [none], commands: ['true']}\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+
+    def files(root: Path) -> dict[str, str]:
+        out = {}
+        for p in sorted(root.rglob("*")):
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[rel] = oct(p.stat().st_mode & 0o777) + " " + p.read_text()
+        return out
+
+    single = tmp_path / "single"
+    built = kata("build", "//package", "--out", str(single))
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert f"[OUT] package -> {single}" in built.stdout.splitlines()
+    want = {"bin/link": "-> tool", "bin/tool": "0o755 #!/bin/sh\necho tool\n",
+            "dist/app-1.0-py3-none-any.whl": "0o644 wheel\n"}
+    assert files(single) == want
+    again = kata("build", "//package", "--out", str(single))  # a cache hit, same files
+    assert again.returncode == 0 and "[CACHE] package: HIT" in again.stdout
+    assert files(single) == want
+
+    every = tmp_path / "every"
+    ran = kata("run", "--out", str(every))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert sorted(p.name for p in every.iterdir()) == ["docs", "package"]  # check declares none
+    assert files(every / "package") == want
+    assert files(every / "docs") == {"site/index.html": "0o644 hi\n"}
+
+    from store import Store
+
+    with Store.open(tmp_path / "store") as s:
+        run_id = s.list_runs(pipeline="out", limit=1)[0].id
+    later = tmp_path / "later"
+    exp = kata("export", "--run", run_id, "--step", "docs", "--out", str(later))
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    assert files(later) == {"site/index.html": "0o644 hi\n"}
+    bad = kata("export", "--run", run_id, "--step", "nope", "--out", str(later))
+    assert bad.returncode == 1 and "has no step 'nope'" in bad.stderr

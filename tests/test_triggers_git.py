@@ -208,3 +208,84 @@ def test_install_does_not_clobber_a_foreign_hook(tmp_path):
     assert "kata hooks install" in hook.read_text() and os.access(hook, os.X_OK)
     assert kata("hooks", "install").returncode == 0  # ours: replaced without --force
     assert kata("hooks", "install", "--repo", str(tmp_path / "nope")).returncode == 2
+
+
+TAGS_ARE_NOT_BRANCHES = {
+    "pipeline": "gitci",
+    "steps": [
+        {"name": "release", "image": IMAGE, "only": {"tags": ["v*"]},
+         "commands": ["echo releasing"]},
+        {"name": "mainline", "image": IMAGE, "only": {"branches": ["main"]},
+         "commands": ["echo on main"]},
+    ],
+}
+
+
+def test_tags_are_not_branches(setup):
+    """A push has no tag and a tag event has no branch, whatever points at the commit."""
+    kata, work = setup["kata"], setup["work"]
+    (work / ".kata-ci.yaml").write_text(yaml.safe_dump(TAGS_ARE_NOT_BRANCHES, sort_keys=False))
+    commit(work, {"a.txt": "a\n"}, "initial")
+    git(work, "tag", "v9.9.9")
+    skip_release = "[SKIP] release (only: tag (no tag) does not match v*)"
+    feature = kata("run", "--event", "push", "--branch", "feature")
+    assert feature.returncode == 0, feature.stdout + feature.stderr
+    assert skip_release in feature.stdout.splitlines()
+    plain = kata("run")  # HEAD is main, tagged v9.9.9: still a push
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    lines = plain.stdout.splitlines()
+    assert skip_release in lines and "mainline | on main" in lines
+    tagged = kata("run", "--event", "tag")
+    assert tagged.returncode == 0, tagged.stdout + tagged.stderr
+    lines = tagged.stdout.splitlines()
+    assert "release | releasing" in lines
+    assert "[SKIP] mainline (only: branch (no branch) does not match main)" in lines
+    alone = kata("run", "--tag", "v9.9.9")  # --tag implies the tag event
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "[CACHE] release: HIT" in alone.stdout and "[SKIP] mainline" in alone.stdout
+    bad = kata("run", "--event", "push", "--tag", "v9.9.9")
+    assert bad.returncode == 2 and "a push has no tag" in bad.stderr
+
+
+def test_only_paths_match_like_inputs(setup):
+    """`*.md` selects docs/guide.md in inputs: and in only.paths alike (gitignore rules)."""
+    kata, work = setup["kata"], setup["work"]
+    pipeline = {"pipeline": "gitci", "steps": [
+        {"name": "docs", "image": IMAGE, "inputs": ["*.md"], "only": {"paths": ["*.md"]},
+         "commands": ["cat docs/guide.md"]},
+        {"name": "rootdocs", "image": IMAGE, "only": {"paths": ["/*.md"]},
+         "commands": ["echo root"]}]}
+    (work / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    commit(work, {"docs/guide.md": "v1\n", "README.md": "r\n"}, "initial")
+    commit(work, {"docs/guide.md": "guide v2\n"}, "docs only")
+    ran = kata("run", "--event", "push")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    lines = ran.stdout.splitlines()
+    assert "docs | guide v2" in lines
+    assert "[SKIP] rootdocs (only: no changed path matches /*.md (changed: docs/guide.md))" in lines
+
+
+def test_steps_see_the_context_they_ask_for(setup):
+    """context: sets only the listed variables, and only they enter the key: a new commit
+    is a miss for the step that reads the commit and a hit for the one that does not."""
+    kata, work = setup["kata"], setup["work"]
+    pipeline = {"pipeline": "gitci", "env": {"NAME": "app", "FULL": "${NAME}-$${x}"}, "steps": [
+        {"name": "stamp", "image": IMAGE, "inputs": ["none"],
+         "context": ["KATA_COMMIT_SHA", "KATA_BRANCH", "KATA_EVENT", "KATA_PIPELINE", "CI"],
+         "commands": ['echo "$KATA_COMMIT_SHA $KATA_BRANCH $KATA_EVENT $KATA_PIPELINE $CI"',
+                      'echo "tag=${KATA_TAG:-unset} full=$FULL"']},
+        {"name": "plain", "image": IMAGE, "inputs": ["none"],
+         "commands": ['echo "sha=${KATA_COMMIT_SHA:-unset} ci=${CI:-unset}"']}]}
+    (work / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    sha = commit(work, {"a.txt": "1\n"}, "one")
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert f"stamp | {sha} main push gitci true" in lines
+    assert "stamp | tag=unset full=app-${x}" in lines
+    assert "plain | sha=unset ci=unset" in lines
+    sha2 = commit(work, {"a.txt": "2\n"}, "two")
+    second = kata("run")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"stamp | {sha2} main push gitci true" in second.stdout.splitlines()
+    assert "[CACHE] plain: HIT" in second.stdout

@@ -35,3 +35,27 @@ def test_why_per_selected_step(tmp_path) -> None:
     same = why(old, "//test*", lambda step: records[step])
     assert [r.status for r in same] == ["unchanged", "unchanged"]
     assert all(line.startswith("//") for r in results for line in r.lines()[:1])
+
+
+def test_why_prints_readable_values(tmp_path) -> None:
+    """Octal modes, content digests, quoted text, service fields: no Python tuples or reprs."""
+    text = ("steps:\n  - {name: s, image: alpine, commands: [make], env: {A: '1'},\n"
+            "     services: [{name: db, image: alpine, env: {P: x}}]}\n")
+    (tmp_path / "run.sh").write_text("echo 1\n")
+    (tmp_path / "run.sh").chmod(0o644)
+    (tmp_path / "gone.txt").write_text("x")
+    old = compile_pipeline(load_text(text), resolver=resolver, repo_root=tmp_path)
+    (tmp_path / "run.sh").chmod(0o755)
+    (tmp_path / "gone.txt").unlink()
+    new = compile_pipeline(load_text(text.replace("make]", "make all]").replace("P: x", "P: y")),
+                           resolver=resolver, repo_root=tmp_path)
+    (result,) = why(new, "//s", {"s": old.nodes["s"].record()}.get)
+    lines = [str(c) for c in result.changes]
+    assert lines == ['command #1: "make" -> "make all"', "service db: env changed",
+                     "input file gone.txt: removed", "input file run.sh: mode 0644 -> 0755"]
+    (tmp_path / "run.sh").write_text("echo 2\n")
+    newer = compile_pipeline(load_text(text), resolver=resolver, repo_root=tmp_path)
+    (result,) = why(newer, "//s", {"s": new.nodes["s"].record()}.get)
+    change = [str(c) for c in result.changes if c.field == "input file"]
+    assert len(change) == 1 and change[0].startswith("input file run.sh: content sha256:")
+    assert "(" not in change[0] and "420" not in change[0]

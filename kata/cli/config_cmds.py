@@ -28,6 +28,20 @@ def version() -> None:
     click.echo(f"kata-ci v{__version__} (python {platform.python_version()}, linux/{machine})")
 
 
+def _set_config_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["config_file"] = value
+
+
+#: ``-f/--file`` after the subcommand (``kata run -f ci.yaml``), as before it; the later wins.
+config_file_option = click.option(
+    "-f", "--file", "config_file", type=click.Path(dir_okay=False), expose_value=False,
+    callback=_set_config_file,
+    help="Pipeline config (default: .kata-ci.yaml at the repository root).")
+
+
 def load(ctx: click.Context):
     """(config path, Pipeline) for -f/--file or the .kata-ci.yaml found from the cwd up."""
     from kata.loader import find_config, load_pipeline
@@ -46,16 +60,34 @@ def schema() -> None:
 
 
 @click.command()
+@config_file_option
 @click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
+@click.option("--offline", is_flag=True,
+              help="Do not check that every image is in kata's image store or fetchable.")
 @click.pass_context
-def validate(ctx: click.Context, json_out: bool) -> None:
-    """Check the config (YAML, keys, types, images, dependencies, cycles) without running."""
-    from kata.compile import plan
+def validate(ctx: click.Context, json_out: bool, offline: bool) -> None:
+    """Check the config (YAML, keys, types, images, dependencies, cycles) without running.
+
+    Images are checked (local, else fetchable) when containerd is running; --offline skips it.
+    """
+    from kata.compile import plan, resolve_images
     from kata.errors import KataError
 
     try:
         path, pipeline = load(ctx)
         p = plan(pipeline)
+        if not offline:
+            from kata.runtimes.containerd import ContainerdRuntime
+
+            runtime = ContainerdRuntime.connect_running((ctx.find_root().obj or {}).get(
+                "containerd_address"))
+            if runtime is None:
+                click.echo("note: images not checked (containerd is not running)", err=True)
+            else:
+                try:
+                    resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)))
+                finally:
+                    runtime.close()
     except KataError as err:
         if json_out:
             from kata.cli.history_cmds import echo_json
@@ -110,6 +142,7 @@ def _dot_id(s: str) -> str:
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text",
               show_default=True, help="text (the overview), dot (Graphviz) or json.")
+@config_file_option
 @click.pass_context
 def graph(ctx: click.Context, fmt: str) -> None:
     """Print the step dependency graph."""
@@ -162,6 +195,7 @@ def previous_lookup(ctx: click.Context, pipeline: str | None = None):
 @click.argument("label")
 @click.option("--against", "against", type=click.Path(dir_okay=False, exists=True),
               help="Compare against this encoded derivation instead of the last recorded one.")
+@config_file_option
 @click.pass_context
 def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
     """Explain what changed a step's cache key (e.g. `kata why //build`)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from kata import gitctx
+from kata.cli.config_cmds import config_file_option
 from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
 
@@ -27,6 +28,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(run)
     cli.add_command(build)
     cli.add_command(logs)
+    cli.add_command(export_cmd)
 
 
 class LazyRuntime:
@@ -149,16 +151,18 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
              secret_files: tuple[str, ...] = (), event: str | None = None,
              branch: str | None = None, tag: str | None = None, action: str | None = None,
              base: str | None = None, untrusted: bool = False, hook: str = "",
-             default_branch: str | None = None, pull: bool = False) -> None:
+             default_branch: str | None = None, pull: bool = False,
+             out_dir: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
     from kata.inputs import RehashStatCache
     from kata.realise.events import process_started
-    from kata.realise.plan import condition_skips, plan_entries, plan_run, select_targets
+    from kata.realise.plan import (condition_skips, context_values, plan_entries, plan_run,
+                                   select_targets)
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
-    from kata.secrets import SecretSource
+    from kata.secrets import MIN_SECRET_LENGTH, SecretSource, unmaskable
 
     path, pipeline = load(ctx)
     repo_root = path.resolve().parent
@@ -187,7 +191,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
         graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
-                                 repo_root=repo_root, stat_cache=stat_cache)
+                                 repo_root=repo_root, stat_cache=stat_cache,
+                                 context=context_values(pipeline, cond_ctx, commit))
         targets = select_targets(graph, steps=steps, labels=labels)
         settings = pipeline.settings
         options = RealiseOptions(
@@ -216,6 +221,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         # an untrusted run reads no value at all (its plan skips every step declaring one)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
+        for name in unmaskable(options.secrets):
+            click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
+                       f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
+                       "it will appear unmasked in output and logs", err=True)
         reporter = _reporter(json_out)
         runtime.progress = _pull_events(reporter)
         try:
@@ -229,6 +238,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             os._exit(130)
         finally:
             reporter.close()
+        if out_dir is not None and not result.interrupted:
+            _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         runtime.close()
         store.close()
@@ -255,6 +266,28 @@ def image_tags(state_dir: str):  # noqa: ANN201
     from kata.runtimes.tags import FILE_NAME, ImageTags
 
     return ImageTags(Path(state_dir) / FILE_NAME)
+
+
+def _export(store, graph, targets, result, out_dir: Path, json_out: bool) -> None:  # noqa: ANN001
+    """--out: the artifacts of the targets (every step without targets) that passed."""
+    from kata.realise.export import export, exported
+
+    names = targets if targets is not None else graph.order
+    rows = [(n, result.steps[n].status, result.steps[n].outputs, bool(graph.nodes[n].step.artifacts))
+            for n in names if n in result.steps]
+    _print_exports(export(store, exported(rows), out_dir,
+                          flat=targets is not None and len(targets) == 1), json_out)
+
+
+def _print_exports(done, json_out: bool) -> None:  # noqa: ANN001
+    import json
+
+    for e in done:
+        if json_out:
+            click.echo(json.dumps({"event": "export", "step": e.step, "tree": e.tree,
+                                   "path": str(e.path)}))
+        else:
+            click.echo(f"[OUT] {e.step} -> {e.path}")
 
 
 def _triggered(pipeline, cond_ctx, json_out: bool) -> bool:  # noqa: ANN001
@@ -305,13 +338,16 @@ _common = [
                  help="A secret read from a file."),
     click.option("--untrusted", is_flag=True, help="Run as untrusted code: no secrets (steps "
                  "declaring one are skipped), no network: host, results kept in quarantine."),
+    click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+                 help="Copy the artifacts of the steps that passed to DIR/<step>/ "
+                 "(directly into DIR for a single target)."),
 ]
 
 
 def _with_common(fn):  # noqa: ANN001, ANN202
     for option in reversed(_common):
         fn = option(fn)
-    return fn
+    return config_file_option(fn)
 
 
 @click.command()
@@ -324,7 +360,8 @@ def _with_common(fn):  # noqa: ANN001, ANN202
               "Without it a local run ignores triggers (only:/when: see a push). "
               "pull_request runs untrusted.")
 @click.option("--branch", metavar="B", help="The branch (default: the current one).")
-@click.option("--tag", metavar="T", help="The tag (default: the newest at HEAD).")
+@click.option("--tag", metavar="T", help="The tag of a tag event (default: the newest at HEAD); "
+              "implies --event tag.")
 @click.option("--action", type=click.Choice(PR_ACTIONS),
               help="The pull request action.")
 @click.option("--base", metavar="REF", help="Changed paths against REF (its merge-base).")
@@ -339,14 +376,20 @@ def _with_common(fn):  # noqa: ANN001, ANN202
 @click.pass_context
 def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: bool,
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-        untrusted: bool, event: str | None, branch: str | None, tag: str | None,
-        action: str | None, base: str | None, hook: str | None,
+        out_dir: str | None, untrusted: bool, event: str | None, branch: str | None,
+        tag: str | None, action: str | None, base: str | None, hook: str | None,
         default_branch: str | None, pull: bool) -> None:
     """Run the pipeline in .kata-ci.yaml."""
+    if tag is not None and event is None:
+        event = "tag"  # --tag T alone: run as that tag's event (a push has no tag)
+    if tag is not None and event != "tag":
+        raise click.UsageError(f"--tag is for --event tag; a {event} has no tag")
+    if branch is not None and event == "tag":
+        raise click.UsageError("--branch is not for --event tag; a tag event has no branch")
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
              action=action, base=base, untrusted=untrusted, hook=hook or "",
-             default_branch=default_branch, pull=pull)
+             default_branch=default_branch, pull=pull, out_dir=out_dir)
 
 
 @click.command()
@@ -355,10 +398,10 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
           json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-          untrusted: bool) -> None:
+          out_dir: str | None, untrusted: bool) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files, untrusted=untrusted)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir)
 
 
 @click.command()
@@ -366,6 +409,7 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
 @click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
 @click.option("--service", "service", metavar="NAME",
               help="The log of the step's service NAME instead (with --step).")
+@config_file_option
 @click.pass_context
 def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
          service: str | None = None) -> None:
@@ -377,18 +421,7 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
     store = open_store(ctx)
     try:
-        if run_id:
-            record = store.get_run(run_id)
-            if record is None:
-                raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
-                                exit_code=1)
-        else:
-            pipeline = _pipeline_name(ctx)
-            found = store.list_runs(pipeline=pipeline, limit=1)
-            if not found:
-                raise KataError("logs.no_run", "no run recorded yet" +
-                                (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
-            record = found[0]
+        record = _run_record(store, ctx, run_id)
         known = [e.name for e in record.steps]
         for name in steps:
             if name not in known:
@@ -408,6 +441,57 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
             _print_log(store, record, entry)
     finally:
         store.close()
+
+
+@click.command("export")
+@click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
+@click.option("--step", "steps", multiple=True, metavar="NAME",
+              help="This step's artifacts only (one: directly into DIR); repeatable.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              metavar="DIR", help="Where the artifacts go: DIR/<step>/, or DIR for one --step.")
+@click.option("--json", "json_out", is_flag=True, help="One JSON event per exported step.")
+@config_file_option
+@click.pass_context
+def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], out_dir: str,
+               json_out: bool) -> None:
+    """Copy the artifacts of an earlier run's steps out of the store (modes and symlinks kept)."""
+    import tempfile
+
+    from kata.cli.store_cmds import open_store
+    from kata.realise.export import export, exported
+
+    store = open_store(ctx)
+    try:
+        record = _run_record(store, ctx, run_id)
+        known = [e.name for e in record.steps]
+        for name in steps:
+            if name not in known:
+                raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
+                                obj=name, exit_code=1)
+        with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
+            empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
+        rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
+                for e in record.steps if not steps or e.name in steps]
+        _print_exports(export(store, exported(rows, named=steps), Path(out_dir),
+                              flat=len(steps) == 1), json_out)
+    finally:
+        store.close()
+
+
+def _run_record(store, ctx: click.Context, run_id: str | None):  # noqa: ANN001, ANN202
+    """The run ``--run ID`` names, else the last run of this pipeline (KataError logs.no_run)."""
+    if run_id:
+        record = store.get_run(run_id)
+        if record is None:
+            raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
+                            exit_code=1)
+        return record
+    pipeline = _pipeline_name(ctx)
+    found = store.list_runs(pipeline=pipeline, limit=1)
+    if not found:
+        raise KataError("logs.no_run", "no run recorded yet" +
+                        (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
+    return found[0]
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001

@@ -115,6 +115,14 @@ def excluded(graph: "DerivationGraph", skip: Mapping[str, str]) -> dict[str, str
     return out
 
 
+def context_values(pipeline: "Pipeline", ctx: "Context", commit: str) -> dict[str, str]:
+    """The values of ``kata.model.CONTEXT_VARS`` for this run (what ``context:`` asks for):
+    the commit, the branch (none on a tag event), the tag (only on a tag event), the event
+    (``push`` for a local run) and the pipeline's name."""
+    return {"KATA_COMMIT_SHA": commit, "KATA_BRANCH": ctx.branch, "KATA_TAG": ctx.tag,
+            "KATA_EVENT": ctx.event or "push", "KATA_PIPELINE": pipeline.name, "CI": "true"}
+
+
 def select_targets(graph: "DerivationGraph", *, steps: Sequence[str] = (),
                    labels: Sequence[str] = ()) -> tuple[str, ...] | None:
     """The run's targets: the steps ``//labels`` select, else the named ``steps``

@@ -32,6 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from kata import keys, trust
 from kata.errors import KataError
+from kata.realise import artifacts
 from kata.realise import events as ev
 from kata.realise import spec as specs
 from kata.realise.lookup import Lookup
@@ -47,7 +48,7 @@ from kata.realise.workspace import (
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
-from kata.secrets import Masker
+from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ class _Damaged(Exception):
     def __init__(self, digest: str) -> None:
         super().__init__(digest)
         self.digest = digest
+
+
+#: The shell's "command not found" (POSIX sh, bash, busybox ash); also what runc gives
+#: for an argv[0] the image does not have.
+COMMAND_NOT_FOUND_EXIT = 127
 
 
 class Realiser:
@@ -108,7 +114,8 @@ class Realiser:
         # (masking a value in output an attacker controls would confirm their guesses)
         self._secrets = dict(options.secrets) if options.scope.trusted else {}
         # every value given to this run, in every encoded form, masked in every step's output
-        self._masker = Masker(v for v in self._secrets.values() if v)
+        # (a value too short to mask is not: the CLI warned about it)
+        self._masker = Masker(maskable(self._secrets.values()))
         self._unpack_locks: dict[str, threading.Lock] = {}
         self._run_dir = options.work_root
 
@@ -497,6 +504,10 @@ class Realiser:
                     exit_status, reason = 137, "step.oom"
                     limit = format_size(effective(step.resources).memory or 0)
                     message = f"out of memory: limit {limit}"
+                elif exit_status == COMMAND_NOT_FOUND_EXIT:
+                    reason = "step.command_not_found"
+                    message = (f"exit {exit_status}: a command was not found in the image "
+                               f"{step.image} (install it there, or use an image that has it)")
                 else:
                     reason = "step.failed"
         except (KataError, StoreError) as err:
@@ -511,13 +522,11 @@ class Realiser:
         """(reason, message, output tree) of a step that exited 0: its declared artifacts
         stored as one tree (and its cache directory saved), or why not."""
         step = node.step
-        missing = [a for a in step.artifacts if not os.path.lexists(workdir / a.rstrip("/"))]
+        paths, missing = artifacts.select(workdir, step.artifacts)
         if missing:
-            return ("artifact.missing", f"declared artifact {missing[0]} was not produced"
-                    if len(missing) == 1 else
-                    f"declared artifacts {', '.join(missing)} were not produced", "")
+            return ("artifact.missing", artifacts.missing_message(missing), "")
         try:
-            outputs = self.records.put_tree(workdir, [a.rstrip("/") for a in step.artifacts])
+            outputs = self.records.put_tree(workdir, paths)
             if self.options.record:
                 self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts

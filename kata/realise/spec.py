@@ -88,6 +88,9 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
     step = node.step
     merged = dict(env)
     merged.update(dict(step.env))
+    # the run's context the step asked for: the values its key was computed with
+    hashed = dict(node.derivation.env)
+    merged.update({name: hashed[name] for name in step.context if name in hashed})
     mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
     script = shell_script(step.commands)
     if secrets_dir is not None:

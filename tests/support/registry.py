@@ -31,8 +31,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def docker_registry(workdir: Path) -> Iterator[str]:
-    """Run `docker-registry serve` on 127.0.0.1:<free port>; yield its base URL."""
+def docker_registry(workdir: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `docker-registry serve` on 127.0.0.1:<free port>; yield its base URL.
+
+    ``users`` (name -> password): the registry demands basic auth (its htpasswd
+    backend, bcrypt hashes made with libcrypt); ``push_image(..., auth=(name, password))``.
+    """
     binary = shutil.which("docker-registry")
     if binary is None:
         raise RuntimeError("docker-registry is missing: apt install docker-registry")
@@ -49,6 +53,19 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """)
+    if users:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # libcrypt's bcrypt; the registry's htpasswd reads only bcrypt
+
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text("".join(
+            f"{name}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+            for name, password in users.items()))
+        with open(cfg, "a") as f:
+            f.write(f"auth:\n  htpasswd: {{realm: kata-test, path: {htpasswd}}}\n")
     log = open(workdir / "registry.log", "wb")
     proc = subprocess.Popen([binary, "serve", str(cfg)], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -56,7 +73,7 @@ http:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if httpx.get(f"{url}/v2/", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/v2/", timeout=1).status_code in (200, 401):
                     break
             except httpx.HTTPError:
                 pass
@@ -70,9 +87,10 @@ http:
         log.close()
 
 
-def push_image(url: str, repo: str, tag: str, img: OciImage) -> None:
+def push_image(url: str, repo: str, tag: str, img: OciImage,
+               auth: tuple[str, str] | None = None) -> None:
     """Push ``img`` with the distribution API (monolithic blob uploads, then the manifest)."""
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30, auth=auth) as http:
         for digest, data in img.blobs.items():
             if digest == img.digest:
                 continue

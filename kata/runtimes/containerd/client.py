@@ -76,6 +76,29 @@ def wrap(err: grpc.RpcError, what: str) -> ContainerdError:
                            f"containerd: {what}: {details} ({name.lower()})", code=code, obj=what)
 
 
+def _why_unreachable(address: str, code: Any) -> str:
+    """Why a unix socket address does not answer, in words."""
+    import os
+    import stat
+
+    path = address.removeprefix("unix://")
+    if "://" not in path:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return "no such socket (containerd is not running there)"
+        except PermissionError:
+            return "permission denied (run as root, or as a user allowed to use the socket)"
+        except OSError as err:
+            return err.strerror or str(err)
+        if not stat.S_ISSOCK(mode):
+            return "that path is not a socket"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return "the socket exists but containerd did not answer in time"
+        return "the socket exists but nothing accepts connections (containerd stopped)"
+    return "no answer"
+
+
 class Client:
     """Stubs for containerd's services over one channel, in kata's namespace."""
 
@@ -114,12 +137,23 @@ class Client:
             raise wrap(err, what) from None
 
     def ping(self, timeout: float = 5.0) -> str:
+        """containerd's version; KataError runtime.unreachable (exit 2) when nothing answers
+        at the address, saying why in words (no socket, refused, not answering) and what
+        to do, instead of gRPC's status text."""
         from google.protobuf import empty_pb2
 
         try:
             return self.version.Version(empty_pb2.Empty(), timeout=timeout).version
         except grpc.RpcError as err:
-            raise wrap(err, f"connect to {self.address}") from None
+            code = err.code() if hasattr(err, "code") else None
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.FAILED_PRECONDITION):
+                raise wrap(err, f"connect to {self.address}") from None
+            raise KataError("runtime.unreachable", f"cannot reach containerd at {self.address}: "
+                            f"{_why_unreachable(self.address, code)}. Start containerd "
+                            "(`systemctl start containerd`), or pass --containerd ADDRESS "
+                            "(KATA_CONTAINERD_ADDRESS) of a running one, or give neither and "
+                            "kata starts its own", obj=self.address) from None
 
     def owner_labels(self) -> dict[str, str]:
         return {OWNER_LABEL: self.owner}

@@ -1,7 +1,7 @@
 """A small client of the OCI distribution API (pull only), with httpx.
 
 Anonymous and bearer-token auth (the WWW-Authenticate challenge), basic auth,
-credentials from ~/.docker/config.json, mirrors and plain-http registries from
+credentials from ~/.docker/config.json (its credential helpers too), mirrors and plain-http registries from
 kata's config. Manifests are checked against the digest they were asked by;
 blobs are checked while they stream into containerd (images.write_blob).
 """
@@ -47,16 +47,39 @@ def _is_local(host: str) -> bool:
 
 
 def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] | None:
-    """Username and password for ``host`` from ~/.docker/config.json, if any."""
+    """Username and password for ``host`` as docker finds them in ~/.docker/config.json
+    (``$DOCKER_CONFIG/config.json``), or None.
+
+    As docker's CLI does: a ``credHelpers`` entry for the host names the credential helper
+    to ask, else ``credsStore`` names one for every host; a helper is the program
+    ``docker-credential-<name>`` on PATH, asked with ``get`` and the server URL on stdin
+    (docker's credential-helper protocol: it answers ``{"Username", "Secret"}`` or exits
+    non-zero with "credentials not found"). Without a helper answer, the ``auths`` entry
+    (``auth`` base64 ``user:password``, or ``username``/``password``) is used.
+    KataError image.credential_helper (exit 2): the helper named is not on PATH, or fails.
+    """
     if path is None:
         base = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
         path = Path(base) / "config.json"
     try:
-        auths = json.loads(path.read_text()).get("auths") or {}
-    except (OSError, ValueError, AttributeError):
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(doc, dict):
+        return None
+    docker_hub = host in ("docker.io", "registry-1.docker.io", "index.docker.io")
+    helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
+    helper = next((helpers[k] for k in ([host, "docker.io", "index.docker.io"] if docker_hub
+                                        else [host]) if isinstance(helpers.get(k), str)),
+                  doc.get("credsStore") if isinstance(doc.get("credsStore"), str) else None)
+    if helper:
+        server = "https://index.docker.io/v1/" if docker_hub else host
+        found = _ask_helper(helper, server, path)
+        if found is not None:
+            return found
+    auths = doc.get("auths") if isinstance(doc.get("auths"), dict) else {}
     keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
-    if host in ("docker.io", "registry-1.docker.io"):
+    if docker_hub:
         keys += ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
     for key in keys:
         entry = auths.get(key)
@@ -71,6 +94,40 @@ def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] |
         if entry.get("username"):
             return entry["username"], entry.get("password", "")
     return None
+
+
+def _ask_helper(helper: str, server: str, config: Path) -> tuple[str, str] | None:
+    """(username, secret) from ``docker-credential-<helper> get``; None when it has none."""
+    import shutil
+    import subprocess
+
+    program = f"docker-credential-{helper}"
+    found = shutil.which(program)
+    if found is None:
+        raise KataError("image.credential_helper",
+                        f"{config} names the credential helper {helper!r} but {program} is not "
+                        "on PATH (install it, or remove credsStore/credHelpers)", obj=server)
+    try:
+        proc = subprocess.run([found, "get"], input=server, capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise KataError("image.credential_helper", f"{program} get: {err}", obj=server) from None
+    if proc.returncode != 0:
+        if "credentials not found" in (proc.stdout + proc.stderr).lower():
+            return None
+        raise KataError("image.credential_helper", f"{program} get failed (exit "
+                        f"{proc.returncode}): {(proc.stderr or proc.stdout).strip()[:200]}",
+                        obj=server)
+    try:
+        answer = json.loads(proc.stdout)
+        user, secret = answer["Username"], answer["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise KataError("image.credential_helper",
+                        f"{program} get did not answer {{\"Username\", \"Secret\"}} JSON",
+                        obj=server) from None
+    if not isinstance(user, str) or not isinstance(secret, str) or not secret:
+        return None
+    return user, secret
 
 
 class RegistryClient:

@@ -61,6 +61,21 @@ class ContainerdRuntime:
 
     # -- connecting ---------------------------------------------------------------------
     @classmethod
+    def connect_running(cls, address: str | None = None) -> ContainerdRuntime | None:
+        """A runtime on a containerd that is already answering (``address``, else the
+        config's, else the system socket, else kata's own), or None; never starts one.
+        For checks that are worth doing only when a runtime is there (``kata validate``)."""
+        config = load_runtime_config()
+        address = address or config.address
+        if address:
+            path = address.removeprefix("unix://")
+            return cls.connect(address=address, sweep=False) if socket_answers(path) else None
+        if ((config.state_dir is None and socket_answers(SYSTEM_SOCKET))
+                or socket_answers(daemon_paths(config.state_dir).socket)):
+            return cls.connect(sweep=False)
+        return None
+
+    @classmethod
     def connect(cls, address: str | None = None, state_dir: str | None = None, *,
                 offline: bool | None = None, config: RuntimeConfig | None = None,
                 stop_grace: float | None = None, sweep: bool = True) -> ContainerdRuntime:

@@ -1,0 +1,103 @@
+"""Which paths of a finished step's working directory its ``artifacts:`` name.
+
+An entry without glob characters (``*``, ``?``, ``[``) is a literal path relative to the
+working directory (``dist/``, ``build/app``) and must exist. An entry with them is a path
+glob in the gitignore dialect (``kata.globs``), always anchored at the working directory:
+``dist/*.whl`` takes the wheels in ``dist``, ``**/*.log`` every log file below it. A
+directory the glob matches is taken whole. A glob that matches nothing is reported like a
+missing literal path: the step declared an artifact it did not produce.
+
+The walk never follows a symbolic link (the working directory is the step's, i.e. hostile:
+``dist -> /`` must not make the host's root an artifact), and it starts at the glob's literal
+prefix so ``dist/*.whl`` reads only ``dist``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Sequence
+
+from kata.globs import path_spec
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_glob(entry: str) -> bool:
+    """Whether an ``artifacts:`` entry is a glob rather than a literal path."""
+    return any(c in _GLOB_CHARS for c in entry)
+
+
+def select(workdir: Path, entries: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(paths to store, entries that matched nothing): ``paths`` are workdir-relative,
+    ``/``-separated, sorted and without duplicates (a glob's match inside a literal
+    directory entry is kept once, by the directory)."""
+    chosen: set[str] = set()
+    missing: list[str] = []
+    for entry in entries:
+        if not is_glob(entry):
+            path = entry.rstrip("/")
+            if os.path.lexists(workdir / path):
+                chosen.add(path)
+            else:
+                missing.append(entry)
+            continue
+        found = _expand(workdir, entry)
+        if not found:
+            missing.append(entry)
+        chosen.update(found)
+    # a path below another chosen directory is already in it
+    paths = sorted(chosen)
+    kept: list[str] = []
+    for p in paths:
+        if not any(p.startswith(k + "/") for k in kept):
+            kept.append(p)
+    return kept, missing
+
+
+def missing_message(missing: Sequence[str]) -> str:
+    """The ``artifact.missing`` text for the entries ``select`` found nothing for."""
+    if len(missing) == 1:
+        hint = " (no path matches it)" if is_glob(missing[0]) else ""
+        return f"declared artifact {missing[0]} was not produced{hint}"
+    shown = ", ".join(f"{e} (no path matches it)" if is_glob(e) else e for e in missing)
+    return f"declared artifacts {shown} were not produced"
+
+
+def _expand(workdir: Path, pattern: str) -> list[str]:
+    spec = path_spec(("/" + pattern.lstrip("/"),))
+    segments = pattern.strip("/").split("/")
+    prefix: list[str] = []
+    for seg in segments[:-1]:
+        if is_glob(seg):
+            break
+        prefix.append(seg)
+    start = workdir.joinpath(*prefix)
+    # every literal component must be a real directory, not a link out of the workspace
+    probe = workdir
+    for seg in prefix:
+        probe = probe / seg
+        try:
+            if not stat.S_ISDIR(os.lstat(probe).st_mode):
+                return []
+        except OSError:
+            return []
+    out: list[str] = []
+    base = "/".join(prefix)
+    stack = [base]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(start if rel == base else workdir / rel) as it:
+                children = list(it)
+        except OSError:
+            continue
+        for child in children:
+            path = f"{rel}/{child.name}" if rel else child.name
+            is_dir = child.is_dir(follow_symlinks=False)
+            if spec.match_file(path):
+                out.append(path)
+            elif is_dir:
+                stack.append(path)
+    return out

@@ -1,0 +1,96 @@
+"""Getting results out of the store: a step's artifacts as files on the host.
+
+``kata build //step --out DIR``, ``kata run --out DIR`` and ``kata export --run ID --out DIR``
+all end here. Which steps (``exported``): the ones that passed (ran or hit the cache) and
+have something to give — a step that declares no artifacts is left out unless it was
+named. Where (``export``): one step directly into DIR (a single target, as Nix's
+``./result``), several each under ``DIR/<step>/``.
+
+Each path the tree holds replaces the path of the same name at the destination (a file
+or a whole directory; a symlink there is removed, never followed), and nothing else in
+DIR is touched, so exporting twice gives the same DIR. The tree is first extracted into a
+temporary directory inside DIR and then renamed into place, so an interrupted export
+leaves no half-written artifact under its final name. Files keep their executable bit,
+symlinks stay symlinks (the store's tree format: ``store.tree``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+from kata.errors import KataError
+
+
+class TreeStore(Protocol):
+    def extract_tree(self, digest: str, dest: str | os.PathLike[str], *,
+                     readonly: bool = False) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exported:
+    step: str
+    tree: str   # the output tree digest
+    path: Path  # where its artifacts went (DIR or DIR/<step>)
+
+
+def exported(results: Iterable[tuple[str, str, str, bool]], named: Sequence[str] = ()
+             ) -> list[tuple[str, str]]:
+    """(step, tree) to export from ``(step, status, output tree, declares artifacts)``
+    rows: passed steps with a tree that declare artifacts, or that were ``named``.
+    KataError export.no_output (exit 1) for a named step with no tree."""
+    out = []
+    for step, status, tree, declares in results:
+        if step in named and (status != "passed" or not tree):
+            raise KataError("export.no_output", f"step {step} has no artifacts to export "
+                            f"(it {'did not pass' if status != 'passed' else 'has no output tree'})",
+                            obj=step, exit_code=1)
+        if status == "passed" and tree and (declares or step in named):
+            out.append((step, tree))
+    return out
+
+
+def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, *,
+           flat: bool) -> list[Exported]:
+    """Extract each (step, tree) under ``out_dir`` (``flat``: one step, directly in it)."""
+    assert not flat or len(outputs) <= 1, outputs
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise KataError("export.out_dir", f"--out {out_dir}: {err.strerror}", obj=str(out_dir)) from None
+    if not out_dir.is_dir():
+        raise KataError("export.out_dir", f"--out {out_dir} is not a directory", obj=str(out_dir))
+    done = []
+    for step, tree in outputs:
+        dest = out_dir if flat else out_dir / step
+        staging = Path(tempfile.mkdtemp(prefix=".kata-export-", dir=out_dir))
+        try:
+            store.extract_tree(tree, staging / "t")
+            if flat:
+                for name in sorted(os.listdir(staging / "t")):
+                    _replace(staging / "t" / name, dest / name)
+            else:
+                _replace(staging / "t", dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        done.append(Exported(step=step, tree=tree, path=dest))
+    return done
+
+
+def _replace(new: Path, dest: Path) -> None:
+    """Put ``new`` at ``dest``, removing what was there (a link itself, not its target)."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(dest)  # rmtree never follows symlinks inside
+        else:
+            os.unlink(dest)
+    os.rename(new, dest)

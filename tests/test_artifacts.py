@@ -1,0 +1,39 @@
+"""Which paths ``artifacts:`` entries select (kata.realise.artifacts), on a real directory."""
+
+from __future__ import annotations
+
+import os
+
+from kata.realise.artifacts import missing_message, select
+
+
+def _tree(root, files):
+    for rel in files:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(rel)
+
+
+def test_globs_are_anchored_gitignore_patterns(tmp_path):
+    _tree(tmp_path, ["dist/a.whl", "dist/b.whl", "dist/a.tar.gz", "dist/sub/c.whl",
+                     "build/x.log", "build/deep/y.log", "top.whl"])
+    assert select(tmp_path, ["dist/*.whl"]) == (["dist/a.whl", "dist/b.whl"], [])
+    assert select(tmp_path, ["*.whl"]) == (["top.whl"], [])  # anchored at the workdir
+    assert select(tmp_path, ["**/*.log"]) == (["build/deep/y.log", "build/x.log"], [])
+    assert select(tmp_path, ["dist/", "dist/*.whl"]) == (["dist"], [])  # kept once
+    assert select(tmp_path, ["dist/*.exe", "missing/"]) == ([], ["dist/*.exe", "missing/"])
+    assert missing_message(["dist/*.exe"]) == \
+        "declared artifact dist/*.exe was not produced (no path matches it)"
+
+
+def test_glob_walk_never_follows_a_link_out_of_the_workdir(tmp_path):
+    outside = tmp_path / "host"
+    _tree(outside, ["secret.whl"])
+    work = tmp_path / "work"
+    work.mkdir()
+    os.symlink(outside, work / "dist")
+    os.symlink(outside, work / "link")
+    assert select(work, ["dist/*.whl"]) == ([], ["dist/*.whl"])
+    # a link the glob names is taken as a link (not walked into)
+    assert select(work, ["**/*.whl"]) == ([], ["**/*.whl"])
+    assert select(work, ["li*"]) == (["link"], [])
