@@ -257,7 +257,7 @@ def main() -> None:
                 warm_k.append(kata(repo, "run")[0])
                 cpu_k.append(kata.last_cpu)
                 warm_b.append(bazel("build", "//..."))
-                validate.append(kata(repo, "validate")[0])
+                validate.append(kata(repo, "validate", "--offline")[0])
                 cpu_v.append(kata.last_cpu)
             cold_b = []
             for _ in range(max(1, args.repeat // 2)):
@@ -300,7 +300,7 @@ def main() -> None:
                 r = tmp / f"validate{count}"
                 r.mkdir()
                 (r / ".kata-ci.yaml").write_text(kata_config(lv, 100, BUSYBOX_REF))
-                sizes[count] = median([kata(r, "validate")[0] for _ in range(3)])
+                sizes[count] = median([kata(r, "validate", "--offline")[0] for _ in range(3)])
             print(f"5. kata validate: 1,000 steps {ms(sizes[1000])}, 10,000 steps "
                   f"{ms(sizes[10000])}: {sizes[10000] / sizes[1000]:.1f}x for 10x the steps")
     finally:

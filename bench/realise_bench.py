@@ -122,7 +122,7 @@ def bench_cached(kata: Kata, tmp: Path, store_dir: Path, digest: str) -> None:
         fill_cache(repo, store_dir, digest)
         print(f"   {n:>6} steps: realisations written in {time.perf_counter() - t:.1f}s")
         kata(repo, "run")  # warm: stat cache, page cache
-        validate = best(lambda: kata(repo, "validate")[0])
+        validate = best(lambda: kata(repo, "validate", "--offline")[0])
         cached = best(lambda: kata(repo, "run")[0])
         _, out = kata(repo, "run")
         assert f"({n} cached, 0 ran)" in out, out[-500:]

@@ -65,7 +65,7 @@ def kata_run(base: Path, address: str, n: int, tag: str) -> tuple[float, float, 
     repo.mkdir()
     (repo / "README").write_text("x\n")
     write_pipeline(repo, [FakeStep(f"s{i}", commands=(f"true {i}",)) for i in range(n)])
-    vu, vs, _, _ = kata(base, address, repo, tag, "validate")
+    vu, vs, _, _ = kata(base, address, repo, tag, "validate", "--offline")
     user, sys_, wall, out = kata(base, address, repo, tag, "run")
     assert f"All {n} steps passed" in out, out[-2000:]
     return user, sys_, wall, vu + vs

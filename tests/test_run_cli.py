@@ -242,5 +242,10 @@ def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
     exp = kata("export", "--run", run_id, "--step", "docs", "--out", str(later))
     assert exp.returncode == 0, exp.stdout + exp.stderr
     assert files(later) == {"site/index.html": "0o644 hi\n"}
+    as_json = kata("export", "--run", run_id, "--step", "docs", "--out",
+                   str(tmp_path / "j"), "--json")
+    row = json.loads(as_json.stdout)
+    assert (row["event"], row["version"], row["step"], row["path"]) == (
+        "export", 1, "docs", str(tmp_path / "j")) and row["time"].endswith("Z")
     bad = kata("export", "--run", run_id, "--step", "nope", "--out", str(later))
     assert bad.returncode == 1 and "has no step 'nope'" in bad.stderr

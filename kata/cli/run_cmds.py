@@ -282,10 +282,12 @@ def _export(store, graph, targets, result, out_dir: Path, json_out: bool) -> Non
 def _print_exports(done, json_out: bool) -> None:  # noqa: ANN001
     import json
 
+    from kata.realise.events import stamped
+
     for e in done:
         if json_out:
-            click.echo(json.dumps({"event": "export", "step": e.step, "tree": e.tree,
-                                   "path": str(e.path)}))
+            click.echo(json.dumps(stamped({"event": "export", "step": e.step, "tree": e.tree,
+                                           "path": str(e.path)})))
         else:
             click.echo(f"[OUT] {e.step} -> {e.path}")
 
