@@ -435,14 +435,21 @@ class _Walker:
                 raise self.fail("config.value", item, f"{what}: {s!r} {problem}")
         return check
 
-    def globs(self, node: Node, what: str, gitignore: bool = False) -> tuple[str, ...]:
+    def globs(self, node: Node, what: str, gitignore: bool = False,
+              reads: bool = True) -> tuple[str, ...]:
+        """Patterns; ``gitignore``: path globs (gitignore rules). ``reads``: the patterns
+        select files kata reads or keeps (inputs, key_files, artifacts), so they must stay
+        inside the repository (no ``..``, not absolute); changed-path filters (``only:
+        paths``, triggers' ``paths``) read nothing, and a leading ``/`` anchors them at
+        the root as in .gitignore."""
         inside = self.inside(what, glob=True)
 
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty pattern in {what}")
             if gitignore:
-                inside(s, item)
+                if reads:
+                    inside(s, item)
                 try:
                     check_globs((s,))
                 except ValueError as err:
@@ -845,7 +852,7 @@ class _Walker:
     def only(self, node: Node, what: str) -> conditions.Expr:
         kw = {}
         for key, (_, v) in self.fields(node, ONLY_KEYS, what).items():
-            kw[key] = self.globs(v, f"{what}.{key}", gitignore=key == "paths")
+            kw[key] = self.globs(v, f"{what}.{key}", gitignore=key == "paths", reads=False)
             if key == "events":
                 for ev, item in zip(kw[key], v.value):
                     self.one_of(ev, conditions.EVENTS, item, f"{what}.events: unknown event")
@@ -864,7 +871,8 @@ class _Walker:
                 self.one_of(ev, conditions.EVENTS, v, "unknown trigger event")
             for key in ("branches", "paths", "actions"):
                 if key in f:
-                    kw[key] = self.globs(f[key][1], f"trigger {key}", gitignore=key == "paths")
+                    kw[key] = self.globs(f[key][1], f"trigger {key}", gitignore=key == "paths",
+                                         reads=False)
             if "actions" in f:
                 for action, item in zip(kw["actions"], f["actions"][1].value):
                     self.one_of(action, conditions.PR_ACTIONS, item, "unknown pull request action")

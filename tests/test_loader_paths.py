@@ -135,3 +135,14 @@ def test_kataignore_must_be_a_regular_file(tmp_path: Path) -> None:
         Snapshot(tmp_path)
     assert err.value.reason == "inputs.kataignore"
     assert err.value.message == ".kataignore is a symlink; it must be a regular file"
+
+
+def test_changed_path_filters_may_anchor_at_the_root():
+    """``only: paths`` and triggers' ``paths`` read no file (they filter changed paths): a
+    leading ``/`` anchors them at the root as in .gitignore, and is kept as written."""
+    p = load_text(STEP + "    only: {paths: ['/*.md']}\n"
+                  "triggers:\n  - {event: push, paths: ['/docs/**']}\n", file="k.yaml")
+    assert p.steps[0].only is not None
+    with pytest.raises(KataError) as err:  # the same pattern where kata would read files
+        load_text(STEP + "    inputs: ['/*.md']\n", file="k.yaml")
+    assert err.value.reason == "config.value" and "is absolute" in err.value.message
