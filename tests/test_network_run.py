@@ -142,5 +142,10 @@ def test_a_finished_steps_namespace_is_reused_clean_and_released_on_drain(clean_
               "ip route | grep -c ^default")
     status, lines = run(clean_runtime, busybox_digest, second, "default")
     assert status == 0 and lines == [ns, b"nobody", b"1"], lines
+    while clean_runtime.netns_pool.idle == 0 and time.monotonic() < deadline + 10:
+        time.sleep(0.01)
+    # idle in a live pool is held on purpose, not a leftover (another runtime of this
+    # process, e.g. a test's second one, must not count it)
+    assert clean_runtime.netns_pool.idle == 1 and clean_runtime.network.leftovers() == []
     clean_runtime.drain()
     assert clean_runtime.netns_pool.idle == 0 and clean_runtime.network.leftovers() == []

@@ -130,7 +130,12 @@ class CniNetwork:
         return n
 
     def leftovers(self) -> list[str]:
-        return sorted(p.name for p in self.records.iterdir()) if self.records.is_dir() else []
+        """Namespaces on record that no live pool of this process keeps for reuse (an
+        idle pooled namespace is held on purpose until its runtime drains)."""
+        if not self.records.is_dir():
+            return []
+        pooled = NetnsPool.pooled()
+        return sorted(p.name for p in self.records.iterdir() if p.name not in pooled)
 
 
 class NetnsPool:
@@ -150,10 +155,25 @@ class NetnsPool:
     pool is swept by the next connect.
     """
 
+    _all_idle: set[str] = set()  # idle in any pool of this process (see leftovers())
+    _all_lock = threading.Lock()
+
     def __init__(self, network: CniNetwork) -> None:
         self.network = network
         self._idle: list[str] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def pooled(cls) -> frozenset[str]:
+        """The namespaces idle in every live pool of this process."""
+        with cls._all_lock:
+            return frozenset(cls._all_idle)
+
+    @classmethod
+    def _note(cls, add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> None:
+        with cls._all_lock:
+            cls._all_idle.update(add)
+            cls._all_idle.difference_update(drop)
 
     @property
     def idle(self) -> int:
@@ -166,6 +186,7 @@ class NetnsPool:
         with self._lock:
             if self._idle:
                 name = self._idle.pop()
+                self._note(drop=(name,))
                 return name, str(NETNS_DIR / name)
         name = f"kata-n-{secrets.token_hex(8)}"
         try:
@@ -180,6 +201,7 @@ class NetnsPool:
         if reusable and (NETNS_DIR / name).exists():
             with self._lock:
                 self._idle.append(name)
+                self._note(add=(name,))
             return
         self.network.teardown(name)
 
@@ -187,6 +209,7 @@ class NetnsPool:
         """Tear down every idle namespace; the first failure is raised after all ran."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._note(drop=tuple(idle))
         first: BaseException | None = None
         for name in idle:
             try:
