@@ -74,7 +74,7 @@ def test_pulled_images_run_with_the_registry_stopped(tmp_path, containerd_daemon
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert marks(rerun.stdout) == {mark2}
     refresh = kata("run", "--pull")
-    assert refresh.returncode == 1 and "Traceback" not in refresh.stderr
+    assert refresh.returncode == 2 and "Traceback" not in refresh.stderr  # image.unavailable
     assert "error: " in refresh.stderr and host in refresh.stderr, refresh.stderr
 
     # containerd pointed at nothing: a fully cached run neither connects nor imports grpc
@@ -144,4 +144,4 @@ def test_image_import_and_rm_keep_the_tag_record(tmp_path, containerd_daemon, ru
     assert kata("image", "rm", ref).returncode == 0
     assert json.loads(record.read_text())["tags"] == {}
     gone = KataProcess(repo, store=store, address=nothing)("run", "--dry-run")
-    assert gone.returncode == 1 and "error: " in gone.stderr  # now it must ask containerd
+    assert gone.returncode == 2 and "error: " in gone.stderr  # now it must ask containerd (gone)
