@@ -33,12 +33,31 @@ def lookup_of(graph, hits=(), damaged=()):
     return lookup
 
 
-def test_a_hit_needs_none_of_its_dependencies_and_no_secret(graph):
-    # secret steps do not cache unless cache: true; docs and test do
-    plan = make_plan(graph, targets=("test",), skip={}, use_cache=True,
-                     lookup=lookup_of(graph, hits={"test"}))
+def test_a_hit_needs_none_of_its_dependencies_and_no_secret(tmp_path):
+    chain = compile_steps(tmp_path, [
+        FakeStep("build", commands=("true",)),
+        FakeStep("test", commands=("true",), depends_on=("build",)),
+    ])
+    plan = make_plan(chain, targets=("test",), skip={}, use_cache=True,
+                     lookup=lookup_of(chain, hits={"test"}))
     assert plan.order == ("test",) and list(plan.hits) == ["test"]
     assert plan.secrets == ()
+
+
+def test_a_step_after_one_that_always_runs_is_no_hit_before_it_passed(graph):
+    # build declares a secret (never cached): test's stored result is not taken up front
+    # (build may fail, or make other outputs); it is looked up by its resolved hash once
+    # build passed, and skipped if build fails
+    plan = make_plan(graph, targets=("test",), skip={}, use_cache=True,
+                     lookup=lookup_of(graph, hits={"test"}))
+    assert plan.to_run == ("build", "test") and list(plan.hits) == []
+    assert plan.steps["test"].why == "waits for build (never cached) to pass"
+    assert plan.secrets == ("BUILD_TOKEN",)
+    # deploy waits for the nearest step that always runs upstream of it: build, via test
+    everything = make_plan(graph, targets=None, skip={}, use_cache=True,
+                           lookup=lookup_of(graph, hits={"test", "docs"}))
+    assert list(everything.hits) == ["docs"]
+    assert everything.steps["deploy"].why == "declares secrets (cache: true caches it)"
 
 
 def test_misses_pull_in_dependencies_and_their_secrets(graph):
@@ -46,8 +65,11 @@ def test_misses_pull_in_dependencies_and_their_secrets(graph):
                      lookup=lookup_of(graph, hits={"docs"}, damaged={"test"}))
     assert plan.to_run == ("build", "test", "deploy")
     assert plan.secrets == ("BUILD_TOKEN", "DEPLOY_KEY")
-    assert plan.steps["test"].why == DAMAGED
+    assert plan.steps["test"].why == "waits for build (never cached) to pass"  # not looked up
     assert plan.steps["build"].why == "declares secrets (cache: true caches it)"
+    docs = make_plan(graph, targets=("docs",), skip={}, use_cache=True,
+                     lookup=lookup_of(graph, damaged={"docs"}))
+    assert docs.steps["docs"].why == DAMAGED
     entries = {e.step: e for e in plan_entries(graph, plan)}
     assert entries["docs"].hit and not entries["test"].hit
 
@@ -67,9 +89,13 @@ def test_no_cache_looks_nothing_up(graph):
     assert plan.steps["docs"].why == "--no-cache"
 
 
-def test_early_cutoff_note_in_the_dry_run(graph):
-    plan = make_plan(graph, targets=("test",), skip={}, use_cache=True, lookup=lookup_of(graph))
-    entries = {e.step: e for e in plan_entries(graph, plan)}
+def test_early_cutoff_note_in_the_dry_run(tmp_path):
+    chain = compile_steps(tmp_path, [
+        FakeStep("build", commands=("true",)),
+        FakeStep("test", commands=("true",), depends_on=("build",)),
+    ])
+    plan = make_plan(chain, targets=("test",), skip={}, use_cache=True, lookup=lookup_of(chain))
+    entries = {e.step: e for e in plan_entries(chain, plan)}
     assert entries["test"].why == NOT_STORED + "; may still hit once build rebuilt (early cutoff)"
 
 

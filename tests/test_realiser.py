@@ -493,3 +493,23 @@ def test_group_executable_inputs_pass_the_snapshot_check(env):
     (env.repo / "src/a.txt").chmod(0o654)
     result = env.run([FakeStep("s", commands=("test -f src/a.txt",), inputs=("src/**",))])
     assert result.ok and env.runtime.started == ["s"]
+
+
+def test_a_step_after_one_that_always_runs_is_no_hit_until_it_passed(env):
+    """depends_on means "must pass first": a step after one that is never cached (secrets,
+    cache: false) is no hit before that one passed in this run; it is skipped when that
+    one fails, and a hit by its resolved hash (early cutoff) when it passes unchanged."""
+    steps = [FakeStep("gate", commands=('test "$TOKEN" = good',), inputs=("none",),
+                      secrets=("TOKEN",)),
+             FakeStep("after", commands=("echo after ran",), depends_on=("gate",),
+                      inputs=("none",))]
+    assert env.run(steps, secrets={"TOKEN": "good"}).ok
+    assert env.runtime.started == ["gate", "after"]
+    failed = env.run(steps, secrets={"TOKEN": "bad-value"})
+    assert env.runtime.started == ["gate"] and not failed.ok
+    assert failed.steps["after"].status == "skipped"
+    assert not [e for e in env.of(ev.CacheChecked) if e.step == "after" and e.hit]
+    again = env.run(steps, secrets={"TOKEN": "good"})
+    assert again.ok and env.runtime.started == ["gate"]  # gate passed: after by its outputs
+    (hit,) = [e for e in env.of(ev.CacheChecked) if e.step == "after"]
+    assert hit.hit and hit.source == "resolved"

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 Action = Literal["hit", "run", "skip"]
 DAMAGED = "cached output damaged, rebuilding"
 NOT_STORED = "not in the store"
+WAITS = "waits for"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +100,22 @@ def miss_reason(step: "Step", use_cache: bool) -> str:
     if not step.cacheable:
         return "declares secrets (cache: true caches it)"
     return ""
+
+
+def gated(graph: "DerivationGraph", use_cache: bool) -> dict[str, str]:
+    """Steps downstream of a step that always runs (``cache: false``, secrets): step ->
+    the nearest such dependency. Such a step is no hit before that dependency passed in
+    this run (``depends_on`` means "must pass first"): it is looked up by its resolved
+    hash once its dependencies are done (early cutoff), and skipped if one fails."""
+    out: dict[str, str] = {}
+    if not use_cache:
+        return out  # every step runs anyway
+    for name in graph.order:
+        for dep in graph.nodes[name].deps:
+            if miss_reason(graph.nodes[dep].step, use_cache) or dep in out:
+                out[name] = out.get(dep, dep)
+                break
+    return out
 
 
 def excluded(graph: "DerivationGraph", skip: Mapping[str, str]) -> dict[str, str]:
@@ -187,6 +204,7 @@ def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
     withheld = trust.skips((nodes[n].step for n in graph.order), scope)
     off = excluded(graph, {**withheld, **skip})
     wanted = set(targets) if targets else set(graph.order)
+    waits = gated(graph, use_cache)
     plans: dict[str, StepPlan] = {}
     for name in reversed(graph.order):
         if name not in wanted:
@@ -198,7 +216,9 @@ def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
             plans[name] = StepPlan(step=name, action="skip", why=off[name])
             continue
         why = miss_reason(node.step, use_cache)
-        if not why:
+        if not why and name in waits:
+            why = f"{WAITS} {waits[name]} (never cached) to pass"
+        elif not why:
             found = lookup(drv_hash)
             if found.record is not None:
                 plans[name] = StepPlan(step=name, action="hit", key=drv_hash, found=found)
