@@ -423,12 +423,7 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
     store = open_store(ctx)
     try:
-        record = _run_record(store, ctx, run_id)
-        known = [e.name for e in record.steps]
-        for name in steps:
-            if name not in known:
-                raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
-                                obj=name, exit_code=1)
+        record = _run_record(store, ctx, run_id, steps)
         if service is not None:
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
@@ -464,12 +459,7 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
 
     store = open_store(ctx)
     try:
-        record = _run_record(store, ctx, run_id)
-        known = [e.name for e in record.steps]
-        for name in steps:
-            if name not in known:
-                raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
-                                obj=name, exit_code=1)
+        record = _run_record(store, ctx, run_id, steps)
         with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
@@ -480,20 +470,28 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
         store.close()
 
 
-def _run_record(store, ctx: click.Context, run_id: str | None):  # noqa: ANN001, ANN202
-    """The run ``--run ID`` names, else the last run of this pipeline (KataError logs.no_run)."""
+def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
+                steps: tuple[str, ...] = ()):
+    """The run ``--run ID`` names, else the last run of this pipeline (KataError
+    logs.no_run), checked to hold every step of ``steps`` (KataError logs.no_step)."""
     if run_id:
         record = store.get_run(run_id)
         if record is None:
             raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
                             exit_code=1)
-        return record
-    pipeline = _pipeline_name(ctx)
-    found = store.list_runs(pipeline=pipeline, limit=1)
-    if not found:
-        raise KataError("logs.no_run", "no run recorded yet" +
-                        (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
-    return found[0]
+    else:
+        pipeline = _pipeline_name(ctx)
+        found = store.list_runs(pipeline=pipeline, limit=1)
+        if not found:
+            raise KataError("logs.no_run", "no run recorded yet" +
+                            (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
+        record = found[0]
+    known = [e.name for e in record.steps]
+    for name in steps:
+        if name not in known:
+            raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
+                            obj=name, exit_code=1)
+    return record
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001
