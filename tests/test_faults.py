@@ -5,10 +5,11 @@ with its [DONE] line and exit 1, never "internal error in X" or a traceback."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from support.mounts import small_tmpfs
 import yaml
 
 from fakes import FakeStep, compile_steps
@@ -24,16 +25,8 @@ IMAGE = "kata.local/busybox:latest"
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the disk-full test needs root): {res.stderr}")
-    try:
+    with small_tmpfs(tmp_path, "3m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_full_disk_fails_the_step_and_the_run_ends(tmp_path, small_fs, containerd_daemon,

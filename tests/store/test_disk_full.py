@@ -4,26 +4,19 @@ working store once space is freed."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from support.mounts import small_tmpfs
 
 from store import Realisation, Store, StoreError
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the disk-full test needs root): {res.stderr}")
-    try:
+    with small_tmpfs(tmp_path, "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_disk_full_is_clear_and_recoverable(small_fs: Path, tmp_path: Path) -> None:
