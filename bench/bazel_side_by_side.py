@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import yaml  # noqa: E402
+from timing import kata_env  # noqa: E402
 
 
 def step_name(level: int, i: int) -> str:
@@ -109,9 +110,7 @@ class Bazel:
 class Kata:
     def __init__(self, address: str, store: Path) -> None:
         self.address = address
-        self.env = {**os.environ, "KATA_STORE": str(store), "PYTHONPATH": str(ROOT),
-                    "PYTHONPYCACHEPREFIX": str(store.parent / "pycache")}
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed kata has its .pyc files
+        self.env = kata_env(store)
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "kata", "--containerd", self.address, *args]

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import yaml  # noqa: E402
+from timing import kata_env  # noqa: E402
 
 from kata.compile import compile_pipeline  # noqa: E402
 from kata.loader import load_pipeline  # noqa: E402
@@ -75,9 +76,7 @@ def layered(n: int, levels: int = 10) -> list[dict]:
 class Kata:
     def __init__(self, address: str, store: Path) -> None:
         self.address = address
-        self.env = {**os.environ, "KATA_STORE": str(store), "PYTHONPATH": str(ROOT),
-                    "PYTHONPYCACHEPREFIX": str(store.parent / "pycache")}
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed kata has its .pyc files
+        self.env = kata_env(store)
 
     def __call__(self, repo: Path, *args: str, check: bool = True) -> tuple[float, str]:
         t = time.perf_counter()

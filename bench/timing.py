@@ -33,3 +33,17 @@ def median_time(fn: Callable[[], object], n: int) -> float:
 def best_time(fn: Callable[[], object], n: int = 3) -> float:
     """Fastest of ``n`` calls, in seconds (the least disturbed run)."""
     return min(timed(fn, n))
+
+
+def kata_env(store: "Path") -> dict[str, str]:
+    """The environment a benchmark runs ``python -m kata`` in: this checkout first on
+    PYTHONPATH, ``KATA_STORE=store``, and bytecode cached beside the store (an installed
+    kata has its .pyc files; a first run must not pay for compiling them each time)."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "KATA_STORE": str(store), "PYTHONPATH": str(root),
+           "PYTHONPYCACHEPREFIX": str(Path(store).parent / "pycache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
