@@ -152,7 +152,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
              branch: str | None = None, tag: str | None = None, action: str | None = None,
              base: str | None = None, untrusted: bool = False, hook: str = "",
              default_branch: str | None = None, pull: bool = False,
-             out_dir: str | None = None) -> None:
+             out_dir: str | None = None, remote_cache: str | None = None,
+             remote_instance: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -185,6 +186,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       event=event or "", hook=hook, default_branch=default_branch,
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
+    remote = _remote_cache(remote_cache, remote_instance)
     store = open_store(ctx)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull)
     try:
@@ -214,10 +216,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             started=process_started(),  # [DONE]'s wall time is what the user waited
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
-            plan = plan_run(graph, store, options, heal=False)
+            plan = plan_run(graph, store, options, heal=False, remote=remote)
             _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
-        plan = plan_run(graph, store, options)
+        plan = plan_run(graph, store, options, remote=remote)
         # an untrusted run reads no value at all (its plan skips every step declaring one)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
@@ -229,7 +231,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         runtime.progress = _pull_events(reporter)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
-                                options=options)
+                                options=options, remote=remote)
             result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
@@ -239,14 +241,30 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         finally:
             reporter.close()
         if out_dir is not None and not result.interrupted:
+            realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         runtime.close()
         store.close()
+        if remote is not None:
+            remote.close()
     if result.interrupted:
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _remote_cache(url: str | None, instance: str | None):  # noqa: ANN202
+    """The remote cache the flags or the host config name (None: none). Bad settings are
+    errors (exit 2); an unreachable remote is not (it warns once and the run goes on)."""
+    from kata.remote.config import load_remote_config
+
+    config = load_remote_config(url, instance)
+    if config is None:
+        return None
+    from kata.remote.cache import RemoteCache
+
+    return RemoteCache(config, warn=lambda line: click.echo(f"kata: warning: {line}", err=True))
 
 
 def _pull_events(reporter):  # noqa: ANN001, ANN202
@@ -343,6 +361,12 @@ _common = [
     click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                  help="Copy the artifacts of the steps that passed to DIR/<step>/ "
                  "(directly into DIR for a single target)."),
+    click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
+                 help="A Remote Execution API cache (BuildGrid, bazel-remote, ...) behind the "
+                 "local store (default: remote.cache in /etc/kata/config.yaml). See "
+                 "docs/remote.md."),
+    click.option("--remote-instance", "remote_instance", metavar="NAME",
+                 help="The remote's instance name (default: remote.instance, else \"\")."),
 ]
 
 
@@ -380,7 +404,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
         out_dir: str | None, untrusted: bool, event: str | None, branch: str | None,
         tag: str | None, action: str | None, base: str | None, hook: str | None,
-        default_branch: str | None, pull: bool) -> None:
+        default_branch: str | None, pull: bool, remote_cache: str | None = None,
+        remote_instance: str | None = None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     if tag is not None and event is None:
         event = "tag"  # --tag T alone: run as that tag's event (a push has no tag)
@@ -391,7 +416,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
              action=action, base=base, untrusted=untrusted, hook=hook or "",
-             default_branch=default_branch, pull=pull, out_dir=out_dir)
+             default_branch=default_branch, pull=pull, out_dir=out_dir,
+             remote_cache=remote_cache, remote_instance=remote_instance)
 
 
 @click.command()
@@ -400,10 +426,12 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
           json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-          out_dir: str | None, untrusted: bool) -> None:
+          out_dir: str | None, untrusted: bool, remote_cache: str | None = None,
+          remote_instance: str | None = None) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir,
+             remote_cache=remote_cache, remote_instance=remote_instance)
 
 
 @click.command()
