@@ -134,7 +134,7 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
     if (cert is None) != (key is None):
         raise config.error("config.bad_value", "remote.tls: cert and key go together "
                            "(mutual TLS needs both)", "remote", "tls")
-    if tls_raw and not tls:
+    if tls_raw and not tls and url is None:  # a grpc:// flag just does not use them
         raise config.error("config.bad_value", "remote.tls is set but the remote is grpc:// "
                            "(use grpcs:// for TLS)", "remote", "tls")
     timeout = DEFAULT_TIMEOUT
