@@ -35,9 +35,9 @@ PIPELINE = {
         {"name": "test", "image": IMAGE, "depends_on": ["build"], "inputs": ["x"],
          "artifacts": ["report"], "commands": ["grep -q hello dist/a", "dist/bin/app > report"]},
         {"name": "lint", "image": IMAGE, "depends_on": ["build"], "inputs": ["x"],
-         "artifacts": ["lintlog"], "commands": ["test -L dist/bin/link", "echo ok > lintlog"]},
+         "artifacts": ["lintlog"], "commands": ["test -L dist/bin/link", "echo ok > lintlog", "echo linted"]},
         {"name": "package", "image": IMAGE, "depends_on": ["test"], "inputs": ["x"],
-         "artifacts": ["pkg"], "commands": ["cat report dist/a > pkg"]},
+         "artifacts": ["pkg"], "commands": ["cat report dist/a > pkg", "echo packaged"]},
         {"name": "deploy", "image": IMAGE, "depends_on": ["package"], "inputs": ["x"],
          "secrets": ["DEPLOY_TOKEN"], "cache": True, "commands": ["test -s pkg"]},
     ],
@@ -105,6 +105,12 @@ def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_
     fetched = _objects(tmp_path / "store-b")
     assert {outputs["build"], outputs["test"], outputs["package"]} <= fetched
     assert outputs["lint"] not in fetched
+
+    # kata logs on B: package's log came with its trees; lint's stayed remote
+    logs = b("logs", "--step", "package", "--step", "lint")
+    assert logs.returncode == 0, logs.stderr
+    assert "packaged" in logs.stdout and "linted" not in logs.stdout
+    assert "in the remote cache; this host never fetched it" in logs.stdout
 
     # B again: everything local now that was fetched; deploy is a local hit too
     third = b("run", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")

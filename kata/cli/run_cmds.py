@@ -570,6 +570,10 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
     digest = entry.log
     if not digest:
         return
+    if entry.cache == "HIT" and not store.has_blob(digest):
+        # a remote cache hit that no step of this host needed: its log stayed remote
+        click.echo(f"(the log {digest} is in the remote cache; this host never fetched it)")
+        return
     with store.open_blob(digest) as f:
         data = f.read()
     text = data.decode("utf-8", errors="replace")
