@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import grpc
 
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.remote.cas import Digest, Remote, RemoteError, message_digest, to_kata, wrap
+from kata.remote.cas import Digest, Remote, RemoteError, busy, message_digest, retrying, to_kata, wrap
 from store import Realisation, StoreError
 
 SALT = b"kata-remote/1"
@@ -146,19 +146,26 @@ class ActionCache:
         return self.remote.ac.GetActionResult.future(req, timeout=self.remote.cas.timeout,
                                                      metadata=self.remote.metadata)
 
-    @staticmethod
-    def answer(future) -> re_pb2.ActionResult | None:  # noqa: ANN001
-        """The result of a ``get_future`` (None: not in the cache). RemoteError otherwise."""
+    def answer(self, future, key: str) -> re_pb2.ActionResult | None:  # noqa: ANN001
+        """The result of ``get_future(key)`` (None: not in the cache); asked again while the
+        server is busy. RemoteError otherwise."""
         try:
             return future.result()
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise wrap(err, "GetActionResult") from None
+            if not busy(err):
+                raise wrap(err, "GetActionResult") from None
+        try:
+            return retrying(lambda: self.get_future(key).result(), "GetActionResult")
+        except RemoteError as err:
+            if "NOT_FOUND" in err.message:
+                return None
+            raise
 
     def get(self, key: str) -> RemoteRecord | None:
         """The record the remote holds for ``key`` (None: a miss)."""
-        result = self.answer(self.get_future(key))
+        result = self.answer(self.get_future(key), key)
         return self.decode(result) if result is not None else None
 
     def decode(self, result: re_pb2.ActionResult) -> RemoteRecord | None:
@@ -180,11 +187,9 @@ class ActionCache:
         req = re_pb2.UpdateActionResultRequest(instance_name=self._instance,
                                                action_digest=action_for(key).action_digest,
                                                action_result=stored)
-        try:
-            self.remote.ac.UpdateActionResult(req, timeout=self.remote.cas.timeout,
-                                              metadata=self.remote.metadata)
-        except grpc.RpcError as err:
-            raise wrap(err, "UpdateActionResult") from None
+        retrying(lambda: self.remote.ac.UpdateActionResult(req, timeout=self.remote.cas.timeout,
+                                                           metadata=self.remote.metadata),
+                 "UpdateActionResult")
 
 
 def cas_blobs(keys: tuple[str, ...]) -> dict[tuple[str, int], tuple[Digest, bytes]]:

@@ -28,7 +28,8 @@ from kata.remote.cas import Digest, RemoteError, connect, digest_of
 from kata.remote.config import RemoteConfig
 from store import Realisation, Store, StoreError
 
-_IN_FLIGHT = 256  # GetActionResult calls outstanding at once during a prefetch
+_IN_FLIGHT = 8  # GetActionResult calls outstanding at once during a prefetch (BuildGrid
+#                refuses calls past its thread pool, 5 per CPU by default)
 
 
 class RemoteCache:
@@ -81,7 +82,7 @@ class RemoteCache:
                 chunk = todo[i:i + _IN_FLIGHT]
                 futures = [(k, self._ac.get_future(k)) for k in chunk]
                 for k, fut in futures:
-                    result = self._ac.answer(fut)
+                    result = self._ac.answer(fut, k)
                     self._known[k] = self._ac.decode(result) if result is not None else None
         except RemoteError as err:
             self._fail(err)

@@ -140,9 +140,11 @@ def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, i
                     key = (h.hexdigest(), n)
                     if key in wanted:
                         wanted.discard(key)
-                        spool.seek(0)
-                        cas.write(Digest(hash=key[0], size_bytes=n),
-                                  iter(lambda: spool.read(1 << 20), b""))
+                        def content(spool=spool):  # noqa: ANN202 - from the start, each try
+                            spool.seek(0)
+                            return iter(lambda: spool.read(1 << 20), b"")
+
+                        cas.write(Digest(hash=key[0], size_bytes=n), content)
                 continue
             data = b"".join(rd.chunks(n, parts))
             key = (hashlib.sha256(data).hexdigest(), n)
