@@ -97,7 +97,9 @@ def start_sshd(base: Path):  # noqa: ANN201 - support.sshfs.Sshd, and its genera
         def mktemp(self, name: str) -> Path:
             return Path(tempfile.mkdtemp(prefix=name, dir=base))
 
-    gen = sshfs.sshd.__pytest_wrapped__.obj(Factory())
+    fixture = sshfs.sshd
+    fn = getattr(fixture, "__wrapped__", None) or fixture.__pytest_wrapped__.obj  # pytest 8.4 / older
+    gen = fn(Factory())
     return next(gen), gen
 
 

@@ -185,6 +185,8 @@ class Realiser:
                     run_dir.rmdir()
                 except OSError:
                     pass
+            if self.remote is not None:
+                self.remote.flush()  # the results this run sends are in the remote when it ends
             wall = time.monotonic() - (self.options.started or started)
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",

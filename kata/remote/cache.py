@@ -6,6 +6,8 @@
     remote.fetch(store, rec)                # its trees and log into the local store (lazy:
                                             #   only when a step that runs needs them)
     remote.upload(store, keys, realisation) # after a step passed and was recorded locally
+                                            #   (sent by one background thread, in order)
+    remote.flush()                          # the run's end: wait for the uploads
     remote.alias(key, rec)                  # an early-cutoff hit under another key
 
 A remote that fails (down, slow past ``timeout``, refusing, answering nonsense) is left for
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from kata.remote import trees as remote_trees
 from kata.remote.actioncache import ActionCache, RemoteRecord, cas_blobs, result_for
@@ -45,6 +48,10 @@ class RemoteCache:
         self._ready = False
         self._known: dict[str, RemoteRecord | None] = {}
         self._trees: dict[str, tuple[Digest, Digest]] = {}  # uploaded or seen this run
+        # uploads go in order on one thread: a step does not wait for its upload, and a
+        # stack tree an earlier upload sent is known to the later ones (_trees)
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kata-remote")
+        self._pending: list[Future[None]] = []
         self.stats = {"lookups": 0, "hits": 0, "uploads": 0, "fetched_trees": 0}
 
     @property
@@ -53,7 +60,17 @@ class RemoteCache:
         return not self._down
 
     def close(self) -> None:
+        """Wait for the uploads, then close the channel."""
+        self.flush()
+        self._uploader.shutdown(wait=True)
         self._remote.close()
+
+    def flush(self) -> None:
+        """Wait until every upload asked for so far is done (or dropped)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
 
     def _fail(self, err: RemoteError) -> None:
         with self._lock:
@@ -130,6 +147,14 @@ class RemoteCache:
     # -- writing -------------------------------------------------------------------
 
     def upload(self, store: Store, keys: Sequence[str], real: Realisation) -> None:
+        """Queue the upload of ``real`` under ``keys`` (see ``upload_now``); returns at once."""
+        if not self.enabled or not keys:
+            return
+        fut = self._uploader.submit(self.upload_now, store, tuple(keys), real)
+        with self._lock:
+            self._pending.append(fut)
+
+    def upload_now(self, store: Store, keys: Sequence[str], real: Realisation) -> None:
         """Put ``real`` (already recorded in ``store``) under each of ``keys``: its trees as
         REAPI Directory trees, its log, the record, and one ActionResult per key. Blobs the
         remote has are not sent again (FindMissingBlobs). Never raises: a failure of the
