@@ -128,3 +128,32 @@ def test_a_remote_nobody_answers_warns_once_and_misses(tmp_path):
             remote.fetch(store, rec)
     assert len(warned) == 1 and warned[0].startswith(f"remote cache {url} unavailable (")
     remote.close()
+
+
+def test_a_remote_that_never_answers_is_left_after_its_timeout():
+    """A server that accepts connections and says nothing (a hung remote): the first call
+    runs into its deadline, the remote is left with one warning, later lookups are free."""
+    import socket
+    import time
+
+    from kata.remote.cache import RemoteCache
+    from kata.remote.config import RemoteConfig
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # accepted by the kernel, never read
+    url = f"grpc://127.0.0.1:{hole.getsockname()[1]}"
+    warned: list[str] = []
+    remote = RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=1),
+                         warn=warned.append)
+    try:
+        started = time.monotonic()
+        remote.prefetch(["a" * 64])
+        assert remote.lookup("a" * 64) is None
+        for _ in range(100):
+            assert remote.lookup("b" * 64) is None
+        assert time.monotonic() - started < 10
+        assert len(warned) == 1 and "DEADLINE_EXCEEDED" in warned[0]
+    finally:
+        remote.close()
+        hole.close()

@@ -109,16 +109,12 @@ def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
     small = {(tree_digest.hash, tree_digest.size_bytes): (tree_digest, tree_data)}
     for _, digest, data in messages.values():
         small[(digest.hash, digest.size_bytes)] = (digest, data)
-    missing = {(d.hash, d.size_bytes) for d in cas.find_missing([*small_digests(small), *files])}
+    missing = {(d.hash, d.size_bytes) for d in cas.find_missing([*(d for d, _ in small.values()), *files])}
     cas.upload({k: v for k, v in small.items() if k in missing})
     wanted = {k for k in missing if k not in small}
     if wanted:
         _upload_contents(cas, store, tree, wanted)
     return Uploaded(tree_digest=tree_digest, root_digest=root[1])
-
-
-def small_digests(blobs: dict) -> list[Digest]:
-    return [d for d, _ in blobs.values()]
 
 
 def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, int]]) -> None:
