@@ -27,37 +27,14 @@ from kata.runtimes.containerd.config import RegistryConfig, RuntimeConfig
 from kata.runtimes.containerd.registry import RegistryClient, _public
 from support.cli import KataProcess
 from support.images import busybox_layer, files_layer, make_image
+from support.listeners import LoopbackListener
 from support.registry import docker_registry, push_image
 
 
-class Listener:
-    """A TCP socket on 127.0.0.1 that counts the connections it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
-def listener() -> Iterator[Listener]:
-    lst = Listener()
-    yield lst
-    lst.close()
+def listener() -> Iterator[LoopbackListener]:
+    with LoopbackListener() as lst:
+        yield lst
 
 
 @contextmanager
@@ -108,12 +85,12 @@ def test_a_loopback_registry_gets_no_connection(listener):
     client = RegistryClient(RuntimeConfig(), confined=True)
     err = refused(client, f"127.0.0.1:{listener.port}/kata/x:1")
     assert f"127.0.0.1:{listener.port}" in err.message and "registries:" in err.message
-    assert listener.accepted == 0
+    assert listener.count == 0
     # the same request from a trusted run connects (the listener closes it at once)
     trusted = RegistryClient(RuntimeConfig())
     with pytest.raises(KataError):
         trusted.fetch_manifest(ImageRef.parse(f"127.0.0.1:{listener.port}/kata/x:1"))
-    assert listener.accepted >= 1
+    assert listener.count >= 1
 
 
 def test_a_name_resolving_to_loopback_is_checked_where_it_connects(listener, monkeypatch):
@@ -137,7 +114,7 @@ def test_a_name_resolving_to_loopback_is_checked_where_it_connects(listener, mon
         "other.test": RegistryConfig()}), confined=True)
     err = refused(undeclared, f"registry.rebind.test:{listener.port}/kata/x:1")
     assert "127.0.0.1" in err.message
-    assert listener.accepted == 0
+    assert listener.count == 0
 
 
 @pytest.mark.parametrize("kind", ["redirect", "token realm"])
@@ -151,7 +128,7 @@ def test_a_declared_registry_cannot_send_the_client_to_loopback(listener, kind):
         host = f"127.0.0.1:{port}"
         config = RuntimeConfig(registries={host: RegistryConfig(plain_http=True)})
         refused(RegistryClient(config, confined=True), f"{host}/kata/x:1")
-    assert listener.accepted == 0
+    assert listener.count == 0
 
 
 def test_a_proxy_is_refused_for_confined_pulls(monkeypatch):
