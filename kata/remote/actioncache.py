@@ -168,13 +168,17 @@ class ActionCache:
         result = self.answer(self.get_future(key), key)
         return self.decode(result) if result is not None else None
 
-    def decode(self, result: re_pb2.ActionResult) -> RemoteRecord | None:
+    def decode(self, result: re_pb2.ActionResult,
+               records: dict[str, bytes] | None = None) -> RemoteRecord | None:
+        """The RemoteRecord of a result; its record file from the answer (inlined), from
+        ``records`` (hash -> bytes, read beforehand for many results at once), or read now."""
         where = record_digest(result)
         if where is None:
             return None
         digest, data = where
         if not data and digest.size_bytes:
-            data = self.remote.cas.read_many([digest])[digest.hash]
+            data = (records or {}).get(digest.hash) or \
+                self.remote.cas.read_many([digest])[digest.hash]
         return record_of(result, data)
 
     def update(self, key: str, result: re_pb2.ActionResult) -> None:
