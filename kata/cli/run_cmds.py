@@ -338,10 +338,14 @@ def _print_plan(entries, skipped: dict[str, str], json_out: bool) -> None:  # no
 
     for entry in entries:
         if json_out:
-            click.echo(event_line({"event": "plan", "step": entry.step, "hit": entry.hit,
-                                   "key": entry.key, "why": entry.why}))
+            data = {"event": "plan", "step": entry.step, "hit": entry.hit, "key": entry.key,
+                    "why": entry.why}
+            if entry.remote:
+                data["remote"] = True
+            click.echo(event_line(data))
         elif entry.hit:
-            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
+            where = ", remote" if entry.remote else ""
+            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)}{where})")
         else:
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
     for name, why in skipped.items():

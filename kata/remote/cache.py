@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kata.remote import trees as remote_trees
-from kata.remote.actioncache import ActionCache, RemoteRecord, cas_blobs, record_digest, result_for
+from kata.remote.actioncache import (
+    ActionCache, RemoteRecord, cas_blobs, encode_record, record_digest, result_for,
+)
 from kata.remote.cas import Digest, RemoteError, connect, digest_of
 from kata.remote.config import RemoteConfig
 from store import Realisation, Store, StoreError
@@ -139,7 +141,7 @@ class RemoteCache:
         if not self.enabled:
             raise RemoteError("remote.unavailable", f"the remote cache was left: {self._down}")
         try:
-            for tree, tree_digest in rec.trees:
+            for tree, tree_digest in rec.trees():
                 if not store.has_blob(tree):
                     remote_trees.download_tree(self._remote.cas, store, tree, tree_digest)
                     with self._lock:
@@ -189,7 +191,7 @@ class RemoteCache:
                 data = store.read_blob(real.log)
                 log = digest_of(data)
                 blobs[(log.hash, log.size_bytes)] = (log, data)
-            record_bytes = real.encode()
+            record_bytes = encode_record(real, trees)
             record = digest_of(record_bytes)
             blobs[(record.hash, record.size_bytes)] = (record, record_bytes)
             missing = {(d.hash, d.size_bytes) for d in cas.find_missing(d for d, _ in blobs.values())}
