@@ -178,3 +178,32 @@ def _drv_hash(store: Any, run_id: str, step: str) -> str:
         return ""
     found = record.step(step) if record is not None else None
     return found.drv_hash if found is not None else ""
+
+
+def previous_derivation(store: Any, pipeline: str | None, step: str, *,
+                        before: str | None = None, other_than: str = "",
+                        limit: int = 200) -> bytes | None:
+    """The encoded derivation record of ``step``'s last realisation (a run of ``pipeline``,
+    any pipeline for None, where the step passed), what ``kata why`` diffs against.
+
+    ``before``: only runs recorded before the run of this id (newest first from there);
+    ``other_than``: pass over realisations of this derivation hash (a miss is explained
+    by the last *different* derivation); ``limit``: runs looked at, at most."""
+    seen = before is None
+    looked = 0
+    for record in store.iter_runs():
+        if not seen:
+            seen = record.id == before
+            continue
+        if pipeline is not None and record.pipeline != pipeline:
+            continue
+        looked += 1
+        if looked > limit:
+            break
+        for entry in record.steps:
+            if entry.name == step and entry.status == "passed" and entry.drv_hash \
+                    and entry.drv_hash != other_than:
+                found = store.get_derivation(entry.drv_hash)
+                if found is not None:
+                    return found
+    return None
