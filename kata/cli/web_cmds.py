@@ -67,6 +67,7 @@ def web(ctx: click.Context, host: str, port: int, token_file: str | None) -> Non
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # connections queue from now on: the printed URL answers
     except OSError as err:
         sock.close()
         raise KataError("web.bind", f"cannot listen on {host}:{port}: {err.strerror or err}",

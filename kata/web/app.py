@@ -29,6 +29,7 @@ import hmac
 import json
 import os
 from pathlib import Path
+from urllib.parse import parse_qs
 from typing import Any
 
 from starlette.applications import Starlette
@@ -197,8 +198,10 @@ def create_app(store: Any, *, token: str | None = None) -> Starlette:
         if token is None:
             return RedirectResponse("/", 303)
         if request.method == "POST":
-            form = await request.form()
-            given = str(form.get("token", ""))
+            # a urlencoded form of one field: parsed here (Starlette's form() needs
+            # python-multipart, a dependency for one field)
+            body = (await request.body())[:4096].decode("utf-8", "replace")
+            given = (parse_qs(body).get("token") or [""])[0]
             if hmac.compare_digest(given.encode(), token.encode()):
                 resp = RedirectResponse("/", 303)
                 resp.set_cookie(COOKIE, token, httponly=True, samesite="strict",
