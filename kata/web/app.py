@@ -49,14 +49,20 @@ COOKIE = "kata_token"
 POLL = 0.2  # seconds between looks at a live journal
 
 
-def create_app(store: Any, *, token: str | None = None) -> Starlette:
+def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> Starlette:
     """The dashboard over ``store`` (an open ``store.Store``); ``token``: what every
-    request must present (None: nothing, for a loopback address only)."""
+    request must present (None: nothing, for a loopback address only); ``warm``: read
+    every run record once in the background from the start, so the first runs page does
+    not (10,000 records: seconds)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.globals.update(local_time=local_time, short_ref=data.short_ref, human=draw.human,
                        seconds=draw._fmt_seconds, anchor=draw._anchor)
     index = data.RunIndex(store)
+    if warm:
+        import threading
+
+        threading.Thread(target=index.entries, name="kata-web-warm", daemon=True).start()
 
     def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"auth": token is not None, **ctx},
