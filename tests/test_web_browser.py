@@ -161,6 +161,7 @@ def test_each_page_shows_the_runs(filled, browser, tmp_path):
         assert "input file x" in why, why
         lint = browser.find_element(By.ID, "step-lint")
         assert "exit 3" in lint.text and "lint says no" in lint.text  # a failure's log is open
+        browser.execute_script("window.scrollTo(0, 0);")
         _shot(browser, tmp_path, "run")
 
         # The cached run: hits marked in the DAG

@@ -191,7 +191,7 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
                     rate_chart=draw.rate_chart_svg(trends.days, trends.hits, trends.misses),
                     size_chart=draw.size_chart_svg(trends.days, trends.size_days),
                     pipeline_charts=[(p, draw.rate_chart_svg(trends.days, h, m,
-                                                              css_class="hit-rate pipeline"),
+                                                              css_class="hit-rate pipeline", height=120),
                                       trends.rate(sum(h), sum(m)))
                                      for p, h, m in trends.per_pipeline])
 

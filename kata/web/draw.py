@@ -179,10 +179,10 @@ def timeline_svg(view: RunView) -> str:
 
 
 def rate_chart_svg(days: Sequence[str], hits: Sequence[int], misses: Sequence[int],
-                   *, css_class: str = "hit-rate") -> str:
+                   *, css_class: str = "hit-rate", height: int = 200) -> str:
     """Hit rate per day as bars (class ``hit-bar``, ``data-day``, ``data-rate`` 0..1 or
-    "" for a day without steps), 0–100 % axis."""
-    width, height, left, bottom = 900, 200, 40, 24
+    "" for a day without steps), 0–100 % axis; ``height`` in pixels."""
+    width, left, bottom = 900, 40, 24
     plot_w, plot_h = width - left - 10, height - bottom - 14
     bw = plot_w / max(len(days), 1)
     out = [f'<svg class="chart {css_class}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
