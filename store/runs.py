@@ -30,6 +30,7 @@ from .errors import StoreError
 
 FORMAT = "kata-run/1"
 PHASES_VERSION = 1  # the first element of an encoded ``phases`` list
+_FIELDS: dict[type, frozenset[str]] = {}  # a record type's field names (decoding, read often)
 _RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
 
 
@@ -112,7 +113,7 @@ class StepRecord:
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "StepRecord":
-        known = {f.name for f in fields(cls)}
+        known = _FIELDS.get(cls) or _FIELDS.setdefault(cls, frozenset(f.name for f in fields(cls)))
         data = {k: v for k, v in obj.items() if k in known}
         logs = data.get("service_logs") or {}
         data["service_logs"] = tuple(sorted(logs.items())) if isinstance(logs, dict) else ()
@@ -175,7 +176,8 @@ class Run:
             obj = msgpack.unpackb(raw, raw=False)
             if not isinstance(obj, dict) or obj.pop("format", FORMAT) != FORMAT:
                 raise ValueError("unknown format")
-            known = {f.name for f in fields(cls)}
+            known = _FIELDS.get(cls) or _FIELDS.setdefault(
+                cls, frozenset(f.name for f in fields(cls)))
             data = {k: v for k, v in obj.items() if k in known}
             steps = data.get("steps") or ()
             if isinstance(steps, dict):

@@ -189,3 +189,16 @@ def test_an_old_record_still_reads(tmp_path):
         {"name": "a", "status": "passed", "cache": "MISS", "service_logs": {}}]})
     run = Run.decode(raw)
     assert run.steps[0].needs == () and run.steps[0].phases is None
+
+
+def test_the_run_index_keeps_its_summaries_across_restarts(store, tmp_path, monkeypatch):
+    from kata.web.data import RunIndex
+
+    cache = str(tmp_path / "web" / "runs.msgpack")
+    first = RunIndex(store, cache=cache).entries()
+    monkeypatch.setattr(store, "read_run", lambda name: pytest.fail(f"read {name}"))
+    assert RunIndex(store, cache=cache).entries() == first  # no record read again
+    with open(cache, "wb") as f:
+        f.write(b"\xc1 not msgpack")
+    monkeypatch.undo()
+    assert RunIndex(store, cache=cache).entries() == first  # a bad cache is no cache

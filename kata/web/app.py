@@ -58,7 +58,7 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
     env = templates.env
     env.globals.update(local_time=local_time, short_ref=data.short_ref, human=draw.human,
                        seconds=draw._fmt_seconds, anchor=draw._anchor)
-    index = data.RunIndex(store)
+    index = data.RunIndex(store, cache=os.path.join(store.state_dir, "web", "runs.msgpack"))
     if warm:
         import threading
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from kata.realise.events import iso_time
@@ -35,18 +35,61 @@ def matrix_group(step: str) -> str:
 
 class RunIndex:
     """Run summaries by record file name, read once (records never change); thread-safe.
-    ``entries()`` lists the store's runs directory and decodes only names not seen yet."""
+    ``entries()`` lists the store's runs directory and decodes only names not seen yet.
 
-    def __init__(self, store: Any) -> None:
+    ``cache``: a file keeping the summaries across restarts (``<state dir>/web/runs.msgpack``,
+    msgpack ``{"format": "kata-web-runs/1", "runs": {name: [RunSummary fields in order]}}``,
+    rewritten whole by tmp + rename after new records were read). It is only a cache: an
+    unreadable or foreign one is ignored, names no longer in the store are dropped."""
+
+    FORMAT = "kata-web-runs/1"
+
+    def __init__(self, store: Any, cache: str | None = None) -> None:
         self.store = store
+        self.cache = cache
         self._lock = threading.Lock()
-        self._by_name: dict[str, RunSummary | None] = {}
+        self._by_name: dict[str, RunSummary | None] = self._load()
+
+    def _load(self) -> dict[str, RunSummary | None]:
+        import msgpack
+
+        if self.cache is None:
+            return {}
+        try:
+            with open(self.cache, "rb") as f:
+                doc = msgpack.unpackb(f.read(), raw=False)
+            if doc.get("format") != self.FORMAT:
+                return {}
+            return {name: RunSummary(**dict(zip(_SUMMARY_FIELDS, row)))
+                    for name, row in doc["runs"].items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError,
+                msgpack.UnpackException):
+            return {}
+
+    def _save(self, names: list[str]) -> None:
+        import msgpack
+
+        assert self.cache is not None
+        rows = {n: [getattr(s, f) for f in _SUMMARY_FIELDS] for n in names
+                if (s := self._by_name.get(n)) is not None}
+        tmp = f"{self.cache}.tmp.{os.getpid()}"
+        try:
+            os.makedirs(os.path.dirname(self.cache), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(msgpack.packb({"format": self.FORMAT, "runs": rows}))
+            os.replace(tmp, self.cache)
+        except OSError:  # a cache: a full disk costs a slower next start, nothing else
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def entries(self) -> list[RunSummary]:
         """Every readable run, newest first."""
         names = self.store.run_names()
         with self._lock:
             known = self._by_name
+            read = 0
             for name in names:
                 if name not in known:
                     try:
@@ -54,7 +97,13 @@ class RunIndex:
                     except StoreError:
                         record = None  # an unreadable record is passed over, as kata runs does
                     known[name] = summarise_run(record) if record is not None else None
+                    read += 1
+            if read and self.cache is not None:
+                self._save(names)
             return [s for n in names if (s := known.get(n)) is not None]
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(RunSummary))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
