@@ -202,3 +202,18 @@ def test_the_run_index_keeps_its_summaries_across_restarts(store, tmp_path, monk
         f.write(b"\xc1 not msgpack")
     monkeypatch.undo()
     assert RunIndex(store, cache=cache).entries() == first  # a bad cache is no cache
+
+
+def test_test_report_totals_from_a_stored_report(store):
+    """The hook for JUnit reports: a kata-test-report/1 blob's totals; anything else None."""
+    from kata.web.data import report_totals, test_totals
+
+    blob = store.put_blob(json.dumps({
+        "format": "kata-test-report/1", "passed": 7, "skipped": 1, "failed": 2,
+        "failures": [{"name": "t::a", "line": "assert 1 == 2"}], "files": [],
+        "warnings": []}).encode())
+    assert report_totals(store, blob) == {"tests": 10, "passed": 7, "skipped": 1, "failed": 2,
+                                          "failures": [{"name": "t::a",
+                                                        "line": "assert 1 == 2"}]}
+    assert report_totals(store, store.put_blob(b"{}")) is None
+    assert test_totals(store, StepRecord(name="a", status="passed")) is None

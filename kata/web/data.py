@@ -164,13 +164,14 @@ def runs_page(index: RunIndex, flt: RunFilter, *, offset: int = 0, limit: int = 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepView:
     """One step of a run as the run page shows it: its record, its dependencies (the
-    record's ``needs``, else the names in its derivation record), its matrix group, and
-    ``critical``: on the run's critical path."""
+    record's ``needs``, else the names in its derivation record), its matrix group,
+    ``critical``: on the run's critical path, and its test-report totals."""
 
     record: StepRecord
     needs: tuple[str, ...]
     group: str
     critical: bool = False
+    tests: dict[str, Any] | None = None  # test-report totals (test_totals)
 
     @property
     def name(self) -> str:
@@ -192,23 +193,44 @@ class StepView:
                 "phases": None if p is None else {
                     "ready": iso_time(p.ready), "started": iso_time(p.started),
                     "running": iso_time(p.running), "ended": iso_time(p.ended)},
-                "tests": test_totals(r)}
+                "tests": self.tests}
 
 
-def test_totals(record: StepRecord) -> dict[str, int] | None:
-    """A step's test-report totals, when its record carries them: a ``tests`` field
-    (JUnit reports, recorded by another part of kata) holding ``total``/``passed``/
-    ``failed``/``skipped``/``errors`` counts, as a mapping or an object with those
-    attributes. None when the record has none (this hook shows them once they exist)."""
-    found = getattr(record, "tests", None) or getattr(record, "test_report", None)
-    if not found:
+REPORT_FORMAT = "kata-test-report/1"  # a stored JUnit report blob (kata.realise.reports)
+
+
+def test_totals(store: Any, record: StepRecord) -> dict[str, Any] | None:
+    """A step's test-report totals, when it has a stored report: ``{"tests", "passed",
+    "skipped", "failed", "failures": [{"name", "line"}]}``, else None.
+
+    The hook for JUnit reports (``reports: {junit: [...]}``): the report is a JSON blob of
+    format ``kata-test-report/1`` named by the step record's ``report`` field if it has one,
+    else by the ``report`` field of the realisation its key names (a cache hit shows the
+    totals of the run that built it). Records and realisations without one: None."""
+    digest = getattr(record, "report", "") or ""
+    if not digest and record.key and record.status == "passed":
+        try:
+            real = store.get_realisation(record.key)
+        except StoreError:
+            real = None
+        digest = getattr(real, "report", "") or ""
+    return report_totals(store, digest) if digest else None
+
+
+def report_totals(store: Any, digest: str) -> dict[str, Any] | None:
+    """The totals of the stored report blob ``digest`` (None when gone or not a report)."""
+    import json
+
+    try:
+        doc = json.loads(store.read_blob(digest))
+        if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
+            return None
+        counts = {k: int(doc.get(k, 0)) for k in ("passed", "skipped", "failed")}
+        failures = [{"name": str(f.get("name", "")), "line": str(f.get("line", ""))}
+                    for f in doc.get("failures") or () if isinstance(f, dict)]
+    except (StoreError, ValueError, TypeError, AttributeError):
         return None
-    out = {}
-    for key in ("total", "passed", "failed", "skipped", "errors"):
-        value = found.get(key) if isinstance(found, dict) else getattr(found, key, None)
-        if isinstance(value, int):
-            out[key] = value
-    return out or None
+    return {"tests": sum(counts.values()), **counts, "failures": failures}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,7 +261,8 @@ def run_view(store: Any, run_id: str) -> RunView | None:
         needs[s.name] = tuple(n for n in found if n in names)
     critical = critical_path(record.steps, needs)
     steps = tuple(StepView(record=s, needs=needs[s.name], group=matrix_group(s.name),
-                           critical=s.name in critical) for s in record.steps)
+                           critical=s.name in critical, tests=test_totals(store, s))
+                  for s in record.steps)
     return RunView(run=record, summary=summarise_run(record), steps=steps, critical=critical)
 
 
