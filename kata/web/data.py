@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from kata.realise.events import iso_time
-from kata.realise.history import RunSummary, cache_entries, previous_derivation, summarise_run
+from kata.realise.history import RunSummary, cache_entries, previous_derivations, summarise_run
 from store.errors import StoreError
 from store.runs import Run, StepRecord
 
@@ -356,32 +356,46 @@ def ansi_html(text: str) -> str:
 
 def miss_reasons(store: Any, view: RunView) -> dict[str, list[str]]:
     """For each step of the run that missed and ran: ``kata why``'s lines, its derivation
-    against the last different one that passed before this run."""
-    return {s.name: why_lines(store, view.run, s.record) for s in view.steps
-            if s.record.cache == "MISS" and s.record.drv_hash}
+    against the last different one that passed before this run (one walk over the older
+    runs for all of them)."""
+    missed = [s.record for s in view.steps if s.record.cache == "MISS" and s.record.drv_hash]
+    return why_many(store, view.run, missed)
 
 
 def why_lines(store: Any, run: Run, record: StepRecord) -> list[str]:
+    """``kata why``'s lines for one step of ``run`` that missed."""
+    return why_many(store, run, [record])[record.name]
+
+
+def why_many(store: Any, run: Run, records: list[StepRecord]) -> dict[str, list[str]]:
     from kata.derivation import decode, diff
     from kata.why import WhyResult
 
-    current = store.get_derivation(record.drv_hash)
-    if current is None:
-        return ["no derivation recorded for this step (a run from before kata recorded "
-                "them on a miss)"]
-    previous = previous_derivation(store, run.pipeline, record.name, before=run.id,
-                                   other_than=record.drv_hash)
-    if previous is None:
-        same = previous_derivation(store, run.pipeline, record.name, before=run.id)
-        if same is not None:
-            return ["same derivation as its last recorded result: the result was not in "
-                    "the store (never stored, collected by gc, damaged, --no-cache or "
-                    "cache: false)"]
-        return WhyResult(step=record.name, status="no_previous",
-                         current_hash=record.drv_hash).lines()
-    changes = diff(decode(previous), decode(current))
-    return WhyResult(step=record.name, status="changed" if changes else "unchanged",
-                     current_hash=record.drv_hash, changes=changes).lines()
+    if not records:
+        return {}
+    previous = previous_derivations(store, run.pipeline, {r.name: r.drv_hash for r in records},
+                                    before=run.id)
+    out = {}
+    for record in records:
+        current = store.get_derivation(record.drv_hash)
+        before, same = previous[record.name]
+        if current is None:
+            out[record.name] = ["no derivation recorded for this step (a run from before "
+                                "kata recorded them on a miss)"]
+        elif before is None and same:
+            out[record.name] = [
+                "same derivation as its last recorded result: the result was not in the "
+                "store (never stored, collected by gc, damaged, --no-cache, cache: false, "
+                "or a step with secrets, never cached without cache: true)"]
+        elif before is None:
+            out[record.name] = WhyResult(step=record.name, status="no_previous",
+                                         current_hash=record.drv_hash).lines()
+        else:
+            changes = diff(decode(before), decode(current))
+            out[record.name] = WhyResult(step=record.name,
+                                         status="changed" if changes else "unchanged",
+                                         current_hash=record.drv_hash, changes=changes).lines()
+    return out
 
 
 # -- cache trends ---------------------------------------------------------------------
