@@ -92,11 +92,15 @@ def main() -> None:
         filtered = statistics.median(timed(lambda: get("/runs?status=failed&pipeline=p3"))
                                      for _ in range(args.repeat))
         api = statistics.median(timed(lambda: get("/api/runs")) for _ in range(args.repeat))
+        newest = s.run_names()[0].split("-", 1)[1]
+        run_page = statistics.median(timed(lambda: get(f"/runs/{newest}")) for _ in range(5))
+        cache_page = statistics.median(timed(lambda: get("/cache")) for _ in range(3))
         print(f"anchor: read and decode {args.runs} run records directly: {anchor:.1f} ms")
         for what, ms in (("runs page, cold (first request of the first server)", cold),
                          ("runs page, first request after a restart", restarted),
                          ("runs page, warm", warm), ("runs page, filtered, warm", filtered),
-                         ("/api/runs, warm", api)):
+                         ("/api/runs, warm", api), ("a run's page (newest)", run_page),
+                         ("cache page", cache_page)):
             verdict = "meets" if ms <= TARGET_MS else "misses"
             print(f"{what}: {ms:.1f} ms = {ms / anchor:.2f}x the anchor; "
                   f"{ms / TARGET_MS:.2f}x the {TARGET_MS:.0f} ms target ({verdict})")

@@ -204,6 +204,10 @@ def test_secrets_never_appear_in_pages_or_the_api(filled):
         assert by_name["test (V=a)"]["needs"] == ["build"]
         assert by_name["build"]["phases"] is not None and by_name["build"]["why"]
         assert by_name["svc"]["services"] == ["db"]
+        # a step with secrets is never cached: its second run ran the same derivation
+        again = {s["name"]: s for s in json.loads(web.get(f"/api/runs/{runs[1]}")[1])["steps"]}
+        assert "same derivation" in again["publish"]["why"][0]
+        assert again["build"]["hit"] and again["build"]["why"] is None
     finally:
         web.stop()
 

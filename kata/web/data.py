@@ -371,14 +371,14 @@ def why_many(store: Any, run: Run, records: list[StepRecord]) -> dict[str, list[
     from kata.derivation import decode, diff
     from kata.why import WhyResult
 
-    if not records:
-        return {}
-    previous = previous_derivations(store, run.pipeline, {r.name: r.drv_hash for r in records},
-                                    before=run.id)
+    currents = {r.name: store.get_derivation(r.drv_hash) for r in records}
+    wanted = {r.name: r.drv_hash for r in records if currents[r.name] is not None}
+    previous = previous_derivations(store, run.pipeline, wanted, before=run.id) \
+        if wanted else {}
     out = {}
     for record in records:
-        current = store.get_derivation(record.drv_hash)
-        before, same = previous[record.name]
+        current = currents[record.name]
+        before, same = previous.get(record.name, (None, False))
         if current is None:
             out[record.name] = ["no derivation recorded for this step (a run from before "
                                 "kata recorded them on a miss)"]
@@ -472,14 +472,16 @@ def cache_trends(store: Any, index: RunIndex, *, now: float | None = None,
         missers=tuple(_missers(store, recent, top)))
 
 
+MISSERS_RUNS = 500  # the steps that miss most: counted over this many newest runs that ran
+
+
 def _missers(store: Any, recent: list[RunSummary], top: int) -> list[dict[str, Any]]:
-    """The steps that ran most often (missed) in ``recent`` runs, each with the reason of
-    its latest miss. Reads the records of runs that ran something."""
+    """The steps that ran most often (missed) in ``recent`` runs (the newest
+    :data:`MISSERS_RUNS` of them that ran something: their records are read), each with
+    the reason of its latest miss."""
     counts: Counter[tuple[str, str]] = Counter()
     latest: dict[tuple[str, str], tuple[Run, StepRecord]] = {}
-    for r in recent:
-        if not r.ran:
-            continue
+    for r in [r for r in recent if r.ran][:MISSERS_RUNS]:
         record = store.get_run(r.id)
         if record is None:
             continue
@@ -488,11 +490,23 @@ def _missers(store: Any, recent: list[RunSummary], top: int) -> list[dict[str, A
                 key = (record.pipeline, s.name)
                 counts[key] += 1
                 latest.setdefault(key, (record, s))
+    chosen = counts.most_common(top)
+    runs: dict[str, Run] = {}
+    by_run: dict[str, list[StepRecord]] = {}  # one walk over older runs per run, not per step
+    for key, _ in chosen:
+        run, rec = latest[key]
+        runs[run.id] = run
+        if rec.drv_hash:
+            by_run.setdefault(run.id, []).append(rec)
+    whys: dict[tuple[str, str], list[str]] = {}
+    for run_id, recs in by_run.items():
+        for name, lines in why_many(store, runs[run_id], recs).items():
+            whys[(run_id, name)] = lines
     out = []
-    for (pipeline, step), n in counts.most_common(top):
-        run, rec = latest[(pipeline, step)]
-        out.append({"pipeline": pipeline, "step": step, "misses": n, "last_run": run.id,
-                    "why": why_lines(store, run, rec) if rec.drv_hash else []})
+    for (pipeline, step), n in chosen:
+        run_id = latest[(pipeline, step)][0].id
+        out.append({"pipeline": pipeline, "step": step, "misses": n, "last_run": run_id,
+                    "why": whys.get((run_id, step), [])})
     return out
 
 
