@@ -254,8 +254,7 @@ class Realiser:
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
                                   produced_by=real.run))
         stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
-        now = time.time()
-        self._phases.pop(name, None)  # an early-cutoff hit: found, not run
+        now = time.time()  # a hit is one instant (an early-cutoff one: found, not run)
         self._set(StepResult(name=name, status="passed", cache="HIT",
                              drv_hash=self.graph.nodes[name].drv_hash or "", key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",

@@ -59,7 +59,6 @@ def dag_svg(view: RunView) -> str:
         i = 0
         while i < len(members):
             group = members[i].group
-            run = [m for m in members[i:] if m.group == group]
             j = i
             while j < len(members) and members[j].group == group:
                 j += 1
@@ -74,7 +73,6 @@ def dag_svg(view: RunView) -> str:
             if boxed:
                 groups.append((group, PAD + c * COL_W, top, y - ROW_H + NODE_H))
                 y += 10
-            del run
             i = j
         height = max(height, y)
     width = PAD * 2 + max(columns) * COL_W + NODE_W + 8
