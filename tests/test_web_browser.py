@@ -148,6 +148,8 @@ def test_each_page_shows_the_runs(filled, browser, tmp_path):
         assert group.get_attribute("data-group") == "test"
         bars = browser.find_elements(By.CSS_SELECTOR, "svg.timeline rect.bar.phase-running")
         assert len(bars) == 6
+        # preparing (workspace, image) before each container: the runtime's running hook
+        assert browser.find_elements(By.CSS_SELECTOR, "svg.timeline rect.bar.phase-pulling")
         critical = browser.find_elements(By.CSS_SELECTOR, "svg.timeline g.row.critical")
         assert critical, "a critical path is highlighted"
         build = browser.find_element(By.ID, "step-build")
