@@ -526,7 +526,8 @@ class Realiser:
         if missing:
             return ("artifact.missing", artifacts.missing_message(missing), "")
         try:
-            outputs = self.records.put_tree(workdir, paths)
+            outputs = self.records.put_tree(
+                workdir, paths, artifacts.dir_links(workdir, paths, step.workdir))
             if self.options.record:
                 self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts
