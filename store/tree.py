@@ -84,6 +84,8 @@ def _record(kind: str, path: bytes, arg: int | bytes) -> bytes:
 
 
 END_RECORD = (lambda h: _LEN.pack(len(h)) + h)(msgpack.packb(["e"], use_bin_type=True))
+#: the canonical archive of an empty directory (what a step without artifacts stores)
+EMPTY_TREE = MAGIC + END_RECORD
 
 
 def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
