@@ -62,6 +62,8 @@ class Host:
     store: Path = Path("/var/lib/kata/store")
     containerd_address: str | None = None
     system_socket: str = "/run/containerd/containerd.sock"
+    server_socket: str = ""
+    server_access: str = "no"  # kata.sockets.socket_access of server_socket
     kata_socket: str = ""
     kata_pid: int | None = None
     answers: Callable[[str], bool] = field(default=lambda path: False)
@@ -81,9 +83,18 @@ def _version(binary: str) -> str:
 def check_root(host: Host) -> Check:
     if host.euid == 0:
         return Check(name="root", status="ok", detail="running as root")
+    if host.server_access == "yes":
+        return Check(name="root", status="ok", detail=f"uid {host.euid}: kata commands run "
+                     f"as root through kata's server at {host.server_socket} (group kata)")
+    if host.server_access == "denied":
+        return Check(name="root", status="fail", detail=f"uid {host.euid} may not use kata's "
+                     f"server at {host.server_socket}",
+                     fix="an administrator adds you to group kata (usermod -aG kata $USER; "
+                         "root-equivalent), then log in again; or run kata as root")
     return Check(name="root", status="fail", detail=f"running as uid {host.euid}",
                  fix="kata mounts each step's workspace (overlayfs) and drives containerd: "
-                     "run it as root (sudo kata ...)")
+                     "run it as root (sudo kata ...), or have root run kata's server "
+                     "(kata daemon serve) and add you to group kata")
 
 
 def check_overlay(host: Host) -> Check:

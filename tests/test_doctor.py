@@ -121,6 +121,17 @@ def test_kata_s_own_containerd_already_running_is_reported_as_such(tmp_path) -> 
     assert fix.startswith("kata daemon stop")
 
 
+def test_a_non_root_user_in_group_kata_passes_the_root_check(tmp_path) -> None:
+    sock = "/run/kata/kata.sock"
+    ok = by_name(fake_host(tmp_path, euid=1000, server_socket=sock, server_access="yes"))
+    assert ok["root"][:2] == ("ok", f"uid 1000: kata commands run as root through kata's "
+                                    f"server at {sock} (group kata)")
+    denied = by_name(fake_host(tmp_path, euid=1000, server_socket=sock, server_access="denied"))
+    assert denied["root"][0] == "fail" and "usermod -aG kata" in denied["root"][2]
+    alone = by_name(fake_host(tmp_path, euid=1000))
+    assert alone["root"][0] == "fail" and "kata daemon serve" in alone["root"][2]
+
+
 def test_kata_doctor_finds_kata_s_running_containerd(tmp_path, containerd_daemon) -> None:
     """On this machine: a host config naming the state_dir of a running embedded
     containerd (the test's own): doctor reports it running, starts nothing, exits 0."""
