@@ -8,6 +8,7 @@ directory; nothing on the host is read or written through any of them."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,11 @@ steps:
       - test ! -e host-secret
       - test "$(readlink up)" = ../..
       - test "$(readlink alias)" = src && cat alias/a.txt
+  - name: realvenv
+    image: kata.local/busybox:latest
+    inputs: ["pyenv/**"]
+    artifacts: [pyenv/]
+    commands: ["test -L pyenv/bin/python3 && test -L pyenv/lib64"]
   - name: venv
     image: kata.local/busybox:latest
     inputs: [none]
@@ -65,6 +71,10 @@ def test_links_are_data_from_repository_to_export(tmp_path, containerd_daemon, r
     os.symlink(secret, repo / "host-secret")  # absolute, and not in any container
     os.symlink("../..", repo / "up")
     os.symlink("src", repo / "alias")
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(repo / "pyenv")],
+                   check=True)  # a real virtualenv: bin/python3 -> /usr/bin/python3, lib64 -> lib
+    venv_links = _links(repo / "pyenv")
+    assert venv_links["bin/python3"] == "/usr/bin/python3"
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "links")
@@ -81,10 +91,11 @@ def test_links_are_data_from_repository_to_export(tmp_path, containerd_daemon, r
                                     "venv/bin/python3": "python", "venv/planted": str(secret)}
     assert (out / "venv" / "result").is_dir() and not (out / "venv" / "result").is_symlink()
     assert (out / "venv" / "result" / "app").read_text() == "app\n"
+    assert _links(out / "realvenv" / "pyenv") == venv_links  # exported as the same links
     assert secret.read_text() == "host data\n"
 
     second = kata("run")  # the links are keyed as links: all cached
-    assert second.returncode == 0 and "3 cached, 0 ran" in second.stdout.splitlines()[-1]
+    assert second.returncode == 0 and "4 cached, 0 ran" in second.stdout.splitlines()[-1]
     os.unlink(repo / "up")
     os.symlink("../../..", repo / "up")  # a retargeted link is a changed input
     third = kata("run")
