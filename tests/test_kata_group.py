@@ -190,6 +190,8 @@ def test_what_goes_to_the_server_and_what_root_runs_with(tmp_path, monkeypatch):
     assert command_of(["-f", "ci.yaml", "--store", "s", "run", "--step", "x"]) == "run"
     assert command_of(["--containerd", "/x.sock", "daemon", "status"]) == "daemon"
     assert command_of(["--help"]) is None and command_of([]) is None
+    from kata.client import LOCAL
+    assert {"daemon", "doctor", "hooks"} <= LOCAL and "run" not in LOCAL
     monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin")
     for name in [n for n in os.environ if n.startswith(("PYTHON", "LD_"))]:
         monkeypatch.delenv(name)
