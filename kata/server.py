@@ -15,7 +15,8 @@ of JSON: ``{"argv": [...], "cwd": "/abs", "env": {...}}``. The server checks the
 as root in ``cwd`` with the client's descriptors as its stdio (a terminal stays a
 terminal: the live view works) and the client's environment (secrets come from it, as in
 a local run) except what chooses the code root runs (``PATH``, ``PYTHON*``, ``LD_*``:
-the server's own). While it runs, a line ``INT`` or ``TERM`` from the
+the server's own; ``KATA_OUT_OWNER`` is set to the requester, so the files ``--out``
+writes are theirs). While it runs, a line ``INT`` or ``TERM`` from the
 client is sent to it as that signal, and the client hanging up is an ``INT``. At the end
 the server writes ``exit N`` (a death by signal S: ``128+S``) and closes.
 
@@ -54,6 +55,21 @@ GROUP = "kata"
 MAX_REQUEST = 8 << 20  # argv, cwd and environment: bounded before it is read
 _LEN = struct.Struct(">I")
 _ENV_DROPPED = ("PYTHON", "LD_")
+
+
+#: set by the server for the kata it runs: who asked (``uid:gid``), so ``--out`` gives
+#: them the files it writes (``out_owner``)
+OUT_OWNER = "KATA_OUT_OWNER"
+
+
+def out_owner() -> tuple[int, int] | None:
+    """(uid, gid) ``--out`` files go to: the server's requester, when this kata is root
+    and was started by the server; else None (files stay this process's)."""
+    text = os.environ.get(OUT_OWNER, "")
+    uid, _, gid = text.partition(":")
+    if os.geteuid() != 0 or not (uid.isdigit() and gid.isdigit()):
+        return None
+    return int(uid), int(gid)
 
 
 def socket_path() -> Path:
@@ -212,7 +228,8 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     ``PATH``, ``PYTHON*`` and ``LD_*`` are the server's own (root's ``PATH`` has the
     ``sbin`` tools kata runs: iptables, the CNI plugins' helpers)."""
     out = {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str)
-           and not k.startswith(_ENV_DROPPED) and k not in ("PATH", "KATA_SERVER_SOCKET")}
+           and not k.startswith(_ENV_DROPPED)
+           and k not in ("PATH", "KATA_SERVER_SOCKET", OUT_OWNER)}
     out.update((k, v) for k, v in os.environ.items() if k == "PATH" or k.startswith(_ENV_DROPPED))
     return out
 
@@ -254,6 +271,7 @@ def _run(conn: socket.socket, peer: Peer, request: dict, fds: list[int]) -> None
         _say(conn, "exit 2")
         return
     env = child_env(request.get("env") or {})
+    env[OUT_OWNER] = f"{peer.uid}:{peer.gid}"  # --out files are the requester's
     with tempfile.TemporaryDirectory(prefix="kata-server-") as scratch:
         _safe_directory(cwd, peer.uid, env, Path(scratch))
         try:

@@ -129,8 +129,14 @@ def test_the_socket_is_root_kata_0660_and_its_files_deliberate(arena):
 
 def test_a_member_runs_a_pipeline_through_the_server(arena):
     token = "group-s3cret-value"
-    first = _as(arena, MEMBER, "run", "--step", "build", extra={"DEPLOY_TOKEN": token})
+    out = arena["base"] / "out"
+    first = _as(arena, MEMBER, "run", "--step", "build", "--out", str(out),
+                extra={"DEPLOY_TOKEN": token})
     assert first.returncode == 0, first.stdout + first.stderr
+    member = _user(MEMBER)  # what --out wrote is the member's, not root's
+    assert (out / "dist" / "a.txt").read_text() == "from the member's repository\n"
+    assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in [out, *out.rglob("*")]} == {
+        (member.pw_uid, member.pw_gid)}
     lines = first.stdout.splitlines()
     assert "build | from the member's repository" in lines  # git ran in the member's repo
     assert "build | token ***" in lines and token not in first.stdout + first.stderr
