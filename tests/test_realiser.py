@@ -142,6 +142,13 @@ def test_links_out_of_the_tree_are_artifacts_as_links(env):
     assert "app" in [e.text for e in env.of(ev.OutputLine) if e.step == "use"]
 
 
+def test_the_run_directory_is_private(env):
+    """Every workspace of a run lives in a 0700 directory (SECURITY.md, "Group kata")."""
+    steps = [FakeStep("s", commands=('stat -c %a "$(pwd)/../.."',), inputs=("none",))]
+    assert env.run(steps).ok, env.events  # the workspace is <run dir>/<id>/m
+    assert [e.text for e in env.of(ev.OutputLine)] == ["700"]
+
+
 def test_a_dependent_cannot_see_non_artifact_files(env):
     steps = [
         FakeStep("a", commands=("mkdir -p dist", "echo x > dist/x", "echo secret > scratch"),

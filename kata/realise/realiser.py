@@ -162,7 +162,11 @@ class Realiser:
             if to_run:
                 self._need_runtime()
                 sweep_dead_runs(self.options.work_root)
-                run_dir.mkdir(parents=True, exist_ok=True)
+                run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # OWNERSHIP: the run's workspaces (inputs, outputs) and secrets are root's
+                # alone; a container reaches its workspace through its bind mount, which
+                # the modes of the directories above it do not gate
+                os.chmod(run_dir, 0o700)
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
                 deps = {n: self.graph.nodes[n].deps for n in self.graph.order}
