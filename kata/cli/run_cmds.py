@@ -227,8 +227,14 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                        "it will appear unmasked in output and logs", err=True)
         reporter = _reporter(json_out)
         runtime.progress = _pull_events(reporter)
+        runner = runtime
+        if ctx.obj and ctx.obj.get("remote_executor"):  # steps run on REAPI workers
+            from kata.executor.client import RemoteRuntime
+
+            runner = RemoteRuntime(ctx.obj["remote_executor"], runtime,
+                                   instance=ctx.obj.get("remote_executor_instance", ""))
         try:
-            realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
+            realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
                                 options=options)
             result = realiser.run(plan)
         except ForcedInterrupt:
@@ -238,6 +244,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             os._exit(130)
         finally:
             reporter.close()
+            if runner is not runtime:
+                runner.close()
         if out_dir is not None and not result.interrupted:
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
@@ -343,7 +351,21 @@ _common = [
     click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                  help="Copy the artifacts of the steps that passed to DIR/<step>/ "
                  "(directly into DIR for a single target)."),
+    click.option("--remote-executor", metavar="URL", expose_value=False,
+                 callback=lambda ctx, _p, v: _remember(ctx, "remote_executor", v),
+                 help="Run the steps that must run on REAPI workers (`kata worker`) through "
+                 "this Execution service: grpc://HOST:PORT (docs/remote.md)."),
+    click.option("--remote-executor-instance", metavar="NAME", expose_value=False,
+                 callback=lambda ctx, _p, v: _remember(ctx, "remote_executor_instance", v),
+                 help="The executor's REAPI instance name (default: the unnamed one)."),
 ]
+
+
+def _remember(ctx: click.Context, key: str, value):  # noqa: ANN001, ANN202
+    """Keep an option that only the realiser's wiring reads in ``ctx.obj``."""
+    if value is not None:
+        ctx.ensure_object(dict)[key] = value
+    return value
 
 
 def _with_common(fn):  # noqa: ANN001, ANN202
