@@ -197,3 +197,53 @@ def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, ka
     survivor = next(w for w in workers if w is not victim)
     assert worker_of(kata, "slow") == survivor.name
     assert ": done (ok)" in survivor.text()
+
+
+def test_the_scheduler_restarting_mid_step_loses_nothing(grid, workers, kata):
+    """BuildGrid stopped and started again (same port, same PostgreSQL) while a step runs:
+    the worker keeps its lease and reports it later, the client follows the operation again
+    (WaitExecution), and the next run still finds the workers."""
+    bg, image = grid
+    pipeline = {"pipeline": "restart", "steps": [
+        {"name": "long", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["sleep 2", "mkdir -p out", "cp src/a.txt out/"]},
+        {"name": "after", "image": image, "depends_on": ["long"],
+         "commands": ["cat out/a.txt"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(": starting" in w.text() for w in workers):
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no worker took the step"
+            time.sleep(0.05)
+        bg.stop()
+        bg.start()
+        out, err = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, out + err
+    assert "after | hello from the client" in out
+    assert {worker_of(kata, "long"), worker_of(kata, "after")} <= {"w1", "w2"}
+    assert all(w.proc.poll() is None for w in workers)  # both workers lived through it
+
+
+def test_a_step_with_a_secret_runs_locally(grid, workers, kata):
+    bg, image = grid
+    pipeline = {"pipeline": "secret", "steps": [
+        {"name": "deploy", "image": image, "secrets": ["TOKEN"], "inputs": ["src/**"],
+         "commands": ['test -n "$TOKEN"', "echo deployed"]},
+        {"name": "plain", "image": image, "inputs": ["src/**"], "commands": ["echo plain"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url, "--secret", "TOKEN=s3cret-value-1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "deploy | kata: ran locally: the step has secrets" in run.stdout
+    assert "deploy | deployed" in run.stdout
+    assert worker_of(kata, "plain") in {"w1", "w2"}
+    for w in workers:  # the one remote step is the only lease any worker saw
+        assert "s3cret" not in w.text()
+    assert sum(w.text().count(": starting") for w in workers) == 1
