@@ -282,6 +282,19 @@ def _file_record(entry: _Entry, path: bytes, fut: Future[bytes] | None) -> Itera
                          obj=os.fsdecode(path)) from err
 
 
+def restream(items: Iterable[tuple[str, bytes, "int | bytes", "Iterable[bytes] | None"]]) -> Iterator[bytes]:
+    """The canonical archive of entries that come from elsewhere (a remote cache), already in
+    canonical order: (kind "d"|"f"|"x"|"l", path, size or link target, content chunks for a
+    file). Nothing is checked here: the digest of what comes out proves (or not) that it is
+    the tree it claims to be, and extraction validates it like any other archive."""
+    yield MAGIC
+    for kind, path, arg, chunks in items:
+        yield _record(kind, path, arg)
+        if chunks is not None:
+            yield from chunks
+    yield END_RECORD
+
+
 class _ManifestTap:
     """Parses a canonical archive as it streams past (chunks split anywhere) and records
     what each file and link entry holds: ``out[path] = (kind, "sha256:<hex>")``, the
