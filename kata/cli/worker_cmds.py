@@ -41,11 +41,11 @@ def register(cli: click.Group) -> None:
 def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: str | None,
            state_dir: str | None, poll: float) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers."""
-    from kata.executor.files import channel
     from kata.executor.worker import Worker, default_name
+    from kata.remote.config import parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
-    channel(url).close()  # a bad URL is exit 2 before anything starts
+    parse_url(url, where="--executor")  # a bad URL is exit 2 before anything starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     obj = ctx.find_root().obj or {}

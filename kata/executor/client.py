@@ -20,8 +20,9 @@ service) runs on ``local`` instead, with one ``kata: ran locally`` line: secrets
 put in a CAS (SECURITY.md). BuildGrid 0.4 serves no LogStream, so the output of a
 remote step reaches the terminal when it ends, not line by line while it runs.
 
-Errors: ``KataError`` ``remote.unavailable`` (the executor could not be reached),
-``remote.failed`` (the operation ended with an error status), ``remote.bad_url``.
+Errors: ``KataError`` ``remote.unavailable`` / ``remote.deadline`` (the executor could not
+be reached for ``reconnect_for`` seconds), ``remote.refused`` / ``remote.bad_answer`` (from
+the CAS), ``remote.failed`` (the operation ended with an error status), ``remote.bad_url``.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ from kata.remote._api.build.bazel.remote.execution.v2 import (
     remote_execution_pb2_grpc as re_grpc,
 )
 from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_grpc
+from kata.remote.cas import RemoteError
 from kata.runtimes.base import CANCEL_EXIT, OutputSink, Runtime, ServiceSink, StepSpec
 
 from . import action as act
 from . import files
+from .connection import connect
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
               grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+_RETRY_REASONS = ("remote.unavailable", "remote.deadline")
 
 
 def runs_remotely(spec: StepSpec) -> bool:
@@ -66,16 +70,17 @@ class RemoteRuntime:
         self.instance = instance
         self.local = local
         self.reconnect_for = reconnect_for
-        self._channel = files.channel(url)
-        self.cas = files.Cas(self._channel, instance)
-        self._execution = re_grpc.ExecutionStub(self._channel)
-        self._operations = operations_pb2_grpc.OperationsStub(self._channel)
+        self._remote = connect(url, instance, where="--remote-executor")
+        self.cas = self._remote.cas
+        self._md = self._remote.metadata
+        self._execution = re_grpc.ExecutionStub(self._remote.channel)
+        self._operations = operations_pb2_grpc.OperationsStub(self._remote.channel)
 
     def resolve_image(self, ref: str) -> str:
         return self.local.resolve_image(ref)
 
     def close(self) -> None:
-        self._channel.close()
+        self._remote.close()
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
@@ -92,8 +97,8 @@ class RemoteRuntime:
         root = files.join_root(packed, {act.WORKSPACE_DIR: packed.root},
                                {act.SPEC_FILE: act.spec_document(spec)})
         remote = act.build_action(spec, root)
-        self._call(lambda: self.cas.upload({**packed.directories, **remote.blobs},
-                                           packed.files), "upload the step's inputs")
+        self._call(lambda: files.upload(self.cas, {**packed.directories, **remote.blobs},
+                                        packed.files), "upload the step's inputs")
         response = self._execute(remote.digest, cancel)
         if response is None:
             return CANCEL_EXIT
@@ -101,13 +106,14 @@ class RemoteRuntime:
         worker = result.execution_metadata.worker or "?"
         _say(sink, f"kata: ran on worker {worker}\n")
         outputs = {d.path: d.tree_digest for d in result.output_directories}
-        trees = self._call(lambda: self.cas.read(outputs.values()), "fetch the step's output")
-        stdout = self._call(lambda: self.cas.read([result.stdout_digest]),
+        trees = self._call(lambda: self.cas.read_many(outputs.values()),
+                           "fetch the step's output")
+        stdout = self._call(lambda: self.cas.read_many([result.stdout_digest]),
                             "fetch the step's log")[files.key(result.stdout_digest)]
         if stdout:
             sink("stdout", stdout) if getattr(sink, "raw", False) else _lines(sink, stdout)
         if result.stderr_raw or result.stderr_digest.size_bytes:
-            err = result.stderr_raw or self.cas.read([result.stderr_digest])[
+            err = result.stderr_raw or self.cas.read_many([result.stderr_digest])[
                 files.key(result.stderr_digest)]
             sink("stderr", err) if getattr(sink, "raw", False) else _lines(sink, err)
         if service_sink is not None and act.SERVICES_DIR in outputs:
@@ -126,7 +132,7 @@ class RemoteRuntime:
     def _service_logs(self, data: bytes, service_sink: ServiceSink) -> None:
         tree = re_pb2.Tree()
         tree.ParseFromString(data)
-        logs = self.cas.read(f.digest for f in tree.root.files)
+        logs = self.cas.read_many(f.digest for f in tree.root.files)
         for f in tree.root.files:
             name = f.name.removesuffix(".log")
             text = logs[files.key(f.digest)]
@@ -139,10 +145,10 @@ class RemoteRuntime:
         while True:
             try:
                 return fn()
-            except grpc.RpcError as err:
-                if err.code() not in _RETRYABLE or time.monotonic() > deadline:  # type: ignore[attr-defined]
-                    raise KataError("remote.unavailable", f"could not {what} at {self.url}: "
-                                    f"{err.details()}", exit_code=1) from err  # type: ignore[attr-defined]
+            except RemoteError as err:
+                if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
+                    raise KataError(err.reason, f"could not {what} at {self.url}: "
+                                    f"{err.message}", exit_code=1) from err
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -154,11 +160,12 @@ class RemoteRuntime:
         delay = 0.2
         while True:
             if name:
-                call = self._execution.WaitExecution(re_pb2.WaitExecutionRequest(name=name))
+                call = self._execution.WaitExecution(re_pb2.WaitExecutionRequest(name=name),
+                                                     metadata=self._md)
             else:
                 call = self._execution.Execute(re_pb2.ExecuteRequest(
                     instance_name=self.instance, action_digest=digest,
-                    skip_cache_lookup=True))
+                    skip_cache_lookup=True), metadata=self._md)
             stop = threading.Event()
             watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call),
                                        daemon=True)
@@ -191,7 +198,7 @@ class RemoteRuntime:
             return
         try:
             self._operations.CancelOperation(operations_pb2.CancelOperationRequest(name=name),
-                                             timeout=10)
+                                             timeout=10, metadata=self._md)
         except grpc.RpcError:
             pass  # the scheduler drops the lease when it can; nothing of ours to release
 

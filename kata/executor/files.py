@@ -6,8 +6,8 @@ directories and symlinks each sorted by name, serialised deterministically) name
 digest of those bytes. An output directory travels as one ``Tree`` message (its root
 and every directory below it).
 
-- ``Cas``: the few CAS calls both ends need (FindMissingBlobs, BatchUpdateBlobs and
-  ByteStream.Write for blobs over ``BATCH_LIMIT``, BatchReadBlobs and ByteStream.Read).
+- ``upload``/``fetch_to``/``directories``: blobs up and down through ``kata.remote.cas.Cas``
+  (FindMissingBlobs first; batches, ByteStream for big blobs; every read verified).
 - ``pack_dir``: a directory on disk -> its ``Directory`` messages and file blobs
   (nothing read twice, nothing uploaded that the CAS has: ``Cas.upload``).
 - ``materialise``: a ``Directory`` tree -> files on disk (the worker's input root).
@@ -23,24 +23,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.remote._api.build.bazel.remote.execution.v2 import (
-    remote_execution_pb2_grpc as re_grpc,
-)
-from kata.remote._api.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
+from kata.remote.cas import Cas
 
-BATCH_LIMIT = 1 << 20  # blobs up to 1 MiB go in batches, larger ones through ByteStream
-BATCH_TOTAL = 3 << 20  # bytes per BatchUpdateBlobs/BatchReadBlobs call (BuildGrid: ~4 MiB)
-CHUNK = 1 << 20  # ByteStream chunk size
-FIND_MISSING_BATCH = 2000  # digests per FindMissingBlobs call
+CHUNK = 1 << 20  # bytes read from a file at a time
 
 
 def digest_of(data: bytes) -> re_pb2.Digest:
@@ -49,31 +40,13 @@ def digest_of(data: bytes) -> re_pb2.Digest:
 
 
 def key(digest: re_pb2.Digest) -> str:
-    """``hash/size``: a digest as a dict key and in messages."""
-    return f"{digest.hash}/{digest.size_bytes}"
+    """A digest as a dict key: its hash (what ``Cas.read_many`` keys its answer by)."""
+    return digest.hash
 
 
 def message_bytes(message) -> bytes:  # noqa: ANN001 - a protobuf message
     """The canonical bytes of a message (deterministic serialisation, as REAPI asks)."""
     return message.SerializeToString(deterministic=True)
-
-
-def channel(url: str) -> grpc.Channel:
-    """A channel to ``grpc://HOST:PORT`` (plaintext) or ``grpcs://HOST:PORT`` (TLS with the
-    system roots); ``KataError("remote.bad_url")`` for anything else."""
-    for scheme, secure in (("grpc://", False), ("grpcs://", True), ("http://", False),
-                           ("https://", True)):
-        if url.startswith(scheme):
-            target = url[len(scheme):].rstrip("/")
-            if not target:
-                break
-            options = [("grpc.max_receive_message_length", 64 << 20),
-                       ("grpc.max_send_message_length", 64 << 20)]
-            if secure:
-                return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
-            return grpc.insecure_channel(target, options)
-    raise KataError("remote.bad_url", f"{url!r} is not a remote address: use "
-                    "grpc://HOST:PORT (or grpcs://HOST:PORT for TLS)", obj=url)
 
 
 @dataclass(slots=True)
@@ -159,147 +132,56 @@ def join_root(packed: Packed, dirs: dict[str, re_pb2.Digest],
     return digest
 
 
-def _digest_from_key(k: str) -> re_pb2.Digest:
-    h, size = k.split("/")
-    return re_pb2.Digest(hash=h, size_bytes=int(size))
+def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = None) -> int:
+    """Send what the CAS lacks of ``blobs`` (hash -> bytes) and ``files`` (hash -> a path
+    holding those bytes): FindMissingBlobs first, then batches, ByteStream for a blob over
+    the batch limit. Returns how many blobs were sent. RemoteError as ``Cas`` raises it."""
+    files = files or {}
+    digests = {h: digest_of(b) for h, b in blobs.items()}
+    for h, path in files.items():
+        if h not in digests:
+            digests[h] = re_pb2.Digest(hash=h, size_bytes=os.stat(path).st_size)
+    missing = cas.find_missing(digests.values())
+    small: dict[tuple[str, int], tuple[re_pb2.Digest, bytes]] = {}
+    for digest in missing:
+        h = digest.hash
+        if digest.size_bytes > cas.batch_limit:
+            cas.write(digest, iter((blobs[h],)) if h in blobs else _read_chunks(files[h]))
+        else:
+            data = blobs[h] if h in blobs else Path(files[h]).read_bytes()
+            small[(h, digest.size_bytes)] = (digest, data)
+    cas.upload(small)
+    return len(missing)
 
 
-class Cas:
-    """The CAS of one REAPI instance: blobs up and down, missing ones only."""
+def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], executable: bool,
+             data: bytes | None = None) -> None:
+    """Write one blob (``data`` when already read, else streamed) to a new file."""
+    mode = 0o755 if executable else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        if data is not None:
+            f.write(data)
+        elif digest.size_bytes:
+            for chunk in cas.read(digest):
+                f.write(chunk)
+    os.chmod(path, mode)
 
-    def __init__(self, chan: grpc.Channel, instance: str = "") -> None:
-        self.instance = instance
-        self._cas = re_grpc.ContentAddressableStorageStub(chan)
-        self._bytestream = bytestream_pb2_grpc.ByteStreamStub(chan)
 
-    def missing(self, digests: Iterable[re_pb2.Digest]) -> list[re_pb2.Digest]:
-        """Those of ``digests`` the CAS does not hold (FindMissingBlobs, in batches)."""
-        todo = {key(d): d for d in digests if d.size_bytes > 0}
-        keys = list(todo)
-        found: list[re_pb2.Digest] = []
-        for i in range(0, len(keys), FIND_MISSING_BATCH):
-            reply = self._cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(
-                instance_name=self.instance,
-                blob_digests=[todo[k] for k in keys[i:i + FIND_MISSING_BATCH]]))
-            found.extend(reply.missing_blob_digests)
-        return found
-
-    def upload(self, blobs: dict[str, bytes], files: dict[str, str] | None = None) -> int:
-        """Send what the CAS lacks of ``blobs`` (key -> bytes) and ``files`` (key -> path);
-        return how many blobs were sent."""
-        files = files or {}
-        wanted = [_digest_from_key(k) for k in (*blobs, *files)]
-        missing = self.missing(wanted)
-        batch: list[re_pb2.BatchUpdateBlobsRequest.Request] = []
-        size = 0
-        for digest in missing:
-            k = key(digest)
-            if digest.size_bytes > BATCH_LIMIT:
-                self._write(digest, files[k] if k in files else None, blobs.get(k))
-                continue
-            data = blobs[k] if k in blobs else Path(files[k]).read_bytes()
-            if size + len(data) > BATCH_TOTAL and batch:
-                self._batch_update(batch)
-                batch, size = [], 0
-            batch.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=digest, data=data))
-            size += len(data)
-        if batch:
-            self._batch_update(batch)
-        return len(missing)
-
-    def _batch_update(self, batch: list) -> None:  # noqa: ANN001
-        reply = self._cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(
-            instance_name=self.instance, requests=batch))
-        for r in reply.responses:
-            if r.status.code != 0:
-                raise KataError("remote.upload_failed", f"the CAS refused blob "
-                                f"{key(r.digest)}: {r.status.message}", exit_code=1)
-
-    def _write(self, digest: re_pb2.Digest, path: str | None, data: bytes | None) -> None:
-        prefix = f"{self.instance}/" if self.instance else ""
-        resource = f"{prefix}uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
-
-        def chunks() -> Iterator[bytestream_pb2.WriteRequest]:
-            offset = 0
-            if data is not None:
-                source: Iterator[bytes] = (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
-            else:
-                assert path is not None
-                source = _read_chunks(path)
-            for chunk in source:
-                last = offset + len(chunk) >= digest.size_bytes
-                yield bytestream_pb2.WriteRequest(resource_name=resource if offset == 0 else "",
-                                                  write_offset=offset, data=chunk,
-                                                  finish_write=last)
-                offset += len(chunk)
-
-        self._bytestream.Write(chunks())
-
-    def read(self, digests: Iterable[re_pb2.Digest]) -> dict[str, bytes]:
-        """The bytes of each of ``digests`` (key -> bytes); ``remote.blob_missing`` for one
-        the CAS does not have."""
-        out: dict[str, bytes] = {}
-        batch: list[re_pb2.Digest] = []
-        size = 0
-        for digest in {key(d): d for d in digests}.values():
-            if digest.size_bytes == 0:
-                out[key(digest)] = b""
-            elif digest.size_bytes > BATCH_LIMIT:
-                out[key(digest)] = b"".join(self.stream(digest))
-            else:
-                if size + digest.size_bytes > BATCH_TOTAL and batch:
-                    out.update(self._batch_read(batch))
-                    batch, size = [], 0
-                batch.append(digest)
-                size += digest.size_bytes
-        if batch:
-            out.update(self._batch_read(batch))
-        return out
-
-    def _batch_read(self, batch: list[re_pb2.Digest]) -> dict[str, bytes]:
-        reply = self._cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(
-            instance_name=self.instance, digests=batch))
-        out = {}
-        for r in reply.responses:
-            if r.status.code != 0:
-                raise KataError("remote.blob_missing", f"the CAS has no blob {key(r.digest)}: "
-                                f"{r.status.message}", obj=key(r.digest), exit_code=1)
-            out[key(r.digest)] = r.data
-        return out
-
-    def stream(self, digest: re_pb2.Digest) -> Iterator[bytes]:
-        """A blob's bytes in chunks (ByteStream.Read)."""
-        prefix = f"{self.instance}/" if self.instance else ""
-        resource = f"{prefix}blobs/{digest.hash}/{digest.size_bytes}"
-        for reply in self._bytestream.Read(bytestream_pb2.ReadRequest(resource_name=resource)):
-            yield reply.data
-
-    def fetch_to(self, digest: re_pb2.Digest, path: str, executable: bool) -> None:
-        """Write one blob to a new file at ``path``."""
-        mode = 0o755 if executable else 0o644
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            if digest.size_bytes > BATCH_LIMIT:
-                for chunk in self.stream(digest):
-                    f.write(chunk)
-            elif digest.size_bytes:
-                f.write(self.read([digest])[key(digest)])
-        os.chmod(path, mode)
-
-    def directories(self, root: re_pb2.Digest) -> dict[str, re_pb2.Directory]:
-        """Every ``Directory`` of the tree under ``root`` (key -> message), level by level."""
-        out: dict[str, re_pb2.Directory] = {}
-        level = [root]
-        while level:
-            data = self.read(d for d in level if key(d) not in out)
-            nxt = []
-            for k, blob in data.items():
-                directory = re_pb2.Directory()
-                directory.ParseFromString(blob)
-                out[k] = directory
-                nxt.extend(d.digest for d in directory.directories)
-            level = [d for d in nxt if key(d) not in out]
-        return out
+def directories(cas: Cas, root: re_pb2.Digest) -> dict[str, re_pb2.Directory]:
+    """Every ``Directory`` of the tree under ``root`` (hash -> message), level by level."""
+    out: dict[str, re_pb2.Directory] = {}
+    level = [root]
+    while level:
+        data = cas.read_many(level)
+        nxt = []
+        for h, blob in data.items():
+            directory = re_pb2.Directory()
+            directory.ParseFromString(blob)
+            out[h] = directory
+            nxt.extend(d.digest for d in directory.directories)
+        level = list({d.hash: d for d in nxt if d.hash not in out}.values())
+    return out
 
 
 def _read_chunks(path: str) -> Iterator[bytes]:
@@ -358,18 +240,15 @@ def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.
             os.symlink(node.target, target)  # type: ignore[attr-defined]
         else:
             files.append((target, node))
-    small = [n.digest for _t, n in files if n.digest.size_bytes <= BATCH_LIMIT]  # type: ignore[attr-defined]
-    data = cas.read(small)
-    for target, node in files:
-        digest = node.digest  # type: ignore[attr-defined]
-        mode = 0o755 if node.is_executable else 0o644  # type: ignore[attr-defined]
-        if key(digest) in data:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data[key(digest)])
-            os.chmod(target, mode)
-        else:
-            cas.fetch_to(digest, str(target), node.is_executable)  # type: ignore[attr-defined]
+    _write_files(cas, files)
+
+
+def _write_files(cas: Cas, todo: list) -> None:  # noqa: ANN001 - [(path, FileNode)]
+    """Write each (path, FileNode): small blobs read in batches, big ones streamed."""
+    small = [n.digest for _p, n in todo if n.digest.size_bytes <= cas.batch_limit]
+    data = cas.read_many(small)
+    for path, node in todo:
+        fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash))
 
 
 def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
@@ -390,8 +269,6 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
                 _rmtree(path)
             else:
                 path.unlink()
-    written = 0
-    small: list[re_pb2.Digest] = []
     todo: list[tuple[Path, object]] = []
     for rel, (kind, node) in sorted(wanted.items(), key=lambda kv: kv[0].count("/")):
         path = dest / rel
@@ -415,21 +292,8 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
         if path.is_symlink() or path.exists():
             path.unlink()
         todo.append((path, node))
-        if digest.size_bytes <= BATCH_LIMIT:
-            small.append(digest)
-    data = cas.read(small)
-    for path, node in todo:
-        digest = node.digest  # type: ignore[attr-defined]
-        mode = 0o755 if node.is_executable else 0o644  # type: ignore[attr-defined]
-        if key(digest) in data:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data[key(digest)])
-            os.chmod(path, mode)
-        else:
-            cas.fetch_to(digest, str(path), node.is_executable)  # type: ignore[attr-defined]
-        written += 1
-    return written
+    _write_files(cas, todo)
+    return len(todo)
 
 
 def _existing(dest: Path) -> Iterator[str]:

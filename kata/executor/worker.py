@@ -44,10 +44,12 @@ from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb
 from kata.remote._api.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc
 from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
+from kata.remote.cas import RemoteError
 from kata.runtimes.base import Runtime
 
 from . import action as act
 from . import files
+from .connection import connect
 
 LOG = logging.getLogger("kata.worker")
 
@@ -84,9 +86,10 @@ class Worker:
         self.url, self.runtime, self.name = url, runtime, name
         self.instance, self.slots, self.poll = instance, slots, poll
         self.work_root = Path(work_root)
-        self._channel = files.channel(url)
-        self.cas = files.Cas(self._channel, instance)
-        self._bots = bots_pb2_grpc.BotsStub(self._channel)
+        self._remote = connect(url, instance, where="--executor")
+        self.cas = self._remote.cas
+        self._md = self._remote.metadata
+        self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a lease completed: report it now
@@ -102,7 +105,7 @@ class Worker:
                     if session is None:
                         session = self._bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
                             parent=self.instance, bot_session=self._session()),
-                            timeout=self.poll)
+                            timeout=self.poll, metadata=self._md)
                         LOG.info("bot session %s open", session.name)
                     else:
                         reply = self._update(session, stop)
@@ -127,7 +130,7 @@ class Worker:
                     delay = min(delay * 2, 5.0)
         finally:
             self._drop_all()
-            self._channel.close()
+            self._remote.close()
 
     def _session(self, name: str = "", version: str = "") -> bots_pb2.BotSession:
         device = worker_pb2.Device(handle=self.name, properties=[
@@ -156,7 +159,8 @@ class Worker:
         self._changed.clear()
         request = bots_pb2.UpdateBotSessionRequest(
             name=session.name, bot_session=self._session(session.name, session.version))
-        future = self._bots.UpdateBotSession.future(request, timeout=self.poll)
+        future = self._bots.UpdateBotSession.future(request, timeout=self.poll,
+                                                    metadata=self._md)
         while not future.done():
             if self._changed.wait(0.05) or stop.is_set():
                 if future.cancel():
@@ -214,9 +218,9 @@ class Worker:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
             code = INVALID_ARGUMENT if err.reason == "remote.bad_action" else FAILED_PRECONDITION
             result, status = None, status_pb2.Status(code=code, message=err.message)
-        except grpc.RpcError as err:  # the CAS went away: let the scheduler try again
+        except RemoteError as err:  # the CAS went away: let the scheduler try again
             result = None
-            status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.details()}")  # type: ignore[attr-defined]
+            status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
         except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
             LOG.exception("lease %s crashed", job.lease.id)
             result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
@@ -236,20 +240,20 @@ class Worker:
         if not payload.Unpack(digest):
             raise KataError("remote.bad_action", f"a lease payload of type "
                             f"{payload.type_url} is neither an Action nor its digest")
-        action.ParseFromString(self.cas.read([digest])[files.key(digest)])
+        action.ParseFromString(self.cas.read_many([digest])[files.key(digest)])
         return action
 
     def _execute(self, job: _Job, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
         action = self._action(job.lease.payload)
-        blobs = self.cas.read([action.command_digest])
+        blobs = self.cas.read_many([action.command_digest])
         command = re_pb2.Command()
         command.ParseFromString(blobs[files.key(action.command_digest)])
-        directories = self.cas.directories(action.input_root_digest)
+        directories = files.directories(self.cas, action.input_root_digest)
         root = directories[files.key(action.input_root_digest)]
         spec_node = next((f for f in root.files if f.name == act.SPEC_FILE), None)
         if spec_node is None:
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
-        spec_bytes = self.cas.read([spec_node.digest])[files.key(spec_node.digest)]
+        spec_bytes = self.cas.read_many([spec_node.digest])[files.key(spec_node.digest)]
         work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
         try:
             inputs = work / "root"
@@ -297,7 +301,7 @@ class Worker:
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree,
                       files.key(stdout): log})
-        self.cas.upload(blobs, packed.files)
+        files.upload(self.cas, blobs, packed.files)
         done = timestamp_pb2.Timestamp()
         done.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
