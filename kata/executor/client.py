@@ -106,10 +106,10 @@ class RemoteRuntime:
         worker = result.execution_metadata.worker or "?"
         _say(sink, f"kata: ran on worker {worker}\n")
         outputs = {d.path: d.tree_digest for d in result.output_directories}
-        trees = self._call(lambda: self.cas.read_many(outputs.values()),
-                           "fetch the step's output")
-        stdout = self._call(lambda: self.cas.read_many([result.stdout_digest]),
-                            "fetch the step's log")[files.key(result.stdout_digest)]
+        trees = self._call(lambda: self.cas.read_many([*outputs.values(),
+                                                         result.stdout_digest]),
+                           "fetch the step's output")  # one call: trees and the log
+        stdout = trees[files.key(result.stdout_digest)]
         if stdout:
             sink("stdout", stdout) if getattr(sink, "raw", False) else _lines(sink, stdout)
         if result.stderr_raw or result.stderr_digest.size_bytes:

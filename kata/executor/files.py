@@ -32,6 +32,9 @@ from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb
 from kata.remote.cas import Cas
 
 CHUNK = 1 << 20  # bytes read from a file at a time
+# blobs adding up to no more than this are sent in one batch without FindMissingBlobs
+# first: asking costs a round trip, sending a few KiB again costs nothing
+SEND_WITHOUT_ASKING = 64 << 10
 
 
 def digest_of(data: bytes) -> re_pb2.Digest:
@@ -141,7 +144,11 @@ def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = Non
     for h, path in files.items():
         if h not in digests:
             digests[h] = re_pb2.Digest(hash=h, size_bytes=os.stat(path).st_size)
-    missing = cas.find_missing(digests.values())
+    total = sum(d.size_bytes for d in digests.values())
+    if total <= SEND_WITHOUT_ASKING and total <= cas.batch_limit:
+        missing = [d for d in digests.values() if d.size_bytes]  # one round trip, not two
+    else:
+        missing = cas.find_missing(digests.values())
     small: dict[tuple[str, int], tuple[re_pb2.Digest, bytes]] = {}
     for digest in missing:
         h = digest.hash
@@ -168,12 +175,18 @@ def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], exec
     os.chmod(path, mode)
 
 
-def directories(cas: Cas, root: re_pb2.Digest) -> dict[str, re_pb2.Directory]:
-    """Every ``Directory`` of the tree under ``root`` (hash -> message), level by level."""
+def directories(cas: Cas, root: re_pb2.Digest,
+                known: dict[str, bytes] | None = None) -> dict[str, re_pb2.Directory]:
+    """Every ``Directory`` of the tree under ``root`` (hash -> message), level by level;
+    ``known``: blobs already read (hash -> bytes), not asked for again."""
     out: dict[str, re_pb2.Directory] = {}
+    known = known or {}
     level = [root]
     while level:
-        data = cas.read_many(level)
+        data = {d.hash: known[d.hash] for d in level if d.hash in known}
+        rest = [d for d in level if d.hash not in known]
+        if rest:
+            data.update(cas.read_many(rest))
         nxt = []
         for h, blob in data.items():
             directory = re_pb2.Directory()

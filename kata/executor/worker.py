@@ -12,7 +12,9 @@ The lease lifecycle (bots.proto; BuildGrid's Bots service):
   ``ActionResult`` packed in ``result``; the reply holds the leases the scheduler wants it
   to run (new ones ``ACTIVE``; one it drops or ``CANCELLED`` is stopped). A poll is cut
   short (the call cancelled) as soon as a lease completes, so a result is reported at
-  once, not at the end of the poll.
+  once, not at the end of the poll. A worker whose slots are all busy is answered at once
+  (nothing to wait for), so it then only sends a heartbeat every ``poll / 2`` seconds,
+  or its result as soon as it has one.
 - A scheduler that restarts answers UNAVAILABLE for a while: the worker keeps running its
   leases and retries with back-off; when the scheduler no longer knows the session (it
   expired, ``bot-session-keepalive-timeout``) the worker stops what it ran for it and
@@ -108,6 +110,10 @@ class Worker:
                             timeout=self.poll, metadata=self._md)
                         LOG.info("bot session %s open", session.name)
                     else:
+                        if self._busy():  # no room for work and nothing to report:
+                            self._changed.wait(self.poll / 2)  # a heartbeat, or a result
+                            if stop.is_set():
+                                break
                         reply = self._update(session, stop)
                         if reply is None:
                             continue  # cut short: report what changed
@@ -131,6 +137,13 @@ class Worker:
         finally:
             self._drop_all()
             self._remote.close()
+
+    def _busy(self) -> bool:
+        """Every slot runs a lease and none has a result to report (the scheduler answers
+        such a bot at once instead of long-polling: do not spin)."""
+        with self._lock:
+            return len(self._jobs) >= self.slots and all(
+                j.status is None for j in self._jobs.values())
 
     def _session(self, name: str = "", version: str = "") -> bots_pb2.BotSession:
         device = worker_pb2.Device(handle=self.name, properties=[
@@ -159,18 +172,26 @@ class Worker:
         self._changed.clear()
         request = bots_pb2.UpdateBotSessionRequest(
             name=session.name, bot_session=self._session(session.name, session.version))
+        reported = {lease.id for lease in request.bot_session.leases
+                    if lease.state == LEASE_COMPLETED}
         future = self._bots.UpdateBotSession.future(request, timeout=self.poll,
                                                     metadata=self._md)
-        while not future.done():
-            if self._changed.wait(0.05) or stop.is_set():
-                if future.cancel():
-                    return None
+        done = threading.Event()  # this call's own: a late callback of a cancelled one
+        future.add_done_callback(lambda _f: done.set())  # must not cut the next one short
+        while not done.wait(0.02):
+            if (stop.is_set() or self._unreported(reported)) and future.cancel():
+                return None
         try:
             reply = future.result()
         except grpc.FutureCancelledError:
             return None
         self._acknowledged(request.bot_session.leases, reply.leases)
         return reply
+
+    def _unreported(self, reported: set[str]) -> bool:
+        with self._lock:
+            return any(j.status is not None and lease_id not in reported
+                       for lease_id, j in self._jobs.items())
 
     def _acknowledged(self, sent, got) -> None:  # noqa: ANN001
         """Forget completed leases the scheduler took (absent from its reply)."""
@@ -245,15 +266,13 @@ class Worker:
 
     def _execute(self, job: _Job, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
         action = self._action(job.lease.payload)
-        blobs = self.cas.read_many([action.command_digest])
+        blobs = self.cas.read_many([action.command_digest, action.input_root_digest])
         command = re_pb2.Command()
         command.ParseFromString(blobs[files.key(action.command_digest)])
-        directories = files.directories(self.cas, action.input_root_digest)
+        directories = files.directories(self.cas, action.input_root_digest, known=blobs)
         root = directories[files.key(action.input_root_digest)]
-        spec_node = next((f for f in root.files if f.name == act.SPEC_FILE), None)
-        if spec_node is None:
+        if not any(f.name == act.SPEC_FILE for f in root.files):
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
-        spec_bytes = self.cas.read_many([spec_node.digest])[files.key(spec_node.digest)]
         work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
         try:
             inputs = work / "root"
@@ -261,6 +280,7 @@ class Worker:
             files.materialise(self.cas, root, directories, inputs)
             workspace = inputs / act.WORKSPACE_DIR
             workspace.mkdir(exist_ok=True)
+            spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
             spec = act.read_spec(command, spec_bytes, str(workspace),
                                  {"kata.worker": self.name, "kata.lease": job.lease.id})
             log = bytearray()

@@ -23,10 +23,21 @@ from kata.executor.action import WILDCARD_KEYS
 from .buildgrid import BGD, BuildGrid, BuildGridConfig
 
 
+class ExecutionConfig(BuildGridConfig):
+    """``BuildGridConfig`` with a gRPC thread pool of ``threads``: BuildGrid caps concurrent
+    RPCs at its pool size (default 5 per CPU), and every open Execute stream and every
+    bot's long poll holds one for its whole life."""
+
+    threads: int = 64
+
+    def render(self, workdir: Path, port: int) -> str:
+        return f"thread-pool-size: {self.threads}\n" + super().render(workdir, port)
+
+
 def execution_config(db_url: str, *, keepalive: int = 8) -> BuildGridConfig:
     """Cache services plus a PostgreSQL scheduler and Execution for the "" instance."""
     keys = "".join(f"\n      - {k}" for k in WILDCARD_KEYS)
-    return BuildGridConfig(
+    return ExecutionConfig(
         connections=[f"""\
 - !sql-connection &sql
   connection-string: {db_url}
@@ -44,7 +55,8 @@ def execution_config(db_url: str, *, keepalive: int = 8) -> BuildGridConfig:
   assigners:
     - !priority-age-assigner
       interval: 0.02
-      jitter-factor: 0.5
+      jitter-factor: 0.01
+      failure-backoff: 0.1
   property-set: !dynamic-property-set
     wildcard-property-keys:{keys}"""],
         extra_services=["""\
