@@ -115,3 +115,51 @@ def test_unreachable_remote_is_a_remote_error():
         with pytest.raises(RemoteError) as err:
             r.cas.find_missing([Digest(hash="a" * 64, size_bytes=1)])
         assert err.value.reason in ("remote.unavailable", "remote.deadline")
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import subprocess
+
+    key, cert = tmp_path / "server.key", tmp_path / "server.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return key, cert
+
+
+def _jwt(secret: str) -> str:
+    """An HS256 token BuildGrid accepts, made with the PyJWT of BuildGrid's virtualenv."""
+    import subprocess
+
+    from support.buildgrid import VENV
+
+    code = ("import jwt, sys, time; print(jwt.encode({'sub': 'kata-test', "
+            "'exp': int(time.time()) + 3600}, sys.argv[1], algorithm='HS256'))")
+    return subprocess.run([str(VENV / "bin" / "python"), "-c", code, secret], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_tls_and_bearer_token(tmp_path):
+    """grpcs:// with the server's CA, and a bearer token from a file; without the token
+    the remote refuses (a RemoteError the cache turns into one warning)."""
+    from support.buildgrid import BuildGridConfig
+
+    key, cert = _self_signed(tmp_path)
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("a-shared-hs256-secret-for-the-test")
+    token = tmp_path / "token"
+    token.write_text(_jwt(secret.read_text()) + "\n")
+    config = BuildGridConfig(tls_key=key, tls_cert=cert, auth_secret=secret)
+    with buildgrid(tmp_path / "bgd", config) as server:
+        target, tls = parse_url(server.url)
+        assert tls
+        ok = RemoteConfig(url=server.url, target=target, tls=True, ca=cert, token_file=token)
+        with connect(ok) as r:
+            r.cas.capabilities()
+            r.cas.upload({(d.hash, d.size_bytes): (d, b"over tls") for d in [digest_of(b"over tls")]})
+            assert r.cas.read_many([digest_of(b"over tls")]) == {digest_of(b"over tls").hash: b"over tls"}
+        anonymous = RemoteConfig(url=server.url, target=target, tls=True, ca=cert)
+        with connect(anonymous) as r:
+            with pytest.raises(RemoteError) as err:
+                r.cas.find_missing([digest_of(b"over tls")])
+            assert "UNAUTHENTICATED" in err.value.message

@@ -39,10 +39,12 @@ class LazyRuntime:
     ``pull=True`` (``kata run --pull``) asks the registry again and pulls every image.
     """
 
-    def __init__(self, address: str | None, tags=None, *, pull: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, address: str | None, tags=None, *, pull: bool = False,  # noqa: ANN001
+                 confined: bool = False) -> None:
         self.address = address
         self.tags = tags  # kata.runtimes.tags.ImageTags or None
         self.pull = pull
+        self.confined = confined  # an untrusted run: pulls reach public addresses only
         self._rt = None
         self._swept = False
         self._lock = threading.Lock()
@@ -55,6 +57,7 @@ class LazyRuntime:
                 from kata.runtimes.containerd import ContainerdRuntime
 
                 self._rt = ContainerdRuntime.connect(address=self.address, sweep=False)
+                self._rt.confined_pulls = self.confined
                 self._rt.name_tags(self._resolved)
             self._rt.progress = self.progress
             if sweep and not self._swept:
@@ -152,7 +155,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
              branch: str | None = None, tag: str | None = None, action: str | None = None,
              base: str | None = None, untrusted: bool = False, hook: str = "",
              default_branch: str | None = None, pull: bool = False,
-             out_dir: str | None = None) -> None:
+             out_dir: str | None = None, remote_cache: str | None = None,
+             remote_instance: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -185,8 +189,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       event=event or "", hook=hook, default_branch=default_branch,
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
+    remote = _remote_cache(remote_cache, remote_instance)
     store = open_store(ctx)
-    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull)
+    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
+                          confined=not scope.trusted)
     try:
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
@@ -214,10 +220,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             started=process_started(),  # [DONE]'s wall time is what the user waited
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
-            plan = plan_run(graph, store, options, heal=False)
+            plan = plan_run(graph, store, options, heal=False, remote=remote)
             _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
-        plan = plan_run(graph, store, options)
+        plan = plan_run(graph, store, options, remote=remote)
         # an untrusted run reads no value at all (its plan skips every step declaring one)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
@@ -232,10 +238,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             from kata.executor.client import RemoteRuntime
 
             runner = RemoteRuntime(ctx.obj["remote_executor"], runtime,
-                                   instance=ctx.obj.get("remote_executor_instance", ""))
+                                   instance=remote_instance or "")
         try:
             realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
-                                options=options)
+                                options=options, remote=remote)
             result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
@@ -247,14 +253,30 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             if runner is not runtime:
                 runner.close()
         if out_dir is not None and not result.interrupted:
+            realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         runtime.close()
         store.close()
+        if remote is not None:
+            remote.close()
     if result.interrupted:
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _remote_cache(url: str | None, instance: str | None):  # noqa: ANN202
+    """The remote cache the flags or the host config name (None: none). Bad settings are
+    errors (exit 2); an unreachable remote is not (it warns once and the run goes on)."""
+    from kata.remote.config import load_remote_config
+
+    config = load_remote_config(url, instance)
+    if config is None:
+        return None
+    from kata.remote.cache import RemoteCache
+
+    return RemoteCache(config, warn=lambda line: click.echo(f"kata: warning: {line}", err=True))
 
 
 def _pull_events(reporter):  # noqa: ANN001, ANN202
@@ -354,10 +376,14 @@ _common = [
     click.option("--remote-executor", metavar="URL", expose_value=False,
                  callback=lambda ctx, _p, v: _remember(ctx, "remote_executor", v),
                  help="Run the steps that must run on REAPI workers (`kata worker`) through "
-                 "this Execution service: grpc://HOST:PORT (docs/remote.md)."),
-    click.option("--remote-executor-instance", metavar="NAME", expose_value=False,
-                 callback=lambda ctx, _p, v: _remember(ctx, "remote_executor_instance", v),
-                 help="The executor's REAPI instance name (default: the unnamed one)."),
+                 "this Execution service: grpc://HOST:PORT (docs/remote.md); its instance "
+                 "is --remote-instance's."),
+    click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
+                 help="A Remote Execution API cache (BuildGrid, bazel-remote, ...) behind the "
+                 "local store (default: remote.cache in /etc/kata/config.yaml). See "
+                 "docs/remote.md."),
+    click.option("--remote-instance", "remote_instance", metavar="NAME",
+                 help="The remote's instance name (default: remote.instance, else \"\")."),
 ]
 
 
@@ -402,7 +428,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
         out_dir: str | None, untrusted: bool, event: str | None, branch: str | None,
         tag: str | None, action: str | None, base: str | None, hook: str | None,
-        default_branch: str | None, pull: bool) -> None:
+        default_branch: str | None, pull: bool, remote_cache: str | None = None,
+        remote_instance: str | None = None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     if tag is not None and event is None:
         event = "tag"  # --tag T alone: run as that tag's event (a push has no tag)
@@ -413,7 +440,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
              action=action, base=base, untrusted=untrusted, hook=hook or "",
-             default_branch=default_branch, pull=pull, out_dir=out_dir)
+             default_branch=default_branch, pull=pull, out_dir=out_dir,
+             remote_cache=remote_cache, remote_instance=remote_instance)
 
 
 @click.command()
@@ -422,10 +450,12 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
           json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-          out_dir: str | None, untrusted: bool) -> None:
+          out_dir: str | None, untrusted: bool, remote_cache: str | None = None,
+          remote_instance: str | None = None) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir,
+             remote_cache=remote_cache, remote_instance=remote_instance)
 
 
 @click.command()
@@ -563,6 +593,10 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
     click.echo(head)
     digest = entry.log
     if not digest:
+        return
+    if entry.cache == "HIT" and not store.has_blob(digest):
+        # a remote cache hit that no step of this host needed: its log stayed remote
+        click.echo(f"(the log {digest} is in the remote cache; this host never fetched it)")
         return
     with store.open_blob(digest) as f:
         data = f.read()

@@ -15,30 +15,39 @@ quarantine first), cache directories under ``cache_dir_keys``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kata import keys
 from kata.keys import Scope
 from store import Realisation, Store, StoreError
 
+if TYPE_CHECKING:
+    from kata.remote.actioncache import RemoteRecord
+    from kata.remote.cache import RemoteCache
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Looked:
     """What one lookup found: the record (None: a miss) and the key it was found under.
-    ``damaged``: a record was there but an object behind it was missing or corrupt."""
+    ``damaged``: a record was there but an object behind it was missing or corrupt.
+    ``remote``: the record came from the remote cache; its objects are not local yet."""
 
     key: str
     record: Realisation | None = None
     damaged: bool = False
+    remote: "RemoteRecord | None" = None
 
 
 class Lookup:
     """Record reads for one run over ``store`` in ``scope``. Thread-safe (a set of
     objects already checked this run, so each object is looked at once per run)."""
 
-    def __init__(self, store: Store, scope: Scope, *, heal: bool = True) -> None:
+    def __init__(self, store: Store, scope: Scope, *, heal: bool = True,
+                 remote: "RemoteCache | None" = None) -> None:
         self.store = store
         self.scope = scope
         self.heal = heal
+        self.remote = remote
         self._intact: set[str] = set()
 
     def _read(self, key: str) -> Looked:
@@ -86,8 +95,14 @@ class Lookup:
         return Looked(key=candidates[-1], damaged=damaged)
 
     def step(self, key: str) -> Looked:
-        """A step result recorded under ``key`` (a derivation or resolved hash)."""
-        return self._first(self.scope.realisation_keys(key))
+        """A step result recorded under ``key`` (a derivation or resolved hash): the local
+        store first, then the remote cache (the shared key only: what trusted runs wrote)."""
+        found = self._first(self.scope.realisation_keys(key))
+        if found.record is None and self.remote is not None:
+            rec = self.remote.lookup(key)
+            if rec is not None:
+                return Looked(key=key, record=rec.realisation, damaged=found.damaged, remote=rec)
+        return found
 
     def cache_dir(self, key: str) -> Looked:
         """A cache directory (``keys.cache_dir_key``) from the scopes this run may read."""

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from kata.conditions import Context
     from kata.model import Pipeline, Step
     from kata.realise.results import RealiseOptions
+    from kata.remote.cache import RemoteCache
     from store import Store
 
 Action = Literal["hit", "run", "skip"]
@@ -257,11 +258,23 @@ def plan_entries(graph: "DerivationGraph", plan: Plan) -> list[PlanEntry]:
 
 
 def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions", *,
-             heal: bool = True) -> Plan:
+             heal: bool = True, remote: "RemoteCache | None" = None) -> Plan:
     """:func:`make_plan` over ``store`` in ``options.scope`` (what the CLI and the
-    realiser call); ``heal=False`` reports damage without repairing it (a dry run)."""
+    realiser call); ``heal=False`` reports damage without repairing it (a dry run).
+    ``remote``: the remote cache behind the store (its answers asked for at once first)."""
     from kata.realise.lookup import Lookup
 
+    prefetch(graph, options.use_cache, remote)
     return make_plan(graph, targets=options.targets, skip=options.skip,
                      use_cache=options.use_cache,
-                     lookup=Lookup(store, options.scope, heal=heal).step, scope=options.scope)
+                     lookup=Lookup(store, options.scope, heal=heal, remote=remote).step,
+                     scope=options.scope)
+
+
+def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | None") -> None:
+    """Ask the remote cache about every step's derivation hash at once (concurrently), so
+    the plan's lookups after a local miss are answered from memory."""
+    if remote is None or not use_cache:
+        return
+    remote.prefetch(n.drv_hash for n in graph.nodes.values()
+                    if n.drv_hash and caches(n.step, use_cache))

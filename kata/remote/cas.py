@@ -20,9 +20,11 @@ Errors: every failure of the remote (unreachable, deadline, refused, a bad answe
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -41,6 +43,9 @@ _FIND_CHUNK = 10_000             # digests per FindMissingBlobs call
 _STREAM_CHUNK = 1 << 20          # ByteStream message payload
 _BYTES_PER_SECOND = 20 << 20     # an upload or download gets timeout + size / this
 MAX_MESSAGE = 64 << 20
+_BUSY_TRIES = 8                  # RESOURCE_EXHAUSTED (a server at its concurrent-call limit,
+_BUSY_WAIT = 0.02                # as BuildGrid answers past its thread pool): back off, retry
+T = TypeVar("T")
 
 
 class RemoteError(Exception):
@@ -61,6 +66,24 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
               grpc.StatusCode.DEADLINE_EXCEEDED: "remote.deadline"}.get(code, "remote.refused")
     name = code.name if code is not None else "error"
     return RemoteError(reason, f"{what}: {name}: {detail}")
+
+
+def busy(err: grpc.RpcError) -> bool:
+    """The server is at its limit of concurrent calls (worth a retry, not a failure)."""
+    return hasattr(err, "code") and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def retrying(call: Callable[[], T], what: str) -> T:
+    """``call()``, retried with exponential backoff (20 ms .. 2.5 s) while the server
+    says RESOURCE_EXHAUSTED; any other gRPC failure is a RemoteError at once."""
+    for attempt in range(_BUSY_TRIES):
+        try:
+            return call()
+        except grpc.RpcError as err:
+            if not busy(err) or attempt == _BUSY_TRIES - 1:
+                raise wrap(err, what) from None
+            time.sleep(_BUSY_WAIT * (2 ** attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def digest_of(data: bytes) -> Digest:
@@ -150,12 +173,9 @@ class Cas:
     def capabilities(self) -> re_pb2.ServerCapabilities:
         """The server's capabilities; sets ``max_batch`` from ``max_batch_total_size_bytes``.
         RemoteError remote.unsupported when the server does not hash with SHA-256."""
-        try:
-            caps = self._caps.GetCapabilities(
-                re_pb2.GetCapabilitiesRequest(instance_name=self.instance),
-                timeout=self._deadline(), metadata=self._md)
-        except grpc.RpcError as err:
-            raise wrap(err, "GetCapabilities") from None
+        caps = retrying(lambda: self._caps.GetCapabilities(
+            re_pb2.GetCapabilitiesRequest(instance_name=self.instance),
+            timeout=self._deadline(), metadata=self._md), "GetCapabilities")
         functions = set(caps.cache_capabilities.digest_functions)
         if functions and re_pb2.DigestFunction.SHA256 not in functions:
             raise RemoteError("remote.unsupported", "the remote does not use SHA-256 digests")
@@ -178,10 +198,8 @@ class Cas:
         for i in range(0, len(items), _FIND_CHUNK):
             req = re_pb2.FindMissingBlobsRequest(instance_name=self.instance,
                                                  blob_digests=items[i:i + _FIND_CHUNK])
-            try:
-                resp = self._cas.FindMissingBlobs(req, timeout=self._deadline(), metadata=self._md)
-            except grpc.RpcError as err:
-                raise wrap(err, "FindMissingBlobs") from None
+            resp = retrying(lambda: self._cas.FindMissingBlobs(
+                req, timeout=self._deadline(), metadata=self._md), "FindMissingBlobs")
             missing.extend(resp.missing_blob_digests)
         return missing
 
@@ -196,7 +214,7 @@ class Cas:
             if digest.size_bytes == 0:
                 continue  # the empty blob is always there (REAPI)
             if digest.size_bytes > self.batch_limit:
-                self.write(digest, iter((data,)))
+                self.write(digest, lambda data=data: iter((data,)))
                 continue
             if batch and size + len(data) + _PER_BLOB > self.batch_limit:
                 self._batch_update(batch, size)
@@ -207,19 +225,17 @@ class Cas:
             self._batch_update(batch, size)
 
     def _batch_update(self, requests: list, size: int) -> None:
-        try:
-            resp = self._cas.BatchUpdateBlobs(
-                re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance, requests=requests),
-                timeout=self._deadline(size), metadata=self._md)
-        except grpc.RpcError as err:
-            raise wrap(err, "BatchUpdateBlobs") from None
+        req = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance, requests=requests)
+        resp = retrying(lambda: self._cas.BatchUpdateBlobs(
+            req, timeout=self._deadline(size), metadata=self._md), "BatchUpdateBlobs")
         for r in resp.responses:
             if r.status.code != 0:
                 raise RemoteError("remote.refused", f"BatchUpdateBlobs {r.digest.hash}: "
                                   f"code {r.status.code}: {r.status.message}")
 
-    def write(self, digest: Digest, chunks: Iterator[bytes]) -> None:
-        """Stream one blob over ByteStream.Write (``chunks`` must add up to ``digest``)."""
+    def write(self, digest: Digest, chunks: Callable[[], Iterator[bytes]]) -> None:
+        """Stream one blob over ByteStream.Write; ``chunks()`` gives its content from the
+        start (called again when a busy server makes the write start over)."""
         resource = (f"{self.instance}/" if self.instance else "") + \
             f"uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
 
@@ -227,7 +243,7 @@ class Cas:
             offset = 0
             first = True
             pending = b""
-            for chunk in chunks:
+            for chunk in chunks():
                 pending += chunk
                 while len(pending) >= _STREAM_CHUNK:
                     part, pending = pending[:_STREAM_CHUNK], pending[_STREAM_CHUNK:]
@@ -238,11 +254,8 @@ class Cas:
             yield bs_pb2.WriteRequest(resource_name=resource if first else "",
                                       write_offset=offset, data=pending, finish_write=True)
 
-        try:
-            resp = self._bs.Write(requests(), timeout=self._deadline(digest.size_bytes),
-                                  metadata=self._md)
-        except grpc.RpcError as err:
-            raise wrap(err, "ByteStream.Write") from None
+        resp = retrying(lambda: self._bs.Write(requests(), timeout=self._deadline(digest.size_bytes),
+                                               metadata=self._md), "ByteStream.Write")
         if resp.committed_size not in (digest.size_bytes, -1):
             raise RemoteError("remote.bad_answer", f"ByteStream.Write {digest.hash}: committed "
                               f"{resp.committed_size} of {digest.size_bytes} bytes")
@@ -276,12 +289,9 @@ class Cas:
         return out
 
     def _batch_read(self, digests: list[Digest], size: int) -> dict[str, bytes]:
-        try:
-            resp = self._cas.BatchReadBlobs(
-                re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=digests),
-                timeout=self._deadline(size), metadata=self._md)
-        except grpc.RpcError as err:
-            raise wrap(err, "BatchReadBlobs") from None
+        req = re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=digests)
+        resp = retrying(lambda: self._cas.BatchReadBlobs(
+            req, timeout=self._deadline(size), metadata=self._md), "BatchReadBlobs")
         out = {}
         for r in resp.responses:
             if r.status.code != 0:
@@ -299,15 +309,19 @@ class Cas:
             f"blobs/{digest.hash}/{digest.size_bytes}"
         h = hashlib.sha256()
         got = 0
-        try:
-            for resp in self._bs.Read(bs_pb2.ReadRequest(resource_name=resource),
-                                      timeout=self._deadline(digest.size_bytes),
-                                      metadata=self._md):
-                h.update(resp.data)
-                got += len(resp.data)
-                yield resp.data
-        except grpc.RpcError as err:
-            raise wrap(err, "ByteStream.Read") from None
+        for attempt in range(_BUSY_TRIES):
+            try:
+                for resp in self._bs.Read(bs_pb2.ReadRequest(resource_name=resource),
+                                          timeout=self._deadline(digest.size_bytes),
+                                          metadata=self._md):
+                    h.update(resp.data)
+                    got += len(resp.data)
+                    yield resp.data
+                break
+            except grpc.RpcError as err:
+                if got or not busy(err) or attempt == _BUSY_TRIES - 1:
+                    raise wrap(err, "ByteStream.Read") from None
+                time.sleep(_BUSY_WAIT * (2 ** attempt))
         if got != digest.size_bytes or h.hexdigest() != digest.hash:
             raise RemoteError("remote.bad_answer", f"blob {digest.hash} does not match its digest")
 

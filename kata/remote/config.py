@@ -68,6 +68,14 @@ def parse_url(url: str, *, where: str = "--remote-cache") -> tuple[str, bool]:
     return f"{m.group(2)}:{int(m.group(3))}", m.group(1) == "grpcs"
 
 
+def load_remote_config(url: str | None = None, instance: str | None = None) -> RemoteConfig | None:
+    """The remote cache for this run: the flags over the host config (``$KATA_CONFIG`` or
+    /etc/kata/config.yaml); None when neither names one."""
+    from kata.hostconfig import load_host_config
+
+    return from_host_config(load_host_config(), url=url, instance=instance)
+
+
 def from_host_config(config: "HostConfig", *, url: str | None = None,
                      instance: str | None = None) -> RemoteConfig | None:
     """The remote cache the flags (``url``, ``instance``) and the host config's ``remote:``
@@ -126,7 +134,7 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
     if (cert is None) != (key is None):
         raise config.error("config.bad_value", "remote.tls: cert and key go together "
                            "(mutual TLS needs both)", "remote", "tls")
-    if tls_raw and not tls:
+    if tls_raw and not tls and url is None:  # a grpc:// flag just does not use them
         raise config.error("config.bad_value", "remote.tls is set but the remote is grpc:// "
                            "(use grpcs:// for TLS)", "remote", "tls")
     timeout = DEFAULT_TIMEOUT

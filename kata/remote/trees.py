@@ -109,16 +109,12 @@ def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
     small = {(tree_digest.hash, tree_digest.size_bytes): (tree_digest, tree_data)}
     for _, digest, data in messages.values():
         small[(digest.hash, digest.size_bytes)] = (digest, data)
-    missing = {(d.hash, d.size_bytes) for d in cas.find_missing([*small_digests(small), *files])}
+    missing = {(d.hash, d.size_bytes) for d in cas.find_missing([*(d for d, _ in small.values()), *files])}
     cas.upload({k: v for k, v in small.items() if k in missing})
     wanted = {k for k in missing if k not in small}
     if wanted:
         _upload_contents(cas, store, tree, wanted)
     return Uploaded(tree_digest=tree_digest, root_digest=root[1])
-
-
-def small_digests(blobs: dict) -> list[Digest]:
-    return [d for d, _ in blobs.values()]
 
 
 def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, int]]) -> None:
@@ -140,9 +136,11 @@ def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, i
                     key = (h.hexdigest(), n)
                     if key in wanted:
                         wanted.discard(key)
-                        spool.seek(0)
-                        cas.write(Digest(hash=key[0], size_bytes=n),
-                                  iter(lambda: spool.read(1 << 20), b""))
+                        def content(spool=spool):  # noqa: ANN202 - from the start, each try
+                            spool.seek(0)
+                            return iter(lambda: spool.read(1 << 20), b"")
+
+                        cas.write(Digest(hash=key[0], size_bytes=n), content)
                 continue
             data = b"".join(rd.chunks(n, parts))
             key = (hashlib.sha256(data).hexdigest(), n)

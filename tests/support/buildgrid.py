@@ -41,6 +41,8 @@ class BuildGridConfig:
     instance: the REAPI instance name ("" is the default instance).
     connections/schedulers: top-level YAML list items (e.g. ``!sql-connection``).
     extra_services: more per-instance services (e.g. ``!execution``), as YAML list items.
+    The rendered file names the disk CAS ``&cas`` and the action cache ``&ac``: extra items
+    refer to them as ``*cas`` and ``*ac`` (a ``!sql-scheduler`` needs both).
     """
 
     instance: str = ""
