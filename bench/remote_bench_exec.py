@@ -105,7 +105,7 @@ def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
         stop_daemon(daemon_paths(worker_state))
         subprocess.run(["umount", "-R", "-l", str(worker_state)], capture_output=True)
         shutil.rmtree(worker_state, ignore_errors=True)
-        print("KEPT", base) if os.environ.get("KB_KEEP") else shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
     lo, re_ = statistics.median(local) / n, statistics.median(remote) / n
     ratio = re_ / lo
     return [f"remote execution, {n}-step chain, `kata run --no-cache` (median of {rounds}):",
