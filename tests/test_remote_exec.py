@@ -247,3 +247,23 @@ def test_a_step_with_a_secret_runs_locally(grid, workers, kata):
     for w in workers:  # the one remote step is the only lease any worker saw
         assert "s3cret" not in w.text()
     assert sum(w.text().count(": starting") for w in workers) == 1
+
+
+def test_fail_fast_cancels_a_remote_step_on_its_worker(grid, workers, kata):
+    """A step that fails cancels its running sibling: the client cancels the operation, the
+    scheduler withdraws the lease, the worker stops the container."""
+    bg, image = grid
+    pipeline = {"pipeline": "ff", "settings": {"fail_fast": True, "max_parallel": 2}, "steps": [
+        {"name": "bad", "image": image, "inputs": ["src/**"],
+         "commands": ["sleep 1", "exit 3"]},
+        {"name": "long", "image": image, "inputs": ["src/**"],
+         "commands": ["sleep 120"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[FAIL] bad (exit 3" in run.stdout
+    assert "[FAIL] long (cancelled (fail_fast: bad failed)" in run.stdout
+    deadline = time.monotonic() + 60
+    while not any("was withdrawn: stopping it" in w.text() for w in workers):
+        assert time.monotonic() < deadline, workers[0].text() + workers[1].text()
+        time.sleep(0.2)

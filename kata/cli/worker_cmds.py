@@ -10,6 +10,7 @@ to the scheduler). See ``kata.executor.worker`` and docs/remote.md.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import tempfile
 import threading
@@ -55,6 +56,7 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda *_: stop.set())
     name = bot_name or default_name()
+    own_root = state_dir is None
     work_root = Path(state_dir) / "worker" if state_dir else Path(
         tempfile.mkdtemp(prefix="kata-worker-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
@@ -64,3 +66,5 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
                work_root=work_root, poll=poll).serve(stop)
     finally:
         runtime.close()
+        if own_root:
+            shutil.rmtree(work_root, ignore_errors=True)
