@@ -267,3 +267,20 @@ def test_fail_fast_cancels_a_remote_step_on_its_worker(grid, workers, kata):
     while not any("was withdrawn: stopping it" in w.text() for w in workers):
         assert time.monotonic() < deadline, workers[0].text() + workers[1].text()
         time.sleep(0.2)
+
+
+def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kata, runtime):
+    from support.registry import free_port
+
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "down", "steps": [
+        {"name": "s", "image": "kata.local/busybox:latest", "inputs": ["src/**"],
+         "commands": ["true"]}]}, sort_keys=False))
+    url = f"grpc://127.0.0.1:{free_port()}"  # nothing listens there
+    run = kata("run", "--remote-executor", url, "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    failed = [json.loads(line) for line in run.stdout.splitlines()
+              if '"fail"' in line]
+    assert failed and failed[0]["reason"] == "remote.unavailable", run.stdout
+    assert f"could not upload the step's inputs at {url}" in failed[0]["message"]
+    bad = kata("run", "--remote-executor", "localhost:1")
+    assert bad.returncode == 2 and "grpc://HOST:PORT" in bad.stderr

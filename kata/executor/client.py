@@ -8,7 +8,8 @@ the containerd one. For each step it:
    what the CAS lacks (FindMissingBlobs, then batches or ByteStream);
 2. calls ``Execution.Execute`` (``skip_cache_lookup``; the action is ``do_not_cache``)
    and follows the operation; when the stream breaks (the scheduler restarting) it
-   follows it again with ``WaitExecution`` until ``reconnect_for`` seconds have passed;
+   follows it again with ``WaitExecution`` until ``reconnect_for`` seconds have passed
+   (an executor that never answered in this run is given up after ``first_contact``);
    on ``cancel`` it cancels the operation (``Operations.CancelOperation``);
 3. writes ``kata: ran on worker NAME`` and then the step's output (the ``stdout`` blob)
    into the sink, each service's log into ``service_sink``, and, for a step that exited
@@ -65,11 +66,13 @@ class RemoteRuntime:
     """Runs steps through an REAPI Execution service (see the module docstring)."""
 
     def __init__(self, url: str, local: Runtime, *, instance: str = "",
-                 reconnect_for: float = 300.0) -> None:
+                 reconnect_for: float = 300.0, first_contact: float = 10.0) -> None:
         self.url = url
         self.instance = instance
         self.local = local
         self.reconnect_for = reconnect_for
+        self.first_contact = first_contact
+        self._reached = False  # has the executor answered once in this run?
         self._remote = connect(url, instance, where="--remote-executor")
         self.cas = self._remote.cas
         self._md = self._remote.metadata
@@ -140,11 +143,16 @@ class RemoteRuntime:
                 service_sink(name, "stdout", line)
 
     def _call(self, fn: Callable, what: str):  # noqa: ANN202
-        deadline = time.monotonic() + self.reconnect_for
+        # an executor that never answered is not waited for long: it is a wrong address or
+        # a server that is down, not one restarting under a run that already used it
+        wait = self.reconnect_for if self._reached else self.first_contact
+        deadline = time.monotonic() + wait
         delay = 0.2
         while True:
             try:
-                return fn()
+                out = fn()
+                self._reached = True
+                return out
             except RemoteError as err:
                 if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
                     raise KataError(err.reason, f"could not {what} at {self.url}: "
