@@ -88,6 +88,10 @@ def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_
     repo_b = tmp_path / "b"
     shutil.copytree(repo_a, repo_b)
     b = _host(tmp_path, "b", repo_b, containerd_daemon.address, bg)
+    plan = b("run", "--dry-run", *b.remote)
+    assert plan.returncode == 0, plan.stderr
+    assert any(x.startswith("[PLAN] package: HIT (key: ") and x.endswith(", remote)")
+               for x in plan.stdout.splitlines()), plan.stdout
     second = b("run", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
     assert second.returncode == 0, second.stdout + second.stderr
     lines = second.stdout.splitlines()
@@ -146,7 +150,7 @@ def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_
                  f"{ka.action_digest.hash}/{ka.action_digest.size_bytes}")
     assert got.returncode == 0, got.stdout + got.stderr
     result = json.loads(got.stdout[got.stdout.index("{"):])
-    assert [f["path"] for f in result["outputFiles"]] == ["kata/realisation"]
+    assert [f["path"] for f in result["outputFiles"]] == ["kata/record"]
     (tree,) = result["outputDirectories"]
     assert tree["path"] == "kata/trees/" + outputs["build"].partition(":")[2]
     root = f'{tree["rootDirectoryDigest"]["hash"]}/{tree["rootDirectoryDigest"]["sizeBytes"]}'

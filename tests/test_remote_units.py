@@ -12,7 +12,7 @@ import pytest
 
 from kata.errors import KataError
 from kata.hostconfig import load_host_config
-from kata.remote.actioncache import action_for, record_of, result_for
+from kata.remote.actioncache import action_for, encode_record, record_of, result_for
 from kata.remote.cas import Digest, RemoteError, digest_of
 from kata.remote.config import from_host_config, parse_url
 from store import Realisation
@@ -45,21 +45,22 @@ def _real(**kw) -> Realisation:
 
 def test_result_round_trip():
     real = _real()
-    raw = real.encode()
     trees = {T1: (Digest(hash="3" * 64, size_bytes=10), Digest(hash="4" * 64, size_bytes=5)),
              T2: (Digest(hash="5" * 64, size_bytes=11), Digest(hash="6" * 64, size_bytes=6))}
+    raw = encode_record(real, trees)
     result = result_for(real, record=digest_of(raw), record_bytes=raw, trees=trees,
                         log=digest_of(LOG))
-    assert [d.path for d in result.output_directories] == [f"kata/trees/{'1' * 64}",
-                                                           f"kata/trees/{'2' * 64}"]
+    # the step's own output tree is an output directory; the stack is named in the record
+    assert [d.path for d in result.output_directories] == [f"kata/trees/{'2' * 64}"]
+    assert [f.path for f in result.output_files] == ["kata/record"]
     assert result.execution_metadata.worker == "a"
     rec = record_of(result, raw)
     assert rec is not None and rec.realisation == real
     assert rec.tree_digest(T1).hash == "3" * 64
     # anything else stored under the action is a miss, not an error
     assert record_of(result, b"not a record") is None
-    del result.output_directories[0]
-    assert record_of(result, raw) is None
+    assert record_of(result, real.encode()) is None
+    assert record_of(result, encode_record(real, {T2: trees[T2]})) is None  # a tree unnamed
 
 
 def _config(tmp_path: Path, text: str):
@@ -118,11 +119,11 @@ def test_a_remote_nobody_answers_warns_once_and_misses(tmp_path):
         log = store.put_blob(LOG)
         real = _real(log=log, outputs=store.put_tree(tmp_path, paths=()), stack=())
         remote.upload(store, ("d" * 64,), real)  # dropped, never raised
-        rec = record_of(result_for(real, record=digest_of(real.encode()),
-                                   record_bytes=real.encode(), trees={
-                                       real.outputs: (Digest(hash="5" * 64, size_bytes=1),
-                                                      Digest(hash="6" * 64, size_bytes=1))},
-                                   log=digest_of(LOG)), real.encode())
+        trees = {real.outputs: (Digest(hash="5" * 64, size_bytes=1),
+                                Digest(hash="6" * 64, size_bytes=1))}
+        raw = encode_record(real, trees)
+        rec = record_of(result_for(real, record=digest_of(raw), record_bytes=raw, trees=trees,
+                                   log=digest_of(LOG)), raw)
         assert rec is not None
         with pytest.raises(RemoteError):
             remote.fetch(store, rec)

@@ -231,7 +231,11 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
                        "it will appear unmasked in output and logs", err=True)
-        reporter = _reporter(json_out)
+        from kata.report.journal import Journal, Tee
+
+        # the terminal's reporter, and the live journal `kata web` follows
+        journal = Journal(Path(store.state_dir) / "live")
+        reporter = Tee(_reporter(json_out), journal)
         runtime.progress = _pull_events(reporter)
         runner = runtime
         if ctx.obj and ctx.obj.get("remote_executor"):  # steps run on REAPI workers
@@ -242,6 +246,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         try:
             realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
                                 options=options, remote=remote)
+            journal.start(run_id=realiser.run_id, pipeline=realiser.pipeline, commit=commit,
+                          branch=git_branch, git_event=event or "")
             result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
@@ -346,10 +352,14 @@ def _print_plan(entries, skipped: dict[str, str], json_out: bool) -> None:  # no
 
     for entry in entries:
         if json_out:
-            click.echo(event_line({"event": "plan", "step": entry.step, "hit": entry.hit,
-                                   "key": entry.key, "why": entry.why}))
+            data = {"event": "plan", "step": entry.step, "hit": entry.hit, "key": entry.key,
+                    "why": entry.why}
+            if entry.remote:
+                data["remote"] = True
+            click.echo(event_line(data))
         elif entry.hit:
-            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
+            where = ", remote" if entry.remote else ""
+            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)}{where})")
         else:
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
     for name, why in skipped.items():
@@ -609,16 +619,11 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     """The encoded derivation record of ``step``'s last realisation, for ``kata why``."""
     from kata.cli.store_cmds import open_store
 
+    from kata.realise.history import previous_derivation
+
     store = open_store(ctx)
     try:
-        for record in store.list_runs(pipeline=pipeline, limit=200):
-            for entry in record.steps:
-                if entry.name == step and entry.status == "passed":
-                    drv_hash = entry.drv_hash
-                    found = store.get_derivation(drv_hash) if drv_hash else None
-                    if found is not None:
-                        return found
-        return None
+        return previous_derivation(store, pipeline, step)
     finally:
         store.close()
 

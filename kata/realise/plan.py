@@ -245,7 +245,8 @@ def plan_entries(graph: "DerivationGraph", plan: Plan) -> list[PlanEntry]:
     for name in plan.order:
         p = plan.steps[name]
         if p.action == "hit":
-            entries.append(PlanEntry(step=name, hit=True, key=p.key, why=""))
+            entries.append(PlanEntry(step=name, hit=True, key=p.key, why="",
+                                     remote=p.found is not None and p.found.remote is not None))
             continue
         why = p.why
         if why == NOT_STORED:

@@ -6,7 +6,7 @@ The Action of a Kata key (a derivation hash ``kata-drv/1`` or a resolved hash
 ``tests/golden/remote.json``)::
 
     Command  { arguments: ["kata-step", <key>],
-               output_directories: ["kata/trees"], output_files: ["kata/realisation"] }
+               output_directories: ["kata/trees"], output_files: ["kata/record"] }
     Action   { command_digest, input_root_digest: <the empty Directory>,
                platform: {OSFamily=linux, ISA=x86-64, kata-key-format=kata-drv/1},
                salt: "kata-remote/1" }
@@ -15,9 +15,14 @@ The key already covers everything the step's result depends on (image digest, co
 env, inputs, dependencies), so the Action needs nothing else; changing the salt abandons
 every entry at once (REAPI's rule). The ActionResult of a realisation::
 
-    output_files:       kata/realisation -> the kata-realisation/2 record (store.Realisation)
-    output_directories: kata/trees/<hex> -> each tree of the record (its output tree and the
-                        artifact stack it hands on), as a REAPI Tree + root Directory
+    output_files:       kata/record -> msgpack {"format": "kata-remote-record/1",
+                        "realisation": <the kata-realisation/2 record (store.Realisation)>,
+                        "trees": {<kata tree digest>: [<Tree hash>, <Tree size>], ...}} for
+                        every tree of the record: its output tree and the stack it hands on
+    output_directories: kata/trees/<hex> -> the step's own output tree, as a REAPI Tree +
+                        root Directory (the stack's trees are other steps' outputs: they are
+                        named in the record only, so a server that checks an entry's
+                        outputs on every read does not walk the whole stack each time)
     stdout_digest:      the step's (masked) log blob
     exit_code:          0 (only passed steps are recorded)
     execution_metadata: worker = the host that ran it
@@ -31,13 +36,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+import msgpack
 
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Digest, Remote, RemoteError, busy, message_digest, retrying, to_kata, wrap
 from store import Realisation, StoreError
 
 SALT = b"kata-remote/1"
-RECORD_PATH = "kata/realisation"
+RECORD_PATH = "kata/record"
+RECORD_FORMAT = "kata-remote-record/1"
 TREES_DIR = "kata/trees"
 KEY_FORMAT = "kata-drv/1"
 PLATFORM = (("ISA", "x86-64"), ("OSFamily", "linux"), ("kata-key-format", KEY_FORMAT))
@@ -77,24 +84,53 @@ class RemoteRecord:
     to fetch it by; ``log`` is the REAPI digest of its log."""
 
     realisation: Realisation
-    trees: tuple[tuple[str, Digest], ...]  # (kata tree digest, REAPI Tree digest)
+    named: dict[str, tuple[str, int]]  # kata tree digest -> (Tree hash, size), as recorded
     log: Digest | None
     result: re_pb2.ActionResult
 
     def tree_digest(self, tree: str) -> Digest:
-        return dict(self.trees)[tree]
+        hexd, size = self.named[tree]
+        return Digest(hash=hexd, size_bytes=size)
+
+    def trees(self) -> list[tuple[str, Digest]]:
+        """(kata tree digest, REAPI Tree digest) of every tree of the realisation."""
+        real = self.realisation
+        return [(t, self.tree_digest(t)) for t in dict.fromkeys((real.outputs, *real.stack)) if t]
+
+
+def encode_record(real: Realisation, trees: dict[str, tuple[Digest, Digest]]) -> bytes:
+    """The ``kata/record`` file of ``real`` (see the module docstring)."""
+    return msgpack.packb({"format": RECORD_FORMAT, "realisation": real.encode(),
+                          "trees": {t: [d.hash, d.size_bytes] for t, (d, _) in sorted(trees.items())}},
+                         use_bin_type=True)
+
+
+def _decode_record(data: bytes) -> tuple[Realisation, dict[str, tuple[str, int]]] | None:
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+        if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
+            return None
+        real = Realisation.decode(doc["realisation"], what="remote realisation")
+        trees = doc["trees"]
+        if not isinstance(trees, dict):
+            return None
+    except (ValueError, TypeError, KeyError, StoreError, msgpack.UnpackException):
+        return None
+    return real, trees
 
 
 def result_for(real: Realisation, *, record: Digest, record_bytes: bytes,
                trees: dict[str, tuple[Digest, Digest]], log: Digest | None) -> re_pb2.ActionResult:
-    """The ActionResult of ``real``; ``trees``: Kata tree -> (Tree digest, root Directory
-    digest), one per tree of ``real.objects()``."""
+    """The ActionResult of ``real`` whose record file (``encode_record``) is
+    ``record_bytes``; ``trees``: Kata tree -> (Tree digest, root Directory digest), one per
+    tree of ``real.objects()``."""
     result = re_pb2.ActionResult(exit_code=real.exit_status)
     result.output_files.append(re_pb2.OutputFile(path=RECORD_PATH, digest=record,
                                                  contents=record_bytes))
-    for tree, (tree_digest, root_digest) in sorted(trees.items()):
+    if real.outputs in trees:
+        tree_digest, root_digest = trees[real.outputs]
         result.output_directories.append(re_pb2.OutputDirectory(
-            path=f"{TREES_DIR}/{tree.partition(':')[2]}", tree_digest=tree_digest,
+            path=f"{TREES_DIR}/{real.outputs.partition(':')[2]}", tree_digest=tree_digest,
             root_directory_digest=root_digest))
     if log is not None:
         result.stdout_digest.CopyFrom(log)
@@ -106,21 +142,19 @@ def record_of(result: re_pb2.ActionResult, record_bytes: bytes) -> RemoteRecord 
     """A RemoteRecord from an ActionResult Kata wrote (None for anything else: a result
     some other client stored under this action, a record that does not decode, a tree
     or the log missing from the result)."""
-    try:
-        real = Realisation.decode(record_bytes, what="remote realisation")
-    except StoreError:
+    decoded = _decode_record(record_bytes)
+    if decoded is None:
         return None
-    dirs = {d.path: d.tree_digest for d in result.output_directories}
-    found: list[tuple[str, Digest]] = []
-    for tree in dict.fromkeys(t for t in (real.outputs, *real.stack) if t):
-        d = dirs.get(f"{TREES_DIR}/{tree.partition(':')[2]}")
-        if d is None:
+    real, named = decoded
+    for tree in (real.outputs, *real.stack):
+        entry = named.get(tree) if tree else ("", 0)
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+                and isinstance(entry[0], str) and isinstance(entry[1], int)):
             return None
-        found.append((tree, d))
     log = result.stdout_digest if result.HasField("stdout_digest") else None
     if (real.log or None) != (to_kata(log) if log is not None else None):
         return None
-    return RemoteRecord(realisation=real, trees=tuple(found), log=log, result=result)
+    return RemoteRecord(realisation=real, named=named, log=log, result=result)
 
 
 def record_digest(result: re_pb2.ActionResult) -> tuple[Digest, bytes] | None:
@@ -168,13 +202,17 @@ class ActionCache:
         result = self.answer(self.get_future(key), key)
         return self.decode(result) if result is not None else None
 
-    def decode(self, result: re_pb2.ActionResult) -> RemoteRecord | None:
+    def decode(self, result: re_pb2.ActionResult,
+               records: dict[str, bytes] | None = None) -> RemoteRecord | None:
+        """The RemoteRecord of a result; its record file from the answer (inlined), from
+        ``records`` (hash -> bytes, read beforehand for many results at once), or read now."""
         where = record_digest(result)
         if where is None:
             return None
         digest, data = where
         if not data and digest.size_bytes:
-            data = self.remote.cas.read_many([digest])[digest.hash]
+            data = (records or {}).get(digest.hash) or \
+                self.remote.cas.read_many([digest])[digest.hash]
         return record_of(result, data)
 
     def update(self, key: str, result: re_pb2.ActionResult) -> None:
@@ -206,4 +244,4 @@ def cas_blobs(keys: tuple[str, ...]) -> dict[tuple[str, int], tuple[Digest, byte
 
 
 __all__ = ["ActionCache", "KeyAction", "RemoteRecord", "RemoteError", "action_for",
-           "cas_blobs", "record_of", "result_for"]
+           "cas_blobs", "encode_record", "record_of", "result_for"]

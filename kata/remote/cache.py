@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from kata.remote import trees as remote_trees
-from kata.remote.actioncache import ActionCache, RemoteRecord, cas_blobs, result_for
+from kata.remote.actioncache import (
+    ActionCache, RemoteRecord, cas_blobs, encode_record, record_digest, result_for,
+)
 from kata.remote.cas import Digest, RemoteError, connect, digest_of
 from kata.remote.config import RemoteConfig
 from store import Realisation, Store, StoreError
@@ -95,12 +97,21 @@ class RemoteCache:
             return
         try:
             self._connect()
-            for i in range(0, len(todo), _IN_FLIGHT):
-                chunk = todo[i:i + _IN_FLIGHT]
-                futures = [(k, self._ac.get_future(k)) for k in chunk]
-                for k, fut in futures:
-                    result = self._ac.answer(fut, k)
-                    self._known[k] = self._ac.decode(result) if result is not None else None
+            results = {}
+            pending: list = []  # a sliding window of _IN_FLIGHT calls
+            for k in todo:
+                pending.append((k, self._ac.get_future(k)))
+                if len(pending) >= _IN_FLIGHT:
+                    key, fut = pending.pop(0)
+                    results[key] = self._ac.answer(fut, key)
+            for key, fut in pending:
+                results[key] = self._ac.answer(fut, key)
+            # servers that do not inline the record file (BuildGrid): one batched read
+            wanted = [where[0] for r in results.values() if r is not None
+                      and (where := record_digest(r)) is not None and not where[1]]
+            records = self._remote.cas.read_many(wanted) if wanted else {}
+            for key, result in results.items():
+                self._known[key] = self._ac.decode(result, records) if result is not None else None
         except RemoteError as err:
             self._fail(err)
 
@@ -130,7 +141,7 @@ class RemoteCache:
         if not self.enabled:
             raise RemoteError("remote.unavailable", f"the remote cache was left: {self._down}")
         try:
-            for tree, tree_digest in rec.trees:
+            for tree, tree_digest in rec.trees():
                 if not store.has_blob(tree):
                     remote_trees.download_tree(self._remote.cas, store, tree, tree_digest)
                     with self._lock:
@@ -180,7 +191,7 @@ class RemoteCache:
                 data = store.read_blob(real.log)
                 log = digest_of(data)
                 blobs[(log.hash, log.size_bytes)] = (log, data)
-            record_bytes = real.encode()
+            record_bytes = encode_record(real, trees)
             record = digest_of(record_bytes)
             blobs[(record.hash, record.size_bytes)] = (record, record_bytes)
             missing = {(d.hash, d.size_bytes) for d in cas.find_missing(d for d, _ in blobs.values())}

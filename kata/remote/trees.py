@@ -34,6 +34,7 @@ from store import Store
 from store import tree as kata_tree
 
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
+_UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
 
 
 @dataclass
@@ -122,7 +123,14 @@ def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, i
     again: small ones in batches, big ones streamed straight from the archive."""
     pending: dict[tuple[str, int], tuple[Digest, bytes]] = {}
     size = 0
-    with store.open_blob(tree) as blob:
+    sending: list[Future[None]] = []  # batches in flight (a bounded window)
+
+    def send(batch: dict[tuple[str, int], tuple[Digest, bytes]]) -> None:
+        sending.append(pool.submit(cas.upload, batch))
+        while len(sending) >= _WINDOW // 2:
+            sending.pop(0).result()
+
+    with ThreadPoolExecutor(max_workers=_UPLOADERS) as pool, store.open_blob(tree) as blob:
         for kind, parts, arg, rd in kata_tree.entries(blob):
             if kind not in ("f", "x"):
                 continue
@@ -150,10 +158,12 @@ def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, i
             pending[key] = (Digest(hash=key[0], size_bytes=n), data)
             size += n
             if size >= cas.batch_limit // 2:
-                cas.upload(pending)
+                send(pending)
                 pending, size = {}, 0
-    if pending:
-        cas.upload(pending)
+        if pending:
+            send(pending)
+        for fut in sending:
+            fut.result()
 
 
 # ------------------------------------------------------------------ downloading
