@@ -5,10 +5,13 @@
     kata (compiler)  imports neither store nor kata.runtimes nor kata.realise/kata.cli
     kata.runtimes    imports no store, no kata.realise, no kata.cli
     kata.remote      (the REAPI client) may import store, never kata.runtimes, kata.realise or kata.cli
+    kata.executor    (remote execution: client runtime and `kata worker`) may import kata.runtimes
+                     and kata.remote, never store, kata.realise or kata.cli
     kata.realise     may import store, kata.runtimes and kata.remote, never kata.cli
     kata.web         reads the store (the dashboard); only kata.cli imports it
     kata.cli         wires everything together
-and only kata.runtimes.containerd and kata.remote (the two gRPC adapters) import grpc or protobuf.
+and only kata.runtimes.containerd, kata.remote and kata.executor (the gRPC adapters) import grpc
+or protobuf.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def _violations(root: Path = ROOT) -> list[str]:
                 if _under(imp, "store") and not _under(module, "kata.remote"):
                     bad.append(f"{module} imports {imp}: only kata.realise, kata.web and kata.cli "
                                "use the store")
-                if _under(imp, "kata.runtimes") and not _under(module, "kata.runtimes"):
+                if _under(imp, "kata.runtimes") and not _under(module, "kata.runtimes",
+                                                               "kata.executor"):
                     bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use a runtime")
             if not _under(module, "kata.cli", "kata.web") and _under(imp, "kata.web"):
                 bad.append(f"{module} imports {imp}: only the CLI serves the dashboard")
@@ -82,10 +86,12 @@ def _violations(root: Path = ROOT) -> list[str]:
             if _under(module, "kata.runtimes") and _under(imp, "kata.realise"):
                 bad.append(f"{module} imports {imp}: runtimes do not know the realiser")
             if _under(imp, "grpc", "google.protobuf") and not _under(
-                    module, "kata.runtimes.containerd", "kata.remote"):
+                    module, "kata.runtimes.containerd", "kata.remote", "kata.executor"):
                 bad.append(f"{module} imports {imp}: only the containerd and REAPI adapters speak gRPC")
             if _under(module, "kata.remote") and _under(imp, "kata.runtimes", "kata.realise"):
                 bad.append(f"{module} imports {imp}: the REAPI client knows no runtime or realiser")
+            if _under(module, "kata.executor") and _under(imp, "kata.realise", "store"):
+                bad.append(f"{module} imports {imp}: remote execution knows no realiser or store")
     return sorted(bad)
 
 

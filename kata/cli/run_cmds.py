@@ -237,8 +237,14 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         journal = Journal(Path(store.state_dir) / "live")
         reporter = Tee(_reporter(json_out), journal)
         runtime.progress = _pull_events(reporter)
+        runner = runtime
+        if ctx.obj and ctx.obj.get("remote_executor"):  # steps run on REAPI workers
+            from kata.executor.client import RemoteRuntime
+
+            runner = RemoteRuntime(ctx.obj["remote_executor"], runtime,
+                                   instance=remote_instance or "")
         try:
-            realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
+            realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
                                 options=options, remote=remote)
             journal.start(run_id=realiser.run_id, pipeline=realiser.pipeline, commit=commit,
                           branch=git_branch, git_event=event or "")
@@ -250,6 +256,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             os._exit(130)
         finally:
             reporter.close()
+            if runner is not runtime:
+                runner.close()
         if out_dir is not None and not result.interrupted:
             realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
@@ -377,6 +385,11 @@ _common = [
     click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                  help="Copy the artifacts of the steps that passed to DIR/<step>/ "
                  "(directly into DIR for a single target)."),
+    click.option("--remote-executor", metavar="URL", expose_value=False,
+                 callback=lambda ctx, _p, v: _remember(ctx, "remote_executor", v),
+                 help="Run the steps that must run on REAPI workers (`kata worker`) through "
+                 "this Execution service: grpc://HOST:PORT (docs/remote.md); its instance "
+                 "is --remote-instance's."),
     click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
                  help="A Remote Execution API cache (BuildGrid, bazel-remote, ...) behind the "
                  "local store (default: remote.cache in /etc/kata/config.yaml). See "
@@ -384,6 +397,13 @@ _common = [
     click.option("--remote-instance", "remote_instance", metavar="NAME",
                  help="The remote's instance name (default: remote.instance, else \"\")."),
 ]
+
+
+def _remember(ctx: click.Context, key: str, value):  # noqa: ANN001, ANN202
+    """Keep an option that only the realiser's wiring reads in ``ctx.obj``."""
+    if value is not None:
+        ctx.ensure_object(dict)[key] = value
+    return value
 
 
 def _with_common(fn):  # noqa: ANN001, ANN202
