@@ -267,3 +267,34 @@ def test_the_dag_layout_reduces_crossings_of_hundreds_of_steps_and_keeps_matrix_
     blocks = [b for col in order_columns(steps) for b in col]
     assert [m.name for b in blocks if b[0].group == "test" for m in b] == [
         "test (PY=3.10)", "test (PY=3.11)", "test (PY=3.12)"]
+
+
+def test_the_live_stream_carries_the_dag_of_the_plan(store, tmp_path):
+    """The parse event gains the DAG drawn from the plan (every step pending, an edge per
+    dependency), which the live page recolours as events come."""
+    from pathlib import Path
+
+    from kata.report.journal import Journal
+
+    j = Journal(Path(store.state_dir) / "live")
+    j.start(run_id="live1", pipeline="demo")
+    j(ev.Parsed(pipeline="demo", steps=3, groups=2, planned=("a", "b", "c"),
+                needs={"a": (), "b": ("a",), "c": ("a", "gone")}))
+    j(ev.StepStarted(step="a", command="true"))
+    from kata.web.app import create_app
+
+    c = TestClient(create_app(store, warm=False))
+    with c.stream("GET", "/api/runs/live1/events") as r:
+        lines = []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                lines.append(json.loads(line[6:]))
+            if len(lines) == 3:
+                break
+    j.close()
+    parse = lines[1]
+    assert parse["event"] == "parse" and parse["needs"]["c"] == ["a", "gone"]
+    dag = parse["dag"]
+    assert dag.count('class="node status-pending"') == 3
+    assert 'data-from="a" data-to="b"' in dag and 'data-from="a" data-to="c"' in dag
+    assert "gone" not in dag

@@ -172,6 +172,8 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
                             continue
                         if event.get("event") == "output":
                             event["html"] = data.ansi_html(event.get("text", ""))
+                        elif event.get("event") == "parse":  # the DAG, to recolour live
+                            event["dag"] = draw.dag_svg(data.planned_view(run_id, event))
                         yield _sse(event)
                         if event.get("event") == "done":
                             return

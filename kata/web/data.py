@@ -215,6 +215,24 @@ def run_view(store: Any, run_id: str) -> RunView | None:
     return RunView(run=record, summary=summarise_run(record), steps=steps, critical=critical)
 
 
+def planned_view(run_id: str, parse: dict[str, Any]) -> RunView:
+    """A run in progress as its live DAG shows it before any step is done: the ``parse``
+    event's planned steps (status ``pending``) and their ``needs`` (events of kata before
+    the field: no edges). The live page recolours the nodes as events come."""
+    planned = [n for n in parse.get("planned") or () if isinstance(n, str)]
+    raw = parse.get("needs") if isinstance(parse.get("needs"), dict) else {}
+    names = set(planned)
+    steps = []
+    for n in planned:
+        deps = raw.get(n) if isinstance(raw.get(n), list) else []
+        needs = tuple(d for d in deps if isinstance(d, str) and d in names)
+        steps.append(StepView(record=StepRecord(name=n, status="pending", needs=needs),
+                              needs=needs, group=matrix_group(n)))
+    record = Run(id=run_id, pipeline=str(parse.get("pipeline") or ""), status="running",
+                 steps=tuple(s.record for s in steps))
+    return RunView(run=record, summary=summarise_run(record), steps=tuple(steps), critical=())
+
+
 def _derivation_deps(store: Any, drv_hash: str) -> tuple[str, ...]:
     from kata.derivation import decode
 

@@ -197,7 +197,7 @@ def dag_svg(view: RunView) -> str:
         r = s.record
         classes = f"node status-{escape(r.status)}" + (" hit" if s.hit else "") + \
             (" critical" if s.critical else "")
-        detail = "cached" if s.hit else r.status if r.status == "skipped" else \
+        detail = "cached" if s.hit else r.status if r.status in ("skipped", "pending") else \
             f"{r.status} · {_fmt_seconds(r.duration)}"
         label = s.name if s.name == s.group else s.name[len(s.group):].strip()
         out.append(f'<g class="{classes}" data-step="{escape(s.name)}">'
