@@ -435,8 +435,8 @@ class Store:
         first, without decoding the records the index has summaries of."""
         names = self.run_names()
         out: list[RunSummary] = []
-        step = 256
-        for start in range(0, len(names), step):
+        start, step = 0, len(names) if limit is None else max(limit, 8)
+        while start < len(names):  # newest first, in growing chunks until limit match
             chunk = names[start:start + step]
             found = self.summaries(chunk)
             for name in chunk:
@@ -445,6 +445,7 @@ class Store:
                     out.append(s)
                     if limit is not None and len(out) >= limit:
                         return out
+            start, step = start + step, step * 2
         return out
 
     def iter_runs(self) -> Iterator[Run]:
