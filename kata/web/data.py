@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from kata.realise.events import iso_time
