@@ -17,7 +17,7 @@ from .index import LmdbIndex, LmdbStatCache, is_network_fs
 from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
 from .merged import MergedTrees
-from .runs import Run
+from .runs import Run, RunSummary, decode_summary, encode_summary, record_name, summarise
 from .unpacked import UnpackedTrees
 
 VERSION = "kata-store/1"
@@ -371,9 +371,11 @@ class Store:
         if not run.started:
             run = dataclasses.replace(run, started=time.time())
         raw = run.encode()
-        name = f"{int(float(run.started) * 1e9):020d}-{run.id}"
+        name = record_name(run)
         write_immutable(self.tmp, os.path.join(self.root, "runs", name), raw)
-        self.index.put_run(run.id, raw)
+        # the record first, then its index rows in one transaction: a crash between the
+        # two leaves a record without a summary, which run_summaries computes when read
+        self.index.put_run(run.id, raw, name, encode_summary(summarise(run)))
         return run.id
 
     def get_run(self, run_id: str) -> Run | None:
@@ -397,6 +399,57 @@ class Store:
         StoreError store.corrupt_record when unreadable."""
         raw = read_file(os.path.join(self.root, "runs", os.path.basename(name)))
         return Run.decode(raw, what=name) if raw is not None else None
+
+    def summaries(self, names: Sequence[str]) -> dict[str, RunSummary | None]:
+        """The summaries of the run records named ``names`` (from :meth:`run_names`), by
+        name; None for a record that is unreadable or gone. Read from the index, which
+        ``put_run`` fills as it records a run; a record the index lacks (written by
+        another host, before the index kept summaries, or by a writer that crashed
+        between record and index) or holds in another version is decoded once and its
+        summary indexed."""
+        out: dict[str, RunSummary | None] = {}
+        missing: dict[str, bytes] = {}
+        for name, raw in zip(names, self.index.run_summaries(names)):
+            if raw is not None:
+                known, summary = decode_summary(raw)
+                if known:
+                    out[name] = summary
+                    continue
+            try:
+                record = self.read_run(name)
+            except StoreError:
+                record = None  # unreadable: remembered as such (records never change)
+            else:
+                if record is None:  # gone (a record is never rewritten): nothing to index
+                    out[name] = None
+                    continue
+            out[name] = summarise(record) if record is not None else None
+            missing[name] = encode_summary(out[name])
+        if missing:
+            try:
+                self.index.put_run_summaries(missing)
+            except StoreError:
+                pass  # an index that cannot be written costs the next reader a decode
+        return out
+
+    def run_summaries(self, pipeline: str | None = None,
+                      limit: int | None = None) -> list[RunSummary]:
+        """Summaries of the newest ``limit`` readable runs (of ``pipeline``), newest
+        first, without decoding the records the index has summaries of."""
+        names = self.run_names()
+        out: list[RunSummary] = []
+        start, step = 0, len(names) if limit is None else max(limit, 8)
+        while start < len(names):  # newest first, in growing chunks until limit match
+            chunk = names[start:start + step]
+            found = self.summaries(chunk)
+            for name in chunk:
+                s = found.get(name)
+                if s is not None and (pipeline is None or s.pipeline == pipeline):
+                    out.append(s)
+                    if limit is not None and len(out) >= limit:
+                        return out
+            start, step = start + step, step * 2
+        return out
 
     def iter_runs(self) -> Iterator[Run]:
         """Every readable run record, newest first (an unreadable one is passed over)."""

@@ -47,7 +47,7 @@ def is_network_fs(path: str) -> bool:
     return fs_type(path) in NETWORK_FS
 
 
-_DBS = (b"real", b"objs", b"runs", b"cnt", b"stat", b"unp", b"ver")
+_DBS = (b"real", b"objs", b"runs", b"cnt", b"stat", b"unp", b"ver", b"rsum")
 
 # LMDB 0.9 on-disk layout (lmdb's mdb.c, MDB_page/MDB_meta; py-lmdb bundles 0.9.x):
 # pages 0 and 1 are meta pages; each starts with a 16-byte page header, then
@@ -266,8 +266,31 @@ class LmdbIndex:
 
     # ------------------------------------------------------------ runs
 
-    def put_run(self, run_id: str, raw: bytes) -> None:
-        self.write(lambda t: t.put(run_id.encode(), raw, db=self.db["runs"]))
+    def put_run(self, run_id: str, raw: bytes, name: str = "", summary: bytes = b"") -> None:
+        """Index a run record by id and, with ``name``, its summary by record file name,
+        in one transaction."""
+        def fn(t: lmdb.Transaction) -> None:
+            t.put(run_id.encode(), raw, db=self.db["runs"])
+            if name:
+                t.put(name.encode(), summary, db=self.db["rsum"])
+        self.write(fn)
+
+    def run_summaries(self, names: Sequence[str]) -> list[bytes | None]:
+        """The encoded summaries of run records by file name (None: not indexed)."""
+        db = self.db["rsum"]
+
+        def fn(t: lmdb.Transaction) -> list[bytes | None]:
+            if len(names) < 1000:
+                return [t.get(n.encode(), db=db) for n in names]
+            every = dict(t.cursor(db=db))  # one walk: cheaper than many lookups
+            return [every.get(n.encode()) for n in names]
+        return self.read(fn)
+
+    def put_run_summaries(self, rows: Mapping[str, bytes]) -> None:
+        def fn(t: lmdb.Transaction) -> None:
+            for name, raw in rows.items():
+                t.put(name.encode(), raw, db=self.db["rsum"])
+        self.write(fn)
 
     def get_run(self, run_id: str) -> bytes | None:
         return self.read(lambda t: t.get(run_id.encode(), db=self.db["runs"]))

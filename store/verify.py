@@ -90,7 +90,7 @@ def verify(store: "Store", *, repair: bool = False, reindex: bool = False) -> Ve
             dropped.append(name)
 
     if reindex:
-        store.index.clear("real", "objs", "runs")
+        store.index.clear("real", "objs", "runs", "rsum")  # rsum: refilled as read
         store.index.bulk("real", ((k.encode(), Realisation.decode(v).index_encode())
                                    for k, v in records.items()))
         store.index.note_objects({d: s for d, s in sizes.items() if d not in bad}, when=0.0)

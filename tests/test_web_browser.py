@@ -259,7 +259,9 @@ def test_a_run_in_progress_shows_its_lines_as_they_come(tmp_path, containerd_dae
     repo = tmp_path / "repo"
     repo.mkdir()
     write_pipeline(repo, [FakeStep("slow", inputs=("x",), commands=(
-        "echo first-line", "sleep 4", "echo second-line-live", "sleep 4"))], name="slowdemo")
+        "echo first-line", "sleep 4", "echo second-line-live", "sleep 4")),
+        FakeStep("after", depends_on=("slow",), inputs=("x",), commands=("sleep 3",))],
+        name="slowdemo")
     (repo / "x").write_text("x\n")
     store = tmp_path / "store"
     env = dict(os.environ, KATA_STORE=str(store), PYTHONPATH=str(ROOT))
@@ -282,10 +284,31 @@ def test_a_run_in_progress_shows_its_lines_as_they_come(tmp_path, containerd_dae
         assert "second-line-live" not in log.text
         state = browser.find_element(By.CSS_SELECTOR, "#live-steps tr[data-step='slow'] .state")
         assert state.text == "running"
+        # the DAG, drawn from the plan, recoloured from the events
+        node = browser.find_element(By.CSS_SELECTOR, "#live-dag svg.dag g.node[data-step='slow']")
+        assert "status-running" in node.get_attribute("class").split()
+        after = browser.find_element(By.CSS_SELECTOR,
+                                     "#live-dag svg.dag g.node[data-step='after']")
+        assert after.get_attribute("class").split()[1] in ("status-pending", "status-queued")
+        assert browser.find_elements(By.CSS_SELECTOR,
+                                     "#live-dag path.edge[data-from='slow'][data-to='after']")
+        # the timeline: slow's running bar, growing as time goes
+        bar = "#live-timeline g.row[data-step='slow'] rect[data-phase='running']"
+
+        def running_width(d) -> float:  # noqa: ANN001
+            found = d.find_elements(By.CSS_SELECTOR, bar)
+            return float(found[0].get_attribute("width")) if found else 0.0
+
+        WebDriverWait(browser, 10).until(lambda d: running_width(d) > 0)
+        first_width = running_width(browser)
         _shot(browser, tmp_path, "live-first")
         WebDriverWait(browser, 60).until(lambda d: "second-line-live" in log.text)
+        assert running_width(browser) > first_width
         assert browser.execute_script("return window.keptAcrossUpdates;") == 42  # no reload
         _shot(browser, tmp_path, "live-second")
+        WebDriverWait(browser, 60).until(lambda d: "status-passed" in d.find_element(
+            By.CSS_SELECTOR, "#live-dag g.node[data-step='slow']").get_attribute("class"))
+        assert browser.execute_script("return window.keptAcrossUpdates;") == 42
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, out + err
         # once over, the page shows the recorded run

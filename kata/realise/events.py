@@ -8,8 +8,8 @@ overview, a live view on a terminal, or one JSON object per line.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 # the version of every --json document and event line kata writes (docs/json.md); bumped
@@ -27,6 +27,8 @@ class Parsed:
     steps: int
     groups: int
     planned: tuple[str, ...]  # the steps this run will realise, in topological order
+    # each planned step's dependencies (names), for a live DAG (kata web)
+    needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,6 @@
 """History: the runs and the cached results a store holds, as values the CLI renders.
 
-``kata runs`` lists :class:`RunSummary` values (one per recorded run), ``kata cache
+``kata runs`` lists :class:`RunSummary` values (one per recorded run, ``store.runs``), ``kata cache
 list``/``stats`` list :class:`CacheEntry` values: one per *result*, however many keys
 it is recorded under (a step's result is recorded under its derivation hash and, with
 dependencies, its resolved hash too; an early-cutoff hit records it once more). Both are
@@ -20,7 +20,7 @@ from typing import Any
 from kata.realise.events import iso_time
 from store.errors import StoreError
 from store.realisations import Realisation
-from store.runs import Run
+from store.runs import Run, RunSummary, summarise
 
 
 def local_time(unix: float) -> str:
@@ -28,58 +28,16 @@ def local_time(unix: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunSummary:
-    """One recorded run. ``ref``: the full ref it ran on (``refs/heads/main``,
-    ``refs/tags/v1``, "" outside git); ``event``: ``push`` | ``pull_request`` | ``tag`` |
-    ``schedule`` with ``--event``, ``local`` without; ``ran``: steps whose container ran,
-    ``cached``: steps resolved from the store, ``failed``: failed or cancelled steps;
-    ``started``: unix time; ``duration``: wall-clock seconds; ``scope``: the scope its
-    records were written in (kata.keys.Scope), "" when shared."""
-
-    id: str
-    pipeline: str
-    ref: str
-    commit: str
-    event: str
-    status: str
-    steps: int
-    ran: int
-    cached: int
-    failed: int
-    skipped: int
-    started: float
-    duration: float
-    scope: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "pipeline": self.pipeline, "ref": self.ref,
-                "commit": self.commit, "event": self.event, "scope": self.scope,
-                "status": self.status,
-                "steps": {"total": self.steps, "ran": self.ran, "cached": self.cached,
-                          "failed": self.failed, "skipped": self.skipped},
-                "started": iso_time(self.started), "duration": round(self.duration, 3)}
-
-
 def summarise_run(record: Run) -> RunSummary:
-    """A run record (as ``Store.list_runs`` returns it) as a :class:`RunSummary`."""
-    steps = record.steps
-    tag_ref = record.tag and (record.event == "tag" or not record.branch)
-    ref = f"refs/tags/{record.tag}" if tag_ref else \
-        f"refs/heads/{record.branch}" if record.branch else ""
-    return RunSummary(
-        id=record.id, pipeline=record.pipeline, ref=ref, commit=record.commit,
-        event=record.event or "local", status=record.status or "unknown", steps=len(steps),
-        ran=sum(1 for s in steps if s.cache == "MISS" and s.exit_status is not None),
-        cached=sum(1 for s in steps if s.cache == "HIT"),
-        failed=sum(1 for s in steps if s.status in ("failed", "cancelled")),
-        skipped=sum(1 for s in steps if s.status == "skipped"),
-        started=float(record.started), duration=float(record.wall), scope=record.scope)
+    """A run record (as ``Store.list_runs`` returns it) as a :class:`RunSummary`
+    (``store.runs.summarise``: the store keeps these in its index as it records runs)."""
+    return summarise(record)
 
 
 def runs(store: Any, *, pipeline: str | None = None, limit: int = 20) -> list[RunSummary]:
-    """The newest ``limit`` runs (of ``pipeline``, or of every pipeline), newest first."""
-    return [summarise_run(r) for r in store.list_runs(pipeline=pipeline, limit=limit)]
+    """The newest ``limit`` runs (of ``pipeline``, or of every pipeline), newest first:
+    the summaries the store's index keeps (records are decoded only where it lacks one)."""
+    return store.run_summaries(pipeline=pipeline, limit=limit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

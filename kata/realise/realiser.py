@@ -165,7 +165,8 @@ class Realiser:
         plan = plan or self.plan()
         self._planned = plan.steps
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
-                            groups=len(self.graph.levels), planned=plan.order))
+                            groups=len(self.graph.levels), planned=plan.order,
+                            needs={n: self.graph.nodes[n].deps for n in plan.order}))
         for name, why in plan.skipped.items():
             self._skipped(name, why)
         for name, hit in plan.hits.items():  # derivation-hash hits: done before anything runs

@@ -52,13 +52,13 @@ POLL = 0.2  # seconds between looks at a live journal
 def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> Starlette:
     """The dashboard over ``store`` (an open ``store.Store``); ``token``: what every
     request must present (None: nothing, for a loopback address only); ``warm``: read
-    every run record once in the background from the start, so the first runs page does
-    not (10,000 records: seconds)."""
+    the run summaries once in the background from the start (from the store's index;
+    records the index lacks, e.g. written by another host, are decoded there)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.globals.update(local_time=local_time, short_ref=data.short_ref, human=draw.human,
                        seconds=draw._fmt_seconds, anchor=draw._anchor)
-    index = data.RunIndex(store, cache=os.path.join(store.state_dir, "web", "runs.msgpack"))
+    index = data.RunIndex(store)
     if warm:
         import threading
 
@@ -172,6 +172,8 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
                             continue
                         if event.get("event") == "output":
                             event["html"] = data.ansi_html(event.get("text", ""))
+                        elif event.get("event") == "parse":  # the DAG, to recolour live
+                            event["dag"] = draw.dag_svg(data.planned_view(run_id, event))
                         yield _sse(event)
                         if event.get("event") == "done":
                             return

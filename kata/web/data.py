@@ -4,8 +4,9 @@ Runs are summarised by ``kata.realise.history.summarise_run`` (what ``kata runs`
 cache entries listed by ``cache_entries`` (``kata cache list``), a miss explained by
 ``kata.derivation.diff`` against ``previous_derivation`` (``kata why``), a log line collapsed
 by ``kata.realise.output.collapse`` (as the realiser writes it). Run records are immutable
-files, so :class:`RunIndex` decodes each once and keeps its summary by file name: the
-runs page of a store with 10,000 runs lists a directory and filters summaries in memory.
+files whose summaries the store's index keeps as it records them, so :class:`RunIndex`
+reads each summary once and keeps it by file name: the runs page of a store with 10,000
+runs lists a directory and filters summaries in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from kata.realise.events import iso_time
@@ -34,76 +35,24 @@ def matrix_group(step: str) -> str:
 
 
 class RunIndex:
-    """Run summaries by record file name, read once (records never change); thread-safe.
-    ``entries()`` lists the store's runs directory and decodes only names not seen yet.
+    """Run summaries by record file name; thread-safe. ``entries()`` lists the store's
+    runs directory and asks the store (``Store.summaries``: its index, which ``put_run``
+    fills as it records a run) only for names not seen yet; records never change."""
 
-    ``cache``: a file keeping the summaries across restarts (``<state dir>/web/runs.msgpack``,
-    msgpack ``{"format": "kata-web-runs/1", "runs": {name: [RunSummary fields in order]}}``,
-    rewritten whole by tmp + rename after new records were read). It is only a cache: an
-    unreadable or foreign one is ignored, names no longer in the store are dropped."""
-
-    FORMAT = "kata-web-runs/1"
-
-    def __init__(self, store: Any, cache: str | None = None) -> None:
+    def __init__(self, store: Any) -> None:
         self.store = store
-        self.cache = cache
         self._lock = threading.Lock()
-        self._by_name: dict[str, RunSummary | None] = self._load()
-
-    def _load(self) -> dict[str, RunSummary | None]:
-        import msgpack
-
-        if self.cache is None:
-            return {}
-        try:
-            with open(self.cache, "rb") as f:
-                doc = msgpack.unpackb(f.read(), raw=False)
-            if doc.get("format") != self.FORMAT:
-                return {}
-            return {name: RunSummary(**dict(zip(_SUMMARY_FIELDS, row)))
-                    for name, row in doc["runs"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError,
-                msgpack.UnpackException):
-            return {}
-
-    def _save(self, names: list[str]) -> None:
-        import msgpack
-
-        assert self.cache is not None
-        rows = {n: [getattr(s, f) for f in _SUMMARY_FIELDS] for n in names
-                if (s := self._by_name.get(n)) is not None}
-        tmp = f"{self.cache}.tmp.{os.getpid()}"
-        try:
-            os.makedirs(os.path.dirname(self.cache), exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(msgpack.packb({"format": self.FORMAT, "runs": rows}))
-            os.replace(tmp, self.cache)
-        except OSError:  # a cache: a full disk costs a slower next start, nothing else
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        self._by_name: dict[str, RunSummary | None] = {}
 
     def entries(self) -> list[RunSummary]:
         """Every readable run, newest first."""
         names = self.store.run_names()
         with self._lock:
             known = self._by_name
-            read = 0
-            for name in names:
-                if name not in known:
-                    try:
-                        record = self.store.read_run(name)
-                    except StoreError:
-                        record = None  # an unreadable record is passed over, as kata runs does
-                    known[name] = summarise_run(record) if record is not None else None
-                    read += 1
-            if read and self.cache is not None:
-                self._save(names)
+            new = [n for n in names if n not in known]
+            if new:
+                known.update(self.store.summaries(new))
             return [s for n in names if (s := known.get(n)) is not None]
-
-
-_SUMMARY_FIELDS = tuple(f.name for f in fields(RunSummary))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,6 +213,24 @@ def run_view(store: Any, run_id: str) -> RunView | None:
                            critical=s.name in critical, tests=test_totals(store, s))
                   for s in record.steps)
     return RunView(run=record, summary=summarise_run(record), steps=steps, critical=critical)
+
+
+def planned_view(run_id: str, parse: dict[str, Any]) -> RunView:
+    """A run in progress as its live DAG shows it before any step is done: the ``parse``
+    event's planned steps (status ``pending``) and their ``needs`` (events of kata before
+    the field: no edges). The live page recolours the nodes as events come."""
+    planned = [n for n in parse.get("planned") or () if isinstance(n, str)]
+    raw = parse.get("needs") if isinstance(parse.get("needs"), dict) else {}
+    names = set(planned)
+    steps = []
+    for n in planned:
+        deps = raw.get(n) if isinstance(raw.get(n), list) else []
+        needs = tuple(d for d in deps if isinstance(d, str) and d in names)
+        steps.append(StepView(record=StepRecord(name=n, status="pending", needs=needs),
+                              needs=needs, group=matrix_group(n)))
+    record = Run(id=run_id, pipeline=str(parse.get("pipeline") or ""), status="running",
+                 steps=tuple(s.record for s in steps))
+    return RunView(run=record, summary=summarise_run(record), steps=tuple(steps), critical=())
 
 
 def _derivation_deps(store: Any, drv_hash: str) -> tuple[str, ...]:

@@ -39,6 +39,110 @@ def levels(steps: Sequence[StepView]) -> dict[str, int]:
     return out
 
 
+SWEEPS = 12  # barycenter sweeps (each one down and one up the columns)
+
+
+def order_columns(steps: Sequence[StepView]) -> list[list[list[StepView]]]:
+    """The DAG's columns (by :func:`levels`), each a list of blocks top to bottom: a
+    matrix step's instances form one block (drawn boxed together), any other step a block
+    of its own. Blocks are ordered to reduce edge crossings by the barycenter heuristic of
+    Sugiyama, Tagawa and Toda (1981, "Methods for visual understanding of hierarchical
+    system structures"), as Graphviz dot's ``mincross`` does: alternating sweeps sort
+    each column's blocks by the mean position of their dependencies (left to right) or
+    dependents (right to left), keeping the order with the fewest crossings
+    (:func:`crossings`). Edges spanning several columns count with their endpoints'
+    positions (no dummy nodes). Deterministic; record order breaks ties."""
+    col = levels(steps)
+    columns: dict[int, list[list[StepView]]] = {}
+    for s in steps:  # record order: instances of a matrix step stay together
+        blocks = columns.setdefault(col[s.name], [])
+        for block in blocks:
+            if block[0].group == s.group and s.name != s.group:
+                block.append(s)
+                break
+        else:
+            blocks.append([s])
+    order = [columns[c] for c in sorted(columns)]
+    by_name = {s.name: s for s in steps}
+    succ: dict[str, list[str]] = {s.name: [] for s in steps}
+    for s in steps:
+        for d in s.needs:
+            if d in succ:
+                succ[d].append(s.name)
+    edges = [(d, s.name) for s in steps for d in s.needs if d in by_name]
+
+    def ranks(cols: list[list[list[StepView]]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for blocks in cols:
+            i = 0
+            for block in blocks:
+                for m in block:
+                    out[m.name] = i
+                    i += 1
+        return out
+
+    def sweep(cols: list[list[list[StepView]]], down: bool) -> list[list[list[StepView]]]:
+        cols = [list(b) for b in cols]
+        indices = range(1, len(cols)) if down else range(len(cols) - 2, -1, -1)
+        for c in indices:
+            pos = ranks(cols)
+            keyed = []
+            for i, block in enumerate(cols[c]):
+                near = [pos[n] for m in block
+                        for n in (m.needs if down else succ[m.name]) if n in pos]
+                mine = sum(pos[m.name] for m in block) / len(block)
+                keyed.append((sum(near) / len(near) if near else mine, i, block))
+            cols[c] = [block for _, _, block in sorted(keyed, key=lambda k: (k[0], k[1]))]
+        return cols
+
+    best, fewest = order, crossings(ranks(order), edges, col)
+    current = order
+    for i in range(SWEEPS * 2):
+        if fewest == 0:
+            break
+        current = sweep(current, down=i % 2 == 0)
+        count = crossings(ranks(current), edges, col)
+        if count < fewest:
+            best, fewest = current, count
+    return best
+
+
+def crossings(pos: dict[str, float], edges: Sequence[tuple[str, str]],
+              col: dict[str, int]) -> int:
+    """How many pairs of edges cross, each edge (from, to) a straight line from its
+    source's (column, ``pos``) to its target's: per gap between two adjacent columns,
+    the edges over it, each at its height at the gap's two sides, counted as inversions
+    (O(E log E) per gap)."""
+    gaps: dict[int, list[tuple[float, float]]] = {}
+    for a, b in edges:
+        ca, cb = col[a], col[b]
+        if cb <= ca:
+            continue
+        ya, yb = pos[a], pos[b]
+        for g in range(ca, cb):
+            left = ya + (yb - ya) * (g - ca) / (cb - ca)
+            right = ya + (yb - ya) * (g + 1 - ca) / (cb - ca)
+            gaps.setdefault(g, []).append((left, right))
+    return sum(_inversions([r for _, r in sorted(segs)]) for segs in gaps.values())
+
+
+def _inversions(seq: list[float]) -> int:
+    """Pairs i < j with seq[i] > seq[j] (merge sort)."""
+    if len(seq) < 2:
+        return 0
+    mid = len(seq) // 2
+    left, right = seq[:mid], seq[mid:]
+    count = _inversions(left) + _inversions(right)
+    left.sort()
+    right.sort()
+    j = 0
+    for x in left:  # for each of left, how many of right are smaller
+        while j < len(right) and right[j] < x:
+            j += 1
+        count += j
+    return count
+
+
 def dag_svg(view: RunView) -> str:
     """The run's DAG, left to right: one box per step coloured by status (class
     ``status-<status>``), a cache hit marked (class ``hit``, dashed, "cached"), matrix
@@ -47,22 +151,13 @@ def dag_svg(view: RunView) -> str:
     steps = view.steps
     if not steps:
         return '<svg class="dag" width="200" height="40"><text x="8" y="24">no steps</text></svg>'
-    col = levels(steps)
-    columns: dict[int, list[StepView]] = {}
-    for s in steps:  # record order is pipeline order: instances of a matrix stay together
-        columns.setdefault(col[s.name], []).append(s)
+    columns = order_columns(steps)
     pos: dict[str, tuple[float, float]] = {}
     groups: list[tuple[str, float, float, float]] = []  # name, x, y top, y bottom
     height = 0.0
-    for c, members in sorted(columns.items()):
+    for c, blocks in enumerate(columns):
         y = PAD + 18.0
-        i = 0
-        while i < len(members):
-            group = members[i].group
-            j = i
-            while j < len(members) and members[j].group == group:
-                j += 1
-            block = members[i:j]
+        for block in blocks:
             boxed = len(block) > 1 and any(m.name != m.group for m in block)
             if boxed:
                 y += 16  # room for the group's label
@@ -71,11 +166,10 @@ def dag_svg(view: RunView) -> str:
                 pos[m.name] = (PAD + c * COL_W, y)
                 y += ROW_H
             if boxed:
-                groups.append((group, PAD + c * COL_W, top, y - ROW_H + NODE_H))
+                groups.append((block[0].group, PAD + c * COL_W, top, y - ROW_H + NODE_H))
                 y += 10
-            i = j
         height = max(height, y)
-    width = PAD * 2 + max(columns) * COL_W + NODE_W + 8
+    width = PAD * 2 + (len(columns) - 1) * COL_W + NODE_W + 8
     out = [f'<svg class="dag" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
            f'height="{height + PAD:.0f}" viewBox="0 0 {width:.0f} {height + PAD:.0f}">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" '
@@ -103,7 +197,7 @@ def dag_svg(view: RunView) -> str:
         r = s.record
         classes = f"node status-{escape(r.status)}" + (" hit" if s.hit else "") + \
             (" critical" if s.critical else "")
-        detail = "cached" if s.hit else r.status if r.status == "skipped" else \
+        detail = "cached" if s.hit else r.status if r.status in ("skipped", "pending") else \
             f"{r.status} · {_fmt_seconds(r.duration)}"
         label = s.name if s.name == s.group else s.name[len(s.group):].strip()
         out.append(f'<g class="{classes}" data-step="{escape(s.name)}">'
