@@ -43,11 +43,11 @@ class StepRecord:
     attempts: int = 1  # attempts made (`retry:`); only the last one's result is recorded
 
     def to_obj(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {n: getattr(self, n) for n in _STEP_FIELDS}  # sorted names: a sorted map
         out["service_logs"] = dict(self.service_logs)
         if self.attempts == 1:  # the default is left out: older records read the same
             del out["attempts"]
-        return dict(sorted(out.items()))
+        return out
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "StepRecord":
@@ -56,6 +56,9 @@ class StepRecord:
         logs = data.get("service_logs") or {}
         data["service_logs"] = tuple(sorted(logs.items())) if isinstance(logs, dict) else ()
         return cls(**data)
+
+
+_STEP_FIELDS = tuple(sorted(f.name for f in fields(StepRecord)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
