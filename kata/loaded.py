@@ -29,6 +29,7 @@ import hashlib
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 from kata.configfile import read_config
@@ -36,6 +37,7 @@ from kata.model import Pipeline
 
 FORMAT = "kata-loaded/1"
 DIR_NAME = "loaded"
+KEEP = 32  # entries kept (one per config version and kata version seen)
 _LIBRARIES = ("yaml", "pathspec", "lark", "msgpack")
 
 
@@ -102,7 +104,7 @@ def load_cached(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] 
     if cache_dir is None:
         return _load(data, path)
     name = key(data, str(path))
-    entry = os.path.join(cache_dir, name[:2], name)
+    entry = os.path.join(cache_dir, name)
     found = _read(entry)
     if found is not None and found.file == str(path):
         return found
@@ -168,7 +170,6 @@ def _write(entry: str, pipeline: Pipeline) -> None:
     folder = os.path.dirname(entry)
     tmp = f"{entry}.tmp.{os.getpid()}"
     try:
-        os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
         os.makedirs(folder, mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -177,5 +178,25 @@ def _write(entry: str, pipeline: Pipeline) -> None:
     except OSError:
         try:
             os.unlink(tmp)
+        except OSError:
+            pass
+        return
+    _evict(folder, keep=KEEP)
+
+
+def _evict(folder: str, *, keep: int) -> None:
+    """Remove all but the ``keep`` newest entries (an entry is written only on a miss: an
+    edited config, a new kata); temporary files of writers gone for an hour go too."""
+    try:
+        with os.scandir(folder) as it:
+            found = [(e.stat().st_mtime_ns, e.path, e.name) for e in it if e.is_file()]
+    except OSError:
+        return
+    now = time.time_ns()
+    stale = [p for t, p, n in found if ".tmp." in n and now - t > 3600 * 10**9]
+    entries = sorted((t, p) for t, p, n in found if ".tmp." not in n)
+    for path in stale + [p for _, p in entries[:-keep]]:
+        try:
+            os.unlink(path)
         except OSError:
             pass

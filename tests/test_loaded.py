@@ -152,6 +152,19 @@ def test_a_bad_config_is_never_kept(tmp_path) -> None:
     assert entries(cache) == []
 
 
+def test_old_entries_are_evicted(config, tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "loaded"
+    monkeypatch.setattr(loaded, "KEEP", 3)
+    for i in range(5):
+        config.write_text(CONFIG.replace("make test", f"make test{i}"))
+        loaded.load_cached(config, cache)
+        for n, e in enumerate(sorted(entries(cache), key=lambda p: p.stat().st_mtime_ns)):
+            os.utime(e, ns=(n, n))  # oldest first, whatever the clock's granularity
+    assert len(entries(cache)) == 3
+    newest = loaded.load_cached(config, cache)  # the last version is kept
+    assert newest.steps[1].commands == ("make test4",)
+
+
 def test_entries_are_private(config, tmp_path) -> None:
     cache = tmp_path / "state" / "loaded"
     loaded.load_cached(config, cache)

@@ -55,6 +55,7 @@ def loaded_dir(ctx: click.Context | None = None) -> str | None:
     """Where loaded pipelines are kept (``kata.loaded``): ``<state dir>/loaded`` of the
     store the command line names; None (no cache) while that state dir does not exist
     (the store is created later in the command; a config is never kept outside it)."""
+    from kata.loaded import DIR_NAME
     from store.core import default_state_dir
 
     explicit = None
@@ -67,7 +68,7 @@ def loaded_dir(ctx: click.Context | None = None) -> str | None:
         state = default_state_dir(root)
     except OSError:  # the store's own errors come when it is opened
         return None
-    return os.path.join(state, "loaded") if os.path.isdir(state) else None
+    return os.path.join(state, DIR_NAME) if os.path.isdir(state) else None
 
 
 # ---------------------------------------------------------------- small parsers
