@@ -184,17 +184,25 @@ def test_kata_run_sees_an_edit_of_the_config(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
            "KATA_CONTAINERD_ADDRESS": str(tmp_path / "nothing.sock")}
 
+    parsed = []
+
     def plan() -> list[str]:
-        out = subprocess.run([sys.executable, "-m", "kata", "run", "--dry-run", "--json"],
+        out = subprocess.run([sys.executable, "-X", "importtime", "-m", "kata", "run",
+                              "--dry-run", "--json"],
                              cwd=repo, env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
+        parsed.append(any(line.rstrip().endswith(" kata.loader")
+                          for line in out.stderr.splitlines()))
         return [json.loads(x)["step"] for x in out.stdout.splitlines()
                 if json.loads(x).get("event") == "plan"]
 
-    assert plan() == ["build", "test"]
-    assert plan() == ["build", "test"]  # now from the kept entry
+    assert plan() == ["build", "test"]  # no store yet: parsed, kept nowhere
+    assert plan() == ["build", "test"]  # parsed and kept beside the store's index
+    assert plan() == ["build", "test"]  # from the kept entry: the parser is not even loaded
+    assert parsed == [True, True, False]
     assert list((tmp_path / "store" / "local" / "loaded").rglob("*"))
     st = os.stat(cfg)
     cfg.write_text(cfg.read_text().replace("name: test", "name: tess"))
     os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert plan() == ["build", "tess"]
+    assert parsed[-1] is True
