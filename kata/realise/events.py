@@ -209,7 +209,7 @@ def stamped(data: dict[str, object], at: float | None = None) -> dict[str, objec
     seconds; default now): one line of the ``--json`` stream."""
     out: dict[str, object] = {"event": data["event"], "version": JSON_VERSION,
                               "time": iso_time(time.time() if at is None else at)}
-    out.update((k, v) for k, v in data.items() if k != "event")
+    out.update(data)  # "event" again: same value, its place (first) kept
     return out
 
 
