@@ -6,6 +6,7 @@ top-level keys); each section is parsed by the module that owns it:
 
     containerd, offline, registries   kata.runtimes.containerd.config (RuntimeConfig)
     protected                         kata.trust (which refs are protected)
+    remote                            kata.remote.config (the remote cache, REAPI)
 
 Unknown keys are errors (a typo must not silently do nothing). A missing default file means
 every default; a missing file named by ``$KATA_CONFIG`` (or an explicit path) is an error.
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     import yaml
 
 DEFAULT_CONFIG = "/etc/kata/config.yaml"
-SECTIONS = frozenset({"containerd", "offline", "registries", "protected"})
+SECTIONS = frozenset({"containerd", "offline", "registries", "protected", "remote"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,10 +4,14 @@
     store            imports nothing of kata
     kata (compiler)  imports neither store nor kata.runtimes nor kata.realise/kata.cli
     kata.runtimes    imports no store, no kata.realise, no kata.cli
-    kata.realise     may import store and kata.runtimes, never kata.cli
+    kata.remote      (the REAPI client) may import store, never kata.runtimes, kata.realise or kata.cli
+    kata.executor    (remote execution: client runtime and `kata worker`) may import kata.runtimes
+                     and kata.remote, never store, kata.realise or kata.cli
+    kata.realise     may import store, kata.runtimes and kata.remote, never kata.cli
     kata.web         reads the store (the dashboard); only kata.cli imports it
     kata.cli         wires everything together
-and only kata.runtimes.containerd imports grpc or protobuf.
+and only kata.runtimes.containerd, kata.remote and kata.executor (the gRPC adapters) import grpc
+or protobuf.
 """
 
 from __future__ import annotations
@@ -69,10 +73,11 @@ def _violations(root: Path = ROOT) -> list[str]:
             if _under(module, "procs") and _under(imp, "kata", "store"):
                 bad.append(f"{module} imports {imp}: procs imports nothing of kata or the store")
             if _under(module, "kata") and not _under(module, "kata.cli", "kata.realise", "kata.web"):
-                if _under(imp, "store"):
+                if _under(imp, "store") and not _under(module, "kata.remote"):
                     bad.append(f"{module} imports {imp}: only kata.realise, kata.web and kata.cli "
                                "use the store")
-                if _under(imp, "kata.runtimes") and not _under(module, "kata.runtimes"):
+                if _under(imp, "kata.runtimes") and not _under(module, "kata.runtimes",
+                                                               "kata.executor"):
                     bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use a runtime")
             if not _under(module, "kata.cli", "kata.web") and _under(imp, "kata.web"):
                 bad.append(f"{module} imports {imp}: only the CLI serves the dashboard")
@@ -80,8 +85,13 @@ def _violations(root: Path = ROOT) -> list[str]:
                 bad.append(f"{module} imports {imp}: nothing imports the CLI")
             if _under(module, "kata.runtimes") and _under(imp, "kata.realise"):
                 bad.append(f"{module} imports {imp}: runtimes do not know the realiser")
-            if _under(imp, "grpc", "google.protobuf") and not _under(module, "kata.runtimes.containerd"):
-                bad.append(f"{module} imports {imp}: only the containerd adapter speaks gRPC")
+            if _under(imp, "grpc", "google.protobuf") and not _under(
+                    module, "kata.runtimes.containerd", "kata.remote", "kata.executor"):
+                bad.append(f"{module} imports {imp}: only the containerd and REAPI adapters speak gRPC")
+            if _under(module, "kata.remote") and _under(imp, "kata.runtimes", "kata.realise"):
+                bad.append(f"{module} imports {imp}: the REAPI client knows no runtime or realiser")
+            if _under(module, "kata.executor") and _under(imp, "kata.realise", "store"):
+                bad.append(f"{module} imports {imp}: remote execution knows no realiser or store")
     return sorted(bad)
 
 
@@ -98,7 +108,7 @@ def test_checker_sees_a_violation(tmp_path: Path) -> None:
     (tmp_path / "procs").mkdir()
     (tmp_path / "procs" / "__init__.py").write_text("import store.objects\n", encoding="utf-8")
     assert set(_violations(tmp_path)) == {
-        "kata.model imports grpc: only the containerd adapter speaks gRPC",
+        "kata.model imports grpc: only the containerd and REAPI adapters speak gRPC",
         "kata.model imports store.index: only kata.realise, kata.web and kata.cli use the store",
         "store.probe imports kata.errors: the store and grammars import nothing of kata",
         "store.probe imports kata.errors.KataError: the store and grammars import nothing of kata",

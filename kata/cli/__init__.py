@@ -40,10 +40,11 @@ def cli(ctx: click.Context, config_file: str | None, store_path: str | None,
 for _module in (config_cmds, store_cmds, image_cmds, run_cmds, history_cmds, doctor_cmds):
     _module.register(cli)
 
-from . import hooks_cmds, web_cmds  # noqa: E402
+from . import hooks_cmds, web_cmds, worker_cmds  # noqa: E402
 
 hooks_cmds.register(cli)
 web_cmds.register(cli)
+worker_cmds.register(cli)
 
 
 def _report(reason: str, message: str, code: int) -> int:
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     # still collected, 50x less often.
     gc.set_threshold(35_000, 10, 10)
 
+    from kata.client import run_if_served
+
     try:
+        # not root: a command kata's server runs goes there (SECURITY.md, "Group kata")
+        run_if_served(sys.argv[1:] if argv is None else argv)
         cli.main(args=argv, prog_name="kata", standalone_mode=False)
     except KataError as err:
         sys.exit(_report(err.reason, str(err), err.exit_code))

@@ -155,7 +155,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
              branch: str | None = None, tag: str | None = None, action: str | None = None,
              base: str | None = None, untrusted: bool = False, hook: str = "",
              default_branch: str | None = None, pull: bool = False,
-             out_dir: str | None = None) -> None:
+             out_dir: str | None = None, remote_cache: str | None = None,
+             remote_instance: str | None = None) -> None:
     from kata.cli.config_cmds import load
     from kata.cli.store_cmds import open_store
     from kata.compile import compile_pipeline
@@ -188,6 +189,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       event=event or "", hook=hook, default_branch=default_branch,
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
+    remote = _remote_cache(remote_cache, remote_instance)
     store = open_store(ctx)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)
@@ -218,10 +220,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             started=process_started(),  # [DONE]'s wall time is what the user waited
         )
         if dry_run:  # a plan runs nothing: it needs no secret and changes nothing
-            plan = plan_run(graph, store, options, heal=False)
+            plan = plan_run(graph, store, options, heal=False, remote=remote)
             _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
-        plan = plan_run(graph, store, options)
+        plan = plan_run(graph, store, options, remote=remote)
         # an untrusted run reads no value at all (its plan skips every step declaring one)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
@@ -235,9 +237,15 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         journal = Journal(Path(store.state_dir) / "live")
         reporter = Tee(_reporter(json_out), journal)
         runtime.progress = _pull_events(reporter)
+        runner = runtime
+        if ctx.obj and ctx.obj.get("remote_executor"):  # steps run on REAPI workers
+            from kata.executor.client import RemoteRuntime
+
+            runner = RemoteRuntime(ctx.obj["remote_executor"], runtime,
+                                   instance=remote_instance or "")
         try:
-            realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
-                                options=options)
+            realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
+                                options=options, remote=remote)
             journal.start(run_id=realiser.run_id, pipeline=realiser.pipeline, commit=commit,
                           branch=git_branch, git_event=event or "")
             result = realiser.run(plan)
@@ -248,15 +256,33 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             os._exit(130)
         finally:
             reporter.close()
+            if runner is not runtime:
+                runner.close()
         if out_dir is not None and not result.interrupted:
+            realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         runtime.close()
         store.close()
+        if remote is not None:
+            remote.close()
     if result.interrupted:
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _remote_cache(url: str | None, instance: str | None):  # noqa: ANN202
+    """The remote cache the flags or the host config name (None: none). Bad settings are
+    errors (exit 2); an unreachable remote is not (it warns once and the run goes on)."""
+    from kata.remote.config import load_remote_config
+
+    config = load_remote_config(url, instance)
+    if config is None:
+        return None
+    from kata.remote.cache import RemoteCache
+
+    return RemoteCache(config, warn=lambda line: click.echo(f"kata: warning: {line}", err=True))
 
 
 def _pull_events(reporter):  # noqa: ANN001, ANN202
@@ -285,7 +311,9 @@ def _export(store, graph, targets, result, out_dir: Path, json_out: bool) -> Non
     names = targets if targets is not None else graph.order
     rows = [(n, result.steps[n].status, result.steps[n].outputs, bool(graph.nodes[n].step.artifacts))
             for n in names if n in result.steps]
-    _print_exports(export(store, exported(rows), out_dir,
+    from kata.server import out_owner
+
+    _print_exports(export(store, exported(rows), out_dir, owner=out_owner(),
                           flat=targets is not None and len(targets) == 1), json_out)
 
 
@@ -326,10 +354,14 @@ def _print_plan(entries, skipped: dict[str, str], json_out: bool) -> None:  # no
 
     for entry in entries:
         if json_out:
-            click.echo(event_line({"event": "plan", "step": entry.step, "hit": entry.hit,
-                                   "key": entry.key, "why": entry.why}))
+            data = {"event": "plan", "step": entry.step, "hit": entry.hit, "key": entry.key,
+                    "why": entry.why}
+            if entry.remote:
+                data["remote"] = True
+            click.echo(event_line(data))
         elif entry.hit:
-            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)})")
+            where = ", remote" if entry.remote else ""
+            click.echo(f"[PLAN] {entry.step}: HIT (key: {short_key(entry.key)}{where})")
         else:
             click.echo(f"[PLAN] {entry.step}: MISS ({entry.why})")
     for name, why in skipped.items():
@@ -353,7 +385,25 @@ _common = [
     click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                  help="Copy the artifacts of the steps that passed to DIR/<step>/ "
                  "(directly into DIR for a single target)."),
+    click.option("--remote-executor", metavar="URL", expose_value=False,
+                 callback=lambda ctx, _p, v: _remember(ctx, "remote_executor", v),
+                 help="Run the steps that must run on REAPI workers (`kata worker`) through "
+                 "this Execution service: grpc://HOST:PORT (docs/remote.md); its instance "
+                 "is --remote-instance's."),
+    click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
+                 help="A Remote Execution API cache (BuildGrid, bazel-remote, ...) behind the "
+                 "local store (default: remote.cache in /etc/kata/config.yaml). See "
+                 "docs/remote.md."),
+    click.option("--remote-instance", "remote_instance", metavar="NAME",
+                 help="The remote's instance name (default: remote.instance, else \"\")."),
 ]
+
+
+def _remember(ctx: click.Context, key: str, value):  # noqa: ANN001, ANN202
+    """Keep an option that only the realiser's wiring reads in ``ctx.obj``."""
+    if value is not None:
+        ctx.ensure_object(dict)[key] = value
+    return value
 
 
 def _with_common(fn):  # noqa: ANN001, ANN202
@@ -390,7 +440,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
         json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
         out_dir: str | None, untrusted: bool, event: str | None, branch: str | None,
         tag: str | None, action: str | None, base: str | None, hook: str | None,
-        default_branch: str | None, pull: bool) -> None:
+        default_branch: str | None, pull: bool, remote_cache: str | None = None,
+        remote_instance: str | None = None) -> None:
     """Run the pipeline in .kata-ci.yaml."""
     if tag is not None and event is None:
         event = "tag"  # --tag T alone: run as that tag's event (a push has no tag)
@@ -401,7 +452,8 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
     _realise(ctx, steps=steps, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
              secrets=secrets, secret_files=secret_files, event=event, branch=branch, tag=tag,
              action=action, base=base, untrusted=untrusted, hook=hook or "",
-             default_branch=default_branch, pull=pull, out_dir=out_dir)
+             default_branch=default_branch, pull=pull, out_dir=out_dir,
+             remote_cache=remote_cache, remote_instance=remote_instance)
 
 
 @click.command()
@@ -410,10 +462,12 @@ def run(ctx: click.Context, steps: tuple[str, ...], dry_run: bool, no_cache: boo
 @click.pass_context
 def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: bool,
           json_out: bool, secrets: tuple[str, ...], secret_files: tuple[str, ...],
-          out_dir: str | None, untrusted: bool) -> None:
+          out_dir: str | None, untrusted: bool, remote_cache: str | None = None,
+          remote_instance: str | None = None) -> None:
     """Realise targets and what they need: //step, //prefix*, //... ."""
     _realise(ctx, labels=labels, dry_run=dry_run, no_cache=no_cache, json_out=json_out,
-             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir)
+             secrets=secrets, secret_files=secret_files, untrusted=untrusted, out_dir=out_dir,
+             remote_cache=remote_cache, remote_instance=remote_instance)
 
 
 @click.command()
@@ -474,8 +528,10 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
                 for e in record.steps if not steps or e.name in steps]
+        from kata.server import out_owner
+
         _print_exports(export(store, exported(rows, named=steps), Path(out_dir),
-                              flat=len(steps) == 1), json_out)
+                              flat=len(steps) == 1, owner=out_owner()), json_out)
     finally:
         store.close()
 
@@ -551,6 +607,10 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
     click.echo(head)
     digest = entry.log
     if not digest:
+        return
+    if entry.cache == "HIT" and not store.has_blob(digest):
+        # a remote cache hit that no step of this host needed: its log stayed remote
+        click.echo(f"(the log {digest} is in the remote cache; this host never fetched it)")
         return
     with store.open_blob(digest) as f:
         data = f.read()

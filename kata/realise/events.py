@@ -40,6 +40,7 @@ class CacheChecked:
     reason: str = ""  # why a miss: "not in store", "--no-cache", "cache: false", ...
     produced_by: str = ""  # on a hit: the run that produced the result, when known
     damaged: bool = False  # a miss because what was cached is missing or corrupt (healed)
+    remote: bool = False  # a hit found in the remote cache (kata.remote), not the local store
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from kata.conditions import Context
     from kata.model import Pipeline, Step
     from kata.realise.results import RealiseOptions
+    from kata.remote.cache import RemoteCache
     from store import Store
 
 Action = Literal["hit", "run", "skip"]
@@ -51,6 +52,11 @@ class StepPlan:
     ``key``: for a hit the key that hit; else the derivation hash looked up.
     ``why``: for a step that runs, why it misses; for a skipped step, why it is skipped.
     ``found``: for a hit, the record (``Looked``) it hit with.
+    ``after``: for a step that misses by its derivation hash (not stored, or damaged),
+    its dependencies that run in this run: once they passed, the step is looked up again
+    by its resolved hash and hits if they rebuilt to the output they had (early cutoff;
+    this is how a run heals a dependency's deleted tree and still hits its dependents).
+    No plan can know that output before it exists, so a dry run says so.
     """
 
     step: str
@@ -58,6 +64,7 @@ class StepPlan:
     key: str = ""
     why: str = ""
     found: Looked | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def damaged(self) -> bool:
@@ -226,6 +233,12 @@ def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
             why = DAMAGED if found.damaged else NOT_STORED
         plans[name] = StepPlan(step=name, action="run", key=drv_hash, why=why)
         wanted.update(node.deps)
+    for name in graph.order:  # dependencies first: whether each runs is known by now
+        p = plans.get(name)
+        if p is not None and p.action == "run" and p.why in (NOT_STORED, DAMAGED):
+            after = tuple(d for d in nodes[name].deps if d in plans and plans[d].action == "run")
+            if after:
+                plans[name] = StepPlan(step=name, action="run", key=p.key, why=p.why, after=after)
     ordered = {n: plans[n] for n in graph.order if n in plans}
     order = tuple(n for n, p in ordered.items() if p.action != "skip")
     secrets: dict[str, None] = {}
@@ -244,24 +257,34 @@ def plan_entries(graph: "DerivationGraph", plan: Plan) -> list[PlanEntry]:
     for name in plan.order:
         p = plan.steps[name]
         if p.action == "hit":
-            entries.append(PlanEntry(step=name, hit=True, key=p.key, why=""))
+            entries.append(PlanEntry(step=name, hit=True, key=p.key, why="",
+                                     remote=p.found is not None and p.found.remote is not None))
             continue
         why = p.why
-        if why == NOT_STORED:
-            rebuilt = [d for d in graph.nodes[name].deps
-                       if d in plan.steps and plan.steps[d].action != "hit"]
-            if rebuilt:
-                why += (f"; may still hit once {', '.join(rebuilt)} rebuilt (early cutoff)")
+        if p.after:
+            why += f"; may still hit once {', '.join(p.after)} rebuilt (early cutoff)"
         entries.append(PlanEntry(step=name, hit=False, key=p.key, why=why))
     return entries
 
 
 def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions", *,
-             heal: bool = True) -> Plan:
+             heal: bool = True, remote: "RemoteCache | None" = None) -> Plan:
     """:func:`make_plan` over ``store`` in ``options.scope`` (what the CLI and the
-    realiser call); ``heal=False`` reports damage without repairing it (a dry run)."""
+    realiser call); ``heal=False`` reports damage without repairing it (a dry run).
+    ``remote``: the remote cache behind the store (its answers asked for at once first)."""
     from kata.realise.lookup import Lookup
 
+    prefetch(graph, options.use_cache, remote)
     return make_plan(graph, targets=options.targets, skip=options.skip,
                      use_cache=options.use_cache,
-                     lookup=Lookup(store, options.scope, heal=heal).step, scope=options.scope)
+                     lookup=Lookup(store, options.scope, heal=heal, remote=remote).step,
+                     scope=options.scope)
+
+
+def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | None") -> None:
+    """Ask the remote cache about every step's derivation hash at once (concurrently), so
+    the plan's lookups after a local miss are answered from memory."""
+    if remote is None or not use_cache:
+        return
+    remote.prefetch(n.drv_hash for n in graph.nodes.values()
+                    if n.drv_hash and caches(n.step, use_cache))

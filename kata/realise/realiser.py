@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,7 +40,8 @@ from kata.realise.lookup import Lookup
 from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
-    DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
+    DAMAGED, NOT_STORED, Plan, StepPlan, caches, check, make_plan, miss_reason, plan_entries,
+    plan_run, prefetch,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
@@ -55,11 +56,14 @@ from store.runs import Phases
 
 if TYPE_CHECKING:
     from kata.compile import DerivationGraph, Node
+    from kata.remote.actioncache import RemoteRecord
+    from kata.remote.cache import RemoteCache
 
 image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 _DAMAGE = ("store.corrupt_object", "store.missing_object")
 _HEAL_ROUNDS = 8  # damaged trees healed while one step is set up, before giving up
+REMOTE_LOST = "remote cache unavailable, rebuilding"
 # A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
 # (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
 # each cut at a multiple of its size, then the last (< 16) trees one by one. A block is keyed
@@ -87,11 +91,15 @@ class Realiser:
 
     ``workspace`` makes a step's working directory from its layers (top first): the
     overlay for real runs, ``CopyWorkspace`` where no mount is possible.
+    ``remote``: the remote cache behind the store (kata.remote): looked up after a local
+    miss, fetched from only when a step that runs needs a remote hit's trees, and given
+    every result this run records (trusted runs, steps without secrets).
     """
 
     def __init__(self, graph: "DerivationGraph", *, store: Store, runtime: Runtime | None,
                  emit: ev.Emit, options: RealiseOptions, pipeline: str = "",
-                 workspace: WorkspaceFactory = OverlayWorkspace) -> None:
+                 workspace: WorkspaceFactory = OverlayWorkspace,
+                 remote: "RemoteCache | None" = None) -> None:
         check(graph, options.targets)
         self.graph = graph
         self.store = store
@@ -105,13 +113,17 @@ class Realiser:
         self._lock = threading.Lock()
         self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
         self._results: dict[str, StepResult] = {}
+        self._planned: Mapping[str, StepPlan] = {}  # the plan being run, per step
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._snapshot_faults: dict[str, Exception] = {}  # step -> why its snapshot failed
         self._producer: dict[str, str] = {}  # tree digest -> the step whose stack has it
-        self._lookup = Lookup(store, options.scope)
+        self.remote = remote
+        # step -> (a remote hit whose objects are not local yet, the keys to record it under)
+        self._remote_hits: dict[str, tuple["RemoteRecord", tuple[str, ...]]] = {}
+        self._lookup = Lookup(store, options.scope, remote=remote)
         self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
-                               pipeline=self.pipeline)
+                               pipeline=self.pipeline, remote=remote)
         # an untrusted run holds no value at all: not for a step, not even for the masker
         # (masking a value in output an attacker controls would confirm their guesses)
         self._secrets = dict(options.secrets) if options.scope.trusted else {}
@@ -133,7 +145,8 @@ class Realiser:
     def plan(self, *, heal: bool = True) -> Plan:
         """The run's plan over this store and scope (``heal=False``: change nothing)."""
         if not heal:
-            return plan_run(self.graph, self.store, self.options, heal=False)
+            return plan_run(self.graph, self.store, self.options, heal=False, remote=self.remote)
+        prefetch(self.graph, self.options.use_cache, self.remote)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
                          use_cache=self.options.use_cache, lookup=self._lookup.step,
                          scope=self.options.scope)
@@ -150,13 +163,14 @@ class Realiser:
         started = time.monotonic()
         created = self._created = time.time()
         plan = plan or self.plan()
+        self._planned = plan.steps
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
                             groups=len(self.graph.levels), planned=plan.order))
         for name, why in plan.skipped.items():
             self._skipped(name, why)
         for name, hit in plan.hits.items():  # derivation-hash hits: done before anything runs
             assert hit.found is not None and hit.found.record is not None
-            self._hit(name, hit.found.record, hit.key, "derivation")
+            self._hit(name, hit.found.record, hit.key, "derivation", remote=hit.found.remote)
         to_run = list(plan.to_run)
         sched = None
         run_dir = self.options.work_root / f"run-{os.getpid()}-{self.run_id}"
@@ -164,7 +178,11 @@ class Realiser:
             if to_run:
                 self._need_runtime()
                 sweep_dead_runs(self.options.work_root)
-                run_dir.mkdir(parents=True, exist_ok=True)
+                run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # OWNERSHIP: the run's workspaces (inputs, outputs) and secrets are root's
+                # alone; a container reaches its workspace through its bind mount, which
+                # the modes of the directories above it do not gate
+                os.chmod(run_dir, 0o700)
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
                 deps = {n: self.graph.nodes[n].deps for n in self.graph.order}
@@ -178,6 +196,8 @@ class Realiser:
                     run_dir.rmdir()
                 except OSError:
                     pass
+            if self.remote is not None:
+                self.remote.flush()  # the results this run sends are in the remote when it ends
             wall = time.monotonic() - (self.options.started or started)
             result = RunResult(run_id=self.run_id, steps=dict(self._results), wall=wall,
                                stop_reason=sched.stop_reason if sched else "",
@@ -249,10 +269,16 @@ class Realiser:
             return base
         return base + (tree,)
 
-    def _hit(self, name: str, real: Realisation, key: str, source: str) -> None:
+    def _hit(self, name: str, real: Realisation, key: str, source: str,
+             remote: "RemoteRecord | None" = None, keys: tuple[str, ...] = ()) -> None:
+        """A step is a hit. A remote hit's objects stay remote until a step that runs
+        needs them (``_localise``); then it is recorded locally under ``keys or (key,)``."""
         self.store.count(True)
+        if remote is not None:
+            with self._lock:
+                self._remote_hits[name] = (remote, keys or (key,))
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
-                                  produced_by=real.run))
+                                  produced_by=real.run, remote=remote is not None))
         stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
         now = time.time()  # a hit is one instant (an early-cutoff one: found, not run)
         self._set(StepResult(name=name, status="passed", cache="HIT",
@@ -335,12 +361,21 @@ class Realiser:
         damaged = False
         if caches(step, use_cache) and resolved:
             found = self._lookup.step(resolved)
+            if found.remote is not None:  # early cutoff across machines
+                self.records.remote_early_cutoff(node, found.remote)
+                self._hit(name, found.record, resolved, "resolved", remote=found.remote,
+                          keys=(resolved, node.drv_hash or resolved))
+                return True
             if found.record is not None:
                 # early cutoff; remember it under the derivation hash too
                 self.records.early_cutoff(node, found.record)
                 self._hit(name, found.record, resolved, "resolved")
                 return True
             damaged = found.damaged
+        planned = self._planned.get(name)
+        # the plan found the derivation-hash record damaged: a miss says so here too, as
+        # the dry run did (the resolved lookup only decides whether it still hits)
+        damaged = damaged or (planned is not None and planned.damaged)
         if name not in self._results:  # a re-queued step said so the first time
             self.store.count(False)
             why = miss_reason(step, use_cache) or (DAMAGED if damaged else NOT_STORED)
@@ -383,6 +418,7 @@ class Realiser:
         """The workspace's lower layers, top first: the dependencies' artifact trees (a deep
         stack as merged blocks, see _MERGE_BLOCKS), the restored cache directory, the input
         snapshot."""
+        self._localise(name)
         empty = self.records.empty_tree()
         layers: list[Path] = []
         stack = self._deps_stack(name)
@@ -408,6 +444,56 @@ class Realiser:
         if snapshot != empty:
             layers.append(self._unpacked(snapshot))
         return layers
+
+    def _localise(self, name: str) -> None:
+        """Fetch the remote hits among ``name``'s dependencies into the store (their trees
+        and logs) and record them there; a dependency whose fetch fails (the remote went
+        away) is re-queued to be built here instead (``Requeue``)."""
+        for dep in self.graph.nodes[name].deps:
+            if not self._fetch_hit(dep):
+                with self._lock:
+                    self._stacks.pop(dep, None)
+                    self._producer = {t: s for t, s in self._producer.items() if s != dep}
+                self.emit(ev.CacheChecked(step=dep, hit=False, key=self._results[dep].key,
+                                          reason=REMOTE_LOST))
+                raise Requeue((dep,))
+
+    def _fetch_hit(self, name: str) -> bool:
+        """If ``name`` is a remote hit not fetched yet: fetch its objects and record it in
+        the store. False when that failed (the remote went away, or sent bad bytes)."""
+        from kata.remote.cas import RemoteError
+
+        with self._lock:
+            if name not in self._remote_hits:
+                return True
+            lock = self._unpack_locks.setdefault("remote\0" + name, threading.Lock())
+        with lock:
+            with self._lock:
+                entry = self._remote_hits.get(name)
+            if entry is None:  # a step starting together fetched it
+                return True
+            rec, step_keys = entry
+            assert self.remote is not None
+            try:
+                self.remote.fetch(self.store, rec)
+                for key in dict.fromkeys(step_keys):
+                    self.store.put_realisation(self.options.scope.realisation_key(key),
+                                               rec.realisation)
+            except (RemoteError, StoreError) as err:
+                if isinstance(err, StoreError) and err.reason not in _DAMAGE:
+                    raise
+                with self._lock:
+                    self._remote_hits.pop(name, None)
+                return False
+            with self._lock:
+                self._remote_hits.pop(name, None)
+            return True
+
+    def localise_all(self, names: "Sequence[str] | None") -> None:
+        """Fetch the remote hits among ``names`` (None: every step) into the store, for
+        what reads their trees after the run (``--out``); failures are left to that reader."""
+        for name in names if names is not None else self.graph.order:
+            self._fetch_hit(name)
 
     def _healed_layers(self, name: str, node: "Node") -> list[Path]:
         """``_layers``, healing each damaged tree met on the way (``_heal`` may re-queue)."""
@@ -550,7 +636,8 @@ class Realiser:
         if missing:
             return ("artifact.missing", artifacts.missing_message(missing), "")
         try:
-            outputs = self.records.put_tree(workdir, paths)
+            outputs = self.records.put_tree(
+                workdir, paths, artifacts.dir_links(workdir, paths, step.workdir))
             if self.options.record:
                 self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts

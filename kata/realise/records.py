@@ -25,14 +25,17 @@ from store import Realisation, Run, Store, StoreError
 if TYPE_CHECKING:
     from kata.compile import Node
     from kata.inputs import InputSet
+    from kata.remote.actioncache import RemoteRecord
+    from kata.remote.cache import RemoteCache
 
 
 class Records:
     """The run's writes (and snapshot/cache reads) for ``run_id`` of ``pipeline``."""
 
     def __init__(self, store: Store, lookup: Lookup, options: RealiseOptions, *, run_id: str,
-                 pipeline: str) -> None:
+                 pipeline: str, remote: "RemoteCache | None" = None) -> None:
         self.store, self.lookup, self.options = store, lookup, options
+        self.remote = remote
         self.run_id, self.pipeline = run_id, pipeline
         self._empty_tree = ""
         self._empty_log = ""
@@ -55,11 +58,13 @@ class Records:
             self._empty_log = self.store.put_blob(b"")
         return self._empty_log
 
-    def put_tree(self, root: Path, paths: Sequence[str]) -> str:
-        """``paths`` under ``root`` as one tree (the empty tree for none)."""
+    def put_tree(self, root: Path, paths: Sequence[str],
+                 dir_links: dict[str, str] | None = None) -> str:
+        """``paths`` under ``root`` as one tree (the empty tree for none); ``dir_links``
+        as ``store.Store.put_tree`` takes it."""
         if not paths:
             return self.empty_tree()
-        return self.store.put_tree(root, paths=tuple(paths))
+        return self.store.put_tree(root, paths=tuple(paths), dir_links=dir_links)
 
     def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
                 duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:
@@ -159,8 +164,29 @@ class Records:
         real = self._record(outputs, kind="step", step=node.step.name, log=log,
                             duration=duration, stack=stack,
                             scope="" if scope.trusted else scope.label())
-        for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
+        step_keys = tuple(dict.fromkeys(k for k in (node.drv_hash, resolved) if k))
+        for key in step_keys:
             self.store.put_realisation(scope.realisation_key(key), real)
+        if self.shares(node):
+            assert self.remote is not None
+            self.remote.upload(self.store, step_keys, real)
+
+    def shares(self, node: "Node") -> bool:
+        """Whether this step's results go to the remote cache: never for an untrusted run
+        (its results stay in its quarantine), never for a step that declares a secret (itself
+        or in a service: its outputs could hold a value), never without a remote."""
+        return (self.remote is not None and self.options.scope.trusted
+                and not node.step.secrets and not any(s.secrets for s in node.step.services))
+
+    def remote_early_cutoff(self, node: "Node", rec: "RemoteRecord") -> None:
+        """A resolved-hash hit in the remote: tell the remote it stands for this derivation
+        hash too (the next machine hits without rebuilding anything), and keep the
+        derivation record for ``kata why``. The local record follows once its objects are
+        fetched (``Realiser._localise``)."""
+        self.derivation(node)
+        if self.shares(node) and node.drv_hash:
+            assert self.remote is not None
+            self.remote.alias(node.drv_hash, rec)
 
     def early_cutoff(self, node: "Node", real: Realisation) -> None:
         """A resolved-hash hit: remember it under the derivation hash too."""

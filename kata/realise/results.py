@@ -42,6 +42,7 @@ class PlanEntry:
     hit: bool
     key: str
     why: str  # for a miss: why it will run
+    remote: bool = False  # a hit found in the remote cache
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,7 +26,8 @@ def line(event: ev.Event) -> str | None:
                     f"{event.groups} parallel {groups}")
         case ev.CacheChecked():
             if event.hit:
-                return f"[CACHE] {event.step}: HIT (key: {short_key(event.key)})"
+                where = ", remote" if event.remote else ""
+                return f"[CACHE] {event.step}: HIT (key: {short_key(event.key)}{where})"
             if event.damaged:
                 return f"[CACHE] {event.step}: MISS ({event.reason})"
             return f"[CACHE] {event.step}: MISS"

@@ -1,0 +1,260 @@
+"""The remote cache (issue 13) against its anchors, measured in one run.
+
+    python3 bench/remote_bench.py [N_STEPS] [N_FILES]      # defaults: 1000 50000
+
+Starts its own cache-only BuildGrid (tests/support/buildgrid.py) and sshd (for the sshfs
+store), all on 127.0.0.1, and prints each figure with its ratio to its target:
+
+1. A remote hit of an N_STEPS graph (10 levels, each step depending on two of the level
+   below, each publishing a small artifact) from an EMPTY local store (a new host), against
+   the same run from a WARM local store (target <= 3x), and against the same store shared
+   over sshfs from a new host (a fresh local state directory; target <= 1x). Every run is
+   checked to be all hits. The graph is populated once, with the host-shell FakeRuntime
+   (the keys do not depend on the runtime), which also uploads it.
+2. An N_FILES-file artifact from host A's store through the remote CAS into host B's store
+   (upload as REAPI Directory trees, then download and re-encode), against
+   ``tar -c | zstd`` piped over a loopback TCP socket into ``zstd -d | tar -x`` (target
+   <= 1.5x). B's unpacking of the tree (what a dependent then does) is printed besides.
+3. Per-step overhead of remote execution vs local execution (target <= 1.5x): a 10-step
+   chain run with ``kata run --no-cache`` locally and with ``--remote-executor`` (BuildGrid
+   with its SQL scheduler on a PostgreSQL it starts, one ``kata worker``); see
+   ``execution_overhead`` and bench/remote_bench_exec.py.
+
+Times are the best of ``REPEAT`` runs (bench/timing.py), except the CAS transfer, which is
+cold by construction and measured once per side.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from fakes import FakeRuntime, FakeStep, compile_steps  # noqa: E402
+from kata.realise.realiser import Realiser, RealiseOptions  # noqa: E402
+from kata.remote import trees as remote_trees  # noqa: E402
+from kata.remote.cache import RemoteCache  # noqa: E402
+from kata.remote.cas import connect  # noqa: E402
+from kata.remote.config import RemoteConfig, parse_url  # noqa: E402
+from store import Store  # noqa: E402
+from support.buildgrid import buildgrid  # noqa: E402
+from timing import timed_call  # noqa: E402
+
+REPEAT = 3
+
+
+def graph_steps(n: int, levels: int = 10) -> list[FakeStep]:
+    width = max(n // levels, 1)
+    rng = random.Random(13)
+    steps = []
+    for lv in range(levels):
+        for i in range(width):
+            name = f"l{lv}_{i}"
+            deps = tuple(f"l{lv - 1}_{d}" for d in sorted(rng.sample(range(width), 2))) \
+                if lv and width >= 2 else ()
+            steps.append(FakeStep(name, commands=("mkdir -p out", f"echo {name} > out/{name}"),
+                                  depends_on=deps, artifacts=("out/",), inputs=("README",)))
+    return steps
+
+
+def _remote(url: str) -> RemoteCache:
+    return RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=30),
+                       warn=lambda line: print("warning:", line, file=sys.stderr))
+
+
+def realise(graph, repo: Path, store: Store, remote: RemoteCache | None = None):
+    opts = RealiseOptions(repo_root=repo, work_root=Path(store.state_dir) / "work",
+                          max_parallel=2)
+    realiser = Realiser(graph, store=store, runtime=FakeRuntime(), emit=lambda e: None,
+                        options=opts, remote=remote)
+    result = realiser.run(realiser.plan())
+    assert result.ok, [(s.name, s.message) for s in result.steps.values() if s.status != "passed"][:3]
+    return result
+
+
+def all_hits(result) -> None:
+    misses = [s.name for s in result.steps.values() if s.cache != "HIT"]
+    assert not misses, f"expected every step to hit; missed: {misses[:5]}"
+
+
+def best(fn, n: int = REPEAT) -> float:
+    return min(timed_call(fn)[0] for _ in range(n))
+
+
+def start_sshd(base: Path):  # noqa: ANN201 - support.sshfs.Sshd, and its generator
+    """The tests' sshd (tests/support/sshfs.py), outside pytest."""
+    from support import sshfs
+
+    class Factory:
+        def mktemp(self, name: str) -> Path:
+            return Path(tempfile.mkdtemp(prefix=name, dir=base))
+
+    fixture = sshfs.sshd
+    fn = getattr(fixture, "__wrapped__", None) or fixture.__pytest_wrapped__.obj  # pytest 8.4 / older
+    gen = fn(Factory())
+    return next(gen), gen
+
+
+def bench_graph(base: Path, url: str, n: int) -> None:
+    repo = base / "repo"
+    repo.mkdir()
+    (repo / "README").write_text("x\n")
+    graph = compile_steps(repo, graph_steps(n))
+    steps = len(graph.order)
+    a = Store.open(base / "store-a")
+    remote = _remote(url)
+    populate, _ = timed_call(lambda: realise(graph, repo, a, remote))
+    print(f"populate: {steps} steps run and uploaded in {populate:.1f}s "
+          f"({remote.stats['uploads']} uploads)")
+    remote.close()
+
+    warm = best(lambda: all_hits(realise(graph, repo, a)))
+    a.close()
+
+    counter = iter(range(1000))
+
+    def from_remote() -> None:
+        b = Store.open(base / f"store-b{next(counter)}")
+        r = _remote(url)
+        try:
+            result = realise(graph, repo, b, r)
+            all_hits(result)
+            assert r.stats["fetched_trees"] == 0  # a hit whose dependents all hit fetches nothing
+        finally:
+            r.close()
+            b.close()
+
+    remote_hit = best(from_remote)
+
+    sshd, gen = start_sshd(base)
+    mount = base / "sshfs-store"
+    sshd.mount(base / "store-a", mount)
+    try:
+        def from_sshfs() -> None:
+            state = Path(tempfile.mkdtemp(prefix="state-", dir=base))
+            s = Store.open(mount, state_dir=state)
+            try:
+                all_hits(realise(graph, repo, s))
+            finally:
+                s.close()
+
+        shared = best(from_sshfs)
+    finally:
+        from support.sshfs import umount
+
+        umount(mount)
+        next(gen, None)
+    print(f"{steps}-step graph, all hits:")
+    print(f"  warm local store      {warm:7.2f}s")
+    print(f"  remote, empty store   {remote_hit:7.2f}s   {remote_hit / warm:5.2f}x warm local "
+          f"(target <= 3x)")
+    print(f"  sshfs store, new host {shared:7.2f}s   remote is {remote_hit / shared:5.2f}x "
+          f"sshfs (target <= 1x)")
+
+
+def make_files(root: Path, n: int) -> int:
+    """``n`` files of 200 B..8 KiB in 100-file directories; returns the bytes written."""
+    rng = random.Random(7)
+    total = 0
+    for i in range(n):
+        d = root / f"d{i // 100:04d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True)
+        data = rng.randbytes(rng.randint(200, 8192))
+        (d / f"f{i:06d}.bin").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def tar_over_loopback(src: Path, dest: Path) -> None:
+    """tar -c | zstd -> a TCP socket on 127.0.0.1 -> zstd -d | tar -x."""
+    dest.mkdir()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    receiver = subprocess.Popen(["sh", "-c", f"zstd -q -d | tar -xf - -C {dest}"],
+                                stdin=subprocess.PIPE)
+
+    def receive() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(1 << 20):
+                receiver.stdin.write(chunk)  # type: ignore[union-attr]
+        receiver.stdin.close()  # type: ignore[union-attr]
+
+    t = threading.Thread(target=receive)
+    t.start()
+    sender = subprocess.Popen(["sh", "-c", f"tar -cf - -C {src} . | zstd -q -3 -T0"],
+                              stdout=subprocess.PIPE)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        while chunk := sender.stdout.read(1 << 20):  # type: ignore[union-attr]
+            conn.sendall(chunk)
+    assert sender.wait() == 0
+    t.join()
+    assert receiver.wait() == 0
+    server.close()
+
+
+def bench_artifact(base: Path, url: str, n: int) -> None:
+    src = base / "artifact"
+    size = make_files(src / "out", n)
+    a = Store.open(base / "art-a")
+    tree = a.put_tree(src, paths=("out",))
+    b = Store.open(base / "art-b")
+    target, tls = parse_url(url)
+    with connect(RemoteConfig(url=url, target=target, tls=tls, timeout=60)) as r:
+        r.cas.capabilities()
+        up_s, up = timed_call(lambda: remote_trees.upload_tree(r.cas, a, tree))
+        down_s, _ = timed_call(lambda: remote_trees.download_tree(r.cas, b, tree, up.tree_digest))
+    unpack_s, _ = timed_call(lambda: b.unpacked(tree))
+    tar_s, _ = timed_call(lambda: tar_over_loopback(src, base / "tar-dest"))
+    a.close()
+    b.close()
+    cas = up_s + down_s
+    print(f"{n}-file artifact ({size / 1e6:.0f} MB):")
+    print(f"  remote CAS  {cas:7.2f}s (upload {up_s:.2f}s, download {down_s:.2f}s; "
+          f"then unpacking on B {unpack_s:.2f}s)")
+    print(f"  tar | zstd over loopback {tar_s:7.2f}s")
+    print(f"  remote CAS is {cas / tar_s:5.2f}x tar|zstd (target <= 1.5x); "
+          f"with B's unpacking {(cas + unpack_s) / tar_s:5.2f}x")
+
+
+def execution_overhead() -> None:
+    """Per-step overhead of remote execution (``kata run --remote-executor``, one ``kata
+    worker``, BuildGrid with PostgreSQL) vs local execution, target <= 1.5x: a chain of
+    10 steps, ``--no-cache``, medians of 3 (bench/remote_bench_exec.py, also runnable
+    alone)."""
+    from remote_bench_exec import execution_overhead as measure
+
+    for line in measure(10, 3):
+        print(line)
+
+
+def main() -> None:
+    n_steps = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    n_files = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000
+    base = Path(tempfile.mkdtemp(prefix="kata-remote-bench-"))
+    try:
+        with buildgrid(base / "bgd") as server:
+            (base / "graph").mkdir()
+            bench_graph(base / "graph", server.url, n_steps)
+            (base / "art").mkdir()
+            bench_artifact(base / "art", server.url, n_files)
+        execution_overhead()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    main()

@@ -1,0 +1,127 @@
+"""Per-step overhead of remote execution vs local execution (issue 13; target <= 1.5x).
+
+    python3 bench/remote_bench_exec.py [N] [ROUNDS]     (also a section of remote_bench.py)
+
+Starts what a team would run, all on this machine: PostgreSQL 15, BuildGrid with its SQL
+scheduler (the docs/remote.md configuration), a registry holding the busybox test image,
+one `kata worker` (one slot, its own containerd) and a containerd for the client. Times
+`kata run --no-cache` of a chain of N (default 10) small steps (each reads its
+dependency's artifact and writes its own), locally and with `--remote-executor`,
+interleaved, ROUNDS (default 3) times each; prints the median seconds per step and the
+ratio remote / local. Both paths run the same containers through the same containerd
+adapter; the difference is the REAPI round trip (upload, Execute, scheduling, lease,
+worker input root and upload, completion, download).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+for p in (str(ROOT), str(ROOT / "tests"), str(BENCH)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from timing import kata_env, timed_call  # noqa: E402
+
+TARGET = 1.5
+
+
+def chain(image: str, n: int) -> str:
+    import yaml
+
+    steps = [{"name": "s0", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+              "commands": ["mkdir -p out", "cp src/a.txt out/0"]}]
+    for i in range(1, n):
+        steps.append({"name": f"s{i}", "image": image, "depends_on": [f"s{i - 1}"],
+                      "artifacts": ["out/"],
+                      "commands": [f"cat out/{i - 1} > out/{i}", "echo step"]})
+    return yaml.safe_dump({"pipeline": "chain", "settings": {"max_parallel": 1},
+                           "steps": steps}, sort_keys=False)
+
+
+def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
+    """Lines to print: seconds per step locally and remotely, and the ratio."""
+    from support.buildgrid_exec import buildgrid_execution
+    from support.daemon import embedded_containerd
+    from support.images import busybox_image
+    from support.postgres import postgres_cluster
+    from support.registry import docker_registry, push_image
+
+    from kata.runtimes.containerd.daemon import daemon_paths, stop_daemon
+
+    base = Path(tempfile.mkdtemp(prefix="kb-rexec-"))
+    worker_state = Path(f"/tmp/kb-w-{secrets.token_hex(3)}")
+    worker_state.mkdir(mode=0o711)
+    worker = None
+    try:
+        with postgres_cluster() as db, buildgrid_execution(base / "bgd", db, keepalive=30) as bg, \
+                docker_registry(base / "registry") as registry, \
+                embedded_containerd("kb") as client_cd:
+            push_image(registry, "kata/busybox", "1", busybox_image())
+            image = f"{registry.removeprefix('http://')}/kata/busybox:1"
+            log = open(base / "worker.log", "wb")
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "kata", "worker", "--executor", bg.url, "--name", "bench",
+                 "--state-dir", str(worker_state)], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, env=kata_env(base / "wstore"))
+            log.close()
+            repo = base / "repo"
+            (repo / "src").mkdir(parents=True)
+            (repo / "src" / "a.txt").write_text("hello\n")
+            (repo / ".kata-ci.yaml").write_text(chain(image, n))
+            env = kata_env(base / "store")
+            cmd = [sys.executable, "-m", "kata", "--containerd", client_cd.address, "run",
+                   "--no-cache"]
+
+            def run(*extra: str) -> float:
+                secs, done = timed_call(lambda: subprocess.run(
+                    [*cmd, *extra], cwd=repo, env=env, capture_output=True, text=True,
+                    timeout=600))
+                if done.returncode != 0:
+                    raise RuntimeError(f"kata run {' '.join(extra)} failed:\n{done.stdout}"
+                                       f"{done.stderr}\n{(base / 'worker.log').read_text()}")
+                return secs
+
+            run()  # warm: images pulled on both sides, bytecode compiled
+            run("--remote-executor", bg.url)
+            local, remote = [], []
+            for _ in range(rounds):
+                local.append(run())
+                remote.append(run("--remote-executor", bg.url))
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+        stop_daemon(daemon_paths(worker_state))
+        subprocess.run(["umount", "-R", "-l", str(worker_state)], capture_output=True)
+        shutil.rmtree(worker_state, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+    lo, re_ = statistics.median(local) / n, statistics.median(remote) / n
+    ratio = re_ / lo
+    return [f"remote execution, {n}-step chain, `kata run --no-cache` (median of {rounds}):",
+            f"  local:  {lo * 1000:7.0f} ms per step",
+            f"  remote: {re_ * 1000:7.0f} ms per step (one kata worker, BuildGrid + PostgreSQL)",
+            f"  ratio remote/local: {ratio:.2f}x (target <= {TARGET}x: "
+            f"{'met' if ratio <= TARGET else 'NOT met'})"]
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "")
+    for line in execution_overhead(n, rounds):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""``kata worker``: run the steps a remote executor leases to this machine (issue 13).
+
+    kata worker --executor grpc://HOST:PORT [--instance NAME] [--slots N] [--name BOT]
+                [--state-dir DIR]
+
+It runs until SIGTERM or SIGINT (what it was running is stopped and its leases go back
+to the scheduler). See ``kata.executor.worker`` and docs/remote.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+import click
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(worker)
+
+
+@click.command()
+@click.option("--executor", "url", required=True, metavar="URL",
+              help="The REAPI scheduler's Bots service: grpc://HOST:PORT (grpcs:// for TLS).")
+@click.option("--instance", default="", metavar="NAME",
+              help="The REAPI instance name (default: the unnamed instance).")
+@click.option("--slots", default=1, type=click.IntRange(1, 256), metavar="N",
+              help="Steps run at once (default 1).")
+@click.option("--name", "bot_name", metavar="BOT",
+              help="This worker's bot id, unique per scheduler (default: HOST-PID).")
+@click.option("--state-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where this worker's own containerd and input roots live (default: the "
+              "host config's containerd.state_dir; with --containerd, that daemon).")
+@click.option("--poll", default=20.0, type=click.FloatRange(1, 600), metavar="SECONDS",
+              help="How long one UpdateBotSession waits for work (keep it below the "
+              "scheduler's bot-session-keepalive-timeout; default 20).")
+@click.pass_context
+def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: str | None,
+           state_dir: str | None, poll: float) -> None:
+    """Run steps leased by a remote executor (the Remote Workers API) in containers."""
+    from kata.executor.worker import Worker, default_name
+    from kata.remote.config import parse_url
+    from kata.runtimes.containerd import ContainerdRuntime
+
+    parse_url(url, where="--executor")  # a bad URL is exit 2 before anything starts
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    obj = ctx.find_root().obj or {}
+    runtime = ContainerdRuntime.connect(address=obj.get("containerd_address"),
+                                        state_dir=state_dir)
+    stop = threading.Event()
+    for signo in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signo, lambda *_: stop.set())
+    name = bot_name or default_name()
+    own_root = state_dir is None
+    work_root = Path(state_dir) / "worker" if state_dir else Path(
+        tempfile.mkdtemp(prefix="kata-worker-"))
+    click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
+               f"{' instance ' + instance if instance else ''}", err=True)
+    try:
+        Worker(url, runtime, name=name, instance=instance, slots=slots,
+               work_root=work_root, poll=poll).serve(stop)
+    finally:
+        runtime.close()
+        if own_root:
+            shutil.rmtree(work_root, ignore_errors=True)

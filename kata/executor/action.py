@@ -1,0 +1,169 @@
+"""A step's container spec as an REAPI ``Action`` and back (both ends of remote execution).
+
+The input root of a remote step (``Command.working_directory`` is ``ws``)::
+
+    ws/               the step's workspace: its inputs and its dependencies' artifacts,
+                      bind-mounted at the step's workdir (``StepSpec.workdir``)
+    kata-spec.json    what the container needs beyond the Command (``SPEC_FILE``)
+
+``kata-spec.json`` (``SPEC_VERSION`` 1; sorted keys, UTF-8)::
+
+    {"version": 1, "image": "NAME@sha256:…", "workdir": "/src", "user": "0:0",
+     "hostname": "kata", "network": "none|default|host", "timeout": seconds | null,
+     "resources": {"memory": bytes|null, "cpus": float|null, "pids": int|null},
+     "services": [{"name", "image", "argv", "env", "workdir", "user",
+                   "ready": {"kind", "target", "timeout", "interval"} | null,
+                   "resources": {…}}]}
+
+The ``Command`` carries the argv and the environment (sorted by name, as REAPI asks),
+``output_paths`` = ``["ws", "kata-services"]`` (the whole workspace comes back, and one
+log file per service under ``kata-services/``), and the platform properties a scheduler
+matches and a worker reads (REAPI's ``Platform``, sorted by name):
+
+    OSFamily=linux  ISA=x86-64  container-image=docker://NAME@sha256:…
+    network=none|default|host   and, when set: memory=BYTES  cpus=N  pids=N
+
+BuildGrid must list every non-standard key among its scheduler's ``wildcard-property-
+keys`` (docs/remote.md). The ``Action`` sets ``do_not_cache``: whether a result is
+reused is Kata's decision (its store and the remote cache), never the executor's.
+No secret is ever part of an Action: steps with secrets run locally (SECURITY.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import duration_pb2
+
+from kata.errors import KataError
+from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from kata.resources import Resources
+from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
+
+from .files import digest_of, key, message_bytes
+
+SPEC_FILE = "kata-spec.json"
+SPEC_VERSION = 1
+WORKSPACE_DIR = "ws"
+SERVICES_DIR = "kata-services"
+OS_FAMILY = "linux"
+ISA = "x86-64"
+#: the non-standard platform keys Kata sets (a BuildGrid config lists them as wildcards)
+WILDCARD_KEYS = ("container-image", "network", "memory", "cpus", "pids")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteAction:
+    """An action ready to send: its digest, and the blobs (key -> bytes) that name it:
+    the ``Action``, the ``Command`` and the spec file (the input root is packed apart)."""
+
+    digest: re_pb2.Digest
+    blobs: dict[str, bytes]
+
+
+def _resources(r: Resources) -> dict[str, Any]:
+    return {"memory": r.memory, "cpus": r.cpus, "pids": r.pids}
+
+
+def _service(s: ServiceSpec) -> dict[str, Any]:
+    ready = None
+    if s.ready is not None:
+        ready = {"kind": s.ready.kind, "target": s.ready.target, "timeout": s.ready.timeout,
+                 "interval": s.ready.interval}
+    return {"name": s.name, "image": s.image, "argv": list(s.argv), "env": dict(s.env),
+            "workdir": s.workdir, "user": s.user, "ready": ready,
+            "resources": _resources(s.resources)}
+
+
+def spec_document(spec: StepSpec) -> bytes:
+    """The ``kata-spec.json`` bytes of a step (mounts and labels excluded: the workspace is
+    the input root, and labels name the client's run)."""
+    doc = {"version": SPEC_VERSION, "image": spec.image, "workdir": spec.workdir,
+           "user": spec.user, "hostname": spec.hostname, "network": spec.network,
+           "timeout": spec.timeout, "resources": _resources(spec.resources),
+           "services": [_service(s) for s in spec.services]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def remote_image(image: str) -> str:
+    """``docker://NAME@sha256:…`` for a pinned reference; ``remote.image_unnamed`` for a
+    bare digest (an image only this host has, which no worker could pull)."""
+    if image.startswith("sha256:"):
+        raise KataError("remote.image_unnamed", f"image {image} has no name a worker could "
+                        "pull it by", obj=image, exit_code=1)
+    return f"docker://{image}"
+
+
+def platform(spec: StepSpec) -> re_pb2.Platform:
+    """The platform properties of a step, sorted by name."""
+    props = {"OSFamily": OS_FAMILY, "ISA": ISA, "container-image": remote_image(spec.image),
+             "network": spec.network}
+    r = spec.resources
+    if r.memory is not None:
+        props["memory"] = str(r.memory)
+    if r.cpus is not None:
+        props["cpus"] = f"{r.cpus:g}"
+    if r.pids is not None:
+        props["pids"] = str(r.pids)
+    return re_pb2.Platform(properties=[re_pb2.Platform.Property(name=k, value=v)
+                                       for k, v in sorted(props.items())])
+
+
+def build_action(spec: StepSpec, input_root: re_pb2.Digest) -> RemoteAction:
+    """The ``Action`` (and its ``Command``) that runs ``spec`` on ``input_root``."""
+    command = re_pb2.Command(
+        arguments=list(spec.argv),
+        environment_variables=[re_pb2.Command.EnvironmentVariable(name=k, value=v)
+                               for k, v in sorted(spec.env.items())],
+        output_paths=[WORKSPACE_DIR, SERVICES_DIR],
+        output_directories=[WORKSPACE_DIR, SERVICES_DIR],  # for v2.0 servers
+        working_directory=WORKSPACE_DIR,
+        platform=platform(spec),
+    )
+    command_bytes = message_bytes(command)
+    command_digest = digest_of(command_bytes)
+    action = re_pb2.Action(command_digest=command_digest, input_root_digest=input_root,
+                           do_not_cache=True, platform=command.platform)
+    if spec.timeout is not None:
+        action.timeout.CopyFrom(duration_pb2.Duration(seconds=int(spec.timeout) + 1))
+    action_bytes = message_bytes(action)
+    digest = digest_of(action_bytes)
+    return RemoteAction(digest=digest, blobs={key(command_digest): command_bytes,
+                                               key(digest): action_bytes})
+
+
+def _res(doc: dict[str, Any] | None) -> Resources:
+    doc = doc or {}
+    return Resources(memory=doc.get("memory"), cpus=doc.get("cpus"), pids=doc.get("pids"))
+
+
+def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
+              labels: dict[str, str]) -> StepSpec:
+    """The ``StepSpec`` a worker runs: ``command``'s argv and env, ``kata-spec.json``'s
+    container settings, the materialised ``workspace`` bind-mounted at the workdir.
+
+    ``KataError("remote.bad_action")`` for an action Kata did not make."""
+    try:
+        doc = json.loads(spec_bytes)
+        if doc.get("version") != SPEC_VERSION:
+            raise ValueError(f"spec version {doc.get('version')!r}, not {SPEC_VERSION}")
+        services = []
+        for s in doc.get("services", []):
+            ready = s.get("ready")
+            services.append(ServiceSpec(
+                name=s["name"], image=s["image"], argv=tuple(s["argv"]), env=dict(s["env"]),
+                workdir=s["workdir"], user=s["user"], resources=_res(s.get("resources")),
+                ready=Readiness(**ready) if ready else None))
+        return StepSpec(
+            image=doc["image"], argv=tuple(command.arguments),
+            env={e.name: e.value for e in command.environment_variables},
+            workdir=doc["workdir"], user=doc["user"], hostname=doc["hostname"],
+            network=doc["network"], timeout=doc["timeout"],
+            resources=_res(doc.get("resources")), services=tuple(services),
+            mounts=(Mount(kind="bind", target=doc["workdir"], source=workspace),),
+            labels=labels)
+    except (ValueError, KeyError, TypeError) as err:
+        raise KataError("remote.bad_action", f"not an action kata made: {err}",
+                        exit_code=1) from err

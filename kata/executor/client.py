@@ -1,0 +1,246 @@
+"""``RemoteRuntime``: a ``kata.runtimes.base.Runtime`` that runs steps on REAPI workers.
+
+``kata run --remote-executor grpc://HOST:PORT`` hands the realiser this runtime instead of
+the containerd one. For each step it:
+
+1. packs the workspace the realiser prepared (inputs + dependency artifacts, the merged
+   overlay) into ``Directory`` trees, adds ``kata-spec.json`` (``action.py``) and uploads
+   what the CAS lacks (FindMissingBlobs, then batches or ByteStream);
+2. calls ``Execution.Execute`` (``skip_cache_lookup``; the action is ``do_not_cache``)
+   and follows the operation; when the stream breaks (the scheduler restarting) it
+   follows it again with ``WaitExecution`` until ``reconnect_for`` seconds have passed
+   (an executor that never answered in this run is given up after ``first_contact``);
+   on ``cancel`` it cancels the operation (``Operations.CancelOperation``);
+3. writes ``kata: ran on worker NAME`` and then the step's output (the ``stdout`` blob)
+   into the sink, each service's log into ``service_sink``, and, for a step that exited
+   0, lays the output tree back into the workspace (only what changed), so the realiser
+   collects artifacts, logs and history exactly as for a local step.
+
+A step whose spec has any mount besides its workspace (the secrets tmpfs, also on a
+service) runs on ``local`` instead, with one ``kata: ran locally`` line: secrets are never
+put in a CAS (SECURITY.md). BuildGrid 0.4 serves no LogStream, so the output of a
+remote step reaches the terminal when it ends, not line by line while it runs.
+
+Errors: ``KataError`` ``remote.unavailable`` / ``remote.deadline`` (the executor could not
+be reached for ``reconnect_for`` seconds), ``remote.refused`` / ``remote.bad_answer`` (from
+the CAS), ``remote.failed`` (the operation ended with an error status), ``remote.bad_url``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from kata.errors import KataError
+from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from kata.remote._api.build.bazel.remote.execution.v2 import (
+    remote_execution_pb2_grpc as re_grpc,
+)
+from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_grpc
+from kata.remote.cas import RemoteError
+from kata.runtimes.base import CANCEL_EXIT, OutputSink, Runtime, ServiceSink, StepSpec
+
+from . import action as act
+from . import files
+from .connection import connect
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+_RETRY_REASONS = ("remote.unavailable", "remote.deadline")
+
+
+def runs_remotely(spec: StepSpec) -> bool:
+    """True unless the step (or a service) has a mount besides its workspace: those are
+    secrets, which never leave this host."""
+    if any(s.mounts for s in spec.services):
+        return False
+    return len(spec.mounts) == 1 and spec.mounts[0].kind == "bind" \
+        and spec.mounts[0].target == spec.workdir
+
+
+class RemoteRuntime:
+    """Runs steps through an REAPI Execution service (see the module docstring)."""
+
+    def __init__(self, url: str, local: Runtime, *, instance: str = "",
+                 reconnect_for: float = 300.0, first_contact: float = 10.0) -> None:
+        self.url = url
+        self.instance = instance
+        self.local = local
+        self.reconnect_for = reconnect_for
+        self.first_contact = first_contact
+        self._reached = False  # has the executor answered once in this run?
+        self._remote = connect(url, instance, where="--remote-executor")
+        self.cas = self._remote.cas
+        self._md = self._remote.metadata
+        self._execution = re_grpc.ExecutionStub(self._remote.channel)
+        self._operations = operations_pb2_grpc.OperationsStub(self._remote.channel)
+
+    def resolve_image(self, ref: str) -> str:
+        return self.local.resolve_image(ref)
+
+    def close(self) -> None:
+        self._remote.close()
+
+    def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+            service_sink: ServiceSink | None = None) -> int:
+        if not runs_remotely(spec):
+            _say(sink, "kata: ran locally: the step has secrets, which never go to a "
+                 "remote executor\n")
+            if service_sink is not None:
+                return self.local.run(spec, sink, cancel, service_sink=service_sink)
+            return self.local.run(spec, sink, cancel)
+        if cancel.is_set():
+            return CANCEL_EXIT
+        workspace = spec.mounts[0].source
+        packed = files.pack_dir(workspace)
+        root = files.join_root(packed, {act.WORKSPACE_DIR: packed.root},
+                               {act.SPEC_FILE: act.spec_document(spec)})
+        remote = act.build_action(spec, root)
+        self._call(lambda: files.upload(self.cas, {**packed.directories, **remote.blobs},
+                                        packed.files), "upload the step's inputs")
+        response = self._execute(remote.digest, cancel)
+        if response is None:
+            return CANCEL_EXIT
+        result = response.result
+        worker = result.execution_metadata.worker or "?"
+        _say(sink, f"kata: ran on worker {worker}\n")
+        outputs = {d.path: d.tree_digest for d in result.output_directories}
+        trees = self._call(lambda: self.cas.read_many([*outputs.values(),
+                                                         result.stdout_digest]),
+                           "fetch the step's output")  # one call: trees and the log
+        stdout = trees[files.key(result.stdout_digest)]
+        if stdout:
+            sink("stdout", stdout) if getattr(sink, "raw", False) else _lines(sink, stdout)
+        if result.stderr_raw or result.stderr_digest.size_bytes:
+            err = result.stderr_raw or self.cas.read_many([result.stderr_digest])[
+                files.key(result.stderr_digest)]
+            sink("stderr", err) if getattr(sink, "raw", False) else _lines(sink, err)
+        if service_sink is not None and act.SERVICES_DIR in outputs:
+            self._service_logs(trees[files.key(outputs[act.SERVICES_DIR])], service_sink)
+        if result.exit_code == 0:
+            if act.WORKSPACE_DIR not in outputs:
+                raise KataError("remote.failed", "the worker sent no workspace back",
+                                exit_code=1)
+            tree = re_pb2.Tree()
+            tree.ParseFromString(trees[files.key(outputs[act.WORKSPACE_DIR])])
+            top, children = files.tree_index(tree)
+            self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace),
+                       "fetch the step's output")
+        return result.exit_code
+
+    def _service_logs(self, data: bytes, service_sink: ServiceSink) -> None:
+        tree = re_pb2.Tree()
+        tree.ParseFromString(data)
+        logs = self.cas.read_many(f.digest for f in tree.root.files)
+        for f in tree.root.files:
+            name = f.name.removesuffix(".log")
+            text = logs[files.key(f.digest)]
+            for line in text.split(b"\n")[:-1] if text.endswith(b"\n") else text.split(b"\n"):
+                service_sink(name, "stdout", line)
+
+    def _call(self, fn: Callable, what: str):  # noqa: ANN202
+        # an executor that never answered is not waited for long: it is a wrong address or
+        # a server that is down, not one restarting under a run that already used it
+        wait = self.reconnect_for if self._reached else self.first_contact
+        deadline = time.monotonic() + wait
+        delay = 0.2
+        while True:
+            try:
+                out = fn()
+                self._reached = True
+                return out
+            except RemoteError as err:
+                if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
+                    raise KataError(err.reason, f"could not {what} at {self.url}: "
+                                    f"{err.message}", exit_code=1) from err
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _execute(self, digest: re_pb2.Digest, cancel: threading.Event,
+                 ) -> re_pb2.ExecuteResponse | None:
+        """Follow the operation to its end: the response, or None when cancelled."""
+        name = ""
+        deadline = time.monotonic() + self.reconnect_for
+        delay = 0.2
+        while True:
+            if name:
+                call = self._execution.WaitExecution(re_pb2.WaitExecutionRequest(name=name),
+                                                     metadata=self._md)
+            else:
+                call = self._execution.Execute(re_pb2.ExecuteRequest(
+                    instance_name=self.instance, action_digest=digest,
+                    skip_cache_lookup=True), metadata=self._md)
+            stop = threading.Event()
+            watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call),
+                                       daemon=True)
+            watcher.start()
+            try:
+                for op in call:
+                    name = op.name or name
+                    deadline = time.monotonic() + self.reconnect_for
+                    if op.done:
+                        return _response(op)
+            except grpc.RpcError as err:
+                if cancel.is_set():
+                    self._cancel(name)
+                    return None
+                code = err.code()  # type: ignore[attr-defined]
+                if code not in _RETRYABLE or time.monotonic() > deadline:
+                    raise KataError("remote.unavailable", f"remote execution at {self.url} "
+                                    f"failed: {code.name}: {err.details()}",  # type: ignore[attr-defined]
+                                    exit_code=1) from err
+            finally:
+                stop.set()
+            if cancel.is_set():
+                self._cancel(name)
+                return None
+            time.sleep(delay)  # the stream ended without a result: follow it again
+            delay = min(delay * 2, 2.0)
+
+    def _cancel(self, name: str) -> None:
+        if not name:
+            return
+        try:
+            self._operations.CancelOperation(operations_pb2.CancelOperationRequest(name=name),
+                                             timeout=10, metadata=self._md)
+        except grpc.RpcError:
+            pass  # the scheduler drops the lease when it can; nothing of ours to release
+
+
+def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None:  # noqa: ANN001
+    while not stop.is_set():
+        if cancel.wait(0.1):
+            call.cancel()
+            return
+
+
+def _response(op: operations_pb2.Operation) -> re_pb2.ExecuteResponse:
+    if op.HasField("error") and op.error.code != 0:
+        raise KataError("remote.failed", f"remote execution failed: {op.error.message} "
+                        f"(code {op.error.code})", exit_code=1)
+    response = re_pb2.ExecuteResponse()
+    op.response.Unpack(response)
+    if response.status.code != 0:
+        raise KataError("remote.failed", f"remote execution failed: "
+                        f"{response.status.message or 'status ' + str(response.status.code)}",
+                        exit_code=1)
+    return response
+
+
+def _say(sink: OutputSink, text: str) -> None:
+    if getattr(sink, "raw", False):
+        sink("stdout", text.encode())
+    else:
+        _lines(sink, text.encode())
+
+
+def _lines(sink: OutputSink, data: bytes) -> None:
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    for line in parts:
+        sink("stdout", line)

@@ -1,0 +1,322 @@
+"""Directories on disk <-> REAPI ``Directory`` trees in a CAS, for remote execution.
+
+The REAPI (``build.bazel.remote.execution.v2``, remote_execution.proto) names a blob by
+the SHA-256 of its bytes and its size; a directory is a ``Directory`` message (files,
+directories and symlinks each sorted by name, serialised deterministically) named by the
+digest of those bytes. An output directory travels as one ``Tree`` message (its root
+and every directory below it).
+
+- ``upload``/``fetch_to``/``directories``: blobs up and down through ``kata.remote.cas.Cas``
+  (FindMissingBlobs first; batches, ByteStream for big blobs; every read verified).
+- ``pack_dir``: a directory on disk -> its ``Directory`` messages and file blobs
+  (nothing read twice, nothing uploaded that the CAS has: ``Cas.upload``).
+- ``materialise``: a ``Directory`` tree -> files on disk (the worker's input root).
+- ``sync_dir``: make a directory on disk equal to a tree, rewriting only what differs
+  from the tree it was packed as (the client, after the action ran).
+
+Regular files, directories and symlinks travel; any other file type (a FIFO, a socket, a
+device) raises ``KataError("remote.unsupported_file")`` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kata.errors import KataError
+from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from kata.remote.cas import Cas
+
+CHUNK = 1 << 20  # bytes read from a file at a time
+# blobs adding up to no more than this are sent in one batch without FindMissingBlobs
+# first: asking costs a round trip, sending a few KiB again costs nothing
+SEND_WITHOUT_ASKING = 64 << 10
+
+
+def digest_of(data: bytes) -> re_pb2.Digest:
+    """The REAPI digest of ``data``: lowercase hex SHA-256 and size in bytes."""
+    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+def key(digest: re_pb2.Digest) -> str:
+    """A digest as a dict key: its hash (what ``Cas.read_many`` keys its answer by)."""
+    return digest.hash
+
+
+def message_bytes(message) -> bytes:  # noqa: ANN001 - a protobuf message
+    """The canonical bytes of a message (deterministic serialisation, as REAPI asks)."""
+    return message.SerializeToString(deterministic=True)
+
+
+@dataclass(slots=True)
+class Packed:
+    """A directory packed for the CAS: its root digest, every ``Directory`` message (by
+    ``key``), and where each file blob's bytes are (``key`` -> a path on disk)."""
+
+    root: re_pb2.Digest
+    directories: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    # path relative to the root -> (key, executable) for files, ("->target", False) symlinks
+    entries: dict[str, tuple[str, bool]] = field(default_factory=dict)
+
+
+def _file_digest(path: str) -> re_pb2.Digest:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return re_pb2.Digest(hash=h.hexdigest(), size_bytes=size)
+
+
+def pack_dir(root: str | os.PathLike[str], packed: Packed | None = None,
+             prefix: str = "") -> Packed:
+    """Hash the tree under ``root`` into ``Directory`` messages (nothing is sent).
+
+    Extra top-level entries can be added later with ``add_dir``/``add_file`` on a
+    ``Root``; this returns the tree of ``root`` alone."""
+    out = packed if packed is not None else Packed(root=re_pb2.Digest())
+    out.root = _pack(Path(root), out, prefix)
+    return out
+
+
+def _pack(path: Path, out: Packed, rel: str) -> re_pb2.Digest:
+    directory = re_pb2.Directory()
+    with os.scandir(path) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(entry.path)
+            directory.symlinks.add(name=entry.name, target=target)
+            out.entries[child] = ("->" + target, False)
+        elif stat.S_ISDIR(st.st_mode):
+            digest = _pack(Path(entry.path), out, child)
+            directory.directories.add(name=entry.name, digest=digest)
+        elif stat.S_ISREG(st.st_mode):
+            digest = _file_digest(entry.path)
+            executable = bool(st.st_mode & 0o111)
+            directory.files.add(name=entry.name, digest=digest, is_executable=executable)
+            out.files.setdefault(key(digest), entry.path)
+            out.entries[child] = (key(digest), executable)
+        else:
+            raise KataError("remote.unsupported_file", f"{child} is neither a file, a "
+                            "directory nor a symlink: it cannot be sent to a remote "
+                            "executor", obj=child, exit_code=1)
+    data = message_bytes(directory)
+    digest = digest_of(data)
+    out.directories[key(digest)] = data
+    return digest
+
+
+def join_root(packed: Packed, dirs: dict[str, re_pb2.Digest],
+              files: dict[str, bytes]) -> re_pb2.Digest:
+    """A new root holding ``dirs`` (name -> packed directory digest) and small ``files``
+    (name -> bytes, kept in ``packed``'s inline blobs); its digest, recorded in
+    ``packed.directories``."""
+    directory = re_pb2.Directory()
+    for name in sorted(set(dirs) | set(files)):
+        if name in dirs:
+            directory.directories.add(name=name, digest=dirs[name])
+        else:
+            data = files[name]
+            digest = digest_of(data)
+            packed.directories[key(digest)] = data  # sent like a Directory: bytes in memory
+            directory.files.add(name=name, digest=digest)
+    data = message_bytes(directory)
+    digest = digest_of(data)
+    packed.directories[key(digest)] = data
+    return digest
+
+
+def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = None) -> int:
+    """Send what the CAS lacks of ``blobs`` (hash -> bytes) and ``files`` (hash -> a path
+    holding those bytes): FindMissingBlobs first, then batches, ByteStream for a blob over
+    the batch limit. Returns how many blobs were sent. RemoteError as ``Cas`` raises it."""
+    files = files or {}
+    digests = {h: digest_of(b) for h, b in blobs.items()}
+    for h, path in files.items():
+        if h not in digests:
+            digests[h] = re_pb2.Digest(hash=h, size_bytes=os.stat(path).st_size)
+    total = sum(d.size_bytes for d in digests.values())
+    if total <= SEND_WITHOUT_ASKING and total <= cas.batch_limit:
+        missing = [d for d in digests.values() if d.size_bytes]  # one round trip, not two
+    else:
+        missing = cas.find_missing(digests.values())
+    small: dict[tuple[str, int], tuple[re_pb2.Digest, bytes]] = {}
+    for digest in missing:
+        h = digest.hash
+        if digest.size_bytes > cas.batch_limit:
+            cas.write(digest, iter((blobs[h],)) if h in blobs else _read_chunks(files[h]))
+        else:
+            data = blobs[h] if h in blobs else Path(files[h]).read_bytes()
+            small[(h, digest.size_bytes)] = (digest, data)
+    cas.upload(small)
+    return len(missing)
+
+
+def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], executable: bool,
+             data: bytes | None = None) -> None:
+    """Write one blob (``data`` when already read, else streamed) to a new file."""
+    mode = 0o755 if executable else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        if data is not None:
+            f.write(data)
+        elif digest.size_bytes:
+            for chunk in cas.read(digest):
+                f.write(chunk)
+    os.chmod(path, mode)
+
+
+def directories(cas: Cas, root: re_pb2.Digest,
+                known: dict[str, bytes] | None = None) -> dict[str, re_pb2.Directory]:
+    """Every ``Directory`` of the tree under ``root`` (hash -> message), level by level;
+    ``known``: blobs already read (hash -> bytes), not asked for again."""
+    out: dict[str, re_pb2.Directory] = {}
+    known = known or {}
+    level = [root]
+    while level:
+        data = {d.hash: known[d.hash] for d in level if d.hash in known}
+        rest = [d for d in level if d.hash not in known]
+        if rest:
+            data.update(cas.read_many(rest))
+        nxt = []
+        for h, blob in data.items():
+            directory = re_pb2.Directory()
+            directory.ParseFromString(blob)
+            out[h] = directory
+            nxt.extend(d.digest for d in directory.directories)
+        level = list({d.hash: d for d in nxt if d.hash not in out}.values())
+    return out
+
+
+def _read_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def tree_message(packed: Packed) -> re_pb2.Tree:
+    """The ``Tree`` of a packed directory (its root and every distinct directory below)."""
+    root = re_pb2.Directory()
+    root.ParseFromString(packed.directories[key(packed.root)])
+    children = []
+    for k, data in sorted(packed.directories.items()):
+        if k == key(packed.root):
+            continue
+        child = re_pb2.Directory()
+        child.ParseFromString(data)
+        children.append(child)
+    return re_pb2.Tree(root=root, children=children)
+
+
+def tree_index(tree: re_pb2.Tree) -> tuple[re_pb2.Directory, dict[str, re_pb2.Directory]]:
+    """(root, key -> child ``Directory``) of a ``Tree`` message."""
+    children = {key(digest_of(message_bytes(c))): c for c in tree.children}
+    return tree.root, children
+
+
+def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
+         rel: str = "") -> Iterator[tuple[str, str, object]]:
+    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node)."""
+    for d in root.directories:
+        path = f"{rel}/{d.name}" if rel else d.name
+        yield path, "dir", d
+        child = directories.get(key(d.digest))
+        if child is None:
+            raise KataError("remote.blob_missing", f"the tree lacks directory {path} "
+                            f"({key(d.digest)})", obj=path, exit_code=1)
+        yield from walk(child, directories, path)
+    for f in root.files:
+        yield (f"{rel}/{f.name}" if rel else f.name), "file", f
+    for s in root.symlinks:
+        yield (f"{rel}/{s.name}" if rel else s.name), "symlink", s
+
+
+def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
+                dest: str | os.PathLike[str]) -> None:
+    """Write the tree ``root`` into the (existing, empty) directory ``dest``."""
+    dest = Path(dest)
+    files = []
+    for rel, kind, node in walk(root, directories):
+        target = dest / rel
+        if kind == "dir":
+            target.mkdir()
+        elif kind == "symlink":
+            os.symlink(node.target, target)  # type: ignore[attr-defined]
+        else:
+            files.append((target, node))
+    _write_files(cas, files)
+
+
+def _write_files(cas: Cas, todo: list) -> None:  # noqa: ANN001 - [(path, FileNode)]
+    """Write each (path, FileNode): small blobs read in batches, big ones streamed."""
+    small = [n.digest for _p, n in todo if n.digest.size_bytes <= cas.batch_limit]
+    data = cas.read_many(small)
+    for path, node in todo:
+        fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash))
+
+
+def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
+             directories: dict[str, re_pb2.Directory], dest: str | os.PathLike[str]) -> int:
+    """Make ``dest`` (packed as ``before``) hold exactly the tree ``root``: remove what
+    the tree no longer has, write what is new or changed. Returns the files written."""
+    dest = Path(dest)
+    wanted: dict[str, tuple[str, object]] = {}
+    for rel, kind, node in walk(root, directories):
+        wanted[rel] = (kind, node)
+    # remove entries that vanished or changed kind, deepest first
+    for rel in sorted(_existing(dest), key=lambda p: p.count("/"), reverse=True):
+        now = wanted.get(rel)
+        path = dest / rel
+        is_dir = path.is_dir() and not path.is_symlink()
+        if now is None or (now[0] == "dir") != is_dir:
+            if is_dir:
+                _rmtree(path)
+            else:
+                path.unlink()
+    todo: list[tuple[Path, object]] = []
+    for rel, (kind, node) in sorted(wanted.items(), key=lambda kv: kv[0].count("/")):
+        path = dest / rel
+        if kind == "dir":
+            if not path.is_dir():
+                path.mkdir()
+            continue
+        if kind == "symlink":
+            old = before.entries.get(rel)
+            if old == ("->" + node.target, False) and path.is_symlink():  # type: ignore[attr-defined]
+                continue
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            os.symlink(node.target, path)  # type: ignore[attr-defined]
+            continue
+        digest = node.digest  # type: ignore[attr-defined]
+        old = before.entries.get(rel)
+        if old == (key(digest), node.is_executable) and path.is_file() \
+                and not path.is_symlink():  # type: ignore[attr-defined]
+            continue
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        todo.append((path, node))
+    _write_files(cas, todo)
+    return len(todo)
+
+
+def _existing(dest: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(dest):
+        rel = os.path.relpath(dirpath, dest)
+        for name in dirnames + filenames:
+            yield name if rel == "." else f"{rel}/{name}"
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)

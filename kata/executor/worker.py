@@ -1,0 +1,341 @@
+"""``kata worker``: a bot of the Remote Workers API (``google.devtools.remoteworkers.v1test2``)
+that runs the actions ``kata run --remote-executor`` sends, with kata's containerd runtime.
+
+The lease lifecycle (bots.proto; BuildGrid's Bots service):
+
+- ``CreateBotSession(parent=instance, bot_session={bot_id, status OK, worker})``: the
+  worker's primary device says ``OSFamily=linux`` and ``ISA=x86-64`` (what the scheduler
+  matches), its config ``capacity=N`` (``--slots``). BuildGrid answers with the session
+  name and may already assign leases.
+- ``UpdateBotSession``, long-polled: the worker sends every lease it holds, ``ACTIVE``
+  while it runs (a keep-alive) or ``COMPLETED`` with a ``google.rpc.Status`` and the
+  ``ActionResult`` packed in ``result``; the reply holds the leases the scheduler wants it
+  to run (new ones ``ACTIVE``; one it drops or ``CANCELLED`` is stopped). A poll is cut
+  short (the call cancelled) as soon as a lease completes, so a result is reported at
+  once, not at the end of the poll. A worker whose slots are all busy is answered at once
+  (nothing to wait for), so it then only sends a heartbeat every ``poll / 2`` seconds,
+  or its result as soon as it has one.
+- A scheduler that restarts answers UNAVAILABLE for a while: the worker keeps running its
+  leases and retries with back-off; when the scheduler no longer knows the session (it
+  expired, ``bot-session-keepalive-timeout``) the worker stops what it ran for it and
+  opens a new session. A worker that dies stops answering; the scheduler re-queues its
+  leases after the keep-alive timeout (and gives them to another bot).
+
+Running a lease: fetch the ``Action`` (the payload, or its digest), the ``Command`` and the
+input root from the CAS, write the input root under ``work_root``, run the step (its
+``kata-spec.json``, see ``action.py``) with ``runtime``, then upload the workspace as a
+``Tree``, each service's log under ``kata-services/`` and the step's output as the
+``stdout`` blob; ``execution_metadata.worker`` names this worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.protobuf import any_pb2, timestamp_pb2
+
+from kata.errors import KataError
+from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from kata.remote._api.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc
+from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
+from kata.remote._api.google.rpc import status_pb2
+from kata.remote.cas import RemoteError
+from kata.runtimes.base import Runtime
+
+from . import action as act
+from . import files
+from .connection import connect
+
+LOG = logging.getLogger("kata.worker")
+
+# google.rpc.Code values (google/rpc/code.proto)
+OK, CANCELLED, INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL, UNAVAILABLE = 0, 1, 3, 9, 13, 14
+LEASE_PENDING, LEASE_ACTIVE, LEASE_COMPLETED, LEASE_CANCELLED = 1, 2, 4, 5
+BOT_OK = 1
+_SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
+                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+
+
+@dataclass(slots=True)
+class _Job:
+    lease: bots_pb2.Lease
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    status: status_pb2.Status | None = None  # set when done
+    result: re_pb2.ActionResult | None = None
+
+
+class Worker:
+    """One bot: ``serve(stop)`` runs until ``stop`` is set (see the module docstring).
+
+    name: the bot id (unique among the scheduler's bots); slots: leases run at once;
+    poll: seconds one UpdateBotSession may wait for work (keep it under the scheduler's
+    keep-alive timeout); work_root: where input roots are written (one directory per
+    lease, removed after).
+    """
+
+    def __init__(self, url: str, runtime: Runtime, *, name: str, instance: str = "",
+                 slots: int = 1, work_root: Path, poll: float = 20.0) -> None:
+        if slots < 1:
+            raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
+        self.url, self.runtime, self.name = url, runtime, name
+        self.instance, self.slots, self.poll = instance, slots, poll
+        self.work_root = Path(work_root)
+        self._remote = connect(url, instance, where="--executor")
+        self.cas = self._remote.cas
+        self._md = self._remote.metadata
+        self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Event()  # a lease completed: report it now
+
+    # -- the session loop ----------------------------------------------------------------
+    def serve(self, stop: threading.Event) -> None:
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        session: bots_pb2.BotSession | None = None
+        delay = 0.2
+        try:
+            while not stop.is_set():
+                try:
+                    if session is None:
+                        session = self._bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
+                            parent=self.instance, bot_session=self._session()),
+                            timeout=self.poll, metadata=self._md)
+                        LOG.info("bot session %s open", session.name)
+                    else:
+                        if self._busy():  # no room for work and nothing to report:
+                            self._changed.wait(self.poll / 2)  # a heartbeat, or a result
+                            if stop.is_set():
+                                break
+                        reply = self._update(session, stop)
+                        if reply is None:
+                            continue  # cut short: report what changed
+                        session = reply
+                    self._take(session.leases)
+                    delay = 0.2
+                except grpc.RpcError as err:
+                    code = err.code()  # type: ignore[attr-defined]
+                    if session is not None and code in _SESSION_GONE:
+                        LOG.warning("the scheduler dropped session %s (%s): opening a new one",
+                                    session.name, err.details())  # type: ignore[attr-defined]
+                        self._drop_all()
+                        session = None
+                        continue
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        continue  # a long poll that found no work
+                    LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
+                                code.name, err.details(), delay)  # type: ignore[attr-defined]
+                    stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._drop_all()
+            self._remote.close()
+
+    def _busy(self) -> bool:
+        """Every slot runs a lease and none has a result to report (the scheduler answers
+        such a bot at once instead of long-polling: do not spin)."""
+        with self._lock:
+            return len(self._jobs) >= self.slots and all(
+                j.status is None for j in self._jobs.values())
+
+    def _session(self, name: str = "", version: str = "") -> bots_pb2.BotSession:
+        device = worker_pb2.Device(handle=self.name, properties=[
+            worker_pb2.Device.Property(key="OSFamily", value=act.OS_FAMILY),
+            worker_pb2.Device.Property(key="ISA", value=act.ISA)])
+        worker = worker_pb2.Worker(devices=[device], configs=[
+            worker_pb2.Worker.Config(key="capacity", value=str(self.slots))])
+        session = bots_pb2.BotSession(name=name, bot_id=self.name, status=BOT_OK,
+                                      worker=worker, version=version)
+        with self._lock:
+            for job in self._jobs.values():
+                lease = bots_pb2.Lease(id=job.lease.id, payload=job.lease.payload)
+                if job.status is not None:
+                    lease.state = LEASE_COMPLETED
+                    lease.status.CopyFrom(job.status)
+                    if job.result is not None:
+                        lease.result.Pack(job.result)
+                else:
+                    lease.state = LEASE_ACTIVE
+                session.leases.append(lease)
+        return session
+
+    def _update(self, session: bots_pb2.BotSession,
+                stop: threading.Event) -> bots_pb2.BotSession | None:
+        """One UpdateBotSession; None when it was cut short because a lease completed."""
+        self._changed.clear()
+        request = bots_pb2.UpdateBotSessionRequest(
+            name=session.name, bot_session=self._session(session.name, session.version))
+        reported = {lease.id for lease in request.bot_session.leases
+                    if lease.state == LEASE_COMPLETED}
+        future = self._bots.UpdateBotSession.future(request, timeout=self.poll,
+                                                    metadata=self._md)
+        done = threading.Event()  # this call's own: a late callback of a cancelled one
+        future.add_done_callback(lambda _f: done.set())  # must not cut the next one short
+        while not done.wait(0.02):
+            if (stop.is_set() or self._unreported(reported)) and future.cancel():
+                return None
+        try:
+            reply = future.result()
+        except grpc.FutureCancelledError:
+            return None
+        self._acknowledged(request.bot_session.leases, reply.leases)
+        return reply
+
+    def _unreported(self, reported: set[str]) -> bool:
+        with self._lock:
+            return any(j.status is not None and lease_id not in reported
+                       for lease_id, j in self._jobs.items())
+
+    def _acknowledged(self, sent, got) -> None:  # noqa: ANN001
+        """Forget completed leases the scheduler took (absent from its reply)."""
+        kept = {lease.id for lease in got}
+        with self._lock:
+            for lease in sent:
+                if lease.state == LEASE_COMPLETED and lease.id not in kept:
+                    self._jobs.pop(lease.id, None)
+
+    def _take(self, leases) -> None:  # noqa: ANN001
+        wanted = {}
+        for lease in leases:
+            wanted[lease.id] = lease
+        with self._lock:
+            for lease_id, job in list(self._jobs.items()):
+                lease = wanted.get(lease_id)
+                if job.status is None and (lease is None or lease.state == LEASE_CANCELLED):
+                    LOG.info("lease %s was withdrawn: stopping it", lease_id)
+                    job.cancel.set()
+                    self._jobs.pop(lease_id)
+            for lease_id, lease in wanted.items():
+                if lease_id in self._jobs or lease.state not in (LEASE_PENDING, LEASE_ACTIVE):
+                    continue
+                LOG.info("lease %s: starting", lease_id)
+                job = _Job(lease=lease)
+                job.thread = threading.Thread(target=self._run, args=(job,),
+                                              name=f"kata-lease-{lease_id[-8:]}", daemon=True)
+                self._jobs[lease_id] = job
+                job.thread.start()
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            for job in self._jobs.values():
+                job.cancel.set()
+            self._jobs.clear()
+
+    # -- one lease -------------------------------------------------------------------------
+    def _run(self, job: _Job) -> None:
+        started = timestamp_pb2.Timestamp()
+        started.GetCurrentTime()
+        try:
+            result = self._execute(job, started)
+            status = status_pb2.Status(code=OK)
+        except KataError as err:
+            LOG.warning("lease %s failed: %s", job.lease.id, err.message)
+            code = INVALID_ARGUMENT if err.reason == "remote.bad_action" else FAILED_PRECONDITION
+            result, status = None, status_pb2.Status(code=code, message=err.message)
+        except RemoteError as err:  # the CAS went away: let the scheduler try again
+            result = None
+            status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
+        except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
+            LOG.exception("lease %s crashed", job.lease.id)
+            result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
+        if job.cancel.is_set():
+            return  # withdrawn: nobody waits for it
+        with self._lock:
+            job.result, job.status = result, status
+        LOG.info("lease %s: done (%s)", job.lease.id, "ok" if status.code == OK else status.message)
+        self._changed.set()
+
+    def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
+        action = re_pb2.Action()
+        if payload.Is(re_pb2.Action.DESCRIPTOR):
+            payload.Unpack(action)
+            return action
+        digest = re_pb2.Digest()
+        if not payload.Unpack(digest):
+            raise KataError("remote.bad_action", f"a lease payload of type "
+                            f"{payload.type_url} is neither an Action nor its digest")
+        action.ParseFromString(self.cas.read_many([digest])[files.key(digest)])
+        return action
+
+    def _execute(self, job: _Job, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
+        action = self._action(job.lease.payload)
+        blobs = self.cas.read_many([action.command_digest, action.input_root_digest])
+        command = re_pb2.Command()
+        command.ParseFromString(blobs[files.key(action.command_digest)])
+        directories = files.directories(self.cas, action.input_root_digest, known=blobs)
+        root = directories[files.key(action.input_root_digest)]
+        if not any(f.name == act.SPEC_FILE for f in root.files):
+            raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
+        work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
+        try:
+            inputs = work / "root"
+            inputs.mkdir()
+            files.materialise(self.cas, root, directories, inputs)
+            workspace = inputs / act.WORKSPACE_DIR
+            workspace.mkdir(exist_ok=True)
+            spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
+            spec = act.read_spec(command, spec_bytes, str(workspace),
+                                 {"kata.worker": self.name, "kata.lease": job.lease.id})
+            log = bytearray()
+            log_lock = threading.Lock()
+            service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
+
+            def sink(stream: str, data: bytes) -> None:
+                with log_lock:
+                    log.extend(data)
+
+            sink.raw = True  # type: ignore[attr-defined]
+
+            def service_sink(name: str, stream: str, line: bytes) -> None:
+                with log_lock:
+                    service_logs.setdefault(name, bytearray()).extend(line + b"\n")
+
+            if spec.services:
+                exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
+            else:
+                exit_status = self.runtime.run(spec, sink, job.cancel)
+            return self._upload(workspace, bytes(log), service_logs, exit_status, started)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
+                exit_status: int, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
+        packed = files.pack_dir(workspace)
+        tree = files.message_bytes(files.tree_message(packed))
+        services = re_pb2.Directory()
+        blobs: dict[str, bytes] = {}
+        for name in sorted(service_logs):
+            data = bytes(service_logs[name])
+            digest = files.digest_of(data)
+            blobs[files.key(digest)] = data
+            services.files.add(name=f"{name}.log", digest=digest)
+        services_tree = files.message_bytes(re_pb2.Tree(root=services))
+        stdout = files.digest_of(log)
+        blobs.update({files.key(files.digest_of(tree)): tree,
+                      files.key(files.digest_of(services_tree)): services_tree,
+                      files.key(stdout): log})
+        files.upload(self.cas, blobs, packed.files)
+        done = timestamp_pb2.Timestamp()
+        done.GetCurrentTime()
+        result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
+        result.output_directories.add(path=act.WORKSPACE_DIR, tree_digest=files.digest_of(tree))
+        result.output_directories.add(path=act.SERVICES_DIR,
+                                      tree_digest=files.digest_of(services_tree))
+        meta = result.execution_metadata
+        meta.worker = self.name
+        meta.execution_start_timestamp.CopyFrom(started)
+        meta.execution_completed_timestamp.CopyFrom(done)
+        return result
+
+
+def default_name() -> str:
+    """``HOST-PID``: unique among the bots of one scheduler while the process lives."""
+    return f"{os.uname().nodename}-{os.getpid()}"
+

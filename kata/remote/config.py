@@ -1,0 +1,152 @@
+"""Where the remote cache is, as the user wrote it: ``--remote-cache``/``--remote-instance``
+or the ``remote:`` section of the host config (``/etc/kata/config.yaml``)::
+
+    remote:
+      cache: grpcs://cache.example.com:443   # grpc:// (plaintext) or grpcs:// (TLS)
+      instance: main                         # the REAPI instance name ("" by default)
+      tls:
+        ca: /etc/kata/remote-ca.pem          # roots to verify the server (default: system)
+        cert: /etc/kata/client.pem           # client certificate for mutual TLS (with key)
+        key: /etc/kata/client.key
+      token_file: /etc/kata/remote.token     # sent as "authorization: Bearer <token>"
+      timeout: 10s                           # per call; a slower remote is left for the run
+
+The flags win over the file. Nothing here touches the network: :func:`parse_url` and
+:func:`from_host_config` only read and validate (errors are KataError, exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kata.errors import KataError
+
+if TYPE_CHECKING:
+    from kata.hostconfig import HostConfig
+
+KEYS = frozenset({"cache", "instance", "tls", "token_file", "timeout"})
+TLS_KEYS = frozenset({"ca", "cert", "key"})
+DEFAULT_TIMEOUT = 10.0
+_URL = re.compile(r"^(grpcs?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteConfig:
+    """A remote cache endpoint.
+
+    ``target``: ``host:port`` for gRPC; ``tls``: grpcs; ``instance``: the REAPI instance
+    name; ``ca``/``cert``/``key``: PEM files (paths); ``token_file``: a file holding a bearer
+    token; ``timeout``: seconds per call (uploads and downloads get more per byte).
+    """
+
+    url: str
+    target: str
+    tls: bool = False
+    instance: str = ""
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token_file: Path | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        assert self.timeout > 0
+        assert (self.cert is None) == (self.key is None)
+
+
+def parse_url(url: str, *, where: str = "--remote-cache") -> tuple[str, bool]:
+    """``grpc://HOST:PORT`` or ``grpcs://HOST:PORT`` -> (``HOST:PORT``, tls).
+
+    KataError remote.bad_url (exit 2) for anything else."""
+    m = _URL.match(url.strip())
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise KataError("remote.bad_url", f"{where}: {url!r} is not grpc://HOST:PORT or "
+                        "grpcs://HOST:PORT", obj=url)
+    return f"{m.group(2)}:{int(m.group(3))}", m.group(1) == "grpcs"
+
+
+def load_remote_config(url: str | None = None, instance: str | None = None) -> RemoteConfig | None:
+    """The remote cache for this run: the flags over the host config (``$KATA_CONFIG`` or
+    /etc/kata/config.yaml); None when neither names one."""
+    from kata.hostconfig import load_host_config
+
+    return from_host_config(load_host_config(), url=url, instance=instance)
+
+
+def from_host_config(config: "HostConfig", *, url: str | None = None,
+                     instance: str | None = None) -> RemoteConfig | None:
+    """The remote cache the flags (``url``, ``instance``) and the host config's ``remote:``
+    name, or None when neither names one.
+
+    KataError (exit 2, at the key's file:line:column): config.unknown_key, config.bad_value,
+    remote.bad_url."""
+    from kata.model import Duration
+
+    raw = config.section("remote")
+    if raw is not None and not isinstance(raw, dict):
+        raise config.error("config.bad_value", "remote must be a mapping", "remote")
+    raw = raw or {}
+    for k in raw:
+        if k not in KEYS:
+            raise config.error("config.unknown_key", f"unknown key {k!r} in remote (expected "
+                               f"one of {', '.join(sorted(KEYS))})", "remote", k)
+    file_url = raw.get("cache")
+    if url is None and file_url is None:
+        return None
+    if url is not None:
+        target, tls = parse_url(url)
+    else:
+        if not isinstance(file_url, str):
+            raise config.error("config.bad_value", "remote.cache must be a string "
+                               "(grpc://HOST:PORT or grpcs://HOST:PORT)", "remote", "cache")
+        try:
+            target, tls = parse_url(file_url, where="remote.cache")
+        except KataError as err:
+            raise config.error(err.reason, err.message, "remote", "cache") from None
+    name = instance if instance is not None else raw.get("instance", "")
+    if not isinstance(name, str):
+        raise config.error("config.bad_value", "remote.instance must be a string",
+                           "remote", "instance")
+
+    def path(value: object, *at: str) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise config.error("config.bad_value", f"{'.'.join(('remote',) + at)} must be a "
+                               "file path", "remote", *at)
+        return Path(value)
+
+    tls_raw = raw.get("tls")
+    if tls_raw is not None and not isinstance(tls_raw, dict):
+        raise config.error("config.bad_value", "remote.tls must be a mapping", "remote", "tls")
+    tls_raw = tls_raw or {}
+    for k in tls_raw:
+        if k not in TLS_KEYS:
+            raise config.error("config.unknown_key", f"unknown key {k!r} in remote.tls "
+                               f"(expected one of {', '.join(sorted(TLS_KEYS))})",
+                               "remote", "tls", k)
+    ca = path(tls_raw.get("ca"), "tls", "ca")
+    cert = path(tls_raw.get("cert"), "tls", "cert")
+    key = path(tls_raw.get("key"), "tls", "key")
+    if (cert is None) != (key is None):
+        raise config.error("config.bad_value", "remote.tls: cert and key go together "
+                           "(mutual TLS needs both)", "remote", "tls")
+    if tls_raw and not tls and url is None:  # a grpc:// flag just does not use them
+        raise config.error("config.bad_value", "remote.tls is set but the remote is grpc:// "
+                           "(use grpcs:// for TLS)", "remote", "tls")
+    timeout = DEFAULT_TIMEOUT
+    if raw.get("timeout") is not None:
+        try:
+            timeout = Duration.parse(str(raw["timeout"])).seconds
+        except (KataError, ValueError) as err:
+            raise config.error("config.bad_value", f"remote.timeout: {err}", "remote",
+                               "timeout") from None
+        if timeout <= 0:
+            raise config.error("config.bad_value", "remote.timeout must be more than 0",
+                               "remote", "timeout")
+    return RemoteConfig(url=url if url is not None else file_url, target=target, tls=tls,
+                        instance=name, ca=ca, cert=cert, key=key,
+                        token_file=path(raw.get("token_file"), "token_file"), timeout=timeout)

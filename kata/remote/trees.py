@@ -1,0 +1,297 @@
+"""Kata trees <-> REAPI ``Directory``/``Tree`` messages in a remote CAS.
+
+A Kata tree is one blob, the canonical ``kata-tree/1`` archive (``store/tree.py``): entries
+sorted by path components, directories (``d``), files (``f`` 0644, ``x`` 0755) and symlinks
+(``l``). In the remote it becomes what every REAPI tool reads (REAPI's ``Directory``):
+
+- each file's content is a CAS blob; a file is a ``FileNode`` (``is_executable`` for ``x``);
+- each directory is a ``Directory`` message (files, directories, symlinks, each sorted by
+  name), stored as a blob; an empty directory is an empty ``Directory``;
+- the whole tree is also one ``Tree`` message (root + every descendant ``Directory``), the
+  form ``OutputDirectory.tree_digest`` names.
+
+Back: the ``Tree`` is read, its files fetched (batched, a window ahead, big ones over
+ByteStream), and the canonical archive is re-encoded from it (``store.tree.restream``)
+straight into the local store. The archive's sha256 must equal the Kata tree digest the
+action result named, so a tree that comes back is byte for byte the one that left.
+
+Names are bytes in Kata and UTF-8 strings in REAPI: a tree with a name or link target that
+is not UTF-8 is not uploaded (RemoteError remote.unsupported); it stays local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from kata.remote.cas import Cas, Digest, RemoteError, message_digest
+from store import Store
+from store import tree as kata_tree
+
+_WINDOW = 8  # batches of file contents fetched ahead of the archive being written
+_UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
+
+
+@dataclass
+class _Dir:
+    files: list[re_pb2.FileNode] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    links: list[re_pb2.SymlinkNode] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """A tree as the remote holds it: the ``Tree`` message's digest and the root
+    ``Directory``'s (what ``bgd cas download-dir`` takes)."""
+
+    tree_digest: Digest
+    root_digest: Digest
+
+
+def _name(part: bytes) -> str:
+    try:
+        return part.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteError("remote.unsupported", f"name {part!r} is not UTF-8 (REAPI names "
+                          "are strings)") from None
+
+
+def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
+    """Put the Kata tree ``tree`` (``sha256:<hex>``) into the remote CAS as REAPI
+    ``Directory`` blobs, a ``Tree`` blob and its files' blobs; send only what
+    FindMissingBlobs says is missing. Returns the digests to name it by.
+
+    Reads the local blob twice (digests first, then the missing contents), so memory
+    stays bounded whatever the tree's size. RemoteError on any remote failure."""
+    dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
+    files: list[Digest] = []
+    with store.open_blob(tree) as blob:
+        for kind, parts, arg, rd in kata_tree.entries(blob):
+            parent = dirs[parts[:-1]]
+            name = _name(parts[-1])
+            if kind == "d":
+                dirs[parts] = _Dir()
+                parent.dirs.append(name)
+            elif kind in ("f", "x"):
+                h = hashlib.sha256()
+                for chunk in rd.chunks(arg, parts):  # type: ignore[arg-type]
+                    h.update(chunk)
+                d = Digest(hash=h.hexdigest(), size_bytes=arg)  # type: ignore[arg-type]
+                files.append(d)
+                parent.files.append(re_pb2.FileNode(name=name, digest=d,
+                                                    is_executable=kind == "x"))
+            else:
+                parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
+    messages: dict[tuple[bytes, ...], tuple[re_pb2.Directory, Digest, bytes]] = {}
+    for path in sorted(dirs, key=len, reverse=True):  # children before their parents
+        d = dirs[path]
+        children = []
+        for name in sorted(d.dirs):
+            child = messages[path + (name.encode(),)]
+            children.append(re_pb2.DirectoryNode(name=name, digest=child[1]))
+        msg = re_pb2.Directory(files=sorted(d.files, key=lambda f: f.name),
+                               directories=children,
+                               symlinks=sorted(d.links, key=lambda s: s.name))
+        digest, data = message_digest(msg)
+        messages[path] = (msg, digest, data)
+    root = messages[()]
+    children: dict[str, re_pb2.Directory] = {}
+    for path in sorted(messages):  # parents first: readers may stream it in order
+        if path:
+            msg, digest, _ = messages[path]
+            children.setdefault(digest.hash, msg)
+    tree_digest, tree_data = message_digest(re_pb2.Tree(root=root[0],
+                                                        children=list(children.values())))
+    small = {(tree_digest.hash, tree_digest.size_bytes): (tree_digest, tree_data)}
+    for _, digest, data in messages.values():
+        small[(digest.hash, digest.size_bytes)] = (digest, data)
+    missing = {(d.hash, d.size_bytes) for d in cas.find_missing([*(d for d, _ in small.values()), *files])}
+    cas.upload({k: v for k, v in small.items() if k in missing})
+    wanted = {k for k in missing if k not in small}
+    if wanted:
+        _upload_contents(cas, store, tree, wanted)
+    return Uploaded(tree_digest=tree_digest, root_digest=root[1])
+
+
+def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, int]]) -> None:
+    """Send the contents of the files in ``wanted`` ((hash, size)), read from the tree
+    again: small ones in batches, big ones streamed straight from the archive."""
+    pending: dict[tuple[str, int], tuple[Digest, bytes]] = {}
+    size = 0
+    sending: list[Future[None]] = []  # batches in flight (a bounded window)
+
+    def send(batch: dict[tuple[str, int], tuple[Digest, bytes]]) -> None:
+        sending.append(pool.submit(cas.upload, batch))
+        while len(sending) >= _WINDOW // 2:
+            sending.pop(0).result()
+
+    with ThreadPoolExecutor(max_workers=_UPLOADERS) as pool, store.open_blob(tree) as blob:
+        for kind, parts, arg, rd in kata_tree.entries(blob):
+            if kind not in ("f", "x"):
+                continue
+            n: int = arg  # type: ignore[assignment]
+            if n > cas.batch_limit:  # spooled (memory, then disk) while hashed, then streamed
+                with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+                    h = hashlib.sha256()
+                    for c in rd.chunks(n, parts):
+                        h.update(c)
+                        spool.write(c)
+                    key = (h.hexdigest(), n)
+                    if key in wanted:
+                        wanted.discard(key)
+                        def content(spool=spool):  # noqa: ANN202 - from the start, each try
+                            spool.seek(0)
+                            return iter(lambda: spool.read(1 << 20), b"")
+
+                        cas.write(Digest(hash=key[0], size_bytes=n), content)
+                continue
+            data = b"".join(rd.chunks(n, parts))
+            key = (hashlib.sha256(data).hexdigest(), n)
+            if key not in wanted or key in pending:
+                continue
+            wanted.discard(key)
+            pending[key] = (Digest(hash=key[0], size_bytes=n), data)
+            size += n
+            if size >= cas.batch_limit // 2:
+                send(pending)
+                pending, size = {}, 0
+        if pending:
+            send(pending)
+        for fut in sending:
+            fut.result()
+
+
+# ------------------------------------------------------------------ downloading
+
+def read_tree(cas: Cas, tree_digest: Digest) -> re_pb2.Tree:
+    data = cas.read_many([tree_digest])[tree_digest.hash]
+    tree = re_pb2.Tree()
+    try:
+        tree.ParseFromString(data)
+    except Exception as err:  # protobuf's DecodeError
+        raise RemoteError("remote.bad_answer", f"Tree {tree_digest.hash}: {err}") from None
+    return tree
+
+
+def _entries(tree: re_pb2.Tree) -> list[tuple[str, bytes, "int | bytes", Digest | None]]:
+    """The Kata archive's entries of a REAPI Tree, in canonical order (path components
+    compared as bytes; a directory's entries right after it)."""
+    by_digest = {message_digest(d)[0].hash: d for d in tree.children}
+    out: list[tuple[str, bytes, int | bytes, Digest | None]] = []
+
+    def walk(d: re_pb2.Directory, prefix: bytes, depth: int) -> None:
+        if depth > 512:
+            raise RemoteError("remote.bad_answer", "Tree nests too deep")
+        items: list[tuple[bytes, str, object]] = []
+        items += [(f.name.encode(), "x" if f.is_executable else "f", f) for f in d.files]
+        items += [(s.name.encode(), "l", s) for s in d.symlinks]
+        items += [(n.name.encode(), "d", n) for n in d.directories]
+        items.sort(key=lambda i: i[0])
+        for name, kind, node in items:
+            path = prefix + name
+            if kind == "d":
+                child = by_digest.get(node.digest.hash)  # type: ignore[attr-defined]
+                if child is None:
+                    raise RemoteError("remote.bad_answer", f"Tree lacks directory {path!r}")
+                out.append(("d", path, 0, None))
+                walk(child, path + b"/", depth + 1)
+            elif kind == "l":
+                out.append(("l", path, node.target.encode(), None))  # type: ignore[attr-defined]
+            else:
+                digest = node.digest  # type: ignore[attr-defined]
+                out.append((kind, path, digest.size_bytes, digest))
+
+    walk(tree.root, b"", 0)
+    return out
+
+
+def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
+                  workers: int = 4) -> None:
+    """Bring the Kata tree ``tree`` into the local store from the REAPI ``Tree`` at
+    ``tree_digest``. RemoteError remote.bad_answer when what arrives re-encodes to
+    another digest (the local store then holds no record of it); RemoteError on any
+    remote failure."""
+    entries = _entries(read_tree(cas, tree_digest))
+    limit = cas.batch_limit
+    units: list[list[Digest]] = []  # consecutive small files, fetched together
+    unit_of: list[int] = []  # per entry: its unit (-1: none, -2: streamed)
+    cur: list[Digest] = []
+    cur_size = 0
+    for kind, _path, _arg, digest in entries:
+        if digest is None or digest.size_bytes == 0:
+            unit_of.append(-1)
+        elif digest.size_bytes > limit:
+            unit_of.append(-2)
+        else:
+            if cur and cur_size + digest.size_bytes > limit // 2:
+                units.append(cur)
+                cur, cur_size = [], 0
+            cur.append(digest)
+            cur_size += digest.size_bytes
+            unit_of.append(len(units))
+    if cur:
+        units.append(cur)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures: dict[int, Future[dict[str, bytes]]] = {}
+
+        def fetch(i: int) -> dict[str, bytes]:
+            if i not in futures:
+                for j in range(i, min(i + _WINDOW, len(units))):
+                    if j not in futures:
+                        futures[j] = pool.submit(cas.read_many, units[j])
+            return futures[i].result()
+
+        def items() -> Iterator[tuple[str, bytes, "int | bytes", "list[bytes] | Iterator[bytes] | None"]]:
+            done = -1
+            for (kind, path, arg, digest), unit in zip(entries, unit_of):
+                if kind in ("d", "l"):
+                    yield kind, path, arg, None
+                elif unit == -1:
+                    yield kind, path, arg, [b""]
+                elif unit == -2:
+                    assert digest is not None
+                    yield kind, path, arg, cas.read(digest)
+                else:
+                    assert digest is not None
+                    if unit > done:  # drop what the earlier units held
+                        for k in [k for k in futures if k < unit]:
+                            del futures[k]
+                        done = unit
+                    yield kind, path, arg, [fetch(unit)[digest.hash]]
+
+        try:
+            got = store.put_blob(_Chunks(kata_tree.restream(items())))
+        finally:
+            for f in futures.values():
+                f.cancel()
+    if got != tree:
+        raise RemoteError("remote.bad_answer", f"the remote's tree re-encodes to {got}, "
+                          f"not {tree}")
+
+
+class _Chunks(io.RawIOBase):
+    """A binary file over an iterator of byte chunks (what ``Store.put_blob`` reads)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._it = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # noqa: ANN001
+        while not self._buf:
+            nxt = next(self._it, None)
+            if nxt is None:
+                return 0
+            self._buf = nxt
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n

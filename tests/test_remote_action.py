@@ -1,0 +1,180 @@
+"""The pure halves of remote execution: a step spec as an REAPI Action and back, and
+directories as REAPI trees (a dict-backed CAS stands in for BuildGrid's here; the real one
+is in test_remote_exec.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kata.errors import KataError
+from kata.executor import action as act
+from kata.executor import files
+from kata.executor.client import runs_remotely
+from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from kata.resources import Resources
+from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
+
+IMAGE = "127.0.0.1:5000/kata/busybox@sha256:" + "a" * 64
+
+
+def spec(**kw) -> StepSpec:
+    base = dict(image=IMAGE, argv=("/bin/sh", "-c", "echo hi"), env={"B": "2", "A": "1"},
+                workdir="/src", user="1000:1000", network="default", timeout=30.0,
+                mounts=(Mount(kind="bind", target="/src", source="/tmp/ws"),),
+                resources=Resources(memory=512 << 20, cpus=1.5, pids=100),
+                services=(ServiceSpec(name="db", image=IMAGE, argv=("sh", "-c", "serve"),
+                                      env={"X": "y"}, user="999",
+                                      ready=Readiness(kind="tcp", target="5432", timeout=20.0),
+                                      resources=Resources(memory=256 << 20)),))
+    base.update(kw)
+    return StepSpec(**base)
+
+
+def test_a_spec_survives_the_trip_through_an_action() -> None:
+    original = spec()
+    remote = act.build_action(original, re_pb2.Digest(hash="0" * 64, size_bytes=1))
+    action = re_pb2.Action()
+    action.ParseFromString(remote.blobs[files.key(remote.digest)])
+    command = re_pb2.Command()
+    command.ParseFromString(remote.blobs[files.key(action.command_digest)])
+    back = act.read_spec(command, act.spec_document(original), "/w/ws", {"kata.worker": "w1"})
+    assert back.argv == original.argv and dict(back.env) == dict(original.env)
+    assert (back.image, back.workdir, back.user, back.network, back.timeout) == \
+        (original.image, original.workdir, original.user, original.network, original.timeout)
+    assert back.resources == original.resources and back.services == original.services
+    assert back.mounts == (Mount(kind="bind", target="/src", source="/w/ws"),)
+
+
+def test_the_action_is_canonical_and_never_cached_by_the_executor() -> None:
+    root = re_pb2.Digest(hash="0" * 64, size_bytes=1)
+    one, two = act.build_action(spec(), root), act.build_action(spec(env={"A": "1", "B": "2"}), root)
+    assert one.digest == two.digest  # env order does not matter: sorted by name
+    action = re_pb2.Action()
+    action.ParseFromString(one.blobs[files.key(one.digest)])
+    assert action.do_not_cache and action.timeout.seconds == 31
+    command = re_pb2.Command()
+    command.ParseFromString(one.blobs[files.key(action.command_digest)])
+    assert [e.name for e in command.environment_variables] == ["A", "B"]
+    assert list(command.output_paths) == ["ws", "kata-services"]
+    assert command.working_directory == "ws"
+    props = [(p.name, p.value) for p in command.platform.properties]
+    assert props == sorted(props)
+    assert dict(props) == {"OSFamily": "linux", "ISA": "x86-64", "network": "default",
+                           "container-image": f"docker://{IMAGE}", "memory": str(512 << 20),
+                           "cpus": "1.5", "pids": "100"}
+    assert set(dict(props)) - {"OSFamily", "ISA"} <= set(act.WILDCARD_KEYS)
+
+
+def test_an_image_only_this_host_has_cannot_run_remotely() -> None:
+    with pytest.raises(KataError) as err:
+        act.platform(spec(image="sha256:" + "b" * 64))
+    assert err.value.reason == "remote.image_unnamed"
+
+
+def test_a_spec_kata_did_not_make_is_refused() -> None:
+    with pytest.raises(KataError) as err:
+        act.read_spec(re_pb2.Command(), b'{"version": 99}', "/w", {})
+    assert err.value.reason == "remote.bad_action"
+
+
+def test_steps_with_secrets_stay_local() -> None:
+    assert runs_remotely(spec())
+    secret = Mount(kind="bind", target="/run/kata/secrets", source="/tmp/s", readonly=True)
+    assert not runs_remotely(spec(mounts=spec().mounts + (secret,)))
+    svc = ServiceSpec(name="db", image=IMAGE, mounts=(secret,))
+    assert not runs_remotely(spec(services=(svc,)))
+
+
+class DictCas:
+    """A CAS in a dict (key -> bytes): what ``files.sync_dir`` and ``materialise`` read."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def put_packed(self, packed: files.Packed) -> None:
+        self.blobs.update(packed.directories)
+        for h, path in packed.files.items():
+            self.blobs[h] = Path(path).read_bytes()
+
+    batch_limit = 1 << 20
+    reads = 0  # blobs read one by one (ByteStream in the real one)
+
+    def read_many(self, digests) -> dict[str, bytes]:  # noqa: ANN001
+        return {d.hash: self.blobs[d.hash] for d in digests}
+
+    def read(self, digest):  # noqa: ANN001, ANN201
+        self.reads += 1
+        yield self.blobs[digest.hash]
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = (p.read_bytes(), bool(p.stat().st_mode & 0o111))
+    return out
+
+
+def test_a_workspace_is_synced_to_the_output_tree(tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    (before / "src" / "deep").mkdir(parents=True)
+    (before / "src" / "keep.txt").write_text("same")
+    (before / "src" / "deep" / "gone.txt").write_text("deleted remotely")
+    (before / "becomes-dir").write_text("a file first")
+    (before / "link").symlink_to("src/keep.txt")
+    after = tmp_path / "after"
+    (after / "src").mkdir(parents=True)
+    (after / "src" / "keep.txt").write_text("same")
+    (after / "becomes-dir").mkdir()
+    (after / "becomes-dir" / "x").write_text("now a dir")
+    (after / "bin").mkdir()
+    (after / "bin" / "app").write_text("#!/bin/sh\n")
+    os.chmod(after / "bin" / "app", 0o755)
+    (after / "link").symlink_to("bin/app")
+    (after / "big").write_bytes(os.urandom(DictCas.batch_limit + 10))
+    packed_before = files.pack_dir(before)
+    packed_after = files.pack_dir(after)
+    cas = DictCas()
+    cas.put_packed(packed_after)
+    root, children = files.tree_index(files.tree_message(packed_after))
+    written = files.sync_dir(cas, packed_before, root, children, before)  # type: ignore[arg-type]
+    assert snapshot(before) == snapshot(after)
+    assert cas.reads == 1  # the big blob was streamed
+    assert written == 3  # becomes-dir/x, bin/app, big: keep.txt was not rewritten
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    files.materialise(cas, root, children, fresh)  # type: ignore[arg-type]
+    assert snapshot(fresh) == snapshot(after)
+
+
+def test_a_fifo_cannot_be_sent(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(KataError) as err:
+        files.pack_dir(tmp_path)
+    assert err.value.reason == "remote.unsupported_file"
+
+
+def test_a_bad_executor_url_is_a_usage_error() -> None:
+    from kata.executor.connection import connect
+
+    with pytest.raises(KataError) as err:
+        connect("postgres://x", where="--remote-executor")
+    assert err.value.reason == "remote.bad_url" and err.value.exit_code == 2
+
+
+def test_kata_worker_refuses_a_bad_executor_url(tmp_path: Path) -> None:
+    from support.cli import KataProcess
+
+    kata = KataProcess(tmp_path, store=tmp_path / "store")
+    done = kata("worker", "--executor", "foo://x")
+    assert done.returncode == 2 and "grpc://HOST:PORT" in done.stderr

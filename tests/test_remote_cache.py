@@ -1,0 +1,240 @@
+"""`kata run --remote-cache` against a real BuildGrid (cache-only), with two "hosts": two
+stores (so two state directories), two copies of the repository, no shared filesystem,
+one containerd. Host A runs the pipeline; host B gets every step as a HIT and fetches
+nothing it does not need; an edit on B reruns one step and early cutoff keeps its
+dependents cached (also for a third host); BuildGrid's CLI reads back what Kata uploaded;
+secrets and untrusted runs never reach the remote; a remote killed mid-run costs one
+warning line, never the run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kata.remote.actioncache import action_for
+from support.buildgrid import BuildGridConfig, buildgrid
+from support.cli import KataProcess
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "kata.local/busybox:latest"
+PIPELINE = {
+    "pipeline": "remote",
+    "steps": [
+        {"name": "build", "image": IMAGE, "inputs": ["src/**"], "artifacts": ["dist/"],
+         "commands": ["mkdir -p dist/bin dist/empty", "cat src/a.txt > dist/a",
+                      "printf '#!/bin/sh\\necho app\\n' > dist/bin/app", "chmod 755 dist/bin/app",
+                      "ln -s ../a dist/bin/link", "echo built it"]},
+        {"name": "test", "image": IMAGE, "depends_on": ["build"], "inputs": ["x"],
+         "artifacts": ["report"], "commands": ["grep -q hello dist/a", "dist/bin/app > report"]},
+        {"name": "lint", "image": IMAGE, "depends_on": ["build"], "inputs": ["x"],
+         "artifacts": ["lintlog"], "commands": ["test -L dist/bin/link", "echo ok > lintlog", "echo linted"]},
+        {"name": "package", "image": IMAGE, "depends_on": ["test"], "inputs": ["x"],
+         "artifacts": ["pkg"], "commands": ["cat report dist/a > pkg", "echo packaged"]},
+        {"name": "deploy", "image": IMAGE, "depends_on": ["package"], "inputs": ["x"],
+         "secrets": ["DEPLOY_TOKEN"], "cache": True, "commands": ["test -s pkg"]},
+    ],
+}
+SECRET = "s3cr3t-deploy-token-value"
+
+
+def _repo(root: Path) -> Path:
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "a.txt").write_text("hello\n")
+    (root / "x").write_text("x\n")
+    (root / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    return root
+
+
+def _events(proc) -> list[dict]:
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def _cache(proc) -> dict[str, dict]:
+    return {e["step"]: e for e in _events(proc) if e["event"] == "cache"}
+
+
+def _objects(store: Path) -> set[str]:
+    return {"sha256:" + p.name for p in (store / "objects").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def bg(tmp_path_factory):
+    with buildgrid(tmp_path_factory.mktemp("bgd"), BuildGridConfig(instance="main")) as server:
+        yield server
+
+
+def _host(tmp_path: Path, name: str, repo: Path, address: str, bg) -> KataProcess:
+    kata = KataProcess(repo, store=tmp_path / f"store-{name}", address=address)
+    kata.remote = ("--remote-cache", bg.url, "--remote-instance", "main")  # type: ignore[attr-defined]
+    return kata
+
+
+def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_daemon, runtime):
+    repo_a = _repo(tmp_path / "a")
+    a = _host(tmp_path, "a", repo_a, containerd_daemon.address, bg)
+    first = a("run", "--json", *a.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert not any(e["hit"] for e in _cache(first).values())
+    assert "warning" not in first.stderr
+
+    # host B: its own copy of the repository, an empty store, no shared filesystem
+    repo_b = tmp_path / "b"
+    shutil.copytree(repo_a, repo_b)
+    b = _host(tmp_path, "b", repo_b, containerd_daemon.address, bg)
+    plan = b("run", "--dry-run", *b.remote)
+    assert plan.returncode == 0, plan.stderr
+    assert any(x.startswith("[PLAN] package: HIT (key: ") and x.endswith(", remote)")
+               for x in plan.stdout.splitlines()), plan.stdout
+    second = b("run", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert second.returncode == 0, second.stdout + second.stderr
+    lines = second.stdout.splitlines()
+    for step in ("build", "test", "lint", "package"):
+        assert any(x.startswith(f"[CACHE] {step}: HIT (key: ") and x.endswith(", remote)")
+                   for x in lines), lines
+    # a step that declares a secret is never shared: B runs it itself
+    assert "[CACHE] deploy: MISS" in lines
+    # lazily: deploy needs package's stack (build's, test's and package's trees); lint's
+    # tree is needed by no step that runs, so it was not fetched
+    a_cache = _cache(first)
+    outputs = {e["step"]: e["outputs"] for e in json.loads(a("cache", "list", "--json").stdout)["entries"]
+               if e["kind"] == "step"}
+    fetched = _objects(tmp_path / "store-b")
+    assert {outputs["build"], outputs["test"], outputs["package"]} <= fetched
+    assert outputs["lint"] not in fetched
+
+    # kata logs on B: package's log came with its trees; lint's stayed remote
+    logs = b("logs", "--step", "package", "--step", "lint")
+    assert logs.returncode == 0, logs.stderr
+    assert "packaged" in logs.stdout and "linted" not in logs.stdout
+    assert "in the remote cache; this host never fetched it" in logs.stdout
+
+    # B again: everything local now that was fetched; deploy is a local hit too
+    third = b("run", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert third.returncode == 0
+    assert third.stdout.splitlines()[-1].startswith("[DONE] 5 steps (5 cached, 0 ran)")
+
+    # an edit on B that changes build's key but not its output: build reruns, and its
+    # dependents hit by their resolved keys, found in the remote (A recorded them)
+    (repo_b / "src" / "unused.txt").write_text("new input, same output\n")
+    edited = b("run", "--json", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    cache = _cache(edited)
+    assert cache["build"]["hit"] is False
+    for step in ("test", "lint", "package"):
+        assert cache[step]["hit"] and cache[step]["source"] == "resolved", cache[step]
+    ran = [e["step"] for e in _events(edited) if e["event"] == "run"]
+    assert "build" in ran and not {"test", "lint", "package"} & set(ran)
+
+    # host C with the same edit: build's result came from B, the cutoffs were recorded
+    # under the new derivation hashes: everything hits by derivation hash
+    repo_c = tmp_path / "c"
+    shutil.copytree(repo_b, repo_c)
+    c = _host(tmp_path, "c", repo_c, containerd_daemon.address, bg)
+    fourth = c("run", "--json", *c.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert fourth.returncode == 0, fourth.stdout + fourth.stderr
+    cache = _cache(fourth)
+    for step in ("build", "test", "lint", "package"):
+        assert cache[step]["hit"] and cache[step]["remote"] and cache[step]["source"] == "derivation"
+
+    # BuildGrid's own CLI reads the ActionResult of build and the Directory tree in it
+    build_key = a_cache["build"]["key"]
+    ka = action_for(build_key)
+    got = bg.bgd("actioncache", "get", "--json",
+                 f"{ka.action_digest.hash}/{ka.action_digest.size_bytes}")
+    assert got.returncode == 0, got.stdout + got.stderr
+    result = json.loads(got.stdout[got.stdout.index("{"):])
+    assert [f["path"] for f in result["outputFiles"]] == ["kata/record"]
+    (tree,) = result["outputDirectories"]
+    assert tree["path"] == "kata/trees/" + outputs["build"].partition(":")[2]
+    root = f'{tree["rootDirectoryDigest"]["hash"]}/{tree["rootDirectoryDigest"]["sizeBytes"]}'
+    dest = tmp_path / "bgd-build"
+    res = bg.bgd("cas", "download-dir", root, str(dest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (dest / "dist" / "a").read_text() == "hello\n"
+    assert (dest / "dist" / "bin" / "link").readlink() == Path("../a")
+    assert (dest / "dist" / "empty").is_dir()
+    # the secret went nowhere near the remote
+    assert not _grep_cas(bg, SECRET.encode())
+
+
+def _grep_cas(bg, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in (bg.workdir / "cas").rglob("*") if p.is_file())
+
+
+def test_untrusted_runs_are_not_uploaded(bg, tmp_path, containerd_daemon, runtime):
+    repo = _repo(tmp_path / "u")
+    (repo / "src" / "a.txt").write_text("hello from a fork\n")
+    u = _host(tmp_path, "u", repo, containerd_daemon.address, bg)
+    first = u("run", "--json", "--untrusted", *u.remote)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # another host with the same change, trusted: nothing of the untrusted run is there
+    repo_t = tmp_path / "t"
+    shutil.copytree(repo, repo_t)
+    t = _host(tmp_path, "t", repo_t, containerd_daemon.address, bg)
+    second = t("run", "--json", *t.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert not any(e["hit"] for e in _cache(second).values())
+
+
+def test_remote_killed_mid_run_finishes_locally(tmp_path, containerd_daemon, runtime):
+    pipeline = {"pipeline": "slow", "steps": [
+        {"name": "one", "image": IMAGE, "inputs": ["x"], "artifacts": ["o"],
+         "commands": ["echo one > o"]},
+        {"name": "two", "image": IMAGE, "depends_on": ["one"], "inputs": ["x"],
+         "artifacts": ["t"], "commands": ["echo started", "sleep 4", "cat o > t"]},
+        {"name": "three", "image": IMAGE, "depends_on": ["two"], "inputs": ["x"],
+         "commands": ["cat t"]},
+        {"name": "four", "image": IMAGE, "depends_on": ["two"], "inputs": ["x"],
+         "commands": ["cat o"]},
+    ]}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "x").write_text("x\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    with buildgrid(tmp_path / "bgd") as server:
+        kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+        proc = subprocess.Popen([*kata.base, "run", "--remote-cache", server.url], cwd=repo,
+                                env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        out = []
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line.rstrip("\n"))
+            if line.startswith("two | started"):
+                server.kill()  # BuildGrid dies while a step runs
+                break
+            assert time.monotonic() < deadline, out
+        rest, err = proc.communicate(timeout=120)
+        out += rest.splitlines()
+    assert proc.returncode == 0, "\n".join(out) + err
+    assert "Traceback" not in err
+    warnings = [x for x in err.splitlines() if "remote cache" in x]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith(f"kata: warning: remote cache {server.url} unavailable (")
+    assert out[-1].startswith("[DONE] All 4 steps passed")
+    # and a run with the remote still down: a local hit for all, one warning again
+    again = kata("run", "--remote-cache", server.url)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[-1].startswith("[DONE] 4 steps (4 cached, 0 ran)")
+
+
+def test_bad_remote_settings_are_usage_errors(tmp_path, containerd_daemon, runtime):
+    repo = _repo(tmp_path / "r")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    bad = kata("run", "--remote-cache", "http://127.0.0.1:1")
+    assert bad.returncode == 2 and "grpc://HOST:PORT" in bad.stderr
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("remote:\n  cache: grpc://127.0.0.1:1\n  tokn_file: /x\n")
+    typo = kata("run", KATA_CONFIG=str(cfg))
+    assert typo.returncode == 2 and f"{cfg}:3:3" in typo.stderr and "tokn_file" in typo.stderr
+    cfg.write_text("remote:\n  cache: grpc://127.0.0.1:1\n  token_file: /nonexistent/token\n")
+    missing = kata("run", KATA_CONFIG=str(cfg))
+    assert missing.returncode == 2 and "/nonexistent/token" in missing.stderr

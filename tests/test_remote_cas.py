@@ -1,0 +1,165 @@
+"""kata.remote.cas and kata.remote.trees against a real BuildGrid (cache-only): blobs in
+batches and over ByteStream, Kata trees as REAPI Directory/Tree messages and back, and
+BuildGrid's own CLI reading what Kata uploaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kata.remote import trees
+from kata.remote.cas import Digest, RemoteError, connect, digest_of
+from kata.remote.config import RemoteConfig, parse_url
+from store import Store
+from support.buildgrid import buildgrid
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bg(tmp_path_factory):
+    with buildgrid(tmp_path_factory.mktemp("bgd")) as server:
+        yield server
+
+
+def remote_for(server, timeout: float = 10):
+    target, tls = parse_url(server.url)
+    return connect(RemoteConfig(url=server.url, target=target, tls=tls, timeout=timeout))
+
+
+def _sample(root: Path) -> None:
+    (root / "dist" / "empty").mkdir(parents=True)
+    (root / "dist" / "a.txt").write_text("hello\n")
+    (root / "dist" / "same.txt").write_text("hello\n")  # duplicate content: one blob
+    (root / "dist" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(root / "dist" / "run.sh", 0o755)
+    (root / "dist" / "sub" / "deeper").mkdir(parents=True)
+    (root / "dist" / "sub" / "deeper" / "x").write_bytes(b"\0\1\2" * 1000)
+    os.symlink("../a.txt", root / "dist" / "sub" / "link")
+    (root / "dist" / "big.bin").write_bytes(os.urandom(5 << 20))  # over the 4 MiB batch limit
+    (root / "dist" / "zero").write_bytes(b"")
+    (root / "dist" / "ünï").write_text("utf-8 name\n")
+
+
+def test_blobs_batch_and_bytestream(bg):
+    with remote_for(bg) as r:
+        caps = r.cas.capabilities()
+        assert caps.cache_capabilities.max_batch_total_size_bytes > 0
+        small = b"small blob"
+        big = os.urandom(r.cas.batch_limit + 1000)
+        blobs = {(d.hash, d.size_bytes): (d, data) for data in (small, big)
+                 for d in [digest_of(data)]}
+        missing = r.cas.find_missing([d for d, _ in blobs.values()])
+        assert len(missing) == 2
+        r.cas.upload(blobs)
+        assert r.cas.find_missing([d for d, _ in blobs.values()]) == []
+        got = r.cas.read_many([d for d, _ in blobs.values()])
+        assert got[digest_of(small).hash] == small and got[digest_of(big).hash] == big
+        assert b"".join(r.cas.read(digest_of(big))) == big
+
+
+def test_tree_round_trip_and_bgd_reads_it(bg, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    _sample(src)
+    a = Store.open(tmp_path / "a")
+    b = Store.open(tmp_path / "b")
+    tree = a.put_tree(src, paths=("dist",))
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        up = trees.upload_tree(r.cas, a, tree)
+        again = trees.upload_tree(r.cas, a, tree)  # nothing missing the second time
+        assert again == up
+        trees.download_tree(r.cas, b, tree, up.tree_digest)
+    assert b.has_blob(tree)
+    out = tmp_path / "out"
+    b.extract_tree(tree, out)
+    assert (out / "dist" / "sub" / "link").readlink() == Path("../a.txt")
+    assert os.stat(out / "dist" / "run.sh").st_mode & 0o111
+    assert (out / "dist" / "empty").is_dir()
+    # a second REAPI client (BuildGrid's CLI) reads the Directory tree Kata uploaded
+    dest = tmp_path / "bgd-out"
+    res = bg.bgd("cas", "download-dir", f"{up.root_digest.hash}/{up.root_digest.size_bytes}",
+                 str(dest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (dest / "dist" / "a.txt").read_text() == "hello\n"
+    assert (dest / "dist" / "big.bin").read_bytes() == (src / "dist" / "big.bin").read_bytes()
+    assert os.stat(dest / "dist" / "run.sh").st_mode & 0o111
+    assert (dest / "dist" / "ünï").read_text() == "utf-8 name\n"
+    a.close()
+    b.close()
+
+
+def test_a_tree_that_does_not_match_is_refused(bg, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("one\n")
+    a = Store.open(tmp_path / "a")
+    tree = a.put_tree(src, paths=("f",))
+    with remote_for(bg) as r:
+        up = trees.upload_tree(r.cas, a, tree)
+        with pytest.raises(RemoteError) as err:
+            trees.download_tree(r.cas, a, "sha256:" + "0" * 64, up.tree_digest)
+        assert err.value.reason == "remote.bad_answer"
+    a.close()
+
+
+def test_unreachable_remote_is_a_remote_error():
+    from support.buildgrid import _free_port
+
+    url = f"grpc://127.0.0.1:{_free_port()}"
+    target, tls = parse_url(url)
+    with connect(RemoteConfig(url=url, target=target, tls=tls, timeout=2)) as r:
+        with pytest.raises(RemoteError) as err:
+            r.cas.find_missing([Digest(hash="a" * 64, size_bytes=1)])
+        assert err.value.reason in ("remote.unavailable", "remote.deadline")
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import subprocess
+
+    key, cert = tmp_path / "server.key", tmp_path / "server.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return key, cert
+
+
+def _jwt(secret: str) -> str:
+    """An HS256 token BuildGrid accepts, made with the PyJWT of BuildGrid's virtualenv."""
+    import subprocess
+
+    from support.buildgrid import VENV
+
+    code = ("import jwt, sys, time; print(jwt.encode({'sub': 'kata-test', "
+            "'exp': int(time.time()) + 3600}, sys.argv[1], algorithm='HS256'))")
+    return subprocess.run([str(VENV / "bin" / "python"), "-c", code, secret], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_tls_and_bearer_token(tmp_path):
+    """grpcs:// with the server's CA, and a bearer token from a file; without the token
+    the remote refuses (a RemoteError the cache turns into one warning)."""
+    from support.buildgrid import BuildGridConfig
+
+    key, cert = _self_signed(tmp_path)
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("a-shared-hs256-secret-for-the-test")
+    token = tmp_path / "token"
+    token.write_text(_jwt(secret.read_text()) + "\n")
+    config = BuildGridConfig(tls_key=key, tls_cert=cert, auth_secret=secret)
+    with buildgrid(tmp_path / "bgd", config) as server:
+        target, tls = parse_url(server.url)
+        assert tls
+        ok = RemoteConfig(url=server.url, target=target, tls=True, ca=cert, token_file=token)
+        with connect(ok) as r:
+            r.cas.capabilities()
+            r.cas.upload({(d.hash, d.size_bytes): (d, b"over tls") for d in [digest_of(b"over tls")]})
+            assert r.cas.read_many([digest_of(b"over tls")]) == {digest_of(b"over tls").hash: b"over tls"}
+        anonymous = RemoteConfig(url=server.url, target=target, tls=True, ca=cert)
+        with connect(anonymous) as r:
+            with pytest.raises(RemoteError) as err:
+                r.cas.find_missing([digest_of(b"over tls")])
+            assert "UNAUTHENTICATED" in err.value.message

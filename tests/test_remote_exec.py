@@ -1,0 +1,286 @@
+"""Remote execution end to end (issue 13, item 2): `kata run --remote-executor` against a real
+BuildGrid whose scheduler runs on a real PostgreSQL, with two real `kata worker` processes,
+each with its own containerd, pulling the step image from a real registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.buildgrid_exec import buildgrid_execution
+from support.cli import ROOT, KataProcess
+from support.images import busybox_image
+from support.postgres import postgres_cluster
+from support.registry import docker_registry, push_image
+
+pytestmark = pytest.mark.integration
+
+SERVE = "trap 'exit 0' TERM; echo db-up; nc -ll -p 5432 -e echo pong & wait"
+RAN_ON = re.compile(r"kata: ran on worker (\S+)")
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """(BuildGrid, image reference in a registry both ends reach)."""
+    base = tmp_path_factory.mktemp("grid")
+    with postgres_cluster() as db, buildgrid_execution(base / "bgd", db) as bg, \
+            docker_registry(base / "registry") as registry:
+        push_image(registry, "kata/busybox", "1", busybox_image())
+        yield bg, f"{registry.removeprefix('http://')}/kata/busybox:1"
+
+
+class Worker:
+    """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
+        self.state.mkdir(mode=0o711)
+        self.log = self.state / "worker.log"
+        out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
+             "--state-dir", str(self.state), "--poll", "5"],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out.close()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while "bot session" not in self.text():
+            assert self.proc.poll() is None, self.text()
+            assert time.monotonic() < deadline, self.text()
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        from kata.runtimes.containerd import ContainerdRuntime
+        from kata.runtimes.containerd.daemon import daemon_paths, socket_answers, stop_daemon
+
+        paths = daemon_paths(self.state)
+        if socket_answers(paths.socket):  # what a SIGKILLed worker left running: swept
+            ContainerdRuntime.connect(address=paths.address, state_dir=str(self.state),
+                                      sweep=True).close()
+        stop_daemon(paths)
+        subprocess.run(["umount", "-R", "-l", str(self.state)], capture_output=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+@pytest.fixture
+def workers(grid):
+    bg, _image = grid
+    pool = [Worker(name, bg.url) for name in ("w1", "w2")]
+    try:
+        for w in pool:
+            w.wait_ready()
+        yield pool
+    finally:
+        for w in pool:
+            w.close()
+
+
+@pytest.fixture
+def kata(tmp_path, containerd_daemon):
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.txt").write_text("hello from the client\n")
+    return KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
+                       timeout=300)
+
+
+def ten_steps(image: str) -> dict:
+    """gen -> six parallel steps + a step with a service -> join -> last; artifacts flow."""
+    steps = [{"name": "gen", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+              "commands": ["mkdir -p out", "cat src/a.txt > out/a.txt", "sleep 0.3"]}]
+    for i in range(1, 7):
+        steps.append({"name": f"p{i}", "image": image, "depends_on": ["gen"],
+                      "artifacts": [f"out/p{i}/"],
+                      "commands": ["grep -q hello out/a.txt", f"mkdir -p out/p{i}",
+                                   f"echo {i} > out/p{i}/v", "sleep 0.5"]})
+    steps.append({"name": "svc", "image": image, "depends_on": ["gen"],
+                  "artifacts": ["out/svc/"],
+                  "services": [{"name": "db", "image": image, "commands": [SERVE],
+                                "ready": {"tcp": 5432, "timeout": "20s"}}],
+                  "commands": ["mkdir -p out/svc", "nc db 5432 </dev/null > out/svc/reply",
+                               "grep -q pong out/svc/reply"]})
+    steps.append({"name": "join", "image": image,
+                  "depends_on": [f"p{i}" for i in range(1, 7)] + ["svc"],
+                  "artifacts": ["out/final"],
+                  "commands": ["test $(cat out/p*/v | wc -l) -eq 6", "cat out/svc/reply",
+                               "cat out/p*/v | tr -d '\\n' > out/final"]})
+    steps.append({"name": "last", "image": image, "depends_on": ["join"],
+                  "commands": ["cat out/final", "test \"$(cat out/final)\" = 123456"]})
+    return {"pipeline": "remote", "settings": {"max_parallel": 4}, "steps": steps}
+
+
+def worker_of(kata, step: str) -> str:
+    logs = kata("logs", "--step", step)
+    assert logs.returncode == 0, logs.stderr
+    found = RAN_ON.findall(logs.stdout)
+    assert len(found) == 1, logs.stdout
+    return found[0]
+
+
+def test_a_ten_step_pipeline_runs_entirely_on_the_workers(grid, workers, kata):
+    bg, image = grid
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(ten_steps(image), sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 0, run.stdout + run.stderr + workers[0].text() + workers[1].text()
+    assert "[DONE] All 10 steps passed" in run.stdout
+    assert "last | 123456" in run.stdout  # the artifacts of all seven steps reached `join`
+    ran = {step: worker_of(kata, step) for step in
+           ["gen", *(f"p{i}" for i in range(1, 7)), "svc", "join", "last"]}
+    assert set(ran.values()) == {"w1", "w2"}, ran  # every step on a worker, both used
+    for w in workers:  # and each worker says so itself
+        assert w.text().count(": done (ok)") == sum(v == w.name for v in ran.values())
+    # the service's log came back with the step
+    svc = kata("logs", "--step", "svc", "--service", "db")
+    assert svc.returncode == 0 and "db-up" in svc.stdout, svc.stdout + svc.stderr
+    # the run is in the local history like a local one
+    runs = kata("runs", "--json")
+    assert runs.returncode == 0, runs.stderr
+    doc = json.loads(runs.stdout)
+    assert doc["runs"][0]["status"] == "passed", doc
+    # and recorded in the local store: the next run is all hits, nothing sent
+    again = kata("run", "--remote-executor", bg.url)
+    assert again.returncode == 0 and again.stdout.count(": HIT") == 10, again.stdout
+    assert "ran on worker" not in again.stdout
+
+
+def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
+    bg, image = grid
+    pipeline = {"pipeline": "kill", "steps": [
+        {"name": "slow", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["echo started", "sleep 3", "mkdir -p out", "cp src/a.txt out/"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None:
+            victim = next((w for w in workers if ": starting" in w.text()), None)
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no worker took the step"
+            time.sleep(0.05)
+        time.sleep(0.5)  # mid-step: its container is running
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        out, err = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, out + err
+    assert "[PASS] slow" in out
+    survivor = next(w for w in workers if w is not victim)
+    assert worker_of(kata, "slow") == survivor.name
+    assert ": done (ok)" in survivor.text()
+
+
+def test_the_scheduler_restarting_mid_step_loses_nothing(grid, workers, kata):
+    """BuildGrid stopped and started again (same port, same PostgreSQL) while a step runs:
+    the worker keeps its lease and reports it later, the client follows the operation again
+    (WaitExecution), and the next run still finds the workers."""
+    bg, image = grid
+    pipeline = {"pipeline": "restart", "steps": [
+        {"name": "long", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["sleep 2", "mkdir -p out", "cp src/a.txt out/"]},
+        {"name": "after", "image": image, "depends_on": ["long"],
+         "commands": ["cat out/a.txt"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(": starting" in w.text() for w in workers):
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no worker took the step"
+            time.sleep(0.05)
+        bg.stop()
+        bg.start()
+        out, err = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, out + err
+    assert "after | hello from the client" in out
+    assert {worker_of(kata, "long"), worker_of(kata, "after")} <= {"w1", "w2"}
+    assert all(w.proc.poll() is None for w in workers)  # both workers lived through it
+
+
+def test_a_step_with_a_secret_runs_locally(grid, workers, kata):
+    bg, image = grid
+    pipeline = {"pipeline": "secret", "steps": [
+        {"name": "deploy", "image": image, "secrets": ["TOKEN"], "inputs": ["src/**"],
+         "commands": ['test -n "$TOKEN"', "echo deployed"]},
+        {"name": "plain", "image": image, "inputs": ["src/**"], "commands": ["echo plain"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url, "--secret", "TOKEN=s3cret-value-1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "deploy | kata: ran locally: the step has secrets" in run.stdout
+    assert "deploy | deployed" in run.stdout
+    assert worker_of(kata, "plain") in {"w1", "w2"}
+    for w in workers:  # the one remote step is the only lease any worker saw
+        assert "s3cret" not in w.text()
+    assert sum(w.text().count(": starting") for w in workers) == 1
+
+
+def test_fail_fast_cancels_a_remote_step_on_its_worker(grid, workers, kata):
+    """A step that fails cancels its running sibling: the client cancels the operation, the
+    scheduler withdraws the lease, the worker stops the container."""
+    bg, image = grid
+    pipeline = {"pipeline": "ff", "settings": {"fail_fast": True, "max_parallel": 2}, "steps": [
+        {"name": "bad", "image": image, "inputs": ["src/**"],
+         "commands": ["sleep 1", "exit 3"]},
+        {"name": "long", "image": image, "inputs": ["src/**"],
+         "commands": ["sleep 120"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[FAIL] bad (exit 3" in run.stdout
+    assert "[FAIL] long (cancelled (fail_fast: bad failed)" in run.stdout
+    deadline = time.monotonic() + 60
+    while not any("was withdrawn: stopping it" in w.text() for w in workers):
+        assert time.monotonic() < deadline, workers[0].text() + workers[1].text()
+        time.sleep(0.2)
+
+
+def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kata, runtime):
+    from support.registry import free_port
+
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "down", "steps": [
+        {"name": "s", "image": "kata.local/busybox:latest", "inputs": ["src/**"],
+         "commands": ["true"]}]}, sort_keys=False))
+    url = f"grpc://127.0.0.1:{free_port()}"  # nothing listens there
+    run = kata("run", "--remote-executor", url, "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    failed = [json.loads(line) for line in run.stdout.splitlines()
+              if '"fail"' in line]
+    assert failed and failed[0]["reason"] == "remote.unavailable", run.stdout
+    assert f"could not upload the step's inputs at {url}" in failed[0]["message"]
+    bad = kata("run", "--remote-executor", "localhost:1")
+    assert bad.returncode == 2 and "grpc://HOST:PORT" in bad.stderr

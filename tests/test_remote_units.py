@@ -1,0 +1,160 @@
+"""kata.remote without a server (pure values: the Action of a key, pinned by a golden file;
+the ActionResult of a realisation; the remote: config with file:line:column errors) and the
+degrade rules against a port nobody listens on; the realiser re-building a remote hit whose
+trees cannot be fetched any more (a real BuildGrid, killed between plan and run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kata.errors import KataError
+from kata.hostconfig import load_host_config
+from kata.remote.actioncache import action_for, encode_record, record_of, result_for
+from kata.remote.cas import Digest, RemoteError, digest_of
+from kata.remote.config import from_host_config, parse_url
+from store import Realisation
+
+GOLDEN = Path(__file__).parent / "golden" / "remote.json"
+T1 = "sha256:" + "1" * 64
+T2 = "sha256:" + "2" * 64
+LOG = b"built it\n"
+
+
+def test_action_of_a_key_is_pinned():
+    ka = action_for("a" * 64)
+    got = {"action_for(aaaa...)": {
+        "action": f"{ka.action_digest.hash}/{ka.action_digest.size_bytes}",
+        "command": f"{ka.command_digest.hash}/{ka.command_digest.size_bytes}"}}
+    assert got == json.loads(GOLDEN.read_text())
+    assert action_for("b" * 64).action_digest != ka.action_digest
+    props = {p.name: p.value for p in ka.action.platform.properties}
+    assert props == {"OSFamily": "linux", "ISA": "x86-64", "kata-key-format": "kata-drv/1"}
+    assert ka.action.salt == b"kata-remote/1"
+
+
+def _real(**kw) -> Realisation:
+    base = dict(outputs=T2, log="sha256:" + digest_of(LOG).hash, exit_status=0, duration=1.5,
+                host="a", created=1.0, kind="step", run="r1", pipeline="p", step="s",
+                stack=(T1, T2))
+    base.update(kw)
+    return Realisation(**base)
+
+
+def test_result_round_trip():
+    real = _real()
+    trees = {T1: (Digest(hash="3" * 64, size_bytes=10), Digest(hash="4" * 64, size_bytes=5)),
+             T2: (Digest(hash="5" * 64, size_bytes=11), Digest(hash="6" * 64, size_bytes=6))}
+    raw = encode_record(real, trees)
+    result = result_for(real, record=digest_of(raw), record_bytes=raw, trees=trees,
+                        log=digest_of(LOG))
+    # the step's own output tree is an output directory; the stack is named in the record
+    assert [d.path for d in result.output_directories] == [f"kata/trees/{'2' * 64}"]
+    assert [f.path for f in result.output_files] == ["kata/record"]
+    assert result.execution_metadata.worker == "a"
+    rec = record_of(result, raw)
+    assert rec is not None and rec.realisation == real
+    assert rec.tree_digest(T1).hash == "3" * 64
+    # anything else stored under the action is a miss, not an error
+    assert record_of(result, b"not a record") is None
+    assert record_of(result, real.encode()) is None
+    assert record_of(result, encode_record(real, {T2: trees[T2]})) is None  # a tree unnamed
+
+
+def _config(tmp_path: Path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path, load_host_config(path)
+
+
+def test_remote_config(tmp_path):
+    _, cfg = _config(tmp_path, "remote:\n  cache: grpcs://cache.example:443\n  instance: main\n"
+                     "  tls: {ca: /etc/ca.pem}\n  token_file: /etc/tok\n  timeout: 30s\n")
+    rc = from_host_config(cfg)
+    assert rc is not None
+    assert (rc.target, rc.tls, rc.instance, str(rc.ca), str(rc.token_file), rc.timeout) == \
+        ("cache.example:443", True, "main", "/etc/ca.pem", "/etc/tok", 30.0)
+    # the flags win over the file
+    flag = from_host_config(cfg, url="grpc://10.0.0.1:9092", instance="")
+    assert flag is not None and (flag.target, flag.tls, flag.instance) == ("10.0.0.1:9092", False, "")
+    _, empty = _config(tmp_path, "offline: false\n")
+    assert from_host_config(empty) is None
+    assert parse_url("grpc://[::1]:8980") == ("[::1]:8980", False)
+
+
+@pytest.mark.parametrize("text, reason, where", [
+    ("remote:\n  cache: http://x:1\n", "remote.bad_url", ":2:3"),
+    ("remote:\n  cache: grpc://x:1\n  tokenfile: /t\n", "config.unknown_key", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  tls: {ca: /c}\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpcs://x:1\n  tls:\n    cert: /c\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpcs://x:1\n  timeout: soon\n", "config.bad_value", ":3:3"),
+    ("remote: [1]\n", "config.bad_value", ":1:1"),
+])
+def test_bad_remote_config_names_the_place(tmp_path, text, reason, where):
+    path, cfg = _config(tmp_path, text)
+    with pytest.raises(KataError) as err:
+        from_host_config(cfg)
+    assert err.value.reason == reason and err.value.exit_code == 2
+    assert str(err.value.position).endswith(where), str(err.value.position)
+    with pytest.raises(KataError) as err:
+        parse_url("grpc://host")
+    assert err.value.reason == "remote.bad_url"
+
+
+def test_a_remote_nobody_answers_warns_once_and_misses(tmp_path):
+    from kata.remote.cache import RemoteCache
+    from kata.remote.config import RemoteConfig
+    from store import Store
+    from support.buildgrid import _free_port
+
+    url = f"grpc://127.0.0.1:{_free_port()}"
+    warned: list[str] = []
+    remote = RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=2),
+                         warn=warned.append)
+    remote.prefetch(["a" * 64, "b" * 64])
+    assert remote.lookup("a" * 64) is None and remote.lookup("c" * 64) is None
+    with Store.open(tmp_path / "s") as store:
+        log = store.put_blob(LOG)
+        real = _real(log=log, outputs=store.put_tree(tmp_path, paths=()), stack=())
+        remote.upload(store, ("d" * 64,), real)  # dropped, never raised
+        trees = {real.outputs: (Digest(hash="5" * 64, size_bytes=1),
+                                Digest(hash="6" * 64, size_bytes=1))}
+        raw = encode_record(real, trees)
+        rec = record_of(result_for(real, record=digest_of(raw), record_bytes=raw, trees=trees,
+                                   log=digest_of(LOG)), raw)
+        assert rec is not None
+        with pytest.raises(RemoteError):
+            remote.fetch(store, rec)
+    assert len(warned) == 1 and warned[0].startswith(f"remote cache {url} unavailable (")
+    remote.close()
+
+
+def test_a_remote_that_never_answers_is_left_after_its_timeout():
+    """A server that accepts connections and says nothing (a hung remote): the first call
+    runs into its deadline, the remote is left with one warning, later lookups are free."""
+    import socket
+    import time
+
+    from kata.remote.cache import RemoteCache
+    from kata.remote.config import RemoteConfig
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # accepted by the kernel, never read
+    url = f"grpc://127.0.0.1:{hole.getsockname()[1]}"
+    warned: list[str] = []
+    remote = RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=1),
+                         warn=warned.append)
+    try:
+        started = time.monotonic()
+        remote.prefetch(["a" * 64])
+        assert remote.lookup("a" * 64) is None
+        for _ in range(100):
+            assert remote.lookup("b" * 64) is None
+        assert time.monotonic() - started < 10
+        assert len(warned) == 1 and "DEADLINE_EXCEEDED" in warned[0]
+    finally:
+        remote.close()
+        hole.close()
