@@ -18,11 +18,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from kata.errors import KataError, Position
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_CONFIG = "/etc/kata/config.yaml"
 SECTIONS = frozenset({"containerd", "offline", "registries", "protected", "remote"})
@@ -85,6 +86,8 @@ def load_host_config(path: str | os.PathLike[str] | None = None) -> HostConfig:
     except OSError as err:
         raise KataError("config.unreadable", f"cannot read kata config {p}: {err}",
                         obj=str(p)) from None
+    import yaml  # here: a host without a config file (most) never imports the parser
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
@@ -124,6 +127,8 @@ def check_keys(obj: Any, allowed: set[str] | frozenset[str], where: str,
 
 
 def _marks(node: yaml.Node, at: tuple[Any, ...], out: dict) -> None:
+    import yaml
+
     out.setdefault(at, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:

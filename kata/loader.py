@@ -13,7 +13,6 @@ import difflib
 import gc
 import os
 import re
-import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -23,15 +22,14 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from kata import conditions
 from kata import matrix as mx
+from kata.configfile import CONFIG_NAME, MAX_CONFIG, find_config, read_config  # noqa: F401
 from kata.errors import KataError, Position
 from kata.graph import find_cycle, topo_order
-from kata.inputs import check_globs, read_at_most
+from kata.inputs import check_globs
 from kata.labels import is_step_name
 from kata.resources import MAX_CPUS, MAX_PIDS, MIN_CPUS, Resources, parse_memory
 from kata.model import (CONTEXT_VARS, NETWORK_MODES, CacheSpec, Duration, ImageRef, Pipeline,
                         Ready, Retry, Service, Settings, Step, Trigger, is_env_name)
-
-CONFIG_NAME = ".kata-ci.yaml"
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR = "tag:yaml.org,2002:str"
@@ -116,82 +114,22 @@ ONLY_KEYS = ("branches", "tags", "paths", "events")
 TRIGGER_KEYS = ("event", "branches", "paths", "actions", "pattern")
 
 
-def find_config(start_dir: str | os.PathLike | None = None,
-                explicit: str | os.PathLike | None = None) -> Path:
-    """The config to use: `explicit` if given, else `.kata-ci.yaml` in `start_dir` or the
-    nearest parent, stopping at the repository root (the directory holding `.git`)."""
-    if explicit is not None:
-        p = Path(explicit)
-        if not p.is_file():
-            raise KataError("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
-        return p
-    d = Path(start_dir if start_dir is not None else os.getcwd()).resolve()
-    for cand in (d, *d.parents):
-        if (cand / CONFIG_NAME).is_file():
-            _check_inside(cand / CONFIG_NAME, cand)
-            return cand / CONFIG_NAME
-        if (cand / ".git").exists():
-            break
-    raise KataError("config.not_found",
-                    f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
-                    obj=str(d))
-
-
-# A config of 1,000 steps is ~200 KiB; anything past this is not a pipeline.
-MAX_CONFIG = 8 << 20
-
-
-def _check_inside(config: Path, start: Path) -> None:
-    """A config found in the repository may be a symlink only to a file inside the
-    repository (the directory holding ``.git`` above it, else its own directory):
-    ``.kata-ci.yaml -> /etc/shadow`` pushed to a hook server would otherwise be read as
-    root and quoted back in the error message."""
-    if not config.is_symlink():
-        return
-    root = next((c for c in (start, *start.parents) if (c / ".git").exists()), start)
-    real, real_root = os.path.realpath(config), os.path.realpath(root)
-    if not real.startswith(real_root.rstrip("/") + "/"):
-        raise KataError("config.outside", f"{config} is a symlink to a file outside the "
-                        f"repository ({real_root}); kata reads nothing outside it",
-                        obj=str(config))
-
-
-def _read_config(p: Path) -> bytes:
-    """The config's bytes: a regular file (never a device or FIFO, opened without
-    blocking), at most MAX_CONFIG bytes (``config.too_large``)."""
-    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KataError("config.not_found", f"config file {str(p)!r} is not a regular file",
-                            obj=str(p))
-        os.set_blocking(fd, True)
-        data = read_at_most(fd, MAX_CONFIG)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CONFIG:
-        raise KataError("config.too_large", f"config file {str(p)!r} is larger than "
-                        f"{MAX_CONFIG >> 20} MiB", obj=str(p))
-    return data
-
-
 def load_pipeline(path: str | os.PathLike) -> Pipeline:
     p = Path(path)
-    try:
-        data = _read_config(p)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise KataError("config.not_found", f"config file {str(p)!r} not found",
-                        obj=str(p)) from None
-    except OSError as err:
-        raise KataError("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
-                        obj=str(p)) from None
+    return load_bytes(read_config(p), str(p))
+
+
+def load_bytes(data: bytes, file: str) -> Pipeline:
+    """Parse a config from its bytes (UTF-8; config.yaml_syntax otherwise); ``file`` is
+    only used in positions."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         raise KataError("config.yaml_syntax", "the file is not valid UTF-8",
-                        position=Position(file=str(p), line=line, column=col)) from None
-    return load_text(text, file=str(p))
+                        position=Position(file=file, line=line, column=col)) from None
+    return load_text(text, file=file)
 
 
 def load_text(text: str, file: str = "<string>") -> Pipeline:
@@ -244,6 +182,7 @@ class _Walker:
         self.file = file
         self.global_env: tuple[tuple[str, str], ...] = ()
         self.default_resources = Resources()  # settings.resources, once read
+        self.images: dict[str, ImageRef] = {}
 
     # -- helpers -----------------------------------------------------------
     def pos(self, node: Node) -> Position:
@@ -406,10 +345,15 @@ class _Walker:
         return value
 
     def image(self, node: Node, what: str) -> ImageRef:
+        text = self.string(node, what)
+        found = self.images.get(text)  # one value per reference: a thousand steps, one image
+        if found is not None:
+            return found
         try:
-            return ImageRef.parse(self.string(node, what))
+            found = self.images[text] = ImageRef.parse(text)
         except ValueError as err:
             raise self.fail("config.image_ref", node, f"{what}: {err}") from None
+        return found
 
     def condition(self, node: Node, what: str) -> conditions.Expr:
         text = self.string(node, what)

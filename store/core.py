@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -64,7 +63,7 @@ class Store:
         self._used: dict[str, int] = {}
         self._counts: dict[str, int] = {}  # hit/miss counters not yet in the index
         self._verified: dict[str, tuple[int, ...]] = {}  # stat signatures not yet indexed
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename  # socket.gethostname(), without loading socket
 
     # ------------------------------------------------------------ lifecycle
 

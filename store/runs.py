@@ -105,7 +105,7 @@ class StepRecord:
     phases: Phases | None = None  # when it was queued, prepared, ran (None: not recorded)
 
     def to_obj(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {n: getattr(self, n) for n in _STEP_FIELDS}  # sorted names: a sorted map
         out["service_logs"] = dict(self.service_logs)
         # defaults are left out: a record without them has the bytes it had before
         if self.attempts == 1:
@@ -118,7 +118,7 @@ class StepRecord:
             out["phases"] = self.phases.encode()
         else:
             del out["phases"]
-        return dict(sorted(out.items()))
+        return out  # built from the sorted names, keys replaced in place: still sorted
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "StepRecord":
@@ -131,6 +131,9 @@ class StepRecord:
             if isinstance(needs, (list, tuple)) else ()
         data["phases"] = Phases.decode(data.get("phases"))
         return cls(**data)
+
+
+_STEP_FIELDS = tuple(sorted(f.name for f in fields(StepRecord)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

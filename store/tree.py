@@ -41,13 +41,15 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgpack
 
 from .errors import StoreError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 MAGIC = b"kata-tree/1\n"
 _LEN = struct.Struct(">I")
@@ -271,6 +273,8 @@ def stream(entries: list[_Entry], *, workers: int = 4) -> Iterator[bytes]:
     (a bounded window of ~1 MiB batches, so memory stays bounded)."""
     yield MAGIC
     window = 16
+    from concurrent.futures import ThreadPoolExecutor  # here: a run that packs nothing never loads it
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[bytes] | _Entry] = deque()
         it = _batches(entries)

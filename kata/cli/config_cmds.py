@@ -42,12 +42,22 @@ config_file_option = click.option(
     help="Pipeline config (default: .kata-ci.yaml at the repository root).")
 
 
-def load(ctx: click.Context):
-    """(config path, Pipeline) for -f/--file or the .kata-ci.yaml found from the cwd up."""
-    from kata.loader import find_config, load_pipeline
+def load(ctx: click.Context, *, cached: bool = False):
+    """(config path, Pipeline) for -f/--file or the .kata-ci.yaml found from the cwd up.
+
+    ``cached``: a config loaded before (same bytes, same code) is not parsed again
+    (``kata.loaded``; ``kata run`` and ``kata build``; ``kata validate`` always parses)."""
+    from kata.configfile import find_config
 
     obj = ctx.find_root().obj or {}
     path = find_config(os.getcwd(), obj.get("config_file"))
+    if cached:
+        from kata.cli.store_cmds import loaded_dir
+        from kata.loaded import load_cached
+
+        return path, load_cached(path, loaded_dir(ctx))
+    from kata.loader import load_pipeline
+
     return path, load_pipeline(path)
 
 

@@ -168,7 +168,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     from kata.realise.scheduler import ForcedInterrupt
     from kata.secrets import MIN_SECRET_LENGTH, SecretSource, unmaskable
 
-    path, pipeline = load(ctx)
+    path, pipeline = load(ctx, cached=True)
     repo_root = path.resolve().parent
     if event is None and base is None and not any(
             s.only is not None or s.when is not None for s in pipeline.steps):

@@ -62,6 +62,26 @@ def open_store(ctx: click.Context | None = None):
     return store
 
 
+def loaded_dir(ctx: click.Context | None = None) -> str | None:
+    """Where loaded pipelines are kept (``kata.loaded``): ``<state dir>/loaded`` of the
+    store the command line names; None (no cache) while that state dir does not exist
+    (the store is created later in the command; a config is never kept outside it)."""
+    from kata.loaded import DIR_NAME
+    from store.core import default_state_dir
+
+    explicit = None
+    if ctx is not None and isinstance(ctx.find_root().obj, dict):
+        explicit = ctx.find_root().obj.get("store_path")
+    root = store_location(explicit)
+    if not os.path.isdir(root):
+        return None
+    try:
+        state = default_state_dir(root)
+    except OSError:  # the store's own errors come when it is opened
+        return None
+    return os.path.join(state, DIR_NAME) if os.path.isdir(state) else None
+
+
 # ---------------------------------------------------------------- small parsers
 
 def parse_size(text: str) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from pathlib import Path
 
 import click
@@ -18,6 +16,8 @@ def register(cli: click.Group) -> None:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress  # here: every kata command imports this module
+
     if host == "localhost":
         return True
     try:
@@ -53,6 +53,8 @@ def read_token(path: str) -> str:
 def web(ctx: click.Context, host: str, port: int, token_file: str | None) -> None:
     """Serve the dashboard: runs, a run's graph, timeline and logs, runs in progress, and
     cache trends, read from the store (docs/web.md)."""
+    import socket
+
     import uvicorn
 
     from kata.cli.store_cmds import open_store

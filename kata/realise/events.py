@@ -176,21 +176,35 @@ def kind(event: Event) -> str:
     return _KIND[type(event)]
 
 
+_NAMES: dict[type, tuple[str, ...]] = {}  # event type -> its field names (fields() is slow)
+
+
 def to_dict(event: Event) -> dict[str, object]:
     """A JSON-ready dict of the event: ``{"event": kind, ...fields}``."""
-    data: dict[str, object] = {"event": kind(event)}
-    for f in fields(event):
-        value = getattr(event, f.name)
-        data[f.name] = list(value) if isinstance(value, tuple) else value
+    cls = type(event)
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(event))
+    data: dict[str, object] = {"event": _KIND[cls]}
+    for name in names:
+        value = getattr(event, name)
+        data[name] = list(value) if isinstance(value, tuple) else value
     return data
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, with its text
 
 
 def iso_time(unix: float) -> str:
     """``2026-11-30T06:57:01.123Z``: UTC with milliseconds (RFC 3339), as --json writes
     every time."""
+    global _second
     whole = int(unix)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + \
-        f".{int((unix - whole) * 1000):03d}Z"
+    second, text = _second  # one tuple: threads never see a torn pair
+    if second != whole:  # one strftime per second, not per event
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{int((unix - whole) * 1000):03d}Z"
 
 
 def stamped(data: dict[str, object], at: float | None = None) -> dict[str, object]:
@@ -198,7 +212,7 @@ def stamped(data: dict[str, object], at: float | None = None) -> dict[str, objec
     seconds; default now): one line of the ``--json`` stream."""
     out: dict[str, object] = {"event": data["event"], "version": JSON_VERSION,
                               "time": iso_time(time.time() if at is None else at)}
-    out.update((k, v) for k, v in data.items() if k != "event")
+    out.update(data)  # "event" again: same value, its place (first) kept
     return out
 
 

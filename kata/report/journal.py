@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from kata.realise import events as ev
+from kata.report.jsonl import event_line
 from procs import owner_dead, owner_id
 
 SUFFIX = ".jsonl"
@@ -58,7 +59,7 @@ class Journal:
     def _write(self, data: dict[str, object]) -> None:
         assert self._file is not None
         try:
-            self._file.write(json.dumps(ev.stamped(data), ensure_ascii=False) + "\n")
+            self._file.write(event_line(data) + "\n")
             self._file.flush()
         except OSError:
             self._close_file()

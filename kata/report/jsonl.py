@@ -16,17 +16,23 @@ class JsonReporter:
         self.stream = stream
 
     def __call__(self, event: ev.Event) -> None:
-        self.stream.write(json.dumps(ev.stamped(ev.to_dict(event)), ensure_ascii=False) + "\n")
+        self.stream.write(event_line(ev.to_dict(event)) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
         pass
 
 
+# json.dumps(x, ensure_ascii=False) builds a new JSONEncoder per call; the same encoder,
+# made once, gives the same text (a cached run writes ~2,000 lines to its live journal)
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def event_line(data: dict[str, object]) -> str:
-    """A JSON line for an event the CLI writes itself (``plan``, ``skip``, ``error``),
-    stamped like the realiser's."""
-    return json.dumps(ev.stamped(data), ensure_ascii=False)
+    """A JSON line for an event (``data`` as ``kata.realise.events.to_dict`` gives it, or
+    one the CLI writes itself: ``plan``, ``skip``, ``error``), stamped like the
+    realiser's: the ``--json`` line and the live journal's."""
+    return _encode(ev.stamped(data))
 
 
 def error_event(err) -> dict[str, object]:  # noqa: ANN001

@@ -1,0 +1,86 @@
+"""Finding and reading `.kata-ci.yaml`: where it is, and its bytes (compiler layer).
+
+Kept apart from the loader (`kata.loader`, which parses) so that a run whose config is
+already loaded (`kata.loaded`) reads the file without importing the YAML parser.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from kata.errors import KataError
+from kata.inputs import read_at_most
+
+CONFIG_NAME = ".kata-ci.yaml"
+
+
+def find_config(start_dir: str | os.PathLike | None = None,
+                explicit: str | os.PathLike | None = None) -> Path:
+    """The config to use: `explicit` if given, else `.kata-ci.yaml` in `start_dir` or the
+    nearest parent, stopping at the repository root (the directory holding `.git`)."""
+    if explicit is not None:
+        p = Path(explicit)
+        if not p.is_file():
+            raise KataError("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
+        return p
+    d = Path(start_dir if start_dir is not None else os.getcwd()).resolve()
+    for cand in (d, *d.parents):
+        if (cand / CONFIG_NAME).is_file():
+            _check_inside(cand / CONFIG_NAME, cand)
+            return cand / CONFIG_NAME
+        if (cand / ".git").exists():
+            break
+    raise KataError("config.not_found",
+                    f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
+                    obj=str(d))
+
+
+# A config of 1,000 steps is ~200 KiB; anything past this is not a pipeline.
+MAX_CONFIG = 8 << 20
+
+
+def _check_inside(config: Path, start: Path) -> None:
+    """A config found in the repository may be a symlink only to a file inside the
+    repository (the directory holding ``.git`` above it, else its own directory):
+    ``.kata-ci.yaml -> /etc/shadow`` pushed to a hook server would otherwise be read as
+    root and quoted back in the error message."""
+    if not config.is_symlink():
+        return
+    root = next((c for c in (start, *start.parents) if (c / ".git").exists()), start)
+    real, real_root = os.path.realpath(config), os.path.realpath(root)
+    if not real.startswith(real_root.rstrip("/") + "/"):
+        raise KataError("config.outside", f"{config} is a symlink to a file outside the "
+                        f"repository ({real_root}); kata reads nothing outside it",
+                        obj=str(config))
+
+
+def _read_config(p: Path) -> bytes:
+    """The config's bytes: a regular file (never a device or FIFO, opened without
+    blocking), at most MAX_CONFIG bytes (``config.too_large``)."""
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KataError("config.not_found", f"config file {str(p)!r} is not a regular file",
+                            obj=str(p))
+        os.set_blocking(fd, True)
+        data = read_at_most(fd, MAX_CONFIG)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG:
+        raise KataError("config.too_large", f"config file {str(p)!r} is larger than "
+                        f"{MAX_CONFIG >> 20} MiB", obj=str(p))
+    return data
+
+
+def read_config(p: Path) -> bytes:
+    """The config file's bytes; KataError config.not_found / config.too_large."""
+    try:
+        return _read_config(p)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise KataError("config.not_found", f"config file {str(p)!r} not found",
+                        obj=str(p)) from None
+    except OSError as err:
+        raise KataError("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
+                        obj=str(p)) from None
