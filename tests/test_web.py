@@ -78,6 +78,21 @@ def test_the_journal_is_the_json_stream_and_goes_away(tmp_path):
     assert not path.exists()
 
 
+def test_the_journal_holds_a_cached_runs_bulk_until_an_event_someone_waits_on(tmp_path):
+    from kata.report.journal import Journal
+
+    j = Journal(tmp_path / "live")
+    j.start(run_id="r2", pipeline="p")
+    path = tmp_path / "live" / "r2.jsonl"
+    j(ev.CacheChecked(step="a", hit=True, key="k"))
+    j(ev.StepPassed(step="a", duration=0.0, cached=True))
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["start"]
+    j(ev.StepStarted(step="b", command="true"))  # a step starts: all of it is readable
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == [
+        "start", "cache", "pass", "run"]
+    j.close()
+
+
 def test_a_dead_writers_journal_is_stale_and_swept(tmp_path):
     from kata.report.journal import Journal, live
     from procs import owner_id

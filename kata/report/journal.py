@@ -7,6 +7,11 @@ store's host-local state directory. The first line is a ``start`` event naming t
 writes it (``owner``, a ``procs.owner_id`` label); the last, ``done``, is written after the
 run record is in the store. The file is removed when the reporter closes.
 
+Lines are flushed as they come, except the bulk of a cached run (cache lookups, cached
+passes, skips): those wait in the file's buffer for the next other event or the end, so
+a fully cached 1,000-step run makes a handful of writes, not 2,000, and a reader still
+sees every line before the step that follows starts.
+
 Readers (``kata web``'s live view) follow the file as it grows. A journal whose owner is
 gone (a ``kata`` killed before its ``close``) is stale: readers pass it over, and the next
 journal opened in that directory deletes it. Writing never fails a run: after an OSError
@@ -54,13 +59,14 @@ class Journal:
 
     def __call__(self, event: ev.Event) -> None:
         if self._file is not None:
-            self._write(ev.to_dict(event))
+            self._write(ev.to_dict(event), flush=not _bulk(event))
 
-    def _write(self, data: dict[str, object]) -> None:
+    def _write(self, data: dict[str, object], *, flush: bool = True) -> None:
         assert self._file is not None
         try:
             self._file.write(event_line(data) + "\n")
-            self._file.flush()
+            if flush:
+                self._file.flush()
         except OSError:
             self._close_file()
 
@@ -80,6 +86,12 @@ class Journal:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _bulk(event: ev.Event) -> bool:
+    """Whether ``event`` is of the many a cached run emits and nobody waits on."""
+    return isinstance(event, (ev.CacheChecked, ev.StepSkipped)) or (
+        isinstance(event, ev.StepPassed) and event.cached)
 
 
 def owner_of(path: Path) -> str:
