@@ -337,7 +337,16 @@ class Step:
     def cacheable(self) -> bool:
         """Served from and recorded in the cache: `cache:` not false, and a step that
         declares secrets only when it says `cache: true` (its output may depend on them)."""
-        return self.cache.enabled and (not self.secrets or self.cache.explicit)
+        return (self.cache.enabled and (not self.secrets or self.cache.explicit)
+                and not self.on_status)
+
+    @property
+    def on_status(self) -> bool:
+        """Its ``when:`` calls ``failure()`` or ``always()``: it may run after a failure
+        (cleanup, notification), so it is never cached (docs/config.md)."""
+        from kata.conditions import status_functions
+
+        return self.when is not None and bool(status_functions(self.when) - {"success"})
 
     def allows(self, reason: str, exit_status: int | None) -> bool:
         """Whether a failure (``reason``: ``step.failed``, ``step.timeout``,

@@ -159,7 +159,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     from kata.inputs import RehashStatCache
     from kata.realise.events import process_started
     from kata.realise.plan import (condition_skips, context_values, plan_entries, plan_run,
-                                   select_targets)
+                                   select_targets, status_steps)
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
     from kata.secrets import MIN_SECRET_LENGTH, SecretSource, unmaskable
@@ -210,6 +210,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             git_event=event or "",
             git_tag=cond_ctx.tag if event else "",
             skip=condition_skips(pipeline, cond_ctx),
+            statuses=status_steps(pipeline, cond_ctx),
             scope=scope,
             started=process_started(),  # [DONE]'s wall time is what the user waited
         )

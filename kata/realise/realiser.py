@@ -40,6 +40,7 @@ from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
     DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
+    status_waits,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
@@ -131,7 +132,7 @@ class Realiser:
             return plan_run(self.graph, self.store, self.options, heal=False)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
                          use_cache=self.options.use_cache, lookup=self._lookup.step,
-                         scope=self.options.scope)
+                         scope=self.options.scope, statuses=self.options.statuses)
 
     def dry_run(self) -> list[PlanEntry]:
         return plan_entries(self.graph, self.plan(heal=False))
@@ -163,10 +164,12 @@ class Realiser:
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
                 deps = {n: self.graph.nodes[n].deps for n in self.graph.order}
+                deps.update(status_waits(self.graph, self.options.statuses))
                 max_parallel = self.options.max_parallel or os.cpu_count() or 1
                 sched = schedule(to_run, deps, self._work, max_parallel=max_parallel,
                                  fail_fast=self.options.fail_fast, timeout=self.options.timeout,
-                                 on_skip=self._skipped, on_start=self._started_together)
+                                 on_skip=self._skipped, on_start=self._started_together,
+                                 statuses=self.options.statuses)
         finally:
             if run_dir.exists():
                 try:
@@ -225,8 +228,9 @@ class Realiser:
         dependencies' stacks in ``depends_on`` order, then its own output tree.
         """
         seen: dict[str, None] = {}
+        status_step = name in self.options.statuses  # sees what passed of its dependencies
         for dep in self.graph.nodes[name].deps:
-            for tree in self._stacks[dep]:
+            for tree in (self._stacks.get(dep, ()) if status_step else self._stacks[dep]):
                 seen.setdefault(tree)
         return tuple(seen)
 
