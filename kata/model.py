@@ -321,6 +321,9 @@ class Step:
     # True allows any failure but a cancellation; exit codes allow only those exits
     allow_failure: bool | tuple[int, ...] = False
     retry: Retry | None = None  # `retry:`; None: one attempt
+    # `reports: {junit: [...]}`: path globs of JUnit XML files the step writes in its
+    # workspace, read after it ran (kata.realise.reports); hashed, like artifacts
+    junit_reports: tuple[str, ...] = ()
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
 

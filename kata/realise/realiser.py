@@ -19,6 +19,7 @@ also for failed and interrupted runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -54,6 +55,7 @@ from store import Realisation, Store, StoreError
 
 if TYPE_CHECKING:
     from kata.compile import DerivationGraph, Node
+    from kata.realise.reports import TestReport
 
 image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
@@ -248,7 +250,8 @@ class Realiser:
                              drv_hash=self.graph.nodes[name].drv_hash or "", key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",
                              outputs=real.outputs, produced_by=real.run), stack)
-        self.emit(ev.StepPassed(step=name, duration=0.0, cached=True))
+        self.emit(ev.StepPassed(step=name, duration=0.0, cached=True,
+                                report=self.records.report(real)))
 
     def _skipped(self, name: str, reason: str) -> None:
         self._set(StepResult(name=name, status="skipped",
@@ -444,7 +447,7 @@ class Realiser:
             attempt = 1
             while True:  # every attempt in a fresh workspace, all of them in the one log
                 started = time.monotonic()
-                exit_status, reason, message, outputs = self._attempt(
+                exit_status, reason, message, outputs, report = self._attempt(
                     name, node, cancel, log, log_lock, service_logs)
                 duration = time.monotonic() - started  # the final attempt's, as recorded
                 if not reason or attempt >= attempts or cancel.is_set() \
@@ -469,7 +472,7 @@ class Realiser:
                 digests.append((sname, self.store.put_blob(slog)))
         if exit_status == 0 and not reason:
             self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests),
-                         attempts=attempt)
+                         attempts=attempt, report=report)
             return True
         allowed = step.allows(reason or "step.failed", exit_status)
         status = "cancelled" if reason == "step.cancelled" else "allowed" if allowed else "failed"
@@ -478,17 +481,21 @@ class Realiser:
                              exit_status=exit_status, log=log_digest, message=message,
                              service_logs=tuple(digests), attempts=attempt))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
-                                message=message, reason=reason or "step.failed", allowed=allowed))
+                                message=message, reason=reason or "step.failed", allowed=allowed,
+                                report=report))
         return ALLOWED if allowed else False
 
     def _attempt(self, name: str, node: "Node", cancel: Cancel, log: IO[bytes],
                  log_lock: threading.Lock, service_logs: dict[str, IO[bytes]],
-                 ) -> tuple[int | None, str, str, str]:
+                 ) -> tuple[int | None, str, str, str, "TestReport | None"]:
         """One attempt in a fresh workspace: (exit status, reason, masked message, output
-        tree); reason "" when it passed. Its output goes to ``log`` as it comes."""
+        tree, test report); reason "" when it passed. Its output goes to ``log`` as it
+        comes. The report (``reports:``) is read from the workspace however the step
+        exited, before its artifacts are collected."""
         step = node.step
         exit_status: int | None = None
         message = reason = outputs = ""
+        report = None
         try:
             with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
                 try:
@@ -496,6 +503,8 @@ class Realiser:
                                                       log_lock, service_logs)
                 except KataError as err:  # e.g. a missing secret, an image not found
                     message, reason = err.message, err.reason
+                if step.junit_reports and exit_status is not None and not cancel.is_set():
+                    report = self._report(ws.path, step.junit_reports)
                 if reason:
                     pass
                 elif exit_status == 0:
@@ -520,7 +529,25 @@ class Realiser:
         if message and reason != "step.failed":
             with log_lock:
                 log.write(f"kata: {message}".encode() + b"\n")
-        return exit_status, reason, message, outputs
+        return exit_status, reason, message, outputs, report
+
+    def _report(self, workdir: Path, patterns: tuple[str, ...]) -> "TestReport":
+        """The step's test report, its names and lines masked (a test may print a secret);
+        a fault reading the workspace is a warning in it, never the step's failure."""
+        from kata.realise.reports import FailedTest, TestReport, collect
+
+        try:
+            report = collect(workdir, patterns)
+        except OSError as err:
+            return TestReport(warnings=(f"not read ({err.strerror or err})",))
+
+        def mask(text: str) -> str:
+            return self._masker.mask(text.encode()).decode("utf-8", "replace")
+
+        return dataclasses.replace(
+            report, failures=tuple(FailedTest(name=mask(f.name), line=mask(f.line))
+                                   for f in report.failures),
+            warnings=tuple(mask(w) for w in report.warnings))
 
     def _collect(self, node: "Node", workdir: Path) -> tuple[str, str, str]:
         """(reason, message, output tree) of a step that exited 0: its declared artifacts
@@ -539,16 +566,16 @@ class Realiser:
 
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
                 duration: float, service_logs: tuple[tuple[str, str], ...],
-                attempts: int = 1) -> None:
+                attempts: int = 1, report: "TestReport | None" = None) -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
         self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
-                                 duration=duration, stack=stack)
+                                 duration=duration, stack=stack, report=report)
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,
                              produced_by=self.run_id, service_logs=service_logs,
                              attempts=attempts), stack)
-        self.emit(ev.StepPassed(step=name, duration=duration))
+        self.emit(ev.StepPassed(step=name, duration=duration, report=report))
 
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,
                        log: IO[bytes], log_lock: threading.Lock,

@@ -7,6 +7,8 @@ Keys come from ``kata.keys``; reads go through the run's ``Lookup`` (scoped, hea
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -24,6 +26,7 @@ from store import Realisation, Run, Store, StoreError
 if TYPE_CHECKING:
     from kata.compile import Node
     from kata.inputs import InputSet
+    from kata.realise.reports import TestReport
 
 
 class Records:
@@ -149,8 +152,10 @@ class Records:
         self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
-                    duration: float, stack: tuple[str, ...]) -> None:
-        """Record a step that passed under its derivation and resolved hashes, in scope."""
+                    duration: float, stack: tuple[str, ...],
+                    report: "TestReport | None" = None) -> None:
+        """Record a step that passed under its derivation and resolved hashes, in scope
+        (its test report, if any, as a blob the realisation names)."""
         self.derivation(node)
         if not (self.options.record and node.step.cacheable):
             return
@@ -158,8 +163,24 @@ class Records:
         real = self._record(outputs, kind="step", step=node.step.name, log=log,
                             duration=duration, stack=stack,
                             scope="" if scope.trusted else scope.label())
+        if report is not None:
+            real = dataclasses.replace(real, report=self.store.put_blob(report.encode()))
         for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
             self.store.put_realisation(scope.realisation_key(key), real)
+
+    def report(self, real: Realisation) -> "TestReport | None":
+        """The test report a realisation names (None: none, or unreadable: a hit is not
+        lost for its report)."""
+        if not real.report:
+            return None
+        from kata.realise.reports import TestReport
+
+        try:
+            return TestReport.decode(self.store.read_blob(real.report))
+        except (StoreError, ValueError) as err:
+            logging.getLogger("kata.realise").warning("test report %s unreadable: %s",
+                                                      real.report, err)
+            return None
 
     def early_cutoff(self, node: "Node", real: Realisation) -> None:
         """A resolved-hash hit: remember it under the derivation hash too."""
