@@ -34,6 +34,7 @@ class RunSummary:
     ``refs/tags/v1``, "" outside git); ``event``: ``push`` | ``pull_request`` | ``tag`` |
     ``schedule`` with ``--event``, ``local`` without; ``ran``: steps whose container ran,
     ``cached``: steps resolved from the store, ``failed``: failed or cancelled steps;
+    ``retried``: steps that took more than one attempt (``retry:``);
     ``started``: unix time; ``duration``: wall-clock seconds; ``scope``: the scope its
     records were written in (kata.keys.Scope), "" when shared."""
 
@@ -51,13 +52,15 @@ class RunSummary:
     started: float
     duration: float
     scope: str = ""
+    retried: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "pipeline": self.pipeline, "ref": self.ref,
                 "commit": self.commit, "event": self.event, "scope": self.scope,
                 "status": self.status,
                 "steps": {"total": self.steps, "ran": self.ran, "cached": self.cached,
-                          "failed": self.failed, "skipped": self.skipped},
+                          "failed": self.failed, "skipped": self.skipped,
+                          "retried": self.retried},
                 "started": iso_time(self.started), "duration": round(self.duration, 3)}
 
 
@@ -74,7 +77,8 @@ def summarise_run(record: Run) -> RunSummary:
         cached=sum(1 for s in steps if s.cache == "HIT"),
         failed=sum(1 for s in steps if s.status in ("failed", "cancelled")),
         skipped=sum(1 for s in steps if s.status == "skipped"),
-        started=float(record.started), duration=float(record.wall), scope=record.scope)
+        started=float(record.started), duration=float(record.wall), scope=record.scope,
+        retried=sum(1 for s in steps if s.attempts > 1))
 
 
 def runs(store: Any, *, pipeline: str | None = None, limit: int = 20) -> list[RunSummary]:
