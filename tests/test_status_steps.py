@@ -83,6 +83,21 @@ def test_a_step_above_that_depends_on_the_status_step_is_not_waited_for(tmp_path
     assert status_waits(graph, {"cleanup": True}) == {"cleanup": ("build",)}
 
 
+def test_instances_of_a_status_matrix_step_do_not_wait_for_each_other(tmp_path):
+    graph = _graph(tmp_path, [FakeStep("build"),
+                              FakeStep("dump", when="failure()", matrix={"V": ["a", "b"]})])
+    statuses = {"dump (V=a)": False, "dump (V=b)": False}
+    assert status_waits(graph, statuses) == {"dump (V=a)": ("build",), "dump (V=b)": ("build",)}
+
+
+def test_a_dependent_of_a_skipped_status_step_says_so():
+    deps = {"build": (), "cleanup": ("build",), "report": ("cleanup",)}
+    result, started, skipped = _schedule(deps, statuses={"cleanup": False})
+    assert started == ["build"]
+    assert skipped == {"cleanup": "no step before it failed",
+                       "report": "dependency cleanup skipped"}
+
+
 def _schedule(deps, fail=(), allowed=(), statuses=None, fail_fast=True, order=None):
     started: list[str] = []
     skipped: dict[str, str] = {}

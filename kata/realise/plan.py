@@ -237,7 +237,9 @@ def status_waits(graph: "DerivationGraph", statuses: Mapping[str, bool]) -> dict
             for d in ds:
                 dependents[d].add(n)
         downstream = reach(name, dependents)
-        edges[name] |= {e for e in file_order[:i] if e not in downstream}
+        family = nodes[name].step.matrix_of  # instances of one matrix step: side by side
+        edges[name] |= {e for e in file_order[:i] if e not in downstream
+                        and not (family and nodes[e].step.matrix_of == family)}
         out[name] = tuple(sorted(upstream(name), key=topo.__getitem__))
     return out
 

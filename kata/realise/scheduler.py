@@ -150,8 +150,9 @@ def schedule(
                 waiting[child] -= 1
                 if waiting[child] == 0:
                     decide(child)
-            elif state == "skipped":
-                skip(child, skip_reasons[name], failure=name in bad)
+            elif state == "skipped":  # a failure's reason goes down the chain as it was
+                skip(child, skip_reasons[name] if name in bad else f"dependency {name} skipped",
+                     failure=name in bad)
             else:
                 why = "failed (allowed to fail)" if state == "allowed" else "did not pass"
                 skip(child, f"dependency {name} {why}", failure=name in bad)
