@@ -157,7 +157,8 @@ class RunLines:
 
 
 def _some(text: str | None) -> list[str]:
-    return [] if text is None else [text]
+    """An event's text as lines (a step's line with its test report is several)."""
+    return [] if text is None else text.split("\n")
 
 
 class PlainReporter:
