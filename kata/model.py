@@ -347,9 +347,11 @@ class Step:
     def on_status(self) -> bool:
         """Its ``when:`` calls ``failure()`` or ``always()``: it may run after a failure
         (cleanup, notification), so it is never cached (docs/config.md)."""
+        if self.when is None:  # the common case: no import on a cached run's path
+            return False
         from kata.conditions import status_functions
 
-        return self.when is not None and bool(status_functions(self.when) - {"success"})
+        return bool(status_functions(self.when) - {"success"})
 
     def allows(self, reason: str, exit_status: int | None) -> bool:
         """Whether a failure (``reason``: ``step.failed``, ``step.timeout``,

@@ -163,3 +163,26 @@ def test_realiser_reports_a_failing_run_and_a_hit_shows_the_building_run(tmp_pat
             assert passed.report is not None and passed.report.failed == 1
     finally:
         store.close()
+
+
+def test_a_secret_in_a_test_name_or_message_is_masked(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    secret = "s3cr3t-value-XYZ"
+    xml = (f'<testsuite><testcase classname="c" name="t_{secret}">'
+           f'<failure message="got {secret}"/></testcase></testsuite>')
+    step = FakeStep("unit", commands=(f"mkdir -p r && printf '%s' '{xml}' > r/{secret}.xml",),
+                    reports={"junit": ["r/"]}, secrets=("TOKEN",))
+    store = Store.open(tmp_path / "store")
+    try:
+        events: list[ev.Event] = []
+        Realiser(compile_steps(repo, [step]), store=store, runtime=FakeRuntime(),
+                 emit=events.append,
+                 options=RealiseOptions(repo_root=repo, work_root=tmp_path / "w",
+                                        secrets={"TOKEN": secret})).run()
+        (passed,) = [e for e in events if isinstance(e, ev.StepPassed)]
+        assert passed.report is not None and passed.report.failed == 1
+        assert secret not in json.dumps(ev.to_dict(passed))
+        assert passed.report.failures[0].line == "got ***"
+    finally:
+        store.close()

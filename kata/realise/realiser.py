@@ -532,8 +532,8 @@ class Realiser:
         return exit_status, reason, message, outputs, report
 
     def _report(self, workdir: Path, patterns: tuple[str, ...]) -> "TestReport":
-        """The step's test report, its names and lines masked (a test may print a secret);
-        a fault reading the workspace is a warning in it, never the step's failure."""
+        """The step's test report, its names, lines and paths masked (a test may print a
+        secret); a fault reading the workspace is a warning in it, never a failure."""
         from kata.realise.reports import FailedTest, TestReport, collect
 
         try:
@@ -547,6 +547,7 @@ class Realiser:
         return dataclasses.replace(
             report, failures=tuple(FailedTest(name=mask(f.name), line=mask(f.line))
                                    for f in report.failures),
+            files=tuple(mask(f) for f in report.files),
             warnings=tuple(mask(w) for w in report.warnings))
 
     def _collect(self, node: "Node", workdir: Path) -> tuple[str, str, str]:
