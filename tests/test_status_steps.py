@@ -178,3 +178,29 @@ def test_realiser_runs_cleanup_on_failure_never_caches_it(tmp_path):
                              "always": False}
     finally:
         store.close()
+
+
+def test_fail_fast_does_not_cancel_a_running_status_step_a_timeout_stops_it():
+    import threading
+
+    started = threading.Event()
+
+    def work(name, cancel):
+        if name == "watch":  # an always() step with nothing before it: runs at once
+            started.set()
+            return not cancel.wait(0.5)
+        started.wait(5)
+        return name != "bad"
+
+    deps = {"watch": (), "bad": (), "other": ("bad",)}
+    result = schedule(list(deps), deps, work, max_parallel=2, fail_fast=True,
+                      statuses={"watch": True})
+    assert result.status == {"watch": "passed", "bad": "failed", "other": "skipped"}
+
+    clock = [0.0]
+    slow = schedule(["slow", "cleanup"], {"slow": (), "cleanup": ("slow",)},
+                    lambda name, cancel: (clock.__setitem__(0, 100.0), cancel.wait(5))[1] and False,
+                    max_parallel=1, fail_fast=True, timeout=10, clock=lambda: clock[0],
+                    statuses={"cleanup": True})
+    assert slow.stop_reason == "pipeline timeout"
+    assert slow.status == {"slow": "cancelled", "cleanup": "skipped"}
