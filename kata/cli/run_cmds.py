@@ -39,10 +39,12 @@ class LazyRuntime:
     ``pull=True`` (``kata run --pull``) asks the registry again and pulls every image.
     """
 
-    def __init__(self, address: str | None, tags=None, *, pull: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, address: str | None, tags=None, *, pull: bool = False,  # noqa: ANN001
+                 confined: bool = False) -> None:
         self.address = address
         self.tags = tags  # kata.runtimes.tags.ImageTags or None
         self.pull = pull
+        self.confined = confined  # an untrusted run: pulls reach public addresses only
         self._rt = None
         self._swept = False
         self._lock = threading.Lock()
@@ -55,6 +57,7 @@ class LazyRuntime:
                 from kata.runtimes.containerd import ContainerdRuntime
 
                 self._rt = ContainerdRuntime.connect(address=self.address, sweep=False)
+                self._rt.confined_pulls = self.confined
                 self._rt.name_tags(self._resolved)
             self._rt.progress = self.progress
             if sweep and not self._swept:
@@ -186,7 +189,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
     store = open_store(ctx)
-    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull)
+    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
+                          confined=not scope.trusted)
     try:
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache

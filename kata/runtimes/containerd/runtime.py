@@ -54,6 +54,8 @@ class ContainerdRuntime:
         self.network = CniNetwork(state_dir=fifo_root.parent / "cni")
         self.netns_pool = NetnsPool(self.network)
         self._registry: RegistryClient | None = None
+        # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
+        self.confined_pulls = False
         self._lock = threading.Lock()
         self._releasing: set[threading.Thread] = set()  # deferred releases of finished steps
         self._tags: dict[str, set[str]] = {}  # digest -> tags this run resolved to it
@@ -131,7 +133,7 @@ class ContainerdRuntime:
             if self._registry is None:
                 from .registry import RegistryClient
 
-                self._registry = RegistryClient(self.config)
+                self._registry = RegistryClient(self.config, confined=self.confined_pulls)
             return self._registry
 
     # -- the Runtime protocol -------------------------------------------------------------
