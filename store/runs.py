@@ -41,12 +41,15 @@ class StepRecord:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service, log digest)
     attempts: int = 1  # attempts made (`retry:`); only the last one's result is recorded
+    report: str = ""  # the step's test report blob (`reports:`), "" none
 
     def to_obj(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["service_logs"] = dict(self.service_logs)
         if self.attempts == 1:  # the default is left out: older records read the same
             del out["attempts"]
+        if not self.report:  # likewise
+            del out["report"]
         return dict(sorted(out.items()))
 
     @classmethod

@@ -150,3 +150,9 @@ def test_junit_report_from_real_pytest_in_debian(repo, tmp_path, containerd_daem
     assert report["failures"][0]["name"] == "tests.test_unit::test_divides"
     plain = kata("run")
     assert any(x.startswith("[PASS] smoke (cached) — 1 passed") for x in plain.stdout.splitlines())
+    logs = kata("logs")  # the run record keeps the report, the failed step's too
+    heads = [x for x in logs.stdout.splitlines() if x.startswith("== ")]
+    assert any(x.startswith("== unit: failed, exit 1, ") and
+               x.endswith(" — 2 passed, 1 skipped, 1 failed ==") for x in heads), heads
+    assert any(x.startswith("== smoke: cached — output of run ") and
+               x.endswith(" — 1 passed ==") for x in heads), heads

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fakes import FAKE_DIGEST, FakeRuntime, FakeStep, compile_steps
+from fakes import FakeRuntime, FakeStep, compile_steps
 from kata.conditions import Context, parse, status_gate
 from kata.errors import KataError
 from kata.loader import load_text

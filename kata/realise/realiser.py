@@ -249,7 +249,8 @@ class Realiser:
         self._set(StepResult(name=name, status="passed", cache="HIT",
                              drv_hash=self.graph.nodes[name].drv_hash or "", key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",
-                             outputs=real.outputs, produced_by=real.run), stack)
+                             outputs=real.outputs, produced_by=real.run, report=real.report),
+                  stack)
         self.emit(ev.StepPassed(step=name, duration=0.0, cached=True,
                                 report=self.records.report(real)))
 
@@ -470,16 +471,19 @@ class Realiser:
             for sname, slog in service_logs.items():
                 slog.seek(0)
                 digests.append((sname, self.store.put_blob(slog)))
+        # the report as a blob: the realisation names it (a hit shows it), the run record too
+        report_digest = self.store.put_blob(report.encode()) if report is not None else ""
         if exit_status == 0 and not reason:
             self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests),
-                         attempts=attempt, report=report)
+                         attempts=attempt, report=report, report_digest=report_digest)
             return True
         allowed = step.allows(reason or "step.failed", exit_status)
         status = "cancelled" if reason == "step.cancelled" else "allowed" if allowed else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
                              key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
-                             service_logs=tuple(digests), attempts=attempt))
+                             service_logs=tuple(digests), attempts=attempt,
+                             report=report_digest))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
                                 message=message, reason=reason or "step.failed", allowed=allowed,
                                 report=report))
@@ -567,15 +571,16 @@ class Realiser:
 
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
                 duration: float, service_logs: tuple[tuple[str, str], ...],
-                attempts: int = 1, report: "TestReport | None" = None) -> None:
+                attempts: int = 1, report: "TestReport | None" = None,
+                report_digest: str = "") -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
         self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
-                                 duration=duration, stack=stack, report=report)
+                                 duration=duration, stack=stack, report=report_digest)
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,
                              produced_by=self.run_id, service_logs=service_logs,
-                             attempts=attempts), stack)
+                             attempts=attempts, report=report_digest), stack)
         self.emit(ev.StepPassed(step=name, duration=duration, report=report))
 
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,

@@ -152,10 +152,9 @@ class Records:
         self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
-                    duration: float, stack: tuple[str, ...],
-                    report: "TestReport | None" = None) -> None:
+                    duration: float, stack: tuple[str, ...], report: str = "") -> None:
         """Record a step that passed under its derivation and resolved hashes, in scope
-        (its test report, if any, as a blob the realisation names)."""
+        (``report``: its test report's blob, "" for none; the realisation names it)."""
         self.derivation(node)
         if not (self.options.record and node.step.cacheable):
             return
@@ -163,24 +162,15 @@ class Records:
         real = self._record(outputs, kind="step", step=node.step.name, log=log,
                             duration=duration, stack=stack,
                             scope="" if scope.trusted else scope.label())
-        if report is not None:
-            real = dataclasses.replace(real, report=self.store.put_blob(report.encode()))
+        if report:
+            real = dataclasses.replace(real, report=report)
         for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
             self.store.put_realisation(scope.realisation_key(key), real)
 
     def report(self, real: Realisation) -> "TestReport | None":
         """The test report a realisation names (None: none, or unreadable: a hit is not
         lost for its report)."""
-        if not real.report:
-            return None
-        from kata.realise.reports import TestReport
-
-        try:
-            return TestReport.decode(self.store.read_blob(real.report))
-        except (StoreError, ValueError) as err:
-            logging.getLogger("kata.realise").warning("test report %s unreadable: %s",
-                                                      real.report, err)
-            return None
+        return read_report(self.store, real.report)
 
     def early_cutoff(self, node: "Node", real: Realisation) -> None:
         """A resolved-hash hit: remember it under the derivation hash too."""
@@ -206,3 +196,16 @@ class Records:
             event=o.git_event, tag=o.git_tag, scope=o.scope.label(), started=started,
             wall=result.wall, status=status, targets=tuple(o.targets or ()),
             steps=tuple(r.record() for n in order if (r := result.steps.get(n)) is not None)))
+
+
+def read_report(store: Store, digest: str) -> "TestReport | None":
+    """The test report stored as blob ``digest`` ("" or unreadable: None, logged)."""
+    if not digest:
+        return None
+    from kata.realise.reports import TestReport
+
+    try:
+        return TestReport.decode(store.read_blob(digest))
+    except (StoreError, ValueError, OSError) as err:
+        logging.getLogger("kata.realise").warning("test report %s unreadable: %s", digest, err)
+        return None

@@ -62,6 +62,7 @@ class StepResult:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
     attempts: int = 1  # `retry:`: attempts made; the fields above are the last one's
+    report: str = ""  # `reports:`: the test report's blob digest ("" none)
 
     def record(self) -> StepRecord:
         """This result as the store's run record keeps it."""
