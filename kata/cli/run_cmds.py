@@ -230,11 +230,17 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
                        "it will appear unmasked in output and logs", err=True)
-        reporter = _reporter(json_out)
+        from kata.report.journal import Journal, Tee
+
+        # the terminal's reporter, and the live journal `kata web` follows
+        journal = Journal(Path(store.state_dir) / "live")
+        reporter = Tee(_reporter(json_out), journal)
         runtime.progress = _pull_events(reporter)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
                                 options=options)
+            journal.start(run_id=realiser.run_id, pipeline=realiser.pipeline, commit=commit,
+                          branch=git_branch, git_event=event or "")
             result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
@@ -566,16 +572,11 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     """The encoded derivation record of ``step``'s last realisation, for ``kata why``."""
     from kata.cli.store_cmds import open_store
 
+    from kata.realise.history import previous_derivation
+
     store = open_store(ctx)
     try:
-        for record in store.list_runs(pipeline=pipeline, limit=200):
-            for entry in record.steps:
-                if entry.name == step and entry.status == "passed":
-                    drv_hash = entry.drv_hash
-                    found = store.get_derivation(drv_hash) if drv_hash else None
-                    if found is not None:
-                        return found
-        return None
+        return previous_derivation(store, pipeline, step)
     finally:
         store.close()
 

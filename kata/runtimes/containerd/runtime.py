@@ -173,11 +173,16 @@ class ContainerdRuntime:
                               network=self.network, netns_pool=self.netns_pool)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
+        running = getattr(sink, "running", None)  # the sink is told pulling is over
         if spec.services:
             from .pod import run_pod
 
             simages = [self.images.run_image(self._ensure_image(s.image)) for s in spec.services]
+            if running is not None:
+                running()
             return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
+        if running is not None:
+            running()
         try:
             return StepRun(self.client, options, spec, image, sink, cancel).execute(self._defer)
         except ContainerdError as err:
