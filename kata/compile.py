@@ -177,7 +177,8 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                                      if s.ready is not None else None,
                                      secrets=tuple(sorted(set(s.secrets))), user=s.user)
                       for s in step.services],
-            network=step.network, deps=[h for _, h in dep_hashes])
+            network=step.network, deps=[h for _, h in dep_hashes],
+            junit_reports=step.junit_reports)
         nodes[name] = Node(step=step, derivation=d, drv_hash=keys.derivation_hash(d) if d.resolved else None,
                            inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
     return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,

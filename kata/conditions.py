@@ -5,6 +5,12 @@
 entries are built into the same tree (`only_expr`, `triggers_expr`): trigger
 entries are OR'ed, the fields inside one entry are AND'ed.
 
+Status functions (``success()``, ``failure()``, ``always()``) ask how the run went so far;
+``Context.failed`` says it. The planner decides a condition for both answers
+(``status_gate``): a step whose condition is true when something failed is a *status step*
+(docs/config.md, "Steps on failure"), decided by the scheduler once the steps before it
+are done.
+
 Globs: ``changed()`` and ``paths`` are path globs (gitignore), branches, tags and
 ``=~`` are ref globs (``*`` does not cross ``/``, ``**`` does); ``kata.globs`` defines both.
 """
@@ -51,6 +57,9 @@ class Context:
     tag: str = ""
     action: str = ""
     changed: tuple[str, ...] | None = None
+    # whether a step before the one asking failed (``failure()``); the planner decides a
+    # condition for both values (``status_gate``)
+    failed: bool = False
 
     def __post_init__(self) -> None:
         if self.event == "tag" and self.branch:
@@ -124,6 +133,30 @@ class Changed(Expr):
         return f"changed({', '.join(_q(p) for p in self.patterns)})"
 
 
+#: The status functions: how the steps before this one went (docs/config.md).
+STATUS_FUNCTIONS = ("success", "failure", "always")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status(Expr):
+    """``success()`` (nothing before failed; the default), ``failure()`` (something
+    before failed), ``always()``."""
+
+    function: str
+
+    def __post_init__(self) -> None:
+        if self.function not in STATUS_FUNCTIONS:
+            raise ValueError(f"unknown status function {self.function!r}")
+
+    def evaluate(self, ctx: Context) -> bool:
+        if self.function == "always":
+            return True
+        return ctx.failed if self.function == "failure" else not ctx.failed
+
+    def __str__(self) -> str:
+        return f"{self.function}()"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Not(Expr):
     item: Expr
@@ -191,6 +224,29 @@ def unknown_values(expr: Expr) -> list[tuple[str, str]]:
     return out
 
 
+def status_functions(expr: Expr) -> set[str]:
+    """The status functions ``expr`` calls (``{"failure"}``, ``{"always"}``, ...)."""
+    if isinstance(expr, Status):
+        return {expr.function}
+    if isinstance(expr, Not):
+        return status_functions(expr.item)
+    if isinstance(expr, (And, Or)):
+        return {f for item in expr.items for f in status_functions(item)}
+    return set()
+
+
+def status_gate(expr: Expr, ctx: Context) -> tuple[bool, bool]:
+    """``(runs when nothing before failed, runs when something before failed)`` of a
+    condition in ``ctx`` (whose ``failed`` is ignored): ``failure()`` is (False, True),
+    ``always()`` (True, True), no status function at all (v, False) as ``success()``."""
+    from dataclasses import replace
+
+    on_success = expr.evaluate(replace(ctx, failed=False))
+    if not status_functions(expr) - {"success"}:
+        return on_success, False  # success() alone is the default: nothing failed
+    return on_success, expr.evaluate(replace(ctx, failed=True))
+
+
 def changed_patterns(expr: Expr) -> list[tuple[str, ...]]:
     """The path globs of every ``changed(...)`` in ``expr`` (for the loader to check)."""
     if isinstance(expr, Changed):
@@ -239,6 +295,8 @@ def _build(tree) -> Expr:
     if kind in ("in_", "not_in"):
         values = tuple(_unquote(t) for t in ch[1].children if t is not None)
         return Compare(field=str(ch[0]), op="in" if kind == "in_" else "not in", value=values)
+    if kind == "status":
+        return Status(function=str(ch[0]))
     if kind == "changed":
         return Changed(patterns=tuple(_unquote(t) for t in ch))
     raise AssertionError(kind)
@@ -263,7 +321,7 @@ def parse(text: str, position: Position | None = None) -> Expr:
         where = f" at column {col}" if isinstance(col, int) and col > 0 else ""
         raise KataError("config.condition",
                         f"bad condition {text!r}{where}: expected e.g. branch == \"main\", "
-                        "tag =~ \"v*\", changed(\"src/**\"), joined by and/or/not",
+                        "tag =~ \"v*\", changed(\"src/**\"), failure(), always(), joined by and/or/not",
                         position=pos) from None
 
 

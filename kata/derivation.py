@@ -83,6 +83,9 @@ class Derivation:
     services: tuple[ServiceDrv, ...]
     network: str
     deps: tuple[str | None, ...]       # dependency derivation hashes, sorted
+    # `reports.junit` globs, sorted (issue 14): encoded only when given, so a step without
+    # them keeps its hash (the realisation carries the report they select)
+    junit_reports: tuple[str, ...] = ()
 
     @property
     def resolved(self) -> bool:
@@ -91,7 +94,7 @@ class Derivation:
                 and all(s.image is not None for s in self.services))
 
     def to_obj(self, deps: Sequence[str | None] | None = None) -> dict[str, Any]:
-        return {
+        obj = {
             "artifacts": list(self.artifacts),
             "cache_paths": list(self.cache_paths),
             "commands": list(self.commands),
@@ -107,6 +110,9 @@ class Derivation:
             "user": self.user,
             "workdir": self.workdir,
         }
+        if self.junit_reports:
+            obj["junit_reports"] = list(self.junit_reports)
+        return obj
 
     def encode(self) -> bytes:
         """The canonical bytes (stored with the realisation, hashed for the key)."""
@@ -138,13 +144,15 @@ class Derivation:
             secrets=tuple(obj["secrets"]), inputs=obj["inputs"], key_files=obj["key_files"],
             artifacts=tuple(obj["artifacts"]), cache_paths=tuple(obj["cache_paths"]),
             services=tuple(ServiceDrv.from_obj(s) for s in obj["services"]),
-            network=obj["network"], deps=tuple(obj["deps"]))
+            network=obj["network"], deps=tuple(obj["deps"]),
+            junit_reports=tuple(obj.get("junit_reports", ())))
 
 
 def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: str,
          user: str | None = None, env: Sequence[tuple[str, str]], secrets: Sequence[str], inputs: str | None,
          key_files: str | None, artifacts: Sequence[str], cache_paths: Sequence[str],
-         services: Sequence[ServiceDrv], network: str, deps: Sequence[str | None]) -> Derivation:
+         services: Sequence[ServiceDrv], network: str, deps: Sequence[str | None],
+         junit_reports: Sequence[str] = ()) -> Derivation:
     """A Derivation in canonical form (sorted env, secrets, paths, services, deps)."""
     return Derivation(
         pipeline=pipeline, image=image, commands=tuple(commands), workdir=workdir, user=user,
@@ -152,7 +160,8 @@ def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: 
         inputs=inputs, key_files=key_files, artifacts=tuple(sorted(set(artifacts))),
         cache_paths=tuple(sorted(set(cache_paths))),
         services=tuple(sorted(services, key=lambda s: s.name)), network=network,
-        deps=tuple(sorted(deps, key=lambda d: (d is None, d or ""))))
+        deps=tuple(sorted(deps, key=lambda d: (d is None, d or ""))),
+        junit_reports=tuple(sorted(set(junit_reports))))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -102,7 +102,8 @@ SETTINGS_KEYS = ("timeout", "max_parallel", "fail_fast", "cache_enabled", "resou
 STEP_KEYS = ("name", "image", "commands", "depends_on", "artifacts", "services", "env",
              "timeout", "only", "cache", "secrets", "inputs", "workdir", "user", "network",
              "when", "description", "resources", "matrix", "allow_failure", "retry",
-             "context")
+             "context", "reports")
+REPORTS_KEYS = ("junit",)
 RETRY_KEYS = ("max", "on")
 MATRIX_KEYS = ("exclude", "include")  # besides the variables themselves
 SERVICE_KEYS = ("name", "image", "env", "commands", "entrypoint", "ready", "secrets",
@@ -515,6 +516,11 @@ class _Walker:
                 kw[key] = self.allow_failure(v, label)
             elif key == "retry":
                 kw[key] = self.retry(v, label)
+            elif key == "reports":
+                rf = self.fields(v, REPORTS_KEYS, label)
+                if "junit" in rf:
+                    kw["junit_reports"] = self.globs(rf["junit"][1], f"{label}.junit",
+                                                     gitignore=True)
             elif key == "context":
                 def check(s: str, item: Node, label=label) -> None:
                     self.one_of(s, CONTEXT_VARS, item, f"{label}: unknown context variable")

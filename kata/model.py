@@ -321,6 +321,9 @@ class Step:
     # True allows any failure but a cancellation; exit codes allow only those exits
     allow_failure: bool | tuple[int, ...] = False
     retry: Retry | None = None  # `retry:`; None: one attempt
+    # `reports: {junit: [...]}`: path globs of JUnit XML files the step writes in its
+    # workspace, read after it ran (kata.realise.reports); hashed, like artifacts
+    junit_reports: tuple[str, ...] = ()
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
 
@@ -337,7 +340,18 @@ class Step:
     def cacheable(self) -> bool:
         """Served from and recorded in the cache: `cache:` not false, and a step that
         declares secrets only when it says `cache: true` (its output may depend on them)."""
-        return self.cache.enabled and (not self.secrets or self.cache.explicit)
+        return (self.cache.enabled and (not self.secrets or self.cache.explicit)
+                and not self.on_status)
+
+    @property
+    def on_status(self) -> bool:
+        """Its ``when:`` calls ``failure()`` or ``always()``: it may run after a failure
+        (cleanup, notification), so it is never cached (docs/config.md)."""
+        if self.when is None:  # the common case: no import on a cached run's path
+            return False
+        from kata.conditions import status_functions
+
+        return bool(status_functions(self.when) - {"success"})
 
     def allows(self, reason: str, exit_status: int | None) -> bool:
         """Whether a failure (``reason``: ``step.failed``, ``step.timeout``,

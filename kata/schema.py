@@ -204,7 +204,9 @@ def _step() -> dict[str, Any]:
                     "description": "default (its own network with egress), none "
                                    "(loopback only) or host."},
         "when": {**_TEXT, "description": "A condition expression, e.g. "
-                                         "branch == \"main\" and changed(\"src/**\")."},
+                                         "branch == \"main\" and changed(\"src/**\"); "
+                                         "failure() / always() run the step after a "
+                                         "failure before it (never cached)."},
         "description": {**_TEXT, "description": "Free text; not part of the cache key."},
         "resources": _resources("the step's container"),
         "matrix": _matrix(),
@@ -215,6 +217,11 @@ def _step() -> dict[str, Any]:
                       _list({"type": "integer", "minimum": 1, "maximum": 255},
                             "Exit codes that may fail.")]},
         "retry": _retry(),
+        "reports": _object(loader.REPORTS_KEYS, {
+            "junit": _patterns("JUnit XML files the step writes (paths or globs relative "
+                               "to the workspace), read however it exits: totals on its "
+                               "[PASS]/[FAIL] line, stored with its result."),
+        }, "reports", description="Test reports the step writes."),
         "context": _list({"enum": list(CONTEXT_VARS)},
                          "Run context the step's container gets as variables (only these "
                          "enter its cache key)."),

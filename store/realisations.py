@@ -58,6 +58,10 @@ class Realisation:
     step: str = ""
     stack: tuple[str, ...] = ()  # the artifact trees a dependent is handed, bottom first
     scope: str = ""              # "" shared; "ref:<ref>" or "quarantine:<ref>" (kata.keys.Scope)
+    # the blob of the step's test report (kata.realise.reports), "" for none; encoded only
+    # when set (in the file's map and as an extra last item of the index's form), so every
+    # record without one keeps its bytes
+    report: str = ""
 
     def __post_init__(self) -> None:
         check_digest(self.outputs)
@@ -76,22 +80,31 @@ class Realisation:
             object.__setattr__(self, "stack", tuple(self.stack))
         for digest in self.stack:
             check_digest(digest)
+        if not isinstance(self.report, str):
+            raise StoreError("store.bad_realisation", "report must be a string")
+        if self.report:
+            check_digest(self.report)
 
     def objects(self) -> tuple[str, ...]:
         """The objects this realisation points at (gc keeps them while it lives; a hit
         needs every one intact): outputs, log, and every tree of the stack."""
         found = [self.outputs] + ([self.log] if self.log else [])
+        found += [self.report] if self.report else []
         return tuple(dict.fromkeys(found + list(self.stack)))
 
     def encode(self) -> bytes:
         data = {f: getattr(self, f) for f in _FIELDS}
         data["stack"] = list(self.stack)
         data["format"] = FORMAT
+        if self.report:
+            data["report"] = self.report
         return msgpack.packb(dict(sorted(data.items())), use_bin_type=True)
 
     def index_encode(self) -> bytes:
         """The compact positional form the host-local index keeps (not a file format)."""
-        return msgpack.packb([getattr(self, f) for f in _FIELDS], use_bin_type=True)
+        values = [getattr(self, f) for f in _FIELDS]
+        return msgpack.packb(values + [self.report] if self.report else values,
+                             use_bin_type=True)
 
     @classmethod
     def index_decode(cls, raw: bytes) -> "Realisation":
@@ -99,12 +112,13 @@ class Realisation:
         re-validated: this is the hot path of a fully cached run. An index written by an
         older kata (seven fields, the last ``meta``) is mapped like an old record."""
         values = msgpack.unpackb(raw, raw=False)
-        if len(values) != len(_FIELDS):
+        if len(values) not in (len(_FIELDS), len(_FIELDS) + 1):
             return cls(**_from_old(dict(zip(_OLD_FIELDS, values))))
         obj = _new(cls)
         for setter, value in zip(_SETTERS, values):
             setter(obj, value)
         _set_stack(obj, tuple(values[_STACK]))
+        _set_report(obj, values[-1] if len(values) > len(_FIELDS) else "")
         return obj
 
     @classmethod
@@ -142,4 +156,5 @@ _OLD_FIELDS = ("outputs", "log", "exit_status", "duration", "host", "created", "
 _STACK = _FIELDS.index("stack")
 _SETTERS = tuple(getattr(Realisation, f).__set__ for f in _FIELDS)
 _set_stack = Realisation.stack.__set__  # type: ignore[attr-defined]
+_set_report = Realisation.report.__set__  # type: ignore[attr-defined]
 _new = object.__new__

@@ -37,7 +37,7 @@ import msgpack
 from .errors import StoreError
 
 FORMAT = "kata-run/1"
-SUMMARY_VERSION = 1  # the first element of an encoded RunSummary (encode_summary)
+SUMMARY_VERSION = 2  # the first element of an encoded RunSummary (encode_summary)
 PHASES_VERSION = 1  # the first element of an encoded ``phases`` list
 _FIELDS: dict[type, frozenset[str]] = {}  # a record type's field names (decoding, read often)
 _RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
@@ -101,6 +101,7 @@ class StepRecord:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service, log digest)
     attempts: int = 1  # attempts made (`retry:`); only the last one's result is recorded
+    report: str = ""  # the step's test report blob (`reports:`), "" none
     needs: tuple[str, ...] = ()  # the step's dependencies (names), as the graph had them
     phases: Phases | None = None  # when it was queued, prepared, ran (None: not recorded)
 
@@ -110,6 +111,8 @@ class StepRecord:
         # defaults are left out: a record without them has the bytes it had before
         if self.attempts == 1:
             del out["attempts"]
+        if not self.report:  # likewise
+            del out["report"]
         if self.needs:
             out["needs"] = list(self.needs)
         else:
@@ -213,7 +216,8 @@ class RunSummary(NamedTuple):
     ``schedule`` with ``--event``, ``local`` without; ``ran``: steps whose container ran,
     ``cached``: steps resolved from the store, ``failed``: failed or cancelled steps;
     ``started``: unix time; ``duration``: wall-clock seconds; ``scope``: the scope its
-    records were written in, "" when shared.
+    records were written in, "" when shared; ``retried``: steps that took more than one
+    attempt (``retry:``).
 
     A named tuple, not a frozen dataclass: a server's first runs page builds 10,000 of
     them from the index, and a tuple is built in one call where a frozen dataclass's
@@ -233,13 +237,15 @@ class RunSummary(NamedTuple):
     started: float
     duration: float
     scope: str = ""
+    retried: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "pipeline": self.pipeline, "ref": self.ref,
                 "commit": self.commit, "event": self.event, "scope": self.scope,
                 "status": self.status,
                 "steps": {"total": self.steps, "ran": self.ran, "cached": self.cached,
-                          "failed": self.failed, "skipped": self.skipped},
+                          "failed": self.failed, "skipped": self.skipped,
+                          "retried": self.retried},
                 "started": _iso_time(self.started), "duration": round(self.duration, 3)}
 
 
@@ -263,7 +269,8 @@ def summarise(record: Run) -> RunSummary:
         cached=sum(1 for s in steps if s.cache == "HIT"),
         failed=sum(1 for s in steps if s.status in ("failed", "cancelled")),
         skipped=sum(1 for s in steps if s.status == "skipped"),
-        started=float(record.started), duration=float(record.wall), scope=record.scope)
+        started=float(record.started), duration=float(record.wall), scope=record.scope,
+        retried=sum(1 for s in steps if s.attempts > 1))
 
 
 def encode_summary(summary: RunSummary | None) -> bytes:

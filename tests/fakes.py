@@ -119,6 +119,9 @@ class FakeStep:
     user: str | None = None
     network: str | None = None
     matrix: dict | None = None  # e.g. {"V": ["p", "q"]}
+    when: str | None = None  # e.g. "failure()"
+    reports: dict | None = None  # e.g. {"junit": ["reports/*.xml"]}
+    allow_failure: bool = False
 
     def to_yaml(self) -> dict:
         out: dict = {"name": self.name, "image": self.image, "commands": list(self.commands)}
@@ -137,6 +140,12 @@ class FakeStep:
             out["services"] = [dict(s) for s in self.services]
         if self.matrix:
             out["matrix"] = dict(self.matrix)
+        if self.when:
+            out["when"] = self.when
+        if self.reports:
+            out["reports"] = dict(self.reports)
+        if self.allow_failure:
+            out["allow_failure"] = True
         if not self.cache:
             out["cache"] = False
         elif self.cache_paths:

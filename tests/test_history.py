@@ -91,7 +91,7 @@ def test_run_summary_fields() -> None:
     assert summarise_run(record).to_json() == {
         "id": "r9", "pipeline": "p", "ref": "refs/heads/main", "commit": "abc",
         "event": "local", "scope": "", "status": "failed",
-        "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1},
+        "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1, "retried": 0},
         "started": "1970-01-02T00:00:00.500Z", "duration": 2.25}
     tagged = summarise_run(dataclasses.replace(record, event="tag", tag="v1"))
     assert (tagged.ref, tagged.event) == ("refs/tags/v1", "tag")

@@ -55,8 +55,8 @@ def test_runs_cache_list_and_events_of_real_runs(kata):
     assert {k: oldest[k] for k in ("pipeline", "ref", "commit", "event", "status", "steps")} == {
         "pipeline": "hist", "ref": "refs/heads/main", "commit": commit, "event": "local",
         "status": "passed",
-        "steps": {"total": 3, "ran": 3, "cached": 0, "failed": 0, "skipped": 0}}
-    assert newest["steps"] == {"total": 3, "ran": 0, "cached": 3, "failed": 0, "skipped": 0}
+        "steps": {"total": 3, "ran": 3, "cached": 0, "failed": 0, "skipped": 0, "retried": 0}}
+    assert newest["steps"] == {"total": 3, "ran": 0, "cached": 3, "failed": 0, "skipped": 0, "retried": 0}
     started = time.mktime(time.strptime(oldest["started"][:19], "%Y-%m-%dT%H:%M:%S")) \
         - time.timezone
     assert before - 2 <= started <= time.time() and 0 < oldest["duration"] < 120

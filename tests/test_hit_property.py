@@ -5,6 +5,11 @@ through the Realiser (real compiler, real store, the store's own LMDB stat cache
 with a local store and once with a store on sshfs reached from two "hosts" (two mounts,
 two state directories, alternating per run).
 
+Some steps are matrix steps (issue 14: ``matrix: {V: [p]}`` or ``[p, q]``): each instance
+is its own unit of the model (its own key, output, stack and cache directory), writes
+``o{i}/v<V>`` with its value appended, and a dependent reads every instance's file (it
+depends on all of them).
+
 Each step i sees ``src/i/**`` (and ``shared/**`` when drawn so), the artifacts of every
 step it depends on (transitively) and, when drawn so, a cache directory keyed by the glob
 ``req/i/*.txt``. It prints one line per file it sees (kind, path, sha256 or link target),
@@ -84,6 +89,7 @@ class StepShape:
     deps: tuple[int, ...]
     shared: bool  # also sees shared/**
     cache: bool  # has cache.paths [cachedir/] keyed by req/i/*.txt
+    matrix: tuple[str, ...] = ()  # its matrix values (V); () a plain step
 
 
 @st.composite
@@ -91,7 +97,8 @@ def cases(draw) -> tuple[tuple[StepShape, ...], list[list[tuple[str, int, int]]]
     n = draw(st.integers(min_value=1, max_value=4))
     shapes = tuple(
         StepShape(deps=tuple(sorted(draw(st.sets(st.integers(0, i - 1), max_size=2)))) if i else (),
-                  shared=draw(st.booleans()), cache=draw(st.booleans()))
+                  shared=draw(st.booleans()), cache=draw(st.booleans()),
+                  matrix=draw(st.sampled_from([(), (), ("p",), ("p", "q")])))
         for i in range(n))
     kinds = EDITS + (HEAL_AND_SCOPE_EDITS if ENABLE_HEAL_AND_SCOPE_EDITS else ())
     edit = st.tuples(st.sampled_from(kinds), st.integers(0, n), st.integers(0, 2**32 - 1))
@@ -101,6 +108,13 @@ def cases(draw) -> tuple[tuple[StepShape, ...], list[list[tuple[str, int, int]]]
             if draw(st.booleans()):
                 edits.append(("other_ref", 0, draw(st.integers(0, 1))))
     return shapes, rounds
+
+
+def _units(shapes: tuple[StepShape, ...]) -> list[tuple[int, str, str]]:
+    """(step index, matrix value or "", step name) of every step a run has: a matrix
+    step's instances in value order, where the matrix step is."""
+    return [unit for i, s in enumerate(shapes)
+            for unit in ([(i, v, f"s{i} (V={v})") for v in s.matrix] or [(i, "", f"s{i}")])]
 
 
 def _steps(shapes: tuple[StepShape, ...]) -> list[FakeStep]:
@@ -119,15 +133,17 @@ def _steps(shapes: tuple[StepShape, ...]) -> list[FakeStep]:
             'elif [ -x "$p" ]; then echo "X $p $(sha256sum < "$p" | cut -c1-64)"; '
             'else echo "F $p $(sha256sum < "$p" | cut -c1-64)"; fi; done',
             f"mkdir -p o{i}",
-            f"for p in $(find src/{i} -type f | sort); do cat \"$p\"; done | tr -d ' ' > o{i}/v",
-            *(f"cat o{d}/v >> o{i}/v" for d in s.deps),
+            f"for p in $(find src/{i} -type f | sort); do cat \"$p\"; done | tr -d ' ' > o{i}/v$V",
+            f'printf %s "$V" >> o{i}/v$V',  # a plain step has no V: nothing
+            *(f"cat o{d}/v* >> o{i}/v$V" for d in s.deps),
         ]
         out.append(FakeStep(
             f"s{i}", commands=tuple(cmds), depends_on=tuple(f"s{d}" for d in s.deps),
             inputs=(f"src/{i}/**",) + (("shared/**",) if s.shared else ()),
             artifacts=(f"o{i}/",),
             cache_paths=("cachedir/",) if s.cache else (),
-            key_files=(f"req/{i}/*.txt",) if s.cache else ()))
+            key_files=(f"req/{i}/*.txt",) if s.cache else (),
+            matrix={"V": list(s.matrix)} if s.matrix else None))
     return out
 
 
@@ -252,17 +268,29 @@ def _files_view(repo: Path, rel_dir: str) -> list[str]:
 
 @dataclass
 class Model:
-    """What each step must see and make, from the files on disk."""
+    """What each step must see and make, from the files on disk. ``own`` and
+    ``key_files`` are per step (index i), ``out`` and ``stacks`` per unit (index u of
+    ``_units``: a matrix step's instances are units of their own)."""
 
     shapes: tuple[StepShape, ...]
     repo: Path
     out: list[bytes] = field(default_factory=list)
     own: list[tuple[str, ...]] = field(default_factory=list)  # own inputs' view lines
     key_files: list[tuple[str, ...]] = field(default_factory=list)
-    stacks: list[tuple[tuple[int, bytes], ...]] = field(default_factory=list)
+    stacks: list[tuple[tuple[int, str, bytes], ...]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.units = _units(self.shapes)
+        self.of_step = {i: [u for u, (j, _, _) in enumerate(self.units) if j == i]
+                        for i in range(len(self.shapes))}
+
+    def dep_units(self, u: int) -> list[int]:
+        """The units unit u depends on, in the realiser's order (depends_on, then value)."""
+        return [d for dep in self.shapes[self.units[u][0]].deps for d in self.of_step[dep]]
 
     def refresh(self) -> None:
         self.out, self.own, self.key_files, self.stacks = [], [], [], []
+        made: list[bytes] = []
         for i, s in enumerate(self.shapes):
             own = _files_view(self.repo, f"src/{i}") + (
                 _files_view(self.repo, "shared") if s.shared else [])
@@ -271,31 +299,35 @@ class Model:
                                   if s.cache else ())
             d = self.repo / "src" / str(i)
             files = sorted(p for p in d.rglob("*") if p.is_file() and not p.is_symlink())
-            made = b"".join(p.read_bytes() for p in files).replace(b" ", b"")
-            self.out.append(made + b"".join(self.out[dep] for dep in s.deps))
-            merged: dict[tuple[int, bytes], None] = {}
-            for dep in s.deps:  # the realiser's stack: dependencies' stacks, then its own
-                for tree in self.stacks[dep]:
+            made.append(b"".join(p.read_bytes() for p in files).replace(b" ", b""))
+        for u, (i, v, _) in enumerate(self.units):
+            handed = b"".join(self.out[d] for d in self.dep_units(u))  # o{d}/v* in name order
+            self.out.append(made[i] + v.encode() + handed)
+            merged: dict[tuple[int, str, bytes], None] = {}
+            for d in self.dep_units(u):  # the realiser's stack: dependencies', then its own
+                for tree in self.stacks[d]:
                     merged.setdefault(tree)
-            merged.setdefault((i, self.out[i]))
+            merged.setdefault((i, v, self.out[u]))
             self.stacks.append(tuple(merged))
 
-    def key(self, i: int) -> tuple:
+    def key(self, u: int) -> tuple:
         """Equal keys, equal work: what the resolved hash covers (early cutoff)."""
-        return (i, self.own[i], self.key_files[i],
-                tuple(self.stacks[d] for d in self.shapes[i].deps))
+        i, v, _ = self.units[u]
+        return (i, v, self.own[i], self.key_files[i],
+                tuple(self.stacks[d] for d in self.dep_units(u)))
 
-    def view(self, i: int) -> list[str]:
-        seen = list(self.own[i])
-        for j, made in self.stacks[i][:-1]:  # every artifact below its own
-            seen.append(f"F ./o{j}/v {_sha(made)}")
+    def view(self, u: int) -> list[str]:
+        seen = list(self.own[self.units[u][0]])
+        for j, w, made in self.stacks[u][:-1]:  # every artifact below its own
+            seen.append(f"F ./o{j}/v{w} {_sha(made)}")
         return sorted(seen)
 
-    def tree(self, i: int) -> str:
+    def tree(self, u: int) -> str:
+        i, v, _ = self.units[u]
         with tempfile.TemporaryDirectory(prefix="kata-model-") as tmp:
             (Path(tmp) / f"o{i}").mkdir()
-            (Path(tmp) / f"o{i}" / "v").write_bytes(self.out[i])
-            os.chmod(Path(tmp) / f"o{i}" / "v", 0o644)
+            (Path(tmp) / f"o{i}" / f"v{v}").write_bytes(self.out[u])
+            os.chmod(Path(tmp) / f"o{i}" / f"v{v}", 0o644)
             return "sha256:" + _sha(pack_bytes(tmp, [f"o{i}"]))
 
 
@@ -324,11 +356,12 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
     repo.mkdir()
     _init_repo(repo, shapes)
     steps = _steps(shapes)
-    names = [f"s{i}" for i in range(len(shapes))]
     model = Model(shapes, repo)
+    names = [name for _, _, name in model.units]
     realised: dict[tuple, set[str]] = {}  # model key -> the objects its realisation names
     tokens: dict[str, tuple[int, tuple[str, ...], str]] = {}  # cache token -> (step, key files, ref)
     damaged: set[str] = set()
+    pending: set[str] = set()  # damaged objects no record has named intact since
     named: tuple[str, ...] = ()  # the objects the last run's step records name
     for number, edits in enumerate([[]] + rounds):
         ref = MAIN
@@ -340,10 +373,13 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
                 hit_objects.add(got["object"])
                 damaged.add(got["object"])
         model.refresh()
-        keys = [model.key(i) for i in range(len(shapes))]
+        keys = [model.key(u) for u in range(len(names))]
         changed = {names[i] for i, k in enumerate(keys) if k not in realised}
+        # an object damaged in an earlier round stays damaged until a record names it
+        # intact again: a key realised before it may rebuild when it comes back
+        pending |= hit_objects
         affected = {names[i] for i, k in enumerate(keys)
-                    if realised.get(k, set()) & hit_objects}
+                    if realised.get(k, set()) & pending}
         host = hosts[number % len(hosts)]
         store = Store.open(host.root, state_dir=host.state)
         try:
@@ -358,7 +394,7 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
             where = f"round {number}, edits {edits}, ref {ref}, shapes {shapes}"
             assert result.ok, (where, [e for e in events if isinstance(e, ev.StepFailed)])
             ran = {e.step for e in events if isinstance(e, ev.StepStarted)}
-            if hit_objects:  # a damaged object may force its users to rebuild, no others
+            if pending:  # a damaged object may force its users to rebuild, no others
                 assert changed <= ran <= changed | affected, (where, ran, changed, affected)
             else:
                 assert ran == changed, (where, ran, changed)
@@ -390,6 +426,7 @@ def run_case(shapes, rounds, hosts: list[Host], runtime, busybox_digest, tmp: Pa
                 realised.setdefault(keys[i], set()).update(real.objects())
                 current.extend(real.objects())
             named = tuple(dict.fromkeys(current))
+            pending -= set(current)  # every one of them was just read back intact
             _check_cache_dirs(model, names, ran, lines, tokens, ref, bool(damaged), where)
         finally:
             store.close()
@@ -399,23 +436,24 @@ def _check_cache_dirs(model, names, ran, lines, tokens, ref, after_damage, where
     """A restored cache directory was written by this step under these key files, from a
     ref this run may read (never another ref's on the default branch); and until the
     test damaged an object, one saved in a readable scope is restored."""
-    for i, name in enumerate(names):
+    for u, name in enumerate(names):
+        i = model.units[u][0]
         if not model.shapes[i].cache or name not in ran:
             continue
         (restored,) = [x[2:] for x in lines[name] if x.startswith("C ")]
         (written,) = [x[2:] for x in lines[name] if x.startswith("W ")]
         allowed = [t for t, (j, kf, r) in tokens.items()
-                   if j == i and kf == model.key_files[i] and r in _readable_refs(ref)]
+                   if j == u and kf == model.key_files[i] and r in _readable_refs(ref)]
         if restored != "none":
             assert restored in tokens, (where, name, "restored a token nobody wrote")
             j, kf, r = tokens[restored]
-            assert (j, kf) == (i, model.key_files[i]), (where, name, "stale cache directory")
+            assert (j, kf) == (u, model.key_files[i]), (where, name, "stale cache directory")
             if ref == MAIN:
                 assert r == MAIN, (where, name, f"{r}'s cache directory restored on {MAIN}")
             assert r in _readable_refs(ref), (where, name, f"{r}'s cache restored on {ref}")
         elif allowed and not after_damage:
             raise AssertionError((where, name, "a saved cache directory was not restored"))
-        tokens[written] = (i, model.key_files[i], ref)
+        tokens[written] = (u, model.key_files[i], ref)
 
 
 @contextmanager
@@ -445,6 +483,15 @@ REGRESSIONS = [
     # copy is damaged; the store kept the damaged copy and the new record named it
     ((_CHAIN[0], StepShape(deps=(0,), shared=True, cache=True)),
      [[("same_size", 2, 8018)], [("mode", 2, 536870913), ("damage", 1, 237778062)]]),
+    # a damage in one round, the damaged record's key back two rounds later: a rebuild
+    ((StepShape(deps=(), shared=False, cache=False),),
+     [[("same_size", 0, 0)], [("retarget", 0, 0), ("damage", 1, 1003)], [("retarget", 0, 1)]]),
+    # issue 14: a matrix step with a cache directory per instance, a plain dependent of
+    # both instances, a matrix dependent of a plain step; edits one instance sees through
+    ((StepShape(deps=(), shared=True, cache=True, matrix=("p", "q")),
+      StepShape(deps=(0,), shared=False, cache=False),
+      StepShape(deps=(1,), shared=False, cache=True, matrix=("p",))),
+     [[("content", 0, 14)], [("cutoff", 0, 15), ("key_files", 0, 16)], [("same_size", 3, 17)]]),
 ]
 
 

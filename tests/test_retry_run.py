@@ -82,6 +82,11 @@ def test_a_flaky_step_passes_on_its_second_attempt_and_only_that_is_recorded(kat
     assert out[0].startswith("== flaky: passed, attempt 2, ")
     assert out[1:] == ["attempt 1", "kata: attempt 1/3 failed (exit 1); attempt 2/3",
                        "attempt 2"]
+    listed = kata("runs")
+    assert listed.returncode == 0, listed.stderr
+    assert "passed (1 retried)" in listed.stdout.splitlines()[1]
+    doc = json.loads(kata("runs", "--json").stdout)
+    assert doc["runs"][0]["steps"]["retried"] == 1
 
     # recorded as a success: the next run is a hit, nothing asks the counter again
     second = kata("run", "--step", "flaky", "--json")

@@ -51,7 +51,8 @@ def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: i
         click.echo("No runs recorded" + (f" for pipeline {pipeline!r}." if pipeline else "."))
         return
     rows = [(r.id, r.pipeline, r.ref.removeprefix("refs/heads/").removeprefix("refs/") or "-",
-             r.event, r.status, f"{r.ran}/{r.cached}/{r.failed}", local_time(r.started),
+             r.event, r.status + (f" ({r.retried} retried)" if r.retried else ""),
+             f"{r.ran}/{r.cached}/{r.failed}", local_time(r.started),
              f"{r.duration:.1f}s") for r in found]
     for line in table(("RUN", "PIPELINE", "REF", "EVENT", "STATUS", "RAN/CACHED/FAILED",
                        "STARTED", "DURATION"), rows):

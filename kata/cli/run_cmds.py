@@ -163,7 +163,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     from kata.inputs import RehashStatCache
     from kata.realise.events import process_started
     from kata.realise.plan import (condition_skips, context_values, plan_entries, plan_run,
-                                   select_targets)
+                                   select_targets, status_steps)
     from kata.realise.realiser import Realiser, RealiseOptions
     from kata.realise.scheduler import ForcedInterrupt
     from kata.secrets import MIN_SECRET_LENGTH, SecretSource, unmaskable
@@ -216,6 +216,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             git_event=event or "",
             git_tag=cond_ctx.tag if event else "",
             skip=condition_skips(pipeline, cond_ctx),
+            statuses=status_steps(pipeline, cond_ctx),
             scope=scope,
             started=process_started(),  # [DONE]'s wall time is what the user waited
         )
@@ -591,11 +592,19 @@ def _pipeline_name(ctx: click.Context) -> str | None:
     return pipeline.name
 
 
+def _tests(store, entry) -> str:  # noqa: ANN001
+    """`` — 2 passed, 1 failed`` when the step recorded a test report."""
+    from kata.realise.records import read_report
+
+    report = read_report(store, getattr(entry, "report", ""))
+    return f" — {report.summary()}" if report is not None else ""
+
+
 def _print_log(store, record, entry) -> None:  # noqa: ANN001
     name, status = entry.name, entry.status
     if entry.cache == "HIT":
         by = entry.produced_by or "an earlier run"
-        head = f"== {name}: cached — output of run {by} =="
+        head = f"== {name}: cached — output of run {by}{_tests(store, entry)} =="
     elif status == "skipped":
         head = f"== {name}: skipped ({entry.message}) =="
     else:
@@ -603,7 +612,7 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
         extra = f", exit {exit_status}" if exit_status not in (None, 0) else ""
         if getattr(entry, "attempts", 1) > 1:
             extra += f", attempt {entry.attempts}"
-        head = f"== {name}: {status}{extra}, {float(entry.duration or 0):.1f}s =="
+        head = f"== {name}: {status}{extra}, {float(entry.duration or 0):.1f}s{_tests(store, entry)} =="
     click.echo(head)
     digest = entry.log
     if not digest:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from kata.realise.reports import TestReport
 
 # the version of every --json document and event line kata writes (docs/json.md); bumped
 # when a field changes meaning or goes away, not when one is added
@@ -74,6 +77,8 @@ class StepPassed:
     step: str
     duration: float
     cached: bool = False
+    # `reports:`: the step's test report (on a hit: of the run that built it); None: none
+    report: "TestReport | None" = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +89,7 @@ class StepFailed:
     message: str = ""  # "timed out after 5s", "artifact dist/ was not produced", ...
     reason: str = "step.failed"
     allowed: bool = False  # `allow_failure:` covers it: a warning, the run goes on
+    report: "TestReport | None" = None  # `reports:`: the step's test report; None: none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +194,8 @@ def to_dict(event: Event) -> dict[str, object]:
     data: dict[str, object] = {"event": _KIND[cls]}
     for name in names:
         value = getattr(event, name)
+        if hasattr(value, "to_json"):  # a TestReport
+            value = value.to_json()
         data[name] = list(value) if isinstance(value, tuple) else value
     return data
 

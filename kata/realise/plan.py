@@ -14,6 +14,9 @@ Rules:
   depending on it (a skipped step's dependents cannot run);
 - in an untrusted scope a step that declares a secret (itself or in a service) is
   skipped, and its dependents with it (``kata.trust.withheld``): the run resolves no value;
+- a status step (``when: failure()``/``always()``, :func:`status_steps`) is not skipped
+  with a dependency a condition skipped: the scheduler decides it once every step before
+  it (:func:`status_waits`) has ended; it is never cached;
 - a step is looked up only when it caches: the cache is on (not ``--no-cache``, not
   ``settings.cache_enabled: false``), its ``cache:`` is not false, and it declares no
   secret unless ``cache: true`` says so (``Step.cacheable``).
@@ -104,6 +107,8 @@ def miss_reason(step: "Step", use_cache: bool) -> str:
         return "--no-cache"
     if not step.cache.enabled:
         return "cache: false"
+    if step.on_status:
+        return "when: failure()/always() (never cached; runs once the steps before it ended)"
     if not step.cacheable:
         return "declares secrets (cache: true caches it)"
     return ""
@@ -125,14 +130,15 @@ def gated(graph: "DerivationGraph", use_cache: bool) -> dict[str, str]:
     return out
 
 
-def excluded(graph: "DerivationGraph", skip: Mapping[str, str]) -> dict[str, str]:
+def excluded(graph: "DerivationGraph", skip: Mapping[str, str],
+             statuses: Mapping[str, bool] | None = None) -> dict[str, str]:
     """Steps skipped by a condition (``skip``: step -> why), and everything depending
-    on them, in topological order."""
+    on them but the status steps (``statuses``), in topological order."""
     out: dict[str, str] = {}
     for name in graph.order:
         if name in skip:
             out[name] = skip[name]
-        else:
+        elif name not in (statuses or {}):
             off = [d for d in graph.nodes[name].deps if d in out]
             if off:
                 out[name] = f"dependency {off[0]} skipped"
@@ -174,15 +180,74 @@ def select_targets(graph: "DerivationGraph", *, steps: Sequence[str] = (),
 
 
 def condition_skips(pipeline: "Pipeline", ctx: "Context") -> dict[str, str]:
-    """Steps whose ``only:`` or ``when:`` is false in this run's git context, with why."""
+    """Steps whose ``only:`` or ``when:`` is false in this run's git context, with why
+    (a ``when:`` with a status function: false whether or not a step before it fails)."""
+    from kata.conditions import status_gate
     from kata.triggers import explain
 
     out = {}
     for step in pipeline.steps:
         for what, cond in (("only", step.only), ("when", step.when)):
-            if cond is not None and not cond.evaluate(ctx):
+            if cond is None:
+                continue
+            if not (any(status_gate(cond, ctx)) if what == "when" else cond.evaluate(ctx)):
                 out[step.name] = f"{what}: {explain(cond, ctx)}"
                 break
+    return out
+
+
+def status_steps(pipeline: "Pipeline", ctx: "Context") -> dict[str, bool]:
+    """The run's status steps: those whose ``when:`` is true when a step before them
+    failed (``failure()``, ``always()``, ``failure() or branch == "main"``...) in this
+    git context; step -> whether it also runs when none failed (``always()``)."""
+    from kata.conditions import status_gate
+
+    out = {}
+    for step in pipeline.steps:
+        if step.when is not None and step.on_status:
+            on_success, on_failure = status_gate(step.when, ctx)
+            if on_failure:
+                out[step.name] = on_success
+    return out
+
+
+def status_waits(graph: "DerivationGraph", statuses: Mapping[str, bool]) -> dict[str, tuple[str, ...]]:
+    """What each status step waits for and looks at ("the steps before it"): the steps it
+    depends on, transitively, and every step listed above it in the file (a matrix's
+    instances where the matrix step is) that does not itself wait for it. Status steps
+    are taken in file order, so a later one never makes an earlier one wait for it: the
+    graph stays acyclic. Pure; step -> steps in topological order."""
+    nodes = graph.nodes
+    topo = {n: i for i, n in enumerate(graph.order)}
+    edges: dict[str, set[str]] = {n: set(nodes[n].deps) for n in graph.order}
+    file_order = [s.name for s in graph.pipeline.steps if s.name in nodes]
+
+    def reach(name: str, links: Mapping[str, set[str]]) -> set[str]:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            for d in links[stack.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    stack.append(d)
+        return seen
+
+    def upstream(name: str) -> set[str]:
+        return reach(name, edges)
+
+    out: dict[str, tuple[str, ...]] = {}
+    for i, name in enumerate(file_order):
+        if name not in statuses:
+            continue
+        dependents: dict[str, set[str]] = {n: set() for n in edges}
+        for n, ds in edges.items():
+            for d in ds:
+                dependents[d].add(n)
+        downstream = reach(name, dependents)
+        family = nodes[name].step.matrix_of  # instances of one matrix step: side by side
+        edges[name] |= {e for e in file_order[:i] if e not in downstream
+                        and not (family and nodes[e].step.matrix_of == family)}
+        out[name] = tuple(sorted(upstream(name), key=topo.__getitem__))
     return out
 
 
@@ -201,7 +266,8 @@ def check(graph: "DerivationGraph", targets: Sequence[str] | None) -> None:
 
 def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
               skip: Mapping[str, str], use_cache: bool,
-              lookup: Callable[[str], Looked], scope: Scope = Scope()) -> Plan:
+              lookup: Callable[[str], Looked], scope: Scope = Scope(),
+              statuses: Mapping[str, bool] | None = None) -> Plan:
     """Decide the run. ``lookup(derivation hash)`` reads the store in the run's scope;
     ``scope.trusted`` False withholds secrets (``kata.trust.skips``; a condition's reason
     wins). Raises ``target.unknown`` for a target that is no step, ``image.unresolved``
@@ -209,7 +275,7 @@ def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
     nodes = graph.nodes
     check(graph, targets)
     withheld = trust.skips((nodes[n].step for n in graph.order), scope)
-    off = excluded(graph, {**withheld, **skip})
+    off = excluded(graph, {**withheld, **skip}, statuses)
     wanted = set(targets) if targets else set(graph.order)
     waits = gated(graph, use_cache)
     plans: dict[str, StepPlan] = {}
@@ -278,7 +344,7 @@ def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions"
     return make_plan(graph, targets=options.targets, skip=options.skip,
                      use_cache=options.use_cache,
                      lookup=Lookup(store, options.scope, heal=heal, remote=remote).step,
-                     scope=options.scope)
+                     scope=options.scope, statuses=options.statuses)
 
 
 def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | None") -> None:

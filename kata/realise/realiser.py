@@ -41,7 +41,7 @@ from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
     DAMAGED, NOT_STORED, Plan, StepPlan, caches, check, make_plan, miss_reason, plan_entries,
-    plan_run, prefetch,
+    plan_run, prefetch, status_waits,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from kata.compile import DerivationGraph, Node
     from kata.remote.actioncache import RemoteRecord
     from kata.remote.cache import RemoteCache
+    from kata.realise.reports import TestReport
 
 image_of = specs.image_of  # kept importable from here
 _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
@@ -149,7 +150,7 @@ class Realiser:
         prefetch(self.graph, self.options.use_cache, self.remote)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
                          use_cache=self.options.use_cache, lookup=self._lookup.step,
-                         scope=self.options.scope)
+                         scope=self.options.scope, statuses=self.options.statuses)
 
     def dry_run(self) -> list[PlanEntry]:
         return plan_entries(self.graph, self.plan(heal=False))
@@ -187,10 +188,12 @@ class Realiser:
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
                 deps = {n: self.graph.nodes[n].deps for n in self.graph.order}
+                deps.update(status_waits(self.graph, self.options.statuses))
                 max_parallel = self.options.max_parallel or os.cpu_count() or 1
                 sched = schedule(to_run, deps, self._work, max_parallel=max_parallel,
                                  fail_fast=self.options.fail_fast, timeout=self.options.timeout,
-                                 on_skip=self._skipped, on_start=self._started_together)
+                                 on_skip=self._skipped, on_start=self._started_together,
+                                 statuses=self.options.statuses)
         finally:
             if run_dir.exists():
                 try:
@@ -260,8 +263,9 @@ class Realiser:
         dependencies' stacks in ``depends_on`` order, then its own output tree.
         """
         seen: dict[str, None] = {}
+        status_step = name in self.options.statuses  # sees what passed of its dependencies
         for dep in self.graph.nodes[name].deps:
-            for tree in self._stacks[dep]:
+            for tree in (self._stacks.get(dep, ()) if status_step else self._stacks[dep]):
                 seen.setdefault(tree)
         return tuple(seen)
 
@@ -285,10 +289,11 @@ class Realiser:
         self._set(StepResult(name=name, status="passed", cache="HIT",
                              drv_hash=self.graph.nodes[name].drv_hash or "", key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",
-                             outputs=real.outputs, produced_by=real.run,
+                             outputs=real.outputs, produced_by=real.run, report=real.report,
                              phases=Phases(ready=now, started=now, running=now, ended=now)),
                   stack)
-        self.emit(ev.StepPassed(step=name, duration=0.0, cached=True))
+        self.emit(ev.StepPassed(step=name, duration=0.0, cached=True,
+                                report=self.records.report(real)))
 
     def _skipped(self, name: str, reason: str) -> None:
         self._set(StepResult(name=name, status="skipped",
@@ -551,7 +556,7 @@ class Realiser:
             attempt = 1
             while True:  # every attempt in a fresh workspace, all of them in the one log
                 started = time.monotonic()
-                exit_status, reason, message, outputs = self._attempt(
+                exit_status, reason, message, outputs, report = self._attempt(
                     name, node, cancel, log, log_lock, service_logs)
                 duration = time.monotonic() - started  # the final attempt's, as recorded
                 if not reason or attempt >= attempts or cancel.is_set() \
@@ -574,28 +579,35 @@ class Realiser:
             for sname, slog in service_logs.items():
                 slog.seek(0)
                 digests.append((sname, self.store.put_blob(slog)))
+        # the report as a blob: the realisation names it (a hit shows it), the run record too
+        report_digest = self.store.put_blob(report.encode()) if report is not None else ""
         if exit_status == 0 and not reason:
             self._passed(name, node, resolved, outputs, log_digest, duration, tuple(digests),
-                         attempts=attempt)
+                         attempts=attempt, report=report, report_digest=report_digest)
             return True
         allowed = step.allows(reason or "step.failed", exit_status)
         status = "cancelled" if reason == "step.cancelled" else "allowed" if allowed else "failed"
         self._set(StepResult(name=name, status=status, cache="MISS", drv_hash=node.drv_hash or "",
                              key=resolved or node.drv_hash or "", duration=duration,
                              exit_status=exit_status, log=log_digest, message=message,
-                             service_logs=tuple(digests), attempts=attempt))
+                             service_logs=tuple(digests), attempts=attempt,
+                             report=report_digest))
         self.emit(ev.StepFailed(step=name, exit_status=exit_status, duration=duration,
-                                message=message, reason=reason or "step.failed", allowed=allowed))
+                                message=message, reason=reason or "step.failed", allowed=allowed,
+                                report=report))
         return ALLOWED if allowed else False
 
     def _attempt(self, name: str, node: "Node", cancel: Cancel, log: IO[bytes],
                  log_lock: threading.Lock, service_logs: dict[str, IO[bytes]],
-                 ) -> tuple[int | None, str, str, str]:
+                 ) -> tuple[int | None, str, str, str, "TestReport | None"]:
         """One attempt in a fresh workspace: (exit status, reason, masked message, output
-        tree); reason "" when it passed. Its output goes to ``log`` as it comes."""
+        tree, test report); reason "" when it passed. Its output goes to ``log`` as it
+        comes. The report (``reports:``) is read from the workspace however the step
+        exited, before its artifacts are collected."""
         step = node.step
         exit_status: int | None = None
         message = reason = outputs = ""
+        report = None
         try:
             with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
                 try:
@@ -603,6 +615,8 @@ class Realiser:
                                                       log_lock, service_logs)
                 except KataError as err:  # e.g. a missing secret, an image not found
                     message, reason = err.message, err.reason
+                if step.junit_reports and exit_status is not None and not cancel.is_set():
+                    report = self._report(ws.path, step.junit_reports)
                 if reason:
                     pass
                 elif exit_status == 0:
@@ -627,7 +641,26 @@ class Realiser:
         if message and reason != "step.failed":
             with log_lock:
                 log.write(f"kata: {message}".encode() + b"\n")
-        return exit_status, reason, message, outputs
+        return exit_status, reason, message, outputs, report
+
+    def _report(self, workdir: Path, patterns: tuple[str, ...]) -> "TestReport":
+        """The step's test report, its names, lines and paths masked (a test may print a
+        secret); a fault reading the workspace is a warning in it, never a failure."""
+        from kata.realise.reports import FailedTest, TestReport, collect
+
+        try:
+            report = collect(workdir, patterns)
+        except OSError as err:
+            return TestReport(warnings=(f"not read ({err.strerror or err})",))
+
+        def mask(text: str) -> str:
+            return self._masker.mask(text.encode()).decode("utf-8", "replace")
+
+        return dataclasses.replace(
+            report, failures=tuple(FailedTest(name=mask(f.name), line=mask(f.line))
+                                   for f in report.failures),
+            files=tuple(mask(f) for f in report.files),
+            warnings=tuple(mask(w) for w in report.warnings))
 
     def _collect(self, node: "Node", workdir: Path) -> tuple[str, str, str]:
         """(reason, message, output tree) of a step that exited 0: its declared artifacts
@@ -647,16 +680,17 @@ class Realiser:
 
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,
                 duration: float, service_logs: tuple[tuple[str, str], ...],
-                attempts: int = 1) -> None:
+                attempts: int = 1, report: "TestReport | None" = None,
+                report_digest: str = "") -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
         self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
-                                 duration=duration, stack=stack)
+                                 duration=duration, stack=stack, report=report_digest)
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,
                              produced_by=self.run_id, service_logs=service_logs,
-                             attempts=attempts), stack)
-        self.emit(ev.StepPassed(step=name, duration=duration))
+                             attempts=attempts, report=report_digest), stack)
+        self.emit(ev.StepPassed(step=name, duration=duration, report=report))
 
     def _running(self, name: str) -> None:
         """The runtime has the step's images: preparing is over, the container is next."""

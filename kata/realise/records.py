@@ -8,6 +8,7 @@ Keys come from ``kata.keys``; reads go through the run's ``Lookup`` (scoped, hea
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from kata.inputs import InputSet
     from kata.remote.actioncache import RemoteRecord
     from kata.remote.cache import RemoteCache
+    from kata.realise.reports import TestReport
 
 
 class Records:
@@ -155,8 +157,9 @@ class Records:
         self.store.put_derivation(node.drv_hash, node.record().encode())
 
     def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
-                    duration: float, stack: tuple[str, ...]) -> None:
-        """Record a step that passed under its derivation and resolved hashes, in scope."""
+                    duration: float, stack: tuple[str, ...], report: str = "") -> None:
+        """Record a step that passed under its derivation and resolved hashes, in scope
+        (``report``: its test report's blob, "" for none; the realisation names it)."""
         self.derivation(node)
         if not (self.options.record and node.step.cacheable):
             return
@@ -164,6 +167,8 @@ class Records:
         real = self._record(outputs, kind="step", step=node.step.name, log=log,
                             duration=duration, stack=stack,
                             scope="" if scope.trusted else scope.label())
+        if report:
+            real = dataclasses.replace(real, report=report)
         step_keys = tuple(dict.fromkeys(k for k in (node.drv_hash, resolved) if k))
         for key in step_keys:
             self.store.put_realisation(scope.realisation_key(key), real)
@@ -187,6 +192,11 @@ class Records:
         if self.shares(node) and node.drv_hash:
             assert self.remote is not None
             self.remote.alias(node.drv_hash, rec)
+
+    def report(self, real: Realisation) -> "TestReport | None":
+        """The test report a realisation names (None: none, or unreadable: a hit is not
+        lost for its report)."""
+        return read_report(self.store, real.report)
 
     def early_cutoff(self, node: "Node", real: Realisation) -> None:
         """A resolved-hash hit: remember it under the derivation hash too."""
@@ -215,3 +225,16 @@ class Records:
             wall=result.wall, status=status, targets=tuple(o.targets or ()),
             steps=tuple(dataclasses.replace(r.record(), needs=tuple(needs.get(n, ())))
                         for n in order if (r := result.steps.get(n)) is not None)))
+
+
+def read_report(store: Store, digest: str) -> "TestReport | None":
+    """The test report stored as blob ``digest`` ("" or unreadable: None, logged)."""
+    if not digest:
+        return None
+    from kata.realise.reports import TestReport
+
+    try:
+        return TestReport.decode(store.read_blob(digest))
+    except (StoreError, ValueError, OSError) as err:
+        logging.getLogger("kata.realise").warning("test report %s unreadable: %s", digest, err)
+        return None

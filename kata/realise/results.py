@@ -29,6 +29,9 @@ class RealiseOptions:
     git_event: str = ""  # push | tag | pull_request | schedule when run as an event (--event)
     git_tag: str = ""
     skip: Mapping[str, str] = field(default_factory=dict)  # step -> why (e.g. its only: is false)
+    # the status steps of this run (``when: failure()``, ``always()``; kata.realise.plan.
+    # status_steps): step -> whether it also runs when no step before it failed
+    statuses: Mapping[str, bool] = field(default_factory=dict)
     scope: Scope = Scope()  # where scoped entries are read and written (kata.keys.Scope)
     started: float | None = None  # time.monotonic() the user's wait began (the kata process's
     #   start, kata.realise.events.process_started()); None: when run() is called
@@ -60,6 +63,7 @@ class StepResult:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
     attempts: int = 1  # `retry:`: attempts made; the fields above are the last one's
+    report: str = ""  # `reports:`: the test report's blob digest ("" none)
     phases: Phases | None = None  # when it was ready, started, running, ended (unix times)
 
     def record(self) -> StepRecord:

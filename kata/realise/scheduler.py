@@ -19,6 +19,15 @@ Rules:
   raises ``ForcedInterrupt`` at once, without waiting for the running steps;
 - ``work`` raising :class:`Requeue` re-runs the steps it names (even ones outside
   ``order``, given in ``deps``), then the step that raised it;
+- a *status step* (``statuses``: step -> whether it also runs when nothing before it
+  failed; ``when: failure()`` / ``always()``) waits until every step in its ``deps``
+  (for it: every step before it, docs/config.md) has ended, however it ended; it then
+  runs when one of them failed, was cancelled, or was skipped because of a failure or
+  a stop (an allowed failure and a condition's skip are no failure), or when its value
+  says so, and is skipped otherwise ("no step before it failed");
+- ``fail_fast`` neither cancels nor skips status steps and the steps downstream of one
+  (they run once what they wait for has ended); the pipeline timeout, Ctrl-C and an
+  internal error stop them too;
 - ``on_start(names)`` is told, before they are handed to ``work``, the steps started
   in one go (the reporters print ``[RUN] test, lint (parallel)`` for two or more).
 """
@@ -93,10 +102,13 @@ def schedule(
     on_skip: OnSkip = lambda name, reason: None,
     on_start: OnStart = lambda names: None,
     clock: Callable[[], float] = time.monotonic,
+    statuses: Mapping[str, bool] | None = None,
 ) -> ScheduleResult:
-    """Run ``work`` over the DAG; dependencies outside ``order`` count as done."""
+    """Run ``work`` over the DAG; dependencies outside ``order`` count as done.
+    ``statuses``: the status steps (see the module's rules)."""
     assert max_parallel >= 1
     order = list(order)
+    statuses = {n: v for n, v in (statuses or {}).items() if n in order}
     index = {name: i for i, name in enumerate(order)}
     waiting = {name: sum(1 for d in deps.get(name, ()) if d in index) for name in order}
     dependents: dict[str, list[str]] = {name: [] for name in order}
@@ -104,26 +116,60 @@ def schedule(
         for d in deps.get(name, ()):
             if d in index:
                 dependents[d].append(name)
+    spared = set(statuses)  # status steps and what is downstream of them: fail_fast spares them
+    for name in order:
+        if any(d in spared for d in deps.get(name, ())):
+            spared.add(name)
     status: dict[str, Status] = {}
-    ready = [name for name in order if waiting[name] == 0]
+    bad: set[str] = set()  # failed, cancelled, or skipped because of a failure or a stop
+    ready: list[str] = []
     running: dict[Future[bool], tuple[str, Cancel]] = {}
     deadline = None if timeout is None else clock() + timeout
     stop_reason = ""
+    halted = False  # nothing more starts, status steps neither
     interrupted = False
     error: BaseException | None = None
+    skip_reasons: dict[str, str] = {}
 
-    def skip(name: str, reason: str) -> None:
+    def skip(name: str, reason: str, failure: bool = True) -> None:
         if name not in status:
             status[name] = "skipped"
+            skip_reasons[name] = reason
+            if failure:
+                bad.add(name)
             on_skip(name, reason)
+            settle(name)
 
-    def skip_dependents(name: str, why: str = "did not pass") -> None:
-        stack = list(dependents[name])
-        while stack:
-            dep = stack.pop()
-            if dep not in status:
-                skip(dep, f"dependency {name} {why}")
-                stack.extend(dependents[dep])
+    def settle(name: str) -> None:
+        """``name`` has ended: tell its dependents (run, wait on, or skip them)."""
+        state = status[name]
+        for child in dependents[name]:
+            if child in status:
+                continue
+            if child in statuses or state == "passed":
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    decide(child)
+            elif state == "skipped":  # a failure's reason goes down the chain as it was
+                skip(child, skip_reasons[name] if name in bad else f"dependency {name} skipped",
+                     failure=name in bad)
+            else:
+                why = "failed (allowed to fail)" if state == "allowed" else "did not pass"
+                skip(child, f"dependency {name} {why}", failure=name in bad)
+
+    def decide(name: str) -> None:
+        """Everything ``name`` waits for has ended: ready it, or skip a status step."""
+        if halted:
+            return
+        if name in statuses and not statuses[name] and \
+                not any(d in bad for d in deps.get(name, ()) if d in index):
+            skip(name, "no step before it failed", failure=False)
+        elif name not in ready:
+            ready.append(name)
+
+    for name in order:
+        if waiting[name] == 0 and name not in status:
+            decide(name)
 
     def requeue(name: str, again: Sequence[str]) -> None:
         pending = {n for n, _ in running.values()} | set(ready)
@@ -146,16 +192,21 @@ def schedule(
                     waiting[child] += 1
         ready.sort(key=index.__getitem__)
 
-    def stop(reason: str) -> None:
-        nonlocal stop_reason
-        if stop_reason:
+    def stop(reason: str, halt: bool) -> None:
+        """fail_fast (``halt`` False) cancels and skips all but the spared steps; a halt
+        (timeout, Ctrl-C, internal error) everything."""
+        nonlocal stop_reason, halted
+        if halted or (stop_reason and not halt):
             return
         stop_reason = reason
-        for _, cancel in running.values():
-            cancel.cancel(reason)
-        ready.clear()
+        halted = halt
+        for name, cancel in running.values():
+            if halt or name not in spared:
+                cancel.cancel(reason)
+        ready[:] = [] if halt else [n for n in ready if n in spared]
+        busy = {n for n, _ in running.values()}
         for name in order:
-            if name not in status and all(name != n for n, _ in running.values()):
+            if name not in status and name not in busy and (halt or name not in spared):
                 skip(name, reason)
 
     interrupt = threading.Event()
@@ -172,7 +223,8 @@ def schedule(
     try:
         while True:
             batch = []
-            while ready and len(running) + len(batch) < max_parallel and not stop_reason:
+            ready.sort(key=index.__getitem__)
+            while ready and len(running) + len(batch) < max_parallel and not halted:
                 batch.append(ready.pop(0))
             if batch:
                 on_start(tuple(batch))
@@ -185,7 +237,7 @@ def schedule(
             done, _ = wait(list(running), timeout=wait_for, return_when=FIRST_COMPLETED)
             if interrupt.is_set() and not interrupted:
                 interrupted = True
-                stop("interrupted")
+                stop("interrupted", True)
             for future in sorted(done, key=lambda f: index[running[f][0]]):
                 name, cancel = running.pop(future)
                 exc = future.exception()
@@ -195,29 +247,19 @@ def schedule(
                 if exc is not None and error is None:
                     error = exc
                 outcome = future.result() if exc is None else False
-                if outcome == ALLOWED:
-                    status[name] = "allowed"
-                    skip_dependents(name, "failed (allowed to fail)")
-                    continue
-                passed = outcome is True
-                if passed:
-                    status[name] = "passed"
-                    for child in dependents[name]:
-                        waiting[child] -= 1
-                        if waiting[child] == 0 and child not in status and not stop_reason:
-                            ready.append(child)
-                    ready.sort(key=index.__getitem__)
+                if outcome == ALLOWED or outcome is True:
+                    status[name] = "allowed" if outcome == ALLOWED else "passed"
+                    settle(name)
                     continue
                 status[name] = "cancelled" if cancel.is_set() else "failed"
+                bad.add(name)
                 if exc is not None:
-                    stop(f"internal error in {name}")
-                elif status[name] == "failed":
-                    if fail_fast:
-                        stop(f"fail_fast: {name} failed")
-                    else:
-                        skip_dependents(name)
+                    stop(f"internal error in {name}", True)
+                elif status[name] == "failed" and fail_fast:
+                    stop(f"fail_fast: {name} failed", False)
+                settle(name)
             if deadline is not None and clock() >= deadline and (running or ready):
-                stop("pipeline timeout")
+                stop("pipeline timeout", True)
     except ForcedInterrupt:
         for _, cancel in running.values():
             cancel.cancel("interrupted")

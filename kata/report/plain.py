@@ -36,15 +36,21 @@ def line(event: ev.Event) -> str | None:
         case ev.OutputLine():
             return f"{event.step} | {event.text}"
         case ev.StepPassed():
-            return None if event.cached else f"[PASS] {event.step} ({seconds(event.duration)})"
+            if event.cached:  # a hit says nothing more, unless it has a report to show
+                return None if event.report is None else \
+                    f"[PASS] {event.step} (cached){tests(event.report)}"
+            return f"[PASS] {event.step} ({seconds(event.duration)}){tests(event.report)}"
         case ev.StepFailed() if event.allowed:
             what = (f"exit {event.exit_status}" if event.reason == "step.failed"
                     and event.exit_status is not None else event.message)
-            return f"[WARN] {event.step} ({what}, allowed to fail, {seconds(event.duration)})"
+            return (f"[WARN] {event.step} ({what}, allowed to fail, "
+                    f"{seconds(event.duration)}){tests(event.report)}")
         case ev.StepFailed():
             if event.reason == "step.failed" and event.exit_status is not None:
-                return f"[FAIL] {event.step} (exit {event.exit_status}, {seconds(event.duration)})"
-            return f"[FAIL] {event.step} ({event.message}, {seconds(event.duration)})"
+                return (f"[FAIL] {event.step} (exit {event.exit_status}, "
+                        f"{seconds(event.duration)}){tests(event.report)}")
+            return (f"[FAIL] {event.step} ({event.message}, "
+                    f"{seconds(event.duration)}){tests(event.report)}")
         case ev.StepRetrying():
             what = (f"exit {event.exit_status}" if event.reason == "step.failed"
                     and event.exit_status is not None else event.message)
@@ -61,6 +67,22 @@ def line(event: ev.Event) -> str | None:
             return done_line(event)
     return None
 
+
+
+def tests(report) -> str:  # noqa: ANN001 - kata.realise.reports.TestReport | None
+    """What a step's test report adds to its ``[PASS]``/``[FAIL]`` line: the totals
+    (`` — 628 passed, 21 skipped, 1 failed``), then one indented line per failed test
+    (name and first line) and per warning (a file not read, malformed XML)."""
+    if report is None:
+        return ""
+    out = f" — {report.summary()}"
+    for failure in report.failures:
+        out += f"\n    {failure.name}" + (f": {failure.line}" if failure.line else "")
+    if report.failed > len(report.failures):
+        out += f"\n    … and {report.failed - len(report.failures)} more failed"
+    for warning in report.warnings:
+        out += f"\n    warning: report {warning}"
+    return out
 
 
 def done_line(event: ev.Done) -> str:
@@ -136,7 +158,8 @@ class RunLines:
 
 
 def _some(text: str | None) -> list[str]:
-    return [] if text is None else [text]
+    """An event's text as lines (a step's line with its test report is several)."""
+    return [] if text is None else text.split("\n")
 
 
 class PlainReporter:

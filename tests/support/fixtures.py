@@ -68,6 +68,15 @@ def debian_digest(runtime) -> str:
 
 
 @pytest.fixture(scope="session")
+def debian_pytest_digest(runtime) -> str:
+    """The Debian image with python3 and pytest (JUnit reports from a real test runner)."""
+    from .images import DEBIAN_PYTEST_REF, debian_pytest_image_archive
+
+    runtime.import_image(debian_pytest_image_archive())
+    return runtime.resolve_image(DEBIAN_PYTEST_REF)
+
+
+@pytest.fixture(scope="session")
 def probe_digest(runtime, tmp_path_factory) -> str:
     """busybox plus /bin/probe, the static sandbox probe (tests/support/sandbox_probe.c)."""
     from .images import PROBE_REF, probe_image

@@ -210,26 +210,40 @@ def write_docker_archive(img: OciImage, dest: Path) -> Path:
     return dest
 
 
-def debian_image_archive(suite: str = "bookworm") -> Path:
-    """A Debian minbase rootfs (mmdebstrap) as an OCI archive, cached: it is slow to make."""
+def debian_image_archive(suite: str = "bookworm", *, include: tuple[str, ...] = (),
+                         ref: str = DEBIAN_REF) -> Path:
+    """A Debian minbase rootfs (mmdebstrap) as an OCI archive, cached: it is slow to make.
+    ``include``: Debian packages added to the rootfs (a separate cached archive, named by
+    them), e.g. ``("python3-pytest",)`` for ``DEBIAN_PYTEST_REF``."""
     import fcntl
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    archive = CACHE_DIR / f"debian-{suite}.oci.tar"
-    with open(CACHE_DIR / f"debian-{suite}.lock", "a+") as lock:
+    name = f"debian-{suite}" + "".join(f"+{p}" for p in include)
+    archive = CACHE_DIR / f"{name}.oci.tar"
+    with open(CACHE_DIR / f"{name}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one maker at a time (xdist workers)
         if not archive.exists():
-            _make_debian_archive(suite, archive)
+            _make_debian_archive(suite, archive, include, ref)
     return archive
 
 
-def _make_debian_archive(suite: str, archive: Path) -> None:
+#: The Debian image with python3 and pytest (JUnit reports from a real test runner).
+DEBIAN_PYTEST_REF = "kata.local/debian-pytest:bookworm"
+
+
+def debian_pytest_image_archive() -> Path:
+    return debian_image_archive(include=("python3-pytest",), ref=DEBIAN_PYTEST_REF)
+
+
+def _make_debian_archive(suite: str, archive: Path, include: tuple[str, ...] = (),
+                         ref: str = DEBIAN_REF) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RuntimeError("mmdebstrap is missing: apt install mmdebstrap")
-    rootfs_tar = archive.parent / f"debian-{suite}.rootfs.partial.tar"  # mmdebstrap: .tar = a tarball
-    subprocess.run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", suite,
+    rootfs_tar = archive.parent / f"{archive.name}.rootfs.partial.tar"  # mmdebstrap: .tar = a tarball
+    extra = [f"--include={','.join(include)}"] if include else []
+    subprocess.run(["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", *extra, suite,
                     str(rootfs_tar)], check=True)
-    img = make_image([rootfs_tar.read_bytes()], DEBIAN_REF)
+    img = make_image([rootfs_tar.read_bytes()], ref)
     rootfs_tar.unlink()
     tmp = archive.with_suffix(".partial")
     write_oci_archive(img, tmp)
