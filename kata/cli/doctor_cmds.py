@@ -16,11 +16,12 @@ def register(cli: click.Group) -> None:
 @click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
 @click.pass_context
 def doctor(ctx: click.Context, json_out: bool) -> None:
-    """Check the kernel (overlay, cgroups), containerd, runc, CNI, the store location and
-    free space; exit 1 when kata cannot run steps here, saying what to fix."""
+    """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
+    (crun or runc), CNI, the store location and free space; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
     from kata.doctor import Host, diagnose
     from kata.errors import KataError
+    from kata.runtimes.containerd.config import load_runtime_config
     from kata.runtimes.containerd.daemon import SYSTEM_SOCKET, socket_answers
     from kata.runtimes.containerd.network import CNI_PATH
 
@@ -28,7 +29,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     address = obj.get("containerd_address")
     host = Host(cni_path=Path(CNI_PATH), store=Path(store_location(obj.get("store_path"))),
                 containerd_address=address.removeprefix("unix://") if address else None,
-                system_socket=SYSTEM_SOCKET, answers=socket_answers)
+                system_socket=SYSTEM_SOCKET, answers=socket_answers,
+                oci_runtime=load_runtime_config().oci_runtime)
     checks = diagnose(host)
     failed = [c for c in checks if c.status == "fail"]
     if json_out:
