@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,8 @@ class Records:
         self._empty_tree = ""
         self._empty_log = ""
         self._host = os.uname().nodename
+        # writes a step's records side by side (step_passed); idle threads cost nothing
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kata-record")
 
     # -- trees --------------------------------------------------------------------
 
@@ -150,16 +153,31 @@ class Records:
 
     def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
                     duration: float, stack: tuple[str, ...]) -> None:
-        """Record a step that passed under its derivation and resolved hashes, in scope."""
-        self.derivation(node)
-        if not (self.options.record and node.step.cacheable):
-            return
-        scope = self.options.scope
-        real = self._record(outputs, kind="step", step=node.step.name, log=log,
-                            duration=duration, stack=stack,
-                            scope="" if scope.trusted else scope.label())
-        for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
-            self.store.put_realisation(scope.realisation_key(key), real)
+        """Record a step that passed under its derivation and resolved hashes, in scope.
+
+        The records are independent files, each written tmp + fsync + rename + directory
+        fsync: they are written at once (their fsyncs overlap, ~3x less waiting than one
+        after another) and this returns when all are durable; the first error is raised.
+        """
+        writes = [lambda: self.derivation(node)]
+        if self.options.record and node.step.cacheable:
+            scope = self.options.scope
+            real = self._record(outputs, kind="step", step=node.step.name, log=log,
+                                duration=duration, stack=stack,
+                                scope="" if scope.trusted else scope.label())
+            for key in dict.fromkeys(k for k in (node.drv_hash, resolved) if k):
+                writes.append(lambda k=scope.realisation_key(key): self.store.put_realisation(k, real))
+        futures = [self._writers.submit(write) for write in writes[1:]]
+        first: BaseException | None = None
+        try:
+            writes[0]()
+        except BaseException as err:  # noqa: BLE001 - raised below, after the others ended
+            first = err
+        for future in futures:
+            err = future.exception()
+            first = first or err
+        if first is not None:
+            raise first
 
     def early_cutoff(self, node: "Node", real: Realisation) -> None:
         """A resolved-hash hit: remember it under the derivation hash too."""
