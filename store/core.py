@@ -382,6 +382,19 @@ class Store:
                     break
         return Run.decode(raw, what=f"run {run_id}") if raw is not None else None
 
+    def run_names(self) -> list[str]:
+        """The run records' file names (``<started ns>-<id>``), newest first. A record is
+        immutable, so a name read once names the same bytes for ever (readers cache
+        what they decoded by name)."""
+        return sorted((n for n in os.listdir(os.path.join(self.root, "runs"))
+                       if not n.startswith(".")), reverse=True)
+
+    def read_run(self, name: str) -> Run | None:
+        """The run record of file ``name`` (from :meth:`run_names`); None when gone.
+        StoreError store.corrupt_record when unreadable."""
+        raw = read_file(os.path.join(self.root, "runs", os.path.basename(name)))
+        return Run.decode(raw, what=name) if raw is not None else None
+
     def iter_runs(self) -> Iterator[Run]:
         """Every readable run record, newest first (an unreadable one is passed over)."""
         runs_dir = os.path.join(self.root, "runs")

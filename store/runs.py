@@ -5,6 +5,16 @@
 maps (their fields, sorted; ``service_logs`` a map service -> log digest). Records
 written before the tag existed (untagged maps with the same field names) are read:
 missing fields take their defaults, unknown ones are ignored.
+
+Fields added later are encoded only when they hold something, so a record without them
+has the bytes it had before (``tests/golden``) and older readers, which ignore unknown
+fields, read newer records:
+- ``needs``: the step's dependencies by name (the DAG the web dashboard draws);
+- ``phases``: ``[1, ready, started, running, ended]``, the step's phase boundaries as unix
+  times (:class:`Phases`; the leading 1 is the encoding's version: a reader ignores a
+  list whose version it does not know). Queued from ``ready`` (its dependencies done) to
+  ``started`` (a worker took it); preparing (workspace, image pull) until ``running``
+  (the runtime has the image and starts the container); running until ``ended``.
 """
 
 from __future__ import annotations
@@ -19,7 +29,48 @@ import msgpack
 from .errors import StoreError
 
 FORMAT = "kata-run/1"
+PHASES_VERSION = 1  # the first element of an encoded ``phases`` list
+_FIELDS: dict[type, frozenset[str]] = {}  # a record type's field names (decoding, read often)
 _RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phases:
+    """When a step went through its phases, unix seconds (float): ``ready`` (its
+    dependencies were done, or the run began), ``started`` (a worker took it: queued
+    before), ``running`` (its image was there and its container was being started:
+    workspace and image pull before; equal to ``started`` for a step that never reached
+    its container), ``ended``. A cache hit has all four equal (the moment it was found).
+    Ordered: ready <= started <= running <= ended (clamped on construction)."""
+
+    ready: float
+    started: float
+    running: float
+    ended: float
+
+    def __post_init__(self) -> None:
+        for name in ("ready", "started", "running", "ended"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise StoreError("store.bad_run", f"phase time {name} must be a finite number")
+        started = max(self.started, self.ready)
+        running = min(max(self.running, started), max(self.ended, started))
+        object.__setattr__(self, "started", started)
+        object.__setattr__(self, "running", running)
+        object.__setattr__(self, "ended", max(self.ended, running))
+
+    def encode(self) -> list[float | int]:
+        return [PHASES_VERSION, self.ready, self.started, self.running, self.ended]
+
+    @classmethod
+    def decode(cls, obj: Any) -> "Phases | None":
+        """The phases of an encoded list; None for an unknown version or shape."""
+        if not isinstance(obj, (list, tuple)) or len(obj) != 5 or obj[0] != PHASES_VERSION:
+            return None
+        try:
+            return cls(ready=obj[1], started=obj[2], running=obj[3], ended=obj[4])
+        except StoreError:
+            return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,20 +92,35 @@ class StepRecord:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service, log digest)
     attempts: int = 1  # attempts made (`retry:`); only the last one's result is recorded
+    needs: tuple[str, ...] = ()  # the step's dependencies (names), as the graph had them
+    phases: Phases | None = None  # when it was queued, prepared, ran (None: not recorded)
 
     def to_obj(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["service_logs"] = dict(self.service_logs)
-        if self.attempts == 1:  # the default is left out: older records read the same
+        # defaults are left out: a record without them has the bytes it had before
+        if self.attempts == 1:
             del out["attempts"]
+        if self.needs:
+            out["needs"] = list(self.needs)
+        else:
+            del out["needs"]
+        if self.phases is not None:
+            out["phases"] = self.phases.encode()
+        else:
+            del out["phases"]
         return dict(sorted(out.items()))
 
     @classmethod
     def from_obj(cls, obj: dict[str, Any]) -> "StepRecord":
-        known = {f.name for f in fields(cls)}
+        known = _FIELDS.get(cls) or _FIELDS.setdefault(cls, frozenset(f.name for f in fields(cls)))
         data = {k: v for k, v in obj.items() if k in known}
         logs = data.get("service_logs") or {}
         data["service_logs"] = tuple(sorted(logs.items())) if isinstance(logs, dict) else ()
+        needs = data.get("needs") or ()
+        data["needs"] = tuple(n for n in needs if isinstance(n, str)) \
+            if isinstance(needs, (list, tuple)) else ()
+        data["phases"] = Phases.decode(data.get("phases"))
         return cls(**data)
 
 
@@ -110,7 +176,8 @@ class Run:
             obj = msgpack.unpackb(raw, raw=False)
             if not isinstance(obj, dict) or obj.pop("format", FORMAT) != FORMAT:
                 raise ValueError("unknown format")
-            known = {f.name for f in fields(cls)}
+            known = _FIELDS.get(cls) or _FIELDS.setdefault(
+                cls, frozenset(f.name for f in fields(cls)))
             data = {k: v for k, v in obj.items() if k in known}
             steps = data.get("steps") or ()
             if isinstance(steps, dict):

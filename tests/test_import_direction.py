@@ -5,6 +5,7 @@
     kata (compiler)  imports neither store nor kata.runtimes nor kata.realise/kata.cli
     kata.runtimes    imports no store, no kata.realise, no kata.cli
     kata.realise     may import store and kata.runtimes, never kata.cli
+    kata.web         reads the store (the dashboard); only kata.cli imports it
     kata.cli         wires everything together
 and only kata.runtimes.containerd imports grpc or protobuf.
 """
@@ -67,11 +68,14 @@ def _violations(root: Path = ROOT) -> list[str]:
                 bad.append(f"{module} imports {imp}: the store and grammars import nothing of kata")
             if _under(module, "procs") and _under(imp, "kata", "store"):
                 bad.append(f"{module} imports {imp}: procs imports nothing of kata or the store")
-            if _under(module, "kata") and not _under(module, "kata.cli", "kata.realise"):
+            if _under(module, "kata") and not _under(module, "kata.cli", "kata.realise", "kata.web"):
                 if _under(imp, "store"):
-                    bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use the store")
+                    bad.append(f"{module} imports {imp}: only kata.realise, kata.web and kata.cli "
+                               "use the store")
                 if _under(imp, "kata.runtimes") and not _under(module, "kata.runtimes"):
                     bad.append(f"{module} imports {imp}: only kata.realise and kata.cli use a runtime")
+            if not _under(module, "kata.cli", "kata.web") and _under(imp, "kata.web"):
+                bad.append(f"{module} imports {imp}: only the CLI serves the dashboard")
             if not _under(module, "kata.cli", "kata.__main__") and _under(imp, "kata.cli"):
                 bad.append(f"{module} imports {imp}: nothing imports the CLI")
             if _under(module, "kata.runtimes") and _under(imp, "kata.realise"):
@@ -95,7 +99,7 @@ def test_checker_sees_a_violation(tmp_path: Path) -> None:
     (tmp_path / "procs" / "__init__.py").write_text("import store.objects\n", encoding="utf-8")
     assert set(_violations(tmp_path)) == {
         "kata.model imports grpc: only the containerd adapter speaks gRPC",
-        "kata.model imports store.index: only kata.realise and kata.cli use the store",
+        "kata.model imports store.index: only kata.realise, kata.web and kata.cli use the store",
         "store.probe imports kata.errors: the store and grammars import nothing of kata",
         "store.probe imports kata.errors.KataError: the store and grammars import nothing of kata",
         "procs imports store.objects: procs imports nothing of kata or the store",

@@ -5,41 +5,13 @@ exit code `on:` does not cover is not retried."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 
 import pytest
 
 from support.cli import KataProcess
+from support.listeners import LoopbackListener
 
 pytestmark = pytest.mark.integration
-
-
-class Counter:
-    """A TCP server on the host's loopback answering the n-th connection with ``n``: a
-    step on ``network: host`` reads it, so its first attempt can fail and its second pass
-    (each attempt runs in a fresh container and workspace)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.count = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                self.count += 1
-                conn.sendall(f"{self.count}\n".encode())
-
-    def close(self) -> None:
-        self.sock.close()
-        self.thread.join(5)
 
 
 CONFIG = """\
@@ -68,7 +40,7 @@ steps:
 
 @pytest.fixture
 def counter():
-    c = Counter()
+    c = LoopbackListener(reply=lambda n: f"{n}\n".encode())
     yield c
     c.close()
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import socket
 import string
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ import zstandard
 
 from kata.secrets import Masker
 from support.git import git, git_env
+from support.listeners import LoopbackListener
 
 pytestmark = pytest.mark.integration
 
@@ -267,38 +266,12 @@ def test_a_branch_cannot_poison_mains_cache(server):
     assert "tools | restored: legit-tool" in third, "\n".join(third)
 
 
-class _HostService:
-    """A TCP server on the host's 127.0.0.1 that answers a marker and counts connections."""
-
-    MARKER = "host-loopback-only-service"
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.sendall(self.MARKER.encode() + b"\n")
-
-    def close(self) -> None:
-        self.sock.close()
-        self._thread.join(timeout=5)
+HOST_MARKER = "host-loopback-only-service"
 
 
 @pytest.fixture
 def host_service():
-    service = _HostService()
+    service = LoopbackListener(reply=lambda n: HOST_MARKER.encode() + b"\n")
     yield service
     service.close()
 
@@ -320,8 +293,8 @@ def test_a_branch_cannot_use_the_host_network(server, host_service):
                                              probe("host", ["main"])]}
     server.commit({"src/app.txt": "app v1\n"}, "initial", legit)
     main = _remote(server.push("origin", "main"))
-    assert f"probe-host | {host_service.MARKER}" in main, main  # trusted: as declared
-    assert host_service.connections == 1
+    assert f"probe-host | {HOST_MARKER}" in main, main  # trusted: as declared
+    assert host_service.count == 1
 
     server.checkout("feature/net")
     attack = {"pipeline": "server", "settings": {"fail_fast": False},
@@ -333,16 +306,16 @@ def test_a_branch_cannot_use_the_host_network(server, host_service):
     assert any(line.startswith("[FAIL] probe-host (step probe-host: network: host refused: "
                                f"untrusted run of {ref}") for line in lines), out
     assert "probe-default | unreachable" in lines, out
-    assert host_service.MARKER not in out
-    assert host_service.connections == 1  # nothing from the branch arrived
+    assert HOST_MARKER not in out
+    assert host_service.count == 1  # nothing from the branch arrived
     steps = server.last("feature/net")
     assert steps["probe-host"]["status"] == "failed"
     assert steps["probe-host"]["exit_status"] is None  # refused: no container ran
     assert "kata: failed: the pipeline failed for feature/net (exit 1)" in lines
 
     again = _remote(server.main_deploys(legit, "v2"))
-    assert f"probe-host | {host_service.MARKER}" in again
-    assert host_service.connections == 2
+    assert f"probe-host | {HOST_MARKER}" in again
+    assert host_service.count == 2
 
 
 def test_pull_requests_and_untrusted_runs_get_no_secrets(server):

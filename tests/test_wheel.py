@@ -30,6 +30,9 @@ def test_wheel_contains_grammars(tmp_path) -> None:
     assert "kata/loader.py" in names and "kata/compile.py" in names
     assert "kata/data/kata-ci.schema.json" in names  # what `kata schema` prints
     assert "kata/runtimes/containerd/seccomp_default.json" in names  # the sandbox's profile
+    # kata web's templates and static files
+    assert {"kata/web/templates/run.html", "kata/web/static/kata.css",
+            "kata/web/static/live.js"} <= names
     # and the grammars load from the unpacked wheel, not from this checkout
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -39,10 +39,12 @@ class LazyRuntime:
     ``pull=True`` (``kata run --pull``) asks the registry again and pulls every image.
     """
 
-    def __init__(self, address: str | None, tags=None, *, pull: bool = False) -> None:  # noqa: ANN001
+    def __init__(self, address: str | None, tags=None, *, pull: bool = False,  # noqa: ANN001
+                 confined: bool = False) -> None:
         self.address = address
         self.tags = tags  # kata.runtimes.tags.ImageTags or None
         self.pull = pull
+        self.confined = confined  # an untrusted run: pulls reach public addresses only
         self._rt = None
         self._swept = False
         self._lock = threading.Lock()
@@ -55,6 +57,7 @@ class LazyRuntime:
                 from kata.runtimes.containerd import ContainerdRuntime
 
                 self._rt = ContainerdRuntime.connect(address=self.address, sweep=False)
+                self._rt.confined_pulls = self.confined
                 self._rt.name_tags(self._resolved)
             self._rt.progress = self.progress
             if sweep and not self._swept:
@@ -186,7 +189,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
     store = open_store(ctx)
-    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull)
+    runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
+                          confined=not scope.trusted)
     try:
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
@@ -225,11 +229,17 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
                        "it will appear unmasked in output and logs", err=True)
-        reporter = _reporter(json_out)
+        from kata.report.journal import Journal, Tee
+
+        # the terminal's reporter, and the live journal `kata web` follows
+        journal = Journal(Path(store.state_dir) / "live")
+        reporter = Tee(_reporter(json_out), journal)
         runtime.progress = _pull_events(reporter)
         try:
             realiser = Realiser(graph, store=store, runtime=runtime, emit=reporter,
                                 options=options)
+            journal.start(run_id=realiser.run_id, pipeline=realiser.pipeline, commit=commit,
+                          branch=git_branch, git_event=event or "")
             result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
@@ -553,16 +563,11 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     """The encoded derivation record of ``step``'s last realisation, for ``kata why``."""
     from kata.cli.store_cmds import open_store
 
+    from kata.realise.history import previous_derivation
+
     store = open_store(ctx)
     try:
-        for record in store.list_runs(pipeline=pipeline, limit=200):
-            for entry in record.steps:
-                if entry.name == step and entry.status == "passed":
-                    drv_hash = entry.drv_hash
-                    found = store.get_derivation(drv_hash) if drv_hash else None
-                    if found is not None:
-                        return found
-        return None
+        return previous_derivation(store, pipeline, step)
     finally:
         store.close()
 

@@ -178,3 +178,56 @@ def _drv_hash(store: Any, run_id: str, step: str) -> str:
         return ""
     found = record.step(step) if record is not None else None
     return found.drv_hash if found is not None else ""
+
+
+def previous_derivation(store: Any, pipeline: str | None, step: str, *,
+                        before: str | None = None, other_than: str = "",
+                        limit: int = 200) -> bytes | None:
+    """The encoded derivation record of ``step``'s last realisation (a run of ``pipeline``,
+    any pipeline for None, where the step passed), what ``kata why`` diffs against.
+
+    ``before``: only runs recorded before the run of this id (newest first from there);
+    ``other_than``: pass over realisations of this derivation hash (a miss is explained
+    by the last *different* derivation); ``limit``: runs looked at, at most."""
+    found = previous_derivations(store, pipeline, {step: other_than}, before=before,
+                                 limit=limit)
+    return found[step][0]
+
+
+def previous_derivations(store: Any, pipeline: str | None, steps: dict[str, str], *,
+                         before: str | None = None, limit: int = 200
+                         ) -> dict[str, tuple[bytes | None, bool]]:
+    """For each step of ``steps`` (name -> its derivation hash now, "" for none): (the
+    encoded derivation record of its last realisation, or None; True when that last
+    realisation had the same hash, then with None: nothing changed). One walk over the runs,
+    newest first from ``before`` (exclusive), at most ``limit`` runs of ``pipeline``.
+    Records before ``before`` are not decoded (run file names carry the run id)."""
+    out: dict[str, tuple[bytes | None, bool]] = {n: (None, False) for n in steps}
+    pending = set(steps)
+    names = store.run_names()
+    if before is not None:
+        at = next((i for i, n in enumerate(names) if n.endswith("-" + before)), len(names))
+        names = names[at + 1:]
+    looked = 0
+    for name in names:
+        if not pending or looked >= limit:
+            break
+        try:
+            record = store.read_run(name)
+        except StoreError:
+            continue
+        if record is None or (pipeline is not None and record.pipeline != pipeline):
+            continue
+        looked += 1
+        for entry in record.steps:
+            if entry.name not in pending or entry.status != "passed" or not entry.drv_hash:
+                continue
+            if entry.drv_hash == steps[entry.name]:  # it passed as it is: nothing changed
+                out[entry.name] = (None, True)
+                pending.discard(entry.name)
+                continue
+            found = store.get_derivation(entry.drv_hash)
+            if found is not None:
+                out[entry.name] = (found, out[entry.name][1])
+                pending.discard(entry.name)
+    return out

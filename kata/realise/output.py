@@ -102,6 +102,7 @@ class MaskedOutput:
         self._pending = b""
         self._label = "stdout"  # the stream the pending line's first byte came from
         self._lock = threading.Lock()
+        self.running: Callable[[], None] | None = None  # the runtime's "container next" hook
 
     def __call__(self, stream: str, data: bytes) -> None:
         with self._lock:

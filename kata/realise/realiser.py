@@ -19,6 +19,7 @@ also for failed and interrupted runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -50,6 +51,7 @@ from kata.resources import effective, format_size
 from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
 from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
+from store.runs import Phases
 
 if TYPE_CHECKING:
     from kata.compile import DerivationGraph, Node
@@ -119,6 +121,9 @@ class Realiser:
         self._unpack_locks: dict[str, threading.Lock] = {}
         self._run_dir = options.work_root
         self._closer = BackgroundCloser()  # workspaces are closed off the step's slot
+        self._created = time.time()  # the run's start, unix time (phase times count from it)
+        self._phases: dict[str, list[float]] = {}  # step -> [ready, started, running] so far
+        self._ended: dict[str, float] = {}  # step -> when its result was set (unix time)
 
     def emit(self, event: ev.Event) -> None:
         with self._emit_lock:
@@ -144,7 +149,7 @@ class Realiser:
 
     def run(self, plan: Plan | None = None) -> RunResult:
         started = time.monotonic()
-        created = time.time()
+        created = self._created = time.time()
         plan = plan or self.plan()
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
                             groups=len(self.graph.levels), planned=plan.order))
@@ -180,7 +185,8 @@ class Realiser:
                                stop_reason=sched.stop_reason if sched else "",
                                interrupted=sched.interrupted if sched else False)
             try:
-                self.records.run(result, self.graph.order, started=created)
+                self.records.run(result, self.graph.order, started=created,
+                                 needs={n: self.graph.nodes[n].deps for n in self.graph.order})
             except (StoreError, OSError) as err:  # a full disk must not hide the outcome
                 self.record_error = getattr(err, "message", None) or str(err)
                 logging.getLogger("kata.realise").warning(
@@ -212,7 +218,15 @@ class Realiser:
                             exit_code=1)
 
     def _set(self, result: StepResult, stack: tuple[str, ...] | None = None) -> None:
+        now = time.time()
         with self._lock:
+            phase = self._phases.pop(result.name, None)
+            if result.phases is None and phase is not None:  # it went through _work
+                ready, began, running = phase
+                result = dataclasses.replace(result, phases=Phases(
+                    ready=ready, started=began, running=running or began, ended=now))
+            if result.status != "skipped":
+                self._ended[result.name] = now
             self._results[result.name] = result
             if stack is not None:
                 self._stacks[result.name] = stack
@@ -242,10 +256,13 @@ class Realiser:
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
                                   produced_by=real.run))
         stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
+        now = time.time()  # a hit is one instant (an early-cutoff one: found, not run)
         self._set(StepResult(name=name, status="passed", cache="HIT",
                              drv_hash=self.graph.nodes[name].drv_hash or "", key=key,
                              duration=0.0, exit_status=real.exit_status, log=real.log or "",
-                             outputs=real.outputs, produced_by=real.run), stack)
+                             outputs=real.outputs, produced_by=real.run,
+                             phases=Phases(ready=now, started=now, running=now, ended=now)),
+                  stack)
         self.emit(ev.StepPassed(step=name, duration=0.0, cached=True))
 
     def _skipped(self, name: str, reason: str) -> None:
@@ -280,6 +297,11 @@ class Realiser:
         an object collected by a concurrent gc, an I/O error) fails that step with its
         reason instead of stopping the run as an internal error."""
         started = time.monotonic()
+        began = time.time()
+        with self._lock:
+            ready = max((self._ended[d] for d in self.graph.nodes[name].deps
+                         if d in self._ended), default=self._created)
+            self._phases[name] = [min(ready, began), began, 0.0]
         try:
             if name in self._snapshot_faults:
                 raise self._snapshot_faults.pop(name)
@@ -326,6 +348,8 @@ class Realiser:
             why = miss_reason(step, use_cache) or (DAMAGED if damaged else NOT_STORED)
             self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash or "",
                                       reason=why, damaged=damaged))
+        if node.drv_hash:  # what `kata why` (and the dashboard) diffs a miss against
+            self.records.derivation(node)
         return self._execute(name, node, resolved, cancel)
 
     def _unpacked(self, tree: str) -> Path:
@@ -550,6 +574,13 @@ class Realiser:
                              attempts=attempts), stack)
         self.emit(ev.StepPassed(step=name, duration=duration))
 
+    def _running(self, name: str) -> None:
+        """The runtime has the step's images: preparing is over, the container is next."""
+        with self._lock:
+            phase = self._phases.get(name)
+            if phase is not None:
+                phase[2] = time.time()
+
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,
                        log: IO[bytes], log_lock: threading.Lock,
                        service_logs: dict[str, IO[bytes]]) -> int:
@@ -592,6 +623,7 @@ class Realiser:
         if cancel.is_set():
             return CANCEL_EXIT
         sink = MaskedOutput(masker, name, self.emit, log, log_lock)
+        sink.running = lambda: self._running(name)
         try:
             if services:
                 return self.runtime.run(spec, sink, cancel, service_sink=service_sink)

@@ -7,10 +7,11 @@ Keys come from ``kata.keys``; reads go through the run's ``Lookup`` (scoped, hea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -192,9 +193,11 @@ class Records:
                 for scoped in self.options.scope.realisation_keys(key):
                     self.store.delete_realisation(scoped)
 
-    def run(self, result: RunResult, order: Sequence[str], *, started: float) -> None:
+    def run(self, result: RunResult, order: Sequence[str], *, started: float,
+            needs: Mapping[str, Sequence[str]] | None = None) -> None:
         """The run record: per step in pipeline order, also for failed and interrupted
-        runs."""
+        runs; ``needs``: each step's dependencies (names), kept in its record."""
+        needs = needs or {}
         status = ("passed" if result.ok else
                   "interrupted" if result.interrupted else "failed")
         o = self.options
@@ -202,4 +205,5 @@ class Records:
             id=self.run_id, pipeline=self.pipeline, commit=o.git_commit, branch=o.git_branch,
             event=o.git_event, tag=o.git_tag, scope=o.scope.label(), started=started,
             wall=result.wall, status=status, targets=tuple(o.targets or ()),
-            steps=tuple(r.record() for n in order if (r := result.steps.get(n)) is not None)))
+            steps=tuple(dataclasses.replace(r.record(), needs=tuple(needs.get(n, ())))
+                        for n in order if (r := result.steps.get(n)) is not None)))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from kata.keys import Scope
-from store.runs import StepRecord
+from store.runs import Phases, StepRecord
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +59,7 @@ class StepResult:
     message: str = ""
     service_logs: tuple[tuple[str, str], ...] = ()  # (service name, log blob digest)
     attempts: int = 1  # `retry:`: attempts made; the fields above are the last one's
+    phases: Phases | None = None  # when it was ready, started, running, ended (unix times)
 
     def record(self) -> StepRecord:
         """This result as the store's run record keeps it."""

@@ -26,6 +26,9 @@ Stream = Literal["stdout", "stderr"]
 # any size, newlines included, in order per stream): what a streaming secret masker
 # needs, since a line split at MAX_LINE or a dropped final newline would hide a value.
 OutputSink = Callable[[Stream, bytes], None]
+# A sink with a callable attribute ``running`` is called once (no arguments) when the
+# step's images are in place and its container is about to be made: the end of pulling
+# (run records' phase times).
 # The same for a service's output: (service name, stream, line).
 ServiceSink = Callable[[str, Stream, bytes], None]
 

@@ -14,6 +14,10 @@
         plain_http: true                         # speak http, not https
         skip_verify: false                       # TLS without certificate check
 
+A host declared under ``registries:`` (or as a mirror) is one an untrusted run's pulls may
+reach even on a private address (``registry.ConfinedBackend``); an entry may be empty
+(``registry.lan: {}``) just to declare it.
+
 Unknown keys are errors (a typo must not silently do nothing).
 """
 

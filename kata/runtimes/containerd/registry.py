@@ -4,6 +4,14 @@ Anonymous and bearer-token auth (the WWW-Authenticate challenge), basic auth,
 credentials from ~/.docker/config.json (its credential helpers too), mirrors and plain-http registries from
 kata's config. Manifests are checked against the digest they were asked by;
 blobs are checked while they stream into containerd (images.write_blob).
+
+A *confined* client (the pulls of an untrusted run, whose ``.kata-ci.yaml`` names the
+images) connects only to public addresses: every connection it opens (the registry, a
+redirect's target, a token realm) is resolved first and refused when any address it
+resolves to is loopback, private, link-local, shared, reserved or multicast, unless its
+host is one the administrator declared under ``registries:`` (a registry or a mirror).
+The check is made on the address actually connected to, so a name that resolves to a
+public address once and to 127.0.0.1 the next time (DNS rebinding) is refused too.
 """
 
 from __future__ import annotations
@@ -14,10 +22,13 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from kata.errors import KataError
@@ -44,6 +55,58 @@ def _is_local(host: str) -> bool:
         return ipaddress.ip_address(name.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _public(address: str) -> bool:
+    """Whether ``address`` (an IP literal) is a public unicast address (RFC 6890's
+    globally reachable, not multicast); an IPv4-mapped IPv6 address is judged as IPv4."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def declared_hosts(config: RuntimeConfig) -> frozenset[str]:
+    """``host`` and ``host:port`` names the administrator declared: every key of
+    ``registries:`` and the host of each of their mirrors."""
+    names: set[str] = set()
+    for name, reg in config.registries.items():
+        names.add(name)
+        for mirror in reg.mirrors:
+            url = httpx.URL(mirror)
+            names.add(f"{url.host}:{url.port}" if url.port else url.host)
+    return frozenset(names)
+
+
+class ConfinedBackend(httpcore.SyncBackend):
+    """httpcore's network backend, connecting only to public addresses (or declared hosts).
+
+    KataError image.refused (exit 2) names the host, what it resolved to, and the fix.
+    """
+
+    def __init__(self, declared: frozenset[str]) -> None:
+        self.declared = declared
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options=None) -> httpcore.NetworkStream:  # noqa: ANN001
+        if host in self.declared or f"{host}:{port}" in self.declared:
+            return super().connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            raise httpcore.ConnectError(f"{host}: {err}") from None
+        addresses = [info[4][0] for info in infos]
+        private = [a for a in addresses if not _public(a)]
+        if private or not addresses:
+            raise KataError(
+                "image.refused",
+                f"registry host {host}:{port} resolves to {', '.join(private or addresses)}, "
+                "not a public address: an untrusted run may not make the server connect "
+                "there (declare the registry under `registries:` in kata's host config to "
+                "allow it, or import the image with `kata image import`)",
+                obj=host, exit_code=2)
+        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
 
 
 def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] | None:
@@ -133,15 +196,32 @@ def _ask_helper(helper: str, server: str, config: Path) -> tuple[str, str] | Non
 class RegistryClient:
     """Fetches manifests and blobs of one or more registries; thread-safe."""
 
-    def __init__(self, config: RuntimeConfig, *, docker_config: Path | None = None) -> None:
+    def __init__(self, config: RuntimeConfig, *, docker_config: Path | None = None,
+                 confined: bool = False) -> None:
+        """``confined``: connect only to public addresses or declared hosts (the pulls of
+        an untrusted run; see the module's docstring)."""
         self.config = config
         self.docker_config = docker_config
+        self.confined = confined
         self._tokens: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
-        self._http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0),
-                                  follow_redirects=True, verify=True)
-        self._insecure = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0),
-                                      follow_redirects=True, verify=False)
+        self._http = self._client(verify=True)
+        self._insecure = self._client(verify=False)
+
+    def _client(self, *, verify: bool) -> httpx.Client:
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        if not self.confined:
+            return httpx.Client(timeout=timeout, follow_redirects=True, verify=verify)
+        if any(k in ("http", "https", "all") for k in urllib.request.getproxies()):
+            # the proxy would connect for us, wherever the pipeline points it
+            raise KataError("image.refused", "an untrusted run's image pulls cannot go "
+                            "through a proxy (http_proxy/https_proxy are set): import its "
+                            "images with `kata image import`, or unset the proxy for kata",
+                            exit_code=2)
+        transport = httpx.HTTPTransport(verify=verify)
+        # httpx takes no network backend itself; its pool (httpcore's) does
+        transport._pool._network_backend = ConfinedBackend(declared_hosts(self.config))
+        return httpx.Client(timeout=timeout, follow_redirects=True, transport=transport)
 
     def close(self) -> None:
         self._http.close()

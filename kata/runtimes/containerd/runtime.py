@@ -58,6 +58,8 @@ class ContainerdRuntime:
         self.oci = oci  # crun or runc, for every container of ours
         self._runtime_options = runtime_options(oci)
         self._registry: RegistryClient | None = None
+        # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
+        self.confined_pulls = False
         self._lock = threading.Lock()
         self._releasing: set[threading.Thread] = set()  # deferred releases of finished steps
         self._tags: dict[str, set[str]] = {}  # digest -> tags this run resolved to it
@@ -136,7 +138,7 @@ class ContainerdRuntime:
             if self._registry is None:
                 from .registry import RegistryClient
 
-                self._registry = RegistryClient(self.config)
+                self._registry = RegistryClient(self.config, confined=self.confined_pulls)
             return self._registry
 
     # -- the Runtime protocol -------------------------------------------------------------
@@ -177,11 +179,16 @@ class ContainerdRuntime:
                               runtime_options=self._runtime_options)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
+        running = getattr(sink, "running", None)  # the sink is told pulling is over
         if spec.services:
             from .pod import run_pod
 
             simages = [self.images.run_image(self._ensure_image(s.image)) for s in spec.services]
+            if running is not None:
+                running()
             return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
+        if running is not None:
+            running()
         try:
             return StepRun(self.client, options, spec, image, sink, cancel).execute(self._defer)
         except ContainerdError as err:

@@ -1,0 +1,87 @@
+"""`kata web`: the dashboard over the store's records (kata.web)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import click
+
+from kata.errors import KataError
+
+
+def register(cli: click.Group) -> None:
+    """Add this module's commands to the root group."""
+    cli.add_command(web)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str) -> str:
+    """The token in file ``path`` (surrounding blanks dropped): KataError web.bad_token
+    (exit 2) when unreadable, empty or shorter than 16 characters."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise KataError("web.bad_token", f"cannot read the token file {path}: "
+                        f"{getattr(err, 'strerror', None) or err}", obj=path, exit_code=2) from err
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise KataError("web.bad_token", f"the token in {path} must be at least 16 characters "
+                        "without blanks (e.g. `openssl rand -hex 24 > FILE`)", obj=path,
+                        exit_code=2)
+    return token
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but a loopback address needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8420, show_default=True,
+              help="Port to listen on (0: any free port; the URL is printed).")
+@click.option("--token", "token_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Require the token in FILE: `Authorization: Bearer TOKEN`, or a browser "
+              "logs in once at /login (a cookie).")
+@click.pass_context
+def web(ctx: click.Context, host: str, port: int, token_file: str | None) -> None:
+    """Serve the dashboard: runs, a run's graph, timeline and logs, runs in progress, and
+    cache trends, read from the store (docs/web.md)."""
+    import uvicorn
+
+    from kata.cli.store_cmds import open_store
+    from kata.web.app import create_app
+
+    if not is_loopback(host) and token_file is None:
+        raise click.UsageError(f"--host {host} serves other machines: give --token FILE too "
+                               "(without it kata web listens on 127.0.0.1 only)")
+    token = read_token(token_file) if token_file is not None else None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)  # connections queue from now on: the printed URL answers
+    except OSError as err:
+        sock.close()
+        raise KataError("web.bind", f"cannot listen on {host}:{port}: {err.strerror or err}",
+                        obj=f"{host}:{port}", exit_code=1) from err
+    store = open_store(ctx)
+    try:
+        app = create_app(store, token=token)
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"kata web: serving http://{shown}:{bound}/ (store {store.root}); "
+                   "Ctrl-C stops", err=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                               timeout_graceful_shutdown=2))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()

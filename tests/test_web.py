@@ -1,0 +1,219 @@
+"""kata web without a browser: the run record's new fields, the live journal, the critical
+path, the run index, the token gate, and the pages over a store written by hand (the
+browser test, tests/test_web_browser.py, drives the same pages over real runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import msgpack
+import pytest
+
+from kata.realise import events as ev
+from store import Store
+from store.runs import Phases, Run, StepRecord
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+
+def test_a_record_without_the_new_fields_keeps_its_bytes():
+    plain = StepRecord(name="a", status="passed")
+    obj = plain.to_obj()
+    assert "needs" not in obj and "phases" not in obj
+    assert StepRecord.from_obj(obj) == plain
+    full = StepRecord(name="b", status="passed", needs=("a",),
+                      phases=Phases(ready=1.0, started=2.0, running=3.0, ended=4.0))
+    obj = full.to_obj()
+    assert obj["needs"] == ["a"] and obj["phases"] == [1, 1.0, 2.0, 3.0, 4.0]
+    run = Run(id="r", steps=(full,))
+    assert Run.decode(run.encode()) == run
+
+
+def test_phases_of_an_unknown_version_read_as_none_and_are_ordered():
+    assert StepRecord.from_obj({"name": "a", "status": "passed",
+                                "phases": [2, 1, 2, 3, 4]}).phases is None
+    assert StepRecord.from_obj({"name": "a", "status": "passed", "phases": "x"}).phases is None
+    p = Phases(ready=5.0, started=4.0, running=0.0, ended=6.0)  # clamped into order
+    assert (p.ready, p.started, p.running, p.ended) == (5.0, 5.0, 5.0, 6.0)
+
+
+def test_critical_path_follows_the_dependency_that_ended_last():
+    from kata.web.data import critical_path
+
+    def s(name, end, needs=()):
+        return StepRecord(name=name, status="passed", needs=needs,
+                          phases=Phases(ready=0, started=0, running=0, ended=end))
+
+    steps = (s("a", 1), s("b", 5), s("c", 6, ("a", "b")), s("d", 2, ("a",)))
+    needs = {x.name: x.needs for x in steps}
+    assert critical_path(steps, needs) == ("b", "c")
+    assert critical_path((StepRecord(name="x", status="skipped"),), {"x": ()}) == ()
+
+
+def test_matrix_group():
+    from kata.web.data import matrix_group
+
+    assert matrix_group("test (PY=3.11, DB=pg)") == "test" and matrix_group("build") == "build"
+
+
+def test_the_journal_is_the_json_stream_and_goes_away(tmp_path):
+    from kata.report.journal import Journal, live
+
+    j = Journal(tmp_path / "live")
+    j.start(run_id="r1", pipeline="p", commit="c", branch="main")
+    j(ev.OutputLine(step="s", stream="stdout", text="hello"))
+    path = tmp_path / "live" / "r1.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[0]["event"] == "start" and lines[0]["run_id"] == "r1" and lines[0]["owner"]
+    assert lines[1]["event"] == "output" and lines[1]["text"] == "hello" and lines[1]["version"] == 1
+    assert live(path)
+    j.close()
+    assert not path.exists()
+
+
+def test_a_dead_writers_journal_is_stale_and_swept(tmp_path):
+    from kata.report.journal import Journal, live
+    from procs import owner_id
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = owner_id(child.pid)
+    child.wait()
+    (tmp_path / "live").mkdir()
+    stale = tmp_path / "live" / "old.jsonl"
+    stale.write_text(json.dumps({"event": "start", "run_id": "old", "owner": owner}) + "\n")
+    assert not live(stale)
+    j = Journal(tmp_path / "live")
+    j.start(run_id="new", pipeline="p")
+    assert not stale.exists()
+    j.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "store")
+    log = s.put_blob(b"\x1b[31mred line\x1b[0m\nprogress 10%\rprogress 100%\n<b>not bold</b>\n")
+    t = time.time() - 60
+    for i in range(3):
+        steps = (
+            StepRecord(name="build", status="passed", cache="HIT" if i else "MISS",
+                       exit_status=0, duration=2.0, log=log,
+                       phases=Phases(ready=t, started=t + 1, running=t + 2, ended=t + 4)),
+            StepRecord(name="test (V=a)", status="failed", cache="MISS", exit_status=1,
+                       needs=("build",), log=log, message="exit 1",
+                       phases=Phases(ready=t + 4, started=t + 4, running=t + 5, ended=t + 6)),
+        )
+        s.put_run(Run(id=f"r{i}", pipeline="demo" if i < 2 else "other", branch="main",
+                      commit="abc", started=t + i, wall=6.0, status="failed", steps=steps))
+    yield s
+    s.close()
+
+
+def test_pages_and_api_over_a_store(store):
+    from kata.web.app import create_app
+
+    c = TestClient(create_app(store))
+    runs = c.get("/api/runs").json()
+    assert [r["id"] for r in runs["runs"]] == ["r2", "r1", "r0"]
+    assert runs["filters"]["pipelines"] == ["demo", "other"]
+    assert [r["id"] for r in c.get("/api/runs?pipeline=demo").json()["runs"]] == ["r1", "r0"]
+    assert c.get("/api/runs?ref=main&status=passed").json()["runs"] == []
+    assert c.get("/api/runs?event=local").json()["total"] == 3
+    doc = c.get("/api/runs/r1").json()
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["build"]["hit"] and steps["test (V=a)"]["needs"] == ["build"]
+    assert steps["test (V=a)"]["group"] == "test"
+    assert doc["critical_path"] == ["build", "test (V=a)"]
+    log = c.get("/api/runs/r1/log/test (V=a)").json()
+    assert log["text"].splitlines() == ["\x1b[31mred line\x1b[0m", "progress 100%",
+                                        "<b>not bold</b>"]
+    assert "&lt;b&gt;" in log["html"] and "<b>" not in log["html"]
+    page = c.get("/runs/r1").text
+    assert 'class="node status-passed hit' in page and "phase-running" in page
+    assert c.get("/runs/nope").status_code == 404
+    assert c.get("/api/runs/nope").json()["error"] == "not_found"
+    cache = c.get("/api/cache").json()
+    assert cache["days"][-1]["hits"] == 2 and cache["days"][-1]["misses"] == 4
+    assert {p["pipeline"] for p in cache["pipelines"]} == {"demo", "other"}
+    assert c.get("/cache").status_code == 200
+
+
+def test_the_run_index_reads_each_record_once(store, monkeypatch):
+    from kata.web.data import RunIndex
+
+    index = RunIndex(store)
+    assert len(index.entries()) == 3
+    reads = []
+    real = store.read_run
+    monkeypatch.setattr(store, "read_run", lambda name: reads.append(name) or real(name))
+    store.put_run(Run(id="r9", pipeline="demo", started=time.time()))
+    assert [r.id for r in index.entries()][0] == "r9" and len(reads) == 1
+
+
+def test_the_token_gate(store):
+    from kata.web.app import create_app
+
+    token = "0123456789abcdef0123456789abcdef"
+    c = TestClient(create_app(store, token=token), follow_redirects=False)
+    assert c.get("/api/runs").status_code == 401
+    assert c.get("/runs").headers["location"] == "/login"
+    assert c.get("/api/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert c.post("/login", data={"token": "wrong"}).status_code == 401
+    ok = c.post("/login", data={"token": token})
+    assert ok.status_code == 303 and "httponly" in ok.headers["set-cookie"].lower()
+    assert c.get("/runs").status_code == 200  # the cookie
+
+
+def test_kata_web_refuses_other_hosts_without_a_token(tmp_path):
+    env = dict(os.environ, KATA_STORE=str(tmp_path / "store"),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "kata", "web", "--host", "192.0.2.1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--token" in proc.stderr and "Traceback" not in proc.stderr
+    missing = subprocess.run([sys.executable, "-m", "kata", "web", "--host", "::",
+                              "--token", str(tmp_path / "none")],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "token file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_an_old_record_still_reads(tmp_path):
+    """A kata-run/1 record written before needs/phases (msgpack by hand) reads."""
+    raw = msgpack.packb({"format": "kata-run/1", "id": "old", "steps": [
+        {"name": "a", "status": "passed", "cache": "MISS", "service_logs": {}}]})
+    run = Run.decode(raw)
+    assert run.steps[0].needs == () and run.steps[0].phases is None
+
+
+def test_the_run_index_keeps_its_summaries_across_restarts(store, tmp_path, monkeypatch):
+    from kata.web.data import RunIndex
+
+    cache = str(tmp_path / "web" / "runs.msgpack")
+    first = RunIndex(store, cache=cache).entries()
+    monkeypatch.setattr(store, "read_run", lambda name: pytest.fail(f"read {name}"))
+    assert RunIndex(store, cache=cache).entries() == first  # no record read again
+    with open(cache, "wb") as f:
+        f.write(b"\xc1 not msgpack")
+    monkeypatch.undo()
+    assert RunIndex(store, cache=cache).entries() == first  # a bad cache is no cache
+
+
+def test_test_report_totals_from_a_stored_report(store):
+    """The hook for JUnit reports: a kata-test-report/1 blob's totals; anything else None."""
+    from kata.web.data import report_totals, test_totals
+
+    blob = store.put_blob(json.dumps({
+        "format": "kata-test-report/1", "passed": 7, "skipped": 1, "failed": 2,
+        "failures": [{"name": "t::a", "line": "assert 1 == 2"}], "files": [],
+        "warnings": []}).encode())
+    assert report_totals(store, blob) == {"tests": 10, "passed": 7, "skipped": 1, "failed": 2,
+                                          "failures": [{"name": "t::a",
+                                                        "line": "assert 1 == 2"}]}
+    assert report_totals(store, store.put_blob(b"{}")) is None
+    assert test_totals(store, StepRecord(name="a", status="passed")) is None
