@@ -51,10 +51,13 @@ class Host:
     """Where the checks look. ``proc``/``sys``: the roots of /proc and /sys; ``which``:
     finds an executable on PATH (``shutil.which``); ``cni_path``: the CNI plugin directory
     kata uses; ``store``: the store location kata would use; ``containerd_address``: an
-    explicit ``--containerd`` (None: kata's own or the system's); ``system_socket``: the
-    system containerd's socket; ``answers``: whether a unix socket accepts connections;
-    ``euid``: the effective uid; ``oci_runtime``: the configured OCI runtime
-    (``auto``, ``crun``, ``runc``)."""
+    explicit ``--containerd`` or the host config's address (None: kata's own or the
+    system's); ``system_socket``: the system containerd's socket ("" when the host config
+    gives kata a ``state_dir``, so the system's is never used); ``kata_socket``: the
+    socket of kata's own embedded containerd, ``kata_pid`` its pid if its pid file names a
+    live containerd; ``answers``: whether a unix socket accepts connections; ``euid``:
+    the effective uid; ``oci_runtime``: the configured OCI runtime (``auto``, ``crun``,
+    ``runc``)."""
 
     proc: Path = Path("/proc")
     sys: Path = Path("/sys")
@@ -63,6 +66,10 @@ class Host:
     store: Path = Path("/var/lib/kata/store")
     containerd_address: str | None = None
     system_socket: str = "/run/containerd/containerd.sock"
+    server_socket: str = ""
+    server_access: str = "no"  # kata.sockets.socket_access of server_socket
+    kata_socket: str = ""
+    kata_pid: int | None = None
     answers: Callable[[str], bool] = field(default=lambda path: False)
     euid: int = field(default_factory=os.geteuid)
     oci_runtime: str = "auto"  # the host config's containerd.oci_runtime
@@ -81,9 +88,18 @@ def _version(binary: str) -> str:
 def check_root(host: Host) -> Check:
     if host.euid == 0:
         return Check(name="root", status="ok", detail="running as root")
+    if host.server_access == "yes":
+        return Check(name="root", status="ok", detail=f"uid {host.euid}: kata commands run "
+                     f"as root through kata's server at {host.server_socket} (group kata)")
+    if host.server_access == "denied":
+        return Check(name="root", status="fail", detail=f"uid {host.euid} may not use kata's "
+                     f"server at {host.server_socket}",
+                     fix="an administrator adds you to group kata (usermod -aG kata $USER; "
+                         "root-equivalent), then log in again; or run kata as root")
     return Check(name="root", status="fail", detail=f"running as uid {host.euid}",
                  fix="kata mounts each step's workspace (overlayfs) and drives containerd: "
-                     "run it as root (sudo kata ...)")
+                     "run it as root (sudo kata ...), or have root run kata's server "
+                     "(kata daemon serve) and add you to group kata")
 
 
 def check_overlay(host: Host) -> Check:
@@ -147,17 +163,28 @@ def check_containerd(host: Host) -> Check:
                      detail=f"nothing answers at {host.containerd_address}",
                      fix="start that containerd, or drop --containerd / "
                          "KATA_CONTAINERD_ADDRESS to let kata start its own")
+    # the order kata connects in (ContainerdRuntime.connect): the system's, else its own
     binary = host.which("containerd")
+    version = (_version(binary) or binary) + "; " if binary else ""
+    if host.system_socket and host.answers(host.system_socket):
+        return Check(name="containerd", status="ok",
+                     detail=f"{version}the system's answers at {host.system_socket}")
+    if host.kata_socket and host.answers(host.kata_socket):
+        pid = f" (pid {host.kata_pid})" if host.kata_pid else ""
+        return Check(name="containerd", status="ok",
+                     detail=f"{version}kata's own is running{pid} and answers at "
+                            f"{host.kata_socket}; kata uses it")
+    if host.kata_pid is not None and host.kata_socket:
+        return Check(name="containerd", status="fail",
+                     detail=f"kata's own is running (pid {host.kata_pid}) but its socket "
+                            f"{host.kata_socket} does not accept connections",
+                     fix="kata daemon stop (kata starts a fresh one on first use); "
+                         "its log says why")
     if binary is None:
-        if host.answers(host.system_socket):
-            return Check(name="containerd", status="ok",
-                         detail=f"the system's answers at {host.system_socket}")
         return Check(name="containerd", status="fail", detail="containerd is not installed",
                      fix="apt-get install containerd (kata starts its own daemon from it)")
-    version = _version(binary) or binary
-    where = (f"; the system's answers at {host.system_socket}"
-             if host.answers(host.system_socket) else "; kata starts its own on first use")
-    return Check(name="containerd", status="ok", detail=version + where)
+    return Check(name="containerd", status="ok",
+                 detail=version + "kata starts its own on first use")
 
 
 def check_runc(host: Host) -> Check:

@@ -32,8 +32,26 @@ def path_spec(patterns: tuple[str, ...]):  # noqa: ANN201 - pathspec.GitIgnoreSp
 
 
 def check_path_globs(patterns: Sequence[str]) -> None:
-    """Raise ValueError for a pattern pathspec cannot compile."""
-    path_spec(tuple(patterns))
+    """Raise ValueError for a pattern that is not a usable gitignore pattern: one pathspec
+    cannot compile (``[z-a]``, a trailing ``\\``), and one gitignore would silently read
+    as matching nothing: a ``[`` that opens a character class never closed (``req/[.txt``;
+    git's wildmatch matches nothing there) or a leading ``#`` (a comment). Each names
+    the fix (``\\[``, ``\\#`` for the literal character)."""
+    spec = path_spec(tuple(patterns))
+    for text, compiled in zip(patterns, spec.patterns):
+        if getattr(compiled, "include", True) is None:
+            raise ValueError(_null_reason(text))
+
+
+def _null_reason(text: str) -> str:
+    body = text[1:] if text.startswith("!") else text
+    if body.lstrip().startswith("#"):
+        return ("gitignore reads a pattern starting with '#' as a comment, so it matches "
+                "nothing: write '\\#' for a literal '#'")
+    if "[" in body:
+        return ("'[' opens a character class that is never closed, so the pattern matches "
+                "nothing: close it with ']', or write '\\[' for a literal '['")
+    return "gitignore reads it as matching nothing"
 
 
 def path_match(patterns: Sequence[str], paths: Iterable[str]) -> list[str]:

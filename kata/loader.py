@@ -72,9 +72,11 @@ def workdir_problem(text: str) -> str:
     """Why ``text`` is not an acceptable container working directory ("" if it is).
 
     The rule: absolute; no ``.`` or ``..`` component (``/workspace/../../proc`` is
-    refused as written, not resolved); not ``/`` (the workspace is bind-mounted there,
-    it would hide the image's root); not ``/proc``, ``/sys``, ``/dev``, ``/run/kata``
-    nor anything under them (FORBIDDEN_WORKDIRS).
+    refused as written, not resolved); clean, i.e. written as it is meant (no empty
+    component from ``//`` and no trailing ``/``: ``/workspace//x`` and ``/workspace/x/``
+    name ``/workspace/x`` but would hash as other keys); not ``/`` (the workspace is
+    bind-mounted there, it would hide the image's root); not ``/proc``, ``/sys``,
+    ``/dev``, ``/run/kata`` nor anything under them (FORBIDDEN_WORKDIRS).
     """
     if "\0" in text:
         return "contains a NUL byte"
@@ -89,6 +91,8 @@ def workdir_problem(text: str) -> str:
     for bad in FORBIDDEN_WORKDIRS:
         if norm == bad or norm.startswith(bad + "/"):
             return f"must not be {bad} or under it (kernel or kata mount), got {text!r}"
+    if text != norm:
+        return f"must be a clean path (no '//', no trailing '/'): write {norm!r}, not {text!r}"
     return ""
 
 

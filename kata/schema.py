@@ -194,8 +194,10 @@ def _step() -> dict[str, Any]:
         "secrets": _secret_names("Secrets the step receives (by name; never in its key)."),
         "inputs": _patterns("Repository files the step sees (gitignore-style globs). "
                             "Default: the whole repository."),
-        "workdir": {"type": ["string", "number"], "pattern": "^/", "default": "/workspace",
-                    "description": "Absolute working directory in the container."},
+        "workdir": {"type": ["string", "number"], "pattern": r"^(/(?!\.\.?(/|$))[^/]+)+$",
+                    "default": "/workspace",
+                    "description": "Absolute, clean working directory in the container (no "
+                                   "'//', '.', '..' or trailing '/')."},
         "user": {**_NONEMPTY, "description": "User (name or uid[:gid]). Default: the "
                                              "image's."},
         "network": {"enum": list(NETWORK_MODES), "default": "default",

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 
@@ -210,13 +210,16 @@ class Store:
     # ------------------------------------------------------------ trees
 
     def put_tree(self, root_dir: str | os.PathLike[str], paths: Sequence[str] | None = None, *,
-                 manifest: dict[str, tuple[str, str]] | None = None) -> str:
+                 manifest: dict[str, tuple[str, str]] | None = None,
+                 dir_links: Mapping[str, str] | None = None) -> str:
         """Pack ``paths`` under ``root_dir`` (all of it: None) as one canonical tree blob;
         returns its digest. ``manifest``, when given, is filled with what the stored
         bytes hold per file and link: path -> (kind "f"|"x"|"l", "sha256:<hex>" of the
         content or link target), read from the very stream that was stored, so a caller
-        can check it against digests it computed earlier (a file edited in between)."""
-        entries = trees.scan(os.fspath(root_dir), paths)
+        can check it against digests it computed earlier (a file edited in between).
+        ``dir_links``: links among ``paths`` packed as the real directory they lead to
+        (``store.tree.scan``); every other link is stored as the link it is."""
+        entries = trees.scan(os.fspath(root_dir), paths, dir_links)
         chunks = trees.stream(entries)
         if manifest is not None:
             chunks = trees.tap_manifest(chunks, manifest)

@@ -8,7 +8,7 @@ The canonical archive ("kata-tree/1") is a self-describing record stream::
                 ["d", path, 0]        directory (mode 0755)
                 ["f", path, size]     regular file (0644), followed by `size` raw bytes
                 ["x", path, size]     executable file (0755), followed by `size` raw bytes
-                ["l", path, target]   symlink
+                ["l", path, target]   symlink (target: any non-empty bytes, stored as data)
               ["e"]                   end of archive (a truncated stream is detected)
 
 ``path`` and ``target`` are bytes (names need not be UTF-8), relative, '/'-separated.
@@ -18,10 +18,16 @@ compression level) enters the stream. The tree digest is the sha256 of this
 uncompressed stream. Hard links are stored as files; devices, FIFOs and sockets are
 refused.
 
+Symlinks are data: a link is stored with its target text as it was (absolute, or
+leading out of the tree: a virtualenv's ``bin/python -> /usr/bin/python3``), and
+extracted as that same link. Nothing here ever resolves one: packing reads links with
+``readlink`` and never descends into them, and extraction never writes through one.
+
 Extraction trusts nothing: every path, order, parent, link and size is checked by this
 module (no tarfile), and every write goes through a directory fd the extraction itself
 created (``O_NOFOLLOW``, ``O_EXCL``), so no symlink — whether in the archive or planted
-beside the target — is ever written through.
+beside the target — is ever written through: an entry's parent must be a directory of
+the archive itself, never a link (``evil -> /tmp`` followed by ``evil/x`` is refused).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import stat
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -78,6 +84,8 @@ def _record(kind: str, path: bytes, arg: int | bytes) -> bytes:
 
 
 END_RECORD = (lambda h: _LEN.pack(len(h)) + h)(msgpack.packb(["e"], use_bin_type=True))
+#: the canonical archive of an empty directory (what a step without artifacts stores)
+EMPTY_TREE = MAGIC + END_RECORD
 
 
 def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
@@ -93,10 +101,9 @@ def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _En
         return _Entry(key, "x" if mode & 0o100 else "f", abspath, st.st_size)
     if stat.S_ISLNK(mode):
         target = os.readlink(abspath)
-        if not _link_stays_inside(key, target):
-            raise _pack_error("store.tree.unsafe_symlink",
-                              f"symlink {os.fsdecode(rel)} -> {os.fsdecode(target)} points outside "
-                              "the tree; only relative links inside it can be stored", rel)
+        if not _link_target_ok(target):
+            raise _pack_error("store.tree.bad_symlink",
+                              f"symlink {os.fsdecode(rel)} has an empty or over-long target", rel)
         return _Entry(key, "l", abspath, target=target)
     raise _pack_error("store.tree.unsupported_file",
                       f"{os.fsdecode(rel)} is a device, FIFO or socket; trees hold only files, "
@@ -124,8 +131,28 @@ def _split_subset(path: str) -> tuple[bytes, ...]:
     return parts
 
 
-def scan(root: str, paths: Sequence[str] | None = None) -> list[_Entry]:
-    """The sorted entries of ``root`` (or of ``paths`` under it, with their parents)."""
+def _real_dir(broot: bytes, sub: str) -> tuple[bytes, ...]:
+    """The components of ``sub``, a path under ``broot`` every component of which is a
+    real directory (no link on the way), or StoreError store.tree.bad_path."""
+    parts = _split_subset(sub)
+    for depth in range(1, len(parts) + 1):
+        try:
+            st = os.lstat(os.path.join(broot, *parts[:depth]))
+        except FileNotFoundError:
+            raise StoreError("store.tree.missing_path", f"{sub} does not exist", obj=sub) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError("store.tree.bad_path", f"{sub} is not a directory", obj=sub)
+    return parts
+
+
+def scan(root: str, paths: Sequence[str] | None = None,
+         dir_links: Mapping[str, str] | None = None) -> list[_Entry]:
+    """The sorted entries of ``root`` (or of ``paths`` under it, with their parents).
+
+    ``dir_links`` maps some of ``paths`` (each a symlink) to the real directory under
+    ``root`` it leads to (a root-relative path with no link on it, resolved by the
+    caller): such a path is packed as a directory holding that directory's content,
+    instead of as the link (an artifact ``result -> build/out`` carries ``build/out``)."""
     broot = os.fsencode(os.path.abspath(root))
     try:
         if not stat.S_ISDIR(os.stat(broot).st_mode):
@@ -151,7 +178,17 @@ def scan(root: str, paths: Sequence[str] | None = None) -> list[_Entry]:
                                      f"{os.fsdecode(b'/'.join(key))} in {sub} is not a directory",
                                      obj=sub)
                 entries[key] = entry
-            if entries[parts].kind == "d":
+            source = (dir_links or {}).get(sub)
+            if source is not None and entries[parts].kind == "l":
+                real = _real_dir(broot, source)
+                entries[parts] = _Entry(parts, "d", os.path.join(broot, *real))
+                found = []
+                _walk(broot, real, found)
+                cut = len(real)
+                entries.update((parts + e.key[cut:],
+                                _Entry(parts + e.key[cut:], e.kind, e.abspath, e.size, e.target))
+                               for e in found)
+            elif entries[parts].kind == "d":
                 found = []
                 _walk(broot, parts, found)
                 entries.update((e.key, e) for e in found)
@@ -360,17 +397,11 @@ def _bad(reason: str, message: str, path: bytes | str | None) -> StoreError:
     return StoreError(f"store.archive.{reason}", f"unsafe archive: {message}", obj=name)
 
 
-def _link_stays_inside(key: tuple[bytes, ...], target: bytes) -> bool:
-    if not target or b"\0" in target or target.startswith(b"/"):
-        return False
-    depth = len(key) - 1
-    for part in target.split(b"/"):
-        if part in (b"", b"."):
-            continue
-        depth = depth - 1 if part == b".." else depth + 1
-        if depth < 0:
-            return False
-    return True
+def _link_target_ok(target: object) -> bool:
+    """A link target is data: any non-empty byte string without NUL, at most MAX_PATH
+    bytes (what ``symlink(2)`` itself takes). Where it points is never checked, since
+    nothing here follows it."""
+    return isinstance(target, bytes) and 0 < len(target) <= MAX_PATH and b"\0" not in target
 
 
 def _check_path(path: object) -> tuple[bytes, ...]:
@@ -586,9 +617,9 @@ def _entries(rd: _Reader, limits: Limits) -> Iterator[tuple[str, tuple[bytes, ..
                            f"at {os.fsdecode(path)}", path)
             yield kind.decode(), parts, arg, rd
         elif kind == b"l":
-            if not isinstance(arg, bytes) or not _link_stays_inside(parts, arg):
-                raise _bad("unsafe_symlink", f"symlink {os.fsdecode(path)} -> {arg!r} points "
-                           "outside the tree", path)
+            if not _link_target_ok(arg):
+                raise _bad("bad_symlink", f"symlink {os.fsdecode(path)} -> {arg!r}: a target "
+                           f"must be 1 to {MAX_PATH} bytes without NUL", path)
             yield "l", parts, arg, rd
         else:
             raise _bad("bad_entry", f"unsupported entry type {kind!r} for {os.fsdecode(path)} "

@@ -37,3 +37,22 @@ def test_glob_walk_never_follows_a_link_out_of_the_workdir(tmp_path):
     # a link the glob names is taken as a link (not walked into)
     assert select(work, ["**/*.whl"]) == ([], ["**/*.whl"])
     assert select(work, ["li*"]) == (["link"], [])
+
+
+def test_a_named_link_to_a_directory_inside_the_workdir_resolves_there(tmp_path):
+    """dir_links: only a link the entry names itself, only into the working directory
+    (relative, or absolute under the step's workdir), never the working directory itself."""
+    from kata.realise.artifacts import dir_links
+    work = tmp_path / "work"
+    _tree(work, ["build/out/app", "file"])
+    _tree(tmp_path, ["host/secret"])
+    links = {"result": "build/out", "abs": "/workspace/build/out", "chain": "result",
+             "viaup": "build/../build/out", "tofile": "file", "out": str(tmp_path / "host"),
+             "escape": "../host", "dangling": "nope", "root": ".", "loop": "loop",
+             "absout": "/etc"}
+    for name, target in links.items():
+        os.symlink(target, work / name)
+    got = dir_links(work, sorted(links) + ["build", "file"], "/workspace")
+    assert got == {"result": "build/out", "abs": "build/out", "chain": "build/out",
+                   "viaup": "build/out"}
+    assert dir_links(work, ["abs"], "/src") == {}  # the container saw it elsewhere

@@ -135,6 +135,56 @@ def test_an_unwritable_store(tmp_path) -> None:
     assert status == "fail" and detail.startswith("/proc/kata-store: cannot write in /proc")
 
 
+def test_kata_s_own_containerd_already_running_is_reported_as_such(tmp_path) -> None:
+    """Issue 12 (e): doctor says kata's own containerd is running and used, instead of
+    promising to start one; the system's, when it answers, comes first (as kata connects)."""
+    own = "/run/kata/containerd/containerd.sock"
+    host = fake_host(tmp_path, kata_socket=own, kata_pid=4242, answers=lambda p: p == own)
+    assert by_name(host)["containerd"][:2] == (
+        "ok", f"containerd version 9.9; kata's own is running (pid 4242) and answers at {own}; "
+              "kata uses it")
+    # not even on PATH any more (removed after it started): it still answers, so ok
+    host = fake_host(tmp_path, kata_socket=own, binaries=("runc", "ip", "iptables", "git"),
+                     answers=lambda p: p == own)
+    assert by_name(host)["containerd"][:2] == (
+        "ok", f"kata's own is running and answers at {own}; kata uses it")
+    sysd = "/run/containerd/containerd.sock"
+    host = fake_host(tmp_path, kata_socket=own, system_socket=sysd, answers=lambda p: True)
+    assert by_name(host)["containerd"][1].endswith(f"the system's answers at {sysd}")
+    hung = fake_host(tmp_path, kata_socket=own, kata_pid=4242, answers=lambda p: False)
+    status, detail, fix = by_name(hung)["containerd"]
+    assert status == "fail" and "running (pid 4242) but its socket" in detail
+    assert fix.startswith("kata daemon stop")
+
+
+def test_a_non_root_user_in_group_kata_passes_the_root_check(tmp_path) -> None:
+    sock = "/run/kata/kata.sock"
+    ok = by_name(fake_host(tmp_path, euid=1000, server_socket=sock, server_access="yes"))
+    assert ok["root"][:2] == ("ok", f"uid 1000: kata commands run as root through kata's "
+                                    f"server at {sock} (group kata)")
+    denied = by_name(fake_host(tmp_path, euid=1000, server_socket=sock, server_access="denied"))
+    assert denied["root"][0] == "fail" and "usermod -aG kata" in denied["root"][2]
+    alone = by_name(fake_host(tmp_path, euid=1000))
+    assert alone["root"][0] == "fail" and "kata daemon serve" in alone["root"][2]
+
+
+def test_kata_doctor_finds_kata_s_running_containerd(tmp_path, containerd_daemon) -> None:
+    """On this machine: a host config naming the state_dir of a running embedded
+    containerd (the test's own): doctor reports it running, starts nothing, exits 0."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"containerd:\n  state_dir: {containerd_daemon.root.parent}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
+           "KATA_CONFIG": str(cfg)}
+    env.pop("KATA_CONTAINERD_ADDRESS", None)
+    pid_before = containerd_daemon.pidfile.read_text()
+    r = subprocess.run([sys.executable, "-m", "kata", "doctor"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    line = next(x for x in r.stdout.splitlines() if "containerd:" in x)
+    assert line.startswith("[OK]") and "kata's own is running (pid " in line, r.stdout
+    assert f"answers at {containerd_daemon.socket}; kata uses it" in line
+    assert containerd_daemon.pidfile.read_text() == pid_before  # no second daemon
+
+
 def test_kata_doctor_on_this_machine(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store")}
     env.pop("KATA_CONTAINERD_ADDRESS", None)

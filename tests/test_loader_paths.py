@@ -48,6 +48,25 @@ BAD = {
     "workdir_root": ("    workdir: /\n", 4, 14, "workdir must not be '/'"),
     "workdir_secrets": ("    workdir: /run/kata/secrets\n", 4, 14, "must not be /run/kata"),
     "workdir_relative": ("    workdir: src\n", 4, 14, "workdir must be an absolute path"),
+    "workdir_double_slash": ("    workdir: /workspace//x\n", 4, 14,
+                             "workdir must be a clean path (no '//', no trailing '/'): "
+                             "write '/workspace/x', not '/workspace//x'"),
+    "workdir_trailing_slash": ("    workdir: '/src/app/'\n", 4, 14,
+                               "write '/src/app', not '/src/app/'"),
+    "inputs_unclosed_bracket": ("    inputs: [src/**, 'req/[.txt']\n", 4, 22,
+                                "bad pattern 'req/[.txt' in step 'a': inputs: "
+                                "'[' opens a character class that is never closed"),
+    "key_files_unclosed_bracket": ("    cache:\n      paths: [c]\n      key_files: ['req/[.txt']\n",
+                                   6, 19, "'[' opens a character class that is never closed"),
+    "artifacts_unclosed_bracket": ("    artifacts: ['dist/[.whl']\n", 4, 17,
+                                   "'[' opens a character class that is never closed"),
+    "only_paths_unclosed_bracket": ("    only: {paths: ['docs/[']}\n", 4, 20,
+                                    "'[' opens a character class that is never closed"),
+    "changed_unclosed_bracket": ("    when: changed(\"a/[\")\n", 4, 11,
+                                 "'[' opens a character class that is never closed"),
+    "inputs_comment": ("    inputs: ['#notes']\n", 4, 14,
+                       "gitignore reads a pattern starting with '#' as a comment"),
+    "inputs_bad_range": ("    inputs: ['[z-a].txt']\n", 4, 14, "bad pattern '[z-a].txt'"),
 }
 
 
@@ -63,12 +82,12 @@ def test_escaping_paths_are_refused_with_position(case: str) -> None:
 
 
 def test_paths_inside_are_accepted() -> None:
-    p = load_text(STEP + "    workdir: /src/app/\n    artifacts: [dist/, ./bin/app, 'a..b']\n"
+    p = load_text(STEP + "    workdir: /src/app\n    artifacts: [dist/, ./bin/app, 'a..b']\n"
                   "    inputs: ['src/**', '!src/gen/**', '/go.mod']\n".replace("'/go.mod'", "go.mod")
                   + "    cache:\n      paths: [node_modules/, .cache]\n"
                   "      key_files: [package-lock.json, '**/go.sum', '!vendor/**']\n")
     step = p.steps[0]
-    assert step.workdir == "/src/app/"
+    assert step.workdir == "/src/app"
     assert step.artifacts == ("dist/", "./bin/app", "a..b")
     assert step.cache.key_files == ("package-lock.json", "**/go.sum", "!vendor/**")
 
@@ -146,3 +165,21 @@ def test_changed_path_filters_may_anchor_at_the_root():
     with pytest.raises(KataError) as err:  # the same pattern where kata would read files
         load_text(STEP + "    inputs: ['/*.md']\n", file="k.yaml")
     assert err.value.reason == "config.value" and "is absolute" in err.value.message
+
+
+@pytest.mark.parametrize("body,where,words", [
+    ("    commands: ['true']\n    cache:\n      paths: [c]\n      key_files: ['req/[.txt']\n",
+     "8:19", "bad pattern 'req/[.txt' in step 'a': cache.key_files: '[' opens"),
+    ("    commands: ['true']\n    workdir: /workspace//x\n", "6:14",
+     "step 'a': workdir must be a clean path"),
+])
+def test_validate_refuses_malformed_globs_and_unclean_workdir(tmp_path: Path, body: str,
+                                                              where: str, words: str) -> None:
+    cfg = tmp_path / ".kata-ci.yaml"
+    cfg.write_text("pipeline: p\n" + STEP + body)
+    res = subprocess.run([sys.executable, "-m", "kata", "-f", str(cfg), "validate"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith(f"error: {cfg}:{where}: ") and words in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr

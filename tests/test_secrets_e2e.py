@@ -223,3 +223,31 @@ def test_secret_steps_are_cached_only_with_cache_true(kata2):
     assert first.returncode == 0
     second = kata2("run", DEPLOY_TOKEN="s3cr3t-token")
     assert "[CACHE] deploy: HIT" in second.stdout and "[RUN] deploy" not in second.stdout
+
+
+def test_a_value_written_literally_in_a_command_is_masked_in_its_echo_too(kata2):
+    """Issue 12 (d), decided: everything a run prints or records passes through one masker,
+    the `[RUN]` echo of a command included, even where the value is the config's own text
+    (GitHub Actions and GitLab mask the echoed script the same way). The same in the plain
+    lines, `--json` and the stored log; the config itself (`kata graph`, `kata why`)
+    is shown as written, since those read no value."""
+    value = "literal-s3cr3t-value"
+    doc = {"pipeline": "lit", "steps": [
+        {"name": "show", "image": IMAGE, "commands": [f"echo {value}"]},
+        {"name": "deploy", "image": IMAGE, "secrets": ["DEPLOY_TOKEN"],
+         "commands": ['echo "$DEPLOY_TOKEN"'], "depends_on": ["show"]}]}
+    (kata2.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    plain = kata2("run", DEPLOY_TOKEN=value)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    lines = plain.stdout.splitlines()
+    assert "[RUN] show: echo ***" in lines and "show | ***" in lines
+    assert "deploy | ***" in lines and value not in plain.stdout + plain.stderr
+    as_json = kata2("run", "--json", "--no-cache", DEPLOY_TOKEN=value)
+    assert as_json.returncode == 0 and value not in as_json.stdout
+    events = [json.loads(x) for x in as_json.stdout.splitlines()]
+    assert {"event": "run", "step": "show", "command": "echo ***"}.items() <= next(
+        e for e in events if e["event"] == "run" and e["step"] == "show").items()
+    logs = kata2("logs", "--step", "show")
+    assert logs.returncode == 0 and "***" in logs.stdout and value not in logs.stdout
+    graph = kata2("graph")  # the config as written: it holds no secret, kata read none
+    assert graph.returncode == 0

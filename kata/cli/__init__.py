@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kata`` console script."""
     from store.errors import StoreError
 
+    from kata.client import run_if_served
+
     try:
+        # not root: a command kata's server runs goes there (SECURITY.md, "Group kata")
+        run_if_served(sys.argv[1:] if argv is None else argv)
         cli.main(args=argv, prog_name="kata", standalone_mode=False)
     except KataError as err:
         sys.exit(_report(err.reason, str(err), err.exit_code))

@@ -22,15 +22,24 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     from kata.doctor import Host, diagnose
     from kata.errors import KataError
     from kata.runtimes.containerd.config import load_runtime_config
-    from kata.runtimes.containerd.daemon import SYSTEM_SOCKET, socket_answers
+    from kata.runtimes.containerd.daemon import (
+        SYSTEM_SOCKET, daemon_paths, read_pid, socket_answers,
+    )
     from kata.runtimes.containerd.network import CNI_PATH
+    from kata.server import socket_path
+    from kata.sockets import socket_access
 
     obj = ctx.find_root().obj or {}
-    address = obj.get("containerd_address")
+    config = load_runtime_config()
+    address = obj.get("containerd_address") or config.address
+    server = socket_path()  # kata's server, for a non-root user in group kata
+    own = daemon_paths(config.state_dir)  # kata's own containerd, where kata would start it
     host = Host(cni_path=Path(CNI_PATH), store=Path(store_location(obj.get("store_path"))),
                 containerd_address=address.removeprefix("unix://") if address else None,
-                system_socket=SYSTEM_SOCKET, answers=socket_answers,
-                oci_runtime=load_runtime_config().oci_runtime)
+                system_socket=SYSTEM_SOCKET if config.state_dir is None else "",
+                kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
+                server_socket=str(server), server_access=socket_access(server),
+                oci_runtime=config.oci_runtime)
     checks = diagnose(host)
     failed = [c for c in checks if c.status == "fail"]
     if json_out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from kata.cli.store_cmds import human_size
@@ -93,7 +95,7 @@ def image_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
 
 @click.group()
 def daemon() -> None:
-    """Kata's own embedded containerd."""
+    """Kata's server (for group kata) and its own embedded containerd."""
 
 
 def _paths():  # noqa: ANN202
@@ -103,14 +105,39 @@ def _paths():  # noqa: ANN202
     return daemon_paths(load_runtime_config().state_dir)
 
 
+@daemon.command("serve")
+@click.option("--socket", "sock", type=click.Path(dir_okay=False),
+              help="Where to listen (default: $KATA_SERVER_SOCKET, else /run/kata/kata.sock).")
+@click.option("--group", default="kata", show_default=True,
+              help="The group whose members may use it (root-equivalent: SECURITY.md).")
+def daemon_serve_cmd(sock: str | None, group: str) -> None:
+    """Run kata for the members of a group (as root, in the foreground: a systemd unit).
+
+    A non-root kata finds the socket (root:GROUP 0660) and hands it its command."""
+    from pathlib import Path
+
+    from kata.server import serve
+
+    serve(Path(sock).absolute() if sock else None, group=group)
+
+
 @daemon.command("status")
 def daemon_status_cmd() -> None:
-    """Say whether kata's containerd runs, and where it keeps things."""
+    """Say whether kata's server and kata's containerd run, whether this user may use
+    them, and where they keep things. Tells the truth as any user."""
     from kata.runtimes.containerd.daemon import daemon_status
+    from kata.server import server_status, socket_path
 
+    server = server_status(socket_path())
+    click.echo(f"kata server: {server['state']}")
+    click.echo(f"  socket: {server['socket']}" + (f" ({server['owner']})" if server["owner"] else ""))
+    click.echo(f"  you: {server['access']}")
     status = daemon_status(_paths())
     state = f"running (pid {status['pid']})" if status["running"] else "not running"
     click.echo(f"kata containerd: {state}")
+    if status["running"] and not status["usable"]:
+        click.echo("  you: cannot use its socket directly (root's); kata reaches it as root"
+                   + (" through kata's server" if os.geteuid() else ""))
     for key in ("socket", "root", "state", "config", "log"):
         click.echo(f"  {key}: {status[key]}")
 

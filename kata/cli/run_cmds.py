@@ -285,7 +285,9 @@ def _export(store, graph, targets, result, out_dir: Path, json_out: bool) -> Non
     names = targets if targets is not None else graph.order
     rows = [(n, result.steps[n].status, result.steps[n].outputs, bool(graph.nodes[n].step.artifacts))
             for n in names if n in result.steps]
-    _print_exports(export(store, exported(rows), out_dir,
+    from kata.server import out_owner
+
+    _print_exports(export(store, exported(rows), out_dir, owner=out_owner(),
                           flat=targets is not None and len(targets) == 1), json_out)
 
 
@@ -474,8 +476,10 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
                 for e in record.steps if not steps or e.name in steps]
+        from kata.server import out_owner
+
         _print_exports(export(store, exported(rows, named=steps), Path(out_dir),
-                              flat=len(steps) == 1), json_out)
+                              flat=len(steps) == 1, owner=out_owner()), json_out)
     finally:
         store.close()
 

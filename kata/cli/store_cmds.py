@@ -7,6 +7,7 @@ realiser opens the same store the CLI shows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import click
@@ -25,6 +26,9 @@ def register(cli: click.Group) -> None:
 
 # ---------------------------------------------------------------- which store
 
+ROOT_STORE = "/var/lib/kata/store"
+
+
 def store_location(explicit: str | None = None) -> str:
     """``--store``, else $KATA_STORE, else /var/lib/kata/store for root, else the user's."""
     if explicit:
@@ -33,7 +37,7 @@ def store_location(explicit: str | None = None) -> str:
     if env:
         return os.path.abspath(os.path.expanduser(env))
     if os.geteuid() == 0:
-        return "/var/lib/kata/store"
+        return ROOT_STORE
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(data, "kata", "store")
 
@@ -45,7 +49,14 @@ def open_store(ctx: click.Context | None = None):
     explicit = None
     if ctx is not None and isinstance(ctx.find_root().obj, dict):
         explicit = ctx.find_root().obj.get("store_path")
-    store = Store.open(store_location(explicit))
+    location = store_location(explicit)
+    if location == ROOT_STORE and os.geteuid() == 0 and not os.path.exists(location):
+        # OWNERSHIP: root's default store is root's alone (0700): it holds every
+        # pipeline's inputs and outputs; group kata reaches it through kata's server
+        os.makedirs(os.path.dirname(location), mode=0o755, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(location, 0o700)
+    store = Store.open(location)
     for notice in store.notices:
         click.echo(f"kata: {notice}", err=True)
     return store

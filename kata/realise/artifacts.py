@@ -10,12 +10,22 @@ missing literal path: the step declared an artifact it did not produce.
 The walk never follows a symbolic link (the working directory is the step's, i.e. hostile:
 ``dist -> /`` must not make the host's root an artifact), and it starts at the glob's literal
 prefix so ``dist/*.whl`` reads only ``dist``.
+
+Symlinks are data: a link is stored as the link it is (a virtualenv's
+``bin/python -> /usr/bin/python3`` stays that link, never the host's file). One exception,
+for the path an entry names itself (a literal entry, or a glob's match): when it is a link
+that leads, inside the working directory, to a directory, the artifact carries that
+directory's content under the link's name (``result -> build/out``, as Nix's ``./result``).
+That resolution (``dir_links``) reads links with ``readlink`` only and never leaves the
+working directory: an absolute target counts only under the step's ``workdir`` (where the
+container saw it), anything else is not followed and the link is stored as a link.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -101,3 +111,62 @@ def _expand(workdir: Path, pattern: str) -> list[str]:
             elif is_dir:
                 stack.append(path)
     return out
+
+
+MAX_LINK_HOPS = 40  # as the kernel's own limit (ELOOP)
+
+
+def dir_links(workdir: Path, paths: Sequence[str], mount: str) -> dict[str, str]:
+    """{path: directory} for each of ``paths`` (workdir-relative) that is a symlink leading
+    to a directory inside ``workdir``: the directory's workdir-relative path, with no link
+    on it. ``mount`` is where the container saw ``workdir`` (the step's ``workdir:``), so an
+    absolute target below it counts. Links are read, never followed by the kernel."""
+    out = {}
+    for path in paths:
+        try:
+            if not stat.S_ISLNK(os.lstat(workdir / path).st_mode):
+                continue
+        except OSError:
+            continue
+        real = _resolve_in(workdir, path, mount)
+        if real is not None:
+            out[path] = real
+    return out
+
+
+def _resolve_in(workdir: Path, rel: str, mount: str) -> str | None:
+    """The real directory ``rel`` leads to inside ``workdir`` (never ``workdir`` itself),
+    or None: dangling, a loop, not a directory, or out of the working directory."""
+    done: list[str] = []  # real directories only, so ".." is lexical
+    todo = deque(rel.split("/"))
+    hops = 0
+    root = mount.rstrip("/") + "/"
+    while todo:
+        part = todo.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        here = workdir.joinpath(*done, part)
+        try:
+            mode = os.lstat(here).st_mode
+        except OSError:
+            return None
+        if stat.S_ISLNK(mode):
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                if not (target + "/").startswith(root):
+                    return None
+                done, target = [], target[len(root):]
+            todo.extendleft(reversed(target.split("/")))
+        elif stat.S_ISDIR(mode):
+            done.append(part)
+        else:
+            return None
+    return "/".join(done) or None

@@ -56,11 +56,16 @@ def exported(results: Iterable[tuple[str, str, str, bool]], named: Sequence[str]
 
 
 def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, *,
-           flat: bool) -> list[Exported]:
-    """Extract each (step, tree) under ``out_dir`` (``flat``: one step, directly in it)."""
+           flat: bool, owner: tuple[int, int] | None = None) -> list[Exported]:
+    """Extract each (step, tree) under ``out_dir`` (``flat``: one step, directly in it).
+    ``owner`` (uid, gid): what is written is given to that user (links themselves, never
+    their targets), as kata's server does for the group member who asked (``--out``)."""
     assert not flat or len(outputs) <= 1, outputs
+    made = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if made and owner is not None:
+            os.chown(out_dir, *owner)
     except OSError as err:
         raise KataError("export.out_dir", f"--out {out_dir}: {err.strerror}", obj=str(out_dir)) from None
     if not out_dir.is_dir():
@@ -71,6 +76,8 @@ def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, 
         staging = Path(tempfile.mkdtemp(prefix=".kata-export-", dir=out_dir))
         try:
             store.extract_tree(tree, staging / "t")
+            if owner is not None:
+                _give(staging / "t", owner)
             if flat:
                 for name in sorted(os.listdir(staging / "t")):
                     _replace(staging / "t" / name, dest / name)
@@ -94,3 +101,11 @@ def _replace(new: Path, dest: Path) -> None:
         else:
             os.unlink(dest)
     os.rename(new, dest)
+
+
+def _give(root: Path, owner: tuple[int, int]) -> None:
+    """``lchown`` everything below and including ``root`` (a tree just extracted)."""
+    os.lchown(root, *owner)
+    for dirpath, dirnames, filenames in os.walk(root):  # never follows a link
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), *owner)

@@ -7,6 +7,12 @@ dropped and its corrupt objects quarantined (``Store.damaged``, as ``kata store 
 the damage again (Bazel's remote cache and Nix's substituters behave the same way).
 With ``heal=False`` (a dry run) damage is reported and nothing is changed.
 
+A dry run predicts the run (both plan through ``plan.make_plan`` over this class): the
+two objects every run writes itself before it looks anything up — the empty log and the
+empty tree, shared by every quiet step and every step without artifacts — are put by a
+healing lookup first (a deleted one is back before any record is judged), and counted
+as intact by a dry one, which would otherwise call damaged what the run finds whole.
+
 Scopes (:class:`kata.keys.Scope`): step results are read under the run's
 ``realisation_keys`` (a trusted run: the shared key only; an untrusted run: its
 quarantine first), cache directories under ``cache_dir_keys``.
@@ -14,11 +20,16 @@ quarantine first), cache directories under ``cache_dir_keys``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from kata import keys
 from kata.keys import Scope
 from store import Realisation, Store, StoreError
+from store.tree import EMPTY_TREE
+
+#: digests of the objects a run writes before any lookup: the empty log, the empty tree
+ALWAYS_WRITTEN = tuple("sha256:" + hashlib.sha256(b).hexdigest() for b in (b"", EMPTY_TREE))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +51,12 @@ class Lookup:
         self.scope = scope
         self.heal = heal
         self._intact: set[str] = set()
+        if heal:  # a stat each when they are whole (a fully cached run pays ~µs)
+            bad = set(store.damaged(ALWAYS_WRITTEN, repair=True))
+            for digest, data in zip(ALWAYS_WRITTEN, (b"", EMPTY_TREE)):
+                if digest in bad:
+                    store.put_blob(data)
+        self._intact.update(ALWAYS_WRITTEN)
 
     def _read(self, key: str) -> Looked:
         try:

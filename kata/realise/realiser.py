@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,7 +40,8 @@ from kata.realise.lookup import Lookup
 from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
-    DAMAGED, NOT_STORED, Plan, caches, check, make_plan, miss_reason, plan_entries, plan_run,
+    DAMAGED, NOT_STORED, Plan, StepPlan, caches, check, make_plan, miss_reason, plan_entries,
+    plan_run,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
@@ -105,6 +106,7 @@ class Realiser:
         self._lock = threading.Lock()
         self._stacks: dict[str, tuple[str, ...]] = {}  # step -> visible artifact trees
         self._results: dict[str, StepResult] = {}
+        self._planned: Mapping[str, StepPlan] = {}  # the plan being run, per step
         self._snapshots: dict[str, str] = {}  # step -> input snapshot tree digest
         self._snapshot_faults: dict[str, Exception] = {}  # step -> why its snapshot failed
         self._producer: dict[str, str] = {}  # tree digest -> the step whose stack has it
@@ -151,6 +153,7 @@ class Realiser:
         started = time.monotonic()
         created = self._created = time.time()
         plan = plan or self.plan()
+        self._planned = plan.steps
         self.emit(ev.Parsed(pipeline=self.pipeline, steps=len(self.graph.order),
                             groups=len(self.graph.levels), planned=plan.order))
         for name, why in plan.skipped.items():
@@ -165,7 +168,11 @@ class Realiser:
             if to_run:
                 self._need_runtime()
                 sweep_dead_runs(self.options.work_root)
-                run_dir.mkdir(parents=True, exist_ok=True)
+                run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # OWNERSHIP: the run's workspaces (inputs, outputs) and secrets are root's
+                # alone; a container reaches its workspace through its bind mount, which
+                # the modes of the directories above it do not gate
+                os.chmod(run_dir, 0o700)
                 self._run_dir = run_dir
                 self._snapshot_inputs(to_run)
                 deps = {n: self.graph.nodes[n].deps for n in self.graph.order}
@@ -343,6 +350,10 @@ class Realiser:
                 self._hit(name, found.record, resolved, "resolved")
                 return True
             damaged = found.damaged
+        planned = self._planned.get(name)
+        # the plan found the derivation-hash record damaged: a miss says so here too, as
+        # the dry run did (the resolved lookup only decides whether it still hits)
+        damaged = damaged or (planned is not None and planned.damaged)
         if name not in self._results:  # a re-queued step said so the first time
             self.store.count(False)
             why = miss_reason(step, use_cache) or (DAMAGED if damaged else NOT_STORED)
@@ -554,7 +565,8 @@ class Realiser:
         if missing:
             return ("artifact.missing", artifacts.missing_message(missing), "")
         try:
-            outputs = self.records.put_tree(workdir, paths)
+            outputs = self.records.put_tree(
+                workdir, paths, artifacts.dir_links(workdir, paths, step.workdir))
             if self.options.record:
                 self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts

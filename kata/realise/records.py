@@ -58,11 +58,13 @@ class Records:
             self._empty_log = self.store.put_blob(b"")
         return self._empty_log
 
-    def put_tree(self, root: Path, paths: Sequence[str]) -> str:
-        """``paths`` under ``root`` as one tree (the empty tree for none)."""
+    def put_tree(self, root: Path, paths: Sequence[str],
+                 dir_links: dict[str, str] | None = None) -> str:
+        """``paths`` under ``root`` as one tree (the empty tree for none); ``dir_links``
+        as ``store.Store.put_tree`` takes it."""
         if not paths:
             return self.empty_tree()
-        return self.store.put_tree(root, paths=tuple(paths))
+        return self.store.put_tree(root, paths=tuple(paths), dir_links=dir_links)
 
     def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
                 duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:

@@ -1,5 +1,13 @@
 """Kata's own embedded containerd: start it detached, find it again, stop it.
 
+OWNERSHIP (every file kata makes here, deliberately): the directories are root's, 0711
+(traversable, not listable: any user's ``kata daemon status`` reads the pid file and
+stats the socket by name), containerd's root 0700 (images, snapshots; containerd sets it
+so itself); the gRPC socket is ``root:root 0660`` (set in containerd's
+config, ``[grpc] uid/gid``): only root talks to containerd, group ``kata``'s members
+reach it through kata's server (``kata.server``), never directly; the pid file and the
+config are 0644 (no secret in either), the log 0600.
+
 With no address configured and nothing answering at the system socket, kata
 runs Debian's containerd with a config, root, state and socket of its own.
 The daemon outlives the kata process that started it (new session, log to a
@@ -14,13 +22,13 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kata.errors import KataError
+from kata.sockets import socket_access
 from procs import pid_alive
 
 SYSTEM_SOCKET = "/run/containerd/containerd.sock"
@@ -66,15 +74,7 @@ def daemon_paths(state_dir: str | os.PathLike[str] | None = None) -> DaemonPaths
 
 def socket_answers(path: str | os.PathLike[str], timeout: float = 1.0) -> bool:
     """True when something accepts connections on the unix socket at ``path``."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(os.fspath(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    return socket_access(path, timeout) == "yes"
 
 
 def _check_host() -> str:
@@ -104,6 +104,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
 [grpc]
   address = "{paths.socket}"
+  uid = 0
+  gid = 0
 
 [ttrpc]
   address = "{paths.socket}.ttrpc"
@@ -140,22 +142,29 @@ def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:
     for d in (paths.root, paths.state, paths.pidfile.parent, paths.socket.parent,
               paths.config.parent, paths.log.parent):
         d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        if not os.stat(d).st_mode & 0o1000:  # never a shared sticky dir such as /tmp
+            # OWNERSHIP: root's; containerd's root 0700 (as containerd itself sets it), the
+            # rest traversable, not listable (any user's status reads the pid file)
+            os.chmod(d, 0o700 if d == paths.root else 0o711)
     with open(paths.lockfile, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another kata may be starting it right now
         if socket_answers(paths.socket):
             return paths.address
         paths.config.write_text(_config_text(paths))
+        os.chmod(paths.config, 0o644)  # no secret in it
         try:
             paths.socket.unlink()
         except FileNotFoundError:
             pass
-        with open(paths.log, "ab") as log:
+        with open(os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+                  "ab") as log:
             proc = subprocess.Popen(
                 [binary, "--config", str(paths.config), "--log-level", "warn"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, close_fds=True,
             )
         paths.pidfile.write_text(f"{proc.pid}\n")
+        os.chmod(paths.pidfile, 0o644)  # any user's `kata daemon status` reads it
         deadline = time.monotonic() + timeout
         while not socket_answers(paths.socket, timeout=0.5):
             if proc.poll() is not None:
@@ -181,10 +190,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def daemon_status(paths: DaemonPaths) -> dict[str, object]:
-    """What `kata daemon status` shows."""
+    """What `kata daemon status` shows, true for any user: ``running`` when the pid file
+    names a live containerd whose socket is there (answering, or refusing this user:
+    a non-root user may not connect to root's socket, which does not make it stopped),
+    ``usable`` when this process may connect."""
     pid = read_pid(paths)
+    access = socket_access(paths.socket) if pid is not None else "no"
     return {
-        "running": pid is not None and socket_answers(paths.socket),
+        "running": pid is not None and access != "no",
+        "usable": access == "yes",
         "pid": pid,
         "socket": str(paths.socket),
         "root": str(paths.root),
