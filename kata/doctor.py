@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from kata.errors import KataError
+from kata.oci_runtime import choose, crun_blocker
+
 Status = Literal["ok", "warn", "fail"]
 
 GB = 1000 ** 3
@@ -53,7 +56,8 @@ class Host:
     gives kata a ``state_dir``, so the system's is never used); ``kata_socket``: the
     socket of kata's own embedded containerd, ``kata_pid`` its pid if its pid file names a
     live containerd; ``answers``: whether a unix socket accepts connections; ``euid``:
-    the effective uid."""
+    the effective uid; ``oci_runtime``: the configured OCI runtime (``auto``, ``crun``,
+    ``runc``)."""
 
     proc: Path = Path("/proc")
     sys: Path = Path("/sys")
@@ -68,6 +72,7 @@ class Host:
     kata_pid: int | None = None
     answers: Callable[[str], bool] = field(default=lambda path: False)
     euid: int = field(default_factory=os.geteuid)
+    oci_runtime: str = "auto"  # the host config's containerd.oci_runtime
 
 
 def _version(binary: str) -> str:
@@ -190,6 +195,23 @@ def check_runc(host: Host) -> Check:
     return Check(name="runc", status="ok", detail=_version(binary) or binary)
 
 
+def check_oci_runtime(host: Host) -> Check:
+    """Which OCI runtime the containers will use (kata.oci_runtime)."""
+    mounts = {point: kind for point, kind, _ in _mounts(host)}
+    try:
+        oci = choose(host.oci_runtime, which=host.which,
+                     blocker=lambda: crun_blocker(mounts, host.sys))
+    except KataError as err:
+        fix = "apt-get install crun" if "not installed" in err.message else \
+            "follow the message, or set containerd.oci_runtime: auto (docs/config.md)"
+        return Check(name="oci-runtime", status="fail", detail=err.message, fix=fix)
+    version = _version(oci.binary) or oci.binary
+    return Check(name="oci-runtime", status="ok",
+                 detail=f"{version} (containerd.oci_runtime: {host.oci_runtime}"
+                        + ("" if oci.why == "chosen" else f"; {oci.why.removeprefix('auto: ')}")
+                        + ")")
+
+
 def check_cni(host: Host) -> Check:
     missing = [p for p in ("bridge", "host-local") if not os.access(host.cni_path / p, os.X_OK)]
     tools = [t for t in ("ip", "iptables") if host.which(t) is None]
@@ -252,11 +274,11 @@ def check_git(host: Host) -> Check:
     return Check(name="git", status="ok", detail=_version("git") or "git")
 
 
-CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc, check_cni,
-          check_store, check_space, check_git)
+CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc,
+          check_oci_runtime, check_cni, check_store, check_space, check_git)
 
 
 def diagnose(host: Host) -> list[Check]:
-    """Every check, in a fixed order: root, overlay, cgroups, containerd, runc, cni,
-    store, space, git."""
+    """Every check, in a fixed order: root, overlay, cgroups, containerd, runc,
+    oci-runtime, cni, store, space, git."""
     return [check(host) for check in CHECKS]

@@ -270,6 +270,27 @@ def test_bad_inputs_are_kata_errors_and_leave_nothing(clean_runtime, busybox_dig
     assert err.value.reason == "runtime.start_failed"
 
 
+@pytest.mark.parametrize("message, detail", [
+    ('failed to create shim task: OCI runtime create failed: runc create failed: unable to '
+     'start container process: exec: "/x": stat /x: no such file or directory: unknown',
+     'exec: "/x": stat /x: no such file or directory'),
+    ("failed to create shim task: OCI runtime create failed: executable file `x` not found "
+     "in $PATH: No such file or directory: unknown (unknown)",
+     "executable file `x` not found in $PATH: No such file or directory"),
+    ("failed to create shim task: OCI runtime create failed: open executable: Permission "
+     "denied: unknown", "open executable: Permission denied"),
+    # anything else that fails a create is not the step's command
+    ("failed to create shim task: OCI runtime create failed: mount `proc` to `proc`: "
+     "Operation not permitted: unknown", None),
+    ("failed to create shim task: OCI runtime create failed: runc create failed: unable to "
+     "apply cgroup configuration: ...: unknown", None),
+])
+def test_a_command_that_cannot_start_on_runc_and_crun(message, detail):
+    from kata.runtimes.containerd.task import start_failure
+
+    assert start_failure(message) == detail
+
+
 def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_digest, runtime, tmp_path):
     marker = tmp_path / "started"
     script = textwrap.dedent(f"""

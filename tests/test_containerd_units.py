@@ -39,6 +39,22 @@ def test_bad_references(ref):
     assert err.value.reason == "image.bad_reference"
 
 
+def test_config_oci_runtime(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    monkeypatch.setenv("KATA_CONFIG", str(cfg))
+    cfg.write_text("offline: false\n")
+    assert load_runtime_config().oci_runtime == "auto"
+    for name in ("auto", "crun", "runc"):
+        cfg.write_text(f"containerd: {{oci_runtime: {name}}}\n")
+        assert load_runtime_config().oci_runtime == name
+    cfg.write_text("containerd:\n  oci_runtime: youki\n")
+    with pytest.raises(KataError) as err:
+        load_runtime_config()
+    assert err.value.reason == "config.bad_value" and err.value.exit_code == 2
+    assert "auto, crun, runc, got 'youki'" in err.value.message
+    assert (err.value.position.line, err.value.position.column) == (2, 3)  # the key
+
+
 def test_config_file(tmp_path, monkeypatch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("offline: true\ncontainerd: {stop_grace: 1.5}\n"

@@ -48,10 +48,12 @@ def by_name(host: Host) -> dict[str, tuple[str, str, str]]:
 
 def test_a_host_with_everything(tmp_path) -> None:
     checks = by_name(fake_host(tmp_path))
-    assert list(checks) == ["root", "overlay", "cgroups", "containerd", "runc", "cni",
-                            "store", "space", "git"]
+    assert list(checks) == ["root", "overlay", "cgroups", "containerd", "runc",
+                            "oci-runtime", "cni", "store", "space", "git"]
     assert {n: s for n, (s, _, _) in checks.items()} == dict.fromkeys(checks, "ok")
     assert checks["runc"][1] == "runc version 9.9"
+    assert checks["oci-runtime"][1] == ("runc version 9.9 (containerd.oci_runtime: auto; crun "
+                                        "is not installed (apt-get install crun))")
     assert checks["cgroups"][1] == "cgroups v2 (unified), controllers cpu, memory, pids"
     assert checks["store"][1] == f"{tmp_path / 'store'} (created on first use)"
     assert checks["containerd"][1] == ("containerd version 9.9; kata starts its own on "
@@ -71,6 +73,8 @@ def test_each_missing_prerequisite_says_what_to_fix(tmp_path) -> None:
                                     "apt-get install containerd (kata starts its own daemon "
                                     "from it)")
     assert checks["runc"] == ("fail", "runc is not installed", "apt-get install runc")
+    assert checks["oci-runtime"] == ("fail", "runc is not installed: apt-get install runc",
+                                     "apt-get install crun")
     assert checks["cni"][0] == "fail" and "host-local" in checks["cni"][1]
     assert checks["cni"][2].startswith("apt-get install containernetworking-plugins")
     assert checks["git"][0] == "warn"
@@ -81,6 +85,38 @@ def test_cgroup_v1_and_missing_controllers(tmp_path) -> None:
         "ok", "cgroups v1 (hybrid), controllers cpu, memory, pids", "")
     status, detail, fix = by_name(fake_host(tmp_path, controllers="cpu io\n"))["cgroups"]
     assert (status, detail) == ("warn", "cgroups v2 (unified); controllers memory, pids missing")
+
+
+HYBRID = V1_MOUNTS  # v1 controllers, v2 at /sys/fs/cgroup/unified
+
+
+def test_the_oci_runtime_crun_where_it_can_run(tmp_path) -> None:
+    binaries = ("containerd", "runc", "crun", "ip", "iptables", "git")
+    # auto takes crun on a unified host, and on a hybrid one whose v2 holds no controller
+    for mounts, held in ((V2_MOUNTS, "cpu memory pids\n"), (HYBRID, "")):
+        host = fake_host(tmp_path, binaries=binaries, mounts=mounts)
+        unified = host.sys / "fs" / "cgroup" / "unified"
+        unified.mkdir(exist_ok=True)
+        (unified / "cgroup.controllers").write_text(held)
+        assert by_name(host)["oci-runtime"] == (
+            "ok", "crun version 9.9 (containerd.oci_runtime: auto; crun is installed and can "
+            "run here)", "")
+    # a hybrid v2 holding hugetlb (this VM's layout before .ci/install-kata): runc, said why
+    (unified / "cgroup.controllers").write_text("hugetlb\n")
+    status, detail, fix = by_name(fake_host(tmp_path, binaries=binaries, mounts=HYBRID))[
+        "oci-runtime"]
+    assert status == "ok" and detail.startswith("runc version 9.9 (containerd.oci_runtime: "
+                                                "auto; the cgroups are hybrid")
+    assert "mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb" in detail
+    # asked for by name: crun there fails with the same reason; runc is taken as asked
+    status, detail, fix = by_name(fake_host(tmp_path, binaries=binaries, mounts=HYBRID,
+                                            oci_runtime="crun"))["oci-runtime"]
+    assert status == "fail" and detail.startswith("containerd.oci_runtime is crun, but the "
+                                                  "cgroups are hybrid") and fix
+    assert by_name(fake_host(tmp_path, binaries=binaries, oci_runtime="runc"))[
+        "oci-runtime"] == ("ok", "runc version 9.9 (containerd.oci_runtime: runc)", "")
+    status, detail, fix = by_name(fake_host(tmp_path, oci_runtime="crun"))["oci-runtime"]
+    assert (status, fix) == ("fail", "apt-get install crun") and "not installed" in detail
 
 
 def test_an_explicit_containerd_that_does_not_answer(tmp_path) -> None:
@@ -160,7 +196,7 @@ def test_kata_doctor_on_this_machine(tmp_path) -> None:
     assert doc["ok"] is True and doc["version"] == 1
     assert {n: s for n, s in statuses.items() if n != "space"} == {
         "root": "ok", "overlay": "ok", "cgroups": "ok", "containerd": "ok", "runc": "ok",
-        "cni": "ok", "store": "ok", "git": "ok"}
+        "oci-runtime": "ok", "cni": "ok", "store": "ok", "git": "ok"}
     assert statuses["space"] in ("ok", "warn")
     assert not (tmp_path / "store").exists()  # the check left nothing behind
     broken = subprocess.run([sys.executable, "-m", "kata", "--store", "/proc/kata-store",
@@ -181,7 +217,7 @@ def test_the_readmes_first_command_installs_only_what_kata_needs() -> None:
     assert "bash .ci/install-kata busybox-static" in quickstart
     assert ".ci/install\n" not in quickstart and '"${kata[@]}" doctor' in quickstart
     runtime = (ROOT / ".ci" / "install-kata").read_text()
-    for package in ("containerd", "runc", "containernetworking-plugins"):
+    for package in ("containerd", "runc", "crun", "containernetworking-plugins"):
         assert package in runtime
     assert not [p for p in TEST_ONLY if p in runtime]
     assert "-e .\n" in runtime and "[test]" not in runtime

@@ -206,13 +206,13 @@ def _cgroup_values(cid: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_a_container_gets_its_cgroup_limits(clean_runtime, busybox_digest):
+def test_a_container_gets_its_cgroup_limits(each_oci_runtime, busybox_digest):
     import secrets
 
     from kata.runtimes.containerd.client import containers_pb2
 
     label = secrets.token_hex(6)
-    c = clean_runtime.client
+    c = each_oci_runtime.client
     seen: dict[str, str] = {}
 
     def on_line(line: bytes) -> None:
@@ -222,7 +222,7 @@ def test_a_container_gets_its_cgroup_limits(clean_runtime, busybox_digest):
 
     out = Lines()
     out.on_line = on_line
-    status = clean_runtime.run(StepSpec(
+    status = each_oci_runtime.run(StepSpec(
         image=busybox_digest, argv=("sh", "-c", "echo up; sleep 0.2"), timeout=60,
         labels={"kata.test": label},
         resources=Resources(memory=96 * MIB, cpus=0.5, pids=50)), out, threading.Event())
@@ -231,24 +231,24 @@ def test_a_container_gets_its_cgroup_limits(clean_runtime, busybox_digest):
 
 
 @pytest.mark.integration
-def test_out_of_memory_is_reported_as_such(clean_runtime, busybox_digest):
+def test_out_of_memory_is_reported_as_such(each_oci_runtime, busybox_digest):
     limited = Resources(memory=64 * MIB)
     hog = StepSpec(image=busybox_digest, timeout=60, resources=limited,
                    argv=("sh", "-c", "dd if=/dev/zero of=/dev/null bs=100M count=1"))
-    assert clean_runtime.run(hog, Lines(), threading.Event()) == OOM_EXIT
+    assert each_oci_runtime.run(hog, Lines(), threading.Event()) == OOM_EXIT
     # the same limit holds what fits, and a plain SIGKILL is not an OOM
     fits = StepSpec(image=busybox_digest, timeout=60, resources=limited,
                     argv=("sh", "-c", "dd if=/dev/zero of=/dev/null bs=16M count=2"))
-    assert clean_runtime.run(fits, Lines(), threading.Event()) == 0
+    assert each_oci_runtime.run(fits, Lines(), threading.Event()) == 0
     killed = StepSpec(image=busybox_digest, timeout=60, resources=limited,
                       argv=("sh", "-c", "sh -c 'kill -9 $$'; exit $?"))  # not PID 1
-    assert clean_runtime.run(killed, Lines(), threading.Event()) == 137
+    assert each_oci_runtime.run(killed, Lines(), threading.Event()) == 137
     # a child that ran out of memory while the step went on and passed: a pass
     survived = StepSpec(image=busybox_digest, timeout=60, resources=limited,
                         argv=("sh", "-c", "dd if=/dev/zero of=/dev/null bs=100M count=1 || "
                               "echo survived"))
     out = Lines()
-    assert clean_runtime.run(survived, out, threading.Event()) == 0
+    assert each_oci_runtime.run(survived, out, threading.Event()) == 0
     assert b"survived" in out.items
 
 
@@ -257,7 +257,7 @@ def _host_can_fork() -> bool:
 
 
 @pytest.mark.integration
-def test_a_fork_bomb_is_held_by_the_pids_limit(clean_runtime, busybox_digest):
+def test_a_fork_bomb_is_held_by_the_pids_limit(each_oci_runtime, busybox_digest):
     # the bomb runs in the background while the step counts its processes with shell
     # builtins only (a glob over /proc: no fork needed), then exits: PID 1 leaving ends
     # the pid namespace and every process of the bomb with it
@@ -274,7 +274,7 @@ def test_a_fork_bomb_is_held_by_the_pids_limit(clean_runtime, busybox_digest):
     out = Lines()
     out.on_line = lambda line: forks_during.append(_host_can_fork()) if not forks_during else None
     started = time.monotonic()
-    status = clean_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", script),
+    status = each_oci_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", script),
                                         timeout=60, resources=Resources(pids=64)),
                                out, threading.Event())
     assert time.monotonic() - started < 60  # ended by itself, not by the timeout

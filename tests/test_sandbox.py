@@ -167,16 +167,16 @@ PROBES = {  # operation -> the errno the sandbox answers with
 
 
 @pytest.mark.integration
-def test_every_escape_fails_inside_a_step(clean_runtime, probe_digest):
+def test_every_escape_fails_inside_a_step(each_oci_runtime, probe_digest):
     script = "for op in " + " ".join(PROBES) + "; do probe $op; done 2>&1; true"
-    status, lines = run(clean_runtime, probe_digest, script)
+    status, lines = run(each_oci_runtime, probe_digest, script)
     assert status == 0
     assert lines == [f"{op} blocked: {errno}" for op, errno in PROBES.items()]
 
 
 @pytest.mark.integration
-def test_the_user_namespace_escape_of_the_issue_fails(clean_runtime, busybox_digest):
-    status, lines = run(clean_runtime, busybox_digest,
+def test_the_user_namespace_escape_of_the_issue_fails(each_oci_runtime, busybox_digest):
+    status, lines = run(each_oci_runtime, busybox_digest,
                         "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; "
                         "unshare -U -r -m sh -c 'mount -t tmpfs none /tmp && echo MOUNTED'")
     assert status == 1
@@ -190,8 +190,8 @@ def test_the_user_namespace_escape_of_the_issue_fails(clean_runtime, busybox_dig
 
 
 @pytest.mark.integration
-def test_masked_and_readonly_paths_inside_a_step(clean_runtime, busybox_digest):
-    status, lines = run(clean_runtime, busybox_digest, """
+def test_masked_and_readonly_paths_inside_a_step(each_oci_runtime, busybox_digest):
+    status, lines = run(each_oci_runtime, busybox_digest, """
         echo "timer_list=$(wc -c < /proc/timer_list) keys=$(wc -c < /proc/keys)"
         echo "firmware=$(ls /sys/firmware | wc -l) acpi=$(ls /proc/acpi | wc -l)"
         { echo 1 > /proc/sys/vm/drop_caches; } 2>/dev/null && echo WROTE-SYS || echo sys-ro
@@ -222,7 +222,7 @@ def test_normal_work_still_runs_under_the_profile(clean_runtime, busybox_digest)
 
 
 @pytest.mark.integration
-def test_a_service_container_gets_the_same_sandbox(clean_runtime, probe_digest):
+def test_a_service_container_gets_the_same_sandbox(each_oci_runtime, probe_digest):
     lines: list[str] = []
     lock = threading.Lock()
     got = threading.Event()
@@ -238,7 +238,7 @@ def test_a_service_container_gets_the_same_sandbox(clean_runtime, probe_digest):
                                         "probe userns; probe mount; exec sleep 60"))
     step = StepSpec(image=probe_digest, argv=("sh", "-c", "sleep 0.3"), services=(svc,),
                     timeout=60)
-    status = clean_runtime.run(step, Lines(), threading.Event(), service_sink=service_sink)
+    status = each_oci_runtime.run(step, Lines(), threading.Event(), service_sink=service_sink)
     assert status == 0
     assert got.is_set()
     assert lines == ["NoNewPrivs:\t1", "Seccomp:\t2", "userns blocked: EPERM",
@@ -246,7 +246,7 @@ def test_a_service_container_gets_the_same_sandbox(clean_runtime, probe_digest):
 
 
 @pytest.mark.integration
-def test_a_syscall_through_the_32bit_abi_is_killed(clean_runtime, probe_digest, tmp_path):
+def test_a_syscall_through_the_32bit_abi_is_killed(each_oci_runtime, probe_digest, tmp_path):
     # on the host the same probe works: the compat ABI exists, only the filter stops it
     import platform
     import subprocess
@@ -259,7 +259,7 @@ def test_a_syscall_through_the_32bit_abi_is_killed(clean_runtime, probe_digest, 
     exe.chmod(0o755)
     host = subprocess.run([str(exe), "compat"], capture_output=True, text=True)
     assert (host.returncode, host.stdout) == (1, "compat ALLOWED\n")
-    status, lines = run(clean_runtime, probe_digest, "probe compat; echo status=$?",
+    status, lines = run(each_oci_runtime, probe_digest, "probe compat; echo status=$?",
                         stream="stdout")
     assert status == 0
     assert lines == [f"status={128 + 31}"]  # SIGSYS: libseccomp's bad-arch action

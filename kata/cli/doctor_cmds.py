@@ -16,8 +16,8 @@ def register(cli: click.Group) -> None:
 @click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
 @click.pass_context
 def doctor(ctx: click.Context, json_out: bool) -> None:
-    """Check the kernel (overlay, cgroups), containerd, runc, CNI, the store location and
-    free space; exit 1 when kata cannot run steps here, saying what to fix."""
+    """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
+    (crun or runc), CNI, the store location and free space; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
     from kata.doctor import Host, diagnose
     from kata.errors import KataError
@@ -38,7 +38,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 containerd_address=address.removeprefix("unix://") if address else None,
                 system_socket=SYSTEM_SOCKET if config.state_dir is None else "",
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
-                server_socket=str(server), server_access=socket_access(server))
+                server_socket=str(server), server_access=socket_access(server),
+                oci_runtime=config.oci_runtime)
     checks = diagnose(host)
     failed = [c for c in checks if c.status == "fail"]
     if json_out:

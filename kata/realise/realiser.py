@@ -46,7 +46,7 @@ from kata.realise.plan import (
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
-    OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
+    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
@@ -133,6 +133,7 @@ class Realiser:
         self._masker = Masker(maskable(self._secrets.values()))
         self._unpack_locks: dict[str, threading.Lock] = {}
         self._run_dir = options.work_root
+        self._closer = BackgroundCloser()  # workspaces are closed off the step's slot
         self._created = time.time()  # the run's start, unix time (phase times count from it)
         self._phases: dict[str, list[float]] = {}  # step -> [ready, started, running] so far
         self._ended: dict[str, float] = {}  # step -> when its result was set (unix time)
@@ -195,6 +196,7 @@ class Realiser:
                                  on_skip=self._skipped, on_start=self._started_together,
                                  statuses=self.options.statuses)
         finally:
+            self._closer.drain()
             if run_dir.exists():
                 try:
                     run_dir.rmdir()
@@ -609,7 +611,9 @@ class Realiser:
         message = reason = outputs = ""
         report = None
         try:
-            with self._workspace(self._run_dir, self._healed_layers(name, node)) as ws:
+            ws = self._workspace(self._run_dir, self._healed_layers(name, node))
+            with contextlib.ExitStack() as release:
+                release.callback(self._closer.close, ws)
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -186,6 +188,52 @@ class OverlayWorkspace:
 
 
 Workspace = OverlayWorkspace  # the real implementation, under its historical name
+
+
+class BackgroundCloser:
+    """Closes workspaces on a thread of its own, so that a step's slot is free as soon as
+    its artifacts are stored: unmounting a step's overlay and deleting its upper layer
+    is little CPU but tens of milliseconds of waiting on the disk (measured ~33 ms per
+    step on a busy machine, bench/bazel_side_by_side.py), which would otherwise hold a
+    ``max_parallel`` slot. ``drain()`` waits until every workspace handed over is closed;
+    the realiser drains before it removes its run directory. ``close()`` of a workspace
+    raises nothing it would need to report (a busy mount is detached, what cannot be
+    deleted is left for ``sweep_dead_runs``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[WorkspaceLike] = []
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+
+    def close(self, workspace: WorkspaceLike) -> None:
+        """Hand ``workspace`` over; it is closed soon, in order."""
+        with self._lock:
+            self._pending.append(workspace)
+            self._idle.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kata-ws-close",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    self._idle.set()
+                    return
+                workspace = self._pending.pop(0)
+            try:
+                workspace.close()
+            except Exception:  # noqa: BLE001 - left for sweep_dead_runs; never lost silently
+                logging.getLogger("kata.realise").warning(
+                    "workspace %s not closed", getattr(workspace, "path", "?"), exc_info=True)
+
+    def drain(self) -> None:
+        """Wait until every workspace handed over so far is closed."""
+        self._idle.wait()
 
 
 class CopyWorkspace:

@@ -4,6 +4,8 @@
     runtime            session: a ContainerdRuntime on it with the busybox image imported
     busybox_digest     session: manifest digest of kata.local/busybox:latest in it
     clean_runtime      function: `runtime`, asserted to hold no leftovers afterwards
+    runc_runtime       session: a ContainerdRuntime on the same daemon that runs runc
+    each_oci_runtime   function, twice: `clean_runtime` on crun, then on runc
     debian_digest      session: a Debian minbase image (slow the first time: mmdebstrap)
     probe_digest       session: busybox + /bin/probe (sandbox_probe.c, built with gcc)
 """
@@ -56,6 +58,33 @@ def clean_runtime(runtime):
     """The session runtime, checked to hold nothing but images after the test."""
     yield runtime
     assert_clean(runtime)
+
+
+@pytest.fixture(scope="session")
+def runc_runtime(runtime, containerd_daemon) -> Iterator[object]:
+    """A runtime on the session's daemon (its images included) whose containers runc runs,
+    whatever ``containerd.oci_runtime: auto`` picks on this host."""
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.config import RuntimeConfig
+
+    rt = ContainerdRuntime.connect(address=containerd_daemon.address,
+                                   state_dir=str(containerd_daemon.root.parent),
+                                   config=RuntimeConfig(oci_runtime="runc"))
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(params=["crun", "runc"])
+def each_oci_runtime(request, runtime, runc_runtime):
+    """The sandbox holds on either OCI runtime: the session runtime (``auto``, which must
+    pick crun here: .ci/install-kata installs it and makes the cgroups fit), then runc;
+    each asserted to hold no leftovers afterwards."""
+    rt = runtime if request.param == "crun" else runc_runtime
+    assert rt.oci.name == request.param, rt.oci
+    yield rt
+    assert_clean(rt)
 
 
 @pytest.fixture(scope="session")

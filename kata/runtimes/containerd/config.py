@@ -5,6 +5,7 @@
       address: /run/containerd/containerd.sock   # default: system socket if it answers, else kata's own
       state_dir: /var/lib/kata/containerd        # where kata's own containerd lives
       stop_grace: 5s                             # between SIGTERM and SIGKILL (a duration, or seconds)
+      oci_runtime: auto                          # auto | crun | runc (kata/oci_runtime.py)
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -32,6 +33,8 @@ from kata.hostconfig import DEFAULT_CONFIG, HostConfig, load_host_config  # noqa
 from kata.hostconfig import check_keys as _check_keys
 from kata.model import Duration
 
+from kata.oci_runtime import CHOICES
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistryConfig:
@@ -45,6 +48,7 @@ class RuntimeConfig:
     address: str | None = None
     state_dir: str | None = None
     stop_grace: float = 5.0
+    oci_runtime: str = "auto"  # one of kata.oci_runtime.CHOICES
     offline: bool = False
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
 
@@ -78,8 +82,8 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     """
     p = host.path
     top = host.doc
-    cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace"},
-                     "containerd", p)
+    cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace",
+                                              "oci_runtime"}, "containerd", p)
     regs = {}
     for name, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
                                     "registries", p)).items():
@@ -94,6 +98,10 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
                                          plain_http=bool(r.get("plain_http", False)),
                                          skip_verify=bool(r.get("skip_verify", False)))
     grace = _seconds(cd.get("stop_grace", 5), "containerd.stop_grace", p)
+    oci = cd.get("oci_runtime", "auto")
+    if oci not in CHOICES:
+        raise host.error("config.bad_value", f"containerd.oci_runtime must be one of "
+                         f"{', '.join(CHOICES)}, got {oci!r}", "containerd", "oci_runtime")
     return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
-                         stop_grace=grace, offline=bool(top.get("offline", False)),
+                         stop_grace=grace, oci_runtime=oci, offline=bool(top.get("offline", False)),
                          registries=regs)

@@ -9,8 +9,9 @@ in runc's ``created`` state and the container rootfs mounted in the task bundle.
 
 The next connect finds such shims by their command line (``-namespace <ns> -id <id>
 -address <our socket>``: only shims of our containerd and namespace are considered)
-whose id is no container containerd has, and reaps each: ``runc delete --force`` (kills
-the container's processes, removes its cgroup and runc state), SIGKILL of the shim,
+whose id is no container containerd has, and reaps each: ``runc delete --force`` or
+``crun delete --force``, whichever runtime's state the container left (kills the
+container's processes, removes its cgroup and runtime state), SIGKILL of the shim,
 then the bundle's rootfs is unmounted and the bundle and shim socket removed.
 A shim whose container containerd still has is never touched (a live kata owns it, or
 the sweep deals with it through the API).
@@ -33,6 +34,8 @@ log = logging.getLogger("kata.runtime")
 
 SHIM_BINARY = "containerd-shim-runc-v2"
 RUNC_ROOT = "/run/containerd/runc"  # the runc v2 shim's default root (+ /<namespace>)
+# what each OCI runtime keeps in its state directory (<root>/<id>/), to tell whose it is
+_STATE_FILES = (("runc", "state.json"), ("crun", "status"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,11 +90,14 @@ def reap(shim: Shim, namespace: str) -> None:
     first failure is raised after the rest ran (``OSError`` / ``RuntimeError``)."""
     errors: list[BaseException] = []
     runc_root = os.path.join(RUNC_ROOT, namespace)
-    if os.path.isdir(os.path.join(runc_root, shim.id)):
-        res = subprocess.run(["runc", "--root", runc_root, "delete", "--force", shim.id],
+    state = os.path.join(runc_root, shim.id)
+    if os.path.isdir(state):
+        binary = next((b for b, f in _STATE_FILES if os.path.exists(os.path.join(state, f))),
+                      "runc")
+        res = subprocess.run([binary, "--root", runc_root, "delete", "--force", shim.id],
                              capture_output=True, text=True, timeout=60)
-        if res.returncode != 0 and os.path.isdir(os.path.join(runc_root, shim.id)):
-            errors.append(RuntimeError(f"runc delete {shim.id}: {res.stderr.strip()}"))
+        if res.returncode != 0 and os.path.isdir(state):
+            errors.append(RuntimeError(f"{binary} delete {shim.id}: {res.stderr.strip()}"))
     init = _init_child(shim)
     if init:  # runc did not know it (another root): the container's init goes first
         try:

@@ -27,6 +27,8 @@ EXTRA = (
     (GOCODE / "github.com/gogo/protobuf", "gogoproto/gogo.proto"),
     (GOCODE / "github.com/gogo/googleapis", "google/rpc/status.proto"),
     (GOCODE, "github.com/containerd/containerd/protobuf/plugin/fieldpath.proto"),
+    # the runc v2 shim's options (which OCI runtime binary it drives): not part of api/
+    (GOCODE, "github.com/containerd/containerd/runtime/v2/runc/options/oci.proto"),
 )
 PACKAGE = "kata.runtimes.containerd._api"
 DEFAULT_OUT = Path(__file__).resolve().parent / "_api"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata.errors import KataError
+from kata.oci_runtime import OciRuntime, choose
 from procs import owner_alive
 
 from ..base import (
@@ -28,7 +29,7 @@ from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore
 from .network import CniNetwork, NetnsPool
 from .reference import is_digest, parse_reference
-from .task import StepRun, TaskOptions
+from .task import StepRun, TaskOptions, runtime_options
 
 if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every run
     from .registry import RegistryClient
@@ -43,7 +44,8 @@ class ContainerdRuntime:
     """
 
     def __init__(self, client: Client, *, config: RuntimeConfig, fifo_root: Path,
-                 offline: bool, stop_grace: float, mount_roots: tuple[str, ...] = ()) -> None:
+                 offline: bool, stop_grace: float, oci: OciRuntime,
+                 mount_roots: tuple[str, ...] = ()) -> None:
         self.client = client
         self.config = config
         self.offline = offline
@@ -53,6 +55,8 @@ class ContainerdRuntime:
         self.images = ImageStore(client)
         self.network = CniNetwork(state_dir=fifo_root.parent / "cni")
         self.netns_pool = NetnsPool(self.network)
+        self.oci = oci  # crun or runc, for every container of ours
+        self._runtime_options = runtime_options(oci)
         self._registry: RegistryClient | None = None
         # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
         self.confined_pulls = False
@@ -84,6 +88,7 @@ class ContainerdRuntime:
         """Connect to containerd: ``address``, else the config's, else the system socket
         if it answers, else kata's own embedded containerd (started if needed)."""
         config = config if config is not None else load_runtime_config()
+        oci = choose(config.oci_runtime)
         address = address or config.address
         state_dir = state_dir or config.state_dir
         mount_roots: tuple[str, ...] = ()
@@ -110,7 +115,7 @@ class ContainerdRuntime:
         rt = cls(client, config=config, fifo_root=fifo_root,
                  offline=config.offline if offline is None else offline,
                  stop_grace=config.stop_grace if stop_grace is None else stop_grace,
-                 mount_roots=mount_roots)
+                 oci=oci, mount_roots=mount_roots)
         if sweep:
             rt.sweep()
         return rt
@@ -170,7 +175,8 @@ class ContainerdRuntime:
         if cancel.is_set():
             return CANCEL_EXIT  # cancelled before it began: nothing to create or release
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
-                              network=self.network, netns_pool=self.netns_pool)
+                              network=self.network, netns_pool=self.netns_pool,
+                              runtime_options=self._runtime_options)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
         running = getattr(sink, "running", None)  # the sink is told pulling is over

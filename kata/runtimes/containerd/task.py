@@ -25,6 +25,7 @@ from pathlib import Path
 from google.protobuf import any_pb2
 
 from kata.errors import KataError
+from kata.oci_runtime import OciRuntime
 from kata.resources import effective
 
 from ..base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
@@ -37,6 +38,7 @@ from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
 
 log = logging.getLogger("kata.runtime")
 RUNTIME_NAME = "io.containerd.runc.v2"
+OPTIONS_TYPE_URL = "containerd.runc.v1.Options"  # the gogo name the shim's typeurl resolves
 READ_SIZE = 1 << 16
 MAX_LINE = 1 << 20
 OUTPUT_END_WAIT = 0.1  # seconds to wait for output to end before deleting the task for it  # a longer line is delivered in pieces of about this size
@@ -57,6 +59,36 @@ class TaskOptions:
     stop_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     network: CniNetwork | None = None  # network "default"; None: a bare netns like "none"
     netns_pool: NetnsPool | None = None  # a step's own "default" namespace comes from here
+    runtime_options: any_pb2.Any | None = None  # the shim's (runtime_options()); None: runc
+
+
+def runtime_options(oci: OciRuntime) -> any_pb2.Any:
+    """The runc v2 shim's options for a container: run it with ``oci.binary`` (crun or
+    runc; ``containerd.runc.v1.Options.binary_name``)."""
+    from ._api.runtime.v2.runc.options import oci_pb2
+
+    return any_pb2.Any(type_url=OPTIONS_TYPE_URL,
+                       value=oci_pb2.Options(binary_name=oci.binary).SerializeToString())
+
+
+_RUNC_START = "unable to start container process: "
+_CRUN_CREATE = "OCI runtime create failed: "
+_CRUN_EXEC = ("executable file ", "open executable", "exec ")  # crun's exec failures
+
+
+def start_failure(message: str) -> str | None:
+    """What kept a container's process from starting (its command is missing or not
+    executable), from a failed Tasks.Create message; None for any other failure.
+
+    runc: ``... unable to start container process: exec: "x": stat x: no such file ...``;
+    crun: ``... OCI runtime create failed: executable file `x` not found in $PATH: ...``.
+    """
+    head, found, detail = message.rpartition(_RUNC_START)
+    if not found:
+        head, found, detail = message.rpartition(_CRUN_CREATE)
+        if not found or not detail.startswith(_CRUN_EXEC):
+            return None
+    return detail.removesuffix(" (unknown)").removesuffix(": unknown")
 
 
 class _Reader(threading.Thread):
@@ -197,7 +229,8 @@ class StepRun:
         # the moment Prepare makes it (a lease cost two more calls per step).
         container = containers_pb2.Container(
             id=cid, labels={**step.labels, **c.owner_labels()}, image=step.image,
-            runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME),
+            runtime=containers_pb2.Container.Runtime(name=RUNTIME_NAME,
+                                                     options=self.options.runtime_options),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)),
             snapshotter=SNAPSHOTTER, snapshot_key=cid)
         c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
@@ -216,12 +249,11 @@ class StepRun:
                 "create task")
         except ContainerdError as err:
             self.task_gone = True  # the shim cleans up a task it failed to create
-            detail = err.message.rpartition("unable to start container process: ")[2]
-            if detail == err.message:
+            detail = start_failure(err.message)
+            if detail is None:
                 raise
-            raise KataError("runtime.start_failed",
-                            f"the {self.what} could not start: {detail.removesuffix(' (unknown)')}"
-                            .removesuffix(": unknown"), obj=cid, exit_code=1) from None
+            raise KataError("runtime.start_failed", f"the {self.what} could not start: {detail}",
+                            obj=cid, exit_code=1) from None
         except BaseException:
             self.task_gone = True
             raise
