@@ -284,3 +284,12 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
     assert f"could not upload the step's inputs at {url}" in failed[0]["message"]
     bad = kata("run", "--remote-executor", "localhost:1")
     assert bad.returncode == 2 and "grpc://HOST:PORT" in bad.stderr
+    # the host config's remote.executor is the flag's default
+    config = kata.repo.parent / "kata-config.yaml"
+    config.write_text(f"remote:\n  executor: {url}\n")
+    hosted = kata("run", "--json", KATA_CONFIG=str(config))
+    assert hosted.returncode == 1, hosted.stdout + hosted.stderr
+    assert f"could not upload the step's inputs at {url}" in hosted.stdout
+    config.write_text("remote:\n  executor: localhost:1\n")
+    bad = kata("run", KATA_CONFIG=str(config))
+    assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr

@@ -84,6 +84,27 @@ def test_remote_config(tmp_path):
     assert parse_url("grpc://[::1]:8980") == ("[::1]:8980", False)
 
 
+def test_the_executor_comes_from_the_host_config_with_the_remotes_settings(tmp_path):
+    """``remote.executor`` is the --remote-executor default and shares the section's
+    instance, TLS files, token and timeout; a cache-only section names no executor."""
+    _, cfg = _config(tmp_path, "remote:\n  executor: grpcs://exec.example:443\n"
+                     "  instance: main\n  tls: {ca: /etc/ca.pem}\n  token_file: /etc/tok\n")
+    ex = from_host_config(cfg, key="executor")
+    assert ex is not None
+    assert (ex.url, ex.target, ex.tls, ex.instance, str(ex.ca), str(ex.token_file)) == \
+        ("grpcs://exec.example:443", "exec.example:443", True, "main", "/etc/ca.pem", "/etc/tok")
+    assert from_host_config(cfg) is None  # no cache named
+    flag = from_host_config(cfg, url="grpc://127.0.0.1:1", key="executor")
+    assert flag is not None and (flag.target, flag.tls) == ("127.0.0.1:1", False)
+    _, cache_only = _config(tmp_path, "remote:\n  cache: grpc://c:1\n")
+    assert from_host_config(cache_only, key="executor") is None
+    path, bad = _config(tmp_path, "remote:\n  executor: http://x:1\n")
+    with pytest.raises(KataError) as err:
+        from_host_config(bad, key="executor")
+    assert err.value.reason == "remote.bad_url" and str(err.value.position).endswith(":2:3")
+    assert "remote.executor" in err.value.message
+
+
 @pytest.mark.parametrize("text, reason, where", [
     ("remote:\n  cache: http://x:1\n", "remote.bad_url", ":2:3"),
     ("remote:\n  cache: grpc://x:1\n  tokenfile: /t\n", "config.unknown_key", ":3:3"),

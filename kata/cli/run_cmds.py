@@ -190,6 +190,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
     remote = _remote_cache(remote_cache, remote_instance)
+    executor = _remote_executor((ctx.obj or {}).get("remote_executor"), remote_instance)
     store = open_store(ctx)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)
@@ -239,11 +240,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         reporter = Tee(_reporter(json_out), journal)
         runtime.progress = _pull_events(reporter)
         runner = runtime
-        if ctx.obj and ctx.obj.get("remote_executor"):  # steps run on REAPI workers
+        if executor is not None:  # steps run on REAPI workers
             from kata.executor.client import RemoteRuntime
 
-            runner = RemoteRuntime(ctx.obj["remote_executor"], runtime,
-                                   instance=remote_instance or "")
+            runner = RemoteRuntime(executor, runtime)
         try:
             realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
                                 options=options, remote=remote)
@@ -271,6 +271,15 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+def _remote_executor(url: str | None, instance: str | None):  # noqa: ANN202
+    """The remote executor ``--remote-executor`` or the host config's ``remote.executor``
+    names, with the ``remote:`` section's instance, TLS files, token (None: steps run here).
+    Bad settings are errors (exit 2)."""
+    from kata.remote.config import load_remote_config
+
+    return load_remote_config(url, instance, key="executor")
 
 
 def _remote_cache(url: str | None, instance: str | None):  # noqa: ANN202

@@ -41,6 +41,7 @@ from kata.remote._api.build.bazel.remote.execution.v2 import (
 )
 from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_grpc
 from kata.remote.cas import RemoteError
+from kata.remote.config import RemoteConfig
 from kata.runtimes.base import CANCEL_EXIT, OutputSink, Runtime, ServiceSink, StepSpec
 
 from . import action as act
@@ -65,10 +66,10 @@ def runs_remotely(spec: StepSpec) -> bool:
 class RemoteRuntime:
     """Runs steps through an REAPI Execution service (see the module docstring)."""
 
-    def __init__(self, url: str, local: Runtime, *, instance: str = "",
+    def __init__(self, url: "str | RemoteConfig", local: Runtime, *, instance: str = "",
                  reconnect_for: float = 300.0, first_contact: float = 10.0) -> None:
-        self.url = url
-        self.instance = instance
+        self.url = url if isinstance(url, str) else url.url
+        self.instance = instance if isinstance(url, str) else url.instance
         self.local = local
         self.reconnect_for = reconnect_for
         self.first_contact = first_contact

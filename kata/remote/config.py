@@ -3,6 +3,7 @@ or the ``remote:`` section of the host config (``/etc/kata/config.yaml``)::
 
     remote:
       cache: grpcs://cache.example.com:443   # grpc:// (plaintext) or grpcs:// (TLS)
+      executor: grpcs://exec.example.com:443 # steps run there (kata run --remote-executor)
       instance: main                         # the REAPI instance name ("" by default)
       tls:
         ca: /etc/kata/remote-ca.pem          # roots to verify the server (default: system)
@@ -11,6 +12,8 @@ or the ``remote:`` section of the host config (``/etc/kata/config.yaml``)::
       token_file: /etc/kata/remote.token     # sent as "authorization: Bearer <token>"
       timeout: 10s                           # per call; a slower remote is left for the run
 
+The executor, when named, uses the same instance, TLS files, token and timeout (one
+REAPI server usually serves both; ``from_host_config(..., key="executor")``).
 The flags win over the file. Nothing here touches the network: :func:`parse_url` and
 :func:`from_host_config` only read and validate (errors are KataError, exit 2).
 """
@@ -27,7 +30,7 @@ from kata.errors import KataError
 if TYPE_CHECKING:
     from kata.hostconfig import HostConfig
 
-KEYS = frozenset({"cache", "instance", "tls", "token_file", "timeout"})
+KEYS = frozenset({"cache", "executor", "instance", "tls", "token_file", "timeout"})
 TLS_KEYS = frozenset({"ca", "cert", "key"})
 DEFAULT_TIMEOUT = 10.0
 _URL = re.compile(r"^(grpcs?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?$")
@@ -68,21 +71,25 @@ def parse_url(url: str, *, where: str = "--remote-cache") -> tuple[str, bool]:
     return f"{m.group(2)}:{int(m.group(3))}", m.group(1) == "grpcs"
 
 
-def load_remote_config(url: str | None = None, instance: str | None = None) -> RemoteConfig | None:
-    """The remote cache for this run: the flags over the host config (``$KATA_CONFIG`` or
-    /etc/kata/config.yaml); None when neither names one."""
+def load_remote_config(url: str | None = None, instance: str | None = None, *,
+                       key: str = "cache") -> RemoteConfig | None:
+    """The remote cache (``key="executor"``: the remote executor) for this run: the flags
+    over the host config (``$KATA_CONFIG`` or /etc/kata/config.yaml); None when neither
+    names one."""
     from kata.hostconfig import load_host_config
 
-    return from_host_config(load_host_config(), url=url, instance=instance)
+    return from_host_config(load_host_config(), url=url, instance=instance, key=key)
 
 
 def from_host_config(config: "HostConfig", *, url: str | None = None,
-                     instance: str | None = None) -> RemoteConfig | None:
-    """The remote cache the flags (``url``, ``instance``) and the host config's ``remote:``
-    name, or None when neither names one.
+                     instance: str | None = None, key: str = "cache") -> RemoteConfig | None:
+    """The remote the flags (``url``, ``instance``) and the host config's ``remote:`` name
+    under ``key`` (``cache`` or ``executor``), or None when neither names one.
 
     KataError (exit 2, at the key's file:line:column): config.unknown_key, config.bad_value,
     remote.bad_url."""
+    assert key in ("cache", "executor")
+    flag = "--remote-cache" if key == "cache" else "--remote-executor"
     from kata.model import Duration
 
     raw = config.section("remote")
@@ -93,19 +100,19 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
         if k not in KEYS:
             raise config.error("config.unknown_key", f"unknown key {k!r} in remote (expected "
                                f"one of {', '.join(sorted(KEYS))})", "remote", k)
-    file_url = raw.get("cache")
+    file_url = raw.get(key)
     if url is None and file_url is None:
         return None
     if url is not None:
-        target, tls = parse_url(url)
+        target, tls = parse_url(url, where=flag)
     else:
         if not isinstance(file_url, str):
-            raise config.error("config.bad_value", "remote.cache must be a string "
-                               "(grpc://HOST:PORT or grpcs://HOST:PORT)", "remote", "cache")
+            raise config.error("config.bad_value", f"remote.{key} must be a string "
+                               "(grpc://HOST:PORT or grpcs://HOST:PORT)", "remote", key)
         try:
-            target, tls = parse_url(file_url, where="remote.cache")
+            target, tls = parse_url(file_url, where=f"remote.{key}")
         except KataError as err:
-            raise config.error(err.reason, err.message, "remote", "cache") from None
+            raise config.error(err.reason, err.message, "remote", key) from None
     name = instance if instance is not None else raw.get("instance", "")
     if not isinstance(name, str):
         raise config.error("config.bad_value", "remote.instance must be a string",
