@@ -284,6 +284,9 @@ def config_schema() -> dict[str, Any]:
         "triggers": _list(_trigger(), "When the pipeline runs as an event; any one "
                                       "matching trigger runs it."),
     }, "the config", required=("steps",))
+    # the loader ignores top-level x- keys (Compose's extension fields, where anchors live)
+    top["patternProperties"] = {"^" + loader.EXTENSION_PREFIX: {
+        "description": "Ignored by kata: a place for YAML anchors (x-base: &base {...})."}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "Kata CI pipeline (.kata-ci.yaml)", **top}
 

@@ -121,5 +121,9 @@ def test_file_option_after_the_subcommand(repo) -> None:
     assert (r.returncode, r.stdout) == (0, "Config valid. 4 steps, 0 cycles, 3 parallel groups\n")
     r = kata("run", "--dry-run", "-f", str(repo / "none.yaml"), cwd=repo)
     assert r.returncode == 2 and "none.yaml" in r.stderr
-    for command in ("run", "build", "why", "logs", "validate", "graph"):
-        assert "-f, --file" in kata(command, "--help", cwd=repo).stdout, command
+    for command in ("run", "build", "why", "logs", "validate", "graph", "export", "runs",
+                    "hooks install"):
+        assert "-f, --file" in kata(*command.split(), "--help", cwd=repo).stdout, command
+    # runs: the config names the pipeline whose runs are listed
+    r = kata("--store", str(repo / "store"), "runs", "-f", service, cwd=repo)
+    assert (r.returncode, r.stdout) == (0, "No runs recorded for pipeline 'my-service'.\n")

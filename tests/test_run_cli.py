@@ -90,8 +90,8 @@ def test_logs_and_why(kata):
     assert logs.stdout.splitlines()[0] == f"== build: cached — output of run {run_id} =="
     assert "built it" in logs.stdout
     assert "built it" in kata("logs", "--run", run_id, "--step", "build").stdout
-    assert kata("logs", "--step", "nope").returncode == 1
-    assert kata("logs", "--run", "nope").returncode == 1
+    assert kata("logs", "--step", "nope").returncode == 2  # bad input
+    assert kata("logs", "--run", "nope").returncode == 2
     assert "unchanged" in kata("why", "//build").stdout
     (kata.repo / "src/a.txt").write_text("hello again\n")
     why = kata("why", "//build")
@@ -248,4 +248,7 @@ def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
     assert (row["event"], row["version"], row["step"], row["path"]) == (
         "export", 1, "docs", str(tmp_path / "j")) and row["time"].endswith("Z")
     bad = kata("export", "--run", run_id, "--step", "nope", "--out", str(later))
-    assert bad.returncode == 1 and "has no step 'nope'" in bad.stderr
+    assert bad.returncode == 2 and "has no step 'nope' (it has: " in bad.stderr
+    bad = kata("export", "--run", "no-such-run", "--out", str(later))  # bad input: exit 2
+    assert bad.returncode == 2 and "no run 'no-such-run'" in bad.stderr \
+        and "kata runs" in bad.stderr and "Traceback" not in bad.stderr

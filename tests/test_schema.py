@@ -129,6 +129,7 @@ GOOD = [
     " resources: {memory: 512Mi}, services: [{name: s, image: j, resources: {cpus: 1}}]}]",
     "steps: [{name: a, image: i, resources: {memory: 7000000}}]",
     "steps:\n- &a {name: a, image: i, commands: [x]}\n- {<<: *a, name: b}",
+    "x-base: &b {image: i, env: {A: '1'}}\nx-list: [1]\nsteps: [{<<: *b, name: a}]",
 ]
 
 BAD = [  # (config, the loader's reason): the schema must refuse each too

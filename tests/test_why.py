@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from kata.compile import compile_pipeline
 from kata.loader import load_text
+from kata.realise.plan import context_values
 from kata.why import why
 
 TEXT = """\
@@ -59,3 +64,33 @@ def test_why_prints_readable_values(tmp_path) -> None:
     change = [str(c) for c in result.changes if c.field == "input file"]
     assert len(change) == 1 and change[0].startswith("input file run.sh: content sha256:")
     assert "(" not in change[0] and "420" not in change[0]
+
+
+def test_kata_why_uses_the_runs_context_values(tmp_path) -> None:
+    """A step that asks for KATA_BRANCH/KATA_COMMIT_SHA is unchanged to `kata why` when a
+    plain `kata run` here would hit (it showed `KATA_BRANCH: "main" -> ""`)."""
+    from kata.conditions import Context
+
+    pinned = "alpine@sha256:" + "a" * 64  # nothing to resolve: no containerd needed
+    text = (f"steps:\n  - {{name: s, image: '{pinned}', commands: [make],\n"
+            "     context: [KATA_BRANCH, KATA_COMMIT_SHA, CI]}\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(text)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    pipeline = load_text(text, file=str(repo / ".kata-ci.yaml"))
+    g = compile_pipeline(pipeline, resolver=resolver, repo_root=repo, context=context_values(
+        pipeline, Context(event="push", branch="main", tag="", action=""), commit))
+    recorded = tmp_path / "s.drv"
+    recorded.write_bytes(g.nodes["s"].record().encode())
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "kata", "--store", str(tmp_path / "store"), "why",
+                        "//s", "--against", str(recorded)], cwd=repo, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert (r.returncode, r.stdout) == (0, "//s: unchanged since its last recorded derivation\n"), \
+        r.stdout + r.stderr

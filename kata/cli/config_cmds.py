@@ -214,10 +214,20 @@ def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
     from kata.compile import compile_pipeline
     from kata.why import why
 
-    from kata.cli.run_cmds import quiet_resolver
+    from kata.cli.run_cmds import git_context, quiet_resolver
+    from kata.realise.plan import context_values
 
     path, pipeline = load(ctx)
-    g = compile_pipeline(pipeline, resolver=quiet_resolver(ctx), repo_root=path.resolve().parent)
+    repo_root = path.resolve().parent
+    context = None
+    if any(s.context for s in pipeline.steps):
+        # the values a plain `kata run` here gives (else every KATA_* a step asks for
+        # would show as changed to "")
+        cond_ctx, commit, _ = git_context(repo_root, event=None, branch=None, tag=None,
+                                          action=None, base=None)
+        context = context_values(pipeline, cond_ctx, commit)
+    g = compile_pipeline(pipeline, resolver=quiet_resolver(ctx), repo_root=repo_root,
+                         context=context)
     lookup = previous_lookup(ctx, pipeline.name)
     if against is not None:
         data = Path(against).read_bytes()

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from kata.cli.config_cmds import config_file_option
+
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the root group."""
@@ -32,6 +34,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 @click.option("-n", "--limit", type=click.IntRange(1), default=20, show_default=True,
               help="How many runs.")
 @click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
+@config_file_option
 @click.pass_context
 def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: int,
          json_out: bool) -> None:

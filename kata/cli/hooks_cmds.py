@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from kata.cli.config_cmds import config_file_option
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(hooks)
@@ -35,6 +37,7 @@ def hooks() -> None:
 @click.option("--force", is_flag=True, help="Replace a hook that kata did not install.")
 @click.option("--repo", default=".", type=click.Path(file_okay=False),
               help="The repository (default: the current directory).")
+@config_file_option
 @click.pass_context
 def install(ctx: click.Context, force: bool, repo: str) -> None:
     """Install pre-push (working repository: a failing pipeline blocks the push) or

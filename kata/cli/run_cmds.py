@@ -549,12 +549,13 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
                 steps: tuple[str, ...] = ()):
     """The run ``--run ID`` names, else the last run of this pipeline (KataError
-    logs.no_run), checked to hold every step of ``steps`` (KataError logs.no_step)."""
+    logs.no_run: exit 2 for an ID that names no run, 1 when nothing is recorded yet),
+    checked to hold every step of ``steps`` (KataError logs.no_step, exit 2)."""
     if run_id:
         record = store.get_run(run_id)
         if record is None:
-            raise KataError("logs.no_run", f"no run {run_id!r} in the store", obj=run_id,
-                            exit_code=1)
+            raise KataError("logs.no_run", f"no run {run_id!r} in the store "
+                            "(`kata runs` lists the recorded ones)", obj=run_id)
     else:
         pipeline = _pipeline_name(ctx)
         found = store.list_runs(pipeline=pipeline, limit=1)
@@ -565,8 +566,8 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     known = [e.name for e in record.steps]
     for name in steps:
         if name not in known:
-            raise KataError("logs.no_step", f"run {record.id} has no step {name!r}",
-                            obj=name, exit_code=1)
+            raise KataError("logs.no_step", f"run {record.id} has no step {name!r} (it "
+                            f"has: {', '.join(known) or 'none'})", obj=name)
     return record
 
 
