@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from kata import derivation as drv
 from kata import keys
@@ -83,9 +83,14 @@ def plan(pipeline: Pipeline) -> Plan:
     return Plan(order=order, levels=graph_levels(order, deps), deps=MappingProxyType(deps))
 
 
-def resolve_images(pipeline: Pipeline, resolver: Resolver) -> dict[ImageRef, str | None]:
+def resolve_images(pipeline: Pipeline, resolver: Resolver, *,
+                   pinned: Callable[[ImageRef], object] | None = None,
+                   steps: Iterable[str] | None = None) -> dict[ImageRef, str | None]:
     """Every tag the pipeline names (steps' and services' images) -> its manifest digest
-    (or None from a resolver that cannot tell); digest-pinned references are not asked.
+    (or None from a resolver that cannot tell); digest-pinned references are not asked,
+    but each is given to ``pinned`` when there is one (it raises ``image.*`` when the image
+    is neither stored nor fetchable). ``steps``: only the images of these steps (and their
+    services); None: every step's.
 
     An image the resolver cannot find (a ``KataError`` ``image.*``: not in kata's image
     store and not fetchable — offline, unknown, unauthorized) is collected, and all of
@@ -95,16 +100,23 @@ def resolve_images(pipeline: Pipeline, resolver: Resolver) -> dict[ImageRef, str
     unreachable) pass through.
     """
     users: dict[ImageRef, list[str]] = {}
+    wanted = None if steps is None else set(steps)
     for step in pipeline.steps:
+        if wanted is not None and step.name not in wanted:
+            continue
         users.setdefault(step.image, []).append(step.name)
         for service in step.services:
             users.setdefault(service.image, []).append(f"{step.name} (service {service.name})")
     found: dict[ImageRef, str | None] = {}
     failed: list[str] = []
     for ref, names in users.items():
-        if ref.digest is not None:
+        if ref.digest is not None and pinned is None:
             continue
         try:
+            if ref.digest is not None:
+                assert pinned is not None
+                pinned(ref)
+                continue
             got = resolver(ref)
         except KataError as err:
             if not err.reason.startswith("image.") or err.reason == "image.resolve":

@@ -183,6 +183,35 @@ def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, container
         "kata.local/busybox:latest (install it there, or use an image that has it)" in r.stdout
 
 
+def test_an_unavailable_pinned_image_is_reported_like_a_tag(tmp_path, containerd_daemon,
+                                                             runtime, busybox_digest):
+    """The same kind, pinned by digest: validate and run (once a step using it is to run)
+    name it, its steps and the fix, exit 2, before any step; a pinned image that is stored
+    runs; a step not selected does not need its image at all."""
+    from support.registry import free_port
+
+    repo = tmp_path / "pinrepo"
+    repo.mkdir()
+    missing = f"127.0.0.1:{free_port()}/team/tool@sha256:{'0' * 64}"  # nothing listens there
+    stored = f"kata.local/busybox@{busybox_digest}"
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: pin\n"
+        "steps:\n"
+        f"  - {{name: ok, image: '{stored}', commands: [echo pinned-ok], inputs: [none]}}\n"
+        f"  - {{name: tool, image: '{missing}', commands: [tool], inputs: [none]}}\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    for args in (("validate",), ("run",)):
+        r = kata(*args)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"image {missing} (used by tool) is neither in kata's image store nor " \
+            "fetchable" in r.stderr, r.stderr
+        assert "`kata image import FILE`" in r.stderr
+        assert "[RUN]" not in r.stdout
+    alone = kata("run", "--step", "ok")
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "ok | pinned-ok" in alone.stdout
+
+
 def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
     """build --out (one target: directly in DIR), run --out (DIR/<step>/), export --run ID:
     the artifacts with their exec bits and symlinks; exporting twice gives the same DIR."""

@@ -95,7 +95,8 @@ def validate(ctx: click.Context, json_out: bool, offline: bool) -> None:
                 click.echo("note: images not checked (containerd is not running)", err=True)
             else:
                 try:
-                    resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)))
+                    resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
+                                   pinned=lambda ref: runtime.check_pinned(str(ref)))
                 finally:
                     runtime.close()
     except KataError as err:

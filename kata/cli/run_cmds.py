@@ -86,6 +86,10 @@ class LazyRuntime:
             self._rt.name_tags({ref: found})
         return found
 
+    def check_pinned(self, ref: str) -> str:
+        """``ContainerdRuntime.check_pinned`` (connects: only for steps that will run)."""
+        return self._get(False).check_pinned(ref)
+
     def run(self, spec, sink, cancel, service_sink=None):  # noqa: ANN001, ANN201
         if service_sink is not None:
             return self._get(True).run(spec, sink, cancel, service_sink=service_sink)
@@ -226,6 +230,11 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             _print_plan(plan_entries(graph, plan), plan.skipped, json_out)
             return
         plan = plan_run(graph, store, options, remote=remote)
+        if plan.to_run:  # a pinned image of a step that runs: there, or exit 2 before any step
+            from kata.compile import resolve_images
+
+            resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
+                           steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)))
         # an untrusted run reads no value at all (its plan skips every step declaring one)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
             list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))

@@ -160,6 +160,22 @@ class ContainerdRuntime:
         digest, _body, _mt = self.registry.fetch_manifest(parsed)
         return digest
 
+    def check_pinned(self, ref: str) -> str:
+        """That a digest-pinned ``ref`` (``name@sha256:…``) can run: stored in kata's image
+        store, else its manifest fetchable by that digest (nothing is pulled). Returns the
+        digest. KataError ``image.*`` (image.not_found offline or unknown,
+        image.registry_unreachable, image.refused, …) when it cannot."""
+        parsed = parse_reference(ref)
+        digest = parsed.digest
+        assert digest is not None, ref
+        if self.images.known(digest) or self.images.has_blob(digest):
+            return digest
+        if self.offline:
+            raise KataError("image.not_found", f"image {ref} is not in kata's image store "
+                            "(offline)", obj=ref, exit_code=1)
+        self.registry.fetch_manifest(parsed, digest)
+        return digest
+
     def name_tags(self, resolved: dict[str, str]) -> None:
         """Remember that each tag in ``resolved`` (tag -> digest) stands for its digest in
         this run: an image pulled by digest for a step is then also stored under its tags
