@@ -181,6 +181,12 @@ def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, container
     assert r.returncode == 1
     assert "[FAIL] s (exit 127: a command was not found in the image " \
         "kata.local/busybox:latest (install it there, or use an image that has it)" in r.stdout
+    # its tag recorded, a run that must run a step finds the dead socket before the first
+    dead = KataProcess(repo, store=tmp_path / "store", address=str(tmp_path / "no.sock"))
+    r = dead("run", "--no-cache")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: cannot reach containerd at "), r.stderr
+    assert "[RUN]" not in r.stdout and "[FAIL]" not in r.stdout
 
 
 def test_an_unavailable_pinned_image_is_reported_like_a_tag(tmp_path, containerd_daemon,

@@ -86,6 +86,10 @@ class LazyRuntime:
             self._rt.name_tags({ref: found})
         return found
 
+    def connect(self) -> None:
+        """Connect now (KataError runtime.unreachable, exit 2, when containerd is not there)."""
+        self._get(False)
+
     def check_pinned(self, ref: str) -> str:
         """``ContainerdRuntime.check_pinned`` (connects: only for steps that will run)."""
         return self._get(False).check_pinned(ref)
@@ -232,6 +236,9 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         plan = plan_run(graph, store, options, remote=remote)
         if plan.to_run:  # a pinned image of a step that runs: there, or exit 2 before any step
             from kata.compile import resolve_images
+
+            if executor is None:  # a dead containerd: exit 2 here, not a failed first step
+                runtime.connect()
 
             resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
                            steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)))
