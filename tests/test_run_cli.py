@@ -216,6 +216,21 @@ def test_an_unavailable_pinned_image_is_reported_like_a_tag(tmp_path, containerd
     alone = kata("run", "--step", "ok")
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "ok | pinned-ok" in alone.stdout
+    # a tag that cannot be found, used by a step this run does not select, is no error
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: pin\n"
+        "steps:\n"
+        f"  - {{name: ok, image: '{stored}', commands: [echo pinned-ok], inputs: [none]}}\n"
+        f"  - {{name: node, image: '127.0.0.1:{free_port()}/team/node:20', commands: [x],\n"
+        "     inputs: [none]}\n"
+        "  - {name: after, image: kata.local/busybox:latest, depends_on: [ok],\n"
+        "     commands: [echo after-ok], inputs: [none]}\n")
+    for args in (("run", "--step", "after"), ("build", "//after")):
+        r = kata(*args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "after | after-ok" in r.stdout or "after: HIT" in r.stdout, r.stdout
+    whole = kata("run")
+    assert whole.returncode == 2 and "(used by node)" in whole.stderr, whole.stderr
 
 
 def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):

@@ -205,10 +205,27 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     try:
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
-        graph = compile_pipeline(pipeline, resolver=lambda ref: runtime.resolve_image(str(ref)),
-                                 repo_root=repo_root, stat_cache=stat_cache,
+        unavailable: set[str] = set()  # images no step of this run may need (yet)
+
+        def resolve(ref):  # noqa: ANN001, ANN202
+            try:
+                return runtime.resolve_image(str(ref))
+            except KataError as err:
+                if not err.reason.startswith("image.") or err.reason == "image.resolve":
+                    raise
+                unavailable.add(str(ref))
+                return None  # its steps' derivations stay unresolved
+
+        graph = compile_pipeline(pipeline, resolver=resolve, repo_root=repo_root,
+                                 stat_cache=stat_cache,
                                  context=context_values(pipeline, cond_ctx, commit))
         targets = select_targets(graph, steps=steps, labels=labels)
+        if unavailable:  # exit 2 with every user, unless only unselected steps use them
+            from kata.compile import resolve_images
+            from kata.realise.plan import reach_all
+
+            resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
+                           steps=None if targets is None else reach_all(targets, graph))
         settings = pipeline.settings
         options = RealiseOptions(
             targets=targets,

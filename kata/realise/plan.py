@@ -251,13 +251,29 @@ def status_waits(graph: "DerivationGraph", statuses: Mapping[str, bool]) -> dict
     return out
 
 
+def reach_all(targets: Sequence[str], graph: "DerivationGraph") -> tuple[str, ...]:
+    """``targets`` and every step they depend on, transitively (graph order)."""
+    seen: set[str] = set()
+    todo = list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph.nodes[name].deps)
+    return tuple(n for n in graph.order if n in seen)
+
+
 def check(graph: "DerivationGraph", targets: Sequence[str] | None) -> None:
     """A graph the realiser can run: every target is a step (``target.unknown``) and every
-    step has a derivation hash and hashed inputs (``image.unresolved``)."""
+    step the targets need (all steps without targets) has a derivation hash and hashed
+    inputs (``image.unresolved``); a step no target needs may stay unresolved."""
     unknown = [t for t in (targets or ()) if t not in graph.nodes]
     if unknown:
         raise KataError("target.unknown", f"no step named {unknown[0]!r}", obj=unknown[0])
+    needed = None if targets is None else set(reach_all(targets, graph))
     for name in graph.order:
+        if needed is not None and name not in needed:
+            continue
         node = graph.nodes[name]
         if node.drv_hash is None or node.inputs is None:
             raise KataError("image.unresolved", f"step {name}: its image {node.step.image} "
