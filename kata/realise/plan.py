@@ -253,14 +253,10 @@ def status_waits(graph: "DerivationGraph", statuses: Mapping[str, bool]) -> dict
 
 def reach_all(targets: Sequence[str], graph: "DerivationGraph") -> tuple[str, ...]:
     """``targets`` and every step they depend on, transitively (graph order)."""
-    seen: set[str] = set()
-    todo = list(targets)
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(graph.nodes[name].deps)
-    return tuple(n for n in graph.order if n in seen)
+    from kata.labels import with_dependencies
+
+    return with_dependencies(targets, {n: graph.nodes[n].deps for n in graph.order},
+                             graph.order)
 
 
 def check(graph: "DerivationGraph", targets: Sequence[str] | None) -> None:
