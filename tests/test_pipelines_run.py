@@ -110,9 +110,9 @@ def test_adds():
 def test_multiplies():
     assert 2 * 3 == 6
 
-@pytest.mark.skip(reason="not yet")
+@pytest.mark.xfail(reason="not yet", strict=True)  # JUnit XML reports it as skipped
 def test_later():
-    pass
+    assert False
 
 def test_divides():
     assert 7 // 2 == 4, "integer division rounds down"
