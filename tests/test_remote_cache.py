@@ -238,3 +238,37 @@ def test_bad_remote_settings_are_usage_errors(tmp_path, containerd_daemon, runti
     cfg.write_text("remote:\n  cache: grpc://127.0.0.1:1\n  token_file: /nonexistent/token\n")
     missing = kata("run", KATA_CONFIG=str(cfg))
     assert missing.returncode == 2 and "/nonexistent/token" in missing.stderr
+
+
+def test_a_secret_steps_artifacts_never_go_up_with_a_dependent(bg, tmp_path, containerd_daemon,
+                                                               runtime):
+    """A step that declares no secret but depends on one that does hands on that step's
+    artifacts (its stack), which may hold the value: neither it nor anything downstream
+    is uploaded, and the value is nowhere in the remote CAS."""
+    value = "dependent-leak-check-9f3a1c"
+    pipeline = {"pipeline": "taint", "steps": [
+        {"name": "sign", "image": IMAGE, "inputs": ["x"], "secrets": ["SIGNING_KEY"],
+         "cache": True, "artifacts": ["sig"], "commands": ["echo \"$SIGNING_KEY\" > sig"]},
+        {"name": "bundle", "image": IMAGE, "depends_on": ["sign"], "inputs": ["x"],
+         "artifacts": ["bundle"], "commands": ["cat sig > bundle.tmp", "wc -c < sig > bundle"]},
+        {"name": "publish", "image": IMAGE, "depends_on": ["bundle"], "inputs": ["x"],
+         "artifacts": ["out"], "commands": ["cat bundle > out"]},
+        {"name": "clean", "image": IMAGE, "inputs": ["x"], "artifacts": ["c"],
+         "commands": ["echo clean > c"]},
+    ]}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "x").write_text("x\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    a = _host(tmp_path, "taint-a", repo, containerd_daemon.address, bg)
+    first = a("run", *a.remote, "--secret", f"SIGNING_KEY={value}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert not _grep_cas(bg, value.encode())
+    repo_b = tmp_path / "repo-b"
+    shutil.copytree(repo, repo_b)
+    b = _host(tmp_path, "taint-b", repo_b, containerd_daemon.address, bg)
+    dry = b("run", "--json", "--dry-run", *b.remote, "--secret", f"SIGNING_KEY={value}")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    plans = {e["step"]: e for e in _events(dry) if e["event"] == "plan"}
+    assert plans["clean"]["hit"] and plans["clean"].get("remote"), plans["clean"]
+    assert not any(plans[s]["hit"] for s in ("sign", "bundle", "publish")), plans

@@ -49,7 +49,9 @@ from kata.realise.workspace import (
     BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
 from kata.resources import effective, format_size
-from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
+from kata.runtimes.base import (
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec,
+)
 from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
 from store.runs import Phases
@@ -124,7 +126,7 @@ class Realiser:
         self._lookup = Lookup(store, options.scope, remote=remote)
         self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
-                               pipeline=self.pipeline, remote=remote)
+                               pipeline=self.pipeline, remote=remote, nodes=graph.nodes)
         # an untrusted run holds no value at all: not for a step, not even for the masker
         # (masking a value in output an attacker controls would confirm their guesses)
         self._secrets = dict(options.secrets) if options.scope.trusted else {}
@@ -723,6 +725,8 @@ class Realiser:
                              for s in step.services)
             spec = specs.step_spec(node, workdir=workdir, secrets_dir=dirs.get(""),
                                    env=self.options.env, run_id=self.run_id, services=services)
+            if self.records.secret_below(node):  # its workspace holds a secret step's artifacts
+                spec = dataclasses.replace(spec, labels={**spec.labels, LOCAL_ONLY_LABEL: "1"})
             return self._start(name, spec, cancel, log, log_lock, services, service_logs)
         raise AssertionError("unreachable")  # pragma: no cover
 
