@@ -193,7 +193,7 @@ def _step() -> dict[str, Any]:
         "cache": _cache(),
         "secrets": _secret_names("Secrets the step receives (by name; never in its key)."),
         "inputs": _patterns("Repository files the step sees (gitignore-style globs). "
-                            "Default: the whole repository."),
+                            "Default: the whole repository; [] selects no file."),
         "workdir": {"type": ["string", "number"], "pattern": r"^(/(?!\.\.?(/|$))[^/]+)+$",
                     "default": "/workspace",
                     "description": "Absolute, clean working directory in the container (no "
