@@ -34,7 +34,7 @@ _NONEMPTY = {"type": ["string", "number"], "pattern": r"\S"}
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # grammar/labels.lark NAME (kata.labels.is_step_name)
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # kata.model.is_env_name
 # kata.model.Duration: units largest first, each at most once, or whole seconds
-_DURATION_TEXT = r"^\s*(\d+|(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)\s*$"
+_DURATION_TEXT = r"^\s*(?=\S)(\d+|(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)\s*$"
 
 
 def _list(items: dict[str, Any], description: str) -> dict[str, Any]:
