@@ -238,6 +238,12 @@ def test_bad_remote_settings_are_usage_errors(tmp_path, containerd_daemon, runti
     cfg.write_text("remote:\n  cache: grpc://127.0.0.1:1\n  token_file: /nonexistent/token\n")
     missing = kata("run", KATA_CONFIG=str(cfg))
     assert missing.returncode == 2 and "/nonexistent/token" in missing.stderr
+    assert f"{cfg}:3:3" in missing.stderr
+    # an instance for no remote at all: the user believes a remote is in use
+    cfg.write_text("offline: false\n")
+    alone = kata("run", "--remote-instance", "main", KATA_CONFIG=str(cfg))
+    assert alone.returncode == 2 and "--remote-instance" in alone.stderr, alone.stderr
+    assert "--remote-cache" in alone.stderr and not alone.stdout
 
 
 def test_a_secret_steps_artifacts_never_go_up_with_a_dependent(bg, tmp_path, containerd_daemon,
