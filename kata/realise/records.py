@@ -110,7 +110,10 @@ class Records:
             changed = err.obj or paths[0]
         if changed is not None:
             raise KataError("inputs.changed", f"input {changed} changed after it was hashed "
-                            "(a step must see exactly the bytes its key covers): run again",
+                            "(a step must see exactly the bytes its key covers): run again; "
+                            "if it is written during every run (a log, kata's own output "
+                            "redirected into the repository), leave it out with .gitignore, "
+                            "a .kataignore pattern or the step's inputs:",
                             obj=changed, exit_code=1)
         self.store.put_realisation(key, self._record(tree, kind="inputs"))
         return tree
