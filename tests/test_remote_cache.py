@@ -278,3 +278,26 @@ def test_a_secret_steps_artifacts_never_go_up_with_a_dependent(bg, tmp_path, con
     plans = {e["step"]: e for e in _events(dry) if e["event"] == "plan"}
     assert plans["clean"]["hit"] and plans["clean"].get("remote"), plans["clean"]
     assert not any(plans[s]["hit"] for s in ("sign", "bundle", "publish")), plans
+
+
+def test_a_fully_cached_run_does_not_touch_the_remote(bg, tmp_path, containerd_daemon, runtime):
+    """Lookups go local first: when every step is a local hit (a team's no-op, with the
+    remote in the host config) the remote is not asked, so a remote that hangs costs
+    nothing; a dry run likewise. A local miss still asks it."""
+    from support.listeners import LoopbackListener
+
+    repo = _repo(tmp_path / "r")
+    (repo / "src" / "a.txt").write_text("hello, built here only\n")  # no other test's keys
+    a = _host(tmp_path, "nop", repo, containerd_daemon.address, bg)
+    first = a("run", *a.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    with LoopbackListener() as hung:  # accepts, never answers: each call would time out
+        remote = ("--remote-cache", f"grpc://127.0.0.1:{hung.port}")
+        for args in (("run",), ("run", "--dry-run")):
+            again = a(*args, *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert "warning" not in again.stderr, again.stdout + again.stderr
+        assert hung.count == 0
+        (repo / "src" / "a.txt").write_text("changed\n")
+        missed = a("run", "--dry-run", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+        assert missed.returncode == 0 and hung.count >= 1, missed.stdout + missed.stderr

@@ -150,7 +150,7 @@ class Realiser:
         """The run's plan over this store and scope (``heal=False``: change nothing)."""
         if not heal:
             return plan_run(self.graph, self.store, self.options, heal=False, remote=self.remote)
-        prefetch(self.graph, self.options.use_cache, self.remote)
+        prefetch(self.graph, self.options.use_cache, self.remote, local=self._lookup.local)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
                          use_cache=self.options.use_cache, lookup=self._lookup.step,
                          scope=self.options.scope, statuses=self.options.statuses)
