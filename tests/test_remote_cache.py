@@ -301,3 +301,31 @@ def test_a_fully_cached_run_does_not_touch_the_remote(bg, tmp_path, containerd_d
         (repo / "src" / "a.txt").write_text("changed\n")
         missed = a("run", "--dry-run", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
         assert missed.returncode == 0 and hung.count >= 1, missed.stdout + missed.stderr
+
+
+def test_a_remote_hit_shows_the_test_report_of_the_run_that_built_it(bg, tmp_path,
+                                                                     containerd_daemon, runtime):
+    """A step's JUnit totals come with its remote hit: the report blob goes up with the
+    record (an ActionResult output file), and a host that hits fetches it (small), so its
+    [PASS] line and `kata logs` agree with the host that ran it; nothing is 'unreadable'."""
+    xml = ('<testsuite name="s" tests="3" failures="0"><testcase classname="c" name="a"/>'
+           '<testcase classname="c" name="b"/><testcase classname="c" name="d"/></testsuite>')
+    pipeline = {"pipeline": "junit-remote", "steps": [
+        {"name": "test", "image": IMAGE, "inputs": ["x"], "reports": {"junit": ["r.xml"]},
+         "commands": [f"echo '{xml}' > r.xml"]},
+        {"name": "after", "image": IMAGE, "depends_on": ["test"], "inputs": ["x"],
+         "commands": ["true"]}]}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "x").write_text("junit\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    a = _host(tmp_path, "junit-a", repo, containerd_daemon.address, bg)
+    first = a("run", *a.remote)
+    assert first.returncode == 0 and "[PASS] test (" in first.stdout, first.stdout + first.stderr
+    assert "— 3 passed" in first.stdout
+    b = _host(tmp_path, "junit-b", repo, containerd_daemon.address, bg)
+    hit = b("run", *b.remote)
+    assert hit.returncode == 0, hit.stdout + hit.stderr
+    assert "[CACHE] test: HIT" in hit.stdout and "remote)" in hit.stdout, hit.stdout
+    assert "[PASS] test (cached) — 3 passed" in hit.stdout, hit.stdout + hit.stderr
+    assert "unreadable" not in hit.stderr + hit.stdout, hit.stderr

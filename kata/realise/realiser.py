@@ -286,6 +286,8 @@ class Realiser:
         if remote is not None:
             with self._lock:
                 self._remote_hits[name] = (remote, keys or (key,))
+            if real.report and self.remote is not None:  # its totals, as the builder saw them
+                self.remote.fetch_report(self.store, remote)
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
                                   produced_by=real.run, remote=remote is not None))
         stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
