@@ -21,6 +21,13 @@ The lease lifecycle (bots.proto; BuildGrid's Bots service):
   opens a new session. A worker that dies stops answering; the scheduler re-queues its
   leases after the keep-alive timeout (and gives them to another bot).
 
+Live output (``logstream.py``): when the scheduler creates log streams for its jobs
+(BuildGrid's ``logstream:`` option), the reply of ``UpdateBotSession`` carries, in its
+``executeoperationmetadata-bin`` trailing metadata, each lease's stdout *write* name
+(keyed by action digest). The worker then writes the step's output to that stream while
+it runs (ByteStream.Write to ``--logstream``, default the executor), and finishes the
+stream before it reports the lease.
+
 Running a lease: fetch the ``Action`` (the payload, or its digest), the ``Command`` and the
 input root from the CAS, write the input root under ``work_root``, run the step (its
 ``kata-spec.json``, see ``action.py``) with ``runtime``, then upload the workspace as a
@@ -52,6 +59,7 @@ from kata.runtimes.base import Runtime
 from . import action as act
 from . import files
 from .connection import connect
+from .logstream import LogBuffer, write_stream
 
 LOG = logging.getLogger("kata.worker")
 
@@ -70,6 +78,9 @@ class _Job:
     thread: threading.Thread | None = None
     status: status_pb2.Status | None = None  # set when done
     result: re_pb2.ActionResult | None = None
+    action_hash: str = ""  # the action digest's hash (names its log stream)
+    log: LogBuffer = field(default_factory=LogBuffer)  # the step's output as it grows
+    writer: threading.Thread | None = None  # writes ``log`` to the job's log stream
 
 
 class Worker:
@@ -82,7 +93,8 @@ class Worker:
     """
 
     def __init__(self, url: str, runtime: Runtime, *, name: str, instance: str = "",
-                 slots: int = 1, work_root: Path, poll: float = 20.0) -> None:
+                 slots: int = 1, work_root: Path, poll: float = 20.0,
+                 logstream: str | None = None) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         self.url, self.runtime, self.name = url, runtime, name
@@ -92,6 +104,9 @@ class Worker:
         self.cas = self._remote.cas
         self._md = self._remote.metadata
         self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
+        # where the step's output streams to (logstream.py); the executor's own by default
+        self._logs = connect(logstream, instance, where="--logstream") if logstream else None
+        self._write_names: dict[str, str] = {}  # action hash -> log stream write name
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a lease completed: report it now
@@ -119,6 +134,7 @@ class Worker:
                             continue  # cut short: report what changed
                         session = reply
                     self._take(session.leases)
+                    self._stream_logs()
                     delay = 0.2
                 except grpc.RpcError as err:
                     code = err.code()  # type: ignore[attr-defined]
@@ -137,6 +153,8 @@ class Worker:
         finally:
             self._drop_all()
             self._remote.close()
+            if self._logs is not None:
+                self._logs.close()
 
     def _busy(self) -> bool:
         """Every slot runs a lease and none has a result to report (the scheduler answers
@@ -186,7 +204,18 @@ class Worker:
         except grpc.FutureCancelledError:
             return None
         self._acknowledged(request.bot_session.leases, reply.leases)
+        self._write_names = _write_names(future.trailing_metadata() or ())
         return reply
+
+    def _stream_logs(self) -> None:
+        """Start writing each running job's output to its log stream, once its name is
+        known (the job may have started before)."""
+        channel = (self._logs or self._remote).channel
+        with self._lock:
+            for job in self._jobs.values():
+                name = self._write_names.get(job.action_hash)
+                if name and job.writer is None and job.status is None:
+                    job.writer = write_stream(channel, name, job.log, self._md)
 
     def _unreported(self, reported: set[str]) -> bool:
         with self._lock:
@@ -216,7 +245,7 @@ class Worker:
                 if lease_id in self._jobs or lease.state not in (LEASE_PENDING, LEASE_ACTIVE):
                     continue
                 LOG.info("lease %s: starting", lease_id)
-                job = _Job(lease=lease)
+                job = _Job(lease=lease, action_hash=_action_hash(lease.payload))
                 job.thread = threading.Thread(target=self._run, args=(job,),
                                               name=f"kata-lease-{lease_id[-8:]}", daemon=True)
                 self._jobs[lease_id] = job
@@ -283,13 +312,11 @@ class Worker:
             spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
             spec = act.read_spec(command, spec_bytes, str(workspace),
                                  {"kata.worker": self.name, "kata.lease": job.lease.id})
-            log = bytearray()
             log_lock = threading.Lock()
             service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
 
             def sink(stream: str, data: bytes) -> None:
-                with log_lock:
-                    log.extend(data)
+                job.log.append(data)
 
             sink.raw = True  # type: ignore[attr-defined]
 
@@ -301,8 +328,14 @@ class Worker:
                 exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
             else:
                 exit_status = self.runtime.run(spec, sink, job.cancel)
-            return self._upload(workspace, bytes(log), service_logs, exit_status, started)
+            job.log.close()  # the stream is finished before the result is reported
+            with self._lock:
+                writer = job.writer
+            if writer is not None:
+                writer.join(5.0)
+            return self._upload(workspace, job.log.data(), service_logs, exit_status, started)
         finally:
+            job.log.close()
             shutil.rmtree(work, ignore_errors=True)
 
     def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
@@ -339,3 +372,27 @@ def default_name() -> str:
     """``HOST-PID``: unique among the bots of one scheduler while the process lives."""
     return f"{os.uname().nodename}-{os.getpid()}"
 
+
+
+def _action_hash(payload: any_pb2.Any) -> str:
+    """The hash of the action a lease payload names (its digest, or the Action itself)."""
+    if payload.Is(re_pb2.Action.DESCRIPTOR):
+        return files.digest_of(payload.value).hash
+    digest = re_pb2.Digest()
+    return digest.hash if payload.Unpack(digest) else ""
+
+
+def _write_names(metadata) -> dict[str, str]:  # noqa: ANN001
+    """action hash -> stdout write name, from BuildGrid's ``executeoperationmetadata-bin``
+    trailing metadata (one ``ExecuteOperationMetadata`` per lease of the session)."""
+    names = {}
+    for key, value in metadata:
+        if key == "executeoperationmetadata-bin":
+            meta = re_pb2.ExecuteOperationMetadata()
+            try:
+                meta.ParseFromString(value)
+            except Exception:  # noqa: BLE001 - not ours to judge; no stream then
+                continue
+            if meta.stdout_stream_name:
+                names[meta.action_digest.hash] = meta.stdout_stream_name
+    return names
