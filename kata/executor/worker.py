@@ -261,8 +261,10 @@ class Worker:
     def _run(self, job: _Job) -> None:
         started = timestamp_pb2.Timestamp()
         started.GetCurrentTime()
+        work = None  # the lease's input root: removed after the result is reported
         try:
-            result = self._execute(job, started)
+            work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
+            result = self._execute(job, started, work)
             status = status_pb2.Status(code=OK)
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
@@ -274,12 +276,16 @@ class Worker:
         except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
             LOG.exception("lease %s crashed", job.lease.id)
             result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
-        if job.cancel.is_set():
-            return  # withdrawn: nobody waits for it
-        with self._lock:
-            job.result, job.status = result, status
-        LOG.info("lease %s: done (%s)", job.lease.id, "ok" if status.code == OK else status.message)
-        self._changed.set()
+        finally:
+            job.log.close()
+        if not job.cancel.is_set():  # else withdrawn: nobody waits for it
+            with self._lock:
+                job.result, job.status = result, status
+            LOG.info("lease %s: done (%s)", job.lease.id,
+                     "ok" if status.code == OK else status.message)
+            self._changed.set()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()
@@ -293,7 +299,8 @@ class Worker:
         action.ParseFromString(self.cas.read_many([digest])[files.key(digest)])
         return action
 
-    def _execute(self, job: _Job, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
+    def _execute(self, job: _Job, started: timestamp_pb2.Timestamp,
+                 work: Path) -> re_pb2.ActionResult:
         action = self._action(job.lease.payload)
         blobs = self.cas.read_many([action.command_digest, action.input_root_digest])
         command = re_pb2.Command()
@@ -302,41 +309,36 @@ class Worker:
         root = directories[files.key(action.input_root_digest)]
         if not any(f.name == act.SPEC_FILE for f in root.files):
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
-        work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
-        try:
-            inputs = work / "root"
-            inputs.mkdir()
-            files.materialise(self.cas, root, directories, inputs)
-            workspace = inputs / act.WORKSPACE_DIR
-            workspace.mkdir(exist_ok=True)
-            spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
-            spec = act.read_spec(command, spec_bytes, str(workspace),
-                                 {"kata.worker": self.name, "kata.lease": job.lease.id})
-            log_lock = threading.Lock()
-            service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
+        inputs = work / "root"
+        inputs.mkdir()
+        files.materialise(self.cas, root, directories, inputs)
+        workspace = inputs / act.WORKSPACE_DIR
+        workspace.mkdir(exist_ok=True)
+        spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
+        spec = act.read_spec(command, spec_bytes, str(workspace),
+                             {"kata.worker": self.name, "kata.lease": job.lease.id})
+        log_lock = threading.Lock()
+        service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
 
-            def sink(stream: str, data: bytes) -> None:
-                job.log.append(data)
+        def sink(stream: str, data: bytes) -> None:
+            job.log.append(data)
 
-            sink.raw = True  # type: ignore[attr-defined]
+        sink.raw = True  # type: ignore[attr-defined]
 
-            def service_sink(name: str, stream: str, line: bytes) -> None:
-                with log_lock:
-                    service_logs.setdefault(name, bytearray()).extend(line + b"\n")
+        def service_sink(name: str, stream: str, line: bytes) -> None:
+            with log_lock:
+                service_logs.setdefault(name, bytearray()).extend(line + b"\n")
 
-            if spec.services:
-                exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
-            else:
-                exit_status = self.runtime.run(spec, sink, job.cancel)
-            job.log.close()  # the stream is finished before the result is reported
-            with self._lock:
-                writer = job.writer
-            if writer is not None:
-                writer.join(5.0)
-            return self._upload(workspace, job.log.data(), service_logs, exit_status, started)
-        finally:
-            job.log.close()
-            shutil.rmtree(work, ignore_errors=True)
+        if spec.services:
+            exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
+        else:
+            exit_status = self.runtime.run(spec, sink, job.cancel)
+        job.log.close()  # the stream is finished before the result is reported
+        with self._lock:
+            writer = job.writer
+        if writer is not None:
+            writer.join(5.0)
+        return self._upload(workspace, job.log.data(), service_logs, exit_status, started)
 
     def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
                 exit_status: int, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
