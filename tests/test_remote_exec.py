@@ -241,6 +241,44 @@ def test_a_remote_step_streams_its_output_while_it_runs(grid, workers, kata):
     assert worker_of(kata, "talk") in {"w1", "w2"}
 
 
+def test_a_client_that_cannot_read_the_streams_gets_the_output_with_the_result(grid, workers,
+                                                                              kata):
+    """Without remote.logstream the client asks the executor (BuildGrid serves no log
+    streams): it gives up streaming for the run and prints each step's output whole, once."""
+    bg, image = grid
+    pipeline = {"pipeline": "nostream", "steps": [
+        {"name": "a", "image": image, "inputs": ["src/**"], "commands": ["echo one-line"]},
+        {"name": "b", "image": image, "depends_on": ["a"], "commands": ["echo two-line"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    env = {k: v for k, v in kata.env.items() if k != "KATA_CONFIG"}
+    run = subprocess.run([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("a | one-line") == 1 and run.stdout.count("b | two-line") == 1
+    assert {worker_of(kata, s) for s in ("a", "b")} <= {"w1", "w2"}
+
+
+def test_network_mode_and_limits_reach_the_workers_container(grid, workers, kata):
+    """The platform properties and kata-spec.json are what the worker runs with: `network:
+    none` is loopback only, `default` has an interface of its own, and a memory limit the
+    step exceeds is an out-of-memory failure on the worker."""
+    bg, image = grid
+    pipeline = {"pipeline": "limits", "settings": {"fail_fast": False}, "steps": [
+        {"name": "isolated", "image": image, "network": "none", "inputs": ["src/**"],
+         "commands": ['test "$(ls /sys/class/net)" = lo']},
+        {"name": "bridged", "image": image, "inputs": ["src/**"],
+         "commands": ["ls /sys/class/net | grep -vx lo"]},
+        {"name": "hog", "image": image, "inputs": ["src/**"],
+         "resources": {"memory": "64MiB", "pids": 64},
+         "commands": ["dd if=/dev/zero of=/dev/null bs=100M count=1"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[PASS] isolated" in run.stdout and "[PASS] bridged" in run.stdout, run.stdout
+    assert "[FAIL] hog (out of memory" in run.stdout, run.stdout
+    assert {worker_of(kata, s) for s in ("isolated", "bridged", "hog")} <= {"w1", "w2"}
+
+
 def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
     bg, image = grid
     pipeline = {"pipeline": "kill", "steps": [

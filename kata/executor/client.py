@@ -32,6 +32,7 @@ the CAS), ``remote.failed`` (the operation ended with an error status), ``remote
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from kata.remote._api.build.bazel.remote.execution.v2 import (
 )
 from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_grpc
 from kata.remote.cas import RemoteError
-from kata.remote.config import RemoteConfig
+from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import CANCEL_EXIT, OutputSink, Runtime, ServiceSink, StepSpec
 
 from . import action as act
@@ -87,9 +88,12 @@ class RemoteRuntime:
         self._md = self._remote.metadata
         self._execution = re_grpc.ExecutionStub(self._remote.channel)
         self._operations = operations_pb2_grpc.OperationsStub(self._remote.channel)
-        logstream = None if isinstance(url, str) else url.logstream
-        self._logs = connect(logstream, self.instance, where="remote.logstream") \
-            if logstream else self._remote  # where log streams are read
+        self._logs = self._remote  # where log streams are read
+        if not isinstance(url, str) and url.logstream:  # with the section's TLS and token
+            target, tls = parse_url(url.logstream, where="remote.logstream")
+            self._logs = connect(dataclasses.replace(url, url=url.logstream, target=target,
+                                                     tls=tls, logstream=None),
+                                 where="remote.logstream")
         self.streaming = True  # False once the log stream server said it serves none
 
     def resolve_image(self, ref: str) -> str:
