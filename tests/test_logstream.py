@@ -117,3 +117,53 @@ def test_a_follower_of_a_server_that_is_not_there_fails_quietly():
     follower.finish(10)
     assert follower.failed == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def _op(stream: str, worker: str, stage: int = 3):
+    from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+    from kata.remote._api.google.longrunning import operations_pb2
+
+    meta = re_pb2.ExecuteOperationMetadata(stage=stage, stdout_stream_name=stream)
+    meta.partial_execution_metadata.worker = worker
+    op = operations_pb2.Operation(name="op")
+    op.metadata.Pack(meta)
+    return op
+
+
+def _write(channel, stream, data: bytes) -> None:
+    buffer = LogBuffer()
+    buffer.append(data)
+    buffer.close()
+    write_stream(channel, stream.write_resource_name, buffer).join(10)
+
+
+def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
+    """kata.executor.client._LiveLog over a real stream: a line sink gets each line once;
+    a stream that moves to another worker says so; a record that disagrees wins."""
+    from types import SimpleNamespace
+
+    from kata.executor.client import _LiveLog
+
+    runtime = SimpleNamespace(_logs=SimpleNamespace(channel=server, metadata=()),
+                              streaming=True)
+    lines: list[bytes] = []
+    live = _LiveLog(runtime, lambda stream, line: lines.append(line))  # type: ignore[arg-type]
+    first, second = create(server), create(server)
+    live.watch(_op(first.name, "w1"))
+    _write(server, first, b"one\ntw")  # the attempt on w1 dies mid-line
+    live.follower.finish(10)  # type: ignore[union-attr]
+    live.watch(_op(second.name, "w2"))
+    _write(server, second, b"one\n")  # w2 streams part of its output
+    live.finish("w2", b"one\ntwo\n")  # its record has the rest
+    assert lines == [b"kata: ran on worker w1", b"one", b"tw",
+                     b"kata: worker w1 lost the step; the scheduler gave it to worker w2, "
+                     b"whose output follows", b"one", b"two"]
+    lines.clear()
+    third = create(server)
+    live = _LiveLog(runtime, lambda stream, line: lines.append(line))  # type: ignore[arg-type]
+    live.watch(_op(third.name, "w1"))
+    _write(server, third, b"not what ran\n")
+    live.finish("w1", b"what ran\n")
+    assert lines == [b"kata: ran on worker w1", b"not what ran",
+                     b"kata: the live output differs from the worker's record of it; the "
+                     b"record follows", b"what ran"]

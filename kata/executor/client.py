@@ -312,8 +312,11 @@ class _LiveLog:
                 self._say("kata: the live output differs from the worker's record of it; "
                           "the record follows\n")
                 streamed = b""
-        else:
+        elif self.follower is not None:  # moved once more, unseen: say so, as in watch()
             self.stop()
+            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
+                      f"worker {worker}, whose output follows\n")
+        else:
             self._say(f"kata: ran on worker {worker}\n")
         self._emit(stdout[len(streamed):])
         self._flush()

@@ -110,6 +110,7 @@ class Worker:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a lease completed: report it now
+        self._wake: threading.Event | None = None  # the UpdateBotSession in flight's
 
     # -- the session loop ----------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
@@ -186,7 +187,11 @@ class Worker:
 
     def _update(self, session: bots_pb2.BotSession,
                 stop: threading.Event) -> bots_pb2.BotSession | None:
-        """One UpdateBotSession; None when it was cut short because a lease completed."""
+        """One UpdateBotSession; None when it was cut short because a lease completed (or
+        ``stop`` was set: noticed within a second)."""
+        wake = threading.Event()  # this call's own: a late callback of a cancelled one
+        with self._lock:          # must not cut the next one short
+            self._wake = wake     # set by the answer, or by a lease that completes
         self._changed.clear()
         request = bots_pb2.UpdateBotSessionRequest(
             name=session.name, bot_session=self._session(session.name, session.version))
@@ -194,9 +199,12 @@ class Worker:
                     if lease.state == LEASE_COMPLETED}
         future = self._bots.UpdateBotSession.future(request, timeout=self.poll,
                                                     metadata=self._md)
-        done = threading.Event()  # this call's own: a late callback of a cancelled one
-        future.add_done_callback(lambda _f: done.set())  # must not cut the next one short
-        while not done.wait(0.02):
+        future.add_done_callback(lambda _f: wake.set())
+        while True:
+            wake.wait(1.0)
+            wake.clear()
+            if future.done():
+                break
             if (stop.is_set() or self._unreported(reported)) and future.cancel():
                 return None
         try:
@@ -284,6 +292,10 @@ class Worker:
             LOG.info("lease %s: done (%s)", job.lease.id,
                      "ok" if status.code == OK else status.message)
             self._changed.set()
+            with self._lock:
+                wake = self._wake
+            if wake is not None:
+                wake.set()  # cut the long poll short: report it now
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
 
