@@ -106,7 +106,8 @@ class Worker:
         self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
         # where the step's output streams to (logstream.py); the executor's own by default
         self._logs = connect(logstream, instance, where="--logstream") if logstream else None
-        self._write_names: dict[str, str] = {}  # action hash -> log stream write name
+        # action hash -> the write names of its stdout and stderr log streams
+        self._write_names: dict[str, tuple[str, str]] = {}
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a lease completed: report it now
@@ -221,9 +222,13 @@ class Worker:
         channel = (self._logs or self._remote).channel
         with self._lock:
             for job in self._jobs.values():
-                name = self._write_names.get(job.action_hash)
-                if name and job.writer is None and job.status is None:
-                    job.writer = write_stream(channel, name, job.log, self._md)
+                stdout, stderr = self._write_names.get(job.action_hash, ("", ""))
+                if stdout and job.writer is None and job.status is None:
+                    job.writer = write_stream(channel, stdout, job.log, self._md)
+                    if stderr:  # merged into stdout: finished empty, so readers end
+                        empty = LogBuffer()
+                        empty.close()
+                        write_stream(channel, stderr, empty, self._md)
 
     def _unreported(self, reported: set[str]) -> bool:
         with self._lock:
@@ -396,9 +401,10 @@ def _action_hash(payload: any_pb2.Any) -> str:
     return digest.hash if payload.Unpack(digest) else ""
 
 
-def _write_names(metadata) -> dict[str, str]:  # noqa: ANN001
-    """action hash -> stdout write name, from BuildGrid's ``executeoperationmetadata-bin``
-    trailing metadata (one ``ExecuteOperationMetadata`` per lease of the session)."""
+def _write_names(metadata) -> dict[str, tuple[str, str]]:  # noqa: ANN001
+    """action hash -> the stdout and stderr write names, from BuildGrid's
+    ``executeoperationmetadata-bin`` trailing metadata (one ``ExecuteOperationMetadata``
+    per lease of the session)."""
     names = {}
     for key, value in metadata:
         if key == "executeoperationmetadata-bin":
@@ -408,5 +414,6 @@ def _write_names(metadata) -> dict[str, str]:  # noqa: ANN001
             except Exception:  # noqa: BLE001 - not ours to judge; no stream then
                 continue
             if meta.stdout_stream_name:
-                names[meta.action_digest.hash] = meta.stdout_stream_name
+                names[meta.action_digest.hash] = (meta.stdout_stream_name,
+                                                  meta.stderr_stream_name)
     return names
