@@ -349,12 +349,18 @@ def test_a_step_with_a_secret_runs_locally(grid, workers, kata):
     pipeline = {"pipeline": "secret", "steps": [
         {"name": "deploy", "image": image, "secrets": ["TOKEN"], "inputs": ["src/**"],
          "commands": ['test -n "$TOKEN"', "echo deployed"]},
-        {"name": "plain", "image": image, "inputs": ["src/**"], "commands": ["echo plain"]}]}
+        {"name": "plain", "image": image, "inputs": ["src/**"],
+         "commands": ["echo plain", "cat src/pasted.txt"]}]}
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    # someone pasted the secret into a file: the remote step's streamed output is masked
+    (kata.repo / "src" / "pasted.txt").write_text("value=s3cret-value-1\n")
     run = kata("run", "--remote-executor", bg.url, "--secret", "TOKEN=s3cret-value-1")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "deploy | kata: ran locally: the step has secrets" in run.stdout
     assert "deploy | deployed" in run.stdout
+    assert "plain | value=***" in run.stdout and "s3cret-value-1" not in run.stdout
+    logs = kata("logs", "--step", "plain")
+    assert "value=***" in logs.stdout and "s3cret-value-1" not in logs.stdout
     assert worker_of(kata, "plain") in {"w1", "w2"}
     for w in workers:  # the one remote step is the only lease any worker saw
         assert "s3cret" not in w.text()
