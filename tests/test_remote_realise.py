@@ -162,3 +162,30 @@ def test_a_prefetch_has_one_deadline_for_all_its_keys():
     finally:
         remote.close()
         server.stop(0)
+
+
+def test_fetching_a_remote_hit_after_the_remote_went_away_names_the_step_and_remote(tmp_path):
+    """What --out does after the run (Realiser.localise_all): a remote hit whose remote is
+    gone is a clear error (exit 2) naming the step and the remote, not a missing object."""
+    from kata.errors import KataError
+
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    with buildgrid(tmp_path / "bgd") as server:
+        a = Host(tmp_path / "a", repo_a, server.url)
+        assert a.realiser(DAG).run().ok
+        a.close()
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        realiser = b.realiser(DAG)
+        result = realiser.run()
+        assert {r.cache for r in result.steps.values()} == {"HIT"}
+        server.kill()
+        with pytest.raises(KataError) as err:
+            realiser.localise_all(["package"])
+    assert err.value.reason == "remote.fetch_failed" and err.value.exit_code == 2
+    assert "step package" in err.value.message and server.url in err.value.message
+    assert len(b.warnings) == 1
+    b.close()

@@ -74,6 +74,11 @@ class RemoteCache:
         """False once the remote failed in this run."""
         return not self._down
 
+    @property
+    def down_reason(self) -> str:
+        """Why the remote was left in this run ("" while it is in use)."""
+        return self._down
+
     def close(self) -> None:
         """Wait for the uploads, file the run's bundle if it adds anything, then close the
         channel."""
