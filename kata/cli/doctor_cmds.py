@@ -17,7 +17,8 @@ def register(cli: click.Group) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, json_out: bool) -> None:
     """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
-    (crun or runc), CNI, the store location and free space; exit 1 when kata cannot run steps here, saying what to fix."""
+    (crun or runc), CNI, the store location and free space, and a configured remote
+    cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
     from kata.doctor import Host, diagnose
     from kata.errors import KataError
@@ -41,6 +42,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 server_socket=str(server), server_access=socket_access(server),
                 oci_runtime=config.oci_runtime)
     checks = diagnose(host)
+    checks += _remote_checks()
     failed = [c for c in checks if c.status == "fail"]
     if json_out:
         from kata.cli.history_cmds import echo_json
@@ -61,3 +63,15 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                         f"{'s' if len(failed) != 1 else ''} missing: "
                         f"{', '.join(c.name for c in failed)} (see the fixes above)",
                         exit_code=1)
+
+
+def _remote_checks() -> list:
+    """The host config's remote cache and executor (kata.remote.doctor; none configured:
+    no checks, and grpc is not even imported)."""
+    from kata.hostconfig import load_host_config
+
+    if load_host_config().section("remote") is None:
+        return []
+    from kata.remote.doctor import remote_checks
+
+    return remote_checks()
