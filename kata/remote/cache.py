@@ -266,7 +266,8 @@ class RemoteCache:
         try:
             for tree, tree_digest in rec.trees():
                 if not store.has_blob(tree):
-                    remote_trees.download_tree(self._remote.cas, store, tree, tree_digest)
+                    remote_trees.download_tree(self._remote.cas, store, tree, tree_digest,
+                                               memo=True)
                     with self._lock:
                         self.stats["fetched_trees"] += 1
             real = rec.realisation
@@ -303,7 +304,7 @@ class RemoteCache:
             for tree in dict.fromkeys(t for t in (real.outputs, *real.stack) if t):
                 known = self._trees.get(tree)
                 if known is None:
-                    up = remote_trees.upload_tree(cas, store, tree)
+                    up = remote_trees.upload_tree(cas, store, tree, memo=True)
                     known = (up.tree_digest, up.root_digest)
                     with self._lock:
                         self._trees[tree] = known

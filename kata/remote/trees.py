@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.remote.cas import Cas, Digest, RemoteError, message_digest
+from kata.remote.cas import Cas, Digest, RemoteError, digest_of, message_digest
 from store import Store
 from store import tree as kata_tree
 
@@ -61,13 +63,67 @@ def _name(part: bytes) -> str:
                           "are strings)") from None
 
 
-def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
+def memo_path(store: Store, tree: str) -> str:
+    """Where this host keeps the REAPI ``Tree`` of the Kata tree ``tree`` once it was
+    computed (uploaded or downloaded): ``<state dir>/remote-trees/<ab>/<hex>``. A cache of
+    a pure function of the tree's content: deleting it is always safe."""
+    hexd = tree.partition(":")[2]
+    return os.path.join(store.state_dir, "remote-trees", hexd[:2], hexd)
+
+
+def _memo_read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    check, data = raw[:64], raw[64:]
+    return data if hashlib.sha256(data).hexdigest().encode() == check else None
+
+
+def _memo_write(path: str, data: bytes) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(hashlib.sha256(data).hexdigest().encode() + data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a memo is an optimisation: without it the tree is hashed again next time
+
+
+def _from_memo(cas: Cas, data: bytes) -> Uploaded | None:
+    """The tree a memo names, if the remote still holds every blob of it (one
+    FindMissingBlobs over the digests the memo already knows: nothing read or hashed)."""
+    tree = re_pb2.Tree()
+    try:
+        tree.ParseFromString(data)
+    except Exception:  # protobuf's DecodeError: a memo from elsewhere; upload afresh
+        return None
+    tree_digest = digest_of(data)
+    root_digest = message_digest(tree.root)[0]
+    wanted = [tree_digest, root_digest]
+    for d in (tree.root, *tree.children):
+        wanted.extend(f.digest for f in d.files)
+    wanted.extend(message_digest(d)[0] for d in tree.children)
+    if cas.find_missing(wanted):
+        return None
+    return Uploaded(tree_digest=tree_digest, root_digest=root_digest)
+
+
+def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Uploaded:
     """Put the Kata tree ``tree`` (``sha256:<hex>``) into the remote CAS as REAPI
     ``Directory`` blobs, a ``Tree`` blob and its files' blobs; send only what
     FindMissingBlobs says is missing. Returns the digests to name it by.
 
     Reads the local blob twice (digests first, then the missing contents), so memory
-    stays bounded whatever the tree's size. RemoteError on any remote failure."""
+    stays bounded whatever the tree's size. With ``memo``, a tree this host turned into
+    a REAPI Tree before (``memo_path``) is neither read nor hashed again when the remote
+    still holds all of it. RemoteError on any remote failure."""
+    if memo and (data := _memo_read(memo_path(store, tree))) is not None:
+        known = _from_memo(cas, data)
+        if known is not None:
+            return known
     dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
     files: list[Digest] = []
     with store.open_blob(tree) as blob:
@@ -115,6 +171,8 @@ def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
     wanted = {k for k in missing if k not in small}
     if wanted:
         _upload_contents(cas, store, tree, wanted)
+    if memo:
+        _memo_write(memo_path(store, tree), tree_data)
     return Uploaded(tree_digest=tree_digest, root_digest=root[1])
 
 
@@ -169,7 +227,10 @@ def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, i
 # ------------------------------------------------------------------ downloading
 
 def read_tree(cas: Cas, tree_digest: Digest) -> re_pb2.Tree:
-    data = cas.read_many([tree_digest])[tree_digest.hash]
+    return _parse_tree(tree_digest, cas.read_many([tree_digest])[tree_digest.hash])
+
+
+def _parse_tree(tree_digest: Digest, data: bytes) -> re_pb2.Tree:
     tree = re_pb2.Tree()
     try:
         tree.ParseFromString(data)
@@ -211,12 +272,13 @@ def _entries(tree: re_pb2.Tree) -> list[tuple[str, bytes, "int | bytes", Digest 
 
 
 def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
-                  workers: int = 4) -> None:
+                  workers: int = 4, memo: bool = False) -> None:
     """Bring the Kata tree ``tree`` into the local store from the REAPI ``Tree`` at
-    ``tree_digest``. RemoteError remote.bad_answer when what arrives re-encodes to
-    another digest (the local store then holds no record of it); RemoteError on any
-    remote failure."""
-    entries = _entries(read_tree(cas, tree_digest))
+    ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). RemoteError
+    remote.bad_answer when what arrives re-encodes to another digest (the local store
+    then holds no record of it); RemoteError on any remote failure."""
+    tree_data = cas.read_many([tree_digest])[tree_digest.hash]
+    entries = _entries(_parse_tree(tree_digest, tree_data))
     limit = cas.batch_limit
     units: list[list[Digest]] = []  # consecutive small files, fetched together
     unit_of: list[int] = []  # per entry: its unit (-1: none, -2: streamed)
@@ -273,6 +335,8 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
     if got != tree:
         raise RemoteError("remote.bad_answer", f"the remote's tree re-encodes to {got}, "
                           f"not {tree}")
+    if memo:
+        _memo_write(memo_path(store, tree), tree_data)
 
 
 class _Chunks(io.RawIOBase):
