@@ -46,8 +46,12 @@ _PER_KEY = 0.005  # seconds a prefetch may take per key, past the remote's timeo
 class RemoteCache:
     """One run's view of a REAPI cache (thread-safe: steps upload from their threads)."""
 
-    def __init__(self, config: RemoteConfig, *, warn: Callable[[str], None]) -> None:
+    def __init__(self, config: RemoteConfig, *, warn: Callable[[str], None],
+                 bundles: bool = True) -> None:
+        """``bundles=False``: neither read nor write bundles (every key is asked on its
+        own; the benchmark's baseline)."""
         self.config = config
+        self._bundles = bundles
         self._remote = connect(config)
         self._ac = ActionCache(self._remote)
         self._warn = warn
@@ -93,7 +97,7 @@ class RemoteCache:
         """File the bundle of the first prefetch's keys (``kata.remote.bundle``): only by a
         run that uploaded something, only when it covers more keys than the one read.
         Never raises (a failure is the one warning)."""
-        if not self.enabled or not self._uploaded or not self._bundle_keys:
+        if not self.enabled or not self._uploaded or not self._bundle_keys or not self._bundles:
             return
         held = {k: r for k in self._bundle_keys
                 if (r := self._held.get(k) or self._known.get(k)) is not None}
@@ -154,7 +158,7 @@ class RemoteCache:
         deadline = time.monotonic() + self.config.timeout + _PER_KEY * len(todo)
         try:
             self._connect()
-            if self._bundle_keys == tuple(sorted(wanted)):
+            if self._bundles and self._bundle_keys == tuple(sorted(wanted)):
                 self._read_bundle(deadline)
                 todo = [k for k in todo if k not in self._known]
             self._ask(todo, deadline)
