@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -21,6 +22,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
     from kata.doctor import Host, diagnose
+    from kata.executor.connection import probe
+    from kata.remote.config import load_remote_config
     from kata.errors import KataError
     from kata.runtimes.containerd.config import load_runtime_config
     from kata.runtimes.containerd.daemon import (
@@ -41,6 +44,10 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
                 oci_runtime=config.oci_runtime)
+    executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
+    if executor is not None:
+        host = dataclasses.replace(host, remote_executor=executor.url,
+                                   executor_probe=lambda: probe(executor))
     checks = diagnose(host)
     checks += _remote_checks()
     failed = [c for c in checks if c.status == "fail"]
@@ -66,12 +73,13 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
 
 
 def _remote_checks() -> list:
-    """The host config's remote cache and executor (kata.remote.doctor; none configured:
-    no checks, and grpc is not even imported)."""
-    from kata.hostconfig import load_host_config
+    """The host config's remote cache (kata.remote.doctor; none configured: no check, and
+    grpc is not even imported). The executor has its own check (kata.doctor)."""
+    from kata.remote.config import load_remote_config
 
-    if load_host_config().section("remote") is None:
+    cache = load_remote_config()  # bad settings: exit 2, at file:line
+    if cache is None:
         return []
-    from kata.remote.doctor import remote_checks
+    from kata.remote.doctor import check_remote
 
-    return remote_checks()
+    return [check_remote(cache)]
