@@ -9,8 +9,10 @@ store), all on 127.0.0.1, and prints each figure with its ratio to its target:
    below, each publishing a small artifact) from an EMPTY local store (a new host), against
    the same run from a WARM local store (target <= 3x), and against the same store shared
    over sshfs from a new host (a fresh local state directory; target <= 1x). Every run is
-   checked to be all hits. The graph is populated once, with the host-shell FakeRuntime
-   (the keys do not depend on the runtime), which also uploads it.
+   checked to be all hits, fetching nothing. The graph is populated once, with the
+   host-shell FakeRuntime (the keys do not depend on the runtime), which also uploads it
+   and files its bundle (kata.remote.bundle); the remote hit is measured with the bundle
+   (one GetActionResult) and without (one per step, pipelined) for comparison.
 2. An N_FILES-file artifact from host A's store through the remote CAS into host B's store
    (upload as REAPI Directory trees, then download and re-encode), against
    ``tar -c | zstd`` piped over a loopback TCP socket into ``zstd -d | tar -x`` (target
@@ -21,7 +23,9 @@ store), all on 127.0.0.1, and prints each figure with its ratio to its target:
    ``execution_overhead`` and bench/remote_bench_exec.py.
 
 Times are the best of ``REPEAT`` runs (bench/timing.py), except the CAS transfer, which is
-cold by construction and measured once per side.
+cold by construction and measured once per side. Beside each wall time the bench prints
+the CPU seconds of this process and of the BuildGrid server (from /proc): on a shared
+machine those are steadier than the wall times, and they show which side bounds a figure.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +71,23 @@ def graph_steps(n: int, levels: int = 10) -> list[FakeStep]:
     return steps
 
 
-def _remote(url: str) -> RemoteCache:
+def _remote(url: str, bundles: bool = True) -> RemoteCache:
     return RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=30),
-                       warn=lambda line: print("warning:", line, file=sys.stderr))
+                       warn=lambda line: print("warning:", line, file=sys.stderr),
+                       bundles=bundles)
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process and its children that were waited for used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(fn, server_pid: int) -> tuple[float, float, float]:
+    """(wall, this process's CPU, the server's CPU) seconds of one call."""
+    c0, s0 = time.process_time(), cpu_of(server_pid)
+    wall, _ = timed_call(fn)
+    return wall, time.process_time() - c0, cpu_of(server_pid) - s0
 
 
 def realise(graph, repo: Path, store: Store, remote: RemoteCache | None = None):
@@ -90,6 +109,11 @@ def best(fn, n: int = REPEAT) -> float:
     return min(timed_call(fn)[0] for _ in range(n))
 
 
+def best_measured(fn, server_pid: int, n: int = REPEAT) -> tuple[float, float, float]:
+    """``measured`` of the fastest of ``n`` calls."""
+    return min((measured(fn, server_pid) for _ in range(n)), key=lambda m: m[0])
+
+
 def start_sshd(base: Path):  # noqa: ANN201 - support.sshfs.Sshd, and its generator
     """The tests' sshd (tests/support/sshfs.py), outside pytest."""
     from support import sshfs
@@ -104,7 +128,7 @@ def start_sshd(base: Path):  # noqa: ANN201 - support.sshfs.Sshd, and its genera
     return next(gen), gen
 
 
-def bench_graph(base: Path, url: str, n: int) -> None:
+def bench_graph(base: Path, url: str, n: int, server_pid: int) -> None:
     repo = base / "repo"
     repo.mkdir()
     (repo / "README").write_text("x\n")
@@ -117,23 +141,25 @@ def bench_graph(base: Path, url: str, n: int) -> None:
           f"({remote.stats['uploads']} uploads)")
     remote.close()
 
-    warm = best(lambda: all_hits(realise(graph, repo, a)))
+    warm, warm_cpu, _ = best_measured(lambda: all_hits(realise(graph, repo, a)), server_pid)
     a.close()
 
     counter = iter(range(1000))
 
-    def from_remote() -> None:
+    def from_remote(bundles: bool) -> None:
         b = Store.open(base / f"store-b{next(counter)}")
-        r = _remote(url)
+        r = _remote(url, bundles)
         try:
             result = realise(graph, repo, b, r)
             all_hits(result)
             assert r.stats["fetched_trees"] == 0  # a hit whose dependents all hit fetches nothing
+            assert r.stats["asked"] == (1 if bundles else steps), r.stats
         finally:
             r.close()
             b.close()
 
-    remote_hit = best(from_remote)
+    remote_hit, remote_cpu, remote_srv = best_measured(lambda: from_remote(True), server_pid)
+    per_step, per_step_cpu, per_step_srv = best_measured(lambda: from_remote(False), server_pid)
 
     sshd, gen = start_sshd(base)
     mount = base / "sshfs-store"
@@ -153,10 +179,13 @@ def bench_graph(base: Path, url: str, n: int) -> None:
 
         umount(mount)
         next(gen, None)
-    print(f"{steps}-step graph, all hits:")
-    print(f"  warm local store      {warm:7.2f}s")
-    print(f"  remote, empty store   {remote_hit:7.2f}s   {remote_hit / warm:5.2f}x warm local "
-          f"(target <= 3x)")
+    print(f"{steps}-step graph, all hits (wall; CPU of this process / of BuildGrid):")
+    print(f"  warm local store      {warm:7.2f}s  (cpu {warm_cpu:.2f}s)")
+    print(f"  remote, empty store   {remote_hit:7.2f}s  (cpu {remote_cpu:.2f}s / server "
+          f"{remote_srv:.2f}s)   {remote_hit / warm:5.2f}x warm local (target <= 3x)")
+    print(f"    without the bundle  {per_step:7.2f}s  (cpu {per_step_cpu:.2f}s / server "
+          f"{per_step_srv:.2f}s)   {per_step / warm:5.2f}x warm local ({steps} "
+          "GetActionResult calls)")
     print(f"  sshfs store, new host {shared:7.2f}s   remote is {remote_hit / shared:5.2f}x "
           f"sshfs (target <= 1x)")
 
@@ -205,7 +234,7 @@ def tar_over_loopback(src: Path, dest: Path) -> None:
     server.close()
 
 
-def bench_artifact(base: Path, url: str, n: int) -> None:
+def bench_artifact(base: Path, url: str, n: int, server_pid: int) -> None:
     src = base / "artifact"
     size = make_files(src / "out", n)
     a = Store.open(base / "art-a")
@@ -214,8 +243,12 @@ def bench_artifact(base: Path, url: str, n: int) -> None:
     target, tls = parse_url(url)
     with connect(RemoteConfig(url=url, target=target, tls=tls, timeout=60)) as r:
         r.cas.capabilities()
-        up_s, up = timed_call(lambda: remote_trees.upload_tree(r.cas, a, tree))
-        down_s, _ = timed_call(lambda: remote_trees.download_tree(r.cas, b, tree, up.tree_digest))
+        ups: list = []
+        up_s, up_cpu, up_srv = measured(lambda: ups.append(remote_trees.upload_tree(r.cas, a, tree)),
+                                        server_pid)
+        up = ups[0]
+        down_s, down_cpu, down_srv = measured(
+            lambda: remote_trees.download_tree(r.cas, b, tree, up.tree_digest), server_pid)
     unpack_s, _ = timed_call(lambda: b.unpacked(tree))
     tar_s, _ = timed_call(lambda: tar_over_loopback(src, base / "tar-dest"))
     a.close()
@@ -224,6 +257,9 @@ def bench_artifact(base: Path, url: str, n: int) -> None:
     print(f"{n}-file artifact ({size / 1e6:.0f} MB):")
     print(f"  remote CAS  {cas:7.2f}s (upload {up_s:.2f}s, download {down_s:.2f}s; "
           f"then unpacking on B {unpack_s:.2f}s)")
+    print(f"    CPU: upload {up_cpu:.2f}s here / {up_srv:.2f}s BuildGrid; download "
+          f"{down_cpu:.2f}s here / {down_srv:.2f}s BuildGrid ({n} blobs: "
+          f"{1e3 * (up_srv + down_srv) / n:.2f} ms of server CPU per file)")
     print(f"  tar | zstd over loopback {tar_s:7.2f}s")
     print(f"  remote CAS is {cas / tar_s:5.2f}x tar|zstd (target <= 1.5x); "
           f"with B's unpacking {(cas + unpack_s) / tar_s:5.2f}x")
@@ -247,9 +283,10 @@ def main() -> None:
     try:
         with buildgrid(base / "bgd") as server:
             (base / "graph").mkdir()
-            bench_graph(base / "graph", server.url, n_steps)
+            assert server.proc is not None
+            bench_graph(base / "graph", server.url, n_steps, server.proc.pid)
             (base / "art").mkdir()
-            bench_artifact(base / "art", server.url, n_files)
+            bench_artifact(base / "art", server.url, n_files, server.proc.pid)
         execution_overhead()
     finally:
         shutil.rmtree(base, ignore_errors=True)

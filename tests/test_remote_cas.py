@@ -163,3 +163,54 @@ def test_tls_and_bearer_token(tmp_path):
             with pytest.raises(RemoteError) as err:
                 r.cas.find_missing([digest_of(b"over tls")])
             assert "UNAUTHENTICATED" in err.value.message
+
+
+class _Unreadable:
+    """A store whose blobs must not be read (the memo must answer instead)."""
+
+    def __init__(self, store: Store) -> None:
+        self.state_dir = store.state_dir
+
+    def open_blob(self, digest: str):  # noqa: ANN201
+        raise AssertionError(f"read {digest} again")
+
+
+def test_a_tree_is_hashed_once_per_host(tmp_path):
+    """The memo (trees.memo_path): a tree uploaded (or downloaded) once is not read nor
+    hashed again while the remote holds all of it; a remote that lost it gets it again
+    from the content; a memo that does not match its checksum is ignored."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _sample(src)
+    a = Store.open(tmp_path / "a")
+    b = Store.open(tmp_path / "b")
+    tree = a.put_tree(src, paths=("dist",))
+    with buildgrid(tmp_path / "bgd1") as one:
+        with remote_for(one) as r:
+            r.cas.capabilities()
+            up = trees.upload_tree(r.cas, a, tree, memo=True)
+            assert Path(trees.memo_path(a, tree)).is_file()
+            assert trees.upload_tree(r.cas, _Unreadable(a), tree, memo=True) == up
+            trees.download_tree(r.cas, b, tree, up.tree_digest, memo=True)
+            assert trees.upload_tree(r.cas, _Unreadable(b), tree, memo=True) == up
+    # the same Tree without a transfer (what an input root built from store trees needs)
+    assert digest_of(trees.reapi_tree(_Unreadable(a), tree).SerializeToString(
+        deterministic=True)) == up.tree_digest
+    c = Store.open(tmp_path / "c")
+    assert c.put_tree(src, paths=("dist",)) == tree
+    assert digest_of(trees.reapi_tree(c, tree).SerializeToString(deterministic=True)) == \
+        up.tree_digest
+    assert Path(trees.memo_path(c, tree)).is_file()
+    c.close()
+    with buildgrid(tmp_path / "bgd2") as two:  # a new, empty remote: sent from the content
+        with remote_for(two) as r:
+            r.cas.capabilities()
+            with pytest.raises(AssertionError, match="read"):
+                trees.upload_tree(r.cas, _Unreadable(a), tree, memo=True)
+            assert trees.upload_tree(r.cas, a, tree, memo=True) == up
+            memo = Path(trees.memo_path(a, tree))
+            memo.write_bytes(memo.read_bytes()[:-1] + b"\0")  # torn or tampered
+            with pytest.raises(AssertionError, match="read"):
+                trees.upload_tree(r.cas, _Unreadable(a), tree, memo=True)
+    a.close()
+    b.close()

@@ -86,3 +86,130 @@ def test_remote_lost_between_plan_and_run_rebuilds_locally(tmp_path):
     assert {r.cache for r in again.steps.values()} == {"HIT"}
     a.close()
     b.store.close()
+
+
+def test_a_second_host_reads_the_whole_graph_from_one_bundle(tmp_path):
+    """A's run files a bundle (kata.remote.bundle) when its remote closes; B, with an empty
+    store, answers every lookup with ONE GetActionResult, fetches nothing for hits whose
+    dependents all hit, and a later fetch of those hits (what --out does) brings their
+    trees and logs from the bundle's records into B's store."""
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    with buildgrid(tmp_path / "bgd") as server:
+        a = Host(tmp_path / "a", repo_a, server.url)
+        assert a.realiser(DAG).run().ok
+        a.close()
+        assert a.remote.stats["uploads"] == 4 and a.remote.stats["bundled"] == 4
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        realiser = b.realiser(DAG)
+        result = realiser.run()
+        assert {r.cache for r in result.steps.values()} == {"HIT"}
+        assert b.remote.stats["asked"] == 1 and b.remote.stats["bundled"] == 4
+        assert b.remote.stats["fetched_trees"] == 0 and not b.runtime.started
+        realiser.localise_all(None)
+        assert b.remote.stats["fetched_trees"] >= 3 and not b.warnings
+        b.close()  # B uploaded nothing: it files no bundle
+        assert b.remote.stats["uploads"] == 0
+        # the bundle's records are what B's store now holds: hits without the remote
+        b.remote = None  # type: ignore[assignment]
+        b.store = Store.open(tmp_path / "b" / "store")
+        again = b.realiser(DAG).run()
+        assert {r.cache for r in again.steps.values()} == {"HIT"}
+        assert not b.runtime.started
+        pkg = again.steps["package"]
+        assert b.store.has_blob(b.store.get_realisation(pkg.key).outputs)
+        b.store.close()
+
+
+def test_a_host_holding_some_steps_still_reads_the_graphs_bundle(tmp_path):
+    """The bundle is named by every cacheable derivation hash of the graph, not by the
+    ones a host happens to miss: C, whose store already holds ``build`` (lookups go local
+    first, so that key is not asked), still answers the rest with ONE GetActionResult."""
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    with buildgrid(tmp_path / "bgd") as server:
+        a = Host(tmp_path / "a", repo_a, server.url)
+        assert a.realiser(DAG).run().ok
+        a.close()
+        repo_c = tmp_path / "c" / "repo"
+        shutil.copytree(repo_a, repo_c)
+        c = Host(tmp_path / "c", repo_c, server.url)
+        remote, c.remote = c.remote, None  # type: ignore[assignment]
+        assert c.realiser(DAG[:1]).run().ok  # build, locally, with no remote
+        c.remote, c.runtime = remote, FakeRuntime()
+        result = c.realiser(DAG).run()
+        assert {r.cache for r in result.steps.values()} == {"HIT"}
+        assert c.remote.stats["asked"] == 1 and c.remote.stats["bundled"] == 4
+        assert not c.runtime.started and not c.warnings
+        c.close()
+
+
+def test_a_prefetch_has_one_deadline_for_all_its_keys():
+    """A remote that answers each lookup within the per-call timeout but too slowly for the
+    whole batch (a server behind on its queue) is left after the batch's deadline
+    (timeout + 5 ms per key) with one warning, and every key misses. The slow server is a
+    gRPC stand-in (BuildGrid cannot be made slow on purpose); the real server's degrade
+    cases are test_remote_cache.py's kill and test_remote_units.py's hung socket."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from kata.remote._api.build.bazel.remote.execution.v2 import (
+        remote_execution_pb2 as re_pb2, remote_execution_pb2_grpc as re_grpc)
+
+    class SlowCache(re_grpc.ActionCacheServicer):
+        def GetActionResult(self, request, context):  # noqa: N802 - the gRPC name
+            time.sleep(0.5)  # well within the 1 s per call
+            context.abort(grpc.StatusCode.NOT_FOUND, "not here")
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=32))
+    re_grpc.add_ActionCacheServicer_to_server(SlowCache(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    url = f"grpc://127.0.0.1:{port}"
+    warned: list[str] = []
+    remote = RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=1),
+                         warn=warned.append)
+    remote._ready = True  # no Capabilities service on the stand-in
+    try:
+        started = time.monotonic()
+        remote.prefetch([f"{i:064x}" for i in range(200)])  # ~6 s of answers, 16 at once
+        took = time.monotonic() - started
+        assert all(remote.lookup(f"{i:064x}") is None for i in range(200))
+        assert len(warned) == 1 and "DEADLINE_EXCEEDED" in warned[0], warned
+        assert took < 1 + 200 * 0.005 + 1.5, took  # the deadline, not the ~6 s of answers
+    finally:
+        remote.close()
+        server.stop(0)
+
+
+def test_fetching_a_remote_hit_after_the_remote_went_away_names_the_step_and_remote(tmp_path):
+    """What --out does after the run (Realiser.localise_all): a remote hit whose remote is
+    gone is a clear error (exit 2) naming the step and the remote, not a missing object."""
+    from kata.errors import KataError
+
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    with buildgrid(tmp_path / "bgd") as server:
+        a = Host(tmp_path / "a", repo_a, server.url)
+        assert a.realiser(DAG).run().ok
+        a.close()
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        realiser = b.realiser(DAG)
+        result = realiser.run()
+        assert {r.cache for r in result.steps.values()} == {"HIT"}
+        server.kill()
+        with pytest.raises(KataError) as err:
+            realiser.localise_all(["package"])
+    assert err.value.reason == "remote.fetch_failed" and err.value.exit_code == 2
+    assert "step package" in err.value.message and server.url in err.value.message
+    assert len(b.warnings) == 1
+    b.close()

@@ -19,7 +19,7 @@ def register(cli: click.Group) -> None:
 def doctor(ctx: click.Context, json_out: bool) -> None:
     """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
     (crun or runc), CNI, the store location and free space, and a configured remote
-    executor; exit 1 when kata cannot run steps here, saying what to fix."""
+    cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
     from kata.doctor import Host, diagnose
     from kata.executor.connection import probe
@@ -49,6 +49,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
         host = dataclasses.replace(host, remote_executor=executor.url,
                                    executor_probe=lambda: probe(executor))
     checks = diagnose(host)
+    checks += _remote_checks()
     failed = [c for c in checks if c.status == "fail"]
     if json_out:
         from kata.cli.history_cmds import echo_json
@@ -69,3 +70,16 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                         f"{'s' if len(failed) != 1 else ''} missing: "
                         f"{', '.join(c.name for c in failed)} (see the fixes above)",
                         exit_code=1)
+
+
+def _remote_checks() -> list:
+    """The host config's remote cache (kata.remote.doctor; none configured: no check, and
+    grpc is not even imported). The executor has its own check (kata.doctor)."""
+    from kata.remote.config import load_remote_config
+
+    cache = load_remote_config()  # bad settings: exit 2, at file:line
+    if cache is None:
+        return []
+    from kata.remote.doctor import check_remote
+
+    return [check_remote(cache)]

@@ -367,6 +367,5 @@ def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | N
     remote nothing (a hung remote costs it nothing)."""
     if remote is None or not use_cache:
         return
-    remote.prefetch(n.drv_hash for n in graph.nodes.values()
-                    if n.drv_hash and caches(n.step, use_cache)
-                    and not (local is not None and local(n.drv_hash)))
+    remote.prefetch((n.drv_hash for n in graph.nodes.values()
+                     if n.drv_hash and caches(n.step, use_cache)), local=local)

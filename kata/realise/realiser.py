@@ -503,9 +503,19 @@ class Realiser:
 
     def localise_all(self, names: "Sequence[str] | None") -> None:
         """Fetch the remote hits among ``names`` (None: every step) into the store, for
-        what reads their trees after the run (``--out``); failures are left to that reader."""
+        what reads their trees after the run (``--out``). KataError remote.fetch_failed
+        (exit 2) naming the step and the remote when one cannot be fetched any more (the
+        remote went away, or handed back other bytes): a run without the remote rebuilds
+        it locally."""
         for name in names if names is not None else self.graph.order:
-            self._fetch_hit(name)
+            if not self._fetch_hit(name):
+                assert self.remote is not None
+                why = self.remote.down_reason or "its objects did not arrive intact"
+                raise KataError("remote.fetch_failed", f"step {name} was a hit in the remote "
+                                f"cache {self.remote.config.url}, which cannot hand over its "
+                                f"outputs now ({why.splitlines()[0][:200]}); run again once "
+                                "the remote is back, or without it to rebuild the step "
+                                "locally", obj=name)
 
     def _healed_layers(self, name: str, node: "Node") -> list[Path]:
         """``_layers``, healing each damaged tree met on the way (``_heal`` may re-queue)."""

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.remote.cas import Cas, Digest, RemoteError, message_digest
+from kata.remote.cas import Cas, Digest, RemoteError, digest_of, message_digest
 from store import Store
 from store import tree as kata_tree
 
@@ -61,32 +64,126 @@ def _name(part: bytes) -> str:
                           "are strings)") from None
 
 
-def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
+def memo_path(store: Store, tree: str) -> str:
+    """Where this host keeps the REAPI ``Tree`` of the Kata tree ``tree`` once it was
+    computed (uploaded or downloaded): ``<state dir>/remote-trees/<ab>/<hex>``. A cache of
+    a pure function of the tree's content: deleting it is always safe."""
+    hexd = tree.partition(":")[2]
+    return os.path.join(store.state_dir, "remote-trees", hexd[:2], hexd)
+
+
+def _memo_read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    check, data = raw[:64], raw[64:]
+    return data if hashlib.sha256(data).hexdigest().encode() == check else None
+
+
+def _memo_write(path: str, data: bytes) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(hashlib.sha256(data).hexdigest().encode() + data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a memo is an optimisation: without it the tree is hashed again next time
+
+
+def _from_memo(cas: Cas, data: bytes) -> Uploaded | None:
+    """The tree a memo names, if the remote still holds every blob of it (one
+    FindMissingBlobs over the digests the memo already knows: nothing read or hashed)."""
+    tree = re_pb2.Tree()
+    try:
+        tree.ParseFromString(data)
+    except Exception:  # protobuf's DecodeError: a memo from elsewhere; upload afresh
+        return None
+    tree_digest = digest_of(data)
+    root_digest = message_digest(tree.root)[0]
+    wanted = [tree_digest, root_digest]
+    for d in (tree.root, *tree.children):
+        wanted.extend(f.digest for f in d.files)
+    wanted.extend(message_digest(d)[0] for d in tree.children)
+    if cas.find_missing(wanted):
+        return None
+    return Uploaded(tree_digest=tree_digest, root_digest=root_digest)
+
+
+def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Uploaded:
     """Put the Kata tree ``tree`` (``sha256:<hex>``) into the remote CAS as REAPI
     ``Directory`` blobs, a ``Tree`` blob and its files' blobs; send only what
     FindMissingBlobs says is missing. Returns the digests to name it by.
 
-    Reads the local blob twice (digests first, then the missing contents), so memory
-    stays bounded whatever the tree's size. RemoteError on any remote failure."""
+    One pass over the local blob: file contents are hashed and gathered into batches of
+    about half ``max_batch_total_size_bytes``; each batch is asked about (FindMissingBlobs)
+    and its missing blobs sent (BatchUpdateBlobs) on ``_UPLOADERS`` threads while the pass
+    goes on, at most ``_WINDOW`` batches held, so memory stays bounded whatever the tree's
+    size; identical contents are sent once. A file too big for a batch is spooled and
+    streamed over ByteStream. The ``Directory`` and ``Tree`` blobs go last. With ``memo``,
+    a tree this host turned into a REAPI Tree before (``memo_path``) is neither read nor
+    hashed again when the remote still holds all of it. RemoteError on any remote failure."""
+    if memo and (data := _memo_read(memo_path(store, tree))) is not None:
+        known = _from_memo(cas, data)
+        if known is not None:
+            return known
     dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
-    files: list[Digest] = []
-    with store.open_blob(tree) as blob:
-        for kind, parts, arg, rd in kata_tree.entries(blob):
-            parent = dirs[parts[:-1]]
-            name = _name(parts[-1])
-            if kind == "d":
-                dirs[parts] = _Dir()
-                parent.dirs.append(name)
-            elif kind in ("f", "x"):
-                h = hashlib.sha256()
-                for chunk in rd.chunks(arg, parts):  # type: ignore[arg-type]
-                    h.update(chunk)
-                d = Digest(hash=h.hexdigest(), size_bytes=arg)  # type: ignore[arg-type]
-                files.append(d)
-                parent.files.append(re_pb2.FileNode(name=name, digest=d,
-                                                    is_executable=kind == "x"))
-            else:
-                parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
+    seen: set[tuple[str, int]] = set()
+    limit = cas.batch_limit
+    batch: dict[tuple[str, int], tuple[Digest, bytes]] = {}
+    size = 0
+    sending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(max_workers=_UPLOADERS, thread_name_prefix="kata-cas-up") as pool:
+        try:
+            with store.open_blob(tree) as blob:
+                for kind, parts, arg, rd in kata_tree.entries(blob):
+                    parent = dirs[parts[:-1]]
+                    name = _name(parts[-1])
+                    if kind == "d":
+                        dirs[parts] = _Dir()
+                        parent.dirs.append(name)
+                        continue
+                    if kind == "l":
+                        parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
+                        continue
+                    n: int = arg  # type: ignore[assignment]
+                    if n > limit:
+                        d = _send_big(cas, rd.chunks(n, parts), n, seen)
+                    else:
+                        content = b"".join(rd.chunks(n, parts))
+                        d = Digest(hash=hashlib.sha256(content).hexdigest(), size_bytes=n)
+                        key = (d.hash, n)
+                        if n and key not in seen:
+                            seen.add(key)
+                            batch[key] = (d, content)
+                            size += n + 100
+                            if size >= limit // 2:
+                                sending.append(pool.submit(_send_missing, cas, batch))
+                                batch, size = {}, 0
+                                while len(sending) > _WINDOW:
+                                    sending.popleft().result()
+                    parent.files.append(re_pb2.FileNode(name=name, digest=d,
+                                                        is_executable=kind == "x"))
+            if batch:
+                sending.append(pool.submit(_send_missing, cas, batch))
+            while sending:
+                sending.popleft().result()
+        finally:
+            for fut in sending:
+                fut.cancel()
+    tree_digest, tree_data, root_digest, small = _messages(dirs)
+    _send_missing(cas, small)
+    if memo:
+        _memo_write(memo_path(store, tree), tree_data)
+    return Uploaded(tree_digest=tree_digest, root_digest=root_digest)
+
+
+def _messages(dirs: dict[tuple[bytes, ...], _Dir],
+              ) -> tuple[Digest, bytes, Digest, dict[tuple[str, int], tuple[Digest, bytes]]]:
+    """The ``Directory`` messages of ``dirs`` and their ``Tree``: (Tree digest, Tree bytes,
+    root Directory digest, every Directory and Tree blob by (hash, size))."""
     messages: dict[tuple[bytes, ...], tuple[re_pb2.Directory, Digest, bytes]] = {}
     for path in sorted(dirs, key=len, reverse=True):  # children before their parents
         d = dirs[path]
@@ -100,76 +197,85 @@ def upload_tree(cas: Cas, store: Store, tree: str) -> Uploaded:
         digest, data = message_digest(msg)
         messages[path] = (msg, digest, data)
     root = messages[()]
-    children: dict[str, re_pb2.Directory] = {}
+    tree_children: dict[str, re_pb2.Directory] = {}
     for path in sorted(messages):  # parents first: readers may stream it in order
         if path:
             msg, digest, _ = messages[path]
-            children.setdefault(digest.hash, msg)
+            tree_children.setdefault(digest.hash, msg)
     tree_digest, tree_data = message_digest(re_pb2.Tree(root=root[0],
-                                                        children=list(children.values())))
+                                                        children=list(tree_children.values())))
     small = {(tree_digest.hash, tree_digest.size_bytes): (tree_digest, tree_data)}
     for _, digest, data in messages.values():
         small[(digest.hash, digest.size_bytes)] = (digest, data)
-    missing = {(d.hash, d.size_bytes) for d in cas.find_missing([*(d for d, _ in small.values()), *files])}
-    cas.upload({k: v for k, v in small.items() if k in missing})
-    wanted = {k for k in missing if k not in small}
-    if wanted:
-        _upload_contents(cas, store, tree, wanted)
-    return Uploaded(tree_digest=tree_digest, root_digest=root[1])
+    return tree_digest, tree_data, root[1], small
 
 
-def _upload_contents(cas: Cas, store: Store, tree: str, wanted: set[tuple[str, int]]) -> None:
-    """Send the contents of the files in ``wanted`` ((hash, size)), read from the tree
-    again: small ones in batches, big ones streamed straight from the archive."""
-    pending: dict[tuple[str, int], tuple[Digest, bytes]] = {}
-    size = 0
-    sending: list[Future[None]] = []  # batches in flight (a bounded window)
-
-    def send(batch: dict[tuple[str, int], tuple[Digest, bytes]]) -> None:
-        sending.append(pool.submit(cas.upload, batch))
-        while len(sending) >= _WINDOW // 2:
-            sending.pop(0).result()
-
-    with ThreadPoolExecutor(max_workers=_UPLOADERS) as pool, store.open_blob(tree) as blob:
-        for kind, parts, arg, rd in kata_tree.entries(blob):
-            if kind not in ("f", "x"):
-                continue
-            n: int = arg  # type: ignore[assignment]
-            if n > cas.batch_limit:  # spooled (memory, then disk) while hashed, then streamed
-                with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+def reapi_tree(store: Store, tree: str) -> re_pb2.Tree:
+    """The REAPI ``Tree`` of the Kata tree ``tree``, from this host's memo (``memo_path``)
+    when a transfer computed it before, else computed from the local blob (read and hashed
+    once, then kept). No network. For a client that builds an input root from trees the
+    store holds, instead of hashing a workspace made of them again."""
+    data = _memo_read(memo_path(store, tree))
+    if data is None:
+        dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
+        with store.open_blob(tree) as blob:
+            for kind, parts, arg, rd in kata_tree.entries(blob):
+                parent = dirs[parts[:-1]]
+                name = _name(parts[-1])
+                if kind == "d":
+                    dirs[parts] = _Dir()
+                    parent.dirs.append(name)
+                elif kind == "l":
+                    parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
+                else:
                     h = hashlib.sha256()
-                    for c in rd.chunks(n, parts):
-                        h.update(c)
-                        spool.write(c)
-                    key = (h.hexdigest(), n)
-                    if key in wanted:
-                        wanted.discard(key)
-                        def content(spool=spool):  # noqa: ANN202 - from the start, each try
-                            spool.seek(0)
-                            return iter(lambda: spool.read(1 << 20), b"")
+                    for chunk in rd.chunks(arg, parts):  # type: ignore[arg-type]
+                        h.update(chunk)
+                    parent.files.append(re_pb2.FileNode(
+                        name=name, digest=Digest(hash=h.hexdigest(), size_bytes=arg),  # type: ignore[arg-type]
+                        is_executable=kind == "x"))
+        _, data, _, _ = _messages(dirs)
+        _memo_write(memo_path(store, tree), data)
+    return _parse_tree(digest_of(data), data)
 
-                        cas.write(Digest(hash=key[0], size_bytes=n), content)
-                continue
-            data = b"".join(rd.chunks(n, parts))
-            key = (hashlib.sha256(data).hexdigest(), n)
-            if key not in wanted or key in pending:
-                continue
-            wanted.discard(key)
-            pending[key] = (Digest(hash=key[0], size_bytes=n), data)
-            size += n
-            if size >= cas.batch_limit // 2:
-                send(pending)
-                pending, size = {}, 0
-        if pending:
-            send(pending)
-        for fut in sending:
-            fut.result()
+
+def _send_missing(cas: Cas, blobs: dict[tuple[str, int], tuple[Digest, bytes]]) -> None:
+    """FindMissingBlobs over ``blobs``, then BatchUpdateBlobs (ByteStream for a big one)
+    of the missing ones."""
+    missing = {(d.hash, d.size_bytes) for d in cas.find_missing(d for d, _ in blobs.values())}
+    if missing:
+        cas.upload({k: v for k, v in blobs.items() if k in missing})
+
+
+def _send_big(cas: Cas, chunks: Iterator[bytes], n: int, seen: set[tuple[str, int]]) -> Digest:
+    """A file too big for a batch: spooled (memory, then disk) while hashed, then streamed
+    over ByteStream unless the remote has it or this tree sent it already."""
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+        h = hashlib.sha256()
+        for c in chunks:
+            h.update(c)
+            spool.write(c)
+        d = Digest(hash=h.hexdigest(), size_bytes=n)
+        key = (d.hash, n)
+        if key in seen:
+            return d
+        seen.add(key)
+        if cas.find_missing([d]):
+            def content():  # noqa: ANN202 - from the start, on each try
+                spool.seek(0)
+                return iter(lambda: spool.read(1 << 20), b"")
+
+            cas.write(d, content)
+    return d
 
 
 # ------------------------------------------------------------------ downloading
 
 def read_tree(cas: Cas, tree_digest: Digest) -> re_pb2.Tree:
-    data = cas.read_many([tree_digest])[tree_digest.hash]
+    return _parse_tree(tree_digest, cas.read_many([tree_digest])[tree_digest.hash])
+
+
+def _parse_tree(tree_digest: Digest, data: bytes) -> re_pb2.Tree:
     tree = re_pb2.Tree()
     try:
         tree.ParseFromString(data)
@@ -211,12 +317,13 @@ def _entries(tree: re_pb2.Tree) -> list[tuple[str, bytes, "int | bytes", Digest 
 
 
 def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
-                  workers: int = 4) -> None:
+                  workers: int = 4, memo: bool = False) -> None:
     """Bring the Kata tree ``tree`` into the local store from the REAPI ``Tree`` at
-    ``tree_digest``. RemoteError remote.bad_answer when what arrives re-encodes to
-    another digest (the local store then holds no record of it); RemoteError on any
-    remote failure."""
-    entries = _entries(read_tree(cas, tree_digest))
+    ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). RemoteError
+    remote.bad_answer when what arrives re-encodes to another digest (the local store
+    then holds no record of it); RemoteError on any remote failure."""
+    tree_data = cas.read_many([tree_digest])[tree_digest.hash]
+    entries = _entries(_parse_tree(tree_digest, tree_data))
     limit = cas.batch_limit
     units: list[list[Digest]] = []  # consecutive small files, fetched together
     unit_of: list[int] = []  # per entry: its unit (-1: none, -2: streamed)
@@ -273,6 +380,8 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
     if got != tree:
         raise RemoteError("remote.bad_answer", f"the remote's tree re-encodes to {got}, "
                           f"not {tree}")
+    if memo:
+        _memo_write(memo_path(store, tree), tree_data)
 
 
 class _Chunks(io.RawIOBase):

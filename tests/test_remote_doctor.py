@@ -1,0 +1,52 @@
+"""`kata doctor` on a configured remote cache: a real cache-only BuildGrid answers
+Capabilities (ok; a warning for an instance it does not serve, and for a port nobody
+answers); a token file that cannot be read fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kata.remote.config import RemoteConfig, parse_url
+from kata.remote.doctor import check_remote
+from support.buildgrid import _free_port, buildgrid
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(url: str, **kw) -> RemoteConfig:
+    return RemoteConfig(url=url, target=parse_url(url)[0], timeout=5, **kw)
+
+
+def test_doctor_asks_the_remote_for_its_capabilities(tmp_path):
+    with buildgrid(tmp_path / "bgd") as server:
+        ok = check_remote(_config(server.url))
+        assert ok.status == "ok" and server.url in ok.detail, ok
+        assert "action cache updates enabled" in ok.detail
+        wrong = check_remote(_config(server.url, instance="nope"))
+        assert wrong.status == "warn" and "INVALID_ARGUMENT" in wrong.detail, wrong
+        assert "instance name" in wrong.fix
+
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"remote:\n  cache: {server.url}\n")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
+               "KATA_CONFIG": str(cfg)}
+        r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["remote-cache"]["status"] == "ok", checks["remote-cache"]
+    assert "remote-executor" not in checks
+
+
+def test_doctor_on_a_remote_that_is_down_or_unusable(tmp_path):
+    url = f"grpc://127.0.0.1:{_free_port()}"
+    down = check_remote(_config(url))
+    assert down.status == "warn" and "UNAVAILABLE" in down.detail and down.fix, down
+    bad = check_remote(_config(url, token_file=tmp_path / "missing.token"))
+    assert bad.status == "fail" and "missing.token" in bad.detail, bad
