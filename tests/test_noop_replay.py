@@ -255,3 +255,34 @@ def test_simple_run_reads_only_plain_run_command_lines():
     for argv in (["build", "//..."], ["run", "--json", "--json"], ["run", "--step", "a"],
                  ["--file"], [], ["-v", "run"], ["run", "--no-cache"], ["validate"]):
         assert simple_run(argv) is None, argv
+
+
+def test_on_a_terminal_the_replay_writes_the_live_view_lines(kata):
+    import pty
+    import re
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**kata.env, "TERM": "xterm", "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.Popen([*kata.base, "run"], cwd=kata.repo, env=env, stdin=slave,
+                            stdout=slave, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err
+    assert replayed(subprocess.CompletedProcess([], 0, "", err)), sys.executable
+    text = b"".join(chunks).decode()
+    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r\n", "\n").splitlines()
+    full = run(kata, "run", KATA_FAST_NOOP="0").stdout.splitlines()
+    assert lines[:-1] == full[:-1]
+    assert lines[-1].startswith("[DONE] 4 steps (4 cached, 0 ran) — ")
+    assert "\x1b[34m[CACHE] build: HIT" in text  # styled as the live view styles it

@@ -45,8 +45,8 @@ when the stat changed; a damaged one falls back, and the full path rebuilds). It
 the hits, as the full path does.
 
 **Which command lines**: ``kata [-f FILE] [--store DIR] [--containerd ADDR] run
-[--json]`` (what a no-op is), not on a terminal without ``--json`` (the live view draws
-there). The full path writes a record only for such a run, in a trusted scope, without a
+[--json]`` (what a no-op is); on a terminal the lines are styled as the live view styles
+them (its status block, which a 0.1 s run would draw at most once, is not). The full path writes a record only for such a run, in a trusted scope, without a
 remote cache or executor, with no step skipped or run, no ``only:``/``when:``, and the
 cache on. ``KATA_FAST_NOOP=0`` turns the replay off (the tests compare both paths).
 
@@ -329,7 +329,9 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
     doc = {
         "format": FORMAT, "paths": paths, "observed": _digest(signatures),
         "environment": _environment(), "head": [commit, branch],
-        "plain": plain, "events": body, "done": done, "hits": hits, "objects": list(objects),
+        # one string and one packed list: each parsed only by the mode that prints it
+        "plain": "".join(line + "\n" for line in plain),
+        "events": msgpack.packb(body, use_bin_type=True), "done": done, "hits": hits, "objects": list(objects),
         "run": {"pipeline": record.pipeline, "commit": record.commit, "branch": record.branch,
                 "event": record.event, "tag": record.tag, "scope": record.scope},
         "steps": steps, "summary": list(summarise(record)),
@@ -385,8 +387,7 @@ def replay(argv: Sequence[str]) -> int | None:
     if parsed is None:
         return None
     config_file, store_arg, json_out = parsed
-    if not json_out and sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
-        return None  # the live view draws on a terminal
+    live = not json_out and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
     from kata.configfile import find_config
     from kata.errors import KataError
     from kata.locations import store_location
@@ -425,10 +426,10 @@ def replay(argv: Sequence[str]) -> int | None:
             return None
     except (KeyError, TypeError, ValueError):  # a record of another shape: as absent
         return None
-    return _replay(doc, root, state, json_out)
+    return _replay(doc, root, state, "json" if json_out else "live" if live else "plain")
 
 
-def _replay(doc: dict[str, Any], root: str, state: str, json_out: bool) -> int | None:
+def _replay(doc: dict[str, Any], root: str, state: str, mode: str) -> int | None:
     """Check the store as the full path would find it, then replay (None: fall back)."""
     from store.errors import StoreError
     from store.index import LmdbIndex
@@ -443,7 +444,7 @@ def _replay(doc: dict[str, Any], root: str, state: str, json_out: bool) -> int |
             return None
         if not _intact(index, root, doc["objects"]):
             return None  # the full path re-hashes, heals and rebuilds
-        return _emit(index, root, doc, json_out, created)
+        return _emit(index, root, doc, mode, created)
     finally:
         index.close()
 
@@ -489,22 +490,30 @@ def _intact(index: Any, root: str, objects: list[str]) -> bool:
     return index.read(check)
 
 
-def _emit(index: Any, root: str, doc: dict[str, Any], json_out: bool, created: float) -> int:
+def _emit(index: Any, root: str, doc: dict[str, Any], mode: str, created: float) -> int:
     """Print the run, record it, print its end: the realiser's order, and what
-    ``Store.put_run`` and ``Store.count`` write."""
+    ``Store.put_run`` and ``Store.count`` write. ``mode``: ``json`` (the ``--json``
+    lines), ``plain`` (the plain lines) or ``live`` (on a terminal: the plain lines styled
+    as the live view styles them, in two frames without a status block: what the live view
+    writes for a run over before its first status frame)."""
     from store.errors import StoreError
     from store.files import write_immutable
     from store.runs import Phases, RunSummary, encode_run, encode_summary
 
     from kata.realise.wire import event_line, process_started
-    from kata.report.text import done_line
+    from kata.report.text import FRAME_MARK, SHOW_CURSOR, done_line, styled
 
     run_id = new_run_id()
     out = sys.stdout
-    if json_out:
-        out.write("".join(event_line(e) + "\n" for e in doc["events"]))
+    if mode == "json":
+        import msgpack
+
+        events = msgpack.unpackb(doc["events"], raw=False)
+        out.write("".join(event_line(e) + "\n" for e in events))
+    elif mode == "live":
+        out.write(FRAME_MARK + "".join(styled(line) + "\n" for line in doc["plain"].splitlines()))
     else:
-        out.write("".join(line + "\n" for line in doc["plain"]))
+        out.write(doc["plain"])
     out.flush()
     now = time.time()
     phases = Phases(ready=now, started=now, running=now, ended=now).encode()
@@ -526,11 +535,12 @@ def _emit(index: Any, root: str, doc: dict[str, Any], json_out: bool, created: f
         print(f"run {run_id} not recorded: {getattr(err, 'message', None) or err}",
               file=sys.stderr)
     done = dict(doc["done"], run_id=run_id, wall=wall)
-    if json_out:
+    if mode == "json":
         out.write(event_line(done) + "\n")
     else:
         from types import SimpleNamespace
 
-        out.write(done_line(SimpleNamespace(**done)) + "\n")
+        text = done_line(SimpleNamespace(**done))
+        out.write(f"{FRAME_MARK}{styled(text)}\n{SHOW_CURSOR}" if mode == "live" else text + "\n")
     out.flush()
     return 0

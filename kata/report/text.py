@@ -1,7 +1,9 @@
-"""The plain lines that need no event classes: keys, durations, the ``[DONE]`` line.
+"""The plain lines that need no event classes: keys, durations, the ``[DONE]`` line, the
+live view's colours and frame marks.
 
 Standard library only: the cached path (``kata.realise.noop``) writes its ``[DONE]`` line
-with :func:`done_line` as the plain reporter does, from the same counts.
+with :func:`done_line` as the plain reporter does, from the same counts, and on a
+terminal styles its lines as the live view does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kata.realise.events import Done
+
+
+#: the live view's colour of a line, by its first word (SGR parameters)
+STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[WARN]": "33", "[RETRY]": "33",
+         "[CACHE]": "34", "[PULL]": "36", "[DONE]": "1"}
+FRAME_MARK = "\x1b[?25l"  # each live frame starts by hiding the cursor (tests count frames by it)
+SHOW_CURSOR = "\x1b[?25h"  # the live view's last frame ends with it
+
+
+def styled(text: str) -> str:
+    """A plain line as the live view shows it (coloured by its first word)."""
+    code = STYLE.get(text.split(" ", 1)[0])
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
 
 
 def short_key(key: str) -> str:
