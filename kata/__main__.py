@@ -20,7 +20,13 @@ def main() -> None:
     gc.disable()  # the replay builds only acyclic values; it ends the process
     from kata.realise.noop import replay
 
-    status = replay(argv)
+    try:
+        status = replay(argv)
+    except BrokenPipeError:  # as the CLI: `kata run | head` ends quietly
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     if status is not None:
         sys.stdout.flush()
         sys.exit(status)

@@ -440,10 +440,15 @@ def _replay(doc: dict[str, Any], root: str, state: str, mode: str) -> int | None
     except StoreError:
         return None
     try:
-        if index.discarded or not _same_records(index, doc["hits"]):
-            return None
-        if not _intact(index, root, doc["objects"]):
-            return None  # the full path re-hashes, heals and rebuilds
+        import lmdb
+
+        try:
+            if index.discarded or not _same_records(index, doc["hits"]):
+                return None
+            if not _intact(index, root, doc["objects"]):
+                return None  # the full path re-hashes, heals and rebuilds
+        except (StoreError, lmdb.Error, OSError, KeyError, TypeError, ValueError):
+            return None  # the full path meets it again and says what it is
         return _emit(index, root, doc, mode, created)
     finally:
         index.close()
