@@ -298,7 +298,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             if runner is not runtime:
                 runner.close()
         if simple and not result.exit_code and not result.interrupted:
-            _record_noop(store, path, graph, plan, result, options, realiser.run_id, captured)
+            _record_noop(store, path, graph, plan, result, options, realiser.records.recorded,
+                         captured)
         if out_dir is not None and not result.interrupted:
             realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
@@ -326,7 +327,7 @@ class _Capture:
         pass
 
 
-def _record_noop(store, path: Path, graph, plan, result, options, run_id: str,  # noqa: ANN001
+def _record_noop(store, path: Path, graph, plan, result, options, recorded,  # noqa: ANN001
                  events: list) -> None:
     """Leave the no-op record of a run every step of which hit (``kata.realise.noop``); a
     record that cannot be written only means the next run takes the full path."""
@@ -342,7 +343,7 @@ def _record_noop(store, path: Path, graph, plan, result, options, run_id: str,  
         if options.started else time.time_ns()
     try:
         noop.write_record(store, config=path, repo_root=options.repo_root, graph=graph,
-                          plan=plan, run_id=run_id, commit=options.git_commit,
+                          plan=plan, record=recorded, commit=options.git_commit,
                           branch=options.git_branch, events=events, started_ns=started_ns)
     except (OSError, KataError, StoreError):
         pass

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from kata.compile import DerivationGraph
     from kata.realise.plan import Plan
     from kata.realise.results import RealiseOptions, RunResult
-    from store import Store
+    from store import Run, Store
 
 FORMAT = "kata-noop/1"
 DIR_NAME = "noop"
@@ -178,7 +178,8 @@ def _code_paths() -> list[str]:
                 elif e.name.endswith((".py", ".lark")):
                     out.append(e.path)
     for lib in _LIBRARIES:
-        spec = importlib.util.find_spec(lib)
+        module = sys.modules.get(lib)
+        spec = module.__spec__ if module is not None else importlib.util.find_spec(lib)
         if spec is not None and spec.origin:
             out.append(spec.origin)
     return out
@@ -263,9 +264,10 @@ def eligible(graph: "DerivationGraph", plan: "Plan", result: "RunResult",
 
 
 def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "DerivationGraph",
-                 plan: "Plan", run_id: str, commit: str, branch: str,
+                 plan: "Plan", record: "Run | None", commit: str, branch: str,
                  events: Sequence[Any], started_ns: int) -> str:
-    """Write the no-op record of the run ``run_id`` (eligible: :func:`eligible`; ``events``:
+    """Write the no-op record of the run ``record`` (as the store holds it; None: not
+    recorded) (eligible: :func:`eligible`; ``events``:
     what it emitted, ``kata.realise.events`` values, the lines replayed); returns
     "" when written, else why not (a fresh path, an unusual git layout...). Never raises
     for what it observes: a record not written only means the next run takes the full path.
@@ -298,7 +300,6 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
     for path, sig in zip(paths, signatures):
         if sig is not None and max(sig[4], sig[5]) >= limit:
             return f"{path} changed too recently"
-    record = store.get_run(run_id)
     if record is None:
         return "the run was not recorded"
     hits: list[list[Any]] = []
