@@ -84,11 +84,13 @@ def kata(built, tmp_path, containerd_daemon) -> KataProcess:
     shutil.copytree(built / "repo", tmp_path / "repo", symlinks=True)
     shutil.copytree(built / "store", tmp_path / "store", symlinks=True)
     k = KataProcess(tmp_path / "repo", store=tmp_path / "store", address=containerd_daemon.address)
-    settle()
-    full = run(k, "run")  # the copy's objects are verified again; the record is written
-    assert not replayed(full)
-    assert records(tmp_path / "store"), "a settled no-op leaves a record"
-    return k
+    for _ in range(2):  # twice: anything observed (a sys.path directory) may be touched
+        settle()        # by a test running beside this one, and leave no record once
+        full = run(k, "run")  # the copy's objects are verified again; the record is written
+        assert not replayed(full)
+        if records(tmp_path / "store"):
+            return k
+    raise AssertionError("a settled no-op leaves a record")
 
 
 def _without_times(events: list[dict]) -> list[dict]:

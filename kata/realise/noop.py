@@ -157,11 +157,12 @@ def _environment() -> list[list[str]]:
 
 def _code_paths() -> list[str]:
     """kata's, the store's, procs' and the grammars' sources, the libraries' modules and the
-    ``sys.path`` directories."""
+    ``sys.path`` entries (absent ones too)."""
     import importlib.util
 
     top = Path(__file__).resolve().parent.parent.parent
-    out: list[str] = [p for p in sys.path if p and os.path.isdir(p)]
+    # every entry, present or not: a directory created later can shadow a library
+    out: list[str] = [os.path.abspath(p) for p in sys.path]
     for name in _CODE:
         stack = [str(top / name)]
         while stack:
