@@ -11,7 +11,6 @@ import stat
 from pathlib import Path
 
 from kata.errors import KataError
-from kata.inputs import read_at_most
 
 CONFIG_NAME = ".kata-ci.yaml"
 
@@ -65,6 +64,8 @@ def _read_config(p: Path) -> bytes:
             raise KataError("config.not_found", f"config file {str(p)!r} is not a regular file",
                             obj=str(p))
         os.set_blocking(fd, True)
+        from kata.inputs import read_at_most
+
         data = read_at_most(fd, MAX_CONFIG)
     finally:
         os.close(fd)

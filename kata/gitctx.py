@@ -31,6 +31,7 @@ from pathlib import Path
 from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
 from kata.git import Git
+from kata.githead import _dirs, _read_ref, head  # noqa: F401 - the cheap path lives there
 
 _NULL_SHA = "0" * 40
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # sha1 of the empty tree
@@ -266,55 +267,6 @@ def _choose_base(
 
 
 # -- the cheap path: commit and branch for a run record, without forking git --------------
-
-def _dirs(root: Path) -> tuple[Path, Path] | None:
-    """(git dir, common dir holding the refs) of the work tree holding ``root``, found by
-    reading ``.git`` (a directory, or a file ``gitdir: <path>`` in a linked worktree or a
-    submodule); None outside a repository. OSError/IndexError on an unusual layout."""
-    for top in (root, *root.parents):
-        dotgit = top / ".git"
-        if dotgit.is_file():  # a worktree or submodule: "gitdir: <path>"
-            gitdir = Path(dotgit.read_text().split(":", 1)[1].strip())
-            gitdir = gitdir if gitdir.is_absolute() else top / gitdir
-            common = gitdir / "commondir"
-            return gitdir, ((gitdir / common.read_text().strip()) if common.exists() else gitdir)
-        if dotgit.is_dir():
-            return dotgit, dotgit
-    return None
-
-
-def _read_ref(refs: Path, ref: str) -> str | None:
-    """The commit a ref names, from its loose file or packed-refs; None when absent."""
-    loose = refs / ref
-    if loose.is_file():
-        return loose.read_text().strip()
-    packed = refs / "packed-refs"
-    if packed.exists():
-        for line in packed.read_text().splitlines():
-            sha, _, name = line.partition(" ")
-            if name == ref:
-                return sha
-    return None
-
-
-def head(root: Path) -> tuple[str, str]:
-    """(commit, branch) of the repository holding ``root``, read from .git without forking
-    git (a cached run should not pay for two processes); git itself when the layout is
-    unusual; ("", "") outside a repository."""
-    try:
-        found = _dirs(root)
-        if found is None:
-            return "", ""
-        gitdir, refs = found
-        head = (gitdir / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head, "HEAD"
-        ref = head[5:]
-        branch = ref.removeprefix("refs/heads/")
-        return _read_ref(refs, ref) or "", branch  # "": a branch with no commit yet
-    except (OSError, IndexError, UnicodeDecodeError):
-        return _git(root, "rev-parse", "HEAD"), _git(root, "rev-parse", "--abbrev-ref", "HEAD")
-
 
 def default_ref(root: Path) -> str:
     """The default branch's ref (``refs/heads/main``) of the work tree holding ``root``, read

@@ -3,28 +3,31 @@
 A standalone package: it imports nothing from ``kata``.
 """
 
+import importlib
 from typing import TYPE_CHECKING
 
-from .core import Store
 from .errors import StoreError
-from .realisations import Realisation
-from .runs import Run, StepRecord
-from .tree import Limits
 
 if TYPE_CHECKING:
+    from .core import Store
     from .gc import GcReport
+    from .realisations import Realisation
+    from .runs import Run, StepRecord
+    from .tree import Limits
     from .verify import VerifyReport
 
+# PEP 562: each name loads its module when first named, so a reader of one module (the
+# cached path reads the index and writes a run record) does not import the whole store
+_LAZY = {"Store": "core", "Realisation": "realisations", "Run": "runs", "StepRecord": "runs",
+         "Limits": "tree", "GcReport": "gc", "VerifyReport": "verify"}
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562: gc and verify load when first named
-    if name == "GcReport":
-        from .gc import GcReport
 
-        return GcReport
-    if name == "VerifyReport":
-        from .verify import VerifyReport
-
-        return VerifyReport
-    raise AttributeError(f"module 'store' has no attribute {name!r}")
+def __getattr__(name: str):  # noqa: ANN202
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = ["Store", "Realisation", "Run", "StepRecord", "StoreError", "Limits", "GcReport", "VerifyReport"]

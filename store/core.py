@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 from . import tree as trees
 from .errors import StoreError
 from .files import iter_sharded, read_file, write_immutable
-from .index import LmdbIndex, LmdbStatCache, is_network_fs
+from .index import LmdbIndex, LmdbStatCache, default_state_dir, is_network_fs  # noqa: F401
 from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
 from .merged import MergedTrees
@@ -22,16 +22,6 @@ from .unpacked import UnpackedTrees
 VERSION = "kata-store/1"
 _FLUSH_EVERY = 1000
 _RACY_NS = 2_000_000_000  # a verified stat younger than this is not trusted later
-
-
-def default_state_dir(root: str) -> str:
-    """Host-local state for a store: beside a local store, else under ~/.local/state/kata."""
-    if not is_network_fs(root):
-        return os.path.join(root, "local")
-    import hashlib
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    tag = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
-    return os.path.join(base, "kata", "stores", tag)
 
 
 class Store:

@@ -60,6 +60,17 @@ _PAGE_HEADER = 16
 _MIN_PAGE, _MAX_PAGE = 512, 1 << 16
 
 
+def default_state_dir(root: str) -> str:
+    """Host-local state for a store: beside a local store, else under ~/.local/state/kata."""
+    if not is_network_fs(root):
+        return os.path.join(root, "local")
+    import hashlib
+
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    tag = hashlib.sha256(os.fsencode(os.path.abspath(root))).hexdigest()[:16]
+    return os.path.join(base, "kata", "stores", tag)
+
+
 def data_file_damage(path: str) -> str:
     """Why the LMDB data file ``path`` must not be mapped ("" when it may be).
 

@@ -17,11 +17,11 @@ import hashlib
 import io
 import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import zstandard
+if TYPE_CHECKING:
+    import zstandard
 
 import procs
 
@@ -54,7 +54,7 @@ def _owner() -> str:
 def tmp_name(kind: str) -> str:
     """An ingest file name that says who writes it: ``kind.<random>.<owner>``, the owner
     being ``procs.owner_id()`` (pid, start time, boot id)."""
-    return f"{kind}.{uuid.uuid4().hex}.{_owner()}"
+    return f"{kind}.{os.urandom(16).hex()}.{_owner()}"
 
 
 def tmp_owner_dead(name: str) -> bool:
@@ -125,12 +125,16 @@ class ObjectStore:
         except FileNotFoundError:
             return False
 
-    def _compressor(self, size_hint: int) -> zstandard.ZstdCompressor:
+    def _compressor(self, size_hint: int) -> "zstandard.ZstdCompressor":
+        import zstandard
+
         threads = self.threads if size_hint < 0 or size_hint > 4 * CHUNK else 0
         return zstandard.ZstdCompressor(level=self.level, write_checksum=True, threads=threads)
 
     def put_chunks(self, chunks: Iterable[bytes], *, size_hint: int = -1) -> tuple[str, int]:
         """Store the concatenation of ``chunks``; returns (digest, uncompressed size)."""
+        import zstandard  # here: reading the index or a record needs no codec
+
         name = os.path.join(self.tmp, tmp_name("obj"))
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -286,6 +290,9 @@ class BlobReader(io.RawIOBase):
         self.digest = digest
         # Across frames: bytes after the first frame are decoded (and so hashed) or fail,
         # never silently ignored.
+        import zstandard
+
+        self._zstd_error = zstandard.ZstdError
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             fh, read_size=CHUNK, closefd=False, read_across_frames=True)
         self._sha = hashlib.sha256()
@@ -315,7 +322,7 @@ class BlobReader(io.RawIOBase):
             return b""
         try:
             data = self._reader.read(size)
-        except zstandard.ZstdError as err:
+        except self._zstd_error as err:
             raise self._corrupt(f"zstd: {err}") from err
         if data:
             self._sha.update(data)

@@ -181,9 +181,9 @@ class Run:
 
     def encode(self) -> bytes:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out.update(format=FORMAT, targets=list(self.targets),
-                   steps=[s.to_obj() for s in self.steps], realisations=list(self.realisations))
-        return msgpack.packb(dict(sorted(out.items())), use_bin_type=True)
+        out.update(targets=list(self.targets), steps=[s.to_obj() for s in self.steps],
+                   realisations=list(self.realisations))
+        return encode_run(out)
 
     @classmethod
     def decode(cls, raw: bytes, *, what: str = "run") -> "Run":
@@ -295,6 +295,13 @@ def decode_summary(raw: bytes) -> tuple[bool, RunSummary | None]:
         return True, RunSummary._make(row[1:])
     except (ValueError, TypeError, msgpack.UnpackException):
         return False, None
+
+
+def encode_run(obj: dict[str, Any]) -> bytes:
+    """The record's bytes from its map (every field of :class:`Run`, ``steps`` as
+    :meth:`StepRecord.to_obj` maps, lists for tuples): sorted, with the format tag. The
+    cached path (``kata.realise.noop``) encodes the steps it replays without decoding them."""
+    return msgpack.packb(dict(sorted({**obj, "format": FORMAT}.items())), use_bin_type=True)
 
 
 def record_name(run: Run) -> str:

@@ -275,7 +275,12 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
 
         # the terminal's reporter, and the live journal `kata web` follows
         journal = Journal(Path(store.state_dir) / "live")
-        reporter = Tee(_reporter(json_out), journal)
+        # a plain `kata run` that turns out a no-op leaves a record the next one replays
+        simple = not (steps or labels or no_cache or secrets or secret_files or event or branch
+                      or tag or action or base or untrusted or hook or default_branch or pull
+                      or out_dir or remote or executor or remote_cache or remote_instance)
+        captured: list = []
+        reporter = Tee(_reporter(json_out), journal, *([_Capture(captured)] if simple else []))
         runtime.progress = _pull_events(reporter)
         runner = runtime
         if executor is not None:  # steps run on REAPI workers
@@ -297,6 +302,9 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             reporter.close()
             if runner is not runtime:
                 runner.close()
+        if simple and not result.exit_code and not result.interrupted:
+            _record_noop(store, path, graph, plan, result, options, realiser.records.recorded,
+                         captured)
         if out_dir is not None and not result.interrupted:
             realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
@@ -309,6 +317,41 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         raise SystemExit(130)
     if result.exit_code:
         raise SystemExit(result.exit_code)
+
+
+class _Capture:
+    """A reporter keeping the run's events (for its no-op record)."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def __call__(self, event) -> None:  # noqa: ANN001
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+def _record_noop(store, path: Path, graph, plan, result, options, recorded,  # noqa: ANN001
+                 events: list) -> None:
+    """Leave the no-op record of a run every step of which hit (``kata.realise.noop``); a
+    record that cannot be written only means the next run takes the full path."""
+    import time
+
+    from kata.realise import events as ev
+    from kata.realise import noop
+    from store.errors import StoreError
+
+    if not noop.eligible(graph, plan, result, options, (ev.kind(e) for e in events)):
+        return
+    started_ns = time.time_ns() - int((time.monotonic() - options.started) * 1e9) \
+        if options.started else time.time_ns()
+    try:
+        noop.write_record(store, config=path, repo_root=options.repo_root, graph=graph,
+                          plan=plan, record=recorded, commit=options.git_commit,
+                          branch=options.git_branch, events=events, started_ns=started_ns)
+    except (OSError, KataError, StoreError):
+        pass
 
 
 def _remote_executor(url: str | None, instance: str | None):  # noqa: ANN202

@@ -14,6 +14,7 @@ import click
 
 from kata import resources
 from kata.errors import KataError
+from kata.locations import ROOT_STORE, store_location  # noqa: F401 - here since the start
 from kata.report import human_size  # noqa: F401 - the one size format, used here and by image ls
 from kata.model import Duration
 
@@ -25,22 +26,6 @@ def register(cli: click.Group) -> None:
 
 
 # ---------------------------------------------------------------- which store
-
-ROOT_STORE = "/var/lib/kata/store"
-
-
-def store_location(explicit: str | None = None) -> str:
-    """``--store``, else $KATA_STORE, else /var/lib/kata/store for root, else the user's."""
-    if explicit:
-        return os.path.abspath(os.path.expanduser(explicit))
-    env = os.environ.get("KATA_STORE")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    if os.geteuid() == 0:
-        return ROOT_STORE
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "kata", "store")
-
 
 def open_store(ctx: click.Context | None = None):
     """Open the store the command line names (``ctx.obj["store_path"]``)."""

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from kata.realise.reports import TestReport
 
-# the version of every --json document and event line kata writes (docs/json.md); bumped
-# when a field changes meaning or goes away, not when one is added
-JSON_VERSION = 1
+from kata.realise.wire import JSON_VERSION, iso_time, process_started, stamped  # noqa: F401
 
 CacheSource = Literal["derivation", "resolved"]
 
@@ -139,25 +137,6 @@ class Done:
     allowed: int = 0  # failed but allowed to (`allow_failure:`); not among `failed`
 
 
-def process_started() -> float:
-    """The ``time.monotonic()`` value at which this process started (the kernel's record).
-
-    /proc/self/stat field 22 is the start time in clock ticks since boot; CLOCK_BOOTTIME
-    counts from boot as well (both include suspend). Resolution: one clock tick (10 ms).
-    Falls back to "now" where /proc is not readable.
-    """
-    import os
-
-    now_mono, now_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 (1-based, after comm)
-    except (OSError, ValueError, IndexError):
-        return now_mono
-    return now_mono - max(0.0, now_boot - start)
-
-
 Event = (Parsed | CacheChecked | ParallelStarted | StepStarted | OutputLine | StepPassed
          | StepFailed | StepRetrying | StepSkipped | ImagePull | Done)
 Emit = Callable[[Event], None]
@@ -198,30 +177,6 @@ def to_dict(event: Event) -> dict[str, object]:
             value = value.to_json()
         data[name] = list(value) if isinstance(value, tuple) else value
     return data
-
-
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted, with its text
-
-
-def iso_time(unix: float) -> str:
-    """``2026-11-30T06:57:01.123Z``: UTC with milliseconds (RFC 3339), as --json writes
-    every time."""
-    global _second
-    whole = int(unix)
-    second, text = _second  # one tuple: threads never see a torn pair
-    if second != whole:  # one strftime per second, not per event
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second = (whole, text)
-    return f"{text}.{int((unix - whole) * 1000):03d}Z"
-
-
-def stamped(data: dict[str, object], at: float | None = None) -> dict[str, object]:
-    """``data`` (with its ``event`` first) plus ``version`` and ``time`` (``at``, unix
-    seconds; default now): one line of the ``--json`` stream."""
-    out: dict[str, object] = {"event": data["event"], "version": JSON_VERSION,
-                              "time": iso_time(time.time() if at is None else at)}
-    out.update(data)  # "event" again: same value, its place (first) kept
-    return out
 
 
 __all__ = [

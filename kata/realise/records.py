@@ -45,6 +45,7 @@ class Records:
         self.run_id, self.pipeline = run_id, pipeline
         self._empty_tree = ""
         self._empty_log = ""
+        self.recorded: Run | None = None  # the run record, once written
         self._host = os.uname().nodename
         # writes a step's records side by side (step_passed); idle threads cost nothing
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kata-record")
@@ -267,12 +268,14 @@ class Records:
         status = ("passed" if result.ok else
                   "interrupted" if result.interrupted else "failed")
         o = self.options
-        self.store.put_run(Run(
+        run = Run(
             id=self.run_id, pipeline=self.pipeline, commit=o.git_commit, branch=o.git_branch,
             event=o.git_event, tag=o.git_tag, scope=o.scope.label(), started=started,
             wall=result.wall, status=status, targets=tuple(o.targets or ()),
             steps=tuple(dataclasses.replace(r.record(), needs=tuple(needs.get(n, ())))
-                        for n in order if (r := result.steps.get(n)) is not None)))
+                        for n in order if (r := result.steps.get(n)) is not None))
+        self.store.put_run(run)
+        self.recorded = run  # what the store now holds (the no-op record copies it)
 
 
 def read_report(store: Store, digest: str) -> "TestReport | None":

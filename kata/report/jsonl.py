@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import TextIO
 
 from kata.realise import events as ev
+from kata.realise.wire import event_line  # noqa: F401 - the CLI writes its own events with it
 
 
 class JsonReporter:
@@ -21,18 +21,6 @@ class JsonReporter:
 
     def close(self) -> None:
         pass
-
-
-# json.dumps(x, ensure_ascii=False) builds a new JSONEncoder per call; the same encoder,
-# made once, gives the same text (a cached run writes ~2,000 lines to its live journal)
-_encode = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def event_line(data: dict[str, object]) -> str:
-    """A JSON line for an event (``data`` as ``kata.realise.events.to_dict`` gives it, or
-    one the CLI writes itself: ``plan``, ``skip``, ``error``), stamped like the
-    realiser's: the ``--json`` line and the live journal's."""
-    return _encode(ev.stamped(data))
 
 
 def error_event(err) -> dict[str, object]:  # noqa: ANN001

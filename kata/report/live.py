@@ -26,19 +26,12 @@ from typing import TextIO
 from kata.realise import events as ev
 from kata.report import human_size
 from kata.report.plain import RunLines
+from kata.report.text import FRAME_MARK, SHOW_CURSOR, styled as _styled
 
 FPS = 10  # frames a second
 _TAIL = 20  # output lines kept per step, shown if it fails
 _SHOWN = 8  # running steps listed by name; more are counted
-_STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[WARN]": "33", "[RETRY]": "33",
-          "[CACHE]": "34", "[PULL]": "36", "[DONE]": "1"}
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-FRAME_MARK = "\x1b[?25l"  # each frame starts by hiding the cursor (tests count frames by it)
-
-
-def _styled(text: str) -> str:
-    code = _STYLE.get(text.split(" ", 1)[0])
-    return f"\x1b[{code}m{text}\x1b[0m" if code else text
 
 
 # what a step prints that a status row must not carry: escape sequences (a colour would
@@ -195,7 +188,7 @@ class LiveReporter:
             out.extend(_clip(row, width) + "\n" for row in status)
             self._drawn = len(status)
             if final:
-                out.append("\x1b[?25h")
+                out.append(SHOW_CURSOR)
         # written outside the lock: a slow terminal holds up the next frame, never the run
         # (frames are drawn by one thread, then by close() after it ended: never at once)
         try:

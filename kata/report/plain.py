@@ -6,14 +6,7 @@ from typing import TextIO
 
 from kata.realise import events as ev
 from kata.report import human_size
-
-
-def short_key(key: str) -> str:
-    return key.split(":", 1)[-1][:7] + "..."
-
-
-def seconds(value: float) -> str:
-    return f"{value:.1f}s"
+from kata.report.text import done_line, seconds, short_key  # noqa: F401
 
 
 def line(event: ev.Event) -> str | None:
@@ -83,24 +76,6 @@ def tests(report) -> str:  # noqa: ANN001 - kata.realise.reports.TestReport | No
     for warning in report.warnings:
         out += f"\n    warning: report {warning}"
     return out
-
-
-def done_line(event: ev.Done) -> str:
-    count = event.passed + event.failed + event.skipped + event.allowed
-    steps = "step" if count == 1 else "steps"
-    wall = seconds(event.wall)
-    if event.failed == 0 and event.skipped == 0 and event.allowed == 0:
-        if event.cached == 0:
-            return f"[DONE] All {count} {steps} passed ({seconds(event.total)} total, {wall} wall)"
-        return f"[DONE] {count} {steps} ({event.cached} cached, {event.ran} ran) — {wall} wall time"
-    parts = [f"{n} {what}" for n, what in ((event.failed, "failed"),
-                                           (event.allowed, "allowed to fail"),
-                                           (event.skipped, "skipped"),
-                                           (event.passed, "passed")) if n]
-    if event.cached:
-        parts.append(f"{event.cached} cached")
-    prefix = "[DONE] Interrupted: " if event.cancelled else "[DONE] "
-    return f"{prefix}{count} {steps}: {', '.join(parts)} — {wall} wall time"
 
 
 class RunLines:

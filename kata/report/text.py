@@ -1,0 +1,54 @@
+"""The plain lines that need no event classes: keys, durations, the ``[DONE]`` line, the
+live view's colours and frame marks.
+
+Standard library only: the cached path (``kata.realise.noop``) writes its ``[DONE]`` line
+with :func:`done_line` as the plain reporter does, from the same counts, and on a
+terminal styles its lines as the live view does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kata.realise.events import Done
+
+
+#: the live view's colour of a line, by its first word (SGR parameters)
+STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[WARN]": "33", "[RETRY]": "33",
+         "[CACHE]": "34", "[PULL]": "36", "[DONE]": "1"}
+FRAME_MARK = "\x1b[?25l"  # each live frame starts by hiding the cursor (tests count frames by it)
+SHOW_CURSOR = "\x1b[?25h"  # the live view's last frame ends with it
+
+
+def styled(text: str) -> str:
+    """A plain line as the live view shows it (coloured by its first word)."""
+    code = STYLE.get(text.split(" ", 1)[0])
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+def short_key(key: str) -> str:
+    return key.split(":", 1)[-1][:7] + "..."
+
+
+def seconds(value: float) -> str:
+    return f"{value:.1f}s"
+
+
+def done_line(event: "Done") -> str:
+    """The ``[DONE]`` line of a ``Done`` event (or of anything with its fields)."""
+    count = event.passed + event.failed + event.skipped + event.allowed
+    steps = "step" if count == 1 else "steps"
+    wall = seconds(event.wall)
+    if event.failed == 0 and event.skipped == 0 and event.allowed == 0:
+        if event.cached == 0:
+            return f"[DONE] All {count} {steps} passed ({seconds(event.total)} total, {wall} wall)"
+        return f"[DONE] {count} {steps} ({event.cached} cached, {event.ran} ran) — {wall} wall time"
+    parts = [f"{n} {what}" for n, what in ((event.failed, "failed"),
+                                           (event.allowed, "allowed to fail"),
+                                           (event.skipped, "skipped"),
+                                           (event.passed, "passed")) if n]
+    if event.cached:
+        parts.append(f"{event.cached} cached")
+    prefix = "[DONE] Interrupted: " if event.cancelled else "[DONE] "
+    return f"{prefix}{count} {steps}: {', '.join(parts)} — {wall} wall time"
