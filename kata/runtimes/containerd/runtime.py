@@ -29,6 +29,7 @@ from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore
 from .network import CniNetwork, NetnsPool
 from .reference import is_digest, parse_reference
+from .seccompbpf import takes_compiled_filter
 from .task import StepRun, TaskOptions, runtime_options
 
 if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every run
@@ -192,7 +193,9 @@ class ContainerdRuntime:
             return CANCEL_EXIT  # cancelled before it began: nothing to create or release
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network, netns_pool=self.netns_pool,
-                              runtime_options=self._runtime_options)
+                              runtime_options=self._runtime_options,
+                              precompiled_seccomp=self.oci.name == "crun"
+                              and takes_compiled_filter(self.oci.binary))
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
         running = getattr(sink, "running", None)  # the sink is told pulling is over
