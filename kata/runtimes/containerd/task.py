@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import select
 import signal
 import threading
 import time
@@ -95,50 +96,64 @@ def start_failure(message: str) -> str | None:
 
 
 class _Reader(threading.Thread):
-    """Reads one FIFO and hands complete lines to the sink as they arrive."""
+    """Reads a container's output FIFOs (stdout and stderr: one thread for both, a thread
+    start less per step) and hands complete lines to the sink as they arrive, per stream.
+    Ends when every FIFO has reached its end."""
 
-    def __init__(self, fd: int, stream: Stream, sink: OutputSink, name: str) -> None:
+    def __init__(self, fds: list[tuple[int, Stream]], sink: OutputSink, name: str) -> None:
         super().__init__(name=name, daemon=True)
-        self.fd, self.stream, self.sink = fd, stream, sink
+        self.fds, self.sink = fds, sink
         self.raw = bool(getattr(sink, "raw", False))  # chunks as read, not lines
         self.error: BaseException | None = None
 
-    def _deliver(self, line: bytes) -> None:
+    def _deliver(self, stream: Stream, line: bytes) -> None:
         if self.error is not None:
             return  # keep draining so the step never blocks on a full pipe
         try:
-            self.sink(self.stream, line)
+            self.sink(stream, line)
         except BaseException as err:  # noqa: BLE001 - re-raised by the step
             self.error = err
 
     def run(self) -> None:
-        pending = b""
-        while True:
-            try:
-                chunk = os.read(self.fd, READ_SIZE)
-            except BlockingIOError:  # no writer yet on a non-blocking FIFO
-                time.sleep(0.001)
-                continue
-            except OSError as err:
-                self.error = self.error or err
-                break
-            if not chunk:
-                break
-            if self.raw:
-                self._deliver(chunk)
-                continue
-            if b"\n" not in chunk:
-                pending += chunk
-                if len(pending) >= MAX_LINE:  # no newline in sight: hand it over in pieces
-                    self._deliver(pending)
-                    pending = b""
-                continue
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                self._deliver(line)
-        if pending:
-            self._deliver(pending)
+        streams = dict(self.fds)
+        pending = {fd: b"" for fd in streams}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        while streams:
+            for fd, _events in poller.poll():
+                if fd in streams and not self._read(fd, streams[fd], pending):
+                    poller.unregister(fd)
+                    del streams[fd]
+        for fd, stream in self.fds:
+            if pending[fd]:
+                self._deliver(stream, pending[fd])
+
+    def _read(self, fd: int, stream: Stream, pending: dict[int, bytes]) -> bool:
+        """One read of ``fd``; False at its end (or on an error, kept for the step)."""
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except BlockingIOError:  # woken without data
+            return True
+        except OSError as err:
+            self.error = self.error or err
+            return False
+        if not chunk:
+            return False
+        if self.raw:
+            self._deliver(stream, chunk)
+            return True
+        if b"\n" not in chunk:
+            pending[fd] += chunk
+            if len(pending[fd]) >= MAX_LINE:  # no newline in sight: hand it over in pieces
+                self._deliver(stream, pending[fd])
+                pending[fd] = b""
+            return True
+        lines = (pending[fd] + chunk).split(b"\n")
+        pending[fd] = lines.pop()
+        for line in lines:
+            self._deliver(stream, line)
+        return True
 
 
 class StepRun:
@@ -271,11 +286,9 @@ class StepRun:
         except BaseException:
             self.task_gone = True
             raise
-        for fd, stream in zip(fds, ("stdout", "stderr")):
-            os.set_blocking(fd, True)
-            reader = _Reader(fd, stream, self.sink, f"{cid}-{stream}")
-            reader.start()
-            self.readers.append(reader)
+        reader = _Reader(list(zip(fds, ("stdout", "stderr"))), self.sink, f"{cid}-output")
+        reader.start()
+        self.readers.append(reader)
         self.wait_future = c.tasks.Wait.future(
             tasks_pb2.WaitRequest(container_id=cid), metadata=c.metadata())
         self.wait_future.add_done_callback(lambda _f: self.exited.set())
