@@ -157,13 +157,11 @@ class NetnsPool:
 
     _all_idle: set[str] = set()  # idle in any pool of this process (see leftovers())
     _all_lock = threading.Lock()
-    COMING_WAIT = 2.0  # seconds acquire() waits for a namespace on its way back
 
     def __init__(self, network: CniNetwork) -> None:
         self.network = network
         self._idle: list[str] = []
-        self._coming: set[str] = set()  # lent to a step that ended; its release is under way
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
 
     @classmethod
     def pooled(cls) -> frozenset[str]:
@@ -184,12 +182,10 @@ class NetnsPool:
             return len(self._idle)
 
     def acquire(self, owner: str) -> tuple[str, str]:
-        """(name, path) of a ready namespace: an idle one; else, while a finished step's
-        namespace is on its way back (``coming``), that one, waited for (its task is
-        being deleted: ~20 ms, against ~50 ms of CPU in five processes for a new one);
-        else a new one."""
+        """(name, path) of a ready namespace: an idle one, else a new one. (Waiting for
+        a finished step's namespace to come back instead was tried: it saved a few
+        namespaces per run and put a task deletion, ~20 ms, before every step.)"""
         with self._lock:
-            self._lock.wait_for(lambda: self._idle or not self._coming, self.COMING_WAIT)
             if self._idle:
                 name = self._idle.pop()
                 self._note(drop=(name,))
@@ -201,26 +197,15 @@ class NetnsPool:
             self.network.teardown(name)
             raise
 
-    def coming(self, name: str) -> None:
-        """``name``'s step has ended and its release (``release``) will follow: the next
-        ``acquire`` may wait for it rather than make a new namespace."""
-        with self._lock:
-            self._coming.add(name)
-
     def release(self, name: str, *, reusable: bool) -> None:
         """Give a namespace back: to the pool when nothing can still run in it
         (``reusable``: the step's task was deleted), else tear it down."""
-        try:
-            if reusable and (NETNS_DIR / name).exists():
-                with self._lock:
-                    self._idle.append(name)
-                    self._note(add=(name,))
-                return
-            self.network.teardown(name)
-        finally:
+        if reusable and (NETNS_DIR / name).exists():
             with self._lock:
-                self._coming.discard(name)
-                self._lock.notify_all()
+                self._idle.append(name)
+                self._note(add=(name,))
+            return
+        self.network.teardown(name)
 
     def drain(self) -> None:
         """Tear down every idle namespace; the first failure is raised after all ran."""

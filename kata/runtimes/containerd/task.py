@@ -205,8 +205,6 @@ class StepRun:
             cleanup.close(err)
             raise
         if defer is not None and not self.task_gone:
-            if self.pooled is not None and self.options.netns_pool is not None:
-                self.options.netns_pool.coming(self.pooled)
             defer(cleanup)
             return status
         first = cleanup.close()
@@ -392,7 +390,7 @@ class StepRun:
                 else:
                     raise
         self.task_gone = True
-        self._release_netns()  # the next step may be waiting for it (NetnsPool.acquire)
+        self._release_netns()  # at once: a step starting now may take it (NetnsPool)
         if self.wait_future is not None:
             self.wait_future.cancel()
         for reader in self.readers:
