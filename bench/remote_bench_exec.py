@@ -1,6 +1,7 @@
 """Per-step overhead of remote execution vs local execution (issue 13; target <= 1.5x).
 
-    python3 bench/remote_bench_exec.py [N] [ROUNDS]     (also a section of remote_bench.py)
+    python3 bench/remote_bench_exec.py [N] [ROUNDS] [--logstream]
+                                                      (also a section of remote_bench.py)
 
 Starts what a team would run, all on this machine: PostgreSQL 15, BuildGrid with its SQL
 scheduler (the docs/remote.md configuration), a registry holding the busybox test image,
@@ -10,7 +11,9 @@ dependency's artifact and writes its own), locally and with `--remote-executor`,
 interleaved, ROUNDS (default 3) times each; prints the median seconds per step and the
 ratio remote / local. Both paths run the same containers through the same containerd
 adapter; the difference is the REAPI round trip (upload, Execute, scheduling, lease,
-worker input root and upload, completion, download).
+worker input root and upload, completion, download). With ``--logstream`` the scheduler
+also creates each job's log streams on a ``kata logstream`` server, the worker writes the
+step's output there and the client follows it (docs/remote.md, "Live output").
 """
 
 from __future__ import annotations
@@ -49,9 +52,11 @@ def chain(image: str, n: int) -> str:
                            "steps": steps}, sort_keys=False)
 
 
-def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
+def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) -> list[str]:
     """Lines to print: seconds per step locally and remotely, and the ratio."""
-    from support.buildgrid_exec import buildgrid_execution
+    from contextlib import nullcontext
+
+    from support.buildgrid_exec import buildgrid_execution, kata_logstream
     from support.daemon import embedded_containerd
     from support.images import busybox_image
     from support.postgres import postgres_cluster
@@ -64,7 +69,9 @@ def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
     worker_state.mkdir(mode=0o711)
     worker = None
     try:
-        with postgres_cluster() as db, buildgrid_execution(base / "bgd", db, keepalive=30) as bg, \
+        with postgres_cluster() as db, \
+                (kata_logstream() if logstream else nullcontext(None)) as logs, \
+                buildgrid_execution(base / "bgd", db, keepalive=30, logstream=logs) as bg, \
                 docker_registry(base / "registry") as registry, \
                 embedded_containerd("kb") as client_cd:
             push_image(registry, "kata/busybox", "1", busybox_image())
@@ -72,7 +79,8 @@ def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
             log = open(base / "worker.log", "wb")
             worker = subprocess.Popen(
                 [sys.executable, "-m", "kata", "worker", "--executor", bg.url, "--name", "bench",
-                 "--state-dir", str(worker_state)], stdout=log, stderr=log,
+                 "--state-dir", str(worker_state), *(["--logstream", logs] if logs else [])],
+                stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL, env=kata_env(base / "wstore"))
             log.close()
             repo = base / "repo"
@@ -80,6 +88,9 @@ def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
             (repo / "src" / "a.txt").write_text("hello\n")
             (repo / ".kata-ci.yaml").write_text(chain(image, n))
             env = kata_env(base / "store")
+            if logs:  # the client reads the streams there
+                (base / "kata.yaml").write_text(f"remote:\n  logstream: {logs}\n")
+                env["KATA_CONFIG"] = str(base / "kata.yaml")
             cmd = [sys.executable, "-m", "kata", "--containerd", client_cd.address, "run",
                    "--no-cache"]
 
@@ -110,16 +121,18 @@ def execution_overhead(n: int = 10, rounds: int = 3) -> list[str]:
     ratio = re_ / lo
     return [f"remote execution, {n}-step chain, `kata run --no-cache` (median of {rounds}):",
             f"  local:  {lo * 1000:7.0f} ms per step",
-            f"  remote: {re_ * 1000:7.0f} ms per step (one kata worker, BuildGrid + PostgreSQL)",
+            f"  remote: {re_ * 1000:7.0f} ms per step (one kata worker, BuildGrid + PostgreSQL"
+            f"{', live output through kata logstream' if logstream else ''})",
             f"  ratio remote/local: {ratio:.2f}x (target <= {TARGET}x: "
             f"{'met' if ratio <= TARGET else 'NOT met'})"]
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    args = [a for a in sys.argv[1:] if a != "--logstream"]
+    n = int(args[0]) if args else 10
+    rounds = int(args[1]) if len(args) > 1 else 3
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "")
-    for line in execution_overhead(n, rounds):
+    for line in execution_overhead(n, rounds, logstream="--logstream" in sys.argv):
         print(line)
 
 

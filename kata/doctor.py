@@ -73,6 +73,10 @@ class Host:
     answers: Callable[[str], bool] = field(default=lambda path: False)
     euid: int = field(default_factory=os.geteuid)
     oci_runtime: str = "auto"  # the host config's containerd.oci_runtime
+    remote_executor: str = ""  # the host config's remote.executor URL ("" when none)
+    # asks it for its REAPI ServerCapabilities (kata.executor.connection.probe); raises
+    # kata.remote.cas.RemoteError when it does not answer
+    executor_probe: Callable[[], object] | None = None
 
 
 def _version(binary: str) -> str:
@@ -278,7 +282,36 @@ CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc
           check_oci_runtime, check_cni, check_store, check_space, check_git)
 
 
+def check_remote_executor(host: Host) -> Check:
+    """The configured remote executor answers Capabilities with execution enabled and
+    SHA-256 digests (REAPI ``ServerCapabilities.execution_capabilities``)."""
+    from kata.remote.cas import RemoteError
+
+    url = host.remote_executor
+    assert host.executor_probe is not None
+    fix = (f"start the scheduler at {url} (BuildGrid with !execution, docs/remote.md) or "
+           "correct remote.executor in the host config")
+    try:
+        caps = host.executor_probe()
+    except RemoteError as err:
+        return Check(name="remote-executor", status="fail", detail=f"{url}: {err.message}",
+                     fix=fix)
+    execution = caps.execution_capabilities  # type: ignore[attr-defined]
+    if not execution.exec_enabled:
+        return Check(name="remote-executor", status="fail", detail=f"{url} answers but does "
+                     "not execute (execEnabled is false: a cache-only server)", fix=fix)
+    sha256 = 1  # build.bazel.remote.execution.v2.DigestFunction.SHA256
+    if execution.digest_function not in (0, sha256):
+        return Check(name="remote-executor", status="fail", detail=f"{url} does not hash "
+                     "with SHA-256", fix="use an Execution service that hashes with SHA-256")
+    return Check(name="remote-executor", status="ok", detail=f"{url}: execution enabled")
+
+
 def diagnose(host: Host) -> list[Check]:
     """Every check, in a fixed order: root, overlay, cgroups, containerd, runc,
-    oci-runtime, cni, store, space, git."""
-    return [check(host) for check in CHECKS]
+    oci-runtime, cni, store, space, git; then remote-executor when the host config names
+    one (it asks the server)."""
+    checks = [check(host) for check in CHECKS]
+    if host.remote_executor and host.executor_probe is not None:
+        checks.append(check_remote_executor(host))
+    return checks

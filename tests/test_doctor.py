@@ -226,3 +226,30 @@ def test_the_readmes_first_command_installs_only_what_kata_needs() -> None:
     assert "'.[test]'" in ci and "bash .ci/install" in (ROOT / ".ci" / "run").read_text()
     for script in (".ci/install", ".ci/install-kata", "examples/quickstart.sh"):
         assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
+
+
+def test_a_configured_remote_executor_is_checked(tmp_path) -> None:
+    """Fakes of the executor's answer; the real BuildGrid one is in test_remote_exec.py."""
+    from types import SimpleNamespace
+
+    from kata.remote.cas import RemoteError
+
+    def answers(exec_enabled: bool):  # noqa: ANN202
+        caps = SimpleNamespace(execution_capabilities=SimpleNamespace(
+            exec_enabled=exec_enabled, digest_function=1))
+        return lambda: caps
+
+    def down():  # noqa: ANN202
+        raise RemoteError("remote.unavailable", "GetCapabilities: UNAVAILABLE: refused")
+
+    url = "grpc://sched:50051"
+    assert "remote-executor" not in by_name(fake_host(tmp_path))  # none configured
+    ok = by_name(fake_host(tmp_path, remote_executor=url, executor_probe=answers(True)))
+    assert list(ok)[-1] == "remote-executor"
+    assert ok["remote-executor"] == ("ok", f"{url}: execution enabled", "")
+    cache_only = by_name(fake_host(tmp_path, remote_executor=url,
+                                   executor_probe=answers(False)))["remote-executor"]
+    assert cache_only[0] == "fail" and "does not execute" in cache_only[1]
+    dead = by_name(fake_host(tmp_path, remote_executor=url, executor_probe=down))
+    assert dead["remote-executor"][0] == "fail"
+    assert "UNAVAILABLE" in dead["remote-executor"][1] and url in dead["remote-executor"][2]

@@ -1,6 +1,8 @@
 """Remote execution end to end (issue 13, item 2): `kata run --remote-executor` against a real
 BuildGrid whose scheduler runs on a real PostgreSQL, with two real `kata worker` processes,
-each with its own containerd, pulling the step image from a real registry."""
+each with its own containerd, pulling the step image from a real registry, and a real
+`kata logstream` server where the scheduler creates each job's log streams (the workers
+write the step's output there, the client reads it while the step runs)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.buildgrid_exec import buildgrid_execution
+from support.buildgrid_exec import buildgrid_execution, kata_logstream
 from support.cli import ROOT, KataProcess
 from support.images import busybox_image
 from support.postgres import postgres_cluster
@@ -28,22 +30,27 @@ pytestmark = pytest.mark.integration
 
 SERVE = "trap 'exit 0' TERM; echo db-up; nc -ll -p 5432 -e echo pong & wait"
 RAN_ON = re.compile(r"kata: ran on worker (\S+)")
+GIVEN_TO = re.compile(r"kata: worker \S+ lost the step; the scheduler gave it to worker "
+                      r"(\S+), whose output follows")
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """(BuildGrid, image reference in a registry both ends reach)."""
+    """(BuildGrid, image reference in a registry both ends reach); ``grid[0].logstream``
+    is the `kata logstream` URL its scheduler creates log streams at."""
     base = tmp_path_factory.mktemp("grid")
-    with postgres_cluster() as db, buildgrid_execution(base / "bgd", db) as bg, \
+    with postgres_cluster() as db, kata_logstream() as logs, \
+            buildgrid_execution(base / "bgd", db, logstream=logs) as bg, \
             docker_registry(base / "registry") as registry:
         push_image(registry, "kata/busybox", "1", busybox_image())
+        bg.logstream = logs
         yield bg, f"{registry.removeprefix('http://')}/kata/busybox:1"
 
 
 class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
-    def __init__(self, name: str, url: str) -> None:
+    def __init__(self, name: str, url: str, logstream: str) -> None:
         self.name = name
         self.state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
         self.state.mkdir(mode=0o711)
@@ -51,7 +58,7 @@ class Worker:
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
-             "--state-dir", str(self.state), "--poll", "5"],
+             "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         out.close()
@@ -89,7 +96,7 @@ class Worker:
 @pytest.fixture
 def workers(grid):
     bg, _image = grid
-    pool = [Worker(name, bg.url) for name in ("w1", "w2")]
+    pool = [Worker(name, bg.url, bg.logstream) for name in ("w1", "w2")]
     try:
         for w in pool:
             w.wait_ready()
@@ -100,12 +107,18 @@ def workers(grid):
 
 
 @pytest.fixture
-def kata(tmp_path, containerd_daemon):
+def kata(tmp_path, containerd_daemon, request):
     repo = tmp_path / "repo"
     (repo / "src").mkdir(parents=True)
     (repo / "src" / "a.txt").write_text("hello from the client\n")
-    return KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
+    proc = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
                        timeout=300)
+    if "grid" in request.fixturenames:  # the host config names the log stream server
+        bg, _image = request.getfixturevalue("grid")
+        config = tmp_path / "kata-config.yaml"
+        config.write_text(f"remote:\n  logstream: {bg.logstream}\n")
+        proc.env["KATA_CONFIG"] = str(config)
+    return proc
 
 
 def ten_steps(image: str) -> dict:
@@ -134,11 +147,13 @@ def ten_steps(image: str) -> dict:
 
 
 def worker_of(kata, step: str) -> str:
+    """The worker whose result counts: the one the log names first, or the last one the
+    scheduler gave the step to."""
     logs = kata("logs", "--step", step)
     assert logs.returncode == 0, logs.stderr
     found = RAN_ON.findall(logs.stdout)
     assert len(found) == 1, logs.stdout
-    return found[0]
+    return (GIVEN_TO.findall(logs.stdout) or found)[-1]
 
 
 def test_a_ten_step_pipeline_runs_entirely_on_the_workers(grid, workers, kata):
@@ -165,6 +180,103 @@ def test_a_ten_step_pipeline_runs_entirely_on_the_workers(grid, workers, kata):
     again = kata("run", "--remote-executor", bg.url)
     assert again.returncode == 0 and again.stdout.count(": HIT") == 10, again.stdout
     assert "ran on worker" not in again.stdout
+
+
+def stop(run: subprocess.Popen) -> None:
+    """A run the test gives up on is interrupted (it cleans up its mounts), killed only if
+    it does not end."""
+    if run.poll() is None:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(60)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+
+
+def said(line: str, text: str) -> bool:
+    """``line`` (plain or --json) is the step's output line ``text``."""
+    if line.startswith("{"):
+        event = json.loads(line)
+        return event.get("event") == "output" and event.get("text") == text
+    return line.rstrip("\n").endswith(f"| {text}")
+
+
+def test_a_remote_step_streams_its_output_while_it_runs(grid, workers, kata):
+    """The first line reaches the terminal (and `--json`) before the step ends: before any
+    worker has reported the lease done. The log has each line once."""
+    bg, image = grid
+    pipeline = {"pipeline": "live", "steps": [
+        {"name": "talk", "image": image, "inputs": ["src/**"],
+         "commands": ["echo first-line", "sleep 4", "echo second-line"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    for args in ((), ("--json",)):
+        done_before = sum(w.text().count(": done") for w in workers)
+        run = subprocess.Popen([*kata.base, "run", "--no-cache", "--remote-executor", bg.url,
+                                *args], cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            for line in run.stdout:  # type: ignore[union-attr]
+                seen.append(line)
+                if said(line, "first-line"):
+                    break
+            assert any(said(line, "first-line") for line in seen), seen + [run.stderr.read()]
+            # shown while the step still runs: no worker has reported it done yet
+            assert sum(w.text().count(": done") for w in workers) == done_before, seen
+            assert not any(said(line, "second-line") for line in seen), seen
+            out, err = run.communicate(timeout=120)
+        finally:
+            stop(run)
+        assert run.returncode == 0, "".join(seen) + out + err
+        assert "second-line" in out
+        if args:  # --json: the same lines as output events
+            events = [json.loads(line) for line in "".join(seen).splitlines() + out.splitlines()]
+            texts = [e["text"] for e in events if e.get("event") == "output"]
+            assert [t for t in texts if t and t.endswith("-line")] == ["first-line",
+                                                                         "second-line"], events
+    logs = kata("logs", "--step", "talk")
+    assert logs.stdout.count("first-line") == 1 and logs.stdout.count("second-line") == 1, \
+        logs.stdout
+    assert worker_of(kata, "talk") in {"w1", "w2"}
+
+
+def test_a_client_that_cannot_read_the_streams_gets_the_output_with_the_result(grid, workers,
+                                                                              kata):
+    """Without remote.logstream the client asks the executor (BuildGrid serves no log
+    streams): it gives up streaming for the run and prints each step's output whole, once."""
+    bg, image = grid
+    pipeline = {"pipeline": "nostream", "steps": [
+        {"name": "a", "image": image, "inputs": ["src/**"], "commands": ["echo one-line"]},
+        {"name": "b", "image": image, "depends_on": ["a"], "commands": ["echo two-line"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    env = {k: v for k, v in kata.env.items() if k != "KATA_CONFIG"}
+    run = subprocess.run([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("a | one-line") == 1 and run.stdout.count("b | two-line") == 1
+    assert {worker_of(kata, s) for s in ("a", "b")} <= {"w1", "w2"}
+
+
+def test_network_mode_and_limits_reach_the_workers_container(grid, workers, kata):
+    """The platform properties and kata-spec.json are what the worker runs with: `network:
+    none` is loopback only, `default` has an interface of its own, and a memory limit the
+    step exceeds is an out-of-memory failure on the worker."""
+    bg, image = grid
+    pipeline = {"pipeline": "limits", "settings": {"fail_fast": False}, "steps": [
+        {"name": "isolated", "image": image, "network": "none", "inputs": ["src/**"],
+         "commands": ['test "$(ls /sys/class/net)" = lo']},
+        {"name": "bridged", "image": image, "inputs": ["src/**"],
+         "commands": ["ls /sys/class/net | grep -vx lo"]},
+        {"name": "hog", "image": image, "inputs": ["src/**"],
+         "resources": {"memory": "64MiB", "pids": 64},
+         "commands": ["dd if=/dev/zero of=/dev/null bs=100M count=1"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "[PASS] isolated" in run.stdout and "[PASS] bridged" in run.stdout, run.stdout
+    assert "[FAIL] hog (out of memory" in run.stdout, run.stdout
+    assert {worker_of(kata, s) for s in ("isolated", "bridged", "hog")} <= {"w1", "w2"}
 
 
 def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
@@ -237,12 +349,18 @@ def test_a_step_with_a_secret_runs_locally(grid, workers, kata):
     pipeline = {"pipeline": "secret", "steps": [
         {"name": "deploy", "image": image, "secrets": ["TOKEN"], "inputs": ["src/**"],
          "commands": ['test -n "$TOKEN"', "echo deployed"]},
-        {"name": "plain", "image": image, "inputs": ["src/**"], "commands": ["echo plain"]}]}
+        {"name": "plain", "image": image, "inputs": ["src/**"],
+         "commands": ["echo plain", "cat src/pasted.txt"]}]}
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    # someone pasted the secret into a file: the remote step's streamed output is masked
+    (kata.repo / "src" / "pasted.txt").write_text("value=s3cret-value-1\n")
     run = kata("run", "--remote-executor", bg.url, "--secret", "TOKEN=s3cret-value-1")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "deploy | kata: ran locally: the step has secrets" in run.stdout
     assert "deploy | deployed" in run.stdout
+    assert "plain | value=***" in run.stdout and "s3cret-value-1" not in run.stdout
+    logs = kata("logs", "--step", "plain")
+    assert "value=***" in logs.stdout and "s3cret-value-1" not in logs.stdout
     assert worker_of(kata, "plain") in {"w1", "w2"}
     for w in workers:  # the one remote step is the only lease any worker saw
         assert "s3cret" not in w.text()
@@ -292,4 +410,25 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
     assert f"could not upload the step's inputs at {url}" in hosted.stdout
     config.write_text("remote:\n  executor: localhost:1\n")
     bad = kata("run", KATA_CONFIG=str(config))
+    assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
+
+
+def test_doctor_checks_the_configured_remote_executor(grid, kata):
+    """`kata doctor` asks the host config's remote.executor for its capabilities: the real
+    BuildGrid answers execEnabled; a port nobody listens on fails with the fix."""
+    from support.registry import free_port
+
+    bg, _image = grid
+    config = kata.repo.parent / "doctor-config.yaml"
+    for url, status in ((bg.url, "ok"), (f"grpc://127.0.0.1:{free_port()}", "fail")):
+        config.write_text(f"remote:\n  executor: {url}\n")
+        done = kata("doctor", "--json", KATA_CONFIG=str(config))
+        checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        assert checks["remote-executor"]["status"] == status, done.stdout
+        assert url in checks["remote-executor"]["detail"]
+        if status == "fail":
+            assert done.returncode == 1 and "start the scheduler" in \
+                checks["remote-executor"]["fix"]
+    config.write_text("remote:\n  executor: localhost:1\n")
+    bad = kata("doctor", KATA_CONFIG=str(config))
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr

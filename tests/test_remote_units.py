@@ -105,6 +105,23 @@ def test_the_executor_comes_from_the_host_config_with_the_remotes_settings(tmp_p
     assert "remote.executor" in err.value.message
 
 
+def test_the_logstream_server_is_the_executors_setting(tmp_path):
+    """``remote.logstream`` goes with the executor (None: read streams at the executor);
+    a bad URL is an error at its key."""
+    _, cfg = _config(tmp_path, "remote:\n  executor: grpc://e:1\n  cache: grpc://c:1\n"
+                     "  logstream: grpc://logs:50052\n")
+    ex = from_host_config(cfg, key="executor")
+    assert ex is not None and ex.logstream == "grpc://logs:50052"
+    cache = from_host_config(cfg)
+    assert cache is not None and cache.logstream is None
+    _, plain = _config(tmp_path, "remote:\n  executor: grpc://e:1\n")
+    assert from_host_config(plain, key="executor").logstream is None  # type: ignore[union-attr]
+    _, bad = _config(tmp_path, "remote:\n  executor: grpc://e:1\n  logstream: logs:1\n")
+    with pytest.raises(KataError) as err:
+        from_host_config(bad, key="executor")
+    assert err.value.reason == "remote.bad_url" and str(err.value.position).endswith(":3:3")
+
+
 @pytest.mark.parametrize("text, reason, where", [
     ("remote:\n  cache: http://x:1\n", "remote.bad_url", ":2:3"),
     ("remote:\n  cache: grpc://x:1\n  tokenfile: /t\n", "config.unknown_key", ":3:3"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -17,9 +18,12 @@ def register(cli: click.Group) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, json_out: bool) -> None:
     """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
-    (crun or runc), CNI, the store location and free space; exit 1 when kata cannot run steps here, saying what to fix."""
+    (crun or runc), CNI, the store location and free space, and a configured remote
+    executor; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
     from kata.doctor import Host, diagnose
+    from kata.executor.connection import probe
+    from kata.remote.config import load_remote_config
     from kata.errors import KataError
     from kata.runtimes.containerd.config import load_runtime_config
     from kata.runtimes.containerd.daemon import (
@@ -40,6 +44,10 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
                 oci_runtime=config.oci_runtime)
+    executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
+    if executor is not None:
+        host = dataclasses.replace(host, remote_executor=executor.url,
+                                   executor_probe=lambda: probe(executor))
     checks = diagnose(host)
     failed = [c for c in checks if c.status == "fail"]
     if json_out:

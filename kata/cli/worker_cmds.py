@@ -1,10 +1,16 @@
 """``kata worker``: run the steps a remote executor leases to this machine (issue 13).
 
     kata worker --executor grpc://HOST:PORT [--instance NAME] [--slots N] [--name BOT]
-                [--state-dir DIR]
+                [--state-dir DIR] [--logstream grpc://HOST:PORT]
 
 It runs until SIGTERM or SIGINT (what it was running is stopped and its leases go back
 to the scheduler). See ``kata.executor.worker`` and docs/remote.md.
+
+    kata logstream --listen HOST:PORT
+
+serves the Log Stream API (``kata.executor.logstream``) for a scheduler that creates log
+streams but serves none (BuildGrid 0.4: its ``logstream: {url: …}`` option), so workers
+can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import click
 
 def register(cli: click.Group) -> None:
     cli.add_command(worker)
+    cli.add_command(logstream_server)
 
 
 @click.command()
@@ -38,15 +45,20 @@ def register(cli: click.Group) -> None:
 @click.option("--poll", default=20.0, type=click.FloatRange(1, 600), metavar="SECONDS",
               help="How long one UpdateBotSession waits for work (keep it below the "
               "scheduler's bot-session-keepalive-timeout; default 20).")
+@click.option("--logstream", metavar="URL",
+              help="Where the LogStream service of the scheduler's log streams is (the step's "
+              "output goes there while it runs): grpc://HOST:PORT (default: the executor).")
 @click.pass_context
 def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: str | None,
-           state_dir: str | None, poll: float) -> None:
+           state_dir: str | None, poll: float, logstream: str | None) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers."""
     from kata.executor.worker import Worker, default_name
     from kata.remote.config import parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
     parse_url(url, where="--executor")  # a bad URL is exit 2 before anything starts
+    if logstream is not None:
+        parse_url(logstream, where="--logstream")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     obj = ctx.find_root().obj or {}
@@ -63,8 +75,32 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
                f"{' instance ' + instance if instance else ''}", err=True)
     try:
         Worker(url, runtime, name=name, instance=instance, slots=slots,
-               work_root=work_root, poll=poll).serve(stop)
+               work_root=work_root, poll=poll, logstream=logstream).serve(stop)
     finally:
         runtime.close()
         if own_root:
             shutil.rmtree(work_root, ignore_errors=True)
+
+
+@click.command(name="logstream")
+@click.option("--listen", default="127.0.0.1:50052", show_default=True, metavar="HOST:PORT",
+              help="Where to serve the Log Stream API and its ByteStream (port 0: any free "
+              "port, printed on stderr).")
+@click.option("--keep", default=300.0, type=click.FloatRange(1, 86400), metavar="SECONDS",
+              show_default=True, help="How long a finished stream stays readable.")
+def logstream_server(listen: str, keep: float) -> None:
+    """Serve live step output (the Log Stream API) for a remote executor's workers."""
+    from kata.executor.logstream import serve
+
+    stop = threading.Event()
+    for signo in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signo, lambda *_: stop.set())
+    try:
+        server, port = serve(listen, keep_finished=keep)
+    except RuntimeError as err:
+        raise click.UsageError(f"--listen: {err}") from None
+    click.echo(f"kata logstream: serving on port {port}", err=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop(1.0).wait(2.0)

@@ -11,15 +11,19 @@ the containerd one. For each step it:
    follows it again with ``WaitExecution`` until ``reconnect_for`` seconds have passed
    (an executor that never answered in this run is given up after ``first_contact``);
    on ``cancel`` it cancels the operation (``Operations.CancelOperation``);
-3. writes ``kata: ran on worker NAME`` and then the step's output (the ``stdout`` blob)
-   into the sink, each service's log into ``service_sink``, and, for a step that exited
-   0, lays the output tree back into the workspace (only what changed), so the realiser
-   collects artifacts, logs and history exactly as for a local step.
+3. writes ``kata: ran on worker NAME`` and then the step's output into the sink: while it
+   runs when the scheduler names a log stream (``ExecuteOperationMetadata.
+   stdout_stream_name``, read with ByteStream.Read from ``remote.logstream``, default the
+   executor; ``logstream.py``), and then whatever the ``stdout`` blob of the result holds
+   beyond what streamed (all of it without a stream); each service's log goes into
+   ``service_sink``; for a step that exited 0 the output tree is laid back into the
+   workspace (only what changed), so the realiser collects artifacts, logs and history
+   exactly as for a local step.
 
 A step whose spec has any mount besides its workspace (the secrets tmpfs, also on a
 service) runs on ``local`` instead, with one ``kata: ran locally`` line: secrets are never
-put in a CAS (SECURITY.md). BuildGrid 0.4 serves no LogStream, so the output of a
-remote step reaches the terminal when it ends, not line by line while it runs.
+put in a CAS (SECURITY.md). When the scheduler gives the step to another worker (the
+first one died), a line says so and the new attempt's output follows.
 
 Errors: ``KataError`` ``remote.unavailable`` / ``remote.deadline`` (the executor could not
 be reached for ``reconnect_for`` seconds), ``remote.refused`` / ``remote.bad_answer`` (from
@@ -28,6 +32,7 @@ the CAS), ``remote.failed`` (the operation ended with an error status), ``remote
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -41,17 +46,21 @@ from kata.remote._api.build.bazel.remote.execution.v2 import (
 )
 from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_grpc
 from kata.remote.cas import RemoteError
-from kata.remote.config import RemoteConfig
+from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import CANCEL_EXIT, OutputSink, Runtime, ServiceSink, StepSpec
 
 from . import action as act
 from . import files
 from .connection import connect
+from .logstream import Follower
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
               grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 _RETRY_REASONS = ("remote.unavailable", "remote.deadline")
+# a log stream server that answers these serves no log streams: stop asking in this run
+_NO_STREAMS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
+STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver its end
 
 
 def runs_remotely(spec: StepSpec) -> bool:
@@ -79,12 +88,21 @@ class RemoteRuntime:
         self._md = self._remote.metadata
         self._execution = re_grpc.ExecutionStub(self._remote.channel)
         self._operations = operations_pb2_grpc.OperationsStub(self._remote.channel)
+        self._logs = self._remote  # where log streams are read
+        if not isinstance(url, str) and url.logstream:  # with the section's TLS and token
+            target, tls = parse_url(url.logstream, where="remote.logstream")
+            self._logs = connect(dataclasses.replace(url, url=url.logstream, target=target,
+                                                     tls=tls, logstream=None),
+                                 where="remote.logstream")
+        self.streaming = True  # False once the log stream server said it serves none
 
     def resolve_image(self, ref: str) -> str:
         return self.local.resolve_image(ref)
 
     def close(self) -> None:
         self._remote.close()
+        if self._logs is not self._remote:
+            self._logs.close()
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
@@ -103,19 +121,20 @@ class RemoteRuntime:
         remote = act.build_action(spec, root)
         self._call(lambda: files.upload(self.cas, {**packed.directories, **remote.blobs},
                                         packed.files), "upload the step's inputs")
-        response = self._execute(remote.digest, cancel)
-        if response is None:
-            return CANCEL_EXIT
-        result = response.result
-        worker = result.execution_metadata.worker or "?"
-        _say(sink, f"kata: ran on worker {worker}\n")
-        outputs = {d.path: d.tree_digest for d in result.output_directories}
-        trees = self._call(lambda: self.cas.read_many([*outputs.values(),
-                                                         result.stdout_digest]),
-                           "fetch the step's output")  # one call: trees and the log
-        stdout = trees[files.key(result.stdout_digest)]
-        if stdout:
-            sink("stdout", stdout) if getattr(sink, "raw", False) else _lines(sink, stdout)
+        live = _LiveLog(self, sink)
+        try:
+            response = self._execute(remote.digest, cancel, live.watch)
+            if response is None:
+                return CANCEL_EXIT
+            result = response.result
+            outputs = {d.path: d.tree_digest for d in result.output_directories}
+            trees = self._call(lambda: self.cas.read_many([*outputs.values(),
+                                                             result.stdout_digest]),
+                               "fetch the step's output")  # one call: trees and the log
+            live.finish(result.execution_metadata.worker or "?",
+                        trees[files.key(result.stdout_digest)])
+        finally:
+            live.stop()
         if result.stderr_raw or result.stderr_digest.size_bytes:
             err = result.stderr_raw or self.cas.read_many([result.stderr_digest])[
                 files.key(result.stderr_digest)]
@@ -162,8 +181,10 @@ class RemoteRuntime:
                 delay = min(delay * 2, 2.0)
 
     def _execute(self, digest: re_pb2.Digest, cancel: threading.Event,
+                 watch: Callable[[operations_pb2.Operation], None] = lambda op: None,
                  ) -> re_pb2.ExecuteResponse | None:
-        """Follow the operation to its end: the response, or None when cancelled."""
+        """Follow the operation to its end: the response, or None when cancelled.
+        ``watch`` sees every update before it is judged."""
         name = ""
         deadline = time.monotonic() + self.reconnect_for
         delay = 0.2
@@ -182,6 +203,7 @@ class RemoteRuntime:
             try:
                 for op in call:
                     name = op.name or name
+                    watch(op)
                     deadline = time.monotonic() + self.reconnect_for
                     if op.done:
                         return _response(op)
@@ -210,6 +232,94 @@ class RemoteRuntime:
                                              timeout=10, metadata=self._md)
         except grpc.RpcError:
             pass  # the scheduler drops the lease when it can; nothing of ours to release
+
+
+class _LiveLog:
+    """One remote step's output on its way to the sink: a log stream followed while the
+    step runs (restarted when the scheduler gives the step to another worker), then the
+    rest of the result's ``stdout`` blob (see the module docstring)."""
+
+    def __init__(self, runtime: RemoteRuntime, sink: OutputSink) -> None:
+        self.runtime, self.sink = runtime, sink
+        self.raw = bool(getattr(sink, "raw", False))
+        self.follower: Follower | None = None
+        self.worker = ""
+        self.got = bytearray()  # what the current stream delivered
+        self.partial = b""  # an unfinished line (for a sink of lines)
+        self.running = getattr(sink, "running", None)  # called once a worker has the step
+
+    def watch(self, op: operations_pb2.Operation) -> None:
+        meta = re_pb2.ExecuteOperationMetadata()
+        if not op.metadata.Unpack(meta):
+            return
+        if meta.stage == re_pb2.ExecutionStage.EXECUTING and self.running is not None:
+            self.running()  # a worker has it: no longer queued (the web view's timeline)
+            self.running = None
+        if not self.runtime.streaming or not meta.stdout_stream_name:
+            return
+        if self.follower is not None:
+            if self.follower.name == meta.stdout_stream_name:
+                return
+            self.follower.stop()
+            self._flush()
+        worker = meta.partial_execution_metadata.worker or "?"
+        if self.follower is None:
+            self._say(f"kata: ran on worker {worker}\n")
+        else:
+            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
+                      f"worker {worker}, whose output follows\n")
+        self.worker = worker
+        self.got = bytearray()
+        logs = self.runtime._logs
+        self.follower = Follower(logs.channel, meta.stdout_stream_name, self._deliver,
+                                 logs.metadata)
+
+    def _deliver(self, data: bytes) -> None:  # from the follower's thread
+        self.got.extend(data)
+        self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        if self.raw:
+            self.sink("stdout", data)
+            return
+        parts = (self.partial + data).split(b"\n")
+        self.partial = parts.pop()
+        for line in parts:
+            self.sink("stdout", line)
+
+    def _flush(self) -> None:
+        if self.partial:
+            self.sink("stdout", self.partial)
+            self.partial = b""
+
+    def _say(self, text: str) -> None:
+        self._flush()
+        _say(self.sink, text)
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            if self.follower.failed in _NO_STREAMS:
+                self.runtime.streaming = False
+
+    def finish(self, worker: str, stdout: bytes) -> None:
+        """The step ended on ``worker`` with output ``stdout``: say what did not stream."""
+        streamed = b""
+        if self.follower is not None and self.worker == worker:
+            self.follower.finish(STREAM_TAIL_WAIT)
+            streamed = bytes(self.got)
+            if not stdout.startswith(streamed):
+                self._say("kata: the live output differs from the worker's record of it; "
+                          "the record follows\n")
+                streamed = b""
+        elif self.follower is not None:  # moved once more, unseen: say so, as in watch()
+            self.stop()
+            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
+                      f"worker {worker}, whose output follows\n")
+        else:
+            self._say(f"kata: ran on worker {worker}\n")
+        self._emit(stdout[len(streamed):])
+        self._flush()
 
 
 def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None:  # noqa: ANN001

@@ -21,6 +21,13 @@ The lease lifecycle (bots.proto; BuildGrid's Bots service):
   opens a new session. A worker that dies stops answering; the scheduler re-queues its
   leases after the keep-alive timeout (and gives them to another bot).
 
+Live output (``logstream.py``): when the scheduler creates log streams for its jobs
+(BuildGrid's ``logstream:`` option), the reply of ``UpdateBotSession`` carries, in its
+``executeoperationmetadata-bin`` trailing metadata, each lease's stdout *write* name
+(keyed by action digest). The worker then writes the step's output to that stream while
+it runs (ByteStream.Write to ``--logstream``, default the executor), and finishes the
+stream before it reports the lease.
+
 Running a lease: fetch the ``Action`` (the payload, or its digest), the ``Command`` and the
 input root from the CAS, write the input root under ``work_root``, run the step (its
 ``kata-spec.json``, see ``action.py``) with ``runtime``, then upload the workspace as a
@@ -52,6 +59,7 @@ from kata.runtimes.base import Runtime
 from . import action as act
 from . import files
 from .connection import connect
+from .logstream import LogBuffer, write_stream
 
 LOG = logging.getLogger("kata.worker")
 
@@ -70,6 +78,9 @@ class _Job:
     thread: threading.Thread | None = None
     status: status_pb2.Status | None = None  # set when done
     result: re_pb2.ActionResult | None = None
+    action_hash: str = ""  # the action digest's hash (names its log stream)
+    log: LogBuffer = field(default_factory=LogBuffer)  # the step's output as it grows
+    writer: threading.Thread | None = None  # writes ``log`` to the job's log stream
 
 
 class Worker:
@@ -82,7 +93,8 @@ class Worker:
     """
 
     def __init__(self, url: str, runtime: Runtime, *, name: str, instance: str = "",
-                 slots: int = 1, work_root: Path, poll: float = 20.0) -> None:
+                 slots: int = 1, work_root: Path, poll: float = 20.0,
+                 logstream: str | None = None) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         self.url, self.runtime, self.name = url, runtime, name
@@ -92,9 +104,14 @@ class Worker:
         self.cas = self._remote.cas
         self._md = self._remote.metadata
         self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
+        # where the step's output streams to (logstream.py); the executor's own by default
+        self._logs = connect(logstream, instance, where="--logstream") if logstream else None
+        # action hash -> the write names of its stdout and stderr log streams
+        self._write_names: dict[str, tuple[str, str]] = {}
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a lease completed: report it now
+        self._wake: threading.Event | None = None  # the UpdateBotSession in flight's
 
     # -- the session loop ----------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
@@ -119,6 +136,7 @@ class Worker:
                             continue  # cut short: report what changed
                         session = reply
                     self._take(session.leases)
+                    self._stream_logs()
                     delay = 0.2
                 except grpc.RpcError as err:
                     code = err.code()  # type: ignore[attr-defined]
@@ -137,6 +155,8 @@ class Worker:
         finally:
             self._drop_all()
             self._remote.close()
+            if self._logs is not None:
+                self._logs.close()
 
     def _busy(self) -> bool:
         """Every slot runs a lease and none has a result to report (the scheduler answers
@@ -168,7 +188,11 @@ class Worker:
 
     def _update(self, session: bots_pb2.BotSession,
                 stop: threading.Event) -> bots_pb2.BotSession | None:
-        """One UpdateBotSession; None when it was cut short because a lease completed."""
+        """One UpdateBotSession; None when it was cut short because a lease completed (or
+        ``stop`` was set: noticed within a second)."""
+        wake = threading.Event()  # this call's own: a late callback of a cancelled one
+        with self._lock:          # must not cut the next one short
+            self._wake = wake     # set by the answer, or by a lease that completes
         self._changed.clear()
         request = bots_pb2.UpdateBotSessionRequest(
             name=session.name, bot_session=self._session(session.name, session.version))
@@ -176,9 +200,12 @@ class Worker:
                     if lease.state == LEASE_COMPLETED}
         future = self._bots.UpdateBotSession.future(request, timeout=self.poll,
                                                     metadata=self._md)
-        done = threading.Event()  # this call's own: a late callback of a cancelled one
-        future.add_done_callback(lambda _f: done.set())  # must not cut the next one short
-        while not done.wait(0.02):
+        future.add_done_callback(lambda _f: wake.set())
+        while True:
+            wake.wait(1.0)
+            wake.clear()
+            if future.done():
+                break
             if (stop.is_set() or self._unreported(reported)) and future.cancel():
                 return None
         try:
@@ -186,7 +213,22 @@ class Worker:
         except grpc.FutureCancelledError:
             return None
         self._acknowledged(request.bot_session.leases, reply.leases)
+        self._write_names = _write_names(future.trailing_metadata() or ())
         return reply
+
+    def _stream_logs(self) -> None:
+        """Start writing each running job's output to its log stream, once its name is
+        known (the job may have started before)."""
+        channel = (self._logs or self._remote).channel
+        with self._lock:
+            for job in self._jobs.values():
+                stdout, stderr = self._write_names.get(job.action_hash, ("", ""))
+                if stdout and job.writer is None and job.status is None:
+                    job.writer = write_stream(channel, stdout, job.log, self._md)
+                    if stderr:  # merged into stdout: finished empty, so readers end
+                        empty = LogBuffer()
+                        empty.close()
+                        write_stream(channel, stderr, empty, self._md)
 
     def _unreported(self, reported: set[str]) -> bool:
         with self._lock:
@@ -216,7 +258,7 @@ class Worker:
                 if lease_id in self._jobs or lease.state not in (LEASE_PENDING, LEASE_ACTIVE):
                     continue
                 LOG.info("lease %s: starting", lease_id)
-                job = _Job(lease=lease)
+                job = _Job(lease=lease, action_hash=_action_hash(lease.payload))
                 job.thread = threading.Thread(target=self._run, args=(job,),
                                               name=f"kata-lease-{lease_id[-8:]}", daemon=True)
                 self._jobs[lease_id] = job
@@ -232,8 +274,10 @@ class Worker:
     def _run(self, job: _Job) -> None:
         started = timestamp_pb2.Timestamp()
         started.GetCurrentTime()
+        work = None  # the lease's input root: removed after the result is reported
         try:
-            result = self._execute(job, started)
+            work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
+            result = self._execute(job, started, work)
             status = status_pb2.Status(code=OK)
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
@@ -245,12 +289,20 @@ class Worker:
         except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
             LOG.exception("lease %s crashed", job.lease.id)
             result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
-        if job.cancel.is_set():
-            return  # withdrawn: nobody waits for it
-        with self._lock:
-            job.result, job.status = result, status
-        LOG.info("lease %s: done (%s)", job.lease.id, "ok" if status.code == OK else status.message)
-        self._changed.set()
+        finally:
+            job.log.close()
+        if not job.cancel.is_set():  # else withdrawn: nobody waits for it
+            with self._lock:
+                job.result, job.status = result, status
+            LOG.info("lease %s: done (%s)", job.lease.id,
+                     "ok" if status.code == OK else status.message)
+            self._changed.set()
+            with self._lock:
+                wake = self._wake
+            if wake is not None:
+                wake.set()  # cut the long poll short: report it now
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()
@@ -264,7 +316,8 @@ class Worker:
         action.ParseFromString(self.cas.read_many([digest])[files.key(digest)])
         return action
 
-    def _execute(self, job: _Job, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
+    def _execute(self, job: _Job, started: timestamp_pb2.Timestamp,
+                 work: Path) -> re_pb2.ActionResult:
         action = self._action(job.lease.payload)
         blobs = self.cas.read_many([action.command_digest, action.input_root_digest])
         command = re_pb2.Command()
@@ -273,37 +326,36 @@ class Worker:
         root = directories[files.key(action.input_root_digest)]
         if not any(f.name == act.SPEC_FILE for f in root.files):
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
-        work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
-        try:
-            inputs = work / "root"
-            inputs.mkdir()
-            files.materialise(self.cas, root, directories, inputs)
-            workspace = inputs / act.WORKSPACE_DIR
-            workspace.mkdir(exist_ok=True)
-            spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
-            spec = act.read_spec(command, spec_bytes, str(workspace),
-                                 {"kata.worker": self.name, "kata.lease": job.lease.id})
-            log = bytearray()
-            log_lock = threading.Lock()
-            service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
+        inputs = work / "root"
+        inputs.mkdir()
+        files.materialise(self.cas, root, directories, inputs)
+        workspace = inputs / act.WORKSPACE_DIR
+        workspace.mkdir(exist_ok=True)
+        spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
+        spec = act.read_spec(command, spec_bytes, str(workspace),
+                             {"kata.worker": self.name, "kata.lease": job.lease.id})
+        log_lock = threading.Lock()
+        service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
 
-            def sink(stream: str, data: bytes) -> None:
-                with log_lock:
-                    log.extend(data)
+        def sink(stream: str, data: bytes) -> None:
+            job.log.append(data)
 
-            sink.raw = True  # type: ignore[attr-defined]
+        sink.raw = True  # type: ignore[attr-defined]
 
-            def service_sink(name: str, stream: str, line: bytes) -> None:
-                with log_lock:
-                    service_logs.setdefault(name, bytearray()).extend(line + b"\n")
+        def service_sink(name: str, stream: str, line: bytes) -> None:
+            with log_lock:
+                service_logs.setdefault(name, bytearray()).extend(line + b"\n")
 
-            if spec.services:
-                exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
-            else:
-                exit_status = self.runtime.run(spec, sink, job.cancel)
-            return self._upload(workspace, bytes(log), service_logs, exit_status, started)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        if spec.services:
+            exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
+        else:
+            exit_status = self.runtime.run(spec, sink, job.cancel)
+        job.log.close()  # the stream is finished before the result is reported
+        with self._lock:
+            writer = job.writer
+        if writer is not None:
+            writer.join(5.0)
+        return self._upload(workspace, job.log.data(), service_logs, exit_status, started)
 
     def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
                 exit_status: int, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
@@ -339,3 +391,29 @@ def default_name() -> str:
     """``HOST-PID``: unique among the bots of one scheduler while the process lives."""
     return f"{os.uname().nodename}-{os.getpid()}"
 
+
+
+def _action_hash(payload: any_pb2.Any) -> str:
+    """The hash of the action a lease payload names (its digest, or the Action itself)."""
+    if payload.Is(re_pb2.Action.DESCRIPTOR):
+        return files.digest_of(payload.value).hash
+    digest = re_pb2.Digest()
+    return digest.hash if payload.Unpack(digest) else ""
+
+
+def _write_names(metadata) -> dict[str, tuple[str, str]]:  # noqa: ANN001
+    """action hash -> the stdout and stderr write names, from BuildGrid's
+    ``executeoperationmetadata-bin`` trailing metadata (one ``ExecuteOperationMetadata``
+    per lease of the session)."""
+    names = {}
+    for key, value in metadata:
+        if key == "executeoperationmetadata-bin":
+            meta = re_pb2.ExecuteOperationMetadata()
+            try:
+                meta.ParseFromString(value)
+            except Exception:  # noqa: BLE001 - not ours to judge; no stream then
+                continue
+            if meta.stdout_stream_name:
+                names[meta.action_digest.hash] = (meta.stdout_stream_name,
+                                                  meta.stderr_stream_name)
+    return names

@@ -4,6 +4,7 @@ or the ``remote:`` section of the host config (``/etc/kata/config.yaml``)::
     remote:
       cache: grpcs://cache.example.com:443   # grpc:// (plaintext) or grpcs:// (TLS)
       executor: grpcs://exec.example.com:443 # steps run there (kata run --remote-executor)
+      logstream: grpc://exec.example.com:50052 # live output of remote steps (default: executor)
       instance: main                         # the REAPI instance name ("" by default)
       tls:
         ca: /etc/kata/remote-ca.pem          # roots to verify the server (default: system)
@@ -30,7 +31,7 @@ from kata.errors import KataError
 if TYPE_CHECKING:
     from kata.hostconfig import HostConfig
 
-KEYS = frozenset({"cache", "executor", "instance", "tls", "token_file", "timeout"})
+KEYS = frozenset({"cache", "executor", "instance", "logstream", "tls", "token_file", "timeout"})
 TLS_KEYS = frozenset({"ca", "cert", "key"})
 DEFAULT_TIMEOUT = 10.0
 _URL = re.compile(r"^(grpcs?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?$")
@@ -42,7 +43,9 @@ class RemoteConfig:
 
     ``target``: ``host:port`` for gRPC; ``tls``: grpcs; ``instance``: the REAPI instance
     name; ``ca``/``cert``/``key``: PEM files (paths); ``token_file``: a file holding a bearer
-    token; ``timeout``: seconds per call (uploads and downloads get more per byte).
+    token; ``timeout``: seconds per call (uploads and downloads get more per byte);
+    ``logstream``: for an executor, the URL of the LogStream service its log streams are
+    read from (None: the executor itself).
     """
 
     url: str
@@ -54,6 +57,7 @@ class RemoteConfig:
     key: Path | None = None
     token_file: Path | None = None
     timeout: float = DEFAULT_TIMEOUT
+    logstream: str | None = None
 
     def __post_init__(self) -> None:
         assert self.timeout > 0
@@ -89,6 +93,7 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
     KataError (exit 2, at the key's file:line:column): config.unknown_key, config.bad_value,
     remote.bad_url."""
     assert key in ("cache", "executor")
+    which = key  # `key` names the TLS key file below
     flag = "--remote-cache" if key == "cache" else "--remote-executor"
     from kata.model import Duration
 
@@ -154,6 +159,16 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
         if timeout <= 0:
             raise config.error("config.bad_value", "remote.timeout must be more than 0",
                                "remote", "timeout")
+    logstream = raw.get("logstream")
+    if logstream is not None:
+        if not isinstance(logstream, str):
+            raise config.error("config.bad_value", "remote.logstream must be a string "
+                               "(grpc://HOST:PORT or grpcs://HOST:PORT)", "remote", "logstream")
+        try:
+            parse_url(logstream, where="remote.logstream")
+        except KataError as err:
+            raise config.error(err.reason, err.message, "remote", "logstream") from None
     return RemoteConfig(url=url if url is not None else file_url, target=target, tls=tls,
                         instance=name, ca=ca, cert=cert, key=key,
-                        token_file=path(raw.get("token_file"), "token_file"), timeout=timeout)
+                        token_file=path(raw.get("token_file"), "token_file"), timeout=timeout,
+                        logstream=logstream if which == "executor" else None)
