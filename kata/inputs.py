@@ -306,7 +306,7 @@ class Snapshot:
                 self.paths = tuple(sorted(files))
         self._hashed: dict[str, Entry | None] = {}
         self._everything: list[Entry | None] | None = None
-        self._sets: dict[tuple[str, ...], InputSet] = {}
+        self._sets: dict[tuple[str, ...] | None, InputSet] = {}
 
     def files(self, paths: Sequence[str]) -> list[InputFile]:
         return [InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in self.entries(paths)]
@@ -345,12 +345,12 @@ class Snapshot:
                                 "cache): narrow the pattern", obj=rel)
         return self.input_set(patterns)
 
-    def input_set(self, patterns: Sequence[str] = ()) -> InputSet:
-        """The files `patterns` (gitignore-style) select; () selects every file."""
-        key = tuple(patterns)
+    def input_set(self, patterns: Sequence[str] | None = None) -> InputSet:
+        """The files `patterns` (gitignore-style) select; None selects every file, () none."""
+        key = None if patterns is None else tuple(patterns)
         got = self._sets.get(key)
         if got is None:
-            chosen = match(key, self.paths) if key else self.paths
+            chosen = self.paths if key is None else match(key, self.paths) if key else []
             got = self._sets[key] = InputSet.of_entries(self.entries(chosen))
         return got
 

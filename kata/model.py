@@ -303,7 +303,8 @@ class Step:
     secrets: tuple[str, ...] = ()
     timeout: Duration | None = None
     cache: CacheSpec = CacheSpec()
-    inputs: tuple[str, ...] = ()  # gitignore-style globs; () = the whole repository
+    # gitignore-style globs; None (no `inputs:` key) = the whole repository, () = no file
+    inputs: tuple[str, ...] | None = None
     workdir: str = "/workspace"
     user: str | None = None  # None: the image's user
     network: str = "default"

@@ -34,7 +34,7 @@ _NONEMPTY = {"type": ["string", "number"], "pattern": r"\S"}
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # grammar/labels.lark NAME (kata.labels.is_step_name)
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # kata.model.is_env_name
 # kata.model.Duration: units largest first, each at most once, or whole seconds
-_DURATION_TEXT = r"^\s*(\d+|(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)\s*$"
+_DURATION_TEXT = r"^\s*(?=\S)(\d+|(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)\s*$"
 
 
 def _list(items: dict[str, Any], description: str) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def _step() -> dict[str, Any]:
         "cache": _cache(),
         "secrets": _secret_names("Secrets the step receives (by name; never in its key)."),
         "inputs": _patterns("Repository files the step sees (gitignore-style globs). "
-                            "Default: the whole repository."),
+                            "Default: the whole repository; [] selects no file."),
         "workdir": {"type": ["string", "number"], "pattern": r"^(/(?!\.\.?(/|$))[^/]+)+$",
                     "default": "/workspace",
                     "description": "Absolute, clean working directory in the container (no "

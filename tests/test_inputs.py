@@ -368,3 +368,29 @@ def test_a_repository_on_sshfs_is_read_every_run(sshd, tmp_path, monkeypatch) ->
             "sha256:" + hashlib.sha256(b"lib v2.0\n").hexdigest()
     finally:
         umount(mnt)
+
+
+def test_an_empty_inputs_list_selects_no_file_and_no_key_selects_every_file(tmp_path) -> None:
+    """``inputs: []`` is a step that reads no repository file (it works on its
+    dependencies' artifacts): an edit anywhere leaves its key alone. Leaving the key out
+    is the whole repository."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_text
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("a\n")
+    text = ("steps:\n"
+            "  - {name: none, image: alpine, inputs: []}\n"
+            "  - {name: all, image: alpine}\n")
+
+    def compiled():
+        return compile_pipeline(load_text(text), resolver=lambda ref: "sha256:" + "0" * 64,
+                                repo_root=tmp_path, stat_cache=MemoryStatCache())
+
+    first = compiled()
+    assert first.nodes["none"].inputs.files == ()
+    assert [f.path for f in first.nodes["all"].inputs.files] == ["src/a.txt"]
+    (tmp_path / "src" / "a.txt").write_text("edited\n")
+    second = compiled()
+    assert second.nodes["none"].drv_hash == first.nodes["none"].drv_hash
+    assert second.nodes["all"].drv_hash != first.nodes["all"].drv_hash

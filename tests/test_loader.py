@@ -59,7 +59,7 @@ def test_defaults() -> None:
     assert p.settings.max_parallel is None and p.settings.fail_fast and p.settings.cache_enabled
     s = p.steps[0]
     assert s.workdir == "/workspace" and s.network == "default" and s.cache.enabled
-    assert s.inputs == () and s.condition is None and s.timeout is None
+    assert s.inputs is None and s.condition is None and s.timeout is None
     assert str(s.image) == "docker.io/library/alpine:latest"
 
 

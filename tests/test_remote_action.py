@@ -15,7 +15,7 @@ from kata.executor import files
 from kata.executor.client import runs_remotely
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.resources import Resources
-from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
+from kata.runtimes.base import LOCAL_ONLY_LABEL, Mount, Readiness, ServiceSpec, StepSpec
 
 IMAGE = "127.0.0.1:5000/kata/busybox@sha256:" + "a" * 64
 
@@ -86,6 +86,8 @@ def test_steps_with_secrets_stay_local() -> None:
     assert not runs_remotely(spec(mounts=spec().mounts + (secret,)))
     svc = ServiceSpec(name="db", image=IMAGE, mounts=(secret,))
     assert not runs_remotely(spec(services=(svc,)))
+    # a step that sees a secret step's artifacts: the realiser labels it local-only
+    assert not runs_remotely(spec(labels={LOCAL_ONLY_LABEL: "1"}))
 
 
 class DictCas:

@@ -238,3 +238,94 @@ def test_bad_remote_settings_are_usage_errors(tmp_path, containerd_daemon, runti
     cfg.write_text("remote:\n  cache: grpc://127.0.0.1:1\n  token_file: /nonexistent/token\n")
     missing = kata("run", KATA_CONFIG=str(cfg))
     assert missing.returncode == 2 and "/nonexistent/token" in missing.stderr
+    assert f"{cfg}:3:3" in missing.stderr
+    # an instance for no remote at all: the user believes a remote is in use
+    cfg.write_text("offline: false\n")
+    alone = kata("run", "--remote-instance", "main", KATA_CONFIG=str(cfg))
+    assert alone.returncode == 2 and "--remote-instance" in alone.stderr, alone.stderr
+    assert "--remote-cache" in alone.stderr and not alone.stdout
+
+
+def test_a_secret_steps_artifacts_never_go_up_with_a_dependent(bg, tmp_path, containerd_daemon,
+                                                               runtime):
+    """A step that declares no secret but depends on one that does hands on that step's
+    artifacts (its stack), which may hold the value: neither it nor anything downstream
+    is uploaded, and the value is nowhere in the remote CAS."""
+    value = "dependent-leak-check-9f3a1c"
+    pipeline = {"pipeline": "taint", "steps": [
+        {"name": "sign", "image": IMAGE, "inputs": ["x"], "secrets": ["SIGNING_KEY"],
+         "cache": True, "artifacts": ["sig"], "commands": ["echo \"$SIGNING_KEY\" > sig"]},
+        {"name": "bundle", "image": IMAGE, "depends_on": ["sign"], "inputs": ["x"],
+         "artifacts": ["bundle"], "commands": ["cat sig > bundle.tmp", "wc -c < sig > bundle"]},
+        {"name": "publish", "image": IMAGE, "depends_on": ["bundle"], "inputs": ["x"],
+         "artifacts": ["out"], "commands": ["cat bundle > out"]},
+        {"name": "clean", "image": IMAGE, "inputs": ["x"], "artifacts": ["c"],
+         "commands": ["echo clean > c"]},
+    ]}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "x").write_text("x\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    a = _host(tmp_path, "taint-a", repo, containerd_daemon.address, bg)
+    first = a("run", *a.remote, "--secret", f"SIGNING_KEY={value}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert not _grep_cas(bg, value.encode())
+    repo_b = tmp_path / "repo-b"
+    shutil.copytree(repo, repo_b)
+    b = _host(tmp_path, "taint-b", repo_b, containerd_daemon.address, bg)
+    dry = b("run", "--json", "--dry-run", *b.remote, "--secret", f"SIGNING_KEY={value}")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    plans = {e["step"]: e for e in _events(dry) if e["event"] == "plan"}
+    assert plans["clean"]["hit"] and plans["clean"].get("remote"), plans["clean"]
+    assert not any(plans[s]["hit"] for s in ("sign", "bundle", "publish")), plans
+
+
+def test_a_fully_cached_run_does_not_touch_the_remote(bg, tmp_path, containerd_daemon, runtime):
+    """Lookups go local first: when every step is a local hit (a team's no-op, with the
+    remote in the host config) the remote is not asked, so a remote that hangs costs
+    nothing; a dry run likewise. A local miss still asks it."""
+    from support.listeners import LoopbackListener
+
+    repo = _repo(tmp_path / "r")
+    (repo / "src" / "a.txt").write_text("hello, built here only\n")  # no other test's keys
+    a = _host(tmp_path, "nop", repo, containerd_daemon.address, bg)
+    first = a("run", *a.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    with LoopbackListener() as hung:  # accepts, never answers: each call would time out
+        remote = ("--remote-cache", f"grpc://127.0.0.1:{hung.port}")
+        for args in (("run",), ("run", "--dry-run")):
+            again = a(*args, *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert "warning" not in again.stderr, again.stdout + again.stderr
+        assert hung.count == 0
+        (repo / "src" / "a.txt").write_text("changed\n")
+        missed = a("run", "--dry-run", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+        assert missed.returncode == 0 and hung.count >= 1, missed.stdout + missed.stderr
+
+
+def test_a_remote_hit_shows_the_test_report_of_the_run_that_built_it(bg, tmp_path,
+                                                                     containerd_daemon, runtime):
+    """A step's JUnit totals come with its remote hit: the report blob goes up with the
+    record (an ActionResult output file), and a host that hits fetches it (small), so its
+    [PASS] line and `kata logs` agree with the host that ran it; nothing is 'unreadable'."""
+    xml = ('<testsuite name="s" tests="3" failures="0"><testcase classname="c" name="a"/>'
+           '<testcase classname="c" name="b"/><testcase classname="c" name="d"/></testsuite>')
+    pipeline = {"pipeline": "junit-remote", "steps": [
+        {"name": "test", "image": IMAGE, "inputs": ["x"], "reports": {"junit": ["r.xml"]},
+         "commands": [f"echo '{xml}' > r.xml"]},
+        {"name": "after", "image": IMAGE, "depends_on": ["test"], "inputs": ["x"],
+         "commands": ["true"]}]}
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "x").write_text("junit\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    a = _host(tmp_path, "junit-a", repo, containerd_daemon.address, bg)
+    first = a("run", *a.remote)
+    assert first.returncode == 0 and "[PASS] test (" in first.stdout, first.stdout + first.stderr
+    assert "— 3 passed" in first.stdout
+    b = _host(tmp_path, "junit-b", repo, containerd_daemon.address, bg)
+    hit = b("run", *b.remote)
+    assert hit.returncode == 0, hit.stdout + hit.stderr
+    assert "[CACHE] test: HIT" in hit.stdout and "remote)" in hit.stdout, hit.stdout
+    assert "[PASS] test (cached) — 3 passed" in hit.stdout, hit.stdout + hit.stderr
+    assert "unreadable" not in hit.stderr + hit.stdout, hit.stderr

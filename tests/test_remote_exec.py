@@ -367,6 +367,29 @@ def test_a_step_with_a_secret_runs_locally(grid, workers, kata):
     assert sum(w.text().count(": starting") for w in workers) == 1
 
 
+def test_a_step_that_sees_a_secret_steps_artifacts_runs_locally(grid, workers, kata):
+    """Its workspace holds what the secret step wrote (here the value itself), so it must
+    not go into the scheduler's CAS either; a step beside them still runs remotely."""
+    bg, image = grid
+    value = "s3cret-in-an-artifact-77"
+    pipeline = {"pipeline": "taint", "steps": [
+        {"name": "sign", "image": image, "secrets": ["TOKEN"], "inputs": ["src/**"],
+         "artifacts": ["sig"], "commands": ['echo "$TOKEN" > sig']},
+        {"name": "bundle", "image": image, "depends_on": ["sign"], "inputs": ["src/**"],
+         "artifacts": ["n"], "commands": ["wc -c < sig > n"]},
+        {"name": "ship", "image": image, "depends_on": ["bundle"], "inputs": ["src/**"],
+         "commands": ["cat n"]},
+        {"name": "plain", "image": image, "inputs": ["src/**"], "commands": ["echo plain"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url, "--secret", f"TOKEN={value}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for step in ("sign", "bundle", "ship"):
+        assert f"{step} | kata: ran locally: the step has secrets" in run.stdout, run.stdout
+    assert worker_of(kata, "plain") in {"w1", "w2"}
+    cas = [p for p in (bg.workdir / "cas").rglob("*") if p.is_file()]
+    assert cas and not any(value.encode() in p.read_bytes() for p in cas)
+
+
 def test_fail_fast_cancels_a_remote_step_on_its_worker(grid, workers, kata):
     """A step that fails cancels its running sibling: the client cancels the operation, the
     scheduler withdraws the lease, the worker stops the container."""

@@ -69,13 +69,21 @@ def _config(tmp_path: Path, text: str):
     return path, load_host_config(path)
 
 
+def _files(tmp_path: Path) -> tuple[str, str]:
+    """A PEM file and a token file that the config may name (their content is checked)."""
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n")
+    (tmp_path / "tok").write_text("a-token\n")
+    return str(tmp_path / "ca.pem"), str(tmp_path / "tok")
+
+
 def test_remote_config(tmp_path):
+    ca, tok = _files(tmp_path)
     _, cfg = _config(tmp_path, "remote:\n  cache: grpcs://cache.example:443\n  instance: main\n"
-                     "  tls: {ca: /etc/ca.pem}\n  token_file: /etc/tok\n  timeout: 30s\n")
+                     f"  tls: {{ca: {ca}}}\n  token_file: {tok}\n  timeout: 30s\n")
     rc = from_host_config(cfg)
     assert rc is not None
     assert (rc.target, rc.tls, rc.instance, str(rc.ca), str(rc.token_file), rc.timeout) == \
-        ("cache.example:443", True, "main", "/etc/ca.pem", "/etc/tok", 30.0)
+        ("cache.example:443", True, "main", ca, tok, 30.0)
     # the flags win over the file
     flag = from_host_config(cfg, url="grpc://10.0.0.1:9092", instance="")
     assert flag is not None and (flag.target, flag.tls, flag.instance) == ("10.0.0.1:9092", False, "")
@@ -87,12 +95,13 @@ def test_remote_config(tmp_path):
 def test_the_executor_comes_from_the_host_config_with_the_remotes_settings(tmp_path):
     """``remote.executor`` is the --remote-executor default and shares the section's
     instance, TLS files, token and timeout; a cache-only section names no executor."""
+    ca, tok = _files(tmp_path)
     _, cfg = _config(tmp_path, "remote:\n  executor: grpcs://exec.example:443\n"
-                     "  instance: main\n  tls: {ca: /etc/ca.pem}\n  token_file: /etc/tok\n")
+                     f"  instance: main\n  tls: {{ca: {ca}}}\n  token_file: {tok}\n")
     ex = from_host_config(cfg, key="executor")
     assert ex is not None
     assert (ex.url, ex.target, ex.tls, ex.instance, str(ex.ca), str(ex.token_file)) == \
-        ("grpcs://exec.example:443", "exec.example:443", True, "main", "/etc/ca.pem", "/etc/tok")
+        ("grpcs://exec.example:443", "exec.example:443", True, "main", ca, tok)
     assert from_host_config(cfg) is None  # no cache named
     flag = from_host_config(cfg, url="grpc://127.0.0.1:1", key="executor")
     assert flag is not None and (flag.target, flag.tls) == ("127.0.0.1:1", False)
@@ -129,6 +138,18 @@ def test_the_logstream_server_is_the_executors_setting(tmp_path):
     ("remote:\n  cache: grpcs://x:1\n  tls:\n    cert: /c\n", "config.bad_value", ":3:3"),
     ("remote:\n  cache: grpcs://x:1\n  timeout: soon\n", "config.bad_value", ":3:3"),
     ("remote: [1]\n", "config.bad_value", ":1:1"),
+    # a file that cannot serve: named at its key, before anything connects
+    ("remote:\n  cache: grpc://x:1\n  token_file: /nonexistent/tok\n",
+     "remote.token_unreadable", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  token_file: /\n", "remote.token_unreadable", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  token_file: /dev/null\n", "remote.token_unreadable",
+     ":3:3"),
+    ("remote:\n  cache: grpcs://x:1\n  tls:\n    ca: /nonexistent/ca.pem\n",
+     "remote.tls_unreadable", ":4:5"),
+    ("remote:\n  cache: grpcs://x:1\n  tls:\n    ca: /etc/hostname\n",
+     "remote.tls_unreadable", ":4:5"),
+    ("remote:\n  cache: grpcs://x:1\n  tls:\n    cert: /etc/hostname\n    key: /etc/hostname\n",
+     "remote.tls_unreadable", ":4:5"),
 ])
 def test_bad_remote_config_names_the_place(tmp_path, text, reason, where):
     path, cfg = _config(tmp_path, text)

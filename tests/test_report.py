@@ -193,3 +193,43 @@ def test_live_view_shows_running_steps_queue_and_a_pull_bar():
     last = out.getvalue().rsplit(FRAME_MARK, 1)[1]
     assert "[PULL] docker.io/library/debian:12: 4 layers, 13MB" in last
     assert "[PASS] a (1.0s)" in last and "queued" not in last  # no status block at the end
+
+
+def _columns(row: str) -> int:
+    """The columns a terminal gives ``row`` (colours take none, a tab goes to the next
+    multiple of 8, East Asian wide and full-width characters take two)."""
+    import unicodedata
+
+    col = 0
+    for ch in re.sub(r"\x1b\[[0-9;]*m", "", row):
+        if ch == "\t":
+            col = col // 8 * 8 + 8
+        elif not unicodedata.combining(ch):
+            col += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return col
+
+
+def test_a_status_row_never_wraps_whatever_the_step_prints(monkeypatch):
+    """The status block is erased by counting its rows: a row the terminal wraps (tabs, as
+    go test prints them; wide characters; emoji) or an escape sequence that moves the
+    cursor (a progress bar's) left a copy of the block on screen at every frame."""
+    monkeypatch.setenv("COLUMNS", "40")
+    out = io.StringIO()
+    live = LiveReporter(out, fps=0.001)
+    names = ("tabs", "wide", "esc", "a-long-step-name-that-does-not-fit-in-forty-columns")
+    live(ev.Parsed(pipeline="p", steps=4, groups=1, planned=names))
+    for name in names:
+        live(ev.StepStarted(step=name, command="x"))
+    live(ev.OutputLine(step="tabs", stream="stdout",
+                       text="ok\t\tgithub.com/x/pkg\t\t\t0.3s\tcoverage: 81.2%"))
+    live(ev.OutputLine(step="wide", stream="stdout", text="✅✅ テストテストテストテストテスト passed"))
+    live(ev.OutputLine(step="esc", stream="stdout", text="50%\x1b[1A\x1b[2K\r\x1b[31mred\x07"))
+    live._frame(final=False)
+    frame = out.getvalue().rsplit(FRAME_MARK, 1)[1]
+    rows = frame.split("\n")[:-1][-5:]  # the status block: four steps, the queue line
+    assert "queued" in rows[-1], rows
+    for row in rows:
+        assert _columns(row) < 40, (row, _columns(row))
+        assert not re.search(r"\x1b\[[0-9;]*[A-Za-ln-z]|[\x00-\x08\x0a-\x1a\x7f]", row), row
+    assert re.search(r"a-long\S*… +\d+\.\ds", rows[3]), rows[3]  # its time still shows
+    live.close()

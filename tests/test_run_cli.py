@@ -121,6 +121,36 @@ def test_ctrl_c_cancels_cleanly(kata, containerd_daemon, runtime, tmp_path):
     assert kata("run", "--dry-run").returncode == 0
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_terminate_and_hangup_cancel_cleanly_too(kata, containerd_daemon, runtime, tmp_path,
+                                                 signame):
+    """A CI runner's timeout or `kill` (SIGTERM) and a closed terminal or ssh session
+    (SIGHUP) ended kata at once: its step's container, task, snapshot and workspace mounts
+    were left behind. They now cancel the run as Ctrl-C does."""
+    import signal
+
+    write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60"))],
+                   name="cli")
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd",
+                             containerd_daemon.address, "run"], cwd=kata.repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("nap | napping"):
+            break
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "[FAIL] nap (cancelled (interrupted)" in out
+    assert "Traceback" not in err
+    left = runtime.leftovers()
+    assert left == {k: [] for k in left}, left
+    work = tmp_path / "store" / "local" / "work"
+    mounts = Path("/proc/mounts").read_text()
+    assert str(work) not in mounts
+
+
 def test_yaml_as_users_write_it(tmp_path, containerd_daemon, runtime):
     """A date-like env value reaches the step as written; x- keys hold the anchors."""
     repo = tmp_path / "yamlrepo"

@@ -149,6 +149,8 @@ BAD = [  # (config, the loader's reason): the schema must refuse each too
     ("steps: [{name: a, image: i, timeout: 0}]", "config.value"),
     ("steps: [{name: a, image: i, timeout: 1.5h}]", "config.duration"),
     ("steps: [{name: a, image: i, timeout: 1.5}]", "config.duration"),
+    ("steps: [{name: a, image: i, timeout: ''}]", "config.duration"),
+    ("steps: [{name: a, image: i, timeout: ' '}]", "config.duration"),
     ("steps: [{name: a, image: i, network: bridge}]", "config.value"),
     ("steps: [{name: a, image: i, workdir: src}]", "config.value"),
     ("steps: [{name: a, image: i, workdir: /workspace//x}]", "config.value"),

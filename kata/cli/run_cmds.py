@@ -199,6 +199,11 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     obj = ctx.find_root().obj or {}
     remote = _remote_cache(remote_cache, remote_instance)
     executor = _remote_executor((ctx.obj or {}).get("remote_executor"), remote_instance)
+    if remote_instance is not None and remote is None and executor is None:
+        raise KataError("remote.no_remote", f"--remote-instance {remote_instance} names an "
+                        "instance of no remote: add --remote-cache grpc://HOST:PORT or "
+                        "--remote-executor grpc://HOST:PORT (or remote.cache / "
+                        "remote.executor in the host config)", obj=remote_instance)
     store = open_store(ctx)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)

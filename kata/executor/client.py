@@ -47,7 +47,9 @@ from kata.remote._api.build.bazel.remote.execution.v2 import (
 from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_grpc
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
-from kata.runtimes.base import CANCEL_EXIT, OutputSink, Runtime, ServiceSink, StepSpec
+from kata.runtimes.base import (
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, OutputSink, Runtime, ServiceSink, StepSpec,
+)
 
 from . import action as act
 from . import files
@@ -64,9 +66,10 @@ STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver i
 
 
 def runs_remotely(spec: StepSpec) -> bool:
-    """True unless the step (or a service) has a mount besides its workspace: those are
-    secrets, which never leave this host."""
-    if any(s.mounts for s in spec.services):
+    """True unless the step (or a service) has a mount besides its workspace (those are
+    secrets, which never leave this host) or the realiser labelled it local-only (its
+    workspace holds the artifacts of a step that has secrets)."""
+    if spec.labels.get(LOCAL_ONLY_LABEL) or any(s.mounts for s in spec.services):
         return False
     return len(spec.mounts) == 1 and spec.mounts[0].kind == "bind" \
         and spec.mounts[0].target == spec.workdir
@@ -107,8 +110,8 @@ class RemoteRuntime:
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
         if not runs_remotely(spec):
-            _say(sink, "kata: ran locally: the step has secrets, which never go to a "
-                 "remote executor\n")
+            _say(sink, "kata: ran locally: the step has secrets (or the artifacts of a step "
+                 "that has), which never go to a remote executor\n")
             if service_sink is not None:
                 return self.local.run(spec, sink, cancel, service_sink=service_sink)
             return self.local.run(spec, sink, cancel)

@@ -121,6 +121,11 @@ class Lookup:
                 return Looked(key=key, record=rec.realisation, damaged=found.damaged, remote=rec)
         return found
 
+    def local(self, key: str) -> bool:
+        """Whether the local store holds a whole result under ``key`` (the remote is not
+        asked)."""
+        return self._first(self.scope.realisation_keys(key)).record is not None
+
     def cache_dir(self, key: str) -> Looked:
         """A cache directory (``keys.cache_dir_key``) from the scopes this run may read."""
         return self._first(tuple(k for _, k in keys.cache_dir_keys(self.scope, key)))

@@ -352,17 +352,21 @@ def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions"
     ``remote``: the remote cache behind the store (its answers asked for at once first)."""
     from kata.realise.lookup import Lookup
 
-    prefetch(graph, options.use_cache, remote)
+    lookup = Lookup(store, options.scope, heal=heal, remote=remote)
+    prefetch(graph, options.use_cache, remote, local=lookup.local)
     return make_plan(graph, targets=options.targets, skip=options.skip,
-                     use_cache=options.use_cache,
-                     lookup=Lookup(store, options.scope, heal=heal, remote=remote).step,
+                     use_cache=options.use_cache, lookup=lookup.step,
                      scope=options.scope, statuses=options.statuses)
 
 
-def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | None") -> None:
-    """Ask the remote cache about every step's derivation hash at once (concurrently), so
-    the plan's lookups after a local miss are answered from memory."""
+def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | None", *,
+             local: "Callable[[str], bool] | None" = None) -> None:
+    """Ask the remote cache about every step's derivation hash that the local store does
+    not hold (``local(key)``) at once (concurrently), so the plan's lookups after a local
+    miss are answered from memory. Lookups go local first: a fully cached run asks the
+    remote nothing (a hung remote costs it nothing)."""
     if remote is None or not use_cache:
         return
     remote.prefetch(n.drv_hash for n in graph.nodes.values()
-                    if n.drv_hash and caches(n.step, use_cache))
+                    if n.drv_hash and caches(n.step, use_cache)
+                    and not (local is not None and local(n.drv_hash)))

@@ -49,7 +49,9 @@ from kata.realise.workspace import (
     BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
 from kata.resources import effective, format_size
-from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec
+from kata.runtimes.base import (
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec,
+)
 from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
 from store.runs import Phases
@@ -124,7 +126,7 @@ class Realiser:
         self._lookup = Lookup(store, options.scope, remote=remote)
         self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
-                               pipeline=self.pipeline, remote=remote)
+                               pipeline=self.pipeline, remote=remote, nodes=graph.nodes)
         # an untrusted run holds no value at all: not for a step, not even for the masker
         # (masking a value in output an attacker controls would confirm their guesses)
         self._secrets = dict(options.secrets) if options.scope.trusted else {}
@@ -148,7 +150,7 @@ class Realiser:
         """The run's plan over this store and scope (``heal=False``: change nothing)."""
         if not heal:
             return plan_run(self.graph, self.store, self.options, heal=False, remote=self.remote)
-        prefetch(self.graph, self.options.use_cache, self.remote)
+        prefetch(self.graph, self.options.use_cache, self.remote, local=self._lookup.local)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
                          use_cache=self.options.use_cache, lookup=self._lookup.step,
                          scope=self.options.scope, statuses=self.options.statuses)
@@ -284,6 +286,8 @@ class Realiser:
         if remote is not None:
             with self._lock:
                 self._remote_hits[name] = (remote, keys or (key,))
+            if real.report and self.remote is not None:  # its totals, as the builder saw them
+                self.remote.fetch_report(self.store, remote)
         self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
                                   produced_by=real.run, remote=remote is not None))
         stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
@@ -723,6 +727,8 @@ class Realiser:
                              for s in step.services)
             spec = specs.step_spec(node, workdir=workdir, secrets_dir=dirs.get(""),
                                    env=self.options.env, run_id=self.run_id, services=services)
+            if self.records.secret_below(node):  # its workspace holds a secret step's artifacts
+                spec = dataclasses.replace(spec, labels={**spec.labels, LOCAL_ONLY_LABEL: "1"})
             return self._start(name, spec, cancel, log, log_lock, services, service_logs)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -36,9 +36,12 @@ class Records:
     """The run's writes (and snapshot/cache reads) for ``run_id`` of ``pipeline``."""
 
     def __init__(self, store: Store, lookup: Lookup, options: RealiseOptions, *, run_id: str,
-                 pipeline: str, remote: "RemoteCache | None" = None) -> None:
+                 pipeline: str, remote: "RemoteCache | None" = None,
+                 nodes: "Mapping[str, Node] | None" = None) -> None:
         self.store, self.lookup, self.options = store, lookup, options
         self.remote = remote
+        self._nodes = nodes or {}  # the graph's nodes: what a step's stack holds
+        self._secret_below: dict[int, bool] = {}  # id(node) -> answer
         self.run_id, self.pipeline = run_id, pipeline
         self._empty_tree = ""
         self._empty_log = ""
@@ -107,7 +110,10 @@ class Records:
             changed = err.obj or paths[0]
         if changed is not None:
             raise KataError("inputs.changed", f"input {changed} changed after it was hashed "
-                            "(a step must see exactly the bytes its key covers): run again",
+                            "(a step must see exactly the bytes its key covers): run again; "
+                            "if it is written during every run (a log, kata's own output "
+                            "redirected into the repository), leave it out with .gitignore, "
+                            "a .kataignore pattern or the step's inputs:",
                             obj=changed, exit_code=1)
         self.store.put_realisation(key, self._record(tree, kind="inputs"))
         return tree
@@ -200,9 +206,30 @@ class Records:
     def shares(self, node: "Node") -> bool:
         """Whether this step's results go to the remote cache: never for an untrusted run
         (its results stay in its quarantine), never for a step that declares a secret (itself
-        or in a service: its outputs could hold a value), never without a remote."""
+        or in a service: its outputs could hold a value), nor for one that depends on such a
+        step, directly or not (its artifact stack, uploaded with it, holds those outputs),
+        never without a remote."""
         return (self.remote is not None and self.options.scope.trusted
-                and not node.step.secrets and not any(s.secrets for s in node.step.services))
+                and not self.secret_below(node))
+
+    def secret_below(self, node: "Node") -> bool:
+        """Whether ``node`` or any step it depends on (transitively) declares a secret."""
+        memo = self._secret_below
+        todo = [node]  # depth first without recursion: a chain may be thousands deep
+        while todo:
+            top = todo[-1]
+            if id(top) in memo:
+                todo.pop()
+                continue
+            deps = [self._nodes[d] for d in top.deps if d in self._nodes]
+            waiting = [d for d in deps if id(d) not in memo]
+            if waiting:
+                todo.extend(waiting)
+                continue
+            todo.pop()
+            memo[id(top)] = bool(top.step.secrets or any(s.secrets for s in top.step.services)
+                                 or any(memo[id(d)] for d in deps))
+        return memo[id(node)]
 
     def remote_early_cutoff(self, node: "Node", rec: "RemoteRecord") -> None:
         """A resolved-hash hit in the remote: tell the remote it stands for this derivation

@@ -216,9 +216,13 @@ def schedule(
             raise ForcedInterrupt()
         interrupt.set()
 
-    previous = None
+    # Ctrl-C, and likewise a CI runner's timeout or `kill` (SIGTERM) and a closed terminal
+    # (SIGHUP): the run is cancelled and cleaned up, never cut off with its containers,
+    # snapshots and mounts left behind
+    previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[signo] = signal.signal(signo, on_sigint)
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="kata-step")
     try:
         while True:
@@ -268,8 +272,9 @@ def schedule(
     else:
         pool.shutdown(wait=True)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signo, handler in previous.items():
+            if handler is not None:  # None: not installed from Python, nothing to restore
+                signal.signal(signo, handler)  # type: ignore[arg-type]
     if error is not None:
         raise error
     for name in order:  # anything unreachable (cannot happen in a DAG) is reported, not lost

@@ -23,6 +23,8 @@ every entry at once (REAPI's rule). The ActionResult of a realisation::
                         root Directory (the stack's trees are other steps' outputs: they are
                         named in the record only, so a server that checks an entry's
                         outputs on every read does not walk the whole stack each time)
+                        kata/report -> the step's test report blob (``reports:``; only
+                        when it has one), so a host that hits shows the same totals
     stdout_digest:      the step's (masked) log blob
     exit_code:          0 (only passed steps are recorded)
     execution_metadata: worker = the host that ran it
@@ -44,6 +46,7 @@ from store import Realisation, StoreError
 
 SALT = b"kata-remote/1"
 RECORD_PATH = "kata/record"
+REPORT_PATH = "kata/report"
 RECORD_FORMAT = "kata-remote-record/1"
 TREES_DIR = "kata/trees"
 KEY_FORMAT = "kata-drv/1"
@@ -87,6 +90,7 @@ class RemoteRecord:
     named: dict[str, tuple[str, int]]  # kata tree digest -> (Tree hash, size), as recorded
     log: Digest | None
     result: re_pb2.ActionResult
+    report: Digest | None = None  # the REAPI digest of its test report blob, if any
 
     def tree_digest(self, tree: str) -> Digest:
         hexd, size = self.named[tree]
@@ -120,13 +124,16 @@ def _decode_record(data: bytes) -> tuple[Realisation, dict[str, tuple[str, int]]
 
 
 def result_for(real: Realisation, *, record: Digest, record_bytes: bytes,
-               trees: dict[str, tuple[Digest, Digest]], log: Digest | None) -> re_pb2.ActionResult:
+               trees: dict[str, tuple[Digest, Digest]], log: Digest | None,
+               report: Digest | None = None) -> re_pb2.ActionResult:
     """The ActionResult of ``real`` whose record file (``encode_record``) is
     ``record_bytes``; ``trees``: Kata tree -> (Tree digest, root Directory digest), one per
-    tree of ``real.objects()``."""
+    tree of ``real.objects()``; ``report``: the digest of its test report blob."""
     result = re_pb2.ActionResult(exit_code=real.exit_status)
     result.output_files.append(re_pb2.OutputFile(path=RECORD_PATH, digest=record,
                                                  contents=record_bytes))
+    if report is not None:
+        result.output_files.append(re_pb2.OutputFile(path=REPORT_PATH, digest=report))
     if real.outputs in trees:
         tree_digest, root_digest = trees[real.outputs]
         result.output_directories.append(re_pb2.OutputDirectory(
@@ -154,7 +161,10 @@ def record_of(result: re_pb2.ActionResult, record_bytes: bytes) -> RemoteRecord 
     log = result.stdout_digest if result.HasField("stdout_digest") else None
     if (real.log or None) != (to_kata(log) if log is not None else None):
         return None
-    return RemoteRecord(realisation=real, named=named, log=log, result=result)
+    report = next((f.digest for f in result.output_files if f.path == REPORT_PATH), None)
+    if report is not None and to_kata(report) != real.report:
+        report = None  # not the report the record names: shown as none, never as another
+    return RemoteRecord(realisation=real, named=named, log=log, result=result, report=report)
 
 
 def record_digest(result: re_pb2.ActionResult) -> tuple[Digest, bytes] | None:

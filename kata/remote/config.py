@@ -16,7 +16,8 @@ or the ``remote:`` section of the host config (``/etc/kata/config.yaml``)::
 The executor, when named, uses the same instance, TLS files, token and timeout (one
 REAPI server usually serves both; ``from_host_config(..., key="executor")``).
 The flags win over the file. Nothing here touches the network: :func:`parse_url` and
-:func:`from_host_config` only read and validate (errors are KataError, exit 2).
+:func:`from_host_config` only read and validate (the named token and TLS files are read
+too; errors are KataError, exit 2).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
     under ``key`` (``cache`` or ``executor``), or None when neither names one.
 
     KataError (exit 2, at the key's file:line:column): config.unknown_key, config.bad_value,
-    remote.bad_url."""
+    remote.bad_url, remote.token_unreadable / remote.tls_unreadable (a named file is
+    missing, unreadable, empty, or holds no PEM block)."""
     assert key in ("cache", "executor")
     which = key  # `key` names the TLS key file below
     flag = "--remote-cache" if key == "cache" else "--remote-executor"
@@ -131,6 +133,29 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
                                "file path", "remote", *at)
         return Path(value)
 
+    def readable(value: Path | None, *at: str) -> Path | None:
+        """The file a key names, read now: one that cannot serve (missing, unreadable, a
+        token file that is empty, a TLS file that holds no PEM block) is an error at the
+        key, before anything connects (grpc would only log it, on every call)."""
+        if value is None:
+            return None
+        where = ".".join(("remote",) + at)
+        token = at == ("token_file",)
+        reason = "remote.token_unreadable" if token else "remote.tls_unreadable"
+        try:
+            with open(value, "rb") as f:
+                data = f.read(1 << 20)
+        except OSError as err:
+            raise config.error(reason, f"{where}: cannot read {value}: {err.strerror or err}",
+                               "remote", *at) from None
+        if token and not data.strip():
+            raise config.error(reason, f"{where}: {value} is empty (write the bearer token "
+                               "in it)", "remote", *at)
+        if not token and b"-----BEGIN " not in data:
+            raise config.error(reason, f"{where}: {value} holds no PEM block (-----BEGIN "
+                               "...-----): give a PEM certificate or key", "remote", *at)
+        return Path(value)
+
     tls_raw = raw.get("tls")
     if tls_raw is not None and not isinstance(tls_raw, dict):
         raise config.error("config.bad_value", "remote.tls must be a mapping", "remote", "tls")
@@ -168,7 +193,11 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
             parse_url(logstream, where="remote.logstream")
         except KataError as err:
             raise config.error(err.reason, err.message, "remote", "logstream") from None
+    token_file = readable(path(raw.get("token_file"), "token_file"), "token_file")
+    if tls:  # a grpc:// flag over a grpcs:// file does not use them
+        for value, at in ((ca, "ca"), (cert, "cert"), (key, "key")):
+            readable(value, "tls", at)
     return RemoteConfig(url=url if url is not None else file_url, target=target, tls=tls,
                         instance=name, ca=ca, cert=cert, key=key,
-                        token_file=path(raw.get("token_file"), "token_file"), timeout=timeout,
+                        token_file=token_file, timeout=timeout,
                         logstream=logstream if which == "executor" else None)

@@ -15,9 +15,11 @@ of ANSI sequences every terminal since the VT100 understands.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
+import unicodedata
 from collections import deque
 from typing import TextIO
 
@@ -37,6 +39,41 @@ FRAME_MARK = "\x1b[?25l"  # each frame starts by hiding the cursor (tests count 
 def _styled(text: str) -> str:
     code = _STYLE.get(text.split(" ", 1)[0])
     return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+# what a step prints that a status row must not carry: escape sequences (a colour would
+# leak into the row, a cursor move would break the erase) and control characters (a tab
+# or a carriage return moves the cursor too); CSI, OSC, then any other ESC pair
+_CONTROLS = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?"
+                       r"|[\x00-\x1f\x7f]")
+
+
+def _row_text(text: str) -> str:
+    """A step's output line as one status row shows it: what follows its last carriage
+    return (a progress bar's latest state), tabs as spaces, no escape sequence and no
+    control character."""
+    return _CONTROLS.sub("", text.rsplit("\r", 1)[-1].replace("\t", " "))
+
+
+def _columns(ch: str) -> int:
+    """The terminal columns one character takes: 2 for East Asian wide and full-width
+    characters (CJK, most emoji), 0 for combining marks, else 1."""
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` (no escape sequences) shortened to ``width`` columns, ending in "…" when cut."""
+    if sum(map(_columns, text)) <= width:
+        return text
+    out, seen = [], 0
+    for ch in text:
+        seen += _columns(ch)
+        if seen > width - 1:
+            break
+        out.append(ch)
+    return "".join(out) + "…"
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -120,8 +157,9 @@ class LiveReporter:
         rows = []
         spin = _SPINNER[self.frames % len(_SPINNER)]
         for name, started in list(self.running.items())[:_SHOWN]:
-            head = f"{spin} {name} {now - started:5.1f}s"
-            tail = self.last.get(name, "")
+            elapsed = f"{now - started:5.1f}s"  # a long name is cut, never its time
+            head = f"{spin} {_fit(name, max(1, width - len(elapsed) - 4))} {elapsed}"
+            tail = _row_text(self.last.get(name, ""))
             rows.append(f"\x1b[36m{head}\x1b[0m \x1b[2m{tail[:max(0, width - len(head) - 2)]}"
                         "\x1b[0m" if tail else f"\x1b[36m{head}\x1b[0m")
         if len(self.running) > _SHOWN:
@@ -178,7 +216,8 @@ class LiveReporter:
 
 
 def _clip(row: str, width: int) -> str:
-    """``row`` cut to ``width`` visible columns (escape sequences do not count)."""
+    """``row`` cut to fewer than ``width`` terminal columns (its colour sequences take
+    none, a wide character two), so that it never wraps."""
     out, seen, i = [], 0, 0
     while i < len(row):
         if row[i] == "\x1b":
@@ -188,9 +227,9 @@ def _clip(row: str, width: int) -> str:
             out.append(row[i:end + 1])
             i = end + 1
             continue
-        if seen >= width - 1:
+        seen += _columns(row[i])
+        if seen > width - 1:
             break
         out.append(row[i])
-        seen += 1
         i += 1
     return "".join(out) + "\x1b[0m"

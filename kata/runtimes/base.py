@@ -125,6 +125,11 @@ class StepSpec:
     resources: Resources = Resources()
 
 
+# a StepSpec label: the step's workspace or environment may hold a secret (it declares
+# one, or it sees the artifacts of a step that does), so it never leaves this host (a
+# remote executor runs it locally, SECURITY.md)
+LOCAL_ONLY_LABEL = "kata.local-only"
+
 TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
 CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
 # what a runtime returns for a step that failed after the kernel's OOM killer killed a
