@@ -264,3 +264,111 @@ def test_a_syscall_through_the_32bit_abi_is_killed(each_oci_runtime, probe_diges
     assert status == 0
     assert lines == [f"status={128 + 31}"]  # SIGSYS: libseccomp's bad-arch action
 
+
+
+# -- the profile compiled once, for crun (seccompbpf.py) -----------------------------------
+def test_the_compiled_profile_is_cached_and_skips_no_spec():
+    from kata.runtimes.containerd import seccompbpf
+
+    profile = sandbox.seccomp_profile(CAPABILITIES)
+    first = seccompbpf.bpf_annotations(profile)
+    assert set(first) == {"run.oci.seccomp_bpf_data"}
+    assert seccompbpf.bpf_annotations(sandbox.seccomp_profile(CAPABILITIES)) == first
+    assert seccompbpf.bpf_annotations(None) == {}  # a spec without a profile: nothing given
+    # a different profile (CAP_SYS_ADMIN unlocks mount, ...) compiles to a different filter
+    admin = seccompbpf.bpf_annotations(sandbox.seccomp_profile([*CAPABILITIES, "CAP_SYS_ADMIN"]))
+    assert admin != first
+
+
+@pytest.mark.integration
+def test_the_precompiled_filter_is_byte_for_byte_crun_s_own(tmp_path):
+    # crun writes the filter it compiled from linux.seccomp to <root>/<id>/seccomp.bpf at
+    # `crun create`; kata's must be those very bytes (so the annotation changes nothing)
+    import base64
+    import io
+    import json
+    import os
+    import subprocess
+    import tarfile
+
+    from kata.runtimes.containerd import seccompbpf
+    from support.images import busybox_layer
+
+    bundle, root = tmp_path / "bundle", tmp_path / "crun"
+    (bundle / "rootfs").mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(busybox_layer())) as tar:
+        tar.extractall(bundle / "rootfs", filter="fully_trusted")
+    for caps in (CAPABILITIES, [*CAPABILITIES, "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]):
+        spec = build_spec(StepSpec(image="sha256:" + "0" * 64, argv=("true",)),
+                          container_id="kata-bpf", image_env=())
+        spec["process"]["capabilities"] = {k: list(caps) for k in ("bounding", "effective",
+                                                                    "permitted")}
+        spec["linux"]["seccomp"] = sandbox.seccomp_profile(caps)
+        spec["root"] = {"path": str(bundle / "rootfs")}
+        spec["linux"]["cgroupsPath"] = f"/kata/bpf-test-{os.getpid()}"
+        (bundle / "config.json").write_text(json.dumps(spec))
+        # the created container's init holds its stdio until it is started: not a pipe
+        subprocess.run(["crun", "--root", str(root), "create", "--bundle", str(bundle), "bpf"],
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+        try:
+            crun_own = (root / "bpf" / "seccomp.bpf").read_bytes()
+        finally:
+            subprocess.run(["crun", "--root", str(root), "delete", "--force", "bpf"],
+                           check=True, capture_output=True, timeout=60)
+        ours = seccompbpf.compile_profile(spec["linux"]["seccomp"])
+        assert len(ours) > 1000 and ours == crun_own
+        assert seccompbpf.bpf_annotations(spec["linux"]["seccomp"]) == {
+            seccompbpf.ANNOTATION: base64.b64encode(crun_own).decode()}
+
+
+@pytest.mark.integration
+def test_crun_containers_get_the_compiled_filter_runc_ones_the_profile(each_oci_runtime,
+                                                                       busybox_digest):
+    # the spec containerd holds for a running step: on crun the compiled filter in place
+    # of the profile's rules, on runc the profile
+    from kata.runtimes.containerd import seccompbpf
+    from kata.runtimes.containerd.client import containers_pb2
+
+    rt = each_oci_runtime
+    seen: list[dict] = []
+
+    def sink(stream, line):
+        if line == b"up" and not seen:
+            c = rt.client
+            for ctr in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
+                              "list").containers:
+                import json
+
+                spec = json.loads(ctr.spec.value)
+                if spec["process"]["args"][-1].startswith("echo up"):
+                    seen.append(spec)
+
+    status = rt.run(StepSpec(image=busybox_digest, argv=("sh", "-c", "echo up; sleep 0.2"),
+                             timeout=60), sink, threading.Event())
+    assert status == 0 and len(seen) == 1
+    spec = seen[0]
+    profile = sandbox.seccomp_profile(CAPABILITIES)
+    if rt.oci.name == "crun":
+        assert seccompbpf.takes_compiled_filter(rt.oci.binary)  # crun 1.8 here
+        assert "seccomp" not in spec["linux"]
+        assert spec["annotations"] == seccompbpf.bpf_annotations(profile)
+    else:
+        assert spec["linux"]["seccomp"] == profile
+        assert seccompbpf.ANNOTATION not in (spec.get("annotations") or {})
+
+
+def test_only_a_crun_that_takes_the_annotation_gets_it(tmp_path):
+    from kata.runtimes.containerd import seccompbpf
+
+    def fake(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{text}\nEOF\n")
+        path.chmod(0o755)
+        return str(path)
+
+    assert seccompbpf.takes_compiled_filter(fake("new", "crun version 1.8.1\n+CAP +SECCOMP +YAJL"))
+    assert not seccompbpf.takes_compiled_filter(fake("old", "crun version 0.16\n+CAP +SECCOMP"))
+    assert not seccompbpf.takes_compiled_filter(fake("noseccomp", "crun version 1.8.1\n+CAP +YAJL"))
+    assert not seccompbpf.takes_compiled_filter(fake("other", "runc version 1.1.5"))
+    assert not seccompbpf.takes_compiled_filter(str(tmp_path / "missing"))

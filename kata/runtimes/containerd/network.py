@@ -182,7 +182,9 @@ class NetnsPool:
             return len(self._idle)
 
     def acquire(self, owner: str) -> tuple[str, str]:
-        """(name, path) of a ready namespace: an idle one, else a new one."""
+        """(name, path) of a ready namespace: an idle one, else a new one. (Waiting for
+        a finished step's namespace to come back instead was tried: it saved a few
+        namespaces per run and put a task deletion, ~20 ms, before every step.)"""
         with self._lock:
             if self._idle:
                 name = self._idle.pop()
