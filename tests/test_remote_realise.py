@@ -53,6 +53,18 @@ class Host:
         self.store.close()
 
 
+def _host_a_ran(tmp_path: Path, url: str) -> tuple[Host, Path]:
+    """Host A (closed: its uploads done, its bundle filed) after running DAG against the
+    remote at ``url``, and A's repository for other hosts to copy."""
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    a = Host(tmp_path / "a", repo_a, url)
+    assert a.realiser(DAG).run().ok
+    a.close()
+    return a, repo_a
+
+
 def test_remote_lost_between_plan_and_run_rebuilds_locally(tmp_path):
     repo_a = tmp_path / "a" / "repo"
     (repo_a / "src").mkdir(parents=True)
@@ -93,13 +105,8 @@ def test_a_second_host_reads_the_whole_graph_from_one_bundle(tmp_path):
     store, answers every lookup with ONE GetActionResult, fetches nothing for hits whose
     dependents all hit, and a later fetch of those hits (what --out does) brings their
     trees and logs from the bundle's records into B's store."""
-    repo_a = tmp_path / "a" / "repo"
-    (repo_a / "src").mkdir(parents=True)
-    (repo_a / "src" / "a.txt").write_text("hello\n")
     with buildgrid(tmp_path / "bgd") as server:
-        a = Host(tmp_path / "a", repo_a, server.url)
-        assert a.realiser(DAG).run().ok
-        a.close()
+        a, repo_a = _host_a_ran(tmp_path, server.url)
         assert a.remote.stats["uploads"] == 4 and a.remote.stats["bundled"] == 4
         repo_b = tmp_path / "b" / "repo"
         shutil.copytree(repo_a, repo_b)
@@ -128,13 +135,8 @@ def test_a_host_holding_some_steps_still_reads_the_graphs_bundle(tmp_path):
     """The bundle is named by every cacheable derivation hash of the graph, not by the
     ones a host happens to miss: C, whose store already holds ``build`` (lookups go local
     first, so that key is not asked), still answers the rest with ONE GetActionResult."""
-    repo_a = tmp_path / "a" / "repo"
-    (repo_a / "src").mkdir(parents=True)
-    (repo_a / "src" / "a.txt").write_text("hello\n")
     with buildgrid(tmp_path / "bgd") as server:
-        a = Host(tmp_path / "a", repo_a, server.url)
-        assert a.realiser(DAG).run().ok
-        a.close()
+        a, repo_a = _host_a_ran(tmp_path, server.url)
         repo_c = tmp_path / "c" / "repo"
         shutil.copytree(repo_a, repo_c)
         c = Host(tmp_path / "c", repo_c, server.url)
@@ -193,13 +195,8 @@ def test_fetching_a_remote_hit_after_the_remote_went_away_names_the_step_and_rem
     gone is a clear error (exit 2) naming the step and the remote, not a missing object."""
     from kata.errors import KataError
 
-    repo_a = tmp_path / "a" / "repo"
-    (repo_a / "src").mkdir(parents=True)
-    (repo_a / "src" / "a.txt").write_text("hello\n")
     with buildgrid(tmp_path / "bgd") as server:
-        a = Host(tmp_path / "a", repo_a, server.url)
-        assert a.realiser(DAG).run().ok
-        a.close()
+        a, repo_a = _host_a_ran(tmp_path, server.url)
         repo_b = tmp_path / "b" / "repo"
         shutil.copytree(repo_a, repo_b)
         b = Host(tmp_path / "b", repo_b, server.url)

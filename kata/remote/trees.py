@@ -210,35 +210,6 @@ def _messages(dirs: dict[tuple[bytes, ...], _Dir],
     return tree_digest, tree_data, root[1], small
 
 
-def reapi_tree(store: Store, tree: str) -> re_pb2.Tree:
-    """The REAPI ``Tree`` of the Kata tree ``tree``, from this host's memo (``memo_path``)
-    when a transfer computed it before, else computed from the local blob (read and hashed
-    once, then kept). No network. For a client that builds an input root from trees the
-    store holds, instead of hashing a workspace made of them again."""
-    data = _memo_read(memo_path(store, tree))
-    if data is None:
-        dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
-        with store.open_blob(tree) as blob:
-            for kind, parts, arg, rd in kata_tree.entries(blob):
-                parent = dirs[parts[:-1]]
-                name = _name(parts[-1])
-                if kind == "d":
-                    dirs[parts] = _Dir()
-                    parent.dirs.append(name)
-                elif kind == "l":
-                    parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
-                else:
-                    h = hashlib.sha256()
-                    for chunk in rd.chunks(arg, parts):  # type: ignore[arg-type]
-                        h.update(chunk)
-                    parent.files.append(re_pb2.FileNode(
-                        name=name, digest=Digest(hash=h.hexdigest(), size_bytes=arg),  # type: ignore[arg-type]
-                        is_executable=kind == "x"))
-        _, data, _, _ = _messages(dirs)
-        _memo_write(memo_path(store, tree), data)
-    return _parse_tree(digest_of(data), data)
-
-
 def _send_missing(cas: Cas, blobs: dict[tuple[str, int], tuple[Digest, bytes]]) -> None:
     """FindMissingBlobs over ``blobs``, then BatchUpdateBlobs (ByteStream for a big one)
     of the missing ones."""
