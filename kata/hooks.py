@@ -21,9 +21,7 @@ machine, on code they are pushing themselves: trusted, like a local ``kata run``
 
 from __future__ import annotations
 
-import os
 import shlex
-import stat
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kata.atomicfile import write_atomic
 from kata.errors import KataError
 from kata.git import Git, repo_environ
 
@@ -102,10 +101,7 @@ def install(repo: str | Path, kata_args: Sequence[str] = (), *, force: bool = Fa
         if not ours:
             raise KataError("hooks.exists", f"{path} exists and was not installed by kata "
                             "(--force replaces it)", obj=str(path))
-    tmp = path.with_name(f".{hook}.kata-{os.getpid()}")
-    tmp.write_text(hook_script(hook, kata_args))
-    tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    os.replace(tmp, path)
+    write_atomic(path, hook_script(hook, kata_args).encode(), mode=0o755)
     return path
 
 

@@ -26,12 +26,14 @@ import dataclasses
 import functools
 import gc
 import hashlib
+import io
 import os
 import pickle
 import sys
 import time
 from pathlib import Path
 
+from kata.atomicfile import write_atomic
 from kata.configfile import read_config
 from kata.model import Pipeline
 
@@ -168,18 +170,12 @@ def _read(entry: str) -> Pipeline | None:
 
 def _write(entry: str, pipeline: Pipeline) -> None:
     folder = os.path.dirname(entry)
-    tmp = f"{entry}.tmp.{os.getpid()}"
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(pipeline)
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            _Pickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(pipeline)
-        os.replace(tmp, entry)  # a reader sees the whole file or none
+        write_atomic(entry, buf.getvalue())  # a reader sees the whole file or none
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return
     _evict(folder, keep=KEEP)
 

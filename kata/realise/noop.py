@@ -340,19 +340,10 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
     }
     directory = os.path.join(store.state_dir, DIR_NAME)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    name = record_key(config, store.root)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd, "wb") as f:
-            f.write(msgpack.packb(doc, use_bin_type=True))
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from kata.atomicfile import write_atomic  # the replay path does not import it
+
+    write_atomic(os.path.join(directory, record_key(config, store.root)),
+                 msgpack.packb(doc, use_bin_type=True))
     _prune(directory)
     return ""
 

@@ -25,12 +25,12 @@ import hashlib
 import io
 import os
 import tempfile
-import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from kata.atomicfile import write_atomic
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, Digest, RemoteError, digest_of, message_digest
 from store import Store
@@ -85,10 +85,7 @@ def _memo_read(path: str) -> bytes | None:
 def _memo_write(path: str, data: bytes) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(hashlib.sha256(data).hexdigest().encode() + data)
-        os.replace(tmp, path)
+        write_atomic(path, hashlib.sha256(data).hexdigest().encode() + data)
     except OSError:
         pass  # a memo is an optimisation: without it the tree is hashed again next time
 

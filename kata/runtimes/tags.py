@@ -19,10 +19,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from kata.atomicfile import write_atomic
 from kata.model import DIGEST_RE, ImageRef
 
 FORMAT = "kata-image-tags/1"
@@ -98,10 +98,8 @@ class ImageTags:
             fcntl.flock(lock, fcntl.LOCK_EX)
             tags = self._read()
             change(tags)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps({"format": FORMAT, "tags": dict(sorted(tags.items()))},
-                                      indent=1) + "\n")
-            os.replace(tmp, self.path)
+            doc = {"format": FORMAT, "tags": dict(sorted(tags.items()))}
+            write_atomic(self.path, (json.dumps(doc, indent=1) + "\n").encode(), mode=0o644)
             self._tags = tags
 
 
