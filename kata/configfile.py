@@ -1,7 +1,9 @@
 """Finding and reading `.kata-ci.yaml`: where it is, and its bytes (compiler layer).
 
 Kept apart from the loader (`kata.loader`, which parses) so that a run whose config is
-already loaded (`kata.loaded`) reads the file without importing the YAML parser.
+already loaded (`kata.loaded`) reads the file without importing the YAML parser; and
+`kata.errors` (with `dataclasses`, ~28 M instructions) is imported only to raise, so the
+cached path (`kata.realise.noop`) finds the config without it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ import os
 import stat
 from pathlib import Path
 
-from kata.errors import KataError
-
 CONFIG_NAME = ".kata-ci.yaml"
+
+
+def _error(reason: str, message: str, *, obj: str) -> Exception:
+    """A ``KataError`` (exit 2), its module imported when there is one to raise."""
+    from kata.errors import KataError
+
+    return KataError(reason, message, obj=obj)
 
 
 def find_config(start_dir: str | os.PathLike | None = None,
@@ -22,7 +29,7 @@ def find_config(start_dir: str | os.PathLike | None = None,
     if explicit is not None:
         p = Path(explicit)
         if not p.is_file():
-            raise KataError("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
+            raise _error("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
         return p
     d = Path(start_dir if start_dir is not None else os.getcwd()).resolve()
     for cand in (d, *d.parents):
@@ -31,7 +38,7 @@ def find_config(start_dir: str | os.PathLike | None = None,
             return cand / CONFIG_NAME
         if (cand / ".git").exists():
             break
-    raise KataError("config.not_found",
+    raise _error("config.not_found",
                     f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
                     obj=str(d))
 
@@ -50,7 +57,7 @@ def _check_inside(config: Path, start: Path) -> None:
     root = next((c for c in (start, *start.parents) if (c / ".git").exists()), start)
     real, real_root = os.path.realpath(config), os.path.realpath(root)
     if not real.startswith(real_root.rstrip("/") + "/"):
-        raise KataError("config.outside", f"{config} is a symlink to a file outside the "
+        raise _error("config.outside", f"{config} is a symlink to a file outside the "
                         f"repository ({real_root}); kata reads nothing outside it",
                         obj=str(config))
 
@@ -61,7 +68,7 @@ def _read_config(p: Path) -> bytes:
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KataError("config.not_found", f"config file {str(p)!r} is not a regular file",
+            raise _error("config.not_found", f"config file {str(p)!r} is not a regular file",
                             obj=str(p))
         os.set_blocking(fd, True)
         from kata.inputs import read_at_most
@@ -70,7 +77,7 @@ def _read_config(p: Path) -> bytes:
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG:
-        raise KataError("config.too_large", f"config file {str(p)!r} is larger than "
+        raise _error("config.too_large", f"config file {str(p)!r} is larger than "
                         f"{MAX_CONFIG >> 20} MiB", obj=str(p))
     return data
 
@@ -80,8 +87,8 @@ def read_config(p: Path) -> bytes:
     try:
         return _read_config(p)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise KataError("config.not_found", f"config file {str(p)!r} not found",
+        raise _error("config.not_found", f"config file {str(p)!r} not found",
                         obj=str(p)) from None
     except OSError as err:
-        raise KataError("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
+        raise _error("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
                         obj=str(p)) from None
