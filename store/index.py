@@ -9,7 +9,6 @@ The map grows on demand; a dead reader's slot is reclaimed on open.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -154,6 +153,8 @@ class LmdbIndex:
                              obj=path) from err
 
     def _discard(self, why: str) -> None:
+        import shutil  # here: opening an intact index needs none of it
+
         self.discarded = why
         shutil.rmtree(self.path, ignore_errors=True)
         os.makedirs(self.path, exist_ok=True)
