@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONFIG_NAME = ".kata-ci.yaml"
 
@@ -26,40 +29,61 @@ def find_config(start_dir: str | os.PathLike | None = None,
                 explicit: str | os.PathLike | None = None) -> Path:
     """The config to use: `explicit` if given, else `.kata-ci.yaml` in `start_dir` or the
     nearest parent, stopping at the repository root (the directory holding `.git`)."""
+    from pathlib import Path
+
+    return Path(locate_config(start_dir, explicit))
+
+
+def locate_config(start_dir: str | os.PathLike | None = None,
+                  explicit: str | os.PathLike | None = None) -> str:
+    """:func:`find_config` as a string (`explicit` as given, else a resolved path), without
+    `pathlib` (the cached path, `kata.realise.noop`)."""
     if explicit is not None:
-        p = Path(explicit)
-        if not p.is_file():
-            raise _error("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
+        p = os.fspath(explicit)
+        if not os.path.isfile(p):
+            raise _error("config.not_found", f"config file {p!r} not found", obj=p)
         return p
-    d = Path(start_dir if start_dir is not None else os.getcwd()).resolve()
-    for cand in (d, *d.parents):
-        if (cand / CONFIG_NAME).is_file():
-            _check_inside(cand / CONFIG_NAME, cand)
-            return cand / CONFIG_NAME
-        if (cand / ".git").exists():
+    d = os.path.realpath(start_dir if start_dir is not None else os.getcwd())
+    cand = d
+    while True:
+        config = os.path.join(cand, CONFIG_NAME)
+        if os.path.isfile(config):
+            _check_inside(config, cand)
+            return config
+        parent = os.path.dirname(cand)
+        if os.path.exists(os.path.join(cand, ".git")) or parent == cand:
             break
+        cand = parent
     raise _error("config.not_found",
-                    f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
-                    obj=str(d))
+                 f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
+                 obj=d)
 
 
 # A config of 1,000 steps is ~200 KiB; anything past this is not a pipeline.
 MAX_CONFIG = 8 << 20
 
 
-def _check_inside(config: Path, start: Path) -> None:
+def _check_inside(config: str, start: str) -> None:
     """A config found in the repository may be a symlink only to a file inside the
     repository (the directory holding ``.git`` above it, else its own directory):
     ``.kata-ci.yaml -> /etc/shadow`` pushed to a hook server would otherwise be read as
     root and quoted back in the error message."""
-    if not config.is_symlink():
+    if not os.path.islink(config):
         return
-    root = next((c for c in (start, *start.parents) if (c / ".git").exists()), start)
+    root, cand = start, start
+    while True:
+        if os.path.exists(os.path.join(cand, ".git")):
+            root = cand
+            break
+        parent = os.path.dirname(cand)
+        if parent == cand:
+            break
+        cand = parent
     real, real_root = os.path.realpath(config), os.path.realpath(root)
     if not real.startswith(real_root.rstrip("/") + "/"):
         raise _error("config.outside", f"{config} is a symlink to a file outside the "
-                        f"repository ({real_root}); kata reads nothing outside it",
-                        obj=str(config))
+                     f"repository ({real_root}); kata reads nothing outside it",
+                     obj=config)
 
 
 def _read_config(p: Path) -> bytes:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TypeVar
 
 import lmdb
 
@@ -22,7 +20,12 @@ from .errors import StoreError
 # reading or writing raw rows (the cached path, kata.realise.noop) needs no codec (~8 M
 # instructions, datetime included)
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the cached path)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 # statfs(2) f_type magics of filesystems LMDB must not live on.
 NETWORK_FS = {

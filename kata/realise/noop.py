@@ -81,16 +81,20 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 try:  # the interpreter's own sha256 (hashlib loads OpenSSL: ~11 M instructions); same digest
     from _sha256 import sha256
 except ImportError:  # a build without it
     from hashlib import sha256
 
+# neither typing nor pathlib on the replay's path (with re, ~35 M instructions in a clean
+# interpreter): annotations are strings, and paths are os.path's
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+    from typing import Any
+
     from kata.compile import DerivationGraph
     from kata.realise.plan import Plan
     from kata.realise.results import RealiseOptions, RunResult
@@ -175,7 +179,7 @@ def observe(paths: Iterable[str]) -> list[tuple[int, ...] | None]:
     return out
 
 
-def record_key(config: Path, store_root: str) -> str:
+def record_key(config: "Path | str", store_root: str) -> str:
     """The record's file name for this config (resolved path) and store."""
     text = "\0".join((FORMAT, sys.version, "\n".join(sys.path), str(config), store_root))
     return sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -191,6 +195,8 @@ def _code_paths() -> list[str]:
     """kata's, the store's, procs' and the grammars' sources, the libraries' modules and the
     ``sys.path`` entries (absent ones too)."""
     import importlib.util
+
+    from pathlib import Path
 
     top = Path(__file__).resolve().parent.parent.parent
     # every entry, present or not: a directory created later can shadow a library
@@ -238,6 +244,8 @@ def _git_paths(root: str, dirs: Sequence[str]) -> list[str] | None:
     """What a ``git ls-files -co --exclude-standard`` listing depends on beyond the
     directories: the index, the ignore files and the git config; [] outside a work tree;
     None when it cannot be observed simply (a linked work tree, ``core.excludesFile``)."""
+    from pathlib import Path
+
     top = None
     for d in (Path(root), *Path(root).parents):
         if os.path.lexists(d / ".git"):
@@ -518,11 +526,11 @@ def replay(argv: Sequence[str]) -> int | None:
         return None
     config_file, store_arg, json_out = parsed
     live = not json_out and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    from kata.configfile import find_config
+    from kata.configfile import locate_config
     from kata.locations import store_location
 
-    try:
-        config = find_config(os.getcwd(), config_file).resolve()
+    try:  # the full path's find_config(...).resolve(), as a string
+        config = os.path.realpath(locate_config(os.getcwd(), config_file))
     except Exception:  # noqa: BLE001 (KataError, OSError, a symlink loop): the full path says
         return None
     root = store_location(store_arg)
@@ -534,7 +542,7 @@ def replay(argv: Sequence[str]) -> int | None:
             return None
         from kata.githead import head
 
-        if head(config.parent) != doc["head"]:
+        if head(os.path.dirname(config)) != doc["head"]:
             return None
         if observe(doc["paths"]) != doc["observed"]:
             return None
@@ -543,7 +551,7 @@ def replay(argv: Sequence[str]) -> int | None:
     return _replay(doc, root, doc["state"], "json" if json_out else "live" if live else "plain")
 
 
-def _read_record(config: Path, root: str) -> dict[str, Any] | None:
+def _read_record(config: str, root: str) -> dict[str, Any] | None:
     """The record for ``config`` and the store at ``root``, if one was written (None
     otherwise, or when unreadable). A local store's state directory is beside it (a record
     there names it, and observes the store's directory as it was when statfs said it was
