@@ -185,6 +185,8 @@ class LiveReporter:
         with self._lock:
             pending, self._pending = self._pending, []
             status = [] if final else self._status(width)
+            if not (pending or status or self._drawn or final):
+                return  # nothing to draw (a pull view before its first pull): no write
             self.frames += 1
             out = [FRAME_MARK]
             if self._drawn:  # back to the top of the old block, erase it
