@@ -121,6 +121,10 @@ def resolve_images(pipeline: Pipeline, resolver: Resolver, *,
         except KataError as err:
             if not err.reason.startswith("image.") or err.reason == "image.resolve":
                 raise
+            if err.reason == "image.refresh_failed":  # --pull, and the registry is away
+                failed.append(f"image {ref} (used by {', '.join(names)}) could not be refreshed "
+                              f"(--pull asks the registry): {err.message}")
+                continue
             failed.append(f"image {ref} (used by {', '.join(names)}) is neither in kata's "
                           f"image store nor fetchable: {err.message}; fix: `kata image pull "
                           f"{ref}` where the registry is reachable, or `kata image import FILE` "

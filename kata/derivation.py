@@ -86,6 +86,10 @@ class Derivation:
     # `reports.junit` globs, sorted (issue 14): encoded only when given, so a step without
     # them keeps its hash (the realisation carries the report they select)
     junit_reports: tuple[str, ...] = ()
+    # The order the step stacks its dependencies' artifacts in (``depends_on`` order: a
+    # later dependency's file wins), as positions in ``deps``; encoded only when it is not
+    # ``deps``' own sorted order, so a step whose order is that keeps its hash.
+    dep_order: tuple[int, ...] = ()
 
     @property
     def resolved(self) -> bool:
@@ -93,7 +97,8 @@ class Derivation:
                 and all(d is not None for d in self.deps)
                 and all(s.image is not None for s in self.services))
 
-    def to_obj(self, deps: Sequence[str | None] | None = None) -> dict[str, Any]:
+    def to_obj(self, deps: Sequence[str | None] | None = None,
+               dep_order: Sequence[int] | None = None) -> dict[str, Any]:
         obj = {
             "artifacts": list(self.artifacts),
             "cache_paths": list(self.cache_paths),
@@ -112,6 +117,9 @@ class Derivation:
         }
         if self.junit_reports:
             obj["junit_reports"] = list(self.junit_reports)
+        order = self.dep_order if dep_order is None else dep_order
+        if order:
+            obj["dep_order"] = list(order)
         return obj
 
     def encode(self) -> bytes:
@@ -126,13 +134,16 @@ class Derivation:
         return hashlib.sha256(self.encode()).hexdigest()
 
     def resolved_hash(self, dep_outputs: Sequence[str]) -> str:
-        """The early-cutoff key: dependency hashes replaced by their output tree digests."""
+        """The early-cutoff key: dependency hashes replaced by their artifact-stack digests,
+        ``dep_outputs`` given in stacking (``depends_on``) order: they are encoded sorted,
+        with that order as positions when it is not the sorted one."""
         if not self.resolved:
             raise KataError("derivation.unresolved", "derivation has unresolved parts")
         if len(dep_outputs) != len(self.deps):
             raise KataError("derivation.outputs", f"expected {len(self.deps)} dependency "
                             f"outputs, got {len(dep_outputs)}")
-        body = msgpack.packb([RESOLVED_FORMAT, self.to_obj(sorted(dep_outputs))],
+        ordered, order = canonical_order(dep_outputs)
+        body = msgpack.packb([RESOLVED_FORMAT, self.to_obj(ordered, order)],
                              use_bin_type=True, unicode_errors=_U)
         return hashlib.sha256(body).hexdigest()
 
@@ -145,7 +156,21 @@ class Derivation:
             artifacts=tuple(obj["artifacts"]), cache_paths=tuple(obj["cache_paths"]),
             services=tuple(ServiceDrv.from_obj(s) for s in obj["services"]),
             network=obj["network"], deps=tuple(obj["deps"]),
-            junit_reports=tuple(obj.get("junit_reports", ())))
+            junit_reports=tuple(obj.get("junit_reports", ())),
+            dep_order=tuple(obj.get("dep_order", ())))
+
+
+def canonical_order(deps: Sequence[str | None]) -> tuple[list[str | None], tuple[int, ...]]:
+    """``deps`` (in stacking order) sorted, and the stacking order as positions in the
+    sorted list: ``()`` when it is the sorted order itself (equal entries keep theirs).
+
+    >>> canonical_order(["b", "a"])
+    (['a', 'b'], (1, 0))
+    """
+    idx = sorted(range(len(deps)), key=lambda i: (deps[i] is None, deps[i] or "", i))
+    position = {i: p for p, i in enumerate(idx)}
+    order = tuple(position[i] for i in range(len(deps)))
+    return [deps[i] for i in idx], (() if order == tuple(range(len(deps))) else order)
 
 
 def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: str,
@@ -153,14 +178,16 @@ def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: 
          key_files: str | None, artifacts: Sequence[str], cache_paths: Sequence[str],
          services: Sequence[ServiceDrv], network: str, deps: Sequence[str | None],
          junit_reports: Sequence[str] = ()) -> Derivation:
-    """A Derivation in canonical form (sorted env, secrets, paths, services, deps)."""
+    """A Derivation in canonical form (sorted env, secrets, paths, services, deps; ``deps``
+    given in ``depends_on`` order, which decides whose artifacts win, kept as ``dep_order``)."""
+    sorted_deps, dep_order = canonical_order(deps)
     return Derivation(
         pipeline=pipeline, image=image, commands=tuple(commands), workdir=workdir, user=user,
         env=tuple(sorted(dict(env).items())), secrets=tuple(sorted(set(secrets))),
         inputs=inputs, key_files=key_files, artifacts=tuple(sorted(set(artifacts))),
         cache_paths=tuple(sorted(set(cache_paths))),
         services=tuple(sorted(services, key=lambda s: s.name)), network=network,
-        deps=tuple(sorted(deps, key=lambda d: (d is None, d or ""))),
+        deps=tuple(sorted_deps), dep_order=dep_order,
         junit_reports=tuple(sorted(set(junit_reports))))
 
 
@@ -306,4 +333,10 @@ def diff(a: Derivation | DerivationRecord, b: Derivation | DerivationRecord) -> 
             out += _keyed("dependency", na, nb)
         else:
             out += _keyed("dependency", {d: d for d in da.deps if d}, {d: d for d in db.deps if d})
+    elif da.dep_order != db.dep_order:  # same dependencies, stacked in another order
+        names = dict((h, n) for n, h in rb.dep_names)
+        def order(d: Derivation) -> str:
+            return ", ".join(names.get(d.deps[i], d.deps[i] or "?")
+                             for i in (d.dep_order or range(len(d.deps))))
+        out.append(Change(field="dependency order", kind="changed", old=order(da), new=order(db)))
     return tuple(out)

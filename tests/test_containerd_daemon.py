@@ -75,7 +75,8 @@ def test_cli_image_and_daemon_commands(private_dir, tmp_path):
     r = kata("image", "rm", "kata.local/busybox:latest", env=env)
     assert r.returncode == 0 and "removed kata.local/busybox:latest" in r.stdout
     r = kata("image", "rm", "kata.local/busybox:latest", env=env)
-    assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert "kata.local/busybox:latest" in r.stderr and "kata image ls" in r.stderr
     r = kata("image", "pull", "not a ref", env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = kata("daemon", "stop", env=env)

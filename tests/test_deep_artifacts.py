@@ -80,3 +80,26 @@ def test_a_chain_of_200_steps_sees_every_earlier_file_and_the_latest_winner(env)
     assert len(env.ran()) == N
     # past 24 trees, blocks of 16 trees ([0:16], [16:32], ... [176:192]) shared along the chain
     assert len(_merged(env)) == (N - 1) // 16
+
+
+def test_swapping_depends_on_reruns_the_dependent_that_sees_the_other_winner(env):
+    """Two producers write the same path; the dependent sees the later one in its
+    ``depends_on``. Swapping the order changes what it sees, so it must not hit the
+    other order's result (it did: the key sorted the dependencies)."""
+    env.write("README", "x\n")
+    a = FakeStep("a", commands=("echo A > same",), artifacts=("same",), inputs=("README",))
+    b = FakeStep("b", commands=("echo B > same",), artifacts=("same",), inputs=("README",))
+
+    def consumer(order):
+        return FakeStep("c", depends_on=order, inputs=("README",),
+                        commands=("cat same > seen",), artifacts=("seen",))
+
+    def seen(result):
+        return open(os.path.join(env.store.unpacked(result.steps["c"].outputs), "seen")).read()
+
+    first = env.run([a, b, consumer(("a", "b"))])
+    assert first.ok and seen(first) == "B\n"
+    swapped = env.run([a, b, consumer(("b", "a"))])
+    assert swapped.ok and env.ran() == ["c"], env.ran()
+    assert seen(swapped) == "A\n"
+    assert env.run([a, b, consumer(("a", "b"))]).ok and env.ran() == []  # both kept

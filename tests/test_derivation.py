@@ -420,3 +420,33 @@ def test_context_enters_only_the_keys_of_steps_that_ask_for_it(tmp_path) -> None
     assert one.nodes["stamp"].drv_hash != two.nodes["stamp"].drv_hash
     assert dict(one.nodes["stamp"].derivation.env) == {"CI": "true", "KATA_COMMIT_SHA": "1" * 40}
     assert dict(one.nodes["plain"].derivation.env) == {}
+
+
+def test_depends_on_order_is_hashed_since_it_decides_whose_file_wins(repo) -> None:
+    """A dependent's stack is its dependencies' stacks in ``depends_on`` order, the later
+    one's file winning: two orders show different files, so they must be two keys (a
+    swapped order used to hit the other order's result), in the derivation hash and in
+    the early-cutoff (resolved) hash alike. The sorted order keeps the old encoding."""
+    text = ("pipeline: p\nsteps:\n"
+            "  - {name: a, image: x, commands: [echo a]}\n"
+            "  - {name: b, image: x, commands: [echo b]}\n"
+            "  - {name: c, image: x, depends_on: [DEPS], commands: [cat out]}\n")
+    graphs = {deps: compile_pipeline(load_text(text.replace("DEPS", deps)),
+                                     resolver=fake_resolver, repo_root=repo)
+              for deps in ("a, b", "b, a")}
+    ab, ba = graphs["a, b"].nodes["c"], graphs["b, a"].nodes["c"]
+    assert ab.drv_hash != ba.drv_hash
+    outputs = {"a": "sha256:" + "1" * 64, "b": "sha256:" + "2" * 64}
+    assert ab.resolved_hash(outputs) != ba.resolved_hash(outputs)
+    # equal stacks give one view whatever the order: one key
+    same = {"a": "sha256:" + "3" * 64, "b": "sha256:" + "3" * 64}
+    assert ab.resolved_hash(same) == ba.resolved_hash(same)
+    # an order that is the sorted one is encoded as before (no dep_order field)
+    for node in (ab, ba):
+        body = __import__("msgpack").unpackb(node.derivation.encode())[1]
+        assert ("dep_order" in body) == (list(node.derivation.dep_order) != [])
+    assert decode(ab.record().encode()).derivation == ab.derivation
+    assert decode(ba.record().encode()).derivation == ba.derivation
+    changes = diff(ab.record(), ba.record())
+    assert [c.field for c in changes] == ["dependency order"]
+    assert (changes[0].old, changes[0].new) == ("a, b", "b, a")

@@ -76,6 +76,10 @@ def test_pulled_images_run_with_the_registry_stopped(tmp_path, containerd_daemon
     refresh = kata("run", "--pull")
     assert refresh.returncode == 2 and "Traceback" not in refresh.stderr  # image.unavailable
     assert "error: " in refresh.stderr and host in refresh.stderr, refresh.stderr
+    # it is in the store: the error says the refresh failed and what a plain run uses
+    assert "could not be refreshed (--pull asks the registry)" in refresh.stderr, refresh.stderr
+    assert f"kata has it as {second.digest}, which a run without --pull uses" in refresh.stderr
+    assert "neither in kata's image store" not in refresh.stderr
 
     # containerd pointed at nothing: a fully cached run neither connects nor imports grpc
     nothing = tmp_path / "no-containerd.sock"

@@ -254,6 +254,38 @@ def test_a_git_head_moved_falls_back(built, tmp_path, containerd_daemon):
     assert not replayed(run(k, "run"))
 
 
+@pytest.mark.parametrize("var", ["HOME", "XDG_CONFIG_HOME"])
+def test_another_home_falls_back_since_git_reads_its_ignore_files_there(
+        built, tmp_path, containerd_daemon, var):
+    """git reads the user's global ignore file (``~/.config/git/ignore``, or under
+    ``$XDG_CONFIG_HOME``) from the environment: another home can drop an untracked input,
+    so it must not replay the record made under the first (it replayed a stale hit)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(built / "repo", repo)
+    shutil.copytree(built / "store", tmp_path / "store")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    (repo / "src" / "b.txt").write_text("untracked input\n")
+    other = tmp_path / "home2"
+    ignore = other / (".config/git/ignore" if var == "HOME" else "git/ignore")
+    ignore.parent.mkdir(parents=True)
+    ignore.write_text("b.txt\n")
+    k = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    run(k, "run")  # builds with b.txt
+    settle()
+    run(k, "run")
+    here = run(k, "run")
+    assert replayed(here)
+    moved = run(k, "run", **{var: str(other)})
+    assert not replayed(moved)
+
+    def build_line(proc: subprocess.CompletedProcess) -> str:
+        return next(line for line in proc.stdout.splitlines() if "] build:" in line)
+    assert build_line(moved) != build_line(here)  # another key: b.txt is ignored there
+
+
 def test_a_fresh_edit_or_a_condition_leaves_no_record(built, tmp_path, containerd_daemon):
     repo = tmp_path / "repo"
     shutil.copytree(built / "repo", repo)

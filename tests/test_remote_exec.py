@@ -410,6 +410,28 @@ def test_fail_fast_cancels_a_remote_step_on_its_worker(grid, workers, kata):
         time.sleep(0.2)
 
 
+def test_an_image_only_the_client_holds_names_the_worker_and_how_to_import_it(
+        grid, workers, kata, tmp_path):
+    """An image imported on the client (kata.local/...) is not on the workers, which pull
+    by digest: the step fails with the worker's name and the import command for its
+    containerd, not only "cannot fetch ... https://kata.local"."""
+    from support.images import busybox_layer, files_layer, make_image, write_oci_archive
+
+    ref = f"kata.local/only-here:{secrets.token_hex(4)}"
+    img = make_image([busybox_layer(), files_layer({"etc/only": ref.encode()})], ref=ref)
+    imported = kata("image", "import", str(write_oci_archive(img, tmp_path / "only.tar")))
+    assert imported.returncode == 0, imported.stderr
+    bg, _image = grid
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "local-image", "steps": [
+        {"name": "s", "image": ref, "inputs": ["src/**"], "commands": ["true"]}]}))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert re.search(r"worker w[12]: ", run.stdout), run.stdout
+    sockets = [str(w.state / "containerd.sock") for w in workers]
+    assert any(f"kata --containerd {s} image import FILE" in run.stdout for s in sockets), \
+        run.stdout
+
+
 def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kata, runtime):
     from support.registry import free_port
 

@@ -79,13 +79,25 @@ class LazyRuntime:
         found = None if self.pull or self.tags is None else self.tags.get(ref)
         if found is None:
             rt = self._get(False)
-            found = rt.pull_image(ref).digest if self.pull else rt.resolve_image(ref)
+            found = self._refresh(rt, ref) if self.pull else rt.resolve_image(ref)
             if self.tags is not None:
                 self.tags.record({ref: found})
         self._resolved[ref] = found
         if self._rt is not None:
             self._rt.name_tags({ref: found})
         return found
+
+    def _refresh(self, rt, ref: str) -> str:  # noqa: ANN001
+        """``--pull``: the registry's digest for ``ref`` (pulled). KataError
+        ``image.refresh_failed`` when the registry cannot say but kata has the tag recorded."""
+        try:
+            return rt.pull_image(ref).digest
+        except KataError as err:
+            known = self.tags.get(ref) if self.tags is not None else None
+            if known is None or not err.reason.startswith("image."):
+                raise
+            raise KataError("image.refresh_failed", f"{err.message}; kata has it as {known}, "
+                            "which a run without --pull uses", obj=ref) from None
 
     def connect(self) -> None:
         """Connect now (KataError runtime.unreachable, exit 2, when containerd is not there)."""

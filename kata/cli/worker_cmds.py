@@ -72,10 +72,12 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
     work_root = Path(state_dir) / "worker" if state_dir else Path(
         tempfile.mkdtemp(prefix="kata-worker-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
-               f"{' instance ' + instance if instance else ''}", err=True)
+               f"{' instance ' + instance if instance else ''}, containerd "
+               f"{runtime.client.address}", err=True)
     try:
         Worker(url, runtime, name=name, instance=instance, slots=slots,
-               work_root=work_root, poll=poll, logstream=logstream).serve(stop)
+               work_root=work_root, poll=poll, logstream=logstream,
+               containerd=runtime.client.address).serve(stop)
     finally:
         runtime.close()
         if own_root:

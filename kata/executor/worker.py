@@ -94,12 +94,13 @@ class Worker:
 
     def __init__(self, url: str, runtime: Runtime, *, name: str, instance: str = "",
                  slots: int = 1, work_root: Path, poll: float = 20.0,
-                 logstream: str | None = None) -> None:
+                 logstream: str | None = None, containerd: str | None = None) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         self.url, self.runtime, self.name = url, runtime, name
         self.instance, self.slots, self.poll = instance, slots, poll
         self.work_root = Path(work_root)
+        self.containerd = containerd  # its socket, for the hint when an image is missing
         self._remote = connect(url, instance, where="--executor")
         self.cas = self._remote.cas
         self._md = self._remote.metadata
@@ -282,7 +283,7 @@ class Worker:
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
             code = INVALID_ARGUMENT if err.reason == "remote.bad_action" else FAILED_PRECONDITION
-            result, status = None, status_pb2.Status(code=code, message=err.message)
+            result, status = None, status_pb2.Status(code=code, message=self._explain(err))
         except RemoteError as err:  # the CAS went away: let the scheduler try again
             result = None
             status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
@@ -315,6 +316,16 @@ class Worker:
                             f"{payload.type_url} is neither an Action nor its digest")
         action.ParseFromString(self.cas.read_many([digest])[files.key(digest)])
         return action
+
+    def _explain(self, err: KataError) -> str:
+        """What the client prints for a lease that failed before its step ran: an image
+        this worker could neither find nor pull names the worker and how to import it."""
+        if not err.reason.startswith("image."):
+            return err.message
+        where = f"kata --containerd {self.containerd}" if self.containerd else "kata"
+        return (f"worker {self.name}: {err.message}; a worker pulls each step's image by "
+                "digest from its registry, so an imported image (kata.local/...) must be "
+                f"imported on the worker too: `{where} image import FILE`")
 
     def _execute(self, job: _Job, started: timestamp_pb2.Timestamp,
                  work: Path) -> re_pb2.ActionResult:

@@ -34,8 +34,9 @@ of each path, or "absent"; compared as a list):
 - the code: every ``.py``/``.lark`` file of ``kata``, ``store``, ``procs`` and
   ``grammar``, the modules of the libraries loading and hashing use, every ``sys.path``
   directory (a package installed there changes it).
-Besides, by value: the commit and branch (``kata.githead.head``), the ``GIT_*`` and
-``KATA_CONFIG`` environment variables. Nothing else in the environment changes a hit:
+Besides, by value: the commit and branch (``kata.githead.head``), the ``GIT_*``,
+``KATA_CONFIG``, ``HOME`` and ``XDG_CONFIG_HOME`` environment variables (the last two
+say which user config and ignore files git reads). Nothing else in the environment changes a hit:
 secrets are read only for steps that run.
 
 **Racily clean.** A record is written only when every observed path's ctime is older
@@ -186,9 +187,10 @@ def record_key(config: "Path | str", store_root: str) -> str:
 
 
 def _environment() -> list[list[str]]:
-    """The environment variables a hit depends on: git's own and the host config's path."""
+    """The environment variables a hit depends on: git's own, the host config's path, and
+    where git finds the user's config and ignore files (another home can drop an input)."""
     return sorted([k, v] for k, v in os.environ.items()
-                  if k.startswith("GIT_") or k == "KATA_CONFIG")
+                  if k.startswith("GIT_") or k in ("KATA_CONFIG", "HOME", "XDG_CONFIG_HOME"))
 
 
 def _code_paths() -> list[str]:

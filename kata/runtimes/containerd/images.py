@@ -316,8 +316,8 @@ class ImageStore:
                 if err.code != grpc.StatusCode.NOT_FOUND:
                     raise
         if not removed:
-            raise KataError("image.not_found", f"no image {ref} in kata's image store",
-                            obj=ref, exit_code=1)
+            raise KataError("image.not_found", f"no image {ref} in kata's image store "
+                            "(`kata image ls` lists them)", obj=ref)  # a name typed wrong: 2
         with self._guard:
             self._run_cache.clear()
         return removed
