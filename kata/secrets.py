@@ -84,7 +84,9 @@ class SecretSource:
         secret_files: Sequence[str] = (),
         environ: Mapping[str, str] | None = None,
     ) -> SecretSource:
-        """Parse ``--secret``/``--secret-file`` arguments; ``environ`` defaults to os.environ."""
+        """Parse ``--secret``/``--secret-file`` arguments; ``environ`` defaults to os.environ.
+        A ``--secret-file`` path that does not exist is ``secret.unreadable`` here, even if no
+        step of the run declares the name; its content is read only by ``resolve``."""
         values: dict[str, str] = {}
         files: dict[str, str] = {}
         for arg in secrets:
@@ -100,6 +102,11 @@ class SecretSource:
                 )
             if not path:
                 raise KataError("secret.bad_argument", f"--secret-file {name}= needs a path", obj=name)
+            try:  # a wrong path is a typo whether or not this run reads it; stat only, no read
+                os.stat(path)
+            except OSError as exc:
+                raise KataError("secret.unreadable", f"--secret-file {name}: cannot read {path}: "
+                                f"{exc.strerror}", obj=name) from exc
             files[name] = path
         env = dict(os.environ if environ is None else environ)
         return cls(values=values, files=files, environ=env)

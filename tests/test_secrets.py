@@ -121,6 +121,12 @@ def test_unreadable_secret_file(tmp_path):
     assert e.value.reason == "secret.unreadable"
 
 
+def test_a_missing_secret_file_is_refused_even_if_no_step_reads_it(tmp_path):
+    with pytest.raises(KataError) as e:
+        SecretSource.from_args(secret_files=[f"A={tmp_path / 'nope'}"], environ={})
+    assert e.value.reason == "secret.unreadable" and "nope" in e.value.message
+
+
 def test_values_never_appear_in_repr():
     src = SecretSource.from_args(["A=very-secret-value"], environ={"B": "other-secret-value"})
     assert "very-secret-value" not in repr(src)
