@@ -167,3 +167,25 @@ def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
     assert lines == [b"kata: ran on worker w1", b"not what ran",
                      b"kata: the live output differs from the worker's record of it; the "
                      b"record follows", b"what ran"]
+
+
+@pytest.mark.parametrize("listen, says", [
+    ("bad", "is not HOST:PORT"),
+    ("127.0.0.1:99999", "is not HOST:PORT"),
+    ("nohost.invalid:1", "cannot listen on nohost.invalid:1"),
+    ("taken", "Address already in use"),
+])
+def test_a_bad_listen_address_is_exit_2_with_the_reason_and_no_grpc_log(listen, says):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if listen == "taken":
+            listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        proc = subprocess.run([sys.executable, "-m", "kata", "logstream", "--listen", listen],
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "add_port" not in proc.stderr and "Traceback" not in proc.stderr

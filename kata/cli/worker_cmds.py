@@ -94,6 +94,7 @@ def logstream_server(listen: str, keep: float) -> None:
     """Serve live step output (the Log Stream API) for a remote executor's workers."""
     from kata.executor.logstream import serve
 
+    _check_listen(listen)
     stop = threading.Event()
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda *_: stop.set())
@@ -106,3 +107,25 @@ def logstream_server(listen: str, keep: float) -> None:
         stop.wait()
     finally:
         server.stop(1.0).wait(2.0)
+
+
+def _check_listen(listen: str) -> None:
+    """Refuse a ``--listen`` that is not HOST:PORT, names no host, or cannot be bound, with
+    the operating system's reason (UsageError, exit 2), before gRPC tries it and prints its
+    core's log line."""
+    import socket
+
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise click.UsageError(f"--listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:50052; "
+                               "port 0 picks a free one)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(address)
+    except OSError as err:
+        raise click.UsageError(f"--listen: cannot listen on {listen}: "
+                               f"{err.strerror or err}") from None
