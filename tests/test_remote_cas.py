@@ -205,3 +205,35 @@ def test_a_tree_is_hashed_once_per_host(tmp_path):
                 trees.upload_tree(r.cas, _Unreadable(a), tree, memo=True)
     a.close()
     b.close()
+
+
+def test_get_tree_answers_every_directory_in_one_call(bg, tmp_path):
+    from kata.executor import files
+
+    _sample(tmp_path)
+    packed = files.pack_dir(tmp_path / "dist")
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        files.upload(r.cas, packed.directories, packed.files)
+        got = r.cas.get_tree(packed.root)
+        assert {h: files.message_bytes(d) for h, d in got.items()} == packed.directories
+        # the worker's path: the same answer through files.directories
+        assert files.directories(r.cas, packed.root) == got
+
+
+def test_blobs_known_present_are_neither_asked_about_nor_sent(bg, tmp_path):
+    from kata.executor import files
+
+    (tmp_path / "d").mkdir()
+    for i in range(30):
+        (tmp_path / "d" / f"f{i}").write_bytes(os.urandom(4096))  # over the no-ask limit
+    packed = files.pack_dir(tmp_path / "d")
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        present: set[str] = set()
+        assert files.upload(r.cas, packed.directories, packed.files, present) == 31
+        assert set(packed.files) | set(packed.directories) <= present
+        calls = []
+        r.cas.find_missing = lambda ds: calls.append(list(ds)) or []  # type: ignore[method-assign]
+        assert files.upload(r.cas, packed.directories, packed.files, present) == 0
+        assert calls == [] or calls == [[]]
