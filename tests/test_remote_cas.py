@@ -237,3 +237,21 @@ def test_blobs_known_present_are_neither_asked_about_nor_sent(bg, tmp_path):
         r.cas.find_missing = lambda ds: calls.append(list(ds)) or []  # type: ignore[method-assign]
         assert files.upload(r.cas, packed.directories, packed.files, present) == 0
         assert calls == [] or calls == [[]]
+
+
+def test_grpcs_against_a_plaintext_server_warns_whole_with_the_fix(bg):
+    """The warning is not cut mid-word, and it says what the handshake failure means."""
+    from kata.remote.cache import RemoteCache
+
+    url = bg.url.replace("grpc://", "grpcs://")
+    target, tls = parse_url(url)
+    lines: list[str] = []
+    cache = RemoteCache(RemoteConfig(url=url, target=target, tls=tls, timeout=5),
+                        warn=lines.append)
+    try:
+        cache.prefetch(["sha256:" + "a" * 64])
+    finally:
+        cache.close()
+    assert len(lines) == 1, lines
+    assert "use grpc:// instead of grpcs://" in lines[0]
+    assert lines[0].endswith("going on with the local store only")

@@ -65,6 +65,11 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
     reason = {grpc.StatusCode.UNAVAILABLE: "remote.unavailable",
               grpc.StatusCode.DEADLINE_EXCEEDED: "remote.deadline"}.get(code, "remote.refused")
     name = code.name if code is not None else "error"
+    if "handshake failed" in (detail or "").lower():
+        # gRPC's own text ends in OpenSSL's error stack; say what it most often means
+        detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
+                  "use grpc:// instead of grpcs://; otherwise check its certificate "
+                  "against tls.ca)")
     return RemoteError(reason, f"{what}: {name}: {detail}")
 
 
