@@ -255,3 +255,32 @@ def test_grpcs_against_a_plaintext_server_warns_whole_with_the_fix(bg):
     assert len(lines) == 1, lines
     assert "use grpc:// instead of grpcs://" in lines[0]
     assert lines[0].endswith("going on with the local store only")
+
+
+def test_an_absolute_symlink_goes_through_buildgrid_unchanged(bg, tmp_path):
+    """BuildGrid's capabilities say ``symlink_absolute_path_strategy: DISALLOWED``, which
+    REAPI defines for what a server *produces* in outputs; it takes and serves a Directory
+    naming an absolute target as any other. A Kata tree with one comes back on a second
+    store byte for byte, and BuildGrid's own CLI lays the link down as it is."""
+    src = tmp_path / "src"
+    (src / "dist").mkdir(parents=True)
+    (src / "dist" / "f").write_text("x\n")
+    os.symlink("/usr/bin/env", src / "dist" / "abs")
+    a = Store.open(tmp_path / "a")
+    b = Store.open(tmp_path / "b")
+    tree = a.put_tree(src, paths=("dist",))
+    with remote_for(bg) as r:
+        caps = r.cas.capabilities()
+        assert caps.cache_capabilities.symlink_absolute_path_strategy == 1  # DISALLOWED
+        up = trees.upload_tree(r.cas, a, tree)
+        trees.download_tree(r.cas, b, tree, up.tree_digest)
+    out = tmp_path / "out"
+    b.extract_tree(tree, out)
+    assert (out / "dist" / "abs").readlink() == Path("/usr/bin/env")
+    dest = tmp_path / "bgd-out"
+    res = bg.bgd("cas", "download-dir", f"{up.root_digest.hash}/{up.root_digest.size_bytes}",
+                 str(dest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (dest / "dist" / "abs").readlink() == Path("/usr/bin/env")
+    a.close()
+    b.close()
