@@ -510,6 +510,8 @@ class Realiser:
                 for key in dict.fromkeys(step_keys):
                     self.store.put_realisation(self.options.scope.realisation_key(key),
                                                rec.realisation)
+                if self.graph.nodes[name].drv_hash:  # what `kata why` diffs against here
+                    self.records.derivation(self.graph.nodes[name])
             except (RemoteError, StoreError) as err:
                 if isinstance(err, StoreError) and err.reason not in _DAMAGE:
                     raise
