@@ -136,7 +136,7 @@ class RemoteRuntime:
             try:
                 response = self._execute(remote.digest, cancel, live.watch)
             except KataError as err:
-                if err.reason != "remote.failed" or not trusted:
+                if not (trusted and getattr(err, "inputs_lost", False)):
                     raise
                 # the CAS may have dropped (evicted, restarted) a blob this run sent
                 # earlier and did not send again: ask about everything, then once more
@@ -352,16 +352,27 @@ def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None: 
             return
 
 
+# what a worker (or the scheduler) answers when an input blob is not in the CAS: the
+# worker's "CAS went away" (UNAVAILABLE), NOT_FOUND, REAPI's FAILED_PRECONDITION
+_INPUTS_LOST = (5, 9, 14)
+
+
+def _failed(message: str, code: int) -> KataError:
+    err = KataError("remote.failed", message, exit_code=1)
+    err.inputs_lost = code in _INPUTS_LOST  # type: ignore[attr-defined]
+    return err
+
+
 def _response(op: operations_pb2.Operation) -> re_pb2.ExecuteResponse:
     if op.HasField("error") and op.error.code != 0:
-        raise KataError("remote.failed", f"remote execution failed: {op.error.message} "
-                        f"(code {op.error.code})", exit_code=1)
+        raise _failed(f"remote execution failed: {op.error.message} (code {op.error.code})",
+                      op.error.code)
     response = re_pb2.ExecuteResponse()
     op.response.Unpack(response)
     if response.status.code != 0:
-        raise KataError("remote.failed", f"remote execution failed: "
-                        f"{response.status.message or 'status ' + str(response.status.code)}",
-                        exit_code=1)
+        raise _failed(f"remote execution failed: "
+                      f"{response.status.message or 'status ' + str(response.status.code)}",
+                      response.status.code)
     return response
 
 

@@ -355,15 +355,10 @@ class Worker:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        # the input files were just read from the CAS (and touched in its LRU): the output
-        # tree needs to send only what the step wrote
-        present = {f.digest.hash for d in directories.values() for f in d.files}
-        return self._upload(workspace, job.log.data(), service_logs, exit_status, started,
-                            present)
+        return self._upload(workspace, job.log.data(), service_logs, exit_status, started)
 
     def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
-                exit_status: int, started: timestamp_pb2.Timestamp,
-                present: set[str]) -> re_pb2.ActionResult:
+                exit_status: int, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
         packed = files.pack_dir(workspace)
         tree = files.message_bytes(files.tree_message(packed))
         services = re_pb2.Directory()
@@ -378,7 +373,9 @@ class Worker:
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree,
                       files.key(stdout): log})
-        files.upload(self.cas, blobs, packed.files, present)
+        # FindMissingBlobs decides (never trusting that the inputs it read are still
+        # there: the result must name only blobs the CAS holds)
+        files.upload(self.cas, blobs, packed.files)
         done = timestamp_pb2.Timestamp()
         done.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
