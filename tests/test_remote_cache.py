@@ -100,6 +100,10 @@ def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_
                    for x in lines), lines
     # a step that declares a secret is never shared: B runs it itself
     assert "[CACHE] deploy: MISS" in lines
+    # kata why on B: a remote hit whose record B never fetched (lint) last passed with
+    # the derivation hash it has now
+    why = b("why", "//lint")
+    assert why.returncode == 0 and "//lint: unchanged since" in why.stdout, why.stdout
     # lazily: deploy needs package's stack (build's, test's and package's trees); lint's
     # tree is needed by no step that runs, so it was not fetched
     a_cache = _cache(first)
@@ -123,6 +127,11 @@ def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_
     # an edit on B that changes build's key but not its output: build reruns, and its
     # dependents hit by their resolved keys, found in the remote (A recorded them)
     (repo_b / "src" / "unused.txt").write_text("new input, same output\n")
+    # build came to B only inside package's stack (deploy needed it): B recorded it, and
+    # its derivation, so kata why compares against it
+    why = b("why", "//build")
+    assert why.returncode == 0 and "//build: 1 change(s)" in why.stdout, why.stdout
+    assert "unused.txt" in why.stdout, why.stdout
     edited = b("run", "--json", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
     assert edited.returncode == 0, edited.stdout + edited.stderr
     cache = _cache(edited)

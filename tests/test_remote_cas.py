@@ -205,3 +205,82 @@ def test_a_tree_is_hashed_once_per_host(tmp_path):
                 trees.upload_tree(r.cas, _Unreadable(a), tree, memo=True)
     a.close()
     b.close()
+
+
+def test_get_tree_answers_every_directory_in_one_call(bg, tmp_path):
+    from kata.executor import files
+
+    _sample(tmp_path)
+    packed = files.pack_dir(tmp_path / "dist")
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        files.upload(r.cas, packed.directories, packed.files)
+        got = r.cas.get_tree(packed.root)
+        assert {h: files.message_bytes(d) for h, d in got.items()} == packed.directories
+        # the worker's path: the same answer through files.directories
+        assert files.directories(r.cas, packed.root) == got
+
+
+def test_blobs_known_present_are_neither_asked_about_nor_sent(bg, tmp_path):
+    from kata.executor import files
+
+    (tmp_path / "d").mkdir()
+    for i in range(30):
+        (tmp_path / "d" / f"f{i}").write_bytes(os.urandom(4096))  # over the no-ask limit
+    packed = files.pack_dir(tmp_path / "d")
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        present: set[str] = set()
+        assert files.upload(r.cas, packed.directories, packed.files, present) == 31
+        assert set(packed.files) | set(packed.directories) <= present
+        calls = []
+        r.cas.find_missing = lambda ds: calls.append(list(ds)) or []  # type: ignore[method-assign]
+        assert files.upload(r.cas, packed.directories, packed.files, present) == 0
+        assert calls == [] or calls == [[]]
+
+
+def test_grpcs_against_a_plaintext_server_warns_whole_with_the_fix(bg):
+    """The warning is not cut mid-word, and it says what the handshake failure means."""
+    from kata.remote.cache import RemoteCache
+
+    url = bg.url.replace("grpc://", "grpcs://")
+    target, tls = parse_url(url)
+    lines: list[str] = []
+    cache = RemoteCache(RemoteConfig(url=url, target=target, tls=tls, timeout=5),
+                        warn=lines.append)
+    try:
+        cache.prefetch(["sha256:" + "a" * 64])
+    finally:
+        cache.close()
+    assert len(lines) == 1, lines
+    assert "use grpc:// instead of grpcs://" in lines[0]
+    assert lines[0].endswith("going on with the local store only")
+
+
+def test_an_absolute_symlink_goes_through_buildgrid_unchanged(bg, tmp_path):
+    """BuildGrid's capabilities say ``symlink_absolute_path_strategy: DISALLOWED``, which
+    REAPI defines for what a server *produces* in outputs; it takes and serves a Directory
+    naming an absolute target as any other. A Kata tree with one comes back on a second
+    store byte for byte, and BuildGrid's own CLI lays the link down as it is."""
+    src = tmp_path / "src"
+    (src / "dist").mkdir(parents=True)
+    (src / "dist" / "f").write_text("x\n")
+    os.symlink("/usr/bin/env", src / "dist" / "abs")
+    a = Store.open(tmp_path / "a")
+    b = Store.open(tmp_path / "b")
+    tree = a.put_tree(src, paths=("dist",))
+    with remote_for(bg) as r:
+        caps = r.cas.capabilities()
+        assert caps.cache_capabilities.symlink_absolute_path_strategy == 1  # DISALLOWED
+        up = trees.upload_tree(r.cas, a, tree)
+        trees.download_tree(r.cas, b, tree, up.tree_digest)
+    out = tmp_path / "out"
+    b.extract_tree(tree, out)
+    assert (out / "dist" / "abs").readlink() == Path("/usr/bin/env")
+    dest = tmp_path / "bgd-out"
+    res = bg.bgd("cas", "download-dir", f"{up.root_digest.hash}/{up.root_digest.size_bytes}",
+                 str(dest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (dest / "dist" / "abs").readlink() == Path("/usr/bin/env")
+    a.close()
+    b.close()

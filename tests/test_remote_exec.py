@@ -279,6 +279,27 @@ def test_network_mode_and_limits_reach_the_workers_container(grid, workers, kata
     assert {worker_of(kata, s) for s in ("isolated", "bridged", "hog")} <= {"w1", "w2"}
 
 
+def test_an_absolute_symlink_travels_through_remote_execution(grid, workers, kata):
+    """BuildGrid says ``symlink_absolute_path_strategy: DISALLOWED`` but neither checks nor
+    rewrites links: a step's absolute link comes back from its worker, reaches a dependent
+    on a worker as it was, and the run's artifact keeps it."""
+    bg, image = grid
+    pipeline = {"pipeline": "links", "steps": [
+        {"name": "maker", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["mkdir -p out", "ln -s /etc/passwd out/abs", "ln -s abs out/rel"]},
+        {"name": "reader", "image": image, "depends_on": ["maker"], "artifacts": ["seen"],
+         "commands": ['test "$(readlink out/abs)" = /etc/passwd',
+                      'test "$(readlink out/rel)" = abs', "grep -q root out/abs",
+                      "readlink out/abs > seen"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    got = kata.repo.parent / f"got-{secrets.token_hex(3)}"
+    run = kata("run", "--remote-executor", bg.url, "--out", str(got))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert {worker_of(kata, s) for s in ("maker", "reader")} <= {"w1", "w2"}
+    assert (got / "maker" / "out" / "abs").readlink() == Path("/etc/passwd")
+    assert (got / "reader" / "seen").read_text() == "/etc/passwd\n"
+
+
 def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
     bg, image = grid
     pipeline = {"pipeline": "kill", "steps": [

@@ -210,3 +210,28 @@ def test_fetching_a_remote_hit_after_the_remote_went_away_names_the_step_and_rem
     assert "step package" in err.value.message and server.url in err.value.message
     assert len(b.warnings) == 1
     b.close()
+
+
+def test_a_remote_hit_fetched_within_a_dependents_stack_is_recorded_here(tmp_path):
+    """B changes only ``package``, which needs ``test``'s and ``lint``'s stacks: those
+    hold ``build``'s tree too, so ``build`` is recorded in B's store as well (its log
+    fetched), and a run without the remote hits every step and builds nothing."""
+    with buildgrid(tmp_path / "bgd") as server:
+        a, repo_a = _host_a_ran(tmp_path, server.url)
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        changed = DAG[:3] + [FakeStep("package", commands=("cat t dist/out.txt > pkg",
+                                                           "echo changed"),
+                                      depends_on=("test", "lint"), artifacts=("pkg",))]
+        result = b.realiser(changed).run()
+        assert result.ok and b.runtime.started == ["package"]
+        b.close()
+    b.remote = None  # type: ignore[assignment]
+    b.store = Store.open(tmp_path / "b" / "store")
+    b.runtime = FakeRuntime()
+    again = b.realiser(changed).run()
+    assert {r.cache for r in again.steps.values()} == {"HIT"} and not b.runtime.started
+    build = again.steps["build"]
+    assert b.store.has_blob(b.store.get_realisation(build.key).log)
+    b.store.close()

@@ -259,3 +259,27 @@ def test_a_bundle_is_pinned_and_round_trips_every_record():
         assert stored(got.action_result()) == stored(rec.result)
     assert decode_bundle(b"junk") is None
     assert decode_bundle(encode_record(_real(), trees)) is None  # a record is not a bundle
+
+
+def test_a_file_digest_is_remembered_only_once_it_cannot_be_racy(tmp_path):
+    """kata.executor.files.DigestMemo: git's racily-clean rule, and a change is seen."""
+    import os
+    import time
+
+    from kata.executor import files
+
+    memo = files.DigestMemo()
+    path = tmp_path / "f"
+    path.write_bytes(b"one")
+    st = os.lstat(path)
+    assert memo.digest("f", str(path), st) == files.digest_of(b"one")
+    assert memo._known == {}  # just written: its ctime could not tell a change apart
+    old = time.time_ns() - 10**10
+    os.utime(path, ns=(old, old))  # the mtime is old, but the utime itself set the ctime
+    memo.RACY = -1.0  # as if the file were old enough (ctime cannot be set back)
+    st = os.lstat(path)
+    memo.digest("f", str(path), st)
+    assert len(memo._known) == 1
+    path.write_bytes(b"two")  # same size, new content: a new ctime and mtime
+    assert memo.digest("f", str(path), os.lstat(path)) == files.digest_of(b"two")
+    assert memo.digest("g", str(path), st) == files.digest_of(b"two")  # another path: read

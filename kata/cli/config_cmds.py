@@ -194,12 +194,19 @@ def graph(ctx: click.Context, fmt: str) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
-def previous_lookup(ctx: click.Context, pipeline: str | None = None):
+def previous_lookup(ctx: click.Context, pipeline: str | None = None, graph=None):  # noqa: ANN001
     """Where `kata why` finds a step's last recorded derivation: the derivation record of
-    the step's last realisation (the newest run of this pipeline in which it passed)."""
+    the step's last realisation (the newest run of this pipeline in which it passed). With
+    ``graph`` (the derivations now): a step whose last realisation had the derivation hash
+    it has now is unchanged even when this host holds no record of it (a remote-cache hit
+    not fetched here)."""
     from kata.cli.run_cmds import last_realised_derivation
 
-    return lambda step: last_realised_derivation(ctx, pipeline, step)
+    def lookup(step: str):  # noqa: ANN202
+        node = graph.nodes[step] if graph is not None else None
+        return last_realised_derivation(ctx, pipeline, step, node)
+
+    return lookup
 
 
 @click.command("why")
@@ -229,7 +236,7 @@ def why_cmd(ctx: click.Context, label: str, against: str | None) -> None:
         context = context_values(pipeline, cond_ctx, commit)
     g = compile_pipeline(pipeline, resolver=quiet_resolver(ctx), repo_root=repo_root,
                          context=context)
-    lookup = previous_lookup(ctx, pipeline.name)
+    lookup = previous_lookup(ctx, pipeline.name, g)
     if against is not None:
         data = Path(against).read_bytes()
         lookup = lambda step: data  # noqa: E731

@@ -741,17 +741,22 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
         click.echo(text, nl=not text.endswith("\n"))
 
 
-def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str) -> bytes | None:
-    """The encoded derivation record of ``step``'s last realisation, for ``kata why``."""
+def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str,
+                              node=None) -> bytes | None:  # noqa: ANN001
+    """The encoded derivation record of ``step``'s last realisation, for ``kata why``;
+    ``node`` (its derivation now): when that realisation had the same derivation hash, the
+    node's own record (nothing changed), whether or not this host stored one."""
     from kata.cli.store_cmds import open_store
 
-    from kata.realise.history import previous_derivation
+    from kata.realise.history import previous_derivations
 
+    drv_hash = node.drv_hash if node is not None and node.drv_hash else ""
     store = open_store(ctx)
     try:
-        return previous_derivation(store, pipeline, step)
+        data, same = previous_derivations(store, pipeline, {step: drv_hash})[step]
     finally:
         store.close()
+    return node.record().encode() if same else data
 
 
 def quiet_resolver(ctx: click.Context):  # noqa: ANN201

@@ -98,6 +98,11 @@ class RemoteRuntime:
                                                      tls=tls, logstream=None),
                                  where="remote.logstream")
         self.streaming = True  # False once the log stream server said it serves none
+        # what this run already knows, so each step sends only what is new: file digests
+        # (a step's workspace is mostly the files the previous steps saw) and the blobs
+        # the CAS holds (sent, or read back from a result, in this run)
+        self._memo = files.DigestMemo()
+        self._present: set[str] = set()
 
     def resolve_image(self, ref: str) -> str:
         return self.local.resolve_image(ref)
@@ -118,15 +123,27 @@ class RemoteRuntime:
         if cancel.is_set():
             return CANCEL_EXIT
         workspace = spec.mounts[0].source
-        packed = files.pack_dir(workspace)
+        packed = files.pack_dir(workspace, memo=self._memo)
         root = files.join_root(packed, {act.WORKSPACE_DIR: packed.root},
                                {act.SPEC_FILE: act.spec_document(spec)})
         remote = act.build_action(spec, root)
-        self._call(lambda: files.upload(self.cas, {**packed.directories, **remote.blobs},
-                                        packed.files), "upload the step's inputs")
+        blobs = {**packed.directories, **remote.blobs}
+        trusted = bool(self._present)  # some blobs may go unsent, trusted to be there
+        self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
+                   "upload the step's inputs")
         live = _LiveLog(self, sink)
         try:
-            response = self._execute(remote.digest, cancel, live.watch)
+            try:
+                response = self._execute(remote.digest, cancel, live.watch)
+            except KataError as err:
+                if not (trusted and getattr(err, "inputs_lost", False)):
+                    raise
+                # the CAS may have dropped (evicted, restarted) a blob this run sent
+                # earlier and did not send again: ask about everything, then once more
+                self._present.clear()
+                self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
+                           "upload the step's inputs")
+                response = self._execute(remote.digest, cancel, live.watch)
             if response is None:
                 return CANCEL_EXIT
             result = response.result
@@ -153,6 +170,9 @@ class RemoteRuntime:
             top, children = files.tree_index(tree)
             self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace),
                        "fetch the step's output")
+            # the worker put these in the CAS: a later step that sees them need not
+            self._present.update(f.digest.hash for d in (top, *children.values())
+                                 for f in d.files)
         return result.exit_code
 
     def _service_logs(self, data: bytes, service_sink: ServiceSink) -> None:
@@ -332,16 +352,27 @@ def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None: 
             return
 
 
+# what a worker (or the scheduler) answers when an input blob is not in the CAS: the
+# worker's "CAS went away" (UNAVAILABLE), NOT_FOUND, REAPI's FAILED_PRECONDITION
+_INPUTS_LOST = (5, 9, 14)
+
+
+def _failed(message: str, code: int) -> KataError:
+    err = KataError("remote.failed", message, exit_code=1)
+    err.inputs_lost = code in _INPUTS_LOST  # type: ignore[attr-defined]
+    return err
+
+
 def _response(op: operations_pb2.Operation) -> re_pb2.ExecuteResponse:
     if op.HasField("error") and op.error.code != 0:
-        raise KataError("remote.failed", f"remote execution failed: {op.error.message} "
-                        f"(code {op.error.code})", exit_code=1)
+        raise _failed(f"remote execution failed: {op.error.message} (code {op.error.code})",
+                      op.error.code)
     response = re_pb2.ExecuteResponse()
     op.response.Unpack(response)
     if response.status.code != 0:
-        raise KataError("remote.failed", f"remote execution failed: "
-                        f"{response.status.message or 'status ' + str(response.status.code)}",
-                        exit_code=1)
+        raise _failed(f"remote execution failed: "
+                      f"{response.status.message or 'status ' + str(response.status.code)}",
+                      response.status.code)
     return response
 
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.remote.cas import Cas
+from kata.remote.cas import Cas, RemoteError
 
 CHUNK = 1 << 20  # bytes read from a file at a time
 # blobs adding up to no more than this are sent in one batch without FindMissingBlobs
@@ -64,6 +65,42 @@ class Packed:
     entries: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
 
+class DigestMemo:
+    """File digests one process already computed, so a file seen again is not read again
+    (a remote run packs each step's workspace, and most of it is the same files: the
+    inputs and the dependencies' artifacts, read-only layers of the step's overlay).
+
+    Keyed by the path inside the workspace and the file's inode number, size, mtime and
+    ctime (nanoseconds). Not by the device: each step's overlay is a mount of its own
+    with a device number of its own, while a lower layer's file keeps its real inode
+    number. Git's "racily clean" rule guards the key: a file is remembered only when its
+    ctime is at least ``RACY`` seconds older than the moment it was hashed, so a later
+    change (which sets ctime to its own moment) or a new file reusing the inode (created
+    after the old one was hashed) cannot look the same."""
+
+    RACY = 2.0
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int, int, int], re_pb2.Digest] = {}
+
+    @staticmethod
+    def _key(rel: str, st: os.stat_result) -> tuple[str, int, int, int, int]:
+        return rel, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    def digest(self, rel: str, path: str, st: os.stat_result) -> re_pb2.Digest:
+        """The digest of the regular file ``path`` (``rel`` in its workspace) whose
+        ``lstat`` is ``st``: remembered, or read and hashed."""
+        key = self._key(rel, st)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        now = time.time_ns()
+        digest = _file_digest(path)
+        if st.st_ctime_ns < now - int(self.RACY * 1e9) and len(self._known) < 1_000_000:
+            self._known[key] = digest
+        return digest
+
+
 def _file_digest(path: str) -> re_pb2.Digest:
     h = hashlib.sha256()
     size = 0
@@ -75,17 +112,18 @@ def _file_digest(path: str) -> re_pb2.Digest:
 
 
 def pack_dir(root: str | os.PathLike[str], packed: Packed | None = None,
-             prefix: str = "") -> Packed:
-    """Hash the tree under ``root`` into ``Directory`` messages (nothing is sent).
+             prefix: str = "", memo: DigestMemo | None = None) -> Packed:
+    """Hash the tree under ``root`` into ``Directory`` messages (nothing is sent);
+    ``memo``: file digests known from earlier packs (``DigestMemo``).
 
     Extra top-level entries can be added later with ``add_dir``/``add_file`` on a
     ``Root``; this returns the tree of ``root`` alone."""
     out = packed if packed is not None else Packed(root=re_pb2.Digest())
-    out.root = _pack(Path(root), out, prefix)
+    out.root = _pack(Path(root), out, prefix, memo)
     return out
 
 
-def _pack(path: Path, out: Packed, rel: str) -> re_pb2.Digest:
+def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> re_pb2.Digest:
     directory = re_pb2.Directory()
     with os.scandir(path) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -97,10 +135,11 @@ def _pack(path: Path, out: Packed, rel: str) -> re_pb2.Digest:
             directory.symlinks.add(name=entry.name, target=target)
             out.entries[child] = ("->" + target, False)
         elif stat.S_ISDIR(st.st_mode):
-            digest = _pack(Path(entry.path), out, child)
+            digest = _pack(Path(entry.path), out, child, memo)
             directory.directories.add(name=entry.name, digest=digest)
         elif stat.S_ISREG(st.st_mode):
-            digest = _file_digest(entry.path)
+            digest = memo.digest(child, entry.path, st) if memo is not None \
+                else _file_digest(entry.path)
             executable = bool(st.st_mode & 0o111)
             directory.files.add(name=entry.name, digest=digest, is_executable=executable)
             out.files.setdefault(key(digest), entry.path)
@@ -135,14 +174,19 @@ def join_root(packed: Packed, dirs: dict[str, re_pb2.Digest],
     return digest
 
 
-def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = None) -> int:
+def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = None,
+           present: set[str] | None = None) -> int:
     """Send what the CAS lacks of ``blobs`` (hash -> bytes) and ``files`` (hash -> a path
     holding those bytes): FindMissingBlobs first, then batches, ByteStream for a blob over
-    the batch limit. Returns how many blobs were sent. RemoteError as ``Cas`` raises it."""
+    the batch limit. ``present``: hashes this process knows the CAS holds (it sent or
+    read them in this run): neither asked about nor sent; what this call sends or finds
+    there is added to it. Returns how many blobs were sent. RemoteError as ``Cas`` raises
+    it."""
     files = files or {}
-    digests = {h: digest_of(b) for h, b in blobs.items()}
+    present = present if present is not None else set()
+    digests = {h: digest_of(b) for h, b in blobs.items() if h not in present}
     for h, path in files.items():
-        if h not in digests:
+        if h not in digests and h not in present:
             digests[h] = re_pb2.Digest(hash=h, size_bytes=os.stat(path).st_size)
     total = sum(d.size_bytes for d in digests.values())
     if total <= SEND_WITHOUT_ASKING and total <= cas.batch_limit:
@@ -153,11 +197,14 @@ def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = Non
     for digest in missing:
         h = digest.hash
         if digest.size_bytes > cas.batch_limit:
-            cas.write(digest, iter((blobs[h],)) if h in blobs else _read_chunks(files[h]))
+            # a callable: a write the server makes start over reads the content afresh
+            cas.write(digest, (lambda h=h: iter((blobs[h],))) if h in blobs
+                      else (lambda h=h: _read_chunks(files[h])))
         else:
             data = blobs[h] if h in blobs else Path(files[h]).read_bytes()
             small[(h, digest.size_bytes)] = (digest, data)
     cas.upload(small)
+    present.update(digests)
     return len(missing)
 
 
@@ -177,8 +224,14 @@ def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], exec
 
 def directories(cas: Cas, root: re_pb2.Digest,
                 known: dict[str, bytes] | None = None) -> dict[str, re_pb2.Directory]:
-    """Every ``Directory`` of the tree under ``root`` (hash -> message), level by level;
-    ``known``: blobs already read (hash -> bytes), not asked for again."""
+    """Every ``Directory`` of the tree under ``root`` (hash -> message): one GetTree
+    call, or, from a server that refuses it or answers it wrongly, level by level
+    (``known``: blobs already read, hash -> bytes, not asked for again)."""
+    try:
+        return cas.get_tree(root)
+    except RemoteError as err:
+        if err.reason not in ("remote.unsupported", "remote.bad_answer"):
+            raise
     out: dict[str, re_pb2.Directory] = {}
     known = known or {}
     level = [root]

@@ -384,6 +384,8 @@ class Worker:
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree,
                       files.key(stdout): log})
+        # FindMissingBlobs decides (never trusting that the inputs it read are still
+        # there: the result must name only blobs the CAS holds)
         files.upload(self.cas, blobs, packed.files)
         done = timestamp_pb2.Timestamp()
         done.GetCurrentTime()

@@ -471,6 +471,25 @@ class Realiser:
                 self.emit(ev.CacheChecked(step=dep, hit=False, key=self._results[dep].key,
                                           reason=REMOTE_LOST))
                 raise Requeue((dep,))
+        self._record_fetched_stack(name)
+
+    def _record_fetched_stack(self, name: str) -> None:
+        """Record the remote hits deeper below ``name`` whose trees its dependencies'
+        stacks brought into the store: only their logs and reports are still fetched (small
+        blobs), so the next run hits them here without the remote. A failure just leaves
+        one unrecorded (it is a hit in the remote still)."""
+        seen: set[str] = set()
+        todo = [d for dep in self.graph.nodes[name].deps for d in self.graph.nodes[dep].deps]
+        while todo:
+            anc = todo.pop()
+            if anc in seen:
+                continue
+            seen.add(anc)
+            todo.extend(self.graph.nodes[anc].deps)
+            with self._lock:
+                entry = self._remote_hits.get(anc)
+            if entry is not None and all(self.store.has_blob(t) for t, _ in entry[0].trees()):
+                self._fetch_hit(anc)
 
     def _fetch_hit(self, name: str) -> bool:
         """If ``name`` is a remote hit not fetched yet: fetch its objects and record it in
@@ -493,6 +512,8 @@ class Realiser:
                 for key in dict.fromkeys(step_keys):
                     self.store.put_realisation(self.options.scope.realisation_key(key),
                                                rec.realisation)
+                if self.graph.nodes[name].drv_hash:  # what `kata why` diffs against here
+                    self.records.derivation(self.graph.nodes[name])
             except (RemoteError, StoreError) as err:
                 if isinstance(err, StoreError) and err.reason not in _DAMAGE:
                     raise

@@ -132,7 +132,7 @@ class RemoteCache:
                 return
             self._down = err.message
         first = err.message.splitlines()[0] if err.message else err.reason
-        self._warn(f"remote cache {self.config.url} unavailable ({first[:200]}); going on "
+        self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
                    "with the local store only")
 
     def _connect(self) -> None:

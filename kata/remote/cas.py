@@ -65,6 +65,11 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
     reason = {grpc.StatusCode.UNAVAILABLE: "remote.unavailable",
               grpc.StatusCode.DEADLINE_EXCEEDED: "remote.deadline"}.get(code, "remote.refused")
     name = code.name if code is not None else "error"
+    if "handshake failed" in (detail or "").lower():
+        # gRPC's own text ends in OpenSSL's error stack; say what it most often means
+        detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
+                  "use grpc:// instead of grpcs://; otherwise check its certificate "
+                  "against tls.ca)")
     return RemoteError(reason, f"{what}: {name}: {detail}")
 
 
@@ -300,6 +305,40 @@ class Cas:
             out[r.digest.hash] = r.data
         if len(out) != len(digests):
             raise RemoteError("remote.bad_answer", "BatchReadBlobs answered fewer blobs")
+        return out
+
+    def get_tree(self, root: Digest) -> dict[str, re_pb2.Directory]:
+        """Every ``Directory`` of the tree under the ``Directory`` ``root`` (hash ->
+        message) in one streamed GetTree call, each checked against the digest its parent
+        names (RemoteError remote.bad_answer when one is missing or does not match;
+        remote.unsupported from a server without GetTree)."""
+        req = re_pb2.GetTreeRequest(instance_name=self.instance, root_digest=root)
+
+        def call() -> list[re_pb2.Directory]:
+            return [d for resp in self._cas.GetTree(req, timeout=self._deadline(),
+                                                    metadata=self._md)
+                    for d in resp.directories]
+
+        try:
+            got = retrying(call, "GetTree")
+        except RemoteError as err:
+            if "UNIMPLEMENTED" in err.message:
+                raise RemoteError("remote.unsupported", err.message) from None
+            raise
+        by_hash = {hashlib.sha256(d.SerializeToString(deterministic=True)).hexdigest(): d
+                   for d in got}
+        out: dict[str, re_pb2.Directory] = {}
+        todo = [root]
+        while todo:
+            digest = todo.pop()
+            if digest.hash in out:
+                continue
+            # an empty directory is the empty blob, which a server need not send
+            d = by_hash.get(digest.hash) if digest.size_bytes else re_pb2.Directory()
+            if d is None:
+                raise RemoteError("remote.bad_answer", f"GetTree lacks directory {digest.hash}")
+            out[digest.hash] = d
+            todo.extend(c.digest for c in d.directories)
         return out
 
     def read(self, digest: Digest) -> Iterator[bytes]:

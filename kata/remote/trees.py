@@ -25,8 +25,9 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -114,10 +115,11 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
     ``Directory`` blobs, a ``Tree`` blob and its files' blobs; send only what
     FindMissingBlobs says is missing. Returns the digests to name it by.
 
-    One pass over the local blob: file contents are hashed and gathered into batches of
-    about half ``max_batch_total_size_bytes``; each batch is asked about (FindMissingBlobs)
-    and its missing blobs sent (BatchUpdateBlobs) on ``_UPLOADERS`` threads while the pass
-    goes on, at most ``_WINDOW`` batches held, so memory stays bounded whatever the tree's
+    One pass over the local blob: file contents are gathered into batches of up to the
+    server's ``max_batch_total_size_bytes``; each batch is hashed, asked about
+    (FindMissingBlobs) and its missing blobs sent (BatchUpdateBlobs) on ``_UPLOADERS``
+    threads while the pass goes on (hashing there runs beside it: hashlib releases the
+    GIL), at most ``_WINDOW`` batches held, so memory stays bounded whatever the tree's
     size; identical contents are sent once. A file too big for a batch is spooled and
     streamed over ByteStream. The ``Directory`` and ``Tree`` blobs go last. With ``memo``,
     a tree this host turned into a REAPI Tree before (``memo_path``) is neither read nor
@@ -127,9 +129,9 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
         if known is not None:
             return known
     dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
-    seen: set[tuple[str, int]] = set()
+    sent = _Sent()
     limit = cas.batch_limit
-    batch: dict[tuple[str, int], tuple[Digest, bytes]] = {}
+    batch: list[tuple[re_pb2.FileNode, bytes]] = []
     size = 0
     sending: deque[Future[None]] = deque()
     with ThreadPoolExecutor(max_workers=_UPLOADERS, thread_name_prefix="kata-cas-up") as pool:
@@ -146,25 +148,22 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                         parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
                         continue
                     n: int = arg  # type: ignore[assignment]
+                    node = re_pb2.FileNode(name=name, is_executable=kind == "x")
+                    parent.files.append(node)
                     if n > limit:
-                        d = _send_big(cas, rd.chunks(n, parts), n, seen)
+                        node.digest.CopyFrom(_send_big(cas, rd.chunks(n, parts), n, sent))
+                    elif n == 0:
+                        node.digest.CopyFrom(_EMPTY)
                     else:
-                        content = b"".join(rd.chunks(n, parts))
-                        d = Digest(hash=hashlib.sha256(content).hexdigest(), size_bytes=n)
-                        key = (d.hash, n)
-                        if n and key not in seen:
-                            seen.add(key)
-                            batch[key] = (d, content)
-                            size += n + 100
-                            if size >= limit // 2:
-                                sending.append(pool.submit(_send_missing, cas, batch))
-                                batch, size = {}, 0
-                                while len(sending) > _WINDOW:
-                                    sending.popleft().result()
-                    parent.files.append(re_pb2.FileNode(name=name, digest=d,
-                                                        is_executable=kind == "x"))
+                        if batch and size + n + 100 > limit:
+                            sending.append(pool.submit(_hash_and_send, cas, batch, sent))
+                            batch, size = [], 0
+                            while len(sending) > _WINDOW:
+                                sending.popleft().result()
+                        batch.append((node, b"".join(rd.chunks(n, parts))))
+                        size += n + 100
             if batch:
-                sending.append(pool.submit(_send_missing, cas, batch))
+                sending.append(pool.submit(_hash_and_send, cas, batch, sent))
             while sending:
                 sending.popleft().result()
         finally:
@@ -207,6 +206,40 @@ def _messages(dirs: dict[tuple[bytes, ...], _Dir],
     return tree_digest, tree_data, root[1], small
 
 
+_EMPTY = Digest(hash=hashlib.sha256(b"").hexdigest(), size_bytes=0)
+
+
+class _Sent:
+    """The blobs (hash, size) one upload has sent or is sending, shared by its threads."""
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Of ``keys``, those no thread claimed before (now claimed by the caller)."""
+        with self._lock:
+            new = {k for k in keys if k not in self._keys}
+            self._keys |= new
+            return new
+
+
+def _hash_and_send(cas: Cas, batch: list[tuple[re_pb2.FileNode, bytes]], sent: _Sent) -> None:
+    """Hash a batch of file contents into their ``FileNode``s (on an uploader thread:
+    hashlib releases the GIL for blobs over 2 KiB, so hashing runs beside the pass over
+    the archive), then send those the remote lacks (``_send_missing``); contents another
+    batch of this upload already carries are not sent twice."""
+    blobs: dict[tuple[str, int], tuple[Digest, bytes]] = {}
+    for node, content in batch:
+        d = node.digest
+        d.hash = hashlib.sha256(content).hexdigest()
+        d.size_bytes = len(content)
+        blobs.setdefault((d.hash, d.size_bytes), (d, content))
+    new = sent.claim(blobs)
+    if new:
+        _send_missing(cas, {k: v for k, v in blobs.items() if k in new})
+
+
 def _send_missing(cas: Cas, blobs: dict[tuple[str, int], tuple[Digest, bytes]]) -> None:
     """FindMissingBlobs over ``blobs``, then BatchUpdateBlobs (ByteStream for a big one)
     of the missing ones."""
@@ -215,7 +248,7 @@ def _send_missing(cas: Cas, blobs: dict[tuple[str, int], tuple[Digest, bytes]]) 
         cas.upload({k: v for k, v in blobs.items() if k in missing})
 
 
-def _send_big(cas: Cas, chunks: Iterator[bytes], n: int, seen: set[tuple[str, int]]) -> Digest:
+def _send_big(cas: Cas, chunks: Iterator[bytes], n: int, sent: _Sent) -> Digest:
     """A file too big for a batch: spooled (memory, then disk) while hashed, then streamed
     over ByteStream unless the remote has it or this tree sent it already."""
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
@@ -224,10 +257,8 @@ def _send_big(cas: Cas, chunks: Iterator[bytes], n: int, seen: set[tuple[str, in
             h.update(c)
             spool.write(c)
         d = Digest(hash=h.hexdigest(), size_bytes=n)
-        key = (d.hash, n)
-        if key in seen:
+        if not sent.claim([(d.hash, n)]):
             return d
-        seen.add(key)
         if cas.find_missing([d]):
             def content():  # noqa: ANN202 - from the start, on each try
                 spool.seek(0)
@@ -303,7 +334,7 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
         elif digest.size_bytes > limit:
             unit_of.append(-2)
         else:
-            if cur and cur_size + digest.size_bytes > limit // 2:
+            if cur and cur_size + digest.size_bytes + 100 > limit:
                 units.append(cur)
                 cur, cur_size = [], 0
             cur.append(digest)

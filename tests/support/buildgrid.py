@@ -53,6 +53,10 @@ class BuildGridConfig:
     tls_key: Path | None = None
     tls_cert: Path | None = None
     auth_secret: Path | None = None  # HS256 JWT secret: clients must send a bearer token
+    # the CAS: YAML list items for ``storages:`` (the one clients use anchored ``&cas``);
+    # None: a plain ``!disk-storage`` under workdir/cas
+    storages: list[str] | None = None
+    thread_pool_size: int | None = None
 
     def render(self, workdir: Path, port: int) -> str:
         def block(items: list[str], indent: str) -> str:
@@ -71,10 +75,11 @@ class BuildGridConfig:
                      f"  algorithm: hs256\n")
         if self.connections:
             text += "connections:\n" + block(self.connections, "  ")
+        if self.thread_pool_size is not None:
+            text += f"thread-pool-size: {self.thread_pool_size}\n"
+        storages = self.storages or [f"!disk-storage &cas\n  path: {workdir / 'cas'}"]
+        text += "storages:\n" + block([f"- {item}" for item in storages], "  ")
         text += f"""\
-storages:
-  - !disk-storage &cas
-    path: {workdir / "cas"}
 caches:
   - !lru-action-cache &ac
     storage: *cas
@@ -97,6 +102,12 @@ instances:
 """
         text += block(self.extra_services, "      ")
         return text
+
+
+def memory_cas(size: str = "2G") -> list[str]:
+    """``BuildGridConfig.storages`` for the CAS docs/remote.md recommends for a cache-only
+    server: BuildGrid's in-memory LRU storage (as volatile as its ``!lru-action-cache``)."""
+    return [f"!lru-storage &cas\n  size: {size}"]
 
 
 class BuildGrid:
