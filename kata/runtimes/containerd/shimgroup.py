@@ -1,0 +1,167 @@
+"""One containerd shim for all of a runtime's containers (runc v2 shim grouping).
+
+containerd 1.6 starts a ``containerd-shim-runc-v2`` daemon per task unless the spec
+carries the annotation ``io.containerd.runc.v2.group``: ``shim start`` then derives the
+shim's socket from the group id, finds a shim already listening there and hands its
+address back instead of starting a daemon (runtime/v2/runc/manager/manager_linux.go,
+``Start``). What that saves per container is the shim daemon's start and exit (a Go
+process: ~9 ms of CPU measured per trivial step, docs/architecture.md); ``shim start``
+and ``shim delete`` still run per task (containerd closes its per-task connection on
+Tasks.Delete, and that runs ``shim delete``).
+
+The race that made an earlier attempt fail: after every Tasks.Delete containerd asks the
+shim to shut down, and the shim exits once it serves no container. A task created at that
+moment gets the dying shim's address from ``shim start`` (its socket still answers) and
+fails. Two rules close it:
+
+- **An anchor.** While a group is in use it holds one container of kata's own whose task
+  is created and never started (its init waits in the OCI runtime's ``created`` state on a
+  read-only, empty root with one empty executable file): the shim never serves zero
+  containers, so it never exits under a starting step.
+- **A group id per anchor.** ``ShimGroup`` counts the steps between ``acquire`` and
+  ``release`` (after their task is deleted); only when none is in flight does ``close``
+  delete the anchor, and the next ``acquire`` starts a new anchor under a new group id,
+  so no step is ever handed the socket of a shim that is shutting down.
+
+The anchor carries the owner label like every container of kata's: when kata is killed,
+the next connect's sweep kills and deletes it with the rest, and the shim exits with its
+last container.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from google.protobuf import any_pb2
+
+from ..base import StepSpec
+from .client import Client, ContainerdError, containers_pb2, grpc, mount_pb2, tasks_pb2
+from .seccompbpf import bpf_annotations
+from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
+
+GROUP_ANNOTATION = "io.containerd.runc.v2.group"
+ANCHOR_EXE = "kata-anchor"  # never executed: the anchor's task is never started
+# the anchor's mount points (its root is read-only: the OCI runtime cannot make them)
+_ANCHOR_DIRS = ("proc", "dev", "sys", "run")
+
+
+class ShimGroup:
+    """The shim group of one runtime: ``acquire()`` a group id for a container's spec,
+    ``release()`` once its task is deleted; ``close()`` ends the group when idle.
+
+    Thread-safe. ``acquire`` raises ContainerdError / KataError when the anchor cannot
+    be made (the step then fails as it would have on its own Tasks.Create).
+    """
+
+    def __init__(self, client: Client, *, anchor_root: Path,
+                 runtime_options: any_pb2.Any | None, precompiled_seccomp: bool,
+                 runtime_name: str) -> None:
+        self.c = client
+        self.anchor_root = anchor_root
+        self.runtime_options = runtime_options
+        self.precompiled_seccomp = precompiled_seccomp
+        self.runtime_name = runtime_name
+        self._lock = threading.Lock()
+        self._group: str | None = None  # the current group id; None: no anchor
+        self._anchor: str | None = None  # the anchor's container id
+        self._users = 0  # containers between acquire and release
+        self.anchors_made = 0  # how many anchors this group made (tests, benches)
+
+    def acquire(self) -> str:
+        """The group id to put in a container's spec annotation; starts the group's
+        anchor (and with it the shim) if there is none."""
+        with self._lock:
+            if self._group is None:
+                self._start_anchor()
+            self._users += 1
+            assert self._group is not None
+            return self._group
+
+    def release(self) -> None:
+        """A container of the group has no task any more (or never got one)."""
+        with self._lock:
+            assert self._users > 0
+            self._users -= 1
+
+    def close(self) -> None:
+        """Delete the anchor if no container is in flight (its shim then exits); a later
+        ``acquire`` starts a new group. Errors propagate (ContainerdError); what is left
+        carries the owner label and is swept by the next connect."""
+        with self._lock:
+            if self._anchor is None or self._users:
+                return
+            anchor, self._anchor, self._group = self._anchor, None, None
+            self._delete_anchor(anchor)
+
+    # -- the anchor ---------------------------------------------------------------------
+    def _start_anchor(self) -> None:
+        c = self.c
+        root = self._anchor_tree()
+        group = f"kata-{secrets.token_hex(8)}"
+        cid = f"kata-anchor-{secrets.token_hex(8)}"
+        spec = build_spec(StepSpec(image="", argv=(f"/{ANCHOR_EXE}",), user="65534:65534"),
+                          container_id=cid, image_env=())
+        spec["root"]["readonly"] = True
+        spec["annotations"] = {GROUP_ANNOTATION: group}
+        if self.precompiled_seccomp:
+            compiled = bpf_annotations(spec["linux"].get("seccomp"))
+            if compiled:
+                spec["annotations"].update(compiled)
+                del spec["linux"]["seccomp"]
+        container = containers_pb2.Container(
+            id=cid, labels=c.owner_labels(),
+            runtime=containers_pb2.Container.Runtime(name=self.runtime_name,
+                                                     options=self.runtime_options),
+            spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=spec_bytes(spec)))
+        c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
+               "create the shim group's anchor")
+        try:
+            c.call(c.tasks.Create, tasks_pb2.CreateTaskRequest(
+                container_id=cid, rootfs=[mount_pb2.Mount(
+                    type="bind", source=str(root), options=["rbind", "ro"])]),
+                "create the shim group's anchor task")
+        except BaseException:
+            try:
+                c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid),
+                       f"delete container {cid}")
+            except ContainerdError:
+                pass  # owner-labelled: the next connect's sweep takes it
+            raise
+        self._group, self._anchor = group, cid
+        self.anchors_made += 1
+
+    def _delete_anchor(self, cid: str) -> None:
+        c = self.c
+        try:
+            # a created task's init waits on the runtime's exec FIFO: kill, then delete
+            c.call(c.tasks.Kill, tasks_pb2.KillRequest(container_id=cid, signal=9, all=True),
+                   f"kill {cid}")
+        except ContainerdError as err:
+            if err.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+        try:
+            c.call(c.tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=cid),
+                   f"delete task {cid}")
+        except ContainerdError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                raise
+        c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid),
+               f"delete container {cid}")
+
+    def _anchor_tree(self) -> Path:
+        """The anchor's root: mount points and one empty executable file, made once per
+        host (shared by every kata process: it is only ever mounted read-only)."""
+        root = self.anchor_root
+        exe = root / ANCHOR_EXE
+        if not exe.exists():
+            root.mkdir(parents=True, mode=0o755, exist_ok=True)
+            for d in _ANCHOR_DIRS:
+                (root / d).mkdir(mode=0o755, exist_ok=True)
+            tmp = root / f".{ANCHOR_EXE}.{os.getpid()}.{secrets.token_hex(4)}"
+            tmp.write_bytes(b"")
+            tmp.chmod(0o755)
+            os.replace(tmp, exe)
+        return root
