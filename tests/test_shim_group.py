@@ -77,9 +77,12 @@ def test_parallel_steps_share_one_shim_and_leave_nothing(clean_runtime, busybox_
         watcher.join()
     assert [status for status, _ in results] == [i % 3 for i in range(48)]
     assert [lines for _, lines in results] == [[f"out {i}".encode()] for i in range(48)]
-    # one daemon, started for the anchor: no step's task started a shim of its own
-    assert len(seen_shims) == 1 and seen_shims.pop().startswith("kata-anchor-")
-    assert rt.shim_group.anchors_made == made + 1
+    # the daemons were started for anchors (one per CPU at most): no step's task
+    # started a shim of its own
+    width = len(rt.shim_group._slots)
+    assert 1 <= len(seen_shims) <= width
+    assert all(cid.startswith("kata-anchor-") for cid in seen_shims)
+    assert rt.shim_group.anchors_made - made == len(seen_shims)
     rt.drain()  # the group ends with the last container: its shim exits
     assert_clean(rt)
     deadline = time.monotonic() + 5
@@ -205,7 +208,9 @@ def test_a_killed_kata_s_containers_in_a_shared_shim_are_reaped(
     kill_once_started(script, marker)
     address = containerd_daemon.address
     left = orphans.shims(address, "kata")
-    assert len(left) == 1 and left[0].id.startswith("kata-anchor-")  # one shim for all
+    # shared shims: one per CPU at most, each started for an anchor, not per step
+    assert 1 <= len(left) <= (os.cpu_count() or 1)
+    assert all(s.id.startswith("kata-anchor-") for s in left)
     task_dir = Path(containerd_daemon.state) / "io.containerd.runtime.v2.task" / "kata"
     bundles = [p for p in task_dir.iterdir() if not p.name.startswith("kata-anchor-")]
     assert len(bundles) == 3

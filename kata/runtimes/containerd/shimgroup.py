@@ -1,4 +1,4 @@
-"""One containerd shim for all of a runtime's containers (runc v2 shim grouping).
+"""A few containerd shims for all of a runtime's containers (runc v2 shim grouping).
 
 containerd 1.6 starts a ``containerd-shim-runc-v2`` daemon per task unless the spec
 carries the annotation ``io.containerd.runc.v2.group``: ``shim start`` then derives the
@@ -22,6 +22,10 @@ fails. Two rules close it:
   ``release`` (after their task is deleted); only when none is in flight does ``close``
   delete the anchor, and the next ``acquire`` starts a new anchor under a new group id,
   so no step is ever handed the socket of a shim that is shutting down.
+
+One shim would serialise parallel starts (the shim's ``Create`` holds its lock across
+the OCI runtime's ``create``), so a runtime keeps up to one shim per CPU and gives each
+container to the least used one.
 
 The anchor carries the owner label like every container of kata's: when kata is killed,
 the next connect's sweep kills and deletes it with the rest, and the shim exits with its
@@ -48,56 +52,78 @@ ANCHOR_EXE = "kata-anchor"  # never executed: the anchor's task is never started
 _ANCHOR_DIRS = ("proc", "dev", "sys", "run")
 
 
-class ShimGroup:
-    """The shim group of one runtime: ``acquire()`` a group id for a container's spec,
-    ``release()`` once its task is deleted; ``close()`` ends the group when idle.
+class _Slot:
+    """One shim of the group: its id, its anchor container, the containers using it."""
 
-    Thread-safe. ``acquire`` raises ContainerdError / KataError when the anchor cannot
-    be made (the step then fails as it would have on its own Tasks.Create).
+    __slots__ = ("group", "anchor", "users")
+
+    def __init__(self) -> None:
+        self.group: str | None = None  # the group id; None: no anchor, no shim
+        self.anchor: str | None = None  # the anchor's container id
+        self.users = 0  # containers between acquire and release
+
+
+class ShimGroup:
+    """The shims of one runtime: ``acquire()`` a group id for a container's spec,
+    ``release(id)`` once its task is deleted; ``close()`` ends the idle ones.
+
+    ``width`` shims (default: one per CPU): the runc v2 shim creates its containers one at
+    a time (``Create`` holds the service's lock across the OCI runtime's ``create``), so
+    one shim for everything would serialise parallel starts; a container goes to the
+    least used shim. Thread-safe. ``acquire`` raises ContainerdError / KataError when an
+    anchor cannot be made (the step then fails as it would have on its own Tasks.Create).
     """
 
     def __init__(self, client: Client, *, anchor_root: Path,
                  runtime_options: any_pb2.Any | None, precompiled_seccomp: bool,
-                 runtime_name: str) -> None:
+                 runtime_name: str, width: int | None = None) -> None:
         self.c = client
         self.anchor_root = anchor_root
         self.runtime_options = runtime_options
         self.precompiled_seccomp = precompiled_seccomp
         self.runtime_name = runtime_name
         self._lock = threading.Lock()
-        self._group: str | None = None  # the current group id; None: no anchor
-        self._anchor: str | None = None  # the anchor's container id
-        self._users = 0  # containers between acquire and release
+        self._slots = [_Slot() for _ in range(max(1, width or os.cpu_count() or 1))]
         self.anchors_made = 0  # how many anchors this group made (tests, benches)
 
     def acquire(self) -> str:
-        """The group id to put in a container's spec annotation; starts the group's
-        anchor (and with it the shim) if there is none."""
+        """The group id to put in a container's spec annotation: the least used shim's,
+        starting its anchor (and with it the shim) if it has none."""
         with self._lock:
-            if self._group is None:
-                self._start_anchor()
-            self._users += 1
-            assert self._group is not None
-            return self._group
+            slot = min(self._slots, key=lambda s: (s.users, s.group is None))
+            if slot.group is None:
+                self._start_anchor(slot)
+            slot.users += 1
+            assert slot.group is not None
+            return slot.group
 
-    def release(self) -> None:
-        """A container of the group has no task any more (or never got one)."""
+    def release(self, group: str) -> None:
+        """A container of ``group`` has no task any more (or never got one)."""
         with self._lock:
-            assert self._users > 0
-            self._users -= 1
+            slot = next(s for s in self._slots if s.group == group)
+            assert slot.users > 0
+            slot.users -= 1
 
     def close(self) -> None:
-        """Delete the anchor if no container is in flight (its shim then exits); a later
-        ``acquire`` starts a new group. Errors propagate (ContainerdError); what is left
-        carries the owner label and is swept by the next connect."""
+        """Delete the anchor of every shim no container is in flight on (the shim then
+        exits); a later ``acquire`` starts a new one under a new id. The first error
+        propagates (ContainerdError) after the rest were tried; what is left carries the
+        owner label and is swept by the next connect."""
+        first: BaseException | None = None
         with self._lock:
-            if self._anchor is None or self._users:
-                return
-            anchor, self._anchor, self._group = self._anchor, None, None
-            self._delete_anchor(anchor)
+            for slot in self._slots:
+                if slot.anchor is None or slot.users:
+                    continue
+                anchor, slot.anchor, slot.group = slot.anchor, None, None
+                try:
+                    self._delete_anchor(anchor)
+                except ContainerdError as err:
+                    first = first or err
+        if first is not None:
+            raise first
 
     # -- the anchor ---------------------------------------------------------------------
-    def _start_anchor(self) -> None:
+    def _start_anchor(self, slot: _Slot) -> None:
         c = self.c
         root = self._anchor_tree()
         group = f"kata-{secrets.token_hex(8)}"
@@ -130,7 +156,7 @@ class ShimGroup:
             except ContainerdError:
                 pass  # owner-labelled: the next connect's sweep takes it
             raise
-        self._group, self._anchor = group, cid
+        slot.group, slot.anchor = group, cid
         self.anchors_made += 1
 
     def _delete_anchor(self, cid: str) -> None:

@@ -256,9 +256,9 @@ class StepRun:
         group = self.options.shim_group
         if group is not None:
             # pushed before the container: released (LIFO) after its task is deleted
-            spec["annotations"] = {**spec.get("annotations", {}),
-                                   GROUP_ANNOTATION: group.acquire()}
-            cleanup.push("leave the shim group", group.release)
+            gid = group.acquire()
+            spec["annotations"] = {**spec.get("annotations", {}), GROUP_ANNOTATION: gid}
+            cleanup.push("leave the shim group", lambda: group.release(gid))
         self.spec = spec
         # No lease: the container is created first and names its snapshot, and containerd's
         # gc counts a container's snapshot as referenced, so the snapshot is protected from
