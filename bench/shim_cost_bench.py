@@ -133,35 +133,41 @@ def main() -> int:
             repo.mkdir()
             (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
                 "pipeline": "shim-cost", "settings": {"max_parallel": args.max_parallel},
-                "steps": [{"name": f"s{i}", "image": BUSYBOX_REF, "commands": ["true"],
+                "steps": [{"name": f"s{i}", "image": BUSYBOX_REF, "commands": [f"true {i}"],
                            "network": "default"} for i in range(args.steps)]},
                 sort_keys=False))
             (tmp / "per-container.yaml").write_text("containerd:\n  shared_shim: false\n")
             (tmp / "shared.yaml").write_text("containerd:\n  shared_shim: true\n")
-            for rnd in range(args.rounds):
-                for mode, cfg in (("per container", "per-container.yaml"),
-                                  ("shared", "shared.yaml")):
-                    data = tmp / "perf.data"
-                    perf = subprocess.Popen(
-                        ["perf", "record", "-a", "-k", "mono", "-F", str(HZ), "-e",
-                         "cpu-clock", "-o", str(data), "-q"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    time.sleep(1.0)  # perf is recording
-                    env = {**kata_env(tmp / f"store-{rnd}-{cfg}"), "KATA_CONFIG": str(tmp / cfg)}
-                    t0 = time.monotonic()
-                    proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
-                                           paths.address, "run"], cwd=repo, env=env,
-                                          capture_output=True, text=True)
-                    t1 = time.monotonic()
-                    perf.send_signal(signal.SIGINT)
-                    perf.wait()
-                    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-                    script = subprocess.run(
-                        ["perf", "script", "-i", str(data), "--show-task-events", "-F",
-                         "comm,pid,tid,cpu,time"], capture_output=True, text=True).stdout
-                    totals[mode] += classify(script, t0, t1, containerd, os.getpid())
-                    walls[mode] += t1 - t0
-                    data.unlink()
+            data = tmp / "perf.data"
+            # one recording for all runs (perf's start, a scan of every process, takes
+            # seconds on a loaded machine); each run is a window of its timestamps
+            perf = subprocess.Popen(
+                ["perf", "record", "-a", "-k", "mono", "-F", str(HZ), "-e", "cpu-clock",
+                 "-o", str(data), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            windows = []
+            try:
+                time.sleep(3.0)
+                for rnd in range(args.rounds):
+                    for mode, cfg in (("per container", "per-container.yaml"),
+                                      ("shared", "shared.yaml")):
+                        env = {**kata_env(tmp / f"store-{rnd}-{cfg}"),
+                               "KATA_CONFIG": str(tmp / cfg)}
+                        t0 = time.monotonic()
+                        proc = subprocess.run([sys.executable, "-m", "kata", "--containerd",
+                                               paths.address, "run"], cwd=repo, env=env,
+                                              capture_output=True, text=True)
+                        t1 = time.monotonic()
+                        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+                        windows.append((mode, t0, t1))
+            finally:
+                perf.send_signal(signal.SIGINT)
+                perf.wait()
+            script = subprocess.run(
+                ["perf", "script", "-i", str(data), "--show-task-events", "-F",
+                 "comm,pid,tid,cpu,time"], capture_output=True, text=True).stdout
+            for mode, t0, t1 in windows:
+                totals[mode] += classify(script, t0, t1, containerd, os.getpid())
+                walls[mode] += t1 - t0
     finally:
         subprocess.run(["umount", "-R", "-l", str(tmp)], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
