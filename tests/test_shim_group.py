@@ -249,3 +249,21 @@ def test_shared_shim_must_be_a_boolean(tmp_path):
     assert err.value.reason == "config.bad_value"
     cfg.write_text("containerd:\n  shared_shim: false\n")
     assert load_runtime_config(cfg).shared_shim is False
+
+
+def test_an_idle_shim_ends_without_drain(clean_runtime, busybox_digest, monkeypatch):
+    # a long-lived runtime (kata worker) keeps no shim while it runs nothing
+    from kata.runtimes.containerd import shimgroup
+
+    monkeypatch.setattr(shimgroup, "IDLE_SECONDS", 0.3)
+    rt = clean_runtime
+    rt.drain()
+    assert _step(rt, busybox_digest, 3) == (0, [b"out 3"])
+    deadline = time.monotonic() + 10
+    while any(s.anchor for s in rt.shim_group._slots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(s.anchor for s in rt.shim_group._slots)
+    while _our_shims(rt) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _our_shims(rt) == []
+    assert _step(rt, busybox_digest, 4) == (1, [b"out 4"])  # a new group starts

@@ -23,6 +23,9 @@ fails. Two rules close it:
   delete the anchor, and the next ``acquire`` starts a new anchor under a new group id,
   so no step is ever handed the socket of a shim that is shutting down.
 
+A shim that has served nothing for IDLE_SECONDS is ended too (a long-lived runtime such
+as `kata worker`'s keeps no idle shim; within a run, steps follow each other closer).
+
 One shim would serialise parallel starts (the shim's ``Create`` holds its lock across
 the OCI runtime's ``create``), so a runtime keeps up to one shim per CPU and gives each
 container to the least used one.
@@ -34,9 +37,11 @@ last container.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from google.protobuf import any_pb2
@@ -46,7 +51,9 @@ from .client import Client, ContainerdError, containers_pb2, grpc, mount_pb2, ta
 from .seccompbpf import bpf_annotations
 from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
 
+log = logging.getLogger("kata.runtime")
 GROUP_ANNOTATION = "io.containerd.runc.v2.group"
+IDLE_SECONDS = 2.0  # a shim that served nothing this long is ended (its anchor deleted)
 ANCHOR_EXE = "kata-anchor"  # never executed: the anchor's task is never started
 # the anchor's mount points (its root is read-only: the OCI runtime cannot make them)
 _ANCHOR_DIRS = ("proc", "dev", "sys", "run")
@@ -55,12 +62,13 @@ _ANCHOR_DIRS = ("proc", "dev", "sys", "run")
 class _Slot:
     """One shim of the group: its id, its anchor container, the containers using it."""
 
-    __slots__ = ("group", "anchor", "users")
+    __slots__ = ("group", "anchor", "users", "idle_since")
 
     def __init__(self) -> None:
         self.group: str | None = None  # the group id; None: no anchor, no shim
         self.anchor: str | None = None  # the anchor's container id
         self.users = 0  # containers between acquire and release
+        self.idle_since = 0.0  # time.monotonic() when users last fell to 0
 
 
 class ShimGroup:
@@ -84,6 +92,8 @@ class ShimGroup:
         self.runtime_name = runtime_name
         self._lock = threading.Lock()
         self._slots = [_Slot() for _ in range(max(1, width or os.cpu_count() or 1))]
+        self._timer: threading.Timer | None = None  # ends shims idle for IDLE_SECONDS
+        self._deleting = threading.Lock()  # held while anchors are deleted: close() waits
         self.anchors_made = 0  # how many anchors this group made (tests, benches)
 
     def acquire(self) -> str:
@@ -103,35 +113,78 @@ class ShimGroup:
             slot = next(s for s in self._slots if s.group == group)
             assert slot.users > 0
             slot.users -= 1
+            if slot.users == 0:
+                slot.idle_since = time.monotonic()
+                self._schedule(IDLE_SECONDS)
+
+    def _schedule(self, delay: float) -> None:
+        """Look for idle shims in ``delay`` seconds (one timer at a time). Called locked."""
+        if self._timer is None:
+            self._timer = threading.Timer(delay, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        """End the shims idle for IDLE_SECONDS (a long-lived runtime, e.g. `kata worker`,
+        keeps no shim and no anchor while it runs nothing); look again later for the rest."""
+        with self._deleting:
+            with self._lock:
+                self._timer = None
+                now = time.monotonic()
+                idle = [s for s in self._slots if s.anchor is not None and not s.users]
+                expired = [s for s in idle if now - s.idle_since >= IDLE_SECONDS]
+                anchors = self._take(expired)
+                waiting = [s.idle_since for s in idle if s not in expired]
+                if waiting:
+                    self._schedule(max(0.05, IDLE_SECONDS - (now - min(waiting))))
+            try:
+                self._delete_anchors(anchors)
+            except ContainerdError as err:  # owner-labelled: the next connect sweeps it
+                log.warning("ending an idle shim failed: %s", err)
 
     def close(self) -> None:
         """Delete the anchor of every shim no container is in flight on (the shim then
         exits); a later ``acquire`` starts a new one under a new id. The first error
         propagates (ContainerdError) after the rest were tried; what is left carries the
         owner label and is swept by the next connect."""
-        with self._lock:
-            anchors = []
-            for slot in self._slots:
-                if slot.anchor is None or slot.users:
-                    continue
-                anchors.append(slot.anchor)
-                slot.anchor = slot.group = None
-            errors: list[BaseException] = []
+        with self._deleting:  # after an expiry in flight: nothing is half deleted
+            with self._lock:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                anchors = self._take([s for s in self._slots if s.anchor is not None
+                                      and not s.users])
+            self._delete_anchors(anchors)
 
-            def delete(cid: str) -> None:
-                try:
-                    self._delete_anchor(cid)
-                except ContainerdError as err:
-                    errors.append(err)
+    @staticmethod
+    def _take(slots: list[_Slot]) -> list[str]:
+        """Forget the anchors of ``slots`` (called locked): a later ``acquire`` starts a
+        new group, so the old shim may take its time to exit."""
+        anchors = []
+        for slot in slots:
+            assert slot.anchor is not None
+            anchors.append(slot.anchor)
+            slot.anchor = slot.group = None
+        return anchors
 
-            # side by side: each waits ~50-150 ms for containerd's `shim delete`
-            threads = [threading.Thread(target=delete, args=(cid,)) for cid in anchors[1:]]
-            for t in threads:
-                t.start()
-            if anchors:
-                delete(anchors[0])
-            for t in threads:
-                t.join()
+    def _delete_anchors(self, anchors: list[str]) -> None:
+        """Delete ``anchors`` side by side (each waits ~50-150 ms for containerd's `shim
+        delete`); the first ContainerdError is raised after all were tried."""
+        errors: list[BaseException] = []
+
+        def delete(cid: str) -> None:
+            try:
+                self._delete_anchor(cid)
+            except ContainerdError as err:
+                errors.append(err)
+
+        threads = [threading.Thread(target=delete, args=(cid,)) for cid in anchors[1:]]
+        for t in threads:
+            t.start()
+        if anchors:
+            delete(anchors[0])
+        for t in threads:
+            t.join()
         if errors:
             raise errors[0]
 
