@@ -6,6 +6,7 @@
       state_dir: /var/lib/kata/containerd        # where kata's own containerd lives
       stop_grace: 5s                             # between SIGTERM and SIGKILL (a duration, or seconds)
       oci_runtime: auto                          # auto | crun | runc (kata/oci_runtime.py)
+      shared_shim: true                          # one containerd shim for all of a run's containers
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -49,6 +50,7 @@ class RuntimeConfig:
     state_dir: str | None = None
     stop_grace: float = 5.0
     oci_runtime: str = "auto"  # one of kata.oci_runtime.CHOICES
+    shared_shim: bool = True  # one shim per runtime object (shimgroup.py), not per container
     offline: bool = False
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
 
@@ -83,7 +85,7 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     p = host.path
     top = host.doc
     cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace",
-                                              "oci_runtime"}, "containerd", p)
+                                              "oci_runtime", "shared_shim"}, "containerd", p)
     regs = {}
     for name, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
                                     "registries", p)).items():
@@ -102,6 +104,11 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     if oci not in CHOICES:
         raise host.error("config.bad_value", f"containerd.oci_runtime must be one of "
                          f"{', '.join(CHOICES)}, got {oci!r}", "containerd", "oci_runtime")
+    shared = cd.get("shared_shim", True)
+    if not isinstance(shared, bool):
+        raise host.error("config.bad_value", f"containerd.shared_shim must be true or false, "
+                         f"got {shared!r}", "containerd", "shared_shim")
     return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
-                         stop_grace=grace, oci_runtime=oci, offline=bool(top.get("offline", False)),
+                         stop_grace=grace, oci_runtime=oci, shared_shim=shared,
+                         offline=bool(top.get("offline", False)),
                          registries=regs)

@@ -161,3 +161,44 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
             log.warning("shim %d did not exit after SIGKILL", pid)
             return
         time.sleep(0.01)
+
+
+def stray_bundles(task_dir: str, containers: Collection[str]) -> list[str]:
+    """Task bundles under ``task_dir`` (``<containerd state>/io.containerd.runtime.v2.task/
+    <namespace>``) whose container containerd does not have.
+
+    With one shim for many containers (shimgroup.py), a kata killed inside Tasks.Create
+    leaves a container in a shim that also serves others: no shim of its own to find by
+    its command line, only its bundle (rootfs mounted) and its OCI runtime state."""
+    try:
+        entries = list(os.scandir(task_dir))
+    except FileNotFoundError:
+        return []
+    return [e.path for e in entries if e.is_dir(follow_symlinks=False)
+            and e.name not in containers]
+
+
+def reap_bundle(bundle: str, namespace: str) -> None:
+    """End the container of a stray ``bundle`` (``<runtime> delete --force``: its
+    processes and cgroup), unmount its rootfs, remove it. The first failure is raised
+    after the rest ran (``OSError`` / ``RuntimeError``)."""
+    errors: list[BaseException] = []
+    cid = os.path.basename(bundle)
+    runc_root = os.path.join(RUNC_ROOT, namespace)
+    state = os.path.join(runc_root, cid)
+    if os.path.isdir(state):
+        binary = next((b for b, f in _STATE_FILES if os.path.exists(os.path.join(state, f))),
+                      "runc")
+        res = subprocess.run([binary, "--root", runc_root, "delete", "--force", cid],
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0 and os.path.isdir(state):
+            errors.append(RuntimeError(f"{binary} delete {cid}: {res.stderr.strip()}"))
+    rootfs = os.path.join(bundle, "rootfs")
+    if os.path.ismount(rootfs):
+        res = subprocess.run(["umount", "-l", rootfs], capture_output=True, text=True)
+        if res.returncode != 0 and os.path.ismount(rootfs):
+            errors.append(RuntimeError(f"umount {rootfs}: {res.stderr.strip()}"))
+    if not errors:
+        shutil.rmtree(bundle, ignore_errors=True)
+    if errors:
+        raise errors[0]

@@ -31,7 +31,8 @@ from .images import ImageRecord, ImageStore
 from .network import CniNetwork, NetnsPool
 from .reference import is_digest, parse_reference
 from .seccompbpf import takes_compiled_filter
-from .task import StepRun, TaskOptions, runtime_options
+from .shimgroup import ShimGroup
+from .task import RUNTIME_NAME, StepRun, TaskOptions, runtime_options
 
 if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every run
     from .registry import RegistryClient
@@ -60,6 +61,14 @@ class ContainerdRuntime:
         self.netns_pool = NetnsPool(self.network)
         self.oci = oci  # crun or runc, for every container of ours
         self._runtime_options = runtime_options(oci)
+        self._precompiled_seccomp = oci.name == "crun" and takes_compiled_filter(oci.binary)
+        # one shim for every container of this runtime (shimgroup.py); host config
+        # containerd.shared_shim: false gives each container its own
+        self.shim_group = ShimGroup(
+            client, anchor_root=fifo_root.parent / "anchor",
+            runtime_options=self._runtime_options,
+            precompiled_seccomp=self._precompiled_seccomp,
+            runtime_name=RUNTIME_NAME) if config.shared_shim else None
         self._registry: RegistryClient | None = None
         # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
         self.confined_pulls = False
@@ -200,8 +209,8 @@ class ContainerdRuntime:
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network, netns_pool=self.netns_pool,
                               runtime_options=self._runtime_options,
-                              precompiled_seccomp=self.oci.name == "crun"
-                              and takes_compiled_filter(self.oci.binary))
+                              precompiled_seccomp=self._precompiled_seccomp,
+                              shim_group=self.shim_group)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
         running = getattr(sink, "running", None)  # the sink is told pulling is over
@@ -246,14 +255,19 @@ class ContainerdRuntime:
 
     def drain(self) -> None:
         """Wait until every deferred release has finished, then tear down the idle
-        network namespaces kept for reuse."""
+        network namespaces kept for reuse and end the shim group (its anchor) if no
+        container is in flight."""
         while True:
             with self._lock:
                 pending = list(self._releasing)
             if not pending:
                 break
             wait(pending)
-        self.netns_pool.drain()
+        try:
+            if self.shim_group is not None:
+                self.shim_group.close()
+        finally:
+            self.netns_pool.drain()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""
@@ -354,15 +368,32 @@ class ContainerdRuntime:
                 except KataError as err:
                     cleanup.push(f"sweep {ctr.id}", _raiser(err))
             # shims whose task was never registered (kata killed inside Tasks.Create):
-            # no API call reaches them; before the snapshots, whose mounts they hold
+            # no API call reaches them; before the snapshots, whose mounts they hold. With
+            # a shared shim (shimgroup.py) such a container has no shim of its own: only
+            # its bundle is left. Shims and bundles are listed *before* the containers: a
+            # container is created before its task, so one that a live kata starts
+            # meanwhile is never mistaken for an orphan.
+            task_dir = self._task_dir()
+            shims = orphans.shims(c.address, c.namespace)
+            bundles = orphans.stray_bundles(task_dir, ()) if task_dir else []
             known = {x.id for x in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
                                           "list containers").containers}
-            for shim in orphans.orphans(c.address, c.namespace, known):
+            for shim in shims:
+                if shim.id in known:
+                    continue
                 try:
                     orphans.reap(shim, c.namespace)
                     counts["shims"] += 1
                 except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                     cleanup.push(f"reap shim {shim.pid} ({shim.id})", _raiser(err))
+            for bundle in bundles:
+                if os.path.basename(bundle) in known:
+                    continue
+                try:
+                    orphans.reap_bundle(bundle, c.namespace)
+                    counts["shims"] += 1
+                except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                    cleanup.push(f"reap bundle {bundle}", _raiser(err))
             snaps = self._snapshots()
             for info in snaps:
                 if info.kind != snapshots_pb2.COMMITTED and dead(info.labels):
@@ -388,6 +419,15 @@ class ContainerdRuntime:
                         shutil.rmtree(d, ignore_errors=True)
                         counts["fifos"] += 1
         return counts
+
+    def _task_dir(self) -> str | None:
+        """Where containerd keeps this namespace's task bundles (its state dir's
+        ``io.containerd.runtime.v2.task/<namespace>``); None when this containerd's
+        state dir is not known (an address alone): its bundles are then never touched."""
+        if len(self.mount_roots) < 2:
+            return None
+        return os.path.join(self.mount_roots[1], "io.containerd.runtime.v2.task",
+                            self.client.namespace)
 
     def _kill_and_delete_task(self, cid: str) -> None:
         c = self.client

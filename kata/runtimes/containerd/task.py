@@ -35,6 +35,7 @@ from .images import RunImage
 from .network import CniNetwork, NetnsPool
 from .sandbox import oom_killed, pids_exhausted
 from .seccompbpf import bpf_annotations
+from .shimgroup import GROUP_ANNOTATION, ShimGroup
 from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
 
 log = logging.getLogger("kata.runtime")
@@ -64,6 +65,8 @@ class TaskOptions:
     # hand the runtime the seccomp profile compiled, in place of its rules (crun only:
     # seccompbpf.py)
     precompiled_seccomp: bool = False
+    # the runtime's one shim for all its containers (shimgroup.py); None: a shim each
+    shim_group: ShimGroup | None = None
 
 
 def runtime_options(oci: OciRuntime) -> any_pb2.Any:
@@ -250,6 +253,12 @@ class StepRun:
                 # travel too (9 KB less spec through containerd, the shim and crun: ~2 ms)
                 spec["annotations"] = {**spec.get("annotations", {}), **compiled}
                 del spec["linux"]["seccomp"]
+        group = self.options.shim_group
+        if group is not None:
+            # pushed before the container: released (LIFO) after its task is deleted
+            gid = group.acquire()
+            spec["annotations"] = {**spec.get("annotations", {}), GROUP_ANNOTATION: gid}
+            cleanup.push("leave the shim group", lambda: group.release(gid))
         self.spec = spec
         # No lease: the container is created first and names its snapshot, and containerd's
         # gc counts a container's snapshot as referenced, so the snapshot is protected from
