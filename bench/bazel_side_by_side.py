@@ -218,6 +218,10 @@ def main() -> None:
             repo.mkdir()
             (repo / ".kata-ci.yaml").write_text(kata_config(args.levels, args.width, BUSYBOX_REF))
             kata = Kata(paths.address, tmp / "store")
+            warm = tmp / "warm"  # bytecode of everything `kata run` imports, as installed
+            warm.mkdir()
+            (warm / ".kata-ci.yaml").write_text(kata_config(1, 1, BUSYBOX_REF))
+            Kata(paths.address, tmp / "store-warm")(warm, "run")
             print(f"graph: {args.levels} levels x {args.width} = {n} steps, each above level 0 "
                   "depending on two of the level below")
             print(f"machine: {os.cpu_count()} CPUs; bazel {binary}; kata from {ROOT}")
