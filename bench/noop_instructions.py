@@ -16,6 +16,11 @@ containerd is involved, as in a real no-op):
   full path: load, compile, plan, realise).
 Printed: each count, the no-op / validate ratio (issue 11's limit <= 1.3x; same ratio as
 ``bench/bazel_side_by_side.py`` prints in wall time), and the no-op / python ratio.
+Then the same interpreter and no-op without ``site`` (``python3 -S``, the libraries'
+directory on PYTHONPATH instead): what a clean install costs, without this machine's
+``.pth`` files (an editable-install finder, a sandbox's certifi hook), which import
+``pathlib``, ``typing``, ``re`` and more before kata starts. ``-m`` itself (``runpy``)
+is in both figures; a console script imports ``re`` instead.
 Without ``valgrind`` on PATH it says so and exits 0.
 """
 
@@ -95,6 +100,19 @@ def main() -> None:
               f"interpreter's start): {(noop - py) / 1e6:,.0f} M")
         print(f"the full path (KATA_FAST_NOOP=0: load, compile, plan, realise; it rewrites "
               f"the record): {full / 1e6:,.0f} M; replayed / full: {noop / full:.2f}x")
+        import sysconfig
+
+        bare = {**env, "PYTHONPATH": os.pathsep.join((str(ROOT), sysconfig.get_paths()["purelib"]))}
+        time.sleep(2.1)  # -S has its own sys.path, so its own record: written by a first run
+        subprocess.run([sys.executable, "-S", "-m", "kata", "run"], cwd=repo, env=bare,
+                       capture_output=True)
+        py_s = instructions([sys.executable, "-S", "-c", "pass"], cwd=repo, env=bare)
+        noop_s = instructions([sys.executable, "-S", "-m", "kata", "run"], cwd=repo, env=bare)
+        runpy_s = instructions([sys.executable, "-S", "-c", "import runpy"], cwd=repo, env=bare)
+        print(f"without site (python3 -S, as a clean install): python3 -c pass {py_s / 1e6:,.0f} M;"
+              f" kata run (no-op) {noop_s / 1e6:,.0f} M; beyond the interpreter's start "
+              f"{(noop_s - py_s) / 1e6:,.0f} M, of which -m's runpy {(runpy_s - py_s) / 1e6:,.0f} M "
+              f"and kata's own {(noop_s - runpy_s) / 1e6:,.0f} M")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

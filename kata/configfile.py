@@ -1,58 +1,89 @@
 """Finding and reading `.kata-ci.yaml`: where it is, and its bytes (compiler layer).
 
 Kept apart from the loader (`kata.loader`, which parses) so that a run whose config is
-already loaded (`kata.loaded`) reads the file without importing the YAML parser.
+already loaded (`kata.loaded`) reads the file without importing the YAML parser; and
+`kata.errors` (with `dataclasses`, ~28 M instructions) is imported only to raise, so the
+cached path (`kata.realise.noop`) finds the config without it.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
-from kata.errors import KataError
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONFIG_NAME = ".kata-ci.yaml"
+
+
+def _error(reason: str, message: str, *, obj: str) -> Exception:
+    """A ``KataError`` (exit 2), its module imported when there is one to raise."""
+    from kata.errors import KataError
+
+    return KataError(reason, message, obj=obj)
 
 
 def find_config(start_dir: str | os.PathLike | None = None,
                 explicit: str | os.PathLike | None = None) -> Path:
     """The config to use: `explicit` if given, else `.kata-ci.yaml` in `start_dir` or the
     nearest parent, stopping at the repository root (the directory holding `.git`)."""
+    from pathlib import Path
+
+    return Path(locate_config(start_dir, explicit))
+
+
+def locate_config(start_dir: str | os.PathLike | None = None,
+                  explicit: str | os.PathLike | None = None) -> str:
+    """:func:`find_config` as a string (`explicit` as given, else a resolved path), without
+    `pathlib` (the cached path, `kata.realise.noop`)."""
     if explicit is not None:
-        p = Path(explicit)
-        if not p.is_file():
-            raise KataError("config.not_found", f"config file {str(p)!r} not found", obj=str(p))
+        p = os.fspath(explicit)
+        if not os.path.isfile(p):
+            raise _error("config.not_found", f"config file {p!r} not found", obj=p)
         return p
-    d = Path(start_dir if start_dir is not None else os.getcwd()).resolve()
-    for cand in (d, *d.parents):
-        if (cand / CONFIG_NAME).is_file():
-            _check_inside(cand / CONFIG_NAME, cand)
-            return cand / CONFIG_NAME
-        if (cand / ".git").exists():
+    d = os.path.realpath(start_dir if start_dir is not None else os.getcwd())
+    cand = d
+    while True:
+        config = os.path.join(cand, CONFIG_NAME)
+        if os.path.isfile(config):
+            _check_inside(config, cand)
+            return config
+        parent = os.path.dirname(cand)
+        if os.path.exists(os.path.join(cand, ".git")) or parent == cand:
             break
-    raise KataError("config.not_found",
-                    f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
-                    obj=str(d))
+        cand = parent
+    raise _error("config.not_found",
+                 f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
+                 obj=d)
 
 
 # A config of 1,000 steps is ~200 KiB; anything past this is not a pipeline.
 MAX_CONFIG = 8 << 20
 
 
-def _check_inside(config: Path, start: Path) -> None:
+def _check_inside(config: str, start: str) -> None:
     """A config found in the repository may be a symlink only to a file inside the
     repository (the directory holding ``.git`` above it, else its own directory):
     ``.kata-ci.yaml -> /etc/shadow`` pushed to a hook server would otherwise be read as
     root and quoted back in the error message."""
-    if not config.is_symlink():
+    if not os.path.islink(config):
         return
-    root = next((c for c in (start, *start.parents) if (c / ".git").exists()), start)
+    root, cand = start, start
+    while True:
+        if os.path.exists(os.path.join(cand, ".git")):
+            root = cand
+            break
+        parent = os.path.dirname(cand)
+        if parent == cand:
+            break
+        cand = parent
     real, real_root = os.path.realpath(config), os.path.realpath(root)
     if not real.startswith(real_root.rstrip("/") + "/"):
-        raise KataError("config.outside", f"{config} is a symlink to a file outside the "
-                        f"repository ({real_root}); kata reads nothing outside it",
-                        obj=str(config))
+        raise _error("config.outside", f"{config} is a symlink to a file outside the "
+                     f"repository ({real_root}); kata reads nothing outside it",
+                     obj=config)
 
 
 def _read_config(p: Path) -> bytes:
@@ -61,7 +92,7 @@ def _read_config(p: Path) -> bytes:
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KataError("config.not_found", f"config file {str(p)!r} is not a regular file",
+            raise _error("config.not_found", f"config file {str(p)!r} is not a regular file",
                             obj=str(p))
         os.set_blocking(fd, True)
         from kata.inputs import read_at_most
@@ -70,7 +101,7 @@ def _read_config(p: Path) -> bytes:
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG:
-        raise KataError("config.too_large", f"config file {str(p)!r} is larger than "
+        raise _error("config.too_large", f"config file {str(p)!r} is larger than "
                         f"{MAX_CONFIG >> 20} MiB", obj=str(p))
     return data
 
@@ -80,8 +111,8 @@ def read_config(p: Path) -> bytes:
     try:
         return _read_config(p)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise KataError("config.not_found", f"config file {str(p)!r} not found",
+        raise _error("config.not_found", f"config file {str(p)!r} not found",
                         obj=str(p)) from None
     except OSError as err:
-        raise KataError("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
+        raise _error("config.not_found", f"cannot read {str(p)!r}: {err.strerror}",
                         obj=str(p)) from None

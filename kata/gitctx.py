@@ -279,7 +279,7 @@ def default_ref(root: Path) -> str:
         found = _dirs(root)
         if found is None:
             return ""
-        _, refs = found
+        refs = Path(found[1])
         symref = refs / "refs/remotes/origin/HEAD"
         if symref.is_file():
             target = symref.read_text().strip()

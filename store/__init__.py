@@ -4,7 +4,8 @@ A standalone package: it imports nothing from ``kata``.
 """
 
 import importlib
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the cached path)
 
 from .errors import StoreError
 

@@ -8,20 +8,24 @@ The map grows on demand; a dead reader's slot is reclaimed on open.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TypeVar
 
 import lmdb
-import msgpack
 
 from .errors import StoreError
 
-T = TypeVar("T")
+# msgpack is imported by the methods that encode or decode values: opening the index and
+# reading or writing raw rows (the cached path, kata.realise.noop) needs no codec (~8 M
+# instructions, datetime included)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the cached path)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 # statfs(2) f_type magics of filesystems LMDB must not live on.
 NETWORK_FS = {
@@ -29,13 +33,17 @@ NETWORK_FS = {
     0x65735546: "fuse", 0x00C36400: "ceph", 0x5346414F: "afs", 0x01021997: "9p",
     0x47504653: "gpfs", 0x0BD00BD0: "lustre",
 }
-# the process's own symbols (libc among them): find_library("c") runs `ldconfig -p`
-# twice, ~40 ms of a fully cached run
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = None  # the process's own symbols (libc among them), opened on first use
 
 
 def fs_type(path: str) -> int:
     """statfs(path).f_type (f_type is the first word of struct statfs on Linux)."""
+    global _libc
+    import ctypes  # here: ~7 M instructions, which the cached path (kata.realise.noop) skips
+
+    if _libc is None:
+        # CDLL(None), not find_library("c"): that runs `ldconfig -p` twice, ~40 ms
+        _libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(256)
     if _libc.statfs(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
@@ -148,6 +156,8 @@ class LmdbIndex:
                              obj=path) from err
 
     def _discard(self, why: str) -> None:
+        import shutil  # here: opening an intact index needs none of it
+
         self.discarded = why
         shutil.rmtree(self.path, ignore_errors=True)
         os.makedirs(self.path, exist_ok=True)
@@ -242,6 +252,8 @@ class LmdbIndex:
 
     def note_objects(self, items: Mapping[str, int], when: float | None = None) -> None:
         """Record size and last-use time of objects (digest -> uncompressed size, -1 unknown)."""
+        import msgpack
+
         now = time.time() if when is None else when
 
         def fn(t: lmdb.Transaction) -> None:
@@ -254,6 +266,8 @@ class LmdbIndex:
         self.write(fn)
 
     def object_info(self) -> dict[str, tuple[int, float]]:
+        import msgpack
+
         def fn(t: lmdb.Transaction) -> dict[str, tuple[int, float]]:
             out = {}
             for k, v in t.cursor(db=self.db["objs"]):
@@ -272,11 +286,15 @@ class LmdbIndex:
     def verified(self, digest: str) -> tuple[int, ...] | None:
         """The stat signature (dev, ino, size, mtime_ns, ctime_ns) of the object's file when
         its content was last hashed and found to match its digest; None: never."""
+        import msgpack
+
         raw = self.get("ver", digest.encode())
         return tuple(msgpack.unpackb(raw)) if raw is not None else None
 
     def note_verified(self, signatures: Mapping[str, tuple[int, ...]]) -> None:
         """Record objects' stat signatures (digest -> signature) in one transaction."""
+        import msgpack
+
         def fn(t: lmdb.Transaction) -> None:
             for digest, signature in signatures.items():
                 t.put(digest.encode(), msgpack.packb(list(signature)), db=self.db["ver"])
@@ -284,13 +302,16 @@ class LmdbIndex:
 
     # ------------------------------------------------------------ runs
 
-    def put_run(self, run_id: str, raw: bytes, name: str = "", summary: bytes = b"") -> None:
+    def put_run(self, run_id: str, raw: bytes, name: str = "", summary: bytes = b"", *,
+                counts: Mapping[str, int] | None = None) -> None:
         """Index a run record by id and, with ``name``, its summary by record file name,
-        in one transaction."""
+        and add ``counts`` to the counters (:meth:`count`), in one transaction."""
         def fn(t: lmdb.Transaction) -> None:
             t.put(run_id.encode(), raw, db=self.db["runs"])
             if name:
                 t.put(name.encode(), summary, db=self.db["rsum"])
+            for counter, delta in (counts or {}).items():
+                self._add(t, counter, delta)
         self.write(fn)
 
     def run_summaries(self, names: Sequence[str]) -> list[bytes | None]:
@@ -316,10 +337,11 @@ class LmdbIndex:
     # ------------------------------------------------------------ counters
 
     def count(self, name: str, delta: int = 1) -> None:
-        def fn(t: lmdb.Transaction) -> None:
-            old = t.get(name.encode(), db=self.db["cnt"])
-            t.put(name.encode(), str(int(old or b"0") + delta).encode(), db=self.db["cnt"])
-        self.write(fn)
+        self.write(lambda t: self._add(t, name, delta))
+
+    def _add(self, t: lmdb.Transaction, name: str, delta: int) -> None:
+        old = t.get(name.encode(), db=self.db["cnt"])
+        t.put(name.encode(), str(int(old or b"0") + delta).encode(), db=self.db["cnt"])
 
     def counters(self) -> dict[str, int]:
         return self.read(lambda t: {k.decode(): int(v) for k, v in t.cursor(db=self.db["cnt"])})
@@ -330,6 +352,8 @@ class LmdbIndex:
     # ------------------------------------------------------------ unpacked trees
 
     def note_unpacked(self, digest: str) -> None:
+        import msgpack
+
         self.write(lambda t: t.put(digest.encode(), msgpack.packb(time.time()), db=self.db["unp"]))
 
     def drop_unpacked(self, digest: str) -> None:
@@ -365,6 +389,8 @@ class LmdbStatCache:
         self._index = index
 
     def get_many(self, paths: Sequence[str]) -> Mapping[str, tuple[int, int, int, int, int, int, str]]:
+        import msgpack
+
         db = self._index.db["stat"]
 
         def fn(t: lmdb.Transaction) -> dict[str, tuple[int, int, int, int, int, int, str]]:
@@ -384,6 +410,8 @@ class LmdbStatCache:
         return self._index.read(fn)
 
     def put_many(self, entries: Mapping[str, tuple[int, int, int, int, int, int, str]]) -> None:
+        import msgpack
+
         db = self._index.db["stat"]
 
         def fn(t: lmdb.Transaction) -> None:

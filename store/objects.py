@@ -12,7 +12,6 @@ streaming: the frame checksum is a second line of defence, never the only one.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -23,13 +22,13 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     import zstandard
 
-import procs
-
 from .errors import StoreError
+# the small file helpers live in .files (the cached path writes a run record without
+# importing this module, hashlib with it); named here as before
+from .files import fsync_dir, os_error, tmp_name, tmp_owner_dead  # noqa: F401
 
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def check_digest(digest: str) -> str:
@@ -37,57 +36,6 @@ def check_digest(digest: str) -> str:
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise StoreError("store.bad_digest", f"not a sha256 digest: {digest!r}", obj=str(digest))
     return digest[7:]
-
-
-_OWNER: tuple[int, str] = (-1, "")
-
-
-def _owner() -> str:
-    """This process's owner label, computed once per pid (a forked child has its own)."""
-    global _OWNER
-    pid = os.getpid()
-    if _OWNER[0] != pid:
-        _OWNER = (pid, procs.owner_id(pid))
-    return _OWNER[1]
-
-
-def tmp_name(kind: str) -> str:
-    """An ingest file name that says who writes it: ``kind.<random>.<owner>``, the owner
-    being ``procs.owner_id()`` (pid, start time, boot id)."""
-    return f"{kind}.{os.urandom(16).hex()}.{_owner()}"
-
-
-def tmp_owner_dead(name: str) -> bool:
-    """True when ``name`` (a ``tmp_name``) was made by a process that provably ended
-    (``procs.owner_dead``: this boot of this host, and gone). Another host's file, or a
-    name of another shape, is not known to be dead: gc leaves it to the grace period."""
-    parts = name.split(".", 2)
-    return len(parts) == 3 and procs.owner_dead(parts[2])
-
-
-def fsync_dir(path: str) -> None:
-    """fsync a directory so a rename in it is durable; filesystems that refuse are tolerated."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:  # sshfs/FUSE and some NFS setups reject fsync on a directory
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.ENOSYS, errno.EIO):
-            raise
-    finally:
-        os.close(fd)
-
-
-def os_error(err: OSError, what: str, obj: str | None = None) -> StoreError:
-    """Map an OS error to a StoreError with a reason a caller can act on."""
-    if err.errno in _DISK_FULL:
-        return StoreError("store.disk_full", f"no space left on the store's filesystem while {what}",
-                          obj=obj)
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError("store.permission", f"permission denied while {what}: {err}", obj=obj)
-    return StoreError("store.io", f"I/O error while {what}: {err}", obj=obj)
 
 
 class _HashingSink:

@@ -7,15 +7,11 @@ the sequence each one starts with (``FRAME_MARK``).
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import time
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from kata.compile import compile_pipeline
 from kata.loader import load_pipeline
 from kata.report.live import FPS, FRAME_MARK
 from store import Realisation, Store
-from support.cli import ROOT
+from support.cli import ROOT, run_on_pty
 from support.images import BUSYBOX_REF
 
 pytestmark = pytest.mark.integration
@@ -58,25 +54,6 @@ def cached_repo(tmp_path: Path, digest: str, steps: int) -> tuple[Path, Path]:
 def env_for(store_dir: Path) -> dict[str, str]:
     return {**os.environ, "KATA_STORE": str(store_dir), "PYTHONPATH": str(ROOT),
             "TERM": "xterm-256color"}
-
-
-def run_on_pty(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
-                            close_fds=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 1 << 16)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.wait(60), b"".join(chunks).decode("utf-8", "replace")
 
 
 def done_wall(text: str) -> float:

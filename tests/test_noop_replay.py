@@ -176,7 +176,26 @@ CHANGES = {
                                           .read_bytes()), "[CACHE] build: HIT"),
     "realisation gone from the index": (
         lambda k: _drop_index_record(k), "[CACHE] build: HIT"),
+    # the store's directory is what says its state is beside it (no statfs on replay)
+    "store directory changed": (lambda k: os.chmod(k.env["KATA_STORE"], 0o755),
+                                "[CACHE] build: HIT"),
+    # an object's file at another stat signature: the full path re-hashes it (intact)
+    "output touched": (lambda k: _touch_output(k), "[CACHE] build: HIT"),
+    "record torn": (lambda k: _tear_record(k), "[CACHE] build: HIT"),
 }
+
+
+def _touch_output(k: KataProcess) -> None:
+    from store import Store
+
+    with Store.open(k.env["KATA_STORE"]) as store:
+        tree = store.list_runs(limit=1)[0].step("build").outputs
+        os.utime(store.objects.path(tree))
+
+
+def _tear_record(k: KataProcess) -> None:
+    (path,) = records(Path(k.env["KATA_STORE"]))
+    path.write_bytes(path.read_bytes()[:1000])
 
 
 def _drop_index_record(k: KataProcess) -> None:
@@ -288,3 +307,31 @@ def test_on_a_terminal_the_replay_writes_the_live_view_lines(kata):
     assert lines[:-1] == full[:-1]
     assert lines[-1].startswith("[DONE] 4 steps (4 cached, 0 ran) — ")
     assert "\x1b[34m[CACHE] build: HIT" in text  # styled as the live view styles it
+
+
+def test_the_run_record_template_gives_the_encoders_bytes():
+    """A replay writes the run record and its summary from a template cut at stand-ins; the
+    bytes are ``Run.encode``'s and ``encode_summary``'s for the same values."""
+    from store.runs import Phases, Run, StepRecord, encode_summary, summarise
+
+    from kata.realise.noop import _fill, _template, _values
+
+    steps = tuple(StepRecord(name=f"s{i}" + "x" * i, status="passed", cache="HIT", key="k" * 64,
+                             drv_hash="d" * 64, log="sha256:" + "0" * 64, needs=("a",) * (i % 3),
+                             produced_by="20261130-000000-abcdef", duration=1.5)
+                  for i in range(40))
+    record = Run(id="20261130-000000-abcdef", pipeline="p", commit="c" * 40, branch="main",
+                 scope="ref:refs/heads/main", started=1.0, wall=2.0, status="passed",
+                 steps=steps)
+    template = _template(record)
+    assert isinstance(template, dict), template
+    now = 1796048885.8673124
+    phases = Phases(ready=now, started=now, running=now, ended=now)
+    replayed = Run(id="20261201-123456-0a1b2c", pipeline="p", commit="c" * 40, branch="main",
+                   scope="ref:refs/heads/main", started=now - 0.25, wall=0.0625, status="passed",
+                   steps=tuple(StepRecord(**{**{f: getattr(s, f) for f in s.__slots__},
+                                             "phases": phases}) for s in steps))
+    values = _values(replayed.id, replayed.started, replayed.wall, now)
+    assert _fill(template["run"], values) == replayed.encode()
+    assert _fill(template["summary"], values) == encode_summary(summarise(replayed))
+    assert Run.decode(_fill(template["run"], values)) == replayed

@@ -543,3 +543,22 @@ def test_a_step_after_one_that_always_runs_is_no_hit_until_it_passed(env):
     assert again.ok and env.runtime.started == ["gate"]  # gate passed: after by its outputs
     (hit,) = [e for e in env.of(ev.CacheChecked) if e.step == "after"]
     assert hit.hit and hit.source == "resolved"
+
+
+def test_done_wall_time_counts_writing_the_run_record(env):
+    """[DONE]'s wall time is taken when the line is emitted, after the run record is written
+    (a 1,000-step record takes a while): never less than what the user waited for it."""
+    import time
+
+    env.write("src/a.txt", "hello\n")
+    realiser = env.realiser(DAG)
+    write = realiser.records.run
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        time.sleep(0.3)
+        return write(*args, **kwargs)
+
+    realiser.records.run = slow
+    result = realiser.run()
+    done = env.of(ev.Done)[0]
+    assert done.wall >= result.wall + 0.3

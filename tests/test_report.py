@@ -233,3 +233,25 @@ def test_a_status_row_never_wraps_whatever_the_step_prints(monkeypatch):
         assert not re.search(r"\x1b\[[0-9;]*[A-Za-ln-z]|[\x00-\x08\x0a-\x1a\x7f]", row), row
     assert re.search(r"a-long\S*… +\d+\.\ds", rows[3]), rows[3]  # its time still shows
     live.close()
+
+
+def test_a_pull_view_draws_only_pulls_and_only_on_a_terminal():
+    from kata.report.live import pull_view
+
+    with pull_view(io.StringIO()) as view:  # not a terminal: nothing drawn, plain output
+        assert view is None
+    out = io.StringIO()
+    live = LiveReporter(out, fps=0.001, summary=False)  # what pull_view draws on a terminal
+    live._frame(final=False)
+    assert out.getvalue() == ""  # no pull yet: no frame written
+    live(ev.ImagePull(image="r/i:1", layers_done=1, layers_total=2, bytes_done=1 << 20,
+                      bytes_total=2 << 20))
+    live._frame(final=False)
+    frame = out.getvalue().rsplit(FRAME_MARK, 1)[1]
+    assert "██████████░░░░░░░░░░ 1/2 layers" in frame and "r/i:1" in frame
+    assert "queued" not in frame and "elapsed" not in frame  # no run summary line
+    live(ev.ImagePull(image="r/i:1", layers_done=2, layers_total=2, bytes_done=2 << 20,
+                      bytes_total=2 << 20, done=True))
+    live.close()
+    last = out.getvalue().rsplit(FRAME_MARK, 1)[1]
+    assert "\x1b[1A\x1b[J" in last and "↓" not in last and "[PULL] r/i:1: 2 layers" in last

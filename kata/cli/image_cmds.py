@@ -53,8 +53,16 @@ def image_import(ctx: click.Context, archive: str, name: str | None) -> None:
 @click.argument("ref")
 @click.pass_context
 def image_pull(ctx: click.Context, ref: str) -> None:
-    """Pull an image (linux/amd64) from its registry or a configured mirror."""
-    with _runtime(ctx, offline=False) as rt:
+    """Pull an image (linux/amd64) from its registry or a configured mirror; on a terminal
+    with a progress bar (layers, bytes)."""
+    import sys
+
+    from kata.cli.run_cmds import pull_events
+    from kata.report.live import pull_view
+
+    with _runtime(ctx, offline=False) as rt, pull_view(sys.stdout) as view:
+        if view is not None:
+            rt.progress = pull_events(view)
         rec = rt.pull_image(ref)
     _tags(ctx).record({ref: rec.digest})  # refreshes what `kata run` resolves the tag to
     click.echo(f"pulled {rec.name} {rec.digest}")

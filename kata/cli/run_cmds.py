@@ -9,6 +9,7 @@ a fully cached run with digest-pinned images never imports gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -207,7 +208,14 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     store = open_store(ctx)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)
+    pulls = contextlib.ExitStack()  # images pulled before the steps start: a bar on a terminal
     try:
+        if not json_out:
+            from kata.report.live import pull_view
+
+            view = pulls.enter_context(pull_view(sys.stdout))
+            if view is not None:
+                runtime.progress = pull_events(view)
         # --no-cache trusts no stored digest: every input file is read again
         stat_cache = RehashStatCache(store.stat_cache) if no_cache else store.stat_cache
         unavailable: set[str] = set()  # images no step of this run may need (yet)
@@ -271,6 +279,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
                        "it will appear unmasked in output and logs", err=True)
+        pulls.close()  # its bar erased: the run's reporter draws the pulls from here on
         from kata.report.journal import Journal, Tee
 
         # the terminal's reporter, and the live journal `kata web` follows
@@ -281,7 +290,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       or out_dir or remote or executor or remote_cache or remote_instance)
         captured: list = []
         reporter = Tee(_reporter(json_out), journal, *([_Capture(captured)] if simple else []))
-        runtime.progress = _pull_events(reporter)
+        runtime.progress = pull_events(reporter)
         runner = runtime
         if executor is not None:  # steps run on REAPI workers
             from kata.executor.client import RemoteRuntime
@@ -309,6 +318,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             realiser.localise_all(targets)  # remote hits among them: fetched for the copy
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
+        pulls.close()
         runtime.close()
         store.close()
         if remote is not None:
@@ -376,7 +386,7 @@ def _remote_cache(url: str | None, instance: str | None):  # noqa: ANN202
     return RemoteCache(config, warn=lambda line: click.echo(f"kata: warning: {line}", err=True))
 
 
-def _pull_events(reporter):  # noqa: ANN001, ANN202
+def pull_events(reporter):  # noqa: ANN001, ANN202
     """The runtime's pull progress as ImagePull events for ``reporter``."""
     from kata.realise.events import ImagePull
 

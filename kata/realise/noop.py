@@ -11,11 +11,18 @@ Whenever anything differs or is not simple, :func:`replay` returns None and the 
 path runs, deciding everything again (and writing a new record if the run is again a
 no-op). The record is a cache of the full path's answer, never a second planner.
 
-**What the record's key names.** ``sha256("kata-noop/1" NUL sys.version NUL sys.path NUL
-<config path, resolved> NUL <store root>)``: a file under ``<store state dir>/noop/``.
+**What the record's key names.** ``sha256("kata-noop/2" NUL sys.version NUL sys.path NUL
+<config path, resolved> NUL <store root>)``: a file under ``<store state dir>/noop/``, the
+``marshal`` of a dict of plain values (its format is this interpreter's, whose version is
+in the key; the file is the user's, 0600 in a 0700 directory, as the index beside it; a
+torn or foreign one reads as absent). A local store's state directory is found beside it
+(``<store>/local``, the record naming it) without asking statfs, which the full path
+asked when it wrote the record: the store's directory is observed (through a final
+symlink), so a store that is not the directory statfs saw falls back.
 
 **What is observed** (the lstat signature ``(dev, ino, mode, size, mtime_ns, ctime_ns)``
-of each path, or "absent"; compared as one sha256):
+of each path, or "absent"; compared as a list):
+- the store's directory (above);
 - the config file; the host config (``KATA_CONFIG`` or ``/etc/kata/config.yaml``); kata's
   tag record (``<state>/image-tags.json``: a tag means what it meant);
 - the inputs: every file the repository lists (``git ls-files -co --exclude-standard``
@@ -40,9 +47,21 @@ written.
 
 **What a replay still checks in the store**: each hit's record in the index, byte for
 byte as the full path found it (a healed, replaced or collected record falls back), and
-every object behind them present and whole (``Store.damaged``: a stat each, re-hashed
-when the stat changed; a damaged one falls back, and the full path rebuilds). It counts
-the hits, as the full path does.
+every object behind them present and whole as ``Store.damaged`` tests it: the object's
+``ver`` row in the index (the stat signature at which its content was last hashed and
+found whole) byte for byte as when the record was written, when it agreed with the file,
+and the file still at that signature (a stat each; where ``Store.damaged`` would re-hash,
+the replay falls back and the full path re-hashes, heals or rebuilds). It counts the
+hits, as the full path does.
+
+**What a replay writes**: the run record and its index summary are the bytes the full
+path's own encoder (``Run.encode``, ``encode_summary``) gave for this run with stand-ins
+for the run id, its start, its wall time and the steps' phases, cut at the stand-ins
+(:func:`_template`) and filled with this run's (:func:`_fill`); the template is checked
+against the encoder when it is made. So a replay imports neither msgpack nor
+``store.runs`` (dataclasses); the record's file, the summary and the hit count are
+written as ``Store.put_run`` and ``Store.count`` write them (file fsync'd, one index
+transaction).
 
 **Which command lines**: ``kata [-f FILE] [--store DIR] [--containerd ADDR] run
 [--json]`` (what a no-op is); on a terminal the lines are styled as the live view styles
@@ -56,23 +75,34 @@ run is in ``kata runs`` and ``kata web`` when it ends.
 
 from __future__ import annotations
 
-import hashlib
+import marshal
 import operator
 import os
+import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+try:  # the interpreter's own sha256 (hashlib loads OpenSSL: ~11 M instructions); same digest
+    from _sha256 import sha256
+except ImportError:  # a build without it
+    from hashlib import sha256
+
+# neither typing nor pathlib on the replay's path (with re, ~35 M instructions in a clean
+# interpreter): annotations are strings, and paths are os.path's
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+    from typing import Any
+
     from kata.compile import DerivationGraph
     from kata.realise.plan import Plan
     from kata.realise.results import RealiseOptions, RunResult
     from store import Run, Store
 
-FORMAT = "kata-noop/1"
+FORMAT = "kata-noop/2"
 DIR_NAME = "noop"
+LOCAL_STATE = "local"  # a local store's state directory, beside it (store.index.default_state_dir)
 KEEP = 32  # records kept per store (one per config and command line in use)
 RACY_NS = 2_000_000_000
 ENV_SWITCH = "KATA_FAST_NOOP"
@@ -85,6 +115,18 @@ _GIT_IGNORES = ("~/.config/git/ignore",)
 
 _signature = operator.attrgetter("st_dev", "st_ino", "st_mode", "st_size", "st_mtime_ns",
                                  "st_ctime_ns")
+_ver_signature = operator.attrgetter("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+
+# The run record and its index summary are msgpack (store.runs); a replay writes them from
+# the bytes the full path's encoder gave, with these stand-ins cut out and this run's id,
+# times and phases put in their place (see _template): no msgpack, no store.runs.
+_pack_double = struct.Struct(">d").pack
+_STAND_IN_ID = "kata.noop-stand-in.run-id"  # an id no run takes (found once, or no record)
+_STAND_IN = {  # float stand-ins: finite, and nothing a run or a step holds
+    "started": struct.unpack(">d", b"\x01kata\x00s\x01")[0],
+    "wall": struct.unpack(">d", b"\x01kata\x00w\x01")[0],
+    "now": struct.unpack(">d", b"\x01kata\x00n\x01")[0],
+}
 
 
 def new_run_id() -> str:
@@ -137,16 +179,10 @@ def observe(paths: Iterable[str]) -> list[tuple[int, ...] | None]:
     return out
 
 
-def _digest(signatures: list[tuple[int, ...] | None]) -> bytes:
-    import msgpack
-
-    return hashlib.sha256(msgpack.packb(signatures)).digest()
-
-
-def record_key(config: Path, store_root: str) -> str:
+def record_key(config: "Path | str", store_root: str) -> str:
     """The record's file name for this config (resolved path) and store."""
     text = "\0".join((FORMAT, sys.version, "\n".join(sys.path), str(config), store_root))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _environment() -> list[list[str]]:
@@ -159,6 +195,8 @@ def _code_paths() -> list[str]:
     """kata's, the store's, procs' and the grammars' sources, the libraries' modules and the
     ``sys.path`` entries (absent ones too)."""
     import importlib.util
+
+    from pathlib import Path
 
     top = Path(__file__).resolve().parent.parent.parent
     # every entry, present or not: a directory created later can shadow a library
@@ -206,6 +244,8 @@ def _git_paths(root: str, dirs: Sequence[str]) -> list[str] | None:
     """What a ``git ls-files -co --exclude-standard`` listing depends on beyond the
     directories: the index, the ignore files and the git config; [] outside a work tree;
     None when it cannot be observed simply (a linked work tree, ``core.excludesFile``)."""
+    from pathlib import Path
+
     top = None
     for d in (Path(root), *Path(root).parents):
         if os.path.lexists(d / ".git"):
@@ -293,7 +333,11 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
     git = _git_paths(root, dirs)
     if git is None:
         return "an unusual git layout (a linked work tree, core.excludesFile)"
-    paths = [str(config), str(config_path()[0]), os.path.join(store.state_dir, FILE_NAME),
+    # the store's directory, through a final symlink: a replay finds a local store's state
+    # beside it without statfs (default_state_dir), and this directory, unchanged, is on
+    # the filesystem that statfs said was local
+    paths = [os.path.join(store.root, "."), str(config), str(config_path()[0]),
+             os.path.join(store.state_dir, FILE_NAME),
              os.path.join(root, ".kataignore"), *git, *dirs,
              *(os.path.join(root, p) for p in listing), *_code_paths()]
     signatures = observe(paths)
@@ -303,16 +347,28 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
             return f"{path} changed too recently"
     if record is None:
         return "the run was not recorded"
-    hits: list[list[Any]] = []
-    objects: dict[str, None] = dict.fromkeys(ALWAYS_WRITTEN)
+    hits: list[tuple[bytes, bytes]] = []
+    digests: dict[str, None] = dict.fromkeys(ALWAYS_WRITTEN)
     for name in graph.order:
         found = plan.steps[name].found
         assert found is not None and found.record is not None
         raw = store.index.get_realisation(found.key)
         if raw is None:
             return f"step {name}'s record is not in the index"
-        hits.append([found.key, raw])
-        objects.update(dict.fromkeys(found.record.objects()))
+        hits.append((found.key.encode(), raw))
+        digests.update(dict.fromkeys(found.record.objects()))
+    store.flush()  # the signatures this run verified, as the index will hold them
+    objects = []
+    for digest in digests:  # as Store.damaged finds them now: verified at this signature
+        path = store.objects.path(digest)
+        ver = store.index.get("ver", digest.encode())
+        try:
+            now = _ver_signature(os.stat(path))
+        except OSError:
+            return f"object {digest} is missing"
+        if ver is None or tuple(msgpack.unpackb(ver)) != now:
+            return f"object {digest} is not verified at its current signature"
+        objects.append((digest.encode(), ver, path, now))
     lines = RunLines()
     plain: list[str] = []
     body: list[dict[str, Any]] = []
@@ -325,27 +381,116 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
         body.append(data)
         plain += lines.feed(event)
     plain += lines.flush()
-    from store.runs import summarise
-
-    steps = [s.to_obj() for s in record.steps]  # "phases" replaced when replayed
+    template = _template(record)
+    if isinstance(template, str):
+        return template
+    state = store.state_dir
     doc = {
-        "format": FORMAT, "paths": paths, "observed": _digest(signatures),
-        "environment": _environment(), "head": [commit, branch],
-        # one string and one packed list: each parsed only by the mode that prints it
-        "plain": "".join(line + "\n" for line in plain),
-        "events": msgpack.packb(body, use_bin_type=True), "done": done, "hits": hits, "objects": list(objects),
-        "run": {"pipeline": record.pipeline, "commit": record.commit, "branch": record.branch,
-                "event": record.event, "tag": record.tag, "scope": record.scope},
-        "steps": steps, "summary": list(summarise(record)),
+        "format": FORMAT, "state": state, "paths": paths, "observed": signatures,
+        "environment": _environment(), "head": (commit, branch),
+        # one string and one marshalled list: each read only by the mode that prints it
+        "plain": "".join(line + "\n" for line in plain), "events": marshal.dumps(body),
+        "done": done, "hits": hits, "objects": objects, **template,
     }
-    directory = os.path.join(store.state_dir, DIR_NAME)
+    directory = os.path.join(state, DIR_NAME)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     from kata.atomicfile import write_atomic  # the replay path does not import it
 
-    write_atomic(os.path.join(directory, record_key(config, store.root)),
-                 msgpack.packb(doc, use_bin_type=True))
+    write_atomic(os.path.join(directory, record_key(config, store.root)), marshal.dumps(doc))
     _prune(directory)
     return ""
+
+
+def _template(record: "Run") -> dict[str, Any] | str:
+    """The run record and index summary of a replay of ``record``, as byte templates:
+    ``run``/``summary`` are lists alternating the encoder's bytes and the name of what a
+    replay puts between them (``id``, ``started``, ``wall``, ``phases``), as
+    :func:`_fill` reads them. Checked here against the encoder itself (a sample filled
+    in must give ``Run.encode``'s and ``encode_summary``'s bytes exactly); a string says
+    why it could not be made (then no record is written)."""
+    import dataclasses
+
+    from store.runs import Phases, encode_summary, summarise
+
+    def runs(run_id: str, started: float, wall: float, now: float) -> "Run":
+        phases = Phases(ready=now, started=now, running=now, ended=now)
+        steps = tuple(dataclasses.replace(s, phases=phases) for s in record.steps)
+        return dataclasses.replace(record, id=run_id, started=started, wall=wall,
+                                   status="passed", targets=(), realisations=(), steps=steps)
+
+    stand_in = runs(_STAND_IN_ID, _STAND_IN["started"], _STAND_IN["wall"], _STAND_IN["now"])
+    markers = {_mp_str(_STAND_IN_ID): "id", b"\xcb" + _pack_double(_STAND_IN["started"]): "started",
+               b"\xcb" + _pack_double(_STAND_IN["wall"]): "wall",
+               _mp_phases(_STAND_IN["now"]): "phases"}
+    out: dict[str, Any] = {}
+    for what, raw, expected in (
+            ("run", stand_in.encode(), {"id": 1, "started": 1, "wall": 1,
+                                        "phases": len(record.steps)}),
+            ("summary", encode_summary(summarise(stand_in)), {"id": 1, "started": 1, "wall": 1})):
+        parts = _cut(raw, markers)
+        found: dict[str, int] = {}
+        for name in parts[1::2]:
+            found[name] = found.get(name, 0) + 1
+        if found != expected:
+            return f"the {what} record does not cut at its stand-ins ({found})"
+        out[what] = parts
+    sample = runs(new_run_id(), time.time(), 0.25, time.time())
+    values = _values(sample.id, sample.started, sample.wall, sample.steps[0].phases.ended
+                     if sample.steps else 0.0)
+    if _fill(out["run"], values) != sample.encode() or \
+            _fill(out["summary"], values) != encode_summary(summarise(sample)):
+        return "the run record's encoding is not what the template gives"
+    return out
+
+
+def _cut(raw: bytes, markers: dict[bytes, str]) -> list[Any]:
+    """``raw`` split at every occurrence of each marker: bytes, name, bytes, name, ... bytes."""
+    hits = []
+    for marker, name in markers.items():
+        at = raw.find(marker)
+        while at >= 0:
+            hits.append((at, len(marker), name))
+            at = raw.find(marker, at + len(marker))
+    hits.sort()
+    parts: list[Any] = []
+    last = 0
+    for at, size, name in hits:
+        if at < last:  # overlapping markers: not a cut a replay could fill
+            return []
+        parts += [raw[last:at], name]
+        last = at + size
+    parts.append(raw[last:])
+    return parts
+
+
+def _mp_str(text: str) -> bytes:
+    """msgpack's encoding of a str (msgpack.packb, use_bin_type=True)."""
+    data = text.encode("utf-8", "surrogatepass")
+    n = len(data)
+    if n < 32:
+        return bytes((0xA0 | n,)) + data
+    if n < 1 << 8:
+        return b"\xd9" + bytes((n,)) + data
+    if n < 1 << 16:
+        return b"\xda" + n.to_bytes(2, "big") + data
+    return b"\xdb" + n.to_bytes(4, "big") + data
+
+
+def _mp_phases(now: float) -> bytes:
+    """msgpack's encoding of ``Phases`` all at ``now``: ``[1, now, now, now, now]``."""
+    return b"\x95\x01" + (b"\xcb" + _pack_double(now)) * 4
+
+
+def _values(run_id: str, started: float, wall: float, now: float) -> dict[str, bytes]:
+    return {"id": _mp_str(run_id), "started": b"\xcb" + _pack_double(started),
+            "wall": b"\xcb" + _pack_double(wall), "phases": _mp_phases(now)}
+
+
+def _fill(parts: list[Any], values: dict[str, bytes]) -> bytes:
+    """A template (:func:`_template`) with ``values`` put in."""
+    out = parts[:]
+    out[1::2] = [values[name] for name in parts[1::2]]
+    return b"".join(out)
 
 
 def forget(store_state_dir: str, config: Path, store_root: str) -> None:
@@ -381,45 +526,65 @@ def replay(argv: Sequence[str]) -> int | None:
         return None
     config_file, store_arg, json_out = parsed
     live = not json_out and sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-    from kata.configfile import find_config
-    from kata.errors import KataError
+    from kata.configfile import locate_config
     from kata.locations import store_location
 
-    try:
-        config = find_config(os.getcwd(), config_file).resolve()
-    except (KataError, OSError):
-        return None  # the full path says what is wrong
+    try:  # the full path's find_config(...).resolve(), as a string
+        config = os.path.realpath(locate_config(os.getcwd(), config_file))
+    except Exception:  # noqa: BLE001 (KataError, OSError, a symlink loop): the full path says
+        return None
     root = store_location(store_arg)
-    if not os.path.isdir(root):
-        return None
-    from store.index import default_state_dir
-
-    try:
-        state = default_state_dir(root)
-        with open(os.path.join(state, DIR_NAME, record_key(config, root)), "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    import msgpack
-
-    try:
-        doc = msgpack.unpackb(raw, raw=False)
-    except (ValueError, msgpack.UnpackException):
+    doc = _read_record(config, root)
+    if doc is None:
         return None
     try:
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            return None
         if doc["environment"] != _environment():
             return None
         from kata.githead import head
 
-        if list(head(config.parent)) != doc["head"]:
+        if head(os.path.dirname(config)) != doc["head"]:
             return None
-        if _digest(observe(doc["paths"])) != doc["observed"]:
+        if observe(doc["paths"]) != doc["observed"]:
             return None
     except (KeyError, TypeError, ValueError):  # a record of another shape: as absent
         return None
-    return _replay(doc, root, state, "json" if json_out else "live" if live else "plain")
+    return _replay(doc, root, doc["state"], "json" if json_out else "live" if live else "plain")
+
+
+def _read_record(config: str, root: str) -> dict[str, Any] | None:
+    """The record for ``config`` and the store at ``root``, if one was written (None
+    otherwise, or when unreadable). A local store's state directory is beside it (a record
+    there names it, and observes the store's directory as it was when statfs said it was
+    local); a store on a network filesystem has it elsewhere (``default_state_dir``,
+    which asks statfs)."""
+    name = record_key(config, root)
+    beside = os.path.join(root, LOCAL_STATE)
+    doc = _load(os.path.join(beside, DIR_NAME, name))
+    if doc is not None:
+        return doc if doc.get("state") == beside else None
+    from store.index import default_state_dir
+
+    try:
+        state = default_state_dir(root)
+    except OSError:
+        return None
+    if state == beside:
+        return None
+    doc = _load(os.path.join(state, DIR_NAME, name))
+    return doc if doc is not None and doc.get("state") == state else None
+
+
+def _load(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    try:
+        doc = marshal.loads(raw)
+    except (EOFError, ValueError, TypeError):  # torn or foreign: as absent
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
 
 def _replay(doc: dict[str, Any], root: str, state: str, mode: str) -> int | None:
@@ -436,10 +601,8 @@ def _replay(doc: dict[str, Any], root: str, state: str, mode: str) -> int | None
         import lmdb
 
         try:
-            if index.discarded or not _same_records(index, doc["hits"]):
-                return None
-            if not _intact(index, root, doc["objects"]):
-                return None  # the full path re-hashes, heals and rebuilds
+            if index.discarded or not index.read(lambda txn: _same(txn, index, doc)):
+                return None  # the full path re-reads, re-hashes, heals and rebuilds
         except (StoreError, lmdb.Error, OSError, KeyError, TypeError, ValueError):
             return None  # the full path meets it again and says what it is
         return _emit(index, root, doc, mode, created)
@@ -447,45 +610,28 @@ def _replay(doc: dict[str, Any], root: str, state: str, mode: str) -> int | None
         index.close()
 
 
-def _same_records(index: Any, hits: list[list[Any]]) -> bool:
-    """Whether the index holds each hit's record exactly as the full path found it (one
-    read transaction)."""
+def _same(txn: Any, index: Any, doc: dict[str, Any]) -> bool:
+    """In one read transaction: whether the index holds each hit's record exactly as the
+    full path found it, and each object is as it was when the record was written: its
+    ``ver`` row (when its content was last hashed and found whole, at which stat
+    signature) unchanged and its file at that signature (``Store.damaged``'s test; an
+    object it would re-hash makes the full path run)."""
+    get = txn.get
     db = index.db["real"]
-
-    def check(txn: Any) -> bool:
-        get = txn.get
-        for key, raw in hits:
-            if get(key.encode(), db=db) != raw:
-                return False
-        return True
-
-    return index.read(check)
-
-
-def _intact(index: Any, root: str, objects: list[str]) -> bool:
-    """Whether every object's file still has the stat signature it had when its content was
-    last hashed and found whole (``Store.damaged``'s test; an object it would re-hash
-    makes the full path run)."""
-    import msgpack
-
-    from store.objects import ObjectStore
-
-    path = ObjectStore(root).path
+    for key, raw in doc["hits"]:
+        if get(key, db=db) != raw:
+            return False
     db = index.db["ver"]
-
-    def check(txn: Any) -> bool:
-        for digest in objects:
-            try:
-                st = os.stat(path(digest))
-            except OSError:
+    stat = os.stat
+    for digest, ver, path, signature in doc["objects"]:
+        if get(digest, db=db) != ver:
+            return False
+        try:
+            if _ver_signature(stat(path)) != signature:
                 return False
-            raw = txn.get(digest.encode(), db=db)
-            if raw is None or tuple(msgpack.unpackb(raw)) != (
-                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                return False
-        return True
-
-    return index.read(check)
+        except OSError:
+            return False
+    return True
 
 
 def _emit(index: Any, root: str, doc: dict[str, Any], mode: str, created: float) -> int:
@@ -496,7 +642,6 @@ def _emit(index: Any, root: str, doc: dict[str, Any], mode: str, created: float)
     writes for a run over before its first status frame)."""
     from store.errors import StoreError
     from store.files import write_immutable
-    from store.runs import Phases, RunSummary, encode_run, encode_summary
 
     from kata.realise.wire import event_line, process_started
     from kata.report.text import FRAME_MARK, SHOW_CURSOR, done_line, styled
@@ -504,31 +649,21 @@ def _emit(index: Any, root: str, doc: dict[str, Any], mode: str, created: float)
     run_id = new_run_id()
     out = sys.stdout
     if mode == "json":
-        import msgpack
-
-        events = msgpack.unpackb(doc["events"], raw=False)
+        events = marshal.loads(doc["events"])
         out.write("".join(event_line(e) + "\n" for e in events))
     elif mode == "live":
         out.write(FRAME_MARK + "".join(styled(line) + "\n" for line in doc["plain"].splitlines()))
     else:
         out.write(doc["plain"])
     out.flush()
-    now = time.time()
-    phases = Phases(ready=now, started=now, running=now, ended=now).encode()
-    steps = doc["steps"]
-    for obj in steps:
-        obj["phases"] = phases
     wall = time.monotonic() - process_started()
-    run = dict(doc["run"], id=run_id, started=created, wall=wall, status="passed", targets=[],
-               steps=steps, realisations=[])
+    values = _values(run_id, created, wall, time.time())
     try:
-        raw = encode_run(run)
         name = f"{int(float(created) * 1e9):020d}-{run_id}"  # store.runs.record_name
-        summary = RunSummary(*doc["summary"])._replace(id=run_id, started=float(created),
-                                                        duration=float(wall))
+        raw = _fill(doc["run"], values)
         write_immutable(os.path.join(root, "tmp"), os.path.join(root, "runs", name), raw)
-        index.put_run(run_id, raw, name, encode_summary(summary))
-        index.count("hits", len(steps))
+        index.put_run(run_id, raw, name, _fill(doc["summary"], values),
+                      counts={"hits": len(doc["hits"])})
     except (StoreError, OSError) as err:  # as the realiser: the outcome is still told
         print(f"run {run_id} not recorded: {getattr(err, 'message', None) or err}",
               file=sys.stderr)

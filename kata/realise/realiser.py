@@ -217,10 +217,12 @@ class Realiser:
                 self.record_error = getattr(err, "message", None) or str(err)
                 logging.getLogger("kata.realise").warning(
                     "run %s not recorded: %s", self.run_id, self.record_error)
-        self._done(result)
+        self._done(result, time.monotonic() - (self.options.started or started))
         return result
 
-    def _done(self, result: RunResult) -> None:
+    def _done(self, result: RunResult, wall: float) -> None:
+        """The ``Done`` event; ``wall``: seconds since the run (for ``kata run``, the process)
+        began, taken now: the run record written, as late as the line can be."""
         results = [self._results.get(n) for n in self.graph.order]
         passed = [r for r in results if r and r.status == "passed"]
         self.emit(ev.Done(
@@ -231,7 +233,7 @@ class Realiser:
             cached=sum(1 for r in passed if r.cache == "HIT"),
             ran=sum(1 for r in results if r and r.cache == "MISS" and r.exit_status is not None),
             total=sum(r.duration for r in results if r and r.cache == "MISS"),
-            wall=result.wall, cancelled=bool(result.stop_reason and not result.ok and result.stop_reason
+            wall=wall, cancelled=bool(result.stop_reason and not result.ok and result.stop_reason
                                              in ("interrupted", "pipeline timeout"))))
 
     def _started_together(self, names: tuple[str, ...]) -> None:

@@ -1,13 +1,14 @@
 """How events are written, without the events: times, the ``--json`` line, the process clock.
 
-Standard library only (``json``, ``time``, ``os``): the cached path (``kata.realise.noop``)
-writes the same lines as the reporters without importing the event classes.
+Standard library only (``json``, ``time``, ``os``; ``json`` when the first line is written):
+the cached path (``kata.realise.noop``) writes the same lines as the reporters without
+importing the event classes, and its plain lines without ``json``.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 
 # the version of every --json document and event line kata writes (docs/json.md); bumped
 # when a field changes meaning or goes away, not when one is added
@@ -39,13 +40,18 @@ def stamped(data: dict[str, object], at: float | None = None) -> dict[str, objec
 
 # json.dumps(x, ensure_ascii=False) builds a new JSONEncoder per call; the same encoder,
 # made once, gives the same text (a cached run writes ~2,000 lines to its live journal)
-_encode = json.JSONEncoder(ensure_ascii=False).encode
+_encode: Callable[[object], str] | None = None
 
 
 def event_line(data: dict[str, object]) -> str:
     """A JSON line for an event (``data`` as ``kata.realise.events.to_dict`` gives it, or
     one the CLI writes itself: ``plan``, ``skip``, ``error``), stamped: the ``--json``
     line and the live journal's."""
+    global _encode
+    if _encode is None:
+        import json
+
+        _encode = json.JSONEncoder(ensure_ascii=False).encode
     return _encode(stamped(data))
 
 

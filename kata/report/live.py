@@ -21,6 +21,8 @@ import threading
 import time
 import unicodedata
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from kata.realise import events as ev
@@ -79,11 +81,13 @@ class LiveReporter:
 
     ``frames`` counts the frames drawn (what the bounded-redraw test checks against the
     number of events). ``close()`` draws the last frame without a status block.
+    ``summary=False``: no summary line (a view of image pulls alone: :func:`pull_view`).
     Thread-safe: events may come from any thread.
     """
 
-    def __init__(self, stream: TextIO, *, fps: float = FPS) -> None:
+    def __init__(self, stream: TextIO, *, fps: float = FPS, summary: bool = True) -> None:
         self.stream = stream
+        self.summary = summary  # the queued/running/done/elapsed line (False: pulls only)
         self.interval = 1.0 / fps
         self.frames = 0
         self.events = 0
@@ -161,6 +165,8 @@ class LiveReporter:
             rows.append(f"↓ {_bar(pull.bytes_done, pull.bytes_total)} {pull.layers_done}/"
                         f"{pull.layers_total} layers {human_size(pull.bytes_done)}/"
                         f"{human_size(pull.bytes_total)} {pull.image}")  # a long name is clipped
+        if not self.summary:
+            return rows
         queued = max(0, self.planned - self.finished - len(self.running))
         nxt = []
         for name in self.order if queued else ():
@@ -179,6 +185,8 @@ class LiveReporter:
         with self._lock:
             pending, self._pending = self._pending, []
             status = [] if final else self._status(width)
+            if not (pending or status or self._drawn or final):
+                return  # nothing to draw (a pull view before its first pull): no write
             self.frames += 1
             out = [FRAME_MARK]
             if self._drawn:  # back to the top of the old block, erase it
@@ -226,3 +234,22 @@ def _clip(row: str, width: int) -> str:
         out.append(row[i])
         i += 1
     return "".join(out) + "\x1b[0m"
+
+
+@contextmanager
+def pull_view(stream: TextIO) -> Iterator[Callable[[ev.ImagePull], None] | None]:
+    """Image pulls outside a run (``kata image pull``; a run's images resolved, and pulled,
+    before its steps start) on the terminal ``stream``: yields a callback taking
+    ``ImagePull`` events, drawn as the live view draws them (a progress bar of layers and
+    bytes, at its fixed frame rate, erased when done; a ``[PULL]`` line for each finished
+    pull); yields None when ``stream`` is not a terminal (piped output stays plain)."""
+    import os
+
+    if not stream.isatty() or os.environ.get("TERM") == "dumb":
+        yield None
+        return
+    view = LiveReporter(stream, summary=False)
+    try:
+        yield view
+    finally:
+        view.close()

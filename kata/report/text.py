@@ -8,7 +8,7 @@ terminal styles its lines as the live view does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the cached path)
 
 if TYPE_CHECKING:
     from kata.realise.events import Done

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,3 +36,24 @@ class KataProcess:
                               text=True, timeout=self.timeout)
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc
+
+
+def run_on_pty(argv: list[str], cwd: Path, env: Mapping[str, str]) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal (120 x 40) as its stdin, stdout and stderr; its
+    exit status and everything it wrote, escape sequences and all."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+                            close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(60), b"".join(chunks).decode("utf-8", "replace")
