@@ -64,6 +64,7 @@ def os_error(err: OSError, what: str, obj: str | None = None) -> StoreError:
         return StoreError("store.permission", f"permission denied while {what}: {err}", obj=obj)
     return StoreError("store.io", f"I/O error while {what}: {err}", obj=obj)
 
+
 # what a filesystem without hard links (or one that refuses them here) answers to link()
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS,
              errno.EMLINK, errno.EACCES)
