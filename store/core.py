@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from . import tree as trees
 from .errors import StoreError
-from .files import iter_sharded, read_file, write_immutable
+from .files import iter_sharded, link_immutable, read_file, write_immutable
 from .index import LmdbIndex, LmdbStatCache, default_state_dir, is_network_fs  # noqa: F401
 from .objects import ObjectStore, os_error
 from .realisations import Realisation, check_key, key_file_name
@@ -272,35 +272,64 @@ class Store:
 
         Records are immutable: a key already realised keeps its first record.
         """
-        check_key(key)
+        self.put_realisations((key,), realisation)
+
+    def put_realisations(self, keys: Sequence[str], realisation: Realisation) -> None:
+        """Record ``realisation`` under each of ``keys`` (a step's derivation and resolved
+        hashes): ``put_realisation`` for each, with the record's bytes written once and
+        hard-linked under the other keys (a link allocates no inode and syncs no data:
+        creating inodes is most of a record's CPU on ext4); where the filesystem has no
+        hard links, each key gets its own copy. Each key already realised keeps its first
+        record (the index then holds that one).
+
+        The objects it points at (its stack's trees too) are checked and touched once
+        per call, not once per key."""
+        keys = tuple(dict.fromkeys(check_key(k) for k in keys))
         if not isinstance(realisation, Realisation):
             raise StoreError("store.bad_realisation", "put_realisation needs a Realisation")
         if not realisation.host or not realisation.created:
             realisation = dataclasses.replace(realisation, host=realisation.host or self.host,
                                               created=realisation.created or time.time())
         objs = realisation.objects()
-        for digest in objs:
-            if not self.objects.has(digest):
-                raise StoreError("store.missing_object", f"realisation {key} points at {digest}, "
-                                 "which is not in the store", obj=digest)
-            try:
-                os.utime(self.objects.path(digest))  # young again: a concurrent gc keeps it
-            except FileNotFoundError:
-                pass
+        self._touch(objs, keys[0] if keys else "")
         raw = realisation.encode()
-        path = self._realisation_path(key)
-        wrote = write_immutable(self.tmp, path, raw)
-        if wrote:
+        first = ""  # the path written, that the other keys link to
+        written: list[str] = []
+        records: dict[str, Realisation] = {}
+        for key in keys:
+            path = self._realisation_path(key)
+            wrote = link_immutable(first, path) if first else None
+            if wrote is None:
+                wrote = write_immutable(self.tmp, path, raw)
+                first = path if wrote else first
+            records[key] = realisation
+            if wrote:
+                written.append(path)
+            else:
+                existing = read_file(path)
+                if existing is not None:
+                    records[key] = Realisation.decode(existing, what=f"realisation {key}")
+        if written:
             missing = [d for d in objs if not self.objects.has(d)]
             if missing:  # a gc elsewhere won the race: never leave a record pointing at nothing
-                os.unlink(path)
+                for path in written:
+                    os.unlink(path)
                 raise StoreError("store.missing_object", f"{missing[0]} was collected while "
-                                 f"realisation {key} was written; store it again", obj=missing[0])
-        else:
-            existing = read_file(path)
-            if existing is not None:
-                realisation = Realisation.decode(existing, what=f"realisation {key}")
-        self.index.put_realisation(key, realisation.index_encode())
+                                 f"realisation {keys[0]} was written; store it again",
+                                 obj=missing[0])
+        self.index.put_realisations({key: record.index_encode()
+                                     for key, record in records.items()})
+
+    def _touch(self, objs: Sequence[str], key: str) -> None:
+        """Check that each of ``objs`` is present and refresh its mtime (young again: a
+        concurrent gc keeps it). StoreError store.missing_object naming ``key`` for one
+        absent."""
+        for digest in objs:
+            try:
+                os.utime(self.objects.path(digest))  # one call: it fails on a missing file
+            except FileNotFoundError:
+                raise StoreError("store.missing_object", f"realisation {key} points at {digest}, "
+                                 "which is not in the store", obj=digest) from None
 
     def get_realisation(self, key: str) -> Realisation | None:
         """Index first, then the files (a realisation written by another host is then indexed)."""

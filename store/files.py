@@ -65,6 +65,11 @@ def os_error(err: OSError, what: str, obj: str | None = None) -> StoreError:
     return StoreError("store.io", f"I/O error while {what}: {err}", obj=obj)
 
 
+# what a filesystem without hard links (or one that refuses them here) answers to link()
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS,
+             errno.EMLINK, errno.EACCES)
+
+
 def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
     """Write ``data`` at ``path`` via tmp + fsync + rename + dir fsync.
 
@@ -84,11 +89,15 @@ def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
         finally:
             os.close(fd)
         parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
         if os.path.exists(path):
             os.unlink(tmp)
             return False
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except FileNotFoundError:  # the shard's directory, made once (then a rename is enough)
+            os.makedirs(parent, exist_ok=True)
+            fsync_dir(os.path.dirname(parent))
+            os.rename(tmp, path)
         fsync_dir(parent)
         return True
     except OSError as err:
@@ -101,6 +110,32 @@ def write_immutable(tmp_dir: str, path: str, data: bytes) -> bool:
         dirs = path.split(os.sep)[-3:-1]  # <kind>/<name> or <kind>/<shard>/<name>
         what = next((kinds[d] for d in reversed(dirs) if d in kinds), os.path.basename(path))
         raise os_error(err, f"writing {what}", path) from err
+
+
+def link_immutable(source: str, path: str) -> bool | None:
+    """Give the record at ``source`` (written by ``write_immutable``, durable) a second
+    name ``path``: a hard link + dir fsync, no new inode and no data to sync.
+
+    Returns False when ``path`` already exists (the first writer wins), None when the
+    filesystem has no hard links here (the caller writes the record instead)."""
+    if os.path.exists(path):
+        return False
+    parent = os.path.dirname(path)
+    try:
+        try:
+            os.link(source, path)
+        except FileNotFoundError:  # the shard's directory, made once
+            os.makedirs(parent, exist_ok=True)
+            fsync_dir(os.path.dirname(parent))
+            os.link(source, path)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        if err.errno in _NO_LINKS:
+            return None
+        raise os_error(err, "writing a realisation record", path) from err
+    fsync_dir(parent)
+    return True
 
 
 def read_file(path: str) -> bytes | None:

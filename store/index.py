@@ -229,6 +229,13 @@ class LmdbIndex:
     def put_realisation(self, key: str, raw: bytes) -> None:
         self.write(lambda t: t.put(key.encode(), raw, db=self.db["real"]))
 
+    def put_realisations(self, items: Mapping[str, bytes]) -> None:
+        """Several ``put_realisation`` in one transaction."""
+        def fn(t: lmdb.Transaction) -> None:
+            for key, raw in items.items():
+                t.put(key.encode(), raw, db=self.db["real"])
+        self.write(fn)
+
     def drop_realisations(self, keys: Sequence[str]) -> None:
         def fn(t: lmdb.Transaction) -> None:
             for key in keys:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import queue
 import stat
@@ -273,11 +274,21 @@ def stream(entries: list[_Entry], *, workers: int = 4) -> Iterator[bytes]:
     (a bounded window of ~1 MiB batches, so memory stays bounded)."""
     yield MAGIC
     window = 16
+    it = _batches(entries)
+    first = list(itertools.islice(it, 2))
+    if len(first) < 2:  # one batch or one file (a step's few artifacts): no threads to start
+        for item in first:
+            if isinstance(item, _Entry):
+                yield from _file_record(item, b"/".join(item.key), None)
+            else:
+                yield _read_batch(item)
+        yield END_RECORD
+        return
+    it = itertools.chain(first, it)
     from concurrent.futures import ThreadPoolExecutor  # here: a run that packs nothing never loads it
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[bytes] | _Entry] = deque()
-        it = _batches(entries)
 
         def refill() -> None:
             while len(pending) < window:

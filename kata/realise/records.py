@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,8 +46,7 @@ class Records:
         self._empty_log = ""
         self.recorded: Run | None = None  # the run record, once written
         self._host = os.uname().nodename
-        # writes a step's records side by side (step_passed); idle threads cost nothing
-        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kata-record")
+        self._derived: set[str] = set()  # derivation records written by this run
 
     # -- trees --------------------------------------------------------------------
 
@@ -164,43 +162,33 @@ class Records:
         """The derivation record (derivation, input files, dependency names) `kata why`
         diffs against."""
         assert node.drv_hash is not None
+        if node.drv_hash in self._derived:  # written earlier in this run (records are immutable)
+            return
         self.store.put_derivation(node.drv_hash, node.record().encode())
+        self._derived.add(node.drv_hash)
 
     def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
                     duration: float, stack: tuple[str, ...], report: str = "") -> None:
         """Record a step that passed under its derivation and resolved hashes, in scope
         (``report``: its test report's blob, "" for none; the realisation names it).
 
-        The records are independent files, each written tmp + fsync + rename + directory
-        fsync: they are written at once (their fsyncs overlap, ~3x less waiting than one
-        after another) and this returns when all are durable; the first error is raised.
-        The remote cache's upload, if any, is queued after them (it runs in the background).
+        One record file, hard-linked under the second key (``Store.put_realisations``);
+        the derivation record is normally there already (``_realise_step`` wrote it before
+        the step ran). This returns when both are durable. The remote cache's upload, if
+        any, is queued after them (it runs in the background).
         """
-        writes = [lambda: self.derivation(node)]
-        step_keys: tuple[str, ...] = ()
-        real = None
-        if self.options.record and node.step.cacheable:
-            scope = self.options.scope
-            real = self._record(outputs, kind="step", step=node.step.name, log=log,
-                                duration=duration, stack=stack,
-                                scope="" if scope.trusted else scope.label())
-            if report:
-                real = dataclasses.replace(real, report=report)
-            step_keys = tuple(dict.fromkeys(k for k in (node.drv_hash, resolved) if k))
-            for key in step_keys:
-                writes.append(lambda k=scope.realisation_key(key): self.store.put_realisation(k, real))
-        futures = [self._writers.submit(write) for write in writes[1:]]
-        first: BaseException | None = None
-        try:
-            writes[0]()
-        except BaseException as err:  # noqa: BLE001 - raised below, after the others ended
-            first = err
-        for future in futures:
-            err = future.exception()
-            first = first or err
-        if first is not None:
-            raise first
-        if real is not None and self.shares(node):
+        self.derivation(node)
+        if not (self.options.record and node.step.cacheable):
+            return
+        scope = self.options.scope
+        real = self._record(outputs, kind="step", step=node.step.name, log=log,
+                            duration=duration, stack=stack,
+                            scope="" if scope.trusted else scope.label())
+        if report:
+            real = dataclasses.replace(real, report=report)
+        step_keys = tuple(dict.fromkeys(k for k in (node.drv_hash, resolved) if k))
+        self.store.put_realisations([scope.realisation_key(k) for k in step_keys], real)
+        if self.shares(node):
             assert self.remote is not None
             self.remote.upload(self.store, step_keys, real)
 

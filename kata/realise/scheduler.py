@@ -34,11 +34,12 @@ Rules:
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -224,6 +225,9 @@ def schedule(
         for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[signo] = signal.signal(signo, on_sigint)
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="kata-step")
+    # each work's future, as it ends: one queue to wait on (concurrent.futures.wait would
+    # hook a waiter into every running future and unhook it again, each time round)
+    finished: queue.SimpleQueue[Future[bool]] = queue.SimpleQueue()
     try:
         while True:
             batch = []
@@ -234,11 +238,13 @@ def schedule(
                 on_start(tuple(batch))
             for name in batch:
                 cancel = Cancel()
-                running[pool.submit(work, name, cancel)] = (name, cancel)
+                future = pool.submit(work, name, cancel)
+                running[future] = (name, cancel)
+                future.add_done_callback(finished.put)
             if not running:
                 break
             wait_for = _POLL if deadline is None else max(0.0, min(_POLL, deadline - clock()))
-            done, _ = wait(list(running), timeout=wait_for, return_when=FIRST_COMPLETED)
+            done = _finished(finished, wait_for)
             if interrupt.is_set() and not interrupted:
                 interrupted = True
                 stop("interrupted", True)
@@ -280,3 +286,17 @@ def schedule(
     for name in order:  # anything unreachable (cannot happen in a DAG) is reported, not lost
         skip(name, stop_reason or "not reached")
     return ScheduleResult(status=status, stop_reason=stop_reason, interrupted=interrupted)
+
+
+def _finished(finished: "queue.SimpleQueue[Future[bool]]", timeout: float) -> list[Future[bool]]:
+    """The futures that ended: waits up to ``timeout`` seconds for the first, then takes
+    whatever else has ended meanwhile ([] when none did in time)."""
+    try:
+        done = [finished.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except queue.Empty:
+            return done

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -132,6 +133,45 @@ def _umount(target: str) -> None:
     _libc.umount2(target.encode(), _MNT_DETACH)  # busy: detach, the kernel finishes later
 
 
+def _remove_tree(path: str) -> None:
+    """Delete a closed workspace (a few directories and what the step wrote in its upper
+    layer): a plain walk, never following a link, a third of ``shutil.rmtree``'s calls
+    (the step's container is gone, so nothing moves under it); ``force_rmtree`` takes over
+    for anything unusual (a mode root cannot pass, a busy mount point)."""
+    def remove(top: str) -> None:
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    remove(entry.path)
+                else:
+                    os.unlink(entry.path)
+        os.rmdir(top)
+
+    try:
+        remove(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            force_rmtree(path)
+    except (OSError, RecursionError):
+        force_rmtree(path)
+
+
+@functools.lru_cache(maxsize=256)
+def _real_parent(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _realpath(layer: "str | os.PathLike[str]") -> str:
+    """``os.path.realpath(layer)``, with the parent's resolved once per process: layers
+    are the store's unpacked and merged trees, a few parents for thousands of layers
+    (realpath costs an lstat per component, ~0.1 ms a layer)."""
+    path = os.path.abspath(layer)
+    parent, name = os.path.split(path)
+    if not name or os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_real_parent(parent), name)
+
+
 class WorkspaceLike(Protocol):
     """A step's working directory at ``path``, released by ``close()`` (or ``with``)."""
 
@@ -161,7 +201,7 @@ class OverlayWorkspace:
         self._mounted = False
         self.root.mkdir(parents=True)
         try:
-            lower = list(dict.fromkeys(os.path.realpath(layer) for layer in layers))
+            lower = list(dict.fromkeys(_realpath(layer) for layer in layers))
             root = str(self.root)
             if not lower:
                 os.mkdir(root + "/e")
@@ -178,7 +218,7 @@ class OverlayWorkspace:
         if self._mounted:
             _umount(str(self.path))
             self._mounted = False
-        force_rmtree(str(self.root))
+        _remove_tree(str(self.root))
 
     def __enter__(self) -> "OverlayWorkspace":
         return self
@@ -200,15 +240,18 @@ class BackgroundCloser:
     raises nothing it would need to report (a busy mount is detached, what cannot be
     deleted is left for ``sweep_dead_runs``)."""
 
+    _LINGER = 2.0  # seconds the thread waits for the next workspace before it ends
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition(threading.Lock())
         self._pending: list[WorkspaceLike] = []
         self._idle = threading.Event()
         self._idle.set()
         self._thread: threading.Thread | None = None
 
     def close(self, workspace: WorkspaceLike) -> None:
-        """Hand ``workspace`` over; it is closed soon, in order."""
+        """Hand ``workspace`` over; it is closed soon, in order. One thread serves the
+        steps that end within ``_LINGER`` of each other (not one thread per step)."""
         with self._lock:
             self._pending.append(workspace)
             self._idle.clear()
@@ -216,14 +259,18 @@ class BackgroundCloser:
                 self._thread = threading.Thread(target=self._run, name="kata-ws-close",
                                                 daemon=True)
                 self._thread.start()
+            else:
+                self._lock.notify()
 
     def _run(self) -> None:
         while True:
             with self._lock:
                 if not self._pending:
-                    self._thread = None
                     self._idle.set()
-                    return
+                    self._lock.wait(self._LINGER)
+                    if not self._pending:
+                        self._thread = None
+                        return
                 workspace = self._pending.pop(0)
             try:
                 workspace.close()
