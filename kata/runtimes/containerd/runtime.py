@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -378,22 +379,18 @@ class ContainerdRuntime:
             bundles = orphans.stray_bundles(task_dir, ()) if task_dir else []
             known = {x.id for x in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
                                           "list containers").containers}
-            for shim in shims:
-                if shim.id in known:
+            strays = [(s.id, f"reap shim {s.pid} ({s.id})", partial(orphans.reap, s, c.namespace))
+                      for s in shims]
+            strays += [(os.path.basename(b), f"reap bundle {b}",
+                        partial(orphans.reap_bundle, b, c.namespace)) for b in bundles]
+            for cid, what, reap in strays:
+                if cid in known:
                     continue
                 try:
-                    orphans.reap(shim, c.namespace)
+                    reap()
                     counts["shims"] += 1
                 except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                    cleanup.push(f"reap shim {shim.pid} ({shim.id})", _raiser(err))
-            for bundle in bundles:
-                if os.path.basename(bundle) in known:
-                    continue
-                try:
-                    orphans.reap_bundle(bundle, c.namespace)
-                    counts["shims"] += 1
-                except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                    cleanup.push(f"reap bundle {bundle}", _raiser(err))
+                    cleanup.push(what, _raiser(err))
             snaps = self._snapshots()
             for info in snaps:
                 if info.kind != snapshots_pb2.COMMITTED and dead(info.labels):
