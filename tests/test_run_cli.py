@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,38 @@ def test_ctrl_c_terminate_and_hangup_cancel_cleanly(kata, containerd_daemon, run
     mounts = Path("/proc/mounts").read_text()
     assert str(work) not in mounts
     assert kata("run", "--dry-run").returncode == 0
+
+
+def test_a_second_ctrl_c_kills_without_the_grace_and_still_leaves_nothing(
+        kata, containerd_daemon, runtime, tmp_path):
+    """The second Ctrl-C used to exit at once, leaving the step's container and snapshot
+    for the next run to sweep. It now skips the stop grace (SIGKILL at once), waits for
+    the deletes, and exits 130 with nothing left: here a step that ignores SIGTERM under
+    a 600 s grace still ends within the test's timeout."""
+    import signal
+
+    write_pipeline(kata.repo, [FakeStep("stubborn", commands=(
+        "trap '' TERM", "echo napping", "sleep 600"))], name="cli")
+    (tmp_path / "host.yaml").write_text("containerd: {stop_grace: 600}\n")
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT),
+           "KATA_CONFIG": str(tmp_path / "host.yaml")}
+    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd",
+                             containerd_daemon.address, "run"], cwd=kata.repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("stubborn | napping"):
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)  # the first one has reached the step: SIGTERM sent, ignored
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted twice: killing the running steps" in err
+    assert "Traceback" not in err
+    left = runtime.leftovers()
+    assert left == {k: [] for k in left}, left
+    assert str(tmp_path / "store" / "local" / "work") not in Path("/proc/mounts").read_text()
 
 
 def test_yaml_as_users_write_it(tmp_path, containerd_daemon, runtime):

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -111,6 +112,15 @@ class LazyRuntime:
         if service_sink is not None:
             return self._get(True).run(spec, sink, cancel, service_sink=service_sink)
         return self._get(True).run(spec, sink, cancel)
+
+    def hurry(self) -> None:
+        """``ContainerdRuntime.hurry`` (a second Ctrl-C), if connected."""
+        if self._rt is not None:
+            self._rt.hurry()
+
+    def drain(self) -> None:
+        if self._rt is not None:
+            self._rt.drain()
 
     def close(self) -> None:
         if self._rt is not None:
@@ -316,9 +326,10 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             result = realiser.run(plan)
         except ForcedInterrupt:
             reporter.close()
-            click.echo("interrupted twice: not waiting for running steps", err=True)
+            click.echo("interrupted twice: killing the running steps without their grace "
+                       "(Ctrl-C again to leave them behind)", err=True)
             sys.stdout.flush()
-            os._exit(130)
+            _leave_after_kill(runtime)
         finally:
             reporter.close()
             if runner is not runtime:
@@ -775,3 +786,32 @@ def quiet_resolver(ctx: click.Context):  # noqa: ANN201
             return None
 
     return resolve
+
+
+FORCED_CLEANUP_SECONDS = 20.0  # a second Ctrl-C waits at most this long for the deletes
+
+
+def _leave_after_kill(runtime: LazyRuntime) -> NoReturn:
+    """Exit 130 after a second Ctrl-C: the running steps' containers get SIGKILL at once
+    (``runtime.hurry()``) and are deleted by their own threads, waited for up to
+    FORCED_CLEANUP_SECONDS, so that nothing is left for the next run to sweep. A third
+    Ctrl-C (or SIGTERM, SIGHUP) exits at once."""
+    import signal
+    import time
+
+    for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, lambda *_: os._exit(130))
+    runtime.hurry()
+    deadline = time.monotonic() + FORCED_CLEANUP_SECONDS
+
+    def finish() -> None:
+        for thread in threading.enumerate():
+            if thread.name.startswith("kata-step"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        runtime.drain()  # the deferred task and snapshot deletes, the shim group
+
+    waiter = threading.Thread(target=finish, name="kata-forced-cleanup", daemon=True)
+    waiter.start()
+    waiter.join(max(0.0, deadline - time.monotonic()))
+    sys.stdout.flush()
+    os._exit(130)

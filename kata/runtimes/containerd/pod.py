@@ -322,7 +322,7 @@ def run_pod(client: Client, options: TaskOptions, step: StepSpec, image: RunImag
                 return CANCEL_EXIT
         status = StepRun(client, options, step, image, sink, cancel, pod=pod).execute()
         gone = [r for r in runs if r.exited.is_set()]  # died while the step ran
-        _stop_all(runs, options.stop_grace)  # SIGTERM all at once, one grace, SIGKILL
+        _stop_all(runs, options)  # SIGTERM all at once, one grace, SIGKILL
         for run in gone:  # said at the end of its log, after all it wrote
             run.sink("stderr", f"kata: service {run.service.name} exited while the step ran "
                      f"(exit status {run._exit_status()})".encode())
@@ -335,13 +335,13 @@ def run_pod(client: Client, options: TaskOptions, step: StepSpec, image: RunImag
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _stop_all(runs: list[ServiceRun], grace: float) -> None:
+def _stop_all(runs: list[ServiceRun], options: TaskOptions) -> None:
     live = [r for r in runs if not r.task_gone]
     for r in live:
         r.stop_signal()
-    deadline = time.monotonic() + grace
+    deadline = time.monotonic() + options.stop_grace
     for r in live:
-        r.exited.wait(max(0.0, deadline - time.monotonic()))
+        options.grace(r.exited, max(0.0, deadline - time.monotonic()))
     errors = []
     for r in live:
         try:

@@ -71,6 +71,7 @@ class ContainerdRuntime:
             precompiled_seccomp=self._precompiled_seccomp,
             runtime_name=RUNTIME_NAME) if config.shared_shim else None
         self._registry: RegistryClient | None = None
+        self._hurry = threading.Event()  # hurry(): cancelled steps are killed at once
         # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
         self.confined_pulls = False
         self._lock = threading.Lock()
@@ -211,7 +212,7 @@ class ContainerdRuntime:
                               network=self.network, netns_pool=self.netns_pool,
                               runtime_options=self._runtime_options,
                               precompiled_seccomp=self._precompiled_seccomp,
-                              shim_group=self.shim_group)
+                              shim_group=self.shim_group, hurry=self._hurry)
         digest = self._ensure_image(spec.image)
         image = self.images.run_image(digest)
         running = getattr(sink, "running", None)  # the sink is told pulling is over
@@ -253,6 +254,12 @@ class ContainerdRuntime:
     def _released(self, future: Future) -> None:
         with self._lock:
             self._releasing.discard(future)
+
+    def hurry(self) -> None:
+        """From now on a cancelled step's containers (and its services) get SIGKILL at
+        once instead of SIGTERM and ``stop_grace``: a second Ctrl-C, which still waits
+        for them to be deleted rather than leave them behind."""
+        self._hurry.set()
 
     def drain(self) -> None:
         """Wait until every deferred release has finished, then tear down the idle

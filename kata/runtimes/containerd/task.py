@@ -67,6 +67,18 @@ class TaskOptions:
     precompiled_seccomp: bool = False
     # the runtime's one shim for all its containers (shimgroup.py); None: a shim each
     shim_group: ShimGroup | None = None
+    # set on a second Ctrl-C: cancelled containers get SIGKILL without their stop_grace
+    hurry: threading.Event | None = None
+
+    def grace(self, exited: threading.Event, seconds: float) -> bool:
+        """``exited.wait(seconds)``, cut short once ``hurry`` is set; whether it exited."""
+        deadline = time.monotonic() + seconds
+        while not exited.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.hurry is not None and self.hurry.is_set()):
+                return False
+            exited.wait(min(0.05, left))
+        return True
 
 
 def runtime_options(oci: OciRuntime) -> any_pb2.Any:
@@ -344,7 +356,7 @@ class StepRun:
             self.exited.wait(wait)
         if killed_for is not None:
             self._kill(signal.SIGTERM)
-            if not self.exited.wait(self.options.stop_grace):
+            if not self.options.grace(self.exited, self.options.stop_grace):
                 self._kill(signal.SIGKILL)
             if not self.exited.wait(60):
                 raise KataError("runtime.kill_failed",
