@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +139,16 @@ def bench_parallel(kata: Kata, tmp: Path) -> None:
              for i in range(8)]
     repo = write(tmp / "sleep", steps, settings={"max_parallel": 8})
     total, out = kata(repo, "run", "--no-cache", "--json")
-    done = [json.loads(x) for x in out.splitlines() if x.startswith("{")][-1]
-    print(f"   realiser wall {done['wall']:.2f}s, whole process {total:.2f}s; ideal 1.00s; "
-          f"ratio {done['wall']:.2f}x (process: {total:.2f}x) (target <= 1.5x)")
+    events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    # The realiser's wall: from its first event (the graph parsed, steps about to start) to
+    # its last. `done.wall` is the process's own wall since the interpreter started (the
+    # [DONE] line's, issue 11 item 4), so it also holds Python's start and imports.
+    first, done = (datetime.fromisoformat(events[i]["time"].replace("Z", "+00:00"))
+                   for i in (0, -1))
+    realiser = (done - first).total_seconds()
+    print(f"   realiser wall {realiser:.2f}s, [DONE] wall {events[-1]['wall']:.2f}s, whole "
+          f"process {total:.2f}s; ideal 1.00s; ratio {realiser:.2f}x (target <= 1.5x; "
+          f"[DONE]: {events[-1]['wall']:.2f}x, process: {total:.2f}x)")
 
 
 def bench_chain(kata: Kata, tmp: Path, address: str) -> None:
