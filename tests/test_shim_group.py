@@ -227,6 +227,35 @@ def test_a_killed_kata_s_containers_in_a_shared_shim_are_reaped(
     assert not any(os.path.isdir(f"/run/containerd/runc/kata/{b.name}") for b in bundles)
 
 
+def test_a_ctrl_c_while_the_group_ends_is_raised_after_its_anchor_is_deleted(
+        clean_runtime, busybox_digest, monkeypatch):
+    """Found by a reviewer: a Ctrl-C landing while `kata run` closed its runtime (after
+    the scheduler gave its handlers back) cut ShimGroup.close() between forgetting an
+    anchor and deleting it, leaving the anchor, its shim and its mount for a later
+    sweep. The signal now waits for the release, then acts."""
+    import signal
+
+    from kata.runtimes.containerd import shimgroup
+    from kata.runtimes.containerd.client import containers_pb2
+
+    rt = clean_runtime
+    assert _step(rt, busybox_digest, 0)[0] == 0
+    real = shimgroup.ShimGroup._delete_anchor
+
+    def ctrl_c_then_delete(self, cid):  # the user's Ctrl-C lands mid-delete
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, cid)
+
+    monkeypatch.setattr(shimgroup.ShimGroup, "_delete_anchor", ctrl_c_then_delete)
+    with pytest.raises(KeyboardInterrupt):
+        rt.drain()
+    monkeypatch.undo()
+    c = rt.client
+    left = [x.id for x in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
+                                 "list containers").containers]
+    assert not [cid for cid in left if cid.startswith("kata-anchor-")], left
+
+
 def test_shared_shim_off_gives_a_shim_per_container(containerd_daemon, busybox_digest):
     from kata.runtimes.containerd.config import RuntimeConfig
 

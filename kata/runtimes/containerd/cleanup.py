@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("kata.runtime")
@@ -44,3 +47,33 @@ class Cleanup:
                 elif first is None:
                     first = err
         return first
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Run the block with SIGINT, SIGTERM and SIGHUP held back: the first one is noted
+    and raised again once the block is done (so a Ctrl-C that lands while a release is
+    under way, after the scheduler gave its handlers back, neither cuts the release in
+    half nor is lost); a second one during the block acts at once, as the first would
+    have. Outside the main thread (where Python cannot set handlers) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signo: signal.getsignal(signo) for signo in kinds}
+    noted: list[int] = []
+
+    def note(signo: int, frame: object) -> None:
+        noted.append(signo)
+        for s, handler in previous.items():  # the next one is not held back
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    for signo in kinds:
+        signal.signal(signo, note)
+    try:
+        yield
+    finally:
+        for signo, handler in previous.items():
+            signal.signal(signo, handler if handler is not None else signal.SIG_DFL)
+        if noted:
+            signal.raise_signal(noted[0])

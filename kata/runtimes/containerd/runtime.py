@@ -21,7 +21,7 @@ from ..base import (
     CANCEL_EXIT, OutputSink, PullCallback, PullProgress, ServiceSink, StepSpec,
 )
 from . import orphans
-from .cleanup import Cleanup
+from .cleanup import Cleanup, signals_deferred
 from .client import (
     OWNER_LABEL, SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, leases_pb2,
     snapshots_pb2, tasks_pb2,
@@ -264,18 +264,21 @@ class ContainerdRuntime:
     def drain(self) -> None:
         """Wait until every deferred release has finished, then tear down the idle
         network namespaces kept for reuse and end the shim group (its anchor) if no
-        container is in flight."""
-        while True:
-            with self._lock:
-                pending = list(self._releasing)
-            if not pending:
-                break
-            wait(pending)
-        try:
-            if self.shim_group is not None:
-                self.shim_group.close()
-        finally:
-            self.netns_pool.drain()
+        container is in flight. A Ctrl-C meanwhile (as `kata run` closes its runtime, after
+        the scheduler gave its handlers back) is raised once this is done
+        (``signals_deferred``): no anchor or namespace is left half released."""
+        with signals_deferred():
+            while True:
+                with self._lock:
+                    pending = list(self._releasing)
+                if not pending:
+                    break
+                wait(pending)
+            try:
+                if self.shim_group is not None:
+                    self.shim_group.close()
+            finally:
+                self.netns_pool.drain()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""
