@@ -256,6 +256,36 @@ def test_a_ctrl_c_while_the_group_ends_is_raised_after_its_anchor_is_deleted(
     assert not [cid for cid in left if cid.startswith("kata-anchor-")], left
 
 
+def test_an_anchor_whose_delete_failed_is_deleted_by_the_next_close(
+        clean_runtime, busybox_digest, monkeypatch):
+    """An anchor that could not be deleted (containerd slow or away) used to be forgotten,
+    left with its shim for the runtime's whole life (the sweep spares a live owner's
+    containers); the next close now tries it again."""
+    from kata.runtimes.containerd import shimgroup
+    from kata.runtimes.containerd.client import containers_pb2
+
+    rt = clean_runtime
+    assert _step(rt, busybox_digest, 0)[0] == 0
+    real = shimgroup.ShimGroup._delete_anchor
+    tries: list[str] = []
+
+    def fail_once(self, cid):
+        tries.append(cid)
+        if len(tries) == 1:
+            real(self, cid)  # deleted halfway: the task is gone, the container is not
+            raise RuntimeError("containerd did not answer in time")
+        return real(self, cid)
+
+    monkeypatch.setattr(shimgroup.ShimGroup, "_delete_anchor", fail_once)
+    with pytest.raises(RuntimeError):
+        rt.drain()  # the step's release first, then the group's close
+    rt.drain()
+    c = rt.client
+    left = [x.id for x in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
+                                 "list containers").containers]
+    assert tries[0] in tries[1:] and tries[0] not in left, (tries, left)
+
+
 def test_shared_shim_off_gives_a_shim_per_container(containerd_daemon, busybox_digest):
     from kata.runtimes.containerd.config import RuntimeConfig
 

@@ -94,6 +94,7 @@ class ShimGroup:
         self._slots = [_Slot() for _ in range(max(1, width or os.cpu_count() or 1))]
         self._timer: threading.Timer | None = None  # ends shims idle for IDLE_SECONDS
         self._deleting = threading.Lock()  # held while anchors are deleted: close() waits
+        self._stray: list[str] = []  # anchors whose delete failed: close() tries again
         self.anchors_made = 0  # how many anchors this group made (tests, benches)
 
     def acquire(self) -> str:
@@ -139,7 +140,7 @@ class ShimGroup:
                     self._schedule(max(0.05, IDLE_SECONDS - (now - min(waiting))))
             try:
                 self._delete_anchors(anchors)
-            except ContainerdError as err:  # owner-labelled: the next connect sweeps it
+            except Exception as err:  # noqa: BLE001 - kept for close() to try again
                 log.warning("ending an idle shim failed: %s", err)
 
     def close(self) -> None:
@@ -153,7 +154,8 @@ class ShimGroup:
                     self._timer.cancel()
                     self._timer = None
                 anchors = self._take([s for s in self._slots if s.anchor is not None
-                                      and not s.users])
+                                      and not s.users]) + self._stray
+                self._stray = []
             self._delete_anchors(anchors)
 
     @staticmethod
@@ -169,14 +171,19 @@ class ShimGroup:
 
     def _delete_anchors(self, anchors: list[str]) -> None:
         """Delete ``anchors`` side by side (each waits ~50-150 ms for containerd's `shim
-        delete`); the first ContainerdError is raised after all were tried."""
+        delete`); the first error is raised after all were tried. One that could not be
+        deleted (containerd slow or away) is kept for the next ``close`` to try again,
+        not forgotten: a long-lived runtime would otherwise hold it, and its shim, for
+        its whole life (the sweep spares a live owner's containers)."""
         errors: list[BaseException] = []
 
         def delete(cid: str) -> None:
             try:
                 self._delete_anchor(cid)
-            except ContainerdError as err:
+            except Exception as err:  # noqa: BLE001 - kept and raised below, thread or not
                 errors.append(err)
+                with self._lock:
+                    self._stray.append(cid)
 
         threads = [threading.Thread(target=delete, args=(cid,)) for cid in anchors[1:]]
         for t in threads:
@@ -235,8 +242,12 @@ class ShimGroup:
         except ContainerdError as err:
             if err.code != grpc.StatusCode.NOT_FOUND:
                 raise
-        c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid),
-               f"delete container {cid}")
+        try:
+            c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid),
+                   f"delete container {cid}")
+        except ContainerdError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:  # gone: a retry after a failed try
+                raise
 
     def _anchor_tree(self) -> Path:
         """The anchor's root: mount points and one empty executable file, made once per
