@@ -25,6 +25,22 @@ from support.procs import kill_once_started
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def clean_runtime(containerd_daemon, runtime):
+    """A runtime with ``containerd.shared_shim: true`` (off by default) on the session's
+    daemon (its images: ``runtime``), checked to hold nothing but images after the test."""
+    from kata.runtimes.containerd.config import RuntimeConfig
+
+    rt = ContainerdRuntime.connect(address=containerd_daemon.address,
+                                   state_dir=str(containerd_daemon.root.parent),
+                                   config=RuntimeConfig(shared_shim=True))
+    try:
+        yield rt
+        assert_clean(rt)
+    finally:
+        rt.close()
+
+
 def _step(rt, digest: str, i: int, network: str = "none") -> tuple[int, list[bytes]]:
     lines: list[bytes] = []
     status = rt.run(StepSpec(image=digest, argv=("sh", "-c", f"echo out {i}; exit {i % 3}"),
@@ -54,7 +70,7 @@ def _our_shims(rt) -> list[orphans.Shim]:
 
 def test_parallel_steps_share_one_shim_and_leave_nothing(clean_runtime, busybox_digest):
     rt = clean_runtime
-    assert rt.shim_group is not None  # the default
+    assert rt.shim_group is not None
     rt.drain()
     made = rt.shim_group.anchors_made
     seen_shims: set[str] = set()  # the container ids shim daemons were started for
@@ -188,8 +204,10 @@ def test_a_killed_kata_s_containers_in_a_shared_shim_are_reaped(
         from kata.runtimes.containerd.client import containers_pb2
         from kata.runtimes.containerd.task import StepRun, TaskOptions
         from kata.runtimes.base import StepSpec
+        from kata.runtimes.containerd.config import RuntimeConfig
         rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
-                                       state_dir={str(containerd_daemon.root.parent)!r})
+                                       state_dir={str(containerd_daemon.root.parent)!r},
+                                       config=RuntimeConfig(shared_shim=True))
         image = rt.images.run_image({busybox_digest!r})
         opts = TaskOptions(fifo_root=rt.fifo_root, shim_group=rt.shim_group,
                            runtime_options=rt._runtime_options,
