@@ -99,6 +99,20 @@ def test_logs_and_why(kata):
     assert "src/a.txt" in why.stdout
 
 
+def _run_until_napping(kata, address: str, tmp_path, step: str, **env_extra: str):
+    """`kata run` as a process, returned once step ``step`` printed "napping"."""
+    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT),
+           **env_extra}
+    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd", address, "run"],
+                            cwd=kata.repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"{step} | napping"):
+            break
+    return proc
+
+
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_ctrl_c_terminate_and_hangup_cancel_cleanly(kata, containerd_daemon, runtime, tmp_path,
                                                     signame):
@@ -109,14 +123,7 @@ def test_ctrl_c_terminate_and_hangup_cancel_cleanly(kata, containerd_daemon, run
 
     write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60"))],
                    name="cli")
-    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd",
-                             containerd_daemon.address, "run"], cwd=kata.repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("nap | napping"):
-            break
+    proc = _run_until_napping(kata, containerd_daemon.address, tmp_path, "nap")
     proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
@@ -141,15 +148,8 @@ def test_a_second_ctrl_c_kills_without_the_grace_and_still_leaves_nothing(
     write_pipeline(kata.repo, [FakeStep("stubborn", commands=(
         "trap '' TERM", "echo napping", "sleep 600"))], name="cli")
     (tmp_path / "host.yaml").write_text("containerd: {stop_grace: 600}\n")
-    env = {**os.environ, "KATA_STORE": str(tmp_path / "store"), "PYTHONPATH": str(ROOT),
-           "KATA_CONFIG": str(tmp_path / "host.yaml")}
-    proc = subprocess.Popen([sys.executable, "-m", "kata", "--containerd",
-                             containerd_daemon.address, "run"], cwd=kata.repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("stubborn | napping"):
-            break
+    proc = _run_until_napping(kata, containerd_daemon.address, tmp_path, "stubborn",
+                              KATA_CONFIG=str(tmp_path / "host.yaml"))
     proc.send_signal(signal.SIGINT)
     time.sleep(1)  # the first one has reached the step: SIGTERM sent, ignored
     proc.send_signal(signal.SIGINT)
