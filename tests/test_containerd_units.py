@@ -205,3 +205,91 @@ def test_docker_credential_helpers(tmp_path, monkeypatch):
     with pytest.raises(KataError) as err:
         docker_credentials("reg.a", cfg)
     assert err.value.reason == "image.credential_helper" and "boom" in err.value.message
+
+
+# -- the shim group's idle timer (shimgroup.py), anchors faked: no containerd -----------
+def _fake_group(monkeypatch, deletes: list[str], fail: set[str] | None = None):
+    from pathlib import Path
+
+    from kata.runtimes.containerd import shimgroup
+
+    group = shimgroup.ShimGroup(None, anchor_root=Path("/nonexistent"), runtime_options=None,
+                                precompiled_seccomp=False, runtime_name="x", width=1)
+    made = iter(range(1000))
+
+    def start(slot):
+        n = next(made)
+        slot.group, slot.anchor = f"g{n}", f"a{n}"
+
+    def delete(cid):
+        deletes.append(cid)
+        if fail and cid in fail:
+            fail.discard(cid)
+            raise RuntimeError("containerd did not answer in time")
+
+    group._start_anchor, group._delete_anchor = start, delete
+    return group
+
+
+def _used(group) -> str:
+    """One container through the group: returns its group id, the group idle again."""
+    gid = group.acquire()
+    group.release(gid)
+    return gid
+
+
+def test_an_idle_expiry_waiting_for_close_keeps_the_timer_a_release_started(monkeypatch):
+    """The idle timer fired while close() was deleting; a release meanwhile started a
+    new timer. The late expiry forgot that one (it reset the group's timer), so the next
+    close() could not cancel it and it fired after close."""
+    import threading
+
+    from kata.runtimes.containerd import shimgroup
+
+    monkeypatch.setattr(shimgroup, "IDLE_SECONDS", 0.01)
+    group = _fake_group(monkeypatch, [])
+    fired = threading.Event()
+    real_expire = group._expire
+
+    def expire():
+        fired.set()
+        real_expire()
+
+    group._expire = expire
+    with group._deleting:  # close() is deleting
+        _used(group)  # its timer fires now and waits for close()
+        first = group._timer
+        assert fired.wait(10)
+        with group._lock:  # what close() does to the timer
+            group._timer = None
+        monkeypatch.setattr(shimgroup, "IDLE_SECONDS", 60.0)
+        _used(group)  # a release while close() ends: a new timer
+        second = group._timer
+        assert second is not None and second is not first
+    first.join(10)
+    assert group._timer is second
+    group.close()
+    assert group._timer is None and second.finished.is_set()  # cancelled
+
+
+def test_an_anchor_whose_delete_failed_is_tried_again_by_the_next_expiry(monkeypatch):
+    """A long-lived runtime (`kata worker`) may never close its group: an anchor whose
+    delete failed in an expiry waited for a close() that might not come."""
+    from kata.runtimes.containerd import shimgroup
+
+    monkeypatch.setattr(shimgroup, "IDLE_SECONDS", 60.0)  # the test plays the timer
+    deletes: list[str] = []
+    group = _fake_group(monkeypatch, deletes, fail={"a0"})
+
+    def expire_now():
+        for slot in group._slots:
+            slot.idle_since -= 60.0
+        group._expire()
+
+    _used(group)
+    expire_now()
+    assert deletes == ["a0"] and group._stray == ["a0"]
+    _used(group)
+    expire_now()
+    assert sorted(deletes) == ["a0", "a0", "a1"] and group._stray == []
+    group.close()

@@ -127,14 +127,20 @@ class ShimGroup:
 
     def _expire(self) -> None:
         """End the shims idle for IDLE_SECONDS (a long-lived runtime, e.g. `kata worker`,
-        keeps no shim and no anchor while it runs nothing); look again later for the rest."""
+        keeps no shim and no anchor while it runs nothing), and try again the anchors
+        whose delete failed; look again later for the rest. Runs on the timer's thread."""
         with self._deleting:
             with self._lock:
-                self._timer = None
+                if self._timer is threading.current_thread():
+                    # not another timer that a release started while this one waited
+                    # for a close() to end: forgotten, close() could not cancel it
+                    self._timer = None
                 now = time.monotonic()
                 idle = [s for s in self._slots if s.anchor is not None and not s.users]
                 expired = [s for s in idle if now - s.idle_since >= IDLE_SECONDS]
-                anchors = self._take(expired)
+                anchors = self._take(expired) + (self._stray if expired else [])
+                if expired:
+                    self._stray = []
                 waiting = [s.idle_since for s in idle if s not in expired]
                 if waiting:
                     self._schedule(max(0.05, IDLE_SECONDS - (now - min(waiting))))
