@@ -103,3 +103,67 @@ def test_object_collected_under_a_running_step(tmp_path, clean_runtime, busybox_
                 [e.text for e in emit.events if isinstance(e, ev.OutputLine)]] == ["using", "hello"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("shared_shim", [True, False])
+def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path, shared_shim):
+    """containerd SIGKILLed while a step runs: the run's last line is one error naming
+    containerd's address and what to do, exit 2 (runtime.unreachable, as when it is not
+    there at the start), no traceback; it used to be gRPC's error from deleting the shim
+    group's anchor (shared_shim on) or nothing but the steps' gRPC errors (off). Started
+    again, containerd holds nothing of the run once the next connect has swept."""
+    import os
+    import signal
+    import subprocess
+
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.config import RuntimeConfig
+    from kata.runtimes.containerd.daemon import ensure_daemon, read_pid
+    from support.daemon import embedded_containerd
+    from support.fixtures import assert_clean
+    from support.images import busybox_image, write_oci_archive
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
+        "pipeline": "doomed", "settings": {"fail_fast": False},
+        "steps": [
+            {"name": "long", "image": IMAGE, "inputs": ["none"],
+             "commands": ["echo started", "sleep 60"]},
+            {"name": "other", "image": IMAGE, "inputs": ["none"], "commands": ["sleep 60"]},
+        ]}, sort_keys=False))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"containerd:\n  shared_shim: {str(shared_shim).lower()}\n")
+    with embedded_containerd("kf") as paths:  # the test's own: it is killed
+        with ContainerdRuntime.connect(address=paths.address,
+                                       state_dir=str(paths.root.parent)) as rt:
+            rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
+        kata = KataProcess(repo, store=tmp_path / "store", address=paths.address)
+        proc = subprocess.Popen([*kata.base, "run"], cwd=repo,
+                                env={**kata.env, "KATA_CONFIG": str(config)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            for line in proc.stdout:
+                seen.append(line)
+                if line == "long | started\n":
+                    break
+            os.kill(read_pid(paths), signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out = "".join(seen) + out
+        assert proc.returncode == 2, out + err
+        assert "Traceback" not in err, err
+        assert re.match(r"\[DONE\] 2 steps: 2 failed", out.splitlines()[-1]), out
+        last = err.splitlines()[-1]
+        assert last.startswith(f"error: containerd at {paths.address} stopped answering "
+                               "during the run: "), err
+        assert "`kata daemon status`" in last and "`systemctl start containerd`" in last
+        assert "kata-anchor-" not in err, err  # not the shim group's own delete
+        ensure_daemon(paths)  # started again: the run's objects are a dead owner's
+        with ContainerdRuntime.connect(address=paths.address, state_dir=str(paths.root.parent),
+                                       config=RuntimeConfig(shared_shim=shared_shim)) as rt:
+            assert_clean(rt)

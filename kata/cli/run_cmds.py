@@ -122,9 +122,26 @@ class LazyRuntime:
         if self._rt is not None:
             self._rt.drain()
 
-    def close(self) -> None:
+    def went_away(self) -> None:
+        """After a run with failures: KataError runtime.unreachable (exit 2) when containerd
+        stopped answering during it (the steps failed with gRPC's words for it)."""
         if self._rt is not None:
-            self._rt.close()
+            lost = self._rt.client.went_away()
+            if lost is not None:
+                raise lost
+
+    def close(self) -> None:
+        """Close the runtime; its first containerd error (e.g. deleting the shim group's
+        anchor) becomes runtime.unreachable when containerd stopped answering."""
+        if self._rt is not None:
+            try:
+                self._rt.close()
+            except KataError:
+                lost = self._rt.client.went_away()
+                if lost is None:
+                    raise
+                self._rt.client.close()
+                raise lost from None
 
 
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
@@ -334,6 +351,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             reporter.close()
             if runner is not runtime:
                 runner.close()
+        if not result.ok and not result.interrupted:
+            runtime.went_away()  # the run ends saying so, not with a step's gRPC error
         if simple and not result.exit_code and not result.interrupted:
             _record_noop(store, path, graph, plan, result, options, realiser.records.recorded,
                          captured)

@@ -72,8 +72,21 @@ def wrap(err: grpc.RpcError, what: str) -> ContainerdError:
     code = err.code() if hasattr(err, "code") else None
     name = code.name if code is not None else "UNKNOWN"
     details = err.details() if hasattr(err, "details") else str(err)
+    if name == "UNAVAILABLE":  # gRPC's words for a containerd that went away, shortened
+        for said, means in (("Connection refused", "connection refused"),
+                            ("No such file", "no socket"), ("Socket closed", "socket closed"),
+                            ("Broken pipe", "connection lost"),
+                            ("Stream removed", "connection lost")):
+            if said in details:
+                details = f"containerd is not answering ({means})"
+                break
     return ContainerdError(_CODES.get(name, "runtime.error"),
                            f"containerd: {what}: {details} ({name.lower()})", code=code, obj=what)
+
+
+# what a call gets from an address nothing answers at (refused, no socket, no answer)
+_AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+         grpc.StatusCode.FAILED_PRECONDITION)
 
 
 def _why_unreachable(address: str, code: Any) -> str:
@@ -146,14 +159,37 @@ class Client:
             return self.version.Version(empty_pb2.Empty(), timeout=timeout).version
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                            grpc.StatusCode.FAILED_PRECONDITION):
+            if code not in _AWAY:
                 raise wrap(err, f"connect to {self.address}") from None
             raise KataError("runtime.unreachable", f"cannot reach containerd at {self.address}: "
                             f"{_why_unreachable(self.address, code)}. Start containerd "
                             "(`systemctl start containerd`), or pass --containerd ADDRESS "
                             "(KATA_CONTAINERD_ADDRESS) of a running one, or give neither and "
                             "kata starts its own", obj=self.address) from None
+
+    def went_away(self, timeout: float = 2.0) -> KataError | None:
+        """After calls failed: KataError runtime.unreachable (exit 2, as at connect) when
+        containerd no longer answers at this address (killed, stopped, its socket gone),
+        saying so and what to do; None when it answers (the failures were something
+        else). One Version call, at most ``timeout`` seconds."""
+        from google.protobuf import empty_pb2
+
+        try:
+            self.version.Version(empty_pb2.Empty(), timeout=timeout)
+            return None
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            if code not in _AWAY:
+                return None
+        except ValueError:  # this channel was closed: nothing to say about containerd
+            return None
+        return KataError("runtime.unreachable", f"containerd at {self.address} stopped "
+                         f"answering during the run: {_why_unreachable(self.address, code)}. "
+                         "The steps it was running failed and what they left is swept by "
+                         "the next run. Start it again (kata's own containerd starts with "
+                         "the next `kata run`, `kata daemon status` shows it; the system's: "
+                         "`systemctl start containerd`), then run again",
+                         obj=self.address)
 
     def owner_labels(self) -> dict[str, str]:
         return {OWNER_LABEL: self.owner}
