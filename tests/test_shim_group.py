@@ -27,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def clean_runtime(containerd_daemon, runtime):
-    """A runtime with ``containerd.shared_shim: true`` (off by default) on the session's
-    daemon (its images: ``runtime``), checked to hold nothing but images after the test."""
+    """A runtime with ``containerd.shared_shim: true`` (the default, whatever the host's
+    config says) on the session's daemon (its images: ``runtime``), checked to hold
+    nothing but images after the test."""
     from kata.runtimes.containerd.config import RuntimeConfig
 
     rt = ContainerdRuntime.connect(address=containerd_daemon.address,
@@ -326,6 +327,8 @@ def test_shared_shim_must_be_a_boolean(tmp_path):
     assert err.value.reason == "config.bad_value"
     cfg.write_text("containerd:\n  shared_shim: false\n")
     assert load_runtime_config(cfg).shared_shim is False
+    cfg.write_text("containerd:\n  stop_grace: 1s\n")
+    assert load_runtime_config(cfg).shared_shim is True  # the default
 
 
 def test_an_idle_shim_ends_without_drain(clean_runtime, busybox_digest, monkeypatch):

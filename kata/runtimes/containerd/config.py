@@ -6,7 +6,7 @@
       state_dir: /var/lib/kata/containerd        # where kata's own containerd lives
       stop_grace: 5s                             # between SIGTERM and SIGKILL (a duration, or seconds)
       oci_runtime: auto                          # auto | crun | runc (kata/oci_runtime.py)
-      shared_shim: false                         # true: a few containerd shims for all of a run's containers
+      shared_shim: true                          # a few containerd shims for all of a run's containers
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -50,7 +50,7 @@ class RuntimeConfig:
     state_dir: str | None = None
     stop_grace: float = 5.0
     oci_runtime: str = "auto"  # one of kata.oci_runtime.CHOICES
-    shared_shim: bool = False  # True: a few shims per runtime object (shimgroup.py), not one per container
+    shared_shim: bool = True  # a few shims per runtime object (shimgroup.py), not one per container
     offline: bool = False
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
 
@@ -104,7 +104,7 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     if oci not in CHOICES:
         raise host.error("config.bad_value", f"containerd.oci_runtime must be one of "
                          f"{', '.join(CHOICES)}, got {oci!r}", "containerd", "oci_runtime")
-    shared = cd.get("shared_shim", False)
+    shared = cd.get("shared_shim", True)
     if not isinstance(shared, bool):
         raise host.error("config.bad_value", f"containerd.shared_shim must be true or false, "
                          f"got {shared!r}", "containerd", "shared_shim")
