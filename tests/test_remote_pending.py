@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -156,3 +157,81 @@ def test_an_upload_is_queued_before_it_is_tried(tmp_path):
     finally:
         server.stop()
         a.store.close()
+
+
+def test_a_hung_remote_costs_its_connect_timeout_then_is_left_alone(tmp_path):
+    """A remote that accepts connections and never answers: the run's first call,
+    GetCapabilities, gets ``connect_timeout`` (not the 30 s per-call ``timeout``), and the
+    timeout is remembered in the state directory: the runs that follow do not connect at
+    all, and their one warning line says until when. ``kata remote push``'s view
+    (``backoff=False``) asks anyway; once the remote answers the back-off is gone.
+    ``backoff: 0`` remembers nothing."""
+    from support.listeners import HungListener
+
+    hung = HungListener()
+    url = f"grpc://127.0.0.1:{hung.port}"
+    a = Host(tmp_path / "a", _repo(tmp_path / "a" / "repo"), url, timeout=30.0,
+             connect_timeout=0.5)
+    try:
+        started = time.monotonic()
+        assert a.run().ok
+        took = time.monotonic() - started
+        assert len(a.warnings) == 1 and "GetCapabilities: DEADLINE_EXCEEDED" in a.warnings[0]
+        assert "not asked again until " in a.warnings[0] and "remote.backoff" in a.warnings[0]
+        assert "kata remote push" in a.warnings[0], a.warnings
+        assert hung.count == 1 and len(a.queue.names()) == 3
+        # the next runs: no connection, one warning naming the back-off
+        for _ in range(3):
+            a.new_remote()
+            assert a.run().ok
+        assert hung.count == 1, hung.count
+        assert len(a.warnings) == 4 and all("timed out in an earlier run" in w and
+                                            "not asked again until" in w
+                                            for w in a.warnings[1:]), a.warnings
+        # `kata remote push` asks anyway (and fails: the queue stays)
+        push = a.new_remote(backoff=False)
+        assert not push.check() and hung.count == 2 and len(a.queue.names()) == 3
+        push.close()
+        # BuildGrid on the same address: the back-off still holds for runs...
+        hung.close()
+        server = BuildGrid(tmp_path / "bgd")
+        server.port = hung.port
+        server.start()
+        try:
+            a.new_remote()
+            assert a.run().ok and a.remote.stats["resumed"] == 0
+            assert "timed out in an earlier run" in a.warnings[-1]
+            # ...until a push (or the back-off's end): it sends the queue and clears it
+            push = a.new_remote(backoff=False)
+            assert push.check()
+            counts = push.push_pending(a.store, wait=True)
+            push.close()
+            assert (counts.sent, counts.left) == (3, 0) and not a.queue.names()
+            warned = len(a.warnings)
+            a.new_remote()
+            (a.repo / "src" / "a.txt").write_text("hello again\n")
+            assert a.run().ok and a.remote.stats["uploads"] == 3
+            assert len(a.warnings) == warned
+        finally:
+            server.stop()
+    finally:
+        hung.close()
+        a.store.close()
+    # the slow part of the first run was the 0.5 s connect timeout, not the 30 s timeout
+    assert took < 20, took
+
+
+def test_backoff_zero_asks_the_remote_every_run(tmp_path):
+    from support.listeners import HungListener
+
+    with HungListener() as hung:
+        url = f"grpc://127.0.0.1:{hung.port}"
+        a = Host(tmp_path / "a", _repo(tmp_path / "a" / "repo"), url, connect_timeout=0.3,
+                 backoff=0.0)
+        try:
+            for n in (1, 2):
+                a.new_remote()
+                assert a.run().ok and hung.count == n
+            assert "not asked again" not in a.warnings[-1] and len(a.warnings) == 2
+        finally:
+            a.store.close()

@@ -88,6 +88,11 @@ def test_remote_config(tmp_path):
     # the flags win over the file
     flag = from_host_config(cfg, url="grpc://10.0.0.1:9092", instance="")
     assert flag is not None and (flag.target, flag.tls, flag.instance) == ("10.0.0.1:9092", False, "")
+    assert (rc.connect_timeout, rc.backoff) == (2.0, 60.0)  # the defaults
+    _, tuned = _config(tmp_path, "remote:\n  cache: grpc://c:1\n  connect_timeout: 500ms\n"
+                       "  backoff: 0s\n")
+    rc = from_host_config(tuned)
+    assert rc is not None and (rc.connect_timeout, rc.backoff) == (0.5, 0.0)
     _, empty = _config(tmp_path, "offline: false\n")
     assert from_host_config(empty) is None
     assert parse_url("grpc://[::1]:8980") == ("[::1]:8980", False)
@@ -138,6 +143,10 @@ def test_the_logstream_server_is_the_executors_setting(tmp_path):
     ("remote:\n  cache: grpc://x:1\n  tls: {ca: /c}\n", "config.bad_value", ":3:3"),
     ("remote:\n  cache: grpcs://x:1\n  tls:\n    cert: /c\n", "config.bad_value", ":3:3"),
     ("remote:\n  cache: grpcs://x:1\n  timeout: soon\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  connect_timeout: 0s\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  connect_timeout: [2]\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  backoff: -1m\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  backoff: a while\n", "config.bad_value", ":3:3"),
     ("remote: [1]\n", "config.bad_value", ":1:1"),
     # a file that cannot serve: named at its key, before anything connects
     ("remote:\n  cache: grpc://x:1\n  token_file: /nonexistent/tok\n",

@@ -35,11 +35,12 @@ class Down:
     until: float
     reason: str
 
-    def describe(self, now: float | None = None) -> str:
-        """``<reason>; not asked again until 17:40:12 UTC (remote.backoff)``."""
+    def describe(self) -> str:
+        """``<reason>; not asked again until 17:40:12 UTC per remote.backoff, or now by
+        `kata remote push```."""
         at = time.strftime("%H:%M:%S UTC", time.gmtime(self.until))
-        return (f"{self.reason}; not asked again until {at}: remote.backoff, `kata remote "
-                "push` asks now")
+        return (f"{self.reason}; not asked again until {at} per remote.backoff, or now by "
+                "`kata remote push`")
 
 
 class Backoff:

@@ -191,8 +191,8 @@ class RemoteCache:
             if self._memo is not None and self._honour_backoff:
                 down = self._memo.active()
                 if down is not None:
-                    raise RemoteError("remote.backoff", f"it timed out in an earlier run "
-                                      f"({down.describe()})")
+                    raise RemoteError("remote.backoff", "timed out in an earlier run: "
+                                      + down.describe())
             self._remote.cas.capabilities(timeout=min(self.config.connect_timeout,
                                                       self.config.timeout))
             self._ready = True
