@@ -357,6 +357,11 @@ def test_results_built_while_the_remote_was_down_reach_it_later(tmp_path, contai
     first = a("run", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
     assert first.returncode == 0, first.stdout + first.stderr
     assert len([x for x in first.stderr.splitlines() if "remote cache" in x]) == 1, first.stderr
+    # an untrusted run (a fork's change) while the remote is down queues nothing
+    (repo / "src" / "a.txt").write_text("hello from a fork, offline\n")
+    fork = a("run", "--untrusted", *remote)
+    assert fork.returncode == 0 and "[RUN] build" in fork.stdout, fork.stdout + fork.stderr
+    (repo / "src" / "a.txt").write_text("hello, built offline\n")
     offline = a("remote", "push", *remote)
     assert offline.returncode == 1, offline.stdout + offline.stderr
     assert offline.stdout.strip() == f"pushed 0 result(s) to {server.url}; 4 still pending"
