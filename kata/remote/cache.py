@@ -507,24 +507,28 @@ class RemoteCache:
         """Send the pending queue's entries (earlier runs' results) on the upload thread,
         before this run's own uploads; returns at once (``flush`` waits). Costs one
         directory read when the queue is empty; nothing without a state directory."""
-        if self._queue is None or not self.enabled or not self._queue.names():
+        if self._queue is None or not self.enabled:
             return
-        fut = self._uploader.submit(self.push_pending, store)
+        earlier = self._queue.names()  # not this run's own uploads, queued from now on
+        if not earlier:
+            return
+        fut = self._uploader.submit(self.push_pending, store, only=frozenset(earlier))
         with self._lock:
             self._pending.append(fut)
 
-    def push_pending(self, store: Store, *, wait: bool = False) -> PushCounts:
-        """Send every entry of the pending queue, oldest first, each forgotten once the
-        remote holds it; stops at the first failure of the remote (one warning, the rest
-        stay queued). ``wait``: wait for another process draining the queue (else this one
-        leaves the queue to it). Never raises."""
+    def push_pending(self, store: Store, *, wait: bool = False,
+                     only: frozenset[str] | None = None) -> PushCounts:
+        """Send every entry of the pending queue (``only``: those of these names), oldest
+        first, each forgotten once the remote holds it; stops at the first failure of the
+        remote (one warning, the rest stay queued). ``wait``: wait for another process
+        draining the queue (else this one leaves the queue to it). Never raises."""
         if self._queue is None:
             return PushCounts()
         sent = dropped = 0
         with self._queue.draining(wait=wait) as mine:
             if not mine:
                 return PushCounts(left=len(self._queue.names()), busy=True)
-            entries = self._queue.entries()
+            entries = [e for e in self._queue.entries() if only is None or e.name in only]
             for n, entry in enumerate(entries):
                 try:
                     self._connect()
