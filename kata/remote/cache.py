@@ -34,22 +34,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 from kata.remote import trees as remote_trees
-from kata.remote.backoff import FILE_NAME as BACKOFF_FILE, Backoff
-from kata.remote.pending import DIR_NAME as PENDING_DIR, Pending, PendingUploads
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.actioncache import (
     ActionCache, RemoteRecord, cas_blobs, encode_record, record_digest, result_for,
 )
+from kata.remote.backoff import FILE_NAME as BACKOFF_FILE, Backoff
 from kata.remote.bundle import BUNDLE_PATH, bundle_action, bundle_key, decode_bundle, encode_bundle
 from kata.remote.cas import Digest, RemoteError, connect, digest_of
 from kata.remote.config import RemoteConfig
+from kata.remote.pending import DIR_NAME as PENDING_DIR, Pending, PendingUploads
 from store import Realisation, Store, StoreError
 
 _IN_FLIGHT = 16  # GetActionResult calls outstanding at once during a prefetch (BuildGrid
