@@ -143,9 +143,21 @@ def test_an_upload_is_queued_before_it_is_tried(tmp_path):
         (a.queue.directory / ("3" * 64 + ".json")).write_text('{"format": "kata-remote-p')
         (a.queue.directory / ".tmp-half").write_text("{")
         assert len(a.queue.names()) == 6 and gone in a.queue.names()
+        drv, resolved = next(e.keys for e in a.queue.entries() if len(e.keys) == 2)
         counts = a.new_remote().push_pending(a.store)
         assert (counts.sent, counts.dropped, counts.left) == (3, 2, 0), counts
         assert a.queue.names() == [] and a.remote.stats["uploads"] == 3
+        a.remote.close()
+        # an early-cutoff alias the remote could not take then: the derivation hash is
+        # filed over the result the remote holds under the resolved hash; one whose
+        # result neither the remote nor this store holds is dropped
+        a.queue.add(("f" * 64,), alias_of=resolved)
+        a.queue.add(("e" * 64,), alias_of="d" * 64)
+        counts = a.new_remote().push_pending(a.store)
+        assert (counts.sent, counts.dropped) == (1, 1), counts
+        found = a.remote.lookup("f" * 64)
+        assert found is not None
+        assert found.realisation.outputs == a.store.get_realisation(drv).outputs
         a.remote.close()
         repo_b = tmp_path / "b" / "repo"
         shutil.copytree(a.repo, repo_b)
