@@ -15,6 +15,15 @@ ByteStream), and the canonical archive is re-encoded from it (``store.tree.restr
 straight into the local store. The archive's sha256 must equal the Kata tree digest the
 action result named, so a tree that comes back is byte for byte the one that left.
 
+A tree of ``PACK_FILES`` files or more is also stored as one more blob: the canonical
+archive itself, whose REAPI digest is the Kata tree digest's hash and the archive's size
+(``archive_digest``; the size follows from the ``Tree`` alone). A host that fetches the
+tree reads that one blob over ByteStream instead of a BatchReadBlobs entry per file, and
+checks it like every read (its sha256 must be the Kata tree digest the record names); when
+the remote no longer holds it (evicted, or uploaded by a client that did not pack it) the
+files are fetched one by one as above. The ``Directory`` tree stays complete either way:
+other REAPI clients never need the archive.
+
 Names are bytes in Kata and UTF-8 strings in REAPI: a tree with a name or link target that
 is not UTF-8 is not uploaded (RemoteError remote.unsupported); it stays local.
 """
@@ -39,6 +48,9 @@ from store import tree as kata_tree
 
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
 _UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
+#: a tree with at least this many files also travels as one blob: its canonical archive
+#: (see ``archive_digest``); below it the per-file blobs cost less than storing it twice
+PACK_FILES = 1000
 
 
 @dataclass
@@ -63,6 +75,18 @@ def _name(part: bytes) -> str:
     except UnicodeDecodeError:
         raise RemoteError("remote.unsupported", f"name {part!r} is not UTF-8 (REAPI names "
                           "are strings)") from None
+
+
+def archive_digest(tree: str, entries: Iterable[tuple[str, bytes, "int | bytes"]]) -> Digest:
+    """The REAPI digest of the Kata tree ``tree``'s canonical archive (``store/tree.py``)
+    as a blob: ``tree``'s hash and the archive's size, computed from its entries (kind,
+    path, size or link target; canonical order) without their contents."""
+    size = len(kata_tree.MAGIC) + len(kata_tree.END_RECORD)
+    for kind, path, arg in entries:
+        size += len(kata_tree.record_header(kind, path, arg))
+        if kind in ("f", "x"):
+            size += arg  # type: ignore[operator]
+    return Digest(hash=tree.partition(":")[2], size_bytes=size)
 
 
 def memo_path(store: Store, tree: str) -> str:
@@ -129,6 +153,8 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
         if known is not None:
             return known
     dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
+    listing: list[tuple[str, bytes, int | bytes]] = []  # the archive's entries, for its size
+    files = 0
     sent = _Sent()
     limit = cas.batch_limit
     batch: list[tuple[re_pb2.FileNode, bytes]] = []
@@ -140,6 +166,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                 for kind, parts, arg, rd in kata_tree.entries(blob):
                     parent = dirs[parts[:-1]]
                     name = _name(parts[-1])
+                    listing.append((kind, b"/".join(parts), arg))  # type: ignore[arg-type]
                     if kind == "d":
                         dirs[parts] = _Dir()
                         parent.dirs.append(name)
@@ -148,6 +175,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                         parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
                         continue
                     n: int = arg  # type: ignore[assignment]
+                    files += 1
                     node = re_pb2.FileNode(name=name, is_executable=kind == "x")
                     parent.files.append(node)
                     if n > limit:
@@ -164,6 +192,10 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                         size += n + 100
             if batch:
                 sending.append(pool.submit(_hash_and_send, cas, batch, sent))
+            if files >= PACK_FILES:
+                sending.append(pool.submit(_send_archive, cas, store, tree,
+                                           archive_digest(tree, listing)))
+            del listing
             while sending:
                 sending.popleft().result()
         finally:
@@ -268,6 +300,20 @@ def _send_big(cas: Cas, chunks: Iterator[bytes], n: int, sent: _Sent) -> Digest:
     return d
 
 
+def _send_archive(cas: Cas, store: Store, tree: str, digest: Digest) -> None:
+    """The tree's canonical archive as one blob (``archive_digest``), streamed over
+    ByteStream from the local store unless the remote holds it already."""
+    if not cas.find_missing([digest]):
+        return
+
+    def content() -> Iterator[bytes]:  # from the start, on each try; read on this thread
+        with store.objects.open(tree) as blob:  # (the store's index stays on its own)
+            while chunk := blob.read(1 << 20):
+                yield chunk
+
+    cas.write(digest, content)
+
+
 # ------------------------------------------------------------------ downloading
 
 def read_tree(cas: Cas, tree_digest: Digest) -> re_pb2.Tree:
@@ -323,6 +369,11 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
     then holds no record of it); RemoteError on any remote failure."""
     tree_data = cas.read_many([tree_digest])[tree_digest.hash]
     entries = _entries(_parse_tree(tree_digest, tree_data))
+    if sum(1 for e in entries if e[3] is not None) >= PACK_FILES and \
+            _fetch_archive(cas, store, tree, archive_digest(tree, (e[:3] for e in entries))):
+        # no memo: the archive's digest proves the tree, not that the Tree message is its
+        # (a record pairing them wrongly would have this host upload that Tree in its name)
+        return
     limit = cas.batch_limit
     units: list[list[Digest]] = []  # consecutive small files, fetched together
     unit_of: list[int] = []  # per entry: its unit (-1: none, -2: streamed)
@@ -381,6 +432,25 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
                           f"not {tree}")
     if memo:
         _memo_write(memo_path(store, tree), tree_data)
+
+
+def _fetch_archive(cas: Cas, store: Store, tree: str, digest: Digest) -> bool:
+    """Put the tree's archive blob (``archive_digest``) into the local store straight from
+    ByteStream; False when the remote does not hold it (the caller fetches the files one
+    by one). ``Cas.read`` checks the bytes against ``digest``, whose hash is the Kata tree
+    digest itself, and the store hashes them again: RemoteError remote.bad_answer when they
+    differ, and nothing of them stays in the store."""
+    if cas.find_missing([digest]):
+        return False
+    try:
+        got = store.put_blob(_Chunks(cas.read(digest)))
+    except RemoteError as err:
+        if "NOT_FOUND" in err.message:  # evicted between the two calls
+            return False
+        raise
+    if got != tree:  # unreachable after Cas.read's check; never trust one check alone
+        raise RemoteError("remote.bad_answer", f"the remote's archive of {tree} is {got}")
+    return True
 
 
 class _Chunks(io.RawIOBase):
