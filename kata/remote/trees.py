@@ -145,7 +145,9 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
     threads while the pass goes on (hashing there runs beside it: hashlib releases the
     GIL), at most ``_WINDOW`` batches held, so memory stays bounded whatever the tree's
     size; identical contents are sent once. A file too big for a batch is spooled and
-    streamed over ByteStream. The ``Directory`` and ``Tree`` blobs go last. With ``memo``,
+    streamed over ByteStream. A tree of ``PACK_FILES`` files or more also sends its
+canonical archive as one blob (``archive_digest``), beside the last batches. The
+``Directory`` and ``Tree`` blobs go last. With ``memo``,
     a tree this host turned into a REAPI Tree before (``memo_path``) is neither read nor
     hashed again when the remote still holds all of it. RemoteError on any remote failure."""
     if memo and (data := _memo_read(memo_path(store, tree))) is not None:
@@ -364,7 +366,10 @@ def _entries(tree: re_pb2.Tree) -> list[tuple[str, bytes, "int | bytes", Digest 
 def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
                   workers: int = 4, memo: bool = False) -> None:
     """Bring the Kata tree ``tree`` into the local store from the REAPI ``Tree`` at
-    ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). RemoteError
+    ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). A tree of
+    ``PACK_FILES`` files or more is read as its archive blob when the remote holds it
+    (one ByteStream read, checked by ``tree`` itself; not memoised: that proves the
+    bytes, not that the Tree message describes them), else file by file. RemoteError
     remote.bad_answer when what arrives re-encodes to another digest (the local store
     then holds no record of it); RemoteError on any remote failure."""
     tree_data = cas.read_many([tree_digest])[tree_digest.hash]
@@ -458,18 +463,24 @@ class _Chunks(io.RawIOBase):
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._it = chunks
-        self._buf = b""
+        self._buf = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # noqa: ANN001
-        while not self._buf:
-            nxt = next(self._it, None)
-            if nxt is None:
-                return 0
-            self._buf = nxt
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
+        """Fill ``b`` from as many chunks as fit (small files come one chunk each; a
+        view, so a big chunk is not copied again for each piece taken off it)."""
+        n, want = 0, len(b)
+        while n < want:
+            if not self._buf:
+                nxt = next(self._it, None)
+                if nxt is None:
+                    break
+                self._buf = memoryview(nxt)
+                continue
+            take = min(want - n, len(self._buf))
+            b[n:n + take] = self._buf[:take]
+            self._buf = self._buf[take:]
+            n += take
         return n
