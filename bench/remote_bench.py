@@ -1,6 +1,7 @@
 """The remote cache (issue 13) against its anchors, measured in one run.
 
     python3 bench/remote_bench.py [N_STEPS] [N_FILES]      # defaults: 1000 50000
+    python3 bench/remote_bench.py --only artifact          # part 2, in-memory CAS only
 
 Starts its own cache-only BuildGrid (tests/support/buildgrid.py) and sshd (for the sshfs
 store), all on 127.0.0.1, and prints each figure with its ratio to its target:
@@ -19,7 +20,11 @@ store), all on 127.0.0.1, and prints each figure with its ratio to its target:
    <= 1.5x), twice: with BuildGrid's disk CAS and with its in-memory CAS (the one
    docs/remote.md recommends for a cache-only server). B's unpacking of the tree (what a
    dependent then does) is printed besides, and the split: CPU seconds of BuildGrid and
-   of Kata's upload and download.
+   of Kata's upload and download. B reads a tree of 1,000+ files as its archive blob
+   (kata.remote.trees.PACK_FILES); the same download file by file is printed beside it.
+   The anchor for the server's floor, in the same run: BuildGrid's own client (``bgd cas
+   upload-dir``, then ``download-dir``) moving the same directory through a fresh
+   in-memory BuildGrid, with the server's CPU seconds.
 3. Per-step overhead of remote execution vs local execution (target <= 1.5x): a 10-step
    chain run with ``kata run --no-cache`` locally and with ``--remote-executor`` (BuildGrid
    with its SQL scheduler on a PostgreSQL it starts, one ``kata worker``); see
