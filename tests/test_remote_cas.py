@@ -301,8 +301,9 @@ def _spy_reads(cas) -> list[int]:
 
 
 def test_a_large_tree_also_travels_as_its_archive(bg, tmp_path, monkeypatch):
-    # PACK_FILES is a size policy; the behaviour is the same for any threshold
+    # PACK_FILES and PACK_MEAN_BYTES are a size policy; the behaviour is the same for any
     monkeypatch.setattr(trees, "PACK_FILES", 3)
+    monkeypatch.setattr(trees, "PACK_MEAN_BYTES", 1 << 30)
     src = tmp_path / "src"
     src.mkdir()
     _sample(src)

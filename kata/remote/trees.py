@@ -15,13 +15,13 @@ ByteStream), and the canonical archive is re-encoded from it (``store.tree.restr
 straight into the local store. The archive's sha256 must equal the Kata tree digest the
 action result named, so a tree that comes back is byte for byte the one that left.
 
-A tree of ``PACK_FILES`` files or more is also stored as one more blob: the canonical
-archive itself, whose REAPI digest is the Kata tree digest's hash and the archive's size
-(``archive_digest``; the size follows from the ``Tree`` alone). A host that fetches the
-tree reads that one blob over ByteStream instead of a BatchReadBlobs entry per file, and
-checks it like every read (its sha256 must be the Kata tree digest the record names); when
-the remote no longer holds it (evicted, or uploaded by a client that did not pack it) the
-files are fetched one by one as above. The ``Directory`` tree stays complete either way:
+A tree of ``PACK_FILES`` small files or more (``packs``) is also stored as one more
+blob: the canonical archive itself, whose REAPI digest is the Kata tree digest's hash and
+the archive's size (``archive_digest``; the size follows from the ``Tree`` alone). A host
+that fetches the tree reads that one blob over ByteStream instead of a BatchReadBlobs
+entry per file, and checks it like every read (its sha256 must be the Kata tree digest
+the record names); when the remote no longer holds it (evicted, or uploaded by a client
+that did not pack it) the files are fetched one by one as above. The ``Directory`` tree stays complete either way:
 other REAPI clients never need the archive.
 
 Names are bytes in Kata and UTF-8 strings in REAPI: a tree with a name or link target that
@@ -48,9 +48,18 @@ from store import tree as kata_tree
 
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
 _UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
-#: a tree with at least this many files also travels as one blob: its canonical archive
-#: (see ``archive_digest``); below it the per-file blobs cost less than storing it twice
+#: a tree with at least this many files, of at most PACK_MEAN_BYTES each on average, also
+#: travels as one blob: its canonical archive (``archive_digest``). Below the count the
+#: per-blob costs are small; above the mean size moving the bytes dominates them, and
+#: storing big trees twice in the remote would cost more than it saves
 PACK_FILES = 1000
+PACK_MEAN_BYTES = 64 << 10
+
+
+def packs(files: int, file_bytes: int) -> bool:
+    """Whether a tree of ``files`` files holding ``file_bytes`` bytes in all travels as
+    its archive blob too (``PACK_FILES``, ``PACK_MEAN_BYTES``)."""
+    return files >= PACK_FILES and file_bytes <= files * PACK_MEAN_BYTES
 
 
 @dataclass
@@ -145,9 +154,9 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
     threads while the pass goes on (hashing there runs beside it: hashlib releases the
     GIL), at most ``_WINDOW`` batches held, so memory stays bounded whatever the tree's
     size; identical contents are sent once. A file too big for a batch is spooled and
-    streamed over ByteStream. A tree of ``PACK_FILES`` files or more also sends its
-canonical archive as one blob (``archive_digest``), beside the last batches. The
-``Directory`` and ``Tree`` blobs go last. With ``memo``,
+    streamed over ByteStream. A tree of ``PACK_FILES`` small files or more (``packs``)
+    also sends its canonical archive as one blob (``archive_digest``), beside the last
+    batches. The ``Directory`` and ``Tree`` blobs go last. With ``memo``,
     a tree this host turned into a REAPI Tree before (``memo_path``) is neither read nor
     hashed again when the remote still holds all of it. RemoteError on any remote failure."""
     if memo and (data := _memo_read(memo_path(store, tree))) is not None:
@@ -156,7 +165,7 @@ canonical archive as one blob (``archive_digest``), beside the last batches. The
             return known
     dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
     listing: list[tuple[str, bytes, int | bytes]] = []  # the archive's entries, for its size
-    files = 0
+    files = file_bytes = 0
     sent = _Sent()
     limit = cas.batch_limit
     batch: list[tuple[re_pb2.FileNode, bytes]] = []
@@ -178,6 +187,7 @@ canonical archive as one blob (``archive_digest``), beside the last batches. The
                         continue
                     n: int = arg  # type: ignore[assignment]
                     files += 1
+                    file_bytes += n
                     node = re_pb2.FileNode(name=name, is_executable=kind == "x")
                     parent.files.append(node)
                     if n > limit:
@@ -194,7 +204,7 @@ canonical archive as one blob (``archive_digest``), beside the last batches. The
                         size += n + 100
             if batch:
                 sending.append(pool.submit(_hash_and_send, cas, batch, sent))
-            if files >= PACK_FILES:
+            if packs(files, file_bytes):
                 sending.append(pool.submit(_send_archive, cas, store, tree,
                                            archive_digest(tree, listing)))
             del listing
@@ -367,14 +377,15 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
                   workers: int = 4, memo: bool = False) -> None:
     """Bring the Kata tree ``tree`` into the local store from the REAPI ``Tree`` at
     ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). A tree of
-    ``PACK_FILES`` files or more is read as its archive blob when the remote holds it
-    (one ByteStream read, checked by ``tree`` itself; not memoised: that proves the
+    ``PACK_FILES`` small files or more (``packs``) is read as its archive blob when the
+    remote holds it (one ByteStream read, checked by ``tree`` itself; not memoised: that proves the
     bytes, not that the Tree message describes them), else file by file. RemoteError
     remote.bad_answer when what arrives re-encodes to another digest (the local store
     then holds no record of it); RemoteError on any remote failure."""
     tree_data = cas.read_many([tree_digest])[tree_digest.hash]
     entries = _entries(_parse_tree(tree_digest, tree_data))
-    if sum(1 for e in entries if e[3] is not None) >= PACK_FILES and \
+    sizes = [e[2] for e in entries if e[3] is not None]
+    if packs(len(sizes), sum(sizes)) and \
             _fetch_archive(cas, store, tree, archive_digest(tree, (e[:3] for e in entries))):
         # no memo: the archive's digest proves the tree, not that the Tree message is its
         # (a record pairing them wrongly would have this host upload that Tree in its name)
