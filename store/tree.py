@@ -86,6 +86,12 @@ def _record(kind: str, path: bytes, arg: int | bytes) -> bytes:
     return _LEN.pack(len(head)) + head
 
 
+def record_header(kind: str, path: bytes, arg: int | bytes) -> bytes:
+    """The header an entry has in the canonical archive (its length prefix included; a
+    file's content follows it): what ``kata.remote.trees.archive_digest`` counts."""
+    return _record(kind, path, arg)
+
+
 END_RECORD = (lambda h: _LEN.pack(len(h)) + h)(msgpack.packb(["e"], use_bin_type=True))
 #: the canonical archive of an empty directory (what a step without artifacts stores)
 EMPTY_TREE = MAGIC + END_RECORD

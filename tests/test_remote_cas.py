@@ -284,3 +284,100 @@ def test_an_absolute_symlink_goes_through_buildgrid_unchanged(bg, tmp_path):
     assert (dest / "dist" / "abs").readlink() == Path("/usr/bin/env")
     a.close()
     b.close()
+
+
+def _spy_reads(cas) -> list[int]:
+    """Count the digests ``cas.read_many`` is asked for, call by call (the real call runs)."""
+    calls: list[int] = []
+    real = cas.read_many
+
+    def read_many(digests):
+        digests = list(digests)
+        calls.append(len(digests))
+        return real(digests)
+
+    cas.read_many = read_many
+    return calls
+
+
+def test_a_large_tree_also_travels_as_its_archive(bg, tmp_path, monkeypatch):
+    # PACK_FILES and PACK_MEAN_BYTES are a size policy; the behaviour is the same for any
+    monkeypatch.setattr(trees, "PACK_FILES", 3)
+    monkeypatch.setattr(trees, "PACK_MEAN_BYTES", 1 << 30)
+    src = tmp_path / "src"
+    src.mkdir()
+    _sample(src)
+    a, b = Store.open(tmp_path / "a"), Store.open(tmp_path / "b")
+    tree = a.put_tree(src, paths=("dist",))
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        up = trees.upload_tree(r.cas, a, tree)
+        with a.open_blob(tree) as blob:
+            size = len(blob.read())
+        archive = Digest(hash=tree.partition(":")[2], size_bytes=size)
+        assert r.cas.find_missing([archive]) == []  # the archive blob is in CAS...
+        calls = _spy_reads(r.cas)
+        trees.download_tree(r.cas, b, tree, up.tree_digest)
+        assert calls == [1]  # ...and B reads the Tree, then that one blob, no file blobs
+    assert b.read_blob(tree) == a.read_blob(tree)
+    # the Directory tree is complete without it: BuildGrid's own client reads it
+    dest = tmp_path / "bgd-out"
+    res = bg.bgd("cas", "download-dir", f"{up.root_digest.hash}/{up.root_digest.size_bytes}",
+                 str(dest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (dest / "dist" / "big.bin").read_bytes() == (src / "dist" / "big.bin").read_bytes()
+    assert (dest / "dist" / "sub" / "link").readlink() == Path("../a.txt")
+    a.close()
+    b.close()
+
+
+def test_without_the_archive_the_files_come_one_by_one(bg, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(8):
+        (src / "d" / f"f{i}").write_text(f"file {i} of a tree uploaded unpacked\n")
+    a, b = Store.open(tmp_path / "a"), Store.open(tmp_path / "b")
+    tree = a.put_tree(src, paths=("d",))
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        monkeypatch.setattr(trees, "PACK_FILES", 1000)  # an uploader that does not pack
+        up = trees.upload_tree(r.cas, a, tree)
+        monkeypatch.setattr(trees, "PACK_FILES", 3)  # a downloader that would use it
+        calls = _spy_reads(r.cas)
+        trees.download_tree(r.cas, b, tree, up.tree_digest)
+        assert calls == [1, 8]  # the Tree, then the files
+    assert b.read_blob(tree) == a.read_blob(tree)
+    a.close()
+    b.close()
+
+
+def test_a_packed_tree_named_with_another_trees_tree_gets_its_own_bytes(bg, tmp_path,
+                                                                        monkeypatch):
+    """A record pairing Kata tree X with the REAPI Tree of Y (a buggy or hostile writer)
+    can only ever bring X's own bytes (the archive is read by X's digest and checked), and
+    the pairing is not remembered: the memo would later upload Y's Tree in X's name."""
+    monkeypatch.setattr(trees, "PACK_FILES", 1)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("one\n")
+    (src / "g").write_text("two\n")
+    a = Store.open(tmp_path / "a")
+    tree = a.put_tree(src, paths=("f",))
+    other = a.put_tree(src, paths=("g",))  # same shape, other content: same archive size
+    b = Store.open(tmp_path / "b")
+    with remote_for(bg) as r:
+        up = trees.upload_tree(r.cas, a, tree)
+        trees.upload_tree(r.cas, a, other)
+        trees.download_tree(r.cas, b, other, up.tree_digest, memo=True)
+        assert b.read_blob(other) == a.read_blob(other)
+        assert not os.path.exists(trees.memo_path(b, other))
+        monkeypatch.setattr(trees, "PACK_FILES", 1000)  # the files one by one: refused
+        c = Store.open(tmp_path / "c")
+        with pytest.raises(RemoteError) as err:
+            trees.download_tree(r.cas, c, other, up.tree_digest, memo=True)
+        assert err.value.reason == "remote.bad_answer"
+        assert not c.has_blob(other)
+        assert not os.path.exists(trees.memo_path(c, other))
+    a.close()
+    b.close()
+    c.close()

@@ -294,6 +294,40 @@ def test_a_file_digest_is_remembered_only_once_it_cannot_be_racy(tmp_path):
     assert memo.digest("g", str(path), st) == files.digest_of(b"two")  # another path: read
 
 
+def test_only_trees_of_many_small_files_travel_packed():
+    from kata.remote.trees import PACK_FILES, PACK_MEAN_BYTES, packs
+
+    assert packs(PACK_FILES, PACK_FILES * 4096)
+    assert not packs(PACK_FILES - 1, 0)  # few files: a blob each costs little
+    assert packs(PACK_FILES, PACK_FILES * PACK_MEAN_BYTES)
+    assert not packs(PACK_FILES, PACK_FILES * PACK_MEAN_BYTES + 1)  # big files: not twice
+
+
+def test_a_trees_archive_size_follows_from_its_entries(tmp_path):
+    import os
+
+    from kata.remote.trees import archive_digest
+    from store import Store
+    from store import tree as kata_tree
+
+    (tmp_path / "src" / "d" / "empty").mkdir(parents=True)
+    (tmp_path / "src" / "d" / "f").write_bytes(b"x" * 5000)
+    (tmp_path / "src" / "d" / "zero").write_bytes(b"")
+    os.chmod(tmp_path / "src" / "d" / "zero", 0o755)
+    os.symlink("/usr/bin/env", tmp_path / "src" / "d" / "link")
+    store = Store.open(tmp_path / "store")
+    tree = store.put_tree(tmp_path / "src", paths=("d",))
+    listing = []
+    with store.open_blob(tree) as blob:
+        for kind, parts, arg, rd in kata_tree.entries(blob):
+            listing.append((kind, b"/".join(parts), arg))
+            if kind in ("f", "x"):
+                b"".join(rd.chunks(arg, parts))
+    digest = archive_digest(tree, listing)
+    assert (digest.hash, digest.size_bytes) == (tree.partition(":")[2], len(store.read_blob(tree)))
+    store.close()
+
+
 def test_the_pending_queue_holds_whole_entries_only(tmp_path):
     """kata.remote.pending: an entry is a renamed-into-place file named by its bytes (the
     same entry twice is one file), oldest first; a file that does not parse is deleted, a

@@ -215,7 +215,7 @@ class Cas:
     def upload(self, blobs: Mapping[tuple[str, int], tuple[Digest, bytes]]) -> None:
         """Store ``blobs`` ((hash, size) -> (digest, content)): the small ones in batches
         of at most ``max_batch`` bytes, the rest over ByteStream."""
-        batch: list[re_pb2.BatchUpdateBlobsRequest.Request] = []
+        req = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance)
         size = 0
         for digest, data in blobs.values():
             if digest.size_bytes == 0:
@@ -223,16 +223,20 @@ class Cas:
             if digest.size_bytes > self.batch_limit:
                 self.write(digest, lambda data=data: iter((data,)))
                 continue
-            if batch and size + len(data) + _PER_BLOB > self.batch_limit:
-                self._batch_update(batch, size)
-                batch, size = [], 0
-            batch.append(re_pb2.BatchUpdateBlobsRequest.Request(digest=digest, data=data))
+            if req.requests and size + len(data) + _PER_BLOB > self.batch_limit:
+                self._batch_update(req, size)
+                req, size = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance), 0
+            # filled in place: a Request built apart is copied into the batch again
+            # (2.6x the CPU per blob with upb)
+            one = req.requests.add()
+            one.digest.hash = digest.hash
+            one.digest.size_bytes = digest.size_bytes
+            one.data = data
             size += len(data) + _PER_BLOB
-        if batch:
-            self._batch_update(batch, size)
+        if req.requests:
+            self._batch_update(req, size)
 
-    def _batch_update(self, requests: list, size: int) -> None:
-        req = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance, requests=requests)
+    def _batch_update(self, req: re_pb2.BatchUpdateBlobsRequest, size: int) -> None:
         resp = retrying(lambda: self._cas.BatchUpdateBlobs(
             req, timeout=self._deadline(size), metadata=self._md), "BatchUpdateBlobs")
         for r in resp.responses:

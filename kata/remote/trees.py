@@ -15,6 +15,15 @@ ByteStream), and the canonical archive is re-encoded from it (``store.tree.restr
 straight into the local store. The archive's sha256 must equal the Kata tree digest the
 action result named, so a tree that comes back is byte for byte the one that left.
 
+A tree of ``PACK_FILES`` small files or more (``packs``) is also stored as one more
+blob: the canonical archive itself, whose REAPI digest is the Kata tree digest's hash and
+the archive's size (``archive_digest``; the size follows from the ``Tree`` alone). A host
+that fetches the tree reads that one blob over ByteStream instead of a BatchReadBlobs
+entry per file, and checks it like every read (its sha256 must be the Kata tree digest
+the record names); when the remote no longer holds it (evicted, or uploaded by a client
+that did not pack it) the files are fetched one by one as above. The ``Directory`` tree stays complete either way:
+other REAPI clients never need the archive.
+
 Names are bytes in Kata and UTF-8 strings in REAPI: a tree with a name or link target that
 is not UTF-8 is not uploaded (RemoteError remote.unsupported); it stays local.
 """
@@ -39,6 +48,18 @@ from store import tree as kata_tree
 
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
 _UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
+#: a tree with at least this many files, of at most PACK_MEAN_BYTES each on average, also
+#: travels as one blob: its canonical archive (``archive_digest``). Below the count the
+#: per-blob costs are small; above the mean size moving the bytes dominates them, and
+#: storing big trees twice in the remote would cost more than it saves
+PACK_FILES = 1000
+PACK_MEAN_BYTES = 64 << 10
+
+
+def packs(files: int, file_bytes: int) -> bool:
+    """Whether a tree of ``files`` files holding ``file_bytes`` bytes in all travels as
+    its archive blob too (``PACK_FILES``, ``PACK_MEAN_BYTES``)."""
+    return files >= PACK_FILES and file_bytes <= files * PACK_MEAN_BYTES
 
 
 @dataclass
@@ -63,6 +84,18 @@ def _name(part: bytes) -> str:
     except UnicodeDecodeError:
         raise RemoteError("remote.unsupported", f"name {part!r} is not UTF-8 (REAPI names "
                           "are strings)") from None
+
+
+def archive_digest(tree: str, entries: Iterable[tuple[str, bytes, "int | bytes"]]) -> Digest:
+    """The REAPI digest of the Kata tree ``tree``'s canonical archive (``store/tree.py``)
+    as a blob: ``tree``'s hash and the archive's size, computed from its entries (kind,
+    path, size or link target; canonical order) without their contents."""
+    size = len(kata_tree.MAGIC) + len(kata_tree.END_RECORD)
+    for kind, path, arg in entries:
+        size += len(kata_tree.record_header(kind, path, arg))
+        if kind in ("f", "x"):
+            size += arg  # type: ignore[operator]
+    return Digest(hash=tree.partition(":")[2], size_bytes=size)
 
 
 def memo_path(store: Store, tree: str) -> str:
@@ -121,7 +154,9 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
     threads while the pass goes on (hashing there runs beside it: hashlib releases the
     GIL), at most ``_WINDOW`` batches held, so memory stays bounded whatever the tree's
     size; identical contents are sent once. A file too big for a batch is spooled and
-    streamed over ByteStream. The ``Directory`` and ``Tree`` blobs go last. With ``memo``,
+    streamed over ByteStream. A tree of ``PACK_FILES`` small files or more (``packs``)
+    also sends its canonical archive as one blob (``archive_digest``), beside the last
+    batches. The ``Directory`` and ``Tree`` blobs go last. With ``memo``,
     a tree this host turned into a REAPI Tree before (``memo_path``) is neither read nor
     hashed again when the remote still holds all of it. RemoteError on any remote failure."""
     if memo and (data := _memo_read(memo_path(store, tree))) is not None:
@@ -129,6 +164,8 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
         if known is not None:
             return known
     dirs: dict[tuple[bytes, ...], _Dir] = {(): _Dir()}
+    listing: list[tuple[str, bytes, int | bytes]] = []  # the archive's entries, for its size
+    files = file_bytes = 0
     sent = _Sent()
     limit = cas.batch_limit
     batch: list[tuple[re_pb2.FileNode, bytes]] = []
@@ -140,6 +177,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                 for kind, parts, arg, rd in kata_tree.entries(blob):
                     parent = dirs[parts[:-1]]
                     name = _name(parts[-1])
+                    listing.append((kind, b"/".join(parts), arg))  # type: ignore[arg-type]
                     if kind == "d":
                         dirs[parts] = _Dir()
                         parent.dirs.append(name)
@@ -148,6 +186,8 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                         parent.links.append(re_pb2.SymlinkNode(name=name, target=_name(arg)))  # type: ignore[arg-type]
                         continue
                     n: int = arg  # type: ignore[assignment]
+                    files += 1
+                    file_bytes += n
                     node = re_pb2.FileNode(name=name, is_executable=kind == "x")
                     parent.files.append(node)
                     if n > limit:
@@ -164,6 +204,10 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                         size += n + 100
             if batch:
                 sending.append(pool.submit(_hash_and_send, cas, batch, sent))
+            if packs(files, file_bytes):
+                sending.append(pool.submit(_send_archive, cas, store, tree,
+                                           archive_digest(tree, listing)))
+            del listing
             while sending:
                 sending.popleft().result()
         finally:
@@ -268,6 +312,20 @@ def _send_big(cas: Cas, chunks: Iterator[bytes], n: int, sent: _Sent) -> Digest:
     return d
 
 
+def _send_archive(cas: Cas, store: Store, tree: str, digest: Digest) -> None:
+    """The tree's canonical archive as one blob (``archive_digest``), streamed over
+    ByteStream from the local store unless the remote holds it already."""
+    if not cas.find_missing([digest]):
+        return
+
+    def content() -> Iterator[bytes]:  # from the start, on each try; read on this thread
+        with store.objects.open(tree) as blob:  # (the store's index stays on its own)
+            while chunk := blob.read(1 << 20):
+                yield chunk
+
+    cas.write(digest, content)
+
+
 # ------------------------------------------------------------------ downloading
 
 def read_tree(cas: Cas, tree_digest: Digest) -> re_pb2.Tree:
@@ -318,11 +376,20 @@ def _entries(tree: re_pb2.Tree) -> list[tuple[str, bytes, "int | bytes", Digest 
 def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
                   workers: int = 4, memo: bool = False) -> None:
     """Bring the Kata tree ``tree`` into the local store from the REAPI ``Tree`` at
-    ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). RemoteError
+    ``tree_digest`` (``memo``: and remember that Tree, see ``upload_tree``). A tree of
+    ``PACK_FILES`` small files or more (``packs``) is read as its archive blob when the
+    remote holds it (one ByteStream read, checked by ``tree`` itself; not memoised: that proves the
+    bytes, not that the Tree message describes them), else file by file. RemoteError
     remote.bad_answer when what arrives re-encodes to another digest (the local store
     then holds no record of it); RemoteError on any remote failure."""
     tree_data = cas.read_many([tree_digest])[tree_digest.hash]
     entries = _entries(_parse_tree(tree_digest, tree_data))
+    sizes = [e[2] for e in entries if e[3] is not None]
+    if packs(len(sizes), sum(sizes)) and \
+            _fetch_archive(cas, store, tree, archive_digest(tree, (e[:3] for e in entries))):
+        # no memo: the archive's digest proves the tree, not that the Tree message is its
+        # (a record pairing them wrongly would have this host upload that Tree in its name)
+        return
     limit = cas.batch_limit
     units: list[list[Digest]] = []  # consecutive small files, fetched together
     unit_of: list[int] = []  # per entry: its unit (-1: none, -2: streamed)
@@ -383,23 +450,48 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
         _memo_write(memo_path(store, tree), tree_data)
 
 
+def _fetch_archive(cas: Cas, store: Store, tree: str, digest: Digest) -> bool:
+    """Put the tree's archive blob (``archive_digest``) into the local store straight from
+    ByteStream; False when the remote does not hold it (the caller fetches the files one
+    by one). ``Cas.read`` checks the bytes against ``digest``, whose hash is the Kata tree
+    digest itself, and the store hashes them again: RemoteError remote.bad_answer when they
+    differ, and nothing of them stays in the store."""
+    if cas.find_missing([digest]):
+        return False
+    try:
+        got = store.put_blob(_Chunks(cas.read(digest)))
+    except RemoteError as err:
+        if "NOT_FOUND" in err.message:  # evicted between the two calls
+            return False
+        raise
+    if got != tree:  # unreachable after Cas.read's check; never trust one check alone
+        raise RemoteError("remote.bad_answer", f"the remote's archive of {tree} is {got}")
+    return True
+
+
 class _Chunks(io.RawIOBase):
     """A binary file over an iterator of byte chunks (what ``Store.put_blob`` reads)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._it = chunks
-        self._buf = b""
+        self._buf = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # noqa: ANN001
-        while not self._buf:
-            nxt = next(self._it, None)
-            if nxt is None:
-                return 0
-            self._buf = nxt
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
+        """Fill ``b`` from as many chunks as fit (small files come one chunk each; a
+        view, so a big chunk is not copied again for each piece taken off it)."""
+        n, want = 0, len(b)
+        while n < want:
+            if not self._buf:
+                nxt = next(self._it, None)
+                if nxt is None:
+                    break
+                self._buf = memoryview(nxt)
+                continue
+            take = min(want - n, len(self._buf))
+            b[n:n + take] = self._buf[:take]
+            self._buf = self._buf[take:]
+            n += take
         return n
