@@ -165,6 +165,35 @@ def test_realiser_reports_a_failing_run_and_a_hit_shows_the_building_run(tmp_pat
         store.close()
 
 
+class _CancelledAfterExit(FakeRuntime):
+    """A step that exits 0 and whose cancel comes right after (a sibling's fail_fast)."""
+
+    def run(self, spec, sink, cancel, service_sink=None) -> int:  # noqa: ANN001
+        status = super().run(spec, sink, cancel, service_sink)
+        cancel.set()
+        return status
+
+
+def test_a_step_that_passed_keeps_its_report_when_a_cancel_follows_its_exit(tmp_path):
+    # the race behind a flaky test above: a sibling failed while this step was exiting
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    xml = PYTEST_XML.decode().replace("\n", " ").replace("'", "")
+    step = FakeStep("ok", commands=(f"mkdir -p reports && printf '%s' '{xml}' > reports/ok.xml",),
+                    reports={"junit": ["reports/ok.xml"]})
+    store = Store.open(tmp_path / "store")
+    try:
+        events: list[ev.Event] = []
+        Realiser(compile_steps(repo, [step]), store=store, runtime=_CancelledAfterExit(),
+                 emit=events.append,
+                 options=RealiseOptions(repo_root=repo, work_root=tmp_path / "w")).run()
+        (passed,) = [e for e in events if isinstance(e, ev.StepPassed)]
+        assert passed.report is not None
+        assert passed.report.summary() == "2 passed, 1 skipped, 1 failed"
+    finally:
+        store.close()
+
+
 def test_a_secret_in_a_test_name_or_message_is_masked(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -656,7 +656,11 @@ class Realiser:
                                                       log_lock, service_logs)
                 except KataError as err:  # e.g. a missing secret, an image not found
                     message, reason = err.message, err.reason
-                if step.junit_reports and exit_status is not None and not cancel.is_set():
+                # a step that passed has its report even when a fail_fast cancel came
+                # after its exit (it passes, below); one that failed under a cancel is
+                # "cancelled", its report cut short
+                if step.junit_reports and exit_status is not None \
+                        and (exit_status == 0 or not cancel.is_set()):
                     report = self._report(ws.path, step.junit_reports)
                 if reason:
                     pass
