@@ -283,3 +283,27 @@ def test_a_file_digest_is_remembered_only_once_it_cannot_be_racy(tmp_path):
     path.write_bytes(b"two")  # same size, new content: a new ctime and mtime
     assert memo.digest("f", str(path), os.lstat(path)) == files.digest_of(b"two")
     assert memo.digest("g", str(path), st) == files.digest_of(b"two")  # another path: read
+
+
+@pytest.mark.parametrize("content", [
+    b"\xa7\x00\xff binary", "tökén".encode(), b"two\nlines", b"tab\there", b"ctl\x01char",
+])
+def test_a_token_that_cannot_be_a_header_is_an_error_at_its_key(tmp_path, content):
+    """A bearer token travels as an HTTP/2 header value: bytes that are not UTF-8 raised a
+    traceback, and non-ASCII or control characters made gRPC core log its own error on every
+    call. Refused at ``token_file`` (exit 2) instead, as `kata doctor`, `run` and `worker` read it."""
+    (tmp_path / "tok").write_bytes(content)
+    path, cfg = _config(tmp_path, f"remote:\n  cache: grpc://x:1\n  token_file: {tmp_path / 'tok'}\n")
+    with pytest.raises(KataError) as err:
+        from_host_config(cfg)
+    assert err.value.reason == "remote.bad_token" and err.value.exit_code == 2
+    assert str(err.value.position).endswith(":3:3"), str(err.value.position)
+    assert "printable ASCII" in err.value.message
+
+
+def test_a_token_with_surrounding_blanks_is_taken_stripped(tmp_path):
+    (tmp_path / "tok").write_bytes(b"  eyJ.abc-_~+/=  \n")
+    _, cfg = _config(tmp_path, f"remote:\n  cache: grpc://x:1\n  token_file: {tmp_path / 'tok'}\n")
+    from kata.remote.cas import read_token
+
+    assert read_token(from_host_config(cfg)) == "eyJ.abc-_~+/="

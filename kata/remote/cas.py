@@ -124,10 +124,11 @@ def read_token(config: RemoteConfig) -> str:
     if config.token_file is None:
         return ""
     try:
-        token = config.token_file.read_text().strip()
-    except OSError as err:
+        token = config.token_file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as err:
         raise KataError("remote.token_unreadable", f"remote token file {config.token_file}: "
-                        f"{err.strerror or err}", obj=str(config.token_file)) from None
+                        f"{getattr(err, 'strerror', None) or err}",
+                        obj=str(config.token_file)) from None
     if not token:
         raise KataError("remote.token_unreadable", f"remote token file {config.token_file} "
                         "is empty", obj=str(config.token_file))
