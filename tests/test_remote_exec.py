@@ -50,10 +50,12 @@ def grid(tmp_path_factory):
 class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
-    def __init__(self, name: str, url: str, logstream: str) -> None:
+    def __init__(self, name: str, url: str, logstream: str, state: Path | None = None) -> None:
         self.name = name
-        self.state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
-        self.state.mkdir(mode=0o711)
+        if state is None:
+            state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
+            state.mkdir(mode=0o711)
+        self.state = state
         self.log = self.state / "worker.log"
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
@@ -330,6 +332,18 @@ def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, ka
     survivor = next(w for w in workers if w is not victim)
     assert worker_of(kata, "slow") == survivor.name
     assert ": done (ok)" in survivor.text()
+    # the victim left its lease's input root (the step's whole workspace) on disk; a worker
+    # started again on that state dir removes it before it takes work, as it sweeps the
+    # containers (it stayed there for good, one more per killed worker)
+    left = list((victim.state / "worker").glob("lease-*"))
+    assert left, "the SIGKILLed worker left no input root: the check below proves nothing"
+    again = Worker(victim.name, bg.url, bg.logstream, state=victim.state)
+    try:
+        again.wait_ready()
+        assert not any(p.exists() for p in left), left
+    finally:
+        again.proc.send_signal(signal.SIGTERM)
+        again.proc.wait(30)  # the victim's close() stops the daemon and removes the state
 
 
 def test_the_scheduler_restarting_mid_step_loses_nothing(grid, workers, kata):

@@ -16,6 +16,7 @@ can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -52,7 +53,7 @@ def register(cli: click.Group) -> None:
 def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: str | None,
            state_dir: str | None, poll: float, logstream: str | None) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers."""
-    from kata.executor.worker import Worker, default_name
+    from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
     from kata.remote.config import parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -69,8 +70,10 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
         signal.signal(signo, lambda *_: stop.set())
     name = bot_name or default_name()
     own_root = state_dir is None
+    if own_root:  # what killed workers left in the temp directory goes first
+        sweep_dead_workdirs(Path(tempfile.gettempdir()), WORK_PREFIX)
     work_root = Path(state_dir) / "worker" if state_dir else Path(
-        tempfile.mkdtemp(prefix="kata-worker-"))
+        tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
                f"{runtime.client.address}", err=True)
