@@ -467,6 +467,30 @@ def test_an_image_only_the_client_holds_names_the_worker_and_how_to_import_it(
         run.stdout
 
 
+def test_names_reapi_cannot_carry_run_locally_or_fail_clearly(grid, workers, kata):
+    """A repository file whose name is not UTF-8 (Linux allows it, REAPI names cannot hold
+    it): the step runs locally, saying why (it was a traceback). A step that *makes* such
+    a file on a worker fails naming it, without the scheduler's crash retries."""
+    bg, image = grid
+    raw = os.fsencode(kata.repo / "src") + b"/odd\xffname"
+    with open(raw, "wb") as f:
+        f.write(b"odd\n")
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
+        "pipeline": "names", "settings": {"fail_fast": False}, "steps": [
+        {"name": "reads", "image": image, "inputs": ["src/**"], "commands": ["cat src/odd*"]},
+        {"name": "makes", "image": image, "inputs": [], "artifacts": ["o/"],
+         "commands": ["mkdir -p o", "echo x > \"o/$(printf 'a\\377b')\""]}]},
+        sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert "[PASS] reads" in run.stdout, run.stdout + run.stderr
+    assert "reads | kata: ran locally: the workspace holds src/odd" in run.stdout, run.stdout
+    assert "reads | odd" in run.stdout
+    assert run.returncode == 1 and "[FAIL] makes" in run.stdout, run.stdout
+    fail = next(line for line in run.stdout.splitlines() if line.startswith("[FAIL] makes"))
+    assert "o/a" in fail and "not UTF-8" in fail, fail
+    assert "UnicodeEncodeError" not in run.stdout
+
+
 def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kata, runtime):
     from support.registry import free_port
 
