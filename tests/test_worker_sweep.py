@@ -38,3 +38,46 @@ def test_only_this_users_directories_of_dead_workers_are_removed(tmp_path):
     assert not gone.exists()
     assert live.is_dir() and foreign.is_dir() and other.is_dir()
     assert link.is_symlink() and target.is_dir()
+
+
+def test_state_dir_is_the_workers_own_containerd_whatever_the_host_config_names(
+        tmp_path, containerd_daemon):
+    """``kata worker --state-dir DIR`` runs on DIR's own containerd, as its help says; a host
+    config naming ``containerd.address`` took over silently (with DIR's FIFO and mount
+    roots for a daemon that keeps neither there)."""
+    import secrets
+    import shutil
+    import signal
+    import time
+    from pathlib import Path
+
+    from kata.runtimes.containerd.daemon import daemon_paths, stop_daemon
+    from support.cli import ROOT
+    from support.registry import free_port
+
+    config = tmp_path / "kata.yaml"
+    config.write_text(f"containerd:\n  address: {containerd_daemon.address}\n")
+    state = Path(f"/tmp/kt-ws-{secrets.token_hex(3)}")  # short: socket paths
+    log = tmp_path / "worker.log"
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kata", "worker", "--executor",
+                 f"grpc://127.0.0.1:{free_port()}", "--state-dir", str(state)],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "KATA_CONFIG": str(config)})
+        try:
+            deadline = time.monotonic() + 60
+            while "containerd " not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        first = log.read_text().splitlines()[0]
+        assert first.endswith(f"containerd {state}/containerd.sock"), first
+    finally:
+        stop_daemon(daemon_paths(state))
+        subprocess.run(["umount", "-R", "-l", str(state)], capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)

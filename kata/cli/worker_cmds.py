@@ -63,8 +63,15 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     obj = ctx.find_root().obj or {}
-    runtime = ContainerdRuntime.connect(address=obj.get("containerd_address"),
-                                        state_dir=state_dir)
+    address = obj.get("containerd_address")
+    if address is None and state_dir is not None:
+        # --state-dir names this worker's own containerd: it wins over the host config's
+        # containerd.address (which connect() would take, with this dir's mount roots)
+        from kata.runtimes.containerd.daemon import daemon_paths, ensure_daemon
+
+        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        address = ensure_daemon(daemon_paths(state_dir))
+    runtime = ContainerdRuntime.connect(address=address, state_dir=state_dir)
     stop = threading.Event()
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda *_: stop.set())
