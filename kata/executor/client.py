@@ -302,8 +302,7 @@ class _LiveLog:
         if self.follower is None:
             self._say(f"kata: ran on worker {worker}\n")
         else:
-            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
-                      f"worker {worker}, whose output follows\n")
+            self._say(_moved(self.worker, worker))
         self.worker = worker
         self.got = bytearray()
         logs = self.runtime._logs
@@ -350,12 +349,19 @@ class _LiveLog:
                 streamed = b""
         elif self.follower is not None:  # moved once more, unseen: say so, as in watch()
             self.stop()
-            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
-                      f"worker {worker}, whose output follows\n")
+            self._say(_moved(self.worker, worker))
         else:
             self._say(f"kata: ran on worker {worker}\n")
         self._emit(stdout[len(streamed):])
         self._flush()
+
+
+def _moved(before: str, now: str) -> str:
+    """The line saying the scheduler started the step again, on ``now`` (after ``before``)."""
+    if before == now:  # a retry on the same worker (its attempt failed there)
+        return f"kata: the scheduler gave the step to worker {now} again, whose output follows\n"
+    return (f"kata: worker {before} lost the step; the scheduler gave it to worker {now}, "
+            "whose output follows\n")
 
 
 def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None:  # noqa: ANN001
