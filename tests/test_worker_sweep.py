@@ -81,3 +81,15 @@ def test_state_dir_is_the_workers_own_containerd_whatever_the_host_config_names(
         stop_daemon(daemon_paths(state))
         subprocess.run(["umount", "-R", "-l", str(state)], capture_output=True)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_state_dir_that_cannot_be_made_is_exit_2_naming_it(tmp_path):
+    from support.cli import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "kata", "worker", "--executor",
+                           "grpc://127.0.0.1:1", "--state-dir", "/proc/kata-no/such"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    assert "--state-dir /proc/kata-no/such: cannot create it" in proc.stderr
+    assert "Traceback" not in proc.stderr

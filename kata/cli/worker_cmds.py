@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from kata.errors import KataError
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(worker)
@@ -69,7 +71,11 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
         # containerd.address (which connect() would take, with this dir's mount roots)
         from kata.runtimes.containerd.daemon import daemon_paths, ensure_daemon
 
-        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        except OSError as err:
+            raise KataError("worker.bad_state_dir", f"--state-dir {state_dir}: cannot create "
+                            f"it: {err.strerror or err}", obj=state_dir, exit_code=2) from None
         address = ensure_daemon(daemon_paths(state_dir))
     runtime = ContainerdRuntime.connect(address=address, state_dir=state_dir)
     stop = threading.Event()
