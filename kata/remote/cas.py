@@ -52,10 +52,11 @@ class RemoteError(Exception):
     """The remote failed (``reason``: remote.unavailable | remote.deadline | remote.refused |
     remote.bad_answer | remote.unsupported) — the caller keeps going on the local store."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, code: str = "") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.code = code  # the gRPC status code's name, when a call failed with one
 
 
 def wrap(err: grpc.RpcError, what: str) -> RemoteError:
@@ -70,7 +71,7 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
         detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
                   "use grpc:// instead of grpcs://; otherwise check its certificate "
                   "against tls.ca)")
-    return RemoteError(reason, f"{what}: {name}: {detail}")
+    return RemoteError(reason, f"{what}: {name}: {detail}", code=name)
 
 
 def busy(err: grpc.RpcError) -> bool:
