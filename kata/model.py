@@ -340,9 +340,15 @@ class Step:
     @property
     def cacheable(self) -> bool:
         """Served from and recorded in the cache: `cache:` not false, and a step that
-        declares secrets only when it says `cache: true` (its output may depend on them)."""
-        return (self.cache.enabled and (not self.secrets or self.cache.explicit)
+        declares secrets, itself or in a service, only when it says `cache: true` (its
+        output may depend on them: a service hands on what it was given)."""
+        return (self.cache.enabled and (not self.declares_secrets or self.cache.explicit)
                 and not self.on_status)
+
+    @property
+    def declares_secrets(self) -> bool:
+        """The step or one of its services declares a secret."""
+        return bool(self.secrets) or any(s.secrets for s in self.services)
 
     @property
     def on_status(self) -> bool:

@@ -100,6 +100,14 @@ def test_pulled_images_run_with_the_registry_stopped(tmp_path, containerd_daemon
     off = fresh("run", KATA_CONFIG=str(config))
     assert off.returncode == 0, off.stdout + off.stderr
     assert marks(off.stdout) == {mark2}
+    # --pull on a store that recorded nothing, the registry away: containerd has the tag, so
+    # the error is the refresh's, with the digest a plain run uses (not "neither in kata's
+    # image store", which `kata image ls` contradicts)
+    fresh_pull = KataProcess(repo, store=tmp_path / "store3", address=containerd_daemon.address)
+    refresh = fresh_pull("run", "--pull")
+    assert refresh.returncode == 2, refresh.stdout + refresh.stderr
+    assert "could not be refreshed (--pull asks the registry)" in refresh.stderr, refresh.stderr
+    assert f"kata has it as {second.digest}, which a run without --pull uses" in refresh.stderr
     runtime.remove_image(first.digest)
     runtime.remove_image(second.digest)
 

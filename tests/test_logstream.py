@@ -167,6 +167,18 @@ def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
     assert lines == [b"kata: ran on worker w1", b"not what ran",
                      b"kata: the live output differs from the worker's record of it; the "
                      b"record follows", b"what ran"]
+    # the scheduler retried the step on the same worker (its first attempt failed there):
+    # nobody "lost" it to anyone
+    lines.clear()
+    fourth, fifth = create(server), create(server)
+    live = _LiveLog(runtime, lambda stream, line: lines.append(line))  # type: ignore[arg-type]
+    live.watch(_op(fourth.name, "w2"))
+    live.watch(_op(fifth.name, "w2"))
+    _write(server, fifth, b"again\n")
+    live.finish("w2", b"again\n")
+    assert lines == [b"kata: ran on worker w2",
+                     b"kata: the scheduler gave the step to worker w2 again, whose output "
+                     b"follows", b"again"]
 
 
 @pytest.mark.parametrize("listen, says", [

@@ -138,5 +138,9 @@ steps:
   - {name: d, image: x, secrets: [TOKEN], cache: {paths: [.cache]}}
   - {name: e, image: x, cache: false}
   - {name: f, image: x}
+  - {name: g, image: x, services: [{name: db, image: y, secrets: [TOKEN]}]}
+  - {name: h, image: x, services: [{name: db, image: y, secrets: [TOKEN]}], cache: true}
+  - {name: i, image: x, services: [{name: db, image: y}]}
 """).steps
-    assert [s.cacheable for s in steps] == [False, True, True, False, False, True]
+    assert [s.cacheable for s in steps] == [False, True, True, False, False, True,
+                                            False, True, True]

@@ -166,6 +166,23 @@ def test_a_fifo_cannot_be_sent(tmp_path: Path) -> None:
     assert err.value.reason == "remote.unsupported_file"
 
 
+def test_a_name_or_link_target_that_is_not_utf8_cannot_be_sent(tmp_path: Path) -> None:
+    """REAPI names and symlink targets are UTF-8 strings; a file name Linux allows but UTF-8
+    cannot encode was a UnicodeEncodeError out of protobuf (a traceback on the client, a
+    crash retried by the scheduler on the worker). Refused by name instead."""
+    raw = os.fsencode(tmp_path) + b"/dir/x\xffy"
+    os.makedirs(os.path.dirname(raw))
+    open(raw, "wb").close()
+    with pytest.raises(KataError) as err:
+        files.pack_dir(tmp_path)
+    assert err.value.reason == "remote.unsupported_name" and "dir/x" in err.value.message
+    os.unlink(raw)
+    os.symlink(b"to\xfe", os.fsencode(tmp_path) + b"/dir/link")
+    with pytest.raises(KataError) as err:
+        files.pack_dir(tmp_path)
+    assert err.value.reason == "remote.unsupported_name" and "dir/link" in err.value.message
+
+
 def test_a_bad_executor_url_is_a_usage_error() -> None:
     from kata.executor.connection import connect
 

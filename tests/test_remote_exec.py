@@ -50,10 +50,12 @@ def grid(tmp_path_factory):
 class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
-    def __init__(self, name: str, url: str, logstream: str) -> None:
+    def __init__(self, name: str, url: str, logstream: str, state: Path | None = None) -> None:
         self.name = name
-        self.state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
-        self.state.mkdir(mode=0o711)
+        if state is None:
+            state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
+            state.mkdir(mode=0o711)
+        self.state = state
         self.log = self.state / "worker.log"
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
@@ -330,6 +332,18 @@ def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, ka
     survivor = next(w for w in workers if w is not victim)
     assert worker_of(kata, "slow") == survivor.name
     assert ": done (ok)" in survivor.text()
+    # the victim left its lease's input root (the step's whole workspace) on disk; a worker
+    # started again on that state dir removes it before it takes work, as it sweeps the
+    # containers (it stayed there for good, one more per killed worker)
+    left = list((victim.state / "worker").glob("lease-*"))
+    assert left, "the SIGKILLed worker left no input root: the check below proves nothing"
+    again = Worker(victim.name, bg.url, bg.logstream, state=victim.state)
+    try:
+        again.wait_ready()
+        assert not any(p.exists() for p in left), left
+    finally:
+        again.proc.send_signal(signal.SIGTERM)
+        again.proc.wait(30)  # the victim's close() stops the daemon and removes the state
 
 
 def test_the_scheduler_restarting_mid_step_loses_nothing(grid, workers, kata):
@@ -451,6 +465,30 @@ def test_an_image_only_the_client_holds_names_the_worker_and_how_to_import_it(
     sockets = [str(w.state / "containerd.sock") for w in workers]
     assert any(f"kata --containerd {s} image import FILE" in run.stdout for s in sockets), \
         run.stdout
+
+
+def test_names_reapi_cannot_carry_run_locally_or_fail_clearly(grid, workers, kata):
+    """A repository file whose name is not UTF-8 (Linux allows it, REAPI names cannot hold
+    it): the step runs locally, saying why (it was a traceback). A step that *makes* such
+    a file on a worker fails naming it, without the scheduler's crash retries."""
+    bg, image = grid
+    raw = os.fsencode(kata.repo / "src") + b"/odd\xffname"
+    with open(raw, "wb") as f:
+        f.write(b"odd\n")
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
+        "pipeline": "names", "settings": {"fail_fast": False}, "steps": [
+        {"name": "reads", "image": image, "inputs": ["src/**"], "commands": ["cat src/odd*"]},
+        {"name": "makes", "image": image, "inputs": [], "artifacts": ["o/"],
+         "commands": ["mkdir -p o", "echo x > \"o/$(printf 'a\\377b')\""]}]},
+        sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert "[PASS] reads" in run.stdout, run.stdout + run.stderr
+    assert "reads | kata: ran locally: the workspace holds src/odd" in run.stdout, run.stdout
+    assert "reads | odd" in run.stdout
+    assert run.returncode == 1 and "[FAIL] makes" in run.stdout, run.stdout
+    fail = next(line for line in run.stdout.splitlines() if line.startswith("[FAIL] makes"))
+    assert "o/a" in fail and "not UTF-8" in fail, fail
+    assert "UnicodeEncodeError" not in run.stdout
 
 
 def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kata, runtime):

@@ -328,6 +328,30 @@ def test_a_trees_archive_size_follows_from_its_entries(tmp_path):
     store.close()
 
 
+@pytest.mark.parametrize("content", [
+    b"\xa7\x00\xff binary", "tökén".encode(), b"two\nlines", b"tab\there", b"ctl\x01char",
+])
+def test_a_token_that_cannot_be_a_header_is_an_error_at_its_key(tmp_path, content):
+    """A bearer token travels as an HTTP/2 header value: bytes that are not UTF-8 raised a
+    traceback, and non-ASCII or control characters made gRPC core log its own error on every
+    call. Refused at ``token_file`` (exit 2) instead, as `kata doctor`, `run` and `worker` read it."""
+    (tmp_path / "tok").write_bytes(content)
+    path, cfg = _config(tmp_path, f"remote:\n  cache: grpc://x:1\n  token_file: {tmp_path / 'tok'}\n")
+    with pytest.raises(KataError) as err:
+        from_host_config(cfg)
+    assert err.value.reason == "remote.bad_token" and err.value.exit_code == 2
+    assert str(err.value.position).endswith(":3:3"), str(err.value.position)
+    assert "printable ASCII" in err.value.message
+
+
+def test_a_token_with_surrounding_blanks_is_taken_stripped(tmp_path):
+    (tmp_path / "tok").write_bytes(b"  eyJ.abc-_~+/=  \n")
+    _, cfg = _config(tmp_path, f"remote:\n  cache: grpc://x:1\n  token_file: {tmp_path / 'tok'}\n")
+    from kata.remote.cas import read_token
+
+    assert read_token(from_host_config(cfg)) == "eyJ.abc-_~+/="
+
+
 def test_the_pending_queue_holds_whole_entries_only(tmp_path):
     """kata.remote.pending: an entry is a renamed-into-place file named by its bytes (the
     same entry twice is one file), oldest first; a file that does not parse is deleted, a

@@ -75,6 +75,37 @@ def test_a_service_log_masks_the_secrets_of_the_run(kata):
     assert token not in logs.stdout + proc.stdout + proc.stderr
 
 
+def test_a_step_whose_service_declares_a_secret_is_cached_only_with_cache_true(kata):
+    """The step reads the service's secret through the service (here: as its reply) and puts
+    it in its artifact; the value is in no key, so a step whose service declares a secret is
+    not served from the cache unless ``cache: true`` says so, as a step that declares one
+    (it was: a rotated secret left the step's old result a hit)."""
+    import yaml
+
+    def pipeline(**extra):
+        db = {"name": "db", "image": IMAGE, "secrets": ["DB_TOKEN"],
+              "commands": ['trap "exit 0" TERM; '
+                           'nc -ll -p 5432 -e cat /run/kata/secrets/DB_TOKEN & wait'],
+              "ready": {"tcp": 5432, "timeout": "20s"}}
+        step = {"name": "it", "image": IMAGE, "inputs": [], "services": [db], "artifacts": ["got"],
+                "commands": ["nc db 5432 </dev/null > got", "rev got"], **extra}
+        (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "svcsecret",
+                                                                 "steps": [step]}))
+
+    pipeline()
+    for value in ("first-s3cret", "rotated-s3cret"):
+        run = kata("run", "--secret", f"DB_TOKEN={value}")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "[RUN] it" in run.stdout and f"it | {value[::-1]}" in run.stdout, run.stdout
+    plan = kata("run", "--dry-run")
+    assert "[PLAN] it: MISS (a service declares secrets (cache: true caches it))" in plan.stdout
+    pipeline(cache=True)
+    first = kata("run", "--secret", "DB_TOKEN=first-s3cret")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = kata("run", "--secret", "DB_TOKEN=first-s3cret")
+    assert "[CACHE] it: HIT" in second.stdout, second.stdout
+
+
 def test_a_service_runs_as_its_user(kata):
     """Issue 14: `user:` on a service (Postgres refuses to run as root)."""
     def db(name, **extra):

@@ -60,7 +60,8 @@ def push(ctx: click.Context, remote_cache: str | None, remote_instance: str | No
         where = config.url + (f" (instance {config.instance})" if config.instance else "")
         line = f"pushed {counts.sent} result(s) to {where}"
         if counts.dropped:
-            line += f"; {counts.dropped} dropped (no longer in the local store)"
+            line += (f"; {counts.dropped} dropped (no longer in the local store, or the remote "
+                     "refuses this host's results)")
         if counts.left:
             line += f"; {counts.left} still pending"
         click.echo(line)

@@ -90,11 +90,14 @@ class LazyRuntime:
 
     def _refresh(self, rt, ref: str) -> str:  # noqa: ANN001
         """``--pull``: the registry's digest for ``ref`` (pulled). KataError
-        ``image.refresh_failed`` when the registry cannot say but kata has the tag recorded."""
+        ``image.refresh_failed`` when the registry cannot say but kata has the tag recorded
+        (in its tag record, or in containerd's names, as a store that recorded nothing yet)."""
         try:
             return rt.pull_image(ref).digest
         except KataError as err:
             known = self.tags.get(ref) if self.tags is not None else None
+            if known is None and err.reason.startswith("image."):
+                known = rt.stored_digest(ref)
             if known is None or not err.reason.startswith("image."):
                 raise
             raise KataError("image.refresh_failed", f"{err.message}; kata has it as {known}, "

@@ -16,6 +16,7 @@ can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -23,6 +24,8 @@ import threading
 from pathlib import Path
 
 import click
+
+from kata.errors import KataError
 
 
 def register(cli: click.Group) -> None:
@@ -52,7 +55,7 @@ def register(cli: click.Group) -> None:
 def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: str | None,
            state_dir: str | None, poll: float, logstream: str | None) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers."""
-    from kata.executor.worker import Worker, default_name
+    from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
     from kata.remote.config import parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -62,15 +65,28 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     obj = ctx.find_root().obj or {}
-    runtime = ContainerdRuntime.connect(address=obj.get("containerd_address"),
-                                        state_dir=state_dir)
+    address = obj.get("containerd_address")
+    if address is None and state_dir is not None:
+        # --state-dir names this worker's own containerd: it wins over the host config's
+        # containerd.address (which connect() would take, with this dir's mount roots)
+        from kata.runtimes.containerd.daemon import daemon_paths, ensure_daemon
+
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        except OSError as err:
+            raise KataError("worker.bad_state_dir", f"--state-dir {state_dir}: cannot create "
+                            f"it: {err.strerror or err}", obj=state_dir, exit_code=2) from None
+        address = ensure_daemon(daemon_paths(state_dir))
+    runtime = ContainerdRuntime.connect(address=address, state_dir=state_dir)
     stop = threading.Event()
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda *_: stop.set())
     name = bot_name or default_name()
     own_root = state_dir is None
+    if own_root:  # what killed workers left in the temp directory goes first
+        sweep_dead_workdirs(Path(tempfile.gettempdir()), WORK_PREFIX)
     work_root = Path(state_dir) / "worker" if state_dir else Path(
-        tempfile.mkdtemp(prefix="kata-worker-"))
+        tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
                f"{runtime.client.address}", err=True)

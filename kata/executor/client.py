@@ -60,6 +60,8 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
               grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 _RETRY_REASONS = ("remote.unavailable", "remote.deadline")
+# a workspace REAPI cannot describe (files.pack_dir): the step runs locally
+_CANNOT_SEND = ("remote.unsupported_name", "remote.unsupported_file")
 # a log stream server that answers these serves no log streams: stop asking in this run
 _NO_STREAMS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
 STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver its end
@@ -123,7 +125,18 @@ class RemoteRuntime:
         if cancel.is_set():
             return CANCEL_EXIT
         workspace = spec.mounts[0].source
-        packed = files.pack_dir(workspace, memo=self._memo)
+        try:
+            packed = files.pack_dir(workspace, memo=self._memo)
+        except KataError as err:
+            if err.reason not in _CANNOT_SEND:
+                raise
+            # what REAPI cannot carry (a name that is not UTF-8, a FIFO) runs here, as a
+            # step with secrets does: the result is the same, only where it ran differs
+            _say(sink, f"kata: ran locally: the workspace holds {err.message}; it cannot "
+                 "go to a remote executor\n")
+            if service_sink is not None:
+                return self.local.run(spec, sink, cancel, service_sink=service_sink)
+            return self.local.run(spec, sink, cancel)
         root = files.join_root(packed, {act.WORKSPACE_DIR: packed.root},
                                {act.SPEC_FILE: act.spec_document(spec)})
         remote = act.build_action(spec, root)
@@ -289,8 +302,7 @@ class _LiveLog:
         if self.follower is None:
             self._say(f"kata: ran on worker {worker}\n")
         else:
-            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
-                      f"worker {worker}, whose output follows\n")
+            self._say(_moved(self.worker, worker))
         self.worker = worker
         self.got = bytearray()
         logs = self.runtime._logs
@@ -337,12 +349,19 @@ class _LiveLog:
                 streamed = b""
         elif self.follower is not None:  # moved once more, unseen: say so, as in watch()
             self.stop()
-            self._say(f"kata: worker {self.worker} lost the step; the scheduler gave it to "
-                      f"worker {worker}, whose output follows\n")
+            self._say(_moved(self.worker, worker))
         else:
             self._say(f"kata: ran on worker {worker}\n")
         self._emit(stdout[len(streamed):])
         self._flush()
+
+
+def _moved(before: str, now: str) -> str:
+    """The line saying the scheduler started the step again, on ``now`` (after ``before``)."""
+    if before == now:  # a retry on the same worker (its attempt failed there)
+        return f"kata: the scheduler gave the step to worker {now} again, whose output follows\n"
+    return (f"kata: worker {before} lost the step; the scheduler gave it to worker {now}, "
+            "whose output follows\n")
 
 
 def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None:  # noqa: ANN001

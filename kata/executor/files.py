@@ -15,7 +15,8 @@ and every directory below it).
   from the tree it was packed as (the client, after the action ran).
 
 Regular files, directories and symlinks travel; any other file type (a FIFO, a socket, a
-device) raises ``KataError("remote.unsupported_file")`` naming it.
+device) raises ``KataError("remote.unsupported_file")`` naming it, and a name or link target
+that is not UTF-8 (REAPI strings are) ``KataError("remote.unsupported_name")``.
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> 
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
         child = f"{rel}/{entry.name}" if rel else entry.name
+        _utf8(entry.name, child, "name")
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(entry.path)
+            target = _utf8(os.readlink(entry.path), child, "link target")
             directory.symlinks.add(name=entry.name, target=target)
             out.entries[child] = ("->" + target, False)
         elif stat.S_ISDIR(st.st_mode):
@@ -152,6 +154,18 @@ def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> 
     digest = digest_of(data)
     out.directories[key(digest)] = data
     return digest
+
+
+def _utf8(text: str, child: str, what: str) -> str:
+    """``text`` (a name or link target, surrogate-escaped as ``os`` gives it) when UTF-8 can
+    encode it, as a REAPI string must be; else KataError ``remote.unsupported_name``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(child).decode("utf-8", "backslashreplace")
+        raise KataError("remote.unsupported_name", f"{shown}: its {what} is not UTF-8, which "
+                        "REAPI names and link targets must be", obj=shown, exit_code=1) from None
+    return text
 
 
 def join_root(packed: Packed, dirs: dict[str, re_pb2.Digest],

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
 from kata.runtimes.base import Runtime
+from procs import pid_alive
 
 from . import action as act
 from . import files
@@ -62,6 +64,8 @@ from .connection import connect
 from .logstream import LogBuffer, write_stream
 
 LOG = logging.getLogger("kata.worker")
+LEASE_PREFIX = "lease-"  # a lease's input root: lease-<worker pid>-<random>
+WORK_PREFIX = "kata-worker-"  # a worker's work root without --state-dir, in the temp dir
 
 # google.rpc.Code values (google/rpc/code.proto)
 OK, CANCELLED, INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL, UNAVAILABLE = 0, 1, 3, 9, 13, 14
@@ -117,6 +121,7 @@ class Worker:
     # -- the session loop ----------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
         self.work_root.mkdir(parents=True, exist_ok=True)
+        sweep_dead_workdirs(self.work_root, LEASE_PREFIX)  # a killed worker's input roots
         session: bots_pb2.BotSession | None = None
         delay = 0.2
         try:
@@ -277,7 +282,8 @@ class Worker:
         started.GetCurrentTime()
         work = None  # the lease's input root: removed after the result is reported
         try:
-            work = Path(tempfile.mkdtemp(prefix="lease-", dir=self.work_root))
+            work = Path(tempfile.mkdtemp(prefix=f"{LEASE_PREFIX}{os.getpid()}-",
+                                         dir=self.work_root))
             result = self._execute(job, started, work)
             status = status_pb2.Status(code=OK)
         except KataError as err:
@@ -398,6 +404,29 @@ class Worker:
         meta.execution_start_timestamp.CopyFrom(started)
         meta.execution_completed_timestamp.CopyFrom(done)
         return result
+
+
+def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
+    """Remove the directories ``<prefix><pid>-*`` under ``parent`` whose process is gone:
+    what a killed worker left (a lease's input root holds the step's whole workspace; a
+    worker's own work root, without ``--state-dir``). Only this user's real directories are
+    touched (``parent`` may be the shared temp directory), and a live pid's never: two
+    workers on one state dir leave each other alone."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            LOG.info("removing %s, left by a worker that is gone", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def default_name() -> str:

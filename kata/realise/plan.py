@@ -110,6 +110,8 @@ def miss_reason(step: "Step", use_cache: bool) -> str:
     if step.on_status:
         return "when: failure()/always() (never cached; runs once the steps before it ended)"
     if not step.cacheable:
+        if not step.secrets:
+            return "a service declares secrets (cache: true caches it)"
         return "declares secrets (cache: true caches it)"
     return ""
 

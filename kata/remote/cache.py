@@ -15,7 +15,9 @@
 A remote that fails (down, slow past ``timeout``, refusing, answering nonsense) is left for
 the rest of the run after ONE warning line through ``warn``; lookups then miss, so a run
 never fails because of it. ``fetch`` is the one call that raises (RemoteError), because
-its caller must then build the step locally instead.
+its caller must then build the step locally instead. A remote that refuses only this host's
+writes (PERMISSION_DENIED, UNIMPLEMENTED: a read-only client) stays in use for reading:
+one warning, and writes (uploads, aliases, the bundle, the pending queue) stop for the run.
 
 With a ``state_dir`` (the store's), an upload is queued durably before it is tried
 (``kata.remote.pending``) and forgotten once the remote holds it: what a run could not send
@@ -56,6 +58,7 @@ _IN_FLIGHT = 16  # GetActionResult calls outstanding at once during a prefetch (
 #                 refuses calls past its thread pool, 5 per CPU by default: those are
 #                 retried with backoff; 16 measured ~10% faster than 8 on 2 CPUs)
 _PER_KEY = 0.005  # seconds a prefetch may take per key, past the remote's timeout
+_WRITE_REFUSED = ("PERMISSION_DENIED", "UNIMPLEMENTED")  # a write this host may not make
 _log = logging.getLogger(__name__)
 
 
@@ -90,6 +93,7 @@ class RemoteCache:
         self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self._down = ""
+        self._no_writes = ""  # why the remote refuses this host's results ("": it takes them)
         self._ready = False
         self._queue = PendingUploads(Path(state_dir) / PENDING_DIR) if state_dir else None
         self._memo = Backoff(Path(state_dir) / BACKOFF_FILE,
@@ -135,7 +139,8 @@ class RemoteCache:
         """File the bundle of the first prefetch's keys (``kata.remote.bundle``): only by a
         run that uploaded something, only when it covers more keys than the one read.
         Never raises (a failure is the one warning)."""
-        if not self.enabled or not self._uploaded or not self._bundle_keys or not self._bundles:
+        if not self.enabled or not self._uploaded or not self._bundle_keys or not self._bundles \
+                or self._no_writes:
             return
         held = {k: r for k in self._bundle_keys
                 if (r := self._held.get(k) or self._known.get(k)) is not None}
@@ -155,7 +160,8 @@ class RemoteCache:
             self._ac.update("", result, action=ka)
             self.stats["bundled"] = len(held)
         except RemoteError as err:
-            self._fail(err)
+            if not self._writes_refused(err):
+                self._fail(err)
 
     def flush(self) -> None:
         """Wait until every upload asked for so far is done (or dropped)."""
@@ -177,6 +183,20 @@ class RemoteCache:
                 first = down.describe()
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
                    "with the local store only")
+
+    def _writes_refused(self, err: RemoteError) -> bool:
+        """Whether ``err``, from a write, says the remote takes no results from this host
+        (a read-only client: PERMISSION_DENIED, or UNIMPLEMENTED as BuildGrid answers with
+        ``allow-updates: false``). Then writes stop for the run (one warning) and lookups
+        go on; False for any other failure (the caller leaves the remote)."""
+        if err.code not in _WRITE_REFUSED:
+            return False
+        with self._lock:
+            first, self._no_writes = not self._no_writes, self._no_writes or err.message
+        if first:
+            self._warn(f"remote cache {self.config.url} refuses this host's results "
+                       f"({err.message.splitlines()[0]}); they stay local; lookups go on")
+        return True
 
     def _connect(self) -> None:
         """GetCapabilities once per run, within ``connect_timeout``; at once RemoteError
@@ -371,7 +391,7 @@ class RemoteCache:
         """Queue the upload of ``real`` under ``keys`` (see ``upload_now``); returns at once.
         With a state directory the upload is first written to the pending queue, so it is
         sent later if not now."""
-        if not keys:
+        if not keys or self._no_writes:  # a read-only client queues nothing: it never goes
             return
         entry = self._queue_add(keys)
         if not self.enabled:
@@ -404,13 +424,16 @@ class RemoteCache:
         name (a name that is not UTF-8) stays local."""
         if not self.enabled or not keys:
             return
+        if self._no_writes:
+            self._queue_done(entry)
+            return
         try:
             self._connect()
             self._send(store, keys, real)
         except RemoteError as err:
-            if err.reason == "remote.unsupported":
+            if err.reason == "remote.unsupported" or self._writes_refused(err):
                 self._queue_done(entry)
-                return  # this result cannot be named in REAPI: it stays local
+                return  # cannot be named in REAPI, or not taken from this host: stays local
             self._fail(err)
             return
         except StoreError:
@@ -468,6 +491,8 @@ class RemoteCache:
         resolved hash, remembered under the derivation hash, for the next machine).
         ``resolved``: the key ``rec`` was found under; when given and the remote fails,
         the alias is queued for a later run."""
+        if self._no_writes:
+            return
         if not self.enabled:
             if resolved:
                 self._queue_add((key,), alias_of=resolved)
@@ -475,6 +500,8 @@ class RemoteCache:
         try:
             self._alias_now(key, rec)
         except RemoteError as err:
+            if self._writes_refused(err):
+                return
             if resolved:
                 self._queue_add((key,), alias_of=resolved)
             self._fail(err)
@@ -534,6 +561,10 @@ class RemoteCache:
                     self._connect()
                     ok = self._send_entry(store, entry)
                 except RemoteError as err:
+                    if self._writes_refused(err):  # none of them will ever go from here
+                        for rest in entries[n:]:
+                            self._queue_done(rest.name)
+                        return PushCounts(sent=sent, dropped=dropped + len(entries) - n)
                     if err.reason != "remote.unsupported":
                         self._fail(err)
                         return PushCounts(sent=sent, dropped=dropped, left=len(entries) - n)

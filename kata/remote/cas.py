@@ -52,10 +52,11 @@ class RemoteError(Exception):
     """The remote failed (``reason``: remote.unavailable | remote.deadline | remote.refused |
     remote.bad_answer | remote.unsupported) — the caller keeps going on the local store."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, code: str = "") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.code = code  # the gRPC status code's name, when a call failed with one
 
 
 def wrap(err: grpc.RpcError, what: str) -> RemoteError:
@@ -70,7 +71,7 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
         detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
                   "use grpc:// instead of grpcs://; otherwise check its certificate "
                   "against tls.ca)")
-    return RemoteError(reason, f"{what}: {name}: {detail}")
+    return RemoteError(reason, f"{what}: {name}: {detail}", code=name)
 
 
 def busy(err: grpc.RpcError) -> bool:
@@ -124,10 +125,11 @@ def read_token(config: RemoteConfig) -> str:
     if config.token_file is None:
         return ""
     try:
-        token = config.token_file.read_text().strip()
-    except OSError as err:
+        token = config.token_file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as err:
         raise KataError("remote.token_unreadable", f"remote token file {config.token_file}: "
-                        f"{err.strerror or err}", obj=str(config.token_file)) from None
+                        f"{getattr(err, 'strerror', None) or err}",
+                        obj=str(config.token_file)) from None
     if not token:
         raise KataError("remote.token_unreadable", f"remote token file {config.token_file} "
                         "is empty", obj=str(config.token_file))

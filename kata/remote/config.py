@@ -35,6 +35,7 @@ from kata.errors import KataError
 if TYPE_CHECKING:
     from kata.hostconfig import HostConfig
 
+_HEADER_SAFE = re.compile(rb"[\x21-\x7e]+")  # one token: visible ASCII
 KEYS = frozenset({"backoff", "cache", "connect_timeout", "executor", "instance", "logstream",
                   "tls", "token_file", "timeout"})
 TLS_KEYS = frozenset({"ca", "cert", "key"})
@@ -162,6 +163,12 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
         if token and not data.strip():
             raise config.error(reason, f"{where}: {value} is empty (write the bearer token "
                                "in it)", "remote", *at)
+        if token and not _HEADER_SAFE.fullmatch(data.strip()):
+            # it travels as an HTTP/2 header value: anything else is a UnicodeDecodeError
+            # or gRPC core's own log line on every call, never a clear refusal
+            raise config.error("remote.bad_token", f"{where}: the token in {value} must be "
+                               "one line of printable ASCII without blanks (a bearer token, "
+                               "e.g. a JWT)", "remote", *at)
         if not token and b"-----BEGIN " not in data:
             raise config.error(reason, f"{where}: {value} holds no PEM block (-----BEGIN "
                                "...-----): give a PEM certificate or key", "remote", *at)

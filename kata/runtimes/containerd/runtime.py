@@ -184,6 +184,12 @@ class ContainerdRuntime:
         digest, _body, _mt = self.registry.fetch_manifest(parsed)
         return digest
 
+    def stored_digest(self, ref: str) -> str | None:
+        """The digest kata's image store (containerd's names) holds for tag ``ref``, or None;
+        asks no registry."""
+        local = self.images.get_image(parse_reference(ref).stored_name)
+        return None if local is None else local.digest
+
     def check_pinned(self, ref: str) -> str:
         """That a digest-pinned ``ref`` (``name@sha256:…``) can run: stored in kata's image
         store, else its manifest fetchable by that digest (nothing is pulled). Returns the
