@@ -84,10 +84,14 @@ def test_import_rejects_garbage(clean_runtime, tmp_path):
     import tarfile
 
     bad = tmp_path / "bad.tar"
-    bad.write_bytes(b"not a tar")
-    with pytest.raises(KataError) as err:
-        clean_runtime.import_image(bad)
-    assert err.value.reason == "image.bad_archive"
+    for content, what in ((b"not a tar", "not a tar archive"), (b"", "an empty file")):
+        bad.write_bytes(content)
+        with pytest.raises(KataError) as err:
+            clean_runtime.import_image(bad)
+        # the user's file: exit 2, one line (tarfile's message lists each decompressor tried)
+        assert (err.value.reason, err.value.exit_code) == ("image.bad_archive", 2)
+        assert what in err.value.message and "\n" not in err.value.message
+        assert "docker save" in err.value.message
     with tarfile.open(bad, "w") as tar:
         data = b'[{"Config": "missing.json", "Layers": []}]'
         info = tarfile.TarInfo("manifest.json")
@@ -95,7 +99,7 @@ def test_import_rejects_garbage(clean_runtime, tmp_path):
         tar.addfile(info, io.BytesIO(data))
     with pytest.raises(KataError) as err:
         clean_runtime.import_image(bad)
-    assert err.value.reason == "image.bad_archive"
+    assert (err.value.reason, err.value.exit_code) == ("image.bad_archive", 2)
 
 
 def test_import_then_pull_from_docker_registry_gives_the_same_digest(connect, tmp_path):

@@ -490,15 +490,23 @@ class ImageStore:
         path = Path(path)
         try:
             tar = tarfile.open(path, "r:*")
-        except (OSError, tarfile.TarError) as err:
-            raise KataError("image.bad_archive", f"cannot read image archive {path}: {err}",
-                            obj=str(path), exit_code=1) from None
+        except OSError as err:
+            raise KataError("image.bad_archive", f"cannot read image archive {path}: "
+                            f"{err.strerror or err}", obj=str(path), exit_code=2) from None
+        except tarfile.TarError:  # its message lists every decompressor tried, one a line
+            what = "an empty file" if path.stat().st_size == 0 else \
+                "not a tar archive (plain, gzip, bzip2 or xz)"
+            raise KataError("image.bad_archive", f"cannot read image archive {path}: {what}; "
+                            f"give a tar written by `docker save`, or an OCI image layout "
+                            f"(`skopeo copy … oci-archive:FILE`)", obj=str(path),
+                            exit_code=2) from None
         with tar:
             try:
                 members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
             except (OSError, tarfile.TarError) as err:
-                raise KataError("image.bad_archive", f"cannot read image archive {path}: {err}",
-                                obj=str(path), exit_code=1) from None
+                raise KataError("image.bad_archive", f"cannot read image archive {path}: "
+                                f"{' '.join(str(err).split())}", obj=str(path),
+                                exit_code=2) from None
             # a failed import leaves nothing: the lease's content goes with it
             with self.client.lease("import", sync_delete=True) as lease:
                 try:
@@ -508,14 +516,14 @@ class ImageStore:
                         stored = self._import_docker(tar, members, lease, name)
                     else:
                         raise KataError("image.bad_archive", f"{path} is neither an OCI layout "
-                                        "nor a docker-save archive", obj=str(path), exit_code=1)
+                                        "nor a docker-save archive", obj=str(path), exit_code=2)
                 except (KeyError, TypeError, ValueError, AttributeError, tarfile.TarError) as err:
                     raise KataError("image.bad_archive", f"{path}: malformed image archive "
                                     f"({type(err).__name__}: {err})", obj=str(path),
-                                    exit_code=1) from None
+                                    exit_code=2) from None
         if not stored:
             raise KataError("image.bad_archive", f"{path} names no image", obj=str(path),
-                            exit_code=1)
+                            exit_code=2)
         return [ImageRecord(name=n, digest=d.digest, media_type=d.media_type,
                             size=self._size(d.digest)) for n, d in stored]
 
@@ -532,7 +540,7 @@ class ImageStore:
             key = "blobs/" + digest.replace(":", "/")
             if key not in members:
                 raise KataError("image.bad_archive", f"the archive lacks blob {digest}",
-                                obj=digest, exit_code=1)
+                                obj=digest, exit_code=2)
             return members[key]
 
         def blob(desc: Descriptor) -> Iterator[bytes]:
