@@ -124,3 +124,25 @@ def test_a_service_runs_as_its_user(kata):
     assert mine.stdout.splitlines()[1:] == ["uid=1000 gid=1001"], mine.stdout
     root = kata("logs", "--step", "as-root", "--service", "db")
     assert root.stdout.splitlines()[1:] == ["uid=0 gid=0"], root.stdout
+
+
+def test_a_non_root_step_and_service_can_use_their_workspace_and_secrets(kata):
+    """A step or service with `user:` writes its workspace and reads its own secrets: both
+    were root's 0755 / 0700, so `touch` and the secrets prelude failed for anyone else."""
+    db = {"name": "db", "image": IMAGE, "user": "1000:1001", "secrets": ["DB_TOKEN"],
+          "ready": {"tcp": 5432, "timeout": "20s"},
+          "commands": ['test "$DB_TOKEN" = s3cret-v && echo db-read-it', SERVE]}
+    write_pipeline(kata.repo, [
+        FakeStep("as-user", user="1000:1001", secrets=("STEP_TOKEN",), artifacts=("out",),
+                 commands=("mkdir out", "id -u > out/uid", "touch made",
+                           'test "$STEP_TOKEN" = s3cret-s && echo step-read-it',
+                           "nc db 5432 </dev/null"), inputs=("x",), services=(db,)),
+        FakeStep("after", depends_on=("as-user",), commands=("cat out/uid",)),
+    ], name="svc")
+    (kata.repo / "x").write_text("x")
+    run = kata("run", "--secret", "STEP_TOKEN=s3cret-s", "--secret", "DB_TOKEN=s3cret-v")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "as-user | step-read-it" in run.stdout.splitlines()
+    assert "after | 1000" in run.stdout.splitlines()
+    svc = kata("logs", "--step", "as-user", "--service", "db")
+    assert "db-read-it" in svc.stdout.splitlines(), svc.stdout

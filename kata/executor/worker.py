@@ -55,7 +55,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import bots_pb2, bot
 from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
-from kata.runtimes.base import Runtime
+from kata.runtimes.base import Runtime, user_ids
 from procs import pid_alive
 
 from . import action as act
@@ -351,6 +351,8 @@ class Worker:
         spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
         spec = act.read_spec(command, spec_bytes, str(workspace),
                              {"kata.worker": self.name, "kata.lease": job.lease.id})
+        if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
+            os.chown(workspace, *owner)
         log_lock = threading.Lock()
         service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
 

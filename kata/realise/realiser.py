@@ -50,7 +50,7 @@ from kata.realise.workspace import (
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import (
-    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec,
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec, user_ids,
 )
 from kata.secrets import Masker, maskable
 from store import Realisation, Store, StoreError
@@ -651,6 +651,8 @@ class Realiser:
             ws = self._workspace(self._run_dir, self._healed_layers(name, node))
             with contextlib.ExitStack() as release:
                 release.callback(self._closer.close, ws)
+                if (owner := user_ids(step.user)) is not None:  # its root is theirs
+                    os.chown(ws.path, *owner)
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)
@@ -755,11 +757,12 @@ class Realiser:
         values = specs.secret_values(node, self._secrets)
         with contextlib.ExitStack() as stack:
             dirs: dict[str, Path] = {}  # "" = the step's; else a service's own
-            for owner, names in (("", step.secrets),
-                                 *((s.name, s.secrets) for s in step.services)):
+            for owner, names, user in (("", step.secrets, step.user),
+                                       *((s.name, s.secrets, s.user) for s in step.services)):
                 chosen = {n: values[n] for n in names}
                 if chosen:
-                    dirs[owner] = stack.enter_context(SecretsDir(self._run_dir, chosen)).path
+                    dirs[owner] = stack.enter_context(SecretsDir(
+                        self._run_dir, chosen, user_ids(user))).path
             services = tuple(specs.service_spec(node, s, dirs.get(s.name))
                              for s in step.services)
             spec = specs.step_spec(node, workdir=workdir, secrets_dir=dirs.get(""),

@@ -341,7 +341,10 @@ class SecretsDir:
     the spec: the step's shell exports them from these files (``SECRETS_PRELUDE``).
     """
 
-    def __init__(self, parent: Path, values: dict[str, str]) -> None:
+    def __init__(self, parent: Path, values: dict[str, str],
+                 owner: tuple[int, int] | None = None) -> None:
+        """``owner``: the (uid, gid) the step or service runs as when not root; the
+        tmpfs and its files are theirs (modes 0700/0400 stay), else unreadable to it."""
         self.path = parent / f"secrets-{uuid.uuid4().hex[:12]}"
         self.path.mkdir(mode=0o700)
         self._mounted = False
@@ -351,7 +354,11 @@ class SecretsDir:
             for name, value in values.items():
                 fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
                 with os.fdopen(fd, "w") as f:
+                    if owner is not None:
+                        os.fchown(f.fileno(), *owner)
                     f.write(value)
+            if owner is not None:
+                os.chown(self.path, *owner)
         except BaseException:
             self.close()
             raise

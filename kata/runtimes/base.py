@@ -162,3 +162,18 @@ class Runtime(Protocol):
         resource it created is released before it returns or raises.
         """
         ...
+
+
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """The (uid, gid) a ``user:`` value (``uid[:gid]``, gid defaulting to uid) runs as,
+    None for root or no user: the files kata prepares for a step or service (its
+    workspace's root, its secrets) are made theirs, or a non-root user could not write
+    its workspace nor read its secrets. A value that is not numeric is None here: the
+    runtime refuses it (``runtime.bad_user``)."""
+    uid_s, _, gid_s = (user or "").partition(":")
+    try:
+        uid = int(uid_s)
+        gid = int(gid_s) if gid_s else uid
+    except ValueError:
+        return None
+    return None if uid < 0 or gid < 0 or (uid, gid) == (0, 0) else (uid, gid)
