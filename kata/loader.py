@@ -259,6 +259,17 @@ class _Walker:
             raise self.fail("config.value", node, f"{what} must not be empty")
         return s
 
+    def user(self, node: Node, what: str) -> str:
+        """``user:`` of a step or service: ``uid`` or ``uid:gid``, numeric (the runtime
+        sets ids and reads no /etc/passwd; a name failed only when the step started)."""
+        s = self.nonempty(node, what)
+        if not re.fullmatch(r"[0-9]{1,10}(:[0-9]{1,10})?", s) or \
+                any(int(part) > 0xFFFFFFFE for part in s.split(":")):
+            raise self.fail("config.value", node, f"{what} must be numeric, `uid` or "
+                            f"`uid:gid` (e.g. \"1000\" or \"1000:1000\"), got {s!r}: a name "
+                            "is not looked up in the image")
+        return s
+
     def boolean(self, node: Node, what: str) -> bool:
         if isinstance(node, ScalarNode) and node.tag == _BOOL:
             return yaml.constructor.SafeConstructor.bool_values[node.value.lower()]
@@ -507,7 +518,7 @@ class _Walker:
                     raise self.fail("config.value", v, f"{label} must be one of "
                                     f"{', '.join(NETWORK_MODES)}, got {mode!r}")
             elif key == "user":
-                kw[key] = self.nonempty(v, label)
+                kw[key] = self.user(v, label)
             elif key == "description":
                 kw[key] = self.string(v, label)
             elif key == "resources":
@@ -721,7 +732,7 @@ class _Walker:
                 resources=(self.resources(f["resources"][1], f"{label}: resources")
                            if "resources" in f else Resources()).over(self.default_resources),
                 secrets=secrets,
-                user=self.nonempty(f["user"][1], f"{label}: user") if "user" in f else None))
+                user=self.user(f["user"][1], f"{label}: user") if "user" in f else None))
         return tuple(out)
 
     def ready(self, node: Node, what: str) -> Ready:

@@ -31,6 +31,7 @@ SHIPPED = Path(__file__).resolve().parent / "data" / "kata-ci.schema.json"
 # YAML scalars the loader takes as text: strings, and numbers it reads back as written
 _TEXT: dict[str, Any] = {"type": ["string", "number"]}
 _NONEMPTY = {"type": ["string", "number"], "pattern": r"\S"}
+_USER = {"type": ["string", "number"], "pattern": r"^[0-9]{1,10}(:[0-9]{1,10})?$"}
 _NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # grammar/labels.lark NAME (kata.labels.is_step_name)
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # kata.model.is_env_name
 # kata.model.Duration: units largest first, each at most once, or whole seconds
@@ -145,7 +146,7 @@ def _service() -> dict[str, Any]:
         "ready": _ready(),
         "secrets": _secret_names("Secrets the service receives (by name)."),
         "resources": _resources("the service's container"),
-        "user": {**_NONEMPTY, "description": "User the service runs as (uid[:gid]). "
+        "user": {**_USER, "description": "User the service runs as (numeric uid[:gid]). "
                                              "Default: the image's when numeric, else root."},
     }, "service", required=("name", "image"), description="A sidecar container.")
     obj["not"] = {"required": ["commands", "entrypoint"]}
@@ -198,8 +199,9 @@ def _step() -> dict[str, Any]:
                     "default": "/workspace",
                     "description": "Absolute, clean working directory in the container (no "
                                    "'//', '.', '..' or trailing '/')."},
-        "user": {**_NONEMPTY, "description": "User (name or uid[:gid]). Default: the "
-                                             "image's."},
+        "user": {**_USER, "description": "User the commands run as (numeric uid[:gid]; "
+                                         "the workspace's root and the step's secrets are "
+                                         "theirs). Default: root (0:0)."},
         "network": {"enum": list(NETWORK_MODES), "default": "default",
                     "description": "default (its own network with egress), none "
                                    "(loopback only) or host."},

@@ -104,6 +104,19 @@ def test_bad_durations(bad) -> None:
     assert where(e) == ("config.duration", 2, 12)
 
 
+@pytest.mark.parametrize("bad", ["nobody", "1000:x", "-1", "1000:", ":1000", "1:2:3", "99999999999"])
+def test_a_user_is_numeric_uid_or_uid_gid(bad) -> None:
+    # a name failed only when the step started (runtime.bad_user); now where it is written
+    e = err(f"steps:\n  - name: a\n    image: x\n    user: '{bad}'\n")
+    assert where(e) == ("config.value", 4, 11)
+    e = err(f"steps:\n  - name: a\n    image: x\n    services:\n"
+            f"      - {{name: db, image: y, user: '{bad}'}}\n")
+    assert where(e)[0] == "config.value" and "numeric" in e.message
+    for good in ("1000", "1000:1001", "0"):
+        assert load_text(f"steps:\n  - name: a\n    image: x\n    user: '{good}'\n",
+                         "p").steps[0].user == good
+
+
 CASES = {
     "yaml_syntax": ("steps: [\n  - name: a\n", "config.yaml_syntax", 2, 3),
     "yaml_tab": ("steps:\n\t- name: a\n", "config.yaml_syntax", 2, 1),
