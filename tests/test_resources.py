@@ -209,16 +209,14 @@ def _cgroup_values(cid: str) -> dict[str, str]:
 def test_a_container_gets_its_cgroup_limits(each_oci_runtime, busybox_digest):
     import secrets
 
-    from kata.runtimes.containerd.client import containers_pb2
+    from support.steps import running_steps
 
     label = secrets.token_hex(6)
-    c = each_oci_runtime.client
     seen: dict[str, str] = {}
 
-    def on_line(line: bytes) -> None:
-        found = c.call(c.containers.List, containers_pb2.ListContainersRequest(
-            filters=[f'labels."kata.test"=={label}']), "list").containers
-        seen.update(_cgroup_values(found[0].id))
+    def on_line(line: bytes) -> None:  # a containerd task's or a direct step's cgroup
+        found = running_steps(each_oci_runtime, ("kata.test", label))
+        seen.update(_cgroup_values(found[0][0]))
 
     out = Lines()
     out.on_line = on_line
