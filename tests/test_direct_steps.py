@@ -23,7 +23,6 @@ from support.fixtures import assert_clean
 from support.procs import kill_once_started
 from support.steps import running_steps
 
-pytestmark = pytest.mark.integration
 MIB = 1 << 20
 
 
@@ -53,10 +52,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.integration
 def test_direct_is_the_default_here(runtime):
     assert runtime.direct_unusable == ""  # crun, cgroup v1 (.ci/install-kata)
 
 
+@pytest.mark.integration
 def test_out_of_memory_and_the_pids_limit_are_read_from_kata_s_cgroup(clean_runtime,
                                                                       busybox_digest):
     rt = clean_runtime
@@ -82,6 +83,7 @@ def test_out_of_memory_and_the_pids_limit_are_read_from_kata_s_cgroup(clean_runt
                          b"threads): forks failed")
 
 
+@pytest.mark.integration
 def test_a_sigkilled_kata_mid_step_is_swept_by_the_next_connect(
         containerd_daemon, busybox_digest, runtime, tmp_path):
     marker = tmp_path / "started"
@@ -116,6 +118,7 @@ def test_a_sigkilled_kata_mid_step_is_swept_by_the_next_connect(
     assert not any(_alive(pid) for pid in pids)
 
 
+@pytest.mark.integration
 def test_a_second_ctrl_c_kills_at_once(containerd_daemon, busybox_digest, runtime):
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -135,6 +138,7 @@ def test_a_second_ctrl_c_kills_at_once(containerd_daemon, busybox_digest, runtim
         assert_clean(rt)
 
 
+@pytest.mark.integration
 def test_a_step_with_services_still_runs_as_containerd_tasks(clean_runtime, busybox_digest):
     rt = clean_runtime
     seen: list[list[str]] = []
@@ -154,6 +158,7 @@ def test_a_step_with_services_still_runs_as_containerd_tasks(clean_runtime, busy
     assert tasks == ["1000", "echo step; sleep 0.2"] and direct == []
 
 
+@pytest.mark.integration
 def test_the_step_runner_is_a_checked_host_config_key(tmp_path, containerd_daemon):
     from kata.runtimes.containerd import ContainerdRuntime
     from kata.runtimes.containerd.config import load_runtime_config
@@ -175,6 +180,7 @@ def test_the_step_runner_is_a_checked_host_config_key(tmp_path, containerd_daemo
     assert RuntimeConfig().step_runner == "direct"
 
 
+@pytest.mark.integration
 def test_crun_s_own_errors_are_not_the_step_s(clean_runtime, busybox_digest):
     # a workdir that is a file: crun cannot chdir there, which is not an exec failure;
     # and a missing command is the step's start failure, as on a task
@@ -187,6 +193,7 @@ def test_crun_s_own_errors_are_not_the_step_s(clean_runtime, busybox_digest):
     assert "executable file `no-such-command` not found" in str(err.value)
 
 
+@pytest.mark.integration
 def test_sigterm_reaches_every_process_of_the_step(clean_runtime, busybox_digest, tmp_path):
     cancel = threading.Event()
     script = ("trap 'echo child-term; wait; exit 0' TERM; (trap 'echo grandchild-term; exit 0' TERM;"
@@ -195,3 +202,19 @@ def test_sigterm_reaches_every_process_of_the_step(clean_runtime, busybox_digest
                          cancel, on_line=lambda line: cancel.set() if line == b"ready" else None)
     assert status == CANCEL_EXIT
     assert b"grandchild-term" in lines and b"child-term" in lines
+
+
+@pytest.mark.parametrize("mount, expected", [
+    ({"type": "bind", "source": "/s/1/fs", "options": ["ro", "rbind"]}, (("/s/1/fs",), ())),
+    ({"type": "overlay", "source": "overlay",
+      "options": ["index=off", "lowerdir=/s/2/fs:/s/1/fs", "ro"]},
+     (("/s/2/fs", "/s/1/fs"), ("index=off",))),
+])
+def test_an_image_view_s_lower_dirs(mount, expected):
+    from types import SimpleNamespace
+
+    from kata.runtimes.containerd.direct import _lower_dirs
+
+    assert _lower_dirs([SimpleNamespace(**mount)]) == expected
+    with pytest.raises(KataError):
+        _lower_dirs([SimpleNamespace(type="tmpfs", source="x", options=[])])

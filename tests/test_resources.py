@@ -225,7 +225,9 @@ def test_a_container_gets_its_cgroup_limits(each_oci_runtime, busybox_digest):
         labels={"kata.test": label},
         resources=Resources(memory=96 * MIB, cpus=0.5, pids=50)), out, threading.Event())
     assert status == 0
-    assert seen == {"memory": str(96 * MIB), "cpu": "50000 100000", "pids": "50"}
+    # a direct step's cgroup also holds the crun that waits for it: one process more
+    pids = "51" if each_oci_runtime.direct_unusable == "" else "50"
+    assert seen == {"memory": str(96 * MIB), "cpu": "50000 100000", "pids": pids}
 
 
 @pytest.mark.integration

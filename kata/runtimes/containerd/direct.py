@@ -170,8 +170,8 @@ def make_cgroup(cid: str, resources: dict[str, Any]) -> list[Path]:
         if cpu.get("quota"):
             _write(cpu_dir / "cpu.cfs_quota_us", cpu["quota"])
         pids = (resources.get("pids") or {}).get("limit")
-        if pids and pids > 0:
-            _write(pids_dir / "pids.max", pids)
+        if pids and pids > 0:  # + crun, which waits in the cgroup (not in the step's
+            _write(pids_dir / "pids.max", pids + 1)  # pid namespace; a shim is outside)
         for rule in resources.get("devices") or ():
             kind, access = rule.get("type", "a"), rule.get("access", "rwm")
             major, minor = rule.get("major", "*"), rule.get("minor", "*")
