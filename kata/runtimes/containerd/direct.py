@@ -209,6 +209,16 @@ class DirectSteps:
     crun.log), ``<root>/crun`` is crun's state (``--root``). Thread-safe.
     """
 
+    _all_views: set[str] = set()  # view keys held by every live DirectSteps of this process
+    _all_lock = threading.Lock()
+
+    @classmethod
+    def held_views(cls) -> frozenset[str]:
+        """The image views live runtimes of this process keep for their next steps (not
+        leftovers: each is removed when its runtime drains or closes)."""
+        with cls._all_lock:
+            return frozenset(cls._all_views)
+
     def __init__(self, client: Client, oci: OciRuntime, root: Path) -> None:
         self.client = client
         self.oci = oci
@@ -246,6 +256,8 @@ class DirectSteps:
             lower, extra = _lower_dirs(mounts)
             with self._lock:
                 self._views[chain] = (key, lower, extra)
+            with self._all_lock:
+                self._all_views.add(key)
             return lower, extra
 
     def forget(self, chain: str) -> None:
@@ -272,6 +284,8 @@ class DirectSteps:
                 return
             keys = [v[0] for v in self._views.values()] + self._stale
             self._views, self._stale = {}, []
+        with self._all_lock:
+            self._all_views.difference_update(keys)
         c = self.client
         first: BaseException | None = None
         for key in keys:

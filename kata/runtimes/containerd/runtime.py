@@ -514,7 +514,9 @@ class ContainerdRuntime:
                                                 "list containers").containers],
             "tasks": [t.id for t in c.call(c.tasks.List, tasks_pb2.ListTasksRequest(),
                                            "list tasks").tasks],
-            "snapshots": [i.name for i in self._snapshots() if i.kind != snapshots_pb2.COMMITTED],
+            # an image view another live runtime of this process keeps is not a leftover
+            "snapshots": [i.name for i in self._snapshots() if i.kind != snapshots_pb2.COMMITTED
+                          and i.name not in DirectSteps.held_views()],
             "leases": [x.id for x in c.call(c.leases.List, leases_pb2.ListRequest(),
                                             "list leases").leases],
             "mounts": mounts,
