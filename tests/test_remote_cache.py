@@ -338,3 +338,89 @@ def test_a_remote_hit_shows_the_test_report_of_the_run_that_built_it(bg, tmp_pat
     assert "[CACHE] test: HIT" in hit.stdout and "remote)" in hit.stdout, hit.stdout
     assert "[PASS] test (cached) — 3 passed" in hit.stdout, hit.stdout + hit.stderr
     assert "unreadable" not in hit.stderr + hit.stdout, hit.stderr
+
+
+def test_results_built_while_the_remote_was_down_reach_it_later(tmp_path, containerd_daemon,
+                                                                runtime):
+    """A laptop offline (BuildGrid not up yet): the run passes with one warning and queues
+    its shareable results (not deploy's: it declares a secret); `kata remote push` says
+    what is still pending (exit 1). Once BuildGrid is up, the next `kata run` (a local
+    no-op) sends them beside its work, and another host hits every shareable step."""
+    from support.buildgrid import BuildGrid, _free_port
+
+    repo = _repo(tmp_path / "r")
+    (repo / "src" / "a.txt").write_text("hello, built offline\n")  # keys of its own
+    server = BuildGrid(tmp_path / "bgd")
+    server.port = _free_port()
+    remote = ("--remote-cache", server.url)
+    a = KataProcess(repo, store=tmp_path / "store-a", address=containerd_daemon.address)
+    first = a("run", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len([x for x in first.stderr.splitlines() if "remote cache" in x]) == 1, first.stderr
+    # an untrusted run (a fork's change) while the remote is down queues nothing
+    (repo / "src" / "a.txt").write_text("hello from a fork, offline\n")
+    fork = a("run", "--untrusted", *remote)
+    assert fork.returncode == 0 and "[RUN] build" in fork.stdout, fork.stdout + fork.stderr
+    (repo / "src" / "a.txt").write_text("hello, built offline\n")
+    offline = a("remote", "push", *remote)
+    assert offline.returncode == 1, offline.stdout + offline.stderr
+    assert offline.stdout.strip() == f"pushed 0 result(s) to {server.url}; 4 still pending"
+    assert f"remote cache {server.url} unavailable (" in offline.stderr
+    server.start()
+    try:
+        again = a("run", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+        assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+        assert again.stdout.splitlines()[-1].startswith("[DONE] 5 steps (5 cached, 0 ran)")
+        done = a("remote", "push", "--json", *remote)
+        assert done.returncode == 0, done.stdout + done.stderr
+        doc = json.loads(done.stdout)
+        assert (doc["sent"], doc["dropped"], doc["left"], doc["error"]) == (0, 0, 0, None)
+        repo_b = tmp_path / "b"
+        shutil.copytree(repo, repo_b)
+        b = KataProcess(repo_b, store=tmp_path / "store-b", address=containerd_daemon.address)
+        hit = b("run", "--json", *remote, "--secret", f"DEPLOY_TOKEN={SECRET}")
+        assert hit.returncode == 0, hit.stdout + hit.stderr
+        cache = _cache(hit)
+        for step in ("build", "test", "lint", "package"):
+            assert cache[step]["hit"] and cache[step]["remote"], cache[step]
+        assert not cache["deploy"]["hit"]
+        assert not _grep_cas(server, SECRET.encode())
+    finally:
+        server.stop()
+    # no remote anywhere: a usage error, not a silent success
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("offline: false\n")
+    none = a("remote", "push", KATA_CONFIG=str(cfg))
+    assert none.returncode == 2 and "--remote-cache" in none.stderr, none.stderr
+
+
+def test_a_hung_remote_is_left_alone_by_the_runs_that_follow(tmp_path, containerd_daemon,
+                                                             runtime):
+    """A remote that accepts connections and never answers (the host config's
+    remote.connect_timeout 1s, remote.timeout 60s): the first run waits for the connect
+    timeout only, with one warning; the next runs do not connect at all while the
+    back-off lasts, and their one warning line says so and how to ask now."""
+    from support.listeners import HungListener
+
+    repo = _repo(tmp_path / "r")
+    (repo / "src" / "a.txt").write_text("hello, hung\n")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    with HungListener() as hung:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"remote:\n  cache: grpc://127.0.0.1:{hung.port}\n  timeout: 60s\n"
+                       "  connect_timeout: 1s\n  backoff: 10m\n")
+        started = time.monotonic()
+        first = kata("run", "--secret", f"DEPLOY_TOKEN={SECRET}", KATA_CONFIG=str(cfg))
+        took = time.monotonic() - started
+        assert first.returncode == 0, first.stdout + first.stderr
+        (warning,) = [x for x in first.stderr.splitlines() if "remote cache" in x]
+        assert "GetCapabilities: DEADLINE_EXCEEDED" in warning
+        assert "not asked again until" in warning
+        assert hung.count == 1
+        (repo / "x").write_text("edited\n")  # steps run again: they would upload
+        second = kata("run", "--secret", f"DEPLOY_TOKEN={SECRET}", KATA_CONFIG=str(cfg))
+        assert second.returncode == 0, second.stdout + second.stderr
+        (warning,) = [x for x in second.stderr.splitlines() if "remote cache" in x]
+        assert "timed out in an earlier run" in warning and "kata remote push" in warning
+        assert hung.count == 1  # not asked
+    assert took < 45, took  # the connect timeout, not the 60 s per call

@@ -498,3 +498,56 @@ def test_doctor_checks_the_configured_remote_executor(grid, kata):
     config.write_text("remote:\n  executor: localhost:1\n")
     bad = kata("doctor", KATA_CONFIG=str(config))
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
+
+
+def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, workers, kata):
+    """The client does not ask about a blob it sent earlier in the run (its memo of what
+    the CAS holds); a CAS that dropped one meanwhile (an eviction, a restart) fails the
+    next step's execution (the worker cannot fetch it): the client asks about everything,
+    sends it once more, and the step passes. Here the blob is deleted from BuildGrid's
+    disk CAS after ``first`` (which sent it) passed, while ``slow`` (which never sees it)
+    holds ``second`` back."""
+    import hashlib
+
+    bg, image = grid
+    content = f"lost and found {secrets.token_hex(8)}\n".encode()  # a blob of its own
+    (kata.repo / "src" / "lost.txt").write_bytes(content)
+    (kata.repo / "x").write_text("x\n")
+    digest = hashlib.sha256(content).hexdigest()
+    pipeline = {"pipeline": "lost", "steps": [
+        {"name": "first", "image": image, "inputs": ["src/**"], "artifacts": ["n"],
+         "commands": ["wc -c < src/lost.txt > n"]},
+        {"name": "slow", "image": image, "inputs": ["x"],
+         "commands": ["echo napping", "sleep 6"]},
+        {"name": "second", "image": image, "depends_on": ["first", "slow"],
+         "inputs": ["src/**"], "commands": ["test \"$(wc -c < src/lost.txt)\" = \"$(cat n)\"",
+                                            "echo still-there"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+    def stored() -> list[Path]:
+        return [p for p in (bg.workdir / "cas").rglob(digest[2:]) if p.parent.name == digest[:2]]
+
+    run = subprocess.Popen([*kata.base, "run", "--no-cache", "--remote-executor", bg.url],
+                           cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in run.stdout:  # type: ignore[union-attr]
+            seen.append(line)
+            if any(x.startswith("[PASS] first") for x in seen) and \
+                    any(said(x, "napping") for x in seen):
+                break
+        found = stored()
+        assert found, seen
+        for path in found:  # the CAS loses it while `slow` still runs
+            path.unlink()
+        out, err = run.communicate(timeout=240)
+    finally:
+        stop(run)
+    assert run.returncode == 0, "".join(seen) + out + err
+    assert "second | still-there" in out, out
+    assert stored(), "the client did not send the lost blob again"
+    # the first attempt failed on its worker (the blob was gone), the second passed
+    missed = f"BatchReadBlobs {digest}: code 5"  # NOT_FOUND
+    assert any(missed in w.text() for w in workers), [w.text()[-2000:] for w in workers]
+    assert worker_of(kata, "second") in {"w1", "w2"}

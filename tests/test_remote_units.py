@@ -88,6 +88,11 @@ def test_remote_config(tmp_path):
     # the flags win over the file
     flag = from_host_config(cfg, url="grpc://10.0.0.1:9092", instance="")
     assert flag is not None and (flag.target, flag.tls, flag.instance) == ("10.0.0.1:9092", False, "")
+    assert (rc.connect_timeout, rc.backoff) == (2.0, 60.0)  # the defaults
+    _, tuned = _config(tmp_path, "remote:\n  cache: grpc://c:1\n  connect_timeout: 500ms\n"
+                       "  backoff: 0s\n")
+    rc = from_host_config(tuned)
+    assert rc is not None and (rc.connect_timeout, rc.backoff) == (0.5, 0.0)
     _, empty = _config(tmp_path, "offline: false\n")
     assert from_host_config(empty) is None
     assert parse_url("grpc://[::1]:8980") == ("[::1]:8980", False)
@@ -138,6 +143,10 @@ def test_the_logstream_server_is_the_executors_setting(tmp_path):
     ("remote:\n  cache: grpc://x:1\n  tls: {ca: /c}\n", "config.bad_value", ":3:3"),
     ("remote:\n  cache: grpcs://x:1\n  tls:\n    cert: /c\n", "config.bad_value", ":3:3"),
     ("remote:\n  cache: grpcs://x:1\n  timeout: soon\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  connect_timeout: 0s\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  connect_timeout: [2]\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  backoff: -1m\n", "config.bad_value", ":3:3"),
+    ("remote:\n  cache: grpc://x:1\n  backoff: a while\n", "config.bad_value", ":3:3"),
     ("remote: [1]\n", "config.bad_value", ":1:1"),
     # a file that cannot serve: named at its key, before anything connects
     ("remote:\n  cache: grpc://x:1\n  token_file: /nonexistent/tok\n",
@@ -283,3 +292,54 @@ def test_a_file_digest_is_remembered_only_once_it_cannot_be_racy(tmp_path):
     path.write_bytes(b"two")  # same size, new content: a new ctime and mtime
     assert memo.digest("f", str(path), os.lstat(path)) == files.digest_of(b"two")
     assert memo.digest("g", str(path), st) == files.digest_of(b"two")  # another path: read
+
+
+def test_the_pending_queue_holds_whole_entries_only(tmp_path):
+    """kata.remote.pending: an entry is a renamed-into-place file named by its bytes (the
+    same entry twice is one file), oldest first; a file that does not parse is deleted, a
+    dot-file (one being written) skipped; one drainer at a time."""
+    import os
+
+    from kata.remote.pending import FORMAT, Pending, PendingUploads
+
+    queue = PendingUploads(tmp_path / "q")
+    assert queue.names() == [] and queue.entries() == []  # no directory yet
+    first = queue.add(("a" * 64, "b" * 64))
+    assert queue.add(("a" * 64, "b" * 64)) == first
+    os.utime(queue.directory / first, (1, 1))  # older
+    alias = queue.add(("c" * 64,), alias_of="d" * 64)
+    (queue.directory / ("e" * 64 + ".json")).write_text('{"format": "' + FORMAT + '", "ke')
+    (queue.directory / ".tmp-x").write_text("{")
+    entries = queue.entries()
+    assert [e.name for e in entries] == [first, alias]
+    assert entries[0].keys == ("a" * 64, "b" * 64) and entries[1].alias_of == "d" * 64
+    assert sorted(queue.names()) == sorted([first, alias])  # the torn one is gone
+    assert Pending.decode(b'{"format": "' + FORMAT.encode() + b'", "keys": ["../x"]}', "n") is None
+    queue.done(first)
+    queue.done(first)  # idempotent
+    assert queue.names() == [alias]
+    with queue.draining() as mine, queue.draining() as other:
+        assert mine and not other
+
+
+def test_the_backoff_memo_names_its_remote_and_expires(tmp_path):
+    from kata.remote.backoff import Backoff
+
+    path = tmp_path / "state" / "remote-backoff.json"
+    memo = Backoff(path, remote="grpc://a:1 main")
+    assert memo.active() is None
+    assert memo.failed("GetCapabilities: DEADLINE_EXCEEDED\nmore", seconds=0) is None
+    assert not path.exists()  # 0: no back-off
+    down = memo.failed("GetCapabilities: DEADLINE_EXCEEDED\nmore", seconds=60)
+    assert down is not None and down.reason == "GetCapabilities: DEADLINE_EXCEEDED"
+    got = memo.active()
+    assert got is not None and got.reason == down.reason
+    assert "not asked again until" in got.describe() and "kata remote push" in got.describe()
+    assert memo.active(now=down.until + 1) is None  # over
+    assert Backoff(path, remote="grpc://b:1 main").active() is None  # another remote's
+    path.write_text("{not json")
+    assert memo.active() is None  # unreadable: as if absent
+    memo.failed("x", seconds=60)
+    memo.clear()
+    memo.clear()
+    assert memo.active() is None and not path.exists()

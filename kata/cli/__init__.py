@@ -40,9 +40,10 @@ def cli(ctx: click.Context, config_file: str | None, store_path: str | None,
 for _module in (config_cmds, store_cmds, image_cmds, run_cmds, history_cmds, doctor_cmds):
     _module.register(cli)
 
-from . import hooks_cmds, web_cmds, worker_cmds  # noqa: E402
+from . import hooks_cmds, remote_cmds, web_cmds, worker_cmds  # noqa: E402
 
 hooks_cmds.register(cli)
+remote_cmds.register(cli)
 web_cmds.register(cli)
 worker_cmds.register(cli)
 

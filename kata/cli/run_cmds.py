@@ -220,14 +220,15 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                       event=event or "", hook=hook, default_branch=default_branch,
                       untrusted=untrusted)
     obj = ctx.find_root().obj or {}
-    remote = _remote_cache(remote_cache, remote_instance)
+    remote_config = _remote_cache_config(remote_cache, remote_instance)
     executor = _remote_executor((ctx.obj or {}).get("remote_executor"), remote_instance)
-    if remote_instance is not None and remote is None and executor is None:
+    if remote_instance is not None and remote_config is None and executor is None:
         raise KataError("remote.no_remote", f"--remote-instance {remote_instance} names an "
                         "instance of no remote: add --remote-cache grpc://HOST:PORT or "
                         "--remote-executor grpc://HOST:PORT (or remote.cache / "
                         "remote.executor in the host config)", obj=remote_instance)
     store = open_store(ctx)
+    remote = _remote_cache(remote_config, store.state_dir)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)
     pulls = contextlib.ExitStack()  # images pulled before the steps start: a bar on a terminal
@@ -318,6 +319,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             from kata.executor.client import RemoteRuntime
 
             runner = RemoteRuntime(executor, runtime)
+        if remote is not None:  # what earlier runs could not send, beside this run's work
+            remote.resume(store)
         try:
             realiser = Realiser(graph, store=store, runtime=runner, emit=reporter,
                                 options=options, remote=remote)
@@ -343,9 +346,9 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     finally:
         pulls.close()
         runtime.close()
-        store.close()
-        if remote is not None:
+        if remote is not None:  # its uploads read the store: closed first
             remote.close()
+        store.close()
     if result.interrupted:
         raise SystemExit(130)
     if result.exit_code:
@@ -396,17 +399,23 @@ def _remote_executor(url: str | None, instance: str | None):  # noqa: ANN202
     return load_remote_config(url, instance, key="executor")
 
 
-def _remote_cache(url: str | None, instance: str | None):  # noqa: ANN202
+def _remote_cache_config(url: str | None, instance: str | None):  # noqa: ANN202
     """The remote cache the flags or the host config name (None: none). Bad settings are
     errors (exit 2); an unreachable remote is not (it warns once and the run goes on)."""
     from kata.remote.config import load_remote_config
 
-    config = load_remote_config(url, instance)
+    return load_remote_config(url, instance)
+
+
+def _remote_cache(config, state_dir: str):  # noqa: ANN001, ANN202
+    """The run's RemoteCache for ``config`` (None: none), its pending queue and back-off
+    memo in the store's ``state_dir``."""
     if config is None:
         return None
     from kata.remote.cache import RemoteCache
 
-    return RemoteCache(config, warn=lambda line: click.echo(f"kata: warning: {line}", err=True))
+    return RemoteCache(config, state_dir=state_dir,
+                       warn=lambda line: click.echo(f"kata: warning: {line}", err=True))
 
 
 def pull_events(reporter):  # noqa: ANN001, ANN202

@@ -376,7 +376,7 @@ class Realiser:
         if caches(step, use_cache) and resolved:
             found = self._lookup.step(resolved)
             if found.remote is not None:  # early cutoff across machines
-                self.records.remote_early_cutoff(node, found.remote)
+                self.records.remote_early_cutoff(node, found.remote, resolved=resolved)
                 self._hit(name, found.record, resolved, "resolved", remote=found.remote,
                           keys=(resolved, node.drv_hash or resolved))
                 return True

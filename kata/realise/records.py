@@ -220,15 +220,17 @@ class Records:
                                  or any(memo[id(d)] for d in deps))
         return memo[id(node)]
 
-    def remote_early_cutoff(self, node: "Node", rec: "RemoteRecord") -> None:
-        """A resolved-hash hit in the remote: tell the remote it stands for this derivation
-        hash too (the next machine hits without rebuilding anything), and keep the
-        derivation record for ``kata why``. The local record follows once its objects are
-        fetched (``Realiser._localise``)."""
+    def remote_early_cutoff(self, node: "Node", rec: "RemoteRecord", *,
+                            resolved: str = "") -> None:
+        """A resolved-hash hit in the remote (under ``resolved``): tell the remote it stands
+        for this derivation hash too (the next machine hits without rebuilding anything;
+        queued for a later run if the remote fails now), and keep the derivation record for
+        ``kata why``. The local record follows once its objects are fetched
+        (``Realiser._localise``)."""
         self.derivation(node)
         if self.shares(node) and node.drv_hash:
             assert self.remote is not None
-            self.remote.alias(node.drv_hash, rec)
+            self.remote.alias(node.drv_hash, rec, resolved=resolved)
 
     def report(self, real: Realisation) -> "TestReport | None":
         """The test report a realisation names (None: none, or unreadable: a hit is not

@@ -9,11 +9,21 @@
                                             #   (sent by one background thread, in order)
     remote.flush()                          # the run's end: wait for the uploads
     remote.alias(key, rec)                  # an early-cutoff hit under another key
+    remote.resume(store)                    # send what earlier runs could not (background)
+    remote.push_pending(store)              # the same, now (`kata remote push`): PushCounts
 
 A remote that fails (down, slow past ``timeout``, refusing, answering nonsense) is left for
-the rest of the run after ONE warning line through ``warn``; lookups then miss and uploads
-are dropped, so a run never fails because of it. ``fetch`` is the one call that raises
-(RemoteError), because its caller must then build the step locally instead.
+the rest of the run after ONE warning line through ``warn``; lookups then miss, so a run
+never fails because of it. ``fetch`` is the one call that raises (RemoteError), because
+its caller must then build the step locally instead.
+
+With a ``state_dir`` (the store's), an upload is queued durably before it is tried
+(``kata.remote.pending``) and forgotten once the remote holds it: what a run could not send
+(the remote down, the run killed) is sent by the next run that reaches the remote
+(``resume``) or by ``kata remote push``. The run's first call, GetCapabilities, gets
+``connect_timeout`` (a remote that accepts connections and never answers costs that, not
+``timeout``), and a timeout is remembered for ``backoff`` seconds (``kata.remote.backoff``):
+the runs that follow skip the remote at once, saying so in their one warning line.
 
 What goes to the remote is decided by the caller (``kata.realise``): only realisations of
 trusted runs, of steps that declare no secret (SECURITY.md).
@@ -21,43 +31,70 @@ trusted runs, of steps that declare no secret (SECURITY.md).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 from kata.remote import trees as remote_trees
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.actioncache import (
     ActionCache, RemoteRecord, cas_blobs, encode_record, record_digest, result_for,
 )
+from kata.remote.backoff import FILE_NAME as BACKOFF_FILE, Backoff
 from kata.remote.bundle import BUNDLE_PATH, bundle_action, bundle_key, decode_bundle, encode_bundle
 from kata.remote.cas import Digest, RemoteError, connect, digest_of
 from kata.remote.config import RemoteConfig
+from kata.remote.pending import DIR_NAME as PENDING_DIR, Pending, PendingUploads
 from store import Realisation, Store, StoreError
 
 _IN_FLIGHT = 16  # GetActionResult calls outstanding at once during a prefetch (BuildGrid
 #                 refuses calls past its thread pool, 5 per CPU by default: those are
 #                 retried with backoff; 16 measured ~10% faster than 8 on 2 CPUs)
 _PER_KEY = 0.005  # seconds a prefetch may take per key, past the remote's timeout
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PushCounts:
+    """What a drain of the pending queue did: ``sent`` entries the remote now holds,
+    ``dropped`` ones that can never go (no longer in the local store, or not nameable in
+    REAPI), ``left`` still queued (the remote failed: ``RemoteCache.down_reason``),
+    ``busy``: another process was draining the queue, so this one sent nothing."""
+
+    sent: int = 0
+    dropped: int = 0
+    left: int = 0
+    busy: bool = False
 
 
 class RemoteCache:
     """One run's view of a REAPI cache (thread-safe: steps upload from their threads)."""
 
     def __init__(self, config: RemoteConfig, *, warn: Callable[[str], None],
-                 bundles: bool = True) -> None:
+                 bundles: bool = True, state_dir: str | Path | None = None,
+                 backoff: bool = True) -> None:
         """``bundles=False``: neither read nor write bundles (every key is asked on its
-        own; the benchmark's baseline)."""
+        own; the benchmark's baseline). ``state_dir``: the store's state directory, home
+        of the pending queue and the back-off memo (None: neither). ``backoff=False``: ask
+        the remote even while a recent timeout is remembered (``kata remote push``)."""
         self.config = config
         self._bundles = bundles
         self._remote = connect(config)
         self._ac = ActionCache(self._remote)
         self._warn = warn
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._down = ""
         self._ready = False
+        self._queue = PendingUploads(Path(state_dir) / PENDING_DIR) if state_dir else None
+        self._memo = Backoff(Path(state_dir) / BACKOFF_FILE,
+                             remote=f"{config.url} {config.instance}") if state_dir else None
+        self._honour_backoff = backoff
         self._known: dict[str, RemoteRecord | None] = {}
         self._trees: dict[str, tuple[Digest, Digest]] = {}  # uploaded or seen this run
         # uploads go in order on one thread: a step does not wait for its upload, and a
@@ -71,7 +108,8 @@ class RemoteCache:
         self._held: dict[str, RemoteRecord] = {}
         self._uploaded = False
         self.stats = {"lookups": 0, "hits": 0, "uploads": 0, "fetched_trees": 0, "bundled": 0,
-                      "asked": 0}  # asked: GetActionResult calls sent
+                      "asked": 0, "resumed": 0}  # asked: GetActionResult calls sent;
+        #                                          resumed: earlier runs' results sent
 
     @property
     def enabled(self) -> bool:
@@ -130,15 +168,36 @@ class RemoteCache:
         with self._lock:
             if self._down:
                 return
-            self._down = err.message
+            self._down = err.message or err.reason
         first = err.message.splitlines()[0] if err.message else err.reason
+        if err.reason == "remote.deadline" and self._memo is not None:
+            # it cost this run a timeout: the next runs skip it for a while
+            down = self._memo.failed(first, seconds=self.config.backoff)
+            if down is not None:
+                first = down.describe()
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
                    "with the local store only")
 
     def _connect(self) -> None:
-        if not self._ready:
-            self._remote.cas.capabilities()
+        """GetCapabilities once per run, within ``connect_timeout``; at once RemoteError
+        remote.backoff while a recent timeout of this remote is remembered."""
+        if self._ready:
+            return
+        with self._connect_lock:
+            if self._ready:
+                return
+            if not self.enabled:
+                raise RemoteError("remote.unavailable", self._down)
+            if self._memo is not None and self._honour_backoff:
+                down = self._memo.active()
+                if down is not None:
+                    raise RemoteError("remote.backoff", "timed out in an earlier run: "
+                                      + down.describe())
+            self._remote.cas.capabilities(timeout=min(self.config.connect_timeout,
+                                                      self.config.timeout))
             self._ready = True
+            if self._memo is not None:
+                self._memo.clear()
 
     # -- reading -------------------------------------------------------------------
 
@@ -309,83 +368,201 @@ class RemoteCache:
     # -- writing -------------------------------------------------------------------
 
     def upload(self, store: Store, keys: Sequence[str], real: Realisation) -> None:
-        """Queue the upload of ``real`` under ``keys`` (see ``upload_now``); returns at once."""
-        if not self.enabled or not keys:
+        """Queue the upload of ``real`` under ``keys`` (see ``upload_now``); returns at once.
+        With a state directory the upload is first written to the pending queue, so it is
+        sent later if not now."""
+        if not keys:
             return
-        fut = self._uploader.submit(self.upload_now, store, tuple(keys), real)
+        entry = self._queue_add(keys)
+        if not self.enabled:
+            return
+        fut = self._uploader.submit(self.upload_now, store, tuple(keys), real, entry)
         with self._lock:
             self._pending.append(fut)
 
-    def upload_now(self, store: Store, keys: Sequence[str], real: Realisation) -> None:
-        """Put ``real`` (already recorded in ``store``) under each of ``keys``: its trees as
-        REAPI Directory trees, its log, the record, and one ActionResult per key. Blobs the
-        remote has are not sent again (FindMissingBlobs). Never raises: a failure of the
-        remote leaves it for the run (one warning); a tree REAPI cannot name (a name that
-        is not UTF-8) stays local."""
+    def _queue_add(self, keys: Sequence[str], *, alias_of: str = "") -> str | None:
+        if self._queue is None:
+            return None
+        try:
+            return self._queue.add(keys, alias_of=alias_of)
+        except OSError as err:  # the run goes on; this result just is not retried
+            _log.warning("cannot queue a remote upload in %s: %s", self._queue.directory, err)
+            return None
+
+    def _queue_done(self, entry: str | None) -> None:
+        if entry is not None and self._queue is not None:
+            try:
+                self._queue.done(entry)
+            except OSError as err:  # sent again later: harmless
+                _log.warning("cannot forget a sent remote upload: %s", err)
+
+    def upload_now(self, store: Store, keys: Sequence[str], real: Realisation,
+                   entry: str | None = None) -> None:
+        """Put ``real`` (already recorded in ``store``) under each of ``keys`` (see
+        ``_send``), then forget its pending ``entry``. Never raises: a failure of the
+        remote leaves it for the run (one warning) and keeps the entry; a tree REAPI cannot
+        name (a name that is not UTF-8) stays local."""
         if not self.enabled or not keys:
             return
         try:
             self._connect()
-            cas = self._remote.cas
-            trees: dict[str, tuple[Digest, Digest]] = {}
-            for tree in dict.fromkeys(t for t in (real.outputs, *real.stack) if t):
-                known = self._trees.get(tree)
-                if known is None:
-                    up = remote_trees.upload_tree(cas, store, tree, memo=True)
-                    known = (up.tree_digest, up.root_digest)
-                    with self._lock:
-                        self._trees[tree] = known
-                trees[tree] = known
-            blobs = cas_blobs(tuple(keys))
-            log = None
-            if real.log:
-                data = store.read_blob(real.log)
-                log = digest_of(data)
-                blobs[(log.hash, log.size_bytes)] = (log, data)
-            report = None
-            if real.report:  # the test report: a host that hits shows the same totals
-                data = store.read_blob(real.report)
-                report = digest_of(data)
-                blobs[(report.hash, report.size_bytes)] = (report, data)
-            record_bytes = encode_record(real, trees)
-            record = digest_of(record_bytes)
-            blobs[(record.hash, record.size_bytes)] = (record, record_bytes)
-            missing = {(d.hash, d.size_bytes) for d in cas.find_missing(d for d, _ in blobs.values())}
-            cas.upload({k: v for k, v in blobs.items() if k in missing})
-            result = result_for(real, record=record, record_bytes=record_bytes, trees=trees,
-                                log=log, report=report)
-            for key in keys:
-                self._ac.update(key, result)
-            root = trees[real.outputs][1] if real.outputs in trees else None
-            held = RemoteRecord(realisation=real, named={t: (d.hash, d.size_bytes)
-                                                         for t, (d, _) in trees.items()},
-                                log=log, result=result, report=report,
-                                root=(root.hash, root.size_bytes) if root is not None else None)
-            with self._lock:
-                self.stats["uploads"] += 1
-                self._uploaded = True
-                for key in keys:
-                    self._held[key] = held
+            self._send(store, keys, real)
         except RemoteError as err:
             if err.reason == "remote.unsupported":
+                self._queue_done(entry)
                 return  # this result cannot be named in REAPI: it stays local
             self._fail(err)
+            return
         except StoreError:
+            self._queue_done(entry)
             return  # the local copy went bad meanwhile: the local store heals it, not us
+        self._queue_done(entry)
 
-    def alias(self, key: str, rec: RemoteRecord) -> None:
+    def _send(self, store: Store, keys: Sequence[str], real: Realisation) -> None:
+        """``real``'s trees as REAPI Directory trees, its log, its report, the record, and
+        one ActionResult per key. Blobs the remote has are not sent again
+        (FindMissingBlobs). RemoteError, StoreError."""
+        cas = self._remote.cas
+        trees: dict[str, tuple[Digest, Digest]] = {}
+        for tree in dict.fromkeys(t for t in (real.outputs, *real.stack) if t):
+            known = self._trees.get(tree)
+            if known is None:
+                up = remote_trees.upload_tree(cas, store, tree, memo=True)
+                known = (up.tree_digest, up.root_digest)
+                with self._lock:
+                    self._trees[tree] = known
+            trees[tree] = known
+        blobs = cas_blobs(tuple(keys))
+        log = None
+        if real.log:
+            data = store.read_blob(real.log)
+            log = digest_of(data)
+            blobs[(log.hash, log.size_bytes)] = (log, data)
+        report = None
+        if real.report:  # the test report: a host that hits shows the same totals
+            data = store.read_blob(real.report)
+            report = digest_of(data)
+            blobs[(report.hash, report.size_bytes)] = (report, data)
+        record_bytes = encode_record(real, trees)
+        record = digest_of(record_bytes)
+        blobs[(record.hash, record.size_bytes)] = (record, record_bytes)
+        missing = {(d.hash, d.size_bytes) for d in cas.find_missing(d for d, _ in blobs.values())}
+        cas.upload({k: v for k, v in blobs.items() if k in missing})
+        result = result_for(real, record=record, record_bytes=record_bytes, trees=trees,
+                            log=log, report=report)
+        for key in keys:
+            self._ac.update(key, result)
+        root = trees[real.outputs][1] if real.outputs in trees else None
+        held = RemoteRecord(realisation=real, named={t: (d.hash, d.size_bytes)
+                                                     for t, (d, _) in trees.items()},
+                            log=log, result=result, report=report,
+                            root=(root.hash, root.size_bytes) if root is not None else None)
+        with self._lock:
+            self.stats["uploads"] += 1
+            self._uploaded = True
+            for key in keys:
+                self._held[key] = held
+
+    def alias(self, key: str, rec: RemoteRecord, *, resolved: str = "") -> None:
         """Record ``rec``'s result under another key too (an early-cutoff hit found by the
-        resolved hash, remembered under the derivation hash, for the next machine)."""
+        resolved hash, remembered under the derivation hash, for the next machine).
+        ``resolved``: the key ``rec`` was found under; when given and the remote fails,
+        the alias is queued for a later run."""
         if not self.enabled:
+            if resolved:
+                self._queue_add((key,), alias_of=resolved)
             return
         try:
-            self._remote.cas.upload({k: v for k, v in cas_blobs((key,)).items()})
-            self._ac.update(key, rec.action_result())
-            with self._lock:
-                self._uploaded = True
-                self._held[key] = rec
+            self._alias_now(key, rec)
+        except RemoteError as err:
+            if resolved:
+                self._queue_add((key,), alias_of=resolved)
+            self._fail(err)
+
+    def _alias_now(self, key: str, rec: RemoteRecord) -> None:
+        self._remote.cas.upload({k: v for k, v in cas_blobs((key,)).items()})
+        self._ac.update(key, rec.action_result())
+        with self._lock:
+            self._uploaded = True
+            self._held[key] = rec
+
+    # -- what earlier runs could not send -----------------------------------------------
+
+    def check(self) -> bool:
+        """Ask the remote now (GetCapabilities, unless it failed earlier in this run or a
+        remembered timeout holds and ``backoff`` was not turned off); an answer clears the
+        back-off memo. False when it fails (the one warning; ``down_reason`` says why)."""
+        try:
+            self._connect()
+            return True
         except RemoteError as err:
             self._fail(err)
+            return False
+
+    def pending(self) -> int:
+        """How many entries the pending queue holds (0 without a state directory)."""
+        return len(self._queue.names()) if self._queue is not None else 0
+
+    def resume(self, store: Store) -> None:
+        """Send the pending queue's entries (earlier runs' results) on the upload thread,
+        before this run's own uploads; returns at once (``flush`` waits). Costs one
+        directory read when the queue is empty; nothing without a state directory."""
+        if self._queue is None or not self.enabled:
+            return
+        earlier = self._queue.names()  # not this run's own uploads, queued from now on
+        if not earlier:
+            return
+        fut = self._uploader.submit(self.push_pending, store, only=frozenset(earlier))
+        with self._lock:
+            self._pending.append(fut)
+
+    def push_pending(self, store: Store, *, wait: bool = False,
+                     only: frozenset[str] | None = None) -> PushCounts:
+        """Send every entry of the pending queue (``only``: those of these names), oldest
+        first, each forgotten once the remote holds it; stops at the first failure of the
+        remote (one warning, the rest stay queued). ``wait``: wait for another process
+        draining the queue (else this one leaves the queue to it). Never raises."""
+        if self._queue is None:
+            return PushCounts()
+        sent = dropped = 0
+        with self._queue.draining(wait=wait) as mine:
+            if not mine:
+                return PushCounts(left=len(self._queue.names()), busy=True)
+            entries = [e for e in self._queue.entries() if only is None or e.name in only]
+            for n, entry in enumerate(entries):
+                try:
+                    self._connect()
+                    ok = self._send_entry(store, entry)
+                except RemoteError as err:
+                    if err.reason != "remote.unsupported":
+                        self._fail(err)
+                        return PushCounts(sent=sent, dropped=dropped, left=len(entries) - n)
+                    ok = False
+                except StoreError:
+                    ok = False
+                self._queue_done(entry.name)
+                sent, dropped = sent + ok, dropped + (not ok)
+        with self._lock:
+            self.stats["resumed"] += sent
+        return PushCounts(sent=sent, dropped=dropped)
+
+    def _send_entry(self, store: Store, entry: Pending) -> bool:
+        """Send one queued entry; False when it can never go (its record is gone from the
+        local store, or it is not a shared step record). RemoteError, StoreError."""
+        keys = entry.keys
+        if entry.alias_of:
+            rec = self._ac.get(entry.alias_of)
+            if rec is not None:
+                self._alias_now(keys[0], rec)
+                return True
+            keys = (keys[0], entry.alias_of)  # the remote lost it: send this host's copy
+        real = next((r for k in keys if (r := store.get_realisation(k)) is not None), None)
+        # the run that queued it decided it may be shared (Records.shares); a record that
+        # is scoped (an untrusted or ref-scoped run's) or not a step's never goes
+        if real is None or real.scope or real.kind != "step":
+            return False
+        self._send(store, keys, real)
+        return True
 
 
 def _with_root(rec: RemoteRecord) -> RemoteRecord:

@@ -175,12 +175,14 @@ class Cas:
     def _deadline(self, size: int = 0) -> float:
         return self.timeout + size / _BYTES_PER_SECOND
 
-    def capabilities(self) -> re_pb2.ServerCapabilities:
+    def capabilities(self, *, timeout: float | None = None) -> re_pb2.ServerCapabilities:
         """The server's capabilities; sets ``max_batch`` from ``max_batch_total_size_bytes``.
-        RemoteError remote.unsupported when the server does not hash with SHA-256."""
+        ``timeout``: seconds (default: the per-call timeout). RemoteError remote.unsupported
+        when the server does not hash with SHA-256."""
         caps = retrying(lambda: self._caps.GetCapabilities(
             re_pb2.GetCapabilitiesRequest(instance_name=self.instance),
-            timeout=self._deadline(), metadata=self._md), "GetCapabilities")
+            timeout=self._deadline() if timeout is None else timeout, metadata=self._md),
+            "GetCapabilities")
         functions = set(caps.cache_capabilities.digest_functions)
         if functions and re_pb2.DigestFunction.SHA256 not in functions:
             raise RemoteError("remote.unsupported", "the remote does not use SHA-256 digests")

@@ -12,6 +12,9 @@ or the ``remote:`` section of the host config (``/etc/kata/config.yaml``)::
         key: /etc/kata/client.key
       token_file: /etc/kata/remote.token     # sent as "authorization: Bearer <token>"
       timeout: 10s                           # per call; a slower remote is left for the run
+      connect_timeout: 2s                    # the run's first call (Capabilities); default 2s
+      backoff: 1m                            # after a remote that timed out, later runs skip
+                                             #   it this long (0s: ask it every run)
 
 The executor, when named, uses the same instance, TLS files, token and timeout (one
 REAPI server usually serves both; ``from_host_config(..., key="executor")``).
@@ -32,9 +35,12 @@ from kata.errors import KataError
 if TYPE_CHECKING:
     from kata.hostconfig import HostConfig
 
-KEYS = frozenset({"cache", "executor", "instance", "logstream", "tls", "token_file", "timeout"})
+KEYS = frozenset({"backoff", "cache", "connect_timeout", "executor", "instance", "logstream",
+                  "tls", "token_file", "timeout"})
 TLS_KEYS = frozenset({"ca", "cert", "key"})
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 2.0  # a Capabilities answer takes ~1 ms on a LAN, a few RTTs on a WAN
+DEFAULT_BACKOFF = 60.0
 _URL = re.compile(r"^(grpcs?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?$")
 
 
@@ -46,7 +52,10 @@ class RemoteConfig:
     name; ``ca``/``cert``/``key``: PEM files (paths); ``token_file``: a file holding a bearer
     token; ``timeout``: seconds per call (uploads and downloads get more per byte);
     ``logstream``: for an executor, the URL of the LogStream service its log streams are
-    read from (None: the executor itself).
+    read from (None: the executor itself); ``connect_timeout``: seconds the remote cache's
+    first call of a run (GetCapabilities) may take (a remote that accepts connections but
+    never answers costs this, not ``timeout``); ``backoff``: seconds later runs leave a
+    remote cache alone after it timed out (0: no back-off; ``kata.remote.backoff``).
     """
 
     url: str
@@ -59,9 +68,11 @@ class RemoteConfig:
     token_file: Path | None = None
     timeout: float = DEFAULT_TIMEOUT
     logstream: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    backoff: float = DEFAULT_BACKOFF
 
     def __post_init__(self) -> None:
-        assert self.timeout > 0
+        assert self.timeout > 0 and self.connect_timeout > 0 and self.backoff >= 0
         assert (self.cert is None) == (self.key is None)
 
 
@@ -174,16 +185,23 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
     if tls_raw and not tls and url is None:  # a grpc:// flag just does not use them
         raise config.error("config.bad_value", "remote.tls is set but the remote is grpc:// "
                            "(use grpcs:// for TLS)", "remote", "tls")
-    timeout = DEFAULT_TIMEOUT
-    if raw.get("timeout") is not None:
+    def duration(name: str, default: float, *, zero: bool = False) -> float:
+        if raw.get(name) is None:
+            return default
         try:
-            timeout = Duration.parse(str(raw["timeout"])).seconds
+            seconds = Duration.parse(str(raw[name])).seconds
         except (KataError, ValueError) as err:
-            raise config.error("config.bad_value", f"remote.timeout: {err}", "remote",
-                               "timeout") from None
-        if timeout <= 0:
-            raise config.error("config.bad_value", "remote.timeout must be more than 0",
-                               "remote", "timeout")
+            raise config.error("config.bad_value", f"remote.{name}: {err}", "remote",
+                               name) from None
+        if seconds < 0 or (seconds == 0 and not zero):
+            raise config.error("config.bad_value", f"remote.{name} must be "
+                               f"{'0 or more' if zero else 'more than 0'} (a duration such "
+                               "as 2s or 1m)", "remote", name)
+        return seconds
+
+    timeout = duration("timeout", DEFAULT_TIMEOUT)
+    connect_timeout = duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    backoff = duration("backoff", DEFAULT_BACKOFF, zero=True)
     logstream = raw.get("logstream")
     if logstream is not None:
         if not isinstance(logstream, str):
@@ -200,4 +218,5 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
     return RemoteConfig(url=url if url is not None else file_url, target=target, tls=tls,
                         instance=name, ca=ca, cert=cert, key=key,
                         token_file=token_file, timeout=timeout,
-                        logstream=logstream if which == "executor" else None)
+                        logstream=logstream if which == "executor" else None,
+                        connect_timeout=connect_timeout, backoff=backoff)

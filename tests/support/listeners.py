@@ -47,3 +47,38 @@ class LoopbackListener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class HungListener:
+    """A hung server on 127.0.0.1:<free port>: accepts each connection, counts it
+    (``count``) and keeps it open without reading or answering (a remote whose process is
+    stuck, or a proxy in front of a dead one). ``close`` drops every connection."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(timeout=5)
+        for conn in self._held:
+            conn.close()
+
+    def __enter__(self) -> HungListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

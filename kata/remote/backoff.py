@@ -1,0 +1,92 @@
+"""A remote cache that timed out, remembered for a while in the store's state directory, so
+the runs that follow (a laptop offline, a server restarting) do not each wait for it.
+
+    memo = Backoff(Path(store.state_dir) / FILE_NAME, remote="grpc://cache:50051 main")
+    memo.active()          # -> Down(until, reason) while a recent timeout is remembered
+    memo.failed(reason, seconds=60)   # a call timed out: leave the remote alone 60 s
+    memo.clear()           # it answered
+
+Only a *timeout* is remembered: a refused connection or a bad answer fails fast, so the
+next run may as well ask again. The file (``kata-remote-backoff/1``: JSON ``{"format",
+"remote", "until" (unix seconds), "reason"}``) names the remote (URL and instance) it
+concerns; another remote's is ignored. It is replaced by a rename (never half-written)
+and needs no fsync (losing it costs one timeout). ``kata remote push`` ignores it and
+clears it when the remote answers; ``remote.backoff: 0s`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "kata-remote-backoff/1"
+FILE_NAME = "remote-backoff.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Down:
+    """``until``: unix seconds; ``reason``: the failure, one line."""
+
+    until: float
+    reason: str
+
+    def describe(self) -> str:
+        """``<reason>; not asked again until 17:40:12 UTC per remote.backoff, or now by
+        `kata remote push```."""
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(self.until))
+        return (f"{self.reason}; not asked again until {at} per remote.backoff, or now by "
+                "`kata remote push`")
+
+
+class Backoff:
+    """The back-off memo at ``path`` for ``remote`` (its URL and instance)."""
+
+    def __init__(self, path: Path, *, remote: str) -> None:
+        self.path = path
+        self.remote = remote
+
+    def active(self, now: float | None = None) -> Down | None:
+        """The remembered failure of this remote, while it lasts (None: ask the remote)."""
+        try:
+            obj = json.loads(self.path.read_bytes())
+            if obj.get("format") != FORMAT or obj.get("remote") != self.remote:
+                return None
+            down = Down(float(obj["until"]), str(obj["reason"]).splitlines()[0])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return None  # unreadable: as if absent (the next timeout rewrites it)
+        return down if down.until > (time.time() if now is None else now) else None
+
+    def failed(self, reason: str, *, seconds: float) -> Down | None:
+        """Remember that the remote timed out (``reason``), for ``seconds`` (0: not at all).
+        Never raises (a state directory that cannot be written costs later runs a timeout)."""
+        if seconds <= 0:
+            return None
+        down = Down(time.time() + seconds, reason.splitlines()[0] if reason else "timed out")
+        data = json.dumps({"format": FORMAT, "remote": self.remote, "until": down.until,
+                           "reason": down.reason}).encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-backoff-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            return None
+        return down
+
+    def clear(self) -> None:
+        """Forget a remembered failure (the remote answered). Never raises."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
