@@ -63,7 +63,7 @@ from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, grpc, snapshots_pb2
 from .images import RunImage
 from .sandbox import CGROUP_ROOT, oom_killed, pids_exhausted
-from .spec import CGROUP_PARENT, build_spec, cgroup_path
+from .spec import build_spec, cgroup_path
 from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled_seccomp, \
     start_failure
 
