@@ -1,23 +1,26 @@
 """Where a container step's CPU goes, system-wide: kata, containerd, shims, OCI runtime.
 
     python3 bench/shim_cost_bench.py [--steps 200] [--rounds 1] [--max-parallel 2]
+                                     [--modes task,shared,direct]
 
 Needs `perf` (Debian: linux-perf); without it, says so and exits 0. Starts a private
 embedded containerd under /tmp, imports the busybox test image and, per round, runs
 `kata run` (a real process) on a first build of N independent `true` steps (network
-"default") twice, interleaved: with one shim per container (host config
-``containerd.shared_shim: false``) and with shared shims (the default,
-kata/runtimes/containerd/shimgroup.py). Around each run, ``perf record -a`` samples
+"default") once per mode, interleaved: ``task``, containerd tasks with one shim per
+container (host config ``containerd.step_runner: task``); ``shared``, tasks on shared
+shims (``shared_shim: true``, kata/runtimes/containerd/shimgroup.py); ``direct``, kata's
+own ``crun run`` per step (the default, kata/runtimes/containerd/direct.py). Around each run, ``perf record -a`` samples
 every CPU (cpu-clock, 499 Hz); the samples are charged to processes by the fork tree
 perf records: the embedded containerd and everything it started (``shim start``,
 shim daemons, ``shim delete``, crun/runc, the step's own processes), and the kata
-process and what it runs (``ip``, CNI plugins). Everything else on the machine is
-"outside" and not counted.
+process and what it runs (``ip``, CNI plugins; on the direct path crun and the steps
+themselves, told apart by command name). Everything else on the machine is "outside"
+and not counted.
 
 Prints CPU ms per step for each kind of process and both modes, the total against the
 budget (66 ms of system CPU per step: what a first build of the 10x100 graph within 3x
-Bazel's needs on this 2-core machine, docs/architecture.md), and the ratio shared /
-per-container. CPU times inflate with machine load: compare modes within one run.
+Bazel's needs on this 2-core machine, docs/architecture.md), and each mode's ratio to
+the first one. CPU times inflate with machine load: compare modes within one run.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ from timing import kata_env  # noqa: E402
 HZ = 499
 BUDGET_MS = 66.0
 _FORK = re.compile(r"PERF_RECORD_FORK\((\d+):\d+\):\((\d+):\d+\)")
+CONFIGS = {"task": "containerd:\n  step_runner: task\n  shared_shim: false\n",
+           "shared": "containerd:\n  step_runner: task\n  shared_shim: true\n",
+           "direct": "containerd:\n  step_runner: direct\n"}
+_KATA_CHILDREN = ("ip", "bridge", "host-local", "loopback", "portmap")
 KINDS = ("kata", "kata's children (ip, CNI)", "containerd", "shim start", "shim daemon",
          "shim delete", "OCI runtime (crun/runc)", "the steps' own processes")
 
@@ -102,8 +109,14 @@ def classify(script: str, t0: float, t1: float, containerd: int, kata_parent: in
             else:
                 kind = "the steps' own processes"
         elif r == kata_parent:
-            kind = "kata" if comm.startswith(("python", "kata", "event_engine", "grpc")) \
-                else "kata's children (ip, CNI)"
+            if comm.startswith(("python", "kata", "event_engine", "grpc")):
+                kind = "kata"
+            elif comm.startswith(("crun", "runc")):  # a direct step's crun
+                kind = "OCI runtime (crun/runc)"
+            elif comm.startswith(_KATA_CHILDREN):
+                kind = "kata's children (ip, CNI)"
+            else:  # a direct step's processes (and its wrapper sh, before it execs crun)
+                kind = "the steps' own processes"
         else:
             continue
         kinds[kind] += n
@@ -115,12 +128,16 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-parallel", type=int, default=2)
+    ap.add_argument("--modes", default="task,shared,direct",
+                    help="comma-separated, of: " + ", ".join(CONFIGS))
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    assert modes and all(m in CONFIGS for m in modes), args.modes
     if shutil.which("perf") is None:
         print("perf is not installed (apt-get install linux-perf): nothing measured")
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="kt-shimbench-"))
-    totals = {mode: collections.Counter() for mode in ("per container", "shared")}
+    totals = {mode: collections.Counter() for mode in modes}
     walls = {mode: 0.0 for mode in totals}
     try:
         with embedded_containerd("ksb") as paths:
@@ -136,8 +153,8 @@ def main() -> int:
                 "steps": [{"name": f"s{i}", "image": BUSYBOX_REF, "commands": [f"true {i}"],
                            "network": "default"} for i in range(args.steps)]},
                 sort_keys=False))
-            (tmp / "per-container.yaml").write_text("containerd:\n  shared_shim: false\n")
-            (tmp / "shared.yaml").write_text("containerd:\n  shared_shim: true\n")
+            for mode in modes:
+                (tmp / f"{mode}.yaml").write_text(CONFIGS[mode])
             data = tmp / "perf.data"
             # one recording for all runs (perf's start, a scan of every process, takes
             # seconds on a loaded machine); each run is a window of its timestamps
@@ -148,8 +165,8 @@ def main() -> int:
             try:
                 time.sleep(3.0)
                 for rnd in range(args.rounds):
-                    for mode, cfg in (("per container", "per-container.yaml"),
-                                      ("shared", "shared.yaml")):
+                    for mode in modes:
+                        cfg = f"{mode}.yaml"
                         env = {**kata_env(tmp / f"store-{rnd}-{cfg}"),
                                "KATA_CONFIG": str(tmp / cfg)}
                         t0 = time.monotonic()
@@ -174,24 +191,25 @@ def main() -> int:
     n = args.steps * args.rounds
     print(f"first build of {args.steps} `true` steps (network default, max_parallel "
           f"{args.max_parallel}), {args.rounds} round(s); CPU ms per step, by perf:")
-    print(f"  {'':28s} {'per container':>14s} {'shared':>8s}")
+    print("  " + " " * 28 + "".join(f"{m:>10s}" for m in modes))
 
     def ms(mode: str, kind: str) -> float:
         return totals[mode][kind] / HZ / n * 1e3
 
     for kind in KINDS:
-        print(f"  {kind:28s} {ms('per container', kind):14.1f} {ms('shared', kind):8.1f}")
-    tot = {m: sum(ms(m, k) for k in KINDS) for m in totals}
-    system = {m: tot[m] - ms(m, "kata") - ms(m, "kata's children (ip, CNI)") for m in totals}
-    print(f"  {'total':28s} {tot['per container']:14.1f} {tot['shared']:8.1f} | "
-          f"shared / per container {tot['shared'] / tot['per container']:.2f}x")
-    print(f"  {'beyond kata':28s} {system['per container']:14.1f} {system['shared']:8.1f} | "
-          f"shared / per container {system['shared'] / system['per container']:.2f}x")
-    print(f"  total vs the {BUDGET_MS:.0f} ms budget: per container "
-          f"{tot['per container'] / BUDGET_MS:.2f}x, shared {tot['shared'] / BUDGET_MS:.2f}x "
-          f"(target <= 1.0x)")
-    print(f"  wall per step: per container {walls['per container'] / n * 1e3:.0f} ms, "
-          f"shared {walls['shared'] / n * 1e3:.0f} ms")
+        print(f"  {kind:28s}" + "".join(f"{ms(m, kind):10.1f}" for m in modes))
+    tot = {m: sum(ms(m, k) for k in KINDS) for m in modes}
+    system = {m: tot[m] - ms(m, "kata") - ms(m, "kata's children (ip, CNI)") for m in modes}
+    first = modes[0]
+    print(f"  {'total':28s}" + "".join(f"{tot[m]:10.1f}" for m in modes)
+          + " | vs " + first + ": " + ", ".join(f"{m} {tot[m] / tot[first]:.2f}x" for m in modes[1:]))
+    print(f"  {'beyond kata':28s}" + "".join(f"{system[m]:10.1f}" for m in modes)
+          + " | vs " + first + ": " + ", ".join(f"{m} {system[m] / system[first]:.2f}x"
+                                                for m in modes[1:]))
+    print(f"  total vs the {BUDGET_MS:.0f} ms budget (target <= 1.0x): "
+          + ", ".join(f"{m} {tot[m] / BUDGET_MS:.2f}x" for m in modes))
+    print("  wall per step: " + ", ".join(f"{m} {walls[m] / n * 1e3:.0f} ms" for m in modes))
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -20,6 +20,7 @@ import pytest
 from kata.errors import KataError
 from kata.runtimes.base import CANCEL_EXIT, TIMEOUT_EXIT, Mount, StepSpec
 from support.fixtures import assert_clean
+from support.steps import running_steps
 from support.procs import kill_once_started
 
 pytestmark = pytest.mark.integration
@@ -49,33 +50,42 @@ def run(rt, digest: str, *argv: str, cancel: threading.Event | None = None, **kw
 
 
 @pytest.mark.parametrize("code", [0, 3])
-def test_exit_status_is_returned(clean_runtime, busybox_digest, code):
-    status, out = run(clean_runtime, busybox_digest, "sh", "-c", f"echo out; echo err >&2; exit {code}")
+def test_exit_status_is_returned(each_step_runner, busybox_digest, code):
+    status, out = run(each_step_runner, busybox_digest, "sh", "-c", f"echo out; echo err >&2; exit {code}")
     assert status == code
     assert out.of("stdout") == [b"out"] and out.of("stderr") == [b"err"]
 
 
-def test_a_task_killed_by_a_signal_reports_137(clean_runtime, busybox_digest):
+def test_a_task_killed_by_a_signal_reports_137(each_step_runner, busybox_digest):
+    rt = each_step_runner
     label = secrets.token_hex(6)
-    rt = clean_runtime
     c = rt.client
 
     def killer() -> None:
-        from kata.runtimes.containerd.client import containers_pb2, tasks_pb2
+        from kata.runtimes.containerd.client import tasks_pb2
+        from kata.runtimes.containerd.direct import procs
 
         while True:
-            found = c.call(c.containers.List, containers_pb2.ListContainersRequest(
-                filters=[f'labels."kata.test"=={label}']), "list").containers
-            if found:
+            found = running_steps(rt, ("kata.test", label))
+            if found and rt.direct_unusable:  # a containerd task
                 try:
-                    task = c.call(c.tasks.Get, tasks_pb2.GetRequest(container_id=found[0].id),
+                    task = c.call(c.tasks.Get, tasks_pb2.GetRequest(container_id=found[0][0]),
                                   "get").process
                 except KataError:
                     task = None  # no task yet
                 if task is not None and task.status == 2:  # RUNNING: started, not exited
                     c.call(c.tasks.Kill, tasks_pb2.KillRequest(
-                        container_id=found[0].id, signal=signal.SIGKILL, all=True), "kill")
+                        container_id=found[0][0], signal=signal.SIGKILL, all=True), "kill")
                     return
+            elif found:  # a direct step: its processes are in its cgroup
+                for pid in procs(found[0][0]):
+                    try:
+                        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                        if argv[:2] == [b"sleep", b"1000"]:
+                            os.kill(pid, signal.SIGKILL)
+                            return
+                    except (OSError, ProcessLookupError):
+                        pass
             time.sleep(0.05)
 
     t = threading.Thread(target=killer)
@@ -127,11 +137,15 @@ def test_lines_arrive_while_the_step_runs(clean_runtime, busybox_digest):
     assert sink.of("stdout") == [b"early", b"late"]
 
 
-def test_timeout_kills_a_step_that_ignores_sigterm(containerd_daemon, busybox_digest, runtime):
+@pytest.mark.parametrize("runner", ["direct", "task"])
+def test_timeout_kills_a_step_that_ignores_sigterm(containerd_daemon, busybox_digest, runtime,
+                                                   runner):
     from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.config import RuntimeConfig
 
     with ContainerdRuntime.connect(address=containerd_daemon.address, stop_grace=0.5,
-                                   sweep=False) as rt:
+                                   config=RuntimeConfig(step_runner=runner), sweep=False) as rt:
+        assert (rt.direct_unusable == "") == (runner == "direct")
         status, out = run(rt, busybox_digest, "sh", "-c",
                           "trap '' TERM; echo ready; while true; do sleep 1; done", timeout=1.0)
     assert status == TIMEOUT_EXIT
@@ -139,7 +153,7 @@ def test_timeout_kills_a_step_that_ignores_sigterm(containerd_daemon, busybox_di
     assert_clean(runtime)
 
 
-def test_cancel_stops_the_step(clean_runtime, busybox_digest):
+def test_cancel_stops_the_step(each_step_runner, busybox_digest):
     cancel = threading.Event()
     sink = Lines()
 
@@ -150,7 +164,7 @@ def test_cancel_stops_the_step(clean_runtime, busybox_digest):
     t = threading.Thread(target=cancel_when_ready)
     t.start()
     script = "trap 'echo got-term; exit 0' TERM; echo ready; sleep 1000 & wait"
-    status = clean_runtime.run(StepSpec(image=busybox_digest, argv=("sh", "-c", script)),
+    status = each_step_runner.run(StepSpec(image=busybox_digest, argv=("sh", "-c", script)),
                                sink, cancel)
     t.join()
     assert status == CANCEL_EXIT
@@ -243,9 +257,9 @@ def test_network_host_sees_the_host_interfaces(clean_runtime, busybox_digest):
     assert {name.encode(), b"lo"} <= set(out.of("stdout"))
 
 
-def test_twenty_steps_at_once(clean_runtime, busybox_digest):
+def test_twenty_steps_at_once(each_step_runner, busybox_digest):
     def one(i: int) -> tuple[int, list[bytes]]:
-        status, out = run(clean_runtime, busybox_digest, "sh", "-c", f"echo step-{i}; sleep 0.3; exit {i % 3}")
+        status, out = run(each_step_runner, busybox_digest, "sh", "-c", f"echo step-{i}; sleep 0.3; exit {i % 3}")
         return status, out.of("stdout")
 
     with ThreadPoolExecutor(20) as pool:
@@ -253,20 +267,20 @@ def test_twenty_steps_at_once(clean_runtime, busybox_digest):
     assert results == [(i % 3, [f"step-{i}".encode()]) for i in range(20)]
 
 
-def test_bad_inputs_are_kata_errors_and_leave_nothing(clean_runtime, busybox_digest, tmp_path):
+def test_bad_inputs_are_kata_errors_and_leave_nothing(each_step_runner, busybox_digest, tmp_path):
     with pytest.raises(KataError) as err:
-        run(clean_runtime, busybox_digest, "true", user="nobody")
+        run(each_step_runner, busybox_digest, "true", user="nobody")
     assert err.value.reason == "runtime.bad_user"
     with pytest.raises(KataError) as err:
-        run(clean_runtime, busybox_digest, "true",
+        run(each_step_runner, busybox_digest, "true",
             mounts=(Mount(kind="bind", source=str(tmp_path / "missing"), target="/x"),))
     assert err.value.reason == "runtime.bad_mount"
     with pytest.raises(KataError) as err:
-        run(clean_runtime, "sha256:" + "0" * 64, "true")
+        run(each_step_runner, "sha256:" + "0" * 64, "true")
     assert err.value.reason == "image.not_found"
     # a command that does not exist: runc fails at create; still nothing left
     with pytest.raises(KataError) as err:
-        run(clean_runtime, busybox_digest, "/no/such/binary")
+        run(each_step_runner, busybox_digest, "/no/such/binary")
     assert err.value.reason == "runtime.start_failed"
 
 
@@ -298,8 +312,10 @@ def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from kata.runtimes.containerd import ContainerdRuntime
         from kata.runtimes.base import StepSpec
+        from kata.runtimes.containerd.config import RuntimeConfig
         rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
-                                       state_dir={str(containerd_daemon.root.parent)!r})
+                                       state_dir={str(containerd_daemon.root.parent)!r},
+                                       config=RuntimeConfig(step_runner="task"))
         def sink(stream, line):
             open({str(marker)!r}, "w").write("x")
         rt.run(StepSpec(image={busybox_digest!r}, argv=("sh", "-c", "echo up; sleep 1000"),
@@ -318,7 +334,7 @@ def test_sigkilled_kata_is_swept_by_the_next_connect(containerd_daemon, busybox_
         assert rt.leftovers() == {k: [] for k in left}
 
 
-def test_network_default_is_a_bridge_that_reaches_the_host(clean_runtime, busybox_digest):
+def test_network_default_is_a_bridge_that_reaches_the_host(each_step_runner, busybox_digest):
     import socket
 
     server = socket.socket()
@@ -336,7 +352,7 @@ def test_network_default_is_a_bridge_that_reaches_the_host(clean_runtime, busybo
     t = threading.Thread(target=serve)
     t.start()
     try:
-        status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+        status, out = run(each_step_runner, busybox_digest, "sh", "-c",
                           "ip -4 -o addr show eth0 | grep -c 'inet 10.89.'; "
                           "gw=$(ip route | awk '/default/ {print $3}'); "
                           f"echo hello-host | nc $gw {port} && echo sent", network="default")
@@ -367,15 +383,15 @@ def test_a_debian_userland_runs(clean_runtime, debian_digest):
     assert out.of("stdout") == [b"debian", b"bash"]
 
 
-def test_release_after_the_exit_is_deferred_but_complete(clean_runtime, busybox_digest):
+def test_release_after_the_exit_is_deferred_but_complete(each_step_runner, busybox_digest):
     # the status and every line come back before the task, container, snapshot and lease
     # are deleted; a background child holding stdout does not make the output incomplete
-    status, out = run(clean_runtime, busybox_digest, "sh", "-c",
+    status, out = run(each_step_runner, busybox_digest, "sh", "-c",
                       "sleep 30 & for i in 1 2 3; do echo line $i; done; echo bye >&2; exit 4")
     assert status == 4
     assert out.of("stdout") == [b"line 1", b"line 2", b"line 3"] and out.of("stderr") == [b"bye"]
-    clean_runtime.drain()
-    assert_clean(clean_runtime)
+    each_step_runner.drain()
+    assert_clean(each_step_runner)
 
 
 def test_orphaned_shims_of_a_killed_kata_are_reaped_by_the_next_connect(

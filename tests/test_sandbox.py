@@ -328,19 +328,14 @@ def test_crun_containers_get_the_compiled_filter_runc_ones_the_profile(each_oci_
     # the spec containerd holds for a running step: on crun the compiled filter in place
     # of the profile's rules, on runc the profile
     from kata.runtimes.containerd import seccompbpf
-    from kata.runtimes.containerd.client import containers_pb2
+    from support.steps import running_steps
 
     rt = each_oci_runtime
     seen: list[dict] = []
 
     def sink(stream, line):
         if line == b"up" and not seen:
-            c = rt.client
-            for ctr in c.call(c.containers.List, containers_pb2.ListContainersRequest(),
-                              "list").containers:
-                import json
-
-                spec = json.loads(ctr.spec.value)
+            for _cid, spec in running_steps(rt):  # a containerd task's or a direct step's
                 if spec["process"]["args"][-1].startswith("echo up"):
                     seen.append(spec)
 

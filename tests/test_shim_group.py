@@ -34,7 +34,7 @@ def clean_runtime(containerd_daemon, runtime):
 
     rt = ContainerdRuntime.connect(address=containerd_daemon.address,
                                    state_dir=str(containerd_daemon.root.parent),
-                                   config=RuntimeConfig(shared_shim=True))
+                                   config=RuntimeConfig(shared_shim=True, step_runner="task"))
     try:
         yield rt
         assert_clean(rt)
@@ -208,7 +208,7 @@ def test_a_killed_kata_s_containers_in_a_shared_shim_are_reaped(
         from kata.runtimes.containerd.config import RuntimeConfig
         rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
                                        state_dir={str(containerd_daemon.root.parent)!r},
-                                       config=RuntimeConfig(shared_shim=True))
+                                       config=RuntimeConfig(shared_shim=True, step_runner="task"))
         image = rt.images.run_image({busybox_digest!r})
         opts = TaskOptions(fifo_root=rt.fifo_root, shim_group=rt.shim_group,
                            runtime_options=rt._runtime_options,
@@ -310,7 +310,7 @@ def test_shared_shim_off_gives_a_shim_per_container(containerd_daemon, busybox_d
 
     with ContainerdRuntime.connect(address=containerd_daemon.address,
                                    state_dir=str(containerd_daemon.root.parent),
-                                   config=RuntimeConfig(shared_shim=False)) as rt:
+                                   config=RuntimeConfig(shared_shim=False, step_runner="task")) as rt:
         assert rt.shim_group is None
         assert _step(rt, busybox_digest, 1) == (1, [b"out 1"])
         rt.drain()

@@ -5,6 +5,8 @@
     busybox_digest     session: manifest digest of kata.local/busybox:latest in it
     clean_runtime      function: `runtime`, asserted to hold no leftovers afterwards
     runc_runtime       session: a ContainerdRuntime on the same daemon that runs runc
+    task_runtime       session: one on the same daemon with containerd.step_runner: task
+    each_step_runner   function, twice: `clean_runtime` (direct steps), then task_runtime
     each_oci_runtime   function, twice: `clean_runtime` on crun, then on runc
     debian_digest      session: a Debian minbase image (slow the first time: mmdebstrap)
     probe_digest       session: busybox + /bin/probe (sandbox_probe.c, built with gcc)
@@ -83,6 +85,33 @@ def each_oci_runtime(request, runtime, runc_runtime):
     each asserted to hold no leftovers afterwards."""
     rt = runtime if request.param == "crun" else runc_runtime
     assert rt.oci.name == request.param, rt.oci
+    yield rt
+    assert_clean(rt)
+
+
+@pytest.fixture(scope="session")
+def task_runtime(runtime, containerd_daemon) -> Iterator[object]:
+    """A runtime on the session's daemon (its images included) that runs every step as a
+    containerd task (``containerd.step_runner: task``); the session runtime runs steps
+    without services directly (kata/runtimes/containerd/direct.py)."""
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.config import RuntimeConfig
+
+    rt = ContainerdRuntime.connect(address=containerd_daemon.address,
+                                   state_dir=str(containerd_daemon.root.parent),
+                                   config=RuntimeConfig(step_runner="task"))
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(params=["direct", "task"])
+def each_step_runner(request, runtime, task_runtime):
+    """The session runtime (direct steps), then one on containerd tasks; each asserted to
+    hold no leftovers afterwards."""
+    rt = runtime if request.param == "direct" else task_runtime
+    assert (rt.direct_unusable == "") == (request.param == "direct"), rt.direct_unusable
     yield rt
     assert_clean(rt)
 

@@ -7,6 +7,7 @@
       stop_grace: 5s                             # between SIGTERM and SIGKILL (a duration, or seconds)
       oci_runtime: auto                          # auto | crun | runc (kata/oci_runtime.py)
       shared_shim: true                          # a few containerd shims for all of a run's containers
+      step_runner: direct                        # direct: kata runs crun for steps without services; task: containerd tasks
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -36,6 +37,8 @@ from kata.model import Duration
 
 from kata.oci_runtime import CHOICES
 
+STEP_RUNNERS = ("direct", "task")  # containerd.step_runner (direct.py)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistryConfig:
@@ -51,6 +54,9 @@ class RuntimeConfig:
     stop_grace: float = 5.0
     oci_runtime: str = "auto"  # one of kata.oci_runtime.CHOICES
     shared_shim: bool = True  # a few shims per runtime object (shimgroup.py), not one per container
+    # "direct": steps without services run by kata's own `crun run` (direct.py) where the
+    # host allows it; "task": every container is a containerd task
+    step_runner: str = "direct"
     offline: bool = False
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
 
@@ -85,7 +91,8 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     p = host.path
     top = host.doc
     cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace",
-                                              "oci_runtime", "shared_shim"}, "containerd", p)
+                                              "oci_runtime", "shared_shim", "step_runner"},
+                     "containerd", p)
     regs = {}
     for name, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
                                     "registries", p)).items():
@@ -108,7 +115,13 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     if not isinstance(shared, bool):
         raise host.error("config.bad_value", f"containerd.shared_shim must be true or false, "
                          f"got {shared!r}", "containerd", "shared_shim")
+    runner = cd.get("step_runner", "direct")
+    if runner not in STEP_RUNNERS:
+        raise host.error("config.bad_value", f"containerd.step_runner must be one of "
+                         f"{', '.join(STEP_RUNNERS)}, got {runner!r}", "containerd",
+                         "step_runner")
     return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
                          stop_grace=grace, oci_runtime=oci, shared_shim=shared,
+                         step_runner=runner,
                          offline=bool(top.get("offline", False)),
                          registries=regs)

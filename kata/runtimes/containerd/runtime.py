@@ -28,8 +28,9 @@ from .client import (
     snapshots_pb2, tasks_pb2,
 )
 from .config import RuntimeConfig, load_runtime_config
+from .direct import DirectStep, DirectSteps, usable
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
-from .images import ImageRecord, ImageStore
+from .images import ImageRecord, ImageStore, RunImage
 from .network import CniNetwork, NetnsPool
 from .reference import is_digest, parse_reference
 from .seccompbpf import takes_compiled_filter
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every ru
     from .registry import RegistryClient
 
 FIFO_ROOT = "/run/kata/fifo"
+STEPS_ROOT = "/var/lib/kata/steps"  # direct steps (direct.py) of a containerd not kata's own
 RELEASE_THREADS = 4  # deferred releases at once (each ~20 ms of waiting on containerd)
 
 
@@ -54,7 +56,7 @@ class ContainerdRuntime:
 
     def __init__(self, client: Client, *, config: RuntimeConfig, fifo_root: Path,
                  offline: bool, stop_grace: float, oci: OciRuntime,
-                 mount_roots: tuple[str, ...] = ()) -> None:
+                 mount_roots: tuple[str, ...] = (), steps_root: Path | None = None) -> None:
         self.client = client
         self.config = config
         self.offline = offline
@@ -74,6 +76,10 @@ class ContainerdRuntime:
             runtime_options=self._runtime_options,
             precompiled_seccomp=self._precompiled_seccomp,
             runtime_name=RUNTIME_NAME) if config.shared_shim else None
+        # steps without services: kata's own `crun run` (direct.py) unless the host config
+        # says `containerd.step_runner: task` or the host cannot (direct.usable)
+        self.direct = DirectSteps(client, oci, steps_root or Path(STEPS_ROOT))
+        self.direct_unusable = usable(oci) if config.step_runner == "direct" else "step_runner: task"
         self._registry: RegistryClient | None = None
         self._hurry = threading.Event()  # hurry(): cancelled steps are killed at once
         # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
@@ -112,12 +118,15 @@ class ContainerdRuntime:
         address = address or config.address
         state_dir = state_dir or config.state_dir
         mount_roots: tuple[str, ...] = ()
+        steps_root = Path(STEPS_ROOT)
         if address:
             fifo_root = Path(FIFO_ROOT)
+            steps_root = _steps_root_of(address)
             if state_dir:  # an address of kata's own daemon under state_dir
                 paths = daemon_paths(state_dir)
                 fifo_root = paths.state.parent / "fifo"
                 mount_roots = (str(paths.root), str(paths.state))
+                steps_root = paths.root.parent / "steps"
         elif state_dir is None and socket_answers(SYSTEM_SOCKET):
             address, fifo_root = SYSTEM_SOCKET, Path(FIFO_ROOT)
             mount_roots = ("/var/lib/containerd", "/run/containerd")
@@ -126,6 +135,7 @@ class ContainerdRuntime:
             address = ensure_daemon(paths)
             fifo_root = paths.state.parent / "fifo"
             mount_roots = (str(paths.root), str(paths.state))
+            steps_root = paths.root.parent / "steps"
         client = Client(address)
         try:
             client.ping()
@@ -135,7 +145,7 @@ class ContainerdRuntime:
         rt = cls(client, config=config, fifo_root=fifo_root,
                  offline=config.offline if offline is None else offline,
                  stop_grace=config.stop_grace if stop_grace is None else stop_grace,
-                 oci=oci, mount_roots=mount_roots)
+                 oci=oci, mount_roots=mount_roots, steps_root=steps_root)
         if sweep:
             rt.sweep()
         return rt
@@ -237,15 +247,22 @@ class ContainerdRuntime:
             return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
         if running is not None:
             running()
+
+        def step(image: RunImage):  # noqa: ANN202
+            if not self.direct_unusable:
+                return DirectStep(self.direct, options, spec, image, sink, cancel)
+            return StepRun(self.client, options, spec, image, sink, cancel)
+
         try:
-            return StepRun(self.client, options, spec, image, sink, cancel).execute(self._defer)
+            return step(image).execute(self._defer)
         except ContainerdError as err:
             # the image went away under us (`kata image rm` elsewhere): look again, once
             if err.code != grpc.StatusCode.NOT_FOUND or err.obj != "prepare snapshot":
                 raise
             self.images.forget(digest)
+            self.direct.forget(image.chain_id)
             image = self.images.run_image(self._ensure_image(spec.image))
-            return StepRun(self.client, options, spec, image, sink, cancel).execute(self._defer)
+            return step(image).execute(self._defer)
 
     # -- deferred release ---------------------------------------------------------------
     def _defer(self, cleanup: Cleanup) -> None:
@@ -290,7 +307,10 @@ class ContainerdRuntime:
                 if self.shim_group is not None:
                     self.shim_group.close()
             finally:
-                self.netns_pool.drain()
+                try:
+                    self.direct.drain()
+                finally:
+                    self.netns_pool.drain()
 
     def _ensure_image(self, image: str) -> str:
         """The digest of a pinned image reference, pulling it if it is not stored yet."""
@@ -367,13 +387,17 @@ class ContainerdRuntime:
         self.drain()
         c = self.client
         counts = {"tasks": 0, "containers": 0, "snapshots": 0, "leases": 0, "fifos": 0,
-                  "netns": 0, "shims": 0}
+                  "netns": 0, "shims": 0, "steps": 0}
 
         def dead(labels) -> bool:  # noqa: ANN001
             owner = labels.get(OWNER_LABEL)
             return owner is not None and (everything or not owner_alive(owner))
 
         with Cleanup() as cleanup:
+            try:  # first: their processes die, their mounts of image snapshots go
+                counts["steps"] = self.direct.sweep(everything)
+            except (OSError, KataError, subprocess.SubprocessError) as err:
+                cleanup.push("sweep direct steps", _raiser(err))
             containers = c.call(c.containers.List, containers_pb2.ListContainersRequest(),
                                 "list containers").containers
             tasks = {t.id for t in c.call(c.tasks.List, tasks_pb2.ListTasksRequest(),
@@ -511,12 +535,15 @@ class ContainerdRuntime:
                                                 "list containers").containers],
             "tasks": [t.id for t in c.call(c.tasks.List, tasks_pb2.ListTasksRequest(),
                                            "list tasks").tasks],
-            "snapshots": [i.name for i in self._snapshots() if i.kind != snapshots_pb2.COMMITTED],
+            # an image view another live runtime of this process keeps is not a leftover
+            "snapshots": [i.name for i in self._snapshots() if i.kind != snapshots_pb2.COMMITTED
+                          and i.name not in DirectSteps.held_views()],
             "leases": [x.id for x in c.call(c.leases.List, leases_pb2.ListRequest(),
                                             "list leases").leases],
             "mounts": mounts,
             "shims": self._orphan_shims(),
             "netns": self.network.leftovers(),
+            "steps": self.direct.leftovers(),
             "fifos": sorted(str(p) for p in self.fifo_root.glob("*/*")) if self.fifo_root.is_dir() else [],
         }
 
@@ -570,6 +597,16 @@ class _PullMeter:
                                  layers_total=len(self.layers), bytes_done=self.bytes_done,
                                  bytes_total=sum(self.layers.values()), done=done)
         self.report(event)
+
+
+def _steps_root_of(address: str) -> Path:
+    """Where direct steps live for a containerd known by its address alone: beside it when
+    it is kata's own embedded daemon (its socket next to its ``root/`` and pid file, as
+    ``daemon_paths`` lays them out), else ``STEPS_ROOT``."""
+    run = Path(address.removeprefix("unix://")).parent
+    if (run / "root").is_dir() and (run / "containerd.pid").exists():
+        return run / "steps"
+    return Path(STEPS_ROOT)
 
 
 def _raiser(err: BaseException):  # noqa: ANN202
