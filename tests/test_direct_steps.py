@@ -10,6 +10,7 @@ with services still go through containerd, and the host config key.
 
 from __future__ import annotations
 
+import os
 import textwrap
 import threading
 from pathlib import Path
@@ -218,3 +219,28 @@ def test_an_image_view_s_lower_dirs(mount, expected):
     assert _lower_dirs([SimpleNamespace(**mount)]) == expected
     with pytest.raises(KataError):
         _lower_dirs([SimpleNamespace(type="tmpfs", source="x", options=[])])
+
+
+@pytest.mark.integration
+def test_a_terminal_s_signals_do_not_reach_the_step_through_crun(clean_runtime, busybox_digest):
+    # `crun run` forwards the signals it gets to the container's init; a terminal sends
+    # Ctrl-C (SIGINT), Ctrl-\ and Ctrl-Z, and SIGHUP when it closes, to every process of
+    # its foreground process group. So crun must not be in kata's process group (or
+    # session): as a task's shim is not, the step then sees only kata's cancel (SIGTERM
+    # after the run's cancel, SIGKILL on the second Ctrl-C).
+    from kata.runtimes.containerd.direct import procs
+
+    seen: list[tuple[int, int]] = []
+
+    def look(line: bytes) -> None:
+        if line == b"ready" and not seen:
+            (cid, _spec), = running_steps(clean_runtime)
+            crun, = (p for p in procs(cid)
+                     if Path(f"/proc/{p}/comm").read_text().strip() == "crun")
+            seen.append((os.getpgid(crun), os.getsid(crun)))
+
+    status, lines = _run(clean_runtime, StepSpec(image=busybox_digest, timeout=60, argv=(
+        "sh", "-c", "echo ready; sleep 0.3")), on_line=look)
+    assert status == 0 and lines == [b"ready"]
+    (pgid, sid), = seen
+    assert pgid != os.getpgrp() and sid != os.getsid(0)

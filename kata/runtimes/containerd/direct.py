@@ -466,8 +466,11 @@ class DirectStep:
                 str(self.host.crun_root), f"--log=file:{d}/crun.log", "run", "--bundle", str(d),
                 self.id]
         try:
+            # a session of its own: crun forwards the signals it gets to the step, and a
+            # terminal signals its whole foreground group (Ctrl-C, Ctrl-Z, SIGHUP); the
+            # step hears of those only through kata's cancel, as a task's does
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w,
-                                         stderr=err_w, close_fds=True)
+                                         stderr=err_w, close_fds=True, start_new_session=True)
         finally:
             os.close(out_w)
             os.close(err_w)
