@@ -244,3 +244,16 @@ def test_a_terminal_s_signals_do_not_reach_the_step_through_crun(clean_runtime, 
     assert status == 0 and lines == [b"ready"]
     (pgid, sid), = seen
     assert pgid != os.getpgrp() and sid != os.getsid(0)
+
+
+@pytest.mark.integration
+def test_a_step_whose_crun_the_oom_killer_took_ends_with_it(clean_runtime, busybox_digest):
+    # crun waits inside the step's memory cgroup; a step whose memory is tmpfs pages (no
+    # process's RSS) leaves crun the biggest process there and the OOM killer takes it.
+    # The step ran on unsupervised, past its timeout, until its output ended (30 s on)
+    status, lines = _run(clean_runtime, StepSpec(
+        image=busybox_digest, timeout=3, resources=Resources(memory=24 * MIB),
+        argv=("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=60 2>/dev/null; "
+              "rm -f /dev/shm/fill; for i in 1 2 3 4 5 6 7 8 9 10; do echo alive; sleep 1; "
+              "done; echo end")))
+    assert status in (OOM_EXIT, 124) and b"end" not in lines, (status, lines)

@@ -519,8 +519,9 @@ class DirectStep:
                                 f"step container {self.id} did not die after SIGKILL",
                                 obj=self.id, exit_code=1)
         status = self.proc.wait()
-        if status < 0:  # crun itself died of a signal
-            status = 128 - status
+        if status < 0:  # crun itself died of a signal: the OOM killer's choice (it waits
+            status = 128 - status  # in the step's memory cgroup); nothing supervises the
+            self._kill_all()  # step any more (no timeout, no cancel): it ends with crun
         if killed_for is not None:
             return killed_for
         if status != 0:
@@ -575,9 +576,7 @@ class DirectStep:
             if not self._wait(KILL_WAIT):
                 proc.kill()
                 proc.wait()
-        deadline = time.monotonic() + KILL_WAIT
-        while _signal_all(self.id, signal.SIGKILL) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self._kill_all()
         if (self.host.crun_root / self.id).exists():  # crun itself was killed
             subprocess.run([self.host.oci.binary, "--cgroup-manager=disabled", "--root",
                             str(self.host.crun_root), "delete", "--force", self.id],
@@ -585,6 +584,12 @@ class DirectStep:
         for reader in self.readers:
             reader.join(KILL_WAIT)
         self._release_netns()
+
+    def _kill_all(self) -> None:
+        """SIGKILL every process of the step's cgroup until none is left (or KILL_WAIT)."""
+        deadline = time.monotonic() + KILL_WAIT
+        while _signal_all(self.id, signal.SIGKILL) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _release_netns(self) -> None:
         name, self.pooled = self.pooled, None
