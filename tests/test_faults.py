@@ -132,7 +132,9 @@ def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path,
             {"name": "other", "image": IMAGE, "inputs": ["none"], "commands": ["sleep 60"]},
         ]}, sort_keys=False))
     config = tmp_path / "config.yaml"
-    config.write_text(f"containerd:\n  shared_shim: {str(shared_shim).lower()}\n")
+    # containerd tasks: a direct step (the default runner) does not need containerd to run
+    config.write_text(f"containerd:\n  shared_shim: {str(shared_shim).lower()}\n"
+                      "  step_runner: task\n")
     with embedded_containerd("kf") as paths:  # the test's own: it is killed
         with ContainerdRuntime.connect(address=paths.address,
                                        state_dir=str(paths.root.parent)) as rt:
@@ -169,6 +171,7 @@ def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path,
             ensure_daemon(paths)
             with ContainerdRuntime.connect(address=paths.address,
                                            state_dir=str(paths.root.parent),
-                                           config=RuntimeConfig(shared_shim=shared_shim)) as rt:
+                                           config=RuntimeConfig(shared_shim=shared_shim,
+                                                                step_runner="task")) as rt:
                 left = rt.leftovers()
         assert left == {k: [] for k in left}, left

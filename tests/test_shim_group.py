@@ -354,7 +354,7 @@ def _shared(containerd_daemon) -> ContainerdRuntime:
 
     return ContainerdRuntime.connect(address=containerd_daemon.address,
                                      state_dir=str(containerd_daemon.root.parent),
-                                     config=RuntimeConfig(shared_shim=True), sweep=False)
+                                     config=RuntimeConfig(shared_shim=True, step_runner="task"), sweep=False)
 
 
 def test_another_runtime_s_check_waits_for_an_idle_group(
