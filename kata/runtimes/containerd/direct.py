@@ -65,7 +65,7 @@ from .images import RunImage
 from .sandbox import CGROUP_ROOT, oom_killed, pids_exhausted
 from .spec import build_spec, cgroup_path
 from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled_seccomp, \
-    start_failure
+    output_ended, released, start_failure
 
 log = logging.getLogger("kata.runtime")
 CONTROLLERS = ("memory", "pids", "cpu", "devices")  # the cgroup v1 hierarchies a step gets
@@ -402,22 +402,11 @@ class DirectStep:
             self._launch(cleanup)
             status = self._supervise()
             self._end_output()
-            for reader in self.readers:
-                if reader.error is not None:
-                    raise reader.error
-            if self.note:
-                raw = bool(getattr(self.sink, "raw", False))
-                self.sink("stderr", self.note + (b"\n" if raw else b""))
+            output_ended(self.readers, self.sink, self.note)
         except BaseException as err:
             cleanup.close(err)
             raise
-        if defer is not None:
-            defer(cleanup)
-            return status
-        first = cleanup.close()
-        if first is not None:
-            raise first
-        return status
+        return released(cleanup, status, defer)
 
     def _launch(self, cleanup: Cleanup) -> None:
         step, owner = self.step, self.host.client.owner

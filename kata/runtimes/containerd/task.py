@@ -183,6 +183,29 @@ class _Reader(threading.Thread):
         return True
 
 
+def output_ended(readers: list[_Reader], sink: OutputSink, note: bytes) -> None:
+    """After a step's exit, every reader done: raise a reader's error, then say kata's
+    ``note`` (a limit it hit) on stderr, after all of the step's own output."""
+    for reader in readers:
+        if reader.error is not None:
+            raise reader.error
+    if note:
+        raw = bool(getattr(sink, "raw", False))
+        sink("stderr", note + (b"\n" if raw else b""))
+
+
+def released(cleanup: Cleanup, status: int, defer: Callable[[Cleanup], None] | None) -> int:
+    """``status`` once the step's release is handed to ``defer`` (the runtime finishes it
+    in the background) or, without one, done now; the release's first error is raised."""
+    if defer is not None:
+        defer(cleanup)
+        return status
+    first = cleanup.close()
+    if first is not None:
+        raise first
+    return status
+
+
 class StepRun:
     """One run of one step; ``execute`` returns its exit status."""
 
@@ -222,22 +245,11 @@ class StepRun:
             status = self._supervise()
             if defer is None or not self._output_ended(OUTPUT_END_WAIT):
                 self._teardown_task()  # output is complete once the task is deleted
-            for reader in self.readers:
-                if reader.error is not None:
-                    raise reader.error
-            if self.note:  # every reader is done: this comes last
-                raw = bool(getattr(self.sink, "raw", False))
-                self.sink("stderr", self.note + (b"\n" if raw else b""))
+            output_ended(self.readers, self.sink, self.note)
         except BaseException as err:
             cleanup.close(err)
             raise
-        if defer is not None and not self.task_gone:
-            defer(cleanup)
-            return status
-        first = cleanup.close()
-        if first is not None:
-            raise first
-        return status
+        return released(cleanup, status, None if self.task_gone else defer)
 
     def _output_ended(self, timeout: float) -> bool:
         """Whether every output FIFO reached its end (the shim copied everything)."""
