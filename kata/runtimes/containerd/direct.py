@@ -58,14 +58,14 @@ from kata.oci_runtime import OciRuntime
 from kata.resources import effective
 from procs import owner_alive
 
-from ..base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec
+from ..base import OOM_EXIT, OutputSink, StepSpec
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, grpc, snapshots_pb2
 from .images import RunImage
 from .sandbox import CGROUP_ROOT, oom_killed, pids_exhausted
 from .spec import build_spec, cgroup_path
 from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled_seccomp, \
-    output_ended, released, start_failure
+    output_ended, released, start_failure, watch
 
 log = logging.getLogger("kata.runtime")
 CONTROLLERS = ("memory", "pids", "cpu", "devices")  # the cgroup v1 hierarchies a step gets
@@ -479,23 +479,12 @@ class DirectStep:
 
     def _supervise(self) -> int:
         assert self.proc is not None
-        timeout = self.step.timeout
-        deadline = time.monotonic() + timeout if timeout is not None else None
-        killed_for: int | None = None
         pidfd = os.pidfd_open(self.proc.pid)
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
-            while True:
-                if self.cancel.is_set():
-                    killed_for = CANCEL_EXIT
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    killed_for = TIMEOUT_EXIT
-                    break
-                wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
-                if poller.poll(wait * 1000):
-                    break
+            killed_for = watch(lambda seconds: bool(poller.poll(seconds * 1000)), self.cancel,
+                               self.step.timeout)
         finally:
             os.close(pidfd)
         if killed_for is not None:

@@ -183,6 +183,23 @@ class _Reader(threading.Thread):
         return True
 
 
+def watch(exited: Callable[[float], bool], cancel: threading.Event,
+          timeout: float | None) -> int | None:
+    """Wait for a step's exit: ``exited(seconds)`` waits up to that long and says whether
+    it came (called for 50 ms at most, so a cancel is seen within that). None when it
+    exited; CANCEL_EXIT or TIMEOUT_EXIT (``timeout`` seconds from now) when that came
+    first, and the caller stops the step."""
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    while True:
+        if cancel.is_set():
+            return CANCEL_EXIT
+        if deadline is not None and time.monotonic() >= deadline:
+            return TIMEOUT_EXIT
+        wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+        if exited(wait):
+            return None
+
+
 def output_ended(readers: list[_Reader], sink: OutputSink, note: bytes) -> None:
     """After a step's exit, every reader done: raise a reader's error, then say kata's
     ``note`` (a limit it hit) on stderr, after all of the step's own output."""
@@ -361,18 +378,8 @@ class StepRun:
 
     # -- waiting, timeout, cancellation ---------------------------------------------
     def _supervise(self) -> int:
-        timeout = self.step.timeout
-        deadline = time.monotonic() + timeout if timeout is not None else None
-        killed_for: int | None = None
-        while not self.exited.is_set():
-            if self.cancel.is_set():
-                killed_for = CANCEL_EXIT
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                killed_for = TIMEOUT_EXIT
-                break
-            wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
-            self.exited.wait(wait)
+        killed_for = None if self.exited.is_set() else \
+            watch(self.exited.wait, self.cancel, self.step.timeout)
         if killed_for is not None:
             self._kill(signal.SIGTERM)
             if not self.options.grace(self.exited, self.options.stop_grace):
