@@ -75,6 +75,7 @@ def test_out_of_memory_and_the_pids_limit_are_read_from_kata_s_cgroup(clean_runt
     assert status == OOM_EXIT
     rt.drain()  # the release is deferred
     assert seen and not _cgroups(seen[0])  # removed once read
+    assert not (rt.direct.root / rt.client.owner).exists()  # nor an empty dir per process
     forks = StepSpec(image=busybox_digest, timeout=60, resources=Resources(pids=8),
                      argv=("sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done; "
                            "exit 1"))

@@ -277,13 +277,18 @@ class DirectSteps:
             self._in_flight -= 1
 
     def drain(self) -> None:
-        """Remove the image views when no step is in flight (the next step makes them
-        again); the first failure is raised after all were tried."""
+        """Remove the image views and this process's (empty) steps directory when no step
+        is in flight (the next step makes them again); the first failure is raised after
+        all were tried."""
         with self._lock:
             if self._in_flight:
                 return
             keys = [v[0] for v in self._views.values()] + self._stale
             self._views, self._stale = {}, []
+            try:  # under the lock: a step enters before it makes its directory in it
+                (self.root / self.client.owner).rmdir()
+            except OSError:
+                pass  # never made, or not empty (a step dir the sweep reaps)
         with self._all_lock:
             self._all_views.difference_update(keys)
         c = self.client
