@@ -32,6 +32,7 @@ from pathlib import Path
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, RemoteError
+from store.tree import READONLY_MODES, is_executable
 
 CHUNK = 1 << 20  # bytes read from a file at a time
 # blobs adding up to no more than this are sent in one batch without FindMissingBlobs
@@ -142,7 +143,7 @@ def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> 
         elif stat.S_ISREG(st.st_mode):
             digest = memo.digest(child, entry.path, st) if memo is not None \
                 else _file_digest(entry.path)
-            executable = bool(st.st_mode & 0o111)
+            executable = is_executable(st.st_mode)  # the store's rule: the same tree
             directory.files.add(name=entry.name, digest=digest, is_executable=executable)
             out.files.setdefault(key(digest), entry.path)
             out.entries[child] = (key(digest), executable)
@@ -223,9 +224,13 @@ def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = Non
 
 
 def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], executable: bool,
-             data: bytes | None = None) -> None:
-    """Write one blob (``data`` when already read, else streamed) to a new file."""
-    mode = 0o755 if executable else 0o644
+             data: bytes | None = None, *, readonly: bool = False) -> None:
+    """Write one blob (``data`` when already read, else streamed) to a new file: mode
+    0644/0755, or with ``readonly`` 0444/0555 (``store.tree.READONLY_MODES``)."""
+    if readonly:
+        mode = READONLY_MODES["x" if executable else "f"]
+    else:
+        mode = 0o755 if executable else 0o644
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         if data is not None:
@@ -308,27 +313,37 @@ def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
 
 
 def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
-                dest: str | os.PathLike[str]) -> None:
-    """Write the tree ``root`` into the (existing, empty) directory ``dest``."""
+                dest: str | os.PathLike[str], *, readonly: bool = False) -> None:
+    """Write the tree ``root`` into the (existing, empty) directory ``dest``. With
+    ``readonly`` its files and directories (not ``dest`` itself) get the modes a local
+    step sees its inputs and dependencies' artifacts with (0444/0555, directories 0555:
+    ``store.tree.extract(readonly=True)``), so a step on a worker sees what it would see
+    locally."""
     dest = Path(dest)
     files = []
+    made = []
     for rel, kind, node in walk(root, directories):
         target = dest / rel
         if kind == "dir":
             target.mkdir()
+            made.append(target)
         elif kind == "symlink":
             os.symlink(node.target, target)  # type: ignore[attr-defined]
         else:
             files.append((target, node))
-    _write_files(cas, files)
+    _write_files(cas, files, readonly=readonly)
+    if readonly:
+        for target in made:
+            os.chmod(target, READONLY_MODES["d"])
 
 
-def _write_files(cas: Cas, todo: list) -> None:  # noqa: ANN001 - [(path, FileNode)]
+def _write_files(cas: Cas, todo: list, *, readonly: bool = False) -> None:  # noqa: ANN001
     """Write each (path, FileNode): small blobs read in batches, big ones streamed."""
     small = [n.digest for _p, n in todo if n.digest.size_bytes <= cas.batch_limit]
     data = cas.read_many(small)
     for path, node in todo:
-        fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash))
+        fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash),
+                 readonly=readonly)
 
 
 def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,

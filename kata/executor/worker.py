@@ -345,9 +345,12 @@ class Worker:
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
         inputs = work / "root"
         inputs.mkdir()
-        files.materialise(self.cas, root, directories, inputs)
+        # read-only, as a local step sees its inputs and dependencies (the lower layers
+        # of its overlay); the workspace root is writable, as locally
+        files.materialise(self.cas, root, directories, inputs, readonly=True)
         workspace = inputs / act.WORKSPACE_DIR
         workspace.mkdir(exist_ok=True)
+        workspace.chmod(0o755)
         spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
         spec = act.read_spec(command, spec_bytes, str(workspace),
                              {"kata.worker": self.name, "kata.lease": job.lease.id})

@@ -1,0 +1,83 @@
+"""A step sees the same workspace wherever its dependencies' results came from and wherever
+it runs (issue 13: "a hit must give a dependent step exactly what a local build would").
+
+Real BuildGrid with PostgreSQL, two real `kata worker` processes, a real registry (the
+fixtures of tests/test_remote_exec.py). The same pipeline runs on one host locally and on
+another through the workers: the producing step's output tree must be the same (so early
+cutoff and the cache work across the two), and the dependent step's view of its workspace
+(types, modes, owners, sizes, link targets) must be the same line for line.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from support.cli import KataProcess
+from test_remote_exec import grid, workers, worker_of  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.integration
+
+# the modes a step can give its files, and what Kata keeps of them (git's rule: the owner's
+# executable bit decides "x"), and a directory the step made read-only
+MAKE = ["mkdir -p out/d/e out/empty", "echo a > out/plain", "echo b > out/d/e/deep",
+        "echo g > out/groupx && chmod 654 out/groupx",   # executable for the group only
+        "echo o > out/otherx && chmod 601 out/otherx",   # for others only
+        "echo u > out/userx && chmod 700 out/userx",
+        "echo r > out/ro && chmod 400 out/ro",
+        "echo s > out/suid && chmod 4755 out/suid",
+        "ln -s plain out/rel", "ln -s /etc/passwd out/abs",
+        "mkdir out/rodir && echo f > out/rodir/f && chmod 555 out/rodir"]
+LOOK = ["find . -path ./listing -prune -o -print | sort | "
+        "while read -r p; do stat -c '%A %u:%g %s %N' \"$p\"; done > listing",
+        "cat listing"]
+
+
+def _pipeline(image: str) -> dict:
+    return {"pipeline": "modes", "steps": [
+        {"name": "make", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": MAKE},
+        {"name": "look", "image": image, "depends_on": ["make"], "inputs": ["src/**"],
+         "artifacts": ["listing"], "commands": LOOK}]}
+
+
+def _outputs(kata: KataProcess) -> dict[str, str]:
+    doc = json.loads(kata("cache", "list", "--json").stdout)
+    return {e["step"]: e["outputs"] for e in doc["entries"] if e["kind"] == "step"}
+
+
+def _listing(kata: KataProcess) -> list[str]:
+    logs = kata("logs", "--step", "look")
+    assert logs.returncode == 0, logs.stderr
+    return [x for x in logs.stdout.splitlines()[1:] if not x.startswith("kata: ")]
+
+
+def test_a_remote_step_sees_and_makes_what_a_local_one_does(grid, workers, tmp_path,  # noqa: F811
+                                                            containerd_daemon):
+    bg, image = grid
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.txt").write_text("a\n")
+    tool = repo / "src" / "tool.sh"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(_pipeline(image), sort_keys=False))
+    here = KataProcess(repo, store=tmp_path / "store-local", address=containerd_daemon.address,
+                       timeout=300)
+    there = KataProcess(repo, store=tmp_path / "store-remote",
+                        address=containerd_daemon.address, timeout=300)
+    local = here("run")
+    assert local.returncode == 0, local.stdout + local.stderr
+    remote = there("run", "--remote-executor", bg.url)
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    assert {worker_of(there, s) for s in ("make", "look")} <= {"w1", "w2"}
+    # the same output tree: a group-only or other-only executable bit is not "x" on a
+    # worker either (it was: the worker packed any executable bit as executable)
+    assert _outputs(here)["make"] == _outputs(there)["make"]
+    # and the dependent sees its inputs and its dependency's artifacts as locally:
+    # read-only files and directories (0444/0555), not 0644/0755
+    seen_here, seen_there = _listing(here), _listing(there)
+    assert any(x.startswith("-r--r--r-- 0:0 2 ./out/groupx") for x in seen_here), seen_here
+    assert seen_there == seen_here
