@@ -29,6 +29,10 @@ MAKE = ["mkdir -p out/d/e out/empty", "echo a > out/plain", "echo b > out/d/e/de
         "echo r > out/ro && chmod 400 out/ro",
         "echo s > out/suid && chmod 4755 out/suid",
         "ln -s plain out/rel", "ln -s /etc/passwd out/abs",
+        # a link whose target no stat() can follow (one component over NAME_MAX): the
+        # client's sync after a remote step stat()ed through it and failed the step with
+        # ENAMETOOLONG
+        "ln -s \"$(printf 'x%.0s' $(seq 1 300))\" out/long",
         "mkdir out/rodir && echo f > out/rodir/f && chmod 555 out/rodir"]
 LOOK = ["find . -path ./listing -prune -o -print | sort | "
         "while read -r p; do stat -c '%A %u:%g %s %N' \"$p\"; done > listing",
@@ -81,3 +85,85 @@ def test_a_remote_step_sees_and_makes_what_a_local_one_does(grid, workers, tmp_p
     seen_here, seen_there = _listing(here), _listing(there)
     assert any(x.startswith("-r--r--r-- 0:0 2 ./out/groupx") for x in seen_here), seen_here
     assert seen_there == seen_here
+
+
+@pytest.fixture(scope="module")
+def cache_bg(tmp_path_factory):
+    from support.buildgrid import buildgrid
+
+    with buildgrid(tmp_path_factory.mktemp("bgd-cas")) as server:
+        yield server
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/../../x", "a\0b"])
+def test_a_tree_with_a_name_that_leaves_its_directory_is_refused(cache_bg, tmp_path, name):
+    """A worker's result (or an input root) is a ``Directory`` tree that anyone who can
+    speak the Bots API may hand back: a node named ``..`` or with a ``/`` must not make the
+    client (root) write outside the workspace. REAPI names are single path components."""
+    from kata.errors import KataError
+    from kata.executor import files
+    from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+    from kata.remote.cas import connect
+    from kata.remote.config import RemoteConfig, parse_url
+
+    target, tls = parse_url(cache_bg.url, where="test")
+    remote = connect(RemoteConfig(url=cache_bg.url, target=target, tls=tls))
+    try:
+        evil = b"owned\n"
+        blob = files.digest_of(evil)
+        inner = re_pb2.Directory()
+        inner.files.add(name="escaped", digest=blob)
+        inner_bytes = files.message_bytes(inner)
+        top = re_pb2.Directory()
+        top.directories.add(name=name, digest=files.digest_of(inner_bytes))
+        top.files.add(name="fine", digest=blob)
+        files.upload(remote.cas, {files.key(blob): evil,
+                                  files.key(files.digest_of(inner_bytes)): inner_bytes})
+        children = {files.key(files.digest_of(inner_bytes)): inner}
+        dest = tmp_path / "deep" / "ws"
+        dest.mkdir(parents=True)
+        before = files.pack_dir(dest)
+        for write in (lambda: files.sync_dir(remote.cas, before, top, children, dest),
+                      lambda: files.materialise(remote.cas, top, children, dest)):
+            with pytest.raises(KataError) as err:
+                write()
+            assert err.value.reason == "remote.bad_answer", err.value
+        assert not (tmp_path / "deep" / "escaped").exists()
+        assert not (tmp_path / "escaped").exists() and not (tmp_path / "x").exists()
+        assert list(dest.iterdir()) == []  # refused before anything was written
+    finally:
+        remote.close()
+
+
+def test_a_symlink_and_a_directory_of_one_name_are_refused(cache_bg, tmp_path):
+    """Two nodes named ``a`` (a link to a directory outside, and a directory holding a
+    file): written in turn, the file would land through the link."""
+    from kata.errors import KataError
+    from kata.executor import files
+    from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+    from kata.remote.cas import connect
+    from kata.remote.config import RemoteConfig, parse_url
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target, tls = parse_url(cache_bg.url, where="test")
+    remote = connect(RemoteConfig(url=cache_bg.url, target=target, tls=tls))
+    try:
+        blob = files.digest_of(b"owned\n")
+        inner = re_pb2.Directory()
+        inner.files.add(name="escaped", digest=blob)
+        inner_bytes = files.message_bytes(inner)
+        top = re_pb2.Directory()
+        top.directories.add(name="a", digest=files.digest_of(inner_bytes))
+        top.symlinks.add(name="a", target=str(outside))
+        files.upload(remote.cas, {files.key(blob): b"owned\n",
+                                  files.key(files.digest_of(inner_bytes)): inner_bytes})
+        dest = tmp_path / "ws"
+        dest.mkdir()
+        with pytest.raises(KataError) as err:
+            files.sync_dir(remote.cas, files.pack_dir(dest), top,
+                           {files.key(files.digest_of(inner_bytes)): inner}, dest)
+        assert err.value.reason == "remote.bad_answer"
+        assert list(outside.iterdir()) == []
+    finally:
+        remote.close()

@@ -295,9 +295,28 @@ def tree_index(tree: re_pb2.Tree) -> tuple[re_pb2.Directory, dict[str, re_pb2.Di
     return tree.root, children
 
 
+def _check_names(directory: re_pb2.Directory, rel: str) -> None:
+    """KataError remote.bad_answer unless every node of ``directory`` has a name that is one
+    path component (not empty, ``.`` or ``..``; no ``/`` or NUL) and no two share one, as
+    REAPI requires: a tree comes from a worker or a CAS (anyone who can speak the Bots API
+    can hand back a result), and a name such as ``../x``, or a symlink and a directory
+    both named ``a``, would make whoever writes the tree write outside its directory."""
+    seen: set[str] = set()
+    for node in (*directory.directories, *directory.files, *directory.symlinks):
+        name = node.name
+        if name in ("", ".", "..") or "/" in name or "\0" in name or name in seen:
+            where = f"{rel}/{name}" if rel else name
+            raise KataError("remote.bad_answer", f"the tree names {where!r}, which is not one "
+                            "path component or not unique in its directory (REAPI names "
+                            "must be both): refused", obj=where, exit_code=1)
+        seen.add(name)
+
+
 def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
          rel: str = "") -> Iterator[tuple[str, str, object]]:
-    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node)."""
+    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node).
+    KataError remote.bad_answer for a name that could leave the tree (``_check_names``)."""
+    _check_names(root, rel)
     for d in root.directories:
         path = f"{rel}/{d.name}" if rel else d.name
         yield path, "dir", d
@@ -322,7 +341,7 @@ def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.
     dest = Path(dest)
     files = []
     made = []
-    for rel, kind, node in walk(root, directories):
+    for rel, kind, node in list(walk(root, directories)):  # every name checked first
         target = dest / rel
         if kind == "dir":
             target.mkdir()
@@ -346,10 +365,20 @@ def _write_files(cas: Cas, todo: list, *, readonly: bool = False) -> None:  # no
                  readonly=readonly)
 
 
+def _lmode(path: Path) -> int:
+    """``path``'s own ``st_mode`` (a link is not followed: its target may be anything, even
+    a name no stat can follow), 0 when nothing is there."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
 def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
              directories: dict[str, re_pb2.Directory], dest: str | os.PathLike[str]) -> int:
     """Make ``dest`` (packed as ``before``) hold exactly the tree ``root``: remove what
-    the tree no longer has, write what is new or changed. Returns the files written."""
+    the tree no longer has, write what is new or changed. Returns the files written.
+    Nothing in ``dest`` is followed: a symlink is an entry like any other."""
     dest = Path(dest)
     wanted: dict[str, tuple[str, object]] = {}
     for rel, kind, node in walk(root, directories):
@@ -358,7 +387,7 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
     for rel in sorted(_existing(dest), key=lambda p: p.count("/"), reverse=True):
         now = wanted.get(rel)
         path = dest / rel
-        is_dir = path.is_dir() and not path.is_symlink()
+        is_dir = stat.S_ISDIR(_lmode(path))
         if now is None or (now[0] == "dir") != is_dir:
             if is_dir:
                 _rmtree(path)
@@ -367,24 +396,24 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
     todo: list[tuple[Path, object]] = []
     for rel, (kind, node) in sorted(wanted.items(), key=lambda kv: kv[0].count("/")):
         path = dest / rel
+        mode = _lmode(path)
         if kind == "dir":
-            if not path.is_dir():
+            if not stat.S_ISDIR(mode):
                 path.mkdir()
             continue
         if kind == "symlink":
             old = before.entries.get(rel)
-            if old == ("->" + node.target, False) and path.is_symlink():  # type: ignore[attr-defined]
+            if old == ("->" + node.target, False) and stat.S_ISLNK(mode):  # type: ignore[attr-defined]
                 continue
-            if path.is_symlink() or path.exists():
+            if mode:
                 path.unlink()
             os.symlink(node.target, path)  # type: ignore[attr-defined]
             continue
         digest = node.digest  # type: ignore[attr-defined]
         old = before.entries.get(rel)
-        if old == (key(digest), node.is_executable) and path.is_file() \
-                and not path.is_symlink():  # type: ignore[attr-defined]
+        if old == (key(digest), node.is_executable) and stat.S_ISREG(mode):  # type: ignore[attr-defined]
             continue
-        if path.is_symlink() or path.exists():
+        if mode:
             path.unlink()
         todo.append((path, node))
     _write_files(cas, todo)
