@@ -73,6 +73,10 @@ LEASE_PENDING, LEASE_ACTIVE, LEASE_COMPLETED, LEASE_CANCELLED = 1, 2, 4, 5
 BOT_OK = 1
 _SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+# answers to the first CreateBotSession that retrying cannot change: no Bots service there
+# (a cache-only server), an instance it does not have, credentials it refuses
+_REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 @dataclass(slots=True)
@@ -123,6 +127,7 @@ class Worker:
         self.work_root.mkdir(parents=True, exist_ok=True)
         sweep_dead_workdirs(self.work_root, LEASE_PREFIX)  # a killed worker's input roots
         session: bots_pb2.BotSession | None = None
+        opened = False  # has the scheduler ever taken this worker? (then: retry anything)
         delay = 0.2
         try:
             while not stop.is_set():
@@ -131,6 +136,7 @@ class Worker:
                         session = self._bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
                             parent=self.instance, bot_session=self._session()),
                             timeout=self.poll, metadata=self._md)
+                        opened = True
                         LOG.info("bot session %s open", session.name)
                     else:
                         if self._busy():  # no room for work and nothing to report:
@@ -154,6 +160,13 @@ class Worker:
                         continue
                     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         continue  # a long poll that found no work
+                    if not opened and code in _REFUSED:
+                        raise KataError("worker.refused", f"the scheduler at {self.url} "
+                                        f"refuses this worker ({code.name}: "
+                                        f"{err.details()}): check --executor (a server with "  # type: ignore[attr-defined]
+                                        "a Bots service, e.g. BuildGrid's !execution), "
+                                        f"--instance ({self.instance!r}) and the token "
+                                        "(docs/remote.md)", exit_code=2) from None
                     LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
                                 code.name, err.details(), delay)  # type: ignore[attr-defined]
                     stop.wait(delay)
