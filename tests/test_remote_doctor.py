@@ -50,3 +50,20 @@ def test_doctor_on_a_remote_that_is_down_or_unusable(tmp_path):
     assert down.status == "warn" and "UNAVAILABLE" in down.detail and down.fix, down
     bad = check_remote(_config(url, token_file=tmp_path / "missing.token"))
     assert bad.status == "fail" and "missing.token" in bad.detail, bad
+
+
+def test_doctor_says_an_executor_lacks_the_instance_rather_than_that_it_is_down(tmp_path):
+    """A remote.instance the scheduler does not serve (here the cache's instance, which the
+    section shares with the executor) is not "start the scheduler": it answered."""
+    from support.buildgrid import BuildGridConfig
+
+    with buildgrid(tmp_path / "bgd", BuildGridConfig(instance="main")) as server:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"remote:\n  executor: {server.url}\n  instance: other\n")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
+               "KATA_CONFIG": str(cfg)}
+        r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    check = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["remote-executor"]
+    assert check["status"] == "fail" and "INVALID_ARGUMENT" in check["detail"], check
+    assert "instance name" in check["fix"] and "start the scheduler" not in check["fix"], check
