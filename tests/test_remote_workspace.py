@@ -167,3 +167,44 @@ def test_a_symlink_and_a_directory_of_one_name_are_refused(cache_bg, tmp_path):
         assert list(outside.iterdir()) == []
     finally:
         remote.close()
+
+
+def _outcome(line: str) -> str:
+    """``[FAIL] step (message, 1.2s)`` -> ``[FAIL] step: message``; a pass: ``[PASS] step``."""
+    head, _, rest = line.partition(" (")
+    return head if head.startswith("[PASS]") else f"{head}: {rest.rsplit(', ', 1)[0]}"
+
+
+def test_a_fifo_left_in_the_workspace_counts_only_where_it_would_locally(  # noqa: F811
+        grid, workers, tmp_path, containerd_daemon):
+    """A step that leaves a FIFO (or a socket) in its workspace passes locally unless an
+    `artifacts:` pattern takes it (trees hold no such thing). On a worker the whole
+    workspace comes back, and the FIFO failed the step ("cannot be sent to a remote
+    executor") where a local run passes; a declared one must still fail, as locally."""
+    bg, image = grid
+    make = ["mkdir -p out tmp", "mkfifo tmp/pipe", "echo ok > out/x"]
+    pipeline = {"pipeline": "fifo", "settings": {"fail_fast": False}, "steps": [
+        {"name": "undeclared", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": make},
+        {"name": "declared", "image": image, "inputs": ["src/**"],
+         "artifacts": ["out/", "tmp/"], "commands": make},
+        {"name": "after", "image": image, "depends_on": ["undeclared"],
+         "commands": ["cat out/x", "test ! -e tmp"]}]}
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a").write_text("a\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    results = {}
+    for where, args in (("local", ()), ("remote", ("--remote-executor", bg.url))):
+        kata = KataProcess(repo, store=tmp_path / f"store-{where}",
+                           address=containerd_daemon.address, timeout=300)
+        run = kata("run", *args)
+        assert run.returncode == 1, run.stdout + run.stderr
+        results[where] = sorted(_outcome(x) for x in run.stdout.splitlines()
+                                if x.startswith(("[PASS]", "[FAIL]")))
+        if where == "remote":
+            assert {worker_of(kata, s) for s in ("undeclared", "declared", "after")} \
+                <= {"w1", "w2"}
+    assert results["remote"] == results["local"], results
+    assert any(x.startswith("[PASS] undeclared") for x in results["local"]), results
+    assert any(x.startswith("[FAIL] declared") and "FIFO" in x for x in results["local"])

@@ -114,18 +114,22 @@ def _file_digest(path: str) -> re_pb2.Digest:
 
 
 def pack_dir(root: str | os.PathLike[str], packed: Packed | None = None,
-             prefix: str = "", memo: DigestMemo | None = None) -> Packed:
+             prefix: str = "", memo: DigestMemo | None = None,
+             special: list[str] | None = None) -> Packed:
     """Hash the tree under ``root`` into ``Directory`` messages (nothing is sent);
-    ``memo``: file digests known from earlier packs (``DigestMemo``).
+    ``memo``: file digests known from earlier packs (``DigestMemo``); ``special``: where
+    the relative paths of FIFOs, sockets and devices go, left out of the tree (None:
+    KataError remote.unsupported_file for the first one).
 
     Extra top-level entries can be added later with ``add_dir``/``add_file`` on a
     ``Root``; this returns the tree of ``root`` alone."""
     out = packed if packed is not None else Packed(root=re_pb2.Digest())
-    out.root = _pack(Path(root), out, prefix, memo)
+    out.root = _pack(Path(root), out, prefix, memo, special)
     return out
 
 
-def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> re_pb2.Digest:
+def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None,
+          special: list[str] | None = None) -> re_pb2.Digest:
     directory = re_pb2.Directory()
     with os.scandir(path) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -138,7 +142,7 @@ def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> 
             directory.symlinks.add(name=entry.name, target=target)
             out.entries[child] = ("->" + target, False)
         elif stat.S_ISDIR(st.st_mode):
-            digest = _pack(Path(entry.path), out, child, memo)
+            digest = _pack(Path(entry.path), out, child, memo, special)
             directory.directories.add(name=entry.name, digest=digest)
         elif stat.S_ISREG(st.st_mode):
             digest = memo.digest(child, entry.path, st) if memo is not None \
@@ -147,6 +151,8 @@ def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> 
             directory.files.add(name=entry.name, digest=digest, is_executable=executable)
             out.files.setdefault(key(digest), entry.path)
             out.entries[child] = (key(digest), executable)
+        elif special is not None:
+            special.append(child)
         else:
             raise KataError("remote.unsupported_file", f"{child} is neither a file, a "
                             "directory nor a symlink: it cannot be sent to a remote "
@@ -418,6 +424,32 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
         todo.append((path, node))
     _write_files(cas, todo)
     return len(todo)
+
+
+def make_fifos(dest: str | os.PathLike[str], paths: list[str]) -> None:
+    """A FIFO at each relative path of ``paths`` under ``dest`` where nothing is (what a
+    worker's step left as a FIFO, socket or device: ``pack_dir``'s ``special``), reached
+    without following any link. KataError remote.bad_answer for a path that is not made
+    of plain components."""
+    for rel in paths:
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise KataError("remote.bad_answer", f"the result names special file {rel!r}, "
+                            "which is not a path inside the workspace: refused", obj=rel,
+                            exit_code=1)
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            try:
+                os.mkfifo(parts[-1], 0o644, dir_fd=fd)
+            except FileExistsError:
+                pass
+        finally:
+            os.close(fd)
 
 
 def _existing(dest: Path) -> Iterator[str]:

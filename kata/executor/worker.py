@@ -394,7 +394,8 @@ class Worker:
 
     def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
                 exit_status: int, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
-        packed = files.pack_dir(workspace)
+        special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
+        packed = files.pack_dir(workspace, special=special)
         tree = files.message_bytes(files.tree_message(packed))
         services = re_pb2.Directory()
         blobs: dict[str, bytes] = {}
@@ -417,6 +418,10 @@ class Worker:
         result.output_directories.add(path=act.WORKSPACE_DIR, tree_digest=files.digest_of(tree))
         result.output_directories.add(path=act.SERVICES_DIR,
                                       tree_digest=files.digest_of(services_tree))
+        if special:
+            listed = "\0".join(special).encode()
+            files.upload(self.cas, {files.key(files.digest_of(listed)): listed})
+            result.output_files.add(path=act.SPECIAL_FILE, digest=files.digest_of(listed))
         meta = result.execution_metadata
         meta.worker = self.name
         meta.execution_start_timestamp.CopyFrom(started)
