@@ -32,7 +32,7 @@ from pathlib import Path
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, RemoteError
-from store.tree import READONLY_MODES, is_executable
+from kata.remote.trees import READONLY_MODES, is_executable
 
 CHUNK = 1 << 20  # bytes read from a file at a time
 # blobs adding up to no more than this are sent in one batch without FindMissingBlobs

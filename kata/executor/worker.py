@@ -37,6 +37,7 @@ input root from the CAS, write the input root under ``work_root``, run the step 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -55,6 +56,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import bots_pb2, bot
 from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
+from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import Runtime, user_ids
 from procs import pid_alive
 
@@ -100,12 +102,15 @@ class Worker:
     lease, removed after).
     """
 
-    def __init__(self, url: str, runtime: Runtime, *, name: str, instance: str = "",
-                 slots: int = 1, work_root: Path, poll: float = 20.0,
+    def __init__(self, url: "str | RemoteConfig", runtime: Runtime, *, name: str,
+                 instance: str = "", slots: int = 1, work_root: Path, poll: float = 20.0,
                  logstream: str | None = None, containerd: str | None = None) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
-        self.url, self.runtime, self.name = url, runtime, name
+        if not isinstance(url, str):  # the host config's remote: TLS files, token, instance
+            instance = url.instance
+        self.url, self.runtime, self.name = url if isinstance(url, str) else url.url, \
+            runtime, name
         self.instance, self.slots, self.poll = instance, slots, poll
         self.work_root = Path(work_root)
         self.containerd = containerd  # its socket, for the hint when an image is missing
@@ -114,7 +119,14 @@ class Worker:
         self._md = self._remote.metadata
         self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
         # where the step's output streams to (logstream.py); the executor's own by default
-        self._logs = connect(logstream, instance, where="--logstream") if logstream else None
+        self._logs = None
+        if logstream and isinstance(url, str):
+            self._logs = connect(logstream, instance, where="--logstream")
+        elif logstream:  # with the section's TLS files and token, as the client does
+            target, tls = parse_url(logstream, where="--logstream")
+            self._logs = connect(dataclasses.replace(url, url=logstream, target=target,
+                                                     tls=tls, logstream=None),
+                                 where="--logstream")
         # action hash -> the write names of its stdout and stderr log streams
         self._write_names: dict[str, tuple[str, str]] = {}
         self._jobs: dict[str, _Job] = {}
