@@ -87,3 +87,5 @@ def test_push_to_a_remote_that_is_down_fails_even_with_nothing_queued(bg, tmp_pa
     assert json.loads(down.stdout)["error"], down.stdout
     wrong = a("remote", "push", "--remote-cache", bg.url)  # an instance BuildGrid lacks
     assert wrong.returncode == 1 and "Invalid instance name" in wrong.stderr, wrong.stderr
+    # and says what to do about it (a newcomer's first run without --remote-instance)
+    assert "--remote-instance" in wrong.stderr, wrong.stderr
