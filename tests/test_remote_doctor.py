@@ -24,6 +24,17 @@ def _config(url: str, **kw) -> RemoteConfig:
     return RemoteConfig(url=url, target=parse_url(url)[0], timeout=5, **kw)
 
 
+def _doctor(tmp_path: Path, host_config: str) -> dict[str, dict]:
+    """`kata doctor --json` with ``host_config`` as the host config: its checks by name."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(host_config)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
+           "KATA_CONFIG": str(cfg)}
+    r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+
 def test_doctor_asks_the_remote_for_its_capabilities(tmp_path):
     with buildgrid(tmp_path / "bgd") as server:
         ok = check_remote(_config(server.url))
@@ -33,13 +44,7 @@ def test_doctor_asks_the_remote_for_its_capabilities(tmp_path):
         assert wrong.status == "warn" and "INVALID_ARGUMENT" in wrong.detail, wrong
         assert "instance name" in wrong.fix
 
-        cfg = tmp_path / "config.yaml"
-        cfg.write_text(f"remote:\n  cache: {server.url}\n")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
-               "KATA_CONFIG": str(cfg)}
-        r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
-                           capture_output=True, text=True, timeout=120)
-    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        checks = _doctor(tmp_path, f"remote:\n  cache: {server.url}\n")
     assert checks["remote-cache"]["status"] == "ok", checks["remote-cache"]
     assert "remote-executor" not in checks
 
@@ -58,12 +63,7 @@ def test_doctor_says_an_executor_lacks_the_instance_rather_than_that_it_is_down(
     from support.buildgrid import BuildGridConfig
 
     with buildgrid(tmp_path / "bgd", BuildGridConfig(instance="main")) as server:
-        cfg = tmp_path / "config.yaml"
-        cfg.write_text(f"remote:\n  executor: {server.url}\n  instance: other\n")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
-               "KATA_CONFIG": str(cfg)}
-        r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
-                           capture_output=True, text=True, timeout=120)
-    check = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["remote-executor"]
+        check = _doctor(tmp_path, f"remote:\n  executor: {server.url}\n"
+                        "  instance: other\n")["remote-executor"]
     assert check["status"] == "fail" and "INVALID_ARGUMENT" in check["detail"], check
     assert "instance name" in check["fix"] and "start the scheduler" not in check["fix"], check
