@@ -294,6 +294,11 @@ def check_remote_executor(host: Host) -> Check:
     try:
         caps = host.executor_probe()
     except RemoteError as err:
+        if err.code in ("INVALID_ARGUMENT", "NOT_FOUND"):  # it answers: not a down server
+            fix = ("the scheduler does not know this instance name: set remote.instance (or "
+                   "--remote-instance) to one it executes for")
+        elif err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            fix = "the scheduler refused the credentials: check remote.token_file and remote.tls"
         return Check(name="remote-executor", status="fail", detail=f"{url}: {err.message}",
                      fix=fix)
     execution = caps.execution_capabilities  # type: ignore[attr-defined]
