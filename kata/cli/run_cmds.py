@@ -133,18 +133,22 @@ class LazyRuntime:
             if lost is not None:
                 raise lost
 
-    def close(self) -> None:
+    def close(self, *, passed: bool = False) -> None:
         """Close the runtime; its first containerd error (e.g. deleting the shim group's
-        anchor) becomes runtime.unreachable when containerd stopped answering."""
+        anchor) becomes runtime.unreachable when containerd stopped answering. ``passed``
+        (every step of the run passed): that is one warning line on stderr instead, and
+        the run keeps its exit status."""
         if self._rt is not None:
             try:
                 self._rt.close()
             except KataError:
-                lost = self._rt.client.went_away()
+                lost = self._rt.client.went_away(passed=passed)
                 if lost is None:
                     raise
                 self._rt.client.close()
-                raise lost from None
+                if not passed:
+                    raise lost from None
+                click.echo(f"warning: {lost.message}", err=True)
 
 
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
@@ -252,6 +256,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)
     pulls = contextlib.ExitStack()  # images pulled before the steps start: a bar on a terminal
+    result = None
     try:
         if not json_out:
             from kata.report.live import pull_view
@@ -367,7 +372,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         pulls.close()
-        runtime.close()
+        runtime.close(passed=result is not None and result.ok and not result.interrupted)
         if remote is not None:  # its uploads read the store: closed first
             remote.close()
         store.close()
