@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from kata.errors import KataError
-from kata.oci_runtime import choose, crun_blocker
+from kata.oci_runtime import choose, crun_blocker, direct_blocker
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -220,10 +220,8 @@ def check_oci_runtime(host: Host) -> Check:
 def check_step_runner(host: Host) -> Check:
     """How steps without services will run: each as one ``crun run`` kata supervises
     (``direct``), or as a containerd task (``task``: asked for, or the host cannot run
-    them directly; kata.runtimes.containerd.direct.usable says why). Never fails: tasks
+    them directly; kata.oci_runtime.direct_blocker says why). Never fails: tasks
     run everything, only slower."""
-    from kata.runtimes.containerd.direct import usable
-
     if host.step_runner == "task":
         return Check(name="step-runner", status="ok", detail="containerd tasks "
                      "(containerd.step_runner: task)")
@@ -234,7 +232,7 @@ def check_step_runner(host: Host) -> Check:
     except KataError:
         return Check(name="step-runner", status="warn", detail="unknown: no OCI runtime "
                      "(see oci-runtime)", fix="see the oci-runtime check's fix")
-    why = usable(oci, host.sys / "fs" / "cgroup")
+    why = direct_blocker(oci, host.sys / "fs" / "cgroup")
     if why:
         return Check(name="step-runner", status="ok", detail=f"containerd tasks: {why} "
                      "(containerd.step_runner: direct falls back)")

@@ -36,6 +36,8 @@ CHOICES = ("auto", "crun", "runc")
 CGROUP_ROOT = "/sys/fs/cgroup"
 UNIFIED = "/sys/fs/cgroup/unified"  # where a hybrid layout mounts cgroup v2
 CGROUP2 = "cgroup2"
+# the cgroup v1 hierarchies a direct step gets (kata.runtimes.containerd.direct)
+DIRECT_CONTROLLERS = ("memory", "pids", "cpu", "devices")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,3 +115,18 @@ def choose(setting: str = "auto", *, which: Callable[[str], str | None] = shutil
         raise KataError("runtime.oci_unavailable", "runc is not installed: apt-get install runc",
                         obj="runc", exit_code=1)
     return OciRuntime(name="runc", binary=os.path.realpath(runc), why=fallback)
+
+
+def direct_blocker(oci: OciRuntime, cgroup_root: Path = Path(CGROUP_ROOT)) -> str:
+    """Why steps cannot run directly (one ``crun run`` kata supervises,
+    kata.runtimes.containerd.direct) on this host; "" when they can: crun, and cgroup v1
+    with every hierarchy of ``DIRECT_CONTROLLERS`` mounted. ``kata doctor`` says it too."""
+    if oci.name != "crun":
+        return "the OCI runtime is runc (direct steps need crun)"
+    if (cgroup_root / "cgroup.controllers").exists():
+        return "the cgroups are unified (v2): crun enforces device rules only as its own " \
+               "cgroup manager"
+    missing = [c for c in DIRECT_CONTROLLERS if not (cgroup_root / c).is_dir()]
+    if missing:
+        return f"the cgroup v1 hierarchies {', '.join(missing)} are not mounted"
+    return ""

@@ -30,7 +30,7 @@ for images and snapshots only and supervises the container itself:
   a dead owner's cgroups, ``crun delete --force``s its containers, unmounts their rootfs,
   removes the cgroups and the directories.
 
-Only on cgroup v1 (``usable``): on the unified hierarchy crun enforces the device rules
+Only on cgroup v1 (``kata.oci_runtime.direct_blocker``): on the unified hierarchy crun enforces the device rules
 with an eBPF program it attaches itself, which a disabled cgroup manager does not do; such
 hosts keep the containerd task path.
 """
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from kata.errors import KataError
-from kata.oci_runtime import OciRuntime
+from kata.oci_runtime import DIRECT_CONTROLLERS as CONTROLLERS, OciRuntime
 from kata.resources import effective
 from procs import owner_alive
 
@@ -68,7 +68,6 @@ from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled
     limit_verdict, output_ended, released, start_failure, watch
 
 log = logging.getLogger("kata.runtime")
-CONTROLLERS = ("memory", "pids", "cpu", "devices")  # the cgroup v1 hierarchies a step gets
 # what crun allows beside a spec's rules (libcrun's default devices; a crun-made
 # container's devices.list here): mknod of anything, and the standard character devices
 DEFAULT_DEVICES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:8 rwm", "c 1:7 rwm", "c 5:0 rwm",
@@ -80,19 +79,6 @@ CRUN_DIR = "crun"  # crun's --root, beside the owners' directories
 KILL_WAIT = 30.0  # seconds for a step's processes to end after SIGKILL
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def usable(oci: OciRuntime, cgroup_root: Path = CGROUP_ROOT) -> str:
-    """Why steps cannot run directly on this host; "" when they can (crun, cgroup v1)."""
-    if oci.name != "crun":
-        return "the OCI runtime is runc (direct steps need crun)"
-    if (cgroup_root / "cgroup.controllers").exists():
-        return "the cgroups are unified (v2): crun enforces device rules only as its own " \
-               "cgroup manager"
-    missing = [c for c in CONTROLLERS if not (cgroup_root / c).is_dir()]
-    if missing:
-        return f"the cgroup v1 hierarchies {', '.join(missing)} are not mounted"
-    return ""
 
 
 def _mount_overlay(target: str, options: str) -> None:

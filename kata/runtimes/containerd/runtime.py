@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kata.errors import KataError
-from kata.oci_runtime import OciRuntime, choose
+from kata.oci_runtime import OciRuntime, choose, direct_blocker
 from procs import owner_alive
 
 from ..base import (
@@ -28,7 +28,7 @@ from .client import (
     snapshots_pb2, tasks_pb2,
 )
 from .config import RuntimeConfig, load_runtime_config
-from .direct import DirectStep, DirectSteps, usable
+from .direct import DirectStep, DirectSteps
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore, RunImage
 from .network import CniNetwork, NetnsPool
@@ -77,9 +77,9 @@ class ContainerdRuntime:
             precompiled_seccomp=self._precompiled_seccomp,
             runtime_name=RUNTIME_NAME) if config.shared_shim else None
         # steps without services: kata's own `crun run` (direct.py) unless the host config
-        # says `containerd.step_runner: task` or the host cannot (direct.usable)
+        # says `containerd.step_runner: task` or the host cannot (oci_runtime.direct_blocker)
         self.direct = DirectSteps(client, oci, steps_root or Path(STEPS_ROOT))
-        self.direct_unusable = usable(oci) if config.step_runner == "direct" else "step_runner: task"
+        self.direct_unusable = direct_blocker(oci) if config.step_runner == "direct" else "step_runner: task"
         self._registry: RegistryClient | None = None
         self._hurry = threading.Event()  # hurry(): cancelled steps are killed at once
         # an untrusted run's pulls: public addresses only (registry.ConfinedBackend)
