@@ -40,6 +40,11 @@ DEFAULT_BATCH = 4 << 20          # REAPI's recommended default when the server n
 _BATCH_OVERHEAD = 64 << 10       # room for the request's own fields in one batch
 _PER_BLOB = 100                  # bytes of request framing per blob in a batch
 _FIND_CHUNK = 10_000             # digests per FindMissingBlobs call
+#: blobs per BatchUpdateBlobs call at most, besides the server's byte limit: BuildGrid
+#: 0.4.4 spends ~25-40% less CPU on 50,000 small blobs sent 500 a call than ~1,000 a call
+#: (4 MiB requests), sequentially or 4 calls at once (docs/remote.md, "Where the time
+#: goes"); 500 is its own MAX_REQUEST_COUNT, the batch its own client sends
+MAX_BATCH_BLOBS = 500
 _STREAM_CHUNK = 1 << 20          # ByteStream message payload
 _BYTES_PER_SECOND = 20 << 20     # an upload or download gets timeout + size / this
 MAX_MESSAGE = 64 << 20
@@ -173,6 +178,7 @@ class Cas:
         self._caps = re_grpc.CapabilitiesStub(channel)
         self._bs = bs_grpc.ByteStreamStub(channel)
         self.max_batch = DEFAULT_BATCH
+        self.max_batch_blobs = MAX_BATCH_BLOBS
 
     def _deadline(self, size: int = 0) -> float:
         return self.timeout + size / _BYTES_PER_SECOND
@@ -225,7 +231,8 @@ class Cas:
             if digest.size_bytes > self.batch_limit:
                 self.write(digest, lambda data=data: iter((data,)))
                 continue
-            if req.requests and size + len(data) + _PER_BLOB > self.batch_limit:
+            if req.requests and (size + len(data) + _PER_BLOB > self.batch_limit
+                                 or len(req.requests) >= self.max_batch_blobs):
                 self._batch_update(req, size)
                 req, size = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance), 0
             # filled in place: a Request built apart is copied into the batch again

@@ -168,6 +168,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
     files = file_bytes = 0
     sent = _Sent()
     limit = cas.batch_limit
+    per_batch = cas.max_batch_blobs
     batch: list[tuple[re_pb2.FileNode, bytes]] = []
     size = 0
     sending: deque[Future[None]] = deque()
@@ -195,7 +196,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                     elif n == 0:
                         node.digest.CopyFrom(_EMPTY)
                     else:
-                        if batch and size + n + 100 > limit:
+                        if batch and (size + n + 100 > limit or len(batch) >= per_batch):
                             sending.append(pool.submit(_hash_and_send, cas, batch, sent))
                             batch, size = [], 0
                             while len(sending) > _WINDOW:
