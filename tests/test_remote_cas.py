@@ -60,6 +60,22 @@ def test_blobs_batch_and_bytestream(bg):
         assert b"".join(r.cas.read(digest_of(big))) == big
 
 
+def test_a_bytestream_write_cut_across_odd_chunks_arrives_whole(bg):
+    """Pieces that are not whole messages are carried over (several messages per piece,
+    a remainder joined to the next piece, an empty last message)."""
+    from kata.remote import cas as cas_mod
+
+    step = cas_mod._STREAM_CHUNK
+    with remote_for(bg) as r:
+        for data in (os.urandom(3 * step + 12_345), os.urandom(2 * step)):
+            d = digest_of(data)
+            cuts = [0, 1, step + 7, 2 * step + 1, len(data)]
+            r.cas.write(d, lambda data=data, cuts=cuts: iter(
+                data[a:b] for a, b in zip(cuts, cuts[1:])))
+            assert r.cas.find_missing([d]) == []
+            assert b"".join(r.cas.read(d)) == data
+
+
 def test_tree_round_trip_and_bgd_reads_it(bg, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

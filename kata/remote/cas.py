@@ -45,7 +45,10 @@ _FIND_CHUNK = 10_000             # digests per FindMissingBlobs call
 #: (4 MiB requests), sequentially or 4 calls at once (docs/remote.md, "Where the time
 #: goes"); 500 is its own MAX_REQUEST_COUNT, the batch its own client sends
 MAX_BATCH_BLOBS = 500
-_STREAM_CHUNK = 1 << 20          # ByteStream message payload
+#: ByteStream.Write message payload: BuildGrid 0.4.4 takes in a 212 MB blob with ~35% less
+#: CPU in 128 KiB messages than in 1 MiB ones (0.65-0.77 s against 1.0-1.3 s, measured
+#: with pre-serialised requests; reading it back costs the same either way)
+_STREAM_CHUNK = 128 << 10
 _BYTES_PER_SECOND = 20 << 20     # an upload or download gets timeout + size / this
 MAX_MESSAGE = 64 << 20
 _BUSY_TRIES = 8                  # RESOURCE_EXHAUSTED (a server at its concurrent-call limit,
@@ -260,18 +263,19 @@ class Cas:
             f"uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
 
         def requests() -> Iterator[bs_pb2.WriteRequest]:
+            step = _STREAM_CHUNK
             offset = 0
-            first = True
-            pending = b""
+            pending = b""  # under one message's worth, carried to the next chunk
             for chunk in chunks():
-                pending += chunk
-                while len(pending) >= _STREAM_CHUNK:
-                    part, pending = pending[:_STREAM_CHUNK], pending[_STREAM_CHUNK:]
-                    yield bs_pb2.WriteRequest(resource_name=resource if first else "",
-                                              write_offset=offset, data=part)
-                    offset += len(part)
-                    first = False
-            yield bs_pb2.WriteRequest(resource_name=resource if first else "",
+                if pending:
+                    chunk = pending + chunk
+                end = len(chunk) - len(chunk) % step  # no piece copied twice (a remainder
+                for start in range(0, end, step):    # sliced off again per piece was)
+                    yield bs_pb2.WriteRequest(resource_name="" if offset else resource,
+                                              write_offset=offset, data=chunk[start:start + step])
+                    offset += step
+                pending = chunk[end:]
+            yield bs_pb2.WriteRequest(resource_name="" if offset else resource,
                                       write_offset=offset, data=pending, finish_write=True)
 
         resp = retrying(lambda: self._bs.Write(requests(), timeout=self._deadline(digest.size_bytes),
