@@ -60,6 +60,29 @@ def test_blobs_batch_and_bytestream(bg):
         assert b"".join(r.cas.read(digest_of(big))) == big
 
 
+def test_batches_hold_at_most_max_batch_blobs_each_way(bg):
+    """Small blobs go and come 500 a call at most (BuildGrid spends less CPU per blob on
+    such batches than on ones filled to its byte limit), and all of them arrive."""
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        datas = [os.urandom(64) + i.to_bytes(4, "big") for i in range(1200)]
+        blobs = {(d.hash, d.size_bytes): (d, data) for data in datas for d in [digest_of(data)]}
+        sizes: list[int] = []
+        for name in ("BatchUpdateBlobs", "BatchReadBlobs"):
+            real = getattr(r.cas._cas, name)
+
+            def counted(req, *a, real=real, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+                sizes.append(len(getattr(req, "requests", None) or req.digests))
+                return real(req, *a, **kw)
+
+            setattr(r.cas._cas, name, counted)
+        r.cas.upload(blobs)
+        assert sizes == [500, 500, 200]
+        got = r.cas.read_many([d for d, _ in blobs.values()])
+        assert sizes[3:] == [500, 500, 200]
+        assert sorted(got.values()) == sorted(datas)
+
+
 def test_a_bytestream_write_cut_across_odd_chunks_arrives_whole(bg):
     """Pieces that are not whole messages are carried over (several messages per piece,
     a remainder joined to the next piece, an empty last message)."""

@@ -402,7 +402,8 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
         elif digest.size_bytes > limit:
             unit_of.append(-2)
         else:
-            if cur and cur_size + digest.size_bytes + 100 > limit:
+            if cur and (cur_size + digest.size_bytes + 100 > limit
+                        or len(cur) >= cas.max_batch_blobs):
                 units.append(cur)
                 cur, cur_size = [], 0
             cur.append(digest)
