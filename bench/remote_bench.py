@@ -22,9 +22,13 @@ store), all on 127.0.0.1, and prints each figure with its ratio to its target:
    dependent then does) is printed besides, and the split: CPU seconds of BuildGrid and
    of Kata's upload and download. B reads a tree of 1,000+ files as its archive blob
    (kata.remote.trees.PACK_FILES); the same download file by file is printed beside it.
-   The anchor for the server's floor, in the same run: BuildGrid's own client (``bgd cas
-   upload-dir``, then ``download-dir``) moving the same directory through a fresh
-   in-memory BuildGrid, with the server's CPU seconds.
+   The server's floor, in the same run (bench/remote_floor.py): the very requests Kata's
+   upload sends, serialised beforehand and sent by a client that does nothing else, one
+   after another and pipelined, into fresh in-memory BuildGrids, then one read of the
+   archive: what no client keeping the same guarantees can beat on this machine. And
+   BuildGrid's own client (``bgd cas upload-dir``, then ``download-dir``) moving the same
+   directory (no FindMissingBlobs, no archive) through a fresh in-memory BuildGrid, with
+   the server's CPU seconds.
 3. Per-step overhead of remote execution vs local execution (target <= 1.5x): a 10-step
    chain run with ``kata run --no-cache`` locally and with ``--remote-executor`` (BuildGrid
    with its SQL scheduler on a PostgreSQL it starts, one ``kata worker``); see

@@ -46,10 +46,9 @@ _FIND_CHUNK = 10_000             # digests per FindMissingBlobs call
 #: giving them back (docs/remote.md, "Where the time goes"); 500 is its own
 #: MAX_REQUEST_COUNT, the batch its own client sends
 MAX_BATCH_BLOBS = 500
-#: ByteStream.Write message payload: BuildGrid 0.4.4 takes in a 212 MB blob with ~35% less
-#: CPU in 128 KiB messages than in 1 MiB ones (0.65-0.77 s against 1.0-1.3 s, measured
-#: with pre-serialised requests; reading it back costs the same either way)
-_STREAM_CHUNK = 128 << 10
+#: ByteStream.Write message payload (128 KiB measured: cheaper for BuildGrid 0.4.4 into an
+#: empty server, dearer after a tree's batches, docs/remote.md)
+_STREAM_CHUNK = 1 << 20
 _BYTES_PER_SECOND = 20 << 20     # an upload or download gets timeout + size / this
 MAX_MESSAGE = 64 << 20
 _BUSY_TRIES = 8                  # RESOURCE_EXHAUSTED (a server at its concurrent-call limit,
