@@ -427,3 +427,38 @@ def test_a_packed_tree_named_with_another_trees_tree_gets_its_own_bytes(bg, tmp_
     a.close()
     b.close()
     c.close()
+
+
+def test_read_ahead_hands_on_every_chunk_an_error_and_an_early_stop():
+    import threading
+    import time as _time
+
+    assert list(trees._ahead(iter([b"a", b"b", b"c"]), 1)) == [b"a", b"b", b"c"]
+
+    def failing():
+        yield b"x"
+        raise RemoteError("remote.bad_answer", "blob does not match its digest")
+
+    got = []
+    with pytest.raises(RemoteError) as err:
+        for c in trees._ahead(failing(), 4):
+            got.append(c)
+    assert got == [b"x"] and err.value.reason == "remote.bad_answer"
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield b"y"
+        finally:
+            closed.set()
+
+    it = trees._ahead(endless(), 2)
+    assert next(it) == b"y"
+    it.close()  # the caller gives up: the reader stops and closes its source
+    assert closed.wait(5)
+    deadline = _time.monotonic() + 5
+    while any(t.name == "kata-cas-read" for t in threading.enumerate()):
+        assert _time.monotonic() < deadline, "the read-ahead thread did not stop"
+        _time.sleep(0.01)
