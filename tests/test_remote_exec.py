@@ -50,7 +50,8 @@ def grid(tmp_path_factory):
 class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
-    def __init__(self, name: str, url: str, logstream: str, state: Path | None = None) -> None:
+    def __init__(self, name: str, url: str, logstream: str, state: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         if state is None:
             state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
@@ -62,7 +63,7 @@ class Worker:
             [sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
              "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         out.close()
 
     def text(self) -> str:
