@@ -33,7 +33,6 @@ from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
 from kata.remote._api.google.bytestream import bytestream_pb2 as bs_pb2
 from kata.remote._api.google.bytestream import bytestream_pb2_grpc as bs_grpc
-from kata.remote import wire
 from kata.remote.config import RemoteConfig
 
 Digest = re_pb2.Digest
@@ -182,14 +181,6 @@ class Cas:
         self.timeout = timeout
         self._md = metadata
         self._cas = re_grpc.ContentAddressableStorageStub(channel)
-        # the two calls that carry contents take requests already encoded (kata.remote.wire)
-        self._update_encoded = channel.unary_unary(
-            "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs",
-            request_serializer=None,
-            response_deserializer=re_pb2.BatchUpdateBlobsResponse.FromString)
-        self._write_encoded = channel.stream_unary(
-            "/google.bytestream.ByteStream/Write", request_serializer=None,
-            response_deserializer=bs_pb2.WriteResponse.FromString)
         self._caps = re_grpc.CapabilitiesStub(channel)
         self._bs = bs_grpc.ByteStreamStub(channel)
         self.max_batch = DEFAULT_BATCH
@@ -238,7 +229,7 @@ class Cas:
     def upload(self, blobs: Mapping[tuple[str, int], tuple[Digest, bytes]]) -> None:
         """Store ``blobs`` ((hash, size) -> (digest, content)): the small ones in batches
         of at most ``max_batch`` bytes, the rest over ByteStream."""
-        batch: list[tuple[str, int, bytes]] = []
+        req = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance)
         size = 0
         for digest, data in blobs.values():
             if digest.size_bytes == 0:
@@ -246,27 +237,27 @@ class Cas:
             if digest.size_bytes > self.batch_limit:
                 self.write(digest, lambda data=data: iter((data,)))
                 continue
-            if batch and (size + len(data) + _PER_BLOB > self.batch_limit
-                          or len(batch) >= self.max_batch_blobs):
-                self._batch_update(batch, size)
-                batch, size = [], 0
-            batch.append((digest.hash, digest.size_bytes, data))
+            if req.requests and (size + len(data) + _PER_BLOB > self.batch_limit
+                                 or len(req.requests) >= self.max_batch_blobs):
+                self._batch_update(req, size)
+                req, size = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance), 0
+            # filled in place: a Request built apart is copied into the batch again
+            # (2.6x the CPU per blob with upb)
+            one = req.requests.add()
+            one.digest.hash = digest.hash
+            one.digest.size_bytes = digest.size_bytes
+            one.data = data
             size += len(data) + _PER_BLOB
-        if batch:
-            self._batch_update(batch, size)
+        if req.requests:
+            self._batch_update(req, size)
 
-    def _batch_update(self, batch: list[tuple[str, int, bytes]], size: int) -> None:
-        # encoded by hand: each content copied once, not into a message and out again
-        req = wire.batch_update_request(self.instance, batch)
-        resp = retrying(lambda: self._update_encoded(
+    def _batch_update(self, req: re_pb2.BatchUpdateBlobsRequest, size: int) -> None:
+        resp = retrying(lambda: self._cas.BatchUpdateBlobs(
             req, timeout=self._deadline(size), metadata=self._md), "BatchUpdateBlobs")
         for r in resp.responses:
             if r.status.code != 0:
                 raise RemoteError("remote.refused", f"BatchUpdateBlobs {r.digest.hash}: "
                                   f"code {r.status.code}: {r.status.message}")
-        if len(resp.responses) != len(batch):
-            raise RemoteError("remote.bad_answer", "BatchUpdateBlobs answered for "
-                              f"{len(resp.responses)} of {len(batch)} blobs")
 
     def write(self, digest: Digest, chunks: Callable[[], Iterator[bytes]]) -> None:
         """Stream one blob over ByteStream.Write; ``chunks()`` gives its content from the
@@ -274,25 +265,24 @@ class Cas:
         resource = (f"{self.instance}/" if self.instance else "") + \
             f"uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
 
-        def requests() -> Iterator[bytes]:  # WriteRequests, encoded (kata.remote.wire)
+        def requests() -> Iterator[bs_pb2.WriteRequest]:
             step = _STREAM_CHUNK
             offset = 0
             pending = b""  # under one message's worth, carried to the next chunk
             for chunk in chunks():
                 if pending:
                     chunk = pending + chunk
-                view = memoryview(chunk)
-                end = len(chunk) - len(chunk) % step  # each piece copied once, into its
-                for start in range(0, end, step):    # message
-                    yield wire.write_request("" if offset else resource, offset,
-                                             view[start:start + step], False)
+                end = len(chunk) - len(chunk) % step  # no piece copied twice (a remainder
+                for start in range(0, end, step):    # sliced off again per piece was)
+                    yield bs_pb2.WriteRequest(resource_name="" if offset else resource,
+                                              write_offset=offset, data=chunk[start:start + step])
                     offset += step
-                pending = bytes(view[end:])
-            yield wire.write_request("" if offset else resource, offset, pending, True)
+                pending = chunk[end:]
+            yield bs_pb2.WriteRequest(resource_name="" if offset else resource,
+                                      write_offset=offset, data=pending, finish_write=True)
 
-        resp = retrying(lambda: self._write_encoded(
-            requests(), timeout=self._deadline(digest.size_bytes), metadata=self._md),
-            "ByteStream.Write")
+        resp = retrying(lambda: self._bs.Write(requests(), timeout=self._deadline(digest.size_bytes),
+                                               metadata=self._md), "ByteStream.Write")
         if resp.committed_size not in (digest.size_bytes, -1):
             raise RemoteError("remote.bad_answer", f"ByteStream.Write {digest.hash}: committed "
                               f"{resp.committed_size} of {digest.size_bytes} bytes")
