@@ -60,6 +60,45 @@ def test_blobs_batch_and_bytestream(bg):
         assert b"".join(r.cas.read(digest_of(big))) == big
 
 
+def test_batches_hold_at_most_max_batch_blobs_each_way(bg):
+    """Small blobs go and come 500 a call at most (BuildGrid spends less CPU per blob on
+    such batches than on ones filled to its byte limit), and all of them arrive."""
+    with remote_for(bg) as r:
+        r.cas.capabilities()
+        datas = [os.urandom(64) + i.to_bytes(4, "big") for i in range(1200)]
+        blobs = {(d.hash, d.size_bytes): (d, data) for data in datas for d in [digest_of(data)]}
+        sizes: list[int] = []
+        for name in ("BatchUpdateBlobs", "BatchReadBlobs"):
+            real = getattr(r.cas._cas, name)
+
+            def counted(req, *a, real=real, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+                sizes.append(len(getattr(req, "requests", None) or req.digests))
+                return real(req, *a, **kw)
+
+            setattr(r.cas._cas, name, counted)
+        r.cas.upload(blobs)
+        assert sizes == [500, 500, 200]
+        got = r.cas.read_many([d for d, _ in blobs.values()])
+        assert sizes[3:] == [500, 500, 200]
+        assert sorted(got.values()) == sorted(datas)
+
+
+def test_a_bytestream_write_cut_across_odd_chunks_arrives_whole(bg):
+    """Pieces that are not whole messages are carried over (several messages per piece,
+    a remainder joined to the next piece, an empty last message)."""
+    from kata.remote import cas as cas_mod
+
+    step = cas_mod._STREAM_CHUNK
+    with remote_for(bg) as r:
+        for data in (os.urandom(3 * step + 12_345), os.urandom(2 * step)):
+            d = digest_of(data)
+            cuts = [0, 1, step + 7, 2 * step + 1, len(data)]
+            r.cas.write(d, lambda data=data, cuts=cuts: iter(
+                data[a:b] for a, b in zip(cuts, cuts[1:])))
+            assert r.cas.find_missing([d]) == []
+            assert b"".join(r.cas.read(d)) == data
+
+
 def test_tree_round_trip_and_bgd_reads_it(bg, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -381,3 +420,38 @@ def test_a_packed_tree_named_with_another_trees_tree_gets_its_own_bytes(bg, tmp_
     a.close()
     b.close()
     c.close()
+
+
+def test_read_ahead_hands_on_every_chunk_an_error_and_an_early_stop():
+    import threading
+    import time as _time
+
+    assert list(trees._ahead(iter([b"a", b"b", b"c"]), 1)) == [b"a", b"b", b"c"]
+
+    def failing():
+        yield b"x"
+        raise RemoteError("remote.bad_answer", "blob does not match its digest")
+
+    got = []
+    with pytest.raises(RemoteError) as err:
+        for c in trees._ahead(failing(), 4):
+            got.append(c)
+    assert got == [b"x"] and err.value.reason == "remote.bad_answer"
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield b"y"
+        finally:
+            closed.set()
+
+    it = trees._ahead(endless(), 2)
+    assert next(it) == b"y"
+    it.close()  # the caller gives up: the reader stops and closes its source
+    assert closed.wait(5)
+    deadline = _time.monotonic() + 5
+    while any(t.name == "kata-cas-read" for t in threading.enumerate()):
+        assert _time.monotonic() < deadline, "the read-ahead thread did not stop"
+        _time.sleep(0.01)

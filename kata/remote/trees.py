@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import tempfile
 import threading
 from collections import deque
@@ -54,6 +55,7 @@ READONLY_MODES = kata_tree.READONLY_MODES
 
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
 _UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
+_READ_AHEAD = 16  # ByteStream chunks (1 MiB from BuildGrid) read ahead of the store's writer
 #: a tree with at least this many files, of at most PACK_MEAN_BYTES each on average, also
 #: travels as one blob: its canonical archive (``archive_digest``). Below the count the
 #: per-blob costs are small; above the mean size moving the bytes dominates them, and
@@ -174,6 +176,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
     files = file_bytes = 0
     sent = _Sent()
     limit = cas.batch_limit
+    per_batch = cas.max_batch_blobs
     batch: list[tuple[re_pb2.FileNode, bytes]] = []
     size = 0
     sending: deque[Future[None]] = deque()
@@ -201,7 +204,7 @@ def upload_tree(cas: Cas, store: Store, tree: str, *, memo: bool = False) -> Upl
                     elif n == 0:
                         node.digest.CopyFrom(_EMPTY)
                     else:
-                        if batch and size + n + 100 > limit:
+                        if batch and (size + n + 100 > limit or len(batch) >= per_batch):
                             sending.append(pool.submit(_hash_and_send, cas, batch, sent))
                             batch, size = [], 0
                             while len(sending) > _WINDOW:
@@ -407,7 +410,8 @@ def download_tree(cas: Cas, store: Store, tree: str, tree_digest: Digest, *,
         elif digest.size_bytes > limit:
             unit_of.append(-2)
         else:
-            if cur and cur_size + digest.size_bytes + 100 > limit:
+            if cur and (cur_size + digest.size_bytes + 100 > limit
+                        or len(cur) >= cas.max_batch_blobs):
                 units.append(cur)
                 cur, cur_size = [], 0
             cur.append(digest)
@@ -465,7 +469,8 @@ def _fetch_archive(cas: Cas, store: Store, tree: str, digest: Digest) -> bool:
     if cas.find_missing([digest]):
         return False
     try:
-        got = store.put_blob(_Chunks(cas.read(digest)))
+        # read ahead on a thread: the stream keeps coming while the store compresses
+        got = store.put_blob(_Chunks(_ahead(cas.read(digest), _READ_AHEAD)))
     except RemoteError as err:
         if "NOT_FOUND" in err.message:  # evicted between the two calls
             return False
@@ -473,6 +478,54 @@ def _fetch_archive(cas: Cas, store: Store, tree: str, digest: Digest) -> bool:
     if got != tree:  # unreachable after Cas.read's check; never trust one check alone
         raise RemoteError("remote.bad_answer", f"the remote's archive of {tree} is {got}")
     return True
+
+
+def _ahead(chunks: Iterator[bytes], depth: int) -> Iterator[bytes]:
+    """``chunks``, pulled on a thread (``kata-cas-read``) up to ``depth`` chunks ahead of
+    the caller; the thread's error is raised where its chunk would have come. Abandoned
+    early (closed, or an error in the caller), the thread is told to stop and not waited
+    for: it drops what it holds and closes ``chunks`` when its next chunk (or the call's
+    deadline) comes."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            put(("error", err))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=pull, name="kata-cas-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "chunk":
+                yield value  # type: ignore[misc]
+            elif kind == "end":
+                thread.join()
+                return
+            else:
+                thread.join()
+                raise value  # type: ignore[misc]
+    finally:
+        stop.set()
 
 
 class _Chunks(io.RawIOBase):
