@@ -298,7 +298,7 @@ def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], exec
     os.chmod(path, mode)
 
 
-def directories(cas: Cas, root: re_pb2.Digest, known: "dict[str, bytes] | None" = None,
+def directories(cas: Cas, root: re_pb2.Digest, known: dict[str, bytes] | None = None,
                 cache: BlobCache | None = None) -> dict[str, re_pb2.Directory]:
     """Every ``Directory`` of the tree under ``root`` (hash -> message): from ``cache``
     when it holds them all, else one GetTree call (what it answers is kept in ``cache``),
