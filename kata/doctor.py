@@ -57,7 +57,7 @@ class Host:
     socket of kata's own embedded containerd, ``kata_pid`` its pid if its pid file names a
     live containerd; ``answers``: whether a unix socket accepts connections; ``euid``:
     the effective uid; ``oci_runtime``: the configured OCI runtime (``auto``, ``crun``,
-    ``runc``)."""
+    ``runc``); ``step_runner``: how steps without services run (``direct``, ``task``)."""
 
     proc: Path = Path("/proc")
     sys: Path = Path("/sys")
@@ -73,6 +73,7 @@ class Host:
     answers: Callable[[str], bool] = field(default=lambda path: False)
     euid: int = field(default_factory=os.geteuid)
     oci_runtime: str = "auto"  # the host config's containerd.oci_runtime
+    step_runner: str = "direct"  # the host config's containerd.step_runner
     remote_executor: str = ""  # the host config's remote.executor URL ("" when none)
     # asks it for its REAPI ServerCapabilities (kata.executor.connection.probe); raises
     # kata.remote.cas.RemoteError when it does not answer
@@ -216,6 +217,31 @@ def check_oci_runtime(host: Host) -> Check:
                         + ")")
 
 
+def check_step_runner(host: Host) -> Check:
+    """How steps without services will run: each as one ``crun run`` kata supervises
+    (``direct``), or as a containerd task (``task``: asked for, or the host cannot run
+    them directly; kata.runtimes.containerd.direct.usable says why). Never fails: tasks
+    run everything, only slower."""
+    from kata.runtimes.containerd.direct import usable
+
+    if host.step_runner == "task":
+        return Check(name="step-runner", status="ok", detail="containerd tasks "
+                     "(containerd.step_runner: task)")
+    mounts = {point: kind for point, kind, _ in _mounts(host)}
+    try:
+        oci = choose(host.oci_runtime, which=host.which,
+                     blocker=lambda: crun_blocker(mounts, host.sys))
+    except KataError:
+        return Check(name="step-runner", status="warn", detail="unknown: no OCI runtime "
+                     "(see oci-runtime)", fix="see the oci-runtime check's fix")
+    why = usable(oci, host.sys / "fs" / "cgroup")
+    if why:
+        return Check(name="step-runner", status="ok", detail=f"containerd tasks: {why} "
+                     "(containerd.step_runner: direct falls back)")
+    return Check(name="step-runner", status="ok", detail="direct: one crun per step, "
+                 "supervised by kata; steps with services run as containerd tasks")
+
+
 def check_cni(host: Host) -> Check:
     missing = [p for p in ("bridge", "host-local") if not os.access(host.cni_path / p, os.X_OK)]
     tools = [t for t in ("ip", "iptables") if host.which(t) is None]
@@ -279,7 +305,7 @@ def check_git(host: Host) -> Check:
 
 
 CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc,
-          check_oci_runtime, check_cni, check_store, check_space, check_git)
+          check_oci_runtime, check_step_runner, check_cni, check_store, check_space, check_git)
 
 
 def check_remote_executor(host: Host) -> Check:
@@ -294,6 +320,11 @@ def check_remote_executor(host: Host) -> Check:
     try:
         caps = host.executor_probe()
     except RemoteError as err:
+        if err.code in ("INVALID_ARGUMENT", "NOT_FOUND"):  # it answers: not a down server
+            fix = ("the scheduler does not know this instance name: set remote.instance (or "
+                   "--remote-instance) to one it executes for")
+        elif err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            fix = "the scheduler refused the credentials: check remote.token_file and remote.tls"
         return Check(name="remote-executor", status="fail", detail=f"{url}: {err.message}",
                      fix=fix)
     execution = caps.execution_capabilities  # type: ignore[attr-defined]
@@ -309,7 +340,7 @@ def check_remote_executor(host: Host) -> Check:
 
 def diagnose(host: Host) -> list[Check]:
     """Every check, in a fixed order: root, overlay, cgroups, containerd, runc,
-    oci-runtime, cni, store, space, git; then remote-executor when the host config names
+    oci-runtime, step-runner, cni, store, space, git; then remote-executor when the host config names
     one (it asks the server)."""
     checks = [check(host) for check in CHECKS]
     if host.remote_executor and host.executor_probe is not None:

@@ -97,6 +97,20 @@ END_RECORD = (lambda h: _LEN.pack(len(h)) + h)(msgpack.packb(["e"], use_bin_type
 EMPTY_TREE = MAGIC + END_RECORD
 
 
+def is_executable(mode: int) -> bool:
+    """Whether a regular file of ``st_mode`` ``mode`` is an "x" entry of a tree: its owner's
+    execute bit decides (git's rule); the group's and others' bits are not kept, so a file
+    of mode 0654 is "f". Every place that turns a file on disk into a tree entry (here, the
+    remote executor's packing of a workspace) must use this one rule, or the same output
+    gets two digests."""
+    return bool(mode & stat.S_IXUSR)
+
+
+#: the modes ``extract(readonly=True)`` gives (what a step sees of its inputs and of its
+#: dependencies' artifacts, the lower layers of its workspace): by entry kind
+READONLY_MODES = {"f": 0o444, "x": 0o555, "d": 0o555}
+
+
 def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
     return StoreError(reason, message, obj=os.fsdecode(path))
 
@@ -107,7 +121,7 @@ def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _En
     if stat.S_ISDIR(mode):
         return _Entry(key, "d", abspath)
     if stat.S_ISREG(mode):
-        return _Entry(key, "x" if mode & 0o100 else "f", abspath, st.st_size)
+        return _Entry(key, "x" if is_executable(mode) else "f", abspath, st.st_size)
     if stat.S_ISLNK(mode):
         target = os.readlink(abspath)
         if not _link_target_ok(target):
@@ -676,8 +690,11 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
                              f"{dest} is not a directory (or is a symlink)", obj=dest) from None
         if os.listdir(dest):
             raise StoreError("store.tree.dest_not_empty", f"{dest} is not empty", obj=dest) from None
-    fmode = {"f": 0o444 if readonly else 0o644, "x": 0o555 if readonly else 0o755}
-    dmode = 0o555 if readonly else 0o755
+    fmode = {"f": 0o644, "x": 0o755}
+    dmode = 0o755
+    if readonly:
+        fmode = {"f": READONLY_MODES["f"], "x": READONLY_MODES["x"]}
+        dmode = READONLY_MODES["d"]
     rootfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     stack: list[tuple[tuple[bytes, ...], int]] = [((), rootfd)]
     umask = os.umask(0)

@@ -49,7 +49,7 @@ def by_name(host: Host) -> dict[str, tuple[str, str, str]]:
 def test_a_host_with_everything(tmp_path) -> None:
     checks = by_name(fake_host(tmp_path))
     assert list(checks) == ["root", "overlay", "cgroups", "containerd", "runc",
-                            "oci-runtime", "cni", "store", "space", "git"]
+                            "oci-runtime", "step-runner", "cni", "store", "space", "git"]
     assert {n: s for n, (s, _, _) in checks.items()} == dict.fromkeys(checks, "ok")
     assert checks["runc"][1] == "runc version 9.9"
     assert checks["oci-runtime"][1] == ("runc version 9.9 (containerd.oci_runtime: auto; crun "
@@ -117,6 +117,32 @@ def test_the_oci_runtime_crun_where_it_can_run(tmp_path) -> None:
         "oci-runtime"] == ("ok", "runc version 9.9 (containerd.oci_runtime: runc)", "")
     status, detail, fix = by_name(fake_host(tmp_path, oci_runtime="crun"))["oci-runtime"]
     assert (status, fix) == ("fail", "apt-get install crun") and "not installed" in detail
+
+
+def test_the_step_runner_says_how_steps_without_services_run(tmp_path) -> None:
+    binaries = ("containerd", "runc", "crun", "ip", "iptables", "git")
+    # crun on cgroup v1 with every hierarchy a direct step gets: direct
+    host = fake_host(tmp_path, binaries=binaries, mounts=HYBRID)
+    cgroups = host.sys / "fs" / "cgroup"
+    (cgroups / "cgroup.controllers").unlink()
+    for controller in ("memory", "pids", "cpu", "devices"):
+        (cgroups / controller).mkdir()
+    assert by_name(host)["step-runner"] == (
+        "ok", "direct: one crun per step, supervised by kata; steps with services run as "
+        "containerd tasks", "")
+    # a missing hierarchy, runc, unified cgroups: tasks, and why
+    (cgroups / "devices").rmdir()
+    assert by_name(host)["step-runner"][:2] == (
+        "ok", "containerd tasks: the cgroup v1 hierarchies devices are not mounted "
+        "(containerd.step_runner: direct falls back)")
+    assert by_name(fake_host(tmp_path, oci_runtime="runc"))["step-runner"][1].startswith(
+        "containerd tasks: the OCI runtime is runc (direct steps need crun)")
+    assert by_name(fake_host(tmp_path, binaries=binaries))["step-runner"][1].startswith(
+        "containerd tasks: the cgroups are unified (v2)")
+    # asked for tasks; no OCI runtime at all: a warning pointing at that check
+    assert by_name(fake_host(tmp_path, step_runner="task"))["step-runner"] == (
+        "ok", "containerd tasks (containerd.step_runner: task)", "")
+    assert by_name(fake_host(tmp_path, binaries=("git",)))["step-runner"][0] == "warn"
 
 
 def test_an_explicit_containerd_that_does_not_answer(tmp_path) -> None:
@@ -196,8 +222,10 @@ def test_kata_doctor_on_this_machine(tmp_path) -> None:
     assert doc["ok"] is True and doc["version"] == 1
     assert {n: s for n, s in statuses.items() if n != "space"} == {
         "root": "ok", "overlay": "ok", "cgroups": "ok", "containerd": "ok", "runc": "ok",
-        "oci-runtime": "ok", "cni": "ok", "store": "ok", "git": "ok"}
+        "oci-runtime": "ok", "step-runner": "ok", "cni": "ok", "store": "ok", "git": "ok"}
     assert statuses["space"] in ("ok", "warn")
+    runner = next(c for c in doc["checks"] if c["name"] == "step-runner")
+    assert runner["detail"].startswith("direct: one crun per step")  # crun, cgroup v1 here
     assert not (tmp_path / "store").exists()  # the check left nothing behind
     broken = subprocess.run([sys.executable, "-m", "kata", "--store", "/proc/kata-store",
                              "doctor"], env=env, capture_output=True, text=True, timeout=60)

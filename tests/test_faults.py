@@ -29,6 +29,64 @@ def small_fs(tmp_path: Path):
         yield mnt
 
 
+def test_containerd_killed_under_direct_steps_lets_them_finish_with_one_warning(tmp_path):
+    """On direct steps (the default runner) a running step does not need containerd, and
+    the next step of the same image reuses the run's view of it: containerd SIGKILLed
+    under a step, the run still passes (exit 0) and says once, as a warning, that
+    containerd stopped answering. It used to end with exit 2 and "the steps it was
+    running failed" after `[DONE] All 3 steps passed`. Started again, nothing is left."""
+    import os
+    import signal
+    import subprocess
+
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.daemon import ensure_daemon, read_pid
+    from support.daemon import embedded_containerd
+    from support.images import busybox_image, write_oci_archive
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
+        "pipeline": "survives", "steps": [
+            {"name": "long", "image": IMAGE, "inputs": ["none"], "artifacts": ["o"],
+             "commands": ["echo started", "sleep 3", "echo made > o"]},
+            {"name": "other", "image": IMAGE, "inputs": ["none"], "commands": ["sleep 3"]},
+            {"name": "after", "image": IMAGE, "depends_on": ["long"], "commands": ["cat o"]},
+        ]}, sort_keys=False))
+    with embedded_containerd("kf") as paths:  # the test's own: it is killed
+        with ContainerdRuntime.connect(address=paths.address,
+                                       state_dir=str(paths.root.parent)) as rt:
+            rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
+        kata = KataProcess(repo, store=tmp_path / "store", address=paths.address)
+        proc = subprocess.Popen([*kata.base, "run"], cwd=repo, env=kata.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            for line in proc.stdout:
+                seen.append(line)
+                if line == "long | started\n":
+                    break
+            os.kill(read_pid(paths), signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out = "".join(seen) + out
+        assert proc.returncode == 0, out + err
+        assert "after | made" in out.splitlines()
+        assert out.splitlines()[-1].startswith("[DONE] All 3 steps passed"), out
+        assert "Traceback" not in err, err
+        warning = [line for line in err.splitlines() if line.startswith("warning: ")]
+        assert len(warning) == 1 and warning[0].startswith(
+            f"warning: containerd at {paths.address} stopped answering during the run: "), err
+        assert "Every step passed" in warning[0] and "failed" not in warning[0]
+        ensure_daemon(paths)  # the next connect sweeps the dead run's views
+        with ContainerdRuntime.connect(address=paths.address,
+                                       state_dir=str(paths.root.parent)) as rt:
+            left = rt.leftovers()
+    assert left == {k: [] for k in left}, left
+
 def test_full_disk_fails_the_step_and_the_run_ends(tmp_path, small_fs, containerd_daemon,
                                                    runtime):
     """The store on a 3 MiB filesystem; a step whose log (4 MiB of base64) cannot be

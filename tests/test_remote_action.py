@@ -58,7 +58,7 @@ def test_the_action_is_canonical_and_never_cached_by_the_executor() -> None:
     command = re_pb2.Command()
     command.ParseFromString(one.blobs[files.key(action.command_digest)])
     assert [e.name for e in command.environment_variables] == ["A", "B"]
-    assert list(command.output_paths) == ["ws", "kata-services"]
+    assert list(command.output_paths) == ["ws", "kata-services", "kata-special"]
     assert command.working_directory == "ws"
     props = [(p.name, p.value) for p in command.platform.properties]
     assert props == sorted(props)

@@ -24,6 +24,17 @@ def _config(url: str, **kw) -> RemoteConfig:
     return RemoteConfig(url=url, target=parse_url(url)[0], timeout=5, **kw)
 
 
+def _doctor(tmp_path: Path, host_config: str) -> dict[str, dict]:
+    """`kata doctor --json` with ``host_config`` as the host config: its checks by name."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(host_config)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
+           "KATA_CONFIG": str(cfg)}
+    r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+
 def test_doctor_asks_the_remote_for_its_capabilities(tmp_path):
     with buildgrid(tmp_path / "bgd") as server:
         ok = check_remote(_config(server.url))
@@ -33,13 +44,7 @@ def test_doctor_asks_the_remote_for_its_capabilities(tmp_path):
         assert wrong.status == "warn" and "INVALID_ARGUMENT" in wrong.detail, wrong
         assert "instance name" in wrong.fix
 
-        cfg = tmp_path / "config.yaml"
-        cfg.write_text(f"remote:\n  cache: {server.url}\n")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
-               "KATA_CONFIG": str(cfg)}
-        r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json"], env=env,
-                           capture_output=True, text=True, timeout=120)
-    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+        checks = _doctor(tmp_path, f"remote:\n  cache: {server.url}\n")
     assert checks["remote-cache"]["status"] == "ok", checks["remote-cache"]
     assert "remote-executor" not in checks
 
@@ -50,3 +55,15 @@ def test_doctor_on_a_remote_that_is_down_or_unusable(tmp_path):
     assert down.status == "warn" and "UNAVAILABLE" in down.detail and down.fix, down
     bad = check_remote(_config(url, token_file=tmp_path / "missing.token"))
     assert bad.status == "fail" and "missing.token" in bad.detail, bad
+
+
+def test_doctor_says_an_executor_lacks_the_instance_rather_than_that_it_is_down(tmp_path):
+    """A remote.instance the scheduler does not serve (here the cache's instance, which the
+    section shares with the executor) is not "start the scheduler": it answered."""
+    from support.buildgrid import BuildGridConfig
+
+    with buildgrid(tmp_path / "bgd", BuildGridConfig(instance="main")) as server:
+        check = _doctor(tmp_path, f"remote:\n  executor: {server.url}\n"
+                        "  instance: other\n")["remote-executor"]
+    assert check["status"] == "fail" and "INVALID_ARGUMENT" in check["detail"], check
+    assert "instance name" in check["fix"] and "start the scheduler" not in check["fix"], check

@@ -52,7 +52,7 @@ class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
     def __init__(self, name: str, url: str, logstream: str, state: Path | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> None:
         self.name = name
         if state is None:
             state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
@@ -65,7 +65,7 @@ class Worker:
              "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream,
              *extra],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         out.close()
 
     def text(self) -> str:

@@ -90,6 +90,12 @@ def test_remote_lost_between_plan_and_run_rebuilds_locally(tmp_path):
     assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
     lost = {e.step for e in b.events if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_LOST}
     assert "test" in lost and "build" in lost
+    # the plain view says why a step it called a HIT is now a MISS (docs/remote.md)
+    from kata.report.plain import line as format_event
+
+    shown = [format_event(e) for e in b.events
+             if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_LOST]
+    assert "[CACHE] test: MISS (remote cache unavailable, rebuilding)" in shown, shown
     assert sorted(b.runtime.started) == ["build", "lint", "package", "test"]
     assert len(b.warnings) == 1
     # what was rebuilt is recorded locally: the next run hits everything without a remote

@@ -146,3 +146,25 @@ def test_a_non_root_step_and_service_can_use_their_workspace_and_secrets(kata):
     assert "after | 1000" in run.stdout.splitlines()
     svc = kata("logs", "--step", "as-user", "--service", "db")
     assert "db-read-it" in svc.stdout.splitlines(), svc.stdout
+
+
+def test_a_service_running_as_its_images_user_reads_its_secrets(kata, tmp_path):
+    """Without `user:`, a service runs as its image's numeric USER: its secrets (tmpfs
+    0700, files 0400) must be that user's, as they are one given by `user:`."""
+    from support.images import busybox_layer, make_image, write_oci_archive
+
+    img = make_image([busybox_layer()], "kata.local/busybox-user:1", user="1000:1001")
+    archive = write_oci_archive(img, tmp_path / "user.tar")
+    imported = kata("image", "import", str(archive))
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    db = {"name": "db", "image": img.ref, "secrets": ["DB_TOKEN"],
+          "ready": {"tcp": 5432, "timeout": "20s"},
+          "commands": ['echo uid=$(id -u)', 'test "$DB_TOKEN" = s3cret-v && echo db-read-it',
+                       SERVE]}
+    write_pipeline(kata.repo, [FakeStep("it", commands=("nc db 5432 </dev/null",),
+                                        inputs=("x",), services=(db,))], name="svc")
+    (kata.repo / "x").write_text("x")
+    run = kata("run", "--secret", "DB_TOKEN=s3cret-v")
+    assert run.returncode == 0, run.stdout + run.stderr
+    svc = kata("logs", "--step", "it", "--service", "db")
+    assert svc.stdout.splitlines()[1:] == ["uid=1000", "db-read-it"], svc.stdout

@@ -43,7 +43,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 system_socket=SYSTEM_SOCKET if config.state_dir is None else "",
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
-                oci_runtime=config.oci_runtime)
+                oci_runtime=config.oci_runtime, step_runner=config.step_runner)
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
     if executor is not None:
         host = dataclasses.replace(host, remote_executor=executor.url,

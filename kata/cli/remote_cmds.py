@@ -65,5 +65,5 @@ def push(ctx: click.Context, remote_cache: str | None, remote_instance: str | No
         if counts.left:
             line += f"; {counts.left} still pending"
         click.echo(line)
-    if counts.left:
+    if counts.left or cache.down_reason:  # the remote failed, even with nothing queued
         raise SystemExit(1)

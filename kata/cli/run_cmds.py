@@ -133,18 +133,22 @@ class LazyRuntime:
             if lost is not None:
                 raise lost
 
-    def close(self) -> None:
+    def close(self, *, passed: bool = False) -> None:
         """Close the runtime; its first containerd error (e.g. deleting the shim group's
-        anchor) becomes runtime.unreachable when containerd stopped answering."""
+        anchor) becomes runtime.unreachable when containerd stopped answering. ``passed``
+        (every step of the run passed): that is one warning line on stderr instead, and
+        the run keeps its exit status."""
         if self._rt is not None:
             try:
                 self._rt.close()
             except KataError:
-                lost = self._rt.client.went_away()
+                lost = self._rt.client.went_away(passed=passed)
                 if lost is None:
                     raise
                 self._rt.client.close()
-                raise lost from None
+                if not passed:
+                    raise lost from None
+                click.echo(f"warning: {lost.message}", err=True)
 
 
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
@@ -252,6 +256,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted)
     pulls = contextlib.ExitStack()  # images pulled before the steps start: a bar on a terminal
+    result = None
     try:
         if not json_out:
             from kata.report.live import pull_view
@@ -367,7 +372,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             _export(store, graph, targets, result, Path(out_dir), json_out)
     finally:
         pulls.close()
-        runtime.close()
+        runtime.close(passed=result is not None and result.ok and not result.interrupted)
         if remote is not None:  # its uploads read the store: closed first
             remote.close()
         store.close()
@@ -666,16 +671,25 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               metavar="DIR", help="Where the artifacts go: DIR/<step>/, or DIR for one --step.")
 @click.option("--json", "json_out", is_flag=True, help="One JSON event per exported step.")
+@click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
+              help="Fetch remote cache hits this host never fetched from there (default: "
+                   "remote.cache in /etc/kata/config.yaml).")
+@click.option("--remote-instance", "remote_instance", metavar="NAME",
+              help="The remote's instance name (default: remote.instance, else \"\").")
 @config_file_option
 @click.pass_context
 def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], out_dir: str,
-               json_out: bool) -> None:
-    """Copy the artifacts of an earlier run's steps out of the store (modes and symlinks kept)."""
+               json_out: bool, remote_cache: str | None = None,
+               remote_instance: str | None = None) -> None:
+    """Copy the artifacts of an earlier run's steps out of the store (modes and symlinks
+    kept); a remote cache hit the run did not need to fetch is fetched first."""
     import tempfile
 
     from kata.cli.store_cmds import open_store
-    from kata.realise.export import export, exported
+    from kata.realise.export import export, exported, fetch_missing
+    from kata.remote.config import load_remote_config
 
+    remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
         record = _run_record(store, ctx, run_id, steps)
@@ -683,9 +697,12 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
                 for e in record.steps if not steps or e.name in steps]
+        chosen = exported(rows, named=steps)
+        keys = {e.name: e.key if e.cache == "HIT" else "" for e in record.steps}
+        fetch_missing(store, [(n, tree, keys[n]) for n, tree in chosen], record.id, remote)
         from kata.server import out_owner
 
-        _print_exports(export(store, exported(rows, named=steps), Path(out_dir),
+        _print_exports(export(store, chosen, Path(out_dir),
                               flat=len(steps) == 1, owner=out_owner()), json_out)
     finally:
         store.close()

@@ -36,8 +36,9 @@ def register(cli: click.Group) -> None:
 @click.command()
 @click.option("--executor", "url", required=True, metavar="URL",
               help="The REAPI scheduler's Bots service: grpc://HOST:PORT (grpcs:// for TLS).")
-@click.option("--instance", default="", metavar="NAME",
-              help="The REAPI instance name (default: the unnamed instance).")
+@click.option("--instance", default=None, metavar="NAME",
+              help="The REAPI instance name (default: the host config's remote.instance, "
+              "else the unnamed instance).")
 @click.option("--slots", default=1, type=click.IntRange(1, 256), metavar="N",
               help="Steps run at once (default 1).")
 @click.option("--name", "bot_name", metavar="BOT",
@@ -56,16 +57,24 @@ def register(cli: click.Group) -> None:
               "is fetched only where it is new (a chain's is mostly the last step's "
               "output); 0: off (default 64).")
 @click.pass_context
-def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: str | None,
-           state_dir: str | None, poll: float, logstream: str | None, blob_cache: int) -> None:
-    """Run steps leased by a remote executor (the Remote Workers API) in containers."""
+def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
+           bot_name: str | None, state_dir: str | None, poll: float,
+           logstream: str | None, blob_cache: int) -> None:
+    """Run steps leased by a remote executor (the Remote Workers API) in containers. The
+    host config's remote: section gives the TLS files, token file and instance, as for
+    `kata run --remote-executor` (docs/remote.md)."""
     from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
-    from kata.remote.config import parse_url
+    from kata.remote.config import load_remote_config, parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
     parse_url(url, where="--executor")  # a bad URL is exit 2 before anything starts
     if logstream is not None:
         parse_url(logstream, where="--logstream")
+    # the flags over the host config's remote: section (its TLS files and token come too;
+    # an unreadable one is exit 2 here)
+    remote = load_remote_config(url, instance, key="executor")
+    assert remote is not None
+    instance = remote.instance
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     obj = ctx.find_root().obj or {}
@@ -95,7 +104,7 @@ def worker(ctx: click.Context, url: str, instance: str, slots: int, bot_name: st
                f"{' instance ' + instance if instance else ''}, containerd "
                f"{runtime.client.address}", err=True)
     try:
-        Worker(url, runtime, name=name, instance=instance, slots=slots,
+        Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,
                containerd=runtime.client.address, blob_cache=blob_cache << 20).serve(stop)
     finally:

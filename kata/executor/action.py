@@ -16,8 +16,11 @@ The input root of a remote step (``Command.working_directory`` is ``ws``)::
                    "resources": {…}}]}
 
 The ``Command`` carries the argv and the environment (sorted by name, as REAPI asks),
-``output_paths`` = ``["ws", "kata-services"]`` (the whole workspace comes back, and one
-log file per service under ``kata-services/``), and the platform properties a scheduler
+``output_paths`` = ``["ws", "kata-services", "kata-special"]`` (the whole workspace comes
+back, one log file per service under ``kata-services/``, and, when the step left any, the
+workspace paths of its FIFOs, sockets and devices, NUL-separated, which no REAPI tree can
+hold: the client makes a FIFO at each so that its `artifacts:` see what they would see
+locally), and the platform properties a scheduler
 matches and a worker reads (REAPI's ``Platform``, sorted by name):
 
     OSFamily=linux  ISA=x86-64  container-image=docker://NAME@sha256:…
@@ -48,6 +51,7 @@ SPEC_FILE = "kata-spec.json"
 SPEC_VERSION = 1
 WORKSPACE_DIR = "ws"
 SERVICES_DIR = "kata-services"
+SPECIAL_FILE = "kata-special"  # the workspace's FIFOs, sockets, devices (NUL-separated paths)
 OS_FAMILY = "linux"
 ISA = "x86-64"
 #: the non-standard platform keys Kata sets (a BuildGrid config lists them as wildcards)
@@ -117,8 +121,9 @@ def build_action(spec: StepSpec, input_root: re_pb2.Digest) -> RemoteAction:
         arguments=list(spec.argv),
         environment_variables=[re_pb2.Command.EnvironmentVariable(name=k, value=v)
                                for k, v in sorted(spec.env.items())],
-        output_paths=[WORKSPACE_DIR, SERVICES_DIR],
+        output_paths=[WORKSPACE_DIR, SERVICES_DIR, SPECIAL_FILE],
         output_directories=[WORKSPACE_DIR, SERVICES_DIR],  # for v2.0 servers
+        output_files=[SPECIAL_FILE],
         working_directory=WORKSPACE_DIR,
         platform=platform(spec),
     )

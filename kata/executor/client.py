@@ -161,7 +161,8 @@ class RemoteRuntime:
                 return CANCEL_EXIT
             result = response.result
             outputs = {d.path: d.tree_digest for d in result.output_directories}
-            trees = self._call(lambda: self.cas.read_many([*outputs.values(),
+            special = [f.digest for f in result.output_files if f.path == act.SPECIAL_FILE]
+            trees = self._call(lambda: self.cas.read_many([*outputs.values(), *special,
                                                              result.stdout_digest]),
                                "fetch the step's output")  # one call: trees and the log
             live.finish(result.execution_metadata.worker or "?",
@@ -183,6 +184,8 @@ class RemoteRuntime:
             top, children = files.tree_index(tree)
             self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace),
                        "fetch the step's output")
+            for digest in special:  # what it left that no tree holds: as it would be here
+                files.make_fifos(workspace, trees[files.key(digest)].decode().split("\0"))
             # the worker put these in the CAS: a later step that sees them need not
             self._present.update(f.digest.hash for d in (top, *children.values())
                                  for f in d.files)

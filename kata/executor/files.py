@@ -36,6 +36,7 @@ from pathlib import Path
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, RemoteError
+from kata.remote.trees import READONLY_MODES, is_executable
 
 CHUNK = 1 << 20  # bytes read from a file at a time
 # blobs adding up to no more than this are sent in one batch without FindMissingBlobs
@@ -175,18 +176,22 @@ def _file_digest(path: str) -> re_pb2.Digest:
 
 
 def pack_dir(root: str | os.PathLike[str], packed: Packed | None = None,
-             prefix: str = "", memo: DigestMemo | None = None) -> Packed:
+             prefix: str = "", memo: DigestMemo | None = None,
+             special: list[str] | None = None) -> Packed:
     """Hash the tree under ``root`` into ``Directory`` messages (nothing is sent);
-    ``memo``: file digests known from earlier packs (``DigestMemo``).
+    ``memo``: file digests known from earlier packs (``DigestMemo``); ``special``: where
+    the relative paths of FIFOs, sockets and devices go, left out of the tree (None:
+    KataError remote.unsupported_file for the first one).
 
     Extra top-level entries can be added later with ``add_dir``/``add_file`` on a
     ``Root``; this returns the tree of ``root`` alone."""
     out = packed if packed is not None else Packed(root=re_pb2.Digest())
-    out.root = _pack(Path(root), out, prefix, memo)
+    out.root = _pack(Path(root), out, prefix, memo, special)
     return out
 
 
-def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> re_pb2.Digest:
+def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None,
+          special: list[str] | None = None) -> re_pb2.Digest:
     directory = re_pb2.Directory()
     with os.scandir(path) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -199,15 +204,17 @@ def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None) -> 
             directory.symlinks.add(name=entry.name, target=target)
             out.entries[child] = ("->" + target, False)
         elif stat.S_ISDIR(st.st_mode):
-            digest = _pack(Path(entry.path), out, child, memo)
+            digest = _pack(Path(entry.path), out, child, memo, special)
             directory.directories.add(name=entry.name, digest=digest)
         elif stat.S_ISREG(st.st_mode):
             digest = memo.digest(child, entry.path, st) if memo is not None \
                 else _file_digest(entry.path)
-            executable = bool(st.st_mode & 0o111)
+            executable = is_executable(st.st_mode)  # the store's rule: the same tree
             directory.files.add(name=entry.name, digest=digest, is_executable=executable)
             out.files.setdefault(key(digest), entry.path)
             out.entries[child] = (key(digest), executable)
+        elif special is not None:
+            special.append(child)
         else:
             raise KataError("remote.unsupported_file", f"{child} is neither a file, a "
                             "directory nor a symlink: it cannot be sent to a remote "
@@ -285,9 +292,13 @@ def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = Non
 
 
 def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], executable: bool,
-             data: bytes | None = None) -> None:
-    """Write one blob (``data`` when already read, else streamed) to a new file."""
-    mode = 0o755 if executable else 0o644
+             data: bytes | None = None, *, readonly: bool = False) -> None:
+    """Write one blob (``data`` when already read, else streamed) to a new file: mode
+    0644/0755, or with ``readonly`` 0444/0555 (``store.tree.READONLY_MODES``)."""
+    if readonly:
+        mode = READONLY_MODES["x" if executable else "f"]
+    else:
+        mode = 0o755 if executable else 0o644
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         if data is not None:
@@ -381,9 +392,28 @@ def tree_index(tree: re_pb2.Tree) -> tuple[re_pb2.Directory, dict[str, re_pb2.Di
     return tree.root, children
 
 
+def _check_names(directory: re_pb2.Directory, rel: str) -> None:
+    """KataError remote.bad_answer unless every node of ``directory`` has a name that is one
+    path component (not empty, ``.`` or ``..``; no ``/`` or NUL) and no two share one, as
+    REAPI requires: a tree comes from a worker or a CAS (anyone who can speak the Bots API
+    can hand back a result), and a name such as ``../x``, or a symlink and a directory
+    both named ``a``, would make whoever writes the tree write outside its directory."""
+    seen: set[str] = set()
+    for node in (*directory.directories, *directory.files, *directory.symlinks):
+        name = node.name
+        if name in ("", ".", "..") or "/" in name or "\0" in name or name in seen:
+            where = f"{rel}/{name}" if rel else name
+            raise KataError("remote.bad_answer", f"the tree names {where!r}, which is not one "
+                            "path component or not unique in its directory (REAPI names "
+                            "must be both): refused", obj=where, exit_code=1)
+        seen.add(name)
+
+
 def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
          rel: str = "") -> Iterator[tuple[str, str, object]]:
-    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node)."""
+    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node).
+    KataError remote.bad_answer for a name that could leave the tree (``_check_names``)."""
+    _check_names(root, rel)
     for d in root.directories:
         path = f"{rel}/{d.name}" if rel else d.name
         yield path, "dir", d
@@ -399,35 +429,57 @@ def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
 
 
 def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
-                dest: str | os.PathLike[str], cache: BlobCache | None = None) -> None:
+                dest: str | os.PathLike[str], *, readonly: bool = False,
+                cache: BlobCache | None = None) -> None:
     """Write the tree ``root`` into the (existing, empty) directory ``dest`` (file blobs
-    from ``cache`` when it has them; those read are kept there)."""
+    from ``cache`` when it has them; those read are kept there). With ``readonly`` its
+    files and directories (not ``dest`` itself) get the modes a local step sees its inputs
+    and dependencies' artifacts with (0444/0555, directories 0555:
+    ``store.tree.extract(readonly=True)``), so a step on a worker sees what it would see
+    locally."""
     dest = Path(dest)
     files = []
-    for rel, kind, node in walk(root, directories):
+    made = []
+    for rel, kind, node in list(walk(root, directories)):  # every name checked first
         target = dest / rel
         if kind == "dir":
             target.mkdir()
+            made.append(target)
         elif kind == "symlink":
             os.symlink(node.target, target)  # type: ignore[attr-defined]
         else:
             files.append((target, node))
-    _write_files(cas, files, cache)
+    _write_files(cas, files, readonly=readonly, cache=cache)
+    if readonly:
+        for target in made:
+            os.chmod(target, READONLY_MODES["d"])
 
 
-def _write_files(cas: Cas, todo: list, cache: BlobCache | None = None) -> None:  # noqa: ANN001
+def _write_files(cas: Cas, todo: list, *, readonly: bool = False,  # noqa: ANN001
+                 cache: BlobCache | None = None) -> None:
     """Write each (path, FileNode): small blobs read in batches (or found in ``cache``),
     big ones streamed."""
     small = [n.digest for _p, n in todo if n.digest.size_bytes <= cas.batch_limit]
     data = cache.read_many(cas, small) if cache is not None else cas.read_many(small)
     for path, node in todo:
-        fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash))
+        fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash),
+                 readonly=readonly)
+
+
+def _lmode(path: Path) -> int:
+    """``path``'s own ``st_mode`` (a link is not followed: its target may be anything, even
+    a name no stat can follow), 0 when nothing is there."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
 
 
 def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
              directories: dict[str, re_pb2.Directory], dest: str | os.PathLike[str]) -> int:
     """Make ``dest`` (packed as ``before``) hold exactly the tree ``root``: remove what
-    the tree no longer has, write what is new or changed. Returns the files written."""
+    the tree no longer has, write what is new or changed. Returns the files written.
+    Nothing in ``dest`` is followed: a symlink is an entry like any other."""
     dest = Path(dest)
     wanted: dict[str, tuple[str, object]] = {}
     for rel, kind, node in walk(root, directories):
@@ -436,7 +488,7 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
     for rel in sorted(_existing(dest), key=lambda p: p.count("/"), reverse=True):
         now = wanted.get(rel)
         path = dest / rel
-        is_dir = path.is_dir() and not path.is_symlink()
+        is_dir = stat.S_ISDIR(_lmode(path))
         if now is None or (now[0] == "dir") != is_dir:
             if is_dir:
                 _rmtree(path)
@@ -445,28 +497,54 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
     todo: list[tuple[Path, object]] = []
     for rel, (kind, node) in sorted(wanted.items(), key=lambda kv: kv[0].count("/")):
         path = dest / rel
+        mode = _lmode(path)
         if kind == "dir":
-            if not path.is_dir():
+            if not stat.S_ISDIR(mode):
                 path.mkdir()
             continue
         if kind == "symlink":
             old = before.entries.get(rel)
-            if old == ("->" + node.target, False) and path.is_symlink():  # type: ignore[attr-defined]
+            if old == ("->" + node.target, False) and stat.S_ISLNK(mode):  # type: ignore[attr-defined]
                 continue
-            if path.is_symlink() or path.exists():
+            if mode:
                 path.unlink()
             os.symlink(node.target, path)  # type: ignore[attr-defined]
             continue
         digest = node.digest  # type: ignore[attr-defined]
         old = before.entries.get(rel)
-        if old == (key(digest), node.is_executable) and path.is_file() \
-                and not path.is_symlink():  # type: ignore[attr-defined]
+        if old == (key(digest), node.is_executable) and stat.S_ISREG(mode):  # type: ignore[attr-defined]
             continue
-        if path.is_symlink() or path.exists():
+        if mode:
             path.unlink()
         todo.append((path, node))
     _write_files(cas, todo)
     return len(todo)
+
+
+def make_fifos(dest: str | os.PathLike[str], paths: list[str]) -> None:
+    """A FIFO at each relative path of ``paths`` under ``dest`` where nothing is (what a
+    worker's step left as a FIFO, socket or device: ``pack_dir``'s ``special``), reached
+    without following any link. KataError remote.bad_answer for a path that is not made
+    of plain components."""
+    for rel in paths:
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise KataError("remote.bad_answer", f"the result names special file {rel!r}, "
+                            "which is not a path inside the workspace: refused", obj=rel,
+                            exit_code=1)
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            try:
+                os.mkfifo(parts[-1], 0o644, dir_fd=fd)
+            except FileExistsError:
+                pass
+        finally:
+            os.close(fd)
 
 
 def _existing(dest: Path) -> Iterator[str]:

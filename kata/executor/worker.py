@@ -37,6 +37,7 @@ input root from the CAS, write the input root under ``work_root``, run the step 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -56,6 +57,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import bots_pb2, bot
 from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
+from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import Runtime, user_ids
 from procs import pid_alive
 
@@ -74,6 +76,10 @@ LEASE_PENDING, LEASE_ACTIVE, LEASE_COMPLETED, LEASE_CANCELLED = 1, 2, 4, 5
 BOT_OK = 1
 _SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+# answers to the first CreateBotSession that retrying cannot change: no Bots service there
+# (a cache-only server), an instance it does not have, credentials it refuses
+_REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 @dataclass(slots=True)
@@ -99,13 +105,16 @@ class Worker:
     0: none kept, every input is read from the CAS).
     """
 
-    def __init__(self, url: str, runtime: Runtime, *, name: str, instance: str = "",
-                 slots: int = 1, work_root: Path, poll: float = 20.0,
+    def __init__(self, url: "str | RemoteConfig", runtime: Runtime, *, name: str,
+                 instance: str = "", slots: int = 1, work_root: Path, poll: float = 20.0,
                  logstream: str | None = None, containerd: str | None = None,
                  blob_cache: int = 64 << 20) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
-        self.url, self.runtime, self.name = url, runtime, name
+        if not isinstance(url, str):  # the host config's remote: TLS files, token, instance
+            instance = url.instance
+        self.url, self.runtime, self.name = url if isinstance(url, str) else url.url, \
+            runtime, name
         self.instance, self.slots, self.poll = instance, slots, poll
         self.work_root = Path(work_root)
         self.containerd = containerd  # its socket, for the hint when an image is missing
@@ -114,7 +123,14 @@ class Worker:
         self._md = self._remote.metadata
         self._bots = bots_pb2_grpc.BotsStub(self._remote.channel)
         # where the step's output streams to (logstream.py); the executor's own by default
-        self._logs = connect(logstream, instance, where="--logstream") if logstream else None
+        self._logs = None
+        if logstream and isinstance(url, str):
+            self._logs = connect(logstream, instance, where="--logstream")
+        elif logstream:  # with the section's TLS files and token, as the client does
+            target, tls = parse_url(logstream, where="--logstream")
+            self._logs = connect(dataclasses.replace(url, url=logstream, target=target,
+                                                     tls=tls, logstream=None),
+                                 where="--logstream")
         # action hash -> the write names of its stdout and stderr log streams
         self._write_names: dict[str, tuple[str, str]] = {}
         self._jobs: dict[str, _Job] = {}
@@ -129,6 +145,7 @@ class Worker:
         self.work_root.mkdir(parents=True, exist_ok=True)
         sweep_dead_workdirs(self.work_root, LEASE_PREFIX)  # a killed worker's input roots
         session: bots_pb2.BotSession | None = None
+        opened = False  # has the scheduler ever taken this worker? (then: retry anything)
         delay = 0.2
         try:
             while not stop.is_set():
@@ -137,6 +154,7 @@ class Worker:
                         session = self._bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
                             parent=self.instance, bot_session=self._session()),
                             timeout=self.poll, metadata=self._md)
+                        opened = True
                         LOG.info("bot session %s open", session.name)
                     else:
                         if self._busy():  # no room for work and nothing to report:
@@ -160,6 +178,13 @@ class Worker:
                         continue
                     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         continue  # a long poll that found no work
+                    if not opened and code in _REFUSED:
+                        raise KataError("worker.refused", f"the scheduler at {self.url} "
+                                        f"refuses this worker ({code.name}: "
+                                        f"{err.details()}): check --executor (a server with "  # type: ignore[attr-defined]
+                                        "a Bots service, e.g. BuildGrid's !execution), "
+                                        f"--instance ({self.instance!r}) and the token "
+                                        "(docs/remote.md)", exit_code=2) from None
                     LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
                                 code.name, err.details(), delay)  # type: ignore[attr-defined]
                     stop.wait(delay)
@@ -356,10 +381,14 @@ class Worker:
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
         inputs = work / "root"
         inputs.mkdir()
-        files.materialise(self.cas, root, directories, inputs, cache=self._blobs)
+        # read-only, as a local step sees its inputs and dependencies (the lower layers
+        # of its overlay); the workspace root is writable, as locally
+        files.materialise(self.cas, root, directories, inputs, readonly=True,
+                          cache=self._blobs)
         meta.input_fetch_completed_timestamp.GetCurrentTime()
         workspace = inputs / act.WORKSPACE_DIR
         workspace.mkdir(exist_ok=True)
+        workspace.chmod(0o755)
         spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
         spec = act.read_spec(command, spec_bytes, str(workspace),
                              {"kata.worker": self.name, "kata.lease": job.lease.id})
@@ -394,7 +423,8 @@ class Worker:
                 service_logs: dict[str, bytearray], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
-        packed = files.pack_dir(workspace)
+        special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
+        packed = files.pack_dir(workspace, special=special)
         tree = files.message_bytes(files.tree_message(packed))
         services = re_pb2.Directory()
         blobs: dict[str, bytes] = {}
@@ -410,12 +440,18 @@ class Worker:
                       files.key(stdout): log})
         # FindMissingBlobs decides (never trusting that the inputs it read are still
         # there: the result must name only blobs the CAS holds)
+        listed = "\0".join(special).encode()
+        if special:  # sent with the rest: one call
+            blobs[files.key(files.digest_of(listed))] = listed
         files.upload(self.cas, blobs, packed.files)
+        job.sent = packed
         meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
         result.output_directories.add(path=act.WORKSPACE_DIR, tree_digest=files.digest_of(tree))
         result.output_directories.add(path=act.SERVICES_DIR,
                                       tree_digest=files.digest_of(services_tree))
+        if special:
+            result.output_files.add(path=act.SPECIAL_FILE, digest=files.digest_of(listed))
         meta.worker_completed_timestamp.GetCurrentTime()
         result.execution_metadata.CopyFrom(meta)
         return result

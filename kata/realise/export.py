@@ -31,6 +31,8 @@ class TreeStore(Protocol):
     def extract_tree(self, digest: str, dest: str | os.PathLike[str], *,
                      readonly: bool = False) -> None: ...
 
+    def has_blob(self, digest: str) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Exported:
@@ -53,6 +55,53 @@ def exported(results: Iterable[tuple[str, str, str, bool]], named: Sequence[str]
         if status == "passed" and tree and (declares or step in named):
             out.append((step, tree))
     return out
+
+
+def fetch_missing(store, wanted: Sequence[tuple[str, str, str]], run: str,  # noqa: ANN001
+                  remote_config) -> None:  # noqa: ANN001 - kata.remote.config.RemoteConfig | None
+    """Bring into ``store`` each (step, output tree, key) of ``wanted`` whose tree it lacks:
+    a remote cache hit no step of this host needed (``kata run`` fetches those lazily) is
+    fetched from ``remote_config`` by ``key``, the key that hit ("": the step was no remote
+    hit). Nothing is written outside the store. KataError (exit 1) naming the step and
+    what to do when it cannot be: export.not_fetched (no remote named, or it cannot hand
+    the result over), export.missing (no remote hit: the tree was collected since)."""
+    missing = [(step, tree, key) for step, tree, key in wanted if not store.has_blob(tree)]
+    for step, tree, key in missing:
+        if not key:
+            raise KataError("export.missing", f"step {step}'s artifacts ({tree}) are no longer "
+                            f"in the store (collected since run {run}); run `kata run --step "
+                            f"{step} --out DIR` to build them again", obj=step, exit_code=1)
+    if not missing:
+        return
+    if remote_config is None:
+        step = missing[0][0]
+        raise KataError("export.not_fetched", f"step {step}'s artifacts ({missing[0][1]}) are "
+                        f"not in the local store: run {run} found them in a remote cache and no "
+                        "step of this host needed them; give --remote-cache grpc://HOST:PORT "
+                        "(or set remote.cache in the host config) to fetch them, or run `kata "
+                        f"run --step {step} --out DIR --remote-cache URL`", obj=step, exit_code=1)
+    from kata.remote.cache import RemoteCache
+    from kata.remote.cas import RemoteError
+
+    cache = RemoteCache(remote_config, warn=lambda line: None, backoff=False)
+    try:
+        for step, tree, key in missing:
+            rec = cache.lookup(key)
+            if rec is not None and rec.realisation.outputs == tree:
+                try:
+                    cache.fetch(store, rec)
+                except RemoteError:
+                    pass  # down_reason says why
+            if not store.has_blob(tree):
+                why = cache.down_reason.splitlines()[0] if cache.down_reason \
+                    else "it no longer holds that result"
+                raise KataError("export.not_fetched", f"step {step}'s artifacts ({tree}) are "
+                                f"not in the local store and the remote cache "
+                                f"{remote_config.url} cannot hand them over ({why}); run "
+                                f"`kata run --step {step} --out DIR` to build them here",
+                                obj=step, exit_code=1)
+    finally:
+        cache.close()
 
 
 def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, *,

@@ -469,7 +469,7 @@ class Realiser:
                     self._stacks.pop(dep, None)
                     self._producer = {t: s for t, s in self._producer.items() if s != dep}
                 self.emit(ev.CacheChecked(step=dep, hit=False, key=self._results[dep].key,
-                                          reason=REMOTE_LOST))
+                                          reason=REMOTE_LOST, damaged=True))
                 raise Requeue((dep,))
         self._record_fetched_stack(name)
 

@@ -77,7 +77,8 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
                           timeout=service.ready.timeout.seconds)
     return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
                        env=dict(service.env), mounts=mounts, ready=ready,
-                       resources=service.resources, user=service.user or "")
+                       resources=service.resources, user=service.user or "",
+                       owned=(str(secrets_dir),) if secrets_dir is not None else ())
 
 
 def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,

@@ -71,6 +71,9 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
         detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
                   "use grpc:// instead of grpcs://; otherwise check its certificate "
                   "against tls.ca)")
+    elif code == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (detail or "").lower():
+        detail = (f"{detail} (the server has no such instance: name one it serves with "
+                  "--remote-instance or remote.instance)")
     return RemoteError(reason, f"{what}: {name}: {detail}", code=name)
 
 

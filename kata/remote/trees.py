@@ -46,6 +46,12 @@ from kata.remote.cas import Cas, Digest, RemoteError, digest_of, message_digest
 from store import Store
 from store import tree as kata_tree
 
+#: the tree format's rules for files on disk (which file is "x"; the modes a step sees its
+#: inputs and dependencies with), for remote execution (kata.executor), which does not
+#: import the store itself: its workspaces must match a local step's exactly
+is_executable = kata_tree.is_executable
+READONLY_MODES = kata_tree.READONLY_MODES
+
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
 _UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)
 #: a tree with at least this many files, of at most PACK_MEAN_BYTES each on average, also

@@ -99,6 +99,10 @@ class ServiceSpec:
     workdir: str = "/"  # "/" = the image's WorkingDir
     user: str = ""  # "" = the image's user if numeric, else 0:0
     mounts: tuple[Mount, ...] = ()
+    # host directories kata prepared for it (its secrets' tmpfs): the runtime gives them
+    # and their files to the user it runs as once that is known (the image's, without
+    # ``user``), or a non-root service could not read them
+    owned: tuple[str, ...] = ()
     # None: the first ExposedPorts entry of the image config must accept a TCP
     # connection; an image that exposes none is ready once started
     ready: Readiness | None = None

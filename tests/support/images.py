@@ -136,9 +136,11 @@ def files_layer(files: dict[str, bytes]) -> bytes:
 def make_image(layer_tars: list[bytes], ref: str = BUSYBOX_REF, *,
                env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",),
                cmd: tuple[str, ...] = ("/bin/sh",), entrypoint: tuple[str, ...] = (),
-               exposed_ports: tuple[str, ...] = ()) -> OciImage:
-    """An image from uncompressed layer tars (bottom first)."""
+               exposed_ports: tuple[str, ...] = (), user: str = "") -> OciImage:
+    """An image from uncompressed layer tars (bottom first); ``user``: its USER."""
     extra: dict = {}
+    if user:
+        extra["User"] = user
     if entrypoint:
         extra["Entrypoint"] = list(entrypoint)
     if exposed_ports:

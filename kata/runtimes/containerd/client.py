@@ -167,11 +167,13 @@ class Client:
                             "(KATA_CONTAINERD_ADDRESS) of a running one, or give neither and "
                             "kata starts its own", obj=self.address) from None
 
-    def went_away(self, timeout: float = 2.0) -> KataError | None:
+    def went_away(self, timeout: float = 2.0, *, passed: bool = False) -> KataError | None:
         """After calls failed: KataError runtime.unreachable (exit 2, as at connect) when
         containerd no longer answers at this address (killed, stopped, its socket gone),
         saying so and what to do; None when it answers (the failures were something
-        else). One Version call, at most ``timeout`` seconds."""
+        else). One Version call, at most ``timeout`` seconds. ``passed``: every step of
+        the run passed (direct steps need containerd only to start), and the words say
+        so rather than that the running steps failed."""
         from google.protobuf import empty_pb2
 
         try:
@@ -183,13 +185,15 @@ class Client:
                 return None
         except ValueError:  # this channel was closed: nothing to say about containerd
             return None
+        start = ("Start it again (kata's own containerd starts with the next `kata run`, "
+                 "`kata daemon status` shows it; the system's: `systemctl start containerd`)")
+        said = (f"Every step passed; what the run left in it is swept by the next run. {start} "
+                "before the next run") if passed else \
+            f"The steps it was running failed and what they left is swept by the next run. " \
+            f"{start}, then run again"
         return KataError("runtime.unreachable", f"containerd at {self.address} stopped "
                          f"answering during the run: {_why_unreachable(self.address, code)}. "
-                         "The steps it was running failed and what they left is swept by "
-                         "the next run. Start it again (kata's own containerd starts with "
-                         "the next `kata run`, `kata daemon status` shows it; the system's: "
-                         "`systemctl start containerd`), then run again",
-                         obj=self.address)
+                         f"{said}", obj=self.address)
 
     def owner_labels(self) -> dict[str, str]:
         return {OWNER_LABEL: self.owner}

@@ -58,14 +58,14 @@ from kata.oci_runtime import OciRuntime
 from kata.resources import effective
 from procs import owner_alive
 
-from ..base import OOM_EXIT, OutputSink, StepSpec
+from ..base import OutputSink, StepSpec
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, grpc, snapshots_pb2
 from .images import RunImage
-from .sandbox import CGROUP_ROOT, oom_killed, pids_exhausted
+from .sandbox import CGROUP_ROOT
 from .spec import build_spec, cgroup_path
 from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled_seccomp, \
-    output_ended, released, start_failure, watch
+    limit_verdict, output_ended, released, start_failure, watch
 
 log = logging.getLogger("kata.runtime")
 CONTROLLERS = ("memory", "pids", "cpu", "devices")  # the cgroup v1 hierarchies a step gets
@@ -509,12 +509,8 @@ class DirectStep:
             return killed_for
         if status != 0:
             self._check_start()
-        if status != 0 and oom_killed(cgroup_path(self.id)):
-            return OOM_EXIT
-        if status != 0 and pids_exhausted(cgroup_path(self.id)):
-            limit = effective(self.step.resources).pids
-            self.note = f"kata: the step reached its process limit ({limit} " \
-                        "processes and threads): forks failed".encode()
+        status, self.note = limit_verdict(self.id, status, effective(self.step.resources).pids,
+                                          "step")
         return status
 
     def _grace(self, exited: threading.Event) -> bool:

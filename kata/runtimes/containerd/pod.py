@@ -144,6 +144,7 @@ class ServiceRun(StepRun):
         self._seq = 0
         self._tail_lock = threading.Lock()
         user = service.user or (image.user if _numeric(image.user) else "0:0")
+        _give(service.owned, parse_user(user))
         argv = service.argv or (*image.entrypoint, *image.cmd)
         if not argv:
             raise KataError("service.no_command", f"service {service.name}: its image has no "
@@ -350,6 +351,17 @@ def _stop_all(runs: list[ServiceRun], options: TaskOptions) -> None:
             errors.append(err)
     if errors:
         raise errors[0]
+
+
+def _give(paths: tuple[str, ...], owner: tuple[int, int]) -> None:
+    """Make each directory of ``paths`` and the files in it ``owner``'s (uid, gid); root's
+    stay as they are. Modes are kept (a secret stays 0400, readable by its owner only)."""
+    if owner == (0, 0):
+        return
+    for path in paths:
+        for entry in os.scandir(path):
+            os.chown(entry.path, *owner, follow_symlinks=False)
+        os.chown(path, *owner)
 
 
 def _numeric(user: str) -> bool:

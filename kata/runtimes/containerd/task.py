@@ -200,6 +200,19 @@ def watch(exited: Callable[[float], bool], cancel: threading.Event,
             return None
 
 
+def limit_verdict(cid: str, status: int, pids_limit: int | None,
+                  what: str) -> tuple[int, bytes]:
+    """``(status, note)`` after container ``cid`` exited with ``status`` (its cgroup still
+    there): OOM_EXIT when the kernel's OOM killer ended it; with a note for stderr when its
+    forks failed at the pids limit (``pids_limit`` processes and threads); else as given."""
+    if status != 0 and oom_killed(cgroup_path(cid)):
+        return OOM_EXIT, b""
+    if status != 0 and pids_exhausted(cgroup_path(cid)):
+        return status, f"kata: the {what} reached its process limit ({pids_limit} " \
+                       "processes and threads): forks failed".encode()
+    return status, b""
+
+
 def output_ended(readers: list[_Reader], sink: OutputSink, note: bytes) -> None:
     """After a step's exit, every reader done: raise a reader's error, then say kata's
     ``note`` (a limit it hit) on stderr, after all of the step's own output."""
@@ -391,13 +404,9 @@ class StepRun:
         status = self._exit_status()
         if killed_for is not None:
             return killed_for
-        # the cgroup lives until the task is deleted: did the OOM killer end it?
-        if status != 0 and oom_killed(cgroup_path(self.id)):
-            return OOM_EXIT
-        if status != 0 and pids_exhausted(cgroup_path(self.id)):
-            limit = effective(self.step.resources).pids
-            self.note = f"kata: the {self.what} reached its process limit ({limit} " \
-                        "processes and threads): forks failed".encode()
+        # the cgroup lives until the task is deleted: did a limit end it?
+        status, self.note = limit_verdict(self.id, status, effective(self.step.resources).pids,
+                                          self.what)
         return status
 
     def _exit_status(self) -> int:
