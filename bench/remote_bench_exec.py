@@ -9,11 +9,16 @@ one `kata worker` (one slot, its own containerd) and a containerd for the client
 `kata run --no-cache` of a chain of N (default 10) small steps (each reads its
 dependency's artifact and writes its own), locally and with `--remote-executor`,
 interleaved, ROUNDS (default 3) times each; prints the median seconds per step and the
-ratio remote / local. Both paths run the same containers through the same containerd
-adapter; the difference is the REAPI round trip (upload, Execute, scheduling, lease,
-worker input root and upload, completion, download). With ``--logstream`` the scheduler
-also creates each job's log streams on a ``kata logstream`` server, the worker writes the
-step's output there and the client follows it (docs/remote.md, "Live output").
+ratio remote / local, and where a remote step's time went: BuildGrid's record of each job
+(queued, assigned, completed; the worker's REAPI ``ExecutedActionMetadata`` timestamps:
+input fetch, execution, output upload) read from its PostgreSQL database, and the rest of
+the step's share of the run (the client: packing, uploading, ``Execute`` until queued,
+completed until it hears so, fetching the result, recording it). Both paths run the same
+containers through the same containerd adapter; the difference is the REAPI round trip
+(upload, Execute, scheduling, lease, worker input root and upload, completion, download).
+With ``--logstream`` the scheduler also creates each job's log streams on a ``kata
+logstream`` server, the worker writes the step's output there and the client follows it
+(docs/remote.md, "Live output").
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
-for p in (str(ROOT), str(ROOT / "tests"), str(BENCH)):
+# this checkout first: tests/store is the store's tests, not kata's ``store`` package
+for p in (str(BENCH), str(ROOT / "tests"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
@@ -94,21 +101,30 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
             cmd = [sys.executable, "-m", "kata", "--containerd", client_cd.address, "run",
                    "--no-cache"]
 
+            windows: list[tuple[float, float]] = []  # the timed remote runs, epoch seconds
+
             def run(*extra: str) -> float:
+                began = time.time()
                 secs, done = timed_call(lambda: subprocess.run(
                     [*cmd, *extra], cwd=repo, env=env, capture_output=True, text=True,
                     timeout=600))
                 if done.returncode != 0:
                     raise RuntimeError(f"kata run {' '.join(extra)} failed:\n{done.stdout}"
                                        f"{done.stderr}\n{(base / 'worker.log').read_text()}")
+                if extra and timed:
+                    windows.append((began, time.time()))
                 return secs
+
+            timed = False
 
             run()  # warm: images pulled on both sides, bytecode compiled
             run("--remote-executor", bg.url)
             local, remote = [], []
+            timed = True
             for _ in range(rounds):
                 local.append(run())
                 remote.append(run("--remote-executor", bg.url))
+            jobs = _jobs(db, windows)
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
@@ -124,7 +140,64 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
             f"  remote: {re_ * 1000:7.0f} ms per step (one kata worker, BuildGrid + PostgreSQL"
             f"{', live output through kata logstream' if logstream else ''})",
             f"  ratio remote/local: {ratio:.2f}x (target <= {TARGET}x: "
-            f"{'met' if ratio <= TARGET else 'NOT met'})"]
+            f"{'met' if ratio <= TARGET else 'NOT met'})",
+            *breakdown(jobs, re_ * 1000, lo * 1000)]
+
+
+# BuildGrid's jobs table: its own timestamps (queued, assigned = worker_start, completed =
+# worker_completed) and the worker's ExecutedActionMetadata ones, epoch seconds (UTC)
+_STAMPS = ("queued_timestamp", "worker_start_timestamp", "input_fetch_start_timestamp",
+           "input_fetch_completed_timestamp", "execution_start_timestamp",
+           "execution_completed_timestamp", "output_upload_start_timestamp",
+           "output_upload_completed_timestamp", "worker_completed_timestamp")
+
+
+def _jobs(db_url: str, windows: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """Each job queued during one of ``windows``: its timestamps (``_STAMPS``), read with
+    ``psql`` from the scheduler's database."""
+    cols = ", ".join(f"extract(epoch from {c})" for c in _STAMPS)
+    done = subprocess.run(["psql", db_url.replace("+psycopg2", ""), "-At", "-F", " ", "-c",
+                           f"SELECT {cols} FROM jobs WHERE stage = 4 ORDER BY queued_timestamp"],
+                          capture_output=True, text=True, timeout=60)
+    out = []
+    for line in done.stdout.split("\n"):
+        values = line.split(" ")
+        if len(values) != len(_STAMPS) or "" in values:
+            continue
+        job = dict(zip(_STAMPS, map(float, values)))
+        if any(a <= job["queued_timestamp"] <= b for a, b in windows):
+            out.append(job)
+    return out
+
+
+def breakdown(jobs: list[dict[str, float]], remote_ms: float, local_ms: float) -> list[str]:
+    """What a remote step costs beyond a local one (``remote_ms - local_ms`` per step),
+    medians over ``jobs`` (milliseconds): the parts BuildGrid's records time, and the
+    rest (the client's own work and the hops into and out of the scheduler)."""
+    if not jobs:
+        return ["  (no job timestamps read from BuildGrid's database)"]
+
+    def part(start: str, end: str) -> float:
+        return statistics.median((j[end] - j[start]) * 1000 for j in jobs)
+
+    rows = [("queued -> assigned (BuildGrid's assigner)",
+             part("queued_timestamp", "worker_start_timestamp")),
+            ("assigned -> the worker has the lease (BuildGrid's Bots service)",
+             part("worker_start_timestamp", "input_fetch_start_timestamp")),
+            ("worker: fetch the action, write its input root",
+             part("input_fetch_start_timestamp", "execution_start_timestamp")),
+            ("worker: upload the workspace and log",
+             part("execution_completed_timestamp", "output_upload_completed_timestamp")),
+            ("worker's result -> BuildGrid has completed the job",
+             part("output_upload_completed_timestamp", "worker_completed_timestamp"))]
+    extra = remote_ms - local_ms
+    rows.append(("the rest: the client's pack, upload and fetch, Execute -> queued, "
+                 "completed -> the client hears (less what a local run's fixed costs "
+                 "exceed a remote one's by)", extra - sum(ms for _w, ms in rows)))
+    run = part("execution_start_timestamp", "execution_completed_timestamp")
+    return [f"  a remote step's {extra:.0f} ms beyond a local one (medians of {len(jobs)} "
+            f"jobs; the step itself ran {run:.0f} ms on the worker):",
+            *(f"    {ms:6.1f} ms  {what}" for what, ms in rows)]
 
 
 def main() -> None:

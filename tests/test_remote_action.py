@@ -197,3 +197,66 @@ def test_kata_worker_refuses_a_bad_executor_url(tmp_path: Path) -> None:
     kata = KataProcess(tmp_path, store=tmp_path / "store")
     done = kata("worker", "--executor", "foo://x")
     assert done.returncode == 2 and "grpc://HOST:PORT" in done.stderr
+
+
+class CountingCas(DictCas):
+    """``DictCas`` that records what it was asked (it has no GetTree: a call fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def read_many(self, digests) -> dict[str, bytes]:  # noqa: ANN001
+        digests = list(digests)
+        self.asked.extend(d.hash for d in digests)
+        return super().read_many(digests)
+
+
+def test_the_blob_cache_keeps_the_recent_blobs_within_its_limits() -> None:
+    cache = files.BlobCache(limit=10, largest=6)
+    blobs = {c: c.encode() * 4 for c in "abc"}  # 4 bytes each
+    for h, data in blobs.items():
+        cache.put(h, data)
+    assert cache.get("a") is None  # 12 bytes > 10: the oldest left
+    assert cache.get("b") == b"bbbb"
+    cache.put("d", b"dddd")  # "c" is now the least recently used
+    assert cache.get("c") is None and cache.get("b") and cache.get("d")
+    cache.put("big", b"x" * 7)  # over ``largest``: never kept
+    assert cache.get("big") is None
+    cas = CountingCas()
+    cas.blobs = {"b": b"bbbb", "e": b"eeee"}
+    got = cache.read_many(cas, [re_pb2.Digest(hash=h, size_bytes=4) for h in ("b", "e")])
+    assert got == {"b": b"bbbb", "e": b"eeee"} and cas.asked == ["e"]  # "b" was kept
+    assert cache.get("e") == b"eeee"  # and what the CAS answered is kept now
+
+
+def test_a_worker_finds_the_next_input_root_in_its_cache(tmp_path: Path) -> None:
+    """A chain: the worker sent step 1's workspace back; step 2's input root is that
+    workspace plus a spec file. Its directories and files come from the cache: no GetTree
+    (the fake CAS has none), reads only of the new root and the one file never seen."""
+    ws = tmp_path / "ws"
+    (ws / "out").mkdir(parents=True)
+    (ws / "out" / "0").write_text("hello\n")
+    (ws / "src.txt").write_text("src\n")
+    sent = files.pack_dir(ws)  # what step 1's worker uploaded and keeps
+    cache = files.BlobCache()
+    for h, data in sent.directories.items():
+        cache.put(h, data)
+    for h, path in sent.files.items():
+        cache.put(h, Path(path).read_bytes())
+    cas = CountingCas()
+    cas.put_packed(sent)
+    top = files.Packed(root=re_pb2.Digest())
+    root = files.join_root(top, {"ws": sent.root}, {"kata-spec.json": b"{}"})
+    cas.blobs.update(top.directories)
+    known = cache.read_many(cas, [root])  # type: ignore[arg-type] - as the worker reads it
+    assert cas.asked == [root.hash]
+    directories = files.directories(cas, root, known, cache=cache)  # type: ignore[arg-type]
+    assert cas.asked == [root.hash]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    files.materialise(cas, directories[root.hash], directories, fresh,  # type: ignore[arg-type]
+                      cache=cache)
+    assert cas.asked == [root.hash, files.digest_of(b"{}").hash]  # and the spec file
+    assert snapshot(fresh / "ws") == snapshot(ws)
+    assert (fresh / "kata-spec.json").read_bytes() == b"{}"

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
     def __init__(self, name: str, url: str, logstream: str, state: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> None:
         self.name = name
         if state is None:
             state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
@@ -61,7 +62,8 @@ class Worker:
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
-             "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream],
+             "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream,
+             *extra],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         out.close()
@@ -96,10 +98,10 @@ class Worker:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-@pytest.fixture
-def workers(grid):
+@contextmanager
+def worker_pool(grid, names: tuple[str, ...] = ("w1", "w2"), extra: tuple[str, ...] = ()):
     bg, _image = grid
-    pool = [Worker(name, bg.url, bg.logstream) for name in ("w1", "w2")]
+    pool = [Worker(name, bg.url, bg.logstream, extra=extra) for name in names]
     try:
         for w in pool:
             w.wait_ready()
@@ -107,6 +109,20 @@ def workers(grid):
     finally:
         for w in pool:
             w.close()
+
+
+@pytest.fixture
+def workers(grid):
+    with worker_pool(grid) as pool:
+        yield pool
+
+
+@pytest.fixture
+def uncached_workers(grid):
+    """Two workers that keep no blobs (``--blob-cache 0``): every input is read from the
+    CAS, as a worker that never saw it reads it."""
+    with worker_pool(grid, extra=("--blob-cache", "0")) as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -539,13 +555,11 @@ def test_doctor_checks_the_configured_remote_executor(grid, kata):
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
 
 
-def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, workers, kata):
-    """The client does not ask about a blob it sent earlier in the run (its memo of what
-    the CAS holds); a CAS that dropped one meanwhile (an eviction, a restart) fails the
-    next step's execution (the worker cannot fetch it): the client asks about everything,
-    sends it once more, and the step passes. Here the blob is deleted from BuildGrid's
-    disk CAS after ``first`` (which sent it) passed, while ``slow`` (which never sees it)
-    holds ``second`` back."""
+def lose_a_blob_between_steps(grid, kata) -> tuple[str, str, str]:
+    """Run ``first`` (which sends the blob ``src/lost.txt``), ``slow`` and ``second`` (which
+    needs it again, after both); the blob is deleted from BuildGrid's disk CAS after
+    ``first`` passed, while ``slow`` holds ``second`` back. The client does not ask about
+    it again (its memo of what the CAS holds). Returns (stdout, stderr, the blob's hash)."""
     import hashlib
 
     bg, image = grid
@@ -563,9 +577,6 @@ def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, workers, k
                                             "echo still-there"]}]}
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
-    def stored() -> list[Path]:
-        return [p for p in (bg.workdir / "cas").rglob(digest[2:]) if p.parent.name == digest[:2]]
-
     run = subprocess.Popen([*kata.base, "run", "--no-cache", "--remote-executor", bg.url],
                            cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -576,7 +587,7 @@ def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, workers, k
             if any(x.startswith("[PASS] first") for x in seen) and \
                     any(said(x, "napping") for x in seen):
                 break
-        found = stored()
+        found = stored_blob(bg, digest)
         assert found, seen
         for path in found:  # the CAS loses it while `slow` still runs
             path.unlink()
@@ -585,8 +596,35 @@ def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, workers, k
         stop(run)
     assert run.returncode == 0, "".join(seen) + out + err
     assert "second | still-there" in out, out
-    assert stored(), "the client did not send the lost blob again"
+    return "".join(seen) + out, err, digest
+
+
+def stored_blob(bg, digest: str) -> list[Path]:
+    """Where BuildGrid's disk CAS holds the blob ``digest`` (none: it lost it)."""
+    return [p for p in (bg.workdir / "cas").rglob(digest[2:]) if p.parent.name == digest[:2]]
+
+
+def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, uncached_workers,
+                                                                   kata):
+    """A CAS that dropped a blob the client trusts it holds (an eviction, a restart) fails
+    the next step's execution (its worker cannot fetch it: these workers keep no blobs):
+    the client asks about everything, sends it once more, and the step passes."""
+    bg, _image = grid
+    _out, _err, digest = lose_a_blob_between_steps(grid, kata)
+    assert stored_blob(bg, digest), "the client did not send the lost blob again"
     # the first attempt failed on its worker (the blob was gone), the second passed
     missed = f"BatchReadBlobs {digest}: code 5"  # NOT_FOUND
+    workers = uncached_workers
     assert any(missed in w.text() for w in workers), [w.text()[-2000:] for w in workers]
     assert worker_of(kata, "second") in {"w1", "w2"}
+
+
+def test_a_worker_needs_no_cas_copy_of_a_blob_it_has_seen(grid, kata):
+    """A worker keeps the blobs it read and sent (``--blob-cache``): ``second``, on the
+    worker that ran ``first``, finds the blob the CAS lost in its memory (no failed
+    attempt, nothing read from the CAS for it), and its inputs are those ``first`` saw."""
+    with worker_pool(grid, names=("w1",)) as (w1,):
+        _out, _err, digest = lose_a_blob_between_steps(grid, kata)
+        assert f"BatchReadBlobs {digest}" not in w1.text(), w1.text()[-2000:]
+        assert not re.search(r"lease \S+ failed", w1.text()), w1.text()[-2000:]
+    assert worker_of(kata, "second") == "w1"

@@ -1,7 +1,7 @@
 """``kata worker``: run the steps a remote executor leases to this machine (issue 13).
 
     kata worker --executor grpc://HOST:PORT [--instance NAME] [--slots N] [--name BOT]
-                [--state-dir DIR] [--logstream grpc://HOST:PORT]
+                [--state-dir DIR] [--logstream grpc://HOST:PORT] [--blob-cache MIB]
 
 It runs until SIGTERM or SIGINT (what it was running is stopped and its leases go back
 to the scheduler). See ``kata.executor.worker`` and docs/remote.md.
@@ -52,10 +52,14 @@ def register(cli: click.Group) -> None:
 @click.option("--logstream", metavar="URL",
               help="Where the LogStream service of the scheduler's log streams is (the step's "
               "output goes there while it runs): grpc://HOST:PORT (default: the executor).")
+@click.option("--blob-cache", default=64, type=click.IntRange(0, 1 << 20), metavar="MIB",
+              help="Memory for the blobs this worker read or sent, so a step's input root "
+              "is fetched only where it is new (a chain's is mostly the last step's "
+              "output); 0: off (default 64).")
 @click.pass_context
 def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
            bot_name: str | None, state_dir: str | None, poll: float,
-           logstream: str | None) -> None:
+           logstream: str | None, blob_cache: int) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers. The
     host config's remote: section gives the TLS files, token file and instance, as for
     `kata run --remote-executor` (docs/remote.md)."""
@@ -102,7 +106,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     try:
         Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,
-               containerd=runtime.client.address).serve(stop)
+               containerd=runtime.client.address, blob_cache=blob_cache << 20).serve(stop)
     finally:
         runtime.close()
         if own_root:

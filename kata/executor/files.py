@@ -11,6 +11,8 @@ and every directory below it).
 - ``pack_dir``: a directory on disk -> its ``Directory`` messages and file blobs
   (nothing read twice, nothing uploaded that the CAS has: ``Cas.upload``).
 - ``materialise``: a ``Directory`` tree -> files on disk (the worker's input root).
+- ``BlobCache``: blobs a process already read or sent, by hash, so a worker asks the CAS
+  only for what it has not seen (a chain's next input root is mostly the last output).
 - ``sync_dir``: make a directory on disk equal to a tree, rewriting only what differs
   from the tree it was packed as (the client, after the action ran).
 
@@ -24,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +105,64 @@ class DigestMemo:
         if st.st_ctime_ns < now - int(self.RACY * 1e9) and len(self._known) < 1_000_000:
             self._known[key] = digest
         return digest
+
+
+class BlobCache:
+    """Blobs this process read from or sent to the CAS, kept in memory by hash (the least
+    recently used leave first). A blob is named by its content, so an entry is never
+    stale, whatever the CAS has since dropped. A worker running a chain of steps finds most
+    of each input root here (the directories and files of the workspace it sent back for
+    the step before), and asks the CAS only for the rest: no ``GetTree`` when every
+    directory is known, no read of the files it already has.
+
+    ``limit``: bytes kept in all; ``largest``: the biggest blob kept (bytes). Thread-safe
+    (a worker's slots share one)."""
+
+    def __init__(self, limit: int = 64 << 20, largest: int = 1 << 20) -> None:
+        self.limit, self.largest = limit, largest
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, h: str) -> bytes | None:
+        """The blob whose SHA-256 is the hex ``h``, or None."""
+        with self._lock:
+            data = self._blobs.get(h)
+            if data is not None:
+                self._blobs.move_to_end(h)
+            return data
+
+    def put(self, h: str, data: bytes) -> None:
+        """Keep ``data``, whose SHA-256 the caller checked is the hex ``h``."""
+        if len(data) > self.largest:
+            return
+        with self._lock:
+            if h in self._blobs:
+                self._blobs.move_to_end(h)
+                return
+            self._blobs[h] = data
+            self._size += len(data)
+            while self._size > self.limit:
+                _old, gone = self._blobs.popitem(last=False)
+                self._size -= len(gone)
+
+    def read_many(self, cas: Cas, digests: Iterable[re_pb2.Digest]) -> dict[str, bytes]:
+        """``Cas.read_many`` (hash -> bytes, each checked against its digest) asking the
+        CAS only for what is not kept here, and keeping what it answers."""
+        out: dict[str, bytes] = {}
+        rest = []
+        for d in digests:
+            data = self.get(d.hash)
+            if data is None:
+                rest.append(d)
+            else:
+                out[d.hash] = data
+        if rest:
+            got = cas.read_many(rest)
+            for h, data in got.items():
+                self.put(h, data)
+            out.update(got)
+        return out
 
 
 def _file_digest(path: str) -> re_pb2.Digest:
@@ -247,18 +309,28 @@ def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], exec
     os.chmod(path, mode)
 
 
-def directories(cas: Cas, root: re_pb2.Digest,
-                known: dict[str, bytes] | None = None) -> dict[str, re_pb2.Directory]:
-    """Every ``Directory`` of the tree under ``root`` (hash -> message): one GetTree
-    call, or, from a server that refuses it or answers it wrongly, level by level
-    (``known``: blobs already read, hash -> bytes, not asked for again)."""
+def directories(cas: Cas, root: re_pb2.Digest, known: dict[str, bytes] | None = None,
+                cache: BlobCache | None = None) -> dict[str, re_pb2.Directory]:
+    """Every ``Directory`` of the tree under ``root`` (hash -> message): from ``cache``
+    when it holds them all, else one GetTree call (what it answers is kept in ``cache``),
+    or, from a server that refuses it or answers it wrongly, level by level (``known``:
+    blobs already read, hash -> bytes, not asked for again)."""
+    known = known or {}
+    if cache is not None:
+        kept = _known_tree(root, lambda h: known.get(h) or cache.get(h))
+        if kept is not None:
+            return kept
     try:
-        return cas.get_tree(root)
+        tree = cas.get_tree(root)
     except RemoteError as err:
         if err.reason not in ("remote.unsupported", "remote.bad_answer"):
             raise
+    else:
+        if cache is not None:  # get_tree checked each against the digest its parent names
+            for h, directory in tree.items():
+                cache.put(h, message_bytes(directory))
+        return tree
     out: dict[str, re_pb2.Directory] = {}
-    known = known or {}
     level = [root]
     while level:
         data = {d.hash: known[d.hash] for d in level if d.hash in known}
@@ -272,6 +344,25 @@ def directories(cas: Cas, root: re_pb2.Digest,
             out[h] = directory
             nxt.extend(d.digest for d in directory.directories)
         level = list({d.hash: d for d in nxt if d.hash not in out}.values())
+    return out
+
+
+def _known_tree(root: re_pb2.Digest, lookup) -> dict[str, re_pb2.Directory] | None:  # noqa: ANN001
+    """The tree under ``root`` from ``lookup`` (hash -> bytes or None) alone, or None
+    when some directory of it is not there."""
+    out: dict[str, re_pb2.Directory] = {}
+    todo = [root]
+    while todo:
+        digest = todo.pop()
+        if digest.hash in out:
+            continue
+        data = lookup(digest.hash) if digest.size_bytes else b""
+        if data is None:
+            return None
+        directory = re_pb2.Directory()
+        directory.ParseFromString(data)
+        out[digest.hash] = directory
+        todo.extend(c.digest for c in directory.directories)
     return out
 
 
@@ -338,10 +429,12 @@ def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
 
 
 def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
-                dest: str | os.PathLike[str], *, readonly: bool = False) -> None:
-    """Write the tree ``root`` into the (existing, empty) directory ``dest``. With
-    ``readonly`` its files and directories (not ``dest`` itself) get the modes a local
-    step sees its inputs and dependencies' artifacts with (0444/0555, directories 0555:
+                dest: str | os.PathLike[str], *, readonly: bool = False,
+                cache: BlobCache | None = None) -> None:
+    """Write the tree ``root`` into the (existing, empty) directory ``dest`` (file blobs
+    from ``cache`` when it has them; those read are kept there). With ``readonly`` its
+    files and directories (not ``dest`` itself) get the modes a local step sees its inputs
+    and dependencies' artifacts with (0444/0555, directories 0555:
     ``store.tree.extract(readonly=True)``), so a step on a worker sees what it would see
     locally."""
     dest = Path(dest)
@@ -356,16 +449,18 @@ def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.
             os.symlink(node.target, target)  # type: ignore[attr-defined]
         else:
             files.append((target, node))
-    _write_files(cas, files, readonly=readonly)
+    _write_files(cas, files, readonly=readonly, cache=cache)
     if readonly:
         for target in made:
             os.chmod(target, READONLY_MODES["d"])
 
 
-def _write_files(cas: Cas, todo: list, *, readonly: bool = False) -> None:  # noqa: ANN001
-    """Write each (path, FileNode): small blobs read in batches, big ones streamed."""
+def _write_files(cas: Cas, todo: list, *, readonly: bool = False,  # noqa: ANN001
+                 cache: BlobCache | None = None) -> None:
+    """Write each (path, FileNode): small blobs read in batches (or found in ``cache``),
+    big ones streamed."""
     small = [n.digest for _p, n in todo if n.digest.size_bytes <= cas.batch_limit]
-    data = cas.read_many(small)
+    data = cache.read_many(cas, small) if cache is not None else cas.read_many(small)
     for path, node in todo:
         fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash),
                  readonly=readonly)

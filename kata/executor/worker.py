@@ -38,6 +38,7 @@ input root from the CAS, write the input root under ``work_root``, run the step 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2
 
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -91,6 +92,7 @@ class _Job:
     action_hash: str = ""  # the action digest's hash (names its log stream)
     log: LogBuffer = field(default_factory=LogBuffer)  # the step's output as it grows
     writer: threading.Thread | None = None  # writes ``log`` to the job's log stream
+    sent: files.Packed | None = None  # the workspace sent back, kept once reported
 
 
 class Worker:
@@ -99,12 +101,14 @@ class Worker:
     name: the bot id (unique among the scheduler's bots); slots: leases run at once;
     poll: seconds one UpdateBotSession may wait for work (keep it under the scheduler's
     keep-alive timeout); work_root: where input roots are written (one directory per
-    lease, removed after).
+    lease, removed after); blob_cache: bytes of blobs kept in memory (``files.BlobCache``;
+    0: none kept, every input is read from the CAS).
     """
 
     def __init__(self, url: "str | RemoteConfig", runtime: Runtime, *, name: str,
                  instance: str = "", slots: int = 1, work_root: Path, poll: float = 20.0,
-                 logstream: str | None = None, containerd: str | None = None) -> None:
+                 logstream: str | None = None, containerd: str | None = None,
+                 blob_cache: int = 64 << 20) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         if not isinstance(url, str):  # the host config's remote: TLS files, token, instance
@@ -132,6 +136,8 @@ class Worker:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a lease completed: report it now
+        # blobs read or sent: a chain's next input root is mostly the last step's output
+        self._blobs = files.BlobCache(limit=blob_cache, largest=min(1 << 20, blob_cache))
         self._wake: threading.Event | None = None  # the UpdateBotSession in flight's
 
     # -- the session loop ----------------------------------------------------------------
@@ -303,13 +309,13 @@ class Worker:
 
     # -- one lease -------------------------------------------------------------------------
     def _run(self, job: _Job) -> None:
-        started = timestamp_pb2.Timestamp()
-        started.GetCurrentTime()
+        meta = re_pb2.ExecutedActionMetadata(worker=self.name)  # REAPI's timeline of it
+        meta.worker_start_timestamp.GetCurrentTime()
         work = None  # the lease's input root: removed after the result is reported
         try:
             work = Path(tempfile.mkdtemp(prefix=f"{LEASE_PREFIX}{os.getpid()}-",
                                          dir=self.work_root))
-            result = self._execute(job, started, work)
+            result = self._execute(job, meta, work)
             status = status_pb2.Status(code=OK)
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
@@ -333,6 +339,8 @@ class Worker:
                 wake = self._wake
             if wake is not None:
                 wake.set()  # cut the long poll short: report it now
+        if job.sent is not None:  # after the report: off the step's path
+            self._keep(job.sent)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -345,7 +353,7 @@ class Worker:
         if not payload.Unpack(digest):
             raise KataError("remote.bad_action", f"a lease payload of type "
                             f"{payload.type_url} is neither an Action nor its digest")
-        action.ParseFromString(self.cas.read_many([digest])[files.key(digest)])
+        action.ParseFromString(self._blobs.read_many(self.cas, [digest])[files.key(digest)])
         return action
 
     def _explain(self, err: KataError) -> str:
@@ -358,13 +366,16 @@ class Worker:
                 "digest from its registry, so an imported image (kata.local/...) must be "
                 f"imported on the worker too: `{where} image import FILE`")
 
-    def _execute(self, job: _Job, started: timestamp_pb2.Timestamp,
+    def _execute(self, job: _Job, meta: re_pb2.ExecutedActionMetadata,
                  work: Path) -> re_pb2.ActionResult:
+        meta.input_fetch_start_timestamp.GetCurrentTime()
         action = self._action(job.lease.payload)
-        blobs = self.cas.read_many([action.command_digest, action.input_root_digest])
+        blobs = self._blobs.read_many(self.cas, [action.command_digest,
+                                                 action.input_root_digest])
         command = re_pb2.Command()
         command.ParseFromString(blobs[files.key(action.command_digest)])
-        directories = files.directories(self.cas, action.input_root_digest, known=blobs)
+        directories = files.directories(self.cas, action.input_root_digest, known=blobs,
+                                        cache=self._blobs)
         root = directories[files.key(action.input_root_digest)]
         if not any(f.name == act.SPEC_FILE for f in root.files):
             raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
@@ -372,7 +383,9 @@ class Worker:
         inputs.mkdir()
         # read-only, as a local step sees its inputs and dependencies (the lower layers
         # of its overlay); the workspace root is writable, as locally
-        files.materialise(self.cas, root, directories, inputs, readonly=True)
+        files.materialise(self.cas, root, directories, inputs, readonly=True,
+                          cache=self._blobs)
+        meta.input_fetch_completed_timestamp.GetCurrentTime()
         workspace = inputs / act.WORKSPACE_DIR
         workspace.mkdir(exist_ok=True)
         workspace.chmod(0o755)
@@ -393,19 +406,23 @@ class Worker:
             with log_lock:
                 service_logs.setdefault(name, bytearray()).extend(line + b"\n")
 
+        meta.execution_start_timestamp.GetCurrentTime()
         if spec.services:
             exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
         else:
             exit_status = self.runtime.run(spec, sink, job.cancel)
+        meta.execution_completed_timestamp.GetCurrentTime()
         job.log.close()  # the stream is finished before the result is reported
         with self._lock:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        return self._upload(workspace, job.log.data(), service_logs, exit_status, started)
+        return self._upload(job, workspace, job.log.data(), service_logs, exit_status, meta)
 
-    def _upload(self, workspace: Path, log: bytes, service_logs: dict[str, bytearray],
-                exit_status: int, started: timestamp_pb2.Timestamp) -> re_pb2.ActionResult:
+    def _upload(self, job: _Job, workspace: Path, log: bytes,
+                service_logs: dict[str, bytearray], exit_status: int,
+                meta: re_pb2.ExecutedActionMetadata) -> re_pb2.ActionResult:
+        meta.output_upload_start_timestamp.GetCurrentTime()
         special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
         packed = files.pack_dir(workspace, special=special)
         tree = files.message_bytes(files.tree_message(packed))
@@ -423,22 +440,37 @@ class Worker:
                       files.key(stdout): log})
         # FindMissingBlobs decides (never trusting that the inputs it read are still
         # there: the result must name only blobs the CAS holds)
+        listed = "\0".join(special).encode()
+        if special:  # sent with the rest: one call
+            blobs[files.key(files.digest_of(listed))] = listed
         files.upload(self.cas, blobs, packed.files)
-        done = timestamp_pb2.Timestamp()
-        done.GetCurrentTime()
+        job.sent = packed
+        meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
         result.output_directories.add(path=act.WORKSPACE_DIR, tree_digest=files.digest_of(tree))
         result.output_directories.add(path=act.SERVICES_DIR,
                                       tree_digest=files.digest_of(services_tree))
         if special:
-            listed = "\0".join(special).encode()
-            files.upload(self.cas, {files.key(files.digest_of(listed)): listed})
             result.output_files.add(path=act.SPECIAL_FILE, digest=files.digest_of(listed))
-        meta = result.execution_metadata
-        meta.worker = self.name
-        meta.execution_start_timestamp.CopyFrom(started)
-        meta.execution_completed_timestamp.CopyFrom(done)
+        meta.worker_completed_timestamp.GetCurrentTime()
+        result.execution_metadata.CopyFrom(meta)
         return result
+
+    def _keep(self, packed: files.Packed) -> None:
+        """Keep the workspace just sent in the blob cache: the next step of a chain gets
+        it (or most of it) back as its input root. A file is kept only when its bytes
+        still hash to the digest it was sent under."""
+        for h, data in packed.directories.items():
+            self._blobs.put(h, data)
+        for h, path in packed.files.items():
+            try:
+                if self._blobs.get(h) is not None or os.path.getsize(path) > self._blobs.largest:
+                    continue
+                data = Path(path).read_bytes()
+            except OSError:
+                continue
+            if hashlib.sha256(data).hexdigest() == h:
+                self._blobs.put(h, data)
 
 
 def sweep_dead_workdirs(parent: Path, prefix: str) -> None:

@@ -70,8 +70,8 @@ def execution_config(db_url: str, *, keepalive: int = 8,
   bot-poll-interval: 0.1
   assigners:
     - !priority-age-assigner
-      interval: 0.02
-      jitter-factor: 0.01
+      interval: 0.005
+      jitter-factor: 0.002
       failure-backoff: 0.1
   property-set: !dynamic-property-set
     wildcard-property-keys:{keys}{streams}"""],
