@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 from .files import force_rmtree, publish_dir
 from .objects import check_digest, tmp_name, tmp_owner_dead
+from .tree import settle_dir_mtimes
 
 FORMAT = b"kata-merged/1"
 
@@ -96,6 +97,7 @@ class MergedTrees:
             for source in sources:
                 _lay_over(work, source)
             os.chmod(work, stat.S_IMODE(os.lstat(sources[-1]).st_mode))  # the top tree's root
+            settle_dir_mtimes(work)  # made here, so made now: one mtime, as extracted
             listing = "".join(t + "\n" for t in trees).encode()
             with open(final + ".trees", "wb") as f:  # before the directory: gc reads it
                 f.write(listing)

@@ -94,3 +94,23 @@ def test_gc_evicts_merged_stacks_whose_trees_left_the_store(tmp_path: Path) -> N
         assert ac.exists()  # its trees are all still stored
         assert s.evict_unpacked() >= 1 and not ac.exists()  # evicting everything: merged too
         assert s.merged([a, c]) == str(ac) and (ac / "c").read_text() == "c"
+
+
+def test_what_a_step_sees_has_one_mtime_on_every_host(tmp_path: Path) -> None:
+    """Two hosts unpack the same trees at different times; an archiving step (zip, tar,
+    a wheel) records its inputs' mtimes, so they must be the same everywhere, or its
+    output differs per host and early cutoff never holds across machines."""
+    from store.tree import STEP_MTIME_NS
+
+    for host in ("a", "b"):
+        with Store.open(tmp_path / host / "store") as s:
+            bottom = _tree(s, tmp_path / host / "bottom", {"src/a.py": "a", "src/sub/b.py": "b",
+                                                           "empty": None}, {"src/l": "a.py"})
+            top = _tree(s, tmp_path / host / "top", {"src/c.py": "c", "dist/x.zip": "z"})
+            seen = {}
+            for path in (Path(s.unpacked(bottom)), Path(s.merged([bottom, top]))):
+                for dirpath, dirs, files in os.walk(path):
+                    for name in dirs + files:
+                        p = Path(dirpath) / name
+                        seen[str(p.relative_to(path))] = os.lstat(p).st_mtime_ns
+            assert seen and set(seen.values()) == {STEP_MTIME_NS}, seen
