@@ -352,6 +352,25 @@ def test_an_archive_of_inputs_and_artifacts_is_the_same_bytes_on_a_worker_and_lo
         local / "pack" / "packed.tar").read_bytes()
 
 
+def test_a_failing_remote_step_keeps_its_test_report(grid, workers, kata):
+    """A test step that fails on a worker (what a test step usually does when it matters)
+    still has its JUnit report read, as locally: found with a real project's pytest,
+    whose failed run said "no tests" and "no report file matches" instead."""
+    bg, image = grid
+    xml = ('<testsuite name="t" tests="2"><testcase name="good"/><testcase name="bad">'
+           '<failure message="boom"/></testcase></testsuite>')
+    pipeline = {"pipeline": "failing", "steps": [
+        {"name": "test", "image": image, "inputs": [], "reports": {"junit": ["reports/*.xml"]},
+         "commands": ["mkdir reports", f"echo '{xml}' > reports/unit.xml", "exit 1"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert worker_of(kata, "test") in {"w1", "w2"}
+    assert "[FAIL] test (exit 1, " in run.stdout, run.stdout
+    assert "— 1 passed, 1 failed" in run.stdout, run.stdout
+    assert "no report file matches" not in run.stdout + run.stderr
+
+
 def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
     bg, image = grid
     pipeline = {"pipeline": "kill", "steps": [
