@@ -36,8 +36,7 @@ from pathlib import Path
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, RemoteError
-from kata.remote.trees import READONLY_MODES, is_executable
-from store.tree import STEP_MTIME_NS
+from kata.remote.trees import READONLY_MODES, STEP_MTIME_NS, is_executable
 
 _STEP_TIMES = (STEP_MTIME_NS, STEP_MTIME_NS)
 
