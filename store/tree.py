@@ -768,5 +768,21 @@ def settle_dir_mtimes(root: str) -> None:
         os.utime(dirpath, ns=_STEP_TIMES, follow_symlinks=False)
 
 
+def restamp_if_older(root: str) -> bool:
+    """Give ``root`` and everything under it ``STEP_MTIME_NS`` unless ``root`` has it
+    already; whether it had to. For read-only copies made before extractions were stamped
+    (an unpacked tree or merged stack of an older kata): a step must see the same mtimes
+    whichever host or version made its copy. Only times change (never contents, which
+    running steps may be reading); ``root`` is stamped last, so an interrupted pass is
+    finished by the next. OSError when ``root`` is not there."""
+    if os.lstat(root).st_mtime_ns == STEP_MTIME_NS:
+        return False
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        for name in (*files, *dirs):  # a link to a directory is listed among dirs
+            os.utime(os.path.join(dirpath, name), ns=_STEP_TIMES, follow_symlinks=False)
+    os.utime(root, ns=_STEP_TIMES, follow_symlinks=False)
+    return True
+
+
 def iter_chunks(data: bytes) -> Iterable[bytes]:
     return (data[i:i + CHUNK] for i in range(0, len(data), CHUNK))
