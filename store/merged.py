@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 from .files import force_rmtree, publish_dir
 from .objects import check_digest, tmp_name, tmp_owner_dead
+from .tree import restamp_if_older, settle_dir_mtimes
 
 FORMAT = b"kata-merged/1"
 
@@ -77,6 +78,7 @@ class MergedTrees:
         names = _prefix_names(trees)
         final = os.path.join(self.root, names[-1])
         if os.path.isdir(final):
+            restamp_if_older(final)  # an older kata's copy: the mtimes a step sees now
             return final, False
         base = 0  # how many trees the longest merged prefix already holds
         for k in range(len(trees) - 1, 1, -1):
@@ -87,7 +89,9 @@ class MergedTrees:
         work = os.path.join(self.root, "." + tmp_name("tmp"))
         def build(work: str) -> None:
             if base:
-                _copy_links(os.path.join(self.root, names[base - 1]), work)
+                prefix = os.path.join(self.root, names[base - 1])
+                restamp_if_older(prefix)  # its files are the new stack's (hard links)
+                _copy_links(prefix, work)
             else:
                 os.mkdir(work, 0o755)
             os.chmod(work, 0o700)
@@ -96,6 +100,7 @@ class MergedTrees:
             for source in sources:
                 _lay_over(work, source)
             os.chmod(work, stat.S_IMODE(os.lstat(sources[-1]).st_mode))  # the top tree's root
+            settle_dir_mtimes(work)  # made here, so made now: one mtime, as extracted
             listing = "".join(t + "\n" for t in trees).encode()
             with open(final + ".trees", "wb") as f:  # before the directory: gc reads it
                 f.write(listing)

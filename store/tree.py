@@ -110,6 +110,15 @@ def is_executable(mode: int) -> bool:
 #: dependencies' artifacts, the lower layers of its workspace): by entry kind
 READONLY_MODES = {"f": 0o444, "x": 0o555, "d": 0o555}
 
+#: the modification time ``extract(readonly=True)`` gives every entry, in ns since the
+#: epoch: 1980-01-02T00:00:00Z. A step's inputs and its dependencies' artifacts carry it on
+#: every host (a fresh unpack, a merged stack, a worker's input root), so a step that
+#: records mtimes (zip, tar, a wheel, a jar) makes the same bytes everywhere and early
+#: cutoff holds across machines. 1980 because zip cannot store an earlier date (Python's
+#: zipfile refuses one), and the 2nd so that no time zone's local time falls before it.
+STEP_MTIME_NS = 315_619_200 * 10**9
+_STEP_TIMES = (STEP_MTIME_NS, STEP_MTIME_NS)
+
 
 def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
     return StoreError(reason, message, obj=os.fsdecode(path))
@@ -713,6 +722,8 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
                 stack.append((parts, fd))
             elif kind == "l":
                 os.symlink(arg, name, dir_fd=dirfd)
+                if readonly:
+                    os.utime(name, ns=_STEP_TIMES, dir_fd=dirfd, follow_symlinks=False)
             else:
                 mode = fmode[kind]
                 # the content is read before the file is created: a truncated archive
@@ -728,6 +739,8 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
                                 view = view[os.write(fd, view):]
                     if mode & umask:  # the mode is set at O_CREAT unless the umask masks it
                         os.fchmod(fd, mode)
+                    if readonly:
+                        os.utime(fd, ns=_STEP_TIMES)
                 finally:
                     os.close(fd)
     except OSError as err:
@@ -743,8 +756,32 @@ def _close_dir(fd: int, mode: int, readonly: bool) -> None:
     try:
         if readonly:
             os.fchmod(fd, mode)
+            os.utime(fd, ns=_STEP_TIMES)  # last: its entries are all made
     finally:
         os.close(fd)
+
+
+def settle_dir_mtimes(root: str) -> None:
+    """Give every directory under ``root`` (and ``root``) ``STEP_MTIME_NS``, deepest first:
+    for a directory assembled from extracted trees (files and links keep theirs)."""
+    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+        os.utime(dirpath, ns=_STEP_TIMES, follow_symlinks=False)
+
+
+def restamp_if_older(root: str) -> bool:
+    """Give ``root`` and everything under it ``STEP_MTIME_NS`` unless ``root`` has it
+    already; whether it had to. For read-only copies made before extractions were stamped
+    (an unpacked tree or merged stack of an older kata): a step must see the same mtimes
+    whichever host or version made its copy. Only times change (never contents, which
+    running steps may be reading); ``root`` is stamped last, so an interrupted pass is
+    finished by the next. OSError when ``root`` is not there."""
+    if os.lstat(root).st_mtime_ns == STEP_MTIME_NS:
+        return False
+    for dirpath, dirs, files in os.walk(root, topdown=False):
+        for name in (*files, *dirs):  # a link to a directory is listed among dirs
+            os.utime(os.path.join(dirpath, name), ns=_STEP_TIMES, follow_symlinks=False)
+    os.utime(root, ns=_STEP_TIMES, follow_symlinks=False)
+    return True
 
 
 def iter_chunks(data: bytes) -> Iterable[bytes]:

@@ -106,3 +106,20 @@ def test_run_every_instance_then_each_cached_and_one_alone(kata):
     assert by_name.returncode == 0, by_name.stdout + by_name.stderr
     assert [x.split(": HIT")[0] for x in by_name.stdout.splitlines()
             if x.startswith("[PLAN] ")] == [f"[PLAN] {n}" for n in INSTANCES]
+
+
+def test_logs_and_export_take_a_matrix_steps_name_as_run_does(kata, tmp_path):
+    """`kata run --step test` runs every instance; `kata logs --step test` and `kata export
+    --step test` said the run "has no step 'test'" (found on a real project's matrix)."""
+    run = kata("run")
+    assert run.returncode == 0, run.stdout + run.stderr
+    logs = kata("logs", "--step", "test")
+    assert logs.returncode == 0, logs.stderr
+    assert all(f"== {name}: passed" in logs.stdout for name in INSTANCES), logs.stdout
+    assert "== report" not in logs.stdout
+    out = tmp_path / "exported"
+    export = kata("export", "--step", "test", "--out", str(out))
+    assert export.returncode == 0, export.stdout + export.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(INSTANCES)
+    wrong = kata("logs", "--step", "tes")
+    assert wrong.returncode == 2 and "has no step 'tes'" in wrong.stderr

@@ -319,6 +319,58 @@ def test_an_absolute_symlink_travels_through_remote_execution(grid, workers, kat
     assert (got / "reader" / "seen").read_text() == "/etc/passwd\n"
 
 
+def test_an_archive_of_inputs_and_artifacts_is_the_same_bytes_on_a_worker_and_locally(
+        grid, workers, kata, containerd_daemon):
+    """An archiving step (tar here; zip, a wheel, a jar alike) records its files' mtimes.
+    What a step sees from the store has one mtime everywhere (``store.tree.STEP_MTIME_NS``),
+    so the archive is the same on a worker, locally, and on another host: early cutoff
+    holds and a build that is reproducible stays so under Kata."""
+    bg, image = grid
+    pipeline = {"pipeline": "archive", "steps": [
+        {"name": "gen", "image": image, "inputs": [], "artifacts": ["out/"],
+         "commands": ["mkdir -p out/sub", "echo generated > out/sub/g.txt"]},
+        {"name": "pack", "image": image, "depends_on": ["gen"], "inputs": ["src/**"],
+         "artifacts": ["packed.tar", "times"],
+         "commands": ["tar -cf packed.tar src out",
+                      "stat -c '%Y %n' src src/a.txt out out/sub out/sub/g.txt > times"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    remote = kata.repo.parent / f"remote-{secrets.token_hex(3)}"
+    run = kata("run", "--remote-executor", bg.url, "--out", str(remote))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert worker_of(kata, "pack") in {"w1", "w2"}
+    time.sleep(1.1)  # a later second: what a fresh unpack would stamp differs
+    other_host = KataProcess(kata.repo, store=kata.repo.parent / "store-b",
+                             address=containerd_daemon.address, timeout=300)
+    local = kata.repo.parent / f"local-{secrets.token_hex(3)}"
+    run = other_host("run", "--out", str(local))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (remote / "pack" / "times").read_text() == (
+        "315619200 src\n315619200 src/a.txt\n315619200 out\n315619200 out/sub\n"
+        "315619200 out/sub/g.txt\n")
+    assert (remote / "pack" / "times").read_text() == (local / "pack" / "times").read_text()
+    assert (remote / "pack" / "packed.tar").read_bytes() == (
+        local / "pack" / "packed.tar").read_bytes()
+
+
+def test_a_failing_remote_step_keeps_its_test_report(grid, workers, kata):
+    """A test step that fails on a worker (what a test step usually does when it matters)
+    still has its JUnit report read, as locally: found with a real project's pytest,
+    whose failed run said "no tests" and "no report file matches" instead."""
+    bg, image = grid
+    xml = ('<testsuite name="t" tests="2"><testcase name="good"/><testcase name="bad">'
+           '<failure message="boom"/></testcase></testsuite>')
+    pipeline = {"pipeline": "failing", "steps": [
+        {"name": "test", "image": image, "inputs": [], "reports": {"junit": ["reports/*.xml"]},
+         "commands": ["mkdir reports", f"echo '{xml}' > reports/unit.xml", "exit 1"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert worker_of(kata, "test") in {"w1", "w2"}
+    assert "[FAIL] test (exit 1, " in run.stdout, run.stdout
+    assert "— 1 passed, 1 failed" in run.stdout, run.stdout
+    assert "no report file matches" not in run.stdout + run.stderr
+
+
 def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
     bg, image = grid
     pipeline = {"pipeline": "kill", "steps": [

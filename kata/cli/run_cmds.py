@@ -631,7 +631,8 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
 
 
 @click.command()
-@click.option("--step", "steps", multiple=True, metavar="NAME", help="Only this step's log.")
+@click.option("--step", "steps", multiple=True, metavar="NAME",
+              help="Only this step's log (a matrix step's name: every instance's); repeatable.")
 @click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
 @click.option("--service", "service", metavar="NAME",
               help="The log of the step's service NAME instead (with --step).")
@@ -647,7 +648,7 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
     store = open_store(ctx)
     try:
-        record = _run_record(store, ctx, run_id, steps)
+        record, steps = _run_record(store, ctx, run_id, steps)
         if service is not None:
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
@@ -667,7 +668,8 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 @click.command("export")
 @click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
 @click.option("--step", "steps", multiple=True, metavar="NAME",
-              help="This step's artifacts only (one: directly into DIR); repeatable.")
+              help="This step's artifacts only (one: directly into DIR; a matrix step's "
+                   "name: every instance's); repeatable.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               metavar="DIR", help="Where the artifacts go: DIR/<step>/, or DIR for one --step.")
 @click.option("--json", "json_out", is_flag=True, help="One JSON event per exported step.")
@@ -692,7 +694,7 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
-        record = _run_record(store, ctx, run_id, steps)
+        record, steps = _run_record(store, ctx, run_id, steps)
         with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
@@ -710,9 +712,11 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
 
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
                 steps: tuple[str, ...] = ()):
-    """The run ``--run ID`` names, else the last run of this pipeline (KataError
-    logs.no_run: exit 2 for an ID that names no run, 1 when nothing is recorded yet),
-    checked to hold every step of ``steps`` (KataError logs.no_step, exit 2)."""
+    """(run record, step names): the run ``--run ID`` names, else the last run of this
+    pipeline (KataError logs.no_run: exit 2 for an ID that names no run, 1 when nothing
+    is recorded yet), and ``steps`` with a matrix step's name replaced by its instances'
+    names, as ``kata run --step`` takes it (KataError logs.no_step, exit 2, for a name
+    that is neither)."""
     if run_id:
         record = store.get_run(run_id)
         if record is None:
@@ -725,12 +729,18 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
             raise KataError("logs.no_run", "no run recorded yet" +
                             (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
         record = found[0]
+    from kata.matrix import split_name
+
     known = [e.name for e in record.steps]
+    names: list[str] = []
     for name in steps:
-        if name not in known:
+        found = [name] if name in known else [
+            k for k in known if (split := split_name(k)) is not None and split[0] == name]
+        if not found:
             raise KataError("logs.no_step", f"run {record.id} has no step {name!r} (it "
                             f"has: {', '.join(known) or 'none'})", obj=name)
-    return record
+        names.extend(n for n in found if n not in names)
+    return record, tuple(names)
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001

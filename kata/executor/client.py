@@ -175,15 +175,20 @@ class RemoteRuntime:
             sink("stderr", err) if getattr(sink, "raw", False) else _lines(sink, err)
         if service_sink is not None and act.SERVICES_DIR in outputs:
             self._service_logs(trees[files.key(outputs[act.SERVICES_DIR])], service_sink)
-        if result.exit_code == 0:
-            if act.WORKSPACE_DIR not in outputs:
-                raise KataError("remote.failed", "the worker sent no workspace back",
-                                exit_code=1)
+        if result.exit_code == 0 and act.WORKSPACE_DIR not in outputs:
+            raise KataError("remote.failed", "the worker sent no workspace back",
+                            exit_code=1)
+        if act.WORKSPACE_DIR in outputs:  # a failed step's too: its test report is read
             tree = re_pb2.Tree()
             tree.ParseFromString(trees[files.key(outputs[act.WORKSPACE_DIR])])
             top, children = files.tree_index(tree)
-            self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace),
-                       "fetch the step's output")
+            try:
+                self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace),
+                           "fetch the step's output")
+            except KataError:
+                if result.exit_code == 0:
+                    raise
+                return result.exit_code  # it failed either way; its report says what it lacks
             for digest in special:  # what it left that no tree holds: as it would be here
                 files.make_fifos(workspace, trees[files.key(digest)].decode().split("\0"))
             # the worker put these in the CAS: a later step that sees them need not

@@ -36,7 +36,9 @@ from pathlib import Path
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, RemoteError
-from kata.remote.trees import READONLY_MODES, is_executable
+from kata.remote.trees import READONLY_MODES, STEP_MTIME_NS, is_executable
+
+_STEP_TIMES = (STEP_MTIME_NS, STEP_MTIME_NS)
 
 CHUNK = 1 << 20  # bytes read from a file at a time
 # blobs adding up to no more than this are sent in one batch without FindMissingBlobs
@@ -306,6 +308,9 @@ def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], exec
         elif digest.size_bytes:
             for chunk in cas.read(digest):
                 f.write(chunk)
+        if readonly:  # what a local step sees too (``store.tree.STEP_MTIME_NS``)
+            f.flush()
+            os.utime(f.fileno(), ns=_STEP_TIMES)
     os.chmod(path, mode)
 
 
@@ -447,12 +452,15 @@ def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.
             made.append(target)
         elif kind == "symlink":
             os.symlink(node.target, target)  # type: ignore[attr-defined]
+            if readonly:
+                os.utime(target, ns=_STEP_TIMES, follow_symlinks=False)
         else:
             files.append((target, node))
     _write_files(cas, files, readonly=readonly, cache=cache)
     if readonly:
-        for target in made:
+        for target in reversed(made):  # deepest first: a directory's mtime set after its entries
             os.chmod(target, READONLY_MODES["d"])
+            os.utime(target, ns=_STEP_TIMES)
 
 
 def _write_files(cas: Cas, todo: list, *, readonly: bool = False,  # noqa: ANN001

@@ -52,6 +52,7 @@ from store import tree as kata_tree
 #: import the store itself: its workspaces must match a local step's exactly
 is_executable = kata_tree.is_executable
 READONLY_MODES = kata_tree.READONLY_MODES
+STEP_MTIME_NS = kata_tree.STEP_MTIME_NS  # the mtime of what a step sees
 
 _WINDOW = 8  # batches of file contents fetched ahead of the archive being written
 _UPLOADERS = 4  # batches sent at once (a server writes each batch's blobs one by one)

@@ -94,3 +94,50 @@ def test_gc_evicts_merged_stacks_whose_trees_left_the_store(tmp_path: Path) -> N
         assert ac.exists()  # its trees are all still stored
         assert s.evict_unpacked() >= 1 and not ac.exists()  # evicting everything: merged too
         assert s.merged([a, c]) == str(ac) and (ac / "c").read_text() == "c"
+
+
+def test_what_a_step_sees_has_one_mtime_on_every_host(tmp_path: Path) -> None:
+    """Two hosts unpack the same trees at different times; an archiving step (zip, tar,
+    a wheel) records its inputs' mtimes, so they must be the same everywhere, or its
+    output differs per host and early cutoff never holds across machines."""
+    from store.tree import STEP_MTIME_NS
+
+    for host in ("a", "b"):
+        with Store.open(tmp_path / host / "store") as s:
+            bottom = _tree(s, tmp_path / host / "bottom", {"src/a.py": "a", "src/sub/b.py": "b",
+                                                           "empty": None}, {"src/l": "a.py"})
+            top = _tree(s, tmp_path / host / "top", {"src/c.py": "c", "dist/x.zip": "z"})
+            seen = {}
+            for path in (Path(s.unpacked(bottom)), Path(s.merged([bottom, top]))):
+                for dirpath, dirs, files in os.walk(path):
+                    for name in dirs + files:
+                        p = Path(dirpath) / name
+                        seen[str(p.relative_to(path))] = os.lstat(p).st_mtime_ns
+            assert seen and set(seen.values()) == {STEP_MTIME_NS}, seen
+
+
+def test_an_older_katas_copies_get_the_step_mtime_when_used(tmp_path: Path) -> None:
+    """Unpacked trees and merged stacks made before extractions were stamped keep the time
+    they were made; the next use stamps them (times only, contents untouched), so a host
+    that upgraded gives steps the same mtimes as a fresh one."""
+    from store.tree import STEP_MTIME_NS
+
+    with Store.open(tmp_path / "store") as s:
+        bottom = _tree(s, tmp_path / "bottom", {"src/a.py": "a", "src/sub/b.py": "b"},
+                       {"src/l": "a.py"})
+        top = _tree(s, tmp_path / "top", {"src/c.py": "c"})
+        paths = (Path(s.unpacked(bottom)), Path(s.merged([bottom, top])))
+        for path in paths:  # as an older kata left them: the time they were made
+            for dirpath, dirs, files in os.walk(path, topdown=False):
+                for name in dirs + files:
+                    os.utime(Path(dirpath) / name, follow_symlinks=False)
+            os.utime(path)
+        assert os.lstat(paths[0] / "src" / "a.py").st_mtime_ns != STEP_MTIME_NS
+        again = (Path(s.unpacked(bottom)), Path(s.merged([bottom, top])))
+        assert again == paths
+        for path in paths:
+            seen = {str(Path(d) / n): os.lstat(Path(d) / n).st_mtime_ns
+                    for d, dirs, files in os.walk(path) for n in dirs + files}
+            assert seen and set(seen.values()) == {STEP_MTIME_NS}, seen
+            assert os.lstat(path).st_mtime_ns == STEP_MTIME_NS
+        assert (paths[1] / "src" / "c.py").read_text() == "c"
