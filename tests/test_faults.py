@@ -35,12 +35,8 @@ def test_containerd_killed_under_direct_steps_lets_them_finish_with_one_warning(
     under a step, the run still passes (exit 0) and says once, as a warning, that
     containerd stopped answering. It used to end with exit 2 and "the steps it was
     running failed" after `[DONE] All 3 steps passed`. Started again, nothing is left."""
-    import os
-    import signal
-    import subprocess
-
     from kata.runtimes.containerd import ContainerdRuntime
-    from kata.runtimes.containerd.daemon import ensure_daemon, read_pid
+    from kata.runtimes.containerd.daemon import ensure_daemon
     from support.daemon import embedded_containerd
     from support.images import busybox_image, write_oci_archive
 
@@ -58,22 +54,8 @@ def test_containerd_killed_under_direct_steps_lets_them_finish_with_one_warning(
                                        state_dir=str(paths.root.parent)) as rt:
             rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
         kata = KataProcess(repo, store=tmp_path / "store", address=paths.address)
-        proc = subprocess.Popen([*kata.base, "run"], cwd=repo, env=kata.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            seen = []
-            for line in proc.stdout:
-                seen.append(line)
-                if line == "long | started\n":
-                    break
-            os.kill(read_pid(paths), signal.SIGKILL)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        out = "".join(seen) + out
-        assert proc.returncode == 0, out + err
+        code, out, err = _run_killing_containerd(kata, paths, kata.env)
+        assert code == 0, out + err
         assert "after | made" in out.splitlines()
         assert out.splitlines()[-1].startswith("[DONE] All 3 steps passed"), out
         assert "Traceback" not in err, err
@@ -163,6 +145,32 @@ def test_object_collected_under_a_running_step(tmp_path, clean_runtime, busybox_
         store.close()
 
 
+def _run_killing_containerd(kata: KataProcess, paths, env: dict) -> tuple[int, str, str]:  # noqa: ANN001
+    """`kata run` in ``kata.repo``, its containerd (``paths``: the test's own) SIGKILLed
+    once step ``long`` printed "started": (exit status, stdout, stderr)."""
+    import os
+    import signal
+    import subprocess
+
+    from kata.runtimes.containerd.daemon import read_pid
+
+    proc = subprocess.Popen([*kata.base, "run"], cwd=kata.repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line == "long | started\n":
+                break
+        os.kill(read_pid(paths), signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(seen) + out, err
+
+
 @pytest.mark.parametrize("shared_shim", [True, False])
 def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path, shared_shim):
     """containerd SIGKILLed while a step runs: the run's last line is one error naming
@@ -170,13 +178,9 @@ def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path,
     there at the start), no traceback; it used to be gRPC's error from deleting the shim
     group's anchor (shared_shim on) or nothing but the steps' gRPC errors (off). Started
     again, containerd holds nothing of the run once the next connect has swept."""
-    import os
-    import signal
-    import subprocess
-
     from kata.runtimes.containerd import ContainerdRuntime
     from kata.runtimes.containerd.config import RuntimeConfig
-    from kata.runtimes.containerd.daemon import ensure_daemon, read_pid
+    from kata.runtimes.containerd.daemon import ensure_daemon
     from support.daemon import embedded_containerd
     from support.images import busybox_image, write_oci_archive
 
@@ -199,23 +203,9 @@ def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path,
             rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
         kata = KataProcess(repo, store=tmp_path / "store", address=paths.address)
         try:
-            proc = subprocess.Popen([*kata.base, "run"], cwd=repo,
-                                    env={**kata.env, "KATA_CONFIG": str(config)},
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                seen = []
-                for line in proc.stdout:
-                    seen.append(line)
-                    if line == "long | started\n":
-                        break
-                os.kill(read_pid(paths), signal.SIGKILL)
-                out, err = proc.communicate(timeout=120)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            out = "".join(seen) + out
-            assert proc.returncode == 2, out + err
+            code, out, err = _run_killing_containerd(
+                kata, paths, {**kata.env, "KATA_CONFIG": str(config)})
+            assert code == 2, out + err
             assert "Traceback" not in err, err
             assert re.match(r"\[DONE\] 2 steps: 2 failed", out.splitlines()[-1]), out
             last = err.splitlines()[-1]
