@@ -35,7 +35,7 @@ from pathlib import Path
 
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.remote.cas import Cas, RemoteError
+from kata.remote.cas import Cas, RemoteError, tree_directories
 from kata.remote.trees import READONLY_MODES, STEP_MTIME_NS, is_executable
 
 _STEP_TIMES = (STEP_MTIME_NS, STEP_MTIME_NS)
@@ -322,8 +322,8 @@ def directories(cas: Cas, root: re_pb2.Digest, known: dict[str, bytes] | None = 
     blobs already read, hash -> bytes, not asked for again)."""
     known = known or {}
     if cache is not None:
-        kept = _known_tree(root, lambda h: known.get(h) or cache.get(h))
-        if kept is not None:
+        kept, lacking = tree_directories(root, lambda h: _parsed(known.get(h) or cache.get(h)))
+        if not lacking:
             return kept
     try:
         tree = cas.get_tree(root)
@@ -352,23 +352,12 @@ def directories(cas: Cas, root: re_pb2.Digest, known: dict[str, bytes] | None = 
     return out
 
 
-def _known_tree(root: re_pb2.Digest, lookup) -> dict[str, re_pb2.Directory] | None:  # noqa: ANN001
-    """The tree under ``root`` from ``lookup`` (hash -> bytes or None) alone, or None
-    when some directory of it is not there."""
-    out: dict[str, re_pb2.Directory] = {}
-    todo = [root]
-    while todo:
-        digest = todo.pop()
-        if digest.hash in out:
-            continue
-        data = lookup(digest.hash) if digest.size_bytes else b""
-        if data is None:
-            return None
-        directory = re_pb2.Directory()
-        directory.ParseFromString(data)
-        out[digest.hash] = directory
-        todo.extend(c.digest for c in directory.directories)
-    return out
+def _parsed(data: bytes | None) -> re_pb2.Directory | None:
+    if data is None:
+        return None
+    directory = re_pb2.Directory()
+    directory.ParseFromString(data)
+    return directory
 
 
 def _read_chunks(path: str) -> Iterator[bytes]:

@@ -172,6 +172,26 @@ def open_channel(config: RemoteConfig) -> grpc.Channel:
     return grpc.secure_channel(config.target, creds, options=options)
 
 
+def tree_directories(root: Digest, lookup: Callable[[str], "re_pb2.Directory | None"],
+                     ) -> tuple[dict[str, re_pb2.Directory], str]:
+    """Every ``Directory`` of the tree under ``root``, as (hash -> message, ""), each
+    found by ``lookup(hash)`` (None: not there), or ({}, the hash of the first one
+    ``lookup`` lacks). The empty directory needs no lookup: its blob is empty, and REAPI
+    servers need not send it."""
+    out: dict[str, re_pb2.Directory] = {}
+    todo = [root]
+    while todo:
+        digest = todo.pop()
+        if digest.hash in out:
+            continue
+        d = lookup(digest.hash) if digest.size_bytes else re_pb2.Directory()
+        if d is None:
+            return {}, digest.hash
+        out[digest.hash] = d
+        todo.extend(c.digest for c in d.directories)
+    return out, ""
+
+
 class Cas:
     """ContentAddressableStorage + ByteStream + Capabilities for one instance."""
 
@@ -350,18 +370,9 @@ class Cas:
             raise
         by_hash = {hashlib.sha256(d.SerializeToString(deterministic=True)).hexdigest(): d
                    for d in got}
-        out: dict[str, re_pb2.Directory] = {}
-        todo = [root]
-        while todo:
-            digest = todo.pop()
-            if digest.hash in out:
-                continue
-            # an empty directory is the empty blob, which a server need not send
-            d = by_hash.get(digest.hash) if digest.size_bytes else re_pb2.Directory()
-            if d is None:
-                raise RemoteError("remote.bad_answer", f"GetTree lacks directory {digest.hash}")
-            out[digest.hash] = d
-            todo.extend(c.digest for c in d.directories)
+        out, lacking = tree_directories(root, by_hash.get)
+        if lacking:
+            raise RemoteError("remote.bad_answer", f"GetTree lacks directory {lacking}")
         return out
 
     def read(self, digest: Digest) -> Iterator[bytes]:
