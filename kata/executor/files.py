@@ -28,10 +28,11 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cachetools import LRUCache
 
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -122,31 +123,20 @@ class BlobCache:
 
     def __init__(self, limit: int = 64 << 20, largest: int = 1 << 20) -> None:
         self.limit, self.largest = limit, largest
-        self._blobs: OrderedDict[str, bytes] = OrderedDict()
-        self._size = 0
+        self._blobs: LRUCache[str, bytes] = LRUCache(maxsize=limit, getsizeof=len)
         self._lock = threading.Lock()
 
     def get(self, h: str) -> bytes | None:
         """The blob whose SHA-256 is the hex ``h``, or None."""
         with self._lock:
-            data = self._blobs.get(h)
-            if data is not None:
-                self._blobs.move_to_end(h)
-            return data
+            return self._blobs.get(h)
 
     def put(self, h: str, data: bytes) -> None:
         """Keep ``data``, whose SHA-256 the caller checked is the hex ``h``."""
-        if len(data) > self.largest:
+        if len(data) > min(self.largest, self.limit):
             return
         with self._lock:
-            if h in self._blobs:
-                self._blobs.move_to_end(h)
-                return
             self._blobs[h] = data
-            self._size += len(data)
-            while self._size > self.limit:
-                _old, gone = self._blobs.popitem(last=False)
-                self._size -= len(gone)
 
     def read_many(self, cas: Cas, digests: Iterable[re_pb2.Digest]) -> dict[str, bytes]:
         """``Cas.read_many`` (hash -> bytes, each checked against its digest) asking the
