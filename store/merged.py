@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 from .files import force_rmtree, publish_dir
 from .objects import check_digest, tmp_name, tmp_owner_dead
-from .tree import restamp_if_older, settle_dir_mtimes
+from .tree import made_copy, settle_dir_mtimes
 
 FORMAT = b"kata-merged/1"
 
@@ -77,21 +77,18 @@ class MergedTrees:
             check_digest(tree)
         names = _prefix_names(trees)
         final = os.path.join(self.root, names[-1])
-        if os.path.isdir(final):
-            restamp_if_older(final)  # an older kata's copy: the mtimes a step sees now
+        if made_copy(final):
             return final, False
         base = 0  # how many trees the longest merged prefix already holds
         for k in range(len(trees) - 1, 1, -1):
-            if os.path.isdir(os.path.join(self.root, names[k - 1])):
-                base = k
+            if made_copy(os.path.join(self.root, names[k - 1])):  # its files: the new
+                base = k                                            # stack's (hard links)
                 break
         os.makedirs(self.root, exist_ok=True)
         work = os.path.join(self.root, "." + tmp_name("tmp"))
         def build(work: str) -> None:
             if base:
-                prefix = os.path.join(self.root, names[base - 1])
-                restamp_if_older(prefix)  # its files are the new stack's (hard links)
-                _copy_links(prefix, work)
+                _copy_links(os.path.join(self.root, names[base - 1]), work)
             else:
                 os.mkdir(work, 0o755)
             os.chmod(work, 0o700)

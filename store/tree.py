@@ -768,19 +768,24 @@ def settle_dir_mtimes(root: str) -> None:
         os.utime(dirpath, ns=_STEP_TIMES, follow_symlinks=False)
 
 
-def restamp_if_older(root: str) -> bool:
-    """Give ``root`` and everything under it ``STEP_MTIME_NS`` unless ``root`` has it
-    already; whether it had to. For read-only copies made before extractions were stamped
-    (an unpacked tree or merged stack of an older kata): a step must see the same mtimes
-    whichever host or version made its copy. Only times change (never contents, which
-    running steps may be reading); ``root`` is stamped last, so an interrupted pass is
-    finished by the next. OSError when ``root`` is not there."""
-    if os.lstat(root).st_mtime_ns == STEP_MTIME_NS:
+def made_copy(root: str) -> bool:
+    """Whether the read-only copy ``root`` (an unpacked tree or a merged stack) is already
+    made: a directory. One stat, on the path every step's workspace takes. A copy an older
+    kata made, before extractions were stamped, is given ``STEP_MTIME_NS`` here, with
+    everything under it: a step must see the same mtimes whichever host or version made its
+    copy. Only times change (never contents, which running steps may be reading); ``root``
+    is stamped last, so an interrupted pass is finished by the next."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
         return False
-    for dirpath, dirs, files in os.walk(root, topdown=False):
-        for name in (*files, *dirs):  # a link to a directory is listed among dirs
-            os.utime(os.path.join(dirpath, name), ns=_STEP_TIMES, follow_symlinks=False)
-    os.utime(root, ns=_STEP_TIMES, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if st.st_mtime_ns != STEP_MTIME_NS:
+        for dirpath, dirs, files in os.walk(root, topdown=False):
+            for name in (*files, *dirs):  # a link to a directory is listed among dirs
+                os.utime(os.path.join(dirpath, name), ns=_STEP_TIMES, follow_symlinks=False)
+        os.utime(root, ns=_STEP_TIMES)
     return True
 
 
