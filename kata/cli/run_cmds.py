@@ -729,13 +729,12 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
             raise KataError("logs.no_run", "no run recorded yet" +
                             (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
         record = found[0]
-    from kata.matrix import split_name
+    from kata.labels import Label
 
     known = [e.name for e in record.steps]
     names: list[str] = []
     for name in steps:
-        found = [name] if name in known else [
-            k for k in known if (split := split_name(k)) is not None and split[0] == name]
+        found = [k for k in known if Label(kind="exact", name=name).matches(k)]  # as //name
         if not found:
             raise KataError("logs.no_step", f"run {record.id} has no step {name!r} (it "
                             f"has: {', '.join(known) or 'none'})", obj=name)
