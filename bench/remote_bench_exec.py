@@ -19,6 +19,18 @@ containers through the same containerd adapter; the difference is the REAPI roun
 With ``--logstream`` the scheduler also creates each job's log streams on a ``kata
 logstream`` server, the worker writes the step's output there and the client follows it
 (docs/remote.md, "Live output").
+
+The **floor** is measured in the same run, interleaved with the rest
+(``remote_exec_floor.py``): a chain of N ``Execute`` calls on the same BuildGrid by a
+client and a bot that do nothing else (actions uploaded before the clock, every lease
+answered at once with a canned result), Kata's channel options and metadata. It is what
+BuildGrid's round trip alone costs a step. A remote step does what a local one does (the
+realiser's work, the container's run, on the worker) plus the round trip and Kata's
+remote-only work (pack, upload, fetch, sync; the worker's input root and upload); so the
+best ratio any client reaches on this BuildGrid is ``(local + floor) / local``, and the
+bench prints Kata's own share, ``remote - run - floor`` (``run``: the container's time on
+the worker), beside a local step's (``local - run``); their difference, ``remote - local
+- floor``, is what going remote costs Kata's own code.
 """
 
 from __future__ import annotations
@@ -69,8 +81,11 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
     from support.postgres import postgres_cluster
     from support.registry import docker_registry, push_image
 
+    from remote_exec_floor import ExecFloor
+
     from kata.runtimes.containerd.daemon import daemon_paths, stop_daemon
 
+    load_before = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="kb-rexec-"))
     worker_state = Path(f"/tmp/kb-w-{secrets.token_hex(3)}")
     worker_state.mkdir(mode=0o711)
@@ -80,7 +95,8 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
                 (kata_logstream() if logstream else nullcontext(None)) as logs, \
                 buildgrid_execution(base / "bgd", db, keepalive=30, logstream=logs) as bg, \
                 docker_registry(base / "registry") as registry, \
-                embedded_containerd("kb") as client_cd:
+                embedded_containerd("kb") as client_cd, \
+                ExecFloor(bg.url) as floor:
             push_image(registry, "kata/busybox", "1", busybox_image())
             image = f"{registry.removeprefix('http://')}/kata/busybox:1"
             log = open(base / "worker.log", "wb")
@@ -119,12 +135,18 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
 
             run()  # warm: images pulled on both sides, bytecode compiled
             run("--remote-executor", bg.url)
-            local, remote = [], []
+            floor.chain(n)
+            floor.windows.clear()
+            floor.calls.clear()
+            local, remote, floors = [], [], []
             timed = True
             for _ in range(rounds):
                 local.append(run())
                 remote.append(run("--remote-executor", bg.url))
+                floors.append(sum(floor.chain(n)))
             jobs = _jobs(db, windows)
+            floor_jobs = _jobs(db, floor.windows)
+            floor_calls = list(floor.calls)
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
@@ -134,14 +156,44 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
         shutil.rmtree(worker_state, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
     lo, re_ = statistics.median(local) / n, statistics.median(remote) / n
+    fl = statistics.median(floors) / n
     ratio = re_ / lo
-    return [f"remote execution, {n}-step chain, `kata run --no-cache` (median of {rounds}):",
+    run = statistics.median(j["execution_completed_timestamp"]
+                            - j["execution_start_timestamp"] for j in jobs) if jobs else 0.0
+    budget = (TARGET - 1) * lo  # what a remote step may cost beyond a local one
+    share = re_ - run - fl
+    load = f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+    return [f"remote execution, {n}-step chain, `kata run --no-cache` (median of {rounds}; "
+            f"load average {load}):",
             f"  local:  {lo * 1000:7.0f} ms per step",
             f"  remote: {re_ * 1000:7.0f} ms per step (one kata worker, BuildGrid + PostgreSQL"
             f"{', live output through kata logstream' if logstream else ''})",
             f"  ratio remote/local: {ratio:.2f}x (target <= {TARGET}x: "
             f"{'met' if ratio <= TARGET else 'NOT met'})",
-            *breakdown(jobs, re_ * 1000, lo * 1000)]
+            f"  floor:  {fl * 1000:7.0f} ms per step = BuildGrid's round trip with a client and "
+            "a bot that do nothing (bench/remote_exec_floor.py, same server, interleaved)",
+            f"  {TARGET}x local leaves {budget * 1000:.0f} ms per step beyond a local step; the "
+            f"floor alone is {fl / budget:.2f}x that: the best ratio with this BuildGrid is "
+            f"(local + floor) / local = {(lo + fl) / lo:.2f}x "
+            f"({'reachable' if fl <= budget else 'the target is NOT reachable'})",
+            f"  Kata's own share = remote - the step's run - floor = {share * 1000:.0f} ms per "
+            f"step (a local step's: local - run = {(lo - run) * 1000:.0f} ms); going remote "
+            f"costs Kata remote - local - floor = {(re_ - lo - fl) * 1000:.0f} ms per step",
+            *breakdown(jobs, re_ * 1000, lo * 1000, floor_jobs, fl * 1000),
+            *_floor_hops(floor_jobs, floor_calls)]
+
+
+def _floor_hops(jobs: list[dict[str, float]], calls: list[tuple[float, float]]) -> list[str]:
+    """The floor's "rest", timed: its client's Execute sent -> BuildGrid queued the job,
+    and BuildGrid completed it -> the client heard (medians, ms; each job with its call,
+    both in order of sending)."""
+    if len(jobs) != len(calls) or not jobs:
+        return []
+    sent = statistics.median((j["queued_timestamp"] - c[0]) * 1000 for j, c in zip(jobs, calls))
+    heard = statistics.median((c[1] - j["worker_completed_timestamp"]) * 1000
+                              for j, c in zip(jobs, calls))
+    return [f"    the floor's rest: Execute sent -> queued {sent:.1f} ms, completed -> the "
+            f"client hears {heard:.1f} ms"]
 
 
 # BuildGrid's jobs table: its own timestamps (queued, assigned = worker_start, completed =
@@ -170,12 +222,36 @@ def _jobs(db_url: str, windows: list[tuple[float, float]]) -> list[dict[str, flo
     return out
 
 
-def breakdown(jobs: list[dict[str, float]], remote_ms: float, local_ms: float) -> list[str]:
+def breakdown(jobs: list[dict[str, float]], remote_ms: float, local_ms: float,
+              floor_jobs: list[dict[str, float]] | None = None,
+              floor_ms: float | None = None) -> list[str]:
     """What a remote step costs beyond a local one (``remote_ms - local_ms`` per step),
     medians over ``jobs`` (milliseconds): the parts BuildGrid's records time, and the
-    rest (the client's own work and the hops into and out of the scheduler)."""
+    rest (the client's own work and the hops into and out of the scheduler); beside
+    them, the same parts of the floor's jobs (``floor_jobs``, ``floor_ms`` per step)."""
     if not jobs:
         return ["  (no job timestamps read from BuildGrid's database)"]
+    rows = _parts(jobs)
+    extra = remote_ms - local_ms
+    rows.append(("the rest: the client's pack, upload and fetch, Execute -> queued, "
+                 "completed -> the client hears (less what a local run's fixed costs "
+                 "exceed a remote one's by)", extra - sum(ms for _w, ms in rows)))
+    run = statistics.median((j["execution_completed_timestamp"]
+                             - j["execution_start_timestamp"]) * 1000 for j in jobs)
+    floor = [None] * len(rows)
+    if floor_jobs and floor_ms is not None:
+        floor = [ms for _w, ms in _parts(floor_jobs)]
+        floor.append(floor_ms - sum(floor))
+    return [f"  a remote step's {extra:.0f} ms beyond a local one (medians of {len(jobs)} "
+            f"jobs; the step itself ran {run:.0f} ms on the worker), and the floor's "
+            f"{floor_ms or 0:.0f} ms (of {len(floor_jobs or ())} jobs):",
+            "      kata  floor",
+            *(f"    {ms:6.1f} {'     -' if f is None else format(f, '6.1f')}  {what}"
+              for (what, ms), f in zip(rows, floor))]
+
+
+def _parts(jobs: list[dict[str, float]]) -> list[tuple[str, float]]:
+    """The phases BuildGrid's records time: (what, median milliseconds over ``jobs``)."""
 
     def part(start: str, end: str) -> float:
         return statistics.median((j[end] - j[start]) * 1000 for j in jobs)
@@ -190,14 +266,7 @@ def breakdown(jobs: list[dict[str, float]], remote_ms: float, local_ms: float) -
              part("execution_completed_timestamp", "output_upload_completed_timestamp")),
             ("worker's result -> BuildGrid has completed the job",
              part("output_upload_completed_timestamp", "worker_completed_timestamp"))]
-    extra = remote_ms - local_ms
-    rows.append(("the rest: the client's pack, upload and fetch, Execute -> queued, "
-                 "completed -> the client hears (less what a local run's fixed costs "
-                 "exceed a remote one's by)", extra - sum(ms for _w, ms in rows)))
-    run = part("execution_start_timestamp", "execution_completed_timestamp")
-    return [f"  a remote step's {extra:.0f} ms beyond a local one (medians of {len(jobs)} "
-            f"jobs; the step itself ran {run:.0f} ms on the worker):",
-            *(f"    {ms:6.1f} ms  {what}" for what, ms in rows)]
+    return rows
 
 
 def main() -> None:
