@@ -680,3 +680,47 @@ def test_a_worker_needs_no_cas_copy_of_a_blob_it_has_seen(grid, kata):
         assert f"BatchReadBlobs {digest}" not in w1.text(), w1.text()[-2000:]
         assert not re.search(r"lease \S+ failed", w1.text()), w1.text()[-2000:]
     assert worker_of(kata, "second") == "w1"
+
+
+def test_a_worker_sends_back_no_input_it_just_read_and_the_client_uses_its_own_copy(grid,
+                                                                                   kata):
+    """The worker does not send back the small input files it read from the CAS moments
+    before (no FindMissingBlobs, no second copy); the client takes the output's copies of
+    its inputs from its own files. So a step's output stays whole even when the CAS lost
+    such a blob while the step ran: ``copy`` copies ``src/kept.txt`` under a new name, the
+    blob is deleted from BuildGrid's disk CAS while it naps, and the new name still gets
+    the bytes (``show`` prints them, upper-cased: a log holding an input's very bytes is
+    sent, as every blob of the result is); nothing sent the blob again."""
+    import hashlib
+
+    bg, image = grid
+    content = f"kept by the client {secrets.token_hex(8)}\n".encode()  # a blob of its own
+    (kata.repo / "src" / "kept.txt").write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    pipeline = {"pipeline": "own", "steps": [
+        {"name": "copy", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["mkdir out", "cp src/kept.txt out/copy", "echo napping", "sleep 4"]},
+        {"name": "show", "image": image, "depends_on": ["copy"],
+         "commands": ["tr a-z A-Z < out/copy"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    with worker_pool(grid, names=("w1",)) as (w1,):
+        run = subprocess.Popen([*kata.base, "run", "--no-cache", "--remote-executor", bg.url],
+                               cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            for line in run.stdout:  # type: ignore[union-attr]
+                seen.append(line)
+                if said(line, "napping"):
+                    break
+            found = stored_blob(bg, digest)
+            assert found, seen  # the client sent it; the worker read it
+            for path in found:  # the CAS loses it while `copy` still runs
+                path.unlink()
+            out, err = run.communicate(timeout=240)
+        finally:
+            stop(run)
+        assert run.returncode == 0, "".join(seen) + out + err + w1.text()[-3000:]
+        assert f"show | {content.decode().strip().upper()}" in out, out
+        assert not stored_blob(bg, digest), "the worker sent back an input it had just read"
+        assert f"BatchReadBlobs {digest}" not in w1.text(), w1.text()[-2000:]

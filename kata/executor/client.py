@@ -17,8 +17,9 @@ the containerd one. For each step it:
    executor; ``logstream.py``), and then whatever the ``stdout`` blob of the result holds
    beyond what streamed (all of it without a stream); each service's log goes into
    ``service_sink``; for a step that exited 0 the output tree is laid back into the
-   workspace (only what changed), so the realiser collects artifacts, logs and history
-   exactly as for a local step.
+   workspace (only what changed; bytes it sent as inputs are taken from its own copy,
+   not read back: a worker does not send back what it read moments before), so the
+   realiser collects artifacts, logs and history exactly as for a local step.
 
 A step whose spec has any mount besides its workspace (the secrets tmpfs, also on a
 service) runs on ``local`` instead, with one ``kata: ran locally`` line: secrets are never
@@ -182,9 +183,12 @@ class RemoteRuntime:
             tree = re_pb2.Tree()
             tree.ParseFromString(trees[files.key(outputs[act.WORKSPACE_DIR])])
             top, children = files.tree_index(tree)
+            # what the output holds of the inputs' bytes comes from here, not the CAS: a
+            # worker does not send back the inputs it read moments before (worker.py)
+            own = files.own_copies(packed, blobs, top, children, self.cas.batch_limit)
             try:
-                self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace),
-                           "fetch the step's output")
+                self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace,
+                                                  cache=own), "fetch the step's output")
             except KataError:
                 if result.exit_code == 0:
                     raise

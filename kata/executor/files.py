@@ -463,10 +463,12 @@ def _lmode(path: Path) -> int:
 
 
 def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
-             directories: dict[str, re_pb2.Directory], dest: str | os.PathLike[str]) -> int:
+             directories: dict[str, re_pb2.Directory], dest: str | os.PathLike[str],
+             cache: BlobCache | None = None) -> int:
     """Make ``dest`` (packed as ``before``) hold exactly the tree ``root``: remove what
-    the tree no longer has, write what is new or changed. Returns the files written.
-    Nothing in ``dest`` is followed: a symlink is an entry like any other."""
+    the tree no longer has, write what is new or changed (small blobs found in ``cache``
+    are not read from the CAS). Returns the files written. Nothing in ``dest`` is
+    followed: a symlink is an entry like any other."""
     dest = Path(dest)
     wanted: dict[str, tuple[str, object]] = {}
     for rel, kind, node in walk(root, directories):
@@ -504,8 +506,35 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
         if mode:
             path.unlink()
         todo.append((path, node))
-    _write_files(cas, todo)
+    _write_files(cas, todo, cache=cache)
     return len(todo)
+
+
+def own_copies(before: Packed, blobs: dict[str, bytes], root: re_pb2.Directory,
+               directories: dict[str, re_pb2.Directory], limit: int) -> BlobCache:
+    """The file blobs of the tree ``root`` that ``sync_dir`` will write into the directory
+    packed as ``before`` and that this process already has: sent as ``blobs`` (hash ->
+    bytes) or a file of ``before`` (read now, before the sync changes anything; kept only
+    when the bytes still hash to the digest). Blobs of at most ``limit`` bytes. A step's
+    output often holds its inputs' bytes under new names (a copy, a move), and a worker
+    does not send back what it read from the CAS moments before: these need no read."""
+    out = BlobCache(limit=256 << 20, largest=limit)  # beyond: read from the CAS
+    for rel, kind, node in walk(root, directories):
+        if kind != "file":
+            continue
+        h = key(node.digest)  # type: ignore[attr-defined]
+        if before.entries.get(rel) == (h, node.is_executable) or out.get(h) is not None \
+                or node.digest.size_bytes > limit:  # type: ignore[attr-defined]
+            continue
+        data = blobs.get(h)
+        if data is None and h in before.files:
+            try:
+                data = Path(before.files[h]).read_bytes()
+            except OSError:
+                continue
+        if data is not None and hashlib.sha256(data).hexdigest() == h:
+            out.put(h, data)
+    return out
 
 
 def make_fifos(dest: str | os.PathLike[str], paths: list[str]) -> None:

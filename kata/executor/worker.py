@@ -32,7 +32,10 @@ Running a lease: fetch the ``Action`` (the payload, or its digest), the ``Comman
 input root from the CAS, write the input root under ``work_root``, run the step (its
 ``kata-spec.json``, see ``action.py``) with ``runtime``, then upload the workspace as a
 ``Tree``, each service's log under ``kata-services/`` and the step's output as the
-``stdout`` blob; ``execution_metadata.worker`` names this worker.
+``stdout`` blob; ``execution_metadata.worker`` names this worker. The small input files it
+read from the CAS, or sent there, in the last ``VOUCHED_FOR`` seconds are neither asked
+about nor sent again (a step's workspace mostly comes back unchanged); the client takes
+the output's copies of its own inputs from its own files (``files.own_copies``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +72,9 @@ from .logstream import LogBuffer, write_stream
 
 LOG = logging.getLogger("kata.worker")
 LEASE_PREFIX = "lease-"  # a lease's input root: lease-<worker pid>-<random>
+# seconds after this worker read a blob from the CAS or sent it there during which a
+# result may name it without asking the CAS again (see ``Worker._upload``)
+VOUCHED_FOR = 30.0
 WORK_PREFIX = "kata-worker-"  # a worker's work root without --state-dir, in the temp dir
 
 # google.rpc.Code values (google/rpc/code.proto)
@@ -139,6 +146,8 @@ class Worker:
         # blobs read or sent: a chain's next input root is mostly the last step's output
         self._blobs = files.BlobCache(limit=blob_cache, largest=min(1 << 20, blob_cache))
         self._wake: threading.Event | None = None  # the UpdateBotSession in flight's
+        # blob hash -> when (monotonic) this worker last read it from the CAS or sent it
+        self._vouched: dict[str, float] = {}
 
     # -- the session loop ----------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
@@ -370,11 +379,11 @@ class Worker:
                  work: Path) -> re_pb2.ActionResult:
         meta.input_fetch_start_timestamp.GetCurrentTime()
         action = self._action(job.lease.payload)
-        blobs = self._blobs.read_many(self.cas, [action.command_digest,
-                                                 action.input_root_digest])
+        cas = _Vouching(self.cas, self._vouch)  # the input blobs it reads, noted
+        blobs = self._blobs.read_many(cas, [action.command_digest, action.input_root_digest])
         command = re_pb2.Command()
         command.ParseFromString(blobs[files.key(action.command_digest)])
-        directories = files.directories(self.cas, action.input_root_digest, known=blobs,
+        directories = files.directories(cas, action.input_root_digest, known=blobs,
                                         cache=self._blobs)
         root = directories[files.key(action.input_root_digest)]
         if not any(f.name == act.SPEC_FILE for f in root.files):
@@ -383,8 +392,9 @@ class Worker:
         inputs.mkdir()
         # read-only, as a local step sees its inputs and dependencies (the lower layers
         # of its overlay); the workspace root is writable, as locally
-        files.materialise(self.cas, root, directories, inputs, readonly=True,
-                          cache=self._blobs)
+        files.materialise(cas, root, directories, inputs, readonly=True, cache=self._blobs)
+        input_files = {files.key(f.digest) for d in directories.values() for f in d.files
+                       if f.digest.size_bytes <= self.cas.batch_limit}
         meta.input_fetch_completed_timestamp.GetCurrentTime()
         workspace = inputs / act.WORKSPACE_DIR
         workspace.mkdir(exist_ok=True)
@@ -417,11 +427,13 @@ class Worker:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        return self._upload(job, workspace, job.log.data(), service_logs, exit_status, meta)
+        return self._upload(job, workspace, job.log.data(), service_logs, exit_status, meta,
+                            input_files)
 
     def _upload(self, job: _Job, workspace: Path, log: bytes,
                 service_logs: dict[str, bytearray], exit_status: int,
-                meta: re_pb2.ExecutedActionMetadata) -> re_pb2.ActionResult:
+                meta: re_pb2.ExecutedActionMetadata,
+                input_files: set[str] = frozenset()) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
         special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
         packed = files.pack_dir(workspace, special=special)
@@ -438,12 +450,21 @@ class Worker:
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree,
                       files.key(stdout): log})
-        # FindMissingBlobs decides (never trusting that the inputs it read are still
-        # there: the result must name only blobs the CAS holds)
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
-        files.upload(self.cas, blobs, packed.files)
+        # neither asked about nor sent: the small input files this worker read from the
+        # CAS, or sent, in the last VOUCHED_FOR seconds (most of a workspace comes back
+        # unchanged). Should the CAS lose one in between, the client, which sent it as
+        # an input, has it: it takes the output's copies of its inputs from its own
+        # (files.own_copies), and a later step that lacks it fails on its worker and is
+        # sent again (client.py, inputs_lost). All else: FindMissingBlobs decides
+        # (or, for a few KiB in all, sending it; files.upload)
+        # (the result's own blobs are always sent: a log may hold an input's very bytes,
+        # and the client reads it from the CAS)
+        vouched = self._recent(input_files) - blobs.keys()
+        files.upload(self.cas, blobs, packed.files, set(vouched))
+        self._vouch((blobs.keys() | packed.files.keys()) - vouched)
         job.sent = packed
         meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
@@ -455,6 +476,21 @@ class Worker:
         meta.worker_completed_timestamp.GetCurrentTime()
         result.execution_metadata.CopyFrom(meta)
         return result
+
+    def _vouch(self, hashes) -> None:  # noqa: ANN001 - hashes just read from or sent to the CAS
+        now = time.monotonic()
+        with self._lock:
+            for h in hashes:
+                self._vouched[h] = now
+            if len(self._vouched) > 200_000:  # forget what is too old to matter
+                self._vouched = {h: t for h, t in self._vouched.items()
+                                 if t > now - VOUCHED_FOR}
+
+    def _recent(self, hashes: set[str]) -> set[str]:
+        """Those of ``hashes`` read from or sent to the CAS in the last VOUCHED_FOR s."""
+        since = time.monotonic() - VOUCHED_FOR
+        with self._lock:
+            return {h for h in hashes if self._vouched.get(h, since - 1) >= since}
 
     def _keep(self, packed: files.Packed) -> None:
         """Keep the workspace just sent in the blob cache: the next step of a chain gets
@@ -471,6 +507,22 @@ class Worker:
                 continue
             if hashlib.sha256(data).hexdigest() == h:
                 self._blobs.put(h, data)
+
+
+class _Vouching:
+    """A ``Cas`` whose ``read_many`` notes each blob it answered (``note(hashes)``): what a
+    lease read from the CAS just now."""
+
+    def __init__(self, cas, note) -> None:  # noqa: ANN001
+        self._cas, self._note = cas, note
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._cas, name)
+
+    def read_many(self, digests) -> dict[str, bytes]:  # noqa: ANN001
+        out = self._cas.read_many(digests)
+        self._note(out.keys())
+        return out
 
 
 def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
