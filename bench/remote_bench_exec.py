@@ -26,11 +26,13 @@ client and a bot that do nothing else (actions uploaded before the clock, every 
 answered at once with a canned result), Kata's channel options and metadata. It is what
 BuildGrid's round trip alone costs a step. A remote step does what a local one does (the
 realiser's work, the container's run, on the worker) plus the round trip and Kata's
-remote-only work (pack, upload, fetch, sync; the worker's input root and upload); so the
-best ratio any client reaches on this BuildGrid is ``(local + floor) / local``, and the
-bench prints Kata's own share, ``remote - run - floor`` (``run``: the container's time on
-the worker), beside a local step's (``local - run``); their difference, ``remote - local
-- floor``, is what going remote costs Kata's own code.
+remote-only work (pack, upload, fetch, sync; the worker's input root and upload); were
+nothing of a local step's work skipped, the best ratio any client could reach on this
+BuildGrid would be ``(local + floor) / local``. The bench prints Kata's own share,
+``remote - run - floor`` (``run``: the container's time on the worker), beside a local
+step's (``local - run``); their difference, ``remote - local - floor``, is what going
+remote costs Kata's own code (below 0 when the remote path skips more of a local step's
+work, on the client's containerd, than it adds).
 """
 
 from __future__ import annotations
@@ -173,12 +175,12 @@ def execution_overhead(n: int = 10, rounds: int = 3, logstream: bool = False) ->
             f"  floor:  {fl * 1000:7.0f} ms per step = BuildGrid's round trip with a client and "
             "a bot that do nothing (bench/remote_exec_floor.py, same server, interleaved)",
             f"  {TARGET}x local leaves {budget * 1000:.0f} ms per step beyond a local step; the "
-            f"floor alone is {fl / budget:.2f}x that: the best ratio with this BuildGrid is "
-            f"(local + floor) / local = {(lo + fl) / lo:.2f}x "
-            f"({'reachable' if fl <= budget else 'the target is NOT reachable'})",
+            f"floor alone is {fl / budget:.2f}x that (were it simply added to a local step: "
+            f"(local + floor) / local = {(lo + fl) / lo:.2f}x)",
             f"  Kata's own share = remote - the step's run - floor = {share * 1000:.0f} ms per "
-            f"step (a local step's: local - run = {(lo - run) * 1000:.0f} ms); going remote "
-            f"costs Kata remote - local - floor = {(re_ - lo - fl) * 1000:.0f} ms per step",
+            f"step (a local step's: local - run = {(lo - run) * 1000:.0f} ms); remote - local "
+            f"- floor = {(re_ - lo - fl) * 1000:.0f} ms per step (below 0: the remote path "
+            "skips more of a local step's work than Kata adds)",
             *breakdown(jobs, re_ * 1000, lo * 1000, floor_jobs, fl * 1000),
             *_floor_hops(floor_jobs, floor_calls)]
 
