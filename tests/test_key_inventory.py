@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,49 @@ def test_limits_round_trip_and_kata_why_names_them(tmp_path) -> None:
     assert decode(b.record().encode()).derivation == b.derivation
     assert decode(a.record().encode()).derivation == a.derivation
     assert [c.field for c in diff(a.derivation, b.derivation)] == ["resources"]
+
+
+# -- how kata runs a step: pinned, since no key covers kata's own code -------------------
+GOLDEN_CONTAINER = Path(__file__).parent / "golden" / "step_container.json"
+
+
+def test_how_a_step_runs_is_pinned(dirs) -> None:
+    """What every step's container gets from kata itself, not from its config: the script
+    around its commands (``set -e``, stderr into stdout, the secrets prelude), the env
+    merge over the image's, user, cwd, hostname, rlimits, namespaces, its mounts. No key
+    covers kata's code, so a diff here means results recorded by an older kata may not be
+    what this one computes: if so, bump ``kata.derivation.FORMAT`` (every key changes, an
+    old store gives no hit) in the same commit; then regenerate with KATA_UPDATE_GOLDEN=1.
+    The sandbox (seccomp, AppArmor, capabilities, masked paths) is left out on purpose: it
+    only takes abilities away, and is not a key (docs/architecture.md, "What is in a key")."""
+    step = Step(name="s", image=ImageRef.parse("busybox@sha256:" + "a" * 64),
+                commands=("make", "make check"), env=(("A", "1"), ("PATH", "/opt/bin")),
+                secrets=("TOKEN",), user="1000:1000", network="none",
+                resources=Resources(memory=64 << 20, cpus=1.0, pids=64))
+    _, seen = realised(step, (("G", "2"),), dirs)
+    oci = seen["oci"]
+    process = oci["process"]
+    got = {
+        "args": process["args"], "env": process["env"], "cwd": process["cwd"],
+        "user": process["user"], "rlimits": process["rlimits"],
+        "terminal": process["terminal"], "hostname": oci["hostname"],
+        "namespaces": oci["linux"]["namespaces"], "resources": oci["linux"]["resources"],
+        "mounts": [{**m, "source": m["source"].replace(str(dirs["ws"].parent), "<tmp>")}
+                   for m in oci["mounts"]],
+    }
+    if os.environ.get("KATA_UPDATE_GOLDEN"):
+        GOLDEN_CONTAINER.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(GOLDEN_CONTAINER.read_text())
+
+
+def test_env_order_is_the_keys_order(dirs) -> None:
+    """The key sorts env by name; the container got the config's order (`env` prints it,
+    a tool that takes the first or last of a list of variables sees it), so two configs
+    with one key ran two different environments."""
+    a = Step(name="s", image=ImageRef.parse("alpine:3.19"), env=(("B", "1"), ("A", "2")),
+             context=("CI",))
+    b = dataclasses.replace(a, env=(("A", "2"), ("B", "1")))
+    (ha, seen_a), (hb, seen_b) = (realised(a, (("Z", "0"), ("G", "1")), dirs),
+                                  realised(b, (("G", "1"), ("Z", "0")), dirs))
+    assert ha == hb
+    assert seen_a["oci"]["process"]["env"] == seen_b["oci"]["process"]["env"]
