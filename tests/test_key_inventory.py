@@ -255,3 +255,25 @@ def test_env_order_is_the_keys_order(dirs) -> None:
                                   realised(b, (("G", "1"), ("Z", "0")), dirs))
     assert ha == hb
     assert seen_a["oci"]["process"]["env"] == seen_b["oci"]["process"]["env"]
+
+
+def test_every_field_out_of_the_key_is_documented() -> None:
+    """Each deliberately-out field is named in docs/architecture.md's key inventory."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("## What is in a key, and what is not"):]
+    section = section[:section.index("\n## ", 5)]
+    out = {"timeout", "name", "description", "only", "when", "allow_failure", "retry",
+           "matrix", "resources", "cache.paths", "labels"}
+    assert out >= {f for f, why in STEP_FIELDS.items() if why != "key"} - {
+        "position", "dep_positions", "matrix_of"}
+    for field in out:
+        assert f"`{field}`" in section, field
+
+
+def test_the_platform_is_fixed_since_it_is_not_in_the_key() -> None:
+    """The key names an image by the digest the tag resolved to, often an index: which of
+    its manifests runs is not in the key. It is always linux/amd64; a change (the host's
+    platform) must put the platform into the derivation first."""
+    from kata.runtimes.containerd import images
+
+    assert images.PLATFORM == ("linux", "amd64")
