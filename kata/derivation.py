@@ -1,10 +1,10 @@
 """Derivations: what a step computes, as a frozen value with a canonical encoding.
 
-Encoding (format tag `kata-drv/1`): msgpack of `["kata-drv/1", {field: value}]`
+Encoding (format tag `kata-drv/2`): msgpack of `["kata-drv/2", {field: value}]`
 with map keys sorted, env as sorted `[name, value]` pairs, secrets, artifacts,
 cache paths and dependency hashes sorted, services sorted by name. The
 derivation hash is the sha256 hex of those bytes (the input-addressed key).
-The resolved hash (`kata-drv-resolved/1`) is the same encoding with the
+The resolved hash (`kata-drv-resolved/2`) is the same encoding with the
 dependency derivation hashes replaced by the sorted output tree digests of the
 dependencies (the early-cutoff key).
 
@@ -28,8 +28,11 @@ import msgpack
 from kata.errors import KataError
 from kata.inputs import InputFile
 
-FORMAT = "kata-drv/1"
-RESOLVED_FORMAT = "kata-drv-resolved/1"
+# /2: declared resource limits are hashed, and the container's env follows the key's
+# (sorted) order; a /1 key could name a result made under other limits or another env
+# order, so no /1 record is read
+FORMAT = "kata-drv/2"
+RESOLVED_FORMAT = "kata-drv-resolved/2"
 RECORD_FORMAT = "kata-drv-record/1"
 # YAML "\ud800" escapes and non-UTF-8 file names give lone surrogates: encode them exactly
 _U = "surrogatepass"
