@@ -56,3 +56,32 @@ def test_export_without_run_never_takes_an_untrusted_runs_artifacts(tmp_path) ->
                 store=store, cwd=repo)
     assert proc.returncode == 0, proc.stderr
     assert (named / "build" / "dist" / "app").read_text() == "evil"
+
+
+def test_untrusted_runs_without_a_ref_do_not_share_one_quarantine(tmp_path, monkeypatch) -> None:
+    """A pull-request bot runs each fork's head detached (no branch): under the empty ref
+    every such run wrote and read `quarantine:`, so one fork's run restored the cache
+    directory (a planted `node_modules`) another fork's run left. Each is now its commit's."""
+    from kata import keys
+    from kata.trust import scope_for
+
+    config = tmp_path / "host.yaml"
+    config.write_text("{}\n")
+    monkeypatch.setenv("KATA_CONFIG", str(config))
+    a = scope_for(tmp_path, branch="", event="pull_request", default_branch="main",
+                  commit="a" * 40)
+    b = scope_for(tmp_path, branch="", event="pull_request", default_branch="main",
+                  commit="b" * 40)
+    assert not a.trusted and not b.trusted
+    assert a.label() == "quarantine:commit:" + "a" * 40
+    key = "c" * 64
+    assert not set(keys.cache_dir_keys(a, key)) & {(l, k) for l, k in keys.cache_dir_keys(b, key)
+                                                   if l.startswith("quarantine:")}
+    assert set(a.realisation_keys(key)) & set(b.realisation_keys(key)) == {key}
+    # both still read what trusted runs of the default branch wrote
+    assert ("ref:refs/heads/main", keys.scoped_key("ref:refs/heads/main", key)) in \
+        keys.cache_dir_keys(a, key)
+    # a ref keeps its own quarantine; a trusted run without a ref is unchanged
+    assert scope_for(tmp_path, branch="pr-7", event="pull_request",
+                     commit="a" * 40).label() == "quarantine:refs/heads/pr-7"
+    assert scope_for(tmp_path / "nogit", branch="", commit="a" * 40).ref == ""

@@ -242,7 +242,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
 
     scope = scope_for(repo_root, branch=git_branch, tag=cond_ctx.tag if event else "",
                       event=event or "", hook=hook, default_branch=default_branch,
-                      untrusted=untrusted)
+                      untrusted=untrusted, commit=commit or "")
     obj = ctx.find_root().obj or {}
     remote_config = _remote_cache_config(remote_cache, remote_instance)
     executor = _remote_executor((ctx.obj or {}).get("remote_executor"), remote_instance)
