@@ -161,7 +161,9 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
     oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"))
     oci["linux"].pop("cgroupsPath")  # the container id's
     seen = {"oci": oci, "hostname": spec.hostname,
-            "services": [dataclasses.replace(s, owned=()) for s in spec.services]}
+            # env as a list: the order reaches the service's process (dicts compare unordered)
+            "services": [(dataclasses.replace(s, owned=()), list(s.env.items()))
+                         for s in spec.services]}
     return node.drv_hash, seen
 
 
@@ -248,13 +250,16 @@ def test_env_order_is_the_keys_order(dirs) -> None:
     """The key sorts env by name; the container got the config's order (`env` prints it,
     a tool that takes the first or last of a list of variables sees it), so two configs
     with one key ran two different environments."""
+    db = Service(name="db", image=ImageRef.parse("postgres:16"), env=(("Y", "1"), ("X", "2")))
     a = Step(name="s", image=ImageRef.parse("alpine:3.19"), env=(("B", "1"), ("A", "2")),
-             context=("CI",))
-    b = dataclasses.replace(a, env=(("A", "2"), ("B", "1")))
+             context=("CI",), services=(db,))
+    b = dataclasses.replace(a, env=(("A", "2"), ("B", "1")),
+                            services=(dataclasses.replace(db, env=(("X", "2"), ("Y", "1"))),))
     (ha, seen_a), (hb, seen_b) = (realised(a, (("Z", "0"), ("G", "1")), dirs),
                                   realised(b, (("G", "1"), ("Z", "0")), dirs))
     assert ha == hb
     assert seen_a["oci"]["process"]["env"] == seen_b["oci"]["process"]["env"]
+    assert seen_a["services"] == seen_b["services"]
 
 
 def test_every_field_out_of_the_key_is_documented() -> None:
