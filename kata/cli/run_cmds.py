@@ -666,7 +666,8 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
 
 @click.command("export")
-@click.option("--run", "run_id", metavar="ID", help="That run (default: the last trusted one; an untrusted run's only by its ID).")
+@click.option("--run", "run_id", metavar="ID",
+              help="That run (default: the last trusted one; an untrusted run's only by its ID).")
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="This step's artifacts only (one: directly into DIR; a matrix step's "
                    "name: every instance's); repeatable.")
