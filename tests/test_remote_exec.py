@@ -680,3 +680,47 @@ def test_a_worker_needs_no_cas_copy_of_a_blob_it_has_seen(grid, kata):
         assert f"BatchReadBlobs {digest}" not in w1.text(), w1.text()[-2000:]
         assert not re.search(r"lease \S+ failed", w1.text()), w1.text()[-2000:]
     assert worker_of(kata, "second") == "w1"
+
+
+def _peak_rss(pid: int) -> int:
+    """A live process's peak resident set (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_step_with_huge_output_costs_neither_end_its_size_in_memory(grid, workers, kata):
+    """A step printing 256 MiB: the worker and the client hold a bounded part of it, as a
+    local run does (its client stayed under 100 MB for 400 MB of output). Found by a new
+    user: both ends kept the whole output in memory, several copies of it (400 MB of
+    output cost the client 2.3 GB and the worker 840 MB), so a test suite that prints a
+    few GiB would kill either; and the log still arrives whole."""
+    bg, image = grid
+    size = 256 << 20
+    pipeline = {"pipeline": "huge", "steps": [
+        {"name": "loud", "image": image, "inputs": [],
+         "commands": [f"head -c {size} /dev/zero | tr '\\0' y | fold -w 10000", "echo end"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _pid, status, usage = os.wait4(run.pid, 0)
+    finally:
+        if run.returncode is None and run.poll() is None:
+            run.kill()
+            run.wait()
+    run.returncode = os.waitstatus_to_exitcode(status)
+    assert run.returncode == 0, run.stderr.read()
+    client_peak = usage.ru_maxrss * 1024
+    ran_on = worker_of(kata, "loud")
+    worker = next(w for w in workers if w.name == ran_on)
+    worker_peak = _peak_rss(worker.proc.pid)
+    # (both ~150 MiB with the fix, ~60 of it the process at rest; 1.4 GiB and 600 MiB before)
+    assert client_peak < size, f"the client peaked at {client_peak >> 20} MiB"
+    assert worker_peak < size, f"worker {ran_on} peaked at {worker_peak >> 20} MiB"
+    logs = subprocess.run([*kata.base, "logs", "--step", "loud"], cwd=kata.repo, env=kata.env,
+                          capture_output=True, timeout=300)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.count(b"y") == size and logs.stdout.rstrip().endswith(b"end")
+

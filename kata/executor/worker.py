@@ -315,6 +315,7 @@ class Worker:
         try:
             work = Path(tempfile.mkdtemp(prefix=f"{LEASE_PREFIX}{os.getpid()}-",
                                          dir=self.work_root))
+            job.log.spill_dir = str(work)  # a long log goes there, swept with the lease
             result = self._execute(job, meta, work)
             status = status_pb2.Status(code=OK)
         except KataError as err:
@@ -341,6 +342,7 @@ class Worker:
                 wake.set()  # cut the long poll short: report it now
         if job.sent is not None:  # after the report: off the step's path
             self._keep(job.sent)
+        job.log.discard()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -417,9 +419,9 @@ class Worker:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        return self._upload(job, workspace, job.log.data(), service_logs, exit_status, meta)
+        return self._upload(job, workspace, job.log, service_logs, exit_status, meta)
 
-    def _upload(self, job: _Job, workspace: Path, log: bytes,
+    def _upload(self, job: _Job, workspace: Path, log: LogBuffer,
                 service_logs: dict[str, bytearray], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
@@ -434,16 +436,21 @@ class Worker:
             blobs[files.key(digest)] = data
             services.files.add(name=f"{name}.log", digest=digest)
         services_tree = files.message_bytes(re_pb2.Tree(root=services))
-        stdout = files.digest_of(log)
+        log_hash, log_size = log.digest
+        stdout = re_pb2.Digest(hash=log_hash, size_bytes=log_size)
         blobs.update({files.key(files.digest_of(tree)): tree,
-                      files.key(files.digest_of(services_tree)): services_tree,
-                      files.key(stdout): log})
+                      files.key(files.digest_of(services_tree)): services_tree})
+        sent_files = packed.files
+        if log.path is None:
+            blobs[log_hash] = log.data()
+        else:  # streamed from its file (a log of GiBs is never held in memory)
+            sent_files = {**packed.files, log_hash: log.path}
         # FindMissingBlobs decides (never trusting that the inputs it read are still
         # there: the result must name only blobs the CAS holds)
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
-        files.upload(self.cas, blobs, packed.files)
+        files.upload(self.cas, blobs, sent_files)
         job.sent = packed
         meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
