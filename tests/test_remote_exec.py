@@ -724,3 +724,35 @@ def test_a_step_with_huge_output_costs_neither_end_its_size_in_memory(grid, work
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout.count(b"y") == size and logs.stdout.rstrip().endswith(b"end")
 
+
+def test_a_second_worker_under_a_taken_name_stops_the_first_with_a_clear_error(grid, kata):
+    """BuildGrid replaces a bot's session when a new one opens under the same bot id (a
+    worker restarted). Two live workers given one --name each replaced the other's session
+    for ever, their steps re-queued until BuildGrid gave up ("Job was retried 5
+    unsuccessfully"): found by a new user. The older one now says so and exits 2; the
+    newer one keeps the name and runs the steps."""
+    bg, image = grid
+    first = Worker("twin", bg.url, bg.logstream)
+    second = None
+    try:
+        first.wait_ready()
+        second = Worker("twin", bg.url, bg.logstream)
+        second.wait_ready()
+        try:
+            first.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"both workers kept the name:\n{first.text()}") from None
+        assert first.proc.returncode == 2, first.text()
+        errors = [x for x in first.text().splitlines() if x.startswith("error: ")]
+        assert len(errors) == 1 and "'twin'" in errors[0] and "--name" in errors[0], errors
+        assert "Traceback" not in first.text()
+        pipeline = {"pipeline": "twin", "steps": [
+            {"name": "one", "image": image, "inputs": [], "commands": ["echo one"]}]}
+        (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        run = kata("run", "--remote-executor", bg.url)
+        assert run.returncode == 0, run.stdout + run.stderr + second.text()
+        assert worker_of(kata, "one") == "twin" and second.proc.poll() is None
+    finally:
+        first.close()
+        if second is not None:
+            second.close()

@@ -76,6 +76,10 @@ LEASE_PENDING, LEASE_ACTIVE, LEASE_COMPLETED, LEASE_CANCELLED = 1, 2, 4, 5
 BOT_OK = 1
 _SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+# BuildGrid's answer to a bot whose session a newer one under the same bot id replaced (a
+# worker restarted, or another one given the same --name: both would replace the other's
+# session for ever, re-queueing each other's steps)
+_NAME_TAKEN = "Mismatch between client supplied bot_id/bot_name"
 # answers to the first CreateBotSession that retrying cannot change: no Bots service there
 # (a cache-only server), an instance it does not have, credentials it refuses
 _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
@@ -170,6 +174,12 @@ class Worker:
                     delay = 0.2
                 except grpc.RpcError as err:
                     code = err.code()  # type: ignore[attr-defined]
+                    if session is not None and _NAME_TAKEN in (err.details() or ""):  # type: ignore[attr-defined]
+                        raise KataError("worker.name_taken", f"another worker opened a "
+                                        f"session at {self.url} under this one's name "
+                                        f"{self.name!r}, which replaced this one's: give "
+                                        "each worker its own --name (this one stops; the "
+                                        "scheduler re-queued its steps)", exit_code=2) from None
                     if session is not None and code in _SESSION_GONE:
                         LOG.warning("the scheduler dropped session %s (%s): opening a new one",
                                     session.name, err.details())  # type: ignore[attr-defined]
