@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -756,3 +757,42 @@ def test_a_second_worker_under_a_taken_name_stops_the_first_with_a_clear_error(g
         first.close()
         if second is not None:
             second.close()
+
+
+def test_a_step_no_worker_takes_says_so_while_it_waits(grid, kata):
+    """With no worker running (none started yet, all stopped), BuildGrid keeps a step queued
+    for as long as it takes, and `kata run` printed nothing after `[RUN]`: a new user
+    cannot tell a slow step from one nobody runs. After QUEUED_NOTICE seconds the step's
+    output says it is queued and what to check; Ctrl-C still ends the run (exit 130)."""
+    from kata.executor.client import QUEUED_NOTICE
+
+    bg, image = grid
+    pipeline = {"pipeline": "waiting", "steps": [
+        {"name": "alone", "image": image, "inputs": [], "timeout": "5s",
+         "commands": ["echo nobody runs this"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        # workers other tests stopped may hold it until BuildGrid's keep-alive (8 s) ends
+        deadline = time.monotonic() + QUEUED_NOTICE + 60
+        while not any("kata: queued" in x for x in lines):
+            assert time.monotonic() < deadline and run.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        run.wait(60)
+        reader.join(10)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    said = "".join(lines)
+    notice = next(x for x in said.splitlines() if "kata: queued" in x)
+    assert notice.startswith("alone | kata: queued for "), notice
+    assert "no worker has taken the step" in notice and "kata worker" in notice, notice
+    assert run.returncode == 130, said + run.stderr.read()  # type: ignore[union-attr]

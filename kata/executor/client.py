@@ -66,6 +66,7 @@ _CANNOT_SEND = ("remote.unsupported_name", "remote.unsupported_file")
 # a log stream server that answers these serves no log streams: stop asking in this run
 _NO_STREAMS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
 STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver its end
+QUEUED_NOTICE = 20.0  # seconds queued before a step's output says no worker has taken it
 LOG_IN_MEMORY = 1 << 20  # a result's log up to this size is read with its trees, in one call
 
 
@@ -299,6 +300,7 @@ class _LiveLog:
         self.said = False  # has finish() begun to hand the record to the sink?
         self.partial = b""  # an unfinished line (for a sink of lines)
         self.running = getattr(sink, "running", None)  # called once a worker has the step
+        self.queued_since: float | None = None  # when the scheduler last queued it
 
     def watch(self, op: operations_pb2.Operation) -> None:
         meta = re_pb2.ExecuteOperationMetadata()
@@ -307,6 +309,7 @@ class _LiveLog:
         if meta.stage == re_pb2.ExecutionStage.EXECUTING and self.running is not None:
             self.running()  # a worker has it: no longer queued (the web view's timeline)
             self.running = None
+        self._queued(meta.stage == re_pb2.ExecutionStage.QUEUED)
         if not self.runtime.streaming or not meta.stdout_stream_name:
             return
         if self.follower is not None:
@@ -324,6 +327,22 @@ class _LiveLog:
         logs = self.runtime._logs
         self.follower = Follower(logs.channel, meta.stdout_stream_name, self._deliver,
                                  logs.metadata)
+
+    def _queued(self, queued: bool) -> None:
+        """Say once when the step has waited ``QUEUED_NOTICE`` s for a worker (BuildGrid
+        keeps it queued for ever when none runs; its stream repeats the stage every few
+        seconds, so this is seen)."""
+        now = time.monotonic()
+        if not queued:
+            self.queued_since = None
+        elif self.queued_since is None:
+            self.queued_since = now
+        elif self.queued_since != -1.0 and now - self.queued_since >= QUEUED_NOTICE:
+            instance = self.runtime.instance
+            self._say(f"kata: queued for {now - self.queued_since:.0f}s: no worker has taken "
+                      f"the step yet (is a `kata worker` running for {self.runtime.url}"
+                      f"{' instance ' + instance if instance else ''}, with a free slot?)\n")
+            self.queued_since = -1.0  # said: once per step
 
     def _deliver(self, data: bytes) -> None:  # from the follower's thread
         self.got += len(data)
