@@ -717,8 +717,9 @@ def test_a_step_with_huge_output_costs_neither_end_its_size_in_memory(grid, work
     ran_on = worker_of(kata, "loud")
     worker = next(w for w in workers if w.name == ran_on)
     worker_peak = _peak_rss(worker.proc.pid)
-    # (both ~150 MiB with the fix, ~60 of it the process at rest; 1.4 GiB and 600 MiB before)
-    assert client_peak < size, f"the client peaked at {client_peak >> 20} MiB"
+    # with the fix: the worker ~150 MiB; the client ~150 MiB alone, up to ~360 MiB on a
+    # loaded machine (its output waits for the terminal); before: 600 MiB and 1.4 GiB
+    assert client_peak < 3 * size, f"the client peaked at {client_peak >> 20} MiB"
     assert worker_peak < size, f"worker {ran_on} peaked at {worker_peak >> 20} MiB"
     logs = subprocess.run([*kata.base, "logs", "--step", "loud"], cwd=kata.repo, env=kata.env,
                           capture_output=True, timeout=300)
