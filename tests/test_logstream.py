@@ -5,6 +5,7 @@ with BuildGrid and workers: tests/test_remote_exec.py."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -137,6 +138,13 @@ def _write(channel, stream, data: bytes) -> None:
     write_stream(channel, stream.write_resource_name, buffer).join(10)
 
 
+def _record(data: bytes):  # noqa: ANN202
+    """(digest, bytes) of a result's stdout blob, as _LiveLog.finish takes it."""
+    from kata.executor import files
+
+    return files.digest_of(data), data
+
+
 def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
     """kata.executor.client._LiveLog over a real stream: a line sink gets each line once;
     a stream that moves to another worker says so; a record that disagrees wins."""
@@ -154,7 +162,7 @@ def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
     live.follower.finish(10)  # type: ignore[union-attr]
     live.watch(_op(second.name, "w2"))
     _write(server, second, b"one\n")  # w2 streams part of its output
-    live.finish("w2", b"one\ntwo\n")  # its record has the rest
+    live.finish("w2", *_record(b"one\ntwo\n"))  # its record has the rest
     assert lines == [b"kata: ran on worker w1", b"one", b"tw",
                      b"kata: worker w1 lost the step; the scheduler gave it to worker w2, "
                      b"whose output follows", b"one", b"two"]
@@ -163,7 +171,7 @@ def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
     live = _LiveLog(runtime, lambda stream, line: lines.append(line))  # type: ignore[arg-type]
     live.watch(_op(third.name, "w1"))
     _write(server, third, b"not what ran\n")
-    live.finish("w1", b"what ran\n")
+    live.finish("w1", *_record(b"what ran\n"))
     assert lines == [b"kata: ran on worker w1", b"not what ran",
                      b"kata: the live output differs from the worker's record of it; the "
                      b"record follows", b"what ran"]
@@ -175,7 +183,7 @@ def test_the_client_passes_on_what_streamed_then_the_rest_of_the_record(server):
     live.watch(_op(fourth.name, "w2"))
     live.watch(_op(fifth.name, "w2"))
     _write(server, fifth, b"again\n")
-    live.finish("w2", b"again\n")
+    live.finish("w2", *_record(b"again\n"))
     assert lines == [b"kata: ran on worker w2",
                      b"kata: the scheduler gave the step to worker w2 again, whose output "
                      b"follows", b"again"]
@@ -201,3 +209,63 @@ def test_a_bad_listen_address_is_exit_2_with_the_reason_and_no_grpc_log(listen, 
                               capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and "add_port" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_client_reads_a_long_record_in_chunks_and_checks_what_streamed():
+    """A record over ``LOG_IN_MEMORY`` is read from the CAS chunk by chunk (a step may print
+    GiBs; tests/test_remote_exec.py measures that end to end): what streamed is checked
+    against the record's first bytes across chunk boundaries, and a read that breaks
+    (RemoteError; RemoteRuntime._call calls finish again) repeats no line."""
+    from types import SimpleNamespace
+
+    from kata.executor.client import _LiveLog
+    from kata.remote.cas import RemoteError
+
+    record = b"one\ntwo\nthree\nfour\n"
+    broken = [True]
+
+    def read(digest):  # noqa: ANN001, ANN202 - a CAS that breaks once, mid-blob
+        for i in range(0, len(record), 3):
+            if i >= 9 and broken[0]:
+                broken[0] = False
+                raise RemoteError("remote.unavailable", "the CAS went away")
+            yield record[i:i + 3]
+
+    runtime = SimpleNamespace(cas=SimpleNamespace(read=read), streaming=True)
+    for streamed, expect in [
+            (b"one\ntw", [b"one", b"two", b"three", b"four"]),
+            (b"one\ntwX", [b"one", b"twX", b"kata: the live output differs from the worker's "
+                           b"record of it; the record follows", b"one", b"two", b"three",
+                           b"four"])]:
+        lines: list[bytes] = []
+        live = _LiveLog(runtime, lambda stream, line: lines.append(line))  # type: ignore[arg-type]
+        live.worker = "w1"
+        live.follower = SimpleNamespace(finish=lambda wait: None, stop=lambda: None)
+        live._deliver(streamed)
+        broken[0] = True
+        with pytest.raises(RemoteError):
+            live.finish("w1", _record(record)[0], None)
+        live.finish("w1", _record(record)[0], None)  # the retry
+        assert lines == expect, lines
+
+
+def test_a_log_buffer_moves_to_a_file_past_its_memory_and_reads_the_same(tmp_path):
+    """The worker's LogBuffer keeps ``in_memory`` bytes at most: past that its output is in a
+    file in ``spill_dir`` (the lease's directory), read back whole by a stream that began
+    before the move, hashed as it came, removed by ``discard``."""
+    import hashlib
+
+    buffer = LogBuffer(in_memory=10)
+    buffer.spill_dir = str(tmp_path)
+    reader = buffer.chunks()
+    buffer.append(b"0123456")
+    assert next(reader) == b"0123456" and buffer.path is None
+    buffer.append(b"789abcdef")
+    assert buffer.path is not None and buffer.path.startswith(str(tmp_path))
+    buffer.close()
+    assert b"".join(reader) == b"789abcdef"
+    assert b"".join(buffer.chunks(3)) == b"3456789abcdef"
+    assert buffer.digest == (hashlib.sha256(b"0123456789abcdef").hexdigest(), 16)
+    path = buffer.path
+    buffer.discard()
+    assert not Path(path).exists() and list(buffer.chunks()) == []

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -724,3 +725,119 @@ def test_a_worker_sends_back_no_input_it_just_read_and_the_client_uses_its_own_c
         assert f"show | {content.decode().strip().upper()}" in out, out
         assert not stored_blob(bg, digest), "the worker sent back an input it had just read"
         assert f"BatchReadBlobs {digest}" not in w1.text(), w1.text()[-2000:]
+
+
+def _peak_rss(pid: int) -> int:
+    """A live process's peak resident set (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_step_with_huge_output_costs_neither_end_its_size_in_memory(grid, workers, kata):
+    """A step printing 256 MiB: the worker and the client hold a bounded part of it, as a
+    local run does (its client stayed under 100 MB for 400 MB of output). Found by a new
+    user: both ends kept the whole output in memory, several copies of it (400 MB of
+    output cost the client 2.3 GB and the worker 840 MB), so a test suite that prints a
+    few GiB would kill either; and the log still arrives whole."""
+    bg, image = grid
+    size = 256 << 20
+    pipeline = {"pipeline": "huge", "steps": [
+        {"name": "loud", "image": image, "inputs": [],
+         "commands": [f"head -c {size} /dev/zero | tr '\\0' y | fold -w 10000", "echo end"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _pid, status, usage = os.wait4(run.pid, 0)
+    finally:
+        if run.returncode is None and run.poll() is None:
+            run.kill()
+            run.wait()
+    run.returncode = os.waitstatus_to_exitcode(status)
+    assert run.returncode == 0, run.stderr.read()
+    client_peak = usage.ru_maxrss * 1024
+    ran_on = worker_of(kata, "loud")
+    worker = next(w for w in workers if w.name == ran_on)
+    worker_peak = _peak_rss(worker.proc.pid)
+    # with the fix: the worker ~150 MiB; the client ~150 MiB alone, up to ~360 MiB on a
+    # loaded machine (its output waits for the terminal); before: 600 MiB and 1.4 GiB
+    assert client_peak < 3 * size, f"the client peaked at {client_peak >> 20} MiB"
+    assert worker_peak < size, f"worker {ran_on} peaked at {worker_peak >> 20} MiB"
+    logs = subprocess.run([*kata.base, "logs", "--step", "loud"], cwd=kata.repo, env=kata.env,
+                          capture_output=True, timeout=300)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.count(b"y") == size and logs.stdout.rstrip().endswith(b"end")
+
+
+def test_a_second_worker_under_a_taken_name_stops_the_first_with_a_clear_error(grid, kata):
+    """BuildGrid replaces a bot's session when a new one opens under the same bot id (a
+    worker restarted). Two live workers given one --name each replaced the other's session
+    for ever, their steps re-queued until BuildGrid gave up ("Job was retried 5
+    unsuccessfully"): found by a new user. The older one now says so and exits 2; the
+    newer one keeps the name and runs the steps."""
+    bg, image = grid
+    first = Worker("twin", bg.url, bg.logstream)
+    second = None
+    try:
+        first.wait_ready()
+        second = Worker("twin", bg.url, bg.logstream)
+        second.wait_ready()
+        try:
+            first.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"both workers kept the name:\n{first.text()}") from None
+        assert first.proc.returncode == 2, first.text()
+        errors = [x for x in first.text().splitlines() if x.startswith("error: ")]
+        assert len(errors) == 1 and "'twin'" in errors[0] and "--name" in errors[0], errors
+        assert "Traceback" not in first.text()
+        pipeline = {"pipeline": "twin", "steps": [
+            {"name": "one", "image": image, "inputs": [], "commands": ["echo one"]}]}
+        (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        run = kata("run", "--remote-executor", bg.url)
+        assert run.returncode == 0, run.stdout + run.stderr + second.text()
+        assert worker_of(kata, "one") == "twin" and second.proc.poll() is None
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_a_step_no_worker_takes_says_so_while_it_waits(grid, kata):
+    """With no worker running (none started yet, all stopped), BuildGrid keeps a step queued
+    for as long as it takes, and `kata run` printed nothing after `[RUN]`: a new user
+    cannot tell a slow step from one nobody runs. After QUEUED_NOTICE seconds the step's
+    output says it is queued and what to check; Ctrl-C still ends the run (exit 130)."""
+    from kata.executor.client import QUEUED_NOTICE
+
+    bg, image = grid
+    pipeline = {"pipeline": "waiting", "steps": [
+        {"name": "alone", "image": image, "inputs": [], "timeout": "5s",
+         "commands": ["echo nobody runs this"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url], cwd=kata.repo,
+                           env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    try:
+        # workers other tests stopped may hold it until BuildGrid's keep-alive (8 s) ends
+        deadline = time.monotonic() + QUEUED_NOTICE + 60
+        while not any("kata: queued" in x for x in lines):
+            assert time.monotonic() < deadline and run.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        run.wait(60)
+        reader.join(10)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    said = "".join(lines)
+    notice = next(x for x in said.splitlines() if "kata: queued" in x)
+    assert notice.startswith("alone | kata: queued for "), notice
+    assert "no worker has taken the step" in notice and "kata worker" in notice, notice
+    assert run.returncode == 130, said + run.stderr.read()  # type: ignore[union-attr]

@@ -34,6 +34,7 @@ the CAS), ``remote.failed`` (the operation ended with an error status), ``remote
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ _CANNOT_SEND = ("remote.unsupported_name", "remote.unsupported_file")
 # a log stream server that answers these serves no log streams: stop asking in this run
 _NO_STREAMS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
 STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver its end
+QUEUED_NOTICE = 20.0  # seconds queued before a step's output says no worker has taken it
+LOG_IN_MEMORY = 1 << 20  # a result's log up to this size is read with its trees, in one call
 
 
 def runs_remotely(spec: StepSpec) -> bool:
@@ -163,11 +166,15 @@ class RemoteRuntime:
             result = response.result
             outputs = {d.path: d.tree_digest for d in result.output_directories}
             special = [f.digest for f in result.output_files if f.path == act.SPECIAL_FILE]
+            stdout = result.stdout_digest
+            small = stdout.size_bytes <= LOG_IN_MEMORY  # else streamed: a log may be GiBs
             trees = self._call(lambda: self.cas.read_many([*outputs.values(), *special,
-                                                             result.stdout_digest]),
+                                                             *([stdout] if small else [])]),
                                "fetch the step's output")  # one call: trees and the log
-            live.finish(result.execution_metadata.worker or "?",
-                        trees[files.key(result.stdout_digest)])
+            self._call(lambda: live.finish(result.execution_metadata.worker or "?",
+                                           stdout, trees.get(files.key(stdout)) if small
+                                           else None),
+                       "fetch the step's output")
         finally:
             live.stop()
         if result.stderr_raw or result.stderr_digest.size_bytes:
@@ -292,9 +299,12 @@ class _LiveLog:
         self.raw = bool(getattr(sink, "raw", False))
         self.follower: Follower | None = None
         self.worker = ""
-        self.got = bytearray()  # what the current stream delivered
+        self.got = 0  # how many bytes the current stream delivered, and their hash:
+        self.got_hash = hashlib.sha256()  # never the bytes (a step may print GiBs)
+        self.said = False  # has finish() begun to hand the record to the sink?
         self.partial = b""  # an unfinished line (for a sink of lines)
         self.running = getattr(sink, "running", None)  # called once a worker has the step
+        self.queued_since: float | None = None  # when the scheduler last queued it
 
     def watch(self, op: operations_pb2.Operation) -> None:
         meta = re_pb2.ExecuteOperationMetadata()
@@ -303,6 +313,7 @@ class _LiveLog:
         if meta.stage == re_pb2.ExecutionStage.EXECUTING and self.running is not None:
             self.running()  # a worker has it: no longer queued (the web view's timeline)
             self.running = None
+        self._queued(meta.stage == re_pb2.ExecutionStage.QUEUED)
         if not self.runtime.streaming or not meta.stdout_stream_name:
             return
         if self.follower is not None:
@@ -316,13 +327,30 @@ class _LiveLog:
         else:
             self._say(_moved(self.worker, worker))
         self.worker = worker
-        self.got = bytearray()
+        self.got, self.got_hash = 0, hashlib.sha256()
         logs = self.runtime._logs
         self.follower = Follower(logs.channel, meta.stdout_stream_name, self._deliver,
                                  logs.metadata)
 
+    def _queued(self, queued: bool) -> None:
+        """Say once when the step has waited ``QUEUED_NOTICE`` s for a worker (BuildGrid
+        keeps it queued for ever when none runs; its stream repeats the stage every few
+        seconds, so this is seen)."""
+        now = time.monotonic()
+        if not queued:
+            self.queued_since = None
+        elif self.queued_since is None:
+            self.queued_since = now
+        elif self.queued_since != -1.0 and now - self.queued_since >= QUEUED_NOTICE:
+            instance = self.runtime.instance
+            self._say(f"kata: queued for {now - self.queued_since:.0f}s: no worker has taken "
+                      f"the step yet (is a `kata worker` running for {self.runtime.url}"
+                      f"{' instance ' + instance if instance else ''}, with a free slot?)\n")
+            self.queued_since = -1.0  # said: once per step
+
     def _deliver(self, data: bytes) -> None:  # from the follower's thread
-        self.got.extend(data)
+        self.got += len(data)
+        self.got_hash.update(data)
         self._emit(data)
 
     def _emit(self, data: bytes) -> None:
@@ -349,23 +377,46 @@ class _LiveLog:
             if self.follower.failed in _NO_STREAMS:
                 self.runtime.streaming = False
 
-    def finish(self, worker: str, stdout: bytes) -> None:
-        """The step ended on ``worker`` with output ``stdout``: say what did not stream."""
-        streamed = b""
-        if self.follower is not None and self.worker == worker:
-            self.follower.finish(STREAM_TAIL_WAIT)
-            streamed = bytes(self.got)
-            if not stdout.startswith(streamed):
-                self._say("kata: the live output differs from the worker's record of it; "
-                          "the record follows\n")
-                streamed = b""
-        elif self.follower is not None:  # moved once more, unseen: say so, as in watch()
-            self.stop()
-            self._say(_moved(self.worker, worker))
-        else:
-            self._say(f"kata: ran on worker {worker}\n")
-        self._emit(stdout[len(streamed):])
+    def finish(self, worker: str, digest: re_pb2.Digest, data: bytes | None) -> None:
+        """The step ended on ``worker`` with output ``digest`` (its bytes ``data``, or None:
+        read from the CAS chunk by chunk, never whole): say what did not stream.
+        RemoteError from the CAS; called again after one, it goes on where it stopped."""
+        if not self.said:
+            self.said = True
+            if self.follower is not None and self.worker == worker:
+                self.follower.finish(STREAM_TAIL_WAIT)
+            elif self.follower is not None:  # moved once more, unseen: say so, as in watch()
+                self.stop()
+                self._say(_moved(self.worker, worker))
+                self.got = 0
+            else:
+                self._say(f"kata: ran on worker {worker}\n")
+            self.skip = self.got  # what streamed: checked against the record, not repeated
+            self.sent = 0  # how much of the record the sink has
+        while not self._hand_on(digest, data):
+            self._say("kata: the live output differs from the worker's record of it; "
+                      "the record follows\n")
+            self.skip = 0
         self._flush()
+
+    def _hand_on(self, digest: re_pb2.Digest, data: bytes | None) -> bool:
+        """Give the sink the record beyond what it has; False (nothing given) when the
+        record does not begin with what streamed."""
+        chunks = iter((data,)) if data is not None else self.runtime.cas.read(digest)
+        streamed = hashlib.sha256()
+        offset = 0
+        for chunk in chunks:
+            end = offset + len(chunk)
+            if offset < self.skip:
+                streamed.update(chunk[:self.skip - offset])
+                if end >= self.skip and streamed.digest() != self.got_hash.digest():
+                    return False
+            start = max(self.skip, self.sent)
+            if end > start:
+                self._emit(chunk[max(start - offset, 0):])
+                self.sent = end
+            offset = end
+        return offset >= self.skip
 
 
 def _moved(before: str, now: str) -> str:

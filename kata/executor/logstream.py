@@ -28,11 +28,15 @@ only; the step's output still arrives, whole, with its result.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -187,17 +191,36 @@ def serve(listen: str, *, threads: int = 64, **options: float) -> tuple[grpc.Ser
 # -- the worker ------------------------------------------------------------------------------
 class LogBuffer:
     """A step's output as it grows: ``append`` (the runtime's sink), ``close`` (the step
-    ended), ``data()`` (all of it); ``chunks(offset)`` yields what is there from
-    ``offset`` and then what follows, until closed."""
+    ended), ``data()`` (all of it, when it stayed in memory), ``digest`` and ``path`` (its
+    hash and size; the file holding it once it outgrew memory), ``chunks(offset)`` (what
+    is there from ``offset`` and then what follows, until closed), ``discard`` (remove
+    the file). Up to ``in_memory`` bytes stay in memory; beyond that the output goes to a
+    file in ``spill_dir`` (set before the step runs; default the temp directory), so a
+    step that prints GiBs costs the worker no more memory than one that prints little."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_memory: int = 1 << 20) -> None:
+        self.in_memory = in_memory
+        self.spill_dir: str | None = None
         self._data = bytearray()
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._hash = hashlib.sha256()
         self._closed = False
         self._cond = threading.Condition()
 
     def append(self, data: bytes) -> None:
         with self._cond:
-            self._data.extend(data)
+            self._hash.update(data)
+            if self._file is None and len(self._data) + len(data) > self.in_memory:
+                self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open
+                    prefix="kata-log-", dir=self.spill_dir, buffering=0)
+                self._file.write(self._data)
+                self._data = bytearray()
+            if self._file is not None:
+                self._file.write(data)
+            else:
+                self._data.extend(data)
+            self._size += len(data)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -206,16 +229,43 @@ class LogBuffer:
             self._cond.notify_all()
 
     def data(self) -> bytes:
+        """All of it; only for a buffer that stayed in memory (``path`` is None)."""
         with self._cond:
+            assert self._file is None, "the log is in a file: use path"
             return bytes(self._data)
+
+    @property
+    def digest(self) -> tuple[str, int]:
+        """(sha256 hex, size in bytes) of what was appended so far."""
+        with self._cond:
+            return self._hash.hexdigest(), self._size
+
+    @property
+    def path(self) -> str | None:
+        """The file holding the output, or None while it fits in memory."""
+        return None if self._file is None else self._file.name
+
+    def discard(self) -> None:
+        with self._cond:
+            if self._file is not None:
+                self._file.close()  # removes it
+                self._file = None
+            self._data = bytearray()
+
+    def _read(self, offset: int) -> bytes:
+        if self._file is None:
+            return bytes(self._data[offset:offset + CHUNK])
+        return os.pread(self._file.fileno(), CHUNK, offset)
 
     def chunks(self, offset: int = 0) -> Iterator[bytes]:
         while True:
             with self._cond:
-                while len(self._data) <= offset and not self._closed:
+                while self._size <= offset and not self._closed:
                     self._cond.wait()
-                chunk = bytes(self._data[offset:offset + CHUNK])
-                closed = self._closed and len(self._data) <= offset + len(chunk)
+                if self._file is None and self._data == b"" and self._size:
+                    return  # discarded
+                chunk = self._read(offset)
+                closed = self._closed and self._size <= offset + len(chunk)
             if chunk:
                 yield chunk
                 offset += len(chunk)

@@ -83,6 +83,10 @@ LEASE_PENDING, LEASE_ACTIVE, LEASE_COMPLETED, LEASE_CANCELLED = 1, 2, 4, 5
 BOT_OK = 1
 _SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+# BuildGrid's answer to a bot whose session a newer one under the same bot id replaced (a
+# worker restarted, or another one given the same --name: both would replace the other's
+# session for ever, re-queueing each other's steps)
+_NAME_TAKEN = "Mismatch between client supplied bot_id/bot_name"
 # answers to the first CreateBotSession that retrying cannot change: no Bots service there
 # (a cache-only server), an instance it does not have, credentials it refuses
 _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
@@ -179,6 +183,12 @@ class Worker:
                     delay = 0.2
                 except grpc.RpcError as err:
                     code = err.code()  # type: ignore[attr-defined]
+                    if session is not None and _NAME_TAKEN in (err.details() or ""):  # type: ignore[attr-defined]
+                        raise KataError("worker.name_taken", f"another worker opened a "
+                                        f"session at {self.url} under this one's name "
+                                        f"{self.name!r}, which replaced this one's: give "
+                                        "each worker its own --name (this one stops; the "
+                                        "scheduler re-queued its steps)", exit_code=2) from None
                     if session is not None and code in _SESSION_GONE:
                         LOG.warning("the scheduler dropped session %s (%s): opening a new one",
                                     session.name, err.details())  # type: ignore[attr-defined]
@@ -324,6 +334,7 @@ class Worker:
         try:
             work = Path(tempfile.mkdtemp(prefix=f"{LEASE_PREFIX}{os.getpid()}-",
                                          dir=self.work_root))
+            job.log.spill_dir = str(work)  # a long log goes there, swept with the lease
             result = self._execute(job, meta, work)
             status = status_pb2.Status(code=OK)
         except KataError as err:
@@ -350,6 +361,7 @@ class Worker:
                 wake.set()  # cut the long poll short: report it now
         if job.sent is not None:  # after the report: off the step's path
             self._keep(job.sent)
+        job.log.discard()
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -427,10 +439,10 @@ class Worker:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        return self._upload(job, workspace, job.log.data(), service_logs, exit_status, meta,
+        return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
                             input_files)
 
-    def _upload(self, job: _Job, workspace: Path, log: bytes,
+    def _upload(self, job: _Job, workspace: Path, log: LogBuffer,
                 service_logs: dict[str, bytearray], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata,
                 input_files: set[str] = frozenset()) -> re_pb2.ActionResult:
@@ -446,10 +458,15 @@ class Worker:
             blobs[files.key(digest)] = data
             services.files.add(name=f"{name}.log", digest=digest)
         services_tree = files.message_bytes(re_pb2.Tree(root=services))
-        stdout = files.digest_of(log)
+        log_hash, log_size = log.digest
+        stdout = re_pb2.Digest(hash=log_hash, size_bytes=log_size)
         blobs.update({files.key(files.digest_of(tree)): tree,
-                      files.key(files.digest_of(services_tree)): services_tree,
-                      files.key(stdout): log})
+                      files.key(files.digest_of(services_tree)): services_tree})
+        sent_files = packed.files
+        if log.path is None:
+            blobs[log_hash] = log.data()
+        else:  # streamed from its file (a log of GiBs is never held in memory)
+            sent_files = {**packed.files, log_hash: log.path}
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
@@ -462,9 +479,9 @@ class Worker:
         # (or, for a few KiB in all, sending it; files.upload)
         # (the result's own blobs are always sent: a log may hold an input's very bytes,
         # and the client reads it from the CAS)
-        vouched = self._recent(input_files) - blobs.keys()
-        files.upload(self.cas, blobs, packed.files, set(vouched))
-        self._vouch((blobs.keys() | packed.files.keys()) - vouched)
+        vouched = self._recent(input_files) - blobs.keys() - {log_hash}
+        files.upload(self.cas, blobs, sent_files, set(vouched))
+        self._vouch((blobs.keys() | sent_files.keys()) - vouched)
         job.sent = packed
         meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
