@@ -242,7 +242,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
 
     scope = scope_for(repo_root, branch=git_branch, tag=cond_ctx.tag if event else "",
                       event=event or "", hook=hook, default_branch=default_branch,
-                      untrusted=untrusted)
+                      untrusted=untrusted, commit=commit or "")
     obj = ctx.find_root().obj or {}
     remote_config = _remote_cache_config(remote_cache, remote_instance)
     executor = _remote_executor((ctx.obj or {}).get("remote_executor"), remote_instance)
@@ -669,8 +669,8 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
 @click.command("export")
 @click.option("--run", "run_id", metavar="ID",
-              help="That run (default: the last one; with --step, the last one that "
-                   "has those steps).")
+              help="That run (default: the last trusted one, with --step the last that has "
+                   "those steps; an untrusted run's only by its ID).")
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="This step's artifacts only (one: directly into DIR; a matrix step's "
                    "name: every instance's); repeatable.")
@@ -698,7 +698,7 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
-        record, steps = _run_record(store, ctx, run_id, steps)
+        record, steps = _run_record(store, ctx, run_id, steps, trusted=True)
         with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
@@ -715,13 +715,16 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
 
 
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
-                steps: tuple[str, ...] = ()):
+                steps: tuple[str, ...] = (), *, trusted: bool = False):
     """(run record, step names): the run ``--run ID`` names, else the last run of this
     pipeline that has every step of ``steps`` (a `kata run --step` or `kata build` after
     it may have left them out; KataError logs.no_run: exit 2 for an ID that names no run,
     1 when nothing is recorded yet), and ``steps`` with a matrix step's name replaced by
     its instances' names, as ``kata run --step`` takes it (KataError logs.no_step, exit
-    2, for a name that is neither, in the last run's terms when no run has it)."""
+    2, for a name that is neither, in the last run's terms when no run has it).
+    ``trusted``: runs of a trusted scope only (``kata export``: an untrusted run's
+    artifacts are taken only when its ID is named, so a branch pushed after main cannot
+    make a deploy script ship what it built); stderr names the run."""
     if run_id:
         record = store.get_run(run_id)
         if record is None:
@@ -729,19 +732,30 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
                             "(`kata runs` lists the recorded ones)", obj=run_id)
         return record, _step_names(record, steps)
     pipeline = _pipeline_name(ctx)
-    last = None
+    last = chosen = None
     for record in store.iter_runs():  # newest first
-        if pipeline is not None and record.pipeline != pipeline:
+        if (pipeline and record.pipeline != pipeline) or \
+                (trusted and record.scope.startswith("quarantine:")):
             continue
         last = last or record
         try:
-            return record, _step_names(record, steps)
+            names = _step_names(record, steps)
         except KataError:
             continue  # not in this run: an older one may have them
+        chosen = record
+        break
     if last is None:
-        raise KataError("logs.no_run", "no run recorded yet" +
-                        (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
-    return last, _step_names(last, steps)  # no run has them: say what the last one has
+        raise KataError("logs.no_run", f"no {'trusted ' if trusted else ''}run recorded "
+                        "yet" + (f" for pipeline {pipeline!r}" if pipeline else "") +
+                        (" (an untrusted run's artifacts: --run ID)" if trusted else ""),
+                        exit_code=1)
+    if chosen is None:  # no run has them: say what the last one has
+        return last, _step_names(last, steps)
+    if trusted:
+        click.echo(f"kata: exporting run {chosen.id} ({chosen.scope or 'local'}), the "
+                   "last trusted run of the pipeline (an untrusted one only with --run ID)",
+                   err=True)
+    return chosen, names
 
 
 def _step_names(record, steps: tuple[str, ...]) -> tuple[str, ...]:  # noqa: ANN001
