@@ -123,3 +123,24 @@ def test_logs_and_export_take_a_matrix_steps_name_as_run_does(kata, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(INSTANCES)
     wrong = kata("logs", "--step", "tes")
     assert wrong.returncode == 2 and "has no step 'tes'" in wrong.stderr
+
+
+def test_logs_and_export_of_a_step_the_last_run_left_out_come_from_the_run_that_had_it(kata):
+    """`kata run --step test` (or `kata build //x`) after a whole run: `kata logs --step
+    report` said "run … has no step 'report' (it has: …)", though `kata logs`' help says
+    the last run's output and the step's is in the store; it now reads the newest run
+    that has the step (found after `kata build //sdist` on a real project)."""
+    whole = kata("run")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    part = kata("run", "--step", INSTANCES[2])
+    assert part.returncode == 0, part.stdout + part.stderr
+    logs = kata("logs", "--step", "report")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.startswith("== report: passed") and "slow-debian=debian" in logs.stdout
+    both = kata("logs", "--step", "report", "--step", INSTANCES[2])  # both in the whole run
+    assert both.returncode == 0 and "== report: passed" in both.stdout, both.stderr
+    alone = kata("logs")  # no --step: still the last run, and only its steps
+    assert alone.returncode == 0 and "== report" not in alone.stdout, alone.stdout
+    wrong = kata("logs", "--step", "nope")  # in no run: named against the last one
+    assert wrong.returncode == 2 and "has no step 'nope' (it has: " + INSTANCES[2] in \
+        wrong.stderr, wrong.stderr

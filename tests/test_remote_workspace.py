@@ -36,6 +36,7 @@ MAKE = ["mkdir -p out/d/e out/empty", "echo a > out/plain", "echo b > out/d/e/de
         "mkdir out/rodir && echo f > out/rodir/f && chmod 555 out/rodir"]
 LOOK = ["find . -path ./listing -prune -o -print | sort | "
         "while read -r p; do stat -c '%A %u:%g %s %N' \"$p\"; done > listing",
+        "echo \"SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH\" >> listing",  # a worker sets it too
         "cat listing"]
 
 
@@ -84,6 +85,7 @@ def test_a_remote_step_sees_and_makes_what_a_local_one_does(grid, workers, tmp_p
     # read-only files and directories (0444/0555), not 0644/0755
     seen_here, seen_there = _listing(here), _listing(there)
     assert any(x.startswith("-r--r--r-- 0:0 2 ./out/groupx") for x in seen_here), seen_here
+    assert "SOURCE_DATE_EPOCH=315619200" in seen_here
     assert seen_there == seen_here
 
 

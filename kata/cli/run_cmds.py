@@ -633,7 +633,9 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
 @click.command()
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="Only this step's log (a matrix step's name: every instance's); repeatable.")
-@click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
+@click.option("--run", "run_id", metavar="ID",
+              help="That run (default: the last one; with --step, the last one that "
+                   "has those steps).")
 @click.option("--service", "service", metavar="NAME",
               help="The log of the step's service NAME instead (with --step).")
 @config_file_option
@@ -667,7 +669,8 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
 @click.command("export")
 @click.option("--run", "run_id", metavar="ID",
-              help="That run (default: the last trusted one; an untrusted run's only by its ID).")
+              help="That run (default: the last trusted one, with --step the last that has "
+                   "those steps; an untrusted run's only by its ID).")
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="This step's artifacts only (one: directly into DIR; a matrix step's "
                    "name: every instance's); repeatable.")
@@ -714,35 +717,50 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
                 steps: tuple[str, ...] = (), *, trusted: bool = False):
     """(run record, step names): the run ``--run ID`` names, else the last run of this
-    pipeline (KataError logs.no_run: exit 2 for an ID that names no run, 1 when nothing
-    is recorded yet), and ``steps`` with a matrix step's name replaced by its instances'
-    names, as ``kata run --step`` takes it (KataError logs.no_step, exit 2, for a name
-    that is neither). ``trusted``: the last run of a trusted scope only (``kata export``:
-    an untrusted run's artifacts are taken only when its ID is named, so a branch pushed
-    after main cannot make a deploy script ship what it built); stderr names the run."""
+    pipeline that has every step of ``steps`` (a `kata run --step` or `kata build` after
+    it may have left them out; KataError logs.no_run: exit 2 for an ID that names no run,
+    1 when nothing is recorded yet), and ``steps`` with a matrix step's name replaced by
+    its instances' names, as ``kata run --step`` takes it (KataError logs.no_step, exit
+    2, for a name that is neither, in the last run's terms when no run has it).
+    ``trusted``: runs of a trusted scope only (``kata export``: an untrusted run's
+    artifacts are taken only when its ID is named, so a branch pushed after main cannot
+    make a deploy script ship what it built); stderr names the run."""
     if run_id:
         record = store.get_run(run_id)
         if record is None:
             raise KataError("logs.no_run", f"no run {run_id!r} in the store "
                             "(`kata runs` lists the recorded ones)", obj=run_id)
-    else:
-        pipeline = _pipeline_name(ctx)
-        if trusted:  # newest first, stopping at the first trusted one
-            last = next((r for r in store.iter_runs() if (not pipeline or r.pipeline == pipeline)
-                         and not r.scope.startswith("quarantine:")), None)
-            found = [last] if last is not None else []
-        else:
-            found = store.list_runs(pipeline=pipeline, limit=1)
-        if not found:
-            raise KataError("logs.no_run", f"no {'trusted ' if trusted else ''}run recorded "
-                            "yet" + (f" for pipeline {pipeline!r}" if pipeline else "") +
-                            (" (an untrusted run's artifacts: --run ID)" if trusted else ""),
-                            exit_code=1)
-        record = found[0]
-        if trusted:
-            click.echo(f"kata: exporting run {record.id} ({record.scope or 'local'}), the "
-                       "last trusted run of the pipeline (an untrusted one only with --run ID)",
-                       err=True)
+        return record, _step_names(record, steps)
+    pipeline = _pipeline_name(ctx)
+    last = chosen = None
+    for record in store.iter_runs():  # newest first
+        if (pipeline and record.pipeline != pipeline) or \
+                (trusted and record.scope.startswith("quarantine:")):
+            continue
+        last = last or record
+        try:
+            names = _step_names(record, steps)
+        except KataError:
+            continue  # not in this run: an older one may have them
+        chosen = record
+        break
+    if last is None:
+        raise KataError("logs.no_run", f"no {'trusted ' if trusted else ''}run recorded "
+                        "yet" + (f" for pipeline {pipeline!r}" if pipeline else "") +
+                        (" (an untrusted run's artifacts: --run ID)" if trusted else ""),
+                        exit_code=1)
+    if chosen is None:  # no run has them: say what the last one has
+        return last, _step_names(last, steps)
+    if trusted:
+        click.echo(f"kata: exporting run {chosen.id} ({chosen.scope or 'local'}), the "
+                   "last trusted run of the pipeline (an untrusted one only with --run ID)",
+                   err=True)
+    return chosen, names
+
+
+def _step_names(record, steps: tuple[str, ...]) -> tuple[str, ...]:  # noqa: ANN001
+    """``steps`` as ``record``'s step names (a matrix step's name: its instances', as
+    ``//name`` matches them); KataError logs.no_step (exit 2) for a name it lacks."""
     from kata.labels import Label
 
     known = [e.name for e in record.steps]
@@ -753,7 +771,7 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
             raise KataError("logs.no_step", f"run {record.id} has no step {name!r} (it "
                             f"has: {', '.join(known) or 'none'})", obj=name)
         names.extend(n for n in found if n not in names)
-    return record, tuple(names)
+    return tuple(names)
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001

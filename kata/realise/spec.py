@@ -16,6 +16,13 @@ from kata.model import is_env_name
 from kata.realise.output import MERGE_STDERR
 from kata.realise.workspace import SECRETS_PRELUDE, SECRETS_TARGET
 from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
+from store.tree import STEP_MTIME_NS
+
+#: ``SOURCE_DATE_EPOCH`` (reproducible-builds.org) of every step unless its env sets it:
+#: the mtime of what it sees (1980-01-02T00:00:00Z, ``STEP_MTIME_NS``), so what tools
+#: generate (a wheel's compiled module and dist-info, an sdist's PKG-INFO) carries that
+#: time too and is the same bytes on every run and host, as Nix's builders do.
+SOURCE_DATE_EPOCH = str(STEP_MTIME_NS // 10**9)
 
 if TYPE_CHECKING:
     from kata.compile import Node
@@ -85,9 +92,11 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
               env: Mapping[str, str], run_id: str,
               services: tuple[ServiceSpec, ...] = ()) -> StepSpec:
     """The step's container: its workspace bind-mounted at ``step.workdir``, the
-    pipeline's env under the step's, labels naming the run and the step."""
+    pipeline's env under the step's (both over ``SOURCE_DATE_EPOCH``), labels naming the
+    run and the step."""
     step = node.step
-    merged = dict(env)
+    merged = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
+    merged.update(env)
     merged.update(dict(step.env))
     # the run's context the step asked for: the values its key was computed with
     hashed = dict(node.derivation.env)

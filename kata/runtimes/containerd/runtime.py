@@ -242,9 +242,13 @@ class ContainerdRuntime:
             from .pod import run_pod
 
             simages = [self.images.run_image(self._ensure_image(s.image)) for s in spec.services]
+            if cancel.is_set():
+                return CANCEL_EXIT  # cancelled while its images were pulled: never started
             if running is not None:
                 running()
             return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
+        if cancel.is_set():
+            return CANCEL_EXIT  # cancelled while its image was pulled: never started
         if running is not None:
             running()
 
