@@ -177,6 +177,10 @@ class Realiser:
             assert hit.found is not None and hit.found.record is not None
             self._hit(name, hit.found.record, hit.key, "derivation", remote=hit.found.remote)
         to_run = list(plan.to_run)
+        lost = self._fetch_wanted()
+        if lost:  # rebuilt here, in the graph's order among the steps that run
+            chosen = {*to_run, *lost}
+            to_run = [n for n in self.graph.order if n in chosen]
         sched = None
         run_dir = self.options.work_root / f"run-{os.getpid()}-{self.run_id}"
         try:
@@ -465,13 +469,36 @@ class Realiser:
         away) is re-queued to be built here instead (``Requeue``)."""
         for dep in self.graph.nodes[name].deps:
             if not self._fetch_hit(dep):
-                with self._lock:
-                    self._stacks.pop(dep, None)
-                    self._producer = {t: s for t, s in self._producer.items() if s != dep}
-                self.emit(ev.CacheChecked(step=dep, hit=False, key=self._results[dep].key,
-                                          reason=REMOTE_LOST, damaged=True))
+                self._forget_hit(dep)
                 raise Requeue((dep,))
         self._record_fetched_stack(name)
+
+    def _fetch_wanted(self) -> list[str]:
+        """Fetch the remote hits among ``options.fetch`` (what ``--out`` copies) now, before
+        any step runs; the ones the remote cannot hand over (blobs it evicted, the remote
+        gone) are returned, each said to be a miss, to be rebuilt here in this run."""
+        lost = []
+        for name in self.options.fetch:
+            if not self._fetch_hit(name):
+                self._forget_hit(name)
+                lost.append(name)
+        # a hit's dependencies were not decided (nothing needed them): now they are, by
+        # their resolved hashes as any step's that runs (a hit there, or run too)
+        todo = list(lost)
+        while todo:
+            for dep in self.graph.nodes[todo.pop()].deps:
+                if dep not in self._results and dep not in lost:
+                    lost.append(dep)
+                    todo.append(dep)
+        return lost
+
+    def _forget_hit(self, name: str) -> None:
+        """A remote hit that cannot be fetched is a miss after all (rebuilt here)."""
+        with self._lock:
+            self._stacks.pop(name, None)
+            self._producer = {t: s for t, s in self._producer.items() if s != name}
+        self.emit(ev.CacheChecked(step=name, hit=False, key=self._results[name].key,
+                                  reason=REMOTE_LOST, damaged=True))
 
     def _record_fetched_stack(self, name: str) -> None:
         """Record the remote hits deeper below ``name`` whose trees its dependencies'
