@@ -241,3 +241,31 @@ def test_a_remote_hit_fetched_within_a_dependents_stack_is_recorded_here(tmp_pat
     build = again.steps["build"]
     assert b.store.has_blob(b.store.get_realisation(build.key).log)
     b.store.close()
+
+
+def test_two_steps_needing_one_lost_remote_hit_both_wait_for_its_rebuild(tmp_path):
+    """test and lint start together and both need build, a remote hit; the remote is gone.
+    One of them finds the fetch failing and re-queues build; the other must wait for that
+    rebuild too, not go on with build's trees missing (it raised KeyError: 'build')."""
+    with buildgrid(tmp_path / "bgd") as server:
+        a, repo_a = _host_a_ran(tmp_path, server.url)
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        changed = [DAG[0],
+                   FakeStep("test", commands=("grep -q hello dist/out.txt", "echo ok2 > t"),
+                            depends_on=("build",), artifacts=("t",)),
+                   FakeStep("lint", commands=("test -s dist/out.txt", "echo linted2"),
+                            depends_on=("build",)),
+                   DAG[3]]
+        realiser = b.realiser(changed)
+        plan = realiser.plan()
+        assert set(plan.hits) == {"build"}, plan.hits
+        server.kill()
+        result = realiser.run(plan)
+    assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+    lost = [e.step for e in b.events if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_LOST]
+    assert lost == ["build"], lost
+    assert sorted(b.runtime.started) == ["build", "lint", "package", "test"]
+    assert len(b.warnings) == 1, b.warnings
+    b.close()

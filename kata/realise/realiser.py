@@ -123,6 +123,9 @@ class Realiser:
         self.remote = remote
         # step -> (a remote hit whose objects are not local yet, the keys to record it under)
         self._remote_hits: dict[str, tuple["RemoteRecord", tuple[str, ...]]] = {}
+        # remote hits whose fetch failed, until they are rebuilt: every step that needs one
+        # waits for that rebuild, not only the step that found it lost
+        self._lost_hits: set[str] = set()
         self._lookup = Lookup(store, options.scope, remote=remote)
         self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
@@ -262,6 +265,7 @@ class Realiser:
             self._results[result.name] = result
             if stack is not None:
                 self._stacks[result.name] = stack
+                self._lost_hits.discard(result.name)
                 for tree in stack:
                     self._producer.setdefault(tree, result.name)
 
@@ -469,7 +473,6 @@ class Realiser:
         away) is re-queued to be built here instead (``Requeue``)."""
         for dep in self.graph.nodes[name].deps:
             if not self._fetch_hit(dep):
-                self._forget_hit(dep)
                 raise Requeue((dep,))
         self._record_fetched_stack(name)
 
@@ -480,7 +483,6 @@ class Realiser:
         lost = []
         for name in self.options.fetch:
             if not self._fetch_hit(name):
-                self._forget_hit(name)
                 lost.append(name)
         # a hit's dependencies were not decided (nothing needed them): now they are, by
         # their resolved hashes as any step's that runs (a hit there, or run too)
@@ -491,14 +493,6 @@ class Realiser:
                     lost.append(dep)
                     todo.append(dep)
         return lost
-
-    def _forget_hit(self, name: str) -> None:
-        """A remote hit that cannot be fetched is a miss after all (rebuilt here)."""
-        with self._lock:
-            self._stacks.pop(name, None)
-            self._producer = {t: s for t, s in self._producer.items() if s != name}
-        self.emit(ev.CacheChecked(step=name, hit=False, key=self._results[name].key,
-                                  reason=REMOTE_LOST, damaged=True))
 
     def _record_fetched_stack(self, name: str) -> None:
         """Record the remote hits deeper below ``name`` whose trees its dependencies'
@@ -516,22 +510,25 @@ class Realiser:
             with self._lock:
                 entry = self._remote_hits.get(anc)
             if entry is not None and all(self.store.has_blob(t) for t, _ in entry[0].trees()):
-                self._fetch_hit(anc)
+                self._fetch_hit(anc, lose=False)
 
-    def _fetch_hit(self, name: str) -> bool:
+    def _fetch_hit(self, name: str, *, announce: bool = True, lose: bool = True) -> bool:
         """If ``name`` is a remote hit not fetched yet: fetch its objects and record it in
-        the store. False when that failed (the remote went away, or sent bad bytes)."""
+        the store. False when that failed (the remote went away, or sent bad bytes), or
+        failed earlier and ``name`` is not rebuilt yet: the hit is then a miss, said once
+        (``announce``: as a ``CacheChecked`` event), to be rebuilt here. ``lose=False``: a
+        failure only leaves it unrecorded here (its trees are here already)."""
         from kata.remote.cas import RemoteError
 
         with self._lock:
             if name not in self._remote_hits:
-                return True
+                return name not in self._lost_hits
             lock = self._unpack_locks.setdefault("remote\0" + name, threading.Lock())
         with lock:
             with self._lock:
                 entry = self._remote_hits.get(name)
-            if entry is None:  # a step starting together fetched it
-                return True
+                if entry is None:  # a step starting together fetched it, or found it lost
+                    return name not in self._lost_hits
             rec, step_keys = entry
             assert self.remote is not None
             try:
@@ -546,6 +543,14 @@ class Realiser:
                     raise
                 with self._lock:
                     self._remote_hits.pop(name, None)
+                    if not lose:
+                        return False
+                    self._lost_hits.add(name)
+                    self._stacks.pop(name, None)
+                    self._producer = {t: s for t, s in self._producer.items() if s != name}
+                if announce:
+                    self.emit(ev.CacheChecked(step=name, hit=False, key=self._results[name].key,
+                                              reason=REMOTE_LOST, damaged=True))
                 return False
             with self._lock:
                 self._remote_hits.pop(name, None)
@@ -558,7 +563,7 @@ class Realiser:
         remote went away, or handed back other bytes): a run without the remote rebuilds
         it locally."""
         for name in names if names is not None else self.graph.order:
-            if not self._fetch_hit(name):
+            if not self._fetch_hit(name, announce=False):
                 assert self.remote is not None
                 why = self.remote.down_reason or "its objects did not arrive intact"
                 raise KataError("remote.fetch_failed", f"step {name} was a hit in the remote "
