@@ -68,6 +68,7 @@ def test_out_of_a_hit_whose_blobs_were_evicted_rebuilds_it(tmp_path, containerd_
         warnings = [x for x in second.stderr.splitlines() if x.strip()]
         assert len(warnings) == 1 and warnings[0].startswith("kata: warning: remote cache "), \
             second.stderr
+        assert "NOT_FOUND" in warnings[0] and "no longer holds it" in warnings[0], warnings
         # what was rebuilt is this host's now: a run without the remote hits it
         third = b("run", "--step", "package", "--out", str(tmp_path / "out2"))
         assert third.returncode == 0, third.stdout + third.stderr

@@ -347,8 +347,12 @@ class Cas:
         out = {}
         for r in resp.responses:
             if r.status.code != 0:
+                name = next((c.name for c in grpc.StatusCode if c.value[0] == r.status.code),
+                            f"code {r.status.code}")
+                why = " (the remote no longer holds it: evicted, or lost since its entry was " \
+                      "written)" if r.status.code == grpc.StatusCode.NOT_FOUND.value[0] else ""
                 raise RemoteError("remote.bad_answer", f"BatchReadBlobs {r.digest.hash}: "
-                                  f"code {r.status.code}: {r.status.message}")
+                                  f"{name}: {r.status.message}".rstrip(": ") + why)
             out[r.digest.hash] = r.data
         if len(out) != len(digests):
             raise RemoteError("remote.bad_answer", "BatchReadBlobs answered fewer blobs")
