@@ -74,3 +74,22 @@ def test_out_of_a_hit_whose_blobs_were_evicted_rebuilds_it(tmp_path, containerd_
         assert third.returncode == 0, third.stdout + third.stderr
         assert "[CACHE] package: HIT" in third.stdout
         assert (tmp_path / "out2" / "pkg").read_bytes() == CONTENT
+
+
+def test_export_suggests_a_command_the_shell_takes_for_a_matrix_step(tmp_path):
+    """`kata export` of a remote hit this host never fetched names the `kata run` that would
+    build it; a matrix instance's name (`check (N=1)`) must be quoted there, or the shell
+    reads the parentheses."""
+    from kata.errors import KataError
+    from kata.realise.export import fetch_missing
+    from store import Store
+
+    store = Store.open(tmp_path / "store")
+    tree = "sha256:" + "1" * 64
+    try:
+        for key in ("", "2" * 64):  # collected since; a remote hit never fetched
+            with pytest.raises(KataError) as err:
+                fetch_missing(store, [("check (N=1)", tree, key)], "RUN", None)
+            assert "`kata run --step 'check (N=1)' --out DIR" in err.value.message, err.value
+    finally:
+        store.close()
