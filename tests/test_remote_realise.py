@@ -269,3 +269,32 @@ def test_two_steps_needing_one_lost_remote_hit_both_wait_for_its_rebuild(tmp_pat
     assert sorted(b.runtime.started) == ["build", "lint", "package", "test"]
     assert len(b.warnings) == 1, b.warnings
     b.close()
+
+
+def test_a_lost_hit_whose_own_dependencies_were_never_decided_is_rebuilt(tmp_path):
+    """B adds ``ship`` after ``package``: package is a remote hit, so the plan decides
+    nothing below it. The remote has lost a blob of build's tree (an eviction), so
+    package's stack cannot be fetched: package is rebuilt, then test and lint (the remote
+    is left), and test needs build, which no one had decided: it must be decided then
+    (here: rebuilt), not read as a stack that is not there (it raised KeyError: 'build')."""
+    import hashlib
+
+    with buildgrid(tmp_path / "bgd") as server:
+        a, repo_a = _host_a_ran(tmp_path, server.url)
+        hexd = hashlib.sha256(b"hello\n").hexdigest()  # build's dist/out.txt
+        lost = [p for p in (server.workdir / "cas").rglob("*") if p.is_file() and hexd[2:] in p.name]
+        assert lost
+        for p in lost:
+            p.unlink()
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        changed = DAG + [FakeStep("ship", commands=("cat pkg",), depends_on=("package",))]
+        result = b.realiser(changed).run()
+    assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+    # build is rebuilt here; the hits above it are rebuilt too, or (when the remote is
+    # still in use) found again by their resolved hashes and fetched, build now local
+    assert {"build", "ship"} <= set(b.runtime.started) <= {"build", "lint", "package",
+                                                           "ship", "test"}, b.runtime.started
+    assert len(b.warnings) <= 1, b.warnings
+    b.close()

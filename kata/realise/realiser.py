@@ -375,6 +375,15 @@ class Realiser:
     def _realise_step(self, name: str, cancel: Cancel) -> "bool | str":
         node = self.graph.nodes[name]
         step = node.step
+        if name not in self.options.statuses:
+            # a remote hit re-queued to be rebuilt (its trees could not be fetched) may
+            # depend on steps the plan never decided (nothing needed them below a hit):
+            # they are decided first, as any step's dependencies are
+            with self._lock:
+                undecided = tuple(d for d in node.deps
+                                  if d not in self._results and d not in self._stacks)
+            if undecided:
+                raise Requeue(undecided)
         resolved = ""
         if all(d in self._stacks for d in node.deps):
             resolved = node.resolved_hash({d: keys.stack_digest(self._stacks[d])
@@ -480,19 +489,9 @@ class Realiser:
         """Fetch the remote hits among ``options.fetch`` (what ``--out`` copies) now, before
         any step runs; the ones the remote cannot hand over (blobs it evicted, the remote
         gone) are returned, each said to be a miss, to be rebuilt here in this run."""
-        lost = []
-        for name in self.options.fetch:
-            if not self._fetch_hit(name):
-                lost.append(name)
-        # a hit's dependencies were not decided (nothing needed them): now they are, by
-        # their resolved hashes as any step's that runs (a hit there, or run too)
-        todo = list(lost)
-        while todo:
-            for dep in self.graph.nodes[todo.pop()].deps:
-                if dep not in self._results and dep not in lost:
-                    lost.append(dep)
-                    todo.append(dep)
-        return lost
+        # (a hit's dependencies were not decided, nothing needed them: ``_realise_step``
+        # has them decided first, by their resolved hashes: a hit there, or run too)
+        return [name for name in self.options.fetch if not self._fetch_hit(name)]
 
     def _record_fetched_stack(self, name: str) -> None:
         """Record the remote hits deeper below ``name`` whose trees its dependencies'
