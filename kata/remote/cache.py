@@ -179,8 +179,8 @@ class RemoteCache:
         if err.reason == "remote.deadline" and self._memo is not None:
             # it cost this run a timeout: the next runs skip it for a while
             down = self._memo.failed(first, seconds=self.config.backoff)
-            if down is not None:
-                first = down.describe()
+            if down is not None:  # `kata remote push` (which ignores it) is not told to push
+                first = down.describe(push_hint=self._honour_backoff)
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
                    "with the local store only")
 
