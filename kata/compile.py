@@ -191,10 +191,14 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                                      entrypoint=s.entrypoint,
                                      ready=(s.ready.kind, s.ready.target, s.ready.timeout.millis)
                                      if s.ready is not None else None,
-                                     secrets=tuple(sorted(set(s.secrets))), user=s.user)
+                                     secrets=tuple(sorted(set(s.secrets))), user=s.user,
+                                     resources=drv.limits(s.resources.memory, s.resources.cpus,
+                                                          s.resources.pids))
                       for s in step.services],
             network=step.network, deps=[h for _, h in dep_hashes],
-            junit_reports=step.junit_reports)
+            junit_reports=step.junit_reports,
+            resources=drv.limits(step.resources.memory, step.resources.cpus,
+                                 step.resources.pids))
         nodes[name] = Node(step=step, derivation=d, drv_hash=keys.derivation_hash(d) if d.resolved else None,
                            inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
     return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,

@@ -1,10 +1,10 @@
 """Derivations: what a step computes, as a frozen value with a canonical encoding.
 
-Encoding (format tag `kata-drv/1`): msgpack of `["kata-drv/1", {field: value}]`
+Encoding (format tag `kata-drv/2`): msgpack of `["kata-drv/2", {field: value}]`
 with map keys sorted, env as sorted `[name, value]` pairs, secrets, artifacts,
 cache paths and dependency hashes sorted, services sorted by name. The
 derivation hash is the sha256 hex of those bytes (the input-addressed key).
-The resolved hash (`kata-drv-resolved/1`) is the same encoding with the
+The resolved hash (`kata-drv-resolved/2`) is the same encoding with the
 dependency derivation hashes replaced by the sorted output tree digests of the
 dependencies (the early-cutoff key).
 
@@ -28,8 +28,11 @@ import msgpack
 from kata.errors import KataError
 from kata.inputs import InputFile
 
-FORMAT = "kata-drv/1"
-RESOLVED_FORMAT = "kata-drv-resolved/1"
+# /2: declared resource limits are hashed, and the container's env follows the key's
+# (sorted) order; a /1 key could name a result made under other limits or another env
+# order, so no /1 record is read
+FORMAT = "kata-drv/2"
+RESOLVED_FORMAT = "kata-drv-resolved/2"
 RECORD_FORMAT = "kata-drv-record/1"
 # YAML "\ud800" escapes and non-UTF-8 file names give lone surrogates: encode them exactly
 _U = "surrogatepass"
@@ -48,6 +51,9 @@ class ServiceDrv:
     secrets: tuple[str, ...] = ()  # names only, sorted
     # `user:` (issue 14); encoded only when given, so a service without one keeps its hash
     user: str | None = None
+    # its declared `resources:` as :func:`limits` gives them; encoded only when one is
+    # declared, so a service without limits keeps its hash
+    resources: tuple[int | None, float | None, int | None] | None = None
 
     def to_obj(self) -> dict[str, Any]:
         out = {"commands": list(self.commands), "entrypoint": list(self.entrypoint),
@@ -56,6 +62,8 @@ class ServiceDrv:
                "secrets": list(self.secrets)}
         if self.user is not None:
             out["user"] = self.user
+        if self.resources is not None:
+            out["resources"] = list(self.resources)
         return out
 
     @classmethod
@@ -64,7 +72,8 @@ class ServiceDrv:
         return cls(name=s["name"], image=s["image"], env=tuple((k, v) for k, v in s["env"]),
                    commands=tuple(s["commands"]), entrypoint=tuple(s.get("entrypoint") or ()),
                    ready=(ready[0], ready[1], int(ready[2])) if ready else None,
-                   secrets=tuple(s.get("secrets") or ()), user=s.get("user"))
+                   secrets=tuple(s.get("secrets") or ()), user=s.get("user"),
+                   resources=_limits_from(s.get("resources")))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +99,12 @@ class Derivation:
     # later dependency's file wins), as positions in ``deps``; encoded only when it is not
     # ``deps``' own sorted order, so a step whose order is that keeps its hash.
     dep_order: tuple[int, ...] = ()
+    # The declared `resources:` (step over settings) as :func:`limits` gives them: a pass
+    # under 4 GiB is no pass under 64 MiB, and a JVM, Go or a build tool sizes its heap
+    # and parallelism from the cgroup limits it sees. Host defaults (None fields) are not
+    # hashed: a config means the same on every host. Encoded only when one is declared,
+    # so a step without limits keeps its hash.
+    resources: tuple[int | None, float | None, int | None] | None = None
 
     @property
     def resolved(self) -> bool:
@@ -117,6 +132,8 @@ class Derivation:
         }
         if self.junit_reports:
             obj["junit_reports"] = list(self.junit_reports)
+        if self.resources is not None:
+            obj["resources"] = list(self.resources)
         order = self.dep_order if dep_order is None else dep_order
         if order:
             obj["dep_order"] = list(order)
@@ -157,7 +174,24 @@ class Derivation:
             services=tuple(ServiceDrv.from_obj(s) for s in obj["services"]),
             network=obj["network"], deps=tuple(obj["deps"]),
             junit_reports=tuple(obj.get("junit_reports", ())),
-            dep_order=tuple(obj.get("dep_order", ())))
+            dep_order=tuple(obj.get("dep_order", ())),
+            resources=_limits_from(obj.get("resources")))
+
+
+Limits = tuple[int | None, float | None, int | None]
+
+
+def limits(memory: int | None, cpus: float | None, pids: int | None) -> Limits | None:
+    """The hashed form of declared resource limits: ``(memory bytes, cpus as a float,
+    pids)``, None fields undeclared; None when none is declared (nothing is encoded).
+    ``cpus: 2`` and ``cpus: 2.0`` are one limit, so one key."""
+    if memory is None and cpus is None and pids is None:
+        return None
+    return (memory, None if cpus is None else float(cpus), pids)
+
+
+def _limits_from(obj: Any) -> Limits | None:
+    return None if obj is None else limits(obj[0], obj[1], obj[2])
 
 
 def canonical_order(deps: Sequence[str | None]) -> tuple[list[str | None], tuple[int, ...]]:
@@ -177,7 +211,7 @@ def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: 
          user: str | None = None, env: Sequence[tuple[str, str]], secrets: Sequence[str], inputs: str | None,
          key_files: str | None, artifacts: Sequence[str], cache_paths: Sequence[str],
          services: Sequence[ServiceDrv], network: str, deps: Sequence[str | None],
-         junit_reports: Sequence[str] = ()) -> Derivation:
+         junit_reports: Sequence[str] = (), resources: Limits | None = None) -> Derivation:
     """A Derivation in canonical form (sorted env, secrets, paths, services, deps; ``deps``
     given in ``depends_on`` order, which decides whose artifacts win, kept as ``dep_order``)."""
     sorted_deps, dep_order = canonical_order(deps)
@@ -188,7 +222,7 @@ def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: 
         cache_paths=tuple(sorted(set(cache_paths))),
         services=tuple(sorted(services, key=lambda s: s.name)), network=network,
         deps=tuple(sorted_deps), dep_order=dep_order,
-        junit_reports=tuple(sorted(set(junit_reports))))
+        junit_reports=tuple(sorted(set(junit_reports))), resources=resources)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,7 +342,7 @@ def diff(a: Derivation | DerivationRecord, b: Derivation | DerivationRecord) -> 
     ra, rb = _as_record(a), _as_record(b)
     da, db = ra.derivation, rb.derivation
     out: list[Change] = []
-    for f in ("pipeline", "image", "workdir", "user", "network"):
+    for f in ("pipeline", "image", "workdir", "user", "network", "resources"):
         if getattr(da, f) != getattr(db, f):
             out.append(Change(field=f, kind="changed", old=getattr(da, f), new=getattr(db, f)))
     out += _keyed("command", {f"#{i + 1}": c for i, c in enumerate(da.commands)},

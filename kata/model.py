@@ -308,7 +308,8 @@ class Step:
     workdir: str = "/workspace"
     user: str | None = None  # None: the image's user
     network: str = "default"
-    # its own `resources:` over settings'; None fields: host defaults (never hashed)
+    # its own `resources:` over settings'; None fields: host defaults (the declared
+    # fields are hashed, host defaults never: kata.derivation.limits)
     resources: Resources = Resources()
     description: str = ""
     context: tuple[str, ...] = ()  # names from CONTEXT_VARS the step's container gets

@@ -9,9 +9,11 @@ means "not said here". The runtime fills what is still ``None`` from ``host_defa
 and writes the result into the OCI spec (``linux.resources``: memory.limit, cpu
 quota/period, pids.limit; OCI runtime-spec config-linux.md).
 
-Resources are not part of the derivation hash: like ``timeout`` they decide how a step
-may run, not what it computes (a step that succeeds under 2 GiB produces what it produces
-under 4 GiB), and a step that runs out of memory fails and is never recorded.
+Declared limits are part of the derivation hash (``kata.derivation.limits``): a pass
+under 4 GiB is no pass under 64 MiB, and what a step computes can follow the limits it
+sees (a JVM sizes its heap from the cgroup's memory, Go and Java their parallelism from
+its CPU quota). Host defaults are not hashed: a config means the same on every host,
+and a step that declares no limit keeps one key everywhere.
 """
 
 from __future__ import annotations

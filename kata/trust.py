@@ -34,6 +34,8 @@ directories go to its quarantine (the realiser and the store, given ``Scope``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -153,10 +155,14 @@ def decide(*, ref: str, default_ref: str, protection: Protection, event: str = "
 
 def scope_for(repo_root: Path, *, branch: str = "", tag: str = "", event: str = "",
               hook: str = "", default_branch: str | None = None, untrusted: bool = False,
-              config: str | os.PathLike[str] | None = None) -> Scope:
+              config: str | os.PathLike[str] | None = None, commit: str = "") -> Scope:
     """``decide`` with its inputs gathered: the host config's protection, the ref of
     ``branch``/``tag``, and the default branch (``default_branch`` as the hook passed it;
     for a hook run nothing else; for a local run, read from the repository's files).
+
+    An untrusted run with no ref (a pull-request bot's detached checkout) is scoped to its
+    ``commit`` (``quarantine:commit:<sha>``): under the empty ref every such run, one per
+    fork, would share one quarantine and restore each other's cache directories.
 
     KataError from the host config (exit 2), trust.bad_hook.
     """
@@ -168,9 +174,12 @@ def scope_for(repo_root: Path, *, branch: str = "", tag: str = "", event: str = 
         from kata.gitctx import default_ref as read_default
 
         default_ref = read_default(repo_root)
-    return decide(ref=full_ref(branch=branch, tag=tag, event=event), default_ref=default_ref,
-                  protection=load_protection(config), event=event, hook=hook,
-                  untrusted=untrusted)
+    scope = decide(ref=full_ref(branch=branch, tag=tag, event=event), default_ref=default_ref,
+                   protection=load_protection(config), event=event, hook=hook,
+                   untrusted=untrusted)
+    if not scope.trusted and not scope.ref and commit:
+        scope = dataclasses.replace(scope, ref=f"commit:{commit}")
+    return scope
 
 
 def describe(scope: Scope) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,9 @@ def computed() -> dict[str, str]:
     return {
         "derivation_hash": keys.derivation_hash(d),
         "resolved_hash": keys.resolved_hash(d, [D1]),
+        # declared limits: encoded only when there are some (the key above is unchanged)
+        "derivation_hash_resources": keys.derivation_hash(dataclasses.replace(
+            d, resources=drv.limits(64 << 20, 1, None))),
         "stack_digest": keys.stack_digest([D0, D1]),
         "stack_digest_empty": keys.stack_digest([]),
         "input_snapshot_key": keys.input_snapshot_key(D1),

@@ -147,17 +147,28 @@ def test_userns_is_refused_with_the_reason():
     assert "SECURITY.md" in err.value.message
 
 
-def test_resources_do_not_enter_the_derivation_hash(tmp_path):
-    # like timeout: how a step may run, not what it computes
+def test_declared_resources_enter_the_derivation_hash(tmp_path):
+    # a pass under 4 GiB is no pass under 64 MiB (docs/architecture.md, "What is in a key");
+    # host defaults do not: a config without limits has one key on every host, and the
+    # key of a step without limits is the one it had before limits were hashed
     from kata.compile import compile_pipeline
 
     digest = "sha256:" + "1" * 64
-    hashes = []
-    for res in ("", "    resources: {memory: 64MiB, cpus: 0.5, pids: 32}\n"):
-        p = load_text("steps:\n  - name: a\n    image: busybox\n    commands: [x]\n" + res)
-        graph = compile_pipeline(p, resolver=lambda ref: digest, repo_root=None)
-        hashes.append(graph.nodes["a"].derivation)
-    assert hashes[0] == hashes[1]
+    body = "steps:\n  - name: a\n    image: busybox\n    commands: [x]\n"
+
+    def key(res: str, settings: str = "") -> str:
+        graph = compile_pipeline(load_text(settings + body + res), resolver=lambda ref: digest,
+                                 repo_root=tmp_path)
+        return graph.nodes["a"].drv_hash
+
+    plain = key("")
+    limited = key("    resources: {memory: 64MiB, cpus: 0.5, pids: 32}\n")
+    assert plain != limited
+    assert key("    resources: {memory: 4GiB}\n") != key("    resources: {memory: 64MiB}\n")
+    # the same limit written another way, or inherited from settings, is the same key
+    assert key("    resources: {memory: 4096MiB, cpus: 2}\n") == \
+        key("    resources: {memory: 4GiB, cpus: 2.0}\n")
+    assert key("", "settings: {resources: {memory: 64MiB, cpus: 0.5, pids: 32}}\n") == limited
 
 
 # -- the spec -------------------------------------------------------------------------------

@@ -374,6 +374,29 @@ def test_an_untrusted_run_writes_only_its_quarantine(server):
     assert "[CACHE] compute: HIT" in again.stdout  # reads what the trusted run wrote
 
 
+def test_a_branch_cannot_hand_its_artifacts_to_mains_export(server, tmp_path):
+    """main's deploy script runs `kata export --out DIR` after main's push; a branch pushed
+    in between made the last run its own. The script gets main's artifact, never the
+    branch's; the branch's run is exported only when named (--run ID)."""
+    server.commit({"src/app.txt": "app main\n"}, "initial",
+                  {"pipeline": "server", "steps": [BUILD]})
+    server.push("origin", "main")
+    server.checkout("feature/swap")
+    server.commit({"src/app.txt": "app EVIL\n"}, "swap the artifact")
+    server.push("origin", "feature/swap")
+    evil = server.runs()[0]
+    assert evil.branch == "feature/swap" and evil.scope.startswith("quarantine:")
+    out = tmp_path / "deploy"
+    proc = server.kata("export", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "build" / "out.txt").read_text() == "app main\n"
+    assert evil.id not in proc.stderr
+    named = tmp_path / "named"
+    proc = server.kata("export", "--run", evil.id, "--out", str(named))
+    assert proc.returncode == 0, proc.stderr
+    assert (named / "build" / "out.txt").read_text() == "app EVIL\n"
+
+
 def test_a_branch_cannot_make_the_server_read_host_files(server, tmp_path):
     """The server reads .kata-ci.yaml and .kataignore itself, as root, before any sandbox:
     links to host files are refused without quoting them."""

@@ -242,7 +242,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
 
     scope = scope_for(repo_root, branch=git_branch, tag=cond_ctx.tag if event else "",
                       event=event or "", hook=hook, default_branch=default_branch,
-                      untrusted=untrusted)
+                      untrusted=untrusted, commit=commit or "")
     obj = ctx.find_root().obj or {}
     remote_config = _remote_cache_config(remote_cache, remote_instance)
     executor = _remote_executor((ctx.obj or {}).get("remote_executor"), remote_instance)
@@ -669,7 +669,8 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
 
 @click.command("export")
-@click.option("--run", "run_id", metavar="ID", help="That run (default: the last one).")
+@click.option("--run", "run_id", metavar="ID",
+              help="That run (default: the last trusted one; an untrusted run's only by its ID).")
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="This step's artifacts only (one: directly into DIR; a matrix step's "
                    "name: every instance's); repeatable.")
@@ -697,7 +698,7 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
-        record, steps = _run_record(store, ctx, run_id, steps)
+        record, steps = _run_record(store, ctx, run_id, steps, trusted=True)
         with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
@@ -714,12 +715,14 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
 
 
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
-                steps: tuple[str, ...] = ()):
+                steps: tuple[str, ...] = (), *, trusted: bool = False):
     """(run record, step names): the run ``--run ID`` names, else the last run of this
     pipeline (KataError logs.no_run: exit 2 for an ID that names no run, 1 when nothing
     is recorded yet), and ``steps`` with a matrix step's name replaced by its instances'
     names, as ``kata run --step`` takes it (KataError logs.no_step, exit 2, for a name
-    that is neither)."""
+    that is neither). ``trusted``: the last run of a trusted scope only (``kata export``:
+    an untrusted run's artifacts are taken only when its ID is named, so a branch pushed
+    after main cannot make a deploy script ship what it built); stderr names the run."""
     if run_id:
         record = store.get_run(run_id)
         if record is None:
@@ -727,11 +730,22 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
                             "(`kata runs` lists the recorded ones)", obj=run_id)
     else:
         pipeline = _pipeline_name(ctx)
-        found = store.list_runs(pipeline=pipeline, limit=1)
+        if trusted:  # newest first, stopping at the first trusted one
+            last = next((r for r in store.iter_runs() if (not pipeline or r.pipeline == pipeline)
+                         and not r.scope.startswith("quarantine:")), None)
+            found = [last] if last is not None else []
+        else:
+            found = store.list_runs(pipeline=pipeline, limit=1)
         if not found:
-            raise KataError("logs.no_run", "no run recorded yet" +
-                            (f" for pipeline {pipeline!r}" if pipeline else ""), exit_code=1)
+            raise KataError("logs.no_run", f"no {'trusted ' if trusted else ''}run recorded "
+                            "yet" + (f" for pipeline {pipeline!r}" if pipeline else "") +
+                            (" (an untrusted run's artifacts: --run ID)" if trusted else ""),
+                            exit_code=1)
         record = found[0]
+        if trusted:
+            click.echo(f"kata: exporting run {record.id} ({record.scope or 'local'}), the "
+                       "last trusted run of the pipeline (an untrusted one only with --run ID)",
+                       err=True)
     from kata.labels import Label
 
     known = [e.name for e in record.steps]

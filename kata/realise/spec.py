@@ -76,7 +76,7 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
         ready = Readiness(kind=service.ready.kind, target=service.ready.target,
                           timeout=service.ready.timeout.seconds)
     return ServiceSpec(name=service.name, image=str(service.image.pin(digest)), argv=argv,
-                       env=dict(service.env), mounts=mounts, ready=ready,
+                       env=dict(sorted(dict(service.env).items())), mounts=mounts, ready=ready,
                        resources=service.resources, user=service.user or "",
                        owned=(str(secrets_dir),) if secrets_dir is not None else ())
 
@@ -92,6 +92,9 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
     # the run's context the step asked for: the values its key was computed with
     hashed = dict(node.derivation.env)
     merged.update({name: hashed[name] for name in step.context if name in hashed})
+    # in the key's order (sorted by name), not the config's: `env` prints the order, and
+    # two configs with one key must run one environment
+    merged = dict(sorted(merged.items()))
     mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
     script = shell_script(step.commands)
     if secrets_dir is not None:

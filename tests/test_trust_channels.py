@@ -1,0 +1,87 @@
+"""Channels by which an untrusted run could hand a trusted reader what it made, beyond the
+realisations and cache directories test_trust_e2e.py covers: each is closed here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from store import Store
+from store.runs import Run, StepRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kata(*args: str, store: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(store)}
+    proc = subprocess.run([sys.executable, "-m", "kata", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def _run(s: Store, tmp: Path, run_id: str, scope: str, started: float, text: str) -> None:
+    src = tmp / f"src-{run_id}"
+    (src / "dist").mkdir(parents=True)
+    (src / "dist" / "app").write_text(text)
+    tree = s.put_tree(src, paths=("dist",))
+    s.put_run(Run(id=run_id, pipeline="p", scope=scope, started=started, wall=1.0,
+                  status="passed", steps=(StepRecord(name="build", status="passed",
+                                                     cache="MISS", outputs=tree),)))
+
+
+def test_export_without_run_never_takes_an_untrusted_runs_artifacts(tmp_path) -> None:
+    """`kata export --out DIR` (a deploy script after main's push) takes "the last run":
+    a branch pushed just after main made that its own run, so the script shipped the
+    branch's artifacts. Without --run only a trusted run is taken; an untrusted one
+    only when named (--run ID)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text("pipeline: p\nsteps:\n  - {name: build, image: x}\n")
+    store = tmp_path / "store"
+    now = time.time()
+    with Store.open(store) as s:
+        _run(s, tmp_path, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "main's")
+        _run(s, tmp_path, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "evil")
+    out = tmp_path / "out"
+    proc = kata("export", "--out", str(out), store=store, cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "build" / "dist" / "app").read_text() == "main's"
+    assert "20261130-000001-aaaaaa" in proc.stderr + proc.stdout  # says which run it took
+    named = tmp_path / "named"
+    proc = kata("export", "--run", "20261130-000002-bbbbbb", "--out", str(named),
+                store=store, cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    assert (named / "build" / "dist" / "app").read_text() == "evil"
+
+
+def test_untrusted_runs_without_a_ref_do_not_share_one_quarantine(tmp_path, monkeypatch) -> None:
+    """A pull-request bot runs each fork's head detached (no branch): under the empty ref
+    every such run wrote and read `quarantine:`, so one fork's run restored the cache
+    directory (a planted `node_modules`) another fork's run left. Each is now its commit's."""
+    from kata import keys
+    from kata.trust import scope_for
+
+    config = tmp_path / "host.yaml"
+    config.write_text("{}\n")
+    monkeypatch.setenv("KATA_CONFIG", str(config))
+    a = scope_for(tmp_path, branch="", event="pull_request", default_branch="main",
+                  commit="a" * 40)
+    b = scope_for(tmp_path, branch="", event="pull_request", default_branch="main",
+                  commit="b" * 40)
+    assert not a.trusted and not b.trusted
+    assert a.label() == "quarantine:commit:" + "a" * 40
+    key = "c" * 64
+    assert not set(keys.cache_dir_keys(a, key)) & {(l, k) for l, k in keys.cache_dir_keys(b, key)
+                                                   if l.startswith("quarantine:")}
+    assert set(a.realisation_keys(key)) & set(b.realisation_keys(key)) == {key}
+    # both still read what trusted runs of the default branch wrote
+    assert ("ref:refs/heads/main", keys.scoped_key("ref:refs/heads/main", key)) in \
+        keys.cache_dir_keys(a, key)
+    # a ref keeps its own quarantine; a trusted run without a ref is unchanged
+    assert scope_for(tmp_path, branch="pr-7", event="pull_request",
+                     commit="a" * 40).label() == "quarantine:refs/heads/pr-7"
+    assert scope_for(tmp_path / "nogit", branch="", commit="a" * 40).ref == ""
