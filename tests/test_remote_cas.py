@@ -455,3 +455,18 @@ def test_read_ahead_hands_on_every_chunk_an_error_and_an_early_stop():
     while any(t.name == "kata-cas-read" for t in threading.enumerate()):
         assert _time.monotonic() < deadline, "the read-ahead thread did not stop"
         _time.sleep(0.01)
+
+
+def test_a_blob_the_disk_cas_lost_to_a_power_loss_is_refused(bg):
+    """BuildGrid's disk CAS does not fsync: a power loss can leave a blob's file empty,
+    and BuildGrid then serves it as b"" (docs/remote.md). A batch read must refuse it by
+    its digest's size, as ByteStream reads do, not hand b"" on as its contents."""
+    data = b"a record file that the power loss truncated\n"
+    d = digest_of(data)
+    with remote_for(bg) as r:
+        r.cas.upload({(d.hash, d.size_bytes): (d, data)})
+        [path] = [p for p in (bg.workdir / "cas").rglob("*") if p.is_file() and d.hash[2:] in p.name]
+        path.write_bytes(b"")
+        with pytest.raises(RemoteError) as err:
+            r.cas.read_many([d])
+    assert err.value.reason == "remote.bad_answer", err.value

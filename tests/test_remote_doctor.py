@@ -67,3 +67,32 @@ def test_doctor_says_an_executor_lacks_the_instance_rather_than_that_it_is_down(
                         "  instance: other\n")["remote-executor"]
     assert check["status"] == "fail" and "INVALID_ARGUMENT" in check["detail"], check
     assert "instance name" in check["fix"] and "start the scheduler" not in check["fix"], check
+
+
+def test_doctor_names_the_fix_for_a_tls_mismatch_and_for_a_hung_remote(tmp_path):
+    """A remote that answers, but not in TLS the way the config says, or that accepts the
+    connection and never answers, is not "start the server": the fix names what to do."""
+    import socket
+
+    from support.buildgrid import BuildGridConfig
+    from test_remote_cas import _self_signed
+
+    key, cert = _self_signed(tmp_path)
+    with buildgrid(tmp_path / "tls", BuildGridConfig(tls_key=key, tls_cert=cert)) as server:
+        unknown_ca = check_remote(_config(server.url, tls=True))  # system roots: not its CA
+        assert unknown_ca.status == "warn" and "handshake" in unknown_ca.detail.lower()
+        assert "tls.ca" in unknown_ca.fix and "start the server" not in unknown_ca.fix, unknown_ca
+        trusted = check_remote(_config(server.url, tls=True, ca=cert))
+        assert trusted.status == "ok", trusted
+    with buildgrid(tmp_path / "plain") as server:
+        url = server.url.replace("grpc://", "grpcs://")
+        plaintext = check_remote(_config(url, tls=True))
+        assert plaintext.status == "warn", plaintext
+        assert "grpc://" in plaintext.fix and "start the server" not in plaintext.fix, plaintext
+    with socket.socket() as hung:  # the kernel accepts connections; nothing ever answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"grpc://127.0.0.1:{hung.getsockname()[1]}"
+        stuck = check_remote(RemoteConfig(url=url, target=parse_url(url)[0], timeout=1))
+    assert stuck.status == "warn" and "DEADLINE_EXCEEDED" in stuck.detail, stuck
+    assert "did not answer" in stuck.fix and "start the server" not in stuck.fix, stuck

@@ -666,7 +666,7 @@ def test_an_input_blob_the_cas_lost_between_steps_is_sent_again(grid, uncached_w
     _out, _err, digest = lose_a_blob_between_steps(grid, kata)
     assert stored_blob(bg, digest), "the client did not send the lost blob again"
     # the first attempt failed on its worker (the blob was gone), the second passed
-    missed = f"BatchReadBlobs {digest}: code 5"  # NOT_FOUND
+    missed = f"BatchReadBlobs {digest}: NOT_FOUND"
     workers = uncached_workers
     assert any(missed in w.text() for w in workers), [w.text()[-2000:] for w in workers]
     assert worker_of(kata, "second") in {"w1", "w2"}

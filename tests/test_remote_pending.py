@@ -203,6 +203,9 @@ def test_a_hung_remote_costs_its_connect_timeout_then_is_left_alone(tmp_path):
         # `kata remote push` asks anyway (and fails: the queue stays)
         push = a.new_remote(backoff=False)
         assert not push.check() and hung.count == 2 and len(a.queue.names()) == 3
+        # ... and its warning does not tell the user to run what they just ran
+        assert "not asked again until" in a.warnings[-1], a.warnings
+        assert "kata remote push" not in a.warnings[-1], a.warnings
         push.close()
         # BuildGrid on the same address: the back-off still holds for runs...
         hung.close()

@@ -241,3 +241,93 @@ def test_a_remote_hit_fetched_within_a_dependents_stack_is_recorded_here(tmp_pat
     build = again.steps["build"]
     assert b.store.has_blob(b.store.get_realisation(build.key).log)
     b.store.close()
+
+
+def test_two_steps_needing_one_lost_remote_hit_both_wait_for_its_rebuild(tmp_path):
+    """test and lint start together and both need build, a remote hit; the remote is gone.
+    One of them finds the fetch failing and re-queues build; the other must wait for that
+    rebuild too, not go on with build's trees missing (it raised KeyError: 'build')."""
+    with buildgrid(tmp_path / "bgd") as server:
+        a, repo_a = _host_a_ran(tmp_path, server.url)
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        changed = [DAG[0],
+                   FakeStep("test", commands=("grep -q hello dist/out.txt", "echo ok2 > t"),
+                            depends_on=("build",), artifacts=("t",)),
+                   FakeStep("lint", commands=("test -s dist/out.txt", "echo linted2"),
+                            depends_on=("build",)),
+                   DAG[3]]
+        realiser = b.realiser(changed)
+        plan = realiser.plan()
+        assert set(plan.hits) == {"build"}, plan.hits
+        server.kill()
+        result = realiser.run(plan)
+    assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+    lost = [e.step for e in b.events if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_LOST]
+    assert lost == ["build"], lost
+    assert sorted(b.runtime.started) == ["build", "lint", "package", "test"]
+    assert len(b.warnings) == 1, b.warnings
+    b.close()
+
+
+def test_a_remote_restarted_empty_mid_run_gets_the_stack_trees_again(tmp_path):
+    """A's build is uploaded; the team's cache (memory CAS, as docs/remote.md runs it) is
+    restarted, empty, while A's later steps run; their uploads name build's tree in their
+    stacks. The run must send that tree again, not take it as sent because it sent it
+    before the restart: else B, needing package's stack, finds it gone and rebuilds."""
+    from support.buildgrid import BuildGridConfig, memory_cas
+
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    with buildgrid(tmp_path / "bgd", BuildGridConfig(storages=memory_cas("64M"))) as server:
+        a = Host(tmp_path / "a", repo_a, server.url)
+        assert a.realiser(DAG[:1]).run().ok  # build, uploaded
+        a.remote.flush()
+        server.stop()
+        server.start()  # the same port, nothing held
+        assert a.realiser(DAG).run().ok  # one remote, one run's memory of what it sent
+        a.close()
+        assert not a.warnings, a.warnings
+
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        changed = DAG + [FakeStep("ship", commands=("cat pkg",), depends_on=("package",))]
+        result = b.realiser(changed).run()
+    assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+    lost = [e.step for e in b.events if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_LOST]
+    assert lost == [] and not b.warnings, (lost, b.warnings)
+    # build's own entry went with the restart (A's second run hit it locally): B builds it
+    assert sorted(b.runtime.started) == ["build", "ship"], b.runtime.started
+    b.close()
+
+
+def test_a_lost_hit_whose_own_dependencies_were_never_decided_is_rebuilt(tmp_path):
+    """B adds ``ship`` after ``package``: package is a remote hit, so the plan decides
+    nothing below it. The remote has lost a blob of build's tree (an eviction), so
+    package's stack cannot be fetched: package is rebuilt, then test and lint (the remote
+    is left), and test needs build, which no one had decided: it must be decided then
+    (here: rebuilt), not read as a stack that is not there (it raised KeyError: 'build')."""
+    import hashlib
+
+    with buildgrid(tmp_path / "bgd") as server:
+        a, repo_a = _host_a_ran(tmp_path, server.url)
+        hexd = hashlib.sha256(b"hello\n").hexdigest()  # build's dist/out.txt
+        lost = [p for p in (server.workdir / "cas").rglob("*") if p.is_file() and hexd[2:] in p.name]
+        assert lost
+        for p in lost:
+            p.unlink()
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        changed = DAG + [FakeStep("ship", commands=("cat pkg",), depends_on=("package",))]
+        result = b.realiser(changed).run()
+    assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+    # build is rebuilt here; the hits above it are rebuilt too, or (when the remote is
+    # still in use) found again by their resolved hashes and fetched, build now local
+    assert {"build", "ship"} <= set(b.runtime.started) <= {"build", "lint", "package",
+                                                           "ship", "test"}, b.runtime.started
+    assert len(b.warnings) <= 1, b.warnings
+    b.close()

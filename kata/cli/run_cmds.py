@@ -290,6 +290,9 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         settings = pipeline.settings
         options = RealiseOptions(
             targets=targets,
+            # --out copies the targets: their remote hits are fetched in the run, and
+            # rebuilt in it when the remote cannot hand them over
+            fetch=(tuple(targets) if targets is not None else graph.order) if out_dir else (),
             use_cache=settings.cache_enabled and not no_cache,
             record=settings.cache_enabled,
             max_parallel=settings.max_parallel or os.cpu_count() or 1,

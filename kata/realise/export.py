@@ -17,6 +17,7 @@ symlinks stay symlinks (the store's tree format: ``store.tree``).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -70,7 +71,7 @@ def fetch_missing(store, wanted: Sequence[tuple[str, str, str]], run: str,  # no
         if not key:
             raise KataError("export.missing", f"step {step}'s artifacts ({tree}) are no longer "
                             f"in the store (collected since run {run}); run `kata run --step "
-                            f"{step} --out DIR` to build them again", obj=step, exit_code=1)
+                            f"{shlex.quote(step)} --out DIR` to build them again", obj=step, exit_code=1)
     if not missing:
         return
     if remote_config is None:
@@ -79,7 +80,7 @@ def fetch_missing(store, wanted: Sequence[tuple[str, str, str]], run: str,  # no
                         f"not in the local store: run {run} found them in a remote cache and no "
                         "step of this host needed them; give --remote-cache grpc://HOST:PORT "
                         "(or set remote.cache in the host config) to fetch them, or run `kata "
-                        f"run --step {step} --out DIR --remote-cache URL`", obj=step, exit_code=1)
+                        f"run --step {shlex.quote(step)} --out DIR --remote-cache URL`", obj=step, exit_code=1)
     from kata.remote.cache import RemoteCache
     from kata.remote.cas import RemoteError
 
@@ -98,7 +99,8 @@ def fetch_missing(store, wanted: Sequence[tuple[str, str, str]], run: str,  # no
                 raise KataError("export.not_fetched", f"step {step}'s artifacts ({tree}) are "
                                 f"not in the local store and the remote cache "
                                 f"{remote_config.url} cannot hand them over ({why}); run "
-                                f"`kata run --step {step} --out DIR` to build them here",
+                                f"`kata run --step {shlex.quote(step)} --out DIR` to build them "
+                                "here",
                                 obj=step, exit_code=1)
     finally:
         cache.close()

@@ -123,6 +123,9 @@ class Realiser:
         self.remote = remote
         # step -> (a remote hit whose objects are not local yet, the keys to record it under)
         self._remote_hits: dict[str, tuple["RemoteRecord", tuple[str, ...]]] = {}
+        # remote hits whose fetch failed, until they are rebuilt: every step that needs one
+        # waits for that rebuild, not only the step that found it lost
+        self._lost_hits: set[str] = set()
         self._lookup = Lookup(store, options.scope, remote=remote)
         self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
@@ -177,6 +180,10 @@ class Realiser:
             assert hit.found is not None and hit.found.record is not None
             self._hit(name, hit.found.record, hit.key, "derivation", remote=hit.found.remote)
         to_run = list(plan.to_run)
+        lost = self._fetch_wanted()
+        if lost:  # rebuilt here, in the graph's order among the steps that run
+            chosen = {*to_run, *lost}
+            to_run = [n for n in self.graph.order if n in chosen]
         sched = None
         run_dir = self.options.work_root / f"run-{os.getpid()}-{self.run_id}"
         try:
@@ -258,6 +265,7 @@ class Realiser:
             self._results[result.name] = result
             if stack is not None:
                 self._stacks[result.name] = stack
+                self._lost_hits.discard(result.name)
                 for tree in stack:
                     self._producer.setdefault(tree, result.name)
 
@@ -367,6 +375,15 @@ class Realiser:
     def _realise_step(self, name: str, cancel: Cancel) -> "bool | str":
         node = self.graph.nodes[name]
         step = node.step
+        if name not in self.options.statuses:
+            # a remote hit re-queued to be rebuilt (its trees could not be fetched) may
+            # depend on steps the plan never decided (nothing needed them below a hit):
+            # they are decided first, as any step's dependencies are
+            with self._lock:
+                undecided = tuple(d for d in node.deps
+                                  if d not in self._results and d not in self._stacks)
+            if undecided:
+                raise Requeue(undecided)
         resolved = ""
         if all(d in self._stacks for d in node.deps):
             resolved = node.resolved_hash({d: keys.stack_digest(self._stacks[d])
@@ -465,13 +482,16 @@ class Realiser:
         away) is re-queued to be built here instead (``Requeue``)."""
         for dep in self.graph.nodes[name].deps:
             if not self._fetch_hit(dep):
-                with self._lock:
-                    self._stacks.pop(dep, None)
-                    self._producer = {t: s for t, s in self._producer.items() if s != dep}
-                self.emit(ev.CacheChecked(step=dep, hit=False, key=self._results[dep].key,
-                                          reason=REMOTE_LOST, damaged=True))
                 raise Requeue((dep,))
         self._record_fetched_stack(name)
+
+    def _fetch_wanted(self) -> list[str]:
+        """Fetch the remote hits among ``options.fetch`` (what ``--out`` copies) now, before
+        any step runs; the ones the remote cannot hand over (blobs it evicted, the remote
+        gone) are returned, each said to be a miss, to be rebuilt here in this run."""
+        # (a hit's dependencies were not decided, nothing needed them: ``_realise_step``
+        # has them decided first, by their resolved hashes: a hit there, or run too)
+        return [name for name in self.options.fetch if not self._fetch_hit(name)]
 
     def _record_fetched_stack(self, name: str) -> None:
         """Record the remote hits deeper below ``name`` whose trees its dependencies'
@@ -489,22 +509,25 @@ class Realiser:
             with self._lock:
                 entry = self._remote_hits.get(anc)
             if entry is not None and all(self.store.has_blob(t) for t, _ in entry[0].trees()):
-                self._fetch_hit(anc)
+                self._fetch_hit(anc, lose=False)
 
-    def _fetch_hit(self, name: str) -> bool:
+    def _fetch_hit(self, name: str, *, announce: bool = True, lose: bool = True) -> bool:
         """If ``name`` is a remote hit not fetched yet: fetch its objects and record it in
-        the store. False when that failed (the remote went away, or sent bad bytes)."""
+        the store. False when that failed (the remote went away, or sent bad bytes), or
+        failed earlier and ``name`` is not rebuilt yet: the hit is then a miss, said once
+        (``announce``: as a ``CacheChecked`` event), to be rebuilt here. ``lose=False``: a
+        failure only leaves it unrecorded here (its trees are here already)."""
         from kata.remote.cas import RemoteError
 
         with self._lock:
             if name not in self._remote_hits:
-                return True
+                return name not in self._lost_hits
             lock = self._unpack_locks.setdefault("remote\0" + name, threading.Lock())
         with lock:
             with self._lock:
                 entry = self._remote_hits.get(name)
-            if entry is None:  # a step starting together fetched it
-                return True
+                if entry is None:  # a step starting together fetched it, or found it lost
+                    return name not in self._lost_hits
             rec, step_keys = entry
             assert self.remote is not None
             try:
@@ -519,6 +542,14 @@ class Realiser:
                     raise
                 with self._lock:
                     self._remote_hits.pop(name, None)
+                    if not lose:
+                        return False
+                    self._lost_hits.add(name)
+                    self._stacks.pop(name, None)
+                    self._producer = {t: s for t, s in self._producer.items() if s != name}
+                if announce:
+                    self.emit(ev.CacheChecked(step=name, hit=False, key=self._results[name].key,
+                                              reason=REMOTE_LOST, damaged=True))
                 return False
             with self._lock:
                 self._remote_hits.pop(name, None)
@@ -531,7 +562,7 @@ class Realiser:
         remote went away, or handed back other bytes): a run without the remote rebuilds
         it locally."""
         for name in names if names is not None else self.graph.order:
-            if not self._fetch_hit(name):
+            if not self._fetch_hit(name, announce=False):
                 assert self.remote is not None
                 why = self.remote.down_reason or "its objects did not arrive intact"
                 raise KataError("remote.fetch_failed", f"step {name} was a hit in the remote "

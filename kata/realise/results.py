@@ -33,6 +33,9 @@ class RealiseOptions:
     # status_steps): step -> whether it also runs when no step before it failed
     statuses: Mapping[str, bool] = field(default_factory=dict)
     scope: Scope = Scope()  # where scoped entries are read and written (kata.keys.Scope)
+    # steps whose remote hits are fetched during the run (what --out copies); one the remote
+    # cannot hand over (evicted blobs, the remote gone) is rebuilt here instead
+    fetch: tuple[str, ...] = ()
     started: float | None = None  # time.monotonic() the user's wait began (the kata process's
     #   start, kata.realise.events.process_started()); None: when run() is called
 

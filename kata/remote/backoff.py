@@ -35,12 +35,12 @@ class Down:
     until: float
     reason: str
 
-    def describe(self) -> str:
+    def describe(self, *, push_hint: bool = True) -> str:
         """``<reason>; not asked again until 17:40:12 UTC per remote.backoff, or now by
-        `kata remote push```."""
+        `kata remote push``` (``push_hint=False``: without the last part, for the push)."""
         at = time.strftime("%H:%M:%S UTC", time.gmtime(self.until))
-        return (f"{self.reason}; not asked again until {at} per remote.backoff, or now by "
-                "`kata remote push`")
+        hint = ", or now by `kata remote push`" if push_hint else ""
+        return f"{self.reason}; not asked again until {at} per remote.backoff{hint}"
 
 
 class Backoff:

@@ -179,8 +179,8 @@ class RemoteCache:
         if err.reason == "remote.deadline" and self._memo is not None:
             # it cost this run a timeout: the next runs skip it for a while
             down = self._memo.failed(first, seconds=self.config.backoff)
-            if down is not None:
-                first = down.describe()
+            if down is not None:  # `kata remote push` (which ignores it) is not told to push
+                first = down.describe(push_hint=self._honour_backoff)
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
                    "with the local store only")
 
@@ -447,13 +447,13 @@ class RemoteCache:
         (FindMissingBlobs). RemoteError, StoreError."""
         cas = self._remote.cas
         trees: dict[str, tuple[Digest, Digest]] = {}
+        sent_before: list[str] = []  # trees this run sent earlier (a stack handed on)
         for tree in dict.fromkeys(t for t in (real.outputs, *real.stack) if t):
             known = self._trees.get(tree)
             if known is None:
-                up = remote_trees.upload_tree(cas, store, tree, memo=True)
-                known = (up.tree_digest, up.root_digest)
-                with self._lock:
-                    self._trees[tree] = known
+                known = self._upload_tree(store, tree)
+            else:
+                sent_before.append(tree)
             trees[tree] = known
         blobs = cas_blobs(tuple(keys))
         log = None
@@ -469,7 +469,13 @@ class RemoteCache:
         record_bytes = encode_record(real, trees)
         record = digest_of(record_bytes)
         blobs[(record.hash, record.size_bytes)] = (record, record_bytes)
-        missing = {(d.hash, d.size_bytes) for d in cas.find_missing(d for d, _ in blobs.values())}
+        # the Tree messages of the trees sent earlier are asked about in the same call: a
+        # remote restarted empty since (a memory CAS) holds none, and they are sent again
+        asked = [d for d, _ in blobs.values()] + [trees[t][0] for t in sent_before]
+        missing = {(d.hash, d.size_bytes) for d in cas.find_missing(asked)}
+        for tree in sent_before:
+            if (trees[tree][0].hash, trees[tree][0].size_bytes) in missing:
+                trees[tree] = self._upload_tree(store, tree)
         cas.upload({k: v for k, v in blobs.items() if k in missing})
         result = result_for(real, record=record, record_bytes=record_bytes, trees=trees,
                             log=log, report=report)
@@ -485,6 +491,14 @@ class RemoteCache:
             self._uploaded = True
             for key in keys:
                 self._held[key] = held
+
+    def _upload_tree(self, store: Store, tree: str) -> tuple[Digest, Digest]:
+        """Send ``tree`` (only the blobs the remote lacks); its (Tree, root) digests."""
+        up = remote_trees.upload_tree(self._remote.cas, store, tree, memo=True)
+        known = (up.tree_digest, up.root_digest)
+        with self._lock:
+            self._trees[tree] = known
+        return known
 
     def alias(self, key: str, rec: RemoteRecord, *, resolved: str = "") -> None:
         """Record ``rec``'s result under another key too (an early-cutoff hit found by the

@@ -316,7 +316,8 @@ class Cas:
         out: dict[str, bytes] = {}
         batch: list[Digest] = []
         size = 0
-        for d in {_key(d): d for d in digests}.values():
+        wanted = {_key(d): d for d in digests}
+        for d in wanted.values():
             if d.size_bytes == 0:
                 out[d.hash] = b""
                 continue
@@ -331,8 +332,11 @@ class Cas:
             size += d.size_bytes + _PER_BLOB
         if batch:
             out.update(self._batch_read(batch, size))
+        sizes = {d.hash: d.size_bytes for d in wanted.values()}
         for hexd, data in out.items():
-            if len(data) and hashlib.sha256(data).hexdigest() != hexd:
+            # an empty answer for a blob that is not (a disk CAS truncated by a power loss)
+            # is refused too, as ByteStream reads refuse a short one
+            if len(data) != sizes.get(hexd) or (data and hashlib.sha256(data).hexdigest() != hexd):
                 raise RemoteError("remote.bad_answer", f"blob {hexd} does not match its digest")
         return out
 
@@ -343,8 +347,12 @@ class Cas:
         out = {}
         for r in resp.responses:
             if r.status.code != 0:
+                name = next((c.name for c in grpc.StatusCode if c.value[0] == r.status.code),
+                            f"code {r.status.code}")
+                why = " (the remote no longer holds it: evicted, or lost since its entry was " \
+                      "written)" if r.status.code == grpc.StatusCode.NOT_FOUND.value[0] else ""
                 raise RemoteError("remote.bad_answer", f"BatchReadBlobs {r.digest.hash}: "
-                                  f"code {r.status.code}: {r.status.message}")
+                                  f"{name}: {r.status.message}".rstrip(": ") + why)
             out[r.digest.hash] = r.data
         if len(out) != len(digests):
             raise RemoteError("remote.bad_answer", "BatchReadBlobs answered fewer blobs")

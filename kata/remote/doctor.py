@@ -47,6 +47,14 @@ def check_remote(config: RemoteConfig) -> Check:
                   "(or --remote-instance) to one it serves"
         elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             fix = "the server refused the credentials: check remote.token_file and remote.tls"
+        elif "handshake failed" in detail.lower():
+            fix = "the TLS handshake failed: if the server speaks plaintext, use grpc:// " \
+                  "instead of grpcs://; otherwise check its certificate against remote.tls.ca"
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            fix = (f"the server took the connection but did not answer in "
+                   f"{min(config.timeout, _TIMEOUT):g} s: it is hung or overloaded, or a proxy "
+                   "stands in front of a dead one; runs wait remote.connect_timeout for it, "
+                   "then go on with the local store (one warning each)")
         else:
             fix = "start the server or correct the URL; runs go on with the local store " \
                   "meanwhile (one warning each)"
