@@ -3,24 +3,12 @@ realisations and cache directories test_trust_e2e.py covers: each is closed here
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from store import Store
 from store.runs import Run, StepRecord
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def kata(*args: str, store: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(store)}
-    proc = subprocess.run([sys.executable, "-m", "kata", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+from support.cli import KataProcess
 
 
 def _run(s: Store, tmp: Path, run_id: str, scope: str, started: float, text: str) -> None:
@@ -47,13 +35,13 @@ def test_export_without_run_never_takes_an_untrusted_runs_artifacts(tmp_path) ->
         _run(s, tmp_path, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "main's")
         _run(s, tmp_path, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "evil")
     out = tmp_path / "out"
-    proc = kata("export", "--out", str(out), store=store, cwd=repo)
+    kata = KataProcess(repo, store=store)
+    proc = kata("export", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert (out / "build" / "dist" / "app").read_text() == "main's"
     assert "20261130-000001-aaaaaa" in proc.stderr + proc.stdout  # says which run it took
     named = tmp_path / "named"
-    proc = kata("export", "--run", "20261130-000002-bbbbbb", "--out", str(named),
-                store=store, cwd=repo)
+    proc = kata("export", "--run", "20261130-000002-bbbbbb", "--out", str(named))
     assert proc.returncode == 0, proc.stderr
     assert (named / "build" / "dist" / "app").read_text() == "evil"
 
