@@ -64,6 +64,16 @@ def _host_a_ran(tmp_path: Path, url: str) -> tuple[Host, Path]:
     a.close()
     return a, repo_a
 
+def _host_b_adds_ship(tmp_path: Path, repo_a: Path, url: str):  # noqa: ANN202
+    """Host B, on a copy of A's repository, runs DAG plus ``ship`` (after ``package``)
+    against the remote at ``url``; B and its run's result."""
+    repo_b = tmp_path / "b" / "repo"
+    shutil.copytree(repo_a, repo_b)
+    b = Host(tmp_path / "b", repo_b, url)
+    changed = DAG + [FakeStep("ship", commands=("cat pkg",), depends_on=("package",))]
+    return b, b.realiser(changed).run()
+
+
 
 def test_remote_lost_between_plan_and_run_rebuilds_locally(tmp_path):
     repo_a = tmp_path / "a" / "repo"
@@ -291,11 +301,7 @@ def test_a_remote_restarted_empty_mid_run_gets_the_stack_trees_again(tmp_path):
         a.close()
         assert not a.warnings, a.warnings
 
-        repo_b = tmp_path / "b" / "repo"
-        shutil.copytree(repo_a, repo_b)
-        b = Host(tmp_path / "b", repo_b, server.url)
-        changed = DAG + [FakeStep("ship", commands=("cat pkg",), depends_on=("package",))]
-        result = b.realiser(changed).run()
+        b, result = _host_b_adds_ship(tmp_path, repo_a, server.url)
     assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
     lost = [e.step for e in b.events if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_LOST]
     assert lost == [] and not b.warnings, (lost, b.warnings)
@@ -319,11 +325,7 @@ def test_a_lost_hit_whose_own_dependencies_were_never_decided_is_rebuilt(tmp_pat
         assert lost
         for p in lost:
             p.unlink()
-        repo_b = tmp_path / "b" / "repo"
-        shutil.copytree(repo_a, repo_b)
-        b = Host(tmp_path / "b", repo_b, server.url)
-        changed = DAG + [FakeStep("ship", commands=("cat pkg",), depends_on=("package",))]
-        result = b.realiser(changed).run()
+        b, result = _host_b_adds_ship(tmp_path, repo_a, server.url)
     assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
     # build is rebuilt here; the hits above it are rebuilt too, or (when the remote is
     # still in use) found again by their resolved hashes and fetched, build now local
