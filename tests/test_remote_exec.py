@@ -630,6 +630,18 @@ def lose_a_blob_between_steps(grid, kata) -> tuple[str, str, str]:
                                             "echo still-there"]}]}
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
 
+    code, out, err = _lose_blob_mid_run(  # while `slow` still runs
+        kata, bg, digest, lambda seen: any(x.startswith("[PASS] first") for x in seen)
+        and any(said(x, "napping") for x in seen))
+    assert code == 0, out + err
+    assert "second | still-there" in out, out
+    return out, err, digest
+
+
+def _lose_blob_mid_run(kata, bg, digest: str, ready) -> tuple[int, str, str]:  # noqa: ANN001
+    """`kata run --no-cache --remote-executor` until ``ready(lines so far)``; then BuildGrid's
+    disk CAS loses the blob ``digest`` (it must hold it then) and the run goes on to its
+    end. Its exit status, stdout and stderr."""
     run = subprocess.Popen([*kata.base, "run", "--no-cache", "--remote-executor", bg.url],
                            cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -637,19 +649,16 @@ def lose_a_blob_between_steps(grid, kata) -> tuple[str, str, str]:
         seen = []
         for line in run.stdout:  # type: ignore[union-attr]
             seen.append(line)
-            if any(x.startswith("[PASS] first") for x in seen) and \
-                    any(said(x, "napping") for x in seen):
+            if ready(seen):
                 break
         found = stored_blob(bg, digest)
         assert found, seen
-        for path in found:  # the CAS loses it while `slow` still runs
+        for path in found:
             path.unlink()
         out, err = run.communicate(timeout=240)
     finally:
         stop(run)
-    assert run.returncode == 0, "".join(seen) + out + err
-    assert "second | still-there" in out, out
-    return "".join(seen) + out, err, digest
+    return run.returncode, "".join(seen) + out, err
 
 
 def stored_blob(bg, digest: str) -> list[Path]:
@@ -705,23 +714,10 @@ def test_a_worker_sends_back_no_input_it_just_read_and_the_client_uses_its_own_c
          "commands": ["tr a-z A-Z < out/copy"]}]}
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     with worker_pool(grid, names=("w1",)) as (w1,):
-        run = subprocess.Popen([*kata.base, "run", "--no-cache", "--remote-executor", bg.url],
-                               cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        try:
-            seen = []
-            for line in run.stdout:  # type: ignore[union-attr]
-                seen.append(line)
-                if said(line, "napping"):
-                    break
-            found = stored_blob(bg, digest)
-            assert found, seen  # the client sent it; the worker read it
-            for path in found:  # the CAS loses it while `copy` still runs
-                path.unlink()
-            out, err = run.communicate(timeout=240)
-        finally:
-            stop(run)
-        assert run.returncode == 0, "".join(seen) + out + err + w1.text()[-3000:]
+        # the client sent it, the worker read it; the CAS loses it while `copy` still runs
+        code, out, err = _lose_blob_mid_run(kata, bg, digest,
+                                            lambda seen: said(seen[-1], "napping"))
+        assert code == 0, out + err + w1.text()[-3000:]
         assert f"show | {content.decode().strip().upper()}" in out, out
         assert not stored_blob(bg, digest), "the worker sent back an input it had just read"
         assert f"BatchReadBlobs {digest}" not in w1.text(), w1.text()[-2000:]
