@@ -35,7 +35,6 @@ directories go to its quarantine (the realiser and the store, given ``Scope``).
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
