@@ -302,8 +302,31 @@ def check_git(host: Host) -> Check:
     return Check(name="git", status="ok", detail=_version("git") or "git")
 
 
+EXECUTOR_PROBE_TIMEOUT = 5.0  # seconds: kata.executor.connection.probe's default
+
 CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc,
           check_oci_runtime, check_step_runner, check_cni, check_store, check_space, check_git)
+
+
+def remote_fix(code: str, detail: str, *, server: str, timeout: float, start: str,
+               hung: str) -> str:
+    """The fix for a REAPI server (``server``: what to call it) whose GetCapabilities failed
+    with the gRPC status ``code`` (its name) and ``detail``: an unknown instance, refused
+    credentials, a TLS mismatch and a hung server each have their own; else ``start`` (it
+    is down or the URL is wrong). ``hung``: what runs do meanwhile, after a ``timeout``
+    (seconds) that went unanswered. One rule for ``remote-cache`` and ``remote-executor``."""
+    if code in ("INVALID_ARGUMENT", "NOT_FOUND"):  # it answers: not a down server
+        return (f"the {server} does not know this instance name: set remote.instance (or "
+                "--remote-instance) to one it serves")
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return f"the {server} refused the credentials: check remote.token_file and remote.tls"
+    if "handshake failed" in detail.lower():
+        return ("the TLS handshake failed: if the server speaks plaintext, use grpc:// "
+                "instead of grpcs://; otherwise check its certificate against remote.tls.ca")
+    if code == "DEADLINE_EXCEEDED":
+        return (f"the {server} took the connection but did not answer in {timeout:g} s: it "
+                f"is hung or overloaded, or a proxy stands in front of a dead one; {hung}")
+    return start
 
 
 def check_remote_executor(host: Host) -> Check:
@@ -313,22 +336,20 @@ def check_remote_executor(host: Host) -> Check:
 
     url = host.remote_executor
     assert host.executor_probe is not None
-    fix = (f"start the scheduler at {url} (BuildGrid with !execution, docs/remote.md) or "
-           "correct remote.executor in the host config")
+    start = (f"start the scheduler at {url} (BuildGrid with !execution, docs/remote.md) or "
+             "correct remote.executor in the host config")
     try:
         caps = host.executor_probe()
     except RemoteError as err:
-        if err.code in ("INVALID_ARGUMENT", "NOT_FOUND"):  # it answers: not a down server
-            fix = ("the scheduler does not know this instance name: set remote.instance (or "
-                   "--remote-instance) to one it executes for")
-        elif err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-            fix = "the scheduler refused the credentials: check remote.token_file and remote.tls"
+        fix = remote_fix(err.code or "", err.message, server="scheduler",
+                         timeout=EXECUTOR_PROBE_TIMEOUT, start=start,
+                         hung="a run's remote steps fail after 10 s with remote.unavailable")
         return Check(name="remote-executor", status="fail", detail=f"{url}: {err.message}",
                      fix=fix)
     execution = caps.execution_capabilities  # type: ignore[attr-defined]
     if not execution.exec_enabled:
         return Check(name="remote-executor", status="fail", detail=f"{url} answers but does "
-                     "not execute (execEnabled is false: a cache-only server)", fix=fix)
+                     "not execute (execEnabled is false: a cache-only server)", fix=start)
     sha256 = 1  # build.bazel.remote.execution.v2.DigestFunction.SHA256
     if execution.digest_function not in (0, sha256):
         return Check(name="remote-executor", status="fail", detail=f"{url} does not hash "

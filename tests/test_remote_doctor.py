@@ -96,3 +96,26 @@ def test_doctor_names_the_fix_for_a_tls_mismatch_and_for_a_hung_remote(tmp_path)
         stuck = check_remote(RemoteConfig(url=url, target=parse_url(url)[0], timeout=1))
     assert stuck.status == "warn" and "DEADLINE_EXCEEDED" in stuck.detail, stuck
     assert "did not answer" in stuck.fix and "start the server" not in stuck.fix, stuck
+
+
+def test_doctor_names_the_same_fixes_for_the_remote_executor(tmp_path):
+    """The executor's check tells a TLS mismatch and a hung scheduler apart from a down one
+    as the cache's does (one rule, ``kata.doctor.remote_fix``): "start the scheduler" was
+    its answer to all three."""
+    import socket
+
+    with buildgrid(tmp_path / "plain") as server:
+        url = server.url.replace("grpc://", "grpcs://")
+        plaintext = _doctor(tmp_path, f"remote:\n  executor: {url}\n")["remote-executor"]
+    assert plaintext["status"] == "fail", plaintext
+    assert "grpc://" in plaintext["fix"] and "start the scheduler" not in plaintext["fix"]
+    with socket.socket() as hung:  # the kernel accepts connections; nothing ever answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"grpc://127.0.0.1:{hung.getsockname()[1]}"
+        stuck = _doctor(tmp_path, f"remote:\n  executor: {url}\n")["remote-executor"]
+    assert stuck["status"] == "fail" and "DEADLINE_EXCEEDED" in stuck["detail"], stuck
+    assert "did not answer in 5 s" in stuck["fix"] and "scheduler" in stuck["fix"], stuck
+    assert "start the scheduler" not in stuck["fix"], stuck
+    down = _doctor(tmp_path, f"remote:\n  executor: grpc://127.0.0.1:{_free_port()}\n")
+    assert "start the scheduler" in down["remote-executor"]["fix"], down

@@ -21,7 +21,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     (crun or runc), CNI, the store location and free space, and a configured remote
     cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import store_location
-    from kata.doctor import Host, diagnose
+    from kata.doctor import EXECUTOR_PROBE_TIMEOUT, Host, diagnose
     from kata.executor.connection import probe
     from kata.remote.config import load_remote_config
     from kata.errors import KataError
@@ -47,7 +47,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
     if executor is not None:
         host = dataclasses.replace(host, remote_executor=executor.url,
-                                   executor_probe=lambda: probe(executor))
+                                   executor_probe=lambda: probe(
+                                       executor, timeout=EXECUTOR_PROBE_TIMEOUT))
     checks = diagnose(host)
     checks += _remote_checks()
     failed = [c for c in checks if c.status == "fail"]

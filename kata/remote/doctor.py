@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc
 
-from kata.doctor import Check
+from kata.doctor import Check, remote_fix
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
@@ -42,22 +42,11 @@ def check_remote(config: RemoteConfig) -> Check:
     except grpc.RpcError as err:
         code = err.code()
         detail = f"{where}: GetCapabilities: {code.name}: {err.details() or ''}".rstrip(": ")
-        if code == grpc.StatusCode.INVALID_ARGUMENT or code == grpc.StatusCode.NOT_FOUND:
-            fix = "the server does not know this instance name: set remote.instance " \
-                  "(or --remote-instance) to one it serves"
-        elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            fix = "the server refused the credentials: check remote.token_file and remote.tls"
-        elif "handshake failed" in detail.lower():
-            fix = "the TLS handshake failed: if the server speaks plaintext, use grpc:// " \
-                  "instead of grpcs://; otherwise check its certificate against remote.tls.ca"
-        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            fix = (f"the server took the connection but did not answer in "
-                   f"{min(config.timeout, _TIMEOUT):g} s: it is hung or overloaded, or a proxy "
-                   "stands in front of a dead one; runs wait remote.connect_timeout for it, "
-                   "then go on with the local store (one warning each)")
-        else:
-            fix = "start the server or correct the URL; runs go on with the local store " \
-                  "meanwhile (one warning each)"
+        fix = remote_fix(code.name, detail, server="server", timeout=min(config.timeout, _TIMEOUT),
+                         start="start the server or correct the URL; runs go on with the "
+                               "local store meanwhile (one warning each)",
+                         hung="runs wait remote.connect_timeout for it, then go on with the "
+                              "local store (one warning each)")
         return Check(name=name, status="warn", detail=detail, fix=fix)
     functions = set(caps.cache_capabilities.digest_functions)
     if functions and re_pb2.DigestFunction.SHA256 not in functions:
