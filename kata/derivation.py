@@ -280,6 +280,8 @@ class Change:
             return f"{what}: tag not resolved (no runtime), cannot compare image digests"
         if self.kind == "changed" and self.field == "input file":
             return f"{what}: " + "; ".join(_file_change(self.old, self.new))
+        if self.kind == "changed" and self.field == "resources":
+            return f"{what}: {_limits_words(self.old)} -> {_limits_words(self.new)}"
         if self.kind == "changed" and self.field == "service":
             changed = [f.name for f in dataclasses.fields(self.old)
                        if getattr(self.old, f.name) != getattr(self.new, f.name)]
@@ -289,6 +291,19 @@ class Change:
         if self.field in ("input file", "service"):
             return f"{what}: {self.kind}"
         return f"{what}: {self.kind} ({_short(self.new if self.kind == 'added' else self.old)})"
+
+
+def _limits_words(limits: Limits | None) -> str:
+    """Declared limits as the config says them: ``memory 256 MiB, cpus 1.5, pids 100``."""
+    if limits is None:
+        return "none declared"
+    from kata.resources import format_size
+
+    memory, cpus, pids = limits
+    words = [f"memory {format_size(memory)}" if memory is not None else "",
+             f"cpus {cpus:g}" if cpus is not None else "",
+             f"pids {pids}" if pids is not None else ""]
+    return ", ".join(w for w in words if w)
 
 
 def _file_change(old: tuple[str, int], new: tuple[str, int]) -> list[str]:

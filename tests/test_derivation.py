@@ -450,3 +450,20 @@ def test_depends_on_order_is_hashed_since_it_decides_whose_file_wins(repo) -> No
     changes = diff(ab.record(), ba.record())
     assert [c.field for c in changes] == ["dependency order"]
     assert (changes[0].old, changes[0].new) == ("a, b", "b, a")
+
+
+def test_diff_says_a_limit_change_in_the_configs_words(repo) -> None:
+    # `kata why` after editing `resources:` printed the hashed tuple,
+    # "resources: [none, 1.0, none] -> [none, 2.0, none]"
+    def why(old, new):
+        g1 = _graph(BASE.replace("    env: {A", old + "    env: {A"), repo)
+        g2 = _graph(BASE.replace("    env: {A", new + "    env: {A"), repo)
+        changes = diff(g1.nodes["build"].record(), g2.nodes["build"].record())
+        return [str(c) for c in changes]
+
+    assert why("    resources: {cpus: 1}\n", "    resources: {cpus: 2.5}\n") == [
+        "resources: cpus 1 -> cpus 2.5"]
+    assert why("", "    resources: {memory: 256MiB, pids: 100}\n") == [
+        "resources: none declared -> memory 256 MiB, pids 100"]
+    assert why("    resources: {cpus: 1.0, memory: 1GiB}\n", "") == [
+        "resources: memory 1 GiB, cpus 1 -> none declared"]
