@@ -357,6 +357,8 @@ def test_export_of_a_run_with_nothing_to_export_says_so(kata, tmp_path):
     proc = kata("export", "--out", str(tmp_path / "dist"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "has no artifacts to export" in proc.stderr
+    # a repository without git: the run it took is not named "(ref:)"
+    assert "(ref:)" not in proc.stderr and "(no git ref)" in proc.stderr, proc.stderr
     assert f"kata export --run {full}" in proc.stderr
     assert not (tmp_path / "dist").exists()
     proc = kata("export", "--run", full, "--out", str(tmp_path / "dist"))

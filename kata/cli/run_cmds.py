@@ -783,7 +783,8 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     if chosen is None:  # no run has them: say what the last one has
         return last, _step_names(last, steps)
     if trusted:
-        click.echo(f"kata: exporting run {chosen.id} ({chosen.scope or 'local'}), the "
+        where = chosen.scope.removeprefix("ref:") or "no git ref"
+        click.echo(f"kata: exporting run {chosen.id} ({where}), the "
                    "last trusted run of the pipeline (an untrusted one only with --run ID)",
                    err=True)
     return chosen, names
