@@ -126,7 +126,8 @@ class Lookup:
             if rec is not None:
                 return Looked(key=key, record=rec.realisation, damaged=found.damaged, remote=rec,
                               asked_remote=True)
-            return dataclasses.replace(found, asked_remote=True)
+            # a remote that failed just now (one warning) was not really asked
+            return dataclasses.replace(found, asked_remote=self.remote.enabled)
         return found
 
     def local(self, key: str) -> bool:

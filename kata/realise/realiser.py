@@ -581,7 +581,8 @@ class Realiser:
         for name in names if names is not None else self.graph.order:
             if not self._fetch_hit(name, announce=False):
                 assert self.remote is not None
-                why = self.remote.down_reason or "its objects did not arrive intact"
+                why = self.remote.down_reason or \
+                    "it no longer holds them (evicted), or they did not arrive intact"
                 raise KataError("remote.fetch_failed", f"step {name} was a hit in the remote "
                                 f"cache {self.remote.config.url}, which cannot hand over its "
                                 f"outputs now ({why.splitlines()[0][:200]}); run again once "
