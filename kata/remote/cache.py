@@ -18,6 +18,8 @@ never fails because of it. ``fetch`` is the one call that raises (RemoteError), 
 its caller must then build the step locally instead. A remote that refuses only this host's
 writes (PERMISSION_DENIED, UNIMPLEMENTED: a read-only client) stays in use for reading:
 one warning, and writes (uploads, aliases, the bundle, the pending queue) stop for the run.
+A remote that answers NOT_FOUND for a blob an entry names (``cas.evicted``: an LRU dropped
+it) is not failing: ``fetch`` raises for that record only, which later lookups then miss.
 
 With a ``state_dir`` (the store's), an upload is queued durably before it is tried
 (``kata.remote.pending``) and forgotten once the remote holds it: what a run could not send
