@@ -1,8 +1,8 @@
 """A remote cache that lost blobs an entry still names (BuildGrid's LRU evicted them, a
 disk CAS lost files): real BuildGrid (disk CAS, so the test can lose files as an
 eviction does), real containerd, two hosts. What a remote cannot hand over is rebuilt
-locally with one warning line, never a failed run (docs/remote.md "When the remote
-fails")."""
+locally (that hit only: the remote stays in use, no warning), never a failed run
+(docs/remote.md "When the remote fails")."""
 
 from __future__ import annotations
 
@@ -64,11 +64,11 @@ def test_out_of_a_hit_whose_blobs_were_evicted_rebuilds_it(tmp_path, containerd_
         second = b("run", *remote, "--step", "package", "--out", str(out))
         assert second.returncode == 0, second.stdout + second.stderr
         assert (out / "pkg").read_bytes() == CONTENT
-        assert "[CACHE] package: MISS (remote cache unavailable, rebuilding)" in second.stdout
-        warnings = [x for x in second.stderr.splitlines() if x.strip()]
-        assert len(warnings) == 1 and warnings[0].startswith("kata: warning: remote cache "), \
-            second.stderr
-        assert "NOT_FOUND" in warnings[0] and "no longer holds it" in warnings[0], warnings
+        assert second.stdout.count("[CACHE] package: MISS") == 1, second.stdout
+        assert "[CACHE] package: MISS (evicted from the remote cache, rebuilding)" in second.stdout
+        # an eviction is no outage: no warning, the remote stays in use (build, rebuilt
+        # here, is a hit there again, or uploaded)
+        assert not second.stderr.strip(), second.stderr
         # what was rebuilt is this host's now: a run without the remote hits it
         third = b("run", "--step", "package", "--out", str(tmp_path / "out2"))
         assert third.returncode == 0, third.stdout + third.stderr

@@ -41,10 +41,11 @@ class Host:
         self.remote = RemoteCache(RemoteConfig(url=url, target=parse_url(url)[0], timeout=5),
                                   warn=self.warnings.append)
 
-    def realiser(self, steps) -> Realiser:
+    def realiser(self, steps, **options) -> Realiser:
         self.events = []
         graph = compile_steps(self.repo, steps)
-        opts = RealiseOptions(repo_root=self.repo, work_root=self.work, max_parallel=2)
+        opts = RealiseOptions(repo_root=self.repo, work_root=self.work, max_parallel=2,
+                              **options)
         return Realiser(graph, store=self.store, runtime=self.runtime, emit=self.events.append,
                         options=opts, remote=self.remote)
 
@@ -333,3 +334,129 @@ def test_a_lost_hit_whose_own_dependencies_were_never_decided_is_rebuilt(tmp_pat
                                                            "ship", "test"}, b.runtime.started
     assert len(b.warnings) <= 1, b.warnings
     b.close()
+
+
+def _evict(server, content: bytes) -> None:
+    """Drop the blob of ``content`` from BuildGrid's disk CAS (what an LRU eviction does)."""
+    import hashlib
+
+    hexd = hashlib.sha256(content).hexdigest()
+    lost = [p for p in (server.workdir / "cas").rglob("*") if p.is_file() and hexd[2:] in p.name]
+    assert lost, f"blob {hexd} is not in the CAS"
+    for p in lost:
+        p.unlink()
+
+
+def test_an_evicted_hit_is_rebuilt_while_the_remote_stays_in_use(tmp_path):
+    """Two independent hits, ``build`` and ``docs``, each needed by a step B changed. The
+    remote's LRU evicts a blob of build's tree once B has looked up: build alone is a miss (said once, naming
+    the eviction) and rebuilt here; docs is still fetched from the remote, not rebuilt;
+    B's results are uploaded; no warning (the remote never went away). The step re-queued
+    behind the rebuilt build says MISS once."""
+    from collections import Counter
+
+    from kata.realise.realiser import REMOTE_EVICTED
+    from kata.report.plain import line as format_event
+
+    graph = [DAG[0],
+             FakeStep("docs", commands=("mkdir -p d", "echo docs made on A > d/doc.txt"),
+                      artifacts=("d/",)),
+             FakeStep("test", commands=("grep -q hello dist/out.txt", "echo ok > t"),
+                      depends_on=("build",), artifacts=("t",)),
+             FakeStep("pub", commands=("cat d/doc.txt > p",), depends_on=("docs",),
+                      artifacts=("p",))]
+    changed = graph[:2] + [
+        FakeStep("test", commands=("grep -q hello dist/out.txt", "echo changed > t"),
+                 depends_on=("build",), artifacts=("t",)),
+        FakeStep("pub", commands=("cat d/doc.txt > p", "echo changed"), depends_on=("docs",),
+                 artifacts=("p",))]
+    repo_a = tmp_path / "a" / "repo"
+    (repo_a / "src").mkdir(parents=True)
+    (repo_a / "src" / "a.txt").write_text("hello\n")
+    with buildgrid(tmp_path / "bgd") as server:
+        a = Host(tmp_path / "a", repo_a, server.url)
+        assert a.realiser(graph).run().ok
+        a.close()
+        repo_b = tmp_path / "b" / "repo"
+        shutil.copytree(repo_a, repo_b)
+        b = Host(tmp_path / "b", repo_b, server.url)
+        realiser = b.realiser(changed)
+        plan = realiser.plan()
+        assert set(plan.hits) == {"build", "docs"}, plan.hits
+        # evicted after B's lookups (BuildGrid answers no entry whose blobs it lacks)
+        _evict(server, b"hello\n")  # build's dist/out.txt
+        result = realiser.run(plan)
+        assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+        assert sorted(b.runtime.started) == ["build", "pub", "test"], b.runtime.started
+        assert not b.warnings, b.warnings
+        assert b.remote.enabled and b.remote.stats["fetched_trees"] >= 1
+        misses = [e for e in b.events if isinstance(e, ev.CacheChecked) and not e.hit]
+        assert Counter(e.step for e in misses) == {"build": 1, "test": 1, "pub": 1}, misses
+        shown = [format_event(e) for e in misses if e.step == "build"]
+        assert shown == [f"[CACHE] build: MISS ({REMOTE_EVICTED})"], shown
+        b.close()
+        assert b.remote.stats["uploads"] == 3, b.remote.stats  # build (again), test, pub
+        # C, a third host, hits the rebuilt build from the remote again
+        c = Host(tmp_path / "c", repo_b, server.url)
+        again = c.realiser(changed[:1] + changed[2:3])
+        got = again.run()
+        assert got.ok and not c.runtime.started and not c.warnings
+        again.localise_all(None)
+        c.close()
+
+
+class _CachedStep(FakeStep):
+    """A step with an explicit ``cache: true`` (a step with secrets is cached only so)."""
+
+    def to_yaml(self) -> dict:
+        return {**super().to_yaml(), "cache": True}
+
+
+def test_a_step_with_a_secret_is_never_looked_up_in_the_remote(tmp_path):
+    """Kata never uploads a step that declares a secret, nor one below it: an entry under
+    such a step's key can only have been planted by someone else. It is never used (the
+    local store only), and the dry run says where it looked."""
+    steps = [_CachedStep("sec", commands=("echo signed > s",), secrets=("TOKEN",),
+                         artifacts=("s",)),
+             FakeStep("after", commands=("cat s > a",), depends_on=("sec",), artifacts=("a",)),
+             FakeStep("free", commands=("echo free > f",), artifacts=("f",))]
+    repo = tmp_path / "b" / "repo"
+    repo.mkdir(parents=True)
+    with buildgrid(tmp_path / "bgd") as server:
+        # a poisoner runs steps of its own and files one of its results under the keys
+        # of B's secret step and of its dependent
+        p = Host(tmp_path / "p", repo, server.url)
+        evil = [FakeStep("evil", commands=("echo forged > s", "echo forged > a"),
+                         artifacts=("s", "a"))]
+        p.remote = None  # type: ignore[assignment]
+        assert p.realiser(evil).run().ok
+        forged = p.store.get_realisation(
+            compile_steps(repo, evil).nodes["evil"].drv_hash)  # type: ignore[arg-type]
+        assert forged is not None
+        p.remote = RemoteCache(RemoteConfig(url=server.url, target=parse_url(server.url)[0],
+                                            timeout=5), warn=p.warnings.append)
+        b = Host(tmp_path / "b", repo, server.url)
+        graph = compile_steps(repo, steps)
+        planted = [graph.nodes[n].drv_hash for n in ("sec", "after")]
+        p.remote.upload_now(p.store, planted, forged)  # type: ignore[arg-type]
+        p.close()
+        assert not p.warnings, p.warnings
+        probe = RemoteCache(RemoteConfig(url=server.url, target=parse_url(server.url)[0],
+                                         timeout=5), warn=b.warnings.append)
+        assert all(probe.lookup(k) is not None for k in planted)  # the entries are there
+        probe.close()
+
+        dry = {e.step: e for e in b.realiser(steps, secrets={"TOKEN": "s3cr3t-value"}).dry_run()}
+        assert not dry["sec"].hit and dry["sec"].why == "not in the store", dry["sec"]
+        assert not dry["after"].hit and dry["after"].why.split(";")[0] == "not in the store", \
+            dry["after"]
+        assert dry["free"].why == "not in the store or the remote cache", dry["free"]
+
+        result = b.realiser(steps, secrets={"TOKEN": "s3cr3t-value"}).run()
+        assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+        assert sorted(b.runtime.started) == ["after", "free", "sec"], b.runtime.started
+        assert not any(isinstance(e, ev.CacheChecked) and e.remote for e in b.events)
+        misses = {e.step: e.reason for e in b.events if isinstance(e, ev.CacheChecked)}
+        assert misses == {"sec": "not in the store", "after": "not in the store",
+                          "free": "not in the store or the remote cache"}, misses
+        b.close()

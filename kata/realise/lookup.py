@@ -20,6 +20,7 @@ quarantine first), cache directories under ``cache_dir_keys``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,12 +42,14 @@ if TYPE_CHECKING:
 class Looked:
     """What one lookup found: the record (None: a miss) and the key it was found under.
     ``damaged``: a record was there but an object behind it was missing or corrupt.
-    ``remote``: the record came from the remote cache; its objects are not local yet."""
+    ``remote``: the record came from the remote cache; its objects are not local yet.
+    ``asked_remote``: the remote cache was asked too (a miss is a miss in both)."""
 
     key: str
     record: Realisation | None = None
     damaged: bool = False
     remote: "RemoteRecord | None" = None
+    asked_remote: bool = False
 
 
 class Lookup:
@@ -111,14 +114,20 @@ class Lookup:
             damaged = damaged or found.damaged
         return Looked(key=candidates[-1], damaged=damaged)
 
-    def step(self, key: str) -> Looked:
+    def step(self, key: str, *, remote: bool = True) -> Looked:
         """A step result recorded under ``key`` (a derivation or resolved hash): the local
-        store first, then the remote cache (the shared key only: what trusted runs wrote)."""
+        store first, then the remote cache (the shared key only: what trusted runs wrote).
+        ``remote=False``: the local store only, for a step whose results are never uploaded
+        (a secret in it or below it, ``Records.shares``): an entry the remote holds for it
+        was written by someone else, so it is never used (SECURITY.md)."""
         found = self._first(self.scope.realisation_keys(key))
-        if found.record is None and self.remote is not None:
+        if found.record is None and remote and self.remote is not None:
             rec = self.remote.lookup(key)
             if rec is not None:
-                return Looked(key=key, record=rec.realisation, damaged=found.damaged, remote=rec)
+                return Looked(key=key, record=rec.realisation, damaged=found.damaged, remote=rec,
+                              asked_remote=True)
+            # a remote that failed just now (one warning) was not really asked
+            return dataclasses.replace(found, asked_remote=self.remote.enabled)
         return found
 
     def local(self, key: str) -> bool:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 Action = Literal["hit", "run", "skip"]
 DAMAGED = "cached output damaged, rebuilding"
 NOT_STORED = "not in the store"
+NOT_STORED_ANYWHERE = "not in the store or the remote cache"  # the remote was asked too
 WAITS = "waits for"
 
 
@@ -130,6 +131,20 @@ def gated(graph: "DerivationGraph", use_cache: bool) -> dict[str, str]:
                 out[name] = out.get(dep, dep)
                 break
     return out
+
+
+def local_only(graph: "DerivationGraph") -> frozenset[str]:
+    """Steps whose results never go to the remote cache because of a secret: one declared
+    by the step (itself or in a service) or by a step it depends on, transitively (its
+    artifact stack holds that step's outputs; ``Records.shares``). They are never looked up
+    in the remote either: an entry there can only have been written by someone else."""
+    out: set[str] = set()
+    for name in graph.order:  # dependencies first
+        node = graph.nodes[name]
+        if node.step.secrets or any(s.secrets for s in node.step.services) \
+                or any(d in out for d in node.deps):
+            out.add(name)
+    return frozenset(out)
 
 
 def excluded(graph: "DerivationGraph", skip: Mapping[str, str],
@@ -310,12 +325,13 @@ def make_plan(graph: "DerivationGraph", *, targets: Sequence[str] | None,
             if found.record is not None:
                 plans[name] = StepPlan(step=name, action="hit", key=drv_hash, found=found)
                 continue
-            why = DAMAGED if found.damaged else NOT_STORED
+            why = DAMAGED if found.damaged else \
+                NOT_STORED_ANYWHERE if found.asked_remote else NOT_STORED
         plans[name] = StepPlan(step=name, action="run", key=drv_hash, why=why)
         wanted.update(node.deps)
     for name in graph.order:  # dependencies first: whether each runs is known by now
         p = plans.get(name)
-        if p is not None and p.action == "run" and p.why in (NOT_STORED, DAMAGED):
+        if p is not None and p.action == "run" and p.why in (NOT_STORED, NOT_STORED_ANYWHERE, DAMAGED):
             after = tuple(d for d in nodes[name].deps if d in plans and plans[d].action == "run")
             if after:
                 plans[name] = StepPlan(step=name, action="run", key=p.key, why=p.why, after=after)
@@ -356,8 +372,10 @@ def plan_run(graph: "DerivationGraph", store: "Store", options: "RealiseOptions"
 
     lookup = Lookup(store, options.scope, heal=heal, remote=remote)
     prefetch(graph, options.use_cache, remote, local=lookup.local)
+    private = {graph.nodes[n].drv_hash for n in local_only(graph)}
     return make_plan(graph, targets=options.targets, skip=options.skip,
-                     use_cache=options.use_cache, lookup=lookup.step,
+                     use_cache=options.use_cache,
+                     lookup=lambda key: lookup.step(key, remote=key not in private),
                      scope=options.scope, statuses=options.statuses)
 
 
@@ -366,8 +384,11 @@ def prefetch(graph: "DerivationGraph", use_cache: bool, remote: "RemoteCache | N
     """Ask the remote cache about every step's derivation hash that the local store does
     not hold (``local(key)``) at once (concurrently), so the plan's lookups after a local
     miss are answered from memory. Lookups go local first: a fully cached run asks the
-    remote nothing (a hung remote costs it nothing)."""
+    remote nothing (a hung remote costs it nothing). Steps with a secret in or below them
+    (``local_only``) are never asked."""
     if remote is None or not use_cache:
         return
-    remote.prefetch((n.drv_hash for n in graph.nodes.values()
-                     if n.drv_hash and caches(n.step, use_cache)), local=local)
+    private = local_only(graph)
+    remote.prefetch((n.drv_hash for name, n in graph.nodes.items()
+                     if n.drv_hash and caches(n.step, use_cache) and name not in private),
+                    local=local)

@@ -36,12 +36,12 @@ from kata.errors import KataError
 from kata.realise import artifacts
 from kata.realise import events as ev
 from kata.realise import spec as specs
-from kata.realise.lookup import Lookup
+from kata.realise.lookup import Looked, Lookup
 from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
-    DAMAGED, NOT_STORED, Plan, StepPlan, caches, check, make_plan, miss_reason, plan_entries,
-    plan_run, prefetch, status_waits,
+    DAMAGED, NOT_STORED, NOT_STORED_ANYWHERE, Plan, StepPlan, caches, check, local_only, make_plan,
+    miss_reason, plan_entries, plan_run, prefetch, status_waits,
 )
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
@@ -67,6 +67,9 @@ _LOG_MEMORY = 1 << 20  # log bytes kept in memory before spilling to a temp file
 _DAMAGE = ("store.corrupt_object", "store.missing_object")
 _HEAL_ROUNDS = 8  # damaged trees healed while one step is set up, before giving up
 REMOTE_LOST = "remote cache unavailable, rebuilding"
+# a hit whose blobs the remote no longer holds (NOT_FOUND: an LRU evicted them); only that
+# hit is rebuilt, the remote stays in use
+REMOTE_EVICTED = "evicted from the remote cache, rebuilding"
 # A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
 # (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
 # each cut at a multiple of its size, then the last (< 16) trees one by one. A block is keyed
@@ -126,7 +129,11 @@ class Realiser:
         # remote hits whose fetch failed, until they are rebuilt: every step that needs one
         # waits for that rebuild, not only the step that found it lost
         self._lost_hits: set[str] = set()
+        self._missed: set[str] = set()  # steps whose MISS was said (once, even if re-queued)
         self._lookup = Lookup(store, options.scope, remote=remote)
+        # steps never looked up in the remote (a secret in or below them: never uploaded)
+        self._private = local_only(graph) if remote is not None else frozenset()
+        self._private_keys = {graph.nodes[n].drv_hash for n in self._private}
         self.record_error = ""  # why the run could not be recorded ("" when it was)
         self.records = Records(store, self._lookup, options, run_id=self.run_id,
                                pipeline=self.pipeline, remote=remote, nodes=graph.nodes)
@@ -155,8 +162,11 @@ class Realiser:
             return plan_run(self.graph, self.store, self.options, heal=False, remote=self.remote)
         prefetch(self.graph, self.options.use_cache, self.remote, local=self._lookup.local)
         return make_plan(self.graph, targets=self.options.targets, skip=self.options.skip,
-                         use_cache=self.options.use_cache, lookup=self._lookup.step,
+                         use_cache=self.options.use_cache, lookup=self._step_lookup,
                          scope=self.options.scope, statuses=self.options.statuses)
+
+    def _step_lookup(self, drv_hash: str) -> Looked:
+        return self._lookup.step(drv_hash, remote=drv_hash not in self._private_keys)
 
     def dry_run(self) -> list[PlanEntry]:
         return plan_entries(self.graph, self.plan(heal=False))
@@ -391,7 +401,7 @@ class Realiser:
         use_cache = self.options.use_cache
         damaged = False
         if caches(step, use_cache) and resolved:
-            found = self._lookup.step(resolved)
+            found = self._lookup.step(resolved, remote=name not in self._private)
             if found.remote is not None:  # early cutoff across machines
                 self.records.remote_early_cutoff(node, found.remote, resolved=resolved)
                 self._hit(name, found.record, resolved, "resolved", remote=found.remote,
@@ -407,9 +417,14 @@ class Realiser:
         # the plan found the derivation-hash record damaged: a miss says so here too, as
         # the dry run did (the resolved lookup only decides whether it still hits)
         damaged = damaged or (planned is not None and planned.damaged)
-        if name not in self._results:  # a re-queued step said so the first time
+        with self._lock:  # a re-queued step (or a lost hit) said so the first time
+            first = name not in self._results and name not in self._missed
+            self._missed.add(name)
+        if first:
             self.store.count(False)
-            why = miss_reason(step, use_cache) or (DAMAGED if damaged else NOT_STORED)
+            asked = self.remote is not None and self.remote.enabled and name not in self._private
+            why = miss_reason(step, use_cache) or (
+                DAMAGED if damaged else NOT_STORED_ANYWHERE if asked else NOT_STORED)
             self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash or "",
                                       reason=why, damaged=damaged))
         if node.drv_hash:  # what `kata why` (and the dashboard) diffs a miss against
@@ -517,7 +532,7 @@ class Realiser:
         failed earlier and ``name`` is not rebuilt yet: the hit is then a miss, said once
         (``announce``: as a ``CacheChecked`` event), to be rebuilt here. ``lose=False``: a
         failure only leaves it unrecorded here (its trees are here already)."""
-        from kata.remote.cas import RemoteError
+        from kata.remote.cas import RemoteError, evicted
 
         with self._lock:
             if name not in self._remote_hits:
@@ -548,8 +563,10 @@ class Realiser:
                     self._stacks.pop(name, None)
                     self._producer = {t: s for t, s in self._producer.items() if s != name}
                 if announce:
+                    gone = isinstance(err, RemoteError) and evicted(err)
                     self.emit(ev.CacheChecked(step=name, hit=False, key=self._results[name].key,
-                                              reason=REMOTE_LOST, damaged=True))
+                                              reason=REMOTE_EVICTED if gone else REMOTE_LOST,
+                                              damaged=True))
                 return False
             with self._lock:
                 self._remote_hits.pop(name, None)
@@ -564,7 +581,8 @@ class Realiser:
         for name in names if names is not None else self.graph.order:
             if not self._fetch_hit(name, announce=False):
                 assert self.remote is not None
-                why = self.remote.down_reason or "its objects did not arrive intact"
+                why = self.remote.down_reason or \
+                    "it no longer holds them (evicted), or they did not arrive intact"
                 raise KataError("remote.fetch_failed", f"step {name} was a hit in the remote "
                                 f"cache {self.remote.config.url}, which cannot hand over its "
                                 f"outputs now ({why.splitlines()[0][:200]}); run again once "

@@ -18,6 +18,8 @@ never fails because of it. ``fetch`` is the one call that raises (RemoteError), 
 its caller must then build the step locally instead. A remote that refuses only this host's
 writes (PERMISSION_DENIED, UNIMPLEMENTED: a read-only client) stays in use for reading:
 one warning, and writes (uploads, aliases, the bundle, the pending queue) stop for the run.
+A remote that answers NOT_FOUND for a blob an entry names (``cas.evicted``: an LRU dropped
+it) is not failing: ``fetch`` raises for that record only, which later lookups then miss.
 
 With a ``state_dir`` (the store's), an upload is queued durably before it is tried
 (``kata.remote.pending``) and forgotten once the remote holds it: what a run could not send
@@ -49,7 +51,7 @@ from kata.remote.actioncache import (
 )
 from kata.remote.backoff import FILE_NAME as BACKOFF_FILE, Backoff
 from kata.remote.bundle import BUNDLE_PATH, bundle_action, bundle_key, decode_bundle, encode_bundle
-from kata.remote.cas import Digest, RemoteError, connect, digest_of
+from kata.remote.cas import Digest, RemoteError, connect, digest_of, evicted
 from kata.remote.config import RemoteConfig
 from kata.remote.pending import DIR_NAME as PENDING_DIR, Pending, PendingUploads
 from store import Realisation, Store, StoreError
@@ -100,6 +102,8 @@ class RemoteCache:
                              remote=f"{config.url} {config.instance}") if state_dir else None
         self._honour_backoff = backoff
         self._known: dict[str, RemoteRecord | None] = {}
+        # records a fetch found blobs of evicted (``cas.evicted``): misses from then on
+        self._evicted: set[tuple[str, tuple[str, ...], str, str]] = set()
         self._trees: dict[str, tuple[Digest, Digest]] = {}  # uploaded or seen this run
         # uploads go in order on one thread: a step does not wait for its upload, and a
         # stack tree an earlier upload sent is known to the later ones (_trees)
@@ -143,7 +147,8 @@ class RemoteCache:
                 or self._no_writes:
             return
         held = {k: r for k in self._bundle_keys
-                if (r := self._held.get(k) or self._known.get(k)) is not None}
+                if (r := self._held.get(k) or self._known.get(k)) is not None
+                and _identity(r) not in self._evicted}
         if not held or set(held) <= self._bundled:
             return
         try:
@@ -269,7 +274,12 @@ class RemoteCache:
             return
         digest, data = where
         if not data:
-            data = self._remote.cas.read_many([digest])[digest.hash]
+            try:
+                data = self._remote.cas.read_many([digest])[digest.hash]
+            except RemoteError as err:
+                if not evicted(err):
+                    raise
+                return  # its keys are asked one by one
         records = decode_bundle(data)
         if records is None:
             return
@@ -316,12 +326,26 @@ class RemoteCache:
                 reads.append(pool.submit(cas.read_many, unread))
             records: dict[str, bytes] = {}
             for fut in reads:
-                records.update(fut.result(timeout=max(deadline - time.monotonic(), 0.001)))
+                try:
+                    records.update(fut.result(timeout=max(deadline - time.monotonic(), 0.001)))
+                except RemoteError as err:  # one record file evicted: read one by one below
+                    if not evicted(err):
+                        raise
         checked: set[str] = set()
         for key in todo:
             result = results[key]
-            self._known[key] = self._ac.decode(result, records, checked) \
+            self._known[key] = self._decode(result, records, checked) \
                 if result is not None else None
+
+    def _decode(self, result: re_pb2.ActionResult, records: dict[str, bytes] | None = None,
+                checked: set[str] | None = None) -> RemoteRecord | None:
+        """``ActionCache.decode``; None (a miss) when the record file was evicted."""
+        try:
+            return self._ac.decode(result, records, checked)
+        except RemoteError as err:
+            if not evicted(err):
+                raise
+            return None
 
     def lookup(self, key: str) -> RemoteRecord | None:
         """The record the remote holds for ``key`` (None: a miss, or the remote is down)."""
@@ -334,11 +358,14 @@ class RemoteCache:
                 self._connect()
                 with self._lock:
                     self.stats["asked"] += 1
-                self._known[key] = self._ac.get(key)
+                result = self._ac.answer(self._ac.get_future(key), key)
+                self._known[key] = self._decode(result) if result is not None else None
             except RemoteError as err:
                 self._fail(err)
                 return None
         found = self._known[key]
+        if found is not None and _identity(found) in self._evicted:
+            found = None  # a fetch found its blobs evicted: rebuilt here, not asked again
         if found is not None:
             with self._lock:
                 self.stats["hits"] += 1
@@ -347,7 +374,9 @@ class RemoteCache:
     def fetch(self, store: Store, rec: RemoteRecord) -> None:
         """Bring every object of ``rec`` (its trees, its log) into ``store``, so that its
         realisation can be recorded there. RemoteError when the remote fails (it is then
-        left for the rest of the run) or hands back other bytes."""
+        left for the rest of the run) or hands back other bytes; when it no longer holds
+        one of them (``cas.evicted``: NOT_FOUND) only ``rec`` is lost: later lookups miss
+        it and the remote stays in use."""
         if not self.enabled:
             raise RemoteError("remote.unavailable", f"the remote cache was left: {self._down}")
         try:
@@ -364,19 +393,25 @@ class RemoteCache:
                     raise RemoteError("remote.bad_answer", f"log {real.log} does not match")
             self._fetch_report(store, rec)
         except RemoteError as err:
-            self._fail(err)
+            if evicted(err):
+                with self._lock:
+                    self._evicted.add(_identity(rec))
+            else:
+                self._fail(err)
             raise
 
     def fetch_report(self, store: Store, rec: RemoteRecord) -> None:
         """Bring ``rec``'s test report blob (small) into ``store``, so a hit shows its
         totals without fetching anything else. Never raises: a failing remote is left for
-        the run (one warning) and the hit shows no totals."""
+        the run (one warning) and the hit shows no totals (as one whose report was evicted:
+        the remote stays in use)."""
         if not self.enabled:
             return
         try:
             self._fetch_report(store, rec)
         except RemoteError as err:
-            self._fail(err)
+            if not evicted(err):  # an evicted report: the hit shows no totals
+                self._fail(err)
 
     def _fetch_report(self, store: Store, rec: RemoteRecord) -> None:
         real = rec.realisation
@@ -608,6 +643,12 @@ class RemoteCache:
             return False
         self._send(store, keys, real)
         return True
+
+
+def _identity(rec: RemoteRecord) -> tuple[str, tuple[str, ...], str, str]:
+    """What a record names in the CAS (the same under every key it is filed under)."""
+    real = rec.realisation
+    return (real.outputs, tuple(real.stack), real.log or "", real.report or "")
 
 
 def _with_root(rec: RemoteRecord) -> RemoteRecord:

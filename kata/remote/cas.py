@@ -90,6 +90,14 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
     return RemoteError(reason, f"{what}: {name}: {detail}", code=name)
 
 
+def evicted(err: RemoteError) -> bool:
+    """Whether ``err`` says the remote no longer holds a blob that an entry names
+    (NOT_FOUND from BatchReadBlobs, ByteStream.Read or GetTree: an LRU evicted it, a disk
+    CAS lost it). That one entry is then a miss; the remote itself is fine and stays in
+    use (docs/remote.md "When the remote fails")."""
+    return err.code == "NOT_FOUND"
+
+
 def busy(err: grpc.RpcError) -> bool:
     """The server is at its limit of concurrent calls (worth a retry, not a failure)."""
     return hasattr(err, "code") and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -357,7 +365,8 @@ class Cas:
                 why = " (the remote no longer holds it: evicted, or lost since its entry was " \
                       "written)" if r.status.code == grpc.StatusCode.NOT_FOUND.value[0] else ""
                 raise RemoteError("remote.bad_answer", f"BatchReadBlobs {r.digest.hash}: "
-                                  f"{name}: {r.status.message}".rstrip(": ") + why)
+                                  f"{name}: {r.status.message}".rstrip(": ") + why,
+                                  code=name if why else "")
             out[r.digest.hash] = r.data
         if len(out) != len(digests):
             raise RemoteError("remote.bad_answer", "BatchReadBlobs answered fewer blobs")
