@@ -27,6 +27,7 @@ import msgpack
 
 from kata.errors import KataError
 from kata.inputs import InputFile
+from kata.resources import config_size
 
 # /2: declared resource limits are hashed, and the container's env follows the key's
 # (sorted) order; a /1 key could name a result made under other limits or another env
@@ -284,6 +285,9 @@ class Change:
             changed = [f.name for f in dataclasses.fields(self.old)
                        if getattr(self.old, f.name) != getattr(self.new, f.name)]
             return f"{what}: {', '.join(changed)} changed"
+        if self.field.startswith("resources."):
+            key = self.field.removeprefix("resources.")
+            return f"{what}: {_limit(key, self.old)} -> {_limit(key, self.new)}"
         if self.kind == "changed":
             return f"{what}: {_short(self.old)} -> {_short(self.new)}"
         if self.field in ("input file", "service"):
@@ -299,6 +303,19 @@ def _file_change(old: tuple[str, int], new: tuple[str, int]) -> list[str]:
     if old[1] != new[1]:
         out.append(f"mode {_mode(old[1])} -> {_mode(new[1])}")
     return out
+
+
+LIMIT_KEYS = ("memory", "cpus", "pids")  # the fields of ``Derivation.resources``, in order
+
+
+def _limit(key: str, value: int | float | None) -> str:
+    """One `resources:` limit as the config writes it: ``64MiB``, ``1.5``, ``100``; a limit
+    not declared is the host's default."""
+    if value is None:
+        return "the host's default"
+    if key == "memory":
+        return config_size(int(value))
+    return f"{value:g}" if key == "cpus" else str(value)
 
 
 def _mode(mode: int) -> str:
@@ -342,9 +359,14 @@ def diff(a: Derivation | DerivationRecord, b: Derivation | DerivationRecord) -> 
     ra, rb = _as_record(a), _as_record(b)
     da, db = ra.derivation, rb.derivation
     out: list[Change] = []
-    for f in ("pipeline", "image", "workdir", "user", "network", "resources"):
+    for f in ("pipeline", "image", "workdir", "user", "network"):
         if getattr(da, f) != getattr(db, f):
             out.append(Change(field=f, kind="changed", old=getattr(da, f), new=getattr(db, f)))
+    if da.resources != db.resources:  # one change per limit, named as in the config
+        unset = (None, None, None)
+        out += [Change(field=f"resources.{key}", kind="changed", old=old, new=new)
+                for key, old, new in zip(LIMIT_KEYS, da.resources or unset, db.resources or unset)
+                if old != new]
     out += _keyed("command", {f"#{i + 1}": c for i, c in enumerate(da.commands)},
                   {f"#{i + 1}": c for i, c in enumerate(db.commands)})
     out += _keyed("env", dict(da.env), dict(db.env))
