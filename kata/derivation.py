@@ -27,13 +27,13 @@ import msgpack
 
 from kata.errors import KataError
 from kata.inputs import InputFile
-from kata.resources import config_size
 
 # /2: declared resource limits are hashed, and the container's env follows the key's
 # (sorted) order; a /1 key could name a result made under other limits or another env
 # order, so no /1 record is read
 FORMAT = "kata-drv/2"
 RESOLVED_FORMAT = "kata-drv-resolved/2"
+FORMAT_1 = "kata-drv/1"  # what records an older kata wrote were keyed with (kata why)
 RECORD_FORMAT = "kata-drv-record/1"
 # YAML "\ud800" escapes and non-UTF-8 file names give lone surrogates: encode them exactly
 _U = "surrogatepass"
@@ -235,10 +235,14 @@ class DerivationRecord:
     step: str = ""
     files: tuple[InputFile, ...] | None = None
     dep_names: tuple[tuple[str, str | None], ...] = ()  # (step name, drv hash)
+    # the derivation format its step was keyed with: a record an older kata wrote
+    # (``kata-drv/1``, no "key" field) keyed no limits, so it holds none to compare
+    key_format: str = FORMAT
 
     def encode(self) -> bytes:
         return msgpack.packb({
             "format": RECORD_FORMAT,
+            "key": self.key_format,
             "drv": self.derivation.to_obj(),
             "step": self.step,
             "files": None if self.files is None else
@@ -251,15 +255,16 @@ def decode(data: bytes) -> DerivationRecord:
     """Either a record or bare canonical derivation bytes."""
     try:
         obj = msgpack.unpackb(data, raw=False, unicode_errors=_U)
-        if isinstance(obj, list) and len(obj) == 2 and obj[0] == FORMAT:
-            return DerivationRecord(derivation=Derivation.from_obj(obj[1]))
+        if isinstance(obj, list) and len(obj) == 2 and obj[0] in (FORMAT, FORMAT_1):
+            return DerivationRecord(derivation=Derivation.from_obj(obj[1]), key_format=obj[0])
         if isinstance(obj, dict) and obj.get("format") == RECORD_FORMAT:
             files = obj["files"]
             return DerivationRecord(
                 derivation=Derivation.from_obj(obj["drv"]), step=obj["step"],
                 files=None if files is None else tuple(
                     InputFile(path=p, digest=d, size=s, mode=m) for p, d, s, m in files),
-                dep_names=tuple((n, h) for n, h in obj["deps"]))
+                dep_names=tuple((n, h) for n, h in obj["deps"]),
+                key_format=obj.get("key", FORMAT_1))
     except (ValueError, TypeError, KeyError, msgpack.UnpackException):
         pass
     raise KataError("derivation.format", "not an encoded derivation of a known format")
@@ -281,18 +286,33 @@ class Change:
             return f"{what}: tag not resolved (no runtime), cannot compare image digests"
         if self.kind == "changed" and self.field == "input file":
             return f"{what}: " + "; ".join(_file_change(self.old, self.new))
+        if self.field == "key format":
+            return (f"{what}: {self.old} -> {self.new} (recorded by an older kata: no "
+                    "result keyed the old way is reused, so the step runs again)")
+        if self.kind == "changed" and self.field == "resources":
+            return f"{what}: {_limits_words(self.old)} -> {_limits_words(self.new)}"
         if self.kind == "changed" and self.field == "service":
             changed = [f.name for f in dataclasses.fields(self.old)
                        if getattr(self.old, f.name) != getattr(self.new, f.name)]
             return f"{what}: {', '.join(changed)} changed"
-        if self.field.startswith("resources."):
-            key = self.field.removeprefix("resources.")
-            return f"{what}: {_limit(key, self.old)} -> {_limit(key, self.new)}"
         if self.kind == "changed":
             return f"{what}: {_short(self.old)} -> {_short(self.new)}"
         if self.field in ("input file", "service"):
             return f"{what}: {self.kind}"
         return f"{what}: {self.kind} ({_short(self.new if self.kind == 'added' else self.old)})"
+
+
+def _limits_words(limits: Limits | None) -> str:
+    """Declared limits as the config says them: ``memory 256 MiB, cpus 1.5, pids 100``."""
+    if limits is None:
+        return "none declared"
+    from kata.resources import format_size
+
+    memory, cpus, pids = limits
+    words = [f"memory {format_size(memory)}" if memory is not None else "",
+             f"cpus {cpus:g}" if cpus is not None else "",
+             f"pids {pids}" if pids is not None else ""]
+    return ", ".join(w for w in words if w)
 
 
 def _file_change(old: tuple[str, int], new: tuple[str, int]) -> list[str]:
@@ -303,19 +323,6 @@ def _file_change(old: tuple[str, int], new: tuple[str, int]) -> list[str]:
     if old[1] != new[1]:
         out.append(f"mode {_mode(old[1])} -> {_mode(new[1])}")
     return out
-
-
-LIMIT_KEYS = ("memory", "cpus", "pids")  # the fields of ``Derivation.resources``, in order
-
-
-def _limit(key: str, value: int | float | None) -> str:
-    """One `resources:` limit as the config writes it: ``64MiB``, ``1.5``, ``100``; a limit
-    not declared is the host's default."""
-    if value is None:
-        return "the host's default"
-    if key == "memory":
-        return config_size(int(value))
-    return f"{value:g}" if key == "cpus" else str(value)
 
 
 def _mode(mode: int) -> str:
@@ -336,6 +343,15 @@ def _short(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return "[" + ", ".join(_short(x) for x in v) + "]"
     return str(v)
+
+
+def _limits_of(old: Derivation, new: Derivation) -> Derivation:
+    """``old`` with ``new``'s declared limits (its own and its services'), which a
+    ``kata-drv/1`` record never held: no change to claim there."""
+    limits = {s.name: s.resources for s in new.services}
+    return dataclasses.replace(old, resources=new.resources, services=tuple(
+        dataclasses.replace(s, resources=limits.get(s.name, s.resources))
+        for s in old.services))
 
 
 def _as_record(x: Derivation | DerivationRecord) -> DerivationRecord:
@@ -359,14 +375,14 @@ def diff(a: Derivation | DerivationRecord, b: Derivation | DerivationRecord) -> 
     ra, rb = _as_record(a), _as_record(b)
     da, db = ra.derivation, rb.derivation
     out: list[Change] = []
-    for f in ("pipeline", "image", "workdir", "user", "network"):
+    if ra.key_format != rb.key_format:  # no key of one format names a result of the other
+        out.append(Change(field="key format", kind="changed", old=ra.key_format,
+                          new=rb.key_format))
+        if FORMAT_1 in (ra.key_format, rb.key_format):  # /1 recorded no limits
+            da = _limits_of(da, db)
+    for f in ("pipeline", "image", "workdir", "user", "network", "resources"):
         if getattr(da, f) != getattr(db, f):
             out.append(Change(field=f, kind="changed", old=getattr(da, f), new=getattr(db, f)))
-    if da.resources != db.resources:  # one change per limit, named as in the config
-        unset = (None, None, None)
-        out += [Change(field=f"resources.{key}", kind="changed", old=old, new=new)
-                for key, old, new in zip(LIMIT_KEYS, da.resources or unset, db.resources or unset)
-                if old != new]
     out += _keyed("command", {f"#{i + 1}": c for i, c in enumerate(da.commands)},
                   {f"#{i + 1}": c for i, c in enumerate(db.commands)})
     out += _keyed("env", dict(da.env), dict(db.env))

@@ -312,8 +312,8 @@ def remote_fix(code: str, detail: str, *, server: str, timeout: float, start: st
                hung: str) -> str:
     """The fix for a REAPI server (``server``: what to call it) whose GetCapabilities failed
     with the gRPC status ``code`` (its name) and ``detail``: an unknown instance, refused
-    credentials, a TLS mismatch and a hung server each have their own; else ``start`` (it
-    is down or the URL is wrong). ``hung``: what runs do meanwhile, after a ``timeout``
+    credentials, a TLS mismatch (either way) and a hung server each have their own; else
+    ``start`` (it is down or the URL is wrong). ``hung``: what runs do meanwhile, after a ``timeout``
     (seconds) that went unanswered. One rule for ``remote-cache`` and ``remote-executor``."""
     if code in ("INVALID_ARGUMENT", "NOT_FOUND"):  # it answers: not a down server
         return (f"the {server} does not know this instance name: set remote.instance (or "
@@ -323,6 +323,13 @@ def remote_fix(code: str, detail: str, *, server: str, timeout: float, start: st
     if "handshake failed" in detail.lower():
         return ("the TLS handshake failed: if the server speaks plaintext, use grpc:// "
                 "instead of grpcs://; otherwise check its certificate against remote.tls.ca")
+    if code == "UNAVAILABLE" and any(x in detail.lower() for x in ("socket closed",
+                                                                  "connection reset")):
+        # something listens there (a down server refuses) and closed a plaintext
+        # HTTP/2 connection at once: what a TLS server does with one
+        return (f"something at that address took the connection and closed it: if the "
+                f"{server} speaks TLS, use grpcs:// (remote.tls.ca for a private CA); "
+                f"otherwise no REAPI {server} listens there: correct the URL")
     if code == "DEADLINE_EXCEEDED":
         return (f"the {server} took the connection but did not answer in {timeout:g} s: it "
                 f"is hung or overloaded, or a proxy stands in front of a dead one; {hung}")

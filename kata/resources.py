@@ -75,17 +75,6 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
-def config_size(size: int) -> str:
-    """A size as a config writes it, exactly (``parse_size`` reads it back to ``size``):
-    ``67108864`` → ``"64MiB"``, ``500000000`` → ``"500MB"``; the largest unit, binary
-    first, that divides it; else the bytes (``"1000001"``)."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB),
-                         ("TB", 10 ** 12), ("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 1000)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resources:
     """Limits of one container; a ``None`` field is filled from the level above.

@@ -470,3 +470,26 @@ def test_a_blob_the_disk_cas_lost_to_a_power_loss_is_refused(bg):
         with pytest.raises(RemoteError) as err:
             r.cas.read_many([d])
     assert err.value.reason == "remote.bad_answer", err.value
+
+
+def test_grpc_against_a_tls_server_warns_with_the_fix(tmp_path):
+    """The other mismatch: a grpc:// URL to a server that speaks TLS closes the connection
+    ('Socket closed'); the run's one warning says to use grpcs://, as the handshake
+    failure's says the reverse."""
+    from kata.remote.cache import RemoteCache
+    from support.buildgrid import BuildGridConfig
+
+    key, cert = _self_signed(tmp_path)
+    with buildgrid(tmp_path / "tls", BuildGridConfig(tls_key=key, tls_cert=cert)) as server:
+        url = server.url.replace("grpcs://", "grpc://")
+        target, tls = parse_url(url)
+        lines: list[str] = []
+        cache = RemoteCache(RemoteConfig(url=url, target=target, tls=tls, timeout=5),
+                            warn=lines.append)
+        try:
+            cache.prefetch(["sha256:" + "a" * 64])
+        finally:
+            cache.close()
+    assert len(lines) == 1, lines
+    assert "use grpcs://" in lines[0], lines
+    assert lines[0].endswith("going on with the local store only")

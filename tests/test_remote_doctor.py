@@ -119,3 +119,18 @@ def test_doctor_names_the_same_fixes_for_the_remote_executor(tmp_path):
     assert "start the scheduler" not in stuck["fix"], stuck
     down = _doctor(tmp_path, f"remote:\n  executor: grpc://127.0.0.1:{_free_port()}\n")
     assert "start the scheduler" in down["remote-executor"]["fix"], down
+
+
+def test_doctor_names_tls_for_a_plaintext_url_to_a_tls_server(tmp_path):
+    """The other mismatch: grpc:// to a server that speaks TLS. It takes the connection and
+    closes it ("Socket closed"), and doctor said "start the server" to a running one."""
+    from support.buildgrid import BuildGridConfig
+    from test_remote_cas import _self_signed
+
+    key, cert = _self_signed(tmp_path)
+    with buildgrid(tmp_path / "tls", BuildGridConfig(tls_key=key, tls_cert=cert)) as server:
+        url = server.url.replace("grpcs://", "grpc://")
+        cache = check_remote(_config(url))
+        executor = _doctor(tmp_path, f"remote:\n  executor: {url}\n")["remote-executor"]
+    for fix in (cache.fix, executor["fix"]):
+        assert "grpcs://" in fix and "start the " not in fix, (cache, executor)

@@ -343,3 +343,23 @@ def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
     bad = kata("export", "--run", "no-such-run", "--out", str(later))  # bad input: exit 2
     assert bad.returncode == 2 and "no run 'no-such-run'" in bad.stderr \
         and "kata runs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_export_of_a_run_with_nothing_to_export_says_so(kata, tmp_path):
+    """`kata run`, then `kata build //lint` (or `kata run --step lint`), then a deploy
+    script's `kata export --out dist`: the last trusted run is the lint's, which has no
+    artifacts, and export exited 0 with dist/ empty. It now fails (exit 1) naming the run
+    it took and the last one that has artifacts."""
+    first = kata("run", "--json")
+    assert first.returncode == 0, first.stderr
+    full = json.loads(first.stdout.splitlines()[-1])["run_id"]
+    assert kata("run", "--step", "lint").returncode == 0
+    proc = kata("export", "--out", str(tmp_path / "dist"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "has no artifacts to export" in proc.stderr
+    # a repository without git: the run it took is not named "(ref:)"
+    assert "(ref:)" not in proc.stderr and "(no git ref)" in proc.stderr, proc.stderr
+    assert f"kata export --run {full}" in proc.stderr
+    assert not (tmp_path / "dist").exists()
+    proc = kata("export", "--run", full, "--out", str(tmp_path / "dist"))
+    assert proc.returncode == 0 and (tmp_path / "dist/build/dist/a").read_text() == "hello\n"

@@ -94,36 +94,3 @@ def test_kata_why_uses_the_runs_context_values(tmp_path) -> None:
                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert (r.returncode, r.stdout) == (0, "//s: unchanged since its last recorded derivation\n"), \
         r.stdout + r.stderr
-
-
-def test_why_shows_a_changed_resource_limit_as_the_config_writes_it(tmp_path) -> None:
-    """Found by a user: `resources: none -> [67108864, none, none]`. One line per limit,
-    named and written as in `resources:`; an undeclared limit is the host's default."""
-    text = "steps:\n  - {name: s, image: alpine, commands: [make]RES}\n"
-    def compiled(res: str):  # noqa: ANN202
-        return compile_pipeline(load_text(text.replace("RES", res)), resolver=resolver,
-                                repo_root=tmp_path)
-    bare = compiled("")
-    small = compiled(", resources: {memory: 64MiB}")
-    big = compiled(", resources: {memory: 1.5GB, cpus: 1.5, pids: 100}")
-
-    def lines(old, new) -> list[str]:  # noqa: ANN001
-        (result,) = why(new, "//s", {"s": old.nodes["s"].record()}.get)
-        return [str(c) for c in result.changes]
-
-    assert lines(bare, small) == ["resources.memory: the host's default -> 64MiB"]
-    assert lines(small, big) == ["resources.memory: 64MiB -> 1500MB",
-                                 "resources.cpus: the host's default -> 1.5",
-                                 "resources.pids: the host's default -> 100"]
-    assert lines(big, bare) == ["resources.memory: 1500MB -> the host's default",
-                                "resources.cpus: 1.5 -> the host's default",
-                                "resources.pids: 100 -> the host's default"]
-
-
-def test_config_size_reads_back_to_the_same_bytes() -> None:
-    from kata.resources import config_size, parse_size
-
-    for size, text in [(64 << 20, "64MiB"), (3 << 30, "3GiB"), (500_000_000, "500MB"),
-                       (1_500_000_000, "1500MB"), (1536 << 20, "1536MiB"),
-                       (6 << 20, "6MiB"), (1_000_001, "1000001")]:
-        assert config_size(size) == text and parse_size(text) == size

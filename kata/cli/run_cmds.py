@@ -704,9 +704,13 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
         record, steps = _run_record(store, ctx, run_id, steps, trusted=True)
         with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
-        rows = [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
-                for e in record.steps if not steps or e.name in steps]
-        chosen = exported(rows, named=steps)
+        def rows_of(record):  # noqa: ANN001, ANN202
+            return [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
+                    for e in record.steps if not steps or e.name in steps]
+
+        chosen = exported(rows_of(record), named=steps)
+        if not chosen:  # a deploy script's empty DIR must not pass for an export
+            raise _nothing_to_export(store, ctx, record, run_id, rows_of)
         keys = {e.name: e.key if e.cache == "HIT" else "" for e in record.steps}
         fetch_missing(store, [(n, tree, keys[n]) for n, tree in chosen], record.id, remote)
         from kata.server import out_owner
@@ -715,6 +719,30 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
                               flat=len(steps) == 1, owner=out_owner()), json_out)
     finally:
         store.close()
+
+
+def _nothing_to_export(store, ctx: click.Context, record, run_id: str | None,  # noqa: ANN001
+                       rows_of) -> KataError:  # noqa: ANN001
+    """KataError export.nothing (exit 1) for a run none of whose steps passed with
+    artifacts (a `kata build //lint` after the full run, a run whose build failed): it
+    names the run's steps and, without --run, the last trusted run that has artifacts."""
+    from kata.realise.export import exported
+
+    states = ", ".join(f"{e.name} {e.status}" for e in record.steps) or "no steps"
+    hint = "; `kata runs` lists the recorded runs"
+    if not run_id:
+        pipeline = _pipeline_name(ctx)
+        for older in store.iter_runs():  # newest first
+            if older.id == record.id or (pipeline and older.pipeline != pipeline) or \
+                    older.scope.startswith("quarantine:"):
+                continue
+            if exported(rows_of(older)):
+                hint = (f"; the last trusted run that has some is {older.id}: `kata export "
+                        f"--run {older.id} --out DIR`")
+                break
+    return KataError("export.nothing", f"run {record.id} has no artifacts to export (no "
+                     f"step of it passed with artifacts: {states}){hint}", obj=record.id,
+                     exit_code=1)
 
 
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
@@ -755,7 +783,8 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     if chosen is None:  # no run has them: say what the last one has
         return last, _step_names(last, steps)
     if trusted:
-        click.echo(f"kata: exporting run {chosen.id} ({chosen.scope or 'local'}), the "
+        where = chosen.scope.removeprefix("ref:") or "no git ref"
+        click.echo(f"kata: exporting run {chosen.id} ({where}), the "
                    "last trusted run of the pipeline (an untrusted one only with --run ID)",
                    err=True)
     return chosen, names

@@ -79,6 +79,11 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
         detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
                   "use grpc:// instead of grpcs://; otherwise check its certificate "
                   "against tls.ca)")
+    elif code == grpc.StatusCode.UNAVAILABLE and "socket closed" in (detail or "").lower():
+        # a down server refuses; one that takes a plaintext connection and drops it at once
+        # is most often a TLS server
+        detail = (f"{detail} (the server closed the connection: if it speaks TLS, use "
+                  "grpcs:// instead of grpc://)")
     elif code == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (detail or "").lower():
         detail = (f"{detail} (the server has no such instance: name one it serves with "
                   "--remote-instance or remote.instance)")
