@@ -36,6 +36,7 @@ from kata.model import ImageRef
 
 from .config import RuntimeConfig
 from .images import Descriptor
+from .pulls import PullStop
 
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -339,10 +340,17 @@ class RegistryClient:
         raise KataError("image.registry_unreachable",
                         f"cannot fetch {ref}: " + "; ".join(errors), obj=str(ref), exit_code=1)
 
-    def blob_chunks(self, ref: ImageRef, desc: Descriptor) -> Iterator[bytes]:
-        """The blob's bytes as they arrive (verified by the caller while writing)."""
+    def blob_chunks(self, ref: ImageRef, desc: Descriptor,
+                    stop: PullStop | None = None) -> Iterator[bytes]:
+        """The blob's bytes as they arrive (verified by the caller while writing).
+
+        ``stop`` (pulls.PullStop): once set, a read blocked on the blob's socket returns
+        and KataError(image.pull_stopped) is raised instead of the next chunk.
+        """
         errors = []
         for base in self.endpoints(ref):
+            if stop is not None:
+                stop.check(desc.digest)
             try:
                 resp = self._request(base, ref, f"blobs/{desc.digest}", stream=True)
             except httpx.HTTPError as err:
@@ -352,19 +360,29 @@ class RegistryClient:
                 resp.close()
                 errors.append(f"{base}: HTTP {resp.status_code}")
                 continue
-            return self._iterate(resp, desc)
+            return self._iterate(resp, desc, stop)
         raise KataError("image.registry_unreachable",
                         f"cannot fetch blob {desc.digest} of {ref}: " + "; ".join(errors),
                         obj=desc.digest, exit_code=1)
 
     @staticmethod
-    def _iterate(resp: httpx.Response, desc: Descriptor) -> Iterator[bytes]:
+    def _iterate(resp: httpx.Response, desc: Descriptor,
+                 stop: PullStop | None) -> Iterator[bytes]:
+        if stop is not None:
+            stop.track(resp)
         try:
-            yield from resp.iter_bytes(1 << 20)
+            for chunk in resp.iter_bytes(1 << 20):
+                if stop is not None:
+                    stop.check(desc.digest)
+                yield chunk
         except httpx.HTTPError as err:
+            if stop is not None:
+                stop.check(desc.digest)  # the error is the socket `stop` shut
             raise KataError("image.registry_unreachable",
                             f"blob {desc.digest}: {err}", obj=desc.digest, exit_code=1) from None
         finally:
+            if stop is not None:
+                stop.untrack(resp)
             resp.close()
 
 

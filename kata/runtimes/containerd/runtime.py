@@ -32,6 +32,7 @@ from .direct import DirectStep, DirectSteps
 from .daemon import SYSTEM_SOCKET, daemon_paths, ensure_daemon, socket_answers
 from .images import ImageRecord, ImageStore, RunImage
 from .network import CniNetwork, NetnsPool
+from .pulls import PullStop, SharedPull
 from .reference import is_digest, parse_reference
 from .seccompbpf import takes_compiled_filter
 from .shimgroup import ShimGroup
@@ -43,6 +44,9 @@ if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every ru
 FIFO_ROOT = "/run/kata/fifo"
 STEPS_ROOT = "/var/lib/kata/steps"  # direct steps (direct.py) of a containerd not kata's own
 RELEASE_THREADS = 4  # deferred releases at once (each ~20 ms of waiting on containerd)
+PULL_CLEANUP_SECONDS = 3.0  # drain() waits this long for a stopped pull to abort and unlease
+# (a pull stuck before the registry answered has no ingest yet: its lease, labelled with this
+# process, is swept by the next run)
 
 
 class ContainerdRuntime:
@@ -88,6 +92,8 @@ class ContainerdRuntime:
         self._releasing: set[Future] = set()  # deferred releases of finished steps
         self._releaser: ThreadPoolExecutor | None = None  # runs them
         self._tags: dict[str, set[str]] = {}  # digest -> tags this run resolved to it
+        self._pulls: dict[str, SharedPull] = {}  # digest -> the pull steps wait on
+        self._pulling: set[SharedPull] = set()  # every pull not ended yet (stopped ones too)
         self.progress: PullCallback | None = None  # told how far each pull is
         ContainerdRuntime._live.add(self)
 
@@ -235,15 +241,18 @@ class ContainerdRuntime:
                               runtime_options=self._runtime_options,
                               precompiled_seccomp=self._precompiled_seccomp,
                               shim_group=self.shim_group, hurry=self._hurry)
-        digest = self._ensure_image(spec.image)
+        digest = self._ensure_image(spec.image, cancel)
+        if digest is None:
+            return CANCEL_EXIT  # cancelled while its image was pulled: never started
         image = self.images.run_image(digest)
         running = getattr(sink, "running", None)  # the sink is told pulling is over
         if spec.services:
             from .pod import run_pod
 
-            simages = [self.images.run_image(self._ensure_image(s.image)) for s in spec.services]
-            if cancel.is_set():
+            sdigests = [self._ensure_image(s.image, cancel) for s in spec.services]
+            if cancel.is_set() or None in sdigests:
                 return CANCEL_EXIT  # cancelled while its images were pulled: never started
+            simages = [self.images.run_image(d) for d in sdigests if d is not None]
             if running is not None:
                 running()
             return run_pod(self.client, options, spec, image, simages, sink, service_sink, cancel)
@@ -265,8 +274,10 @@ class ContainerdRuntime:
                 raise
             self.images.forget(digest)
             self.direct.forget(image.chain_id)
-            image = self.images.run_image(self._ensure_image(spec.image))
-            return step(image).execute(self._defer)
+            digest = self._ensure_image(spec.image, cancel)
+            if digest is None:
+                return CANCEL_EXIT
+            return step(self.images.run_image(digest)).execute(self._defer)
 
     # -- deferred release ---------------------------------------------------------------
     def _defer(self, cleanup: Cleanup) -> None:
@@ -307,6 +318,10 @@ class ContainerdRuntime:
                 if not pending:
                     break
                 wait(pending)
+            with self._lock:
+                pulls = list(self._pulling)
+            for pull in pulls:  # stopped once their last step left: their cleanup is quick
+                pull.finish(PULL_CLEANUP_SECONDS)
             try:
                 if self.shim_group is not None:
                     self.shim_group.close()
@@ -316,8 +331,14 @@ class ContainerdRuntime:
                 finally:
                     self.netns_pool.drain()
 
-    def _ensure_image(self, image: str) -> str:
-        """The digest of a pinned image reference, pulling it if it is not stored yet."""
+    def _ensure_image(self, image: str, cancel: threading.Event | None = None) -> str | None:
+        """The digest of a pinned image reference, pulling it if it is not stored yet; None
+        if ``cancel`` was set meanwhile.
+
+        Steps asking at once for one image wait on one pull (pulls.SharedPull), each with
+        its own ``cancel``: a cancelled step leaves at once, and the pull is stopped (its
+        ingest aborted, its lease deleted) when no step waits for it any more.
+        """
         if is_digest(image):
             digest, parsed = image, None
         else:
@@ -328,26 +349,50 @@ class ContainerdRuntime:
             digest = parsed.digest
         if self.images.known(digest) or self.images.has_blob(digest):
             return digest
-        with self.images.lock(digest):  # steps starting at once on it: one pull
-            if self.images.has_blob(digest):
-                return digest
-            if parsed is None or self.offline:
-                raise KataError("image.not_found", f"image {image} is not in kata's image "
-                                "store", obj=image, exit_code=1)
-            record = self.pull_image(parsed.stored_name)
-            with self._lock:
-                names = sorted(self._tags.get(digest, ()))
-            target = self.images.get_image(record.name) if names else None
-            for name in names if target is not None else ():
-                self.images.put_image(name, target)
-        return digest
+        if parsed is None or self.offline:
+            raise KataError("image.not_found", f"image {image} is not in kata's image "
+                            "store", obj=image, exit_code=1)
+        if cancel is not None and cancel.is_set():
+            return None  # no pull is started for a step cancelled already
+        stored_name = parsed.stored_name
+        with self._lock:
+            pull = self._pulls.get(digest)
+            if pull is None or not pull.join():
+                pull = self._pulls[digest] = SharedPull(
+                    stored_name, partial(self._pull_for, digest, stored_name), self._pulled)
+                pull.join()
+                self._pulling.add(pull)
+                pull.start()
+        return digest if pull.wait(cancel) else None
+
+    def _pull_for(self, digest: str, stored_name: str, stop: PullStop) -> None:
+        """A SharedPull's work: pull the image, then name it by the tags this run gave it."""
+        if self.images.has_blob(digest):
+            return  # another process pulled it meanwhile
+        record = self.pull_image(stored_name, stop)
+        with self._lock:
+            names = sorted(self._tags.get(digest, ()))
+        target = self.images.get_image(record.name) if names else None
+        for name in names if target is not None else ():
+            self.images.put_image(name, target)
+
+    def _pulled(self, pull: SharedPull) -> None:
+        with self._lock:  # the next step on this digest finds it stored, or pulls anew
+            self._pulling.discard(pull)
+            for digest, found in list(self._pulls.items()):
+                if found is pull:
+                    del self._pulls[digest]
 
     # -- images -------------------------------------------------------------------------
     def import_image(self, path: str | os.PathLike[str], name: str | None = None) -> list[ImageRecord]:
         return self.images.import_archive(path, name)
 
-    def pull_image(self, ref: str) -> ImageRecord:
-        """Pull ``ref`` (linux/amd64) into kata's image store, reporting to ``self.progress``."""
+    def pull_image(self, ref: str, stop: PullStop | None = None) -> ImageRecord:
+        """Pull ``ref`` (linux/amd64) into kata's image store, reporting to ``self.progress``.
+
+        ``stop`` set meanwhile: KataError(image.pull_stopped); the blob being written is
+        aborted and the pull's lease deleted, so nothing of it stays stored.
+        """
         if self.offline:
             raise KataError("image.offline", f"cannot pull {ref}: offline", obj=ref, exit_code=1)
         parsed = parse_reference(ref)
@@ -356,7 +401,7 @@ class ContainerdRuntime:
         meter = _PullMeter(ref, self.progress)
 
         def blob(desc):  # noqa: ANN001, ANN202
-            return meter.count(desc, reg.blob_chunks(parsed, desc))
+            return meter.count(desc, reg.blob_chunks(parsed, desc, stop))
 
         with self.client.lease("pull", sync_delete=True) as lease:
             if b'"manifests"' in body and "manifests" in _json(body):
