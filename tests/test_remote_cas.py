@@ -277,12 +277,10 @@ def test_blobs_known_present_are_neither_asked_about_nor_sent(bg, tmp_path):
         assert files.upload(r.cas, packed.directories, packed.files, present) == 0
         assert calls == [] or calls == [[]]
 
-
-def test_grpcs_against_a_plaintext_server_warns_whole_with_the_fix(bg):
-    """The warning is not cut mid-word, and it says what the handshake failure means."""
+def _prefetch_warnings(url: str) -> list[str]:
+    """The warnings a run's remote cache at ``url`` gives when it prefetches one key."""
     from kata.remote.cache import RemoteCache
 
-    url = bg.url.replace("grpc://", "grpcs://")
     target, tls = parse_url(url)
     lines: list[str] = []
     cache = RemoteCache(RemoteConfig(url=url, target=target, tls=tls, timeout=5),
@@ -291,6 +289,13 @@ def test_grpcs_against_a_plaintext_server_warns_whole_with_the_fix(bg):
         cache.prefetch(["sha256:" + "a" * 64])
     finally:
         cache.close()
+    return lines
+
+
+
+def test_grpcs_against_a_plaintext_server_warns_whole_with_the_fix(bg):
+    """The warning is not cut mid-word, and it says what the handshake failure means."""
+    lines = _prefetch_warnings(bg.url.replace("grpc://", "grpcs://"))
     assert len(lines) == 1, lines
     assert "use grpc:// instead of grpcs://" in lines[0]
     assert lines[0].endswith("going on with the local store only")
@@ -476,20 +481,11 @@ def test_grpc_against_a_tls_server_warns_with_the_fix(tmp_path):
     """The other mismatch: a grpc:// URL to a server that speaks TLS closes the connection
     ('Socket closed'); the run's one warning says to use grpcs://, as the handshake
     failure's says the reverse."""
-    from kata.remote.cache import RemoteCache
     from support.buildgrid import BuildGridConfig
 
     key, cert = _self_signed(tmp_path)
     with buildgrid(tmp_path / "tls", BuildGridConfig(tls_key=key, tls_cert=cert)) as server:
-        url = server.url.replace("grpcs://", "grpc://")
-        target, tls = parse_url(url)
-        lines: list[str] = []
-        cache = RemoteCache(RemoteConfig(url=url, target=target, tls=tls, timeout=5),
-                            warn=lines.append)
-        try:
-            cache.prefetch(["sha256:" + "a" * 64])
-        finally:
-            cache.close()
+        lines = _prefetch_warnings(server.url.replace("grpcs://", "grpc://"))
     assert len(lines) == 1, lines
     assert "use grpcs://" in lines[0], lines
     assert lines[0].endswith("going on with the local store only")
