@@ -54,14 +54,14 @@ class Host:
         self.store.close()
 
 
-def _host_a_ran(tmp_path: Path, url: str) -> tuple[Host, Path]:
-    """Host A (closed: its uploads done, its bundle filed) after running DAG against the
-    remote at ``url``, and A's repository for other hosts to copy."""
+def _host_a_ran(tmp_path: Path, url: str, graph=DAG) -> tuple[Host, Path]:  # noqa: ANN001
+    """Host A (closed: its uploads done, its bundle filed) after running ``graph`` (DAG)
+    against the remote at ``url``, and A's repository for other hosts to copy."""
     repo_a = tmp_path / "a" / "repo"
     (repo_a / "src").mkdir(parents=True)
     (repo_a / "src" / "a.txt").write_text("hello\n")
     a = Host(tmp_path / "a", repo_a, url)
-    assert a.realiser(DAG).run().ok
+    assert a.realiser(graph).run().ok
     a.close()
     return a, repo_a
 
@@ -370,13 +370,8 @@ def test_an_evicted_hit_is_rebuilt_while_the_remote_stays_in_use(tmp_path):
                  depends_on=("build",), artifacts=("t",)),
         FakeStep("pub", commands=("cat d/doc.txt > p", "echo changed"), depends_on=("docs",),
                  artifacts=("p",))]
-    repo_a = tmp_path / "a" / "repo"
-    (repo_a / "src").mkdir(parents=True)
-    (repo_a / "src" / "a.txt").write_text("hello\n")
     with buildgrid(tmp_path / "bgd") as server:
-        a = Host(tmp_path / "a", repo_a, server.url)
-        assert a.realiser(graph).run().ok
-        a.close()
+        _a, repo_a = _host_a_ran(tmp_path, server.url, graph)
         repo_b = tmp_path / "b" / "repo"
         shutil.copytree(repo_a, repo_b)
         b = Host(tmp_path / "b", repo_b, server.url)
