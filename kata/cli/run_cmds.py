@@ -800,10 +800,23 @@ def _step_names(record, steps: tuple[str, ...]) -> tuple[str, ...]:  # noqa: ANN
     for name in steps:
         found = [k for k in known if Label(kind="exact", name=name).matches(k)]  # as //name
         if not found:
-            raise KataError("logs.no_step", f"run {record.id} has no step {name!r} (it "
-                            f"has: {', '.join(known) or 'none'})", obj=name)
+            raise KataError("logs.no_step", f"run {record.id} has no step {name!r}"
+                            f"{_did_you_mean(name, known)} (it has: "
+                            f"{', '.join(known) or 'none'})", obj=name)
         names.extend(n for n in found if n not in names)
     return tuple(names)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """`` (did you mean build?)``: the step name ``name`` was meant as (a label's
+    ``//build`` where a name goes, a typo), else ""."""
+    import difflib
+
+    bare = name.lstrip("/")
+    if bare != name and any(k == bare or k.startswith(bare + " (") for k in known):
+        return f" (did you mean {bare}? --step takes a step's name, not a //label)"
+    near = difflib.get_close_matches(bare, known, n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001
@@ -818,8 +831,8 @@ def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN
     digest = logs.get(service)
     if not digest:
         raise KataError("logs.no_service", f"step {name} of run {record.id} has no "
-                        f"service log {service!r}" + (f" (run {by} ran it)" if by else ""),
-                        obj=service, exit_code=1)
+                        f"service log {service!r} (it has: {', '.join(sorted(logs)) or 'none'})"
+                        + (f" (run {by} ran it)" if by else ""), obj=service, exit_code=1)
     click.echo(f"== {name} / service {service}" + (f": cached — run {by}" if by else "") + " ==")
     with store.open_blob(digest) as f:
         text = f.read().decode("utf-8", errors="replace")
