@@ -27,3 +27,16 @@ def test_a_queued_steps_notice_is_said_once_and_keeps_when_it_was_queued(monkeyp
     now[0] += client.QUEUED_NOTICE
     live._queued(True)
     assert len(lines) == 2, lines
+
+
+def test_a_stopped_pulls_last_event_reads_as_stopped_not_pulled():
+    """The plain view's [PULL] line for a pull's last event said "N layers, SIZE" as for a
+    finished pull; a stopped one says so."""
+    from kata.realise import events as ev
+    from kata.report.plain import line
+
+    done = dict(image="r/i:1", layers_done=1, layers_total=3, bytes_done=2 << 20,
+                bytes_total=9 << 20, done=True)
+    assert line(ev.ImagePull(**done)) == "[PULL] r/i:1: 3 layers, 2.1MB"
+    assert line(ev.ImagePull(**done, stopped=True)) == \
+        "[PULL] r/i:1: stopped after 1/3 layers, 2.1MB"

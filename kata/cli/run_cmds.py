@@ -455,7 +455,7 @@ def pull_events(reporter):  # noqa: ANN001, ANN202
     def forward(p) -> None:  # noqa: ANN001 - kata.runtimes.base.PullProgress
         reporter(ImagePull(image=p.image, layers_done=p.layers_done,
                            layers_total=p.layers_total, bytes_done=p.bytes_done,
-                           bytes_total=p.bytes_total, done=p.done))
+                           bytes_total=p.bytes_total, done=p.done, stopped=p.stopped))
 
     return forward
 
