@@ -472,7 +472,18 @@ class Worker:
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
         log_lock = threading.Lock()
-        service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
+        # each service's log as the step's own: past 1 MiB in a file in the lease's root
+        service_logs: dict[str, LogBuffer] = {}
+
+        def service_log(name: str) -> LogBuffer:
+            with log_lock:
+                if name not in service_logs:
+                    service_logs[name] = LogBuffer()
+                    service_logs[name].spill_dir = str(work)
+                return service_logs[name]
+
+        for service in spec.services:
+            service_log(service.name)
 
         def sink(stream: str, data: bytes) -> None:
             job.log.append(data)
@@ -480,8 +491,7 @@ class Worker:
         sink.raw = True  # type: ignore[attr-defined]
 
         def service_sink(name: str, stream: str, line: bytes) -> None:
-            with log_lock:
-                service_logs.setdefault(name, bytearray()).extend(line + b"\n")
+            service_log(name).append(line + b"\n")
 
         meta.execution_start_timestamp.GetCurrentTime()
         if spec.services:
@@ -494,11 +504,15 @@ class Worker:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                            input_files)
+        try:
+            return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
+                                input_files)
+        finally:
+            for buffer in service_logs.values():
+                buffer.discard()
 
     def _upload(self, job: _Job, workspace: Path, log: LogBuffer,
-                service_logs: dict[str, bytearray], exit_status: int,
+                service_logs: dict[str, LogBuffer], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata,
                 input_files: set[str] = frozenset()) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
@@ -507,21 +521,25 @@ class Worker:
         tree = files.message_bytes(files.tree_message(packed))
         services = re_pb2.Directory()
         blobs: dict[str, bytes] = {}
+        sent_files = dict(packed.files)
+        logs: set[str] = set()  # the logs' hashes: always sent (see below)
+
+        def add_log(buffer: LogBuffer) -> re_pb2.Digest:
+            buffer.close()
+            digest, size = buffer.digest
+            logs.add(digest)
+            if buffer.path is None:
+                blobs[digest] = buffer.data()
+            else:  # streamed from its file (a log of GiBs is never held in memory)
+                sent_files[digest] = buffer.path
+            return re_pb2.Digest(hash=digest, size_bytes=size)
+
         for name in sorted(service_logs):
-            data = bytes(service_logs[name])
-            digest = files.digest_of(data)
-            blobs[files.key(digest)] = data
-            services.files.add(name=f"{name}.log", digest=digest)
+            services.files.add(name=f"{name}.log", digest=add_log(service_logs[name]))
         services_tree = files.message_bytes(re_pb2.Tree(root=services))
-        log_hash, log_size = log.digest
-        stdout = re_pb2.Digest(hash=log_hash, size_bytes=log_size)
+        stdout = add_log(log)
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree})
-        sent_files = packed.files
-        if log.path is None:
-            blobs[log_hash] = log.data()
-        else:  # streamed from its file (a log of GiBs is never held in memory)
-            sent_files = {**packed.files, log_hash: log.path}
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
@@ -534,7 +552,7 @@ class Worker:
         # (or, for a few KiB in all, sending it; files.upload)
         # (the result's own blobs are always sent: a log may hold an input's very bytes,
         # and the client reads it from the CAS)
-        vouched = self._recent(input_files) - blobs.keys() - {log_hash}
+        vouched = self._recent(input_files) - blobs.keys() - logs
         files.upload(self.cas, blobs, sent_files, set(vouched))
         self._vouch((blobs.keys() | sent_files.keys()) - vouched)
         job.sent = packed
