@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import click
 
-from kata import gitctx, keys
+from kata import gitctx
 from kata.cli.config_cmds import config_file_option
 from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
@@ -727,6 +727,7 @@ def _nothing_to_export(store, ctx: click.Context, record, run_id: str | None,  #
     """KataError export.nothing (exit 1) for a run none of whose steps passed with
     artifacts (a `kata build //lint` after the full run, a run whose build failed): it
     names the run's steps and, without --run, the last trusted run that has artifacts."""
+    from kata.keys import trusted_scope
     from kata.realise.export import exported
 
     states = ", ".join(f"{e.name} {e.status}" for e in record.steps) or "no steps"
@@ -735,7 +736,7 @@ def _nothing_to_export(store, ctx: click.Context, record, run_id: str | None,  #
         pipeline = _pipeline_name(ctx)
         for older in store.iter_runs():  # newest first
             if older.id == record.id or (pipeline and older.pipeline != pipeline) or \
-                    not keys.trusted_scope(older.scope):
+                    not trusted_scope(older.scope):
                 continue
             if exported(rows_of(older)):
                 hint = (f"; the last trusted run that has some is {older.id}: `kata export "
@@ -758,6 +759,8 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     its ID is named, so a branch pushed after main can make neither a deploy script ship
     what it built, ``kata export``, nor its output pass for main's, ``kata logs``);
     stderr names the run taken, "kata: <verb> run ID (<ref>), ..."."""
+    from kata.keys import trusted_scope
+
     if run_id:
         record = store.get_run(run_id)
         if record is None:
@@ -767,7 +770,7 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     pipeline = _pipeline_name(ctx)
     last = chosen = None
     for record in store.iter_runs():  # newest first
-        if (pipeline and record.pipeline != pipeline) or not keys.trusted_scope(record.scope):
+        if (pipeline and record.pipeline != pipeline) or not trusted_scope(record.scope):
             continue
         last = last or record
         try:
