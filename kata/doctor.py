@@ -351,7 +351,8 @@ def check_remote_executor(host: Host) -> Check:
         fix = remote_fix(err.code or "", err.message, server="scheduler",
                          timeout=EXECUTOR_PROBE_TIMEOUT, start=start,
                          hung="a run's remote steps fail after 10 s with remote.unavailable")
-        return Check(name="remote-executor", status="fail", detail=f"{url}: {err.message}",
+        # the error's own hint (a TLS mismatch's advice) is the fix line's: said once
+        return Check(name="remote-executor", status="fail", detail=f"{url}: {err.bare}",
                      fix=fix)
     execution = caps.execution_capabilities  # type: ignore[attr-defined]
     if not execution.exec_enabled:

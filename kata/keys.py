@@ -49,6 +49,13 @@ SCOPED_FORMAT = "kata-scoped/1"
 
 # ---------------------------------------------------------------- scopes
 
+def trusted_scope(label: str) -> bool:
+    """Whether a run recorded under scope ``label`` (a :meth:`Scope.label`, as ``Run.scope``
+    holds it; "" for a run recorded before scopes) was trusted: only an untrusted run
+    writes its quarantine."""
+    return not label.startswith("quarantine:")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scope:
     """Where a run reads and writes scoped entries (cache directories, an untrusted run's

@@ -76,8 +76,10 @@ def parse_label(text: str) -> Label:
     try:
         tree = _parser().parse(text)
     except lark.exceptions.LarkError:
+        fix = _slashed(text)
+        hint = f" (did you mean {fix}?)" if fix else ""
         raise KataError("label.syntax", f"bad target label {text!r}: expected //step, "
-                        "//prefix*, //step(VAR=value) or //...", obj=text) from None
+                        f"//prefix*, //step(VAR=value) or //...{hint}", obj=text) from None
     target = tree.children[0]
     name = str(target.children[0]) if target.data in ("exact", "prefix", "instance") else ""
     values: tuple[tuple[str, str], ...] = ()
@@ -85,6 +87,21 @@ def parse_label(text: str) -> Label:
         pairs = (p.strip().partition("=") for p in str(target.children[1]).strip().strip("()").split(","))
         values = tuple((k.strip(), v.strip()) for k, _, v in pairs)
     return Label(kind=str(target.data), name=name, values=values)
+
+
+def _slashed(text: str) -> str:
+    """``text`` with the ``//`` it lacks (``build``, ``/build`` -> ``//build``) when that
+    is a label, else ""."""
+    import lark
+
+    if text.startswith("//"):
+        return ""
+    fixed = "//" + text.lstrip("/")
+    try:
+        _parser().parse(fixed)
+    except lark.exceptions.LarkError:
+        return ""
+    return fixed
 
 
 def select(labels: Iterable[str | Label], names: Sequence[str]) -> tuple[str, ...]:

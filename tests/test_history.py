@@ -111,11 +111,12 @@ def test_kata_runs_table_and_json(tmp_path) -> None:
     out = kata("runs", "--all", store=root, cwd=tmp_path)
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and lines[0].split() == [
-        "RUN", "PIPELINE", "REF", "EVENT", "STATUS", "RAN/CACHED/FAILED", "STARTED", "DURATION"]
-    assert [line.split()[:6] for line in lines[1:]] == [
-        ["run2", "p", "main", "local", "passed", "1/0/0"],
-        ["run1", "q", "main", "local", "passed", "1/0/0"],
-        ["run0", "p", "main", "local", "passed", "1/0/0"]]
+        "RUN", "PIPELINE", "REF", "TRUST", "EVENT", "STATUS", "RAN/CACHED/FAILED", "STARTED",
+        "DURATION"]
+    assert [line.split()[:7] for line in lines[1:]] == [
+        ["run2", "p", "main", "trusted", "local", "passed", "1/0/0"],
+        ["run1", "q", "main", "trusted", "local", "passed", "1/0/0"],
+        ["run0", "p", "main", "trusted", "local", "passed", "1/0/0"]]
     doc = json.loads(kata("runs", "--pipeline", "p", "--json", store=root, cwd=tmp_path).stdout)
     assert [r["id"] for r in doc["runs"]] == ["run2", "run0"] and doc["pipeline"] == "p"
     assert doc["runs"][0]["duration"] == 1.5

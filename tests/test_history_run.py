@@ -61,8 +61,9 @@ def test_runs_cache_list_and_events_of_real_runs(kata):
         - time.timezone
     assert before - 2 <= started <= time.time() and 0 < oldest["duration"] < 120
     table = kata("runs").stdout.splitlines()
-    assert table[1].split()[:6] == [newest["id"], "hist", "main", "local", "passed", "0/3/0"]
-    assert table[2].split()[:6] == [run_id, "hist", "main", "local", "passed", "3/0/0"]
+    assert table[1].split()[:7] == [newest["id"], "hist", "main", "trusted", "local", "passed",
+                                    "0/3/0"]
+    assert table[2].split()[:7] == [run_id, "hist", "main", "trusted", "local", "passed", "3/0/0"]
 
     listed = json.loads(kata("cache", "list", "--json").stdout)
     # one entry per cached step, though test and lint are recorded under two keys each

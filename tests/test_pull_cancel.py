@@ -153,3 +153,33 @@ def test_a_signal_mid_pull_ends_the_run_at_once_and_the_next_run_pulls(
             proxy.close()
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
+
+
+def test_a_stopped_pull_sends_its_last_progress_report(tmp_path, runtime):
+    """A pull that ended without its image (stopped: no step waits for it any more; or
+    failed) sent no last report: the live view kept its progress bar for the rest of the
+    run, and --json consumers never saw the pull end. It now ends with ``done`` and
+    ``stopped`` set; a pull that succeeds ends with ``done`` alone."""
+    from kata.errors import KataError
+    from kata.runtimes.containerd.pulls import PULL_STOPPED, PullStop
+
+    image = make_image([busybox_layer(), files_layer({"/x": os.urandom(64)})],
+                       "kata.local/stopped:1")
+    with docker_registry(tmp_path / "reg") as url:
+        push_image(url, "kata/stopped", "1", image)
+        ref = f"{url.removeprefix('http://')}/kata/stopped@{image.digest}"
+        reports = []
+        runtime.progress = reports.append
+        try:
+            stop = PullStop()
+            stop.set()
+            with pytest.raises(KataError) as err:
+                runtime.pull_image(ref, stop)
+            assert err.value.reason == PULL_STOPPED
+            assert reports and reports[-1].done and reports[-1].stopped, reports
+            assert sum(r.done for r in reports) == 1, reports
+            reports.clear()
+            runtime.pull_image(ref, PullStop())
+            assert reports[-1].done and not reports[-1].stopped, reports
+        finally:
+            runtime.progress = None

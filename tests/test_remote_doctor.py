@@ -134,3 +134,23 @@ def test_doctor_names_tls_for_a_plaintext_url_to_a_tls_server(tmp_path):
         executor = _doctor(tmp_path, f"remote:\n  executor: {url}\n")["remote-executor"]
     for fix in (cache.fix, executor["fix"]):
         assert "grpcs://" in fix and "start the " not in fix, (cache, executor)
+
+
+def test_the_executor_check_gives_the_tls_advice_once(tmp_path):
+    """A TLS mismatch's advice came twice in `kata doctor`'s remote-executor check: in the
+    detail (the gRPC error as kata.remote.cas.wrap words it for a run) and in the fix.
+    The detail now says what failed, the fix what to do."""
+    from support.buildgrid import BuildGridConfig
+    from test_remote_cas import _self_signed
+
+    key, cert = _self_signed(tmp_path)
+    with buildgrid(tmp_path / "plain") as server:
+        url = server.url.replace("grpc://", "grpcs://")
+        plaintext = _doctor(tmp_path, f"remote:\n  executor: {url}\n")["remote-executor"]
+    with buildgrid(tmp_path / "tls", BuildGridConfig(tls_key=key, tls_cert=cert)) as server:
+        url = server.url.replace("grpcs://", "grpc://")
+        tls = _doctor(tmp_path, f"remote:\n  executor: {url}\n")["remote-executor"]
+    for check in (plaintext, tls):
+        assert check["status"] == "fail", check
+        assert "use grpc" in check["fix"], check  # "use grpc:// instead", "use grpcs://"
+        assert "use grpc" not in check["detail"], check

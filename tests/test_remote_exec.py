@@ -767,6 +767,34 @@ def test_a_step_with_huge_output_costs_neither_end_its_size_in_memory(grid, work
     assert logs.stdout.count(b"y") == size and logs.stdout.rstrip().endswith(b"end")
 
 
+def test_a_service_with_huge_output_costs_the_worker_a_bounded_part_of_it(grid, workers,
+                                                                         kata):
+    """A step's service printing 256 MiB: the worker held each service's log in memory
+    (a bytearray, then a copy to upload), where the step's own output already spilled to
+    a file past 1 MiB (``LogBuffer``); services now spill the same way. The log still
+    arrives whole."""
+    bg, image = grid
+    size = 256 << 20
+    loud = f"head -c {size} /dev/zero | tr '\\0' y | fold -w 10000; echo svc-end; {SERVE}"
+    pipeline = {"pipeline": "huge-svc", "steps": [
+        {"name": "client", "image": image, "inputs": [],
+         "services": [{"name": "db", "image": image, "commands": [loud],
+                       "ready": {"tcp": 5432, "timeout": "240s"}}],
+         "commands": ["nc db 5432 </dev/null | grep -q pong"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = kata("run", "--remote-executor", bg.url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    ran_on = worker_of(kata, "client")
+    worker = next(w for w in workers if w.name == ran_on)
+    worker_peak = _peak_rss(worker.proc.pid)
+    # with the fix ~150 MiB, as for a step's own output; before: over 500 MiB
+    assert worker_peak < size, f"worker {ran_on} peaked at {worker_peak >> 20} MiB"
+    logs = subprocess.run([*kata.base, "logs", "--step", "client", "--service", "db"],
+                          cwd=kata.repo, env=kata.env, capture_output=True, timeout=300)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.count(b"y") == size and b"svc-end" in logs.stdout
+
+
 def test_a_second_worker_under_a_taken_name_stops_the_first_with_a_clear_error(grid, kata):
     """BuildGrid replaces a bot's session when a new one opens under the same bot id (a
     worker restarted). Two live workers given one --name each replaced the other's session

@@ -71,3 +71,28 @@ def test_a_stopped_pull_raises_pull_stopped_at_its_next_check():
     with pytest.raises(KataError) as err:
         stop.check("sha256:x")
     assert err.value.reason == PULL_STOPPED
+
+
+def test_each_waiter_gets_its_own_exception_chained_from_the_pulls():
+    """One exception object raised in every waiter's thread: each raise added that
+    thread's frames to the one traceback (and a handler that annotates or chains it
+    changed what the other steps saw). Each waiter now gets a fresh one of the same
+    type and fields, raised ``from`` the pull's."""
+    original = KataError("image.registry_unreachable", "down", obj="x", exit_code=1)
+
+    def failing(stop: PullStop) -> None:
+        raise original
+
+    bad, _ = _shared(failing)
+    assert bad.join() and bad.join()
+    bad.start()
+    got = []
+    for _ in range(2):
+        with pytest.raises(KataError) as info:
+            bad.wait(threading.Event())
+        got.append(info.value)
+    assert got[0] is not got[1] and original not in got
+    for err in got:
+        assert err.__cause__ is original
+        assert (err.reason, err.message, err.obj, err.exit_code, str(err)) == \
+            ("image.registry_unreachable", "down", "x", 1, "down")

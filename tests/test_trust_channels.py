@@ -73,3 +73,83 @@ def test_untrusted_runs_without_a_ref_do_not_share_one_quarantine(tmp_path, monk
     assert scope_for(tmp_path, branch="pr-7", event="pull_request",
                      commit="a" * 40).label() == "quarantine:refs/heads/pr-7"
     assert scope_for(tmp_path / "nogit", branch="", commit="a" * 40).ref == ""
+
+
+def _logged_run(s: Store, run_id: str, scope: str, started: float, text: str,
+                drv: tuple[str, bytes] | None = None) -> None:
+    drv_hash = ""
+    if drv is not None:
+        drv_hash, encoded = drv
+        s.put_derivation(drv_hash, encoded)
+    s.put_run(Run(id=run_id, pipeline="p", scope=scope, started=started, wall=1.0,
+                  status="passed", steps=(StepRecord(name="build", status="passed",
+                                                     cache="MISS", drv_hash=drv_hash,
+                                                     log=s.put_blob(text.encode())),)))
+
+
+def test_logs_without_run_never_show_an_untrusted_runs_output(tmp_path) -> None:
+    """`kata logs` took "the last run" of any scope: a branch pushed just after main made
+    its run's output stand in for main's (a forged "all tests passed"). As `kata export`:
+    the last trusted run, named on stderr; an untrusted run only by --run ID."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text("pipeline: p\nsteps:\n  - {name: build, image: x}\n")
+    store = tmp_path / "store"
+    now = time.time()
+    with Store.open(store) as s:
+        _logged_run(s, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "main's log\n")
+        _logged_run(s, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "evil log\n")
+    kata = KataProcess(repo, store=store)
+    for args in (("logs",), ("logs", "--step", "build")):
+        proc = kata(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert "main's log" in proc.stdout and "evil" not in proc.stdout
+        assert "20261130-000001-aaaaaa" in proc.stderr  # says which run it shows
+    proc = kata("logs", "--run", "20261130-000002-bbbbbb")
+    assert proc.returncode == 0, proc.stderr
+    assert "evil log" in proc.stdout
+
+
+def test_runs_shows_whether_each_run_was_trusted(tmp_path) -> None:
+    """`kata runs` listed an untrusted branch's run beside main's with nothing telling
+    them apart: a TRUST column (--json gives each run's `scope`)."""
+    import json
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text("pipeline: p\nsteps:\n  - {name: build, image: x}\n")
+    store = tmp_path / "store"
+    now = time.time()
+    with Store.open(store) as s:
+        _logged_run(s, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "a\n")
+        _logged_run(s, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "b\n")
+    kata = KataProcess(repo, store=store)
+    proc = kata("runs")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "TRUST" in lines[0].split()
+    row = {line.split()[0]: line for line in lines[1:]}
+    assert "untrusted" in row["20261130-000002-bbbbbb"].split()
+    assert "trusted" in row["20261130-000001-aaaaaa"].split()
+    doc = json.loads(kata("runs", "--json").stdout)
+    assert {r["id"]: r["scope"] for r in doc["runs"]} == {
+        "20261130-000001-aaaaaa": "ref:refs/heads/main",
+        "20261130-000002-bbbbbb": "quarantine:refs/heads/evil"}
+
+
+def test_why_compares_against_the_last_trusted_realisation(tmp_path) -> None:
+    """`kata why` diffed against the step's last realisation of any scope: an untrusted
+    branch's run of the same derivation made main's changed step read "unchanged"."""
+    from kata.realise.history import previous_derivations
+
+    with Store.open(tmp_path / "store") as s:
+        now = time.time()
+        _logged_run(s, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "a\n",
+                    drv=("1" * 64, b"main's derivation"))
+        _logged_run(s, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "b\n",
+                    drv=("2" * 64, b"evil derivation"))
+        assert previous_derivations(s, "p", {"build": "2" * 64}, trusted=True) == \
+            {"build": (b"main's derivation", False)}
+        # an untrusted run's own page may still compare against what ran before it
+        assert previous_derivations(s, "p", {"build": ""}) == \
+            {"build": (b"evil derivation", False)}

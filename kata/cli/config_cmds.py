@@ -196,10 +196,10 @@ def graph(ctx: click.Context, fmt: str) -> None:
 
 def previous_lookup(ctx: click.Context, pipeline: str | None = None, graph=None):  # noqa: ANN001
     """Where `kata why` finds a step's last recorded derivation: the derivation record of
-    the step's last realisation (the newest run of this pipeline in which it passed). With
-    ``graph`` (the derivations now): a step whose last realisation had the derivation hash
-    it has now is unchanged even when this host holds no record of it (a remote-cache hit
-    not fetched here)."""
+    the step's last realisation (the newest trusted run of this pipeline in which it
+    passed). With ``graph`` (the derivations now): a step whose last realisation had the
+    derivation hash it has now is unchanged even when this host holds no record of it (a
+    remote-cache hit not fetched here)."""
     from kata.cli.run_cmds import last_realised_derivation
 
     def lookup(step: str):  # noqa: ANN202

@@ -38,7 +38,9 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 @click.pass_context
 def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: int,
          json_out: bool) -> None:
-    """List recorded runs: id, pipeline, ref, event, status, steps, started, duration."""
+    """List recorded runs: id, pipeline, ref, trust, event, status, steps, started,
+    duration (TRUST: untrusted for a run whose records went to its quarantine)."""
+    from kata.keys import trusted_scope
     from kata.cli.run_cmds import _pipeline_name
     from kata.cli.store_cmds import open_store
     from kata.realise.history import local_time, runs as list_runs
@@ -54,9 +56,10 @@ def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: i
         click.echo("No runs recorded" + (f" for pipeline {pipeline!r}." if pipeline else "."))
         return
     rows = [(r.id, r.pipeline, r.ref.removeprefix("refs/heads/").removeprefix("refs/") or "-",
-             r.event, r.status + (f" ({r.retried} retried)" if r.retried else ""),
+             "trusted" if trusted_scope(r.scope) else "untrusted", r.event,
+             r.status + (f" ({r.retried} retried)" if r.retried else ""),
              f"{r.ran}/{r.cached}/{r.failed}", local_time(r.started),
              f"{r.duration:.1f}s") for r in found]
-    for line in table(("RUN", "PIPELINE", "REF", "EVENT", "STATUS", "RAN/CACHED/FAILED",
+    for line in table(("RUN", "PIPELINE", "REF", "TRUST", "EVENT", "STATUS", "RAN/CACHED/FAILED",
                        "STARTED", "DURATION"), rows):
         click.echo(line)

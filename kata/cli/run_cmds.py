@@ -455,7 +455,7 @@ def pull_events(reporter):  # noqa: ANN001, ANN202
     def forward(p) -> None:  # noqa: ANN001 - kata.runtimes.base.PullProgress
         reporter(ImagePull(image=p.image, layers_done=p.layers_done,
                            layers_total=p.layers_total, bytes_done=p.bytes_done,
-                           bytes_total=p.bytes_total, done=p.done))
+                           bytes_total=p.bytes_total, done=p.done, stopped=p.stopped))
 
     return forward
 
@@ -637,15 +637,16 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
 @click.option("--step", "steps", multiple=True, metavar="NAME",
               help="Only this step's log (a matrix step's name: every instance's); repeatable.")
 @click.option("--run", "run_id", metavar="ID",
-              help="That run (default: the last one; with --step, the last one that "
-                   "has those steps).")
+              help="That run (default: the last trusted one, with --step the last that has "
+                   "those steps; an untrusted run's only by its ID).")
 @click.option("--service", "service", metavar="NAME",
               help="The log of the step's service NAME instead (with --step).")
 @config_file_option
 @click.pass_context
 def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
          service: str | None = None) -> None:
-    """Show the output of the last run (or of --run ID).
+    """Show the output of the last trusted run (or of --run ID, which an untrusted run
+    needs: stderr names the run shown).
 
     A cached step shows the output of the run that produced its result, marked so.
     """
@@ -653,7 +654,7 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
 
     store = open_store(ctx)
     try:
-        record, steps = _run_record(store, ctx, run_id, steps)
+        record, steps = _run_record(store, ctx, run_id, steps, verb="showing")
         if service is not None:
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
@@ -701,7 +702,7 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
-        record, steps = _run_record(store, ctx, run_id, steps, trusted=True)
+        record, steps = _run_record(store, ctx, run_id, steps, verb="exporting")
         with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
             empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
         def rows_of(record):  # noqa: ANN001, ANN202
@@ -726,6 +727,7 @@ def _nothing_to_export(store, ctx: click.Context, record, run_id: str | None,  #
     """KataError export.nothing (exit 1) for a run none of whose steps passed with
     artifacts (a `kata build //lint` after the full run, a run whose build failed): it
     names the run's steps and, without --run, the last trusted run that has artifacts."""
+    from kata.keys import trusted_scope
     from kata.realise.export import exported
 
     states = ", ".join(f"{e.name} {e.status}" for e in record.steps) or "no steps"
@@ -734,7 +736,7 @@ def _nothing_to_export(store, ctx: click.Context, record, run_id: str | None,  #
         pipeline = _pipeline_name(ctx)
         for older in store.iter_runs():  # newest first
             if older.id == record.id or (pipeline and older.pipeline != pipeline) or \
-                    older.scope.startswith("quarantine:"):
+                    not trusted_scope(older.scope):
                 continue
             if exported(rows_of(older)):
                 hint = (f"; the last trusted run that has some is {older.id}: `kata export "
@@ -746,16 +748,19 @@ def _nothing_to_export(store, ctx: click.Context, record, run_id: str | None,  #
 
 
 def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, ANN202
-                steps: tuple[str, ...] = (), *, trusted: bool = False):
+                steps: tuple[str, ...] = (), *, verb: str):
     """(run record, step names): the run ``--run ID`` names, else the last run of this
     pipeline that has every step of ``steps`` (a `kata run --step` or `kata build` after
     it may have left them out; KataError logs.no_run: exit 2 for an ID that names no run,
     1 when nothing is recorded yet), and ``steps`` with a matrix step's name replaced by
     its instances' names, as ``kata run --step`` takes it (KataError logs.no_step, exit
     2, for a name that is neither, in the last run's terms when no run has it).
-    ``trusted``: runs of a trusted scope only (``kata export``: an untrusted run's
-    artifacts are taken only when its ID is named, so a branch pushed after main cannot
-    make a deploy script ship what it built); stderr names the run."""
+    Without ``--run`` only runs of a trusted scope are taken (an untrusted run only when
+    its ID is named, so a branch pushed after main can make neither a deploy script ship
+    what it built, ``kata export``, nor its output pass for main's, ``kata logs``);
+    stderr names the run taken, "kata: <verb> run ID (<ref>), ..."."""
+    from kata.keys import trusted_scope
+
     if run_id:
         record = store.get_run(run_id)
         if record is None:
@@ -765,8 +770,7 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     pipeline = _pipeline_name(ctx)
     last = chosen = None
     for record in store.iter_runs():  # newest first
-        if (pipeline and record.pipeline != pipeline) or \
-                (trusted and record.scope.startswith("quarantine:")):
+        if (pipeline and record.pipeline != pipeline) or not trusted_scope(record.scope):
             continue
         last = last or record
         try:
@@ -776,18 +780,17 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
         chosen = record
         break
     if last is None:
-        raise KataError("logs.no_run", f"no {'trusted ' if trusted else ''}run recorded "
-                        "yet" + (f" for pipeline {pipeline!r}" if pipeline else "") +
-                        (" (an untrusted run's artifacts: --run ID)" if trusted else ""),
+        raise KataError("logs.no_run", "no trusted run recorded yet" +
+                        (f" for pipeline {pipeline!r}" if pipeline else "") +
+                        " (an untrusted run only by --run ID: `kata runs` lists them)",
                         exit_code=1)
     if chosen is None:  # no run has them: say what the last one has
         return last, _step_names(last, steps)
-    if trusted:
-        where = chosen.scope.removeprefix("ref:") or "no git ref"
-        click.echo(f"kata: exporting run {chosen.id} ({where}), the "
-                   "last trusted run of the pipeline (an untrusted one only with --run ID)",
-                   err=True)
+    where = chosen.scope.removeprefix("ref:") or "no git ref"
+    click.echo(f"kata: {verb} run {chosen.id} ({where}), the last trusted run of the "
+               "pipeline (an untrusted one only with --run ID)", err=True)
     return chosen, names
+
 
 
 def _step_names(record, steps: tuple[str, ...]) -> tuple[str, ...]:  # noqa: ANN001
@@ -800,10 +803,23 @@ def _step_names(record, steps: tuple[str, ...]) -> tuple[str, ...]:  # noqa: ANN
     for name in steps:
         found = [k for k in known if Label(kind="exact", name=name).matches(k)]  # as //name
         if not found:
-            raise KataError("logs.no_step", f"run {record.id} has no step {name!r} (it "
-                            f"has: {', '.join(known) or 'none'})", obj=name)
+            raise KataError("logs.no_step", f"run {record.id} has no step {name!r}"
+                            f"{_did_you_mean(name, known)} (it has: "
+                            f"{', '.join(known) or 'none'})", obj=name)
         names.extend(n for n in found if n not in names)
     return tuple(names)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """`` (did you mean build?)``: the step name ``name`` was meant as (a label's
+    ``//build`` where a name goes, a typo), else ""."""
+    import difflib
+
+    bare = name.lstrip("/")
+    if bare != name and any(k == bare or k.startswith(bare + " (") for k in known):
+        return f" (did you mean {bare}? --step takes a step's name, not a //label)"
+    near = difflib.get_close_matches(bare, known, n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN001
@@ -818,8 +834,8 @@ def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN
     digest = logs.get(service)
     if not digest:
         raise KataError("logs.no_service", f"step {name} of run {record.id} has no "
-                        f"service log {service!r}" + (f" (run {by} ran it)" if by else ""),
-                        obj=service, exit_code=1)
+                        f"service log {service!r} (it has: {', '.join(sorted(logs)) or 'none'})"
+                        + (f" (run {by} ran it)" if by else ""), obj=service, exit_code=1)
     click.echo(f"== {name} / service {service}" + (f": cached — run {by}" if by else "") + " ==")
     with store.open_blob(digest) as f:
         text = f.read().decode("utf-8", errors="replace")
@@ -875,7 +891,8 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
 
 def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str,
                               node=None) -> bytes | None:  # noqa: ANN001
-    """The encoded derivation record of ``step``'s last realisation, for ``kata why``;
+    """The encoded derivation record of ``step``'s last realisation in a trusted run, for
+    ``kata why`` (an untrusted branch's run is not what main's step changed from);
     ``node`` (its derivation now): when that realisation had the same derivation hash, the
     node's own record (nothing changed), whether or not this host stored one."""
     from kata.cli.store_cmds import open_store
@@ -885,7 +902,8 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     drv_hash = node.drv_hash if node is not None and node.drv_hash else ""
     store = open_store(ctx)
     try:
-        data, same = previous_derivations(store, pipeline, {step: drv_hash})[step]
+        data, same = previous_derivations(store, pipeline, {step: drv_hash},
+                                          trusted=True)[step]
     finally:
         store.close()
     return node.record().encode() if same else data

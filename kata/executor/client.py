@@ -305,6 +305,7 @@ class _LiveLog:
         self.partial = b""  # an unfinished line (for a sink of lines)
         self.running = getattr(sink, "running", None)  # called once a worker has the step
         self.queued_since: float | None = None  # when the scheduler last queued it
+        self.queued_told = False  # has this wait in the queue been told (once per wait)?
 
     def watch(self, op: operations_pb2.Operation) -> None:
         meta = re_pb2.ExecuteOperationMetadata()
@@ -338,15 +339,15 @@ class _LiveLog:
         seconds, so this is seen)."""
         now = time.monotonic()
         if not queued:
-            self.queued_since = None
+            self.queued_since, self.queued_told = None, False
         elif self.queued_since is None:
             self.queued_since = now
-        elif self.queued_since != -1.0 and now - self.queued_since >= QUEUED_NOTICE:
+        elif not self.queued_told and now - self.queued_since >= QUEUED_NOTICE:
             instance = self.runtime.instance
             self._say(f"kata: queued for {now - self.queued_since:.0f}s: no worker has taken "
                       f"the step yet (is a `kata worker` running for {self.runtime.url}"
                       f"{' instance ' + instance if instance else ''}, with a free slot?)\n")
-            self.queued_since = -1.0  # said: once per step
+            self.queued_told = True
 
     def _deliver(self, data: bytes) -> None:  # from the follower's thread
         self.got += len(data)

@@ -19,7 +19,8 @@ The lease lifecycle (bots.proto; BuildGrid's Bots service):
   leases and retries with back-off; when the scheduler no longer knows the session (it
   expired, ``bot-session-keepalive-timeout``) the worker stops what it ran for it and
   opens a new session. A worker that dies stops answering; the scheduler re-queues its
-  leases after the keep-alive timeout (and gives them to another bot).
+  leases after the keep-alive timeout (and gives them to another bot). A worker that is
+  stopped (SIGTERM) hands its leases back at once instead (``Worker._hand_back``).
 
 Live output (``logstream.py``): when the scheduler creates log streams for its jobs
 (BuildGrid's ``logstream:`` option), the reply of ``UpdateBotSession`` carries, in its
@@ -80,7 +81,9 @@ WORK_PREFIX = "kata-worker-"  # a worker's work root without --state-dir, in the
 # google.rpc.Code values (google/rpc/code.proto)
 OK, CANCELLED, INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL, UNAVAILABLE = 0, 1, 3, 9, 13, 14
 LEASE_PENDING, LEASE_ACTIVE, LEASE_COMPLETED, LEASE_CANCELLED = 1, 2, 4, 5
-BOT_OK = 1
+BOT_OK, BOT_TERMINATING = 1, 4  # bots.proto BotStatus
+HAND_BACK_SECONDS = 10.0  # the last UpdateBotSession, handing the leases back, waits this long
+STOP_SECONDS = 30.0  # then the stopped steps' threads get this long to remove their containers
 _SESSION_GONE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
 # BuildGrid's answer to a bot whose session a newer one under the same bot id replaced (a
@@ -209,7 +212,10 @@ class Worker:
                     stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:
-            self._drop_all()
+            if session is not None and stop.is_set():
+                self._hand_back(session)
+            else:
+                self._drop_all()
             self._remote.close()
             if self._logs is not None:
                 self._logs.close()
@@ -320,11 +326,60 @@ class Worker:
                 self._jobs[lease_id] = job
                 job.thread.start()
 
-    def _drop_all(self) -> None:
+    def _drop_all(self) -> list[_Job]:
+        """Stop every running lease (its thread removes its container and input root);
+        forget them all. Returns the jobs it held."""
         with self._lock:
-            for job in self._jobs.values():
+            jobs = list(self._jobs.values())
+            for job in jobs:
                 job.cancel.set()
             self._jobs.clear()
+        return jobs
+
+    def _hand_back(self, session: bots_pb2.BotSession) -> None:
+        """On stop (SIGTERM, SIGINT): stop the running steps and hand their leases back at
+        once, so the scheduler gives them to another worker now rather than after its
+        bot-session keep-alive. One last UpdateBotSession with the bot ``BOT_TERMINATING``
+        (BuildGrid then assigns it nothing new) reports each unfinished lease
+        ``COMPLETED`` with status UNAVAILABLE, which BuildGrid re-queues (its retryable
+        codes; a bot may not set ``CANCELLED``, bots.proto), and each finished but
+        unreported one with its result. A scheduler that does not answer within
+        HAND_BACK_SECONDS re-queues them after the keep-alive, as for a dead worker.
+        Then waits up to STOP_SECONDS for the stopped steps' cleanup."""
+        jobs = self._drop_all()
+        reply = bots_pb2.BotSession(name=session.name, bot_id=self.name,
+                                    status=BOT_TERMINATING, worker=self._session().worker,
+                                    version=session.version)
+        stopped = []
+        for job in jobs:
+            lease = bots_pb2.Lease(id=job.lease.id, payload=job.lease.payload,
+                                   state=LEASE_COMPLETED)
+            if job.status is not None:  # done before the stop: its result stands
+                lease.status.CopyFrom(job.status)
+                if job.result is not None:
+                    lease.result.Pack(job.result)
+            else:
+                lease.status.CopyFrom(status_pb2.Status(
+                    code=UNAVAILABLE, message=f"worker {self.name} stopped before the step "
+                    "ended: the scheduler gives it to another worker"))
+                stopped.append(job.lease.id)
+            reply.leases.append(lease)
+        try:
+            self._bots.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(
+                name=session.name, bot_session=reply), timeout=HAND_BACK_SECONDS,
+                metadata=self._md)
+        except grpc.RpcError as err:
+            LOG.warning("could not hand back %d lease(s) (%s: %s): the scheduler re-queues "
+                        "them after its keep-alive timeout", len(jobs),
+                        err.code().name, err.details())  # type: ignore[attr-defined]
+        else:
+            if jobs:
+                LOG.info("stopping: handed back %d lease(s) (%d stopped mid-step: %s)",
+                         len(jobs), len(stopped), ", ".join(stopped) or "none")
+        deadline = time.monotonic() + STOP_SECONDS
+        for job in jobs:
+            if job.thread is not None:
+                job.thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- one lease -------------------------------------------------------------------------
     def _run(self, job: _Job) -> None:
@@ -417,7 +472,18 @@ class Worker:
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
         log_lock = threading.Lock()
-        service_logs: dict[str, bytearray] = {s.name: bytearray() for s in spec.services}
+        # each service's log as the step's own: past 1 MiB in a file in the lease's root
+        service_logs: dict[str, LogBuffer] = {}
+
+        def service_log(name: str) -> LogBuffer:
+            with log_lock:
+                if name not in service_logs:
+                    service_logs[name] = LogBuffer()
+                    service_logs[name].spill_dir = str(work)
+                return service_logs[name]
+
+        for service in spec.services:
+            service_log(service.name)
 
         def sink(stream: str, data: bytes) -> None:
             job.log.append(data)
@@ -425,8 +491,7 @@ class Worker:
         sink.raw = True  # type: ignore[attr-defined]
 
         def service_sink(name: str, stream: str, line: bytes) -> None:
-            with log_lock:
-                service_logs.setdefault(name, bytearray()).extend(line + b"\n")
+            service_log(name).append(line + b"\n")
 
         meta.execution_start_timestamp.GetCurrentTime()
         if spec.services:
@@ -439,11 +504,15 @@ class Worker:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
-        return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                            input_files)
+        try:
+            return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
+                                input_files)
+        finally:
+            for buffer in service_logs.values():
+                buffer.discard()
 
     def _upload(self, job: _Job, workspace: Path, log: LogBuffer,
-                service_logs: dict[str, bytearray], exit_status: int,
+                service_logs: dict[str, LogBuffer], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata,
                 input_files: set[str] = frozenset()) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
@@ -452,21 +521,25 @@ class Worker:
         tree = files.message_bytes(files.tree_message(packed))
         services = re_pb2.Directory()
         blobs: dict[str, bytes] = {}
+        sent_files = dict(packed.files)
+        logs: set[str] = set()  # the logs' hashes: always sent (see below)
+
+        def add_log(buffer: LogBuffer) -> re_pb2.Digest:
+            buffer.close()
+            digest, size = buffer.digest
+            logs.add(digest)
+            if buffer.path is None:
+                blobs[digest] = buffer.data()
+            else:  # streamed from its file (a log of GiBs is never held in memory)
+                sent_files[digest] = buffer.path
+            return re_pb2.Digest(hash=digest, size_bytes=size)
+
         for name in sorted(service_logs):
-            data = bytes(service_logs[name])
-            digest = files.digest_of(data)
-            blobs[files.key(digest)] = data
-            services.files.add(name=f"{name}.log", digest=digest)
+            services.files.add(name=f"{name}.log", digest=add_log(service_logs[name]))
         services_tree = files.message_bytes(re_pb2.Tree(root=services))
-        log_hash, log_size = log.digest
-        stdout = re_pb2.Digest(hash=log_hash, size_bytes=log_size)
+        stdout = add_log(log)
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree})
-        sent_files = packed.files
-        if log.path is None:
-            blobs[log_hash] = log.data()
-        else:  # streamed from its file (a log of GiBs is never held in memory)
-            sent_files = {**packed.files, log_hash: log.path}
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
@@ -479,7 +552,7 @@ class Worker:
         # (or, for a few KiB in all, sending it; files.upload)
         # (the result's own blobs are always sent: a log may hold an input's very bytes,
         # and the client reads it from the CAS)
-        vouched = self._recent(input_files) - blobs.keys() - {log_hash}
+        vouched = self._recent(input_files) - blobs.keys() - logs
         files.upload(self.cas, blobs, sent_files, set(vouched))
         self._vouch((blobs.keys() | sent_files.keys()) - vouched)
         job.sent = packed

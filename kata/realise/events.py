@@ -118,6 +118,7 @@ class ImagePull:
     bytes_done: int
     bytes_total: int
     done: bool = False
+    stopped: bool = False  # with done: it ended without the image (stopped or failed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

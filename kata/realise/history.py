@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kata.keys import trusted_scope
 from kata.realise.events import iso_time
 from store.errors import StoreError
 from store.realisations import Realisation
@@ -153,13 +154,15 @@ def previous_derivation(store: Any, pipeline: str | None, step: str, *,
 
 
 def previous_derivations(store: Any, pipeline: str | None, steps: dict[str, str], *,
-                         before: str | None = None, limit: int = 200
+                         before: str | None = None, limit: int = 200, trusted: bool = False
                          ) -> dict[str, tuple[bytes | None, bool]]:
     """For each step of ``steps`` (name -> its derivation hash now, "" for none): (the
     encoded derivation record of its last realisation, or None; True when that last
     realisation had the same hash, then with None: nothing changed). One walk over the runs,
     newest first from ``before`` (exclusive), at most ``limit`` runs of ``pipeline``.
-    Records before ``before`` are not decoded (run file names carry the run id)."""
+    Records before ``before`` are not decoded (run file names carry the run id).
+    ``trusted``: pass over untrusted runs (what a trusted run or ``kata why`` compares
+    against: an untrusted branch's run must not make a changed step read unchanged)."""
     out: dict[str, tuple[bytes | None, bool]] = {n: (None, False) for n in steps}
     pending = set(steps)
     names = store.run_names()
@@ -174,7 +177,8 @@ def previous_derivations(store: Any, pipeline: str | None, steps: dict[str, str]
             record = store.read_run(name)
         except StoreError:
             continue
-        if record is None or (pipeline is not None and record.pipeline != pipeline):
+        if record is None or (pipeline is not None and record.pipeline != pipeline) or \
+                (trusted and not trusted_scope(record.scope)):
             continue
         looked += 1
         for entry in record.steps:

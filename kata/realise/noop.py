@@ -131,8 +131,13 @@ _STAND_IN = {  # float stand-ins: finite, and nothing a run or a step holds
 
 
 def new_run_id() -> str:
-    """A run id: ``YYYYmmdd-HHMMSS-<6 hex>`` (local time, random suffix)."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + os.urandom(3).hex()
+    """A run id: ``YYYYmmdd-HHMMSS-<6 hex>``, the time in UTC (hosts sharing a store, or
+    one host across a DST change, name runs alike), a random suffix. The one definition:
+    the realiser's runs take theirs here too (this module imports only the stdlib).
+
+    Ids of runs recorded before were in the host's local time; nothing parses an id for
+    its time or orders by it (records are named and ordered by ``started``)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
 # -- the command line ------------------------------------------------------------------

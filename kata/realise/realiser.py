@@ -26,7 +26,6 @@ import os
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from kata.realise import artifacts
 from kata.realise import events as ev
 from kata.realise import spec as specs
 from kata.realise.lookup import Looked, Lookup
+from kata.realise.noop import new_run_id
 from kata.realise.output import MaskedOutput
 from kata.realise.records import Records
 from kata.realise.plan import (
@@ -112,7 +112,7 @@ class Realiser:
         self.runtime = runtime
         self.options = options
         self.pipeline = pipeline or graph.pipeline.name
-        self.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.run_id = new_run_id()
         self._workspace = workspace
         self._emit_lock = threading.Lock()
         self._emit = emit

@@ -60,11 +60,19 @@ class RemoteError(Exception):
     """The remote failed (``reason``: remote.unavailable | remote.deadline | remote.refused |
     remote.bad_answer | remote.unsupported) — the caller keeps going on the local store."""
 
-    def __init__(self, reason: str, message: str, *, code: str = "") -> None:
+    def __init__(self, reason: str, message: str, *, code: str = "", hint: str = "") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.code = code  # the gRPC status code's name, when a call failed with one
+        # what ``message`` ends with, in parentheses, to say what the failure most often
+        # means (a TLS mismatch, an unknown instance); "" none. ``bare`` is the rest
+        self.hint = hint
+
+    @property
+    def bare(self) -> str:
+        """``message`` without its hint (for ``kata doctor``, whose fix line says it)."""
+        return self.message.removesuffix(f" ({self.hint})") if self.hint else self.message
 
 
 def wrap(err: grpc.RpcError, what: str) -> RemoteError:
@@ -74,20 +82,21 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
     reason = {grpc.StatusCode.UNAVAILABLE: "remote.unavailable",
               grpc.StatusCode.DEADLINE_EXCEEDED: "remote.deadline"}.get(code, "remote.refused")
     name = code.name if code is not None else "error"
+    hint = ""
     if "handshake failed" in (detail or "").lower():
         # gRPC's own text ends in OpenSSL's error stack; say what it most often means
-        detail = (f"{detail} (the TLS handshake failed: if the server speaks plaintext, "
-                  "use grpc:// instead of grpcs://; otherwise check its certificate "
-                  "against tls.ca)")
+        hint = ("the TLS handshake failed: if the server speaks plaintext, use grpc:// "
+                "instead of grpcs://; otherwise check its certificate against tls.ca")
     elif code == grpc.StatusCode.UNAVAILABLE and "socket closed" in (detail or "").lower():
         # a down server refuses; one that takes a plaintext connection and drops it at once
         # is most often a TLS server
-        detail = (f"{detail} (the server closed the connection: if it speaks TLS, use "
-                  "grpcs:// instead of grpc://)")
+        hint = ("the server closed the connection: if it speaks TLS, use grpcs:// instead "
+                "of grpc://")
     elif code == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (detail or "").lower():
-        detail = (f"{detail} (the server has no such instance: name one it serves with "
-                  "--remote-instance or remote.instance)")
-    return RemoteError(reason, f"{what}: {name}: {detail}", code=name)
+        hint = ("the server has no such instance: name one it serves with "
+                "--remote-instance or remote.instance")
+    message = f"{what}: {name}: {detail}" + (f" ({hint})" if hint else "")
+    return RemoteError(reason, message, code=name, hint=hint)
 
 
 def evicted(err: RemoteError) -> bool:

@@ -53,6 +53,9 @@ def line(event: ev.Event) -> str | None:
         case ev.ImagePull():
             if not event.done:
                 return None
+            if event.stopped:  # why is the step's to say (its error, or the run's end)
+                return (f"[PULL] {event.image}: stopped after {event.layers_done}/"
+                        f"{event.layers_total} layers, {human_size(event.bytes_done)}")
             layers = "layer" if event.layers_total == 1 else "layers"
             return (f"[PULL] {event.image}: {event.layers_total} {layers}, "
                     f"{human_size(event.bytes_done)}")

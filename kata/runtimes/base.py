@@ -39,7 +39,8 @@ class PullProgress:
 
     A runtime that pulls calls its ``progress`` callable (if set) with one of these when a
     pull starts, at most every 0.1 s while bytes arrive, after each layer, and once with
-    ``done=True``. Called from the pulling thread.
+    ``done=True`` however it ended (``stopped=True`` too when it ended without the image:
+    stopped, or failed). Called from the pulling thread.
     """
 
     image: str  # the reference being pulled
@@ -48,6 +49,7 @@ class PullProgress:
     bytes_done: int
     bytes_total: int
     done: bool = False
+    stopped: bool = False
 
 
 PullCallback = Callable[[PullProgress], None]

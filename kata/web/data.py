@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kata.realise.events import iso_time
+from kata.keys import trusted_scope
 from kata.realise.history import RunSummary, cache_entries, previous_derivations, summarise_run
 from store.errors import StoreError
 from store.runs import Run, StepRecord
@@ -340,8 +341,8 @@ def why_many(store: Any, run: Run, records: list[StepRecord]) -> dict[str, list[
 
     currents = {r.name: store.get_derivation(r.drv_hash) for r in records}
     wanted = {r.name: r.drv_hash for r in records if currents[r.name] is not None}
-    previous = previous_derivations(store, run.pipeline, wanted, before=run.id) \
-        if wanted else {}
+    previous = previous_derivations(store, run.pipeline, wanted, before=run.id,
+                                    trusted=trusted_scope(run.scope)) if wanted else {}
     out = {}
     for record in records:
         current = currents[record.name]

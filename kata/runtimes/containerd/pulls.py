@@ -122,7 +122,9 @@ class SharedPull:
                 return False
         self._leave()
         if self._error is not None:
-            raise self._error
+            # each waiter its own exception (one object raised in several threads would
+            # gather every thread's frames in one traceback), chained from the pull's
+            raise _fresh(self._error) from self._error
         return True
 
     def _leave(self) -> None:
@@ -134,6 +136,16 @@ class SharedPull:
     def finish(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for the pull's thread (a stopped one cleans up fast)."""
         self.thread.join(timeout)
+
+
+def _fresh(err: BaseException) -> BaseException:
+    """A new exception of ``err``'s type with its args and attributes (a KataError's
+    reason, message, obj, exit_code), without its traceback or chain. Built without
+    calling ``__init__``, whose signature differs by type."""
+    fresh = type(err).__new__(type(err), *err.args)
+    fresh.args = err.args
+    fresh.__dict__.update(getattr(err, "__dict__", {}))
+    return fresh
 
 
 __all__ = ["PULL_STOPPED", "PullStop", "SharedPull"]

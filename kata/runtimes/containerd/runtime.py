@@ -403,20 +403,24 @@ class ContainerdRuntime:
         def blob(desc):  # noqa: ANN001, ANN202
             return meter.count(desc, reg.blob_chunks(parsed, desc, stop))
 
-        with self.client.lease("pull", sync_delete=True) as lease:
-            if b'"manifests"' in body and "manifests" in _json(body):
-                from .images import select_platform
+        try:
+            with self.client.lease("pull", sync_delete=True) as lease:
+                if b'"manifests"' in body and "manifests" in _json(body):
+                    from .images import select_platform
 
-                chosen = select_platform(_json(body))
-                _, mbody, mtype = reg.fetch_manifest(parsed, chosen.digest)
-                meter.plan(mbody, store)
-                mdesc = store.store_manifest(lease, mbody, mtype or chosen.media_type, blob)
-                target = store.store_index(lease, body, media_type, {mdesc.digest: mdesc})
-            else:
-                meter.plan(body, store)
-                target = store.store_manifest(lease, body, media_type, blob)
-            assert target.digest == digest
-            store.put_image(parsed.stored_name, target)
+                    chosen = select_platform(_json(body))
+                    _, mbody, mtype = reg.fetch_manifest(parsed, chosen.digest)
+                    meter.plan(mbody, store)
+                    mdesc = store.store_manifest(lease, mbody, mtype or chosen.media_type, blob)
+                    target = store.store_index(lease, body, media_type, {mdesc.digest: mdesc})
+                else:
+                    meter.plan(body, store)
+                    target = store.store_manifest(lease, body, media_type, blob)
+                assert target.digest == digest
+                store.put_image(parsed.stored_name, target)
+        except BaseException:
+            meter.finish(stopped=True)  # its last report: the pull is over, without the image
+            raise
         meter.finish()
         return ImageRecord(name=parsed.stored_name, digest=target.digest, media_type=target.media_type,
                            size=store._size(target.digest))
@@ -629,10 +633,11 @@ class _PullMeter:
             self.layers_done += 1
         self._send(force=True)
 
-    def finish(self) -> None:
-        self._send(force=True, done=True)
+    def finish(self, *, stopped: bool = False) -> None:
+        """The last report: ``done``, and ``stopped`` when the pull ended without its image."""
+        self._send(force=True, done=True, stopped=stopped)
 
-    def _send(self, force: bool = False, done: bool = False) -> None:
+    def _send(self, force: bool = False, done: bool = False, stopped: bool = False) -> None:
         if self.report is None:
             return
         import time
@@ -644,7 +649,8 @@ class _PullMeter:
             self._last = now
             event = PullProgress(image=self.ref, layers_done=self.layers_done,
                                  layers_total=len(self.layers), bytes_done=self.bytes_done,
-                                 bytes_total=sum(self.layers.values()), done=done)
+                                 bytes_total=sum(self.layers.values()), done=done,
+                                 stopped=stopped)
         self.report(event)
 
 

@@ -1,0 +1,92 @@
+"""A `kata worker` stopped by SIGTERM (a deploy, a scale-down) hands its leases back at
+once: it stops its running steps and reports each lease to the scheduler as not done
+(UNAVAILABLE, bot status BOT_TERMINATING), so BuildGrid re-queues the step and another
+worker runs it, instead of the step waiting out the scheduler's bot-session keep-alive.
+
+Real BuildGrid on PostgreSQL, two real workers with their own containerd, a real
+registry. The scheduler's keep-alive here is far longer than the run is given: a step
+that waited for it would fail the run's deadline."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from support.buildgrid_exec import buildgrid_execution, kata_logstream
+from support.cli import KataProcess
+from support.images import busybox_image
+from support.postgres import postgres_cluster
+from support.registry import docker_registry, push_image
+from test_remote_exec import worker_of, worker_pool
+
+pytestmark = pytest.mark.integration
+
+KEEPALIVE = 900  # seconds: a lease only the keep-alive freed would outlast the run's limit
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    base = tmp_path_factory.mktemp("grid")
+    with postgres_cluster() as db, kata_logstream() as logs, \
+            buildgrid_execution(base / "bgd", db, logstream=logs,
+                                keepalive=KEEPALIVE) as bg, \
+            docker_registry(base / "registry") as registry:
+        push_image(registry, "kata/busybox", "1", busybox_image())
+        bg.logstream = logs
+        yield bg, f"{registry.removeprefix('http://')}/kata/busybox:1"
+
+
+@pytest.fixture
+def kata(tmp_path, containerd_daemon, grid):
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.txt").write_text("hello from the client\n")
+    proc = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
+                       timeout=300)
+    config = tmp_path / "kata-config.yaml"
+    config.write_text(f"remote:\n  logstream: {grid[0].logstream}\n")
+    proc.env["KATA_CONFIG"] = str(config)
+    return proc
+
+
+def test_a_sigtermed_worker_hands_its_step_to_another_at_once(grid, kata):
+    bg, image = grid
+    pipeline = {"pipeline": "handback", "steps": [
+        {"name": "slow", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["echo started", "sleep 4", "mkdir -p out", "cp src/a.txt out/"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    with worker_pool(grid) as workers:
+        run = subprocess.Popen([*kata.base, "run", "--remote-executor", bg.url],
+                               cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            victim = None
+            while victim is None:
+                victim = next((w for w in workers if ": starting" in w.text()), None)
+                assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, "no worker took the step"
+                time.sleep(0.05)
+            time.sleep(1.0)  # mid-step: its container is running
+            victim.proc.send_signal(signal.SIGTERM)
+            assert victim.proc.wait(60) == 0, victim.text()
+            out, err = run.communicate(timeout=150)  # far below KEEPALIVE
+        finally:
+            if run.poll() is None:  # SIGTERM: the client removes its workspace mounts
+                run.send_signal(signal.SIGTERM)
+                try:
+                    run.wait(30)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+                    run.wait()
+        assert run.returncode == 0, out + err + victim.text()
+        assert "[PASS] slow" in out
+        survivor = next(w for w in workers if w is not victim)
+        assert worker_of(kata, "slow") == survivor.name
+        assert ": done (ok)" in survivor.text()
+        assert "handed back" in victim.text(), victim.text()
+        assert "done (ok)" not in victim.text()  # its step was stopped, not finished
