@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -662,8 +663,13 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
+        asked = steps
         record, steps = _run_record(store, ctx, run_id, steps)
         if service is not None:
+            if len(asked) == 1 and len(steps) > 1:  # a matrix step's name: its instances
+                raise KataError("logs.usage", f"--service needs one step, and {asked[0]!r} is "
+                                f"a matrix step of {len(steps)} instances; name one: "
+                                f"--step {shlex.quote(steps[0])}", exit_code=2)
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
                                 exit_code=2)
