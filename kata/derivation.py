@@ -291,6 +291,10 @@ class Change:
                     "result keyed the old way is reused, so the step runs again)")
         if self.kind == "changed" and self.field == "resources":
             return f"{what}: {_limits_words(self.old)} -> {_limits_words(self.new)}"
+        if self.kind == "changed" and self.field == "dependency":  # keys, not outputs
+            return (f"{what}: its key changed ({_short(self.old)} -> {_short(self.new)}); it "
+                    f"runs again, and this step still hits if {self.name}'s output comes out "
+                    "the same (early cutoff)")
         if self.kind == "changed" and self.field == "service":
             changed = [f.name for f in dataclasses.fields(self.old)
                        if getattr(self.old, f.name) != getattr(self.new, f.name)]

@@ -499,8 +499,8 @@ class _Walker:
                 kw[key] = self.env(v, label)
             elif key == "timeout":
                 kw[key] = self.duration(v, label, positive=True)
-            elif key == "services":
-                kw[key] = self.services(v, label)
+            elif key == "services":  # a matrix step's: per instance (step_or_matrix)
+                kw[key] = self.services(v, label) if "matrix" not in f else ()
             elif key == "cache":
                 kw[key] = self.cache(v, label)
             elif key == "only":
@@ -621,8 +621,11 @@ class _Walker:
             except ValueError as err:
                 raise self.fail("config.image_ref", image_node, f"{what}: image "
                                 f"({mx.instance_name(base.name, values)}): {err}") from None
+            services = (self.services(f["services"][1], f"{what}: services", values)
+                        if "services" in f else ())
             out.append(replace(base, name=mx.instance_name(base.name, values), image=image,
-                               env=(*base.env, *values), matrix_of=base.name, matrix=values))
+                               env=(*base.env, *values), matrix_of=base.name, matrix=values,
+                               services=services))
         return tuple(out)
 
     def matrix(self, node: Node, what: str) -> mx.Matrix:
@@ -697,7 +700,10 @@ class _Walker:
             out.append(s)
         return out
 
-    def services(self, node: Node, what: str) -> tuple[Service, ...]:
+    def services(self, node: Node, what: str,
+                 values: mx.Values | None = None) -> tuple[Service, ...]:
+        """A step's services; ``values``: a matrix instance's, substituted for ``${VAR}`` in
+        each image and put in each env (below what the service sets itself)."""
         if not isinstance(node, SequenceNode):
             raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
         out = []
@@ -721,10 +727,21 @@ class _Walker:
                     if not is_env_name(s):
                         raise self.fail("config.value", node, f"{label}: bad secret name {s!r}")
                 secrets = self.strings(f["secrets"][1], f"{label}: secrets", check)
+            image_node = self.require(f, "image", item, label)
+            env = self.env(f["env"][1], f"{label}: env") if "env" in f else ()
+            if values is None:
+                image = self.image(image_node, f"{label}: image")
+            else:
+                own = {k for k, _ in env}
+                env = (*((k, v) for k, v in values if k not in own), *env)
+                try:
+                    image = ImageRef.parse(mx.substitute(self.string(image_node, label),
+                                                         values))
+                except ValueError as err:
+                    raise self.fail("config.image_ref", image_node, f"{label}: image "
+                                    f"({mx.instance_name(what, values)}): {err}") from None
             out.append(Service(
-                name=name, position=self.pos(item),
-                image=self.image(self.require(f, "image", item, label), f"{label}: image"),
-                env=self.env(f["env"][1], f"{label}: env") if "env" in f else (),
+                name=name, position=self.pos(item), image=image, env=env,
                 commands=self.strings(f["commands"][1], f"{label}: commands") if "commands" in f else (),
                 entrypoint=self.strings(f["entrypoint"][1], f"{label}: entrypoint")
                 if "entrypoint" in f else (),

@@ -151,3 +151,45 @@ def test_validate_json_counts_matrix_instances(tmp_path):
                           capture_output=True, text=True, timeout=60)
     doc = json.loads(proc.stdout)
     assert (doc["steps"], doc["matrix_steps"], doc["matrix_instances"]) == (4, 1, 3)
+
+
+SERVER_MATRIX = """\
+steps:
+  - name: test
+    image: "python:3.12-slim"
+    commands: ["pytest --db-url redis://db:6379"]
+    matrix:
+      REDIS: ["7.0", "7.2"]
+      POLICY: [noeviction, allkeys-lru]
+    services:
+      - name: db
+        image: "redis:${REDIS}"
+        env: {REDIS: "own"}
+        commands: ["exec redis-server --maxmemory-policy $POLICY"]
+"""
+
+
+def test_a_service_of_a_matrix_step_takes_its_image_and_env_from_the_instance():
+    """A matrix over server versions or configurations is the usual reason for a matrix
+    (found on redis-py: `image: "redis:${REDIS}"` on the service was refused as a bad
+    reference, and its `$POLICY` was empty, since only the step's own image and env got the
+    values)."""
+    p = load_text(SERVER_MATRIX)
+    by_name = {s.name: s.services[0] for s in p.steps}
+    db = by_name["test (REDIS=7.2, POLICY=allkeys-lru)"]
+    assert str(db.image) == "docker.io/library/redis:7.2"
+    # the instance's values are in the service's env too; one it sets itself wins
+    assert dict(db.env) == {"POLICY": "allkeys-lru", "REDIS": "own"}
+    assert {str(s.image).rsplit(":", 1)[1] for s in by_name.values()} == {"7.0", "7.2"}
+
+
+def test_a_service_image_variable_must_be_a_matrix_variable():
+    with pytest.raises(KataError) as info:
+        load_text(SERVER_MATRIX.replace("redis:${REDIS}", "redis:${TAG}"))
+    assert info.value.reason == "config.image_ref"
+    assert "${TAG} is no matrix variable" in str(info.value)
+    assert info.value.position.line == 10
+    with pytest.raises(KataError) as info:  # not a matrix step: no substitution at all
+        load_text("steps:\n  - name: t\n    image: alpine\n    services:\n"
+                  "      - {name: db, image: 'redis:${V}'}\n")
+    assert info.value.reason == "config.image_ref"

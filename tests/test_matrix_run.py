@@ -123,6 +123,12 @@ def test_logs_and_export_take_a_matrix_steps_name_as_run_does(kata, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(INSTANCES)
     wrong = kata("logs", "--step", "tes")
     assert wrong.returncode == 2 and "has no step 'tes'" in wrong.stderr
+    # --service wants one instance: the error names them (found on redis-py, whose test
+    # step is a matrix over two redis-server configurations)
+    service = kata("logs", "--step", "test", "--service", "db")
+    assert service.returncode == 2
+    assert "'test' is a matrix step of 4 instances; name one" in service.stderr, service.stderr
+    assert f"--step '{INSTANCES[0]}'" in service.stderr, service.stderr
 
 
 def test_logs_and_export_of_a_step_the_last_run_left_out_come_from_the_run_that_had_it(kata):

@@ -118,6 +118,12 @@ def test_second_host_hits_everything_then_early_cutoff(bg, tmp_path, containerd_
     assert logs.returncode == 0, logs.stderr
     assert "packaged" in logs.stdout and "linted" not in logs.stdout
     assert "in the remote cache; this host never fetched it" in logs.stdout
+    # ...and says how to see it; with the remote named, it is fetched (found on redis-py:
+    # a second host's `kata logs` of a remote hit had no way to show it)
+    assert "--remote-cache" in logs.stdout, logs.stdout
+    logs = b("logs", "--step", "lint", *b.remote)
+    assert logs.returncode == 0, logs.stderr
+    assert "linted" in logs.stdout and "never fetched" not in logs.stdout, logs.stdout
 
     # B again: everything local now that was fetched; deploy is a local hit too
     third = b("run", *b.remote, "--secret", f"DEPLOY_TOKEN={SECRET}")

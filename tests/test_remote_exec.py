@@ -574,6 +574,9 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
               if '"fail"' in line]
     assert failed and failed[0]["reason"] == "remote.unavailable", run.stdout
     assert f"could not upload the step's inputs at {url}" in failed[0]["message"]
+    # ...and what to do (found on redis-py: a typo in the port gave every step the raw gRPC
+    # error, where `kata doctor` names the fix)
+    assert f"start the scheduler at {url}" in failed[0]["message"], failed[0]["message"]
     bad = kata("run", "--remote-executor", "localhost:1")
     assert bad.returncode == 2 and "grpc://HOST:PORT" in bad.stderr
     # the host config's remote.executor is the flag's default

@@ -255,3 +255,17 @@ def test_a_pull_view_draws_only_pulls_and_only_on_a_terminal():
     live.close()
     last = out.getvalue().rsplit(FRAME_MARK, 1)[1]
     assert "\x1b[1A\x1b[J" in last and "↓" not in last and "[PULL] r/i:1: 2 layers" in last
+
+
+def test_the_done_line_counts_cached_steps_among_the_passed_ones():
+    """Found on redis-py: a run with a failing test printed `4 steps: 2 failed, 2 passed,
+    2 cached`, which adds up to six; the cached steps are some of the passed ones."""
+    from kata.report.text import done_line
+
+    done = ev.Done(run_id="r", passed=2, failed=2, skipped=0, cached=2, ran=2, total=1.0,
+                   wall=1.0)
+    assert done_line(done) == "[DONE] 4 steps: 2 failed, 2 passed (2 cached) — 1.0s wall time"
+    some = ev.Done(run_id="r", passed=3, failed=1, skipped=1, cached=1, ran=3, total=1.0,
+                   wall=1.0)
+    assert done_line(some) == ("[DONE] 5 steps: 1 failed, 1 skipped, 3 passed (1 cached) — "
+                               "1.0s wall time")

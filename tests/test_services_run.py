@@ -143,6 +143,36 @@ def test_a_service_never_ready_fails_after_its_timeout(clean_runtime, busybox_di
     assert "broker" in info.value.message and "waiting for nothing" in info.value.message
 
 
+def test_a_service_listening_on_another_port_says_which(clean_runtime, busybox_digest):
+    """Found on redis-py: `ready: {tcp: 6380}` for a redis-server on 6379 said only "was not
+    ready after 5s (tcp 6380)"; the ports it does listen on name the typo."""
+    wrong = ServiceSpec(name="redis", image=busybox_digest,
+                        argv=("sh", "-c", SERVE.format("nc -ll -p 6379 -e echo pong")),
+                        ready=Readiness(kind="tcp", target="6380", timeout=1.5))
+    with pytest.raises(KataError) as info:
+        run(clean_runtime, busybox_digest, "echo must not run", (wrong,))
+    assert info.value.reason == "service.not_ready"
+    assert "(tcp 6380; the pod listens on tcp 6379)" in info.value.message, info.value.message
+    silent = ServiceSpec(name="broker", image=busybox_digest,
+                         argv=("sh", "-c", SERVE.format("sleep 600")),
+                         ready=Readiness(kind="tcp", target="5672", timeout=1.0))
+    with pytest.raises(KataError) as info:
+        run(clean_runtime, busybox_digest, "echo must not run", (silent,))
+    assert "(tcp 5672; nothing in the pod listens on TCP)" in info.value.message
+
+
+def test_listening_tcp_ports_from_proc_net():
+    from kata.runtimes.containerd.pod import listening_tcp_ports
+
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+           "   0: 00000000:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0\n"
+           "   1: 0100007F:1F90 0100007F:A1B2 01 00000000:00000000 00:00000000 00000000 0\n")
+    tcp6 = ("  sl  local_address                         remote_address    st\n"
+            "   0: 00000000000000000000000000000000:1538 00000000000000000000000000000000:0000 0A\n"
+            "   1: 00000000000000000000000000000000:18EB 00000000000000000000000000000000:0000 0A\n")
+    assert listening_tcp_ports(tcp, tcp6) == [5432, 6379]
+
+
 def test_a_failed_command_probe_is_not_ready(clean_runtime, busybox_digest):
     svc = ServiceSpec(name="never", image=busybox_digest, argv=("sh", "-c", SERVE.format("sleep 600")),
                       ready=Readiness(kind="command", target="exit 1", timeout=1.0))

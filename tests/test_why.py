@@ -94,3 +94,16 @@ def test_kata_why_uses_the_runs_context_values(tmp_path) -> None:
                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert (r.returncode, r.stdout) == (0, "//s: unchanged since its last recorded derivation\n"), \
         r.stdout + r.stderr
+
+
+def test_a_changed_dependency_says_early_cutoff_may_still_give_a_hit(tmp_path) -> None:
+    """Found on redis-py: after a pyproject edit that left the wheel byte-identical, `kata why
+    //test` said only `dependency wheel: <hash> -> <hash>`, read as "test runs again", while
+    the run then hit test by early cutoff (and `--dry-run` said it may)."""
+    old = compile_pipeline(load_text(TEXT), resolver=resolver, repo_root=tmp_path)
+    new = compile_pipeline(load_text(TEXT.replace("[make]", "[make all]")), resolver=resolver,
+                           repo_root=tmp_path)
+    (result,) = why(new, "//test-a", {"test-a": old.nodes["test-a"].record()}.get)
+    (line,) = [str(c) for c in result.changes]
+    assert line.startswith("dependency build: its key changed (")
+    assert "still hits if build's output comes out the same (early cutoff)" in line

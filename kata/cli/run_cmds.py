@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -641,21 +642,35 @@ def build(ctx: click.Context, labels: tuple[str, ...], dry_run: bool, no_cache: 
                    "those steps; an untrusted run's only by its ID).")
 @click.option("--service", "service", metavar="NAME",
               help="The log of the step's service NAME instead (with --step).")
+@click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
+              help="Fetch the log of a remote cache hit this host never fetched from there "
+                   "(default: remote.cache in /etc/kata/config.yaml).")
+@click.option("--remote-instance", "remote_instance", metavar="NAME",
+              help="The remote's instance name (default: remote.instance, else \"\").")
 @config_file_option
 @click.pass_context
 def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
-         service: str | None = None) -> None:
+         service: str | None = None, remote_cache: str | None = None,
+         remote_instance: str | None = None) -> None:
     """Show the output of the last trusted run (or of --run ID, which an untrusted run
     needs: stderr names the run shown).
 
-    A cached step shows the output of the run that produced its result, marked so.
+    A cached step shows the output of the run that produced its result, marked so; a
+    remote cache hit whose log this host never fetched is fetched from the remote cache.
     """
     from kata.cli.store_cmds import open_store
+    from kata.remote.config import load_remote_config
 
+    remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
     store = open_store(ctx)
     try:
+        asked = steps
         record, steps = _run_record(store, ctx, run_id, steps, verb="showing")
         if service is not None:
+            if len(asked) == 1 and len(steps) > 1:  # a matrix step's name: its instances
+                raise KataError("logs.usage", f"--service needs one step, and {asked[0]!r} is "
+                                f"a matrix step of {len(steps)} instances; name one: "
+                                f"--step {shlex.quote(steps[0])}", exit_code=2)
             if len(steps) != 1:
                 raise KataError("logs.usage", "--service needs exactly one --step NAME",
                                 exit_code=2)
@@ -663,12 +678,32 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
             assert entry is not None
             _print_service_log(store, record, entry, service)
             return
-        for entry in record.steps:
-            if steps and entry.name not in steps:
-                continue
+        chosen = [e for e in record.steps if not steps or e.name in steps]
+        _fetch_remote_logs(store, chosen, remote)
+        for entry in chosen:
             _print_log(store, record, entry)
     finally:
         store.close()
+
+
+def _fetch_remote_logs(store, entries, remote_config) -> None:  # noqa: ANN001
+    """Bring the logs of remote hits this host never fetched into ``store``, from
+    ``remote_config`` by the key that hit (nothing when no remote is named: the log line
+    then says how to name one)."""
+    wanted = [e for e in entries if e.cache == "HIT" and e.log and e.key
+              and not store.has_blob(e.log)]
+    if not wanted or remote_config is None:
+        return
+    from kata.remote.cache import RemoteCache
+
+    cache = RemoteCache(remote_config, warn=lambda line: None, backoff=False)
+    try:
+        for entry in wanted:
+            rec = cache.lookup(entry.key)
+            if rec is not None and rec.realisation.log == entry.log:
+                cache.fetch_log(store, rec)
+    finally:
+        cache.close()
 
 
 @click.command("export")
@@ -880,7 +915,9 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
         return
     if entry.cache == "HIT" and not store.has_blob(digest):
         # a remote cache hit that no step of this host needed: its log stayed remote
-        click.echo(f"(the log {digest} is in the remote cache; this host never fetched it)")
+        click.echo(f"(the log {digest} is in the remote cache; this host never fetched it: "
+                   "`kata logs --remote-cache grpc://HOST:PORT` fetches it, as does "
+                   "remote.cache in the host config)")
         return
     with store.open_blob(digest) as f:
         data = f.read()

@@ -230,8 +230,17 @@ class RemoteRuntime:
                 return out
             except RemoteError as err:
                 if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
+                    fix = ""
+                    if not self._reached:  # never answered: what `kata doctor` would say
+                        from kata.doctor import remote_fix
+
+                        fix = "; " + remote_fix(
+                            err.code or "", err.message, server="scheduler", timeout=wait,
+                            start=f"start the scheduler at {self.url} (BuildGrid with "
+                            "!execution, docs/remote.md) or correct --remote-executor / "
+                            "remote.executor", hung="its steps fail")
                     raise KataError(err.reason, f"could not {what} at {self.url}: "
-                                    f"{err.message}", exit_code=1) from err
+                                    f"{err.message}{fix}", exit_code=1) from err
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

@@ -386,11 +386,7 @@ class RemoteCache:
                                                memo=True)
                     with self._lock:
                         self.stats["fetched_trees"] += 1
-            real = rec.realisation
-            if real.log and rec.log is not None and not store.has_blob(real.log):
-                data = self._remote.cas.read_many([rec.log])[rec.log.hash]
-                if store.put_blob(data) != real.log:
-                    raise RemoteError("remote.bad_answer", f"log {real.log} does not match")
+            self._fetch_log(store, rec)
             self._fetch_report(store, rec)
         except RemoteError as err:
             if evicted(err):
@@ -399,6 +395,26 @@ class RemoteCache:
             else:
                 self._fail(err)
             raise
+
+    def fetch_log(self, store: Store, rec: RemoteRecord) -> bool:
+        """Bring ``rec``'s log blob alone into ``store`` (`kata logs` of a hit no step of
+        this host needed); False when the remote fails or no longer holds it. Never raises."""
+        if not self.enabled:
+            return False
+        try:
+            self._fetch_log(store, rec)
+        except RemoteError as err:
+            if not evicted(err):
+                self._fail(err)
+            return False
+        return bool(rec.realisation.log) and store.has_blob(rec.realisation.log)
+
+    def _fetch_log(self, store: Store, rec: RemoteRecord) -> None:
+        real = rec.realisation
+        if real.log and rec.log is not None and not store.has_blob(real.log):
+            data = self._remote.cas.read_many([rec.log])[rec.log.hash]
+            if store.put_blob(data) != real.log:
+                raise RemoteError("remote.bad_answer", f"log {real.log} does not match")
 
     def fetch_report(self, store: Store, rec: RemoteRecord) -> None:
         """Bring ``rec``'s test report blob (small) into ``store``, so a hit shows its

@@ -44,11 +44,10 @@ def done_line(event: "Done") -> str:
         if event.cached == 0:
             return f"[DONE] All {count} {steps} passed ({seconds(event.total)} total, {wall} wall)"
         return f"[DONE] {count} {steps} ({event.cached} cached, {event.ran} ran) — {wall} wall time"
+    passed = f"passed ({event.cached} cached)" if event.cached else "passed"  # of the passed
     parts = [f"{n} {what}" for n, what in ((event.failed, "failed"),
                                            (event.allowed, "allowed to fail"),
                                            (event.skipped, "skipped"),
-                                           (event.passed, "passed")) if n]
-    if event.cached:
-        parts.append(f"{event.cached} cached")
+                                           (event.passed, passed)) if n]
     prefix = "[DONE] Interrupted: " if event.cancelled else "[DONE] "
     return f"{prefix}{count} {steps}: {', '.join(parts)} — {wall} wall time"

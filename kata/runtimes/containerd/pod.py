@@ -91,6 +91,42 @@ def tcp_probe(port: int) -> bool:
         return False
 
 
+def listening_tcp_ports(*tables: str) -> list[int]:
+    """The local ports in LISTEN state (``0A``) of ``/proc/net/tcp``-format ``tables``
+    (tcp, tcp6: a header line, then ``sl local_address(hex addr:hex port) rem st ...``),
+    sorted, each once. proc(5), "/proc/net/tcp"."""
+    ports: set[int] = set()
+    for table in tables:
+        for row in table.splitlines()[1:]:
+            cols = row.split()
+            if len(cols) > 3 and cols[3] == "0A":
+                ports.add(int(cols[1].rpartition(":")[2], 16))
+    return sorted(ports)
+
+
+def pod_listening_ports(netns: str | None) -> list[int] | None:
+    """The TCP ports something listens on in network namespace ``netns`` (read from
+    /proc/thread-self/net in a thread that joined it), or None when they cannot be read."""
+    found: list[list[int]] = []
+
+    def read() -> bool:
+        tables = []
+        for name in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/thread-self/net/{name}") as f:
+                    tables.append(f.read())
+            except OSError:
+                pass  # no IPv6 in the kernel
+        found.append(listening_tcp_ports(*tables))
+        return True
+
+    try:
+        in_netns(netns, read)
+    except KataError:
+        return None
+    return found[0] if found else None
+
+
 def http_probe(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     try:
@@ -194,9 +230,23 @@ class ServiceRun(StepRun):
                 return None
             if time.monotonic() >= deadline:
                 self._failed("service.not_ready",
-                             f"was not ready after {r.timeout:g}s ({r.kind} {r.target})")
+                             f"was not ready after {r.timeout:g}s ({r.kind} {r.target}"
+                             f"{self._listening() if r.kind == 'tcp' else ''})")
             self.exited.wait(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, r.interval)
+
+    def _listening(self) -> str:
+        """``; the pod listens on tcp 6379`` (a ready port with a typo), or that nothing
+        does (a server still starting, or listening on a unix socket only)."""
+        assert self.pod is not None
+        if self.pod.netns is None:  # network: host: the host's ports are no hint
+            return ""
+        ports = pod_listening_ports(self.pod.netns)
+        if ports is None:
+            return ""
+        if not ports:
+            return "; nothing in the pod listens on TCP"
+        return "; the pod listens on tcp " + ", ".join(map(str, ports))
 
     def _probe(self, r: Readiness) -> bool:
         assert self.pod is not None
