@@ -46,7 +46,8 @@ from kata.realise.plan import (
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
-    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
+    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, give_cache_paths,
+    sweep_dead_runs,
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import (
@@ -702,6 +703,8 @@ class Realiser:
                 release.callback(self._closer.close, ws)
                 if (owner := user_ids(step.user)) is not None:  # its root is theirs
                     os.chown(ws.path, *owner)
+                    if self.records.cache_tree(node) not in ("", self.records.empty_tree()):
+                        give_cache_paths(Path(ws.path), step.cache.paths, owner)  # its cache
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)
