@@ -206,7 +206,7 @@ def test_missing_file_and_directory(tmp_path) -> None:
     assert info.value.reason == "config.not_found"
     with pytest.raises(KataError) as info:
         load_pipeline(tmp_path)
-    assert info.value.reason == "config.not_found"
+    assert info.value.reason == "config.not_a_file"  # there, but a directory: said so
 
 
 def test_not_utf8(tmp_path) -> None:

@@ -142,7 +142,7 @@ def test_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(KataError) as err:
         load_pipeline(fifo)  # would block forever on a plain open
-    assert err.value.reason == "config.not_found" and "not a regular file" in err.value.message
+    assert err.value.reason == "config.not_a_file" and "not a regular file" in err.value.message
 
 
 def test_kataignore_must_be_a_regular_file(tmp_path: Path) -> None:
@@ -183,3 +183,29 @@ def test_validate_refuses_malformed_globs_and_unclean_workdir(tmp_path: Path, bo
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.startswith(f"error: {cfg}:{where}: ") and words in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "dangling-link"])
+def test_a_config_that_is_there_but_no_file_is_named_as_such(tmp_path: Path, kind: str) -> None:
+    """Found by a review: a `.kata-ci.yaml` that is a directory (or a FIFO, or a link to
+    nothing) was skipped as if absent ("no .kata-ci.yaml in ... or its parents"), and
+    `-f /dev/null` said "not found": the user is told the file is missing while it is in
+    front of them. Both name the file and what it is instead."""
+    from kata.loader import find_config
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    config = repo / ".kata-ci.yaml"
+    if kind == "directory":
+        config.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(config)
+    else:
+        config.symlink_to("missing.yaml")
+    what = {"directory": "is a directory", "fifo": "is not a regular file",
+            "dangling-link": "is a symbolic link to 'missing.yaml', which does not exist"}[kind]
+    for explicit in (None, config):
+        with pytest.raises(KataError) as info:
+            find_config(repo, explicit=explicit)
+        assert info.value.reason == "config.not_a_file"
+        assert str(config) in info.value.message and what in info.value.message
