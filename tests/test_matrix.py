@@ -151,3 +151,15 @@ def test_validate_json_counts_matrix_instances(tmp_path):
                           capture_output=True, text=True, timeout=60)
     doc = json.loads(proc.stdout)
     assert (doc["steps"], doc["matrix_steps"], doc["matrix_instances"]) == (4, 1, 3)
+
+
+def test_a_matrix_without_variables_says_so():
+    """Found by a review: `matrix: {}` (or only `include: []`) said "every one is
+    excluded" where nothing was excluded: the matrix names no variable."""
+    for matrix in ("{}", "{exclude: []}"):
+        text = f"steps:\n  - name: t\n    image: alpine\n    matrix: {matrix}\n"
+        with pytest.raises(KataError) as info:
+            load_text(text, file="c.yaml")
+        assert "excluded" not in info.value.message
+        assert "the matrix names no variable: give one, e.g. matrix: {PYTHON: [\"3.11\", \"3.12\"]}" \
+            in info.value.message
