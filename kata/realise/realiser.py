@@ -426,7 +426,10 @@ class Realiser:
             asked = self.remote is not None and self.remote.enabled and name not in self._private
             why = miss_reason(step, use_cache) or (
                 DAMAGED if damaged else NOT_STORED_ANYWHERE if asked else NOT_STORED)
-            self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash or "",
+            # the derivation hash, as the dry run and the next run's hit name it (the
+            # resolved hash only for a step that has none)
+            self.emit(ev.CacheChecked(step=name, hit=False, key=node.drv_hash or resolved,
+                                      source="derivation" if node.drv_hash else "resolved",
                                       reason=why, damaged=damaged))
         if node.drv_hash:  # what `kata why` (and the dashboard) diffs a miss against
             self.records.derivation(node)
