@@ -85,3 +85,62 @@ def mutated(draw) -> str:
 @given(text=mutated())
 def test_mutated_valid_configs(text) -> None:
     check(text)
+
+
+def check_bytes(data: bytes) -> None:
+    """As ``check``, from the file's bytes (what ``kata validate`` reads): a BOM, NUL,
+    bytes that are no UTF-8 and line ends of every kind included."""
+    from kata.loader import load_bytes
+
+    try:
+        p = load_bytes(data, file="fuzz.yaml")
+    except KataError as err:
+        assert err.reason.startswith("config."), err.reason
+        assert err.position is not None and err.position.file == "fuzz.yaml"
+        assert err.position.line >= 1 and err.position.column >= 1
+        str(err)
+        return
+    g = compile_pipeline(p)
+    assert set(g.order) == {s.name for s in p.steps}
+
+
+PIECES = [b"\xef\xbb\xbf", b"\t", b"\x00", b"\xff", b"\xc3", b"\r", b"\r\n", b"\xc2\x85",
+          "\u2028".encode(), b"&a ", b"*a", b"<<: *a\n", b"<<: [*a, *a]\n", b"!!binary ",
+          b"!!python/object:os.system ", b"!!set ", b"!!timestamp ", b"? ", b"9" * 400,
+          b"1e999", b"-.inf", b".nan", b"0o17", b"0x1F", b"~", b"%YAML 1.1\n---\n", b"--- ",
+          b"...\n", b"|-\n", b">\n", b"'", b'"', b"{", b"}", b"[", b"]", b"${", b"$$",
+          b"matrix: {A: [1, 2]}\n    ", b"when: 'x'\n    ", b"retry: {max: 2}\n    ",
+          b"allow_failure: [1]\n    ", b"services: [{name: s, image: x}]\n    ",
+          b"resources: {memory: 1e99}\n    ", b"user: 99999999999999999999\n    ",
+          b"context: [CI]\n    ", b"x-a: &a {image: y}\n", "Ünï: ç\n".encode()]
+
+
+@st.composite
+def mutated_bytes(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(TEXTS)).encode())
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        if draw(st.booleans()):
+            data[at:at] = draw(st.sampled_from(PIECES))
+        else:
+            del data[at:at + draw(st.integers(1, 10))]
+    return bytes(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=mutated_bytes())
+def test_mutated_bytes_never_give_a_traceback(data) -> None:
+    check_bytes(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(anchor=st.sampled_from(["x-m: &a {image: busybox, commands: [\"true\"]}",
+                               "x-l: &a [a, b]", "x-s: &a busybox", "x-n: &a"]),
+       use=st.sampled_from(["*a", "[*a]", "{<<: *a}", "*b"]),
+       where=st.sampled_from(["image", "env", "commands", "depends_on", "matrix", "cache",
+                              "services", "when", "retry", "<<"]))
+def test_anchors_and_merge_keys_anywhere(anchor, use, where) -> None:
+    """An alias of any shape (mapping, list, scalar, null, undefined) in any step key,
+    merge keys included."""
+    check_bytes(f"{anchor}\nsteps:\n  - name: a\n    image: busybox\n    {where}: {use}\n"
+                .encode())
