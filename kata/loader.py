@@ -43,6 +43,9 @@ _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 # container paths a step's workdir must not be, or be under: the kernel's views
 # (writable /proc or /sys entries, devices) and kata's own mounts
 FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev", "/run/kata")
+#: Where an image keeps its shell and the libraries it loads: the workspace mounted on one
+#: of them (not below) would hide ``/bin/sh``, and no command could start.
+SHELL_DIRS = ("/bin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64")
 
 
 def repository_path_problem(text: str, *, glob: bool) -> str:
@@ -74,7 +77,8 @@ def workdir_problem(text: str) -> str:
     component from ``//`` and no trailing ``/``: ``/workspace//x`` and ``/workspace/x/``
     name ``/workspace/x`` but would hash as other keys); not ``/`` (the workspace is
     bind-mounted there, it would hide the image's root); not ``/proc``, ``/sys``,
-    ``/dev``, ``/run/kata`` nor anything under them (FORBIDDEN_WORKDIRS).
+    ``/dev``, ``/run/kata`` nor anything under them (FORBIDDEN_WORKDIRS); not one of
+    SHELL_DIRS itself (below them is fine).
     """
     if "\0" in text:
         return "contains a NUL byte"
@@ -89,6 +93,10 @@ def workdir_problem(text: str) -> str:
     for bad in FORBIDDEN_WORKDIRS:
         if norm == bad or norm.startswith(bad + "/"):
             return f"must not be {bad} or under it (kernel or kata mount), got {text!r}"
+    if norm in SHELL_DIRS:
+        return (f"must not be {norm}: the workspace mounted there would hide the image's "
+                f"{norm} (the shell, /bin/sh, with it); use a directory of its own, e.g. "
+                f"/workspace or {norm}/src")
     if text != norm:
         return f"must be a clean path (no '//', no trailing '/'): write {norm!r}, not {text!r}"
     return ""

@@ -209,3 +209,15 @@ def test_a_config_that_is_there_but_no_file_is_named_as_such(tmp_path: Path, kin
             find_config(repo, explicit=explicit)
         assert info.value.reason == "config.not_a_file"
         assert str(config) in info.value.message and what in info.value.message
+
+
+@pytest.mark.parametrize("workdir", ["/bin", "/usr", "/usr/bin", "/lib", "/lib64", "/usr/lib"])
+def test_a_workdir_that_would_hide_the_shell_is_refused(workdir: str) -> None:
+    """Found by a review: ``workdir: /bin`` loaded, and the workspace mounted there hid
+    the image's /bin/sh: the step failed with "executable file `/bin/sh` not found in
+    $PATH", which names neither the workdir nor the fix."""
+    problem = workdir_problem(workdir)
+    assert problem.startswith(f"must not be {workdir}: the workspace mounted there would hide")
+    assert "/src" in problem
+    for fine in (workdir + "/src", "/usr/src/app", "/binary"):
+        assert workdir_problem(fine) == "", fine
