@@ -259,7 +259,11 @@ class _Walker:
     def string(self, node: Node, what: str) -> str:
         if isinstance(node, ScalarNode) and node.tag in _TEXTUAL:
             return node.value
-        raise self.fail("config.type", node, f"{what} must be a string, got {_kind(node)}")
+        hint = ""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            hint = (f"; YAML reads an unquoted true/false/yes/no/on/off as a boolean: "
+                    f"quote it: \"{node.value}\"")
+        raise self.fail("config.type", node, f"{what} must be a string, got {_kind(node)}{hint}")
 
     def nonempty(self, node: Node, what: str) -> str:
         s = self.string(node, what)
@@ -297,7 +301,7 @@ class _Walker:
             raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
         out = []
         for item in node.value:
-            s = self.string(item, f"each entry of {what}")
+            s = self.string(item, f"{what}: each entry")
             if check is not None:
                 check(s, item)
             out.append(s)
@@ -557,7 +561,7 @@ class _Walker:
                             f"exit codes, got {_kind(node)}")
         codes = []
         for item in node.value:
-            code = self.integer(item, f"each entry of {what}")
+            code = self.integer(item, f"{what}: each entry")
             if not 0 < code < 256:
                 raise self.fail("config.value", item, f"{what}: exit code {code} out of "
                                 "range (1 to 255)")

@@ -285,3 +285,18 @@ def test_env_expands_other_variables():
     with pytest.raises(KataError) as e:
         load_text("steps: [{name: a, image: alpine, context: [KATA_SHA]}]\n")
     assert e.value.reason == "config.value" and "KATA_COMMIT_SHA" in e.value.message
+
+
+@pytest.mark.parametrize("value, text", [("true", "true"), ("yes", "yes"), ("off", "off")])
+def test_a_boolean_where_a_string_goes_says_to_quote_it(value, text) -> None:
+    """Found by a review: ``commands: [true]`` said "each entry of step 'a': commands
+    must be a string, got bool 'true'": the subject garbled, and no word of the fix
+    (YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans)."""
+    with pytest.raises(KataError) as info:
+        load_text(f"steps:\n  - name: a\n    image: x\n    commands: [{value}]\n", file="c.yaml")
+    assert info.value.reason == "config.type"
+    assert info.value.message.startswith("step 'a': commands: each entry must be a string")
+    assert f"quote it: \"{text}\"" in info.value.message
+    with pytest.raises(KataError) as info:
+        load_text(f"pipeline: {value}\nsteps:\n  - name: a\n    image: x\n", file="c.yaml")
+    assert f"quote it: \"{text}\"" in info.value.message
