@@ -168,6 +168,9 @@ def _load_text(text: str, file: str) -> Pipeline:
         pos = Position(file=file, line=mark.line + 1, column=mark.column + 1) if mark else \
             Position(file=file, line=1, column=1)
         what = " ".join(x for x in (err.context, err.problem) if x)
+        if mark is not None and text[mark.index:mark.index + 1] == "\t":
+            what += ("; YAML indents with spaces only" if "tab" in what else
+                     "; the character is a tab: YAML indents with spaces only")
         raise KataError("config.yaml_syntax", f"YAML syntax error: {what}", position=pos) from None
     except yaml.YAMLError as err:  # ReaderError: a character YAML does not allow
         offset = getattr(err, "position", 0) or 0

@@ -300,3 +300,17 @@ def test_a_boolean_where_a_string_goes_says_to_quote_it(value, text) -> None:
     with pytest.raises(KataError) as info:
         load_text(f"pipeline: {value}\nsteps:\n  - name: a\n    image: x\n", file="c.yaml")
     assert f"quote it: \"{text}\"" in info.value.message
+
+
+@pytest.mark.parametrize("text, where", [
+    ("steps:\n\t- name: a\n", (2, 1)),
+    ("steps:\n  - name: a\n    image: x\n\tcommands: [a]\n", (4, 1)),
+])
+def test_a_tab_indent_is_named(text, where) -> None:
+    """Found by a review: a tab indent gave only "found character that cannot start any
+    token", which never says the character is a tab."""
+    with pytest.raises(KataError) as info:
+        load_text(text, file="c.yaml")
+    assert info.value.reason == "config.yaml_syntax"
+    assert "tab" in info.value.message and "YAML indents with spaces only" in info.value.message
+    assert (info.value.position.line, info.value.position.column) == where
