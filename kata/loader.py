@@ -102,6 +102,9 @@ def workdir_problem(text: str) -> str:
     return ""
 
 
+#: What a step or service name may be (kata.labels.is_step_name), in words.
+NAME_RULE = "use ASCII letters, digits, '_', '-' and '.', starting with a letter, a digit or '_'"
+
 #: Top-level keys starting with this are ignored (as Compose does): `x-base: &base {...}`.
 EXTENSION_PREFIX = "x-"
 _EXPAND = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -485,7 +488,7 @@ class _Walker:
         name = self.string(name_node, "name")
         if not is_step_name(name):
             raise self.fail("config.step_name", name_node,
-                            f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
+                            f"bad step name {name!r}: {NAME_RULE}")
         what = f"step {name!r}"
         image_node = self.require(f, "image", node, what)
         kw: dict[str, Any] = {"name": name, "position": self.pos(name_node),
@@ -722,7 +725,7 @@ class _Walker:
             name_node = self.require(f, "name", item, "a service")
             name = self.string(name_node, "service name")
             if not is_step_name(name):
-                raise self.fail("config.value", name_node, f"bad service name {name!r}")
+                raise self.fail("config.value", name_node, f"bad service name {name!r}: {NAME_RULE}")
             if name in names:
                 raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")
             names.add(name)

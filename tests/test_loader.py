@@ -314,3 +314,19 @@ def test_a_tab_indent_is_named(text, where) -> None:
     assert info.value.reason == "config.yaml_syntax"
     assert "tab" in info.value.message and "YAML indents with spaces only" in info.value.message
     assert (info.value.position.line, info.value.position.column) == where
+
+
+@pytest.mark.parametrize("kind, body", [
+    ("step", "  - name: '{n}'\n    image: x\n"),
+    ("service", "  - name: a\n    image: x\n    services: [{{name: '{n}', image: y}}]\n"),
+])
+@pytest.mark.parametrize("bad", ["-a", ".a", "bäu", "a b"])
+def test_a_bad_name_says_the_rule(kind, body, bad) -> None:
+    """Found by a review: "bad step name '-a': use letters, digits, '_', '-', '.'" hid
+    the rule that was broken (the first character), 'ä' is a letter to a user, and a bad
+    service name said nothing at all of what a name may be."""
+    with pytest.raises(KataError) as info:
+        load_text("steps:\n" + body.format(n=bad), file="c.yaml")
+    assert info.value.message == (
+        f"bad {kind} name {bad!r}: use ASCII letters, digits, '_', '-' and '.', starting "
+        "with a letter, a digit or '_'")
