@@ -182,7 +182,8 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
         asked = tuple((n, "true" if n == "CI" else (context or {}).get(n, "")) for n in step.context)
         d = drv.make(
             pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,
-            workdir=step.workdir, user=step.user, env=(*global_env, *step.env, *asked),
+            workdir=step.workdir, user=drv.canonical_user(step.user, root_default=True),
+            env=(*global_env, *step.env, *asked),
             secrets=step.secrets,
             inputs=inputs.digest if inputs is not None else None, key_files=key_files,
             artifacts=step.artifacts, cache_paths=step.cache.paths,
@@ -191,7 +192,8 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                                      entrypoint=s.entrypoint,
                                      ready=(s.ready.kind, s.ready.target, s.ready.timeout.millis)
                                      if s.ready is not None else None,
-                                     secrets=tuple(sorted(set(s.secrets))), user=s.user,
+                                     secrets=tuple(sorted(set(s.secrets))),
+                                     user=drv.canonical_user(s.user, root_default=False),
                                      resources=drv.limits(s.resources.memory, s.resources.cpus,
                                                           s.resources.pids))
                       for s in step.services],
