@@ -205,3 +205,36 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                            inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
     return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,
                            nodes=MappingProxyType(nodes))
+
+
+def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike) -> list[str]:
+    """Each ``inputs`` and ``cache.key_files`` pattern (not a ``!`` negation) that selects
+    no file of the repository at ``repo_root``, as ``FILE:LINE:COLUMN: step 'a': inputs
+    pattern 'scr/**' matches no file of the repository`` (the step's position), once per
+    matrix step: most likely a typo, with which the step sees none of what it names and
+    stays a cache hit whatever changes there. A warning, not an error (the file may be
+    generated later). Reads the repository's file list (``kata.inputs.Snapshot``)."""
+    from kata.inputs import Snapshot, match
+
+    exclude = ()
+    if pipeline.file:
+        rel = os.path.relpath(os.path.abspath(pipeline.file), os.path.abspath(repo_root))
+        exclude = (rel.replace(os.sep, "/"),)
+    paths = Snapshot(repo_root, exclude=exclude).paths
+    out: list[str] = []
+    seen: set[tuple[str, str, str]] = set()
+    for step in pipeline.steps:
+        base = step.matrix_of or step.name
+        for field, patterns in (("inputs", step.inputs or ()),
+                                ("cache.key_files", step.cache.key_files)):
+            for pattern in patterns:
+                if pattern.startswith("!") or (base, field, pattern) in seen:
+                    continue
+                seen.add((base, field, pattern))
+                if not match((pattern,), paths):
+                    pos = step.position
+                    where = f"{pos.file}:{pos.line}:{pos.column}: " if pos is not None else ""
+                    out.append(f"{where}step {base!r}: {field} pattern {pattern!r} matches "
+                               "no file of the repository")
+    return out
+

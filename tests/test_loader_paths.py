@@ -221,3 +221,38 @@ def test_a_workdir_that_would_hide_the_shell_is_refused(workdir: str) -> None:
     assert "/src" in problem
     for fine in (workdir + "/src", "/usr/src/app", "/binary"):
         assert workdir_problem(fine) == "", fine
+
+
+def test_validate_warns_of_an_input_or_key_file_pattern_that_matches_nothing(tmp_path: Path) -> None:
+    """Found by a review: ``inputs: ["scr/**"]`` (a typo for src/**) validated and ran
+    silently; the step saw none of its sources and stayed a cache hit whatever changed
+    in src/. `kata validate` names each inputs and cache.key_files pattern that selects
+    no file of the repository (a warning: the file may come later), once per matrix step."""
+    import json
+
+    from support.cli import KataProcess
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.c").write_text("int x;\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".kata-ci.yaml").write_text(
+        "steps:\n"
+        "  - name: build\n"
+        "    image: busybox\n"
+        "    inputs: [\"scr/**\", \"src/**\", \"!src/gen/**\"]\n"
+        "    cache: {paths: [.c], key_files: [\"package-lock.json\"]}\n"
+        "    matrix: {X: [a, b]}\n"
+        "  - name: none\n"
+        "    image: busybox\n"
+        "    inputs: []\n")
+    kata = KataProcess(repo, store=tmp_path / "store")
+    proc = kata("validate", "--offline")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': inputs pattern 'scr/**' "
+        "matches no file of the repository",
+        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': cache.key_files pattern "
+        "'package-lock.json' matches no file of the repository"]
+    doc = json.loads(kata("validate", "--offline", "--json").stdout)
+    assert doc["valid"] is True and len(doc["warnings"]) == 2
