@@ -728,6 +728,11 @@ class _Walker:
                 raise self.fail("config.value", name_node, f"bad service name {name!r}: {NAME_RULE}")
             if name in names:
                 raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")
+            same = next((n for n in names if n.lower() == name.lower()), None)
+            if same is not None:  # a host name: DNS names are case-insensitive (RFC 4343)
+                raise self.fail("config.duplicate_key", name_node,
+                                f"{what}: service {name!r} is the host name of service {same!r} "
+                                "too (host names ignore case): name them apart")
             names.add(name)
             label = f"service {name!r}"
             if "commands" in f and "entrypoint" in f:
