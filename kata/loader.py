@@ -363,6 +363,9 @@ class _Walker:
 
     def duration(self, node: Node, what: str, *, positive: bool = False) -> Duration:
         """A ``kata.model.Duration`` (a YAML integer counts seconds); ``positive``: not 0."""
+        if not (isinstance(node, ScalarNode) and node.tag in (_INT, *_TEXTUAL)):
+            raise self.fail("config.type", node, f"{what} must be a duration such as 90s, 15m "
+                            f"or 1h30m, got {_kind(node)}")
         try:
             if isinstance(node, ScalarNode) and node.tag == _INT:
                 value = Duration(millis=self.integer(node, what) * 1000)

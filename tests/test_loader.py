@@ -330,3 +330,16 @@ def test_a_bad_name_says_the_rule(kind, body, bad) -> None:
     assert info.value.message == (
         f"bad {kind} name {bad!r}: use ASCII letters, digits, '_', '-' and '.', starting "
         "with a letter, a digit or '_'")
+
+
+@pytest.mark.parametrize("value", ["true", "[1]", "{a: 1}", "~"])
+def test_a_duration_of_the_wrong_type_says_what_a_duration_is(value) -> None:
+    """Found by a review: `timeout: true` said "must be a string ... quote it: "true"",
+    advice that only leads to "bad duration 'true'"."""
+    with pytest.raises(KataError) as info:
+        load_text(f"settings: {{timeout: {value}}}\nsteps:\n  - name: a\n    image: x\n",
+                  file="c.yaml")
+    assert info.value.reason == "config.type"
+    assert info.value.message.startswith("settings.timeout must be a duration such as 90s, "
+                                         "15m or 1h30m, got ")
+    assert "quote it" not in info.value.message
