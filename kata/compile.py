@@ -182,7 +182,8 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
         asked = tuple((n, "true" if n == "CI" else (context or {}).get(n, "")) for n in step.context)
         d = drv.make(
             pipeline=pipeline.name, image=image_digest(step.image), commands=step.commands,
-            workdir=step.workdir, user=step.user, env=(*global_env, *step.env, *asked),
+            workdir=step.workdir, user=drv.canonical_user(step.user, root_default=True),
+            env=(*global_env, *step.env, *asked),
             secrets=step.secrets,
             inputs=inputs.digest if inputs is not None else None, key_files=key_files,
             artifacts=step.artifacts, cache_paths=step.cache.paths,
@@ -191,7 +192,8 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                                      entrypoint=s.entrypoint,
                                      ready=(s.ready.kind, s.ready.target, s.ready.timeout.millis)
                                      if s.ready is not None else None,
-                                     secrets=tuple(sorted(set(s.secrets))), user=s.user,
+                                     secrets=tuple(sorted(set(s.secrets))),
+                                     user=drv.canonical_user(s.user, root_default=False),
                                      resources=drv.limits(s.resources.memory, s.resources.cpus,
                                                           s.resources.pids))
                       for s in step.services],
@@ -203,3 +205,36 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
                            inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
     return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,
                            nodes=MappingProxyType(nodes))
+
+
+def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike) -> list[str]:
+    """Each ``inputs`` and ``cache.key_files`` pattern (not a ``!`` negation) that selects
+    no file of the repository at ``repo_root``, as ``FILE:LINE:COLUMN: step 'a': inputs
+    pattern 'scr/**' matches no file of the repository`` (the step's position), once per
+    matrix step: most likely a typo, with which the step sees none of what it names and
+    stays a cache hit whatever changes there. A warning, not an error (the file may be
+    generated later). Reads the repository's file list (``kata.inputs.Snapshot``)."""
+    from kata.inputs import Snapshot, match
+
+    exclude = ()
+    if pipeline.file:
+        rel = os.path.relpath(os.path.abspath(pipeline.file), os.path.abspath(repo_root))
+        exclude = (rel.replace(os.sep, "/"),)
+    paths = Snapshot(repo_root, exclude=exclude).paths
+    out: list[str] = []
+    seen: set[tuple[str, str, str]] = set()
+    for step in pipeline.steps:
+        base = step.matrix_of or step.name
+        for field, patterns in (("inputs", step.inputs or ()),
+                                ("cache.key_files", step.cache.key_files)):
+            for pattern in patterns:
+                if pattern.startswith("!") or (base, field, pattern) in seen:
+                    continue
+                seen.add((base, field, pattern))
+                if not match((pattern,), paths):
+                    pos = step.position
+                    where = f"{pos.file}:{pos.line}:{pos.column}: " if pos is not None else ""
+                    out.append(f"{where}step {base!r}: {field} pattern {pattern!r} matches "
+                               "no file of the repository")
+    return out
+

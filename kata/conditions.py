@@ -319,10 +319,41 @@ def parse(text: str, position: Position | None = None) -> Expr:
             pos = Position(file=position.file, line=position.line + line - 1,
                            column=(position.column if line == 1 else 1) + max(col - 1, 0))
         where = f" at column {col}" if isinstance(col, int) and col > 0 else ""
+        if where and isinstance(line, int) and line > 1:
+            where = f" at line {line}, column {col}"
         raise KataError("config.condition",
-                        f"bad condition {text!r}{where}: expected e.g. branch == \"main\", "
-                        "tag =~ \"v*\", changed(\"src/**\"), failure(), always(), joined by and/or/not",
+                        f"bad condition {text!r}{where}: "
+                        + (_unknown_word(text, getattr(err, "pos_in_stream", None))
+                           or "expected e.g. branch == \"main\", tag =~ \"v*\", "
+                           "changed(\"src/**\"), failure(), always(), joined by and/or/not"),
                         position=pos) from None
+
+
+_WORDS = {"branch", "tag", "event", "action", "changed", "success", "failure", "always",
+          "and", "or", "not", "in", "true", "false"}
+
+
+def _unknown_word(text: str, offset: object) -> str:
+    """What to say when the parse stopped at a word the grammar has not (a misspelt
+    field or function), else "". ``offset``: where in ``text`` it stopped."""
+    import re
+
+    if not isinstance(offset, int) or not 0 <= offset < len(text):
+        return ""
+    start = offset
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    m = re.compile(r"[A-Za-z_][A-Za-z0-9_]*").match(text, start)
+    if m is None:
+        return ""
+    if text[:start].rstrip().endswith(("==", "!=", "=~", "!~", "[", ",")):
+        return f"a value is a quoted string: write \"{m.group()}\""
+    if m.group() in _WORDS:
+        return ""
+    if text[m.end():].lstrip().startswith("("):
+        return (f"unknown function '{m.group()}()': the functions are changed(...), "
+                "success(), failure(), always()")
+    return f"unknown name '{m.group()}': the names are branch, tag, event, action"
 
 
 # ---- only: and triggers: ---------------------------------------------------

@@ -41,6 +41,8 @@ def locate_config(start_dir: str | os.PathLike | None = None,
     if explicit is not None:
         p = os.fspath(explicit)
         if not os.path.isfile(p):
+            if os.path.lexists(p):
+                raise _not_a_file(p)
             raise _error("config.not_found", f"config file {p!r} not found", obj=p)
         return p
     d = os.path.realpath(start_dir if start_dir is not None else os.getcwd())
@@ -50,6 +52,8 @@ def locate_config(start_dir: str | os.PathLike | None = None,
         if os.path.isfile(config):
             _check_inside(config, cand)
             return config
+        if os.path.lexists(config):
+            raise _not_a_file(config)
         parent = os.path.dirname(cand)
         if os.path.exists(os.path.join(cand, ".git")) or parent == cand:
             break
@@ -57,6 +61,19 @@ def locate_config(start_dir: str | os.PathLike | None = None,
     raise _error("config.not_found",
                  f"no {CONFIG_NAME} in {d} or its parents up to the repository root",
                  obj=d)
+
+
+def _not_a_file(p: str) -> Exception:
+    """``config.not_a_file``: ``p`` is there but is no regular file (a directory, a FIFO,
+    a device, a symbolic link to nothing): said so, rather than "not found"."""
+    if os.path.islink(p) and not os.path.exists(p):
+        what = f"is a symbolic link to {os.readlink(p)!r}, which does not exist"
+    elif os.path.isdir(p):
+        what = "is a directory"
+    else:
+        what = "is not a regular file"
+    return _error("config.not_a_file", f"config file {p!r} {what}; the pipeline config "
+                  "must be a regular YAML file", obj=p)
 
 
 # A config of 1,000 steps is ~200 KiB; anything past this is not a pipeline.
@@ -92,8 +109,7 @@ def _read_config(p: Path) -> bytes:
     fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _error("config.not_found", f"config file {str(p)!r} is not a regular file",
-                            obj=str(p))
+            raise _not_a_file(str(p))
         os.set_blocking(fd, True)
         from kata.inputs import read_at_most
 
@@ -107,10 +123,13 @@ def _read_config(p: Path) -> bytes:
 
 
 def read_config(p: Path) -> bytes:
-    """The config file's bytes; KataError config.not_found / config.too_large."""
+    """The config file's bytes; KataError config.not_found / config.not_a_file /
+    config.too_large."""
     try:
         return _read_config(p)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except IsADirectoryError:
+        raise _not_a_file(str(p)) from None
+    except (FileNotFoundError, NotADirectoryError):
         raise _error("config.not_found", f"config file {str(p)!r} not found",
                         obj=str(p)) from None
     except OSError as err:

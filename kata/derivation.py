@@ -208,6 +208,19 @@ def canonical_order(deps: Sequence[str | None]) -> tuple[list[str | None], tuple
     return [deps[i] for i in idx], (() if order == tuple(range(len(deps))) else order)
 
 
+def canonical_user(user: str | None, *, root_default: bool) -> str | None:
+    """A ``user:`` value as it enters the key, in its shortest form: ``"1000:1000"`` is
+    ``"1000"`` (the gid defaults to the uid, as the runtime runs it); for a step
+    (``root_default``) root written out (``"0"``, ``"0:0"``) is None, the default it
+    means. A service's None is the image's user, so there root stays ``"0"``. Docs:
+    docs/config.md, ``user``."""
+    if user is None:
+        return None
+    uid, _, gid = user.partition(":")
+    short = uid if gid in ("", uid) else f"{uid}:{gid}"
+    return None if root_default and short == "0" else short
+
+
 def make(*, pipeline: str, image: str | None, commands: Sequence[str], workdir: str,
          user: str | None = None, env: Sequence[tuple[str, str]], secrets: Sequence[str], inputs: str | None,
          key_files: str | None, artifacts: Sequence[str], cache_paths: Sequence[str],

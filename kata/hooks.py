@@ -58,12 +58,13 @@ class PushedRef:
 
 def _repo_paths(repo: str | Path) -> tuple[Path, bool]:
     """(absolute git dir, bare?) of the repository at ``repo``."""
-    repo = Path(repo)
+    repo = Path(repo).absolute()
     if not repo.is_dir():
         raise KataError("git.not_a_repository", f"{repo} is not a directory", obj=str(repo))
     out = Git.at(repo).maybe("rev-parse", "--absolute-git-dir", "--is-bare-repository")
     if out is None:
-        raise KataError("git.not_a_repository", f"{repo} is not a git repository",
+        raise KataError("git.not_a_repository", f"{repo} is not a git repository: run "
+                        "`kata hooks install` inside a clone, or name one with --repo DIR",
                         obj=str(repo))
     gitdir, _, bare = out.rpartition("\n")
     return Path(gitdir), bare == "true"

@@ -77,22 +77,36 @@ def load_host_config(path: str | os.PathLike[str] | None = None) -> HostConfig:
     """
     p, explicit = config_path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except FileNotFoundError:
         if explicit:
             raise KataError("config.not_found", f"kata config {p} does not exist",
                             obj=str(p)) from None
         return HostConfig()
     except OSError as err:
-        raise KataError("config.unreadable", f"cannot read kata config {p}: {err}",
+        raise KataError("config.unreadable", f"cannot read kata config {p}: {err.strerror}",
+                        obj=str(p)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise KataError("config.bad_yaml", f"{p}:{line}:{col}: the file is not valid UTF-8",
                         obj=str(p)) from None
     import yaml  # here: a host without a config file (most) never imports the parser
 
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise KataError("config.bad_yaml", f"{p}: {err}", obj=str(p)) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (err.context, err.problem) if x)
+        raise KataError("config.bad_yaml", f"{p}{where}: YAML syntax error: {what}",
+                        obj=str(p)) from None
+    except yaml.YAMLError as err:  # a character YAML does not allow
+        raise KataError("config.bad_yaml", f"{p}: YAML syntax error: "
+                        + " ".join(str(err).split()), obj=str(p)) from None
     marks: dict[tuple[Any, ...], tuple[int, int]] = {}
     if node is not None:
         _marks(node, (), marks)

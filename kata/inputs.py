@@ -190,9 +190,16 @@ def _ignore_spec(root: str):
             data = f.read(MAX_KATAIGNORE + 1)
         if len(data) > MAX_KATAIGNORE:
             raise KataError("inputs.kataignore", f"{KATAIGNORE} is larger than 1 MiB", obj=root)
-        lines = data.decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err}", obj=root) from None
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+            raise KataError("inputs.kataignore", f"{os.path.join(root, KATAIGNORE)}:{line}:{col}: "
+                            "the file is not valid UTF-8", obj=root) from None
+    except OSError as err:
+        raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err.strerror}",
+                        obj=root) from None
     import pathspec
 
     try:

@@ -43,6 +43,9 @@ _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 # container paths a step's workdir must not be, or be under: the kernel's views
 # (writable /proc or /sys entries, devices) and kata's own mounts
 FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev", "/run/kata")
+#: Where an image keeps its shell and the libraries it loads: the workspace mounted on one
+#: of them (not below) would hide ``/bin/sh``, and no command could start.
+SHELL_DIRS = ("/bin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64")
 
 
 def repository_path_problem(text: str, *, glob: bool) -> str:
@@ -74,7 +77,8 @@ def workdir_problem(text: str) -> str:
     component from ``//`` and no trailing ``/``: ``/workspace//x`` and ``/workspace/x/``
     name ``/workspace/x`` but would hash as other keys); not ``/`` (the workspace is
     bind-mounted there, it would hide the image's root); not ``/proc``, ``/sys``,
-    ``/dev``, ``/run/kata`` nor anything under them (FORBIDDEN_WORKDIRS).
+    ``/dev``, ``/run/kata`` nor anything under them (FORBIDDEN_WORKDIRS); not one of
+    SHELL_DIRS itself (below them is fine).
     """
     if "\0" in text:
         return "contains a NUL byte"
@@ -89,10 +93,17 @@ def workdir_problem(text: str) -> str:
     for bad in FORBIDDEN_WORKDIRS:
         if norm == bad or norm.startswith(bad + "/"):
             return f"must not be {bad} or under it (kernel or kata mount), got {text!r}"
+    if norm in SHELL_DIRS:
+        return (f"must not be {norm}: the workspace mounted there would hide the image's "
+                f"{norm} (the shell, /bin/sh, with it); use a directory of its own, e.g. "
+                f"/workspace or {norm}/src")
     if text != norm:
         return f"must be a clean path (no '//', no trailing '/'): write {norm!r}, not {text!r}"
     return ""
 
+
+#: What a step or service name may be (kata.labels.is_step_name), in words.
+NAME_RULE = "use ASCII letters, digits, '_', '-' and '.', starting with a letter, a digit or '_'"
 
 #: Top-level keys starting with this are ignored (as Compose does): `x-base: &base {...}`.
 EXTENSION_PREFIX = "x-"
@@ -160,6 +171,9 @@ def _load_text(text: str, file: str) -> Pipeline:
         pos = Position(file=file, line=mark.line + 1, column=mark.column + 1) if mark else \
             Position(file=file, line=1, column=1)
         what = " ".join(x for x in (err.context, err.problem) if x)
+        if mark is not None and text[mark.index:mark.index + 1] == "\t":
+            what += ("; YAML indents with spaces only" if "tab" in what else
+                     "; the character is a tab: YAML indents with spaces only")
         raise KataError("config.yaml_syntax", f"YAML syntax error: {what}", position=pos) from None
     except yaml.YAMLError as err:  # ReaderError: a character YAML does not allow
         offset = getattr(err, "position", 0) or 0
@@ -251,7 +265,11 @@ class _Walker:
     def string(self, node: Node, what: str) -> str:
         if isinstance(node, ScalarNode) and node.tag in _TEXTUAL:
             return node.value
-        raise self.fail("config.type", node, f"{what} must be a string, got {_kind(node)}")
+        hint = ""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL:
+            hint = (f"; YAML reads an unquoted true/false/yes/no/on/off as a boolean: "
+                    f"quote it: \"{node.value}\"")
+        raise self.fail("config.type", node, f"{what} must be a string, got {_kind(node)}{hint}")
 
     def nonempty(self, node: Node, what: str) -> str:
         s = self.string(node, what)
@@ -289,7 +307,7 @@ class _Walker:
             raise self.fail("config.type", node, f"{what} must be a list, got {_kind(node)}")
         out = []
         for item in node.value:
-            s = self.string(item, f"each entry of {what}")
+            s = self.string(item, f"{what}: each entry")
             if check is not None:
                 check(s, item)
             out.append(s)
@@ -345,6 +363,9 @@ class _Walker:
 
     def duration(self, node: Node, what: str, *, positive: bool = False) -> Duration:
         """A ``kata.model.Duration`` (a YAML integer counts seconds); ``positive``: not 0."""
+        if not (isinstance(node, ScalarNode) and node.tag in (_INT, *_TEXTUAL)):
+            raise self.fail("config.type", node, f"{what} must be a duration such as 90s, 15m "
+                            f"or 1h30m, got {_kind(node)}")
         try:
             if isinstance(node, ScalarNode) and node.tag == _INT:
                 value = Duration(millis=self.integer(node, what) * 1000)
@@ -470,7 +491,7 @@ class _Walker:
         name = self.string(name_node, "name")
         if not is_step_name(name):
             raise self.fail("config.step_name", name_node,
-                            f"bad step name {name!r}: use letters, digits, '_', '-', '.'")
+                            f"bad step name {name!r}: {NAME_RULE}")
         what = f"step {name!r}"
         image_node = self.require(f, "image", node, what)
         kw: dict[str, Any] = {"name": name, "position": self.pos(name_node),
@@ -549,7 +570,7 @@ class _Walker:
                             f"exit codes, got {_kind(node)}")
         codes = []
         for item in node.value:
-            code = self.integer(item, f"each entry of {what}")
+            code = self.integer(item, f"{what}: each entry")
             if not 0 < code < 256:
                 raise self.fail("config.value", item, f"{what}: exit code {code} out of "
                                 "range (1 to 255)")
@@ -713,9 +734,14 @@ class _Walker:
             name_node = self.require(f, "name", item, "a service")
             name = self.string(name_node, "service name")
             if not is_step_name(name):
-                raise self.fail("config.value", name_node, f"bad service name {name!r}")
+                raise self.fail("config.value", name_node, f"bad service name {name!r}: {NAME_RULE}")
             if name in names:
                 raise self.fail("config.duplicate_key", name_node, f"duplicate service {name!r}")
+            same = next((n for n in names if n.lower() == name.lower()), None)
+            if same is not None:  # a host name: DNS names are case-insensitive (RFC 4343)
+                raise self.fail("config.duplicate_key", name_node,
+                                f"{what}: service {name!r} is the host name of service {same!r} "
+                                "too (host names ignore case): name them apart")
             names.add(name)
             label = f"service {name!r}"
             if "commands" in f and "entrypoint" in f:

@@ -50,6 +50,9 @@ class Matrix:
             if unknown:
                 raise ValueError(f"exclude names {unknown[0]}, which is no matrix variable "
                                  f"(variables: {', '.join(sorted(names)) or 'none'})")
+        if not self.axes and not self.include:
+            raise ValueError('the matrix names no variable: give one, e.g. matrix: '
+                             '{PYTHON: ["3.11", "3.12"]}')
         n = len(self.combinations())
         if n == 0:
             raise ValueError("the matrix expands to no combination (every one is excluded)")

@@ -22,6 +22,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -30,6 +31,7 @@ MIN_MEMORY = 6 * MIB  # runc/Docker refuse less: the container's init alone need
 MIN_CPUS = 0.01  # one CFS quota tick of 1 ms per 100 ms period
 MAX_CPUS = 1024
 MAX_PIDS = 4_194_304  # the kernel's PID_MAX_LIMIT on 64-bit
+MAX_SIZE = 1 << 62  # 4 EiB: past any machine, and every int64 field (cgroups, msgpack) holds it
 CPU_PERIOD = 100_000  # µs, CFS period (Docker's and containerd's default)
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*", re.IGNORECASE)
@@ -41,20 +43,28 @@ def parse_size(text: str | int) -> int:
     The one size grammar of kata (config ``resources.memory``, ``kata store gc
     --max-size``): a number, then optionally K, M, G, T or P, ``i`` for binary (powers of
     1024) and ``B``; without ``i`` the unit is decimal (powers of 1000). Case does not
-    matter. Raises ValueError naming the text and what is expected.
+    matter. Exact (no float); at most MAX_SIZE (4 EiB). Raises ValueError naming the
+    text and what is expected.
     """
     if isinstance(text, bool) or not isinstance(text, (str, int)):
         raise ValueError(f"bad size {text!r}: expected e.g. 500MB or 2GiB")
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"bad size {text!r}: a size cannot be negative")
-        return text
-    m = _SIZE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"bad size {text!r}: expected e.g. 500MB or 2GiB")
-    number, unit, binary = m.groups()
-    power = "KMGTP".find(unit.upper()) + 1 if unit else 0
-    return int(float(number) * (1024 if binary else 1000) ** power)
+        size = text
+    else:
+        m = _SIZE.fullmatch(text)
+        if m is None:
+            raise ValueError(f"bad size {text!r}: expected e.g. 500MB or 2GiB")
+        number, unit, binary = m.groups()
+        power = "KMGTP".find(unit.upper()) + 1 if unit else 0
+        if len(number) > 40:  # no machine's size; and Fraction of it costs nothing
+            raise ValueError(f"bad size {text!r}: larger than {format_size(MAX_SIZE)}")
+        # exact (a float of 400 digits is infinity)
+        size = int(Fraction(number) * (1024 if binary else 1000) ** power)
+    if size > MAX_SIZE:
+        raise ValueError(f"bad size {text!r}: larger than {format_size(MAX_SIZE)}")
+    return size
 
 
 def parse_memory(text: str | int) -> int:
@@ -67,7 +77,8 @@ def parse_memory(text: str | int) -> int:
 
 def format_size(size: int) -> str:
     """``67108864`` → ``"64 MiB"``; the largest IEC unit that keeps at most 2 decimals."""
-    for unit, factor in (("TiB", 1 << 40), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+    for unit, factor in (("EiB", 1 << 60), ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", GIB),
+                         ("MiB", MIB), ("KiB", KIB)):
         if size >= factor:
             value = size / factor
             text = f"{value:.2f}".rstrip("0").rstrip(".")

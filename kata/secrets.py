@@ -4,8 +4,9 @@ Two pieces, both pure (no store, no runtime):
 
 ``SecretSource`` resolves the secret *names* a step declares to their values, from
 ``--secret NAME=VALUE``, ``--secret-file NAME=PATH`` and the environment (in that
-order of precedence). A declared secret that is missing, or whose value is shorter
-than 4 characters (it would mask everything), is a ``KataError`` before anything runs.
+order of precedence). A declared secret that is missing is a ``KataError`` before
+anything runs; one whose value is shorter than 4 characters (masking it would hide
+every ``a`` in the output) is given to the step unmasked, with a warning (``unmaskable``).
 
 ``Masker`` knows every *form* of every value (``secret_forms``): the raw bytes, the
 value with LF or CRLF line ends, each line of a multi-line value, its base64 at all

@@ -157,3 +157,28 @@ def test_one_path_glob_dialect():
     assert only_expr(branches=("release/*",)).evaluate(Context(event="push", branch="release/1.2"))
     assert not only_expr(branches=("release/*",)).evaluate(Context(event="push", branch="release/1/2"))
     assert only_expr(branches=("release/**",)).evaluate(Context(event="push", branch="release/1/2"))
+
+
+@pytest.mark.parametrize("bad, says", [
+    ('brnch == "main"', "unknown name 'brnch': the names are branch, tag, event, action"),
+    ('branch == "x" and Tag == "v1"', "unknown name 'Tag'"),
+    ('failed()', "unknown function 'failed()': the functions are changed(...), success(), "
+                 "failure(), always()"),
+    ('changes("src/**")', "unknown function 'changes()'"),
+    ('branch == main', 'a value is a quoted string: write "main"'),
+    ('event in ["push", tag]', 'a value is a quoted string: write "tag"'),
+])
+def test_unknown_words_are_named(bad, says) -> None:
+    """Found by a review: a misspelt name or function got only "bad condition ... at
+    column 1: expected e.g. ...", leaving the user to spot the typo. The word is named,
+    with the names or functions there are."""
+    with pytest.raises(KataError) as info:
+        parse(bad, Position(file="f", line=3, column=11))
+    assert info.value.reason == "config.condition"
+    assert says in info.value.message
+
+
+def test_a_multi_line_condition_names_the_line_inside_it() -> None:
+    with pytest.raises(KataError) as info:
+        parse('branch == "main" and\nfoo == "x"\n', Position(file="f", line=3, column=11))
+    assert "at line 2, column 1" in info.value.message and "unknown name 'foo'" in info.value.message

@@ -176,7 +176,18 @@ UNHASHED_EDITS = {
     "settings": ("pipeline: p", "pipeline: p\nsettings: {timeout: 1h, max_parallel: 1}"),
     "env key order": ('env: {A: "1"}\n    secrets', 'env: {"A": "1"}\n    secrets'),
     "depends_on duplicate": ("[build]", "[build, build]"),
+    # the documented default, written out (found by a review: each was a miss)
+    "user root written 0:0": ("secrets: [TOKEN]", "secrets: [TOKEN]\n    user: '0:0'"),
+    "user root written 0": ("secrets: [TOKEN]", "secrets: [TOKEN]\n    user: '0'"),
 }
+
+
+def test_a_uid_alone_is_its_own_gid_in_the_key(repo) -> None:
+    """``user: "1000"`` runs as 1000:1000 (the gid defaults to the uid): the same key as
+    writing it out (found by a review: it was a miss)."""
+    short = BASE.replace("secrets: [TOKEN]", "secrets: [TOKEN]\n    user: '1000'", 1)
+    full = BASE.replace("secrets: [TOKEN]", "secrets: [TOKEN]\n    user: '1000:1000'", 1)
+    assert hashes(short, repo) == hashes(full, repo)
 
 
 @pytest.mark.parametrize("edit", sorted(HASHED_EDITS))

@@ -47,3 +47,27 @@ def test_export_replaces_only_what_the_tree_holds(tmp_path):
         export(store, [("pkg", tree), ("other", tree)], out, flat=False)
         assert sorted(os.listdir(out / "pkg")) == ["dist", "link", "run"]
         assert not any(n.startswith(".kata-export-") for n in os.listdir(out))
+
+
+def test_a_matrix_instance_with_a_slash_exports_into_one_directory_of_out(tmp_path):
+    """Found by a review: a matrix value may hold '/' (``X: ["linux/amd64"]``), and the
+    instance's name was joined to ``--out`` as a path: ``t (X=a/../../../victim)`` put its
+    artifacts outside DIR, replacing (rmtree) the directory it named there, and a value
+    like ``a/b`` failed the export with a bare "No such file or directory". Each step
+    gets exactly one directory of DIR, its name with '/' written %2F."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("artifact")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("x")
+    with Store.open(tmp_path / "store") as store:
+        tree = store.put_tree(src, paths=("f",))
+        out = tmp_path / "a" / "b" / "out"
+        names = ["t (X=a/b)", "t (X=a/../../../victim)", "t (X=..)"]
+        done = export(store, [(n, tree) for n in names], out, flat=False)
+        assert (victim / "precious").exists() and not (victim / "f").exists()
+        assert sorted(os.listdir(out)) == ["t (X=..)", "t (X=a%2F..%2F..%2F..%2Fvictim)",
+                                           "t (X=a%2Fb)"]
+        assert all(d.path.parent == out and (d.path / "f").read_text() == "artifact"
+                   for d in done)

@@ -131,7 +131,7 @@ def test_validate_json(tmp_path) -> None:
     assert ok.returncode == 0 and json.loads(ok.stdout) == {
         "version": 1, "valid": True, "file": str(tmp_path / ".kata-ci.yaml"),
         "pipeline": "my-app", "steps": 3, "matrix_steps": 0, "matrix_instances": 0,
-        "cycles": 0, "groups": 2, "levels": [["build"], ["test", "lint"]]}
+        "cycles": 0, "groups": 2, "levels": [["build"], ["test", "lint"]], "warnings": []}
     (tmp_path / ".kata-ci.yaml").write_text("steps:\n  - {name: a, image: b, depends_on: [a]}\n")
     bad = kata("validate", "--json", "--offline", store=tmp_path / "store", cwd=tmp_path)
     doc = json.loads(bad.stdout)

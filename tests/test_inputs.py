@@ -394,3 +394,15 @@ def test_an_empty_inputs_list_selects_no_file_and_no_key_selects_every_file(tmp_
     second = compiled()
     assert second.nodes["none"].drv_hash == first.nodes["none"].drv_hash
     assert second.nodes["all"].drv_hash != first.nodes["all"].drv_hash
+
+
+def test_a_kataignore_that_is_no_utf8_names_the_byte(tmp_path) -> None:
+    """Found by a review: it said "cannot read .kataignore: 'utf-8' codec can't decode
+    byte 0xff in position 5: invalid start byte" (Python's words, an offset in bytes)."""
+    from kata.errors import KataError
+
+    (tmp_path / ".kataignore").write_bytes(b"ok\nbu\xffild/\n")
+    with pytest.raises(KataError) as info:
+        Snapshot(tmp_path)
+    assert info.value.reason == "inputs.kataignore"
+    assert info.value.message == f"{tmp_path / '.kataignore'}:2:3: the file is not valid UTF-8"

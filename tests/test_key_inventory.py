@@ -282,3 +282,28 @@ def test_the_platform_is_fixed_since_it_is_not_in_the_key() -> None:
     from kata.runtimes.containerd import images
 
     assert images.PLATFORM == ("linux", "amd64")
+
+
+def test_docs_config_says_key_or_not_key_as_the_inventory_does() -> None:
+    """Found by a review: docs/config.md's step table said `resources` is "key", while
+    its `resources` section and "What is in a step's cache key" said limits are not in
+    the key (they are: STEP_FIELDS). Each step key's row and the "Not in it" sentence
+    agree with the inventory."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    step_table = text.split("## A step (`steps:` entry)", 1)[1].split("\n### ", 1)[0]
+    rows = {m.group(1): m.group(2).strip() for m in re.finditer(
+        r"^\| `([a-z_]+)` \| [^|]* \| [^|]* \| ([^|]*) \|", step_table, re.M)}
+    for field, side in STEP_FIELDS.items():
+        if field not in rows:
+            continue
+        in_key = side == "key"
+        said = rows[field]
+        assert said.startswith("key") == in_key or (field == "cache"), (field, said)
+    not_in = text.split("Not in it:", 1)[1].split("`kata why", 1)[0]
+    for field, side in STEP_FIELDS.items():
+        if side == "key":
+            assert f"`{field}`" not in not_in, field
+    resources = text.split("### `resources`", 1)[1].split("\n## ", 1)[0]
+    assert "not in the cache key" not in resources

@@ -206,7 +206,7 @@ def test_missing_file_and_directory(tmp_path) -> None:
     assert info.value.reason == "config.not_found"
     with pytest.raises(KataError) as info:
         load_pipeline(tmp_path)
-    assert info.value.reason == "config.not_found"
+    assert info.value.reason == "config.not_a_file"  # there, but a directory: said so
 
 
 def test_not_utf8(tmp_path) -> None:
@@ -285,3 +285,61 @@ def test_env_expands_other_variables():
     with pytest.raises(KataError) as e:
         load_text("steps: [{name: a, image: alpine, context: [KATA_SHA]}]\n")
     assert e.value.reason == "config.value" and "KATA_COMMIT_SHA" in e.value.message
+
+
+@pytest.mark.parametrize("value, text", [("true", "true"), ("yes", "yes"), ("off", "off")])
+def test_a_boolean_where_a_string_goes_says_to_quote_it(value, text) -> None:
+    """Found by a review: ``commands: [true]`` said "each entry of step 'a': commands
+    must be a string, got bool 'true'": the subject garbled, and no word of the fix
+    (YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans)."""
+    with pytest.raises(KataError) as info:
+        load_text(f"steps:\n  - name: a\n    image: x\n    commands: [{value}]\n", file="c.yaml")
+    assert info.value.reason == "config.type"
+    assert info.value.message.startswith("step 'a': commands: each entry must be a string")
+    assert f"quote it: \"{text}\"" in info.value.message
+    with pytest.raises(KataError) as info:
+        load_text(f"pipeline: {value}\nsteps:\n  - name: a\n    image: x\n", file="c.yaml")
+    assert f"quote it: \"{text}\"" in info.value.message
+
+
+@pytest.mark.parametrize("text, where", [
+    ("steps:\n\t- name: a\n", (2, 1)),
+    ("steps:\n  - name: a\n    image: x\n\tcommands: [a]\n", (4, 1)),
+])
+def test_a_tab_indent_is_named(text, where) -> None:
+    """Found by a review: a tab indent gave only "found character that cannot start any
+    token", which never says the character is a tab."""
+    with pytest.raises(KataError) as info:
+        load_text(text, file="c.yaml")
+    assert info.value.reason == "config.yaml_syntax"
+    assert "tab" in info.value.message and "YAML indents with spaces only" in info.value.message
+    assert (info.value.position.line, info.value.position.column) == where
+
+
+@pytest.mark.parametrize("kind, body", [
+    ("step", "  - name: '{n}'\n    image: x\n"),
+    ("service", "  - name: a\n    image: x\n    services: [{{name: '{n}', image: y}}]\n"),
+])
+@pytest.mark.parametrize("bad", ["-a", ".a", "bäu", "a b"])
+def test_a_bad_name_says_the_rule(kind, body, bad) -> None:
+    """Found by a review: "bad step name '-a': use letters, digits, '_', '-', '.'" hid
+    the rule that was broken (the first character), 'ä' is a letter to a user, and a bad
+    service name said nothing at all of what a name may be."""
+    with pytest.raises(KataError) as info:
+        load_text("steps:\n" + body.format(n=bad), file="c.yaml")
+    assert info.value.message == (
+        f"bad {kind} name {bad!r}: use ASCII letters, digits, '_', '-' and '.', starting "
+        "with a letter, a digit or '_'")
+
+
+@pytest.mark.parametrize("value", ["true", "[1]", "{a: 1}", "~"])
+def test_a_duration_of_the_wrong_type_says_what_a_duration_is(value) -> None:
+    """Found by a review: `timeout: true` said "must be a string ... quote it: "true"",
+    advice that only leads to "bad duration 'true'"."""
+    with pytest.raises(KataError) as info:
+        load_text(f"settings: {{timeout: {value}}}\nsteps:\n  - name: a\n    image: x\n",
+                  file="c.yaml")
+    assert info.value.reason == "config.type"
+    assert info.value.message.startswith("settings.timeout must be a duration such as 90s, "
+                                         "15m or 1h30m, got ")
+    assert "quote it" not in info.value.message

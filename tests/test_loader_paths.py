@@ -142,7 +142,7 @@ def test_config_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(KataError) as err:
         load_pipeline(fifo)  # would block forever on a plain open
-    assert err.value.reason == "config.not_found" and "not a regular file" in err.value.message
+    assert err.value.reason == "config.not_a_file" and "not a regular file" in err.value.message
 
 
 def test_kataignore_must_be_a_regular_file(tmp_path: Path) -> None:
@@ -183,3 +183,76 @@ def test_validate_refuses_malformed_globs_and_unclean_workdir(tmp_path: Path, bo
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.startswith(f"error: {cfg}:{where}: ") and words in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "dangling-link"])
+def test_a_config_that_is_there_but_no_file_is_named_as_such(tmp_path: Path, kind: str) -> None:
+    """Found by a review: a `.kata-ci.yaml` that is a directory (or a FIFO, or a link to
+    nothing) was skipped as if absent ("no .kata-ci.yaml in ... or its parents"), and
+    `-f /dev/null` said "not found": the user is told the file is missing while it is in
+    front of them. Both name the file and what it is instead."""
+    from kata.loader import find_config
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    config = repo / ".kata-ci.yaml"
+    if kind == "directory":
+        config.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(config)
+    else:
+        config.symlink_to("missing.yaml")
+    what = {"directory": "is a directory", "fifo": "is not a regular file",
+            "dangling-link": "is a symbolic link to 'missing.yaml', which does not exist"}[kind]
+    for explicit in (None, config):
+        with pytest.raises(KataError) as info:
+            find_config(repo, explicit=explicit)
+        assert info.value.reason == "config.not_a_file"
+        assert str(config) in info.value.message and what in info.value.message
+
+
+@pytest.mark.parametrize("workdir", ["/bin", "/usr", "/usr/bin", "/lib", "/lib64", "/usr/lib"])
+def test_a_workdir_that_would_hide_the_shell_is_refused(workdir: str) -> None:
+    """Found by a review: ``workdir: /bin`` loaded, and the workspace mounted there hid
+    the image's /bin/sh: the step failed with "executable file `/bin/sh` not found in
+    $PATH", which names neither the workdir nor the fix."""
+    problem = workdir_problem(workdir)
+    assert problem.startswith(f"must not be {workdir}: the workspace mounted there would hide")
+    assert "/src" in problem
+    for fine in (workdir + "/src", "/usr/src/app", "/binary"):
+        assert workdir_problem(fine) == "", fine
+
+
+def test_validate_warns_of_an_input_or_key_file_pattern_that_matches_nothing(tmp_path: Path) -> None:
+    """Found by a review: ``inputs: ["scr/**"]`` (a typo for src/**) validated and ran
+    silently; the step saw none of its sources and stayed a cache hit whatever changed
+    in src/. `kata validate` names each inputs and cache.key_files pattern that selects
+    no file of the repository (a warning: the file may come later), once per matrix step."""
+    import json
+
+    from support.cli import KataProcess
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.c").write_text("int x;\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".kata-ci.yaml").write_text(
+        "steps:\n"
+        "  - name: build\n"
+        "    image: busybox\n"
+        "    inputs: [\"scr/**\", \"src/**\", \"!src/gen/**\"]\n"
+        "    cache: {paths: [.c], key_files: [\"package-lock.json\"]}\n"
+        "    matrix: {X: [a, b]}\n"
+        "  - name: none\n"
+        "    image: busybox\n"
+        "    inputs: []\n")
+    kata = KataProcess(repo, store=tmp_path / "store")
+    proc = kata("validate", "--offline")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': inputs pattern 'scr/**' "
+        "matches no file of the repository",
+        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': cache.key_files pattern "
+        "'package-lock.json' matches no file of the repository"]
+    doc = json.loads(kata("validate", "--offline", "--json").stdout)
+    assert doc["valid"] is True and len(doc["warnings"]) == 2

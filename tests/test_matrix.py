@@ -193,3 +193,15 @@ def test_a_service_image_variable_must_be_a_matrix_variable():
         load_text("steps:\n  - name: t\n    image: alpine\n    services:\n"
                   "      - {name: db, image: 'redis:${V}'}\n")
     assert info.value.reason == "config.image_ref"
+
+
+def test_a_matrix_without_variables_says_so():
+    """Found by a review: `matrix: {}` (or only `include: []`) said "every one is
+    excluded" where nothing was excluded: the matrix names no variable."""
+    for matrix in ("{}", "{exclude: []}"):
+        text = f"steps:\n  - name: t\n    image: alpine\n    matrix: {matrix}\n"
+        with pytest.raises(KataError) as info:
+            load_text(text, file="c.yaml")
+        assert "excluded" not in info.value.message
+        assert "the matrix names no variable: give one, e.g. matrix: {PYTHON: [\"3.11\", \"3.12\"]}" \
+            in info.value.message

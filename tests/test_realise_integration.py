@@ -222,6 +222,23 @@ def test_cache_paths_survive_between_runs_keyed_on_key_files(env):
     assert env.output("install") == []
 
 
+def test_restored_cache_paths_are_the_steps_own_under_a_user(env):
+    """Found by a review: a step with ``user: 1000`` got its ``cache.paths`` back as root's
+    read-only files, so it could neither update nor delete what it had cached (npm ci
+    removes node_modules first). Restored cache directories are the step's user's and
+    writable by it, as the workspace's root is; the checkout stays root's."""
+    step = FakeStep("install", inputs=("lock", "src"), cache_paths=("deps/",),
+                    key_files=("lock",), user="1000:1000", commands=(
+                        "mkdir -p deps/sub", "date >> deps/sub/stamp", "test ! -w lock",
+                        "rm -rf deps/old && mkdir deps/old && touch deps/old/f"))
+    env.write("lock", "v1")
+    env.write("src", "1")
+    assert env.run([step]).ok, env.events
+    env.write("src", "2")  # reruns with the same key files: the cache comes back
+    result = env.run([step])
+    assert result.ok, [e for e in env.events if isinstance(e, (ev.OutputLine, ev.StepFailed))]
+
+
 def test_output_keeps_the_terminals_order_and_masks_across_streams(env):
     """stdout and stderr interleaved 300 times come back in the order they were written,
     identically on every run; a value written half to each stream is masked; a progress

@@ -562,3 +562,17 @@ def test_done_wall_time_counts_writing_the_run_record(env):
     result = realiser.run()
     done = env.of(ev.Done)[0]
     assert done.wall >= result.wall + 0.3
+
+
+def test_a_miss_reports_the_key_the_dry_run_and_the_next_hit_name(env):
+    """Found by a review: a miss's `cache` event carried the resolved hash (with
+    `source: derivation`), while `--dry-run` and the next run's hit name the derivation
+    hash: one step, two keys, and the event's `source` contradicted its `key`."""
+    env.write("src/a.txt", "hello\n")
+    planned = {p.step: p.key for p in env.realiser(DAG).dry_run()}
+    assert env.run(DAG).ok
+    missed = {e.step: (e.key, e.source) for e in env.of(ev.CacheChecked)}
+    assert missed == {name: (key, "derivation") for name, key in planned.items()}
+    assert env.run(DAG).ok
+    hits = {e.step: e.key for e in env.of(ev.CacheChecked) if e.hit}
+    assert hits == planned

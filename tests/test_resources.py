@@ -380,3 +380,26 @@ def test_kata_run_reports_out_of_memory(tmp_path, containerd_daemon, clean_runti
               if e["event"] == "fail"]
     assert [(e["step"], e["reason"], e["exit_status"], e["message"]) for e in failed
             if e["step"] == "hog"] == [("hog", "step.oom", 137, "out of memory: limit 64 MiB")]
+
+
+@pytest.mark.parametrize("value", ['"' + "9" * 400 + 'GiB"', "99999999999999999999GiB",
+                                   "99999999999999999999999999", '"5EiB"', '"1e3GiB"'])
+def test_a_size_too_large_for_any_machine_is_a_positioned_error(value):
+    """Found by a review: a 400-digit size crashed the loader (OverflowError: float
+    infinity), and ``99999999999999999999GiB`` loaded, then crashed `kata run` where the
+    derivation is packed (msgpack: integer out of range). A size is exact and at most
+    4 EiB (2**62 bytes: every int64 field holds it)."""
+    with pytest.raises(KataError) as info:
+        load_text(f"settings: {{resources: {{memory: {value}}}}}\nsteps:\n  - name: a\n"
+                  "    image: x\n", file="c.yaml")
+    assert info.value.reason == "config.value", str(info.value)
+    assert (info.value.position.line, info.value.position.column) == (1, 32)
+
+
+def test_sizes_are_exact():
+    from kata.resources import parse_size
+
+    assert parse_size("1.5G") == 1_500_000_000 and parse_size("0.1KiB") == 102
+    assert parse_size("4096PiB") == 1 << 62
+    with pytest.raises(ValueError):
+        parse_size("4097PiB")

@@ -191,3 +191,18 @@ def test_a_service_user_is_loaded_and_hashed_only_when_given(tmp_path):
     assert "user" not in ServiceDrv(name="db", image=digest).to_obj()
     svc = mine.nodes["t"].derivation.services[0]
     assert ServiceDrv.from_obj(svc.to_obj()) == svc
+
+
+def test_service_names_differing_only_by_case_are_one_host_name() -> None:
+    """Found by a review: services `db` and `DB` in one step loaded, yet a name is the
+    service's host name and host names are case-insensitive (RFC 4343): `db` reached
+    whichever /etc/hosts listed first."""
+    from kata.errors import KataError
+    from kata.loader import load_text
+
+    with pytest.raises(KataError) as info:
+        load_text("steps:\n  - name: a\n    image: x\n    services:\n"
+                  "      - {name: db, image: y}\n      - {name: DB, image: y}\n", file="c.yaml")
+    assert info.value.reason == "config.duplicate_key"
+    assert "'DB' is the host name of service 'db' too" in info.value.message
+    assert (info.value.position.line, info.value.position.column) == (6, 16)

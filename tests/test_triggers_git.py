@@ -289,3 +289,20 @@ def test_steps_see_the_context_they_ask_for(setup):
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"stamp | {sha2} main push gitci true" in second.stdout.splitlines()
     assert "[CACHE] plain: HIT" in second.stdout
+
+
+def test_hooks_install_outside_a_repository_names_the_directory_and_the_fix(tmp_path,
+                                                                            monkeypatch):
+    """Found by a review: `kata hooks install` in a plain directory said ". is not a git
+    repository": neither the directory nor what to do."""
+    from kata.errors import KataError
+    from kata.hooks import install
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    monkeypatch.chdir(plain)
+    with pytest.raises(KataError) as e:
+        install(".")
+    assert e.value.reason == "git.not_a_repository"
+    assert e.value.message == (f"{plain} is not a git repository: run `kata hooks install` "
+                               "inside a clone, or name one with --repo DIR")

@@ -212,3 +212,20 @@ def test_untrusted_runs_get_no_secret_and_no_host_network():
     assert withheld(steps["build"], untrusted) is None
     local = Scope(ref="", trusted=False, protected=False)
     assert withheld(steps["deploy"], local).endswith("untrusted run of this working copy")
+
+
+@pytest.mark.parametrize("data, reason, where", [
+    (b"protected: [1\n", "config.bad_yaml", (2, 1)),
+    (b"offline: \xff\n", "config.bad_yaml", (1, 10)),
+    (b"offline: true\n\toffline: false\n", "config.bad_yaml", (2, 1)),
+])
+def test_a_host_config_that_is_no_yaml_names_file_line_column(tmp_path, data, reason, where):
+    """Found by a review: a YAML error in /etc/kata/config.yaml printed pyyaml's four
+    lines with `in "<unicode string>"`, and a byte that is no UTF-8 was a traceback."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_bytes(data)
+    with pytest.raises(KataError) as info:
+        load_host_config(cfg)
+    assert info.value.reason == reason
+    assert info.value.message.startswith(f"{cfg}:{where[0]}:{where[1]}: ")
+    assert "<unicode string>" not in info.value.message and "\n" not in info.value.message

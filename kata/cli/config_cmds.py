@@ -111,14 +111,19 @@ def validate(ctx: click.Context, json_out: bool, offline: bool) -> None:
     n = len(pipeline.steps)
     bases = {s.matrix_of for s in pipeline.steps if s.matrix_of}
     instances = sum(1 for s in pipeline.steps if s.matrix_of)
+    from kata.compile import unmatched_patterns
+
+    warnings = unmatched_patterns(pipeline, os.path.dirname(os.path.realpath(path)))  # as kata run
     if json_out:
         from kata.cli.history_cmds import echo_json
 
         echo_json({"valid": True, "file": str(path), "pipeline": pipeline.name, "steps": n,
                    "matrix_steps": len(bases), "matrix_instances": instances,
                    "cycles": 0, "groups": len(p.levels),
-                   "levels": [list(level) for level in p.levels]})
+                   "levels": [list(level) for level in p.levels], "warnings": warnings})
         return
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     expanded = ""
     if bases:
         expanded = (f" ({len(bases)} matrix step{'s' if len(bases) != 1 else ''} "

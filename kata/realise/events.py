@@ -38,7 +38,7 @@ class CacheChecked:
 
     step: str
     hit: bool
-    key: str  # the key looked up last (derivation hash, or resolved hash on early cutoff)
+    key: str  # the derivation hash (a hit by early cutoff: the resolved hash that hit)
     source: CacheSource = "derivation"
     reason: str = ""  # why a miss: "not in store", "--no-cache", "cache: false", ...
     produced_by: str = ""  # on a hit: the run that produced the result, when known

@@ -4,7 +4,7 @@
 all end here. Which steps (``exported``): the ones that passed (ran or hit the cache) and
 have something to give — a step that declares no artifacts is left out unless it was
 named. Where (``export``): one step directly into DIR (a single target, as Nix's
-``./result``), several each under ``DIR/<step>/``.
+``./result``), several each under ``DIR/<step>/`` (``step_dir_name``: '/' written %2F).
 
 Each path the tree holds replaces the path of the same name at the destination (a file
 or a whole directory; a symlink there is removed, never followed), and nothing else in
@@ -123,7 +123,7 @@ def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, 
         raise KataError("export.out_dir", f"--out {out_dir} is not a directory", obj=str(out_dir))
     done = []
     for step, tree in outputs:
-        dest = out_dir if flat else out_dir / step
+        dest = out_dir if flat else out_dir / step_dir_name(step)
         staging = Path(tempfile.mkdtemp(prefix=".kata-export-", dir=out_dir))
         try:
             store.extract_tree(tree, staging / "t")
@@ -138,6 +138,14 @@ def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, 
             shutil.rmtree(staging, ignore_errors=True)
         done.append(Exported(step=step, tree=tree, path=dest))
     return done
+
+
+def step_dir_name(step: str) -> str:
+    """The one directory name a step's artifacts get under ``--out DIR``: its name with
+    '%' and '/' written %25 and %2F. A matrix value may hold '/' (``linux/amd64``), and
+    joined as a path ``t (X=a/../../x)`` would land outside DIR; a step name never is
+    ``.`` or ``..`` (names start with a letter, digit or '_')."""
+    return step.replace("%", "%25").replace("/", "%2F")
 
 
 def _replace(new: Path, dest: Path) -> None:

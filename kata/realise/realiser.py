@@ -46,7 +46,8 @@ from kata.realise.plan import (
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
-    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
+    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, give_cache_paths,
+    sweep_dead_runs,
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import (
@@ -425,7 +426,10 @@ class Realiser:
             asked = self.remote is not None and self.remote.enabled and name not in self._private
             why = miss_reason(step, use_cache) or (
                 DAMAGED if damaged else NOT_STORED_ANYWHERE if asked else NOT_STORED)
-            self.emit(ev.CacheChecked(step=name, hit=False, key=resolved or node.drv_hash or "",
+            # the derivation hash, as the dry run and the next run's hit name it (the
+            # resolved hash only for a step that has none)
+            self.emit(ev.CacheChecked(step=name, hit=False, key=node.drv_hash or resolved,
+                                      source="derivation" if node.drv_hash else "resolved",
                                       reason=why, damaged=damaged))
         if node.drv_hash:  # what `kata why` (and the dashboard) diffs a miss against
             self.records.derivation(node)
@@ -702,6 +706,8 @@ class Realiser:
                 release.callback(self._closer.close, ws)
                 if (owner := user_ids(step.user)) is not None:  # its root is theirs
                     os.chown(ws.path, *owner)
+                    if self.records.cache_tree(node) not in ("", self.records.empty_tree()):
+                        give_cache_paths(Path(ws.path), step.cache.paths, owner)  # its cache
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)
