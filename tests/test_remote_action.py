@@ -48,6 +48,23 @@ def test_a_spec_survives_the_trip_through_an_action() -> None:
     assert back.mounts == (Mount(kind="bind", target="/src", source="/w/ws"),)
 
 
+def test_restored_cache_paths_reach_the_worker_and_only_they_need_spec_version_2() -> None:
+    """The worker gives the step's user its restored `cache.paths` (as the realiser does
+    locally); a step without any keeps version 1, which a worker that predates 2 runs."""
+    command = re_pb2.Command(arguments=["true"])
+    plain = act.spec_document(spec())
+    assert b'"version":1' in plain and b"cache_paths" not in plain
+    assert act.read_spec(command, plain, "/w/ws", {}).cache_paths == ()
+    cached = act.spec_document(spec(cache_paths=("node_modules/", ".m2")))
+    assert b'"version":2' in cached
+    assert act.read_spec(command, cached, "/w/ws", {}).cache_paths == ("node_modules/", ".m2")
+    for bad in (["/etc"], ["../up"], ["a/../../b"], [""], [3]):
+        doc = cached.replace(b'["node_modules/",".m2"]', str(bad).replace("'", '"').encode())
+        with pytest.raises(KataError) as err:
+            act.read_spec(command, doc, "/w/ws", {})
+        assert err.value.reason == "remote.bad_action", bad
+
+
 def test_the_action_is_canonical_and_never_cached_by_the_executor() -> None:
     root = re_pb2.Digest(hash="0" * 64, size_bytes=1)
     one, two = act.build_action(spec(), root), act.build_action(spec(env={"A": "1", "B": "2"}), root)

@@ -6,7 +6,7 @@ The input root of a remote step (``Command.working_directory`` is ``ws``)::
                       bind-mounted at the step's workdir (``StepSpec.workdir``)
     kata-spec.json    what the container needs beyond the Command (``SPEC_FILE``)
 
-``kata-spec.json`` (``SPEC_VERSION`` 1; sorted keys, UTF-8)::
+``kata-spec.json`` (sorted keys, UTF-8)::
 
     {"version": 1, "image": "NAME@sha256:…", "workdir": "/src", "user": "0:0",
      "hostname": "kata", "network": "none|default|host", "timeout": seconds | null,
@@ -14,6 +14,12 @@ The input root of a remote step (``Command.working_directory`` is ``ws``)::
      "services": [{"name", "image", "argv", "env", "workdir", "user",
                    "ready": {"kind", "target", "timeout", "interval"} | null,
                    "resources": {…}}]}
+
+Version 2 (``SPEC_VERSION``) adds ``"cache_paths": ["node_modules/", …]``: the restored
+``cache.paths`` the worker gives the step's user before it starts, as the realiser does
+locally (``StepSpec.cache_paths``). It is written only for a step that has some; every
+other step keeps version 1, so a worker that predates it still runs those, and refuses
+(``remote.bad_action``) only the ones it would run wrong.
 
 The ``Command`` carries the argv and the environment (sorted by name, as REAPI asks),
 ``output_paths`` = ``["ws", "kata-services", "kata-special"]`` (the whole workspace comes
@@ -48,7 +54,8 @@ from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
 from .files import digest_of, key, message_bytes
 
 SPEC_FILE = "kata-spec.json"
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+SPEC_VERSIONS = (1, 2)  # what read_spec takes
 WORKSPACE_DIR = "ws"
 SERVICES_DIR = "kata-services"
 SPECIAL_FILE = "kata-special"  # the workspace's FIFOs, sockets, devices (NUL-separated paths)
@@ -84,10 +91,12 @@ def _service(s: ServiceSpec) -> dict[str, Any]:
 def spec_document(spec: StepSpec) -> bytes:
     """The ``kata-spec.json`` bytes of a step (mounts and labels excluded: the workspace is
     the input root, and labels name the client's run)."""
-    doc = {"version": SPEC_VERSION, "image": spec.image, "workdir": spec.workdir,
+    doc = {"version": 1, "image": spec.image, "workdir": spec.workdir,
            "user": spec.user, "hostname": spec.hostname, "network": spec.network,
            "timeout": spec.timeout, "resources": _resources(spec.resources),
            "services": [_service(s) for s in spec.services]}
+    if spec.cache_paths:
+        doc.update(version=SPEC_VERSION, cache_paths=list(spec.cache_paths))
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -152,8 +161,13 @@ def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
     ``KataError("remote.bad_action")`` for an action Kata did not make."""
     try:
         doc = json.loads(spec_bytes)
-        if doc.get("version") != SPEC_VERSION:
-            raise ValueError(f"spec version {doc.get('version')!r}, not {SPEC_VERSION}")
+        if doc.get("version") not in SPEC_VERSIONS:
+            raise ValueError(f"spec version {doc.get('version')!r}, not one of "
+                             f"{', '.join(map(str, SPEC_VERSIONS))}")
+        cache_paths = tuple(doc.get("cache_paths", ()))
+        if not all(isinstance(p, str) and p and not p.startswith("/")
+                   and ".." not in p.split("/") for p in cache_paths):
+            raise ValueError(f"cache_paths {list(cache_paths)!r} leave the workspace")
         services = []
         for s in doc.get("services", []):
             ready = s.get("ready")
@@ -167,6 +181,7 @@ def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
             workdir=doc["workdir"], user=doc["user"], hostname=doc["hostname"],
             network=doc["network"], timeout=doc["timeout"],
             resources=_res(doc.get("resources")), services=tuple(services),
+            cache_paths=cache_paths,
             mounts=(Mount(kind="bind", target=doc["workdir"], source=workspace),),
             labels=labels)
     except (ValueError, KeyError, TypeError) as err:

@@ -63,7 +63,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
-from kata.runtimes.base import Runtime, user_ids
+from kata.runtimes.base import Runtime, give_cache_paths, user_ids
 from procs import pid_alive
 
 from . import action as act
@@ -471,6 +471,8 @@ class Worker:
                              {"kata.worker": self.name, "kata.lease": job.lease.id})
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
+            # and its restored cache: materialised read-only as root's, as inputs are
+            give_cache_paths(workspace, spec.cache_paths, owner)
         log_lock = threading.Lock()
         # each service's log as the step's own: past 1 MiB in a file in the lease's root
         service_logs: dict[str, LogBuffer] = {}
