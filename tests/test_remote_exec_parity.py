@@ -5,6 +5,7 @@ statuses and logs. Each test runs both and compares what each recorded."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def both(kata, containerd_daemon, pipeline: dict, *runs: tuple[str, ...]):  # no
             out = kata.repo.parent / f"out-{where}-{secrets.token_hex(3)}"
             res = proc("run", *extra, *item, "--out", str(out))
             res.out = out
+            res.proc = proc
             got[where].append(res)
     return got
 
@@ -74,3 +76,125 @@ def test_cache_paths_are_restored_as_the_steps_users_on_a_worker_as_locally(
         "1000 1000 drwxr-xr-x c\n1000 1000 drwxr-xr-x c/sub\n1000 1000 -rw-r--r-- c/sub/log\n")
     for name in ("count", "owners"):
         assert (second["remote"] / name).read_text() == (second["local"] / name).read_text()
+
+
+JUNIT = ('<testsuite name="t" tests="2"><testcase name="good"/><testcase name="bad">'
+         '<failure message="boom"/></testcase></testsuite>')
+SERVE = "trap 'exit 0' TERM; echo up $ROLE; nc -ll -p 5432 -e echo $ROLE & wait"
+
+
+def feature_pipeline(image: str) -> dict:
+    """One small pipeline touching what a user sees of a step, feature by feature."""
+    probe = ["id > id", "pwd > pwd", "env | grep -v '^HOSTNAME=' | sort > env",
+             "hostname > host", "ls /sys/class/net > nets"]
+    return {"pipeline": "parity", "settings": {"fail_fast": False}, "env": {"Z": "z", "B": "b"},
+            "steps": [
+        {"name": "probe", "image": image, "user": "1000:1000", "workdir": "/work/x",
+         "inputs": ["src/**"], "env": {"A": "a", "M": "m"},
+         "resources": {"memory": "96MiB", "pids": 77, "cpus": 0.5},
+         "artifacts": ["id", "pwd", "env", "host", "nets"], "commands": probe},
+        {"name": "tree", "image": image, "inputs": [], "network": "default",
+         "artifacts": ["out/"],
+         "commands": ["mkdir -p out/empty out/d out/x", "echo f > out/d/f", "chmod 600 out/d/f",
+                      "printf '#!/bin/sh\\necho hi\\n' > out/x/run", "chmod 755 out/x/run",
+                      "ln -s d/f out/link", "ln -s /etc/passwd out/abs", "chmod 700 out/d",
+                      "touch -d @1000000000 out/d/f", "ls /sys/class/net | grep -vx lo"]},
+        {"name": "reader", "image": image, "depends_on": ["tree"], "artifacts": ["seen"],
+         "commands": ["ls -lAR --full-time out | grep -v '^total' | "
+                      "sed -e 's/  */ /g' > seen", "cat out/link >> seen"]},
+        {"name": "retried", "image": image, "inputs": [], "retry": 1,
+         "allow_failure": True, "commands": ["echo trying", "exit 3"]},
+        {"name": "slow", "image": image, "inputs": [], "timeout": "2s", "allow_failure": True,
+         "commands": ["echo start", "sleep 30"]},
+        {"name": "signalled", "image": image, "inputs": [], "allow_failure": True,
+         "commands": ["echo before", "echo to-stderr >&2", "sh -c 'kill -TERM $$'"]},
+        {"name": "forks", "image": image, "inputs": [], "allow_failure": True,
+         "resources": {"pids": 20}, "commands": ["for i in $(seq 40); do sleep 5 & done"]},
+        {"name": "hog", "image": image, "inputs": [], "allow_failure": True,
+         "resources": {"memory": "32MiB"},
+         "commands": ["dd if=/dev/zero of=/dev/null bs=64M count=1"]},
+        {"name": "tests", "image": image, "inputs": [], "reports": {"junit": ["r/*.xml"]},
+         "allow_failure": True,
+         "commands": ["mkdir r", f"echo '{JUNIT}' > r/unit.xml", "exit 1"]},
+        {"name": "svc", "image": image, "inputs": [], "matrix": {"ROLE": ["primary"]},
+         "services": [{"name": "db", "image": image, "commands": [SERVE],
+                       "env": {"EXTRA": "x"}, "ready": {"tcp": 5432, "timeout": "20s"}}],
+         "artifacts": ["reply"], "commands": ["nc db 5432 </dev/null > reply",
+                                              "grep -qx primary reply"]},
+        {"name": "missing", "image": image, "inputs": [], "allow_failure": True,
+         "artifacts": ["nothing-here"], "commands": ["true"]},
+        {"name": "status", "image": image, "inputs": [], "when": "always()",
+         "depends_on": ["probe", "reader"], "commands": ["echo status step ran"]},
+    ]}
+
+
+_TIMES = __import__("re").compile(r"\d+(\.\d+)?(ms|s)\b")
+
+
+def _shown(res) -> tuple[int, list[str]]:  # noqa: ANN001
+    """A history command's exit status and lines, run ids, times and `ran on` lines aside."""
+    import re
+
+    lines = [re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}", "RUN", _TIMES.sub("T", line))
+             for line in (res.stdout + res.stderr).splitlines()
+             if not line.startswith(("kata: ran on worker", "kata: ran locally"))]
+    return res.returncode, lines
+
+
+def recorded(res) -> dict:  # noqa: ANN001
+    """What a `kata run --json` says of each step, timings and where it ran left out."""
+    steps: dict[str, dict] = {}
+    for line in res.stdout.splitlines():
+        ev = json.loads(line)
+        name = ev.get("step")
+        if not name:
+            continue
+        mine = steps.setdefault(name, {"events": [], "output": []})
+        kind = ev["event"]
+        if kind == "output":
+            if not ev["text"].startswith("kata: ran "):
+                mine["output"].append(f'{ev["stream"]}: {ev["text"]}')
+        elif kind in ("pass", "fail", "retry", "skip", "export", "cache"):
+            ev = {k: v for k, v in ev.items() if k not in ("time", "duration", "path",
+                                                              "version", "produced_by")}
+            if "message" in ev:
+                ev["message"] = _TIMES.sub("T", ev["message"])
+            mine["events"].append(ev)
+    return steps
+
+
+def test_a_pipeline_records_the_same_locally_and_on_a_worker(grid, workers, remote_kata,
+                                                               containerd_daemon):  # noqa: F811
+    """The same pipeline, run here and on the workers, records the same thing for every
+    step: status, exit status, reason, message, retries, test report, log lines, and the
+    output tree's digest (so a key built on one machine cuts off early on another)."""
+    kata = remote_kata
+    got = both(kata, containerd_daemon, feature_pipeline(kata.image), ("--json",))
+    local, remote = got["local"][0], got["remote"][0]
+    want, have = recorded(local), recorded(remote)
+    failed = {s: e for s, v in want.items() for e in v["events"]
+              if e["event"] == "fail" and not e["allowed"]}
+    assert local.returncode == 0, (failed, want.get(next(iter(failed), ""), local.stderr))
+    assert remote.returncode == 0, remote.stdout[-3000:] + remote.stderr
+    assert set(want) == set(have)
+    differ = {step: (want[step], have[step]) for step in sorted(want) if have[step] != want[step]}
+    assert not differ, "\n".join(f"{s}:\n  local  {w}\n  remote {h}" for s, (w, h) in differ.items())
+    procs = {"local": local.proc, "remote": kata}
+    # what the history commands show of the two runs, where it ran and timings aside
+    for step in sorted(want):
+        for args in (("logs", "--step", step), ("logs", "--step", step, "--service", "db")):
+            if "--service" in args and not step.startswith("svc"):
+                continue
+            shown = {w: _shown(procs[w](*args)) for w in procs}
+            assert shown["remote"] == shown["local"], args
+    runs = {w: json.loads(procs[w]("runs", "--json").stdout)["runs"][0] for w in procs}
+    assert {k: v for k, v in runs["remote"].items() if k not in ("id", "started", "duration")} \
+        == {k: v for k, v in runs["local"].items() if k not in ("id", "started", "duration")}
+    (kata.repo / "src" / "a.txt").write_text("edited\n")
+    why = {w: _shown(procs[w]("why", "//probe")) for w in procs}
+    assert why["remote"] == why["local"]
+    for step in ("probe", "tree", "reader", "svc (ROLE=primary)"):
+        assert worker_of(kata, step) in {"w1", "w2"}, step
+    out = local.out
+    assert (out / "probe" / "id").read_text().startswith("uid=1000 gid=1000")
+    assert (out / "probe" / "pwd").read_text() == "/work/x\n"

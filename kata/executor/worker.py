@@ -487,8 +487,15 @@ class Worker:
         for service in spec.services:
             service_log(service.name)
 
+        # the step's own stderr joins its stdout in the container (MERGE_STDERR): what
+        # comes on "stderr" is the runtime's notes (a limit the step hit, a service that
+        # exited), which a local run labels stderr after the step's output. They go back
+        # as the result's stderr, which the client hands on so, after the stdout
+        notes = LogBuffer()
+        notes.spill_dir = str(work)
+
         def sink(stream: str, data: bytes) -> None:
-            job.log.append(data)
+            (notes if stream == "stderr" else job.log).append(data)
 
         sink.raw = True  # type: ignore[attr-defined]
 
@@ -508,15 +515,16 @@ class Worker:
             writer.join(5.0)
         try:
             return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                                input_files)
+                                input_files, notes=notes)
         finally:
-            for buffer in service_logs.values():
+            for buffer in (*service_logs.values(), notes):
                 buffer.discard()
 
     def _upload(self, job: _Job, workspace: Path, log: LogBuffer,
                 service_logs: dict[str, LogBuffer], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata,
-                input_files: set[str] = frozenset()) -> re_pb2.ActionResult:
+                input_files: set[str] = frozenset(),
+                notes: LogBuffer | None = None) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
         special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
         packed = files.pack_dir(workspace, special=special)
@@ -540,6 +548,7 @@ class Worker:
             services.files.add(name=f"{name}.log", digest=add_log(service_logs[name]))
         services_tree = files.message_bytes(re_pb2.Tree(root=services))
         stdout = add_log(log)
+        stderr = add_log(notes) if notes is not None and notes.digest[1] else None
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree})
         listed = "\0".join(special).encode()
@@ -560,6 +569,8 @@ class Worker:
         job.sent = packed
         meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
+        if stderr is not None:
+            result.stderr_digest.CopyFrom(stderr)
         result.output_directories.add(path=act.WORKSPACE_DIR, tree_digest=files.digest_of(tree))
         result.output_directories.add(path=act.SERVICES_DIR,
                                       tree_digest=files.digest_of(services_tree))
