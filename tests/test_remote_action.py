@@ -75,7 +75,7 @@ def test_the_action_is_canonical_and_never_cached_by_the_executor() -> None:
     command = re_pb2.Command()
     command.ParseFromString(one.blobs[files.key(action.command_digest)])
     assert [e.name for e in command.environment_variables] == ["A", "B"]
-    assert list(command.output_paths) == ["ws", "kata-services", "kata-special"]
+    assert list(command.output_paths) == ["ws", "kata-services", "kata-special", "kata-error"]
     assert command.working_directory == "ws"
     props = [(p.name, p.value) for p in command.platform.properties]
     assert props == sorted(props)
@@ -277,3 +277,18 @@ def test_a_worker_finds_the_next_input_root_in_its_cache(tmp_path: Path) -> None
     assert cas.asked == [root.hash, files.digest_of(b"{}").hash]  # and the spec file
     assert snapshot(fresh / "ws") == snapshot(ws)
     assert (fresh / "kata-spec.json").read_bytes() == b"{}"
+
+
+def test_what_a_worker_runtime_raised_comes_back_as_the_same_error() -> None:
+    """A service that never became ready on a worker fails the step with the reason and
+    message a local run records, not as a failed execution."""
+    err = KataError("service.not_ready", "service db was not ready after 2s", obj="db",
+                    exit_code=1)
+    back = act.read_error(act.error_document(err))
+    assert (back.reason, back.message, back.obj, back.exit_code) == \
+        ("service.not_ready", "service db was not ready after 2s", "db", 1)
+    for bad in (b"{", b'{"reason": "Not A Reason", "message": "x"}', b'{"reason": "a.b"}',
+                b'{"reason": "a.b", "message": "x", "exit_code": 7}'):
+        with pytest.raises(KataError) as raised:
+            act.read_error(bad)
+        assert raised.value.reason == "remote.bad_answer", bad

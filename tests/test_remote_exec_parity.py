@@ -121,6 +121,14 @@ def feature_pipeline(image: str) -> dict:
                        "env": {"EXTRA": "x"}, "ready": {"tcp": 5432, "timeout": "20s"}}],
          "artifacts": ["reply"], "commands": ["nc db 5432 </dev/null > reply",
                                               "grep -qx primary reply"]},
+        {"name": "unready", "image": image, "inputs": [], "allow_failure": True,
+         "services": [{"name": "db", "image": image, "commands": ["echo waiting; sleep 30"],
+                       "ready": {"tcp": 5432, "timeout": "2s"}}],
+         "commands": ["echo never"]},
+        {"name": "gone", "image": image, "inputs": [], "allow_failure": True,
+         "services": [{"name": "db", "image": image, "commands": ["echo bye; exit 3"],
+                       "ready": {"tcp": 5432, "timeout": "20s"}}],
+         "commands": ["echo never"]},
         {"name": "missing", "image": image, "inputs": [], "allow_failure": True,
          "artifacts": ["nothing-here"], "commands": ["true"]},
         {"name": "status", "image": image, "inputs": [], "when": "always()",
@@ -183,7 +191,7 @@ def test_a_pipeline_records_the_same_locally_and_on_a_worker(grid, workers, remo
     # what the history commands show of the two runs, where it ran and timings aside
     for step in sorted(want):
         for args in (("logs", "--step", step), ("logs", "--step", step, "--service", "db")):
-            if "--service" in args and not step.startswith("svc"):
+            if "--service" in args and not step.startswith(("svc", "unready", "gone")):
                 continue
             shown = {w: _shown(procs[w](*args)) for w in procs}
             assert shown["remote"] == shown["local"], args

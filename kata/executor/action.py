@@ -41,6 +41,7 @@ No secret is ever part of an Action: steps with secrets run locally (SECURITY.md
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,11 @@ SPEC_VERSIONS = (1, 2)  # what read_spec takes
 WORKSPACE_DIR = "ws"
 SERVICES_DIR = "kata-services"
 SPECIAL_FILE = "kata-special"  # the workspace's FIFOs, sockets, devices (NUL-separated paths)
+# why the step could not run to an exit status on the worker, as the local runtime would
+# have raised it (a service that exited or never became ready, a user the image refuses):
+# JSON {"reason": "service.not_ready", "message": "…", "object": "db" | null,
+# "exit_code": 1 | 2} (``error_document``)
+ERROR_FILE = "kata-error"
 OS_FAMILY = "linux"
 ISA = "x86-64"
 #: the non-standard platform keys Kata sets (a BuildGrid config lists them as wildcards)
@@ -130,9 +136,9 @@ def build_action(spec: StepSpec, input_root: re_pb2.Digest) -> RemoteAction:
         arguments=list(spec.argv),
         environment_variables=[re_pb2.Command.EnvironmentVariable(name=k, value=v)
                                for k, v in sorted(spec.env.items())],
-        output_paths=[WORKSPACE_DIR, SERVICES_DIR, SPECIAL_FILE],
+        output_paths=[WORKSPACE_DIR, SERVICES_DIR, SPECIAL_FILE, ERROR_FILE],
         output_directories=[WORKSPACE_DIR, SERVICES_DIR],  # for v2.0 servers
-        output_files=[SPECIAL_FILE],
+        output_files=[SPECIAL_FILE, ERROR_FILE],
         working_directory=WORKSPACE_DIR,
         platform=platform(spec),
     )
@@ -187,3 +193,30 @@ def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
     except (ValueError, KeyError, TypeError) as err:
         raise KataError("remote.bad_action", f"not an action kata made: {err}",
                         exit_code=1) from err
+
+
+_REASON = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*)+")
+
+
+def error_document(err: KataError) -> bytes:
+    """The ``kata-error`` file of a step the worker's runtime refused to run on (``err``)."""
+    return json.dumps({"reason": err.reason, "message": err.message, "object": err.obj,
+                       "exit_code": err.exit_code}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def read_error(data: bytes) -> KataError:
+    """The KataError a ``kata-error`` file names, to raise as the local runtime would have;
+    ``remote.bad_answer`` for one Kata did not write."""
+    try:
+        doc = json.loads(data)
+        reason, message = doc["reason"], doc["message"]
+        obj, code = doc.get("object"), doc.get("exit_code", 1)
+        if not (isinstance(reason, str) and _REASON.fullmatch(reason)
+                and isinstance(message, str) and isinstance(obj, (str, type(None)))
+                and code in (1, 2)):
+            raise ValueError(doc)
+    except (ValueError, KeyError, TypeError) as err:
+        raise KataError("remote.bad_answer", f"the worker's {ERROR_FILE} is not one kata "
+                        f"wrote: {data[:200]!r}", exit_code=1) from err
+    return KataError(reason, message, obj=obj, exit_code=code)

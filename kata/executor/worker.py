@@ -503,10 +503,19 @@ class Worker:
             service_log(name).append(line + b"\n")
 
         meta.execution_start_timestamp.GetCurrentTime()
-        if spec.services:
-            exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
-        else:
-            exit_status = self.runtime.run(spec, sink, job.cancel)
+        refused: KataError | None = None
+        try:
+            if spec.services:
+                exit_status = self.runtime.run(spec, sink, job.cancel,
+                                               service_sink=service_sink)
+            else:
+                exit_status = self.runtime.run(spec, sink, job.cancel)
+        except KataError as err:
+            if err.reason.startswith("image."):  # this worker's lack: the lease fails
+                raise
+            # what the step met here (a service not ready, a bad user) is its result, as
+            # locally: sent back with its output and service logs, the reason kept
+            refused, exit_status = err, 1
         meta.execution_completed_timestamp.GetCurrentTime()
         job.log.close()  # the stream is finished before the result is reported
         with self._lock:
@@ -515,7 +524,7 @@ class Worker:
             writer.join(5.0)
         try:
             return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                                input_files, notes=notes)
+                                input_files, notes=notes, refused=refused)
         finally:
             for buffer in (*service_logs.values(), notes):
                 buffer.discard()
@@ -524,7 +533,8 @@ class Worker:
                 service_logs: dict[str, LogBuffer], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata,
                 input_files: set[str] = frozenset(),
-                notes: LogBuffer | None = None) -> re_pb2.ActionResult:
+                notes: LogBuffer | None = None,
+                refused: KataError | None = None) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
         special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
         packed = files.pack_dir(workspace, special=special)
@@ -554,6 +564,9 @@ class Worker:
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
+        error = act.error_document(refused) if refused is not None else b""
+        if error:
+            blobs[files.key(files.digest_of(error))] = error
         # neither asked about nor sent: the small input files this worker read from the
         # CAS, or sent, in the last VOUCHED_FOR seconds (most of a workspace comes back
         # unchanged). Should the CAS lose one in between, the client, which sent it as
@@ -576,6 +589,8 @@ class Worker:
                                       tree_digest=files.digest_of(services_tree))
         if special:
             result.output_files.add(path=act.SPECIAL_FILE, digest=files.digest_of(listed))
+        if error:
+            result.output_files.add(path=act.ERROR_FILE, digest=files.digest_of(error))
         meta.worker_completed_timestamp.GetCurrentTime()
         result.execution_metadata.CopyFrom(meta)
         return result
