@@ -292,3 +292,14 @@ def test_what_a_worker_runtime_raised_comes_back_as_the_same_error() -> None:
         with pytest.raises(KataError) as raised:
             act.read_error(bad)
         assert raised.value.reason == "remote.bad_answer", bad
+
+
+def test_only_the_steps_own_runtime_errors_become_its_result() -> None:
+    """A worker's own lack (an image it cannot pull, its containerd failing) fails the
+    lease, so the scheduler may try another worker; the step's own (its service, its
+    user) is its result, as locally."""
+    from kata.executor.worker import steps_own
+
+    assert steps_own("service.not_ready") and steps_own("service.exited")
+    assert steps_own("runtime.bad_user")
+    assert not steps_own("image.not_found") and not steps_own("runtime.unreachable")

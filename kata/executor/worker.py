@@ -96,6 +96,18 @@ _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
+# what a runtime raises about the step itself (its services, its user, its command),
+# which a local run records as the step's failure; anything else (an image this worker
+# cannot pull, its containerd failing) fails the lease: the scheduler may try elsewhere
+_STEP_REASONS = frozenset({"runtime.bad_user", "runtime.start_failed", "runtime.bad_step",
+                           "config.bad_value"})
+
+
+def steps_own(reason: str) -> bool:
+    """True when a runtime error with ``reason`` is the step's own failure."""
+    return reason.startswith("service.") or reason in _STEP_REASONS
+
+
 @dataclass(slots=True)
 class _Job:
     lease: bots_pb2.Lease
@@ -511,7 +523,7 @@ class Worker:
             else:
                 exit_status = self.runtime.run(spec, sink, job.cancel)
         except KataError as err:
-            if err.reason.startswith("image."):  # this worker's lack: the lease fails
+            if not steps_own(err.reason):  # this worker's lack (an image, containerd)
                 raise
             # what the step met here (a service not ready, a bad user) is its result, as
             # locally: sent back with its output and service logs, the reason kept
