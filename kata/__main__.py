@@ -10,6 +10,14 @@ import sys
 
 
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C while still importing: one line, never a traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main() -> None:
     argv = sys.argv[1:]
     if os.geteuid() != 0:  # root runs everything itself (kata.client.target)
         from kata.client import run_if_served
