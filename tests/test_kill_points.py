@@ -81,8 +81,8 @@ def _kata_cgroups() -> set[str]:
     return {p.name for p in parent.iterdir() if p.is_dir()} if parent.is_dir() else set()
 
 
-def _check_outputs(kata: KataProcess, out: Path, seed: str) -> None:
-    res = kata("export", "--step", "make", "--out", str(out))
+def _check_outputs(kata: KataProcess, out: Path, seed: str, *remote: str) -> None:
+    res = kata("export", "--step", "make", "--out", str(out), *remote)
     assert res.returncode == 0, res.stdout + res.stderr
     sums = (out / "out" / "SUMS").read_text().splitlines()
     assert len(sums) == 151, sums
@@ -178,3 +178,88 @@ def test_ctrl_c_while_kata_starts_is_one_line_and_exit_130(tmp_path, module):
                          capture_output=True, text=True, timeout=60)
     assert "Traceback" not in res.stderr, res.stderr
     assert (res.returncode, res.stderr) == (130, "interrupted\n"), res
+
+
+def test_kata_run_with_a_remote_cache_killed_at_random_moments_uploads_nothing_half_made(
+        tmp_path, containerd_daemon, runtime):
+    """The same kills with a remote cache (BuildGrid, cache-only): the kill may land in an
+    upload. After each, a new host (an empty store) runs the pipeline from the remote:
+    it passes and the artifacts it gets check against their sums (an action result whose
+    blobs never all arrived is no hit); host A's next run sends what it still owed."""
+    from support.buildgrid import BuildGridConfig, buildgrid
+
+    rng = random.Random(SEED + 1)
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    with buildgrid(tmp_path / "bgd", BuildGridConfig(instance="main")) as bg:
+        remote = ("--remote-cache", bg.url, "--remote-instance", "main")
+        kata = KataProcess(repo, store=tmp_path / "store-a", address=containerd_daemon.address)
+        (repo / "src" / "seed.txt").write_text("round -1\n")
+        started = time.monotonic()
+        first = kata("run", *remote)
+        span = time.monotonic() - started
+        assert first.returncode == 0, first.stdout + first.stderr
+        for n in range(max(1, ROUNDS // 2)):
+            seed = f"remote round {n} of {SEED}\n"
+            (repo / "src" / "seed.txt").write_text(seed)
+            sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+            delay = rng.uniform(0.0, span)
+            proc = subprocess.Popen([*kata.base, "run", *remote], cwd=repo, env=kata.env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=120)
+            what = f"round {n}: {sig.name} after {delay:.2f}s, exit {proc.returncode}"
+            print(what, flush=True)
+            assert "Traceback" not in err, f"{what}\n{err}"
+            host_b = KataProcess(repo, store=tmp_path / f"store-b{n}",
+                                 address=containerd_daemon.address)
+            b = host_b("run", *remote)
+            assert b.returncode == 0, f"{what}\n{b.stdout}\n{b.stderr}"
+            _check_outputs(host_b, tmp_path / f"export-b{n}", seed, *remote)
+            again = kata("run", *remote)
+            assert again.returncode == 0, f"{what}\n{again.stdout}\n{again.stderr}"
+            _check_outputs(kata, tmp_path / f"export-a{n}", seed, *remote)
+            for host in (kata, host_b):
+                verify = host("store", "verify")
+                assert verify.returncode == 0, f"{what}\n{verify.stdout}\n{verify.stderr}"
+            assert_clean(runtime)
+            assert _own_processes(tmp_path / "repo") == [], what
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_before_the_steps_start_cleans_up_as_ctrl_c_does(
+        tmp_path, containerd_daemon, runtime, signo):
+    """SIGTERM (a CI runner's timeout, `kill`) or SIGHUP after the run has connected to
+    containerd, resolved its images and opened the store, but before the scheduler sets
+    its handlers: the run used to die by the signal's default action (exit -15, no word,
+    its runtime's views left for the next run's sweep); it now stops as after Ctrl-C:
+    one line, exit 130, nothing left. The signal comes from an import hook at that
+    moment (the live journal's import), so the test does not depend on timing."""
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "seed.txt").write_text("early\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    hook = (
+        "import importlib.abc, runpy, signal, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'kata.report.journal':\n"
+        "            sys.meta_path.remove(self)\n"
+        f"            signal.raise_signal({int(signo)})\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "sys.argv[0] = 'kata'\n"
+        "runpy.run_module('kata', run_name='__main__', alter_sys=True)\n")
+    res = subprocess.run([sys.executable, "-c", hook, *kata.base[3:], "run"], cwd=repo,
+                         env=kata.env, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 130, res
+    # "aborted": the word the CLI has for a Ctrl-C outside the steps (click's Abort)
+    assert res.stderr.splitlines()[-1] in ("interrupted", "aborted"), res.stderr
+    assert _own_processes(tmp_path) == []
+    assert_clean(runtime)  # its own cleanup: no next run has swept anything
