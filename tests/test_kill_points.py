@@ -263,3 +263,65 @@ def test_sigterm_before_the_steps_start_cleans_up_as_ctrl_c_does(
     assert res.stderr.splitlines()[-1] in ("interrupted", "aborted"), res.stderr
     assert _own_processes(tmp_path) == []
     assert_clean(runtime)  # its own cleanup: no next run has swept anything
+
+
+def _reuse_pid(pid: int) -> subprocess.Popen | None:
+    """A new process with ``pid`` (a dead process's), made by setting the pid namespace's
+    last pid (/proc/sys/kernel/ns_last_pid, root) just below it; None when another
+    process of the machine got it first (it is then reused all the same)."""
+    from procs import pid_alive
+
+    for _ in range(50):
+        if pid_alive(pid):
+            return None
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "300"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"pid {pid} could not be reused")
+
+
+def test_a_killed_runs_workspace_is_swept_even_once_its_pid_is_reused(
+        tmp_path, containerd_daemon, runtime):
+    """A SIGKILLed run's workspaces (overlay mounts under the store's work root) are
+    swept by the next run, which asked only whether the run's *pid* was alive: once a
+    new process had that pid (a busy CI host wraps 32,768 pids in minutes: seen in the
+    kill-point test), the mounts stayed for good. The run's directory now names its
+    process by pid and start time, as the store's ingest files and containerd's owner
+    labels do."""
+    from procs import pid_alive
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "seed.txt").write_text("one\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "reuse", "steps": [
+        {"name": "long", "image": IMAGE, "inputs": ["src/**"],
+         "commands": ["echo started", "sleep 60"]}]}, sort_keys=False))
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    proc = subprocess.Popen([*kata.base, "run"], cwd=repo, env=kata.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line == "long | started\n":
+            break
+    assert _own_mounts(tmp_path), "the step's workspace is not mounted: nothing to sweep"
+    proc.kill()
+    proc.communicate()
+    taker = _reuse_pid(proc.pid)
+    try:
+        assert pid_alive(proc.pid)
+        (repo / "src" / "seed.txt").write_text("two\n")
+        (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "reuse", "steps": [
+            {"name": "long", "image": IMAGE, "inputs": ["src/**"], "commands": ["true"]}]}))
+        again = kata("run")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert _own_mounts(tmp_path) == []
+        assert [p.name for p in (tmp_path / "store" / "local" / "work").iterdir()
+                if p.name.startswith("run-")] == []
+    finally:
+        if taker is not None:
+            taker.kill()
+            taker.wait()
+    assert_clean(runtime)
