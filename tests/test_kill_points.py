@@ -325,3 +325,23 @@ def test_a_killed_runs_workspace_is_swept_even_once_its_pid_is_reused(
             taker.kill()
             taker.wait()
     assert_clean(runtime)
+
+
+def test_a_dead_embedded_containerds_pid_taken_by_another_containerd_is_not_it(
+        tmp_path, containerd_daemon):
+    """kata's embedded containerd SIGKILLed, and its pid taken by another containerd (on a
+    host running several, e.g. one per CI job or test session): its pid file was believed
+    (the check was only that the process is named containerd), so `kata daemon status`
+    said it was running and `kata daemon stop` SIGTERMed the other one. The process must
+    be containerd started with this daemon's own config."""
+    from kata.runtimes.containerd.daemon import daemon_paths, daemon_status, read_pid, stop_daemon
+
+    other = read_pid(containerd_daemon)  # the session's containerd: not the one below
+    assert other is not None
+    paths = daemon_paths(tmp_path / "dead")
+    paths.pidfile.parent.mkdir(parents=True, exist_ok=True)
+    paths.pidfile.write_text(f"{other}\n")
+    assert read_pid(paths) is None
+    assert daemon_status(paths)["running"] is False
+    assert stop_daemon(paths) is False  # and nothing was signalled
+    assert read_pid(containerd_daemon) == other
