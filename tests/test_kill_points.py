@@ -345,3 +345,35 @@ def test_a_dead_embedded_containerds_pid_taken_by_another_containerd_is_not_it(
     assert daemon_status(paths)["running"] is False
     assert stop_daemon(paths) is False  # and nothing was signalled
     assert read_pid(containerd_daemon) == other
+
+
+def test_a_read_only_store_says_what_to_do(tmp_path, containerd_daemon, runtime):
+    """The store remounted read-only (a full disk's errors=remount-ro, a shared store
+    mounted ro): every command ends in one line that says the store must be writable and
+    how, exit 1, no traceback; it only said "Read-only file system". Mounted read-write
+    again, the next run passes and nothing was left."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "seed.txt").write_text("ro\n")
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    store = tmp_path / "store"
+    kata = KataProcess(repo, store=store, address=containerd_daemon.address)
+    assert kata("run").returncode == 0
+    (repo / "src" / "seed.txt").write_text("ro again\n")
+    subprocess.run(["mount", "--bind", str(store), str(store)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(store)], check=True)
+        for args in (("run",), ("runs",), ("store", "verify"), ("logs", "--step", "make")):
+            res = kata(*args)
+            assert res.returncode == 1, (args, res)
+            (last,) = res.stderr.splitlines()[-1:]
+            assert last.startswith("error: cannot open the store's index") and \
+                "use a store on a writable filesystem, or mount this one read-write" in last, \
+                (args, res.stderr)
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
+    again = kata("run")
+    assert again.returncode == 0, again.stdout + again.stderr
+    _check_outputs(kata, tmp_path / "export", "ro again\n")
+    assert_clean(runtime)
+    assert _own_mounts(tmp_path) == []
