@@ -377,3 +377,55 @@ def test_a_read_only_store_says_what_to_do(tmp_path, containerd_daemon, runtime)
     _check_outputs(kata, tmp_path / "export", "ro again\n")
     assert_clean(runtime)
     assert _own_mounts(tmp_path) == []
+
+
+def test_containerd_killed_at_random_moments_of_a_run(tmp_path):
+    """kata's containerd (the test's own) SIGKILLed at seeded random moments of a real run
+    (tests/test_faults.py kills it mid-step only): the run ends without a traceback,
+    passing or exit 1/2, and once containerd is started again the next run passes with
+    correct artifacts, the store verifies, and containerd holds nothing of the runs."""
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.daemon import ensure_daemon, read_pid
+    from support.daemon import embedded_containerd
+    from support.images import busybox_image, write_oci_archive
+
+    rng = random.Random(SEED + 3)
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    with embedded_containerd("kk") as paths:  # the test's own: it is killed
+        with ContainerdRuntime.connect(address=paths.address,
+                                       state_dir=str(paths.root.parent)) as rt:
+            rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
+        kata = KataProcess(repo, store=tmp_path / "store", address=paths.address)
+        (repo / "src" / "seed.txt").write_text("round -1\n")
+        started = time.monotonic()
+        assert kata("run").returncode == 0
+        span = time.monotonic() - started
+        for n in range(max(1, ROUNDS // 3)):
+            seed = f"containerd round {n} of {SEED}\n"
+            (repo / "src" / "seed.txt").write_text(seed)
+            delay = rng.uniform(0.0, span)
+            proc = subprocess.Popen([*kata.base, "run"], cwd=repo, env=kata.env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            pid = read_pid(paths)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=180)
+            what = f"round {n}: containerd SIGKILLed after {delay:.2f}s, exit {proc.returncode}"
+            print(what, flush=True)
+            assert "Traceback" not in err, f"{what}\n{err}"
+            assert proc.returncode in (0, 1, 2), f"{what}\n{out}\n{err}"
+            ensure_daemon(paths)
+            again = kata("run")
+            assert again.returncode == 0, f"{what}\n{again.stdout}\n{again.stderr}"
+            _check_outputs(kata, tmp_path / f"export-{n}", seed)
+            verify = kata("store", "verify")
+            assert verify.returncode == 0, f"{what}\n{verify.stdout}\n{verify.stderr}"
+            with ContainerdRuntime.connect(address=paths.address,
+                                           state_dir=str(paths.root.parent)) as rt:
+                left = rt.leftovers()
+            assert left == {k: [] for k in left}, (what, left)
+            assert _own_mounts(tmp_path) == [], what
+            assert _own_processes(tmp_path) == [], what

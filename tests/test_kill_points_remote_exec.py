@@ -69,3 +69,51 @@ def test_a_remote_run_killed_at_random_moments_leaves_workers_and_results_sound(
         time.sleep(0.5)
     assert left == [], left
     assert_clean(runtime)  # the client's own containerd: nothing of the killed runs
+
+
+def test_a_worker_killed_at_random_moments_costs_no_run_and_leaves_nothing(
+        grid, kata, runtime):  # noqa: F811 - fixtures
+    """A `kata worker` SIGKILLed or SIGTERMed at seeded random moments of a remote run
+    (taking a lease, fetching inputs, running, uploading the result;
+    tests/test_remote_exec.py kills one mid-step only): the run passes (the other worker
+    takes the step), its artifacts check, and the victim started again on its state
+    directory sweeps what it left: no lease input root, nothing in its containerd."""
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.daemon import daemon_paths
+    from test_remote_exec import Worker, worker_pool
+
+    bg, image = grid
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(_pipeline(image), sort_keys=False))
+    remote = ("--remote-executor", bg.url)
+    rng = random.Random(SEED + 4)
+    with worker_pool(grid, names=("k1", "k2")) as pool:
+        (kata.repo / "src" / "seed.txt").write_text("worker -1\n")
+        started = time.monotonic()
+        assert kata("run", *remote).returncode == 0
+        span = time.monotonic() - started
+        for n in range(3):
+            seed = f"worker round {n} of {SEED}\n"
+            (kata.repo / "src" / "seed.txt").write_text(seed)
+            victim = pool[n % 2]
+            sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGTERM])
+            delay = rng.uniform(0.0, span)
+            proc = subprocess.Popen([*kata.base, "run", *remote], cwd=kata.repo, env=kata.env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            victim.proc.send_signal(sig)
+            victim.proc.wait(60)
+            out, err = proc.communicate(timeout=240)
+            what = f"round {n}: {victim.name} {sig.name} after {delay:.2f}s"
+            print(what, flush=True)
+            assert proc.returncode == 0, f"{what}\n{out}\n{err}\n{victim.text()}"
+            _check_outputs(kata, kata.repo.parent / f"export-w{n}", seed)
+            again = Worker(victim.name, bg.url, bg.logstream, state=victim.state)
+            again.wait_ready()
+            assert list((victim.state / "worker").glob("lease-*")) == [], what
+            paths = daemon_paths(victim.state)
+            with ContainerdRuntime.connect(address=paths.address,
+                                           state_dir=str(victim.state)) as rt:
+                left = rt.leftovers()
+            assert left == {k: [] for k in left}, (what, left)
+            pool[n % 2] = again
+    assert_clean(runtime)
