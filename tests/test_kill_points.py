@@ -81,6 +81,23 @@ def _kata_cgroups() -> set[str]:
     return {p.name for p in parent.iterdir() if p.is_dir()} if parent.is_dir() else set()
 
 
+def killed_run(kata: KataProcess, args: tuple[str, ...], delay: float,
+               kill) -> tuple[int, str, str]:  # noqa: ANN001 - kill(proc): the blow
+    """`kata ARGS` in ``kata.repo``, with ``kill(proc)`` (a signal to it, or to something it
+    needs) ``delay`` seconds after its start: (exit status, stdout, stderr)."""
+    proc = subprocess.Popen([*kata.base, *args], cwd=kata.repo, env=kata.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(delay)
+        kill(proc)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
 def _no_traceback_of_kata(err: str, what: str) -> None:
     """No traceback, but for the interpreter's own when the signal lands before any kata
     code runs (Python importing `site`: "init_import_site"; nothing kata can catch)."""
@@ -123,12 +140,8 @@ def test_kata_run_killed_at_random_moments_leaves_a_clean_store_and_host(
         sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
         delay = rng.uniform(0.0, span)
         round_cgroups = _kata_cgroups()
-        proc = subprocess.Popen([*kata.base, "run"], cwd=repo, env=kata.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-        what = f"round {n}: {sig.name} after {delay:.2f}s, exit {proc.returncode}"
+        code, out, err = killed_run(kata, ("run",), delay, lambda p: p.send_signal(sig))
+        what = f"round {n}: {sig.name} after {delay:.2f}s, exit {code}"
         if os.environ.get("KATA_KILL_TRACE"):
             print("TRACE", what, out[-1500:], err[-500:], flush=True)
         log.append(what)
@@ -139,7 +152,7 @@ def test_kata_run_killed_at_random_moments_leaves_a_clean_store_and_host(
             # signal's own action: before kata sets its handlers (while it starts), or
             # raised again once the cleanup that held it back is over (runtime.close);
             # -SIGINT: seen once under load after "interrupted" (a shell shows 130 for it)
-            assert proc.returncode in (0, 130, -sig, -signal.SIGINT) or \
+            assert code in (0, 130, -sig, -signal.SIGINT) or \
                 "init_import_site" in err, f"{what}\n{out}\n{err}"
         again = kata("run")
         assert again.returncode == 0, f"{what}\n{again.stdout}\n{again.stderr}"
@@ -224,12 +237,9 @@ def test_kata_run_with_a_remote_cache_killed_at_random_moments_uploads_nothing_h
             (repo / "src" / "seed.txt").write_text(seed)
             sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
             delay = rng.uniform(0.0, span)
-            proc = subprocess.Popen([*kata.base, "run", *remote], cwd=repo, env=kata.env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(delay)
-            proc.send_signal(sig)
-            out, err = proc.communicate(timeout=120)
-            what = f"round {n}: {sig.name} after {delay:.2f}s, exit {proc.returncode}"
+            code, _, err = killed_run(kata, ("run", *remote), delay,
+                                      lambda p: p.send_signal(sig))
+            what = f"round {n}: {sig.name} after {delay:.2f}s, exit {code}"
             print(what, flush=True)
             _no_traceback_of_kata(err, what)
             host_b = KataProcess(repo, store=tmp_path / f"store-b{n}",
@@ -425,17 +435,12 @@ def test_containerd_killed_at_random_moments_of_a_run(tmp_path):
             seed = f"containerd round {n} of {SEED}\n"
             (repo / "src" / "seed.txt").write_text(seed)
             delay = rng.uniform(0.0, span)
-            proc = subprocess.Popen([*kata.base, "run"], cwd=repo, env=kata.env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(delay)
-            pid = read_pid(paths)
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=180)
-            what = f"round {n}: containerd SIGKILLed after {delay:.2f}s, exit {proc.returncode}"
+            code, out, err = killed_run(kata, ("run",), delay,
+                                        lambda _: os.kill(read_pid(paths), signal.SIGKILL))
+            what = f"round {n}: containerd SIGKILLed after {delay:.2f}s, exit {code}"
             print(what, flush=True)
             _no_traceback_of_kata(err, what)
-            assert proc.returncode in (0, 1, 2), f"{what}\n{out}\n{err}"
+            assert code in (0, 1, 2), f"{what}\n{out}\n{err}"
             ensure_daemon(paths)
             again = kata("run")
             assert again.returncode == 0, f"{what}\n{again.stdout}\n{again.stderr}"

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import time
 
 import pytest
 import yaml
 
 from support.fixtures import assert_clean
-from test_kill_points import SEED, _check_outputs, _no_traceback_of_kata
+from test_kill_points import SEED, _check_outputs, _no_traceback_of_kata, killed_run
 from test_remote_exec import grid, kata, workers  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -48,12 +47,8 @@ def test_a_remote_run_killed_at_random_moments_leaves_workers_and_results_sound(
         (kata.repo / "src" / "seed.txt").write_text(seed)
         sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
         delay = rng.uniform(0.0, span)
-        proc = subprocess.Popen([*kata.base, "run", *remote], cwd=kata.repo, env=kata.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-        what = f"round {n}: {sig.name} after {delay:.2f}s, exit {proc.returncode}"
+        code, _, err = killed_run(kata, ("run", *remote), delay, lambda p: p.send_signal(sig))
+        what = f"round {n}: {sig.name} after {delay:.2f}s, exit {code}"
         print(what, flush=True)
         _no_traceback_of_kata(err, what)
         again = kata("run", *remote)
@@ -97,15 +92,14 @@ def test_a_worker_killed_at_random_moments_costs_no_run_and_leaves_nothing(
             victim = pool[n % 2]
             sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGTERM])
             delay = rng.uniform(0.0, span)
-            proc = subprocess.Popen([*kata.base, "run", *remote], cwd=kata.repo, env=kata.env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(delay)
-            victim.proc.send_signal(sig)
-            victim.proc.wait(60)
-            out, err = proc.communicate(timeout=240)
+            def kill(_, victim=victim, sig=sig) -> None:  # noqa: ANN001
+                victim.proc.send_signal(sig)
+                victim.proc.wait(60)
+
+            code, out, err = killed_run(kata, ("run", *remote), delay, kill)
             what = f"round {n}: {victim.name} {sig.name} after {delay:.2f}s"
             print(what, flush=True)
-            assert proc.returncode == 0, f"{what}\n{out}\n{err}\n{victim.text()}"
+            assert code == 0, f"{what}\n{out}\n{err}\n{victim.text()}"
             _check_outputs(kata, kata.repo.parent / f"export-w{n}", seed)
             again = Worker(victim.name, bg.url, bg.logstream, state=victim.state)
             again.wait_ready()
