@@ -16,7 +16,6 @@ can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import tempfile
