@@ -126,6 +126,10 @@ def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
 
 def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _Entry:
     rel = b"/".join(key)
+    if len(rel) > MAX_PATH:
+        raise _pack_error("store.tree.path_too_long",
+                          f"{os.fsdecode(rel[:80])}... is a path of {len(rel)} bytes; a tree "
+                          f"holds paths of at most {MAX_PATH}", rel[:200])
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         return _Entry(key, "d", abspath)
@@ -143,15 +147,21 @@ def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _En
 
 
 def _walk(root: bytes, key: tuple[bytes, ...], out: list[_Entry]) -> None:
-    path = os.path.join(root, *key) if key else root
-    with os.scandir(path) as it:
-        children = list(it)
-    for child in children:
-        ckey = key + (child.name,)
-        entry = _classify(child.path, ckey, child.stat(follow_symlinks=False))
-        out.append(entry)
-        if entry.kind == "d":
-            _walk(root, ckey, out)
+    """Append every entry below ``key`` (unsorted). Iterative: a step can nest its
+    directories deeper than Python's recursion limit; a path the archive cannot hold
+    (longer than ``MAX_PATH``) is a StoreError, not a tree no extraction would take."""
+    todo = [key]
+    while todo:
+        key = todo.pop()
+        path = os.path.join(root, *key) if key else root
+        with os.scandir(path) as it:
+            children = list(it)
+        for child in children:
+            ckey = key + (child.name,)
+            entry = _classify(child.path, ckey, child.stat(follow_symlinks=False))
+            out.append(entry)
+            if entry.kind == "d":
+                todo.append(ckey)
 
 
 def _split_subset(path: str) -> tuple[bytes, ...]:
@@ -229,6 +239,9 @@ def scan(root: str, paths: Sequence[str] | None = None,
     except PermissionError as err:
         raise StoreError("store.permission", f"cannot read {err.filename}: {err.strerror}",
                          obj=os.fsdecode(err.filename or root)) from err
+    except OSError as err:  # ENAMETOOLONG, ELOOP: what a step left is no host fault
+        raise StoreError("store.tree.unreadable", f"cannot read {err.filename}: "
+                         f"{err.strerror}", obj=os.fsdecode(err.filename or root)) from err
     return sorted(entries.values(), key=lambda e: e.key)
 
 

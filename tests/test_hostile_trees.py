@@ -63,3 +63,25 @@ def test_a_step_leaving_a_deeper_tree_than_python_recurses_is_cleaned_up(
     assert run.returncode == 0, run.stdout + run.stderr
     assert _workspaces_left(tmp_path / "store") == []
 
+
+def test_an_artifact_deeper_than_python_recurses_is_stored_passed_on_and_exported(
+        deep_tmp, containerd_daemon, runtime):
+    tmp_path = deep_tmp
+    path = "d/" * 1500 + "f"
+    repo = _repo(tmp_path, [
+        {"name": "make", "image": IMAGE, "inputs": ["x"], "artifacts": ["d/"],
+         "commands": [_deep(1500)]},
+        {"name": "use", "image": IMAGE, "inputs": ["x"], "depends_on": ["make"],
+         "commands": [f"cat {path}"]}])
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
+                       timeout=300)
+    out = tmp_path / "out"
+    run = kata("run", "--out", str(out))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "use | bottom" in run.stdout.splitlines()
+    fd = os.open(out / "make", os.O_RDONLY)  # below PATH_MAX from here, not from /
+    try:
+        assert os.open(path, os.O_RDONLY, dir_fd=fd) >= 0
+    finally:
+        os.close(fd)
+    assert _workspaces_left(tmp_path / "store") == []
