@@ -284,16 +284,16 @@ def test_a_tree_nested_deeper_than_the_open_file_limit_packs_and_extracts(tmp_pa
     src, dest = tmp_path / "src", tmp_path / "dest"
     deep = "d/" * 1500
     src.mkdir()
-    subprocess.run(f"mkdir -p {deep} {'d/' * 700}e && echo bottom > {deep}f && "
-                   f"echo side > {'d/' * 700}e/g", shell=True, cwd=src, check=True)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
     try:
-        raw = pack_bytes(str(src))
-        extract(io.BytesIO(raw), str(dest), readonly=True)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    try:
+        subprocess.run(f"mkdir -p {deep} {'d/' * 700}e && echo bottom > {deep}f && "
+                       f"echo side > {'d/' * 700}e/g", shell=True, cwd=src, check=True)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            raw = pack_bytes(str(src))
+            extract(io.BytesIO(raw), str(dest), readonly=True)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert pack_bytes(str(dest)) == raw
         fd = os.open(dest, os.O_RDONLY)  # below PATH_MAX from here
         try:
@@ -302,6 +302,6 @@ def test_a_tree_nested_deeper_than_the_open_file_limit_packs_and_extracts(tmp_pa
                 assert bottom.read() == "bottom\n"
         finally:
             os.close(fd)
-    finally:
+    finally:  # pytest's own clean-up of old temporary directories recurses
         remove_tree(str(src))
         remove_tree(str(dest))
