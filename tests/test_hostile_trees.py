@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from store.files import remove_tree
+from procs.leftovers import remove_tree
 from support.cli import KataProcess
 from support.git import git
 
@@ -85,3 +85,20 @@ def test_an_artifact_deeper_than_python_recurses_is_stored_passed_on_and_exporte
     finally:
         os.close(fd)
     assert _workspaces_left(tmp_path / "store") == []
+
+
+def test_a_step_nesting_directories_in_its_root_filesystem_leaves_nothing(
+        deep_tmp, containerd_daemon, runtime):
+    """The same tree under /tmp, outside the workspace: it lands in the step's root
+    filesystem layer (a direct step's ``upper``, kata's to remove), not in a mount."""
+    from support.fixtures import assert_clean
+
+    tmp_path = deep_tmp
+    repo = _repo(tmp_path, [{"name": "deep", "image": IMAGE, "inputs": ["x"],
+                             "commands": ["cd /tmp && " + _deep(1500)]}])
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address,
+                       timeout=300)
+    run = kata("run")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "cleanup failed" not in run.stderr, run.stderr
+    assert_clean(runtime)

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from kata.errors import KataError
 from procs import pid_alive
-from store.files import force_rmtree, remove_tree
+from procs.leftovers import force_rmtree, remove_tree
 
 _MNT_DETACH = 2
 # the process's own symbols (libc among them): find_library("c") runs `ldconfig -p`
@@ -136,7 +136,7 @@ def _umount(target: str) -> None:
 def _remove_tree(path: str) -> None:
     """Delete a closed workspace (a few directories and what the step wrote in its upper
     layer), never following a link, at any depth a step could nest its directories
-    (``store.files.remove_tree``: the step's container is gone, so nothing moves under
+    (``procs.leftovers.remove_tree``: the step's container is gone, so nothing moves under
     it); ``force_rmtree`` takes over for anything unusual (a mode root cannot pass, a
     busy mount point)."""
     try:

@@ -278,7 +278,7 @@ def test_a_tree_nested_deeper_than_the_open_file_limit_packs_and_extracts(tmp_pa
     import resource
     import subprocess
 
-    from store.files import remove_tree
+    from procs.leftovers import remove_tree
     from store.tree import pack_bytes
 
     src, dest = tmp_path / "src", tmp_path / "dest"
