@@ -85,6 +85,8 @@ def test_an_artifact_deeper_than_python_recurses_is_stored_passed_on_and_exporte
     finally:
         os.close(fd)
     assert _workspaces_left(tmp_path / "store") == []
+    again = kata("export", "--out", str(out))  # over the deep tree the run wrote there
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_a_step_nesting_directories_in_its_root_filesystem_leaves_nothing(
