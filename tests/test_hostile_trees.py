@@ -70,6 +70,7 @@ def test_an_artifact_deeper_than_python_recurses_is_stored_passed_on_and_exporte
     path = "d/" * 1500 + "f"
     repo = _repo(tmp_path, [
         {"name": "make", "image": IMAGE, "inputs": ["x"], "artifacts": ["d/"],
+         "reports": {"junit": ["d/"]},  # its .xml files are looked for at any depth
          "commands": [_deep(1500)]},
         {"name": "use", "image": IMAGE, "inputs": ["x"], "depends_on": ["make"],
          "commands": [f"cat {path}"]}])
