@@ -5,10 +5,12 @@ go to the test's tmp_path."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -36,14 +38,15 @@ class WebServer:
                                      env=env, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
-        found = re.search(r"serving (http://\S+/)", line)
+        found = re.search(r"serving (https?://\S+/)", line)
         assert found, line + self.proc.stderr.read()
         self.url = found.group(1)
 
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, str]:
+    def get(self, path: str, headers: dict | None = None,
+            context: ssl.SSLContext | None = None) -> tuple[int, str]:
         req = urllib.request.Request(self.url + path.lstrip("/"), headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=context) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
@@ -230,6 +233,7 @@ def test_other_addresses_need_a_token(filled, browser, tmp_path):
     web = WebServer(store, "--host", "0.0.0.0", "--token", str(token))
     web.url = web.url.replace("0.0.0.0", "127.0.0.1")
     try:
+        assert "plain http" in web.proc.stderr.readline()  # the token would cross in the clear
         assert web.get("/api/runs")[0] == 401
         status, body = web.get("/api/runs", {"Authorization": "Bearer " + "0" * 32})
         assert status == 401
@@ -249,6 +253,60 @@ def test_other_addresses_need_a_token(filled, browser, tmp_path):
     finally:
         web.stop()
         browser.delete_all_cookies()
+
+
+def test_tls_serves_https_and_its_login_cookie_is_secure(filled, tmp_path):
+    """--tls-cert/--tls-key serve https (a client trusting the certificate gets the API,
+    plain http gets nothing); /login's cookie is then Secure. Bad pairs exit 2 naming the
+    file, before anything listens."""
+    import httpx
+
+    from test_remote_cas import _self_signed
+
+    store, runs, kata = filled
+    key, cert = _self_signed(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    web = WebServer(store, "--host", "127.0.0.1", "--token", str(token),
+                    "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert web.url.startswith("https://127.0.0.1:")
+        trusting = ssl.create_default_context(cafile=str(cert))
+        status, body = web.get("/api/runs", {"Authorization":
+                                             "Bearer 0123456789abcdef0123456789abcdef"},
+                               context=trusting)
+        assert status == 200 and runs[0] in body
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            web.get("/api/runs", context=ssl.create_default_context())
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(web.url.replace("https://", "http://") + "api/runs",
+                                   timeout=30).read()
+        with httpx.Client(verify=trusting, timeout=30) as client:
+            resp = client.post(web.url + "login",
+                               content=b"token=0123456789abcdef0123456789abcdef",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status_code == 303
+        cookie = resp.headers["set-cookie"].lower()
+        assert "kata_token=" in cookie and "; secure" in cookie and "httponly" in cookie
+    finally:
+        web.stop()
+
+    (tmp_path / "other").mkdir()
+    other_key, _ = _self_signed(tmp_path / "other")
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:x",
+                    "-out", str(encrypted)], check=True, capture_output=True)
+    for args, named in ((["--tls-cert", str(cert)], "--tls-key"),
+                        (["--tls-key", str(key)], "--tls-cert"),
+                        (["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", str(key)],
+                         "nope.pem"),
+                        (["--tls-cert", str(cert), "--tls-key", str(other_key)], "other"),
+                        (["--tls-cert", str(cert), "--tls-key", str(encrypted)],
+                         "unencrypted"),
+                        (["--tls-cert", str(token), "--tls-key", str(key)], "token")):
+        proc = kata("web", "--port", "0", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert named in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
 def test_a_run_in_progress_shows_its_lines_as_they_come(tmp_path, containerd_daemon, runtime,

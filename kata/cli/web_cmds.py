@@ -41,6 +41,38 @@ def read_token(path: str) -> str:
     return token
 
 
+def check_tls(cert_file: str | None, key_file: str | None) -> None:
+    """Check that ``cert_file`` (a PEM certificate chain, the server's first) and
+    ``key_file`` (its unencrypted PEM private key) load as one pair, as uvicorn will load
+    them (``ssl.SSLContext.load_cert_chain``): KataError web.bad_tls (exit 2) naming the
+    file and the fix when only one is given, either is unreadable, or they do not match.
+    Nothing to check when neither is given."""
+    import ssl  # here: every kata command imports this module
+
+    if cert_file is None and key_file is None:
+        return
+    if cert_file is None or key_file is None:
+        given = "--tls-cert" if cert_file is not None else "--tls-key"
+        missing = "--tls-key" if cert_file is not None else "--tls-cert"
+        raise KataError("web.bad_tls", f"{given} needs {missing} too: the certificate and "
+                        "its private key, both PEM files", obj=given, exit_code=2)
+    for path in (cert_file, key_file):
+        try:
+            Path(path).read_bytes()
+        except OSError as err:
+            raise KataError("web.bad_tls", f"cannot read {path}: {err.strerror or err}",
+                            obj=path, exit_code=2) from err
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # a key with a passphrase would prompt on the terminal: refuse it instead
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")
+    except ssl.SSLError as err:
+        raise KataError("web.bad_tls", f"{cert_file} and {key_file} are not a PEM "
+                        f"certificate and its unencrypted private key ({err.reason or err}): "
+                        "give the server's certificate (its chain after it) and the key it "
+                        "was issued for", obj=cert_file, exit_code=2) from err
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but a loopback address needs --token.")
@@ -49,8 +81,14 @@ def read_token(path: str) -> str:
 @click.option("--token", "token_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Require the token in FILE: `Authorization: Bearer TOKEN`, or a browser "
               "logs in once at /login (a cookie).")
+@click.option("--tls-cert", "cert_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Serve https with this PEM certificate (its chain after it); needs "
+              "--tls-key.")
+@click.option("--tls-key", "key_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The unencrypted PEM private key of --tls-cert.")
 @click.pass_context
-def web(ctx: click.Context, host: str, port: int, token_file: str | None) -> None:
+def web(ctx: click.Context, host: str, port: int, token_file: str | None,
+        cert_file: str | None, key_file: str | None) -> None:
     """Serve the dashboard: runs, a run's graph, timeline and logs, runs in progress, and
     cache trends, read from the store (docs/web.md)."""
     import socket
@@ -64,6 +102,7 @@ def web(ctx: click.Context, host: str, port: int, token_file: str | None) -> Non
         raise click.UsageError(f"--host {host} serves other machines: give --token FILE too "
                                "(without it kata web listens on 127.0.0.1 only)")
     token = read_token(token_file) if token_file is not None else None
+    check_tls(cert_file, key_file)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,10 +118,16 @@ def web(ctx: click.Context, host: str, port: int, token_file: str | None) -> Non
         app = create_app(store, token=token)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
-        click.echo(f"kata web: serving http://{shown}:{bound}/ (store {store.root}); "
+        scheme = "https" if cert_file is not None else "http"
+        click.echo(f"kata web: serving {scheme}://{shown}:{bound}/ (store {store.root}); "
                    "Ctrl-C stops", err=True)
+        if cert_file is None and not is_loopback(host):
+            click.echo("warning: other machines reach this over plain http, where the token "
+                       "crosses the network in the clear: give --tls-cert and --tls-key, or "
+                       "put an https reverse proxy in front", err=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                               timeout_graceful_shutdown=2))
+                                               timeout_graceful_shutdown=2,
+                                               ssl_certfile=cert_file, ssl_keyfile=key_file))
         server.run(sockets=[sock])
     finally:
         sock.close()
