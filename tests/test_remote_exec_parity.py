@@ -85,14 +85,14 @@ SERVE = "trap 'exit 0' TERM; echo up $ROLE; nc -ll -p 5432 -e echo $ROLE & wait"
 
 def feature_pipeline(image: str) -> dict:
     """One small pipeline touching what a user sees of a step, feature by feature."""
-    probe = ["id > id", "pwd > pwd", "env | grep -v '^HOSTNAME=' | sort > env",
+    probe = ["id > id", "pwd > pwd", "env | grep -v '^HOSTNAME=' > env", "(umask; ulimit -a) > limits",
              "hostname > host", "ls /sys/class/net > nets"]
     return {"pipeline": "parity", "settings": {"fail_fast": False}, "env": {"Z": "z", "B": "b"},
             "steps": [
         {"name": "probe", "image": image, "user": "1000:1000", "workdir": "/work/x",
          "inputs": ["src/**"], "env": {"A": "a", "M": "m"},
          "resources": {"memory": "96MiB", "pids": 77, "cpus": 0.5},
-         "artifacts": ["id", "pwd", "env", "host", "nets"], "commands": probe},
+         "artifacts": ["id", "pwd", "env", "limits", "host", "nets"], "commands": probe},
         {"name": "tree", "image": image, "inputs": [], "network": "default",
          "artifacts": ["out/"],
          "commands": ["mkdir -p out/empty out/d out/x", "echo f > out/d/f", "chmod 600 out/d/f",
