@@ -274,3 +274,28 @@ def test_validate_warns_of_an_input_or_key_file_pattern_that_matches_nothing(tmp
         "'package-lock.json' matches no file of the repository"]
     doc = json.loads(kata("validate", "--offline", "--json").stdout)
     assert doc["valid"] is True and len(doc["warnings"]) == 2
+
+
+def test_a_matrix_variable_in_an_inputs_pattern_is_named_as_not_expanded(tmp_path: Path) -> None:
+    """Found by the zlib trial: a matrix over parts of a C library with ``inputs:
+    ["${PART}/**"]`` (one instance per part, each seeing its sources) validated with only
+    "matches no file of the repository", as a typo would; ``${VAR}`` is replaced in
+    ``image:`` alone, so the warning says so, and what to write instead."""
+    from kata.compile import unmatched_patterns
+
+    (tmp_path / "deflate").mkdir()
+    (tmp_path / "deflate" / "a.c").write_text("int a;\n")
+    p = load_text("steps:\n  - name: compile\n    image: x\n"
+                  "    inputs: ['${PART}/**', 'nothing/**']\n"
+                  "    cache: {paths: [c], key_files: ['${PART}.lock']}\n"
+                  "    matrix: {PART: [deflate, inflate]}\n", file="k.yaml")
+    hint = ("is not expanded in {} (matrix variables are replaced only in image:; the "
+            "value is in the step's env): to give each value its own files, write one step "
+            "per value (a YAML anchor, `<<: *base`)")
+    assert unmatched_patterns(p, tmp_path) == [
+        "k.yaml:2:11: step 'compile': inputs pattern '${PART}/**' matches no file of the "
+        "repository: ${PART} " + hint.format("inputs"),
+        "k.yaml:2:11: step 'compile': inputs pattern 'nothing/**' matches no file of the "
+        "repository",
+        "k.yaml:2:11: step 'compile': cache.key_files pattern '${PART}.lock' matches no file "
+        "of the repository: ${PART} " + hint.format("cache.key_files")]
