@@ -90,10 +90,12 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
 
 def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
               env: Mapping[str, str], run_id: str,
-              services: tuple[ServiceSpec, ...] = ()) -> StepSpec:
+              services: tuple[ServiceSpec, ...] = (),
+              cache_paths: tuple[str, ...] = ()) -> StepSpec:
     """The step's container: its workspace bind-mounted at ``step.workdir``, the
     pipeline's env under the step's (both over ``SOURCE_DATE_EPOCH``), labels naming the
-    run and the step."""
+    run and the step; ``cache_paths``: the restored ``cache.paths`` its user owns
+    (``StepSpec.cache_paths``)."""
     step = node.step
     merged = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
     merged.update(env)
@@ -122,4 +124,5 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
         labels={"kata.run": run_id, "kata.step": step.name},
         services=services,
         resources=step.resources,  # unset fields: the runtime's host defaults
+        cache_paths=cache_paths,
     )
