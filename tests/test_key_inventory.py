@@ -29,7 +29,7 @@ from kata.model import (
 from kata.realise import spec as specs
 from kata.resources import Resources
 from kata.runtimes.base import ServiceSpec, StepSpec
-from kata.runtimes.containerd.spec import build_spec
+from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT, build_spec
 
 # -- the inventory ----------------------------------------------------------------------
 # "key": in the derivation hash (and the resolved hash); anything else is the reason it
@@ -158,7 +158,8 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
     spec = specs.step_spec(node, workdir=dirs["ws"],
                            secrets_dir=dirs["secrets"] if step.secrets else None,
                            env=dict(pipeline.env), run_id="r", services=svcs)
-    oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"))
+    oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"),
+                     nofile=(NOFILE_SOFT, NOFILE_HARD))  # not this host's ceiling
     oci["linux"].pop("cgroupsPath")  # the container id's
     seen = {"oci": oci, "hostname": spec.hostname,
             # env as a list: the order reaches the service's process (dicts compare unordered)

@@ -63,7 +63,7 @@ from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, grpc, snapshots_pb2
 from .images import RunImage
 from .sandbox import CGROUP_ROOT
-from .spec import build_spec, cgroup_path
+from .spec import build_spec, cgroup_path, lift_open_files_limit
 from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled_seccomp, \
     limit_verdict, output_ended, released, start_failure, watch
 
@@ -445,6 +445,7 @@ class DirectStep:
                 self.host.oci.binary, "--cgroup-manager=disabled", "--root",
                 str(self.host.crun_root), f"--log=file:{d}/crun.log", "run", "--bundle", str(d),
                 self.id]
+        lift_open_files_limit()  # crun can only lower the rlimits it inherits
         try:
             # a session of its own: crun forwards the signals it gets to the step, and a
             # terminal signals its whole foreground group (Ctrl-C, Ctrl-Z, SIGHUP); the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +36,43 @@ MASKED_PATHS = [
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# RLIMIT_NOFILE: containerd's default spec says 1024:1024, under which redis-server cuts
+# maxclients to 992 and test runners, databases and JVMs run out of descriptors. The soft
+# limit is GitHub-hosted runners' 65536 (Elasticsearch's bootstrap check wants 65535), small
+# enough that programs closing every descriptor up to it stay fast (moby#45534); the hard
+# limit is systemd's and Docker 25's 524288, so a program may raise its own (redis, the JVM,
+# Go and Node do). Each descriptor is kernel memory charged to the step's memory cgroup.
+NOFILE_SOFT, NOFILE_HARD = 65536, 524288
 CGROUP_PARENT = "/kata"
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+
+
+def lift_open_files_limit() -> None:
+    """Raise this process's hard RLIMIT_NOFILE to at least ``NOFILE_HARD`` (its soft limit
+    stays), so the containerd it starts and the crun it runs inherit room for the step's.
+
+    crun sets a container's rlimits after dropping CAP_SYS_RESOURCE, so it can only lower
+    the hard limit it inherited (else ``setrlimit RLIMIT_NOFILE: Operation not permitted``).
+    Raising a hard limit needs root, as kata's containerd runtime does; without it (or
+    above ``fs.nr_open``) this does nothing and the step's start says why.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < NOFILE_HARD:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, NOFILE_HARD))
+        except (OSError, ValueError):
+            pass
+
+
+def nofile_limits() -> tuple[int, int]:
+    """(soft, hard) RLIMIT_NOFILE of a step: ``NOFILE_SOFT``/``NOFILE_HARD``, each cut to
+    the hard limit this process holds after ``lift_open_files_limit`` (a host, or a
+    container kata itself runs in, whose ceiling is lower and which kata cannot raise)."""
+    lift_open_files_limit()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return NOFILE_SOFT, NOFILE_HARD
+    return min(NOFILE_SOFT, hard), min(NOFILE_HARD, hard)
 
 
 def _default_mounts() -> list[dict[str, Any]]:
@@ -126,13 +162,15 @@ def oci_mount(m: Mount) -> dict[str, Any]:
 
 def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                netns: str | None = None, hosts_file: str | None = None,
-               resolv: bool = True) -> dict[str, Any]:
+               resolv: bool = True, nofile: tuple[int, int] | None = None) -> dict[str, Any]:
     """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one).
 
+    nofile: (soft, hard) RLIMIT_NOFILE; None = ``nofile_limits()``, this host's.
     hosts_file: bound read-only at /etc/hosts (a pod's: its services' names);
     resolv: with ``netns``, bind the host's resolv.conf (not for a loopback-only pod).
     """
     uid, gid = parse_user(step.user)
+    nofile = nofile or nofile_limits()
     if not step.argv:
         raise KataError("runtime.bad_step", "a step needs a command", obj=container_id)
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
@@ -163,7 +201,7 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
         "env": merge_env(image_env, step.env),
         "cwd": step.workdir or "/",
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile[1], "soft": nofile[0]}],
         "noNewPrivileges": True,
     }
     armor = apparmor_profile()
