@@ -42,3 +42,23 @@ def test_open_files_limit_is_not_containerds_1024(each_step_runner, busybox_dige
                         "echo raised=$(ulimit -n)", user=user)
     assert status == 0, lines
     assert lines == [f"nofile={soft}:{hard}", f"raised={hard}"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("network", ["none", "default"])
+def test_localhost_and_the_hostname_resolve_without_services(each_step_runner, debian_digest,
+                                                             network):
+    # Docker writes /etc/hosts for every container; an image ships none, and glibc then
+    # asks DNS for "localhost" (none: no answer): `curl localhost:8080` and Java's
+    # InetAddress.getLocalHost() failed in a step without services
+    status, lines = run(each_step_runner, debian_digest,
+                        "getent hosts localhost kata | sort; hostname; cat /etc/hosts; "
+                        "{ echo x >> /etc/hosts; } 2>/dev/null || echo read-only",
+                        network=network)  # root: only the read-only bind stops it
+    assert status == 0, lines
+    # getent asks for IPv6 first: localhost is ::1, kata 127.0.0.1
+    assert lines[:2] == ["127.0.0.1       localhost kata",
+                         "::1             localhost ip6-localhost ip6-loopback"]
+    assert lines[2:5] == ["kata", "127.0.0.1\tlocalhost kata",
+                          "::1\tlocalhost ip6-localhost ip6-loopback"]
+    assert lines[-1] == "read-only"

@@ -414,7 +414,8 @@ class DirectStep:
         elif step.network == "default" and network is not None:
             cleanup.push("tear down network", lambda: network.teardown(self.id))
             netns = network.setup(self.id, owner)
-        spec = build_spec(step, container_id=self.id, image_env=self.image.env, netns=netns)
+        spec = build_spec(step, container_id=self.id, image_env=self.image.env, netns=netns,
+                          hosts_file=self.options.hosts_file(step))
         compiled_seccomp(spec, self.options)
         d = self.dir
         cleanup.push("remove step dir", lambda: shutil.rmtree(d, ignore_errors=True))

@@ -11,10 +11,13 @@ Secrets must never be put here: containerd writes the spec to disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
+import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kata.errors import KataError
@@ -73,6 +76,29 @@ def nofile_limits() -> tuple[int, int]:
     if hard == resource.RLIM_INFINITY:
         return NOFILE_SOFT, NOFILE_HARD
     return min(NOFILE_SOFT, hard), min(NOFILE_HARD, hard)
+
+
+def hosts_text(names: tuple[str, ...]) -> str:
+    """An /etc/hosts mapping ``names`` (the step's hostname, a pod's service names) and
+    ``localhost`` to the loopback address, with Docker's IPv6 line: what every container
+    Docker makes has, and what a step of ``none`` or ``default`` network gets."""
+    return (f"127.0.0.1\tlocalhost {' '.join(dict.fromkeys(names))}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+
+def shared_hosts_file(directory: Path, hostname: str) -> str:
+    """The path of ``hosts_text((hostname,))`` under ``directory`` (made if missing), one
+    file per content shared by every step that binds it read-only: written once, by a
+    rename, so a step never sees it half-written. Kept with kata's state (a few bytes)."""
+    text = hosts_text((hostname,))
+    path = directory / f"hosts-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if not path.exists():
+        directory.mkdir(parents=True, mode=0o755, exist_ok=True)
+        tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def _default_mounts() -> list[dict[str, Any]]:
@@ -166,7 +192,8 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
     """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one).
 
     nofile: (soft, hard) RLIMIT_NOFILE; None = ``nofile_limits()``, this host's.
-    hosts_file: bound read-only at /etc/hosts (a pod's: its services' names);
+    hosts_file: bound read-only at /etc/hosts (a pod's: its services' names; a step's own:
+    ``shared_hosts_file``; for network ``host`` without one, the host's);
     resolv: with ``netns``, bind the host's resolv.conf (not for a loopback-only pod).
     """
     uid, gid = parse_user(step.user)
