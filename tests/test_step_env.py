@@ -62,3 +62,18 @@ def test_localhost_and_the_hostname_resolve_without_services(each_step_runner, d
     assert lines[2:5] == ["kata", "127.0.0.1\tlocalhost kata",
                           "::1\tlocalhost ip6-localhost ip6-loopback"]
     assert lines[-1] == "read-only"
+
+
+@pytest.mark.integration
+def test_dev_shm_holds_what_the_memory_limit_allows(each_step_runner, busybox_digest):
+    # Docker's 64 MiB /dev/shm is a known pain (Chromium, PyTorch's DataLoader workers,
+    # PostgreSQL's parallel queries); tmpfs pages count against the step's memory cgroup,
+    # so sizing it to the memory limit gives a step nothing beyond that limit
+    from kata.resources import Resources
+
+    status, lines = run(each_step_runner, busybox_digest,
+                        "df -k /dev/shm | tail -1 | awk '{print $2}'; "
+                        "dd if=/dev/zero of=/dev/shm/x bs=1M count=100 2>/dev/null && "
+                        "echo wrote-100MiB", resources=Resources(memory=256 << 20))
+    assert status == 0, lines
+    assert lines == [str(256 << 10), "wrote-100MiB"]

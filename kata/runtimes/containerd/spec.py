@@ -101,7 +101,10 @@ def shared_hosts_file(directory: Path, hostname: str) -> str:
     return str(path)
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def _default_mounts(shm_bytes: int) -> list[dict[str, Any]]:
+    """containerd's default mounts, /dev/shm sized ``shm_bytes`` (the memory limit: its
+    pages are charged to the container's memory cgroup, so no more than the step may use
+    anyway; Docker's and containerd's 64 MiB is too little for Chromium or PyTorch)."""
     return [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -110,7 +113,8 @@ def _default_mounts() -> list[dict[str, Any]]:
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+         "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                     f"size={max(shm_bytes >> 10, 4)}k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
@@ -201,7 +205,8 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
     if not step.argv:
         raise KataError("runtime.bad_step", "a step needs a command", obj=container_id)
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    mounts = _default_mounts()
+    resources = linux_resources(effective(step.resources))
+    mounts = _default_mounts(resources["memory"]["limit"])
     if step.network == "host":
         for f in ("/etc/resolv.conf", "/etc/hosts"):
             if f == "/etc/hosts" and hosts_file:
@@ -241,7 +246,7 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
         "hostname": step.hostname,
         "mounts": mounts,
         "linux": {
-            "resources": linux_resources(effective(step.resources)),
+            "resources": resources,
             "cgroupsPath": cgroup_path(container_id),
             "namespaces": namespaces,
             "maskedPaths": list(MASKED_PATHS),
