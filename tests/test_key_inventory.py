@@ -29,8 +29,8 @@ from kata.model import (
 from kata.realise import spec as specs
 from kata.resources import Resources
 from kata.runtimes.base import ServiceSpec, StepSpec
-from kata.runtimes.containerd.spec import (NOFILE_HARD, NOFILE_SOFT, build_spec, hosts_text,
-                                          shared_hosts_file)
+from kata.runtimes.containerd.spec import (RLIM_INFINITY_OCI, build_spec, hosts_text,
+                                          shared_hosts_file, step_rlimits)
 
 # -- the inventory ----------------------------------------------------------------------
 # "key": in the derivation hash (and the resolved hash); anything else is the reason it
@@ -160,7 +160,7 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
                            secrets_dir=dirs["secrets"] if step.secrets else None,
                            env=dict(pipeline.env), run_id="r", services=svcs)
     oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"),
-                     nofile=(NOFILE_SOFT, NOFILE_HARD),  # not this host's ceiling
+                     rlimits=step_rlimits(RLIM_INFINITY_OCI, RLIM_INFINITY_OCI),  # not this host's
                      hosts_file=shared_hosts_file(dirs["ws"].parent / "etc", spec.hostname))
     oci["linux"].pop("cgroupsPath")  # the container id's
     seen = {"oci": oci, "hostname": spec.hostname,

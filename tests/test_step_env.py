@@ -77,3 +77,21 @@ def test_dev_shm_holds_what_the_memory_limit_allows(each_step_runner, busybox_di
                         "echo wrote-100MiB", resources=Resources(memory=256 << 20))
     assert status == 0, lines
     assert lines == [str(256 << 10), "wrote-100MiB"]
+
+
+@pytest.mark.integration
+def test_no_core_files_unless_a_step_asks(each_step_runner, busybox_digest):
+    # the core limit was whatever kata's own process had: a host with `ulimit -c
+    # unlimited` left core files in workspaces (and artifacts) that another host's run of
+    # the same key did not. Now 0, as on GitHub-hosted runners; the hard limit is the
+    # host's, so `ulimit -c unlimited` still works where the host allows it
+    soft, ceiling = resource.getrlimit(resource.RLIMIT_CORE)
+    want = "unlimited" if ceiling == resource.RLIM_INFINITY else str(ceiling // 1024)
+    resource.setrlimit(resource.RLIMIT_CORE, (ceiling, ceiling))  # a host that dumps cores
+    try:
+        status, lines = run(each_step_runner, busybox_digest,
+                            "echo core=$(ulimit -c):$(ulimit -Hc)")
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, ceiling))
+    assert status == 0, lines
+    assert lines == [f"core=0:{want}"]

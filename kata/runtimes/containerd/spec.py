@@ -46,6 +46,7 @@ DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 # limit is systemd's and Docker 25's 524288, so a program may raise its own (redis, the JVM,
 # Go and Node do). Each descriptor is kernel memory charged to the step's memory cgroup.
 NOFILE_SOFT, NOFILE_HARD = 65536, 524288
+RLIM_INFINITY_OCI = 2**64 - 1  # "unlimited" in an OCI spec's uint64 rlimits
 CGROUP_PARENT = "/kata"
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
@@ -67,15 +68,29 @@ def lift_open_files_limit() -> None:
             pass
 
 
-def nofile_limits() -> tuple[int, int]:
-    """(soft, hard) RLIMIT_NOFILE of a step: ``NOFILE_SOFT``/``NOFILE_HARD``, each cut to
-    the hard limit this process holds after ``lift_open_files_limit`` (a host, or a
-    container kata itself runs in, whose ceiling is lower and which kata cannot raise)."""
+def step_rlimits(nofile_ceiling: int, core_ceiling: int) -> list[dict[str, Any]]:
+    """The OCI ``process.rlimits`` of a step under a host whose hard limits are these
+    (``RLIM_INFINITY_OCI`` for none): RLIMIT_NOFILE ``NOFILE_SOFT``/``NOFILE_HARD`` cut to
+    the ceiling; RLIMIT_CORE soft 0 (no core files in a workspace unless the step says
+    ``ulimit -c``), hard the ceiling. Other rlimits are the runtime's (inherited)."""
+    return [
+        {"type": "RLIMIT_NOFILE", "hard": min(NOFILE_HARD, nofile_ceiling),
+         "soft": min(NOFILE_SOFT, nofile_ceiling)},
+        {"type": "RLIMIT_CORE", "hard": core_ceiling, "soft": 0},
+    ]
+
+
+def host_rlimits() -> list[dict[str, Any]]:
+    """``step_rlimits`` under the hard limits this process holds after
+    ``lift_open_files_limit``: crun can only lower what it inherits, so a host (or a
+    container kata itself runs in) with a lower ceiling gets that ceiling."""
     lift_open_files_limit()
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard == resource.RLIM_INFINITY:
-        return NOFILE_SOFT, NOFILE_HARD
-    return min(NOFILE_SOFT, hard), min(NOFILE_HARD, hard)
+
+    def hard(kind: int) -> int:
+        value = resource.getrlimit(kind)[1]
+        return RLIM_INFINITY_OCI if value == resource.RLIM_INFINITY else value
+
+    return step_rlimits(hard(resource.RLIMIT_NOFILE), hard(resource.RLIMIT_CORE))
 
 
 def hosts_text(names: tuple[str, ...]) -> str:
@@ -192,16 +207,17 @@ def oci_mount(m: Mount) -> dict[str, Any]:
 
 def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                netns: str | None = None, hosts_file: str | None = None,
-               resolv: bool = True, nofile: tuple[int, int] | None = None) -> dict[str, Any]:
+               resolv: bool = True, rlimits: list[dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
     """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one).
 
-    nofile: (soft, hard) RLIMIT_NOFILE; None = ``nofile_limits()``, this host's.
+    rlimits: the process's; None = ``host_rlimits()``, this host's.
     hosts_file: bound read-only at /etc/hosts (a pod's: its services' names; a step's own:
     ``shared_hosts_file``; for network ``host`` without one, the host's);
     resolv: with ``netns``, bind the host's resolv.conf (not for a loopback-only pod).
     """
     uid, gid = parse_user(step.user)
-    nofile = nofile or nofile_limits()
+    rlimits = host_rlimits() if rlimits is None else rlimits
     if not step.argv:
         raise KataError("runtime.bad_step", "a step needs a command", obj=container_id)
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
@@ -233,7 +249,7 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
         "env": merge_env(image_env, step.env),
         "cwd": step.workdir or "/",
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile[1], "soft": nofile[0]}],
+        "rlimits": rlimits,
         "noNewPrivileges": True,
     }
     armor = apparmor_profile()
