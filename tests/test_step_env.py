@@ -95,3 +95,21 @@ def test_no_core_files_unless_a_step_asks(each_step_runner, busybox_digest):
         resource.setrlimit(resource.RLIMIT_CORE, (soft, ceiling))
     assert status == 0, lines
     assert lines == [f"core=0:{want}"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("user", "home"), [("", "/root"), ("1000:1000", "/"),
+                                            ("65534:65534", "/")])
+def test_home_is_the_same_on_crun_and_runc(each_oci_runtime, busybox_digest, user, home):
+    # both look the user up in the image's /etc/passwd; for a uid it lacks, runc (and
+    # Docker) say HOME=/ while crun left HOME unset: one spec, two environments, and pip,
+    # npm and `git config --global` complain without HOME
+    from kata.realise.spec import shell_script
+
+    lines: list[str] = []
+    status = each_oci_runtime.run(
+        StepSpec(image=busybox_digest, argv=("/bin/sh", "-c", shell_script(
+            ['echo "HOME=${HOME-unset}"'])), timeout=60, user=user),
+        lambda _s, line: lines.append(line.decode()), threading.Event())
+    assert status == 0, lines
+    assert lines == [f"HOME={home}"]
