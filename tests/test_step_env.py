@@ -113,3 +113,23 @@ def test_home_is_the_same_on_crun_and_runc(each_oci_runtime, busybox_digest, use
         lambda _s, line: lines.append(line.decode()), threading.Event())
     assert status == 0, lines
     assert lines == [f"HOME={home}"]
+
+
+@pytest.mark.integration
+def test_dev_holds_dockers_devices_and_no_more(each_step_runner, busybox_digest):
+    # what `docker run` shows: null, zero, full, random, urandom, tty, ptmx and the
+    # fd links; no /dev/fuse (FUSE mounts need CAP_SYS_ADMIN and a device the sandbox
+    # denies), no /dev/kmsg, no disks. umask 022 as under Docker.
+    status, lines = run(each_step_runner, busybox_digest, """
+        ls /dev | tr '\\n' ' '; echo
+        for d in null zero full random urandom tty; do stat -c "%n %t:%T %a" /dev/$d; done
+        head -c 4 /dev/urandom | wc -c; echo x > /dev/full 2>/dev/null || echo full-ENOSPC
+        echo x > /dev/null && echo null-ok
+        exec 3<> /dev/ptmx && echo ptmx-ok
+        echo umask=$(umask)""")
+    assert status == 0, lines
+    assert lines[0].split() == ["core", "fd", "full", "mqueue", "null", "ptmx", "pts", "random",
+                                "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    assert lines[1:] == ["/dev/null 1:3 666", "/dev/zero 1:5 666", "/dev/full 1:7 666",
+                         "/dev/random 1:8 666", "/dev/urandom 1:9 666", "/dev/tty 5:0 666",
+                         "4", "full-ENOSPC", "null-ok", "ptmx-ok", "umask=0022"]
