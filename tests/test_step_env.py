@@ -133,3 +133,24 @@ def test_dev_holds_dockers_devices_and_no_more(each_step_runner, busybox_digest)
     assert lines[1:] == ["/dev/null 1:3 666", "/dev/zero 1:5 666", "/dev/full 1:7 666",
                          "/dev/random 1:8 666", "/dev/urandom 1:9 666", "/dev/tty 5:0 666",
                          "4", "full-ENOSPC", "null-ok", "ptmx-ok", "umask=0022"]
+
+
+def test_a_bridge_step_gets_resolvers_it_can_reach(tmp_path):
+    # a host on systemd-resolved lists only 127.0.0.53 in /etc/resolv.conf: from a step's
+    # own network namespace that is the step's loopback, where nothing answers. Docker
+    # binds systemd-resolved's upstream list (/run/systemd/resolve/resolv.conf) instead.
+    from kata.runtimes.containerd.spec import bridge_resolv_conf
+
+    etc, upstream = tmp_path / "etc.conf", tmp_path / "upstream.conf"
+    etc.write_text("# stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n")
+    upstream.write_text("nameserver 10.0.0.1\nnameserver ::1\nsearch lan\n")
+    assert bridge_resolv_conf(str(etc), str(upstream)) == str(upstream)
+    etc.write_text("nameserver 10.255.255.53\n")  # reachable through NAT: kept
+    assert bridge_resolv_conf(str(etc), str(upstream)) == str(etc)
+    etc.write_text("nameserver 127.0.0.1\nnameserver ::1\n")
+    upstream.write_text("nameserver 127.0.0.1\n")  # nothing better: the host's, as before
+    assert bridge_resolv_conf(str(etc), str(upstream)) == str(etc)
+    upstream.unlink()
+    assert bridge_resolv_conf(str(etc), str(upstream)) == str(etc)
+    etc.unlink()
+    assert bridge_resolv_conf(str(etc), str(upstream)) is None

@@ -12,6 +12,7 @@ Secrets must never be put here: containerd writes the spec to disk.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import resource
@@ -91,6 +92,37 @@ def host_rlimits() -> list[dict[str, Any]]:
         return RLIM_INFINITY_OCI if value == resource.RLIM_INFINITY else value
 
     return step_rlimits(hard(resource.RLIMIT_NOFILE), hard(resource.RLIMIT_CORE))
+
+
+HOST_RESOLV = "/etc/resolv.conf"
+RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"  # systemd-resolved's real servers
+
+
+def _only_loopback(path: str) -> bool:
+    """Whether the resolv.conf at ``path`` names nameservers and all are loopback."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        servers = [line.split()[1] for line in f
+                   if line.startswith("nameserver") and len(line.split()) > 1]
+    try:
+        return bool(servers) and all(ipaddress.ip_address(s.split("%")[0]).is_loopback
+                                     for s in servers)
+    except ValueError:
+        return False
+
+
+def bridge_resolv_conf(etc: str = HOST_RESOLV, upstream: str = RESOLVED_UPSTREAM) -> str | None:
+    """The resolv.conf a step on the bridge (network ``default``) binds: the host's, unless
+    it names only loopback resolvers (systemd-resolved's 127.0.0.53 stub), which are the
+    step's own loopback there; then systemd-resolved's upstream list if that names others,
+    as Docker does. None without a host resolv.conf."""
+    if not os.path.exists(etc):
+        return None
+    try:
+        if _only_loopback(etc) and os.path.exists(upstream) and not _only_loopback(upstream):
+            return upstream
+    except OSError:
+        pass
+    return etc
 
 
 def hosts_text(names: tuple[str, ...]) -> str:
@@ -214,7 +246,8 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
     rlimits: the process's; None = ``host_rlimits()``, this host's.
     hosts_file: bound read-only at /etc/hosts (a pod's: its services' names; a step's own:
     ``shared_hosts_file``; for network ``host`` without one, the host's);
-    resolv: with ``netns``, bind the host's resolv.conf (not for a loopback-only pod).
+    resolv: with ``netns``, bind the host's resolv.conf (``bridge_resolv_conf``; not for a
+    loopback-only pod).
     """
     uid, gid = parse_user(step.user)
     rlimits = host_rlimits() if rlimits is None else rlimits
@@ -232,9 +265,10 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                                "options": ["rbind", "ro"]})
     elif netns:
         namespaces.append({"type": "network", "path": netns})
-        if resolv and os.path.exists("/etc/resolv.conf"):  # the host's resolvers, via NAT
+        source = bridge_resolv_conf() if resolv else None  # the host's resolvers, via NAT
+        if source is not None:
             mounts.append({"destination": "/etc/resolv.conf", "type": "bind",
-                           "source": "/etc/resolv.conf", "options": ["rbind", "ro"]})
+                           "source": source, "options": ["rbind", "ro"]})
     else:
         namespaces.append({"type": "network"})  # a fresh one: loopback only
     if hosts_file:
