@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kata.errors import KataError
-from procs import pid_alive
+from procs import pid_tag_alive
 from store.files import force_rmtree
 
 _MNT_DETACH = 2
@@ -315,16 +315,15 @@ class CopyWorkspace:
 def sweep_dead_runs(work_root: Path) -> None:
     """Remove what a killed kata left under ``work_root``: mounts first, then files.
 
-    Each run works in ``run-<pid>-<run id>/``; only runs whose process is gone
-    are swept, so two kata runs side by side leave each other alone.
+    Each run works in ``run-<pid>.<start ticks>-<run id>/`` (``procs.pid_tag``); only
+    runs whose process is gone are swept, so two kata runs side by side leave each other
+    alone, and a new process that got a dead run's pid is not taken for it.
     """
     if not work_root.is_dir():
         return
     for run in work_root.iterdir():
         parts = run.name.split("-")
-        if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
-            continue
-        if pid_alive(int(parts[1])):
+        if len(parts) < 3 or parts[0] != "run" or pid_tag_alive(parts[1]) is not False:
             continue
         for entry in run.iterdir() if run.is_dir() else ():
             merged = entry / "m"
