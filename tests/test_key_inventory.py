@@ -29,7 +29,8 @@ from kata.model import (
 from kata.realise import spec as specs
 from kata.resources import Resources
 from kata.runtimes.base import ServiceSpec, StepSpec
-from kata.runtimes.containerd.spec import build_spec
+from kata.runtimes.containerd.spec import (RLIM_INFINITY_OCI, build_spec, hosts_text,
+                                          shared_hosts_file, step_rlimits)
 
 # -- the inventory ----------------------------------------------------------------------
 # "key": in the derivation hash (and the resolved hash); anything else is the reason it
@@ -158,7 +159,9 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
     spec = specs.step_spec(node, workdir=dirs["ws"],
                            secrets_dir=dirs["secrets"] if step.secrets else None,
                            env=dict(pipeline.env), run_id="r", services=svcs)
-    oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"))
+    oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"),
+                     rlimits=step_rlimits(RLIM_INFINITY_OCI, RLIM_INFINITY_OCI),  # not this host's
+                     hosts_file=shared_hosts_file(dirs["ws"].parent / "etc", spec.hostname))
     oci["linux"].pop("cgroupsPath")  # the container id's
     seen = {"oci": oci, "hostname": spec.hostname,
             # env as a list: the order reaches the service's process (dicts compare unordered)
@@ -237,6 +240,7 @@ def test_how_a_step_runs_is_pinned(dirs) -> None:
         "args": process["args"], "env": process["env"], "cwd": process["cwd"],
         "user": process["user"], "rlimits": process["rlimits"],
         "terminal": process["terminal"], "hostname": oci["hostname"],
+        "etc_hosts": hosts_text((oci["hostname"],)),
         "namespaces": oci["linux"]["namespaces"], "resources": oci["linux"]["resources"],
         "mounts": [{**m, "source": m["source"].replace(str(dirs["ws"].parent), "<tmp>")}
                    for m in oci["mounts"]],

@@ -29,10 +29,16 @@ if TYPE_CHECKING:
     from kata.model import Service
 
 
+#: HOME when the runtime set none: runc (and Docker) give a user missing from the image's
+#: /etc/passwd ``HOME=/``, crun leaves it unset; one spec must be one environment
+HOME_FALLBACK = '[ -n "${HOME-}" ] || export HOME=/\n'
+
+
 def shell_script(commands: Sequence[str]) -> str:
     """One shell, commands in order, stop at the first failure (a CI step's contract);
-    stderr joins stdout first, so their order is the terminal's (kata.realise.output)."""
-    return MERGE_STDERR + "set -e\n" + "\n".join(commands) + "\n"
+    stderr joins stdout first, so their order is the terminal's (kata.realise.output).
+    ``HOME_FALLBACK`` first, so HOME is set whichever OCI runtime ran it."""
+    return HOME_FALLBACK + MERGE_STDERR + "set -e\n" + "\n".join(commands) + "\n"
 
 
 def image_of(node: "Node") -> str:

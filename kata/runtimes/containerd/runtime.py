@@ -240,7 +240,8 @@ class ContainerdRuntime:
                               network=self.network, netns_pool=self.netns_pool,
                               runtime_options=self._runtime_options,
                               precompiled_seccomp=self._precompiled_seccomp,
-                              shim_group=self.shim_group, hurry=self._hurry)
+                              shim_group=self.shim_group, hurry=self._hurry,
+                              etc_dir=self.fifo_root.parent / "etc")
         digest = self._ensure_image(spec.image, cancel)
         if digest is None:
             return CANCEL_EXIT  # cancelled while its image was pulled: never started
