@@ -67,6 +67,8 @@ STEPSPEC_FIELDS = {
     "resources": "spec",
     "timeout": STEP_FIELDS["timeout"],
     "labels": "out: the run id and step name, for kata's own bookkeeping",
+    "cache_paths": "key: the step's cache.paths (Step.cache) that were restored, re-owned "
+                   "to its user; which were restored is the cache's, as their contents",
 }
 SERVICESPEC_FIELDS = {
     "name": "spec", "image": "spec", "argv": "spec", "env": "spec", "workdir": "spec",
