@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 from procs import pid_alive
 
+from .sandbox import remove_cgroup
+from .spec import cgroup_path
+
 log = logging.getLogger("kata.runtime")
 
 SHIM_BINARY = "containerd-shim-runc-v2"
@@ -110,6 +113,7 @@ def reap(shim: Shim, namespace: str) -> None:
         _wait_gone(shim.pid)
     except ProcessLookupError:
         pass
+    _remove_cgroup(shim.id, errors)  # after the shim: its death ends a create under way
     rootfs = os.path.join(shim.bundle, "rootfs")
     if os.path.ismount(rootfs):
         res = subprocess.run(["umount", "-l", rootfs], capture_output=True, text=True)
@@ -126,6 +130,16 @@ def reap(shim: Shim, namespace: str) -> None:
                 errors.append(err)
     if errors:
         raise errors[0]
+
+
+def _remove_cgroup(cid: str, errors: list[BaseException]) -> None:
+    """The container's cgroup, which ``<runtime> delete`` leaves when the runtime's
+    create was killed before it wrote its state (sandbox.remove_cgroup); a failure
+    keeps the bundle, the record the next sweep finds it by."""
+    try:
+        remove_cgroup(cgroup_path(cid))
+    except OSError as err:
+        errors.append(err)
 
 
 def _init_child(shim: Shim) -> int:
@@ -193,6 +207,7 @@ def reap_bundle(bundle: str, namespace: str) -> None:
                              capture_output=True, text=True, timeout=60)
         if res.returncode != 0 and os.path.isdir(state):
             errors.append(RuntimeError(f"{binary} delete {cid}: {res.stderr.strip()}"))
+    _remove_cgroup(cid, errors)
     rootfs = os.path.join(bundle, "rootfs")
     if os.path.ismount(rootfs):
         res = subprocess.run(["umount", "-l", rootfs], capture_output=True, text=True)
