@@ -108,11 +108,14 @@ def reap(shim: Shim, namespace: str) -> None:
         except ProcessLookupError:
             pass
     socket = _shim_socket(shim.bundle)
+    children = _children(shim.pid)  # an OCI runtime it runs dies with it (parent-death signal)
     try:
         os.kill(shim.pid, signal.SIGKILL)
         _wait_gone(shim.pid)
     except ProcessLookupError:
         pass
+    for pid in children:  # before the cgroup goes: a create under way may still make it
+        _wait_gone(pid)
     _remove_cgroup(shim.id, errors)  # after the shim: its death ends a create under way
     rootfs = os.path.join(shim.bundle, "rootfs")
     if os.path.ismount(rootfs):
@@ -155,6 +158,18 @@ def _init_child(shim: Shim) -> int:
     return pid if ppid == shim.pid else 0
 
 
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from /proc/<pid>/task/*/children)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                kids += [int(k) for k in fh.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
 def _shim_socket(bundle: str) -> str:
     """The shim's socket path from ``<bundle>/address`` (``unix:///run/containerd/s/…``),
     if it is a file of containerd's socket directory."""
@@ -172,7 +187,7 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         if time.monotonic() >= deadline:
-            log.warning("shim %d did not exit after SIGKILL", pid)
+            log.warning("process %d did not exit after SIGKILL", pid)
             return
         time.sleep(0.01)
 
