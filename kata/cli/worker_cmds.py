@@ -16,7 +16,6 @@ can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or 
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import tempfile
 import threading
@@ -64,6 +63,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     `kata run --remote-executor` (docs/remote.md)."""
     from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
     from procs import pid_tag
+    from procs.leftovers import force_rmtree
     from kata.remote.config import load_remote_config, parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -110,7 +110,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     finally:
         runtime.close()
         if own_root:
-            shutil.rmtree(work_root, ignore_errors=True)
+            force_rmtree(str(work_root))
 
 
 @click.command(name="logstream")

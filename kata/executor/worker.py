@@ -45,7 +45,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -65,6 +64,7 @@ from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import Runtime, user_ids
 from procs import pid_tag, pid_tag_alive
+from procs.leftovers import force_rmtree
 
 from . import action as act
 from . import files
@@ -418,7 +418,7 @@ class Worker:
             self._keep(job.sent)
         job.log.discard()
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            force_rmtree(str(work))  # any depth the step nested its workspace to
 
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()
@@ -636,7 +636,7 @@ def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
             continue
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
             LOG.info("removing %s, left by a worker that is gone", entry.path)
-            shutil.rmtree(entry.path, ignore_errors=True)
+            force_rmtree(entry.path)
 
 
 def default_name() -> str:
