@@ -33,7 +33,7 @@ from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
 from .network import CniNetwork, NetnsPool
-from .sandbox import oom_killed, pids_exhausted
+from .sandbox import oom_killed, pids_exhausted, remove_cgroup
 from .seccompbpf import bpf_annotations
 from .shimgroup import GROUP_ANNOTATION, ShimGroup
 from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, shared_hosts_file, spec_bytes
@@ -472,6 +472,9 @@ class StepRun:
             raise KataError("runtime.cleanup_failed",
                             f"task {self.id} could not be deleted: its container is kept "
                             "for the next sweep", obj=self.id, exit_code=1)
+        # a cgroup the OCI runtime's delete did not know (its create was killed under
+        # it): removed before the container, whose record is the only one that names it
+        remove_cgroup(cgroup_path(self.id))
         self.c.call(self.c.containers.Delete,
                     containers_pb2.DeleteContainerRequest(id=self.id), f"delete container {self.id}")
 
