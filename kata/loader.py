@@ -884,6 +884,12 @@ class _Walker:
             if "actions" in f:
                 for action, item in zip(kw["actions"], f["actions"][1].value):
                     self.one_of(action, conditions.PR_ACTIONS, item, "unknown pull request action")
+                if kw["actions"] and kw.get("event", "pull_request") != "pull_request":
+                    # only a pull request has an action: the trigger could never match
+                    raise self.fail("config.value", f["actions"][0],
+                                    f"a trigger on event {kw['event']!r} has no actions: "
+                                    "actions are those of a pull request; write "
+                                    "'event: pull_request' or drop actions")
             if "pattern" in f:
                 kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
             out.append(Trigger(**kw))

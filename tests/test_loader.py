@@ -343,3 +343,22 @@ def test_a_duration_of_the_wrong_type_says_what_a_duration_is(value) -> None:
     assert info.value.message.startswith("settings.timeout must be a duration such as 90s, "
                                          "15m or 1h30m, got ")
     assert "quote it" not in info.value.message
+
+
+@pytest.mark.parametrize("event", ["push", "tag", "schedule"])
+def test_a_trigger_with_actions_for_an_event_that_has_none_is_refused(event: str) -> None:
+    """Found by a review: ``{event: push, actions: [opened]}`` loaded silently, yet only a
+    pull request has an action (docs/config.md: ``actions``: pull request actions), so the
+    trigger could never match a push from a hook. A load error at the ``actions`` key,
+    saying which event takes actions; an empty list (no constraint) still loads."""
+    e = err(f"""\
+        triggers:
+          - event: {event}
+            actions: [opened]
+        steps: [{{name: a, image: x}}]
+        """)
+    assert where(e) == ("config.value", 3, 5)
+    assert "pull_request" in e.message and event in e.message
+    for fine in ("{event: pull_request, actions: [opened]}", "{actions: [closed]}",
+                 f"{{event: {event}, actions: []}}"):
+        load_text(f"triggers: [{fine}]\nsteps: [{{name: a, image: x}}]\n", file="c.yaml")
