@@ -128,6 +128,8 @@ def test_ctrl_c_terminate_and_hangup_cancel_cleanly(kata, containerd_daemon, run
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert "[FAIL] nap (cancelled (interrupted)" in out
+    # a cancelled step is not a failed one (found by a review: "1 failed" read as a bug)
+    assert out.splitlines()[-1].startswith("[DONE] Interrupted: 1 step: 1 cancelled — "), out
     assert "Traceback" not in err
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
@@ -363,3 +365,24 @@ def test_export_of_a_run_with_nothing_to_export_says_so(kata, tmp_path):
     assert not (tmp_path / "dist").exists()
     proc = kata("export", "--run", full, "--out", str(tmp_path / "dist"))
     assert proc.returncode == 0 and (tmp_path / "dist/build/dist/a").read_text() == "hello\n"
+
+
+def test_a_pipeline_timeout_says_so_in_the_done_line(kata):
+    """Found by a review: a run ended by settings.timeout printed "[DONE] Interrupted:",
+    as if someone had pressed Ctrl-C, and counted the step it cancelled as failed. The
+    line names the timeout and counts cancelled, skipped and passed steps apart; --json's
+    done event carries the same (``stop``, ``cancelled_steps``)."""
+    write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60")),
+                               FakeStep("after", commands=("true",), depends_on=("nap",)),
+                               FakeStep("quick", commands=("true",))],
+                   name="cli", settings={"timeout": "4s", "max_parallel": 2})
+    proc = kata("run")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith("[DONE] Pipeline timeout (settings.timeout): 3 steps: 1 cancelled, 1 skipped, "
+                           "1 passed — "), proc.stdout
+    assert "Traceback" not in proc.stderr
+    doc = [json.loads(x) for x in kata("run", "--json").stdout.splitlines()]
+    done = [d for d in doc if d.get("event") == "done"][-1]
+    assert (done["stop"], done["cancelled"], done["cancelled_steps"], done["failed"],
+            done["skipped"]) == ("pipeline timeout", True, 1, 0, 1), done
