@@ -362,3 +362,21 @@ def test_a_trigger_with_actions_for_an_event_that_has_none_is_refused(event: str
     for fine in ("{event: pull_request, actions: [opened]}", "{actions: [closed]}",
                  f"{{event: {event}, actions: []}}"):
         load_text(f"triggers: [{fine}]\nsteps: [{{name: a, image: x}}]\n", file="c.yaml")
+
+
+@pytest.mark.parametrize("style", ["|", ">", "|-", ">+"])
+def test_a_block_condition_error_points_at_the_word_in_the_file(style: str) -> None:
+    """Found by a review: in a `when: |` block the error named line 5, column 1 (the
+    line after the indicator, not the word's), and in a `when: >` block line 4, column
+    32, a column the indicator's line does not have. A block scalar's text starts on the
+    line after ``|``/``>``, indented; the position is the misspelt word's in the file."""
+    e = err(f"""\
+        steps:
+          - name: a
+            image: x
+            when: {style}
+              branch == "main" and
+                evnt == "push"
+        """)
+    assert where(e) == ("config.condition", 6, 9), e.message
+    assert "unknown name 'evnt'" in e.message
