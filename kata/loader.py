@@ -387,7 +387,10 @@ class _Walker:
         try:
             found = self.images[text] = ImageRef.parse(text)
         except ValueError as err:
-            raise self.fail("config.image_ref", node, f"{what}: {err}") from None
+            var = re.search(r"\$\{[^}]*\}", text)  # only a matrix step substitutes them
+            hint = (f"; {var.group(0)} is substituted only in a step with matrix: (it "
+                    "names a matrix variable)") if var else ""
+            raise self.fail("config.image_ref", node, f"{what}: {err}{hint}") from None
         return found
 
     def condition(self, node: Node, what: str) -> conditions.Expr:

@@ -380,3 +380,16 @@ def test_a_block_condition_error_points_at_the_word_in_the_file(style: str) -> N
         """)
     assert where(e) == ("config.condition", 6, 9), e.message
     assert "unknown name 'evnt'" in e.message
+
+
+@pytest.mark.parametrize("text,line,col", [
+    ("steps:\n  - name: a\n    image: 'x:${V}'\n", 3, 12),
+    ("steps:\n  - name: a\n    image: x\n    services: [{name: db, image: 'redis:${V}'}]\n", 4, 34),
+])
+def test_a_matrix_variable_in_an_image_of_a_step_without_matrix_says_so(text, line, col) -> None:
+    """Found by a review: ``image: redis:${V}`` in a step with no ``matrix:`` said only
+    "bad image reference ... expected e.g. alpine:3.19", as if the syntax were wrong;
+    only a matrix step substitutes ${VAR} in its and its services' images."""
+    e = err(text)
+    assert where(e) == ("config.image_ref", line, col)
+    assert "${V}" in e.message and "matrix" in e.message, e.message
