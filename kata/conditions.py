@@ -348,6 +348,9 @@ def _unknown_word(text: str, offset: object) -> str:
 
     if not isinstance(offset, int) or not 0 <= offset < len(text):
         return ""
+    for op, word in (("&&", "and"), ("||", "or"), ("!", "not")):  # a shell's, GitHub's
+        if text.startswith(op, offset) and not text.startswith(("!=", "!~"), offset):
+            return f"'{op}' is no operator here: write {word}"
     start = offset
     while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
         start -= 1
