@@ -221,11 +221,11 @@ def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike,
     graph's ``repo_paths``); else it is read (``kata.inputs.Snapshot``)."""
     from kata.inputs import Snapshot, match
 
+    exclude: tuple[str, ...] = ()
+    if pipeline.file:
+        rel = os.path.relpath(os.path.abspath(pipeline.file), os.path.abspath(repo_root))
+        exclude = (rel.replace(os.sep, "/"),)
     if paths is None:
-        exclude = ()
-        if pipeline.file:
-            rel = os.path.relpath(os.path.abspath(pipeline.file), os.path.abspath(repo_root))
-            exclude = (rel.replace(os.sep, "/"),)
         paths = Snapshot(repo_root, exclude=exclude).paths
     out: list[str] = []
     seen: set[tuple[str, str, str]] = set()
@@ -240,7 +240,10 @@ def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike,
                 if not match((pattern,), paths):
                     pos = step.position
                     where = f"{pos.file}:{pos.line}:{pos.column}: " if pos is not None else ""
+                    what = ("only the config file, which is never an input (the key holds "
+                            "its settings field by field)") if exclude and match(
+                        (pattern,), exclude) else "no file of the repository"
                     out.append(f"{where}step {base!r}: {field} pattern {pattern!r} matches "
-                               "no file of the repository")
+                               + what)
     return out
 
