@@ -10,6 +10,22 @@ import sys
 
 
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C while still importing: one line, never a traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main() -> None:
+    import signal
+
+    # SIGTERM (a CI runner's timeout, `kill`) and SIGHUP (a closed terminal) stop kata as
+    # Ctrl-C does, from the start: cleaned up, "interrupted", exit 130; never the default
+    # action's silent death halfway (the scheduler, the pulls and the cleanups that hold
+    # signals back set their own handlers over these, as they do over SIGINT's)
+    for signo in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, signal.default_int_handler)
     argv = sys.argv[1:]
     if os.geteuid() != 0:  # root runs everything itself (kata.client.target)
         from kata.client import run_if_served

@@ -12,6 +12,9 @@ the triple never is, so a new process that got a dead owner's pid is not taken f
 - ``pid_alive(pid)``: a process with this pid exists and is not a zombie.
 - ``owner_alive(owner)``: the owner runs on this boot of this host. Resources that only
   exist on this host (containers, mounts, netns) are released when it is False.
+- ``pid_tag()`` / ``pid_tag_alive(tag)``: ``"<pid>.<start ticks>"``, the short owner for
+  names of host-local directories (a run's workspaces, a worker's leases), where ``-`` and
+  ``@`` would not parse; a bare ``"<pid>"`` (names made before it) is asked about by pid.
 - ``owner_dead(owner)``: the owner provably ended — it is of this boot and not alive. For
   what may be shared between hosts (a store on NFS): another host's owner is not dead,
   only unknown, and is left to a grace period.
@@ -23,7 +26,7 @@ import errno
 import os
 
 __all__ = ["BOOT_ID", "owner_alive", "owner_dead", "owner_id", "parse_owner", "pid_alive",
-           "start_ticks"]
+           "pid_tag", "pid_tag_alive", "start_ticks"]
 
 
 def _boot_id() -> str:
@@ -74,6 +77,26 @@ def owner_id(pid: int | None = None) -> str:
     """The owner label of ``pid`` (default: this process): ``"<pid>.<ticks>@<boot id>"``."""
     pid = os.getpid() if pid is None else pid
     return f"{pid}.{start_ticks(pid)}@{BOOT_ID}"
+
+
+def pid_tag(pid: int | None = None) -> str:
+    """``"<pid>.<start ticks>"`` of ``pid`` (default: this process): an owner without the
+    boot id, for names of host-local directories (mounts do not outlive a boot)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{start_ticks(pid)}"
+
+
+def pid_tag_alive(tag: str) -> bool | None:
+    """Whether the process of a ``pid_tag`` still runs: its pid alive with the same start
+    time (a reused pid is not it). A bare pid (an older name): whether the pid is alive.
+    None when ``tag`` is neither."""
+    pid_s, dot, start = tag.partition(".")
+    if not pid_s.isascii() or not pid_s.isdigit() or (dot and not start.isdigit()):
+        return None
+    pid = int(pid_s)
+    if not dot:
+        return pid_alive(pid)
+    return pid_alive(pid) and start_ticks(pid) == start
 
 
 def parse_owner(owner: str) -> tuple[int, str, str] | None:

@@ -10,6 +10,7 @@ import errno
 import os
 
 import procs
+from procs.leftovers import force_rmtree
 
 from .errors import StoreError
 
@@ -162,37 +163,6 @@ def iter_sharded(top: str):
                 continue
 
 
-def force_rmtree(path: str) -> None:
-    """Remove a tree even where it was made read-only (unpacked trees, a step's overlay
-    layers); symlinks are removed, never followed; a missing ``path`` is no error. What
-    cannot be removed (a busy mount point) is left, silently: callers remove scratch."""
-    import shutil
-    import stat
-
-    def onerror(func, p, exc_info):  # noqa: ANN001
-        parent = os.path.dirname(p)
-        try:
-            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    if os.geteuid() != 0:  # root ignores the read-only modes; others must undo them first
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                full = os.path.join(dirpath, d)
-                if not os.path.islink(full):
-                    try:
-                        os.chmod(full, 0o755)
-                    except OSError:
-                        pass
-    try:
-        os.chmod(path, 0o755)
-    except OSError:
-        pass
-    shutil.rmtree(path, onerror=onerror)
 
 
 def publish_dir(build, work: str, final: str) -> None:

@@ -8,6 +8,7 @@ The map grows on demand; a dead reader's slot is reclaimed on open.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
@@ -152,8 +153,13 @@ class LmdbIndex:
                 self._open(map_size)
             self.reader_check()
         except (OSError, lmdb.Error) as err:
-            raise StoreError("store.index", f"cannot open the store's index at {path}: {err}",
-                             obj=path) from err
+            readonly = isinstance(err, (lmdb.ReadonlyError, PermissionError)) or (
+                isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES)) or \
+                "Read-only file system" in str(err) or "Permission denied" in str(err)
+            fix = (" (kata writes its index there even to read the store: use a store on a "
+                   "writable filesystem, or mount this one read-write)") if readonly else ""
+            raise StoreError("store.index", f"cannot open the store's index at {path}: "
+                             f"{err}{fix}", obj=path) from err
 
     def _discard(self, why: str) -> None:
         import shutil  # here: opening an intact index needs none of it

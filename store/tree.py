@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import msgpack
 
 from .errors import StoreError
+from .files import os_error
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -126,6 +127,10 @@ def _pack_error(reason: str, message: str, path: bytes) -> StoreError:
 
 def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _Entry:
     rel = b"/".join(key)
+    if len(rel) > MAX_PATH:
+        raise _pack_error("store.tree.path_too_long",
+                          f"{os.fsdecode(rel[:80])}... is a path of {len(rel)} bytes; a tree "
+                          f"holds paths of at most {MAX_PATH}", rel[:200])
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         return _Entry(key, "d", abspath)
@@ -143,15 +148,21 @@ def _classify(abspath: bytes, key: tuple[bytes, ...], st: os.stat_result) -> _En
 
 
 def _walk(root: bytes, key: tuple[bytes, ...], out: list[_Entry]) -> None:
-    path = os.path.join(root, *key) if key else root
-    with os.scandir(path) as it:
-        children = list(it)
-    for child in children:
-        ckey = key + (child.name,)
-        entry = _classify(child.path, ckey, child.stat(follow_symlinks=False))
-        out.append(entry)
-        if entry.kind == "d":
-            _walk(root, ckey, out)
+    """Append every entry below ``key`` (unsorted). Iterative: a step can nest its
+    directories deeper than Python's recursion limit; a path the archive cannot hold
+    (longer than ``MAX_PATH``) is a StoreError, not a tree no extraction would take."""
+    todo = [key]
+    while todo:
+        key = todo.pop()
+        path = os.path.join(root, *key) if key else root
+        with os.scandir(path) as it:
+            children = list(it)
+        for child in children:
+            ckey = key + (child.name,)
+            entry = _classify(child.path, ckey, child.stat(follow_symlinks=False))
+            out.append(entry)
+            if entry.kind == "d":
+                todo.append(ckey)
 
 
 def _split_subset(path: str) -> tuple[bytes, ...]:
@@ -229,6 +240,9 @@ def scan(root: str, paths: Sequence[str] | None = None,
     except PermissionError as err:
         raise StoreError("store.permission", f"cannot read {err.filename}: {err.strerror}",
                          obj=os.fsdecode(err.filename or root)) from err
+    except OSError as err:  # ENAMETOOLONG, ELOOP: what a step left is no host fault
+        raise StoreError("store.tree.unreadable", f"cannot read {err.filename}: "
+                         f"{err.strerror}", obj=os.fsdecode(err.filename or root)) from err
     return sorted(entries.values(), key=lambda e: e.key)
 
 
@@ -705,21 +719,20 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
         fmode = {"f": READONLY_MODES["f"], "x": READONLY_MODES["x"]}
         dmode = READONLY_MODES["d"]
     rootfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    stack: list[tuple[tuple[bytes, ...], int]] = [((), rootfd)]
+    stack = _DirStack(rootfd)
     umask = os.umask(0)
     os.umask(umask)
     items = entries(src, limits)
     try:
         for kind, parts, arg, rd in items:
-            while stack[-1][0] != parts[:-1]:
-                _close_dir(stack.pop()[1], dmode, readonly)
-            dirfd = stack[-1][1]
+            while stack.top_parts() != parts[:-1]:
+                _close_dir(stack.pop(), dmode, readonly)
+            dirfd = stack.top()
             name = parts[-1]
             if kind == "d":
                 os.mkdir(name, 0o755, dir_fd=dirfd)
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=dirfd)
-                stack.append((parts, fd))
+                fd = os.open(name, _DIR_OPEN, dir_fd=dirfd)
+                stack.push(parts, fd)
             elif kind == "l":
                 os.symlink(arg, name, dir_fd=dirfd)
                 if readonly:
@@ -744,12 +757,77 @@ def extract(src: BinaryIO, dest: str, *, limits: Limits = Limits(), readonly: bo
                 finally:
                     os.close(fd)
     except OSError as err:
-        from .objects import os_error
         raise os_error(err, f"extracting into {dest}", dest) from err
     finally:
         items.close()  # stops the read-ahead now, not when the traceback is freed
         while stack:
-            _close_dir(stack.pop()[1], dmode, readonly)
+            _close_dir(stack.pop(), dmode, readonly)
+
+
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _DirStack:
+    """The directories an extraction is inside, root first, as (path components, fd).
+
+    At most ``MAX_OPEN`` of their fds are open: a tree nested thousands of levels deep
+    (what a step can make) would otherwise need one fd per level and fail with EMFILE
+    under the usual limit of 1024. The shallowest are closed first and reopened, level
+    by level without following links, when the extraction climbs back to them (entries
+    come sorted, so that happens once per directory)."""
+
+    MAX_OPEN = 128
+
+    def __init__(self, rootfd: int) -> None:
+        self._parts: list[tuple[bytes, ...]] = [()]
+        self._fds: list[int | None] = [rootfd]
+        self._open = 1
+        self._oldest = 1  # below this index every fd but the root's is closed
+
+    def __bool__(self) -> bool:
+        return bool(self._fds)
+
+    def top_parts(self) -> tuple[bytes, ...]:
+        return self._parts[-1]
+
+    def push(self, parts: tuple[bytes, ...], fd: int) -> None:
+        self._parts.append(parts)
+        self._fds.append(fd)
+        self._open += 1
+        while self._open > self.MAX_OPEN and self._oldest < len(self._fds) - 1:
+            old = self._fds[self._oldest]
+            if old is not None:
+                os.close(old)
+                self._fds[self._oldest] = None
+                self._open -= 1
+            self._oldest += 1
+
+    def top(self) -> int:
+        """The fd of the innermost directory, reopened from its nearest open ancestor."""
+        i = len(self._fds) - 1
+        if self._fds[i] is None:
+            j = i - 1
+            while self._fds[j] is None:  # the root's fd (index 0) is never closed
+                j -= 1
+            fd = self._fds[j]
+            assert fd is not None
+            for name in self._parts[i][len(self._parts[j]):]:
+                nxt = os.open(name, _DIR_OPEN, dir_fd=fd)
+                if fd != self._fds[j]:
+                    os.close(fd)
+                fd = nxt
+            self._fds[i] = fd
+            self._open += 1
+        return self._fds[i]  # type: ignore[return-value]
+
+    def pop(self) -> int:
+        """The innermost directory's fd (the caller closes it), taken off the stack."""
+        fd = self.top()
+        self._fds.pop()
+        self._parts.pop()
+        self._open -= 1
+        self._oldest = min(self._oldest, len(self._fds))
+        return fd
 
 
 def _close_dir(fd: int, mode: int, readonly: bool) -> None:

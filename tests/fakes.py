@@ -29,6 +29,9 @@ class Behaviour:
     sleep: float = 0.0
     wait_for_cancel: bool = False
     lines: tuple[str, ...] = ()
+    # steps this one waits for to be running in the runtime first (a test's ordering,
+    # never the scheduler's luck: under load a sibling can reach the runtime late)
+    after: tuple[str, ...] = ()
 
 
 class FakeRuntime:
@@ -42,6 +45,7 @@ class FakeRuntime:
         self.running = 0
         self.max_running = 0
         self._lock = threading.Lock()
+        self._started = threading.Condition(self._lock)
 
     def resolve_image(self, ref: str) -> str:
         return FAKE_DIGEST
@@ -56,6 +60,7 @@ class FakeRuntime:
             self.specs[name] = spec
             self.running += 1
             self.max_running = max(self.max_running, self.running)
+            self._started.notify_all()
         try:
             return self._run(name, spec, sink, cancel)
         finally:
@@ -65,6 +70,10 @@ class FakeRuntime:
     def _run(self, name: str, spec: StepSpec, sink, cancel: threading.Event) -> int:
         behaviour = self.behaviours.get(name)
         if behaviour is not None:
+            with self._started:
+                assert self._started.wait_for(
+                    lambda: all(s in self.started for s in behaviour.after), timeout=60), \
+                    f"{name}: {behaviour.after} never started"
             raw = getattr(sink, "raw", False)
             for line in behaviour.lines:
                 sink("stdout", line.encode() + b"\n" if raw else line.encode())

@@ -473,12 +473,13 @@ def test_every_liveness_call_site_agrees(tmp_path: Path) -> None:
     assert tmp_owner_dead(f"obj.{'0' * 32}.{dead_owner}")
     assert not tmp_owner_dead(f"obj.{'0' * 32}.{dead_owner.replace(procs.BOOT_ID, 'other')}")
     assert not tmp_owner_dead("obj.123.random.otherhost")  # the old shape: unknown, not dead
-    # the realiser's run directories
-    for name in (f"run-{os.getpid()}-live", f"run-{dead_pid}-dead"):
+    # the realiser's run directories: by pid and start time (a reused pid is not alive)
+    dead_tag = dead_owner.partition("@")[0]
+    live = f"run-{procs.pid_tag()}-live"
+    for name in (live, f"run-{dead_tag}-dead", f"run-{os.getpid()}.1-reused"):
         (tmp_path / name / "ws").mkdir(parents=True)
-    if not procs.pid_alive(dead_pid):  # (pid not reused since)
-        sweep_dead_runs(tmp_path)
-        assert sorted(p.name for p in tmp_path.iterdir()) == [f"run-{os.getpid()}-live"]
+    sweep_dead_runs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live]
 
 
 # ---------------------------------------------------------------- step names

@@ -256,6 +256,9 @@ def test_step_timeout_is_reported(env):
 
 def test_fail_fast_cancels_a_running_sibling(env):
     env.runtime.behaviours["slow"] = Behaviour(wait_for_cancel=True)
+    # bad fails once slow runs: else, under load, bad can fail before slow reaches the
+    # runtime, and slow is cancelled without ever running (the runtime never sees it)
+    env.runtime.behaviours["bad"] = Behaviour(exit_status=1, after=("slow",))
     steps = [FakeStep("slow", commands=("sleep 60",), inputs=("none",)),
              FakeStep("bad", commands=("exit 1",), inputs=("none",)),
              FakeStep("after", commands=("true",), depends_on=("slow",), inputs=("none",))]

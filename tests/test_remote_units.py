@@ -401,3 +401,18 @@ def test_the_backoff_memo_names_its_remote_and_expires(tmp_path):
     memo.clear()
     memo.clear()
     assert memo.active() is None and not path.exists()
+
+
+def test_the_backoff_memo_ends_when_the_clock_jumps_back(tmp_path):
+    """A remote timed out while the clock was a day ahead; NTP then set it right: the memo
+    said "not asked again until" tomorrow, and every run for a day left the remote alone
+    (its `until` is unix time). Written by a clock that has since gone back, it is over."""
+    import time
+
+    from kata.remote.backoff import Backoff
+
+    memo = Backoff(tmp_path / "remote-backoff.json", remote="grpc://a:1 main")
+    down = memo.failed("GetCapabilities: DEADLINE_EXCEEDED", seconds=60)
+    assert down is not None
+    assert memo.active(now=time.time() + 30) is not None  # still within its 60 s
+    assert memo.active(now=time.time() - 86400) is None  # the clock went back a day

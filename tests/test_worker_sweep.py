@@ -34,9 +34,15 @@ def test_only_this_users_directories_of_dead_workers_are_removed(tmp_path):
     link.symlink_to(target)
     other = tmp_path / "kata-worker-notapid"
     other.mkdir()
+    import procs
+
+    tagged = tmp_path / f"kata-worker-{procs.pid_tag()}-tag"  # this process, as named now
+    tagged.mkdir()
+    reused = tmp_path / f"kata-worker-{os.getpid()}.1-old"  # a dead worker whose pid is ours
+    reused.mkdir()
     sweep_dead_workdirs(tmp_path, "kata-worker-")
-    assert not gone.exists()
-    assert live.is_dir() and foreign.is_dir() and other.is_dir()
+    assert not gone.exists() and not reused.exists()
+    assert live.is_dir() and foreign.is_dir() and other.is_dir() and tagged.is_dir()
     assert link.is_symlink() and target.is_dir()
 
 

@@ -83,7 +83,7 @@ def test_removal_falls_back_for_what_a_walk_cannot_remove(tmp_path, monkeypatch)
     ws = tmp_path / "ws"
     (ws / "u").mkdir(parents=True)
     forced = []
-    monkeypatch.setattr(os, "rmdir", lambda p: (_ for _ in ()).throw(OSError(16, "busy")))
+    monkeypatch.setattr(os, "rmdir", lambda *a, **k: (_ for _ in ()).throw(OSError(16, "busy")))
     monkeypatch.setattr(ws_mod, "force_rmtree", forced.append)
     ws_mod._remove_tree(str(ws))
     assert forced == [str(ws)]

@@ -392,12 +392,27 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
 
 
 class _Capture:
-    """A reporter keeping the run's events (for its no-op record)."""
+    """A reporter keeping the run's events for its no-op record, only while the run can
+    still be a no-op: the first event of a kind no no-op emits (``noop.NOOP_EVENTS``: a
+    MISS, a step's output) is kept alone, which makes the run ineligible, and nothing
+    after it. It kept every event, each output line of every step among them: a step
+    printing 300 MB in short lines cost kata 780 MB (kata is in no step's cgroup)."""
 
     def __init__(self, events: list) -> None:
+        from kata.realise.events import kind
+        from kata.realise.noop import NOOP_EVENTS
+
         self.events = events
+        self._kind, self._noop = kind, NOOP_EVENTS
+        self._spoiled = False
 
     def __call__(self, event) -> None:  # noqa: ANN001
+        if self._spoiled:
+            return
+        if self._kind(event) not in self._noop:
+            self._spoiled = True
+            self.events[:] = [event]  # what eligible() reads: no no-op record
+            return
         self.events.append(event)
 
     def close(self) -> None:

@@ -16,8 +16,6 @@ can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -64,6 +62,8 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     host config's remote: section gives the TLS files, token file and instance, as for
     `kata run --remote-executor` (docs/remote.md)."""
     from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
+    from procs import pid_tag
+    from procs.leftovers import force_rmtree
     from kata.remote.config import load_remote_config, parse_url
     from kata.runtimes.containerd import ContainerdRuntime
 
@@ -99,7 +99,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     if own_root:  # what killed workers left in the temp directory goes first
         sweep_dead_workdirs(Path(tempfile.gettempdir()), WORK_PREFIX)
     work_root = Path(state_dir) / "worker" if state_dir else Path(
-        tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
+        tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{pid_tag()}-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
                f"{runtime.client.address}", err=True)
@@ -110,7 +110,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     finally:
         runtime.close()
         if own_root:
-            shutil.rmtree(work_root, ignore_errors=True)
+            force_rmtree(str(work_root))
 
 
 @click.command(name="logstream")

@@ -38,6 +38,7 @@ from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from kata.remote.cas import Cas, RemoteError, tree_directories
 from kata.remote.trees import READONLY_MODES, STEP_MTIME_NS, is_executable
+from procs.leftovers import remove_tree
 
 _STEP_TIMES = (STEP_MTIME_NS, STEP_MTIME_NS)
 
@@ -184,37 +185,47 @@ def pack_dir(root: str | os.PathLike[str], packed: Packed | None = None,
 
 def _pack(path: Path, out: Packed, rel: str, memo: DigestMemo | None = None,
           special: list[str] | None = None) -> re_pb2.Digest:
-    directory = re_pb2.Directory()
-    with os.scandir(path) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        child = f"{rel}/{entry.name}" if rel else entry.name
-        _utf8(entry.name, child, "name")
-        st = entry.stat(follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            target = _utf8(os.readlink(entry.path), child, "link target")
-            directory.symlinks.add(name=entry.name, target=target)
-            out.entries[child] = ("->" + target, False)
-        elif stat.S_ISDIR(st.st_mode):
-            digest = _pack(Path(entry.path), out, child, memo, special)
-            directory.directories.add(name=entry.name, digest=digest)
-        elif stat.S_ISREG(st.st_mode):
-            digest = memo.digest(child, entry.path, st) if memo is not None \
-                else _file_digest(entry.path)
-            executable = is_executable(st.st_mode)  # the store's rule: the same tree
-            directory.files.add(name=entry.name, digest=digest, is_executable=executable)
-            out.files.setdefault(key(digest), entry.path)
-            out.entries[child] = (key(digest), executable)
-        elif special is not None:
-            special.append(child)
-        else:
-            raise KataError("remote.unsupported_file", f"{child} is neither a file, a "
-                            "directory nor a symlink: it cannot be sent to a remote "
-                            "executor", obj=child, exit_code=1)
-    data = message_bytes(directory)
-    digest = digest_of(data)
-    out.directories[key(digest)] = data
-    return digest
+    # Iterative (a step can nest its directories deeper than Python recurses): list every
+    # directory, parents first, then build their messages children first.
+    listed: list[tuple[str, list[tuple[os.DirEntry, os.stat_result]]]] = []
+    todo = [(str(path), rel)]
+    while todo:
+        here, here_rel = todo.pop()
+        with os.scandir(here) as it:
+            entries = [(e, e.stat(follow_symlinks=False)) for e in sorted(it, key=lambda e: e.name)]
+        listed.append((here_rel, entries))
+        todo.extend((e.path, f"{here_rel}/{e.name}" if here_rel else e.name)
+                    for e, st in entries if stat.S_ISDIR(st.st_mode))
+    digests: dict[str, re_pb2.Digest] = {}
+    for here_rel, entries in reversed(listed):
+        directory = re_pb2.Directory()
+        for entry, st in entries:
+            child = f"{here_rel}/{entry.name}" if here_rel else entry.name
+            _utf8(entry.name, child, "name")
+            if stat.S_ISLNK(st.st_mode):
+                target = _utf8(os.readlink(entry.path), child, "link target")
+                directory.symlinks.add(name=entry.name, target=target)
+                out.entries[child] = ("->" + target, False)
+            elif stat.S_ISDIR(st.st_mode):
+                directory.directories.add(name=entry.name, digest=digests.pop(child))
+            elif stat.S_ISREG(st.st_mode):
+                digest = memo.digest(child, entry.path, st) if memo is not None \
+                    else _file_digest(entry.path)
+                executable = is_executable(st.st_mode)  # the store's rule: the same tree
+                directory.files.add(name=entry.name, digest=digest, is_executable=executable)
+                out.files.setdefault(key(digest), entry.path)
+                out.entries[child] = (key(digest), executable)
+            elif special is not None:
+                special.append(child)
+            else:
+                raise KataError("remote.unsupported_file", f"{child} is neither a file, a "
+                                "directory nor a symlink: it cannot be sent to a remote "
+                                "executor", obj=child, exit_code=1)
+        data = message_bytes(directory)
+        digest = digest_of(data)
+        out.directories[key(digest)] = data
+        digests[here_rel] = digest
+    return digests[rel]
 
 
 def _utf8(text: str, child: str, what: str) -> str:
@@ -395,21 +406,28 @@ def _check_names(directory: re_pb2.Directory, rel: str) -> None:
 
 def walk(root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
          rel: str = "") -> Iterator[tuple[str, str, object]]:
-    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node).
-    KataError remote.bad_answer for a name that could leave the tree (``_check_names``)."""
-    _check_names(root, rel)
-    for d in root.directories:
-        path = f"{rel}/{d.name}" if rel else d.name
-        yield path, "dir", d
-        child = directories.get(key(d.digest))
-        if child is None:
-            raise KataError("remote.blob_missing", f"the tree lacks directory {path} "
-                            f"({key(d.digest)})", obj=path, exit_code=1)
-        yield from walk(child, directories, path)
-    for f in root.files:
-        yield (f"{rel}/{f.name}" if rel else f.name), "file", f
-    for s in root.symlinks:
-        yield (f"{rel}/{s.name}" if rel else s.name), "symlink", s
+    """Every entry of a tree: (relative path, kind "dir" | "file" | "symlink", node), a
+    directory before everything below it. Iterative: a tree may nest deeper than Python
+    recurses. KataError remote.bad_answer for a name that could leave the tree
+    (``_check_names``)."""
+    todo = [(root, rel)]
+    while todo:
+        here, here_rel = todo.pop()
+        _check_names(here, here_rel)
+        below = []
+        for d in here.directories:
+            path = f"{here_rel}/{d.name}" if here_rel else d.name
+            yield path, "dir", d
+            child = directories.get(key(d.digest))
+            if child is None:
+                raise KataError("remote.blob_missing", f"the tree lacks directory {path} "
+                                f"({key(d.digest)})", obj=path, exit_code=1)
+            below.append((child, path))
+        for f in here.files:
+            yield (f"{here_rel}/{f.name}" if here_rel else f.name), "file", f
+        for s in here.symlinks:
+            yield (f"{here_rel}/{s.name}" if here_rel else s.name), "symlink", s
+        todo.extend(reversed(below))
 
 
 def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.Directory],
@@ -564,13 +582,18 @@ def make_fifos(dest: str | os.PathLike[str], paths: list[str]) -> None:
 
 
 def _existing(dest: Path) -> Iterator[str]:
-    for dirpath, dirnames, filenames in os.walk(dest):
-        rel = os.path.relpath(dirpath, dest)
-        for name in dirnames + filenames:
-            yield name if rel == "." else f"{rel}/{name}"
+    """Every path below ``dest``, relative, never through a link; iterative (``os.walk``
+    recurses on Python 3.11, and a step's workspace can nest deeper than that)."""
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        with os.scandir(dest / rel if rel else dest) as it:
+            for entry in it:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                yield path
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(path)
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
+    remove_tree(str(path))

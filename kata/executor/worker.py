@@ -45,7 +45,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -64,7 +63,8 @@ from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import Runtime, user_ids
-from procs import pid_alive
+from procs import pid_tag, pid_tag_alive
+from procs.leftovers import force_rmtree
 
 from . import action as act
 from . import files
@@ -72,7 +72,7 @@ from .connection import connect
 from .logstream import LogBuffer, write_stream
 
 LOG = logging.getLogger("kata.worker")
-LEASE_PREFIX = "lease-"  # a lease's input root: lease-<worker pid>-<random>
+LEASE_PREFIX = "lease-"  # a lease's input root: lease-<worker pid.start ticks>-<random>
 # seconds after this worker read a blob from the CAS or sent it there during which a
 # result may name it without asking the CAS again (see ``Worker._upload``)
 VOUCHED_FOR = 30.0
@@ -387,7 +387,7 @@ class Worker:
         meta.worker_start_timestamp.GetCurrentTime()
         work = None  # the lease's input root: removed after the result is reported
         try:
-            work = Path(tempfile.mkdtemp(prefix=f"{LEASE_PREFIX}{os.getpid()}-",
+            work = Path(tempfile.mkdtemp(prefix=f"{LEASE_PREFIX}{pid_tag()}-",
                                          dir=self.work_root))
             job.log.spill_dir = str(work)  # a long log goes there, swept with the lease
             result = self._execute(job, meta, work)
@@ -418,7 +418,7 @@ class Worker:
             self._keep(job.sent)
         job.log.discard()
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            force_rmtree(str(work))  # any depth the step nested its workspace to
 
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()
@@ -616,7 +616,8 @@ class _Vouching:
 
 
 def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
-    """Remove the directories ``<prefix><pid>-*`` under ``parent`` whose process is gone:
+    """Remove the directories ``<prefix><pid>.<start ticks>-*`` (``procs.pid_tag``; a bare
+    pid in older names) under ``parent`` whose process is gone:
     what a killed worker left (a lease's input root holds the step's whole workspace; a
     worker's own work root, without ``--state-dir``). Only this user's real directories are
     touched (``parent`` may be the shared temp directory), and a live pid's never: two
@@ -626,8 +627,8 @@ def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
     except OSError:
         return
     for entry in entries:
-        pid = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
-        if not pid.isdigit() or pid_alive(int(pid)):
+        tag = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
+        if pid_tag_alive(tag) is not False:  # not ours, or alive (a reused pid is not)
             continue
         try:
             st = entry.stat(follow_symlinks=False)
@@ -635,7 +636,7 @@ def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
             continue
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
             LOG.info("removing %s, left by a worker that is gone", entry.path)
-            shutil.rmtree(entry.path, ignore_errors=True)
+            force_rmtree(entry.path)
 
 
 def default_name() -> str:

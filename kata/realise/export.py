@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 from kata.errors import KataError
+from procs.leftovers import force_rmtree, remove_tree
 
 
 class TreeStore(Protocol):
@@ -135,7 +135,7 @@ def export(store: TreeStore, outputs: Sequence[tuple[str, str]], out_dir: Path, 
             else:
                 _replace(staging / "t", dest)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            force_rmtree(str(staging))
         done.append(Exported(step=step, tree=tree, path=dest))
     return done
 
@@ -156,7 +156,7 @@ def _replace(new: Path, dest: Path) -> None:
         pass
     else:
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(dest)  # rmtree never follows symlinks inside
+            remove_tree(str(dest))  # never follows a link inside; any depth
         else:
             os.unlink(dest)
     os.rename(new, dest)
@@ -165,6 +165,10 @@ def _replace(new: Path, dest: Path) -> None:
 def _give(root: Path, owner: tuple[int, int]) -> None:
     """``lchown`` everything below and including ``root`` (a tree just extracted)."""
     os.lchown(root, *owner)
-    for dirpath, dirnames, filenames in os.walk(root):  # never follows a link
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), *owner)
+    todo = [str(root)]  # iterative: an artifact may nest deeper than Python recurses
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                os.lchown(entry.path, *owner)
+                if entry.is_dir(follow_symlinks=False):  # never follows a link
+                    todo.append(entry.path)

@@ -54,6 +54,7 @@ from kata.runtimes.base import (
     CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec, user_ids,
 )
 from kata.secrets import Masker, maskable
+from procs import pid_tag
 from store import Realisation, Store, StoreError
 from store.runs import Phases
 
@@ -196,7 +197,7 @@ class Realiser:
             chosen = {*to_run, *lost}
             to_run = [n for n in self.graph.order if n in chosen]
         sched = None
-        run_dir = self.options.work_root / f"run-{os.getpid()}-{self.run_id}"
+        run_dir = self.options.work_root / f"run-{pid_tag()}-{self.run_id}"
         try:
             if to_run:
                 self._need_runtime()

@@ -172,6 +172,22 @@ def read_inside(workdir: Path, rel: str) -> bytes:
     return data
 
 
+def _xml_below(workdir: Path, rel: str) -> list[str]:
+    """The ``.xml`` files below the directory ``rel`` (workdir-relative, sorted by
+    directory then name, no link followed). Iterative: a step can nest its directories
+    deeper than Python recurses (``os.walk`` recurses on Python 3.11)."""
+    found: list[str] = []
+    todo = [rel]
+    while todo:
+        top = todo.pop()
+        with os.scandir(workdir / top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        found += [f"{top}/{e.name}" for e in entries
+                  if e.name.endswith(".xml") and not e.is_dir(follow_symlinks=False)]
+        todo += reversed([f"{top}/{e.name}" for e in entries if e.is_dir(follow_symlinks=False)])
+    return found
+
+
 def collect(workdir: Path, patterns: Sequence[str]) -> TestReport:
     """Every file ``patterns`` (``reports.junit``; literal paths or path globs, as
     ``artifacts:``) select in a finished step's ``workdir``, parsed and summed. A pattern
@@ -182,10 +198,7 @@ def collect(workdir: Path, patterns: Sequence[str]) -> TestReport:
     paths: list[str] = []
     for rel in chosen:  # a directory: the .xml files below it (no link followed)
         if stat.S_ISDIR(os.lstat(workdir / rel).st_mode):
-            for top, dirs, files in os.walk(workdir / rel):
-                dirs.sort()
-                base = os.path.relpath(top, workdir)
-                paths += [f"{base}/{f}" for f in sorted(files) if f.endswith(".xml")]
+            paths += _xml_below(workdir, rel)
         else:
             paths.append(rel)
     reports = [TestReport(warnings=tuple(f"no report file matches {m}" for m in missing))]

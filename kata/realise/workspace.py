@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Protocol
 
 from kata.errors import KataError
-from procs import pid_alive
-from store.files import force_rmtree
+from procs import pid_tag_alive
+from procs.leftovers import force_rmtree, remove_tree
 
 _MNT_DETACH = 2
 # the process's own symbols (libc among them): find_library("c") runs `ldconfig -p`
@@ -136,24 +136,13 @@ def _umount(target: str) -> None:
 
 def _remove_tree(path: str) -> None:
     """Delete a closed workspace (a few directories and what the step wrote in its upper
-    layer): a plain walk, never following a link, a third of ``shutil.rmtree``'s calls
-    (the step's container is gone, so nothing moves under it); ``force_rmtree`` takes over
-    for anything unusual (a mode root cannot pass, a busy mount point)."""
-    def remove(top: str) -> None:
-        with os.scandir(top) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    remove(entry.path)
-                else:
-                    os.unlink(entry.path)
-        os.rmdir(top)
-
+    layer), never following a link, at any depth a step could nest its directories
+    (``procs.leftovers.remove_tree``: the step's container is gone, so nothing moves under
+    it); ``force_rmtree`` takes over for anything unusual (a mode root cannot pass, a
+    busy mount point)."""
     try:
-        remove(path)
-    except FileNotFoundError:
-        if os.path.lexists(path):
-            force_rmtree(path)
-    except (OSError, RecursionError):
+        remove_tree(path)
+    except OSError:
         force_rmtree(path)
 
 
@@ -315,16 +304,15 @@ class CopyWorkspace:
 def sweep_dead_runs(work_root: Path) -> None:
     """Remove what a killed kata left under ``work_root``: mounts first, then files.
 
-    Each run works in ``run-<pid>-<run id>/``; only runs whose process is gone
-    are swept, so two kata runs side by side leave each other alone.
+    Each run works in ``run-<pid>.<start ticks>-<run id>/`` (``procs.pid_tag``); only
+    runs whose process is gone are swept, so two kata runs side by side leave each other
+    alone, and a new process that got a dead run's pid is not taken for it.
     """
     if not work_root.is_dir():
         return
     for run in work_root.iterdir():
         parts = run.name.split("-")
-        if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
-            continue
-        if pid_alive(int(parts[1])):
+        if len(parts) < 3 or parts[0] != "run" or pid_tag_alive(parts[1]) is not False:
             continue
         for entry in run.iterdir() if run.is_dir() else ():
             merged = entry / "m"

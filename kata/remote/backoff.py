@@ -8,8 +8,10 @@ the runs that follow (a laptop offline, a server restarting) do not each wait fo
 
 Only a *timeout* is remembered: a refused connection or a bad answer fails fast, so the
 next run may as well ask again. The file (``kata-remote-backoff/1``: JSON ``{"format",
-"remote", "until" (unix seconds), "reason"}``) names the remote (URL and instance) it
-concerns; another remote's is ignored. It is replaced by a rename (never half-written)
+"remote", "until" (unix seconds), "reason", "at" (unix seconds, when written)}``) names the
+remote (URL and instance) it concerns; another remote's is ignored. One written at a time
+that is now in the future (the clock was ahead, then set back) is over: else a clock set
+back a day would leave the remote alone for a day. It is replaced by a rename (never half-written)
 and needs no fsync (losing it costs one timeout). ``kata remote push`` ignores it and
 clears it when the remote answers; ``remote.backoff: 0s`` turns it off.
 """
@@ -57,20 +59,23 @@ class Backoff:
             if obj.get("format") != FORMAT or obj.get("remote") != self.remote:
                 return None
             down = Down(float(obj["until"]), str(obj["reason"]).splitlines()[0])
+            at = float(obj.get("at", "-inf"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
             return None  # unreadable: as if absent (the next timeout rewrites it)
-        return down if down.until > (time.time() if now is None else now) else None
+        now = time.time() if now is None else now
+        return down if at <= now < down.until else None  # at > now: the clock went back
 
     def failed(self, reason: str, *, seconds: float) -> Down | None:
         """Remember that the remote timed out (``reason``), for ``seconds`` (0: not at all).
         Never raises (a state directory that cannot be written costs later runs a timeout)."""
         if seconds <= 0:
             return None
-        down = Down(time.time() + seconds, reason.splitlines()[0] if reason else "timed out")
+        at = time.time()
+        down = Down(at + seconds, reason.splitlines()[0] if reason else "timed out")
         data = json.dumps({"format": FORMAT, "remote": self.remote, "until": down.until,
-                           "reason": down.reason}).encode()
+                           "reason": down.reason, "at": at}).encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-backoff-")

@@ -15,7 +15,9 @@ sees every line before the step that follows starts.
 Readers (``kata web``'s live view) follow the file as it grows. A journal whose owner is
 gone (a ``kata`` killed before its ``close``) is stale: readers pass it over, and the next
 journal opened in that directory deletes it. Writing never fails a run: after an OSError
-(a full disk) the journal stops writing and the run goes on.
+(a full disk) the journal stops writing, removes its file (which would otherwise hold the
+full disk's space until the run ends, failing every later write of the store: the steps'
+logs, the run record) and the run goes on without a live view.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ class Journal:
             self._file.write(event_line(data) + "\n")
             if flush:
                 self._file.flush()
-        except OSError:
-            self._close_file()
+        except OSError:  # a full disk: give its space back to the store
+            self.close()
 
     def _close_file(self) -> None:
         if self._file is not None:
@@ -84,8 +86,9 @@ class Journal:
         if self.path is not None:
             try:
                 self.path.unlink()
-            except FileNotFoundError:
+            except OSError:  # gone, or a read-only store: the next sweep removes it
                 pass
+            self.path = None
 
 
 def _bulk(event: ev.Event) -> bool:

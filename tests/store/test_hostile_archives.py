@@ -268,3 +268,40 @@ def test_a_link_named_as_a_directory_carries_its_content(tmp_path: Path) -> None
         assert err.value.reason == "store.tree.bad_path"
     finally:
         s.close()
+
+
+def test_a_tree_nested_deeper_than_the_open_file_limit_packs_and_extracts(tmp_path: Path) -> None:
+    """A step can nest 1,500 directories (``mkdir -p d/d/...``): packing must not recurse
+    per level, nor extraction hold one fd per level, under the usual soft limit of 1,024
+    open files (a service's default; this machine's shells allow more)."""
+    import io
+    import resource
+    import subprocess
+
+    from procs.leftovers import remove_tree
+    from store.tree import pack_bytes
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    deep = "d/" * 1500
+    src.mkdir()
+    try:
+        subprocess.run(f"mkdir -p {deep} {'d/' * 700}e && echo bottom > {deep}f && "
+                       f"echo side > {'d/' * 700}e/g", shell=True, cwd=src, check=True)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            raw = pack_bytes(str(src))
+            extract(io.BytesIO(raw), str(dest), readonly=True)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert pack_bytes(str(dest)) == raw
+        fd = os.open(dest, os.O_RDONLY)  # below PATH_MAX from here
+        try:
+            assert os.stat(deep, dir_fd=fd).st_mode & 0o777 == 0o555  # closed read-only
+            with open(os.open(deep + "f", os.O_RDONLY, dir_fd=fd)) as bottom:
+                assert bottom.read() == "bottom\n"
+        finally:
+            os.close(fd)
+    finally:  # pytest's own clean-up of old temporary directories recurses
+        remove_tree(str(src))
+        remove_tree(str(dest))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from kata.runtimes.containerd.daemon import DaemonPaths, daemon_paths, ensure_daemon, stop_daemon
+from procs.leftovers import force_rmtree
 
 
 def worker_id() -> str:
@@ -37,4 +37,4 @@ def embedded_containerd(prefix: str = "kt") -> Iterator[DaemonPaths]:
         # snapshots are unmounted by then; anything still mounted below base is a leak
         # the tests report, but it must not keep the next session from starting
         subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        force_rmtree(str(base))  # any depth a failed test left

@@ -122,16 +122,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
 
 def read_pid(paths: DaemonPaths) -> int | None:
-    """The pid of the embedded containerd if its pid file names a live containerd."""
+    """The pid of the embedded containerd if its pid file names a live containerd started
+    with this daemon's config (``--config paths.config``): a dead one's pid taken by
+    another containerd (one per CI job, per test session) is not this one."""
     try:
         pid = int(paths.pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    return pid if comm == "containerd" else None
+    config = os.fsencode(str(paths.config))
+    mine = any(a == b"--config" and b == config for a, b in zip(argv, argv[1:]))
+    return pid if comm == "containerd" and mine else None
 
 
 def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:

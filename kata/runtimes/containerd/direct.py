@@ -57,6 +57,7 @@ from kata.errors import KataError
 from kata.oci_runtime import DIRECT_CONTROLLERS as CONTROLLERS, OciRuntime
 from kata.resources import effective
 from procs import owner_alive
+from procs.leftovers import force_rmtree, remove_tree
 
 from ..base import OutputSink, StepSpec
 from .cleanup import Cleanup
@@ -328,7 +329,7 @@ class DirectSteps:
             shutil.rmtree(self.crun_root / cid, ignore_errors=True)
         _unmount(str(d / "rootfs"))
         remove_cgroup(_cgroup_dirs(cid))
-        shutil.rmtree(d)
+        remove_tree(str(d))  # the step's rootfs upper layer: any depth it nested
 
     def leftovers(self) -> list[str]:
         """Step directories, crun containers and mounts of direct steps that exist now."""
@@ -417,7 +418,9 @@ class DirectStep:
         spec = build_spec(step, container_id=self.id, image_env=self.image.env, netns=netns)
         compiled_seccomp(spec, self.options)
         d = self.dir
-        cleanup.push("remove step dir", lambda: shutil.rmtree(d, ignore_errors=True))
+        # the upper layer holds whatever the step wrote to its root filesystem, nested as
+        # deep as it liked (shutil.rmtree recurses per level): force_rmtree takes any depth
+        cleanup.push("remove step dir", lambda: force_rmtree(str(d)))
         rootfs = d / "rootfs"
         # the upper dir's mode is the root directory's (as a snapshot's fs dir: 0755)
         for sub, mode in (("rootfs", 0o755), ("upper", 0o755), ("work", 0o700)):
