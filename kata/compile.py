@@ -60,6 +60,8 @@ class DerivationGraph:
     order: tuple[str, ...]
     levels: tuple[tuple[str, ...], ...]
     nodes: Mapping[str, Node]
+    #: the repository's file list the inputs were selected from (None: no repo_root)
+    repo_paths: tuple[str, ...] | None = None
 
     @property
     def edges(self) -> tuple[tuple[str, str], ...]:
@@ -204,23 +206,27 @@ def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,
         nodes[name] = Node(step=step, derivation=d, drv_hash=keys.derivation_hash(d) if d.resolved else None,
                            inputs=inputs, deps=p.deps[name], dep_hashes=dep_hashes)
     return DerivationGraph(pipeline=pipeline, order=p.order, levels=p.levels,
-                           nodes=MappingProxyType(nodes))
+                           nodes=MappingProxyType(nodes),
+                           repo_paths=snapshot.paths if snapshot is not None else None)
 
 
-def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike) -> list[str]:
+def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike,
+                       paths: tuple[str, ...] | None = None) -> list[str]:
     """Each ``inputs`` and ``cache.key_files`` pattern (not a ``!`` negation) that selects
     no file of the repository at ``repo_root``, as ``FILE:LINE:COLUMN: step 'a': inputs
     pattern 'scr/**' matches no file of the repository`` (the step's position), once per
     matrix step: most likely a typo, with which the step sees none of what it names and
     stays a cache hit whatever changes there. A warning, not an error (the file may be
-    generated later). Reads the repository's file list (``kata.inputs.Snapshot``)."""
+    generated later). ``paths``: the repository's file list when known (a compiled
+    graph's ``repo_paths``); else it is read (``kata.inputs.Snapshot``)."""
     from kata.inputs import Snapshot, match
 
-    exclude = ()
+    exclude: tuple[str, ...] = ()
     if pipeline.file:
         rel = os.path.relpath(os.path.abspath(pipeline.file), os.path.abspath(repo_root))
         exclude = (rel.replace(os.sep, "/"),)
-    paths = Snapshot(repo_root, exclude=exclude).paths
+    if paths is None:
+        paths = Snapshot(repo_root, exclude=exclude).paths
     out: list[str] = []
     seen: set[tuple[str, str, str]] = set()
     for step in pipeline.steps:
@@ -234,8 +240,11 @@ def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike) -> list
                 if not match((pattern,), paths):
                     pos = step.position
                     where = f"{pos.file}:{pos.line}:{pos.column}: " if pos is not None else ""
+                    what = ("only the config file, which is never an input (the key holds "
+                            "its settings field by field)") if exclude and match(
+                        (pattern,), exclude) else "no file of the repository"
                     out.append(f"{where}step {base!r}: {field} pattern {pattern!r} matches "
-                               f"no file of the repository{_unexpanded(step, field, pattern)}")
+                               + what + _unexpanded(step, field, pattern))
     return out
 
 

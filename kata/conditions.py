@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from kata.errors import KataError, Position
 from kata.globs import path_match, ref_match, ref_regex
@@ -302,8 +302,12 @@ def _build(tree) -> Expr:
     raise AssertionError(kind)
 
 
-def parse(text: str, position: Position | None = None) -> Expr:
-    """Parse a condition; a syntax error is `KataError('config.condition')` at the bad column."""
+def parse(text: str, position: Position | None = None,
+          locate: Callable[[int], Position | None] | None = None) -> Expr:
+    """Parse a condition; a syntax error is `KataError('config.condition')` at the bad column.
+    ``locate``: the file position of the text's character at an offset (0-based), when
+    the text is not its source verbatim (a YAML block scalar); else ``position`` (where
+    the text starts) and the error's line and column inside the text say it."""
     import lark
 
     try:
@@ -318,6 +322,10 @@ def parse(text: str, position: Position | None = None) -> Expr:
             # a plain single-line scalar: point at the character inside it
             pos = Position(file=position.file, line=position.line + line - 1,
                            column=(position.column if line == 1 else 1) + max(col - 1, 0))
+            if locate is not None:
+                lines = text.split("\n")
+                offset = sum(len(x) + 1 for x in lines[:line - 1]) + max(col - 1, 0)
+                pos = locate(offset) or pos
         where = f" at column {col}" if isinstance(col, int) and col > 0 else ""
         if where and isinstance(line, int) and line > 1:
             where = f" at line {line}, column {col}"
@@ -340,6 +348,9 @@ def _unknown_word(text: str, offset: object) -> str:
 
     if not isinstance(offset, int) or not 0 <= offset < len(text):
         return ""
+    for op, word in (("&&", "and"), ("||", "or"), ("!", "not")):  # a shell's, GitHub's
+        if text.startswith(op, offset) and not text.startswith(("!=", "!~"), offset):
+            return f"'{op}' is no operator here: write {word}"
     start = offset
     while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
         start -= 1

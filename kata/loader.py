@@ -10,6 +10,7 @@ duration, image or reference error point at file:line:column. Every failure is a
 from __future__ import annotations
 
 import difflib
+import functools
 import gc
 import os
 import re
@@ -190,14 +191,15 @@ def _load_text(text: str, file: str) -> Pipeline:
     if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
         raise KataError("config.empty", "the config file is empty",
                         position=Position(file=file, line=1, column=1))
-    return _Walker(file).pipeline(root)
+    return _Walker(file, text).pipeline(root)
 
 
 class _Walker:
     """Turns the node graph into model values; every check raises a positioned KataError."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, source: str = "") -> None:
         self.file = file
+        self.source = source  # the YAML text (marks index it): a block condition's positions
         self.global_env: tuple[tuple[str, str], ...] = ()
         self.default_resources = Resources()  # settings.resources, once read
         self.images: dict[str, ImageRef] = {}
@@ -388,7 +390,10 @@ class _Walker:
         try:
             found = self.images[text] = ImageRef.parse(text)
         except ValueError as err:
-            raise self.fail("config.image_ref", node, f"{what}: {err}") from None
+            var = re.search(r"\$\{[^}]*\}", text)  # only a matrix step substitutes them
+            hint = (f"; {var.group(0)} is substituted only in a step with matrix: (it "
+                    "names a matrix variable)") if var else ""
+            raise self.fail("config.image_ref", node, f"{what}: {err}{hint}") from None
         return found
 
     def condition(self, node: Node, what: str) -> conditions.Expr:
@@ -396,7 +401,10 @@ class _Walker:
         base = self.pos(node)
         if node.style in ('"', "'"):
             base = Position(file=base.file, line=base.line, column=base.column + 1)
-        expr = conditions.parse(text, base)
+        locate = None
+        if node.style in ("|", ">"):  # the text starts on the next line, indented
+            locate = functools.partial(_block_position, node, text, self.file, self.source)
+        expr = conditions.parse(text, base, locate)
         for patterns in conditions.changed_patterns(expr):
             try:
                 check_globs(patterns)
@@ -888,6 +896,12 @@ class _Walker:
             if "actions" in f:
                 for action, item in zip(kw["actions"], f["actions"][1].value):
                     self.one_of(action, conditions.PR_ACTIONS, item, "unknown pull request action")
+                if kw["actions"] and kw.get("event", "pull_request") != "pull_request":
+                    # only a pull request has an action: the trigger could never match
+                    raise self.fail("config.value", f["actions"][0],
+                                    f"a trigger on event {kw['event']!r} has no actions: "
+                                    "actions are those of a pull request; write "
+                                    "'event: pull_request' or drop actions")
             if "pattern" in f:
                 kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
             out.append(Trigger(**kw))
@@ -920,6 +934,31 @@ class _Walker:
             pos = s.dep_positions[s.depends_on.index(cycle[0])]
             raise KataError("config.cycle", f"dependency cycle: {' -> '.join(cycle)}",
                             position=pos, obj=" -> ".join(cycle))
+
+
+def _block_position(node: Node, text: str, file: str, source: str,
+                    offset: int) -> Position | None:
+    """The file position of ``text[offset]``, ``text`` the value of the block scalar
+    ``node`` (``|`` or ``>``): its characters other than spaces and line ends are the
+    source's after the indicator line, in order (folding and indentation only change
+    whitespace, and a block scalar has no escapes or comments); ``source``: the YAML text
+    the node's marks index. None: not found there."""
+    mark = node.start_mark
+    nth = sum(1 for c in text[:offset] if not c.isspace())
+    start = source.find("\n", mark.index, node.end_mark.index)
+    if start < 0:
+        return None
+    line, column = mark.line + 1, 0  # 0-based, at the character after that line end
+    for c in source[start + 1:node.end_mark.index]:
+        if c == "\n":
+            line, column = line + 1, 0
+            continue
+        if not c.isspace():
+            if nth == 0:
+                return Position(file=file, line=line + 1, column=column + 1)
+            nth -= 1
+        column += 1
+    return None
 
 
 def _kind(node: Node) -> str:

@@ -306,7 +306,7 @@ class Step:
     # gitignore-style globs; None (no `inputs:` key) = the whole repository, () = no file
     inputs: tuple[str, ...] | None = None
     workdir: str = "/workspace"
-    user: str | None = None  # None: the image's user
+    user: str | None = None  # None: root (0:0); the image's USER is not used (docs/config.md)
     network: str = "default"
     # its own `resources:` over settings'; None fields: host defaults (the declared
     # fields are hashed, host defaults never: kata.derivation.limits)

@@ -265,13 +265,18 @@ def _retry() -> dict[str, Any]:
 
 
 def _trigger() -> dict[str, Any]:
-    return _object(loader.TRIGGER_KEYS, {
+    trigger = _object(loader.TRIGGER_KEYS, {
         "event": {"enum": list(conditions.EVENTS), "description": "The git event."},
         "branches": _patterns("Branch patterns (globs)."),
         "paths": _patterns("Run only when a file matching these globs changed."),
         "actions": _list({"enum": list(conditions.PR_ACTIONS)}, "Pull request actions."),
         "pattern": {**_TEXT, "description": "Tag name pattern (glob)."},
     }, "trigger", description="When the pipeline runs (kata run --event ...).")
+    # only a pull request has an action: actions on another event could never match
+    trigger["if"] = {"required": ["event"],
+                     "properties": {"event": {"not": {"const": "pull_request"}}}}
+    trigger["then"] = {"properties": {"actions": {"maxItems": 0}}}
+    return trigger
 
 
 def config_schema() -> dict[str, Any]:

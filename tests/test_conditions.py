@@ -167,6 +167,10 @@ def test_one_path_glob_dialect():
     ('changes("src/**")', "unknown function 'changes()'"),
     ('branch == main', 'a value is a quoted string: write "main"'),
     ('event in ["push", tag]', 'a value is a quoted string: write "tag"'),
+    # found by a review: a shell's or GitHub Actions' operators got only "expected e.g."
+    ('branch == "main" && event == "push"', "'&&' is no operator here: write and"),
+    ('branch == "main" || failure()', "'||' is no operator here: write or"),
+    ('!failure()', "'!' is no operator here: write not"),
 ])
 def test_unknown_words_are_named(bad, says) -> None:
     """Found by a review: a misspelt name or function got only "bad condition ... at

@@ -44,9 +44,9 @@ def test_containerd_killed_under_direct_steps_lets_them_finish_with_one_warning(
     repo.mkdir()
     (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
         "pipeline": "survives", "steps": [
-            {"name": "long", "image": IMAGE, "inputs": ["none"], "artifacts": ["o"],
+            {"name": "long", "image": IMAGE, "inputs": [], "artifacts": ["o"],
              "commands": ["echo started", "sleep 3", "echo made > o"]},
-            {"name": "other", "image": IMAGE, "inputs": ["none"], "commands": ["sleep 3"]},
+            {"name": "other", "image": IMAGE, "inputs": [], "commands": ["sleep 3"]},
             {"name": "after", "image": IMAGE, "depends_on": ["long"], "commands": ["cat o"]},
         ]}, sort_keys=False))
     with embedded_containerd("kf") as paths:  # the test's own: it is killed
@@ -84,9 +84,9 @@ def test_full_disk_fails_the_step_and_the_run_ends(tmp_path, small_fs, container
     (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
         "pipeline": "full", "settings": {"fail_fast": False, "max_parallel": 1},
         "steps": [
-            {"name": "noisy", "image": IMAGE, "inputs": ["none"],
+            {"name": "noisy", "image": IMAGE, "inputs": [],
              "commands": ["head -c 5000000 /dev/urandom | base64"]},
-            {"name": "quiet", "image": IMAGE, "inputs": ["none"], "commands": ["echo fine"]},
+            {"name": "quiet", "image": IMAGE, "inputs": [], "commands": ["echo fine"]},
         ]}, sort_keys=False))
     kata = KataProcess(repo, store=small_fs / "store", address=containerd_daemon.address)
     res = kata("run")
@@ -198,9 +198,9 @@ def test_containerd_killed_under_a_running_step_ends_the_run_saying_so(tmp_path,
     (repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
         "pipeline": "doomed", "settings": {"fail_fast": False},
         "steps": [
-            {"name": "long", "image": IMAGE, "inputs": ["none"],
+            {"name": "long", "image": IMAGE, "inputs": [],
              "commands": ["echo started", "sleep 60"]},
-            {"name": "other", "image": IMAGE, "inputs": ["none"], "commands": ["sleep 60"]},
+            {"name": "other", "image": IMAGE, "inputs": [], "commands": ["sleep 60"]},
         ]}, sort_keys=False))
     config = tmp_path / "config.yaml"
     # containerd tasks: a direct step (the default runner) does not need containerd to run

@@ -343,3 +343,53 @@ def test_a_duration_of_the_wrong_type_says_what_a_duration_is(value) -> None:
     assert info.value.message.startswith("settings.timeout must be a duration such as 90s, "
                                          "15m or 1h30m, got ")
     assert "quote it" not in info.value.message
+
+
+@pytest.mark.parametrize("event", ["push", "tag", "schedule"])
+def test_a_trigger_with_actions_for_an_event_that_has_none_is_refused(event: str) -> None:
+    """Found by a review: ``{event: push, actions: [opened]}`` loaded silently, yet only a
+    pull request has an action (docs/config.md: ``actions``: pull request actions), so the
+    trigger could never match a push from a hook. A load error at the ``actions`` key,
+    saying which event takes actions; an empty list (no constraint) still loads."""
+    e = err(f"""\
+        triggers:
+          - event: {event}
+            actions: [opened]
+        steps: [{{name: a, image: x}}]
+        """)
+    assert where(e) == ("config.value", 3, 5)
+    assert "pull_request" in e.message and event in e.message
+    for fine in ("{event: pull_request, actions: [opened]}", "{actions: [closed]}",
+                 f"{{event: {event}, actions: []}}"):
+        load_text(f"triggers: [{fine}]\nsteps: [{{name: a, image: x}}]\n", file="c.yaml")
+
+
+@pytest.mark.parametrize("style", ["|", ">", "|-", ">+"])
+def test_a_block_condition_error_points_at_the_word_in_the_file(style: str) -> None:
+    """Found by a review: in a `when: |` block the error named line 5, column 1 (the
+    line after the indicator, not the word's), and in a `when: >` block line 4, column
+    32, a column the indicator's line does not have. A block scalar's text starts on the
+    line after ``|``/``>``, indented; the position is the misspelt word's in the file."""
+    e = err(f"""\
+        steps:
+          - name: a
+            image: x
+            when: {style}
+              branch == "main" and
+                evnt == "push"
+        """)
+    assert where(e) == ("config.condition", 6, 9), e.message
+    assert "unknown name 'evnt'" in e.message
+
+
+@pytest.mark.parametrize("text,line,col", [
+    ("steps:\n  - name: a\n    image: 'x:${V}'\n", 3, 12),
+    ("steps:\n  - name: a\n    image: x\n    services: [{name: db, image: 'redis:${V}'}]\n", 4, 34),
+])
+def test_a_matrix_variable_in_an_image_of_a_step_without_matrix_says_so(text, line, col) -> None:
+    """Found by a review: ``image: redis:${V}`` in a step with no ``matrix:`` said only
+    "bad image reference ... expected e.g. alpine:3.19", as if the syntax were wrong;
+    only a matrix step substitutes ${VAR} in its and its services' images."""
+    e = err(text)
+    assert where(e) == ("config.image_ref", line, col)
+    assert "${V}" in e.message and "matrix" in e.message, e.message

@@ -299,3 +299,23 @@ def test_a_matrix_variable_in_an_inputs_pattern_is_named_as_not_expanded(tmp_pat
         "repository",
         "k.yaml:2:11: step 'compile': cache.key_files pattern '${PART}.lock' matches no file "
         "of the repository: ${PART} " + hint.format("cache.key_files")]
+
+
+def test_an_inputs_pattern_naming_the_config_file_says_why_it_matches_nothing(tmp_path: Path) -> None:
+    """Found by a review: ``inputs: [.kata-ci.yaml, src/**]`` warned that '.kata-ci.yaml'
+    "matches no file of the repository" while the file was right there: the config is
+    never an input (docs/config.md, inputs). The warning says so."""
+    from support.cli import KataProcess
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "a.c").write_text("int x;\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".kata-ci.yaml").write_text(
+        "steps:\n  - name: build\n    image: busybox\n    inputs: [.kata-ci.yaml, src/**]\n")
+    proc = KataProcess(repo, store=tmp_path / "store")("validate", "--offline")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': inputs pattern '.kata-ci.yaml' "
+        "matches only the config file, which is never an input (the key holds its settings "
+        "field by field)"]

@@ -367,3 +367,24 @@ def test_the_run_record_template_gives_the_encoders_bytes():
     assert _fill(template["run"], values) == replayed.encode()
     assert _fill(template["summary"], values) == encode_summary(summarise(replayed))
     assert Run.decode(_fill(template["run"], values)) == replayed
+
+
+def test_a_replay_warns_as_the_run_it_replays(tmp_path, containerd_daemon, runtime):
+    """kata run warns of an inputs pattern that matches no file (a typo: scr/**) on every
+    run; the no-op replay, which reads no config, repeats what the recorded run warned."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src/a.txt").write_text("hello\n")
+    write_pipeline(repo, [FakeStep("build", commands=("true",), inputs=("scr/**", "src/**"))],
+                   name="noop")
+    k = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    first = run(k, "run")
+    warned = [x for x in first.stderr.splitlines() if x.startswith("warning:")]
+    assert len(warned) == 1 and "'scr/**' matches no file" in warned[0], first.stderr
+    for _ in range(3):
+        settle()
+        proc = run(k, "run")
+        assert [x for x in proc.stderr.splitlines() if x.startswith("warning:")] == warned
+        if replayed(proc):
+            return
+    raise AssertionError("no replay")

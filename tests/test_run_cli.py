@@ -128,6 +128,8 @@ def test_ctrl_c_terminate_and_hangup_cancel_cleanly(kata, containerd_daemon, run
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert "[FAIL] nap (cancelled (interrupted)" in out
+    # a cancelled step is not a failed one (found by a review: "1 failed" read as a bug)
+    assert out.splitlines()[-1].startswith("[DONE] Interrupted: 1 step: 1 cancelled — "), out
     assert "Traceback" not in err
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left
@@ -170,7 +172,7 @@ def test_yaml_as_users_write_it(tmp_path, containerd_daemon, runtime):
         "pipeline: yaml\n"
         "x-base: &base\n"
         "  image: kata.local/busybox:latest\n"
-        "  inputs: [none]\n"
+        "  inputs: []\n"
         "env: {DATE: 2024-01-02, VERSION: 1.10, DEBUG: yes}\n"
         "steps:\n"
         "  - <<: *base\n"
@@ -194,9 +196,9 @@ def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, container
     (repo / ".kata-ci.yaml").write_text(
         "pipeline: img\n"
         "steps:\n"
-        f"  - {{name: test, image: '{missing}', commands: [npm test], inputs: [none]}}\n"
-        f"  - {{name: lint, image: '{missing}', commands: [npm run lint], inputs: [none]}}\n"
-        "  - {name: ok, image: kata.local/busybox:latest, commands: [echo hi], inputs: [none]}\n")
+        f"  - {{name: test, image: '{missing}', commands: [npm test], inputs: []}}\n"
+        f"  - {{name: lint, image: '{missing}', commands: [npm run lint], inputs: []}}\n"
+        "  - {name: ok, image: kata.local/busybox:latest, commands: [echo hi], inputs: []}\n")
     kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
     for args in (("validate",), ("run",)):
         r = kata(*args)
@@ -217,7 +219,7 @@ def test_unavailable_image_dead_socket_and_command_not_found(tmp_path, container
     (repo / ".kata-ci.yaml").write_text(
         "pipeline: img\n"
         "steps:\n"
-        "  - {name: s, image: kata.local/busybox:latest, commands: [nosuchtool --x], inputs: [none]}\n")
+        "  - {name: s, image: kata.local/busybox:latest, commands: [nosuchtool --x], inputs: []}\n")
     r = kata("run")
     assert r.returncode == 1
     assert "[FAIL] s (exit 127: a command was not found in the image " \
@@ -244,8 +246,8 @@ def test_an_unavailable_pinned_image_is_reported_like_a_tag(tmp_path, containerd
     (repo / ".kata-ci.yaml").write_text(
         "pipeline: pin\n"
         "steps:\n"
-        f"  - {{name: ok, image: '{stored}', commands: [echo pinned-ok], inputs: [none]}}\n"
-        f"  - {{name: tool, image: '{missing}', commands: [tool], inputs: [none]}}\n")
+        f"  - {{name: ok, image: '{stored}', commands: [echo pinned-ok], inputs: []}}\n"
+        f"  - {{name: tool, image: '{missing}', commands: [tool], inputs: []}}\n")
     kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
     for args in (("validate",), ("run",)):
         r = kata(*args)
@@ -261,11 +263,11 @@ def test_an_unavailable_pinned_image_is_reported_like_a_tag(tmp_path, containerd
     (repo / ".kata-ci.yaml").write_text(
         "pipeline: pin\n"
         "steps:\n"
-        f"  - {{name: ok, image: '{stored}', commands: [echo pinned-ok], inputs: [none]}}\n"
+        f"  - {{name: ok, image: '{stored}', commands: [echo pinned-ok], inputs: []}}\n"
         f"  - {{name: node, image: '127.0.0.1:{free_port()}/team/node:20', commands: [x],\n"
-        "     inputs: [none]}\n"
+        "     inputs: []}\n"
         "  - {name: after, image: kata.local/busybox:latest, depends_on: [ok],\n"
-        "     commands: [echo after-ok], inputs: [none]}\n")
+        "     commands: [echo after-ok], inputs: []}\n")
     for args in (("run", "--step", "after"), ("build", "//after")):
         r = kata(*args)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -284,7 +286,7 @@ def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
         "steps:\n"
         "  - name: package\n"
         "    image: kata.local/busybox:latest\n"
-        "    inputs: [none]\n"
+        "    inputs: []\n"
         "    artifacts: ['dist/*.whl', bin/]\n"
         "    commands:\n"
         "      - mkdir -p dist bin\n"
@@ -292,9 +294,9 @@ def test_results_out_of_the_store(tmp_path, containerd_daemon, runtime):
         "      - echo sdist > dist/app-1.0.tar.gz\n"
         "      - printf '#!/bin/sh\\necho tool\\n' > bin/tool && chmod 755 bin/tool\n"
         "      - ln -s tool bin/link\n"
-        "  - {name: docs, image: kata.local/busybox:latest, inputs: [none],\n"
+        "  - {name: docs, image: kata.local/busybox:latest, inputs: [],\n"
         "     artifacts: [site/], commands: ['mkdir site', 'echo hi > site/index.html']}\n"
-        "  - {name: check, image: kata.local/busybox:latest, inputs: [none], commands: ['true']}\n")
+        "  - {name: check, image: kata.local/busybox:latest, inputs: [], commands: ['true']}\n")
     kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
 
     def files(root: Path) -> dict[str, str]:
@@ -363,3 +365,45 @@ def test_export_of_a_run_with_nothing_to_export_says_so(kata, tmp_path):
     assert not (tmp_path / "dist").exists()
     proc = kata("export", "--run", full, "--out", str(tmp_path / "dist"))
     assert proc.returncode == 0 and (tmp_path / "dist/build/dist/a").read_text() == "hello\n"
+
+
+def test_a_pipeline_timeout_says_so_in_the_done_line(kata):
+    """Found by a review: a run ended by settings.timeout printed "[DONE] Interrupted:",
+    as if someone had pressed Ctrl-C, and counted the step it cancelled as failed. The
+    line names the timeout and counts cancelled, skipped and passed steps apart; --json's
+    done event carries the same (``stop``, ``cancelled_steps``)."""
+    write_pipeline(kata.repo, [FakeStep("nap", commands=("echo napping", "sleep 60")),
+                               FakeStep("after", commands=("true",), depends_on=("nap",)),
+                               FakeStep("quick", commands=("true",))],
+                   name="cli", settings={"timeout": "4s", "max_parallel": 2})
+    proc = kata("run")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith("[DONE] Pipeline timeout (settings.timeout): 3 steps: 1 cancelled, 1 skipped, "
+                           "1 passed — "), proc.stdout
+    assert "Traceback" not in proc.stderr
+    doc = [json.loads(x) for x in kata("run", "--json").stdout.splitlines()]
+    done = [d for d in doc if d.get("event") == "done"][-1]
+    assert (done["stop"], done["cancelled"], done["cancelled_steps"], done["failed"],
+            done["skipped"]) == ("pipeline timeout", True, 1, 0, 1), done
+
+
+def test_run_warns_of_an_inputs_pattern_that_matches_nothing(kata):
+    """Found by a review: the warning for an ``inputs``/``cache.key_files`` pattern that
+    selects no file (a typo: scr/** for src/**) came from `kata validate` only, and most
+    users never run it: `kata run` ran the blind step silently. `kata run` warns on stderr,
+    once per pattern and matrix step, before the steps run, on every run: a no-op replay
+    (nothing changed since an all-hit run) repeats the warnings that run gave, since the
+    pattern is as wrong then and a CI log of any one run should show it
+    (test_noop_replay.py::test_a_replay_warns_as_the_run_it_replays)."""
+    write_pipeline(kata.repo, [FakeStep("build", commands=("true",),
+                                        inputs=("scr/**", "src/**"))], name="cli")
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    warning = (f"warning: {kata.repo / '.kata-ci.yaml'}:3:9: step 'build': inputs pattern "
+               "'scr/**' matches no file of the repository")
+    assert [x for x in first.stderr.splitlines() if x.startswith("warning:")] == [warning]
+    assert warning not in first.stdout
+    changed = kata("run", "--json")  # --json keeps its stdout JSON; the warning is on stderr
+    assert warning in changed.stderr.splitlines()
+    assert all(json.loads(x) for x in changed.stdout.splitlines())

@@ -133,6 +133,7 @@ GOOD = [
 ]
 
 BAD = [  # (config, the loader's reason): the schema must refuse each too
+    ("triggers: [{event: push, actions: [opened]}]\nsteps: [{name: a, image: i}]", "config.value"),
     ("steps: [{name: a, image: i, imgae: j}]", "config.unknown_key"),
     ("stages: []\nsteps: [{name: a, image: i}]", "config.unknown_key"),
     ("pipeline: p", "config.no_steps"),

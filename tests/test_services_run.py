@@ -161,6 +161,21 @@ def test_a_service_listening_on_another_port_says_which(clean_runtime, busybox_d
     assert "(tcp 5672; nothing in the pod listens on TCP)" in info.value.message
 
 
+def test_an_http_service_listening_on_another_port_says_which(clean_runtime, busybox_digest):
+    """Found by a review: the tcp readiness timeout names the pod's listening ports, but
+    an http one on the wrong port (``http://web:8081/health`` for httpd on 8080), the
+    same typo, still said only "(http http://web:8081/health)"."""
+    web = ServiceSpec(name="web", image=busybox_digest,
+                      argv=("sh", "-c", "mkdir -p /www && echo ok > /www/health && "
+                            + SERVE.format("httpd -f -p 8080 -h /www")),
+                      ready=Readiness(kind="http", target="http://web:8081/health", timeout=1.5))
+    with pytest.raises(KataError) as info:
+        run(clean_runtime, busybox_digest, "echo must not run", (web,))
+    assert info.value.reason == "service.not_ready"
+    assert "(http http://web:8081/health; the pod listens on tcp 8080)" in info.value.message, \
+        info.value.message
+
+
 def test_listening_tcp_ports_from_proc_net():
     from kata.runtimes.containerd.pod import listening_tcp_ports
 

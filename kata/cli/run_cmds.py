@@ -282,6 +282,11 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                                  stat_cache=stat_cache,
                                  context=context_values(pipeline, cond_ctx, commit))
         targets = select_targets(graph, steps=steps, labels=labels)
+        from kata.compile import unmatched_patterns
+
+        # as kata validate: a typo in inputs leaves a step blind, and most never validate
+        for warning in unmatched_patterns(pipeline, repo_root, graph.repo_paths):
+            click.echo(f"warning: {warning}", err=True)
         if unavailable:  # exit 2 with every user, unless only unselected steps use them
             from kata.compile import resolve_images
             from kata.realise.plan import reach_all

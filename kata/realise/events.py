@@ -136,6 +136,8 @@ class Done:
     #   `kata run`, the process's start: loading, compiling and hashing count)
     cancelled: bool = False  # Ctrl-C or pipeline timeout
     allowed: int = 0  # failed but allowed to (`allow_failure:`); not among `failed`
+    stop: str = ""  # with cancelled: what ended the run, "interrupted" or "pipeline timeout"
+    cancelled_steps: int = 0  # steps stopped while running (Ctrl-C, timeout); not among `failed`
 
 
 Event = (Parsed | CacheChecked | ParallelStarted | StepStarted | OutputLine | StepPassed

@@ -392,8 +392,13 @@ def write_record(store: "Store", *, config: Path, repo_root: Path, graph: "Deriv
     if isinstance(template, str):
         return template
     state = store.state_dir
+    from kata.compile import unmatched_patterns
+
+    # what the run warned of on stderr, warned again by each replay (kata run's warnings)
+    warned = "".join(f"warning: {w}\n" for w in unmatched_patterns(
+        graph.pipeline, root, graph.repo_paths))
     doc = {
-        "format": FORMAT, "state": state, "paths": paths, "observed": signatures,
+        "format": FORMAT, "stderr": warned, "state": state, "paths": paths, "observed": signatures,
         "environment": _environment(), "head": (commit, branch),
         # one string and one marshalled list: each read only by the mode that prints it
         "plain": "".join(line + "\n" for line in plain), "events": marshal.dumps(body),
@@ -655,6 +660,9 @@ def _emit(index: Any, root: str, doc: dict[str, Any], mode: str, created: float)
 
     run_id = new_run_id()
     out = sys.stdout
+    if doc.get("stderr"):  # the warnings the recorded run gave, before its lines as there
+        sys.stderr.write(doc["stderr"])
+        sys.stderr.flush()
     if mode == "json":
         events = marshal.loads(doc["events"])
         out.write("".join(event_line(e) + "\n" for e in events))

@@ -244,16 +244,17 @@ class Realiser:
         began, taken now: the run record written, as late as the line can be."""
         results = [self._results.get(n) for n in self.graph.order]
         passed = [r for r in results if r and r.status == "passed"]
+        stopped = bool(not result.ok and result.stop_reason in ("interrupted", "pipeline timeout"))
         self.emit(ev.Done(
             run_id=self.run_id, passed=len(passed),
-            failed=sum(1 for r in results if r and r.status in ("failed", "cancelled")),
+            failed=sum(1 for r in results if r and r.status == "failed"),
+            cancelled_steps=sum(1 for r in results if r and r.status == "cancelled"),
             allowed=sum(1 for r in results if r and r.status == "allowed"),
             skipped=sum(1 for r in results if r and r.status == "skipped"),
             cached=sum(1 for r in passed if r.cache == "HIT"),
             ran=sum(1 for r in results if r and r.cache == "MISS" and r.exit_status is not None),
             total=sum(r.duration for r in results if r and r.cache == "MISS"),
-            wall=wall, cancelled=bool(result.stop_reason and not result.ok and result.stop_reason
-                                             in ("interrupted", "pipeline timeout"))))
+            wall=wall, cancelled=stopped, stop=result.stop_reason if stopped else ""))
 
     def _started_together(self, names: tuple[str, ...]) -> None:
         if len(names) > 1:

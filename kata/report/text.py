@@ -37,17 +37,22 @@ def seconds(value: float) -> str:
 
 def done_line(event: "Done") -> str:
     """The ``[DONE]`` line of a ``Done`` event (or of anything with its fields)."""
-    count = event.passed + event.failed + event.skipped + event.allowed
+    cancelled = getattr(event, "cancelled_steps", 0)
+    count = event.passed + event.failed + event.skipped + event.allowed + cancelled
     steps = "step" if count == 1 else "steps"
     wall = seconds(event.wall)
-    if event.failed == 0 and event.skipped == 0 and event.allowed == 0:
+    if event.failed == 0 and event.skipped == 0 and event.allowed == 0 and cancelled == 0:
         if event.cached == 0:
             return f"[DONE] All {count} {steps} passed ({seconds(event.total)} total, {wall} wall)"
         return f"[DONE] {count} {steps} ({event.cached} cached, {event.ran} ran) — {wall} wall time"
     passed = f"passed ({event.cached} cached)" if event.cached else "passed"  # of the passed
-    parts = [f"{n} {what}" for n, what in ((event.failed, "failed"),
+    parts = [f"{n} {what}" for n, what in ((cancelled, "cancelled"), (event.failed, "failed"),
                                            (event.allowed, "allowed to fail"),
                                            (event.skipped, "skipped"),
                                            (event.passed, passed)) if n]
-    prefix = "[DONE] Interrupted: " if event.cancelled else "[DONE] "
+    prefix = "[DONE] "
+    if event.cancelled:  # what stopped it: the run's status is "failed" either way
+        stop = getattr(event, "stop", "")
+        prefix = ("[DONE] Pipeline timeout (settings.timeout): " if stop == "pipeline timeout"
+                  else "[DONE] Interrupted: ")
     return f"{prefix}{count} {steps}: {', '.join(parts)} — {wall} wall time"

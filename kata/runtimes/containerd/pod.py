@@ -231,7 +231,7 @@ class ServiceRun(StepRun):
             if time.monotonic() >= deadline:
                 self._failed("service.not_ready",
                              f"was not ready after {r.timeout:g}s ({r.kind} {r.target}"
-                             f"{self._listening() if r.kind == 'tcp' else ''})")
+                             f"{self._listening() if r.kind in ('tcp', 'http') else ''})")
             self.exited.wait(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, r.interval)
 
