@@ -5,10 +5,10 @@ A kata process that connects to containerd (``kata.cli.run_cmds.LazyRuntime``) w
 ``<store state dir>/containerd-owners/<owner>`` (owner = ``procs.owner_id()``), two lines:
 the containerd socket it reached and the address it was given (empty: the host config's
 choice, resolved again by ``ContainerdRuntime.connect``). It removes the file once it has
-released everything (``LazyRuntime.close`` without an error). A file whose owner is dead
-(``procs.owner_dead``: of this boot and gone) therefore names a containerd that may hold
-its leftovers (containers labelled ``kata.owner=<owner>``, their tasks, snapshots,
-shims, mounts): :func:`sweep_dead` connects there, sweeps (``ContainerdRuntime.sweep``,
+released everything (``LazyRuntime.close`` without an error). A file whose owner is gone
+(:func:`gone`: not alive, of this boot or an earlier one) therefore names a containerd
+that may hold its leftovers (containers labelled ``kata.owner=<owner>``, their tasks,
+snapshots, shims, mounts): :func:`sweep_dead` connects there, sweeps (``ContainerdRuntime.sweep``,
 every dead owner's objects, not only this one's) and removes the file.
 
 - Import-light (the replay calls it): ``os``, ``fcntl`` and ``procs``; a run with no
@@ -32,6 +32,17 @@ import os
 
 DIR_NAME = "containerd-owners"
 PROBE_SECONDS = 0.5  # how long a marker's socket may take to accept a connection
+
+
+def gone(owner: str) -> bool:
+    """Whether a marker's owner no longer runs. Not ``procs.owner_dead``, which leaves
+    another boot's owner to a grace period because it may be another host's: the state
+    directory is host-local, so an earlier boot's owner is this host's and gone (its
+    containers and snapshots outlive a reboot in containerd's root). A name that is not
+    an owner label: False (not a marker)."""
+    from procs import owner_alive, parse_owner
+
+    return parse_owner(owner) is not None and not owner_alive(owner)
 
 
 def marker_dir(state_dir: str) -> str:
@@ -69,13 +80,9 @@ def dead_markers(state_dir: str) -> list[tuple[str, str, str | None]]:
         names = os.listdir(directory)
     except OSError:  # none yet (the usual case), or not a directory
         return []
-    if not names:
-        return []
-    from procs import owner_dead
-
     found = []
     for name in names:
-        if name.startswith(".") or not owner_dead(name):
+        if name.startswith(".") or not gone(name):
             continue
         read = _read(os.path.join(directory, name))
         if read is not None:
@@ -103,13 +110,9 @@ def sweep_dead(state_dir: str, *, warn=None) -> int:  # noqa: ANN001 - warn(str)
         names = os.listdir(directory)
     except OSError:
         return 0
-    if not names:
-        return 0
-    from procs import owner_dead
-
     swept = 0
     for name in names:
-        if name.startswith(".") or not owner_dead(name):
+        if name.startswith(".") or not gone(name):
             continue
         try:
             if _sweep_one(os.path.join(directory, name), warn):
