@@ -235,6 +235,17 @@ def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike) -> list
                     pos = step.position
                     where = f"{pos.file}:{pos.line}:{pos.column}: " if pos is not None else ""
                     out.append(f"{where}step {base!r}: {field} pattern {pattern!r} matches "
-                               "no file of the repository")
+                               f"no file of the repository{_unexpanded(step, field, pattern)}")
     return out
+
+
+def _unexpanded(step, field: str, pattern: str) -> str:  # noqa: ANN001 - model.Step
+    """The hint for a pattern naming one of the step's matrix variables as ``${VAR}``,
+    which only ``image:`` expands (the trial's ``inputs: ["${PART}/**"]``), else ""."""
+    names = [n for n, _ in step.matrix if "${" + n + "}" in pattern]
+    if not names:
+        return ""
+    return (f": ${{{names[0]}}} is not expanded in {field} (matrix variables are replaced "
+            "only in image:; the value is in the step's env): to give each value its own "
+            "files, write one step per value (a YAML anchor, `<<: *base`)")
 

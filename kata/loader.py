@@ -48,22 +48,25 @@ FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev", "/run/kata")
 SHELL_DIRS = ("/bin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64")
 
 
-def repository_path_problem(text: str, *, glob: bool) -> str:
+def repository_path_problem(text: str, *, glob: bool, anchor: bool = False) -> str:
     """Why ``text`` (an ``artifacts`` / ``cache.paths`` entry, or with ``glob`` an
     ``inputs`` / ``cache.key_files`` gitignore pattern) may reach outside the
     repository or workspace, or "" when it stays inside.
 
     The rule: relative, and no ``..`` component anywhere (before normalising, so
     ``a/../../x`` is refused even where it would fold back inside). A leading ``!``
-    (gitignore negation) is not part of the path.
+    (gitignore negation) is not part of the path. With ``anchor`` (``inputs``,
+    ``cache.key_files``), one leading ``/`` is gitignore's anchor at the repository root (``/configure``, ``/*.h``: the top-level
+    files only; without it a pattern with no other ``/`` matches at any depth), not an
+    absolute path: patterns only ever select files of the repository.
     """
     path = text[1:] if glob and text.startswith("!") else text
     if "\0" in path:
         return "contains a NUL byte"
+    if anchor and path.startswith("/") and not path.startswith("//"):
+        path = path[1:]
     if path.startswith("/"):
-        hint = (" (a pattern containing '/' is already anchored at the repository root)"
-                if glob else "")
-        return f"is absolute: paths are relative to the repository{hint}"
+        return "is absolute: paths are relative to the repository"
     if ".." in path.split("/"):
         return "contains '..': paths must stay inside the repository"
     return ""
@@ -406,24 +409,24 @@ class _Walker:
                             f"expected one of {', '.join(allowed)}")
         return expr
 
-    def inside(self, what: str, *, glob: bool) -> Callable[[str, Node], None]:
+    def inside(self, what: str, *, glob: bool, anchor: bool = False) -> Callable[[str, Node], None]:
         """A check for ``strings``: the entry stays inside the repository."""
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty path in {what}")
-            problem = repository_path_problem(s, glob=glob)
+            problem = repository_path_problem(s, glob=glob, anchor=anchor)
             if problem:
                 raise self.fail("config.value", item, f"{what}: {s!r} {problem}")
         return check
 
     def globs(self, node: Node, what: str, gitignore: bool = False,
-              reads: bool = True) -> tuple[str, ...]:
+              reads: bool = True, anchor: bool = False) -> tuple[str, ...]:
         """Patterns; ``gitignore``: path globs (gitignore rules). ``reads``: the patterns
-        select files kata reads or keeps (inputs, key_files, artifacts), so they must stay
-        inside the repository (no ``..``, not absolute); changed-path filters (``only:
-        paths``, triggers' ``paths``) read nothing, and a leading ``/`` anchors them at
-        the root as in .gitignore."""
-        inside = self.inside(what, glob=True)
+        select files kata reads or keeps (inputs, key_files, artifacts), so they must stay inside the
+        repository (no ``..``); changed-path filters (``only: paths``, triggers' ``paths``)
+        read nothing. ``anchor`` (inputs, key_files; always for changed-path filters): a
+        leading ``/`` anchors at the root as in .gitignore (``artifacts`` refuse it)."""
+        inside = self.inside(what, glob=True, anchor=anchor)
 
         def check(s: str, item: Node) -> None:
             if not s.strip():
@@ -510,7 +513,7 @@ class _Walker:
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
             elif key == "inputs":
-                kw[key] = self.globs(v, label, gitignore=True)
+                kw[key] = self.globs(v, label, gitignore=True, anchor=True)
             elif key == "secrets":
                 def check(s: str, item: Node, label=label) -> None:
                     if not is_env_name(s):
@@ -855,7 +858,8 @@ class _Walker:
             enabled=enabled, explicit=enabled and "enabled" in f,
             paths=self.strings(f["paths"][1], f"{what}.paths",
                                self.inside(f"{what}.paths", glob=False)) if "paths" in f else (),
-            key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True) if "key_files" in f else ())
+            key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True,
+                                anchor=True) if "key_files" in f else ())
 
     def only(self, node: Node, what: str) -> conditions.Expr:
         kw = {}

@@ -478,3 +478,134 @@ def test_a_steps_snapshot_survives_containerd_gc_without_a_lease(clean_runtime, 
         collector.join()
     assert results == [(0, [f"rootfs-{i}".encode()]) for i in range(8)]
     assert c.call(c.leases.List, leases_pb2.ListRequest(), "list leases").leases == []
+
+
+def _cgroup_dirs(cid: str) -> list[str]:
+    """Where ``cid``'s cgroup (kata's parent, spec.cgroup_path) still exists, any hierarchy."""
+    from kata.runtimes.containerd.spec import cgroup_path
+
+    root = Path("/sys/fs/cgroup")
+    return [str(h / cgroup_path(cid).lstrip("/")) for h in root.iterdir()
+            if (h / cgroup_path(cid).lstrip("/")).is_dir()]
+
+
+def test_a_kata_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(
+        containerd_daemon, busybox_digest, runtime, tmp_path):
+    """kata SIGKILLed while the shim's ``crun create`` is under way (made deterministic
+    by a createRuntime hook that sleeps: crun has made the container's cgroups in every
+    hierarchy and not yet written its ``status``). The next connect's sweep ends the
+    shim, which SIGKILLs that crun (the shim runs it with a parent-death signal): its
+    state directory holds no ``status``, so ``crun delete --force`` cannot know the
+    cgroup, and the cgroup used to stay behind, empty, in every controller."""
+    marker = tmp_path / "started"
+    hook_arg = f"59.{secrets.randbelow(10**6)}"  # this test's hook, to end it afterwards
+    script = textwrap.dedent(f"""
+        import os, threading, time
+        import kata.runtimes.containerd.task as task
+        from kata.runtimes.containerd import ContainerdRuntime
+        from kata.runtimes.containerd.cleanup import Cleanup
+        from kata.runtimes.containerd.task import StepRun, TaskOptions
+        from kata.runtimes.base import StepSpec
+        compiled = task.compiled_seccomp
+        def hooked(spec, options):
+            compiled(spec, options)
+            spec["hooks"] = {{"createRuntime": [
+                {{"path": "/usr/bin/sleep", "args": ["sleep", {hook_arg!r}]}}]}}
+        task.compiled_seccomp = hooked
+        rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
+                                       state_dir={str(containerd_daemon.root.parent)!r})
+        image = rt.images.run_image({busybox_digest!r})
+        spec = StepSpec(image={busybox_digest!r}, argv=("true",), network="none")
+        run = StepRun(rt.client, TaskOptions(fifo_root=rt.fifo_root), spec, image,
+                      lambda s, d: None, threading.Event())
+        threading.Thread(target=run.launch, args=(Cleanup(),), daemon=True).start()
+        while not os.path.isdir("/sys/fs/cgroup/pids/kata/" + run.id):
+            time.sleep(0.02)
+        with open({str(marker)!r} + ".tmp", "w") as f:
+            f.write(run.id)
+        os.rename({str(marker)!r} + ".tmp", {str(marker)!r})
+        time.sleep(1000)
+    """)
+    kill_once_started(script, marker)
+    cid = marker.read_text()
+    try:
+        assert _cgroup_dirs(cid), "crun create never made the cgroup"
+        from kata.runtimes.containerd import ContainerdRuntime
+
+        with ContainerdRuntime.connect(address=containerd_daemon.address,
+                                       state_dir=str(containerd_daemon.root.parent)) as rt:
+            assert rt.leftovers() == {k: [] for k in rt.leftovers()}
+        assert _cgroup_dirs(cid) == []
+    finally:
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # this test's hook only
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{hook_arg}\0".encode():
+                    os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def test_containerd_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(tmp_path):
+    """containerd SIGKILLed while the shim's ``crun create`` is under way (held by a
+    createRuntime hook): the shim's ttrpc connection closes, which cancels the request
+    and so SIGKILLs that crun (go-runc runs it under the request's context) with the
+    cgroups made and no ``status`` written. kata's Tasks.Create fails, the container
+    record stays (its task could not be deleted), and once containerd is back the next
+    connect's sweep must leave no cgroup of it."""
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.daemon import ensure_daemon, read_pid
+    from support.daemon import embedded_containerd
+    from support.images import busybox_image, write_oci_archive
+
+    marker = tmp_path / "started"
+    hook_arg = f"58.{secrets.randbelow(10**6)}"
+    with embedded_containerd("kc") as paths:  # the test's own: it is killed
+        with ContainerdRuntime.connect(address=paths.address,
+                                       state_dir=str(paths.root.parent)) as rt:
+            rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
+            digest = rt.resolve_image(busybox_image().ref)
+        script = textwrap.dedent(f"""
+            import os, threading, time
+            import kata.runtimes.containerd.task as task
+            from kata.runtimes.containerd import ContainerdRuntime
+            from kata.runtimes.containerd.cleanup import Cleanup
+            from kata.runtimes.containerd.task import StepRun, TaskOptions
+            from kata.runtimes.base import StepSpec
+            compiled = task.compiled_seccomp
+            def hooked(spec, options):
+                compiled(spec, options)
+                spec["hooks"] = {{"createRuntime": [
+                    {{"path": "/usr/bin/sleep", "args": ["sleep", {hook_arg!r}]}}]}}
+            task.compiled_seccomp = hooked
+            rt = ContainerdRuntime.connect(address={paths.address!r},
+                                           state_dir={str(paths.root.parent)!r})
+            image = rt.images.run_image({digest!r})
+            spec = StepSpec(image={digest!r}, argv=("true",), network="none")
+            run = StepRun(rt.client, TaskOptions(fifo_root=rt.fifo_root), spec, image,
+                          lambda s, d: None, threading.Event())
+            threading.Thread(target=run.launch, args=(Cleanup(),), daemon=True).start()
+            while not os.path.isdir("/sys/fs/cgroup/pids/kata/" + run.id):
+                time.sleep(0.02)
+            os.kill({read_pid(paths)}, 9)  # containerd, mid-create
+            time.sleep(1)
+            with open({str(marker)!r} + ".tmp", "w") as f:
+                f.write(run.id)
+            os.rename({str(marker)!r} + ".tmp", {str(marker)!r})
+            time.sleep(1000)
+        """)
+        kill_once_started(script, marker)
+        cid = marker.read_text()
+        try:
+            ensure_daemon(paths)
+            with ContainerdRuntime.connect(address=paths.address,
+                                           state_dir=str(paths.root.parent)) as rt:
+                assert rt.leftovers() == {k: [] for k in rt.leftovers()}
+            assert _cgroup_dirs(cid) == []
+        finally:
+            for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # this test's hook
+                try:
+                    if Path(f"/proc/{pid}/cmdline").read_bytes() == \
+                            f"sleep\0{hook_arg}\0".encode():
+                        os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass

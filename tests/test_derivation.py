@@ -506,3 +506,19 @@ def test_a_record_of_an_older_key_format_is_named_not_diffed_as_a_limit_change(r
     assert [c.field for c in diff(decode(bare), plain.record())] == ["key format"]
     # a record of this format compares as before
     assert diff(decode(plain.record().encode()), plain.record()) == ()
+
+
+def test_a_record_of_kata_drv_2_is_named_as_an_older_key_format(repo) -> None:
+    # kata-drv/3 changed no field, only what every step sees (rlimits, /etc/hosts,
+    # /dev/shm, HOME): a /2 record of the same config is "key format", nothing else
+    import msgpack
+
+    node = _graph(BASE, repo).nodes["build"]
+    obj = msgpack.unpackb(node.record().encode(), raw=False)
+    obj["key"] = "kata-drv/2"
+    old = decode(msgpack.packb(obj, use_bin_type=True))
+    assert [(c.field, c.old, c.new) for c in diff(old, node.record())] == [
+        ("key format", "kata-drv/2", "kata-drv/3")]
+    bare = decode(msgpack.packb(["kata-drv/2", obj["drv"]], use_bin_type=True))
+    assert bare.key_format == "kata-drv/2"
+    assert FORMAT == "kata-drv/3"

@@ -58,6 +58,8 @@ def test_inputs_globs_narrow(tmp_path) -> None:
     assert [f.path for f in snap.input_set(["src/**", "!*.o"]).files] == ["src/a.c", "src/b.c"]
     assert [f.path for f in snap.input_set(["*.md"]).files] == ["README.md", "docs/guide.md"]
     assert snap.input_set(["nothing/"]).files == ()
+    # a leading '/' anchors at the root, as in .gitignore
+    assert [f.path for f in snap.input_set(["/*.md"]).files] == ["README.md"]
 
 
 def test_digests_modes_symlinks(tmp_path) -> None:

@@ -29,7 +29,8 @@ from kata.model import (
 from kata.realise import spec as specs
 from kata.resources import Resources
 from kata.runtimes.base import ServiceSpec, StepSpec
-from kata.runtimes.containerd.spec import build_spec
+from kata.runtimes.containerd.spec import (RLIM_INFINITY_OCI, build_spec, hosts_text,
+                                          shared_hosts_file, step_rlimits)
 
 # -- the inventory ----------------------------------------------------------------------
 # "key": in the derivation hash (and the resolved hash); anything else is the reason it
@@ -66,6 +67,8 @@ STEPSPEC_FIELDS = {
     "resources": "spec",
     "timeout": STEP_FIELDS["timeout"],
     "labels": "out: the run id and step name, for kata's own bookkeeping",
+    "cache_paths": "key: the step's cache.paths (Step.cache) that were restored, re-owned "
+                   "to its user; which were restored is the cache's, as their contents",
 }
 SERVICESPEC_FIELDS = {
     "name": "spec", "image": "spec", "argv": "spec", "env": "spec", "workdir": "spec",
@@ -158,7 +161,9 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
     spec = specs.step_spec(node, workdir=dirs["ws"],
                            secrets_dir=dirs["secrets"] if step.secrets else None,
                            env=dict(pipeline.env), run_id="r", services=svcs)
-    oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"))
+    oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"),
+                     rlimits=step_rlimits(RLIM_INFINITY_OCI, RLIM_INFINITY_OCI),  # not this host's
+                     hosts_file=shared_hosts_file(dirs["ws"].parent / "etc", spec.hostname))
     oci["linux"].pop("cgroupsPath")  # the container id's
     seen = {"oci": oci, "hostname": spec.hostname,
             # env as a list: the order reaches the service's process (dicts compare unordered)
@@ -237,6 +242,7 @@ def test_how_a_step_runs_is_pinned(dirs) -> None:
         "args": process["args"], "env": process["env"], "cwd": process["cwd"],
         "user": process["user"], "rlimits": process["rlimits"],
         "terminal": process["terminal"], "hostname": oci["hostname"],
+        "etc_hosts": hosts_text((oci["hostname"],)),
         "namespaces": oci["linux"]["namespaces"], "resources": oci["linux"]["resources"],
         "mounts": [{**m, "source": m["source"].replace(str(dirs["ws"].parent), "<tmp>")}
                    for m in oci["mounts"]],

@@ -5,6 +5,7 @@ The same grid as tests/test_remote_exec.py (BuildGrid on PostgreSQL, two workers
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
@@ -12,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from support.cgroups import OwnCgroups
 from support.fixtures import assert_clean
 from test_kill_points import SEED, _check_outputs, _no_traceback_of_kata, killed_run
 from test_remote_exec import grid, kata, workers  # noqa: F401 - fixtures
@@ -81,7 +83,9 @@ def test_a_worker_killed_at_random_moments_costs_no_run_and_leaves_nothing(
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(_pipeline(image), sort_keys=False))
     remote = ("--remote-executor", bg.url)
     rng = random.Random(SEED + 4)
-    with worker_pool(grid, names=("k1", "k2")) as pool:
+    with worker_pool(grid, names=("k1", "k2")) as pool, contextlib.ExitStack() as stack:
+        # the step cgroups of each worker's containerd (support/cgroups.py)
+        own = [stack.enter_context(OwnCgroups(daemon_paths(w.state))) for w in pool]
         (kata.repo / "src" / "seed.txt").write_text("worker -1\n")
         started = time.monotonic()
         assert kata("run", *remote).returncode == 0
@@ -109,5 +113,7 @@ def test_a_worker_killed_at_random_moments_costs_no_run_and_leaves_nothing(
                                            state_dir=str(victim.state)) as rt:
                 left = rt.leftovers()
             assert left == {k: [] for k in left}, (what, left)
+            for watch in own:
+                assert watch.left() == {}, f"{what}: cgroups left (id: pids in it)"
             pool[n % 2] = again
     assert_clean(runtime)

@@ -21,8 +21,8 @@ STEP = "steps:\n  - name: a\n    image: x\n"
 
 BAD = {
     # name: (yaml lines under the step, line, column, words in the message)
-    "key_files_absolute": ("    cache:\n      paths: [c]\n      key_files: [/etc/shadow]\n",
-                           6, 19, "cache.key_files: '/etc/shadow' is absolute"),
+    "key_files_absolute": ("    cache:\n      paths: [c]\n      key_files: [//etc/shadow]\n",
+                           6, 19, "cache.key_files: '//etc/shadow' is absolute"),
     "key_files_dotdot": ("    cache:\n      paths: [c]\n      key_files: [src, ../../x]\n",
                          6, 24, "cache.key_files: '../../x' contains '..'"),
     "key_files_negated": ("    cache:\n      paths: [c]\n      key_files: ['!../x']\n",
@@ -36,8 +36,9 @@ BAD = {
     "artifacts_absolute": ("    artifacts: [dist, /etc/passwd]\n", 4, 23,
                            "artifacts: '/etc/passwd' is absolute"),
     "artifacts_dotdot": ("    artifacts: [../out]\n", 4, 17, "artifacts: '../out' contains '..'"),
-    "inputs_absolute": ("    inputs: [/proc/self/environ]\n", 4, 14,
-                        "inputs: '/proc/self/environ' is absolute"),
+    "inputs_absolute": ("    inputs: [//proc/self/environ]\n", 4, 14,
+                        "inputs: '//proc/self/environ' is absolute"),
+    "inputs_anchored_dotdot": ("    inputs: [/../x]\n", 4, 14, "inputs: '/../x' contains '..'"),
     "inputs_dotdot": ("    inputs: ['src/**', '../sibling/**']\n", 4, 24,
                       "inputs: '../sibling/**' contains '..'"),
     "workdir_escape": ("    workdir: /workspace/../../proc\n", 4, 14,
@@ -95,7 +96,6 @@ def test_paths_inside_are_accepted() -> None:
 def test_rules_as_values() -> None:
     assert repository_path_problem("a/b", glob=False) == ""
     assert repository_path_problem("..", glob=False).startswith("contains '..'")
-    assert repository_path_problem("!/x", glob=True).startswith("is absolute")
     assert repository_path_problem("a\0b", glob=False) == "contains a NUL byte"
     assert workdir_problem("/workspace") == ""
     assert workdir_problem("/devices") == ""  # only /dev itself and below
@@ -105,14 +105,15 @@ def test_rules_as_values() -> None:
 def test_validate_names_file_line_column(tmp_path: Path) -> None:
     cfg = tmp_path / ".kata-ci.yaml"
     cfg.write_text("pipeline: p\n" + STEP + "    commands: ['true']\n    cache:\n"
-                   "      paths: [c]\n      key_files: ['/etc/shadow', '../../x']\n")
+                   "      paths: [c]\n      key_files: ['/etc/shadow', '../../x']\n"
+                   "    artifacts: [/etc/shadow]\n")
     res = subprocess.run([sys.executable, "-m", "kata", "-f", str(cfg), "validate"],
                          capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert res.returncode == 2
-    assert res.stderr.strip() == (f"error: {cfg}:8:19: step 'a': cache.key_files: '/etc/shadow' "
-                                  "is absolute: paths are relative to the repository (a pattern "
-                                  "containing '/' is already anchored at the repository root)")
+    # '/etc/shadow' in key_files is a pattern anchored at the repository root; '../../x' leaves
+    assert res.stderr.strip() == (f"error: {cfg}:8:34: step 'a': cache.key_files: '../../x' "
+                                  "contains '..': paths must stay inside the repository")
 
 
 def test_config_symlinked_out_of_the_repository_is_not_read(tmp_path: Path) -> None:
@@ -162,9 +163,26 @@ def test_changed_path_filters_may_anchor_at_the_root():
     p = load_text(STEP + "    only: {paths: ['/*.md']}\n"
                   "triggers:\n  - {event: push, paths: ['/docs/**']}\n", file="k.yaml")
     assert p.steps[0].only is not None
-    with pytest.raises(KataError) as err:  # the same pattern where kata would read files
-        load_text(STEP + "    inputs: ['/*.md']\n", file="k.yaml")
-    assert err.value.reason == "config.value" and "is absolute" in err.value.message
+
+
+def test_inputs_and_key_files_may_anchor_at_the_root():
+    """gitignore's one way to name a top-level file whose pattern has no other '/'
+    (``/configure``, ``/*.h``: a C project's root, not its contrib/ copies): a leading
+    ``/`` anchors, it does not leave the repository. It was refused as "absolute", with a
+    hint ("a pattern containing '/' is already anchored") that does not hold for
+    ``configure`` or ``*.h``, which match at any depth; found by the zlib trial."""
+    p = load_text(STEP + "    inputs: ['/configure', '/*.h', '!/zconf.h']\n"
+                  "    cache:\n      paths: [c]\n      key_files: ['/Makefile.in']\n",
+                  file="k.yaml")
+    assert p.steps[0].inputs == ("/configure", "/*.h", "!/zconf.h")
+    assert p.steps[0].cache.key_files == ("/Makefile.in",)
+    assert repository_path_problem("/*.h", glob=True, anchor=True) == ""
+    assert repository_path_problem("!/x", glob=True, anchor=True) == ""
+    for bad in ("//etc/shadow", "/../x", "!//x"):  # not an anchor: refused as before
+        assert repository_path_problem(bad, glob=True, anchor=True) != "", bad
+    # artifacts and cache.paths are paths in the workspace: a leading '/' stays refused
+    assert repository_path_problem("/etc/passwd", glob=True).startswith("is absolute")
+    assert repository_path_problem("/etc/passwd", glob=False).startswith("is absolute")
 
 
 @pytest.mark.parametrize("body,where,words", [
@@ -256,3 +274,28 @@ def test_validate_warns_of_an_input_or_key_file_pattern_that_matches_nothing(tmp
         "'package-lock.json' matches no file of the repository"]
     doc = json.loads(kata("validate", "--offline", "--json").stdout)
     assert doc["valid"] is True and len(doc["warnings"]) == 2
+
+
+def test_a_matrix_variable_in_an_inputs_pattern_is_named_as_not_expanded(tmp_path: Path) -> None:
+    """Found by the zlib trial: a matrix over parts of a C library with ``inputs:
+    ["${PART}/**"]`` (one instance per part, each seeing its sources) validated with only
+    "matches no file of the repository", as a typo would; ``${VAR}`` is replaced in
+    ``image:`` alone, so the warning says so, and what to write instead."""
+    from kata.compile import unmatched_patterns
+
+    (tmp_path / "deflate").mkdir()
+    (tmp_path / "deflate" / "a.c").write_text("int a;\n")
+    p = load_text("steps:\n  - name: compile\n    image: x\n"
+                  "    inputs: ['${PART}/**', 'nothing/**']\n"
+                  "    cache: {paths: [c], key_files: ['${PART}.lock']}\n"
+                  "    matrix: {PART: [deflate, inflate]}\n", file="k.yaml")
+    hint = ("is not expanded in {} (matrix variables are replaced only in image:; the "
+            "value is in the step's env): to give each value its own files, write one step "
+            "per value (a YAML anchor, `<<: *base`)")
+    assert unmatched_patterns(p, tmp_path) == [
+        "k.yaml:2:11: step 'compile': inputs pattern '${PART}/**' matches no file of the "
+        "repository: ${PART} " + hint.format("inputs"),
+        "k.yaml:2:11: step 'compile': inputs pattern 'nothing/**' matches no file of the "
+        "repository",
+        "k.yaml:2:11: step 'compile': cache.key_files pattern '${PART}.lock' matches no file "
+        "of the repository: ${PART} " + hint.format("cache.key_files")]

@@ -11,6 +11,7 @@ from fakes import FAKE_DIGEST, Behaviour, FakeRuntime, FakeStep, compile_steps
 from kata.errors import KataError
 from kata.realise import events as ev
 from kata.realise.realiser import Realiser, RealiseOptions
+from kata.realise.spec import HOME_FALLBACK
 from kata.runtimes.base import Readiness
 from store import Store
 
@@ -379,7 +380,8 @@ def test_services_reach_the_runtime_and_their_logs_are_recorded(env):
     db, web = spec.services
     assert db.name == "db" and db.image.endswith("@" + FAKE_DIGEST) and db.env == {"A": "1"}
     assert db.ready == Readiness(kind="tcp", target="5432", timeout=7.0) and db.argv == ()
-    assert web.ready is None and web.argv == ("/bin/sh", "-c", "exec 2>&1\nset -e\nhttpd -f\n")
+    assert web.ready is None
+    assert web.argv == ("/bin/sh", "-c", HOME_FALLBACK + "exec 2>&1\nset -e\nhttpd -f\n")
     logs = dict(result.steps["it"].service_logs)
     assert set(logs) == {"db", "web"}
     assert env.store.read_blob(logs["db"]) == b"db up\n"

@@ -48,6 +48,23 @@ def test_a_spec_survives_the_trip_through_an_action() -> None:
     assert back.mounts == (Mount(kind="bind", target="/src", source="/w/ws"),)
 
 
+def test_restored_cache_paths_reach_the_worker_and_only_they_need_spec_version_2() -> None:
+    """The worker gives the step's user its restored `cache.paths` (as the realiser does
+    locally); a step without any keeps version 1, which a worker that predates 2 runs."""
+    command = re_pb2.Command(arguments=["true"])
+    plain = act.spec_document(spec())
+    assert b'"version":1' in plain and b"cache_paths" not in plain
+    assert act.read_spec(command, plain, "/w/ws", {}).cache_paths == ()
+    cached = act.spec_document(spec(cache_paths=("node_modules/", ".m2")))
+    assert b'"version":2' in cached
+    assert act.read_spec(command, cached, "/w/ws", {}).cache_paths == ("node_modules/", ".m2")
+    for bad in (["/etc"], ["../up"], ["a/../../b"], [""], [3]):
+        doc = cached.replace(b'["node_modules/",".m2"]', str(bad).replace("'", '"').encode())
+        with pytest.raises(KataError) as err:
+            act.read_spec(command, doc, "/w/ws", {})
+        assert err.value.reason == "remote.bad_action", bad
+
+
 def test_the_action_is_canonical_and_never_cached_by_the_executor() -> None:
     root = re_pb2.Digest(hash="0" * 64, size_bytes=1)
     one, two = act.build_action(spec(), root), act.build_action(spec(env={"A": "1", "B": "2"}), root)
@@ -58,7 +75,7 @@ def test_the_action_is_canonical_and_never_cached_by_the_executor() -> None:
     command = re_pb2.Command()
     command.ParseFromString(one.blobs[files.key(action.command_digest)])
     assert [e.name for e in command.environment_variables] == ["A", "B"]
-    assert list(command.output_paths) == ["ws", "kata-services", "kata-special"]
+    assert list(command.output_paths) == ["ws", "kata-services", "kata-special", "kata-error"]
     assert command.working_directory == "ws"
     props = [(p.name, p.value) for p in command.platform.properties]
     assert props == sorted(props)
@@ -260,3 +277,29 @@ def test_a_worker_finds_the_next_input_root_in_its_cache(tmp_path: Path) -> None
     assert cas.asked == [root.hash, files.digest_of(b"{}").hash]  # and the spec file
     assert snapshot(fresh / "ws") == snapshot(ws)
     assert (fresh / "kata-spec.json").read_bytes() == b"{}"
+
+
+def test_what_a_worker_runtime_raised_comes_back_as_the_same_error() -> None:
+    """A service that never became ready on a worker fails the step with the reason and
+    message a local run records, not as a failed execution."""
+    err = KataError("service.not_ready", "service db was not ready after 2s", obj="db",
+                    exit_code=1)
+    back = act.read_error(act.error_document(err))
+    assert (back.reason, back.message, back.obj, back.exit_code) == \
+        ("service.not_ready", "service db was not ready after 2s", "db", 1)
+    for bad in (b"{", b'{"reason": "Not A Reason", "message": "x"}', b'{"reason": "a.b"}',
+                b'{"reason": "a.b", "message": "x", "exit_code": 7}'):
+        with pytest.raises(KataError) as raised:
+            act.read_error(bad)
+        assert raised.value.reason == "remote.bad_answer", bad
+
+
+def test_only_the_steps_own_runtime_errors_become_its_result() -> None:
+    """A worker's own lack (an image it cannot pull, its containerd failing) fails the
+    lease, so the scheduler may try another worker; the step's own (its service, its
+    user) is its result, as locally."""
+    from kata.executor.worker import steps_own
+
+    assert steps_own("service.not_ready") and steps_own("service.exited")
+    assert steps_own("runtime.bad_user")
+    assert not steps_own("image.not_found") and not steps_own("runtime.unreachable")

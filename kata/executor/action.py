@@ -6,7 +6,7 @@ The input root of a remote step (``Command.working_directory`` is ``ws``)::
                       bind-mounted at the step's workdir (``StepSpec.workdir``)
     kata-spec.json    what the container needs beyond the Command (``SPEC_FILE``)
 
-``kata-spec.json`` (``SPEC_VERSION`` 1; sorted keys, UTF-8)::
+``kata-spec.json`` (sorted keys, UTF-8)::
 
     {"version": 1, "image": "NAME@sha256:…", "workdir": "/src", "user": "0:0",
      "hostname": "kata", "network": "none|default|host", "timeout": seconds | null,
@@ -14,6 +14,12 @@ The input root of a remote step (``Command.working_directory`` is ``ws``)::
      "services": [{"name", "image", "argv", "env", "workdir", "user",
                    "ready": {"kind", "target", "timeout", "interval"} | null,
                    "resources": {…}}]}
+
+Version 2 (``SPEC_VERSION``) adds ``"cache_paths": ["node_modules/", …]``: the restored
+``cache.paths`` the worker gives the step's user before it starts, as the realiser does
+locally (``StepSpec.cache_paths``). It is written only for a step that has some; every
+other step keeps version 1, so a worker that predates it still runs those, and refuses
+(``remote.bad_action``) only the ones it would run wrong.
 
 The ``Command`` carries the argv and the environment (sorted by name, as REAPI asks),
 ``output_paths`` = ``["ws", "kata-services", "kata-special"]`` (the whole workspace comes
@@ -35,6 +41,7 @@ No secret is ever part of an Action: steps with secrets run locally (SECURITY.md
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +55,16 @@ from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
 from .files import digest_of, key, message_bytes
 
 SPEC_FILE = "kata-spec.json"
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+SPEC_VERSIONS = (1, 2)  # what read_spec takes
 WORKSPACE_DIR = "ws"
 SERVICES_DIR = "kata-services"
 SPECIAL_FILE = "kata-special"  # the workspace's FIFOs, sockets, devices (NUL-separated paths)
+# why the step could not run to an exit status on the worker, as the local runtime would
+# have raised it (a service that exited or never became ready, a user the image refuses):
+# JSON {"reason": "service.not_ready", "message": "…", "object": "db" | null,
+# "exit_code": 1 | 2} (``error_document``)
+ERROR_FILE = "kata-error"
 OS_FAMILY = "linux"
 ISA = "x86-64"
 #: the non-standard platform keys Kata sets (a BuildGrid config lists them as wildcards)
@@ -84,10 +97,12 @@ def _service(s: ServiceSpec) -> dict[str, Any]:
 def spec_document(spec: StepSpec) -> bytes:
     """The ``kata-spec.json`` bytes of a step (mounts and labels excluded: the workspace is
     the input root, and labels name the client's run)."""
-    doc = {"version": SPEC_VERSION, "image": spec.image, "workdir": spec.workdir,
+    doc = {"version": 1, "image": spec.image, "workdir": spec.workdir,
            "user": spec.user, "hostname": spec.hostname, "network": spec.network,
            "timeout": spec.timeout, "resources": _resources(spec.resources),
            "services": [_service(s) for s in spec.services]}
+    if spec.cache_paths:
+        doc.update(version=SPEC_VERSION, cache_paths=list(spec.cache_paths))
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -121,9 +136,9 @@ def build_action(spec: StepSpec, input_root: re_pb2.Digest) -> RemoteAction:
         arguments=list(spec.argv),
         environment_variables=[re_pb2.Command.EnvironmentVariable(name=k, value=v)
                                for k, v in sorted(spec.env.items())],
-        output_paths=[WORKSPACE_DIR, SERVICES_DIR, SPECIAL_FILE],
+        output_paths=[WORKSPACE_DIR, SERVICES_DIR, SPECIAL_FILE, ERROR_FILE],
         output_directories=[WORKSPACE_DIR, SERVICES_DIR],  # for v2.0 servers
-        output_files=[SPECIAL_FILE],
+        output_files=[SPECIAL_FILE, ERROR_FILE],
         working_directory=WORKSPACE_DIR,
         platform=platform(spec),
     )
@@ -152,8 +167,13 @@ def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
     ``KataError("remote.bad_action")`` for an action Kata did not make."""
     try:
         doc = json.loads(spec_bytes)
-        if doc.get("version") != SPEC_VERSION:
-            raise ValueError(f"spec version {doc.get('version')!r}, not {SPEC_VERSION}")
+        if doc.get("version") not in SPEC_VERSIONS:
+            raise ValueError(f"spec version {doc.get('version')!r}, not one of "
+                             f"{', '.join(map(str, SPEC_VERSIONS))}")
+        cache_paths = tuple(doc.get("cache_paths", ()))
+        if not all(isinstance(p, str) and p and not p.startswith("/")
+                   and ".." not in p.split("/") for p in cache_paths):
+            raise ValueError(f"cache_paths {list(cache_paths)!r} leave the workspace")
         services = []
         for s in doc.get("services", []):
             ready = s.get("ready")
@@ -167,8 +187,36 @@ def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
             workdir=doc["workdir"], user=doc["user"], hostname=doc["hostname"],
             network=doc["network"], timeout=doc["timeout"],
             resources=_res(doc.get("resources")), services=tuple(services),
+            cache_paths=cache_paths,
             mounts=(Mount(kind="bind", target=doc["workdir"], source=workspace),),
             labels=labels)
     except (ValueError, KeyError, TypeError) as err:
         raise KataError("remote.bad_action", f"not an action kata made: {err}",
                         exit_code=1) from err
+
+
+_REASON = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*)+")
+
+
+def error_document(err: KataError) -> bytes:
+    """The ``kata-error`` file of a step the worker's runtime refused to run on (``err``)."""
+    return json.dumps({"reason": err.reason, "message": err.message, "object": err.obj,
+                       "exit_code": err.exit_code}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def read_error(data: bytes) -> KataError:
+    """The KataError a ``kata-error`` file names, to raise as the local runtime would have;
+    ``remote.bad_answer`` for one Kata did not write."""
+    try:
+        doc = json.loads(data)
+        reason, message = doc["reason"], doc["message"]
+        obj, code = doc.get("object"), doc.get("exit_code", 1)
+        if not (isinstance(reason, str) and _REASON.fullmatch(reason)
+                and isinstance(message, str) and isinstance(obj, (str, type(None)))
+                and code in (1, 2)):
+            raise ValueError(doc)
+    except (ValueError, KeyError, TypeError) as err:
+        raise KataError("remote.bad_answer", f"the worker's {ERROR_FILE} is not one kata "
+                        f"wrote: {data[:200]!r}", exit_code=1) from err
+    return KataError(reason, message, obj=obj, exit_code=code)

@@ -166,9 +166,11 @@ class RemoteRuntime:
             result = response.result
             outputs = {d.path: d.tree_digest for d in result.output_directories}
             special = [f.digest for f in result.output_files if f.path == act.SPECIAL_FILE]
+            error = [f.digest for f in result.output_files if f.path == act.ERROR_FILE]
             stdout = result.stdout_digest
             small = stdout.size_bytes <= LOG_IN_MEMORY  # else streamed: a log may be GiBs
             trees = self._call(lambda: self.cas.read_many([*outputs.values(), *special,
+                                                             *error,
                                                              *([stdout] if small else [])]),
                                "fetch the step's output")  # one call: trees and the log
             self._call(lambda: live.finish(result.execution_metadata.worker or "?",
@@ -183,6 +185,8 @@ class RemoteRuntime:
             sink("stderr", err) if getattr(sink, "raw", False) else _lines(sink, err)
         if service_sink is not None and act.SERVICES_DIR in outputs:
             self._service_logs(trees[files.key(outputs[act.SERVICES_DIR])], service_sink)
+        if error:  # the step met on the worker what the local runtime raises
+            raise act.read_error(trees[files.key(error[0])])
         if result.exit_code == 0 and act.WORKSPACE_DIR not in outputs:
             raise KataError("remote.failed", "the worker sent no workspace back",
                             exit_code=1)

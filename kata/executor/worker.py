@@ -62,7 +62,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
-from kata.runtimes.base import Runtime, user_ids
+from kata.runtimes.base import Runtime, give_cache_paths, user_ids
 from procs import pid_tag, pid_tag_alive
 from procs.leftovers import force_rmtree
 
@@ -94,6 +94,18 @@ _NAME_TAKEN = "Mismatch between client supplied bot_id/bot_name"
 # (a cache-only server), an instance it does not have, credentials it refuses
 _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+# what a runtime raises about the step itself (its services, its user, its command),
+# which a local run records as the step's failure; anything else (an image this worker
+# cannot pull, its containerd failing) fails the lease: the scheduler may try elsewhere
+_STEP_REASONS = frozenset({"runtime.bad_user", "runtime.start_failed", "runtime.bad_step",
+                           "config.bad_value"})
+
+
+def steps_own(reason: str) -> bool:
+    """True when a runtime error with ``reason`` is the step's own failure."""
+    return reason.startswith("service.") or reason in _STEP_REASONS
 
 
 @dataclass(slots=True)
@@ -471,6 +483,8 @@ class Worker:
                              {"kata.worker": self.name, "kata.lease": job.lease.id})
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
+            # and its restored cache: materialised read-only as root's, as inputs are
+            give_cache_paths(workspace, spec.cache_paths, owner)
         log_lock = threading.Lock()
         # each service's log as the step's own: past 1 MiB in a file in the lease's root
         service_logs: dict[str, LogBuffer] = {}
@@ -485,8 +499,15 @@ class Worker:
         for service in spec.services:
             service_log(service.name)
 
+        # the step's own stderr joins its stdout in the container (MERGE_STDERR): what
+        # comes on "stderr" is the runtime's notes (a limit the step hit, a service that
+        # exited), which a local run labels stderr after the step's output. They go back
+        # as the result's stderr, which the client hands on so, after the stdout
+        notes = LogBuffer()
+        notes.spill_dir = str(work)
+
         def sink(stream: str, data: bytes) -> None:
-            job.log.append(data)
+            (notes if stream == "stderr" else job.log).append(data)
 
         sink.raw = True  # type: ignore[attr-defined]
 
@@ -494,10 +515,19 @@ class Worker:
             service_log(name).append(line + b"\n")
 
         meta.execution_start_timestamp.GetCurrentTime()
-        if spec.services:
-            exit_status = self.runtime.run(spec, sink, job.cancel, service_sink=service_sink)
-        else:
-            exit_status = self.runtime.run(spec, sink, job.cancel)
+        refused: KataError | None = None
+        try:
+            if spec.services:
+                exit_status = self.runtime.run(spec, sink, job.cancel,
+                                               service_sink=service_sink)
+            else:
+                exit_status = self.runtime.run(spec, sink, job.cancel)
+        except KataError as err:
+            if not steps_own(err.reason):  # this worker's lack (an image, containerd)
+                raise
+            # what the step met here (a service not ready, a bad user) is its result, as
+            # locally: sent back with its output and service logs, the reason kept
+            refused, exit_status = err, 1
         meta.execution_completed_timestamp.GetCurrentTime()
         job.log.close()  # the stream is finished before the result is reported
         with self._lock:
@@ -506,15 +536,17 @@ class Worker:
             writer.join(5.0)
         try:
             return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                                input_files)
+                                input_files, notes=notes, refused=refused)
         finally:
-            for buffer in service_logs.values():
+            for buffer in (*service_logs.values(), notes):
                 buffer.discard()
 
     def _upload(self, job: _Job, workspace: Path, log: LogBuffer,
                 service_logs: dict[str, LogBuffer], exit_status: int,
                 meta: re_pb2.ExecutedActionMetadata,
-                input_files: set[str] = frozenset()) -> re_pb2.ActionResult:
+                input_files: set[str] = frozenset(),
+                notes: LogBuffer | None = None,
+                refused: KataError | None = None) -> re_pb2.ActionResult:
         meta.output_upload_start_timestamp.GetCurrentTime()
         special: list[str] = []  # FIFOs, sockets: no tree holds them; the client re-makes them
         packed = files.pack_dir(workspace, special=special)
@@ -538,11 +570,15 @@ class Worker:
             services.files.add(name=f"{name}.log", digest=add_log(service_logs[name]))
         services_tree = files.message_bytes(re_pb2.Tree(root=services))
         stdout = add_log(log)
+        stderr = add_log(notes) if notes is not None and notes.digest[1] else None
         blobs.update({files.key(files.digest_of(tree)): tree,
                       files.key(files.digest_of(services_tree)): services_tree})
         listed = "\0".join(special).encode()
         if special:  # sent with the rest: one call
             blobs[files.key(files.digest_of(listed))] = listed
+        error = act.error_document(refused) if refused is not None else b""
+        if error:
+            blobs[files.key(files.digest_of(error))] = error
         # neither asked about nor sent: the small input files this worker read from the
         # CAS, or sent, in the last VOUCHED_FOR seconds (most of a workspace comes back
         # unchanged). Should the CAS lose one in between, the client, which sent it as
@@ -558,11 +594,15 @@ class Worker:
         job.sent = packed
         meta.output_upload_completed_timestamp.GetCurrentTime()
         result = re_pb2.ActionResult(exit_code=exit_status, stdout_digest=stdout)
+        if stderr is not None:
+            result.stderr_digest.CopyFrom(stderr)
         result.output_directories.add(path=act.WORKSPACE_DIR, tree_digest=files.digest_of(tree))
         result.output_directories.add(path=act.SERVICES_DIR,
                                       tree_digest=files.digest_of(services_tree))
         if special:
             result.output_files.add(path=act.SPECIAL_FILE, digest=files.digest_of(listed))
+        if error:
+            result.output_files.add(path=act.ERROR_FILE, digest=files.digest_of(error))
         meta.worker_completed_timestamp.GetCurrentTime()
         result.execution_metadata.CopyFrom(meta)
         return result

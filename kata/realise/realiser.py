@@ -46,12 +46,12 @@ from kata.realise.plan import (
 from kata.realise.results import PlanEntry, RealiseOptions, RunResult, StepResult  # noqa: F401
 from kata.realise.scheduler import ALLOWED, Cancel, Requeue, schedule
 from kata.realise.workspace import (
-    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, give_cache_paths,
-    sweep_dead_runs,
+    BackgroundCloser, OverlayWorkspace, SecretsDir, WorkspaceFactory, sweep_dead_runs,
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import (
-    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec, user_ids,
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec,
+    give_cache_paths, user_ids,
 )
 from kata.secrets import Masker, maskable
 from procs import pid_tag
@@ -707,8 +707,7 @@ class Realiser:
                 release.callback(self._closer.close, ws)
                 if (owner := user_ids(step.user)) is not None:  # its root is theirs
                     os.chown(ws.path, *owner)
-                    if self.records.cache_tree(node) not in ("", self.records.empty_tree()):
-                        give_cache_paths(Path(ws.path), step.cache.paths, owner)  # its cache
+                    give_cache_paths(Path(ws.path), self._given_cache_paths(node), owner)
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)
@@ -802,6 +801,14 @@ class Realiser:
             if phase is not None:
                 phase[2] = time.time()
 
+    def _given_cache_paths(self, node: "Node") -> tuple[str, ...]:
+        """The step's ``cache.paths`` its user is given before it starts: all of them when
+        it runs as a user (not root) and a cache directory was restored, else ()."""
+        if user_ids(node.step.user) is None \
+                or self.records.cache_tree(node) in ("", self.records.empty_tree()):
+            return ()
+        return tuple(node.step.cache.paths)
+
     def _run_container(self, name: str, node: "Node", workdir: Path, cancel: Cancel,
                        log: IO[bytes], log_lock: threading.Lock,
                        service_logs: dict[str, IO[bytes]]) -> int:
@@ -822,7 +829,8 @@ class Realiser:
             services = tuple(specs.service_spec(node, s, dirs.get(s.name))
                              for s in step.services)
             spec = specs.step_spec(node, workdir=workdir, secrets_dir=dirs.get(""),
-                                   env=self.options.env, run_id=self.run_id, services=services)
+                                   env=self.options.env, run_id=self.run_id, services=services,
+                                   cache_paths=self._given_cache_paths(node))
             if self.records.secret_below(node):  # its workspace holds a secret step's artifacts
                 spec = dataclasses.replace(spec, labels={**spec.labels, LOCAL_ONLY_LABEL: "1"})
             return self._start(name, spec, cancel, log, log_lock, services, service_logs)

@@ -29,10 +29,16 @@ if TYPE_CHECKING:
     from kata.model import Service
 
 
+#: HOME when the runtime set none: runc (and Docker) give a user missing from the image's
+#: /etc/passwd ``HOME=/``, crun leaves it unset; one spec must be one environment
+HOME_FALLBACK = '[ -n "${HOME-}" ] || export HOME=/\n'
+
+
 def shell_script(commands: Sequence[str]) -> str:
     """One shell, commands in order, stop at the first failure (a CI step's contract);
-    stderr joins stdout first, so their order is the terminal's (kata.realise.output)."""
-    return MERGE_STDERR + "set -e\n" + "\n".join(commands) + "\n"
+    stderr joins stdout first, so their order is the terminal's (kata.realise.output).
+    ``HOME_FALLBACK`` first, so HOME is set whichever OCI runtime ran it."""
+    return HOME_FALLBACK + MERGE_STDERR + "set -e\n" + "\n".join(commands) + "\n"
 
 
 def image_of(node: "Node") -> str:
@@ -90,10 +96,12 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
 
 def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
               env: Mapping[str, str], run_id: str,
-              services: tuple[ServiceSpec, ...] = ()) -> StepSpec:
+              services: tuple[ServiceSpec, ...] = (),
+              cache_paths: tuple[str, ...] = ()) -> StepSpec:
     """The step's container: its workspace bind-mounted at ``step.workdir``, the
     pipeline's env under the step's (both over ``SOURCE_DATE_EPOCH``), labels naming the
-    run and the step."""
+    run and the step; ``cache_paths``: the restored ``cache.paths`` its user owns
+    (``StepSpec.cache_paths``)."""
     step = node.step
     merged = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
     merged.update(env)
@@ -122,4 +130,5 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
         labels={"kata.run": run_id, "kata.step": step.name},
         services=services,
         resources=step.resources,  # unset fields: the runtime's host defaults
+        cache_paths=cache_paths,
     )

@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import threading
 import uuid
@@ -321,41 +320,6 @@ def sweep_dead_runs(work_root: Path) -> None:
             elif entry.name.startswith("secrets-") and os.path.ismount(entry):
                 _umount(str(entry))  # a SecretsDir's tmpfs (its files go with it)
         force_rmtree(str(run))
-
-
-def give_cache_paths(root: Path, paths: "tuple[str, ...]", owner: tuple[int, int]) -> None:
-    """Make the restored ``cache.paths`` under the workspace ``root`` the step's user's
-    (``owner``: uid, gid) and writable by it, as its workspace's root is: they come back
-    from the store as root's read-only files, which a step that is not root could neither
-    update nor remove (npm ci deletes node_modules first). Called before the step starts,
-    on the overlay (each entry is copied up). Links are never followed: a path whose
-    component is a symbolic link is left alone, and links below are re-owned themselves.
-    Raises nothing for a path that does not exist (nothing was restored)."""
-    for rel in paths:
-        target = root
-        for part in Path(rel.rstrip("/")).parts:
-            target = target / part
-            try:
-                st = os.lstat(target)
-            except FileNotFoundError:
-                break
-            if stat.S_ISLNK(st.st_mode):
-                break
-        else:
-            if not target.is_dir():
-                _give(target, owner)
-                continue
-            for top, dirs, files in os.walk(target):
-                _give(Path(top), owner)
-                for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                    _give(Path(top) / name, owner)
-
-
-def _give(path: Path, owner: tuple[int, int]) -> None:
-    os.lchown(path, *owner)
-    st = os.lstat(path)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
 
 
 class SecretsDir:

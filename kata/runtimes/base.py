@@ -9,9 +9,12 @@ tests drives the scheduler without containers.
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from kata.resources import Resources
@@ -129,6 +132,11 @@ class StepSpec:
     services: tuple[ServiceSpec, ...] = ()
     # memory, CPU and process limits; None fields: kata.resources.host_defaults()
     resources: Resources = Resources()
+    # the restored ``cache.paths`` (relative to the workspace) the step's ``user`` owns
+    # before it starts (``kata.realise.workspace.give_cache_paths``): the realiser gives
+    # them on a local workspace itself; a remote worker, which materialises the workspace
+    # afresh, gives them on its copy. () when nothing was restored or the step runs as root
+    cache_paths: tuple[str, ...] = ()
 
 
 # a StepSpec label: the step's workspace or environment may hold a secret (it declares
@@ -183,3 +191,39 @@ def user_ids(user: str | None) -> tuple[int, int] | None:
     except ValueError:
         return None
     return None if uid < 0 or gid < 0 or (uid, gid) == (0, 0) else (uid, gid)
+
+
+def give_cache_paths(root: Path, paths: "tuple[str, ...]", owner: tuple[int, int]) -> None:
+    """Make the restored ``cache.paths`` under the workspace ``root`` the step's user's
+    (``owner``: uid, gid) and writable by it, as its workspace's root is: they come back
+    from the store as root's read-only files, which a step that is not root could neither
+    update nor remove (npm ci deletes node_modules first). Called before the step starts,
+    on the overlay (each entry is copied up) locally, on its materialised copy on a
+    remote worker (``StepSpec.cache_paths``). Links are never followed: a path whose
+    component is a symbolic link is left alone, and links below are re-owned themselves.
+    Raises nothing for a path that does not exist (nothing was restored)."""
+    for rel in paths:
+        target = root
+        for part in Path(rel.rstrip("/")).parts:
+            target = target / part
+            try:
+                st = os.lstat(target)
+            except FileNotFoundError:
+                break
+            if stat.S_ISLNK(st.st_mode):
+                break
+        else:
+            if not target.is_dir():
+                _give(target, owner)
+                continue
+            for top, dirs, files in os.walk(target):
+                _give(Path(top), owner)
+                for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                    _give(Path(top) / name, owner)
+
+
+def _give(path: Path, owner: tuple[int, int]) -> None:
+    os.lchown(path, *owner)
+    st = os.lstat(path)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)

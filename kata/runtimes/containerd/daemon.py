@@ -31,6 +31,8 @@ from kata.errors import KataError
 from kata.sockets import socket_access
 from procs import pid_alive
 
+from .spec import lift_open_files_limit
+
 SYSTEM_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_ROOT_DIR = "/var/lib/kata/containerd"
 DEFAULT_RUN_DIR = "/run/kata/containerd"
@@ -161,6 +163,7 @@ def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:
             paths.socket.unlink()
         except FileNotFoundError:
             pass
+        lift_open_files_limit()  # the shims and crun inherit containerd's rlimits
         with open(os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
                   "ab") as log:
             proc = subprocess.Popen(

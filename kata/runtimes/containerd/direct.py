@@ -64,7 +64,7 @@ from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, grpc, snapshots_pb2
 from .images import RunImage
 from .sandbox import CGROUP_ROOT
-from .spec import build_spec, cgroup_path
+from .spec import build_spec, cgroup_path, lift_open_files_limit
 from .task import OUTPUT_END_WAIT, TaskOptions, _Reader, _with_workdir, compiled_seccomp, \
     limit_verdict, output_ended, released, start_failure, watch
 
@@ -415,7 +415,8 @@ class DirectStep:
         elif step.network == "default" and network is not None:
             cleanup.push("tear down network", lambda: network.teardown(self.id))
             netns = network.setup(self.id, owner)
-        spec = build_spec(step, container_id=self.id, image_env=self.image.env, netns=netns)
+        spec = build_spec(step, container_id=self.id, image_env=self.image.env, netns=netns,
+                          hosts_file=self.options.hosts_file(step))
         compiled_seccomp(spec, self.options)
         d = self.dir
         # the upper layer holds whatever the step wrote to its root filesystem, nested as
@@ -448,6 +449,7 @@ class DirectStep:
                 self.host.oci.binary, "--cgroup-manager=disabled", "--root",
                 str(self.host.crun_root), f"--log=file:{d}/crun.log", "run", "--bundle", str(d),
                 self.id]
+        lift_open_files_limit()  # crun can only lower the rlimits it inherits
         try:
             # a session of its own: crun forwards the signals it gets to the step, and a
             # terminal signals its whole foreground group (Ctrl-C, Ctrl-Z, SIGHUP); the

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 from procs import pid_alive
 
+from .sandbox import remove_cgroup
+from .spec import cgroup_path
+
 log = logging.getLogger("kata.runtime")
 
 SHIM_BINARY = "containerd-shim-runc-v2"
@@ -105,11 +108,15 @@ def reap(shim: Shim, namespace: str) -> None:
         except ProcessLookupError:
             pass
     socket = _shim_socket(shim.bundle)
+    children = _children(shim.pid)  # an OCI runtime it runs dies with it (parent-death signal)
     try:
         os.kill(shim.pid, signal.SIGKILL)
         _wait_gone(shim.pid)
     except ProcessLookupError:
         pass
+    for pid in children:  # before the cgroup goes: a create under way may still make it
+        _wait_gone(pid)
+    _remove_cgroup(shim.id, errors)  # after the shim: its death ends a create under way
     rootfs = os.path.join(shim.bundle, "rootfs")
     if os.path.ismount(rootfs):
         res = subprocess.run(["umount", "-l", rootfs], capture_output=True, text=True)
@@ -128,6 +135,16 @@ def reap(shim: Shim, namespace: str) -> None:
         raise errors[0]
 
 
+def _remove_cgroup(cid: str, errors: list[BaseException]) -> None:
+    """The container's cgroup, which ``<runtime> delete`` leaves when the runtime's
+    create was killed before it wrote its state (sandbox.remove_cgroup); a failure
+    keeps the bundle, the record the next sweep finds it by."""
+    try:
+        remove_cgroup(cgroup_path(cid))
+    except OSError as err:
+        errors.append(err)
+
+
 def _init_child(shim: Shim) -> int:
     """The container's init pid from ``<bundle>/init.pid``, only while it is still a child
     of the shim (a pid is never killed on the word of a stale file)."""
@@ -139,6 +156,18 @@ def _init_child(shim: Shim) -> int:
     except (OSError, ValueError):
         return 0
     return pid if ppid == shim.pid else 0
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from /proc/<pid>/task/*/children)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                kids += [int(k) for k in fh.read().split()]
+    except OSError:
+        pass
+    return kids
 
 
 def _shim_socket(bundle: str) -> str:
@@ -158,7 +187,7 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         if time.monotonic() >= deadline:
-            log.warning("shim %d did not exit after SIGKILL", pid)
+            log.warning("process %d did not exit after SIGKILL", pid)
             return
         time.sleep(0.01)
 
@@ -193,6 +222,7 @@ def reap_bundle(bundle: str, namespace: str) -> None:
                              capture_output=True, text=True, timeout=60)
         if res.returncode != 0 and os.path.isdir(state):
             errors.append(RuntimeError(f"{binary} delete {cid}: {res.stderr.strip()}"))
+    _remove_cgroup(cid, errors)
     rootfs = os.path.join(bundle, "rootfs")
     if os.path.ismount(rootfs):
         res = subprocess.run(["umount", "-l", rootfs], capture_output=True, text=True)

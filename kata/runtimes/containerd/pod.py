@@ -32,7 +32,7 @@ from ..base import CANCEL_EXIT, Readiness, ServiceSink, ServiceSpec, StepSpec, S
 from .cleanup import Cleanup
 from .client import ContainerdError, grpc, tasks_pb2
 from .sandbox import oom_killed
-from .spec import cgroup_path, parse_user
+from .spec import cgroup_path, hosts_text, parse_user
 from .task import PodNet, StepRun, TaskOptions
 
 if TYPE_CHECKING:
@@ -341,10 +341,8 @@ def run_pod(client: Client, options: TaskOptions, step: StepSpec, image: RunImag
         pod_dir = options.fifo_root / client.owner / pod_id
         pod_dir.mkdir(parents=True, mode=0o700)
         cleanup.push("remove pod dir", lambda: _rmtree(pod_dir))
-        names = " ".join(dict.fromkeys([step.hostname, *(s.name for s in step.services)]))
         hosts = pod_dir / "hosts"
-        hosts.write_text(f"127.0.0.1\tlocalhost {names}\n::1\tlocalhost ip6-localhost "
-                         "ip6-loopback\n")
+        hosts.write_text(hosts_text((step.hostname, *(s.name for s in step.services))))
         os.chmod(pod_dir, 0o755)
         hosts.chmod(0o644)
         if step.network == "host":

@@ -34,8 +34,10 @@ from .images import ImageRecord, ImageStore, RunImage
 from .network import CniNetwork, NetnsPool
 from .pulls import PullStop, SharedPull
 from .reference import is_digest, parse_reference
+from .sandbox import remove_cgroup
 from .seccompbpf import takes_compiled_filter
 from .shimgroup import ShimGroup
+from .spec import cgroup_path
 from .task import RUNTIME_NAME, StepRun, TaskOptions, runtime_options
 
 if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every run
@@ -240,7 +242,8 @@ class ContainerdRuntime:
                               network=self.network, netns_pool=self.netns_pool,
                               runtime_options=self._runtime_options,
                               precompiled_seccomp=self._precompiled_seccomp,
-                              shim_group=self.shim_group, hurry=self._hurry)
+                              shim_group=self.shim_group, hurry=self._hurry,
+                              etc_dir=self.fifo_root.parent / "etc")
         digest = self._ensure_image(spec.image, cancel)
         if digest is None:
             return CANCEL_EXIT  # cancelled while its image was pulled: never started
@@ -462,10 +465,13 @@ class ContainerdRuntime:
                     if ctr.id in tasks:
                         self._kill_and_delete_task(ctr.id)
                         counts["tasks"] += 1
+                    # a cgroup the OCI runtime did not remove (its create was killed): the
+                    # container record is what names it, so it goes first (task.py)
+                    remove_cgroup(cgroup_path(ctr.id))
                     c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=ctr.id),
                            f"delete container {ctr.id}")
                     counts["containers"] += 1
-                except KataError as err:
+                except (KataError, OSError) as err:
                     cleanup.push(f"sweep {ctr.id}", _raiser(err))
             # shims whose task was never registered (kata killed inside Tasks.Create):
             # no API call reaches them; before the snapshots, whose mounts they hold. With

@@ -28,11 +28,15 @@ SIGKILL; cgroup v1 (``memory.oom_control``: ``oom_kill N``) and v2 (``memory.eve
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import platform
+import signal
 import shutil
 import subprocess
+import time
 from importlib import resources as pkg_resources
 from pathlib import Path
 from typing import Any
@@ -247,3 +251,50 @@ def pids_exhausted(cgroup: str) -> bool:
     """Whether a fork in ``cgroup`` failed because its pids limit was reached."""
     return _counter(_cgroup_file("pids", cgroup, "pids.events", "pids.events"), "max") > 0
 
+
+
+def remove_cgroup(cgroup: str, wait: float = 5.0, root: Path = CGROUP_ROOT) -> int:
+    """Remove what is left of a container's cgroup ``cgroup`` (its cgroupsPath, e.g.
+    ``/kata/<id>``) in every hierarchy under ``root`` (each v1 controller, the named
+    ``systemd`` one, ``unified``; or the v2 root); the number of directories removed.
+
+    The OCI runtime removes the cgroup when it deletes the container, but only when its
+    state says where the cgroup is: a ``crun create`` killed after it made the cgroups
+    and before it wrote ``status`` (its shim ended under it: the shim runs it with a
+    parent-death SIGKILL, or containerd's call to the shim was cancelled) leaves a state
+    that ``crun delete --force`` removes while the cgroups stay, in every hierarchy. Only
+    for a container whose task is gone: a process still in it is SIGKILLed, and one that
+    outlives ``wait`` seconds (uninterruptible sleep) raises ``OSError`` (EBUSY), so the
+    caller keeps its record of the container for the next sweep.
+    """
+    rel = cgroup.strip("/")
+    assert rel and ".." not in rel.split("/"), cgroup
+    try:
+        hierarchies = [root, *(h for h in root.iterdir() if h.is_dir())]
+    except OSError:
+        return 0
+    removed = 0
+    deadline = time.monotonic() + wait
+    for d in (h / rel for h in hierarchies):
+        while True:
+            try:
+                d.rmdir()
+                removed += 1
+                break
+            except FileNotFoundError:
+                break
+            except NotADirectoryError:
+                break
+            except OSError as err:
+                if err.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    raise
+            try:  # the container's last processes: SIGKILL (they are its, and it is gone)
+                for pid in (d / "cgroup.procs").read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            except FileNotFoundError:
+                continue
+            time.sleep(0.01)
+    return removed

@@ -48,8 +48,9 @@ from google.protobuf import any_pb2
 
 from ..base import StepSpec
 from .client import Client, ContainerdError, containers_pb2, grpc, mount_pb2, tasks_pb2
+from .sandbox import remove_cgroup
 from .seccompbpf import bpf_annotations
-from .spec import SPEC_TYPE_URL, build_spec, spec_bytes
+from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
 
 log = logging.getLogger("kata.runtime")
 GROUP_ANNOTATION = "io.containerd.runc.v2.group"
@@ -229,10 +230,11 @@ class ShimGroup:
                     type="bind", source=str(root), options=["rbind", "ro"])]),
                 "create the shim group's anchor task")
         except BaseException:
-            try:
+            try:  # its cgroup first: a create killed under way leaves it (sandbox.py)
+                remove_cgroup(cgroup_path(cid))
                 c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid),
                        f"delete container {cid}")
-            except ContainerdError:
+            except (ContainerdError, OSError):
                 pass  # owner-labelled: the next connect's sweep takes it
             raise
         slot.group, slot.anchor = group, cid
@@ -248,6 +250,7 @@ class ShimGroup:
         except ContainerdError as err:
             if err.code != grpc.StatusCode.NOT_FOUND:
                 raise
+        remove_cgroup(cgroup_path(cid))  # what the OCI runtime's delete did not know
         try:
             c.call(c.containers.Delete, containers_pb2.DeleteContainerRequest(id=cid),
                    f"delete container {cid}")

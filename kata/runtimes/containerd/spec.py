@@ -11,9 +11,14 @@ Secrets must never be put here: containerd writes the spec to disk.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import os
+import resource
+import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kata.errors import KataError
@@ -35,11 +40,118 @@ MASKED_PATHS = [
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# RLIMIT_NOFILE: containerd's default spec says 1024:1024, under which redis-server cuts
+# maxclients to 992 and test runners, databases and JVMs run out of descriptors. The soft
+# limit is GitHub-hosted runners' 65536 (Elasticsearch's bootstrap check wants 65535), small
+# enough that programs closing every descriptor up to it stay fast (moby#45534); the hard
+# limit is systemd's and Docker 25's 524288, so a program may raise its own (redis, the JVM,
+# Go and Node do). Each descriptor is kernel memory charged to the step's memory cgroup.
+NOFILE_SOFT, NOFILE_HARD = 65536, 524288
+RLIM_INFINITY_OCI = 2**64 - 1  # "unlimited" in an OCI spec's uint64 rlimits
 CGROUP_PARENT = "/kata"
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
 
-def _default_mounts() -> list[dict[str, Any]]:
+def lift_open_files_limit() -> None:
+    """Raise this process's hard RLIMIT_NOFILE to at least ``NOFILE_HARD`` (its soft limit
+    stays), so the containerd it starts and the crun it runs inherit room for the step's.
+
+    crun sets a container's rlimits after dropping CAP_SYS_RESOURCE, so it can only lower
+    the hard limit it inherited (else ``setrlimit RLIMIT_NOFILE: Operation not permitted``).
+    Raising a hard limit needs root, as kata's containerd runtime does; without it (or
+    above ``fs.nr_open``) this does nothing and the step's start says why.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < NOFILE_HARD:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, NOFILE_HARD))
+        except (OSError, ValueError):
+            pass
+
+
+def step_rlimits(nofile_ceiling: int, core_ceiling: int) -> list[dict[str, Any]]:
+    """The OCI ``process.rlimits`` of a step under a host whose hard limits are these
+    (``RLIM_INFINITY_OCI`` for none): RLIMIT_NOFILE ``NOFILE_SOFT``/``NOFILE_HARD`` cut to
+    the ceiling; RLIMIT_CORE soft 0 (no core files in a workspace unless the step says
+    ``ulimit -c``), hard the ceiling. Other rlimits are the runtime's (inherited)."""
+    return [
+        {"type": "RLIMIT_NOFILE", "hard": min(NOFILE_HARD, nofile_ceiling),
+         "soft": min(NOFILE_SOFT, nofile_ceiling)},
+        {"type": "RLIMIT_CORE", "hard": core_ceiling, "soft": 0},
+    ]
+
+
+def host_rlimits() -> list[dict[str, Any]]:
+    """``step_rlimits`` under the hard limits this process holds after
+    ``lift_open_files_limit``: crun can only lower what it inherits, so a host (or a
+    container kata itself runs in) with a lower ceiling gets that ceiling."""
+    lift_open_files_limit()
+
+    def hard(kind: int) -> int:
+        value = resource.getrlimit(kind)[1]
+        return RLIM_INFINITY_OCI if value == resource.RLIM_INFINITY else value
+
+    return step_rlimits(hard(resource.RLIMIT_NOFILE), hard(resource.RLIMIT_CORE))
+
+
+HOST_RESOLV = "/etc/resolv.conf"
+RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"  # systemd-resolved's real servers
+
+
+def _only_loopback(path: str) -> bool:
+    """Whether the resolv.conf at ``path`` names nameservers and all are loopback."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        servers = [line.split()[1] for line in f
+                   if line.startswith("nameserver") and len(line.split()) > 1]
+    try:
+        return bool(servers) and all(ipaddress.ip_address(s.split("%")[0]).is_loopback
+                                     for s in servers)
+    except ValueError:
+        return False
+
+
+def bridge_resolv_conf(etc: str = HOST_RESOLV, upstream: str = RESOLVED_UPSTREAM) -> str | None:
+    """The resolv.conf a step on the bridge (network ``default``) binds: the host's, unless
+    it names only loopback resolvers (systemd-resolved's 127.0.0.53 stub), which are the
+    step's own loopback there; then systemd-resolved's upstream list if that names others,
+    as Docker does. None without a host resolv.conf."""
+    if not os.path.exists(etc):
+        return None
+    try:
+        if _only_loopback(etc) and os.path.exists(upstream) and not _only_loopback(upstream):
+            return upstream
+    except OSError:
+        pass
+    return etc
+
+
+def hosts_text(names: tuple[str, ...]) -> str:
+    """An /etc/hosts mapping ``names`` (the step's hostname, a pod's service names) and
+    ``localhost`` to the loopback address, with Docker's IPv6 line: what every container
+    Docker makes has, and what a step of ``none`` or ``default`` network gets."""
+    return (f"127.0.0.1\tlocalhost {' '.join(dict.fromkeys(names))}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+
+def shared_hosts_file(directory: Path, hostname: str) -> str:
+    """The path of ``hosts_text((hostname,))`` under ``directory`` (made if missing), one
+    file per content shared by every step that binds it read-only: written once, by a
+    rename, so a step never sees it half-written. Kept with kata's state (a few bytes)."""
+    text = hosts_text((hostname,))
+    path = directory / f"hosts-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if not path.exists():
+        directory.mkdir(parents=True, mode=0o755, exist_ok=True)
+        tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _default_mounts(shm_bytes: int) -> list[dict[str, Any]]:
+    """containerd's default mounts, /dev/shm sized ``shm_bytes`` (the memory limit: its
+    pages are charged to the container's memory cgroup, so no more than the step may use
+    anyway; Docker's and containerd's 64 MiB is too little for Chromium or PyTorch)."""
     return [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -48,7 +160,8 @@ def _default_mounts() -> list[dict[str, Any]]:
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+         "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                     f"size={max(shm_bytes >> 10, 4)}k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
@@ -126,17 +239,23 @@ def oci_mount(m: Mount) -> dict[str, Any]:
 
 def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                netns: str | None = None, hosts_file: str | None = None,
-               resolv: bool = True) -> dict[str, Any]:
+               resolv: bool = True, rlimits: list[dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
     """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one).
 
-    hosts_file: bound read-only at /etc/hosts (a pod's: its services' names);
-    resolv: with ``netns``, bind the host's resolv.conf (not for a loopback-only pod).
+    rlimits: the process's; None = ``host_rlimits()``, this host's.
+    hosts_file: bound read-only at /etc/hosts (a pod's: its services' names; a step's own:
+    ``shared_hosts_file``; for network ``host`` without one, the host's);
+    resolv: with ``netns``, bind the host's resolv.conf (``bridge_resolv_conf``; not for a
+    loopback-only pod).
     """
     uid, gid = parse_user(step.user)
+    rlimits = host_rlimits() if rlimits is None else rlimits
     if not step.argv:
         raise KataError("runtime.bad_step", "a step needs a command", obj=container_id)
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    mounts = _default_mounts()
+    resources = linux_resources(effective(step.resources))
+    mounts = _default_mounts(resources["memory"]["limit"])
     if step.network == "host":
         for f in ("/etc/resolv.conf", "/etc/hosts"):
             if f == "/etc/hosts" and hosts_file:
@@ -146,9 +265,10 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                                "options": ["rbind", "ro"]})
     elif netns:
         namespaces.append({"type": "network", "path": netns})
-        if resolv and os.path.exists("/etc/resolv.conf"):  # the host's resolvers, via NAT
+        source = bridge_resolv_conf() if resolv else None  # the host's resolvers, via NAT
+        if source is not None:
             mounts.append({"destination": "/etc/resolv.conf", "type": "bind",
-                           "source": "/etc/resolv.conf", "options": ["rbind", "ro"]})
+                           "source": source, "options": ["rbind", "ro"]})
     else:
         namespaces.append({"type": "network"})  # a fresh one: loopback only
     if hosts_file:
@@ -163,7 +283,7 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
         "env": merge_env(image_env, step.env),
         "cwd": step.workdir or "/",
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "rlimits": rlimits,
         "noNewPrivileges": True,
     }
     armor = apparmor_profile()
@@ -176,7 +296,7 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
         "hostname": step.hostname,
         "mounts": mounts,
         "linux": {
-            "resources": linux_resources(effective(step.resources)),
+            "resources": resources,
             "cgroupsPath": cgroup_path(container_id),
             "namespaces": namespaces,
             "maskedPaths": list(MASKED_PATHS),

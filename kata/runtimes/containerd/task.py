@@ -33,10 +33,10 @@ from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
 from .network import CniNetwork, NetnsPool
-from .sandbox import oom_killed, pids_exhausted
+from .sandbox import oom_killed, pids_exhausted, remove_cgroup
 from .seccompbpf import bpf_annotations
 from .shimgroup import GROUP_ANNOTATION, ShimGroup
-from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, spec_bytes
+from .spec import SPEC_TYPE_URL, build_spec, cgroup_path, shared_hosts_file, spec_bytes
 
 log = logging.getLogger("kata.runtime")
 RUNTIME_NAME = "io.containerd.runc.v2"
@@ -69,6 +69,15 @@ class TaskOptions:
     shim_group: ShimGroup | None = None
     # set on a second Ctrl-C: cancelled containers get SIGKILL without their stop_grace
     hurry: threading.Event | None = None
+    # where the /etc/hosts of steps without services is kept (spec.shared_hosts_file)
+    etc_dir: Path | None = None
+
+    def hosts_file(self, step: StepSpec) -> str | None:
+        """The /etc/hosts a step outside a pod binds: its own hostname and localhost, or
+        (network ``host``, or no ``etc_dir``) None."""
+        if step.network == "host" or self.etc_dir is None:
+            return None
+        return shared_hosts_file(self.etc_dir, step.hostname)
 
     def grace(self, exited: threading.Event, seconds: float) -> bool:
         """``exited.wait(seconds)``, cut short once ``hurry`` is set; whether it exited."""
@@ -297,7 +306,7 @@ class StepRun:
         workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
         step = step if workdir == step.workdir else _with_workdir(step, workdir)
         build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
-        netns, hosts, resolv = None, None, True
+        netns, hosts, resolv = None, self.options.hosts_file(step), True
         network = self.options.network
         if self.pod is not None:
             netns, hosts, resolv = self.pod.netns, self.pod.hosts_file, self.pod.resolv
@@ -463,6 +472,9 @@ class StepRun:
             raise KataError("runtime.cleanup_failed",
                             f"task {self.id} could not be deleted: its container is kept "
                             "for the next sweep", obj=self.id, exit_code=1)
+        # a cgroup the OCI runtime's delete did not know (its create was killed under
+        # it): removed before the container, whose record is the only one that names it
+        remove_cgroup(cgroup_path(self.id))
         self.c.call(self.c.containers.Delete,
                     containers_pb2.DeleteContainerRequest(id=self.id), f"delete container {self.id}")
 

@@ -1,0 +1,208 @@
+"""Parity of remote execution with a local run (issue 13: a remote step runs "as locally"
+and is recorded like a local one): the same pipeline run by `kata run` here and by a real
+`kata worker` through a real BuildGrid (PostgreSQL scheduler) must leave the same outputs,
+statuses and logs. Each test runs both and compares what each recorded."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.cli import KataProcess
+from test_remote_exec import grid, kata, worker_of, workers  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+
+def both(kata, containerd_daemon, pipeline: dict, *runs: tuple[str, ...]):  # noqa: ANN001, F811
+    """Run ``pipeline`` locally (its own store) and remotely (``kata``'s store) once per
+    item of ``runs`` (extra args; an item may be a callable, called between runs to edit
+    the repo): {"local": [results], "remote": [results]}, each with its ``--out`` dir."""
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    local = KataProcess(kata.repo, store=kata.repo.parent / f"store-local-{secrets.token_hex(3)}",
+                        address=containerd_daemon.address, timeout=300)
+    bg = kata.grid_url
+    got: dict[str, list] = {"local": [], "remote": []}
+    for item in runs:
+        if callable(item):
+            item()
+            continue
+        for where, proc, extra in (("local", local, ()), ("remote", kata,
+                                                            ("--remote-executor", bg))):
+            out = kata.repo.parent / f"out-{where}-{secrets.token_hex(3)}"
+            res = proc("run", *extra, *item, "--out", str(out))
+            res.out = out
+            res.proc = proc
+            got[where].append(res)
+    return got
+
+
+@pytest.fixture
+def remote_kata(grid, kata):  # noqa: F811
+    kata.grid_url = grid[0].url
+    kata.image = grid[1]
+    return kata
+
+
+def test_cache_paths_are_restored_as_the_steps_users_on_a_worker_as_locally(
+        grid, workers, remote_kata, containerd_daemon):  # noqa: F811
+    """`cache.paths` come back before the next run of the step "as the step's user's and
+    writable by it" (docs/config.md). On a worker they came back as the materialised
+    inputs do, root's and read-only: a step with a `user:` could not add to its cache (npm
+    ci, pip, cargo all write there), and failed where it passes locally."""
+    kata = remote_kata
+    pipeline = {"pipeline": "caches", "steps": [
+        {"name": "build", "image": kata.image, "user": "1000:1000", "inputs": ["src/**"],
+         "cache": {"paths": ["c/"]}, "artifacts": ["count", "owners"],
+         "commands": ["mkdir -p c/sub", "echo run >> c/sub/log",
+                      "wc -l < c/sub/log > count", "stat -c '%u %g %A %n' c c/sub c/sub/log "
+                      "> owners"]}]}
+
+    def edit() -> None:
+        (kata.repo / "src" / "a.txt").write_text("edited: the step runs again\n")
+
+    got = both(kata, containerd_daemon, pipeline, (), edit, ())
+    for where in ("local", "remote"):
+        for res in got[where]:
+            assert res.returncode == 0, where + res.stdout + res.stderr
+    assert worker_of(kata, "build") in {"w1", "w2"}
+    second = {w: got[w][1].out / "build" for w in ("local", "remote")}
+    assert (second["local"] / "count").read_text().strip() == "2"
+    assert (second["local"] / "owners").read_text() == (
+        "1000 1000 drwxr-xr-x c\n1000 1000 drwxr-xr-x c/sub\n1000 1000 -rw-r--r-- c/sub/log\n")
+    for name in ("count", "owners"):
+        assert (second["remote"] / name).read_text() == (second["local"] / name).read_text()
+
+
+JUNIT = ('<testsuite name="t" tests="2"><testcase name="good"/><testcase name="bad">'
+         '<failure message="boom"/></testcase></testsuite>')
+SERVE = "trap 'exit 0' TERM; echo up $ROLE; nc -ll -p 5432 -e echo $ROLE & wait"
+
+
+def feature_pipeline(image: str) -> dict:
+    """One small pipeline touching what a user sees of a step, feature by feature."""
+    probe = ["id > id", "pwd > pwd", "env | grep -v '^HOSTNAME=' > env", "(umask; ulimit -a) > limits",
+             "hostname > host", "ls /sys/class/net > nets"]
+    return {"pipeline": "parity", "settings": {"fail_fast": False}, "env": {"Z": "z", "B": "b"},
+            "steps": [
+        {"name": "probe", "image": image, "user": "1000:1000", "workdir": "/work/x",
+         "inputs": ["src/**"], "env": {"A": "a", "M": "m"},
+         "resources": {"memory": "96MiB", "pids": 77, "cpus": 0.5},
+         "artifacts": ["id", "pwd", "env", "limits", "host", "nets"], "commands": probe},
+        {"name": "tree", "image": image, "inputs": [], "network": "default",
+         "artifacts": ["out/"],
+         "commands": ["mkdir -p out/empty out/d out/x", "echo f > out/d/f", "chmod 600 out/d/f",
+                      "printf '#!/bin/sh\\necho hi\\n' > out/x/run", "chmod 755 out/x/run",
+                      "ln -s d/f out/link", "ln -s /etc/passwd out/abs", "chmod 700 out/d",
+                      "touch -d @1000000000 out/d/f", "ls /sys/class/net | grep -vx lo"]},
+        {"name": "reader", "image": image, "depends_on": ["tree"], "artifacts": ["seen"],
+         "commands": ["ls -lAR --full-time out | grep -v '^total' | "
+                      "sed -e 's/  */ /g' > seen", "cat out/link >> seen"]},
+        {"name": "retried", "image": image, "inputs": [], "retry": 1,
+         "allow_failure": True, "commands": ["echo trying", "exit 3"]},
+        {"name": "slow", "image": image, "inputs": [], "timeout": "2s", "allow_failure": True,
+         "commands": ["echo start", "sleep 30"]},
+        {"name": "signalled", "image": image, "inputs": [], "allow_failure": True,
+         "commands": ["echo before", "echo to-stderr >&2", "sh -c 'kill -TERM $$'"]},
+        {"name": "forks", "image": image, "inputs": [], "allow_failure": True,
+         "resources": {"pids": 20}, "commands": ["for i in $(seq 40); do sleep 5 & done"]},
+        {"name": "hog", "image": image, "inputs": [], "allow_failure": True,
+         "resources": {"memory": "32MiB"},
+         "commands": ["dd if=/dev/zero of=/dev/null bs=64M count=1"]},
+        {"name": "tests", "image": image, "inputs": [], "reports": {"junit": ["r/*.xml"]},
+         "allow_failure": True,
+         "commands": ["mkdir r", f"echo '{JUNIT}' > r/unit.xml", "exit 1"]},
+        {"name": "svc", "image": image, "inputs": [], "matrix": {"ROLE": ["primary"]},
+         "services": [{"name": "db", "image": image, "commands": [SERVE],
+                       "env": {"EXTRA": "x"}, "ready": {"tcp": 5432, "timeout": "20s"}}],
+         "artifacts": ["reply"], "commands": ["nc db 5432 </dev/null > reply",
+                                              "grep -qx primary reply"]},
+        {"name": "unready", "image": image, "inputs": [], "allow_failure": True,
+         "services": [{"name": "db", "image": image, "commands": ["echo waiting; sleep 30"],
+                       "ready": {"tcp": 5432, "timeout": "2s"}}],
+         "commands": ["echo never"]},
+        {"name": "gone", "image": image, "inputs": [], "allow_failure": True,
+         "services": [{"name": "db", "image": image, "commands": ["echo bye; exit 3"],
+                       "ready": {"tcp": 5432, "timeout": "20s"}}],
+         "commands": ["echo never"]},
+        {"name": "missing", "image": image, "inputs": [], "allow_failure": True,
+         "artifacts": ["nothing-here"], "commands": ["true"]},
+        {"name": "status", "image": image, "inputs": [], "when": "always()",
+         "depends_on": ["probe", "reader"], "commands": ["echo status step ran"]},
+    ]}
+
+
+_TIMES = __import__("re").compile(r"\d+(\.\d+)?(ms|s)\b")
+
+
+def _shown(res) -> tuple[int, list[str]]:  # noqa: ANN001
+    """A history command's exit status and lines, run ids, times and `ran on` lines aside."""
+    import re
+
+    lines = [re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}", "RUN", _TIMES.sub("T", line))
+             for line in (res.stdout + res.stderr).splitlines()
+             if not line.startswith(("kata: ran on worker", "kata: ran locally"))]
+    return res.returncode, lines
+
+
+def recorded(res) -> dict:  # noqa: ANN001
+    """What a `kata run --json` says of each step, timings and where it ran left out."""
+    steps: dict[str, dict] = {}
+    for line in res.stdout.splitlines():
+        ev = json.loads(line)
+        name = ev.get("step")
+        if not name:
+            continue
+        mine = steps.setdefault(name, {"events": [], "output": []})
+        kind = ev["event"]
+        if kind == "output":
+            if not ev["text"].startswith("kata: ran "):
+                mine["output"].append(f'{ev["stream"]}: {ev["text"]}')
+        elif kind in ("pass", "fail", "retry", "skip", "export", "cache"):
+            ev = {k: v for k, v in ev.items() if k not in ("time", "duration", "path",
+                                                              "version", "produced_by")}
+            if "message" in ev:
+                ev["message"] = _TIMES.sub("T", ev["message"])
+            mine["events"].append(ev)
+    return steps
+
+
+def test_a_pipeline_records_the_same_locally_and_on_a_worker(grid, workers, remote_kata,
+                                                               containerd_daemon):  # noqa: F811
+    """The same pipeline, run here and on the workers, records the same thing for every
+    step: status, exit status, reason, message, retries, test report, log lines, and the
+    output tree's digest (so a key built on one machine cuts off early on another)."""
+    kata = remote_kata
+    got = both(kata, containerd_daemon, feature_pipeline(kata.image), ("--json",))
+    local, remote = got["local"][0], got["remote"][0]
+    want, have = recorded(local), recorded(remote)
+    failed = {s: e for s, v in want.items() for e in v["events"]
+              if e["event"] == "fail" and not e["allowed"]}
+    assert local.returncode == 0, (failed, want.get(next(iter(failed), ""), local.stderr))
+    assert remote.returncode == 0, remote.stdout[-3000:] + remote.stderr
+    assert set(want) == set(have)
+    differ = {step: (want[step], have[step]) for step in sorted(want) if have[step] != want[step]}
+    assert not differ, "\n".join(f"{s}:\n  local  {w}\n  remote {h}" for s, (w, h) in differ.items())
+    procs = {"local": local.proc, "remote": kata}
+    # what the history commands show of the two runs, where it ran and timings aside
+    for step in sorted(want):
+        for args in (("logs", "--step", step), ("logs", "--step", step, "--service", "db")):
+            if "--service" in args and not step.startswith(("svc", "unready", "gone")):
+                continue
+            shown = {w: _shown(procs[w](*args)) for w in procs}
+            assert shown["remote"] == shown["local"], args
+    runs = {w: json.loads(procs[w]("runs", "--json").stdout)["runs"][0] for w in procs}
+    assert {k: v for k, v in runs["remote"].items() if k not in ("id", "started", "duration")} \
+        == {k: v for k, v in runs["local"].items() if k not in ("id", "started", "duration")}
+    (kata.repo / "src" / "a.txt").write_text("edited\n")
+    why = {w: _shown(procs[w]("why", "//probe")) for w in procs}
+    assert why["remote"] == why["local"]
+    for step in ("probe", "tree", "reader", "svc (ROLE=primary)"):
+        assert worker_of(kata, step) in {"w1", "w2"}, step
+    out = local.out
+    assert (out / "probe" / "id").read_text().startswith("uid=1000 gid=1000")
+    assert (out / "probe" / "pwd").read_text() == "/work/x\n"
