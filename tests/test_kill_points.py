@@ -434,3 +434,125 @@ def test_containerd_killed_at_random_moments_of_a_run(tmp_path):
                 assert _own_mounts(tmp_path) == [], what
                 assert _own_processes(tmp_path) == [], what
                 assert own.left() == {}, f"{what}: cgroups left (id: pids in it)"
+
+
+def _small(word: str) -> dict:
+    """Two steps whose outputs all name ``word`` (two repositories share no object)."""
+    return {"pipeline": "cached", "steps": [
+        {"name": "one", "image": IMAGE, "inputs": ["src/**"],
+         "commands": [f"echo {word} one", "cat src/seed.txt"]},
+        {"name": "two", "image": IMAGE, "inputs": ["src/**"], "depends_on": ["one"],
+         "commands": [f"echo {word} two"]}]}
+
+# `kata ARGS`, SIGKILLed when the run closes its runtime: every step ran and its result is
+# recorded, and the shim group's anchors (and their tasks, shims, mounts) still idle
+KILL_AT_CLOSE = (
+    "import os, runpy, signal, sys\n"
+    "import kata.cli.run_cmds as rc\n"
+    "def close(self, **kw):\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "rc.LazyRuntime.close = close\n"
+    "sys.argv[0] = 'kata'\n"
+    "runpy.run_module('kata', run_name='__main__', alter_sys=True)\n")
+
+# a kata process on the store at argv[2] and the containerd at argv[1] that runs one step
+# through the CLI's runtime and is SIGKILLed as it returns: its task, container, view
+# snapshot, shim and the shim group's anchor are left, and no object of the store is
+# touched (a run's objects, the empty log among them, are named by the other
+# repository's no-op record: a run through the store would make that one fall back)
+KILLED_AFTER_A_STEP = (
+    "import os, signal, sys, threading\n"
+    "from kata.cli.run_cmds import LazyRuntime\n"
+    "from kata.runtimes.base import StepSpec\n"
+    "from store import Store\n"
+    "with Store.open(sys.argv[2]) as store:\n"
+    "    state = store.state_dir\n"
+    "rt = LazyRuntime(sys.argv[1], state_dir=state)\n"
+    f"image = rt.resolve_image({IMAGE!r})\n"
+    "rt.run(StepSpec(image=image, argv=('true',)), lambda *a: None, threading.Event())\n"
+    "os.kill(os.getpid(), signal.SIGKILL)\n")
+
+
+def _replayed(proc: subprocess.CompletedProcess) -> bool:
+    """Whether a run (with PYTHONPROFILEIMPORTTIME=1) was the no-op replay: no CLI imported."""
+    mods = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:")}
+    assert mods, "run with PYTHONPROFILEIMPORTTIME=1"
+    return "kata.cli" not in mods
+
+
+def _said(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+
+
+def _repo(path: Path, word: str) -> Path:
+    (path / "src").mkdir(parents=True)
+    (path / "src" / "seed.txt").write_text(f"{word}\n")
+    (path / ".kata-ci.yaml").write_text(yaml.safe_dump(_small(word), sort_keys=False))
+    return path
+
+
+def _killed(kata: KataProcess, code: str) -> subprocess.CompletedProcess:
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code, *kata.base[3:], "run"],
+                         cwd=kata.repo, env=kata.env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res
+    return res
+
+
+def test_a_fully_cached_run_clears_what_a_kata_killed_after_its_steps_left(
+        tmp_path, containerd_daemon, runtime):
+    """A `kata run` SIGKILLed once its steps ran leaves its shim group's idle anchors (and
+    their tasks, shims, mounts); the next run is all cache hits and never needs containerd
+    for a step, yet it clears them: the killed run's owner marker names the containerd."""
+    repo = _repo(tmp_path / "repo", "killed")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    assert "killed two" in _killed(kata, KILL_AT_CLOSE).stdout  # the steps ran first
+    assert any(runtime.leftovers().values()), "the kill left nothing: the test tests nothing"
+    again = kata("run", PYTHONPROFILEIMPORTTIME="1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not _replayed(again)  # no no-op record yet: the full path, all hits
+    assert "2 cached, 0 ran" in again.stdout, again.stdout
+    assert _said(again) == [], again.stderr
+    assert_clean(runtime)
+    assert _own_mounts(tmp_path) == []
+    assert _own_processes(tmp_path) == []
+    assert not any((tmp_path / "store").rglob("containerd-owners/*"))
+
+
+def test_a_no_op_replay_clears_what_a_killed_kata_left_on_the_same_store(
+        tmp_path, containerd_daemon, runtime):
+    """The no-op replay (before the CLI is imported) sweeps what a kata SIGKILLed after
+    its steps left, found by its owner marker in the store's state directory; with no
+    marker it only lists that directory."""
+    store = tmp_path / "store"
+    cached = KataProcess(_repo(tmp_path / "cached", "cached"), store=store,
+                         address=containerd_daemon.address)
+    assert cached("run").returncode == 0
+    for _ in range(2):  # as tests/test_noop_replay.py: a record needs settled files
+        time.sleep(2.1)  # kata.realise.noop.RACY_NS: files this old may be recorded
+        assert cached("run").returncode == 0  # all hits: writes the no-op record
+        if any(store.rglob("noop/*")):
+            break
+    else:
+        raise AssertionError("a settled no-op leaves a record")
+    import sys
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_STEP, containerd_daemon.address,
+                             str(store)], env=cached.env, capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed
+    assert any(runtime.leftovers().values()), "the kill left nothing: the test tests nothing"
+    again = cached("run", PYTHONPROFILEIMPORTTIME="1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _replayed(again)
+    assert _said(again) == [], again.stderr
+    assert_clean(runtime)
+    assert _own_mounts(tmp_path) == []
+    assert _own_processes(tmp_path) == []
+    assert not any(store.rglob("containerd-owners/*"))
+    from kata.realise.noop import MARKERS
+    from kata.runtimes.sweepmarks import DIR_NAME
+
+    assert MARKERS == DIR_NAME  # the replay's own name for the directory

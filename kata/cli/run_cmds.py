@@ -40,10 +40,16 @@ class LazyRuntime:
     Tags resolve from ``tags`` (kata's record of what each tag it pulled, imported or
     resolved stands for) without connecting; what the runtime resolves is recorded there.
     ``pull=True`` (``kata run --pull``) asks the registry again and pulls every image.
+
+    ``state_dir`` (the store's host-local state directory): on connecting, this process's
+    owner marker is written there (``kata.runtimes.sweepmarks``) and removed by a clean
+    :meth:`close`; a run that never swept (nothing ran) sweeps, on close, the containerd
+    of each marker a dead kata left, so a fully cached pipeline does not keep a killed
+    run's containers, shims and mounts.
     """
 
     def __init__(self, address: str | None, tags=None, *, pull: bool = False,  # noqa: ANN001
-                 confined: bool = False) -> None:
+                 confined: bool = False, state_dir: str | None = None) -> None:
         self.address = address
         self.tags = tags  # kata.runtimes.tags.ImageTags or None
         self.pull = pull
@@ -51,6 +57,8 @@ class LazyRuntime:
         self._rt = None
         self._swept = False
         self._lock = threading.Lock()
+        self.state_dir = state_dir
+        self._marker: str | None = None  # this process's owner marker, once connected
         self._resolved: dict[str, str] = {}  # this run's tag -> digest
         self.progress = None  # kata.runtimes.base.PullCallback: told how far pulls are
 
@@ -62,11 +70,13 @@ class LazyRuntime:
                 self._rt = ContainerdRuntime.connect(address=self.address, sweep=False)
                 self._rt.confined_pulls = self.confined
                 self._rt.name_tags(self._resolved)
+                self._mark()
             self._rt.progress = self.progress
             if sweep and not self._swept:
                 self._swept = True
                 try:
                     self._rt.sweep()
+                    self._unmark_swept()
                 except KataError as err:
                     # what dead processes left is theirs: failing to clear it (another kata
                     # sweeping the same netns, a CNI plugin error) must not fail this run;
@@ -74,6 +84,44 @@ class LazyRuntime:
                     click.echo(f"kata: warning: could not clear what an earlier kata left: "
                                f"{err.message}", err=True)
             return self._rt
+
+    def _mark(self) -> None:
+        """Write this process's owner marker (before any object of it exists)."""
+        if self.state_dir is None:
+            return
+        from procs import owner_id
+
+        from kata.runtimes.sweepmarks import write_marker
+
+        socket = self._rt.client.address.removeprefix("unix://")
+        try:
+            self._marker = write_marker(self.state_dir, owner_id(), socket, self.address)
+        except OSError:  # a read-only store: the owner labels remain for a connected run
+            self._marker = None
+
+    def _unmark_swept(self) -> None:
+        """After this run's sweep: the markers of dead owners on the same containerd are
+        done (what they left is gone)."""
+        if self.state_dir is None:
+            return
+        import os.path
+
+        from kata.runtimes.sweepmarks import dead_markers, marker_dir, remove_marker
+
+        socket = self._rt.client.address.removeprefix("unix://")
+        for owner, theirs, _ in dead_markers(self.state_dir):
+            if theirs == socket:
+                remove_marker(os.path.join(marker_dir(self.state_dir), owner))
+
+    def sweep_left(self) -> None:
+        """Unless this run swept: sweep the containerd of each marker a dead kata left
+        (``kata.runtimes.sweepmarks.sweep_dead``); a failure is a warning line, never the run's."""
+        if self.state_dir is None or self._swept:
+            return
+        from kata.runtimes.sweepmarks import sweep_dead
+
+        sweep_dead(self.state_dir,
+                   warn=lambda message: click.echo(f"kata: warning: {message}", err=True))
 
     def resolve_image(self, ref: str) -> str:
         if ref in self._resolved:
@@ -150,6 +198,12 @@ class LazyRuntime:
                 if not passed:
                     raise lost from None
                 click.echo(f"warning: {lost.message}", err=True)
+                return  # not released cleanly: the marker stays for a later run's sweep
+        if self._marker is not None:
+            from kata.runtimes.sweepmarks import remove_marker
+
+            remove_marker(self._marker)
+            self._marker = None
 
 
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
@@ -255,7 +309,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     store = open_store(ctx)
     remote = _remote_cache(remote_config, store.state_dir)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
-                          confined=not scope.trusted)
+                          confined=not scope.trusted, state_dir=store.state_dir)
     pulls = contextlib.ExitStack()  # images pulled before the steps start: a bar on a terminal
     result = None
     try:
@@ -382,6 +436,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
     finally:
         pulls.close()
         runtime.close(passed=result is not None and result.ok and not result.interrupted)
+        if result is not None and not result.interrupted:
+            runtime.sweep_left()  # nothing ran, so nothing swept what a killed kata left
         if remote is not None:  # its uploads read the store: closed first
             remote.close()
         store.close()

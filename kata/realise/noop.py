@@ -70,6 +70,10 @@ them (its status block, which a 0.1 s run would draw at most once, is not). The 
 remote cache or executor, with no step skipped or run, no ``only:``/``when:``, and the
 cache on. ``KATA_FAST_NOOP=0`` turns the replay off (the tests compare both paths).
 
+**What a killed kata left**: a replay connects to no containerd, so after it has replayed
+it lists ``<state>/containerd-owners/`` (one syscall; ``kata.runtimes.sweepmarks``) and
+sweeps the containerd a dead kata's owner marker names.
+
 Not replayed: the live journal (``kata.report.journal``): a replay lasts ~0.1 s and its
 run is in ``kata runs`` and ``kata web`` when it ends.
 """
@@ -103,6 +107,7 @@ if TYPE_CHECKING:
 
 FORMAT = "kata-noop/2"
 DIR_NAME = "noop"
+MARKERS = "containerd-owners"  # kata.runtimes.sweepmarks.DIR_NAME (not imported unless needed)
 LOCAL_STATE = "local"  # a local store's state directory, beside it (store.index.default_state_dir)
 KEEP = 32  # records kept per store (one per config and command line in use)
 RACY_NS = 2_000_000_000
@@ -560,7 +565,25 @@ def replay(argv: Sequence[str]) -> int | None:
             return None
     except (KeyError, TypeError, ValueError):  # a record of another shape: as absent
         return None
-    return _replay(doc, root, doc["state"], "json" if json_out else "live" if live else "plain")
+    status = _replay(doc, root, doc["state"], "json" if json_out else "live" if live else "plain")
+    if status is not None:
+        _sweep_left(doc["state"])
+    return status
+
+
+def _sweep_left(state: str) -> None:
+    """What a killed kata left on a containerd (``kata.runtimes.sweepmarks``): a replay never
+    connects, so it sweeps where a dead owner's marker says; one listdir when none is
+    there (the module is imported only then)."""
+    try:
+        if not os.listdir(os.path.join(state, MARKERS)):
+            return
+    except OSError:
+        return
+    from kata.runtimes.sweepmarks import sweep_dead
+
+    sys.stdout.flush()  # the run's lines first, a warning after them
+    sweep_dead(state, warn=lambda message: print(f"kata: warning: {message}", file=sys.stderr))
 
 
 def _read_record(config: str, root: str) -> dict[str, Any] | None:
