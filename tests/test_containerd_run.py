@@ -499,7 +499,27 @@ def test_a_kata_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(
     cgroup, and the cgroup used to stay behind, empty, in every controller."""
     marker = tmp_path / "started"
     hook_arg = f"59.{secrets.randbelow(10**6)}"  # this test's hook, to end it afterwards
-    script = textwrap.dedent(f"""
+    kill_once_started(_held_create(containerd_daemon, busybox_digest, hook_arg, marker),
+                      marker)
+    cid = marker.read_text()
+    try:
+        assert _cgroup_dirs(cid), "crun create never made the cgroup"
+        from kata.runtimes.containerd import ContainerdRuntime
+
+        with ContainerdRuntime.connect(address=containerd_daemon.address,
+                                       state_dir=str(containerd_daemon.root.parent)) as rt:
+            assert rt.leftovers() == {k: [] for k in rt.leftovers()}
+        assert _cgroup_dirs(cid) == []
+    finally:
+        _end_hook(hook_arg)
+
+
+def _held_create(paths, digest: str, hook_arg: str, marker: Path,  # noqa: ANN001
+                 then: str = "") -> str:
+    """A script that starts a step on the containerd of ``paths`` with ``crun create``
+    held by a createRuntime hook (``sleep HOOK_ARG``), runs ``then`` once the step's
+    cgroup exists, writes the step's id to ``marker`` and waits to be killed."""
+    return textwrap.dedent(f"""
         import os, threading, time
         import kata.runtimes.containerd.task as task
         from kata.runtimes.containerd import ContainerdRuntime
@@ -512,37 +532,31 @@ def test_a_kata_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(
             spec["hooks"] = {{"createRuntime": [
                 {{"path": "/usr/bin/sleep", "args": ["sleep", {hook_arg!r}]}}]}}
         task.compiled_seccomp = hooked
-        rt = ContainerdRuntime.connect(address={containerd_daemon.address!r},
-                                       state_dir={str(containerd_daemon.root.parent)!r})
-        image = rt.images.run_image({busybox_digest!r})
-        spec = StepSpec(image={busybox_digest!r}, argv=("true",), network="none")
+        rt = ContainerdRuntime.connect(address={paths.address!r},
+                                       state_dir={str(paths.root.parent)!r})
+        image = rt.images.run_image({digest!r})
+        spec = StepSpec(image={digest!r}, argv=("true",), network="none")
         run = StepRun(rt.client, TaskOptions(fifo_root=rt.fifo_root), spec, image,
                       lambda s, d: None, threading.Event())
         threading.Thread(target=run.launch, args=(Cleanup(),), daemon=True).start()
         while not os.path.isdir("/sys/fs/cgroup/pids/kata/" + run.id):
             time.sleep(0.02)
+    """) + textwrap.dedent(then).lstrip("\n") + textwrap.dedent(f"""
         with open({str(marker)!r} + ".tmp", "w") as f:
             f.write(run.id)
         os.rename({str(marker)!r} + ".tmp", {str(marker)!r})
         time.sleep(1000)
     """)
-    kill_once_started(script, marker)
-    cid = marker.read_text()
-    try:
-        assert _cgroup_dirs(cid), "crun create never made the cgroup"
-        from kata.runtimes.containerd import ContainerdRuntime
 
-        with ContainerdRuntime.connect(address=containerd_daemon.address,
-                                       state_dir=str(containerd_daemon.root.parent)) as rt:
-            assert rt.leftovers() == {k: [] for k in rt.leftovers()}
-        assert _cgroup_dirs(cid) == []
-    finally:
-        for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # this test's hook only
-            try:
-                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{hook_arg}\0".encode():
-                    os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
+
+def _end_hook(hook_arg: str) -> None:
+    """SIGKILL this test's createRuntime hook (``sleep HOOK_ARG``), whatever is left of it."""
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{hook_arg}\0".encode():
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def test_containerd_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(tmp_path):
@@ -564,34 +578,9 @@ def test_containerd_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(tmp_
                                        state_dir=str(paths.root.parent)) as rt:
             rt.import_image(write_oci_archive(busybox_image(), tmp_path / "busybox.tar"))
             digest = rt.resolve_image(busybox_image().ref)
-        script = textwrap.dedent(f"""
-            import os, threading, time
-            import kata.runtimes.containerd.task as task
-            from kata.runtimes.containerd import ContainerdRuntime
-            from kata.runtimes.containerd.cleanup import Cleanup
-            from kata.runtimes.containerd.task import StepRun, TaskOptions
-            from kata.runtimes.base import StepSpec
-            compiled = task.compiled_seccomp
-            def hooked(spec, options):
-                compiled(spec, options)
-                spec["hooks"] = {{"createRuntime": [
-                    {{"path": "/usr/bin/sleep", "args": ["sleep", {hook_arg!r}]}}]}}
-            task.compiled_seccomp = hooked
-            rt = ContainerdRuntime.connect(address={paths.address!r},
-                                           state_dir={str(paths.root.parent)!r})
-            image = rt.images.run_image({digest!r})
-            spec = StepSpec(image={digest!r}, argv=("true",), network="none")
-            run = StepRun(rt.client, TaskOptions(fifo_root=rt.fifo_root), spec, image,
-                          lambda s, d: None, threading.Event())
-            threading.Thread(target=run.launch, args=(Cleanup(),), daemon=True).start()
-            while not os.path.isdir("/sys/fs/cgroup/pids/kata/" + run.id):
-                time.sleep(0.02)
+        script = _held_create(paths, digest, hook_arg, marker, then=f"""
             os.kill({read_pid(paths)}, 9)  # containerd, mid-create
             time.sleep(1)
-            with open({str(marker)!r} + ".tmp", "w") as f:
-                f.write(run.id)
-            os.rename({str(marker)!r} + ".tmp", {str(marker)!r})
-            time.sleep(1000)
         """)
         kill_once_started(script, marker)
         cid = marker.read_text()
@@ -602,10 +591,4 @@ def test_containerd_killed_inside_the_oci_runtime_s_create_leaves_no_cgroup(tmp_
                 assert rt.leftovers() == {k: [] for k in rt.leftovers()}
             assert _cgroup_dirs(cid) == []
         finally:
-            for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # this test's hook
-                try:
-                    if Path(f"/proc/{pid}/cmdline").read_bytes() == \
-                            f"sleep\0{hook_arg}\0".encode():
-                        os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
+            _end_hook(hook_arg)
