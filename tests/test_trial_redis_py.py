@@ -18,9 +18,7 @@ under /var/cache/kata-test after its first build (about three minutes).
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -31,9 +29,9 @@ from support.buildgrid import buildgrid
 from support.buildgrid_exec import buildgrid_execution, kata_logstream
 from support.cli import KataProcess
 from support.git import git
-from support.images import CACHE_DIR, OciImage, debian_image_archive
+from support.images import CACHE_DIR, debian_image_archive
 from support.postgres import postgres_cluster
-from support.registry import docker_registry, push_image
+from support.registry import served_image
 
 pytestmark = pytest.mark.integration
 
@@ -88,26 +86,12 @@ steps:
 """
 
 
-def _oci_image(archive: Path) -> OciImage:
-    """The image of an OCI layout archive (support.images.write_oci_archive's), to push."""
-    with tarfile.open(archive) as tar:
-        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
-        blobs = {"sha256:" + m.name.rsplit("/", 1)[1]: tar.extractfile(m).read()  # type: ignore[union-attr]
-                 for m in tar.getmembers() if m.name.startswith("blobs/sha256/")}
-    manifest = blobs[index["manifests"][0]["digest"]]
-    doc = json.loads(manifest)
-    return OciImage(ref="trial", manifest=manifest, config=blobs[doc["config"]["digest"]],
-                    layers=tuple(blobs[layer["digest"]] for layer in doc["layers"]),
-                    diff_ids=(), blobs=blobs)
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     """The trial image's reference in a real registry every containerd here reaches."""
     archive = debian_image_archive(include=PACKAGES, ref="kata.local/debian-redis:bookworm")
-    with docker_registry(tmp_path_factory.mktemp("registry")) as url:
-        push_image(url, "trial/redis-py", "bookworm", _oci_image(archive))
-        yield f"{url.removeprefix('http://')}/trial/redis-py:bookworm"
+    with served_image(tmp_path_factory.mktemp("registry"), archive, "trial/redis-py") as ref:
+        yield ref
 
 
 def _project(root: Path, image: str) -> Path:

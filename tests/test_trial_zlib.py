@@ -30,8 +30,8 @@ from support.buildgrid import buildgrid
 from support.cli import KataProcess
 from support.git import git
 from support.images import CACHE_DIR, debian_image_archive
-from support.registry import docker_registry, push_image
-from test_trial_redis_py import _cache, _edit, _oci_image
+from support.registry import served_image
+from test_trial_redis_py import _cache, _edit
 
 pytestmark = pytest.mark.integration
 
@@ -114,9 +114,8 @@ steps:
 def image(tmp_path_factory):
     """The trial image's reference in a real registry every containerd here reaches."""
     archive = debian_image_archive(include=PACKAGES, ref="kata.local/debian-zlib:bookworm")
-    with docker_registry(tmp_path_factory.mktemp("registry")) as url:
-        push_image(url, "trial/zlib", "bookworm", _oci_image(archive))
-        yield f"{url.removeprefix('http://')}/trial/zlib:bookworm"
+    with served_image(tmp_path_factory.mktemp("registry"), archive, "trial/zlib") as ref:
+        yield ref
 
 
 def _project(root: Path, image: str) -> Path:

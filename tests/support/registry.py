@@ -167,3 +167,29 @@ class FakeRegistry:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def read_oci_archive(archive: Path) -> OciImage:
+    """The image of an OCI layout archive (support.images.write_oci_archive's, or
+    debian_image_archive's), to push."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        blobs = {"sha256:" + m.name.rsplit("/", 1)[1]: tar.extractfile(m).read()  # type: ignore[union-attr]
+                 for m in tar.getmembers() if m.name.startswith("blobs/sha256/")}
+    manifest = blobs[index["manifests"][0]["digest"]]
+    doc = json.loads(manifest)
+    return OciImage(ref="trial", manifest=manifest, config=blobs[doc["config"]["digest"]],
+                    layers=tuple(blobs[layer["digest"]] for layer in doc["layers"]),
+                    diff_ids=(), blobs=blobs)
+
+
+@contextmanager
+def served_image(workdir: Path, archive: Path, repo: str, tag: str = "bookworm") -> Iterator[str]:
+    """``archive`` pushed as ``repo:tag`` to a real registry in ``workdir``: its reference
+    (HOST:PORT/REPO:TAG) while the registry runs."""
+    with docker_registry(workdir) as url:
+        push_image(url, repo, tag, read_oci_archive(archive))
+        yield f"{url.removeprefix('http://')}/{repo}:{tag}"
+
