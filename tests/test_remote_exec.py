@@ -372,6 +372,20 @@ def test_a_failing_remote_step_keeps_its_test_report(grid, workers, kata):
     assert "no report file matches" not in run.stdout + run.stderr
 
 
+def worker_starting(run: subprocess.Popen, workers, timeout: float = 120):  # noqa: ANN001, ANN201
+    """The first of ``workers`` to log that it starts a step, while ``run`` (a ``kata
+    run`` process) goes on; fails the test if ``run`` ends or no worker starts one within
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        victim = next((w for w in workers if ": starting" in w.text()), None)
+        if victim is not None:
+            return victim
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "no worker took the step"
+        time.sleep(0.05)
+
+
 def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, kata):
     bg, image = grid
     pipeline = {"pipeline": "kill", "steps": [
@@ -382,13 +396,7 @@ def test_a_worker_killed_mid_step_has_its_step_rerun_elsewhere(grid, workers, ka
                            env=kata.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     try:
-        deadline = time.monotonic() + 120
-        victim = None
-        while victim is None:
-            victim = next((w for w in workers if ": starting" in w.text()), None)
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline, "no worker took the step"
-            time.sleep(0.05)
+        victim = worker_starting(run, workers)
         time.sleep(0.5)  # mid-step: its container is running
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()

@@ -21,7 +21,7 @@ from support.cli import KataProcess
 from support.images import busybox_image
 from support.postgres import postgres_cluster
 from support.registry import docker_registry, push_image
-from test_remote_exec import worker_of, worker_pool
+from test_remote_exec import worker_of, worker_pool, worker_starting
 
 pytestmark = pytest.mark.integration
 
@@ -64,13 +64,7 @@ def test_a_sigtermed_worker_hands_its_step_to_another_at_once(grid, kata):
                                cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 120
-            victim = None
-            while victim is None:
-                victim = next((w for w in workers if ": starting" in w.text()), None)
-                assert run.poll() is None, run.communicate()
-                assert time.monotonic() < deadline, "no worker took the step"
-                time.sleep(0.05)
+            victim = worker_starting(run, workers)
             time.sleep(1.0)  # mid-step: its container is running
             victim.proc.send_signal(signal.SIGTERM)
             assert victim.proc.wait(60) == 0, victim.text()
