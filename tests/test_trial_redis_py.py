@@ -19,7 +19,6 @@ under /var/cache/kata-test after its first build (about three minutes).
 from __future__ import annotations
 
 import re
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import pytest
 from support.buildgrid import buildgrid
 from support.buildgrid_exec import buildgrid_execution, kata_logstream
 from support.cli import KataProcess
-from support.git import git
+from support.git import git, repo_from_tarball
 from support.images import CACHE_DIR, debian_image_archive
 from support.postgres import postgres_cluster
 from support.registry import served_image
@@ -96,17 +95,10 @@ def image(tmp_path_factory):
 
 def _project(root: Path, image: str) -> Path:
     """redis-py's sdist as a git repository with the trial's .kata-ci.yaml."""
-    if not REDIS_SDIST.exists():
-        raise RuntimeError(f"{REDIS_SDIST} is missing: run `bash .ci/install` (pip download "
-                           f"--no-binary :all: --no-deps redis=={REDIS_VERSION})")
-    with tarfile.open(REDIS_SDIST) as tar:
-        tar.extractall(root, filter="data")
-    repo = root / f"redis-{REDIS_VERSION}"
-    (repo / ".kata-ci.yaml").write_text(PIPELINE.replace("IMAGE", image).replace("TESTS", TESTS))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "redis-py sdist")
-    return repo
+    return repo_from_tarball(
+        REDIS_SDIST, root, f"redis-{REDIS_VERSION}",
+        PIPELINE.replace("IMAGE", image).replace("TESTS", TESTS), "redis-py sdist",
+        f"pip download --no-binary :all: --no-deps redis=={REDIS_VERSION}")
 
 
 def _edit(repo: Path, path: str, old: str, new: str, message: str) -> None:

@@ -28,7 +28,7 @@ import pytest
 
 from support.buildgrid import buildgrid
 from support.cli import KataProcess
-from support.git import git
+from support.git import git, repo_from_tarball
 from support.images import CACHE_DIR, debian_image_archive
 from support.registry import served_image
 from test_trial_redis_py import _cache, _edit
@@ -120,17 +120,10 @@ def image(tmp_path_factory):
 
 def _project(root: Path, image: str) -> Path:
     """zlib's upstream tarball as a git repository with the trial's .kata-ci.yaml."""
-    if not ZLIB_ORIG.exists():
-        raise RuntimeError(f"{ZLIB_ORIG} is missing: run `bash .ci/install` (apt-get source "
-                           f"--download-only zlib from a deb-src line for bookworm)")
-    with tarfile.open(ZLIB_ORIG) as tar:
-        tar.extractall(root, filter="data")
-    repo = root / "zlib-1.2.13.dfsg"
-    (repo / ".kata-ci.yaml").write_text(PIPELINE.replace("IMAGE", image))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "zlib 1.2.13")
-    return repo
+    return repo_from_tarball(ZLIB_ORIG, root, "zlib-1.2.13.dfsg",
+                             PIPELINE.replace("IMAGE", image), "zlib 1.2.13",
+                             "apt-get source --download-only zlib from a deb-src line for "
+                             "bookworm")
 
 
 def _exported(kata: KataProcess, out: Path, *extra: str) -> str:

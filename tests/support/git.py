@@ -29,3 +29,23 @@ def git(cwd: str | os.PathLike[str], *args: str, env: Mapping[str, str] | None =
                           env=dict(env) if env is not None else git_env())
     assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
     return proc.stdout.strip()
+
+
+def repo_from_tarball(tarball: Path, root: Path, top: str, config: str, message: str,
+                      fetch: str) -> Path:
+    """A real project's source tarball extracted under ``root`` (its top directory ``top``)
+    with ``config`` as its .kata-ci.yaml, committed on ``main``: the repository path.
+    RuntimeError naming ``fetch`` (how .ci/install gets it) when the tarball is missing."""
+    import tarfile
+
+    if not tarball.exists():
+        raise RuntimeError(f"{tarball} is missing: run `bash .ci/install` ({fetch})")
+    with tarfile.open(tarball) as tar:
+        tar.extractall(root, filter="data")
+    repo = root / top
+    (repo / ".kata-ci.yaml").write_text(config)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return repo
+
