@@ -87,19 +87,25 @@ def _logged_run(s: Store, run_id: str, scope: str, started: float, text: str,
                                                      log=s.put_blob(text.encode())),)))
 
 
-def test_logs_without_run_never_show_an_untrusted_runs_output(tmp_path) -> None:
-    """`kata logs` took "the last run" of any scope: a branch pushed just after main made
-    its run's output stand in for main's (a forged "all tests passed"). As `kata export`:
-    the last trusted run, named on stderr; an untrusted run only by --run ID."""
+def _main_then_evil(tmp_path, main_log: str, evil_log: str) -> KataProcess:  # noqa: ANN001
+    """kata on a one-step pipeline whose store holds a run of main (20261130-000001-aaaaaa)
+    and, 10 s later, a quarantined branch's (20261130-000002-bbbbbb), with these logs."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / ".kata-ci.yaml").write_text("pipeline: p\nsteps:\n  - {name: build, image: x}\n")
     store = tmp_path / "store"
     now = time.time()
     with Store.open(store) as s:
-        _logged_run(s, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "main's log\n")
-        _logged_run(s, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "evil log\n")
-    kata = KataProcess(repo, store=store)
+        _logged_run(s, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, main_log)
+        _logged_run(s, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, evil_log)
+    return KataProcess(repo, store=store)
+
+
+def test_logs_without_run_never_show_an_untrusted_runs_output(tmp_path) -> None:
+    """`kata logs` took "the last run" of any scope: a branch pushed just after main made
+    its run's output stand in for main's (a forged "all tests passed"). As `kata export`:
+    the last trusted run, named on stderr; an untrusted run only by --run ID."""
+    kata = _main_then_evil(tmp_path, "main's log\n", "evil log\n")
     for args in (("logs",), ("logs", "--step", "build")):
         proc = kata(*args)
         assert proc.returncode == 0, proc.stderr
@@ -115,15 +121,7 @@ def test_runs_shows_whether_each_run_was_trusted(tmp_path) -> None:
     them apart: a TRUST column (--json gives each run's `scope`)."""
     import json
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / ".kata-ci.yaml").write_text("pipeline: p\nsteps:\n  - {name: build, image: x}\n")
-    store = tmp_path / "store"
-    now = time.time()
-    with Store.open(store) as s:
-        _logged_run(s, "20261130-000001-aaaaaa", "ref:refs/heads/main", now - 10, "a\n")
-        _logged_run(s, "20261130-000002-bbbbbb", "quarantine:refs/heads/evil", now, "b\n")
-    kata = KataProcess(repo, store=store)
+    kata = _main_then_evil(tmp_path, "a\n", "b\n")
     proc = kata("runs")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
