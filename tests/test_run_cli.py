@@ -386,6 +386,15 @@ def test_a_pipeline_timeout_says_so_in_the_done_line(kata):
     done = [d for d in doc if d.get("event") == "done"][-1]
     assert (done["stop"], done["cancelled"], done["cancelled_steps"], done["failed"],
             done["skipped"]) == ("pipeline timeout", True, 1, 0, 1), done
+    # kata runs counted the cancelled step as failed (last session's leftover)
+    listed = kata("runs")
+    assert listed.returncode == 0, listed.stderr
+    header, newest = listed.stdout.splitlines()[:2]
+    assert "RAN/CACHED/FAILED/CANCELLED" in header, header
+    assert " 1/1/0/1 " in newest, listed.stdout  # the --json run: quick was cached
+    runs = json.loads(kata("runs", "--json").stdout)["runs"]
+    assert {k: runs[0]["steps"][k] for k in ("failed", "cancelled", "skipped")} == {
+        "failed": 0, "cancelled": 1, "skipped": 1}, runs[0]
 
 
 def test_run_warns_of_an_inputs_pattern_that_matches_nothing(kata):
