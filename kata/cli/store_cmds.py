@@ -47,11 +47,9 @@ def open_store(ctx: click.Context | None = None):
     return store
 
 
-def loaded_dir(ctx: click.Context | None = None) -> str | None:
-    """Where loaded pipelines are kept (``kata.loaded``): ``<state dir>/loaded`` of the
-    store the command line names; None (no cache) while that state dir does not exist
-    (the store is created later in the command; a config is never kept outside it)."""
-    from kata.loaded import DIR_NAME
+def existing_state_dir(ctx: click.Context | None = None) -> str | None:
+    """The local state directory of the store the command line names, without opening
+    (or creating) the store; None while it does not exist."""
     from store.core import default_state_dir
 
     explicit = None
@@ -64,7 +62,17 @@ def loaded_dir(ctx: click.Context | None = None) -> str | None:
         state = default_state_dir(root)
     except OSError:  # the store's own errors come when it is opened
         return None
-    return os.path.join(state, DIR_NAME) if os.path.isdir(state) else None
+    return state if os.path.isdir(state) else None
+
+
+def loaded_dir(ctx: click.Context | None = None) -> str | None:
+    """Where loaded pipelines are kept (``kata.loaded``): ``<state dir>/loaded`` of the
+    store the command line names; None (no cache) while that state dir does not exist
+    (the store is created later in the command; a config is never kept outside it)."""
+    from kata.loaded import DIR_NAME
+
+    state = existing_state_dir(ctx)
+    return os.path.join(state, DIR_NAME) if state is not None else None
 
 
 # ---------------------------------------------------------------- small parsers
