@@ -140,3 +140,20 @@ def test_validate_json(tmp_path) -> None:
     assert bad.returncode == 2 and doc["valid"] is False
     assert (doc["error"]["reason"], doc["error"]["line"]) == ("config.cycle", 2)
     assert bad.stderr.startswith("error: ")
+
+
+def test_a_store_that_cannot_be_opened_is_the_users_to_fix_exit_2(tmp_path):
+    """Last session's leftover: store-open errors exited 1 ("an operation failed"), and a
+    file named as the store was "I/O error ... File exists". A store the user named wrong
+    is exit 2, naming the path and what to do (a read-only one:
+    test_kill_points.py::test_a_read_only_store_says_what_to_do)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a store\n")
+    res = kata("runs", store=afile, cwd=tmp_path)
+    assert res.returncode == 2 and f"'{afile}' is a file" in res.stderr, res  # click's check
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "VERSION").write_text("someone-else/9\n")
+    res = kata("runs", store=other, cwd=tmp_path)
+    assert res.returncode == 2 and str(other) in res.stderr \
+        and "name a Kata store with --store DIR" in res.stderr, res

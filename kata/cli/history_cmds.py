@@ -48,7 +48,7 @@ def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: i
 
     if pipeline is None and not all_pipelines:
         pipeline = _pipeline_name(ctx)
-    with open_store(ctx) as store:
+    with open_store(ctx, read_only=True) as store:
         found = list_runs(store, pipeline=pipeline, limit=limit)
     if json_out:
         echo_json({"pipeline": pipeline, "runs": [r.to_json() for r in found]})
