@@ -904,6 +904,24 @@ class _Walker:
                                     "'event: pull_request' or drop actions")
             if "pattern" in f:
                 kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
+            event = kw.get("event")
+            # a tag has no branch and a branch event no tag (kata.conditions.Context): the
+            # trigger could never match, from a hook or from --event
+            if kw.get("branches") and event == "tag":
+                raise self.fail("config.value", f["branches"][0],
+                                "a trigger on event 'tag' has no branches: a tag event has "
+                                "only a tag; match its name with 'pattern:' (e.g. 'v*'), or "
+                                "write another trigger with 'event: push' and branches")
+            if kw.get("branches") and "pattern" in f and event is None:
+                raise self.fail("config.value", f["pattern"][0],
+                                "a trigger with both 'branches' and 'pattern' could never "
+                                "match: a run has a branch or a tag, never both; write two "
+                                "triggers (triggers match when any of them does)")
+            if "pattern" in f and event not in (None, "tag"):
+                raise self.fail("config.value", f["pattern"][0],
+                                f"a trigger on event {event!r} has no tag to match 'pattern' "
+                                "against: only a tag event has one; write 'event: tag', or "
+                                "'branches:' for branch names")
             out.append(Trigger(**kw))
         return tuple(out)
 
