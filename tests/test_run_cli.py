@@ -409,7 +409,7 @@ def test_run_warns_of_an_inputs_pattern_that_matches_nothing(kata):
                                         inputs=("scr/**", "src/**"))], name="cli")
     first = kata("run")
     assert first.returncode == 0, first.stdout + first.stderr
-    warning = (f"warning: {kata.repo / '.kata-ci.yaml'}:3:9: step 'build': inputs pattern "
+    warning = (f"warning: {kata.repo / '.kata-ci.yaml'}:8:5: step 'build': inputs pattern "
                "'scr/**' matches no file of the repository")
     assert [x for x in first.stderr.splitlines() if x.startswith("warning:")] == [warning]
     assert warning not in first.stdout
