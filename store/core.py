@@ -116,7 +116,10 @@ class Store:
 
         from .files import force_rmtree
 
-        found = read_file(os.path.join(root, "VERSION"))
+        try:
+            found = read_file(os.path.join(root, "VERSION"))
+        except OSError as err:
+            raise os_error(err, f"reading the store at {root}", root) from err
         if found is None or not os.path.isdir(os.path.join(root, "realisations")):
             raise StoreError("store.missing", f"there is no store at {root}", obj=root)
         if found.decode(errors="replace").strip() != VERSION:

@@ -33,7 +33,7 @@ _USER_FIXABLE = {
     "store.read_only": "this command writes to the store: mount it read-write, or name a "
                        "store on a writable filesystem with --store DIR (kata runs, logs, why, "
                        "export, graph, store stats and store verify can read it as it is)",
-    "store.permission": "give this user write access to it, or name another store with "
+    "store.permission": "give this user access to it, or name another store with "
                         "--store DIR",
     "store.not_a_directory": "name a directory with --store DIR (or $KATA_STORE)",
     "store.version": "name a Kata store with --store DIR (or $KATA_STORE), or an empty "
