@@ -43,7 +43,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 system_socket=SYSTEM_SOCKET if config.state_dir is None else "",
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
-                oci_runtime=config.oci_runtime, step_runner=config.step_runner)
+                oci_runtime=config.oci_runtime, step_runner=config.step_runner,
+                daemon_nofile=_daemon_nofile, nofile_ceiling=_nofile_ceiling())
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
     if executor is not None:
         host = dataclasses.replace(host, remote_executor=executor.url,
@@ -84,3 +85,24 @@ def _remote_checks() -> list:
     from kata.remote.doctor import check_remote
 
     return [check_remote(cache)]
+
+
+def _daemon_nofile(socket: str) -> tuple[int, int] | None:
+    """(pid, hard RLIMIT_NOFILE) of the containerd listening on ``socket``, if readable."""
+    from kata.runtimes.containerd.spec import hard_limits
+    from kata.sockets import socket_peer_pid
+
+    pid = socket_peer_pid(socket)
+    limits = hard_limits(pid) if pid is not None else None
+    return None if pid is None or limits is None else (pid, limits[0])
+
+
+def _nofile_ceiling() -> int:
+    """The hard RLIMIT_NOFILE a kata run holds here (after raising its own, as it does)."""
+    import resource
+
+    from kata.runtimes.containerd.spec import NOFILE_HARD, lift_open_files_limit
+
+    lift_open_files_limit()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return NOFILE_HARD if hard == resource.RLIM_INFINITY else hard
