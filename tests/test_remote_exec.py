@@ -534,15 +534,27 @@ def test_an_image_only_the_client_holds_names_the_worker_and_how_to_import_it(
     img = make_image([busybox_layer(), files_layer({"etc/only": ref.encode()})], ref=ref)
     imported = kata("image", "import", str(write_oci_archive(img, tmp_path / "only.tar")))
     assert imported.returncode == 0, imported.stderr
-    bg, _image = grid
+    bg, image = grid
+    # a step before it, so the client has sent blobs it may trust the CAS still holds: it
+    # read the worker's failed lease as inputs the CAS lost and sent the step once more
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "local-image", "steps": [
-        {"name": "s", "image": ref, "inputs": ["src/**"], "commands": ["true"]}]}))
-    run = kata("run", "--remote-executor", bg.url)
+        {"name": "first", "image": image, "inputs": ["src/**"], "artifacts": ["o"],
+         "commands": ["cp src/a.txt o"]},
+        {"name": "s", "image": ref, "depends_on": ["first"], "inputs": ["src/**"],
+         "commands": ["true"]}]}))
+    run = kata("run", "--json", "--remote-executor", bg.url)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert re.search(r"worker w[12]: ", run.stdout), run.stdout
+    fails = [e for e in map(json.loads, run.stdout.splitlines())
+             if e.get("event") == "fail" and e.get("step") == "s"]
+    assert len(fails) == 1 and fails[0]["reason"].startswith("image."), fails
+    message = fails[0]["message"]
+    assert re.match(r"worker w[12]: ", message), message
     sockets = [str(w.state / "containerd.sock") for w in workers]
-    assert any(f"kata --containerd {s} image import FILE" in run.stdout for s in sockets), \
-        run.stdout
+    assert any(f"kata --containerd {s} image import FILE" in message for s in sockets), message
+    # it failed as the step's own error, once: one lease, not a second one sent after it
+    assert sum(w.text().count(": starting") for w in workers) == 2, [w.text() for w in workers]
+    log = kata("logs", "--step", "s").stdout
+    assert log.count("kata: " + message) == 1, log  # as a local run logs an image error
 
 
 def test_names_reapi_cannot_carry_run_locally_or_fail_clearly(grid, workers, kata):

@@ -61,7 +61,8 @@ WORKSPACE_DIR = "ws"
 SERVICES_DIR = "kata-services"
 SPECIAL_FILE = "kata-special"  # the workspace's FIFOs, sockets, devices (NUL-separated paths)
 # why the step could not run to an exit status on the worker, as the local runtime would
-# have raised it (a service that exited or never became ready, a user the image refuses):
+# have raised it (a service that exited or never became ready, a user the image refuses,
+# an image the worker cannot pull):
 # JSON {"reason": "service.not_ready", "message": "…", "object": "db" | null,
 # "exit_code": 1 | 2} (``error_document``)
 ERROR_FILE = "kata-error"
