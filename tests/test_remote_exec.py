@@ -53,7 +53,8 @@ class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
     def __init__(self, name: str, url: str, logstream: str, state: Path | None = None,
-                 env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> None:
+                 env: dict[str, str] | None = None, extra: tuple[str, ...] = (),
+                 wrap: tuple[str, ...] = ()) -> None:
         self.name = name
         if state is None:
             state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
@@ -62,7 +63,7 @@ class Worker:
         self.log = self.state / "worker.log"
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
+            [*wrap, sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
              "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream,
              *extra],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,

@@ -50,7 +50,7 @@ from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_g
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import (
-    CANCEL_EXIT, LOCAL_ONLY_LABEL, OutputSink, Runtime, ServiceSink, StepSpec,
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, ExitStatus, OutputSink, Runtime, ServiceSink, StepSpec,
 )
 
 from . import action as act
@@ -203,13 +203,20 @@ class RemoteRuntime:
             except KataError:
                 if result.exit_code == 0:
                     raise
-                return result.exit_code  # it failed either way; its report says what it lacks
+                return self._status(result)  # it failed either way; its report says what it lacks
             for digest in special:  # what it left that no tree holds: as it would be here
                 files.make_fifos(workspace, trees[files.key(digest)].decode().split("\0"))
             # the worker put these in the CAS: a later step that sees them need not
             self._present.update(f.digest.hash for d in (top, *children.values())
                                  for f in d.files)
-        return result.exit_code
+        return self._status(result)
+
+    @staticmethod
+    def _status(result: re_pb2.ActionResult) -> int:
+        """The step's exit status, naming the memory limit the worker applied (its own
+        host default where the step set none): the message of an out-of-memory kill."""
+        return ExitStatus(result.exit_code,
+                          memory=act.applied_memory(result.execution_metadata))
 
     def _service_logs(self, data: bytes, service_sink: ServiceSink) -> None:
         tree = re_pb2.Tree()

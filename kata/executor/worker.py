@@ -536,6 +536,7 @@ class Worker:
             refused, exit_status = KataError(err.reason, self._explain(err), obj=err.obj,
                                              exit_code=err.exit_code), 1
         meta.execution_completed_timestamp.GetCurrentTime()
+        act.add_applied_limits(meta, spec)  # its defaults are this worker's, not the client's
         job.log.close()  # the stream is finished before the result is reported
         with self._lock:
             writer = job.writer

@@ -702,6 +702,7 @@ class Realiser:
         exit_status: int | None = None
         message = reason = outputs = ""
         report = None
+        applied_memory: int | None = None
         try:
             ws = self._workspace(self._run_dir, self._healed_layers(name, node))
             with contextlib.ExitStack() as release:
@@ -712,6 +713,9 @@ class Realiser:
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)
+                    # the limit the runtime applied where it is not this host's default
+                    applied_memory = getattr(exit_status, "memory", None)
+                    exit_status = int(exit_status)
                 except KataError as err:  # e.g. a missing secret, an image not found
                     message, reason = err.message, err.reason
                 # a step that passed has its report even when a fail_fast cancel came
@@ -730,7 +734,8 @@ class Realiser:
                     reason, message = "step.timeout", f"timed out after {step.timeout}"
                 elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
                     exit_status, reason = 137, "step.oom"
-                    limit = format_size(effective(step.resources).memory or 0)
+                    limit = format_size(applied_memory or effective(step.resources).memory
+                                        or 0)
                     message = f"out of memory: limit {limit}"
                 elif exit_status == COMMAND_NOT_FOUND_EXIT:
                     reason = "step.command_not_found"

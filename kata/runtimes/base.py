@@ -152,6 +152,20 @@ CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
 OOM_EXIT = 256 + 137
 
 
+class ExitStatus(int):
+    """An exit status (an int, as ``Runtime.run`` returns) with a fact the runtime knows
+    and the realiser cannot: ``memory``, the memory limit in bytes it applied to a step
+    whose ``resources.memory`` was None (a remote worker's host default, not this
+    host's). A plain int means the limits of ``kata.resources.effective`` here."""
+
+    memory: int | None
+
+    def __new__(cls, status: int, *, memory: int | None = None) -> "ExitStatus":
+        self = super().__new__(cls, status)
+        self.memory = memory
+        return self
+
+
 class Runtime(Protocol):
     """What the realiser needs from a container runtime."""
 
@@ -172,7 +186,8 @@ class Runtime(Protocol):
 
         Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
         because ``cancel`` was set, OOM_EXIT when it failed after running out of memory
-        (``spec.resources.memory``); 128+signal for other signal deaths. Every
+        (``spec.resources.memory``; an ``ExitStatus`` names the limit when it is not this
+        host's default); 128+signal for other signal deaths. Every
         resource it created is released before it returns or raises.
         """
         ...
