@@ -206,3 +206,58 @@ def test_a_pipeline_records_the_same_locally_and_on_a_worker(grid, workers, remo
     out = local.out
     assert (out / "probe" / "id").read_text().startswith("uid=1000 gid=1000")
     assert (out / "probe" / "pwd").read_text() == "/work/x\n"
+
+
+def _uppers_under(root: Path) -> list[Path]:
+    """The upper layers of the overlays mounted below ``root`` now (steps' workspaces)."""
+    uppers = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] != "overlay":
+            continue
+        for option in fields[3].split(","):
+            if option.startswith("upperdir=") and option[9:].startswith(str(root)):
+                uppers.append(Path(option[9:]))
+    return uppers
+
+
+def test_the_client_leaves_a_remote_steps_restored_cache_to_the_worker(
+        grid, workers, remote_kata, containerd_daemon):  # noqa: F811
+    """The worker gives a `user:` step its restored `cache.paths` on its own copy. The
+    client gave them on its overlay too, for nothing: each re-owned file was copied up
+    (data and all) into the workspace's upper layer and hashed afresh to be sent. A step
+    with a secret, which the remote runtime runs here, still gets them as locally."""
+    import subprocess
+    import time
+
+    kata = remote_kata
+    store = kata.repo.parent / "store"
+    pipeline = {"pipeline": "caches", "steps": [
+        {"name": "build", "image": kata.image, "user": "1000:1000", "inputs": ["src/**"],
+         "cache": {"paths": ["c/"]}, "artifacts": ["count"],
+         "commands": ["sleep 3", "mkdir -p c", "test -e c/keep || echo once > c/keep",
+                      "echo run >> c/log", "wc -l < c/log > count"]},
+        {"name": "deploy", "image": kata.image, "user": "1000:1000", "inputs": ["src/**"],
+         "secrets": ["TOKEN"], "cache": {"paths": ["d/"]}, "artifacts": ["count"],
+         "commands": ["mkdir -p d", "test -e d/keep || echo once > d/keep", "sleep 1",
+                      "echo run >> d/log", "wc -l < d/log > count"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    args = ("run", "--remote-executor", kata.grid_url, "--secret", "TOKEN=t0ken-value")
+    first = kata(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (kata.repo / "src" / "a.txt").write_text("edited: both run again\n")
+    run = subprocess.Popen([*kata.base, *args, "--out", str(kata.repo.parent / "out")],
+                           cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    copied_up: set[str] = set()  # of what the step leaves as it was: c/keep, d/keep
+    while run.poll() is None:
+        for upper in _uppers_under(store):
+            copied_up.update(f"{d}/keep" for d in "cd" if (upper / d / "keep").exists())
+        time.sleep(0.02)
+    out = run.stdout.read()
+    assert run.returncode == 0, out
+    assert "build | kata: ran on worker" in out and "deploy | kata: ran locally" in out, out
+    # the remote step's cache is never touched here; the local one's is given (copied up)
+    assert copied_up == {"d/keep"}, copied_up
+    for step in ("build", "deploy"):  # each added to its cache, as its user
+        assert (kata.repo.parent / "out" / step / "count").read_text().strip() == "2"

@@ -709,7 +709,8 @@ class Realiser:
                 release.callback(self._closer.close, ws)
                 if (owner := user_ids(step.user)) is not None:  # its root is theirs
                     os.chown(ws.path, *owner)
-                    give_cache_paths(Path(ws.path), self._given_cache_paths(node), owner)
+                    if not getattr(self.runtime, "gives_cache_paths", False):  # a remote one
+                        give_cache_paths(Path(ws.path), self._given_cache_paths(node), owner)
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)

@@ -133,9 +133,10 @@ class StepSpec:
     # memory, CPU and process limits; None fields: kata.resources.host_defaults()
     resources: Resources = Resources()
     # the restored ``cache.paths`` (relative to the workspace) the step's ``user`` owns
-    # before it starts (``kata.realise.workspace.give_cache_paths``): the realiser gives
-    # them on a local workspace itself; a remote worker, which materialises the workspace
-    # afresh, gives them on its copy. () when nothing was restored or the step runs as root
+    # before it starts (``give_cache_paths``): the realiser gives them on a local
+    # workspace itself, unless the runtime says ``gives_cache_paths`` (a remote executor:
+    # its worker, which materialises the workspace afresh, gives them on its copy, and the
+    # client's copy is left alone). () when nothing was restored or the step runs as root
     cache_paths: tuple[str, ...] = ()
 
 
@@ -167,7 +168,10 @@ class ExitStatus(int):
 
 
 class Runtime(Protocol):
-    """What the realiser needs from a container runtime."""
+    """What the realiser needs from a container runtime. One that sets a true class
+    attribute ``gives_cache_paths`` gives ``StepSpec.cache_paths`` to the step's user
+    itself, wherever it runs the step; for any other the realiser does, on the
+    workspace, before ``run``."""
 
     def resolve_image(self, ref: str) -> str:
         """Resolve an image reference (tag or digest) to its manifest digest "sha256:…".
