@@ -104,6 +104,8 @@ _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
 _STEP_REASONS = frozenset({"runtime.bad_user", "runtime.start_failed", "runtime.bad_step",
                            "config.bad_value"})
 _NOT_THE_STEPS = frozenset({"image.pull_stopped"})  # a cancelled pull: the lease's end
+# what the step's own workspace may hold that no REAPI tree can (files.pack_dir)
+_UNSENDABLE = frozenset({"remote.unsupported_name", "remote.unsupported_file"})
 
 
 def steps_own(reason: str) -> bool:
@@ -543,8 +545,20 @@ class Worker:
         if writer is not None:
             writer.join(5.0)
         try:
-            return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                                input_files, notes=notes, refused=refused)
+            try:
+                return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
+                                    input_files, notes=notes, refused=refused)
+            except KataError as err:
+                if err.reason not in _UNSENDABLE or refused is not None:
+                    raise
+                unsendable = err
+            # the step left what REAPI cannot carry (a name that is not UTF-8): its own
+            # failure, sent back once with its log and an empty workspace. As a failed
+            # lease the client took it for inputs the CAS lost and sent the step again
+            unsent = work / "unsent"
+            unsent.mkdir()
+            return self._upload(job, unsent, job.log, service_logs, 1, meta, input_files,
+                                notes=notes, refused=unsendable)
         finally:
             for buffer in (*service_logs.values(), notes):
                 buffer.discard()
