@@ -82,6 +82,9 @@ class Host:
     # known); its shims, and the crun they run, can only lower what it holds
     daemon_nofile: Callable[[str], tuple[int, int] | None] = field(default=lambda path: None)
     nofile_ceiling: int = 524288  # the hard RLIMIT_NOFILE kata holds once it raised its own
+    # what a step's spec asks before any cut (spec.NOFILE_SOFT, NOFILE_HARD; the CLI hands
+    # them over: this module uses no runtime)
+    nofile_spec: tuple[int, int] = (65536, 524288)
 
 
 def _version(binary: str) -> str:
@@ -212,31 +215,33 @@ def check_open_files(host: Host) -> Check:
     step where direct steps cannot run): crun runs them under containerd's shim, which
     holds the daemon's hard RLIMIT_NOFILE, and kata cuts the step's 65536:524288 to it
     (``spec.task_rlimits``). A warning when the daemon's is below what kata holds."""
-    from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT
-
-    wanted = min(NOFILE_HARD, host.nofile_ceiling)
+    soft, asked = host.nofile_spec  # what the spec asks, before any cut
+    wanted = min(asked, host.nofile_ceiling)
     sock = _used_socket(host)
     found = host.daemon_nofile(sock) if sock else None
     if found is None:
-        where = "kata's own containerd, once started," if sock is None else \
-            f"the containerd at {sock} (its limits unread)"
+        if sock is None:
+            return Check(name="open-files", status="ok",
+                         detail=f"steps get {min(soft, wanted)}:{wanted} (kata's own "
+                                "containerd, once started, inherits kata's limits)")
         return Check(name="open-files", status="ok",
-                     detail=f"steps get {min(NOFILE_SOFT, wanted)}:{wanted} ({where} "
-                            "inherits kata's)")
+                     detail=f"steps get {min(soft, wanted)}:{wanted} at most: the limits of "
+                            f"the containerd at {sock} cannot be read (its steps with "
+                            "services get less if it holds less)")
     pid, hard = found
     got = min(wanted, hard)
     if hard >= wanted:
         return Check(name="open-files", status="ok",
-                     detail=f"steps get {min(NOFILE_SOFT, got)}:{got} (containerd pid {pid} "
+                     detail=f"steps get {min(soft, got)}:{got} (containerd pid {pid} "
                             f"allows {hard})")
     return Check(name="open-files", status="warn",
                  detail=f"the containerd at {sock} (pid {pid}) holds a hard open-files limit "
                         f"of {hard}: steps run as its tasks (steps with services) get "
-                        f"{min(NOFILE_SOFT, got)}:{got}, not {min(NOFILE_SOFT, wanted)}:{wanted}",
-                 fix=f"raise containerd's limit to {NOFILE_HARD} or more: LimitNOFILE=infinity "
+                        f"{min(soft, got)}:{got}, not {min(soft, wanted)}:{wanted}",
+                 fix=f"raise containerd's limit to {asked} or more: LimitNOFILE=infinity "
                      "in its systemd unit (systemctl edit containerd; systemctl restart "
-                     f"containerd), or at once `prlimit --pid {pid} --nofile={NOFILE_SOFT}:"
-                     f"{NOFILE_HARD}` (shims it starts afterwards inherit it)")
+                     f"containerd), or at once `prlimit --pid {pid} --nofile={soft}:"
+                     f"{asked}` (shims it starts afterwards inherit it)")
 
 
 def check_runc(host: Host) -> Check:

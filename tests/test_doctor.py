@@ -170,6 +170,9 @@ def test_a_containerd_holding_fewer_open_files_than_kata_is_named_with_the_fix(t
                                            "allows 20000)", "")
     none = fake_host(tmp_path)  # kata starts its own: it inherits kata's
     assert by_name(none)["open-files"][0] == "ok"
+    from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT
+
+    assert Host().nofile_spec == (NOFILE_SOFT, NOFILE_HARD)  # the default is the spec's
 
 
 def test_an_unwritable_store(tmp_path) -> None:

@@ -30,6 +30,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
         SYSTEM_SOCKET, daemon_paths, read_pid, socket_answers,
     )
     from kata.runtimes.containerd.network import CNI_PATH
+    from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT
     from kata.server import socket_path
     from kata.sockets import socket_access
 
@@ -44,7 +45,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
                 oci_runtime=config.oci_runtime, step_runner=config.step_runner,
-                daemon_nofile=_daemon_nofile, nofile_ceiling=_nofile_ceiling())
+                daemon_nofile=_daemon_nofile, nofile_ceiling=_nofile_ceiling(),
+                nofile_spec=(NOFILE_SOFT, NOFILE_HARD))
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
     if executor is not None:
         host = dataclasses.replace(host, remote_executor=executor.url,
