@@ -46,9 +46,12 @@ def test_an_out_of_memory_kill_on_a_worker_names_the_workers_limit(grid, small_w
     bg, image = grid
     here = effective(None).memory
     assert here > (256 << 20) * 4, "this host's default must differ from the worker's"
-    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "oom", "steps": [
-        {"name": "hog", "image": image, "inputs": ["src/**"],
-         "commands": ["head -c 400m /dev/zero | tail > /dev/null"]}]}))
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
+        "pipeline": "oom", "settings": {"fail_fast": False}, "steps": [
+            {"name": "hog", "image": image, "inputs": ["src/**"],
+             "commands": ["head -c 400m /dev/zero | tail > /dev/null"]},
+            {"name": "made", "image": image, "inputs": ["src/**"], "artifacts": ["a"],
+             "commands": ["cp src/a.txt a"]}]}))
     run = kata("run", "--json", "--remote-executor", bg.url)
     assert run.returncode == 1, run.stdout + run.stderr
     fail = next(e for e in map(json.loads, run.stdout.splitlines()) if e.get("event") == "fail")
@@ -56,3 +59,11 @@ def test_an_out_of_memory_kill_on_a_worker_names_the_workers_limit(grid, small_w
     assert fail["message"] == "out of memory: limit 256 MiB", (fail, format_size(here))
     assert "kata: out of memory: limit 256 MiB" in kata("logs", "--step", "hog").stdout
     assert "lease" in small_worker.text()  # it ran there
+    # the realisation of what passed there names the worker that built it, not this host
+    # (the remote cache hands it on as ExecutedActionMetadata.worker)
+    from store import Store
+
+    key = next(e["key"] for e in map(json.loads, run.stdout.splitlines())
+               if e.get("event") == "cache" and e.get("step") == "made")
+    real = Store.open(kata.env["KATA_STORE"]).get_realisation(key)
+    assert real is not None and real.host == "small", real

@@ -219,9 +219,11 @@ class RemoteRuntime:
     @staticmethod
     def _status(result: re_pb2.ActionResult) -> int:
         """The step's exit status, naming the memory limit the worker applied (its own
-        host default where the step set none): the message of an out-of-memory kill."""
+        host default where the step set none: the message of an out-of-memory kill) and
+        the worker (the host its realisation names)."""
         return ExitStatus(result.exit_code,
-                          memory=act.applied_memory(result.execution_metadata))
+                          memory=act.applied_memory(result.execution_metadata),
+                          host=result.execution_metadata.worker or None)
 
     def _run_here(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
                   service_sink: ServiceSink | None) -> int:

@@ -150,6 +150,7 @@ class Realiser:
         self._closer = BackgroundCloser()  # workspaces are closed off the step's slot
         self._created = time.time()  # the run's start, unix time (phase times count from it)
         self._phases: dict[str, list[float]] = {}  # step -> [ready, started, running] so far
+        self._ran_on: dict[str, str | None] = {}  # step -> the worker that ran it last
         self._ended: dict[str, float] = {}  # step -> when its result was set (unix time)
 
     def emit(self, event: ev.Event) -> None:
@@ -716,6 +717,7 @@ class Realiser:
                                                       log_lock, service_logs)
                     # the limit the runtime applied where it is not this host's default
                     applied_memory = getattr(exit_status, "memory", None)
+                    self._ran_on[name] = getattr(exit_status, "host", None)  # a worker
                     exit_status = int(exit_status)
                 except KataError as err:  # e.g. a missing secret, an image not found
                     message, reason = err.message, err.reason
@@ -793,7 +795,8 @@ class Realiser:
                 report_digest: str = "") -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
         self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
-                                 duration=duration, stack=stack, report=report_digest)
+                                 duration=duration, stack=stack, report=report_digest,
+                                 host=self._ran_on.pop(name, None))
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,

@@ -154,16 +154,20 @@ OOM_EXIT = 256 + 137
 
 
 class ExitStatus(int):
-    """An exit status (an int, as ``Runtime.run`` returns) with a fact the runtime knows
+    """An exit status (an int, as ``Runtime.run`` returns) with facts the runtime knows
     and the realiser cannot: ``memory``, the memory limit in bytes it applied to a step
     whose ``resources.memory`` was None (a remote worker's host default, not this
-    host's). A plain int means the limits of ``kata.resources.effective`` here."""
+    host's); ``host``, the machine that ran it when not this one (a worker's name, which
+    its realisation records). A plain int means this host and its
+    ``kata.resources.effective`` limits."""
 
     memory: int | None
+    host: str | None
 
-    def __new__(cls, status: int, *, memory: int | None = None) -> "ExitStatus":
+    def __new__(cls, status: int, *, memory: int | None = None,
+                host: str | None = None) -> "ExitStatus":
         self = super().__new__(cls, status)
-        self.memory = memory
+        self.memory, self.host = memory, host
         return self
 
 
