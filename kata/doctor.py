@@ -79,6 +79,13 @@ class Host:
     # asks it for its REAPI ServerCapabilities (kata.executor.connection.probe); raises
     # kata.remote.cas.RemoteError when it does not answer
     executor_probe: Callable[[], object] | None = None
+    # the pid and hard RLIMIT_NOFILE of the containerd listening on a socket (None: not
+    # known); its shims, and the crun they run, can only lower what it holds
+    daemon_nofile: Callable[[str], tuple[int, int] | None] = field(default=lambda path: None)
+    nofile_ceiling: int = 524288  # the hard RLIMIT_NOFILE kata holds once it raised its own
+    # what a step's spec asks before any cut (spec.NOFILE_SOFT, NOFILE_HARD; the CLI hands
+    # them over: this module uses no runtime)
+    nofile_spec: tuple[int, int] = (65536, 524288)
 
 
 def _version(binary: str) -> str:
@@ -193,6 +200,51 @@ def check_containerd(host: Host) -> Check:
                  detail=version + "kata starts its own on first use")
 
 
+def _used_socket(host: Host) -> str | None:
+    """The socket of the containerd kata would use, when one answers (the order of
+    ``ContainerdRuntime.connect``); None when kata would start its own."""
+    if host.containerd_address:
+        return host.containerd_address if host.answers(host.containerd_address) else None
+    for sock in (host.system_socket, host.kata_socket):
+        if sock and host.answers(sock):
+            return sock
+    return None
+
+
+def check_open_files(host: Host) -> Check:
+    """The open-files limit of steps run as containerd tasks (steps with services; every
+    step where direct steps cannot run): crun runs them under containerd's shim, which
+    holds the daemon's hard RLIMIT_NOFILE, and kata cuts the step's 65536:524288 to it
+    (``spec.task_rlimits``). A warning when the daemon's is below what kata holds."""
+    soft, asked = host.nofile_spec  # what the spec asks, before any cut
+    wanted = min(asked, host.nofile_ceiling)
+    sock = _used_socket(host)
+    found = host.daemon_nofile(sock) if sock else None
+    if found is None:
+        if sock is None:
+            return Check(name="open-files", status="ok",
+                         detail=f"steps get {min(soft, wanted)}:{wanted} (kata's own "
+                                "containerd, once started, inherits kata's limits)")
+        return Check(name="open-files", status="ok",
+                     detail=f"steps get {min(soft, wanted)}:{wanted} at most: the limits of "
+                            f"the containerd at {sock} cannot be read (its steps with "
+                            "services get less if it holds less)")
+    pid, hard = found
+    got = min(wanted, hard)
+    if hard >= wanted:
+        return Check(name="open-files", status="ok",
+                     detail=f"steps get {min(soft, got)}:{got} (containerd pid {pid} "
+                            f"allows {hard})")
+    return Check(name="open-files", status="warn",
+                 detail=f"the containerd at {sock} (pid {pid}) holds a hard open-files limit "
+                        f"of {hard}: steps run as its tasks (steps with services) get "
+                        f"{min(soft, got)}:{got}, not {min(soft, wanted)}:{wanted}",
+                 fix=f"raise containerd's limit to {asked} or more: LimitNOFILE=infinity "
+                     "in its systemd unit (systemctl edit containerd; systemctl restart "
+                     f"containerd), or at once `prlimit --pid {pid} --nofile={soft}:"
+                     f"{asked}` (shims it starts afterwards inherit it)")
+
+
 def check_runc(host: Host) -> Check:
     binary = host.which("runc")
     if binary is None:
@@ -305,7 +357,8 @@ def check_git(host: Host) -> Check:
 
 EXECUTOR_PROBE_TIMEOUT = 5.0  # seconds: kata.executor.connection.probe's default
 
-CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_runc,
+CHECKS = (check_root, check_overlay, check_cgroups, check_containerd, check_open_files,
+          check_runc,
           check_oci_runtime, check_step_runner, check_cni, check_store, check_space, check_git)
 
 
@@ -397,7 +450,7 @@ def check_owner_markers(host: Host) -> Check | None:
 
 
 def diagnose(host: Host) -> list[Check]:
-    """Every check, in a fixed order: root, overlay, cgroups, containerd, runc,
+    """Every check, in a fixed order: root, overlay, cgroups, containerd, open-files, runc,
     oci-runtime, step-runner, cni, store, space, git; then owner-markers when killed kata
     processes left some (``check_owner_markers``), and remote-executor when the host
     config names one (it asks the server)."""

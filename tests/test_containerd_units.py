@@ -293,3 +293,23 @@ def test_an_anchor_whose_delete_failed_is_tried_again_by_the_next_expiry(monkeyp
     expire_now()
     assert sorted(deletes) == ["a0", "a0", "a1"] and group._stray == []
     group.close()
+
+
+def test_crun_refused_rlimits_name_the_daemons_limit_and_the_fix():
+    """Where kata cannot read containerd's limits (spec.task_rlimits), crun's refusal of
+    the spec's open-files limit says what to raise, not only crun's words."""
+    import grpc
+
+    from kata.runtimes.containerd.client import wrap
+
+    class Refused(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNKNOWN
+
+        def details(self):
+            return ("failed to create shim task: OCI runtime create failed: setrlimit "
+                    "`RLIMIT_NOFILE`: Operation not permitted: unknown")
+
+    err = wrap(Refused(), "create task")
+    assert err.message.startswith("containerd: create task: failed to create shim task")
+    assert "LimitNOFILE=infinity" in err.message and "kata doctor" in err.message

@@ -48,7 +48,7 @@ def by_name(host: Host) -> dict[str, tuple[str, str, str]]:
 
 def test_a_host_with_everything(tmp_path) -> None:
     checks = by_name(fake_host(tmp_path))
-    assert list(checks) == ["root", "overlay", "cgroups", "containerd", "runc",
+    assert list(checks) == ["root", "overlay", "cgroups", "containerd", "open-files", "runc",
                             "oci-runtime", "step-runner", "cni", "store", "space", "git"]
     assert {n: s for n, (s, _, _) in checks.items()} == dict.fromkeys(checks, "ok")
     assert checks["runc"][1] == "runc version 9.9"
@@ -152,6 +152,29 @@ def test_an_explicit_containerd_that_does_not_answer(tmp_path) -> None:
     assert by_name(host)["containerd"][:2] == ("ok", "answers at /run/x.sock")
 
 
+def test_a_containerd_holding_fewer_open_files_than_kata_is_named_with_the_fix(tmp_path) -> None:
+    """Its shims, and the crun they run, can only lower the daemon's hard limit: steps run
+    as its tasks get that, not 65536:524288 (spec.task_rlimits)."""
+    sock = "/run/containerd/containerd.sock"
+    low = fake_host(tmp_path, system_socket=sock, answers=lambda p: p == sock,
+                    daemon_nofile=lambda p: (4242, 4096) if p == sock else None,
+                    nofile_ceiling=524288)
+    status, detail, fix = by_name(low)["open-files"]
+    assert status == "warn" and "(pid 4242) holds a hard open-files limit of 4096" in detail
+    assert "get 4096:4096, not 65536:524288" in detail
+    assert "LimitNOFILE=infinity" in fix and "prlimit --pid 4242 --nofile=65536:524288" in fix
+    # this CI's kata holds 20000: a daemon holding as much (kata's own, started by it) is fine
+    same = fake_host(tmp_path, system_socket=sock, answers=lambda p: p == sock,
+                     daemon_nofile=lambda p: (4242, 20000), nofile_ceiling=20000)
+    assert by_name(same)["open-files"] == ("ok", "steps get 20000:20000 (containerd pid 4242 "
+                                           "allows 20000)", "")
+    none = fake_host(tmp_path)  # kata starts its own: it inherits kata's
+    assert by_name(none)["open-files"][0] == "ok"
+    from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT
+
+    assert Host().nofile_spec == (NOFILE_SOFT, NOFILE_HARD)  # the default is the spec's
+
+
 def test_an_unwritable_store(tmp_path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("")
@@ -221,7 +244,8 @@ def test_kata_doctor_on_this_machine(tmp_path) -> None:
     statuses = {c["name"]: c["status"] for c in doc["checks"]}
     assert doc["ok"] is True and doc["version"] == 1
     assert {n: s for n, s in statuses.items() if n != "space"} == {
-        "root": "ok", "overlay": "ok", "cgroups": "ok", "containerd": "ok", "runc": "ok",
+        "root": "ok", "overlay": "ok", "cgroups": "ok", "containerd": "ok", "open-files": "ok",
+        "runc": "ok",
         "oci-runtime": "ok", "step-runner": "ok", "cni": "ok", "store": "ok", "git": "ok"}
     assert statuses["space"] in ("ok", "warn")
     runner = next(c for c in doc["checks"] if c["name"] == "step-runner")

@@ -295,11 +295,21 @@ def test_what_a_worker_runtime_raised_comes_back_as_the_same_error() -> None:
 
 
 def test_only_the_steps_own_runtime_errors_become_its_result() -> None:
-    """A worker's own lack (an image it cannot pull, its containerd failing) fails the
-    lease, so the scheduler may try another worker; the step's own (its service, its
-    user) is its result, as locally."""
+    """A worker's own fault (its containerd failing, a pull it stopped) fails the lease;
+    the step's own (its service, its user, an image that cannot be found or pulled) is its
+    result, as locally: a failed lease read as lost inputs and was sent once more."""
     from kata.executor.worker import steps_own
 
     assert steps_own("service.not_ready") and steps_own("service.exited")
     assert steps_own("runtime.bad_user")
-    assert not steps_own("image.not_found") and not steps_own("runtime.unreachable")
+    assert steps_own("image.not_found") and steps_own("image.registry_unreachable")
+    assert not steps_own("image.pull_stopped") and not steps_own("runtime.unreachable")
+
+
+def test_the_limits_a_worker_applied_travel_in_auxiliary_metadata() -> None:
+    meta = re_pb2.ExecutedActionMetadata()
+    assert act.applied_memory(meta) is None  # an older worker says nothing: this host's
+    act.add_applied_limits(meta, StepSpec(image="x", argv=("true",),
+                                          resources=Resources(memory=96 << 20)))
+    back = re_pb2.ExecutedActionMetadata.FromString(meta.SerializeToString())
+    assert act.applied_memory(back) == 96 << 20

@@ -53,7 +53,8 @@ class Worker:
     """One `kata worker` process with its own embedded containerd under /tmp/kt-w-*."""
 
     def __init__(self, name: str, url: str, logstream: str, state: Path | None = None,
-                 env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> None:
+                 env: dict[str, str] | None = None, extra: tuple[str, ...] = (),
+                 wrap: tuple[str, ...] = ()) -> None:
         self.name = name
         if state is None:
             state = Path(f"/tmp/kt-w-{secrets.token_hex(3)}")  # short: socket paths
@@ -62,7 +63,7 @@ class Worker:
         self.log = self.state / "worker.log"
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
+            [*wrap, sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
              "--state-dir", str(self.state), "--poll", "5", "--logstream", logstream,
              *extra],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
@@ -534,15 +535,27 @@ def test_an_image_only_the_client_holds_names_the_worker_and_how_to_import_it(
     img = make_image([busybox_layer(), files_layer({"etc/only": ref.encode()})], ref=ref)
     imported = kata("image", "import", str(write_oci_archive(img, tmp_path / "only.tar")))
     assert imported.returncode == 0, imported.stderr
-    bg, _image = grid
+    bg, image = grid
+    # a step before it, so the client has sent blobs it may trust the CAS still holds: it
+    # read the worker's failed lease as inputs the CAS lost and sent the step once more
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({"pipeline": "local-image", "steps": [
-        {"name": "s", "image": ref, "inputs": ["src/**"], "commands": ["true"]}]}))
-    run = kata("run", "--remote-executor", bg.url)
+        {"name": "first", "image": image, "inputs": ["src/**"], "artifacts": ["o"],
+         "commands": ["cp src/a.txt o"]},
+        {"name": "s", "image": ref, "depends_on": ["first"], "inputs": ["src/**"],
+         "commands": ["true"]}]}))
+    run = kata("run", "--json", "--remote-executor", bg.url)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert re.search(r"worker w[12]: ", run.stdout), run.stdout
+    fails = [e for e in map(json.loads, run.stdout.splitlines())
+             if e.get("event") == "fail" and e.get("step") == "s"]
+    assert len(fails) == 1 and fails[0]["reason"].startswith("image."), fails
+    message = fails[0]["message"]
+    assert re.match(r"worker w[12]: ", message), message
     sockets = [str(w.state / "containerd.sock") for w in workers]
-    assert any(f"kata --containerd {s} image import FILE" in run.stdout for s in sockets), \
-        run.stdout
+    assert any(f"kata --containerd {s} image import FILE" in message for s in sockets), message
+    # it failed as the step's own error, once: one lease, not a second one sent after it
+    assert sum(w.text().count(": starting") for w in workers) == 2, [w.text() for w in workers]
+    log = kata("logs", "--step", "s").stdout
+    assert log.count("kata: " + message) == 1, log  # as a local run logs an image error
 
 
 def test_names_reapi_cannot_carry_run_locally_or_fail_clearly(grid, workers, kata):
@@ -556,7 +569,10 @@ def test_names_reapi_cannot_carry_run_locally_or_fail_clearly(grid, workers, kat
     (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump({
         "pipeline": "names", "settings": {"fail_fast": False}, "steps": [
         {"name": "reads", "image": image, "inputs": ["src/**"], "commands": ["cat src/odd*"]},
+        {"name": "first", "image": image, "inputs": [], "artifacts": ["f"],
+         "commands": ["echo f > f"]},
         {"name": "makes", "image": image, "inputs": [], "artifacts": ["o/"],
+         "depends_on": ["first"],
          "commands": ["mkdir -p o", "echo x > \"o/$(printf 'a\\377b')\""]}]},
         sort_keys=False))
     run = kata("run", "--remote-executor", bg.url)
@@ -567,6 +583,10 @@ def test_names_reapi_cannot_carry_run_locally_or_fail_clearly(grid, workers, kat
     fail = next(line for line in run.stdout.splitlines() if line.startswith("[FAIL] makes"))
     assert "o/a" in fail and "not UTF-8" in fail, fail
     assert "UnicodeEncodeError" not in run.stdout
+    # the step's own failure, once: after `first` ran remotely the client trusted the CAS
+    # with blobs it did not send again, and read a failed lease as inputs lost: it sent
+    # `makes` a second time
+    assert sum(w.text().count(": starting") for w in workers) == 2, [w.text() for w in workers]
 
 
 def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kata, runtime):

@@ -206,3 +206,149 @@ def test_a_pipeline_records_the_same_locally_and_on_a_worker(grid, workers, remo
     out = local.out
     assert (out / "probe" / "id").read_text().startswith("uid=1000 gid=1000")
     assert (out / "probe" / "pwd").read_text() == "/work/x\n"
+
+
+def _uppers_under(root: Path) -> list[Path]:
+    """The upper layers of the overlays mounted below ``root`` now (steps' workspaces)."""
+    uppers = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] != "overlay":
+            continue
+        for option in fields[3].split(","):
+            if option.startswith("upperdir=") and option[9:].startswith(str(root)):
+                uppers.append(Path(option[9:]))
+    return uppers
+
+
+def test_the_client_leaves_a_remote_steps_restored_cache_to_the_worker(
+        grid, workers, remote_kata, containerd_daemon):  # noqa: F811
+    """The worker gives a `user:` step its restored `cache.paths` on its own copy. The
+    client gave them on its overlay too, for nothing: each re-owned file was copied up
+    (data and all) into the workspace's upper layer and hashed afresh to be sent. A step
+    with a secret, which the remote runtime runs here, still gets them as locally."""
+    import subprocess
+    import time
+
+    kata = remote_kata
+    store = kata.repo.parent / "store"
+    pipeline = {"pipeline": "caches", "steps": [
+        {"name": "build", "image": kata.image, "user": "1000:1000", "inputs": ["src/**"],
+         "cache": {"paths": ["c/"]}, "artifacts": ["count"],
+         "commands": ["sleep 3", "mkdir -p c", "test -e c/keep || echo once > c/keep",
+                      "echo run >> c/log", "wc -l < c/log > count"]},
+        {"name": "deploy", "image": kata.image, "user": "1000:1000", "inputs": ["src/**"],
+         "secrets": ["TOKEN"], "cache": {"paths": ["d/"]}, "artifacts": ["count"],
+         "commands": ["mkdir -p d", "test -e d/keep || echo once > d/keep", "sleep 1",
+                      "echo run >> d/log", "wc -l < d/log > count"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    args = ("run", "--remote-executor", kata.grid_url, "--secret", "TOKEN=t0ken-value")
+    first = kata(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (kata.repo / "src" / "a.txt").write_text("edited: both run again\n")
+    run = subprocess.Popen([*kata.base, *args, "--out", str(kata.repo.parent / "out")],
+                           cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    copied_up: set[str] = set()  # of what the step leaves as it was: c/keep, d/keep
+    while run.poll() is None:
+        for upper in _uppers_under(store):
+            copied_up.update(f"{d}/keep" for d in "cd" if (upper / d / "keep").exists())
+        time.sleep(0.02)
+    out = run.stdout.read()
+    assert run.returncode == 0, out
+    assert "build | kata: ran on worker" in out and "deploy | kata: ran locally" in out, out
+    # the remote step's cache is never touched here; the local one's is given (copied up)
+    assert copied_up == {"d/keep"}, copied_up
+    for step in ("build", "deploy"):  # each added to its cache, as its user
+        assert (kata.repo.parent / "out" / step / "count").read_text().strip() == "2"
+
+
+def more_pipeline(image: str) -> dict:
+    """Inputs the first parity pipeline did not use: a `user:` step whose timeout fires,
+    a `user:` in a `workdir:` the image lacks, a process limit that kills the step's
+    command, outputs that are a symbolic link (to a file, to a directory, to nothing) or
+    an empty directory and a step that reads them, a matrix step without services whose
+    instances differ in exit status, a plain `exit 3` that fails the run, output that is
+    not UTF-8 (or has no last newline), a user the image's /etc/passwd lacks, and files
+    with setuid, group-only and owner-only modes and a hard link."""
+    return {"pipeline": "parity2", "settings": {"fail_fast": False}, "steps": [
+        {"name": "late", "image": image, "user": "1000:1000", "workdir": "/home/u/w",
+         "inputs": [], "timeout": "2s", "allow_failure": True,
+         "commands": ["echo $(id -u) in $(pwd)", "trap 'echo termed; exit 9' TERM",
+                      "sleep 30 & wait"]},
+        {"name": "nested", "image": image, "user": "1000:1000", "workdir": "/opt/x/y",
+         "inputs": ["src/**"], "artifacts": ["made/"],
+         "commands": ["mkdir made", "ls -ld . made | cut -d' ' -f1,3,4 > made/modes",
+                      "cat src/a.txt > made/a"]},
+        {"name": "bomb", "image": image, "inputs": [], "allow_failure": True,
+         "resources": {"pids": 8},
+         "commands": ["echo go", "sh -c 'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do "
+                      "sleep 5 & done; wait' || exit $?", "echo unreachable"]},
+        {"name": "links", "image": image, "inputs": [],
+         "artifacts": ["file-link", "dir-link", "dangling", "empty/", "real", "d/"],
+         "commands": ["echo content > real", "mkdir -p d/sub empty", "echo x > d/sub/f",
+                      "ln -s real file-link", "ln -s d dir-link", "ln -s nowhere dangling"]},
+        {"name": "follow", "image": image, "depends_on": ["links"], "artifacts": ["seen"],
+         "commands": ["ls -lA | grep -v '^total' | sed -e 's/  */ /g' | "
+                      "cut -d' ' -f1,9- > seen", "cat file-link dir-link/sub/f >> seen",
+                      "test -d empty && echo empty-dir >> seen"]},
+        {"name": "mx", "image": image, "inputs": [], "allow_failure": True,
+         "matrix": {"N": ["1", "2", "3"]}, "artifacts": ["n"],
+         "commands": ["echo $N > n", "echo instance $N", 'test "$N" != 3 || exit 3']},
+        {"name": "three", "image": image, "inputs": [], "commands": ["echo failing", "exit 3"]},
+        {"name": "bytes", "image": image, "inputs": [],
+         "commands": ["printf 'caf\\303\\251 \\377\\376 raw\\n'", "printf 'a\\rb\\r\\n'",
+                      "printf 'tab\\there\\n' >&2", "printf 'no newline at the end'"]},
+        {"name": "stranger", "image": image, "user": "70000:70000", "inputs": [],
+         "commands": ["echo home=$HOME; id", "touch mine && ls -ln mine | cut -d' ' -f3,4"]},
+        {"name": "modes", "image": image, "inputs": [], "artifacts": ["m/"],
+         "commands": ["mkdir -p m/private", "echo s > m/suid", "chmod 4755 m/suid",
+                      "echo g > m/group", "chmod 640 m/group", "chmod 700 m/private",
+                      "echo x > m/private/x", "chmod 500 m/private/x", "ln m/group m/hard"]},
+    ]}
+
+
+def _tree(root: Path) -> list[tuple]:
+    """Every entry below ``root``: path, kind, mode bits, link target or content."""
+    import os
+    import stat
+
+    out = []
+    for top, dirs, names in os.walk(root):
+        for name in sorted(dirs + names):
+            p = Path(top) / name
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out.append((rel, "link", os.readlink(p)))
+            elif stat.S_ISDIR(st.st_mode):
+                out.append((rel, "dir", oct(st.st_mode & 0o7777)))
+            else:
+                out.append((rel, "file", oct(st.st_mode & 0o7777), p.read_bytes()))
+    return sorted(out)
+
+
+def test_more_inputs_record_the_same_locally_and_on_a_worker(grid, workers, remote_kata,
+                                                              containerd_daemon):  # noqa: F811
+    kata = remote_kata
+    got = both(kata, containerd_daemon, more_pipeline(kata.image), ("--json",))
+    local, remote = got["local"][0], got["remote"][0]
+    want, have = recorded(local), recorded(remote)
+    assert local.returncode == 1, local.stdout[-3000:] + local.stderr  # `three` fails it
+    assert remote.returncode == local.returncode, remote.stdout[-3000:] + remote.stderr
+    assert set(want) == set(have), (sorted(want), sorted(have))
+    differ = {step: (want[step], have[step]) for step in sorted(want) if have[step] != want[step]}
+    assert not differ, "\n".join(f"{s}:\n  local  {w}\n  remote {h}" for s, (w, h) in differ.items())
+    assert _tree(remote.out) == _tree(local.out)
+    procs = {"local": local.proc, "remote": kata}
+    for step in sorted(want):
+        shown = {w: _shown(procs[w]("logs", "--step", step)) for w in procs}
+        assert shown["remote"] == shown["local"], step
+    runs = {w: json.loads(procs[w]("runs", "--json").stdout)["runs"][0] for w in procs}
+    assert {k: v for k, v in runs["remote"].items() if k not in ("id", "started", "duration")} \
+        == {k: v for k, v in runs["local"].items() if k not in ("id", "started", "duration")}
+    # what the steps saw, as a local run records it
+    events = {s: [e for e in v["events"] if e["event"] in ("pass", "fail")] for s, v in want.items()}
+    assert events["late"][0]["reason"] == "step.timeout", events["late"]
+    assert events["three"][0]["exit_status"] == 3, events["three"]
+    assert events["mx (N=3)"][0]["exit_status"] == 3, events["mx (N=3)"]

@@ -30,6 +30,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
         SYSTEM_SOCKET, daemon_paths, read_pid, socket_answers,
     )
     from kata.runtimes.containerd.network import CNI_PATH
+    from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT
     from kata.server import socket_path
     from kata.sockets import socket_access
 
@@ -44,7 +45,9 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
                 oci_runtime=config.oci_runtime, step_runner=config.step_runner,
-                state_dir=existing_state_dir(ctx) or "")
+                state_dir=existing_state_dir(ctx) or "",
+                daemon_nofile=_daemon_nofile, nofile_ceiling=_nofile_ceiling(),
+                nofile_spec=(NOFILE_SOFT, NOFILE_HARD))
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
     if executor is not None:
         host = dataclasses.replace(host, remote_executor=executor.url,
@@ -85,3 +88,24 @@ def _remote_checks() -> list:
     from kata.remote.doctor import check_remote
 
     return [check_remote(cache)]
+
+
+def _daemon_nofile(socket: str) -> tuple[int, int] | None:
+    """(pid, hard RLIMIT_NOFILE) of the containerd listening on ``socket``, if readable."""
+    from kata.runtimes.containerd.spec import hard_limits
+    from kata.sockets import socket_peer_pid
+
+    pid = socket_peer_pid(socket)
+    limits = hard_limits(pid) if pid is not None else None
+    return None if pid is None or limits is None else (pid, limits[0])
+
+
+def _nofile_ceiling() -> int:
+    """The hard RLIMIT_NOFILE a kata run holds here (after raising its own, as it does)."""
+    import resource
+
+    from kata.runtimes.containerd.spec import NOFILE_HARD, lift_open_files_limit
+
+    lift_open_files_limit()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return NOFILE_HARD if hard == resource.RLIM_INFINITY else hard

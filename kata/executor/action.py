@@ -45,11 +45,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from kata.errors import KataError
 from kata.remote._api.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
-from kata.resources import Resources
+from kata.resources import Resources, effective
 from kata.runtimes.base import Mount, Readiness, ServiceSpec, StepSpec
 
 from .files import digest_of, key, message_bytes
@@ -61,7 +61,8 @@ WORKSPACE_DIR = "ws"
 SERVICES_DIR = "kata-services"
 SPECIAL_FILE = "kata-special"  # the workspace's FIFOs, sockets, devices (NUL-separated paths)
 # why the step could not run to an exit status on the worker, as the local runtime would
-# have raised it (a service that exited or never became ready, a user the image refuses):
+# have raised it (a service that exited or never became ready, a user the image refuses,
+# an image the worker cannot pull):
 # JSON {"reason": "service.not_ready", "message": "…", "object": "db" | null,
 # "exit_code": 1 | 2} (``error_document``)
 ERROR_FILE = "kata-error"
@@ -220,3 +221,33 @@ def read_error(data: bytes) -> KataError:
         raise KataError("remote.bad_answer", f"the worker's {ERROR_FILE} is not one kata "
                         f"wrote: {data[:200]!r}", exit_code=1) from err
     return KataError(reason, message, obj=obj, exit_code=code)
+
+
+LIMITS_KEY = "kata.limits"  # the Struct in ExecutedActionMetadata.auxiliary_metadata
+
+
+def add_applied_limits(meta: re_pb2.ExecutedActionMetadata, spec: StepSpec) -> None:
+    """Say in ``meta`` (REAPI's ``auxiliary_metadata``, worker-specific details) the limits
+    the worker applied to ``spec``: a ``google.protobuf.Struct`` ``{"kata.limits":
+    {"memory": bytes, "cpus": float, "pids": int}}``, its host defaults filling what the
+    step left out (``kata.resources.effective``), so the client words an out-of-memory
+    kill with the worker's limit, not its own host's default."""
+    applied = effective(spec.resources)
+    limits = struct_pb2.Struct()
+    limits.update({LIMITS_KEY: {"memory": applied.memory, "cpus": applied.cpus,
+                                "pids": applied.pids}})
+    meta.auxiliary_metadata.add().Pack(limits)
+
+
+def applied_memory(meta: re_pb2.ExecutedActionMetadata) -> int | None:
+    """The memory limit (bytes) a worker said it applied (``add_applied_limits``); None
+    from a worker that says nothing of it."""
+    for item in meta.auxiliary_metadata:
+        limits = struct_pb2.Struct()
+        if item.Is(struct_pb2.Struct.DESCRIPTOR) and item.Unpack(limits) \
+                and LIMITS_KEY in limits.fields:
+            said = limits.fields[LIMITS_KEY].struct_value.fields.get("memory")
+            memory = said.number_value if said is not None else 0.0
+            if memory.is_integer() and memory > 0:
+                return int(memory)
+    return None

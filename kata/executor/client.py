@@ -38,6 +38,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -50,7 +51,8 @@ from kata.remote._api.google.longrunning import operations_pb2, operations_pb2_g
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import (
-    CANCEL_EXIT, LOCAL_ONLY_LABEL, OutputSink, Runtime, ServiceSink, StepSpec,
+    CANCEL_EXIT, LOCAL_ONLY_LABEL, ExitStatus, OutputSink, Runtime, ServiceSink, StepSpec,
+    give_cache_paths, user_ids,
 )
 
 from . import action as act
@@ -83,6 +85,13 @@ def runs_remotely(spec: StepSpec) -> bool:
 
 class RemoteRuntime:
     """Runs steps through an REAPI Execution service (see the module docstring)."""
+
+    # the restored ``cache.paths`` of a step under a ``user:`` are given to that user by
+    # whoever runs it: the worker on its copy (``StepSpec.cache_paths``), this runtime on
+    # the local workspace for a step it runs here. The realiser leaves them alone: on the
+    # client's overlay each re-owned file was copied up (its data too) and then hashed
+    # afresh to be sent (a new inode and ctime), for a workspace the worker rebuilds anyway
+    gives_cache_paths = True
 
     def __init__(self, url: "str | RemoteConfig", local: Runtime, *, instance: str = "",
                  reconnect_for: float = 300.0, first_contact: float = 10.0) -> None:
@@ -123,9 +132,7 @@ class RemoteRuntime:
         if not runs_remotely(spec):
             _say(sink, "kata: ran locally: the step has secrets (or the artifacts of a step "
                  "that has), which never go to a remote executor\n")
-            if service_sink is not None:
-                return self.local.run(spec, sink, cancel, service_sink=service_sink)
-            return self.local.run(spec, sink, cancel)
+            return self._run_here(spec, sink, cancel, service_sink)
         if cancel.is_set():
             return CANCEL_EXIT
         workspace = spec.mounts[0].source
@@ -138,9 +145,7 @@ class RemoteRuntime:
             # step with secrets does: the result is the same, only where it ran differs
             _say(sink, f"kata: ran locally: the workspace holds {err.message}; it cannot "
                  "go to a remote executor\n")
-            if service_sink is not None:
-                return self.local.run(spec, sink, cancel, service_sink=service_sink)
-            return self.local.run(spec, sink, cancel)
+            return self._run_here(spec, sink, cancel, service_sink)
         root = files.join_root(packed, {act.WORKSPACE_DIR: packed.root},
                                {act.SPEC_FILE: act.spec_document(spec)})
         remote = act.build_action(spec, root)
@@ -203,13 +208,32 @@ class RemoteRuntime:
             except KataError:
                 if result.exit_code == 0:
                     raise
-                return result.exit_code  # it failed either way; its report says what it lacks
+                return self._status(result)  # it failed either way; its report says what it lacks
             for digest in special:  # what it left that no tree holds: as it would be here
                 files.make_fifos(workspace, trees[files.key(digest)].decode().split("\0"))
             # the worker put these in the CAS: a later step that sees them need not
             self._present.update(f.digest.hash for d in (top, *children.values())
                                  for f in d.files)
-        return result.exit_code
+        return self._status(result)
+
+    @staticmethod
+    def _status(result: re_pb2.ActionResult) -> int:
+        """The step's exit status, naming the memory limit the worker applied (its own
+        host default where the step set none: the message of an out-of-memory kill) and
+        the worker (the host its realisation names)."""
+        return ExitStatus(result.exit_code,
+                          memory=act.applied_memory(result.execution_metadata),
+                          host=result.execution_metadata.worker or None)
+
+    def _run_here(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+                  service_sink: ServiceSink | None) -> int:
+        """Run ``spec`` on the local runtime, its restored cache given to its user first
+        (``gives_cache_paths``), as the realiser does for a local run."""
+        if spec.cache_paths and (owner := user_ids(spec.user)) is not None:
+            give_cache_paths(Path(spec.mounts[0].source), spec.cache_paths, owner)
+        if service_sink is not None:
+            return self.local.run(spec, sink, cancel, service_sink=service_sink)
+        return self.local.run(spec, sink, cancel)
 
     def _service_logs(self, data: bytes, service_sink: ServiceSink) -> None:
         tree = re_pb2.Tree()

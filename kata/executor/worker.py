@@ -96,16 +96,23 @@ _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
-# what a runtime raises about the step itself (its services, its user, its command),
-# which a local run records as the step's failure; anything else (an image this worker
-# cannot pull, its containerd failing) fails the lease: the scheduler may try elsewhere
+# what a runtime raises about the step itself (its services, its user, its command, its
+# image: one this worker can neither find nor pull), which a local run records as the
+# step's failure; anything else (its containerd failing) fails the lease. An image error
+# failed the lease too, and the client, which reads a failed lease as inputs the CAS lost,
+# sent the step once more before failing it with the worker's message
 _STEP_REASONS = frozenset({"runtime.bad_user", "runtime.start_failed", "runtime.bad_step",
                            "config.bad_value"})
+_NOT_THE_STEPS = frozenset({"image.pull_stopped"})  # a cancelled pull: the lease's end
+# what the step's own workspace may hold that no REAPI tree can (files.pack_dir)
+_UNSENDABLE = frozenset({"remote.unsupported_name", "remote.unsupported_file"})
 
 
 def steps_own(reason: str) -> bool:
     """True when a runtime error with ``reason`` is the step's own failure."""
-    return reason.startswith("service.") or reason in _STEP_REASONS
+    if reason in _NOT_THE_STEPS:
+        return False
+    return reason.startswith(("service.", "image.")) or reason in _STEP_REASONS
 
 
 @dataclass(slots=True)
@@ -523,20 +530,35 @@ class Worker:
             else:
                 exit_status = self.runtime.run(spec, sink, job.cancel)
         except KataError as err:
-            if not steps_own(err.reason):  # this worker's lack (an image, containerd)
+            if not steps_own(err.reason):  # this worker's fault (its containerd)
                 raise
-            # what the step met here (a service not ready, a bad user) is its result, as
-            # locally: sent back with its output and service logs, the reason kept
-            refused, exit_status = err, 1
+            # what the step met here (a service not ready, a bad user, an image it cannot
+            # pull) is its result, as locally: sent back with its output and service
+            # logs, the reason kept, an image's message naming this worker
+            refused, exit_status = KataError(err.reason, self._explain(err), obj=err.obj,
+                                             exit_code=err.exit_code), 1
         meta.execution_completed_timestamp.GetCurrentTime()
+        act.add_applied_limits(meta, spec)  # its defaults are this worker's, not the client's
         job.log.close()  # the stream is finished before the result is reported
         with self._lock:
             writer = job.writer
         if writer is not None:
             writer.join(5.0)
         try:
-            return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
-                                input_files, notes=notes, refused=refused)
+            try:
+                return self._upload(job, workspace, job.log, service_logs, exit_status, meta,
+                                    input_files, notes=notes, refused=refused)
+            except KataError as err:
+                if err.reason not in _UNSENDABLE or refused is not None:
+                    raise
+                unsendable = err
+            # the step left what REAPI cannot carry (a name that is not UTF-8): its own
+            # failure, sent back once with its log and an empty workspace. As a failed
+            # lease the client took it for inputs the CAS lost and sent the step again
+            unsent = work / "unsent"
+            unsent.mkdir()
+            return self._upload(job, unsent, job.log, service_logs, 1, meta, input_files,
+                                notes=notes, refused=unsendable)
         finally:
             for buffer in (*service_logs.values(), notes):
                 buffer.discard()

@@ -150,6 +150,7 @@ class Realiser:
         self._closer = BackgroundCloser()  # workspaces are closed off the step's slot
         self._created = time.time()  # the run's start, unix time (phase times count from it)
         self._phases: dict[str, list[float]] = {}  # step -> [ready, started, running] so far
+        self._ran_on: dict[str, str | None] = {}  # step -> the worker that ran it last
         self._ended: dict[str, float] = {}  # step -> when its result was set (unix time)
 
     def emit(self, event: ev.Event) -> None:
@@ -706,16 +707,22 @@ class Realiser:
         exit_status: int | None = None
         message = reason = outputs = ""
         report = None
+        applied_memory: int | None = None
         try:
             ws = self._workspace(self._run_dir, self._healed_layers(name, node))
             with contextlib.ExitStack() as release:
                 release.callback(self._closer.close, ws)
                 if (owner := user_ids(step.user)) is not None:  # its root is theirs
                     os.chown(ws.path, *owner)
-                    give_cache_paths(Path(ws.path), self._given_cache_paths(node), owner)
+                    if not getattr(self.runtime, "gives_cache_paths", False):  # a remote one
+                        give_cache_paths(Path(ws.path), self._given_cache_paths(node), owner)
                 try:
                     exit_status = self._run_container(name, node, ws.path, cancel, log,
                                                       log_lock, service_logs)
+                    # the limit the runtime applied where it is not this host's default
+                    applied_memory = getattr(exit_status, "memory", None)
+                    self._ran_on[name] = getattr(exit_status, "host", None)  # a worker
+                    exit_status = int(exit_status)
                 except KataError as err:  # e.g. a missing secret, an image not found
                     message, reason = err.message, err.reason
                 # a step that passed has its report even when a fail_fast cancel came
@@ -734,7 +741,8 @@ class Realiser:
                     reason, message = "step.timeout", f"timed out after {step.timeout}"
                 elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
                     exit_status, reason = 137, "step.oom"
-                    limit = format_size(effective(step.resources).memory or 0)
+                    limit = format_size(applied_memory or effective(step.resources).memory
+                                        or 0)
                     message = f"out of memory: limit {limit}"
                 elif exit_status == COMMAND_NOT_FOUND_EXIT:
                     reason = "step.command_not_found"
@@ -791,7 +799,8 @@ class Realiser:
                 report_digest: str = "") -> None:
         stack = self._stack_with(self._deps_stack(name), outputs)
         self.records.step_passed(node, resolved=resolved, outputs=outputs, log=log,
-                                 duration=duration, stack=stack, report=report_digest)
+                                 duration=duration, stack=stack, report=report_digest,
+                                 host=self._ran_on.pop(name, None))
         self._set(StepResult(name=name, status="passed", cache="MISS",
                              drv_hash=node.drv_hash or "", key=resolved or node.drv_hash or "",
                              duration=duration, exit_status=0, log=log, outputs=outputs,

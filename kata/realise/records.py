@@ -74,9 +74,11 @@ class Records:
         return self.store.put_tree(root, paths=tuple(paths), dir_links=dir_links)
 
     def _record(self, outputs: str, *, kind: str, step: str = "", log: str = "",
-                duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "") -> Realisation:
+                duration: float = 0.0, stack: tuple[str, ...] = (), scope: str = "",
+                host: str | None = None) -> Realisation:
         return Realisation(outputs=outputs, log=log or self.empty_log(), exit_status=0,
-                           duration=duration, host=self._host, created=time.time(), kind=kind,
+                           duration=duration, host=host or self._host, created=time.time(),
+                           kind=kind,
                            run=self.run_id, pipeline=self.pipeline, step=step, stack=stack,
                            scope=scope)
 
@@ -168,9 +170,11 @@ class Records:
         self._derived.add(node.drv_hash)
 
     def step_passed(self, node: "Node", *, resolved: str, outputs: str, log: str,
-                    duration: float, stack: tuple[str, ...], report: str = "") -> None:
+                    duration: float, stack: tuple[str, ...], report: str = "",
+                    host: str | None = None) -> None:
         """Record a step that passed under its derivation and resolved hashes, in scope
-        (``report``: its test report's blob, "" for none; the realisation names it).
+        (``report``: its test report's blob, "" for none; the realisation names it;
+        ``host``: the machine that ran it, None for this one).
 
         One record file, hard-linked under the second key (``Store.put_realisations``);
         the derivation record is normally there already (``_realise_step`` wrote it before
@@ -183,7 +187,7 @@ class Records:
         scope = self.options.scope
         real = self._record(outputs, kind="step", step=node.step.name, log=log,
                             duration=duration, stack=stack,
-                            scope="" if scope.trusted else scope.label())
+                            scope="" if scope.trusted else scope.label(), host=host)
         if report:
             real = dataclasses.replace(real, report=report)
         step_keys = tuple(dict.fromkeys(k for k in (node.drv_hash, resolved) if k))

@@ -133,9 +133,10 @@ class StepSpec:
     # memory, CPU and process limits; None fields: kata.resources.host_defaults()
     resources: Resources = Resources()
     # the restored ``cache.paths`` (relative to the workspace) the step's ``user`` owns
-    # before it starts (``kata.realise.workspace.give_cache_paths``): the realiser gives
-    # them on a local workspace itself; a remote worker, which materialises the workspace
-    # afresh, gives them on its copy. () when nothing was restored or the step runs as root
+    # before it starts (``give_cache_paths``): the realiser gives them on a local
+    # workspace itself, unless the runtime says ``gives_cache_paths`` (a remote executor:
+    # its worker, which materialises the workspace afresh, gives them on its copy, and the
+    # client's copy is left alone). () when nothing was restored or the step runs as root
     cache_paths: tuple[str, ...] = ()
 
 
@@ -152,8 +153,29 @@ CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
 OOM_EXIT = 256 + 137
 
 
+class ExitStatus(int):
+    """An exit status (an int, as ``Runtime.run`` returns) with facts the runtime knows
+    and the realiser cannot: ``memory``, the memory limit in bytes it applied to a step
+    whose ``resources.memory`` was None (a remote worker's host default, not this
+    host's); ``host``, the machine that ran it when not this one (a worker's name, which
+    its realisation records). A plain int means this host and its
+    ``kata.resources.effective`` limits."""
+
+    memory: int | None
+    host: str | None
+
+    def __new__(cls, status: int, *, memory: int | None = None,
+                host: str | None = None) -> "ExitStatus":
+        self = super().__new__(cls, status)
+        self.memory, self.host = memory, host
+        return self
+
+
 class Runtime(Protocol):
-    """What the realiser needs from a container runtime."""
+    """What the realiser needs from a container runtime. One that sets a true class
+    attribute ``gives_cache_paths`` gives ``StepSpec.cache_paths`` to the step's user
+    itself, wherever it runs the step; for any other the realiser does, on the
+    workspace, before ``run``."""
 
     def resolve_image(self, ref: str) -> str:
         """Resolve an image reference (tag or digest) to its manifest digest "sha256:…".
@@ -172,7 +194,8 @@ class Runtime(Protocol):
 
         Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
         because ``cancel`` was set, OOM_EXIT when it failed after running out of memory
-        (``spec.resources.memory``); 128+signal for other signal deaths. Every
+        (``spec.resources.memory``; an ``ExitStatus`` names the limit when it is not this
+        host's default); 128+signal for other signal deaths. Every
         resource it created is released before it returns or raises.
         """
         ...

@@ -80,8 +80,16 @@ def wrap(err: grpc.RpcError, what: str) -> ContainerdError:
             if said in details:
                 details = f"containerd is not answering ({means})"
                 break
+    fix = ""
+    if "setrlimit" in details and "not permitted" in details:
+        # crun under a shim holding less than the spec asks (spec.task_rlimits cuts the
+        # spec to the daemon's limits when it can read them: not here)
+        fix = ("; containerd's (and so its shims') hard limit is below the step's: raise "
+               "it, e.g. LimitNOFILE=infinity in containerd's systemd unit (systemctl edit "
+               "containerd; systemctl restart containerd); `kata doctor` checks it")
     return ContainerdError(_CODES.get(name, "runtime.error"),
-                           f"containerd: {what}: {details} ({name.lower()})", code=code, obj=what)
+                           f"containerd: {what}: {details} ({name.lower()}){fix}", code=code,
+                           obj=what)
 
 
 # what a call gets from an address nothing answers at (refused, no socket, no answer)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from kata.errors import KataError
 from kata.oci_runtime import OciRuntime, choose, direct_blocker
+from kata.sockets import socket_peer_pid
 from procs import owner_alive
 
 from ..base import (
@@ -37,7 +38,7 @@ from .reference import is_digest, parse_reference
 from .sandbox import remove_cgroup
 from .seccompbpf import takes_compiled_filter
 from .shimgroup import ShimGroup
-from .spec import cgroup_path
+from .spec import cgroup_path, task_rlimits
 from .task import RUNTIME_NAME, StepRun, TaskOptions, runtime_options
 
 if TYPE_CHECKING:  # httpx is heavy: imported on the first pull, not on every run
@@ -75,13 +76,15 @@ class ContainerdRuntime:
         self.oci = oci  # crun or runc, for every container of ours
         self._runtime_options = runtime_options(oci)
         self._precompiled_seccomp = oci.name == "crun" and takes_compiled_filter(oci.binary)
+        # crun runs a task under containerd's shim, which has the daemon's rlimits
+        self.task_rlimits = task_rlimits(socket_peer_pid(client.address.removeprefix("unix://")))
         # one shim for every container of this runtime (shimgroup.py); host config
         # containerd.shared_shim: false gives each container its own
         self.shim_group = ShimGroup(
             client, anchor_root=fifo_root.parent / "anchor",
             runtime_options=self._runtime_options,
             precompiled_seccomp=self._precompiled_seccomp,
-            runtime_name=RUNTIME_NAME) if config.shared_shim else None
+            runtime_name=RUNTIME_NAME, rlimits=self.task_rlimits) if config.shared_shim else None
         # steps without services: kata's own `crun run` (direct.py) unless the host config
         # says `containerd.step_runner: task` or the host cannot (oci_runtime.direct_blocker)
         self.direct = DirectSteps(client, oci, steps_root or Path(STEPS_ROOT))
@@ -243,7 +246,8 @@ class ContainerdRuntime:
                               runtime_options=self._runtime_options,
                               precompiled_seccomp=self._precompiled_seccomp,
                               shim_group=self.shim_group, hurry=self._hurry,
-                              etc_dir=self.fifo_root.parent / "etc")
+                              etc_dir=self.fifo_root.parent / "etc",
+                              rlimits=self.task_rlimits)
         digest = self._ensure_image(spec.image, cancel)
         if digest is None:
             return CANCEL_EXIT  # cancelled while its image was pulled: never started

@@ -85,8 +85,10 @@ class ShimGroup:
 
     def __init__(self, client: Client, *, anchor_root: Path,
                  runtime_options: any_pb2.Any | None, precompiled_seccomp: bool,
-                 runtime_name: str, width: int | None = None) -> None:
+                 runtime_name: str, width: int | None = None,
+                 rlimits: list | None = None) -> None:
         self.c = client
+        self.rlimits = rlimits  # the anchor's (spec.task_rlimits; None: this process's)
         self.anchor_root = anchor_root
         self.runtime_options = runtime_options
         self.precompiled_seccomp = precompiled_seccomp
@@ -209,7 +211,7 @@ class ShimGroup:
         group = f"kata-{secrets.token_hex(8)}"
         cid = f"kata-anchor-{secrets.token_hex(8)}"
         spec = build_spec(StepSpec(image="", argv=(f"/{ANCHOR_EXE}",), user="65534:65534"),
-                          container_id=cid, image_env=())
+                          container_id=cid, image_env=(), rlimits=self.rlimits)
         spec["root"]["readonly"] = True
         spec["annotations"] = {GROUP_ANNOTATION: group}
         if self.precompiled_seccomp:

@@ -94,6 +94,36 @@ def host_rlimits() -> list[dict[str, Any]]:
     return step_rlimits(hard(resource.RLIMIT_NOFILE), hard(resource.RLIMIT_CORE))
 
 
+def hard_limits(pid: int) -> tuple[int, int] | None:
+    """The hard RLIMIT_NOFILE and RLIMIT_CORE process ``pid`` holds (OCI's uint64:
+    ``RLIM_INFINITY_OCI`` for none), None when they cannot be read (no such process, or a
+    user who may not read another's limits)."""
+    try:
+        nofile = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+        core = resource.prlimit(pid, resource.RLIMIT_CORE)[1]
+    except (OSError, ValueError):
+        return None
+    return tuple(RLIM_INFINITY_OCI if v == resource.RLIM_INFINITY else v  # type: ignore[return-value]
+                 for v in (nofile, core))
+
+
+def task_rlimits(daemon_pid: int | None) -> list[dict[str, Any]]:
+    """``step_rlimits`` for a containerd task: crun runs there under containerd's shim,
+    which inherits the rlimits of the containerd (``daemon_pid``) that started it, not
+    kata's, and can only lower them. So the ceilings are the lower of this process's
+    (``host_rlimits``) and the daemon's: a system containerd whose unit says
+    ``LimitNOFILE=4096`` gives its steps 4096:4096 instead of failing every one with
+    crun's ``setrlimit RLIMIT_NOFILE: Operation not permitted`` (``kata doctor`` names
+    the cut). A daemon whose limits cannot be read (None, or not ours to read) is
+    assumed to hold kata's own."""
+    own = host_rlimits()
+    theirs = hard_limits(daemon_pid) if daemon_pid is not None else None
+    if theirs is None:
+        return own
+    nofile, core = (min(rl["hard"], t) for rl, t in zip(own, theirs))
+    return step_rlimits(nofile, core)
+
+
 HOST_RESOLV = "/etc/resolv.conf"
 RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"  # systemd-resolved's real servers
 
@@ -243,7 +273,8 @@ def build_spec(step: StepSpec, *, container_id: str, image_env: tuple[str, ...],
                ) -> dict[str, Any]:
     """The OCI runtime spec for ``step`` (netns: a path to join; None = a fresh one).
 
-    rlimits: the process's; None = ``host_rlimits()``, this host's.
+    rlimits: the process's; None = ``host_rlimits()``, this host's (a containerd task's
+    are ``task_rlimits``: its shim's ceiling).
     hosts_file: bound read-only at /etc/hosts (a pod's: its services' names; a step's own:
     ``shared_hosts_file``; for network ``host`` without one, the host's);
     resolv: with ``netns``, bind the host's resolv.conf (``bridge_resolv_conf``; not for a

@@ -71,6 +71,9 @@ class TaskOptions:
     hurry: threading.Event | None = None
     # where the /etc/hosts of steps without services is kept (spec.shared_hosts_file)
     etc_dir: Path | None = None
+    # the containers' OCI rlimits (spec.task_rlimits: under the shim's ceiling); None:
+    # spec.host_rlimits, this process's
+    rlimits: list | None = None
 
     def hosts_file(self, step: StepSpec) -> str | None:
         """The /etc/hosts a step outside a pod binds: its own hostname and localhost, or
@@ -305,7 +308,8 @@ class StepRun:
         step = self.step
         workdir = step.workdir if step.workdir and step.workdir != "/" else (self.image.workdir or "/")
         step = step if workdir == step.workdir else _with_workdir(step, workdir)
-        build_spec(step, container_id=cid, image_env=self.image.env)  # bad input fails early
+        build_spec(step, container_id=cid, image_env=self.image.env,
+                   rlimits=self.options.rlimits)  # bad input fails early
         netns, hosts, resolv = None, self.options.hosts_file(step), True
         network = self.options.network
         if self.pod is not None:
@@ -321,7 +325,7 @@ class StepRun:
             cleanup.push("tear down network", lambda: network.teardown(cid))
             netns = network.setup(cid, c.owner)
         spec = build_spec(step, container_id=cid, image_env=self.image.env, netns=netns,
-                          hosts_file=hosts, resolv=resolv)
+                          hosts_file=hosts, resolv=resolv, rlimits=self.options.rlimits)
         compiled_seccomp(spec, self.options)
         group = self.options.shim_group
         if group is not None:
