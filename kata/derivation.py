@@ -295,6 +295,9 @@ class Change:
     name: str = ""      # env var, file path, dependency, command index, service
     old: Any = None
     new: Any = None
+    # a changed dependency's own upstream steps whose artifacts it hands on (its stack),
+    # which the early-cutoff key covers too; filled in by ``kata.why``
+    through: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         what = f"{self.field} {self.name}".strip() if self.name else self.field
@@ -308,8 +311,12 @@ class Change:
         if self.kind == "changed" and self.field == "resources":
             return f"{what}: {_limits_words(self.old)} -> {_limits_words(self.new)}"
         if self.kind == "changed" and self.field == "dependency":  # keys, not outputs
-            return (f"{what}: its key changed ({_short(self.old)} -> {_short(self.new)}); it "
-                    f"runs again, and this step still hits if {self.name}'s output comes out "
+            changed = f"{what}: its key changed ({_short(self.old)} -> {_short(self.new)}); it runs again"
+            if self.through:  # the key covers the whole stack the dependency hands on
+                return (f"{changed}, and this step still hits if what {self.name} passes on "
+                        f"comes out the same: its artifacts and those it hands on from "
+                        f"{', '.join(self.through)} (early cutoff)")
+            return (f"{changed}, and this step still hits if {self.name}'s output comes out "
                     "the same (early cutoff)")
         if self.kind == "changed" and self.field == "service":
             changed = [f.name for f in dataclasses.fields(self.old)

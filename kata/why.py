@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,7 +41,23 @@ def why(graph: DerivationGraph, label: str, previous: PreviousLookup) -> tuple[W
             continue
         if isinstance(prev, (bytes, bytearray)):
             prev = decode(bytes(prev))
-        changes = diff(prev, node.record())
+        changes = tuple(
+            dataclasses.replace(c, through=_handed_on(graph, c.name))
+            if c.field == "dependency" and c.kind == "changed" and c.name in graph.nodes else c
+            for c in diff(prev, node.record()))
         out.append(WhyResult(step=name, status="changed" if changes else "unchanged",
                              current_hash=node.drv_hash, changes=changes))
     return tuple(out)
+
+
+def _handed_on(graph: DerivationGraph, dep: str) -> tuple[str, ...]:
+    """The steps upstream of ``dep`` (transitively, in graph order) that declare artifacts:
+    what ``dep`` hands on beside its own, all of it in a dependent's early-cutoff key."""
+    seen: set[str] = set()
+    todo = list(graph.nodes[dep].deps)
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in graph.nodes:
+            seen.add(name)
+            todo.extend(graph.nodes[name].deps)
+    return tuple(n for n in graph.order if n in seen and graph.nodes[n].step.artifacts)
