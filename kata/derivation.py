@@ -1,10 +1,10 @@
 """Derivations: what a step computes, as a frozen value with a canonical encoding.
 
-Encoding (format tag `kata-drv/3`): msgpack of `["kata-drv/3", {field: value}]`
+Encoding (format tag `kata-drv/4`): msgpack of `["kata-drv/4", {field: value}]`
 with map keys sorted, env as sorted `[name, value]` pairs, secrets, artifacts,
 cache paths and dependency hashes sorted, services sorted by name. The
 derivation hash is the sha256 hex of those bytes (the input-addressed key).
-The resolved hash (`kata-drv-resolved/3`) is the same encoding with the
+The resolved hash (`kata-drv-resolved/4`) is the same encoding with the
 dependency derivation hashes replaced by the sorted output tree digests of the
 dependencies (the early-cutoff key).
 
@@ -31,12 +31,14 @@ from kata.inputs import InputFile
 # /2: declared resource limits are hashed, and the container's env follows the key's
 # (sorted) order; a /1 key could name a result made under other limits or another env
 # order, so no /1 record is read
-FORMAT = "kata-drv/3"
-RESOLVED_FORMAT = "kata-drv-resolved/3"
+FORMAT = "kata-drv/4"
+RESOLVED_FORMAT = "kata-drv-resolved/4"
 FORMAT_1 = "kata-drv/1"  # what records an older kata wrote were keyed with (kata why)
 # /2 -> /3: the same fields, but what every step sees changed (rlimits, /etc/hosts,
 # /dev/shm, HOME: docs/architecture.md, "The step's container from inside")
 FORMAT_2 = "kata-drv/2"
+# /3 -> /4: the same fields, but /run shows the image's /run (tmpcopyup), as Docker does
+FORMAT_3 = "kata-drv/3"
 RECORD_FORMAT = "kata-drv-record/1"
 # YAML "\ud800" escapes and non-UTF-8 file names give lone surrogates: encode them exactly
 _U = "surrogatepass"
@@ -271,7 +273,7 @@ def decode(data: bytes) -> DerivationRecord:
     """Either a record or bare canonical derivation bytes."""
     try:
         obj = msgpack.unpackb(data, raw=False, unicode_errors=_U)
-        if isinstance(obj, list) and len(obj) == 2 and obj[0] in (FORMAT, FORMAT_2, FORMAT_1):
+        if isinstance(obj, list) and len(obj) == 2 and obj[0] in (FORMAT, FORMAT_3, FORMAT_2, FORMAT_1):
             return DerivationRecord(derivation=Derivation.from_obj(obj[1]), key_format=obj[0])
         if isinstance(obj, dict) and obj.get("format") == RECORD_FORMAT:
             files = obj["files"]

@@ -13,6 +13,7 @@ Used by ``kata.gitctx`` (the git context), ``kata.hooks`` (checkouts in hooks) a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,27 @@ def repo_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _unsafe_repository(cwd: str, stderr: bytes) -> KataError:
+    """git's refusal of a repository that another user owns (git 2.35.2's ``safe.directory``
+    check, CVE-2022-24765): a ``KataError`` that names the owner and the two fixes. Never read
+    as "not a repository": kata would then walk the directory (its ``.gitignore``'d files
+    becoming inputs) and run without the branch and commit. ``stderr``: git's, which names
+    the repository's top (the directory ``safe.directory`` must name)."""
+    found = re.search(rb"dubious ownership in repository at '([^\n]*)'", stderr)
+    if found:
+        cwd = found.group(1).decode("utf-8", "surrogateescape")
+    try:
+        owner = f"uid {os.stat(cwd).st_uid}"
+    except OSError:
+        owner = "another user"
+    return KataError(
+        "git.unsafe_repository",
+        f"git refuses the repository at {cwd}: it belongs to {owner} and kata runs as uid "
+        f"{os.geteuid()} (git's \"dubious ownership\" check); fix: run kata as the "
+        f"repository's owner, or, if you trust it, `git config --global --add safe.directory "
+        f"{cwd}`", obj=cwd)
+
+
 @dataclass(frozen=True, slots=True)
 class Git:
     """git in one directory. ``cwd``: a work tree, a bare repository or a git dir;
@@ -61,7 +83,8 @@ class Git:
     def run(self, *args: str, ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[bytes]:
         """``git -C cwd ARGS``, output captured as bytes, stdin empty.
 
-        KataError ``git.not_installed`` (no runnable ``git`` on PATH) and
+        KataError ``git.not_installed`` (no runnable ``git`` on PATH), ``git.unsafe_repository``
+        (git refuses a repository another user owns, whatever ``ok`` allows) and
         ``git.failed`` (exit status not in ``ok``; the message quotes git's last stderr line).
         """
         try:
@@ -70,6 +93,8 @@ class Git:
         except OSError as exc:  # FileNotFoundError: not installed; PermissionError: not runnable
             raise KataError("git.not_installed", f"cannot run git ({exc.strerror}): is it "
                             "installed? (apt-get install git)", obj="git") from exc
+        if proc.returncode != 0 and b"detected dubious ownership" in proc.stderr:
+            raise _unsafe_repository(self.cwd, proc.stderr)
         if proc.returncode not in ok:
             err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             raise KataError(

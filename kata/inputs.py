@@ -224,7 +224,9 @@ def _git_files(root: str) -> list[str] | None:
         return None  # spare the subprocess
     try:
         return Git.at(root).paths("ls-files", "-co", "--exclude-standard", "-z")
-    except KataError:  # no git, or not a work tree after all: walk the directory instead
+    except KataError as err:  # no git, or not a work tree after all: walk the directory instead
+        if err.reason == "git.unsafe_repository":
+            raise  # a work tree git will not read: walking it would take its ignored files
         return None
 
 

@@ -8,9 +8,9 @@ encoding is a visible diff (and needs a new format tag).
 
 Keys (format tag, what it covers):
 
-- derivation hash (``kata-drv/3``): everything a step computes from, with its
+- derivation hash (``kata-drv/4``): everything a step computes from, with its
   dependencies' derivation hashes (input-addressed; known before anything runs);
-- resolved hash (``kata-drv-resolved/3``): the same with the dependencies' artifact-stack
+- resolved hash (``kata-drv-resolved/4``): the same with the dependencies' artifact-stack
   digests in place of their derivation hashes (early cutoff);
 - artifact-stack digest (``kata-stack/1``): the ordered artifact trees a step passes on;
 - input-snapshot key (``kata-input-snapshot/2``): the stored tree of a step's input
@@ -111,7 +111,7 @@ class Scope:
 # ---------------------------------------------------------------- step keys
 
 def derivation_hash(derivation: "Derivation") -> str:
-    """The input-addressed key: sha256 hex of ``msgpack(["kata-drv/3", fields])``, fields
+    """The input-addressed key: sha256 hex of ``msgpack(["kata-drv/4", fields])``, fields
     as :meth:`kata.derivation.Derivation.to_obj` (sorted map keys, env as sorted pairs,
     sorted secrets, artifacts, cache paths, dependency hashes; services by name).
     Raises ``derivation.unresolved`` for a derivation with unknown parts."""
@@ -119,7 +119,7 @@ def derivation_hash(derivation: "Derivation") -> str:
 
 
 def resolved_hash(derivation: "Derivation", dep_stacks: Sequence[str]) -> str:
-    """The early-cutoff key: sha256 hex of ``msgpack(["kata-drv-resolved/3", fields])``
+    """The early-cutoff key: sha256 hex of ``msgpack(["kata-drv-resolved/4", fields])``
     with ``deps`` replaced by the sorted artifact-stack digests (:func:`stack_digest`) of
     the dependencies, one per dependency."""
     return derivation.resolved_hash(dep_stacks)

@@ -253,7 +253,7 @@ def _safe_directory(cwd: str, uid: int, env: dict[str, str], scratch: Path) -> N
     except OSError:
         return
     if not owners <= {uid, 0}:
-        return  # someone else's: git refuses it, and kata says so (git.failed)
+        return  # someone else's: git refuses it, and kata says so (git.unsafe_repository)
     cfg = scratch / "gitconfig"
     lines = ["[safe]", f"\tdirectory = {top}"]
     base = env.get("GIT_CONFIG_GLOBAL") or os.path.join(env.get("HOME", "/nonexistent"),

@@ -55,7 +55,8 @@ def why(graph: DerivationGraph, label: str, previous: PreviousLookup) -> tuple[W
             out.append(WhyResult(step=name, status="no_previous", current_hash=node.drv_hash))
             continue
         own = _own(changes)
-        changes = tuple(dataclasses.replace(c, note=_dependency_note(c, changes_of, bool(own)))
+        changes = tuple(dataclasses.replace(c, note=_dependency_note(c, changes_of, bool(own),
+                                                             _handed_on(graph, c.name)))
                         if _through_dependency(c) and c.name in graph.nodes else c
                         for c in changes)
         out.append(WhyResult(step=name, status="changed" if changes else "unchanged",
@@ -74,8 +75,10 @@ def _own(changes: tuple[Change, ...]) -> tuple[Change, ...]:
 
 
 def _dependency_note(change: Change, changes_of: Callable[[str], "tuple[Change, ...] | None"],
-                     self_changed: bool) -> str:
-    """What a dependency's new key means, from the dependency's own diff."""
+                     self_changed: bool, through: tuple[str, ...]) -> str:
+    """What a dependency's new key means, from the dependency's own diff; ``through``: the
+    steps upstream of it whose artifacts it hands on (``_handed_on``), which a dependent's
+    early-cutoff key covers too."""
     dep = change.name
     theirs = changes_of(dep)
     if theirs is None:
@@ -91,10 +94,28 @@ def _dependency_note(change: Change, changes_of: Callable[[str], "tuple[Change, 
                    f"{_names(via)}: it may hit by early cutoff if "
                    f"{'their outputs come' if len(via) > 1 else 'its output comes'} out the "
                    "same")
-    then = ("this step runs for its own changes" if self_changed else
-            f"this step still hits if {dep}'s output comes out the same (early cutoff)")
+    if self_changed:
+        then = "this step runs for its own changes"
+    elif through:  # the early-cutoff key covers the whole stack the dependency hands on
+        then = (f"this step still hits if what {dep} passes on comes out the same: its "
+                f"artifacts and those it hands on from {', '.join(through)} (early cutoff)")
+    else:
+        then = f"this step still hits if {dep}'s output comes out the same (early cutoff)"
     return f"{verdict}; {then}"
 
 
 def _names(names: list[str]) -> str:
     return ", ".join(names) if names else "its dependencies"
+
+
+def _handed_on(graph: DerivationGraph, dep: str) -> tuple[str, ...]:
+    """The steps upstream of ``dep`` (transitively, in graph order) that declare artifacts:
+    what ``dep`` hands on beside its own, all of it in a dependent's early-cutoff key."""
+    seen: set[str] = set()
+    todo = list(graph.nodes[dep].deps)
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in graph.nodes:
+            seen.add(name)
+            todo.extend(graph.nodes[name].deps)
+    return tuple(n for n in graph.order if n in seen and graph.nodes[n].step.artifacts)

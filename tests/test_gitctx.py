@@ -331,3 +331,14 @@ def test_context_is_a_frozen_hashable_value():
     with pytest.raises(AttributeError):
         ctx.branch = "x"  # type: ignore[misc]
     assert GitContext(event="schedule").changed == frozenset()
+
+
+def test_a_repository_git_refuses_for_its_owner_is_named_with_the_fix(tmp_path):
+    """Not "not inside a git repository": a run then went on without its branch and commit."""
+    from test_inputs import _someone_elses_repository
+
+    repo = _someone_elses_repository(tmp_path)
+    with pytest.raises(KataError) as err:
+        read_context(repo)
+    assert err.value.reason == "git.unsafe_repository"
+    assert "git config --global --add safe.directory" in str(err.value)

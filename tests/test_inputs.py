@@ -408,3 +408,36 @@ def test_a_kataignore_that_is_no_utf8_names_the_byte(tmp_path) -> None:
         Snapshot(tmp_path)
     assert info.value.reason == "inputs.kataignore"
     assert info.value.message == f"{tmp_path / '.kataignore'}:2:3: the file is not valid UTF-8"
+
+
+def _someone_elses_repository(tmp_path):
+    """A committed repository with a .gitignore'd file, owned by a uid that is not ours:
+    git's "dubious ownership" check refuses it (a tarball unpacked as root keeps its
+    owner; a CI checkout made by another user)."""
+    repo = tmp_path / "r"
+    (repo / "build").mkdir(parents=True)
+    (repo / ".gitignore").write_text("build/\n")
+    (repo / "build" / "x").write_text("ignored\n")
+    (repo / "a.txt").write_text("a\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    for d, dirs, files in os.walk(repo):
+        for name in [d, *(os.path.join(d, n) for n in dirs + files)]:
+            os.lchown(name, 4321, 4321)
+    return repo
+
+
+def test_a_repository_git_refuses_for_its_owner_is_an_error_not_a_directory_walk(tmp_path):
+    """Walking it instead made .gitignore'd files inputs, silently (found by the psycopg2
+    trial: an sdist unpacked by root keeps its packager's uid)."""
+    from kata.errors import KataError
+
+    assert os.geteuid() == 0  # the suite runs as root (.ci/test)
+    repo = _someone_elses_repository(tmp_path)
+    with pytest.raises(KataError) as err:
+        Snapshot(repo)
+    assert err.value.reason == "git.unsafe_repository"
+    assert err.value.exit_code == 2
+    assert "safe.directory" in str(err.value) and str(repo) in str(err.value)
+    assert "uid 4321" in str(err.value)

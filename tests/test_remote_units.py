@@ -32,7 +32,7 @@ def test_action_of_a_key_is_pinned():
     assert got == {k: golden[k] for k in got}
     assert action_for("b" * 64).action_digest != ka.action_digest
     props = {p.name: p.value for p in ka.action.platform.properties}
-    assert props == {"OSFamily": "linux", "ISA": "x86-64", "kata-key-format": "kata-drv/3"}
+    assert props == {"OSFamily": "linux", "ISA": "x86-64", "kata-key-format": "kata-drv/4"}
     assert ka.action.salt == b"kata-remote/1"
 
 

@@ -154,3 +154,22 @@ def test_a_bridge_step_gets_resolvers_it_can_reach(tmp_path):
     assert bridge_resolv_conf(str(etc), str(upstream)) == str(etc)
     etc.unlink()
     assert bridge_resolv_conf(str(etc), str(upstream)) is None
+
+
+@pytest.mark.integration
+def test_run_holds_the_images_directories_as_under_docker(each_oci_runtime, debian_digest):
+    # Docker mounts no tmpfs on /run: the image's /run is what a container sees. containerd's
+    # default spec mounts an empty one, which hid what images put there for non-root
+    # servers (postgres:16's /var/run/postgresql, 3777 postgres: with `user: "999:999"` the
+    # server could not create its socket's lock file). Found by the psycopg2 trial. The
+    # tmpfs stays (sized, fresh per container), filled with the image's /run first;
+    # Debian's minimal image ships /run/lock, 1777. runc applies its umask (022) to the
+    # copies' modes (1755 here), crun keeps them: docs/architecture.md says so
+    status, lines = run(each_oci_runtime, debian_digest,
+                        "stat -c '%a %U' /run/lock; touch /run/lock/x && echo wrote",
+                        user="1000:1000")
+    if each_oci_runtime.oci.name == "runc":
+        assert lines[0] == "1755 root", lines
+        return
+    assert status == 0, lines
+    assert lines == ["1777 root", "wrote"]

@@ -142,3 +142,23 @@ def test_a_dependency_changed_only_through_its_own_dependencies_may_still_hit(tm
     (result,) = why(newer, "//test", records.get)
     assert [str(c).rsplit("; ", 1)[-1] for c in result.changes] == [
         'command #1: "t" -> "t -v"', "this step runs for its own changes"]
+
+
+def test_a_changed_dependency_that_hands_on_its_own_dependencys_files_says_so(tmp_path) -> None:
+    """Found on psycopg2 (sdist -> wheel -> test): after a NEWS edit the wheel came out
+    byte-identical, yet test ran again, because it also sees the new sdist that wheel hands
+    on; `kata why //test` had promised a hit "if wheel's output comes out the same"."""
+    text = """\
+steps:
+  - {name: sdist, image: alpine, commands: [make sdist], artifacts: [dist/]}
+  - {name: wheel, image: alpine, depends_on: [sdist], commands: [make wheel]}
+  - {name: test, image: alpine, depends_on: [wheel], commands: [t]}
+"""
+    old = compile_pipeline(load_text(text), resolver=resolver, repo_root=tmp_path)
+    new = compile_pipeline(load_text(text.replace("[make sdist]", "[make dist]")),
+                           resolver=resolver, repo_root=tmp_path)
+    (result,) = why(new, "//test", {"test": old.nodes["test"].record()}.get)
+    (line,) = [str(c) for c in result.changes]
+    assert "if wheel's output comes out the same" not in line, line
+    assert ("still hits if what wheel passes on comes out the same: its artifacts and "
+            "those it hands on from sdist (early cutoff)") in line, line

@@ -1,14 +1,14 @@
 """Kata's results in a REAPI ActionCache: a key becomes an ``Action``, a realisation an
 ``ActionResult``.
 
-The Action of a Kata key (a derivation hash ``kata-drv/3`` or a resolved hash
-``kata-drv-resolved/3``, see ``kata.keys``) is a pure function of the key (golden in
+The Action of a Kata key (a derivation hash ``kata-drv/4`` or a resolved hash
+``kata-drv-resolved/4``, see ``kata.keys``) is a pure function of the key (golden in
 ``tests/golden/remote.json``)::
 
     Command  { arguments: ["kata-step", <key>],
                output_directories: ["kata/trees"], output_files: ["kata/record"] }
     Action   { command_digest, input_root_digest: <the empty Directory>,
-               platform: {OSFamily=linux, ISA=x86-64, kata-key-format=kata-drv/3},
+               platform: {OSFamily=linux, ISA=x86-64, kata-key-format=kata-drv/4},
                salt: "kata-remote/1" }
 
 The key already covers everything the step's result depends on (image digest, commands,
@@ -53,7 +53,7 @@ RECORD_PATH = "kata/record"
 REPORT_PATH = "kata/report"
 RECORD_FORMAT = "kata-remote-record/1"
 TREES_DIR = "kata/trees"
-KEY_FORMAT = "kata-drv/3"
+KEY_FORMAT = "kata-drv/4"
 PLATFORM = (("ISA", "x86-64"), ("OSFamily", "linux"), ("kata-key-format", KEY_FORMAT))
 EMPTY_DIRECTORY = re_pb2.Directory()
 

@@ -196,8 +196,11 @@ def _default_mounts(shm_bytes: int) -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
+        # tmpcopyup (crun and runc): the image's /run is copied in first, as Docker (which
+        # mounts no tmpfs there) shows it: images keep directories for non-root servers
+        # there (postgres:16's /var/run/postgresql)
         {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k", "tmpcopyup"]},
     ]
 
 
