@@ -67,6 +67,15 @@ _CANNOT_SEND = ("remote.unsupported_name", "remote.unsupported_file")
 # a log stream server that answers these serves no log streams: stop asking in this run
 _NO_STREAMS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
 STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver its end
+#: seconds an Execute/WaitExecution stream may deliver nothing before it is presumed dead
+#: (a half-open connection: the scheduler's host lost power, a NAT or load balancer
+#: dropped its state; no RST ever comes, so gRPC believes it alive): it is cancelled and
+#: followed again. BuildGrid repeats the operation every `operation-stream-keepalive-
+#: timeout` (docs/remote.md: 5 s), so a live stream is never this quiet there
+STREAM_IDLE = 30.0
+#: seconds a follow (WaitExecution) may take to give its first message, which BuildGrid
+#: sends at once: past it, the connection is replaced by a new one
+FIRST_ANSWER = 15.0
 QUEUED_NOTICE = 20.0  # seconds queued before a step's output says no worker has taken it
 LOG_IN_MEMORY = 1 << 20  # a result's log up to this size is read with its trees, in one call
 
@@ -92,17 +101,18 @@ class RemoteRuntime:
         self.reconnect_for = reconnect_for
         self.first_contact = first_contact
         self._reached = False  # has the executor answered once in this run?
-        self._remote = connect(url, instance, where="--remote-executor")
-        self.cas = self._remote.cas
-        self._md = self._remote.metadata
-        self._execution = re_grpc.ExecutionStub(self._remote.channel)
-        self._operations = operations_pb2_grpc.OperationsStub(self._remote.channel)
-        self._logs = self._remote  # where log streams are read
+        self._where = url
+        self._lock = threading.Lock()
+        self._retired: list = []  # connections replaced (closed with the runtime)
+        self.generation = 0  # how many times the connection was replaced
+        self._own_logs = False
+        self._open(connect(url, instance, where="--remote-executor"))
         if not isinstance(url, str) and url.logstream:  # with the section's TLS and token
             target, tls = parse_url(url.logstream, where="remote.logstream")
             self._logs = connect(dataclasses.replace(url, url=url.logstream, target=target,
                                                      tls=tls, logstream=None),
                                  where="remote.logstream")
+            self._own_logs = True
         self.streaming = True  # False once the log stream server said it serves none
         # what this run already knows, so each step sends only what is new: file digests
         # (a step's workspace is mostly the files the previous steps saw) and the blobs
@@ -110,12 +120,33 @@ class RemoteRuntime:
         self._memo = files.DigestMemo()
         self._present: set[str] = set()
 
+    def _open(self, remote) -> None:  # noqa: ANN001 - a kata.remote.cas.Remote
+        self._remote = remote
+        self.cas = remote.cas
+        self._md = remote.metadata
+        self._execution = re_grpc.ExecutionStub(remote.channel)
+        self._operations = operations_pb2_grpc.OperationsStub(remote.channel)
+        if not self._own_logs:
+            self._logs = remote  # where log streams are read
+
+    def _reconnect(self, generation: int) -> None:
+        """Replace the connection to the executor with a new one, unless another step
+        already replaced the one of ``generation``. The old one is left to the calls still
+        on it (each has its deadline or its idle watch) and closed with the runtime."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._retired.append(self._remote)
+            self._open(connect(self._where, self.instance, where="--remote-executor"))
+            self.generation += 1
+
     def resolve_image(self, ref: str) -> str:
         return self.local.resolve_image(ref)
 
     def close(self) -> None:
-        self._remote.close()
-        if self._logs is not self._remote:
+        for remote in (*self._retired, self._remote):
+            remote.close()
+        if self._own_logs:
             self._logs.close()
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
@@ -228,11 +259,14 @@ class RemoteRuntime:
         deadline = time.monotonic() + wait
         delay = 0.2
         while True:
+            generation = self.generation
             try:
                 out = fn()
                 self._reached = True
                 return out
             except RemoteError as err:
+                if err.reason == "remote.deadline":  # the connection may be dead, not slow
+                    self._reconnect(generation)
                 if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
                     fix = ""
                     if not self._reached:  # never answered: what `kata doctor` would say
@@ -257,6 +291,7 @@ class RemoteRuntime:
         deadline = time.monotonic() + self.reconnect_for
         delay = 0.2
         while True:
+            generation = self.generation
             if name:
                 call = self._execution.WaitExecution(re_pb2.WaitExecutionRequest(name=name),
                                                      metadata=self._md)
@@ -265,14 +300,17 @@ class RemoteRuntime:
                     instance_name=self.instance, action_digest=digest,
                     skip_cache_lookup=True), metadata=self._md)
             stop = threading.Event()
-            watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call),
+            idle = _Idle()
+            watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call, idle),
                                        daemon=True)
             watcher.start()
             try:
                 for op in call:
+                    idle.heard()
                     name = op.name or name
                     watch(op)
                     deadline = time.monotonic() + self.reconnect_for
+                    delay = 0.2
                     if op.done:
                         return _response(op)
             except grpc.RpcError as err:
@@ -280,10 +318,15 @@ class RemoteRuntime:
                     self._cancel(name)
                     return None
                 code = err.code()  # type: ignore[attr-defined]
+                if idle.silent:  # cut by the idle watch, not by the server
+                    if not idle.messages:  # not even the first answer: a dead connection
+                        self._reconnect(generation)
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
                 if code not in _RETRYABLE or time.monotonic() > deadline:
+                    what = (f"no answer for {self.reconnect_for:.0f}s" if idle.silent
+                            else f"{code.name}: {err.details()}")  # type: ignore[attr-defined]
                     raise KataError("remote.unavailable", f"remote execution at {self.url} "
-                                    f"failed: {code.name}: {err.details()}",  # type: ignore[attr-defined]
-                                    exit_code=1) from err
+                                    f"failed: {what}", exit_code=1) from err
             finally:
                 stop.set()
             if cancel.is_set():
@@ -441,9 +484,33 @@ def _moved(before: str, now: str) -> str:
             "whose output follows\n")
 
 
-def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None:  # noqa: ANN001
+class _Idle:
+    """What a follow call (Execute, WaitExecution) heard: how many messages, when last."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.last = time.monotonic()
+        self.silent = False  # set when the watch cut the call for its silence
+
+    def heard(self) -> None:
+        self.messages += 1
+        self.last = time.monotonic()
+
+    def overdue(self) -> bool:
+        limit = STREAM_IDLE if self.messages else FIRST_ANSWER
+        return time.monotonic() - self.last > limit
+
+
+def _cancel_when(cancel: threading.Event, stop: threading.Event, call,  # noqa: ANN001
+                 idle: _Idle) -> None:
+    """Cancel ``call`` when the run is cancelled, or when it has been silent too long
+    (``STREAM_IDLE``; ``FIRST_ANSWER`` before its first message)."""
     while not stop.is_set():
         if cancel.wait(0.1):
+            call.cancel()
+            return
+        if idle.overdue():
+            idle.silent = True
             call.cancel()
             return
 

@@ -175,7 +175,10 @@ def open_channel(config: RemoteConfig) -> grpc.Channel:
     (exit 2) when a PEM file cannot be read."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                ("grpc.max_send_message_length", MAX_MESSAGE),
-               ("grpc.enable_retries", 0)]
+               ("grpc.enable_retries", 0),
+               # a channel of its own connections: one opened to replace a connection
+               # gone silent (kata.executor.client) must not be handed that connection
+               ("grpc.use_local_subchannel_pool", 1)]
     if not config.tls:
         return grpc.insecure_channel(config.target, options=options)
 
