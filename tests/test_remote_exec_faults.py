@@ -71,3 +71,70 @@ def test_a_connection_to_the_scheduler_gone_silent_mid_step_is_replaced(grid, on
     assert "after | hello from the client" in out
     assert proxy.connections >= 2  # a new connection replaced the silent one
     assert worker_of(kata, "slow") == "w1"
+
+
+def test_ctrl_c_cancels_the_operation_and_the_worker_stops_the_steps_container(grid,  # noqa: F811
+                                                                              one_worker,
+                                                                              kata):
+    """SIGINT to `kata run` while its step runs on a worker: the run ends at once (exit
+    130), the client cancels the operation on the scheduler (CancelOperation), the worker
+    stops the step's container, and the worker takes the next run's step."""
+    bg, image = grid
+    pipeline = {"pipeline": "ctrlc", "steps": [
+        {"name": "long", "image": image, "inputs": ["src/**"],
+         "commands": ["echo started", "sleep 300"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    (worker,) = one_worker
+    run = _start(kata, bg.url)
+    try:
+        worker_starting(run, one_worker)
+        time.sleep(1)  # its container runs
+        run.send_signal(signal.SIGINT)
+        out, err = _end(run, 30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 60
+    while "was withdrawn: stopping it" not in worker.text():
+        assert time.monotonic() < deadline, worker.text()
+        time.sleep(0.2)
+    # the slot is free again: a short step of the next run runs on this one worker
+    pipeline["steps"][0]["commands"] = ["echo again"]
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    again = kata("run", "--remote-executor", bg.url)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert worker_of(kata, "long") == "w1"
+
+
+def test_a_scheduler_hung_mid_step_then_back_loses_nothing(grid, one_worker, kata):  # noqa: F811
+    """BuildGrid SIGSTOPped for 45 s while a step runs (past the client's idle watch, so it
+    cuts its stream and opens new connections to a server that takes them and never
+    answers; the worker's long poll times out too), then SIGCONTed: the step's result
+    arrives, the run passes, and the worker is still serving."""
+    bg, image = grid
+    pipeline = {"pipeline": "hung", "steps": [
+        {"name": "slow", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["sleep 2", "mkdir -p out", "cp src/a.txt out/"]},
+        {"name": "after", "image": image, "depends_on": ["slow"],
+         "commands": ["cat out/a.txt"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = _start(kata, bg.url)
+    try:
+        worker_starting(run, one_worker)
+        bg.pause()
+        try:
+            time.sleep(45)
+            assert run.poll() is None, run.communicate()
+        finally:
+            bg.resume()
+        out, err = _end(run, 180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, out + err
+    assert "after | hello from the client" in out
+    assert one_worker[0].proc.poll() is None, one_worker[0].text()

@@ -6,6 +6,9 @@
         proxy.blackhole()          # connections open now go silent for good, both ways (a
                                    # NAT or load balancer that lost its state, a host whose
                                    # power went: no RST ever comes); new ones pass
+        proxy.trip_up = N          # blackhole() once N bytes went up (client -> server)
+        proxy.trip_down = N        # ... or came down (server -> client); then new
+                                   # connections are black holes too
 
 Sockets stay open: the client's kernel sees nothing wrong, as after a real half-open
 connection.
@@ -28,6 +31,10 @@ class FaultProxy:
         self.upstream = upstream
         self.delay = 0.0
         self.connections = 0
+        self.up = self.down = 0  # bytes passed each way
+        self.trip_up: int | None = None
+        self.trip_down: int | None = None
+        self.tripped = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._pairs: list[_Pair] = []
@@ -53,18 +60,34 @@ class FaultProxy:
                 client.close()
                 continue
             pair = _Pair()
+            if self.tripped.is_set():
+                pair.dead.set()
             with self._lock:
                 self.connections += 1
                 self._pairs.append(pair)
                 self._socks += [client, server]
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(src, dst, pair), daemon=True).start()
+            for src, dst, up in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pipe, args=(src, dst, pair, up),
+                                 daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, pair: _Pair) -> None:
+    def _count(self, n: int, up: bool) -> None:
+        with self._lock:
+            if up:
+                self.up += n
+                trip = self.trip_up is not None and self.up >= self.trip_up
+            else:
+                self.down += n
+                trip = self.trip_down is not None and self.down >= self.trip_down
+        if trip and not self.tripped.is_set():
+            self.tripped.set()
+            self.blackhole()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, pair: _Pair, up: bool) -> None:
         try:
             while data := src.recv(1 << 16):
                 if self.delay:
                     time.sleep(self.delay)
+                self._count(len(data), up)
                 if pair.dead.is_set():
                     pair.dead.wait()  # silent for good: hold the bytes, read no more
                     return
