@@ -12,10 +12,26 @@ import time
 import pytest
 import yaml
 
+from support.buildgrid_exec import buildgrid_execution, kata_logstream
+from support.images import busybox_image
+from support.postgres import postgres_cluster
 from support.proxy import FaultProxy
-from test_remote_exec import grid, kata, worker_of, worker_pool, worker_starting  # noqa: F401
+from support.registry import docker_registry, push_image
+from test_remote_exec import kata, worker_of, worker_pool, worker_starting  # noqa: F401
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """As test_remote_exec's, with its PostgreSQL cluster as ``grid[0].db``."""
+    base = tmp_path_factory.mktemp("grid")
+    with postgres_cluster() as db, kata_logstream() as logs, \
+            buildgrid_execution(base / "bgd", db, logstream=logs) as bg, \
+            docker_registry(base / "registry") as registry:
+        push_image(registry, "kata/busybox", "1", busybox_image())
+        bg.logstream, bg.db = logs, db
+        yield bg, f"{registry.removeprefix('http://')}/kata/busybox:1"
 
 
 @pytest.fixture
@@ -43,7 +59,7 @@ def _end(run: subprocess.Popen, limit: float) -> tuple[str, str]:
         raise AssertionError(f"kata run did not end within {limit}s:\n{out}{err}") from None
 
 
-def test_a_connection_to_the_scheduler_gone_silent_mid_step_is_replaced(grid, one_worker,  # noqa: F811
+def test_a_connection_to_the_scheduler_gone_silent_mid_step_is_replaced(grid, one_worker,
                                                                         kata):
     """The client's connection to the scheduler goes silent for good while a step runs (a
     NAT or load balancer that dropped its state; the scheduler's host lost power and came
@@ -73,7 +89,7 @@ def test_a_connection_to_the_scheduler_gone_silent_mid_step_is_replaced(grid, on
     assert worker_of(kata, "slow") == "w1"
 
 
-def test_ctrl_c_cancels_the_operation_and_the_worker_stops_the_steps_container(grid,  # noqa: F811
+def test_ctrl_c_cancels_the_operation_and_the_worker_stops_the_steps_container(grid,
                                                                               one_worker,
                                                                               kata):
     """SIGINT to `kata run` while its step runs on a worker: the run ends at once (exit
@@ -109,7 +125,7 @@ def test_ctrl_c_cancels_the_operation_and_the_worker_stops_the_steps_container(g
     assert worker_of(kata, "long") == "w1"
 
 
-def test_a_scheduler_hung_mid_step_then_back_loses_nothing(grid, one_worker, kata):  # noqa: F811
+def test_a_scheduler_hung_mid_step_then_back_loses_nothing(grid, one_worker, kata):
     """BuildGrid SIGSTOPped for 45 s while a step runs (past the client's idle watch, so it
     cuts its stream and opens new connections to a server that takes them and never
     answers; the worker's long poll times out too), then SIGCONTed: the step's result
@@ -138,3 +154,66 @@ def test_a_scheduler_hung_mid_step_then_back_loses_nothing(grid, one_worker, kat
     assert run.returncode == 0, out + err
     assert "after | hello from the client" in out
     assert one_worker[0].proc.poll() is None, one_worker[0].text()
+
+
+def test_postgresql_crashing_under_the_scheduler_mid_step_loses_nothing(grid, one_worker,
+                                                                        kata):
+    """The scheduler's PostgreSQL crashes (``pg_ctl stop -m immediate``) while two steps
+    run on a worker, and is back 5 s later: BuildGrid reconnects, the worker reports its
+    results, the client gets them, and the run passes."""
+    bg, image = grid
+    pipeline = {"pipeline": "pg", "settings": {"max_parallel": 2}, "steps": [
+        {"name": f"s{i}", "image": image, "inputs": ["src/**"], "artifacts": [f"o{i}"],
+         "commands": ["sleep 3", f"cp src/a.txt o{i}"]} for i in (1, 2)] + [
+        {"name": "after", "image": image, "depends_on": ["s1", "s2"],
+         "commands": ["cat o1 o2"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run = _start(kata, bg.url)
+    try:
+        worker_starting(run, one_worker)
+        bg.db.crash()
+        try:
+            time.sleep(5)
+        finally:
+            bg.db.start()
+        out, err = _end(run, 240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, out + err
+    assert out.count("after | hello from the client") == 2, out
+    assert one_worker[0].proc.poll() is None, one_worker[0].text()
+
+
+def test_the_workers_containerd_killed_mid_step_the_run_still_passes(grid, one_worker, kata):
+    """The worker's own containerd SIGKILLed while its step runs: the step is not lost
+    for good: the run passes (the step run again), and the worker serves the next run."""
+    import os
+    import signal as sig
+
+    from kata.runtimes.containerd.daemon import daemon_paths
+
+    bg, image = grid
+    pipeline = {"pipeline": "ctrd", "steps": [
+        {"name": "slow", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["sleep 3", "mkdir -p out", "cp src/a.txt out/"]},
+        {"name": "after", "image": image, "depends_on": ["slow"],
+         "commands": ["cat out/a.txt"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    (worker,) = one_worker
+    run = _start(kata, bg.url)
+    try:
+        worker_starting(run, one_worker)
+        time.sleep(1)
+        pid = int(daemon_paths(worker.state).pidfile.read_text().split()[0])
+        os.kill(pid, sig.SIGKILL)
+        out, err = _end(run, 240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    print(out + err + worker.text()[-3000:])
+    assert run.returncode == 0, out + err + worker.text()[-3000:]
+    assert "after | hello from the client" in out
+    assert worker.proc.poll() is None, worker.text()
