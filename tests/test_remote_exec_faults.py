@@ -217,3 +217,43 @@ def test_the_workers_containerd_killed_mid_step_the_run_still_passes(grid, one_w
     assert run.returncode == 0, out + err + worker.text()[-3000:]
     assert "after | hello from the client" in out
     assert worker.proc.poll() is None, worker.text()
+
+
+def test_a_worker_whose_disk_is_full_says_so_and_keeps_serving(grid, kata):  # noqa: F811
+    """A worker whose state directory (its input roots) is a 96 MiB tmpfs is given a step
+    whose inputs do not fit: the run ends with a message naming the worker and the full
+    disk, no half-written input root stays, and the worker serves the next step."""
+    import os
+    import secrets as tokens
+    from pathlib import Path
+
+    from test_remote_exec import Worker
+
+    bg, image = grid
+    state = Path(f"/tmp/kt-w-{tokens.token_hex(3)}")
+    state.mkdir(mode=0o711)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m,mode=0711", "tmpfs", str(state)],
+                   check=True)
+    worker = Worker("full", bg.url, bg.logstream, state=state)
+    try:
+        worker.wait_ready()
+        (kata.repo / "big").write_bytes(os.urandom(120 << 20))
+        pipeline = {"pipeline": "full", "steps": [
+            {"name": "big", "image": image, "inputs": ["big"], "commands": ["wc -c big"]}]}
+        (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        run = kata("run", "--remote-executor", bg.url)
+        print(run.stdout + run.stderr + worker.text()[-3000:])
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "Traceback" not in run.stderr
+        assert "worker full: its disk is full (No space left on device)" in run.stdout, \
+            run.stdout
+        assert "--state-dir" in run.stdout and "OSError" not in run.stdout
+        assert "Traceback" not in worker.text(), worker.text()
+        assert not list((state / "worker").glob("lease-*"))
+        assert worker.proc.poll() is None, worker.text()
+        (kata.repo / "big").write_bytes(b"small now\n")
+        again = kata("run", "--remote-executor", bg.url)
+        assert again.returncode == 0, again.stdout + again.stderr + worker.text()[-3000:]
+        assert worker_of(kata, "big") == "full"
+    finally:
+        worker.close()

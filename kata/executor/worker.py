@@ -42,6 +42,7 @@ the output's copies of its own inputs from its own files (``files.own_copies``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -425,6 +426,16 @@ class Worker:
         except RemoteError as err:  # the CAS went away: let the scheduler try again
             result = None
             status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                LOG.exception("lease %s crashed", job.lease.id)
+                result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
+            else:  # this worker's disk, not the step: BuildGrid may run it elsewhere
+                message = (f"worker {self.name}: its disk is full ({err.strerror}) under "
+                           f"{self.work_root}: free space there, or give the worker a "
+                           "larger --state-dir")
+                LOG.warning("lease %s failed: %s", job.lease.id, message)
+                result, status = None, status_pb2.Status(code=UNAVAILABLE, message=message)
         except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
             LOG.exception("lease %s crashed", job.lease.id)
             result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
