@@ -10,7 +10,10 @@ the containerd one. For each step it:
    and follows the operation; when the stream breaks (the scheduler restarting) it
    follows it again with ``WaitExecution`` until ``reconnect_for`` seconds have passed
    (an executor that never answered in this run is given up after ``first_contact``);
-   on ``cancel`` it cancels the operation (``Operations.CancelOperation``);
+   a stream silent for ``STREAM_IDLE`` seconds (``FIRST_ANSWER`` before its first
+   message) is cut and followed again, on a new connection when not even the first
+   answer came (a half-open connection); on ``cancel`` it cancels the operation
+   (``Operations.CancelOperation``);
 3. writes ``kata: ran on worker NAME`` and then the step's output into the sink: while it
    runs when the scheduler names a log stream (``ExecuteOperationMetadata.
    stdout_stream_name``, read with ByteStream.Read from ``remote.logstream``, default the
