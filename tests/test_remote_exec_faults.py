@@ -257,3 +257,42 @@ def test_a_worker_whose_disk_is_full_says_so_and_keeps_serving(grid, kata):  # n
         assert worker_of(kata, "big") == "full"
     finally:
         worker.close()
+
+
+def test_ctrl_c_while_the_executor_does_not_answer_ends_the_run_at_once(grid, one_worker,  # noqa: F811
+                                                                        kata):
+    """Every connection to the scheduler goes silent (new ones too) after a first step
+    ran remotely; the next step's input upload waits on it, and would retry for
+    reconnect_for (5 minutes). Ctrl-C then ends the run within seconds (exit 130)."""
+    import os
+
+    bg, image = grid
+    (kata.repo / "big").write_bytes(os.urandom(8 << 20))
+    pipeline = {"pipeline": "cut", "steps": [
+        {"name": "one", "image": image, "inputs": ["src/**"], "artifacts": ["o"],
+         "commands": ["cp src/a.txt o"]},
+        {"name": "two", "image": image, "depends_on": ["one"], "inputs": ["big"],
+         "commands": ["wc -c big"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    with FaultProxy(("127.0.0.1", bg.port)) as proxy:
+        run = _start(kata, f"grpc://127.0.0.1:{proxy.port}")
+        try:
+            assert run.stdout is not None
+            for line in run.stdout:
+                if line.startswith("[PASS] one"):
+                    proxy.tripped.set()  # new connections are black holes too
+                    proxy.blackhole()
+                    break
+            time.sleep(3)
+            assert run.poll() is None
+            run.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            out, err = _end(run, 60)
+            took = time.monotonic() - started
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert took < 15, took

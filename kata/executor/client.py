@@ -154,6 +154,13 @@ class RemoteRuntime:
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
+        try:
+            return self._run(spec, sink, cancel, service_sink)
+        except _Cancelled:
+            return CANCEL_EXIT
+
+    def _run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+             service_sink: ServiceSink | None) -> int:
         if not runs_remotely(spec):
             _say(sink, "kata: ran locally: the step has secrets (or the artifacts of a step "
                  "that has), which never go to a remote executor\n")
@@ -181,7 +188,7 @@ class RemoteRuntime:
         blobs = {**packed.directories, **remote.blobs}
         trusted = bool(self._present)  # some blobs may go unsent, trusted to be there
         self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
-                   "upload the step's inputs")
+                   "upload the step's inputs", cancel, abandon=True)
         live = _LiveLog(self, sink)
         try:
             try:
@@ -193,7 +200,7 @@ class RemoteRuntime:
                 # earlier and did not send again: ask about everything, then once more
                 self._present.clear()
                 self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
-                           "upload the step's inputs")
+                           "upload the step's inputs", cancel, abandon=True)
                 response = self._execute(remote.digest, cancel, live.watch)
             if response is None:
                 return CANCEL_EXIT
@@ -206,11 +213,11 @@ class RemoteRuntime:
             trees = self._call(lambda: self.cas.read_many([*outputs.values(), *special,
                                                              *error,
                                                              *([stdout] if small else [])]),
-                               "fetch the step's output")  # one call: trees and the log
+                               "fetch the step's output", cancel, abandon=True)  # one call: trees and the log
             self._call(lambda: live.finish(result.execution_metadata.worker or "?",
                                            stdout, trees.get(files.key(stdout)) if small
                                            else None),
-                       "fetch the step's output")
+                       "fetch the step's output", cancel)
         finally:
             live.stop()
         if result.stderr_raw or result.stderr_digest.size_bytes:
@@ -233,7 +240,8 @@ class RemoteRuntime:
             own = files.own_copies(packed, blobs, top, children, self.cas.batch_limit)
             try:
                 self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace,
-                                                  cache=own), "fetch the step's output")
+                                                  cache=own), "fetch the step's output",
+                           cancel)
             except KataError:
                 if result.exit_code == 0:
                     raise
@@ -255,7 +263,12 @@ class RemoteRuntime:
             for line in text.split(b"\n")[:-1] if text.endswith(b"\n") else text.split(b"\n"):
                 service_sink(name, "stdout", line)
 
-    def _call(self, fn: Callable, what: str):  # noqa: ANN202
+    def _call(self, fn: Callable, what: str, cancel: threading.Event | None = None, *,  # noqa: ANN202
+              abandon: bool = False):
+        """``fn()``, retried with back-off while the executor is unavailable or past a
+        deadline. The back-off ends when ``cancel`` is set (_Cancelled); with ``abandon``
+        (``fn`` writes nothing but memory and the CAS) so does a call in flight, which is
+        left to its own deadline in a thread of its own."""
         # an executor that never answered is not waited for long: it is a wrong address or
         # a server that is down, not one restarting under a run that already used it
         wait = self.reconnect_for if self._reached else self.first_contact
@@ -264,7 +277,7 @@ class RemoteRuntime:
         while True:
             generation = self.generation
             try:
-                out = fn()
+                out = _unless(cancel, fn) if abandon and cancel is not None else fn()
                 self._reached = True
                 return out
             except RemoteError as err:
@@ -282,7 +295,10 @@ class RemoteRuntime:
                             "remote.executor", hung="its steps fail")
                     raise KataError(err.reason, f"could not {what} at {self.url}: "
                                     f"{err.message}{fix}", exit_code=1) from err
-                time.sleep(delay)
+                if cancel is not None and cancel.wait(delay):
+                    raise _Cancelled() from None
+                if cancel is None:
+                    time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     def _execute(self, digest: re_pb2.Digest, cancel: threading.Event,
@@ -485,6 +501,35 @@ def _moved(before: str, now: str) -> str:
         return f"kata: the scheduler gave the step to worker {now} again, whose output follows\n"
     return (f"kata: worker {before} lost the step; the scheduler gave it to worker {now}, "
             "whose output follows\n")
+
+
+class _Cancelled(Exception):
+    """The run cancelled the step while it waited on the executor."""
+
+
+def _unless(cancel: threading.Event, fn: Callable):  # noqa: ANN202
+    """``fn()`` in a thread of its own, given up when ``cancel`` is set (_Cancelled): the
+    call in flight is left to its own deadline (or to the runtime's close)."""
+    if cancel.is_set():
+        raise _Cancelled()
+    box: dict = {}
+    done = threading.Event()
+
+    def go() -> None:
+        try:
+            box["out"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["err"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=go, daemon=True, name="kata-remote-call").start()
+    while not done.wait(0.1):
+        if cancel.is_set():
+            raise _Cancelled()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
 
 
 class _Idle:
