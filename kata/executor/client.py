@@ -79,6 +79,10 @@ STREAM_IDLE = 30.0
 #: seconds a follow (WaitExecution) may take to give its first message, which BuildGrid
 #: sends at once: past it, the connection is replaced by a new one
 FIRST_ANSWER = 15.0
+#: the same for Execute, which queues the job first (in PostgreSQL): longer, since one cut
+#: before it names the operation sends the action again (a second job; both are do-not-
+#: cache, so BuildGrid does not merge them)
+FIRST_EXECUTE_ANSWER = 60.0
 QUEUED_NOTICE = 20.0  # seconds queued before a step's output says no worker has taken it
 LOG_IN_MEMORY = 1 << 20  # a result's log up to this size is read with its trees, in one call
 
@@ -319,7 +323,7 @@ class RemoteRuntime:
                     instance_name=self.instance, action_digest=digest,
                     skip_cache_lookup=True), metadata=self._md)
             stop = threading.Event()
-            idle = _Idle()
+            idle = _Idle(FIRST_ANSWER if name else FIRST_EXECUTE_ANSWER)
             watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call, idle),
                                        daemon=True)
             watcher.start()
@@ -535,7 +539,8 @@ def _unless(cancel: threading.Event, fn: Callable):  # noqa: ANN202
 class _Idle:
     """What a follow call (Execute, WaitExecution) heard: how many messages, when last."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: float) -> None:
+        self.first = first  # seconds the first message may take
         self.messages = 0
         self.last = time.monotonic()
         self.silent = False  # set when the watch cut the call for its silence
@@ -545,7 +550,7 @@ class _Idle:
         self.last = time.monotonic()
 
     def overdue(self) -> bool:
-        limit = STREAM_IDLE if self.messages else FIRST_ANSWER
+        limit = STREAM_IDLE if self.messages else self.first
         return time.monotonic() - self.last > limit
 
 
