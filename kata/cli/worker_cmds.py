@@ -15,10 +15,12 @@ can stream a step's output to ``kata run`` while it runs. Runs until SIGTERM or 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -79,6 +81,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     logging.getLogger("httpx").setLevel(logging.WARNING)
     obj = ctx.find_root().obj or {}
     address = obj.get("containerd_address")
+    restart: Callable[[], object] | None = None  # starts its own containerd again
     if address is None and state_dir is not None:
         # --state-dir names this worker's own containerd: it wins over the host config's
         # containerd.address (which connect() would take, with this dir's mount roots)
@@ -90,6 +93,7 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
             raise KataError("worker.bad_state_dir", f"--state-dir {state_dir}: cannot create "
                             f"it: {err.strerror or err}", obj=state_dir, exit_code=2) from None
         address = ensure_daemon(daemon_paths(state_dir))
+        restart = functools.partial(ensure_daemon, daemon_paths(state_dir))
     runtime = ContainerdRuntime.connect(address=address, state_dir=state_dir)
     stop = threading.Event()
     for signo in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +110,8 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     try:
         Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,
-               containerd=runtime.client.address, blob_cache=blob_cache << 20).serve(stop)
+               containerd=runtime.client.address, blob_cache=blob_cache << 20,
+               restart_containerd=restart).serve(stop)
     finally:
         runtime.close()
         if own_root:

@@ -10,7 +10,10 @@ the containerd one. For each step it:
    and follows the operation; when the stream breaks (the scheduler restarting) it
    follows it again with ``WaitExecution`` until ``reconnect_for`` seconds have passed
    (an executor that never answered in this run is given up after ``first_contact``);
-   on ``cancel`` it cancels the operation (``Operations.CancelOperation``);
+   a stream silent for ``STREAM_IDLE`` seconds (``FIRST_ANSWER`` before its first
+   message) is cut and followed again, on a new connection when not even the first
+   answer came (a half-open connection); on ``cancel`` it cancels the operation
+   (``Operations.CancelOperation``);
 3. writes ``kata: ran on worker NAME`` and then the step's output into the sink: while it
    runs when the scheduler names a log stream (``ExecuteOperationMetadata.
    stdout_stream_name``, read with ByteStream.Read from ``remote.logstream``, default the
@@ -69,6 +72,19 @@ _CANNOT_SEND = ("remote.unsupported_name", "remote.unsupported_file")
 # a log stream server that answers these serves no log streams: stop asking in this run
 _NO_STREAMS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT)
 STREAM_TAIL_WAIT = 2.0  # seconds a finished step's stream may take to deliver its end
+#: seconds an Execute/WaitExecution stream may deliver nothing before it is presumed dead
+#: (a half-open connection: the scheduler's host lost power, a NAT or load balancer
+#: dropped its state; no RST ever comes, so gRPC believes it alive): it is cancelled and
+#: followed again. BuildGrid repeats the operation every `operation-stream-keepalive-
+#: timeout` (docs/remote.md: 5 s), so a live stream is never this quiet there
+STREAM_IDLE = 30.0
+#: seconds a follow (WaitExecution) may take to give its first message, which BuildGrid
+#: sends at once: past it, the connection is replaced by a new one
+FIRST_ANSWER = 15.0
+#: the same for Execute, which queues the job first (in PostgreSQL): longer, since one cut
+#: before it names the operation sends the action again (a second job; both are do-not-
+#: cache, so BuildGrid does not merge them)
+FIRST_EXECUTE_ANSWER = 60.0
 QUEUED_NOTICE = 20.0  # seconds queued before a step's output says no worker has taken it
 LOG_IN_MEMORY = 1 << 20  # a result's log up to this size is read with its trees, in one call
 
@@ -101,17 +117,18 @@ class RemoteRuntime:
         self.reconnect_for = reconnect_for
         self.first_contact = first_contact
         self._reached = False  # has the executor answered once in this run?
-        self._remote = connect(url, instance, where="--remote-executor")
-        self.cas = self._remote.cas
-        self._md = self._remote.metadata
-        self._execution = re_grpc.ExecutionStub(self._remote.channel)
-        self._operations = operations_pb2_grpc.OperationsStub(self._remote.channel)
-        self._logs = self._remote  # where log streams are read
+        self._where = url
+        self._lock = threading.Lock()
+        self._retired: list = []  # connections replaced (closed with the runtime)
+        self.generation = 0  # how many times the connection was replaced
+        self._own_logs = False
+        self._open(connect(url, instance, where="--remote-executor"))
         if not isinstance(url, str) and url.logstream:  # with the section's TLS and token
             target, tls = parse_url(url.logstream, where="remote.logstream")
             self._logs = connect(dataclasses.replace(url, url=url.logstream, target=target,
                                                      tls=tls, logstream=None),
                                  where="remote.logstream")
+            self._own_logs = True
         self.streaming = True  # False once the log stream server said it serves none
         # what this run already knows, so each step sends only what is new: file digests
         # (a step's workspace is mostly the files the previous steps saw) and the blobs
@@ -119,16 +136,44 @@ class RemoteRuntime:
         self._memo = files.DigestMemo()
         self._present: set[str] = set()
 
+    def _open(self, remote) -> None:  # noqa: ANN001 - a kata.remote.cas.Remote
+        self._remote = remote
+        self.cas = remote.cas
+        self._md = remote.metadata
+        self._execution = re_grpc.ExecutionStub(remote.channel)
+        self._operations = operations_pb2_grpc.OperationsStub(remote.channel)
+        if not self._own_logs:
+            self._logs = remote  # where log streams are read
+
+    def _reconnect(self, generation: int) -> None:
+        """Replace the connection to the executor with a new one, unless another step
+        already replaced the one of ``generation``. The old one is left to the calls still
+        on it (each has its deadline or its idle watch) and closed with the runtime."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._retired.append(self._remote)
+            self._open(connect(self._where, self.instance, where="--remote-executor"))
+            self.generation += 1
+
     def resolve_image(self, ref: str) -> str:
         return self.local.resolve_image(ref)
 
     def close(self) -> None:
-        self._remote.close()
-        if self._logs is not self._remote:
+        for remote in (*self._retired, self._remote):
+            remote.close()
+        if self._own_logs:
             self._logs.close()
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
+        try:
+            return self._run(spec, sink, cancel, service_sink)
+        except _Cancelled:
+            return CANCEL_EXIT
+
+    def _run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+             service_sink: ServiceSink | None) -> int:
         if not runs_remotely(spec):
             _say(sink, "kata: ran locally: the step has secrets (or the artifacts of a step "
                  "that has), which never go to a remote executor\n")
@@ -152,7 +197,7 @@ class RemoteRuntime:
         blobs = {**packed.directories, **remote.blobs}
         trusted = bool(self._present)  # some blobs may go unsent, trusted to be there
         self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
-                   "upload the step's inputs")
+                   "upload the step's inputs", cancel, abandon=True)
         live = _LiveLog(self, sink)
         try:
             try:
@@ -164,7 +209,7 @@ class RemoteRuntime:
                 # earlier and did not send again: ask about everything, then once more
                 self._present.clear()
                 self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
-                           "upload the step's inputs")
+                           "upload the step's inputs", cancel, abandon=True)
                 response = self._execute(remote.digest, cancel, live.watch)
             if response is None:
                 return CANCEL_EXIT
@@ -177,11 +222,11 @@ class RemoteRuntime:
             trees = self._call(lambda: self.cas.read_many([*outputs.values(), *special,
                                                              *error,
                                                              *([stdout] if small else [])]),
-                               "fetch the step's output")  # one call: trees and the log
+                               "fetch the step's output", cancel, abandon=True)  # one call: trees and the log
             self._call(lambda: live.finish(result.execution_metadata.worker or "?",
                                            stdout, trees.get(files.key(stdout)) if small
                                            else None),
-                       "fetch the step's output")
+                       "fetch the step's output", cancel)
         finally:
             live.stop()
         if result.stderr_raw or result.stderr_digest.size_bytes:
@@ -204,7 +249,8 @@ class RemoteRuntime:
             own = files.own_copies(packed, blobs, top, children, self.cas.batch_limit)
             try:
                 self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace,
-                                                  cache=own), "fetch the step's output")
+                                                  cache=own), "fetch the step's output",
+                           cancel)
             except KataError:
                 if result.exit_code == 0:
                     raise
@@ -245,18 +291,26 @@ class RemoteRuntime:
             for line in text.split(b"\n")[:-1] if text.endswith(b"\n") else text.split(b"\n"):
                 service_sink(name, "stdout", line)
 
-    def _call(self, fn: Callable, what: str):  # noqa: ANN202
+    def _call(self, fn: Callable, what: str, cancel: threading.Event | None = None, *,  # noqa: ANN202
+              abandon: bool = False):
+        """``fn()``, retried with back-off while the executor is unavailable or past a
+        deadline. The back-off ends when ``cancel`` is set (_Cancelled); with ``abandon``
+        (``fn`` writes nothing but memory and the CAS) so does a call in flight, which is
+        left to its own deadline in a thread of its own."""
         # an executor that never answered is not waited for long: it is a wrong address or
         # a server that is down, not one restarting under a run that already used it
         wait = self.reconnect_for if self._reached else self.first_contact
         deadline = time.monotonic() + wait
         delay = 0.2
         while True:
+            generation = self.generation
             try:
-                out = fn()
+                out = _unless(cancel, fn) if abandon and cancel is not None else fn()
                 self._reached = True
                 return out
             except RemoteError as err:
+                if err.reason == "remote.deadline":  # the connection may be dead, not slow
+                    self._reconnect(generation)
                 if err.reason not in _RETRY_REASONS or time.monotonic() > deadline:
                     fix = ""
                     if not self._reached:  # never answered: what `kata doctor` would say
@@ -269,7 +323,10 @@ class RemoteRuntime:
                             "remote.executor", hung="its steps fail")
                     raise KataError(err.reason, f"could not {what} at {self.url}: "
                                     f"{err.message}{fix}", exit_code=1) from err
-                time.sleep(delay)
+                if cancel is not None and cancel.wait(delay):
+                    raise _Cancelled() from None
+                if cancel is None:
+                    time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     def _execute(self, digest: re_pb2.Digest, cancel: threading.Event,
@@ -281,6 +338,7 @@ class RemoteRuntime:
         deadline = time.monotonic() + self.reconnect_for
         delay = 0.2
         while True:
+            generation = self.generation
             if name:
                 call = self._execution.WaitExecution(re_pb2.WaitExecutionRequest(name=name),
                                                      metadata=self._md)
@@ -289,14 +347,17 @@ class RemoteRuntime:
                     instance_name=self.instance, action_digest=digest,
                     skip_cache_lookup=True), metadata=self._md)
             stop = threading.Event()
-            watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call),
+            idle = _Idle(FIRST_ANSWER if name else FIRST_EXECUTE_ANSWER)
+            watcher = threading.Thread(target=_cancel_when, args=(cancel, stop, call, idle),
                                        daemon=True)
             watcher.start()
             try:
                 for op in call:
+                    idle.heard()
                     name = op.name or name
                     watch(op)
                     deadline = time.monotonic() + self.reconnect_for
+                    delay = 0.2
                     if op.done:
                         return _response(op)
             except grpc.RpcError as err:
@@ -304,10 +365,15 @@ class RemoteRuntime:
                     self._cancel(name)
                     return None
                 code = err.code()  # type: ignore[attr-defined]
+                if idle.silent:  # cut by the idle watch, not by the server
+                    if not idle.messages:  # not even the first answer: a dead connection
+                        self._reconnect(generation)
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
                 if code not in _RETRYABLE or time.monotonic() > deadline:
+                    what = (f"no answer for {self.reconnect_for:.0f}s" if idle.silent
+                            else f"{code.name}: {err.details()}")  # type: ignore[attr-defined]
                     raise KataError("remote.unavailable", f"remote execution at {self.url} "
-                                    f"failed: {code.name}: {err.details()}",  # type: ignore[attr-defined]
-                                    exit_code=1) from err
+                                    f"failed: {what}", exit_code=1) from err
             finally:
                 stop.set()
             if cancel.is_set():
@@ -465,9 +531,63 @@ def _moved(before: str, now: str) -> str:
             "whose output follows\n")
 
 
-def _cancel_when(cancel: threading.Event, stop: threading.Event, call) -> None:  # noqa: ANN001
+class _Cancelled(Exception):
+    """The run cancelled the step while it waited on the executor."""
+
+
+def _unless(cancel: threading.Event, fn: Callable):  # noqa: ANN202
+    """``fn()`` in a thread of its own, given up when ``cancel`` is set (_Cancelled): the
+    call in flight is left to its own deadline (or to the runtime's close)."""
+    if cancel.is_set():
+        raise _Cancelled()
+    box: dict = {}
+    done = threading.Event()
+
+    def go() -> None:
+        try:
+            box["out"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["err"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=go, daemon=True, name="kata-remote-call").start()
+    while not done.wait(0.1):
+        if cancel.is_set():
+            raise _Cancelled()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+class _Idle:
+    """What a follow call (Execute, WaitExecution) heard: how many messages, when last."""
+
+    def __init__(self, first: float) -> None:
+        self.first = first  # seconds the first message may take
+        self.messages = 0
+        self.last = time.monotonic()
+        self.silent = False  # set when the watch cut the call for its silence
+
+    def heard(self) -> None:
+        self.messages += 1
+        self.last = time.monotonic()
+
+    def overdue(self) -> bool:
+        limit = STREAM_IDLE if self.messages else self.first
+        return time.monotonic() - self.last > limit
+
+
+def _cancel_when(cancel: threading.Event, stop: threading.Event, call,  # noqa: ANN001
+                 idle: _Idle) -> None:
+    """Cancel ``call`` when the run is cancelled, or when it has been silent too long
+    (``STREAM_IDLE``; ``FIRST_ANSWER`` before its first message)."""
     while not stop.is_set():
         if cancel.wait(0.1):
+            call.cancel()
+            return
+        if idle.overdue():
+            idle.silent = True
             call.cancel()
             return
 

@@ -42,6 +42,7 @@ the output's copies of its own inputs from its own files (``files.own_copies``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -49,6 +50,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,12 +102,19 @@ _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
 # image: one this worker can neither find nor pull), which a local run records as the
 # step's failure; anything else (its containerd failing) fails the lease. An image error
 # failed the lease too, and the client, which reads a failed lease as inputs the CAS lost,
-# sent the step once more before failing it with the worker's message
+# sent the step once more before failing it with the worker's message.
+# Anything else fails the lease, but for its containerd going away (_RUNTIME_AWAY)
 _STEP_REASONS = frozenset({"runtime.bad_user", "runtime.start_failed", "runtime.bad_step",
                            "config.bad_value"})
 _NOT_THE_STEPS = frozenset({"image.pull_stopped"})  # a cancelled pull: the lease's end
 # what the step's own workspace may hold that no REAPI tree can (files.pack_dir)
 _UNSENDABLE = frozenset({"remote.unsupported_name", "remote.unsupported_file"})
+
+
+# what a runtime raises when this worker's containerd went away (killed, crashed): the
+# lease is handed back UNAVAILABLE, which BuildGrid re-queues, and the daemon restarted
+_RUNTIME_AWAY = frozenset({"runtime.unavailable", "runtime.unreachable"})
+RECOVER_SECONDS = 30.0  # how long the worker waits for its restarted containerd to answer
 
 
 def steps_own(reason: str) -> bool:
@@ -141,7 +150,8 @@ class Worker:
     def __init__(self, url: "str | RemoteConfig", runtime: Runtime, *, name: str,
                  instance: str = "", slots: int = 1, work_root: Path, poll: float = 20.0,
                  logstream: str | None = None, containerd: str | None = None,
-                 blob_cache: int = 64 << 20) -> None:
+                 blob_cache: int = 64 << 20,
+                 restart_containerd: Callable[[], object] | None = None) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         if not isinstance(url, str):  # the host config's remote: TLS files, token, instance
@@ -151,6 +161,9 @@ class Worker:
         self.instance, self.slots, self.poll = instance, slots, poll
         self.work_root = Path(work_root)
         self.containerd = containerd  # its socket, for the hint when an image is missing
+        # starts this worker's own containerd again after it died (None: not its own)
+        self.restart_containerd = restart_containerd
+        self._recovering = threading.Lock()
         self._remote = connect(url, instance, where="--executor")
         self.cas = self._remote.cas
         self._md = self._remote.metadata
@@ -414,10 +427,23 @@ class Worker:
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
             code = INVALID_ARGUMENT if err.reason == "remote.bad_action" else FAILED_PRECONDITION
+            if err.reason in _RUNTIME_AWAY:  # this worker's fault, not the step's
+                self._recover_runtime()
+                code = UNAVAILABLE  # BuildGrid runs it again (here, or on another worker)
             result, status = None, status_pb2.Status(code=code, message=self._explain(err))
         except RemoteError as err:  # the CAS went away: let the scheduler try again
             result = None
             status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                LOG.exception("lease %s crashed", job.lease.id)
+                result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
+            else:  # this worker's disk, not the step: BuildGrid may run it elsewhere
+                message = (f"worker {self.name}: its disk is full ({err.strerror}) under "
+                           f"{self.work_root}: free space there, or give the worker a "
+                           "larger --state-dir")
+                LOG.warning("lease %s failed: %s", job.lease.id, message)
+                result, status = None, status_pb2.Status(code=UNAVAILABLE, message=message)
         except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
             LOG.exception("lease %s crashed", job.lease.id)
             result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
@@ -438,6 +464,39 @@ class Worker:
         job.log.discard()
         if work is not None:
             force_rmtree(str(work))  # any depth the step nested its workspace to
+
+    def _recover_runtime(self) -> None:
+        """After this worker's containerd stopped answering: start it again (its own
+        daemon, same socket) and wait until it answers, so the lease handed back meets a
+        working runtime when the scheduler gives it here again. One thread at a time;
+        never raises (a containerd that stays away fails the next leases the same way)."""
+        ping = getattr(getattr(self.runtime, "client", None), "ping", None)
+        with self._recovering:
+            deadline = time.monotonic() + RECOVER_SECONDS
+            restarted = False
+            while True:
+                try:
+                    if ping is not None:
+                        ping(timeout=2)
+                    if restarted:
+                        LOG.warning("containerd answers again")
+                        # what the killed daemon left half-made (a snapshot directory
+                        # its metadata never committed) would fail the lease again
+                        self.runtime.client.cleanup_snapshots()  # type: ignore[attr-defined]
+                    return
+                except KataError as err:
+                    if time.monotonic() > deadline:
+                        LOG.warning("containerd is still not answering: %s", err.message)
+                        return
+                    if not restarted and self.restart_containerd is not None:
+                        LOG.warning("containerd is not answering: starting it again")
+                        try:
+                            self.restart_containerd()
+                        except KataError as err2:
+                            LOG.warning("could not start containerd: %s", err2.message)
+                            return
+                        restarted = True
+                time.sleep(0.2)
 
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()

@@ -187,7 +187,7 @@ class RemoteCache:
             if down is not None:  # `kata remote push` (which ignores it) is not told to push
                 first = down.describe(push_hint=self._honour_backoff)
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
-                   "with the local store only")
+                   "with the local store only; `kata doctor` says what to fix")
 
     def _writes_refused(self, err: RemoteError) -> bool:
         """Whether ``err``, from a write, says the remote takes no results from this host

@@ -20,6 +20,7 @@ Errors: every failure of the remote (unreachable, deadline, refused, a bad answe
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,6 +51,10 @@ MAX_BATCH_BLOBS = 500
 #: empty server, dearer after a tree's batches, docs/remote.md)
 _STREAM_CHUNK = 1 << 20
 _BYTES_PER_SECOND = 20 << 20     # an upload or download gets timeout + size / this
+#: a ByteStream transfer's whole deadline: timeout + size / this; within it, the call is
+#: cut when it moves no byte for ``timeout`` (``_Progress``): a slow link that keeps
+#: moving carries a big blob, a stalled one costs ``timeout``
+_SLOWEST_LINK = 256 << 10
 MAX_MESSAGE = 64 << 20
 _BUSY_TRIES = 8                  # RESOURCE_EXHAUSTED (a server at its concurrent-call limit,
 _BUSY_WAIT = 0.02                # as BuildGrid answers past its thread pool): back off, retry
@@ -175,7 +180,10 @@ def open_channel(config: RemoteConfig) -> grpc.Channel:
     (exit 2) when a PEM file cannot be read."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                ("grpc.max_send_message_length", MAX_MESSAGE),
-               ("grpc.enable_retries", 0)]
+               ("grpc.enable_retries", 0),
+               # a channel of its own connections: one opened to replace a connection
+               # gone silent (kata.executor.client) must not be handed that connection
+               ("grpc.use_local_subchannel_pool", 1)]
     if not config.tls:
         return grpc.insecure_channel(config.target, options=options)
 
@@ -230,6 +238,9 @@ class Cas:
 
     def _deadline(self, size: int = 0) -> float:
         return self.timeout + size / _BYTES_PER_SECOND
+
+    def _stream_deadline(self, size: int) -> float:
+        return self.timeout + size / _SLOWEST_LINK
 
     def capabilities(self, *, timeout: float | None = None) -> re_pb2.ServerCapabilities:
         """The server's capabilities; sets ``max_batch`` from ``max_batch_total_size_bytes``.
@@ -323,8 +334,14 @@ class Cas:
             yield bs_pb2.WriteRequest(resource_name="" if offset else resource,
                                       write_offset=offset, data=pending, finish_write=True)
 
-        resp = retrying(lambda: self._bs.Write(requests(), timeout=self._deadline(digest.size_bytes),
-                                               metadata=self._md), "ByteStream.Write")
+        def call() -> bs_pb2.WriteResponse:
+            progress = _Progress(self.timeout)
+            future = self._bs.Write.future(progress.through(requests()),
+                                           timeout=self._stream_deadline(digest.size_bytes),
+                                           metadata=self._md)
+            return progress.watch(future, lambda: future.result())
+
+        resp = retrying(call, "ByteStream.Write")
         if resp.committed_size not in (digest.size_bytes, -1):
             raise RemoteError("remote.bad_answer", f"ByteStream.Write {digest.hash}: committed "
                               f"{resp.committed_size} of {digest.size_bytes} bytes")
@@ -414,20 +431,79 @@ class Cas:
         h = hashlib.sha256()
         got = 0
         for attempt in range(_BUSY_TRIES):
+            progress = _Progress(self.timeout)
+            call = self._bs.Read(bs_pb2.ReadRequest(resource_name=resource),
+                                 timeout=self._stream_deadline(digest.size_bytes),
+                                 metadata=self._md)
+            progress.start(call)
             try:
-                for resp in self._bs.Read(bs_pb2.ReadRequest(resource_name=resource),
-                                          timeout=self._deadline(digest.size_bytes),
-                                          metadata=self._md):
+                for resp in call:
+                    progress.moved()
                     h.update(resp.data)
                     got += len(resp.data)
                     yield resp.data
                 break
             except grpc.RpcError as err:
+                if progress.stalled:
+                    raise progress.error("ByteStream.Read") from None
                 if got or not busy(err) or attempt == _BUSY_TRIES - 1:
                     raise wrap(err, "ByteStream.Read") from None
                 time.sleep(_BUSY_WAIT * (2 ** attempt))
+            finally:
+                progress.stop()
         if got != digest.size_bytes or h.hexdigest() != digest.hash:
             raise RemoteError("remote.bad_answer", f"blob {digest.hash} does not match its digest")
+
+
+class _Progress:
+    """Cuts a streaming call that moves nothing for ``idle`` seconds (a stalled link, a
+    hung server: the call's whole deadline is left long for a slow link that moves)."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self.last = time.monotonic()
+        self.stalled = False
+        self._done = threading.Event()
+
+    def moved(self) -> None:
+        self.last = time.monotonic()
+
+    def through(self, messages: Iterator[T]) -> Iterator[T]:
+        """``messages``, marking progress as gRPC takes each (it takes them as the link's
+        flow control lets it)."""
+        for m in messages:
+            self.moved()
+            yield m
+
+    def start(self, call) -> None:  # noqa: ANN001 - a grpc.Call / Future
+        def watch() -> None:
+            while not self._done.wait(min(0.1, self.idle)):
+                if time.monotonic() - self.last > self.idle:
+                    self.stalled = True
+                    call.cancel()
+                    return
+        threading.Thread(target=watch, daemon=True).start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def watch(self, call, result: Callable[[], T]) -> T:  # noqa: ANN001
+        """``result()`` of ``call``, cut when it stalls (RemoteError remote.deadline)."""
+        self.start(call)
+        try:
+            return result()
+        except grpc.RpcError:
+            if self.stalled:
+                raise self.error("ByteStream.Write") from None
+            raise
+        except grpc.FutureCancelledError:
+            raise self.error("ByteStream.Write") from None
+        finally:
+            self.stop()
+
+    def error(self, what: str) -> RemoteError:
+        return RemoteError("remote.deadline", f"{what}: DEADLINE_EXCEEDED: no byte moved for "
+                           f"{self.idle:g}s", code="DEADLINE_EXCEEDED")
 
 
 @dataclass

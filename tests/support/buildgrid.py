@@ -179,11 +179,23 @@ class BuildGrid:
         except OSError:
             return ""
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: a *hung* remote (the kernel still accepts
+        connections and takes bytes; nothing answers). ``resume()`` or ``stop()`` ends it."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; idempotent."""
+        """SIGTERM, then SIGKILL after 10 s; idempotent (a paused server is resumed first)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        os.killpg(proc.pid, signal.SIGCONT)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)

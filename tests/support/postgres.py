@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL 15 cluster for BuildGrid's scheduler (issue 13).
 
     with postgres_cluster() as url:   # "postgresql+psycopg2://kata@127.0.0.1:PORT/buildgrid"
-        ...
+        url.crash(); url.start()      # pg_ctl stop -m immediate (as a SIGKILLed server
+                                      # leaves it: recovery at the next start), then start
 
 Debian's ``postgresql`` package (installed by .ci/install) ships the server binaries under
 /usr/lib/postgresql/15/bin. ``initdb`` refuses to run as root, so the cluster belongs to the
@@ -39,6 +40,22 @@ def _as_postgres(argv: list[str], **kwargs: object) -> subprocess.CompletedProce
     env = {"PATH": "/usr/bin:/bin", "HOME": "/", "LC_ALL": "C.UTF-8"}
     return subprocess.run(argv, preexec_fn=drop if os.geteuid() == 0 else None, env=env,
                           check=True, capture_output=True, timeout=120, **kwargs)
+
+
+class ClusterUrl(str):
+    """The cluster's connection URL, with ``crash()`` and ``start()`` to take the server
+    away under its clients and bring it back (same port, same data)."""
+
+    data: Path
+    log: Path
+
+    def crash(self) -> None:
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                      "-w", "stop"])
+
+    def start(self) -> None:
+        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                      "-w", "-t", "60", "start"])
 
 
 @contextmanager
@@ -82,7 +99,9 @@ def postgres_cluster(database: str = "buildgrid") -> Iterator[str]:
             time.sleep(0.2)
         # psycopg2 named: SQLAlchemy 2.1 defaults to psycopg 3, whose connections lack the
         # poll() that BuildGrid 0.4's LISTEN/NOTIFY loop calls (operation updates stall)
-        yield f"postgresql+psycopg2://kata@127.0.0.1:{port}/{database}"
+        url = ClusterUrl(f"postgresql+psycopg2://kata@127.0.0.1:{port}/{database}")
+        url.data, url.log = data, root / "log"
+        yield url
     finally:
         if started:
             try:
