@@ -100,10 +100,10 @@ _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
 
 # what a runtime raises about the step itself (its services, its user, its command, its
 # image: one this worker can neither find nor pull), which a local run records as the
-# step's failure; anything else (its containerd failing) fails the lease. An image error
-# failed the lease too, and the client, which reads a failed lease as inputs the CAS lost,
-# sent the step once more before failing it with the worker's message.
-# Anything else fails the lease, but for its containerd going away (_RUNTIME_AWAY)
+# step's failure. An image error used to fail the lease, and the client, which reads a
+# failed lease as inputs the CAS lost, sent the step once more before failing it with the
+# worker's message. Anything else fails the lease, but for its containerd going away
+# (_RUNTIME_AWAY), which hands the lease back
 _STEP_REASONS = frozenset({"runtime.bad_user", "runtime.start_failed", "runtime.bad_step",
                            "config.bad_value"})
 _NOT_THE_STEPS = frozenset({"image.pull_stopped"})  # a cancelled pull: the lease's end
