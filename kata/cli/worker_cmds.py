@@ -60,7 +60,8 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
            logstream: str | None, blob_cache: int) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers. The
     host config's remote: section gives the TLS files, token file and instance, as for
-    `kata run --remote-executor` (docs/remote.md)."""
+    `kata run --remote-executor` (docs/remote.md); its worker: section what an action may
+    do here (worker.allow_host_network, default false: SECURITY.md)."""
     from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
     from procs import pid_tag
     from procs.leftovers import force_rmtree
@@ -74,6 +75,9 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     # an unreadable one is exit 2 here)
     remote = load_remote_config(url, instance, key="executor")
     assert remote is not None
+    from kata.executor.admit import WorkerPolicy
+
+    policy = WorkerPolicy.from_host_config()  # its worker: section; a bad one is exit 2
     instance = remote.instance
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -102,11 +106,13 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
         tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{pid_tag()}-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
-               f"{runtime.client.address}", err=True)
+               f"{runtime.client.address}, network: host "
+               f"{'allowed' if policy.allow_host_network else 'refused'}", err=True)
     try:
         Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,
-               containerd=runtime.client.address, blob_cache=blob_cache << 20).serve(stop)
+               containerd=runtime.client.address, blob_cache=blob_cache << 20,
+               policy=policy).serve(stop)
     finally:
         runtime.close()
         if own_root:

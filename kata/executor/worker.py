@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -67,7 +68,7 @@ from procs import pid_tag, pid_tag_alive
 from procs.leftovers import force_rmtree
 
 from . import action as act
-from . import files
+from . import admit, files
 from .connection import connect
 from .logstream import LogBuffer, write_stream
 
@@ -128,13 +129,15 @@ class Worker:
     poll: seconds one UpdateBotSession may wait for work (keep it under the scheduler's
     keep-alive timeout); work_root: where input roots are written (one directory per
     lease, removed after); blob_cache: bytes of blobs kept in memory (``files.BlobCache``;
-    0: none kept, every input is read from the CAS).
+    0: none kept, every input is read from the CAS); policy: the host config's
+    ``worker:`` section (``admit.WorkerPolicy``: ``network: host`` refused by default).
     """
 
     def __init__(self, url: "str | RemoteConfig", runtime: Runtime, *, name: str,
                  instance: str = "", slots: int = 1, work_root: Path, poll: float = 20.0,
                  logstream: str | None = None, containerd: str | None = None,
-                 blob_cache: int = 64 << 20) -> None:
+                 blob_cache: int = 64 << 20,
+                 policy: admit.WorkerPolicy = admit.WorkerPolicy()) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         if not isinstance(url, str):  # the host config's remote: TLS files, token, instance
@@ -144,6 +147,7 @@ class Worker:
         self.instance, self.slots, self.poll = instance, slots, poll
         self.work_root = Path(work_root)
         self.containerd = containerd  # its socket, for the hint when an image is missing
+        self.policy = policy  # what its host config lets an action do (admit.py)
         self._remote = connect(url, instance, where="--executor")
         self.cas = self._remote.cas
         self._md = self._remote.metadata
@@ -406,7 +410,8 @@ class Worker:
             status = status_pb2.Status(code=OK)
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
-            code = INVALID_ARGUMENT if err.reason == "remote.bad_action" else FAILED_PRECONDITION
+            code = INVALID_ARGUMENT if err.reason in ("remote.bad_action", "worker.policy") \
+                else FAILED_PRECONDITION
             result, status = None, status_pb2.Status(code=code, message=self._explain(err))
         except RemoteError as err:  # the CAS went away: let the scheduler try again
             result = None
@@ -441,7 +446,9 @@ class Worker:
         if not payload.Unpack(digest):
             raise KataError("remote.bad_action", f"a lease payload of type "
                             f"{payload.type_url} is neither an Action nor its digest")
-        action.ParseFromString(self._blobs.read_many(self.cas, [digest])[files.key(digest)])
+        admit.check_digest(digest, "the Action")
+        _parse(action, self._blobs.read_many(self.cas, [digest])[files.key(digest)],
+               "the Action")
         return action
 
     def _explain(self, err: KataError) -> str:
@@ -458,16 +465,32 @@ class Worker:
                  work: Path) -> re_pb2.ActionResult:
         meta.input_fetch_start_timestamp.GetCurrentTime()
         action = self._action(job.lease.payload)
+        # anyone who reaches the scheduler can send an action: nothing of it is written
+        # or run before it is checked (admit.py)
+        admit.check_digest(action.command_digest, "the Command")
+        admit.check_digest(action.input_root_digest, "the input root")
         cas = _Vouching(self.cas, self._vouch)  # the input blobs it reads, noted
         blobs = self._blobs.read_many(cas, [action.command_digest, action.input_root_digest])
         command = re_pb2.Command()
-        command.ParseFromString(blobs[files.key(action.command_digest)])
+        _parse(command, blobs[files.key(action.command_digest)], "the Command")
+        props = admit.check_action(action, command)
         directories = files.directories(cas, action.input_root_digest, known=blobs,
                                         cache=self._blobs)
-        root = directories[files.key(action.input_root_digest)]
-        if not any(f.name == act.SPEC_FILE for f in root.files):
-            raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
         inputs = work / "root"
+        workspace = inputs / act.WORKSPACE_DIR
+        admit.check_input_root(action.input_root_digest, directories,
+                               dest_len=len(os.fsencode(inputs)) + 1,
+                               free_bytes=shutil.disk_usage(work).free)
+        root = directories[files.key(action.input_root_digest)]
+        spec_node = next(f for f in root.files if f.name == act.SPEC_FILE)
+        if spec_node.digest.size_bytes > 1 << 20:
+            raise KataError("remote.bad_action", f"refused: {act.SPEC_FILE} is "
+                            f"{spec_node.digest.size_bytes:,} bytes (a kata action's is a "
+                            "few KiB)", exit_code=1)
+        spec_bytes = self._blobs.read_many(cas, [spec_node.digest])[files.key(spec_node.digest)]
+        spec = act.read_spec(command, spec_bytes, str(workspace),
+                             {"kata.worker": self.name, "kata.lease": job.lease.id})
+        admit.check_spec(spec, props, self.policy)
         inputs.mkdir()
         # read-only, as a local step sees its inputs and dependencies (the lower layers
         # of its overlay); the workspace root is writable, as locally
@@ -475,12 +498,10 @@ class Worker:
         input_files = {files.key(f.digest) for d in directories.values() for f in d.files
                        if f.digest.size_bytes <= self.cas.batch_limit}
         meta.input_fetch_completed_timestamp.GetCurrentTime()
-        workspace = inputs / act.WORKSPACE_DIR
-        workspace.mkdir(exist_ok=True)
+        # a directory the worker itself just made (check_input_root): never a link
+        # whose chmod, chown or bind mount would reach the worker's own files
+        assert stat.S_ISDIR(os.lstat(workspace).st_mode), workspace
         workspace.chmod(0o755)
-        spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
-        spec = act.read_spec(command, spec_bytes, str(workspace),
-                             {"kata.worker": self.name, "kata.lease": job.lease.id})
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
             # and its restored cache: materialised read-only as root's, as inputs are
@@ -683,6 +704,17 @@ def default_name() -> str:
     """``HOST-PID``: unique among the bots of one scheduler while the process lives."""
     return f"{os.uname().nodename}-{os.getpid()}"
 
+
+
+def _parse(message, data: bytes, what: str) -> None:  # noqa: ANN001 - a protobuf message
+    """``message.ParseFromString(data)``; KataError remote.bad_action when it is not one."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        message.ParseFromString(data)
+    except DecodeError as err:
+        raise KataError("remote.bad_action", f"refused: {what} is not a protobuf message of "
+                        f"its type ({err})", exit_code=1) from None
 
 
 def _action_hash(payload: any_pb2.Any) -> str:
