@@ -413,9 +413,17 @@ class Worker:
             code = INVALID_ARGUMENT if err.reason in ("remote.bad_action", "worker.policy") \
                 else FAILED_PRECONDITION
             result, status = None, status_pb2.Status(code=code, message=self._explain(err))
-        except RemoteError as err:  # the CAS went away: let the scheduler try again
+        except RemoteError as err:
             result = None
-            status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
+            if err.code == "NOT_FOUND" or err.reason == "remote.bad_answer":
+                # an input the CAS lacks, or whose bytes are not its digest's (a lie
+                # about its size): REAPI's missing input, which no other worker can mend
+                # (the client sends its inputs again once; BuildGrid does not retry it)
+                LOG.warning("lease %s failed: CAS: %s", job.lease.id, err.message)
+                status = status_pb2.Status(code=FAILED_PRECONDITION,
+                                           message=f"CAS: {err.message}")
+            else:  # the CAS went away: let the scheduler try again
+                status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
         except Exception as err:  # noqa: BLE001 - reported to the scheduler, never lost
             LOG.exception("lease %s crashed", job.lease.id)
             result, status = None, status_pb2.Status(code=INTERNAL, message=repr(err))
