@@ -74,14 +74,25 @@ def _pinned(grid) -> str:  # noqa: ANN001
 
 
 def _clean(worker) -> None:  # noqa: ANN001
-    """The worker is alive, crashed on nothing, and left no input root or mount."""
+    """The worker is alive, crashed on nothing, and left no input root, no mount under
+    its state directory (a step's root filesystem, its workspace's bind) and no process
+    but its containerd."""
     assert worker.proc.poll() is None, worker.text()
     text = worker.text()
     assert "crashed" not in text and "Traceback" not in text, text
     assert _leases_left(worker) == [], worker.text()
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line for line in f if str(worker.state / "worker") in line]
+    deadline = time.monotonic() + 15
+    while True:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line for line in f if str(worker.state) in line.split()[4]]
+        children = Path(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children")
+        kids = [Path(f"/proc/{p}/comm").read_text().strip()
+                for p in children.read_text().split() if Path(f"/proc/{p}").exists()]
+        if (not mounts and set(kids) <= {"containerd"}) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert mounts == [], mounts
+    assert set(kids) <= {"containerd"}, kids
 
 
 @pytest.fixture(scope="module")
