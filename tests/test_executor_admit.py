@@ -102,3 +102,19 @@ def test_kata_worker_with_a_bad_worker_section_exits_2_before_it_starts(tmp_path
     assert "worker.allow_host_network must be true or false" in proc.stderr
     assert f"{path}:2:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("field, value", [("image", 5), ("image", None), ("hostname", ["a"]),
+                                          ("timeout", True), ("user", 0)])
+def test_a_spec_field_of_the_wrong_type_is_refused_not_a_crash(field, value) -> None:
+    import json
+
+    step = spec(network="none")
+    action, command = _sent(step)
+    props = admit.check_action(action, command)
+    doc = json.loads(act.spec_document(step))
+    doc[field] = value
+    with pytest.raises(KataError) as err:
+        back = act.read_spec(command, json.dumps(doc).encode(), "/w/ws", {})
+        admit.check_spec(back, props, ALLOW)
+    assert err.value.reason == "remote.bad_action"

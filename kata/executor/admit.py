@@ -252,8 +252,8 @@ def check_spec(spec, props: dict[str, str], policy: WorkerPolicy,  # noqa: ANN00
     only under ``policy.allow_host_network``."""
     from kata.loader import workdir_problem
 
-    if props["container-image"] != "docker://" + spec.image:
-        raise _bad(f"kata-spec.json's image {spec.image[:200]!r} is not the platform's "
+    if not isinstance(spec.image, str) or props["container-image"] != "docker://" + spec.image:
+        raise _bad(f"kata-spec.json's image {str(spec.image)[:200]!r} is not the platform's "
                    f"container-image {props['container-image'][:200]!r}")
     if spec.network != props["network"]:
         raise _bad(f"kata-spec.json's network {str(spec.network)[:40]!r} is not the "
@@ -308,6 +308,10 @@ def check_spec(spec, props: dict[str, str], policy: WorkerPolicy,  # noqa: ANN00
                 or "\0" in v for k, v in s.env.items()):
             raise _bad(f"service {s.name}'s environment or command is not strings "
                        "without NUL")
+        if s.resources.memory is not None and (not isinstance(s.resources.memory, int)
+                                               or s.resources.memory > MAX_SIZE):
+            raise _bad(f"service {s.name}'s memory {s.resources.memory!r} is not a number of "
+                       f"bytes up to {MAX_SIZE}")
         if s.ready is not None:
             _check_ready(s.name, s.ready)
 

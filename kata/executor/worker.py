@@ -448,7 +448,7 @@ class Worker:
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()
         if payload.Is(re_pb2.Action.DESCRIPTOR):
-            payload.Unpack(action)
+            _parse(action, payload.value, "the Action")
             return action
         digest = re_pb2.Digest()
         if not payload.Unpack(digest):
