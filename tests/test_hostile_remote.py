@@ -108,7 +108,8 @@ def test_network_host_runs_only_on_a_worker_whose_host_config_allows_it(grid, cl
     draft.platform = props(ISA=act.ISA, OSFamily=act.OS_FAMILY,
                            container_image=f"docker://{_pinned(grid)}", network="host")
     config = tmp_path / "worker.yaml"
-    config.write_text("worker:\n  allow_host_network: true\n")
+    config.write_text("worker:\n  allow_host_network: true\n"
+                      "  allow_private_registries: true\n")
     bg, _image = grid
     allowing = Worker("whost", bg.url, bg.logstream, env={"KATA_CONFIG": str(config)})
     try:
@@ -123,11 +124,20 @@ def test_network_host_runs_only_on_a_worker_whose_host_config_allows_it(grid, cl
         allowing.close()
 
 
+def _registry(grid) -> str:  # noqa: ANN001
+    return grid[1].split("/", 1)[0]
+
+
 @pytest.fixture(scope="module")
-def refusing(grid):  # noqa: F811
-    """One worker with the default host config (nothing allowed beyond the sandbox)."""
-    with worker_pool(grid, names=("wrefuse",)) as (worker,):
+def refusing(grid, tmp_path_factory):  # noqa: F811
+    """One worker with the default worker: section (nothing allowed beyond the sandbox),
+    which declares the tests' registry (on 127.0.0.1) as the one private registry it may
+    pull from."""
+    config = tmp_path_factory.mktemp("refusing") / "kata-config.yaml"
+    config.write_text(f'registries:\n  "{_registry(grid)}": {{}}\n')
+    with worker_pool(grid, names=("wrefuse",), env={"KATA_CONFIG": str(config)}) as (worker,):
         assert "network: host refused" in worker.text()
+        assert "pulls from public or declared registries only" in worker.text()
         yield worker
 
 
@@ -343,6 +353,32 @@ def test_a_hostile_action_is_refused_with_a_clear_status(grid, client, refusing,
         # not hold as its digest says): never a code BuildGrid retries on another worker
         assert outcome.code == INVALID_ARGUMENT or (
             outcome.code == FAILED_PRECONDITION and case.startswith("size-lies")), outcome
+    _clean(refusing)
+
+
+def test_an_image_on_an_undeclared_private_address_is_never_contacted(grid, client,
+                                                                      refusing):  # noqa: F811
+    """An Action naming a registry on the worker's own network (here its loopback, where
+    something listens) makes the worker connect nowhere: its pulls are confined to public
+    addresses and the registries its host config declares, as an untrusted run's are."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    try:
+        image = f"127.0.0.1:{port}/internal/admin@sha256:{'e' * 64}"
+        draft = client.kata_action(image, "echo ran")
+        outcome = client.execute(draft)
+        assert outcome.code == FAILED_PRECONDITION, outcome
+        assert "not a public address" in outcome.message, outcome
+        assert "worker.allow_private_registries" in outcome.message, outcome
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nothing ever connected
+    finally:
+        listener.close()
     _clean(refusing)
 
 

@@ -95,6 +95,9 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
                             f"it: {err.strerror or err}", obj=state_dir, exit_code=2) from None
         address = ensure_daemon(daemon_paths(state_dir))
     runtime = ContainerdRuntime.connect(address=address, state_dir=state_dir)
+    # an Action names its image's registry: public addresses and declared registries only,
+    # unless the host config says otherwise (admit.WorkerPolicy, SECURITY.md)
+    runtime.confined_pulls = not policy.allow_private_registries
     stop = threading.Event()
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda *_: stop.set())
@@ -107,7 +110,9 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
                f"{runtime.client.address}, network: host "
-               f"{'allowed' if policy.allow_host_network else 'refused'}", err=True)
+               f"{'allowed' if policy.allow_host_network else 'refused'}, pulls from "
+               f"{'any address' if policy.allow_private_registries else 'public or declared registries only'}",
+               err=True)
     try:
         Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,

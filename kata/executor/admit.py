@@ -65,9 +65,14 @@ class WorkerPolicy:
 
     allow_host_network: run ``network: host`` steps in the worker's own network
     namespace (every service on its 127.0.0.1, its cloud metadata address); default
-    False: such an action is refused, whoever sent it."""
+    False: such an action is refused, whoever sent it.
+    allow_private_registries: pull an action's images from any address; default False:
+    only public addresses and the registries its host config declares (``registries:``),
+    as an untrusted run's pulls (``registry.ConfinedBackend``), so an Action cannot make
+    the worker send requests to its own network's services by naming them as a registry."""
 
     allow_host_network: bool = False
+    allow_private_registries: bool = False
 
     @classmethod
     def from_host_config(cls, config=None) -> "WorkerPolicy":  # noqa: ANN001
@@ -82,15 +87,18 @@ class WorkerPolicy:
             return cls()
         if not isinstance(section, dict):
             raise config.error("config.bad_value", "worker: must be a mapping", "worker")
+        keys = ("allow_host_network", "allow_private_registries")
         for key in section:
-            if key != "allow_host_network":
+            if key not in keys:
                 raise config.error("config.unknown_key", f"unknown key {key!r} in worker: "
-                                   "(expected allow_host_network)", "worker", key)
-        allow = section.get("allow_host_network", False)
-        if not isinstance(allow, bool):
-            raise config.error("config.bad_value", "worker.allow_host_network must be true "
-                               f"or false, not {allow!r}", "worker", "allow_host_network")
-        return cls(allow_host_network=allow)
+                                   f"(expected {' or '.join(keys)})", "worker", key)
+        values = {}
+        for key in keys:
+            values[key] = section.get(key, False)
+            if not isinstance(values[key], bool):
+                raise config.error("config.bad_value", f"worker.{key} must be true or false, "
+                                   f"not {values[key]!r}", "worker", key)
+        return cls(**values)
 
 
 def _bad(message: str) -> KataError:

@@ -464,6 +464,11 @@ class Worker:
         this worker could neither find nor pull names the worker and how to import it."""
         if not err.reason.startswith("image."):
             return err.message
+        if err.reason == "image.refused":  # a confined pull (admit.WorkerPolicy)
+            return (f"worker {self.name}: {err.message}; a worker's pulls are confined as an "
+                    "untrusted run's are: declare the registry under `registries:` in the "
+                    "worker's host config, or set `worker.allow_private_registries: true` "
+                    "there (SECURITY.md)")
         where = f"kata --containerd {self.containerd}" if self.containerd else "kata"
         return (f"worker {self.name}: {err.message}; a worker pulls each step's image by "
                 "digest from its registry, so an imported image (kata.local/...) must be "
