@@ -137,7 +137,7 @@ def refusing(grid, tmp_path_factory):  # noqa: F811
     config.write_text(f'registries:\n  "{_registry(grid)}": {{}}\n')
     with worker_pool(grid, names=("wrefuse",), env={"KATA_CONFIG": str(config)}) as (worker,):
         assert "network: host refused" in worker.text()
-        assert "pulls from public or declared registries only" in worker.text()
+        assert "image pulls from public or declared registries only" in worker.text()
         yield worker
 
 

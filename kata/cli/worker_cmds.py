@@ -109,10 +109,11 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
         tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{pid_tag()}-"))
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
-               f"{runtime.client.address}, network: host "
-               f"{'allowed' if policy.allow_host_network else 'refused'}, pulls from "
-               f"{'any address' if policy.allow_private_registries else 'public or declared registries only'}",
-               err=True)
+               f"{runtime.client.address}", err=True)
+    click.echo(f"kata worker {name}: network: host "
+               f"{'allowed' if policy.allow_host_network else 'refused'}, image pulls from "
+               f"{'any address' if policy.allow_private_registries else 'public or declared registries only'}"
+               " (the host config's worker: section)", err=True)
     try:
         Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,
