@@ -7,6 +7,7 @@ top-level keys); each section is parsed by the module that owns it:
     containerd, offline, registries   kata.runtimes.containerd.config (RuntimeConfig)
     protected                         kata.trust (which refs are protected)
     remote                            kata.remote.config (the remote cache, REAPI)
+    worker                            kata.executor.admit (what `kata worker` accepts)
 
 Unknown keys are errors (a typo must not silently do nothing). A missing default file means
 every default; a missing file named by ``$KATA_CONFIG`` (or an explicit path) is an error.
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import yaml
 
 DEFAULT_CONFIG = "/etc/kata/config.yaml"
-SECTIONS = frozenset({"containerd", "offline", "registries", "protected", "remote"})
+SECTIONS = frozenset({"containerd", "offline", "registries", "protected", "remote", "worker"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -61,6 +61,10 @@ class Worker:
             state.mkdir(mode=0o711)
         self.state = state
         self.log = self.state / "worker.log"
+        if "KATA_CONFIG" not in (env or {}):  # the tests' registry is on 127.0.0.1
+            config = self.state / "kata-config.yaml"
+            config.write_text("worker:\n  allow_private_registries: true\n")
+            env = {**(env or {}), "KATA_CONFIG": str(config)}
         out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [*wrap, sys.executable, "-m", "kata", "worker", "--executor", url, "--name", name,
@@ -101,9 +105,10 @@ class Worker:
 
 
 @contextmanager
-def worker_pool(grid, names: tuple[str, ...] = ("w1", "w2"), extra: tuple[str, ...] = ()):
+def worker_pool(grid, names: tuple[str, ...] = ("w1", "w2"), extra: tuple[str, ...] = (),
+                env: dict[str, str] | None = None):
     bg, _image = grid
-    pool = [Worker(name, bg.url, bg.logstream, extra=extra) for name in names]
+    pool = [Worker(name, bg.url, bg.logstream, extra=extra, env=env) for name in names]
     try:
         for w in pool:
             w.wait_ready()

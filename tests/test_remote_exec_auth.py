@@ -41,7 +41,8 @@ def test_a_worker_and_a_client_use_the_host_configs_tls_and_token(tmp_path,
         push_image(registry, "kata/busybox", "1", busybox_image())
         image = f"{registry.removeprefix('http://')}/kata/busybox:1"
         host = tmp_path / "kata-config.yaml"
-        host.write_text(f"remote:\n  executor: {bg.url}\n  tls:\n    ca: {cert}\n"
+        host.write_text(f"worker:\n  allow_private_registries: true\n"
+                        f"remote:\n  executor: {bg.url}\n  tls:\n    ca: {cert}\n"
                         f"  token_file: {token}\n")
         worker = None
         try:

@@ -62,7 +62,8 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
            logstream: str | None, blob_cache: int) -> None:
     """Run steps leased by a remote executor (the Remote Workers API) in containers. The
     host config's remote: section gives the TLS files, token file and instance, as for
-    `kata run --remote-executor` (docs/remote.md)."""
+    `kata run --remote-executor` (docs/remote.md); its worker: section what an action may
+    do here (worker.allow_host_network, default false: SECURITY.md)."""
     from kata.executor.worker import WORK_PREFIX, Worker, default_name, sweep_dead_workdirs
     from procs import pid_tag
     from procs.leftovers import force_rmtree
@@ -76,6 +77,9 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     # an unreadable one is exit 2 here)
     remote = load_remote_config(url, instance, key="executor")
     assert remote is not None
+    from kata.executor.admit import WorkerPolicy
+
+    policy = WorkerPolicy.from_host_config()  # its worker: section; a bad one is exit 2
     instance = remote.instance
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kata worker: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -95,6 +99,9 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
         address = ensure_daemon(daemon_paths(state_dir))
         restart = functools.partial(ensure_daemon, daemon_paths(state_dir))
     runtime = ContainerdRuntime.connect(address=address, state_dir=state_dir)
+    # an Action names its image's registry: public addresses and declared registries only,
+    # unless the host config says otherwise (admit.WorkerPolicy, SECURITY.md)
+    runtime.confined_pulls = not policy.allow_private_registries
     stop = threading.Event()
     for signo in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signo, lambda *_: stop.set())
@@ -107,11 +114,15 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     click.echo(f"kata worker {name}: {slots} slot(s), executor {url}"
                f"{' instance ' + instance if instance else ''}, containerd "
                f"{runtime.client.address}", err=True)
+    click.echo(f"kata worker {name}: network: host "
+               f"{'allowed' if policy.allow_host_network else 'refused'}, image pulls from "
+               f"{'any address' if policy.allow_private_registries else 'public or declared registries only'}"
+               " (the host config's worker: section)", err=True)
     try:
         Worker(remote, runtime, name=name, slots=slots,
                work_root=work_root, poll=poll, logstream=logstream,
                containerd=runtime.client.address, blob_cache=blob_cache << 20,
-               restart_containerd=restart).serve(stop)
+               restart_containerd=restart, policy=policy).serve(stop)
     finally:
         runtime.close()
         if own_root:

@@ -191,7 +191,7 @@ def read_spec(command: re_pb2.Command, spec_bytes: bytes, workspace: str,
             cache_paths=cache_paths,
             mounts=(Mount(kind="bind", target=doc["workdir"], source=workspace),),
             labels=labels)
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise KataError("remote.bad_action", f"not an action kata made: {err}",
                         exit_code=1) from err
 

@@ -46,6 +46,7 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -69,7 +70,7 @@ from procs import pid_tag, pid_tag_alive
 from procs.leftovers import force_rmtree
 
 from . import action as act
-from . import files
+from . import admit, files
 from .connection import connect
 from .logstream import LogBuffer, write_stream
 
@@ -144,14 +145,16 @@ class Worker:
     poll: seconds one UpdateBotSession may wait for work (keep it under the scheduler's
     keep-alive timeout); work_root: where input roots are written (one directory per
     lease, removed after); blob_cache: bytes of blobs kept in memory (``files.BlobCache``;
-    0: none kept, every input is read from the CAS).
+    0: none kept, every input is read from the CAS); policy: the host config's
+    ``worker:`` section (``admit.WorkerPolicy``: ``network: host`` refused by default).
     """
 
     def __init__(self, url: "str | RemoteConfig", runtime: Runtime, *, name: str,
                  instance: str = "", slots: int = 1, work_root: Path, poll: float = 20.0,
                  logstream: str | None = None, containerd: str | None = None,
                  blob_cache: int = 64 << 20,
-                 restart_containerd: Callable[[], object] | None = None) -> None:
+                 restart_containerd: Callable[[], object] | None = None,
+                 policy: admit.WorkerPolicy = admit.WorkerPolicy()) -> None:
         if slots < 1:
             raise KataError("worker.bad_slots", f"--slots must be at least 1, not {slots}")
         if not isinstance(url, str):  # the host config's remote: TLS files, token, instance
@@ -164,6 +167,7 @@ class Worker:
         # starts this worker's own containerd again after it died (None: not its own)
         self.restart_containerd = restart_containerd
         self._recovering = threading.Lock()
+        self.policy = policy  # what its host config lets an action do (admit.py)
         self._remote = connect(url, instance, where="--executor")
         self.cas = self._remote.cas
         self._md = self._remote.metadata
@@ -426,14 +430,23 @@ class Worker:
             status = status_pb2.Status(code=OK)
         except KataError as err:
             LOG.warning("lease %s failed: %s", job.lease.id, err.message)
-            code = INVALID_ARGUMENT if err.reason == "remote.bad_action" else FAILED_PRECONDITION
+            code = INVALID_ARGUMENT if err.reason in ("remote.bad_action", "worker.policy") \
+                else FAILED_PRECONDITION
             if err.reason in _RUNTIME_AWAY:  # this worker's fault, not the step's
                 self._recover_runtime()
                 code = UNAVAILABLE  # BuildGrid runs it again (here, or on another worker)
             result, status = None, status_pb2.Status(code=code, message=self._explain(err))
-        except RemoteError as err:  # the CAS went away: let the scheduler try again
+        except RemoteError as err:
             result = None
-            status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
+            if err.code == "NOT_FOUND" or err.reason == "remote.bad_answer":
+                # an input the CAS lacks, or whose bytes are not its digest's (a lie
+                # about its size): REAPI's missing input, which no other worker can mend
+                # (the client sends its inputs again once; BuildGrid does not retry it)
+                LOG.warning("lease %s failed: CAS: %s", job.lease.id, err.message)
+                status = status_pb2.Status(code=FAILED_PRECONDITION,
+                                           message=f"CAS: {err.message}")
+            else:  # the CAS went away: let the scheduler try again
+                status = status_pb2.Status(code=UNAVAILABLE, message=f"CAS: {err.message}")
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 LOG.exception("lease %s crashed", job.lease.id)
@@ -501,13 +514,15 @@ class Worker:
     def _action(self, payload: any_pb2.Any) -> re_pb2.Action:
         action = re_pb2.Action()
         if payload.Is(re_pb2.Action.DESCRIPTOR):
-            payload.Unpack(action)
+            _parse(action, payload.value, "the Action")
             return action
         digest = re_pb2.Digest()
         if not payload.Unpack(digest):
             raise KataError("remote.bad_action", f"a lease payload of type "
                             f"{payload.type_url} is neither an Action nor its digest")
-        action.ParseFromString(self._blobs.read_many(self.cas, [digest])[files.key(digest)])
+        admit.check_digest(digest, "the Action")
+        _parse(action, self._blobs.read_many(self.cas, [digest])[files.key(digest)],
+               "the Action")
         return action
 
     def _explain(self, err: KataError) -> str:
@@ -515,6 +530,11 @@ class Worker:
         this worker could neither find nor pull names the worker and how to import it."""
         if not err.reason.startswith("image."):
             return err.message
+        if err.reason == "image.refused":  # a confined pull (admit.WorkerPolicy)
+            return (f"worker {self.name}: {err.message}; a worker's pulls are confined as an "
+                    "untrusted run's are: declare the registry under `registries:` in the "
+                    "worker's host config, or set `worker.allow_private_registries: true` "
+                    "there (SECURITY.md)")
         where = f"kata --containerd {self.containerd}" if self.containerd else "kata"
         return (f"worker {self.name}: {err.message}; a worker pulls each step's image by "
                 "digest from its registry, so an imported image (kata.local/...) must be "
@@ -524,16 +544,32 @@ class Worker:
                  work: Path) -> re_pb2.ActionResult:
         meta.input_fetch_start_timestamp.GetCurrentTime()
         action = self._action(job.lease.payload)
+        # anyone who reaches the scheduler can send an action: nothing of it is written
+        # or run before it is checked (admit.py)
+        admit.check_digest(action.command_digest, "the Command")
+        admit.check_digest(action.input_root_digest, "the input root")
         cas = _Vouching(self.cas, self._vouch)  # the input blobs it reads, noted
         blobs = self._blobs.read_many(cas, [action.command_digest, action.input_root_digest])
         command = re_pb2.Command()
-        command.ParseFromString(blobs[files.key(action.command_digest)])
+        _parse(command, blobs[files.key(action.command_digest)], "the Command")
+        props = admit.check_action(action, command)
         directories = files.directories(cas, action.input_root_digest, known=blobs,
                                         cache=self._blobs)
-        root = directories[files.key(action.input_root_digest)]
-        if not any(f.name == act.SPEC_FILE for f in root.files):
-            raise KataError("remote.bad_action", f"the input root has no {act.SPEC_FILE}")
         inputs = work / "root"
+        workspace = inputs / act.WORKSPACE_DIR
+        admit.check_input_root(action.input_root_digest, directories,
+                               dest_len=len(os.fsencode(inputs)) + 1,
+                               free_bytes=shutil.disk_usage(work).free)
+        root = directories[files.key(action.input_root_digest)]
+        spec_node = next(f for f in root.files if f.name == act.SPEC_FILE)
+        if spec_node.digest.size_bytes > 1 << 20:
+            raise KataError("remote.bad_action", f"refused: {act.SPEC_FILE} is "
+                            f"{spec_node.digest.size_bytes:,} bytes (a kata action's is a "
+                            "few KiB)", exit_code=1)
+        spec_bytes = self._blobs.read_many(cas, [spec_node.digest])[files.key(spec_node.digest)]
+        spec = act.read_spec(command, spec_bytes, str(workspace),
+                             {"kata.worker": self.name, "kata.lease": job.lease.id})
+        admit.check_spec(spec, props, self.policy)
         inputs.mkdir()
         # read-only, as a local step sees its inputs and dependencies (the lower layers
         # of its overlay); the workspace root is writable, as locally
@@ -541,12 +577,10 @@ class Worker:
         input_files = {files.key(f.digest) for d in directories.values() for f in d.files
                        if f.digest.size_bytes <= self.cas.batch_limit}
         meta.input_fetch_completed_timestamp.GetCurrentTime()
-        workspace = inputs / act.WORKSPACE_DIR
-        workspace.mkdir(exist_ok=True)
+        # a directory the worker itself just made (check_input_root): never a link
+        # whose chmod, chown or bind mount would reach the worker's own files
+        assert stat.S_ISDIR(os.lstat(workspace).st_mode), workspace
         workspace.chmod(0o755)
-        spec_bytes = (inputs / act.SPEC_FILE).read_bytes()
-        spec = act.read_spec(command, spec_bytes, str(workspace),
-                             {"kata.worker": self.name, "kata.lease": job.lease.id})
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
             # and its restored cache: materialised read-only as root's, as inputs are
@@ -764,6 +798,17 @@ def default_name() -> str:
     """``HOST-PID``: unique among the bots of one scheduler while the process lives."""
     return f"{os.uname().nodename}-{os.getpid()}"
 
+
+
+def _parse(message, data: bytes, what: str) -> None:  # noqa: ANN001 - a protobuf message
+    """``message.ParseFromString(data)``; KataError remote.bad_action when it is not one."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        message.ParseFromString(data)
+    except DecodeError as err:
+        raise KataError("remote.bad_action", f"refused: {what} is not a protobuf message of "
+                        f"its type ({err})", exit_code=1) from None
 
 
 def _action_hash(payload: any_pb2.Any) -> str:
