@@ -243,8 +243,10 @@ class RemoteRuntime:
                             start=f"start the scheduler at {self.url} (BuildGrid with "
                             "!execution, docs/remote.md) or correct --remote-executor / "
                             "remote.executor", hung="its steps fail")
+                    # the fix says what the error's own hint would (said once)
+                    said = err.bare if fix else err.message
                     raise KataError(err.reason, f"could not {what} at {self.url}: "
-                                    f"{err.message}{fix}", exit_code=1) from err
+                                    f"{said}{fix}", exit_code=1) from err
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -281,8 +283,14 @@ class RemoteRuntime:
                     return None
                 code = err.code()  # type: ignore[attr-defined]
                 if code not in _RETRYABLE or time.monotonic() > deadline:
+                    fix = ""
+                    if code == grpc.StatusCode.UNIMPLEMENTED:  # a cache-only server
+                        fix = ("; it has no Execution service (a cache-only server, such as "
+                               "the cache-only BuildGrid of docs/remote.md): point "
+                               "--remote-executor / remote.executor at the scheduler, a "
+                               "BuildGrid with !execution (`kata doctor` checks it)")
                     raise KataError("remote.unavailable", f"remote execution at {self.url} "
-                                    f"failed: {code.name}: {err.details()}",  # type: ignore[attr-defined]
+                                    f"failed: {code.name}: {err.details()}{fix}",  # type: ignore[attr-defined]
                                     exit_code=1) from err
             finally:
                 stop.set()
