@@ -70,3 +70,37 @@ def test_a_refused_token_says_which_setting_in_the_runs_warning(tmp_path, contai
             assert len(warnings) == 1, run.stderr
             assert "UNAUTHENTICATED" in warnings[0] and "remote.token_file" in warnings[0], \
                 warnings[0]
+
+
+def test_host_config_mistakes_say_what_to_put_there(tmp_path):
+    """`kata doctor` (the first thing an admin runs) on a host config with the mistakes
+    made following docs/remote.md: exit 2 naming file:line:column and the fix. A private
+    key given as `tls.ca` used to pass the loader and then read, on every run, "Failed to
+    create security handshaker" with the fix "start the server or correct the URL"; a
+    missing token file did not say what belongs there; `http://` (as bgd's --remote
+    takes it) did not say grpc://."""
+    from test_remote_cas import _self_signed
+
+    key, cert = _self_signed(tmp_path)
+    host = tmp_path / "host.yaml"
+    kata = KataProcess(tmp_path, store=tmp_path / "store")
+
+    def error(remote: str) -> str:
+        host.write_text(f"remote:\n{remote}")
+        done = kata("doctor", KATA_CONFIG=str(host))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.startswith(f"error: {host}:"), done.stderr
+        return done.stderr
+
+    said = error(f"  cache: grpcs://127.0.0.1:1\n  tls: {{ca: {key}}}\n")
+    assert "remote.tls.ca" in said and "CERTIFICATE" in said and "not a key" in said, said
+    said = error(f"  cache: grpcs://127.0.0.1:1\n  tls: {{ca: {cert}, cert: {key}, key: {cert}}}\n")
+    assert "remote.tls.cert" in said and "CERTIFICATE" in said, said
+    said = error(f"  cache: grpcs://127.0.0.1:1\n  tls: {{ca: {cert}, cert: {cert}, key: {cert}}}\n")
+    assert "remote.tls.key" in said and "PRIVATE KEY" in said, said
+    said = error(f"  cache: grpc://127.0.0.1:1\n  token_file: {tmp_path / 'none.token'}\n")
+    assert "remote.token_file" in said and "write the bearer token there" in said, said
+    said = error("  cache: http://127.0.0.1:50051\n")
+    assert "grpc://127.0.0.1:50051" in said, said
+    said = error("  executor: https://sched.internal:443\n")
+    assert "grpcs://sched.internal:443" in said, said
