@@ -205,3 +205,103 @@ def test_the_tls_and_token_recipe_as_written(tmp_path, containerd_daemon):
         assert caps.returncode == 0 and "cacheCapabilities" in caps.stdout, caps.stderr
     finally:
         bg.stop()
+
+
+def indented(path: Path, first: str) -> list[str]:
+    """The lines of the 4-space-indented block of ``path`` whose first line starts with
+    ``first``, unindented."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("    " + first))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return block
+
+
+def doc_worker(argv: list[str], state: Path, env: dict[str, str]):  # noqa: ANN201
+    """A `kata worker` started with the doc's own command line (test_remote_exec's Worker
+    for its log, readiness and cleanup)."""
+    from test_remote_exec import Worker
+
+    worker = Worker.__new__(Worker)
+    worker.name, worker.state, worker.log = argv[-1], state, state / "worker.log"
+    with open(worker.log, "wb") as out:
+        worker.proc = subprocess.Popen([sys.executable, "-m", "kata", *argv[1:]], stdout=out,
+                                       stderr=out, stdin=subprocess.DEVNULL, env=env)
+    return worker
+
+
+@pytest.mark.integration
+def test_the_execution_server_and_workers_as_written(tmp_path, containerd_daemon):
+    """"Running BuildGrid with execution for a team": the PostgreSQL lines (against a
+    throwaway cluster instead of Debian's), `bgd migrate apply`, the documented bgd.yml,
+    `bgd capabilities`, two workers from the "Workers" line (one with its `--slots 2`),
+    their image imported with the documented command, and `kata run --remote-executor`:
+    every step runs on a worker, and `kata logs` says which."""
+    import secrets as random
+    from urllib.parse import urlsplit
+
+    setup = indented(DOC, "python3 -m venv /opt/buildgrid")
+    with postgres_cluster() as db:
+        pg = urlsplit(db)
+        env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(pg.port),
+               "PGUSER": pg.username, "PGDATABASE": "postgres"}
+        for line in setup:
+            if line.startswith("runuser -u postgres --"):
+                done = subprocess.run(shlex.split(line), env=env, capture_output=True,
+                                      text=True, timeout=60)
+                assert done.returncode == 0, f"{line}: {done.stderr}"
+        at = f"127.0.0.1:{pg.port}/bgd"
+        migrate = next(x for x in setup if "bgd migrate apply" in x)
+        argv = shlex.split(migrate.replace("127.0.0.1/bgd", at))
+        done = subprocess.run([str(VENV / "bin" / "bgd"), *argv[1:]], capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        config = one(fenced(DOC, "yaml"), "!sql-scheduler &scheduler", "instances:")
+        config = config.replace("127.0.0.1/bgd", at).replace(
+            "/var/lib/buildgrid/cas", str(tmp_path / "cas"))
+        (tmp_path / "cas").mkdir()
+        bg = BuildGrid(tmp_path / "bgd", AsWritten(text=config))
+        bg.start()
+        workers = []
+        try:
+            port = bg.port
+            caps = subprocess.run([str(VENV / "bin" / "bgd"), "capabilities", "--remote",
+                                   f"http://127.0.0.1:{port}"], capture_output=True,
+                                  text=True, timeout=60)
+            assert '"execEnabled": true' in caps.stdout, caps.stdout + caps.stderr
+            line = next(x for x in indented(DOC, "kata worker --executor grpc://scheduler")
+                        if x.startswith("kata worker"))
+            image = tmp_path / "busybox.tar"
+            write_oci_archive(busybox_image(), image)
+            kenv = {**os.environ, "PYTHONPATH": str(ROOT)}
+            for slots in ("--slots 2", ""):
+                state = Path(f"/tmp/kt-rrd-{random.token_hex(3)}")  # short: socket paths
+                state.mkdir(mode=0o711)
+                argv = sh(line.replace("--slots 2", slots), port,
+                          **{"/var/lib/kata-worker": str(state)})
+                workers.append(doc_worker(argv, state, kenv))
+            for w in workers:
+                w.wait_ready()
+                # "kata --containerd DIR/containerd.sock image import FILE"
+                imported = subprocess.run(
+                    [sys.executable, "-m", "kata", "--containerd",
+                     str(w.state / "containerd.sock"), "image", "import", str(image)],
+                    env=kenv, capture_output=True, text=True, timeout=120)
+                assert imported.returncode == 0, imported.stderr
+            assert "2 slot(s)" in workers[0].text() and "1 slot(s)" in workers[1].text()
+            kata = _host(tmp_path, "client", containerd_daemon.address)
+            run_line = next(x for x in indented(DOC, "kata run --remote-executor")
+                            if x.startswith("kata run"))
+            argv = sh(re.sub(r" \[.*?\]", "", run_line).replace("HOST:PORT", "HOST:50051"),
+                      port)
+            run = kata(*argv[1:])
+            assert run.returncode == 0, run.stdout + run.stderr + workers[0].text()
+            logs = kata("logs", "--step", "check")
+            assert "kata: ran on worker" in logs.stdout and "docs" in logs.stdout, logs.stdout
+        finally:
+            for w in workers:
+                w.close()
+            bg.stop()
