@@ -68,3 +68,26 @@ def test_a_worker_speaking_tls_to_a_plaintext_scheduler_exits_2_saying_grpc(
         errors = [x for x in done.stderr.splitlines() if x.startswith("error: ")]
         assert len(errors) == 1 and "use grpc://" in errors[0], done.stderr
         assert "ssl_transport_security" not in done.stderr, done.stderr
+
+
+def test_a_worker_waiting_for_a_scheduler_that_does_not_answer_says_what_to_check(tmp_path):
+    """A wrong --executor port looks like a scheduler not started yet, which the worker
+    waits for (docs/remote.md): its first retry line says what to check if it never
+    answers, where it used to repeat gRPC's "Connection refused" only."""
+    from support.registry import free_port
+
+    kata = KataProcess(tmp_path, store=tmp_path / "store")
+    url = f"grpc://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([*kata.base, "worker", "--executor", url, "--name", "wx",
+                             "--state-dir", str(tmp_path / "w")], cwd=tmp_path, env=kata.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "retrying" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert "waiting for it" in lines[-1] and "--executor" in lines[-1], lines

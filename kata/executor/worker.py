@@ -181,6 +181,7 @@ class Worker:
         sweep_dead_workdirs(self.work_root, LEASE_PREFIX)  # a killed worker's input roots
         session: bots_pb2.BotSession | None = None
         opened = False  # has the scheduler ever taken this worker? (then: retry anything)
+        waited = False  # has it said what to check while it waits for a first answer?
         delay = 0.2
         try:
             while not stop.is_set():
@@ -222,8 +223,16 @@ class Worker:
                     if not opened and (code in _REFUSED or _handshake_failed(err)):
                         raise KataError("worker.refused", self._refusal(code, err.details()),  # type: ignore[attr-defined]
                                         exit_code=2) from None
-                    LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
-                                code.name, err.details(), delay)  # type: ignore[attr-defined]
+                    if not opened and not waited:  # once: a wrong port looks like this
+                        waited = True
+                        LOG.warning("scheduler at %s: %s: %s; waiting for it (if it never "
+                                    "answers, check --executor's host and port: `bgd "
+                                    "capabilities --remote http://HOST:PORT` answers for a "
+                                    "running BuildGrid); retrying in %.1fs", self.url,
+                                    code.name, err.details(), delay)  # type: ignore[attr-defined]
+                    else:
+                        LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
+                                    code.name, err.details(), delay)  # type: ignore[attr-defined]
                     stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:
