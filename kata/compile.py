@@ -214,7 +214,8 @@ def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike,
                        paths: tuple[str, ...] | None = None) -> list[str]:
     """Each ``inputs`` and ``cache.key_files`` pattern (not a ``!`` negation) that selects
     no file of the repository at ``repo_root``, as ``FILE:LINE:COLUMN: step 'a': inputs
-    pattern 'scr/**' matches no file of the repository`` (the step's position), once per
+    pattern 'scr/**' matches no file of the repository`` (the pattern's position, else the
+    step's), once per
     matrix step: most likely a typo, with which the step sees none of what it names and
     stays a cache hit whatever changes there. A warning, not an error (the file may be
     generated later). ``paths``: the repository's file list when known (a compiled
@@ -238,7 +239,9 @@ def unmatched_patterns(pipeline: Pipeline, repo_root: str | os.PathLike,
                     continue
                 seen.add((base, field, pattern))
                 if not match((pattern,), paths):
-                    pos = step.position
+                    pos = next((p for f, pat, p in step.pattern_positions
+                                if f == field and pat == pattern and p is not None),
+                               step.position)
                     where = f"{pos.file}:{pos.line}:{pos.column}: " if pos is not None else ""
                     what = ("only the config file, which is never an input (the key holds "
                             "its settings field by field)") if exclude and match(

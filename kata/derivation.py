@@ -295,6 +295,9 @@ class Change:
     name: str = ""      # env var, file path, dependency, command index, service
     old: Any = None
     new: Any = None
+    # a changed dependency: what its change means, worked out by ``kata.why`` from the
+    # dependency's own diff ("" : the generic wording)
+    note: str = ""
 
     def __str__(self) -> str:
         what = f"{self.field} {self.name}".strip() if self.name else self.field
@@ -308,9 +311,10 @@ class Change:
         if self.kind == "changed" and self.field == "resources":
             return f"{what}: {_limits_words(self.old)} -> {_limits_words(self.new)}"
         if self.kind == "changed" and self.field == "dependency":  # keys, not outputs
-            return (f"{what}: its key changed ({_short(self.old)} -> {_short(self.new)}); it "
-                    f"runs again, and this step still hits if {self.name}'s output comes out "
-                    "the same (early cutoff)")
+            note = self.note or (f"it runs unless a result for its new key is stored or it "
+                                 f"hits by early cutoff; this step still hits if "
+                                 f"{self.name}'s output comes out the same (early cutoff)")
+            return f"{what}: its key changed ({_short(self.old)} -> {_short(self.new)}); {note}"
         if self.kind == "changed" and self.field == "service":
             changed = [f.name for f in dataclasses.fields(self.old)
                        if getattr(self.old, f.name) != getattr(self.new, f.name)]

@@ -74,6 +74,7 @@ class Host:
     euid: int = field(default_factory=os.geteuid)
     oci_runtime: str = "auto"  # the host config's containerd.oci_runtime
     step_runner: str = "direct"  # the host config's containerd.step_runner
+    state_dir: str = ""  # the store's host-local state directory ("" while it has none)
     remote_executor: str = ""  # the host config's remote.executor URL ("" when none)
     # asks it for its REAPI ServerCapabilities (kata.executor.connection.probe); raises
     # kata.remote.cas.RemoteError when it does not answer
@@ -368,11 +369,45 @@ def check_remote_executor(host: Host) -> Check:
     return Check(name="remote-executor", status="ok", detail=f"{url}: execution enabled")
 
 
+def check_owner_markers(host: Host) -> Check | None:
+    """The owner markers (``kata.runtimes.sweepmarks``) of kata processes that died
+    (killed) in the store's state directory: each names a containerd that may hold what
+    that kata left, which the next run sweeps. None when there is none (no line)."""
+    from kata.runtimes.sweepmarks import MARKER_EXPIRY, markers, marker_dir
+
+    if not host.state_dir:
+        return None
+    found = markers(host.state_dir)
+    dead = [m for m in found if m[3]]
+    if not dead:
+        return None
+    torn = sum(1 for _, socket, _, _ in dead if not socket)
+    by_socket: dict[str, int] = {}
+    for _, socket, _, _ in dead:
+        if socket:
+            by_socket[socket] = by_socket.get(socket, 0) + 1
+    parts = [f"{n} for containerd at {socket} ({'answers' if host.answers(socket) else 'not answering'})"
+             for socket, n in sorted(by_socket.items())]
+    if torn:
+        parts.append(f"{torn} half-written")
+    days = int(MARKER_EXPIRY // 86400)
+    return Check(name="owner-markers", status="warn",
+                 detail=f"{len(dead)} marker{'s' if len(dead) != 1 else ''} of killed kata "
+                        f"processes in {marker_dir(host.state_dir)}: {'; '.join(parts)}",
+                 fix="the next kata run clears what they left and removes them (one whose "
+                     f"containerd stays silent goes after {days} days; a later connection "
+                     "there still sweeps its leftovers)")
+
+
 def diagnose(host: Host) -> list[Check]:
     """Every check, in a fixed order: root, overlay, cgroups, containerd, runc,
-    oci-runtime, step-runner, cni, store, space, git; then remote-executor when the host config names
-    one (it asks the server)."""
+    oci-runtime, step-runner, cni, store, space, git; then owner-markers when killed kata
+    processes left some (``check_owner_markers``), and remote-executor when the host
+    config names one (it asks the server)."""
     checks = [check(host) for check in CHECKS]
+    markers = check_owner_markers(host)
+    if markers is not None:
+        checks.append(markers)
     if host.remote_executor and host.executor_probe is not None:
         checks.append(check_remote_executor(host))
     return checks

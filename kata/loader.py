@@ -509,6 +509,7 @@ class _Walker:
                               "image": self.image(image_node, f"{what}: image")
                               if "matrix" not in f else ImageRef.parse("scratch"),
                               "resources": self.default_resources}
+        positions: list[tuple[str, str, Position | None]] = []  # each pattern's place
         for key, (_, v) in f.items():
             if key in ("name", "image", "matrix"):
                 continue
@@ -522,6 +523,7 @@ class _Walker:
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
             elif key == "inputs":
                 kw[key] = self.globs(v, label, gitignore=True, anchor=True)
+                positions.extend(("inputs", p, self.pos(i)) for p, i in zip(kw[key], v.value))
             elif key == "secrets":
                 def check(s: str, item: Node, label=label) -> None:
                     if not is_env_name(s):
@@ -535,6 +537,10 @@ class _Walker:
                 kw[key] = self.services(v, label) if "matrix" not in f else ()
             elif key == "cache":
                 kw[key] = self.cache(v, label)
+                for k, val in v.value if isinstance(v, MappingNode) else ():
+                    if getattr(k, "value", None) == "key_files" and isinstance(val, SequenceNode):
+                        positions.extend(("cache.key_files", p, self.pos(i)) for p, i in
+                                         zip(kw[key].key_files, val.value))
             elif key == "only":
                 kw[key] = self.only(v, label)
             elif key == "when":
@@ -570,6 +576,7 @@ class _Walker:
                 kw[key] = tuple(dict.fromkeys(self.strings(v, label, check)))
         if "env" in kw:
             kw["env"] = self.expand(kw["env"], self.global_env, f["env"][1], what)
+        kw["pattern_positions"] = tuple(positions)
         return Step(**kw)
 
     def allow_failure(self, node: Node, what: str) -> bool | tuple[int, ...]:
@@ -904,6 +911,24 @@ class _Walker:
                                     "'event: pull_request' or drop actions")
             if "pattern" in f:
                 kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
+            event = kw.get("event")
+            # a tag has no branch and a branch event no tag (kata.conditions.Context): the
+            # trigger could never match, from a hook or from --event
+            if kw.get("branches") and event == "tag":
+                raise self.fail("config.value", f["branches"][0],
+                                "a trigger on event 'tag' has no branches: a tag event has "
+                                "only a tag; match its name with 'pattern:' (e.g. 'v*'), or "
+                                "write another trigger with 'event: push' and branches")
+            if kw.get("branches") and "pattern" in f and event is None:
+                raise self.fail("config.value", f["pattern"][0],
+                                "a trigger with both 'branches' and 'pattern' could never "
+                                "match: a run has a branch or a tag, never both; write two "
+                                "triggers (triggers match when any of them does)")
+            if "pattern" in f and event not in (None, "tag"):
+                raise self.fail("config.value", f["pattern"][0],
+                                f"a trigger on event {event!r} has no tag to match 'pattern' "
+                                "against: only a tag event has one; write 'event: tag', or "
+                                "'branches:' for branch names")
             out.append(Trigger(**kw))
         return tuple(out)
 

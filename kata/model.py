@@ -328,6 +328,10 @@ class Step:
     junit_reports: tuple[str, ...] = ()
     position: Position | None = field(default=None, compare=False)
     dep_positions: tuple[Position | None, ...] = field(default=(), compare=False)
+    # where each ``inputs`` / ``cache.key_files`` pattern is written: (field, pattern,
+    # position), for the warning of a pattern that matches no file
+    pattern_positions: tuple[tuple[str, str, Position | None], ...] = field(
+        default=(), compare=False)
 
     # interface names from docs/architecture.md
     @property

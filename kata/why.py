@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,17 +31,70 @@ class WhyResult:
 
 
 def why(graph: DerivationGraph, label: str, previous: PreviousLookup) -> tuple[WhyResult, ...]:
-    """One result per step the label selects, in graph order."""
+    """One result per step the label selects, in graph order.
+
+    A dependency whose key changed is explained from its own diff (looked up with
+    ``previous`` too, once per step): changed itself (it runs, unless a result for its
+    new key is stored), or only through its own dependencies' keys (it may still hit by
+    early cutoff, if their outputs come out the same), or unknown (no record of it)."""
+    diffs: dict[str, tuple[Change, ...] | None] = {}
+
+    def changes_of(name: str) -> tuple[Change, ...] | None:
+        if name not in diffs:
+            prev = previous(name)
+            if isinstance(prev, (bytes, bytearray)):
+                prev = decode(bytes(prev))
+            diffs[name] = None if prev is None else diff(prev, graph.nodes[name].record())
+        return diffs[name]
+
     out = []
     for name in select([label], graph.order):
         node = graph.nodes[name]
-        prev = previous(name)
-        if prev is None:
+        changes = changes_of(name)
+        if changes is None:
             out.append(WhyResult(step=name, status="no_previous", current_hash=node.drv_hash))
             continue
-        if isinstance(prev, (bytes, bytearray)):
-            prev = decode(bytes(prev))
-        changes = diff(prev, node.record())
+        own = _own(changes)
+        changes = tuple(dataclasses.replace(c, note=_dependency_note(c, changes_of, bool(own)))
+                        if _through_dependency(c) and c.name in graph.nodes else c
+                        for c in changes)
         out.append(WhyResult(step=name, status="changed" if changes else "unchanged",
                              current_hash=node.drv_hash, changes=changes))
     return tuple(out)
+
+
+def _through_dependency(change: Change) -> bool:
+    """A dependency's key changed (not one added, removed or reordered)."""
+    return change.field == "dependency" and change.kind == "changed"
+
+
+def _own(changes: tuple[Change, ...]) -> tuple[Change, ...]:
+    """The changes of a step's own definition (all but its dependencies' new keys)."""
+    return tuple(c for c in changes if not _through_dependency(c))
+
+
+def _dependency_note(change: Change, changes_of: Callable[[str], "tuple[Change, ...] | None"],
+                     self_changed: bool) -> str:
+    """What a dependency's new key means, from the dependency's own diff."""
+    dep = change.name
+    theirs = changes_of(dep)
+    if theirs is None:
+        verdict = (f"no earlier derivation of {dep} is recorded, so whether it runs or hits "
+                   "by early cutoff is not known")
+    elif own := _own(theirs):
+        what = ", ".join(f"{c.field} {c.name}".strip() for c in own[:3])
+        verdict = (f"{dep} itself changed ({what}{', …' if len(own) > 3 else ''}), so it "
+                   "runs unless a result for its new key is stored")
+    else:
+        via = [c.name for c in theirs if _through_dependency(c)]
+        verdict = (f"{dep} itself is unchanged, its key changed only through "
+                   f"{_names(via)}: it may hit by early cutoff if "
+                   f"{'their outputs come' if len(via) > 1 else 'its output comes'} out the "
+                   "same")
+    then = ("this step runs for its own changes" if self_changed else
+            f"this step still hits if {dep}'s output comes out the same (early cutoff)")
+    return f"{verdict}; {then}"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "its dependencies"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,17 +29,23 @@ class Store:
     """A content-addressed store rooted at a directory (local or a network mount)."""
 
     def __init__(self, root: str, state_dir: str, *, limits: trees.Limits, grace: float,
-                 level: int) -> None:
+                 level: int, read_only: bool = False) -> None:
         self.root = root
         self.state_dir = state_dir
         self.limits = limits
         self.grace = grace
+        self.read_only = read_only
         self.objects = ObjectStore(root, level=level)
         self.tmp = os.path.join(root, "tmp")
         self.index = LmdbIndex(os.path.join(state_dir, "index"))
         # what opening had to repair, for the caller to tell the user (store/ never prints)
         self.notices: list[str] = []
-        self._sweep_dead_writers()
+        if read_only:
+            from .verify import rebuild_index
+
+            rebuild_index(self)  # a private index of a store nobody writes here
+        else:
+            self._sweep_dead_writers()
         if self.index.discarded:
             from .verify import rebuild_index
 
@@ -59,8 +66,25 @@ class Store:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None = None, *,
-             limits: trees.Limits | None = None, grace: float = 3600.0, level: int = 3) -> "Store":
+             limits: trees.Limits | None = None, grace: float = 3600.0, level: int = 3,
+             read_only: bool = False) -> "Store":
+        """Open (creating it when missing) the store at ``root``, its host-local state
+        (index, unpacked trees) in ``state_dir`` (default: ``default_state_dir``).
+
+        ``read_only``: open an existing store this process cannot write (a read-only
+        mount, another user's files) to read it: nothing under ``root`` or its state
+        directory is written, and the index is a private one in a temporary directory,
+        rebuilt from the record files (O(records); removed by :meth:`close`); a write
+        then fails with ``store.permission``. Raises StoreError ``store.read_only`` (the
+        store or its index cannot be written; not with ``read_only``), ``store.missing``
+        (``read_only`` and no store there), ``store.not_a_directory``, ``store.version``,
+        ``store.permission``, ``store.disk_full``, ``store.io``."""
         root = os.path.abspath(os.fspath(root))
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise StoreError("store.not_a_directory", f"the store {root} is not a directory",
+                             obj=root)
+        if read_only:
+            return cls._open_read_only(root, limits=limits, grace=grace, level=level)
         try:
             os.makedirs(root, exist_ok=True)
             for sub in ("objects/sha256", "realisations", "derivations", "runs", "pins", "tmp"):
@@ -79,8 +103,36 @@ class Store:
                 raise StoreError("store.state_on_network_fs",
                                  f"the index cannot live on a network filesystem ({state})", obj=state)
         except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError("store.read_only", f"cannot write the store at {root}: {err}",
+                                 obj=root) from err
             raise os_error(err, f"opening the store at {root}", root) from err
         return cls(root, state, limits=limits or trees.Limits(), grace=grace, level=level)
+
+    @classmethod
+    def _open_read_only(cls, root: str, *, limits: trees.Limits | None, grace: float,
+                        level: int) -> "Store":
+        import tempfile
+
+        from .files import force_rmtree
+
+        try:
+            found = read_file(os.path.join(root, "VERSION"))
+        except OSError as err:
+            raise os_error(err, f"reading the store at {root}", root) from err
+        if found is None or not os.path.isdir(os.path.join(root, "realisations")):
+            raise StoreError("store.missing", f"there is no store at {root}", obj=root)
+        if found.decode(errors="replace").strip() != VERSION:
+            raise StoreError("store.version", f"{root} holds an unknown store format "
+                             f"{found[:40]!r}; expected {VERSION}", obj=root)
+        state = tempfile.mkdtemp(prefix="kata-read-only-")
+        try:
+            store = cls(root, state, limits=limits or trees.Limits(), grace=grace, level=level,
+                        read_only=True)
+        except BaseException:
+            force_rmtree(state)
+            raise
+        return store
 
     def _sweep_dead_writers(self) -> int:
         """Remove the partial ingest files of writers of this host that died (a SIGKILLed
@@ -103,8 +155,14 @@ class Store:
         return removed
 
     def close(self) -> None:
-        self.flush()
-        self.index.close()
+        try:
+            self.flush()
+            self.index.close()
+        finally:
+            if self.read_only:  # the private index and whatever was unpacked beside it
+                from .files import force_rmtree
+
+                force_rmtree(self.state_dir)
 
     def __enter__(self) -> "Store":
         return self

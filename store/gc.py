@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import StoreError
-from .objects import tmp_owner_dead
+from .objects import tmp_name, tmp_owner_dead
 from .realisations import Realisation
 
 if TYPE_CHECKING:
@@ -51,9 +51,36 @@ def _roots(store: "Store", keep_runs: int) -> set[str]:
     return roots
 
 
+def filesystem_now(tmp: str) -> float:
+    """The time by the clock that stamps the store's files: the mtime of a file made in
+    ``tmp`` (the store's tmp directory) just now, else (it cannot be written) this host's.
+
+    Ages are mtimes compared with "now", so both must come from one clock. On a network
+    filesystem the server stamps files, and a host whose clock runs hours ahead of it (or
+    jumped forward: an RTC fixed by NTP after boot) saw every entry written within those
+    hours as older than the grace period, and deleted what a build elsewhere had just
+    written. A local filesystem stamps with this host's clock: a jump there moves both,
+    except for entries written before it, which can still look old (docs/architecture.md,
+    "gc and the clock"). An mtime in the future (the clock set back) reads as fresh."""
+    name = os.path.join(tmp, tmp_name("clock"))
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return time.time()
+    try:
+        os.write(fd, b"\0")  # a write, so filesystems that stamp on write (NFS) do
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(name)
+        except OSError:
+            pass  # a dead owner's file, swept by the next open or gc
+
+
 def collect(store: "Store", *, max_size: int | None = None, older_than: float | None = None,
             dry_run: bool = False, keep_runs: int = 10, grace: float | None = None) -> GcReport:
-    now = time.time()
+    now = filesystem_now(store.tmp)
     grace = store.grace if grace is None else grace
     threshold = now - max(grace, older_than or 0.0)
     used = {d: t for d, (_, t) in store.index.object_info().items()}

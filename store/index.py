@@ -156,10 +156,8 @@ class LmdbIndex:
             readonly = isinstance(err, (lmdb.ReadonlyError, PermissionError)) or (
                 isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES)) or \
                 "Read-only file system" in str(err) or "Permission denied" in str(err)
-            fix = (" (kata writes its index there even to read the store: use a store on a "
-                   "writable filesystem, or mount this one read-write)") if readonly else ""
-            raise StoreError("store.index", f"cannot open the store's index at {path}: "
-                             f"{err}{fix}", obj=path) from err
+            raise StoreError("store.read_only" if readonly else "store.index",
+                             f"cannot open the store's index at {path}: {err}", obj=path) from err
 
     def _discard(self, why: str) -> None:
         import shutil  # here: opening an intact index needs none of it

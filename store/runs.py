@@ -20,8 +20,10 @@ A run's :class:`RunSummary` (what ``kata runs`` and ``kata web`` list) is comput
 its record by :meth:`Run.summary` and kept by the store's index beside the record
 (``Store.run_summaries``), encoded by :func:`encode_summary` as the msgpack list
 ``[SUMMARY_VERSION, id, pipeline, ref, commit, event, status, steps, ran, cached, failed,
-skipped, started, duration, scope]``; a list of another version reads as absent (the
-store recomputes it from the record).
+skipped, started, duration, scope, retried, cancelled]``; a list of another version reads
+as absent (the store recomputes it from the record). Version 3 added ``cancelled``
+(version 2 counted cancelled steps among ``failed``, so its rows cannot be split and are
+recomputed).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import msgpack
 from .errors import StoreError
 
 FORMAT = "kata-run/1"
-SUMMARY_VERSION = 2  # the first element of an encoded RunSummary (encode_summary)
+SUMMARY_VERSION = 3  # the first element of an encoded RunSummary (encode_summary)
 PHASES_VERSION = 1  # the first element of an encoded ``phases`` list
 _FIELDS: dict[type, frozenset[str]] = {}  # a record type's field names (decoding, read often)
 _RUN_ID = re.compile(r"^[0-9A-Za-z_.-]{1,100}$")
@@ -214,7 +216,9 @@ class RunSummary(NamedTuple):
     """One recorded run, as listed. ``ref``: the full ref it ran on (``refs/heads/main``,
     ``refs/tags/v1``, "" outside git); ``event``: ``push`` | ``pull_request`` | ``tag`` |
     ``schedule`` with ``--event``, ``local`` without; ``ran``: steps whose container ran,
-    ``cached``: steps resolved from the store, ``failed``: failed or cancelled steps;
+    ``cached``: steps resolved from the store, ``failed``: failed steps (not those that
+failed as allowed, ``allow_failure:``); ``cancelled``: steps stopped while running
+(Ctrl-C, ``settings.timeout``, ``fail_fast``);
     ``started``: unix time; ``duration``: wall-clock seconds; ``scope``: the scope its
     records were written in, "" when shared; ``retried``: steps that took more than one
     attempt (``retry:``).
@@ -238,6 +242,7 @@ class RunSummary(NamedTuple):
     duration: float
     scope: str = ""
     retried: int = 0
+    cancelled: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "pipeline": self.pipeline, "ref": self.ref,
@@ -245,7 +250,7 @@ class RunSummary(NamedTuple):
                 "status": self.status,
                 "steps": {"total": self.steps, "ran": self.ran, "cached": self.cached,
                           "failed": self.failed, "skipped": self.skipped,
-                          "retried": self.retried},
+                          "retried": self.retried, "cancelled": self.cancelled},
                 "started": _iso_time(self.started), "duration": round(self.duration, 3)}
 
 
@@ -267,7 +272,8 @@ def summarise(record: Run) -> RunSummary:
         event=record.event or "local", status=record.status or "unknown", steps=len(steps),
         ran=sum(1 for s in steps if s.cache == "MISS" and s.exit_status is not None),
         cached=sum(1 for s in steps if s.cache == "HIT"),
-        failed=sum(1 for s in steps if s.status in ("failed", "cancelled")),
+        failed=sum(1 for s in steps if s.status == "failed"),
+        cancelled=sum(1 for s in steps if s.status == "cancelled"),
         skipped=sum(1 for s in steps if s.status == "skipped"),
         started=float(record.started), duration=float(record.wall), scope=record.scope,
         retried=sum(1 for s in steps if s.attempts > 1))

@@ -77,8 +77,8 @@ def test_run_summary_of_a_typed_record() -> None:
                   StepRecord(name="a", status="passed", cache="HIT", exit_status=0),
                   StepRecord(name="b", status="cancelled", cache="MISS", exit_status=137)))
     summary = summarise_run(run)
-    assert (summary.ref, summary.event, summary.ran, summary.cached, summary.failed) == (
-        "refs/heads/dev", "push", 1, 1, 1)
+    assert (summary.ref, summary.event, summary.ran, summary.cached, summary.failed,
+            summary.cancelled) == ("refs/heads/dev", "push", 1, 1, 0, 1)
 
 
 def test_run_summary_fields() -> None:
@@ -91,7 +91,8 @@ def test_run_summary_fields() -> None:
     assert summarise_run(record).to_json() == {
         "id": "r9", "pipeline": "p", "ref": "refs/heads/main", "commit": "abc",
         "event": "local", "scope": "", "status": "failed",
-        "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1, "retried": 0},
+        "steps": {"total": 4, "ran": 2, "cached": 1, "failed": 1, "skipped": 1, "retried": 0,
+                      "cancelled": 0},
         "started": "1970-01-02T00:00:00.500Z", "duration": 2.25}
     tagged = summarise_run(dataclasses.replace(record, event="tag", tag="v1"))
     assert (tagged.ref, tagged.event) == ("refs/tags/v1", "tag")
@@ -111,12 +112,13 @@ def test_kata_runs_table_and_json(tmp_path) -> None:
     out = kata("runs", "--all", store=root, cwd=tmp_path)
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and lines[0].split() == [
-        "RUN", "PIPELINE", "REF", "TRUST", "EVENT", "STATUS", "RAN/CACHED/FAILED", "STARTED",
+        "RUN", "PIPELINE", "REF", "TRUST", "EVENT", "STATUS", "RAN/CACHED/FAILED/CANCELLED",
+        "STARTED",
         "DURATION"]
     assert [line.split()[:7] for line in lines[1:]] == [
-        ["run2", "p", "main", "trusted", "local", "passed", "1/0/0"],
-        ["run1", "q", "main", "trusted", "local", "passed", "1/0/0"],
-        ["run0", "p", "main", "trusted", "local", "passed", "1/0/0"]]
+        ["run2", "p", "main", "trusted", "local", "passed", "1/0/0/0"],
+        ["run1", "q", "main", "trusted", "local", "passed", "1/0/0/0"],
+        ["run0", "p", "main", "trusted", "local", "passed", "1/0/0/0"]]
     doc = json.loads(kata("runs", "--pipeline", "p", "--json", store=root, cwd=tmp_path).stdout)
     assert [r["id"] for r in doc["runs"]] == ["run2", "run0"] and doc["pipeline"] == "p"
     assert doc["runs"][0]["duration"] == 1.5
@@ -138,3 +140,20 @@ def test_validate_json(tmp_path) -> None:
     assert bad.returncode == 2 and doc["valid"] is False
     assert (doc["error"]["reason"], doc["error"]["line"]) == ("config.cycle", 2)
     assert bad.stderr.startswith("error: ")
+
+
+def test_a_store_that_cannot_be_opened_is_the_users_to_fix_exit_2(tmp_path):
+    """Last session's leftover: store-open errors exited 1 ("an operation failed"), and a
+    file named as the store was "I/O error ... File exists". A store the user named wrong
+    is exit 2, naming the path and what to do (a read-only one:
+    test_kill_points.py::test_a_read_only_store_says_what_to_do)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a store\n")
+    res = kata("runs", store=afile, cwd=tmp_path)
+    assert res.returncode == 2 and f"'{afile}' is a file" in res.stderr, res  # click's check
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "VERSION").write_text("someone-else/9\n")
+    res = kata("runs", store=other, cwd=tmp_path)
+    assert res.returncode == 2 and str(other) in res.stderr \
+        and "name a Kata store with --store DIR" in res.stderr, res

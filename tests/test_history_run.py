@@ -55,15 +55,17 @@ def test_runs_cache_list_and_events_of_real_runs(kata):
     assert {k: oldest[k] for k in ("pipeline", "ref", "commit", "event", "status", "steps")} == {
         "pipeline": "hist", "ref": "refs/heads/main", "commit": commit, "event": "local",
         "status": "passed",
-        "steps": {"total": 3, "ran": 3, "cached": 0, "failed": 0, "skipped": 0, "retried": 0}}
-    assert newest["steps"] == {"total": 3, "ran": 0, "cached": 3, "failed": 0, "skipped": 0, "retried": 0}
+        "steps": {"total": 3, "ran": 3, "cached": 0, "failed": 0, "skipped": 0, "retried": 0,
+                  "cancelled": 0}}
+    assert newest["steps"] == {"total": 3, "ran": 0, "cached": 3, "failed": 0, "skipped": 0,
+                               "retried": 0, "cancelled": 0}
     started = time.mktime(time.strptime(oldest["started"][:19], "%Y-%m-%dT%H:%M:%S")) \
         - time.timezone
     assert before - 2 <= started <= time.time() and 0 < oldest["duration"] < 120
     table = kata("runs").stdout.splitlines()
     assert table[1].split()[:7] == [newest["id"], "hist", "main", "trusted", "local", "passed",
-                                    "0/3/0"]
-    assert table[2].split()[:7] == [run_id, "hist", "main", "trusted", "local", "passed", "3/0/0"]
+                                    "0/3/0/0"]
+    assert table[2].split()[:7] == [run_id, "hist", "main", "trusted", "local", "passed", "3/0/0/0"]
 
     listed = json.loads(kata("cache", "list", "--json").stdout)
     # one entry per cached step, though test and lint are recorded under two keys each

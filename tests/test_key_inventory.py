@@ -53,6 +53,7 @@ STEP_FIELDS = {
     "retry": "policy: how often it runs; only a pass is recorded",
     "junit_reports": "key",
     "position": "presentational", "dep_positions": "presentational",
+    "pattern_positions": "presentational",
 }
 SERVICE_FIELDS = {
     "name": "key", "image": "key", "env": "key", "commands": "key", "entrypoint": "key",
@@ -276,7 +277,7 @@ def test_every_field_out_of_the_key_is_documented() -> None:
     out = {"timeout", "name", "description", "only", "when", "allow_failure", "retry",
            "matrix", "resources", "cache.paths", "labels"}
     assert out >= {f for f, why in STEP_FIELDS.items() if why != "key"} - {
-        "position", "dep_positions", "matrix_of"}
+        "position", "dep_positions", "pattern_positions", "matrix_of"}
     for field in out:
         assert f"`{field}`" in section, field
 

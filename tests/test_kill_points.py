@@ -15,6 +15,7 @@ KATA_KILL_SEED=<n> picks another seed; KATA_KILL_ROUNDS=<n> another number of ro
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -357,9 +358,11 @@ def test_a_dead_embedded_containerds_pid_taken_by_another_containerd_is_not_it(
 
 def test_a_read_only_store_says_what_to_do(tmp_path, containerd_daemon, runtime):
     """The store remounted read-only (a full disk's errors=remount-ro, a shared store
-    mounted ro): every command ends in one line that says the store must be writable and
-    how, exit 1, no traceback; it only said "Read-only file system". Mounted read-write
-    again, the next run passes and nothing was left."""
+    mounted ro). A command that writes (run, gc, verify --repair) ends in one line naming
+    the store and what to do, exit 2 (the user's to fix), no traceback. Commands that only
+    read (runs, logs, why, export, store stats, store verify) read it: they failed too,
+    since the index was opened for writing (last session's leftover). Nothing is written
+    in the store. Mounted read-write again, the next run passes and nothing was left."""
     repo = tmp_path / "repo"
     (repo / "src").mkdir(parents=True)
     (repo / "src" / "seed.txt").write_text("ro\n")
@@ -367,19 +370,34 @@ def test_a_read_only_store_says_what_to_do(tmp_path, containerd_daemon, runtime)
     store = tmp_path / "store"
     kata = KataProcess(repo, store=store, address=containerd_daemon.address)
     assert kata("run").returncode == 0
+    runs_before = json.loads(kata("runs", "--json").stdout)["runs"]
     (repo / "src" / "seed.txt").write_text("ro again\n")
+    private = tmp_path / "tmp"  # where a read-only store's private index goes ($TMPDIR)
+    private.mkdir()
+    kata.env["TMPDIR"] = str(private)
     subprocess.run(["mount", "--bind", str(store), str(store)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(store)], check=True)
-        for args in (("run",), ("runs",), ("store", "verify"), ("logs", "--step", "make")):
+        for args in (("run",), ("store", "gc"), ("store", "verify", "--repair")):
             res = kata(*args)
-            assert res.returncode == 1, (args, res)
+            assert res.returncode == 2, (args, res)
             (last,) = res.stderr.splitlines()[-1:]
-            assert last.startswith("error: cannot open the store's index") and \
-                "use a store on a writable filesystem, or mount this one read-write" in last, \
-                (args, res.stderr)
+            assert last.startswith(f"error: cannot open the store's index at {store}") and \
+                "mount it read-write, or name a store on a writable filesystem with " \
+                "--store DIR" in last, (args, res.stderr)
+        listed = kata("runs", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["runs"] == runs_before
+        for args in (("logs", "--step", "make"), ("store", "verify"), ("store", "stats"),
+                     ("why", "//make"), ("cache", "list")):
+            res = kata(*args)
+            assert res.returncode == 0, (args, res)
+        assert "Checked " in kata("store", "verify").stdout
+        assert "input file src/seed.txt" in kata("why", "//make").stdout  # edited since
+        _check_outputs(kata, tmp_path / "export-ro", "ro\n")
     finally:
         subprocess.run(["umount", str(store)], check=True)
+    assert os.listdir(private) == [], "a read-only store's private index was left"
     again = kata("run")
     assert again.returncode == 0, again.stdout + again.stderr
     _check_outputs(kata, tmp_path / "export", "ro again\n")

@@ -393,3 +393,32 @@ def test_a_matrix_variable_in_an_image_of_a_step_without_matrix_says_so(text, li
     e = err(text)
     assert where(e) == ("config.image_ref", line, col)
     assert "${V}" in e.message and "matrix" in e.message, e.message
+
+
+def test_a_trigger_that_can_never_match_a_tag_or_a_branch_is_refused() -> None:
+    """Last session's leftover: ``{event: tag, branches: [main]}`` loaded silently, yet a
+    tag event has no branch (kata.conditions.Context), so a hook's tag push could never
+    match it; the same for ``pattern:`` (a tag name) on a branch event. Load errors at the
+    key, saying what to write; without an event, or with an empty list, they load."""
+    e = err("""\
+        triggers:
+          - event: tag
+            branches: [main]
+        steps: [{name: a, image: x}]
+        """)
+    assert where(e) == ("config.value", 3, 5)
+    assert "'pattern:'" in e.message and "'event: push'" in e.message
+    for event in ("push", "pull_request", "schedule"):
+        e = err(f"""\
+            triggers:
+              - event: {event}
+                pattern: "v*"
+            steps: [{{name: a, image: x}}]
+            """)
+        assert where(e) == ("config.value", 3, 5) and event in e.message
+        assert "'event: tag'" in e.message
+    e = err("triggers: [{branches: [main], pattern: 'v*'}]\nsteps: [{name: a, image: x}]\n")
+    assert where(e) == ("config.value", 1, 31) and "write two triggers" in e.message
+    for fine in ("{event: tag, pattern: 'v*'}", "{branches: [main]}", "{pattern: 'v*'}",
+                 "{event: tag, branches: []}", "{event: push, branches: [main]}"):
+        load_text(f"triggers: [{fine}]\nsteps: [{{name: a, image: x}}]\n", file="c.yaml")

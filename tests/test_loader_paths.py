@@ -245,7 +245,8 @@ def test_validate_warns_of_an_input_or_key_file_pattern_that_matches_nothing(tmp
     """Found by a review: ``inputs: ["scr/**"]`` (a typo for src/**) validated and ran
     silently; the step saw none of its sources and stayed a cache hit whatever changed
     in src/. `kata validate` names each inputs and cache.key_files pattern that selects
-    no file of the repository (a warning: the file may come later), once per matrix step."""
+    no file of the repository (a warning: the file may come later), once per matrix step,
+    at the pattern's own line and column (it named the step's, last session's leftover)."""
     import json
 
     from support.cli import KataProcess
@@ -268,9 +269,9 @@ def test_validate_warns_of_an_input_or_key_file_pattern_that_matches_nothing(tmp
     proc = kata("validate", "--offline")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': inputs pattern 'scr/**' "
+        f"warning: {repo / '.kata-ci.yaml'}:4:14: step 'build': inputs pattern 'scr/**' "
         "matches no file of the repository",
-        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': cache.key_files pattern "
+        f"warning: {repo / '.kata-ci.yaml'}:5:38: step 'build': cache.key_files pattern "
         "'package-lock.json' matches no file of the repository"]
     doc = json.loads(kata("validate", "--offline", "--json").stdout)
     assert doc["valid"] is True and len(doc["warnings"]) == 2
@@ -293,11 +294,11 @@ def test_a_matrix_variable_in_an_inputs_pattern_is_named_as_not_expanded(tmp_pat
             "value is in the step's env): to give each value its own files, write one step "
             "per value (a YAML anchor, `<<: *base`)")
     assert unmatched_patterns(p, tmp_path) == [
-        "k.yaml:2:11: step 'compile': inputs pattern '${PART}/**' matches no file of the "
+        "k.yaml:4:14: step 'compile': inputs pattern '${PART}/**' matches no file of the "
         "repository: ${PART} " + hint.format("inputs"),
-        "k.yaml:2:11: step 'compile': inputs pattern 'nothing/**' matches no file of the "
+        "k.yaml:4:28: step 'compile': inputs pattern 'nothing/**' matches no file of the "
         "repository",
-        "k.yaml:2:11: step 'compile': cache.key_files pattern '${PART}.lock' matches no file "
+        "k.yaml:5:37: step 'compile': cache.key_files pattern '${PART}.lock' matches no file "
         "of the repository: ${PART} " + hint.format("cache.key_files")]
 
 
@@ -316,6 +317,6 @@ def test_an_inputs_pattern_naming_the_config_file_says_why_it_matches_nothing(tm
     proc = KataProcess(repo, store=tmp_path / "store")("validate", "--offline")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"warning: {repo / '.kata-ci.yaml'}:2:11: step 'build': inputs pattern '.kata-ci.yaml' "
+        f"warning: {repo / '.kata-ci.yaml'}:4:14: step 'build': inputs pattern '.kata-ci.yaml' "
         "matches only the config file, which is never an input (the key holds its settings "
         "field by field)"]

@@ -131,7 +131,7 @@ def test_a_group_where_only_one_step_runs_prints_its_own_run_line():
         ev.StepPassed(step="lint", duration=0.0, cached=True),
         ev.StepPassed(step="test", duration=1.0),
     ])
-    assert lines == ["[CACHE] lint: HIT (key: a3f8c2d...)", "[RUN] test: npm test",
+    assert lines == ["[CACHE] lint: HIT (key: a3f8c2d..., early cutoff)", "[RUN] test: npm test",
                      "test | ok", "[PASS] test (1.0s)"]
 
 

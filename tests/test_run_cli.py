@@ -386,6 +386,15 @@ def test_a_pipeline_timeout_says_so_in_the_done_line(kata):
     done = [d for d in doc if d.get("event") == "done"][-1]
     assert (done["stop"], done["cancelled"], done["cancelled_steps"], done["failed"],
             done["skipped"]) == ("pipeline timeout", True, 1, 0, 1), done
+    # kata runs counted the cancelled step as failed (last session's leftover)
+    listed = kata("runs")
+    assert listed.returncode == 0, listed.stderr
+    header, newest = listed.stdout.splitlines()[:2]
+    assert "RAN/CACHED/FAILED/CANCELLED" in header, header
+    assert " 1/1/0/1 " in newest, listed.stdout  # the --json run: quick was cached
+    runs = json.loads(kata("runs", "--json").stdout)["runs"]
+    assert {k: runs[0]["steps"][k] for k in ("failed", "cancelled", "skipped")} == {
+        "failed": 0, "cancelled": 1, "skipped": 1}, runs[0]
 
 
 def test_run_warns_of_an_inputs_pattern_that_matches_nothing(kata):
@@ -400,10 +409,53 @@ def test_run_warns_of_an_inputs_pattern_that_matches_nothing(kata):
                                         inputs=("scr/**", "src/**"))], name="cli")
     first = kata("run")
     assert first.returncode == 0, first.stdout + first.stderr
-    warning = (f"warning: {kata.repo / '.kata-ci.yaml'}:3:9: step 'build': inputs pattern "
+    warning = (f"warning: {kata.repo / '.kata-ci.yaml'}:8:5: step 'build': inputs pattern "
                "'scr/**' matches no file of the repository")
     assert [x for x in first.stderr.splitlines() if x.startswith("warning:")] == [warning]
     assert warning not in first.stdout
     changed = kata("run", "--json")  # --json keeps its stdout JSON; the warning is on stderr
     assert warning in changed.stderr.splitlines()
     assert all(json.loads(x) for x in changed.stdout.splitlines())
+
+
+def test_why_and_hit_keys_along_an_early_cutoff_chain(tmp_path, containerd_daemon, runtime):
+    """build -> pack -> test, and an edit of build's input that leaves its output the same.
+    Last session's leftovers: `kata why //test` said pack "runs again" (pack hits by early
+    cutoff), and the HIT line of an early-cutoff hit gave the resolved hash where a direct
+    hit, --dry-run and `kata graph` give the derivation hash: the next run's HIT line for
+    the same result showed another key. Every HIT line now names the derivation hash."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src/a.txt").write_text("hello\n")
+    write_pipeline(repo, [
+        FakeStep("build", commands=("mkdir -p dist", "tr -d ' ' < src/a.txt > dist/a"),
+                 inputs=("src/**",), artifacts=("dist/",)),
+        FakeStep("pack", commands=("mkdir -p pkg", "cp dist/a pkg/a"), depends_on=("build",),
+                 inputs=("none",), artifacts=("pkg/",)),
+        FakeStep("test", commands=("grep -q hello pkg/a",), depends_on=("pack",),
+                 inputs=("none",))], name="chain")
+    kata = KataProcess(repo, store=tmp_path / "store", address=containerd_daemon.address)
+    assert kata("run").returncode == 0
+    (repo / "src/a.txt").write_text("hel lo\n")  # build's output comes out the same
+    why = kata("why", "//test").stdout
+    assert "runs again" not in why and "pack itself is unchanged, its key changed only " \
+        "through build: it may hit by early cutoff if its output comes out the same" in why, why
+    assert "build itself changed (input file src/a.txt), so it runs unless a result for its " \
+        "new key is stored" in kata("why", "//pack").stdout
+
+    def hits(proc) -> dict[str, str]:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return dict(x[len("[CACHE] "):].split(": HIT ", 1) for x in proc.stdout.splitlines()
+                    if ": HIT " in x)
+
+    cutoff = hits(kata("run"))
+    assert sorted(cutoff) == ["pack", "test"] and all(
+        v.endswith(", early cutoff)") for v in cutoff.values()), cutoff
+    direct = hits(kata("run"))
+    assert {k: v.replace(", early cutoff", "") for k, v in cutoff.items()} == \
+        {k: direct[k] for k in cutoff}, (cutoff, direct)
+    graph = {s["name"]: s["drv_hash"] for s in json.loads(kata("graph", "--format", "json")
+                                                          .stdout)["steps"]}
+    assert all(direct[k] == f"(key: {graph[k][:7]}...)" for k in direct), (direct, graph)
+    events = [json.loads(x) for x in kata("run", "--json").stdout.splitlines()]
+    assert all(e["key"] == graph[e["step"]] for e in events if e["event"] == "cache")

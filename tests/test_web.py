@@ -313,3 +313,22 @@ def test_the_live_stream_carries_the_dag_of_the_plan(store, tmp_path):
     assert dag.count('class="node status-pending"') == 3
     assert 'data-from="a" data-to="b"' in dag and 'data-from="a" data-to="c"' in dag
     assert "gone" not in dag
+
+
+def test_the_run_list_counts_cancelled_steps_apart_from_failed_ones(tmp_path):
+    """Last session's leftover: the run list's Failed column counted a step cancelled by
+    Ctrl-C or the pipeline timeout; the list and the run page now have cancelled apart."""
+    from kata.web.app import create_app
+
+    with Store.open(tmp_path / "store") as s:
+        s.put_run(Run(id="r1", pipeline="demo", started=time.time() - 60, wall=4.0,
+                      status="interrupted", steps=(
+                          StepRecord(name="a", status="failed", cache="MISS", exit_status=1),
+                          StepRecord(name="b", status="cancelled", cache="MISS"),
+                          StepRecord(name="c", status="cancelled", cache="MISS"))))
+        c = TestClient(create_app(s))
+        assert c.get("/api/runs").json()["runs"][0]["steps"]["cancelled"] == 2
+        page = c.get("/runs").text
+        assert "<th>Failed</th><th>Cancelled</th>" in page
+        assert "<td>1</td><td>2</td><td>0</td></tr>" in page, page
+        assert "1 failed, 2 cancelled, 0 skipped" in c.get("/runs/r1").text

@@ -107,3 +107,38 @@ def test_a_changed_dependency_says_early_cutoff_may_still_give_a_hit(tmp_path) -
     (line,) = [str(c) for c in result.changes]
     assert line.startswith("dependency build: its key changed (")
     assert "still hits if build's output comes out the same (early cutoff)" in line
+
+
+CHAIN = """\
+steps:
+  - {name: build, image: alpine, commands: [make]}
+  - {name: pack, image: alpine, depends_on: [build], commands: [pack]}
+  - {name: test, image: alpine, depends_on: [pack], commands: [t]}
+"""
+
+
+def test_a_dependency_changed_only_through_its_own_dependencies_may_still_hit(tmp_path):
+    """Last session's leftover: for build -> pack -> test with build edited, `kata why
+    //test` said pack "runs again", where pack (unchanged itself) hits by early cutoff when
+    build's output comes out the same. Each dependency is explained from its own diff."""
+    old = compile_pipeline(load_text(CHAIN), resolver=resolver, repo_root=tmp_path)
+    new = compile_pipeline(load_text(CHAIN.replace("[make]", "[make all]")),
+                           resolver=resolver, repo_root=tmp_path)
+    records = {n: old.nodes[n].record() for n in old.order}
+    by_step = {r.step: [str(c) for c in r.changes] for r in why(new, "//...", records.get)}
+    (pack,) = by_step["pack"]
+    assert pack.endswith("build itself changed (command #1), so it runs unless a result for "
+                         "its new key is stored; this step still hits if build's output comes "
+                         "out the same (early cutoff)"), pack
+    (test,) = by_step["test"]
+    assert "runs again" not in test and test.endswith(
+        "pack itself is unchanged, its key changed only through build: it may hit by early "
+        "cutoff if its output comes out the same; this step still hits if pack's output comes "
+        "out the same (early cutoff)"), test
+    # test edited too: it runs whatever pack gives
+    newer = compile_pipeline(load_text(CHAIN.replace("[make]", "[make all]")
+                                       .replace("[t]", "[t -v]")),
+                             resolver=resolver, repo_root=tmp_path)
+    (result,) = why(newer, "//test", records.get)
+    assert [str(c).rsplit("; ", 1)[-1] for c in result.changes] == [
+        'command #1: "t" -> "t -v"', "this step runs for its own changes"]

@@ -183,7 +183,7 @@ def graph(ctx: click.Context, fmt: str) -> None:
         return
     from kata.compile import compile_pipeline
 
-    g = compile_pipeline(pipeline, resolver=None, repo_root=path.resolve().parent)
+    g = compile_pipeline(pipeline, resolver=recorded_tags(ctx), repo_root=path.resolve().parent)
     level_of = {n: i for i, lvl in enumerate(g.levels) for n in lvl}
     doc = {
         "pipeline": pipeline.name,
@@ -197,6 +197,21 @@ def graph(ctx: click.Context, fmt: str) -> None:
         "levels": [list(lvl) for lvl in g.levels],
     }
     click.echo(json.dumps(doc, indent=2))
+
+
+def recorded_tags(ctx: click.Context):  # noqa: ANN201
+    """An image resolver that asks nothing of containerd or a registry (``kata graph``
+    stays a pure command): the digest this host's tag record holds for a tag (the one
+    the next ``kata run`` without ``--pull`` uses), None for a tag it never resolved;
+    a reference by digest needs no resolver."""
+    from kata.cli.run_cmds import image_tags
+    from kata.cli.store_cmds import existing_state_dir
+
+    state = existing_state_dir(ctx)
+    if state is None:
+        return None
+    tags = image_tags(state)
+    return lambda ref: tags.get(str(ref))
 
 
 def previous_lookup(ctx: click.Context, pipeline: str | None = None, graph=None):  # noqa: ANN001

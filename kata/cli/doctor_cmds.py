@@ -20,7 +20,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
     (crun or runc), CNI, the store location and free space, and a configured remote
     cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
-    from kata.cli.store_cmds import store_location
+    from kata.cli.store_cmds import existing_state_dir, store_location
     from kata.doctor import EXECUTOR_PROBE_TIMEOUT, Host, diagnose
     from kata.executor.connection import probe
     from kata.remote.config import load_remote_config
@@ -43,7 +43,8 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                 system_socket=SYSTEM_SOCKET if config.state_dir is None else "",
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
-                oci_runtime=config.oci_runtime, step_runner=config.step_runner)
+                oci_runtime=config.oci_runtime, step_runner=config.step_runner,
+                state_dir=existing_state_dir(ctx) or "")
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
     if executor is not None:
         host = dataclasses.replace(host, remote_executor=executor.url,

@@ -39,7 +39,8 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: int,
          json_out: bool) -> None:
     """List recorded runs: id, pipeline, ref, trust, event, status, steps, started,
-    duration (TRUST: untrusted for a run whose records went to its quarantine)."""
+    duration (TRUST: untrusted for a run whose records went to its quarantine;
+    CANCELLED: steps stopped while running, by Ctrl-C or a timeout, not among FAILED)."""
     from kata.keys import trusted_scope
     from kata.cli.run_cmds import _pipeline_name
     from kata.cli.store_cmds import open_store
@@ -47,7 +48,7 @@ def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: i
 
     if pipeline is None and not all_pipelines:
         pipeline = _pipeline_name(ctx)
-    with open_store(ctx) as store:
+    with open_store(ctx, read_only=True) as store:
         found = list_runs(store, pipeline=pipeline, limit=limit)
     if json_out:
         echo_json({"pipeline": pipeline, "runs": [r.to_json() for r in found]})
@@ -58,8 +59,8 @@ def runs(ctx: click.Context, pipeline: str | None, all_pipelines: bool, limit: i
     rows = [(r.id, r.pipeline, r.ref.removeprefix("refs/heads/").removeprefix("refs/") or "-",
              "trusted" if trusted_scope(r.scope) else "untrusted", r.event,
              r.status + (f" ({r.retried} retried)" if r.retried else ""),
-             f"{r.ran}/{r.cached}/{r.failed}", local_time(r.started),
+             f"{r.ran}/{r.cached}/{r.failed}/{r.cancelled}", local_time(r.started),
              f"{r.duration:.1f}s") for r in found]
-    for line in table(("RUN", "PIPELINE", "REF", "TRUST", "EVENT", "STATUS", "RAN/CACHED/FAILED",
-                       "STARTED", "DURATION"), rows):
+    for line in table(("RUN", "PIPELINE", "REF", "TRUST", "EVENT", "STATUS",
+                       "RAN/CACHED/FAILED/CANCELLED", "STARTED", "DURATION"), rows):
         click.echo(line)

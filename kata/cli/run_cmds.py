@@ -738,7 +738,7 @@ def logs(ctx: click.Context, steps: tuple[str, ...], run_id: str | None,
     from kata.remote.config import load_remote_config
 
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=True)
     try:
         asked = steps
         record, steps = _run_record(store, ctx, run_id, steps, verb="showing")
@@ -804,18 +804,19 @@ def export_cmd(ctx: click.Context, run_id: str | None, steps: tuple[str, ...], o
                remote_instance: str | None = None) -> None:
     """Copy the artifacts of an earlier run's steps out of the store (modes and symlinks
     kept); a remote cache hit the run did not need to fetch is fetched first."""
-    import tempfile
+    import hashlib
 
     from kata.cli.store_cmds import open_store
+    from store.tree import EMPTY_TREE
     from kata.realise.export import export, exported, fetch_missing
     from kata.remote.config import load_remote_config
 
     remote = load_remote_config(remote_cache, remote_instance)  # bad flags: exit 2 first
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=True)
     try:
         record, steps = _run_record(store, ctx, run_id, steps, verb="exporting")
-        with tempfile.TemporaryDirectory(prefix="kata-empty-") as empty:
-            empty_tree = store.put_tree(empty, paths=())  # a step that declares no artifacts
+        # what a step that declares no artifacts stores (computed: the store may be read-only)
+        empty_tree = "sha256:" + hashlib.sha256(EMPTY_TREE).hexdigest()
         def rows_of(record):  # noqa: ANN001, ANN202
             return [(e.name, e.status, e.outputs, bool(e.outputs) and e.outputs != empty_tree)
                     for e in record.steps if not steps or e.name in steps]
@@ -1013,7 +1014,7 @@ def last_realised_derivation(ctx: click.Context, pipeline: str | None, step: str
     from kata.realise.history import previous_derivations
 
     drv_hash = node.drv_hash if node is not None and node.drv_hash else ""
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=True)
     try:
         data, same = previous_derivations(store, pipeline, {step: drv_hash},
                                           trusted=True)[step]
@@ -1027,8 +1028,9 @@ def quiet_resolver(ctx: click.Context):  # noqa: ANN201
     answer when it can give one, else None (the image stays unresolved)."""
     from kata.cli.store_cmds import open_store
 
-    with open_store(ctx) as store:
-        tags = image_tags(store.state_dir)
+    with open_store(ctx, read_only=True) as store:
+        # a read-only store's state dir is private and gone once closed: nothing recorded
+        tags = None if store.read_only else image_tags(store.state_dir)
     runtime = LazyRuntime((ctx.find_root().obj or {}).get("containerd_address"), tags)
 
     def resolve(ref) -> str | None:  # noqa: ANN001

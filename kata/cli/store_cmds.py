@@ -27,31 +27,65 @@ def register(cli: click.Group) -> None:
 
 # ---------------------------------------------------------------- which store
 
-def open_store(ctx: click.Context | None = None):
-    """Open the store the command line names (``ctx.obj["store_path"]``)."""
+#: what the user can fix when a store cannot be opened: exit 2 naming the path (a full
+#: disk or an I/O error stays exit 1, an operation that failed)
+_USER_FIXABLE = {
+    "store.read_only": "this command writes to the store: mount it read-write, or name a "
+                       "store on a writable filesystem with --store DIR (kata runs, logs, why, "
+                       "export, graph, store stats and store verify can read it as it is)",
+    "store.permission": "give this user access to it, or name another store with "
+                        "--store DIR",
+    "store.not_a_directory": "name a directory with --store DIR (or $KATA_STORE)",
+    "store.version": "name a Kata store with --store DIR (or $KATA_STORE), or an empty "
+                     "directory for a new one",
+    "store.missing": "run a pipeline first (kata run), or name the store with --store DIR",
+    "store.state_on_network_fs": "set XDG_STATE_HOME to a local directory",
+}
+
+
+def open_store(ctx: click.Context | None = None, *, read_only: bool = False):
+    """Open the store the command line names (``ctx.obj["store_path"]``).
+
+    ``read_only``: the command only reads, so a store this process cannot write (a
+    read-only mount, another user's) is opened read-only (``Store.open(read_only=True)``)
+    rather than refused. KataError, exit 2, naming the store and what to do, when it
+    cannot be opened for a reason the user can fix (``_USER_FIXABLE``)."""
     from store import Store
+    from store.errors import StoreError
 
     explicit = None
     if ctx is not None and isinstance(ctx.find_root().obj, dict):
         explicit = ctx.find_root().obj.get("store_path")
     location = store_location(explicit)
-    if location == ROOT_STORE and os.geteuid() == 0 and not os.path.exists(location):
-        # OWNERSHIP: root's default store is root's alone (0700): it holds every
-        # pipeline's inputs and outputs; group kata reaches it through kata's server
-        os.makedirs(os.path.dirname(location), mode=0o755, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(location, 0o700)
-    store = Store.open(location)
+    try:
+        if location == ROOT_STORE and os.geteuid() == 0 and not os.path.exists(location):
+            # OWNERSHIP: root's default store is root's alone (0700): it holds every
+            # pipeline's inputs and outputs; group kata reaches it through kata's server
+            os.makedirs(os.path.dirname(location), mode=0o755, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(location, 0o700)
+        try:
+            store = Store.open(location)
+        except StoreError as err:
+            if not (read_only and err.reason in ("store.read_only", "store.permission")):
+                raise
+            store = Store.open(location, read_only=True)
+    except StoreError as err:
+        fix = _USER_FIXABLE.get(err.reason)
+        if fix is None:
+            raise
+        raise KataError(err.reason, f"{err.message}: {fix}", obj=location) from err
+    except PermissionError as err:  # creating root's default store's parent
+        raise KataError("store.permission", f"cannot create the store at {location}: {err}: "
+                        f"{_USER_FIXABLE['store.permission']}", obj=location) from err
     for notice in store.notices:
         click.echo(f"kata: {notice}", err=True)
     return store
 
 
-def loaded_dir(ctx: click.Context | None = None) -> str | None:
-    """Where loaded pipelines are kept (``kata.loaded``): ``<state dir>/loaded`` of the
-    store the command line names; None (no cache) while that state dir does not exist
-    (the store is created later in the command; a config is never kept outside it)."""
-    from kata.loaded import DIR_NAME
+def existing_state_dir(ctx: click.Context | None = None) -> str | None:
+    """The local state directory of the store the command line names, without opening
+    (or creating) the store; None while it does not exist."""
     from store.core import default_state_dir
 
     explicit = None
@@ -64,7 +98,17 @@ def loaded_dir(ctx: click.Context | None = None) -> str | None:
         state = default_state_dir(root)
     except OSError:  # the store's own errors come when it is opened
         return None
-    return os.path.join(state, DIR_NAME) if os.path.isdir(state) else None
+    return state if os.path.isdir(state) else None
+
+
+def loaded_dir(ctx: click.Context | None = None) -> str | None:
+    """Where loaded pipelines are kept (``kata.loaded``): ``<state dir>/loaded`` of the
+    store the command line names; None (no cache) while that state dir does not exist
+    (the store is created later in the command; a config is never kept outside it)."""
+    from kata.loaded import DIR_NAME
+
+    state = existing_state_dir(ctx)
+    return os.path.join(state, DIR_NAME) if state is not None else None
 
 
 # ---------------------------------------------------------------- small parsers
@@ -139,7 +183,7 @@ def gc(ctx: click.Context, max_size: int | None, older_than: float | None, grace
 @click.pass_context
 def verify(ctx: click.Context, repair: bool, reindex: bool) -> None:
     """Re-hash every object and check every realisation."""
-    with open_store(ctx) as s:
+    with open_store(ctx, read_only=not (repair or reindex)) as s:
         report = s.verify(repair=repair, reindex=reindex)
     for digest in report.corrupt:
         click.echo(f"corrupt: {digest}")
@@ -164,7 +208,7 @@ def stats(ctx: click.Context, json_out: bool) -> None:
     """Objects, size, realisations, runs and hit rate."""
     from kata.realise.history import cache_entries
 
-    with open_store(ctx) as s:
+    with open_store(ctx, read_only=True) as s:
         st = s.stats()
         st["entries"] = len(cache_entries(s).entries)
     if json_out:
@@ -222,7 +266,7 @@ def cache_list(ctx: click.Context, json_out: bool) -> None:
     from kata.cli.history_cmds import echo_json, table
     from kata.realise.history import cache_entries, local_time
 
-    with open_store(ctx) as s:
+    with open_store(ctx, read_only=True) as s:
         listing = cache_entries(s)
     if json_out:
         echo_json({"entries": [e.to_json() for e in listing.entries],
@@ -268,7 +312,7 @@ def cache_stats(ctx: click.Context, json_out: bool) -> None:
     """Entries (cached results, each once), size and hit rate."""
     from kata.realise.history import cache_entries
 
-    with open_store(ctx) as s:
+    with open_store(ctx, read_only=True) as s:
         st = s.stats()
         st["entries"] = len(cache_entries(s).entries)
     if json_out:

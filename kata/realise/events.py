@@ -38,12 +38,16 @@ class CacheChecked:
 
     step: str
     hit: bool
-    key: str  # the derivation hash (a hit by early cutoff: the resolved hash that hit)
+    # the step's derivation hash, hit or miss, early cutoff or not: the key --dry-run,
+    # `kata graph` and the next run's direct hit name (the resolved hash only for a step
+    # that has no derivation hash)
+    key: str
     source: CacheSource = "derivation"
     reason: str = ""  # why a miss: "not in store", "--no-cache", "cache: false", ...
     produced_by: str = ""  # on a hit: the run that produced the result, when known
     damaged: bool = False  # a miss because what was cached is missing or corrupt (healed)
     remote: bool = False  # a hit found in the remote cache (kata.remote), not the local store
+    resolved: str = ""  # a hit by early cutoff (source "resolved"): the resolved hash that hit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -311,8 +311,12 @@ class Realiser:
                 self._remote_hits[name] = (remote, keys or (key,))
             if real.report and self.remote is not None:  # its totals, as the builder saw them
                 self.remote.fetch_report(self.store, remote)
-        self.emit(ev.CacheChecked(step=name, hit=True, key=key, source=source,  # type: ignore[arg-type]
-                                  produced_by=real.run, remote=remote is not None))
+        drv_hash = self.graph.nodes[name].drv_hash
+        # the derivation hash, as a direct hit, --dry-run and `kata graph` name it; an
+        # early-cutoff hit also gives the resolved hash it was found by
+        self.emit(ev.CacheChecked(step=name, hit=True, key=drv_hash or key,  # type: ignore[arg-type]
+                                  source=source, produced_by=real.run, remote=remote is not None,
+                                  resolved=key if source == "resolved" else ""))
         stack = real.stack if real.kind == "step" else self._stack_with((), real.outputs)
         now = time.time()  # a hit is one instant (an early-cutoff one: found, not run)
         self._set(StepResult(name=name, status="passed", cache="HIT",

@@ -19,7 +19,8 @@ def line(event: ev.Event) -> str | None:
                     f"{event.groups} parallel {groups}")
         case ev.CacheChecked():
             if event.hit:
-                where = ", remote" if event.remote else ""
+                where = (", early cutoff" if event.source == "resolved" else "") + \
+                    (", remote" if event.remote else "")
                 return f"[CACHE] {event.step}: HIT (key: {short_key(event.key)}{where})"
             if event.damaged:
                 return f"[CACHE] {event.step}: MISS ({event.reason})"

@@ -19,7 +19,15 @@ every dead owner's objects, not only this one's) and removes the file.
   the marker for the next run). A marker unlinked meanwhile (``st_nlink == 0``) is done.
 - A containerd that does not answer (stopped, its socket gone): the marker stays (its
   objects come back when it starts; the next run that connects there sweeps them, or a
-  later run finds the marker again); the check is a unix connect, no gRPC.
+  later run finds the marker again); the check is a unix connect, no gRPC. Not forever:
+  once the marker is older than ``MARKER_EXPIRY`` (7 days), a sweep that finds its
+  containerd still silent removes it. That is safe: the marker only spares a run that
+  never connects; any kata that connects to that containerd again sweeps every dead
+  owner's objects by their labels (``ContainerdRuntime.connect``), marker or not.
+- ``.<owner>.tmp``: a marker being written; its owner killed between the write and the
+  rename leaves it. A sweep removes those of dead owners (nothing else writes them).
+- ``kata doctor`` lists the markers of dead owners (:func:`markers`), with whether their
+  containerd answers, as a warning naming what clears them.
 - Per store, not per host: the store's host-local state directory is the user's (0700),
   exists for every run, and is what the tests isolate; a run on another store that
   connects to the same containerd sweeps those objects through the owner labels, and
@@ -29,9 +37,12 @@ every dead owner's objects, not only this one's) and removes the file.
 from __future__ import annotations
 
 import os
+import time
 
 DIR_NAME = "containerd-owners"
 PROBE_SECONDS = 0.5  # how long a marker's socket may take to accept a connection
+MARKER_EXPIRY = 7 * 86400.0  # seconds: a dead owner's marker whose containerd stays silent
+TMP_SUFFIX = ".tmp"
 
 
 def gone(owner: str) -> bool:
@@ -57,7 +68,7 @@ def write_marker(state_dir: str, owner: str, socket: str, address: str | None) -
     directory = marker_dir(state_dir)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, owner)
-    tmp = os.path.join(directory, f".{owner}.tmp")
+    tmp = os.path.join(directory, f".{owner}{TMP_SUFFIX}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"{socket}\n{address or ''}\n")
     os.replace(tmp, path)  # whole or absent: a torn marker would name no socket
@@ -90,6 +101,37 @@ def dead_markers(state_dir: str) -> list[tuple[str, str, str | None]]:
     return found
 
 
+def markers(state_dir: str) -> list[tuple[str, str, str | None, bool]]:
+    """``(owner, socket, address, dead)`` of every readable marker, sorted by owner, plus
+    ``(owner, "", None, True)`` for each dead owner's half-written ``.tmp`` marker (what
+    ``kata doctor`` lists; a sweep removes the dead ones)."""
+    directory = marker_dir(state_dir)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        owner = _tmp_owner(name)
+        if owner is not None:
+            if gone(owner):
+                found.append((owner, "", None, True))
+            continue
+        if name.startswith("."):
+            continue
+        read = _read(os.path.join(directory, name))
+        if read is not None:
+            found.append((name, *read, gone(name)))
+    return found
+
+
+def _tmp_owner(name: str) -> str | None:
+    """The owner of a half-written marker ``.<owner>.tmp`` (None: another name)."""
+    if name.startswith(".") and name.endswith(TMP_SUFFIX) and len(name) > 1 + len(TMP_SUFFIX):
+        return name[1:-len(TMP_SUFFIX)]
+    return None
+
+
 def _read(path: str) -> tuple[str, str | None] | None:
     try:
         with open(path, encoding="utf-8") as f:
@@ -112,6 +154,11 @@ def sweep_dead(state_dir: str, *, warn=None) -> int:  # noqa: ANN001 - warn(str)
         return 0
     swept = 0
     for name in names:
+        owner = _tmp_owner(name)
+        if owner is not None:
+            if gone(owner):  # killed between writing its marker and renaming it
+                remove_marker(os.path.join(directory, name))
+            continue
         if name.startswith(".") or not gone(name):
             continue
         try:
@@ -145,7 +192,11 @@ def _sweep_one(path: str, warn) -> bool:  # noqa: ANN001
         from kata.runtimes.containerd.daemon import socket_answers
 
         if not socket_answers(socket, PROBE_SECONDS):
-            return False  # stopped or gone: kept for when it answers again
+            # stopped or gone: kept for when it answers again, for a week (a connect
+            # there sweeps by labels anyway); a marker from the future is not old
+            if time.time() - os.fstat(fd).st_mtime > MARKER_EXPIRY:
+                remove_marker(path)
+            return False
         from kata.runtimes.containerd import ContainerdRuntime
 
         try:

@@ -233,3 +233,33 @@ def test_runs_and_derivations(shared: Shared) -> None:
         assert s.get_derivation("e" * 64) is None
     with _open(shared, "b") as other:
         assert other.get_run("r1").started == 100.0
+
+
+def test_gc_ages_entries_by_the_stores_clock_not_a_clock_ahead_of_it(shared: Shared,
+                                                                      monkeypatch) -> None:
+    """Last session's leftover: gc's grace period compared the files' mtimes with this
+    host's wall clock. A host whose clock runs hours ahead of the filesystem stamping the
+    store (a network store's server; a clock that jumped forward) deleted what had just
+    been written. Now is the store's clock; an mtime in the future is fresh."""
+    import store.gc as gc_module
+
+    class Ahead:  # this host's clock three hours ahead of the store's
+        @staticmethod
+        def time() -> float:
+            return time.time() + 3 * 3600
+
+    with _open(shared) as s:
+        fresh = s.put_blob(b"fresh" * 100)
+        s.put_realisation("f" * 64, Realisation(outputs=fresh, created=time.time()))
+        future = s.put_blob(b"future" * 100)  # written under a clock since set back
+        s.put_realisation("u" * 64, Realisation(outputs=future, created=time.time()))
+        later = time.time() + 7200
+        os.utime(s.objects.path(future), (later, later))
+        os.utime(s._realisation_path("u" * 64), (later, later))
+        s.index.clear("objs")  # ages from the files, as another host sees them
+        monkeypatch.setattr(gc_module, "time", Ahead)
+        report = s.gc(keep_runs=0)
+        assert report.deleted_objects == () and report.deleted_realisations == ()
+        assert s.has_blob(fresh) and s.get_realisation("f" * 64) is not None
+        assert s.has_blob(future) and s.get_realisation("u" * 64) is not None
+        assert os.listdir(s.tmp) == []  # the clock probe is gone

@@ -91,3 +91,22 @@ def test_reindexing_drops_the_summaries_and_they_come_back(store):
     store.verify(reindex=True)
     assert store.index.run_summaries([record_name(_run(1))]) == [None]
     assert [s.id for s in store.run_summaries()] == ["r1"]
+
+
+def test_cancelled_steps_are_counted_apart_from_failed_ones(store, monkeypatch):
+    """Last session's leftover: a summary counted a cancelled step (stopped by Ctrl-C or
+    the pipeline timeout) as failed, where the run's done line says "1 cancelled". A
+    summary of the previous version (no ``cancelled`` field, cancelled inside ``failed``)
+    is recomputed from its record, not read as if nothing had been cancelled."""
+    steps = (StepRecord(name="a", status="failed", cache="MISS", exit_status=1),
+             StepRecord(name="b", status="cancelled", cache="MISS", exit_status=None),
+             StepRecord(name="c", status="skipped", cache="MISS"))
+    run = Run(id="r1", pipeline="p", started=1_700_000_000.0, wall=3.0, status="failed",
+              steps=steps)
+    got = summarise(run)
+    assert (got.failed, got.cancelled, got.skipped) == (1, 1, 1)
+    assert got.to_json()["steps"]["cancelled"] == 1 and got.to_json()["steps"]["failed"] == 1
+    store.put_run(run)
+    old = [2, *summarise(run)._replace(failed=2)[:-1]]  # version 2: no cancelled field
+    store.index.put_run_summaries({record_name(run): msgpack.packb(old)})
+    assert [(s.failed, s.cancelled) for s in store.run_summaries()] == [(1, 1)]
