@@ -373,7 +373,10 @@ def remote_fix(code: str, detail: str, *, server: str, timeout: float, start: st
         return (f"the {server} does not know this instance name: set remote.instance (or "
                 "--remote-instance) to one it serves")
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-        return f"the {server} refused the credentials: check remote.token_file and remote.tls"
+        return (f"the {server} refused the credentials: set remote.token_file to a token it "
+                "accepts (BuildGrid's jwt: signed with its secret, with an `exp` not past; "
+                "docs/remote.md, \"TLS and a bearer token\"), and remote.tls.cert/key "
+                "when it asks for a client certificate")
     if "handshake failed" in detail.lower():
         return ("the TLS handshake failed: if the server speaks plaintext, use grpc:// "
                 "instead of grpcs://; otherwise check its certificate against remote.tls.ca")

@@ -15,3 +15,9 @@ Layering: this package may import ``kata.runtimes`` (the worker runs steps with 
 client falls back to it) and ``kata.remote`` (the generated stubs); never the realiser
 or the CLI.
 """
+
+# kata.remote sets gRPC's log level (GRPC_VERBOSITY) before grpc is first imported: the
+# worker and client modules import grpc themselves, and gRPC reads it once, at load
+import importlib as _importlib  # noqa: E402
+
+_importlib.import_module("kata.remote")

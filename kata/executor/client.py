@@ -321,8 +321,10 @@ class RemoteRuntime:
                             start=f"start the scheduler at {self.url} (BuildGrid with "
                             "!execution, docs/remote.md) or correct --remote-executor / "
                             "remote.executor", hung="its steps fail")
+                    # the fix says what the error's own hint would (said once)
+                    said = err.bare if fix else err.message
                     raise KataError(err.reason, f"could not {what} at {self.url}: "
-                                    f"{err.message}{fix}", exit_code=1) from err
+                                    f"{said}{fix}", exit_code=1) from err
                 if cancel is not None and cancel.wait(delay):
                     raise _Cancelled() from None
                 if cancel is None:
@@ -372,8 +374,14 @@ class RemoteRuntime:
                 if code not in _RETRYABLE or time.monotonic() > deadline:
                     what = (f"no answer for {self.reconnect_for:.0f}s" if idle.silent
                             else f"{code.name}: {err.details()}")  # type: ignore[attr-defined]
+                    fix = ""
+                    if code == grpc.StatusCode.UNIMPLEMENTED:  # a cache-only server
+                        fix = ("; it has no Execution service (a cache-only server, such as "
+                               "the cache-only BuildGrid of docs/remote.md): point "
+                               "--remote-executor / remote.executor at the scheduler, a "
+                               "BuildGrid with !execution (`kata doctor` checks it)")
                     raise KataError("remote.unavailable", f"remote execution at {self.url} "
-                                    f"failed: {what}", exit_code=1) from err
+                                    f"failed: {what}{fix}", exit_code=1) from err
             finally:
                 stop.set()
             if cancel.is_set():

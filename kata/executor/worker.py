@@ -99,6 +99,13 @@ _REFUSED = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
+def _handshake_failed(err: grpc.RpcError) -> bool:
+    """gRPC's UNAVAILABLE for a TLS handshake that failed: the server answered, in
+    plaintext or with a certificate the CA does not sign; retrying cannot change that."""
+    return (err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            and "handshake failed" in (err.details() or "").lower())  # type: ignore[attr-defined]
+
+
 # what a runtime raises about the step itself (its services, its user, its command, its
 # image: one this worker can neither find nor pull), which a local run records as the
 # step's failure. An image error used to fail the lease, and the client, which reads a
@@ -198,6 +205,7 @@ class Worker:
         sweep_dead_workdirs(self.work_root, LEASE_PREFIX)  # a killed worker's input roots
         session: bots_pb2.BotSession | None = None
         opened = False  # has the scheduler ever taken this worker? (then: retry anything)
+        waited = False  # has it said what to check while it waits for a first answer?
         delay = 0.2
         try:
             while not stop.is_set():
@@ -236,15 +244,19 @@ class Worker:
                         continue
                     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         continue  # a long poll that found no work
-                    if not opened and code in _REFUSED:
-                        raise KataError("worker.refused", f"the scheduler at {self.url} "
-                                        f"refuses this worker ({code.name}: "
-                                        f"{err.details()}): check --executor (a server with "  # type: ignore[attr-defined]
-                                        "a Bots service, e.g. BuildGrid's !execution), "
-                                        f"--instance ({self.instance!r}) and the token "
-                                        "(docs/remote.md)", exit_code=2) from None
-                    LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
-                                code.name, err.details(), delay)  # type: ignore[attr-defined]
+                    if not opened and (code in _REFUSED or _handshake_failed(err)):
+                        raise KataError("worker.refused", self._refusal(code, err.details()),  # type: ignore[attr-defined]
+                                        exit_code=2) from None
+                    if not opened and not waited:  # once: a wrong port looks like this
+                        waited = True
+                        LOG.warning("scheduler at %s: %s: %s; waiting for it (if it never "
+                                    "answers, check --executor's host and port: `bgd "
+                                    "capabilities --remote http://HOST:PORT` answers for a "
+                                    "running BuildGrid); retrying in %.1fs", self.url,
+                                    code.name, err.details(), delay)  # type: ignore[attr-defined]
+                    else:
+                        LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
+                                    code.name, err.details(), delay)  # type: ignore[attr-defined]
                     stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:
@@ -255,6 +267,28 @@ class Worker:
             self._remote.close()
             if self._logs is not None:
                 self._logs.close()
+
+    def _refusal(self, code: grpc.StatusCode, detail: str | None) -> str:
+        """The one line a worker the scheduler can never take exits with: what the answer
+        means and the one setting to change (docs/remote.md, "Workers")."""
+        said = f"the scheduler at {self.url} refuses this worker ({code.name}: {detail})"
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return (f"{said}: it has no Bots service (a cache-only server, such as the "
+                    "cache-only BuildGrid of docs/remote.md): point --executor at the "
+                    "scheduler, a BuildGrid with !execution")
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (detail or "").lower():
+            return (f"{said}: it does not know the instance {self.instance!r}: give "
+                    "--instance (or the host config's remote.instance) a name it serves, "
+                    "as its configuration's instances: list it")
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return (f"{said}: it refused the credentials: set remote.token_file in this "
+                    "host's config to a token it accepts (BuildGrid's jwt: one signed with "
+                    "its secret, not expired; docs/remote.md)")
+        if code == grpc.StatusCode.UNAVAILABLE:  # a TLS handshake that failed
+            return (f"the TLS handshake with the scheduler at {self.url} failed ({detail}): "
+                    "if it speaks plaintext, use grpc:// instead of grpcs://; otherwise "
+                    "give remote.tls.ca the CA that signed its certificate")
+        return f"{said}: check --executor, --instance ({self.instance!r}) and the token"
 
     def _busy(self) -> bool:
         """Every slot runs a lease and none has a result to report (the scheduler answers

@@ -97,6 +97,9 @@ def wrap(err: grpc.RpcError, what: str) -> RemoteError:
         # is most often a TLS server
         hint = ("the server closed the connection: if it speaks TLS, use grpcs:// instead "
                 "of grpc://")
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        hint = ("the server refused the credentials: set remote.token_file to a token it "
+                "accepts (BuildGrid's jwt: signed with its secret, not expired)")
     elif code == grpc.StatusCode.INVALID_ARGUMENT and "instance" in (detail or "").lower():
         hint = ("the server has no such instance: name one it serves with "
                 "--remote-instance or remote.instance")

@@ -83,8 +83,13 @@ def parse_url(url: str, *, where: str = "--remote-cache") -> tuple[str, bool]:
     KataError remote.bad_url (exit 2) for anything else."""
     m = _URL.match(url.strip())
     if not m or not 0 < int(m.group(3)) < 65536:
+        scheme, sep, rest = url.strip().partition("://")
+        hint = ""
+        if sep and scheme.lower() in ("http", "https") and rest:
+            # bgd's own --remote takes http(s)://: the same server is grpc(s):// here
+            hint = f" (write {'grpcs' if scheme.lower() == 'https' else 'grpc'}://{rest})"
         raise KataError("remote.bad_url", f"{where}: {url!r} is not grpc://HOST:PORT or "
-                        "grpcs://HOST:PORT", obj=url)
+                        f"grpcs://HOST:PORT{hint}", obj=url)
     return f"{m.group(2)}:{int(m.group(3))}", m.group(1) == "grpcs"
 
 
@@ -158,8 +163,10 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
             with open(value, "rb") as f:
                 data = f.read(1 << 20)
         except OSError as err:
-            raise config.error(reason, f"{where}: cannot read {value}: {err.strerror or err}",
-                               "remote", *at) from None
+            what = ("write the bearer token there (one line) or remove the key" if token
+                    else "give the PEM file's path or remove the key")
+            raise config.error(reason, f"{where}: cannot read {value}: {err.strerror or err} "
+                               f"({what})", "remote", *at) from None
         if token and not data.strip():
             raise config.error(reason, f"{where}: {value} is empty (write the bearer token "
                                "in it)", "remote", *at)
@@ -172,6 +179,18 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
         if not token and b"-----BEGIN " not in data:
             raise config.error(reason, f"{where}: {value} holds no PEM block (-----BEGIN "
                                "...-----): give a PEM certificate or key", "remote", *at)
+        if at in (("tls", "ca"), ("tls", "cert")) and b"-----BEGIN CERTIFICATE-----" not in data:
+            # gRPC would take it and fail every handshake with "Failed to create security
+            # handshaker", which reads like a server that is down
+            whose = ("the CA certificate that signed the server's (for a self-signed "
+                     "server, its own certificate)" if at[1] == "ca" else
+                     "this host's client certificate")
+            raise config.error(reason, f"{where}: {value} holds no certificate (-----BEGIN "
+                               f"CERTIFICATE-----): give {whose}, not a key", "remote", *at)
+        if at == ("tls", "key") and not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", data):
+            raise config.error(reason, f"{where}: {value} holds no private key (-----BEGIN "
+                               "PRIVATE KEY-----): give the key of remote.tls.cert", "remote",
+                               *at)
         return Path(value)
 
     tls_raw = raw.get("tls")
