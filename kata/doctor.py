@@ -74,7 +74,13 @@ class Host:
     euid: int = field(default_factory=os.geteuid)
     oci_runtime: str = "auto"  # the host config's containerd.oci_runtime
     step_runner: str = "direct"  # the host config's containerd.step_runner
-    state_dir: str = ""  # the store's host-local state directory ("" while it has none)
+    # the owner markers (kata.runtimes.sweepmarks.markers) in the store's state directory,
+    # as ``(owner, socket, address, dead)``, the directory that holds them ("" while the
+    # store has none) and how long a silent containerd's marker stays (seconds); the CLI
+    # reads them, as the doctor imports no runtime
+    owner_markers: tuple[tuple[str, str, str | None, bool], ...] = ()
+    marker_dir: str = ""
+    marker_expiry: float = 7 * 86400.0
     remote_executor: str = ""  # the host config's remote.executor URL ("" when none)
     # asks it for its REAPI ServerCapabilities (kata.executor.connection.probe); raises
     # kata.remote.cas.RemoteError when it does not answer
@@ -426,11 +432,9 @@ def check_owner_markers(host: Host) -> Check | None:
     """The owner markers (``kata.runtimes.sweepmarks``) of kata processes that died
     (killed) in the store's state directory: each names a containerd that may hold what
     that kata left, which the next run sweeps. None when there is none (no line)."""
-    from kata.runtimes.sweepmarks import MARKER_EXPIRY, markers, marker_dir
-
-    if not host.state_dir:
+    if not host.marker_dir:
         return None
-    found = markers(host.state_dir)
+    found = host.owner_markers
     dead = [m for m in found if m[3]]
     if not dead:
         return None
@@ -443,10 +447,10 @@ def check_owner_markers(host: Host) -> Check | None:
              for socket, n in sorted(by_socket.items())]
     if torn:
         parts.append(f"{torn} half-written")
-    days = int(MARKER_EXPIRY // 86400)
+    days = int(host.marker_expiry // 86400)
     return Check(name="owner-markers", status="warn",
                  detail=f"{len(dead)} marker{'s' if len(dead) != 1 else ''} of killed kata "
-                        f"processes in {marker_dir(host.state_dir)}: {'; '.join(parts)}",
+                        f"processes in {host.marker_dir}: {'; '.join(parts)}",
                  fix="the next kata run clears what they left and removes them (one whose "
                      f"containerd stays silent goes after {days} days; a later connection "
                      "there still sweeps its leftovers)")

@@ -31,6 +31,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     )
     from kata.runtimes.containerd.network import CNI_PATH
     from kata.runtimes.containerd.spec import NOFILE_HARD, NOFILE_SOFT
+    from kata.runtimes.sweepmarks import MARKER_EXPIRY, marker_dir, markers
     from kata.server import socket_path
     from kata.sockets import socket_access
 
@@ -39,13 +40,16 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
     address = obj.get("containerd_address") or config.address
     server = socket_path()  # kata's server, for a non-root user in group kata
     own = daemon_paths(config.state_dir)  # kata's own containerd, where kata would start it
+    state_dir = existing_state_dir(ctx) or ""
     host = Host(cni_path=Path(CNI_PATH), store=Path(store_location(obj.get("store_path"))),
                 containerd_address=address.removeprefix("unix://") if address else None,
                 system_socket=SYSTEM_SOCKET if config.state_dir is None else "",
                 kata_socket=str(own.socket), kata_pid=read_pid(own), answers=socket_answers,
                 server_socket=str(server), server_access=socket_access(server),
                 oci_runtime=config.oci_runtime, step_runner=config.step_runner,
-                state_dir=existing_state_dir(ctx) or "",
+                owner_markers=tuple(markers(state_dir)) if state_dir else (),
+                marker_dir=marker_dir(state_dir) if state_dir else "",
+                marker_expiry=MARKER_EXPIRY,
                 daemon_nofile=_daemon_nofile, nofile_ceiling=_nofile_ceiling(),
                 nofile_spec=(NOFILE_SOFT, NOFILE_HARD))
     executor = load_remote_config(key="executor")  # bad settings: exit 2, at file:line
