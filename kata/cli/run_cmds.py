@@ -306,7 +306,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                         "instance of no remote: add --remote-cache grpc://HOST:PORT or "
                         "--remote-executor grpc://HOST:PORT (or remote.cache / "
                         "remote.executor in the host config)", obj=remote_instance)
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=dry_run)  # a plan writes nothing
     remote = _remote_cache(remote_config, store.state_dir)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted, state_dir=store.state_dir)
