@@ -404,7 +404,7 @@ class ImageStore:
                parent: str) -> None:
         c = self.client
         key = f"extract-{secrets.token_hex(8)} {chain_id}"
-        resp = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+        resp = c.make_snapshot(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=c.owner_labels()),
             f"prepare {key}", lease=lease)
         try:
