@@ -109,3 +109,25 @@ def test_a_worker_whose_containerd_was_killed_recovers_without_waiting_out_its_d
             assert "containerd answers again" in said, said
             assert not [s for s in said if "still not answering" in s], said
             assert rt.client.ping()
+
+
+def test_a_daemon_whose_starter_was_killed_before_its_pid_file_is_still_found_and_stopped():
+    """kata killed between starting its containerd (a new session: it lives on) and
+    writing the pid file: the daemon answered and served every later run, but `kata daemon
+    status` said stopped and `kata daemon stop` stopped nothing, leaving it running for
+    good. The socket's listener (SO_PEERCRED), checked to be this daemon's containerd,
+    stands in for the missing pid file."""
+    from kata.runtimes.containerd.daemon import daemon_status, read_pid, stop_daemon
+    from support.daemon import embedded_containerd
+
+    with embedded_containerd("kp") as paths:
+        pid = read_pid(paths)
+        paths.pidfile.unlink()  # what the kill left
+        assert read_pid(paths) == pid
+        assert daemon_status(paths)["running"]
+        assert stop_daemon(paths)
+        try:
+            os.waitpid(pid, 0)  # the test started it: its child (unless stop reaped it)
+        except ChildProcessError:
+            pass
+        assert not os.path.exists(f"/proc/{pid}")
