@@ -13,7 +13,9 @@ leaves by hand: stray directories at every id the next prepares can take.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import subprocess
 import time
 
 import pytest
@@ -24,6 +26,8 @@ from support.cli import KataProcess
 pytestmark = pytest.mark.integration
 
 IMAGE = "kata.local/busybox:latest"
+SEED = int(os.environ.get("KATA_KILL_SEED", "20261201"))
+ROUNDS = int(os.environ.get("KATA_KILL_ROUNDS", "12"))
 PIPELINE = {"pipeline": "local-daemon", "steps": [
     {"name": "make", "image": IMAGE, "inputs": ["src/**"], "artifacts": ["out/"],
      "commands": ["mkdir -p out && cat src/seed.txt > out/seed.txt"]},
@@ -131,3 +135,60 @@ def test_a_daemon_whose_starter_was_killed_before_its_pid_file_is_still_found_an
         except ChildProcessError:
             pass
         assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_kata_s_own_containerd_killed_at_random_moments_of_an_image_unpack(tmp_path):
+    """`kata image import` of a many-layer image while kata's own containerd (no address:
+    kata starts it) is SIGKILLed at seeded random moments of the unpack. The import ends
+    without a traceback; the next import and run, which start the daemon again
+    themselves, pass with the step's output, and containerd then holds nothing of the
+    killed import (its lease, its extract snapshots) and no stray snapshot directory."""
+    from kata.runtimes.containerd import ContainerdRuntime
+    from kata.runtimes.containerd.daemon import read_pid
+    from support.daemon import embedded_containerd
+    from support.images import busybox_layer, files_layer, make_image, write_oci_archive
+
+    rng = random.Random(SEED + 7)
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / ".kata-ci.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    with embedded_containerd("ku") as paths:
+        base = paths.root.parent
+        host = tmp_path / "host.yaml"
+        host.write_text(yaml.safe_dump({"containerd": {"state_dir": str(base)}}))
+        kata = KataProcess(repo, store=tmp_path / "store")
+        kata.env["KATA_CONFIG"] = str(host)
+        for n in range(max(1, ROUNDS // 3)):
+            layers = [busybox_layer()] + [  # a new image each round: every layer unpacks
+                files_layer({f"data/{n}/{i}/{j}": os.urandom(2048) for j in range(150)})
+                for i in range(12)]
+            archive = write_oci_archive(make_image(layers, IMAGE), tmp_path / f"img-{n}.tar")
+            argv = [*kata.base, "image", "import", str(archive)]
+            started = time.monotonic()
+            proc = subprocess.Popen(argv, cwd=repo, env=kata.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            delay = rng.uniform(0.3, 2.5)
+            while proc.poll() is None and time.monotonic() - started < delay:
+                time.sleep(0.01)
+            pid = read_pid(paths)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+            what = f"round {n}: containerd SIGKILLed after {delay:.2f}s, import exit " \
+                   f"{proc.returncode}"
+            print(what, flush=True)
+            assert "Traceback" not in err, f"{what}\n{err}"
+            again = kata("image", "import", str(archive))
+            assert again.returncode == 0, f"{what}\n{again.stdout}{again.stderr}"
+            seed = f"unpack round {n} of {SEED}\n"
+            (repo / "src" / "seed.txt").write_text(seed)
+            ran = kata("run")
+            assert ran.returncode == 0, f"{what}\n{ran.stdout}{ran.stderr}"
+            assert kata("export", "--out", str(tmp_path / f"out-{n}")).returncode == 0
+            (got,) = (tmp_path / f"out-{n}").rglob("seed.txt")
+            assert got.read_text() == seed, what
+            with ContainerdRuntime.connect(address=paths.address, state_dir=str(base)) as rt:
+                left = rt.leftovers()
+                known = {i.name for i in rt._snapshots()}
+            assert left == {k: [] for k in left}, (what, left)
+            assert len(os.listdir(_snapshot_dirs(paths.root))) == len(known), what
