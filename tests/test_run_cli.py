@@ -439,7 +439,7 @@ def test_why_and_hit_keys_along_an_early_cutoff_chain(tmp_path, containerd_daemo
     (repo / "src/a.txt").write_text("hel lo\n")  # build's output comes out the same
     why = kata("why", "//test").stdout
     assert "runs again" not in why and "pack itself is unchanged, its key changed only " \
-        "through build: it may hit by early cutoff if its output comes out the same" in why, why
+        "through build: it may hit by early cutoff if build's output comes out the same" in why, why
     assert "build itself changed (input file src/a.txt), so it runs unless a result for its " \
         "new key is stored" in kata("why", "//pack").stdout
 
