@@ -11,6 +11,32 @@ import os
 import stat
 
 
+def sweep_dead_dirs(parent: str, prefix: str) -> list[str]:
+    """Remove the directories ``<prefix><pid>.<start ticks>-*`` (``procs.pid_tag``; a bare
+    pid in older names) under ``parent`` whose process is gone; the paths removed. Only
+    this user's real directories are touched (``parent`` may be the shared temp
+    directory), and a live pid's never (a reused pid is not alive: its start differs)."""
+    from . import pid_tag_alive
+
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        tag = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
+        if pid_tag_alive(tag) is not False:  # not ours, or alive
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            force_rmtree(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
 def force_rmtree(path: str) -> None:
     """Remove a tree even where it was made read-only (unpacked trees, a step's overlay
     layers); symlinks are removed, never followed; a missing ``path`` is no error. What

@@ -22,6 +22,7 @@ from .unpacked import UnpackedTrees
 
 VERSION = "kata-store/1"
 _FLUSH_EVERY = 1000
+READ_ONLY_PREFIX = "kata-read-only-"  # a read-only open's private state in the temp directory
 _RACY_NS = 2_000_000_000  # a verified stat younger than this is not trusted later
 
 
@@ -114,6 +115,9 @@ class Store:
                         level: int) -> "Store":
         import tempfile
 
+        import procs
+        from procs.leftovers import sweep_dead_dirs
+
         from .files import force_rmtree
 
         try:
@@ -125,7 +129,10 @@ class Store:
         if found.decode(errors="replace").strip() != VERSION:
             raise StoreError("store.version", f"{root} holds an unknown store format "
                              f"{found[:40]!r}; expected {VERSION}", obj=root)
-        state = tempfile.mkdtemp(prefix="kata-read-only-")
+        # named by pid and start time: what a reader killed while it held the store open
+        # left (its private index, O(records)) goes at the next read-only open
+        sweep_dead_dirs(tempfile.gettempdir(), READ_ONLY_PREFIX)
+        state = tempfile.mkdtemp(prefix=f"{READ_ONLY_PREFIX}{procs.pid_tag()}-")
         try:
             store = cls(root, state, limits=limits or trees.Limits(), grace=grace, level=level,
                         read_only=True)

@@ -68,7 +68,10 @@ def filesystem_now(tmp: str) -> float:
     except OSError:
         return time.time()
     try:
-        os.write(fd, b"\0")  # a write, so filesystems that stamp on write (NFS) do
+        try:
+            os.write(fd, b"\0")  # a write, so filesystems that stamp on write (NFS) do
+        except OSError:  # a full disk, which gc is there to free: the create stamped it
+            pass
         return os.fstat(fd).st_mtime
     finally:
         os.close(fd)

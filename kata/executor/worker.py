@@ -66,8 +66,8 @@ from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
 from kata.runtimes.base import Runtime, give_cache_paths, user_ids
-from procs import pid_tag, pid_tag_alive
-from procs.leftovers import force_rmtree
+from procs import pid_tag
+from procs.leftovers import force_rmtree, sweep_dead_dirs
 
 from . import action as act
 from . import admit, files
@@ -526,10 +526,10 @@ class Worker:
                     if ping is not None:
                         ping(timeout=2)
                     if restarted:
+                        # what the killed daemon left half-made (a snapshot directory its
+                        # metadata never committed) goes when a prepare meets it
+                        # (Client.make_snapshot): containerd 1.6 has no Cleanup for it
                         LOG.warning("containerd answers again")
-                        # what the killed daemon left half-made (a snapshot directory
-                        # its metadata never committed) would fail the lease again
-                        self.runtime.client.cleanup_snapshots()  # type: ignore[attr-defined]
                     return
                 except KataError as err:
                     if time.monotonic() > deadline:
@@ -807,27 +807,12 @@ class _Vouching:
 
 
 def sweep_dead_workdirs(parent: Path, prefix: str) -> None:
-    """Remove the directories ``<prefix><pid>.<start ticks>-*`` (``procs.pid_tag``; a bare
-    pid in older names) under ``parent`` whose process is gone:
-    what a killed worker left (a lease's input root holds the step's whole workspace; a
-    worker's own work root, without ``--state-dir``). Only this user's real directories are
-    touched (``parent`` may be the shared temp directory), and a live pid's never: two
-    workers on one state dir leave each other alone."""
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return
-    for entry in entries:
-        tag = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
-        if pid_tag_alive(tag) is not False:  # not ours, or alive (a reused pid is not)
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
-            LOG.info("removing %s, left by a worker that is gone", entry.path)
-            force_rmtree(entry.path)
+    """Remove the directories ``<prefix><pid>.<start ticks>-*`` under ``parent`` whose
+    process is gone (``procs.leftovers.sweep_dead_dirs``): what a killed worker left (a
+    lease's input root holds the step's whole workspace; a worker's own work root, without
+    ``--state-dir``). Two workers on one state dir leave each other alone."""
+    for path in sweep_dead_dirs(str(parent), prefix):
+        LOG.info("removing %s, left by a worker that is gone", path)
 
 
 def default_name() -> str:

@@ -54,3 +54,25 @@ def test_disk_full_is_clear_and_recoverable(small_fs: Path, tmp_path: Path) -> N
         assert s.verify().ok
     finally:
         s.close()
+
+
+def test_gc_on_a_full_disk_frees_it(small_fs: Path, tmp_path: Path) -> None:
+    """gc is what a full store needs, yet its store-clock probe (a one-byte file in the
+    store's tmp, ``gc.filesystem_now``) failed with ENOSPC and took gc down with it. The
+    probe falls back to this host's clock, gc frees the space, and no probe file is left."""
+    s = Store.open(small_fs / "store", state_dir=tmp_path / "state", grace=0)
+    try:
+        old = s.put_blob(os.urandom(500_000))
+        with open(small_fs / "filler", "wb") as f:  # the disk full, to its last block
+            try:
+                while True:
+                    f.write(os.urandom(65536))
+                    f.flush()
+            except OSError:
+                pass
+        report = s.gc(older_than=0)
+        assert old in report.deleted_objects and not s.objects.has(old), report
+        assert os.listdir(small_fs / "store" / "tmp") == []
+    finally:
+        (small_fs / "filler").unlink()
+        s.close()

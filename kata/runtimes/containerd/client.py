@@ -9,6 +9,7 @@ and, inside a lease, ``containerd-lease``. gRPC errors become ``ContainerdError`
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +93,18 @@ def wrap(err: grpc.RpcError, what: str) -> ContainerdError:
                            obj=what)
 
 
+_STRAY = re.compile(r"failed to rename: rename (\S+)/new-\d+ (\S+)/(\d+): file exists")
+
+
+def _stray_snapshot(message: str, snapshot_dirs: tuple[str, ...]) -> str | None:
+    """The directory a prepare failed to rename onto ("file exists") when it is an
+    overlay snapshot id under one of ``snapshot_dirs``; else None."""
+    m = _STRAY.search(message)
+    if m is None or m.group(1) != m.group(2) or m.group(1) not in snapshot_dirs:
+        return None
+    return f"{m.group(2)}/{m.group(3)}"
+
+
 # what a call gets from an address nothing answers at (refused, no socket, no answer)
 _AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
          grpc.StatusCode.FAILED_PRECONDITION)
@@ -141,6 +154,9 @@ class Client:
         self.tasks = tasks_pb2_grpc.TasksStub(ch)
         self.version = version_pb2_grpc.VersionStub(ch)
         self.owner = owner_id()
+        # overlay snapshot directories of daemons kata owns (ContainerdRuntime.connect):
+        # where prepare may remove what a killed daemon left half-made
+        self.snapshot_dirs: tuple[str, ...] = ()
 
     def close(self) -> None:
         self.channel.close()
@@ -157,13 +173,28 @@ class Client:
         except grpc.RpcError as err:
             raise wrap(err, what) from None
 
-    def cleanup_snapshots(self) -> None:
-        """Snapshots.Cleanup of kata's snapshotter: removes the snapshot directories its
-        metadata does not know. A containerd killed between an overlay snapshot's rename
-        and its commit leaves one, whose id the next prepare takes again and fails on
-        ("failed to rename: ... file exists"). ContainerdError when it fails."""
-        self.call(self.snapshots.Cleanup, snapshots_pb2.CleanupRequest(snapshotter=SNAPSHOTTER),
-                  "clean up snapshots")
+    def make_snapshot(self, method: Callable[..., Any], request: Any, what: str, *,
+                      lease: str | None = None) -> Any:
+        """Snapshots.Prepare or View (``method``), as ``call``; a directory a killed daemon
+        left at the id this snapshot takes is removed and the call made again. An overlay
+        snapshot is made in a temporary directory renamed to its id before the metadata
+        commits that id: a daemon killed (SIGKILL, OOM, a reboot) in between leaves
+        ``snapshots/N`` its metadata never knew, and every later prepare takes N again and
+        fails ("failed to rename: ... file exists"). N is never a snapshot's (the id
+        sequence only grows), so the directory is removed when it lies under
+        ``snapshot_dirs`` (daemons kata owns). Containerd 1.6's Snapshots.Cleanup is not
+        implemented for overlayfs, so it cannot do this."""
+        for _ in range(8):  # several prepares were in flight when the daemon died
+            try:
+                return self.call(method, request, what, lease=lease)
+            except ContainerdError as err:
+                stray = _stray_snapshot(err.message, self.snapshot_dirs)
+                if stray is None:
+                    raise
+                from procs.leftovers import force_rmtree
+
+                force_rmtree(stray)
+        return self.call(method, request, what, lease=lease)
 
     def ping(self, timeout: float = 5.0) -> str:
         """containerd's version; KataError runtime.unreachable (exit 2) when nothing answers

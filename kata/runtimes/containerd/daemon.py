@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kata.errors import KataError
-from kata.sockets import socket_access
+from kata.sockets import socket_access, socket_peer_pid
 from procs import pid_alive
 
 from .spec import lift_open_files_limit
@@ -124,12 +124,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
 
 def read_pid(paths: DaemonPaths) -> int | None:
-    """The pid of the embedded containerd if its pid file names a live containerd started
-    with this daemon's config (``--config paths.config``): a dead one's pid taken by
-    another containerd (one per CI job, per test session) is not this one."""
+    """The pid of the embedded containerd if its pid file (missing: its socket's
+    listener) names a live containerd started with this daemon's config (``--config
+    paths.config``): a dead one's pid taken by another containerd (one per CI job, per
+    test session) is not this one."""
     try:
         pid = int(paths.pidfile.read_text().strip())
     except (OSError, ValueError):
+        # no pid file: the kata that started the daemon may have been killed before it
+        # wrote one, and the daemon lives on; the socket's listener then says who it is
+        pid = socket_peer_pid(paths.socket, timeout=0.5) or 0
+    if pid <= 0:
         return None
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()

@@ -237,7 +237,7 @@ class DirectSteps:
             key = f"kata-view-{secrets.token_hex(8)}"
             labels = {"containerd.io/gc.root": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       **c.owner_labels()}
-            mounts = c.call(c.snapshots.View, snapshots_pb2.ViewSnapshotRequest(
+            mounts = c.make_snapshot(c.snapshots.View, snapshots_pb2.ViewSnapshotRequest(
                 snapshotter=SNAPSHOTTER, key=key, parent=chain, labels=labels),
                 "prepare snapshot").mounts
             lower, extra = _lower_dirs(mounts)

@@ -23,7 +23,7 @@ from kata.errors import KataError
 
 from .client import (
     SNAPSHOTTER, Client, ContainerdError, content_pb2, descriptor_pb2, diff_pb2, grpc,
-    images_pb2, snapshots_pb2,
+    images_pb2, leases_pb2, snapshots_pb2,
 )
 from .reference import is_digest, parse_reference
 
@@ -404,7 +404,7 @@ class ImageStore:
                parent: str) -> None:
         c = self.client
         key = f"extract-{secrets.token_hex(8)} {chain_id}"
-        resp = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+        resp = c.make_snapshot(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=c.owner_labels()),
             f"prepare {key}", lease=lease)
         try:
@@ -437,6 +437,16 @@ class ImageStore:
         except ContainerdError:
             pass  # gone already; a leftover carries our owner label and is swept
 
+    def _hold(self, lease: str, digest: str) -> None:
+        """Put blob ``digest`` in ``lease`` before looking whether it is there: a blob
+        found but held by nothing (a killed import's, whose lease the owner sweep just
+        deleted) is otherwise collected by containerd's gc while this import relies on
+        it ("label ...: not found", or an image naming a layer that is gone)."""
+        c = self.client
+        c.call(c.leases.AddResource, leases_pb2.AddResourceRequest(
+            id=lease, resource=leases_pb2.Resource(id=digest, type="content")),
+            f"hold {digest}")
+
     # -- storing a whole image ----------------------------------------------------
     def store_manifest(self, lease: str, manifest_bytes: bytes, media_type: str,
                        blob_source: Any) -> Descriptor:
@@ -450,8 +460,10 @@ class ImageStore:
         config_desc = Descriptor.from_json(manifest.get("config") or {})
         layers = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
         for layer in layers:
+            self._hold(lease, layer.digest)
             if not self.has_blob(layer.digest):
                 self.write_blob(lease, layer, blob_source(layer))
+        self._hold(lease, config_desc.digest)
         config_bytes = (self.read_blob(config_desc.digest) if self.has_blob(config_desc.digest)
                         else b"".join(blob_source(config_desc)))
         if sha256_hex(config_bytes) != config_desc.digest:

@@ -148,6 +148,8 @@ class ContainerdRuntime:
             mount_roots = (str(paths.root), str(paths.state))
             steps_root = paths.root.parent / "steps"
         client = Client(address)
+        client.snapshot_dirs = tuple(f"{r}/io.containerd.snapshotter.v1.{SNAPSHOTTER}/snapshots"
+                                     for r in mount_roots[:1])
         try:
             client.ping()
         except BaseException:

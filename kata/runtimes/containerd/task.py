@@ -346,7 +346,7 @@ class StepRun:
         c.call(c.containers.Create, containers_pb2.CreateContainerRequest(container=container),
                "create container")
         cleanup.push("delete container", self._delete_container)
-        mounts = c.call(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
+        mounts = c.make_snapshot(c.snapshots.Prepare, snapshots_pb2.PrepareSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
             labels=c.owner_labels()), "prepare snapshot").mounts
         cleanup.push("remove snapshot", self._remove_snapshot)
