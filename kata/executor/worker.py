@@ -564,6 +564,10 @@ class Worker:
         this worker could neither find nor pull names the worker and how to import it."""
         if err.reason == "worker.policy":  # with several workers: whose config to change
             return f"worker {self.name}: {err.message}"
+        if err.reason == "worker.no_space":  # this worker's disk, as a full one says
+            return (f"worker {self.name}: its disk is full ({err.message}) under "
+                    f"{self.work_root}: free space there, or give the worker a larger "
+                    "--state-dir")
         if not err.reason.startswith("image."):
             return err.message
         if err.reason == "image.refused":  # a confined pull (admit.WorkerPolicy)
