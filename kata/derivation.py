@@ -37,7 +37,7 @@ FORMAT_1 = "kata-drv/1"  # what records an older kata wrote were keyed with (kat
 # /2 -> /3: the same fields, but what every step sees changed (rlimits, /etc/hosts,
 # /dev/shm, HOME: docs/architecture.md, "The step's container from inside")
 FORMAT_2 = "kata-drv/2"
-# /3 -> /4: the same fields, but /run shows the image's /run (tmpcopyup), as Docker does
+# /3 -> /4: the same fields, but /run is the image's own /run (no tmpfs), as under Docker
 FORMAT_3 = "kata-drv/3"
 RECORD_FORMAT = "kata-drv-record/1"
 # YAML "\ud800" escapes and non-UTF-8 file names give lone surrogates: encode them exactly

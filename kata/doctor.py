@@ -449,8 +449,9 @@ def check_owner_markers(host: Host) -> Check | None:
         parts.append(f"{torn} half-written")
     days = int(host.marker_expiry // 86400)
     return Check(name="owner-markers", status="warn",
-                 detail=f"{len(dead)} marker{'s' if len(dead) != 1 else ''} of killed kata "
-                        f"processes in {host.marker_dir}: {'; '.join(parts)}",
+                 detail=(f"{len(dead)} owner markers of killed kata processes" if len(dead) != 1
+                         else "1 owner marker of a killed kata process")
+                        + f" in {host.marker_dir}: {'; '.join(parts)}",
                  fix="the next kata run clears what they left and removes them (one whose "
                      f"containerd stays silent goes after {days} days; a later connection "
                      "there still sweeps its leftovers)")

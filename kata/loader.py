@@ -922,6 +922,7 @@ class _Walker:
                                     "'event: pull_request' or drop actions")
             if "pattern" in f:
                 kw["pattern"] = self.string(f["pattern"][1], "trigger pattern")
+            self._short_ref_names(f, kw)
             event = kw.get("event")
             # a tag has no branch and a branch event no tag (kata.conditions.Context): the
             # trigger could never match, from a hook or from --event
@@ -942,6 +943,22 @@ class _Walker:
                                 "'branches:' for branch names")
             out.append(Trigger(**kw))
         return tuple(out)
+
+    def _short_ref_names(self, f: dict[str, tuple[Node, Node]], kw: dict[str, Any]) -> None:
+        """Triggers match a branch's or a tag's short name (a hook strips ``refs/heads/``
+        and ``refs/tags/``): a full ref could never match, so it is refused at its item."""
+        items = []
+        if kw.get("branches"):
+            items += [(b, n, "refs/heads/", "branch") for b, n in
+                      zip(kw["branches"], f["branches"][1].value)]
+        if kw.get("pattern"):
+            items.append((kw["pattern"], f["pattern"][1], "refs/tags/", "tag"))
+        for value, node, prefix, what in items:
+            if value.startswith(prefix):
+                raise self.fail("config.value", node,
+                                f"trigger {what} {value!r} could never match: triggers match "
+                                f"the {what}'s short name, without {prefix}; write "
+                                f"{value.removeprefix(prefix)!r}")
 
     # -- the graph ---------------------------------------------------------
     def check_graph(self, steps: list[Step]) -> None:

@@ -90,10 +90,11 @@ def _dependency_note(change: Change, changes_of: Callable[[str], "tuple[Change, 
                    "runs unless a result for its new key is stored")
     else:
         via = [c.name for c in theirs if _through_dependency(c)]
+        # the dependencies' outputs by name: "its output" read as the dependency's own
+        outputs = (f"{via[0]}'s output comes" if len(via) == 1 else
+                   f"the outputs of {_names(via)} come")
         verdict = (f"{dep} itself is unchanged, its key changed only through "
-                   f"{_names(via)}: it may hit by early cutoff if "
-                   f"{'their outputs come' if len(via) > 1 else 'its output comes'} out the "
-                   "same")
+                   f"{_names(via)}: it may hit by early cutoff if {outputs} out the same")
     if self_changed:
         then = "this step runs for its own changes"
     elif through:  # the early-cutoff key covers the whole stack the dependency hands on

@@ -83,7 +83,10 @@ def collect(store: "Store", *, max_size: int | None = None, older_than: float | 
     now = filesystem_now(store.tmp)
     grace = store.grace if grace is None else grace
     threshold = now - max(grace, older_than or 0.0)
-    used = {d: t for d, (_, t) in store.index.object_info().items()}
+    # The index stamps last uses with this host's clock: read them on the store's, or a
+    # host behind the store's clock sees what it used a moment ago as hours old.
+    skew = now - time.time()
+    used = {d: t + skew if t else 0.0 for d, (_, t) in store.index.object_info().items()}
 
     objects: dict[str, tuple[int, float]] = {}
     for digest, st in store.objects.iter_objects():

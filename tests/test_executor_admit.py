@@ -80,7 +80,8 @@ def test_the_worker_section_of_the_host_config(tmp_path, text: str, allowed: boo
 @pytest.mark.parametrize("text, reason, where", [
     ("worker:\n  allow_host_network: yes please\n", "config.bad_value", ":2:3"),
     ("worker:\n  allow_privileged: true\n", "config.unknown_key", ":2:3"),
-    ("worker: [1]\n", "config.bad_value", ":1:1")])
+    ("worker: [1]\n", "config.bad_value", ":1:1"),
+    ("worker: true\n", "config.bad_value", ":1:1")])
 def test_a_bad_worker_section_is_an_error_at_its_place(tmp_path, text, reason, where) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -88,6 +89,8 @@ def test_a_bad_worker_section_is_an_error_at_its_place(tmp_path, text, reason, w
         admit.WorkerPolicy.from_host_config(load_host_config(path))
     assert err.value.reason == reason and err.value.exit_code == 2
     assert str(err.value.position) == f"{path}{where}"
+    if text == "worker: true\n":  # it says what goes there and what it got (review-session)
+        assert "allow_host_network" in err.value.message and "True" in err.value.message
 
 
 def test_kata_worker_with_a_bad_worker_section_exits_2_before_it_starts(tmp_path) -> None:

@@ -157,6 +157,8 @@ def test_network_host_is_refused_by_a_worker_by_default(grid, client, refusing):
     outcome = client.execute(draft)
     assert outcome.code == INVALID_ARGUMENT, outcome
     assert "worker.allow_host_network" in outcome.message, outcome
+    # with several workers, the client's user must know whose host config to change
+    assert outcome.message.startswith("worker wrefuse: refused: network: host"), outcome
     assert outcome.result is None or not outcome.result.stdout_digest.size_bytes
     _clean(refusing)
 

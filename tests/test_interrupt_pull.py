@@ -69,6 +69,6 @@ def test_ctrl_c_during_a_pull_starts_no_step_after_it(tmp_path, containerd_daemo
                 proc.wait()
     assert proc.returncode == 130, out + err
     assert "STARTED" not in out, out
-    assert "[FAIL] a (cancelled (interrupted)" in out and "Traceback" not in err, out + err
+    assert "[CANCEL] a (interrupted, " in out and "Traceback" not in err, out + err
     left = runtime.leftovers()
     assert left == {k: [] for k in left}, left

@@ -360,7 +360,7 @@ def test_a_read_only_store_says_what_to_do(tmp_path, containerd_daemon, runtime)
     """The store remounted read-only (a full disk's errors=remount-ro, a shared store
     mounted ro). A command that writes (run, gc, verify --repair) ends in one line naming
     the store and what to do, exit 2 (the user's to fix), no traceback. Commands that only
-    read (runs, logs, why, export, store stats, store verify) read it: they failed too,
+    read (runs, logs, why, export, store stats, store verify, run --dry-run) read it: they failed too,
     since the index was opened for writing (last session's leftover). Nothing is written
     in the store. Mounted read-write again, the next run passes and nothing was left."""
     repo = tmp_path / "repo"
@@ -394,6 +394,8 @@ def test_a_read_only_store_says_what_to_do(tmp_path, containerd_daemon, runtime)
             assert res.returncode == 0, (args, res)
         assert "Checked " in kata("store", "verify").stdout
         assert "input file src/seed.txt" in kata("why", "//make").stdout  # edited since
+        plan = kata("run", "--dry-run")  # a plan writes nothing: it was refused as a run
+        assert plan.returncode == 0 and "[PLAN] make: MISS" in plan.stdout, plan
         _check_outputs(kata, tmp_path / "export-ro", "ro\n")
     finally:
         subprocess.run(["umount", str(store)], check=True)

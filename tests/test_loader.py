@@ -422,3 +422,26 @@ def test_a_trigger_that_can_never_match_a_tag_or_a_branch_is_refused() -> None:
     for fine in ("{event: tag, pattern: 'v*'}", "{branches: [main]}", "{pattern: 'v*'}",
                  "{event: tag, branches: []}", "{event: push, branches: [main]}"):
         load_text(f"triggers: [{fine}]\nsteps: [{{name: a, image: x}}]\n", file="c.yaml")
+
+
+def test_a_trigger_naming_a_full_ref_is_refused_as_it_could_never_match() -> None:
+    """Triggers match a branch's or tag's short name (``main``, ``v1.2``: what a hook
+    strips ``refs/heads/`` or ``refs/tags/`` from), so ``branches: [refs/heads/main]`` or
+    ``pattern: "refs/tags/v*"`` (GitLab's and git's spelling) loaded and silently never
+    matched. A load error at the item, naming the short form to write."""
+    e = err("""\
+        triggers:
+          - event: push
+            branches: [dev, "refs/heads/main"]
+        steps: [{name: a, image: x}]
+        """)
+    assert where(e) == ("config.value", 3, 21)
+    assert "'main'" in e.message and "refs/heads/" in e.message, e.message
+    e = err("""\
+        triggers:
+          - event: tag
+            pattern: "refs/tags/v*"
+        steps: [{name: a, image: x}]
+        """)
+    assert where(e) == ("config.value", 3, 14)
+    assert "'v*'" in e.message, e.message

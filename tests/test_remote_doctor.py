@@ -154,3 +154,28 @@ def test_the_executor_check_gives_the_tls_advice_once(tmp_path):
         assert check["status"] == "fail", check
         assert "use grpc" in check["fix"], check  # "use grpc:// instead", "use grpcs://"
         assert "use grpc" not in check["detail"], check
+
+
+def test_the_run_warning_names_a_doctor_command_that_checks_the_flags_remote(tmp_path):
+    """`kata run --remote-cache URL` with that remote down warned "`kata doctor` says what
+    to fix", yet `kata doctor` checked only the host config's remote (none: no remote
+    check at all) and refused --remote-cache. The warning names `kata doctor
+    --remote-cache URL`, which checks that remote."""
+    from kata.remote.cache import RemoteCache
+
+    url = f"grpc://127.0.0.1:{_free_port()}"
+    lines: list[str] = []
+    cache = RemoteCache(_config(url), warn=lines.append, backoff=False)
+    try:
+        assert cache.lookup("a" * 64) is None
+    finally:
+        cache.close()
+    assert any(f"`kata doctor --remote-cache {url}` says what to fix" in ln for ln in lines), lines
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("{}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KATA_STORE": str(tmp_path / "store"),
+           "KATA_CONFIG": str(cfg)}
+    r = subprocess.run([sys.executable, "-m", "kata", "doctor", "--json", "--remote-cache", url],
+                       env=env, capture_output=True, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["remote-cache"]["status"] == "warn" and url in checks["remote-cache"]["detail"]

@@ -522,7 +522,7 @@ def test_fail_fast_cancels_a_remote_step_on_its_worker(grid, workers, kata):
     run = kata("run", "--remote-executor", bg.url)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "[FAIL] bad (exit 3" in run.stdout
-    assert "[FAIL] long (cancelled (fail_fast: bad failed)" in run.stdout
+    assert "[CANCEL] long (fail_fast: bad failed, " in run.stdout
     deadline = time.monotonic() + 60
     while not any("was withdrawn: stopping it" in w.text() for w in workers):
         assert time.monotonic() < deadline, workers[0].text() + workers[1].text()

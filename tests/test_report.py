@@ -46,6 +46,14 @@ def test_failure_lines_say_why():
     assert done.startswith("[DONE] 4 steps: 1 failed, 2 skipped, 1 passed")
 
 
+def test_a_cancelled_step_is_a_cancel_line_not_a_failure():
+    # review-session: `[FAIL] slow (cancelled (fail_fast: bad failed), 2.0s)` while [DONE]
+    # and `kata runs` count it as cancelled
+    cancelled = ev.StepFailed(step="slow", exit_status=137, duration=2.0,
+                              reason="step.cancelled", message="cancelled (fail_fast: bad failed)")
+    assert line(cancelled) == "[CANCEL] slow (fail_fast: bad failed, 2.0s)"
+
+
 EVENTS = [
     ev.Parsed(pipeline="p", steps=2, groups=2, planned=("a", "b")),
     ev.CacheChecked(step="a", hit=False, key=KEY),

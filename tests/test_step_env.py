@@ -161,15 +161,14 @@ def test_run_holds_the_images_directories_as_under_docker(each_oci_runtime, debi
     # Docker mounts no tmpfs on /run: the image's /run is what a container sees. containerd's
     # default spec mounts an empty one, which hid what images put there for non-root
     # servers (postgres:16's /var/run/postgresql, 3777 postgres: with `user: "999:999"` the
-    # server could not create its socket's lock file). Found by the psycopg2 trial. The
-    # tmpfs stays (sized, fresh per container), filled with the image's /run first;
-    # Debian's minimal image ships /run/lock, 1777. runc applies its umask (022) to the
-    # copies' modes (1755 here), crun keeps them: docs/architecture.md says so
+    # server could not create its socket's lock file). Found by the psycopg2 trial. A tmpfs
+    # filled by tmpcopyup still made /run itself 755 root (a 1777 /run refused user 1000)
+    # and, under runc, cut its copies' modes by the umask: now no tmpfs, on both runtimes.
+    # Debian's minimal image ships /run 755 and /run/lock 1777
     status, lines = run(each_oci_runtime, debian_digest,
-                        "stat -c '%a %U' /run/lock; touch /run/lock/x && echo wrote",
+                        "stat -c '%a %U' /run /run/lock; touch /run/lock/x && echo wrote; "
+                        "grep -c ' /run ' /proc/mounts || true",
                         user="1000:1000")
-    if each_oci_runtime.oci.name == "runc":
-        assert lines[0] == "1755 root", lines
-        return
     assert status == 0, lines
-    assert lines == ["1777 root", "wrote"]
+    assert lines == ["755 root", "1777 root", "wrote", "0"], lines
+

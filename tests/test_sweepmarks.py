@@ -104,7 +104,7 @@ def test_kata_doctor_lists_the_markers_killed_kata_processes_left(tmp_path):
         f.write("x")
     check = doctor()["owner-markers"]
     assert check["status"] == "warn", check
-    assert check["detail"] == (f"3 markers of killed kata processes in {marker_dir(state)}: "
+    assert check["detail"] == (f"3 owner markers of killed kata processes in {marker_dir(state)}: "
                                f"2 for containerd at {tmp_path / 'gone.sock'} (not answering); "
                                "1 half-written"), check
     assert check["fix"].startswith("the next kata run clears what they left")

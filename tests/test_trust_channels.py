@@ -151,3 +151,18 @@ def test_why_compares_against_the_last_trusted_realisation(tmp_path) -> None:
         # an untrusted run's own page may still compare against what ran before it
         assert previous_derivations(s, "p", {"build": ""}) == \
             {"build": (b"evil derivation", False)}
+
+
+def test_logs_in_a_directory_whose_config_does_not_load_names_whose_run_it_shows(tmp_path):
+    """A config with a typo (an unknown key) made `kata logs` fall back to the last run of
+    any pipeline, another project's, announced as "the last trusted run of the pipeline":
+    the user read another project's output as theirs. stderr now names the run's pipeline
+    and why it is not this directory's."""
+    kata = _main_then_evil(tmp_path, "p's log\n", "b\n")
+    (kata.repo / ".kata-ci.yaml").write_text("pipeline: mine\nsteps:\n"
+                                             "  - {name: build, image: x, comand: [a]}\n")
+    proc = kata("logs")
+    assert proc.returncode == 0, proc.stderr
+    assert "of pipeline 'p'" in proc.stderr, proc.stderr
+    assert "the config here does not load" in proc.stderr and "comand" in proc.stderr, \
+        proc.stderr

@@ -133,8 +133,8 @@ def test_a_dependency_changed_only_through_its_own_dependencies_may_still_hit(tm
     (test,) = by_step["test"]
     assert "runs again" not in test and test.endswith(
         "pack itself is unchanged, its key changed only through build: it may hit by early "
-        "cutoff if its output comes out the same; this step still hits if pack's output comes "
-        "out the same (early cutoff)"), test
+        "cutoff if build's output comes out the same; this step still hits if pack's output "
+        "comes out the same (early cutoff)"), test  # "its output" read as pack's
     # test edited too: it runs whatever pack gives
     newer = compile_pipeline(load_text(CHAIN.replace("[make]", "[make all]")
                                        .replace("[t]", "[t -v]")),

@@ -15,8 +15,14 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.option("--json", "json_out", is_flag=True, help="One JSON document (docs/json.md).")
+@click.option("--remote-cache", "remote_cache", metavar="grpc[s]://HOST:PORT",
+              help="Check this remote cache (default: remote.cache in the host config), as "
+                   "kata run --remote-cache uses it.")
+@click.option("--remote-instance", "remote_instance", metavar="NAME",
+              help="The remote's instance name (default: remote.instance, else \"\").")
 @click.pass_context
-def doctor(ctx: click.Context, json_out: bool) -> None:
+def doctor(ctx: click.Context, json_out: bool, remote_cache: str | None = None,
+           remote_instance: str | None = None) -> None:
     """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
     (crun or runc), CNI, the store location and free space, and a configured remote
     cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
@@ -58,7 +64,7 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                                    executor_probe=lambda: probe(
                                        executor, timeout=EXECUTOR_PROBE_TIMEOUT))
     checks = diagnose(host)
-    checks += _remote_checks()
+    checks += _remote_checks(remote_cache, remote_instance)
     failed = [c for c in checks if c.status == "fail"]
     if json_out:
         from kata.cli.history_cmds import echo_json
@@ -81,12 +87,12 @@ def doctor(ctx: click.Context, json_out: bool) -> None:
                         exit_code=1)
 
 
-def _remote_checks() -> list:
-    """The host config's remote cache (kata.remote.doctor; none configured: no check, and
-    grpc is not even imported). The executor has its own check (kata.doctor)."""
+def _remote_checks(url: str | None = None, instance: str | None = None) -> list:
+    """The remote cache the flags or the host config name (kata.remote.doctor; none: no
+    check, and grpc is not even imported). The executor has its own check (kata.doctor)."""
     from kata.remote.config import load_remote_config
 
-    cache = load_remote_config()  # bad settings: exit 2, at file:line
+    cache = load_remote_config(url, instance)  # bad settings: exit 2, at file:line
     if cache is None:
         return []
     from kata.remote.doctor import check_remote

@@ -306,7 +306,7 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                         "instance of no remote: add --remote-cache grpc://HOST:PORT or "
                         "--remote-executor grpc://HOST:PORT (or remote.cache / "
                         "remote.executor in the host config)", obj=remote_instance)
-    store = open_store(ctx)
+    store = open_store(ctx, read_only=dry_run)  # a plan writes nothing
     remote = _remote_cache(remote_config, store.state_dir)
     runtime = LazyRuntime(obj.get("containerd_address"), image_tags(store.state_dir), pull=pull,
                           confined=not scope.trusted, state_dir=store.state_dir)
@@ -879,7 +879,7 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
             raise KataError("logs.no_run", f"no run {run_id!r} in the store "
                             "(`kata runs` lists the recorded ones)", obj=run_id)
         return record, _step_names(record, steps)
-    pipeline = _pipeline_name(ctx)
+    pipeline, unloaded = _pipeline_here(ctx)
     last = chosen = None
     for record in store.iter_runs():  # newest first
         if (pipeline and record.pipeline != pipeline) or not trusted_scope(record.scope):
@@ -899,8 +899,12 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
     if chosen is None:  # no run has them: say what the last one has
         return last, _step_names(last, steps)
     where = chosen.scope.removeprefix("ref:") or "no git ref"
-    click.echo(f"kata: {verb} run {chosen.id} ({where}), the last trusted run of the "
-               "pipeline (an untrusted one only with --run ID)", err=True)
+    # which pipeline's: without a config that loads, the last of any (another project's)
+    of = "the pipeline" if pipeline else f"pipeline {chosen.pipeline!r}"
+    if unloaded:
+        of += f" (the config here does not load: {unloaded}; so the last of any pipeline)"
+    click.echo(f"kata: {verb} run {chosen.id} ({where}), the last trusted run of {of} (an "
+               "untrusted one only with --run ID)", err=True)
     return chosen, names
 
 
@@ -956,13 +960,19 @@ def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN
 
 
 def _pipeline_name(ctx: click.Context) -> str | None:
+    return _pipeline_here(ctx)[0]
+
+
+def _pipeline_here(ctx: click.Context) -> tuple[str | None, str]:
+    """(this directory's pipeline name, "") or (None, why not: "" without a config, else
+    the load error's message, for a config that does not load)."""
     from kata.cli.config_cmds import load
 
     try:
         _, pipeline = load(ctx)
-    except KataError:
-        return None  # no config here: the last run of any pipeline
-    return pipeline.name
+    except KataError as err:  # no config here: the last run of any pipeline
+        return None, "" if err.reason == "config.not_found" else err.message
+    return pipeline.name, ""
 
 
 def _tests(store, entry) -> str:  # noqa: ANN001

@@ -87,7 +87,9 @@ class WorkerPolicy:
         if section is None:
             return cls()
         if not isinstance(section, dict):
-            raise config.error("config.bad_value", "worker: must be a mapping", "worker")
+            raise config.error("config.bad_value", f"worker: must be a mapping of "
+                               f"allow_host_network and allow_private_registries (booleans), "
+                               f"not {type(section).__name__} {section!r}", "worker")
         keys = ("allow_host_network", "allow_private_registries")
         for key in section:
             if key not in keys:

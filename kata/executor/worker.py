@@ -562,6 +562,8 @@ class Worker:
     def _explain(self, err: KataError) -> str:
         """What the client prints for a lease that failed before its step ran: an image
         this worker could neither find nor pull names the worker and how to import it."""
+        if err.reason == "worker.policy":  # with several workers: whose config to change
+            return f"worker {self.name}: {err.message}"
         if not err.reason.startswith("image."):
             return err.message
         if err.reason == "image.refused":  # a confined pull (admit.WorkerPolicy)

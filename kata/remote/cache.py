@@ -186,8 +186,10 @@ class RemoteCache:
             down = self._memo.failed(first, seconds=self.config.backoff)
             if down is not None:  # `kata remote push` (which ignores it) is not told to push
                 first = down.describe(push_hint=self._honour_backoff)
+        doctor = f"kata doctor --remote-cache {self.config.url}" + (
+            f" --remote-instance {self.config.instance}" if self.config.instance else "")
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "
-                   "with the local store only; `kata doctor` says what to fix")
+                   f"with the local store only; `{doctor}` says what to fix")
 
     def _writes_refused(self, err: RemoteError) -> bool:
         """Whether ``err``, from a write, says the remote takes no results from this host

@@ -118,7 +118,9 @@ def from_host_config(config: "HostConfig", *, url: str | None = None,
 
     raw = config.section("remote")
     if raw is not None and not isinstance(raw, dict):
-        raise config.error("config.bad_value", "remote must be a mapping", "remote")
+        raise config.error("config.bad_value", f"remote must be a mapping (cache:, executor:, "
+                           f"instance:…: docs/config.md), not {type(raw).__name__} {raw!r}",
+                           "remote")
     raw = raw or {}
     for k in raw:
         if k not in KEYS:

@@ -39,6 +39,10 @@ def line(event: ev.Event) -> str | None:
                     and event.exit_status is not None else event.message)
             return (f"[WARN] {event.step} ({what}, allowed to fail, "
                     f"{seconds(event.duration)}){tests(event.report)}")
+        case ev.StepFailed() if event.reason == "step.cancelled":  # counted as cancelled
+            why = event.message.removeprefix("cancelled (").removesuffix(")") \
+                if event.message.startswith("cancelled (") else event.message
+            return f"[CANCEL] {event.step} ({why}, {seconds(event.duration)})"
         case ev.StepFailed():
             if event.reason == "step.failed" and event.exit_status is not None:
                 return (f"[FAIL] {event.step} (exit {event.exit_status}, "

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 #: the live view's colour of a line, by its first word (SGR parameters)
 STYLE = {"[PASS]": "32", "[FAIL]": "31", "[SKIP]": "33", "[WARN]": "33", "[RETRY]": "33",
+         "[CANCEL]": "33",
          "[CACHE]": "34", "[PULL]": "36", "[DONE]": "1"}
 FRAME_MARK = "\x1b[?25l"  # each live frame starts by hiding the cursor (tests count frames by it)
 SHOW_CURSOR = "\x1b[?25h"  # the live view's last frame ends with it

@@ -263,3 +263,30 @@ def test_gc_ages_entries_by_the_stores_clock_not_a_clock_ahead_of_it(shared: Sha
         assert s.has_blob(fresh) and s.get_realisation("f" * 64) is not None
         assert s.has_blob(future) and s.get_realisation("u" * 64) is not None
         assert os.listdir(s.tmp) == []  # the clock probe is gone
+
+
+def test_gc_keeps_what_a_host_behind_the_stores_clock_just_used(shared: Shared,
+                                                                 monkeypatch) -> None:
+    """The index stamps an object's last use with this host's clock, gc's "now" is the
+    store's. A host two hours behind the filesystem stamping the store (a network store's
+    server; a clock set back) that used an old object a moment ago recorded a use "two
+    hours ago" by the store's clock, and gc deleted it under the one-hour grace. The
+    index's times are read on this host's clock, the files' on the store's."""
+    import store.gc as gc_module
+
+    class Behind:  # this host's clock two hours behind the store's
+        @staticmethod
+        def time() -> float:
+            return time.time() - 2 * 3600
+
+    with _open(shared) as s:
+        old = s.put_blob(b"old" * 100)
+        s.put_realisation("o" * 64, Realisation(outputs=old, created=time.time()))
+        earlier = time.time() - 3 * 3600  # written long ago, by the store's clock
+        os.utime(s.objects.path(old), (earlier, earlier))
+        os.utime(s._realisation_path("o" * 64), (earlier, earlier))
+        s.index.note_objects({old: -1}, when=Behind.time())  # used just now, on this host
+        monkeypatch.setattr(gc_module, "time", Behind)
+        report = s.gc(keep_runs=0)
+        assert report.deleted_objects == () and report.deleted_realisations == ()
+        assert s.has_blob(old) and s.get_realisation("o" * 64) is not None

@@ -1,7 +1,7 @@
 """The OCI runtime spec of a step, from containerd's own defaults.
 
 containerd 1.6's ``populateDefaultUnixSpec``: /proc, /dev, /dev/pts, /dev/shm,
-/dev/mqueue, /sys (ro), /run; pid, ipc, uts, mount and network namespaces; the 14
+/dev/mqueue, /sys (ro) (no tmpfs on /run, as Docker); pid, ipc, uts, mount and network namespaces; the 14
 default capabilities; noNewPrivileges; masked and read-only paths (Docker's lists);
 devices denied; containerd's default seccomp profile and, where the kernel has it, its
 AppArmor profile (``sandbox.py``). On top: the step's process, hostname, mounts,
@@ -196,11 +196,10 @@ def _default_mounts(shm_bytes: int) -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
-        # tmpcopyup (crun and runc): the image's /run is copied in first, as Docker (which
-        # mounts no tmpfs there) shows it: images keep directories for non-root servers
-        # there (postgres:16's /var/run/postgresql)
-        {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k", "tmpcopyup"]},
+        # no tmpfs on /run (containerd's default spec mounts an empty one): as under Docker,
+        # a step sees the image's own /run on its fresh rootfs, with its modes and owners
+        # (postgres:16's /var/run/postgresql, Debian's 1777 /run/lock), which a tmpfs, even
+        # one filled by tmpcopyup, could not keep for /run itself nor, under runc, its copies
     ]
 
 
