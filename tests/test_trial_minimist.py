@@ -39,7 +39,7 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PACKAGES = ("nodejs", "npm", "git")
 STEPS = ("install", "lint", "test", "pack", "smoke")
 
-PIPELINE = """\
+PIPELINE = r"""
 pipeline: "minimist"
 settings:
   timeout: "15m"
@@ -143,11 +143,14 @@ def test_minimist_npm_ci_cached_lint_and_test_in_parallel_then_a_remote_cache(
         again = kata("run", *remote)
         assert again.stdout.splitlines()[-1].startswith("[DONE] 5 steps (5 cached, 0 ran)")
 
-        # a comment in a test file: lint, test and pack run again; `npm ci` does not
-        _edit(repo, "test/parse.js", "'use strict';", "'use strict'; // trial", "a comment")
+        # a test's name in a test file: lint, test and pack run again; `npm ci` does not
+        # (a trailing `// comment` there fails upstream's lint: line-comment-position)
+        _edit(repo, "test/parse.js", "test('parse args'", "test('parse args (trial)'",
+              "a test name")
         edited = kata("run", *remote)
         assert edited.returncode == 0, edited.stdout + edited.stderr
         cache = _cache(edited.stdout)
+        assert "# parse args (trial)" in edited.stdout
         assert cache["install"] == "HIT" and cache["lint"] == cache["test"] == \
             cache["pack"] == "MISS", edited.stdout
 
