@@ -34,7 +34,7 @@ from test_trial_redis_py import _cache, _edit
 pytestmark = pytest.mark.integration
 
 TARBALL = CACHE_DIR / "minimist-1.2.8.tgz"  # .ci/install: npm pack
-LOCKFILE = CACHE_DIR / "minimist-1.2.8.package-lock.json"  # .ci/install: npm install --package-lock-only
+LOCKFILE = CACHE_DIR / "minimist-1.2.8.package-lock.json"  # .ci/install: npm, as of a fixed date
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PACKAGES = ("nodejs", "npm", "git")
 STEPS = ("install", "lint", "test", "pack", "smoke")
