@@ -417,14 +417,25 @@ class _Walker:
                             f"expected one of {', '.join(allowed)}")
         return expr
 
-    def inside(self, what: str, *, glob: bool, anchor: bool = False) -> Callable[[str, Node], None]:
-        """A check for ``strings``: the entry stays inside the repository."""
+    def inside(self, what: str, *, glob: bool, anchor: bool = False,
+               home: bool = False) -> Callable[[str, Node], None]:
+        """A check for ``strings``: the entry stays inside the repository. ``home``
+        (``cache.paths``): a leading ``~`` or ``$`` is refused, as a team writing
+        ``~/.npm`` means the user's home, which nothing expands there."""
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty path in {what}")
             problem = repository_path_problem(s, glob=glob, anchor=anchor)
             if problem:
                 raise self.fail("config.value", item, f"{what}: {s!r} {problem}")
+            if home and s[:1] in ("~", "$"):
+                raise self.fail(
+                    "config.value", item,
+                    f"{what}: {s!r} starts with {s[0]!r}, which is not expanded: cache paths "
+                    "are relative to the workspace (a directory literally named "
+                    f"{s.split('/')[0]!r} would be saved); point the tool's cache into the "
+                    "workspace instead, e.g. `npm ci --cache .npm` with paths: ['.npm/'], "
+                    "or env PIP_CACHE_DIR: '.cache/pip' with paths: ['.cache/pip/']")
         return check
 
     def globs(self, node: Node, what: str, gitignore: bool = False,
@@ -872,7 +883,7 @@ class _Walker:
         return CacheSpec(
             enabled=enabled, explicit=enabled and "enabled" in f,
             paths=self.strings(f["paths"][1], f"{what}.paths",
-                               self.inside(f"{what}.paths", glob=False)) if "paths" in f else (),
+                               self.inside(f"{what}.paths", glob=False, home=True)) if "paths" in f else (),
             key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True,
                                 anchor=True) if "key_files" in f else ())
 

@@ -31,6 +31,14 @@ BAD = {
                         6, 19, "contains '..'"),
     "cache_paths_absolute": ("    cache:\n      paths: [/root/.cache]\n", 5, 15,
                              "cache.paths: '/root/.cache' is absolute"),
+    # a team caching npm's ~/.npm as GitHub Actions does: '~' is not expanded, so this was
+    # a workspace directory named '~' that npm never writes, an empty cache on every run
+    "cache_paths_home": ("    cache:\n      paths: ['~/.npm']\n", 5, 15,
+                         "cache.paths: '~/.npm' starts with '~', which is not expanded: "
+                         "cache paths are relative to the workspace"),
+    "cache_paths_variable": ("    cache:\n      paths: [$HOME/.cache/pip]\n", 5, 15,
+                             "cache.paths: '$HOME/.cache/pip' starts with '$', which is "
+                             "not expanded"),
     "cache_paths_dotdot": ("    cache:\n      paths: [node_modules/../../..]\n", 5, 15,
                            "cache.paths: 'node_modules/../../..' contains '..'"),
     "artifacts_absolute": ("    artifacts: [dist, /etc/passwd]\n", 4, 23,
