@@ -8,13 +8,15 @@ alone: `npm ci` with npm's cache kept by `cache:` keyed on package-lock.json (np
 pointed into the workspace: `cache.paths` are workspace paths, and '~/.npm' is now refused
 with that fix), lint and test in parallel on node_modules as an artifact, `npm pack` as an
 artifact that a non-root step installs offline. Frictions met, kept here as comments in
-the pipeline: this machine's egress re-signs TLS (the CA bundle is committed and named by
-NODE_EXTRA_CA_CERTS); upstream's prepack needs its .gitignore; a uid with no passwd entry
+the pipeline: upstream's prepack needs its .gitignore; a uid with no passwd entry
 gets HOME=/. tape emits TAP only, so no `reports.junit`. Locally: all hits on a re-run, an
 edit of a test file reruns lint, test and pack but not `npm ci`; then a second host with an
 empty store gets every step from BuildGrid (cache-only).
 
-The steps' `npm ci` reach the npm registry, as a real team's would.
+Tests reach no registry: `npm ci --offline` installs from npm's cache of the locked tree,
+which .ci/install fetched and the repository carries as ci/npm-cache.tar (a real team's
+`npm ci` fetches from the registry; on this machine, whose egress re-signs TLS, that also
+needed the host's CA bundle in NODE_EXTRA_CA_CERTS).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 TARBALL = CACHE_DIR / "minimist-1.2.8.tgz"  # .ci/install: npm pack
 LOCKFILE = CACHE_DIR / "minimist-1.2.8.package-lock.json"  # .ci/install: npm, as of a fixed date
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+NPM_CACHE = CACHE_DIR / "minimist-1.2.8.npm-cache.tar"  # .ci/install: npm ci --cache
 PACKAGES = ("nodejs", "npm", "git")
 STEPS = ("install", "lint", "test", "pack", "smoke")
 
@@ -48,13 +50,14 @@ settings:
 steps:
   - name: "install"
     image: "IMAGE"
-    inputs: ["/package.json", "/package-lock.json", "/ci/ca.pem"]
-    # this network's egress proxy re-signs TLS: trust the host's CA bundle, committed
-    env: {NODE_EXTRA_CA_CERTS: "/workspace/ci/ca.pem"}
+    inputs: ["/package.json", "/package-lock.json", "/ci/npm-cache.tar"]
+    # tests reach no registry: npm's cache of the locked tree comes with the repository
+    network: "none"
     commands:
       - "node --version && npm --version"
+      - "mkdir -p .npm && tar xf ci/npm-cache.tar -C .npm"
       # npm's cache (~/.npm) pointed into the workspace so that kata can keep it
-      - "npm ci --cache .npm --prefer-offline --ignore-scripts --no-audit --no-fund"
+      - "npm ci --cache .npm --offline --ignore-scripts --no-audit --no-fund"
     cache:
       paths: [".npm/"]
       key_files: ["/package-lock.json"]
@@ -111,17 +114,18 @@ def image(tmp_path_factory):
 
 
 def _project(root: Path, image: str) -> Path:
-    """minimist's npm tarball as a git repository with its lockfile, the host's CA bundle
-    and the trial's .kata-ci.yaml."""
-    if not LOCKFILE.exists():
-        raise RuntimeError(f"{LOCKFILE} is missing: run `bash .ci/install`")
+    """minimist's npm tarball as a git repository with its lockfile, npm's cache of its
+    locked tree and the trial's .kata-ci.yaml."""
+    for needed in (LOCKFILE, NPM_CACHE):
+        if not needed.exists():
+            raise RuntimeError(f"{needed} is missing: run `bash .ci/install`")
     repo = repo_from_tarball(TARBALL, root, "package", PIPELINE.replace("IMAGE", image),
                              "minimist 1.2.8", "npm pack minimist@1.2.8")
     shutil.copy(LOCKFILE, repo / "package-lock.json")
     (repo / "ci").mkdir()
-    shutil.copy(CA_BUNDLE, repo / "ci" / "ca.pem")
+    shutil.copy(NPM_CACHE, repo / "ci" / "npm-cache.tar")
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "the lockfile and CA bundle")
+    git(repo, "commit", "-q", "-m", "the lockfile and npm's cache of its tree")
     return repo
 
 
