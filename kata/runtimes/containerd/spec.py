@@ -1,8 +1,8 @@
 """The OCI runtime spec of a step, from containerd's own defaults.
 
 containerd 1.6's ``populateDefaultUnixSpec``: /proc, /dev, /dev/pts, /dev/shm,
-/dev/mqueue, /sys (ro) (no tmpfs on /run, as Docker); pid, ipc, uts, mount and network namespaces; the 14
-default capabilities; noNewPrivileges; masked and read-only paths (Docker's lists);
+/dev/mqueue, /sys (ro), but no tmpfs on /run (as Docker); pid, ipc, uts, mount and network
+namespaces; the 14 default capabilities; noNewPrivileges; masked and read-only paths (Docker's lists);
 devices denied; containerd's default seccomp profile and, where the kernel has it, its
 AppArmor profile (``sandbox.py``). On top: the step's process, hostname, mounts,
 network mode, memory/CPU/pids limits and a cgroup of our own.
