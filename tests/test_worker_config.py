@@ -90,4 +90,10 @@ def test_a_worker_waiting_for_a_scheduler_that_does_not_answer_says_what_to_chec
     finally:
         proc.terminate()
         proc.wait(60)
+        # the worker's own containerd outlives it (as `kata daemon`): stopped here, as
+        # test_remote_exec.Worker.close does, or every suite run left one running
+        from kata.runtimes.containerd.daemon import daemon_paths, stop_daemon
+
+        stop_daemon(daemon_paths(tmp_path / "w"))
+        subprocess.run(["umount", "-R", "-l", str(tmp_path / "w")], capture_output=True)
     assert "waiting for it" in lines[-1] and "--executor" in lines[-1], lines
