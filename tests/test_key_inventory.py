@@ -314,3 +314,18 @@ def test_docs_config_says_key_or_not_key_as_the_inventory_does() -> None:
             assert f"`{field}`" not in not_in, field
     resources = text.split("### `resources`", 1)[1].split("\n## ", 1)[0]
     assert "not in the cache key" not in resources
+
+
+def test_services_in_another_order_are_one_key_and_one_container(dirs) -> None:
+    """The key sorts services by name; the runtime was handed them in the config's order
+    (the pod's /etc/hosts and launch order follow it): one key, two containers. The
+    property above rarely draws the same services twice in swapped order: pinned here."""
+    def svc(name: str) -> Service:
+        return Service(name=name, image=ImageRef.parse("redis:7"), commands=("serve",))
+    base = Step(name="s", image=ImageRef.parse("alpine:3.19"), commands=("true",),
+                services=(svc("zeta"), svc("alpha")))
+    h1, seen1 = realised(base, (), dirs)
+    h2, seen2 = realised(dataclasses.replace(base, services=base.services[::-1]), (), dirs)
+    assert h1 == h2
+    assert seen1 == seen2
+    assert [s.name for s, _ in seen1["services"]] == ["alpha", "zeta"]

@@ -128,7 +128,9 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
         network=step.network,  # type: ignore[arg-type]
         timeout=step.timeout.seconds if step.timeout is not None else None,
         labels={"kata.run": run_id, "kata.step": step.name},
-        services=services,
+        # in the key's order (by name), not the config's: the order reaches the step (its
+        # /etc/hosts line names them so) and decides which service launches first
+        services=tuple(sorted(services, key=lambda s: s.name)),
         resources=step.resources,  # unset fields: the runtime's host defaults
         cache_paths=cache_paths,
     )
