@@ -161,7 +161,7 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
                  for s in step.services)
     spec = specs.step_spec(node, workdir=dirs["ws"],
                            secrets_dir=dirs["secrets"] if step.secrets else None,
-                           env=dict(pipeline.env), run_id="r", services=svcs)
+                           run_id="r", services=svcs)
     oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"),
                      rlimits=step_rlimits(RLIM_INFINITY_OCI, RLIM_INFINITY_OCI),  # not this host's
                      hosts_file=shared_hosts_file(dirs["ws"].parent / "etc", spec.hostname))

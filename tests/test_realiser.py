@@ -601,3 +601,26 @@ def test_a_tree_handed_on_twice_is_mounted_where_it_first_comes(env):
         assert result.ok
         seen[order] = env.store.read_blob(result.steps["c"].log).decode().strip()
     assert seen == {("a", "b"): "b", ("b", "a"): "b"}
+
+
+def test_the_container_gets_the_env_its_key_holds_from_the_graph_alone(env):
+    """The pipeline's env reached the container through ``RealiseOptions.env``, beside the
+    graph whose keys already held it: a caller that left it out (every test and bench
+    building its options) ran steps without it under the same key. The spec now takes the
+    derivation's env (branch cache-trust)."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_pipeline
+
+    env.write(".kata-ci.yaml", "pipeline: p\nenv: {GLOBAL: g, SHARED: pipeline}\nsteps:\n"
+              "  - {name: s, image: kata.local/busybox:latest, inputs: [],\n"
+              "     env: {SHARED: step}, commands: ['echo $GLOBAL $SHARED']}\n")
+    graph = compile_pipeline(load_pipeline(env.repo / ".kata-ci.yaml"),
+                             resolver=lambda ref: FAKE_DIGEST, repo_root=env.repo)
+    assert dict(graph.nodes["s"].derivation.env) == {"GLOBAL": "g", "SHARED": "step"}
+    opts = RealiseOptions(repo_root=env.repo, work_root=env.work)  # no env given
+    result = Realiser(graph, store=env.store, runtime=env.runtime, emit=env.events.append,
+                      options=opts).run()
+    assert result.ok
+    spec_env = env.runtime.specs["s"].env
+    assert (spec_env["GLOBAL"], spec_env["SHARED"]) == ("g", "step")
+    assert env.store.read_blob(result.steps["s"].log).decode().strip() == "g step"
