@@ -136,3 +136,18 @@ def test_the_no_op_record_observes_a_submodules_index_and_ignore_files(tmp_path)
     assert {str(gitdir / "index"), str(gitdir / "info/exclude"), str(gitdir / "config")} \
         <= set(observed)
     assert not any("/objects" in p for p in observed)
+
+
+def test_an_empty_directory_is_no_input_and_no_key(tmp_path) -> None:
+    """Directories exist only through their files (docs/config.md, inputs): an empty one
+    is not seen (the snapshot has no entry for it), so it changes no key, and a file
+    added in it does."""
+    from kata.inputs import Snapshot
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("a\n")
+    before = Snapshot(tmp_path).input_set().digest
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    assert Snapshot(tmp_path).input_set().digest == before
+    (tmp_path / "empty" / "deeper" / "f").write_text("")
+    assert Snapshot(tmp_path).input_set().digest != before
