@@ -624,3 +624,35 @@ def test_the_container_gets_the_env_its_key_holds_from_the_graph_alone(env):
     spec_env = env.runtime.specs["s"].env
     assert (spec_env["GLOBAL"], spec_env["SHARED"]) == ("g", "step")
     assert env.store.read_blob(result.steps["s"].log).decode().strip() == "g step"
+
+
+def test_a_rotated_secret_is_no_miss_for_a_step_that_says_cache_true(env):
+    """The decision (docs/config.md, cache; architecture, "What is in a key"): a secret's
+    value is never hashed (whoever sees keys could confirm a guess), so a step that opts
+    in with ``cache: true`` is a hit after the value changed, and shows the output of
+    the value it ran with; ``--no-cache`` runs it with the new one."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_pipeline
+
+    env.write(".kata-ci.yaml", "pipeline: p\nsteps:\n"
+              "  - {name: s, image: kata.local/busybox:latest, inputs: [], secrets: [TOKEN],\n"
+              "     cache: true, commands: ['echo length ${#TOKEN}']}\n")
+
+    def run(value: str, **options):
+        graph = compile_pipeline(load_pipeline(env.repo / ".kata-ci.yaml"),
+                                 resolver=lambda ref: FAKE_DIGEST, repo_root=env.repo)
+        env.runtime.started.clear()
+        opts = RealiseOptions(repo_root=env.repo, work_root=env.work,
+                              secrets={"TOKEN": value}, **options)
+        result = Realiser(graph, store=env.store, runtime=env.runtime, emit=env.events.append,
+                          options=opts).run()
+        assert result.ok
+        return result, env.store.read_blob(result.steps["s"].log).decode().strip()
+
+    first, said = run("first-value")
+    assert (first.steps["s"].cache, said) == ("MISS", "length 11")
+    rotated, said = run("a-rotated-value")
+    assert (rotated.steps["s"].cache, said) == ("HIT", "length 11")
+    assert env.runtime.started == []
+    forced, said = run("a-rotated-value", use_cache=False)
+    assert (forced.steps["s"].cache, said) == ("MISS", "length 15")
