@@ -151,3 +151,18 @@ def test_an_empty_directory_is_no_input_and_no_key(tmp_path) -> None:
     assert Snapshot(tmp_path).input_set().digest == before
     (tmp_path / "empty" / "deeper" / "f").write_text("")
     assert Snapshot(tmp_path).input_set().digest != before
+
+
+def test_a_broken_submodule_checkout_is_left_unseen_not_a_directory_walk(tmp_path) -> None:
+    """A submodule whose ``.git`` names no repository cannot be listed: it stays unseen
+    (as every submodule was before), and the repository is still listed by git (a walk
+    would take its ignored files)."""
+    from kata.inputs import Snapshot
+
+    app = _repo_with_submodule(tmp_path)
+    (app / "build.log").write_text("ignored\n")
+    (app / ".gitignore").write_text("*.log\n")
+    (app / "vendor" / "lib" / ".git").write_text("gitdir: /nowhere\n")
+    paths = Snapshot(app).paths
+    assert "build.log" not in paths and "main.c" in paths
+    assert not any(p.startswith("vendor/lib/") for p in paths)
