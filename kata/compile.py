@@ -39,8 +39,9 @@ class Node:
         return self.drv_hash is not None
 
     def resolved_hash(self, outputs: Mapping[str, str]) -> str:
-        """The early-cutoff key; `outputs` maps each dependency step name to its
-        realised output tree digest."""
+        """The early-cutoff key; `outputs` maps each dependency step name to the digest
+        of the artifact stack it hands on (``kata.keys.stack_digest``: its output tree over
+        every tree it received), not its own output tree alone."""
         missing = [d for d in self.deps if d not in outputs]
         if missing:
             raise KataError("derivation.outputs", f"no output digest for {', '.join(missing)}",

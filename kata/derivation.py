@@ -5,8 +5,9 @@ with map keys sorted, env as sorted `[name, value]` pairs, secrets, artifacts,
 cache paths and dependency hashes sorted, services sorted by name. The
 derivation hash is the sha256 hex of those bytes (the input-addressed key).
 The resolved hash (`kata-drv-resolved/4`) is the same encoding with the
-dependency derivation hashes replaced by the sorted output tree digests of the
-dependencies (the early-cutoff key).
+dependency derivation hashes replaced by the sorted artifact-stack digests of the
+dependencies (``kata.keys.stack_digest``: what each hands on, its own output and what it
+received, transitively), with ``dep_order`` recomputed over them (the early-cutoff key).
 
 Only what changes what a step computes is here. Presentational and policy
 fields (step name, description, timeout, `cache: false`, `only:`/`when:`) live

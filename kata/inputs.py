@@ -208,26 +208,73 @@ def _ignore_spec(root: str):
         raise KataError("inputs.kataignore", f"bad pattern in {KATAIGNORE}: {err}", obj=root) from None
 
 
-def _in_git_work_tree(root: str) -> bool:
+def _work_tree_top(root: str) -> str | None:
+    """The directory at or above ``root`` holding ``.git`` (None: none)."""
     d = root
     while True:
         if os.path.exists(os.path.join(d, ".git")):
-            return True
+            return d
         parent = os.path.dirname(d)
         if parent == d:
-            return False
+            return None
         d = parent
 
 
+GITLINK = "160000"  # the index mode of a submodule's entry (git's S_IFGITLINK)
+
+
 def _git_files(root: str) -> list[str] | None:
-    if not _in_git_work_tree(root):
+    top = _work_tree_top(root)
+    if top is None:
         return None  # spare the subprocess
     try:
-        return Git.at(root).paths("ls-files", "-co", "--exclude-standard", "-z")
+        git = Git.at(root)
+        files = git.paths("ls-files", "-co", "--exclude-standard", "-z")
+        if os.path.exists(os.path.join(top, ".gitmodules")):
+            files = _with_submodules(root, git, files)
+        return files
     except KataError as err:  # no git, or not a work tree after all: walk the directory instead
         if err.reason == "git.unsafe_repository":
             raise  # a work tree git will not read: walking it would take its ignored files
         return None
+
+
+def _with_submodules(root: str, git: Git, files: list[str]) -> list[str]:
+    """``files`` with each checked-out submodule's own listing in place of its entry.
+
+    git lists a submodule as one entry (a gitlink: a directory, no file), so its files were
+    neither seen by a step nor in its key, and a build needing them failed with a missing
+    file. A submodule checked out as a real directory (not a link: its files must be the
+    repository's) is listed as the repository is (``ls-files -co --exclude-standard``),
+    recursively; one not checked out (no ``.git`` in it) has nothing to see."""
+    staged = git.run("ls-files", "-z", "--stage").stdout.decode("utf-8", "surrogateescape")
+    links = set()
+    for record in staged.split("\0"):
+        meta, _, path = record.partition("\t")
+        if meta.startswith(GITLINK + " "):
+            links.add(path)
+    if not links:
+        return files
+    out = [p for p in files if p not in links]
+    for sub in sorted(links):
+        where = os.path.join(root, sub)
+        try:
+            st = os.lstat(where)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or not os.path.exists(os.path.join(where, ".git")):
+            continue
+        inner = Git.at(where)
+        try:
+            found = inner.paths("ls-files", "-co", "--exclude-standard", "-z")
+            if os.path.exists(os.path.join(where, ".gitmodules")):
+                found = _with_submodules(where, inner, found)
+        except KataError as err:  # a broken checkout (its .git names no repository):
+            if err.reason == "git.unsafe_repository":  # unseen, as before, not a walk
+                raise
+            continue
+        out.extend(f"{sub}/{p}" for p in found)
+    return out
 
 
 def _walk(root: str, ignore) -> list[str]:

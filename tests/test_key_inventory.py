@@ -161,7 +161,7 @@ def realised(step: Step, global_env: tuple, dirs: dict[str, Path]) -> tuple[str,
                  for s in step.services)
     spec = specs.step_spec(node, workdir=dirs["ws"],
                            secrets_dir=dirs["secrets"] if step.secrets else None,
-                           env=dict(pipeline.env), run_id="r", services=svcs)
+                           run_id="r", services=svcs)
     oci = build_spec(spec, container_id="c", image_env=("PATH=/bin", "HOME=/root"),
                      rlimits=step_rlimits(RLIM_INFINITY_OCI, RLIM_INFINITY_OCI),  # not this host's
                      hosts_file=shared_hosts_file(dirs["ws"].parent / "etc", spec.hostname))
@@ -314,3 +314,18 @@ def test_docs_config_says_key_or_not_key_as_the_inventory_does() -> None:
             assert f"`{field}`" not in not_in, field
     resources = text.split("### `resources`", 1)[1].split("\n## ", 1)[0]
     assert "not in the cache key" not in resources
+
+
+def test_services_in_another_order_are_one_key_and_one_container(dirs) -> None:
+    """The key sorts services by name; the runtime was handed them in the config's order
+    (the pod's /etc/hosts and launch order follow it): one key, two containers. The
+    property above rarely draws the same services twice in swapped order: pinned here."""
+    def svc(name: str) -> Service:
+        return Service(name=name, image=ImageRef.parse("redis:7"), commands=("serve",))
+    base = Step(name="s", image=ImageRef.parse("alpine:3.19"), commands=("true",),
+                services=(svc("zeta"), svc("alpha")))
+    h1, seen1 = realised(base, (), dirs)
+    h2, seen2 = realised(dataclasses.replace(base, services=base.services[::-1]), (), dirs)
+    assert h1 == h2
+    assert seen1 == seen2
+    assert [s.name for s, _ in seen1["services"]] == ["alpha", "zeta"]

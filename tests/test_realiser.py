@@ -581,3 +581,78 @@ def test_a_miss_reports_the_key_the_dry_run_and_the_next_hit_name(env):
     assert env.run(DAG).ok
     hits = {e.step: e.key for e in env.of(ev.CacheChecked) if e.hit}
     assert hits == planned
+
+
+def test_a_tree_handed_on_twice_is_mounted_where_it_first_comes(env):
+    """``depends_on: [b, a]`` with b built on a: a's tree is already below b's in what b
+    hands on, so c sees b's file in either order (docs/config.md, depends_on). Found by
+    the key hunt of branch cache-trust: the doc said the later dependency (a) wins. The
+    two orders are two keys for one view (dep_order): a needless miss, left as is, since
+    changing which tree wins would change what existing keys mean."""
+    env.write("x", "x")
+    seen = {}
+    for order in (("a", "b"), ("b", "a")):
+        steps = [FakeStep("a", commands=("echo a > same.txt",), artifacts=("same.txt",),
+                          inputs=("none",)),
+                 FakeStep("b", commands=("rm -f same.txt", "echo b > same.txt"),
+                          depends_on=("a",), artifacts=("same.txt",), inputs=("none",)),
+                 FakeStep("c", commands=("cat same.txt",), depends_on=order, inputs=("none",))]
+        result = env.run(steps)
+        assert result.ok
+        seen[order] = env.store.read_blob(result.steps["c"].log).decode().strip()
+    assert seen == {("a", "b"): "b", ("b", "a"): "b"}
+
+
+def test_the_container_gets_the_env_its_key_holds_from_the_graph_alone(env):
+    """The pipeline's env reached the container through ``RealiseOptions.env``, beside the
+    graph whose keys already held it: a caller that left it out (every test and bench
+    building its options) ran steps without it under the same key. The spec now takes the
+    derivation's env (branch cache-trust)."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_pipeline
+
+    env.write(".kata-ci.yaml", "pipeline: p\nenv: {GLOBAL: g, SHARED: pipeline}\nsteps:\n"
+              "  - {name: s, image: kata.local/busybox:latest, inputs: [],\n"
+              "     env: {SHARED: step}, commands: ['echo $GLOBAL $SHARED']}\n")
+    graph = compile_pipeline(load_pipeline(env.repo / ".kata-ci.yaml"),
+                             resolver=lambda ref: FAKE_DIGEST, repo_root=env.repo)
+    assert dict(graph.nodes["s"].derivation.env) == {"GLOBAL": "g", "SHARED": "step"}
+    opts = RealiseOptions(repo_root=env.repo, work_root=env.work)  # no env given
+    result = Realiser(graph, store=env.store, runtime=env.runtime, emit=env.events.append,
+                      options=opts).run()
+    assert result.ok
+    spec_env = env.runtime.specs["s"].env
+    assert (spec_env["GLOBAL"], spec_env["SHARED"]) == ("g", "step")
+    assert env.store.read_blob(result.steps["s"].log).decode().strip() == "g step"
+
+
+def test_a_rotated_secret_is_no_miss_for_a_step_that_says_cache_true(env):
+    """The decision (docs/config.md, cache; architecture, "What is in a key"): a secret's
+    value is never hashed (whoever sees keys could confirm a guess), so a step that opts
+    in with ``cache: true`` is a hit after the value changed, and shows the output of
+    the value it ran with; ``--no-cache`` runs it with the new one."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_pipeline
+
+    env.write(".kata-ci.yaml", "pipeline: p\nsteps:\n"
+              "  - {name: s, image: kata.local/busybox:latest, inputs: [], secrets: [TOKEN],\n"
+              "     cache: true, commands: ['echo length ${#TOKEN}']}\n")
+
+    def run(value: str, **options):
+        graph = compile_pipeline(load_pipeline(env.repo / ".kata-ci.yaml"),
+                                 resolver=lambda ref: FAKE_DIGEST, repo_root=env.repo)
+        env.runtime.started.clear()
+        opts = RealiseOptions(repo_root=env.repo, work_root=env.work,
+                              secrets={"TOKEN": value}, **options)
+        result = Realiser(graph, store=env.store, runtime=env.runtime, emit=env.events.append,
+                          options=opts).run()
+        assert result.ok
+        return result, env.store.read_blob(result.steps["s"].log).decode().strip()
+
+    first, said = run("first-value")
+    assert (first.steps["s"].cache, said) == ("MISS", "length 11")
+    rotated, said = run("a-rotated-value")
+    assert (rotated.steps["s"].cache, said) == ("HIT", "length 11")
+    assert env.runtime.started == []
+    forced, said = run("a-rotated-value", use_cache=False)
+    assert (forced.steps["s"].cache, said) == ("MISS", "length 15")

@@ -168,3 +168,30 @@ def test_a_service_running_as_its_images_user_reads_its_secrets(kata, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     svc = kata("logs", "--step", "it", "--service", "db")
     assert svc.stdout.splitlines()[1:] == ["uid=1000", "db-read-it"], svc.stdout
+
+
+def test_services_in_another_order_are_one_key_and_one_container(kata):
+    """The key sorts a step's services by name; the container got them in the config's
+    order (its /etc/hosts line named them so, and they launched so): two configs with one
+    key ran two environments, and the second was served the first's result (branch
+    cache-trust). Now the runtime gets the key's order."""
+    idle = "trap 'exit 0' TERM; sleep 600 & wait"
+
+    def pipeline(*names):
+        write_pipeline(kata.repo, [FakeStep(
+            "it", commands=("grep -m1 localhost /etc/hosts",), inputs=("x",),
+            services=tuple({"name": n, "image": IMAGE, "commands": [idle]} for n in names))],
+            name="svcorder")
+
+    (kata.repo / "x").write_text("x")
+    pipeline("zeta", "alpha")
+    first = kata("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    hosts = [line for line in first.stdout.splitlines() if line.startswith("it | ")]
+    assert hosts == ["it | 127.0.0.1\tlocalhost kata alpha zeta"], first.stdout
+    pipeline("alpha", "zeta")
+    hit = kata("run")
+    assert hit.returncode == 0 and "[CACHE] it: HIT" in hit.stdout, hit.stdout
+    again = kata("run", "--no-cache")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [line for line in again.stdout.splitlines() if line.startswith("it | ")] == hosts

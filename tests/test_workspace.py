@@ -54,3 +54,22 @@ def test_more_layers_than_one_page_of_options_mount_one_by_one(tmp_path, monkeyp
         Workspace(tmp_path / "work", layers)
     assert err.value.reason == "workspace.too_many_layers"
     assert os.listdir(tmp_path / "work") == []  # nothing half-made is left
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o002, 0o022])
+def test_the_workspace_root_mode_is_the_same_whatever_the_umask(tmp_path, umask):
+    """The step's working directory is the upper layer's root: it was made with kata's
+    umask (0700 under 077, 0775 under 002) where a worker makes it 0755: one key, two
+    views (branch cache-trust; end to end in tests/test_key_hunt_e2e.py)."""
+    from kata.runtimes.base import WORKSPACE_MODE
+
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "f").write_text("f")
+    old = os.umask(umask)
+    try:
+        ws = Workspace(tmp_path / "work", [layer])
+    finally:
+        os.umask(old)
+    with ws:
+        assert os.stat(ws.path).st_mode & 0o7777 == WORKSPACE_MODE == 0o755

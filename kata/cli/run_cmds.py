@@ -358,7 +358,6 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             max_parallel=settings.max_parallel or os.cpu_count() or 1,
             fail_fast=settings.fail_fast,
             timeout=settings.timeout.seconds if settings.timeout else None,
-            env=dict(pipeline.env),
             repo_root=repo_root,
             work_root=Path(store.state_dir) / "work",
             git_commit=commit,

@@ -65,7 +65,7 @@ from kata.remote._api.google.devtools.remoteworkers.v1test2 import worker_pb2
 from kata.remote._api.google.rpc import status_pb2
 from kata.remote.cas import RemoteError
 from kata.remote.config import RemoteConfig, parse_url
-from kata.runtimes.base import Runtime, give_cache_paths, user_ids
+from kata.runtimes.base import WORKSPACE_MODE, Runtime, give_cache_paths, user_ids
 from procs import pid_tag
 from procs.leftovers import force_rmtree, sweep_dead_dirs
 
@@ -620,7 +620,7 @@ class Worker:
         # a directory the worker itself just made (check_input_root): never a link
         # whose chmod, chown or bind mount would reach the worker's own files
         assert stat.S_ISDIR(os.lstat(workspace).st_mode), workspace
-        workspace.chmod(0o755)
+        workspace.chmod(WORKSPACE_MODE)
         if (owner := user_ids(spec.user)) is not None:  # its root is theirs, as locally
             os.chown(workspace, *owner)
             # and its restored cache: materialised read-only as root's, as inputs are

@@ -252,6 +252,17 @@ def _directories(root: str) -> list[str]:
     return out
 
 
+def _module_dirs(modules: str) -> list[str]:
+    """The git directories of submodules under ``<.git>/modules`` (a name may hold '/'),
+    nested ones too, without walking their objects."""
+    out = []
+    for d, subdirs, names in os.walk(modules):
+        if "index" in names or "HEAD" in names:
+            out.append(d)
+            subdirs[:] = [x for x in subdirs if x == "modules"]
+    return out
+
+
 def _git_paths(root: str, dirs: Sequence[str]) -> list[str] | None:
     """What a ``git ls-files -co --exclude-standard`` listing depends on beyond the
     directories: the index, the ignore files and the git config; [] outside a work tree;
@@ -268,7 +279,11 @@ def _git_paths(root: str, dirs: Sequence[str]) -> list[str] | None:
     git = top / ".git"
     if not git.is_dir():
         return None
-    configs = [str(git / "config"), *(os.path.expanduser(p) for p in _GIT_CONFIGS)]
+    # a submodule's listing (kata.inputs._with_submodules) depends on its own index, ignore
+    # file and config, in its git directory under .git/modules (nested ones below it)
+    modules = _module_dirs(str(git / "modules"))
+    configs = [str(git / "config"), *(os.path.join(d, "config") for d in modules),
+               *(os.path.expanduser(p) for p in _GIT_CONFIGS)]
     xdg = os.environ.get("XDG_CONFIG_HOME")
     if xdg:
         configs += [os.path.join(xdg, "git", "config")]
@@ -280,6 +295,7 @@ def _git_paths(root: str, dirs: Sequence[str]) -> list[str] | None:
         except OSError:
             continue
     out = [str(git / "index"), str(git / "info" / "exclude"), *configs,
+           *(os.path.join(d, f) for d in modules for f in ("index", "info/exclude")),
            *(os.path.expanduser(p) for p in _GIT_IGNORES)]
     if xdg:
         out.append(os.path.join(xdg, "git", "ignore"))

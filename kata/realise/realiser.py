@@ -843,7 +843,7 @@ class Realiser:
             services = tuple(specs.service_spec(node, s, dirs.get(s.name))
                              for s in step.services)
             spec = specs.step_spec(node, workdir=workdir, secrets_dir=dirs.get(""),
-                                   env=self.options.env, run_id=self.run_id, services=services,
+                                   run_id=self.run_id, services=services,
                                    cache_paths=self._given_cache_paths(node))
             if self.records.secret_below(node):  # its workspace holds a secret step's artifacts
                 spec = dataclasses.replace(spec, labels={**spec.labels, LOCAL_ONLY_LABEL: "1"})

@@ -20,7 +20,6 @@ class RealiseOptions:
     max_parallel: int = 0  # 0: CPU count
     fail_fast: bool = True
     timeout: float | None = None  # the pipeline's, in seconds
-    env: Mapping[str, str] = field(default_factory=dict)  # the pipeline's global env
     secrets: Mapping[str, str] = field(default_factory=dict)  # name -> value
     repo_root: Path = Path(".")
     work_root: Path = Path(tempfile.gettempdir()) / "kata-work"

@@ -94,23 +94,19 @@ def service_spec(node: "Node", service: "Service", secrets_dir: Path | None) -> 
                        owned=(str(secrets_dir),) if secrets_dir is not None else ())
 
 
-def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
-              env: Mapping[str, str], run_id: str,
+def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None, run_id: str,
               services: tuple[ServiceSpec, ...] = (),
               cache_paths: tuple[str, ...] = ()) -> StepSpec:
-    """The step's container: its workspace bind-mounted at ``step.workdir``, the
-    pipeline's env under the step's (both over ``SOURCE_DATE_EPOCH``), labels naming the
-    run and the step; ``cache_paths``: the restored ``cache.paths`` its user owns
-    (``StepSpec.cache_paths``)."""
+    """The step's container: its workspace bind-mounted at ``step.workdir``, the env its
+    key holds (the pipeline's under the step's and the context it asked for, all over
+    ``SOURCE_DATE_EPOCH``), labels naming the run and the step; ``cache_paths``: the
+    restored ``cache.paths`` its user owns (``StepSpec.cache_paths``)."""
     step = node.step
     merged = {"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
-    merged.update(env)
-    merged.update(dict(step.env))
-    # the run's context the step asked for: the values its key was computed with
-    hashed = dict(node.derivation.env)
-    merged.update({name: hashed[name] for name in step.context if name in hashed})
-    # in the key's order (sorted by name), not the config's: `env` prints the order, and
-    # two configs with one key must run one environment
+    # the derivation's env, merged and sorted as the key has it, not one given beside the
+    # graph (the realiser's options carried the pipeline's, which a caller could leave out
+    # while the key held it): two configs with one key run one environment
+    merged.update(dict(node.derivation.env))
     merged = dict(sorted(merged.items()))
     mounts = [Mount(kind="bind", target=step.workdir, source=str(workdir))]
     script = shell_script(step.commands)
@@ -128,7 +124,9 @@ def step_spec(node: "Node", *, workdir: Path, secrets_dir: Path | None,
         network=step.network,  # type: ignore[arg-type]
         timeout=step.timeout.seconds if step.timeout is not None else None,
         labels={"kata.run": run_id, "kata.step": step.name},
-        services=services,
+        # in the key's order (by name), not the config's: the order reaches the step (its
+        # /etc/hosts line names them so) and decides which service launches first
+        services=tuple(sorted(services, key=lambda s: s.name)),
         resources=step.resources,  # unset fields: the runtime's host defaults
         cache_paths=cache_paths,
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kata.errors import KataError
+from kata.runtimes.base import WORKSPACE_MODE
 from procs import pid_tag_alive
 from procs.leftovers import force_rmtree, remove_tree
 
@@ -197,6 +198,10 @@ class OverlayWorkspace:
                 lower.append(root + "/e")
             for name in ("u", "w", "m"):
                 os.mkdir(f"{root}/{name}")
+            # the upper's root is the workspace's root as the step sees it (`stat .`): its
+            # mode is WORKSPACE_MODE, never what kata's umask left (0700 under umask 077,
+            # 0775 under 002): one key, one view on every host, as a worker gives it
+            os.chmod(root + "/u", WORKSPACE_MODE)
             _mount_overlay(lower, root + "/u", root + "/w", str(self.path), self.root / "l")
             self._mounted = True
         except BaseException:

@@ -144,6 +144,9 @@ class StepSpec:
 # one, or it sees the artifacts of a step that does), so it never leaves this host (a
 # remote executor runs it locally, SECURITY.md)
 LOCAL_ONLY_LABEL = "kata.local-only"
+#: The mode of a step's workspace root (the directory it starts in) wherever it runs,
+#: whatever the umask of the kata process or worker that made it (0700 under umask 077)
+WORKSPACE_MODE = 0o755
 
 TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
 CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
