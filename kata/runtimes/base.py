@@ -239,10 +239,18 @@ def give_cache_paths(root: Path, paths: "tuple[str, ...]", owner: tuple[int, int
             if not target.is_dir():
                 _give(target, owner)
                 continue
-            for top, dirs, files in os.walk(target):
+            # iterative, not os.walk (which recurses on Python 3.11): a step saves cache
+            # directories nested as deep as it likes
+            todo = [str(target)]
+            while todo:
+                top = todo.pop()
                 _give(Path(top), owner)
-                for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                    _give(Path(top) / name, owner)
+                with os.scandir(top) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            todo.append(entry.path)
+                        else:
+                            _give(Path(entry.path), owner)
 
 
 def _give(path: Path, owner: tuple[int, int]) -> None:
