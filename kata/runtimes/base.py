@@ -145,12 +145,19 @@ class StepSpec:
 # remote executor runs it locally, SECURITY.md)
 LOCAL_ONLY_LABEL = "kata.local-only"
 
-TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
+# What a runtime returns for a step it killed on timeout: out of the 0-255 range of real
+# exit statuses, like OOM_EXIT, so a step's own ``exit 124`` (GNU ``timeout``'s status) is
+# never taken for kata's timeout. The realiser reports it as 124.
+TIMEOUT_EXIT = 256 + 124
 CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
 # what a runtime returns for a step that failed after the kernel's OOM killer killed a
 # process of it (its memory limit was reached); out of the 0-255 range of real exit
 # statuses, so no step can exit with it. The real status was 137 (SIGKILL).
 OOM_EXIT = 256 + 137
+# what a runtime returns for a step it killed because the filesystem of its writable
+# layers fell below the host's disk reserve (kata.runtimes.diskguard); an ExitStatus whose
+# ``note`` says which filesystem, how much the step held and the reserve. Out of range.
+DISK_EXIT = 256 + 28  # ENOSPC
 
 
 class ExitStatus(int):
@@ -163,11 +170,12 @@ class ExitStatus(int):
 
     memory: int | None
     host: str | None
+    note: str | None  # why the runtime ended it, when it did (DISK_EXIT)
 
     def __new__(cls, status: int, *, memory: int | None = None,
-                host: str | None = None) -> "ExitStatus":
+                host: str | None = None, note: str | None = None) -> "ExitStatus":
         self = super().__new__(cls, status)
-        self.memory, self.host = memory, host
+        self.memory, self.host, self.note = memory, host, note
         return self
 
 
@@ -193,7 +201,8 @@ class Runtime(Protocol):
         the last lines of its log); their output goes to ``service_sink``.
 
         Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
-        because ``cancel`` was set, OOM_EXIT when it failed after running out of memory
+        because ``cancel`` was set, DISK_EXIT (an ``ExitStatus`` with a ``note``) when
+        killed to keep the host's disk reserve, OOM_EXIT when it failed after running out of memory
         (``spec.resources.memory``; an ``ExitStatus`` names the limit when it is not this
         host's default); 128+signal for other signal deaths. Every
         resource it created is released before it returns or raises.
