@@ -279,3 +279,28 @@ def test_a_step_printing_without_end_is_killed_at_the_reserve(tmp_path, containe
         assert len(fail) == 1 and b"killed to keep the disk's reserve" in fail[0], fail
         assert b"to its writable layers and log" in fail[0], fail[0]
         assert list((small / "store" / "local" / "work").iterdir()) == []
+
+
+@pytest.mark.integration
+def test_each_step_runner_hands_the_guard_its_root_filesystem_layer(each_step_runner,
+                                                                    busybox_digest):
+    """A direct step's ``upper`` and a containerd task's snapshot: the guard finds what the
+    step wrote to ``/tmp`` in either (the filesystem made to look low, so that a real one
+    need not be filled)."""
+    import threading
+
+    from kata.runtimes.base import DISK_EXIT, StepSpec
+
+    rt = each_step_runner
+    saved = rt.disk
+    rt.disk = DiskGuard(Reserve(fraction=0.0, size=64 * MIB),
+                        statvfs=_Fs(total=1 << 30, free=10 * MIB))
+    try:
+        status = rt.run(StepSpec(image=busybox_digest, timeout=120, argv=(
+            "sh", "-c", "dd if=/dev/zero of=/tmp/blob bs=1M count=32 2>/dev/null; sleep 60")),
+            lambda *_: None, threading.Event())
+    finally:
+        rt.disk = saved
+        rt.drain()
+    assert status == DISK_EXIT, status
+    assert "the step wrote 32" in status.note, status.note
