@@ -842,8 +842,22 @@ def _close_dir(fd: int, mode: int, readonly: bool) -> None:
 def settle_dir_mtimes(root: str) -> None:
     """Give every directory under ``root`` (and ``root``) ``STEP_MTIME_NS``, deepest first:
     for a directory assembled from extracted trees (files and links keep theirs)."""
-    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+    for dirpath in reversed(_dirs_below(root)):
         os.utime(dirpath, ns=_STEP_TIMES, follow_symlinks=False)
+
+
+def _dirs_below(root: str) -> list[str]:
+    """``root`` and every directory below it, parents before children, no link followed.
+    Iterative, not ``os.walk`` (which recurses on Python 3.11): a step's artifacts nest as
+    deep as it likes."""
+    found = []
+    todo = [root]
+    while todo:
+        top = todo.pop()
+        found.append(top)
+        with os.scandir(top) as it:
+            todo += [e.path for e in it if e.is_dir(follow_symlinks=False)]
+    return found
 
 
 def made_copy(root: str) -> bool:
@@ -860,9 +874,11 @@ def made_copy(root: str) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         return False
     if st.st_mtime_ns != STEP_MTIME_NS:
-        for dirpath, dirs, files in os.walk(root, topdown=False):
-            for name in (*files, *dirs):  # a link to a directory is listed among dirs
-                os.utime(os.path.join(dirpath, name), ns=_STEP_TIMES, follow_symlinks=False)
+        for dirpath in reversed(_dirs_below(root)):
+            with os.scandir(dirpath) as it:
+                names = [e.path for e in it]
+            for path in names:
+                os.utime(path, ns=_STEP_TIMES, follow_symlinks=False)
         os.utime(root, ns=_STEP_TIMES)
     return True
 

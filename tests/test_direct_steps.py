@@ -19,7 +19,7 @@ import pytest
 
 from kata.errors import KataError
 from kata.resources import Resources
-from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, ServiceSpec, StepSpec
+from kata.runtimes.base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, ServiceSpec, StepSpec
 from support.fixtures import assert_clean
 from support.procs import kill_once_started
 from support.steps import running_steps
@@ -257,4 +257,4 @@ def test_a_step_whose_crun_the_oom_killer_took_ends_with_it(clean_runtime, busyb
         argv=("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=1M count=60 2>/dev/null; "
               "rm -f /dev/shm/fill; for i in 1 2 3 4 5 6 7 8 9 10; do echo alive; sleep 1; "
               "done; echo end")))
-    assert status in (OOM_EXIT, 124) and b"end" not in lines, (status, lines)
+    assert status in (OOM_EXIT, TIMEOUT_EXIT) and b"end" not in lines, (status, lines)

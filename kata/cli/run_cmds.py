@@ -24,6 +24,7 @@ from kata import gitctx
 from kata.cli.config_cmds import config_file_option
 from kata.conditions import EVENTS, PR_ACTIONS
 from kata.errors import KataError
+from kata.report.text import terminal_safe
 
 
 def register(cli: click.Group) -> None:
@@ -954,7 +955,8 @@ def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN
     click.echo(f"== {name} / service {service}" + (f": cached — run {by}" if by else "") + " ==")
     with store.open_blob(digest) as f:
         text = f.read().decode("utf-8", errors="replace")
-    if text:
+    if text:  # the service's bytes as stored; its escape sequences shown, not obeyed
+        text = "\n".join(map(terminal_safe, text.split("\n")))
         click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -1008,7 +1010,8 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
     with store.open_blob(digest) as f:
         data = f.read()
     text = data.decode("utf-8", errors="replace")
-    if text:
+    if text:  # the step's bytes as stored; its escape sequences shown, not obeyed
+        text = "\n".join(map(terminal_safe, text.split("\n")))
         click.echo(text, nl=not text.endswith("\n"))
 
 

@@ -25,6 +25,7 @@ contiguous in the stream (``zzzzET\\rSECR``), so a collapsed line is masked agai
 
 from __future__ import annotations
 
+import errno
 import re
 import threading
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import IO
 
 from kata.realise import events as ev
 from kata.secrets import Masker
+from store.errors import StoreError
 
 # prepended to a step's (and a commands service's) shell script: one pipe, one order
 MERGE_STDERR = "exec 2>&1\n"
@@ -103,6 +105,9 @@ class MaskedOutput:
         self._label = "stdout"  # the stream the pending line's first byte came from
         self._lock = threading.Lock()
         self.running: Callable[[], None] | None = None  # the runtime's "container next" hook
+        # bytes written to ``log``: what the step's output holds on disk, which a runtime's
+        # disk guard counts with its writable layers (kata.runtimes.diskguard)
+        self.logged = 0
 
     def __call__(self, stream: str, data: bytes) -> None:
         with self._lock:
@@ -142,8 +147,16 @@ class MaskedOutput:
                     lines[i] = masked
                     texts[i] = masked.decode("utf-8", errors="replace")
         lines.append(b"")  # one write per chunk, each line ending in a newline
+        chunk = b"\n".join(lines)
         with self._log_lock:
-            self._log.write(b"\n".join(lines))
+            try:
+                self._log.write(chunk)
+            except OSError as err:  # spooled beside the run's workspaces (realiser)
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise StoreError("store.disk_full", "no space left on kata's state "
+                                 "filesystem while writing the step's log") from err
+        self.logged += len(chunk)
         emit, step = self._emit, self._step
         label = first
         for text in texts:

@@ -50,7 +50,7 @@ from kata.realise.workspace import (
 )
 from kata.resources import effective, format_size
 from kata.runtimes.base import (
-    CANCEL_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec,
+    CANCEL_EXIT, DISK_EXIT, LOCAL_ONLY_LABEL, OOM_EXIT, TIMEOUT_EXIT, Runtime, ServiceSpec,
     give_cache_paths, user_ids,
 )
 from kata.secrets import Masker, maskable
@@ -647,11 +647,17 @@ class Realiser:
         step = node.step
         attempts = 1 + (step.retry.max if step.retry is not None else 0)
         with contextlib.ExitStack() as files:
-            log = files.enter_context(tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY))
+            # spilled beside the run's workspaces, on the filesystem whose reserve the
+            # runtime keeps (kata.runtimes.diskguard), not in the host's /tmp
+            # (unbuffered: a full disk fails the write that hit it, with its reason)
+            log = files.enter_context(tempfile.SpooledTemporaryFile(
+                max_size=_LOG_MEMORY, dir=self._run_dir, buffering=0))
             log_lock = threading.Lock()
             # each service's output: its own log, stored as a blob (`kata logs --service`)
             service_logs = {s.name: files.enter_context(
-                tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY)) for s in step.services}
+                tempfile.SpooledTemporaryFile(max_size=_LOG_MEMORY, dir=self._run_dir,
+                                              buffering=0))
+                for s in step.services}
             attempt = 1
             while True:  # every attempt in a fresh workspace, all of them in the one log
                 started = time.monotonic()
@@ -708,6 +714,7 @@ class Realiser:
         message = reason = outputs = ""
         report = None
         applied_memory: int | None = None
+        killed_note: str | None = None
         try:
             ws = self._workspace(self._run_dir, self._healed_layers(name, node))
             with contextlib.ExitStack() as release:
@@ -721,6 +728,7 @@ class Realiser:
                                                       log_lock, service_logs)
                     # the limit the runtime applied where it is not this host's default
                     applied_memory = getattr(exit_status, "memory", None)
+                    killed_note = getattr(exit_status, "note", None)  # why it was ended
                     self._ran_on[name] = getattr(exit_status, "host", None)  # a worker
                     exit_status = int(exit_status)
                 except KataError as err:  # e.g. a missing secret, an image not found
@@ -737,8 +745,13 @@ class Realiser:
                     reason, message, outputs = self._collect(node, ws.path)
                 elif cancel.is_set():
                     reason, message = "step.cancelled", f"cancelled ({cancel.reason})"
-                elif exit_status == TIMEOUT_EXIT and step.timeout is not None:
-                    reason, message = "step.timeout", f"timed out after {step.timeout}"
+                elif exit_status == TIMEOUT_EXIT:  # never a status the step chose itself
+                    exit_status, reason = 124, "step.timeout"
+                    message = f"timed out after {step.timeout}" if step.timeout else "timed out"
+                elif exit_status == DISK_EXIT:  # killed by the runtime's disk guard: SIGKILL
+                    exit_status, reason = 137, "step.disk_reserve"
+                    message = killed_note or ("killed to keep the disk's reserve: its host's "
+                                              "filesystem fell below it while the step wrote")
                 elif exit_status == OOM_EXIT:  # killed by the kernel: SIGKILL
                     exit_status, reason = 137, "step.oom"
                     limit = format_size(applied_memory or effective(step.resources).memory
@@ -755,7 +768,10 @@ class Realiser:
         message = self._masker.mask(message.encode()).decode("utf-8", "replace")
         if message and reason != "step.failed":
             with log_lock:
-                log.write(f"kata: {message}".encode() + b"\n")
+                try:
+                    log.write(f"kata: {message}".encode() + b"\n")
+                except OSError:  # the log's disk is full: the message is in the result
+                    pass
         return exit_status, reason, message, outputs, report
 
     def _report(self, workdir: Path, patterns: tuple[str, ...]) -> "TestReport":
@@ -787,10 +803,13 @@ class Realiser:
         try:
             outputs = self.records.put_tree(
                 workdir, paths, artifacts.dir_links(workdir, paths, step.workdir))
-            if self.options.record:
-                self.records.save_cache(node, workdir)
         except StoreError as err:  # e.g. a FIFO among the artifacts
             return err.reason, f"artifacts: {err.message}", ""
+        if self.options.record:
+            try:
+                self.records.save_cache(node, workdir)
+            except StoreError as err:  # e.g. a FIFO left in a cache directory
+                return err.reason, f"cache.paths: {err.message}", ""
         return "", "", outputs
 
     def _passed(self, name: str, node: "Node", resolved: str, outputs: str, log: str,

@@ -28,7 +28,7 @@ from typing import TextIO
 from kata.realise import events as ev
 from kata.report import human_size
 from kata.report.plain import RunLines
-from kata.report.text import FRAME_MARK, SHOW_CURSOR, styled as _styled
+from kata.report.text import FRAME_MARK, SHOW_CURSOR, styled as _styled, terminal_safe
 
 FPS = 10  # frames a second
 _TAIL = 20  # output lines kept per step, shown if it fails
@@ -141,7 +141,7 @@ class LiveReporter:
             self._pending.append(_styled(text))
             if text.startswith(("[FAIL] ", "[WARN] ")):
                 step = text.split(" ", 2)[1]
-                self._pending.extend(f"\x1b[2m{step} | {out}\x1b[0m"
+                self._pending.extend(f"\x1b[2m{step} | {terminal_safe(out)}\x1b[0m"
                                      for out in self.tails.pop(step, ()))
 
     # -- frames ---------------------------------------------------------------------

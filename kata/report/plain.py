@@ -6,7 +6,7 @@ from typing import TextIO
 
 from kata.realise import events as ev
 from kata.report import human_size
-from kata.report.text import done_line, seconds, short_key  # noqa: F401
+from kata.report.text import done_line, seconds, short_key, terminal_safe  # noqa: F401
 
 
 def line(event: ev.Event) -> str | None:
@@ -28,7 +28,7 @@ def line(event: ev.Event) -> str | None:
         case ev.StepStarted():
             return f"[RUN] {event.step}: {event.command}"
         case ev.OutputLine():
-            return f"{event.step} | {event.text}"
+            return f"{event.step} | {terminal_safe(event.text)}"
         case ev.StepPassed():
             if event.cached:  # a hit says nothing more, unless it has a report to show
                 return None if event.report is None else \
@@ -36,7 +36,7 @@ def line(event: ev.Event) -> str | None:
             return f"[PASS] {event.step} ({seconds(event.duration)}){tests(event.report)}"
         case ev.StepFailed() if event.allowed:
             what = (f"exit {event.exit_status}" if event.reason == "step.failed"
-                    and event.exit_status is not None else event.message)
+                    and event.exit_status is not None else terminal_safe(event.message))
             return (f"[WARN] {event.step} ({what}, allowed to fail, "
                     f"{seconds(event.duration)}){tests(event.report)}")
         case ev.StepFailed() if event.reason == "step.cancelled":  # counted as cancelled
@@ -47,11 +47,11 @@ def line(event: ev.Event) -> str | None:
             if event.reason == "step.failed" and event.exit_status is not None:
                 return (f"[FAIL] {event.step} (exit {event.exit_status}, "
                         f"{seconds(event.duration)}){tests(event.report)}")
-            return (f"[FAIL] {event.step} ({event.message}, "
+            return (f"[FAIL] {event.step} ({terminal_safe(event.message)}, "
                     f"{seconds(event.duration)}){tests(event.report)}")
         case ev.StepRetrying():
             what = (f"exit {event.exit_status}" if event.reason == "step.failed"
-                    and event.exit_status is not None else event.message)
+                    and event.exit_status is not None else terminal_safe(event.message))
             return f"[RETRY] {event.step} (attempt {event.attempt}/{event.attempts}: {what})"
         case ev.StepSkipped():
             return f"[SKIP] {event.step} ({event.reason})"
@@ -77,12 +77,13 @@ def tests(report) -> str:  # noqa: ANN001 - kata.realise.reports.TestReport | No
     if report is None:
         return ""
     out = f" — {report.summary()}"
-    for failure in report.failures:
-        out += f"\n    {failure.name}" + (f": {failure.line}" if failure.line else "")
+    for failure in report.failures:  # names and lines are the step's
+        out += f"\n    {terminal_safe(failure.name)}" + \
+            (f": {terminal_safe(failure.line)}" if failure.line else "")
     if report.failed > len(report.failures):
         out += f"\n    … and {report.failed - len(report.failures)} more failed"
     for warning in report.warnings:
-        out += f"\n    warning: report {warning}"
+        out += f"\n    warning: report {terminal_safe(warning)}"
     return out
 
 

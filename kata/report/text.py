@@ -28,6 +28,41 @@ def styled(text: str) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if code else text
 
 
+_SGR = "\x1b\\[[0-9;:]*m"  # Select Graphic Rendition: colours, bold, reset
+_CONTROL = "[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+
+
+def terminal_safe(text: str) -> str:
+    """A step's text (its output line, a test name, a path it made) as kata prints it:
+    colours (SGR sequences, ``ESC [ … m``) and tabs kept, every other control character
+    shown in caret notation (``ESC ] 0 ; x BEL`` as ``^[]0;x^G``, a C1 control as its
+    7-bit form, ``\\x9b`` as ``^[[``), so that what a step prints can colour its lines but
+    never retitle, clear, move the cursor of or write the clipboard of the terminal of
+    whoever reads it (`kata run`, `kata logs`, a hook's ``remote:`` lines; git's sideband
+    shows only colours the same way). The stored log keeps the bytes as printed."""
+    import re
+
+    global _UNSAFE, _PARTS
+    if _UNSAFE is None:
+        _UNSAFE = re.compile(_CONTROL)
+        _PARTS = re.compile(f"({_SGR})|({_CONTROL})")
+    if _UNSAFE.search(text) is None:
+        return text
+    return _PARTS.sub(_caret, text)
+
+
+_UNSAFE = _PARTS = None  # compiled on first use (the cached path imports this module)
+
+
+def _caret(m) -> str:  # noqa: ANN001 - re.Match
+    if m.group(1):
+        return m.group(1)
+    c = ord(m.group(2))
+    if c == 0x7f:
+        return "^?"
+    return "^" + chr(c + 0x40) if c < 0x20 else "^[" + chr(c - 0x40)
+
+
 def short_key(key: str) -> str:
     return key.split(":", 1)[-1][:7] + "..."
 

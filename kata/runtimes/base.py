@@ -148,12 +148,19 @@ LOCAL_ONLY_LABEL = "kata.local-only"
 #: whatever the umask of the kata process or worker that made it (0700 under umask 077)
 WORKSPACE_MODE = 0o755
 
-TIMEOUT_EXIT = 124  # what a runtime returns for a step it killed on timeout
+# What a runtime returns for a step it killed on timeout: out of the 0-255 range of real
+# exit statuses, like OOM_EXIT, so a step's own ``exit 124`` (GNU ``timeout``'s status) is
+# never taken for kata's timeout. The realiser reports it as 124.
+TIMEOUT_EXIT = 256 + 124
 CANCEL_EXIT = 130  # what a runtime returns for a step it killed on cancellation
 # what a runtime returns for a step that failed after the kernel's OOM killer killed a
 # process of it (its memory limit was reached); out of the 0-255 range of real exit
 # statuses, so no step can exit with it. The real status was 137 (SIGKILL).
 OOM_EXIT = 256 + 137
+# what a runtime returns for a step it killed because the filesystem of its writable
+# layers fell below the host's disk reserve (kata.runtimes.diskguard); an ExitStatus whose
+# ``note`` says which filesystem, how much the step held and the reserve. Out of range.
+DISK_EXIT = 256 + 28  # ENOSPC
 
 
 class ExitStatus(int):
@@ -166,11 +173,12 @@ class ExitStatus(int):
 
     memory: int | None
     host: str | None
+    note: str | None  # why the runtime ended it, when it did (DISK_EXIT)
 
     def __new__(cls, status: int, *, memory: int | None = None,
-                host: str | None = None) -> "ExitStatus":
+                host: str | None = None, note: str | None = None) -> "ExitStatus":
         self = super().__new__(cls, status)
-        self.memory, self.host = memory, host
+        self.memory, self.host, self.note = memory, host, note
         return self
 
 
@@ -196,7 +204,8 @@ class Runtime(Protocol):
         the last lines of its log); their output goes to ``service_sink``.
 
         Returns TIMEOUT_EXIT when killed on spec.timeout, CANCEL_EXIT when killed
-        because ``cancel`` was set, OOM_EXIT when it failed after running out of memory
+        because ``cancel`` was set, DISK_EXIT (an ``ExitStatus`` with a ``note``) when
+        killed to keep the host's disk reserve, OOM_EXIT when it failed after running out of memory
         (``spec.resources.memory``; an ``ExitStatus`` names the limit when it is not this
         host's default); 128+signal for other signal deaths. Every
         resource it created is released before it returns or raises.
@@ -242,10 +251,18 @@ def give_cache_paths(root: Path, paths: "tuple[str, ...]", owner: tuple[int, int
             if not target.is_dir():
                 _give(target, owner)
                 continue
-            for top, dirs, files in os.walk(target):
+            # iterative, not os.walk (which recurses on Python 3.11): a step saves cache
+            # directories nested as deep as it likes
+            todo = [str(target)]
+            while todo:
+                top = todo.pop()
                 _give(Path(top), owner)
-                for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                    _give(Path(top) / name, owner)
+                with os.scandir(top) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            todo.append(entry.path)
+                        else:
+                            _give(Path(entry.path), owner)
 
 
 def _give(path: Path, owner: tuple[int, int]) -> None:

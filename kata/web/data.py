@@ -21,6 +21,7 @@ from typing import Any
 from kata.realise.events import iso_time
 from kata.keys import trusted_scope
 from kata.realise.history import RunSummary, cache_entries, previous_derivations, summarise_run
+from kata.report.text import terminal_safe
 from store.errors import StoreError
 from store.runs import Run, StepRecord
 
@@ -313,10 +314,13 @@ def step_log(store: Any, view: RunView, step: str, service: str = "") -> StepLog
 
 
 def ansi_html(text: str) -> str:
-    """``text`` as HTML: escaped, SGR colours as inline styles (ansi2html)."""
+    """``text`` as HTML: escaped, SGR colours as inline styles (ansi2html); every other
+    escape sequence shown as the terminal shows it (``kata.report.text.terminal_safe``),
+    so a step's OSC 8 hyperlink is not a link whose text says another address."""
     from ansi2html import Ansi2HTMLConverter
 
-    return Ansi2HTMLConverter(inline=True, escaped=True).convert(text, full=False)
+    return Ansi2HTMLConverter(inline=True, escaped=True).convert(
+        "\n".join(map(terminal_safe, text.split("\n"))), full=False)
 
 
 # -- why a step missed ----------------------------------------------------------------

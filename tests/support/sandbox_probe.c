@@ -44,7 +44,8 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: probe userns|clone_userns|mount|keyctl|add_key|bpf|"
                         "init_module|finit_module|delete_module|ptrace|ptrace_child|"
-                        "process_vm_readv|setns|compat|reboot|swapon\n");
+                        "process_vm_readv|setns|compat|reboot|swapon|io_uring|perf_event_open|"
+                        "userfaultfd\n");
         return 2;
     }
     const char *op = argv[1];
@@ -104,6 +105,25 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(op, "reboot")) return report(op, syscall(SYS_reboot, 0xfee1dead, 672274793, 0, 0));
     if (!strcmp(op, "swapon")) return report(op, syscall(SYS_swapon, "/nonexistent", 0));
+    if (!strcmp(op, "io_uring")) {  /* io_uring_setup(4, zeroed io_uring_params) */
+        char params[120] = {0};
+        long rc = syscall(SYS_io_uring_setup, 4, params);
+        if (rc >= 0) close((int)rc);
+        return report(op, rc < 0 ? -1 : 0);
+    }
+    if (!strcmp(op, "perf_event_open")) {  /* a software CPU clock counter of ourselves */
+        unsigned int attr[32] = {0};
+        attr[0] = 1;            /* type PERF_TYPE_SOFTWARE */
+        attr[1] = sizeof attr;  /* size */
+        long rc = syscall(SYS_perf_event_open, attr, 0, -1, -1, 0);
+        if (rc >= 0) close((int)rc);
+        return report(op, rc < 0 ? -1 : 0);
+    }
+    if (!strcmp(op, "userfaultfd")) {
+        long rc = syscall(SYS_userfaultfd, 0);
+        if (rc >= 0) close((int)rc);
+        return report(op, rc < 0 ? -1 : 0);
+    }
     fprintf(stderr, "probe: unknown operation %s\n", op);
     return 2;
 }

@@ -8,6 +8,7 @@
       oci_runtime: auto                          # auto | crun | runc (kata/oci_runtime.py)
       shared_shim: true                          # a few containerd shims for all of a run's containers
       step_runner: direct                        # direct: kata runs crun for steps without services; task: containerd tasks
+      disk_reserve: 5%                           # kill the step filling a disk below this (diskguard.py); 0: off
     offline: false                               # never ask a registry
     registries:
       docker.io:
@@ -36,6 +37,7 @@ from kata.hostconfig import check_keys as _check_keys
 from kata.model import Duration
 
 from kata.oci_runtime import CHOICES
+from kata.runtimes.diskguard import Reserve, parse_reserve
 
 STEP_RUNNERS = ("direct", "task")  # containerd.step_runner (direct.py)
 
@@ -57,6 +59,9 @@ class RuntimeConfig:
     # "direct": steps without services run by kata's own `crun run` (direct.py) where the
     # host allows it; "task": every container is a containerd task
     step_runner: str = "direct"
+    # what each filesystem a step writes to keeps free: the step holding most is killed
+    # below it (kata.runtimes.diskguard)
+    disk_reserve: Reserve = Reserve()
     offline: bool = False
     registries: dict[str, RegistryConfig] = field(default_factory=dict)
 
@@ -91,7 +96,8 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
     p = host.path
     top = host.doc
     cd = _check_keys(top.get("containerd"), {"address", "state_dir", "stop_grace",
-                                              "oci_runtime", "shared_shim", "step_runner"},
+                                              "oci_runtime", "shared_shim", "step_runner",
+                                              "disk_reserve"},
                      "containerd", p)
     regs = {}
     for name, value in (_check_keys(top.get("registries"), set(top.get("registries") or {}),
@@ -120,8 +126,13 @@ def runtime_config(host: HostConfig) -> RuntimeConfig:
         raise host.error("config.bad_value", f"containerd.step_runner must be one of "
                          f"{', '.join(STEP_RUNNERS)}, got {runner!r}", "containerd",
                          "step_runner")
+    try:
+        reserve = parse_reserve(cd.get("disk_reserve", "5%"))
+    except ValueError as err:
+        raise host.error("config.bad_value", f"containerd.disk_reserve must be {err}",
+                         "containerd", "disk_reserve") from None
     return RuntimeConfig(address=cd.get("address"), state_dir=cd.get("state_dir"),
                          stop_grace=grace, oci_runtime=oci, shared_shim=shared,
-                         step_runner=runner,
+                         step_runner=runner, disk_reserve=reserve,
                          offline=bool(top.get("offline", False)),
                          registries=regs)

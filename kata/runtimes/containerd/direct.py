@@ -59,7 +59,7 @@ from kata.resources import effective
 from procs import owner_alive
 from procs.leftovers import force_rmtree, remove_tree
 
-from ..base import OutputSink, StepSpec
+from ..base import DISK_EXIT, OutputSink, StepSpec
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, grpc, snapshots_pb2
 from .images import RunImage
@@ -428,6 +428,8 @@ class DirectStep:
             (d / sub).mkdir(parents=True, mode=mode)
             os.chmod(d / sub, mode)  # whatever the umask
         os.chmod(d, 0o700)
+        if self.options.disk is not None:  # its root filesystem's writable layer
+            self.options.disk.add(str(d / "upper"))
         resources = spec["linux"].pop("resources")
         spec["linux"].pop("cgroupsPath", None)
         spec["root"] = {"path": str(rootfs)}
@@ -480,12 +482,14 @@ class DirectStep:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
             killed_for = watch(lambda seconds: bool(poller.poll(seconds * 1000)), self.cancel,
-                               self.step.timeout)
+                               self.step.timeout, self.options.disk)
         finally:
             os.close(pidfd)
         if killed_for is not None:
             exited = threading.Event()
-            _signal_all(self.id, signal.SIGTERM, spare=self.proc.pid)
+            # no grace for a step filling the disk
+            _signal_all(self.id, signal.SIGKILL if killed_for == DISK_EXIT else signal.SIGTERM,
+                        spare=self.proc.pid)
             if not self._grace(exited):
                 _signal_all(self.id, signal.SIGKILL, spare=self.proc.pid)
             if not self._wait(60):

@@ -28,7 +28,7 @@ from google.protobuf import any_pb2
 from kata.errors import KataError
 from kata.resources import effective, format_size
 
-from ..base import CANCEL_EXIT, Readiness, ServiceSink, ServiceSpec, StepSpec, Stream
+from ..base import CANCEL_EXIT, DISK_EXIT, Readiness, ServiceSink, ServiceSpec, StepSpec, Stream
 from .cleanup import Cleanup
 from .client import ContainerdError, grpc, tasks_pb2
 from .sandbox import oom_killed
@@ -211,7 +211,8 @@ class ServiceRun(StepRun):
 
     # -- readiness ----------------------------------------------------------------
     def wait_ready(self) -> int | None:
-        """Return None once ready, CANCEL_EXIT when cancelled; raise if it exits or times out."""
+        """Return None once ready, CANCEL_EXIT when cancelled, DISK_EXIT when the disk
+        guard tripped the step; raise if it exits or times out."""
         r = self.readiness
         if r is None:
             if self.exited.is_set():
@@ -222,6 +223,8 @@ class ServiceRun(StepRun):
         while True:
             if self.cancel.is_set():
                 return CANCEL_EXIT
+            if self.options.disk is not None and self.options.disk.tripped is not None:
+                return DISK_EXIT  # filling the disk while it starts
             if self.exited.is_set():
                 self._failed("service.exited", "exited before it was ready")
             if self._probe(r):
@@ -367,8 +370,8 @@ def run_pod(client: Client, options: TaskOptions, step: StepSpec, image: RunImag
         for run in runs:
             run.launch(cleanup)
         for run in runs:
-            if run.wait_ready() is not None:
-                return CANCEL_EXIT
+            if (why := run.wait_ready()) is not None:
+                return why
         status = StepRun(client, options, step, image, sink, cancel, pod=pod).execute()
         gone = [r for r in runs if r.exited.is_set()]  # died while the step ran
         _stop_all(runs, options)  # SIGTERM all at once, one grace, SIGKILL

@@ -20,8 +20,10 @@ from kata.sockets import socket_peer_pid
 from procs import owner_alive
 
 from ..base import (
-    CANCEL_EXIT, OutputSink, PullCallback, PullProgress, ServiceSink, StepSpec,
+    CANCEL_EXIT, DISK_EXIT, ExitStatus, OutputSink, PullCallback, PullProgress, ServiceSink,
+    StepSpec,
 )
+from ..diskguard import DiskGuard
 from . import orphans
 from .cleanup import Cleanup, signals_deferred
 from .client import (
@@ -100,6 +102,8 @@ class ContainerdRuntime:
         self._pulls: dict[str, SharedPull] = {}  # digest -> the pull steps wait on
         self._pulling: set[SharedPull] = set()  # every pull not ended yet (stopped ones too)
         self.progress: PullCallback | None = None  # told how far each pull is
+        # kills a step filling the disk below the host's reserve (diskguard.py)
+        self.disk = None if config.disk_reserve.off else DiskGuard(config.disk_reserve)
         ContainerdRuntime._live.add(self)
 
     # -- connecting ---------------------------------------------------------------------
@@ -243,13 +247,33 @@ class ContainerdRuntime:
             service_sink: ServiceSink | None = None) -> int:
         if cancel.is_set():
             return CANCEL_EXIT  # cancelled before it began: nothing to create or release
+        if self.disk is None:
+            return self._run(spec, sink, cancel, service_sink, None)
+        ticket = self.disk.ticket()
+        if hasattr(sink, "logged"):  # its output, spooled beside its workspace
+            ticket.extra = lambda: sink.logged  # type: ignore[attr-defined]
+        try:
+            for m in spec.mounts:  # its workspace (an overlay kata mounted) and the like
+                if m.kind == "bind" and not m.readonly:
+                    ticket.add(m.source)
+                elif m.kind == "overlay" and m.upper:
+                    ticket.add(m.upper)
+            status = self._run(spec, sink, cancel, service_sink, ticket)
+        finally:
+            self.disk.release(ticket)
+        if status == DISK_EXIT:
+            return ExitStatus(DISK_EXIT, note=ticket.tripped)
+        return status
+
+    def _run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
+             service_sink: ServiceSink | None, ticket) -> int:  # noqa: ANN001
         options = TaskOptions(fifo_root=self.fifo_root, stop_grace=self.stop_grace,
                               network=self.network, netns_pool=self.netns_pool,
                               runtime_options=self._runtime_options,
                               precompiled_seccomp=self._precompiled_seccomp,
                               shim_group=self.shim_group, hurry=self._hurry,
                               etc_dir=self.fifo_root.parent / "etc",
-                              rlimits=self.task_rlimits)
+                              rlimits=self.task_rlimits, disk=ticket)
         digest = self._ensure_image(spec.image, cancel)
         if digest is None:
             return CANCEL_EXIT  # cancelled while its image was pulled: never started

@@ -3,10 +3,14 @@
 Seccomp: containerd's default profile (``contrib/seccomp/seccomp_default.go``,
 ``DefaultProfile``), shipped as data in ``seccomp_default.json`` (generated from the Go
 source by ``seccompgen.py``) and assembled here exactly as containerd assembles it for a
-spec's bounding capabilities, kernel and architecture. Two deliberate restrictions:
+spec's bounding capabilities, kernel and architecture. Three deliberate restrictions:
 - containerd allows ``ptrace`` on kernels >= 4.8; kata does not (``DENIED``), so no
   process of a step can attach to, read or write another process, as the threat model
   asks (SECURITY.md);
+- containerd 1.6 allows ``io_uring_setup``, ``io_uring_enter`` and ``io_uring_register``;
+  kata does not (``IO_URING``), as containerd 2.0 and Docker 25 no longer do: io_uring's
+  kernel code is a large attack surface (most kernel exploits of Google's kCTF program in
+  2022-23), and a step's libraries (libuv, Tokio) fall back to epoll when it is refused;
 - containerd also lists the compat ABIs (x86_64: i386 and x32; arm64: arm); kata lists
   the native one only (``COMPAT_ARCHES``), so a syscall through a 32-bit ABI kills the
   thread (libseccomp's bad-arch action). It removes the compat syscall layer from what a
@@ -46,6 +50,10 @@ from kata.resources import CPU_PERIOD, Resources
 
 PROFILE_FILE = "seccomp_default.json"
 DENIED = frozenset({"ptrace"})  # allowed by containerd on kernels >= 4.8; not by kata
+# allowed by containerd 1.6's profile; removed from containerd's (2.0, containerd#9320) and
+# Docker's (25.0, moby#46762) because its kernel code is where most container escapes of
+# Google's kCTF came from; denied by kata whatever the capabilities
+IO_URING = frozenset({"io_uring_setup", "io_uring_enter", "io_uring_register"})
 COMPAT_ARCHES = frozenset({"SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_ARM"})
 _GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
            "s390x": "s390x", "ppc64le": "ppc64le", "riscv64": "riscv64"}
@@ -72,7 +80,8 @@ def _kernel() -> tuple[int, int]:
 @functools.cache
 def _profile(caps: frozenset[str], kernel: tuple[int, int], goarch: str) -> str:
     parts = _parts()
-    rules: list[dict[str, Any]] = [dict(r) for r in parts["syscalls"]]
+    rules: list[dict[str, Any]] = [dict(r, names=[n for n in r["names"] if n not in IO_URING])
+                                   for r in parts["syscalls"]]
     for rule in parts["kernel"]:
         if kernel >= tuple(rule["min"]):
             rules.append({"names": list(rule["names"]), "action": "SCMP_ACT_ALLOW"})

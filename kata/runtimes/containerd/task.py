@@ -28,7 +28,8 @@ from kata.errors import KataError
 from kata.oci_runtime import OciRuntime
 from kata.resources import effective
 
-from ..base import CANCEL_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
+from ..base import CANCEL_EXIT, DISK_EXIT, OOM_EXIT, TIMEOUT_EXIT, OutputSink, StepSpec, Stream
+from ..diskguard import Ticket
 from .cleanup import Cleanup
 from .client import SNAPSHOTTER, Client, ContainerdError, containers_pb2, grpc, snapshots_pb2, tasks_pb2
 from .images import RunImage
@@ -74,6 +75,9 @@ class TaskOptions:
     # the containers' OCI rlimits (spec.task_rlimits: under the shim's ceiling); None:
     # spec.host_rlimits, this process's
     rlimits: list | None = None
+    # the step's claim on the runtime's disk guard (diskguard.py): each container adds its
+    # writable layer; tripped, the step is killed (DISK_EXIT). None: no reserve kept
+    disk: Ticket | None = None
 
     def hosts_file(self, step: StepSpec) -> str | None:
         """The /etc/hosts a step outside a pod binds: its own hostname and localhost, or
@@ -196,13 +200,15 @@ class _Reader(threading.Thread):
 
 
 def watch(exited: Callable[[float], bool], cancel: threading.Event,
-          timeout: float | None) -> int | None:
+          timeout: float | None, disk: Ticket | None = None) -> int | None:
     """Wait for a step's exit: ``exited(seconds)`` waits up to that long and says whether
     it came (called for 50 ms at most, so a cancel is seen within that). None when it
-    exited; CANCEL_EXIT or TIMEOUT_EXIT (``timeout`` seconds from now) when that came
-    first, and the caller stops the step."""
+    exited; CANCEL_EXIT, DISK_EXIT (``disk`` tripped) or TIMEOUT_EXIT (``timeout``
+    seconds from now) when that came first, and the caller stops the step."""
     deadline = time.monotonic() + timeout if timeout is not None else None
     while True:
+        if disk is not None and disk.tripped is not None:
+            return DISK_EXIT
         if cancel.is_set():
             return CANCEL_EXIT
         if deadline is not None and time.monotonic() >= deadline:
@@ -350,6 +356,8 @@ class StepRun:
             snapshotter=SNAPSHOTTER, key=cid, parent=self.image.chain_id,
             labels=c.owner_labels()), "prepare snapshot").mounts
         cleanup.push("remove snapshot", self._remove_snapshot)
+        if self.options.disk is not None:  # its root filesystem's writable layer
+            self.options.disk.add(_upper_of(mounts))
         stdout, stderr, fds = self._fifos(cleanup)
         self.task_gone = False
         cleanup.push("delete task", self._teardown_task)
@@ -405,9 +413,12 @@ class StepRun:
     # -- waiting, timeout, cancellation ---------------------------------------------
     def _supervise(self) -> int:
         killed_for = None if self.exited.is_set() else \
-            watch(self.exited.wait, self.cancel, self.step.timeout)
+            watch(self.exited.wait, self.cancel, self.step.timeout, self.options.disk)
         if killed_for is not None:
-            self._kill(signal.SIGTERM)
+            if killed_for == DISK_EXIT:  # no grace: it is filling the disk
+                self._kill(signal.SIGKILL)
+            else:
+                self._kill(signal.SIGTERM)
             if not self.options.grace(self.exited, self.options.stop_grace):
                 self._kill(signal.SIGKILL)
             if not self.exited.wait(60):
@@ -487,6 +498,16 @@ class StepRun:
             return  # the task still has it mounted; the sweep removes it later
         self.c.call(self.c.snapshots.Remove, snapshots_pb2.RemoveSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=self.id), f"remove snapshot {self.id}")
+
+
+def _upper_of(mounts) -> str:  # noqa: ANN001 - containerd Mount messages
+    """The writable directory of a snapshot's mounts: the overlay's ``upperdir``, or the
+    source of a bind mount (a snapshot with no parent)."""
+    for m in mounts:
+        for opt in m.options:
+            if opt.startswith("upperdir="):
+                return opt.removeprefix("upperdir=")
+    return mounts[0].source if mounts else ""
 
 
 def _with_workdir(step: StepSpec, workdir: str) -> StepSpec:
