@@ -382,3 +382,36 @@ def test_kata_web_reads_a_read_only_store_through_a_private_index(store, tmp_pat
         journal.close()
     assert os.listdir(private) == [], "the private index was left"
 
+
+def test_the_why_of_a_run_page_is_kata_whys_own_wording(tmp_path):
+    """The run page explained a miss with `diff` alone: a dependency that changed read as
+    the generic 'it runs unless a result for its new key is stored or it hits by early
+    cutoff', where `kata why` says whether the dependency itself changed. Both now come from
+    kata.why.explain: the page's lines are `kata why`'s lines, word for word."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_text
+    from kata.web.data import why_many
+    from kata.why import why
+    from test_why import CHAIN, resolver
+
+    old = compile_pipeline(load_text(CHAIN), resolver=resolver, repo_root=tmp_path)
+    new = compile_pipeline(load_text(CHAIN.replace("[make]", "[make all]")),
+                           resolver=resolver, repo_root=tmp_path)
+    with Store.open(tmp_path / "store") as s:
+        for i, graph in enumerate((old, new)):
+            steps = []
+            for name in graph.order:
+                node = graph.nodes[name]
+                s.put_derivation(node.drv_hash, node.record().encode())
+                steps.append(StepRecord(name=name, status="passed", cache="MISS",
+                                        exit_status=0, drv_hash=node.drv_hash,
+                                        needs=node.deps))
+            s.put_run(Run(id=f"r{i}", pipeline="pipeline", started=time.time() + i,
+                          status="passed", steps=tuple(steps)))
+        run = s.get_run("r1")
+        shown = why_many(s, run, list(run.steps))
+    records = {n: old.nodes[n].record() for n in old.order}
+    expected = {r.step: r.lines() for r in why(new, "//...", records.get)}
+    assert shown == expected
+    assert "pack itself is unchanged, its key changed only through build" in \
+        "\n".join(shown["test"])
