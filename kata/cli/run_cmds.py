@@ -384,8 +384,14 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
                            steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)))
         # an untrusted run reads no value at all (its plan skips every step declaring one)
+        needed_by: dict[str, str] = {}
+        for name in plan.to_run:  # which step needs each secret, for a missing one's message
+            step = graph.nodes[name].step
+            for secret in (*step.secrets, *(x for s in step.services for x in s.secrets)):
+                needed_by.setdefault(secret, name)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
-            list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
+            list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else (),
+                                                       needed_by))
         for name in unmaskable(options.secrets):
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
