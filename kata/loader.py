@@ -49,6 +49,20 @@ FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev", "/run/kata")
 SHELL_DIRS = ("/bin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64")
 
 
+#: What to write instead of a workspace path starting with ``~`` or ``$`` (nothing expands
+#: them: a directory literally named ``~`` would be kept), per key.
+CACHE_HOME = ("cache paths are relative to the workspace (a directory literally named '~' or "
+              "'$...' would be saved); point the tool's cache into the workspace instead, e.g. "
+              "`npm ci --cache .npm` with paths: ['.npm/'], or env PIP_CACHE_DIR: '.cache/pip' "
+              "with paths: ['.cache/pip/']")
+ARTIFACTS_HOME = ("artifacts are paths relative to the workspace (the step's working "
+                  "directory, /workspace by default): have the tool write there, e.g. "
+                  "`python3 -m build --outdir dist` with artifacts: ['dist/']")
+REPORTS_HOME = ("report paths are relative to the workspace (the step's working directory, "
+                "/workspace by default): have the test runner write there, e.g. "
+                "`pytest --junitxml=reports/junit.xml` with junit: ['reports/*.xml']")
+
+
 def repository_path_problem(text: str, *, glob: bool, anchor: bool = False) -> str:
     """Why ``text`` (an ``artifacts`` / ``cache.paths`` entry, or with ``glob`` an
     ``inputs`` / ``cache.key_files`` gitignore pattern) may reach outside the
@@ -418,10 +432,11 @@ class _Walker:
         return expr
 
     def inside(self, what: str, *, glob: bool, anchor: bool = False,
-               home: bool = False) -> Callable[[str, Node], None]:
+               home: str = "") -> Callable[[str, Node], None]:
         """A check for ``strings``: the entry stays inside the repository. ``home``
-        (``cache.paths``): a leading ``~`` or ``$`` is refused, as a team writing
-        ``~/.npm`` means the user's home, which nothing expands there."""
+        (workspace paths: ``cache.paths``, ``artifacts``, ``reports.junit``): what to do
+        instead, when a leading ``~`` or ``$`` is refused, as a team writing ``~/.npm``
+        means the user's home, which nothing expands there."""
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty path in {what}")
@@ -431,21 +446,17 @@ class _Walker:
             if home and s[:1] in ("~", "$"):
                 raise self.fail(
                     "config.value", item,
-                    f"{what}: {s!r} starts with {s[0]!r}, which is not expanded: cache paths "
-                    "are relative to the workspace (a directory literally named "
-                    f"{s.split('/')[0]!r} would be saved); point the tool's cache into the "
-                    "workspace instead, e.g. `npm ci --cache .npm` with paths: ['.npm/'], "
-                    "or env PIP_CACHE_DIR: '.cache/pip' with paths: ['.cache/pip/']")
+                    f"{what}: {s!r} starts with {s[0]!r}, which is not expanded: {home}")
         return check
 
     def globs(self, node: Node, what: str, gitignore: bool = False,
-              reads: bool = True, anchor: bool = False) -> tuple[str, ...]:
+              reads: bool = True, anchor: bool = False, home: str = "") -> tuple[str, ...]:
         """Patterns; ``gitignore``: path globs (gitignore rules). ``reads``: the patterns
         select files kata reads or keeps (inputs, key_files, artifacts), so they must stay inside the
         repository (no ``..``); changed-path filters (``only: paths``, triggers' ``paths``)
         read nothing. ``anchor`` (inputs, key_files; always for changed-path filters): a
         leading ``/`` anchors at the root as in .gitignore (``artifacts`` refuse it)."""
-        inside = self.inside(what, glob=True, anchor=anchor)
+        inside = self.inside(what, glob=True, anchor=anchor, home=home)
 
         def check(s: str, item: Node) -> None:
             if not s.strip():
@@ -528,7 +539,7 @@ class _Walker:
             if key == "commands":
                 kw[key] = self.strings(v, label)
             elif key == "artifacts":
-                kw[key] = self.globs(v, label, gitignore=True)
+                kw[key] = self.globs(v, label, gitignore=True, home=ARTIFACTS_HOME)
             elif key == "depends_on":
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
@@ -580,7 +591,7 @@ class _Walker:
                 rf = self.fields(v, REPORTS_KEYS, label)
                 if "junit" in rf:
                     kw["junit_reports"] = self.globs(rf["junit"][1], f"{label}.junit",
-                                                     gitignore=True)
+                                                     gitignore=True, home=REPORTS_HOME)
             elif key == "context":
                 def check(s: str, item: Node, label=label) -> None:
                     self.one_of(s, CONTEXT_VARS, item, f"{label}: unknown context variable")
@@ -883,7 +894,7 @@ class _Walker:
         return CacheSpec(
             enabled=enabled, explicit=enabled and "enabled" in f,
             paths=self.strings(f["paths"][1], f"{what}.paths",
-                               self.inside(f"{what}.paths", glob=False, home=True)) if "paths" in f else (),
+                               self.inside(f"{what}.paths", glob=False, home=CACHE_HOME)) if "paths" in f else (),
             key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True,
                                 anchor=True) if "key_files" in f else ())
 
