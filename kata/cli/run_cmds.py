@@ -123,6 +123,11 @@ class LazyRuntime:
         sweep_dead(self.state_dir,
                    warn=lambda message: click.echo(f"kata: warning: {message}", err=True))
 
+    def known_images(self) -> list[str]:
+        """The image names this host has: the tags it recorded and containerd's images."""
+        names = list(self.tags.all()) if self.tags is not None else []
+        return names + [r.name for r in self._get(False).list_images()]
+
     def resolve_image(self, ref: str) -> str:
         if ref in self._resolved:
             return self._resolved[ref]
@@ -346,7 +351,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             from kata.realise.plan import reach_all
 
             resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
-                           steps=None if targets is None else reach_all(targets, graph))
+                           steps=None if targets is None else reach_all(targets, graph),
+                           known=runtime.known_images)
         settings = pipeline.settings
         options = RealiseOptions(
             targets=targets,
@@ -382,7 +388,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                 runtime.connect()
 
             resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
-                           steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)))
+                           steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)),
+                           known=runtime.known_images)
         # an untrusted run reads no value at all (its plan skips every step declaring one)
         needed_by: dict[str, str] = {}
         for name in plan.to_run:  # which step needs each secret, for a missing one's message
