@@ -189,6 +189,10 @@ def _load_text(text: str, file: str) -> Pipeline:
         pos = Position(file=file, line=mark.line + 1, column=mark.column + 1) if mark else \
             Position(file=file, line=1, column=1)
         what = " ".join(x for x in (err.context, err.problem) if x)
+        if "expected '-' indicator" in what or "expected <block end>" in what:
+            what += ("; a line here is indented differently from the entries around it: "
+                     "the keys of one step line up under its `name:`, and a quote opened "
+                     "on a line above must close on it")
         if mark is not None and text[mark.index:mark.index + 1] == "\t":
             what += ("; YAML indents with spaces only" if "tab" in what else
                      "; the character is a tab: YAML indents with spaces only")
@@ -549,7 +553,9 @@ class _Walker:
             elif key == "secrets":
                 def check(s: str, item: Node, label=label) -> None:
                     if not is_env_name(s):
-                        raise self.fail("config.value", item, f"{label}: bad secret name {s!r}")
+                        raise self.fail("config.value", item, f"{label}: bad secret name {s!r}: "
+                                        "a secret is an environment variable: letters, digits "
+                                        "and '_', not starting with a digit (e.g. PYPI_TOKEN)")
                 kw[key] = self.strings(v, label, check)
             elif key == "env":
                 kw[key] = self.env(v, label)
@@ -640,7 +646,10 @@ class _Walker:
                                 "'exit_code: N' and 'timeout'")
             for item in on.value:
                 if isinstance(item, ScalarNode) and item.tag in _TEXTUAL:
-                    self.one_of(item.value, ("timeout",), item, f"{what}.on: unknown condition")
+                    if item.value != "timeout":
+                        raise self.fail("config.value", item, f"{what}.on: unknown condition "
+                                        f"{item.value!r}: write 'timeout' or 'exit_code: N' (an "
+                                        "out-of-memory kill is exit_code: 137)")
                     timeout = True
                     continue
                 entry = self.fields(item, ("exit_code",), f"an entry of {what}.on")
@@ -791,7 +800,9 @@ class _Walker:
             if "secrets" in f:
                 def check(s: str, node: Node, label=label) -> None:
                     if not is_env_name(s):
-                        raise self.fail("config.value", node, f"{label}: bad secret name {s!r}")
+                        raise self.fail("config.value", node, f"{label}: bad secret name {s!r}: "
+                                        "a secret is an environment variable: letters, digits "
+                                        "and '_', not starting with a digit (e.g. PYPI_TOKEN)")
                 secrets = self.strings(f["secrets"][1], f"{label}: secrets", check)
             image_node = self.require(f, "image", item, label)
             env = self.env(f["env"][1], f"{label}: env") if "env" in f else ()
