@@ -876,7 +876,8 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
                 steps: tuple[str, ...] = (), *, verb: str):
     """(run record, step names): the run ``--run ID`` names, else the last run of this
     pipeline that has every step of ``steps`` (a `kata run --step` or `kata build` after
-    it may have left them out; KataError logs.no_run: exit 2 for an ID that names no run,
+    it may have left them out) and did not skip them all (a step run only on tags: the
+    last tag run's; the last run that skipped it when none ran it; KataError logs.no_run: exit 2 for an ID that names no run,
     1 when nothing is recorded yet), and ``steps`` with a matrix step's name replaced by
     its instances' names, as ``kata run --step`` takes it (KataError logs.no_step, exit
     2, for a name that is neither, in the last run's terms when no run has it).
@@ -893,7 +894,7 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
                             "(`kata runs` lists the recorded ones)", obj=run_id)
         return record, _step_names(record, steps)
     pipeline, unloaded = _pipeline_here(ctx)
-    last = chosen = None
+    last = chosen = skipped = None
     for record in store.iter_runs():  # newest first
         if (pipeline and record.pipeline != pipeline) or not trusted_scope(record.scope):
             continue
@@ -902,8 +903,15 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
             names = _step_names(record, steps)
         except KataError:
             continue  # not in this run: an older one may have them
+        if steps and all(e.status == "skipped" for e in record.steps if e.name in names):
+            # skipped here (a `when: tag...` release on a branch run): an older run in
+            # which it ran or hit has its output
+            skipped = skipped or (record, names)
+            continue
         chosen = record
         break
+    if chosen is None and skipped is not None:  # skipped in every run: the last says why
+        chosen, names = skipped
     if last is None:
         raise KataError("logs.no_run", "no trusted run recorded yet" +
                         (f" for pipeline {pipeline!r}" if pipeline else "") +
