@@ -35,7 +35,9 @@ class WhyResult:
     def lines(self) -> list[str]:
         """The lines `kata why` prints and `kata web` shows (one source for both)."""
         if self.status == "no_previous":
-            return [f"//{self.step}: no previous derivation recorded; nothing to compare"]
+            return [f"//{self.step}: no previous derivation recorded; nothing to compare (it "
+                    "never passed in an earlier run: one that failed, was allowed to fail, "
+                    "which is never cached, or never ran has none)"]
         if self.status == "unchanged":
             return [f"//{self.step}: unchanged since its last recorded derivation"]
         if self.status == "not_stored":
