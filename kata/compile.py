@@ -88,7 +88,9 @@ def plan(pipeline: Pipeline) -> Plan:
 
 def resolve_images(pipeline: Pipeline, resolver: Resolver, *,
                    pinned: Callable[[ImageRef], object] | None = None,
-                   steps: Iterable[str] | None = None) -> dict[ImageRef, str | None]:
+                   steps: Iterable[str] | None = None,
+                   known: Callable[[], Iterable[str]] | None = None
+                   ) -> dict[ImageRef, str | None]:
     """Every tag the pipeline names (steps' and services' images) -> its manifest digest
     (or None from a resolver that cannot tell); digest-pinned references are not asked,
     but each is given to ``pinned`` when there is one (it raises ``image.*`` when the image
@@ -99,8 +101,9 @@ def resolve_images(pipeline: Pipeline, resolver: Resolver, *,
     store and not fetchable — offline, unknown, unauthorized) is collected, and all of
     them are reported together as ``image.unavailable`` (exit 2, before any step runs),
     naming for each image the steps (and services) that use it, the cause, and the fix:
-    ``kata image import FILE`` or ``kata image pull REF``. Other errors (containerd
-    unreachable) pass through.
+    ``kata image import FILE`` or ``kata image pull REF``, and, from ``known`` (the
+    names of the images this host has), a close name when there is one (a typo: `did you
+    mean ...?`). Other errors (containerd unreachable) pass through.
     """
     users: dict[ImageRef, list[str]] = {}
     wanted = None if steps is None else set(steps)
@@ -128,8 +131,9 @@ def resolve_images(pipeline: Pipeline, resolver: Resolver, *,
                 failed.append(f"image {ref} (used by {', '.join(names)}) could not be refreshed "
                               f"(--pull asks the registry): {err.message}")
                 continue
+            hint = _close_image(str(ref), known)
             failed.append(f"image {ref} (used by {', '.join(names)}) is neither in kata's "
-                          f"image store nor fetchable: {err.message}; fix: `kata image pull "
+                          f"image store nor fetchable: {err.message}; {hint}fix: `kata image pull "
                           f"{ref}` where the registry is reachable, or `kata image import FILE` "
                           "(an archive from `docker save` or `skopeo copy ... oci-archive:`)")
             continue
@@ -140,6 +144,20 @@ def resolve_images(pipeline: Pipeline, resolver: Resolver, *,
     if failed:
         raise KataError("image.unavailable", "\n".join(failed), obj=str(next(iter(users))))
     return found
+
+
+def _close_image(ref: str, known: Callable[[], Iterable[str]] | None) -> str:
+    """``did you mean NAME? `` for a name of ``known()`` close to ``ref`` (else "")."""
+    import difflib
+
+    if known is None:
+        return ""
+    try:
+        names = sorted(set(known()) - {ref})
+    except KataError:  # no list to look in: no guess
+        return ""
+    close = difflib.get_close_matches(ref, names, n=1, cutoff=0.85)
+    return f"did you mean {close[0]} (this host has it)? " if close else ""
 
 
 def compile_pipeline(pipeline: Pipeline, resolver: Resolver | None = None,

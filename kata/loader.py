@@ -49,6 +49,20 @@ FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev", "/run/kata")
 SHELL_DIRS = ("/bin", "/lib", "/lib64", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64")
 
 
+#: What to write instead of a workspace path starting with ``~`` or ``$`` (nothing expands
+#: them: a directory literally named ``~`` would be kept), per key.
+CACHE_HOME = ("cache paths are relative to the workspace (a directory literally named '~' or "
+              "'$...' would be saved); point the tool's cache into the workspace instead, e.g. "
+              "`npm ci --cache .npm` with paths: ['.npm/'], or env PIP_CACHE_DIR: '.cache/pip' "
+              "with paths: ['.cache/pip/']")
+ARTIFACTS_HOME = ("artifacts are paths relative to the workspace (the step's working "
+                  "directory, /workspace by default): have the tool write there, e.g. "
+                  "`python3 -m build --outdir dist` with artifacts: ['dist/']")
+REPORTS_HOME = ("report paths are relative to the workspace (the step's working directory, "
+                "/workspace by default): have the test runner write there, e.g. "
+                "`pytest --junitxml=reports/junit.xml` with junit: ['reports/*.xml']")
+
+
 def repository_path_problem(text: str, *, glob: bool, anchor: bool = False) -> str:
     """Why ``text`` (an ``artifacts`` / ``cache.paths`` entry, or with ``glob`` an
     ``inputs`` / ``cache.key_files`` gitignore pattern) may reach outside the
@@ -175,6 +189,10 @@ def _load_text(text: str, file: str) -> Pipeline:
         pos = Position(file=file, line=mark.line + 1, column=mark.column + 1) if mark else \
             Position(file=file, line=1, column=1)
         what = " ".join(x for x in (err.context, err.problem) if x)
+        if "expected '-' indicator" in what or "expected <block end>" in what:
+            what += ("; a line here is indented differently from the entries around it: "
+                     "the keys of one step line up under its `name:`, and a quote opened "
+                     "on a line above must close on it")
         if mark is not None and text[mark.index:mark.index + 1] == "\t":
             what += ("; YAML indents with spaces only" if "tab" in what else
                      "; the character is a tab: YAML indents with spaces only")
@@ -418,10 +436,11 @@ class _Walker:
         return expr
 
     def inside(self, what: str, *, glob: bool, anchor: bool = False,
-               home: bool = False) -> Callable[[str, Node], None]:
+               home: str = "") -> Callable[[str, Node], None]:
         """A check for ``strings``: the entry stays inside the repository. ``home``
-        (``cache.paths``): a leading ``~`` or ``$`` is refused, as a team writing
-        ``~/.npm`` means the user's home, which nothing expands there."""
+        (workspace paths: ``cache.paths``, ``artifacts``, ``reports.junit``): what to do
+        instead, when a leading ``~`` or ``$`` is refused, as a team writing ``~/.npm``
+        means the user's home, which nothing expands there."""
         def check(s: str, item: Node) -> None:
             if not s.strip():
                 raise self.fail("config.value", item, f"empty path in {what}")
@@ -431,21 +450,17 @@ class _Walker:
             if home and s[:1] in ("~", "$"):
                 raise self.fail(
                     "config.value", item,
-                    f"{what}: {s!r} starts with {s[0]!r}, which is not expanded: cache paths "
-                    "are relative to the workspace (a directory literally named "
-                    f"{s.split('/')[0]!r} would be saved); point the tool's cache into the "
-                    "workspace instead, e.g. `npm ci --cache .npm` with paths: ['.npm/'], "
-                    "or env PIP_CACHE_DIR: '.cache/pip' with paths: ['.cache/pip/']")
+                    f"{what}: {s!r} starts with {s[0]!r}, which is not expanded: {home}")
         return check
 
     def globs(self, node: Node, what: str, gitignore: bool = False,
-              reads: bool = True, anchor: bool = False) -> tuple[str, ...]:
+              reads: bool = True, anchor: bool = False, home: str = "") -> tuple[str, ...]:
         """Patterns; ``gitignore``: path globs (gitignore rules). ``reads``: the patterns
         select files kata reads or keeps (inputs, key_files, artifacts), so they must stay inside the
         repository (no ``..``); changed-path filters (``only: paths``, triggers' ``paths``)
         read nothing. ``anchor`` (inputs, key_files; always for changed-path filters): a
         leading ``/`` anchors at the root as in .gitignore (``artifacts`` refuse it)."""
-        inside = self.inside(what, glob=True, anchor=anchor)
+        inside = self.inside(what, glob=True, anchor=anchor, home=home)
 
         def check(s: str, item: Node) -> None:
             if not s.strip():
@@ -528,7 +543,7 @@ class _Walker:
             if key == "commands":
                 kw[key] = self.strings(v, label)
             elif key == "artifacts":
-                kw[key] = self.globs(v, label, gitignore=True)
+                kw[key] = self.globs(v, label, gitignore=True, home=ARTIFACTS_HOME)
             elif key == "depends_on":
                 kw[key] = self.strings(v, label)
                 kw["dep_positions"] = tuple(self.pos(i) for i in v.value)
@@ -538,7 +553,9 @@ class _Walker:
             elif key == "secrets":
                 def check(s: str, item: Node, label=label) -> None:
                     if not is_env_name(s):
-                        raise self.fail("config.value", item, f"{label}: bad secret name {s!r}")
+                        raise self.fail("config.value", item, f"{label}: bad secret name {s!r}: "
+                                        "a secret is an environment variable: letters, digits "
+                                        "and '_', not starting with a digit (e.g. PYPI_TOKEN)")
                 kw[key] = self.strings(v, label, check)
             elif key == "env":
                 kw[key] = self.env(v, label)
@@ -580,7 +597,7 @@ class _Walker:
                 rf = self.fields(v, REPORTS_KEYS, label)
                 if "junit" in rf:
                     kw["junit_reports"] = self.globs(rf["junit"][1], f"{label}.junit",
-                                                     gitignore=True)
+                                                     gitignore=True, home=REPORTS_HOME)
             elif key == "context":
                 def check(s: str, item: Node, label=label) -> None:
                     self.one_of(s, CONTEXT_VARS, item, f"{label}: unknown context variable")
@@ -629,7 +646,10 @@ class _Walker:
                                 "'exit_code: N' and 'timeout'")
             for item in on.value:
                 if isinstance(item, ScalarNode) and item.tag in _TEXTUAL:
-                    self.one_of(item.value, ("timeout",), item, f"{what}.on: unknown condition")
+                    if item.value != "timeout":
+                        raise self.fail("config.value", item, f"{what}.on: unknown condition "
+                                        f"{item.value!r}: write 'timeout' or 'exit_code: N' (an "
+                                        "out-of-memory kill is exit_code: 137)")
                     timeout = True
                     continue
                 entry = self.fields(item, ("exit_code",), f"an entry of {what}.on")
@@ -780,7 +800,9 @@ class _Walker:
             if "secrets" in f:
                 def check(s: str, node: Node, label=label) -> None:
                     if not is_env_name(s):
-                        raise self.fail("config.value", node, f"{label}: bad secret name {s!r}")
+                        raise self.fail("config.value", node, f"{label}: bad secret name {s!r}: "
+                                        "a secret is an environment variable: letters, digits "
+                                        "and '_', not starting with a digit (e.g. PYPI_TOKEN)")
                 secrets = self.strings(f["secrets"][1], f"{label}: secrets", check)
             image_node = self.require(f, "image", item, label)
             env = self.env(f["env"][1], f"{label}: env") if "env" in f else ()
@@ -883,7 +905,7 @@ class _Walker:
         return CacheSpec(
             enabled=enabled, explicit=enabled and "enabled" in f,
             paths=self.strings(f["paths"][1], f"{what}.paths",
-                               self.inside(f"{what}.paths", glob=False, home=True)) if "paths" in f else (),
+                               self.inside(f"{what}.paths", glob=False, home=CACHE_HOME)) if "paths" in f else (),
             key_files=self.globs(f["key_files"][1], f"{what}.key_files", gitignore=True,
                                 anchor=True) if "key_files" in f else ())
 

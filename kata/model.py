@@ -269,7 +269,8 @@ class Retry:
 
     def __post_init__(self) -> None:
         if isinstance(self.max, bool) or not 1 <= self.max <= MAX_RETRIES:
-            raise ValueError(f"retry max must be 1 to {MAX_RETRIES}, got {self.max!r}")
+            raise ValueError(f"max must be 1 to {MAX_RETRIES} (extra attempts), got {self.max!r}; "
+                             "no retries: leave retry out")
         for code in self.exit_codes:
             if not 0 < code < 256:
                 raise ValueError(f"exit code {code} out of range (1 to 255)")

@@ -112,8 +112,12 @@ class SecretSource:
         env = dict(os.environ if environ is None else environ)
         return cls(values=values, files=files, environ=env)
 
-    def resolve(self, names: Iterable[str]) -> dict[str, str]:
-        """Values of the declared ``names``; KataError secret.missing. A value shorter than
+    def resolve(self, names: Iterable[str], needed_by: Mapping[str, str] | None = None
+                ) -> dict[str, str]:
+        """Values of the declared ``names``; KataError secret.missing naming, from
+        ``needed_by`` (secret name -> the step that declares it), the step that needs it,
+        and a name given on the command line that no step declares when it is close to a
+        missing one (a typo: ``--secret PYPI_TOKN=...``). A value shorter than
         MIN_SECRET_LENGTH is returned too (the product page's ``DEPLOY_TOKEN=xxx kata run``
         runs); ``unmaskable`` names those for a warning, ``maskable`` leaves them out of the
         ``Masker``."""
@@ -123,10 +127,18 @@ class SecretSource:
                 raise KataError("secret.bad_name", f"{name!r} is not a valid secret name", obj=name)
         missing = [n for n in wanted if n not in self.values and n not in self.files and n not in self.environ]
         if missing:
+            import difflib
+
+            needed_by = needed_by or {}
+            named = [f"{n} (step {needed_by[n]})" if n in needed_by else n for n in missing]
+            given = [n for n in (*self.values, *self.files) if n not in wanted]
+            typos = [f"{g} was given, which no step of this run declares: did you mean {m[0]}?"
+                     for g in given if (m := difflib.get_close_matches(g, missing, n=1))]
             raise KataError(
                 "secret.missing",
-                "missing secret(s): " + ", ".join(missing)
-                + " (set them in the environment, or pass --secret NAME=VALUE or --secret-file NAME=PATH)",
+                "missing secret(s): " + ", ".join(named)
+                + " (set them in the environment, or pass --secret NAME=VALUE or --secret-file NAME=PATH)"
+                + "".join(f"; {t}" for t in typos),
                 obj=missing[0],
             )
         resolved: dict[str, str] = {}

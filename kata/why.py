@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from kata.compile import DerivationGraph
 from kata.derivation import Change, DerivationRecord, decode, diff
@@ -14,24 +14,68 @@ from kata.labels import select
 PreviousLookup = Callable[[str], "DerivationRecord | bytes | None"]
 
 
+#: what a step's miss is explained by when its derivation is the one that passed last
+NOT_STORED = ("same derivation as its last recorded result: the result was not in the "
+              "store (never stored, collected by gc, damaged, --no-cache, cache: false, "
+              "or a step with secrets, never cached without cache: true)")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WhyResult:
+    """What changed one step's key. ``status``: ``no_previous`` (nothing recorded to
+    compare with), ``unchanged``, ``changed`` (``changes`` says what), ``not_stored`` (a
+    miss whose derivation is the one that passed last: its result was not in the store)
+    or ``unrecorded`` (a run's step whose own derivation was never recorded)."""
+
     step: str
-    status: str                          # "no_previous" | "unchanged" | "changed"
+    status: str
     current_hash: str | None
     changes: tuple[Change, ...] = ()
 
     def lines(self) -> list[str]:
+        """The lines `kata why` prints and `kata web` shows (one source for both)."""
         if self.status == "no_previous":
-            return [f"//{self.step}: no previous derivation recorded; nothing to compare"]
+            return [f"//{self.step}: no previous derivation recorded; nothing to compare (it "
+                    "never passed in an earlier run: one that failed, was allowed to fail, "
+                    "which is never cached, or never ran has none)"]
         if self.status == "unchanged":
             return [f"//{self.step}: unchanged since its last recorded derivation"]
+        if self.status == "not_stored":
+            return [f"//{self.step}: {NOT_STORED}"]
+        if self.status == "unrecorded":
+            return [f"//{self.step}: no derivation recorded for this step (a run from before "
+                    "kata recorded them on a miss)"]
         return [f"//{self.step}: {len(self.changes)} change(s) since its last recorded derivation",
                 *(f"  {c}" for c in self.changes)]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subject:
+    """A step as `why` needs it: its derivation record and hash now, its dependencies (step names)
+    and whether it declares artifacts (what a dependent's early-cutoff key covers)."""
+
+    record: DerivationRecord
+    drv_hash: str | None  # None: not known (an image tag not resolved)
+    deps: tuple[str, ...]
+    artifacts: bool
+
+
 def why(graph: DerivationGraph, label: str, previous: PreviousLookup) -> tuple[WhyResult, ...]:
-    """One result per step the label selects, in graph order.
+    """One result per step the label selects, in graph order (``explain`` over the
+    graph's derivations now)."""
+    subjects = {n: Subject(record=graph.nodes[n].record(), drv_hash=graph.nodes[n].drv_hash,
+                           deps=graph.nodes[n].deps,
+                           artifacts=bool(graph.nodes[n].step.artifacts))
+                for n in graph.order}
+    return explain(select([label], graph.order), subjects, graph.order, previous)
+
+
+def explain(names: Iterable[str], subjects: Mapping[str, Subject], order: Sequence[str],
+            previous: PreviousLookup) -> tuple[WhyResult, ...]:
+    """One result per step of ``names`` (an iterable of step names, each in
+    ``subjects``): its record now against ``previous(name)``. ``order``: every step,
+    dependencies first (how handed-on steps are listed). `kata why` passes a compiled
+    graph's steps, `kata web` a recorded run's.
 
     A dependency whose key changed is explained from its own diff (looked up with
     ``previous`` too, once per step): changed itself (it runs, unless a result for its
@@ -44,23 +88,23 @@ def why(graph: DerivationGraph, label: str, previous: PreviousLookup) -> tuple[W
             prev = previous(name)
             if isinstance(prev, (bytes, bytearray)):
                 prev = decode(bytes(prev))
-            diffs[name] = None if prev is None else diff(prev, graph.nodes[name].record())
+            diffs[name] = None if prev is None else diff(prev, subjects[name].record)
         return diffs[name]
 
     out = []
-    for name in select([label], graph.order):
-        node = graph.nodes[name]
+    for name in names:
+        drv_hash = subjects[name].drv_hash
         changes = changes_of(name)
         if changes is None:
-            out.append(WhyResult(step=name, status="no_previous", current_hash=node.drv_hash))
+            out.append(WhyResult(step=name, status="no_previous", current_hash=drv_hash))
             continue
         own = _own(changes)
-        changes = tuple(dataclasses.replace(c, note=_dependency_note(c, changes_of, bool(own),
-                                                             _handed_on(graph, c.name)))
-                        if _through_dependency(c) and c.name in graph.nodes else c
+        changes = tuple(dataclasses.replace(c, note=_dependency_note(
+            c, changes_of, bool(own), _handed_on(subjects, order, c.name)))
+                        if _through_dependency(c) and c.name in subjects else c
                         for c in changes)
         out.append(WhyResult(step=name, status="changed" if changes else "unchanged",
-                             current_hash=node.drv_hash, changes=changes))
+                             current_hash=drv_hash, changes=changes))
     return tuple(out)
 
 
@@ -109,14 +153,15 @@ def _names(names: list[str]) -> str:
     return ", ".join(names) if names else "its dependencies"
 
 
-def _handed_on(graph: DerivationGraph, dep: str) -> tuple[str, ...]:
-    """The steps upstream of ``dep`` (transitively, in graph order) that declare artifacts:
+def _handed_on(subjects: Mapping[str, Subject], order: Sequence[str], dep: str
+               ) -> tuple[str, ...]:
+    """The steps upstream of ``dep`` (transitively, in ``order``) that declare artifacts:
     what ``dep`` hands on beside its own, all of it in a dependent's early-cutoff key."""
     seen: set[str] = set()
-    todo = list(graph.nodes[dep].deps)
+    todo = list(subjects[dep].deps)
     while todo:
         name = todo.pop()
-        if name not in seen and name in graph.nodes:
+        if name not in seen and name in subjects:
             seen.add(name)
-            todo.extend(graph.nodes[name].deps)
-    return tuple(n for n in graph.order if n in seen and graph.nodes[n].step.artifacts)
+            todo.extend(subjects[name].deps)
+    return tuple(n for n in order if n in seen and subjects[n].artifacts)

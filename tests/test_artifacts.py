@@ -56,3 +56,15 @@ def test_a_named_link_to_a_directory_inside_the_workdir_resolves_there(tmp_path)
     assert got == {"result": "build/out", "abs": "build/out", "chain": "build/out",
                    "viaup": "build/out"}
     assert dir_links(work, ["abs"], "/src") == {}  # the container saw it elsewhere
+
+
+def test_a_missing_artifact_names_where_a_file_of_that_name_went(tmp_path):
+    """A newcomer's `artifacts: ["build/*.whl"]` for `python -m build --outdir dist` said
+    only that no path matches it; the workspace had dist/click-8.1.7-py3-none-any.whl."""
+    _tree(tmp_path, ["dist/click-8.1.7-py3-none-any.whl", "src/click/core.py"])
+    _, missing = select(tmp_path, ["build/*.whl"])
+    assert missing_message(missing, tmp_path) == (
+        "declared artifact build/*.whl was not produced (no path matches it); the workspace "
+        "has dist/click-8.1.7-py3-none-any.whl: fix the path in artifacts:")
+    _, missing = select(tmp_path, ["out/"])  # nothing of that name anywhere: no guess
+    assert missing_message(missing, tmp_path) == "declared artifact out/ was not produced"

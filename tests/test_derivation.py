@@ -417,6 +417,27 @@ def test_resolve_images_reports_every_unavailable_image_with_its_users() -> None
     assert len(asked) == 3  # each tag once; the pinned image is never asked
 
 
+def test_an_unavailable_image_close_to_one_the_host_has_says_did_you_mean() -> None:
+    """A newcomer's typo `kata.local/debian-clik:bookworm` said only that it could not be
+    fetched (kata.local does not resolve); the host had kata.local/debian-click:bookworm."""
+    from kata.compile import resolve_images
+    from kata.errors import KataError
+    from kata.loader import load_text
+
+    p = load_text("steps:\n  - {name: a, image: 'kata.local/debian-clik:bookworm'}\n"
+                  "  - {name: b, image: 'kata.local/other:1'}\n")
+
+    def resolver(ref):
+        raise KataError("image.registry_unreachable", f"cannot fetch {ref}", exit_code=1)
+
+    known = ["kata.local/debian-click:bookworm", "docker.io/library/busybox:latest"]
+    with pytest.raises(KataError) as e:
+        resolve_images(p, resolver, known=lambda: known)
+    typo, other = e.value.message.splitlines()
+    assert "did you mean kata.local/debian-click:bookworm (this host has it)? fix: " in typo
+    assert "did you mean" not in other  # nothing close: no guess
+
+
 def test_context_enters_only_the_keys_of_steps_that_ask_for_it(tmp_path) -> None:
     from kata.compile import compile_pipeline
     from kata.loader import load_text

@@ -15,10 +15,15 @@ def test_which_steps_are_exported():
     rows = [("a", "passed", "t1", True), ("b", "passed", "t2", False), ("c", "failed", "", True),
             ("d", "skipped", "", True)]
     assert exported(rows) == [("a", "t1")]
-    assert exported(rows, named=("b",)) == [("a", "t1"), ("b", "t2")]
     with pytest.raises(KataError) as e:
         exported(rows, named=("c",))
     assert e.value.reason == "export.no_output"
+    # a newcomer's `kata export --step smoke` of a step with no artifacts: '[OUT] smoke ->
+    # DIR', exit 0, and an empty DIR (the README: "nothing to export: exit 1")
+    with pytest.raises(KataError) as e:
+        exported(rows, named=("b",))
+    assert e.value.reason == "export.no_output" and e.value.exit_code == 1
+    assert "declares no artifacts: add `artifacts:`" in e.value.message
 
 
 def test_export_replaces_only_what_the_tree_holds(tmp_path):

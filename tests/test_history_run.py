@@ -9,6 +9,9 @@ import time
 
 import pytest
 
+from store import Store
+from store.runs import Run, StepRecord
+
 from fakes import FakeStep, write_pipeline
 from support.cli import KataProcess
 from support.git import git
@@ -97,3 +100,30 @@ def test_an_error_before_the_first_step_is_a_json_event(kata):
     (event,) = [json.loads(line) for line in missing.stdout.splitlines()]
     assert event["event"] == "error" and event["reason"].startswith("image.")
     assert missing.returncode == event["exit_code"] != 0
+
+
+def test_logs_of_a_step_take_the_last_run_that_ran_it_not_one_that_skipped_it(tmp_path):
+    """A newcomer's `kata logs --step release` (a step with `when: tag =~ "v*"`) showed the
+    last branch run's `== release: skipped (when: ...) ==` although the tag run before it
+    had run the release: the last run in which the step ran (or hit) is taken; one that
+    skipped it only when no run ran it."""
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / ".kata-ci.yaml").write_text(
+        "pipeline: p\nsteps:\n  - {name: release, image: alpine, commands: ['true']}\n")
+    with Store.open(tmp_path / "store") as s:
+        log = s.put_blob(b"uploaded\n")
+        now = time.time()
+        s.put_run(Run(id="20261201-000001-aaaaaa", pipeline="p", scope="ref:refs/tags/v1",
+                      started=now, status="passed", steps=(
+                          StepRecord(name="release", status="passed", cache="MISS", log=log),)))
+        s.put_run(Run(id="20261201-000002-bbbbbb", pipeline="p", scope="ref:refs/heads/main",
+                      started=now + 1, status="passed", steps=(
+                          StepRecord(name="release", status="skipped",
+                                     message="when: tag (no tag) does not match v*"),)))
+    kata = KataProcess(repo, store=tmp_path / "store")
+    logs = kata("logs", "--step", "release")
+    assert logs.returncode == 0, logs.stderr
+    assert "run 20261201-000001-aaaaaa (refs/tags/v1)" in logs.stderr
+    assert "uploaded" in logs.stdout

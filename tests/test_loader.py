@@ -445,3 +445,23 @@ def test_a_trigger_naming_a_full_ref_is_refused_as_it_could_never_match() -> Non
         """)
     assert where(e) == ("config.value", 3, 14)
     assert "'v*'" in e.message, e.message
+
+
+@pytest.mark.parametrize("text,words", [
+    # a newcomer's `on: [oom]`: "expected one of timeout" named only one of the two forms
+    ("steps: [{name: a, image: x, retry: {max: 1, on: [oom]}}]\n",
+     "unknown condition 'oom': write 'timeout' or 'exit_code: N' (an out-of-memory kill is "
+     "exit_code: 137)"),
+    # "retry: retry max must be 1 to 10, got 0": the key twice, and no way out
+    ("steps: [{name: a, image: x, retry: 0}]\n",
+     "step 'a': retry: max must be 1 to 10 (extra attempts), got 0; no retries: leave retry out"),
+    # "bad secret name 'pypi-token'": not the rule
+    ("steps: [{name: a, image: x, secrets: [pypi-token]}]\n",
+     "bad secret name 'pypi-token': a secret is an environment variable: letters, digits and "
+     "'_', not starting with a digit"),
+    # a step key indented less than the others: PyYAML's words alone
+    ("steps:\n  - name: a\n    image: x\n  commands: [b]\n",
+     "a line here is indented differently from the entries around it"),
+])
+def test_a_newcomers_mistake_says_what_to_write(text, words) -> None:
+    assert words in str(err(text))

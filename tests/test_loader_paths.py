@@ -39,6 +39,16 @@ BAD = {
     "cache_paths_variable": ("    cache:\n      paths: [$HOME/.cache/pip]\n", 5, 15,
                              "cache.paths: '$HOME/.cache/pip' starts with '$', which is "
                              "not expanded"),
+    # the same for the other workspace paths: a newcomer's `artifacts: [~/dist]` loaded and
+    # then failed every run with a missing artifact
+    "artifacts_home": ("    artifacts: ['~/dist/*.whl']\n", 4, 17,
+                       "artifacts: '~/dist/*.whl' starts with '~', which is not expanded: "
+                       "artifacts are paths relative to the workspace"),
+    "artifacts_variable": ("    artifacts: [dist, $HOME/out]\n", 4, 23,
+                           "artifacts: '$HOME/out' starts with '$', which is not expanded"),
+    "junit_home": ("    reports: {junit: ['~/reports/*.xml']}\n", 4, 23,
+                   "reports.junit: '~/reports/*.xml' starts with '~', which is not expanded: "
+                   "report paths are relative to the workspace"),
     "cache_paths_dotdot": ("    cache:\n      paths: [node_modules/../../..]\n", 5, 15,
                            "cache.paths: 'node_modules/../../..' contains '..'"),
     "artifacts_absolute": ("    artifacts: [dist, /etc/passwd]\n", 4, 23,

@@ -66,3 +66,17 @@ def test_each_command_names_the_fix(kata, args, fix) -> None:
     assert proc.returncode in (1, 2), proc.stdout
     assert fix in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,fix", [
+    (("gc",), "did you mean `kata store gc`?"),
+    (("gc", "--older-than", "30d"), "did you mean `kata store gc`?"),
+    (("pull", "debian:12"), "did you mean `kata image pull`?"),
+    (("stats",), "did you mean `kata cache stats` or `kata store stats`?"),
+])
+def test_a_subcommand_typed_at_the_top_names_its_group(kata, args, fix) -> None:
+    """A newcomer's `kata gc` (as `git gc`, `docker system prune`) said only "No such
+    command 'gc'", and the README names no gc at all."""
+    proc = kata(*args)
+    assert proc.returncode == 2, proc.stdout
+    assert fix in proc.stderr, proc.stderr

@@ -469,3 +469,19 @@ def test_secret_file_from_a_pipe(tmp_path):
     finally:
         os.close(r)
     assert got == {"A": "from-a-pipe"}
+
+
+def test_a_missing_secret_names_its_step_and_a_typo_given_instead():
+    """A newcomer's `kata run --event tag --tag v1 --secret PYPI_TOKN=...` said only
+    "missing secret(s): PYPI_TOKEN": not which step wants it, nor that the name typed was
+    one letter off (a name no step declares is otherwise accepted silently)."""
+    src = SecretSource.from_args(["PYPI_TOKN=abcdefgh"], environ={})
+    with pytest.raises(KataError) as e:
+        src.resolve(["PYPI_TOKEN"], {"PYPI_TOKEN": "release"})
+    assert e.value.reason == "secret.missing"
+    assert "missing secret(s): PYPI_TOKEN (step release)" in str(e.value)
+    assert str(e.value).endswith("; PYPI_TOKN was given, which no step of this run declares: "
+                                 "did you mean PYPI_TOKEN?")
+    with pytest.raises(KataError) as plain:  # nothing close given: no guess
+        SecretSource.from_args(["OTHER=abcdefgh"], environ={}).resolve(["PYPI_TOKEN"])
+    assert "did you mean" not in str(plain.value)

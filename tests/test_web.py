@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -332,3 +333,85 @@ def test_the_run_list_counts_cancelled_steps_apart_from_failed_ones(tmp_path):
         assert "<th>Failed</th><th>Cancelled</th>" in page
         assert "<td>1</td><td>2</td><td>0</td></tr>" in page, page
         assert "1 failed, 2 cancelled, 0 skipped" in c.get("/runs/r1").text
+
+
+def test_kata_web_reads_a_read_only_store_through_a_private_index(store, tmp_path):
+    """A store mounted read-only (or another user's): `kata runs`, `logs`, `why` read it
+    through a private index; `kata web` refused it (exit 2, 'mount it read-write'). It
+    serves it now, lists the runs in progress from the store's own state dir, and leaves
+    no private index behind."""
+    import re
+    import signal
+    import urllib.request
+
+    from kata.report.journal import Journal
+
+    root = store.root
+    journal = Journal(Path(store.state_dir) / "live")  # a run in progress, ours
+    journal.start(run_id="r-live", pipeline="demo")
+    store.close()
+    private = tmp_path / "tmp"  # where the private index goes ($TMPDIR)
+    private.mkdir()
+    env = dict(os.environ, KATA_STORE=str(root), TMPDIR=str(private),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True)
+        proc = subprocess.Popen([sys.executable, "-m", "kata", "web", "--port", "0"], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stderr.readline()
+            found = re.search(r"serving (http://\S+/)", line)
+            assert found, line + proc.stderr.read()
+            with urllib.request.urlopen(found.group(1) + "api/runs", timeout=30) as resp:
+                doc = json.loads(resp.read())
+            assert [r["id"] for r in doc["runs"]] == ["r2", "r1", "r0"]
+            assert [r["run_id"] for r in doc["live"]] == ["r-live"]
+            with urllib.request.urlopen(found.group(1) + "runs/r1", timeout=30) as resp:
+                assert resp.status == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+        journal.close()
+    assert os.listdir(private) == [], "the private index was left"
+
+
+def test_the_why_of_a_run_page_is_kata_whys_own_wording(tmp_path):
+    """The run page explained a miss with `diff` alone: a dependency that changed read as
+    the generic 'it runs unless a result for its new key is stored or it hits by early
+    cutoff', where `kata why` says whether the dependency itself changed. Both now come from
+    kata.why.explain: the page's lines are `kata why`'s lines, word for word."""
+    from kata.compile import compile_pipeline
+    from kata.loader import load_text
+    from kata.web.data import why_many
+    from kata.why import why
+    from test_why import CHAIN, resolver
+
+    old = compile_pipeline(load_text(CHAIN), resolver=resolver, repo_root=tmp_path)
+    new = compile_pipeline(load_text(CHAIN.replace("[make]", "[make all]")),
+                           resolver=resolver, repo_root=tmp_path)
+    with Store.open(tmp_path / "store") as s:
+        for i, graph in enumerate((old, new)):
+            steps = []
+            for name in graph.order:
+                node = graph.nodes[name]
+                s.put_derivation(node.drv_hash, node.record().encode())
+                steps.append(StepRecord(name=name, status="passed", cache="MISS",
+                                        exit_status=0, drv_hash=node.drv_hash,
+                                        needs=node.deps))
+            s.put_run(Run(id=f"r{i}", pipeline="pipeline", started=time.time() + i,
+                          status="passed", steps=tuple(steps)))
+        run = s.get_run("r1")
+        shown = why_many(s, run, list(run.steps))
+    records = {n: old.nodes[n].record() for n in old.order}
+    expected = {r.step: r.lines() for r in why(new, "//...", records.get)}
+    assert shown == expected
+    assert "pack itself is unchanged, its key changed only through build" in \
+        "\n".join(shown["test"])

@@ -162,3 +162,14 @@ steps:
     assert "if wheel's output comes out the same" not in line, line
     assert ("still hits if what wheel passes on comes out the same: its artifacts and "
             "those it hands on from sdist (early cutoff)") in line, line
+
+
+def test_no_previous_says_only_a_passed_run_counts(tmp_path) -> None:
+    """Found on click: a step with `allow_failure: true` that had run five times was
+    'no previous derivation recorded' to `kata why` and the dashboard: what it compares
+    against is the last run in which the step passed, which an allowed failure never does."""
+    graph = compile_pipeline(load_text(TEXT), resolver=resolver, repo_root=tmp_path)
+    (result,) = why(graph, "//build", lambda step: None)
+    (line,) = result.lines()
+    assert line.startswith("//build: no previous derivation recorded; nothing to compare")
+    assert "never passed in an earlier run" in line and "allowed to fail" in line

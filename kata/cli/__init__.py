@@ -20,7 +20,24 @@ from kata.errors import KataError
 from . import config_cmds, doctor_cmds, history_cmds, image_cmds, run_cmds, store_cmds
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class KataGroup(click.Group):
+    """The root group: an unknown command that is a subcommand of a group (``kata gc``,
+    ``kata pull``) is answered with the full command (``kata store gc``), as a user of
+    ``docker system prune`` or ``git gc`` types it first."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201
+        name = args[0] if args else ""
+        if name and self.get_command(ctx, name) is None and not name.startswith("-"):
+            homes = [f"kata {group} {name}" for group, cmd in sorted(self.commands.items())
+                     if isinstance(cmd, click.Group) and not cmd.hidden
+                     and name in cmd.commands and not cmd.commands[name].hidden]
+            if homes:
+                raise click.UsageError(f"no command {name!r}: did you mean "
+                                       f"{' or '.join(f'`{h}`' for h in homes)}?", ctx)
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=KataGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
               help="Pipeline config (default: .kata-ci.yaml at the repository root).")
 @click.option("--store", "store_path", type=click.Path(file_okay=False), envvar="KATA_STORE",

@@ -96,7 +96,8 @@ def validate(ctx: click.Context, json_out: bool, offline: bool) -> None:
             else:
                 try:
                     resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
-                                   pinned=lambda ref: runtime.check_pinned(str(ref)))
+                                   pinned=lambda ref: runtime.check_pinned(str(ref)),
+                                   known=lambda: [r.name for r in runtime.list_images()])
                 finally:
                     runtime.close()
     except KataError as err:

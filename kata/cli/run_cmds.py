@@ -124,6 +124,11 @@ class LazyRuntime:
         sweep_dead(self.state_dir,
                    warn=lambda message: click.echo(f"kata: warning: {message}", err=True))
 
+    def known_images(self) -> list[str]:
+        """The image names this host has: the tags it recorded and containerd's images."""
+        names = list(self.tags.all()) if self.tags is not None else []
+        return names + [r.name for r in self._get(False).list_images()]
+
     def resolve_image(self, ref: str) -> str:
         if ref in self._resolved:
             return self._resolved[ref]
@@ -347,7 +352,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
             from kata.realise.plan import reach_all
 
             resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
-                           steps=None if targets is None else reach_all(targets, graph))
+                           steps=None if targets is None else reach_all(targets, graph),
+                           known=runtime.known_images)
         settings = pipeline.settings
         options = RealiseOptions(
             targets=targets,
@@ -382,10 +388,17 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
                 runtime.connect()
 
             resolve_images(pipeline, lambda ref: runtime.resolve_image(str(ref)),
-                           steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)))
+                           steps=plan.to_run, pinned=lambda ref: runtime.check_pinned(str(ref)),
+                           known=runtime.known_images)
         # an untrusted run reads no value at all (its plan skips every step declaring one)
+        needed_by: dict[str, str] = {}
+        for name in plan.to_run:  # which step needs each secret, for a missing one's message
+            step = graph.nodes[name].step
+            for secret in (*step.secrets, *(x for s in step.services for x in s.secrets)):
+                needed_by.setdefault(secret, name)
         options = dataclasses.replace(options, secrets=SecretSource.from_args(
-            list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else ()))
+            list(secrets), list(secret_files)).resolve(plan.secrets if scope.trusted else (),
+                                                       needed_by))
         for name in unmaskable(options.secrets):
             click.echo(f"warning: secret {name} is {len(options.secrets[name])} character(s) "
                        f"long, too short to be masked safely (at least {MIN_SECRET_LENGTH}); "
@@ -863,7 +876,8 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
                 steps: tuple[str, ...] = (), *, verb: str):
     """(run record, step names): the run ``--run ID`` names, else the last run of this
     pipeline that has every step of ``steps`` (a `kata run --step` or `kata build` after
-    it may have left them out; KataError logs.no_run: exit 2 for an ID that names no run,
+    it may have left them out) and did not skip them all (a step run only on tags: the
+    last tag run's; the last run that skipped it when none ran it; KataError logs.no_run: exit 2 for an ID that names no run,
     1 when nothing is recorded yet), and ``steps`` with a matrix step's name replaced by
     its instances' names, as ``kata run --step`` takes it (KataError logs.no_step, exit
     2, for a name that is neither, in the last run's terms when no run has it).
@@ -880,7 +894,7 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
                             "(`kata runs` lists the recorded ones)", obj=run_id)
         return record, _step_names(record, steps)
     pipeline, unloaded = _pipeline_here(ctx)
-    last = chosen = None
+    last = chosen = skipped = None
     for record in store.iter_runs():  # newest first
         if (pipeline and record.pipeline != pipeline) or not trusted_scope(record.scope):
             continue
@@ -889,8 +903,15 @@ def _run_record(store, ctx: click.Context, run_id: str | None,  # noqa: ANN001, 
             names = _step_names(record, steps)
         except KataError:
             continue  # not in this run: an older one may have them
+        if steps and all(e.status == "skipped" for e in record.steps if e.name in names):
+            # skipped here (a `when: tag...` release on a branch run): an older run in
+            # which it ran or hit has its output
+            skipped = skipped or (record, names)
+            continue
         chosen = record
         break
+    if chosen is None and skipped is not None:  # skipped in every run: the last says why
+        chosen, names = skipped
     if last is None:
         raise KataError("logs.no_run", "no trusted run recorded yet" +
                         (f" for pipeline {pipeline!r}" if pipeline else "") +

@@ -32,8 +32,8 @@ def register(cli: click.Group) -> None:
 _USER_FIXABLE = {
     "store.read_only": "this command writes to the store: mount it read-write, or name a "
                        "store on a writable filesystem with --store DIR (kata runs, logs, why, "
-                       "export, graph, run --dry-run, cache list, store stats and store "
-                       "verify can read it as it is)",
+                       "export, graph, run --dry-run, cache list, store stats, store "
+                       "verify and web can read it as it is)",
     "store.permission": "give this user access to it, or name another store with "
                         "--store DIR",
     "store.not_a_directory": "name a directory with --store DIR (or $KATA_STORE)",

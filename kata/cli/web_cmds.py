@@ -95,7 +95,7 @@ def web(ctx: click.Context, host: str, port: int, token_file: str | None,
 
     import uvicorn
 
-    from kata.cli.store_cmds import open_store
+    from kata.cli.store_cmds import existing_state_dir, open_store
     from kata.web.app import create_app
 
     if not is_loopback(host) and token_file is None:
@@ -113,9 +113,14 @@ def web(ctx: click.Context, host: str, port: int, token_file: str | None,
         sock.close()
         raise KataError("web.bind", f"cannot listen on {host}:{port}: {err.strerror or err}",
                         obj=f"{host}:{port}", exit_code=1) from err
-    store = open_store(ctx)
+    # it only reads: a store this user cannot write (a read-only mount, another user's)
+    # is read through a private index, as `kata runs` reads it
+    store = open_store(ctx, read_only=True)
     try:
-        app = create_app(store, token=token)
+        # the runs in progress are in the store's own state dir, not the private one a
+        # read-only store was given (readable or not: then none are listed)
+        live_dir = existing_state_dir(ctx) if store.read_only else store.state_dir
+        app = create_app(store, token=token, state_dir=live_dir or store.state_dir)
         bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if cert_file is not None else "http"

@@ -66,13 +66,42 @@ def select(workdir: Path, entries: Sequence[str]) -> tuple[list[str], list[str]]
     return kept, missing
 
 
-def missing_message(missing: Sequence[str]) -> str:
-    """The ``artifact.missing`` text for the entries ``select`` found nothing for."""
+def missing_message(missing: Sequence[str], workdir: Path | None = None) -> str:
+    """The ``artifact.missing`` text for the entries ``select`` found nothing for; with
+    ``workdir``, the workspace paths (at most 3) whose name matches an entry's last part
+    (``build/*.whl`` missing, ``dist/x.whl`` written: the tool wrote elsewhere)."""
     if len(missing) == 1:
         hint = " (no path matches it)" if is_glob(missing[0]) else ""
-        return f"declared artifact {missing[0]} was not produced{hint}"
-    shown = ", ".join(f"{e} (no path matches it)" if is_glob(e) else e for e in missing)
-    return f"declared artifacts {shown} were not produced"
+        text = f"declared artifact {missing[0]} was not produced{hint}"
+    else:
+        shown = ", ".join(f"{e} (no path matches it)" if is_glob(e) else e for e in missing)
+        text = f"declared artifacts {shown} were not produced"
+    found = _same_names(workdir, missing) if workdir is not None else []
+    if found:
+        text += f"; the workspace has {', '.join(found)}: fix the path in artifacts:"
+    return text
+
+
+def _same_names(workdir: Path, missing: Sequence[str], limit: int = 3,
+                budget: int = 20000) -> list[str]:
+    """Workspace paths (``/``-separated, sorted, at most ``limit``) whose file or directory
+    name matches the last part of a ``missing`` entry; a walk of at most ``budget``
+    entries that follows no symbolic link."""
+    import fnmatch
+
+    names = [e.rstrip("/").rsplit("/", 1)[-1] for e in missing]
+    names = [n for n in names if n and n not in ("*", "**")]
+    found: list[str] = []
+    seen = 0
+    for top, dirs, files in os.walk(workdir):  # os.walk follows no link by default
+        dirs.sort()
+        for name in sorted(dirs + files):
+            seen += 1
+            if any(fnmatch.fnmatchcase(name, n) for n in names):
+                found.append(os.path.relpath(os.path.join(top, name), workdir).replace(os.sep, "/"))
+        if seen > budget or len(found) >= limit:
+            break
+    return sorted(found)[:limit]
 
 
 def _expand(workdir: Path, pattern: str) -> list[str]:

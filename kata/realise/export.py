@@ -45,15 +45,17 @@ class Exported:
 def exported(results: Iterable[tuple[str, str, str, bool]], named: Sequence[str] = ()
              ) -> list[tuple[str, str]]:
     """(step, tree) to export from ``(step, status, output tree, declares artifacts)``
-    rows: passed steps with a tree that declare artifacts, or that were ``named``.
-    KataError export.no_output (exit 1) for a named step with no tree."""
+    rows: passed steps with a tree that declare artifacts. KataError export.no_output
+    (exit 1) for a named step with no tree, or whose tree is empty (it declares no
+    ``artifacts``: an empty directory must not pass for an export)."""
     out = []
     for step, status, tree, declares in results:
-        if step in named and (status != "passed" or not tree):
+        if step in named and (status != "passed" or not tree or not declares):
+            why = ("did not pass" if status != "passed" else "has no output tree" if not tree
+                   else "declares no artifacts: add `artifacts:` to the step to keep files")
             raise KataError("export.no_output", f"step {step} has no artifacts to export "
-                            f"(it {'did not pass' if status != 'passed' else 'has no output tree'})",
-                            obj=step, exit_code=1)
-        if status == "passed" and tree and (declares or step in named):
+                            f"(it {why})", obj=step, exit_code=1)
+        if status == "passed" and tree and declares:
             out.append((step, tree))
     return out
 

@@ -799,7 +799,7 @@ class Realiser:
         step = node.step
         paths, missing = artifacts.select(workdir, step.artifacts)
         if missing:
-            return ("artifact.missing", artifacts.missing_message(missing), "")
+            return ("artifact.missing", artifacts.missing_message(missing, workdir), "")
         try:
             outputs = self.records.put_tree(
                 workdir, paths, artifacts.dir_links(workdir, paths, step.workdir))

@@ -49,11 +49,15 @@ COOKIE = "kata_token"
 POLL = 0.2  # seconds between looks at a live journal
 
 
-def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> Starlette:
+def create_app(store: Any, *, token: str | None = None, warm: bool = True,
+               state_dir: str | None = None) -> Starlette:
     """The dashboard over ``store`` (an open ``store.Store``); ``token``: what every
-    request must present (None: nothing, for a loopback address only); ``warm``: read
+    request must present (None: nothing, for a loopback address only); ``state_dir``:
+    where the live journals of runs in progress are (default: the store's state dir; a
+    store opened read-only has a private one, so its caller names the store's own); ``warm``: read
     the run summaries once in the background from the start (from the store's index;
     records the index lacks, e.g. written by another host, are decoded there)."""
+    live_dir = state_dir if state_dir is not None else store.state_dir
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.globals.update(local_time=local_time, short_ref=data.short_ref, human=draw.human,
@@ -84,7 +88,7 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
                              event=q.get("event", ""), status=q.get("status", ""))
         found = data.runs_page(index, flt, offset=_int(q.get("offset"), 0),
                                limit=min(_int(q.get("limit"), 50), 500))
-        live = [r for r in data.live_runs(store.state_dir)
+        live = [r for r in data.live_runs(live_dir)
                 if (not flt.pipeline or r["pipeline"] == flt.pipeline)
                 and flt.status in ("", "running")]
         return found, flt, live
@@ -107,7 +111,7 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
         run_id = request.path_params["run_id"]
         view = data.run_view(store, run_id)
         if view is None:
-            if os.path.exists(data.journal_path(store.state_dir, run_id)):
+            if os.path.exists(data.journal_path(live_dir, run_id)):
                 return page(request, "live.html", run_id=run_id)
             return not_found(request, f"no run {run_id!r} in the store", False)
         logs = {s.name: data.step_log(store, view, s.name) for s in view.steps
@@ -119,7 +123,7 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
         run_id = request.path_params["run_id"]
         view = data.run_view(store, run_id)
         if view is None:
-            if os.path.exists(data.journal_path(store.state_dir, run_id)):
+            if os.path.exists(data.journal_path(live_dir, run_id)):
                 return api({"run": {"id": run_id, "status": "running"},
                             "events": f"/api/runs/{run_id}/events"})
             return not_found(request, f"no run {run_id!r} in the store", True)
@@ -141,7 +145,7 @@ def create_app(store: Any, *, token: str | None = None, warm: bool = True) -> St
 
     async def events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        path = data.journal_path(store.state_dir, run_id)
+        path = data.journal_path(live_dir, run_id)
         if not os.path.exists(path):
             if store.get_run(run_id) is not None:  # over already: say so, the page reloads
                 return StreamingResponse(_once({"event": "end", "run_id": run_id}),

@@ -2,7 +2,7 @@
 
 Runs are summarised by ``kata.realise.history.summarise_run`` (what ``kata runs`` prints),
 cache entries listed by ``cache_entries`` (``kata cache list``), a miss explained by
-``kata.derivation.diff`` against ``previous_derivation`` (``kata why``), a log line collapsed
+``kata.why.explain`` against ``previous_derivations`` (``kata why``'s code and wording), a log line collapsed
 by ``kata.realise.output.collapse`` (as the realiser writes it). Run records are immutable
 files whose summaries the store's index keeps as it records them, so :class:`RunIndex`
 reads each summary once and keeps it by file name: the runs page of a store with 10,000
@@ -340,33 +340,52 @@ def why_lines(store: Any, run: Run, record: StepRecord) -> list[str]:
 
 
 def why_many(store: Any, run: Run, records: list[StepRecord]) -> dict[str, list[str]]:
-    from kata.derivation import decode, diff
-    from kata.why import WhyResult
+    """``kata why``'s lines (``kata.why.explain``, the CLI's own code) for steps of ``run``
+    that missed: each step's recorded derivation against its last realisation before this
+    run (and its dependencies', whose own diffs say whether they may hit by early cutoff),
+    one walk over the older runs for all of them."""
+    from kata.derivation import decode
+    from kata.why import Subject, WhyResult, explain
 
-    currents = {r.name: store.get_derivation(r.drv_hash) for r in records}
-    wanted = {r.name: r.drv_hash for r in records if currents[r.name] is not None}
+    by_name = {s.name: s for s in run.steps}
+    subjects: dict[str, Subject] = {}
+    todo = [r.name for r in records]
+    while todo:  # the steps asked about and, transitively, their recorded dependencies
+        name = todo.pop()
+        step = by_name.get(name)
+        if name in subjects or step is None or not step.drv_hash:
+            continue
+        raw = store.get_derivation(step.drv_hash)
+        if raw is None:
+            continue
+        try:
+            record = decode(raw)
+        except Exception:  # noqa: BLE001 - an old or foreign record: explained as unrecorded
+            continue
+        deps = tuple(n for n, _ in record.dep_names) or step.needs
+        subjects[name] = Subject(record=record, drv_hash=step.drv_hash, deps=deps,
+                                 artifacts=bool(record.derivation.artifacts))
+        todo.extend(deps)
+    wanted = {n: by_name[n].drv_hash for n in subjects}
     previous = previous_derivations(store, run.pipeline, wanted, before=run.id,
                                     trusted=trusted_scope(run.scope)) if wanted else {}
+
+    def lookup(name: str):  # noqa: ANN202
+        data, same = previous.get(name, (None, False))
+        return subjects[name].record if same else data  # passed as it is: unchanged
+
+    order = [s.name for s in run.steps]
     out = {}
     for record in records:
-        current = currents[record.name]
-        before, same = previous.get(record.name, (None, False))
-        if current is None:
-            out[record.name] = ["no derivation recorded for this step (a run from before "
-                                "kata recorded them on a miss)"]
-        elif before is None and same:
-            out[record.name] = [
-                "same derivation as its last recorded result: the result was not in the "
-                "store (never stored, collected by gc, damaged, --no-cache, cache: false, "
-                "or a step with secrets, never cached without cache: true)"]
-        elif before is None:
-            out[record.name] = WhyResult(step=record.name, status="no_previous",
-                                         current_hash=record.drv_hash).lines()
+        if record.name not in subjects:
+            result = WhyResult(step=record.name, status="unrecorded",
+                               current_hash=record.drv_hash)
+        elif previous.get(record.name, (None, False)) == (None, True):
+            result = WhyResult(step=record.name, status="not_stored",
+                               current_hash=record.drv_hash)
         else:
-            changes = diff(decode(before), decode(current))
-            out[record.name] = WhyResult(step=record.name,
-                                         status="changed" if changes else "unchanged",
-                                         current_hash=record.drv_hash, changes=changes).lines()
+            (result,) = explain([record.name], subjects, order, lookup)
+        out[record.name] = result.lines()
     return out
 
 
