@@ -509,3 +509,43 @@ def test_without_protected_refs_only_the_bare_repositorys_head_is_trusted(trunk_
     server.commit({"src/app.txt": "app v2\n"}, "trunk: v2")
     again = _remote(server.push("origin", "trunk"))
     assert "deploy | deployed with the right token" in again, "\n".join(again)
+
+
+def _merge_chain(depth: int) -> str:
+    """A .kata-ci.yaml of ~depth lines whose step env merges an anchor that merges the
+    one before it twice, and so on: 2^depth mappings to walk, depth + 1 distinct keys."""
+    lines = ["pipeline: server", 'x-m0: &m0 {K0: "0"}']
+    lines += [f'x-m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], K{i}: "{i}"}}'
+              for i in range(1, depth + 1)]
+    lines += ["steps:", "  - name: build", f"    image: {IMAGE}", f"    env: {{<<: *m{depth}}}",
+              "    commands: [\"echo keys=$(env | grep -c '^K[0-9]*=')\"]"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_branch_cannot_hold_the_server_with_a_merge_key_bomb(server):
+    """The server loads a pushed .kata-ci.yaml as root before any sandbox or limit. Merge
+    keys walked once per use made 45 lines of anchors 2^45 walks: the push, and the CPU of
+    the kata it started, never came back. Each merged mapping is now walked once, and a
+    file whose merges add up to more than MERGE_LIMIT keys is refused (exit 2,
+    file:line:column)."""
+    from kata.loader import MERGE_LIMIT
+
+    server.commit({"src/app.txt": "app v1\n"}, "initial", {"pipeline": "server",
+                                                           "steps": [BUILD]})
+    server.push("origin", "main")
+    server.checkout("feature/bomb")
+    server.commit({".kata-ci.yaml": _merge_chain(45)}, "merge bomb")
+    out = _remote(server.push("origin", "feature/bomb"))
+    assert "build | keys=46" in out, "\n".join(out)  # K0..K45: the env is what YAML means
+
+    wide = ["pipeline: server", "x-a: &a {" + ", ".join(f"A{i}: x" for i in range(1000)) + "}",
+            "steps:", "  - name: build", f"    image: {IMAGE}",
+            "    env: {<<: [" + ", ".join(["*a"] * (MERGE_LIMIT // 1000 + 1)) + "]}",
+            "    commands: [true]"]
+    server.commit({".kata-ci.yaml": "\n".join(wide) + "\n"}, "wide merge")
+    runs = len(server.runs())
+    out = _remote(server.push("origin", "feature/bomb"))
+    assert any(".kata-ci.yaml:6:" in line and "merge more than" in line for line in out), \
+        "\n".join(out)
+    assert not any("[RUN]" in line for line in out), "\n".join(out)
+    assert len(server.runs()) == runs  # refused before anything ran
