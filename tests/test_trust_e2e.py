@@ -549,3 +549,34 @@ def test_a_branch_cannot_hold_the_server_with_a_merge_key_bomb(server):
         "\n".join(out)
     assert not any("[RUN]" in line for line in out), "\n".join(out)
     assert len(server.runs()) == runs  # refused before anything ran
+
+
+def test_a_branch_cannot_restore_a_cache_written_below_a_secret(server):
+    """main's `login` holds DEPLOY_TOKEN and hands `publish` a credentials file as an
+    artifact (as an .npmrc or a docker config is handed on); publish keeps its home,
+    credentials included, in a cached directory. A branch's `publish` of the same name,
+    image and paths, depending on nothing, restored it: the cache directory's key named
+    the step's own secrets only. It names the secrets below the step too (as the remote
+    cache already did: such a step is never uploaded)."""
+    login = {"name": "login", "image": IMAGE, "only": {"branches": ["main"]},
+             "secrets": ["DEPLOY_TOKEN"], "artifacts": ["creds/token"],
+             "commands": ['mkdir -p creds; printf %s "$DEPLOY_TOKEN" > creds/token']}
+    publish = {"name": "publish", "image": IMAGE, "depends_on": ["login"],
+               "cache": {"paths": [".home"]},
+               "commands": ["mkdir -p .home; cp creds/token .home/token", "echo published"]}
+    pipeline = {"pipeline": "server", "steps": [BUILD, login, publish]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    first = _remote(server.push("origin", "main"))
+    assert "publish | published" in first, "\n".join(first)
+
+    server.checkout("feature/home")
+    attack = {"pipeline": "server", "steps": [
+        BUILD,
+        {"name": "publish", "image": IMAGE, "cache": {"paths": [".home"]},
+         "commands": ["if [ -f .home/token ]; then rev .home/token | sed 's/./& /g'; echo; "
+                      "else echo no credentials; fi"]}]}
+    server.commit({"src/app.txt": "app home\n"}, "read the cached home", attack)
+    out = server.push("origin", "feature/home")
+    assert "publish | no credentials" in _remote(out), out
+    forms = _forms(server.token)
+    assert forms.mask(out.encode()) == out.encode(), "the pusher saw the token"
