@@ -580,3 +580,96 @@ def test_a_branch_cannot_restore_a_cache_written_below_a_secret(server):
     assert "publish | no credentials" in _remote(out), out
     forms = _forms(server.token)
     assert forms.mask(out.encode()) == out.encode(), "the pusher saw the token"
+
+
+def test_a_branch_named_HEAD_at_a_release_commit_is_an_untrusted_branch(server):
+    """git lets a pusher create refs/heads/HEAD, and push it at the commit of the protected
+    tag v1.0. It must not run as v1.0 (a pusher re-running a release's deploy whenever they
+    like): it is an unprotected branch, quarantined under its own ref (it was quarantined
+    by its commit, as a detached checkout is: a branch "HEAD" was read as no branch)."""
+    unguarded = {k: v for k, v in _deploy(server.token).items() if k != "only"}
+    pipeline = {"pipeline": "server", "steps": [BUILD, unguarded]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    git(server.work, "tag", "v1.0")
+    trusted_line = "deploy | deployed with the right token"
+    assert trusted_line in _remote(server.push("origin", "v1.0"))
+    server.commit({"src/app.txt": "app v2\n"}, "main moves on")
+    server.push("origin", "main")
+
+    release = git(server.work, "rev-parse", "v1.0^{commit}")
+    out = _remote(server.push("origin", f"{release}:refs/heads/HEAD"))
+    assert trusted_line not in out, "\n".join(out)
+    assert ("[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of "
+            "refs/heads/HEAD)") in out, "\n".join(out)
+    run = server.runs()[0]
+    assert (run.branch, run.scope) == ("HEAD", "quarantine:refs/heads/HEAD")
+
+
+def test_refs_named_like_protected_ones_run_untrusted(server):
+    """Names a pusher can create that read like main or a release branch: a Cyrillic а, a
+    zero-width space, another case, a tag `main`, a branch `refs/heads/main`, a level below
+    `release/*`. Each runs untrusted under its own exact ref (patterns compare the name,
+    case and all)."""
+    unguarded = {k: v for k, v in _deploy(server.token).items() if k != "only"}
+    pipeline = {"pipeline": "server", "steps": [BUILD, unguarded]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    assert "deploy | deployed with the right token" in _remote(server.push("origin", "main"))
+    server.commit({"src/app.txt": "app look-alike\n"}, "a contribution")
+    for ref in ("refs/heads/m\u0430in", "refs/heads/main\u200b", "refs/heads/Main",
+                "refs/tags/main", "refs/heads/refs/heads/main", "refs/heads/release/1.2/x"):
+        out = _remote(server.push("origin", f"HEAD:{ref}"))
+        assert (f"[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of {ref})"
+                in out), (ref, out)
+        assert not any("deployed with the right token" in line for line in out), (ref, out)
+        assert server.runs()[0].scope == f"quarantine:{ref}", ref
+
+
+def test_the_hook_builds_the_commit_it_was_told_of_when_the_branch_moved_on(server):
+    """A force-push racing a run: the hook that was told `A -> x` builds A and records A,
+    even when x already points at B by the time it reads the repository (the second push's
+    own hook builds B)."""
+    pipeline = {"pipeline": "server", "steps": [
+        {"name": "show", "image": IMAGE, "cache": False, "commands": ["cat src/app.txt"]}]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    server.checkout("feature/race")
+    server.commit({"src/app.txt": "announced\n"}, "A")
+    first = git(server.work, "rev-parse", "HEAD")
+    server.push("origin", "feature/race")
+    git(server.work, "reset", "-q", "--hard", "main")
+    server.commit({"src/app.txt": "force-pushed\n"}, "B")
+    server.push("-f", "origin", "feature/race")
+    assert git(server.remote, "rev-parse", "refs/heads/feature/race") != first
+    proc = subprocess.run(
+        [*server.base, "hooks", "run", "post-receive"], cwd=server.remote, env=server.env,
+        input=f"{'0' * 40} {first} refs/heads/feature/race\n", capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"kata: push feature/race at {first[:12]}" in proc.stderr, proc.stderr
+    assert "show | announced" in proc.stderr, proc.stderr
+    assert "force-pushed" not in proc.stderr
+    run = server.runs()[0]
+    assert (run.branch, run.commit) == ("feature/race", first)
+
+
+def test_a_kata_ci_yaml_that_is_a_submodule_runs_nothing(server):
+    """`.kata-ci.yaml` committed as a gitlink (a submodule): the checkout holds an empty
+    directory there, which the server refuses as no regular file (exit 2), running
+    nothing."""
+    server.commit({"src/app.txt": "app v1\n"}, "initial", {"pipeline": "server",
+                                                           "steps": [BUILD]})
+    server.push("origin", "main")
+    server.checkout("feature/gitlink")
+    git(server.work, "rm", "-q", "--cached", ".kata-ci.yaml")
+    git(server.work, "update-index", "--add", "--cacheinfo",
+        f"160000,{git(server.work, 'rev-parse', 'HEAD')},.kata-ci.yaml")
+    git(server.work, "commit", "-q", "-m", "config as a submodule")
+    runs = len(server.runs())
+    out = _remote(server.push("origin", "feature/gitlink"))
+    assert any(line.startswith("error: config file ") and line.endswith(
+        "/.kata-ci.yaml' is a directory; the pipeline config must be a regular YAML file")
+        for line in out), "\n".join(out)
+    assert "kata: failed: the pipeline failed for feature/gitlink (exit 2)" in out
+    assert not any("[RUN]" in line for line in out), "\n".join(out)
+    assert len(server.runs()) == runs
