@@ -673,3 +673,28 @@ def test_a_kata_ci_yaml_that_is_a_submodule_runs_nothing(server):
     assert "kata: failed: the pipeline failed for feature/gitlink (exit 2)" in out
     assert not any("[RUN]" in line for line in out), "\n".join(out)
     assert len(server.runs()) == runs
+
+
+def test_a_branch_cannot_run_the_servers_git_filter_drivers(server):
+    """The server's git defines a filter driver (as `git lfs install --system` does). A
+    branch whose .gitattributes routes every file through it made the hook's checkout run
+    it, as root, on the pusher's files (git-lfs then fetches from the URL a pushed
+    .lfsconfig names). An untrusted push is checked out with every driver turned off; a
+    protected ref keeps them (a trusted build gets its LFS content)."""
+    marker = server.tmp / "filter-ran"
+    git(server.remote, "config", "filter.probe.smudge", f"echo smudge >> {marker}; cat")
+    git(server.remote, "config", "filter.probe.clean", f"echo clean >> {marker}; cat")
+    git(server.remote, "config", "filter.probe.required", "true")
+    pipeline = {"pipeline": "server", "steps": [
+        {"name": "show", "image": IMAGE, "commands": ["cat data.txt"]}]}
+    server.commit({"data.txt": "data\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    assert not marker.exists()  # main routes nothing through it
+    server.checkout("feature/attr")
+    server.commit({".gitattributes": "* filter=probe\n"}, "every file through the filter")
+    out = _remote(server.push("origin", "feature/attr"))
+    assert "show | data" in out, "\n".join(out)
+    assert not marker.exists(), marker.read_text()
+    out = _remote(server.push("origin", "feature/attr:main"))  # a maintainer merges it
+    assert "show | data" in out, "\n".join(out)
+    assert "smudge" in marker.read_text()
