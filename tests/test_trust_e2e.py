@@ -698,3 +698,43 @@ def test_a_branch_cannot_run_the_servers_git_filter_drivers(server):
     out = _remote(server.push("origin", "feature/attr:main"))  # a maintainer merges it
     assert "show | data" in out, "\n".join(out)
     assert "smudge" in marker.read_text()
+
+
+def test_a_branch_pushed_to_a_server_with_a_remote_cache_uploads_nothing(
+        tmp_path, containerd_daemon, runtime):
+    """The host config names a remote cache (a real BuildGrid). main's push uploads its
+    results; a branch's push uploads none: another machine building the branch's commit,
+    trusted, misses, while it hits main's."""
+    import json
+
+    from support.buildgrid import BuildGridConfig, buildgrid
+
+    with buildgrid(tmp_path / "bgd", BuildGridConfig(instance="main")) as bg:
+        (tmp_path / "s").mkdir()
+        server = Server(tmp_path / "s", containerd_daemon.address, host_config=HOST_CONFIG
+                        + f"remote:\n  cache: {bg.url}\n  instance: main\n")
+        server.commit({"src/app.txt": "app v1\n"}, "initial",
+                      {"pipeline": "server", "steps": [BUILD]})
+        server.push("origin", "main")
+        server.checkout("feature/plant")
+        server.commit({"src/app.txt": "app PLANTED\n"}, "plant a result")
+        assert "[PASS] build" in "\n".join(_remote(server.push("origin", "feature/plant")))
+
+        def elsewhere(ref: str) -> bool:
+            """Whether a trusted run of ``ref`` on another machine hits build remotely."""
+            git(server.work, "checkout", "-q", ref)
+            proc = subprocess.run(
+                [sys.executable, "-m", "kata", "--store", str(tmp_path / f"other-{ref}"),
+                 "--containerd", containerd_daemon.address, "run", "--json",
+                 "--remote-cache", bg.url, "--remote-instance", "main"],
+                cwd=server.work, env={**server.env, "KATA_CONFIG": str(tmp_path / "none.yaml")},
+                capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            events = [json.loads(line) for line in proc.stdout.splitlines()
+                      if line.startswith("{")]
+            (cache,) = [e for e in events if e["event"] == "cache" and e["step"] == "build"]
+            return bool(cache["hit"])
+
+        (tmp_path / "none.yaml").write_text("offline: false\n")
+        assert elsewhere("main")  # the remote works: main's result is there
+        assert not elsewhere("feature/plant")
