@@ -738,3 +738,20 @@ def test_a_branch_pushed_to_a_server_with_a_remote_cache_uploads_nothing(
         (tmp_path / "none.yaml").write_text("offline: false\n")
         assert elsewhere("main")  # the remote works: main's result is there
         assert not elsewhere("feature/plant")
+
+
+def test_a_branch_cannot_hold_the_server_with_a_backtracking_branch_pattern(server):
+    """The pushed pipeline's `only: branches` pattern and the branch's name are both the
+    pusher's, and the server matches them as root before any step: `*a` twelve times
+    against a 200-character name of `a`s was a regex that backtracked for good."""
+    server.commit({"src/app.txt": "app v1\n"}, "initial", {"pipeline": "server",
+                                                           "steps": [BUILD]})
+    server.push("origin", "main")
+    name = "a" * 200
+    server.checkout(name)
+    build = {**BUILD, "only": {"branches": ["*a" * 12 + "*b"]}}
+    server.commit({"src/app.txt": "app pattern\n"}, "a pattern that backtracks",
+                  {"pipeline": "server", "steps": [build]})
+    out = _remote(server.push("origin", name))
+    assert any(line.startswith(f"[SKIP] build (only: branch '{name}' does not match")
+               for line in out), "\n".join(out)
