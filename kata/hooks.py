@@ -13,6 +13,10 @@ removes the worktree. ``pre-push`` returns 1 when a pipeline failed (git then re
 push); ``post-receive`` cannot refuse anything and reports. Each run is recorded in the
 store by ``kata run`` itself.
 
+An untrusted post-receive push is checked out with every filter driver of git's config
+turned off (``_no_filter_drivers``): its ``.gitattributes`` would choose which of the
+server's drivers (git-lfs's) run on which of its files, before any sandbox.
+
 Trust (``kata.trust``): every run gets ``--hook <hook>``; a ``post-receive`` run also gets
 ``--default-branch`` from the bare repository's HEAD (server state no push can change), so
 a pushed ref that is not protected runs untrusted. ``pre-push`` runs on the developer's own
@@ -153,20 +157,24 @@ def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out,  # 
     env = repo_environ()  # the hook's GIT_DIR & co. belong to the repository receiving the push
     git = Git.at(gitdir)
     trust = ["--hook", hook]
+    default = ""
     if hook == "post-receive":
         # the repository's HEAD, not a guess from branch names a pusher can create
         head = git.maybe("symbolic-ref", "--quiet", "HEAD") or ""
-        trust += ["--default-branch", head.removeprefix("refs/heads/")
-                  if head.startswith("refs/heads/") else ""]
+        default = head.removeprefix("refs/heads/") if head.startswith("refs/heads/") else ""
+        trust += ["--default-branch", default]
     commit = git.maybe("rev-parse", "--verify", "--quiet", f"{pushed.new}^{{commit}}")
     if not commit:
         print(f"kata: {pushed.name}: {pushed.new[:12]} is not a commit, nothing to run",
               file=out, flush=True)
         return 0
+    # a pushed .gitattributes picks which of the server's filter drivers run on which files
+    filters = [] if hook != "post-receive" or _protected(pushed, default) else \
+        _no_filter_drivers(git)
     work = Path(tempfile.mkdtemp(prefix="kata-hook-"))
     tree = work / "checkout"
     try:
-        git.run("worktree", "add", "--detach", "--quiet", str(tree), commit)
+        git.run(*filters, "worktree", "add", "--detach", "--quiet", str(tree), commit)
         if not (tree / ".kata-ci.yaml").exists():
             print(f"kata: {pushed.name}: no .kata-ci.yaml at {commit[:12]}, nothing to run",
                   file=out, flush=True)
@@ -184,3 +192,34 @@ def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out,  # 
         git.maybe("worktree", "remove", "--force", str(tree))
         git.maybe("worktree", "prune")
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def _protected(pushed: PushedRef, default_branch: str) -> bool:
+    """Whether ``kata run`` will trust this post-receive run (``kata.trust``); False when
+    the host config does not load (the run then says why)."""
+    from kata.trust import decide, load_protection
+
+    try:
+        protection = load_protection()
+    except KataError:
+        return False
+    return decide(ref=pushed.ref, default_ref=f"refs/heads/{default_branch}"
+                  if default_branch else "", protection=protection,
+                  event=pushed.event, hook="post-receive").trusted
+
+
+def _no_filter_drivers(git: Git) -> list[str]:
+    """``-c`` options turning off every filter driver git's config defines (system, global,
+    the repository's: git-lfs's after ``git lfs install --system``), for the checkout of an
+    untrusted push: its ``.gitattributes`` would choose which driver runs on which of its
+    files, as this user, and git-lfs would fetch from the URL its ``.lfsconfig`` names. The
+    files are checked out as committed (an LFS file as its pointer)."""
+    listed = git.maybe("config", "-z", "--get-regexp", r"^filter\.") or ""
+    names = sorted({entry.partition("\n")[0].removeprefix("filter.").rpartition(".")[0]
+                    for entry in listed.split("\0") if entry} - {""})
+    out: list[str] = []
+    for name in names:
+        out += ["-c", f"filter.{name}.smudge=", "-c", f"filter.{name}.clean=",
+                "-c", f"filter.{name}.process=",
+                "-c", f"filter.{name}.required=false"]
+    return out

@@ -15,9 +15,9 @@ Keys (format tag, what it covers):
 - artifact-stack digest (``kata-stack/1``): the ordered artifact trees a step passes on;
 - input-snapshot key (``kata-input-snapshot/2``): the stored tree of a step's input
   files, by the digest of the input set;
-- cache-directory key (``kata-cache-dir/3``): a step's ``cache.paths`` contents, by
+- cache-directory key (``kata-cache-dir/4``): a step's ``cache.paths`` contents, by
   pipeline, step, image digest, paths, the compiler's ``key_files`` digest and the
-  secret names the step and its services declare;
+  secret names the step, its services and every step below it declare;
 - scoped record key (``kata-scoped/1``): a key placed in a scope (a ref's cache
   directories, an untrusted run's quarantine), so scopes never share an entry.
 
@@ -42,8 +42,10 @@ STACK_FORMAT = "kata-stack/1"
 SNAPSHOT_FORMAT = "kata-input-snapshot/2"
 # /2 replaced kata-cache-paths/1 (image, paths, key files read as literal paths) and
 # missed the secret names, so a step without secrets (an untrusted branch's) restored
-# what a secret-holding one cached; /3 covers them
-CACHE_DIR_FORMAT = "kata-cache-dir/3"
+# what a secret-holding one cached; /3 covers them, but only the step's own: a step
+# below which one ran (its artifacts in the workspace) shared its key with a branch's
+# step of that name that depends on nothing; /4 covers the secrets below it too
+CACHE_DIR_FORMAT = "kata-cache-dir/4"
 SCOPED_FORMAT = "kata-scoped/1"
 
 
@@ -144,15 +146,17 @@ def input_snapshot_key(inputs_digest: str) -> str:
 def cache_dir_key(*, pipeline: str, step: str, image: str, paths: Sequence[str],
                   key_files: str | None, secrets: Sequence[str] = ()) -> str:
     """The key of a step's ``cache.paths`` contents (before scoping): sha256 hex of
-    ``msgpack(["kata-cache-dir/3", {"image", "key_files", "paths", "pipeline", "secrets",
+    ``msgpack(["kata-cache-dir/4", {"image", "key_files", "paths", "pipeline", "secrets",
     "step"}])`` with sorted map keys, sorted paths and sorted, de-duplicated secrets.
 
     ``image`` is the manifest digest the compiler hashed; ``key_files`` the compiler's
     InputSet digest of ``cache.key_files`` (globs expanded, None: no key files);
-    ``secrets``: the names the step and its services declare. A step that held a secret
-    may have left it in its cache directory (a ``docker login``, an ``.npmrc``): only a
-    step declaring the same secrets, which an untrusted run never runs
-    (``kata.trust.withheld``), shares its key. Nothing is read here: a key-file edit
+    ``secrets``: the names the step and its services declare, and those of every step it
+    depends on, directly or not (``Records.secrets_below``). A step that held a secret may
+    have left it in its cache directory (a ``docker login``, an ``.npmrc``), and so may one
+    that got such a step's artifacts: only a step with the same secrets in and below it,
+    which an untrusted run never runs (``kata.trust.withheld``, dependents skipped), shares
+    its key. Nothing is read here: a key-file edit
     reaches the key only through the compiler's digest.
     """
     body = msgpack.packb([CACHE_DIR_FORMAT, {

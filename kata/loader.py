@@ -39,6 +39,11 @@ _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
+#: Keys that merges (``<<``) may bring into the mappings of one file, in all: a file of
+#: a few KiB whose anchors merge anchors that merge anchors would otherwise hold the server
+#: (which loads a pushed file as root, before any sandbox) for hours. A 10,000-step file
+#: merging a 20-key base into every step merges 200,000.
+MERGE_LIMIT = 1 << 22
 _TEXTUAL = frozenset((_STR, _INT, _FLOAT))
 
 # container paths a step's workdir must not be, or be under: the kernel's views
@@ -221,6 +226,11 @@ class _Walker:
         self.global_env: tuple[tuple[str, str], ...] = ()
         self.default_resources = Resources()  # settings.resources, once read
         self.images: dict[str, ImageRef] = {}
+        # the pairs of each mapping merged in (`<<`), by node and text_keys: a merge value
+        # is walked once however often it is merged, or a chain of `<<: [*a, *a]` anchors
+        # (n lines of YAML) would cost 2^n walks before anything runs
+        self._merged: dict[tuple[int, bool], list] = {}
+        self._merged_keys = 0  # keys merged in so far, against MERGE_LIMIT
 
     # -- helpers -----------------------------------------------------------
     def pos(self, node: Node) -> Position:
@@ -245,8 +255,17 @@ class _Walker:
                 if id(v) in seen or len(seen) > 50:
                     raise self.fail("config.type", v, "recursive merge (<<)")
                 for m in (v.value if isinstance(v, SequenceNode) else (v,)):
-                    merged.extend(self.pairs(m, "a merge (<<) value", seen | {id(node)},
-                                             text_keys))
+                    done = self._merged.get((id(m), text_keys))
+                    if done is None:
+                        done = self._merged[id(m), text_keys] = self.pairs(
+                            m, "a merge (<<) value", seen | {id(node)}, text_keys)
+                    self._merged_keys += len(done)
+                    if self._merged_keys > MERGE_LIMIT:
+                        raise self.fail("config.too_large", v, "merge keys (<<) in this file "
+                                        f"merge more than {MERGE_LIMIT:,} keys in all: "
+                                        "merge each anchor once where it is used, not "
+                                        "anchors that merge anchors many times over")
+                    merged.extend(done)
                 continue
             if not isinstance(k, ScalarNode) or (k.tag not in _TEXTUAL and not text_keys):
                 raise self.fail("config.type", k, f"keys of {what} must be strings, got {_kind(k)}")

@@ -122,10 +122,18 @@ def load_protection(path: str | os.PathLike[str] | None = None) -> Protection:
 
 def full_ref(*, branch: str = "", tag: str = "", event: str = "") -> str:
     """The full ref a run builds: ``refs/tags/T`` for a tag event, else ``refs/heads/B``; ""
-    when neither is known (outside git, a detached HEAD)."""
-    if tag and (event == "tag" or not branch or branch == "HEAD"):
+    when neither is known (outside git, a detached HEAD).
+
+    ``branch`` "HEAD" means a detached HEAD only in a plain local run (``event`` "": the
+    cheap path reads it from ``.git/HEAD``), which a tag at the commit then names. With an
+    event the branch is the one given (``--branch``, the hook's pushed ref) or git's, and
+    only a tag event is named by its tag: a pushed branch called ``HEAD`` is
+    ``refs/heads/HEAD``, never the protected tag that happens to point at its commit, and a
+    tag at a pull request's commit does not choose its quarantine.
+    """
+    if tag and (event == "tag" or (not event and branch in ("", "HEAD"))):
         return f"refs/tags/{tag}"
-    if branch and branch != "HEAD":
+    if branch and (branch != "HEAD" or event):
         return f"refs/heads/{branch}"
     return ""
 

@@ -195,6 +195,39 @@ def test_merge_keys_work_and_explicit_keys_win() -> None:
     assert p.steps[1].image == p.steps[0].image and p.steps[1].commands == ("test",)
 
 
+def test_a_merged_mapping_is_walked_once_however_often_it_is_merged(monkeypatch) -> None:
+    """Anchors that merge the anchor before them twice: 2^n walks of n lines of YAML
+    (tests/test_trust_e2e.py pushes 45 of them to a hook server). Each mapping merged in is
+    walked once per file, and the env is still what YAML means."""
+    from kata import loader
+
+    calls = 0
+    pairs = loader._Walker.pairs
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        nonlocal calls
+        calls += 1
+        return pairs(self, *args, **kwargs)
+
+    monkeypatch.setattr(loader._Walker, "pairs", counted)
+    depth = 18
+    lines = ['x-m0: &m0 {K0: "0"}'] + [
+        f'x-m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], K{i}: "{i}"}}' for i in range(1, depth + 1)]
+    p = load_text("\n".join(lines) + f"\nsteps: [{{name: a, image: x, env: {{<<: *m{depth}}}}}]\n")
+    assert dict(p.steps[0].env) == {f"K{i}": str(i) for i in range(depth + 1)}
+    assert calls < 100, calls  # it was 2^19
+
+
+def test_merges_adding_up_to_too_many_keys_are_refused_at_their_position() -> None:
+    from kata.loader import MERGE_LIMIT
+
+    many = ", ".join(["*a"] * (MERGE_LIMIT // 1000 + 1))
+    e = err("x-a: &a {" + ", ".join(f"A{i}: x" for i in range(1000)) + "}\n"
+            f"steps: [{{name: a, image: x, env: {{<<: [{many}]}}}}]\n")
+    assert where(e) == ("config.too_large", 2, 39)  # the merge's list
+    assert f"more than {MERGE_LIMIT:,} keys" in e.message
+
+
 def test_env_values_keep_their_text() -> None:
     p = load_text("env: {A: 1.50, B: true, C: ~, D: 0x10}\nsteps: [{name: a, image: x}]")
     assert dict(p.env) == {"A": "1.50", "B": "true", "C": "", "D": "0x10"}

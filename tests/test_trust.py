@@ -106,6 +106,12 @@ def test_full_ref():
     assert full_ref(branch="main", tag="v1") == MAIN  # a local run builds the branch
     assert full_ref(branch="HEAD") == "" and full_ref() == ""
     assert full_ref(branch="HEAD", tag="v1") == "refs/tags/v1"
+    # with an event the branch is the one given (the hook's pushed ref), and only a tag
+    # event is named by its tag: a pushed branch called HEAD at v1's commit is no tag
+    assert full_ref(branch="HEAD", tag="v1", event="push") == "refs/heads/HEAD"
+    assert full_ref(branch="HEAD", event="push") == "refs/heads/HEAD"
+    assert full_ref(tag="v1", event="pull_request") == ""  # quarantined by its commit
+    assert full_ref(branch="x", tag="v1", event="pull_request") == "refs/heads/x"
 
 
 TABLE = Protection(branches=("main", "release/*"), tags=("v*",), default_branch=False)

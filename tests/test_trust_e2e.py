@@ -509,3 +509,249 @@ def test_without_protected_refs_only_the_bare_repositorys_head_is_trusted(trunk_
     server.commit({"src/app.txt": "app v2\n"}, "trunk: v2")
     again = _remote(server.push("origin", "trunk"))
     assert "deploy | deployed with the right token" in again, "\n".join(again)
+
+
+def _merge_chain(depth: int) -> str:
+    """A .kata-ci.yaml of ~depth lines whose step env merges an anchor that merges the
+    one before it twice, and so on: 2^depth mappings to walk, depth + 1 distinct keys."""
+    lines = ["pipeline: server", 'x-m0: &m0 {K0: "0"}']
+    lines += [f'x-m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], K{i}: "{i}"}}'
+              for i in range(1, depth + 1)]
+    lines += ["steps:", "  - name: build", f"    image: {IMAGE}", f"    env: {{<<: *m{depth}}}",
+              "    commands: [\"echo keys=$(env | grep -c '^K[0-9]*=')\"]"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_branch_cannot_hold_the_server_with_a_merge_key_bomb(server):
+    """The server loads a pushed .kata-ci.yaml as root before any sandbox or limit. Merge
+    keys walked once per use made 45 lines of anchors 2^45 walks: the push, and the CPU of
+    the kata it started, never came back. Each merged mapping is now walked once, and a
+    file whose merges add up to more than MERGE_LIMIT keys is refused (exit 2,
+    file:line:column)."""
+    from kata.loader import MERGE_LIMIT
+
+    server.commit({"src/app.txt": "app v1\n"}, "initial", {"pipeline": "server",
+                                                           "steps": [BUILD]})
+    server.push("origin", "main")
+    server.checkout("feature/bomb")
+    server.commit({".kata-ci.yaml": _merge_chain(45)}, "merge bomb")
+    out = _remote(server.push("origin", "feature/bomb"))
+    assert "build | keys=46" in out, "\n".join(out)  # K0..K45: the env is what YAML means
+
+    wide = ["pipeline: server", "x-a: &a {" + ", ".join(f"A{i}: x" for i in range(1000)) + "}",
+            "steps:", "  - name: build", f"    image: {IMAGE}",
+            "    env: {<<: [" + ", ".join(["*a"] * (MERGE_LIMIT // 1000 + 1)) + "]}",
+            "    commands: [true]"]
+    server.commit({".kata-ci.yaml": "\n".join(wide) + "\n"}, "wide merge")
+    runs = len(server.runs())
+    out = _remote(server.push("origin", "feature/bomb"))
+    assert any(".kata-ci.yaml:6:" in line and "merge more than" in line for line in out), \
+        "\n".join(out)
+    assert not any("[RUN]" in line for line in out), "\n".join(out)
+    assert len(server.runs()) == runs  # refused before anything ran
+
+
+def test_a_branch_cannot_restore_a_cache_written_below_a_secret(server):
+    """main's `login` holds DEPLOY_TOKEN and hands `publish` a credentials file as an
+    artifact (as an .npmrc or a docker config is handed on); publish keeps its home,
+    credentials included, in a cached directory. A branch's `publish` of the same name,
+    image and paths, depending on nothing, restored it: the cache directory's key named
+    the step's own secrets only. It names the secrets below the step too (as the remote
+    cache already did: such a step is never uploaded)."""
+    login = {"name": "login", "image": IMAGE, "only": {"branches": ["main"]},
+             "secrets": ["DEPLOY_TOKEN"], "artifacts": ["creds/token"],
+             "commands": ['mkdir -p creds; printf %s "$DEPLOY_TOKEN" > creds/token']}
+    publish = {"name": "publish", "image": IMAGE, "depends_on": ["login"],
+               "cache": {"paths": [".home"]},
+               "commands": ["mkdir -p .home; cp creds/token .home/token", "echo published"]}
+    pipeline = {"pipeline": "server", "steps": [BUILD, login, publish]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    first = _remote(server.push("origin", "main"))
+    assert "publish | published" in first, "\n".join(first)
+
+    server.checkout("feature/home")
+    attack = {"pipeline": "server", "steps": [
+        BUILD,
+        {"name": "publish", "image": IMAGE, "cache": {"paths": [".home"]},
+         "commands": ["if [ -f .home/token ]; then rev .home/token | sed 's/./& /g'; echo; "
+                      "else echo no credentials; fi"]}]}
+    server.commit({"src/app.txt": "app home\n"}, "read the cached home", attack)
+    out = server.push("origin", "feature/home")
+    assert "publish | no credentials" in _remote(out), out
+    forms = _forms(server.token)
+    assert forms.mask(out.encode()) == out.encode(), "the pusher saw the token"
+
+
+def test_a_branch_named_HEAD_at_a_release_commit_is_an_untrusted_branch(server):
+    """git lets a pusher create refs/heads/HEAD, and push it at the commit of the protected
+    tag v1.0. It must not run as v1.0 (a pusher re-running a release's deploy whenever they
+    like): it is an unprotected branch, quarantined under its own ref (it was quarantined
+    by its commit, as a detached checkout is: a branch "HEAD" was read as no branch)."""
+    unguarded = {k: v for k, v in _deploy(server.token).items() if k != "only"}
+    pipeline = {"pipeline": "server", "steps": [BUILD, unguarded]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    git(server.work, "tag", "v1.0")
+    trusted_line = "deploy | deployed with the right token"
+    assert trusted_line in _remote(server.push("origin", "v1.0"))
+    server.commit({"src/app.txt": "app v2\n"}, "main moves on")
+    server.push("origin", "main")
+
+    release = git(server.work, "rev-parse", "v1.0^{commit}")
+    out = _remote(server.push("origin", f"{release}:refs/heads/HEAD"))
+    assert trusted_line not in out, "\n".join(out)
+    assert ("[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of "
+            "refs/heads/HEAD)") in out, "\n".join(out)
+    run = server.runs()[0]
+    assert (run.branch, run.scope) == ("HEAD", "quarantine:refs/heads/HEAD")
+
+
+def test_refs_named_like_protected_ones_run_untrusted(server):
+    """Names a pusher can create that read like main or a release branch: a Cyrillic а, a
+    zero-width space, another case, a tag `main`, a branch `refs/heads/main`, a level below
+    `release/*`. Each runs untrusted under its own exact ref (patterns compare the name,
+    case and all)."""
+    unguarded = {k: v for k, v in _deploy(server.token).items() if k != "only"}
+    pipeline = {"pipeline": "server", "steps": [BUILD, unguarded]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    assert "deploy | deployed with the right token" in _remote(server.push("origin", "main"))
+    server.commit({"src/app.txt": "app look-alike\n"}, "a contribution")
+    for ref in ("refs/heads/m\u0430in", "refs/heads/main\u200b", "refs/heads/Main",
+                "refs/tags/main", "refs/heads/refs/heads/main", "refs/heads/release/1.2/x"):
+        out = _remote(server.push("origin", f"HEAD:{ref}"))
+        assert (f"[SKIP] deploy (secret DEPLOY_TOKEN withheld: untrusted run of {ref})"
+                in out), (ref, out)
+        assert not any("deployed with the right token" in line for line in out), (ref, out)
+        assert server.runs()[0].scope == f"quarantine:{ref}", ref
+
+
+def test_the_hook_builds_the_commit_it_was_told_of_when_the_branch_moved_on(server):
+    """A force-push racing a run: the hook that was told `A -> x` builds A and records A,
+    even when x already points at B by the time it reads the repository (the second push's
+    own hook builds B)."""
+    pipeline = {"pipeline": "server", "steps": [
+        {"name": "show", "image": IMAGE, "cache": False, "commands": ["cat src/app.txt"]}]}
+    server.commit({"src/app.txt": "app v1\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    server.checkout("feature/race")
+    server.commit({"src/app.txt": "announced\n"}, "A")
+    first = git(server.work, "rev-parse", "HEAD")
+    server.push("origin", "feature/race")
+    git(server.work, "reset", "-q", "--hard", "main")
+    server.commit({"src/app.txt": "force-pushed\n"}, "B")
+    server.push("-f", "origin", "feature/race")
+    assert git(server.remote, "rev-parse", "refs/heads/feature/race") != first
+    proc = subprocess.run(
+        [*server.base, "hooks", "run", "post-receive"], cwd=server.remote, env=server.env,
+        input=f"{'0' * 40} {first} refs/heads/feature/race\n", capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"kata: push feature/race at {first[:12]}" in proc.stderr, proc.stderr
+    assert "show | announced" in proc.stderr, proc.stderr
+    assert "force-pushed" not in proc.stderr
+    run = server.runs()[0]
+    assert (run.branch, run.commit) == ("feature/race", first)
+
+
+def test_a_kata_ci_yaml_that_is_a_submodule_runs_nothing(server):
+    """`.kata-ci.yaml` committed as a gitlink (a submodule): the checkout holds an empty
+    directory there, which the server refuses as no regular file (exit 2), running
+    nothing."""
+    server.commit({"src/app.txt": "app v1\n"}, "initial", {"pipeline": "server",
+                                                           "steps": [BUILD]})
+    server.push("origin", "main")
+    server.checkout("feature/gitlink")
+    git(server.work, "rm", "-q", "--cached", ".kata-ci.yaml")
+    git(server.work, "update-index", "--add", "--cacheinfo",
+        f"160000,{git(server.work, 'rev-parse', 'HEAD')},.kata-ci.yaml")
+    git(server.work, "commit", "-q", "-m", "config as a submodule")
+    runs = len(server.runs())
+    out = _remote(server.push("origin", "feature/gitlink"))
+    assert any(line.startswith("error: config file ") and line.endswith(
+        "/.kata-ci.yaml' is a directory; the pipeline config must be a regular YAML file")
+        for line in out), "\n".join(out)
+    assert "kata: failed: the pipeline failed for feature/gitlink (exit 2)" in out
+    assert not any("[RUN]" in line for line in out), "\n".join(out)
+    assert len(server.runs()) == runs
+
+
+def test_a_branch_cannot_run_the_servers_git_filter_drivers(server):
+    """The server's git defines a filter driver (as `git lfs install --system` does). A
+    branch whose .gitattributes routes every file through it made the hook's checkout run
+    it, as root, on the pusher's files (git-lfs then fetches from the URL a pushed
+    .lfsconfig names). An untrusted push is checked out with every driver turned off; a
+    protected ref keeps them (a trusted build gets its LFS content)."""
+    marker = server.tmp / "filter-ran"
+    git(server.remote, "config", "filter.probe.smudge", f"echo smudge >> {marker}; cat")
+    git(server.remote, "config", "filter.probe.clean", f"echo clean >> {marker}; cat")
+    git(server.remote, "config", "filter.probe.required", "true")
+    pipeline = {"pipeline": "server", "steps": [
+        {"name": "show", "image": IMAGE, "commands": ["cat data.txt"]}]}
+    server.commit({"data.txt": "data\n"}, "initial", pipeline)
+    server.push("origin", "main")
+    assert not marker.exists()  # main routes nothing through it
+    server.checkout("feature/attr")
+    server.commit({".gitattributes": "* filter=probe\n"}, "every file through the filter")
+    out = _remote(server.push("origin", "feature/attr"))
+    assert "show | data" in out, "\n".join(out)
+    assert not marker.exists(), marker.read_text()
+    out = _remote(server.push("origin", "feature/attr:main"))  # a maintainer merges it
+    assert "show | data" in out, "\n".join(out)
+    assert "smudge" in marker.read_text()
+
+
+def test_a_branch_pushed_to_a_server_with_a_remote_cache_uploads_nothing(
+        tmp_path, containerd_daemon, runtime):
+    """The host config names a remote cache (a real BuildGrid). main's push uploads its
+    results; a branch's push uploads none: another machine building the branch's commit,
+    trusted, misses, while it hits main's."""
+    import json
+
+    from support.buildgrid import BuildGridConfig, buildgrid
+
+    with buildgrid(tmp_path / "bgd", BuildGridConfig(instance="main")) as bg:
+        (tmp_path / "s").mkdir()
+        server = Server(tmp_path / "s", containerd_daemon.address, host_config=HOST_CONFIG
+                        + f"remote:\n  cache: {bg.url}\n  instance: main\n")
+        server.commit({"src/app.txt": "app v1\n"}, "initial",
+                      {"pipeline": "server", "steps": [BUILD]})
+        server.push("origin", "main")
+        server.checkout("feature/plant")
+        server.commit({"src/app.txt": "app PLANTED\n"}, "plant a result")
+        assert "[PASS] build" in "\n".join(_remote(server.push("origin", "feature/plant")))
+
+        def elsewhere(ref: str) -> bool:
+            """Whether a trusted run of ``ref`` on another machine hits build remotely."""
+            git(server.work, "checkout", "-q", ref)
+            proc = subprocess.run(
+                [sys.executable, "-m", "kata", "--store", str(tmp_path / f"other-{ref}"),
+                 "--containerd", containerd_daemon.address, "run", "--json",
+                 "--remote-cache", bg.url, "--remote-instance", "main"],
+                cwd=server.work, env={**server.env, "KATA_CONFIG": str(tmp_path / "none.yaml")},
+                capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            events = [json.loads(line) for line in proc.stdout.splitlines()
+                      if line.startswith("{")]
+            (cache,) = [e for e in events if e["event"] == "cache" and e["step"] == "build"]
+            return bool(cache["hit"])
+
+        (tmp_path / "none.yaml").write_text("offline: false\n")
+        assert elsewhere("main")  # the remote works: main's result is there
+        assert not elsewhere("feature/plant")
+
+
+def test_a_branch_cannot_hold_the_server_with_a_backtracking_branch_pattern(server):
+    """The pushed pipeline's `only: branches` pattern and the branch's name are both the
+    pusher's, and the server matches them as root before any step: `*a` twelve times
+    against a 200-character name of `a`s was a regex that backtracked for good."""
+    server.commit({"src/app.txt": "app v1\n"}, "initial", {"pipeline": "server",
+                                                           "steps": [BUILD]})
+    server.push("origin", "main")
+    name = "a" * 200
+    server.checkout(name)
+    build = {**BUILD, "only": {"branches": ["*a" * 12 + "*b"]}}
+    server.commit({"src/app.txt": "app pattern\n"}, "a pattern that backtracks",
+                  {"pipeline": "server", "steps": [build]})
+    out = _remote(server.push("origin", name))
+    assert any(line.startswith(f"[SKIP] build (only: branch '{name}' does not match")
+               for line in out), "\n".join(out)

@@ -213,13 +213,15 @@ class LazyRuntime:
 
 
 def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: str | None,
-                action: str | None, base: str | None):  # noqa: ANN201
+                action: str | None, base: str | None, hook: str = ""):  # noqa: ANN201
     """(conditions Context, commit, branch) of this run.
 
     With ``--event`` the context is the repository's at HEAD as that event (an error outside
     a git repository). Without it a local run is a push of the current branch, uncommitted
     and untracked files counted as changed; outside a repository the changed paths are
-    unknown (``changed()`` is then true).
+    unknown (``changed()`` is then true). A ``hook`` run's checkout is the pushed commit
+    exactly: its work tree is not compared (git would run the clean filter its
+    ``.gitattributes`` names on the pusher's files to do so).
     """
     from kata.conditions import Context
     from kata.gitctx import read_context
@@ -227,7 +229,7 @@ def git_context(repo_root: Path, *, event: str | None, branch: str | None, tag: 
 
     try:
         git = read_context(repo_root, event=event or "push", branch=branch, tag=tag,
-                           action=action, base=base)
+                           action=action, base=base, worktree=False if hook else None)
     except KataError as err:
         if event is not None or base is not None or err.reason != "git.not_a_repository":
             raise
@@ -296,7 +298,8 @@ def _realise_steps(ctx: click.Context, *, steps: tuple[str, ...] = (), labels: t
         cond_ctx = Context(event="push", branch=git_branch, tag=tag or "", action=action or "")
     else:
         cond_ctx, commit, git_branch = git_context(repo_root, event=event, branch=branch,
-                                                   tag=tag, action=action, base=base)
+                                                   tag=tag, action=action, base=base,
+                                                   hook=hook)
     if event is not None and not _triggered(pipeline, cond_ctx, json_out):
         return
     from kata.trust import scope_for

@@ -40,7 +40,7 @@ class Records:
         self.store, self.lookup, self.options = store, lookup, options
         self.remote = remote
         self._nodes = nodes or {}  # the graph's nodes: what a step's stack holds
-        self._secret_below: dict[int, bool] = {}  # id(node) -> answer
+        self._secret_below: dict[int, frozenset[str]] = {}  # id(node) -> secret names
         self.run_id, self.pipeline = run_id, pipeline
         self._empty_tree = ""
         self._empty_log = ""
@@ -130,10 +130,12 @@ class Records:
             return ""
         d = node.derivation
         assert d.image is not None
+        # the secrets of the step and of every step below it: a dependency's artifacts
+        # (an .npmrc, a docker config) are in the step's workspace and can end up in its
+        # cache directory, which only a run that also held those secrets may restore
         return keys.cache_dir_key(pipeline=d.pipeline, step=node.step.name, image=d.image,
                                   paths=d.cache_paths, key_files=d.key_files,
-                                  secrets=(*d.secrets, *(x for sv in d.services
-                                                         for x in sv.secrets)))
+                                  secrets=sorted(self.secrets_below(node)))
 
     def cache_tree(self, node: "Node") -> str:
         """The tree to restore ``cache.paths`` from ("" for none, or under --no-cache)."""
@@ -207,6 +209,11 @@ class Records:
 
     def secret_below(self, node: "Node") -> bool:
         """Whether ``node`` or any step it depends on (transitively) declares a secret."""
+        return bool(self.secrets_below(node))
+
+    def secrets_below(self, node: "Node") -> frozenset[str]:
+        """The secret names ``node`` and every step it depends on (transitively) declare,
+        themselves or in a service."""
         memo = self._secret_below
         todo = [node]  # depth first without recursion: a chain may be thousands deep
         while todo:
@@ -220,8 +227,8 @@ class Records:
                 todo.extend(waiting)
                 continue
             todo.pop()
-            memo[id(top)] = bool(top.step.secrets or any(s.secrets for s in top.step.services)
-                                 or any(memo[id(d)] for d in deps))
+            memo[id(top)] = frozenset(top.step.secrets).union(
+                *(s.secrets for s in top.step.services), *(memo[id(d)] for d in deps))
         return memo[id(node)]
 
     def remote_early_cutoff(self, node: "Node", rec: "RemoteRecord", *,
