@@ -22,7 +22,7 @@ Then the same commands outside Kata, in a chroot of the same image, pass the sam
 The test builds a subset of the suite's targets (``TARGETS``). The whole suite through the
 same pipeline (no ``--target``, no ``-R``): 20 ctest tests per build type, all passed; a
 cold run took 8m46s on this machine's 2 shared cores (load ~7), a second run 0.8 s, the
-test-source edit 17 s (44 of 45 compilations ccache hits), the README edit 3.7 s. The
+test-source comment edit 17 s (every compilation a ccache hit), the README edit 3.7 s. The
 sources come from Debian through apt in .ci/install (FMT_ORIG, FMT_DEBIAN); the image is
 cached under /var/cache/kata-test after its first build (about three minutes).
 """
