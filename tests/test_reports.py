@@ -43,6 +43,42 @@ def test_a_bare_testsuite_root_and_errors_count_as_failed():
     assert (r.passed, r.failed) == (1, 1) and r.failures[0].name == "a"
 
 
+# ctest --output-junit (CMake 3.25): a disabled test has status="disabled" and no <skipped>;
+# a failed test's <failure> has an empty message, its output is the testcase's system-out
+CTEST_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="(empty)" tests="4" failures="1" disabled="1" skipped="1" hostname="" time="0"
+ timestamp="2026-12-01T11:23:30">
+<testcase name="good" classname="good" time="0.002" status="run"><system-out>fine
+</system-out></testcase>
+<testcase name="bad" classname="bad" time="0.002" status="fail"><failure message=""/>
+<system-out>args-test.cc:19: Failure
+</system-out></testcase>
+<testcase name="off" classname="off" time="0" status="disabled"><system-out>Disabled</system-out>
+</testcase>
+<testcase name="skip" classname="skip" time="0.006" status="notrun">
+<skipped message="SKIP_RETURN_CODE=77"/><system-out></system-out></testcase>
+</testsuite>"""
+
+# googletest's --gtest_output=xml: a DISABLED_ test is status="notrun" result="suppressed"
+# with no <skipped>; GTEST_SKIP() is result="skipped" with one
+GTEST_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="3" failures="0" disabled="1" errors="0" time="0" name="AllTests">
+<testsuite name="args_test" tests="3" failures="0" disabled="1" skipped="1" errors="0" time="0">
+<testcase name="basic" status="run" result="completed" time="0" classname="args_test"/>
+<testcase name="DISABLED_slow" status="notrun" result="suppressed" time="0" classname="args_test"/>
+<testcase name="later" status="run" result="skipped" time="0" classname="args_test">
+<skipped message="a.cc:31"><![CDATA[a.cc:31]]></skipped></testcase>
+</testsuite></testsuites>"""
+
+
+@pytest.mark.parametrize("data", [CTEST_XML, GTEST_XML], ids=["ctest", "googletest"])
+def test_a_test_that_did_not_run_is_skipped_not_passed(data):
+    """ctest's disabled tests and googletest's DISABLED_ ones carry no <skipped> element,
+    only their status: counted as passed, they made a suite look as if they ran."""
+    r = parse_junit(data, "reports/t.xml")
+    assert (r.passed, r.skipped) == (1, 2), r
+
+
 @pytest.mark.parametrize("data", [b"<testsuites><testsuite>", b"not xml at all", b"",
                                   b"<html><body/></html>",
                                   b'<!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;'

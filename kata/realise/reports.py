@@ -118,9 +118,23 @@ def _first_line(*texts: str | None) -> str:
     return ""
 
 
+#: testcase attributes saying that a test never ran where no ``<skipped>`` element does:
+#: ctest's ``--output-junit`` writes ``status="disabled"`` (and ``"notrun"``), googletest's
+#: ``--gtest_output=xml`` ``status="notrun" result="suppressed"`` for a DISABLED_ test
+NOT_RUN = (("status", frozenset({"disabled", "notrun"})),
+           ("result", frozenset({"skipped", "suppressed"})))
+
+
+def _did_not_run(case: object) -> bool:
+    attrib = case._elem.attrib  # type: ignore[attr-defined]  # junitparser keeps other attributes only there
+    return any(attrib.get(key) in values for key, values in NOT_RUN)
+
+
 def parse_junit(data: bytes, name: str) -> TestReport:
     """One JUnit XML document (root ``testsuites`` or ``testsuite``) as a report; a
-    document that is no JUnit XML is a report with one warning naming ``name``."""
+    document that is no JUnit XML is a report with one warning naming ``name``. A test
+    with a ``<failure>`` or ``<error>`` failed; one with ``<skipped>``, or whose
+    attributes say it did not run (:data:`NOT_RUN`), is skipped; any other passed."""
     import xml.etree.ElementTree as etree
 
     from junitparser import Error, Failure, JUnitXml, JUnitXmlError, Skipped
@@ -138,7 +152,7 @@ def parse_junit(data: bytes, name: str) -> TestReport:
                     test = f"{case.classname}::{case.name}" if case.classname else str(case.name)
                     failures.append(FailedTest(name=test,
                                                line=_first_line(bad[0].message, bad[0].text)))
-                elif any(isinstance(r, Skipped) for r in results):
+                elif any(isinstance(r, Skipped) for r in results) or _did_not_run(case):
                     skipped += 1
                 else:
                     passed += 1
