@@ -606,7 +606,7 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
     failed = [json.loads(line) for line in run.stdout.splitlines()
               if '"fail"' in line]
     assert failed and failed[0]["reason"] == "remote.unavailable", run.stdout
-    assert f"could not upload the step's inputs at {url}" in failed[0]["message"]
+    assert f"remote execution at {url} given up for this run" in failed[0]["message"]
     # ...and what to do (found on redis-py: a typo in the port gave every step the raw gRPC
     # error, where `kata doctor` names the fix)
     assert f"start the scheduler at {url}" in failed[0]["message"], failed[0]["message"]
@@ -617,7 +617,7 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
     config.write_text(f"remote:\n  executor: {url}\n")
     hosted = kata("run", "--json", KATA_CONFIG=str(config))
     assert hosted.returncode == 1, hosted.stdout + hosted.stderr
-    assert f"could not upload the step's inputs at {url}" in hosted.stdout
+    assert f"remote execution at {url} given up for this run" in hosted.stdout
     config.write_text("remote:\n  executor: localhost:1\n")
     bad = kata("run", KATA_CONFIG=str(config))
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
