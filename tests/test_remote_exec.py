@@ -644,6 +644,44 @@ def test_doctor_checks_the_configured_remote_executor(grid, kata):
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
 
 
+def test_doctor_checks_the_scheduler_a_worker_here_would_serve(grid, kata, tmp_path):
+    """`kata doctor --worker-executor URL` asks the scheduler as `kata worker --executor
+    URL` would use it (doctor checked only a client's remote.executor, so a worker machine
+    learnt of a wrong instance, a cache-only server or a hung scheduler only from the
+    worker's own exit or endless retries): the real BuildGrid has a Bots service; an
+    instance it lacks, a cache-only BuildGrid, a port nobody listens on and a scheduler
+    that never answers each fail with their fix."""
+    from support.buildgrid import buildgrid
+    from support.proxy import FaultProxy
+    from support.registry import free_port
+
+    bg, _image = grid
+
+    def check(url: str, *extra: str) -> tuple[int, dict]:
+        done = kata("doctor", "--json", "--worker-executor", url, *extra)
+        checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        assert url in checks["worker-scheduler"]["detail"], checks["worker-scheduler"]
+        return done.returncode, checks["worker-scheduler"]
+
+    code, ok = check(bg.url)
+    assert ok["status"] == "ok" and "Bots service present" in ok["detail"], ok
+    code, lacking = check(bg.url, "--remote-instance", "nope")
+    assert code == 1 and lacking["status"] == "fail", lacking
+    assert "instance" in lacking["fix"] and "--instance" in lacking["fix"], lacking
+    with buildgrid(tmp_path / "cache-only") as cache:
+        code, cache_only = check(cache.url)
+    assert code == 1 and "no Bots service" in cache_only["fix"], cache_only
+    down = f"grpc://127.0.0.1:{free_port()}"
+    code, gone = check(down)
+    assert code == 1 and f"start the scheduler at {down}" in gone["fix"], gone
+    with FaultProxy(("127.0.0.1", bg.port)) as proxy:
+        proxy.tripped.set()  # takes the connection, never answers
+        code, hung = check(f"grpc://127.0.0.1:{proxy.port}")
+    assert code == 1 and "hung or overloaded" in hung["fix"], hung
+    bad = kata("doctor", "--worker-executor", "localhost:1")
+    assert bad.returncode == 2 and "--worker-executor" in bad.stderr, bad.stderr
+
+
 def lose_a_blob_between_steps(grid, kata) -> tuple[str, str, str]:
     """Run ``first`` (which sends the blob ``src/lost.txt``), ``slow`` and ``second`` (which
     needs it again, after both); the blob is deleted from BuildGrid's disk CAS after
