@@ -85,6 +85,11 @@ class Host:
     # asks it for its REAPI ServerCapabilities (kata.executor.connection.probe); raises
     # kata.remote.cas.RemoteError when it does not answer
     executor_probe: Callable[[], object] | None = None
+    # the scheduler a `kata worker` here is to serve (`kata doctor --worker-executor URL`;
+    # "" when not asked) and the probe that asks it as a worker would
+    # (kata.executor.connection.probe_bots: what it found, or RemoteError)
+    worker_executor: str = ""
+    worker_probe: Callable[[], str] | None = None
     # the pid and hard RLIMIT_NOFILE of the containerd listening on a socket (None: not
     # known); its shims, and the crun they run, can only lower what it holds
     daemon_nofile: Callable[[str], tuple[int, int] | None] = field(default=lambda path: None)
@@ -428,6 +433,36 @@ def check_remote_executor(host: Host) -> Check:
     return Check(name="remote-executor", status="ok", detail=f"{url}: execution enabled")
 
 
+def check_worker_scheduler(host: Host) -> Check:
+    """``worker-scheduler``: the scheduler a ``kata worker`` here is to serve answers as a
+    worker needs (reachable, its TLS and token accepted, the instance known, execution
+    enabled, a Bots service: ``kata.executor.connection.probe_bots``), or the fix named;
+    a worker that cannot work for it exits 2 at its first contact (or waits for ever for
+    one that does not answer), so this is ``fail``."""
+    from kata.remote.cas import RemoteError
+
+    url = host.worker_executor
+    assert host.worker_probe is not None
+    start = (f"start the scheduler at {url} (BuildGrid with !execution, whose Bots service "
+             "workers use: docs/remote.md) or correct the worker's --executor")
+    try:
+        found = host.worker_probe()
+    except RemoteError as err:
+        if err.code == "UNIMPLEMENTED":  # no Execution / Bots service: a cache-only server
+            fix = (f"{url} has no Bots service (a cache-only server, such as the cache-only "
+                   "BuildGrid of docs/remote.md): point the worker's --executor at the "
+                   "scheduler, a BuildGrid with !execution")
+        else:
+            fix = remote_fix(err.code or "", err.message, server="scheduler",
+                             timeout=EXECUTOR_PROBE_TIMEOUT, start=start,
+                             hung="a worker waits for it, logging each retry")
+            fix = fix.replace("remote.instance (or --remote-instance)",
+                              "the worker's --instance (or remote.instance)")
+        return Check(name="worker-scheduler", status="fail", detail=f"{url}: {err.bare}",
+                     fix=fix)
+    return Check(name="worker-scheduler", status="ok", detail=f"{url}: {found}")
+
+
 def check_owner_markers(host: Host) -> Check | None:
     """The owner markers (``kata.runtimes.sweepmarks``) of kata processes that died
     (killed) in the store's state directory: each names a containerd that may hold what
@@ -460,12 +495,15 @@ def check_owner_markers(host: Host) -> Check | None:
 def diagnose(host: Host) -> list[Check]:
     """Every check, in a fixed order: root, overlay, cgroups, containerd, open-files, runc,
     oci-runtime, step-runner, cni, store, space, git; then owner-markers when killed kata
-    processes left some (``check_owner_markers``), and remote-executor when the host
-    config names one (it asks the server)."""
+    processes left some (``check_owner_markers``), remote-executor when the host
+    config names one (it asks the server), and worker-scheduler when asked about one
+    (``--worker-executor``)."""
     checks = [check(host) for check in CHECKS]
     markers = check_owner_markers(host)
     if markers is not None:
         checks.append(markers)
     if host.remote_executor and host.executor_probe is not None:
         checks.append(check_remote_executor(host))
+    if host.worker_executor and host.worker_probe is not None:
+        checks.append(check_worker_scheduler(host))
     return checks

@@ -60,6 +60,42 @@ def test_started_once_then_reused_even_when_raced(private_dir):
 
 
 @pytest.mark.integration
+def test_a_starter_killed_before_its_pid_file_leaves_no_daemon_behind(private_dir):
+    """A kata (a worker starting its containerd again after that daemon was killed) is
+    SIGKILLed between starting the daemon and writing its pid file: the file still names
+    the dead daemon. read_pid trusted it, so `stop_daemon` (a worker's teardown, `kata
+    daemon stop`) said nothing ran and the live daemon was left for ever; and a daemon
+    still starting (its socket not answering yet) got a second one beside it on the
+    same root. Both now go by the socket's listener and the pid file's process."""
+    paths = daemon_paths(private_dir)
+    ensure_daemon(paths)
+    pid = read_pid(paths)
+    assert pid is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    paths.pidfile.write_text(f"{dead.pid}\n")  # the killed daemon's pid
+    assert read_pid(paths) == pid  # the socket's listener
+    assert ensure_daemon(paths) == paths.address
+    assert stop_daemon(paths) is True, "the running daemon was not found"
+    out = subprocess.run(["pgrep", "-f", f"containerd --config {paths.config}"],
+                         capture_output=True, text=True).stdout.split()
+    assert out == [], out
+    # a daemon started by a kata killed before it answered: waited for, never doubled
+    ensure_daemon(paths)
+    first = read_pid(paths)
+    paths.socket.unlink()  # as if it were still starting: no socket yet
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(ensure_daemon(paths, timeout=5)))
+    t.start()
+    t.join(30)
+    out = subprocess.run(["pgrep", "-f", f"containerd --config {paths.config}"],
+                         capture_output=True, text=True).stdout.split()
+    assert len(out) == 1, out  # the silent one replaced, not left beside a second
+    assert read_pid(paths) == int(out[0]) and done == [paths.address]
+    assert first is not None
+
+
+@pytest.mark.integration
 def test_cli_image_and_daemon_commands(private_dir, tmp_path):
     cfg = tmp_path / "kata.yaml"
     cfg.write_text(f"containerd:\n  state_dir: {private_dir}\n")

@@ -606,7 +606,7 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
     failed = [json.loads(line) for line in run.stdout.splitlines()
               if '"fail"' in line]
     assert failed and failed[0]["reason"] == "remote.unavailable", run.stdout
-    assert f"could not upload the step's inputs at {url}" in failed[0]["message"]
+    assert f"remote execution at {url} given up for this run" in failed[0]["message"]
     # ...and what to do (found on redis-py: a typo in the port gave every step the raw gRPC
     # error, where `kata doctor` names the fix)
     assert f"start the scheduler at {url}" in failed[0]["message"], failed[0]["message"]
@@ -617,7 +617,7 @@ def test_an_executor_that_does_not_answer_fails_the_step_with_a_clear_reason(kat
     config.write_text(f"remote:\n  executor: {url}\n")
     hosted = kata("run", "--json", KATA_CONFIG=str(config))
     assert hosted.returncode == 1, hosted.stdout + hosted.stderr
-    assert f"could not upload the step's inputs at {url}" in hosted.stdout
+    assert f"remote execution at {url} given up for this run" in hosted.stdout
     config.write_text("remote:\n  executor: localhost:1\n")
     bad = kata("run", KATA_CONFIG=str(config))
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
@@ -642,6 +642,44 @@ def test_doctor_checks_the_configured_remote_executor(grid, kata):
     config.write_text("remote:\n  executor: localhost:1\n")
     bad = kata("doctor", KATA_CONFIG=str(config))
     assert bad.returncode == 2 and "remote.executor" in bad.stderr, bad.stderr
+
+
+def test_doctor_checks_the_scheduler_a_worker_here_would_serve(grid, kata, tmp_path):
+    """`kata doctor --worker-executor URL` asks the scheduler as `kata worker --executor
+    URL` would use it (doctor checked only a client's remote.executor, so a worker machine
+    learnt of a wrong instance, a cache-only server or a hung scheduler only from the
+    worker's own exit or endless retries): the real BuildGrid has a Bots service; an
+    instance it lacks, a cache-only BuildGrid, a port nobody listens on and a scheduler
+    that never answers each fail with their fix."""
+    from support.buildgrid import buildgrid
+    from support.proxy import FaultProxy
+    from support.registry import free_port
+
+    bg, _image = grid
+
+    def check(url: str, *extra: str) -> tuple[int, dict]:
+        done = kata("doctor", "--json", "--worker-executor", url, *extra)
+        checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        assert url in checks["worker-scheduler"]["detail"], checks["worker-scheduler"]
+        return done.returncode, checks["worker-scheduler"]
+
+    code, ok = check(bg.url)
+    assert ok["status"] == "ok" and "Bots service present" in ok["detail"], ok
+    code, lacking = check(bg.url, "--remote-instance", "nope")
+    assert code == 1 and lacking["status"] == "fail", lacking
+    assert "instance" in lacking["fix"] and "--instance" in lacking["fix"], lacking
+    with buildgrid(tmp_path / "cache-only") as cache:
+        code, cache_only = check(cache.url)
+    assert code == 1 and "no Bots service" in cache_only["fix"], cache_only
+    down = f"grpc://127.0.0.1:{free_port()}"
+    code, gone = check(down)
+    assert code == 1 and f"start the scheduler at {down}" in gone["fix"], gone
+    with FaultProxy(("127.0.0.1", bg.port)) as proxy:
+        proxy.tripped.set()  # takes the connection, never answers
+        code, hung = check(f"grpc://127.0.0.1:{proxy.port}")
+    assert code == 1 and "hung or overloaded" in hung["fix"], hung
+    bad = kata("doctor", "--worker-executor", "localhost:1")
+    assert bad.returncode == 2 and "--worker-executor" in bad.stderr, bad.stderr
 
 
 def lose_a_blob_between_steps(grid, kata) -> tuple[str, str, str]:

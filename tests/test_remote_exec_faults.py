@@ -297,3 +297,87 @@ def test_ctrl_c_while_the_executor_does_not_answer_ends_the_run_at_once(grid, on
     assert run.returncode == 130, out + err
     assert "Traceback" not in err
     assert took < 15, took
+
+
+def test_a_scheduler_hung_from_the_start_ends_the_remote_part_once(grid, kata):  # noqa: F811
+    """A scheduler that takes connections and never answers (hung, a proxy in front of a
+    dead one): each step's first call waited out its own deadline (60 s for the input
+    upload), then every later step again, so a run was bounded only by the steps' count
+    and the 5-minute window. The run's first call to the scheduler (GetCapabilities) now
+    gives it up after FIRST_CONTACT_ANSWER seconds: one step says so, with the fix; the
+    other steps meant for it fail at once naming that; nothing runs here instead (the
+    run asked for remote machines, docs/remote.md)."""
+    import json
+
+    bg, image = grid
+    steps = [{"name": f"s{i}", "image": image, "inputs": ["src/**"], "commands": ["true"]}
+             for i in range(4)]
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(
+        {"pipeline": "hung", "settings": {"fail_fast": False, "max_parallel": 2},
+         "steps": steps}, sort_keys=False))
+    with FaultProxy(("127.0.0.1", bg.port)) as proxy:
+        proxy.tripped.set()  # every connection is a black hole: accepted, never answered
+        url = f"grpc://127.0.0.1:{proxy.port}"
+        run = subprocess.Popen([*kata.base, "run", "--remote-executor", url, "--json"],
+                               cwd=kata.repo, env=kata.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = _end(run, 200)  # a bound on a hang, far above the first contact's
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 1, out + err
+    assert "Traceback" not in err, err
+    failed = [json.loads(line) for line in out.splitlines() if '"fail"' in line]
+    messages = [f.get("message", "") for f in failed if f.get("reason")]
+    assert len(messages) == 4, out
+    first = [m for m in messages if "given up for this run" in m]
+    assert len(first) == 1, messages
+    assert f"remote execution at {url} given up for this run: GetCapabilities: " \
+        "DEADLINE_EXCEEDED" in first[0], first[0]
+    assert "hung or overloaded" in first[0] and "remote.connect_timeout" in first[0], first[0]
+    later = [m for m in messages if m not in first]
+    assert all(f"remote execution at {url} was given up earlier in this run" in m
+               for m in later), later
+
+
+def test_ctrl_c_while_a_remote_result_downloads_ends_the_run_at_once(grid, one_worker,  # noqa: F811
+                                                                     kata):
+    """Ctrl-C while the client lays a big output of a remote step into its workspace (the
+    sync, a ByteStream read over a slow link): the sync went on to its end (minutes here)
+    before the run stopped. It is now given up at once: exit 130, the step not recorded
+    (it runs again next time), the store sound, nothing left in the client's containerd."""
+    bg, image = grid
+    pipeline = {"pipeline": "bigout", "steps": [
+        {"name": "big", "image": image, "inputs": ["src/**"], "artifacts": ["out/"],
+         "commands": ["mkdir -p out", "head -c 50000000 /dev/urandom > out/big",
+                      "cp src/a.txt out/"]}]}
+    (kata.repo / ".kata-ci.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    (worker,) = one_worker
+    with FaultProxy(("127.0.0.1", bg.port)) as proxy:
+        proxy.delay = 0.25  # 64 KiB a quarter second: the 50 MB output takes ~3 minutes
+        run = _start(kata, f"grpc://127.0.0.1:{proxy.port}")
+        try:
+            deadline = time.monotonic() + 180
+            while ": done (ok)" not in worker.text():  # the result is in: the client fetches
+                assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, worker.text()
+                time.sleep(0.2)
+            while proxy.down < (1 << 20):  # into the big file's ByteStream read
+                assert run.poll() is None, run.communicate()
+                time.sleep(0.2)
+            run.send_signal(signal.SIGINT)
+            out, err = _end(run, 60)  # a bound on a hang, far below the download's time
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    verify = kata("store", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    plan = kata("run", "--dry-run", "--remote-executor", bg.url)
+    assert "big" in plan.stdout and "HIT" not in plan.stdout, plan.stdout
+    again = kata("run", "--remote-executor", bg.url)
+    assert again.returncode == 0, again.stdout + again.stderr

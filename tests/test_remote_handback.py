@@ -84,3 +84,41 @@ def test_a_sigtermed_worker_hands_its_step_to_another_at_once(grid, kata):
         assert ": done (ok)" in survivor.text()
         assert "handed back" in victim.text(), victim.text()
         assert "done (ok)" not in victim.text()  # its step was stopped, not finished
+        assert "stopped on SIGTERM" in victim.text().splitlines()[-1], victim.text()
+
+
+def test_a_sigtermed_worker_says_it_stops_idle_or_waiting_for_its_scheduler(grid):
+    """A `kata worker` SIGTERMed with no lease (idle, its long poll waiting for work)
+    logged nothing and vanished; now it says it is stopping, ends its bot session at the
+    scheduler (not at the keep-alive) and exits 0 with a last line naming the signal. The
+    same for one still waiting for a scheduler that took its connection and never
+    answered (hung), which it had not even said it was waiting for."""
+    from support.proxy import FaultProxy
+    from test_remote_exec import Worker
+
+    bg, _image = grid
+    with worker_pool(grid, names=("idle",)) as (idle,):
+        idle.wait_ready()
+        idle.proc.send_signal(signal.SIGTERM)
+        assert idle.proc.wait(60) == 0, idle.text()
+        text = idle.text()
+        assert "stopping: 0 lease(s) held" in text, text
+        assert "told the scheduler (bot session" in text, text
+        assert text.splitlines()[-1].endswith("kata worker idle: stopped on SIGTERM"), text
+    with FaultProxy(("127.0.0.1", bg.port)) as proxy:
+        proxy.tripped.set()  # accepted, never answered
+        hung = Worker("hung", f"grpc://127.0.0.1:{proxy.port}", bg.logstream)
+        try:
+            deadline = time.monotonic() + 120
+            while "waiting for it" not in hung.text():  # it says what to check, once
+                assert hung.proc.poll() is None, hung.text()
+                assert time.monotonic() < deadline, hung.text()
+                time.sleep(0.2)
+            assert "kata doctor --worker-executor" in hung.text(), hung.text()
+            hung.proc.send_signal(signal.SIGTERM)
+            assert hung.proc.wait(60) == 0, hung.text()
+            text = hung.text()
+            assert "stopping: 0 lease(s) held" in text, text
+            assert text.splitlines()[-1].endswith("kata worker hung: stopped on SIGTERM"), text
+        finally:
+            hung.close()

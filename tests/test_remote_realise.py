@@ -455,3 +455,37 @@ def test_a_step_with_a_secret_is_never_looked_up_in_the_remote(tmp_path):
         assert misses == {"sec": "not in the store", "after": "not in the store",
                           "free": "not in the store or the remote cache"}, misses
         b.close()
+
+
+def test_a_tampered_hit_is_rebuilt_and_said_to_be_corrupt_not_unavailable(tmp_path):
+    """A blob of a hit changed in the remote's CAS (a disk that rotted, someone with
+    access to the server's storage): BuildGrid serves it, Kata refuses it by its digest.
+    The warning said the remote was "unavailable" and sent the user to `kata doctor`,
+    which then found nothing wrong; it now says the entry was corrupt or tampered, that
+    what needed it is rebuilt locally, and what to do about the remote. The step's line
+    says so too, and nothing of the bad bytes reaches the store."""
+    from kata.realise.realiser import REMOTE_CORRUPT
+    from kata.report.plain import line as format_event
+    from store.verify import verify
+
+    with buildgrid(tmp_path / "bgd") as server:
+        _a, repo_a = _host_a_ran(tmp_path, server.url)
+        hexd = __import__("hashlib").sha256(b"hello\n").hexdigest()  # build's dist/out.txt
+        blobs = [p for p in (server.workdir / "cas").rglob("*")
+                 if p.is_file() and hexd[2:] in p.name]
+        assert blobs, "the blob is not in the CAS"
+        for p in blobs:
+            p.write_bytes(b"HELLO\n")  # the same size: only its digest tells
+        b, result = _host_b_adds_ship(tmp_path, repo_a, server.url)
+        assert result.ok, {n: (r.status, r.message) for n, r in result.steps.items()}
+        assert len(b.warnings) == 1, b.warnings
+        warning = b.warnings[0]
+        assert "unavailable" not in warning and "corrupt or tampered" in warning, warning
+        assert "rebuilt locally" in warning and "empty its CAS" in warning, warning
+        shown = [format_event(e) for e in b.events
+                 if isinstance(e, ev.CacheChecked) and e.reason == REMOTE_CORRUPT]
+        assert shown, [format_event(e) for e in b.events if isinstance(e, ev.CacheChecked)]
+        assert "build" in b.runtime.started
+        report = verify(b.store)
+        assert report.ok, report
+        b.close()

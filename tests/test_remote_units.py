@@ -416,3 +416,61 @@ def test_the_backoff_memo_ends_when_the_clock_jumps_back(tmp_path):
     assert down is not None
     assert memo.active(now=time.time() + 30) is not None  # still within its 60 s
     assert memo.active(now=time.time() - 86400) is None  # the clock went back a day
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed before its rename
+what = sys.argv[1]
+if what == "pending":
+    from kata.remote.pending import PendingUploads
+    PendingUploads(Path(sys.argv[2])).add(("a" * 64,))
+elif what == "backoff":
+    from kata.remote.backoff import Backoff
+    Backoff(Path(sys.argv[2]) / "remote-backoff.json", remote="grpc://a:1 ").failed("t", seconds=60)
+else:
+    from kata.atomicfile import write_atomic
+    write_atomic(Path(sys.argv[2]) / "memo", b"tree")
+"""
+
+
+@pytest.mark.parametrize("what", ["pending", "backoff", "memo"])
+def test_a_writer_killed_before_its_rename_leaves_no_temporary_file_for_ever(tmp_path, what):
+    """The pending queue, the back-off memo and every whole-file replacement
+    (kata.atomicfile: Tree memos, no-op records, loaded configs) write a temporary file
+    and rename it. A writer SIGKILLed between the two left the temporary file (a
+    ``tempfile.mkstemp`` name, in the pending queue and the state directory) for ever:
+    the next process to write or drain there now removes it, and never a live writer's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kata.atomicfile import tmp_path as atomic_tmp
+    from kata.atomicfile import write_atomic
+    from kata.remote.backoff import Backoff
+    from kata.remote.pending import PendingUploads
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER.format(root=root), what,
+                           str(folder)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = [p.name for p in folder.iterdir()]
+    assert len(left) == 1 and left[0].startswith("."), left  # the killed writer's file
+    live = atomic_tmp(folder / "other")  # a live writer's (this process): never removed
+    Path(live).write_bytes(b"half")
+    if what == "pending":
+        queue = PendingUploads(folder)
+        assert queue.entries() == []  # a drainer (`kata remote push`) sweeps too
+        assert sorted(p.name for p in folder.iterdir()) == [os.path.basename(live)]
+        queue.add(("b" * 64,))
+    elif what == "backoff":
+        Backoff(folder / "remote-backoff.json", remote="grpc://a:1 ").failed("t", seconds=60)
+    else:
+        write_atomic(folder / "memo", b"tree")
+    names = sorted(p.name for p in folder.iterdir())
+    assert left[0] not in names and os.path.basename(live) in names, names

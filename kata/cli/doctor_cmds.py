@@ -20,12 +20,16 @@ def register(cli: click.Group) -> None:
                    "kata run --remote-cache uses it.")
 @click.option("--remote-instance", "remote_instance", metavar="NAME",
               help="The remote's instance name (default: remote.instance, else \"\").")
+@click.option("--worker-executor", "worker_executor", metavar="grpc[s]://HOST:PORT",
+              help="Check this scheduler as `kata worker --executor URL` here would use it "
+                   "(reachable, TLS and token, the instance, a Bots service).")
 @click.pass_context
 def doctor(ctx: click.Context, json_out: bool, remote_cache: str | None = None,
-           remote_instance: str | None = None) -> None:
+           remote_instance: str | None = None, worker_executor: str | None = None) -> None:
     """Check the kernel (overlay, cgroups), containerd, runc, the OCI runtime steps use
     (crun or runc), CNI, the store location and free space, and a configured remote
-    cache or executor; exit 1 when kata cannot run steps here, saying what to fix."""
+    cache or executor (and, with --worker-executor, the scheduler a `kata worker` here
+    serves); exit 1 when kata cannot run steps here, saying what to fix."""
     from kata.cli.store_cmds import existing_state_dir, store_location
     from kata.doctor import EXECUTOR_PROBE_TIMEOUT, Host, diagnose
     from kata.executor.connection import probe
@@ -63,6 +67,16 @@ def doctor(ctx: click.Context, json_out: bool, remote_cache: str | None = None,
         host = dataclasses.replace(host, remote_executor=executor.url,
                                    executor_probe=lambda: probe(
                                        executor, timeout=EXECUTOR_PROBE_TIMEOUT))
+    if worker_executor is not None:  # with the host config's TLS files, token, instance
+        from kata.executor.connection import probe_bots
+        from kata.remote.config import parse_url
+
+        parse_url(worker_executor, where="--worker-executor")  # a bad URL: exit 2
+        bots = load_remote_config(worker_executor, remote_instance, key="executor")
+        assert bots is not None
+        host = dataclasses.replace(host, worker_executor=worker_executor,
+                                   worker_probe=lambda: probe_bots(
+                                       bots, timeout=EXECUTOR_PROBE_TIMEOUT))
     checks = diagnose(host)
     checks += _remote_checks(remote_cache, remote_instance)
     failed = [c for c in checks if c.status == "fail"]

@@ -103,8 +103,14 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
     # unless the host config says otherwise (admit.WorkerPolicy, SECURITY.md)
     runtime.confined_pulls = not policy.allow_private_registries
     stop = threading.Event()
+    got: list[int] = []  # the signal that stopped it (said in its last line)
+
+    def on_signal(signo: int, _frame: object) -> None:
+        got.append(signo)
+        stop.set()
+
     for signo in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signo, lambda *_: stop.set())
+        signal.signal(signo, on_signal)
     name = bot_name or default_name()
     own_root = state_dir is None
     if own_root:  # what killed workers left in the temp directory goes first
@@ -127,6 +133,8 @@ def worker(ctx: click.Context, url: str, instance: str | None, slots: int,
         runtime.close()
         if own_root:
             force_rmtree(str(work_root))
+    if got:  # a clean stop: its leases handed back, its steps' containers removed
+        click.echo(f"kata worker {name}: stopped on {signal.Signals(got[0]).name}", err=True)
 
 
 @click.command(name="logstream")

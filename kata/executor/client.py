@@ -86,6 +86,11 @@ FIRST_ANSWER = 15.0
 #: cache, so BuildGrid does not merge them)
 FIRST_EXECUTE_ANSWER = 60.0
 QUEUED_NOTICE = 20.0  # seconds queued before a step's output says no worker has taken it
+#: seconds the run's first call to the scheduler (GetCapabilities, answered in a few ms)
+#: may take, or ``remote.connect_timeout`` when that is longer: a scheduler that accepts
+#: connections and never answers (hung, a proxy in front of a dead one) ends the run's
+#: remote steps after this, once, instead of each step waiting out its calls' deadlines
+FIRST_CONTACT_ANSWER = 5.0
 LOG_IN_MEMORY = 1 << 20  # a result's log up to this size is read with its trees, in one call
 
 
@@ -117,6 +122,14 @@ class RemoteRuntime:
         self.reconnect_for = reconnect_for
         self.first_contact = first_contact
         self._reached = False  # has the executor answered once in this run?
+        # the first contact (GetCapabilities) of this run: its deadline, whether it was
+        # made, and the error that gave the executor up (None while it is in use), said
+        # in full by one step and named by the others (under _contact_lock)
+        self.first_answer = max(FIRST_CONTACT_ANSWER, getattr(url, "connect_timeout", 0.0))
+        self._contact_lock = threading.Lock()
+        self._contacted = False
+        self._down: KataError | None = None
+        self._down_why = ""
         self._where = url
         self._lock = threading.Lock()
         self._retired: list = []  # connections replaced (closed with the runtime)
@@ -167,13 +180,20 @@ class RemoteRuntime:
 
     def run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
             service_sink: ServiceSink | None = None) -> int:
+        # what this step writes into its workspace and sinks once its result is in (the
+        # sync, the log) runs on a thread of its own when the run can be cancelled; on
+        # cancel it is closed, so the realiser discards the workspace at once, racing
+        # nothing (a read from the CAS that still blocks the thread writes nothing after)
+        gate = files.Gate()
         try:
-            return self._run(spec, sink, cancel, service_sink)
+            return self._run(spec, sink, cancel, service_sink, gate)
         except _Cancelled:
             return CANCEL_EXIT
+        finally:
+            gate.close()
 
     def _run(self, spec: StepSpec, sink: OutputSink, cancel: threading.Event,
-             service_sink: ServiceSink | None) -> int:
+             service_sink: ServiceSink | None, gate: files.Gate) -> int:
         if not runs_remotely(spec):
             _say(sink, "kata: ran locally: the step has secrets (or the artifacts of a step "
                  "that has), which never go to a remote executor\n")
@@ -191,6 +211,8 @@ class RemoteRuntime:
             _say(sink, f"kata: ran locally: the workspace holds {err.message}; it cannot "
                  "go to a remote executor\n")
             return self._run_here(spec, sink, cancel, service_sink)
+        self._call(self._first_contact, "reach the scheduler", cancel, abandon=True,
+                   retry=False)
         root = files.join_root(packed, {act.WORKSPACE_DIR: packed.root},
                                {act.SPEC_FILE: act.spec_document(spec)})
         remote = act.build_action(spec, root)
@@ -198,7 +220,7 @@ class RemoteRuntime:
         trusted = bool(self._present)  # some blobs may go unsent, trusted to be there
         self._call(lambda: files.upload(self.cas, blobs, packed.files, self._present),
                    "upload the step's inputs", cancel, abandon=True)
-        live = _LiveLog(self, sink)
+        live = _LiveLog(self, sink, gate)
         try:
             try:
                 response = self._execute(remote.digest, cancel, live.watch)
@@ -226,15 +248,21 @@ class RemoteRuntime:
             self._call(lambda: live.finish(result.execution_metadata.worker or "?",
                                            stdout, trees.get(files.key(stdout)) if small
                                            else None),
-                       "fetch the step's output", cancel)
+                       "fetch the step's output", cancel, abandon=True)  # through the gate
         finally:
             live.stop()
         if result.stderr_raw or result.stderr_digest.size_bytes:
-            err = result.stderr_raw or self.cas.read_many([result.stderr_digest])[
-                files.key(result.stderr_digest)]
-            sink("stderr", err) if getattr(sink, "raw", False) else _lines(sink, err)
+            err = result.stderr_raw or self._call(
+                lambda: self.cas.read_many([result.stderr_digest]), "fetch the step's output",
+                cancel, abandon=True)[files.key(result.stderr_digest)]
+            gate.run(sink, "stderr", err) if getattr(sink, "raw", False) \
+                else gate.run(_lines, sink, err)
         if service_sink is not None and act.SERVICES_DIR in outputs:
-            self._service_logs(trees[files.key(outputs[act.SERVICES_DIR])], service_sink)
+            logs = self._call(lambda: self._service_logs(
+                trees[files.key(outputs[act.SERVICES_DIR])]), "fetch the step's output",
+                cancel, abandon=True)
+            for name, text in logs:
+                gate.run(_service_lines, service_sink, name, text)
         if error:  # the step met on the worker what the local runtime raises
             raise act.read_error(trees[files.key(error[0])])
         if result.exit_code == 0 and act.WORKSPACE_DIR not in outputs:
@@ -249,14 +277,15 @@ class RemoteRuntime:
             own = files.own_copies(packed, blobs, top, children, self.cas.batch_limit)
             try:
                 self._call(lambda: files.sync_dir(self.cas, packed, top, children, workspace,
-                                                  cache=own), "fetch the step's output",
-                           cancel)
+                                                  cache=own, gate=gate),
+                           "fetch the step's output", cancel, abandon=True)
             except KataError:
                 if result.exit_code == 0:
                     raise
                 return self._status(result)  # it failed either way; its report says what it lacks
             for digest in special:  # what it left that no tree holds: as it would be here
-                files.make_fifos(workspace, trees[files.key(digest)].decode().split("\0"))
+                gate.run(files.make_fifos, workspace,
+                         trees[files.key(digest)].decode().split("\0"))
             # the worker put these in the CAS: a later step that sees them need not
             self._present.update(f.digest.hash for d in (top, *children.values())
                                  for f in d.files)
@@ -281,22 +310,68 @@ class RemoteRuntime:
             return self.local.run(spec, sink, cancel, service_sink=service_sink)
         return self.local.run(spec, sink, cancel)
 
-    def _service_logs(self, data: bytes, service_sink: ServiceSink) -> None:
+    def _service_logs(self, data: bytes) -> list[tuple[str, bytes]]:
+        """(service name, its log) of the ``kata-services`` tree ``data``, read from the CAS."""
         tree = re_pb2.Tree()
         tree.ParseFromString(data)
         logs = self.cas.read_many(f.digest for f in tree.root.files)
-        for f in tree.root.files:
-            name = f.name.removesuffix(".log")
-            text = logs[files.key(f.digest)]
-            for line in text.split(b"\n")[:-1] if text.endswith(b"\n") else text.split(b"\n"):
-                service_sink(name, "stdout", line)
+        return [(f.name.removesuffix(".log"), logs[files.key(f.digest)])
+                for f in tree.root.files]
+
+    def _first_contact(self) -> None:
+        """Once per run: GetCapabilities within ``first_answer`` seconds, retried while the
+        scheduler refuses connections (it may be starting) for ``first_contact`` seconds.
+        A scheduler that took the connection and did not answer (hung), or that never
+        answered at all, is given up for the run: this step and every later one fail at
+        once with the same ``remote.unavailable`` (steps are not run here instead: the
+        run asked for remote machines)."""
+        with self._contact_lock:
+            if self._down is not None:  # said in full once, by the step that found it
+                raise KataError(self._down.reason, f"remote execution at {self.url} was "
+                                f"given up earlier in this run ({self._down_why})",
+                                exit_code=1)
+            if self._contacted:
+                return
+            deadline = time.monotonic() + self.first_contact
+            delay = 0.2
+            while True:
+                try:
+                    self.cas.capabilities(timeout=self.first_answer)
+                    break
+                except RemoteError as err:
+                    if err.reason == "remote.unavailable" and time.monotonic() + delay < deadline:
+                        time.sleep(delay)  # refused: not started yet, or restarting
+                        delay = min(delay * 2, 2.0)
+                        continue
+                    if err.reason == "remote.unsupported":  # answers: not SHA-256
+                        break  # each call says what it refuses
+                    from kata.doctor import remote_fix
+
+                    fix = remote_fix(
+                        err.code or "", err.message, server="scheduler",
+                        timeout=self.first_answer,
+                        start=f"start the scheduler at {self.url} (BuildGrid with "
+                        "!execution, docs/remote.md) or correct --remote-executor / "
+                        "remote.executor", hung="this run's remote steps fail (they do not "
+                        "run here instead); raise remote.connect_timeout for a scheduler "
+                        "far away")
+                    self._down = KataError(err.reason, f"remote execution at {self.url} "
+                                           f"given up for this run: {err.bare}; {fix}",
+                                           exit_code=1)
+                    self._down_why = err.bare.splitlines()[0][:200]
+                    raise self._down from err
+            self._contacted = True
+            self._reached = True
 
     def _call(self, fn: Callable, what: str, cancel: threading.Event | None = None, *,  # noqa: ANN202
-              abandon: bool = False):
+              abandon: bool = False, retry: bool = True):
         """``fn()``, retried with back-off while the executor is unavailable or past a
         deadline. The back-off ends when ``cancel`` is set (_Cancelled); with ``abandon``
-        (``fn`` writes nothing but memory and the CAS) so does a call in flight, which is
-        left to its own deadline in a thread of its own."""
+        (``fn`` writes nothing but memory and the CAS, or only through the step's gate)
+        so does a call in flight, which is left to its own deadline in a thread of its
+        own. ``retry=False``: ``fn`` raises what it raises (a KataError)."""
+        if not retry:
+            return _unless(cancel, fn) if abandon and cancel is not None else fn()
         # an executor that never answered is not waited for long: it is a wrong address or
         # a server that is down, not one restarting under a run that already used it
         wait = self.reconnect_for if self._reached else self.first_contact
@@ -405,8 +480,10 @@ class _LiveLog:
     step runs (restarted when the scheduler gives the step to another worker), then the
     rest of the result's ``stdout`` blob (see the module docstring)."""
 
-    def __init__(self, runtime: RemoteRuntime, sink: OutputSink) -> None:
-        self.runtime, self.sink = runtime, sink
+    def __init__(self, runtime: RemoteRuntime, sink: OutputSink,
+                 gate: files.Gate | None = None) -> None:
+        self.runtime, self._sink = runtime, sink
+        self.gate = gate or files.Gate()  # closed: the step was given up, the sink is not fed
         self.raw = bool(getattr(sink, "raw", False))
         self.follower: Follower | None = None
         self.worker = ""
@@ -460,6 +537,9 @@ class _LiveLog:
                       f"{' instance ' + instance if instance else ''}, with a free slot?)\n")
             self.queued_told = True
 
+    def sink(self, stream: str, data: bytes) -> None:
+        self.gate.run(self._sink, stream, data)
+
     def _deliver(self, data: bytes) -> None:  # from the follower's thread
         self.got += len(data)
         self.got_hash.update(data)
@@ -481,7 +561,10 @@ class _LiveLog:
 
     def _say(self, text: str) -> None:
         self._flush()
-        _say(self.sink, text)
+        if self.raw:
+            self.sink("stdout", text.encode())
+        else:
+            _lines(self.sink, text.encode())
 
     def stop(self) -> None:
         if self.follower is not None:
@@ -629,6 +712,11 @@ def _say(sink: OutputSink, text: str) -> None:
         sink("stdout", text.encode())
     else:
         _lines(sink, text.encode())
+
+
+def _service_lines(service_sink: ServiceSink, name: str, text: bytes) -> None:
+    for line in text.split(b"\n")[:-1] if text.endswith(b"\n") else text.split(b"\n"):
+        service_sink(name, "stdout", line)
 
 
 def _lines(sink: OutputSink, data: bytes) -> None:

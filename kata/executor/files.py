@@ -48,6 +48,46 @@ CHUNK = 1 << 20  # bytes read from a file at a time
 SEND_WITHOUT_ASKING = 64 << 10
 
 
+class Abandoned(Exception):
+    """A write through a closed ``Gate``: its caller gave the work up (Ctrl-C)."""
+
+
+class Gate:
+    """Lets a sync's writes into a directory through until ``close``; ``close`` waits for
+    the one write in progress, so once it returns nothing more is written there. What
+    syncs a workspace on a thread of its own (given up on Ctrl-C while a read from the
+    CAS still blocks it) goes through one, so the caller can remove the workspace at
+    once without racing a late file into it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self.closed:
+            self._lock.release()
+            raise Abandoned()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+
+    def run(self, fn, *args) -> bool:  # noqa: ANN001, ANN002
+        """``fn(*args)`` unless closed (then nothing: False), never during ``close``."""
+        with self._lock:
+            if self.closed:
+                return False
+            fn(*args)
+            return True
+
+
+_OPEN = Gate()  # never closed: for writers that are not given one
+
+
 def digest_of(data: bytes) -> re_pb2.Digest:
     """The REAPI digest of ``data``: lowercase hex SHA-256 and size in bytes."""
     return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
@@ -295,24 +335,30 @@ def upload(cas: Cas, blobs: dict[str, bytes], files: dict[str, str] | None = Non
 
 
 def fetch_to(cas: Cas, digest: re_pb2.Digest, path: str | os.PathLike[str], executable: bool,
-             data: bytes | None = None, *, readonly: bool = False) -> None:
+             data: bytes | None = None, *, readonly: bool = False, gate: Gate = _OPEN) -> None:
     """Write one blob (``data`` when already read, else streamed) to a new file: mode
-    0644/0755, or with ``readonly`` 0444/0555 (``store.tree.READONLY_MODES``)."""
+    0644/0755, or with ``readonly`` 0444/0555 (``store.tree.READONLY_MODES``). Each
+    write goes through ``gate`` (Abandoned once it is closed)."""
     if readonly:
         mode = READONLY_MODES["x" if executable else "f"]
     else:
         mode = 0o755 if executable else 0o644
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with gate:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
         if data is not None:
-            f.write(data)
+            with gate:
+                f.write(data)
         elif digest.size_bytes:
             for chunk in cas.read(digest):
-                f.write(chunk)
-        if readonly:  # what a local step sees too (``store.tree.STEP_MTIME_NS``)
+                with gate:
+                    f.write(chunk)
+        with gate:
+            if readonly:  # what a local step sees too (``store.tree.STEP_MTIME_NS``)
+                f.flush()
+                os.utime(f.fileno(), ns=_STEP_TIMES)
             f.flush()
-            os.utime(f.fileno(), ns=_STEP_TIMES)
-    os.chmod(path, mode)
+            os.chmod(path, mode)
 
 
 def directories(cas: Cas, root: re_pb2.Digest, known: dict[str, bytes] | None = None,
@@ -461,14 +507,14 @@ def materialise(cas: Cas, root: re_pb2.Directory, directories: dict[str, re_pb2.
 
 
 def _write_files(cas: Cas, todo: list, *, readonly: bool = False,  # noqa: ANN001
-                 cache: BlobCache | None = None) -> None:
+                 cache: BlobCache | None = None, gate: Gate = _OPEN) -> None:
     """Write each (path, FileNode): small blobs read in batches (or found in ``cache``),
     big ones streamed."""
     small = [n.digest for _p, n in todo if n.digest.size_bytes <= cas.batch_limit]
     data = cache.read_many(cas, small) if cache is not None else cas.read_many(small)
     for path, node in todo:
         fetch_to(cas, node.digest, path, node.is_executable, data.get(node.digest.hash),
-                 readonly=readonly)
+                 readonly=readonly, gate=gate)
 
 
 def _lmode(path: Path) -> int:
@@ -482,11 +528,12 @@ def _lmode(path: Path) -> int:
 
 def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
              directories: dict[str, re_pb2.Directory], dest: str | os.PathLike[str],
-             cache: BlobCache | None = None) -> int:
+             cache: BlobCache | None = None, gate: Gate = _OPEN) -> int:
     """Make ``dest`` (packed as ``before``) hold exactly the tree ``root``: remove what
     the tree no longer has, write what is new or changed (small blobs found in ``cache``
     are not read from the CAS). Returns the files written. Nothing in ``dest`` is
-    followed: a symlink is an entry like any other."""
+    followed: a symlink is an entry like any other. Every change goes through ``gate``:
+    Abandoned once it is closed (``dest`` is then half synced: its owner discards it)."""
     dest = Path(dest)
     wanted: dict[str, tuple[str, object]] = {}
     for rel, kind, node in walk(root, directories):
@@ -497,34 +544,38 @@ def sync_dir(cas: Cas, before: Packed, root: re_pb2.Directory,
         path = dest / rel
         is_dir = stat.S_ISDIR(_lmode(path))
         if now is None or (now[0] == "dir") != is_dir:
-            if is_dir:
-                _rmtree(path)
-            else:
-                path.unlink()
+            with gate:
+                if is_dir:
+                    _rmtree(path)
+                else:
+                    path.unlink()
     todo: list[tuple[Path, object]] = []
     for rel, (kind, node) in sorted(wanted.items(), key=lambda kv: kv[0].count("/")):
         path = dest / rel
         mode = _lmode(path)
         if kind == "dir":
             if not stat.S_ISDIR(mode):
-                path.mkdir()
+                with gate:
+                    path.mkdir()
             continue
         if kind == "symlink":
             old = before.entries.get(rel)
             if old == ("->" + node.target, False) and stat.S_ISLNK(mode):  # type: ignore[attr-defined]
                 continue
-            if mode:
-                path.unlink()
-            os.symlink(node.target, path)  # type: ignore[attr-defined]
+            with gate:
+                if mode:
+                    path.unlink()
+                os.symlink(node.target, path)  # type: ignore[attr-defined]
             continue
         digest = node.digest  # type: ignore[attr-defined]
         old = before.entries.get(rel)
         if old == (key(digest), node.is_executable) and stat.S_ISREG(mode):  # type: ignore[attr-defined]
             continue
         if mode:
-            path.unlink()
+            with gate:
+                path.unlink()
         todo.append((path, node))
-    _write_files(cas, todo, cache=cache)
+    _write_files(cas, todo, cache=cache, gate=gate)
     return len(todo)
 
 

@@ -211,14 +211,18 @@ class Worker:
             while not stop.is_set():
                 try:
                     if session is None:
-                        session = self._bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
-                            parent=self.instance, bot_session=self._session()),
-                            timeout=self.poll, metadata=self._md)
+                        session = self._create(stop)
+                        if session is None:
+                            break  # stopped while it waited
                         opened = True
                         LOG.info("bot session %s open", session.name)
                     else:
                         if self._busy():  # no room for work and nothing to report:
-                            self._changed.wait(self.poll / 2)  # a heartbeat, or a result
+                            until = time.monotonic() + self.poll / 2  # a heartbeat, or a
+                            while not self._changed.wait(  # result, or a stop (a second)
+                                    min(1.0, max(0.0, until - time.monotonic()))) \
+                                    and not stop.is_set() and time.monotonic() < until:
+                                pass
                             if stop.is_set():
                                 break
                         reply = self._update(session, stop)
@@ -242,24 +246,32 @@ class Worker:
                         self._drop_all()
                         session = None
                         continue
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED and session is not None:
                         continue  # a long poll that found no work
+                    # (a CreateBotSession past its deadline: a scheduler that took the
+                    # connection and never answered, said below as any other failure)
                     if not opened and (code in _REFUSED or _handshake_failed(err)):
                         raise KataError("worker.refused", self._refusal(code, err.details()),  # type: ignore[attr-defined]
                                         exit_code=2) from None
                     if not opened and not waited:  # once: a wrong port looks like this
                         waited = True
                         LOG.warning("scheduler at %s: %s: %s; waiting for it (if it never "
-                                    "answers, check --executor's host and port: `bgd "
-                                    "capabilities --remote http://HOST:PORT` answers for a "
-                                    "running BuildGrid); retrying in %.1fs", self.url,
-                                    code.name, err.details(), delay)  # type: ignore[attr-defined]
+                                    "answers, check --executor's host and port: `kata doctor "
+                                    "--worker-executor %s` says what to fix); retrying in "
+                                    "%.1fs", self.url, code.name, err.details(),  # type: ignore[attr-defined]
+                                    self.url, delay)
                     else:
                         LOG.warning("scheduler at %s: %s: %s; retrying in %.1fs", self.url,
                                     code.name, err.details(), delay)  # type: ignore[attr-defined]
                     stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:
+            if stop.is_set():
+                with self._lock:
+                    running = len(self._jobs)
+                LOG.info("stopping: %d lease(s) held%s", running,
+                         ", handing them back to the scheduler" if running and session
+                         else "")
             if session is not None and stop.is_set():
                 self._hand_back(session)
             else:
@@ -267,6 +279,18 @@ class Worker:
             self._remote.close()
             if self._logs is not None:
                 self._logs.close()
+
+    def _create(self, stop: threading.Event) -> bots_pb2.BotSession | None:
+        """CreateBotSession (it waits up to ``poll`` for work); None when ``stop`` was set
+        meanwhile (noticed within half a second: a scheduler that never answers does not
+        hold a stopping worker for its poll). grpc.RpcError as the call raises it."""
+        future = self._bots.CreateBotSession.future(bots_pb2.CreateBotSessionRequest(
+            parent=self.instance, bot_session=self._session()), timeout=self.poll,
+            metadata=self._md)
+        while not future.done():
+            if stop.wait(0.5) and future.cancel():
+                return None
+        return future.result()
 
     def _refusal(self, code: grpc.StatusCode, detail: str | None) -> str:
         """The one line a worker the scheduler can never take exits with: what the answer
@@ -446,10 +470,17 @@ class Worker:
             if jobs:
                 LOG.info("stopping: handed back %d lease(s) (%d stopped mid-step: %s)",
                          len(jobs), len(stopped), ", ".join(stopped) or "none")
+            else:  # the session ends now, not at the scheduler's keep-alive
+                LOG.info("stopping: told the scheduler (bot session %s ends)", session.name)
         deadline = time.monotonic() + STOP_SECONDS
         for job in jobs:
             if job.thread is not None:
                 job.thread.join(max(0.0, deadline - time.monotonic()))
+        late = [job.lease.id for job in jobs if job.thread is not None and job.thread.is_alive()]
+        if late:
+            LOG.warning("stopping: %d step(s) still removing their containers after %.0fs "
+                        "(%s): the next worker on this containerd sweeps what they leave",
+                        len(late), STOP_SECONDS, ", ".join(late))
 
     # -- one lease -------------------------------------------------------------------------
     def _run(self, job: _Job) -> None:

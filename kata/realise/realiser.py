@@ -72,6 +72,9 @@ REMOTE_LOST = "remote cache unavailable, rebuilding"
 # a hit whose blobs the remote no longer holds (NOT_FOUND: an LRU evicted them); only that
 # hit is rebuilt, the remote stays in use
 REMOTE_EVICTED = "evicted from the remote cache, rebuilding"
+# a hit whose bytes do not match the digests its entry names (remote.bad_answer: the
+# remote's storage damaged, or its entry tampered with); the remote is left for the run
+REMOTE_CORRUPT = "corrupt or tampered in the remote cache, rebuilding"
 # A dependency stack deeper than _DIRECT_LAYERS is mounted as aligned blocks of merged trees
 # (the store's merged stacks): whole blocks of 4096, then 256, then 16 trees from the bottom,
 # each cut at a multiple of its size, then the last (< 16) trees one by one. A block is keyed
@@ -575,8 +578,10 @@ class Realiser:
                     self._producer = {t: s for t, s in self._producer.items() if s != name}
                 if announce:
                     gone = isinstance(err, RemoteError) and evicted(err)
+                    bad = isinstance(err, RemoteError) and err.reason == "remote.bad_answer"
                     self.emit(ev.CacheChecked(step=name, hit=False, key=self._results[name].key,
-                                              reason=REMOTE_EVICTED if gone else REMOTE_LOST,
+                                              reason=REMOTE_EVICTED if gone else
+                                              REMOTE_CORRUPT if bad else REMOTE_LOST,
                                               damaged=True))
                 return False
             with self._lock:

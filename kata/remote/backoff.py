@@ -11,8 +11,9 @@ next run may as well ask again. The file (``kata-remote-backoff/1``: JSON ``{"fo
 "remote", "until" (unix seconds), "reason", "at" (unix seconds, when written)}``) names the
 remote (URL and instance) it concerns; another remote's is ignored. One written at a time
 that is now in the future (the clock was ahead, then set back) is over: else a clock set
-back a day would leave the remote alone for a day. It is replaced by a rename (never half-written)
-and needs no fsync (losing it costs one timeout). ``kata remote push`` ignores it and
+back a day would leave the remote alone for a day. It is replaced by a rename (never half-written;
+``kata.atomicfile``, whose temporary file a killed writer leaves is removed by the next
+write there) and needs no fsync (losing it costs one timeout). ``kata remote push`` ignores it and
 clears it when the remote answers; ``remote.backoff: 0s`` turns it off.
 """
 
@@ -21,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from kata.atomicfile import write_atomic
 
 FORMAT = "kata-remote-backoff/1"
 FILE_NAME = "remote-backoff.json"
@@ -78,15 +80,7 @@ class Backoff:
                            "reason": down.reason, "at": at}).encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-backoff-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(self.path, data)  # its temporary file swept if killed
         except OSError:
             return None
         return down

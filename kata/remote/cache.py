@@ -186,6 +186,14 @@ class RemoteCache:
             down = self._memo.failed(first, seconds=self.config.backoff)
             if down is not None:  # `kata remote push` (which ignores it) is not told to push
                 first = down.describe(push_hint=self._honour_backoff)
+        if err.reason == "remote.bad_answer":
+            # it answered, with bytes that are not what its entry names: not an outage
+            self._warn(f"remote cache {self.config.url} handed back a corrupt or tampered "
+                       f"entry ({first}); what needed it is rebuilt locally and the remote "
+                       "is left for this run; its storage was damaged or written by someone "
+                       "else: check the server's disk and who holds a token that may write "
+                       "to it (SECURITY.md), then empty its CAS and action cache")
+            return
         doctor = f"kata doctor --remote-cache {self.config.url}" + (
             f" --remote-instance {self.config.instance}" if self.config.instance else "")
         self._warn(f"remote cache {self.config.url} unavailable ({first}); going on "

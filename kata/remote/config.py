@@ -55,7 +55,8 @@ class RemoteConfig:
     ``logstream``: for an executor, the URL of the LogStream service its log streams are
     read from (None: the executor itself); ``connect_timeout``: seconds the remote cache's
     first call of a run (GetCapabilities) may take (a remote that accepts connections but
-    never answers costs this, not ``timeout``); ``backoff``: seconds later runs leave a
+    never answers costs this, not ``timeout``; an executor's first call gets at least
+    ``kata.executor.client.FIRST_CONTACT_ANSWER``); ``backoff``: seconds later runs leave a
     remote cache alone after it timed out (0: no back-off; ``kata.remote.backoff``).
     """
 

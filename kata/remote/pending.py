@@ -16,8 +16,10 @@ path, a value or an object): the objects are read from the local store when it i
 one the store no longer holds (collected since) is dropped.
 
 On disk (``kata-remote-pending/1``): one file per entry, ``<sha256 of its bytes>.json``,
-holding ``{"format", "keys", "alias_of"}``; written to a dot-file and renamed, so a
-reader never sees half of one (and skips dot-files). The rename is not fsync'd: a process
+holding ``{"format", "keys", "alias_of"}``; written to a dot-file and renamed
+(``kata.atomicfile``), so a reader never sees half of one (and skips dot-files); the
+dot-file of a writer killed before its rename is removed by the next process that queues
+or drains (it names its writer: ``procs.pid_tag``). The rename is not fsync'd: a process
 killed at any point leaves a whole entry or none; after a power loss an entry may be empty
 or missing, and an entry that does not parse is deleted (its result then stays local, as
 before this queue existed). What the queue holds was decided by the run that built it
@@ -33,10 +35,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from kata.atomicfile import sweep_dead, write_atomic
 
 FORMAT = "kata-remote-pending/1"
 DIR_NAME = "remote-pending"
@@ -91,15 +94,7 @@ class PendingUploads:
         data = Pending(keys=tuple(keys), alias_of=alias_of).encode()
         name = hashlib.sha256(data).hexdigest() + ".json"
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.directory / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self.directory / name, data)  # its temporary file swept if killed
         return name
 
     def done(self, name: str) -> None:
@@ -117,7 +112,9 @@ class PendingUploads:
             return []
 
     def entries(self) -> list[Pending]:
-        """Every whole entry, oldest first; one that does not parse is deleted."""
+        """Every whole entry, oldest first; one that does not parse is deleted, and so is
+        the temporary file of a writer killed before its rename (``sweep_dead``)."""
+        sweep_dead(self.directory)
         found: list[tuple[float, Pending]] = []
         for name in self.names():
             path = self.directory / name

@@ -131,19 +131,26 @@ def read_pid(paths: DaemonPaths) -> int | None:
     try:
         pid = int(paths.pidfile.read_text().strip())
     except (OSError, ValueError):
-        # no pid file: the kata that started the daemon may have been killed before it
-        # wrote one, and the daemon lives on; the socket's listener then says who it is
-        pid = socket_peer_pid(paths.socket, timeout=0.5) or 0
-    if pid <= 0:
-        return None
+        pid = 0
+    if pid > 0 and _is_ours(paths, pid):
+        return pid
+    # no pid file, or one naming a daemon that is gone: the kata that started this one may
+    # have been killed before it wrote the file (a restart after the old daemon was
+    # killed), and the daemon lives on; the socket's listener then says who it is
+    pid = socket_peer_pid(paths.socket, timeout=0.5) or 0
+    return pid if pid > 0 and _is_ours(paths, pid) else None
+
+
+def _is_ours(paths: DaemonPaths, pid: int) -> bool:
+    """Whether ``pid`` is a containerd started with this daemon's config."""
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return None
+        return False
     config = os.fsencode(str(paths.config))
-    mine = any(a == b"--config" and b == config for a, b in zip(argv, argv[1:]))
-    return pid if comm == "containerd" and mine else None
+    return comm == "containerd" and any(a == b"--config" and b == config
+                                        for a, b in zip(argv, argv[1:]))
 
 
 def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:
@@ -162,6 +169,20 @@ def ensure_daemon(paths: DaemonPaths, *, timeout: float = 30.0) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another kata may be starting it right now
         if socket_answers(paths.socket):
             return paths.address
+        starting = read_pid(paths)
+        if starting is not None:
+            # one a kata started and was killed while waiting for (a worker killed while
+            # it started its containerd again): never a second daemon on the same root
+            # (it would wait on the first's metadata lock, and the first would be lost)
+            deadline = time.monotonic() + timeout
+            while pid_alive(starting) and time.monotonic() < deadline:
+                if socket_answers(paths.socket, timeout=0.5):
+                    paths.pidfile.write_text(f"{starting}\n")
+                    return paths.address
+                time.sleep(0.05)
+            if pid_alive(starting):  # it never answered: replaced, not left beside
+                os.kill(starting, signal.SIGKILL)
+                _reap(starting)
         paths.config.write_text(_config_text(paths))
         os.chmod(paths.config, 0o644)  # no secret in it
         try:
