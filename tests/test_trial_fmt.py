@@ -204,8 +204,8 @@ def _outside_kata(archive: Path, repo: Path, work: Path, build_type: str) -> str
     script = " && ".join(["cd /workspace", *commands]).replace("$BUILD_TYPE", build_type)
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
-         f'mount -t proc proc "$0/proc" && mount --rbind /dev "$0/dev" && '
-         f'exec chroot "$0" env -i PATH=/usr/bin:/bin CCACHE_DIR=/tmp/ccache sh -c "$1"',
+         'mount -t proc proc "$0/proc" && mount --rbind /dev "$0/dev" && '
+         'exec chroot "$0" env -i PATH=/usr/bin:/bin CCACHE_DIR=/tmp/ccache sh -c "$1"',
          str(rootfs), script], capture_output=True, text=True, timeout=900)
     try:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
