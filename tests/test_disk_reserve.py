@@ -313,6 +313,38 @@ def test_a_step_printing_without_end_is_killed_at_the_reserve(tmp_path, containe
 
 
 @pytest.mark.integration
+def test_a_retry_after_the_log_filled_the_disk_is_still_a_retry(tmp_path, containerd_daemon,
+                                                                runtime):
+    """With the guard off (``disk_reserve: 0``) a step's output fills the filesystem its
+    log is spooled to. Its attempt failed saying so, but the note kata writes to the log
+    before a retry met the full disk too: the step then failed with a bare ``No space
+    left on device (ENOSPC)`` and was never retried. That note is skipped as the other
+    one is; the retry (an event, a line) still says why."""
+    import subprocess
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("containerd:\n  disk_reserve: 0\n")
+    with small_tmpfs(tmp_path, "16m") as small:
+        repo = _repo(tmp_path, [{"name": "loud", "image": IMAGE, "inputs": ["x"], "retry": 1,
+                                 "timeout": "8s", "commands": [f"yes {'y' * 200}"]}])
+        kata = KataProcess(repo, store=small / "store", address=containerd_daemon.address,
+                           timeout=300)
+        out = tmp_path / "out.txt"
+        with open(out, "wb") as f:
+            code = subprocess.run([*kata.base, "run"], cwd=repo, stdout=f,
+                                  stderr=subprocess.PIPE, env={**kata.env, "KATA_CONFIG": str(cfg)},
+                                  timeout=300)
+        assert code.returncode == 1, code.stderr
+        assert b"Traceback" not in code.stderr, code.stderr
+        mine = [line for line in out.read_bytes().splitlines() if line.startswith(b"[")]
+        assert b"[RETRY] loud (attempt 2/2: no space left on kata's state filesystem while " \
+            b"writing the step's log)" in mine, mine
+        assert [line for line in mine if line.startswith(b"[FAIL] loud")], mine
+        assert not [line for line in mine if b"(ENOSPC)" in line], mine
+        assert list((small / "store" / "local" / "work").iterdir()) == []
+
+
+@pytest.mark.integration
 def test_each_step_runner_hands_the_guard_its_root_filesystem_layer(each_step_runner,
                                                                     busybox_digest):
     """A direct step's ``upper`` and a containerd task's snapshot: the guard finds what the
