@@ -99,7 +99,7 @@ def _layer(root: Path, name: str, size: int) -> str:
 
 def test_the_step_holding_most_of_a_filesystem_below_its_reserve_is_tripped(tmp_path):
     fs = _Fs(total=1000 * MIB, free=40 * MIB)  # below 5% (50 MiB)
-    guard = DiskGuard(Reserve(), statvfs=fs)
+    guard = DiskGuard(Reserve(), statvfs=fs, watch=False)
     small, big = guard.ticket(), guard.ticket()
     try:
         small.add(_layer(tmp_path, "small", MIB))
@@ -123,7 +123,7 @@ def test_the_step_holding_most_of_a_filesystem_below_its_reserve_is_tripped(tmp_
 def test_a_step_holding_little_is_never_blamed_for_a_full_disk(tmp_path):
     """Something else filled the disk (another process, the store): a step that holds
     less than a quarter of the reserve is not killed for it."""
-    guard = DiskGuard(Reserve(), statvfs=_Fs(total=1000 * MIB, free=10 * MIB))
+    guard = DiskGuard(Reserve(), statvfs=_Fs(total=1000 * MIB, free=10 * MIB), watch=False)
     ticket = guard.ticket()
     try:
         ticket.add(_layer(tmp_path, "l", 4 * MIB))
@@ -135,7 +135,7 @@ def test_a_step_holding_little_is_never_blamed_for_a_full_disk(tmp_path):
 
 def test_inodes_below_their_reserve_trip_the_step_that_made_most_files(tmp_path):
     fs = _Fs(total=1000 * MIB, free=900 * MIB, files=10_000, ffree=400)  # below 5%: 500
-    guard = DiskGuard(Reserve(), statvfs=fs)
+    guard = DiskGuard(Reserve(), statvfs=fs, watch=False)
     ticket = guard.ticket()
     try:
         layer = Path(_layer(tmp_path, "many", 0))
@@ -151,8 +151,8 @@ def test_inodes_below_their_reserve_trip_the_step_that_made_most_files(tmp_path)
 
 def test_the_guard_looks_more_often_as_free_space_nears_the_reserve(tmp_path):
     layer = _layer(tmp_path, "l", 0)
-    far = DiskGuard(Reserve(), statvfs=_Fs(total=100 << 30, free=50 << 30))
-    near = DiskGuard(Reserve(), statvfs=_Fs(total=100 << 30, free=(5 << 30) + 50 * MIB))
+    far = DiskGuard(Reserve(), statvfs=_Fs(total=100 << 30, free=50 << 30), watch=False)
+    near = DiskGuard(Reserve(), statvfs=_Fs(total=100 << 30, free=(5 << 30) + 50 * MIB), watch=False)
     for guard, expected in ((far, diskguard.MAX_INTERVAL), (near, None)):
         ticket = guard.ticket()
         ticket.add(layer)
@@ -162,6 +162,37 @@ def test_the_guard_looks_more_often_as_free_space_nears_the_reserve(tmp_path):
             assert wait == expected
         else:
             assert diskguard.MIN_INTERVAL <= wait < 0.1, wait
+
+
+def test_an_overlay_named_through_a_link_is_measured_by_its_upper_layer(tmp_path):
+    """A workspace is an overlay whose lower layers hold the step's inputs; the step wrote
+    only its upper layer. Named through a symlink (a store given as a link), the mount
+    point was not found in mountinfo (which has the resolved path), the merged view was
+    walked, and a step that wrote nothing but read a large checkout was killed in place of
+    the one filling the disk."""
+    import subprocess
+
+    lower = Path(_layer(tmp_path, "inputs", 30 * MIB))  # a large checkout, only read
+    for name in ("u", "w", "m"):
+        (tmp_path / name).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lower},upperdir={tmp_path / 'u'},workdir={tmp_path / 'w'}",
+                    str(tmp_path / "m")], check=True)
+    try:
+        (tmp_path / "link").symlink_to(tmp_path)
+        guard = DiskGuard(Reserve(), statvfs=_Fs(total=1000 * MIB, free=40 * MIB), watch=False)
+        reader, writer = guard.ticket(), guard.ticket()
+        try:
+            reader.add(str(tmp_path / "link" / "m"))  # its workspace, wrote nothing
+            writer.add(_layer(tmp_path, "writer", 20 * MIB))
+            guard.check([reader, writer])
+            assert reader.tripped is None
+            assert writer.tripped is not None
+        finally:
+            for t in (reader, writer):
+                guard.release(t)
+    finally:
+        subprocess.run(["umount", str(tmp_path / "m")], check=True)
 
 
 def test_usage_counts_a_deep_tree_and_hard_links_once(tmp_path):
@@ -278,6 +309,38 @@ def test_a_step_printing_without_end_is_killed_at_the_reserve(tmp_path, containe
         fail = [line for line in out.read_bytes().splitlines() if line.startswith(b"[FAIL] loud")]
         assert len(fail) == 1 and b"killed to keep the disk's reserve" in fail[0], fail
         assert b"to its writable layers and log" in fail[0], fail[0]
+        assert list((small / "store" / "local" / "work").iterdir()) == []
+
+
+@pytest.mark.integration
+def test_a_retry_after_the_log_filled_the_disk_is_still_a_retry(tmp_path, containerd_daemon,
+                                                                runtime):
+    """With the guard off (``disk_reserve: 0``) a step's output fills the filesystem its
+    log is spooled to. Its attempt failed saying so, but the note kata writes to the log
+    before a retry met the full disk too: the step then failed with a bare ``No space
+    left on device (ENOSPC)`` and was never retried. That note is skipped as the other
+    one is; the retry (an event, a line) still says why."""
+    import subprocess
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("containerd:\n  disk_reserve: 0\n")
+    with small_tmpfs(tmp_path, "16m") as small:
+        repo = _repo(tmp_path, [{"name": "loud", "image": IMAGE, "inputs": ["x"], "retry": 1,
+                                 "timeout": "8s", "commands": [f"yes {'y' * 200}"]}])
+        kata = KataProcess(repo, store=small / "store", address=containerd_daemon.address,
+                           timeout=300)
+        out = tmp_path / "out.txt"
+        with open(out, "wb") as f:
+            code = subprocess.run([*kata.base, "run"], cwd=repo, stdout=f,
+                                  stderr=subprocess.PIPE, env={**kata.env, "KATA_CONFIG": str(cfg)},
+                                  timeout=300)
+        assert code.returncode == 1, code.stderr
+        assert b"Traceback" not in code.stderr, code.stderr
+        mine = [line for line in out.read_bytes().splitlines() if line.startswith(b"[")]
+        assert b"[RETRY] loud (attempt 2/2: no space left on kata's state filesystem while " \
+            b"writing the step's log)" in mine, mine
+        assert [line for line in mine if line.startswith(b"[FAIL] loud")], mine
+        assert not [line for line in mine if b"(ENOSPC)" in line], mine
         assert list((small / "store" / "local" / "work").iterdir()) == []
 
 

@@ -157,6 +157,25 @@ def test_terminal_safe_keeps_colours_and_shows_every_other_control():
     assert terminal_safe("\x1b[1A\x1b[2K[PASS] fake") == "^[[1A^[[2K[PASS] fake"
 
 
+def test_the_configs_own_text_reaches_no_terminal_raw_either():
+    """The pipeline's name and a step's commands are the config's, a pushed branch's: a
+    YAML ``"\\e]0;x\\a"`` in them retitled the terminal of whoever read ``kata run``
+    (``[PARSE]``, ``[RUN]``) or ``kata runs`` (its PIPELINE column) on the server."""
+    from kata.cli.history_cmds import table
+    from kata.realise import events as ev
+    from kata.report.plain import line
+
+    evil = "p\x1b]0;PWNED\x07\x9b2J"
+    shown = [line(ev.Parsed(pipeline=evil, steps=1, groups=1, planned=("s",))),
+             line(ev.StepStarted(step="s", command=f"true {evil}\necho two")),
+             *table(("RUN", "PIPELINE"), [("r1", evil)])]
+    for text in shown:
+        assert "\x1b]" not in text and "\x07" not in text and "\x9b" not in text, text
+    assert shown[0] == '[PARSE] Pipeline "p^[]0;PWNED^G^[[2J": 1 step, 1 parallel group'
+    assert shown[1] == "[RUN] s: true p^[]0;PWNED^G^[[2J\necho two"  # its lines kept
+    assert shown[3] == "r1   p^[]0;PWNED^G^[[2J"
+
+
 def test_the_dashboard_shows_a_steps_hyperlink_escape_as_text():
     """ansi2html turns OSC 8 into ``<a href>``: a step could show ``https://good`` linking
     to another address in ``kata web``."""

@@ -243,6 +243,25 @@ def test_a_status_row_never_wraps_whatever_the_step_prints(monkeypatch):
     live.close()
 
 
+def test_a_status_row_carries_no_c1_control_either(monkeypatch):
+    """U+009B is CSI and U+009D OSC in their 8-bit (C1) forms, which terminals obey too:
+    the row of a running step kept them (terminal_safe shows them, the row did not drop
+    them), so a step could clear the screen or retitle the terminal through kata's status
+    block. Dropped like their ESC forms, multibyte text kept."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = io.StringIO()
+    live = LiveReporter(out, fps=0.001)
+    live(ev.Parsed(pipeline="p", steps=1, groups=1, planned=("c1",)))
+    live(ev.StepStarted(step="c1", command="x"))
+    live(ev.OutputLine(step="c1", stream="stdout",
+                       text="a\x9b2Jb\x9d0;PWNED\x07c\x9d0;T\x9cd\x85é日本"))
+    live._frame(final=False)
+    frame = out.getvalue().rsplit(FRAME_MARK, 1)[1]
+    assert not re.search("[\x80-\x9f]", frame), repr(frame)
+    assert "abcdé日本" in frame, repr(frame)
+    live.close()
+
+
 def test_a_pull_view_draws_only_pulls_and_only_on_a_terminal():
     from kata.report.live import pull_view
 

@@ -57,18 +57,23 @@ def test_more_layers_than_one_page_of_options_mount_one_by_one(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o002, 0o022])
-def test_the_workspace_root_mode_is_the_same_whatever_the_umask(tmp_path, umask):
+@pytest.mark.parametrize("factory", ["overlay", "copy"])
+def test_the_workspace_root_mode_is_the_same_whatever_the_umask(tmp_path, umask, factory):
     """The step's working directory is the upper layer's root: it was made with kata's
     umask (0700 under 077, 0775 under 002) where a worker makes it 0755: one key, two
-    views (branch cache-trust; end to end in tests/test_key_hunt_e2e.py)."""
+    views (branch cache-trust; end to end in tests/test_key_hunt_e2e.py). The copying
+    fake keeps the contract too: its root took the top layer's mode (or the umask's)."""
+    from kata.realise.workspace import CopyWorkspace
     from kata.runtimes.base import WORKSPACE_MODE
 
     layer = tmp_path / "layer"
     layer.mkdir()
     (layer / "f").write_text("f")
+    layer.chmod(0o750)  # a lower layer's root mode is not what the step sees
+    make = Workspace if factory == "overlay" else CopyWorkspace
     old = os.umask(umask)
     try:
-        ws = Workspace(tmp_path / "work", [layer])
+        ws = make(tmp_path / "work", [layer])
     finally:
         os.umask(old)
     with ws:

@@ -22,7 +22,12 @@ def echo_json(doc: dict) -> None:
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """Left-aligned columns two spaces apart, the header first; no trailing blanks."""
+    """Left-aligned columns two spaces apart, the header first; no trailing blanks. Each
+    cell as ``terminal_safe`` shows it: a pipeline's name is its config's (a pushed
+    branch's), a ref's may hold C1 controls (git refuses only ASCII ones)."""
+    from kata.report.text import terminal_safe
+
+    rows = [tuple(map(terminal_safe, r)) for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
 

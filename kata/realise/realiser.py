@@ -675,8 +675,11 @@ class Realiser:
                 attempt += 1
                 what = f"exit {exit_status}" if reason == "step.failed" else message
                 with log_lock:
-                    log.write(f"kata: attempt {attempt - 1}/{attempts} failed ({what}); "
-                              f"attempt {attempt}/{attempts}\n".encode())
+                    try:
+                        log.write(f"kata: attempt {attempt - 1}/{attempts} failed ({what}); "
+                                  f"attempt {attempt}/{attempts}\n".encode())
+                    except OSError:  # the log's disk is full: the retry event says it
+                        pass
                 self.emit(ev.StepRetrying(step=name, attempt=attempt, attempts=attempts,
                                           exit_status=exit_status, reason=reason,
                                           message=message))

@@ -291,6 +291,7 @@ class CopyWorkspace:
             for layer in reversed(layers):  # bottom first; each made writable for the next
                 shutil.copytree(layer, self.path, symlinks=True, dirs_exist_ok=True)
                 subprocess.run(["chmod", "-R", "u+rwX", str(self.path)], check=True)
+            os.chmod(self.path, WORKSPACE_MODE)  # as the overlay's upper root, any umask
         except BaseException:
             self.close()
             raise

@@ -38,9 +38,12 @@ _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 # what a step prints that a status row must not carry: escape sequences (a colour would
 # leak into the row, a cursor move would break the erase) and control characters (a tab
-# or a carriage return moves the cursor too); CSI, OSC, then any other ESC pair
-_CONTROLS = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?"
-                       r"|[\x00-\x1f\x7f]")
+# or a carriage return moves the cursor too); CSI, OSC (7-bit and their C1 forms, U+009B
+# and U+009D, which a terminal obeys as well: kata.report.text.terminal_safe), then any
+# other ESC pair and control character, C1 ones included
+_CONTROLS = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+                       r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|\x1b.?"
+                       r"|[\x00-\x1f\x7f-\x9f]")
 
 
 def _row_text(text: str) -> str:

@@ -15,7 +15,9 @@ def line(event: ev.Event) -> str | None:
         case ev.Parsed():
             groups = "group" if event.groups == 1 else "groups"
             steps = "step" if event.steps == 1 else "steps"
-            return (f'[PARSE] Pipeline "{event.pipeline}": {event.steps} {steps}, '
+            # the name and the commands are the config's: a pushed branch's, as hostile
+            # as its steps' output
+            return (f'[PARSE] Pipeline "{terminal_safe(event.pipeline)}": {event.steps} {steps}, '
                     f"{event.groups} parallel {groups}")
         case ev.CacheChecked():
             if event.hit:
@@ -26,7 +28,7 @@ def line(event: ev.Event) -> str | None:
                 return f"[CACHE] {event.step}: MISS ({event.reason})"
             return f"[CACHE] {event.step}: MISS"
         case ev.StepStarted():
-            return f"[RUN] {event.step}: {event.command}"
+            return f"[RUN] {event.step}: {terminal_safe(event.command)}"
         case ev.OutputLine():
             return f"{event.step} | {terminal_safe(event.text)}"
         case ev.StepPassed():

@@ -171,9 +171,14 @@ class DiskGuard:
     after the last is released."""
 
     def __init__(self, reserve: Reserve, *,
-                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> None:
+                 statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+                 watch: bool = True) -> None:
+        """``watch``: look in a thread of its own (False: only when ``check`` is called,
+        for a test that must know every look: the thread's first look, at once, could see
+        a ticket before all its directories were added and blame nobody for COOLDOWN)."""
         self.reserve = reserve
         self._statvfs = statvfs
+        self._watch = watch
         self._lock = threading.Condition(threading.Lock())
         self._tickets: list[Ticket] = []
         self._thread: threading.Thread | None = None
@@ -189,7 +194,7 @@ class DiskGuard:
         ticket = Ticket()
         with self._lock:
             self._tickets.append(ticket)
-            if self._thread is None:
+            if self._thread is None and self._watch:
                 self._thread = threading.Thread(target=self._run, name="kata-disk-guard",
                                                 daemon=True)
                 self._thread.start()
@@ -267,14 +272,20 @@ class DiskGuard:
             except OSError:
                 return None
 
-        low_devices = {device(mounts.get(d, d)) for d, *_ in low} - {None}
+        def measured(d: str) -> str:
+            # mountinfo names a mount point by its resolved path: a directory given by a
+            # path through a link (a store named by a symlink) is still its overlay, whose
+            # upper directory is what the step wrote, not the merged view with its inputs
+            return mounts.get(d) or mounts.get(os.path.realpath(d), d)
+
+        low_devices = {device(measured(d)) for d, *_ in low} - {None}
         held: list[tuple[int, int, Ticket]] = []
         for ticket in tickets:
             if ticket.tripped is not None:
                 continue
             size = count = 0
             on_low = False
-            for upper in {mounts.get(d, d) for d in list(ticket.dirs)}:
+            for upper in {measured(d) for d in list(ticket.dirs)}:
                 if device(upper) in low_devices:
                     b, n = usage(upper)
                     size, count, on_low = size + b, count + n, True
