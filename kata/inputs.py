@@ -44,6 +44,7 @@ import msgpack
 from kata.errors import KataError
 from kata.git import Git
 from kata.globs import check_path_globs as check_globs  # noqa: F401 - the loader's check
+from kata.globs import PathGlobError, PathGlobs
 from kata.globs import path_match as match
 
 KATAIGNORE = ".kataignore"
@@ -168,7 +169,7 @@ EMPTY = InputSet.of(())
 MAX_KATAIGNORE = 1 << 20
 
 
-def _ignore_spec(root: str):
+def _ignore_spec(root: str) -> PathGlobs | None:
     # a regular file of the repository only: a link (to /etc/shadow, whose lines a
     # pattern error would quote) or a device (/dev/zero) is refused, its size bounded
     try:
@@ -200,12 +201,11 @@ def _ignore_spec(root: str):
     except OSError as err:
         raise KataError("inputs.kataignore", f"cannot read {KATAIGNORE}: {err.strerror}",
                         obj=root) from None
-    import pathspec
-
     try:
-        return pathspec.GitIgnoreSpec.from_lines(lines)
-    except Exception as err:
-        raise KataError("inputs.kataignore", f"bad pattern in {KATAIGNORE}: {err}", obj=root) from None
+        return PathGlobs(lines)
+    except PathGlobError as err:
+        raise KataError("inputs.kataignore", f"{os.path.join(root, KATAIGNORE)}:{err.index + 1}:1: "
+                        f"bad pattern {err.text!r}: {err}", obj=root) from None
 
 
 def _work_tree_top(root: str) -> str | None:
@@ -277,7 +277,7 @@ def _with_submodules(root: str, git: Git, files: list[str]) -> list[str]:
     return out
 
 
-def _walk(root: str, ignore) -> list[str]:
+def _walk(root: str, ignore: PathGlobs | None) -> list[str]:
     """The absolute path of every non-directory below root (not descending into .git),
     unsorted. Only names: the lstat comes later, in one C-level pass."""
     paths: list[str] = []
@@ -356,7 +356,7 @@ class Snapshot:
                 self._absolute = absolute
             else:
                 if ignore is not None:
-                    files = [p for p in files if not ignore.match_file(p)]
+                    files = ignore.select(files, invert=True)
                 files = set(files)
                 files.difference_update(exclude)
                 self.paths = tuple(sorted(files))
