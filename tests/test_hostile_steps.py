@@ -176,6 +176,18 @@ def test_the_configs_own_text_reaches_no_terminal_raw_either():
     assert shown[3] == "r1   p^[]0;PWNED^G^[[2J"
 
 
+def test_terminal_safe_of_a_whole_log_is_its_lines_one_by_one():
+    """`kata logs` and the dashboard escape a stored log in one call, not line by line;
+    a colour sequence left unfinished or an ESC before one is still shown."""
+    from kata.report.text import terminal_safe
+
+    assert terminal_safe("\x1b[31\x1b[0m") == "^[[31\x1b[0m"
+    assert terminal_safe("\x1b\x1b[0m") == "^[\x1b[0m"
+    assert terminal_safe("\x1b[32mok\x1b[0m\t\u2028") == "\x1b[32mok\x1b[0m\t\u2028"
+    lines = ["\x1b[32mok\x1b[0m\tdone", "\x1b[31\x1b[0m", "\x1b]0;title\x07", "", "é\r"]
+    assert terminal_safe("\n".join(lines)) == "\n".join(map(terminal_safe, lines))
+
+
 def test_the_dashboard_shows_a_steps_hyperlink_escape_as_text():
     """ansi2html turns OSC 8 into ``<a href>``: a step could show ``https://good`` linking
     to another address in ``kata web``."""

@@ -980,7 +980,7 @@ def _print_service_log(store, record, entry, service: str) -> None:  # noqa: ANN
     with store.open_blob(digest) as f:
         text = f.read().decode("utf-8", errors="replace")
     if text:  # the service's bytes as stored; its escape sequences shown, not obeyed
-        text = "\n".join(map(terminal_safe, text.split("\n")))
+        text = terminal_safe(text)
         click.echo(text, nl=not text.endswith("\n"))
 
 
@@ -1035,7 +1035,7 @@ def _print_log(store, record, entry) -> None:  # noqa: ANN001
         data = f.read()
     text = data.decode("utf-8", errors="replace")
     if text:  # the step's bytes as stored; its escape sequences shown, not obeyed
-        text = "\n".join(map(terminal_safe, text.split("\n")))
+        text = terminal_safe(text)
         click.echo(text, nl=not text.endswith("\n"))
 
 

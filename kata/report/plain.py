@@ -30,7 +30,8 @@ def line(event: ev.Event) -> str | None:
         case ev.StepStarted():
             return f"[RUN] {event.step}: {terminal_safe(event.command)}"
         case ev.OutputLine():
-            return f"{event.step} | {terminal_safe(event.text)}"
+            text = event.text  # per line: most are printable, spare the call
+            return f"{event.step} | {text if text.isprintable() else terminal_safe(text)}"
         case ev.StepPassed():
             if event.cached:  # a hit says nothing more, unless it has a report to show
                 return None if event.report is None else \

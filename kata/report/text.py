@@ -34,23 +34,31 @@ _CONTROL = "[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 
 def terminal_safe(text: str) -> str:
     """A step's text (its output line, a test name, a path it made) as kata prints it:
-    colours (SGR sequences, ``ESC [ … m``) and tabs kept, every other control character
+    colours (SGR sequences, ``ESC [ … m``), tabs and newlines kept (a whole log at once
+    is as its lines one by one), every other control character
     shown in caret notation (``ESC ] 0 ; x BEL`` as ``^[]0;x^G``, a C1 control as its
     7-bit form, ``\\x9b`` as ``^[[``), so that what a step prints can colour its lines but
     never retitle, clear, move the cursor of or write the clipboard of the terminal of
     whoever reads it (`kata run`, `kata logs`, a hook's ``remote:`` lines; git's sideband
     shows only colours the same way). The stored log keeps the bytes as printed."""
-    import re
-
+    if text.isprintable():  # no control character at all (C speed): most lines
+        return text
     global _UNSAFE, _PARTS
     if _UNSAFE is None:
-        _UNSAFE = re.compile(_CONTROL)
+        import re
+
+        _UNSAFE = re.compile(_UNSAFE_CONTROL)
         _PARTS = re.compile(f"({_SGR})|({_CONTROL})")
-    if _UNSAFE.search(text) is None:
+    if _UNSAFE.search(text) is None:  # tabs, colours: kept as they are
         return text
     return _PARTS.sub(_caret, text)
 
 
+# a control character that no SGR sequence starts at: one ``_PARTS.sub`` would change
+# (a coloured line otherwise went through the Python-level ``_caret`` per sequence): a
+# control character, unless it was an ESC and an SGR's ``[ … m`` follows it; the
+# character class leads, so the regex engine scans for it at C speed
+_UNSAFE_CONTROL = _CONTROL + "(?<!\x1b(?=\\[[0-9;:]*m))"
 _UNSAFE = _PARTS = None  # compiled on first use (the cached path imports this module)
 
 

@@ -320,7 +320,7 @@ def ansi_html(text: str) -> str:
     from ansi2html import Ansi2HTMLConverter
 
     return Ansi2HTMLConverter(inline=True, escaped=True).convert(
-        "\n".join(map(terminal_safe, text.split("\n"))), full=False)
+        terminal_safe(text), full=False)
 
 
 # -- why a step missed ----------------------------------------------------------------
