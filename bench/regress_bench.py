@@ -87,6 +87,38 @@ print(cpu() - t)
 CASES["term-plain"] = TERM
 CASES["term-colour"] = TERM
 
+OUTPUT = r"""
+import tempfile, threading
+from kata.realise.output import MaskedOutput
+from kata.realise import events as ev
+from kata.report import plain
+from kata.secrets import Masker
+kind, chunking = sys.argv[2].split("-")
+line = ("\x1b[32mok\x1b[0m test_{i} \x1b[1;33m(0.{i} s)\x1b[0m" if kind == "colour" else
+        "ok test_{i} (0.{i} s) some ordinary build output here")
+data = "".join(line.format(i=i) + "\n" for i in range(200_000)).encode()
+if chunking == "lines":  # a step writing each line itself (a shell loop's echo)
+    chunks = data.splitlines(keepends=True)
+else:  # a step's stdio buffer, as the FIFO reader gets it
+    chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+# the step's log as this checkout's realiser makes it
+src = open(os.path.join(co, "kata/realise/realiser.py")).read()
+kw = {"dir": tempfile.mkdtemp(prefix="kt-regress-out-"), "buffering": 0} if "buffering=0" in src else {}
+log = tempfile.SpooledTemporaryFile(max_size=1 << 20, **kw)
+out = open(os.devnull, "w")
+def emit(e):  # kata run's plain reporter, not on a terminal
+    text = plain.line(e)
+    if text is not None:
+        out.write(text + "\n")
+sink = MaskedOutput(Masker(["s3cr3t-value-xyz"]), "build", emit, log, threading.Lock())
+t = cpu()
+for c in chunks:
+    sink("stdout", c)
+print(cpu() - t)
+"""
+for k in ("plain-lines", "plain-4k", "colour-lines", "colour-4k"):
+    CASES[f"output-{k}"] = OUTPUT
+
 GITFILES = r"""
 import subprocess, tempfile
 from pathlib import Path
