@@ -17,6 +17,13 @@ An untrusted post-receive push is checked out with every filter driver of git's 
 turned off (``_no_filter_drivers``): its ``.gitattributes`` would choose which of the
 server's drivers (git-lfs's) run on which of its files, before any sandbox.
 
+Leftovers: each ref's checkout lives in ``<temp dir>/kata-hook-<pid tag>-*/checkout``
+(``procs.pid_tag``). SIGTERM or Ctrl-C stops the ``kata run`` child as Ctrl-C does (it
+cleans up, exit 130) and removes the checkout; a hook killed outright takes its child
+with it (``PR_SET_PDEATHSIG``), and the next hook run removes the checkouts of hooks that
+are gone and their worktree entries in the repositories they came from
+(``sweep_dead_checkouts``), even one git left locked mid-checkout.
+
 Trust (``kata.trust``): every run gets ``--hook <hook>``; a ``post-receive`` run also gets
 ``--default-branch`` from the bare repository's HEAD (server state no push can change), so
 a pushed ref that is not protected runs untrusted. ``pre-push`` runs on the developer's own
@@ -25,7 +32,9 @@ machine, on code they are pushing themselves: trusted, like a local ``kata run``
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,10 +45,13 @@ from pathlib import Path
 from kata.atomicfile import write_atomic
 from kata.errors import KataError
 from kata.git import Git, repo_environ
+from procs import pid_tag, pid_tag_alive
+from procs.leftovers import force_rmtree, sweep_dead_dirs
 
 MARK = "# installed by kata hooks install"
 ZERO = "0" * 40
 HOOKS = ("pre-push", "post-receive")
+CHECKOUT_PREFIX = "kata-hook-"  # + pid tag + "-": a hook run's checkouts, in the temp dir
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +148,7 @@ def run_hook(hook: str, lines: Iterable[str], kata_args: Sequence[str] = (), *,
                         f"{', '.join(HOOKS)})", obj=hook)
     out = out or sys.stderr
     gitdir, _ = _repo_paths(repo)
+    sweep_dead_checkouts()
     failed: list[str] = []
     for pushed in parse_refs(hook, lines):
         if pushed.new == ZERO:
@@ -171,7 +184,7 @@ def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out,  # 
     # a pushed .gitattributes picks which of the server's filter drivers run on which files
     filters = [] if hook != "post-receive" or _protected(pushed, default) else \
         _no_filter_drivers(git)
-    work = Path(tempfile.mkdtemp(prefix="kata-hook-"))
+    work = Path(tempfile.mkdtemp(prefix=f"{CHECKOUT_PREFIX}{pid_tag()}-"))
     tree = work / "checkout"
     try:
         git.run(*filters, "worktree", "add", "--detach", "--quiet", str(tree), commit)
@@ -186,12 +199,74 @@ def _run_ref(gitdir: Path, pushed: PushedRef, kata_args: Sequence[str], out,  # 
             args += ["--base", pushed.old]  # changed paths old..new
         print(f"kata: {pushed.event} {pushed.name} at {commit[:12]}", file=out, flush=True)
         out.flush()
-        proc = subprocess.run(args, cwd=tree, env=env, stdout=out, stderr=out, check=False)
-        return proc.returncode
+        return _run_kata(args, tree, env, out)
     finally:
         git.maybe("worktree", "remove", "--force", str(tree))
         git.maybe("worktree", "prune")
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def _run_kata(args: list[str], cwd: Path, env: dict[str, str], out) -> int:  # noqa: ANN001
+    """``kata run`` in the checkout; its exit status. SIGTERM or Ctrl-C on the hook (a
+    KeyboardInterrupt: ``kata.__main__``) stops it as Ctrl-C stops kata, and waits for its
+    cleanup (``subprocess.run`` SIGKILLs the child then, leaving its containers to the next
+    run's sweep); the hook killed outright sends it SIGTERM (``PR_SET_PDEATHSIG``)."""
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=out,
+                            preexec_fn=_die_with_parent)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=600)  # its cleanup: containers, mounts, the run's record
+        except BaseException:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the hook process dies (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def sweep_dead_checkouts() -> list[str]:
+    """Remove the checkouts of hook runs whose process is gone (killed before their
+    ``finally``), with their worktree entries (``<git dir>/worktrees/<name>``, locked or
+    not) in whichever repository they were taken from; the directories removed."""
+    parent = tempfile.gettempdir()
+    entries: list[Path] = []  # worktree entries the dead checkouts point at
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(CHECKOUT_PREFIX)]
+    except OSError:
+        names = []
+    for name in names:
+        if pid_tag_alive(name[len(CHECKOUT_PREFIX):].split("-", 1)[0]) is not False:
+            continue
+        dotgit = Path(parent, name, "checkout", ".git")
+        try:
+            text = dotgit.read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if text.startswith("gitdir: "):
+            entry = Path(text.removeprefix("gitdir: "))
+            try:  # the entry names its checkout back: never remove another's
+                if Path(entry, "gitdir").read_text().strip() == str(dotgit):
+                    entries.append(entry)
+            except OSError:
+                continue
+    removed = sweep_dead_dirs(parent, CHECKOUT_PREFIX)
+    for entry in entries:
+        try:
+            gone = not Path(Path(entry, "gitdir").read_text().strip()).exists()
+        except OSError:
+            continue
+        if gone:
+            force_rmtree(str(entry))  # `git worktree prune` keeps a locked one
+    return removed
 
 
 def _protected(pushed: PushedRef, default_branch: str) -> bool:
